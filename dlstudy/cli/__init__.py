@@ -1,0 +1,1 @@
+"""The command-line interface: one Typer app, one module per group of commands."""

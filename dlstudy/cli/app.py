@@ -1,0 +1,22 @@
+"""The `dlstudy` Typer app: each command lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import typer
+
+from . import demo_cmd, download_cmd, server_cmds
+
+app = typer.Typer(
+    name="dlstudy",
+    help="Pull whole DICOM studies out of DICOMweb servers: fast, resumable, byte-exact.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+download_cmd.register(app)
+server_cmds.register(app)
+demo_cmd.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,71 @@
+"""What every command shares: logging setup, the progress sink choice, error -> exit code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from ..errors import DlstudyError
+from ..progress import NullProgress, PlainProgress, ProgressSink, RichProgress
+from ..summary import Summary
+
+
+def setup_logging(verbose: bool, log_file: Path | None) -> None:
+    """dlstudy's own loggers only: httpx logs full URLs (with any secrets) at INFO."""
+    logger = logging.getLogger("dlstudy")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    if log_file is not None:
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            fail_usage(f"cannot open --log-file {str(log_file)!r}: {exc.strerror or exc}")
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def choose_progress(*, quiet: bool, json_output: bool) -> ProgressSink:
+    if quiet or json_output:
+        return NullProgress()
+    if sys.stderr.isatty():
+        return RichProgress()
+    return PlainProgress()
+
+
+def error_line(message: str) -> None:
+    typer.echo(f"dlstudy: error: {message}", err=True)
+
+
+def fail_usage(message: str) -> NoReturn:
+    error_line(message)
+    raise typer.Exit(2)
+
+
+def finish(
+    summary: Summary | None, error: DlstudyError | None, *, json_output: bool, quiet: bool
+) -> NoReturn:
+    """Print the outcome the way the user asked and exit with the documented status."""
+    if json_output and summary is not None:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+    if error is not None:
+        error_line(str(error))
+        raise typer.Exit(int(error.exit_status))
+    assert summary is not None
+    if not json_output and not quiet:
+        typer.echo(summary.one_line(), err=True)
+        for failure in summary.failures[:20]:
+            error_line(failure.reason)
+        if len(summary.failures) > 20:
+            error_line(f"... and {len(summary.failures) - 20} more failures (see --json)")
+    raise typer.Exit(int(summary.finish()))

@@ -1,0 +1,206 @@
+"""`dlstudy download`: the main job."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..download import download
+from ..errors import DlstudyError
+from ..settings import DEFAULT_LAYOUT, HttpVersion, Mode, Settings
+from ..summary import Summary
+from .common import choose_progress, fail_usage, finish, setup_logging
+
+HTTP_CHOICES = ("auto", "1.1", "2")
+MODE_CHOICES = ("auto", "instance", "series", "study")
+
+
+def read_uid_file(source: str) -> list[str]:
+    """One study UID a line; blank lines and `#` comments ignored."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        fail_usage(f"cannot read --from-file {source!r}: {exc.strerror or exc}")
+    uids = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            uids.append((number, line))
+    from ..urls import is_valid_uid
+
+    bad = [(n, uid) for n, uid in uids if not is_valid_uid(uid)]
+    if bad:
+        number, uid = bad[0]
+        fail_usage(f"--from-file {source}: line {number}: invalid study UID {uid[:80]!r}")
+    return [uid for _, uid in uids]
+
+
+def parse_headers(values: list[str]) -> tuple[tuple[str, str], ...]:
+    headers = []
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+            # Show the name only: the value is often a secret.
+            fail_usage(
+                f"--header must look like 'Name: value', got one named {name.strip()[:40]!r}"
+            )
+        headers.append((name.strip(), content.strip()))
+    return tuple(headers)
+
+
+def _opt(*names: str, help: str, envvar: str | None = None, secret: bool = False) -> Any:
+    return typer.Option(*names, help=help, envvar=envvar, show_default=not secret)
+
+
+StudyUids = Annotated[
+    list[str] | None, typer.Argument(help="Study Instance UIDs to download.", show_default=False)
+]
+UrlOpt = Annotated[
+    str, _opt("--url", envvar="DLSTUDY_URL", help="DICOMweb root URL, e.g. https://pacs/dicom-web.")
+]
+OutputOpt = Annotated[Path, _opt("-o", "--output", envvar="DLSTUDY_OUTPUT", help="Output folder.")]
+FromFileOpt = Annotated[
+    str | None, _opt("--from-file", help="Read study UIDs from a file (one a line); - = stdin.")
+]
+SeriesOpt = Annotated[list[str] | None, _opt("--series", help="Only this series (repeatable).")]
+ModalityOpt = Annotated[
+    list[str] | None, _opt("--modality", help="Only series of this modality (repeatable).")
+]
+ConcurrencyOpt = Annotated[
+    int,
+    _opt("--concurrency", "-c", envvar="DLSTUDY_CONCURRENCY", help="Instances in flight at once."),
+]
+HttpOpt = Annotated[str, _opt("--http", envvar="DLSTUDY_HTTP", help="HTTP version: auto, 1.1, 2.")]
+ModeOpt = Annotated[
+    str,
+    _opt(
+        "--mode",
+        envvar="DLSTUDY_MODE",
+        help="Retrieval: auto, instance, series, study.",
+    ),
+]
+TransferSyntaxOpt = Annotated[
+    str,
+    _opt("--transfer-syntax", help="Transfer syntax to ask for; * = as stored."),
+]
+LayoutOpt = Annotated[
+    str, _opt("--layout", help="Output path template with {study} {series} {sop} {modality}.")
+]
+TokenOpt = Annotated[
+    str | None, _opt("--token", envvar="DLSTUDY_TOKEN", help="Bearer token.", secret=True)
+]
+UserOpt = Annotated[str | None, _opt("--user", envvar="DLSTUDY_USER", help="Basic auth user.")]
+PasswordOpt = Annotated[
+    str | None,
+    _opt("--password", envvar="DLSTUDY_PASSWORD", help="Basic auth password.", secret=True),
+]
+HeaderOpt = Annotated[
+    list[str] | None, _opt("--header", help="Extra request header 'Name: value' (repeatable).")
+]
+CaBundleOpt = Annotated[
+    Path | None,
+    _opt("--ca-bundle", envvar="DLSTUDY_CA_BUNDLE", help="CA certificates (PEM) to trust."),
+]
+CertOpt = Annotated[Path | None, _opt("--cert", help="Client certificate (PEM) for mutual TLS.")]
+KeyOpt = Annotated[Path | None, _opt("--key", help="Private key of --cert, if not inside it.")]
+InsecureOpt = Annotated[
+    bool, _opt("--insecure", help="Do not verify the server's TLS certificate (warns).")
+]
+RetriesOpt = Annotated[
+    int,
+    _opt("--retries", envvar="DLSTUDY_RETRIES", help="Retries per instance on transient errors."),
+]
+TimeoutOpt = Annotated[
+    float,
+    _opt("--timeout", envvar="DLSTUDY_TIMEOUT", help="Seconds of silence before a request fails."),
+]
+JsonOpt = Annotated[bool, _opt("--json", help="Print one JSON summary object on stdout.")]
+QuietOpt = Annotated[bool, _opt("--quiet", "-q", help="No progress display, no summary line.")]
+LogFileOpt = Annotated[
+    Path | None, _opt("--log-file", help="Append a log of the run to this file.")
+]
+VerboseOpt = Annotated[bool, _opt("--verbose", "-v", help="Log details to stderr.")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("download")
+    def download_command(
+        study_uids: StudyUids = None,
+        url: UrlOpt = "",
+        output: OutputOpt = Path("studies"),
+        from_file: FromFileOpt = None,
+        series: SeriesOpt = None,
+        modality: ModalityOpt = None,
+        concurrency: ConcurrencyOpt = 8,
+        http: HttpOpt = "auto",
+        mode: ModeOpt = "auto",
+        transfer_syntax: TransferSyntaxOpt = "*",
+        layout: LayoutOpt = DEFAULT_LAYOUT,
+        token: TokenOpt = None,
+        user: UserOpt = None,
+        password: PasswordOpt = None,
+        header: HeaderOpt = None,
+        ca_bundle: CaBundleOpt = None,
+        cert: CertOpt = None,
+        key: KeyOpt = None,
+        insecure: InsecureOpt = False,
+        retries: RetriesOpt = 3,
+        timeout: TimeoutOpt = 30.0,
+        json_output: JsonOpt = False,
+        quiet: QuietOpt = False,
+        log_file: LogFileOpt = None,
+        verbose: VerboseOpt = False,
+    ) -> None:
+        """Download whole studies: every instance, byte-exact, to OUT/<study>/<series>/<sop>.dcm."""
+        setup_logging(verbose, log_file)
+        uids = list(study_uids or [])
+        if from_file is not None:
+            uids += read_uid_file(from_file)
+        if not uids:
+            fail_usage("give at least one STUDY_UID or --from-file")
+        if not url:
+            fail_usage("--url (or DLSTUDY_URL) is required")
+        if http not in HTTP_CHOICES:
+            fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
+        if mode not in MODE_CHOICES:
+            fail_usage(f"--mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
+        if (cert is None) != (key is None) and cert is None:
+            fail_usage("--key needs --cert")
+        if insecure:
+            typer.echo(
+                "dlstudy: warning: --insecure: the server's TLS certificate is NOT verified",
+                err=True,
+            )
+        http_version: HttpVersion = http  # type: ignore[assignment]
+        mode_value: Mode = mode  # type: ignore[assignment]
+        settings = Settings(
+            url=url,
+            output=output,
+            concurrency=concurrency,
+            http=http_version,
+            mode=mode_value,
+            transfer_syntax=transfer_syntax,
+            layout=layout,
+            series=tuple(series or ()),
+            modalities=tuple(modality or ()),
+            token=token,
+            user=user,
+            password=password,
+            headers=parse_headers(header or []),
+            ca_bundle=ca_bundle,
+            cert=cert,
+            key=key,
+            insecure=insecure,
+            retries=retries,
+            timeout=timeout,
+        )
+        progress = choose_progress(quiet=quiet, json_output=json_output)
+        summary: Summary | None = None
+        try:
+            summary = download(uids, settings=settings, progress=progress)
+        except DlstudyError as exc:
+            finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
+        finish(summary, None, json_output=json_output, quiet=quiet)

@@ -1,0 +1,59 @@
+"""A bounded pool of workers on anyio: N tasks pull units of work from one shared queue.
+
+The queue is a plain deque: every worker runs on the same event loop, so popping needs no lock,
+and the number of in-flight requests is exactly the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import anyio
+
+T = TypeVar("T")
+
+
+async def run_pool(items: Iterable[T], worker: Callable[[T], Awaitable[None]], size: int) -> None:
+    """Run `worker(item)` for every item with at most `size` running at once.
+
+    `worker` must handle per-item failures itself; anything it raises cancels the whole pool
+    (that is how a fatal error such as a rejected token stops every transfer at once).
+    """
+    queue = deque(items)
+
+    async def drain() -> None:
+        while queue:
+            await worker(queue.popleft())
+
+    with first_error():
+        async with anyio.create_task_group() as tg:
+            for _ in range(max(1, min(size, len(queue)))):
+                tg.start_soon(drain)
+
+
+@contextmanager
+def first_error() -> Iterator[None]:
+    """Re-raise the first real error out of an anyio exception group.
+
+    anyio 4 always wraps task failures in an ExceptionGroup; callers want the one error that
+    stopped the run (the others are usually cancellations it caused).
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        for leaf in leaves:
+            if not isinstance(leaf, anyio.get_cancelled_exc_class()):
+                raise leaf from leaf.__cause__
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

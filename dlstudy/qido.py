@@ -1,0 +1,216 @@
+"""QIDO-RS resolution: a study's series, each series' instances, paged and deduplicated.
+
+Servers page in different ways (DOMAIN.md): some honour limit/offset, some cap silently or with a
+`Warning: 299`, static servers ignore offset and send the same page again, some send a lone
+object instead of a list, 204 means no match. The pager below copes with all of them and
+always terminates: it stops on an empty page, on a page with nothing new, or after MAX_PAGES.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+
+from .errors import NothingMatchedError, ServerError
+from .media import DICOM_JSON
+from .store import InstanceRef
+from .transport import Transport, check_auth
+from .urls import redact_url, series_url, study_url
+
+log = logging.getLogger(__name__)
+
+# A hard stop against a server that keeps inventing results: 10,000 pages of even 100 results
+# is a million series or instances in one study, far past any real one.
+MAX_PAGES = 10_000
+# Series queries run concurrently; more than this gains nothing and crowds the server.
+QIDO_CONCURRENCY = 4
+
+TAG_STUDY_UID = "0020000D"
+TAG_SERIES_UID = "0020000E"
+TAG_SOP_UID = "00080018"
+TAG_MODALITY = "00080060"
+TAG_SERIES_INSTANCES = "00201209"  # NumberOfSeriesRelatedInstances
+TAG_STUDY_SERIES = "00201206"  # NumberOfStudyRelatedSeries
+
+
+def first_value(item: dict[str, Any], tag: str) -> str | None:
+    element = item.get(tag)
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    if not isinstance(values, list) or not values:
+        return None
+    value = values[0]
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value).strip()
+
+
+def first_int(item: dict[str, Any], tag: str) -> int | None:
+    value = first_value(item, tag)
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    study_uid: str
+    series_uid: str
+    modality: str
+    instance_count: int | None
+
+
+class Pager:
+    """Walks one QIDO query through every page it has."""
+
+    def __init__(self, transport: Transport, page_size: int) -> None:
+        self.transport = transport
+        self.page_size = page_size
+
+    async def fetch_all(
+        self,
+        url: str,
+        params: list[tuple[str, str]],
+        key_tag: str,
+        expected: int | None = None,
+    ) -> list[dict[str, Any]] | None:
+        """All distinct results of the query keyed by `key_tag`; None when the URL is 404."""
+        results: dict[str, dict[str, Any]] = {}
+        offset = 0
+        for _ in range(MAX_PAGES):
+            page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
+            response = await self.transport.get(
+                url, headers={"Accept": DICOM_JSON}, params=page_params
+            )
+            if response.status_code == 404:
+                return None
+            items, truncated = self._read_page(response)
+            new = 0
+            for item in items:
+                key = first_value(item, key_tag)
+                if key is not None and key not in results:
+                    results[key] = item
+                    new += 1
+            if new == 0:
+                if items and offset:
+                    log.info("%s repeats a page: server ignores offset", redact_url(url))
+                break
+            offset += len(items)
+            if truncated or (expected is not None and len(results) < expected):
+                continue
+            if len(items) < self.page_size:
+                break
+        else:
+            log.warning("%s: stopped after %d pages", redact_url(url), MAX_PAGES)
+        return list(results.values())
+
+    def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
+        check_auth(response)
+        shown = redact_url(str(response.url))
+        if response.status_code == 204:
+            return [], False
+        if response.status_code not in (200, 206):
+            raise ServerError(
+                f"QIDO search failed: HTTP {response.status_code} on {shown}", url=shown
+            )
+        if not response.content.strip():
+            return [], False
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise ServerError(f"QIDO answer is not JSON on {shown}", url=shown) from exc
+        if isinstance(data, dict):
+            data = [data]  # some servers send a lone object for a single match
+        if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
+            raise ServerError(
+                f"QIDO answer is not a list of DICOM JSON objects on {shown}", url=shown
+            )
+        truncated = response.status_code == 206 or _has_more_warning(response.headers)
+        return data, truncated
+
+
+def _has_more_warning(headers: httpx.Headers) -> bool:
+    # PS3.18: `Warning: 299 <host>: There are N additional results that can be requested`.
+    return any(
+        value.strip().startswith("299") and "additional" in value.lower()
+        for value in headers.get_list("warning")
+    )
+
+
+class Resolver:
+    """Turns study UIDs into the instances to fetch."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        page_size: int,
+        series_filter: Iterable[str] = (),
+        modality_filter: Iterable[str] = (),
+    ) -> None:
+        self.transport = transport
+        self.pager = Pager(transport, page_size)
+        self.series_filter = set(series_filter)
+        self.modality_filter = {m.upper() for m in modality_filter}
+
+    async def series_of(self, study_uid: str) -> list[SeriesRef]:
+        base = self.transport.base_url
+        items = await self.pager.fetch_all(
+            f"{study_url(base, study_uid)}/series",
+            [("includefield", TAG_SERIES_INSTANCES)],
+            TAG_SERIES_UID,
+        )
+        if not items:
+            raise NothingMatchedError(f"study {study_uid} not found on the server")
+        found = []
+        for item in items:
+            series_uid = first_value(item, TAG_SERIES_UID)
+            if series_uid is None:
+                continue
+            modality = (first_value(item, TAG_MODALITY) or "").upper()
+            if self.series_filter and series_uid not in self.series_filter:
+                continue
+            if self.modality_filter and modality not in self.modality_filter:
+                continue
+            count = first_int(item, TAG_SERIES_INSTANCES)
+            found.append(SeriesRef(study_uid, series_uid, modality, count))
+        return found
+
+    async def instances_of(self, series: SeriesRef) -> list[InstanceRef]:
+        base = self.transport.base_url
+        items = await self.pager.fetch_all(
+            f"{series_url(base, series.study_uid, series.series_uid)}/instances",
+            [],
+            TAG_SOP_UID,
+            expected=series.instance_count,
+        )
+        refs = []
+        for item in items or []:
+            sop_uid = first_value(item, TAG_SOP_UID)
+            if sop_uid is not None:
+                refs.append(
+                    InstanceRef(series.study_uid, series.series_uid, sop_uid, series.modality)
+                )
+        return refs
+
+    async def resolve(self, study_uid: str) -> list[InstanceRef]:
+        """Every instance of the study that passes the filters, in QIDO order."""
+        all_series = await self.series_of(study_uid)
+        per_series: list[list[InstanceRef]] = [[] for _ in all_series]
+        limiter = anyio.CapacityLimiter(QIDO_CONCURRENCY)
+
+        async def one(index: int, series: SeriesRef) -> None:
+            async with limiter:
+                per_series[index] = await self.instances_of(series)
+
+        async with anyio.create_task_group() as tg:
+            for index, series in enumerate(all_series):
+                tg.start_soon(one, index, series)
+        return [ref for refs in per_series for ref in refs]

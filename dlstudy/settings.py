@@ -1,0 +1,42 @@
+"""All options of a download run in one frozen dataclass, shared by the library and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+HttpVersion = Literal["auto", "1.1", "2"]
+Mode = Literal["auto", "instance", "series", "study"]
+
+DEFAULT_LAYOUT = "{study}/{series}/{sop}.dcm"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to talk to the server and where to put what comes back.
+
+    Secrets (`token`, `password`, header values) live here but are never rendered: `__repr__`
+    is generated without them so a stray log line or traceback cannot leak them.
+    """
+
+    url: str
+    output: Path = Path("studies")
+    concurrency: int = 8
+    http: HttpVersion = "auto"
+    mode: Mode = "auto"
+    transfer_syntax: str = "*"
+    layout: str = DEFAULT_LAYOUT
+    series: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
+    token: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    ca_bundle: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+    retries: int = 3
+    timeout: float = 30.0
+    qido_page_size: int = 1000

@@ -1,0 +1,145 @@
+"""Where instances land: the output layout, temp files beside their final name, atomic commit.
+
+A file only ever appears under its final name complete and verified (write to a hidden temp
+file in the same folder, check it, `os.replace`). So "the final file exists" means "done", which
+is what lets a rerun skip it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from .errors import OutputError, UsageError
+from .urls import is_valid_uid
+
+TEMP_SUFFIX = ".part"
+STATE_DIR = ".dlstudy"
+_FIELDS = ("study", "series", "sop", "modality")
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRef:
+    """One unit of work: an instance as QIDO described it."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str = ""
+
+
+def check_layout(layout: str) -> None:
+    """Reject templates that could escape the output folder or reference unknown fields."""
+    sample = {name: "1.2" for name in _FIELDS}
+    try:
+        rendered = layout.format(**sample)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(
+            f"--layout {layout!r} is not a valid template (fields: "
+            + ", ".join("{" + f + "}" for f in _FIELDS)
+            + ")"
+        ) from exc
+    path = Path(rendered)
+    if path.is_absolute() or ".." in path.parts or "{sop}" not in layout:
+        raise UsageError(f"--layout {layout!r} must be a relative path containing {{sop}}")
+
+
+class Store:
+    """The output folder of a run."""
+
+    def __init__(self, root: Path, layout: str) -> None:
+        check_layout(layout)
+        self.root = root
+        self.layout = layout
+
+    def prepare(self) -> None:
+        """Create the output folder and prove we can write there, before any network work."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".dlstudy-write-test-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(
+                f"output folder {str(self.root)!r} is not writable: {exc.strerror or exc}",
+                path=str(self.root),
+            ) from exc
+
+    @staticmethod
+    def is_valid(ref: InstanceRef) -> bool:
+        """UIDs come from the server; only digits and dots may ever become path parts."""
+        return all(is_valid_uid(uid) for uid in (ref.study_uid, ref.series_uid, ref.sop_uid))
+
+    def final_path(self, ref: InstanceRef) -> Path:
+        if not self.is_valid(ref):
+            raise ValueError(f"refusing to build a path from invalid UIDs: {ref!r}"[:300])
+        modality = "".join(c for c in ref.modality if c.isalnum())[:16] or "OT"
+        relative = self.layout.format(
+            study=ref.study_uid, series=ref.series_uid, sop=ref.sop_uid, modality=modality
+        )
+        return self.root / relative
+
+    def is_complete(self, ref: InstanceRef) -> bool:
+        return self.final_path(ref).is_file()
+
+    def open_temp(self, final: Path) -> TempFile:
+        return TempFile(final)
+
+
+class TempFile:
+    """A hidden file beside `final`; committed by atomic rename, removed on any failure."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.path = final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        self.size = 0
+        self._file: BinaryIO | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("xb")
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {str(self.path)!r}: {exc.strerror or exc}", path=str(self.path)
+            ) from exc
+        return self
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)
+            ) from exc
+        self.size += len(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def commit(self) -> None:
+        self.close()
+        os.replace(self.path, self.final)
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Anything short of an explicit commit leaves no trace.
+        if self.path.exists():
+            self.discard()
+        else:
+            self.close()

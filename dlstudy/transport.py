@@ -1,0 +1,239 @@
+"""The HTTP client: protocol choice, TLS, auth, limits, and the one place where httpx, httpcore
+and h2 exceptions become dlstudy errors.
+
+`--http auto` over plain http:// first speaks HTTP/2 with prior knowledge (h2c); a server that
+does not understand it drops the connection, which shows up as a protocol error on the very first
+request. The transport then switches to an HTTP/1.1 connection pool once, for the whole run.
+Over https:// ALPN decides and no probing is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import h2.exceptions
+import httpcore
+import httpx
+
+from .errors import AuthError, ConnectError, DlstudyError, TransferError
+from .settings import Settings
+from .urls import redact_url, split_base_url
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the bytes on the wire were not what the protocol allows": a truncated body,
+# a reset stream, a GOAWAY, or an h2c preface sent to an HTTP/1.1-only server. h2 and httpcore
+# sometimes leak their own exception types instead of httpx's (DOMAIN.md), so list them all.
+PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.ProtocolError,
+    httpcore.ProtocolError,
+    h2.exceptions.ProtocolError,
+    h2.exceptions.StreamClosedError,
+)
+USER_AGENT = "dlstudy"
+
+
+def translate_error(exc: BaseException, url: str) -> DlstudyError:
+    """Turn an exception from the HTTP stack into a dlstudy error with a one-line message."""
+    shown = redact_url(url)
+    host = httpx.URL(url).host
+    if isinstance(exc, httpx.ConnectError | httpcore.ConnectError):
+        cause = _root_cause(exc)
+        if isinstance(cause, socket.gaierror):
+            return ConnectError(f"cannot resolve host {host!r} ({shown})", url=shown)
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(exc).lower():
+            return ConnectError(f"connection refused by {_netloc(url)} ({shown})", url=shown)
+        if isinstance(cause, ssl.SSLError) or "ssl" in str(exc).lower():
+            reason = getattr(cause, "reason", None) or str(cause or exc)
+            return ConnectError(f"TLS handshake with {host!r} failed: {reason}", url=shown)
+        return ConnectError(
+            f"cannot connect to {_netloc(url)}: {exc or type(exc).__name__}", url=shown
+        )
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ConnectError(f"timed out connecting to {_netloc(url)}", url=shown)
+    if isinstance(exc, httpx.TimeoutException | httpcore.TimeoutException | TimeoutError):
+        return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
+    if isinstance(exc, PROTOCOL_ERRORS):
+        detail = str(exc) or type(exc).__name__
+        return TransferError(f"connection broken ({detail}) on {shown}", url=shown, retryable=True)
+    if isinstance(exc, httpx.TransportError | OSError):
+        detail = str(exc) or type(exc).__name__
+        return TransferError(f"network error ({detail}) on {shown}", url=shown, retryable=True)
+    return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
+
+
+def _root_cause(exc: BaseException) -> BaseException | None:
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        nxt = cause.__cause__ or cause.__context__
+        if nxt is None:
+            return cause
+        cause = nxt
+    return cause
+
+
+def _netloc(url: str) -> str:
+    parsed = httpx.URL(url)
+    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+
+
+def is_translatable(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.TransportError | httpcore.ProtocolError | OSError) or isinstance(
+        exc, PROTOCOL_ERRORS
+    )
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
+    if settings.insecure:
+        return False
+    context = ssl.create_default_context(
+        cafile=str(settings.ca_bundle) if settings.ca_bundle else None
+    )
+    if settings.ca_bundle is None:
+        # Same trust store httpx uses by default (certifi), so behaviour matches plain httpx.
+        import certifi
+
+        context.load_verify_locations(certifi.where())
+    if settings.cert is not None:
+        context.load_cert_chain(str(settings.cert), str(settings.key) if settings.key else None)
+    return context
+
+
+class Transport:
+    """One shared AsyncClient per run, plus the HTTP version it settled on."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base_url, url_user, url_password = split_base_url(settings.url)
+        self.settings = settings
+        self._origin = httpx.URL(self.base_url).copy_with(path="/", query=None)
+        self._auth: httpx.Auth | None = None
+        user = settings.user or url_user
+        password = settings.password if settings.password is not None else url_password
+        if user is not None:
+            self._auth = httpx.BasicAuth(user, password or "")
+        self._headers: dict[str, str] = {"User-Agent": USER_AGENT}
+        self._custom_header_names = {name.lower() for name, _ in settings.headers}
+        for name, value in settings.headers:
+            self._headers[name] = value
+        if settings.token:
+            self._headers["Authorization"] = f"Bearer {settings.token}"
+        is_tls = self.base_url.lower().startswith("https://")
+        if settings.http == "1.1":
+            self._plan = [(True, False)]
+        elif settings.http == "2":
+            self._plan = [(False, True)]
+        elif is_tls:
+            self._plan = [(True, True)]  # ALPN picks
+        else:
+            self._plan = [(False, True), (True, False)]  # h2c first, then HTTP/1.1
+        self._client = self._make_client(*self._plan[0])
+        self._negotiated = len(self._plan) == 1
+        self._negotiate_lock = anyio.Lock()
+        self.http_version: str | None = None  # as observed on responses
+
+    def _make_client(self, http1: bool, http2: bool) -> httpx.AsyncClient:
+        settings = self.settings
+        timeout = httpx.Timeout(
+            connect=settings.timeout, read=settings.timeout, write=settings.timeout, pool=None
+        )
+        limits = httpx.Limits(
+            max_connections=max(1, settings.concurrency) + 2,
+            max_keepalive_connections=max(1, settings.concurrency) + 2,
+        )
+        return httpx.AsyncClient(
+            http1=http1,
+            http2=http2,
+            verify=_ssl_context(settings),
+            timeout=timeout,
+            limits=limits,
+            auth=self._auth,
+            headers=self._headers,
+            follow_redirects=True,
+            event_hooks={"request": [self._strip_secrets_off_origin]},
+        )
+
+    async def _strip_secrets_off_origin(self, request: httpx.Request) -> None:
+        # httpx drops Authorization on a cross-origin redirect but forwards every other header,
+        # and --header is how API keys are usually passed: drop those too.
+        origin = request.url.copy_with(path="/", query=None, fragment=None)
+        if origin != self._origin:
+            for name in list(request.headers):
+                if name.lower() in self._custom_header_names or name.lower() == "authorization":
+                    del request.headers[name]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    @asynccontextmanager
+    async def stream(
+        self, url: str, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """GET `url` as a stream; transport failures arrive as dlstudy errors."""
+        await self._negotiate(url, headers)
+        try:
+            async with self._client.stream("GET", url, headers=headers) as response:
+                self._observe(response)
+                yield response
+        except DlstudyError:
+            raise
+        except Exception as exc:
+            if is_translatable(exc):
+                raise translate_error(exc, url) from exc
+            raise
+
+    async def get(
+        self, url: str, headers: dict[str, str] | None = None, params: Any = None
+    ) -> httpx.Response:
+        """GET `url` and read the whole (small) body: for QIDO and probes only."""
+        await self._negotiate(url, headers)
+        try:
+            response = await self._client.get(url, headers=headers, params=params)
+        except Exception as exc:
+            if is_translatable(exc):
+                raise translate_error(exc, url) from exc
+            raise
+        self._observe(response)
+        return response
+
+    def _observe(self, response: httpx.Response) -> None:
+        self.http_version = response.http_version
+
+    async def _negotiate(self, url: str, headers: dict[str, str] | None) -> None:
+        if self._negotiated:
+            return
+        async with self._negotiate_lock:
+            if self._negotiated:
+                return
+            try:
+                response = await self._client.get(url, headers=headers)
+                await response.aclose()
+                self._observe(response)
+            except PROTOCOL_ERRORS as exc:
+                log.info("server does not speak h2c (%s); using HTTP/1.1", type(exc).__name__)
+                await self._client.aclose()
+                self._client = self._make_client(*self._plan[1])
+            except Exception as exc:
+                if is_translatable(exc):
+                    raise translate_error(exc, url) from exc
+                raise
+            self._negotiated = True
+
+
+def check_auth(response: httpx.Response) -> None:
+    """Raise AuthError for 401/403: the server refuses us, nothing else will work either."""
+    if response.status_code in (401, 403):
+        what = "rejected the credentials" if response.status_code == 401 else "denied access"
+        hint = " (check --token / --user / --password)" if response.status_code == 401 else ""
+        raise AuthError(
+            f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
+            url=redact_url(str(response.url)),
+            status_code=response.status_code,
+        )

@@ -1,0 +1,73 @@
+"""DICOMweb resource URLs and the redaction of credentials from any URL we show."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import SplitResult, quote, urlencode, urlsplit, urlunsplit
+
+# PS3.5 §9.1: a UID is dot-separated numeric components, no leading zeros, at most 64 chars.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_SECRET_QUERY_KEYS = ("token", "access_token", "key", "apikey", "api_key", "password", "sig")
+
+
+def is_valid_uid(uid: str) -> bool:
+    return len(uid) <= 64 and _UID_RE.match(uid) is not None
+
+
+def split_base_url(url: str) -> tuple[str, str | None, str | None]:
+    """Return (base URL without userinfo and trailing slash, user, password)."""
+    parts = urlsplit(url.strip())
+    user = parts.username
+    password = parts.password
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6 literal
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+    return clean, user, password
+
+
+def redact_url(url: str) -> str:
+    """The URL with any userinfo password and secret-looking query values replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = []
+        for item in query.split("&"):
+            name, sep, value = item.partition("=")
+            if sep and name.lower() in _SECRET_QUERY_KEYS:
+                value = "***"
+            pairs.append(f"{name}{sep}{value}")
+        query = "&".join(pairs)
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _seg(uid: str) -> str:
+    return quote(uid, safe="")
+
+
+def study_url(base: str, study: str) -> str:
+    return f"{base}/studies/{_seg(study)}"
+
+
+def series_url(base: str, study: str, series: str) -> str:
+    return f"{study_url(base, study)}/series/{_seg(series)}"
+
+
+def instance_url(base: str, study: str, series: str, sop: str) -> str:
+    return f"{series_url(base, study, series)}/instances/{_seg(sop)}"
+
+
+def with_query(url: str, params: list[tuple[str, str]]) -> str:
+    if not params:
+        return url
+    return f"{url}?{urlencode(params)}"

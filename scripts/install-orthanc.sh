@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Install Orthanc + its DICOMweb plugin (Debian packages) for the integration tests.
+#
+# Idempotent: if the Orthanc binary, the DICOMweb plugin and curl are already there it exits at once.
+# Otherwise: apt-get update + apt-get install --no-install-recommends orthanc orthanc-dicomweb
+# (+ curl). The package's postinst would start a system-wide Orthanc on ports 8042/4242; we block
+# that with a temporary /usr/sbin/policy-rc.d (exit 101) and restore whatever was there before.
+# The tests start their own Orthanc processes on free ports with their own config and storage.
+#
+# Prints exactly one summary line on success. Exit codes: 0 ok, 1 install failed, 2 no privileges.
+set -euo pipefail
+
+ORTHANC_BIN_CANDIDATES=(/usr/sbin/Orthanc /usr/bin/Orthanc)
+PLUGIN_CANDIDATES=(
+    /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+    /usr/lib/orthanc/libOrthancDicomWeb.so.1.7
+)
+
+find_first() {
+    local f
+    for f in "$@"; do
+        if [ -e "$f" ]; then
+            printf '%s\n' "$f"
+            return 0
+        fi
+    done
+    return 1
+}
+
+find_orthanc() {
+    command -v Orthanc 2>/dev/null || find_first "${ORTHANC_BIN_CANDIDATES[@]}"
+}
+
+find_plugin() {
+    find_first "${PLUGIN_CANDIDATES[@]}" || find_first /usr/lib/orthanc/libOrthancDicomWeb.so*
+}
+
+describe() {
+    local ver
+    ver=$(dpkg-query -W -f='orthanc ${Version}' orthanc 2>/dev/null || echo "orthanc ?")
+    ver+=$(dpkg-query -W -f=', orthanc-dicomweb ${Version}' orthanc-dicomweb 2>/dev/null || true)
+    printf '%s (binary %s, plugin %s)' "$ver" "$(find_orthanc)" "$(find_plugin)"
+}
+
+if find_orthanc >/dev/null && find_plugin >/dev/null && command -v curl >/dev/null; then
+    echo "install-orthanc: already installed, nothing to do: $(describe)"
+    exit 0
+fi
+
+# --- privileges -------------------------------------------------------------------------------
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        SUDO=(sudo -n)
+    else
+        echo "install-orthanc: must run as root (or with password-less sudo) to apt-get install" \
+            "orthanc orthanc-dicomweb curl; run: sudo bash scripts/install-orthanc.sh" >&2
+        exit 2
+    fi
+fi
+if ! command -v apt-get >/dev/null; then
+    echo "install-orthanc: apt-get not found; this script supports Debian/Ubuntu only." \
+        "Install Orthanc + the DICOMweb plugin yourself (Orthanc binary on PATH," \
+        "plugin at /usr/share/orthanc/plugins/libOrthancDicomWeb.so)." >&2
+    exit 1
+fi
+
+run() { "${SUDO[@]}" "$@"; }
+
+# --- keep the package from starting a system-wide Orthanc service -----------------------------
+POLICY=/usr/sbin/policy-rc.d
+POLICY_BACKUP=""
+restore_policy() {
+    if [ -n "$POLICY_BACKUP" ]; then
+        run mv -f "$POLICY_BACKUP" "$POLICY"
+    else
+        run rm -f "$POLICY"
+    fi
+}
+if [ -e "$POLICY" ]; then
+    POLICY_BACKUP=$(run mktemp "$POLICY.dlstudy-backup.XXXXXX")
+    run cp -p "$POLICY" "$POLICY_BACKUP"
+fi
+trap restore_policy EXIT
+printf '#!/bin/sh\n# temporary, written by dlstudy scripts/install-orthanc.sh\nexit 101\n' \
+    | run tee "$POLICY" >/dev/null
+run chmod 0755 "$POLICY"
+
+# --- install ------------------------------------------------------------------------------------
+start=$(date +%s)
+log=$(mktemp /tmp/install-orthanc.XXXXXX.log)
+export DEBIAN_FRONTEND=noninteractive
+if ! { run env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=300 \
+        && run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            -o DPkg::Lock::Timeout=300 \
+            -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+            orthanc orthanc-dicomweb curl; } </dev/null >"$log" 2>&1; then
+    echo "install-orthanc: apt-get failed; last lines of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+fi
+
+# Belt and braces: if a service got started anyway (policy-rc.d ignored), stop it.
+if [ -x /etc/init.d/orthanc ] && run /etc/init.d/orthanc status >/dev/null 2>&1; then
+    run /etc/init.d/orthanc stop >>"$log" 2>&1 || true
+fi
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    run systemctl disable --now orthanc.service >>"$log" 2>&1 || true
+fi
+
+if ! find_orthanc >/dev/null || ! find_plugin >/dev/null; then
+    echo "install-orthanc: packages installed but Orthanc binary or libOrthancDicomWeb.so not found" \
+        "(see $log)" >&2
+    exit 1
+fi
+echo "install-orthanc: installed in $(( $(date +%s) - start )) s: $(describe) [log: $log]"
