@@ -10,16 +10,18 @@ so the same spec always produces the same UIDs and bytes.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import math
 import random
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import dcmwrite
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 __all__ = ["PRESETS", "SynthInstance", "SynthSpec", "generate"]
@@ -87,7 +89,7 @@ _BASE_DATE = dt.date(2026, 1, 5)
 
 
 def generate(out: Path, spec: SynthSpec) -> list[SynthInstance]:
-    """Write the studies of `spec` under `out/<study>/<series>/<sop>.dcm`; return what was written."""
+    """Write `spec` as `out/<study>/<series>/<sop>.dcm`; return what was written, in order."""
     _check(spec)
     written: list[SynthInstance] = []
     for study in range(spec.studies):
@@ -135,37 +137,86 @@ def _write_series(
     out: Path, spec: SynthSpec, study: int, series: int, study_ds: Dataset
 ) -> Iterator[SynthInstance]:
     ds = _series_template(spec, study, series, study_ds)
-    samples = _KINDS.get(spec.modality, _KINDS["CT"]).samples
-    bytes_per_pixel = 2 if samples == 1 else 3
+    bytes_per_pixel = 2 if ds.SamplesPerPixel == 1 else 3
     directory = out / ds.StudyInstanceUID / ds.SeriesInstanceUID
     directory.mkdir(parents=True, exist_ok=True)
     pattern = random.Random(f"{spec.seed}/{study}/{series}").randbytes(CHUNK)
-    header_len = len(_header_bytes(ds, "0" * 64))  # UIDs are at most 64 characters
+    header_len = len(_Header(ds).encode(_varying(ds, "9" * 64, spec.instances, spec)))
     budget = max(bytes_per_pixel, spec.size - header_len - 12) // spec.frames // bytes_per_pixel
     ds.Columns = max(1, round(math.sqrt(budget)))
     ds.Rows = max(1, round(budget / ds.Columns))
+    if spec.modality == "SM":
+        across = math.ceil(math.sqrt(spec.frames))
+        ds.TotalPixelMatrixColumns = ds.Columns * across
+        ds.TotalPixelMatrixRows = ds.Rows * math.ceil(spec.frames / across)
     pixel_len = ds.Rows * ds.Columns * bytes_per_pixel * spec.frames
     pixel_len += pixel_len % 2  # element values have even length
-    if spec.modality == "SM":
-        ds.TotalPixelMatrixColumns = ds.Columns * math.ceil(math.sqrt(spec.frames))
-        ds.TotalPixelMatrixRows = ds.Rows * math.ceil(
-            spec.frames / math.ceil(math.sqrt(spec.frames))
-        )
+    pixel_tag = struct.pack(
+        "<HH2s2xI", 0x7FE0, 0x0010, b"OW" if bytes_per_pixel == 2 else b"OB", pixel_len
+    )
+    header = _Header(ds)
     for index in range(spec.instances):
         sop_uid = _uid(spec, "instance", study, series, index)
-        ds.InstanceNumber = index + 1
-        if spec.modality != "SM":
-            ds.ImagePositionPatient = [-250.0, -250.0, -1.25 * index]
-            ds.SliceLocation = -1.25 * index
         path = directory / f"{sop_uid}.dcm"
         with path.open("wb") as f:
-            f.write(_header_bytes(ds, sop_uid))
-            vr = b"OW" if bytes_per_pixel == 2 else b"OB"
-            f.write(struct.pack("<HH2s2xI", 0x7FE0, 0x0010, vr, pixel_len))
+            f.write(header.encode(_varying(ds, sop_uid, index, spec)))
+            f.write(pixel_tag)
             _write_pattern(f, pattern, pixel_len, offset=index * 4099)
         yield SynthInstance(
             path, ds.StudyInstanceUID, ds.SeriesInstanceUID, sop_uid, path.stat().st_size
         )
+
+
+def _varying(template: Dataset, sop_uid: str, index: int, spec: SynthSpec) -> Dataset:
+    """The attributes that differ between the instances of one series."""
+    ds = Dataset()
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = index + 1
+    if spec.modality != "SM":
+        z = 0.0 - 1.25 * index  # 0.0 - 0.0 is 0.0, not the odd-looking -0.0
+        ds.ImagePositionPatient = [-250.0, -250.0, z]
+        ds.SliceLocation = z
+    return ds
+
+
+class _Header:
+    """Encodes a series' header once; per instance only the varying elements are encoded.
+
+    Running pydicom's writer over the whole data set per instance made ``many`` (2,000 files)
+    take ~3 s; encoding each element once and splicing keeps it well under a second.
+    """
+
+    def __init__(self, template: Dataset) -> None:
+        varying = {0x00080018, 0x00200013, 0x00200032, 0x00201041}
+        self._fixed = [
+            (int(elem.tag), _encode(elem)) for elem in template if int(elem.tag) not in varying
+        ]
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\0\1"
+        meta.MediaStorageSOPClassUID = template.SOPClassUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = "DLSTUDY_SYNTH"
+        self._meta = [(int(elem.tag), _encode(elem)) for elem in meta]
+
+    def encode(self, varying: Dataset) -> bytes:
+        """Preamble, file meta and data set up to (not including) the pixel data element."""
+        sop = Dataset()
+        sop.MediaStorageSOPInstanceUID = varying.SOPInstanceUID
+        meta = b"".join(b for _, b in sorted([*self._meta, (0x00020003, _encode(sop[0x00020003]))]))
+        group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(meta))
+        body = sorted([*self._fixed, *((int(e.tag), _encode(e)) for e in varying)])
+        return b"".join([b"\0" * 128, b"DICM", group_length, meta, *(b for _, b in body)])
+
+
+def _encode(elem: DataElement) -> bytes:
+    """One element, explicit VR little endian (the only transfer syntax synth writes)."""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    ds = Dataset()
+    ds.add(elem)
+    write_dataset(fp, ds)
+    return fp.getvalue()
 
 
 def _series_template(spec: SynthSpec, study: int, series: int, study_ds: Dataset) -> Dataset:
@@ -221,7 +272,7 @@ def _series_template(spec: SynthSpec, study: int, series: int, study_ds: Dataset
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
     if multiframe:
         ds.NumberOfFrames = spec.frames
-    ds.Rows = ds.Columns = 1  # sized per series once the header length is known
+    ds.Rows = ds.Columns = 1  # sized once the header length is known
     ds.PixelRepresentation = 0
     if spec.modality == "CT":
         ds.WindowCenter, ds.WindowWidth = 40, 400
@@ -229,23 +280,7 @@ def _series_template(spec: SynthSpec, study: int, series: int, study_ds: Dataset
     return ds
 
 
-def _header_bytes(ds: Dataset, sop_uid: str) -> bytes:
-    """Preamble, file meta and data set up to (not including) the pixel data element."""
-    ds.SOPInstanceUID = sop_uid
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "DLSTUDY_SYNTH"
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    buf = io.BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def _write_pattern(f: io.BufferedWriter, pattern: bytes, length: int, *, offset: int) -> None:
+def _write_pattern(f: BinaryIO, pattern: bytes, length: int, *, offset: int) -> None:
     """Write `length` bytes cycling through `pattern` from `offset`, one chunk at a time."""
     view = memoryview(pattern)
     pos = offset % len(pattern)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from urllib.parse import SplitResult, quote, urlencode, urlsplit, urlunsplit
 
-# PS3.5 §9.1: a UID is dot-separated numeric components, no leading zeros, at most 64 chars.
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# PS3.5 §9.1: dot-separated numeric components, at most 64 characters. Leading zeros are not
+# conformant but occur in real archives; they are harmless in a path, so they are accepted.
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 _SECRET_QUERY_KEYS = ("token", "access_token", "key", "apikey", "api_key", "password", "sig")
 
 
 def is_valid_uid(uid: str) -> bool:
-    return len(uid) <= 64 and _UID_RE.match(uid) is not None
+    return len(uid) <= 64 and _UID_RE.fullmatch(uid) is not None
 
 
 def split_base_url(url: str) -> tuple[str, str | None, str | None]:

@@ -1,0 +1,186 @@
+"""Scan a folder of DICOM files into an in-memory study -> series -> instance index.
+
+Headers only (`stop_before_pixels`), so indexing a folder of whole-slide images reads kilobytes
+per file. Real-world folders hold files without a preamble or file meta, odd transfer syntaxes and
+things that are not DICOM at all: whatever lacks the three UIDs is skipped with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from .attributes import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, Json, entries, texts
+
+log = logging.getLogger("dlstudy.server")
+
+# Values above this size are not read while indexing: a non-DICOM file read with `force=True`
+# can announce a gigabyte-long element, and nothing the index keeps is that large.
+_DEFER_SIZE = 64 * 1024
+
+# Transfer syntax of a file without file meta, from how pydicom found it encoded.
+_ENCODINGS = {
+    (True, True): "1.2.840.10008.1.2",  # implicit VR little endian
+    (False, True): "1.2.840.10008.1.2.1",  # explicit VR little endian
+    (False, False): "1.2.840.10008.1.2.2",  # explicit VR big endian
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    path: Path
+    size: int
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    transfer_syntax: str
+    number: int | None
+    attrs: Json  # instance-level DICOM JSON entries
+
+
+@dataclass(slots=True)
+class Series:
+    uid: str
+    study_uid: str
+    number: int | None
+    attrs: Json
+    instances: list[Instance] = field(default_factory=list)
+    by_uid: dict[str, Instance] = field(default_factory=dict)
+
+    @property
+    def modality(self) -> str | None:
+        values = texts(self.attrs.get("00080060"))
+        return values[0] if values else None
+
+
+@dataclass(slots=True)
+class Study:
+    uid: str
+    attrs: Json
+    series: list[Series] = field(default_factory=list)
+    by_uid: dict[str, Series] = field(default_factory=dict)
+    modalities: list[str] = field(default_factory=list)
+    instance_count: int = 0
+
+
+class Index:
+    """All studies of a folder, each list in a stable order (UID; series and instance number)."""
+
+    def __init__(self, studies: list[Study]) -> None:
+        self.studies = sorted(studies, key=lambda s: s.uid)
+        self.by_uid = {study.uid: study for study in self.studies}
+        for study in self.studies:
+            study.series.sort(key=lambda s: (s.number is None, s.number or 0, s.uid))
+            for series in study.series:
+                series.instances.sort(key=lambda i: (i.number is None, i.number or 0, i.sop_uid))
+            study.modalities = sorted({s.modality for s in study.series if s.modality})
+            study.instance_count = sum(len(s.instances) for s in study.series)
+
+    @classmethod
+    def scan(cls, root: Path) -> Index:
+        studies: dict[str, Study] = {}
+        count = 0
+        for path in _walk(root):
+            instance, ds = _read(path)
+            if instance is None or ds is None:
+                continue
+            study = studies.get(instance.study_uid)
+            if study is None:
+                study = studies[instance.study_uid] = Study(
+                    instance.study_uid, entries(ds, STUDY_TAGS)
+                )
+            series = study.by_uid.get(instance.series_uid)
+            if series is None:
+                series = Series(
+                    instance.series_uid,
+                    instance.study_uid,
+                    _int(ds, "SeriesNumber"),
+                    entries(ds, SERIES_TAGS),
+                )
+                study.by_uid[series.uid] = series
+                study.series.append(series)
+            if instance.sop_uid in series.by_uid:
+                log.warning("skipped %s: duplicate SOP Instance UID %s", path, instance.sop_uid)
+                continue
+            series.by_uid[instance.sop_uid] = instance
+            series.instances.append(instance)
+            count += 1
+        log.info("indexed %d instances in %d studies under %s", count, len(studies), root)
+        return cls(list(studies.values()))
+
+    def series(self, study_uid: str, series_uid: str) -> Series | None:
+        study = self.by_uid.get(study_uid)
+        return study.by_uid.get(series_uid) if study else None
+
+    def instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Instance | None:
+        series = self.series(study_uid, series_uid)
+        return series.by_uid.get(sop_uid) if series else None
+
+    def all_series(self) -> Iterator[tuple[Study, Series]]:
+        for study in self.studies:
+            for series in study.series:
+                yield study, series
+
+
+def read_header(path: Path) -> Dataset:
+    """The data set of a file without its pixel data; pydicom's complaints go to the log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=_DEFER_SIZE)
+    for warning in caught:
+        log.debug("%s: %s", path, warning.message)
+    return ds
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    # Sorted, and hidden entries skipped (e.g. a download tool's `.dlstudy/` state folder).
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath, name)
+
+
+def _read(path: Path) -> tuple[Instance | None, Dataset | None]:
+    try:
+        ds = read_header(path)
+        uids = [str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID")]
+        sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+        if not sop and "MediaStorageSOPInstanceUID" in ds.file_meta:
+            sop = str(ds.file_meta.MediaStorageSOPInstanceUID).strip()
+        if not all(uids) or not sop:
+            log.info("skipped %s: no Study, Series or SOP Instance UID", path)
+            return None, None
+        ts = ds.file_meta.get("TransferSyntaxUID") or _ENCODINGS.get(ds.original_encoding)
+        if not ts:
+            log.info("skipped %s: unknown transfer syntax", path)
+            return None, None
+        instance = Instance(
+            path=path,
+            size=path.stat().st_size,
+            study_uid=uids[0],
+            series_uid=uids[1],
+            sop_uid=sop,
+            transfer_syntax=str(ts),
+            number=_int(ds, "InstanceNumber"),
+            attrs=entries(ds, INSTANCE_TAGS),
+        )
+    except Exception as exc:  # anything pydicom cannot make sense of is not served
+        log.info("skipped %s: %s: %s", path, type(exc).__name__, exc)
+        return None, None
+    return instance, ds
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

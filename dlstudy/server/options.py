@@ -1,0 +1,55 @@
+"""Everything the embedded server can be told: folder, address, TLS, vendor profile, test knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PROFILES = ("standard", "orthanc", "dcm4chee")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Options of one server. The knobs after `profile` are off by default; tests turn them on.
+
+    `token_expires_after` counts requests per token value: `token` and any `token-<suffix>`
+    are accepted, each for N requests, so a client's refresh command can mint `token-2`, ...
+    `drop_rate` is the fraction of WADO bodies that `drop_after_bytes` cuts (all by default).
+    """
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = pick a free port
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    profile: str = "standard"  # standard | orthanc | dcm4chee
+    max_page_size: int | None = None  # QIDO cap; truncation answered with Warning: 299
+    ignore_offset: bool = False  # mimic static DICOMweb: offset ignored
+    latency: float = 0.0  # seconds added per request
+    fault_rate: float = 0.0  # fraction of WADO responses answered `fault_status`
+    fault_status: int = 503
+    retry_after: int = 1
+    drop_after_bytes: int | None = None  # cut a WADO body after N bytes (connection dropped)
+    token: str | None = None  # require Authorization: Bearer <token>
+    token_expires_after: int | None = None  # a token stops working (401) after N requests
+    seed: int = 0  # for the fault RNG, so runs are reproducible
+    drop_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; choose one of {PROFILES}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+        for name in ("fault_rate", "drop_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        for name in ("max_page_size", "drop_after_bytes", "token_expires_after"):
+            value = getattr(self, name)
+            if value is not None and value < (1 if name == "max_page_size" else 0):
+                raise ValueError(f"{name} must not be negative or zero")
+        if self.latency < 0 or self.retry_after < 0 or not 0 <= self.port <= 65535:
+            raise ValueError("latency, retry_after and port must not be negative")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs and run all of it: lint, types, unit and integration
+# tests (the embedded server over HTTP/1.1, h2c and TLS h2, and a real Orthanc from Debian).
+# This is the README's test command and what .ci/run calls. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-orthanc.sh            # Debian's orthanc + orthanc-dicomweb, and curl
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/pytest "$@"

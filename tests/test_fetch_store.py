@@ -1,0 +1,186 @@
+"""One-instance fetches against respx: what lands on disk, what never does, what is retried."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import respx
+
+from dlstudy.errors import AuthError, HttpStatusError, IntegrityError, TransferError, UsageError
+from dlstudy.fetch import InstanceFetcher
+from dlstudy.retry import RETRY_AFTER_CAP, backoff_delay, parse_retry_after
+from dlstudy.settings import Settings
+from dlstudy.store import InstanceRef, Store, check_layout
+from dlstudy.transport import Transport
+from dlstudy.verify import verify_instance
+
+from .factories import STUDY, part10
+
+BASE = "http://pacs.test/dicomweb"
+SERIES = f"{STUDY}.7"
+SOP = f"{SERIES}.1"
+REF = InstanceRef(STUDY, SERIES, SOP, "CT")
+URL = f"{BASE}/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
+
+
+def fetch(tmp_path: Path, retries: int = 2) -> tuple[int, list[int]]:
+    chunks: list[int] = []
+
+    async def run() -> int:
+        transport = Transport(Settings(url=BASE, http="1.1"))
+        fetcher = InstanceFetcher(
+            transport,
+            Store(tmp_path, "{study}/{series}/{sop}.dcm"),
+            transfer_syntax="*",
+            retries=retries,
+            rng=random.Random(0),
+        )
+        try:
+            return await fetcher.fetch(REF, chunks.append)
+        finally:
+            await transport.aclose()
+
+    return anyio.run(run), chunks
+
+
+def final(tmp_path: Path) -> Path:
+    return tmp_path / STUDY / SERIES / f"{SOP}.dcm"
+
+
+def leftovers(tmp_path: Path) -> list[Path]:
+    return [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@respx.mock
+def test_instance_is_streamed_to_its_final_path_byte_exact(tmp_path: Path) -> None:
+    body = part10(STUDY, SERIES, SOP, payload=b"\x01\x02" * 5000)
+    route = respx.get(URL).mock(return_value=httpx.Response(200, content=body))
+
+    size, chunks = fetch(tmp_path)
+
+    assert size == len(body) == sum(chunks)
+    assert final(tmp_path).read_bytes() == body
+    assert leftovers(tmp_path) == [final(tmp_path)]
+    sent = route.calls[0].request.headers
+    assert sent["accept"] == "application/dicom; transfer-syntax=*"
+    assert sent["accept-encoding"] == "identity"
+
+
+@respx.mock
+def test_html_error_page_is_rejected_without_retry_and_leaves_nothing(tmp_path: Path) -> None:
+    page = b"<!DOCTYPE html><html><body>" + b"Session expired " * 20 + b"</body></html>"
+    route = respx.get(URL).mock(return_value=httpx.Response(200, content=page))
+
+    with pytest.raises(IntegrityError, match="not a DICOM Part 10 file.*HTML"):
+        fetch(tmp_path)
+    assert route.call_count == 1
+    assert leftovers(tmp_path) == []
+
+
+@respx.mock
+def test_wrong_instance_is_retried_then_reported_never_kept(tmp_path: Path) -> None:
+    wrong = part10(STUDY, SERIES, f"{SERIES}.999")
+    route = respx.get(URL).mock(return_value=httpx.Response(200, content=wrong))
+
+    with pytest.raises(IntegrityError, match=r"SOP Instance UID .* expected") as info:
+        fetch(tmp_path, retries=1)
+    assert route.call_count == 2
+    assert "after 2 attempts" in str(info.value)
+    assert leftovers(tmp_path) == []
+
+
+@respx.mock
+def test_503_with_retry_after_is_retried(tmp_path: Path) -> None:
+    body = part10(STUDY, SERIES, SOP)
+    route = respx.get(URL).mock(
+        side_effect=[
+            httpx.Response(503, headers={"Retry-After": "0"}),
+            httpx.Response(429, headers={"Retry-After": "0"}),
+            httpx.Response(200, content=body),
+        ]
+    )
+
+    size, _ = fetch(tmp_path, retries=2)
+
+    assert size == len(body) and route.call_count == 3
+    assert final(tmp_path).read_bytes() == body
+
+
+@pytest.mark.parametrize("status", [400, 404, 406])
+@respx.mock
+def test_definitive_answers_are_not_retried(tmp_path: Path, status: int) -> None:
+    route = respx.get(URL).mock(return_value=httpx.Response(status))
+
+    with pytest.raises(HttpStatusError) as info:
+        fetch(tmp_path)
+    assert info.value.status_code == status and not info.value.retryable
+    assert route.call_count == 1
+    assert SOP in str(info.value)
+
+
+@respx.mock
+def test_network_errors_are_retried_then_reported_with_the_sop_uid(tmp_path: Path) -> None:
+    route = respx.get(URL).mock(side_effect=httpx.ReadError("connection reset"))
+
+    with pytest.raises(TransferError, match=f"instance {SOP}: network error") as info:
+        fetch(tmp_path, retries=1)
+    assert info.value.sop_instance_uid == SOP
+    assert route.call_count == 2
+
+
+@respx.mock
+def test_401_aborts_as_auth_error(tmp_path: Path) -> None:
+    respx.get(URL).mock(return_value=httpx.Response(401))
+    with pytest.raises(AuthError):
+        fetch(tmp_path)
+
+
+def test_verify_checks_study_and_series_too(tmp_path: Path) -> None:
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10(STUDY, SERIES, SOP))
+    assert verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
+    with pytest.raises(IntegrityError, match="Series Instance UID"):
+        verify_instance(path, study_uid=STUDY, series_uid="1.2.3", sop_uid=SOP)
+    path.write_bytes(part10(STUDY, SERIES, SOP)[:100])
+    with pytest.raises(IntegrityError, match="too short"):
+        verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
+
+
+@pytest.mark.parametrize(
+    "layout", ["/abs/{sop}.dcm", "../{sop}.dcm", "{study}/{nope}.dcm", "{study}/x.dcm", "{"]
+)
+def test_bad_layouts_are_usage_errors(layout: str) -> None:
+    with pytest.raises(UsageError):
+        check_layout(layout)
+
+
+def test_layout_fields_and_invalid_server_uids(tmp_path: Path) -> None:
+    store = Store(tmp_path, "{modality}/{study}/{sop}.dcm")
+    assert store.final_path(REF) == tmp_path / "CT" / STUDY / f"{SOP}.dcm"
+    evil = InstanceRef(STUDY, "../../etc", SOP)
+    assert not store.is_valid(evil)
+    with pytest.raises(ValueError):
+        store.final_path(evil)
+
+
+def test_unwritable_output_is_an_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="not writable"):
+        Store(blocker / "sub", "{sop}.dcm").prepare()
+
+
+def test_retry_after_forms_and_backoff() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("100000") == RETRY_AFTER_CAP
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after(None) is None
+    rng = random.Random(1)
+    delays = [backoff_delay(n, rng) for n in range(1, 10)]
+    assert all(0 < d <= 10 for d in delays)
+    assert delays[0] <= 0.25 and delays[-1] >= 5

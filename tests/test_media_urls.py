@@ -1,0 +1,83 @@
+"""Header forms and URL helpers: pure functions, exhaustively."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlstudy.media import multipart_accept, parse_media_type, single_part_accept
+from dlstudy.urls import instance_url, is_valid_uid, redact_url, split_base_url
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'multipart/related; type="application/dicom"; boundary=abc',
+        "multipart/related;type=application/dicom;boundary=abc",
+        'Multipart/Related; boundary="abc"; type="application/dicom"',
+        'multipart/related;start="<1@resteasy-multipart>";type="application/dicom"; boundary=abc',
+        'multipart/related; boundary = "abc" ; type=application/dicom;',
+    ],
+)
+def test_parse_media_type_accepts_every_quoting_and_order(value: str) -> None:
+    media = parse_media_type(value)
+    assert media.mime == "multipart/related"
+    assert media.boundary == "abc"
+    assert media.params["type"] == "application/dicom"
+
+
+def test_parse_media_type_quoted_specials_and_transfer_syntax() -> None:
+    media = parse_media_type('application/dicom; transfer-syntax=1.2.840.10008.1.2.1; x="a;b\\"c"')
+    assert media.mime == "application/dicom"
+    assert media.transfer_syntax == "1.2.840.10008.1.2.1"
+    assert media.params["x"] == 'a;b"c'
+    assert parse_media_type("application/dicom").params == {}
+    assert parse_media_type("text/plain; flag").params == {"flag": ""}
+
+
+def test_accept_headers() -> None:
+    assert single_part_accept() == "application/dicom; transfer-syntax=*"
+    assert single_part_accept(None) == "application/dicom"
+    assert multipart_accept() == 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    assert multipart_accept(None, quote_type=False) == "multipart/related; type=application/dicom"
+
+
+@pytest.mark.parametrize(
+    ("uid", "ok"),
+    [
+        ("1.2.840.10008.1.2.1", True),
+        ("0", True),
+        ("1.2." + "3" * 60, True),  # 64 characters
+        ("1." + "2" * 63, False),  # 65 characters
+        ("1.02.3", True),  # leading zero: not conformant, but seen in real archives
+        ("1..2", False),
+        ("1.2.", False),
+        ("../etc", False),
+        ("1.2/3", False),
+        ("", False),
+        ("1.2.3\n", False),
+    ],
+)
+def test_is_valid_uid(uid: str, ok: bool) -> None:
+    assert is_valid_uid(uid) is ok
+
+
+def test_split_base_url_strips_userinfo_and_trailing_slash() -> None:
+    assert split_base_url("https://bob:pw@host:8443/dicom-web/") == (
+        "https://host:8443/dicom-web",
+        "bob",
+        "pw",
+    )
+    assert split_base_url("http://[::1]:8042/dicomweb") == ("http://[::1]:8042/dicomweb", None, None)
+
+
+def test_redact_url_hides_passwords_and_secret_query_values() -> None:
+    shown = redact_url("https://bob:hunter2@host/x?token=abc&limit=5&API_KEY=zz")
+    assert "hunter2" not in shown and "abc" not in shown and "zz" not in shown
+    assert shown == "https://bob:***@host/x?token=***&limit=5&API_KEY=***"
+    assert redact_url("http://host/x") == "http://host/x"
+
+
+def test_instance_url() -> None:
+    assert instance_url("http://h/dw", "1.2", "1.2.3", "1.2.3.4") == (
+        "http://h/dw/studies/1.2/series/1.2.3/instances/1.2.3.4"
+    )

@@ -1,0 +1,68 @@
+"""Progress sinks render what happened, with an injected console and clock."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from dlstudy.progress import NullProgress, PlainProgress, RichProgress
+from dlstudy.store import InstanceRef
+
+REF = InstanceRef("1.2", "1.2.3", "1.2.3.4")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_plain_progress_logs_periodically_with_counts_rate_and_eta() -> None:
+    clock = FakeClock()
+    out = io.StringIO()
+    sink = PlainProgress(out, interval=5.0, clock=clock)
+    sink.resolving("1.2")
+    sink.start(total=12, skipped=2)
+    sink.advance(5_000_000)
+    sink.instance_done(REF, 5_000_000)
+    assert out.getvalue().count("\n") == 2  # nothing periodic yet
+    clock.now += 5.0
+    sink.advance(5_000_000)
+    sink.instance_done(REF, 5_000_000)
+    sink.instance_failed(REF, "instance 1.2.3.4: HTTP 404")
+    sink.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "dlstudy: resolving study 1.2"
+    assert lines[1] == "dlstudy: downloading 10 of 12 instances (2 already present)"
+    assert "dlstudy: 2/10 instances, 10.0 MB, 2.0 MB/s, ETA 0:20" in lines
+    assert "dlstudy: failed: instance 1.2.3.4: HTTP 404" in lines
+
+
+def test_rich_progress_renders_instances_bytes_rate_and_failures() -> None:
+    clock = FakeClock()
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    sink = RichProgress(console, clock=clock)
+    sink.start(total=4, skipped=0)
+    clock.now += 2.0
+    sink.advance(4_000_000)
+    sink.instance_done(REF, 4_000_000)
+    sink.instance_failed(REF, "instance 1.2.3.4: [bad] HTTP 500")
+    sink.close()
+    text = out.getvalue()
+    assert "1/4 instances (1 failed)" in text
+    assert "4.0 MB" in text and "2.0 MB/s" in text
+    assert "failed: instance 1.2.3.4: [bad] HTTP 500" in text  # brackets are not markup
+
+
+def test_null_progress_accepts_everything_silently() -> None:
+    sink = NullProgress()
+    sink.resolving("1.2")
+    sink.start(1, 0)
+    sink.advance(1)
+    sink.instance_done(REF, 1)
+    sink.instance_failed(REF, "x")
+    sink.close()

@@ -1,0 +1,141 @@
+"""Error translation at the one boundary where httpx, httpcore and h2 errors become ours."""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import ssl
+
+import anyio
+import h2.exceptions
+import httpcore
+import httpx
+import pytest
+import respx
+
+from dlstudy.errors import ConnectError, TransferError
+from dlstudy.settings import Settings
+from dlstudy.transport import Transport, translate_error
+
+URL = "https://bob:hunter2@pacs.test/dicomweb/studies?token=abc"
+
+
+def caused_by(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "text"),
+    [
+        (caused_by(httpx.ConnectError("x"), socket.gaierror(-2, "nope")), ConnectError,
+         "cannot resolve host 'pacs.test'"),
+        (caused_by(httpx.ConnectError("x"), ConnectionRefusedError(111, "refused")),
+         ConnectError, "connection refused by pacs.test"),
+        (caused_by(httpx.ConnectError("x"), ssl.SSLCertVerificationError("bad cert")),
+         ConnectError, "TLS handshake with 'pacs.test' failed"),
+        (httpx.ConnectTimeout("slow"), ConnectError, "timed out connecting"),
+        (httpx.ReadTimeout("slow"), TransferError, "timed out waiting"),
+        (httpx.RemoteProtocolError("peer closed"), TransferError, "connection broken"),
+        (httpcore.LocalProtocolError("short body"), TransferError, "connection broken"),
+        (h2.exceptions.ProtocolError("GOAWAY"), TransferError, "connection broken"),
+        (h2.exceptions.StreamClosedError(1), TransferError, "connection broken"),
+        (httpx.ReadError("reset"), TransferError, "network error"),
+    ],
+)
+def test_translate_error_gives_one_clear_line_without_secrets(
+    exc: BaseException, kind: type, text: str
+) -> None:
+    error = translate_error(exc, URL)
+    assert isinstance(error, kind)
+    assert text in str(error)
+    assert "hunter2" not in str(error) and "abc" not in str(error)
+    assert "\n" not in str(error)
+
+
+def test_every_httpx_transport_error_is_mapped_to_something_specific() -> None:
+    """Fails when an httpx release adds a transport error we would report as 'unexpected'."""
+    transport_errors = [
+        cls
+        for _, cls in inspect.getmembers(httpx, inspect.isclass)
+        if issubclass(cls, httpx.TransportError)
+    ]
+    assert len(transport_errors) > 10
+    for cls in transport_errors:
+        error = translate_error(cls("boom"), URL)
+        assert "unexpected" not in str(error), cls
+        if not issubclass(cls, httpx.ConnectError | httpx.ConnectTimeout):
+            assert isinstance(error, TransferError) and error.retryable, cls
+
+
+def test_transient_errors_are_retryable_and_connect_errors_are_fatal() -> None:
+    assert isinstance(translate_error(httpx.ConnectError("x"), URL), ConnectError)
+    transfer = translate_error(httpx.RemoteProtocolError("x"), URL)
+    assert isinstance(transfer, TransferError) and transfer.retryable
+
+
+@respx.mock
+def test_headers_auth_and_userinfo_credentials_are_sent() -> None:
+    route = respx.get("http://pacs.test/dicomweb/studies").mock(return_value=httpx.Response(200))
+    settings = Settings(
+        url="http://bob:hunter2@pacs.test/dicomweb/",
+        http="1.1",
+        headers=(("X-Api-Key", "k1"),),
+    )
+
+    async def run() -> None:
+        transport = Transport(settings)
+        assert transport.base_url == "http://pacs.test/dicomweb"
+        await transport.get(f"{transport.base_url}/studies")
+        await transport.aclose()
+
+    anyio.run(run)
+    request = route.calls[0].request
+    assert request.headers["X-Api-Key"] == "k1"
+    assert request.headers["Authorization"].startswith("Basic ")
+    assert "hunter2" not in str(request.url)
+
+
+@respx.mock
+def test_bearer_token_and_secret_headers_never_follow_a_cross_origin_redirect() -> None:
+    respx.get("http://pacs.test/dicomweb/studies").mock(
+        return_value=httpx.Response(302, headers={"Location": "http://elsewhere.test/x"})
+    )
+    other = respx.get("http://elsewhere.test/x").mock(return_value=httpx.Response(200))
+    settings = Settings(
+        url="http://pacs.test/dicomweb", http="1.1", token="t0k", headers=(("X-Api-Key", "k1"),)
+    )
+
+    async def run() -> None:
+        transport = Transport(settings)
+        await transport.get(f"{transport.base_url}/studies")
+        await transport.aclose()
+
+    anyio.run(run)
+    forwarded = other.calls[0].request.headers
+    assert "authorization" not in forwarded
+    assert "x-api-key" not in forwarded
+
+
+@respx.mock
+def test_same_origin_redirect_keeps_credentials() -> None:
+    respx.get("http://pacs.test/dicomweb/a").mock(
+        return_value=httpx.Response(302, headers={"Location": "/dicomweb/b"})
+    )
+    target = respx.get("http://pacs.test/dicomweb/b").mock(return_value=httpx.Response(200))
+
+    async def run() -> None:
+        transport = Transport(Settings(url="http://pacs.test/dicomweb", http="1.1", token="t0k"))
+        await transport.get("http://pacs.test/dicomweb/a")
+        await transport.aclose()
+
+    anyio.run(run)
+    assert target.calls[0].request.headers["authorization"] == "Bearer t0k"
+
+
+def test_settings_repr_hides_secrets() -> None:
+    settings = Settings(
+        url="http://x", token="t0k3n", password="hunter2", headers=(("X-Api-Key", "k3y"),)
+    )
+    text = repr(settings)
+    assert "t0k3n" not in text and "hunter2" not in text and "k3y" not in text
