@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from .bulk import BulkFetcher
 from .errors import (
     DlstudyError,
     InvalidUidError,
@@ -22,6 +23,7 @@ from .errors import (
     UsageError,
 )
 from .fetch import InstanceFetcher
+from .negotiate import Negotiator, candidates
 from .pool import first_error, run_pool
 from .progress import NullProgress, ProgressSink
 from .qido import Resolver
@@ -29,7 +31,7 @@ from .settings import Settings
 from .store import InstanceRef, Store
 from .summary import Failure, Summary
 from .transport import Transport
-from .urls import is_valid_uid, redact_url
+from .urls import is_valid_uid, redact_url, series_url, study_url
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,8 @@ def validate(settings: Settings, study_uids: list[str]) -> None:
         raise UsageError("--retries must be 0 or more")
     if settings.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    if settings.mode not in ("auto", "instance"):
-        raise UsageError(f"--mode {settings.mode} is not supported yet; use auto or instance")
+    if settings.mode not in ("auto", "instance", "series", "study"):
+        raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
 
 
 def download(
@@ -95,7 +97,7 @@ def download(
 async def download_async(
     study_uids: list[str], settings: Settings, progress: ProgressSink
 ) -> Summary:
-    summary = Summary(url=redact_url(settings.url), output=str(settings.output))
+    summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
     started = time.monotonic()
     try:
         validate(settings, study_uids)
@@ -156,14 +158,17 @@ async def _run(
         raise NothingMatchedError(_nothing_matched_message(settings, summary))
 
     progress.start(summary.total, summary.skipped)
-    fetcher = InstanceFetcher(
-        transport,
-        store,
-        transfer_syntax=settings.transfer_syntax or None,
-        retries=settings.retries,
-    )
+    wanted_syntax = settings.transfer_syntax or None
+    negotiator = Negotiator(candidates(wanted_syntax, single_part=True))
+    fetcher = InstanceFetcher(transport, store, negotiator, retries=settings.retries)
+    summary.retrieval = negotiator
 
-    async def work(ref: InstanceRef) -> None:
+    def done(ref: InstanceRef, size: int) -> None:
+        summary.downloaded += 1
+        summary.bytes += size
+        progress.instance_done(ref, size)
+
+    async def one_instance(ref: InstanceRef) -> None:
         try:
             size = await fetcher.fetch(ref, progress.advance)
         except TransferError as exc:
@@ -173,12 +178,45 @@ async def _run(
             )
             progress.instance_failed(ref, str(exc))
             return
-        summary.downloaded += 1
-        summary.bytes += size
-        progress.instance_done(ref, size)
+        done(ref, size)
 
     with first_error():
-        await run_pool(todo, work, settings.concurrency)
+        if settings.mode in ("series", "study"):
+            todo = await _fetch_in_bulk(todo, settings, store, transport, progress, done)
+        await run_pool(todo, one_instance, settings.concurrency)
+
+
+async def _fetch_in_bulk(
+    todo: list[InstanceRef],
+    settings: Settings,
+    store: Store,
+    transport: Transport,
+    progress: ProgressSink,
+    done: Callable[[InstanceRef, int], None],
+) -> list[InstanceRef]:
+    """One multipart response per series (or study); return the instances still missing."""
+    groups: dict[str, list[InstanceRef]] = {}
+    for ref in todo:
+        if settings.mode == "series":
+            url = series_url(transport.base_url, ref.study_uid, ref.series_uid)
+        else:
+            url = study_url(transport.base_url, ref.study_uid)
+        groups.setdefault(url, []).append(ref)
+    negotiator = Negotiator(candidates(settings.transfer_syntax or None, single_part=False))
+    bulk = BulkFetcher(transport, store, negotiator)
+    committed: set[str] = set()
+
+    async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
+        url, refs = item
+        committed.update(await bulk.fetch(url, refs, progress.advance, done))
+
+    await run_pool(list(groups.items()), one_group, settings.concurrency)
+    missing = [ref for ref in todo if ref.sop_uid not in committed]
+    if missing:
+        log.info(
+            "%d instances missing from the bulk responses; fetching them one by one", len(missing)
+        )
+    return missing
 
 
 def _nothing_matched_message(settings: Settings, summary: Summary) -> str:

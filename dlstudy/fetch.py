@@ -1,19 +1,27 @@
-"""Fetch one instance into the store: stream, check, commit; retry what is worth retrying."""
+"""Fetch one instance into the store: stream, check, commit; retry what is worth retrying.
+
+The body may come single-part (the bytes of the Part 10 file) or as a multipart/related
+response with one part (servers that only speak multipart); either way it is streamed chunk by
+chunk into a temp file beside the final name and never held in memory.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import httpx
 
 from .errors import HttpStatusError, IntegrityError, TransferError
-from .media import single_part_accept
+from .media import MULTIPART_RELATED, parse_media_type
+from .multipart import PartData, PartEnded, PartStarted
+from .negotiate import Negotiator, Retrieval
+from .parts import iter_part_events
 from .retry import RETRYABLE_STATUS, backoff_delay, parse_retry_after
-from .store import InstanceRef, Store
+from .store import InstanceRef, Store, TempFile
 from .transport import Transport, check_auth
 from .urls import instance_url, redact_url
 from .verify import HEADER_PREFIX_LENGTH, check_prefix, verify_instance
@@ -23,99 +31,164 @@ log = logging.getLogger(__name__)
 ByteCounter = Callable[[int], None]
 
 
-def status_error(response: httpx.Response, ref: InstanceRef) -> HttpStatusError:
+def status_error(response: httpx.Response, what: str) -> HttpStatusError:
     status = response.status_code
     shown = redact_url(str(response.url))
-    reason = response.reason_phrase or ""
     if status == 404:
-        message = f"instance {ref.sop_uid}: not found on the server (HTTP 404)"
+        message = f"{what}: not found on the server (HTTP 404)"
     else:
-        message = f"instance {ref.sop_uid}: HTTP {status} {reason}".rstrip()
+        message = f"{what}: HTTP {status} {response.reason_phrase or ''}".rstrip()
     return HttpStatusError(
         message,
         status_code=status,
         url=shown,
-        sop_instance_uid=ref.sop_uid,
         retryable=status in RETRYABLE_STATUS,
         retry_after=parse_retry_after(response.headers.get("retry-after")),
     )
 
 
+async def with_retries(
+    attempt: Callable[[], Awaitable[int]], *, what: str, retries: int, rng: random.Random
+) -> int:
+    """Run `attempt` until it succeeds, fails for good, or runs out of retries."""
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await attempt()
+        except TransferError as exc:
+            if not exc.message.startswith(what):
+                exc.message = f"{what}: {exc.message}"
+            if not exc.retryable or tries > retries:
+                if tries > 1:
+                    exc.message = f"{exc.message} (after {tries} attempts)"
+                raise
+            delay = backoff_delay(tries, rng)
+            if isinstance(exc, HttpStatusError) and exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)
+            log.info("retrying in %.2fs: %s", delay, exc)
+            await anyio.sleep(delay)
+
+
+class BodyWriter:
+    """Streams one instance's bytes into a temp file, checking the DICM magic on the way."""
+
+    def __init__(self, temp: TempFile, ref: InstanceRef, on_bytes: ByteCounter) -> None:
+        self.temp = temp
+        self.ref = ref
+        self.on_bytes = on_bytes
+        self._prefix = b""
+
+    def write(self, chunk: bytes) -> None:
+        if len(self._prefix) < HEADER_PREFIX_LENGTH:
+            self._prefix += chunk[:HEADER_PREFIX_LENGTH]
+            check_prefix(self._prefix, sop_uid=self.ref.sop_uid)
+        # Synchronous on purpose: the page cache absorbs a write in microseconds, far less
+        # than a thread hop per chunk would cost.
+        self.temp.write(chunk)
+        self.on_bytes(len(chunk))
+
+    def check_length(self, expected: int | None, source: str) -> None:
+        if expected is not None and self.temp.size != expected:
+            raise IntegrityError(
+                f"got {self.temp.size} bytes, {source} said {expected}",
+                sop_instance_uid=self.ref.sop_uid,
+                retryable=True,
+            )
+
+    def verify_and_commit(self) -> int:
+        self.temp.close()
+        verify_instance(
+            self.temp.path,
+            study_uid=self.ref.study_uid,
+            series_uid=self.ref.series_uid,
+            sop_uid=self.ref.sop_uid,
+        )
+        self.temp.commit()
+        return self.temp.size
+
+
 class InstanceFetcher:
-    """Single-part retrieval (`Accept: application/dicom`) of one instance at a time."""
+    """Retrieves one instance per request, in whatever form the negotiator settled on."""
 
     def __init__(
         self,
         transport: Transport,
         store: Store,
+        negotiator: Negotiator,
         *,
-        transfer_syntax: str | None,
         retries: int,
         rng: random.Random | None = None,
     ) -> None:
         self.transport = transport
         self.store = store
-        self.accept = single_part_accept(transfer_syntax)
+        self.negotiator = negotiator
         self.retries = retries
         self.rng = rng or random.Random()
 
     async def fetch(self, ref: InstanceRef, on_bytes: ByteCounter) -> int:
         """Download `ref` to its final path; return its size. Raises TransferError."""
         final = self.store.final_path(ref)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._fetch_once(ref, final, on_bytes)
-            except TransferError as exc:
-                if exc.sop_instance_uid is None:
-                    exc.sop_instance_uid = ref.sop_uid
-                    exc.message = f"instance {ref.sop_uid}: {exc.message}"
-                if not exc.retryable or attempt > self.retries:
-                    if attempt > 1:
-                        exc.message = f"{exc.message} (after {attempt} attempts)"
-                    raise
-                delay = backoff_delay(attempt, self.rng)
-                if isinstance(exc, HttpStatusError) and exc.retry_after is not None:
-                    delay = max(delay, exc.retry_after)
-                log.info("retrying %s in %.2fs: %s", ref.sop_uid, delay, exc)
-                await anyio.sleep(delay)
 
-    async def _fetch_once(self, ref: InstanceRef, final: Path, on_bytes: ByteCounter) -> int:
+        async def attempt() -> int:
+            return await self.negotiator.run(
+                lambda form: self._fetch_once(ref, final, on_bytes, form)
+            )
+
+        try:
+            return await with_retries(
+                attempt, what=f"instance {ref.sop_uid}", retries=self.retries, rng=self.rng
+            )
+        except TransferError as exc:
+            exc.sop_instance_uid = ref.sop_uid
+            raise
+
+    async def _fetch_once(
+        self, ref: InstanceRef, final: Path, on_bytes: ByteCounter, form: Retrieval
+    ) -> int:
         url = instance_url(self.transport.base_url, ref.study_uid, ref.series_uid, ref.sop_uid)
         # identity: DICOM barely compresses, and decoding would cost client CPU per byte.
-        headers = {"Accept": self.accept, "Accept-Encoding": "identity"}
+        headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
         async with self.transport.stream(url, headers) as response:
             check_auth(response)
             if response.status_code != 200:
-                raise status_error(response, ref)
-            expected = _content_length(response)
+                raise status_error(response, f"instance {ref.sop_uid}")
+            media = parse_media_type(response.headers.get("content-type", ""))
             with self.store.open_temp(final) as temp:
-                prefix = b""
-                # Writes are synchronous on purpose: the page cache absorbs them in microseconds,
-                # far less than a thread hop per chunk would cost.
-                async for chunk in response.aiter_bytes():
-                    if len(prefix) < HEADER_PREFIX_LENGTH:
-                        prefix += chunk[:HEADER_PREFIX_LENGTH]
-                        check_prefix(prefix, sop_uid=ref.sop_uid)
-                    temp.write(chunk)
-                    on_bytes(len(chunk))
-                temp.close()
-                if expected is not None and temp.size != expected:
-                    raise IntegrityError(
-                        f"instance {ref.sop_uid}: got {temp.size} bytes, "
-                        f"Content-Length said {expected}",
-                        sop_instance_uid=ref.sop_uid,
-                        retryable=True,
-                    )
-                verify_instance(
-                    temp.path,
-                    study_uid=ref.study_uid,
-                    series_uid=ref.series_uid,
-                    sop_uid=ref.sop_uid,
+                writer = BodyWriter(temp, ref, on_bytes)
+                if media.mime == MULTIPART_RELATED:
+                    await _write_single_part_of_multipart(response, writer)
+                else:
+                    async for chunk in response.aiter_bytes():
+                        writer.write(chunk)
+                    writer.check_length(_content_length(response), "Content-Length")
+                return writer.verify_and_commit()
+
+
+async def _write_single_part_of_multipart(response: httpx.Response, writer: BodyWriter) -> None:
+    parts = 0
+    declared: int | None = None
+    complete = False
+    async for event in iter_part_events(response):
+        if isinstance(event, PartData):
+            writer.write(event.data)
+        elif isinstance(event, PartStarted):
+            parts += 1
+            if parts > 1:
+                raise IntegrityError(
+                    "multipart answer for one instance has more than one part",
+                    sop_instance_uid=writer.ref.sop_uid,
                 )
-                temp.commit()
-                return temp.size
+            declared = event.content_length
+        elif isinstance(event, PartEnded):
+            writer.check_length(declared, "the part's Content-Length")
+            complete = True
+    if not complete:
+        raise IntegrityError(
+            "multipart answer has no complete part",
+            sop_instance_uid=writer.ref.sop_uid,
+            retryable=True,
+        )
 
 
 def _content_length(response: httpx.Response) -> int | None:

@@ -89,6 +89,10 @@ class Store:
     def open_temp(self, final: Path) -> TempFile:
         return TempFile(final)
 
+    def open_incoming(self) -> TempFile:
+        """A temp file for a part whose instance is not known until its header is read."""
+        return TempFile(self.root / STATE_DIR / "incoming" / "part.dcm")
+
 
 class TempFile:
     """A hidden file beside `final`; committed by atomic rename, removed on any failure."""

@@ -37,7 +37,8 @@ class Summary:
     bytes: int = 0
     seconds: float = 0.0
     http_version: str | None = None
-    mode: str = "instance"
+    mode: str = "auto"
+    retrieval: Any = None  # a Negotiator: what the server accepted (has .as_dict())
     failures: list[Failure] = field(default_factory=list)
     error: str | None = None
     exit_status: ExitStatus = ExitStatus.OK
@@ -73,6 +74,7 @@ class Summary:
             "mb_per_s": round(self.mb_per_s, 2),
             "http_version": self.http_version,
             "mode": self.mode,
+            "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
             "failures": [f.as_dict() for f in self.failures],
             "error": self.error,
             "exit_status": int(self.exit_status),

@@ -12,6 +12,7 @@ import respx
 
 from dlstudy.errors import AuthError, HttpStatusError, IntegrityError, TransferError, UsageError
 from dlstudy.fetch import InstanceFetcher
+from dlstudy.negotiate import Negotiator, Retrieval
 from dlstudy.retry import RETRY_AFTER_CAP, backoff_delay, parse_retry_after
 from dlstudy.settings import Settings
 from dlstudy.store import InstanceRef, Store, check_layout
@@ -27,7 +28,9 @@ REF = InstanceRef(STUDY, SERIES, SOP, "CT")
 URL = f"{BASE}/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
 
 
-def fetch(tmp_path: Path, retries: int = 2) -> tuple[int, list[int]]:
+def fetch(
+    tmp_path: Path, retries: int = 2, negotiator: Negotiator | None = None
+) -> tuple[int, list[int]]:
     chunks: list[int] = []
 
     async def run() -> int:
@@ -35,7 +38,7 @@ def fetch(tmp_path: Path, retries: int = 2) -> tuple[int, list[int]]:
         fetcher = InstanceFetcher(
             transport,
             Store(tmp_path, "{study}/{series}/{sop}.dcm"),
-            transfer_syntax="*",
+            negotiator or Negotiator([Retrieval(single_part=True, transfer_syntax="*")]),
             retries=retries,
             rng=random.Random(0),
         )

@@ -67,7 +67,11 @@ def test_split_base_url_strips_userinfo_and_trailing_slash() -> None:
         "bob",
         "pw",
     )
-    assert split_base_url("http://[::1]:8042/dicomweb") == ("http://[::1]:8042/dicomweb", None, None)
+    assert split_base_url("http://[::1]:8042/dicomweb") == (
+        "http://[::1]:8042/dicomweb",
+        None,
+        None,
+    )
 
 
 def test_redact_url_hides_passwords_and_secret_query_values() -> None:

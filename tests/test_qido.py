@@ -189,9 +189,7 @@ def test_401_is_an_auth_error_and_500_a_server_error() -> None:
 
 @respx.mock
 def test_non_json_answer_is_a_clear_server_error() -> None:
-    respx.get(SERIES_URL).mock(
-        return_value=httpx.Response(200, content=b"<html>login</html>")
-    )
+    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, content=b"<html>login</html>"))
     with pytest.raises(ServerError, match="not JSON"):
         resolve()
     respx.get(SERIES_URL).mock(return_value=httpx.Response(200, content=json.dumps([1, 2])))

@@ -28,12 +28,21 @@ def caused_by(exc: BaseException, cause: BaseException) -> BaseException:
 @pytest.mark.parametrize(
     ("exc", "kind", "text"),
     [
-        (caused_by(httpx.ConnectError("x"), socket.gaierror(-2, "nope")), ConnectError,
-         "cannot resolve host 'pacs.test'"),
-        (caused_by(httpx.ConnectError("x"), ConnectionRefusedError(111, "refused")),
-         ConnectError, "connection refused by pacs.test"),
-        (caused_by(httpx.ConnectError("x"), ssl.SSLCertVerificationError("bad cert")),
-         ConnectError, "TLS handshake with 'pacs.test' failed"),
+        (
+            caused_by(httpx.ConnectError("x"), socket.gaierror(-2, "nope")),
+            ConnectError,
+            "cannot resolve host 'pacs.test'",
+        ),
+        (
+            caused_by(httpx.ConnectError("x"), ConnectionRefusedError(111, "refused")),
+            ConnectError,
+            "connection refused by pacs.test",
+        ),
+        (
+            caused_by(httpx.ConnectError("x"), ssl.SSLCertVerificationError("bad cert")),
+            ConnectError,
+            "TLS handshake with 'pacs.test' failed",
+        ),
         (httpx.ConnectTimeout("slow"), ConnectError, "timed out connecting"),
         (httpx.ReadTimeout("slow"), TransferError, "timed out waiting"),
         (httpx.RemoteProtocolError("peer closed"), TransferError, "connection broken"),

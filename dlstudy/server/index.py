@@ -11,6 +11,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,12 +132,28 @@ class Index:
 
 def read_header(path: Path) -> Dataset:
     """The data set of a file without its pixel data; pydicom's complaints go to the log."""
+    with _quiet(path):
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=_DEFER_SIZE)
+
+
+def header_json(path: Path) -> Json:
+    """The DICOM JSON of a file's data set without pixel data (binary values inline)."""
+    with _quiet(path):
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        result: Json = ds.to_json_dict(suppress_invalid_tags=True)
+    return result
+
+
+@contextmanager
+def _quiet(path: Path) -> Iterator[None]:
+    # Real-world files make pydicom warn (invalid VR values, implicit VR in an explicit file);
+    # that is the file's business, not the request's: log, never raise (pytest turns warnings
+    # into errors, also in the server's thread).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=_DEFER_SIZE)
+        yield
     for warning in caught:
         log.debug("%s: %s", path, warning.message)
-    return ds
 
 
 def _walk(root: Path) -> Iterator[Path]:

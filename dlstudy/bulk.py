@@ -1,0 +1,150 @@
+"""Series- and study-level retrieval: one streamed multipart response for many instances.
+
+Each part streams into its own temp file under OUT/.dlstudy/incoming and is committed under its
+SOP Instance UID the moment its closing delimiter arrives, so a response cut in the middle keeps
+every part that completed. Whatever the response lacked (or a failure cut off) is left to the
+caller, which fetches those instances one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .errors import IntegrityError, TransferError
+from .fetch import ByteCounter, status_error
+from .multipart import PartData, PartEnded, PartStarted
+from .negotiate import Negotiator, Retrieval
+from .parts import iter_part_events
+from .store import InstanceRef, Store, TempFile
+from .transport import Transport, check_auth
+from .verify import HEADER_PREFIX_LENGTH, check_identity, check_prefix, read_header
+
+log = logging.getLogger(__name__)
+
+InstanceDone = Callable[[InstanceRef, int], None]
+
+
+class BulkFetcher:
+    def __init__(self, transport: Transport, store: Store, negotiator: Negotiator) -> None:
+        self.transport = transport
+        self.store = store
+        self.negotiator = negotiator
+
+    async def fetch(
+        self,
+        url: str,
+        refs: list[InstanceRef],
+        on_bytes: ByteCounter,
+        on_done: InstanceDone,
+    ) -> set[str]:
+        """Retrieve `url` (a series or study) and commit the parts that belong to `refs`.
+
+        Returns the SOP Instance UIDs committed. Failures are logged, not raised: the caller
+        retrieves what is missing instance by instance. Only auth errors propagate.
+        """
+        wanted = {ref.sop_uid: ref for ref in refs}
+        committed: set[str] = set()
+        try:
+            await self.negotiator.run(
+                lambda form: self._fetch_once(url, form, wanted, committed, on_bytes, on_done)
+            )
+        except TransferError as exc:
+            log.warning("bulk retrieval stopped after %d parts: %s", len(committed), exc)
+        return committed
+
+    async def _fetch_once(
+        self,
+        url: str,
+        form: Retrieval,
+        wanted: dict[str, InstanceRef],
+        committed: set[str],
+        on_bytes: ByteCounter,
+        on_done: InstanceDone,
+    ) -> None:
+        headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
+        async with self.transport.stream(url, headers) as response:
+            check_auth(response)
+            if response.status_code != 200:
+                raise status_error(response, "bulk retrieval")
+            sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
+            try:
+                async for event in iter_part_events(response):
+                    if isinstance(event, PartData):
+                        sink.data(event.data)
+                    elif isinstance(event, PartStarted):
+                        sink.start(event)
+                    elif isinstance(event, PartEnded):
+                        sink.end()
+            finally:
+                sink.abandon()
+
+
+class _PartSink:
+    """Receives one part at a time; the current part's temp file is never under a final name."""
+
+    def __init__(
+        self,
+        store: Store,
+        wanted: dict[str, InstanceRef],
+        committed: set[str],
+        on_bytes: ByteCounter,
+        on_done: InstanceDone,
+    ) -> None:
+        self.store = store
+        self.wanted = wanted
+        self.committed = committed
+        self.on_bytes = on_bytes
+        self.on_done = on_done
+        self.count = 0
+        self.temp: TempFile | None = None
+        self.declared: int | None = None
+        self.prefix = b""
+
+    def start(self, event: PartStarted) -> None:
+        self.count += 1
+        self.temp = self.store.open_incoming().__enter__()
+        self.declared = event.content_length
+        self.prefix = b""
+
+    def data(self, chunk: bytes) -> None:
+        assert self.temp is not None
+        if len(self.prefix) < HEADER_PREFIX_LENGTH:
+            self.prefix += chunk[:HEADER_PREFIX_LENGTH]
+            check_prefix(self.prefix, sop_uid=f"part {self.count}")
+        self.temp.write(chunk)
+        self.on_bytes(len(chunk))
+
+    def end(self) -> None:
+        temp, self.temp = self.temp, None
+        assert temp is not None
+        try:
+            temp.close()
+            if self.declared is not None and temp.size != self.declared:
+                raise IntegrityError(
+                    f"part {self.count}: got {temp.size} bytes, its Content-Length said "
+                    f"{self.declared}",
+                    retryable=True,
+                )
+            info = read_header(temp.path, label=f"part {self.count}")
+            ref = self.wanted.get(info.sop_uid)
+            if ref is None or ref.sop_uid in self.committed:
+                log.info("part %d (%s) was not asked for; dropped", self.count, info.sop_uid)
+                temp.discard()
+                return
+            check_identity(
+                info, study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid
+            )
+            temp.final = self.store.final_path(ref)
+            temp.final.parent.mkdir(parents=True, exist_ok=True)
+            temp.commit()
+        except BaseException:
+            temp.discard()
+            raise
+        self.committed.add(ref.sop_uid)
+        self.on_done(ref, temp.size)
+
+    def abandon(self) -> None:
+        if self.temp is not None:
+            self.temp.discard()
+            self.temp = None
