@@ -49,3 +49,16 @@ def part10(
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     data = buffer.getvalue()
     return data if preamble else data[128:]
+
+
+def multipart_body(
+    parts: list[bytes], boundary: str = "b0undary", *, content_length: bool = True
+) -> bytes:
+    """A multipart/related body of application/dicom parts, as DICOMweb servers send it."""
+    out = b""
+    for part in parts:
+        out += f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax=*\r\n".encode()
+        if content_length:
+            out += f"Content-Length: {len(part)}\r\n".encode()
+        out += b"\r\n" + part + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
