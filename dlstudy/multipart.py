@@ -188,9 +188,7 @@ class MultipartParser:
         self._closed = False
         self._error: MultipartError | None = None
         self._parts = 0  # parts started so far (for messages)
-        # Header block scan, relative to the block start: where the current line starts and
-        # how far the search for its LF has got.
-        self._line_start = 0
+        # How far the search for the end of the current header block has got (from its start).
         self._scanned = 0
         # Current part: bytes between the block start and its data that are not data (2 for the
         # CRLF separator line, which may also start a delimiter), data seen, declared length.
@@ -199,8 +197,6 @@ class MultipartParser:
         self._data_len = 0
         self._expected_len: int | None = None
         self._epilogue_start = 0
-        self._headers_seen: dict[str, str] = {}
-        self._last_name = ""
 
     @property
     def offset(self) -> int:
@@ -330,39 +326,43 @@ class MultipartParser:
 
     def _start_headers(self, pos: int) -> None:
         self._state = _HEADERS
-        self._line_start = self._scanned = 0
-        self._headers_seen = {}
-        self._last_name = ""
+        self._scanned = 0
 
     def _start_epilogue(self, pos: int) -> None:
         self._state = _EPILOGUE
         self._epilogue_start = self._base + pos
 
     def _headers(self, view: bytes | bytearray, pos: int, events: list[Event]) -> int:
-        limit = pos + self._max_header_bytes
-        line_start = pos + self._line_start
-        scan = pos + self._scanned
-        while True:
-            lf = view.find(b"\n", scan, limit)
-            if lf < 0:
-                if len(view) >= limit:
-                    raise MultipartError(
-                        f"headers of part {self._parts + 1} exceed {self._max_header_bytes} bytes",
-                        offset=self._base + limit,
-                    )
-                self._line_start = line_start - pos
-                self._scanned = len(view) - pos
+        """Find the end of the header block (the first empty line) and parse the block."""
+        n = len(view)
+        limit = pos + self._max_header_bytes  # the block's last LF must come before this
+        blank = -1
+        if self._scanned == 0 and pos < n:  # an empty block: no headers at all
+            if view[pos] == _LF:
+                blank, skip = pos, 1
+            elif view[pos] == _CR and pos + 1 < n and view[pos + 1] == _LF:
+                blank, skip = pos, 2
+            elif view[pos] == _CR and pos + 1 == n:
+                return pos  # cannot tell yet
+        if blank < 0:
+            # An empty line after a line's LF: CRLF (the usual) or bare LF. The search resumes
+            # where the last one stopped, backing up over a possibly split "\n\r\n".
+            scan = pos + max(self._scanned - 2, 0)
+            crlf = view.find(b"\n\r\n", scan, limit)
+            lf = view.find(b"\n\n", scan, limit if crlf < 0 else crlf + 1)
+            if lf >= 0:
+                blank, skip = lf + 1, 1
+            elif crlf >= 0:
+                blank, skip = crlf + 1, 2
+            elif n >= limit:
+                raise MultipartError(
+                    f"headers of part {self._parts + 1} exceed {self._max_header_bytes} bytes",
+                    offset=self._base + limit,
+                )
+            else:
+                self._scanned = n - pos
                 return pos
-            if lf == line_start:  # blank line, bare LF: the data starts after it
-                blank, skip = lf, 1
-                break
-            if lf == line_start + 1 and view[line_start] == _CR:
-                # Blank line, CRLF: the data starts after it, unless a delimiter starts at it.
-                blank, skip = line_start, 2
-                break
-            self._header_line(_slice(view, line_start, lf), self._base + line_start)
-            line_start = scan = lf + 1
-        headers = self._headers_seen
+        headers = self._parse_header_block(_slice(view, pos, blank), self._base + pos)
         try:
             expected = _content_length(headers.get("content-length"))
         except ValueError as exc:
@@ -373,36 +373,40 @@ class MultipartParser:
         self._data_start = self._base + blank + skip
         self._data_len = 0
         self._expected_len = expected
-        if skip == 1:  # nothing to hold back
+        if skip == 1:  # a bare LF: nothing to hold back
             self._skip = 0
             return blank + 1
+        # A CRLF: the data starts after it, unless a delimiter starts at it (empty data).
         self._skip = 2
         return blank
 
-    def _header_line(self, raw: bytes, offset: int) -> None:
-        """Add one header line (without its LF) to the current part's headers."""
-        line = raw.decode("latin-1")
-        if line.endswith("\r"):
-            line = line[:-1]
-        headers = self._headers_seen
-        if line[:1] in (" ", "\t"):  # obsolete line folding: continues the previous value
-            if not self._last_name:
-                raise MultipartError(
-                    f"part {self._parts + 1}: header block starts with a continuation line",
-                    offset=offset,
-                )
-            name = self._last_name
-            headers[name] = f"{headers[name]} {line.strip()}".strip()
-            return
-        name, colon, value = line.partition(":")
-        name = name.strip().lower()
-        if not colon or not name:
-            raise MultipartError(
-                f"part {self._parts + 1}: malformed header line {line[:80]!r}", offset=offset
-            )
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        self._last_name = name
+    def _parse_header_block(self, block: bytes, offset: int) -> dict[str, str]:
+        """Parse header lines (each ending in LF or CRLF); `offset` is the block's position."""
+        headers: dict[str, str] = {}
+        name = ""
+        for line in block.decode("latin-1").split("\n")[:-1]:  # drop what follows the last LF
+            size = len(line) + 1
+            if line.endswith("\r"):
+                line = line[:-1]
+            if line[:1] in (" ", "\t"):  # obsolete line folding: continues the previous value
+                if not name:
+                    raise MultipartError(
+                        f"part {self._parts + 1}: header block starts with a continuation line",
+                        offset=offset,
+                    )
+                headers[name] = f"{headers[name]} {line.strip()}".strip()
+            else:
+                name, colon, value = line.partition(":")
+                name = name.strip().lower()
+                if not colon or not name:
+                    raise MultipartError(
+                        f"part {self._parts + 1}: malformed header line {line[:80]!r}",
+                        offset=offset,
+                    )
+                value = value.strip()
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            offset += size
+        return headers
 
     def _body(self, view: bytes | bytearray, pos: int, events: list[Event]) -> int:
         kind, start, end = self._find_delimiter(view, pos)

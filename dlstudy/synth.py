@@ -10,6 +10,7 @@ so the same spec always produces the same UIDs and bytes.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import random
 import struct
@@ -22,7 +23,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 __all__ = ["PRESETS", "SynthInstance", "SynthSpec", "generate"]
 
@@ -110,8 +111,11 @@ def _check(spec: SynthSpec) -> None:
 
 
 def _uid(spec: SynthSpec, *parts: object) -> str:
-    # `2.25.` + a hash of the entropy sources: deterministic for a seed, distinct across seeds.
-    return str(generate_uid(None, entropy_srcs=["dlstudy-synth", str(spec.seed), *map(str, parts)]))
+    # `2.25.` + a 128-bit integer (PS3.5 B.2), here a hash of seed and position rather than a
+    # random UUID: the same spec always yields the same UIDs, another seed other ones.
+    # (pydicom's generate_uid ignores its entropy sources when the prefix is 2.25.)
+    text = "/".join(["dlstudy-synth", str(spec.seed), *map(str, parts)])
+    return f"2.25.{int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], 'big')}"
 
 
 def _study_attributes(spec: SynthSpec, study: int) -> Dataset:

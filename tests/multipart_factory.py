@@ -1,7 +1,7 @@
 """Build multipart/related bodies for tests, like h2's FrameFactory builds frames.
 
-    factory = MultipartFactory("b0undary")
-    body = factory.body([Part(b"DICM..."), Part(b"", content_length=False)], epilogue=b"\\r\\n")
+factory = MultipartFactory("b0undary")
+body = factory.body([Part(b"DICM..."), Part(b"", content_length=False)], epilogue=b"\\r\\n")
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class Part:
         if self.content_length:
             headers["content-length"] = str(len(self.data))
         for name, value in self.extra_headers:
-            headers[name.lower()] = value
+            name = name.lower()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         return headers
 
     def encode(self, newline: bytes = b"\r\n") -> bytes:

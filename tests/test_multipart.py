@@ -93,9 +93,10 @@ def run(
 
 
 def chunkings(body: bytes) -> Iterator[list[bytes]]:
+    """Whole, one byte at a time, and in two at every point (every 7th for long bodies)."""
     yield [body]
     yield [body[i : i + 1] for i in range(len(body))]
-    for i in range(1, len(body)):
+    for i in range(1, len(body), 1 if len(body) < 600 else 7):
         yield [body[:i], body[i:]]
 
 
@@ -187,19 +188,26 @@ NEAR_MISSES = [
     b"\r\n-b0undary\r\n",
     b"\r\n\r\n\r\n\r\r\r\n\n",
     b"\r\n--B0UNDARY\r\n",
-    b"\r\n--b0undary" + b" " * 1025 + b"\r\n",  # padding past the limit: not a delimiter
     b"\r\n--b0undar\r\n--b0undaryy",
 ]
 
 
-@pytest.mark.parametrize("payload", NEAR_MISSES, ids=repr)
+def short_repr(value: bytes) -> str:
+    return repr(value) if len(value) < 40 else f"{value[:20]!r}...({len(value)} bytes)"
+
+
+@pytest.mark.parametrize("payload", NEAR_MISSES, ids=short_repr)
 def test_near_delimiters_are_data(payload: bytes) -> None:
-    for data in (payload, b"abc" + payload, payload + b"xyz"):
+    # At the very start of the data `--b0undary` follows the blank line's CRLF: see below.
+    variants = [b"abc" + payload, b"abc" + payload + b"xyz"]
+    if not payload.startswith(b"--"):
+        variants += [payload, payload + b"xyz"]
+    for data in variants:
         parts = [Part(data), Part(data, content_length=False)]
         check(F.body(parts), expected_events(*parts))
 
 
-@pytest.mark.parametrize("payload", NEAR_MISSES, ids=repr)
+@pytest.mark.parametrize("payload", NEAR_MISSES, ids=short_repr)
 def test_near_delimiters_in_preamble(payload: bytes) -> None:
     part = Part(b"x")
     check(F.body([part], preamble=b"p" + payload), expected_events(part))
@@ -208,12 +216,23 @@ def test_near_delimiters_in_preamble(payload: bytes) -> None:
 def test_delimiter_at_the_start_of_a_line_of_data_ends_the_part() -> None:
     body = b"--b0undary\r\n\r\nab\r\r\n--b0undary\r\n\r\n--b0undary--"
     check(body, expected_events(({}, b"ab\r"), ({}, b"")))
+    # Right after the blank line too: the blank line's CRLF starts the delimiter.
+    body = b"--b0undary\r\nA: b\r\n\r\n--b0undary \r\n\r\nx\r\n--b0undary--"
+    check(body, expected_events(({"a": "b"}, b""), ({}, b"x")))
 
 
-@pytest.mark.parametrize("padding", [b" ", b"\t", b" \t \t", b" " * 1024])
+@pytest.mark.parametrize("padding", [b" ", b"\t", b" \t \t"])
 def test_transport_padding(padding: bytes) -> None:
     parts = [Part(b"one"), Part(b"two")]
     check(F.body(parts, padding=padding, epilogue=b"\r\n"), expected_events(*parts))
+
+
+def test_transport_padding_limit() -> None:
+    # Up to 1024 spaces/tabs make a delimiter; a longer run makes the line part data.
+    body = b"--b0undary\r\n\r\none\r\n--b0undary" + b" \t" * 512 + b"\r\n\r\n\r\n--b0undary--"
+    check(body, expected_events(({}, b"one"), ({}, b"")))
+    body = body.replace(b" \t" * 512, b"\t" * 1025)
+    check(body, expected_events(({}, b"one\r\n--b0undary" + b"\t" * 1025 + b"\r\n\r\n")))
 
 
 def test_preamble_and_epilogue_are_ignored() -> None:
@@ -278,6 +297,8 @@ def test_bytes_chunk_of_part_data_is_not_copied() -> None:
     [started] = parser.feed(b"--b0undary\r\nContent-Type: a/b\r\n\r\n")
     assert isinstance(started, PartStarted) and started.content_length is None
     chunk = bytes(range(256)) * 64
+    [data] = parser.feed(chunk)  # copied: the blank line's CRLF was held back with it
+    assert data == PartData(chunk)
     [data] = parser.feed(chunk)
     assert isinstance(data, PartData) and data.data is chunk
 
@@ -385,7 +406,7 @@ def test_repeated_content_length_is_invalid() -> None:
     ],
 )
 def test_malformed_header_line(line: bytes, match: str) -> None:
-    body = F.body([Part(b"x"), b"A: b\r\n" + line + b"\r\n\r\nx"])
+    body = F.body([Part(b"x"), line + b"\r\nA: b\r\n\r\nx"])
     check_error(body, body.index(line), match)
 
 
@@ -406,7 +427,7 @@ def test_preamble_too_large() -> None:
     check_error(b"p" * 10, 9, "no multipart delimiter in the first 9", max_preamble_bytes=9)
     check_error(b"p" * 9 + b"\r\n--b0und", 18, "before the first", max_preamble_bytes=9)
     cap = DEFAULT_MAX_PREAMBLE_BYTES
-    assert run([b"x" * cap + b"\r\n--b0undary--"]) == ([], None)
+    assert run([b"x" * cap + b"\r\n--b0undary--"]) == ([MESSAGE_END], None)
     _, error = run([b"x" * (cap + 1) + b"\r\n--b0undary--"])
     assert error == (cap, f"no multipart delimiter in the first {cap} bytes (at byte {cap})")
 
@@ -503,7 +524,9 @@ def test_unusual_boundaries(boundary: str) -> None:
 
 BOUNDARIES = ["b", "-", "a b", "b0undary", DCM4CHEE_BOUNDARY, ORTHANC_BOUNDARY]
 PROPERTY_SETTINGS = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(__import__("os").environ.get("MP_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -573,7 +596,7 @@ def test_property_agrees_with_requests_toolbelt(boundary: str, data: st.DataObje
     fields = [(f"f{i}", (f"n{i}.dcm", p, DICOM)) for i, p in enumerate(payloads)]
     body = MultipartEncoder(fields=fields, boundary=boundary).to_string()
     if not fields:
-        body = factory.body([])  # the encoder cannot frame zero parts
+        return  # neither toolbelt class handles zero parts
     content_type = f'multipart/related; type="{DICOM}"; boundary="{boundary}"'
     assert boundary_from_content_type(content_type) == boundary
 
@@ -604,6 +627,7 @@ def test_property_requests_toolbelt_decoder_agrees_on_factory_bodies(
         Part(factory.strip_dash_boundary(p), DICOM, i % 2 == 0) for i, p in enumerate(payloads)
     ]
     body = factory.body(parts, epilogue=b"\r\n")
-    oracle = MultipartDecoder(body, factory.content_type("dcm4chee")).parts
-    assert [part.content for part in oracle] == [part.data for part in parts]
+    if parts:  # the decoder fails on zero parts
+        oracle = MultipartDecoder(body, factory.content_type("dcm4chee")).parts
+        assert [part.content for part in oracle] == [part.data for part in parts]
     assert run(split(body, data.draw), boundary) == (expected_events(*parts), None)

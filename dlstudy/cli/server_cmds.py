@@ -1,9 +1,163 @@
-"""`dlstudy serve` and `dlstudy synth` (owned by the embedded-server work)."""
+"""`dlstudy serve` and `dlstudy synth`: the embedded DICOMweb server and the study generator."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side
+
+
+class Profile(enum.StrEnum):
+    standard = "standard"
+    orthanc = "orthanc"
+    dcm4chee = "dcm4chee"
+
+
+class Preset(enum.StrEnum):
+    small = "small"
+    ct = "ct"
+    mr = "mr"
+    many = "many"
+    wsi = "wsi"
 
 
 def register(app: typer.Typer) -> None:
     """Add the `serve` and `synth` commands to the app."""
+    app.command("serve")(serve)
+    app.command("synth")(synth)
+
+
+def serve(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of DICOM files, indexed recursively.", exists=True, file_okay=False
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help=f"Port (default {DEFAULT_PORT}; 0 = any free port).")
+    ] = DEFAULT_PORT,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate: serve HTTPS (h2 via ALPN).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
+    profile: Annotated[
+        Profile, typer.Option(help="Mimic a server's retrieve quirks.")
+    ] = Profile.standard,
+    max_page_size: Annotated[
+        int | None, typer.Option(help="Cap QIDO pages (Warning: 299 when truncated).")
+    ] = None,
+    ignore_offset: Annotated[
+        bool, typer.Option("--ignore-offset", help="Ignore QIDO offset, like static DICOMweb.")
+    ] = False,
+    latency: Annotated[float, typer.Option(help="Seconds added to every request.")] = 0.0,
+    fault_rate: Annotated[
+        float, typer.Option(help="Fraction of WADO requests answered --fault-status.")
+    ] = 0.0,
+    fault_status: Annotated[int, typer.Option(help="Status of injected faults: 503 or 429.")] = 503,
+    retry_after: Annotated[int, typer.Option(help="Retry-After seconds on faults.")] = 1,
+    drop_after_bytes: Annotated[
+        int | None, typer.Option(help="Cut WADO bodies after N bytes (connection dropped).")
+    ] = None,
+    drop_rate: Annotated[
+        float, typer.Option(help="Fraction of WADO bodies --drop-after-bytes cuts.")
+    ] = 1.0,
+    token: Annotated[
+        str | None, typer.Option(help="Require 'Authorization: Bearer TOKEN' (or TOKEN-suffix).")
+    ] = None,
+    token_expires_after: Annotated[
+        int | None, typer.Option(help="Each token value is refused (401) after N requests.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the fault injection.")] = 0,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log skipped files and every request.")
+    ] = False,
+) -> None:
+    """Serve a folder over DICOMweb (QIDO-RS, WADO-RS) until Ctrl-C.
+
+    Prints the base URL on stderr when ready. HTTP/1.1 and h2c on one port; HTTPS: --tls-cert.
+    """
+    from dlstudy.server import ServerOptions, serve_forever
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        options = ServerOptions(
+            root=directory,
+            host=host,
+            port=port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            profile=profile.value,
+            max_page_size=max_page_size,
+            ignore_offset=ignore_offset,
+            latency=latency,
+            fault_rate=fault_rate,
+            fault_status=fault_status,
+            retry_after=retry_after,
+            drop_after_bytes=drop_after_bytes,
+            drop_rate=drop_rate,
+            token=token,
+            token_expires_after=token_expires_after,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    def ready(url: str) -> None:
+        print(f"serving {directory} at {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    try:
+        serve_forever(options, on_ready=ready)
+    except OSError as exc:  # address in use, unreadable certificate, ...
+        print(f"dlstudy serve: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from exc
+
+
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (<study>/<series>/<sop>.dcm).")],
+    preset: Annotated[
+        Preset, typer.Option(help="small 3x20x64KiB, ct 4x250x512KiB, mr, many, wsi 1.5 GiB.")
+    ] = Preset.small,
+    studies: Annotated[int | None, typer.Option(help="Studies (overrides the preset).")] = None,
+    series: Annotated[int | None, typer.Option(help="Series per study.")] = None,
+    instances: Annotated[int | None, typer.Option(help="Instances per series.")] = None,
+    size: Annotated[int | None, typer.Option(help="Approximate bytes per instance.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per instance.")] = None,
+    modality: Annotated[str | None, typer.Option(help="Modality: CT, MR, SM, ...")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed: same seed, same UIDs.")] = None,
+) -> None:
+    """Write a synthetic study (valid DICOM Part 10 files) and print a one-line summary."""
+    from dlstudy.synth import PRESETS, generate
+
+    overrides: dict[str, Any] = {
+        "studies": studies,
+        "series": series,
+        "instances": instances,
+        "size": size,
+        "frames": frames,
+        "modality": modality,
+        "seed": seed,
+    }
+    spec = dataclasses.replace(
+        PRESETS[preset.value], **{k: v for k, v in overrides.items() if v is not None}
+    )
+    try:
+        written = generate(out, spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    study_uids = list(dict.fromkeys(i.study_uid for i in written))
+    total = sum(i.size for i in written)
+    print(
+        f"wrote {len(written)} files, {total} bytes ({total / 1e6:.1f} MB) under {out}; "
+        f"{len(study_uids)} studies: {' '.join(study_uids)}"
+    )

@@ -27,7 +27,7 @@ log = logging.getLogger("dlstudy.server")
 _DEFER_SIZE = 64 * 1024
 
 # Transfer syntax of a file without file meta, from how pydicom found it encoded.
-_ENCODINGS = {
+_ENCODINGS: dict[tuple[bool | None, bool | None], str] = {
     (True, True): "1.2.840.10008.1.2",  # implicit VR little endian
     (False, True): "1.2.840.10008.1.2.1",  # explicit VR little endian
     (False, False): "1.2.840.10008.1.2.2",  # explicit VR big endian
@@ -108,7 +108,7 @@ class Index:
                 study.by_uid[series.uid] = series
                 study.series.append(series)
             if instance.sop_uid in series.by_uid:
-                log.warning("skipped %s: duplicate SOP Instance UID %s", path, instance.sop_uid)
+                log.info("skipped %s: duplicate SOP Instance UID %s", path, instance.sop_uid)
                 continue
             series.by_uid[instance.sop_uid] = instance
             series.instances.append(instance)

@@ -103,7 +103,9 @@ def _candidate(media: MediaRange) -> tuple[Rendering, bool] | None:
 
 def _split(text: str, sep: str) -> list[str]:
     """Split on `sep` outside double quotes (a quoted parameter may contain `,` or `;`)."""
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for char in text:
         if escaped:
             escaped = False

@@ -101,7 +101,9 @@ def search(
     page = records[offset : offset + min(client_cap, server_cap)]
     remaining = max(0, len(records) - offset - len(page))
     truncated = remaining > 0 and server_cap < client_cap
-    results = [_render(r, query, base_url) for r in page]
+    # Unscoped series and instance searches also return the study's attributes (PS3.18 10.6.3).
+    with_study = query.level == "study" or query.include_all or study_uid is None
+    results = [_render(r, query, base_url, with_study) for r in page]
     return Page(results, remaining, truncated, query.unsupported)
 
 
@@ -125,7 +127,9 @@ class _Record:
 def _records(
     index: Index, level: Level, study_uid: str | None, series_uid: str | None
 ) -> Iterator[_Record]:
-    studies = index.studies if study_uid is None else [s for s in [index.by_uid.get(study_uid)] if s]
+    studies = (
+        index.studies if study_uid is None else [s for s in [index.by_uid.get(study_uid)] if s]
+    )
     for study in studies:
         if level == "study":
             yield _Record(study)
@@ -182,10 +186,10 @@ def _normal(vr: str, value: str, pad: str) -> str:
     return value.strip().replace(".", "") if vr == "DA" else value.strip()
 
 
-def _render(record: _Record, query: Query, base_url: str) -> Json:
+def _render(record: _Record, query: Query, base_url: str, with_study: bool) -> Json:
     study, series, instance = record.study, record.series, record.instance
     out: Json = {}
-    if query.level == "study" or query.include_all:
+    if with_study:
         out.update(study.attrs)
         out[key(at.MODALITIES_IN_STUDY)] = at.computed("CS", *study.modalities)
         out[key(at.NUMBER_OF_STUDY_RELATED_SERIES)] = at.computed("IS", len(study.series))

@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -28,7 +28,7 @@ class Body:
     """A streamed response body: headers to send, the chunks, and the total length."""
 
     headers: list[tuple[str, str]]
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     length: int
 
 
@@ -90,7 +90,7 @@ def _part_head(instance: Instance, boundary: str, profile: str, base_url: str) -
 
 async def _multipart_chunks(
     instances: Sequence[Instance], heads: list[bytes], closing: bytes
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     for head, instance in zip(heads, instances, strict=True):
         yield head
         async with aclosing(file_chunks(instance)) as chunks:  # closes the file on a cut
@@ -100,7 +100,7 @@ async def _multipart_chunks(
     yield closing
 
 
-async def file_chunks(instance: Instance) -> AsyncIterator[bytes]:
+async def file_chunks(instance: Instance) -> AsyncGenerator[bytes, None]:
     """The file's bytes as indexed; an error if it shrank (the announced length would lie)."""
     fd = os.open(instance.path, os.O_RDONLY)
     try:

@@ -1,0 +1,11 @@
+"""The embedded DICOMweb server: QIDO-RS and WADO-RS over a folder of DICOM files.
+
+For the demo, the tests and the benchmarks; hypercorn runs it (HTTP/1.1, h2c, h2 over TLS).
+It shares no code with the download client, so it can never hide a client bug.
+"""
+
+from .app import ASGIApp, create_app
+from .options import PROFILES, ServerOptions
+from .run import running_server, serve_forever
+
+__all__ = ["PROFILES", "ASGIApp", "ServerOptions", "create_app", "running_server", "serve_forever"]

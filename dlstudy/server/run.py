@@ -1,0 +1,132 @@
+"""Run the app under hypercorn: in a background thread (tests, demo) or in the foreground (CLI).
+
+The listening socket is bound here, before hypercorn starts, and handed over as `fd://N`: the
+port is known at once (port 0 = any free port) and connections made before hypercorn's accept
+loop runs wait in the backlog instead of being refused. One socket serves HTTP/1.1 and h2c
+(prior knowledge); with a certificate, TLS with ALPN h2 / http/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from .app import ROOT, ASGIApp, Message, Receive, Scope, Send, create_app
+from .options import ServerOptions
+
+log = logging.getLogger("dlstudy.server")
+
+_START_TIMEOUT = 30.0  # seconds to index the folder and start; generous for big folders
+_STOP_TIMEOUT = 10.0
+
+
+@contextmanager
+def running_server(options: ServerOptions) -> Iterator[str]:
+    """Serve in a background thread; yield the DICOMweb base URL; stop cleanly on exit."""
+    app = create_app(options)
+    with _listening_socket(options) as sock:
+        ready = threading.Event()
+        state: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                asyncio.run(_serve(app, options, sock, ready.set, state))
+            except BaseException as exc:  # reported to the caller's thread below
+                state["error"] = exc
+                ready.set()
+
+        thread = threading.Thread(target=run, name="dlstudy-server", daemon=True)
+        thread.start()
+        if not ready.wait(_START_TIMEOUT) or "error" in state:
+            _stop(state, thread)
+            raise RuntimeError("the embedded DICOMweb server did not start") from state.get("error")
+        try:
+            yield _base_url(options, sock)
+        finally:
+            _stop(state, thread)
+
+
+def serve_forever(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM (hypercorn installs the handlers)."""
+    app = create_app(options)
+    with _listening_socket(options) as sock:
+        url = _base_url(options, sock)
+        asyncio.run(_serve(app, options, sock, lambda: on_ready and on_ready(url), None))
+
+
+async def _serve(
+    app: ASGIApp,
+    options: ServerOptions,
+    sock: socket.socket,
+    on_started: Callable[[], object],
+    state: dict[str, Any] | None,
+) -> None:
+    config = Config()
+    # hypercorn takes ownership of (and closes) a duplicate; ours is closed by the caller.
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
+    if options.tls_cert is not None and options.tls_key is not None:
+        config.certfile, config.keyfile = str(options.tls_cert), str(options.tls_key)
+    config.accesslog = logging.getLogger("dlstudy.server.access")  # silent unless configured
+    config.errorlog = logging.getLogger("dlstudy.server.hypercorn")
+    config.graceful_timeout = 1.0
+    config.include_server_header = False
+
+    shutdown_trigger = None
+    if state is not None:  # background thread: stopped by _stop(), no signal handlers
+        stop = asyncio.Event()
+        state["loop"], state["stop"] = asyncio.get_running_loop(), stop
+        shutdown_trigger = stop.wait
+
+    async def with_startup(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_and_report(message: Message) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                on_started()  # the socket already listens; hypercorn accepts right after
+
+        await app(scope, receive, send_and_report)
+
+    # hypercorn's own ASGI types are stricter TypedDicts than this package's plain mappings.
+    await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
+
+
+def _stop(state: dict[str, Any], thread: threading.Thread) -> None:
+    loop, stop = state.get("loop"), state.get("stop")
+    if loop is not None and stop is not None and not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop closed in between: nothing left to stop
+            pass
+    thread.join(_STOP_TIMEOUT)
+    if thread.is_alive():
+        log.warning("the embedded DICOMweb server did not stop within %.0f s", _STOP_TIMEOUT)
+
+
+@contextmanager
+def _listening_socket(options: ServerOptions) -> Iterator[socket.socket]:
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((options.host, options.port))
+        sock.listen(128)
+        yield sock
+
+
+def _base_url(options: ServerOptions, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if options.tls else 'http'}://{host}:{port}{ROOT}"

@@ -1,0 +1,31 @@
+"""Run the real CLI in-process and read its JSON summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner, Result
+
+from dlstudy.cli.app import app
+
+
+def run_cli(
+    *args: str, env: dict[str, str | None] | None = None, input: str | None = None
+) -> Result:
+    return CliRunner().invoke(app, list(args), env=env, input=input, catch_exceptions=False)
+
+
+def summary_of(result: Result) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def assert_same_files(instances: list[Any], output: Path) -> None:
+    """Every source instance is under OUT/<study>/<series>/<sop>.dcm with identical bytes."""
+    for instance in instances:
+        target = output / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
+        assert target.read_bytes() == instance.path.read_bytes(), target
+    written = [p for p in output.rglob("*") if p.is_file() and ".dlstudy" not in p.parts]
+    assert len(written) == len(instances)

@@ -1,0 +1,242 @@
+"""Every error path of `dlstudy download`: exit code, one clear line, nothing lost or leaked."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from .cli_helpers import run_cli, summary_of
+from .fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+TOKEN = "s3cr3t-t0ken-value"
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("dlstudy: error:")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_invalid_uid_argument_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("download", "1.2.abc", "--url", "http://127.0.0.1:1/x", "-o", str(tmp_path))
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        "dlstudy: error: invalid study UID '1.2.abc': a UID is digits and dots, at most 64 "
+        "characters"
+    ]
+
+
+def test_from_file_reports_the_line_of_a_bad_uid(tmp_path: Path) -> None:
+    uids = tmp_path / "uids.txt"
+    uids.write_text(f"# cohort\n{STUDY}\n\n1.2.3 # ok\nnot-a-uid\n")
+    result = run_cli("download", "--from-file", str(uids), "--url", "http://127.0.0.1:1/x")
+    assert result.exit_code == 2
+    assert "line 5: invalid study UID 'not-a-uid'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((STUDY,), "--url (or DLSTUDY_URL) is required"),
+        (("--url", "http://x"), "give at least one STUDY_UID or --from-file"),
+        ((STUDY, "--url", "ftp://x"), "--url must start with http:// or https://"),
+        ((STUDY, "--url", "http://x", "--http", "3"), "--http must be one of auto, 1.1, 2"),
+        ((STUDY, "--url", "http://x", "--concurrency", "0"), "--concurrency must be between"),
+        ((STUDY, "--url", "http://x", "--layout", "../{sop}"), "must be a relative path"),
+        ((STUDY, "--url", "http://x", "--header", "novalue"), "--header must look like"),
+    ],
+)
+def test_bad_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli("download", *args, "-o", str(tmp_path), env={"DLSTUDY_URL": None})
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_unwritable_output_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("download", STUDY, "--url", "http://127.0.0.1:1/x", "-o", str(blocker / "out"))
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        f"dlstudy: error: output folder '{blocker / 'out'}' is not writable: Not a directory"
+    ]
+
+
+def test_refused_connection_exit_3_with_json_and_no_password(tmp_path: Path) -> None:
+    url = f"http://bob:hunter2@127.0.0.1:{free_port()}/dicomweb"
+    result = run_cli("download", STUDY, "--url", url, "-o", str(tmp_path), "--json")
+    assert result.exit_code == 3
+    assert "connection refused by 127.0.0.1" in result.stderr
+    summary = summary_of(result)
+    assert summary["exit_status"] == 3 and "connection refused" in summary["error"]
+    assert "hunter2" not in result.output
+
+
+def test_unknown_host_exit_3(tmp_path: Path) -> None:
+    result = run_cli(
+        "download", STUDY, "--url", "http://dlstudy-test.invalid/dw", "-o", str(tmp_path)
+    )
+    assert result.exit_code == 3
+    assert "cannot resolve host 'dlstudy-test.invalid'" in result.stderr
+
+
+@pytest.mark.integration
+def test_tls_failure_exit_3_and_insecure_warns(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    result = run_cli("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path))
+    assert result.exit_code == 3
+    assert "TLS handshake with '127.0.0.1' failed" in result.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr
+
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--insecure", "-q"
+    )
+    assert result.exit_code == 0, result.output
+    assert "--insecure: the server's TLS certificate is NOT verified" in result.stderr
+
+
+@pytest.mark.integration
+def test_auth_failures_exit_3_and_never_show_the_token(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token=TOKEN)
+    missing = run_cli("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path))
+    assert missing.exit_code == 3
+    assert "server rejected the credentials: HTTP 401" in missing.stderr
+
+    wrong = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--token",
+        "wrong-" + TOKEN,
+        "--header",
+        f"X-Api-Key: {TOKEN}",
+        "--verbose",
+    )
+    assert wrong.exit_code == 3
+    assert summary_of(wrong)["exit_status"] == 3
+    assert TOKEN not in wrong.output
+
+    right = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(tmp_path),
+        "--json",
+        env={"DLSTUDY_TOKEN": TOKEN},
+    )
+    assert right.exit_code == 0, right.output
+    assert summary_of(right)["instances"]["downloaded"] == 60
+    assert TOKEN not in right.output
+
+
+@pytest.mark.integration
+def test_unknown_study_exit_4_and_partly_unknown_exit_1(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    result = run_cli("download", STUDY, "--url", url, "-o", str(tmp_path), "--json")
+    assert result.exit_code == 4
+    assert error_lines(result.stderr) == [f"dlstudy: error: study {STUDY} not found on the server"]
+    assert summary_of(result)["exit_status"] == 4
+
+    result = run_cli(
+        "download", STUDY, synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--json"
+    )
+    assert result.exit_code == 1
+    summary = summary_of(result)
+    assert summary["instances"]["downloaded"] == 60
+    assert summary["failures"] == [
+        {
+            "study": STUDY,
+            "series": None,
+            "sop_instance_uid": None,
+            "reason": f"study {STUDY} not found on the server",
+            "status_code": 404,
+        }
+    ]
+
+
+@pytest.mark.integration
+def test_failed_instances_exit_1_are_named_and_a_rerun_finishes(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    flaky = embedded_server(synth_study.root, fault_rate=0.3, fault_status=503, retry_after=0)
+    args = ("download", synth_study.study_uid, "-o", str(tmp_path), "--json")
+
+    first = run_cli(*args, "--url", flaky, "--retries", "0")
+
+    assert first.exit_code == 1
+    summary = summary_of(first)
+    failed = {f["sop_instance_uid"] for f in summary["failures"]}
+    assert 0 < len(failed) == summary["instances"]["failed"] < 60
+    assert all("HTTP 503" in f["reason"] and f["status_code"] == 503 for f in summary["failures"])
+    assert summary["instances"]["downloaded"] == 60 - len(failed)
+    on_disk = {p.stem for p in tmp_path.rglob("*.dcm")}
+    assert on_disk.isdisjoint(failed)  # nothing under a final name for a failed instance
+    assert [p for p in tmp_path.rglob("*.part")] == []
+
+    healthy = embedded_server(synth_study.root)
+    second = run_cli(*args, "--url", healthy)
+
+    assert second.exit_code == 0, second.output
+    assert summary_of(second)["instances"]["downloaded"] == len(failed)
+    assert summary_of(second)["instances"]["skipped"] == 60 - len(failed)
+
+
+@pytest.mark.integration
+def test_cut_connections_are_retried_or_reported_and_leave_no_partial_file(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    always_cut = embedded_server(synth_study.root, drop_after_bytes=10_000)
+    result = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        always_cut,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--retries",
+        "1",
+        "--series",
+        synth_study.series_uids[0],
+    )
+    assert result.exit_code == 1
+    summary = summary_of(result)
+    assert summary["instances"]["failed"] == 20
+    assert all("after 2 attempts" in f["reason"] for f in summary["failures"])
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+    sometimes_cut = embedded_server(synth_study.root, drop_after_bytes=10_000, drop_rate=0.3)
+    result = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        sometimes_cut,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--retries",
+        "8",
+    )
+    assert result.exit_code == 0, result.output
+    for instance in synth_study.instances:
+        target = tmp_path / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
+        assert target.read_bytes() == instance.path.read_bytes()

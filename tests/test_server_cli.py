@@ -1,0 +1,129 @@
+"""`serve` as a real process, driven by the real curl: QIDO, WADO, h2c prior knowledge, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+import pytest
+
+from tests.fixtures.embedded_server import split_multipart
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary"),
+]
+
+PYDICOM_FILES = Path(str(pydicom.data.get_testdata_file("CT_small.dcm"))).parent
+SAMPLE = PYDICOM_FILES / "SC_rgb_jpeg_dcmtk.dcm"  # JPEG baseline, a SOP UID no other file shares
+# The commands through a bare Typer app, as the main app registers them.
+LAUNCH = (
+    "import typer; from dlstudy.cli.server_cmds import register;"
+    " a = typer.Typer(); register(a); a()"
+)
+
+
+def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-c", LAUNCH, "serve", *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    for _ in range(50):  # log lines may come first; the URL line ends the wait
+        ready, _, _ = select.select([proc.stderr], [], [], 30)
+        line = proc.stderr.readline() if ready else ""
+        seen.append(line)
+        match = re.search(r"(https?://\S+/dicomweb)", line)
+        if match:
+            return proc, match.group(1)
+        if not line:
+            break
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    pytest.fail(f"serve did not print its URL: {seen!r}")
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    proc, url = start(str(PYDICOM_FILES), "--port", "0")
+    try:
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, exit status 0
+        assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def curl(*args: str) -> bytes:
+    done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "20", *args], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def sample_url(base: str) -> str:
+    sop = pydicom.dcmread(SAMPLE, stop_before_pixels=True).SOPInstanceUID
+    (result,) = json.loads(curl(f"{base}/instances?SOPInstanceUID={sop}"))
+    url: str = result["00081190"]["Value"][0]
+    return url
+
+
+def test_curl_qido(served: str) -> None:
+    studies = json.loads(curl("-H", "Accept: application/dicom+json", f"{served}/studies"))
+    assert len(studies) > 10
+    study = studies[0]["0020000D"]["Value"][0]
+    series = json.loads(curl(f"{served}/studies/{study}/series"))
+    assert series[0]["0020000D"]["Value"] == [study] or "0020000E" in series[0]
+
+
+def test_curl_single_part_bytes_equal(served: str, tmp_path: Path) -> None:
+    out = tmp_path / "sample.dcm"
+    curl("-H", "Accept: application/dicom; transfer-syntax=*", "-o", str(out), sample_url(served))
+    assert out.read_bytes() == SAMPLE.read_bytes()
+
+
+def test_curl_h2c_prior_knowledge(served: str, tmp_path: Path) -> None:
+    out = tmp_path / "sample.dcm"
+    version = curl(
+        "--http2-prior-knowledge",
+        "-w",
+        "%{http_version}",
+        "-H",
+        "Accept: application/dicom; transfer-syntax=*",
+        "-o",
+        str(out),
+        sample_url(served),
+    )
+    assert version == b"2"
+    assert out.read_bytes() == SAMPLE.read_bytes()
+
+
+def test_curl_multipart_study(served: str, tmp_path: Path) -> None:
+    url = sample_url(served).split("/series/")[0]
+    headers = tmp_path / "headers.txt"
+    body = curl(
+        "-D",
+        str(headers),
+        "-H",
+        'Accept: multipart/related; type="application/dicom"; transfer-syntax=*',
+        url,
+    )
+    content_type = re.search(r"(?im)^content-type: (.*?)\r?$", headers.read_text())
+    assert content_type
+    parts = split_multipart(body, content_type.group(1))
+    assert SAMPLE.read_bytes() in [part for _, part in parts]
+
+
+def test_serve_rejects_bad_options(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", LAUNCH, "serve", str(tmp_path), "--fault-rate", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "fault_rate" in done.stderr

@@ -1,0 +1,113 @@
+"""Server internals without a socket: Accept negotiation, options, and the import boundary."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+import dlstudy.server
+from dlstudy.server import ServerOptions
+from dlstudy.server.negotiate import NotAcceptable, choose_retrieve, parse_accept
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+JPEG = "1.2.840.10008.1.2.4.50"
+
+
+def test_parse_accept_quoting_spacing_and_q() -> None:
+    ranges = parse_accept(
+        'application/dicom;q=0.4, multipart/related ; type="application/dicom" ;'
+        ' transfer-syntax=*, image/jpeg;q=0, text/x-weird; a="x,y;z"'
+    )
+    assert [r.mime for r in ranges] == ["multipart/related", "text/x-weird", "application/dicom"]
+    assert ranges[0].params == {"type": "application/dicom", "transfer-syntax": "*"}
+    assert ranges[1].params == {"a": "x,y;z"}
+    assert ranges[2].q == 0.4
+
+
+@pytest.mark.parametrize(
+    ("accept", "instance_level", "stored", "multipart", "ts"),
+    [
+        (None, True, {EXPLICIT}, True, "*"),
+        ("*/*", False, {JPEG}, True, "*"),
+        ("multipart/*", False, {JPEG}, True, "*"),
+        ("application/dicom", True, {EXPLICIT}, False, EXPLICIT),
+        ("application/dicom; transfer-syntax=*", True, {JPEG}, False, "*"),
+        (f"application/dicom; transfer-syntax={JPEG}", True, {JPEG}, False, JPEG),
+        ("multipart/related", False, {EXPLICIT}, True, EXPLICIT),  # type defaults to DICOM
+        (
+            f"application/dicom, {'multipart/related; type=application/dicom; transfer-syntax=*'}",
+            False,
+            {JPEG},
+            True,
+            "*",
+        ),
+    ],
+)
+def test_choose_retrieve(
+    accept: str | None, instance_level: bool, stored: set[str], multipart: bool, ts: str
+) -> None:
+    rendering = choose_retrieve(
+        accept, instance_level=instance_level, stored=stored, profile="standard"
+    )
+    assert (rendering.multipart, rendering.transfer_syntax) == (multipart, ts)
+
+
+@pytest.mark.parametrize(
+    ("accept", "instance_level", "stored", "profile", "status"),
+    [
+        ("application/dicom", True, {JPEG}, "standard", 406),  # default syntax, no transcoding
+        ("application/dicom; transfer-syntax=*", False, {EXPLICIT}, "standard", 406),
+        ("multipart/related; type=application/dicom", False, {EXPLICIT, JPEG}, "standard", 406),
+        ("application/dicom; transfer-syntax=*", True, {EXPLICIT}, "orthanc", 400),
+        ("application/dicom; transfer-syntax=*", True, {EXPLICIT}, "dcm4chee", 406),
+        ("multipart/related; type=image/jpeg", True, {EXPLICIT}, "standard", 406),
+    ],
+)
+def test_not_acceptable(
+    accept: str, instance_level: bool, stored: set[str], profile: str, status: int
+) -> None:
+    with pytest.raises(NotAcceptable) as caught:
+        choose_retrieve(accept, instance_level=instance_level, stored=stored, profile=profile)
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"profile": "x"},
+        {"fault_rate": 1.5},
+        {"tls_cert": Path("c.pem")},
+        {"max_page_size": 0},
+        {"latency": -1},
+        {"port": 70000},
+    ],
+)
+def test_options_validated(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ServerOptions(root=Path("."), **bad)  # type: ignore[arg-type]
+
+
+def test_server_imports_nothing_from_the_client() -> None:
+    """stdlib, pydicom and hypercorn only: server and synth never share the client's code."""
+    allowed = {"pydicom", "hypercorn"}
+    folder = Path(dlstudy.server.__file__).parent
+    for module in [*folder.glob("*.py"), folder.parent / "synth.py"]:
+        tree = ast.parse(module.read_text(), str(module))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert module.name != "synth.py" and node.level == 1, f"{module} reaches out"
+                continue
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in allowed or top == "__future__", (
+                    f"{module.name} imports {name}"
+                )
