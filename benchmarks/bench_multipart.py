@@ -152,7 +152,7 @@ def main() -> None:
     cases = QUICK_CASES if args.quick else FULL_CASES
     pool = random.Random(0).randbytes(max(size for _, size in cases) + MIB)
     results: list[dict[str, object]] = []
-    memory: list[dict[str, object]] = []
+    memory: list[tuple[str, str, int]] = []
     header = f"{'body':<18}{'chunk':>8}  " + "".join(f"{name:>19}" for name in IMPLS)
     print(header + f"{'vs toolbelt':>13}")
     print("-" * (len(header) + 13))
@@ -187,12 +187,12 @@ def main() -> None:
             if chunk_size == MIB:
                 for name in ("dlstudy", "requests-toolbelt"):
                     peak = peak_memory(IMPLS[name], chunks)
-                    memory.append({"case": case, "impl": name, "peak_bytes": peak})
+                    memory.append((case, name, peak))
             del chunks
         del body
     print("\nPeak memory allocated while parsing (1 MiB chunks, tracemalloc):")
-    for row in memory:
-        print(f"  {row['case']:<18}{row['impl']:<20}{row['peak_bytes'] / MIB:>10,.2f} MiB")
+    for case, name, peak in memory:
+        print(f"  {case:<18}{name:<20}{peak / MIB:>10,.2f} MiB")
 
     report = {
         "benchmark": "multipart",
@@ -201,7 +201,7 @@ def main() -> None:
         "unit": "MB/s = 10^6 body bytes per second (median of repeats)",
         "machine": machine(),
         "results": results,
-        "peak_memory": memory,
+        "peak_memory": [{"case": c, "impl": i, "peak_bytes": p} for c, i, p in memory],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     temp = args.output.with_name(args.output.name + ".tmp")

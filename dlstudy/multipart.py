@@ -30,7 +30,10 @@ Framing follows RFC 2046 §5.1.1. Design points:
   delimiter is an error (a truncated or corrupt part), raised as soon as it is known.
 * `PartEnded` is emitted only once the delimiter after the part has been seen, so a caller that
   gets a `MultipartError` (or a `close()` error) knows the last part it started is incomplete.
-  Every `MultipartError` carries the byte offset in the body; after one, the parser re-raises it.
+* Errors carry the byte offset in the body. A chunk that completes events and then hits an
+  error returns those events (parts completed in it are not lost) and the next `feed()` or
+  `close()` raises; with no events to return, `feed()` raises at once. From then on every call
+  raises the same error. The events before an error, merged, do not depend on the chunking.
 """
 
 from __future__ import annotations
@@ -190,8 +193,9 @@ class MultipartParser:
         self._parts = 0  # parts started so far (for messages)
         # How far the search for the end of the current header block has got (from its start).
         self._scanned = 0
-        # Current part: bytes between the block start and its data that are not data (2 for the
-        # CRLF separator line, which may also start a delimiter), data seen, declared length.
+        # Current part: `_skip` is 2 while the CRLF that ended its header block is held (the
+        # separator before the data, or the start of a delimiter if there is no data); where its
+        # data starts in the body; how much data came; the declared Content-Length.
         self._skip = 0
         self._data_start = 0
         self._data_len = 0
@@ -222,6 +226,8 @@ class MultipartParser:
             pos = self._parse(view, events)
         except MultipartError as exc:
             self._error = exc
+            if events:  # hand over what came before the error; the next call raises it
+                return events
             raise
         if view is self._buf:
             del self._buf[:pos]
@@ -413,13 +419,16 @@ class MultipartParser:
         data_from = pos + self._skip
         if start >= data_from:
             if start > data_from:
-                self._data_len += start - data_from
-                if self._expected_len is not None and self._data_len > self._expected_len:
+                expected = self._expected_len
+                if expected is not None and self._data_len + start - data_from > expected:
+                    if expected > self._data_len:  # the data up to the declared length
+                        stop = data_from + expected - self._data_len
+                        events.append(PartData(_slice(view, data_from, stop)))
                     raise MultipartError(
-                        f"part {self._parts} is longer than its Content-Length "
-                        f"({self._expected_len} bytes)",
-                        offset=self._data_start + self._expected_len,
+                        f"part {self._parts} is longer than its Content-Length ({expected} bytes)",
+                        offset=self._data_start + expected,
                     )
+                self._data_len += start - data_from
                 events.append(PartData(_slice(view, data_from, start)))
             self._skip = 0
         if kind == _MORE:

@@ -48,6 +48,7 @@ CONTENT_TYPE_RE = re.compile(
 class Stored:
     path: Path
     orthanc_id: str
+    orthanc_study: str  # Orthanc's study ID: hash of PatientID + StudyInstanceUID
     study: str
     series: str
     sop: str
@@ -70,9 +71,13 @@ class Corpus:
         return {s.orthanc_id for s in self.stored}
 
     def servable(self) -> list[Stored]:
-        """Instances WADO-RS can address: SOP UIDs stored once (see test_duplicate_sop_uid)."""
+        """Instances WADO-RS can address: SOP UIDs stored once (see test_duplicate_uids…)."""
         counts = Counter(s.sop for s in self.stored)
         return [s for s in self.stored if counts[s.sop] == 1]
+
+    def qido_study_uids(self) -> list[str]:
+        """One entry per Orthanc study: a StudyInstanceUID under two PatientIDs comes twice."""
+        return sorted({s.orthanc_study: s.study for s in self.stored}.values())
 
     def by_ts(self, *syntaxes: str) -> Stored:
         found = [s for s in self.servable() if s.transfer_syntax in syntaxes]
@@ -80,10 +85,12 @@ class Corpus:
         return found[0]
 
     def studies(self) -> dict[str, list[Stored]]:
+        """StudyInstanceUID -> instances, for the UIDs WADO-RS can address (one Orthanc study)."""
         out: dict[str, list[Stored]] = {}
         for s in self.stored:
             out.setdefault(s.study, []).append(s)
-        return out
+        return {uid: members for uid, members in out.items()
+                if len({m.orthanc_study for m in members}) == 1}
 
 
 def _upload_corpus(orthanc: OrthancServer) -> Corpus:
@@ -109,6 +116,7 @@ def _upload_corpus(orthanc: OrthancServer) -> Corpus:
             Stored(
                 path=path,
                 orthanc_id=oid,
+                orthanc_study=answer["ParentStudy"],
                 study=tags["StudyInstanceUID"],
                 series=tags["SeriesInstanceUID"],
                 sop=tags["SOPInstanceUID"],
@@ -233,7 +241,7 @@ def test_qido_lists_all_studies(corpus: Corpus, http: httpx.Client) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/dicom+json"
     assert "warning" not in response.headers
-    assert sorted(_study_uids(response.json())) == sorted(corpus.studies())
+    assert sorted(_study_uids(response.json())) == corpus.qido_study_uids()
 
 
 def test_qido_limit_and_offset_are_honoured(corpus: Corpus, http: httpx.Client) -> None:
@@ -302,7 +310,11 @@ def test_multipart_instance_returns_stored_bytes_for_every_transfer_syntax(
 def test_multipart_series_and_study_return_stored_bytes(
     corpus: Corpus, orthanc: OrthancServer, level: str
 ) -> None:
-    # With the default Accept-Encoding (gzip): study/series answers are streamed, never gzipped.
+    """Framing depends on the number of instances, not the level: one instance is buffered
+    (Content-Length, keep-alive, gzip if accepted), two or more are streamed until the connection
+    closes (no Content-Length, no chunking, Connection: close, never gzip)."""
+    shapes = Counter()
+    # Default httpx Accept-Encoding (gzip, deflate), as a plain client would send.
     with httpx.Client(base_url=orthanc.dicomweb_url, timeout=30.0) as client:
         for study, members in corpus.studies().items():
             groups: dict[str, list[Stored]] = {}
@@ -313,12 +325,20 @@ def test_multipart_series_and_study_return_stored_bytes(
                 response = client.get(url, headers={"Accept": ANY_TS})
                 assert response.status_code == 200, (url, response.text)
                 assert CONTENT_TYPE_RE.match(response.headers["content-type"])
-                assert "content-length" not in response.headers
-                assert "content-encoding" not in response.headers
-                assert response.headers["connection"] == "close"
+                if len(expected) == 1:
+                    assert response.headers["connection"] == "keep-alive"
+                    assert response.headers["content-encoding"] == "gzip"
+                    assert "content-length" in response.headers
+                else:
+                    assert response.headers["connection"] == "close"
+                    assert "content-length" not in response.headers
+                    assert "content-encoding" not in response.headers
+                    assert "transfer-encoding" not in response.headers
+                shapes[min(len(expected), 2)] += 1
                 parts = _parts(response)
                 assert all(h["Content-Length"] == str(len(b)) for h, b in parts)
                 assert sorted(b for _, b in parts) == sorted(s.data for s in expected)
+    assert shapes[1] and shapes[2], shapes  # both framings exercised
 
 
 def test_instance_level_is_gzipped_when_client_accepts_it(
@@ -367,11 +387,12 @@ def test_without_transfer_syntax_any_orthanc_transcodes(
     assert _parts(response)[0][1] == plain.data  # already Explicit VR LE: untouched
 
 
-def test_duplicate_sop_uid_under_another_patient_is_404(
+def test_duplicate_uids_under_another_patient_are_404(
     orthanc: OrthancServer, http: httpx.Client, tmp_path: Path
 ) -> None:
-    """Same Study/Series/SOP UIDs, other PatientID: Orthanc stores a 2nd instance, and WADO-RS
-    then cannot resolve the SOP UID and answers 404 "inexistent instance" (QIDO still lists it)."""
+    """Same Study/Series/SOP UIDs, other PatientID: Orthanc stores a 2nd patient/study/series/
+    instance, and WADO-RS then answers 404 for those UIDs at every level (QIDO lists both).
+    pydicom's own files contain such a pair (rtdose.dcm / rtdose_rle.dcm)."""
     orthanc.reset()
     original = PYDICOM_TEST_FILES / "CT_small.dcm"
     ds = pydicom.dcmread(original)
@@ -386,6 +407,12 @@ def test_duplicate_sop_uid_under_another_patient_is_404(
     assert "inexistent instance" in response.json()["Details"]
     with pytest.raises(LookupError):
         orthanc.find_instance(str(ds.SOPInstanceUID))
+    # The study and series are unreachable too, while QIDO lists the study twice.
+    for level_url in (f"/studies/{ds.StudyInstanceUID}",
+                      f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"):
+        assert http.get(level_url, headers={"Accept": ANY_TS}).status_code == 404
+    listed = _study_uids(http.get("/studies").json())
+    assert listed == [str(ds.StudyInstanceUID)] * 2
     orthanc.reset()
 
 

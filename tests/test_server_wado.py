@@ -168,6 +168,8 @@ def test_head_sends_length_without_body(client: httpx.Client, synth_study: Synth
         "/studies/{st}/series/{se}/instances/1.2.3",
         "/studies/{st}/series/{se}/instances/1.2.3/metadata",
         "/studies/{st}/series/{se}/instances/{sop}/frames/1",
+        "/studies/metadata",
+        "/studies/{st}/series/metadata",
         "/nothing-here",
     ],
 )

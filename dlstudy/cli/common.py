@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 import typer
 
-from ..errors import DlstudyError
+from ..errors import DlstudyError, ExitStatus
 from ..progress import NullProgress, PlainProgress, ProgressSink, RichProgress
 from ..summary import Summary
 
@@ -18,11 +23,15 @@ from ..summary import Summary
 def setup_logging(verbose: bool, log_file: Path | None) -> None:
     """dlstudy's own loggers only: httpx logs full URLs (with any secrets) at INFO."""
     logger = logging.getLogger("dlstudy")
+    for old in [h for h in logger.handlers if getattr(h, "dlstudy_cli", False)]:
+        logger.removeHandler(old)  # a previous command in the same process (tests, demo)
+        old.close()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter)
+        handler.dlstudy_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     if log_file is not None:
         try:
@@ -30,9 +39,37 @@ def setup_logging(verbose: bool, log_file: Path | None) -> None:
         except OSError as exc:
             fail_usage(f"cannot open --log-file {str(log_file)!r}: {exc.strerror or exc}")
         file_handler.setFormatter(formatter)
+        file_handler.dlstudy_cli = True  # type: ignore[attr-defined]
         logger.addHandler(file_handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cancellation and cleanup paths run."""
+
+
+@contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Ctrl-C exits 130 and SIGTERM 143, after in-flight transfers removed their temp files."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        error_line(
+            f"{'terminated' if terminated else 'interrupted'}; "
+            "completed instances are kept, rerun the same command to resume"
+        )
+        raise typer.Exit(ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED) from exc
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def choose_progress(*, quiet: bool, json_output: bool) -> ProgressSink:

@@ -12,7 +12,7 @@ from ..download import download
 from ..errors import DlstudyError
 from ..settings import DEFAULT_LAYOUT, HttpVersion, Mode, Settings
 from ..summary import Summary
-from .common import choose_progress, fail_usage, finish, setup_logging
+from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
 
 HTTP_CHOICES = ("auto", "1.1", "2")
 MODE_CHOICES = ("auto", "instance", "series", "study")
@@ -200,7 +200,8 @@ def register(app: typer.Typer) -> None:
         progress = choose_progress(quiet=quiet, json_output=json_output)
         summary: Summary | None = None
         try:
-            summary = download(uids, settings=settings, progress=progress)
+            with exit_on_interrupt():
+                summary = download(uids, settings=settings, progress=progress)
         except DlstudyError as exc:
             finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
         finish(summary, None, json_output=json_output, quiet=quiet)

@@ -121,6 +121,8 @@ def serve(
     except OSError as exc:  # address in use, unreadable certificate, ...
         print(f"dlstudy serve: {exc}", file=sys.stderr)
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:  # Ctrl-C while indexing, before hypercorn handles signals
+        raise typer.Exit(130) from None
 
 
 def synth(

@@ -113,7 +113,10 @@ class Index:
             series.by_uid[instance.sop_uid] = instance
             series.instances.append(instance)
             count += 1
-        log.info("indexed %d instances in %d studies under %s", count, len(studies), root)
+        if count:
+            log.info("indexed %d instances in %d studies under %s", count, len(studies), root)
+        else:
+            log.warning("no DICOM instances under %s: every search will answer 204", root)
         return cls(list(studies.values()))
 
     def series(self, study_uid: str, series_uid: str) -> Series | None:

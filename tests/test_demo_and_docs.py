@@ -1,0 +1,98 @@
+"""The README's first command, the demo, and docs that cannot drift from the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from dlstudy.cli.app import app
+
+from .cli_helpers import run_cli, summary_of
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.integration
+def test_demo_downloads_and_verifies_every_byte(tmp_path: Path) -> None:
+    keep = tmp_path / "kept"
+    result = run_cli("demo", "--json", "--keep", str(keep))
+    assert result.exit_code == 0, result.output
+    assert "all 60 files byte-identical to the source" in result.stderr
+    summary = summary_of(result)
+    assert summary["instances"]["downloaded"] == 60
+    assert summary["http_version"] == "HTTP/2"
+    assert len(list(keep.rglob("*.dcm"))) == 60
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dlstudy", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert "download" in result.stdout and "demo" in result.stdout
+
+
+def _commands() -> dict[str, list[str]]:
+    """Every command of the app and the long option names it takes."""
+    click_group = typer.main.get_command(app)
+    commands: dict[str, list[str]] = {}
+    for name, command in click_group.commands.items():  # type: ignore[attr-defined]
+        options = []
+        for param in command.params:
+            options += [o for o in param.opts if o.startswith("--")]
+        commands[name] = options
+    return commands
+
+
+def test_every_command_and_option_is_in_the_readme() -> None:
+    commands = _commands()
+    assert {"download", "serve", "synth", "demo"} <= set(commands)
+    table_rows = [line for line in README.splitlines() if line.startswith("| `")]
+    for name, options in commands.items():
+        assert f"### `dlstudy {name}" in README, f"command {name} is not documented"
+        for option in options:
+            pattern = re.compile(rf"(?<![\w-]){re.escape(option)}(?![\w-])")
+            assert any(pattern.search(row) for row in table_rows), f"{name} {option} undocumented"
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second() -> None:
+    blocks = re.findall(r"```bash\n(.*?)\n```", README, flags=re.S)
+    assert blocks[0].endswith("dlstudy demo")
+    test_command = blocks[1]
+    assert test_command == "bash scripts/test.sh"
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+    first_section = README.split("---", 1)[0]
+    assert first_section.count("```bash") == 2
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_readme_first_command_works_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+    """What a new user runs: a fresh venv, a plain install of this checkout, `dlstudy demo`."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(
+        ROOT,
+        checkout,
+        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", ".*_cache"),
+    )
+    command = README.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "all 60 files byte-identical to the source" in result.stderr
