@@ -193,7 +193,13 @@ class Transport:
         self, url: str, headers: dict[str, str] | None = None, params: Any = None
     ) -> httpx.Response:
         """GET `url` and read the whole (small) body: for QIDO and probes only."""
-        await self._negotiate(url, headers)
+        if not self._negotiated:
+            async with self._negotiate_lock:
+                if not self._negotiated:
+                    return await self._first_get(url, headers, params)
+        return await self._get(url, headers, params)
+
+    async def _get(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
         try:
             response = await self._client.get(url, headers=headers, params=params)
         except Exception as exc:
@@ -203,28 +209,34 @@ class Transport:
         self._observe(response)
         return response
 
+    async def _first_get(
+        self, url: str, headers: dict[str, str] | None, params: Any
+    ) -> httpx.Response:
+        """The run's first request doubles as the h2c probe; on a protocol error, HTTP/1.1."""
+        try:
+            response = await self._client.get(url, headers=headers, params=params)
+            self._observe(response)
+        except PROTOCOL_ERRORS as exc:
+            log.info("server does not speak h2c (%s); using HTTP/1.1", type(exc).__name__)
+            await self._client.aclose()
+            self._client = self._make_client(*self._plan[1])
+            response = await self._get(url, headers, params)
+        except Exception as exc:
+            if is_translatable(exc):
+                raise translate_error(exc, url) from exc
+            raise
+        self._negotiated = True
+        return response
+
     def _observe(self, response: httpx.Response) -> None:
         self.http_version = response.http_version
 
     async def _negotiate(self, url: str, headers: dict[str, str] | None) -> None:
-        if self._negotiated:
-            return
-        async with self._negotiate_lock:
-            if self._negotiated:
-                return
-            try:
-                response = await self._client.get(url, headers=headers)
-                await response.aclose()
-                self._observe(response)
-            except PROTOCOL_ERRORS as exc:
-                log.info("server does not speak h2c (%s); using HTTP/1.1", type(exc).__name__)
-                await self._client.aclose()
-                self._client = self._make_client(*self._plan[1])
-            except Exception as exc:
-                if is_translatable(exc):
-                    raise translate_error(exc, url) from exc
-                raise
-            self._negotiated = True
+        if not self._negotiated:
+            # Streams start after QIDO in every run, so this probe is only for library callers
+            # whose first request is a retrieve: a small GET settles the protocol first.
+            response = await self.get(self.base_url + "/studies", params={"limit": "1"})
+            del response
 
 
 def check_auth(response: httpx.Response) -> None:

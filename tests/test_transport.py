@@ -148,3 +148,50 @@ def test_settings_repr_hides_secrets() -> None:
     )
     text = repr(settings)
     assert "t0k3n" not in text and "hunter2" not in text and "k3y" not in text
+
+
+def test_auto_falls_back_to_http11_once_against_a_server_without_h2c() -> None:
+    """A real HTTP/1.1-only server on 127.0.0.1 (the stdlib's): h2c fails, HTTP/1.1 is kept."""
+    import http.server
+    import threading
+
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/dicomweb"
+
+    async def run() -> list[str | None]:
+        transport = Transport(Settings(url=base, http="auto"))
+        versions = []
+        try:
+            for _ in range(3):
+                response = await transport.get(f"{base}/studies")
+                versions.append(response.http_version)
+        finally:
+            await transport.aclose()
+        versions.append(transport.http_version)
+        return versions
+
+    try:
+        versions = anyio.run(run)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert versions == ["HTTP/1.1"] * 4
+    assert len(requests) == 3  # the failed h2c attempt never reached a handler
