@@ -42,8 +42,8 @@ import re
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from dlstudy.errors import MultipartError
-from dlstudy.media import MULTIPART_RELATED, parse_media_type
+from .errors import MultipartError
+from .media import MULTIPART_RELATED, parse_media_type
 
 __all__ = [
     "Event",

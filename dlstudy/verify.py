@@ -6,6 +6,7 @@ the instance size. The bytes are never rewritten: we check what the server sent,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,33 +20,41 @@ PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 HEADER_PREFIX_LENGTH = PREAMBLE_LENGTH + len(MAGIC)
 
+log = logging.getLogger(__name__)
+
 _TAGS = [Tag(0x0020, 0x000D), Tag(0x0020, 0x000E), Tag(0x0008, 0x0018)]
 
 
 def check_prefix(prefix: bytes, *, sop_uid: str) -> None:
-    """Fail fast on the first bytes: an HTML error page or JSON is not a Part 10 file.
+    """Fail fast on the first bytes when they are text: an HTML error page, JSON, XML.
 
-    `sop_uid` may also be a label such as "part 3" when the instance is not known yet.
+    Binary bodies without the DICM magic are judged after the download instead: some archives
+    hold (and serve) bare datasets without the Part 10 header, and those are kept when their
+    SOP Instance UID is the one asked for. `sop_uid` may be a label such as "part 3".
     """
-    if (
-        len(prefix) >= HEADER_PREFIX_LENGTH
-        and prefix[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] != MAGIC
-    ):
-        looks_like = _guess_text(prefix)
+    if len(prefix) < HEADER_PREFIX_LENGTH or prefix[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
+        return
+    if _is_text(prefix):
         raise IntegrityError(
-            f"instance {sop_uid}: response is not a DICOM Part 10 file (no DICM magic{looks_like})",
+            f"instance {sop_uid}: response is not DICOM ({_guess_text(prefix)})",
             sop_instance_uid=sop_uid,
             retryable=False,
         )
 
 
+def _is_text(prefix: bytes) -> bool:
+    return all(32 <= b < 127 or b in b"\t\r\n" for b in prefix)
+
+
 def _guess_text(prefix: bytes) -> str:
     head = prefix[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html")):
-        return "; looks like an HTML page"
+        return "looks like an HTML page"
     if head.startswith((b"{", b"[")):
-        return "; looks like JSON"
-    return ""
+        return "looks like JSON"
+    if head.startswith(b"<"):
+        return "looks like XML"
+    return "looks like text"
 
 
 @dataclass(frozen=True)
@@ -57,10 +66,11 @@ class HeaderInfo:
     sop_uid: str
     media_storage_sop_uid: str
     transfer_syntax: str
+    has_preamble: bool = True
 
 
 def read_header(path: Path, *, label: str) -> HeaderInfo:
-    """Check the DICM magic and read the UIDs; `label` names the file in errors."""
+    """Read the identifying UIDs of a downloaded file; `label` names it in errors."""
     with path.open("rb") as fp:
         prefix = fp.read(HEADER_PREFIX_LENGTH)
         if len(prefix) < HEADER_PREFIX_LENGTH:
@@ -68,14 +78,17 @@ def read_header(path: Path, *, label: str) -> HeaderInfo:
                 f"{label}: response too short to be DICOM ({len(prefix)} bytes)", retryable=True
             )
         check_prefix(prefix, sop_uid=label.removeprefix("instance "))
+        has_magic = prefix[PREAMBLE_LENGTH:] == MAGIC
         fp.seek(0)
         try:
-            dataset = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_TAGS)
-        except (InvalidDicomError, ValueError, EOFError, OSError, KeyError) as exc:
+            dataset = pydicom.dcmread(
+                fp, stop_before_pixels=True, specific_tags=_TAGS, force=not has_magic
+            )
+        except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
             raise IntegrityError(
                 f"{label}: DICOM header cannot be parsed ({exc})", retryable=True
             ) from exc
-    meta = dataset.file_meta
+    meta = dataset.file_meta if hasattr(dataset, "file_meta") else None
     media_sop = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
     return HeaderInfo(
         study_uid=str(dataset.get("StudyInstanceUID", "") or ""),
@@ -83,6 +96,7 @@ def read_header(path: Path, *, label: str) -> HeaderInfo:
         sop_uid=str(dataset.get("SOPInstanceUID", "") or media_sop),
         media_storage_sop_uid=media_sop,
         transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or ""),
+        has_preamble=has_magic,
     )
 
 
@@ -93,8 +107,6 @@ def check_identity(info: HeaderInfo, *, study_uid: str, series_uid: str, sop_uid
         "Study Instance UID": (info.study_uid, study_uid),
         "Series Instance UID": (info.series_uid, series_uid),
     }
-    if info.media_storage_sop_uid:
-        found["Media Storage SOP Instance UID"] = (info.media_storage_sop_uid, sop_uid)
     for name, (got, wanted) in found.items():
         if got != wanted:
             raise IntegrityError(
@@ -102,6 +114,14 @@ def check_identity(info: HeaderInfo, *, study_uid: str, series_uid: str, sop_uid
                 sop_instance_uid=sop_uid,
                 retryable=True,
             )
+    # The dataset is what QIDO indexes and what the server serves; a stale file meta or a bare
+    # dataset is how some archives store real studies, so these are kept, with a note.
+    if info.media_storage_sop_uid and info.media_storage_sop_uid != sop_uid:
+        log.warning(
+            "instance %s: file meta names %s (kept as sent)", sop_uid, info.media_storage_sop_uid
+        )
+    if not info.has_preamble:
+        log.warning("instance %s: no Part 10 preamble/DICM (kept as sent)", sop_uid)
 
 
 def verify_instance(path: Path, *, study_uid: str, series_uid: str, sop_uid: str) -> str:

@@ -77,7 +77,8 @@ restore_policy() {
         run rm -f "$POLICY"
     fi
 }
-if [ -e "$POLICY" ]; then
+# (a policy-rc.d carrying our marker is a leftover of an interrupted run: not restored)
+if [ -e "$POLICY" ] && ! grep -q "written by dlstudy" "$POLICY" 2>/dev/null; then
     POLICY_BACKUP=$(run mktemp "$POLICY.dlstudy-backup.XXXXXX")
     run cp -p "$POLICY" "$POLICY_BACKUP"
 fi

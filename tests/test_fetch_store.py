@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import anyio
 import httpx
 import pytest
 import respx
+from pydicom.dataset import Dataset
 
 from dlstudy.errors import AuthError, HttpStatusError, IntegrityError, TransferError, UsageError
 from dlstudy.fetch import InstanceFetcher
@@ -78,7 +80,7 @@ def test_html_error_page_is_rejected_without_retry_and_leaves_nothing(tmp_path: 
     page = b"<!DOCTYPE html><html><body>" + b"Session expired " * 20 + b"</body></html>"
     route = respx.get(URL).mock(return_value=httpx.Response(200, content=page))
 
-    with pytest.raises(IntegrityError, match="not a DICOM Part 10 file.*HTML"):
+    with pytest.raises(IntegrityError, match="not DICOM .looks like an HTML page."):
         fetch(tmp_path)
     assert route.call_count == 1
     assert leftovers(tmp_path) == []
@@ -187,3 +189,29 @@ def test_retry_after_forms_and_backoff() -> None:
     delays = [backoff_delay(n, rng) for n in range(1, 10)]
     assert all(0 < d <= 10 for d in delays)
     assert delays[0] <= 0.25 and delays[-1] >= 5
+
+
+def test_bare_dataset_without_part10_header_is_kept_when_its_uid_matches(tmp_path: Path) -> None:
+    # What some archives store and serve: no preamble, no DICM, no file meta.
+    dataset = Dataset()
+    dataset.SOPInstanceUID = SOP
+    dataset.StudyInstanceUID = STUDY
+    dataset.SeriesInstanceUID = SERIES
+    dataset.PatientName = "Bare^Dataset"
+    dataset.ImageComments = "padding the dataset past the 132-byte prefix " * 2
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    path = tmp_path / "bare.dcm"
+    path.write_bytes(buffer.getvalue())
+    assert path.read_bytes()[128:132] != b"DICM"
+
+    verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
+    with pytest.raises(IntegrityError, match="SOP Instance UID in the file"):
+        verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=f"{SOP}9")
+
+
+def test_binary_garbage_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "junk.dcm"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(IntegrityError):
+        verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)

@@ -537,7 +537,7 @@ def test_unusual_boundaries(boundary: str) -> None:
 
 BOUNDARIES = ["b", "-", "a b", "b0undary", DCM4CHEE_BOUNDARY, ORTHANC_BOUNDARY]
 PROPERTY_SETTINGS = settings(
-    max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 

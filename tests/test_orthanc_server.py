@@ -289,15 +289,16 @@ def test_single_part_instance_is_400(corpus: Corpus, http: httpx.Client, accept:
 def test_multipart_instance_returns_stored_bytes_for_every_transfer_syntax(
     corpus: Corpus, http: httpx.Client
 ) -> None:
-    checked = Counter()
+    checked: Counter[str] = Counter()
     for s in corpus.servable():
         response = http.get(s.instance_path(), headers={"Accept": ANY_TS})
         assert response.status_code == 200, (s.path.name, response.text)
-        assert CONTENT_TYPE_RE.match(response.headers["content-type"]), response.headers
+        content_type = CONTENT_TYPE_RE.match(response.headers["content-type"])
+        assert content_type, response.headers
         assert response.headers["content-length"] == str(len(response.content))
         assert response.headers["connection"] == "keep-alive"
         assert response.headers["keep-alive"] == "timeout=1"
-        boundary = CONTENT_TYPE_RE.match(response.headers["content-type"])["b"]  # type: ignore[index]
+        boundary = content_type["b"]
         assert response.content.startswith(f"--{boundary}\r\n".encode())  # no preamble
         assert response.content.endswith(f"\r\n--{boundary}--\r\n".encode())
         ((headers, body),) = _parts(response)
@@ -318,7 +319,7 @@ def test_multipart_series_and_study_return_stored_bytes(
     """Framing depends on the number of instances, not the level: one instance is buffered
     (Content-Length, keep-alive, gzip if accepted), two or more are streamed until the connection
     closes (no Content-Length, no chunking, Connection: close, never gzip)."""
-    shapes = Counter()
+    shapes: Counter[int] = Counter()
     # Default httpx Accept-Encoding (gzip, deflate), as a plain client would send.
     with httpx.Client(base_url=orthanc.dicomweb_url, timeout=30.0) as client:
         for study, members in corpus.studies().items():

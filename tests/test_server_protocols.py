@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
 from collections.abc import AsyncGenerator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,26 @@ def test_client_hangup_stops_the_read(
     assert chunks_read < 10  # of 40: the server noticed and stopped reading
     with httpx.Client(http1=not http2, http2=http2) as client:  # and serves the next client
         assert len(client.get(url, headers={"accept": SINGLE}).content) == big.size
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2c"])
+def test_stop_with_a_stalled_download(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, http2: bool
+) -> None:
+    """A client that stops reading mid-body must not hold up or dirty the shutdown."""
+    (big,) = generate(tmp_path, SynthSpec(series=1, instances=1, size=40 * 2**20, frames=40))
+    with httpx.Client(http1=not http2, http2=http2) as client, ExitStack() as responses:
+        with running_server(ServerOptions(root=tmp_path)) as base:
+            url = f"{base}/studies/{big.study_uid}/series/{big.series_uid}/instances/{big.sop_uid}"
+            response = responses.enter_context(
+                client.stream("GET", url, headers={"accept": SINGLE})
+            )
+            chunks = response.iter_raw()
+            next(chunks)  # then read no more: the server blocks on a full socket / window
+            started = time.monotonic()
+        stop_seconds = time.monotonic() - started
+        with pytest.raises(httpx.HTTPError):  # the download ends in an error, not silently
+            for _ in chunks:
+                pass
+    assert stop_seconds < 0.9  # well inside hypercorn's 1 s graceful timeout
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

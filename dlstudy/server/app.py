@@ -37,6 +37,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ROOT = "/dicomweb"
+STOPPING = "dlstudy.stopping"  # lifespan state key: an asyncio.Event set when shutdown starts
 DICOM_JSON = "application/dicom+json"
 
 
@@ -226,7 +227,8 @@ class DicomwebApp:
             await body.chunks.aclose()
             await send({"type": "http.response.body", "body": b""})
             return
-        complete = await _until_disconnect(receive, _stream(send, body.chunks, cut))
+        stopping = scope.get("state", {}).get(STOPPING)
+        complete = await _until_disconnect(receive, stopping, _stream(send, body.chunks, cut))
         # Cut on HTTP/1.x: returning before the last body message makes hypercorn drop the
         # connection, so the client sees a short body (Content-Length) or no last chunk.
         if complete or (complete is False and http2):
@@ -262,20 +264,26 @@ def _resource_uids(parts: list[str]) -> list[str]:
 _LEVELS: dict[str, qido.Level] = {"studies": "study", "series": "series", "instances": "instance"}
 
 
-async def _until_disconnect(receive: Receive, streaming: Coroutine[Any, Any, bool]) -> bool | None:
-    """Run `streaming` unless the client goes away first (None then).
+async def _until_disconnect(
+    receive: Receive, stopping: asyncio.Event | None, streaming: Coroutine[Any, Any, bool]
+) -> bool | None:
+    """Run `streaming` unless the client goes away or the server stops first (None then).
 
     Without this a client that hangs up mid-body leaves the app reading the rest of the file
-    into a dead HTTP/1.1 socket, or blocked for ever on a reset h2 stream's flow control.
+    into a dead HTTP/1.1 socket, or blocked for ever on a reset h2 stream's flow control; and
+    a response still streaming at shutdown gets its connection task cancelled, which
+    Python 3.11's asyncio logs as an error.
     """
     sending = asyncio.ensure_future(streaming)
-    watching = asyncio.ensure_future(_disconnected(receive))
+    watching: list[asyncio.Future[Any]] = [asyncio.ensure_future(_disconnected(receive))]
+    if stopping is not None:
+        watching.append(asyncio.ensure_future(stopping.wait()))
     try:
-        await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({sending, *watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (sending, watching):
+        for task in (sending, *watching):
             task.cancel()
-        await asyncio.gather(sending, watching, return_exceptions=True)
+        await asyncio.gather(sending, *watching, return_exceptions=True)
     if sending.cancelled():
         return None
     return sending.result()  # re-raises a failure (e.g. the file shrank): hypercorn logs it

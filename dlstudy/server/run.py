@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Any, cast
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from .app import ROOT, ASGIApp, Message, Receive, Scope, Send, create_app
+from .app import ROOT, STOPPING, ASGIApp, Message, Receive, Scope, Send, create_app
 from .options import ServerOptions
 
 log = logging.getLogger("dlstudy.server")
@@ -56,7 +57,7 @@ def running_server(options: ServerOptions) -> Iterator[str]:
 
 
 def serve_forever(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM (hypercorn installs the handlers)."""
+    """Serve in the foreground (main thread) until SIGINT or SIGTERM."""
     app = create_app(options)
     with _listening_socket(options) as sock:
         url = _base_url(options, sock)
@@ -80,16 +81,35 @@ async def _serve(
     config.graceful_timeout = 1.0
     config.include_server_header = False
 
-    shutdown_trigger = None
-    if state is not None:  # background thread: stopped by _stop(), no signal handlers
-        stop = asyncio.Event()
+    # Set when shutdown starts: responses still streaming stop at once (see app.py), so
+    # every connection ends within hypercorn's graceful timeout and none is cancelled.
+    stopping = asyncio.Event()
+    stop = asyncio.Event()
+    if state is not None:  # background thread: stopped by _stop()
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop
-        shutdown_trigger = stop.wait
+    else:  # foreground: Ctrl-C / SIGTERM
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        stopping.set()
+
+        async def dump() -> None:
+            await asyncio.sleep(0.9)
+            import sys as _s
+            for _t in asyncio.all_tasks():
+                if _t is not asyncio.current_task():
+                    print("LEFTOVER", _t, file=_s.stderr)
+                    _t.print_stack(file=_s.stderr)
+        asyncio.get_running_loop().create_task(dump())
 
     async def with_startup(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
             return
+        scope.setdefault("state", {})[STOPPING] = stopping  # copied into every request's scope
 
         async def send_and_report(message: Message) -> None:
             await send(message)
@@ -98,7 +118,6 @@ async def _serve(
 
         await app(scope, receive, send_and_report)
 
-    # hypercorn's own ASGI types are stricter TypedDicts than this package's plain mappings.
     await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
 
 
