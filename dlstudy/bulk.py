@@ -8,28 +8,33 @@ caller, which fetches those instances one by one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 
 from .errors import IntegrityError, TransferError
-from .fetch import ByteCounter, status_error
+from .fetch import ByteCounter, Committed, status_error
 from .multipart import PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
 from .parts import iter_part_events
 from .store import InstanceRef, Store, TempFile
 from .transport import Transport, check_auth
 from .verify import HEADER_PREFIX_LENGTH, check_identity, check_prefix, read_header
+from .watchdog import watchdog
 
 log = logging.getLogger(__name__)
 
-InstanceDone = Callable[[InstanceRef, int], None]
+InstanceDone = Callable[[InstanceRef, Committed], None]
 
 
 class BulkFetcher:
-    def __init__(self, transport: Transport, store: Store, negotiator: Negotiator) -> None:
+    def __init__(
+        self, transport: Transport, store: Store, negotiator: Negotiator, *, window: float
+    ) -> None:
         self.transport = transport
         self.store = store
         self.negotiator = negotiator
+        self.window = window
 
     async def fetch(
         self,
@@ -63,21 +68,23 @@ class BulkFetcher:
         on_done: InstanceDone,
     ) -> None:
         headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
-        async with self.transport.stream(url, headers) as response:
-            check_auth(response)
-            if response.status_code != 200:
-                raise status_error(response, "bulk retrieval")
-            sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
-            try:
-                async for event in iter_part_events(response):
-                    if isinstance(event, PartData):
-                        sink.data(event.data)
-                    elif isinstance(event, PartStarted):
-                        sink.start(event)
-                    elif isinstance(event, PartEnded):
-                        sink.end()
-            finally:
-                sink.abandon()
+        with watchdog(self.window, "bulk retrieval") as progress:
+            async with self.transport.stream(url, headers) as response:
+                check_auth(response)
+                if response.status_code != 200:
+                    raise status_error(response, "bulk retrieval")
+                sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
+                try:
+                    async for event in iter_part_events(response):
+                        if isinstance(event, PartData):
+                            sink.data(event.data)
+                            progress.add(len(event.data))
+                        elif isinstance(event, PartStarted):
+                            sink.start(event)
+                        elif isinstance(event, PartEnded):
+                            sink.end()
+                finally:
+                    sink.abandon()
 
 
 class _PartSink:
@@ -100,12 +107,14 @@ class _PartSink:
         self.temp: TempFile | None = None
         self.declared: int | None = None
         self.prefix = b""
+        self.digest = hashlib.sha256()
 
     def start(self, event: PartStarted) -> None:
         self.count += 1
         self.temp = self.store.open_incoming().__enter__()
         self.declared = event.content_length
         self.prefix = b""
+        self.digest = hashlib.sha256()
 
     def data(self, chunk: bytes) -> None:
         assert self.temp is not None
@@ -113,6 +122,7 @@ class _PartSink:
             self.prefix += chunk[:HEADER_PREFIX_LENGTH]
             check_prefix(self.prefix, sop_uid=f"part {self.count}")
         self.temp.write(chunk)
+        self.digest.update(chunk)
         self.on_bytes(len(chunk))
 
     def end(self) -> None:
@@ -136,13 +146,12 @@ class _PartSink:
                 info, study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid
             )
             temp.final = self.store.final_path(ref)
-            temp.final.parent.mkdir(parents=True, exist_ok=True)
             temp.commit()
         except BaseException:
             temp.discard()
             raise
         self.committed.add(ref.sop_uid)
-        self.on_done(ref, temp.size)
+        self.on_done(ref, Committed(temp.final, temp.size, self.digest.hexdigest()))
 
     def abandon(self) -> None:
         if self.temp is not None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from .auth import RefreshingBearerAuth, TokenCommand
 from .bulk import BulkFetcher
 from .errors import (
     DlstudyError,
@@ -22,14 +24,18 @@ from .errors import (
     TransferError,
     UsageError,
 )
-from .fetch import InstanceFetcher
+from .fetch import Committed, InstanceFetcher, RetryPolicy
+from .lock import output_lock
+from .manifest import Manifest
 from .negotiate import Negotiator, candidates
 from .pool import first_error, run_pool
 from .progress import NullProgress, ProgressSink
 from .qido import Resolver
+from .schedule import entry_for, plan
 from .settings import Settings
 from .store import InstanceRef, Store
 from .summary import Failure, Summary
+from .throttle import Throttle
 from .transport import Transport
 from .urls import is_valid_uid, redact_url, series_url, study_url
 
@@ -52,13 +58,12 @@ def validate(settings: Settings, study_uids: list[str]) -> None:
         if not is_valid_uid(uid):
             raise InvalidUidError(f"invalid --series UID {uid[:80]!r}", uid=uid)
     if not settings.url.lower().startswith(("http://", "https://")):
-        raise UsageError(
-            f"--url must start with http:// or https://, got {redact_url(settings.url)!r}"
-        )
+        shown = redact_url(settings.url)
+        raise UsageError(f"--url must start with http:// or https://, got {shown!r}")
     if not 1 <= settings.concurrency <= MAX_CONCURRENCY:
         raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
-    if settings.retries < 0:
-        raise UsageError("--retries must be 0 or more")
+    if settings.retries < 0 or settings.retry_budget < 0:
+        raise UsageError("--retries and --retry-budget must be 0 or more")
     if settings.timeout <= 0:
         raise UsageError("--timeout must be positive")
     if settings.mode not in ("auto", "instance", "series", "study"):
@@ -77,8 +82,9 @@ def download(
 
     Either pass `settings`, or `url` plus any Settings field as a keyword
     (`download(["1.2.3"], "http://host/dicomweb", output=Path("out"), concurrency=16)`).
-    Fatal errors (bad input, server unreachable, auth, nothing matched) raise a DlstudyError
-    with the partial summary attached as `.summary`; per-instance failures are in the summary.
+    Fatal errors (bad input, server unreachable, auth, nothing matched, output locked) raise a
+    DlstudyError with the partial summary attached as `.summary`, and so does an interruption
+    (KeyboardInterrupt); per-instance failures are in the summary.
     """
     if settings is None:
         if url is None:
@@ -103,15 +109,24 @@ async def download_async(
         validate(settings, study_uids)
         store = Store(settings.output, settings.layout)
         store.prepare()
-        transport = Transport(settings)
-        try:
-            await _run(study_uids, settings, store, transport, progress, summary)
-        finally:
-            summary.http_version = transport.http_version
-            await transport.aclose()
-    except DlstudyError as exc:
-        summary.error = str(exc)
-        summary.exit_status = exc.exit_status
+        async with AsyncExitStack() as stack:
+            stack.enter_context(output_lock(store.state_dir, wait=settings.wait_for_lock))
+            removed = store.remove_stale_temp_files()
+            if removed:
+                log.info("removed %d temp files left by an interrupted run", removed)
+            manifest = Manifest(store.root, store.state_dir)
+            stack.callback(manifest.close)
+            transport = Transport(settings, auth=await _token_auth(settings))
+            stack.push_async_callback(transport.aclose)
+            try:
+                await _run(study_uids, settings, store, manifest, transport, progress, summary)
+            finally:
+                summary.http_version = transport.http_version
+    except BaseException as exc:
+        # Fatal errors and interruptions carry what was done so far, for the report.
+        if isinstance(exc, DlstudyError):
+            summary.error = str(exc)
+            summary.exit_status = exc.exit_status
         exc.summary = summary  # type: ignore[attr-defined]
         raise
     finally:
@@ -121,10 +136,19 @@ async def download_async(
     return summary
 
 
+async def _token_auth(settings: Settings) -> RefreshingBearerAuth | None:
+    if not settings.token_command:
+        return None
+    command = TokenCommand(settings.token_command)
+    token: str = await anyio.to_thread.run_sync(command.run)
+    return RefreshingBearerAuth(command, token)
+
+
 async def _run(
     study_uids: list[str],
     settings: Settings,
     store: Store,
+    manifest: Manifest,
     transport: Transport,
     progress: ProgressSink,
     summary: Summary,
@@ -135,42 +159,45 @@ async def _run(
         series_filter=settings.series,
         modality_filter=settings.modalities,
     )
-    todo: list[InstanceRef] = []
+    refs: list[InstanceRef] = []
     for study_uid in study_uids:
         progress.resolving(study_uid)
         summary.studies.append(study_uid)
         try:
-            refs = await resolver.resolve(study_uid)
+            found = await resolver.resolve(study_uid)
         except NothingMatchedError as exc:
             summary.failures.append(Failure(study_uid, None, None, str(exc), 404))
             continue
-        for ref in refs:
+        for ref in found:
             summary.total += 1
-            if not store.is_valid(ref):
-                summary.failures.append(
-                    Failure(study_uid, None, None, f"server sent an invalid UID in {ref!r}"[:300])
-                )
-            elif store.is_complete(ref):
-                summary.skipped += 1
+            if store.is_valid(ref):
+                refs.append(ref)
             else:
-                todo.append(ref)
+                reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
+                summary.failures.append(Failure(study_uid, None, None, reason[:300]))
     if summary.total == 0:
         raise NothingMatchedError(_nothing_matched_message(settings, summary))
 
+    work = plan(refs, store, manifest, verify=settings.verify)
+    summary.skipped = work.skipped
+    summary.repaired = work.repaired
     progress.start(summary.total, summary.skipped)
-    wanted_syntax = settings.transfer_syntax or None
-    negotiator = Negotiator(candidates(wanted_syntax, single_part=True))
-    fetcher = InstanceFetcher(transport, store, negotiator, retries=settings.retries)
+    throttle = Throttle(settings.concurrency)
+    summary.throttle = throttle
+    policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
+    negotiator = Negotiator(candidates(settings.transfer_syntax or None, single_part=True))
+    fetcher = InstanceFetcher(transport, store, negotiator, policy=policy, throttle=throttle)
     summary.retrieval = negotiator
 
-    def done(ref: InstanceRef, size: int) -> None:
+    def done(ref: InstanceRef, committed: Committed) -> None:
+        manifest.record(entry_for(store, ref, committed.path, committed.size, committed.sha256))
         summary.downloaded += 1
-        summary.bytes += size
-        progress.instance_done(ref, size)
+        summary.bytes += committed.size
+        progress.instance_done(ref, committed.size)
 
     async def one_instance(ref: InstanceRef) -> None:
         try:
-            size = await fetcher.fetch(ref, progress.advance)
+            committed = await fetcher.fetch(ref, progress.advance)
         except TransferError as exc:
             status = getattr(exc, "status_code", None)
             summary.failures.append(
@@ -178,32 +205,40 @@ async def _run(
             )
             progress.instance_failed(ref, str(exc))
             return
-        done(ref, size)
+        done(ref, committed)
 
+    todo = work.todo
     with first_error():
-        if settings.mode in ("series", "study"):
-            todo = await _fetch_in_bulk(todo, settings, store, transport, progress, done)
+        if settings.mode in ("series", "study") and todo:
+            bulk = BulkFetcher(
+                transport,
+                store,
+                Negotiator(candidates(settings.transfer_syntax or None, single_part=False)),
+                window=settings.timeout,
+            )
+            todo = await _fetch_in_bulk(todo, settings.mode, bulk, settings, progress, done)
+        # A StorageError (disk full, permissions) escapes one_instance and stops every worker:
+        # nothing else would succeed either; what was committed is kept.
         await run_pool(todo, one_instance, settings.concurrency)
 
 
 async def _fetch_in_bulk(
     todo: list[InstanceRef],
+    mode: str,
+    bulk: BulkFetcher,
     settings: Settings,
-    store: Store,
-    transport: Transport,
     progress: ProgressSink,
-    done: Callable[[InstanceRef, int], None],
+    done: Any,
 ) -> list[InstanceRef]:
     """One multipart response per series (or study); return the instances still missing."""
+    base = bulk.transport.base_url
     groups: dict[str, list[InstanceRef]] = {}
     for ref in todo:
-        if settings.mode == "series":
-            url = series_url(transport.base_url, ref.study_uid, ref.series_uid)
+        if mode == "series":
+            url = series_url(base, ref.study_uid, ref.series_uid)
         else:
-            url = study_url(transport.base_url, ref.study_uid)
+            url = study_url(base, ref.study_uid)
         groups.setdefault(url, []).append(ref)
-    negotiator = Negotiator(candidates(settings.transfer_syntax or None, single_part=False))
-    bulk = BulkFetcher(transport, store, negotiator)
     committed: set[str] = set()
 
     async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
@@ -213,9 +248,7 @@ async def _fetch_in_bulk(
     await run_pool(list(groups.items()), one_group, settings.concurrency)
     missing = [ref for ref in todo if ref.sop_uid not in committed]
     if missing:
-        log.info(
-            "%d instances missing from the bulk responses; fetching them one by one", len(missing)
-        )
+        log.info("%d instances missing from bulk responses; fetching one by one", len(missing))
     return missing
 
 

@@ -4,6 +4,8 @@
     ├── UsageError                    2  bad arguments or options
     │   ├── InvalidUidError           2  a UID argument is not a DICOM UID
     │   └── OutputError               2  the output folder cannot be created or written
+    ├── StorageError                  1  writing failed mid-run (disk full, permissions)
+    ├── LockedError                   5  another run holds the output folder
     ├── ServerError                   3  the server cannot be used at all
     │   ├── ConnectError              3  unknown host, refused connection, TLS failure, timeout
     │   └── AuthError                 3  401 / 403 on the run's first requests
@@ -29,6 +31,7 @@ class ExitStatus(IntEnum):
     USAGE = 2
     SERVER = 3
     NOTHING_MATCHED = 4
+    LOCKED = 5
     INTERRUPTED = 130  # 128 + SIGINT
     TERMINATED = 143  # 128 + SIGTERM
 
@@ -57,6 +60,22 @@ class InvalidUidError(UsageError):
 
 
 class OutputError(UsageError):
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StorageError(DlstudyError):
+    """Writing failed after the run started: the run stops, what was committed is kept."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class LockedError(DlstudyError):
+    exit_status = ExitStatus.LOCKED
+
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path

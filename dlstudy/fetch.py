@@ -1,4 +1,4 @@
-"""Fetch one instance into the store: stream, check, commit; retry what is worth retrying.
+"""Fetch one instance into the store: stream, hash, check, commit; retry what is worth it.
 
 The body may come single-part (the bytes of the Part 10 file) or as a multipart/related
 response with one part (servers that only speak multipart); either way it is streamed chunk by
@@ -7,9 +7,11 @@ chunk into a temp file beside the final name and never held in memory.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -22,13 +24,31 @@ from .negotiate import Negotiator, Retrieval
 from .parts import iter_part_events
 from .retry import RETRYABLE_STATUS, backoff_delay, parse_retry_after
 from .store import InstanceRef, Store, TempFile
+from .throttle import THROTTLE_STATUS, Throttle
 from .transport import Transport, check_auth
 from .urls import instance_url, redact_url
 from .verify import HEADER_PREFIX_LENGTH, check_prefix, verify_instance
+from .watchdog import Progress, watchdog
 
 log = logging.getLogger(__name__)
 
 ByteCounter = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A file now under its final name, as verified."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int
+    budget: float  # seconds from the first attempt after which no retry starts
+    window: float  # --timeout: the watchdog window of each attempt
 
 
 def status_error(response: httpx.Response, what: str) -> HttpStatusError:
@@ -48,35 +68,51 @@ def status_error(response: httpx.Response, what: str) -> HttpStatusError:
 
 
 async def with_retries(
-    attempt: Callable[[], Awaitable[int]], *, what: str, retries: int, rng: random.Random
-) -> int:
-    """Run `attempt` until it succeeds, fails for good, or runs out of retries."""
+    attempt: Callable[[], Awaitable[Committed]],
+    *,
+    what: str,
+    policy: RetryPolicy,
+    throttle: Throttle,
+    rng: random.Random,
+) -> Committed:
+    """Run `attempt` until it succeeds, fails for good, or runs out of retries or time."""
+    started = anyio.current_time()
     tries = 0
     while True:
         tries += 1
         try:
-            return await attempt()
+            async with throttle.slot():
+                result = await attempt()
         except TransferError as exc:
             if not exc.message.startswith(what):
                 exc.message = f"{what}: {exc.message}"
-            if not exc.retryable or tries > retries:
+            retry_after = exc.retry_after if isinstance(exc, HttpStatusError) else None
+            if isinstance(exc, HttpStatusError) and exc.status_code in THROTTLE_STATUS:
+                throttle.slow_down(retry_after)
+            delay = max(backoff_delay(tries, rng), retry_after or 0.0)
+            out_of_time = anyio.current_time() + delay - started > policy.budget
+            if not exc.retryable or tries > policy.retries or out_of_time:
                 if tries > 1:
                     exc.message = f"{exc.message} (after {tries} attempts)"
                 raise
-            delay = backoff_delay(tries, rng)
-            if isinstance(exc, HttpStatusError) and exc.retry_after is not None:
-                delay = max(delay, exc.retry_after)
             log.info("retrying in %.2fs: %s", delay, exc)
             await anyio.sleep(delay)
+        else:
+            throttle.succeeded()
+            return result
 
 
 class BodyWriter:
-    """Streams one instance's bytes into a temp file, checking the DICM magic on the way."""
+    """Streams one instance's bytes into a temp file: DICM check, hash, progress."""
 
-    def __init__(self, temp: TempFile, ref: InstanceRef, on_bytes: ByteCounter) -> None:
+    def __init__(
+        self, temp: TempFile, ref: InstanceRef, on_bytes: ByteCounter, progress: Progress
+    ) -> None:
         self.temp = temp
         self.ref = ref
         self.on_bytes = on_bytes
+        self.progress = progress
+        self.digest = hashlib.sha256()
         self._prefix = b""
 
     def write(self, chunk: bytes) -> None:
@@ -86,7 +122,9 @@ class BodyWriter:
         # Synchronous on purpose: the page cache absorbs a write in microseconds, far less
         # than a thread hop per chunk would cost.
         self.temp.write(chunk)
+        self.digest.update(chunk)
         self.on_bytes(len(chunk))
+        self.progress.add(len(chunk))
 
     def check_length(self, expected: int | None, source: str) -> None:
         if expected is not None and self.temp.size != expected:
@@ -96,7 +134,7 @@ class BodyWriter:
                 retryable=True,
             )
 
-    def verify_and_commit(self) -> int:
+    def verify_and_commit(self) -> Committed:
         self.temp.close()
         verify_instance(
             self.temp.path,
@@ -105,7 +143,7 @@ class BodyWriter:
             sop_uid=self.ref.sop_uid,
         )
         self.temp.commit()
-        return self.temp.size
+        return Committed(self.temp.final, self.temp.size, self.digest.hexdigest())
 
 
 class InstanceFetcher:
@@ -117,27 +155,33 @@ class InstanceFetcher:
         store: Store,
         negotiator: Negotiator,
         *,
-        retries: int,
+        policy: RetryPolicy,
+        throttle: Throttle,
         rng: random.Random | None = None,
     ) -> None:
         self.transport = transport
         self.store = store
         self.negotiator = negotiator
-        self.retries = retries
+        self.policy = policy
+        self.throttle = throttle
         self.rng = rng or random.Random()
 
-    async def fetch(self, ref: InstanceRef, on_bytes: ByteCounter) -> int:
-        """Download `ref` to its final path; return its size. Raises TransferError."""
+    async def fetch(self, ref: InstanceRef, on_bytes: ByteCounter) -> Committed:
+        """Download `ref` to its final path. Raises TransferError."""
         final = self.store.final_path(ref)
 
-        async def attempt() -> int:
+        async def attempt() -> Committed:
             return await self.negotiator.run(
                 lambda form: self._fetch_once(ref, final, on_bytes, form)
             )
 
         try:
             return await with_retries(
-                attempt, what=f"instance {ref.sop_uid}", retries=self.retries, rng=self.rng
+                attempt,
+                what=f"instance {ref.sop_uid}",
+                policy=self.policy,
+                throttle=self.throttle,
+                rng=self.rng,
             )
         except TransferError as exc:
             exc.sop_instance_uid = ref.sop_uid
@@ -145,24 +189,26 @@ class InstanceFetcher:
 
     async def _fetch_once(
         self, ref: InstanceRef, final: Path, on_bytes: ByteCounter, form: Retrieval
-    ) -> int:
+    ) -> Committed:
         url = instance_url(self.transport.base_url, ref.study_uid, ref.series_uid, ref.sop_uid)
         # identity: DICOM barely compresses, and decoding would cost client CPU per byte.
         headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
-        async with self.transport.stream(url, headers) as response:
-            check_auth(response)
-            if response.status_code != 200:
-                raise status_error(response, f"instance {ref.sop_uid}")
-            media = parse_media_type(response.headers.get("content-type", ""))
-            with self.store.open_temp(final) as temp:
-                writer = BodyWriter(temp, ref, on_bytes)
-                if media.mime == MULTIPART_RELATED:
-                    await _write_single_part_of_multipart(response, writer)
-                else:
-                    async for chunk in response.aiter_bytes():
-                        writer.write(chunk)
-                    writer.check_length(_content_length(response), "Content-Length")
-                return writer.verify_and_commit()
+        with watchdog(self.policy.window, f"instance {ref.sop_uid}") as progress:
+            async with self.transport.stream(url, headers) as response:
+                check_auth(response)
+                if response.status_code != 200:
+                    raise status_error(response, f"instance {ref.sop_uid}")
+                media = parse_media_type(response.headers.get("content-type", ""))
+                with self.store.open_temp(final) as temp:
+                    writer = BodyWriter(temp, ref, on_bytes, progress)
+                    if media.mime == MULTIPART_RELATED:
+                        await _write_single_part_of_multipart(response, writer)
+                    else:
+                        async for chunk in response.aiter_bytes():
+                            writer.write(chunk)
+                        writer.check_length(_content_length(response), "Content-Length")
+                    return writer.verify_and_commit()
+        raise AssertionError("unreachable: the watchdog raises when it cancels")  # pragma: no cover
 
 
 async def _write_single_part_of_multipart(response: httpx.Response, writer: BodyWriter) -> None:

@@ -37,6 +37,10 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
+    token_command: str | None = field(default=None, repr=False)
     retries: int = 3
+    retry_budget: float = 600.0  # seconds one instance may spend being retried
     timeout: float = 30.0
     qido_page_size: int = 1000
+    verify: bool = False  # re-hash files already on disk against the manifest
+    wait_for_lock: bool = False

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from .errors import OutputError, UsageError
+from .errors import OutputError, StorageError, UsageError
 from .urls import is_valid_uid
 
 TEMP_SUFFIX = ".part"
@@ -60,6 +60,7 @@ class Store:
         """Create the output folder and prove we can write there, before any network work."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / STATE_DIR).mkdir(exist_ok=True)
             probe = self.root / f".dlstudy-write-test-{secrets.token_hex(4)}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -89,6 +90,23 @@ class Store:
     def open_temp(self, final: Path) -> TempFile:
         return TempFile(final)
 
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files an interrupted run left behind; only safe under the output lock."""
+        removed = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     def open_incoming(self) -> TempFile:
         """A temp file for a part whose instance is not known until its header is read."""
         return TempFile(self.root / STATE_DIR / "incoming" / "part.dcm")
@@ -105,11 +123,12 @@ class TempFile:
 
     def __enter__(self) -> Self:
         try:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("xb")
         except OSError as exc:
-            raise OutputError(
-                f"cannot write {str(self.path)!r}: {exc.strerror or exc}", path=str(self.path)
+            raise StorageError(
+                f"cannot write in {str(self.path.parent)!r}: {exc.strerror or exc}",
+                path=str(self.path.parent),
             ) from exc
         return self
 
@@ -118,22 +137,37 @@ class TempFile:
         try:
             self._file.write(data)
         except OSError as exc:
-            raise OutputError(
+            raise StorageError(
                 f"cannot write {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)
             ) from exc
         self.size += len(data)
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()  # flushes: a full disk may only show up here
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot write {str(self.final)!r}: {exc.strerror or exc}",
+                    path=str(self.final),
+                ) from exc
 
     def commit(self) -> None:
         self.close()
-        os.replace(self.path, self.final)
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, self.final)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)
+            ) from exc
 
     def discard(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except StorageError:
+            pass  # the file is going away anyway
         self.path.unlink(missing_ok=True)
 
     def __exit__(

@@ -39,6 +39,8 @@ class Summary:
     http_version: str | None = None
     mode: str = "auto"
     retrieval: Any = None  # a Negotiator: what the server accepted (has .as_dict())
+    throttle: Any = None  # a Throttle: how often the server asked us to slow down
+    repaired: list[str] = field(default_factory=list)  # files found bad on disk, fetched again
     failures: list[Failure] = field(default_factory=list)
     error: str | None = None
     exit_status: ExitStatus = ExitStatus.OK
@@ -75,6 +77,8 @@ class Summary:
             "http_version": self.http_version,
             "mode": self.mode,
             "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
+            "throttled": self.throttle.signals if self.throttle is not None else 0,
+            "repaired": self.repaired,
             "failures": [f.as_dict() for f in self.failures],
             "error": self.error,
             "exit_status": int(self.exit_status),

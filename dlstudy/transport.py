@@ -110,20 +110,21 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
 class Transport:
     """One shared AsyncClient per run, plus the HTTP version it settled on."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, auth: httpx.Auth | None = None) -> None:
+        """`auth` overrides the credentials in `settings` (a refreshing bearer token)."""
         self.base_url, url_user, url_password = split_base_url(settings.url)
         self.settings = settings
         self._origin = httpx.URL(self.base_url).copy_with(path="/", query=None)
-        self._auth: httpx.Auth | None = None
+        self._auth: httpx.Auth | None = auth
         user = settings.user or url_user
         password = settings.password if settings.password is not None else url_password
-        if user is not None:
+        if auth is None and user is not None:
             self._auth = httpx.BasicAuth(user, password or "")
         self._headers: dict[str, str] = {"User-Agent": USER_AGENT}
         self._custom_header_names = {name.lower() for name, _ in settings.headers}
         for name, value in settings.headers:
             self._headers[name] = value
-        if settings.token:
+        if settings.token and auth is None:
             self._headers["Authorization"] = f"Bearer {settings.token}"
         is_tls = self.base_url.lower().startswith("https://")
         if settings.http == "1.1":

@@ -13,11 +13,12 @@ import respx
 from pydicom.dataset import Dataset
 
 from dlstudy.errors import AuthError, HttpStatusError, IntegrityError, TransferError, UsageError
-from dlstudy.fetch import InstanceFetcher
+from dlstudy.fetch import InstanceFetcher, RetryPolicy
 from dlstudy.negotiate import Negotiator, Retrieval
 from dlstudy.retry import RETRY_AFTER_CAP, backoff_delay, parse_retry_after
 from dlstudy.settings import Settings
 from dlstudy.store import InstanceRef, Store, check_layout
+from dlstudy.throttle import Throttle
 from dlstudy.transport import Transport
 from dlstudy.verify import verify_instance
 
@@ -41,11 +42,12 @@ def fetch(
             transport,
             Store(tmp_path, "{study}/{series}/{sop}.dcm"),
             negotiator or Negotiator([Retrieval(single_part=True, transfer_syntax="*")]),
-            retries=retries,
+            policy=RetryPolicy(retries=retries, budget=60.0, window=10.0),
+            throttle=Throttle(4),
             rng=random.Random(0),
         )
         try:
-            return await fetcher.fetch(REF, chunks.append)
+            return (await fetcher.fetch(REF, chunks.append)).size
         finally:
             await transport.aclose()
 

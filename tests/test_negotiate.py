@@ -10,10 +10,11 @@ import pytest
 import respx
 
 from dlstudy.errors import IntegrityError, TransferError
-from dlstudy.fetch import InstanceFetcher
+from dlstudy.fetch import InstanceFetcher, RetryPolicy
 from dlstudy.negotiate import Negotiator, candidates
 from dlstudy.settings import Settings
 from dlstudy.store import InstanceRef, Store
+from dlstudy.throttle import Throttle
 from dlstudy.transport import Transport
 
 from .factories import STUDY, multipart_body, part10
@@ -31,7 +32,13 @@ def url(ref: InstanceRef) -> str:
 def fetch_all(tmp_path: Path, negotiator: Negotiator, refs: list[InstanceRef] = REFS) -> None:
     async def run() -> None:
         transport = Transport(Settings(url=BASE, http="1.1"))
-        fetcher = InstanceFetcher(transport, Store(tmp_path, "{sop}.dcm"), negotiator, retries=0)
+        fetcher = InstanceFetcher(
+            transport,
+            Store(tmp_path, "{sop}.dcm"),
+            negotiator,
+            policy=RetryPolicy(retries=0, budget=10.0, window=10.0),
+            throttle=Throttle(4),
+        )
         try:
             async with anyio.create_task_group() as tg:
                 for ref in refs:

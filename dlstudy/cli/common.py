@@ -50,8 +50,11 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextmanager
-def exit_on_interrupt() -> Iterator[None]:
-    """Ctrl-C exits 130 and SIGTERM 143, after in-flight transfers removed their temp files."""
+def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
+    """Ctrl-C exits 130 and SIGTERM 143, after in-flight transfers removed their temp files.
+
+    The summary of what was done so far is printed as for any other ending.
+    """
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise Terminated()
@@ -62,11 +65,20 @@ def exit_on_interrupt() -> Iterator[None]:
         yield
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
+        status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
+        summary: Summary | None = getattr(exc, "summary", None)
+        if summary is not None:
+            summary.exit_status = status
+            summary.error = "terminated" if terminated else "interrupted"
+            if json_output:
+                typer.echo(json.dumps(summary.as_dict(), indent=2))
+            else:
+                typer.echo(summary.one_line(), err=True)
         error_line(
             f"{'terminated' if terminated else 'interrupted'}; "
             "completed instances are kept, rerun the same command to resume"
         )
-        raise typer.Exit(ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED) from exc
+        raise typer.Exit(status) from exc
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

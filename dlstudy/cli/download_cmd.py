@@ -92,6 +92,14 @@ LayoutOpt = Annotated[
 TokenOpt = Annotated[
     str | None, _opt("--token", envvar="DLSTUDY_TOKEN", help="Bearer token.", secret=True)
 ]
+TokenCommandOpt = Annotated[
+    str | None,
+    _opt(
+        "--token-command",
+        envvar="DLSTUDY_TOKEN_COMMAND",
+        help="Shell command printing a bearer token; re-run when a 401 says it expired.",
+    ),
+]
 UserOpt = Annotated[str | None, _opt("--user", envvar="DLSTUDY_USER", help="Basic auth user.")]
 PasswordOpt = Annotated[
     str | None,
@@ -112,6 +120,20 @@ InsecureOpt = Annotated[
 RetriesOpt = Annotated[
     int,
     _opt("--retries", envvar="DLSTUDY_RETRIES", help="Retries per instance on transient errors."),
+]
+RetryBudgetOpt = Annotated[
+    float,
+    _opt(
+        "--retry-budget",
+        envvar="DLSTUDY_RETRY_BUDGET",
+        help="Seconds one instance may spend being retried before it is reported failed.",
+    ),
+]
+VerifyOpt = Annotated[
+    bool, _opt("--verify", help="Re-hash files already on disk against the manifest.")
+]
+WaitOpt = Annotated[
+    bool, _opt("--wait", help="Wait for another run using the output folder to finish.")
 ]
 TimeoutOpt = Annotated[
     float,
@@ -140,6 +162,7 @@ def register(app: typer.Typer) -> None:
         transfer_syntax: TransferSyntaxOpt = "*",
         layout: LayoutOpt = DEFAULT_LAYOUT,
         token: TokenOpt = None,
+        token_command: TokenCommandOpt = None,
         user: UserOpt = None,
         password: PasswordOpt = None,
         header: HeaderOpt = None,
@@ -148,7 +171,10 @@ def register(app: typer.Typer) -> None:
         key: KeyOpt = None,
         insecure: InsecureOpt = False,
         retries: RetriesOpt = 3,
+        retry_budget: RetryBudgetOpt = 600.0,
         timeout: TimeoutOpt = 30.0,
+        verify: VerifyOpt = False,
+        wait: WaitOpt = False,
         json_output: JsonOpt = False,
         quiet: QuietOpt = False,
         log_file: LogFileOpt = None,
@@ -187,6 +213,7 @@ def register(app: typer.Typer) -> None:
             series=tuple(series or ()),
             modalities=tuple(modality or ()),
             token=token,
+            token_command=token_command,
             user=user,
             password=password,
             headers=parse_headers(header or []),
@@ -195,12 +222,15 @@ def register(app: typer.Typer) -> None:
             key=key,
             insecure=insecure,
             retries=retries,
+            retry_budget=retry_budget,
             timeout=timeout,
+            verify=verify,
+            wait_for_lock=wait,
         )
         progress = choose_progress(quiet=quiet, json_output=json_output)
         summary: Summary | None = None
         try:
-            with exit_on_interrupt():
+            with exit_on_interrupt(json_output=json_output):
                 summary = download(uids, settings=settings, progress=progress)
         except DlstudyError as exc:
             finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)

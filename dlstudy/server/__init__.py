@@ -8,4 +8,4 @@ from .app import ASGIApp, create_app
 from .options import PROFILES, ServerOptions
 from .run import running_server, serve_forever
 
-__all__ = ["PROFILES", "ASGIApp", "ServerOptions", "create_app", "running_server", "serve_forever"]
+__all__ = ["ASGIApp", "PROFILES", "ServerOptions", "create_app", "running_server", "serve_forever"]

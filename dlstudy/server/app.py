@@ -69,7 +69,8 @@ class DicomwebApp:
                 response = await self._handle(scope)
             except qido.QueryError as exc:
                 response = _text(400, str(exc))
-            await self._send(scope, receive, send, response)
+            stopping = scope.get("state", {}).get(STOPPING)
+            await _unless_gone(receive, stopping, self._send(scope, send, response))
 
     async def _handle(self, scope: Scope) -> Response:
         if self.options.latency:
@@ -207,7 +208,7 @@ class DicomwebApp:
         rate = self.options.fault_rate
         return rate > 0 and self._faults.random() < rate
 
-    async def _send(self, scope: Scope, receive: Receive, send: Send, response: Response) -> None:
+    async def _send(self, scope: Scope, send: Send, response: Response) -> None:
         body = response.stream
         headers = list(response.headers)
         if body is None:
@@ -227,11 +228,9 @@ class DicomwebApp:
             await body.chunks.aclose()
             await send({"type": "http.response.body", "body": b""})
             return
-        stopping = scope.get("state", {}).get(STOPPING)
-        complete = await _until_disconnect(receive, stopping, _stream(send, body.chunks, cut))
         # Cut on HTTP/1.x: returning before the last body message makes hypercorn drop the
         # connection, so the client sees a short body (Content-Length) or no last chunk.
-        if complete or (complete is False and http2):
+        if await _stream(send, body.chunks, cut) or http2:
             await send({"type": "http.response.body", "body": b""})
 
     def _cut_at(self, body: wado.Body) -> int | None:
@@ -264,17 +263,17 @@ def _resource_uids(parts: list[str]) -> list[str]:
 _LEVELS: dict[str, qido.Level] = {"studies": "study", "series": "series", "instances": "instance"}
 
 
-async def _until_disconnect(
-    receive: Receive, stopping: asyncio.Event | None, streaming: Coroutine[Any, Any, bool]
-) -> bool | None:
-    """Run `streaming` unless the client goes away or the server stops first (None then).
+async def _unless_gone(
+    receive: Receive, stopping: asyncio.Event | None, responding: Coroutine[Any, Any, None]
+) -> None:
+    """Run `responding` unless the client goes away or the server stops first.
 
     Without this a client that hangs up mid-body leaves the app reading the rest of the file
-    into a dead HTTP/1.1 socket, or blocked for ever on a reset h2 stream's flow control; and
-    a response still streaming at shutdown gets its connection task cancelled, which
-    Python 3.11's asyncio logs as an error.
+    into a dead HTTP/1.1 socket; and a response blocked at shutdown (a client that stopped
+    reading an h2 stream but keeps the connection) gets its connection task cancelled after
+    hypercorn's graceful timeout, which Python 3.11's asyncio logs as an error.
     """
-    sending = asyncio.ensure_future(streaming)
+    sending = asyncio.ensure_future(responding)
     watching: list[asyncio.Future[Any]] = [asyncio.ensure_future(_disconnected(receive))]
     if stopping is not None:
         watching.append(asyncio.ensure_future(stopping.wait()))
@@ -284,9 +283,8 @@ async def _until_disconnect(
         for task in (sending, *watching):
             task.cancel()
         await asyncio.gather(sending, *watching, return_exceptions=True)
-    if sending.cancelled():
-        return None
-    return sending.result()  # re-raises a failure (e.g. the file shrank): hypercorn logs it
+    if not sending.cancelled():
+        sending.result()  # re-raises a failure (e.g. the file shrank): hypercorn logs it
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -96,15 +96,6 @@ async def _serve(
         await stop.wait()
         stopping.set()
 
-        async def dump() -> None:
-            await asyncio.sleep(0.9)
-            import sys as _s
-            for _t in asyncio.all_tasks():
-                if _t is not asyncio.current_task():
-                    print("LEFTOVER", _t, file=_s.stderr)
-                    _t.print_stack(file=_s.stderr)
-        asyncio.get_running_loop().create_task(dump())
-
     async def with_startup(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)

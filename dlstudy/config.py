@@ -1,0 +1,155 @@
+"""The TOML config file: defaults for every command and named server profiles.
+
+    server = "pacs"                      # the profile used when --server is not given
+
+    [defaults]                           # every command, every profile
+    output = "/data/studies"
+
+    [servers.pacs]
+    url = "https://pacs.example.org/dicom-web"
+    token_command = "pacs-token --print"  # or token_env = "PACS_TOKEN"
+    ca_bundle = "/etc/ssl/hospital-ca.pem"
+    concurrency = 32
+
+Keys are the long option names (`ca-bundle` or `ca_bundle`). `token_env` / `password_env` name
+an environment variable holding the secret, so no secret needs to be in the file or on the
+command line. Relative paths are relative to the file's folder; `~` is expanded.
+
+Precedence, highest first: command line, `DLSTUDY_*` environment variables, the chosen profile,
+`[defaults]`, built-in defaults. The first two are the CLI's business; this module only reads
+the file and merges its two layers (pure functions, no typer).
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+CONFIG_ENV = "DLSTUDY_CONFIG"
+FILE_NAME = "config.toml"
+APP_DIR = "dlstudy"
+# Keys that name a file or folder: `~` expanded, relative to the config file's folder.
+PATH_KEYS = frozenset({"output", "ca_bundle", "cert", "key", "log_file"})
+# Keys that name the environment variable holding a secret, and the option they fill.
+SECRET_ENV_KEYS = {"token_env": "token", "password_env": "password"}
+_TOP_LEVEL = ("server", "defaults", "servers")
+
+
+class ConfigError(UsageError):
+    """The config file is missing, unreadable or wrong: a usage error (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    default_server: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def values(
+        self, server: str | None, env: Mapping[str, str], known: Collection[str] | None = None
+    ) -> dict[str, Any]:
+        """Option name (`ca_bundle`) -> value: `[defaults]` overlaid by the chosen profile.
+
+        `known` is every option name the CLI has; any other key is reported (a typo would
+        otherwise be silently ignored).
+        """
+        name = server or self.default_server
+        layers = [("[defaults]", self.defaults)]
+        if name is not None:
+            if name not in self.servers:
+                available = ", ".join(sorted(self.servers)) or "none"
+                raise ConfigError(
+                    f"no server profile {name!r} in {self.path} (profiles: {available})"
+                )
+            layers.append((f"[servers.{name}]", self.servers[name]))
+        merged: dict[str, Any] = {}
+        for where, table in layers:
+            for raw_key, value in table.items():
+                key = raw_key.replace("-", "_")
+                if key in SECRET_ENV_KEYS:
+                    key, value = SECRET_ENV_KEYS[key], self._secret(where, raw_key, value, env)
+                elif known is not None and key not in known:
+                    raise ConfigError(f"unknown key {raw_key!r} in {where} of {self.path}")
+                elif key in PATH_KEYS:
+                    value = self._path(where, raw_key, value)
+                merged[key] = value
+        return merged
+
+    def _secret(self, where: str, key: str, value: Any, env: Mapping[str, str]) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} in {where} of {self.path} must name an environment variable")
+        secret = env.get(value)
+        if not secret:
+            raise ConfigError(f"{key} in {where} of {self.path}: ${value} is not set")
+        return secret
+
+    def _path(self, where: str, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} in {where} of {self.path} must be a path")
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else self.path.parent / path)
+
+
+def default_path(env: Mapping[str, str], home: Path, platform: str = sys.platform) -> Path:
+    """The per-user config file: `$XDG_CONFIG_HOME` or `~/.config` (`%APPDATA%` on Windows)."""
+    if platform.startswith("win") and env.get("APPDATA"):
+        return Path(env["APPDATA"]) / APP_DIR / FILE_NAME
+    xdg = env.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".config"
+    return base / APP_DIR / FILE_NAME
+
+
+def find(explicit: Path | None, env: Mapping[str, str], home: Path | None = None) -> Path | None:
+    """`--config`, else `$DLSTUDY_CONFIG` (both must exist), else the per-user file if any."""
+    named = explicit or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    if named is not None:
+        named = named.expanduser()
+        if not named.is_file():
+            raise ConfigError(f"config file {str(named)!r} does not exist")
+        return named
+    candidate = default_path(env, home if home is not None else Path.home())
+    return candidate if candidate.is_file() else None
+
+
+def load(path: Path) -> Config:
+    """Read and check the structure of a config file (values are checked by the CLI)."""
+    try:
+        with path.open("rb") as fp:
+            data = tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    for key in data:
+        if key not in _TOP_LEVEL:
+            hint = " (options go under [defaults] or [servers.NAME])"
+            raise ConfigError(f"unknown key {key!r} at the top of {path}{hint}")
+    server = data.get("server")
+    if server is not None and not isinstance(server, str):
+        raise ConfigError(f"'server' in {path} must be the name of a profile")
+    defaults = _table(data.get("defaults", {}), "[defaults]", path)
+    servers_table = _table(data.get("servers", {}), "[servers]", path)
+    servers = {name: _table(t, f"[servers.{name}]", path) for name, t in servers_table.items()}
+    for name, table in servers.items():
+        for key, value in table.items():
+            if isinstance(value, dict):
+                raise ConfigError(f"[servers.{name}.{key}] in {path}: profiles do not nest")
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"[defaults.{key}] in {path}: defaults do not nest")
+    if server is not None and server not in servers:
+        raise ConfigError(f"server = {server!r} in {path} names no [servers.{server}] profile")
+    return Config(path, server, defaults, servers)
+
+
+def _table(value: Any, where: str, path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} in {path} must be a table")
+    return dict(value)

@@ -1,0 +1,44 @@
+"""One run per output folder: an advisory lock on OUT/.dlstudy/lock.
+
+flock is released by the kernel when the process dies, so a crashed run never leaves a stale
+lock behind (unlike a pid file).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import LockedError
+
+LOCK_NAME = "lock"
+
+
+@contextmanager
+def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
+    """Hold the lock of the output folder whose state lives in `state_dir`."""
+    path = state_dir / LOCK_NAME
+    with path.open("a+", encoding="utf-8") as fp:
+        try:
+            fcntl.flock(fp.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fp.seek(0)
+            holder = fp.read().strip() or "?"
+            raise LockedError(
+                f"output folder {str(state_dir.parent)!r} is in use by another dlstudy run "
+                f"(pid {holder}); use --wait to wait for it",
+                path=str(state_dir.parent),
+            ) from None
+        try:
+            fp.seek(0)
+            fp.truncate()
+            fp.write(str(os.getpid()))
+            fp.flush()
+            yield
+        finally:
+            fp.seek(0)
+            fp.truncate()
+            fcntl.flock(fp.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,73 @@
+"""Decide what a run must fetch: what is on disk, complete and verified is skipped.
+
+A file under its final name got there only after verification (store.py), and the manifest
+records its size and SHA-256. A file the manifest does not know (a crash between rename and
+record, or a folder filled by another tool) is adopted after a header check; a file whose size
+(or, with --verify, hash) disagrees with the manifest is removed and fetched again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import IntegrityError
+from .manifest import Entry, Manifest, sha256_of
+from .store import InstanceRef, Store
+from .verify import check_identity, read_header
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    todo: list[InstanceRef] = field(default_factory=list)
+    skipped: int = 0
+    repaired: list[str] = field(default_factory=list)  # SOP UIDs whose file was bad
+
+
+def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, sha256: str) -> Entry:
+    return Entry(ref.study_uid, ref.series_uid, ref.sop_uid, store.relative(path), size, sha256)
+
+
+def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:
+    result = Plan()
+    for ref in refs:
+        final = store.final_path(ref)
+        try:
+            size = final.stat().st_size
+        except FileNotFoundError:
+            result.todo.append(ref)
+            continue
+        if _is_good(ref, final, size, store, manifest, verify=verify):
+            result.skipped += 1
+        else:
+            final.unlink(missing_ok=True)
+            result.repaired.append(ref.sop_uid)
+            result.todo.append(ref)
+    return result
+
+
+def _is_good(
+    ref: InstanceRef, final: Path, size: int, store: Store, manifest: Manifest, *, verify: bool
+) -> bool:
+    entry = manifest.get(ref.sop_uid)
+    if entry is not None and entry.path == store.relative(final):
+        if entry.size != size:
+            log.warning("%s: size %d, manifest says %d; fetching again", final, size, entry.size)
+            return False
+        if verify and sha256_of(final) != entry.sha256:
+            log.warning("%s: SHA-256 differs from the manifest; fetching again", final)
+            return False
+        return True
+    try:
+        info = read_header(final, label=f"instance {ref.sop_uid}")
+        check_identity(
+            info, study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid
+        )
+    except IntegrityError as exc:
+        log.warning("%s is not the instance it is named after (%s); fetching again", final, exc)
+        return False
+    manifest.record(entry_for(store, ref, final, size, sha256_of(final)))
+    return True
