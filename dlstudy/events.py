@@ -69,6 +69,7 @@ class EventSink:
         self.downloaded: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
+        self.closed = False
 
     def resolving(self, study_uid: str) -> None:
         emit("study_started", study=study_uid)
@@ -97,4 +98,6 @@ class EventSink:
         self.inner.instance_failed(ref, reason)
 
     def close(self) -> None:
-        self.inner.close()
+        if not self.closed:  # the download closes it, and so does sync when nothing was pending
+            self.closed = True
+            self.inner.close()

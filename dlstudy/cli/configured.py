@@ -1,0 +1,96 @@
+"""Config-file defaults for every command: `--config`, `--server` and `ConfigCommand`.
+
+Typer resolves the command line and `DLSTUDY_*` variables; `ConfigCommand` then fills every
+option still at its built-in default from the config file (the `--server` profile over
+`[defaults]`), before the command runs. So the precedence is: command line > environment >
+profile > `[defaults]` > built-in default, and the command body sees the merged values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from .. import config
+from ..errors import DlstudyError
+from .common import fail_usage
+
+# Values that must not be echoed in an error message.
+SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar=config.CONFIG_ENV,
+        help="TOML config file (default: ~/.config/dlstudy/config.toml if it exists).",
+        show_default=False,
+    ),
+]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="DLSTUDY_SERVER",
+        help="Named server profile of the config file ([servers.NAME]).",
+        show_default=False,
+    ),
+]
+
+
+class ConfigCommand(TyperCommand):
+    """A command whose options at their built-in default are taken from the config file."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            apply_config(ctx, self)
+        except DlstudyError as exc:
+            fail_usage(str(exc))
+        return super().invoke(ctx)
+
+
+def apply_config(ctx: Any, command: TyperCommand) -> None:
+    explicit: Path | None = ctx.params.get("config")
+    server: str | None = ctx.params.get("server")
+    env = dict(os.environ)
+    path = config.find(explicit, env)
+    if path is None:
+        if server is not None:
+            raise config.ConfigError(
+                f"--server {server}: no config file (looked for {config.default_path(env, Path.home())}"
+                f"; set --config or {config.CONFIG_ENV})"
+            )
+        return
+    values = config.load(path).values(server, env, known=_known_options(ctx))
+    params = {param.name: param for param in command.params if param.name}
+    for key, value in values.items():
+        param = params.get(key)
+        if param is None or key in ("config", "server"):
+            continue  # an option of another command
+        source = ctx.get_parameter_source(key)
+        if source is not None and source.name != "DEFAULT":
+            continue  # the command line or the environment said otherwise
+        if getattr(param, "multiple", False) and not isinstance(value, list):
+            value = [value]
+        try:
+            ctx.params[key] = param.process_value(ctx, value)
+        except (typer.BadParameter, ValueError, TypeError) as exc:
+            shown = "" if key in SECRET_KEYS else f" = {value!r}"
+            message = getattr(exc, "message", None) or str(exc)
+            raise config.ConfigError(f"{key}{shown} in {path}: {message}") from exc
+
+
+def _known_options(ctx: Any) -> set[str]:
+    """Every option name of every command: a key only another command uses is not a typo."""
+    root = ctx.find_root().command
+    commands = getattr(root, "commands", None) or {ctx.command.name: ctx.command}
+    return {
+        param.name
+        for command in commands.values()
+        for param in command.params
+        if param.name and param.name not in ("config", "server")
+    }

@@ -1,0 +1,215 @@
+"""`dlstudy sync`: search, then download every matching study that is not complete yet.
+
+A study is complete when the manifest (`OUT/.dlstudy/manifest.jsonl`, written by every download)
+lists at least as many of its instances, still on disk, as the study-level search reports in
+NumberOfStudyRelatedInstances. Complete studies cost nothing beyond that one search; the others
+go through `download_async`, which resolves them and fetches only what is missing. A study whose
+count the server does not report is always handed to the download (which skips what is there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import anyio
+
+from .download import download_async, validate
+from .errors import DlstudyError, NothingMatchedError, UsageError
+from .events import EventSink, emit
+from .lock import output_lock
+from .manifest import Manifest
+from .progress import NullProgress, ProgressSink
+from .search import StudyQuery, StudyRecord, search_async
+from .settings import Settings
+from .shard import Shard
+from .store import Store
+from .summary import Failure, Summary
+from .urls import redact_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncSummary(Summary):
+    """A download Summary plus what the search found and what was already complete."""
+
+    matched: int = 0  # studies the search returned (before sharding)
+    shard: str | None = None
+    complete: list[str] = field(default_factory=list)  # skipped without any instance QIDO
+
+    @classmethod
+    def extend(cls, summary: Summary) -> SyncSummary:
+        return cls(**{f.name: getattr(summary, f.name) for f in fields(Summary)})
+
+    def as_dict(self) -> dict[str, Any]:
+        data = super().as_dict()
+        data["sync"] = {
+            "matched": self.matched,
+            "shard": self.shard,
+            "in_shard": len(self.studies),
+            "already_complete": len(self.complete),
+            "synced": len(self.studies) - len(self.complete),
+        }
+        return data
+
+    def one_line(self) -> str:
+        shard = f" (shard {self.shard}: {len(self.studies)})" if self.shard else ""
+        return (
+            f"sync: {self.matched} {'study' if self.matched == 1 else 'studies'} matched{shard}, "
+            f"{len(self.complete)} already complete; {super().one_line()}"
+        )
+
+
+def complete_counts(store: Store) -> Counter[str]:
+    """Study UID -> instances the manifest lists whose file is still on disk."""
+    manifest = Manifest(store.root, store.state_dir)
+    try:
+        return Counter(
+            entry.study
+            for entry in manifest.entries.values()
+            if (store.root / entry.path).is_file()
+        )
+    finally:
+        manifest.close()
+
+
+def is_complete(record: StudyRecord, counts: Counter[str]) -> bool:
+    return bool(record.instances) and counts[record.study_uid] >= (record.instances or 0)
+
+
+def sync(
+    settings: Settings,
+    query: StudyQuery,
+    *,
+    shard: Shard | None = None,
+    progress: ProgressSink | None = None,
+) -> SyncSummary:
+    """Search with `query` and download what is not complete in `settings.output`.
+
+    Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
+    """
+    return anyio.run(sync_async, settings, query, shard, progress or NullProgress())
+
+
+async def sync_async(
+    settings: Settings,
+    query: StudyQuery,
+    shard: Shard | None,
+    progress: ProgressSink,
+) -> SyncSummary:
+    started = time.monotonic()
+    plan = SyncSummary(url=redact_url(settings.url), output=str(settings.output))
+    plan.mode = settings.mode
+    plan.shard = str(shard) if shard else None
+    sink = EventSink(progress)
+    try:
+        result = await _sync(settings, query, shard, sink, plan)
+    except BaseException as exc:
+        sink.close()
+        summary = _combine(plan, getattr(exc, "summary", None))
+        summary.seconds = time.monotonic() - started
+        if isinstance(exc, DlstudyError):
+            summary.error = str(exc)
+            summary.exit_status = exc.exit_status
+            _run_event(summary)
+        exc.summary = summary  # type: ignore[attr-defined]
+        raise
+    sink.close()
+    summary = _combine(plan, result)
+    summary.seconds = time.monotonic() - started
+    summary.finish()
+    _run_event(summary)
+    return summary
+
+
+async def _sync(
+    settings: Settings,
+    query: StudyQuery,
+    shard: Shard | None,
+    sink: EventSink,
+    plan: SyncSummary,
+) -> Summary | None:
+    """Fill `plan` with what the search found; return the download's summary, if any."""
+    validate(settings, ["0"])  # the options alone: the study UIDs come from the search
+    if settings.series or settings.modalities:
+        raise UsageError("sync downloads whole studies: series and modality filters do not apply")
+    store = Store(settings.output, settings.layout)
+    store.prepare()
+    # Taken up front so that a second cron run gives up (exit 5) before searching; the download
+    # takes it again for itself.
+    with output_lock(store.state_dir, wait=settings.wait_for_lock):
+        counts = complete_counts(store)
+    records = await search_async(settings, query)
+    plan.matched = len(records)
+    if not records:
+        raise NothingMatchedError("no study matched the search")
+    if shard is not None:
+        records = [r for r in records if shard.owns(r.study_uid)]
+    plan.studies = [r.study_uid for r in records]
+    pending = []
+    for record in records:
+        if is_complete(record, counts):
+            plan.complete.append(record.study_uid)
+            plan.total += record.instances or 0
+            emit("study_complete", logging.DEBUG, study=record.study_uid)
+        else:
+            pending.append(record.study_uid)
+    plan.skipped = plan.total
+    if not pending:
+        return None
+    try:
+        result = await download_async(pending, settings, sink)
+    except DlstudyError as exc:
+        partial = getattr(exc, "summary", None)
+        _study_events(pending, sink, partial.failures if partial is not None else [])
+        raise
+    _study_events(pending, sink, result.failures)
+    return result
+
+
+def _combine(plan: SyncSummary, result: Summary | None) -> SyncSummary:
+    if result is None:
+        return plan
+    merged = SyncSummary.extend(result)
+    merged.matched = plan.matched
+    merged.shard = plan.shard
+    merged.complete = plan.complete
+    merged.studies = plan.studies or result.studies
+    merged.total += plan.total
+    merged.skipped += plan.skipped
+    return merged
+
+
+def _study_events(pending: list[str], sink: EventSink, failures: list[Failure]) -> None:
+    failed = Counter(f.study_uid for f in failures)
+    for uid in pending:
+        emit(
+            "study_finished",
+            study=uid,
+            downloaded=sink.downloaded[uid],
+            bytes=sink.bytes[uid],
+            failed=failed[uid],
+            complete=failed[uid] == 0,
+        )
+
+
+def _run_event(summary: SyncSummary) -> None:
+    emit(
+        "run_summary",
+        matched=summary.matched,
+        shard=summary.shard,
+        studies=len(summary.studies),
+        already_complete=len(summary.complete),
+        instances=summary.total,
+        downloaded=summary.downloaded,
+        skipped=summary.skipped,
+        failed=summary.failed,
+        bytes=summary.bytes,
+        seconds=round(summary.seconds, 3),
+        error=summary.error,
+        exit_status=int(summary.exit_status),
+    )
