@@ -60,6 +60,8 @@ class Config:
         `known` is every option name the CLI has; any other key is reported (a typo would
         otherwise be silently ignored).
         """
+        if known is not None:
+            self.check_keys(known)
         name = server or self.default_server
         layers = [("[defaults]", self.defaults)]
         if name is not None:
@@ -75,12 +77,20 @@ class Config:
                 key = raw_key.replace("-", "_")
                 if key in SECRET_ENV_KEYS:
                     key, value = SECRET_ENV_KEYS[key], self._secret(where, raw_key, value, env)
-                elif known is not None and key not in known:
-                    raise ConfigError(f"unknown key {raw_key!r} in {where} of {self.path}")
                 elif key in PATH_KEYS:
                     value = self._path(where, raw_key, value)
                 merged[key] = value
         return merged
+
+    def check_keys(self, known: Collection[str]) -> None:
+        """Every key of every table is an option or a *_env key: catches typos in any profile."""
+        tables = [("[defaults]", self.defaults)]
+        tables += [(f"[servers.{name}]", table) for name, table in self.servers.items()]
+        for where, table in tables:
+            for raw_key in table:
+                key = raw_key.replace("-", "_")
+                if key not in known and key not in SECRET_ENV_KEYS:
+                    raise ConfigError(f"unknown key {raw_key!r} in {where} of {self.path}")
 
     def _secret(self, where: str, key: str, value: Any, env: Mapping[str, str]) -> str:
         if not isinstance(value, str) or not value:

@@ -24,13 +24,14 @@ from .errors import (
     TransferError,
     UsageError,
 )
-from .fetch import Committed, InstanceFetcher, RetryPolicy
+from .fetch import Committed, InstanceFetcher
 from .lock import output_lock
 from .manifest import Manifest
 from .negotiate import Negotiator, candidates
 from .pool import first_error, run_pool
 from .progress import NullProgress, ProgressSink
 from .qido import Resolver
+from .retry import RetryPolicy
 from .schedule import entry_for, plan
 from .settings import Settings
 from .store import InstanceRef, Store
@@ -153,9 +154,11 @@ async def _run(
     progress: ProgressSink,
     summary: Summary,
 ) -> None:
+    policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
     resolver = Resolver(
         transport,
         page_size=settings.qido_page_size,
+        policy=policy,
         series_filter=settings.series,
         modality_filter=settings.modalities,
     )
@@ -184,7 +187,6 @@ async def _run(
     progress.start(summary.total, summary.skipped)
     throttle = Throttle(settings.concurrency)
     summary.throttle = throttle
-    policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
     negotiator = Negotiator(candidates(settings.transfer_syntax or None, single_part=True))
     fetcher = InstanceFetcher(transport, store, negotiator, policy=policy, throttle=throttle)
     summary.retrieval = negotiator

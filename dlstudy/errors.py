@@ -104,7 +104,11 @@ class NothingMatchedError(DlstudyError):
 
 
 class TransferError(DlstudyError):
-    """A failure of one unit of work; `retryable` says whether trying again may help."""
+    """A failure of one unit of work; `retryable` says whether trying again may help.
+
+    `unprocessed` marks a request the server never started on (an HTTP/2 stream above the
+    last_stream_id of a GOAWAY): retrying it is always safe and costs no retry attempt.
+    """
 
     def __init__(
         self,
@@ -113,11 +117,13 @@ class TransferError(DlstudyError):
         url: str | None = None,
         sop_instance_uid: str | None = None,
         retryable: bool = False,
+        unprocessed: bool = False,
     ) -> None:
         super().__init__(message)
         self.url = url
         self.sop_instance_uid = sop_instance_uid
         self.retryable = retryable
+        self.unprocessed = unprocessed
 
 
 class HttpStatusError(TransferError):

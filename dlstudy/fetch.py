@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import httpx
 
 from .errors import HttpStatusError, IntegrityError, TransferError
@@ -22,9 +21,9 @@ from .media import MULTIPART_RELATED, parse_media_type
 from .multipart import PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
 from .parts import iter_part_events
-from .retry import RETRYABLE_STATUS, backoff_delay, parse_retry_after
+from .retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from .store import InstanceRef, Store, TempFile
-from .throttle import THROTTLE_STATUS, Throttle
+from .throttle import Throttle
 from .transport import Transport, check_auth
 from .urls import instance_url, redact_url
 from .verify import HEADER_PREFIX_LENGTH, check_prefix, verify_instance
@@ -44,13 +43,6 @@ class Committed:
     sha256: str
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    retries: int
-    budget: float  # seconds from the first attempt after which no retry starts
-    window: float  # --timeout: the watchdog window of each attempt
-
-
 def status_error(response: httpx.Response, what: str) -> HttpStatusError:
     status = response.status_code
     shown = redact_url(str(response.url))
@@ -65,41 +57,6 @@ def status_error(response: httpx.Response, what: str) -> HttpStatusError:
         retryable=status in RETRYABLE_STATUS,
         retry_after=parse_retry_after(response.headers.get("retry-after")),
     )
-
-
-async def with_retries(
-    attempt: Callable[[], Awaitable[Committed]],
-    *,
-    what: str,
-    policy: RetryPolicy,
-    throttle: Throttle,
-    rng: random.Random,
-) -> Committed:
-    """Run `attempt` until it succeeds, fails for good, or runs out of retries or time."""
-    started = anyio.current_time()
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            async with throttle.slot():
-                result = await attempt()
-        except TransferError as exc:
-            if not exc.message.startswith(what):
-                exc.message = f"{what}: {exc.message}"
-            retry_after = exc.retry_after if isinstance(exc, HttpStatusError) else None
-            if isinstance(exc, HttpStatusError) and exc.status_code in THROTTLE_STATUS:
-                throttle.slow_down(retry_after)
-            delay = max(backoff_delay(tries, rng), retry_after or 0.0)
-            out_of_time = anyio.current_time() + delay - started > policy.budget
-            if not exc.retryable or tries > policy.retries or out_of_time:
-                if tries > 1:
-                    exc.message = f"{exc.message} (after {tries} attempts)"
-                raise
-            log.info("retrying in %.2fs: %s", delay, exc)
-            await anyio.sleep(delay)
-        else:
-            throttle.succeeded()
-            return result
 
 
 class BodyWriter:

@@ -16,8 +16,10 @@ from typing import Any
 import anyio
 import httpx
 
-from .errors import NothingMatchedError, ServerError
+from .errors import HttpStatusError, NothingMatchedError, ServerError, TransferError
 from .media import DICOM_JSON
+from .pool import first_error
+from .retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from .store import InstanceRef
 from .transport import Transport, check_auth
 from .urls import redact_url, series_url, study_url
@@ -68,11 +70,12 @@ class SeriesRef:
 
 
 class Pager:
-    """Walks one QIDO query through every page it has."""
+    """Walks one QIDO query through every page it has, retrying transient failures."""
 
-    def __init__(self, transport: Transport, page_size: int) -> None:
+    def __init__(self, transport: Transport, page_size: int, policy: RetryPolicy) -> None:
         self.transport = transport
         self.page_size = page_size
+        self.policy = policy
 
     async def fetch_all(
         self,
@@ -86,12 +89,10 @@ class Pager:
         offset = 0
         for _ in range(MAX_PAGES):
             page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
-            response = await self.transport.get(
-                url, headers={"Accept": DICOM_JSON}, params=page_params
-            )
-            if response.status_code == 404:
+            page = await self._get_page(url, page_params)
+            if page is None:
                 return None
-            items, truncated = self._read_page(response)
+            items, truncated = page
             new = 0
             for item in items:
                 key = first_value(item, key_tag)
@@ -111,14 +112,34 @@ class Pager:
             log.warning("%s: stopped after %d pages", redact_url(url), MAX_PAGES)
         return list(results.values())
 
+    async def _get_page(
+        self, url: str, params: list[tuple[str, str]]
+    ) -> tuple[list[dict[str, Any]], bool] | None:
+        """One page (None for 404); transient failures retried, lasting ones a ServerError."""
+
+        async def attempt() -> tuple[list[dict[str, Any]], bool] | None:
+            response = await self.transport.get(url, headers={"Accept": DICOM_JSON}, params=params)
+            if response.status_code == 404:
+                return None
+            return self._read_page(response)
+
+        try:
+            return await with_retries(attempt, what="QIDO search", policy=self.policy)
+        except TransferError as exc:
+            raise ServerError(str(exc), url=exc.url) from exc
+
     def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
         check_auth(response)
         shown = redact_url(str(response.url))
         if response.status_code == 204:
             return [], False
         if response.status_code not in (200, 206):
-            raise ServerError(
-                f"QIDO search failed: HTTP {response.status_code} on {shown}", url=shown
+            raise HttpStatusError(
+                f"HTTP {response.status_code} on {shown}",
+                status_code=response.status_code,
+                url=shown,
+                retryable=response.status_code in RETRYABLE_STATUS,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         if not response.content.strip():
             return [], False
@@ -152,11 +173,12 @@ class Resolver:
         transport: Transport,
         *,
         page_size: int,
+        policy: RetryPolicy,
         series_filter: Iterable[str] = (),
         modality_filter: Iterable[str] = (),
     ) -> None:
         self.transport = transport
-        self.pager = Pager(transport, page_size)
+        self.pager = Pager(transport, page_size, policy)
         self.series_filter = set(series_filter)
         self.modality_filter = {m.upper() for m in modality_filter}
 
@@ -210,7 +232,8 @@ class Resolver:
             async with limiter:
                 per_series[index] = await self.instances_of(series)
 
-        async with anyio.create_task_group() as tg:
-            for index, series in enumerate(all_series):
-                tg.start_soon(one, index, series)
+        with first_error():
+            async with anyio.create_task_group() as tg:
+                for index, series in enumerate(all_series):
+                    tg.start_soon(one, index, series)
         return [ref for refs in per_series for ref in refs]

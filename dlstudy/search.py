@@ -20,6 +20,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from .auth import RefreshingBearerAuth, TokenCommand
 from .errors import UsageError
 from .qido import TAG_STUDY_UID, Pager, first_int, first_value
+from .retry import RetryPolicy
 from .settings import Settings
 from .transport import Transport
 
@@ -207,10 +208,10 @@ def _is_date(text: str) -> bool:
 
 
 async def search_studies(
-    transport: Transport, query: StudyQuery, *, page_size: int
+    transport: Transport, query: StudyQuery, *, page_size: int, policy: RetryPolicy
 ) -> list[StudyRecord]:
     """Every study matching `query`, in the server's order, each once."""
-    pager = Pager(transport, page_size)
+    pager = Pager(transport, page_size, policy)
     url = f"{transport.base_url}/studies"
     found: dict[str, StudyRecord] = {}
     for modality in query.modalities or (None,):
@@ -230,7 +231,10 @@ async def search_async(settings: Settings, query: StudyQuery) -> list[StudyRecor
         auth = RefreshingBearerAuth(command, await anyio.to_thread.run_sync(command.run))
     transport = Transport(settings, auth=auth)
     try:
-        return await search_studies(transport, query, page_size=settings.qido_page_size)
+        policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
+        return await search_studies(
+            transport, query, page_size=settings.qido_page_size, policy=policy
+        )
     finally:
         await transport.aclose()
 

@@ -36,9 +36,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_SHARDS:
-            raise UsageError(
-                f"--shard: the shard count must be 1 to {MAX_SHARDS}, not {self.count}"
-            )
+            raise UsageError(f"--shard: N must be between 1 and {MAX_SHARDS}, not {self.count}")
         if not 1 <= self.number <= self.count:
             raise UsageError(
                 f"--shard {self.number}/{self.count}: K must be between 1 and {self.count}"

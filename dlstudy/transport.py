@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import h2.events
 import h2.exceptions
 import httpcore
 import httpx
@@ -60,12 +61,38 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     if isinstance(exc, httpx.TimeoutException | httpcore.TimeoutException | TimeoutError):
         return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
     if isinstance(exc, PROTOCOL_ERRORS):
+        goaway = _goaway(exc)
+        if goaway is not None:
+            return TransferError(
+                f"server closed the HTTP/2 connection (GOAWAY, error {goaway.error_code}) "
+                f"on {shown}",
+                url=shown,
+                retryable=True,
+                unprocessed=True,
+            )
         detail = str(exc) or type(exc).__name__
         return TransferError(f"connection broken ({detail}) on {shown}", url=shown, retryable=True)
     if isinstance(exc, httpx.TransportError | OSError):
         detail = str(exc) or type(exc).__name__
         return TransferError(f"network error ({detail}) on {shown}", url=shown, retryable=True)
     return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
+
+
+def _goaway(exc: BaseException) -> h2.events.ConnectionTerminated | None:
+    """The GOAWAY behind an error on a stream the server never processed, if that is what it is.
+
+    httpcore raises RemoteProtocolError(ConnectionTerminated) for streams above the GOAWAY's
+    last_stream_id; those requests are safe to send again on a new connection.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # httpx keeps httpcore's as cause
+        seen.add(id(current))
+        for arg in current.args:
+            if isinstance(arg, h2.events.ConnectionTerminated):
+                return arg
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _root_cause(exc: BaseException) -> BaseException | None:

@@ -13,9 +13,9 @@ import respx
 from pydicom.dataset import Dataset
 
 from dlstudy.errors import AuthError, HttpStatusError, IntegrityError, TransferError, UsageError
-from dlstudy.fetch import InstanceFetcher, RetryPolicy
+from dlstudy.fetch import InstanceFetcher
 from dlstudy.negotiate import Negotiator, Retrieval
-from dlstudy.retry import RETRY_AFTER_CAP, backoff_delay, parse_retry_after
+from dlstudy.retry import RETRY_AFTER_CAP, RetryPolicy, backoff_delay, parse_retry_after
 from dlstudy.settings import Settings
 from dlstudy.store import InstanceRef, Store, check_layout
 from dlstudy.throttle import Throttle

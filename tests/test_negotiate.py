@@ -10,8 +10,9 @@ import pytest
 import respx
 
 from dlstudy.errors import IntegrityError, TransferError
-from dlstudy.fetch import InstanceFetcher, RetryPolicy
+from dlstudy.fetch import InstanceFetcher
 from dlstudy.negotiate import Negotiator, candidates
+from dlstudy.retry import RetryPolicy
 from dlstudy.settings import Settings
 from dlstudy.store import InstanceRef, Store
 from dlstudy.throttle import Throttle

@@ -13,6 +13,7 @@ import respx
 
 from dlstudy.errors import AuthError, NothingMatchedError, ServerError
 from dlstudy.qido import MAX_PAGES, Resolver
+from dlstudy.retry import RetryPolicy
 from dlstudy.settings import Settings
 from dlstudy.transport import Transport
 
@@ -26,7 +27,8 @@ def resolve(page_size: int = 2, **filters: Any) -> list[Any]:
     async def run() -> list[Any]:
         transport = Transport(Settings(url=BASE, http="1.1"))
         try:
-            resolver = Resolver(transport, page_size=page_size, **filters)
+            policy = RetryPolicy(retries=1, budget=5.0, window=5.0)
+            resolver = Resolver(transport, page_size=page_size, policy=policy, **filters)
             return await resolver.resolve(STUDY)
         finally:
             await transport.aclose()
@@ -183,7 +185,7 @@ def test_401_is_an_auth_error_and_500_a_server_error() -> None:
     with pytest.raises(AuthError, match="HTTP 401"):
         resolve()
     respx.get(SERIES_URL).mock(return_value=httpx.Response(500))
-    with pytest.raises(ServerError, match="QIDO search failed: HTTP 500"):
+    with pytest.raises(ServerError, match="QIDO search: HTTP 500 .* \\(after 2 attempts\\)"):
         resolve()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import demo_cmd, download_cmd, server_cmds
+from . import demo_cmd, download_cmd, query_cmd, server_cmds, sync_cmd
 
 app = typer.Typer(
     name="dlstudy",
@@ -14,6 +14,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 download_cmd.register(app)
+query_cmd.register(app)
+sync_cmd.register(app)
 server_cmds.register(app)
 demo_cmd.register(app)
 

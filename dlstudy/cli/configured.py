@@ -36,7 +36,7 @@ ServerOpt = Annotated[
     typer.Option(
         "--server",
         envvar="DLSTUDY_SERVER",
-        help="Named server profile of the config file ([servers.NAME]).",
+        help="Named server profile: a servers.NAME table of the config file.",
         show_default=False,
     ),
 ]
@@ -60,9 +60,10 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
     path = config.find(explicit, env)
     if path is None:
         if server is not None:
+            looked = config.default_path(env, Path.home())
             raise config.ConfigError(
-                f"--server {server}: no config file (looked for {config.default_path(env, Path.home())}"
-                f"; set --config or {config.CONFIG_ENV})"
+                f"--server {server}: no config file ({looked} does not exist; "
+                f"use --config or {config.CONFIG_ENV})"
             )
         return
     values = config.load(path).values(server, env, known=_known_options(ctx))

@@ -13,6 +13,9 @@ from ..errors import DlstudyError
 from ..settings import DEFAULT_LAYOUT, HttpVersion, Mode, Settings
 from ..summary import Summary
 from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
+from .configured import ConfigCommand, ConfigOpt, ServerOpt
+from .connection import option
+from .sharding import ShardOpt, finish_empty_shard, select_shard, shard_option
 
 HTTP_CHOICES = ("auto", "1.1", "2")
 MODE_CHOICES = ("auto", "instance", "series", "study")
@@ -52,7 +55,8 @@ def parse_headers(values: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def _opt(*names: str, help: str, envvar: str | None = None, secret: bool = False) -> Any:
-    return typer.Option(*names, help=help, envvar=envvar, show_default=not secret)
+    # Every option gets DLSTUDY_<LONG_NAME> unless named otherwise (connection.envvar_for).
+    return option(*names, help=help, envvar=envvar, secret=secret)
 
 
 StudyUids = Annotated[
@@ -148,7 +152,7 @@ VerboseOpt = Annotated[bool, _opt("--verbose", "-v", help="Log details to stderr
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("download")
+    @app.command("download", cls=ConfigCommand)
     def download_command(
         study_uids: StudyUids = None,
         url: UrlOpt = "",
@@ -179,6 +183,9 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOpt = False,
         log_file: LogFileOpt = None,
         verbose: VerboseOpt = False,
+        shard: ShardOpt = None,
+        config: ConfigOpt = None,
+        server: ServerOpt = None,
     ) -> None:
         """Download whole studies: every instance, byte-exact, to OUT/<study>/<series>/<sop>.dcm."""
         setup_logging(verbose, log_file)
@@ -189,6 +196,13 @@ def register(app: typer.Typer) -> None:
             fail_usage("give at least one STUDY_UID or --from-file")
         if not url:
             fail_usage("--url (or DLSTUDY_URL) is required")
+        chosen_shard = shard_option(shard)
+        given = len(uids)
+        uids = select_shard(uids, chosen_shard)
+        if not uids and chosen_shard is not None:
+            finish_empty_shard(
+                chosen_shard, given, url=url, output=output, json_output=json_output, quiet=quiet
+            )
         if http not in HTTP_CHOICES:
             fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
         if mode not in MODE_CHOICES:

@@ -77,6 +77,10 @@ def serve(
         int | None, typer.Option(help="Each token value is refused (401) after N requests.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fault injection.")] = 0,
+    max_requests_per_connection: Annotated[
+        int | None,
+        typer.Option(help="Close connections after N requests (HTTP/2: GOAWAY mid-run)."),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log skipped files and every request.")
     ] = False,
@@ -109,6 +113,7 @@ def serve(
             token=token,
             token_expires_after=token_expires_after,
             seed=seed,
+            max_requests_per_connection=max_requests_per_connection,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -33,6 +33,9 @@ class ServerOptions:
     token: str | None = None  # require Authorization: Bearer <token>
     token_expires_after: int | None = None  # a token stops working (401) after N requests
     seed: int = 0  # for the fault RNG, so runs are reproducible
+    # Close each connection after N requests: HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY
+    # while other streams may still be in flight (hypercorn's keep_alive_max_requests).
+    max_requests_per_connection: int | None = None
     drop_rate: float = 1.0
 
     def __post_init__(self) -> None:
@@ -43,7 +46,12 @@ class ServerOptions:
         for name in ("fault_rate", "drop_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("max_page_size", "drop_after_bytes", "token_expires_after"):
+        for name in (
+            "max_page_size",
+            "drop_after_bytes",
+            "token_expires_after",
+            "max_requests_per_connection",
+        ):
             value = getattr(self, name)
             if value is not None and value < (1 if name == "max_page_size" else 0):
                 raise ValueError(f"{name} must not be negative or zero")

@@ -80,6 +80,8 @@ async def _serve(
     config.errorlog = logging.getLogger("dlstudy.server.hypercorn")
     config.graceful_timeout = 1.0
     config.include_server_header = False
+    if options.max_requests_per_connection is not None:
+        config.keep_alive_max_requests = options.max_requests_per_connection
 
     # Set when shutdown starts: responses still streaming stop at once (see app.py), so
     # every connection ends within hypercorn's graceful timeout and none is cancelled.

@@ -1,0 +1,225 @@
+"""`dlstudy query`: a study-level QIDO search, printed for people or for pipes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import IO, Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import DlstudyError, ExitStatus, UsageError
+from ..search import StudyQuery, StudyRecord, parse_filters, parse_study_date, search
+from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
+from .configured import ConfigCommand, ConfigOpt, ServerOpt
+from .connection import build_settings, option
+from .download_cmd import (
+    CaBundleOpt,
+    CertOpt,
+    HeaderOpt,
+    HttpOpt,
+    InsecureOpt,
+    KeyOpt,
+    PasswordOpt,
+    TimeoutOpt,
+    TokenCommandOpt,
+    TokenOpt,
+    UrlOpt,
+    UserOpt,
+    VerboseOpt,
+    parse_headers,
+)
+from .sharding import ShardOpt, shard_option
+
+PatientIdOpt = Annotated[
+    str | None, option("--patient-id", help="PatientID to match; * and ? are wildcards.")
+]
+PatientNameOpt = Annotated[
+    str | None, option("--patient-name", help="PatientName to match, e.g. 'DOE^J*'.")
+]
+StudyDateOpt = Annotated[
+    str | None,
+    option(
+        "--study-date",
+        help="YYYYMMDD, a range YYYYMMDD-YYYYMMDD (open ends allowed), today, yesterday, "
+        "or Nd (the last N days).",
+    ),
+]
+StudyModalityOpt = Annotated[
+    list[str] | None,
+    option("--modality", help="Studies with a series of this modality (repeatable: any)."),
+]
+AccessionOpt = Annotated[str | None, option("--accession", help="AccessionNumber to match.")]
+FilterOpt = Annotated[
+    list[str] | None,
+    option("--filter", help="KEY=VALUE on any attribute, KEY a DICOM keyword or tag (repeatable)."),
+]
+QueryJsonOpt = Annotated[bool, option("--json", help="One JSON object per study (JSON lines).")]
+CsvOpt = Annotated[bool, option("--csv", help="CSV with a header row.")]
+UidsOpt = Annotated[bool, option("--uids", help="Only the Study Instance UIDs, one a line.")]
+
+# (key in StudyRecord.as_dict(), column title)
+COLUMNS = (
+    ("study_uid", "Study Instance UID"),
+    ("patient_id", "Patient ID"),
+    ("patient_name", "Patient name"),
+    ("study_date", "Date"),
+    ("modalities", "Modalities"),
+    ("accession", "Accession"),
+    ("description", "Description"),
+    ("series", "Series"),
+    ("instances", "Instances"),
+)
+# On a terminal: what fits beside a 64-character UID; --json and --csv have every column.
+TABLE_COLUMNS = tuple(
+    column
+    for key in (
+        "study_uid",
+        "study_date",
+        "patient_id",
+        "patient_name",
+        "modalities",
+        "instances",
+        "description",
+    )
+    for column in COLUMNS
+    if column[0] == key
+)
+
+
+def study_query(
+    *,
+    patient_id: str | None,
+    patient_name: str | None,
+    study_date: str | None,
+    modality: list[str] | None,
+    accession: str | None,
+    filters: list[str] | None,
+) -> StudyQuery:
+    try:
+        return StudyQuery(
+            patient_id=patient_id,
+            patient_name=patient_name,
+            study_date=parse_study_date(study_date) if study_date else None,
+            accession=accession,
+            modalities=tuple(dict.fromkeys(m.strip().upper() for m in modality or () if m)),
+            filters=parse_filters(filters or ()),
+        )
+    except UsageError as exc:
+        fail_usage(str(exc))
+
+
+def _cell(value: Any, separator: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return separator.join(value)
+    return str(value)
+
+
+def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
+    """Write `records` as `table` (rich), `tsv`, `json` (lines), `csv` or `uids`."""
+    rows = [record.as_dict() for record in records]
+    if form == "uids":
+        stream.writelines(f"{row['study_uid']}\n" for row in rows)
+    elif form == "json":
+        stream.writelines(json.dumps(row) + "\n" for row in rows)
+    elif form == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow([key for key, _ in COLUMNS])
+        writer.writerows([_cell(row[key], "\\") for key, _ in COLUMNS] for row in rows)
+    elif form == "tsv":  # a pipe without a format flag: like `gh`, plain tab-separated lines
+        stream.write("\t".join(key for key, _ in COLUMNS) + "\n")
+        for row in rows:
+            cells = (_cell(row[key], "\\").replace("\t", " ") for key, _ in COLUMNS)
+            stream.write("\t".join(cells) + "\n")
+    else:
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        for key, title in TABLE_COLUMNS:
+            # The UID is what gets copied: never cut. Short fixed-width fields stay whole too.
+            width = max((len(_cell(row[key], ", ")) for row in rows), default=0)
+            if key in ("study_uid", "study_date", "instances"):
+                table.add_column(title, no_wrap=True, min_width=min(max(width, 4), 64))
+            else:
+                table.add_column(title, no_wrap=True, overflow="ellipsis", max_width=40)
+        for row in rows:
+            table.add_row(*(_cell(row[key], ", ") for key, _ in TABLE_COLUMNS))
+        Console(file=stream).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("query", cls=ConfigCommand)
+    def query_command(
+        url: UrlOpt = "",
+        patient_id: PatientIdOpt = None,
+        patient_name: PatientNameOpt = None,
+        study_date: StudyDateOpt = None,
+        modality: StudyModalityOpt = None,
+        accession: AccessionOpt = None,
+        filter: FilterOpt = None,
+        json_output: QueryJsonOpt = False,
+        csv_output: CsvOpt = False,
+        uids: UidsOpt = False,
+        shard: ShardOpt = None,
+        http: HttpOpt = "auto",
+        token: TokenOpt = None,
+        token_command: TokenCommandOpt = None,
+        user: UserOpt = None,
+        password: PasswordOpt = None,
+        header: HeaderOpt = None,
+        ca_bundle: CaBundleOpt = None,
+        cert: CertOpt = None,
+        key: KeyOpt = None,
+        insecure: InsecureOpt = False,
+        timeout: TimeoutOpt = 30.0,
+        config: ConfigOpt = None,
+        server: ServerOpt = None,
+        verbose: VerboseOpt = False,
+    ) -> None:
+        """Search the server for studies (QIDO-RS), every page; print a table, JSON, CSV or UIDs."""
+        setup_logging(verbose, None)
+        if json_output + csv_output + uids > 1:
+            fail_usage("choose one of --json, --csv, --uids")
+        form = "json" if json_output else "csv" if csv_output else "uids" if uids else None
+        form = form or ("table" if sys.stdout.isatty() else "tsv")
+        query = study_query(
+            patient_id=patient_id,
+            patient_name=patient_name,
+            study_date=study_date,
+            modality=modality,
+            accession=accession,
+            filters=filter,
+        )
+        chosen_shard = shard_option(shard)
+        settings = build_settings(
+            url=url,
+            http=http,
+            insecure=insecure,
+            token=token,
+            token_command=token_command,
+            user=user,
+            password=password,
+            headers=parse_headers(header or []),
+            ca_bundle=ca_bundle,
+            cert=cert,
+            key=key,
+            timeout=timeout,
+        )
+        try:
+            with exit_on_interrupt():
+                records = search(settings, query)
+        except DlstudyError as exc:
+            error_line(str(exc))
+            raise typer.Exit(int(exc.exit_status)) from exc
+        if not records:
+            error_line("no study matched the search")
+            raise typer.Exit(int(ExitStatus.NOTHING_MATCHED))
+        if chosen_shard is not None:
+            records = [r for r in records if chosen_shard.owns(r.study_uid)]
+        render(records, form, sys.stdout)
+        if form == "table":
+            typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)

@@ -1,0 +1,60 @@
+"""`--shard K/N|auto` on the command line: parse it, keep this shard's studies."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from ..errors import DlstudyError
+from ..shard import Shard, parse_shard
+from ..summary import Summary
+from ..urls import is_valid_uid, redact_url
+from .common import fail_usage, finish
+from .connection import option
+
+ShardOpt = Annotated[
+    str | None,
+    option(
+        "--shard",
+        help="Only shard K of N (1-based, stable by study UID), or 'auto' from "
+        "JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID.",
+    ),
+]
+
+
+def shard_option(text: str | None) -> Shard | None:
+    try:
+        return parse_shard(text, os.environ)
+    except DlstudyError as exc:
+        fail_usage(str(exc))
+
+
+def select_shard(uids: Iterable[str], shard: Shard | None) -> list[str]:
+    """The UIDs (each once, in order) this process should download.
+
+    Every UID is checked first, so that all shards of one list agree on whether it is valid.
+    """
+    unique = list(dict.fromkeys(uids))
+    for uid in unique:
+        if not is_valid_uid(uid):
+            fail_usage(
+                f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters"
+            )
+    return unique if shard is None else shard.select(unique)
+
+
+def finish_empty_shard(
+    shard: Shard, given: int, *, url: str, output: Path, json_output: bool, quiet: bool
+) -> NoReturn:
+    """No study of the list falls in this shard: nothing to do, which is a success (exit 0)."""
+    if not quiet and not json_output:
+        typer.echo(
+            f"dlstudy: shard {shard}: none of the {given} studies is in this shard", err=True
+        )
+    finish(
+        Summary(url=redact_url(url), output=str(output)), None, json_output=json_output, quiet=quiet
+    )

@@ -1,0 +1,157 @@
+"""`dlstudy sync`: search, then download every matching study not yet complete (for cron)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import DlstudyError
+from ..events import JsonFormatter
+from ..settings import DEFAULT_LAYOUT
+from ..summary import Summary
+from ..sync import sync
+from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
+from .configured import ConfigCommand, ConfigOpt, ServerOpt
+from .connection import build_settings, option
+from .download_cmd import (
+    CaBundleOpt,
+    CertOpt,
+    ConcurrencyOpt,
+    HeaderOpt,
+    HttpOpt,
+    InsecureOpt,
+    JsonOpt,
+    KeyOpt,
+    LayoutOpt,
+    LogFileOpt,
+    ModeOpt,
+    OutputOpt,
+    PasswordOpt,
+    QuietOpt,
+    RetriesOpt,
+    RetryBudgetOpt,
+    TimeoutOpt,
+    TokenCommandOpt,
+    TokenOpt,
+    TransferSyntaxOpt,
+    UrlOpt,
+    UserOpt,
+    VerboseOpt,
+    VerifyOpt,
+    WaitOpt,
+    parse_headers,
+)
+from .query_cmd import (
+    AccessionOpt,
+    FilterOpt,
+    PatientIdOpt,
+    PatientNameOpt,
+    StudyDateOpt,
+    StudyModalityOpt,
+    study_query,
+)
+from .sharding import ShardOpt, shard_option
+
+LOG_FORMATS = ("text", "json")
+
+LogFormatOpt = Annotated[
+    str,
+    option("--log-format", help="Log records as text lines or JSON objects (text, json)."),
+]
+
+
+def use_log_format(log_format: str) -> None:
+    """Switch the CLI's log handlers (set up by setup_logging) to JSON objects."""
+    if log_format not in LOG_FORMATS:
+        fail_usage(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    if log_format == "json":
+        for handler in logging.getLogger("dlstudy").handlers:
+            if getattr(handler, "dlstudy_cli", False):
+                handler.setFormatter(JsonFormatter())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sync", cls=ConfigCommand)
+    def sync_command(
+        url: UrlOpt = "",
+        output: OutputOpt = Path("studies"),
+        patient_id: PatientIdOpt = None,
+        patient_name: PatientNameOpt = None,
+        study_date: StudyDateOpt = None,
+        modality: StudyModalityOpt = None,
+        accession: AccessionOpt = None,
+        filter: FilterOpt = None,
+        shard: ShardOpt = None,
+        concurrency: ConcurrencyOpt = 8,
+        http: HttpOpt = "auto",
+        mode: ModeOpt = "auto",
+        transfer_syntax: TransferSyntaxOpt = "*",
+        layout: LayoutOpt = DEFAULT_LAYOUT,
+        token: TokenOpt = None,
+        token_command: TokenCommandOpt = None,
+        user: UserOpt = None,
+        password: PasswordOpt = None,
+        header: HeaderOpt = None,
+        ca_bundle: CaBundleOpt = None,
+        cert: CertOpt = None,
+        key: KeyOpt = None,
+        insecure: InsecureOpt = False,
+        retries: RetriesOpt = 3,
+        retry_budget: RetryBudgetOpt = 600.0,
+        timeout: TimeoutOpt = 30.0,
+        verify: VerifyOpt = False,
+        wait: WaitOpt = False,
+        json_output: JsonOpt = False,
+        quiet: QuietOpt = False,
+        log_file: LogFileOpt = None,
+        log_format: LogFormatOpt = "text",
+        verbose: VerboseOpt = False,
+        config: ConfigOpt = None,
+        server: ServerOpt = None,
+    ) -> None:
+        """Search, then download every matching study not yet complete in OUT (made for cron)."""
+        setup_logging(verbose, log_file)
+        use_log_format(log_format)
+        query = study_query(
+            patient_id=patient_id,
+            patient_name=patient_name,
+            study_date=study_date,
+            modality=modality,
+            accession=accession,
+            filters=filter,
+        )
+        chosen_shard = shard_option(shard)
+        settings = build_settings(
+            url=url,
+            http=http,
+            mode=mode,
+            insecure=insecure,
+            output=output,
+            concurrency=concurrency,
+            transfer_syntax=transfer_syntax,
+            layout=layout,
+            token=token,
+            token_command=token_command,
+            user=user,
+            password=password,
+            headers=parse_headers(header or []),
+            ca_bundle=ca_bundle,
+            cert=cert,
+            key=key,
+            retries=retries,
+            retry_budget=retry_budget,
+            timeout=timeout,
+            verify=verify,
+            wait_for_lock=wait,
+        )
+        progress = choose_progress(quiet=quiet, json_output=json_output)
+        summary: Summary | None = None
+        try:
+            with exit_on_interrupt(json_output=json_output):
+                summary = sync(settings, query, shard=chosen_shard, progress=progress)
+        except DlstudyError as exc:
+            finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
+        finish(summary, None, json_output=json_output, quiet=quiet)
