@@ -218,6 +218,7 @@ async def _run(
                 Negotiator(candidates(settings.transfer_syntax or None, single_part=False)),
                 window=settings.timeout,
             )
+            summary.retrieval = bulk.negotiator  # what the bulk responses were asked as
             todo = await _fetch_in_bulk(todo, settings.mode, bulk, settings, progress, done)
         # A StorageError (disk full, permissions) escapes one_instance and stops every worker:
         # nothing else would succeed either; what was committed is kept.

@@ -106,8 +106,10 @@ class NothingMatchedError(DlstudyError):
 class TransferError(DlstudyError):
     """A failure of one unit of work; `retryable` says whether trying again may help.
 
-    `unprocessed` marks a request the server never started on (an HTTP/2 stream above the
-    last_stream_id of a GOAWAY): retrying it is always safe and costs no retry attempt.
+    `collateral` marks a request that failed because its shared HTTP/2 connection went away,
+    not through any fault of its own: a stream above the last_stream_id of a GOAWAY (never
+    processed), or a stream killed when another stream's error closed the connection. Retrying
+    it is safe and costs no retry attempt.
     """
 
     def __init__(
@@ -117,13 +119,13 @@ class TransferError(DlstudyError):
         url: str | None = None,
         sop_instance_uid: str | None = None,
         retryable: bool = False,
-        unprocessed: bool = False,
+        collateral: bool = False,
     ) -> None:
         super().__init__(message)
         self.url = url
         self.sop_instance_uid = sop_instance_uid
         self.retryable = retryable
-        self.unprocessed = unprocessed
+        self.collateral = collateral
 
 
 class HttpStatusError(TransferError):

@@ -20,6 +20,7 @@ from .errors import HttpStatusError, NothingMatchedError, ServerError, TransferE
 from .media import DICOM_JSON
 from .pool import first_error
 from .retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
+from .watchdog import watchdog
 from .store import InstanceRef
 from .transport import Transport, check_auth
 from .urls import redact_url, series_url, study_url
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 MAX_PAGES = 10_000
 # Series queries run concurrently; more than this gains nothing and crowds the server.
 QIDO_CONCURRENCY = 4
+# A QIDO page must arrive whole within this many --timeout windows (it is computed, then sent).
+QIDO_WINDOWS = 2
 
 TAG_STUDY_UID = "0020000D"
 TAG_SERIES_UID = "0020000E"
@@ -118,10 +121,16 @@ class Pager:
         """One page (None for 404); transient failures retried, lasting ones a ServerError."""
 
         async def attempt() -> tuple[list[dict[str, Any]], bool] | None:
-            response = await self.transport.get(url, headers={"Accept": DICOM_JSON}, params=params)
-            if response.status_code == 404:
-                return None
-            return self._read_page(response)
+            # httpx's read timeout is per chunk: a dripping QIDO answer would pass it forever.
+            # A page is small, so the whole of it gets QIDO_WINDOWS watchdog windows.
+            with watchdog(self.policy.window * QIDO_WINDOWS, "QIDO search"):
+                response = await self.transport.get(
+                    url, headers={"Accept": DICOM_JSON}, params=params
+                )
+                if response.status_code == 404:
+                    return None
+                return self._read_page(response)
+            raise AssertionError("unreachable: the watchdog raises when it cancels")
 
         try:
             return await with_retries(attempt, what="QIDO search", policy=self.policy)

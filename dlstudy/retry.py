@@ -25,9 +25,10 @@ BACKOFF_BASE = 0.25  # seconds before the first retry (before jitter)
 BACKOFF_CAP = 10.0
 # A server may ask for a long pause; more than this and a cron run would sit idle for hours.
 RETRY_AFTER_CAP = 60.0
-# Requests a GOAWAY refused before the server started on them are re-sent at once, without
-# counting as attempts; this bound keeps a server that refuses everything from looping us.
-MAX_UNPROCESSED_RETRIES = 32
+# Requests that failed only because their HTTP/2 connection went away (GOAWAY, or another
+# stream's error) are re-sent without counting as attempts; this bound keeps a server that
+# kills every connection from looping us.
+MAX_COLLATERAL_RETRIES = 32
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
@@ -81,15 +82,15 @@ async def with_retries(
         except TransferError as exc:
             if not exc.message.startswith(what):
                 exc.message = f"{what}: {exc.message}"
-            if exc.unprocessed and free_retries < MAX_UNPROCESSED_RETRIES:
+            if exc.collateral and free_retries < MAX_COLLATERAL_RETRIES:
                 free_retries += 1
-                tries -= 1  # the server never saw it: not an attempt
+                tries -= 1  # not this request's failure: not an attempt
                 # A short pause lets the pool retire the closing connection first.
                 await anyio.sleep(min(0.01 * free_retries, 0.2))
                 continue
             retry_after = exc.retry_after if isinstance(exc, HttpStatusError) else None
             if throttle and isinstance(exc, HttpStatusError) and exc.status_code in THROTTLE_STATUS:
-                throttle.slow_down(retry_after)
+                throttle.slow_down(exc.status_code, retry_after)
             delay = max(backoff_delay(tries, rng), retry_after or 0.0)
             out_of_time = anyio.current_time() + delay - started > policy.budget
             if not exc.retryable or tries > policy.retries or out_of_time:

@@ -38,7 +38,7 @@ class Settings:
     key: Path | None = None
     insecure: bool = False
     token_command: str | None = field(default=None, repr=False)
-    retries: int = 3
+    retries: int = 6
     retry_budget: float = 600.0  # seconds one instance may spend being retried
     timeout: float = 30.0
     qido_page_size: int = 1000

@@ -30,8 +30,6 @@ from .store import Store
 from .summary import Failure, Summary
 from .urls import redact_url
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class SyncSummary(Summary):
@@ -64,21 +62,28 @@ class SyncSummary(Summary):
         )
 
 
-def complete_counts(store: Store) -> Counter[str]:
-    """Study UID -> instances the manifest lists whose file is still on disk."""
+def manifest_paths(store: Store) -> dict[str, list[str]]:
+    """Study UID -> the paths (relative to OUT) of its instances the manifest lists."""
     manifest = Manifest(store.root, store.state_dir)
     try:
-        return Counter(
-            entry.study
-            for entry in manifest.entries.values()
-            if (store.root / entry.path).is_file()
-        )
+        paths: dict[str, list[str]] = {}
+        for entry in manifest.entries.values():
+            paths.setdefault(entry.study, []).append(entry.path)
+        return paths
     finally:
         manifest.close()
 
 
-def is_complete(record: StudyRecord, counts: Counter[str]) -> bool:
-    return bool(record.instances) and counts[record.study_uid] >= (record.instances or 0)
+def is_complete(record: StudyRecord, store: Store, paths: dict[str, list[str]]) -> bool:
+    """The manifest lists as many of the study's instances as the server counts, all on disk.
+
+    Only the studies the search returned are checked on disk, so a nightly run over a large
+    mirror stats a handful of files, not all of them.
+    """
+    listed = paths.get(record.study_uid, [])
+    if not record.instances or len(listed) < record.instances:
+        return False
+    return all((store.root / path).is_file() for path in listed)
 
 
 def sync(
@@ -142,7 +147,7 @@ async def _sync(
     # Taken up front so that a second cron run gives up (exit 5) before searching; the download
     # takes it again for itself.
     with output_lock(store.state_dir, wait=settings.wait_for_lock):
-        counts = complete_counts(store)
+        paths = manifest_paths(store)
     records = await search_async(settings, query)
     plan.matched = len(records)
     if not records:
@@ -152,7 +157,7 @@ async def _sync(
     plan.studies = [r.study_uid for r in records]
     pending = []
     for record in records:
-        if is_complete(record, counts):
+        if is_complete(record, store, paths):
             plan.complete.append(record.study_uid)
             plan.total += record.instances or 0
             emit("study_complete", logging.DEBUG, study=record.study_uid)

@@ -1,9 +1,10 @@
 """Back-pressure shared by every worker: a server that says "slow down" slows the whole pool.
 
 A 429 or 503 halves the number of requests allowed in flight (at most once per second, so a
-burst of refusals from one overload counts once) and pauses new requests until its Retry-After
-has passed; each run of successes as long as the current limit adds one slot back, up to the
-configured concurrency (additive increase, multiplicative decrease, as TCP does).
+burst of refusals from one overload counts once); each run of successes as long as the current
+limit adds one slot back, up to the configured concurrency (additive increase, multiplicative
+decrease, as TCP does). A 429 is about this client's rate, so its Retry-After also pauses every
+new request; a 503's Retry-After delays only the retry of the refused request.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ class Throttle:
                 await anyio.sleep(delay)
             yield
 
-    def slow_down(self, retry_after: float | None) -> None:
+    def slow_down(self, status: int, retry_after: float | None) -> None:
         now = anyio.current_time()
         self.signals += 1
-        if retry_after:
+        if retry_after and status == 429:
             self._pause_until = max(self._pause_until, now + retry_after)
         if now - self._last_decrease >= _DECREASE_INTERVAL and self.limit > 1:
             self._last_decrease = now

@@ -68,10 +68,15 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
                 f"on {shown}",
                 url=shown,
                 retryable=True,
-                unprocessed=True,
+                collateral=True,
             )
         detail = str(exc) or type(exc).__name__
-        return TransferError(f"connection broken ({detail}) on {shown}", url=shown, retryable=True)
+        return TransferError(
+            f"connection broken ({detail}) on {shown}",
+            url=shown,
+            retryable=True,
+            collateral=_closed_by_another_stream(exc),
+        )
     if isinstance(exc, httpx.TransportError | OSError):
         detail = str(exc) or type(exc).__name__
         return TransferError(f"network error ({detail}) on {shown}", url=shown, retryable=True)
@@ -93,6 +98,20 @@ def _goaway(exc: BaseException) -> h2.events.ConnectionTerminated | None:
                 return arg
         current = current.__cause__ or current.__context__
     return None
+
+
+def _closed_by_another_stream(exc: BaseException) -> bool:
+    """h2's complaint when a stream touches a connection another stream's error closed."""
+    current: BaseException | None = exc
+    for _ in range(5):  # the cause chain is short: httpx <- httpcore <- h2
+        if current is None:
+            return False
+        if type(current) is h2.exceptions.ProtocolError and "ConnectionState.CLOSED" in str(
+            current
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _root_cause(exc: BaseException) -> BaseException | None:

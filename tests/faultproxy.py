@@ -5,11 +5,14 @@ Faults act on the server -> client direction after `after_bytes` bytes of a conn
   stall  stop forwarding but keep the connection open (a server that hangs)
   drip   forward one byte every `drip_interval` seconds (a server that crawls)
 Which connections are hit: every connection whose 1-based number is in `connections`, or all
-when it is None. Threads and sockets are all closed by `close()`; nothing outlives the test.
+when it is None. One thread per connection multiplexes both directions with select, so a close
+really closes (a second thread blocked in recv would keep the socket alive and the RST unsent).
+Everything is closed by `close()`; nothing outlives the test.
 """
 
 from __future__ import annotations
 
+import selectors
 import socket
 import struct
 import threading
@@ -38,7 +41,6 @@ class FaultProxy:
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
         self._closing = threading.Event()
-        self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
@@ -58,87 +60,69 @@ class FaultProxy:
             with self._lock:
                 self.accepted += 1
                 number = self.accepted
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._track(client, upstream)
             fault = self.fault
             if fault is not None and (fault.connections is None or number in fault.connections):
                 self.faulted.append(number)
             else:
                 fault = None
-            self._start(self._pump, client, upstream, None)
-            self._start(self._pump, upstream, client, fault)
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            thread = threading.Thread(
+                target=self._relay, args=(client, upstream, fault), daemon=True
+            )
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
 
-    def _track(self, *socks: socket.socket) -> None:
-        with self._lock:
-            self._sockets.extend(socks)
-
-    def _start(self, target: object, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, fault: Fault | None) -> None:
-        sent = 0
-        try:
+    def _relay(self, client: socket.socket, upstream: socket.socket, fault: Fault | None) -> None:
+        """Copy bytes both ways until either side closes, misbehaving as `fault` says."""
+        sent_to_client = 0
+        dripping = bytearray()
+        mode = "normal"
+        with selectors.DefaultSelector() as selector, client, upstream:
+            selector.register(client, selectors.EVENT_READ, upstream)
+            selector.register(upstream, selectors.EVENT_READ, client)
             while not self._closing.is_set():
-                data = source.recv(65536)
-                if not data:
-                    break
-                if fault is not None and sent + len(data) > fault.after_bytes:
-                    head = data[: max(0, fault.after_bytes - sent)]
-                    sink.sendall(head)
-                    self._misbehave(source, sink, fault, data[len(head) :])
-                    return
-                sink.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def _misbehave(
-        self, source: socket.socket, sink: socket.socket, fault: Fault, rest: bytes
-    ) -> None:
-        if fault.kind == "reset":
-            sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sink.close()
-        elif fault.kind == "stall":
-            self._closing.wait()
-        elif fault.kind == "drip":
-            source.settimeout(0.01)
-            pending = bytearray(rest)
-            while not self._closing.is_set():
-                try:
-                    pending += source.recv(65536)
-                except (TimeoutError, BlockingIOError):
-                    pass
-                except OSError:
-                    return
-                if pending:
+                for key, _ in selector.select(timeout=0.05):
+                    source: socket.socket = key.fileobj  # type: ignore[assignment]
                     try:
-                        sink.sendall(bytes(pending[:1]))
+                        data = source.recv(65536)
                     except OSError:
                         return
-                    del pending[:1]
-                time.sleep(fault.drip_interval)
-        else:
-            raise ValueError(f"unknown fault {fault.kind!r}")
+                    if not data:
+                        return
+                    if source is client:
+                        upstream.sendall(data)
+                        continue
+                    if mode == "drip" or mode == "stall":
+                        dripping += data
+                        continue
+                    if fault is not None and sent_to_client + len(data) > fault.after_bytes:
+                        head = data[: fault.after_bytes - sent_to_client]
+                        client.sendall(head)
+                        sent_to_client += len(head)
+                        if fault.kind == "reset":
+                            client.setsockopt(
+                                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                            )
+                            return  # closing with linger 0 sends the RST
+                        mode = fault.kind
+                        dripping += data[len(head) :]
+                        continue
+                    client.sendall(data)
+                    sent_to_client += len(data)
+                if mode == "drip" and dripping:
+                    try:
+                        client.sendall(bytes(dripping[:1]))
+                    except OSError:
+                        return
+                    del dripping[:1]
+                    time.sleep(fault.drip_interval if fault else 0)
 
     def close(self) -> None:
         self._closing.set()
         self._listener.close()
         self._accept_thread.join(timeout=5)
         with self._lock:
-            sockets, threads = list(self._sockets), list(self._threads)
-        for sock in sockets:
-            try:
-                sock.close()
-            except OSError:
-                pass
+            threads = list(self._threads)
         for thread in threads:
             thread.join(timeout=5)

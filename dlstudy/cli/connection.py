@@ -14,6 +14,8 @@ MODE_CHOICES = ("auto", "instance", "series", "study")
 # Repeatable options whose values contain spaces: click splits environment values on
 # whitespace, so these are set on the command line or in the config file only.
 NO_ENVVAR = frozenset({"--header"})
+# The library's defaults, for option defaults: every command agrees with `download()`.
+DEFAULTS = Settings(url="")
 
 
 def envvar_for(long_name: str) -> str | None:

@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
         cert: CertOpt = None,
         key: KeyOpt = None,
         insecure: InsecureOpt = False,
-        retries: RetriesOpt = 3,
+        retries: RetriesOpt = 6,
         retry_budget: RetryBudgetOpt = 600.0,
         timeout: TimeoutOpt = 30.0,
         verify: VerifyOpt = False,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import sys
 from typing import IO, Annotated, Any
 
@@ -16,7 +18,7 @@ from ..errors import DlstudyError, ExitStatus, UsageError
 from ..search import StudyQuery, StudyRecord, parse_filters, parse_study_date, search
 from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import build_settings, option
+from .connection import DEFAULTS, build_settings, option
 from .download_cmd import (
     CaBundleOpt,
     CertOpt,
@@ -143,7 +145,7 @@ def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
             # The UID is what gets copied: never cut. Short fixed-width fields stay whole too.
             width = max((len(_cell(row[key], ", ")) for row in rows), default=0)
             if key in ("study_uid", "study_date", "instances"):
-                table.add_column(title, no_wrap=True, min_width=min(max(width, 4), 64))
+                table.add_column(title, no_wrap=True, min_width=min(max(width, len(title)), 64))
             else:
                 table.add_column(title, no_wrap=True, overflow="ellipsis", max_width=40)
         for row in rows:
@@ -175,7 +177,7 @@ def register(app: typer.Typer) -> None:
         cert: CertOpt = None,
         key: KeyOpt = None,
         insecure: InsecureOpt = False,
-        timeout: TimeoutOpt = 30.0,
+        timeout: TimeoutOpt = DEFAULTS.timeout,
         config: ConfigOpt = None,
         server: ServerOpt = None,
         verbose: VerboseOpt = False,
@@ -220,6 +222,12 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(int(ExitStatus.NOTHING_MATCHED))
         if chosen_shard is not None:
             records = [r for r in records if chosen_shard.owns(r.study_uid)]
-        render(records, form, sys.stdout)
+        try:
+            render(records, form, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `dlstudy query --uids | head`: the reader has had enough
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         if form == "table":
             typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import DlstudyError
 from ..events import JsonFormatter
-from ..settings import DEFAULT_LAYOUT
 from ..summary import Summary
 from ..sync import sync
 from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import build_settings, option
+from .connection import DEFAULTS, build_settings, option
 from .download_cmd import (
     CaBundleOpt,
     CertOpt,
@@ -77,7 +75,7 @@ def register(app: typer.Typer) -> None:
     @app.command("sync", cls=ConfigCommand)
     def sync_command(
         url: UrlOpt = "",
-        output: OutputOpt = Path("studies"),
+        output: OutputOpt = DEFAULTS.output,
         patient_id: PatientIdOpt = None,
         patient_name: PatientNameOpt = None,
         study_date: StudyDateOpt = None,
@@ -85,11 +83,11 @@ def register(app: typer.Typer) -> None:
         accession: AccessionOpt = None,
         filter: FilterOpt = None,
         shard: ShardOpt = None,
-        concurrency: ConcurrencyOpt = 8,
+        concurrency: ConcurrencyOpt = DEFAULTS.concurrency,
         http: HttpOpt = "auto",
         mode: ModeOpt = "auto",
-        transfer_syntax: TransferSyntaxOpt = "*",
-        layout: LayoutOpt = DEFAULT_LAYOUT,
+        transfer_syntax: TransferSyntaxOpt = DEFAULTS.transfer_syntax,
+        layout: LayoutOpt = DEFAULTS.layout,
         token: TokenOpt = None,
         token_command: TokenCommandOpt = None,
         user: UserOpt = None,
@@ -99,9 +97,9 @@ def register(app: typer.Typer) -> None:
         cert: CertOpt = None,
         key: KeyOpt = None,
         insecure: InsecureOpt = False,
-        retries: RetriesOpt = 3,
-        retry_budget: RetryBudgetOpt = 600.0,
-        timeout: TimeoutOpt = 30.0,
+        retries: RetriesOpt = DEFAULTS.retries,
+        retry_budget: RetryBudgetOpt = DEFAULTS.retry_budget,
+        timeout: TimeoutOpt = DEFAULTS.timeout,
         verify: VerifyOpt = False,
         wait: WaitOpt = False,
         json_output: JsonOpt = False,

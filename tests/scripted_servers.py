@@ -1,0 +1,109 @@
+"""Tiny scripted DICOMweb servers on 127.0.0.1 (stdlib http.server) for faults the embedded
+server will not produce: redirects to another origin, hostile UIDs in QIDO answers."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .factories import STUDY, instance_json, part10, series_json
+
+SERIES = f"{STUDY}.5"
+SOPS = [f"{SERIES}.{i}" for i in range(1, 4)]
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _serve(*servers: http.server.ThreadingHTTPServer) -> list[threading.Thread]:
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _stop(
+    servers: tuple[http.server.ThreadingHTTPServer, ...], threads: list[threading.Thread]
+) -> None:
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+    for thread in threads:
+        thread.join()
+
+
+@contextmanager
+def hostile_uids() -> Iterator[tuple[str, str, list[str]]]:
+    """QIDO lists two good instances and two whose UIDs try to climb out of the output folder.
+
+    Yields (base URL, study UID, the good SOP UIDs)."""
+    evil = ["../../../../tmp/dlstudy-pwned", f"{SERIES}.9/../../../x"]
+
+    class Hostile(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                body = json.dumps([series_json(SERIES)]).encode()
+                self.reply(200, body, "application/dicom+json")
+            elif path.endswith("/instances"):
+                body = json.dumps([instance_json(s) for s in [*SOPS[:2], *evil]]).encode()
+                self.reply(200, body, "application/dicom+json")
+            else:
+                sop = path.rsplit("/", 1)[1]
+                self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threads = _serve(server)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, SOPS[:2]
+    finally:
+        _stop((server,), threads)
+
+
+@contextmanager
+def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+    seen: list[dict[str, str]] = []
+
+    class Other(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            sop = self.path.rsplit("/", 1)[1]
+            self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    other_base = f"http://127.0.0.1:{other.server_address[1]}"
+
+    class First(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                body = json.dumps([series_json(SERIES, count=len(SOPS))]).encode()
+                self.reply(200, body, "application/dicom+json")
+            elif path.endswith("/instances"):
+                body = json.dumps([instance_json(s) for s in SOPS]).encode()
+                self.reply(200, body, "application/dicom+json")
+            else:
+                self.reply(302, b"", "text/plain", Location=f"{other_base}{path}")
+
+    first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), First)
+    threads = _serve(first, other)
+    try:
+        yield f"http://127.0.0.1:{first.server_address[1]}/dicomweb", STUDY, seen
+    finally:
+        _stop((first, other), threads)

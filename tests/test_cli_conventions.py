@@ -1,0 +1,102 @@
+"""Conventions of the batch commands: an environment variable per option, examples that parse."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from dlstudy.cli.app import app
+from dlstudy.cli.connection import NO_ENVVAR
+from dlstudy.config import load
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+BATCH_COMMANDS = ("download", "query", "sync")
+
+
+def command(name: str) -> Any:
+    return typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+
+
+def parse(args: list[str]) -> dict[str, Any]:
+    """Parse a command line like the CLI does, without running it: the params it yields."""
+    group = typer.main.get_command(app)
+    root = group.make_context("dlstudy", list(args), resilient_parsing=True)
+    name = args[0]
+    ctx = command(name).make_context(name, list(args[1:]), parent=root)
+    params: dict[str, Any] = ctx.params
+    return params
+
+
+@pytest.mark.parametrize("name", BATCH_COMMANDS)
+def test_every_option_has_its_environment_variable(name: str) -> None:
+    for param in command(name).params:
+        longs = [o for o in param.opts if o.startswith("--")]
+        if not longs or longs[0] in NO_ENVVAR:
+            continue
+        expected = "DLSTUDY_" + longs[0][2:].upper().replace("-", "_")
+        assert param.envvar == expected, f"{name} {longs[0]}: {param.envvar}"
+
+
+def test_option_values_from_the_environment(tmp_path: Path) -> None:
+    from .cli_helpers import run_cli
+
+    result = run_cli(
+        "query",
+        env={
+            "DLSTUDY_URL": "http://127.0.0.1:1/x",
+            "DLSTUDY_FILTER": "PatientSex=F NoSuchKeyword=1",
+            "DLSTUDY_UIDS": "1",
+        },
+    )
+    assert result.exit_code == 2
+    assert "'NoSuchKeyword' is neither a DICOM keyword" in result.stderr
+
+
+def test_example_config_loads_with_known_keys() -> None:
+    known = {p.name for name in BATCH_COMMANDS for p in command(name).params if p.name}
+    config = load(EXAMPLES / "config.toml")
+    config.check_keys(known)
+    values = config.values("orthanc", {"ORTHANC_PASSWORD": "pw"}, known=known)
+    assert values["password"] == "pw" and values["output"] == "/data/studies"
+
+
+def test_example_crontab_line_is_a_valid_sync() -> None:
+    lines = [
+        line
+        for line in (EXAMPLES / "crontab").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(lines) == 1
+    fields = lines[0].split(None, 5)
+    assert len(fields) == 6 and fields[5].split()[0].endswith("/dlstudy")
+    params = parse(shlex.split(fields[5])[1:])
+    assert params["study_date"] == "7d" and params["log_format"] == "json" and params["quiet"]
+
+
+def test_example_kubernetes_job_shards_by_completion_index() -> None:
+    text = (EXAMPLES / "k8s-indexed-job.yaml").read_text()
+    completions = re.search(r"^\s+completions: (\d+)$", text, re.M)
+    count = re.search(r"name: DLSTUDY_SHARD_COUNT\n\s+value: \"(\d+)\"", text)
+    assert completions and count and completions.group(1) == count.group(1)
+    assert "completionMode: Indexed" in text
+    block = text.split("          args:\n", 1)[1].split("          env:\n", 1)[0]
+    args = [line.strip()[2:] for line in block.splitlines()]
+    params = parse(args)
+    assert params["shard"] == "auto" and params["from_file"] == "/cohort/uids.txt"
+
+
+def test_example_slurm_script_is_valid_bash_with_a_valid_download() -> None:
+    script = EXAMPLES / "slurm-array.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert re.search(r"^#SBATCH --array=\S+", text, re.M)
+    call = text.split("dlstudy download", 1)[1].split(">", 1)[0].replace("\\\n", " ")
+    params = parse(["download", *shlex.split(call)])
+    assert params["shard"] == "auto" and params["server"] == "pacs"

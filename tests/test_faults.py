@@ -1,0 +1,535 @@
+"""Fault injection, end to end through the real CLI: each fault is injected for real (server
+knobs, a TCP fault proxy, the kernel) and the test checks what dlstudy did about it.
+
+The README's fault table is this file's summary; keep them in step.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dlstudy.synth import SynthInstance, SynthSpec, generate
+
+from .cli_helpers import run_cli, summary_of
+from .faultproxy import Fault, FaultProxy
+from .fixtures.embedded_server import StartServer, SynthStudy
+
+pytestmark = pytest.mark.integration
+
+
+def port_of(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def final_path(out: Path, instance: SynthInstance) -> Path:
+    return out / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
+
+
+def assert_complete(out: Path, instances: list[SynthInstance]) -> None:
+    for instance in instances:
+        assert final_path(out, instance).read_bytes() == instance.path.read_bytes()
+    assert temp_files(out) == []
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.is_file() and p.name.endswith(".part")] + [
+        p for p in (out / ".dlstudy" / "incoming").glob("*")
+    ]
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[list[FaultProxy]]:
+    proxies: list[FaultProxy] = []
+    yield proxies
+    for proxy in proxies:
+        proxy.close()
+
+
+def download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    result = run_cli("download", study, "--url", url, "-o", str(out), "--json", *extra)
+    return result.exit_code, summary_of(result), result.stderr
+
+
+# --- network faults -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+def test_tcp_reset_mid_body_is_retried(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+    http: str,
+) -> None:
+    url = embedded_server(synth_study.root)
+    proxy = FaultProxy(port_of(url), Fault("reset", after_bytes=150_000, connections={1, 2}))
+    proxy_factory.append(proxy)
+
+    status, summary, _ = download(proxy.url(), synth_study.study_uid, tmp_path, "--http", http)
+
+    assert status == 0, summary["failures"]
+    assert proxy.faulted == [1, 2]
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_dripping_qido_answer_is_cut_off_and_retried(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+) -> None:
+    url = embedded_server(synth_study.root)
+    drip = Fault("drip", after_bytes=2_000, connections={2}, drip_interval=0.05)
+    proxy = FaultProxy(port_of(url), drip)
+    proxy_factory.append(proxy)
+    started = time.monotonic()
+
+    status, summary, _ = download(
+        proxy.url(), synth_study.study_uid, tmp_path, "--http", "1.1", "--timeout", "1"
+    )
+
+    assert status == 0, summary["failures"]
+    assert proxy.faulted == [2]
+    assert time.monotonic() - started < 20
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_stalled_connection_times_out_and_is_retried(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+) -> None:
+    url = embedded_server(synth_study.root)
+    # Connections 1-3 carry the QIDO searches (3 series at once); 4 is only instances.
+    proxy = FaultProxy(port_of(url), Fault("stall", after_bytes=20_000, connections={4}))
+    proxy_factory.append(proxy)
+    started = time.monotonic()
+
+    status, summary, _ = download(
+        proxy.url(), synth_study.study_uid, tmp_path, "--http", "1.1", "--timeout", "1", "-c", "4"
+    )
+
+    assert status == 0, summary["failures"]
+    assert 4 in proxy.faulted
+    assert time.monotonic() - started < 20
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_dripping_server_fails_that_instance_within_a_few_windows(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+) -> None:
+    url = embedded_server(synth_study.root)
+    drip = Fault("drip", after_bytes=10_000, connections={4}, drip_interval=0.05)
+    proxy = FaultProxy(port_of(url), drip)
+    proxy_factory.append(proxy)
+    started = time.monotonic()
+
+    status, summary, _ = download(
+        proxy.url(),
+        synth_study.study_uid,
+        tmp_path,
+        "--http",
+        "1.1",
+        "--timeout",
+        "1",
+        "--retries",
+        "0",
+        "-c",
+        "4",
+    )
+
+    elapsed = time.monotonic() - started
+    assert status == 1
+    assert summary["instances"]["failed"] == 1
+    assert summary["instances"]["downloaded"] == 59
+    assert "stalled (less than 64 KiB in 1 s)" in summary["failures"][0]["reason"]
+    assert elapsed < 10, elapsed  # a few windows, not the drip's hours
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("status_code", [429, 500, 502, 503, 504])
+def test_transient_statuses_are_retried_and_throttle_the_pool(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, status_code: int
+) -> None:
+    url = embedded_server(
+        synth_study.root, fault_rate=0.2, fault_status=status_code, retry_after=0, seed=5
+    )
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0, summary["failures"]
+    if status_code in (429, 503):
+        assert summary["throttled"] > 0
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_retry_after_is_honoured(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(
+        synth_study.root, fault_rate=0.15, fault_status=429, retry_after=1, seed=1
+    )
+    started = time.monotonic()
+    status, summary, _ = download(
+        url, synth_study.study_uid, tmp_path, "--series", synth_study.series_uids[0]
+    )
+    assert status == 0, summary["failures"]
+    assert summary["throttled"] >= 1
+    assert time.monotonic() - started >= 1.0  # the pool waited as it was told
+
+
+@pytest.mark.parametrize("status_code", [400, 403, 404, 406])
+def test_definitive_answers_are_reported_not_retried(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, status_code: int
+) -> None:
+    url = embedded_server(synth_study.root, fault_rate=0.1, fault_status=status_code, seed=2)
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--mode", "instance")
+    if status_code == 403:
+        assert status == 3  # 403 means the credentials are not enough: nothing else will work
+        return
+    assert status == 1
+    assert summary["instances"]["failed"] > 0
+    for failure in summary["failures"]:
+        assert failure["status_code"] == status_code
+        assert "attempts" not in failure["reason"]
+
+
+def test_http2_goaway_mid_run_loses_nothing(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, max_requests_per_connection=3)
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--http", "2", "-c", "16")
+    assert status == 0, summary["failures"]
+    assert summary["http_version"] == "HTTP/2"
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_resets_and_503s_on_a_thousand_instances_complete_byte_exact(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(series=4, instances=250, size=4096, seed=11))
+    url = embedded_server(
+        source, fault_rate=0.1, retry_after=1, drop_after_bytes=1500, drop_rate=0.1, seed=3
+    )
+    out = tmp_path / "out"
+    status, summary, _ = download(url, instances[0].study_uid, out, "--http", "1.1")
+    assert status == 0, summary["failures"]
+    assert summary["instances"]["downloaded"] == 1000
+    assert summary["throttled"] > 0
+    assert_complete(out, instances)
+
+
+# --- auth faults ----------------------------------------------------------------------------
+
+
+def minting_command(tmp_path: Path, *, fail_after: int | None = None) -> tuple[str, Path]:
+    """A token command minting tok-1, tok-2, ... (counting its runs in a file)."""
+    counter = tmp_path / "runs"
+    fail = f'[ "$n" -gt {fail_after} ] && exit 7; ' if fail_after else ""
+    command = (
+        f"n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; "
+        f"{fail}echo tok-$n"
+    )
+    return command, counter
+
+
+def test_expired_token_is_refreshed_once_for_all_workers(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token="tok", token_expires_after=25)
+    command, counter = minting_command(tmp_path)
+    out = tmp_path / "out"
+
+    status, summary, stderr = download(
+        url, synth_study.study_uid, out, "--token-command", command, "-c", "8"
+    )
+
+    assert status == 0, summary["failures"]
+    runs = int(counter.read_text())
+    assert 2 <= runs <= 5  # ~70 requests / 25 per token; not one refresh per worker
+    assert "tok-" not in stderr and "tok-" not in str(summary)
+    assert_complete(out, synth_study.instances)
+
+
+def test_failed_token_refresh_stops_the_run_with_exit_3(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token="tok", token_expires_after=10)
+    command, _ = minting_command(tmp_path, fail_after=1)
+    status, summary, stderr = download(
+        url, synth_study.study_uid, tmp_path / "o", "--token-command", command
+    )
+    assert status == 3
+    assert "--token-command failed with exit status 7" in stderr
+    assert "tok-" not in stderr and "tok-" not in str(summary)
+
+
+def test_second_401_after_refresh_stops_the_run(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token="right")
+    status, _, stderr = download(
+        url, synth_study.study_uid, tmp_path, "--token-command", "echo wrong-token"
+    )
+    assert status == 3
+    assert "server rejected the credentials: HTTP 401" in stderr
+    assert "wrong-token" not in stderr
+
+
+# --- what the server sends ------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_study(tmp_path: Path) -> tuple[Path, list[SynthInstance]]:
+    """A private copy of a small study, safe to damage."""
+    root = tmp_path / "served"
+    return root, generate(root, SynthSpec(series=1, instances=10, size=16 * 1024, seed=9))
+
+
+def test_wrong_instance_from_the_server_is_retried_then_reported(
+    tmp_path: Path, embedded_server: StartServer, own_study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = own_study
+    url = embedded_server(root)
+    victim, other = instances[0], instances[1]
+    victim.path.write_bytes(other.path.read_bytes())  # the server now serves the wrong file
+    out = tmp_path / "out"
+
+    status, summary, _ = download(url, victim.study_uid, out, "--retries", "1")
+
+    assert status == 1
+    [failure] = summary["failures"]
+    assert failure["sop_instance_uid"] == victim.sop_uid
+    assert "SOP Instance UID in the file is" in failure["reason"]
+    assert not final_path(out, victim).exists()
+    assert temp_files(out) == []
+
+
+def test_html_served_as_dicom_is_rejected_at_once(
+    tmp_path: Path, embedded_server: StartServer, own_study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = own_study
+    url = embedded_server(root)
+    victim = instances[3]
+    page = b"<!DOCTYPE html><html><body>" + b"Please log in. " * 50 + b"</html>"
+    victim.path.write_bytes(page.ljust(victim.size, b" "))  # same size as what was indexed
+    out = tmp_path / "out"
+
+    status, summary, _ = download(url, victim.study_uid, out)
+
+    assert status == 1
+    [failure] = summary["failures"]
+    assert "response is not DICOM (looks like an HTML page)" in failure["reason"]
+    assert "attempts" not in failure["reason"]
+    assert not final_path(out, victim).exists()
+
+
+def test_hostile_uids_never_become_paths(tmp_path: Path) -> None:
+    from .scripted_servers import hostile_uids
+
+    out = tmp_path / "out"
+    with hostile_uids() as (url, study, good):
+        status, summary, _ = download(url, study, out, "--http", "1.1")
+
+    assert status == 1
+    assert summary["instances"]["downloaded"] == len(good)
+    reasons = [f["reason"] for f in summary["failures"]]
+    assert len(reasons) == 2 and all("invalid UID" in r for r in reasons)
+    assert not Path("/tmp/dlstudy-pwned").exists()
+    assert all(out in p.parents for p in out.rglob("*"))
+    assert sorted(p.stem for p in out.rglob("*.dcm")) == sorted(good)
+
+
+def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path) -> None:
+    from .scripted_servers import redirecting_pair
+
+    with redirecting_pair() as (url, study, seen_by_other_origin):
+        status, summary, _ = download(
+            url,
+            study,
+            tmp_path / "out",
+            "--token",
+            "t0ps3cret",
+            "--header",
+            "X-Api-Key: k3y",
+            "--http",
+            "1.1",
+        )
+    assert status == 0, summary["failures"]
+    assert seen_by_other_origin, "the redirect target was never asked"
+    for headers in seen_by_other_origin:
+        assert "authorization" not in headers and "x-api-key" not in headers
+
+
+# --- local faults ---------------------------------------------------------------------------
+
+
+def run_subprocess(
+    args: list[str], *, prefix: tuple[str, ...] = (), **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "dlstudy", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_file_size_limit_gives_one_line_and_a_clean_exit(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+
+    def limit_file_size() -> None:  # the kernel refuses writes past 30 KB with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    result = run_subprocess(
+        ["download", synth_study.study_uid, "--url", url, "-o", str(out)],
+        preexec_fn=limit_file_size,
+    )
+
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors and "File too large" in errors[0]
+    assert temp_files(out) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_disk_full_gives_one_line_and_keeps_what_was_committed(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        result = run_subprocess(["download", synth_study.study_uid, "--url", url, "-o", str(mount)])
+        assert result.returncode == 1, result.stderr
+        assert "No space left on device" in result.stderr
+        kept = list(mount.rglob("*.dcm"))
+        assert 0 < len(kept) < 60
+        for path in kept:
+            assert path.read_bytes() == synth_study.by_sop(path.stem).path.read_bytes()
+        assert temp_files(mount) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_permission_denied_gives_one_line(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    blocked = out / synth_study.study_uid
+    blocked.mkdir(parents=True)
+    blocked.chmod(0o555)
+    # Root ignores permissions: drop the capabilities that let it (util-linux's setpriv).
+    prefix = (
+        ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner")
+        if os.geteuid() == 0
+        else ()
+    )
+
+    result = run_subprocess(
+        ["download", synth_study.study_uid, "--url", url, "-o", str(out)], prefix=prefix
+    )
+
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors and "Permission denied" in errors[0]
+
+
+def test_kill_at_a_random_moment_then_rerun_gives_the_whole_study(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(series=4, instances=250, size=16 * 1024, seed=13))
+    url = embedded_server(source, latency=0.002)
+    out = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "dlstudy",
+        "download",
+        instances[0].study_uid,
+        "--url",
+        url,
+        "-o",
+        str(out),
+        "-q",
+    ]
+    process = subprocess.Popen(args)
+    deadline = time.monotonic() + 30
+    while not any(out.rglob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 1.0))
+    process.kill()
+    process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+
+    rerun = subprocess.run(
+        [*args[:-1], "--json"], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert_complete(out, instances)
+
+
+def test_verify_finds_a_corrupted_file_and_fetches_it_again(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    status, _, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0
+    victim = synth_study.instances[5]
+    target = final_path(tmp_path, victim)
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF  # same size, one byte flipped: only a hash can tell
+    target.write_bytes(bytes(data))
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0 and summary["instances"]["downloaded"] == 0  # size matches: trusted
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--verify")
+    assert status == 0
+    assert summary["repaired"] == [victim.sop_uid]
+    assert summary["instances"]["downloaded"] == 1
+    assert target.read_bytes() == victim.path.read_bytes()
+
+
+def test_second_run_on_the_same_output_is_refused_or_waits(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    slow = embedded_server(synth_study.root, latency=0.05)
+    args = ["download", synth_study.study_uid, "--url", slow, "-o", str(tmp_path), "-q", "-c", "1"]
+    first = subprocess.Popen([sys.executable, "-m", "dlstudy", *args])
+    try:
+        deadline = time.monotonic() + 30
+        while not any(tmp_path.rglob("*.dcm")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = run_subprocess(args)
+        assert second.returncode == 5
+        assert "is in use by another dlstudy run (pid" in second.stderr
+        waiting = run_subprocess([*args, "--wait", "--json"])
+        assert waiting.returncode == 0, waiting.stderr
+        assert first.wait(timeout=60) == 0
+    finally:
+        first.kill()
+        first.wait()
