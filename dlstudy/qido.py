@@ -20,10 +20,10 @@ from .errors import HttpStatusError, NothingMatchedError, ServerError, TransferE
 from .media import DICOM_JSON
 from .pool import first_error
 from .retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
-from .watchdog import watchdog
 from .store import InstanceRef
 from .transport import Transport, check_auth
 from .urls import redact_url, series_url, study_url
+from .watchdog import watchdog
 
 log = logging.getLogger(__name__)
 
