@@ -22,11 +22,13 @@ import h2.exceptions
 import httpcore
 import httpx
 
+from . import httptuning
 from .errors import AuthError, ConnectError, DlstudyError, TransferError
 from .settings import Settings
 from .urls import redact_url, split_base_url
 
 log = logging.getLogger(__name__)
+httptuning.apply()
 
 # Errors that mean "the bytes on the wire were not what the protocol allows": a truncated body,
 # a reset stream, a GOAWAY, or an h2c preface sent to an HTTP/1.1-only server. h2 and httpcore

@@ -10,9 +10,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.tag import Tag
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
 
 from .errors import IntegrityError
 
@@ -22,7 +22,12 @@ HEADER_PREFIX_LENGTH = PREAMBLE_LENGTH + len(MAGIC)
 
 log = logging.getLogger(__name__)
 
-_TAGS = [Tag(0x0020, 0x000D), Tag(0x0020, 0x000E), Tag(0x0008, 0x0018)]
+_TAGS: list[BaseTag | int] = [Tag(0x0020, 0x000D), Tag(0x0020, 0x000E), Tag(0x0008, 0x0018)]
+_LAST_TAG = 0x0020000E  # Series Instance UID, the last of the three
+
+
+def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) > _LAST_TAG
 
 
 def check_prefix(prefix: bytes, *, sop_uid: str) -> None:
@@ -81,8 +86,10 @@ def read_header(path: Path, *, label: str) -> HeaderInfo:
         has_magic = prefix[PREAMBLE_LENGTH:] == MAGIC
         fp.seek(0)
         try:
-            dataset = pydicom.dcmread(
-                fp, stop_before_pixels=True, specific_tags=_TAGS, force=not has_magic
+            # The three UIDs live in groups 0008 and 0020: stop parsing right after them
+            # instead of walking every element up to the pixel data.
+            dataset = read_partial(
+                fp, stop_when=_past_series_uid, specific_tags=_TAGS, force=not has_magic
             )
         except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
             raise IntegrityError(
