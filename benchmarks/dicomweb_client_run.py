@@ -35,6 +35,7 @@ SOP, SERIES = "00080018", "0020000E"
 
 def make_client(url: str, ca_bundle: str | None) -> DICOMwebClient:
     session = requests.Session()
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE in the environment beats `verify`
     if ca_bundle:
         session.verify = ca_bundle
     return DICOMwebClient(url, session=session)

@@ -269,6 +269,7 @@ def nginx_conf(
     ds = r"(?<ds>[A-Za-z0-9_-]+)"
     uid = r"[0-9.]+"
     dicom_json = "types { } default_type application/dicom+json;"
+    series = rf"/{ds}/dicomweb/studies/(?<st>{uid})/series/(?<se>{uid})"
     locations = f"""
         # QIDO-RS: fixed JSON files (query strings are ignored, as by any static server)
         location ~ ^/{ds}/dicomweb/studies$ {{
@@ -280,7 +281,7 @@ def nginx_conf(
         location ~ ^/{ds}/dicomweb/studies/(?<st>{uid})/instances$ {{
             {dicom_json} alias {d}/$ds/www/qido/$st/instances.json;
         }}
-        location ~ ^/{ds}/dicomweb/studies/(?<st>{uid})/series/(?<se>{uid})/instances$ {{
+        location ~ ^{series}/instances$ {{
             {dicom_json} alias {d}/$ds/www/qido/$st/$se/instances.json;
         }}
         # WADO-RS study: multipart/related with every instance
@@ -289,7 +290,7 @@ def nginx_conf(
             alias {d}/$ds/www/mp-study/$st.mp;
         }}
         # WADO-RS instance: single-part (the stored file), multipart if Accept asks for it
-        location ~ ^/{ds}/dicomweb/studies/(?<st>{uid})/series/(?<se>{uid})/instances/(?<sop>{uid})$ {{
+        location ~ ^{series}/instances/(?<sop>{uid})$ {{
             if ($http_accept ~* "multipart") {{
                 rewrite ^ /_multipart/$ds/$st/$se/$sop last;
             }}

@@ -18,8 +18,9 @@ QIDO phase uses at most that many too, and a gauge around every request proves i
 (`max_in_flight`). There are no retries: a benchmark reports what the server does.
 
 Bytes are counted and dropped unless `keep` names a folder: then each instance is written raw
-to `keep/<SOPInstanceUID>.dcm` (temp file, atomic rename). A strategy the server refuses
-(400/406/415 for every form of the request, e.g. Orthanc's 400 on single-part) makes its cells
+to `keep/<SOPInstanceUID>.dcm` (temp file, atomic rename). A strategy the server refuses on its
+first request (400/406/415 for every form of the Accept header, e.g. Orthanc's 400 on
+single-part; 404/405/501, e.g. a static server without series URLs) makes its cells
 "unsupported (HTTP 400)"; an HTTP version the server does not speak makes its cells
 "unsupported (no HTTP/2: ...)". Neither is an error.
 """
@@ -76,6 +77,9 @@ QIDO_RETRIES = 2
 QIDO_RETRY_BUDGET = 30.0
 
 CellDone = Callable[[CellResult, int, int], None]
+# Answers to a strategy's first request that mean "not served this way": every form refused
+# (400/406/415), or no such resource at all (404/405/501: a static server has no series URLs).
+UNSUPPORTED_STATUS = NEGOTIABLE_STATUS | {404, 405, 501}
 
 
 @dataclass(frozen=True)
@@ -296,12 +300,15 @@ class _Bench:
             except (ServerError, TransferError) as exc:
                 errors.append(exc)
                 name = "HTTP/2" if http == "2" else "HTTP/1.1"
-                self.unsupported[("*", http)] = f"unsupported (no {name}: {exc})"
+                self.unsupported[("*", http)] = f"unsupported (no {name})"
+                log.info("%s probe failed: %s", name, exc)
+                self.report.notes.append(f"{name}: {exc}")
                 continue
             finally:
                 await transport.aclose()
             if http == "2" and answered != "HTTP/2":
-                self.unsupported[("*", http)] = f"unsupported (no HTTP/2: answered {answered})"
+                self.unsupported[("*", http)] = "unsupported (no HTTP/2)"
+                self.report.notes.append(f"HTTP/2: asked for it, the server answered {answered}")
         if len(errors) == len(self.plan.http):
             first = errors[0]
             if isinstance(first, ServerError):
@@ -359,7 +366,7 @@ class _Bench:
             try:
                 await negotiator.run(attempt)
             except HttpStatusError as exc:
-                if exc.status_code in NEGOTIABLE_STATUS and not negotiator.settled:
+                if exc.status_code in UNSUPPORTED_STATUS and not negotiator.settled:
                     raise _Unsupported(f"unsupported (HTTP {exc.status_code})") from exc
                 run.result.fail(f"{what}: {exc}")
             except TransferError as exc:

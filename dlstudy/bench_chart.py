@@ -90,7 +90,7 @@ def render_svg(report: BenchReport) -> str:
     series: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
         series.setdefault((row.strategy, row.http), []).append(row)
-    legend_rows = math.ceil(len(series) / 2)
+    legend_rows = len({strategy for strategy, _ in series})
     height = LEGEND_TOP + legend_rows * LEGEND_ROW + 20
     date = report.started.strftime("%Y-%m-%d %H:%M UTC")
     measured = report.instances_measured
@@ -162,9 +162,9 @@ def _panel(
         colour = COLOURS.get(strategy, "#555")
         dash = ' stroke-dasharray="6 4"' if http == "2" else ""
         points = [
-            (x_of(row.concurrency, offset), value)
+            (x_of(row.concurrency, offset), measured)
             for row in rows
-            if (value := metric(row)) is not None
+            if (measured := metric(row)) is not None
         ]
         out.append(
             f'<g class="series" data-strategy={quoteattr(strategy)} data-http={quoteattr(http)}>'
@@ -195,10 +195,13 @@ def _marker(x: float, y: float, colour: str, http: str) -> str:
 
 
 def _legend(series: dict[tuple[str, str], list[Row]]) -> list[str]:
+    """One line per strategy, one column per HTTP version."""
+    strategies = list(dict.fromkeys(strategy for strategy, _ in series))
+    versions = list(dict.fromkeys(http for _, http in series))
     out = ['<g class="legend">']
-    for index, ((strategy, http), rows) in enumerate(series.items()):
-        x = PANELS_X[0][0] + (index % 2) * 460
-        y = LEGEND_TOP + (index // 2) * LEGEND_ROW
+    for (strategy, http), rows in series.items():
+        x = PANELS_X[0][0] + versions.index(http) * 460
+        y = LEGEND_TOP + strategies.index(strategy) * LEGEND_ROW
         colour = COLOURS.get(strategy, "#555")
         dash = ' stroke-dasharray="6 4"' if http == "2" else ""
         label = f"{strategy} · HTTP/{'2' if http == '2' else '1.1'}"
@@ -216,20 +219,42 @@ def _legend(series: dict[tuple[str, str], list[Row]]) -> list[str]:
     return out
 
 
+_TINY_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4">'
+    '<rect width="4" height="4"/></svg>'
+)
+_converter: list[str | None] = []  # memo of png_converter(): [] = not looked for yet
+
+
 def png_converter() -> str | None:
-    """The name of the SVG-to-PNG converter that would be used, or None."""
-    if shutil.which("rsvg-convert"):
-        return "rsvg-convert"
-    try:
-        importlib.import_module("cairosvg")
-    except ImportError:
-        pass
-    else:
-        return "cairosvg"
-    for name in ("magick", "convert"):
-        if shutil.which(name):
-            return name
-    return None
+    """The first SVG-to-PNG converter that really renders a tiny SVG, or None (memoised).
+
+    Tried, not just found: a `convert` on the PATH may be a stand-in without SVG support.
+    """
+    if not _converter:
+        _converter.append(next((name for name in _CONVERTERS if _works(name)), None))
+    return _converter[0]
+
+
+_CONVERTERS = ("rsvg-convert", "cairosvg", "magick", "convert")
+
+
+def _works(name: str) -> bool:
+    if name != "cairosvg" and shutil.which(name) is None:
+        return False
+    if name == "cairosvg":
+        try:
+            importlib.import_module("cairosvg")
+        except (ImportError, OSError):  # OSError: the module is there, libcairo is not
+            return False
+    with tempfile.TemporaryDirectory(prefix="dlstudy-chart-") as folder:
+        source, target = Path(folder) / "probe.svg", Path(folder) / "probe.png"
+        source.write_text(_TINY_SVG, encoding="utf-8")
+        try:
+            _render(name, source, target)
+        except (OSError, subprocess.SubprocessError, StorageError):
+            return False
+        return target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def check_chart_path(path: Path) -> None:
@@ -264,16 +289,20 @@ def write_chart(report: BenchReport, path: Path) -> None:
 
 def _to_png(source: Path, target: Path) -> None:
     converter = png_converter()
+    if converter is None:
+        raise UsageError("no SVG-to-PNG converter found (rsvg-convert, cairosvg, ImageMagick)")
+    _render(converter, source, target)
+
+
+def _render(converter: str, source: Path, target: Path) -> None:
     if converter == "cairosvg":
         cairosvg = importlib.import_module("cairosvg")
         cairosvg.svg2png(url=str(source), write_to=str(target))
         return
     if converter == "rsvg-convert":
         command = ["rsvg-convert", "--format", "png", "--output", str(target), str(source)]
-    elif converter is not None:
-        command = [converter, "-density", "96", str(source), str(target)]
     else:
-        raise UsageError("no SVG-to-PNG converter found (rsvg-convert, cairosvg, ImageMagick)")
+        command = [converter, "-density", "96", str(source), str(target)]
     done = subprocess.run(command, capture_output=True, check=False, timeout=120)
     if done.returncode != 0 or not target.exists():
         detail = done.stderr.decode("utf-8", "replace").strip().splitlines()

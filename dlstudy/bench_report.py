@@ -198,6 +198,7 @@ class BenchReport:
     instances_in_study: int | None = None
     seconds: float = 0.0
     results: list[CellResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. why an HTTP version is unsupported
     error: str | None = None
 
     @property
@@ -256,6 +257,7 @@ class BenchReport:
             "keep": self.keep,
             "qido_ms": {**self.qido_ms(), "requests": self.qido_requests},
             "rows": [row.as_dict() for row in self.rows()],
+            "notes": self.notes,
             "error": self.error,
             "exit_status": int(self.exit_status),
         }

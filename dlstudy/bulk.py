@@ -12,7 +12,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 
-from .errors import IntegrityError, TransferError
+from .errors import HttpStatusError, IntegrityError, TransferError
 from .fetch import ByteCounter, Committed, status_error
 from .multipart import PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
@@ -35,6 +35,7 @@ class BulkFetcher:
         self.store = store
         self.negotiator = negotiator
         self.window = window
+        self.unsupported: str | None = None  # why the server will not do bulk retrieval
 
     async def fetch(
         self,
@@ -50,10 +51,17 @@ class BulkFetcher:
         """
         wanted = {ref.sop_uid: ref for ref in refs}
         committed: set[str] = set()
+        if self.unsupported is not None:
+            return committed
         try:
             await self.negotiator.run(
                 lambda form: self._fetch_once(url, form, wanted, committed, on_bytes, on_done)
             )
+        except HttpStatusError as exc:
+            if not exc.retryable:
+                # A definitive no (static servers answer 403/404 for series URLs): stop asking.
+                self.unsupported = str(exc)
+            log.warning("bulk retrieval refused: %s", exc)
         except TransferError as exc:
             log.warning("bulk retrieval stopped after %d parts: %s", len(committed), exc)
         return committed
@@ -70,8 +78,11 @@ class BulkFetcher:
         headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
         with watchdog(self.window, "bulk retrieval") as progress:
             async with self.transport.stream(url, headers) as response:
-                check_auth(response)
+                if response.status_code == 401:
+                    check_auth(response)  # the credentials are wrong for every request
                 if response.status_code != 200:
+                    # 403 here may be a policy on series/study retrieval, not on us:
+                    # per-instance retrieval is tried before anything is called fatal.
                     raise status_error(response, "bulk retrieval")
                 sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
                 try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 
+from . import strategy
 from .auth import RefreshingBearerAuth, TokenCommand
 from .bulk import BulkFetcher
 from .errors import (
@@ -197,7 +198,7 @@ async def _run(
         summary.bytes += committed.size
         progress.instance_done(ref, committed.size)
 
-    async def one_instance(ref: InstanceRef) -> None:
+    async def one_instance(ref: InstanceRef) -> Committed | None:
         try:
             committed = await fetcher.fetch(ref, progress.advance)
         except TransferError as exc:
@@ -206,23 +207,76 @@ async def _run(
                 Failure(ref.study_uid, ref.series_uid, ref.sop_uid, str(exc), status)
             )
             progress.instance_failed(ref, str(exc))
-            return
+            return None
         done(ref, committed)
+        return committed
+
+    async def pool_worker(ref: InstanceRef) -> None:
+        await one_instance(ref)
+
+    def bulk_fetcher() -> BulkFetcher:
+        return BulkFetcher(
+            transport,
+            store,
+            Negotiator(
+                candidates(settings.transfer_syntax or None, single_part=False),
+                remember_refusal=True,
+            ),
+            window=settings.timeout,
+        )
 
     todo = work.todo
     with first_error():
         if settings.mode in ("series", "study") and todo:
-            bulk = BulkFetcher(
-                transport,
-                store,
-                Negotiator(candidates(settings.transfer_syntax or None, single_part=False)),
-                window=settings.timeout,
-            )
+            bulk = bulk_fetcher()
             summary.retrieval = bulk.negotiator  # what the bulk responses were asked as
             todo = await _fetch_in_bulk(todo, settings.mode, bulk, settings, progress, done)
+        elif settings.mode == "auto" and todo:
+            todo = await _auto(todo, one_instance, bulk_fetcher, settings, progress, done, summary)
         # A StorageError (disk full, permissions) escapes one_instance and stops every worker:
         # nothing else would succeed either; what was committed is kept.
-        await run_pool(todo, one_instance, settings.concurrency)
+        await run_pool(todo, pool_worker, settings.concurrency)
+
+
+async def _auto(
+    todo: list[InstanceRef],
+    one_instance: Callable[[InstanceRef], Awaitable[Committed | None]],
+    bulk_fetcher: Callable[[], BulkFetcher],
+    settings: Settings,
+    progress: ProgressSink,
+    done: Any,
+    summary: Summary,
+) -> list[InstanceRef]:
+    """Choose per study (strategy.py); fetch the series-mode studies; return the rest."""
+    by_study: dict[str, list[InstanceRef]] = {}
+    for ref in todo:
+        by_study.setdefault(ref.study_uid, []).append(ref)
+    per_instance: list[InstanceRef] = []
+    in_bulk: list[InstanceRef] = []
+    for study_uid, refs in by_study.items():
+        probe_size = None
+        if strategy.needs_probe(len(refs)):
+            committed = await one_instance(refs[0])
+            probe_size = committed.size if committed else None
+            refs = refs[1:]
+        choice = strategy.choose(study_uid, len(refs) + (probe_size is not None), probe_size)
+        summary.strategy.append(choice)
+        (in_bulk if choice.mode == "series" else per_instance).extend(refs)
+    if in_bulk:
+        bulk = bulk_fetcher()
+        per_instance += await _fetch_in_bulk(in_bulk, "series", bulk, settings, progress, done)
+        if bulk.unsupported is not None:
+            summary.strategy = [
+                strategy.Choice(
+                    c.study_uid,
+                    "instance",
+                    f"{c.why}; but the server refused it ({bulk.unsupported}): per instance",
+                )
+                if c.mode == "series"
+                else c
+                for c in summary.strategy
+            ]
+    return per_instance
 
 
 async def _fetch_in_bulk(

@@ -59,13 +59,19 @@ def candidates(transfer_syntax: str | None, *, single_part: bool) -> list[Retrie
 
 
 class Negotiator:
-    def __init__(self, forms: list[Retrieval]) -> None:
+    """`remember_refusal`: once every form was refused, refuse at once from then on. Right for
+    series/study retrieval (the server does not do it); wrong per instance, where one bad
+    instance could be refused in every form while the others are fine."""
+
+    def __init__(self, forms: list[Retrieval], *, remember_refusal: bool = False) -> None:
         self._forms = forms
+        self._remember_refusal = remember_refusal
         self._index = 0
         self.settled = len(forms) == 1
         self._lock = anyio.Lock()
         self.rejected: list[str] = []
         self.warnings: list[str] = []
+        self._refusal: HttpStatusError | None = None  # every form refused: the server's answer
 
     @property
     def current(self) -> Retrieval:
@@ -73,6 +79,8 @@ class Negotiator:
 
     async def run(self, attempt: Callable[[Retrieval], Awaitable[T]]) -> T:
         """Run `attempt` with the settled form, or find that form with this attempt."""
+        if self._refusal is not None:
+            raise self._refusal  # the server refused every form already: don't ask again
         if not self.settled:
             async with self._lock:
                 if not self.settled:
@@ -85,11 +93,15 @@ class Negotiator:
             try:
                 result = await attempt(form)
             except HttpStatusError as exc:
-                if exc.status_code in NEGOTIABLE_STATUS and self._index + 1 < len(self._forms):
-                    self.rejected.append(f"{form.accept} -> HTTP {exc.status_code}")
-                    log.info("server refused %s (HTTP %d)", form.accept, exc.status_code)
+                if exc.status_code not in NEGOTIABLE_STATUS:
+                    raise
+                self.rejected.append(f"{form.accept} -> HTTP {exc.status_code}")
+                log.info("server refused %s (HTTP %d)", form.accept, exc.status_code)
+                if self._index + 1 < len(self._forms):
                     self._index += 1
                     continue
+                if self._remember_refusal:
+                    self._refusal = exc
                 raise
             self.settled = True
             wanted = self._forms[0].transfer_syntax

@@ -41,6 +41,7 @@ class Summary:
     retrieval: Any = None  # a Negotiator: what the server accepted (has .as_dict())
     throttle: Any = None  # a Throttle: how often the server asked us to slow down
     repaired: list[str] = field(default_factory=list)  # files found bad on disk, fetched again
+    strategy: list[Any] = field(default_factory=list)  # strategy.Choice per study (--mode auto)
     failures: list[Failure] = field(default_factory=list)
     error: str | None = None
     exit_status: ExitStatus = ExitStatus.OK
@@ -79,6 +80,7 @@ class Summary:
             "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
             "throttled": self.throttle.signals if self.throttle is not None else 0,
             "repaired": self.repaired,
+            "strategy": [choice.as_dict() for choice in self.strategy],
             "failures": [f.as_dict() for f in self.failures],
             "error": self.error,
             "exit_status": int(self.exit_status),

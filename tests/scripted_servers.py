@@ -107,3 +107,31 @@ def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
         yield f"http://127.0.0.1:{first.server_address[1]}/dicomweb", STUDY, seen
     finally:
         _stop((first, other), threads)
+
+
+@contextmanager
+def static_like(count: int) -> Iterator[tuple[str, str, list[str]]]:
+    """Like a static DICOMweb tree: single-part instances only; a series URL is a 403 folder."""
+    sops = [f"{SERIES}.{i}" for i in range(1, count + 1)]
+
+    class Static(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                body = json.dumps([series_json(SERIES, count=count)]).encode()
+                self.reply(200, body, "application/dicom+json")
+            elif path.endswith("/instances"):
+                body = json.dumps([instance_json(s) for s in sops]).encode()
+                self.reply(200, body, "application/dicom+json")
+            elif "/instances/" in path:
+                sop = path.rsplit("/", 1)[1]
+                self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+            else:
+                self.reply(403, b"<html>Forbidden</html>", "text/html")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Static)
+    threads = _serve(server)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, sops
+    finally:
+        _stop((server,), threads)

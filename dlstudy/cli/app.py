@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import demo_cmd, download_cmd, query_cmd, server_cmds, sync_cmd
+from . import bench_cmd, demo_cmd, download_cmd, query_cmd, server_cmds, sync_cmd
 
 app = typer.Typer(
     name="dlstudy",
@@ -18,6 +18,7 @@ query_cmd.register(app)
 sync_cmd.register(app)
 server_cmds.register(app)
 demo_cmd.register(app)
+bench_cmd.register(app)
 
 
 def main() -> None:

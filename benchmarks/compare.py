@@ -1,0 +1,912 @@
+"""dlstudy against curl --parallel and dicomweb-client, same data, same nginx, one run.
+
+    bash benchmarks/run.sh            # full run (~25 min on 2 cores), 3 repeats, medians
+    bash benchmarks/run.sh --quick    # small datasets, 1 repeat (~2 min): a smoke test
+    benchmarks/.venv/bin/python benchmarks/compare.py --help
+
+What runs
+  * Data: `dlstudy synth` presets `ct` (1,000 x 512 KiB), `many` (2,000 x 16 KiB), `wsi` (one
+    1.5 GiB instance), built once under --data-dir with the static DICOMweb answers beside them
+    (benchmarks/static_tree.py: QIDO JSON files, prebuilt multipart/related bodies).
+  * Server: Debian's nginx, configured and started here (prefix, config, pid and logs in a temp
+    folder), serving that tree over HTTP/1.1, h2c (prior knowledge) and TLS with h2 by ALPN (a
+    throwaway CA from the openssl CLI, given to every client). Static files with sendfile and an
+    open-file cache, so the server is cheap; its CPU seconds are measured for every run.
+  * RTT: 0 ms is loopback; 20 ms goes through benchmarks/delayline.py, a TCP proxy that forwards
+    every chunk at arrival + 10 ms in each direction without limiting throughput.
+  * Clients, each a fresh process, writing every instance to disk:
+      curl --parallel        Debian's curl, --parallel-max C, a -K list of url/output pairs (the
+                             URL list comes from the manifest: curl does no QIDO).
+      dlstudy                `python -m dlstudy download STUDY --url ... -c C --http 1.1|2 --json`.
+      dicomweb-client study  `retrieve_study()`, then `save_as()` per dataset.
+      dicomweb-client inst.  `search_for_instances()` + `retrieve_instance()`, sequential.
+      dicomweb-client x16    the same from 16 threads (an extra; the library has no concurrency).
+  * Matrix: ct and many x {HTTP/1.1, h2c, TLS h2} x {0, 20 ms} for curl and dlstudy; dicomweb-client
+    only at 0 ms, on HTTP/1.1 and TLS (requests speaks HTTP/1.1 only, so over TLS it gets
+    HTTP/1.1 by ALPN); wsi only at 0 ms over HTTP/1.1 and TLS h2, curl and dlstudy. What is left
+    out and why is printed and saved.
+
+How it is measured
+  Every client is started with Popen and reaped with os.wait4(pid): wall time from just before
+  the start to the reap (interpreter start-up included, for every client alike), CPU = ru_utime +
+  ru_stime, peak RSS = ru_maxrss of exactly that process. Server and proxy CPU are the deltas of
+  /proc/PID/stat over the run. After each run the output is compared with the source: SHA-256 of
+  every file (and, for a file that differs, SOP Instance UID + pixel data, reported as
+  re-encoded); then the output folder is deleted and the page cache's dirty data synced. Repeats
+  run interleaved (client A, B, C, A, B, C, ...); the table shows medians. MB = 10^6 bytes; MB/s
+  and instances/s use the instances' bytes and the process wall time.
+
+Writes benchmarks/results/compare.json (every run, medians, target ratios, machine) and
+benchmarks/results/compare.md (the tables), and on a full run updates the results section of
+benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import static_tree
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS_DIR = HERE / "results"
+README = HERE / "README.md"
+HOST = "127.0.0.1"
+TRANSPORTS = ("h1", "h2c", "tls")
+TRANSPORT_LABEL = {"h1": "HTTP/1.1", "h2c": "h2c", "tls": "TLS h2"}
+CLIENTS = ("curl", "dlstudy", "dwc-study", "dwc-instance", "dwc-threads")
+CLIENT_LABEL = {
+    "curl": "curl --parallel",
+    "dlstudy": "dlstudy",
+    "dwc-study": "dicomweb-client retrieve_study",
+    "dwc-instance": "dicomweb-client retrieve_instance",
+    "dwc-threads": "dicomweb-client retrieve_instance x16 threads",
+}
+DWC_MODE = {"dwc-study": "study", "dwc-instance": "instance", "dwc-threads": "threads"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """One (dataset, transport, RTT) with the clients that run on it, interleaved."""
+
+    dataset: str
+    transport: str
+    rtt_ms: int
+    clients: tuple[str, ...]
+
+
+def make_plan(args: argparse.Namespace) -> tuple[list[Group], list[str]]:
+    groups: list[Group] = []
+    for ds in args.datasets:
+        for rtt in (0, args.rtt_ms):
+            for tr in TRANSPORTS:
+                if ds == "wsi" and (rtt or tr == "h2c"):
+                    continue
+                clients = ["curl", "dlstudy"]
+                if ds != "wsi" and rtt == 0 and tr != "h2c":
+                    clients += ["dwc-study", "dwc-instance", "dwc-threads"]
+                chosen = tuple(c for c in clients if c in args.clients)
+                if chosen and tr in args.transports:
+                    groups.append(Group(ds, tr, rtt, chosen))
+    notes = [
+        f"dicomweb-client runs at 0 ms only: sequential per-instance retrieval pays one RTT per "
+        f"instance (1,000-2,000 x {args.rtt_ms} ms), which adds nothing but minutes.",
+        "dicomweb-client has no h2c row: requests speaks HTTP/1.1 only; its 'TLS h2' rows are "
+        "HTTP/1.1 over TLS (ALPN), the same nginx port.",
+        "wsi runs at 0 ms over HTTP/1.1 and TLS h2 only (one instance: RTT adds one round trip; "
+        "h2c shows nothing TLS h2 does not), and without dicomweb-client (retrieve_study holds the "
+        "1.5 GiB instance in memory several times over).",
+        "curl gets the instance URLs from the manifest (no QIDO); dlstudy and dicomweb-client "
+        "query QIDO first (2-3 small requests).",
+        "Debian 12's curl 7.88 does not reuse h2c (prior-knowledge) connections with --parallel; "
+        "its h2c rows show that (see 'connections' in the JSON).",
+    ]
+    return groups, notes
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def stop_process(proc: subprocess.Popen[bytes], first_signal: int, name: str) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(first_signal)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        log(f"{name} did not stop in 15 s: killing it")
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+class Nginx:
+    """nginx -p PREFIX -c CONF -g 'daemon off;' as our child; stop() in a finally."""
+
+    def __init__(self, prefix: Path, conf: Path, ports: dict[str, int]) -> None:
+        test = subprocess.run(
+            ["nginx", "-t", "-p", str(prefix), "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if test.returncode != 0:
+            raise SystemExit(f"nginx -t failed:\n{test.stderr}")
+        self.log = (prefix / "logs" / "nginx.out").open("wb")
+        self.proc = subprocess.Popen(
+            ["nginx", "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while not all(accepts(p) for p in ports.values()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"nginx did not start; see {prefix / 'logs'}")
+            time.sleep(0.05)
+        self.pids = [self.proc.pid, *children_of(self.proc.pid)]
+
+    def stop(self) -> None:
+        stop_process(self.proc, 3, "nginx")  # SIGQUIT: graceful shutdown
+        self.log.close()
+
+
+class DelayLine:
+    """benchmarks/delayline.py in its own process; stop() in a finally."""
+
+    def __init__(self, pairs: dict[int, int], delay_ms: float, log_path: Path) -> None:
+        self.log = log_path.open("wb")
+        cmd = [sys.executable, str(HERE / "delayline.py"), "--delay-ms", str(delay_ms)]
+        cmd += [f"{listen}:{target}" for listen, target in pairs.items()]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 15)
+        line = self.proc.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            self.stop()
+            raise SystemExit(f"the delay-line proxy did not start; see {log_path}")
+        self.pids = [self.proc.pid]
+
+    def stop(self) -> None:
+        stop_process(self.proc, 15, "delay-line proxy")
+        self.log.close()
+
+
+@dataclass
+class Measured:
+    exit_code: int
+    wall: float
+    cpu: float
+    rss_mb: float
+    timed_out: bool
+    server_cpu: float
+    proxy_cpu: float
+
+
+def measure(
+    cmd: list[str],
+    env: dict[str, str],
+    stdout: Path,
+    stderr: Path,
+    timeout: float,
+    server_pids: list[int],
+    proxy_pids: list[int],
+) -> Measured:
+    """Run `cmd` to completion (killed after `timeout`), reaped by os.wait4 for its rusage."""
+    server0, proxy0 = cpu_seconds(server_pids), cpu_seconds(proxy_pids)
+    lock = threading.Lock()
+    state = {"done": False, "killed": False}
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+
+        def kill() -> None:
+            with lock:
+                if not state["done"]:
+                    state["killed"] = True
+                    os.kill(proc.pid, 9)
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            with lock:
+                state["done"] = True
+            timer.cancel()
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return Measured(
+        exit_code=proc.returncode,
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        rss_mb=usage.ru_maxrss * 1024 / 1e6,
+        timed_out=state["killed"],
+        server_cpu=cpu_seconds(server_pids) - server0,
+        proxy_cpu=cpu_seconds(proxy_pids) - proxy0,
+    )
+
+
+# -- checking what a client wrote ----------------------------------------------------------------
+
+
+def check_output(out: Path, manifest: dict[str, Any], allow_reencoded: bool) -> dict[str, Any]:
+    """Compare every expected file with the source: bytes, else (dicomweb-client) pixels."""
+    identical = reencoded = missing = differ = 0
+    expected = set()
+    for inst in manifest["instances"]:
+        expected.add(inst["rel"])
+        path = out / inst["rel"]
+        if not path.is_file():
+            missing += 1
+        elif path.stat().st_size == inst["size"] and (
+            static_tree.sha256_file(path) == inst["sha256"]
+        ):
+            identical += 1
+        elif allow_reencoded and same_pixels(path, inst):
+            reencoded += 1
+        else:
+            differ += 1
+    extra = sum(
+        1
+        for p in out.rglob("*.dcm")
+        if not any(part.startswith(".") for part in p.relative_to(out).parts)
+        and p.relative_to(out).as_posix() not in expected
+    )
+    if missing or differ or extra:
+        verdict = f"NO ({missing} missing, {differ} differ, {extra} extra)"
+    elif reencoded:
+        verdict = f"re-encoded, same pixels ({reencoded})"
+    else:
+        verdict = "yes"
+    return {
+        "verdict": verdict,
+        "identical": identical,
+        "reencoded": reencoded,
+        "missing": missing,
+        "differ": differ,
+        "extra": extra,
+    }
+
+
+def same_pixels(path: Path, inst: dict[str, Any]) -> bool:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        src = pydicom.dcmread(Path(inst["src_root"]) / inst["rel"])
+    except Exception:
+        return False
+    return bool(
+        str(ds.SOPInstanceUID) == inst["sop"] and ds.get("PixelData") == src.get("PixelData")
+    )
+
+
+# -- clients -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    args: argparse.Namespace
+    data_root: Path
+    work: Path
+    ca: Path
+    nginx_ports: dict[str, int]
+    proxy_ports: dict[str, int]
+    manifests: dict[str, dict[str, Any]]
+    env: dict[str, str]
+    server_pids: list[int] = field(default_factory=list)
+    proxy_pids: list[int] = field(default_factory=list)
+
+    def base_url(self, dataset: str, transport: str, rtt_ms: int) -> str:
+        port = (self.proxy_ports if rtt_ms else self.nginx_ports)[transport]
+        scheme = "https" if transport == "tls" else "http"
+        return f"{scheme}://{HOST}:{port}/{dataset}/dicomweb"
+
+
+def client_command(setup: Setup, group: Group, client: str, out: Path) -> list[str]:
+    manifest = setup.manifests[group.dataset]
+    url = setup.base_url(group.dataset, group.transport, group.rtt_ms)
+    c = str(setup.args.concurrency)
+    python = sys.executable
+    if client == "curl":
+        config = setup.work / "curl.cfg"
+        lines = []
+        for inst in manifest["instances"]:
+            study, series, sop = inst["study"], inst["series"], inst["sop"]
+            lines.append(f'url = "{url}/studies/{study}/series/{series}/instances/{sop}"')
+            lines.append(f'output = "{out / inst["rel"]}"')
+        config.write_text("\n".join(lines) + "\n")
+        flags = {
+            "h1": ["--http1.1"],
+            "h2c": ["--http2-prior-knowledge"],
+            "tls": ["--http2", "--cacert", str(setup.ca)],
+        }[group.transport]
+        return [
+            "curl",
+            "--parallel",
+            "--parallel-max",
+            c,
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--globoff",
+            "--create-dirs",
+            "--write-out",
+            "%{http_code} %{http_version} %{num_connects}\\n",
+            *flags,
+            "-K",
+            str(config),
+        ]
+    tls = ["--ca-bundle", str(setup.ca)] if group.transport == "tls" else []
+    if client == "dlstudy":
+        http = "1.1" if group.transport == "h1" else "2"
+        return [
+            *[python, "-m", "dlstudy", "download", *manifest["studies"], "--url", url],
+            *["-o", str(out), "--json", "-c", c, "--http", http, *tls],
+        ]
+    (study,) = manifest["studies"]
+    return [
+        python,
+        str(HERE / "dicomweb_client_run.py"),
+        "--url",
+        url,
+        "--study",
+        study,
+        "--out",
+        str(out),
+        "--mode",
+        DWC_MODE[client],
+        "--threads",
+        c,
+        *tls,
+    ]
+
+
+def client_report(client: str, stdout: Path, stderr: Path, group: Group) -> dict[str, Any]:
+    """What the client said about itself: dlstudy's JSON, curl's per-transfer write-out."""
+    text = stdout.read_text(errors="replace")
+    err = stderr.read_text(errors="replace").strip()
+    info: dict[str, Any] = {}
+    if err:
+        info["stderr_tail"] = err[-2000:]
+    if client == "curl":
+        codes: dict[str, int] = {}
+        versions: set[str] = set()
+        connects = 0
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                codes[parts[0]] = codes.get(parts[0], 0) + 1
+                versions.add(parts[1])
+                connects += int(parts[2]) if parts[2].isdigit() else 0
+        info.update(status_codes=codes, http_versions=sorted(versions), connections=connects)
+    elif client == "dlstudy":
+        try:
+            summary = json.loads(text)
+        except ValueError:
+            info["json_error"] = text[-500:]
+            return info
+        info.update(
+            {k: summary.get(k) for k in ("http_version", "seconds", "mb_per_s", "instances")}
+        )
+        info["retrieval_form"] = (summary.get("retrieval") or {}).get("form")
+        info["error"] = summary.get("error")
+        want = "HTTP/1.1" if group.transport == "h1" else "HTTP/2"
+        if summary.get("http_version") != want:
+            info["unexpected_http_version"] = f"wanted {want}, got {summary.get('http_version')}"
+    else:
+        try:
+            info.update(json.loads(text.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            pass
+    return info
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run_one(setup: Setup, group: Group, client: str, repeat: int) -> dict[str, Any]:
+    manifest = setup.manifests[group.dataset]
+    out = setup.work / "out"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    os.sync()
+    stdout, stderr = setup.work / "client.out", setup.work / "client.err"
+    cmd = client_command(setup, group, client, out)
+    m = measure(
+        cmd,
+        setup.env,
+        stdout,
+        stderr,
+        setup.args.timeout,
+        setup.server_pids,
+        setup.proxy_pids,
+    )
+    check = check_output(out, manifest, allow_reencoded=client.startswith("dwc"))
+    info = client_report(client, stdout, stderr, group)
+    shutil.rmtree(out)
+    gb = manifest["bytes"] / 1e9
+    n = len(manifest["instances"])
+    row = {
+        "dataset": group.dataset,
+        "transport": group.transport,
+        "rtt_ms": group.rtt_ms,
+        "client": client,
+        "repeat": repeat,
+        "exit_code": m.exit_code,
+        "timed_out": m.timed_out,
+        "wall_s": round(m.wall, 4),
+        "mb_per_s": round(manifest["bytes"] / 1e6 / m.wall, 2),
+        "instances_per_s": round(n / m.wall, 2),
+        "cpu_s": round(m.cpu, 3),
+        "cpu_s_per_gb": round(m.cpu / gb, 3),
+        "peak_rss_mb": round(m.rss_mb, 1),
+        "server_cpu_s": round(m.server_cpu, 3),
+        "proxy_cpu_s": round(m.proxy_cpu, 3),
+        "output": check,
+        "client_info": info,
+    }
+    ok = m.exit_code == 0 and not check["verdict"].startswith("NO")
+    row["ok"] = ok
+    status = "ok" if ok else f"FAILED exit {m.exit_code}"
+    log(
+        f"  {group.dataset:5} {TRANSPORT_LABEL[group.transport]:8} {group.rtt_ms:3} ms  "
+        f"{CLIENT_LABEL[client]:46} #{repeat}  {m.wall:7.2f} s  {row['mb_per_s']:8.1f} MB/s  "
+        f"{m.rss_mb:6.1f} MB  {check['verdict']}  {status}"
+    )
+    if not ok:
+        log("    command: " + " ".join(cmd[:12]) + (" ..." if len(cmd) > 12 else ""))
+        log("    " + (info.get("stderr_tail") or "")[-600:].replace("\n", "\n    "))
+    return row
+
+
+def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cells: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        cells.setdefault((r["dataset"], r["transport"], r["rtt_ms"], r["client"]), []).append(r)
+    rows = []
+    for (ds, tr, rtt, client), rs in cells.items():
+        verdicts = sorted({r["output"]["verdict"] for r in rs})
+        fails = sum(not r["ok"] for r in rs)
+        extra: dict[str, Any] = {}
+        if client == "curl":
+            extra["connections"] = statistics.median(
+                r["client_info"].get("connections", 0) for r in rs
+            )
+            versions = {v for r in rs for v in r["client_info"].get("http_versions", [])}
+            extra["http_versions"] = sorted(versions)
+        if client == "dlstudy":
+            own = [r["client_info"].get("seconds") for r in rs]
+            own_s = [s for s in own if isinstance(s, int | float)]
+            if own_s:
+                extra["dlstudy_own_seconds"] = round(statistics.median(own_s), 3)
+            extra["http_versions"] = sorted({str(r["client_info"].get("http_version")) for r in rs})
+        rows.append(
+            {
+                "dataset": ds,
+                "transport": tr,
+                "rtt_ms": rtt,
+                "client": client,
+                "runs": len(rs),
+                "failed_runs": fails,
+                **{
+                    key: round(statistics.median(r[key] for r in rs), 3)
+                    for key in (
+                        "wall_s",
+                        "mb_per_s",
+                        "instances_per_s",
+                        "cpu_s_per_gb",
+                        "peak_rss_mb",
+                        "server_cpu_s",
+                        "proxy_cpu_s",
+                    )
+                },
+                "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                "identical": verdicts[0] if len(verdicts) == 1 else " / ".join(verdicts),
+                **extra,
+            }
+        )
+    return rows
+
+
+def find(rows: list[dict[str, Any]], ds: str, tr: str, rtt: int, client: str) -> Any:
+    for r in rows:
+        if (r["dataset"], r["transport"], r["rtt_ms"], r["client"]) == (ds, tr, rtt, client):
+            return r if r["failed_runs"] < r["runs"] else None
+    return None
+
+
+def targets(rows: list[dict[str, Any]], rtt_ms: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def ratio(name: str, a: Any, b: Any, key: str, need: float) -> None:
+        if a is None or b is None:
+            out.append({"target": name, "value": None, "need": need, "result": "n/a"})
+            return
+        value = a[key] / b[key] if b[key] else float("inf")
+        out.append(
+            {
+                "target": name,
+                "value": round(value, 3),
+                "need": need,
+                "result": "PASS" if value >= need else "FAIL",
+            }
+        )
+
+    for rtt, need in ((0, 0.6), (rtt_ms, 0.9)):
+        ratio(
+            f"ct TLS h2 {rtt} ms: dlstudy / curl --parallel (MB/s)",
+            find(rows, "ct", "tls", rtt, "dlstudy"),
+            find(rows, "ct", "tls", rtt, "curl"),
+            "mb_per_s",
+            need,
+        )
+    for ds in ("ct", "many"):
+        for tr in ("h1", "tls"):
+            for dwc in ("dwc-study", "dwc-instance"):
+                ratio(
+                    f"{ds} {TRANSPORT_LABEL[tr]} 0 ms: dlstudy / {CLIENT_LABEL[dwc]} (MB/s)",
+                    find(rows, ds, tr, 0, "dlstudy"),
+                    find(rows, ds, tr, 0, dwc),
+                    "mb_per_s",
+                    4.0,
+                )
+    many = find(rows, "many", "tls", 0, "dlstudy")
+    out.append(
+        {
+            "target": "many TLS h2 0 ms: dlstudy instances/s",
+            "value": many["instances_per_s"] if many else None,
+            "need": 1000,
+            "result": "n/a"
+            if many is None
+            else ("PASS" if many["instances_per_s"] >= 1000 else "FAIL"),
+        }
+    )
+    for ds in ("ct", "wsi"):
+        peaks = [
+            r["max_peak_rss_mb"] for r in rows if r["dataset"] == ds and r["client"] == "dlstudy"
+        ]
+        worst = max(peaks) if peaks else None
+        out.append(
+            {
+                "target": f"{ds}: dlstudy peak RSS, worst run (MB, at most)",
+                "value": worst,
+                "need": 100,
+                "result": "n/a" if worst is None else ("PASS" if worst <= 100 else "FAIL"),
+            }
+        )
+    return out
+
+
+# -- reporting -----------------------------------------------------------------------------------
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| dataset | transport | RTT ms | client | wall s | MB/s | inst/s | CPU s/GB "
+        "| peak RSS MB | server CPU s | identical |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    order = {c: i for i, c in enumerate(CLIENTS)}
+    for r in sorted(
+        rows,
+        key=lambda r: (
+            list(static_tree.DATASETS).index(r["dataset"]),
+            r["rtt_ms"],
+            TRANSPORTS.index(r["transport"]),
+            order[r["client"]],
+        ),
+    ):
+        transport = TRANSPORT_LABEL[r["transport"]]
+        if r["client"].startswith("dwc") and r["transport"] == "tls":
+            transport = "TLS (h1.1)"
+        failed = f" ({r['failed_runs']}/{r['runs']} failed)" if r["failed_runs"] else ""
+        lines.append(
+            f"| {r['dataset']} | {transport} | {r['rtt_ms']} | {CLIENT_LABEL[r['client']]} "
+            f"| {r['wall_s']:.2f} | {r['mb_per_s']:.0f} | {r['instances_per_s']:.0f} "
+            f"| {r['cpu_s_per_gb']:.2f} | {r['peak_rss_mb']:.0f} | {r['server_cpu_s']:.2f} "
+            f"| {r['identical']}{failed} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target | value | need | result |", "|---|---|---|---|"]
+    for t in rows:
+        cmp = "≤" if "RSS" in t["target"] else "≥"
+        lines.append(f"| {t['target']} | {t['value']} | {cmp} {t['need']} | {t['result']} |")
+    return "\n".join(lines)
+
+
+def command_version(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        return f"unavailable ({exc})"
+    return (p.stdout or p.stderr).strip().splitlines()[0]
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
+    mem = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    versions = {}
+    for dist in ("dlstudy", "httpx", "httpcore", "h2", "anyio", "dicomweb-client", "requests"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    git = ["git", "-C", str(REPO)]
+    dirty = command_version([*git, "status", "--porcelain", "--", "dlstudy"])
+    return {
+        "cpu_model": model.group(1).strip() if model else platform.processor(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "memory_gb": round(int(mem.group(1)) / 1e6, 1) if mem else None,
+        "kernel": platform.release(),
+        "os": command_version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "nginx": command_version(["nginx", "-v"]),
+        "curl": command_version(["curl", "--version"]),
+        "openssl": command_version(["openssl", "version"]),
+        "python": platform.python_version(),
+        "packages": versions,
+        "dlstudy_commit": command_version([*git, "rev-parse", "HEAD"]),
+        "dlstudy_worktree_dirty": bool(dirty and not dirty.startswith("unavailable")),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def update_readme(markdown: str) -> None:
+    begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
+    if not README.exists():
+        return
+    text = README.read_text()
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        README.write_text(f"{head}{begin}\n{markdown}\n{end}{tail}")
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def client_env(config_home: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and not k.startswith("DLSTUDY_")
+    }
+    env["XDG_CONFIG_HOME"] = str(config_home)  # no user config file for dlstudy
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    parser.add_argument("--quick", action="store_true", help="small datasets, 1 repeat")
+    parser.add_argument("--repeats", type=int, help="runs per cell (default 3; --quick 1)")
+    parser.add_argument("--datasets", default="ct,many,wsi", help="comma list")
+    parser.add_argument("--transports", default="h1,h2c,tls", help="comma list")
+    parser.add_argument("--clients", default=",".join(CLIENTS), help="comma list")
+    parser.add_argument("--rtt-ms", type=int, default=20, help="the non-zero RTT (ms)")
+    parser.add_argument("-c", "--concurrency", type=int, default=16, help="curl/dlstudy/threads")
+    parser.add_argument("--workers", default="auto", help="nginx worker_processes")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "dlstudy-compare",
+        help="datasets (kept between runs) and client output (default: %(default)s)",
+    )
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per client run")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="JSON output (default benchmarks/results/compare.json; --quick: compare-quick.json)",
+    )
+    args = parser.parse_args()
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    args.transports = [t for t in args.transports.split(",") if t]
+    args.clients = [c for c in args.clients.split(",") if c]
+    for name, allowed in (
+        ("datasets", static_tree.DATASETS),
+        ("transports", TRANSPORTS),
+        ("clients", CLIENTS),
+    ):
+        bad = [v for v in getattr(args, name) if v not in allowed]
+        if bad:
+            parser.error(f"unknown {name}: {', '.join(bad)} (choose from {', '.join(allowed)})")
+    if args.results is None:
+        args.results = RESULTS_DIR / ("compare-quick.json" if args.quick else "compare.json")
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if not 1 <= args.repeats <= 50:
+        parser.error("--repeats must be 1-50")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    for tool in ("nginx", "curl", "openssl"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: run benchmarks/run.sh (it installs it)")
+    started = time.monotonic()
+    groups, notes = make_plan(args)
+    info = machine()
+    log(f"machine: {info['cpu_model']}, {info['cpus']} CPUs, kernel {info['kernel']}")
+    log(f"{info['nginx']}; {info['curl']}")
+    dirty = info["dlstudy_worktree_dirty"]
+    log(f"dlstudy {info['dlstudy_commit'][:12]} (uncommitted changes in dlstudy/: {dirty})")
+
+    specs = static_tree.QUICK_DATASETS if args.quick else static_tree.DATASETS
+    data_root = args.data_dir / ("data-quick" if args.quick else "data")
+    manifests = {}
+    for ds in args.datasets:
+        manifests[ds] = static_tree.build_dataset(
+            data_root, ds, specs[ds], multipart=ds != "wsi", log=log
+        )
+        for inst in manifests[ds]["instances"]:
+            inst["src_root"] = str(data_root / ds / "src")
+        if len(manifests[ds]["studies"]) != 1:
+            raise SystemExit(f"dataset {ds}: expected one study")
+
+    runs: list[dict[str, Any]] = []
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.data_dir))
+    nginx: Nginx | None = None
+    proxy: DelayLine | None = None
+    try:
+        ca, cert, key = static_tree.make_certificates(work / "tls")
+        nginx_ports = {t: free_port() for t in TRANSPORTS}
+        proxy_ports = {t: free_port() for t in TRANSPORTS}
+        conf = static_tree.nginx_conf(
+            work / "nginx", data_root, nginx_ports, cert, key, args.workers
+        )
+        nginx = Nginx(work / "nginx", conf, nginx_ports)
+        log(f"nginx {nginx_ports} (workers: {args.workers}, pids {nginx.pids})")
+        if any(g.rtt_ms for g in groups):
+            pairs = {proxy_ports[t]: nginx_ports[t] for t in TRANSPORTS}
+            proxy = DelayLine(pairs, args.rtt_ms / 2, work / "delayline.log")
+            log(f"delay line {proxy_ports}: {args.rtt_ms / 2} ms each way")
+        (work / "config").mkdir()
+        setup = Setup(
+            args=args,
+            data_root=data_root,
+            work=work,
+            ca=ca,
+            nginx_ports=nginx_ports,
+            proxy_ports=proxy_ports,
+            manifests=manifests,
+            env=client_env(work / "config"),
+            server_pids=nginx.pids,
+            proxy_pids=proxy.pids if proxy else [],
+        )
+        for ds in args.datasets:  # page cache and nginx's open-file cache, not measured
+            for tr in ("h1", "tls"):
+                run_one(setup, Group(ds, tr, 0, ("curl",)), "curl", 0)
+        log(f"{len(groups)} groups x {args.repeats} repeats")
+        for group in groups:
+            for repeat in range(1, args.repeats + 1):
+                for client in group.clients:
+                    runs.append(run_one(setup, group, client, repeat))
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if nginx is not None:
+            nginx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = median_rows(runs)
+    goals = targets(rows, args.rtt_ms)
+    info["loadavg_at_end"] = os.getloadavg()
+    elapsed = time.monotonic() - started
+    md_rows, md_goals = table(rows), targets_table(goals)
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    summary = (
+        f"{'Quick run (small data, 1 repeat: not for conclusions)' if args.quick else 'Run'} "
+        f"of {when}, {args.repeats} repeat(s), medians; -c {args.concurrency}; "
+        f"nginx workers {args.workers}; {elapsed / 60:.1f} min.\n"
+        f"Machine: {info['cpu_model']}, {info['cpus']} CPUs, {info['memory_gb']} GB, "
+        f"kernel {info['kernel']}, {info['os']}; {info['nginx']}; "
+        f"{' '.join(info['curl'].split()[:2])}; {info['openssl']}; Python {info['python']}, "
+        f"httpx {info['packages']['httpx']}, dicomweb-client {info['packages']['dicomweb-client']}"
+        f"; dlstudy {info['dlstudy_commit'][:12]}"
+        f"{' + uncommitted changes' if info['dlstudy_worktree_dirty'] else ''}."
+    )
+    markdown = "\n\n".join([summary, md_rows, md_goals, "\n".join(f"- {n}" for n in notes)])
+    print("\n" + markdown, flush=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "when": when,
+        "quick": args.quick,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": info,
+        "datasets": {
+            ds: {
+                "synth_args": m["synth_args"],
+                "instances": len(m["instances"]),
+                "bytes": m["bytes"],
+            }
+            for ds, m in manifests.items()
+        },
+        "notes": notes,
+        "medians": rows,
+        "targets": goals,
+        "runs": runs,
+        "elapsed_s": round(elapsed, 1),
+    }
+    args.results.write_text(json.dumps(payload, indent=1) + "\n")
+    md_path = args.results.with_suffix(".md")
+    md_path.write_text(markdown + "\n")
+    if not args.quick:
+        update_readme(markdown)
+    log(f"\nwrote {args.results} and {md_path}")
+    return 0 if all(r["ok"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

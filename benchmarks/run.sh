@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The comparative benchmark in one command: dlstudy vs curl --parallel vs dicomweb-client on the
+# same data, served by nginx over HTTP/1.1, h2c and TLS h2, at 0 and 20 ms RTT.
+#
+#   bash benchmarks/run.sh            # full run, 3 repeats (~25 min on 2 cores)
+#   bash benchmarks/run.sh --quick    # small datasets, 1 repeat (~2 min)
+#
+# Installs what it needs: Debian's nginx and curl (apt, when missing; needs root or sudo) and a
+# virtual environment benchmarks/.venv with this checkout (editable) and dicomweb-client. Then
+# runs benchmarks/compare.py with the arguments given (see --help). Data and client output go to
+# /tmp/dlstudy-compare (--data-dir); results to benchmarks/results/compare.json and compare.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+if ((${#missing[@]})); then
+    sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo"
+    echo "installing ${missing[*]} (apt)" >&2
+    $sudo apt-get update -qq
+    # The package starts no service where invoke-rc.d/policy-rc.d forbid it (containers); on a
+    # full system it does, and compare.py runs its own nginx on free ports beside it anyway.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+venv=benchmarks/.venv
+if [[ ! -x $venv/bin/python ]]; then
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+fi
+# Editable: the benchmark always measures the working tree. Re-run each time (fast when satisfied).
+"$venv/bin/python" -m pip install --quiet -e . "dicomweb-client>=0.60"
+
+exec "$venv/bin/python" benchmarks/compare.py "$@"

@@ -1,0 +1,321 @@
+"""`dlstudy bench`: run the measurement matrix, print a table (or JSON), write a chart."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from ..bench import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, BenchPlan, CellDone, run_bench
+from ..bench_chart import check_chart_path, write_chart
+from ..bench_report import HTTP_VERSIONS, STRATEGIES, BenchReport, CellResult, Row
+from ..errors import DlstudyError, ExitStatus
+from ..settings import HttpVersion
+from .common import error_line, fail_usage, setup_logging
+from .configured import ConfigCommand, ConfigOpt, ServerOpt
+from .connection import DEFAULTS, build_settings
+from .download_cmd import (
+    CaBundleOpt,
+    CertOpt,
+    HeaderOpt,
+    InsecureOpt,
+    KeyOpt,
+    PasswordOpt,
+    TimeoutOpt,
+    TokenCommandOpt,
+    TokenOpt,
+    UrlOpt,
+    UserOpt,
+    VerboseOpt,
+    parse_headers,
+)
+
+# The matrix options have no DLSTUDY_* variable and their own parameter names: a
+# `concurrency = 16` meant for downloads (environment or config file) must not shrink the matrix.
+StudyUidArg = Annotated[
+    str, typer.Argument(help="Study Instance UID to fetch.", show_default=False)
+]
+StrategyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--strategy",
+        help=f"Retrieval strategy (repeatable): {', '.join(STRATEGIES)}. Default: all.",
+        show_default=False,
+    ),
+]
+LevelsOpt = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--concurrency",
+        "-c",
+        help="Requests in flight (repeatable). Default: "
+        + ", ".join(map(str, DEFAULT_CONCURRENCY))
+        + ".",
+        show_default=False,
+    ),
+]
+HttpVersionsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--http", help="HTTP version (repeatable): 1.1, 2. Default: both.", show_default=False
+    ),
+]
+RepeatOpt = Annotated[int, typer.Option("--repeat", help="Runs of every cell; median, min, max.")]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option("--limit", help="Only the first N instances of the study.", show_default=False),
+]
+BenchJsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ChartOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--chart", help="Write a chart of the results: PATH.svg or PATH.png.", show_default=False
+    ),
+]
+KeepOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--keep",
+        help="Write every instance to DIR/<sop>.dcm instead of discarding it.",
+        show_default=False,
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench", cls=ConfigCommand)
+    def bench_command(
+        study_uid: StudyUidArg,
+        url: UrlOpt = "",
+        strategies: StrategyOpt = None,
+        concurrency_levels: LevelsOpt = None,
+        http_versions: HttpVersionsOpt = None,
+        repeat: RepeatOpt = DEFAULT_REPEAT,
+        limit: LimitOpt = None,
+        json_output: BenchJsonOpt = False,
+        chart: ChartOpt = None,
+        keep: KeepOpt = None,
+        timeout: TimeoutOpt = DEFAULTS.timeout,
+        token: TokenOpt = None,
+        token_command: TokenCommandOpt = None,
+        user: UserOpt = None,
+        password: PasswordOpt = None,
+        header: HeaderOpt = None,
+        ca_bundle: CaBundleOpt = None,
+        cert: CertOpt = None,
+        key: KeyOpt = None,
+        insecure: InsecureOpt = False,
+        config: ConfigOpt = None,
+        server: ServerOpt = None,
+        verbose: VerboseOpt = False,
+    ) -> None:
+        """Measure a server: strategy x concurrency x HTTP version, repeated; table, JSON, chart."""
+        setup_logging(verbose, None)
+        settings = build_settings(
+            url=url,
+            http="auto",
+            insecure=insecure,
+            token=token,
+            token_command=token_command,
+            user=user,
+            password=password,
+            headers=parse_headers(header or []),
+            ca_bundle=ca_bundle,
+            cert=cert,
+            key=key,
+            timeout=timeout,
+        )
+        for http in http_versions or ():
+            if http not in HTTP_VERSIONS:
+                fail_usage(f"--http must be 1.1 or 2, got {http!r}")
+        versions: tuple[HttpVersion, ...] = tuple(
+            "2" if http == "2" else "1.1" for http in http_versions or HTTP_VERSIONS
+        )
+        plan = BenchPlan(
+            study_uid=study_uid,
+            strategies=tuple(strategies or STRATEGIES),
+            concurrency=tuple(concurrency_levels or DEFAULT_CONCURRENCY),
+            http=versions,
+            repeat=repeat,
+            limit=limit,
+            keep=keep,
+        )
+        report: BenchReport | None = None
+        try:
+            if chart is not None:
+                check_chart_path(chart)
+            with _progress(enabled=not json_output) as on_cell:
+                report = run_bench(settings, plan, on_cell)
+            if chart is not None:
+                write_chart(report, chart)
+        except DlstudyError as exc:
+            _print_report(getattr(exc, "report", None) or report, json_output, exc)
+            error_line(str(exc))
+            raise typer.Exit(int(exc.exit_status)) from exc
+        except KeyboardInterrupt as exc:
+            error_line("interrupted")
+            raise typer.Exit(int(ExitStatus.INTERRUPTED)) from exc
+        _print_report(report, json_output, None, chart=chart)
+        if chart is not None and not json_output:
+            typer.echo(f"dlstudy: chart written to {chart}", err=True)
+        raise typer.Exit(int(report.exit_status))
+
+
+def _print_report(
+    report: BenchReport | None,
+    json_output: bool,
+    error: DlstudyError | None,
+    *,
+    chart: Path | None = None,
+) -> None:
+    if report is None:
+        return
+    if json_output:
+        data: dict[str, Any] = report.as_dict()
+        data["chart"] = str(chart) if chart else None
+        if error is not None:
+            data["exit_status"] = int(error.exit_status)
+        typer.echo(json.dumps(data, indent=2))
+    elif report.results:
+        render(report, sys.stdout, rich=sys.stdout.isatty())
+
+
+@contextmanager
+def _progress(*, enabled: bool) -> Iterator[CellDone | None]:
+    """Per-cell progress on stderr: a live bar on a terminal, one line per run otherwise."""
+    if not enabled:
+        yield None
+        return
+    if not sys.stderr.isatty():
+
+        def line(result: CellResult, index: int, total: int) -> None:
+            typer.echo(f"dlstudy: bench {index}/{total}: {_describe(result)}", err=True)
+
+        yield line
+        return
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]bench"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(result: CellResult, index: int, total: int) -> None:
+            bar.update(task, completed=index, total=total, description=_describe(result))
+
+        yield update
+
+
+def _describe(result: CellResult) -> str:
+    cell = f"{result.strategy} c={result.concurrency} HTTP/{result.http} run {result.repeat + 1}"
+    if result.unsupported:
+        return f"{cell}: {result.unsupported}"
+    failed = f", {result.failures} failed" if result.failures else ""
+    return (
+        f"{cell}: {result.mb_per_s:.1f} MB/s, {result.instances} instances "
+        f"in {result.seconds:.2f} s{failed}"
+    )
+
+
+COLUMNS = (
+    "strategy",
+    "http",
+    "conc",
+    "MB/s",
+    "min-max",
+    "inst/s",
+    "TTFB p50",
+    "p90",
+    "p99 ms",
+    "QIDO p50 ms",
+    "status",
+)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _cells(row: Row) -> list[str]:
+    mb, inst, ttfb = row.mb_per_s(), row.instances_per_s(), row.ttfb_ms()
+    spread = "-" if mb["min"] is None else f"{mb['min']:.1f}-{mb['max']:.1f}"
+    return [
+        row.strategy,
+        row.http,
+        str(row.concurrency),
+        _ms(mb["median"]),
+        spread,
+        _ms(inst["median"]),
+        _ms(ttfb["p50"]),
+        _ms(ttfb["p90"]),
+        _ms(ttfb["p99"]),
+        _ms(row.qido_ms()["p50"]),
+        row.status,
+    ]
+
+
+def _heading(report: BenchReport) -> str:
+    measured = report.instances_measured
+    total = report.instances_in_study
+    count = f"{measured} of {total} instances" if measured != total else f"{total} instances"
+    runs = f"{report.repeat} run{'s' if report.repeat != 1 else ''} per cell"
+    return f"dlstudy bench: {report.url}, study {report.study_uid}, {count}, {runs}"
+
+
+def _footer(report: BenchReport) -> str:
+    qido = report.qido_ms()
+    return (
+        f"QIDO: {report.qido_requests} requests, p50 {_ms(qido['p50'])} ms, "
+        f"p90 {_ms(qido['p90'])} ms, p99 {_ms(qido['p99'])} ms; "
+        f"MB/s and inst/s: median over runs; TTFB: request sent to response headers"
+    ) + "".join(f"\nnote: {note}" for note in report.notes)
+
+
+def render(report: BenchReport, stream: IO[str], *, rich: bool) -> None:
+    """The results table: rich on a terminal, aligned plain text for pipes and logs."""
+    rows = [_cells(row) for row in report.rows()]
+    numeric = {"conc", "MB/s", "inst/s", "TTFB p50", "p90", "p99 ms", "QIDO p50 ms"}
+    if rich:
+        table = Table(
+            box=box.SIMPLE_HEAD,
+            header_style="bold",
+            title=_heading(report),
+            caption=_footer(report),
+        )
+        for title in COLUMNS:
+            table.add_column(title, justify="right" if title in numeric else "left", no_wrap=True)
+        for cells in rows:
+            style = "dim" if cells[-1].startswith("unsupported") else None
+            style = "red" if "failed" in cells[-1] else style
+            table.add_row(*cells, style=style)
+        Console(file=stream).print(table)
+        return
+    widths = [
+        max(len(title), *(len(cells[i]) for cells in rows)) for i, title in enumerate(COLUMNS)
+    ]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.rjust(width) if title in numeric else cell.ljust(width)
+            for cell, width, title in zip(cells, widths, COLUMNS, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    stream.write(_heading(report) + "\n\n")
+    stream.write(line(list(COLUMNS)) + "\n")
+    for cells in rows:
+        stream.write(line(cells) + "\n")
+    stream.write("\n" + _footer(report) + "\n")
