@@ -82,6 +82,7 @@ CLIENT_LABEL = {
 }
 DWC_MODE = {"dwc-study": "study", "dwc-instance": "instance", "dwc-threads": "threads"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TIME = "/usr/bin/time"  # GNU time (Debian package `time`), see measure()
 
 
 def log(message: str) -> None:
@@ -108,7 +109,7 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Group], list[str]]:
             for tr in TRANSPORTS:
                 if ds == "wsi" and (rtt or tr == "h2c"):
                     continue
-                clients = ["curl", "dlstudy"]
+                clients = ["dlstudy"] if tr == "h2c" else ["curl", "dlstudy"]
                 if ds != "wsi" and rtt == 0 and tr != "h2c":
                     clients += ["dwc-study", "dwc-instance", "dwc-threads"]
                 chosen = tuple(c for c in clients if c in args.clients)
@@ -124,8 +125,9 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Group], list[str]]:
         "1.5 GiB instance in memory several times over).",
         "curl gets the instance URLs from the manifest (no QIDO); dlstudy and dicomweb-client "
         "query QIDO first (2-3 small requests).",
-        "Debian 12's curl 7.88 does not reuse h2c (prior-knowledge) connections with --parallel; "
-        "its h2c rows show that (see 'connections' in the JSON).",
+        "No curl row over h2c: Debian 12's curl 7.88 with --parallel --http2-prior-knowledge "
+        "fails every transfer it multiplexes onto an h2c connection ('Error in the HTTP2 framing "
+        "layer'); the probe below shows it on this run.",
     ]
     return groups, notes
 
@@ -156,6 +158,38 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def background_cpus(seconds: float = 0.5) -> float:
+    """CPUs busy over `seconds` while none of ours runs (servers idle): other people's work."""
+    before = machine_busy_seconds()
+    time.sleep(seconds)
+    return (machine_busy_seconds() - before) / seconds
+
+
+class QuietWait:
+    """Before each run, wait (bounded) until the machine is quiet: it may be shared."""
+
+    def __init__(self, per_run: float, total: float, threshold: float = 0.25) -> None:
+        self.per_run, self.left, self.threshold = per_run, total, threshold
+
+    def __call__(self) -> tuple[float, float]:
+        """(seconds waited, CPUs others used just before the run)."""
+        started = time.monotonic()
+        limit = min(self.per_run, self.left)
+        while True:
+            load = background_cpus()
+            waited = time.monotonic() - started
+            if load < self.threshold or waited >= limit:
+                self.left = max(0.0, self.left - waited)
+                return round(waited, 1), round(load, 2)
 
 
 def children_of(pid: int) -> list[int]:
@@ -241,6 +275,7 @@ class Measured:
     timed_out: bool
     server_cpu: float
     proxy_cpu: float
+    other_cpu: float
 
 
 def measure(
@@ -252,19 +287,32 @@ def measure(
     server_pids: list[int],
     proxy_pids: list[int],
 ) -> Measured:
-    """Run `cmd` to completion (killed after `timeout`), reaped by os.wait4 for its rusage."""
+    """Run `cmd` to completion (killed after `timeout`), reaped by os.wait4 for its rusage.
+
+    The client runs under GNU time (`/usr/bin/time`), for one reason: ru_maxrss. At exec the
+    kernel keeps, as the new program's peak RSS, the peak of the process image it replaces, i.e.
+    of the fork of whoever started it; a fork of this Python holding the manifests would put a
+    floor of ~70 MB under every client (curl measured 68 MB that way, 4 MB under time). GNU time
+    is a small C program, so its fork adds ~1-2 MB at most, and it reports its child's own
+    ru_maxrss (%M). CPU comes from our wait4 on time (its children's usage included, microsecond
+    resolution; time's own is ~0) and wall from our clock.
+    """
     server0, proxy0 = cpu_seconds(server_pids), cpu_seconds(proxy_pids)
+    busy0 = machine_busy_seconds()
     lock = threading.Lock()
     state = {"done": False, "killed": False}
+    rusage_file = stdout.with_suffix(".time")
+    rusage_file.unlink(missing_ok=True)
+    timed = [TIME, "-o", str(rusage_file), "-f", "%M", *cmd]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(timed, stdout=out, stderr=err, env=env, start_new_session=True)
 
         def kill() -> None:
             with lock:
                 if not state["done"]:
                     state["killed"] = True
-                    os.kill(proc.pid, 9)
+                    os.killpg(proc.pid, 9)  # time and the client (its own session)
 
         timer = threading.Timer(timeout, kill)
         timer.start()
@@ -276,14 +324,24 @@ def measure(
             timer.cancel()
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    try:  # "Command exited with non-zero status N" may come first; %M is the last line
+        rss_kib = int(rusage_file.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        rss_kib = usage.ru_maxrss  # an upper bound (see above)
+    busy = machine_busy_seconds() - busy0
+    server_cpu = cpu_seconds(server_pids) - server0
+    proxy_cpu = cpu_seconds(proxy_pids) - proxy0
+    cpu = usage.ru_utime + usage.ru_stime
     return Measured(
         exit_code=proc.returncode,
         wall=wall,
-        cpu=usage.ru_utime + usage.ru_stime,
-        rss_mb=usage.ru_maxrss * 1024 / 1e6,
+        cpu=cpu,
+        rss_mb=rss_kib * 1024 / 1e6,
         timed_out=state["killed"],
-        server_cpu=cpu_seconds(server_pids) - server0,
-        proxy_cpu=cpu_seconds(proxy_pids) - proxy0,
+        server_cpu=server_cpu,
+        proxy_cpu=proxy_cpu,
+        # Anything else busy on the machine meanwhile (other users, kernel threads): noise.
+        other_cpu=max(0.0, busy - cpu - server_cpu - proxy_cpu),
     )
 
 
@@ -357,6 +415,7 @@ class Setup:
     env: dict[str, str]
     server_pids: list[int] = field(default_factory=list)
     proxy_pids: list[int] = field(default_factory=list)
+    quiet: QuietWait = field(default_factory=lambda: QuietWait(0, 0))
 
     def base_url(self, dataset: str, transport: str, rtt_ms: int) -> str:
         port = (self.proxy_ports if rtt_ms else self.nginx_ports)[transport]
@@ -389,6 +448,7 @@ def client_command(setup: Setup, group: Group, client: str, out: Path) -> list[s
             c,
             "--silent",
             "--show-error",
+            "--no-progress-meter",
             "--fail",
             "--globoff",
             "--create-dirs",
@@ -473,6 +533,7 @@ def run_one(setup: Setup, group: Group, client: str, repeat: int) -> dict[str, A
         shutil.rmtree(out)
     out.mkdir(parents=True)
     os.sync()
+    waited, background = setup.quiet()
     stdout, stderr = setup.work / "client.out", setup.work / "client.err"
     cmd = client_command(setup, group, client, out)
     m = measure(
@@ -505,6 +566,10 @@ def run_one(setup: Setup, group: Group, client: str, repeat: int) -> dict[str, A
         "peak_rss_mb": round(m.rss_mb, 1),
         "server_cpu_s": round(m.server_cpu, 3),
         "proxy_cpu_s": round(m.proxy_cpu, 3),
+        "other_cpu_s": round(m.other_cpu, 3),
+        "quiet_wait_s": waited,
+        "background_cpus_before": background,
+        "self_reported_s": info.get("seconds"),
         "output": check,
         "client_info": info,
     }
@@ -516,10 +581,24 @@ def run_one(setup: Setup, group: Group, client: str, repeat: int) -> dict[str, A
         f"{CLIENT_LABEL[client]:46} #{repeat}  {m.wall:7.2f} s  {row['mb_per_s']:8.1f} MB/s  "
         f"{m.rss_mb:6.1f} MB  {check['verdict']}  {status}"
     )
+    if m.other_cpu > 0.2 * m.wall:
+        log(f"    note: {m.other_cpu:.2f} CPU s used by other processes during this run")
     if not ok:
         log("    command: " + " ".join(cmd[:12]) + (" ..." if len(cmd) > 12 else ""))
         log("    " + (info.get("stderr_tail") or "")[-600:].replace("\n", "\n    "))
     return row
+
+
+def h2c_probe_note(probe: dict[str, Any]) -> str:
+    info = probe["client_info"]
+    errors = sorted(
+        {line.strip() for line in info.get("stderr_tail", "").splitlines() if "curl:" in line}
+    )
+    return (
+        f"Probe: curl --parallel --http2-prior-knowledge on {probe['dataset']}: exit "
+        f"{probe['exit_code']}, HTTP status counts {info.get('status_codes')} (000 = failed), "
+        f"{info.get('connections')} connection(s); errors: {'; '.join(errors) or 'none'}."
+    )
 
 
 def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -537,11 +616,9 @@ def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             versions = {v for r in rs for v in r["client_info"].get("http_versions", [])}
             extra["http_versions"] = sorted(versions)
+        own = [r["self_reported_s"] for r in rs if isinstance(r["self_reported_s"], int | float)]
+        extra["self_reported_s"] = round(statistics.median(own), 3) if own else None
         if client == "dlstudy":
-            own = [r["client_info"].get("seconds") for r in rs]
-            own_s = [s for s in own if isinstance(s, int | float)]
-            if own_s:
-                extra["dlstudy_own_seconds"] = round(statistics.median(own_s), 3)
             extra["http_versions"] = sorted({str(r["client_info"].get("http_version")) for r in rs})
         rows.append(
             {
@@ -561,6 +638,7 @@ def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "peak_rss_mb",
                         "server_cpu_s",
                         "proxy_cpu_s",
+                        "other_cpu_s",
                     )
                 },
                 "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
@@ -646,9 +724,9 @@ def targets(rows: list[dict[str, Any]], rtt_ms: int) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| dataset | transport | RTT ms | client | wall s | MB/s | inst/s | CPU s/GB "
-        "| peak RSS MB | server CPU s | identical |"
+        "| peak RSS MB | server CPU s | others' CPU s | self-reported s | identical |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     order = {c: i for i, c in enumerate(CLIENTS)}
     for r in sorted(
         rows,
@@ -663,11 +741,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         if r["client"].startswith("dwc") and r["transport"] == "tls":
             transport = "TLS (h1.1)"
         failed = f" ({r['failed_runs']}/{r['runs']} failed)" if r["failed_runs"] else ""
+        own = "" if r["self_reported_s"] is None else f"{r['self_reported_s']:.2f}"
         lines.append(
             f"| {r['dataset']} | {transport} | {r['rtt_ms']} | {CLIENT_LABEL[r['client']]} "
             f"| {r['wall_s']:.2f} | {r['mb_per_s']:.0f} | {r['instances_per_s']:.0f} "
             f"| {r['cpu_s_per_gb']:.2f} | {r['peak_rss_mb']:.0f} | {r['server_cpu_s']:.2f} "
-            f"| {r['identical']}{failed} |"
+            f"| {r['other_cpu_s']:.2f} | {own} | {r['identical']}{failed} |"
         )
     return "\n".join(lines)
 
@@ -765,6 +844,16 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=600, help="seconds per client run")
     parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=20,
+        help="before each run, wait up to this many seconds for other processes to go below "
+        "0.25 CPUs (the machine may be shared; default %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet-wait-total", type=float, default=600, help="cap on all that waiting (s)"
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         help="JSON output (default benchmarks/results/compare.json; --quick: compare-quick.json)",
@@ -792,7 +881,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    for tool in ("nginx", "curl", "openssl"):
+    for tool in ("nginx", "curl", "openssl", TIME):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: run benchmarks/run.sh (it installs it)")
     started = time.monotonic()
@@ -844,10 +933,16 @@ def main() -> int:
             env=client_env(work / "config"),
             server_pids=nginx.pids,
             proxy_pids=proxy.pids if proxy else [],
+            quiet=QuietWait(args.quiet_wait, args.quiet_wait_total),
         )
-        for ds in args.datasets:  # page cache and nginx's open-file cache, not measured
+        log("warm-up (page cache, nginx's open-file cache; not measured):")
+        for ds in args.datasets:
             for tr in ("h1", "tls"):
                 run_one(setup, Group(ds, tr, 0, ("curl",)), "curl", 0)
+        if "h2c" in args.transports and "curl" in args.clients:
+            probe = run_one(setup, Group(args.datasets[0], "h2c", 0, ("curl",)), "curl", 0)
+            notes.append(h2c_probe_note(probe))
+            log(notes[-1])
         log(f"{len(groups)} groups x {args.repeats} repeats")
         for group in groups:
             for repeat in range(1, args.repeats + 1):

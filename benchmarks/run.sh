@@ -5,8 +5,8 @@
 #   bash benchmarks/run.sh            # full run, 3 repeats (~25 min on 2 cores)
 #   bash benchmarks/run.sh --quick    # small datasets, 1 repeat (~2 min)
 #
-# Installs what it needs: Debian's nginx and curl (apt, when missing; needs root or sudo) and a
-# virtual environment benchmarks/.venv with this checkout (editable) and dicomweb-client. Then
+# Installs what it needs: Debian's nginx, curl and GNU time (apt, when missing; needs root or
+# sudo) and a virtual environment benchmarks/.venv with this checkout (editable) and dicomweb-client. Then
 # runs benchmarks/compare.py with the arguments given (see --help). Data and client output go to
 # /tmp/dlstudy-compare (--data-dir); results to benchmarks/results/compare.json and compare.md.
 set -euo pipefail
@@ -16,6 +16,7 @@ missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
+[[ -x /usr/bin/time ]] || missing+=(time)
 if ((${#missing[@]})); then
     sudo=""
     [[ $(id -u) == 0 ]] || sudo="sudo"

@@ -43,6 +43,7 @@ from .bench_report import HTTP_VERSIONS, STRATEGIES, BenchReport, CellResult
 from .download import MAX_CONCURRENCY
 from .errors import (
     AuthError,
+    ConnectError,
     DlstudyError,
     HttpStatusError,
     IntegrityError,
@@ -311,9 +312,13 @@ class _Bench:
                 self.report.notes.append(f"HTTP/2: asked for it, the server answered {answered}")
         if len(errors) == len(self.plan.http):
             first = errors[0]
-            if isinstance(first, ServerError):
-                raise first
-            raise ServerError(str(first), url=first.url) from first
+            if all(isinstance(error, ConnectError) for error in errors):
+                raise first  # down, unknown, TLS: the first error says it best
+            raise ServerError(
+                "the server speaks none of the HTTP versions asked for: "
+                + "; ".join(self.report.notes),
+                url=first.url,
+            ) from first
 
     async def _run_cell(self, result: CellResult) -> None:
         gauge = Gauge()

@@ -6,6 +6,8 @@ This is the library entry point the CLI calls; it needs neither typer nor rich.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
@@ -22,6 +24,7 @@ from .errors import (
     DlstudyError,
     InvalidUidError,
     NothingMatchedError,
+    Terminated,
     TransferError,
     UsageError,
 )
@@ -121,7 +124,9 @@ async def download_async(
             transport = Transport(settings, auth=await _token_auth(settings))
             stack.push_async_callback(transport.aclose)
             try:
-                await _run(study_uids, settings, store, manifest, transport, progress, summary)
+                await stop_on_signals(
+                    _run(study_uids, settings, store, manifest, transport, progress, summary)
+                )
             finally:
                 summary.http_version = transport.http_version
     except BaseException as exc:
@@ -136,6 +141,32 @@ async def download_async(
         progress.close()
     summary.finish()
     return summary
+
+
+async def stop_on_signals(work: Awaitable[None]) -> None:
+    """Run `work`; on SIGINT or SIGTERM cancel it (in-flight transfers remove their temp files)
+    and raise KeyboardInterrupt or Terminated, so the caller gets an orderly stop.
+
+    Signals can only be caught this way in the main thread; elsewhere `work` just runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        await work
+        return
+    received: list[int] = []
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, first_error():
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    received.append(signum)
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(watch)
+            await work
+            tg.cancel_scope.cancel()  # done: stop watching
+    if received:
+        raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 async def _token_auth(settings: Settings) -> RefreshingBearerAuth | None:

@@ -154,3 +154,7 @@ class MultipartError(DlstudyError):
     def __init__(self, message: str, *, offset: int) -> None:
         super().__init__(f"{message} (at byte {offset})")
         self.offset = offset
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same cleanup paths run."""

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-orthanc.sh            # Debian's orthanc + orthanc-dicomweb, and curl
+bash scripts/install-system-deps.sh   # orthanc + orthanc-dicomweb, nginx, openssl, rsvg, curl
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"

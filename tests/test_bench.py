@@ -12,20 +12,21 @@ import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from dlstudy.bench_chart import nice_ticks, render_svg
+from dlstudy.bench_chart import nice_ticks, png_converter, render_svg, write_chart
 from dlstudy.bench_report import BenchReport, CellResult, percentile
 from dlstudy.synth import SynthSpec, generate
 
 from .cli_helpers import run_cli
 from .fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
 from .fixtures.orthanc import OrthancServer
+from .tools import missing_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("single-part", "multipart-instance", "series", "study")
@@ -213,7 +214,7 @@ def in_flight(monkeypatch: pytest.MonkeyPatch) -> _InFlight:
         except BaseException:
             counter.now -= 1
             raise
-        response.stream = _Released(response.stream, counter)  # type: ignore[arg-type]
+        response.stream = _Released(response.stream, counter)
         return response
 
     monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", counting)
@@ -226,7 +227,7 @@ class _Released(httpx.AsyncByteStream):
         self.counter = counter
         self.open = True
 
-    async def __aiter__(self) -> Iterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self.stream:
             yield chunk
 
@@ -286,6 +287,25 @@ def test_exit_codes(tmp_path: Path, synth_study: SynthStudy, embedded_server: St
     assert run_cli("bench", uid).exit_code == 2  # no --url
 
 
+@pytest.mark.integration
+def test_download_settings_do_not_shrink_the_matrix(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[defaults]\nconcurrency = 16\nhttp = "auto"\n[servers.lab]\nurl = "{url}"\n'
+    )
+    result = run_cli(
+        "bench", synth_study.study_uid, "--config", str(config), "--server", "lab",
+        "--strategy", "study", "--repeat", "1", "--json",
+        env={"DLSTUDY_CONCURRENCY": "8", "DLSTUDY_HTTP": "1.1"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    matrix = json.loads(result.stdout)["matrix"]
+    assert matrix["concurrency"] == [1, 4, 16, 64] and matrix["http"] == ["1.1", "2"]
+
+
 # -- nginx serving a static DICOMweb tree (benchmarks/static_tree.py) ----------------------------
 
 
@@ -307,7 +327,7 @@ def nginx_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
     )
     if nginx is None or shutil.which("openssl") is None:
-        pytest.skip("nginx and openssl are needed (apt-get install nginx-light openssl)")
+        missing_tool("nginx and openssl are needed")
     spec = importlib.util.spec_from_file_location("static_tree", ROOT / "benchmarks/static_tree.py")
     assert spec is not None and spec.loader is not None
     static_tree = importlib.util.module_from_spec(spec)
@@ -357,6 +377,8 @@ def test_nginx_static_tree(nginx_tree: dict[str, Any]) -> None:
     assert code == 0 and data["notes"][0].startswith("HTTP/2: connection broken")
     statuses = {row["http"]: row["status"] for row in data["rows"]}
     assert statuses == {"1.1": "ok", "2": "unsupported (no HTTP/2)"}
+    code, data = bench_json(study_uid, "--url", nginx_tree["h1"], "--http", "2")
+    assert code == 3 and data["error"].startswith("the server speaks none of the HTTP versions")
 
 
 # -- a real Orthanc ------------------------------------------------------------------------------
@@ -422,3 +444,12 @@ def test_chart_of_an_unsupported_row_explains_it_and_escapes_text() -> None:
     assert "dlstudy bench: http://h/<x>&y" in texts
     assert "single-part · HTTP/1.1: unsupported (HTTP 400)" in texts
     assert report.rows()[1].mb_per_s() == {"median": 2.0, "min": 2.0, "max": 2.0}
+
+
+def test_png_chart(tmp_path: Path) -> None:
+    if png_converter() is None:
+        missing_tool("no SVG-to-PNG converter (librsvg2-bin)")
+    report = BenchReport("http://h/x", "1.2", ("study",), (1,), ("2",), 1, None)
+    report.results.append(CellResult("study", 1, "2", 0, seconds=1.0, bytes=5, instances=1))
+    write_chart(report, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

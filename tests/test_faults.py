@@ -23,6 +23,7 @@ from dlstudy.synth import SynthInstance, SynthSpec, generate
 from .cli_helpers import run_cli, summary_of
 from .faultproxy import Fault, FaultProxy
 from .fixtures.embedded_server import StartServer, SynthStudy
+from .tools import missing_tool
 
 pytestmark = pytest.mark.integration
 
@@ -411,10 +412,11 @@ def test_file_size_limit_gives_one_line_and_a_clean_exit(
     assert temp_files(out) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_disk_full_gives_one_line_and_keeps_what_was_committed(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
+    if os.geteuid() != 0:
+        missing_tool("mounting a small tmpfs needs root")
     url = embedded_server(synth_study.root)
     mount = tmp_path / "small-disk"
     mount.mkdir()

@@ -46,6 +46,7 @@ def test_signal_stops_cleanly_and_rerun_resumes(
 
     assert process.returncode == status, stderr
     assert "rerun the same command to resume" in stderr
+    assert "already present, 0 failed of 60 instances" in stderr  # the summary line
     kept = list(tmp_path.rglob("*.dcm"))
     assert 0 < len(kept) < 60
     assert [p for p in tmp_path.rglob("*") if p.name.endswith(".part")] == []

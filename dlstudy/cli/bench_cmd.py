@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, Literal
 
 import typer
 from rich import box
@@ -288,24 +288,24 @@ def render(report: BenchReport, stream: IO[str], *, rich: bool) -> None:
     """The results table: rich on a terminal, aligned plain text for pipes and logs."""
     rows = [_cells(row) for row in report.rows()]
     numeric = {"conc", "MB/s", "inst/s", "TTFB p50", "p90", "p99 ms", "QIDO p50 ms"}
-    if rich:
-        table = Table(
-            box=box.SIMPLE_HEAD,
-            header_style="bold",
-            title=_heading(report),
-            caption=_footer(report),
-        )
-        for title in COLUMNS:
-            table.add_column(title, justify="right" if title in numeric else "left", no_wrap=True)
+    widths = [
+        max(len(title), *(len(cells[i]) for cells in rows)) for i, title in enumerate(COLUMNS)
+    ]
+    console = Console(file=stream)
+    # rich needs about three columns of padding per column; a narrower terminal gets plain lines.
+    if rich and sum(widths) + 3 * len(widths) <= console.width:
+        console.print(_heading(report), highlight=False)
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1))
+        for title, width in zip(COLUMNS, widths, strict=True):
+            justify: Literal["left", "right"] = "right" if title in numeric else "left"
+            table.add_column(title, justify=justify, no_wrap=True, min_width=width)
         for cells in rows:
             style = "dim" if cells[-1].startswith("unsupported") else None
             style = "red" if "failed" in cells[-1] else style
             table.add_row(*cells, style=style)
-        Console(file=stream).print(table)
+        console.print(table)
+        console.print(_footer(report), style="dim", highlight=False)
         return
-    widths = [
-        max(len(title), *(len(cells[i]) for cells in rows)) for i, title in enumerate(COLUMNS)
-    ]
 
     def line(cells: list[str]) -> str:
         padded = [

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import typer
 
-from ..errors import DlstudyError, ExitStatus
+from ..errors import DlstudyError, ExitStatus, Terminated
 from ..progress import NullProgress, PlainProgress, ProgressSink, RichProgress
 from ..summary import Summary
 
@@ -45,10 +45,6 @@ def setup_logging(verbose: bool, log_file: Path | None) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the same cancellation and cleanup paths run."""
-
-
 @contextmanager
 def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
     """Ctrl-C exits 130 and SIGTERM 143, after in-flight transfers removed their temp files.
@@ -59,6 +55,8 @@ def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise Terminated()
 
+    # While the download runs, download_async turns both signals into an orderly stop;
+    # these handlers cover the moments before and after it.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
@@ -80,7 +78,7 @@ def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
         )
         raise typer.Exit(status) from exc
     finally:
-        if in_main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install Orthanc + its DICOMweb plugin (Debian packages) for the integration tests.
+# Install the Debian packages the test suite needs: Orthanc + its DICOMweb plugin (integration
+# tests against a real third-party server), nginx and openssl (`dlstudy bench` against a static
+# DICOMweb tree), librsvg2-bin (the bench chart's PNG output) and curl (third-party client tests).
 #
 # Idempotent: if the Orthanc binary, the DICOMweb plugin and curl are already there it exits at once.
 # Otherwise: apt-get update + apt-get install --no-install-recommends orthanc orthanc-dicomweb
@@ -42,8 +44,15 @@ describe() {
     printf '%s (binary %s, plugin %s)' "$ver" "$(find_orthanc)" "$(find_plugin)"
 }
 
-if find_orthanc >/dev/null && find_plugin >/dev/null && command -v curl >/dev/null; then
-    echo "install-orthanc: already installed, nothing to do: $(describe)"
+PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin)
+have_tools() {
+    find_orthanc >/dev/null && find_plugin >/dev/null && command -v curl >/dev/null \
+        && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } \
+        && command -v openssl >/dev/null && command -v rsvg-convert >/dev/null
+}
+
+if have_tools; then
+    echo "install-system-deps: already installed, nothing to do: $(describe)"
     exit 0
 fi
 
@@ -53,13 +62,13 @@ if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
         SUDO=(sudo -n)
     else
-        echo "install-orthanc: must run as root (or with password-less sudo) to apt-get install" \
-            "orthanc orthanc-dicomweb curl; run: sudo bash scripts/install-orthanc.sh" >&2
+        echo "install-system-deps: must run as root (or with password-less sudo) to apt-get install" \
+            "${PACKAGES[*]}; run: sudo bash scripts/install-system-deps.sh" >&2
         exit 2
     fi
 fi
 if ! command -v apt-get >/dev/null; then
-    echo "install-orthanc: apt-get not found; this script supports Debian/Ubuntu only." \
+    echo "install-system-deps: apt-get not found; this script supports Debian/Ubuntu only." \
         "Install Orthanc + the DICOMweb plugin yourself (Orthanc binary on PATH," \
         "plugin at /usr/share/orthanc/plugins/libOrthancDicomWeb.so)." >&2
     exit 1
@@ -83,35 +92,37 @@ if [ -e "$POLICY" ] && ! grep -q "written by dlstudy" "$POLICY" 2>/dev/null; the
     run cp -p "$POLICY" "$POLICY_BACKUP"
 fi
 trap restore_policy EXIT
-printf '#!/bin/sh\n# temporary, written by dlstudy scripts/install-orthanc.sh\nexit 101\n' \
+printf '#!/bin/sh\n# temporary, written by dlstudy scripts/install-system-deps.sh\nexit 101\n' \
     | run tee "$POLICY" >/dev/null
 run chmod 0755 "$POLICY"
 
 # --- install ------------------------------------------------------------------------------------
 start=$(date +%s)
-log=$(mktemp /tmp/install-orthanc.XXXXXX.log)
+log=$(mktemp /tmp/install-system-deps.XXXXXX.log)
 export DEBIAN_FRONTEND=noninteractive
 if ! { run env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=300 \
         && run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
             -o DPkg::Lock::Timeout=300 \
             -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-            orthanc orthanc-dicomweb curl; } </dev/null >"$log" 2>&1; then
-    echo "install-orthanc: apt-get failed; last lines of $log:" >&2
+            "${PACKAGES[@]}"; } </dev/null >"$log" 2>&1; then
+    echo "install-system-deps: apt-get failed; last lines of $log:" >&2
     tail -n 30 "$log" >&2
     exit 1
 fi
 
 # Belt and braces: if a service got started anyway (policy-rc.d ignored), stop it.
-if [ -x /etc/init.d/orthanc ] && run /etc/init.d/orthanc status >/dev/null 2>&1; then
-    run /etc/init.d/orthanc stop >>"$log" 2>&1 || true
-fi
-if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    run systemctl disable --now orthanc.service >>"$log" 2>&1 || true
-fi
+for service in orthanc nginx; do
+    if [ -x "/etc/init.d/$service" ] && run "/etc/init.d/$service" status >/dev/null 2>&1; then
+        run "/etc/init.d/$service" stop >>"$log" 2>&1 || true
+    fi
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        run systemctl disable --now "$service.service" >>"$log" 2>&1 || true
+    fi
+done
 
-if ! find_orthanc >/dev/null || ! find_plugin >/dev/null; then
-    echo "install-orthanc: packages installed but Orthanc binary or libOrthancDicomWeb.so not found" \
-        "(see $log)" >&2
+if ! have_tools; then
+    echo "install-system-deps: packages installed but a tool is still missing (Orthanc, its" \
+        "DICOMweb plugin, curl, nginx, openssl or rsvg-convert; see $log)" >&2
     exit 1
 fi
-echo "install-orthanc: installed in $(( $(date +%s) - start )) s: $(describe) [log: $log]"
+echo "install-system-deps: installed in $(( $(date +%s) - start )) s: $(describe) [log: $log]"
