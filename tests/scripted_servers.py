@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -133,5 +134,49 @@ def static_like(count: int) -> Iterator[tuple[str, str, list[str]]]:
     threads = _serve(server)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, sops
+    finally:
+        _stop((server,), threads)
+
+
+@contextmanager
+def busy_with_http_date(count: int, delay: float) -> Iterator[tuple[str, str, list[float]]]:
+    """Answers each instance's first request 503 with an HTTP-date Retry-After `delay` seconds
+    ahead; yields (URL, study, the gaps the client actually waited before retrying)."""
+    from email.utils import formatdate
+
+    sops = [f"{SERIES}.{i}" for i in range(1, count + 1)]
+    refused_at: dict[str, float] = {}
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    class Busy(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                self.reply(200, json.dumps([series_json(SERIES)]).encode(), "application/json")
+            elif path.endswith("/instances"):
+                body = json.dumps([instance_json(s) for s in sops]).encode()
+                self.reply(200, body, "application/dicom+json")
+            else:
+                sop = path.rsplit("/", 1)[1]
+                now = time.time()
+                with lock:
+                    first = sop not in refused_at
+                    if first:
+                        refused_at[sop] = now
+                    else:
+                        waits.append(now - refused_at[sop])
+                if first:
+                    # HTTP-dates have whole seconds: aim past the next second boundary.
+                    self.reply(
+                        503, b"", "text/plain", Retry_After=formatdate(now + delay, usegmt=True)
+                    )
+                else:
+                    self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threads = _serve(server)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, waits
     finally:
         _stop((server,), threads)

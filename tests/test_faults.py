@@ -191,6 +191,17 @@ def test_retry_after_is_honoured(
     assert time.monotonic() - started >= 1.0  # the pool waited as it was told
 
 
+def test_retry_after_as_an_http_date_is_honoured(tmp_path: Path) -> None:
+    from .scripted_servers import busy_with_http_date
+
+    with busy_with_http_date(count=3, delay=2.0) as (url, study, waits):
+        status, summary, _ = download(url, study, tmp_path, "--http", "1.1")
+    assert status == 0, summary["failures"]
+    assert len(waits) == 3
+    # The date names a whole second 1-2 s ahead: every retry waited at least ~1 s for it.
+    assert min(waits) >= 0.9, waits
+
+
 @pytest.mark.parametrize("status_code", [400, 403, 404, 406])
 def test_definitive_answers_are_reported_not_retried(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, status_code: int
