@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from . import strategy
+from . import strategy, workers
 from .auth import RefreshingBearerAuth, TokenCommand
 from .bulk import BulkFetcher
 from .errors import (
@@ -47,6 +47,7 @@ from .urls import is_valid_uid, redact_url, series_url, study_url
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 256
+MAX_WORKERS = 64
 
 
 def validate(settings: Settings, study_uids: list[str]) -> None:
@@ -67,6 +68,8 @@ def validate(settings: Settings, study_uids: list[str]) -> None:
         raise UsageError(f"--url must start with http:// or https://, got {shown!r}")
     if not 1 <= settings.concurrency <= MAX_CONCURRENCY:
         raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+    if not 1 <= settings.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
     if settings.retries < 0 or settings.retry_budget < 0:
         raise UsageError("--retries and --retry-budget must be 0 or more")
     if settings.timeout <= 0:
@@ -266,7 +269,35 @@ async def _run(
             todo = await _auto(todo, one_instance, bulk_fetcher, settings, progress, done, summary)
         # A StorageError (disk full, permissions) escapes one_instance and stops every worker:
         # nothing else would succeed either; what was committed is kept.
-        await run_pool(todo, pool_worker, settings.concurrency)
+        processes = workers.worker_count(settings.workers, len(todo))
+        if processes > 1:
+            await one_instance(todo[0])  # settles the retrieval form the workers will use
+            form = negotiator.current if negotiator.settled else None
+
+            def failed(failure: workers.Failed) -> None:
+                ref = failure.ref
+                summary.failures.append(
+                    Failure(
+                        ref.study_uid,
+                        ref.series_uid,
+                        ref.sop_uid,
+                        failure.reason,
+                        failure.status_code,
+                    )
+                )
+                progress.instance_failed(ref, failure.reason)
+
+            await workers.run_in_processes(
+                todo[1:],
+                settings,
+                form,
+                processes,
+                on_bytes=progress.advance,
+                on_done=done,
+                on_failed=failed,
+            )
+        else:
+            await run_pool(todo, pool_worker, settings.concurrency)
 
 
 async def _auto(

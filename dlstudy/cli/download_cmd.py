@@ -73,6 +73,14 @@ SeriesOpt = Annotated[list[str] | None, _opt("--series", help="Only this series 
 ModalityOpt = Annotated[
     list[str] | None, _opt("--modality", help="Only series of this modality (repeatable).")
 ]
+WorkersOpt = Annotated[
+    int,
+    _opt(
+        "--workers",
+        envvar="DLSTUDY_WORKERS",
+        help="Processes sharing the per-instance pool (use more than one core).",
+    ),
+]
 ConcurrencyOpt = Annotated[
     int,
     _opt("--concurrency", "-c", envvar="DLSTUDY_CONCURRENCY", help="Instances in flight at once."),
@@ -161,6 +169,7 @@ def register(app: typer.Typer) -> None:
         series: SeriesOpt = None,
         modality: ModalityOpt = None,
         concurrency: ConcurrencyOpt = 8,
+        workers: WorkersOpt = 1,
         http: HttpOpt = "auto",
         mode: ModeOpt = "auto",
         transfer_syntax: TransferSyntaxOpt = "*",
@@ -220,6 +229,7 @@ def register(app: typer.Typer) -> None:
             url=url,
             output=output,
             concurrency=concurrency,
+            workers=workers,
             http=http_version,
             mode=mode_value,
             transfer_syntax=transfer_syntax,

@@ -1,0 +1,130 @@
+"""`--workers N`: the per-instance pool in several processes, with one owner of the results."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dlstudy.store import InstanceRef
+from dlstudy.synth import SynthInstance, SynthSpec, generate
+from dlstudy.workers import MIN_INSTANCES_PER_WORKER, split, worker_count
+
+from .cli_helpers import assert_same_files, run_cli, summary_of
+from .fixtures.embedded_server import StartServer
+
+pytestmark = pytest.mark.integration
+
+
+def test_worker_count_and_split() -> None:
+    assert worker_count(4, 10) == 1
+    assert worker_count(4, 2 * MIN_INSTANCES_PER_WORKER) == 2
+    assert worker_count(2, 10_000) == 2
+    refs = [InstanceRef("1", "1.2", f"1.2.{i}") for i in range(7)]
+    parts = split(refs, 3)
+    assert [len(p) for p in parts] == [3, 2, 2]
+    assert sorted(r.sop_uid for p in parts for r in p) == sorted(r.sop_uid for r in refs)
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> tuple[Path, list[SynthInstance]]:
+    root = tmp_path / "source"
+    return root, generate(root, SynthSpec(series=2, instances=100, size=200 * 1024, seed=31))
+
+
+@pytest.mark.parametrize("profile", ["standard", "orthanc"])
+def test_two_workers_download_everything_byte_exact(
+    tmp_path: Path,
+    embedded_server: StartServer,
+    study: tuple[Path, list[SynthInstance]],
+    profile: str,
+) -> None:
+    root, instances = study
+    url = embedded_server(root, profile=profile)
+    out = tmp_path / "out"
+
+    result = run_cli(
+        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
+        "--workers", "2",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert summary["instances"] == {"total": 200, "downloaded": 200, "skipped": 0, "failed": 0}
+    assert summary["bytes"] == sum(i.size for i in instances)
+    assert_same_files(instances, out)
+    manifest = (out / ".dlstudy" / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 200  # one owner writes the manifest
+
+    rerun = run_cli(
+        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
+        "--workers", "2",
+    )  # fmt: skip
+    assert summary_of(rerun)["instances"]["skipped"] == 200
+
+
+def test_failures_in_workers_are_reported(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    url = embedded_server(root, fault_rate=0.2, fault_status=404, seed=4)
+    result = run_cli(
+        "download", instances[0].study_uid, "--url", url, "-o", str(tmp_path), "--json",
+        "--workers", "2", "--mode", "instance",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    summary = summary_of(result)
+    counts = summary["instances"]
+    assert counts["downloaded"] + counts["failed"] == 200 and counts["failed"] > 0
+    assert all(f["status_code"] == 404 for f in summary["failures"])
+
+
+def test_expired_token_in_a_worker_stops_the_run(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    url = embedded_server(root, token="tok", token_expires_after=30)
+    runs = tmp_path / "runs"
+    # Mints tok-1, tok-2, ... but fails from its fourth run on.
+    command = (
+        f"n=$(( $(cat {runs} 2>/dev/null || echo 0) + 1 )); echo $n > {runs}; "
+        f'[ "$n" -gt 3 ] && exit 9; echo tok-$n'
+    )
+    result = run_cli(
+        "download", instances[0].study_uid, "--url", url, "-o", str(tmp_path / "o"),
+        "--workers", "2", "--token-command", command, "--mode", "instance",
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "--token-command failed with exit status 9" in result.stderr
+    assert [p for p in (tmp_path / "o").rglob("*.part")] == []
+
+
+def test_ctrl_c_stops_the_workers_cleanly(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "dlstudy", "download", instances[0].study_uid, "--url", slow,
+        "-o", str(out), "--workers", "2", "-c", "4", "--mode", "instance",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
+    rerun = subprocess.run(
+        [*command[:command.index(slow)], embedded_server(root), *command[command.index(slow) + 1:]],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
