@@ -14,27 +14,31 @@ What runs
     open-file cache, so the server is cheap; its CPU seconds are measured for every run.
   * RTT: 0 ms is loopback; 20 ms goes through benchmarks/delayline.py, a TCP proxy that forwards
     every chunk at arrival + 10 ms in each direction without limiting throughput.
-  * Clients, each a fresh process, writing every instance to disk:
+  * Clients, each a fresh process, writing every instance to a file (under /dev/shm by default:
+    on a shared disk the journal made identical runs vary tenfold):
       curl --parallel        Debian's curl, --parallel-max C, a -K list of url/output pairs (the
                              URL list comes from the manifest: curl does no QIDO).
-      dlstudy                `python -m dlstudy download STUDY --url ... -c C --http 1.1|2 --json`.
+      dlstudy                `python -m dlstudy download STUDY --url ... -c C --http 1.1|2 --json`
+                             (+ --dlstudy-args); its --mode auto picks instance or series here.
       dicomweb-client study  `retrieve_study()`, then `save_as()` per dataset.
       dicomweb-client inst.  `search_for_instances()` + `retrieve_instance()`, sequential.
-      dicomweb-client x16    the same from 16 threads (an extra; the library has no concurrency).
+      dicomweb-client x16    the same from C threads (an extra; the library has no concurrency).
   * Matrix: ct and many x {HTTP/1.1, h2c, TLS h2} x {0, 20 ms} for curl and dlstudy; dicomweb-client
     only at 0 ms, on HTTP/1.1 and TLS (requests speaks HTTP/1.1 only, so over TLS it gets
-    HTTP/1.1 by ALPN); wsi only at 0 ms over HTTP/1.1 and TLS h2, curl and dlstudy. What is left
-    out and why is printed and saved.
+    HTTP/1.1 by ALPN); wsi only at 0 ms over HTTP/1.1 and TLS h2, curl and dlstudy; no curl over
+    h2c (Debian's curl 7.88 fails there; a probe run shows it). What is left out and why is
+    printed and saved.
 
 How it is measured
-  Every client is started with Popen and reaped with os.wait4(pid): wall time from just before
-  the start to the reap (interpreter start-up included, for every client alike), CPU = ru_utime +
-  ru_stime, peak RSS = ru_maxrss of exactly that process. Server and proxy CPU are the deltas of
-  /proc/PID/stat over the run. After each run the output is compared with the source: SHA-256 of
-  every file (and, for a file that differs, SOP Instance UID + pixel data, reported as
-  re-encoded); then the output folder is deleted and the page cache's dirty data synced. Repeats
-  run interleaved (client A, B, C, A, B, C, ...); the table shows medians. MB = 10^6 bytes; MB/s
-  and instances/s use the instances' bytes and the process wall time.
+  Every client runs under GNU time and is reaped with os.wait4: wall time from just before the
+  start to the reap (interpreter start-up included, for every client alike), CPU = ru_utime +
+  ru_stime, peak RSS = the client's own ru_maxrss (see measure() for why GNU time). Server and
+  proxy CPU are deltas of /proc/PID/stat; "others' CPU" is what the rest of the machine used
+  meanwhile (/proc/stat), a noise indicator: before each run the script waits (bounded) for the
+  machine to be quiet. After each run the output is compared with the source: SHA-256 of every
+  file (and, for a file that differs, SOP Instance UID + pixel data, reported as re-encoded);
+  then it is deleted. Repeats run interleaved (client A, B, C, A, B, C, ...); tables show
+  medians. MB = 10^6 bytes; MB/s and instances/s use the instances' bytes and the wall time.
 
 Writes benchmarks/results/compare.json (every run, medians, target ratios, machine) and
 benchmarks/results/compare.md (the tables), and on a full run updates the results section of
@@ -160,11 +164,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, of which irq + softirq) CPU seconds of all CPUs since boot, from /proc/stat.
+
+    Interrupt and softirq time (loopback TCP is processed there) is not charged to any process,
+    so it is reported on its own ("kernel net"), not as somebody else's work.
+    """
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK, (irq + softirq) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    return machine_cpu_seconds()[0]
 
 
 def background_cpus(seconds: float = 0.5) -> float:
@@ -276,6 +288,7 @@ class Measured:
     server_cpu: float
     proxy_cpu: float
     other_cpu: float
+    irq_cpu: float
 
 
 def measure(
@@ -298,7 +311,7 @@ def measure(
     resolution; time's own is ~0) and wall from our clock.
     """
     server0, proxy0 = cpu_seconds(server_pids), cpu_seconds(proxy_pids)
-    busy0 = machine_busy_seconds()
+    busy0, irq0 = machine_cpu_seconds()
     lock = threading.Lock()
     state = {"done": False, "killed": False}
     rusage_file = stdout.with_suffix(".time")
@@ -328,7 +341,8 @@ def measure(
         rss_kib = int(rusage_file.read_text().split()[-1])
     except (OSError, ValueError, IndexError):
         rss_kib = usage.ru_maxrss  # an upper bound (see above)
-    busy = machine_busy_seconds() - busy0
+    busy1, irq1 = machine_cpu_seconds()
+    busy, irq = busy1 - busy0, irq1 - irq0
     server_cpu = cpu_seconds(server_pids) - server0
     proxy_cpu = cpu_seconds(proxy_pids) - proxy0
     cpu = usage.ru_utime + usage.ru_stime
@@ -341,7 +355,8 @@ def measure(
         server_cpu=server_cpu,
         proxy_cpu=proxy_cpu,
         # Anything else busy on the machine meanwhile (other users, kernel threads): noise.
-        other_cpu=max(0.0, busy - cpu - server_cpu - proxy_cpu),
+        other_cpu=max(0.0, busy - irq - cpu - server_cpu - proxy_cpu),
+        irq_cpu=irq,
     )
 
 
@@ -465,6 +480,7 @@ def client_command(setup: Setup, group: Group, client: str, out: Path) -> list[s
         return [
             *[python, "-m", "dlstudy", "download", *manifest["studies"], "--url", url],
             *["-o", str(out), "--json", "-c", c, "--http", http, *tls],
+            *setup.args.dlstudy_args.split(),
         ]
     (study,) = manifest["studies"]
     return [
@@ -512,7 +528,9 @@ def client_report(client: str, stdout: Path, stderr: Path, group: Group) -> dict
             {k: summary.get(k) for k in ("http_version", "seconds", "mb_per_s", "instances")}
         )
         info["retrieval_form"] = (summary.get("retrieval") or {}).get("form")
+        info["strategy"] = summary.get("strategy")
         info["error"] = summary.get("error")
+        info["failures"] = (summary.get("failures") or [])[:5]
         want = "HTTP/1.1" if group.transport == "h1" else "HTTP/2"
         if summary.get("http_version") != want:
             info["unexpected_http_version"] = f"wanted {want}, got {summary.get('http_version')}"
@@ -527,7 +545,9 @@ def client_report(client: str, stdout: Path, stderr: Path, group: Group) -> dict
 # -- the run -------------------------------------------------------------------------------------
 
 
-def run_one(setup: Setup, group: Group, client: str, repeat: int) -> dict[str, Any]:
+def run_one(
+    setup: Setup, group: Group, client: str, repeat: int, probe: bool = False
+) -> dict[str, Any]:
     manifest = setup.manifests[group.dataset]
     out = setup.out_dir
     if out.exists():
@@ -567,6 +587,7 @@ def run_one(setup: Setup, group: Group, client: str, repeat: int) -> dict[str, A
         "server_cpu_s": round(m.server_cpu, 3),
         "proxy_cpu_s": round(m.proxy_cpu, 3),
         "other_cpu_s": round(m.other_cpu, 3),
+        "irq_softirq_cpu_s": round(m.irq_cpu, 3),
         "quiet_wait_s": waited,
         "background_cpus_before": background,
         "self_reported_s": info.get("seconds"),
@@ -581,9 +602,9 @@ def run_one(setup: Setup, group: Group, client: str, repeat: int) -> dict[str, A
         f"{CLIENT_LABEL[client]:46} #{repeat}  {m.wall:7.2f} s  {row['mb_per_s']:8.1f} MB/s  "
         f"{m.rss_mb:6.1f} MB  {check['verdict']}  {status}"
     )
-    if m.other_cpu > 0.2 * m.wall:
+    if m.other_cpu > max(0.1, 0.2 * m.wall):
         log(f"    note: {m.other_cpu:.2f} CPU s used by other processes during this run")
-    if not ok:
+    if not ok and not probe:
         log("    command: " + " ".join(cmd[:12]) + (" ..." if len(cmd) > 12 else ""))
         log("    " + (info.get("stderr_tail") or "")[-600:].replace("\n", "\n    "))
     return row
@@ -619,6 +640,9 @@ def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         own = [r["self_reported_s"] for r in rs if isinstance(r["self_reported_s"], int | float)]
         extra["self_reported_s"] = round(statistics.median(own), 3) if own else None
         if client == "dlstudy":
+            strategies = [st for r in rs for st in (r["client_info"].get("strategy") or [])]
+            extra["dlstudy_modes"] = sorted({str(st.get("mode")) for st in strategies})
+            extra["dlstudy_why"] = strategies[0].get("why") if strategies else None
             extra["http_versions"] = sorted({str(r["client_info"].get("http_version")) for r in rs})
         rows.append(
             {
@@ -639,6 +663,7 @@ def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "server_cpu_s",
                         "proxy_cpu_s",
                         "other_cpu_s",
+                        "irq_softirq_cpu_s",
                     )
                 },
                 "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
@@ -685,7 +710,8 @@ def targets(rows: list[dict[str, Any]], rtt_ms: int) -> list[dict[str, Any]]:
         for tr in ("h1", "tls"):
             for dwc in ("dwc-study", "dwc-instance"):
                 ratio(
-                    f"{ds} {TRANSPORT_LABEL[tr]} 0 ms: dlstudy / {CLIENT_LABEL[dwc]} (MB/s)",
+                    f"{ds} {'HTTP/1.1' if tr == 'h1' else 'TLS'} 0 ms: dlstudy / "
+                    f"{CLIENT_LABEL[dwc]} (MB/s)",
                     find(rows, ds, tr, 0, "dlstudy"),
                     find(rows, ds, tr, 0, dwc),
                     "mb_per_s",
@@ -742,8 +768,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             transport = "TLS (h1.1)"
         failed = f" ({r['failed_runs']}/{r['runs']} failed)" if r["failed_runs"] else ""
         own = "" if r["self_reported_s"] is None else f"{r['self_reported_s']:.2f}"
+        label = CLIENT_LABEL[r["client"]]
+        if r.get("dlstudy_modes"):
+            label += f" ({'/'.join(r['dlstudy_modes'])})"
         lines.append(
-            f"| {r['dataset']} | {transport} | {r['rtt_ms']} | {CLIENT_LABEL[r['client']]} "
+            f"| {r['dataset']} | {transport} | {r['rtt_ms']} | {label} "
             f"| {r['wall_s']:.2f} | {r['mb_per_s']:.0f} | {r['instances_per_s']:.0f} "
             f"| {r['cpu_s_per_gb']:.2f} | {r['peak_rss_mb']:.0f} | {r['server_cpu_s']:.2f} "
             f"| {r['other_cpu_s']:.2f} | {own} | {r['identical']}{failed} |"
@@ -865,6 +894,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("-c", "--concurrency", type=int, default=16, help="curl/dlstudy/threads")
     parser.add_argument("--workers", default="auto", help="nginx worker_processes")
     parser.add_argument(
+        "--dlstudy-args",
+        default="",
+        help="extra arguments for every dlstudy download, e.g. '--workers 2' or '--mode instance'",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path(tempfile.gettempdir()) / "dlstudy-compare",
@@ -980,7 +1014,8 @@ def main() -> int:
             for tr in ("h1", "tls"):
                 run_one(setup, Group(ds, tr, 0, ("curl",)), "curl", 0)
         if "h2c" in args.transports and "curl" in args.clients:
-            probe = run_one(setup, Group(args.datasets[0], "h2c", 0, ("curl",)), "curl", 0)
+            h2c = Group(args.datasets[0], "h2c", 0, ("curl",))
+            probe = run_one(setup, h2c, "curl", 0, probe=True)
             notes.append(h2c_probe_note(probe))
             log(notes[-1])
         log(f"{len(groups)} groups x {args.repeats} repeats")

@@ -8,6 +8,7 @@ a static DICOMweb server needs (`www/`):
     www/qido/<st>/instances.json              QIDO  /studies/<st>/instances
     www/qido/<st>/<se>/instances.json         QIDO  /studies/<st>/series/<se>/instances
     www/mp-study/<st>.mp                      WADO  /studies/<st>, multipart/related (all parts)
+    www/mp-series/<st>/<se>.mp                WADO  /studies/<st>/series/<se>, the same per series
     www/mp-instance/<st>/<se>/<sop>.mp        WADO  /studies/<st>/series/<se>/instances/<sop>,
                                                      multipart/related with one part
 
@@ -34,6 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+TREE_VERSION = 2  # bump when the layout of www/ changes: datasets are rebuilt
 BOUNDARY = "dlstudy-bench-5d1c0b7e9a4f4e0f8f3a2b61c7d94e25"
 MULTIPART_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 WSI_FRAME = 256 * 256 * 3
@@ -80,27 +82,37 @@ def build_dataset(
 ) -> dict[str, Any]:
     """Build (or reuse) dataset `name` under `root/name`; return its manifest."""
     folder = root / name
+    src = folder / "src"
     manifest_path = folder / "manifest.json"
+    old: dict[str, Any] = {}
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("synth_args") == synth_args and (
-            manifest.get("multipart") or not multipart
+        old = json.loads(manifest_path.read_text())
+        if (
+            old.get("synth_args") == synth_args
+            and old.get("tree_version") == TREE_VERSION
+            and (old.get("multipart") or not multipart)
         ):
             log(f"dataset {name}: reusing {folder}")
-            return dict(manifest)
-    if folder.exists():
-        shutil.rmtree(folder)
-    src = folder / "src"
-    log(f"dataset {name}: dlstudy synth {' '.join(synth_args)}")
-    cmd = [sys.executable, "-m", "dlstudy", "synth", str(src), *synth_args]
-    subprocess.run(cmd, check=True, timeout=900, stdout=subprocess.DEVNULL)
-    instances = _index(src)
+            return old
+    manifest_path.unlink(missing_ok=True)
+    if old.get("synth_args") == synth_args and src.is_dir():
+        log(f"dataset {name}: reusing the synth files, rebuilding the DICOMweb tree")
+        instances = old["instances"]
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)
+        log(f"dataset {name}: dlstudy synth {' '.join(synth_args)}")
+        cmd = [sys.executable, "-m", "dlstudy", "synth", str(src), *synth_args]
+        subprocess.run(cmd, check=True, timeout=900, stdout=subprocess.DEVNULL)
+        instances = _index(src)
+    shutil.rmtree(folder / "www", ignore_errors=True)
     _write_qido(folder / "www" / "qido", instances)
     if multipart:
         log(f"dataset {name}: writing multipart answers")
         _write_multipart(folder / "www", src, instances)
     manifest = {
         "name": name,
+        "tree_version": TREE_VERSION,
         "synth_args": synth_args,
         "multipart": multipart,
         "studies": sorted({i["study"] for i in instances}),
@@ -199,14 +211,18 @@ def _copy_into(out: Any, path: Path) -> None:
 
 
 def _write_multipart(www: Path, src: Path, instances: list[dict[str, Any]]) -> None:
-    """Study-level and instance-level multipart/related bodies (CRLF before each delimiter)."""
+    """Study-, series- and instance-level multipart/related bodies (CRLF before a delimiter)."""
     close = f"\r\n--{BOUNDARY}--\r\n".encode()
     by_study: dict[str, list[dict[str, Any]]] = {}
+    by_series: dict[str, list[dict[str, Any]]] = {}
     for i in instances:
         by_study.setdefault(i["study"], []).append(i)
-    (www / "mp-study").mkdir(parents=True, exist_ok=True)
-    for st, members in by_study.items():
-        with (www / "mp-study" / f"{st}.mp").open("wb") as out:
+        by_series.setdefault(f"{i['study']}/{i['series']}", []).append(i)
+    groups = [(f"mp-study/{st}.mp", m) for st, m in by_study.items()]
+    groups += [(f"mp-series/{key}.mp", m) for key, m in by_series.items()]
+    for rel, members in groups:
+        (www / rel).parent.mkdir(parents=True, exist_ok=True)
+        with (www / rel).open("wb") as out:
             for n, i in enumerate(members):
                 out.write((b"\r\n" if n else b"") + _part_header(i["size"]))
                 _copy_into(out, src / i["rel"])
@@ -284,10 +300,14 @@ def nginx_conf(
         location ~ ^{series}/instances$ {{
             {dicom_json} alias {d}/$ds/www/qido/$st/$se/instances.json;
         }}
-        # WADO-RS study: multipart/related with every instance
+        # WADO-RS study and series: multipart/related with every instance
         location ~ ^/{ds}/dicomweb/studies/(?<st>{uid})$ {{
             types {{ }} default_type '{MULTIPART_TYPE}';
             alias {d}/$ds/www/mp-study/$st.mp;
+        }}
+        location ~ ^{series}$ {{
+            types {{ }} default_type '{MULTIPART_TYPE}';
+            alias {d}/$ds/www/mp-series/$st/$se.mp;
         }}
         # WADO-RS instance: single-part (the stored file), multipart if Accept asks for it
         location ~ ^{series}/instances/(?<sop>{uid})$ {{

@@ -15,6 +15,7 @@ import anyio
 import httpx
 
 from .errors import AuthError
+from .settings import Settings
 
 # A token command that takes longer than this is stuck (waiting for a password prompt, say).
 TOKEN_COMMAND_TIMEOUT = 60.0
@@ -86,3 +87,13 @@ class RefreshingBearerAuth(httpx.Auth):
             self._token = await anyio.to_thread.run_sync(self.command.run)
             self._generation += 1
             self.refreshes += 1
+
+
+async def auth_from_settings(settings: Settings) -> RefreshingBearerAuth | None:
+    """The refreshing bearer auth of `--token-command`, its first token fetched; else None
+    (static credentials are the Transport's business)."""
+    if not settings.token_command:
+        return None
+    command = TokenCommand(settings.token_command)
+    token: str = await anyio.to_thread.run_sync(command.run)
+    return RefreshingBearerAuth(command, token)

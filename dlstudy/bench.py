@@ -38,7 +38,7 @@ from typing import cast
 import anyio
 import httpx
 
-from .auth import RefreshingBearerAuth, TokenCommand
+from .auth import RefreshingBearerAuth, auth_from_settings
 from .bench_report import HTTP_VERSIONS, STRATEGIES, BenchReport, CellResult
 from .download import MAX_CONCURRENCY
 from .errors import (
@@ -163,7 +163,7 @@ async def bench_async(
         validate(settings, plan)
         if plan.keep is not None:
             _prepare_folder(plan.keep)
-        bench = _Bench(settings, plan, report, await _token_auth(settings))
+        bench = _Bench(settings, plan, report, await auth_from_settings(settings))
         await bench.run(on_cell)
     except BaseException as exc:
         if isinstance(exc, DlstudyError):
@@ -182,13 +182,6 @@ def _prepare_folder(folder: Path) -> None:
         raise OutputError(
             f"cannot create --keep folder {str(folder)!r}: {exc.strerror or exc}", path=str(folder)
         ) from exc
-
-
-async def _token_auth(settings: Settings) -> RefreshingBearerAuth | None:
-    if not settings.token_command:
-        return None
-    command = TokenCommand(settings.token_command)
-    return RefreshingBearerAuth(command, await anyio.to_thread.run_sync(command.run))
 
 
 class _Unsupported(Exception):

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from .auth import RefreshingBearerAuth, TokenCommand
+from .auth import auth_from_settings
 from .errors import UsageError
 from .qido import TAG_STUDY_UID, Pager, first_int, first_value
 from .retry import RetryPolicy
@@ -225,11 +225,7 @@ async def search_studies(
 
 async def search_async(settings: Settings, query: StudyQuery) -> list[StudyRecord]:
     """Open a transport for `settings` (auth, TLS, HTTP version), search, close."""
-    auth = None
-    if settings.token_command:
-        command = TokenCommand(settings.token_command)
-        auth = RefreshingBearerAuth(command, await anyio.to_thread.run_sync(command.run))
-    transport = Transport(settings, auth=auth)
+    transport = Transport(settings, auth=await auth_from_settings(settings))
     try:
         policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
         return await search_studies(

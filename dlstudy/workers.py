@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from .auth import auth_from_settings
 from .errors import AuthError, DlstudyError, ServerError, StorageError, TransferError
 from .fetch import Committed, InstanceFetcher
 from .negotiate import Negotiator, Retrieval, candidates
@@ -82,10 +83,8 @@ def worker_main(
 async def _worker(
     settings: Any, refs: list[InstanceRef], form: Retrieval | None, conn: Connection
 ) -> None:
-    from .download import _token_auth  # the same token handling as the parent
-
     store = Store(settings.output, settings.layout)
-    transport = Transport(settings, auth=await _token_auth(settings))
+    transport = Transport(settings, auth=await auth_from_settings(settings))
     forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
     fetcher = InstanceFetcher(
         transport,

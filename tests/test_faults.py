@@ -474,7 +474,7 @@ def test_kill_at_a_random_moment_then_rerun_gives_the_whole_study(
 ) -> None:
     source = tmp_path / "source"
     instances = generate(source, SynthSpec(series=4, instances=250, size=16 * 1024, seed=13))
-    url = embedded_server(source, latency=0.002)
+    url = embedded_server(source, latency=0.005)  # per request: the run lasts well over 1 s
     out = tmp_path / "out"
     args = [
         sys.executable,
@@ -487,18 +487,22 @@ def test_kill_at_a_random_moment_then_rerun_gives_the_whole_study(
         "-o",
         str(out),
         "-q",
+        "--mode",
+        "instance",  # many small instances would go series by series: too quick to kill
+        "-c",
+        "4",
     ]
     process = subprocess.Popen(args)
     deadline = time.monotonic() + 30
     while not any(out.rglob("*.dcm")) and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.0))
+    time.sleep(random.uniform(0.0, 0.8))
     process.kill()
     process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL
 
     rerun = subprocess.run(
-        [*args[:-1], "--json"], capture_output=True, text=True, timeout=120, check=False
+        [*args, "--json"], capture_output=True, text=True, timeout=120, check=False
     )
 
     assert rerun.returncode == 0, rerun.stderr
