@@ -16,10 +16,19 @@ from .errors import LockedError
 
 LOCK_NAME = "lock"
 
+# Folders this process already holds: a nested take (sync around its download) is a no-op.
+# flock itself would not help here: a second open file description of the same file in the
+# same process would block on the first.
+_held: set[Path] = set()
+
 
 @contextmanager
 def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
-    """Hold the lock of the output folder whose state lives in `state_dir`."""
+    """Hold the lock of the output folder whose state lives in `state_dir` (re-entrant)."""
+    key = state_dir.resolve()
+    if key in _held:
+        yield
+        return
     path = state_dir / LOCK_NAME
     with path.open("a+", encoding="utf-8") as fp:
         try:
@@ -32,6 +41,7 @@ def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
                 f"(pid {holder}); use --wait to wait for it",
                 path=str(state_dir.parent),
             ) from None
+        _held.add(key)
         try:
             fp.seek(0)
             fp.truncate()
@@ -39,6 +49,7 @@ def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
             fp.flush()
             yield
         finally:
+            _held.discard(key)
             fp.seek(0)
             fp.truncate()
             fcntl.flock(fp.fileno(), fcntl.LOCK_UN)

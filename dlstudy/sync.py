@@ -144,10 +144,21 @@ async def _sync(
         raise UsageError("sync downloads whole studies: series and modality filters do not apply")
     store = Store(settings.output, settings.layout)
     store.prepare()
-    # Taken up front so that a second cron run gives up (exit 5) before searching; the download
-    # takes it again for itself.
+    # Held for the whole run (the download inside takes it again, a no-op in this process), so a
+    # second cron run gives up (exit 5) before searching and nothing can slip in between.
     with output_lock(store.state_dir, wait=settings.wait_for_lock):
-        paths = manifest_paths(store)
+        return await _search_and_download(settings, query, shard, store, sink, plan)
+
+
+async def _search_and_download(
+    settings: Settings,
+    query: StudyQuery,
+    shard: Shard | None,
+    store: Store,
+    sink: EventSink,
+    plan: SyncSummary,
+) -> Summary | None:
+    paths = manifest_paths(store)
     records = await search_async(settings, query)
     plan.matched = len(records)
     if not records:

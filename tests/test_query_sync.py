@@ -11,12 +11,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dlstudy.lock import output_lock
 from dlstudy.server import ServerOptions, running_server
 from dlstudy.synth import SynthInstance, SynthSpec, generate
 
@@ -281,10 +281,35 @@ def test_sync_exit_codes(
     assert bad.exit_code == 2
 
     (out / ".dlstudy").mkdir(parents=True, exist_ok=True)
-    with output_lock(out / ".dlstudy", wait=False):
+    with lock_held_by_another_process(out / ".dlstudy"):
         locked = run_cli("sync", "--url", url, "-o", str(out))
     assert locked.exit_code == 5
     assert "in use by another dlstudy run" in locked.stderr
+
+
+@contextmanager
+def lock_held_by_another_process(state_dir: Path) -> Iterator[None]:
+    """The output lock held by a real second process (in-process takes are re-entrant)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from dlstudy.lock import output_lock\n"
+            "with output_lock(Path(sys.argv[1]), wait=False):\n"
+            "    print('held', flush=True); time.sleep(60)",
+            str(state_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()
 
 
 # --- shards in separate processes -------------------------------------------------------------
