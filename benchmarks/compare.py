@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -122,8 +123,8 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Group], list[str]]:
     notes = [
         f"dicomweb-client runs at 0 ms only: sequential per-instance retrieval pays one RTT per "
         f"instance (1,000-2,000 x {args.rtt_ms} ms), which adds nothing but minutes.",
-        "dicomweb-client has no h2c row: requests speaks HTTP/1.1 only; its 'TLS h2' rows are "
-        "HTTP/1.1 over TLS (ALPN), the same nginx port.",
+        "dicomweb-client has no h2c row: requests speaks HTTP/1.1 only; its TLS rows, "
+        "'TLS (h1.1)', are HTTP/1.1 over TLS (ALPN) on the same nginx port.",
         "wsi runs at 0 ms over HTTP/1.1 and TLS h2 only (one instance: RTT adds one round trip; "
         "h2c shows nothing TLS h2 does not), and without dicomweb-client (retrieve_study holds the "
         "1.5 GiB instance in memory several times over).",
@@ -597,6 +598,8 @@ def run_one(
     ok = m.exit_code == 0 and not check["verdict"].startswith("NO")
     row["ok"] = ok
     status = "ok" if ok else f"FAILED exit {m.exit_code}"
+    if probe:
+        status += " (probe)"
     log(
         f"  {group.dataset:5} {TRANSPORT_LABEL[group.transport]:8} {group.rtt_ms:3} ms  "
         f"{CLIENT_LABEL[client]:46} #{repeat}  {m.wall:7.2f} s  {row['mb_per_s']:8.1f} MB/s  "
@@ -823,7 +826,16 @@ def machine() -> dict[str, Any]:
         "dlstudy_commit": command_version([*git, "rev-parse", "HEAD"]),
         "dlstudy_worktree_dirty": bool(dirty and not dirty.startswith("unavailable")),
         "loadavg_at_start": os.getloadavg(),
+        "dlstudy_source_digest_at_start": source_digest(),
     }
+
+
+def source_digest() -> str:
+    """SHA-256 over dlstudy/**/*.py: tells whether the code changed while the benchmark ran."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "dlstudy").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def update_readme(markdown: str) -> None:
@@ -1034,6 +1046,11 @@ def main() -> int:
     rows = median_rows(runs)
     goals = targets(rows, args.rtt_ms)
     info["loadavg_at_end"] = os.getloadavg()
+    info["dlstudy_source_digest_at_end"] = source_digest()
+    changed = info["dlstudy_source_digest_at_end"] != info["dlstudy_source_digest_at_start"]
+    info["dlstudy_changed_during_run"] = changed
+    if changed:
+        notes.append("dlstudy's source changed while this ran: its rows mix versions.")
     elapsed = time.monotonic() - started
     md_rows, md_goals = table(rows), targets_table(goals)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -42,6 +42,12 @@ class Counters:
         elapsed = self.clock() - self.started
         return self.bytes / elapsed if elapsed > 0 else 0.0
 
+    def timing(self) -> str:
+        """`ETA m:ss` while running, `in m:ss` once every instance is accounted for."""
+        if self.total and self.done + self.failed >= self.total:
+            return f"in {_duration(self.clock() - self.started)}"
+        return f"ETA {_duration(self.eta())}"
+
     def eta(self) -> float | None:
         finished = self.done + self.failed
         elapsed = self.clock() - self.started
@@ -134,7 +140,7 @@ class PlainProgress:
         c = self.counters
         self._emit(
             f"{c.done}/{c.total} instances, {_megabytes(c.bytes)}, "
-            f"{_megabytes(c.rate())}/s, ETA {_duration(c.eta())}"
+            f"{_megabytes(c.rate())}/s, {c.timing()}"
         )
 
     def close(self) -> None:
@@ -152,7 +158,7 @@ class _CountersColumn(ProgressColumn):
         failed = f" ({c.failed} failed)" if c.failed else ""
         return Text(
             f"{c.done}/{c.total} instances{failed} • {_megabytes(c.bytes)} • "
-            f"{_megabytes(c.rate())}/s • ETA {_duration(c.eta())}"
+            f"{_megabytes(c.rate())}/s • {c.timing()}"
         )
 
 

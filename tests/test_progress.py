@@ -51,9 +51,14 @@ def test_rich_progress_renders_instances_bytes_rate_and_failures() -> None:
     sink.advance(4_000_000)
     sink.instance_done(REF, 4_000_000)
     sink.instance_failed(REF, "instance 1.2.3.4: [bad] HTTP 500")
+    sink.progress.refresh()
+    clock.now += 1.0
+    sink.instance_done(REF, 0)
+    sink.instance_done(REF, 0)
     sink.close()
     text = out.getvalue()
     assert "1/4 instances (1 failed)" in text
+    assert "3/4 instances (1 failed)" in text and "in 0:03" in text  # elapsed once complete
     assert "4.0 MB" in text and "2.0 MB/s" in text
     assert "failed: instance 1.2.3.4: [bad] HTTP 500" in text  # brackets are not markup
 
