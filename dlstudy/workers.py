@@ -67,11 +67,25 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> None:
         raise ParentGone() from exc
 
 
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps writing
+    into a folder whose lock is gone. Elsewhere the next report to the parent fails instead."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def worker_main(
     settings: Any, refs: list[InstanceRef], form: Retrieval | None, conn: Connection
 ) -> None:
     """Entry point of a worker process (spawned: imports dlstudy afresh)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
+    _die_with_parent()
     try:
         anyio.run(_worker, settings, refs, form, conn)
     except ParentGone:

@@ -128,3 +128,28 @@ def test_ctrl_c_stops_the_workers_cleanly(
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
     assert_same_files(instances, out)
+
+
+def test_workers_die_with_a_killed_parent(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "dlstudy", "download", instances[0].study_uid, "--url", slow,
+            "-o", str(out), "--workers", "2", "-c", "4", "--mode", "instance", "-q",
+        ]
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=10)
+    time.sleep(1.0)  # the workers got SIGTERM from the kernel and stopped
+    before = sorted(p.name for p in out.rglob("*") if p.is_file())
+    time.sleep(1.0)
+    after = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert before == after  # nothing is still writing
+    assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
