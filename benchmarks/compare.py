@@ -1,7 +1,7 @@
 """dlstudy against curl --parallel and dicomweb-client, same data, same nginx, one run.
 
-    bash benchmarks/run.sh            # full run (~25 min on 2 cores), 3 repeats, medians
-    bash benchmarks/run.sh --quick    # small datasets, 1 repeat (~2 min): a smoke test
+    bash benchmarks/run.sh            # full run (~10 min on 2 cores + data build), 3 repeats
+    bash benchmarks/run.sh --quick    # small datasets, 1 repeat (~1-3 min): a smoke test
     benchmarks/.venv/bin/python benchmarks/compare.py --help
 
 What runs
@@ -290,6 +290,46 @@ class Measured:
     proxy_cpu: float
     other_cpu: float
     irq_cpu: float
+    processes: int
+
+
+def status_kib(pid: int, field: str) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+class TreeRss(threading.Thread):
+    """Samples (every 50 ms) the summed VmRSS of every process under `root`, root excluded.
+
+    ru_maxrss is the peak of one process (for a parent, the largest of it and its children);
+    a client that runs worker processes (dlstudy --workers N) uses the sum, which only
+    sampling sees. Shared pages count once per process, so the sum is an upper bound.
+    """
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.peak_kib = 0
+        self.max_processes = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            pids, queue = [], children_of(self.root)
+            while queue and len(pids) < 1000:
+                pid = queue.pop()
+                pids.append(pid)
+                queue.extend(children_of(pid))
+            self.max_processes = max(self.max_processes, len(pids))
+            self.peak_kib = max(self.peak_kib, sum(status_kib(pid, "VmRSS") for pid in pids))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
 
 
 def measure(
@@ -330,18 +370,23 @@ def measure(
 
         timer = threading.Timer(timeout, kill)
         timer.start()
+        sampler = TreeRss(proc.pid)
+        sampler.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             with lock:
                 state["done"] = True
             timer.cancel()
+            sampler.stop()
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     try:  # "Command exited with non-zero status N" may come first; %M is the last line
         rss_kib = int(rusage_file.read_text().split()[-1])
     except (OSError, ValueError, IndexError):
         rss_kib = usage.ru_maxrss  # an upper bound (see above)
+    if sampler.max_processes > 1:  # ru_maxrss is per process: a multi-process client's sum
+        rss_kib = max(rss_kib, sampler.peak_kib)
     busy1, irq1 = machine_cpu_seconds()
     busy, irq = busy1 - busy0, irq1 - irq0
     server_cpu = cpu_seconds(server_pids) - server0
@@ -358,6 +403,7 @@ def measure(
         # Anything else busy on the machine meanwhile (other users, kernel threads): noise.
         other_cpu=max(0.0, busy - irq - cpu - server_cpu - proxy_cpu),
         irq_cpu=irq,
+        processes=sampler.max_processes,
     )
 
 
@@ -585,6 +631,7 @@ def run_one(
         "cpu_s": round(m.cpu, 3),
         "cpu_s_per_gb": round(m.cpu / gb, 3),
         "peak_rss_mb": round(m.rss_mb, 1),
+        "client_processes": m.processes,
         "server_cpu_s": round(m.server_cpu, 3),
         "proxy_cpu_s": round(m.proxy_cpu, 3),
         "other_cpu_s": round(m.other_cpu, 3),
@@ -611,6 +658,32 @@ def run_one(
         log("    command: " + " ".join(cmd[:12]) + (" ..." if len(cmd) > 12 else ""))
         log("    " + (info.get("stderr_tail") or "")[-600:].replace("\n", "\n    "))
     return row
+
+
+def import_cost_note(setup: Setup, name: str, module: str) -> str:
+    """Interpreter start-up + imports, the fixed part of every run of a Python client."""
+    runs = []
+    for _ in range(3):
+        runs.append(
+            measure(
+                [sys.executable, "-c", f"import {module}"],
+                setup.env,
+                setup.work / "import.out",
+                setup.work / "import.err",
+                60,
+                [],
+                [],
+            )
+        )
+    wall = statistics.median(m.wall for m in runs)
+    cpu = statistics.median(m.cpu for m in runs)
+    rss = statistics.median(m.rss_mb for m in runs)
+    note = (
+        f"Start-up: `python -c 'import {module}'` takes {wall:.2f} s wall, {cpu:.2f} CPU s, "
+        f"{rss:.0f} MB peak RSS (median of 3); every {name} wall time above includes it."
+    )
+    log(note)
+    return note
 
 
 def h2c_probe_note(probe: dict[str, Any]) -> str:
@@ -796,7 +869,8 @@ def command_version(cmd: list[str]) -> str:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     except OSError as exc:
         return f"unavailable ({exc})"
-    return (p.stdout or p.stderr).strip().splitlines()[0]
+    lines = (p.stdout or p.stderr).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def machine() -> dict[str, Any]:
@@ -809,7 +883,7 @@ def machine() -> dict[str, Any]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
-    git = ["git", "-C", str(REPO)]
+    git = ["git", "--no-optional-locks", "-C", str(REPO)]  # read-only: no index refresh
     dirty = command_version([*git, "status", "--porcelain", "--", "dlstudy"])
     return {
         "cpu_model": model.group(1).strip() if model else platform.processor(),
@@ -1025,6 +1099,10 @@ def main() -> int:
         for ds in args.datasets:
             for tr in ("h1", "tls"):
                 run_one(setup, Group(ds, tr, 0, ("curl",)), "curl", 0)
+        if "dlstudy" in args.clients:
+            notes.append(import_cost_note(setup, "dlstudy", "dlstudy.cli.app"))
+        if any(c.startswith("dwc") for c in args.clients):
+            notes.append(import_cost_note(setup, "dicomweb-client", "dicomweb_client.api"))
         if "h2c" in args.transports and "curl" in args.clients:
             h2c = Group(args.datasets[0], "h2c", 0, ("curl",))
             probe = run_one(setup, h2c, "curl", 0, probe=True)

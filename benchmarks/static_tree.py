@@ -347,7 +347,7 @@ http {{
     open_file_cache max=20000 inactive=600s;
     open_file_cache_valid 600s;
     http2_max_concurrent_streams 128;
-    http2_chunk_size 16k;
+    http2_chunk_size 1m;  # frames are min(this, the client's SETTINGS_MAX_FRAME_SIZE)
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_buffer_size 16k;
     ssl_certificate {cert.resolve().as_posix()};
