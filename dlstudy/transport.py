@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from itertools import islice
 from typing import Any
 
 import anyio
@@ -85,47 +86,42 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it, and so on: httpx keeps httpcore's error as its cause, and
+    httpcore keeps h2's. Stops at a cycle."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def _goaway(exc: BaseException) -> h2.events.ConnectionTerminated | None:
     """The GOAWAY behind an error on a stream the server never processed, if that is what it is.
 
     httpcore raises RemoteProtocolError(ConnectionTerminated) for streams above the GOAWAY's
     last_stream_id; those requests are safe to send again on a new connection.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:  # httpx keeps httpcore's as cause
-        seen.add(id(current))
+    for current in _chain(exc):
         for arg in current.args:
             if isinstance(arg, h2.events.ConnectionTerminated):
                 return arg
-        current = current.__cause__ or current.__context__
     return None
 
 
 def _closed_by_another_stream(exc: BaseException) -> bool:
     """h2's complaint when a stream touches a connection another stream's error closed."""
-    current: BaseException | None = exc
-    for _ in range(5):  # the cause chain is short: httpx <- httpcore <- h2
-        if current is None:
-            return False
-        if type(current) is h2.exceptions.ProtocolError and "ConnectionState.CLOSED" in str(
-            current
-        ):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    # The chain that matters is short: httpx <- httpcore <- h2.
+    return any(
+        type(current) is h2.exceptions.ProtocolError and "ConnectionState.CLOSED" in str(current)
+        for current in islice(_chain(exc), 5)
+    )
 
 
-def _root_cause(exc: BaseException) -> BaseException | None:
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        nxt = cause.__cause__ or cause.__context__
-        if nxt is None:
-            return cause
-        cause = nxt
-    return cause
+def _root_cause(exc: BaseException) -> BaseException:
+    *_, last = _chain(exc)
+    return last
 
 
 def _netloc(url: str) -> str:

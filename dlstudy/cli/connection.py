@@ -1,4 +1,4 @@
-"""Options shared by `query` and `sync`: the environment-variable rule and Settings building."""
+"""Options shared by the commands: the environment-variable rule and Settings building."""
 
 from __future__ import annotations
 

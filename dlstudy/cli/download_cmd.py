@@ -10,15 +10,12 @@ import typer
 
 from ..download import download
 from ..errors import DlstudyError
-from ..settings import DEFAULT_LAYOUT, HttpVersion, Mode, Settings
+from ..settings import DEFAULT_LAYOUT
 from ..summary import Summary
 from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import option
+from .connection import build_settings, option
 from .sharding import ShardOpt, finish_empty_shard, select_shard, shard_option
-
-HTTP_CHOICES = ("auto", "1.1", "2")
-MODE_CHOICES = ("auto", "instance", "series", "study")
 
 
 def read_uid_file(source: str) -> list[str]:
@@ -212,26 +209,14 @@ def register(app: typer.Typer) -> None:
             finish_empty_shard(
                 chosen_shard, given, url=url, output=output, json_output=json_output, quiet=quiet
             )
-        if http not in HTTP_CHOICES:
-            fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
-        if mode not in MODE_CHOICES:
-            fail_usage(f"--mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
-        if (cert is None) != (key is None) and cert is None:
-            fail_usage("--key needs --cert")
-        if insecure:
-            typer.echo(
-                "dlstudy: warning: --insecure: the server's TLS certificate is NOT verified",
-                err=True,
-            )
-        http_version: HttpVersion = http  # type: ignore[assignment]
-        mode_value: Mode = mode  # type: ignore[assignment]
-        settings = Settings(
+        settings = build_settings(
             url=url,
+            http=http,
+            mode=mode,
+            insecure=insecure,
             output=output,
             concurrency=concurrency,
             workers=workers,
-            http=http_version,
-            mode=mode_value,
             transfer_syntax=transfer_syntax,
             layout=layout,
             series=tuple(series or ()),
@@ -244,7 +229,6 @@ def register(app: typer.Typer) -> None:
             ca_bundle=ca_bundle,
             cert=cert,
             key=key,
-            insecure=insecure,
             retries=retries,
             retry_budget=retry_budget,
             timeout=timeout,
