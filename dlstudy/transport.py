@@ -25,6 +25,7 @@ import httpx
 
 from . import httptuning
 from .errors import AuthError, ConnectError, DlstudyError, TransferError
+from .http11 import Http11Transport
 from .settings import Settings
 from .urls import redact_url, split_base_url
 
@@ -41,6 +42,9 @@ PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (
     h2.exceptions.StreamClosedError,
 )
 USER_AGENT = "dlstudy"
+# HTTP/1.1 goes through dlstudy/http11.py; tests that mock HTTP with respx (which patches
+# httpcore) turn this off.
+LEAN_HTTP11 = True
 
 
 def translate_error(exc: BaseException, url: str) -> DlstudyError:
@@ -151,6 +155,17 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
     return context
 
 
+def _http11_ssl_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
+    if isinstance(verify, ssl.SSLContext):
+        context = verify
+    else:  # --insecure
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class Transport:
     """One shared AsyncClient per run, plus the HTTP version it settled on."""
 
@@ -193,10 +208,19 @@ class Transport:
             max_connections=max(1, settings.concurrency) + 2,
             max_keepalive_connections=max(1, settings.concurrency) + 2,
         )
+        verify = _ssl_context(settings)
+        transport: httpx.AsyncBaseTransport | None = None
+        if http1 and not http2 and LEAN_HTTP11:
+            transport = Http11Transport(
+                ssl_context=_http11_ssl_context(verify),
+                max_connections=limits.max_connections or 1,
+                fallback=httpx.AsyncHTTPTransport(verify=verify, limits=limits),
+            )
         return httpx.AsyncClient(
             http1=http1,
             http2=http2,
-            verify=_ssl_context(settings),
+            verify=verify,
+            transport=transport,
             timeout=timeout,
             limits=limits,
             auth=self._auth,

@@ -21,3 +21,9 @@ def _isolated_configuration(
     for name in list(os.environ):
         if name.startswith("DLSTUDY_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def httpcore_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP/1.1 through httpcore instead of dlstudy/http11.py: respx mocks patch httpcore."""
+    monkeypatch.setattr("dlstudy.transport.LEAN_HTTP11", False)

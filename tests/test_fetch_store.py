@@ -24,6 +24,9 @@ from dlstudy.verify import verify_instance
 
 from .factories import STUDY, part10
 
+# respx patches httpcore, so HTTP/1.1 must go through it here.
+pytestmark = pytest.mark.usefixtures("httpcore_pool")
+
 BASE = "http://pacs.test/dicomweb"
 SERIES = f"{STUDY}.7"
 SOP = f"{SERIES}.1"

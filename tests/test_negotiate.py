@@ -20,6 +20,9 @@ from dlstudy.transport import Transport
 
 from .factories import STUDY, multipart_body, part10
 
+# respx patches httpcore, so HTTP/1.1 must go through it here.
+pytestmark = pytest.mark.usefixtures("httpcore_pool")
+
 BASE = "http://pacs.test/dicomweb"
 SERIES = f"{STUDY}.7"
 REFS = [InstanceRef(STUDY, SERIES, f"{SERIES}.{i}") for i in range(1, 4)]

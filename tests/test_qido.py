@@ -19,6 +19,9 @@ from dlstudy.transport import Transport
 
 from .factories import STUDY, instance_json, series_json
 
+# respx patches httpcore, so HTTP/1.1 must go through it here.
+pytestmark = pytest.mark.usefixtures("httpcore_pool")
+
 BASE = "http://pacs.test/dicomweb"
 SERIES_URL = f"{BASE}/studies/{STUDY}/series"
 

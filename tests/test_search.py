@@ -27,6 +27,9 @@ from dlstudy.settings import Settings
 
 from .factories import element
 
+# respx patches httpcore, so HTTP/1.1 must go through it here.
+pytestmark = pytest.mark.usefixtures("httpcore_pool")
+
 BASE = "http://pacs.test/dicomweb"
 STUDIES_URL = f"{BASE}/studies"
 TODAY = dt.date(2026, 1, 31)

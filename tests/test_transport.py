@@ -84,6 +84,7 @@ def test_transient_errors_are_retryable_and_connect_errors_are_fatal() -> None:
 
 
 @respx.mock
+@pytest.mark.usefixtures("httpcore_pool")  # respx patches httpcore
 def test_headers_auth_and_userinfo_credentials_are_sent() -> None:
     route = respx.get("http://pacs.test/dicomweb/studies").mock(return_value=httpx.Response(200))
     settings = Settings(
@@ -106,6 +107,7 @@ def test_headers_auth_and_userinfo_credentials_are_sent() -> None:
 
 
 @respx.mock
+@pytest.mark.usefixtures("httpcore_pool")  # respx patches httpcore
 def test_bearer_token_and_secret_headers_never_follow_a_cross_origin_redirect() -> None:
     respx.get("http://pacs.test/dicomweb/studies").mock(
         return_value=httpx.Response(302, headers={"Location": "http://elsewhere.test/x"})
@@ -127,6 +129,7 @@ def test_bearer_token_and_secret_headers_never_follow_a_cross_origin_redirect() 
 
 
 @respx.mock
+@pytest.mark.usefixtures("httpcore_pool")  # respx patches httpcore
 def test_same_origin_redirect_keeps_credentials() -> None:
     respx.get("http://pacs.test/dicomweb/a").mock(
         return_value=httpx.Response(302, headers={"Location": "/dicomweb/b"})
