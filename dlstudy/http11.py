@@ -20,8 +20,8 @@ import asyncio
 import re
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Literal
+from collections.abc import AsyncIterator, Callable
+from typing import Literal, Protocol, TypeVar
 
 import httpx
 
@@ -71,6 +71,7 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -97,6 +98,8 @@ class Connection(asyncio.Protocol):
         self._eof = True
         self._error = exc
         self._wake()
+        if not self.lost.done():
+            self.lost.set_result(None)
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
@@ -410,18 +413,18 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._open = 0
         self._slots = asyncio.Semaphore(self._max_connections)
         self._closed = False
+        self._every = OpenConnections()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        method = request.method.encode("ascii")
-        if method not in (b"GET", b"HEAD") or _has_body(request) or self._closed:
+        if not handled_here(request) or self._closed:
             return await self._fallback.handle_async_request(request)
-        url = request.url
-        origin: Origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        method = request.method.encode("ascii")
+        origin = origin_of(request.url)
         timeouts = request.extensions.get("timeout", {})
         read_timeout = timeouts.get("read")
         head_bytes = _request_head(method, request)
 
-        await self._take_slot(timeouts.get("pool"))
+        await take_slot(self._slots, timeouts.get("pool"))
         connection: Connection | None = None
         try:
             connection = await self._checkout(origin, timeouts.get("connect"))
@@ -459,15 +462,6 @@ class Http11Transport(httpx.AsyncBaseTransport):
             extensions={"http_version": head.version, "reason_phrase": head.reason},
         )
 
-    async def _take_slot(self, pool_timeout: float | None) -> None:
-        if pool_timeout is None:
-            await self._slots.acquire()
-            return
-        try:
-            await asyncio.wait_for(self._slots.acquire(), pool_timeout)
-        except TimeoutError:
-            raise httpx.PoolTimeout("timed out waiting for a free connection") from None
-
     async def _checkout(self, origin: Origin, connect_timeout: float | None) -> Connection:
         idle = self._idle.get(origin)
         while idle:
@@ -483,31 +477,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
             oldest = self._idle_order.popleft()
             self._idle[oldest.origin].remove(oldest)
             self._discard(oldest)
-        scheme, host, port = origin
-        tls = scheme == "https"
-        loop = asyncio.get_running_loop()
         self._open += 1
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Connection(origin),
-                    host,
-                    port,
-                    ssl=self._ssl_context if tls else None,
-                    server_hostname=host if tls else None,
-                    ssl_handshake_timeout=connect_timeout if tls else None,
-                ),
-                connect_timeout,
-            )
-        except TimeoutError as exc:
-            self._open -= 1
-            raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}") from exc
-        except OSError as exc:
-            self._open -= 1
-            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+            connection = await connect(Connection, origin, self._ssl_context, connect_timeout)
         except BaseException:
             self._open -= 1
             raise
+        self._every.add(connection)
         return connection
 
     def _release(self, connection: Connection, *, reusable: bool) -> None:
@@ -532,6 +508,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             connection = self._idle_order.popleft()
             self._idle[connection.origin].remove(connection)
             self._discard(connection)
+        await self._every.close_all()
         await self._fallback.aclose()
 
 
@@ -553,15 +530,94 @@ async def _exchange(
         connection.unread(leftover)  # 1xx interim response: the real one follows
 
 
-def _has_body(request: httpx.Request) -> bool:
-    return "content-length" in request.headers or "transfer-encoding" in request.headers
+class _Closable(Protocol):
+    lost: asyncio.Future[None]
+
+    def close(self) -> None: ...
+
+
+class OpenConnections:
+    """Every connection a pool opened that is not closed yet, so that the pool's aclose() can
+    close them all (idle or busy) and wait until asyncio has really released their sockets."""
+
+    def __init__(self) -> None:
+        self._open: set[_Closable] = set()
+
+    def add(self, connection: _Closable) -> None:
+        self._open.add(connection)
+        connection.lost.add_done_callback(lambda _: self._open.discard(connection))
+
+    async def close_all(self) -> None:
+        connections = list(self._open)
+        for connection in connections:
+            connection.close()
+        lost = [c.lost for c in connections if not c.lost.done()]
+        if lost:
+            await asyncio.wait(lost, timeout=2)
+
+
+async def take_slot(slots: asyncio.Semaphore, pool_timeout: float | None) -> None:
+    if pool_timeout is None:
+        await slots.acquire()
+        return
+    try:
+        await asyncio.wait_for(slots.acquire(), pool_timeout)
+    except TimeoutError:
+        raise httpx.PoolTimeout("timed out waiting for a free connection") from None
+
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def connect(
+    protocol: Callable[[Origin], P],
+    origin: Origin,
+    ssl_context: ssl.SSLContext,
+    connect_timeout: float | None,
+) -> P:
+    """A new connection to `origin` (TLS for https), its failures as httpx errors."""
+    scheme, host, port = origin
+    tls = scheme == "https"
+    loop = asyncio.get_running_loop()
+    try:
+        _, connection = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: protocol(origin),
+                host,
+                port,
+                ssl=ssl_context if tls else None,
+                server_hostname=host if tls else None,
+                ssl_handshake_timeout=connect_timeout if tls else None,
+            ),
+            connect_timeout,
+        )
+    except TimeoutError as exc:
+        raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}") from exc
+    except OSError as exc:
+        raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+    return connection
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    return (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+
+
+def handled_here(request: httpx.Request) -> bool:
+    """GET and HEAD without a body: everything dlstudy sends. The rest goes to httpcore."""
+    return request.method in ("GET", "HEAD") and not (
+        "content-length" in request.headers or "transfer-encoding" in request.headers
+    )
+
+
+def check_header(name: bytes, value: bytes) -> None:
+    if not _TOKEN.fullmatch(name) or any(c in value for c in (b"\r", b"\n", b"\0")):
+        raise httpx.LocalProtocolError(f"illegal header {name[:40]!r}")
 
 
 def _request_head(method: bytes, request: httpx.Request) -> bytes:
     lines = [method + b" " + request.url.raw_path + b" HTTP/1.1"]
     for name, value in request.headers.raw:
-        if not _TOKEN.fullmatch(name) or any(c in value for c in (b"\r", b"\n", b"\0")):
-            raise httpx.LocalProtocolError(f"illegal header {name[:40]!r}")
+        check_header(name, value)
         lines.append(name + b": " + value)
     lines.append(b"\r\n")
     return b"\r\n".join(lines)

@@ -5,6 +5,10 @@ and h2 exceptions become dlstudy errors.
 does not understand it drops the connection, which shows up as a protocol error on the very first
 request. The transport then switches to an HTTP/1.1 connection pool once, for the whole run.
 Over https:// ALPN decides and no probing is needed.
+
+httpx is the client (auth, redirects, cookies, timeouts); underneath it, requests travel through
+dlstudy's own lean transports (http11.py, http2.py) rather than httpcore's pool, which cost
+several times the CPU per instance (README "Performance").
 """
 
 from __future__ import annotations
@@ -23,14 +27,13 @@ import h2.exceptions
 import httpcore
 import httpx
 
-from . import httptuning
 from .errors import AuthError, ConnectError, DlstudyError, TransferError
+from .http2 import Http2Transport
 from .http11 import Http11Transport
 from .settings import Settings
 from .urls import redact_url, split_base_url
 
 log = logging.getLogger(__name__)
-httptuning.apply()
 
 # Errors that mean "the bytes on the wire were not what the protocol allows": a truncated body,
 # a reset stream, a GOAWAY, or an h2c preface sent to an HTTP/1.1-only server. h2 and httpcore
@@ -42,9 +45,9 @@ PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (
     h2.exceptions.StreamClosedError,
 )
 USER_AGENT = "dlstudy"
-# HTTP/1.1 goes through dlstudy/http11.py; tests that mock HTTP with respx (which patches
-# httpcore) turn this off.
-LEAN_HTTP11 = True
+# Requests go through dlstudy/http11.py and http2.py; tests that mock HTTP with respx (which
+# patches httpcore) turn this off.
+LEAN_TRANSPORTS = True
 
 
 def translate_error(exc: BaseException, url: str) -> DlstudyError:
@@ -155,14 +158,13 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
     return context
 
 
-def _http11_ssl_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
-    if isinstance(verify, ssl.SSLContext):
-        context = verify
-    else:  # --insecure
+def _alpn_context(settings: Settings, protocols: list[str]) -> ssl.SSLContext:
+    context = _ssl_context(settings)
+    if not isinstance(context, ssl.SSLContext):  # --insecure
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(protocols)
     return context
 
 
@@ -210,12 +212,25 @@ class Transport:
         )
         verify = _ssl_context(settings)
         transport: httpx.AsyncBaseTransport | None = None
-        if http1 and not http2 and LEAN_HTTP11:
-            transport = Http11Transport(
-                ssl_context=_http11_ssl_context(verify),
-                max_connections=limits.max_connections or 1,
-                fallback=httpx.AsyncHTTPTransport(verify=verify, limits=limits),
+        if LEAN_TRANSPORTS:
+            # Bodies and other methods (dlstudy sends none) go to httpcore, as configured.
+            fallback = httpx.AsyncHTTPTransport(
+                verify=verify, http1=http1, http2=http2, limits=limits
             )
+            slots = limits.max_connections or 1
+            http11 = Http11Transport(
+                ssl_context=_alpn_context(settings, ["http/1.1"]),
+                max_connections=slots,
+                fallback=fallback,
+            )
+            transport = http11
+            if http2:
+                transport = Http2Transport(
+                    ssl_context=_alpn_context(settings, ["h2", "http/1.1"] if http1 else ["h2"]),
+                    max_streams=slots,
+                    fallback=fallback,
+                    http1_fallback=http11 if http1 else None,
+                )
         return httpx.AsyncClient(
             http1=http1,
             http2=http2,

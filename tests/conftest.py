@@ -25,5 +25,5 @@ def _isolated_configuration(
 
 @pytest.fixture
 def httpcore_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HTTP/1.1 through httpcore instead of dlstudy/http11.py: respx mocks patch httpcore."""
-    monkeypatch.setattr("dlstudy.transport.LEAN_HTTP11", False)
+    """HTTP through httpcore instead of dlstudy/http11.py and http2.py: respx patches httpcore."""
+    monkeypatch.setattr("dlstudy.transport.LEAN_TRANSPORTS", False)

@@ -1,0 +1,457 @@
+"""A lean HTTP/2 transport for httpx, on the h2 state machine and one asyncio Protocol per
+connection: the HTTP/2 counterpart of dlstudy/http11.py, for the same reason (README
+"Performance": httpcore spent most of the client CPU of an HTTP/2 download on its own
+bookkeeping: a lock, a cancel scope and an event-list shuffle per frame and per read).
+
+- Settings: 64 KiB frames and 1 MiB stream windows, so a 512 KiB instance is 8 DATA frames
+  instead of 32, and a stream is not held to 64 KiB per round trip at high RTT. Received data is
+  acknowledged only when the reader takes it, so the 16 MiB connection window bounds what a
+  connection buffers, whatever the number of streams.
+- Frames that the protocol sends back (HEADERS, WINDOW_UPDATE) are flushed once per turn of the
+  event loop, so many streams share one TLS record and one send().
+- Streams share one connection per origin while the server's SETTINGS_MAX_CONCURRENT_STREAMS
+  allows; beyond that, more connections.
+- Over https://, ALPN offers h2 (and http/1.1 when `http1_fallback` is given: origins that pick
+  it are then served by that transport).
+- GOAWAY: streams the server never processed fail with the GOAWAY event in their cause chain,
+  which dlstudy/transport.py treats as safe to send again; the connection takes no new streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import httpx
+
+from .http11 import (
+    OpenConnections,
+    Origin,
+    check_header,
+    connect,
+    handled_here,
+    origin_of,
+    take_slot,
+)
+
+# Large enough that a frame costs little per byte, small enough that glibc serves its buffers
+# from the heap (its mmap threshold starts at 128 KiB): 256 KiB and 1 MiB frames cost more in
+# page faults (system time) than they saved.
+MAX_FRAME_SIZE = 64 * 1024
+STREAM_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+MAX_HEADER_LIST_SIZE = 64 * 1024
+# Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); Host becomes :authority.
+_DROPPED_HEADERS = frozenset(
+    {b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+class _Refused(Exception):
+    """Carries the GOAWAY that refused a stream, for dlstudy.transport's cause-chain probe."""
+
+
+class _Stream:
+    __slots__ = ("id", "status", "headers", "chunks", "ended", "error", "waiter")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: deque[tuple[bytes, int]] = deque()  # (data, flow-controlled length)
+        self.ended = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, read_timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        timer = None
+        if read_timeout is not None:
+            timer = loop.call_later(read_timeout, _time_out, waiter)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(httpx.ReadTimeout("timed out reading"))
+
+
+class Connection(asyncio.Protocol):
+    """One HTTP/2 connection: h2 parses, this routes events to the streams waiting on them."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.streams: dict[int, _Stream] = {}
+        self.max_streams = 100  # until the server's SETTINGS say otherwise
+        self.accepting = True  # False after GOAWAY or a connection error
+        self.closed = False
+        self._error: BaseException | None = None
+        self._flush_scheduled = False
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # Set as initial values, as httpcore does, so only one SETTINGS frame goes out; h2 then
+        # never learns of the larger frame size by ACK, hence max_inbound_frame_size by hand.
+        codes = h2.settings.SettingCodes
+        self.h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                codes.ENABLE_PUSH: 0,
+                codes.MAX_CONCURRENT_STREAMS: 100,
+                codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+                codes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                codes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            },
+        )
+        # Some servers reject this setting, which the original RFC 7540 did not define.
+        del self.h2.local_settings[codes.ENABLE_CONNECT_PROTOCOL]
+        self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.flush()  # h2 queued a GOAWAY saying why
+            self._fail(httpx.RemoteProtocolError(f"HTTP/2 protocol error: {exc}"), exc)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for event in events:
+            self._dispatch(event)
+        self.flush()
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id or 0)
+            if stream is not None and event.data is not None:
+                stream.chunks.append((event.data, event.flow_controlled_length or 0))
+                stream.wake()
+            elif event.flow_controlled_length:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.ResponseReceived):
+            stream = self.streams.get(event.stream_id or 0)
+            if stream is not None:
+                self._take_headers(stream, event.headers or [])
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.pop(event.stream_id or 0, None)
+            if stream is not None:
+                stream.ended = True
+                stream.wake()
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id or 0, None)
+            if stream is not None:
+                code = event.error_code
+                name = getattr(code, "name", code)
+                stream.error = httpx.RemoteProtocolError(f"server reset the stream ({name})")
+                stream.wake()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._goaway(event)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.max_streams = self.h2.remote_settings.max_concurrent_streams
+
+    def _take_headers(self, stream: _Stream, headers: list[tuple[bytes, bytes]]) -> None:
+        for name, value in headers:
+            if name == b":status":
+                stream.status = int(value)
+            elif not name.startswith(b":"):
+                stream.headers.append((name, value))
+        stream.wake()
+
+    def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        self.accepting = False
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        for stream_id in [i for i in self.streams if i > last]:
+            stream = self.streams.pop(stream_id)
+            refused = _Refused(event)
+            error = httpx.RemoteProtocolError(
+                f"server closed the HTTP/2 connection (GOAWAY, error {event.error_code})"
+            )
+            error.__cause__ = refused
+            stream.error = error
+            stream.wake()
+        if not self.streams and self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if exc is None:
+            error: BaseException = httpx.RemoteProtocolError("server closed the connection")
+        else:
+            error = httpx.ReadError(str(exc) or type(exc).__name__)
+        self._fail(error, exc)
+
+    def _fail(self, error: BaseException, cause: BaseException | None) -> None:
+        self.accepting = False
+        self._error = error
+        error.__cause__ = cause
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.error = error
+            stream.wake()
+
+    # -- used by the transport ----------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        return (
+            self.accepting
+            and not self.closed
+            and len(self.streams) < self.max_streams
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    def open_stream(self, headers: list[tuple[bytes, bytes]]) -> _Stream:
+        stream_id = self.h2.get_next_available_stream_id()
+        stream = _Stream(stream_id)
+        self.streams[stream_id] = stream
+        self.h2.send_headers(stream_id, headers, end_stream=True)
+        self.flush_soon()
+        return stream
+
+    def acknowledge(self, stream: _Stream, size: int) -> None:
+        if size and not self.closed:
+            self.h2.acknowledge_received_data(size, stream.id)
+            self.flush_soon()
+
+    def cancel(self, stream: _Stream) -> None:
+        """The reader gave up: reset the stream and hand back the window its data held."""
+        unread = sum(size for _, size in stream.chunks)
+        stream.chunks.clear()
+        if self.closed:
+            return
+        if self.streams.pop(stream.id, None) is not None:
+            self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
+        if unread:
+            self.h2.acknowledge_received_data(unread, stream.id)
+        self.flush()
+        self.close_if_done()
+
+    def close_if_done(self) -> None:
+        if not self.accepting and not self.streams and self.transport is not None:
+            self.transport.close()
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Flush once the event loop has run every ready task: the HEADERS and WINDOW_UPDATE
+        frames of many streams then leave in one TLS record and one send() instead of one each."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def close(self) -> None:
+        self.accepting = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.h2.close_connection()
+            self.flush()
+            self.transport.close()
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(
+        self,
+        pool: Http2Transport,
+        connection: Connection,
+        stream: _Stream,
+        read_timeout: float | None,
+    ) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._stream = stream
+        self._timeout = read_timeout
+        self._done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        stream, connection = self._stream, self._connection
+        while True:
+            if stream.chunks:
+                data, size = stream.chunks.popleft()
+                connection.acknowledge(stream, size)
+                if not stream.chunks and stream.ended:
+                    self._finish()
+                yield data
+                continue
+            if stream.error is not None:
+                raise stream.error
+            if stream.ended:
+                break
+            await stream.wait(self._timeout)
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._pool._release(self._connection)
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._connection.cancel(self._stream)
+            self._finish()
+
+
+class Http2Transport(httpx.AsyncBaseTransport):
+    """At most `max_streams` requests at once, over as few connections per origin as the
+    server's stream limit allows."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext,
+        max_streams: int,
+        fallback: httpx.AsyncBaseTransport,
+        http1_fallback: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`fallback` takes what this transport does not handle (bodies, other methods);
+        `http1_fallback`, if given, takes origins whose TLS server picks http/1.1 by ALPN."""
+        self._ssl_context = ssl_context
+        self._fallback = fallback
+        self._http1 = http1_fallback
+        self._http1_origins: set[Origin] = set()
+        self._connections: dict[Origin, list[Connection]] = {}
+        self._connecting: dict[Origin, asyncio.Lock] = {}
+        self._slots = asyncio.Semaphore(max(1, max_streams))
+        self._closed = False
+        self._every = OpenConnections()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not handled_here(request) or self._closed:
+            return await self._fallback.handle_async_request(request)
+        origin = origin_of(request.url)
+        if origin in self._http1_origins and self._http1 is not None:
+            return await self._http1.handle_async_request(request)
+        timeouts = request.extensions.get("timeout", {})
+        read_timeout = timeouts.get("read")
+        headers = _request_headers(request)
+
+        await take_slot(self._slots, timeouts.get("pool"))
+        try:
+            connection = await self._connection_for(origin, timeouts.get("connect"))
+        except BaseException:
+            self._slots.release()
+            raise
+        if connection is None:  # the server picked HTTP/1.1 by ALPN
+            self._slots.release()
+            assert self._http1 is not None
+            return await self._http1.handle_async_request(request)
+        try:
+            stream = connection.open_stream(headers)
+        except BaseException:
+            self._release(connection)
+            raise
+        try:
+            while not stream.status:
+                if stream.error is not None:
+                    raise stream.error
+                if stream.ended:
+                    raise httpx.RemoteProtocolError("stream ended without a response")
+                await stream.wait(read_timeout)
+        except BaseException:
+            connection.cancel(stream)
+            self._release(connection)
+            raise
+        return httpx.Response(
+            stream.status,
+            headers=stream.headers,
+            stream=_Body(self, connection, stream, read_timeout),
+            extensions={"http_version": b"HTTP/2"},
+        )
+
+    async def _connection_for(
+        self, origin: Origin, connect_timeout: float | None
+    ) -> Connection | None:
+        """A connection with room for one more stream; None if the origin speaks HTTP/1.1."""
+        found = self._with_room(origin)
+        if found is not None:
+            return found
+        lock = self._connecting.setdefault(origin, asyncio.Lock())
+        async with lock:  # one handshake at a time per origin; the others then share it
+            found = self._with_room(origin)
+            if found is not None or origin in self._http1_origins:
+                return found
+            connection = await connect(Connection, origin, self._ssl_context, connect_timeout)
+            assert connection.transport is not None
+            ssl_object = connection.transport.get_extra_info("ssl_object")
+            chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else "h2"
+            if chosen == "http/1.1" and self._http1 is not None:
+                connection.transport.abort()
+                self._http1_origins.add(origin)
+                return None
+            self._connections.setdefault(origin, []).append(connection)
+            self._every.add(connection)
+            return connection
+
+    def _with_room(self, origin: Origin) -> Connection | None:
+        connections = self._connections.get(origin)
+        if not connections:
+            return None
+        for connection in connections:
+            if connection.has_room():
+                return connection
+        # Drop the ones that will never take a stream again.
+        connections[:] = [c for c in connections if c.accepting and not c.closed]
+        return None
+
+    def _release(self, connection: Connection) -> None:
+        self._slots.release()
+        connection.close_if_done()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._connections.clear()
+        await self._every.close_all()
+        await self._fallback.aclose()
+        if self._http1 is not None:
+            await self._http1.aclose()
+
+
+def _request_headers(request: httpx.Request) -> list[tuple[bytes, bytes]]:
+    url = request.url
+    authority = request.headers.get("host", url.netloc.decode("ascii")).encode("ascii")
+    headers = [
+        (b":method", request.method.encode("ascii")),
+        (b":authority", authority),
+        (b":scheme", url.scheme.encode("ascii")),
+        (b":path", url.raw_path),
+    ]
+    for name, value in request.headers.raw:
+        check_header(name, value)
+        lowered = name.lower()
+        if lowered not in _DROPPED_HEADERS and not (lowered == b"te" and value != b"trailers"):
+            headers.append((lowered, value))
+    return headers
