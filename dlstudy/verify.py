@@ -2,16 +2,25 @@
 
 Only the header is parsed (pydicom stops before the pixel data), so the cost does not grow with
 the instance size. The bytes are never rewritten: we check what the server sent, as sent.
+
+Standard files take a fast path that reads pydicom's raw elements without building Datasets
+(that was most of the verify cost per instance); anything unusual goes to `read_partial` as before.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from pydicom import uid
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import data_element_generator, read_partial
 from pydicom.tag import BaseTag, Tag
 
 from .errors import IntegrityError
@@ -24,6 +33,15 @@ log = logging.getLogger(__name__)
 
 _TAGS: list[BaseTag | int] = [Tag(0x0020, 0x000D), Tag(0x0020, 0x000E), Tag(0x0008, 0x0018)]
 _LAST_TAG = 0x0020000E  # Series Instance UID, the last of the three
+_STUDY, _SERIES, _SOP = 0x0020000D, 0x0020000E, 0x00080018
+_GROUP_LENGTH, _MEDIA_SOP, _TRANSFER_SYNTAX = 0x00020000, 0x00020003, 0x00020010
+# What pydicom accepts without a warning for a UI value (after stripping the padding).
+_VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_MAX_UID_LENGTH = 64
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_HEADER_CHUNK = 16 * 1024  # ample for the elements up to (0020,000E) in real files
+# Transfer syntaxes read_partial decodes specially (big endian; deflate inflates the dataset).
+_PYDICOM_DECODES = {uid.ExplicitVRBigEndian, uid.DeflatedExplicitVRLittleEndian}
 
 
 def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -84,6 +102,8 @@ def read_header(path: Path, *, label: str) -> HeaderInfo:
             )
         check_prefix(prefix, sop_uid=label.removeprefix("instance "))
         has_magic = prefix[PREAMBLE_LENGTH:] == MAGIC
+        if has_magic and (info := _read_header_fast(fp)) is not None:
+            return info
         fp.seek(0)
         try:
             # The three UIDs live in groups 0008 and 0020: stop parsing right after them
@@ -105,6 +125,143 @@ def read_header(path: Path, *, label: str) -> HeaderInfo:
         transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or ""),
         has_preamble=has_magic,
     )
+
+
+def _read_header_fast(fp: BinaryIO) -> HeaderInfo | None:
+    """`read_header` for a plain Part 10 file, or None to leave the file to `read_partial`.
+
+    `fp` is just past the DICM magic. Parsing from memory is much cheaper than from the file
+    (whose tell() is a system call, and pydicom calls it for every element), and the header up
+    to the UIDs nearly always fits in the first chunk. When it may not have, the file is parsed.
+    """
+    try:
+        start = fp.tell()
+        chunk = fp.read(_HEADER_CHUNK)
+        info, complete = _parse_plain(io.BytesIO(chunk))
+        if complete or len(chunk) < _HEADER_CHUNK:  # a short chunk is the whole file
+            return info
+        fp.seek(start)
+        return _parse_plain(fp)[0]
+    except OSError:  # read_partial meets it too, and reports it as before
+        return None
+
+
+class _Walk:
+    """A stop_when callback for tags outside [first, last] that also tells whether the walk
+    got to its stop on its own.
+
+    It did if it stopped there without parsing an element of undefined length: skipping and
+    reading defined lengths cannot run past the end of a chunk unnoticed, but pydicom's search
+    for the end of an undefined length value could stop at a stray delimiter inside the chunk.
+    """
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        self.stopped = False
+        self.undefined_length = False
+
+    def __call__(self, tag: BaseTag, vr: str | None, length: int) -> bool:
+        self.stopped = not self.first <= int(tag) <= self.last  # int: BaseTag compares slowly
+        self.undefined_length |= length == _UNDEFINED_LENGTH and not self.stopped
+        return self.stopped
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped and not self.undefined_length
+
+
+def _parse_plain(fp: BinaryIO) -> tuple[HeaderInfo | None, bool]:
+    """The header of a plain Part 10 file read without building pydicom Datasets, and whether
+    both walks (file meta, then dataset) were complete.
+
+    pydicom's own element generator walks the elements as `read_partial` does, but only the
+    few UIDs are decoded. Whatever `read_partial` would treat specially (no or wrong group
+    length, a deflated, big endian or private transfer syntax, a command set, a VR that does
+    not match the transfer syntax, a UID pydicom would warn about, a parsing error) gives None.
+    """
+    # Like read_partial: the file meta is group 0002, the dataset is read up to the last UID.
+    meta_walk, dataset_walk = _Walk(0x00020000, 0x0002FFFF), _Walk(0, _LAST_TAG)
+    try:
+        start = fp.tell()
+        meta = _raw_elements(fp, implicit=False, stop_when=meta_walk)
+        # read_partial decodes the first meta element (retrying as implicit VR if that fails)
+        # and logs a group length that does not match: the standard layout avoids both.
+        if not meta:
+            return None, False
+        first_tag, first = next(iter(meta.items()))
+        if first_tag != _GROUP_LENGTH or first.VR != "UL" or first.length != 4:
+            return None, False
+        # The group length counts the bytes after its own 12-byte element.
+        if int.from_bytes(first.value or b"", "little") != fp.tell() - start - 12:
+            return None, False
+        transfer_syntax = _uid(meta, _TRANSFER_SYNTAX)
+        media_sop = _uid(meta, _MEDIA_SOP)
+        if not transfer_syntax or media_sop is None:
+            return None, False
+        if transfer_syntax in _PYDICOM_DECODES or transfer_syntax in uid.PrivateTransferSyntaxes:
+            return None, False
+        implicit = transfer_syntax == uid.ImplicitVRLittleEndian
+        # read_dataset sniffs the first element: group 0000 is a command set, and a VR that
+        # does not match the transfer syntax makes pydicom warn and switch.
+        dataset_start = fp.tell()
+        head = fp.read(6)
+        fp.seek(dataset_start)
+        if len(head) < 6 or head[:2] == b"\0\0":
+            return None, False
+        if all(0x41 <= b <= 0x5A for b in head[4:6]) == implicit:
+            return None, False
+        found = _raw_elements(fp, implicit=implicit, stop_when=dataset_walk, tags=_TAGS)
+        if found is None:
+            return None, False
+        study, series, sop = (_uid(found, tag) for tag in (_STUDY, _SERIES, _SOP))
+    except Exception:  # whatever it is, read_partial raises or tolerates it as before
+        return None, False
+    if study is None or series is None or sop is None:
+        return None, False
+    info = HeaderInfo(
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop or media_sop,
+        media_storage_sop_uid=media_sop,
+        transfer_syntax=transfer_syntax,
+    )
+    return info, meta_walk.complete and dataset_walk.complete
+
+
+def _raw_elements(
+    fp: BinaryIO,
+    *,
+    implicit: bool,
+    stop_when: _Walk,
+    tags: list[BaseTag | int] | None = None,
+) -> dict[int, RawDataElement] | None:
+    """The undecoded little endian elements up to `stop_when`, as read_dataset collects them.
+
+    None if one comes back parsed (a sequence of undefined length): not a plain value.
+    """
+    elements: dict[int, RawDataElement] = {}
+    for elem in data_element_generator(fp, implicit, True, stop_when=stop_when, specific_tags=tags):
+        if not isinstance(elem, RawDataElement):
+            return None
+        elements[int(elem.tag)] = elem
+    return elements
+
+
+def _uid(elements: dict[int, RawDataElement], tag: int) -> str | None:
+    """The UI value pydicom would give ("" when absent), or None when it is out of the ordinary.
+
+    Like pydicom: trailing NUL/space padding is dropped. Not UI, several values or not a valid
+    UID (pydicom warns, and may split or keep it) give None.
+    """
+    elem = elements.get(tag)
+    if elem is None:
+        return ""
+    if elem.VR not in (None, "UI"):  # None: implicit VR, where the dictionary says UI
+        return None
+    text = (elem.value or b"").decode(default_encoding).rstrip("\0 ")
+    if text and (len(text) > _MAX_UID_LENGTH or not _VALID_UID.fullmatch(text)):
+        return None
+    return text
 
 
 def check_identity(info: HeaderInfo, *, study_uid: str, series_uid: str, sop_uid: str) -> None:

@@ -3,6 +3,7 @@ a static tree behind nginx, and a real Orthanc; plus the units of the report and
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import json
 import os
@@ -14,13 +15,15 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from dlstudy.bench_chart import nice_ticks, png_converter, render_svg, write_chart
 from dlstudy.bench_report import BenchReport, CellResult, percentile
+from dlstudy.http2 import Http2Transport
+from dlstudy.http11 import Http11Transport
 from dlstudy.synth import SynthSpec, generate
 
 from .cli_helpers import run_cli
@@ -199,25 +202,41 @@ class _InFlight:
         self.total = 0
 
 
+_counting: contextvars.ContextVar[bool] = contextvars.ContextVar("counting", default=False)
+
+
 @pytest.fixture
 def in_flight(monkeypatch: pytest.MonkeyPatch) -> _InFlight:
-    """Count every request dlstudy sends, below dlstudy: it cannot hide anything from this."""
+    """Count every request dlstudy sends, below dlstudy: it cannot hide anything from this.
+
+    Every transport a request can take is wrapped (dlstudy's two and httpcore's, its fallback);
+    a transport handing a request to another counts it once."""
     counter = _InFlight()
-    original = httpx.AsyncHTTPTransport.handle_async_request
 
-    async def counting(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
-        counter.now += 1
-        counter.total += 1
-        counter.peak = max(counter.peak, counter.now)
-        try:
-            response = await original(self, request)
-        except BaseException:
-            counter.now -= 1
-            raise
-        response.stream = _Released(response.stream, counter)
-        return response
+    def wrap(cls: Any) -> None:
+        original = cls.handle_async_request
 
-    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", counting)
+        async def counting(self: Any, request: httpx.Request) -> httpx.Response:
+            if _counting.get():
+                return cast(httpx.Response, await original(self, request))
+            token = _counting.set(True)
+            counter.now += 1
+            counter.total += 1
+            counter.peak = max(counter.peak, counter.now)
+            try:
+                response = cast(httpx.Response, await original(self, request))
+            except BaseException:
+                counter.now -= 1
+                raise
+            finally:
+                _counting.reset(token)
+            response.stream = _Released(response.stream, counter)
+            return response
+
+        monkeypatch.setattr(cls, "handle_async_request", counting)
+
+    for cls in (Http11Transport, Http2Transport, httpx.AsyncHTTPTransport):
+        wrap(cls)
     return counter
 
 
