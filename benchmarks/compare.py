@@ -77,10 +77,12 @@ README = HERE / "README.md"
 HOST = "127.0.0.1"
 TRANSPORTS = ("h1", "h2c", "tls")
 TRANSPORT_LABEL = {"h1": "HTTP/1.1", "h2c": "h2c", "tls": "TLS h2"}
-CLIENTS = ("curl", "dlstudy", "dwc-study", "dwc-instance", "dwc-threads")
+CLIENTS = ("curl", "floor", "dlstudy", "dlstudy-h1", "dwc-study", "dwc-instance", "dwc-threads")
 CLIENT_LABEL = {
     "curl": "curl --parallel",
+    "floor": "bare asyncio client (floor, HTTP/1.1)",
     "dlstudy": "dlstudy",
+    "dlstudy-h1": "dlstudy --http 1.1",
     "dwc-study": "dicomweb-client retrieve_study",
     "dwc-instance": "dicomweb-client retrieve_instance",
     "dwc-threads": "dicomweb-client retrieve_instance x16 threads",
@@ -115,6 +117,10 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Group], list[str]]:
                 if ds == "wsi" and (rtt or tr == "h2c"):
                     continue
                 clients = ["dlstudy"] if tr == "h2c" else ["curl", "dlstudy"]
+                if tr == "tls":
+                    clients.append("dlstudy-h1")
+                if rtt == 0 and tr != "h2c":
+                    clients.insert(1, "floor")
                 if ds != "wsi" and rtt == 0 and tr != "h2c":
                     clients += ["dwc-study", "dwc-instance", "dwc-threads"]
                 chosen = tuple(c for c in clients if c in args.clients)
@@ -124,7 +130,11 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Group], list[str]]:
         f"dicomweb-client runs at 0 ms only: sequential per-instance retrieval pays one RTT per "
         f"instance (1,000-2,000 x {args.rtt_ms} ms), which adds nothing but minutes.",
         "dicomweb-client has no h2c row: requests speaks HTTP/1.1 only; its TLS rows, "
-        "'TLS (h1.1)', are HTTP/1.1 over TLS (ALPN) on the same nginx port.",
+        "'TLS (h1.1)', are HTTP/1.1 over TLS (ALPN) on the same nginx port, as are the rows of "
+        "`dlstudy --http 1.1` and of the floor client over TLS.",
+        "The floor row (benchmarks/floor_client.py) is a bare asyncio HTTP/1.1 client that only "
+        "writes bodies to files: no QIDO, hashing, DICOM check, temp file, retries or progress. "
+        "It is the scale for what Python itself costs on this machine.",
         "wsi runs at 0 ms over HTTP/1.1 and TLS h2 only (one instance: RTT adds one round trip; "
         "h2c shows nothing TLS h2 does not), and without dicomweb-client (retrieve_study holds the "
         "1.5 GiB instance in memory several times over).",
@@ -522,8 +532,14 @@ def client_command(setup: Setup, group: Group, client: str, out: Path) -> list[s
             str(config),
         ]
     tls = ["--ca-bundle", str(setup.ca)] if group.transport == "tls" else []
-    if client == "dlstudy":
-        http = "1.1" if group.transport == "h1" else "2"
+    if client == "floor":
+        return [
+            *[python, str(HERE / "floor_client.py"), "--url", url, "-c", c, *tls],
+            *["--manifest", str(setup.data_root / group.dataset / "manifest.json")],
+            *["--out", str(out)],
+        ]
+    if client.startswith("dlstudy"):
+        http = "1.1" if group.transport == "h1" or client == "dlstudy-h1" else "2"
         return [
             *[python, "-m", "dlstudy", "download", *manifest["studies"], "--url", url],
             *["-o", str(out), "--json", "-c", c, "--http", http, *tls],
@@ -565,7 +581,7 @@ def client_report(client: str, stdout: Path, stderr: Path, group: Group) -> dict
                 versions.add(parts[1])
                 connects += int(parts[2]) if parts[2].isdigit() else 0
         info.update(status_codes=codes, http_versions=sorted(versions), connections=connects)
-    elif client == "dlstudy":
+    elif client.startswith("dlstudy"):
         try:
             summary = json.loads(text)
         except ValueError:
@@ -578,7 +594,7 @@ def client_report(client: str, stdout: Path, stderr: Path, group: Group) -> dict
         info["strategy"] = summary.get("strategy")
         info["error"] = summary.get("error")
         info["failures"] = (summary.get("failures") or [])[:5]
-        want = "HTTP/1.1" if group.transport == "h1" else "HTTP/2"
+        want = "HTTP/1.1" if group.transport == "h1" or client == "dlstudy-h1" else "HTTP/2"
         if summary.get("http_version") != want:
             info["unexpected_http_version"] = f"wanted {want}, got {summary.get('http_version')}"
     else:
@@ -715,7 +731,7 @@ def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             extra["http_versions"] = sorted(versions)
         own = [r["self_reported_s"] for r in rs if isinstance(r["self_reported_s"], int | float)]
         extra["self_reported_s"] = round(statistics.median(own), 3) if own else None
-        if client == "dlstudy":
+        if client.startswith("dlstudy"):
             strategies = [st for r in rs for st in (r["client_info"].get("strategy") or [])]
             extra["dlstudy_modes"] = sorted({str(st.get("mode")) for st in strategies})
             extra["dlstudy_why"] = strategies[0].get("why") if strategies else None
@@ -806,7 +822,9 @@ def targets(rows: list[dict[str, Any]], rtt_ms: int) -> list[dict[str, Any]]:
     )
     for ds in ("ct", "wsi"):
         peaks = [
-            r["max_peak_rss_mb"] for r in rows if r["dataset"] == ds and r["client"] == "dlstudy"
+            r["max_peak_rss_mb"]
+            for r in rows
+            if r["dataset"] == ds and r["client"].startswith("dlstudy")
         ]
         worst = max(peaks) if peaks else None
         out.append(
@@ -840,7 +858,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         ),
     ):
         transport = TRANSPORT_LABEL[r["transport"]]
-        if r["client"].startswith("dwc") and r["transport"] == "tls":
+        if r["transport"] == "tls" and r["client"] in (
+            "dwc-study",
+            "dwc-instance",
+            "dwc-threads",
+            "dlstudy-h1",
+            "floor",
+        ):
             transport = "TLS (h1.1)"
         failed = f" ({r['failed_runs']}/{r['runs']} failed)" if r["failed_runs"] else ""
         own = "" if r["self_reported_s"] is None else f"{r['self_reported_s']:.2f}"
