@@ -117,25 +117,36 @@ def _time_out(waiter: asyncio.Future[None]) -> None:
 class Connection(asyncio.Protocol):
     """One HTTP/2 connection: h2 parses, this routes events to the streams waiting on them."""
 
-    def __init__(self, origin: Origin) -> None:
+    def __init__(self, origin: Origin, *, http1_allowed: bool = False) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
         self.streams: dict[int, _Stream] = {}
-        self.max_streams = 100  # until the server's SETTINGS say otherwise
+        self.max_streams = 1
         self.accepting = True  # False after GOAWAY or a connection error
         self.closed = False
-        self._error: BaseException | None = None
+        self.speaks_http1 = False  # TLS chose http/1.1 (or nothing) by ALPN
+        self._http1_allowed = http1_allowed
+        self._framed = False  # has received bytes, so they were checked for an HTTP/1 answer
         self._flush_scheduled = False
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        # The server's SETTINGS (its stream limit) arrive one round trip after connecting; no
+        # stream goes out before, or a burst could exceed a limit below ours.
+        self.settled: asyncio.Future[None] = loop.create_future()
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            if self._http1_allowed:
+                self.speaks_http1 = True  # the transport hands the origin to HTTP/1.1
+                return
         # Set as initial values, as httpcore does, so only one SETTINGS frame goes out; h2 then
         # never learns of the larger frame size by ACK, hence max_inbound_frame_size by hand.
         codes = h2.settings.SettingCodes
@@ -157,6 +168,17 @@ class Connection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        if not self._framed:
+            self._framed = True
+            if data.startswith(b"HTTP/1."):
+                # An HTTP/1.1 server answering our preface (h2c to a server without it): h2
+                # would read "HTTP/1.1 " as the header of a 4 MB frame and wait for the rest.
+                self._fail(httpx.RemoteProtocolError("server answered in HTTP/1.1"), None)
+                assert self.transport is not None
+                self.transport.close()
+                return
+        if self.closed or not self.accepting and not self.streams:
+            return  # after a GOAWAY: h2 accepts no more frames
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -197,6 +219,8 @@ class Connection(asyncio.Protocol):
             self._goaway(event)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.max_streams = self.h2.remote_settings.max_concurrent_streams
+            if not self.settled.done():
+                self.settled.set_result(None)
 
     def _take_headers(self, stream: _Stream, headers: list[tuple[bytes, bytes]]) -> None:
         for name, value in headers:
@@ -207,18 +231,20 @@ class Connection(asyncio.Protocol):
         stream.wake()
 
     def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        """Every stream still open fails with the GOAWAY as its cause: the ones above
+        last_stream_id were never processed, and h2 takes no frame after a GOAWAY, so the ones
+        below cannot finish either. dlstudy sends them all again (GET is idempotent) without
+        using up a retry."""
         self.accepting = False
-        last = event.last_stream_id if event.last_stream_id is not None else 0
-        for stream_id in [i for i in self.streams if i > last]:
-            stream = self.streams.pop(stream_id)
-            refused = _Refused(event)
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
             error = httpx.RemoteProtocolError(
                 f"server closed the HTTP/2 connection (GOAWAY, error {event.error_code})"
             )
-            error.__cause__ = refused
+            error.__cause__ = _Refused(event)
             stream.error = error
             stream.wake()
-        if not self.streams and self.transport is not None:
+        if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -232,6 +258,9 @@ class Connection(asyncio.Protocol):
         self._fail(error, exc)
 
     def _fail(self, error: BaseException, cause: BaseException | None) -> None:
+        if not self.settled.done():
+            self.settled.set_exception(error)
+            self.settled.exception()  # retrieved: whoever waits on it gets it too
         self.accepting = False
         self._error = error
         error.__cause__ = cause
@@ -260,7 +289,7 @@ class Connection(asyncio.Protocol):
         return stream
 
     def acknowledge(self, stream: _Stream, size: int) -> None:
-        if size and not self.closed:
+        if size and self.accepting and not self.closed:
             self.h2.acknowledge_received_data(size, stream.id)
             self.flush_soon()
 
@@ -268,8 +297,8 @@ class Connection(asyncio.Protocol):
         """The reader gave up: reset the stream and hand back the window its data held."""
         unread = sum(size for _, size in stream.chunks)
         stream.chunks.clear()
-        if self.closed:
-            return
+        if self.closed or not self.accepting:
+            return  # after a GOAWAY or an error h2 sends nothing more; the connection closes
         if self.streams.pop(stream.id, None) is not None:
             self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
         if unread:
@@ -295,11 +324,16 @@ class Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self.flush)
 
     def close(self) -> None:
+        """Say goodbye (GOAWAY) if the connection is still in good standing, then close."""
+        in_good_standing = self.accepting and not self.speaks_http1
         self.accepting = False
-        if self.transport is not None and not self.transport.is_closing():
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if in_good_standing:
             self.h2.close_connection()
             self.flush()
-            self.transport.close()
+        transport.close()
 
 
 class _Body(httpx.AsyncByteStream):
@@ -340,8 +374,10 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         if not self._done:
-            self._connection.cancel(self._stream)
-            self._finish()
+            try:
+                self._connection.cancel(self._stream)
+            finally:
+                self._finish()
 
 
 class Http2Transport(httpx.AsyncBaseTransport):
@@ -401,8 +437,10 @@ class Http2Transport(httpx.AsyncBaseTransport):
                     raise httpx.RemoteProtocolError("stream ended without a response")
                 await stream.wait(read_timeout)
         except BaseException:
-            connection.cancel(stream)
-            self._release(connection)
+            try:
+                connection.cancel(stream)
+            finally:
+                self._release(connection)
             raise
         return httpx.Response(
             stream.status,
@@ -423,16 +461,27 @@ class Http2Transport(httpx.AsyncBaseTransport):
             found = self._with_room(origin)
             if found is not None or origin in self._http1_origins:
                 return found
-            connection = await connect(Connection, origin, self._ssl_context, connect_timeout)
-            assert connection.transport is not None
-            ssl_object = connection.transport.get_extra_info("ssl_object")
-            chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else "h2"
-            if chosen == "http/1.1" and self._http1 is not None:
-                connection.transport.abort()
+            http1_allowed = self._http1 is not None
+            connection = await connect(
+                lambda o: Connection(o, http1_allowed=http1_allowed),
+                origin,
+                self._ssl_context,
+                connect_timeout,
+            )
+            self._every.add(connection)
+            if connection.speaks_http1:
+                connection.close()
                 self._http1_origins.add(origin)
                 return None
+            try:
+                await asyncio.wait_for(asyncio.shield(connection.settled), connect_timeout)
+            except TimeoutError:
+                connection.close()
+                raise httpx.RemoteProtocolError("server sent no HTTP/2 SETTINGS") from None
+            except BaseException:
+                connection.close()
+                raise
             self._connections.setdefault(origin, []).append(connection)
-            self._every.add(connection)
             return connection
 
     def _with_room(self, origin: Origin) -> Connection | None:
