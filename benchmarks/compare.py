@@ -547,7 +547,7 @@ def client_command(setup: Setup, group: Group, client: str, out: Path) -> list[s
         ]
     (study,) = manifest["studies"]
     return [
-        python,
+        setup.args.dwc_python,
         str(HERE / "dicomweb_client_run.py"),
         "--url",
         url,
@@ -676,13 +676,13 @@ def run_one(
     return row
 
 
-def import_cost_note(setup: Setup, name: str, module: str) -> str:
+def import_cost_note(setup: Setup, name: str, module: str, python: str) -> str:
     """Interpreter start-up + imports, the fixed part of every run of a Python client."""
     runs = []
     for _ in range(3):
         runs.append(
             measure(
-                [sys.executable, "-c", f"import {module}"],
+                [python, "-c", f"import {module}"],
                 setup.env,
                 setup.work / "import.out",
                 setup.work / "import.err",
@@ -897,16 +897,21 @@ def command_version(cmd: list[str]) -> str:
     return lines[0] if lines else ""
 
 
-def machine() -> dict[str, Any]:
+def machine(dwc_python: str) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     mem = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
     versions = {}
-    for dist in ("dlstudy", "httpx", "httpcore", "h2", "anyio", "dicomweb-client", "requests"):
+    for dist in ("dlstudy", "httpx", "httpcore", "h2", "anyio"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
+    for dist in ("dicomweb-client", "requests"):  # in their own environment
+        found = command_version(
+            [dwc_python, "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"]
+        )
+        versions[dist] = found if found and found[0].isdigit() else None
     git = ["git", "--no-optional-locks", "-C", str(REPO)]  # read-only: no index refresh
     dirty = command_version([*git, "status", "--porcelain", "--", "dlstudy"])
     return {
@@ -996,6 +1001,13 @@ def parse_args() -> argparse.Namespace:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     parser.add_argument("--quick", action="store_true", help="small datasets, 1 repeat")
+    own_venv = HERE / ".venv-dwc" / "bin" / "python"
+    parser.add_argument(
+        "--dwc-python",
+        default=str(own_venv) if own_venv.exists() else sys.executable,
+        help="the Python that has dicomweb-client: its own environment, so neither client "
+        "loads the other's dependencies (default: benchmarks/.venv-dwc, made by run.sh)",
+    )
     parser.add_argument("--repeats", type=int, help="runs per cell (default 3; --quick 1)")
     parser.add_argument("--datasets", default="ct,many,wsi", help="comma list")
     parser.add_argument("--transports", default="h1,h2c,tls", help="comma list")
@@ -1064,7 +1076,7 @@ def main() -> int:
             raise SystemExit(f"{tool} not found: run benchmarks/run.sh (it installs it)")
     started = time.monotonic()
     groups, notes = make_plan(args)
-    info = machine()
+    info = machine(args.dwc_python)
     log(f"machine: {info['cpu_model']}, {info['cpus']} CPUs, kernel {info['kernel']}")
     log(f"{info['nginx']}; {info['curl']}")
     dirty = info["dlstudy_worktree_dirty"]
@@ -1124,9 +1136,13 @@ def main() -> int:
             for tr in ("h1", "tls"):
                 run_one(setup, Group(ds, tr, 0, ("curl",)), "curl", 0)
         if "dlstudy" in args.clients:
-            notes.append(import_cost_note(setup, "dlstudy", "dlstudy.cli.app"))
+            notes.append(import_cost_note(setup, "dlstudy", "dlstudy.cli.app", sys.executable))
         if any(c.startswith("dwc") for c in args.clients):
-            notes.append(import_cost_note(setup, "dicomweb-client", "dicomweb_client.api"))
+            notes.append(
+                import_cost_note(
+                    setup, "dicomweb-client", "dicomweb_client.api", setup.args.dwc_python
+                )
+            )
         if "h2c" in args.transports and "curl" in args.clients:
             h2c = Group(args.datasets[0], "h2c", 0, ("curl",))
             probe = run_one(setup, h2c, "curl", 0, probe=True)

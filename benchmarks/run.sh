@@ -6,7 +6,8 @@
 #   bash benchmarks/run.sh --quick    # small datasets, 1 repeat (~1-3 min)
 #
 # Installs what it needs: Debian's nginx, curl and GNU time (apt, when missing; needs root or
-# sudo) and a virtual environment benchmarks/.venv with this checkout (editable) and dicomweb-client. Then
+# sudo), a virtual environment benchmarks/.venv with this checkout (editable) and another,
+# benchmarks/.venv-dwc, with dicomweb-client. Then
 # runs benchmarks/compare.py with the arguments given (see --help). Data and client output go to
 # /tmp/dlstudy-compare (--data-dir); results to benchmarks/results/compare.json and compare.md.
 set -euo pipefail
@@ -27,12 +28,18 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Each client in its own environment, as a user would have it: dicomweb-client's dependencies
+# (requests, ...) would otherwise be imported by pydicom in dlstudy's process, and the reverse.
 venv=benchmarks/.venv
-if [[ ! -x $venv/bin/python ]]; then
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-fi
+dwc_venv=benchmarks/.venv-dwc
+for v in "$venv" "$dwc_venv"; do
+    if [[ ! -x $v/bin/python ]]; then
+        python3 -m venv "$v"
+        "$v/bin/python" -m pip install --quiet --upgrade pip
+    fi
+done
 # Editable: the benchmark always measures the working tree. Re-run each time (fast when satisfied).
-"$venv/bin/python" -m pip install --quiet -e . "dicomweb-client>=0.60"
+"$venv/bin/python" -m pip install --quiet -e .
+"$dwc_venv/bin/python" -m pip install --quiet "dicomweb-client>=0.60"
 
-exec "$venv/bin/python" benchmarks/compare.py "$@"
+exec "$venv/bin/python" benchmarks/compare.py --dwc-python "$dwc_venv/bin/python" "$@"

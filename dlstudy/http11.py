@@ -29,8 +29,8 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 4 * 1024  # a chunk-size or trailer line
 # Bytes a connection may hold unread before it stops reading its socket: bounds memory per
 # connection while the consumer (disk, hashing) catches up.
-PAUSE_READING_ABOVE = 1024 * 1024
-RESUME_READING_BELOW = 256 * 1024
+PAUSE_READING_ABOVE = 512 * 1024
+RESUME_READING_BELOW = 128 * 1024
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _DIGITS = re.compile(rb"[0-9]+")
