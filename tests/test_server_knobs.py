@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import httpx
@@ -130,3 +131,26 @@ def test_token_expires_after_n_requests(
         # a refreshed token (`tok-<anything>`) works for its own N requests
         assert [status("tok-2") for _ in range(4)] == [200, 200, 200, 401]
         assert status("other-2") == 401
+
+
+@pytest.mark.integration
+def test_access_log_records_carry_no_headers_or_environment(
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hypercorn passes every request header and environment variable as the record's
+    arguments; a failing handler prints those (seen: a token in a test's captured stderr)."""
+    monkeypatch.setenv("DLSTUDY_TOKEN", "env-secret-value")
+    url = embedded_server(synth_study.root, token="header-secret-value")
+    caplog.set_level(logging.INFO, logger="dlstudy.server.access")
+    headers = {"Authorization": "Bearer header-secret-value", "X-Api-Key": "header-secret-value"}
+    assert httpx.get(url + "/studies", headers=headers).status_code == 200
+    deadline = time.monotonic() + 5
+    while not [r for r in caplog.records if r.name == "dlstudy.server.access"]:
+        assert time.monotonic() < deadline, "no access log record"
+        time.sleep(0.02)
+    (record,) = [r for r in caplog.records if r.name == "dlstudy.server.access"]
+    assert "GET /dicomweb/studies" in record.getMessage()
+    assert "secret" not in repr(record.args)

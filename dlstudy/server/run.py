@@ -14,12 +14,13 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from hypercorn.logging import Logger
 
 from .app import ROOT, STOPPING, ASGIApp, Message, Receive, Scope, Send, create_app
 from .options import ServerOptions
@@ -64,6 +65,16 @@ def serve_forever(options: ServerOptions, *, on_ready: Callable[[str], None] | N
         asyncio.run(_serve(app, options, sock, lambda: on_ready and on_ready(url), None))
 
 
+class _AccessLogWithoutSecrets(Logger):
+    """hypercorn's access-log record carries every request header and every environment
+    variable as its arguments (whatever the format uses), so a handler that prints them, as
+    logging does when a handler fails, would show tokens. Keep the standard atoms only."""
+
+    def atoms(self, request: Any, response: Any, request_time: float) -> Mapping[str, str]:
+        atoms = super().atoms(request, response, request_time)
+        return {k: v for k, v in atoms.items() if not k.endswith(("}i", "}e", "}o"))}
+
+
 async def _serve(
     app: ASGIApp,
     options: ServerOptions,
@@ -77,6 +88,7 @@ async def _serve(
     if options.tls_cert is not None and options.tls_key is not None:
         config.certfile, config.keyfile = str(options.tls_cert), str(options.tls_key)
     config.accesslog = logging.getLogger("dlstudy.server.access")  # silent unless configured
+    config.logger_class = _AccessLogWithoutSecrets
     config.errorlog = logging.getLogger("dlstudy.server.hypercorn")
     config.graceful_timeout = 1.0
     config.include_server_header = False
