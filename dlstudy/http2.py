@@ -3,7 +3,7 @@ connection: the HTTP/2 counterpart of dlstudy/http11.py, for the same reason (RE
 "Performance": httpcore spent most of the client CPU of an HTTP/2 download on its own
 bookkeeping: a lock, a cancel scope and an event-list shuffle per frame and per read).
 
-- Settings: 64 KiB frames and 1 MiB stream windows, so a 512 KiB instance is 8 DATA frames
+- Settings: 1 MiB frames and 2 MiB stream windows, so a 512 KiB instance is one DATA frame
   instead of 32, and a stream is not held to 64 KiB per round trip at high RTT. Received data is
   acknowledged only when the reader takes it, so the 16 MiB connection window bounds what a
   connection buffers, whatever the number of streams.
@@ -43,11 +43,11 @@ from .http11 import (
     take_slot,
 )
 
-# Large enough that a frame costs little per byte, small enough that glibc serves its buffers
-# from the heap (its mmap threshold starts at 128 KiB): 256 KiB and 1 MiB frames cost more in
-# page faults (system time) than they saved.
-MAX_FRAME_SIZE = 64 * 1024
-STREAM_WINDOW = 1024 * 1024
+# A 512 KiB instance in one frame instead of 32 of the default 16 KiB: h2 handles each frame in
+# Python. Measured side by side here: 1 MiB frames 12% faster than 64 KiB on `ct`, 27% on `wsi`
+# (256 KiB frames made glibc trim and refault the heap: more system time than they saved).
+MAX_FRAME_SIZE = 1024 * 1024
+STREAM_WINDOW = 2 * 1024 * 1024  # two frames in flight per stream
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_HEADER_LIST_SIZE = 64 * 1024
 # Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); Host becomes :authority.

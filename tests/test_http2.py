@@ -399,8 +399,8 @@ def test_client_settings_allow_64k_frames_and_a_1mib_stream_window() -> None:
             (peer,) = server.peers
             settings = peer.client_settings
             assert settings[SettingCodes.ENABLE_PUSH] == 0
-            assert settings[SettingCodes.MAX_FRAME_SIZE] == MAX_FRAME_SIZE == 65536
-            assert settings[SettingCodes.INITIAL_WINDOW_SIZE] == STREAM_WINDOW == 1024 * 1024
+            assert settings[SettingCodes.MAX_FRAME_SIZE] == MAX_FRAME_SIZE == 1024 * 1024
+            assert settings[SettingCodes.INITIAL_WINDOW_SIZE] == STREAM_WINDOW == 2 * 1024 * 1024
             assert SettingCodes.ENABLE_CONNECT_PROTOCOL not in settings
             # The connection window opens to 16 MiB right away, before any data.
             assert peer.window_updates[0] == (0, CONNECTION_WINDOW - 65_535)
@@ -411,7 +411,7 @@ def test_client_settings_allow_64k_frames_and_a_1mib_stream_window() -> None:
 
 
 def test_a_slow_reader_holds_the_server_to_the_stream_window() -> None:
-    body = payload(6 * 1024 * 1024)
+    body = payload(6 * STREAM_WINDOW)
 
     async def test() -> None:
         async with H2Server(answer(body)) as server, client() as c:
@@ -433,7 +433,7 @@ def test_a_slow_reader_holds_the_server_to_the_stream_window() -> None:
             # No WINDOW_UPDATE for data not yet read: the window (plus the one chunk read, if
             # that reopened it) is all the server could send.
             assert STREAM_WINDOW <= sent_while_paused <= STREAM_WINDOW + MAX_FRAME_SIZE
-            assert peer.blocked >= 5  # 6 MiB through a 1 MiB window
+            assert peer.blocked >= 5  # six windows' worth through one window
             assert most_buffered <= STREAM_WINDOW
             assert server.errors == []
 
