@@ -50,6 +50,7 @@ MAX_FRAME_SIZE = 1024 * 1024
 STREAM_WINDOW = 2 * 1024 * 1024  # two frames in flight per stream
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_HEADER_LIST_SIZE = 64 * 1024
+GOAWAY_GRACE = 0.5  # seconds a connection draining after a GOAWAY may stay silent
 # Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); Host becomes :authority.
 _DROPPED_HEADERS = frozenset(
     {b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -72,6 +73,9 @@ def _raw_data_repr(data: bytes | None) -> str:
 
 
 hyperframe.frame._raw_data_repr = _raw_data_repr
+
+
+_CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
 
 
 class _Refused(Exception):
@@ -123,10 +127,21 @@ class Connection(asyncio.Protocol):
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
+        # h2 closes its state machine on a GOAWAY and then rejects every frame, even those of
+        # the streams the GOAWAY says the server will still finish: this connection stays open
+        # for them (it only takes no new streams).
+        machine = self.h2.state_machine
+        machine._transitions = {
+            **machine._transitions,
+            (_CLIENT_OPEN, h2.connection.ConnectionInputs.RECV_GOAWAY): (None, _CLIENT_OPEN),
+        }
         self.streams: dict[int, _Stream] = {}
         self.max_streams = 1
-        self.accepting = True  # False after GOAWAY or a connection error
+        self.accepting = True  # False after GOAWAY, a connection error or close()
+        self.broken = False  # a protocol error: h2 takes and sends nothing more
         self.closed = False
+        self._goaway_event: h2.events.ConnectionTerminated | None = None
+        self._last_received = 0.0
         self.speaks_http1 = False  # TLS chose http/1.1 (or nothing) by ALPN
         self._http1_allowed = http1_allowed
         self._framed = False  # has received bytes, so they were checked for an HTTP/1 answer
@@ -177,8 +192,10 @@ class Connection(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.close()
                 return
-        if self.closed or not self.accepting and not self.streams:
-            return  # after a GOAWAY: h2 accepts no more frames
+        if self.closed or self.broken:
+            return
+        if not self.accepting:
+            self._last_received = asyncio.get_running_loop().time()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -231,21 +248,40 @@ class Connection(asyncio.Protocol):
         stream.wake()
 
     def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        """Every stream still open fails with the GOAWAY as its cause: the ones above
-        last_stream_id were never processed, and h2 takes no frame after a GOAWAY, so the ones
-        below cannot finish either. dlstudy sends them all again (GET is idempotent) without
-        using up a retry."""
+        """Streams above last_stream_id were never processed: they fail with the GOAWAY as
+        their cause, which dlstudy sends again without using up a retry. The others may finish,
+        as long as the connection keeps delivering (see _check_draining)."""
         self.accepting = False
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
+        self._goaway_event = event
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        self._fail_streams(event, [i for i in self.streams if i > last])
+        if self.streams:
+            self._last_received = asyncio.get_running_loop().time()
+            asyncio.get_running_loop().call_later(GOAWAY_GRACE, self._check_draining)
+        self.close_if_done()
+
+    def _check_draining(self) -> None:
+        """Some servers (hypercorn) name streams in their GOAWAY that they will never answer:
+        a draining connection silent for GOAWAY_GRACE gives its streams up, for a free resend."""
+        if self.closed or self.broken or not self.streams or self._goaway_event is None:
+            return
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - self._last_received
+        if silent < GOAWAY_GRACE:
+            loop.call_later(GOAWAY_GRACE - silent, self._check_draining)
+            return
+        self._fail_streams(self._goaway_event, list(self.streams))
+        self.close_if_done()
+
+    def _fail_streams(self, event: h2.events.ConnectionTerminated, ids: list[int]) -> None:
+        for stream_id in ids:
+            stream = self.streams.pop(stream_id)
             error = httpx.RemoteProtocolError(
                 f"server closed the HTTP/2 connection (GOAWAY, error {event.error_code})"
             )
             error.__cause__ = _Refused(event)
             stream.error = error
             stream.wake()
-        if self.transport is not None:
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -258,6 +294,7 @@ class Connection(asyncio.Protocol):
         self._fail(error, exc)
 
     def _fail(self, error: BaseException, cause: BaseException | None) -> None:
+        self.broken = True
         if not self.settled.done():
             self.settled.set_exception(error)
             self.settled.exception()  # retrieved: whoever waits on it gets it too
@@ -289,7 +326,7 @@ class Connection(asyncio.Protocol):
         return stream
 
     def acknowledge(self, stream: _Stream, size: int) -> None:
-        if size and self.accepting and not self.closed:
+        if size and not (self.closed or self.broken):
             self.h2.acknowledge_received_data(size, stream.id)
             self.flush_soon()
 
@@ -297,8 +334,8 @@ class Connection(asyncio.Protocol):
         """The reader gave up: reset the stream and hand back the window its data held."""
         unread = sum(size for _, size in stream.chunks)
         stream.chunks.clear()
-        if self.closed or not self.accepting:
-            return  # after a GOAWAY or an error h2 sends nothing more; the connection closes
+        if self.closed or self.broken:
+            return
         if self.streams.pop(stream.id, None) is not None:
             self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
         if unread:
@@ -325,7 +362,7 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Say goodbye (GOAWAY) if the connection is still in good standing, then close."""
-        in_good_standing = self.accepting and not self.speaks_http1
+        in_good_standing = not (self.broken or self.closed or self.speaks_http1)
         self.accepting = False
         transport = self.transport
         if transport is None or transport.is_closing():

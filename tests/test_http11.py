@@ -18,18 +18,9 @@ from dlstudy.http11 import MAX_HEAD_BYTES, PAUSE_READING_ABOVE, Http11Transport
 from dlstudy.settings import Settings
 from dlstudy.transport import Transport, translate_error
 
+from .transport_doubles import Recorder, run
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class Recorder(httpx.AsyncBaseTransport):
-    """Stands in for httpcore where the lean transport must hand a request over."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return httpx.Response(299)
 
 
 class Server:
@@ -91,10 +82,6 @@ def keep_alive_answers(body: bytes, count: int = 100) -> Handler:
             await writer.drain()
 
     return handler
-
-
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 20))
 
 
 def test_content_length_bodies_reuse_one_connection() -> None:
