@@ -58,6 +58,7 @@ class Store:
         check_layout(layout)
         self.root = root
         self.layout = layout
+        self._folders: set[Path] = set()  # created by this run
 
     def prepare(self) -> None:
         """Create the output folder and prove we can write there, before any network work."""
@@ -91,7 +92,7 @@ class Store:
         return self.final_path(ref).is_file()
 
     def open_temp(self, final: Path) -> TempFile:
-        return TempFile(final)
+        return TempFile(final, self._folders)
 
     @property
     def state_dir(self) -> Path:
@@ -112,22 +113,27 @@ class Store:
 
     def open_incoming(self) -> TempFile:
         """A temp file for a part whose instance is not known until its header is read."""
-        return TempFile(self.root / STATE_DIR / "incoming" / "part.dcm")
+        return TempFile(self.root / STATE_DIR / "incoming" / "part.dcm", self._folders)
 
 
 class TempFile:
     """A hidden file beside `final`; committed by atomic rename, removed on any failure."""
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, folders: set[Path] | None = None) -> None:
+        """`folders`: folders known to exist (shared by a run), to skip a mkdir per file."""
         self.final = final
         self.path = final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
         self.size = 0
         self._file: BinaryIO | None = None
+        self._folders = folders if folders is not None else set()
 
     def __enter__(self) -> Self:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("xb", buffering=WRITE_BUFFER)
+            try:
+                self._file = self._open()
+            except FileNotFoundError:
+                self._folders.discard(self.path.parent)  # removed meanwhile: make it again
+                self._file = self._open()
         except OSError as exc:
             raise StorageError(
                 f"cannot write in {str(self.path.parent)!r}: {exc.strerror or exc}",
@@ -159,12 +165,21 @@ class TempFile:
     def commit(self) -> None:
         self.close()
         try:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._make_folder(self.final.parent)
             os.replace(self.path, self.final)
         except OSError as exc:
             raise StorageError(
                 f"cannot create {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)
             ) from exc
+
+    def _open(self) -> BinaryIO:
+        self._make_folder(self.path.parent)
+        return self.path.open("xb", buffering=WRITE_BUFFER)
+
+    def _make_folder(self, folder: Path) -> None:
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
 
     def discard(self) -> None:
         try:

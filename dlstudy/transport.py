@@ -29,7 +29,7 @@ import httpx
 
 from .errors import AuthError, ConnectError, DlstudyError, TransferError
 from .http2 import Http2Transport
-from .http11 import Http11Transport
+from .http11 import Http11Transport, origin_of
 from .settings import Settings
 from .urls import redact_url, split_base_url
 
@@ -175,7 +175,7 @@ class Transport:
         """`auth` overrides the credentials in `settings` (a refreshing bearer token)."""
         self.base_url, url_user, url_password = split_base_url(settings.url)
         self.settings = settings
-        self._origin = httpx.URL(self.base_url).copy_with(path="/", query=None)
+        self._origin = origin_of(httpx.URL(self.base_url))
         self._auth: httpx.Auth | None = auth
         user = settings.user or url_user
         password = settings.password if settings.password is not None else url_password
@@ -247,8 +247,7 @@ class Transport:
     async def _strip_secrets_off_origin(self, request: httpx.Request) -> None:
         # httpx drops Authorization on a cross-origin redirect but forwards every other header,
         # and --header is how API keys are usually passed: drop those too.
-        origin = request.url.copy_with(path="/", query=None, fragment=None)
-        if origin != self._origin:
+        if origin_of(request.url) != self._origin:
             for name in list(request.headers):
                 if name.lower() in self._custom_header_names or name.lower() == "authorization":
                     del request.headers[name]

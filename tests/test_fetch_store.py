@@ -220,3 +220,20 @@ def test_binary_garbage_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(IntegrityError):
         verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
+
+
+def test_a_folder_removed_during_a_run_is_made_again(tmp_path: Path) -> None:
+    """The store remembers the folders it made (one mkdir per folder, not per file) and makes
+    one again if it disappeared meanwhile."""
+    store = Store(tmp_path / "out", "{study}/{series}/{sop}.dcm")
+    first = store.final_path(InstanceRef("1.2", "1.2.3", "1.2.3.4"))
+    with store.open_temp(first) as temp:
+        temp.write(b"one")
+        temp.commit()
+    first.unlink()
+    first.parent.rmdir()
+    second = store.final_path(InstanceRef("1.2", "1.2.3", "1.2.3.5"))
+    with store.open_temp(second) as temp:
+        temp.write(b"two")
+        temp.commit()
+    assert second.read_bytes() == b"two"
