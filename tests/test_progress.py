@@ -6,7 +6,8 @@ import io
 
 from rich.console import Console
 
-from dlstudy.progress import NullProgress, PlainProgress, RichProgress
+from dlstudy.progress import NullProgress, PlainProgress
+from dlstudy.progress_rich import RichProgress
 from dlstudy.store import InstanceRef
 
 REF = InstanceRef("1.2", "1.2.3", "1.2.3.4")

@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from ..bench import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, BenchPlan, CellDone, run_bench
 from ..bench_chart import check_chart_path, write_chart
@@ -202,6 +198,9 @@ def _progress(*, enabled: bool) -> Iterator[CellDone | None]:
 
         yield line
         return
+    from rich.console import Console  # rich only when bench runs, not at every start-up
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     console = Console(stderr=True)
     with Progress(
         TextColumn("[bold]bench"),
@@ -291,6 +290,10 @@ def render(report: BenchReport, stream: IO[str], *, rich: bool) -> None:
     widths = [
         max(len(title), *(len(cells[i]) for cells in rows)) for i, title in enumerate(COLUMNS)
     ]
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(file=stream)
     # rich needs about three columns of padding per column; a narrower terminal gets plain lines.
     if rich and sum(widths) + 3 * len(widths) <= console.width:

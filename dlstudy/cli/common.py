@@ -16,7 +16,7 @@ from typing import NoReturn
 import typer
 
 from ..errors import DlstudyError, ExitStatus, Terminated
-from ..progress import NullProgress, PlainProgress, ProgressSink, RichProgress
+from ..progress import NullProgress, PlainProgress, ProgressSink
 from ..summary import Summary
 
 
@@ -86,6 +86,8 @@ def choose_progress(*, quiet: bool, json_output: bool) -> ProgressSink:
     if quiet or json_output:
         return NullProgress()
     if sys.stderr.isatty():
+        from ..progress_rich import RichProgress  # rich only when a terminal shows it
+
         return RichProgress()
     return PlainProgress()
 

@@ -10,9 +10,6 @@ import sys
 from typing import IO, Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from ..errors import DlstudyError, ExitStatus, UsageError
 from ..search import StudyQuery, StudyRecord, parse_filters, parse_study_date, search
@@ -140,6 +137,10 @@ def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
             cells = (_cell(row[key], "\\").replace("\t", " ") for key, _ in COLUMNS)
             stream.write("\t".join(cells) + "\n")
     else:
+        from rich import box  # rich only for the table: start-up of every other command
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
         for key, title in TABLE_COLUMNS:
             # The UID is what gets copied: never cut. Short fixed-width fields stay whole too.
