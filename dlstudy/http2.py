@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import h2.config
 import h2.connection
@@ -424,14 +424,14 @@ class Http2Transport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         *,
-        ssl_context: ssl.SSLContext,
+        tls_context: Callable[[], ssl.SSLContext],
         max_streams: int,
         fallback: httpx.AsyncBaseTransport,
         http1_fallback: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """`fallback` takes what this transport does not handle (bodies, other methods);
         `http1_fallback`, if given, takes origins whose TLS server picks http/1.1 by ALPN."""
-        self._ssl_context = ssl_context
+        self._tls_context = tls_context
         self._fallback = fallback
         self._http1 = http1_fallback
         self._http1_origins: set[Origin] = set()
@@ -502,7 +502,7 @@ class Http2Transport(httpx.AsyncBaseTransport):
             connection = await connect(
                 lambda o: Connection(o, http1_allowed=http1_allowed),
                 origin,
-                self._ssl_context,
+                self._tls_context,
                 connect_timeout,
             )
             self._every.add(connection)

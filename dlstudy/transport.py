@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from itertools import islice
 from typing import Any
@@ -158,13 +158,13 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
     return context
 
 
-def _alpn_context(settings: Settings, protocols: list[str]) -> ssl.SSLContext:
+def _alpn_context(settings: Settings, protocols: tuple[str, ...]) -> ssl.SSLContext:
     context = _ssl_context(settings)
     if not isinstance(context, ssl.SSLContext):  # --insecure
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(protocols)
+    context.set_alpn_protocols(list(protocols))
     return context
 
 
@@ -196,6 +196,10 @@ class Transport:
             self._plan = [(True, True)]  # ALPN picks
         else:
             self._plan = [(False, True), (True, False)]  # h2c first, then HTTP/1.1
+        # Built once per run (each loads the CA store: ~35 ms); the ALPN ones only on the first
+        # https:// connection that needs them.
+        self._verify = _ssl_context(settings)
+        self._alpn_contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
         self._client = self._make_client(*self._plan[0])
         self._negotiated = len(self._plan) == 1
         self._negotiate_lock = anyio.Lock()
@@ -210,7 +214,7 @@ class Transport:
             max_connections=max(1, settings.concurrency) + 2,
             max_keepalive_connections=max(1, settings.concurrency) + 2,
         )
-        verify = _ssl_context(settings)
+        verify = self._verify
         transport: httpx.AsyncBaseTransport | None = None
         if LEAN_TRANSPORTS:
             # Bodies and other methods (dlstudy sends none) go to httpcore, as configured.
@@ -219,14 +223,16 @@ class Transport:
             )
             slots = limits.max_connections or 1
             http11 = Http11Transport(
-                ssl_context=_alpn_context(settings, ["http/1.1"]),
+                tls_context=self._tls_context("http/1.1"),
                 max_connections=slots,
                 fallback=fallback,
             )
             transport = http11
             if http2:
                 transport = Http2Transport(
-                    ssl_context=_alpn_context(settings, ["h2", "http/1.1"] if http1 else ["h2"]),
+                    tls_context=self._tls_context("h2", "http/1.1")
+                    if http1
+                    else self._tls_context("h2"),
                     max_streams=slots,
                     fallback=fallback,
                     http1_fallback=http11 if http1 else None,
@@ -243,6 +249,17 @@ class Transport:
             follow_redirects=True,
             event_hooks={"request": [self._strip_secrets_off_origin]},
         )
+
+    def _tls_context(self, *protocols: str) -> Callable[[], ssl.SSLContext]:
+        """A maker of the context that offers `protocols` by ALPN, made once when first asked."""
+
+        def make() -> ssl.SSLContext:
+            context = self._alpn_contexts.get(protocols)
+            if context is None:
+                context = self._alpn_contexts[protocols] = _alpn_context(self.settings, protocols)
+            return context
+
+        return make
 
     async def _strip_secrets_off_origin(self, request: httpx.Request) -> None:
         # httpx drops Authorization on a cross-origin redirect but forwards every other header,

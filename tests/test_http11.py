@@ -63,7 +63,7 @@ class Server:
 
 def client(max_connections: int = 4, **kwargs: Any) -> httpx.AsyncClient:
     transport = Http11Transport(
-        ssl_context=ssl.create_default_context(),
+        tls_context=ssl.create_default_context,
         max_connections=max_connections,
         fallback=kwargs.pop("fallback", Recorder()),
     )

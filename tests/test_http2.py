@@ -304,8 +304,9 @@ def client(
     http1_fallback: httpx.AsyncBaseTransport | None = None,
     **kwargs: Any,
 ) -> httpx.AsyncClient:
+    context = ssl_context or ssl.create_default_context()
     transport = Http2Transport(
-        ssl_context=ssl_context or ssl.create_default_context(),
+        tls_context=lambda: context,
         max_streams=max_streams,
         fallback=fallback or Recorder(),
         http1_fallback=http1_fallback,
