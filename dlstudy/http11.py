@@ -54,6 +54,21 @@ def _time_out(waiter: asyncio.Future[None], error: Exception) -> None:
         waiter.set_exception(error)
 
 
+async def wait_until(waiter: asyncio.Future[None], seconds: float | None, error: Exception) -> None:
+    """Await `waiter`; if it is still pending after `seconds` (None: never), raise `error`.
+
+    One timer per wait, and only when there is something to wait for: cheaper than a cancel
+    scope per read."""
+    if seconds is None:
+        await waiter
+        return
+    timer = asyncio.get_running_loop().call_later(seconds, _time_out, waiter, error)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+
+
 class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection: received bytes queue up here until the response reads them."""
 
@@ -175,17 +190,11 @@ class Connection(asyncio.Protocol):
     async def _wait(
         self, waiter: asyncio.Future[None], seconds: float | None, error: Exception
     ) -> None:
-        if seconds is None:
-            await waiter
-            return
-        timer = asyncio.get_running_loop().call_later(seconds, _time_out, waiter, error)
         try:
-            await waiter
+            await wait_until(waiter, seconds, error)
         except (httpx.ReadTimeout, httpx.WriteTimeout):
             self.broken = True
             raise
-        finally:
-            timer.cancel()
 
     def close(self) -> None:
         self.broken = True

@@ -41,6 +41,7 @@ from .http11 import (
     handled_here,
     origin_of,
     take_slot,
+    wait_until,
 )
 
 # A 512 KiB instance in one frame instead of 32 of the default 16 KiB: h2 handles each frame in
@@ -100,22 +101,11 @@ class _Stream:
             waiter.set_result(None)
 
     async def wait(self, read_timeout: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        self.waiter = waiter = loop.create_future()
-        timer = None
-        if read_timeout is not None:
-            timer = loop.call_later(read_timeout, _time_out, waiter)
+        self.waiter = waiter = asyncio.get_running_loop().create_future()
         try:
-            await waiter
+            await wait_until(waiter, read_timeout, httpx.ReadTimeout("timed out reading"))
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
-
-
-def _time_out(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(httpx.ReadTimeout("timed out reading"))
 
 
 class Connection(asyncio.Protocol):
