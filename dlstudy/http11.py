@@ -575,7 +575,7 @@ async def take_slot(slots: asyncio.Semaphore, pool_timeout: float | None) -> Non
         raise httpx.PoolTimeout("timed out waiting for a free connection") from None
 
 
-P = TypeVar("P", bound=asyncio.Protocol)
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 async def connect(

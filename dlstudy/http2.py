@@ -31,8 +31,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import httpx
-import hyperframe.frame
 
+from .h2frames import FrameReader
 from .http11 import (
     OpenConnections,
     Origin,
@@ -56,24 +56,6 @@ GOAWAY_GRACE = 0.5  # seconds a connection draining after a GOAWAY may stay sile
 _DROPPED_HEADERS = frozenset(
     {b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-
-
-_full_hex_repr = hyperframe.frame._raw_data_repr
-
-
-def _raw_data_repr(data: bytes | None) -> str:
-    """hyperframe's own output, from the 10 bytes it shows instead of the whole frame.
-
-    h2 formats a trace line for every received frame whether or not anything logs it, and
-    hyperframe hex-encodes a DATA frame's whole body to show its first 10 bytes: 15% of the
-    client CPU of an HTTP/2 download. Same string, none of the cost.
-    """
-    if not data:
-        return "None"
-    return "<hex:" + data[:10].hex() + ("..." if len(data) > 10 else "") + ">"
-
-
-hyperframe.frame._raw_data_repr = _raw_data_repr
 
 
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
@@ -108,7 +90,7 @@ class _Stream:
             self.waiter = None
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One HTTP/2 connection: h2 parses, this routes events to the streams waiting on them."""
 
     def __init__(self, origin: Origin, *, http1_allowed: bool = False) -> None:
@@ -117,6 +99,8 @@ class Connection(asyncio.Protocol):
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
+        self._reader = FrameReader()
+        self.h2.incoming_buffer = self._reader
         # h2 closes its state machine on a GOAWAY and then rejects every frame, even those of
         # the streams the GOAWAY says the server will still finish: this connection stays open
         # for them (it only takes no new streams).
@@ -172,25 +156,30 @@ class Connection(asyncio.Protocol):
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._reader.buffer_updated(nbytes)
         if not self._framed:
             self._framed = True
-            if data.startswith(b"HTTP/1."):
+            if self._reader.peek(7) == b"HTTP/1.":
                 # An HTTP/1.1 server answering our preface (h2c to a server without it): h2
                 # would read "HTTP/1.1 " as the header of a 4 MB frame and wait for the rest.
                 self._fail(httpx.RemoteProtocolError("server answered in HTTP/1.1"), None)
                 assert self.transport is not None
                 self.transport.close()
-                return
         if self.closed or self.broken:
+            self._reader.discard()
             return
         if not self.accepting:
             self._last_received = asyncio.get_running_loop().time()
         try:
-            events = self.h2.receive_data(data)
+            events = self.h2.receive_data(b"")  # h2 takes the complete frames from the reader
         except h2.exceptions.ProtocolError as exc:
             self.flush()  # h2 queued a GOAWAY saying why
             self._fail(httpx.RemoteProtocolError(f"HTTP/2 protocol error: {exc}"), exc)
+            self._reader.discard()
             assert self.transport is not None
             self.transport.close()
             return
