@@ -33,6 +33,7 @@ import h2.settings
 import httpx
 
 from .h2frames import FrameReader
+from .hpack_fast import PlainEncoder
 from .http11 import (
     OpenConnections,
     Origin,
@@ -101,6 +102,7 @@ class Connection(asyncio.BufferedProtocol):
         )
         self._reader = FrameReader()
         self.h2.incoming_buffer = self._reader
+        self.h2.encoder = PlainEncoder()
         # h2 closes its state machine on a GOAWAY and then rejects every frame, even those of
         # the streams the GOAWAY says the server will still finish: this connection stays open
         # for them (it only takes no new streams).

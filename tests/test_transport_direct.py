@@ -1,0 +1,155 @@
+"""Transport.stream sends plain GETs straight to the lean transport, skipping httpx's request
+pipeline; whatever that pipeline acts on (redirects, cookies, another origin, auth flows) must
+still behave as httpx makes it. Against a real HTTP/1.1 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from dlstudy.settings import Settings
+from dlstudy.transport import Transport
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Server:
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+
+    def url(self, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}/dicomweb"
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    state = Server(0)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+            state.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
+            extra: list[tuple[str, str]] = []
+            status = 200
+            if self.path == "/dicomweb/redirect":
+                status, extra = 302, [("Location", "/dicomweb/target")]
+            elif self.path == "/dicomweb/elsewhere":
+                status, extra = 302, [("Location", f"{state.url('localhost')}/target")]
+            elif self.path == "/dicomweb/cookie":
+                extra = [("Set-Cookie", "affinity=node-7; Path=/")]
+            body = f"body of {self.path}".encode()
+            self.send_response(status)
+            for name, value in extra:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def fetch(settings: Settings, *paths: str) -> list[tuple[int, bytes]]:
+    async def run() -> list[tuple[int, bytes]]:
+        transport = Transport(settings)
+        results = []
+        try:
+            for path in paths:
+                async with transport.stream(
+                    f"{transport.base_url}{path}", {"Accept": "application/dicom"}
+                ) as response:
+                    results.append((response.status_code, await response.aread()))
+        finally:
+            await transport.aclose()
+        return results
+
+    return anyio.run(run)
+
+
+def settings_for(server: Server) -> Settings:
+    return Settings(url=server.url(), http="1.1", token="t0k", headers=(("X-Api-Key", "k1"),))
+
+
+@pytest.fixture
+def pipeline_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Requests that went through httpx's client pipeline (AsyncClient.send)."""
+    calls: list[str] = []
+    send = httpx.AsyncClient.send
+
+    async def counting_send(
+        self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any
+    ) -> httpx.Response:
+        calls.append(request.url.path)
+        return await send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", counting_send)
+    return calls
+
+
+def test_a_plain_get_carries_the_clients_headers_and_the_callers(
+    server: Server, pipeline_calls: list[str]
+) -> None:
+    assert fetch(settings_for(server), "/a") == [(200, b"body of /dicomweb/a")]
+    assert pipeline_calls == []  # sent straight to the transport
+    (seen,) = server.seen
+    assert seen.headers["accept"] == "application/dicom"
+    assert seen.headers["authorization"] == "Bearer t0k"
+    assert seen.headers["x-api-key"] == "k1"
+    assert seen.headers["user-agent"] == "dlstudy"
+    assert seen.headers["host"] == f"127.0.0.1:{server.port}"
+
+
+def test_a_redirect_is_followed_with_the_same_headers(
+    server: Server, pipeline_calls: list[str]
+) -> None:
+    assert fetch(settings_for(server), "/redirect") == [(200, b"body of /dicomweb/target")]
+    assert pipeline_calls == ["/dicomweb/redirect"]  # httpx followed it
+    target = server.seen[-1]
+    assert target.path == "/dicomweb/target"
+    assert target.headers["accept"] == "application/dicom"
+    assert target.headers["authorization"] == "Bearer t0k"
+
+
+def test_secrets_never_follow_a_redirect_to_another_origin(server: Server) -> None:
+    assert fetch(settings_for(server), "/elsewhere") == [(200, b"body of /dicomweb/target")]
+    target = server.seen[-1]
+    assert (
+        target.path == "/dicomweb/target" and target.headers["host"] == f"localhost:{server.port}"
+    )
+    assert "authorization" not in target.headers
+    assert "x-api-key" not in target.headers
+
+
+def test_a_cookie_the_server_sets_is_sent_back(server: Server) -> None:
+    fetch(settings_for(server), "/cookie", "/after")
+    assert "cookie" not in server.seen[0].headers
+    assert server.seen[1].headers["cookie"] == "affinity=node-7"
+
+
+def test_basic_auth_goes_through_httpx(server: Server) -> None:
+    fetch(Settings(url=server.url(), http="1.1", user="bob", password="hunter2"), "/a")
+    assert server.seen[0].headers["authorization"].startswith("Basic ")
