@@ -39,7 +39,14 @@ import anyio
 import httpx
 
 from .auth import RefreshingBearerAuth, auth_from_settings
-from .bench_report import HTTP_VERSIONS, STRATEGIES, BenchReport, CellResult
+from .bench_report import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_REPEAT,
+    HTTP_VERSIONS,
+    STRATEGIES,
+    BenchReport,
+    CellResult,
+)
 from .download import MAX_CONCURRENCY
 from .errors import (
     AuthError,
@@ -70,8 +77,6 @@ from .watchdog import Progress, watchdog
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = (1, 4, 16, 64)
-DEFAULT_REPEAT = 3
 # QIDO pages are retried a little (a 503 on a search is not what is being measured); transfers
 # are not retried at all.
 QIDO_RETRIES = 2

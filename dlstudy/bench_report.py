@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,9 @@ from .errors import ExitStatus
 
 STRATEGIES = ("single-part", "multipart-instance", "series", "study")
 HTTP_VERSIONS = ("1.1", "2")
+# The matrix defaults; here rather than in dlstudy.bench so the CLI's help needs only this module.
+DEFAULT_CONCURRENCY = (1, 4, 16, 64)
+DEFAULT_REPEAT = 3
 PERCENTILES = (0.5, 0.9, 0.99)
 
 
@@ -44,6 +46,8 @@ def _ms_percentiles(seconds: Sequence[float]) -> dict[str, float | None]:
 
 
 def _spread(values: Sequence[float], digits: int = 3) -> dict[str, float | None]:
+    import statistics  # ~8 ms to import: not at every start-up of the CLI
+
     if not values:
         return {"median": None, "min": None, "max": None}
     return {

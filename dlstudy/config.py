@@ -23,7 +23,6 @@ the file and merges its two layers (pure functions, no typer).
 from __future__ import annotations
 
 import sys
-import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +129,8 @@ def find(explicit: Path | None, env: Mapping[str, str], home: Path | None = None
 
 def load(path: Path) -> Config:
     """Read and check the structure of a config file (values are checked by the CLI)."""
+    import tomllib  # its regexes compile at import (~15 ms): only when there is a file
+
     try:
         with path.open("rb") as fp:
             data = tomllib.load(fp)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from .auth import auth_from_settings
 from .errors import UsageError
@@ -141,6 +140,8 @@ def all_values(item: dict[str, Any], tag: str) -> tuple[str, ...]:
 
 def attribute_id(name: str) -> str:
     """A filter key as sent: the keyword if pydicom knows it, else the tag's 8 hex digits."""
+    from pydicom.datadict import keyword_for_tag, tag_for_keyword  # ~80 ms: only with --filter
+
     name = name.strip()
     match = _TAG_RE.fullmatch(name)
     if match:

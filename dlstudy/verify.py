@@ -1,10 +1,15 @@
 """Cheap checks that a file is the DICOM Part 10 instance we asked for.
 
-Only the header is parsed (pydicom stops before the pixel data), so the cost does not grow with
-the instance size. The bytes are never rewritten: we check what the server sent, as sent.
+Only the header is parsed (never the pixel data), so the cost does not grow with the instance
+size. The bytes are never rewritten: we check what the server sent, as sent.
 
-Standard files take a fast path that reads pydicom's raw elements without building Datasets
-(that was most of the verify cost per instance); anything unusual goes to `read_partial` as before.
+Three readers, cheapest first, each giving up (None) on what the next handles:
+- `_parse_head`: plain little endian files, parsed from the first bytes in memory without
+  pydicom (its import alone costs ~80 ms at start-up);
+- `_parse_plain`: pydicom's raw element generator without building Datasets (sequences of
+  undefined length, other character sets, headers past the first chunk);
+- `read_partial`: pydicom's reader, for anything else (big endian, deflate, bare datasets).
+All three give the same result; tests/test_verify.py compares them on many files.
 """
 
 from __future__ import annotations
@@ -12,18 +17,17 @@ from __future__ import annotations
 import io
 import logging
 import re
+import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-from pydicom import uid
-from pydicom.charset import default_encoding
-from pydicom.dataelem import RawDataElement
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import data_element_generator, read_partial
-from pydicom.tag import BaseTag, Tag
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import IntegrityError
+
+if TYPE_CHECKING:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import BaseTag
 
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
@@ -31,17 +35,28 @@ HEADER_PREFIX_LENGTH = PREAMBLE_LENGTH + len(MAGIC)
 
 log = logging.getLogger(__name__)
 
-_TAGS: list[BaseTag | int] = [Tag(0x0020, 0x000D), Tag(0x0020, 0x000E), Tag(0x0008, 0x0018)]
 _LAST_TAG = 0x0020000E  # Series Instance UID, the last of the three
 _STUDY, _SERIES, _SOP = 0x0020000D, 0x0020000E, 0x00080018
+_TAGS: list[BaseTag | int] = [_STUDY, _SERIES, _SOP]
+_CHARSET = 0x00080005
 _GROUP_LENGTH, _MEDIA_SOP, _TRANSFER_SYNTAX = 0x00020000, 0x00020003, 0x00020010
 # What pydicom accepts without a warning for a UI value (after stripping the padding).
 _VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _MAX_UID_LENGTH = 64
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _HEADER_CHUNK = 16 * 1024  # ample for the elements up to (0020,000E) in real files
+# The leading bytes `verify_instance(head=...)` can use: the Part 10 prefix and the first chunk.
+VERIFY_HEAD_LENGTH = HEADER_PREFIX_LENGTH + _HEADER_CHUNK
+_IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 # Transfer syntaxes read_partial decodes specially (big endian; deflate inflates the dataset).
-_PYDICOM_DECODES = {uid.ExplicitVRBigEndian, uid.DeflatedExplicitVRLittleEndian}
+_PYDICOM_DECODES = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+# Explicit VR: the standard VRs with a 2-byte length, and those with a 4-byte one.
+_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+# Specific Character Sets pydicom takes without a warning; any other goes to pydicom.
+_PLAIN_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+_EXPLICIT = struct.Struct("<HH2sH")
+_LONG = struct.Struct("<L")
 
 
 def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -105,6 +120,9 @@ def read_header(path: Path, *, label: str) -> HeaderInfo:
         if has_magic and (info := _read_header_fast(fp)) is not None:
             return info
         fp.seek(0)
+        from pydicom.errors import InvalidDicomError
+        from pydicom.filereader import read_partial
+
         try:
             # The three UIDs live in groups 0008 and 0020: stop parsing right after them
             # instead of walking every element up to the pixel data.
@@ -137,13 +155,113 @@ def _read_header_fast(fp: BinaryIO) -> HeaderInfo | None:
     try:
         start = fp.tell()
         chunk = fp.read(_HEADER_CHUNK)
-        info, complete = _parse_plain(io.BytesIO(chunk))
-        if complete or len(chunk) < _HEADER_CHUNK:  # a short chunk is the whole file
+        whole = len(chunk) < _HEADER_CHUNK  # a short chunk is the whole file
+        if (info := _parse_head(chunk, whole=whole)) is not None:
             return info
+        found, complete = _parse_plain(io.BytesIO(chunk))
+        if complete or whole:
+            return found
         fp.seek(start)
         return _parse_plain(fp)[0]
     except OSError:  # read_partial meets it too, and reports it as before
         return None
+
+
+def _parse_head(data: bytes, *, whole: bool) -> HeaderInfo | None:
+    """The header of a plain Part 10 file from `data` (the bytes after DICM; all of them if
+    `whole`), or None to leave it to pydicom.
+
+    Explicit VR little endian file meta, then an explicit or implicit VR little endian dataset
+    up to the first element past (0020,000E). Only defined lengths, standard VRs and ascending
+    tags; anything that would make pydicom read differently, warn or log gives None, and so
+    does running out of `data` (unless at an element boundary of a `whole` file's dataset,
+    where pydicom stops too).
+    """
+    meta = _walk(data, 0, implicit=False, last=0x0002FFFF, whole=False)
+    if meta is None:
+        return None
+    values, first, dataset_start = meta
+    # read_partial logs a group length that does not match (it counts the bytes after its own
+    # 12-byte element), and retries as implicit VR if the first element does not decode.
+    if first != (_GROUP_LENGTH, b"UL", 4) or _LONG.unpack_from(data, 8)[0] != dataset_start - 12:
+        return None
+    transfer_syntax = _uid_text(values.get(_TRANSFER_SYNTAX, b""))
+    media_sop = _uid_text(values.get(_MEDIA_SOP, b""))
+    if not transfer_syntax or media_sop is None or transfer_syntax in _PYDICOM_DECODES:
+        return None
+    # Private syntaxes can only have been registered if pydicom.uid was imported (getattr: it
+    # may be importing in another thread).
+    registered = getattr(sys.modules.get("pydicom.uid"), "PrivateTransferSyntaxes", ())
+    if transfer_syntax in registered:
+        return None
+    implicit = transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN
+    # read_dataset sniffs the first element: group 0000 is a command set, and a VR that does
+    # not match the transfer syntax makes pydicom warn and switch.
+    sniff = data[dataset_start : dataset_start + 6]
+    if len(sniff) < 6 or sniff[:2] == b"\0\0":
+        return None
+    if all(0x41 <= b <= 0x5A for b in sniff[4:6]) == implicit:
+        return None
+    dataset = _walk(data, dataset_start, implicit=implicit, last=_LAST_TAG, whole=whole)
+    if dataset is None:
+        return None
+    found = dataset[0]
+    # pydicom decodes the character set as it reads it, warning about unusual ones.
+    if _CHARSET in found and found[_CHARSET].decode("latin-1").rstrip(" \0") not in _PLAIN_CHARSETS:
+        return None
+    study, series, sop = (_uid_text(found.get(tag, b"")) for tag in (_STUDY, _SERIES, _SOP))
+    if study is None or series is None or sop is None:
+        return None
+    return HeaderInfo(study, series, sop or media_sop, media_sop, transfer_syntax)
+
+
+# Values `_walk` keeps, with the VR each must have when explicit.
+_WANTED = {
+    _TRANSFER_SYNTAX: b"UI",
+    _MEDIA_SOP: b"UI",
+    _CHARSET: b"CS",
+    _STUDY: b"UI",
+    _SERIES: b"UI",
+    _SOP: b"UI",
+}
+
+
+def _walk(
+    data: bytes, pos: int, *, implicit: bool, last: int, whole: bool
+) -> tuple[dict[int, bytes], tuple[int, bytes, int] | None, int] | None:
+    """Little endian elements from `pos` up to the first tag past `last`: the `_WANTED`
+    values, the first element's (tag, VR, length) and where the walk stopped; or None."""
+    values: dict[int, bytes] = {}
+    first: tuple[int, bytes, int] | None = None
+    previous = -1
+    end = len(data)
+    while True:
+        if pos + 8 > end:
+            # pydicom ends the walk when fewer than 8 bytes are left; in a chunk, more may follow.
+            return (values, first, pos) if whole and first is not None else None
+        group, element, vr, length = _EXPLICIT.unpack_from(data, pos)
+        tag = group << 16 | element
+        header = 8
+        if implicit:
+            vr, length = b"", _LONG.unpack_from(data, pos + 4)[0]
+        elif vr in _LONG_VRS:  # pydicom reads this length even for the element it stops at
+            if pos + 12 > end:
+                return None
+            length, header = _LONG.unpack_from(data, pos + 8)[0], 12
+        if tag > last:
+            return values, first, pos
+        if not implicit and vr not in _SHORT_VRS and vr not in _LONG_VRS:
+            return None
+        if tag <= previous or length == _UNDEFINED_LENGTH or pos + header + length > end:
+            return None
+        if tag in _WANTED:
+            if not implicit and vr != _WANTED[tag]:
+                return None
+            values[tag] = data[pos + header : pos + header + length]
+        if first is None:
+            first = (tag, vr, length)
+        previous = tag
+        pos += header + length
 
 
 class _Walk:
@@ -179,6 +297,8 @@ def _parse_plain(fp: BinaryIO) -> tuple[HeaderInfo | None, bool]:
     length, a deflated, big endian or private transfer syntax, a command set, a VR that does
     not match the transfer syntax, a UID pydicom would warn about, a parsing error) gives None.
     """
+    from pydicom.uid import PrivateTransferSyntaxes
+
     # Like read_partial: the file meta is group 0002, the dataset is read up to the last UID.
     meta_walk, dataset_walk = _Walk(0x00020000, 0x0002FFFF), _Walk(0, _LAST_TAG)
     try:
@@ -198,9 +318,9 @@ def _parse_plain(fp: BinaryIO) -> tuple[HeaderInfo | None, bool]:
         media_sop = _uid(meta, _MEDIA_SOP)
         if not transfer_syntax or media_sop is None:
             return None, False
-        if transfer_syntax in _PYDICOM_DECODES or transfer_syntax in uid.PrivateTransferSyntaxes:
+        if transfer_syntax in _PYDICOM_DECODES or transfer_syntax in PrivateTransferSyntaxes:
             return None, False
-        implicit = transfer_syntax == uid.ImplicitVRLittleEndian
+        implicit = transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN
         # read_dataset sniffs the first element: group 0000 is a command set, and a VR that
         # does not match the transfer syntax makes pydicom warn and switch.
         dataset_start = fp.tell()
@@ -239,6 +359,9 @@ def _raw_elements(
 
     None if one comes back parsed (a sequence of undefined length): not a plain value.
     """
+    from pydicom.dataelem import RawDataElement
+    from pydicom.filereader import data_element_generator
+
     elements: dict[int, RawDataElement] = {}
     for elem in data_element_generator(fp, implicit, True, stop_when=stop_when, specific_tags=tags):
         if not isinstance(elem, RawDataElement):
@@ -248,17 +371,22 @@ def _raw_elements(
 
 
 def _uid(elements: dict[int, RawDataElement], tag: int) -> str | None:
-    """The UI value pydicom would give ("" when absent), or None when it is out of the ordinary.
-
-    Like pydicom: trailing NUL/space padding is dropped. Not UI, several values or not a valid
-    UID (pydicom warns, and may split or keep it) give None.
-    """
+    """`_uid_text` of an element ("" when absent); None when it is not a UI element."""
     elem = elements.get(tag)
     if elem is None:
         return ""
     if elem.VR not in (None, "UI"):  # None: implicit VR, where the dictionary says UI
         return None
-    text = (elem.value or b"").decode(default_encoding).rstrip("\0 ")
+    return _uid_text(elem.value or b"")
+
+
+def _uid_text(value: bytes) -> str | None:
+    """The UI value pydicom would give, or None when it is out of the ordinary.
+
+    Like pydicom: trailing NUL/space padding is dropped. Several values or not a valid UID
+    (pydicom warns, and may split or keep it) give None.
+    """
+    text = value.decode("latin-1").rstrip("\0 ")  # pydicom's default encoding
     if text and (len(text) > _MAX_UID_LENGTH or not _VALID_UID.fullmatch(text)):
         return None
     return text
@@ -288,8 +416,26 @@ def check_identity(info: HeaderInfo, *, study_uid: str, series_uid: str, sop_uid
         log.warning("instance %s: no Part 10 preamble/DICM (kept as sent)", sop_uid)
 
 
-def verify_instance(path: Path, *, study_uid: str, series_uid: str, sop_uid: str) -> str:
-    """Check magic and UIDs of the file at `path`; return its transfer syntax UID."""
-    info = read_header(path, label=f"instance {sop_uid}")
+def verify_instance(
+    path: Path,
+    *,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    head: bytes | None = None,
+    size: int | None = None,
+) -> str:
+    """Check magic and UIDs of the file at `path`; return its transfer syntax UID.
+
+    `head`, the file's first bytes (`VERIFY_HEAD_LENGTH` is what is useful), and `size`, the
+    file's, let a plain file be verified from memory; the file is read only when they are not
+    enough, with the same outcome either way.
+    """
+    info = None
+    if head is not None and head[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
+        data = head[HEADER_PREFIX_LENGTH:VERIFY_HEAD_LENGTH]  # what read_header would read
+        info = _parse_head(data, whole=size == HEADER_PREFIX_LENGTH + len(data))
+    if info is None:
+        info = read_header(path, label=f"instance {sop_uid}")
     check_identity(info, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
     return info.transfer_syntax

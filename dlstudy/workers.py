@@ -10,12 +10,10 @@ the summary. Workers report over a pipe; a worker whose parent is gone stops at 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import signal
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -28,6 +26,9 @@ from .retry import RetryPolicy
 from .store import InstanceRef, Store
 from .throttle import Throttle
 from .transport import Transport
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 # Below this many instances per worker, starting processes costs more than it saves.
 MIN_INSTANCES_PER_WORKER = 50
@@ -156,6 +157,7 @@ async def run_in_processes(
     on_failed: Any,
 ) -> None:
     """Fetch `refs` in `workers` processes; results arrive through the callbacks."""
+    import multiprocessing  # only for --workers > 1
     from dataclasses import replace
 
     context = multiprocessing.get_context("spawn")  # no forked copy of a running event loop

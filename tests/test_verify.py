@@ -110,7 +110,7 @@ class _Messages(logging.Handler):
 Outcome = tuple[object, set[str], set[str]]
 
 
-def outcome(read: Callable[[], HeaderInfo]) -> Outcome:
+def outcome(read: Callable[[], object]) -> Outcome:
     """What reading gives (the HeaderInfo or the error raised), the warnings it emits and what
     pydicom logs at INFO and above."""
     logger, handler = logging.getLogger("pydicom"), _Messages()
@@ -149,7 +149,7 @@ def read_partial_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(verify, "read_partial", spy)
+    monkeypatch.setattr(pydicom.filereader, "read_partial", spy)
     return calls
 
 
@@ -300,7 +300,11 @@ def test_bare_dataset_goes_to_read_partial(
 
 
 def _padded(
-    size: int, *, sequence: bool = False, transfer_syntax: str = ExplicitVRLittleEndian
+    size: int,
+    *,
+    sequence: bool = False,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    pixels: int = 64 * 1024,
 ) -> bytes:
     """A file whose UIDs come after `size` bytes of private data (and a sequence, if asked)."""
     ds = plain_dataset()
@@ -311,9 +315,9 @@ def _padded(
         item.ReferencedSOPClassUID = CT_IMAGE_STORAGE
         item.ReferencedSOPInstanceUID = "1.2.3"
         ds.ReferencedImageSequence = Sequence([item, item])
-        ds.ReferencedImageSequence.is_undefined_length = True
+        ds["ReferencedImageSequence"].is_undefined_length = True
         item.is_undefined_length_sequence_item = True
-    ds.add_new(0x7FE00010, "OB", b"\0" * 64 * 1024)
+    ds.add_new(0x7FE00010, "OB", b"\0" * pixels)
     return written(ds, transfer_syntax)
 
 
@@ -388,21 +392,28 @@ def _spy_parses(monkeypatch: pytest.MonkeyPatch) -> list[type]:
     return kinds
 
 
-@pytest.mark.parametrize(("size", "parses"), [(0, 1), (20 * 1024, 2)])
-def test_undefined_length_before_the_uids_past_the_first_chunk_reads_the_file(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    read_partial_calls: list[object],
-    size: int,
-    parses: int,
+@pytest.mark.parametrize("size", [0, 20 * 1024])
+def test_an_undefined_length_before_the_uids_has_the_file_parsed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_partial_calls: list[object], size: int
 ) -> None:
-    # Within the chunk the walk is trusted; past its end, pydicom's search for the end of an
-    # undefined length value may have stopped at a stray delimiter: the file is parsed again.
+    # _parse_head leaves undefined lengths to pydicom, whose walk of a chunk is not trusted past
+    # one (its search for the end of a value may stop at a stray delimiter): the file is parsed
+    # again, still without read_partial.
     kinds = _spy_parses(monkeypatch)
     path = write(tmp_path, _padded(size, sequence=True, transfer_syntax=ImplicitVRLittleEndian))
     info = read_header(path, label="instance x")
     assert info == HeaderInfo(STUDY, SERIES, SOP, SOP, ImplicitVRLittleEndian)
-    assert kinds[0] is io.BytesIO and len(kinds) == parses
+    assert kinds == [io.BytesIO, io.BufferedReader]
+    assert read_partial_calls == []
+
+
+def test_an_undefined_length_in_a_small_file_is_parsed_once_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_partial_calls: list[object]
+) -> None:
+    kinds = _spy_parses(monkeypatch)
+    data = _padded(0, sequence=True, transfer_syntax=ImplicitVRLittleEndian, pixels=0)
+    assert read_header(write(tmp_path, data), label="instance x").sop_uid == SOP
+    assert kinds == [io.BytesIO]
     assert read_partial_calls == []
 
 
@@ -412,5 +423,246 @@ def test_a_small_file_is_parsed_whole_from_memory(
     kinds = _spy_parses(monkeypatch)
     path = write(tmp_path, part10(STUDY, SERIES, SOP))
     assert read_header(path, label="instance x").sop_uid == SOP
-    assert kinds == [io.BytesIO]
+    assert kinds == []  # _parse_head was enough: pydicom's walk is not needed
     assert read_partial_calls == []
+
+
+def ordered(*extra: tuple[int, bytes], implicit_vr: bool = False) -> bytes:
+    """The elements of `dataset()` and `extra` ((tag, encoded element) pairs), in tag order."""
+    uids = [
+        (0x00080016, "UI", CT_IMAGE_STORAGE.encode() + b"\0"),
+        (0x00080018, "UI", SOP.encode() + b"\0"),
+        (0x00080060, "CS", b"CT"),
+        (0x0020000D, "UI", STUDY.encode()),
+        (0x0020000E, "UI", SERIES.encode() + b"\0"),
+        (0x00200013, "IS", b"1 "),
+    ]
+    elements = [
+        (tag, implicit(tag, value) if implicit_vr else explicit(tag, vr, value))
+        for tag, vr, value in uids
+    ]
+    return b"".join(encoded for _, encoded in sorted([*elements, *extra]))
+
+
+def item(body: bytes) -> bytes:
+    return struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
+
+
+def charset(value: bytes) -> tuple[int, bytes]:
+    return 0x00080005, explicit(0x00080005, "CS", value)
+
+
+# (file, whether _parse_head reads it alone, without pydicom)
+HEAD_CASES = [
+    pytest.param(raw_part10(ordered(charset(b"ISO_IR 192"))), True, id="utf8"),
+    pytest.param(raw_part10(ordered(charset(b""))), True, id="empty-charset"),
+    pytest.param(
+        raw_part10(
+            ordered((0x00080005, implicit(0x00080005, b"ISO_IR 100")), implicit_vr=True),
+            transfer_syntax=ImplicitVRLittleEndian,
+        ),
+        True,
+        id="implicit-latin1",
+    ),
+    pytest.param(raw_part10(ordered(charset(b"ISO-IR 100"))), False, id="misspelled-charset"),
+    pytest.param(raw_part10(ordered(charset(b"ISO_IR 999"))), False, id="unknown-charset"),
+    pytest.param(raw_part10(ordered(charset(b"\\ISO 2022 IR 87"))), False, id="code-extensions"),
+    pytest.param(
+        raw_part10(ordered(charset(b"ISO_IR 192\\ISO 2022 IR 87"))), False, id="bad-extensions"
+    ),
+    pytest.param(
+        raw_part10(ordered((0x00081140, explicit(0x00081140, "SQ", item(dataset()) * 2)))),
+        True,
+        id="defined-length-sequence",
+    ),
+    pytest.param(
+        raw_part10(
+            ordered(
+                (
+                    0x00081140,
+                    struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+                    + item(explicit(0x00081150, "UI", b"1.2\0"))
+                    + b"\xfe\xff\xdd\xe0\0\0\0\0",
+                )
+            )
+        ),
+        False,
+        id="undefined-length-sequence",
+    ),
+    pytest.param(
+        raw_part10(ordered((0x00091001, explicit(0x00091001, "UN", b"\1" * 10)))),
+        True,
+        id="private-UN",
+    ),
+    pytest.param(
+        raw_part10(ordered((0x00080008, explicit(0x00080008, "ZZ", b"AB")))),
+        False,
+        id="unknown-VR",
+    ),
+    pytest.param(
+        raw_part10(dataset(before=explicit(0x00080060, "CS", b"MR"))), False, id="out-of-order"
+    ),
+    pytest.param(raw_part10(dataset()[:-10]), True, id="ends-after-series-uid"),
+    pytest.param(raw_part10(dataset()[:-10] + b"\x28" * 7), True, id="7-bytes-after"),
+    pytest.param(raw_part10(dataset()[:-10] + b"\xe0\x7f\x10\x00OB\0\0"), False, id="cut-OB"),
+    pytest.param(
+        raw_part10(dataset()[:-10] + b"\xe0\x7f\x10\x00OB\0\0\0\0\0\0"), True, id="OB-header"
+    ),
+    pytest.param(raw_part10(dataset()[:-10] + b"\xe0\x7f\x10\x00US\0\0"), True, id="short-US"),
+]
+
+
+@pytest.mark.parametrize(("data", "alone"), HEAD_CASES)
+def test_parse_head_reads_plain_files_alone_and_leaves_the_rest_to_pydicom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, alone: bool
+) -> None:
+    now, before = both_ways(write(tmp_path, data), monkeypatch)
+    assert now == before
+    head = verify._parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True)
+    assert (head is not None) == alone
+    if alone:
+        assert head == now[0] and now[1:] == (set(), set())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(raw_part10(ordered(charset(b"ISO_IR 100"))), id="explicit"),
+        pytest.param(
+            raw_part10(ordered(implicit_vr=True), transfer_syntax=ImplicitVRLittleEndian),
+            id="implicit",
+        ),
+    ],
+)
+def test_parse_head_cut_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes
+) -> None:
+    # A chunk cut anywhere gives the file's header or None (read on); a file cut anywhere gives
+    # what read_partial gives.
+    body = data[verify.HEADER_PREFIX_LENGTH :]
+    full = verify._parse_head(body, whole=True)
+    assert full == HeaderInfo(STUDY, SERIES, SOP, SOP, full.transfer_syntax if full else "")
+    assert verify._parse_head(body, whole=False) == full  # it sees the element after the UIDs
+    for cut in range(len(body)):
+        assert verify._parse_head(body[:cut], whole=False) in (None, full), cut
+        now, before = both_ways(
+            write(tmp_path, data[: verify.HEADER_PREFIX_LENGTH + cut]), monkeypatch
+        )
+        assert now == before, cut
+
+
+def test_parse_head_knows_the_vrs_and_character_sets_pydicom_knows() -> None:
+    from pydicom.charset import python_encoding
+    from pydicom.filereader import ENCODED_VR
+    from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+    assert verify._SHORT_VRS | verify._LONG_VRS == {vr for vr in ENCODED_VR if len(vr) == 2}
+    assert verify._LONG_VRS == {vr.encode() for vr in EXPLICIT_VR_LENGTH_32}
+    assert verify._PLAIN_CHARSETS <= python_encoding.keys()
+    for value in verify._PLAIN_CHARSETS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pydicom.charset.convert_encodings(value)
+
+
+def test_a_registered_private_syntax_goes_to_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    private = "1.2.826.0.1.3680043.8.498.99"
+    data = raw_part10(ordered(), transfer_syntax=private)
+    assert verify._parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True) is not None
+    monkeypatch.setattr(pydicom.uid, "PrivateTransferSyntaxes", [pydicom.uid.UID(private)])
+    assert verify._parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True) is None
+
+
+# verify_instance(head=..., size=...): from memory when the head is enough, else the file.
+
+MEMORY_CASES = [
+    *(p.values[0] for p in UNUSUAL),
+    *(p.values[0] for p in HEAD_CASES),
+    raw_part10(dataset()),
+    raw_part10(dataset(), media_sop="1.2.3"),
+    raw_part10(dataset(sop=b"")),
+    part10(STUDY, SERIES, SOP),
+    part10(STUDY, SERIES, SOP, preamble=False),
+    part10(STUDY, SERIES, "1.2.3"),
+    b"<html><body>" + b"x" * 200 + b"</body></html>",
+    b"\0" * 100,
+]
+
+
+ASKED = {"study_uid": STUDY, "series_uid": SERIES, "sop_uid": SOP}
+
+
+@pytest.mark.parametrize("data", MEMORY_CASES)
+@pytest.mark.parametrize("known_size", [True, False])
+def test_verify_from_memory_gives_what_the_file_gives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, data: bytes, known_size: bool
+) -> None:
+    path = write(tmp_path, data)
+    head, size = data[: verify.VERIFY_HEAD_LENGTH], len(data) if known_size else None
+    from_file = outcome(lambda: verify_instance(path, **ASKED))
+    notes = [record.getMessage() for record in caplog.records]
+    caplog.clear()
+    in_memory = outcome(lambda: verify_instance(path, **ASKED, head=head, size=size))
+    assert in_memory == from_file
+    assert [record.getMessage() for record in caplog.records] == notes
+
+
+def _spy_file_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    paths: list[Path] = []
+    real = verify.read_header
+
+    def spy(path: Path, *, label: str) -> HeaderInfo:
+        paths.append(path)
+        return real(path, label=label)
+
+    monkeypatch.setattr(verify, "read_header", spy)
+    return paths
+
+
+def test_a_plain_file_is_verified_from_memory_without_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = part10(STUDY, SERIES, SOP, payload=b"\0" * 100_000)
+    head = data[: verify.VERIFY_HEAD_LENGTH]
+    path = tmp_path / "not-written-yet.dcm"
+    reads = _spy_file_reads(monkeypatch)
+    assert verify_instance(path, **ASKED, head=head) == ExplicitVRLittleEndian
+    with pytest.raises(IntegrityError) as in_memory:
+        verify_instance(path, **{**ASKED, "series_uid": "1.2.3"}, head=head)
+    assert reads == []
+    write(tmp_path, data).rename(path)
+    with pytest.raises(IntegrityError) as from_file:
+        verify_instance(path, **{**ASKED, "series_uid": "1.2.3"})
+    assert str(in_memory.value) == str(from_file.value)
+    assert in_memory.value.retryable and from_file.value.retryable
+    assert reads == [path]
+
+
+ENDS_AFTER_SERIES = raw_part10(dataset()[:-10])
+
+
+@pytest.mark.parametrize(
+    ("data", "head_length", "known_size", "read"),
+    [
+        pytest.param(_padded(20 * 1024), verify.VERIFY_HEAD_LENGTH, True, True, id="long-header"),
+        pytest.param(part10(STUDY, SERIES, SOP), 300, True, True, id="head-too-short"),
+        pytest.param(part10(STUDY, SERIES, SOP), 132, False, True, id="prefix-only"),
+        pytest.param(ENDS_AFTER_SERIES, len(ENDS_AFTER_SERIES), False, True, id="size-unknown"),
+        pytest.param(ENDS_AFTER_SERIES, len(ENDS_AFTER_SERIES), True, False, id="whole-file"),
+        pytest.param(part10(STUDY, SERIES, SOP), 1000, False, False, id="header-in-head"),
+    ],
+)
+def test_the_file_is_read_only_when_the_head_is_not_enough(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    data: bytes,
+    head_length: int,
+    known_size: bool,
+    read: bool,
+) -> None:
+    path = write(tmp_path, data)
+    reads = _spy_file_reads(monkeypatch)
+    size = len(data) if known_size else None
+    transfer_syntax = verify_instance(path, **ASKED, head=data[:head_length], size=size)
+    assert transfer_syntax == ExplicitVRLittleEndian
+    assert reads == ([path] if read else [])

@@ -7,13 +7,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from ..bench import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, BenchPlan, CellDone, run_bench
-from ..bench_chart import check_chart_path, write_chart
-from ..bench_report import HTTP_VERSIONS, STRATEGIES, BenchReport, CellResult, Row
+from ..bench_report import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, HTTP_VERSIONS, STRATEGIES
 from ..errors import DlstudyError, ExitStatus
 from ..settings import HttpVersion
 from .common import error_line, fail_usage, setup_logging
@@ -34,6 +32,10 @@ from .download_cmd import (
     VerboseOpt,
     parse_headers,
 )
+
+if TYPE_CHECKING:
+    from ..bench import CellDone
+    from ..bench_report import BenchReport, CellResult, Row
 
 # The matrix options have no DLSTUDY_* variable and their own parameter names: a
 # `concurrency = 16` meant for downloads (environment or config file) must not shrink the matrix.
@@ -115,6 +117,9 @@ def register(app: typer.Typer) -> None:
         verbose: VerboseOpt = False,
     ) -> None:
         """Measure a server: strategy x concurrency x HTTP version, repeated; table, JSON, chart."""
+        from ..bench import BenchPlan, run_bench  # not at the start-up of every other command
+        from ..bench_chart import check_chart_path, write_chart
+
         setup_logging(verbose, None)
         settings = build_settings(
             url=url,

@@ -7,12 +7,11 @@ import csv
 import json
 import os
 import sys
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import DlstudyError, ExitStatus, UsageError
-from ..search import StudyQuery, StudyRecord, parse_filters, parse_study_date, search
 from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, build_settings, option
@@ -33,6 +32,9 @@ from .download_cmd import (
     parse_headers,
 )
 from .sharding import ShardOpt, shard_option
+
+if TYPE_CHECKING:
+    from ..search import StudyQuery, StudyRecord
 
 PatientIdOpt = Annotated[
     str | None, option("--patient-id", help="PatientID to match; * and ? are wildcards.")
@@ -99,6 +101,8 @@ def study_query(
     accession: str | None,
     filters: list[str] | None,
 ) -> StudyQuery:
+    from ..search import StudyQuery, parse_filters, parse_study_date  # only when a command runs
+
     try:
         return StudyQuery(
             patient_id=patient_id,
@@ -184,6 +188,8 @@ def register(app: typer.Typer) -> None:
         verbose: VerboseOpt = False,
     ) -> None:
         """Search the server for studies (QIDO-RS), every page; print a table, JSON, CSV or UIDs."""
+        from ..search import search  # not at the start-up of every other command
+
         setup_logging(verbose, None)
         if json_output + csv_output + uids > 1:
             fail_usage("choose one of --json, --csv, --uids")

@@ -8,9 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import DlstudyError
-from ..events import JsonFormatter
 from ..summary import Summary
-from ..sync import sync
 from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, build_settings, option
@@ -66,6 +64,8 @@ def use_log_format(log_format: str) -> None:
     if log_format not in LOG_FORMATS:
         fail_usage(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     if log_format == "json":
+        from ..events import JsonFormatter
+
         for handler in logging.getLogger("dlstudy").handlers:
             if getattr(handler, "dlstudy_cli", False):
                 handler.setFormatter(JsonFormatter())
@@ -111,6 +111,8 @@ def register(app: typer.Typer) -> None:
         server: ServerOpt = None,
     ) -> None:
         """Search, then download every matching study not yet complete in OUT (made for cron)."""
+        from ..sync import sync  # not at the start-up of every other command
+
         setup_logging(verbose, log_file)
         use_log_format(log_format)
         query = study_query(
