@@ -42,7 +42,7 @@ def _data_frame_body_repr(frame: hyperframe.frame.DataFrame) -> str:
     return "<hex:" + head[:10].hex() + ("..." if total > 10 else "") + ">"
 
 
-hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign]
+hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign,assignment]
 
 
 class FrameReader(h2.frame_buffer.FrameBuffer):

@@ -7,6 +7,7 @@ is what lets a rerun skip it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ TEMP_SUFFIX = ".part"
 # (and stays small: one per instance in flight).
 WRITE_BUFFER = 256 * 1024
 STATE_DIR = ".dlstudy"
+# Temp names: the process id keeps concurrent processes (--workers) apart, the counter the
+# transfers of one process; an interrupted run's leftovers are removed under the output lock.
+_temp_numbers = itertools.count()
 _FIELDS = ("study", "series", "sop", "modality")
 
 
@@ -122,8 +126,10 @@ class TempFile:
     def __init__(self, final: Path, folders: set[Path] | None = None) -> None:
         """`folders`: folders known to exist (shared by a run), to skip a mkdir per file."""
         self.final = final
-        self.path = final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        unique = f"{os.getpid()}-{next(_temp_numbers)}"
+        self.path = final.with_name(f".{final.name}.{unique}{TEMP_SUFFIX}")
         self.size = 0
+        self._committed = False
         self._file: BinaryIO | None = None
         self._folders = folders if folders is not None else set()
 
@@ -167,6 +173,7 @@ class TempFile:
         try:
             self._make_folder(self.final.parent)
             os.replace(self.path, self.final)
+            self._committed = True
         except OSError as exc:
             raise StorageError(
                 f"cannot create {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)
@@ -195,7 +202,5 @@ class TempFile:
         tb: TracebackType | None,
     ) -> None:
         # Anything short of an explicit commit leaves no trace.
-        if self.path.exists():
+        if not self._committed:
             self.discard()
-        else:
-            self.close()
