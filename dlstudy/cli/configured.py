@@ -54,7 +54,8 @@ class ConfigCommand(TyperCommand):
 
 
 def apply_config(ctx: Any, command: TyperCommand) -> None:
-    explicit: Path | None = ctx.params.get("config")
+    raw = ctx.params.get("config")  # a str or a Path, depending on the typer version
+    explicit = Path(raw) if raw else None
     server: str | None = ctx.params.get("server")
     env = dict(os.environ)
     path = config.find(explicit, env)
