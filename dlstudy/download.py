@@ -59,8 +59,8 @@ def validate(settings: Settings, study_uids: list[str]) -> None:
         raise UsageError(f"--url must start with http:// or https://, got {shown!r}")
     if not 1 <= settings.concurrency <= MAX_CONCURRENCY:
         raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
-    if not 1 <= settings.workers <= MAX_WORKERS:
-        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
+    if not 0 <= settings.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 0 (auto) and {MAX_WORKERS}")
     if settings.retries < 0 or settings.retry_budget < 0:
         raise UsageError("--retries and --retry-budget must be 0 or more")
     if settings.timeout <= 0:

@@ -147,20 +147,25 @@ class Run:
         return committed
 
     async def fetch_per_instance(self, todo: list[InstanceRef]) -> None:
+        async def one(ref: InstanceRef) -> None:
+            await self.fetch_one(ref)
+
         processes = workers.worker_count(self.settings.workers, len(todo))
         if processes <= 1:
-
-            async def one(ref: InstanceRef) -> None:
-                await self.fetch_one(ref)
-
             await run_pool(todo, one, self.settings.concurrency)
             return
+
+        async def local(share: list[InstanceRef], concurrency: int) -> None:
+            await run_pool(share, one, concurrency)
+
+        self.summary.processes = processes
         await self.fetch_one(todo[0])  # settles the retrieval form the workers will use
         await workers.run_in_processes(
             todo[1:],
             self.settings,
             self.negotiator.current if self.negotiator.settled else None,
             processes,
+            local=local,
             on_bytes=self.progress.advance,
             on_done=self.record_done,
             on_failed=lambda f: self.record_failure(f.ref, f.reason, f.status_code),

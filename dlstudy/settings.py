@@ -23,7 +23,7 @@ class Settings:
     url: str
     output: Path = Path("studies")
     concurrency: int = 8
-    workers: int = 1  # processes sharing the per-instance pool (workers.py)
+    workers: int = 0  # processes sharing the per-instance pool; 0: one per core (workers.py)
     http: HttpVersion = "auto"
     mode: Mode = "auto"
     transfer_syntax: str = "*"

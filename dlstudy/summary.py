@@ -38,6 +38,7 @@ class Summary:
     seconds: float = 0.0
     http_version: str | None = None
     mode: str = "auto"
+    processes: int = 1  # that shared the per-instance pool (--workers)
     retrieval: Any = None  # a Negotiator: what the server accepted (has .as_dict())
     throttle: Any = None  # a Throttle: how often the server asked us to slow down
     repaired: list[str] = field(default_factory=list)  # files found bad on disk, fetched again
@@ -77,6 +78,7 @@ class Summary:
             "mb_per_s": round(self.mb_per_s, 2),
             "http_version": self.http_version,
             "mode": self.mode,
+            "processes": self.processes,
             "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
             "throttled": self.throttle.signals if self.throttle is not None else 0,
             "repaired": self.repaired,

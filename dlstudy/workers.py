@@ -1,16 +1,22 @@
 """`--workers N`: the per-instance pool spread over N processes, to use more than one core.
 
 A Python client spends its CPU in the HTTP stack (profiles in README "Performance"); one event
-loop uses one core. Each worker process runs its own event loop, HTTP client and pool over its
-share of the instances, with the retrieval form the parent already negotiated; the parent keeps
-everything that must have one owner: the output lock, the manifest, the progress display and
-the summary. Workers report over a pipe; a worker whose parent is gone stops at its next report.
+loop uses one core. The parent fetches one share itself and each of N-1 worker processes another,
+each with its own event loop, HTTP client and pool, in the retrieval form the parent already
+negotiated; the parent keeps everything that must have one owner: the output lock, the
+manifest, the progress display and the summary. Workers report over a pipe, a batch at a time;
+a worker whose parent is gone stops at its next report.
+
+Workers are forked (on Linux) from a worker thread: they start with dlstudy already imported
+(a spawned one re-imported it, ~0.2 s of CPU each) and with no event loop on their stack.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +38,12 @@ if TYPE_CHECKING:
 
 # Below this many instances per worker, starting processes costs more than it saves.
 MIN_INSTANCES_PER_WORKER = 50
-# Bytes a worker accumulates before it tells the parent (progress display), to keep the pipe
-# quiet: one message per MiB.
-_BYTES_REPORT = 1024 * 1024
+# `--workers 0` (the default) uses one process per CPU up to this: beyond a few cores the
+# network or the server limits a download, not the client's CPU.
+AUTO_MAX_WORKERS = 4
+# A worker reports at most this often (results and bytes for the progress display): each pipe
+# message wakes the parent's event loop.
+_REPORT_INTERVAL = 0.05
 _JOIN_TIMEOUT = 10.0
 
 _FATAL = {"AuthError": AuthError, "StorageError": StorageError, "ServerError": ServerError}
@@ -48,8 +57,17 @@ class Failed:
 
 
 def worker_count(requested: int, todo: int) -> int:
-    """How many processes are worth starting for `todo` instances."""
-    return max(1, min(requested, todo // MIN_INSTANCES_PER_WORKER))
+    """How many processes are worth starting for `todo` instances (`requested` 0: auto)."""
+    wanted = requested or min(available_cpus(), AUTO_MAX_WORKERS)
+    return max(1, min(wanted, todo // MIN_INSTANCES_PER_WORKER))
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def split(refs: list[InstanceRef], parts: int) -> list[list[InstanceRef]]:
@@ -84,7 +102,7 @@ def _die_with_parent() -> None:
 def worker_main(
     settings: Any, refs: list[InstanceRef], form: Retrieval | None, conn: Connection
 ) -> None:
-    """Entry point of a worker process (spawned: imports dlstudy afresh)."""
+    """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
     _die_with_parent()
     try:
@@ -108,22 +126,15 @@ async def _worker(
         policy=RetryPolicy(settings.retries, settings.retry_budget, settings.timeout),
         throttle=Throttle(settings.concurrency),
     )
-    unreported = 0
-
-    def on_bytes(nbytes: int) -> None:
-        nonlocal unreported
-        unreported += nbytes
-        if unreported >= _BYTES_REPORT:
-            _send(conn, ("bytes", unreported))
-            unreported = 0
+    report = _Report(conn)
 
     async def one(ref: InstanceRef) -> None:
         try:
-            committed = await fetcher.fetch(ref, on_bytes)
+            committed = await fetcher.fetch(ref, report.add_bytes)
         except TransferError as exc:
-            _send(conn, ("failed", ref, str(exc), getattr(exc, "status_code", None)))
+            report.add(("failed", ref, str(exc), getattr(exc, "status_code", None)))
             return
-        _send(conn, ("done", ref, str(committed.path), committed.size, committed.sha256))
+        report.add(("done", ref, str(committed.path), committed.size, committed.sha256))
 
     try:
         with anyio.open_signal_receiver(signal.SIGTERM) as signals, first_error():
@@ -135,15 +146,43 @@ async def _worker(
                         return
 
                 tg.start_soon(stop_on_sigterm)
+                tg.start_soon(report.every, _REPORT_INTERVAL)
                 await run_pool(refs, one, settings.concurrency)
                 tg.cancel_scope.cancel()
-        if unreported:
-            _send(conn, ("bytes", unreported))
     except DlstudyError as exc:
-        _send(conn, ("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))
+        report.add(("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))
     finally:
         await transport.aclose()
-    _send(conn, ("end",))
+    report.add(("end",))
+    report.flush()
+
+
+class _Report:
+    """A worker's messages to the parent, sent a batch at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._pending: list[tuple[Any, ...]] = []
+        self._bytes = 0
+
+    def add_bytes(self, nbytes: int) -> None:
+        self._bytes += nbytes
+
+    def add(self, message: tuple[Any, ...]) -> None:
+        self._pending.append(message)
+
+    async def every(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            self.flush()
+
+    def flush(self) -> None:
+        if self._bytes:
+            self._pending.insert(0, ("bytes", self._bytes))
+            self._bytes = 0
+        if self._pending:
+            batch, self._pending = self._pending, []
+            _send(self._conn, ("batch", batch))
 
 
 async def run_in_processes(
@@ -152,29 +191,34 @@ async def run_in_processes(
     form: Retrieval | None,
     workers: int,
     *,
-    on_bytes: Any,
-    on_done: Any,
-    on_failed: Any,
+    local: Callable[[list[InstanceRef], int], Awaitable[None]],
+    on_bytes: Callable[[int], None],
+    on_done: Callable[[InstanceRef, Committed], None],
+    on_failed: Callable[[Failed], None],
 ) -> None:
-    """Fetch `refs` in `workers` processes; results arrive through the callbacks."""
+    """Fetch `refs` with `workers` processes, this one included: `local(share, concurrency)`
+    fetches this process's share; the others' results arrive through the callbacks."""
     import multiprocessing  # only for --workers > 1
     from dataclasses import replace
 
-    context = multiprocessing.get_context("spawn")  # no forked copy of a running event loop
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    context: Any = multiprocessing.get_context("fork" if fork else "spawn")
     share = replace(settings, concurrency=max(1, math.ceil(settings.concurrency / workers)))
+    mine, *theirs = split(refs, workers)
     processes = []
     connections = []
-    for chunk in split(refs, workers):
+    for chunk in theirs:
         parent_end, child_end = context.Pipe(duplex=False)
         process = context.Process(
             target=worker_main, args=(share, chunk, form, child_end), daemon=True
         )
-        process.start()
+        # Forked from a worker thread, the child's only thread has no event loop on its stack.
+        await anyio.to_thread.run_sync(process.start)
         child_end.close()
         processes.append(process)
         connections.append(parent_end)
     fatal: list[DlstudyError] = []
-    unreported = {ref.sop_uid: ref for ref in refs}
+    unreported = {ref.sop_uid: ref for chunk in theirs for ref in chunk}
 
     def done(ref: InstanceRef, committed: Committed) -> None:
         unreported.pop(ref.sop_uid, None)
@@ -189,6 +233,7 @@ async def run_in_processes(
         async with anyio.create_task_group() as tg:
             for conn in connections:
                 tg.start_soon(_listen, conn, on_bytes, done, failed, fatal, tg.cancel_scope)
+            await local(mine, share.concurrency)
         finished = True
     finally:
         with anyio.CancelScope(shield=True):
@@ -203,40 +248,45 @@ async def run_in_processes(
 
 async def _listen(
     conn: Connection,
-    on_bytes: Any,
-    on_done: Any,
-    on_failed: Any,
+    on_bytes: Callable[[int], None],
+    on_done: Callable[[InstanceRef, Committed], None],
+    on_failed: Callable[[Failed], None],
     fatal: list[DlstudyError],
     scope: anyio.CancelScope,
 ) -> None:
+    """Handle a worker's reports as they arrive, on the event loop (no thread per message)."""
     while True:
+        await anyio.wait_readable(conn.fileno())
         try:
-            message = await anyio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
+            _, batch = conn.recv()  # a batch is one small write: it is all there
         except EOFError:
             return  # the worker died without a word: its instances are reported missing
-        kind = message[0]
-        if kind == "bytes":
-            on_bytes(message[1])
-        elif kind == "done":
-            _, ref, path, size, sha256 = message
-            on_done(ref, Committed(Path(path), size, sha256))
-        elif kind == "failed":
-            on_failed(Failed(message[1], message[2], message[3]))
-        elif kind == "fatal":
-            _, name, text, _status = message
-            error_class = _FATAL.get(name, DlstudyError)
-            if error_class is AuthError:
-                fatal.append(AuthError(text, status_code=401))
-            elif error_class is StorageError:
-                fatal.append(StorageError(text, path=""))
-            elif error_class is ServerError:
-                fatal.append(ServerError(text))
-            else:
-                fatal.append(DlstudyError(text))
-            scope.cancel()  # the others cannot do better: stop them
-            return
-        elif kind == "end":
-            return
+        for message in batch:
+            kind = message[0]
+            if kind == "bytes":
+                on_bytes(message[1])
+            elif kind == "done":
+                _, ref, path, size, sha256 = message
+                on_done(ref, Committed(Path(path), size, sha256))
+            elif kind == "failed":
+                on_failed(Failed(message[1], message[2], message[3]))
+            elif kind == "fatal":
+                fatal.append(_fatal_error(message[1], message[2]))
+                scope.cancel()  # the others cannot do better: stop them
+                return
+            elif kind == "end":
+                return
+
+
+def _fatal_error(name: str, text: str) -> DlstudyError:
+    error_class = _FATAL.get(name, DlstudyError)
+    if error_class is AuthError:
+        return AuthError(text, status_code=401)
+    if error_class is StorageError:
+        return StorageError(text, path="")
+    if error_class is ServerError:
+        return ServerError(text)
+    return DlstudyError(text)
 
 
 def _stop(processes: list[Any], finished: bool) -> None:

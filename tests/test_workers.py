@@ -12,12 +12,26 @@ import pytest
 
 from dlstudy.store import InstanceRef
 from dlstudy.synth import SynthInstance, SynthSpec, generate
-from dlstudy.workers import MIN_INSTANCES_PER_WORKER, split, worker_count
+from dlstudy.workers import (
+    AUTO_MAX_WORKERS,
+    MIN_INSTANCES_PER_WORKER,
+    available_cpus,
+    split,
+    worker_count,
+)
 
 from .cli_helpers import assert_same_files, run_cli, summary_of
 from .fixtures.embedded_server import StartServer
 
 pytestmark = pytest.mark.integration
+
+
+def test_auto_is_one_process_per_cpu_up_to_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cpus, expected in [(1, 1), (2, 2), (3, 3), (16, AUTO_MAX_WORKERS)]:
+        monkeypatch.setattr("dlstudy.workers.available_cpus", lambda cpus=cpus: cpus)
+        assert worker_count(0, 10_000) == expected
+    assert worker_count(0, MIN_INSTANCES_PER_WORKER) == 1  # too few to be worth a process
+    assert available_cpus() >= 1
 
 
 def test_worker_count_and_split() -> None:
@@ -55,6 +69,7 @@ def test_two_workers_download_everything_byte_exact(
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
     assert summary["instances"] == {"total": 200, "downloaded": 200, "skipped": 0, "failed": 0}
+    assert summary["processes"] == 2
     assert summary["bytes"] == sum(i.size for i in instances)
     assert_same_files(instances, out)
     manifest = (out / ".dlstudy" / "manifest.jsonl").read_text().splitlines()
@@ -153,3 +168,21 @@ def test_workers_die_with_a_killed_parent(
     after = sorted(p.name for p in out.rglob("*") if p.is_file())
     assert before == after  # nothing is still writing
     assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
+
+
+def test_by_default_one_process_per_cpu_shares_the_pool(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    url = embedded_server(root)
+    out = tmp_path / "out"
+    result = run_cli(
+        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
+        "--mode", "instance",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    # The first instance settles the retrieval form; the other 199 are shared out.
+    assert summary["processes"] == worker_count(0, 199)
+    assert summary["instances"]["downloaded"] == 200
+    assert_same_files(instances, out)

@@ -75,7 +75,7 @@ WorkersOpt = Annotated[
     _opt(
         "--workers",
         envvar="DLSTUDY_WORKERS",
-        help="Processes sharing the per-instance pool (use more than one core).",
+        help="Processes sharing the per-instance pool; 0: one per CPU core, at most 4.",
     ),
 ]
 ConcurrencyOpt = Annotated[
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
         series: SeriesOpt = None,
         modality: ModalityOpt = None,
         concurrency: ConcurrencyOpt = 8,
-        workers: WorkersOpt = 1,
+        workers: WorkersOpt = 0,
         http: HttpOpt = "auto",
         mode: ModeOpt = "auto",
         transfer_syntax: TransferSyntaxOpt = "*",
