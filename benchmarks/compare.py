@@ -32,7 +32,8 @@ What runs
 How it is measured
   Every client runs under GNU time and is reaped with os.wait4: wall time from just before the
   start to the reap (interpreter start-up included, for every client alike), CPU = ru_utime +
-  ru_stime, peak RSS = the client's own ru_maxrss (see measure() for why GNU time). Server and
+  ru_stime, peak RSS = the client's own ru_maxrss (see measure() for why GNU time), or for a
+  client with worker processes the peak of their summed PSS (TreeRss). Server and
   proxy CPU are deltas of /proc/PID/stat; "others' CPU" is what the rest of the machine used
   meanwhile (/proc/stat), a noise indicator: before each run the script waits (bounded) for the
   machine to be quiet. After each run the output is compared with the source: SHA-256 of every
@@ -294,7 +295,8 @@ class Measured:
     exit_code: int
     wall: float
     cpu: float
-    rss_mb: float
+    rss_mb: float  # peak RSS; for a client with worker processes, its tree's peak PSS sum
+    rss_sum_mb: float  # the tree's peak VmRSS sum (shared pages once per process): upper bound
     timed_out: bool
     server_cpu: float
     proxy_cpu: float
@@ -312,18 +314,31 @@ def status_kib(pid: int, field: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared by n processes count 1/n in each."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
 class TreeRss(threading.Thread):
-    """Samples (every 50 ms) the summed VmRSS of every process under `root`, root excluded.
+    """Samples (every 50 ms) the summed memory of every process under `root`, root excluded.
 
     ru_maxrss is the peak of one process (for a parent, the largest of it and its children);
-    a client that runs worker processes (dlstudy --workers N) uses the sum, which only
-    sampling sees. Shared pages count once per process, so the sum is an upper bound.
+    a client that runs worker processes (dlstudy --workers N) needs the sum, which only
+    sampling sees. Forked workers share most of their pages with the parent (copy on write),
+    which a VmRSS sum counts once per process (`peak_kib`, an upper bound); the PSS sum counts
+    each page once (`peak_pss_kib`), and is what the table reports for such clients.
     """
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
         self.root = root
         self.peak_kib = 0
+        self.peak_pss_kib = 0
         self.max_processes = 0
         self.done = threading.Event()
 
@@ -336,6 +351,8 @@ class TreeRss(threading.Thread):
                 queue.extend(children_of(pid))
             self.max_processes = max(self.max_processes, len(pids))
             self.peak_kib = max(self.peak_kib, sum(status_kib(pid, "VmRSS") for pid in pids))
+            if len(pids) > 1:  # the client and its workers (time's own process is not sampled)
+                self.peak_pss_kib = max(self.peak_pss_kib, sum(pss_kib(pid) for pid in pids))
 
     def stop(self) -> None:
         self.done.set()
@@ -395,8 +412,10 @@ def measure(
         rss_kib = int(rusage_file.read_text().split()[-1])
     except (OSError, ValueError, IndexError):
         rss_kib = usage.ru_maxrss  # an upper bound (see above)
+    rss_sum_kib = rss_kib
     if sampler.max_processes > 1:  # ru_maxrss is per process: a multi-process client's sum
-        rss_kib = max(rss_kib, sampler.peak_kib)
+        rss_sum_kib = max(rss_kib, sampler.peak_kib)
+        rss_kib = max(rss_kib, sampler.peak_pss_kib)
     busy1, irq1 = machine_cpu_seconds()
     busy, irq = busy1 - busy0, irq1 - irq0
     server_cpu = cpu_seconds(server_pids) - server0
@@ -407,6 +426,7 @@ def measure(
         wall=wall,
         cpu=cpu,
         rss_mb=rss_kib * 1024 / 1e6,
+        rss_sum_mb=rss_sum_kib * 1024 / 1e6,
         timed_out=state["killed"],
         server_cpu=server_cpu,
         proxy_cpu=proxy_cpu,
@@ -647,6 +667,7 @@ def run_one(
         "cpu_s": round(m.cpu, 3),
         "cpu_s_per_gb": round(m.cpu / gb, 3),
         "peak_rss_mb": round(m.rss_mb, 1),
+        "peak_rss_sum_mb": round(m.rss_sum_mb, 1),
         "client_processes": m.processes,
         "server_cpu_s": round(m.server_cpu, 3),
         "proxy_cpu_s": round(m.proxy_cpu, 3),

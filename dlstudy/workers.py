@@ -258,7 +258,7 @@ async def _listen(
     while True:
         await anyio.wait_readable(conn.fileno())
         try:
-            _, batch = conn.recv()  # a batch is one small write: it is all there
+            _, batch = conn.recv()  # one write by the worker: here, or about to be
         except EOFError:
             return  # the worker died without a word: its instances are reported missing
         for message in batch:

@@ -100,3 +100,22 @@ def test_example_slurm_script_is_valid_bash_with_a_valid_download() -> None:
     call = text.split("dlstudy download", 1)[1].split(">", 1)[0].replace("\\\n", " ")
     params = parse(["download", *shlex.split(call)])
     assert params["shard"] == "auto" and params["server"] == "pacs"
+
+
+def test_main_exits_with_the_commands_status_and_flushed_output(tmp_path: Path) -> None:
+    """main() skips the interpreter's teardown (os._exit): what was printed must still arrive,
+    and the exit status must be the command's."""
+    import sys
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "dlstudy", "download", "--help"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0 and "--workers" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "dlstudy", "download", "1.2.3", "--url", "ftp://x",
+         "-o", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "--url must start with http:// or https://" in bad.stderr

@@ -59,10 +59,10 @@ def test_a_download_loads_none_of_them(
     argv = ["dlstudy", "download", "--url", url, synth_study.study_uid, "-o", str(tmp_path), "-q"]
     code = f"""
 import sys
-from dlstudy.cli.app import main
+from dlstudy.cli.app import app
 sys.argv = {argv!r}
 try:
-    main()
+    app()  # main() would end the process before the report
 except SystemExit as exc:
     assert exc.code in (0, None), exc.code
 """

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+
 import typer
 
 from . import bench_cmd, demo_cmd, download_cmd, query_cmd, server_cmds, sync_cmd
@@ -22,4 +26,25 @@ bench_cmd.register(app)
 
 
 def main() -> None:
-    app()
+    """Run the CLI, then exit without tearing the interpreter down.
+
+    By the time a command returns, everything it wrote is flushed and closed (manifest lines
+    are flushed as written, instances committed by rename). Python's teardown after that only
+    deallocates modules and objects: ~80 ms of CPU here, a tenth of a small study's download.
+    atexit handlers (logging, multiprocessing) still run.
+    """
+    try:
+        app()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):  # what sys.exit("message") does
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head) or stream: nothing to keep
+            pass
+    os._exit(code if isinstance(code, int) else 0)
