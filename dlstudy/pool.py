@@ -1,13 +1,12 @@
-"""A bounded pool of workers on anyio: N tasks pull units of work from one shared queue.
+"""A bounded pool of workers on anyio: N tasks pull units of work from one shared iterator.
 
-The queue is a plain deque: every worker runs on the same event loop, so popping needs no lock,
-and the number of in-flight requests is exactly the number of workers.
+Every worker runs on the same event loop, so taking the next item needs no lock, and the number
+of in-flight requests is exactly the number of workers.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -22,15 +21,16 @@ async def run_pool(items: Iterable[T], worker: Callable[[T], Awaitable[None]], s
     `worker` must handle per-item failures itself; anything it raises cancels the whole pool
     (that is how a fatal error such as a rejected token stops every transfer at once).
     """
-    queue = deque(items)
+    pending = iter(items)  # may be lazy: another process's workers may take items too
 
     async def drain() -> None:
-        while queue:
-            await worker(queue.popleft())
+        for item in pending:
+            await worker(item)
 
+    tasks = min(size, len(items)) if isinstance(items, Sized) else size
     with first_error():
         async with anyio.create_task_group() as tg:
-            for _ in range(max(1, min(size, len(queue)))):
+            for _ in range(max(1, tasks)):
                 tg.start_soon(drain)
 
 

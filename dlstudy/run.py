@@ -9,6 +9,9 @@ agree.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+
+import anyio
 
 from . import strategy, workers
 from .bulk import BulkFetcher
@@ -155,16 +158,20 @@ class Run:
             await run_pool(todo, one, self.settings.concurrency)
             return
 
-        async def local(share: list[InstanceRef], concurrency: int) -> None:
-            await run_pool(share, one, concurrency)
+        async def local(share: Iterable[InstanceRef], limiter: anyio.CapacityLimiter) -> None:
+            async def limited(ref: InstanceRef) -> None:
+                async with limiter:
+                    await self.fetch_one(ref)
 
-        self.summary.processes = processes
+            await run_pool(share, limited, self.settings.concurrency)
+
         await self.fetch_one(todo[0])  # settles the retrieval form the workers will use
-        await workers.run_in_processes(
+        self.summary.processes = await workers.run_in_processes(
             todo[1:],
             self.settings,
             self.negotiator.current if self.negotiator.settled else None,
             processes,
+            adaptive=self.settings.workers == 0,
             local=local,
             on_bytes=self.progress.advance,
             on_done=self.record_done,

@@ -1,9 +1,11 @@
 """`--workers N`: the per-instance pool spread over N processes, to use more than one core.
 
 A Python client spends its CPU in the HTTP stack (profiles in README "Performance"); one event
-loop uses one core. The parent fetches one share itself and each of N-1 worker processes another,
-each with its own event loop, HTTP client and pool, in the retrieval form the parent already
-negotiated; the parent keeps everything that must have one owner: the output lock, the
+loop uses one core. The parent and N-1 worker processes each run an event loop, HTTP client and
+pool, in the retrieval form the parent already negotiated, and take the next instance from one
+shared list whenever a slot frees (a counter in shared memory: no process idles while another
+still has a backlog, as a fixed split did when one started late or met a slow series); the
+parent keeps everything that must have one owner: the output lock, the
 manifest, the progress display and the summary. Workers report over a pipe, a batch at a time;
 a worker whose parent is gone stops at its next report.
 
@@ -13,15 +15,18 @@ Workers are forked (on Linux) from a worker thread: they start with dlstudy alre
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 
 from .auth import auth_from_settings
 from .errors import AuthError, DlstudyError, ServerError, StorageError, TransferError
@@ -36,11 +41,18 @@ from .transport import Transport
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+log = logging.getLogger(__name__)
+
 # Below this many instances per worker, starting processes costs more than it saves.
 MIN_INSTANCES_PER_WORKER = 50
 # `--workers 0` (the default) uses one process per CPU up to this: beyond a few cores the
 # network or the server limits a download, not the client's CPU.
 AUTO_MAX_WORKERS = 4
+# --workers 0: the event loop is watched this long, and more processes start if it kept at
+# least this share of a CPU busy (measured here on `ct`: 100% at 0 ms RTT, where two processes
+# are ~40% faster; 60-95% at 20 ms, where two were ~20% slower than one).
+_WATCH_SECONDS = 0.25
+_BUSY = 0.95
 # A worker reports at most this often (results and bytes for the progress display): each pipe
 # message wakes the parent's event loop.
 _REPORT_INTERVAL = 0.05
@@ -70,9 +82,28 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def split(refs: list[InstanceRef], parts: int) -> list[list[InstanceRef]]:
-    """Round-robin, so every worker gets a mix of series and sizes."""
-    return [refs[i::parts] for i in range(parts)]
+class SharedClaims:
+    """Instances handed out one at a time to whichever process asks next."""
+
+    def __init__(self, refs: list[InstanceRef], context: Any) -> None:
+        self.refs = refs
+        self._next = context.Value("q", 0)  # with its own lock, shared across fork and spawn
+
+    def claim(self) -> InstanceRef | None:
+        with self._next.get_lock():
+            index: int = self._next.value
+            if index >= len(self.refs):
+                return None
+            self._next.value = index + 1
+        return self.refs[index]
+
+    def __iter__(self) -> Iterator[InstanceRef]:
+        while (ref := self.claim()) is not None:
+            yield ref
+
+    def remaining(self) -> int:
+        with self._next.get_lock():
+            return max(0, len(self.refs) - int(self._next.value))
 
 
 class ParentGone(Exception):
@@ -100,11 +131,12 @@ def _die_with_parent() -> None:
 
 
 def worker_main(
-    settings: Any, refs: list[InstanceRef], form: Retrieval | None, conn: Connection
+    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection, go: Any
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process; it starts fetching once the parent sets `go`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
     _die_with_parent()
+    go.wait()
     try:
         anyio.run(_worker, settings, refs, form, conn)
     except ParentGone:
@@ -114,7 +146,7 @@ def worker_main(
 
 
 async def _worker(
-    settings: Any, refs: list[InstanceRef], form: Retrieval | None, conn: Connection
+    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection
 ) -> None:
     store = Store(settings.output, settings.layout)
     transport = Transport(settings, auth=await auth_from_settings(settings))
@@ -191,34 +223,39 @@ async def run_in_processes(
     form: Retrieval | None,
     workers: int,
     *,
-    local: Callable[[list[InstanceRef], int], Awaitable[None]],
+    adaptive: bool,
+    local: Callable[[Iterable[InstanceRef], anyio.CapacityLimiter], Awaitable[None]],
     on_bytes: Callable[[int], None],
     on_done: Callable[[InstanceRef, Committed], None],
     on_failed: Callable[[Failed], None],
-) -> None:
-    """Fetch `refs` with `workers` processes, this one included: `local(share, concurrency)`
-    fetches this process's share; the others' results arrive through the callbacks."""
+) -> int:
+    """Fetch `refs` with up to `workers` processes, this one included; return how many ran.
+
+    `local(claims, limiter)` fetches what this process claims, at most `limiter` at a time; the
+    others' results arrive through the callbacks. `adaptive`: start the workers only if this
+    process's event loop turns out to be CPU-bound (see _busy) while there is still enough left.
+    The total in flight never exceeds --concurrency: this process lowers its own limit first,
+    and the workers start once it holds.
+    """
     import multiprocessing  # only for --workers > 1
     from dataclasses import replace
 
     fork = "fork" in multiprocessing.get_all_start_methods()
     context: Any = multiprocessing.get_context("fork" if fork else "spawn")
     share = replace(settings, concurrency=max(1, math.ceil(settings.concurrency / workers)))
-    mine, *theirs = split(refs, workers)
-    processes = []
-    connections = []
-    for chunk in theirs:
-        parent_end, child_end = context.Pipe(duplex=False)
-        process = context.Process(
-            target=worker_main, args=(share, chunk, form, child_end), daemon=True
-        )
-        # Forked from a worker thread, the child's only thread has no event loop on its stack.
-        await anyio.to_thread.run_sync(process.start)
-        child_end.close()
-        processes.append(process)
-        connections.append(parent_end)
+    claims = SharedClaims(refs, context)
+    limiter = anyio.CapacityLimiter(settings.concurrency)
+    go = context.Event()
+    processes: list[Any] = []
+    connections: list[Connection] = []
     fatal: list[DlstudyError] = []
-    unreported = {ref.sop_uid: ref for chunk in theirs for ref in chunk}
+    unreported = {ref.sop_uid: ref for ref in refs}
+    watching = anyio.CancelScope()
+
+    def mine() -> Iterator[InstanceRef]:
+        for ref in claims:
+            del unreported[ref.sop_uid]  # this process reports its own, failures included
+            yield ref
 
     def done(ref: InstanceRef, committed: Committed) -> None:
         unreported.pop(ref.sop_uid, None)
@@ -228,12 +265,37 @@ async def run_in_processes(
         unreported.pop(failure.ref.sop_uid, None)
         on_failed(failure)
 
+    async def grow(tg: anyio.abc.TaskGroup) -> None:
+        with watching:
+            if adaptive and not await _busy(_WATCH_SECONDS):
+                return
+        if claims.remaining() < MIN_INSTANCES_PER_WORKER * (workers - 1):
+            return  # done, or too little left to be worth it
+        limiter.total_tokens = share.concurrency
+        with anyio.CancelScope(shield=True):  # a started process must be tracked
+            for _ in range(workers - 1):
+                parent_end, child_end = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=worker_main, args=(share, claims, form, child_end, go), daemon=True
+                )
+                # Forked from a worker thread, the child has no event loop on its stack.
+                await anyio.to_thread.run_sync(process.start)
+                child_end.close()
+                processes.append(process)
+                connections.append(parent_end)
+                tg.start_soon(_listen, parent_end, on_bytes, done, failed, fatal, tg.cancel_scope)
+        # This process's transfers above its new share finish (tens of ms): polled, as anyio
+        # has no event for a limiter's count.
+        while limiter.borrowed_tokens > limiter.total_tokens:  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+        go.set()
+
     finished = False
     try:
         async with anyio.create_task_group() as tg:
-            for conn in connections:
-                tg.start_soon(_listen, conn, on_bytes, done, failed, fatal, tg.cancel_scope)
-            await local(mine, share.concurrency)
+            tg.start_soon(grow, tg)
+            await local(mine(), limiter)
+            watching.cancel()  # all claimed: no workers needed if none started yet
         finished = True
     finally:
         with anyio.CancelScope(shield=True):
@@ -244,6 +306,19 @@ async def run_in_processes(
         raise fatal[0]
     for ref in unreported.values():  # a worker died: never let its instances go unaccounted
         on_failed(Failed(ref, f"instance {ref.sop_uid}: its worker process ended early", None))
+    return 1 + len(processes)
+
+
+async def _busy(seconds: float) -> bool:
+    """Whether this process used nearly a whole CPU over the next `seconds`: its event loop is
+    the bottleneck, and more processes will help. Far from the server (or behind anything
+    slower than the client) it waits on the network instead, and more processes only cost CPU
+    (measured at 20 ms RTT here: one process 1.9 s, two 2.3 s)."""
+    started, cpu = time.monotonic(), time.process_time()
+    await anyio.sleep(seconds)
+    share = (time.process_time() - cpu) / (time.monotonic() - started)
+    log.info("event loop used %.0f%% of a CPU over %.1f s", 100 * share, seconds)
+    return share >= _BUSY
 
 
 async def _listen(

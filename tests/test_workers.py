@@ -7,16 +7,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
+from dlstudy import workers as workers_module
 from dlstudy.store import InstanceRef
 from dlstudy.synth import SynthInstance, SynthSpec, generate
 from dlstudy.workers import (
     AUTO_MAX_WORKERS,
     MIN_INSTANCES_PER_WORKER,
+    SharedClaims,
     available_cpus,
-    split,
     worker_count,
 )
 
@@ -38,10 +41,28 @@ def test_worker_count_and_split() -> None:
     assert worker_count(4, 10) == 1
     assert worker_count(4, 2 * MIN_INSTANCES_PER_WORKER) == 2
     assert worker_count(2, 10_000) == 2
-    refs = [InstanceRef("1", "1.2", f"1.2.{i}") for i in range(7)]
-    parts = split(refs, 3)
-    assert [len(p) for p in parts] == [3, 2, 2]
-    assert sorted(r.sop_uid for p in parts for r in p) == sorted(r.sop_uid for r in refs)
+
+
+def test_claims_hand_out_each_instance_once_across_processes() -> None:
+    """Two processes and two event-loop pools taking from one list: nothing twice, nothing lost."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    refs = [InstanceRef("1", "1.2", f"1.2.{i}") for i in range(500)]
+    claims = SharedClaims(refs, context)
+    parent_end, child_end = context.Pipe(duplex=False)
+    child = context.Process(target=_claim_all, args=(claims, child_end))
+    child.start()
+    child_end.close()
+    mine = [ref.sop_uid for ref in claims]
+    theirs = parent_end.recv()
+    child.join(10)
+    assert sorted(mine + theirs) == sorted(ref.sop_uid for ref in refs)
+    assert claims.claim() is None
+
+
+def _claim_all(claims: SharedClaims, conn: Any) -> None:
+    conn.send([ref.sop_uid for ref in claims])
 
 
 @pytest.fixture
@@ -170,9 +191,23 @@ def test_workers_die_with_a_killed_parent(
     assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
 
 
-def test_by_default_one_process_per_cpu_shares_the_pool(
-    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+@pytest.mark.parametrize("busy", [True, False])
+def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
+    tmp_path: Path,
+    embedded_server: StartServer,
+    study: tuple[Path, list[SynthInstance]],
+    monkeypatch: pytest.MonkeyPatch,
+    busy: bool,
 ) -> None:
+    """--workers 0 watches this process's CPU use for a moment (_busy); the verdict decides."""
+    monkeypatch.setattr("dlstudy.workers.available_cpus", lambda: 2)
+    watched: list[float] = []
+
+    async def verdict(seconds: float) -> bool:
+        watched.append(seconds)
+        return busy
+
+    monkeypatch.setattr("dlstudy.workers._busy", verdict)
     root, instances = study
     url = embedded_server(root)
     out = tmp_path / "out"
@@ -182,7 +217,28 @@ def test_by_default_one_process_per_cpu_shares_the_pool(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
-    # The first instance settles the retrieval form; the other 199 are shared out.
-    assert summary["processes"] == worker_count(0, 199)
+    assert watched == [workers_module._WATCH_SECONDS]
+    assert summary["processes"] == (2 if busy else 1)
     assert summary["instances"]["downloaded"] == 200
     assert_same_files(instances, out)
+    assert len((out / ".dlstudy" / "manifest.jsonl").read_text().splitlines()) == 200
+
+
+@pytest.mark.parametrize(("share", "expected"), [(1.0, True), (0.96, True), (0.9, False)])
+def test_busy_is_cpu_time_over_wall_time(
+    monkeypatch: pytest.MonkeyPatch, share: float, expected: bool
+) -> None:
+    assert workers_module._BUSY == 0.95
+    clock = {"wall": 100.0, "cpu": 5.0}
+
+    async def fake_sleep(seconds: float) -> None:
+        clock["wall"] += seconds
+        clock["cpu"] += share * seconds
+
+    monkeypatch.setattr("dlstudy.workers.time.monotonic", lambda: clock["wall"])
+    monkeypatch.setattr("dlstudy.workers.time.process_time", lambda: clock["cpu"])
+    monkeypatch.setattr("dlstudy.workers.anyio.sleep", fake_sleep)
+    assert anyio.run(workers_module._busy, 0.25) is expected
+
+
+# threshold: 0.9 of a CPU
