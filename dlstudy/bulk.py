@@ -19,7 +19,7 @@ from .negotiate import Negotiator, Retrieval
 from .parts import iter_part_events
 from .store import InstanceRef, Store, TempFile
 from .transport import Transport, check_auth
-from .verify import HEADER_PREFIX_LENGTH, check_identity, check_prefix, read_header
+from .verify import check_identity, keep_head, read_header
 from .watchdog import watchdog
 
 log = logging.getLogger(__name__)
@@ -117,21 +117,19 @@ class _PartSink:
         self.count = 0
         self.temp: TempFile | None = None
         self.declared: int | None = None
-        self.prefix = b""
+        self.head = b""
         self.digest = hashlib.sha256()
 
     def start(self, event: PartStarted) -> None:
         self.count += 1
         self.temp = self.store.open_incoming().__enter__()
         self.declared = event.content_length
-        self.prefix = b""
+        self.head = b""
         self.digest = hashlib.sha256()
 
     def data(self, chunk: bytes) -> None:
         assert self.temp is not None
-        if len(self.prefix) < HEADER_PREFIX_LENGTH:
-            self.prefix += chunk[:HEADER_PREFIX_LENGTH]
-            check_prefix(self.prefix, sop_uid=f"part {self.count}")
+        self.head = keep_head(self.head, chunk, sop_uid=f"part {self.count}")
         self.temp.write(chunk)
         self.digest.update(chunk)
         self.on_bytes(len(chunk))
@@ -147,7 +145,9 @@ class _PartSink:
                     f"{self.declared}",
                     retryable=True,
                 )
-            info = read_header(temp.path, label=f"part {self.count}")
+            info = read_header(
+                temp.path, label=f"part {self.count}", head=self.head, size=temp.size
+            )
             ref = self.wanted.get(info.sop_uid)
             if ref is None or ref.sop_uid in self.committed:
                 log.info("part %d (%s) was not asked for; dropped", self.count, info.sop_uid)

@@ -27,7 +27,7 @@ from .store import InstanceRef, Store, TempFile
 from .throttle import Throttle
 from .transport import Transport, check_auth
 from .urls import instance_url, redact_url
-from .verify import HEADER_PREFIX_LENGTH, VERIFY_HEAD_LENGTH, check_prefix, verify_instance
+from .verify import keep_head, verify_instance
 from .watchdog import Progress, watchdog
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,7 @@ class BodyWriter:
         self._offloaded = False
 
     async def write(self, chunk: bytes) -> None:
-        if len(self._head) < VERIFY_HEAD_LENGTH:
-            known = len(self._head) >= HEADER_PREFIX_LENGTH
-            self._head += chunk[: VERIFY_HEAD_LENGTH - len(self._head)]
-            if not known:
-                check_prefix(self._head[:HEADER_PREFIX_LENGTH], sop_uid=self.ref.sop_uid)
+        self._head = keep_head(self._head, chunk, sop_uid=self.ref.sop_uid)
         self._batch.append(chunk)
         self._batched += len(chunk)
         self.size += len(chunk)

@@ -80,6 +80,19 @@ def check_prefix(prefix: bytes, *, sop_uid: str) -> None:
         )
 
 
+def keep_head(head: bytes, chunk: bytes, *, sop_uid: str) -> bytes:
+    """`head` extended with the start of `chunk`, up to VERIFY_HEAD_LENGTH bytes, for
+    `read_header(head=...)`; the Part 10 prefix is checked as soon as it is complete, so an
+    error page fails before the rest of it is downloaded."""
+    if len(head) >= VERIFY_HEAD_LENGTH:
+        return head
+    checked = len(head) >= HEADER_PREFIX_LENGTH
+    head += chunk[: VERIFY_HEAD_LENGTH - len(head)]
+    if not checked:
+        check_prefix(head[:HEADER_PREFIX_LENGTH], sop_uid=sop_uid)
+    return head
+
+
 def _is_text(prefix: bytes) -> bool:
     return all(32 <= b < 127 or b in b"\t\r\n" for b in prefix)
 
@@ -107,8 +120,20 @@ class HeaderInfo:
     has_preamble: bool = True
 
 
-def read_header(path: Path, *, label: str) -> HeaderInfo:
-    """Read the identifying UIDs of a downloaded file; `label` names it in errors."""
+def read_header(
+    path: Path, *, label: str, head: bytes | None = None, size: int | None = None
+) -> HeaderInfo:
+    """Read the identifying UIDs of a downloaded file; `label` names it in errors.
+
+    `head`, the file's first bytes (`VERIFY_HEAD_LENGTH` is what is useful), and `size`, the
+    file's, let a plain file be read from memory; the file is opened only when they are not
+    enough, with the same outcome either way.
+    """
+    if head is not None and head[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
+        data = head[HEADER_PREFIX_LENGTH:VERIFY_HEAD_LENGTH]  # what the file path would read
+        info = _parse_head(data, whole=size == HEADER_PREFIX_LENGTH + len(data))
+        if info is not None:
+            return info
     with path.open("rb") as fp:
         prefix = fp.read(HEADER_PREFIX_LENGTH)
         if len(prefix) < HEADER_PREFIX_LENGTH:
@@ -426,16 +451,7 @@ def verify_instance(
     size: int | None = None,
 ) -> str:
     """Check magic and UIDs of the file at `path`; return its transfer syntax UID.
-
-    `head`, the file's first bytes (`VERIFY_HEAD_LENGTH` is what is useful), and `size`, the
-    file's, let a plain file be verified from memory; the file is read only when they are not
-    enough, with the same outcome either way.
-    """
-    info = None
-    if head is not None and head[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
-        data = head[HEADER_PREFIX_LENGTH:VERIFY_HEAD_LENGTH]  # what read_header would read
-        info = _parse_head(data, whole=size == HEADER_PREFIX_LENGTH + len(data))
-    if info is None:
-        info = read_header(path, label=f"instance {sop_uid}")
+    `head` and `size`: as for `read_header`."""
+    info = read_header(path, label=f"instance {sop_uid}", head=head, size=size)
     check_identity(info, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
     return info.transfer_syntax

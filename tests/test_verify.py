@@ -608,14 +608,16 @@ def test_verify_from_memory_gives_what_the_file_gives(
 
 
 def _spy_file_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files opened for reading from now on."""
     paths: list[Path] = []
-    real = verify.read_header
+    real = Path.open
 
-    def spy(path: Path, *, label: str) -> HeaderInfo:
-        paths.append(path)
-        return real(path, label=label)
+    def spy(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if "r" in mode:
+            paths.append(self)
+        return real(self, mode, *args, **kwargs)
 
-    monkeypatch.setattr(verify, "read_header", spy)
+    monkeypatch.setattr(Path, "open", spy)
     return paths
 
 
