@@ -608,7 +608,10 @@ def client_report(client: str, stdout: Path, stderr: Path, group: Group) -> dict
             info["json_error"] = text[-500:]
             return info
         info.update(
-            {k: summary.get(k) for k in ("http_version", "seconds", "mb_per_s", "instances")}
+            {
+                k: summary.get(k)
+                for k in ("http_version", "seconds", "mb_per_s", "instances", "processes")
+            }
         )
         info["retrieval_form"] = (summary.get("retrieval") or {}).get("form")
         info["strategy"] = summary.get("strategy")
