@@ -63,6 +63,9 @@ class Store:
         self.root = root
         self.layout = layout
         self._folders: set[Path] = set()  # created by this run
+        # final_path runs twice per instance: the folders' Paths and the checked series once.
+        self._folder_paths: dict[str, Path] = {}
+        self._valid_series: set[tuple[str, str]] = set()
 
     def prepare(self) -> None:
         """Create the output folder and prove we can write there, before any network work."""
@@ -84,13 +87,20 @@ class Store:
         return all(is_valid_uid(uid) for uid in (ref.study_uid, ref.series_uid, ref.sop_uid))
 
     def final_path(self, ref: InstanceRef) -> Path:
-        if not self.is_valid(ref):
-            raise ValueError(f"refusing to build a path from invalid UIDs: {ref!r}"[:300])
+        series = (ref.study_uid, ref.series_uid)
+        if series not in self._valid_series or not is_valid_uid(ref.sop_uid):
+            if not self.is_valid(ref):
+                raise ValueError(f"refusing to build a path from invalid UIDs: {ref!r}"[:300])
+            self._valid_series.add(series)
         modality = "".join(c for c in ref.modality if c.isalnum())[:16] or "OT"
         relative = self.layout.format(
             study=ref.study_uid, series=ref.series_uid, sop=ref.sop_uid, modality=modality
         )
-        return self.root / relative
+        folder, _, name = relative.rpartition("/")
+        base = self._folder_paths.get(folder)
+        if base is None:
+            base = self._folder_paths[folder] = self.root / folder
+        return base / name
 
     def is_complete(self, ref: InstanceRef) -> bool:
         return self.final_path(ref).is_file()

@@ -237,3 +237,20 @@ def test_a_folder_removed_during_a_run_is_made_again(tmp_path: Path) -> None:
         temp.write(b"two")
         temp.commit()
     assert second.read_bytes() == b"two"
+
+
+@pytest.mark.parametrize(
+    "layout", ["{study}/{series}/{sop}.dcm", "{sop}.dcm", "{modality}/{study}/{sop}/{sop}.dcm"]
+)
+def test_final_paths_follow_the_layout_and_refuse_bad_uids_every_time(
+    tmp_path: Path, layout: str
+) -> None:
+    """final_path remembers folders and checked series; the answers must not change."""
+    store = Store(tmp_path, layout)
+    for sop in ("1.2.3.4", "1.2.3.5", "1.2.3.4"):
+        ref = InstanceRef("1.2", "1.2.3", sop, "CT")
+        fields = {"study": "1.2", "series": "1.2.3", "sop": sop, "modality": "CT"}
+        assert store.final_path(ref) == tmp_path / layout.format(**fields)
+    for bad in (InstanceRef("1.2", "1.2.3", "../x"), InstanceRef("1.2", "../x", "1.2.3.4")):
+        with pytest.raises(ValueError, match="invalid UIDs"):
+            store.final_path(bad)
