@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import anyio
 
 T = TypeVar("T")
+_END = object()
 
 
-async def run_pool(items: Iterable[T], worker: Callable[[T], Awaitable[None]], size: int) -> None:
-    """Run `worker(item)` for every item with at most `size` running at once.
+async def run_pool(
+    items: Iterable[T],
+    worker: Callable[[T], Awaitable[None]],
+    size: int,
+    limiter: anyio.CapacityLimiter | None = None,
+) -> None:
+    """Run `worker(item)` for every item with at most `size` running at once (and at most
+    `limiter`'s tokens, if given: a limit that can change while the pool runs).
 
     `worker` must handle per-item failures itself; anything it raises cancels the whole pool
     (that is how a fatal error such as a rejected token stops every transfer at once).
@@ -24,8 +31,16 @@ async def run_pool(items: Iterable[T], worker: Callable[[T], Awaitable[None]], s
     pending = iter(items)  # may be lazy: another process's workers may take items too
 
     async def drain() -> None:
-        for item in pending:
-            await worker(item)
+        if limiter is None:
+            for item in pending:
+                await worker(item)
+            return
+        while True:
+            async with limiter:  # a slot first, then an item: none waits claimed but idle
+                taken: object = next(pending, _END)
+                if taken is _END:
+                    return
+                await worker(cast(T, taken))
 
     tasks = min(size, len(items)) if isinstance(items, Sized) else size
     with first_error():

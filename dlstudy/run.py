@@ -159,11 +159,7 @@ class Run:
             return
 
         async def local(share: Iterable[InstanceRef], limiter: anyio.CapacityLimiter) -> None:
-            async def limited(ref: InstanceRef) -> None:
-                async with limiter:
-                    await self.fetch_one(ref)
-
-            await run_pool(share, limited, self.settings.concurrency)
+            await run_pool(share, one, self.settings.concurrency, limiter)
 
         await self.fetch_one(todo[0])  # settles the retrieval form the workers will use
         self.summary.processes = await workers.run_in_processes(

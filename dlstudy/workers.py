@@ -16,7 +16,6 @@ Workers are forked (on Linux) from a worker thread: they start with dlstudy alre
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import time
@@ -80,6 +79,13 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def split_concurrency(concurrency: int, processes: int) -> tuple[int, int]:
+    """(this process's, each worker's) share of --concurrency: equal, the rest to this one,
+    never more than the total."""
+    each = concurrency // processes
+    return concurrency - each * (processes - 1), each
 
 
 class SharedClaims:
@@ -242,7 +248,8 @@ async def run_in_processes(
 
     fork = "fork" in multiprocessing.get_all_start_methods()
     context: Any = multiprocessing.get_context("fork" if fork else "spawn")
-    share = replace(settings, concurrency=max(1, math.ceil(settings.concurrency / workers)))
+    own, each = split_concurrency(settings.concurrency, workers)
+    share = replace(settings, concurrency=each)
     claims = SharedClaims(refs, context)
     limiter = anyio.CapacityLimiter(settings.concurrency)
     go = context.Event()
@@ -271,7 +278,9 @@ async def run_in_processes(
                 return
         if claims.remaining() < MIN_INSTANCES_PER_WORKER * (workers - 1):
             return  # done, or too little left to be worth it
-        limiter.total_tokens = share.concurrency
+        if share.concurrency < 1:
+            return  # --concurrency below the number of processes: nothing to share
+        limiter.total_tokens = own
         with anyio.CancelScope(shield=True):  # a started process must be tracked
             for _ in range(workers - 1):
                 parent_end, child_end = context.Pipe(duplex=False)
