@@ -305,9 +305,10 @@ class Measured:
     processes: int
 
 
-def status_kib(pid: int, field: str) -> int:
+def status_kib(pid: int, field: str, source: str = "status") -> int:
+    """A "Field:  N kB" line of /proc/PID/status (or another /proc/PID file)."""
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
+        text = Path(f"/proc/{pid}/{source}").read_text()
     except OSError:
         return 0
     match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
@@ -316,12 +317,7 @@ def status_kib(pid: int, field: str) -> int:
 
 def pss_kib(pid: int) -> int:
     """Proportional set size: pages shared by n processes count 1/n in each."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
+    return status_kib(pid, "Pss", "smaps_rollup")
 
 
 class TreeRss(threading.Thread):
