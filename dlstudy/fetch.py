@@ -84,7 +84,6 @@ class BodyWriter:
         self.size = 0
         self._batch: list[bytes] = []
         self._batched = 0
-        self._offloaded = False
 
     async def write(self, chunk: bytes) -> None:
         self._head = keep_head(self._head, chunk, sop_uid=self.ref.sop_uid)
@@ -94,7 +93,6 @@ class BodyWriter:
         self.on_bytes(len(chunk))
         self.progress.add(len(chunk))
         if self._batched >= OFFLOAD_BATCH:
-            self._offloaded = True
             await anyio.to_thread.run_sync(self._write_batch)
 
     def _write_batch(self) -> None:
@@ -112,7 +110,7 @@ class BodyWriter:
             )
 
     async def verify_and_commit(self) -> Committed:
-        if not self._offloaded:
+        if self.size < OFFLOAD_BATCH:  # no batch went to a thread: finish here
             return self._verify_and_commit()
         return await anyio.to_thread.run_sync(self._verify_and_commit)
 

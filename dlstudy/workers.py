@@ -57,7 +57,12 @@ _BUSY = 0.95
 _REPORT_INTERVAL = 0.05
 _JOIN_TIMEOUT = 10.0
 
-_FATAL = {"AuthError": AuthError, "StorageError": StorageError, "ServerError": ServerError}
+# A worker's fatal error, rebuilt from its class name and message; others as DlstudyError.
+_FATAL: dict[str, Callable[[str], DlstudyError]] = {
+    "AuthError": lambda text: AuthError(text, status_code=401),
+    "StorageError": lambda text: StorageError(text, path=""),
+    "ServerError": ServerError,
+}
 
 
 @dataclass(frozen=True)
@@ -363,14 +368,7 @@ async def _listen(
 
 
 def _fatal_error(name: str, text: str) -> DlstudyError:
-    error_class = _FATAL.get(name, DlstudyError)
-    if error_class is AuthError:
-        return AuthError(text, status_code=401)
-    if error_class is StorageError:
-        return StorageError(text, path="")
-    if error_class is ServerError:
-        return ServerError(text)
-    return DlstudyError(text)
+    return _FATAL.get(name, DlstudyError)(text)
 
 
 def _stop(processes: list[Any], finished: bool) -> None:
