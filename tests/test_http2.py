@@ -26,6 +26,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import httpx
 import hyperframe.frame
 import pytest
@@ -375,6 +376,41 @@ def test_concurrent_gets_share_one_connection_with_the_headers_httpx_built() -> 
             assert sorted(peer.path(i) for i in peer.requests) == sorted(bodies)
 
     run(test)
+
+
+def test_request_headers_arrive_normalised_and_illegal_ones_never_leave() -> None:
+    """h2's own outbound checks are off (http2.py checks once); the server's h2, which
+    validates what it receives, must still accept every request."""
+
+    async def test() -> None:
+        async with H2Server(answer(b"ok")) as server, client() as c:
+            sent = {
+                "X-Padded": "  spaced\t",
+                "Authorization": "Bearer t0ken",
+                "Connection": "keep-alive",
+                "Keep-Alive": "timeout=5",
+                "TE": "gzip",
+                "Upgrade": "h2c",
+            }
+            response = await c.get(server.url + "/a", headers=sent)
+            assert response.status_code == 200
+            for bad in ({"X-Evil": "a\r\nx-injected: 1"}, {"X-Nul": "a\0b"}, {"Bad Name": "x"}):
+                with pytest.raises(httpx.LocalProtocolError):
+                    await c.get(server.url + "/b", headers=bad)
+            (peer,) = server.peers
+            (headers,) = peer.requests.values()  # the bad ones never reached the server
+            fields = dict(headers)
+            assert fields[b"x-padded"] == b"spaced"
+            assert fields[b"authorization"] == b"Bearer t0ken"
+            assert isinstance(_field(headers, b"authorization"), hpack.NeverIndexedHeaderTuple)
+            assert not {b"connection", b"keep-alive", b"te", b"upgrade", b"host"} & set(fields)
+            assert all(name == name.lower() for name in fields)
+
+    run(test)
+
+
+def _field(headers: list[tuple[bytes, bytes]], name: bytes) -> tuple[bytes, bytes]:
+    return next(field for field in headers if field[0] == name)
 
 
 def test_client_settings_allow_64k_frames_and_a_1mib_stream_window() -> None:
