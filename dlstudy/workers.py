@@ -47,11 +47,13 @@ MIN_INSTANCES_PER_WORKER = 50
 # `--workers 0` (the default) uses one process per CPU up to this: beyond a few cores the
 # network or the server limits a download, not the client's CPU.
 AUTO_MAX_WORKERS = 4
-# --workers 0: the event loop is watched this long, and more processes start if it kept at
-# least this share of a CPU busy (measured here on `ct`: 100% at 0 ms RTT, where two processes
-# are ~40% faster; 60-95% at 20 ms, where two were ~20% slower than one).
-_WATCH_SECONDS = 0.25
-_BUSY = 0.95
+# --workers 0: the event loop is watched for the first this long of the transfers, and more
+# processes start if it kept at least this share of a CPU busy. Measured here on `ct` over
+# 0.1 s: 97-99% at 0 ms RTT, where two processes are ~40% faster; 68-76% at 20 ms, where the
+# first round trips are waited for (and two processes were ~20% slower than one). Each tenth
+# of a second watched at 0 ms is a tenth run on one core instead of two.
+_WATCH_SECONDS = 0.1
+_BUSY = 0.9
 # A worker reports at most this often (results and bytes for the progress display): each pipe
 # message wakes the parent's event loop.
 _REPORT_INTERVAL = 0.05
