@@ -153,3 +153,51 @@ def test_a_cookie_the_server_sets_is_sent_back(server: Server) -> None:
 def test_basic_auth_goes_through_httpx(server: Server) -> None:
     fetch(Settings(url=server.url(), http="1.1", user="bob", password="hunter2"), "/a")
     assert server.seen[0].headers["authorization"].startswith("Basic ")
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "http://127.0.0.1:8042/dicom-web",
+        "https://[::1]:8443/wado/rs",
+        "https://pacs.example.org/",
+        "http://EXAMPLE.org:80/a%20b",
+    ],
+)
+def test_a_url_below_the_base_is_the_base_with_a_longer_path(base: str) -> None:
+    transport = Transport(Settings(url=base))
+    url = f"{transport.base_url}/studies/1.2.840.10008/series/1.2.3/instances/4.5.6"
+    fast = transport._parsed(url)
+    assert isinstance(fast, httpx.URL)
+    parsed = httpx.URL(url)
+    assert fast == parsed
+    assert str(fast) == str(parsed)
+    assert fast.raw_path == parsed.raw_path
+    assert (fast.scheme, fast.host, fast.port, fast.netloc) == (
+        parsed.scheme,
+        parsed.host,
+        parsed.port,
+        parsed.netloc,
+    )
+    assert transport._parsed(url + "?includefield=all") == url + "?includefield=all"
+    assert transport._parsed(url + "/x y") == url + "/x y"  # httpx quotes it
+    assert transport._parsed("http://other.example/studies") == "http://other.example/studies"
+
+
+def test_a_base_url_with_a_query_is_always_parsed_by_httpx() -> None:
+    transport = Transport(Settings(url="http://127.0.0.1:1/dicomweb?key=v"))
+    url = f"{transport.base_url}/studies/1.2"
+    assert transport._parsed(url) == url
+
+
+def test_merged_headers_are_per_combination_and_bounded(server: Server) -> None:
+    transport = Transport(settings_for(server))
+    client = transport._client
+    first = transport._direct_headers(client, {"Accept": "application/dicom"})
+    assert transport._direct_headers(client, {"Accept": "application/dicom"}) is first
+    other = transport._direct_headers(client, {"Accept": "multipart/related"})
+    assert other["accept"] == "multipart/related" and first["accept"] == "application/dicom"
+    assert other["authorization"] == "Bearer t0k"
+    for i in range(100):
+        transport._direct_headers(client, {"X-N": str(i)})
+    assert 0 < len(transport._merged_headers) <= 64
