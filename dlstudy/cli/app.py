@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from ..heap import keep_freed_memory
 from . import bench_cmd, demo_cmd, download_cmd, query_cmd, server_cmds, sync_cmd
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ def main() -> None:
     atexit handlers (logging, multiprocessing) still run; under a profiler, debugger or
     coverage tracer the exit is the usual one.
     """
+    keep_freed_memory()
     code: str | int | None = 0
     try:
         app()
