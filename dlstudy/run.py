@@ -168,6 +168,7 @@ class Run:
             self.negotiator.current if self.negotiator.settled else None,
             processes,
             adaptive=self.settings.workers == 0,
+            near=workers.is_near(self.transport.quickest_reply),
             local=local,
             on_bytes=self.progress.advance,
             on_done=self.record_done,

@@ -209,6 +209,7 @@ class Transport:
         self._negotiated = len(self._plan) == 1
         self._negotiate_lock = anyio.Lock()
         self.http_version: str | None = None  # as observed on responses
+        self.quickest_reply: float | None = None  # seconds, of the small GETs (see get)
         self._merged_headers: dict[tuple[int, tuple[tuple[str, str], ...]], httpx.Headers] = {}
         template = httpx.URL(self.base_url)
         self._base_template = None if template.query or template.fragment else template
@@ -385,6 +386,7 @@ class Transport:
                 raise translate_error(exc, url) from exc
             raise
         self._observe(response)
+        self._time_reply(response)
         return response
 
     async def _first_get(
@@ -394,6 +396,7 @@ class Transport:
         try:
             response = await self._client.get(url, headers=headers, params=params)
             self._observe(response)
+            self._time_reply(response)
         except PROTOCOL_ERRORS as exc:
             log.info("server does not speak h2c (%s); using HTTP/1.1", type(exc).__name__)
             await self._client.aclose()
@@ -408,6 +411,13 @@ class Transport:
 
     def _observe(self, response: httpx.Response) -> None:
         self.http_version = response.http_version
+
+    def _time_reply(self, response: httpx.Response) -> None:
+        """Keep the quickest complete answer (QIDO): about a round trip plus the server's
+        time, once the connection is up."""
+        seconds = response.elapsed.total_seconds()
+        if self.quickest_reply is None or seconds < self.quickest_reply:
+            self.quickest_reply = seconds
 
     async def _negotiate(self, url: str, headers: dict[str, str] | None) -> None:
         if not self._negotiated:

@@ -201,3 +201,22 @@ def test_merged_headers_are_per_combination_and_bounded(server: Server) -> None:
     for i in range(100):
         transport._direct_headers(client, {"X-N": str(i)})
     assert 0 < len(transport._merged_headers) <= 64
+
+
+def test_the_quickest_small_get_is_kept(server: Server) -> None:
+    async def run() -> tuple[list[float], float | None]:
+        transport = Transport(settings_for(server))
+        assert transport.quickest_reply is None
+        try:
+            elapsed = []
+            for path in ("/a", "/b", "/c"):
+                response = await transport.get(f"{transport.base_url}{path}")
+                elapsed.append(response.elapsed.total_seconds())
+            async with transport.stream(f"{transport.base_url}/d") as response:
+                await response.aread()  # streams are not timed: their size varies
+        finally:
+            await transport.aclose()
+        return elapsed, transport.quickest_reply
+
+    elapsed, quickest = anyio.run(run)
+    assert quickest == min(elapsed) > 0

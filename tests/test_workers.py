@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from dlstudy import workers as workers_module
@@ -191,16 +192,20 @@ def test_workers_die_with_a_killed_parent(
     assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
 
 
-@pytest.mark.parametrize("busy", [True, False])
+@pytest.mark.parametrize(("near", "busy"), [(False, True), (False, False), (True, False)])
 def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
     tmp_path: Path,
     embedded_server: StartServer,
     study: tuple[Path, list[SynthInstance]],
     monkeypatch: pytest.MonkeyPatch,
+    near: bool,
     busy: bool,
 ) -> None:
-    """--workers 0 watches this process's CPU use for a moment (_busy); the verdict decides."""
+    """--workers 0 watches this process's CPU use for a moment (_busy) and the verdict decides;
+    for a server that answers QIDO within NEAR_SERVER_SECONDS, workers start without it."""
     monkeypatch.setattr("dlstudy.workers.available_cpus", lambda: 2)
+    quickest = 0.001 if near else 0.050
+    monkeypatch.setattr("dlstudy.transport.Transport._time_reply", _replies_in(quickest))
     watched: list[float] = []
 
     async def verdict(seconds: float) -> bool:
@@ -217,11 +222,28 @@ def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
-    assert watched == [workers_module._WATCH_SECONDS]
-    assert summary["processes"] == (2 if busy else 1)
+    assert watched == ([] if near else [workers_module._WATCH_SECONDS])
+    assert summary["processes"] == (2 if busy or near else 1)
     assert summary["instances"]["downloaded"] == 200
     assert_same_files(instances, out)
     assert len((out / ".dlstudy" / "manifest.jsonl").read_text().splitlines()) == 200
+
+
+def _replies_in(seconds: float) -> Any:
+    """Transport._time_reply as if every QIDO answer took `seconds` (the embedded server's
+    speed varies with the machine's load)."""
+
+    def time_reply(self: Any, response: httpx.Response) -> None:
+        self.quickest_reply = seconds
+
+    return time_reply
+
+
+def test_a_server_is_near_when_it_answered_within_the_threshold() -> None:
+    assert workers_module.is_near(0.001)
+    assert not workers_module.is_near(workers_module.NEAR_SERVER_SECONDS)
+    assert not workers_module.is_near(0.020)
+    assert not workers_module.is_near(None)  # no query timed (a library caller's own refs)
 
 
 @pytest.mark.parametrize(("share", "expected"), [(1.0, True), (0.91, True), (0.85, False)])
