@@ -33,7 +33,7 @@ import h2.settings
 import httpx
 
 from .h2frames import FrameReader
-from .hpack_fast import PlainEncoder
+from .hpack_fast import PlainEncoder, TablelessDecoder
 from .http11 import (
     OpenConnections,
     Origin,
@@ -109,6 +109,10 @@ class Connection(asyncio.BufferedProtocol):
         self._reader = FrameReader()
         self.h2.incoming_buffer = self._reader
         self.h2.encoder = PlainEncoder()
+        decoder = TablelessDecoder()
+        decoder.max_header_list_size = self.h2.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.h2.decoder.max_allowed_table_size
+        self.h2.decoder = decoder
         # h2 closes its state machine on a GOAWAY and then rejects every frame, even those of
         # the streams the GOAWAY says the server will still finish: this connection stays open
         # for them (it only takes no new streams).

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import hpack
 import hpack.hpack
 import hpack.huffman_table
+import pytest
 from hpack import NeverIndexedHeaderTuple
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
@@ -99,3 +102,109 @@ def test_paths_are_not_remembered_and_the_field_memo_is_bounded() -> None:
         field = [(b"x-n", str(i).encode())]
         assert decoder.decode(encoder.encode(field), raw=True) == field
     assert 0 < len(encoder._fields) <= hpack_fast._FIELD_MEMO_LIMIT
+
+
+# What nginx 1.22 sent for two answers on one connection (captured here): the first sets the
+# dynamic table size to 0, then every field is a static index or a literal "with incremental
+# indexing" that a 0-byte table evicts at once.
+NGINX_FIRST = bytes.fromhex(
+    "20887689aa6355e580ae212e1f6196dd6d5f4a084a693f75040138a01db8dbf704ca98b46f5f901d75d0620d"
+    "263d4c48621e9ff7d107ab5c04313138326c96dd6d5f4a084a693f75040138a00571966e32f298b46f0083"
+    "2a47378bfe5c8c026da784b34f97f9008919085ad2b583aa62a3848fd24a8f"
+)
+NGINX_NEXT = NGINX_FIRST[1:]
+
+
+class CountingDecoder(hpack_fast.TablelessDecoder):
+    """Counts the blocks that went to hpack's own decoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_hpack = 0
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        original = hpack.Decoder.decode
+
+        def counted(decoder: hpack.Decoder, block: bytes, raw: bool = False) -> Any:
+            self.by_hpack += 1
+            return original(decoder, block, raw)
+
+        hpack.Decoder.decode = counted  # type: ignore[method-assign]
+        try:
+            return super().decode(data, raw)
+        finally:
+            hpack.Decoder.decode = original  # type: ignore[method-assign]
+
+
+def decoded_as_hpack_does(blocks: list[bytes]) -> CountingDecoder:
+    """Decode `blocks` with both decoders, in order; assert the same fields, field types and
+    table state after each."""
+    reference, fast = hpack.Decoder(), CountingDecoder()
+    for block in blocks:
+        expected = reference.decode(block, raw=True)
+        got = fast.decode(block, raw=True)
+        assert got == expected
+        assert [type(field) for field in got] == [type(field) for field in expected]
+        assert fast.header_table.maxsize == reference.header_table.maxsize
+        assert list(fast.header_table.dynamic_entries) == list(
+            reference.header_table.dynamic_entries
+        )
+    return fast
+
+
+def test_nginx_answers_decode_the_same_and_the_short_way_after_the_first() -> None:
+    fast = decoded_as_hpack_does([NGINX_FIRST, NGINX_NEXT, NGINX_NEXT])
+    assert fast.by_hpack == 1  # the size update
+    fields = dict(fast.decode(NGINX_NEXT, raw=True))
+    assert fields[b":status"] == b"200"
+    assert fields[b"server"] == b"nginx/1.22.1"
+
+
+def test_blocks_that_use_the_dynamic_table_go_to_hpack() -> None:
+    encoder = hpack.Encoder()  # indexes into a 4096-byte table, as h2 servers do
+    blocks = [encoder.encode(RESPONSE), encoder.encode(RESPONSE)]
+    fast = decoded_as_hpack_does(blocks)
+    assert fast.by_hpack == 2
+
+
+@pytest.mark.parametrize("huffman", [True, False])
+def test_stateless_blocks_of_every_kind_decode_the_same(huffman: bool) -> None:
+    block = b"".join(
+        [
+            hpack_fast.encode_field(b":status", b"200"),  # a full static entry: indexed
+            hpack_fast.encode_field(b"content-type", b"application/dicom"),  # static name
+            hpack_fast.encode_field(b"x-custom", b"v" * 200),  # literal name; a long length
+            hpack_fast.encode_field(b"authorization", b"Bearer t"),  # never indexed
+            hpack.Encoder().encode(  # never indexed, Huffman-coded or not
+                [NeverIndexedHeaderTuple(b"x-secret", b"s3cret value")], huffman=huffman
+            ),
+        ]
+    )
+    fast = decoded_as_hpack_does([block])
+    assert fast.by_hpack == 0
+    assert len(fast.decode(block, raw=True)) == 5
+
+
+def test_every_truncation_fails_or_succeeds_as_hpack_does() -> None:
+    for block in (NGINX_NEXT, hpack.Encoder().encode(RESPONSE)):
+        for end in range(len(block)):
+            cut = block[:end]
+            reference, fast = hpack.Decoder(), hpack_fast.TablelessDecoder()
+            reference.header_table_size = fast.header_table_size = 0
+            try:
+                expected: Any = reference.decode(cut, raw=True)
+            except Exception as exc:  # noqa: BLE001 (the type is what is compared)
+                expected = type(exc)
+            try:
+                got: Any = fast.decode(cut, raw=True)
+            except Exception as exc:  # noqa: BLE001
+                got = type(exc)
+            assert got == expected, end
+
+
+def test_a_header_list_over_the_limit_is_refused_as_hpack_does() -> None:
+    fast = hpack_fast.TablelessDecoder()
+    fast.max_header_list_size = 100
+    block = hpack.Encoder().encode([NeverIndexedHeaderTuple(b"x-big", b"v" * 80)] * 2)
+    with pytest.raises(hpack.OversizedHeaderListError):
+        fast.decode(block, raw=True)
