@@ -9,6 +9,7 @@ record, or a folder filled by another tool) is adopted after a header check; a f
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +34,14 @@ def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, sha256: str
 
 def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:
     result = Plan()
+    listed: dict[Path, frozenset[str] | None] = {}  # folder -> the names in it
     for ref in refs:
         final = store.final_path(ref)
+        folder = final.parent
+        names = listed[folder] if folder in listed else listed.setdefault(folder, _names(folder))
+        if names is not None and final.name not in names:
+            result.todo.append(ref)  # one listing per folder instead of a stat() per instance
+            continue
         try:
             size = final.stat().st_size
         except FileNotFoundError:
@@ -47,6 +54,17 @@ def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: b
             result.repaired.append(ref.sop_uid)
             result.todo.append(ref)
     return result
+
+
+def _names(folder: Path) -> frozenset[str] | None:
+    """The names in `folder` (none if it does not exist); None if it cannot be listed, and
+    each file is then looked at on its own."""
+    try:
+        return frozenset(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+    except OSError:
+        return None
 
 
 def _is_good(
