@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
-from dlstudy.cli.app import app
+from dlstudy.cli.app import COMMANDS, app, build_app
 from dlstudy.cli.connection import NO_ENVVAR
 from dlstudy.config import load
 
@@ -119,3 +120,17 @@ def test_main_exits_with_the_commands_status_and_flushed_output(tmp_path: Path) 
     )  # fmt: skip
     assert bad.returncode == 2
     assert "--url must start with http:// or https://" in bad.stderr
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_the_app_built_for_one_command_runs_it_as_the_whole_app_does(name: str) -> None:
+    """main() builds only the command named on the command line (start-up); its options,
+    help and errors must be the whole app's."""
+    runner = CliRunner()
+    for args in ([name, "--help"], [name, "--no-such-option"]):
+        whole = runner.invoke(app, args, prog_name="dlstudy", env={"COLUMNS": "100"})
+        alone = runner.invoke(build_app(name), args, prog_name="dlstudy", env={"COLUMNS": "100"})
+        assert (alone.exit_code, alone.output) == (whole.exit_code, whole.output)
+        assert f"dlstudy {name}" in whole.output
+    one = typer.main.get_command(build_app(name))
+    assert sorted(one.commands) == sorted(n for n, m in COMMANDS.items() if m == COMMANDS[name])  # type: ignore[attr-defined]
