@@ -17,6 +17,7 @@ import logging
 import re
 import socket
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from itertools import islice
@@ -162,14 +163,43 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
     return context
 
 
+# ALPN contexts made in this process, by trust settings and protocols: loading the CA store
+# takes ~40 ms (the system's and certifi's), once per process, and a forked worker inherits them.
+# Never changed once made (httpcore, which sets ALPN on the contexts it is given, gets others).
+_ALPN_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
 def _alpn_context(settings: Settings, protocols: tuple[str, ...]) -> ssl.SSLContext:
-    context = _ssl_context(settings)
-    if not isinstance(context, ssl.SSLContext):  # --insecure
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(list(protocols))
-    return context
+    key = (settings.insecure, settings.ca_bundle, settings.cert, settings.key, protocols)
+    context = _ALPN_CONTEXTS.get(key)
+    if context is not None:
+        return context
+    made = _ssl_context(settings)
+    if not isinstance(made, ssl.SSLContext):  # --insecure
+        made = ssl.create_default_context()
+        made.check_hostname = False
+        made.verify_mode = ssl.CERT_NONE
+    made.set_alpn_protocols(list(protocols))
+    _ALPN_CONTEXTS[key] = made
+    return made
+
+
+class _MadeOnFirstUse(httpx.AsyncBaseTransport):
+    """A transport built when a request first needs it: httpcore's pool, for what the lean
+    transports leave (requests with a body), with a context of its own to load."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncBaseTransport]) -> None:
+        self._make = make
+        self._made: httpx.AsyncBaseTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._made is None:
+            self._made = self._make()
+        return await self._made.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._made is not None:
+            await self._made.aclose()
 
 
 class Transport:
@@ -200,10 +230,7 @@ class Transport:
             self._plan = [(True, True)]  # ALPN picks
         else:
             self._plan = [(False, True), (True, False)]  # h2c first, then HTTP/1.1
-        # Built once per run (each loads the CA store: ~35 ms); the ALPN ones only on the first
-        # https:// connection that needs them.
-        self._verify = _ssl_context(settings)
-        self._alpn_contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
+        self._verify: ssl.SSLContext | bool | None = None  # see _verify_context
         self._client = self._make_client(*self._plan[0])
         self._extensions = {"timeout": self._client.timeout.as_dict()}
         self._negotiated = len(self._plan) == 1
@@ -224,13 +251,19 @@ class Transport:
             max_connections=max(1, settings.concurrency) + 2,
             max_keepalive_connections=max(1, settings.concurrency) + 2,
         )
-        verify = self._verify
         transport: httpx.AsyncBaseTransport | None = None
         self._direct: httpx.AsyncBaseTransport | None = None
+        # httpx itself needs the trust settings only for a transport of its own: without the
+        # lean transports, or through a proxy from the environment (each loads a CA store).
+        verify: ssl.SSLContext | bool = True
+        if not LEAN_TRANSPORTS or urllib.request.getproxies():
+            verify = self._verify_context()
         if LEAN_TRANSPORTS:
             # Bodies and other methods (dlstudy sends none) go to httpcore, as configured.
-            fallback = httpx.AsyncHTTPTransport(
-                verify=verify, http1=http1, http2=http2, limits=limits
+            fallback = _MadeOnFirstUse(
+                lambda: httpx.AsyncHTTPTransport(
+                    verify=self._verify_context(), http1=http1, http2=http2, limits=limits
+                )
             )
             slots = limits.max_connections or 1
             http11 = Http11Transport(
@@ -263,16 +296,14 @@ class Transport:
             event_hooks={"request": [self._strip_secrets_off_origin]},
         )
 
+    def _verify_context(self) -> ssl.SSLContext | bool:
+        if self._verify is None:
+            self._verify = _ssl_context(self.settings)
+        return self._verify
+
     def _tls_context(self, *protocols: str) -> Callable[[], ssl.SSLContext]:
-        """A maker of the context that offers `protocols` by ALPN, made once when first asked."""
-
-        def make() -> ssl.SSLContext:
-            context = self._alpn_contexts.get(protocols)
-            if context is None:
-                context = self._alpn_contexts[protocols] = _alpn_context(self.settings, protocols)
-            return context
-
-        return make
+        """A maker of the context that offers `protocols` by ALPN, made when first asked."""
+        return lambda: _alpn_context(self.settings, protocols)
 
     async def _strip_secrets_off_origin(self, request: httpx.Request) -> None:
         # httpx drops Authorization on a cross-origin redirect but forwards every other header,

@@ -5,15 +5,18 @@ still behave as httpx makes it. Against a real HTTP/1.1 server on 127.0.0.1."""
 from __future__ import annotations
 
 import http.server
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from dlstudy import transport as transport_module
 from dlstudy.settings import Settings
 from dlstudy.transport import Transport
 
@@ -220,3 +223,47 @@ def test_the_quickest_small_get_is_kept(server: Server) -> None:
 
     elapsed, quickest = anyio.run(run)
     assert quickest == min(elapsed) > 0
+
+
+def test_trust_stores_load_once_per_process_and_only_when_needed(
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    made: list[object] = []
+    create = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(kwargs.get("cafile"))
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr("dlstudy.transport.ssl.create_default_context", counting)
+    monkeypatch.setattr("dlstudy.transport.urllib.request.getproxies", dict)  # none here
+    settings = Settings(url="https://127.0.0.1:1/dicomweb", ca_bundle=_ca_file(tmp_path))
+    Transport(settings)
+    assert made == []  # nothing until a connection needs it
+    h2 = transport_module._alpn_context(settings, ("h2",))
+    assert transport_module._alpn_context(settings, ("h2",)) is h2
+    assert Transport(settings)._tls_context("h2")() is h2  # another run in this process
+    assert transport_module._alpn_context(settings, ("http/1.1",)) is not h2
+    assert len(made) == 2
+
+    # httpcore's pool, for a request with a body, is made (and trusts) on first use.
+    plain = Transport(settings_for(server))
+
+    async def post() -> int:
+        try:
+            response = await plain._client.post(f"{plain.base_url}/x", content=b"body")
+            return response.status_code
+        finally:
+            await plain.aclose()
+
+    assert anyio.run(post) == 501  # the test server has no do_POST
+    assert len(made) == 3
+
+
+def _ca_file(folder: Path) -> Path:
+    """A CA bundle that loads (the certifi one): only its path matters here."""
+    import certifi
+
+    path = folder / "ca.pem"
+    path.write_bytes(Path(certifi.where()).read_bytes())
+    return path
