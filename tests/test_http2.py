@@ -413,7 +413,7 @@ def _field(headers: list[tuple[bytes, bytes]], name: bytes) -> tuple[bytes, byte
     return next(field for field in headers if field[0] == name)
 
 
-def test_client_settings_allow_64k_frames_and_a_1mib_stream_window() -> None:
+def test_client_settings_allow_1mib_frames_and_an_8mib_stream_window() -> None:
     body = payload(3 * 1024 * 1024 + 123)
 
     async def test() -> None:
@@ -428,11 +428,11 @@ def test_client_settings_allow_64k_frames_and_a_1mib_stream_window() -> None:
             settings = peer.client_settings
             assert settings[SettingCodes.ENABLE_PUSH] == 0
             assert settings[SettingCodes.MAX_FRAME_SIZE] == MAX_FRAME_SIZE == 1024 * 1024
-            assert settings[SettingCodes.INITIAL_WINDOW_SIZE] == STREAM_WINDOW == 2 * 1024 * 1024
+            assert settings[SettingCodes.INITIAL_WINDOW_SIZE] == STREAM_WINDOW == 8 * 1024 * 1024
             assert SettingCodes.ENABLE_CONNECT_PROTOCOL not in settings
             # The connection window opens to 16 MiB right away, before any data.
             assert peer.window_updates[0] == (0, CONNECTION_WINDOW - 65_535)
-            # The server could send (and the client took) 64 KiB frames, not 16 KiB ones.
+            # The server could send (and the client took) 1 MiB frames, not 16 KiB ones.
             assert max(peer.frame_sizes) == MAX_FRAME_SIZE and max(sizes) == MAX_FRAME_SIZE
 
     run(test)
