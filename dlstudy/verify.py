@@ -6,8 +6,8 @@ size. The bytes are never rewritten: we check what the server sent, as sent.
 Three readers, cheapest first, each giving up (None) on what the next handles:
 - `_parse_head`: plain little endian files, parsed from the first bytes in memory without
   pydicom (its import alone costs ~80 ms at start-up);
-- `_parse_plain`: pydicom's raw element generator without building Datasets (sequences of
-  undefined length, other character sets, headers past the first chunk);
+- `_parse_plain`: pydicom's raw element generator without building Datasets (implicit VR
+  sequences of undefined length, other character sets, headers past the first chunk);
 - `read_partial`: pydicom's reader, for anything else (big endian, deflate, bare datasets).
 All three give the same result; tests/test_verify.py compares them on many files.
 """
@@ -277,6 +277,14 @@ def _walk(
             return values, first, pos
         if not implicit and vr not in _SHORT_VRS and vr not in _LONG_VRS:
             return None
+        if length == _UNDEFINED_LENGTH and vr == b"SQ":  # explicit VR only: see below
+            after = _skip_sequence(data, pos + header, depth=0)
+            if tag <= previous or tag in _WANTED or after is None:
+                return None
+            if first is None:
+                first = (tag, vr, length)
+            previous, pos = tag, after
+            continue
         if tag <= previous or length == _UNDEFINED_LENGTH or pos + header + length > end:
             return None
         if tag in _WANTED:
@@ -287,6 +295,73 @@ def _walk(
             first = (tag, vr, length)
         previous = tag
         pos += header + length
+
+
+# Nesting deeper than this is left to pydicom (real files nest two or three levels).
+_MAX_DEPTH = 8
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_TAG_AND_LENGTH = struct.Struct("<HHL")
+
+
+def _skip_sequence(data: bytes, pos: int, *, depth: int) -> int | None:
+    """Where an explicit VR little endian sequence of undefined length that starts at `pos`
+    (its first item) ends: just past its delimiter; None if it does not end in `data` or is
+    anything but items, each of defined length or of explicit VR elements up to its delimiter.
+
+    Sequences of undefined length are common before the UIDs in real files (e.g. Referenced
+    Image Sequence); pydicom reads them item by item, as here, so both find the same end. In
+    implicit VR an undefined length may be a sequence or a value pydicom ends by searching for
+    the delimiter bytes, depending on its data dictionary: left to pydicom.
+    """
+    if depth > _MAX_DEPTH:
+        return None
+    end = len(data)
+    while pos + 8 <= end:
+        group, element, length = _TAG_AND_LENGTH.unpack_from(data, pos)
+        tag = group << 16 | element
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return pos if length == 0 else None
+        if tag != _ITEM:
+            return None
+        if length == _UNDEFINED_LENGTH:
+            after = _skip_item(data, pos, depth=depth)
+            if after is None:
+                return None
+            pos = after
+        elif pos + length > end:
+            return None
+        else:
+            pos += length
+    return None
+
+
+def _skip_item(data: bytes, pos: int, *, depth: int) -> int | None:
+    """Past the delimiter of an item of undefined length whose elements start at `pos`."""
+    end = len(data)
+    while pos + 8 <= end:
+        group, element, vr, length = _EXPLICIT.unpack_from(data, pos)
+        if group << 16 | element == _ITEM_END:
+            return pos + 8 if _LONG.unpack_from(data, pos + 4)[0] == 0 else None
+        header = 8
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                return None
+            length, header = _LONG.unpack_from(data, pos + 8)[0], 12
+        elif vr not in _SHORT_VRS:
+            return None
+        if length == _UNDEFINED_LENGTH:
+            if vr != b"SQ":
+                return None
+            after = _skip_sequence(data, pos + header, depth=depth + 1)
+            if after is None:
+                return None
+            pos = after
+        elif pos + header + length > end:
+            return None
+        else:
+            pos += header + length
+    return None
 
 
 class _Walk:

@@ -448,6 +448,33 @@ def item(body: bytes) -> bytes:
     return struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
 
 
+def undefined_sequence(tag: int, *items: bytes, delimiter_length: int = 0) -> tuple[int, bytes]:
+    """(tag, element) of an explicit VR sequence of undefined length holding `items`."""
+    head = struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, b"SQ", 0, 0xFFFFFFFF)
+    end = struct.pack("<HHL", 0xFFFE, 0xE0DD, delimiter_length)
+    return tag, head + b"".join(items) + end
+
+
+def undefined_item(body: bytes) -> bytes:
+    return struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + body + b"\xfe\xff\x0d\xe0\0\0\0\0"
+
+
+# Referenced Image Sequence as scanners write it: items of undefined length, one holding a
+# nested sequence of undefined length with an item of defined length, and an empty sequence.
+NESTED = ordered(
+    undefined_sequence(
+        0x00081140,
+        undefined_item(
+            explicit(0x00081150, "UI", CT_IMAGE_STORAGE.encode() + b"\0")
+            + explicit(0x00081155, "UI", b"1.2.3.4\0")
+            + undefined_sequence(0x00089215, item(explicit(0x00080100, "SH", b"121139")))[1]
+        ),
+        item(explicit(0x00081155, "UI", b"1.2.3.5\0")),
+    ),
+    undefined_sequence(0x00082112),
+)
+
+
 def charset(value: bytes) -> tuple[int, bytes]:
     return 0x00080005, explicit(0x00080005, "CS", value)
 
@@ -486,8 +513,36 @@ HEAD_CASES = [
                 )
             )
         ),
-        False,
+        True,
         id="undefined-length-sequence",
+    ),
+    pytest.param(raw_part10(NESTED), True, id="nested-undefined-lengths"),
+    pytest.param(
+        raw_part10(ordered(undefined_sequence(0x00081140, delimiter_length=4))),
+        False,
+        id="sequence-delimiter-with-a-length",
+    ),
+    pytest.param(
+        raw_part10(ordered(undefined_sequence(0x00081140, explicit(0x00081155, "UI", b"1.2\0")))),
+        False,
+        id="sequence-without-items",
+    ),
+    pytest.param(
+        raw_part10(
+            ordered(
+                undefined_sequence(
+                    0x00081140,
+                    undefined_item(struct.pack("<HH2sHL", 9, 0x1001, b"UN", 0, 2**32 - 1)),
+                )
+            )
+        ),
+        False,
+        id="undefined-UN-in-an-item",
+    ),
+    pytest.param(
+        raw_part10(dataset(before=undefined_sequence(0x00080018, item(b""))[1])),
+        False,
+        id="a-UID-as-a-sequence",
     ),
     pytest.param(
         raw_part10(ordered((0x00091001, explicit(0x00091001, "UN", b"\1" * 10)))),
@@ -532,6 +587,7 @@ def test_parse_head_reads_plain_files_alone_and_leaves_the_rest_to_pydicom(
             raw_part10(ordered(implicit_vr=True), transfer_syntax=ImplicitVRLittleEndian),
             id="implicit",
         ),
+        pytest.param(raw_part10(NESTED), id="nested-undefined-lengths"),
     ],
 )
 def test_parse_head_cut_anywhere(
