@@ -237,7 +237,6 @@ class Transport:
         self._negotiate_lock = anyio.Lock()
         self.http_version: str | None = None  # as observed on responses
         self.quickest_reply: float | None = None  # seconds, of the small GETs (see get)
-        self._merged_headers: dict[tuple[int, tuple[tuple[str, str], ...]], httpx.Headers] = {}
         template = httpx.URL(self.base_url)
         self._base_template = None if template.query or template.fragment else template
         self._base_path = template.raw_path.decode("ascii").rstrip("/")  # as sent: quoted
@@ -253,6 +252,7 @@ class Transport:
         )
         transport: httpx.AsyncBaseTransport | None = None
         self._direct: httpx.AsyncBaseTransport | None = None
+        self._merged_headers: dict[tuple[tuple[str, str], ...], httpx.Headers] = {}  # per client
         # httpx itself needs the trust settings only for a transport of its own: without the
         # lean transports, or through a proxy from the environment (each loads a CA store).
         verify: ssl.SSLContext | bool = True
@@ -388,7 +388,7 @@ class Transport:
     ) -> httpx.Headers:
         """The client's headers with the request's on top; the few combinations a run uses
         (instance GETs all send the same) are merged once."""
-        key = (id(client), tuple(headers.items()) if headers else ())
+        key = tuple(headers.items()) if headers else ()
         merged = self._merged_headers.get(key)
         if merged is None:
             if len(self._merged_headers) >= _MERGED_HEADERS_LIMIT:

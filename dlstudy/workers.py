@@ -47,8 +47,8 @@ MIN_INSTANCES_PER_WORKER = 50
 # `--workers 0` (the default) uses one process per CPU up to this: beyond a few cores the
 # network or the server limits a download, not the client's CPU.
 AUTO_MAX_WORKERS = 4
-# --workers 0: the event loop is watched for the first this long of the transfers, and more
-# processes start if it kept at least this share of a CPU busy. Measured here on `ct` over
+# --workers 0: the event loop is watched over the transfers' first _WATCH_SECONDS, and more
+# processes start if it kept at least _BUSY of a CPU busy. Measured here on `ct` over
 # 0.1 s: 97-99% at 0 ms RTT, where two processes are ~40% faster; 68-76% at 20 ms, where the
 # first round trips are waited for (and two processes were ~20% slower than one). Each tenth
 # of a second watched at 0 ms is a tenth run on one core instead of two.
