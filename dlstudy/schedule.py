@@ -38,7 +38,9 @@ def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: b
     for ref in refs:
         final = store.final_path(ref)
         folder = final.parent
-        names = listed[folder] if folder in listed else listed.setdefault(folder, _names(folder))
+        if folder not in listed:
+            listed[folder] = _names(folder)
+        names = listed[folder]
         if names is not None and final.name not in names:
             result.todo.append(ref)  # one listing per folder instead of a stat() per instance
             continue

@@ -277,24 +277,23 @@ def _walk(
             return values, first, pos
         if not implicit and vr not in _SHORT_VRS and vr not in _LONG_VRS:
             return None
-        if length == _UNDEFINED_LENGTH and vr == b"SQ":  # explicit VR only: see below
-            after = _skip_sequence(data, pos + header, depth=0)
-            if tag <= previous or tag in _WANTED or after is None:
-                return None
-            if first is None:
-                first = (tag, vr, length)
-            previous, pos = tag, after
-            continue
-        if tag <= previous or length == _UNDEFINED_LENGTH or pos + header + length > end:
+        if tag <= previous:
             return None
-        if tag in _WANTED:
-            if not implicit and vr != _WANTED[tag]:
+        if length == _UNDEFINED_LENGTH and vr == b"SQ":  # explicit VR only: see _skip_sequence
+            after = _skip_sequence(data, pos + header, depth=0)
+            if after is None or tag in _WANTED:
                 return None
-            values[tag] = data[pos + header : pos + header + length]
+        else:
+            after = pos + header + length
+            if length == _UNDEFINED_LENGTH or after > end:
+                return None
+            if tag in _WANTED:
+                if not implicit and vr != _WANTED[tag]:
+                    return None
+                values[tag] = data[pos + header : after]
         if first is None:
             first = (tag, vr, length)
-        previous = tag
-        pos += header + length
+        previous, pos = tag, after
 
 
 # Nesting deeper than this is left to pydicom (real files nest two or three levels).
