@@ -17,6 +17,7 @@ import logging
 import re
 import socket
 import ssl
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,6 @@ from typing import Any
 import anyio
 import h2.events
 import h2.exceptions
-import httpcore
 import httpx
 
 from .errors import AuthError, ConnectError, DlstudyError, TransferError
@@ -40,9 +40,8 @@ log = logging.getLogger(__name__)
 # Errors that mean "the bytes on the wire were not what the protocol allows": a truncated body,
 # a reset stream, a GOAWAY, or an h2c preface sent to an HTTP/1.1-only server. h2 and httpcore
 # sometimes leak their own exception types instead of httpx's (DOMAIN.md), so list them all.
-PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (
+_PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (
     httpx.ProtocolError,
-    httpcore.ProtocolError,
     h2.exceptions.ProtocolError,
     h2.exceptions.StreamClosedError,
 )
@@ -55,11 +54,23 @@ _MERGED_HEADERS_LIMIT = 64
 LEAN_TRANSPORTS = True
 
 
+def _httpcore_errors(*names: str) -> tuple[type[BaseException], ...]:
+    """httpcore's exception classes `names`, once httpcore is loaded. It is imported only for
+    its pool, the fallback that dlstudy's requests do not take (~25 ms of start-up with h11),
+    so an error of its kind cannot exist before."""
+    httpcore = sys.modules.get("httpcore")
+    return tuple(getattr(httpcore, name) for name in names) if httpcore is not None else ()
+
+
+def protocol_errors() -> tuple[type[BaseException], ...]:
+    return _PROTOCOL_ERRORS + _httpcore_errors("ProtocolError")
+
+
 def translate_error(exc: BaseException, url: str) -> DlstudyError:
     """Turn an exception from the HTTP stack into a dlstudy error with a one-line message."""
     shown = redact_url(url)
     host = httpx.URL(url).host
-    if isinstance(exc, httpx.ConnectError | httpcore.ConnectError):
+    if isinstance(exc, (httpx.ConnectError, *_httpcore_errors("ConnectError"))):
         cause = _root_cause(exc)
         if isinstance(cause, socket.gaierror):
             return ConnectError(f"cannot resolve host {host!r} ({shown})", url=shown)
@@ -73,9 +84,11 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         )
     if isinstance(exc, httpx.ConnectTimeout):
         return ConnectError(f"timed out connecting to {_netloc(url)}", url=shown)
-    if isinstance(exc, httpx.TimeoutException | httpcore.TimeoutException | TimeoutError):
+    if isinstance(
+        exc, (httpx.TimeoutException, TimeoutError, *_httpcore_errors("TimeoutException"))
+    ):
         return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
-    if isinstance(exc, PROTOCOL_ERRORS):
+    if isinstance(exc, protocol_errors()):
         goaway = _goaway(exc)
         if goaway is not None:
             return TransferError(
@@ -142,9 +155,7 @@ def _netloc(url: str) -> str:
 
 
 def is_translatable(exc: BaseException) -> bool:
-    return isinstance(exc, httpx.TransportError | httpcore.ProtocolError | OSError) or isinstance(
-        exc, PROTOCOL_ERRORS
-    )
+    return isinstance(exc, (httpx.TransportError, OSError, *protocol_errors()))
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
@@ -428,7 +439,7 @@ class Transport:
             response = await self._client.get(url, headers=headers, params=params)
             self._observe(response)
             self._time_reply(response)
-        except PROTOCOL_ERRORS as exc:
+        except protocol_errors() as exc:
             log.info("server does not speak h2c (%s); using HTTP/1.1", type(exc).__name__)
             await self._client.aclose()
             self._client = self._make_client(*self._plan[1])

@@ -39,7 +39,7 @@ from dlstudy.http2 import (
     STREAM_WINDOW,
     Http2Transport,
 )
-from dlstudy.transport import PROTOCOL_ERRORS, translate_error
+from dlstudy.transport import protocol_errors, translate_error
 
 from .transport_doubles import Recorder, run
 
@@ -821,7 +821,7 @@ def test_an_http11_only_server_fails_with_a_protocol_error(keep_open: bool) -> N
     async def test() -> None:
         async with Http11Only(keep_open=keep_open) as server, client(timeout=10) as c:
             started = asyncio.get_running_loop().time()
-            with pytest.raises(PROTOCOL_ERRORS):
+            with pytest.raises(protocol_errors()):
                 await c.get(server.url + "/studies")
             assert asyncio.get_running_loop().time() - started < 2
             assert server.request_lines == [b"PRI * HTTP/2.0\r\n"]

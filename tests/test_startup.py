@@ -1,7 +1,8 @@
 """Start-up: a download does not import what only other commands, or unusual files, need.
 
-pydicom alone costs ~80 ms to import; tomllib, rich, statistics and the bench, query and sync
-modules a few ms to 15 ms each. Each test runs a fresh interpreter and lists which were loaded.
+pydicom alone costs ~80 ms to import; httpcore with h11 ~25 ms (httpx loads it only for its own
+pool, which dlstudy's requests do not take); tomllib, rich, statistics and the bench, query and
+sync modules a few ms to 15 ms each. Each test runs a fresh interpreter and lists which were loaded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ HEAVY = (
     "dlstudy.server",
     "dlstudy.sync",
     "dlstudy.synth",
+    "h11",
+    "httpcore",
     "multiprocessing",
     "pydicom",
     "rich",
