@@ -161,9 +161,11 @@ class Run:
         async def local(share: Iterable[InstanceRef], limiter: anyio.CapacityLimiter) -> None:
             await run_pool(share, one, self.settings.concurrency, limiter)
 
-        await self.fetch_one(todo[0])  # settles the retrieval form the workers will use
+        if not self.negotiator.settled:  # (auto mode's probe has usually settled it)
+            await self.fetch_one(todo[0])  # settles the retrieval form the workers will use
+            todo = todo[1:]
         self.summary.processes = await workers.run_in_processes(
-            todo[1:],
+            todo,
             self.settings,
             self.negotiator.current if self.negotiator.settled else None,
             processes,

@@ -268,7 +268,10 @@ async def run_in_processes(
     own, each = split_concurrency(settings.concurrency, workers)
     share = replace(settings, concurrency=each)
     claims = SharedClaims(refs, context)
-    limiter = anyio.CapacityLimiter(settings.concurrency)
+    # Near the server the workers start at once: this process keeps to its share from the
+    # start, so they need not wait for its extra transfers to finish.
+    starting_now = near or not adaptive
+    limiter = anyio.CapacityLimiter(own if starting_now else settings.concurrency)
     go = context.Event()
     processes: list[Any] = []
     connections: list[Connection] = []
@@ -298,10 +301,11 @@ async def run_in_processes(
                 )
             elif adaptive and not await _busy(_WATCH_SECONDS):
                 return
-        if claims.remaining() < MIN_INSTANCES_PER_WORKER * (workers - 1):
-            return  # done, or too little left to be worth it
-        if share.concurrency < 1:
-            return  # --concurrency below the number of processes: nothing to share
+        if claims.remaining() < MIN_INSTANCES_PER_WORKER * (workers - 1) or share.concurrency < 1:
+            # Done, or too little left to be worth it; or --concurrency below the number of
+            # processes: nothing to share.
+            limiter.total_tokens = settings.concurrency
+            return
         limiter.total_tokens = own
         with anyio.CancelScope(shield=True):  # a started process must be tracked
             for _ in range(workers - 1):

@@ -229,6 +229,88 @@ def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
     assert len((out / ".dlstudy" / "manifest.jsonl").read_text().splitlines()) == 200
 
 
+@pytest.mark.parametrize("near", [True, False])
+def test_the_processes_together_never_exceed_the_concurrency(
+    tmp_path: Path,
+    embedded_server: StartServer,
+    study: tuple[Path, list[SynthInstance]],
+    monkeypatch: pytest.MonkeyPatch,
+    near: bool,
+) -> None:
+    """Whether the workers start at once (a near server: this process keeps to its share from
+    the start) or after the watch (this process first uses all of --concurrency), the instance
+    requests in flight across every process never exceed --concurrency: the shares add up."""
+    in_flight = _count_instance_requests(monkeypatch)
+    monkeypatch.setattr("dlstudy.workers.available_cpus", lambda: 2)
+    monkeypatch.setattr(
+        "dlstudy.transport.Transport._time_reply", _replies_in(0.001 if near else 0.050)
+    )
+
+    async def busy(seconds: float) -> bool:
+        await anyio.sleep(seconds)
+        return True
+
+    monkeypatch.setattr("dlstudy.workers._busy", busy)
+    root, instances = study
+    url = embedded_server(root, latency=0.05)  # so that requests overlap
+    out = tmp_path / "out"
+    result = run_cli(
+        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
+        "--mode", "instance", "-c", "8",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["processes"] == 2
+    assert_same_files(instances, out)
+    assert in_flight.requests == 200
+    assert 4 <= in_flight.peak <= 8
+
+
+class _InFlight:
+    def __init__(self) -> None:
+        self.now = self.peak = self.requests = 0
+
+
+def _count_instance_requests(monkeypatch: pytest.MonkeyPatch) -> _InFlight:
+    """Count, in the embedded server (a thread of this process, outside the forked workers),
+    the WADO instance requests being answered at once."""
+    import dlstudy.server.run as server_run
+
+    counter = _InFlight()
+    make_app = server_run.create_app
+
+    def create_app(options: Any) -> Any:
+        app = make_app(options)
+
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or "/instances/" not in scope["path"]:
+                await app(scope, receive, send)
+                return
+            counter.requests += 1
+            counter.now += 1
+            counter.peak = max(counter.peak, counter.now)
+            answered = False
+
+            async def counted_send(message: Any) -> None:
+                nonlocal answered
+                # Done once the last body bytes go out: the client may start its next
+                # request before this coroutine has returned.
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    answered = True
+                    counter.now -= 1
+                await send(message)
+
+            try:
+                await app(scope, receive, counted_send)
+            finally:
+                if not answered:
+                    counter.now -= 1
+
+        return counted
+
+    monkeypatch.setattr(server_run, "create_app", create_app)
+    return counter
+
+
 def _replies_in(seconds: float) -> Any:
     """Transport._time_reply as if every QIDO answer took `seconds` (the embedded server's
     speed varies with the machine's load)."""
