@@ -111,6 +111,10 @@ class Pager:
                 continue
             if len(items) < self.page_size:
                 break
+            if len(items) > self.page_size and expected is not None:
+                # More than asked for, as many as the count said: a server that ignores limit
+                # (a static DICOMweb tree) sent everything; asking again would fetch it twice.
+                break
         else:
             log.warning("%s: stopped after %d pages", redact_url(url), MAX_PAGES)
         return list(results.values())

@@ -121,6 +121,31 @@ def test_server_that_ignores_offset_is_paged_once_and_never_loops() -> None:
 
 
 @respx.mock
+def test_server_that_ignores_limit_is_asked_once_when_the_count_is_met() -> None:
+    """A static tree answers every query with the whole list: more than the page asked for
+    and as many as the series count says, so one request gets it all. Without the count (or
+    with one not yet met), the next page is still asked for."""
+    everything = [instance_json(f"1.2.3.{i}.{j}") for i in (1, 2) for j in range(5)]
+    respx.get(SERIES_URL).mock(
+        return_value=httpx.Response(
+            200, json=[series_json("1.2.3.1", count=5), series_json("1.2.3.2")]
+        )
+    )
+    counted = respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+        return_value=httpx.Response(200, json=everything[:5])
+    )
+    uncounted = respx.get(f"{SERIES_URL}/1.2.3.2/instances").mock(
+        return_value=httpx.Response(200, json=everything[5:])
+    )
+
+    refs = resolve(page_size=2)
+
+    assert [r.sop_uid for r in refs] == [f"1.2.3.{i}.{j}" for i in (1, 2) for j in range(5)]
+    assert counted.call_count == 1
+    assert uncounted.call_count == 2  # the repeat is noticed on the second page
+
+
+@respx.mock
 def test_server_that_invents_results_forever_is_cut_off_at_max_pages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
