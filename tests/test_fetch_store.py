@@ -177,6 +177,19 @@ def test_layout_fields_and_invalid_server_uids(tmp_path: Path) -> None:
         store.final_path(evil)
 
 
+@pytest.mark.parametrize("root", ["out", "./out", "/tmp/x/out/", ".", "/"])
+def test_manifest_paths_are_relative_to_the_output_folder(root: str) -> None:
+    """The manifest's path of a file is what relative_to gives, however the root is spelled
+    (the quick string form and Path's own agree)."""
+    store = Store(Path(root), "{modality}/{study}/{sop}.dcm")
+    path = store.final_path(REF)
+    assert store.relative(path) == f"CT/{STUDY}/{SOP}.dcm" == path.relative_to(root).as_posix()
+    elsewhere = Path(root).resolve() / "CT" / f"{SOP}.dcm"  # spelled otherwise: Path decides
+    if not root.startswith("/"):
+        with pytest.raises(ValueError):
+            store.relative(elsewhere)
+
+
 def test_unwritable_output_is_an_output_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
