@@ -20,6 +20,7 @@ bookkeeping: a lock, a cancel scope and an event-list shuffle per frame and per 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -65,6 +66,39 @@ _DROPPED_HEADERS = frozenset(
 
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
 
+# RFC 9113 8.2.1: a field name is lowercase visible ASCII without a colon (pseudo-headers
+# aside); a value has no NUL, CR or LF, and no whitespace at either end.
+_FIELD_NAME = re.compile(rb"[!-9;-@\[-~]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\0\r\n \t](?:[^\0\r\n]*[^\0\r\n \t])?)?")
+_STATUS = re.compile(rb"[1-5][0-9][0-9]")
+# RFC 9113 8.2.2: fields HTTP/2 forbids (TE only as "trailers").
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+def malformed(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a response's header block is malformed (RFC 9113 8.2, 8.3.2), or None.
+
+    What h2's inbound validation checks for a response, and a three-digit :status, in one pass
+    with regular expressions: h2 walks every byte of every field in Python (14.5 µs a response
+    here against ~3). Its validation is off (see Connection); trailers and interim responses,
+    which dlstudy ignores, are not checked."""
+    if not headers or headers[0][0] != b":status":
+        return ":status missing or not first"
+    if not _STATUS.fullmatch(headers[0][1]):
+        return f"status {headers[0][1]!r}"
+    for name, value in headers[1:]:
+        if name[:1] == b":":
+            return f"pseudo-header {name!r} in a response or out of place"
+        if not _FIELD_NAME.fullmatch(name):
+            return f"field name {name!r}"
+        if not _FIELD_VALUE.fullmatch(value):
+            return f"value of {name.decode('ascii')}"
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
+            return f"connection-specific field {name.decode('ascii')}"
+    return None
+
 
 class _Refused(Exception):
     """Carries the GOAWAY that refused a stream, for dlstudy.transport's cause-chain probe."""
@@ -103,11 +137,13 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         # Request headers are built and checked by _request_headers (lower-case names, no
         # connection-specific fields, no CR/LF/NUL); h2 checking them again cost ~10 µs each.
+        # Response headers are checked by `malformed` instead of h2 (five times faster).
         config = h2.config.H2Configuration(
             client_side=True,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            validate_inbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config)
         self._reader = FrameReader()
@@ -235,11 +271,15 @@ class Connection(asyncio.BufferedProtocol):
                 self.settled.set_result(None)
 
     def _take_headers(self, stream: _Stream, headers: list[tuple[bytes, bytes]]) -> None:
-        for name, value in headers:
-            if name == b":status":
-                stream.status = int(value)
-            elif not name.startswith(b":"):
-                stream.headers.append((name, value))
+        why = malformed(headers)
+        if why is not None:  # a stream error (RFC 9113 8.1.1): the connection carries on
+            stream.error = httpx.RemoteProtocolError(f"malformed HTTP/2 response: {why}")
+            if self.streams.pop(stream.id, None) is not None:
+                self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            stream.wake()
+            return
+        stream.status = int(headers[0][1])
+        stream.headers.extend(headers[1:])
         stream.wake()
 
     def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
