@@ -8,12 +8,12 @@ caller, which fetches those instances one by one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 
 from .errors import HttpStatusError, IntegrityError, TransferError
 from .fetch import ByteCounter, Committed, status_error
+from .manifest import DIGEST, labelled, new_hasher
 from .multipart import PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
 from .parts import iter_part_events
@@ -118,14 +118,14 @@ class _PartSink:
         self.temp: TempFile | None = None
         self.declared: int | None = None
         self.head = b""
-        self.digest = hashlib.sha256()
+        self.digest = new_hasher()
 
     def start(self, event: PartStarted) -> None:
         self.count += 1
         self.temp = self.store.open_incoming().__enter__()
         self.declared = event.content_length
         self.head = b""
-        self.digest = hashlib.sha256()
+        self.digest = new_hasher()
 
     def data(self, chunk: bytes) -> None:
         assert self.temp is not None
@@ -162,7 +162,9 @@ class _PartSink:
             temp.discard()
             raise
         self.committed.add(ref.sop_uid)
-        self.on_done(ref, Committed(temp.final, temp.size, self.digest.hexdigest()))
+        self.on_done(
+            ref, Committed(temp.final, temp.size, labelled(DIGEST, self.digest.hexdigest()))
+        )
 
     def abandon(self) -> None:
         if self.temp is not None:

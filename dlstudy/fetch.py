@@ -7,7 +7,6 @@ chunk into a temp file beside the final name and never held in memory.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import anyio
 import httpx
 
 from .errors import HttpStatusError, IntegrityError, TransferError
+from .manifest import DIGEST, labelled, new_hasher
 from .media import MULTIPART_RELATED, parse_media_type
 from .multipart import PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
@@ -42,7 +42,7 @@ class Committed:
 
     path: Path
     size: int
-    sha256: str
+    digest: str  # labelled, as the manifest keeps it
 
 
 def status_error(response: httpx.Response, what: str) -> HttpStatusError:
@@ -79,7 +79,7 @@ class BodyWriter:
         self.ref = ref
         self.on_bytes = on_bytes
         self.progress = progress
-        self.digest = hashlib.sha256()
+        self.digest = new_hasher()
         self._head = b""
         self.size = 0
         self._batch: list[bytes] = []
@@ -126,7 +126,7 @@ class BodyWriter:
             size=self.size,
         )
         self.temp.commit()
-        return Committed(self.temp.final, self.temp.size, self.digest.hexdigest())
+        return Committed(self.temp.final, self.temp.size, labelled(DIGEST, self.digest.hexdigest()))
 
 
 class InstanceFetcher:

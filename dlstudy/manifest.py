@@ -2,7 +2,12 @@
 
 Append-only and flushed line by line, so a crash can at worst leave a torn last line, which
 reading skips. Later lines win. The manifest records what was verified when it was written
-(size and SHA-256); `--verify` re-checks files against it.
+(size and a BLAKE3 digest of the bytes); `--verify` re-checks files against it.
+
+BLAKE3, not SHA-256 (which older manifests hold, and which is still checked where an entry has
+it): as strong a 256-bit cryptographic digest, five times faster here (9.3 GB/s
+against 1.86 with SHA-NI). SHA-256 of every byte cost a sixth of a fast download's wall time
+(`ct` over TLS h2: 1.11 -> 0.99 s side by side; README "Performance").
 """
 
 from __future__ import annotations
@@ -11,16 +16,50 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
+
+import blake3
 
 from .errors import OutputError
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.jsonl"
+DIGEST = "blake3"  # what new entries record
 _HASH_CHUNK = 1024 * 1024
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+_DIGESTS: dict[str, Callable[[], Hasher]] = {  # what entries may hold
+    "blake3": blake3.blake3,
+    "sha256": hashlib.sha256,
+}
+
+
+def new_hasher(algorithm: str = DIGEST) -> Hasher:
+    return _DIGESTS[algorithm]()
+
+
+def labelled(algorithm: str, hexdigest: str) -> str:
+    """A digest as entries keep it: "blake3:<hex>"."""
+    return f"{algorithm}:{hexdigest}"
+
+
+def digest_of(path: Path, algorithm: str = DIGEST) -> str:
+    """The labelled digest of the file at `path`."""
+    hasher = new_hasher(algorithm)
+    with path.open("rb") as fp:
+        while chunk := fp.read(_HASH_CHUNK):
+            hasher.update(chunk)
+    return labelled(algorithm, hasher.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -30,10 +69,16 @@ class Entry:
     sop: str
     path: str  # relative to OUT, with forward slashes
     size: int
-    sha256: str
+    digest: str  # labelled: "blake3:<hex>" (or "sha256:<hex>" from older manifests)
+
+    @property
+    def algorithm(self) -> str:
+        return self.digest.partition(":")[0]
 
     def line(self) -> str:
-        """The JSON line (dataclasses.asdict deep-copies every field: ~20 µs an entry)."""
+        """The JSON line, the digest under its algorithm's name (dataclasses.asdict deep-copies
+        every field: ~20 µs an entry)."""
+        algorithm, _, hexdigest = self.digest.partition(":")
         return json.dumps(
             {
                 "study": self.study,
@@ -41,17 +86,22 @@ class Entry:
                 "sop": self.sop,
                 "path": self.path,
                 "size": self.size,
-                "sha256": self.sha256,
+                algorithm: hexdigest,
             }
         )
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fp:
-        while chunk := fp.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    @classmethod
+    def from_line(cls, line: str) -> Entry:
+        """ValueError or TypeError for a torn line, or one with no digest dlstudy knows."""
+        fields = json.loads(line)
+        known = [name for name in _DIGESTS if name in fields]
+        if len(known) != 1:
+            raise ValueError("no digest, or more than one")
+        algorithm = known[0]
+        hexdigest = fields.pop(algorithm)
+        if not isinstance(hexdigest, str):
+            raise TypeError("digest is not text")
+        return cls(**fields, digest=labelled(algorithm, hexdigest))
 
 
 class Manifest:
@@ -72,7 +122,7 @@ class Manifest:
             for line in fp:
                 lines += 1
                 try:
-                    entry = Entry(**json.loads(line))
+                    entry = Entry.from_line(line)
                 except (ValueError, TypeError):
                     log.info("skipping a torn or foreign line in %s", self.path)
                     continue

@@ -116,7 +116,7 @@ class Run:
 
     def record_done(self, ref: InstanceRef, committed: Committed) -> None:
         self.manifest.record(
-            entry_for(self.store, ref, committed.path, committed.size, committed.sha256)
+            entry_for(self.store, ref, committed.path, committed.size, committed.digest)
         )
         self.summary.downloaded += 1
         self.summary.bytes += committed.size

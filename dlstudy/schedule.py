@@ -1,7 +1,7 @@
 """Decide what a run must fetch: what is on disk, complete and verified is skipped.
 
 A file under its final name got there only after verification (store.py), and the manifest
-records its size and SHA-256. A file the manifest does not know (a crash between rename and
+records its size and digest. A file the manifest does not know (a crash between rename and
 record, or a folder filled by another tool) is adopted after a header check; a file whose size
 (or, with --verify, hash) disagrees with the manifest is removed and fetched again.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import IntegrityError
-from .manifest import Entry, Manifest, sha256_of
+from .manifest import Entry, Manifest, digest_of
 from .store import InstanceRef, Store
 from .verify import check_identity, read_header
 
@@ -28,8 +28,8 @@ class Plan:
     repaired: list[str] = field(default_factory=list)  # SOP UIDs whose file was bad
 
 
-def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, sha256: str) -> Entry:
-    return Entry(ref.study_uid, ref.series_uid, ref.sop_uid, store.relative(path), size, sha256)
+def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, digest: str) -> Entry:
+    return Entry(ref.study_uid, ref.series_uid, ref.sop_uid, store.relative(path), size, digest)
 
 
 def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:
@@ -77,8 +77,8 @@ def _is_good(
         if entry.size != size:
             log.warning("%s: size %d, manifest says %d; fetching again", final, size, entry.size)
             return False
-        if verify and sha256_of(final) != entry.sha256:
-            log.warning("%s: SHA-256 differs from the manifest; fetching again", final)
+        if verify and digest_of(final, entry.algorithm) != entry.digest:
+            log.warning("%s: %s differs from the manifest; fetching again", final, entry.algorithm)
             return False
         return True
     try:
@@ -89,5 +89,5 @@ def _is_good(
     except IntegrityError as exc:
         log.warning("%s is not the instance it is named after (%s); fetching again", final, exc)
         return False
-    manifest.record(entry_for(store, ref, final, size, sha256_of(final)))
+    manifest.record(entry_for(store, ref, final, size, digest_of(final)))
     return True

@@ -187,7 +187,7 @@ async def _worker(
         except TransferError as exc:
             report.add(("failed", ref, str(exc), getattr(exc, "status_code", None)))
             return
-        report.add(("done", ref, str(committed.path), committed.size, committed.sha256))
+        report.add(("done", ref, str(committed.path), committed.size, committed.digest))
 
     try:
         with anyio.open_signal_receiver(signal.SIGTERM) as signals, first_error():
@@ -376,8 +376,8 @@ async def _listen(
             if kind == "bytes":
                 on_bytes(message[1])
             elif kind == "done":
-                _, ref, path, size, sha256 = message
-                on_done(ref, Committed(Path(path), size, sha256))
+                _, ref, path, size, digest = message
+                on_done(ref, Committed(Path(path), size, digest))
             elif kind == "failed":
                 on_failed(Failed(message[1], message[2], message[3]))
             elif kind == "fatal":

@@ -6,6 +6,8 @@ The README's fault table is this file's summary; keep them in step.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import resource
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 
 from dlstudy.synth import SynthInstance, SynthSpec, generate
@@ -523,6 +526,41 @@ def test_verify_finds_a_corrupted_file_and_fetches_it_again(
 
     status, summary, _ = download(url, synth_study.study_uid, tmp_path)
     assert status == 0 and summary["instances"]["downloaded"] == 0  # size matches: trusted
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--verify")
+    assert status == 0
+    assert summary["repaired"] == [victim.sop_uid]
+    assert summary["instances"]["downloaded"] == 1
+    assert target.read_bytes() == victim.path.read_bytes()
+
+
+def test_the_manifest_holds_each_files_blake3_and_older_sha256_entries_still_verify(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """New entries carry the BLAKE3 of the bytes on disk; a manifest written by an earlier
+    dlstudy (SHA-256) is still what --verify checks against: a corrupted file it lists is found
+    and fetched again, and the good ones are not."""
+    url = embedded_server(synth_study.root)
+    status, _, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0
+    manifest = tmp_path / ".dlstudy" / "manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(lines) == len(synth_study.instances)
+    for line in lines:
+        data = (tmp_path / line["path"]).read_bytes()
+        assert line["blake3"] == blake3.blake3(data).hexdigest() and "sha256" not in line
+
+    older = []
+    for line in lines:
+        data = (tmp_path / line["path"]).read_bytes()
+        del line["blake3"]
+        older.append({**line, "sha256": hashlib.sha256(data).hexdigest()})
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in older))
+    victim = synth_study.instances[3]
+    target = final_path(tmp_path, victim)
+    data = bytearray(target.read_bytes())
+    data[-7] ^= 0x01
+    target.write_bytes(bytes(data))
 
     status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--verify")
     assert status == 0
