@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from .errors import HttpStatusError, IntegrityError, TransferError
 from .fetch import ByteCounter, Committed, status_error
-from .manifest import DIGEST, labelled, new_hasher
+from .manifest import Digest
 from .multipart import PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
 from .parts import iter_part_events
@@ -118,14 +118,14 @@ class _PartSink:
         self.temp: TempFile | None = None
         self.declared: int | None = None
         self.head = b""
-        self.digest = new_hasher()
+        self.digest = Digest()
 
     def start(self, event: PartStarted) -> None:
         self.count += 1
         self.temp = self.store.open_incoming().__enter__()
         self.declared = event.content_length
         self.head = b""
-        self.digest = new_hasher()
+        self.digest = Digest()
 
     def data(self, chunk: bytes) -> None:
         assert self.temp is not None
@@ -162,9 +162,7 @@ class _PartSink:
             temp.discard()
             raise
         self.committed.add(ref.sop_uid)
-        self.on_done(
-            ref, Committed(temp.final, temp.size, labelled(DIGEST, self.digest.hexdigest()))
-        )
+        self.on_done(ref, Committed(temp.final, temp.size, self.digest.labelled()))
 
     def abandon(self) -> None:
         if self.temp is not None:

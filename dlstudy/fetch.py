@@ -17,7 +17,7 @@ import anyio
 import httpx
 
 from .errors import HttpStatusError, IntegrityError, TransferError
-from .manifest import DIGEST, labelled, new_hasher
+from .manifest import Digest
 from .media import MULTIPART_RELATED, parse_media_type
 from .multipart import PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
@@ -79,7 +79,7 @@ class BodyWriter:
         self.ref = ref
         self.on_bytes = on_bytes
         self.progress = progress
-        self.digest = new_hasher()
+        self.digest = Digest()
         self._head = b""
         self.size = 0
         self._batch: list[bytes] = []
@@ -126,7 +126,7 @@ class BodyWriter:
             size=self.size,
         )
         self.temp.commit()
-        return Committed(self.temp.final, self.temp.size, labelled(DIGEST, self.digest.hexdigest()))
+        return Committed(self.temp.final, self.temp.size, self.digest.labelled())
 
 
 class InstanceFetcher:

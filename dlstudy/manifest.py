@@ -44,22 +44,29 @@ _DIGESTS: dict[str, Callable[[], Hasher]] = {  # what entries may hold
 }
 
 
-def new_hasher(algorithm: str = DIGEST) -> Hasher:
-    return _DIGESTS[algorithm]()
+class Digest:
+    """The running digest of one file's bytes, labelled as entries keep it: "blake3:<hex>"."""
 
+    __slots__ = ("algorithm", "_hasher")
 
-def labelled(algorithm: str, hexdigest: str) -> str:
-    """A digest as entries keep it: "blake3:<hex>"."""
-    return f"{algorithm}:{hexdigest}"
+    def __init__(self, algorithm: str = DIGEST) -> None:
+        self.algorithm = algorithm
+        self._hasher = _DIGESTS[algorithm]()
+
+    def update(self, data: bytes) -> None:
+        self._hasher.update(data)
+
+    def labelled(self) -> str:
+        return f"{self.algorithm}:{self._hasher.hexdigest()}"
 
 
 def digest_of(path: Path, algorithm: str = DIGEST) -> str:
     """The labelled digest of the file at `path`."""
-    hasher = new_hasher(algorithm)
+    digest = Digest(algorithm)
     with path.open("rb") as fp:
         while chunk := fp.read(_HASH_CHUNK):
-            hasher.update(chunk)
-    return labelled(algorithm, hasher.hexdigest())
+            digest.update(chunk)
+    return digest.labelled()
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ class Entry:
         hexdigest = fields.pop(algorithm)
         if not isinstance(hexdigest, str):
             raise TypeError("digest is not text")
-        return cls(**fields, digest=labelled(algorithm, hexdigest))
+        return cls(**fields, digest=f"{algorithm}:{hexdigest}")
 
 
 class Manifest:
