@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from itertools import islice
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 import h2.events
@@ -218,7 +219,11 @@ class Transport:
 
     def __init__(self, settings: Settings, *, auth: httpx.Auth | None = None) -> None:
         """`auth` overrides the credentials in `settings` (a refreshing bearer token)."""
-        self.base_url, url_user, url_password = split_base_url(settings.url)
+        base, url_user, url_password = split_base_url(settings.url)
+        # Resource paths go after the base path; a query in --url (an API key, say) goes with
+        # every request to a URL below it, and to nothing else.
+        self.base_url, _, query = base.partition("?")
+        self._base_params = tuple(parse_qsl(query, keep_blank_values=True))
         self.settings = settings
         self._origin = origin_of(httpx.URL(self.base_url))
         self._auth: httpx.Auth | None = auth
@@ -248,9 +253,9 @@ class Transport:
         self._negotiate_lock = anyio.Lock()
         self.http_version: str | None = None  # as observed on responses
         self.quickest_reply: float | None = None  # seconds, of the small GETs (see get)
-        template = httpx.URL(self.base_url)
-        self._base_template = None if template.query or template.fragment else template
-        self._base_path = template.raw_path.decode("ascii").rstrip("/")  # as sent: quoted
+        self._base_template = httpx.URL(base)  # with the query, which instance URLs keep
+        # The path as sent (quoted); raw_path would bring the query too.
+        self._base_path = httpx.URL(self.base_url).raw_path.decode("ascii").rstrip("/")
 
     def _make_client(self, http1: bool, http2: bool) -> httpx.AsyncClient:
         settings = self.settings
@@ -363,18 +368,34 @@ class Transport:
             )
             if origin_of(request.url) == self._origin:  # else the hook strips secrets
                 return await self._send_direct(client, direct, request, headers)
-        return await client.send(client.build_request("GET", url, headers=headers), stream=True)
+        return await client.send(
+            client.build_request("GET", self._parsed(url), headers=headers), stream=True
+        )
+
+    def _below_base(self, url: str) -> bool:
+        """`url` is the base URL or a path or query below it (not `.../dicomweb2`)."""
+        return url.startswith(self.base_url) and url[len(self.base_url) :][:1] in ("", "/", "?")
 
     def _parsed(self, url: str) -> httpx.URL | str:
-        """A URL below the base URL made of unreserved characters (every instance URL: UIDs are
-        digits and dots) is the base URL with a longer path; anything else httpx parses. Parsing
-        a ~200-character URL cost ~15 µs a request, checking every character."""
-        base = self._base_template
-        if base is not None and url.startswith(self.base_url):
-            rest = url[len(self.base_url) :]
-            if rest.startswith("/") and _PLAIN_PATH.fullmatch(rest):
-                return with_path(base, self._base_path + rest)
+        """A URL below the base URL gets the base URL's query. One made of unreserved characters
+        (every instance URL: UIDs are digits and dots) is the base URL with a longer path;
+        anything else httpx parses. Parsing a ~200-character URL cost ~15 µs a request,
+        checking every character."""
+        if not self._below_base(url):
+            return url
+        rest = url[len(self.base_url) :]
+        if rest.startswith("/") and _PLAIN_PATH.fullmatch(rest):
+            return with_path(self._base_template, self._base_path + rest)
+        if self._base_params:
+            return httpx.URL(url).copy_merge_params(self._base_params)
         return url
+
+    def _params(self, url: str, params: Any) -> Any:
+        """A QIDO query's parameters, after those of the base URL for a URL below it."""
+        if not self._base_params or not self._below_base(url):
+            return params
+        own = list(params.items()) if isinstance(params, dict) else list(params or [])
+        return [*self._base_params, *own]
 
     async def _send_direct(
         self,
@@ -422,7 +443,9 @@ class Transport:
 
     async def _get(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
         try:
-            response = await self._client.get(url, headers=headers, params=params)
+            response = await self._client.get(
+                url, headers=headers, params=self._params(url, params)
+            )
         except Exception as exc:
             if is_translatable(exc):
                 raise translate_error(exc, url) from exc
@@ -436,7 +459,9 @@ class Transport:
     ) -> httpx.Response:
         """The run's first request doubles as the h2c probe; on a protocol error, HTTP/1.1."""
         try:
-            response = await self._client.get(url, headers=headers, params=params)
+            response = await self._client.get(
+                url, headers=headers, params=self._params(url, params)
+            )
             self._observe(response)
             self._time_reply(response)
         except protocol_errors() as exc:

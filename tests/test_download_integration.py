@@ -9,7 +9,7 @@ import pytest
 from dlstudy.synth import SynthSpec, generate
 
 from .cli_helpers import assert_same_files, run_cli, summary_of
-from .fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+from .fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +107,33 @@ def test_qido_cap_with_warning_and_ignored_offset_still_resolve_everything(
     )
     assert result.exit_code == 0, result.output
     assert summary_of(result)["instances"]["downloaded"] == 60
+
+
+@pytest.mark.parametrize("mode", ["instance", "series"])
+def test_a_query_in_the_url_goes_with_every_request_below_it(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    mode: str,
+) -> None:
+    """Some gateways take an API key in the query (`--url https://h/dicomweb?key=...`): the
+    resource paths go after the base path, and the query comes along on every QIDO and WADO
+    request, after the QIDO parameters' own."""
+    seen_requests.gateway_keys = {"key", "tenant"}
+    url = embedded_server(synth_study.root) + "?key=s3cret&tenant=a%20b"
+    out = tmp_path / "out"
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+        "--mode", mode,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert_same_files(synth_study.instances, out)
+    assert "s3cret" not in result.output  # the summary's URL is redacted
+    assert seen_requests.requests
+    for path, query in seen_requests.requests:
+        assert path.startswith("/dicomweb/studies"), path
+        assert query.startswith(b"key=s3cret&tenant=a") or b"&key=s3cret&tenant=a" in query, query
 
 
 def test_series_and_modality_filters(

@@ -187,10 +187,27 @@ def test_a_url_below_the_base_is_the_base_with_a_longer_path(base: str) -> None:
     assert transport._parsed("http://other.example/studies") == "http://other.example/studies"
 
 
-def test_a_base_url_with_a_query_is_always_parsed_by_httpx() -> None:
-    transport = Transport(Settings(url="http://127.0.0.1:1/dicomweb?key=v"))
-    url = f"{transport.base_url}/studies/1.2"
-    assert transport._parsed(url) == url
+def test_a_query_in_the_base_url_goes_with_every_url_below_it_and_no_other() -> None:
+    transport = Transport(Settings(url="http://127.0.0.1:1/dicomweb/?key=v&t=a%20b"))
+    assert transport.base_url == "http://127.0.0.1:1/dicomweb"
+    base_query = [("key", "v"), ("t", "a b")]
+    instance = f"{transport.base_url}/studies/1.2/series/1.3/instances/1.4"
+    fast = transport._parsed(instance)
+    assert isinstance(fast, httpx.URL)
+    assert str(fast) == str(httpx.URL(instance + "?key=v&t=a%20b"))
+    odd = transport._parsed(instance + "/x y")  # parsed by httpx, the query merged
+    assert isinstance(odd, httpx.URL)
+    assert odd.path == "/dicomweb/studies/1.2/series/1.3/instances/1.4/x y"
+    assert list(odd.params.multi_items()) == base_query
+    for elsewhere in [f"{transport.base_url}2/studies", "http://other.example/dicomweb/studies"]:
+        assert transport._parsed(elsewhere) == elsewhere  # not below the base: no key
+        assert transport._params(elsewhere, {"limit": "1"}) == {"limit": "1"}
+    assert transport._params(instance, {"limit": "1"}) == [*base_query, ("limit", "1")]
+    assert transport._params(instance, [("a", "1"), ("a", "2")]) == [
+        *base_query,
+        ("a", "1"),
+        ("a", "2"),
+    ]
 
 
 def test_merged_headers_are_per_combination_and_bounded(server: Server) -> None:
