@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "the bytes on the wire were not what the protocol allows": a truncated body,
 # a reset stream, a GOAWAY, or an h2c preface sent to an HTTP/1.1-only server. h2 and httpcore
-# sometimes leak their own exception types instead of httpx's (DOMAIN.md), so list them all.
+# sometimes leak their own exception types instead of httpx's (DOMAIN.md), so list them all
+# (httpcore's are added by protocol_errors() once httpcore is loaded).
 _PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (
     httpx.ProtocolError,
     h2.exceptions.ProtocolError,

@@ -268,8 +268,8 @@ async def run_in_processes(
     own, each = split_concurrency(settings.concurrency, workers)
     share = replace(settings, concurrency=each)
     claims = SharedClaims(refs, context)
-    # Near the server the workers start at once: this process keeps to its share from the
-    # start, so they need not wait for its extra transfers to finish.
+    # When the workers start at once (near the server, or --workers N), this process keeps to
+    # its share from the start, so they need not wait for its extra transfers to finish.
     starting_now = near or not adaptive
     limiter = anyio.CapacityLimiter(own if starting_now else settings.concurrency)
     go = context.Event()
