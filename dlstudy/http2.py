@@ -58,10 +58,13 @@ STREAM_WINDOW = 8 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_HEADER_LIST_SIZE = 64 * 1024
 GOAWAY_GRACE = 0.5  # seconds a connection draining after a GOAWAY may stay silent
-# Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); Host becomes :authority.
-_DROPPED_HEADERS = frozenset(
-    {b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+# Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2; TE only as "trailers"): never
+# sent, and a response carrying one is malformed.
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+# Left out of a request's fields: those, and Host, which becomes :authority.
+_DROPPED_HEADERS = _CONNECTION_SPECIFIC | {b"host"}
 
 
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
@@ -71,10 +74,6 @@ _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
 _FIELD_NAME = re.compile(rb"[!-9;-@\[-~]+")
 _FIELD_VALUE = re.compile(rb"(?:[^\0\r\n \t](?:[^\0\r\n]*[^\0\r\n \t])?)?")
 _STATUS = re.compile(rb"[1-5][0-9][0-9]")
-# RFC 9113 8.2.2: fields HTTP/2 forbids (TE only as "trailers").
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
 
 
 def malformed(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -17,6 +17,11 @@ def run_cli(
     return CliRunner().invoke(app, list(args), env=env, input=input, catch_exceptions=False)
 
 
+def download_json(study_uid: str, url: str, out: Path, *extra: str) -> Result:
+    """`dlstudy download STUDY_UID --url URL -o OUT --json EXTRA...`, in-process."""
+    return run_cli("download", study_uid, "--url", url, "-o", str(out), "--json", *extra)
+
+
 def summary_of(result: Result) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(result.stdout)
     return data

@@ -23,7 +23,7 @@ import pytest
 
 from dlstudy.synth import SynthInstance, SynthSpec, generate
 
-from .cli_helpers import run_cli, summary_of
+from .cli_helpers import download_json, summary_of
 from .faultproxy import Fault, FaultProxy
 from .fixtures.embedded_server import StartServer, SynthStudy
 from .tools import missing_tool
@@ -60,7 +60,7 @@ def proxy_factory() -> Iterator[list[FaultProxy]]:
 
 
 def download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
-    result = run_cli("download", study, "--url", url, "-o", str(out), "--json", *extra)
+    result = download_json(study, url, out, *extra)
     return result.exit_code, summary_of(result), result.stderr
 
 

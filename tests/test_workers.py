@@ -24,7 +24,7 @@ from dlstudy.workers import (
     worker_count,
 )
 
-from .cli_helpers import assert_same_files, run_cli, summary_of
+from .cli_helpers import assert_same_files, download_json, run_cli, summary_of
 from .fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
@@ -83,10 +83,7 @@ def test_two_workers_download_everything_byte_exact(
     url = embedded_server(root, profile=profile)
     out = tmp_path / "out"
 
-    result = run_cli(
-        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
-        "--workers", "2",
-    )  # fmt: skip
+    result = download_json(instances[0].study_uid, url, out, "--workers", "2")
 
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
@@ -97,10 +94,7 @@ def test_two_workers_download_everything_byte_exact(
     manifest = (out / ".dlstudy" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 200  # one owner writes the manifest
 
-    rerun = run_cli(
-        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
-        "--workers", "2",
-    )  # fmt: skip
+    rerun = download_json(instances[0].study_uid, url, out, "--workers", "2")
     assert summary_of(rerun)["instances"]["skipped"] == 200
 
 
@@ -109,10 +103,9 @@ def test_failures_in_workers_are_reported(
 ) -> None:
     root, instances = study
     url = embedded_server(root, fault_rate=0.2, fault_status=404, seed=4)
-    result = run_cli(
-        "download", instances[0].study_uid, "--url", url, "-o", str(tmp_path), "--json",
-        "--workers", "2", "--mode", "instance",
-    )  # fmt: skip
+    result = download_json(
+        instances[0].study_uid, url, tmp_path, "--workers", "2", "--mode", "instance"
+    )
     assert result.exit_code == 1
     summary = summary_of(result)
     counts = summary["instances"]
@@ -219,10 +212,7 @@ def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
     root, instances = study
     url = embedded_server(root)
     out = tmp_path / "out"
-    result = run_cli(
-        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
-        "--mode", "instance",
-    )  # fmt: skip
+    result = download_json(instances[0].study_uid, url, out, "--mode", "instance")
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
     assert watched == ([] if near else [workers_module._WATCH_SECONDS])
@@ -257,10 +247,7 @@ def test_the_processes_together_never_exceed_the_concurrency(
     root, instances = study
     url = embedded_server(root, latency=0.05)  # so that requests overlap
     out = tmp_path / "out"
-    result = run_cli(
-        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
-        "--mode", "instance", "-c", "8",
-    )  # fmt: skip
+    result = download_json(instances[0].study_uid, url, out, "--mode", "instance", "-c", "8")
     assert result.exit_code == 0, result.output
     assert summary_of(result)["processes"] == 2
     assert_same_files(instances, out)
