@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
 
 import anyio
 import httpx
@@ -61,10 +60,11 @@ from .errors import (
     UsageError,
 )
 from .fetch import status_error
+from .http.curl import pour_body
 from .media import DICOM_JSON, MULTIPART_RELATED, parse_media_type
 from .multipart import Event, PartData, PartEnded, PartStarted
 from .negotiate import NEGOTIABLE_STATUS, Negotiator, Retrieval, candidates
-from .parts import iter_part_events
+from .parts import pour_parts
 from .pool import run_pool
 from .qido import QIDO_CONCURRENCY, Resolver
 from .retry import RetryPolicy
@@ -446,8 +446,7 @@ class _CellRun:
                     got = await self._parts(response, progress, sop_uid, expected if stop else None)
                 else:
                     with self._output(sop_uid) as output:
-                        async for chunk in response.aiter_bytes():
-                            output.write(chunk, progress)
+                        await pour_body(response, lambda chunk: output.write(chunk, progress))
                     got = 1
         if got < expected:
             raise IntegrityError(f"{what}: {got} of {expected} instances arrived", retryable=True)
@@ -457,22 +456,26 @@ class _CellRun:
     ) -> int:
         got = 0
         output: _Output | None = None
+
+        def on_event(event: Event) -> None:
+            nonlocal got, output
+            if isinstance(event, PartData):
+                assert output is not None
+                output.write(event.data, progress)
+            elif isinstance(event, PartStarted):
+                output = _Output(self.keep, sop_uid, self.result)
+            elif isinstance(event, PartEnded):
+                assert output is not None
+                output.finish()
+                output = None
+                got += 1
+                if stop is not None and got >= stop:
+                    raise _Enough()  # --limit: the rest of the response is not wanted
+
         try:
-            events = cast(AsyncGenerator[Event, None], iter_part_events(response))
-            async with aclosing(events):
-                async for event in events:
-                    if isinstance(event, PartData):
-                        assert output is not None
-                        output.write(event.data, progress)
-                    elif isinstance(event, PartStarted):
-                        output = _Output(self.keep, sop_uid, self.result)
-                    elif isinstance(event, PartEnded):
-                        assert output is not None
-                        output.finish()
-                        output = None
-                        got += 1
-                        if stop is not None and got >= stop:
-                            break  # --limit: the rest of the response is not wanted
+            await pour_parts(response, on_event)
+        except _Enough:
+            pass
         finally:
             if output is not None:
                 output.abandon()
@@ -487,6 +490,10 @@ class _CellRun:
             output.abandon()
             raise
         output.finish()
+
+
+class _Enough(Exception):
+    """Raised from inside a body's sink to stop reading it."""
 
 
 class _Output:

@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable
 
 from .errors import HttpStatusError, IntegrityError, TransferError
-from .fetch import ByteCounter, Committed, status_error
+from .fetch import ByteCounter, Committed, check_identity_encoding, status_error
 from .manifest import Digest
-from .multipart import PartData, PartEnded, PartStarted
+from .multipart import Event, PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
-from .parts import iter_part_events
+from .parts import pour_parts
 from .store import InstanceRef, Store, TempFile
 from .transport import Transport, check_auth
 from .verify import check_identity, keep_head, read_header
@@ -84,16 +84,20 @@ class BulkFetcher:
                     # 403 here may be a policy on series/study retrieval, not on us:
                     # per-instance retrieval is tried before anything is called fatal.
                     raise status_error(response, "bulk retrieval")
+                check_identity_encoding(response, "bulk retrieval")
                 sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
+
+                def on_event(event: Event) -> None:
+                    if isinstance(event, PartData):
+                        sink.data(event.data)
+                        progress.add(len(event.data))
+                    elif isinstance(event, PartStarted):
+                        sink.start(event)
+                    elif isinstance(event, PartEnded):
+                        sink.end()
+
                 try:
-                    async for event in iter_part_events(response):
-                        if isinstance(event, PartData):
-                            sink.data(event.data)
-                            progress.add(len(event.data))
-                        elif isinstance(event, PartStarted):
-                            sink.start(event)
-                        elif isinstance(event, PartEnded):
-                            sink.end()
+                    await pour_parts(response, on_event)
                 finally:
                     sink.abandon()
 

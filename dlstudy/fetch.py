@@ -17,11 +17,12 @@ import anyio
 import httpx
 
 from .errors import HttpStatusError, IntegrityError, TransferError
+from .http.curl import pour_body
 from .manifest import Digest
 from .media import MULTIPART_RELATED, parse_media_type
-from .multipart import PartData, PartEnded, PartStarted
+from .multipart import Event, PartData, PartEnded, PartStarted
 from .negotiate import Negotiator, Retrieval
-from .parts import iter_part_events
+from .parts import pour_parts
 from .retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from .store import InstanceRef, Store, TempFile
 from .throttle import Throttle
@@ -33,7 +34,9 @@ from .watchdog import Progress, watchdog
 log = logging.getLogger(__name__)
 
 ByteCounter = Callable[[int], None]
-OFFLOAD_BATCH = 1024 * 1024
+# From this size on, the file is closed (its last pages flushed to the kernel) and checked on a
+# worker thread rather than on the event loop.
+LARGE_BODY = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,9 @@ def status_error(response: httpx.Response, what: str) -> HttpStatusError:
 class BodyWriter:
     """Streams one instance's bytes into a temp file: DICM check, hash, progress.
 
-    A body up to OFFLOAD_BATCH is written, hashed, checked and renamed on the event loop when it
-    ends: handing it to a worker thread cost more than doing it (waking a thread on this busy
-    2-core machine cost ~0.5 ms of event-loop time per hop, the price of writing and hashing
-    512 KiB; `ct` over TLS: 2.5 -> 2.1 CPU s). Larger bodies go to a thread a batch at a time,
-    overlapping the hashing with receiving; one batch per transfer in flight bounds memory.
-    The first VERIFY_HEAD_LENGTH bytes stay in memory for the header check.
+    `write` is a sink (dlstudy/http/curl.py): libcurl calls it with each chunk as it arrives, on
+    the event loop's thread, and waits for it, which holds the server back when the disk is
+    slow. The first VERIFY_HEAD_LENGTH bytes stay in memory for the header check.
     """
 
     def __init__(
@@ -82,24 +82,14 @@ class BodyWriter:
         self.digest = Digest()
         self._head = b""
         self.size = 0
-        self._batch: list[bytes] = []
-        self._batched = 0
 
-    async def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes) -> None:
         self._head = keep_head(self._head, chunk, sop_uid=self.ref.sop_uid)
-        self._batch.append(chunk)
-        self._batched += len(chunk)
+        self.temp.write(chunk)
+        self.digest.update(chunk)
         self.size += len(chunk)
         self.on_bytes(len(chunk))
         self.progress.add(len(chunk))
-        if self._batched >= OFFLOAD_BATCH:
-            await anyio.to_thread.run_sync(self._write_batch)
-
-    def _write_batch(self) -> None:
-        batch, self._batch, self._batched = self._batch, [], 0
-        for chunk in batch:
-            self.temp.write(chunk)
-            self.digest.update(chunk)
 
     def check_length(self, expected: int | None, source: str) -> None:
         if expected is not None and self.size != expected:
@@ -110,12 +100,11 @@ class BodyWriter:
             )
 
     async def verify_and_commit(self) -> Committed:
-        if self.size < OFFLOAD_BATCH:  # no batch went to a thread: finish here
+        if self.size < LARGE_BODY:  # closing and renaming a small file: cheaper than a thread
             return self._verify_and_commit()
         return await anyio.to_thread.run_sync(self._verify_and_commit)
 
     def _verify_and_commit(self) -> Committed:
-        self._write_batch()
         self.temp.close()
         verify_instance(
             self.temp.path,
@@ -181,14 +170,14 @@ class InstanceFetcher:
                 check_auth(response)
                 if response.status_code != 200:
                     raise status_error(response, f"instance {ref.sop_uid}")
+                check_identity_encoding(response, f"instance {ref.sop_uid}")
                 media = parse_media_type(response.headers.get("content-type", ""))
                 with self.store.open_temp(final) as temp:
                     writer = BodyWriter(temp, ref, on_bytes, progress)
                     if media.mime == MULTIPART_RELATED:
                         await _write_single_part_of_multipart(response, writer)
                     else:
-                        async for chunk in response.aiter_bytes():
-                            await writer.write(chunk)
+                        await pour_body(response, writer.write)
                         writer.check_length(_content_length(response), "Content-Length")
                     return await writer.verify_and_commit()
         raise AssertionError("unreachable: the watchdog raises when it cancels")  # pragma: no cover
@@ -198,9 +187,11 @@ async def _write_single_part_of_multipart(response: httpx.Response, writer: Body
     parts = 0
     declared: int | None = None
     complete = False
-    async for event in iter_part_events(response):
+
+    def on_event(event: Event) -> None:
+        nonlocal parts, declared, complete
         if isinstance(event, PartData):
-            await writer.write(event.data)
+            writer.write(event.data)
         elif isinstance(event, PartStarted):
             parts += 1
             if parts > 1:
@@ -212,6 +203,8 @@ async def _write_single_part_of_multipart(response: httpx.Response, writer: Body
         elif isinstance(event, PartEnded):
             writer.check_length(declared, "the part's Content-Length")
             complete = True
+
+    await pour_parts(response, on_event)
     if not complete:
         raise IntegrityError(
             "multipart answer has no complete part",
@@ -220,8 +213,17 @@ async def _write_single_part_of_multipart(response: httpx.Response, writer: Body
         )
 
 
+def check_identity_encoding(response: httpx.Response, what: str) -> None:
+    """Instances are asked for without compression and stored as sent: a body the server
+    compressed anyway is refused, not decoded (it could expand without bound)."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise TransferError(
+            f"{what}: the server sent a {encoding}-encoded body, though identity was asked for",
+            url=redact_url(str(response.url)),
+        )
+
+
 def _content_length(response: httpx.Response) -> int | None:
-    if response.headers.get("content-encoding", "identity").lower() != "identity":
-        return None  # the length is of the encoded body
     value = response.headers.get("content-length")
     return int(value) if value and value.isdigit() else None

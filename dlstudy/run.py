@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 import anyio
 
@@ -166,7 +167,7 @@ class Run:
             todo = todo[1:]
         self.summary.processes = await workers.run_in_processes(
             todo,
-            self.settings,
+            replace(self.settings, http=self.transport.settled_http),  # no second h2c probe
             self.negotiator.current if self.negotiator.settled else None,
             processes,
             adaptive=self.settings.workers == 0,

@@ -38,6 +38,7 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
+    proxy: str | None = None  # else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply
     token_command: str | None = field(default=None, repr=False)
     retries: int = 6
     retry_budget: float = 600.0  # seconds one instance may spend being retried

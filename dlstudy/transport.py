@@ -1,121 +1,83 @@
-"""The HTTP client: protocol choice, TLS, auth, limits, and the one place where httpx, httpcore
-and h2 exceptions become dlstudy errors.
+"""The HTTP client of a run: protocol choice, credentials, redirects, and the one place where
+transport errors become dlstudy errors.
+
+httpx is the request API (auth flows, redirects, cookies, timeouts, responses); libcurl moves
+the bytes underneath it, plugged in as an httpx transport (dlstudy/http/curl.py).
 
 `--http auto` over plain http:// first speaks HTTP/2 with prior knowledge (h2c); a server that
-does not understand it drops the connection, which shows up as a protocol error on the very first
-request. The transport then switches to an HTTP/1.1 connection pool once, for the whole run.
-Over https:// ALPN decides and no probing is needed.
-
-httpx is the client (auth, redirects, cookies, timeouts); underneath it, requests travel through
-dlstudy's own lean transports (http11.py, http2.py) rather than httpcore's pool, which cost
-several times the CPU per instance (README "Performance").
+does not understand it answers with something that is no HTTP/2, a protocol error on the very
+first request. The client then switches to HTTP/1.1 once, for the whole run (and its workers:
+`settled_http`). Over https:// ALPN decides and no probing is needed.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import re
-import socket
-import ssl
-import sys
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio
-import h2.events
-import h2.exceptions
 import httpx
 
 from .errors import AuthError, ConnectError, DlstudyError, TransferError
-from .http2 import Http2Transport
-from .http11 import Http11Transport, origin_of
-from .settings import Settings
+from .http.curl import CurlFailure, CurlTransport, HttpChoice, TlsOptions
+from .http.proxy import Proxies
+from .settings import HttpVersion, Settings
 from .urls import redact_url, split_base_url
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the bytes on the wire were not what the protocol allows": a truncated body,
-# a reset stream, a GOAWAY, or an h2c preface sent to an HTTP/1.1-only server. h2 and httpcore
-# sometimes leak their own exception types instead of httpx's (DOMAIN.md), so list them all
-# (httpcore's are added by protocol_errors() once httpcore is loaded).
-_PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (
-    httpx.ProtocolError,
-    h2.exceptions.ProtocolError,
-    h2.exceptions.StreamClosedError,
-)
 USER_AGENT = "dlstudy"
-# A path of RFC 3986 unreserved characters and slashes: nothing in it for httpx to quote.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
-_MERGED_HEADERS_LIMIT = 64
-# Requests go through dlstudy/http11.py and http2.py; tests that mock HTTP with respx (which
-# patches httpcore) turn this off.
-LEAN_TRANSPORTS = True
 
 
-def _httpcore_errors(*names: str) -> tuple[type[BaseException], ...]:
-    """httpcore's exception classes `names`, once httpcore is loaded. It is imported only for
-    its pool, the fallback that dlstudy's requests do not take (~25 ms of start-up with h11),
-    so an error of its kind cannot exist before."""
-    httpcore = sys.modules.get("httpcore")
-    return tuple(getattr(httpcore, name) for name in names) if httpcore is not None else ()
-
-
-def protocol_errors() -> tuple[type[BaseException], ...]:
-    return _PROTOCOL_ERRORS + _httpcore_errors("ProtocolError")
+def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
+    """The transport under httpx: libcurl. (Unit tests that mock HTTP with respx swap in
+    httpx's own transport here, which respx patches.)"""
+    return CurlTransport(
+        http=http,
+        max_connections=max(1, settings.concurrency) + 2,
+        tls=TlsOptions(settings.ca_bundle, settings.cert, settings.key, settings.insecure),
+        proxies=proxies,
+    )
 
 
 def translate_error(exc: BaseException, url: str) -> DlstudyError:
     """Turn an exception from the HTTP stack into a dlstudy error with a one-line message."""
     shown = redact_url(url)
-    host = httpx.URL(url).host
-    if isinstance(exc, (httpx.ConnectError, *_httpcore_errors("ConnectError"))):
-        cause = _root_cause(exc)
-        if isinstance(cause, socket.gaierror):
-            return ConnectError(f"cannot resolve host {host!r} ({shown})", url=shown)
-        if isinstance(cause, ConnectionRefusedError) or "refused" in str(exc).lower():
-            return ConnectError(f"connection refused by {_netloc(url)} ({shown})", url=shown)
-        if isinstance(cause, ssl.SSLError) or "ssl" in str(exc).lower():
-            reason = getattr(cause, "reason", None) or str(cause or exc)
-            return ConnectError(f"TLS handshake with {host!r} failed: {reason}", url=shown)
-        return ConnectError(
-            f"cannot connect to {_netloc(url)}: {exc or type(exc).__name__}", url=shown
-        )
+    parsed = httpx.URL(url)
+    curl = _curl_failure(exc)
+    said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
+    if isinstance(exc, httpx.ProxyError):
+        proxy = f"proxy {curl.proxy}" if curl is not None and curl.proxy else "the proxy"
+        return ConnectError(f"cannot use {proxy} for {shown}: {said}", url=shown)
     if isinstance(exc, httpx.ConnectTimeout):
-        return ConnectError(f"timed out connecting to {_netloc(url)}", url=shown)
-    if isinstance(
-        exc, (httpx.TimeoutException, TimeoutError, *_httpcore_errors("TimeoutException"))
-    ):
+        return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
+    if isinstance(exc, httpx.ConnectError):
+        if curl is not None and curl.tls:
+            return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
+        if curl is not None and curl.code == 6:  # CURLE_COULDNT_RESOLVE_HOST
+            return ConnectError(f"cannot resolve host {parsed.host!r} ({shown})", url=shown)
+        if (curl is not None and curl.os_errno == errno.ECONNREFUSED) or "refused" in said:
+            return ConnectError(f"connection refused by {_netloc(parsed)} ({shown})", url=shown)
+        if curl is not None and curl.os_errno:
+            said = os.strerror(curl.os_errno)
+        return ConnectError(f"cannot connect to {_netloc(parsed)}: {said}", url=shown)
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
-    if isinstance(exc, protocol_errors()):
-        goaway = _goaway(exc)
-        if goaway is not None:
-            return TransferError(
-                f"server closed the HTTP/2 connection (GOAWAY, error {goaway.error_code}) "
-                f"on {shown}",
-                url=shown,
-                retryable=True,
-                collateral=True,
-            )
-        detail = str(exc) or type(exc).__name__
-        return TransferError(
-            f"connection broken ({detail}) on {shown}",
-            url=shown,
-            retryable=True,
-            collateral=_closed_by_another_stream(exc),
-        )
+    if isinstance(exc, httpx.ProtocolError):
+        return TransferError(f"connection broken ({said}) on {shown}", url=shown, retryable=True)
     if isinstance(exc, httpx.TransportError | OSError):
-        detail = str(exc) or type(exc).__name__
-        return TransferError(f"network error ({detail}) on {shown}", url=shown, retryable=True)
+        return TransferError(f"network error ({said}) on {shown}", url=shown, retryable=True)
     return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """`exc`, then what caused it, and so on: httpx keeps httpcore's error as its cause, and
-    httpcore keeps h2's. Stops at a cycle."""
+    """`exc`, then what caused it, and so on. Stops at a cycle."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -124,95 +86,28 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _goaway(exc: BaseException) -> h2.events.ConnectionTerminated | None:
-    """The GOAWAY behind an error on a stream the server never processed, if that is what it is.
-
-    httpcore raises RemoteProtocolError(ConnectionTerminated) for streams above the GOAWAY's
-    last_stream_id; those requests are safe to send again on a new connection.
-    """
-    for current in _chain(exc):
-        for arg in current.args:
-            if isinstance(arg, h2.events.ConnectionTerminated):
-                return arg
+def _curl_failure(exc: BaseException) -> CurlFailure | None:
+    for current in islice(_chain(exc), 5):
+        if isinstance(current, CurlFailure):
+            return current
     return None
 
 
-def _closed_by_another_stream(exc: BaseException) -> bool:
-    """h2's complaint when a stream touches a connection another stream's error closed."""
-    # The chain that matters is short: httpx <- httpcore <- h2.
-    return any(
-        type(current) is h2.exceptions.ProtocolError and "ConnectionState.CLOSED" in str(current)
-        for current in islice(_chain(exc), 5)
-    )
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    *_, last = _chain(exc)
-    return last
-
-
-def _netloc(url: str) -> str:
-    parsed = httpx.URL(url)
+def _netloc(parsed: httpx.URL) -> str:
     return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
 
 
 def is_translatable(exc: BaseException) -> bool:
-    return isinstance(exc, (httpx.TransportError, OSError, *protocol_errors()))
+    return isinstance(exc, httpx.TransportError | OSError)
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
-    if settings.insecure:
-        return False
-    context = ssl.create_default_context(
-        cafile=str(settings.ca_bundle) if settings.ca_bundle else None
-    )
-    if settings.ca_bundle is None:
-        # Same trust store httpx uses by default (certifi), so behaviour matches plain httpx.
-        import certifi
-
-        context.load_verify_locations(certifi.where())
-    if settings.cert is not None:
-        context.load_cert_chain(str(settings.cert), str(settings.key) if settings.key else None)
-    return context
-
-
-# ALPN contexts made in this process, by trust settings and protocols: loading the CA store
-# takes ~40 ms (the system's and certifi's), once per process, and a forked worker inherits them.
-# Never changed once made (httpcore, which sets ALPN on the contexts it is given, gets others).
-_ALPN_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
-
-
-def _alpn_context(settings: Settings, protocols: tuple[str, ...]) -> ssl.SSLContext:
-    key = (settings.insecure, settings.ca_bundle, settings.cert, settings.key, protocols)
-    context = _ALPN_CONTEXTS.get(key)
-    if context is not None:
-        return context
-    made = _ssl_context(settings)
-    if not isinstance(made, ssl.SSLContext):  # --insecure
-        made = ssl.create_default_context()
-        made.check_hostname = False
-        made.verify_mode = ssl.CERT_NONE
-    made.set_alpn_protocols(list(protocols))
-    _ALPN_CONTEXTS[key] = made
-    return made
-
-
-class _MadeOnFirstUse(httpx.AsyncBaseTransport):
-    """A transport built when a request first needs it: httpcore's pool, for what the lean
-    transports leave (requests with a body), with a context of its own to load."""
-
-    def __init__(self, make: Callable[[], httpx.AsyncBaseTransport]) -> None:
-        self._make = make
-        self._made: httpx.AsyncBaseTransport | None = None
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._made is None:
-            self._made = self._make()
-        return await self._made.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        if self._made is not None:
-            await self._made.aclose()
+def _plan(settings: Settings, is_tls: bool) -> list[HttpChoice]:
+    """The HTTP versions to try, in order (only `auto` on http:// has a second)."""
+    if settings.http == "1.1":
+        return ["1.1"]
+    if settings.http == "2":
+        return ["2"]
+    return ["h2 or 1.1"] if is_tls else ["2", "1.1"]
 
 
 class Transport:
@@ -238,89 +133,36 @@ class Transport:
             self._headers[name] = value
         if settings.token and auth is None:
             self._headers["Authorization"] = f"Bearer {settings.token}"
-        is_tls = self.base_url.lower().startswith("https://")
-        if settings.http == "1.1":
-            self._plan = [(True, False)]
-        elif settings.http == "2":
-            self._plan = [(False, True)]
-        elif is_tls:
-            self._plan = [(True, True)]  # ALPN picks
-        else:
-            self._plan = [(False, True), (True, False)]  # h2c first, then HTTP/1.1
-        self._verify: ssl.SSLContext | bool | None = None  # see _verify_context
-        self._client = self._make_client(*self._plan[0])
-        self._extensions = {"timeout": self._client.timeout.as_dict()}
+        self._proxies = Proxies(settings.proxy)
+        self._plan = _plan(settings, self.base_url.lower().startswith("https://"))
+        self._client = self._make_client(self._plan[0])
         self._negotiated = len(self._plan) == 1
         self._negotiate_lock = anyio.Lock()
         self.http_version: str | None = None  # as observed on responses
         self.quickest_reply: float | None = None  # seconds, of the small GETs (see get)
-        self._base_template = httpx.URL(base)  # with the query, which instance URLs keep
-        # The path as sent (quoted); raw_path would bring the query too.
-        self._base_path = httpx.URL(self.base_url).raw_path.decode("ascii").rstrip("/")
 
-    def _make_client(self, http1: bool, http2: bool) -> httpx.AsyncClient:
+    @property
+    def settled_http(self) -> HttpVersion:
+        """`--http` as this run settled it: what a worker process should use without probing."""
+        if self._negotiated and len(self._plan) > 1:
+            return "2" if self._client_http == "2" else "1.1"
+        return self.settings.http
+
+    def _make_client(self, http: HttpChoice) -> httpx.AsyncClient:
         settings = self.settings
+        self._client_http = http
         timeout = httpx.Timeout(
             connect=settings.timeout, read=settings.timeout, write=settings.timeout, pool=None
         )
-        limits = httpx.Limits(
-            max_connections=max(1, settings.concurrency) + 2,
-            max_keepalive_connections=max(1, settings.concurrency) + 2,
-        )
-        transport: httpx.AsyncBaseTransport | None = None
-        self._direct: httpx.AsyncBaseTransport | None = None
-        self._merged_headers: dict[tuple[tuple[str, str], ...], httpx.Headers] = {}  # per client
-        # httpx itself needs the trust settings only for a transport of its own: without the
-        # lean transports, or through a proxy from the environment (each loads a CA store).
-        verify: ssl.SSLContext | bool = True
-        if not LEAN_TRANSPORTS or urllib.request.getproxies():
-            verify = self._verify_context()
-        if LEAN_TRANSPORTS:
-            # Bodies and other methods (dlstudy sends none) go to httpcore, as configured.
-            fallback = _MadeOnFirstUse(
-                lambda: httpx.AsyncHTTPTransport(
-                    verify=self._verify_context(), http1=http1, http2=http2, limits=limits
-                )
-            )
-            slots = limits.max_connections or 1
-            http11 = Http11Transport(
-                tls_context=self._tls_context("http/1.1"),
-                max_connections=slots,
-                fallback=fallback,
-            )
-            transport = http11
-            if http2:
-                transport = Http2Transport(
-                    tls_context=self._tls_context("h2", "http/1.1")
-                    if http1
-                    else self._tls_context("h2"),
-                    max_streams=slots,
-                    fallback=fallback,
-                    http1_fallback=http11 if http1 else None,
-                )
-            # Without an auth flow, instance GETs skip httpx's request pipeline (see _send).
-            self._direct = transport if self._auth is None else None
+        # With a transport given, httpx leaves proxies alone: the engine applies them.
         return httpx.AsyncClient(
-            http1=http1,
-            http2=http2,
-            verify=verify,
-            transport=transport,
+            transport=make_engine(http, settings, self._proxies),
             timeout=timeout,
-            limits=limits,
             auth=self._auth,
             headers=self._headers,
             follow_redirects=True,
             event_hooks={"request": [self._strip_secrets_off_origin]},
         )
-
-    def _verify_context(self) -> ssl.SSLContext | bool:
-        if self._verify is None:
-            self._verify = _ssl_context(self.settings)
-        return self._verify
-
-    def _tls_context(self, *protocols: str) -> Callable[[], ssl.SSLContext]:
-        """A maker of the context that offers `protocols` by ALPN, made when first asked."""
-        return lambda: _alpn_context(self.settings, protocols)
 
     async def _strip_secrets_off_origin(self, request: httpx.Request) -> None:
         # httpx drops Authorization on a cross-origin redirect but forwards every other header,
@@ -340,7 +182,11 @@ class Transport:
         """GET `url` as a stream; transport failures arrive as dlstudy errors."""
         await self._negotiate(url, headers)
         try:
-            response = await self._send(url, headers)
+            client = self._client
+            response = await client.send(
+                client.build_request("GET", self._with_base_query(url), headers=headers),
+                stream=True,
+            )
             try:
                 self._observe(response)
                 yield response
@@ -353,41 +199,13 @@ class Transport:
                 raise translate_error(exc, url) from exc
             raise
 
-    async def _send(self, url: str, headers: dict[str, str] | None) -> httpx.Response:
-        """A streamed GET. With a plain (no auth flow, no cookie) client the request goes
-        straight to the transport: httpx's pipeline (URL merging, auth and redirect generators,
-        hooks, cookie-jar round trips through urllib objects) cost ~65 µs per request here, a
-        sixth of the Python work per small instance. What that pipeline would act on (a
-        redirect, a cookie, another origin) goes through it, so behaviour is the client's own."""
-        client, direct = self._client, self._direct
-        if direct is not None and not client.cookies:
-            request = httpx.Request(
-                "GET",
-                self._parsed(url),
-                headers=self._direct_headers(client, headers),
-                extensions=self._extensions,
-            )
-            if origin_of(request.url) == self._origin:  # else the hook strips secrets
-                return await self._send_direct(client, direct, request, headers)
-        return await client.send(
-            client.build_request("GET", self._parsed(url), headers=headers), stream=True
-        )
-
     def _below_base(self, url: str) -> bool:
         """`url` is the base URL or a path or query below it (not `.../dicomweb2`)."""
         return url.startswith(self.base_url) and url[len(self.base_url) :][:1] in ("", "/", "?")
 
-    def _parsed(self, url: str) -> httpx.URL | str:
-        """A URL below the base URL gets the base URL's query. One made of unreserved characters
-        (every instance URL: UIDs are digits and dots) is the base URL with a longer path;
-        anything else httpx parses. Parsing a ~200-character URL cost ~15 µs a request,
-        checking every character."""
-        if not self._below_base(url):
-            return url
-        rest = url[len(self.base_url) :]
-        if rest.startswith("/") and _PLAIN_PATH.fullmatch(rest):
-            return with_path(self._base_template, self._base_path + rest)
-        if self._base_params:
+    def _with_base_query(self, url: str) -> httpx.URL | str:
+        """A URL below the base URL gets the base URL's query."""
+        if self._base_params and self._below_base(url):
             return httpx.URL(url).copy_merge_params(self._base_params)
         return url
 
@@ -397,40 +215,6 @@ class Transport:
             return params
         own = list(params.items()) if isinstance(params, dict) else list(params or [])
         return [*self._base_params, *own]
-
-    async def _send_direct(
-        self,
-        client: httpx.AsyncClient,
-        direct: httpx.AsyncBaseTransport,
-        request: httpx.Request,
-        headers: dict[str, str] | None,
-    ) -> httpx.Response:
-        response = await direct.handle_async_request(request)
-        response.request = request
-        if response.has_redirect_location:  # followed (and checked) by httpx, from the start
-            await response.aclose()
-            return await client.send(
-                client.build_request("GET", request.url, headers=headers), stream=True
-            )
-        if "set-cookie" in response.headers:
-            client.cookies.extract_cookies(response)
-        return response
-
-    def _direct_headers(
-        self, client: httpx.AsyncClient, headers: dict[str, str] | None
-    ) -> httpx.Headers:
-        """The client's headers with the request's on top; the few combinations a run uses
-        (instance GETs all send the same) are merged once."""
-        key = tuple(headers.items()) if headers else ()
-        merged = self._merged_headers.get(key)
-        if merged is None:
-            if len(self._merged_headers) >= _MERGED_HEADERS_LIMIT:
-                self._merged_headers.clear()
-            merged = httpx.Headers(client.headers)
-            if headers:
-                merged.update(headers)
-            self._merged_headers[key] = merged
-        return merged  # httpx.Request copies it
 
     async def get(
         self, url: str, headers: dict[str, str] | None = None, params: Any = None
@@ -465,10 +249,10 @@ class Transport:
             )
             self._observe(response)
             self._time_reply(response)
-        except protocol_errors() as exc:
-            log.info("server does not speak h2c (%s); using HTTP/1.1", type(exc).__name__)
+        except httpx.ProtocolError as exc:
+            log.info("server does not speak h2c (%s); using HTTP/1.1", _curl_failure(exc) or exc)
             await self._client.aclose()
-            self._client = self._make_client(*self._plan[1])
+            self._client = self._make_client(self._plan[1])
             response = await self._get(url, headers, params)
         except Exception as exc:
             if is_translatable(exc):
@@ -495,12 +279,9 @@ class Transport:
             del response
 
 
-def with_path(template: httpx.URL, path: str) -> httpx.URL:
-    """`template` with another path, which must need no quoting, without parsing it all again:
-    httpx (pinned <0.29; tests compare with its parser) keeps a URL as a named tuple of parts."""
-    url = httpx.URL.__new__(httpx.URL)
-    url._uri_reference = template._uri_reference._replace(path=path)
-    return url
+def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    scheme = url.scheme
+    return scheme, url.host, url.port or (443 if scheme == "https" else 80)
 
 
 def check_auth(response: httpx.Response) -> None:

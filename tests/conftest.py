@@ -25,5 +25,10 @@ def _isolated_configuration(
 
 @pytest.fixture
 def httpcore_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HTTP through httpcore instead of dlstudy/http11.py and http2.py: respx patches httpcore."""
-    monkeypatch.setattr("dlstudy.transport.LEAN_TRANSPORTS", False)
+    """HTTP through httpx's own transport (httpcore) instead of libcurl: respx patches httpcore.
+    For unit tests of what sits above the transport; integration tests use real servers."""
+    import httpx
+
+    monkeypatch.setattr(
+        "dlstudy.transport.make_engine", lambda *args, **kwargs: httpx.AsyncHTTPTransport()
+    )

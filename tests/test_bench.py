@@ -22,8 +22,7 @@ import pytest
 
 from dlstudy.bench_chart import nice_ticks, png_converter, render_svg, write_chart
 from dlstudy.bench_report import BenchReport, CellResult, percentile
-from dlstudy.http2 import Http2Transport
-from dlstudy.http11 import Http11Transport
+from dlstudy.http.curl import CurlTransport
 from dlstudy.synth import SynthSpec, generate
 
 from .cli_helpers import run_cli
@@ -235,7 +234,7 @@ def in_flight(monkeypatch: pytest.MonkeyPatch) -> _InFlight:
 
         monkeypatch.setattr(cls, "handle_async_request", counting)
 
-    for cls in (Http11Transport, Http2Transport, httpx.AsyncHTTPTransport):
+    for cls in (CurlTransport, httpx.AsyncHTTPTransport):
         wrap(cls)
     return counter
 

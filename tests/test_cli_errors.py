@@ -95,7 +95,7 @@ def test_tls_failure_exit_3_and_insecure_warns(
     result = run_cli("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path))
     assert result.exit_code == 3
     assert "TLS handshake with '127.0.0.1' failed" in result.stderr
-    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr
+    assert "unable to get local issuer certificate" in result.stderr
 
     result = run_cli(
         "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--insecure", "-q"

@@ -1,27 +1,32 @@
-"""Error translation at the one boundary where httpx, httpcore and h2 errors become ours."""
+"""Error translation at the one boundary where transport errors become dlstudy's; the client
+above the engine (credentials, redirects, the h2c probe)."""
 
 from __future__ import annotations
 
 import inspect
-import socket
-import ssl
 
 import anyio
-import h2.exceptions
-import httpcore
 import httpx
 import pytest
 import respx
 
 from dlstudy.errors import ConnectError, TransferError
+from dlstudy.http.curl import CurlFailure
 from dlstudy.settings import Settings
 from dlstudy.transport import Transport, translate_error
 
 URL = "https://bob:hunter2@pacs.test/dicomweb/studies?token=abc"
 
 
-def caused_by(exc: BaseException, cause: BaseException) -> BaseException:
-    exc.__cause__ = cause
+def curl(exc: httpx.TransportError, code: int, message: str, **kw: object) -> BaseException:
+    """`exc` as dlstudy/http/curl.py raises it: libcurl's failure as its cause."""
+    exc.__cause__ = CurlFailure(
+        code,
+        message,
+        proxy=kw.get("proxy"),
+        tls=bool(kw.get("tls")),
+        os_errno=int(kw.get("os_errno", 0)),
+    )  # type: ignore[arg-type]
     return exc
 
 
@@ -29,26 +34,38 @@ def caused_by(exc: BaseException, cause: BaseException) -> BaseException:
     ("exc", "kind", "text"),
     [
         (
-            caused_by(httpx.ConnectError("x"), socket.gaierror(-2, "nope")),
+            curl(httpx.ConnectError("x"), 6, "Could not resolve host: pacs.test"),
             ConnectError,
             "cannot resolve host 'pacs.test'",
         ),
         (
-            caused_by(httpx.ConnectError("x"), ConnectionRefusedError(111, "refused")),
+            curl(httpx.ConnectError("x"), 7, "Could not connect to server", os_errno=111),
             ConnectError,
             "connection refused by pacs.test",
         ),
         (
-            caused_by(httpx.ConnectError("x"), ssl.SSLCertVerificationError("bad cert")),
+            curl(httpx.ConnectError("x"), 7, "Could not connect to server", os_errno=113),
             ConnectError,
-            "TLS handshake with 'pacs.test' failed",
+            "cannot connect to pacs.test: No route to host",
+        ),
+        (
+            curl(httpx.ConnectError("x"), 60, "SSL certificate problem: self-signed", tls=True),
+            ConnectError,
+            "TLS handshake with 'pacs.test' failed: SSL certificate problem: self-signed",
+        ),
+        (
+            curl(httpx.ProxyError("x"), 7, "Could not connect", proxy="http://u:***@proxy:3128"),
+            ConnectError,
+            "cannot use proxy http://u:***@proxy:3128 for https://bob:***@pacs.test",
         ),
         (httpx.ConnectTimeout("slow"), ConnectError, "timed out connecting"),
         (httpx.ReadTimeout("slow"), TransferError, "timed out waiting"),
+        (
+            curl(httpx.RemoteProtocolError("x"), 18, "end of response with 10 bytes missing"),
+            TransferError,
+            "connection broken (end of response with 10 bytes missing)",
+        ),
         (httpx.RemoteProtocolError("peer closed"), TransferError, "connection broken"),
-        (httpcore.LocalProtocolError("short body"), TransferError, "connection broken"),
-        (h2.exceptions.ProtocolError("GOAWAY"), TransferError, "connection broken"),
-        (h2.exceptions.StreamClosedError(1), TransferError, "connection broken"),
         (httpx.ReadError("reset"), TransferError, "network error"),
     ],
 )
@@ -73,7 +90,7 @@ def test_every_httpx_transport_error_is_mapped_to_something_specific() -> None:
     for cls in transport_errors:
         error = translate_error(cls("boom"), URL)
         assert "unexpected" not in str(error), cls
-        if not issubclass(cls, httpx.ConnectError | httpx.ConnectTimeout):
+        if not issubclass(cls, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError):
             assert isinstance(error, TransferError) and error.retryable, cls
 
 
@@ -159,6 +176,7 @@ def test_auto_falls_back_to_http11_once_against_a_server_without_h2c() -> None:
     import threading
 
     requests: list[str] = []
+    settled = ""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -188,6 +206,8 @@ def test_auto_falls_back_to_http11_once_against_a_server_without_h2c() -> None:
         finally:
             await transport.aclose()
         versions.append(transport.http_version)
+        nonlocal settled
+        settled = transport.settled_http
         return versions
 
     try:
@@ -198,3 +218,4 @@ def test_auto_falls_back_to_http11_once_against_a_server_without_h2c() -> None:
         thread.join()
     assert versions == ["HTTP/1.1"] * 4
     assert len(requests) == 3  # the failed h2c attempt never reached a handler
+    assert settled == "1.1"  # what worker processes are given: no second probe

@@ -9,8 +9,6 @@ import sys
 
 import typer
 
-from ..heap import keep_freed_memory
-
 # Each command's module, in the order `dlstudy --help` lists them.
 COMMANDS = {
     "download": "download_cmd",
@@ -63,7 +61,6 @@ def main() -> None:
     atexit handlers (logging, multiprocessing) still run; under a profiler, debugger or
     coverage tracer the exit is the usual one.
     """
-    keep_freed_memory()
     first = sys.argv[1] if len(sys.argv) > 1 else None
     code: str | int | None = 0
     try:

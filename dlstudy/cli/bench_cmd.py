@@ -24,6 +24,7 @@ from .download_cmd import (
     InsecureOpt,
     KeyOpt,
     PasswordOpt,
+    ProxyOpt,
     TimeoutOpt,
     TokenCommandOpt,
     TokenOpt,
@@ -112,6 +113,7 @@ def register(app: typer.Typer) -> None:
         cert: CertOpt = None,
         key: KeyOpt = None,
         insecure: InsecureOpt = False,
+        proxy: ProxyOpt = None,
         config: ConfigOpt = None,
         server: ServerOpt = None,
         verbose: VerboseOpt = False,
@@ -133,6 +135,7 @@ def register(app: typer.Typer) -> None:
             ca_bundle=ca_bundle,
             cert=cert,
             key=key,
+            proxy=proxy,
             timeout=timeout,
         )
         for http in http_versions or ():

@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from ..http.proxy import proxy_url_problem
 from ..settings import Settings
 from .common import fail_usage
 
@@ -44,6 +45,9 @@ def build_settings(
         fail_usage(f"--mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
     if fields.get("key") is not None and fields.get("cert") is None:
         fail_usage("--key needs --cert")
+    proxy = fields.get("proxy")
+    if proxy is not None and (problem := proxy_url_problem(proxy)) is not None:
+        fail_usage(f"--proxy: {problem}")
     if insecure:
         typer.echo(
             "dlstudy: warning: --insecure: the server's TLS certificate is NOT verified", err=True

@@ -126,6 +126,14 @@ KeyOpt = Annotated[Path | None, _opt("--key", help="Private key of --cert, if no
 InsecureOpt = Annotated[
     bool, _opt("--insecure", help="Do not verify the server's TLS certificate (warns).")
 ]
+ProxyOpt = Annotated[
+    str | None,
+    _opt(
+        "--proxy",
+        help="Proxy URL (http://, https://, socks5://, socks5h://); default: HTTPS_PROXY, "
+        "HTTP_PROXY, ALL_PROXY, with NO_PROXY.",
+    ),
+]
 RetriesOpt = Annotated[
     int,
     _opt("--retries", envvar="DLSTUDY_RETRIES", help="Retries per instance on transient errors."),
@@ -180,6 +188,7 @@ def register(app: typer.Typer) -> None:
         cert: CertOpt = None,
         key: KeyOpt = None,
         insecure: InsecureOpt = False,
+        proxy: ProxyOpt = None,
         retries: RetriesOpt = 6,
         retry_budget: RetryBudgetOpt = 600.0,
         timeout: TimeoutOpt = 30.0,
@@ -229,6 +238,7 @@ def register(app: typer.Typer) -> None:
             ca_bundle=ca_bundle,
             cert=cert,
             key=key,
+            proxy=proxy,
             retries=retries,
             retry_budget=retry_budget,
             timeout=timeout,

@@ -23,6 +23,7 @@ from .download_cmd import (
     InsecureOpt,
     KeyOpt,
     PasswordOpt,
+    ProxyOpt,
     TimeoutOpt,
     TokenCommandOpt,
     TokenOpt,
@@ -182,6 +183,7 @@ def register(app: typer.Typer) -> None:
         cert: CertOpt = None,
         key: KeyOpt = None,
         insecure: InsecureOpt = False,
+        proxy: ProxyOpt = None,
         timeout: TimeoutOpt = DEFAULTS.timeout,
         config: ConfigOpt = None,
         server: ServerOpt = None,
@@ -216,6 +218,7 @@ def register(app: typer.Typer) -> None:
             ca_bundle=ca_bundle,
             cert=cert,
             key=key,
+            proxy=proxy,
             timeout=timeout,
         )
         try:

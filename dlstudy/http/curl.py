@@ -1,0 +1,458 @@
+"""libcurl as an httpx transport: httpx builds requests and follows redirects, libcurl moves
+the bytes (HTTP/1.1 connection pool, HTTP/2 multiplexing, TLS, proxies).
+
+A response is handed to httpx as soon as its head is complete. Its body arrives in one of two
+ways:
+
+- as an httpx stream (`aiter_bytes`, `aread`): chunks queue up, and the transfer is paused while
+  PAUSE_ABOVE bytes wait unread, so a slow reader holds the server back instead of filling memory;
+- poured into a sink (`pour_body`): every chunk goes straight from libcurl's write callback to
+  the sink, a plain function that writes, hashes and checks it, with no task switch per chunk.
+  The sink runs on the event loop's thread while libcurl waits, which is its back-pressure.
+
+libcurl never decodes a body (no ACCEPT_ENCODING): bytes reach the consumer as the server sent
+them, and httpx decodes what the caller asks it to (QIDO JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import certifi
+import httpx
+import pycurl
+
+from .multi import MultiDriver
+from .proxy import Proxies, shown
+
+# The response extension under which a libcurl response offers `pour(sink)`.
+BODY = "dlstudy.body"
+# Body bytes a reader may leave unread before the transfer is paused.
+PAUSE_ABOVE = 1 << 20
+# libcurl's receive buffer: larger reads mean fewer write callbacks (each a Python call).
+BUFFER_SIZE = 256 * 1024
+_HEADER_MEMO_LIMIT = 64
+# Options pycurl knows by number only.
+_SUPPRESS_CONNECT_HEADERS = 265
+_PAUSE: int = pycurl.WRITEFUNC_PAUSE
+
+Sink = Callable[[bytes], None]
+HttpChoice = Literal["1.1", "2", "h2 or 1.1"]
+_CURL_VERSIONS = {
+    "1.1": pycurl.CURL_HTTP_VERSION_1_1,
+    "2": pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE,  # h2c on http://, h2 only by ALPN on TLS
+    "h2 or 1.1": pycurl.CURL_HTTP_VERSION_2TLS,  # ALPN picks on TLS; HTTP/1.1 on http://
+}
+_TLS_ERRORS = frozenset(
+    {
+        pycurl.E_SSL_CONNECT_ERROR,
+        pycurl.E_PEER_FAILED_VERIFICATION,
+        pycurl.E_SSL_CERTPROBLEM,
+        pycurl.E_SSL_CIPHER,
+        pycurl.E_SSL_CACERT_BADFILE,
+        pycurl.E_SSL_ISSUER_ERROR,
+        pycurl.E_SSL_PINNEDPUBKEYNOTMATCH,
+        pycurl.E_SSL_INVALIDCERTSTATUS,
+        pycurl.E_SSL_CRL_BADFILE,
+        pycurl.E_USE_SSL_FAILED,
+    }
+)
+_PROXY_HANDSHAKE = 97  # CURLE_PROXY: the proxy refused the tunnel or spoke nonsense
+_HTTP2_STREAM = 92  # CURLE_HTTP2_STREAM: the server reset the stream
+
+
+class CurlFailure(Exception):
+    """What libcurl said about a failed transfer; the cause of the httpx error raised."""
+
+    def __init__(
+        self, code: int, message: str, *, proxy: str | None, tls: bool, os_errno: int = 0
+    ) -> None:
+        super().__init__(f"curl error {code}: {message}")
+        self.code = code
+        self.message = message
+        self.os_errno = os_errno  # the system's error behind it (ECONNREFUSED...), or 0
+        self.proxy = proxy  # as shown (password masked), when the request went through one
+        self.tls = tls  # a TLS handshake or certificate failure
+
+    @property
+    def through_proxy(self) -> bool:
+        return self.proxy is not None
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    ca_bundle: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+
+
+class Transfer:
+    """One request on one easy handle: the response head as libcurl reports it line by line,
+    then the body, queued or poured into a sink."""
+
+    def __init__(self, engine: CurlTransport, easy: pycurl.Curl, proxy: str | None) -> None:
+        self.engine = engine
+        self.easy = easy
+        self.proxy = proxy
+        loop = engine.driver().loop
+        self.head: asyncio.Future[None] = loop.create_future()
+        self.status = 0
+        self.reason = b""
+        self.version = b"HTTP/1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: deque[bytes] = deque()
+        self.queued = 0
+        self.paused = False
+        self.sink: Sink | None = None
+        self.sink_error: BaseException | None = None
+        self.done = False
+        self.error: BaseException | None = None
+        self.reusable = False  # the handle may serve another request once this one ends
+        self._wakeup: asyncio.Future[None] | None = None
+
+    # --- called by libcurl, on the loop's thread ---------------------------------------------
+
+    def on_header(self, line: bytes) -> None:
+        if self.head.done():
+            return  # trailers
+        if line.startswith(b"HTTP/"):  # a status line: a new head (after a 1xx)
+            version, _, rest = line.rstrip(b"\r\n").partition(b" ")
+            status, _, reason = rest.strip().partition(b" ")
+            self.version = b"HTTP/2" if version == b"HTTP/2" else version
+            self.status = int(status)
+            self.reason = reason.strip()
+            self.headers = []
+        elif line in (b"\r\n", b"\n"):
+            if self.status >= 200:
+                self.head.set_result(None)
+        elif line[:1] in (b" ", b"\t") and self.headers:  # an obsolete folded line
+            name, value = self.headers[-1]
+            self.headers[-1] = (name, value + b" " + line.strip())
+        else:
+            name, _, value = line.partition(b":")
+            self.headers.append((name.strip(), value.strip()))
+
+    def on_data(self, chunk: bytes) -> int | None:
+        if self.sink is not None:
+            try:
+                self.sink(chunk)
+            except BaseException as exc:  # noqa: BLE001 - given to the consumer, not lost
+                self.sink_error = exc
+                return 0  # libcurl aborts the transfer with a write error
+            return None
+        if self.queued >= PAUSE_ABOVE:
+            self.paused = True
+            return _PAUSE  # libcurl keeps this chunk and offers it again
+        self.chunks.append(chunk)
+        self.queued += len(chunk)
+        self._wake()
+        return None
+
+    def finished(self, code: int, message: str) -> None:
+        """libcurl is done: `code` 0 when the whole response arrived."""
+        self.done = True
+        if code:
+            self.error = self.sink_error or self.engine.error_for(code, message, self)
+        if not self.head.done():
+            if self.error is not None:
+                self.head.set_exception(self.error)
+            else:  # no head at all (libcurl accepts that only for HTTP/0.9, which is off)
+                self.head.set_exception(httpx.RemoteProtocolError("no response head"))
+            self.head.exception()  # retrieved here: the waiter may be gone
+        self.engine.release(self.easy, self.reusable)
+        self._wake()
+
+    # --- called by the consumer ------------------------------------------------------------
+
+    async def next_chunk(self) -> bytes | None:
+        """What has arrived, joined; None at the end. Raises the transfer's error."""
+        while not self.chunks:
+            if self.done:
+                if self.error is not None:
+                    raise self.error
+                return None
+            await self._wait()
+        data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+        self.chunks.clear()
+        self.queued = 0
+        self._resume()
+        return data
+
+    async def pour(self, sink: Sink) -> None:
+        """Every byte of the body into `sink`, until the end. Raises the transfer's error, or
+        the sink's own if it raised."""
+        try:
+            while self.chunks:
+                sink(self.chunks.popleft())
+        except BaseException:
+            self.abandon()
+            raise
+        self.queued = 0
+        self.sink = sink
+        self._resume()
+        while not self.done:
+            await self._wait()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        if not self.done:
+            self.done = True
+            self.error = httpx.ReadError("the response was closed before its end")
+            self.engine.abandon(self.easy, self.reusable)
+
+    async def _wait(self) -> None:
+        self._wakeup = self.engine.driver().loop.create_future()
+        try:
+            await self._wakeup
+        except BaseException:
+            self.abandon()  # cancelled: the transfer goes with the reader
+            raise
+        finally:
+            self._wakeup = None
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _resume(self) -> None:
+        if self.paused and not self.done:
+            self.paused = False
+            self.easy.pause(pycurl.PAUSE_CONT)  # may deliver the held chunk right here
+
+
+class CurlBody(httpx.AsyncByteStream):
+    def __init__(self, transfer: Transfer) -> None:
+        self._transfer = transfer
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (chunk := await self._transfer.next_chunk()) is not None:
+            yield chunk
+
+    async def pour(self, sink: Sink) -> None:
+        await self._transfer.pour(sink)
+
+    async def aclose(self) -> None:
+        self._transfer.abandon()
+
+
+async def pour_body(response: httpx.Response, sink: Sink) -> None:
+    """Every byte of `response`'s body, as the server sent it (not decoded), into `sink`:
+    straight from libcurl for its responses, through httpx's raw stream for any other
+    transport's (tests with a mock transport)."""
+    body = response.extensions.get(BODY)
+    if isinstance(body, CurlBody):
+        await body.pour(sink)
+        return
+    async for chunk in response.aiter_raw():
+        sink(chunk)
+
+
+class CurlTransport(httpx.AsyncBaseTransport):
+    """Requests through one libcurl multi handle on the running event loop.
+
+    `http`: "1.1" (a connection pool of up to `max_connections`), "2" (HTTP/2 only: h2c with
+    prior knowledge on http://, ALPN h2 on https://) or "h2 or 1.1" (ALPN decides on https://).
+    HTTP/2 requests wait for the connection being set up (PIPEWAIT) and share it, as many streams
+    at once as the server allows; libcurl opens another connection beyond that.
+    """
+
+    def __init__(
+        self,
+        *,
+        http: HttpChoice,
+        max_connections: int,
+        tls: TlsOptions,
+        proxies: Proxies,
+    ) -> None:
+        self.http = http
+        self.max_connections = max(1, max_connections)
+        self.tls = tls
+        self.proxies = proxies
+        self._driver: MultiDriver | None = None
+        self._idle: list[pycurl.Curl] = []
+        self._header_memo: dict[tuple[tuple[bytes, bytes], ...], list[bytes]] = {}
+        self._closed = False
+
+    def driver(self) -> MultiDriver:
+        if self._driver is None:
+            if self._closed:
+                raise httpx.LocalProtocolError("the client was closed")
+
+            def configure(multi: pycurl.CurlMulti) -> None:
+                multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+                multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, self.max_connections)
+                multi.setopt(pycurl.M_MAXCONNECTS, self.max_connections)
+
+            self._driver = MultiDriver(asyncio.get_running_loop(), configure)
+        return self._driver
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        driver = self.driver()
+        url = request.url
+        proxy = self.proxies.for_origin(url.scheme, url.host)
+        easy = self._idle.pop() if self._idle else self._new_easy()
+        transfer = Transfer(self, easy, shown(proxy) if proxy else None)
+        try:
+            transfer.reusable = await self._prepare(easy, request, transfer, proxy)
+        except BaseException:
+            easy.close()
+            raise
+        driver.start(easy, transfer)
+        try:
+            await transfer.head
+        except BaseException:
+            transfer.abandon()
+            raise
+        body = CurlBody(transfer)
+        return httpx.Response(
+            transfer.status,
+            headers=transfer.headers,
+            stream=body,
+            extensions={
+                "http_version": transfer.version,
+                "reason_phrase": transfer.reason,
+                BODY: body,
+            },
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._driver is not None:
+            self._driver.close()
+            self._driver = None
+        for easy in self._idle:
+            easy.close()
+        self._idle.clear()
+
+    # --- easy handles ----------------------------------------------------------------------
+
+    def _new_easy(self) -> pycurl.Curl:
+        """A handle with everything that stays the same for every request of this client."""
+        easy = pycurl.Curl()
+        easy.setopt(pycurl.NOSIGNAL, 1)
+        easy.setopt(pycurl.HTTP_VERSION, _CURL_VERSIONS[self.http])
+        easy.setopt(pycurl.PIPEWAIT, 1)
+        easy.setopt(pycurl.BUFFERSIZE, BUFFER_SIZE)
+        easy.setopt(pycurl.PATH_AS_IS, 1)  # the path as httpx built it, no dot-segment squash
+        easy.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        easy.setopt(pycurl.FOLLOWLOCATION, 0)  # httpx follows redirects, with its rules
+        easy.setopt(_SUPPRESS_CONNECT_HEADERS, 1)  # a proxy's CONNECT answer is not ours
+        easy.setopt(pycurl.TCP_KEEPALIVE, 1)
+        tls = self.tls
+        if tls.insecure:
+            easy.setopt(pycurl.SSL_VERIFYPEER, 0)
+            easy.setopt(pycurl.SSL_VERIFYHOST, 0)
+            easy.setopt(pycurl.PROXY_SSL_VERIFYPEER, 0)
+            easy.setopt(pycurl.PROXY_SSL_VERIFYHOST, 0)
+        else:
+            # httpx's trust store by default (certifi), or the user's bundle.
+            bundle = str(tls.ca_bundle) if tls.ca_bundle else certifi.where()
+            easy.setopt(pycurl.CAINFO, bundle)
+            easy.setopt(pycurl.PROXY_CAINFO, bundle)
+        if tls.cert is not None:
+            easy.setopt(pycurl.SSLCERT, str(tls.cert))
+            if tls.key is not None:
+                easy.setopt(pycurl.SSLKEY, str(tls.key))
+        return easy
+
+    async def _prepare(
+        self, easy: pycurl.Curl, request: httpx.Request, transfer: Transfer, proxy: str | None
+    ) -> bool:
+        """Set `easy` up for `request`; whether it can serve another request afterwards (only a
+        plain GET leaves no method or body behind)."""
+        url = request.url
+        if url.userinfo:  # httpx turned it into an Authorization header already
+            url = url.copy_with(username=None, password=None)
+        easy.setopt(pycurl.URL, str(url))
+        easy.setopt(pycurl.PROXY, proxy or "")  # "": no proxy, whatever the environment says
+        easy.setopt(pycurl.HTTPHEADER, self._header_lines(request.headers.raw))
+        easy.setopt(pycurl.HEADERFUNCTION, transfer.on_header)
+        easy.setopt(pycurl.WRITEFUNCTION, transfer.on_data)
+        timeout = request.extensions.get("timeout", {})
+        connect, read = timeout.get("connect"), timeout.get("read")
+        easy.setopt(pycurl.CONNECTTIMEOUT_MS, int(connect * 1000) if connect else 0)
+        # httpx's read timeout: no byte for that long. libcurl's nearest rule: under 1 byte/s
+        # over that many seconds.
+        easy.setopt(pycurl.LOW_SPEED_LIMIT, 1 if read else 0)
+        easy.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(read)) if read else 0)
+        method = request.method
+        body = await request.aread()
+        if method == "GET" and not body:
+            easy.setopt(pycurl.HTTPGET, 1)
+            return True
+        if method == "HEAD":
+            easy.setopt(pycurl.NOBODY, 1)
+        else:
+            easy.setopt(pycurl.POSTFIELDS, body)
+            easy.setopt(pycurl.CUSTOMREQUEST, method)
+        return False
+
+    def release(self, easy: pycurl.Curl, reusable: bool) -> None:
+        """libcurl is done with `easy` (its connection stays in the multi's pool)."""
+        if reusable and not self._closed:
+            self._idle.append(easy)
+        else:
+            easy.close()
+
+    def abandon(self, easy: pycurl.Curl, reusable: bool) -> None:
+        if self._driver is not None and not self._driver.closed:
+            self._driver.abandon(easy)
+        self.release(easy, reusable)
+
+    def _header_lines(self, raw: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """httpx's headers as libcurl's lines; an empty value is spelled `Name;` (a bare
+        `Name:` would remove a header). A CR, LF or NUL would let one header smuggle others.
+        A run sends a few combinations over and over: each is made once."""
+        key = tuple(raw)
+        lines = self._header_memo.get(key)
+        if lines is None:
+            lines = []
+            for name, value in raw:
+                if any(c in name + value for c in (b"\r", b"\n", b"\0")):
+                    raise httpx.LocalProtocolError(f"illegal character in header {name!r}")
+                lines.append(name + b": " + value if value else name + b";")
+            if len(self._header_memo) >= _HEADER_MEMO_LIMIT:
+                self._header_memo.clear()
+            self._header_memo[key] = lines
+        return lines
+
+    # --- errors ----------------------------------------------------------------------------
+
+    def error_for(self, code: int, message: str, transfer: Transfer) -> httpx.TransportError:
+        """libcurl's error as httpx's exception (what callers of a transport expect), with
+        libcurl's code and words kept as its cause."""
+        tls = code in _TLS_ERRORS
+        os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))
+        failure = CurlFailure(code, message, proxy=transfer.proxy, tls=tls, os_errno=os_errno)
+        error: httpx.TransportError
+        if code in (pycurl.E_COULDNT_RESOLVE_PROXY, _PROXY_HANDSHAKE) or (
+            # through a proxy, the only connection libcurl makes is to the proxy
+            transfer.proxy is not None
+            and (code == pycurl.E_COULDNT_CONNECT or message.startswith("Connection timed out"))
+        ):
+            error = httpx.ProxyError(message)
+        elif code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT) or tls:
+            error = httpx.ConnectError(message)
+        elif code == pycurl.E_OPERATION_TIMEDOUT:
+            if message.startswith(("Connection timed out", "Resolving timed out")):
+                error = httpx.ConnectTimeout(message)
+            else:
+                error = httpx.ReadTimeout(message)
+        elif code in (pycurl.E_SEND_ERROR,):
+            error = httpx.WriteError(message)
+        elif code == pycurl.E_URL_MALFORMAT or (
+            code == pycurl.E_UNSUPPORTED_PROTOCOL and "HTTP/0.9" not in message
+        ):
+            error = httpx.UnsupportedProtocol(message)
+        else:  # cut bodies, resets, GOAWAY, framing errors, nothing at all, TLS cut short
+            error = httpx.RemoteProtocolError(message)
+        error.__cause__ = failure
+        return error

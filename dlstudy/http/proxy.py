@@ -1,0 +1,97 @@
+"""Which proxy a request goes through: `--proxy`, else the environment, read as httpx and
+requests read it.
+
+libcurl reads the environment itself, but not as Python users expect: it ignores `HTTP_PROXY`
+in upper case on purpose (httpoxy), where httpx and requests honour it. So dlstudy decides here,
+with the standard library's reading of `http_proxy`/`HTTP_PROXY`, `https_proxy`, `all_proxy`
+and `no_proxy` (lower case first; `HTTP_PROXY` ignored in a CGI request, as there), and hands
+libcurl an explicit proxy, or none, per origin.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.request
+
+from ..urls import redact_url
+
+PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
+
+
+class Proxies:
+    """The proxy settings in force when a client is made: `--proxy`, then the environment."""
+
+    def __init__(self, explicit: str | None = None) -> None:
+        self._explicit = explicit or None
+        self._environment = urllib.request.getproxies_environment()
+        self._chosen: dict[tuple[str, str], str | None] = {}
+
+    def for_origin(self, scheme: str, host: str) -> str | None:
+        """The proxy URL for requests to `scheme://host`, or None to connect directly.
+        `NO_PROXY` applies to `--proxy` too, as in curl."""
+        key = (scheme, host)
+        if key not in self._chosen:
+            self._chosen[key] = self._choose(scheme, host)
+        return self._chosen[key]
+
+    def _choose(self, scheme: str, host: str) -> str | None:
+        environment = self._environment
+        proxy = self._explicit or environment.get(scheme) or environment.get("all")
+        if not proxy:
+            return None
+        if bypassed(host, environment.get("no", "")):
+            return None
+        return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def bypassed(host: str, no_proxy: str) -> bool:
+    """Whether `NO_PROXY` names `host`, as curl and httpx read it: `*` for every host; a name
+    for itself and its subdomains (a leading dot or not); an address or a CIDR range; a
+    `:port` suffix is ignored."""
+    host = host.strip("[]").lower().rstrip(".")
+    address = _address(host)
+    for entry in no_proxy.replace(" ", ",").split(","):
+        entry = entry.strip().lower()
+        if entry == "*":
+            return True
+        if not entry:
+            continue
+        if entry.startswith("[") and "]" in entry:
+            entry = entry[1 : entry.index("]")]
+        elif entry.count(":") == 1:
+            entry = entry.partition(":")[0]
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        name = entry.lstrip(".").rstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def shown(proxy: str) -> str:
+    """A proxy URL fit to print: its password (and any secret query) masked."""
+    return redact_url(proxy)
+
+
+def proxy_url_problem(proxy: str) -> str | None:
+    """Why `proxy` (a `--proxy` value) cannot be used, or None."""
+    scheme, sep, rest = proxy.partition("://")
+    if not sep:
+        return None if proxy.strip() else "the proxy URL is empty"
+    if scheme.lower() not in PROXY_SCHEMES:
+        return f"unsupported proxy scheme {scheme!r} (use one of {', '.join(PROXY_SCHEMES)})"
+    if not rest.strip("/"):
+        return "the proxy URL has no host"
+    return None
