@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs: Orthanc + its DICOMweb plugin (integration
 # tests against a real third-party server), nginx and openssl (`dlstudy bench` against a static
-# DICOMweb tree), librsvg2-bin (the bench chart's PNG output) and curl (third-party client tests).
+# DICOMweb tree), librsvg2-bin (the bench chart's PNG output), curl (third-party client tests),
+# tinyproxy and microsocks (real HTTP/CONNECT and SOCKS5 proxies for the proxy tests).
 #
-# Idempotent: if the Orthanc binary, the DICOMweb plugin and curl are already there it exits at once.
-# Otherwise: apt-get update + apt-get install --no-install-recommends orthanc orthanc-dicomweb
-# (+ curl). The package's postinst would start a system-wide Orthanc on ports 8042/4242; we block
-# that with a temporary /usr/sbin/policy-rc.d (exit 101) and restore whatever was there before.
-# The tests start their own Orthanc processes on free ports with their own config and storage.
+# Idempotent: if every tool is already there it exits at once. Otherwise it installs only the
+# packages that are missing (apt-get update + apt-get install --no-install-recommends
+# --no-upgrade): packages already installed are never upgraded. The packages' postinst scripts
+# would start system-wide services (Orthanc on 8042/4242, nginx, tinyproxy); we block that with
+# a temporary /usr/sbin/policy-rc.d (exit 101) and restore whatever was there before. The tests
+# start their own processes on free ports with their own config and storage.
 #
 # Prints exactly one summary line on success. Exit codes: 0 ok, 1 install failed, 2 no privileges.
 set -euo pipefail
@@ -44,11 +46,22 @@ describe() {
     printf '%s (binary %s, plugin %s)' "$ver" "$(find_orthanc)" "$(find_plugin)"
 }
 
-PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin)
+PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin tinyproxy microsocks)
 have_tools() {
     find_orthanc >/dev/null && find_plugin >/dev/null && command -v curl >/dev/null \
         && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } \
-        && command -v openssl >/dev/null && command -v rsvg-convert >/dev/null
+        && command -v openssl >/dev/null && command -v rsvg-convert >/dev/null \
+        && { command -v tinyproxy >/dev/null || [ -x /usr/sbin/tinyproxy ]; } \
+        && command -v microsocks >/dev/null
+}
+
+# The packages of PACKAGES that are not installed (dpkg says so): only these are installed.
+missing_packages() {
+    local package status
+    for package in "${PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+        [ "$status" = "installed" ] || printf '%s\n' "$package"
+    done
 }
 
 if have_tools; then
@@ -97,21 +110,27 @@ printf '#!/bin/sh\n# temporary, written by dlstudy scripts/install-system-deps.s
 run chmod 0755 "$POLICY"
 
 # --- install ------------------------------------------------------------------------------------
+mapfile -t MISSING < <(missing_packages)
+if [ "${#MISSING[@]}" -eq 0 ]; then
+    echo "install-system-deps: every package is installed, yet a tool is missing (Orthanc, its" \
+        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy or microsocks)" >&2
+    exit 1
+fi
 start=$(date +%s)
 log=$(mktemp /tmp/install-system-deps.XXXXXX.log)
 export DEBIAN_FRONTEND=noninteractive
 if ! { run env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=300 \
         && run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
             -o DPkg::Lock::Timeout=300 \
-            -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-            "${PACKAGES[@]}"; } </dev/null >"$log" 2>&1; then
+            --no-upgrade -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+            "${MISSING[@]}"; } </dev/null >"$log" 2>&1; then
     echo "install-system-deps: apt-get failed; last lines of $log:" >&2
     tail -n 30 "$log" >&2
     exit 1
 fi
 
 # Belt and braces: if a service got started anyway (policy-rc.d ignored), stop it.
-for service in orthanc nginx; do
+for service in orthanc nginx tinyproxy; do
     if [ -x "/etc/init.d/$service" ] && run "/etc/init.d/$service" status >/dev/null 2>&1; then
         run "/etc/init.d/$service" stop >>"$log" 2>&1 || true
     fi
@@ -122,7 +141,10 @@ done
 
 if ! have_tools; then
     echo "install-system-deps: packages installed but a tool is still missing (Orthanc, its" \
-        "DICOMweb plugin, curl, nginx, openssl or rsvg-convert; see $log)" >&2
+        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy or microsocks;" \
+        "see $log)" >&2
     exit 1
 fi
-echo "install-system-deps: installed in $(( $(date +%s) - start )) s: $(describe) [log: $log]"
+upgraded=$(grep -c '^Unpacking .*(.* over ' "$log" || true)
+echo "install-system-deps: installed ${MISSING[*]} in $(( $(date +%s) - start )) s" \
+    "(${upgraded} already-installed packages upgraded as dependencies): $(describe) [log: $log]"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +37,29 @@ def assert_same_files(instances: list[Any], output: Path) -> None:
         assert target.read_bytes() == instance.path.read_bytes(), target
     written = [p for p in output.rglob("*") if p.is_file() and ".dlstudy" not in p.parts]
     assert len(written) == len(instances)
+
+
+# The console script pip installed beside this interpreter: the command users run.
+DLSTUDY = str(Path(sys.executable).with_name("dlstudy"))
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def run_installed(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The installed `dlstudy ARGS...` in a subprocess, with no proxy from this machine's
+    environment (and none of the developer's DLSTUDY_ settings) unless `env` gives one."""
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if name.lower() not in PROXY_VARIABLES and not name.startswith("DLSTUDY_")
+    }
+    return subprocess.run(
+        [DLSTUDY, *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )

@@ -9,6 +9,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.embedded_server",
     "tests.fixtures.orthanc",
+    "tests.fixtures.proxies",
 ]
 
 
