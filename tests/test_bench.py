@@ -354,7 +354,7 @@ def nginx_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     args = ["--preset", "small", "--series", "2", "--instances", "6"]
     manifest = static_tree.build_dataset(folder / "data", "tiny", args, multipart=True, log=print)
     ca, cert, key = static_tree.make_certificates(folder / "certs")
-    ports = dict(zip(("h1", "h2c", "tls"), _free_ports(3), strict=True))
+    ports = dict(zip(("h1", "h2c", "tls", "tls-tuned"), _free_ports(4), strict=True))
     conf = static_tree.nginx_conf(folder / "prefix", folder / "data", ports, cert, key, "1")
     subprocess.run([nginx, "-c", str(conf), "-p", str(folder / "prefix")], check=True, timeout=30)
     pid_file = folder / "prefix" / "nginx.pid"
