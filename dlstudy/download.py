@@ -57,8 +57,8 @@ def validate(settings: Settings, study_uids: list[str]) -> None:
     if not settings.url.lower().startswith(("http://", "https://")):
         shown = redact_url(settings.url)
         raise UsageError(f"--url must start with http:// or https://, got {shown!r}")
-    if not 1 <= settings.concurrency <= MAX_CONCURRENCY:
-        raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+    if not 0 <= settings.concurrency <= MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency must be between 0 (auto) and {MAX_CONCURRENCY}")
     if not 0 <= settings.workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be between 0 (auto) and {MAX_WORKERS}")
     if settings.retries < 0 or settings.retry_budget < 0:

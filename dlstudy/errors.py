@@ -104,13 +104,7 @@ class NothingMatchedError(DlstudyError):
 
 
 class TransferError(DlstudyError):
-    """A failure of one unit of work; `retryable` says whether trying again may help.
-
-    `collateral` marks a request that failed because its shared HTTP/2 connection went away,
-    not through any fault of its own: a stream above the last_stream_id of a GOAWAY (never
-    processed), or a stream killed when another stream's error closed the connection. Retrying
-    it is safe and costs no retry attempt.
-    """
+    """A failure of one unit of work; `retryable` says whether trying again may help."""
 
     def __init__(
         self,
@@ -119,13 +113,11 @@ class TransferError(DlstudyError):
         url: str | None = None,
         sop_instance_uid: str | None = None,
         retryable: bool = False,
-        collateral: bool = False,
     ) -> None:
         super().__init__(message)
         self.url = url
         self.sop_instance_uid = sop_instance_uid
         self.retryable = retryable
-        self.collateral = collateral
 
 
 class HttpStatusError(TransferError):

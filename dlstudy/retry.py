@@ -25,10 +25,6 @@ BACKOFF_BASE = 0.25  # seconds before the first retry (before jitter)
 BACKOFF_CAP = 10.0
 # A server may ask for a long pause; more than this and a cron run would sit idle for hours.
 RETRY_AFTER_CAP = 60.0
-# Requests that failed only because their HTTP/2 connection went away (GOAWAY, or another
-# stream's error) are re-sent without counting as attempts; this bound keeps a server that
-# kills every connection from looping us.
-MAX_COLLATERAL_RETRIES = 32
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
@@ -70,7 +66,6 @@ async def with_retries(
     """Run `attempt` until it succeeds, fails for good, or runs out of retries or time."""
     started = anyio.current_time()
     tries = 0
-    free_retries = 0
     while True:
         tries += 1
         try:
@@ -82,12 +77,6 @@ async def with_retries(
         except TransferError as exc:
             if not exc.message.startswith(what):
                 exc.message = f"{what}: {exc.message}"
-            if exc.collateral and free_retries < MAX_COLLATERAL_RETRIES:
-                free_retries += 1
-                tries -= 1  # not this request's failure: not an attempt
-                # A short pause lets the pool retire the closing connection first.
-                await anyio.sleep(min(0.01 * free_retries, 0.2))
-                continue
             retry_after = exc.retry_after if isinstance(exc, HttpStatusError) else None
             if throttle and isinstance(exc, HttpStatusError) and exc.status_code in THROTTLE_STATUS:
                 throttle.slow_down(exc.status_code, retry_after)

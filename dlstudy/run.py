@@ -25,7 +25,7 @@ from .progress import ProgressSink
 from .qido import Resolver
 from .retry import RetryPolicy
 from .schedule import entry_for, plan
-from .settings import Settings
+from .settings import Settings, concurrency_for
 from .store import InstanceRef, Store
 from .summary import Failure, Summary
 from .throttle import Throttle
@@ -62,6 +62,11 @@ class Run:
 
     async def execute(self, study_uids: list[str]) -> None:
         refs = await self.resolve(study_uids)
+        # The server has answered: the protocol is known, and with it --concurrency 0's value.
+        concurrency = concurrency_for(self.settings.concurrency, self.transport.http_version)
+        self.settings = replace(self.settings, concurrency=concurrency)
+        self.throttle.resize(concurrency)
+        self.summary.concurrency = concurrency
         work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
         self.summary.skipped = work.skipped
         self.summary.repaired = work.repaired

@@ -39,6 +39,7 @@ class Summary:
     http_version: str | None = None
     mode: str = "auto"
     processes: int = 1  # that shared the per-instance pool (--workers)
+    concurrency: int = 0  # transfers in flight at most (--concurrency, or as chosen for 0)
     retrieval: Any = None  # a Negotiator: what the server accepted (has .as_dict())
     throttle: Any = None  # a Throttle: how often the server asked us to slow down
     repaired: list[str] = field(default_factory=list)  # files found bad on disk, fetched again
@@ -79,6 +80,7 @@ class Summary:
             "http_version": self.http_version,
             "mode": self.mode,
             "processes": self.processes,
+            "concurrency": self.concurrency,
             "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
             "throttled": self.throttle.signals if self.throttle is not None else 0,
             "repaired": self.repaired,

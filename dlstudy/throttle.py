@@ -31,6 +31,11 @@ class Throttle:
         self.signals = 0  # how many throttle answers the run saw (for the summary)
         self.lowest = self.maximum
 
+    def resize(self, concurrency: int) -> None:
+        """The configured concurrency, once known (see settings.concurrency_for)."""
+        self.maximum = self.lowest = max(1, concurrency)
+        self.limiter.total_tokens = self.maximum
+
     @property
     def limit(self) -> int:
         return int(self.limiter.total_tokens)

@@ -27,7 +27,7 @@ import httpx
 from .errors import AuthError, ConnectError, DlstudyError, TransferError
 from .http.curl import CurlFailure, CurlTransport, HttpChoice, TlsOptions
 from .http.proxy import Proxies
-from .settings import HttpVersion, Settings
+from .settings import AUTO_CONCURRENCY_HTTP1, HttpVersion, Settings
 from .urls import redact_url, split_base_url
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx
     httpx's own transport here, which respx patches.)"""
     return CurlTransport(
         http=http,
-        max_connections=max(1, settings.concurrency) + 2,
+        max_connections=(settings.concurrency or AUTO_CONCURRENCY_HTTP1) + 2,
         tls=TlsOptions(settings.ca_bundle, settings.cert, settings.key, settings.insecure),
         proxies=proxies,
     )

@@ -59,7 +59,26 @@ def test_download_is_byte_exact_over_every_protocol(
     assert summary["bytes"] == sum(i.size for i in synth_study.instances)
     assert summary["http_version"] == expected_version
     assert summary["retrieval"]["form"] == "single-part"
+    # --concurrency 0 (the default): many streams on one HTTP/2 connection, few connections
+    assert summary["concurrency"] == (64 if expected_version == "HTTP/2" else 8)
     assert_same_files(synth_study.instances, out)
+
+
+def test_a_given_concurrency_is_kept_and_never_exceeded(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    url = embedded_server(synth_study.root)
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--json",
+        "-c", "3", "--workers", "1", "--mode", "instance",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["concurrency"] == 3
+    assert seen_requests.instance_requests == len(synth_study.instances)
+    assert 2 <= seen_requests.peak_instances <= 3
 
 
 def test_thousand_instance_study_and_rerun_skips_everything(

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--preset", help=f"Synthetic study to generate: {', '.join(PRESETS)}."),
         ] = "small",
         http: Annotated[str, typer.Option("--http", help="HTTP version: auto, 1.1 or 2.")] = "auto",
-        concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 8,
+        concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 0,
         keep: Annotated[
             Path | None, typer.Option("--keep", help="Keep the downloaded study in this folder.")
         ] = None,

@@ -14,7 +14,7 @@ from ..settings import DEFAULT_LAYOUT
 from ..summary import Summary
 from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import build_settings, option
+from .connection import DEFAULTS, build_settings, option
 from .sharding import ShardOpt, finish_empty_shard, select_shard, shard_option
 
 
@@ -80,7 +80,12 @@ WorkersOpt = Annotated[
 ]
 ConcurrencyOpt = Annotated[
     int,
-    _opt("--concurrency", "-c", envvar="DLSTUDY_CONCURRENCY", help="Instances in flight at once."),
+    _opt(
+        "--concurrency",
+        "-c",
+        envvar="DLSTUDY_CONCURRENCY",
+        help="Instances in flight at once; 0: 64 over HTTP/2, 8 over HTTP/1.1.",
+    ),
 ]
 HttpOpt = Annotated[str, _opt("--http", envvar="DLSTUDY_HTTP", help="HTTP version: auto, 1.1, 2.")]
 ModeOpt = Annotated[
@@ -173,7 +178,7 @@ def register(app: typer.Typer) -> None:
         from_file: FromFileOpt = None,
         series: SeriesOpt = None,
         modality: ModalityOpt = None,
-        concurrency: ConcurrencyOpt = 8,
+        concurrency: ConcurrencyOpt = DEFAULTS.concurrency,
         workers: WorkersOpt = 0,
         http: HttpOpt = "auto",
         mode: ModeOpt = "auto",

@@ -36,9 +36,9 @@ BODY = "dlstudy.body"
 # Body bytes a reader may leave unread before the transfer is paused.
 PAUSE_ABOVE = 1 << 20
 # libcurl's receive buffer: larger reads mean fewer write callbacks (each a Python call).
-BUFFER_SIZE = 256 * 1024
+BUFFER_SIZE = 64 * 1024
 # Bytes a sink is given at a time (see Transfer.on_data).
-SINK_BATCH = 256 * 1024
+SINK_BATCH = 128 * 1024
 _HEADER_MEMO_LIMIT = 64
 # Options pycurl knows by number only.
 _SUPPRESS_CONNECT_HEADERS = 265
