@@ -13,9 +13,10 @@ DEFAULT_LAYOUT = "{study}/{series}/{sop}.dcm"
 # `--concurrency 0` (the default): HTTP/2 streams are cheap for client and server alike, and
 # far from the server each 512 KiB instance costs two round trips (libcurl opens a stream's
 # window past 64 KiB once the response head is in), so many streams keep the link full; over
-# HTTP/1.1 each transfer is a connection of the server's.
+# HTTP/1.1 each transfer is a connection the server holds, and a request costs a round trip
+# of its own: 16, as many as the curl --parallel it is measured against.
 AUTO_CONCURRENCY_HTTP2 = 64
-AUTO_CONCURRENCY_HTTP1 = 8
+AUTO_CONCURRENCY_HTTP1 = 16
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def test_download_is_byte_exact_over_every_protocol(
     assert summary["http_version"] == expected_version
     assert summary["retrieval"]["form"] == "single-part"
     # --concurrency 0 (the default): many streams on one HTTP/2 connection, few connections
-    assert summary["concurrency"] == (64 if expected_version == "HTTP/2" else 8)
+    assert summary["concurrency"] == (64 if expected_version == "HTTP/2" else 16)
     assert_same_files(synth_study.instances, out)
 
 
