@@ -35,7 +35,15 @@ class Counters:
         self.bytes = 0
         self.started = clock()
 
+    def outcome(self) -> str:
+        """How the transfers ended: `done`, `N failed`, or `stopped` (interrupted, or a fatal
+        error, before every instance was accounted for)."""
+        if self.done + self.failed < self.total:
+            return "stopped"
+        return f"{self.failed} failed" if self.failed else "done"
+
     def rate(self) -> float:
+        """Bytes received per second since the run started: the summary's MB/s, live."""
         elapsed = self.clock() - self.started
         return self.bytes / elapsed if elapsed > 0 else 0.0
 
@@ -110,8 +118,7 @@ class PlainProgress:
 
     def start(self, total: int, skipped: int) -> None:
         self.counters.total = total - skipped
-        self.counters.started = self.counters.clock()
-        self._next = self.counters.started + self.interval
+        self._next = self.counters.clock() + self.interval
         note = f" ({skipped} already present)" if skipped else ""
         self._emit(f"downloading {total - skipped} of {total} instances{note}")
 

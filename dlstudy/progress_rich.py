@@ -48,11 +48,10 @@ class RichProgress:
         self.progress.start()
 
     def resolving(self, study_uid: str) -> None:
-        self.progress.update(self.task, description=f"resolving {study_uid[-24:]}")
+        self.progress.update(self.task, description=f"resolving {study_uid}")
 
     def start(self, total: int, skipped: int) -> None:
         self.counters.total = total - skipped
-        self.counters.started = self.counters.clock()
         if skipped:
             self.console.print(f"{skipped} of {total} instances already present, skipping")
         self.progress.update(self.task, description="downloading", total=max(total - skipped, 0))
@@ -65,10 +64,10 @@ class RichProgress:
         self.progress.advance(self.task)
 
     def instance_failed(self, ref: InstanceRef, reason: str) -> None:
+        # Counted on the bar; the summary at the end lists each failure once, with its reason.
         self.counters.failed += 1
         self.progress.advance(self.task)
-        self.console.print(Text.assemble(("failed: ", "red"), reason))
 
     def close(self) -> None:
-        self.progress.update(self.task, description="done")
+        self.progress.update(self.task, description=self.counters.outcome())
         self.progress.stop()

@@ -79,6 +79,27 @@ class Pager:
         self.transport = transport
         self.page_size = page_size
         self.policy = policy
+        self._root_checked = False
+
+    async def check_root(self) -> None:
+        """A 404 means "no such study" only when a DICOMweb server says it: before believing
+        one, ask the root's own study search, once; if what answers is no DICOMweb server (a
+        mistyped path, a web page), the run stops with exit 3 saying what came back."""
+        if self._root_checked:
+            return
+        base = self.transport.base_url
+        response = await self.transport.get(
+            f"{base}/studies", headers={"Accept": DICOM_JSON}, params={"limit": "1"}
+        )
+        check_auth(response)
+        problem = root_problem(response)
+        if problem is not None:
+            shown = redact_url(base)
+            raise ServerError(
+                f"{shown} is not a DICOMweb root: {shown}/studies answered {problem} ({ROOT_HINT})",
+                url=shown,
+            )
+        self._root_checked = True
 
     async def fetch_all(
         self,
@@ -94,6 +115,7 @@ class Pager:
             page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
             page = await self._get_page(url, page_params)
             if page is None:
+                await self.check_root()
                 return None
             items, truncated = page
             new = 0
@@ -159,7 +181,12 @@ class Pager:
         try:
             data = response.json()
         except ValueError as exc:
-            raise ServerError(f"QIDO answer is not JSON on {shown}", url=shown) from exc
+            what = describe_answer(response)
+            raise ServerError(
+                f"QIDO answer is not JSON ({what}) on {shown}: is --url a DICOMweb root? "
+                f"({ROOT_HINT})",
+                url=shown,
+            ) from exc
         if isinstance(data, dict):
             data = [data]  # some servers send a lone object for a single match
         if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
@@ -168,6 +195,33 @@ class Pager:
             )
         truncated = response.status_code == 206 or _has_more_warning(response.headers)
         return data, truncated
+
+
+ROOT_HINT = "DICOMweb roots usually end in /dicomweb, /dicom-web, /wado-rs or /rs"
+_JSON_TYPES = ("application/dicom+json", "application/json")
+
+
+def root_problem(response: httpx.Response) -> str | None:
+    """What is wrong with a study search's answer for a DICOMweb root, or None."""
+    if response.status_code == 204:
+        return None
+    mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if response.status_code == 200 and mime in _JSON_TYPES:
+        try:
+            data = response.json()
+        except ValueError:
+            return "HTTP 200 with a body that is not JSON"
+        if isinstance(data, list | dict):
+            return None
+        return "HTTP 200 with JSON that is no list of studies"
+    return describe_answer(response)
+
+
+def describe_answer(response: httpx.Response) -> str:
+    """`HTTP 404 (an HTML page)`, `HTTP 200 (text/plain)` and the like."""
+    mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    kind = "an HTML page" if mime == "text/html" else (mime or "no content type")
+    return f"HTTP {response.status_code} ({kind})"
 
 
 def _has_more_warning(headers: httpx.Headers) -> bool:

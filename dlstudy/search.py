@@ -37,6 +37,8 @@ INCLUDE_FIELDS = (TAG_DESCRIPTION, TAG_MODALITIES, TAG_STUDY_SERIES, TAG_STUDY_I
 
 _DATE_RE = re.compile(r"\d{8}")
 _RELATIVE_DAYS_RE = re.compile(r"(\d{1,4})d")
+_ISO_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_RANGE_RE = re.compile(r"(\d{4}-\d{2}-\d{2})?[-/](\d{4}-\d{2}-\d{2})?")
 _TAG_RE = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 _CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
 
@@ -188,12 +190,18 @@ def parse_study_date(text: str, today: dt.date | None = None) -> str:
     if relative:
         start = today - dt.timedelta(days=int(relative.group(1)))
         return f"{start:%Y%m%d}-{today:%Y%m%d}"
+    iso = _ISO_RANGE_RE.fullmatch(value)
+    if _ISO_DATE_RE.fullmatch(value):
+        value = value.replace("-", "")
+    elif iso:  # 2026-01-01-2026-01-31, 2026-01-01/2026-01-31 (ISO 8601), open ends too
+        value = f"{(iso.group(1) or '').replace('-', '')}-{(iso.group(2) or '').replace('-', '')}"
     low, sep, high = value.partition("-")
     parts = [p for p in (low, high) if p] if sep else [low]
     if not parts or not all(_is_date(p) for p in parts) or (sep and low and high and low > high):
         raise UsageError(
-            f"--study-date must be YYYYMMDD, a range YYYYMMDD-YYYYMMDD (either end may be "
-            f"open), today, yesterday or Nd, not {text[:40]!r}"
+            f"--study-date must be YYYYMMDD or YYYY-MM-DD, a range YYYYMMDD-YYYYMMDD or "
+            f"YYYY-MM-DD/YYYY-MM-DD (either end may be open), today, yesterday or Nd, "
+            f"not {text[:40]!r}"
         )
     return value
 

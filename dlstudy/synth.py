@@ -42,6 +42,9 @@ class SynthSpec:
     frames: int = 1
     modality: str = "CT"
     seed: int = 0
+    # Study dates: None for one a day from 2026-01-05; else (first, last) as YYYYMMDD, the
+    # studies spread evenly over that range.
+    study_dates: tuple[str, str] | None = None
 
 
 PRESETS: dict[str, SynthSpec] = {
@@ -108,19 +111,34 @@ def _check(spec: SynthSpec) -> None:
         raise ValueError("size must be below 4 GiB (native pixel data has a 32-bit length)")
     if not spec.modality.isalnum() or len(spec.modality) > 16:
         raise ValueError(f"not a modality code: {spec.modality!r}")
+    if spec.study_dates is not None:
+        first, last = spec.study_dates
+        if not first or not last or first > last:
+            raise ValueError("study dates need a first and a last date, in order")
+
+
+def _study_date(spec: SynthSpec, study: int) -> dt.date:
+    if spec.study_dates is None:
+        return _BASE_DATE + dt.timedelta(days=study)
+    first, last = (dt.datetime.strptime(d, "%Y%m%d").date() for d in spec.study_dates)
+    span = (last - first).days
+    return first + dt.timedelta(days=span * study // max(1, spec.studies - 1))
 
 
 def _uid(spec: SynthSpec, *parts: object) -> str:
     # `2.25.` + a 128-bit integer (PS3.5 B.2), here a hash of seed and position rather than a
     # random UUID: the same spec always yields the same UIDs, another seed other ones.
     # (pydicom's generate_uid ignores its entropy sources when the prefix is 2.25.)
-    text = "/".join(["dlstudy-synth", str(spec.seed), *map(str, parts)])
+    # The shape is part of it: another preset (or size) into the same folder is another study,
+    # never an overwrite of the first.
+    shape = f"{spec.modality}/{spec.series}x{spec.instances}x{spec.size}x{spec.frames}"
+    text = "/".join(["dlstudy-synth", str(spec.seed), shape, *map(str, parts)])
     return f"2.25.{int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], 'big')}"
 
 
 def _study_attributes(spec: SynthSpec, study: int) -> Dataset:
     rng = random.Random(f"{spec.seed}/{study}")
-    date = (_BASE_DATE + dt.timedelta(days=study)).strftime("%Y%m%d")
+    date = _study_date(spec, study).strftime("%Y%m%d")
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.StudyDate = date

@@ -59,6 +59,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
     if isinstance(exc, httpx.ConnectError):
         if curl is not None and curl.tls:
+            if "wrong version number" in said or "packet length too long" in said:
+                said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
             return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
         if curl is not None and curl.code == 6:  # CURLE_COULDNT_RESOLVE_HOST
             return ConnectError(f"cannot resolve host {parsed.host!r} ({shown})", url=shown)
@@ -74,6 +76,34 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     if isinstance(exc, httpx.TransportError | OSError):
         return TransferError(f"network error ({said}) on {shown}", url=shown, retryable=True)
     return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
+
+
+# libcurl's codes for a server that sent nothing, or nothing like HTTP: empty reply, weird
+# reply, an HTTP/0.9-looking reply, an HTTP/2 framing error.
+_NO_ANSWER = frozenset({52, 8, 1, 16})
+
+
+def _no_answer(exc: BaseException) -> bool:
+    curl = _curl_failure(exc)
+    return isinstance(exc, httpx.ProtocolError) and curl is not None and curl.code in _NO_ANSWER
+
+
+def _no_http_answer(exc: BaseException, url: str) -> ConnectError:
+    """The run's first request got no HTTP answer at all: nothing a retry would change. A TLS
+    port asked in plain text closes the connection or answers with TLS records."""
+    curl = _curl_failure(exc)
+    said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
+    parsed = httpx.URL(url)
+    shown = redact_url(url)
+    if curl is not None and curl.code == 16:  # CURLE_HTTP2: the answer was no HTTP/2
+        return ConnectError(
+            f"{_netloc(parsed)} does not speak HTTP/2 ({said}); try --http 1.1 ({shown})",
+            url=shown,
+        )
+    hint = "; if it speaks TLS, use https://" if parsed.scheme == "http" else ""
+    return ConnectError(
+        f"{_netloc(parsed)} gave no HTTP answer ({said}){hint} ({shown})", url=shown
+    )
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -268,6 +298,8 @@ class Transport:
                 url, headers=headers, params=self._params(url, params)
             )
         except Exception as exc:
+            if self.http_version is None and _no_answer(exc):
+                raise _no_http_answer(exc, url) from exc
             if is_translatable(exc):
                 raise translate_error(exc, url) from exc
             raise

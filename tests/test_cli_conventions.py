@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typer.testing import CliRunner
 from dlstudy.cli.app import COMMANDS, app, build_app
 from dlstudy.cli.connection import NO_ENVVAR
 from dlstudy.config import load
+
+from .cli_helpers import run_installed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -134,3 +137,78 @@ def test_the_app_built_for_one_command_runs_it_as_the_whole_app_does(name: str) 
         assert f"dlstudy {name}" in whole.output
     one = typer.main.get_command(build_app(name))
     assert sorted(one.commands) == sorted(n for n, m in COMMANDS.items() if m == COMMANDS[name])  # type: ignore[attr-defined]
+
+
+def test_usage_errors_are_one_line_naming_the_help_to_read() -> None:
+    cases = [
+        (["download", "--urll", "x"], "No such option: --urll", "dlstudy download --help"),
+        (["download", "1.2.3", "--url", "http://x", "-c", "abc"], "'abc' is not a valid int",
+         "dlstudy download --help"),
+        (["nosuch"], "No such command 'nosuch'", "dlstudy --help"),
+    ]  # fmt: skip
+    for args, what, help_hint in cases:
+        result = run_installed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("dlstudy: error: ") and what in line and help_hint in line
+
+
+def test_version_names_dlstudy_and_libcurl() -> None:
+    for flag in ("--version", "-V"):
+        result = run_installed(flag)
+        assert result.returncode == 0, result.stderr
+        assert re.fullmatch(r"dlstudy \S+ \(PycURL/\S+ libcurl/8\.\S+ .*\)\n", result.stdout)
+
+
+def test_synth_into_a_file_and_serve_on_a_busy_port_say_so_in_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    result = run_installed("synth", str(a_file))
+    assert result.returncode == 2
+    assert result.stderr == f"dlstudy: error: synth: {a_file} is not a folder\n"
+    assert a_file.read_text() == "mine"
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_installed("serve", str(tmp_path), "--port", str(port))
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if "error" in x]
+    assert line == (
+        f"dlstudy: error: serve: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another --port, or 0)"
+    )
+
+
+def test_help_groups_the_options_and_names_their_values() -> None:
+    result = run_installed("download", "--help", env={"COLUMNS": "120", "TERM": "dumb"})
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for panel in ("Connection", "Authentication", "What to fetch", "Behaviour", "Output",
+                  "Configuration"):  # fmt: skip
+        assert f"─ {panel} " in text, panel
+    for shown in ("--url", "URL", "Required", "--http", "auto|1.1|2", "--timeout", "SECONDS"):
+        assert shown in text, shown
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("dlstudy download --mode ", ["auto", "instance", "series", "study"]),
+        ("dlstudy download --http ", ["auto", "1.1", "2"]),
+        ("dlstudy sync --log-format ", ["text", "json"]),
+        ("dlstudy synth out --preset ", ["small", "ct", "mr", "many", "wsi"]),
+    ],
+)
+def test_the_shell_completes_option_values(words: str, expected: list[str]) -> None:
+    result = run_installed(
+        env={
+            "_DLSTUDY_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split())),
+        }
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected

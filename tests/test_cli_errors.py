@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli_helpers import run_cli, summary_of
+from .cli_helpers import run_cli, run_installed, summary_of
 from .fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -240,3 +240,26 @@ def test_cut_connections_are_retried_or_reported_and_leave_no_partial_file(
     for instance in synth_study.instances:
         target = tmp_path / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
         assert target.read_bytes() == instance.path.read_bytes()
+
+
+@pytest.mark.integration
+def test_plain_http_to_a_tls_port_and_tls_to_a_plain_port_say_which_to_use(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """One attempt, exit 3, and the scheme to use: retrying cannot change the answer."""
+    tls_url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    plain_url = embedded_server(synth_study.root)
+    cases = [
+        (tls_url.replace("https://", "http://"), "gave no HTTP answer", "use https://"),
+        (plain_url.replace("http://", "https://"), "does not speak TLS", "use http://"),
+    ]
+    for url, what, hint in cases:
+        for http in ("auto", "1.1"):
+            result = run_installed(
+                "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path),
+                "--http", http, "--ca-bundle", str(tls_ca.ca_pem),
+            )  # fmt: skip
+            assert result.returncode == 3, result.stderr
+            (line,) = [x for x in result.stderr.splitlines() if x.startswith("dlstudy: error:")]
+            assert what in line and hint in line
+            assert "attempts" not in line  # not retried

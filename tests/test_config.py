@@ -10,7 +10,8 @@ import pytest
 
 from dlstudy.config import ConfigError, default_path, find, load
 
-from .cli_helpers import run_cli
+from .cli_helpers import run_cli, run_installed
+from .fixtures.embedded_server import StartServer, SynthStudy
 
 KNOWN = {"url", "output", "concurrency", "mode", "token", "password", "ca_bundle", "modality"}
 
@@ -256,3 +257,44 @@ def test_keys_of_other_commands_are_accepted(tmp_path: Path) -> None:
     result = run_cli("query", "--config", str(config))
     assert result.exit_code == 3, result.output
     assert "connection refused" in result.stderr
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "config.toml"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", ["download", "query", "sync", "bench"])
+def test_a_config_made_for_every_command_serves_each_one(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, command: str
+) -> None:
+    """The README's example config plus keys only some commands take (workers, log-format):
+    the installed CLI runs every command with it, each taking the keys it knows (the CLI
+    builds only the command it runs, so the check must know all of them)."""
+    url = embedded_server(synth_study.root)
+    text = EXAMPLE.read_text().replace("/data/studies", str(tmp_path / "out"))
+    text = text.replace('server = "pacs"', 'server = "here"')
+    text = text.replace(
+        "[defaults] # every command, every profile",
+        ("[defaults] # every command, every profile\nworkers = 1\nlog-format = 'text'"),
+    )
+    config = write(tmp_path / "c.toml", text + f"\n[servers.here]\nurl = '{url}'\n")
+    args = {
+        "download": ["download", synth_study.study_uid, "--quiet"],
+        "query": ["query", "--uids"],
+        "sync": ["sync", "--quiet"],
+        "bench": ["bench", synth_study.study_uid, "--repeat", "1", "--json"],
+    }[command]
+    result = run_installed(*args, "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    if command == "download":
+        assert len(list((tmp_path / "out").rglob("*.dcm"))) == len(synth_study.instances)
+    if command == "query":
+        assert result.stdout.split() == [synth_study.study_uid]
+
+
+def test_a_key_no_command_knows_is_still_an_error(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.toml", "[defaults]\noutptu = 'x'\n")
+    for command in (["query"], ["download", "1.2.3"], ["sync"], ["bench", "1.2.3"]):
+        result = run_installed(*command, "--config", str(config), "--url", "http://127.0.0.1:9/x")
+        assert result.returncode == 2, result.stderr
+        assert f"unknown key 'outptu' in [defaults] of {config}" in result.stderr

@@ -403,11 +403,11 @@ def test_h2c_to_an_http11_only_server_is_a_protocol_error_at_once(keep_open: boo
     server keeps the connection open after its 400 (no wait for a timeout)."""
 
     async def test() -> None:
-        async with Http11Only(keep_open=keep_open) as server, client(timeout=10) as c:
+        async with Http11Only(keep_open=keep_open) as server, client(timeout=30) as c:
             started = asyncio.get_running_loop().time()
             with pytest.raises(httpx.ProtocolError):
                 await c.get(server.url + "/studies")
-            assert asyncio.get_running_loop().time() - started < 2
+            assert asyncio.get_running_loop().time() - started < 10  # not the 30 s timeout
             assert server.request_lines == [b"PRI * HTTP/2.0\r\n"]
 
     run(test)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from rich.console import Console
 
@@ -61,7 +62,39 @@ def test_rich_progress_renders_instances_bytes_rate_and_failures() -> None:
     assert "1/4 instances (1 failed)" in text
     assert "3/4 instances (1 failed)" in text and "in 0:03" in text  # elapsed once complete
     assert "4.0 MB" in text and "2.0 MB/s" in text
-    assert "failed: instance 1.2.3.4: [bad] HTTP 500" in text  # brackets are not markup
+    # Failures are counted on the bar and listed once, by the summary at the end.
+    assert "HTTP 500" not in text
+    assert _last_line(text).startswith("1 failed ")
+
+
+def _final_label(events: list[str]) -> str:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    sink = RichProgress(console, clock=FakeClock())
+    uid = "1.2.826.0.1.3680043.8.498.10368276145766581392437474382614256379"
+    sink.resolving(uid)
+    sink.progress.refresh()
+    assert f"resolving {uid}" in out.getvalue()  # the whole UID, not its tail
+    sink.start(total=2, skipped=0)
+    for event in events:
+        if event == "done":
+            sink.instance_done(REF, 1)
+        else:
+            sink.instance_failed(REF, "x")
+    sink.close()
+    return _last_line(out.getvalue()).split()[0]
+
+
+def _last_line(text: str) -> str:
+    """The last line drawn (cursor codes and carriage-return redraws dropped)."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return [line for line in re.split(r"[\r\n]", text) if line.strip()][-1]
+
+
+def test_the_bar_ends_saying_how_the_run_ended() -> None:
+    assert _final_label(["done", "done"]) == "done"
+    assert _final_label(["done", "failed"]) == "1"  # "1 failed ..."
+    assert _final_label(["done"]) == "stopped"  # interrupted, or stopped by a fatal error
 
 
 def test_null_progress_accepts_everything_silently() -> None:

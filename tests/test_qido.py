@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("httpcore_pool")
 
 BASE = "http://pacs.test/dicomweb"
 SERIES_URL = f"{BASE}/studies/{STUDY}/series"
+ROOT_SEARCH = f"{BASE}/studies"
 
 
 def resolve(page_size: int = 2, **filters: Any) -> list[Any]:
@@ -183,8 +185,30 @@ def test_lone_object_instead_of_a_list_is_one_result() -> None:
 @respx.mock
 def test_unknown_study_is_nothing_matched(response: httpx.Response) -> None:
     respx.get(SERIES_URL).mock(return_value=response)
+    respx.get(ROOT_SEARCH).mock(return_value=httpx.Response(200, json=[]))
 
     with pytest.raises(NothingMatchedError, match=f"study {STUDY} not found"):
+        resolve()
+
+
+@pytest.mark.parametrize(
+    ("root", "said"),
+    [
+        (httpx.Response(404, text="Not Found"), "HTTP 404 (text/plain)"),
+        (httpx.Response(200, html="<html>login</html>"), "HTTP 200 (an HTML page)"),
+        (httpx.Response(200, text="[]"), "HTTP 200 (text/plain)"),
+    ],
+    ids=["404", "html", "not-json"],
+)
+@respx.mock
+def test_a_404_from_something_that_is_no_dicomweb_root_is_a_server_error(
+    root: httpx.Response, said: str
+) -> None:
+    """A mistyped path must not read as "study not found" (exit 4): exit 3, saying why."""
+    respx.get(SERIES_URL).mock(return_value=httpx.Response(404))
+    respx.get(ROOT_SEARCH).mock(return_value=root)
+
+    with pytest.raises(ServerError, match=f"is not a DICOMweb root: .*answered {re.escape(said)}"):
         resolve()
 
 

@@ -6,6 +6,8 @@ connected by real pipes, as cron, a shell or a cluster scheduler would.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -20,7 +22,7 @@ import pytest
 from dlstudy.server import ServerOptions, running_server
 from dlstudy.synth import SynthInstance, SynthSpec, generate
 
-from .cli_helpers import assert_same_files, run_cli, summary_of
+from .cli_helpers import assert_same_files, run_cli, run_installed, summary_of
 from .fixtures.embedded_server import StartServer
 
 pytestmark = pytest.mark.integration
@@ -69,9 +71,14 @@ def test_query_prints_every_form(
     assert {row["study_uid"] for row in rows} == everything
     assert all(row["instances"] == 6 and row["modalities"] == ["CT"] for row in rows)
 
-    result = run_cli("query", "--url", url, "--csv")
-    assert result.stdout.splitlines()[0].startswith("study_uid,patient_id,patient_name")
-    assert len(result.stdout.splitlines()) == 5
+    result = run_installed("query", "--url", url, "--csv")
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(table) == 4
+    # --csv has every field --json has, study_time included, with the same values.
+    assert list(table[0]) == list(rows[0])
+    by_uid = {row["study_uid"]: row for row in rows}
+    for line in table:
+        assert line["study_time"] == by_uid[line["study_uid"]]["study_time"] != ""
 
     result = run_cli("query", "--url", url)  # not a terminal: tab-separated, header first
     assert result.stdout.splitlines()[0].split("\t")[:2] == ["study_uid", "patient_id"]
@@ -102,6 +109,9 @@ def test_query_filters(
     on_date = {r["study_uid"] for r in rows if r["study_date"] == date}
     assert uids("--study-date", date) == on_date
     assert uids("--study-date", f"{date}-{date}") == on_date
+    iso = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    assert uids("--study-date", iso) == on_date  # ISO 8601 too
+    assert uids("--study-date", f"{iso}/{iso}") == on_date
     assert len(uids("--modality", "ct", "--modality", "MR")) == 4
 
     nothing = run_cli("query", "--url", url, "--modality", "MR")
@@ -269,9 +279,20 @@ def test_sync_exit_codes(
     url = embedded_server(root)
     out = tmp_path / "mirror"
 
+    # A quiet night is no error for cron: exit 0, nothing said with --quiet.
     nothing = run_cli("sync", "--url", url, "-o", str(out), "--modality", "MR", "--json")
-    assert nothing.exit_code == 4
-    assert summary_of(nothing)["error"] == "no study matched the search"
+    assert nothing.exit_code == 0, nothing.output
+    assert summary_of(nothing)["error"] is None
+    assert summary_of(nothing)["sync"]["matched"] == 0
+    quiet = run_installed("sync", "--url", url, "-o", str(out), "--modality", "MR", "--quiet")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    # ... but a wrong URL never reads as an empty result.
+    for wrong in (url.replace("/dicomweb", "/dicom-web"), url.replace("/dicomweb", "")):
+        broken = run_installed("sync", "--url", wrong, "-o", str(out), "--quiet")
+        assert broken.returncode == 3, broken.stderr
+        assert f"{wrong} is not a DICOMweb root: {wrong}/studies answered HTTP 404" in (
+            broken.stderr
+        )
 
     refused = run_cli("sync", "--url", "http://127.0.0.1:1/dicomweb", "-o", str(out))
     assert refused.exit_code == 3
@@ -401,3 +422,78 @@ def test_a_shard_with_no_study_succeeds(tmp_path: Path, embedded_server: StartSe
     assert result.exit_code == 0, result.output
     assert f"shard {other}/2: none of the 1 studies is in this shard" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_example_crontab_line_runs_as_written(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """examples/crontab's command, with only its paths moved into tmp_path and its `pacs`
+    profile pointing at the embedded server: a night without new studies is silent, exit 0,
+    and logs its summary."""
+    root, _ = cohort
+    url = embedded_server(root)
+    crontab = Path(__file__).resolve().parent.parent / "examples" / "crontab"
+    (line,) = [x for x in crontab.read_text().splitlines() if x and not x.startswith("#")]
+    command = line.split()[5:]  # after the five schedule fields
+    assert command[0].endswith("/dlstudy")
+    log_file = tmp_path / "sync.jsonl"
+    moved = {"/data/mirror": str(tmp_path / "mirror"), "/var/log/dlstudy/sync.jsonl": str(log_file)}
+    args = [moved.get(arg, arg) for arg in command[1:]]
+    config = tmp_path / "config.toml"
+    config.write_text(f"[servers.pacs]\nurl = '{url}'\n")
+    result = run_installed(*args, env={"DLSTUDY_CONFIG": str(config)})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    events = [json.loads(x) for x in log_file.read_text().splitlines()]
+    (summary,) = [e for e in events if e["event"] == "run_summary"]
+    assert summary["exit_status"] == 0 and summary["failed"] == 0
+
+
+def test_download_takes_log_format_and_sync_takes_workers(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    root, instances = cohort
+    # Every other answer a 503: each retry is a log record.
+    url = embedded_server(root, fault_rate=0.5, fault_status=503, seed=3)
+    log_file = tmp_path / "download.jsonl"
+    study = instances[0].study_uid
+    result = run_installed(
+        "download", study, "--url", url, "-o", str(tmp_path / "a"), "--quiet",
+        "--log-file", str(log_file), "--log-format", "json", "--retries", "20",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any("retrying" in record.get("message", "") for record in records)
+    assert all("event" in record for record in records)
+
+    result = run_installed(
+        "sync", "--url", url, "-o", str(tmp_path / "b"), "--workers", "1", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["processes"] == 1
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_query_table_keeps_identifiers_whole_at_any_width(width: int) -> None:
+    """On a terminal: study UIDs, patient IDs and dates are never cut; a narrow terminal gets
+    two lines a study rather than a table with its columns dropped."""
+    from dlstudy.cli.query_cmd import render
+    from dlstudy.search import StudyRecord
+
+    uid = "1.2.826.0.1.3680043.8.498.10368276145766581392437474382614256379"
+    record = StudyRecord(
+        study_uid=uid, patient_id="PAT-000123456", patient_name="NGUYEN^CHLOE",
+        study_date="20260105", study_time="083000", accession="A1",
+        description="CT CHEST WITH CONTRAST PROTOCOL 7", modalities=("CT", "SR"), series=4,
+        instances=1203,
+    )  # fmt: skip
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", str(width))
+        render([record, record], "table", out)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= width for line in lines)
+    text = out.getvalue()
+    assert text.count(uid) == 2 and text.count("PAT-000123456") == 2
+    assert text.count("20260105") == 2 and "1203" in text
+    if width >= 200:
+        assert "NGUYEN^CHLOE" in text and "Description" in text

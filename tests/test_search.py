@@ -13,7 +13,7 @@ import pytest
 import respx
 
 from dlstudy.cli.query_cmd import render
-from dlstudy.errors import AuthError, UsageError
+from dlstudy.errors import AuthError, ServerError, UsageError
 from dlstudy.search import (
     StudyQuery,
     StudyRecord,
@@ -131,8 +131,19 @@ def test_a_lone_object_a_404_and_an_auth_failure() -> None:
     respx.get(STUDIES_URL).mock(return_value=httpx.Response(200, json=study_json("1.9")))
     assert [r.study_uid for r in run_search(StudyQuery())] == ["1.9"]
 
-    respx.get(STUDIES_URL).mock(return_value=httpx.Response(404))
+    # A 404 is "no match" when the root's own study search answers as DICOMweb ...
+    def no_match_but_a_root(request: httpx.Request) -> httpx.Response:
+        if "offset" in request.url.params:
+            return httpx.Response(404)
+        return httpx.Response(200, json=[], headers={"content-type": "application/dicom+json"})
+
+    respx.get(STUDIES_URL).mock(side_effect=no_match_but_a_root)
     assert run_search(StudyQuery()) == []
+
+    # ... and a wrong URL when it does not.
+    respx.get(STUDIES_URL).mock(return_value=httpx.Response(404, text="no such page"))
+    with pytest.raises(ServerError, match="is not a DICOMweb root: .* answered HTTP 404"):
+        run_search(StudyQuery())
 
     respx.get(STUDIES_URL).mock(return_value=httpx.Response(401))
     with pytest.raises(AuthError):
@@ -191,8 +202,8 @@ def test_render_every_form() -> None:
     assert lines[0]["modalities"] == ["CT", "PT"]
     rows = list(csv.DictReader(io.StringIO(out("csv"))))
     assert rows[0]["description"] == "CT, CHEST" and rows[0]["modalities"] == "CT\\PT"
-    tsv = out("tsv").splitlines()
-    assert tsv[0].split("\t")[0] == "study_uid" and tsv[1].split("\t")[8] == "40"
+    tsv = [line.split("\t") for line in out("tsv").splitlines()]
+    assert tsv[0][0] == "study_uid" and tsv[1][tsv[0].index("instances")] == "40"
     table = out("table")
     assert "Study Instance UID" in table and "1.2" in table and "DOE^JANE" in table
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from dlstudy.cli.server_cmds import register
 from dlstudy.synth import PRESETS, SynthSpec, generate
+from tests.cli_helpers import run_installed
 from tests.fixtures.embedded_server import SynthStudy
 
 TINY = SynthSpec(studies=2, series=2, instances=3, size=20_000)
@@ -126,3 +127,31 @@ def test_synth_command_overrides_preset(tmp_path: Path) -> None:
     assert "wrote 2 files" in result.output and ds.StudyInstanceUID in result.output
     bad = CliRunner().invoke(app, ["synth", str(tmp_path), "--instances", "0"])
     assert bad.exit_code == 2
+
+
+def test_another_preset_into_the_same_folder_is_another_study(tmp_path: Path) -> None:
+    first = run_installed("synth", str(tmp_path), "--preset", "small")
+    second = run_installed("synth", str(tmp_path), "--preset", "mr")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.endswith("1 study: " + first.stdout.split()[-1] + "\n")
+    small, mr = first.stdout.split()[-1], second.stdout.split()[-1]
+    assert small != mr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([small, mr])
+    assert len(list((tmp_path / small).rglob("*.dcm"))) == 60  # untouched by the second
+
+
+def test_study_dates_spread_over_the_range_asked_for(tmp_path: Path) -> None:
+    result = run_installed(
+        "synth", str(tmp_path), "--studies", "5", "--series", "1", "--instances", "1",
+        "--study-date", "2026-03-01/2026-03-09",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    dates = sorted(
+        pydicom.dcmread(path, stop_before_pixels=True).StudyDate for path in tmp_path.rglob("*.dcm")
+    )
+    assert dates == ["20260301", "20260303", "20260305", "20260307", "20260309"]
+    relative = run_installed("synth", str(tmp_path / "week"), "--study-date", "7d")
+    assert relative.returncode == 0, relative.stderr
+    open_range = run_installed("synth", str(tmp_path / "x"), "--study-date", "20260101-")
+    assert open_range.returncode == 2
+    assert "synth needs both ends of a range" in open_range.stderr

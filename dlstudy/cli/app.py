@@ -30,13 +30,36 @@ def build_app(only: str | None = None) -> typer.Typer:
         add_completion=True,
         pretty_exceptions_enable=False,
     )
-    if only is not None:
-        # A Typer with one command would run it without its name: keep it a group.
-        app.callback()(lambda: None)
+    # The group's own option; it also keeps a Typer of one command a group (which would
+    # otherwise run that command without its name).
+    app.callback()(_group_options)
     modules = [COMMANDS[only]] if only is not None else list(dict.fromkeys(COMMANDS.values()))
     for module in modules:
         importlib.import_module(f"{__package__}.{module}").register(app)
     return app
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        import importlib.metadata
+
+        from ..http.curl import engine_version
+
+        typer.echo(f"dlstudy {importlib.metadata.version('dlstudy')} ({engine_version()})")
+        raise typer.Exit(0)
+
+
+def _group_options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        is_eager=True,
+        callback=_print_version,
+        help="Print dlstudy's version (and libcurl's) and exit.",
+    ),
+) -> None:
+    """Options of `dlstudy` itself."""
 
 
 def __getattr__(name: str) -> typer.Typer:
@@ -64,9 +87,20 @@ def main() -> None:
     first = sys.argv[1] if len(sys.argv) > 1 else None
     code: str | int | None = 0
     try:
-        build_app(first if first in COMMANDS else None)()
+        returned = build_app(first if first in COMMANDS else None)(standalone_mode=False)
+        code = returned if isinstance(returned, int) else 0
     except SystemExit as exc:
         code = exc.code
+    except typer.Abort:  # Ctrl-C at a prompt or while the command line is read
+        print("dlstudy: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        where = f"dlstudy {first}" if first in COMMANDS else "dlstudy"
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        print(f"dlstudy: error: {message} (see '{where} --help')", file=sys.stderr)
+        code = exc.exit_code  # type: ignore[attr-defined]
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)  # a profiler, debugger or coverage writes its results at teardown
     if isinstance(code, str):  # what sys.exit("message") does
@@ -79,3 +113,11 @@ def main() -> None:
         except (OSError, ValueError):  # a closed pipe (| head) or stream: nothing to keep
             pass
     os._exit(code or 0)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """The command-line parser's complaints (no such option, missing argument, bad value):
+    typer raises its click's exceptions, which carry a message and an exit status."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(
+        getattr(exc, "exit_code", None), int
+    )

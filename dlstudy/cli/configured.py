@@ -27,6 +27,8 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         envvar=config.CONFIG_ENV,
+        metavar="FILE",
+        rich_help_panel="Configuration",
         help="TOML config file (default: ~/.config/dlstudy/config.toml if it exists).",
         show_default=False,
     ),
@@ -36,6 +38,8 @@ ServerOpt = Annotated[
     typer.Option(
         "--server",
         envvar="DLSTUDY_SERVER",
+        metavar="NAME",
+        rich_help_panel="Configuration",
         help="Named server profile: a servers.NAME table of the config file.",
         show_default=False,
     ),
@@ -87,9 +91,13 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
 
 
 def _known_options(ctx: Any) -> set[str]:
-    """Every option name of every command: a key only another command uses is not a typo."""
-    root = ctx.find_root().command
-    commands = getattr(root, "commands", None) or {ctx.command.name: ctx.command}
+    """Every option name of every command: a key only another command uses is not a typo.
+    A run builds only the command it names (see app.main), so the whole CLI is built here,
+    when a config file is there to check."""
+    from . import app as cli_app  # the CLI module imports this one
+
+    whole = typer.main.get_command(cli_app.app)
+    commands = getattr(whole, "commands", None) or {ctx.command.name: ctx.command}
     return {
         param.name
         for command in commands.values()

@@ -26,10 +26,71 @@ def envvar_for(long_name: str) -> str | None:
     return "DLSTUDY_" + long_name.lstrip("-").upper().replace("-", "_")
 
 
+# --help groups the options by what they are about.
+CONNECTION, AUTH, SELECTION, BEHAVIOUR, OUTPUT, CONFIGURATION = (
+    "Connection",
+    "Authentication",
+    "What to fetch",
+    "Behaviour",
+    "Output",
+    "Configuration",
+)
+PANELS = {
+    **dict.fromkeys(
+        ("--url", "--http", "--proxy", "--timeout", "--ca-bundle", "--cert", "--key",
+         "--insecure"),
+        CONNECTION,
+    ),
+    **dict.fromkeys(("--token", "--token-command", "--user", "--password", "--header"), AUTH),
+    **dict.fromkeys(
+        ("--from-file", "--series", "--modality", "--shard", "--patient-id", "--patient-name",
+         "--study-date", "--accession", "--filter"),
+        SELECTION,
+    ),
+    **dict.fromkeys(
+        ("--concurrency", "--workers", "--mode", "--transfer-syntax", "--retries",
+         "--retry-budget", "--verify", "--wait"),
+        BEHAVIOUR,
+    ),
+    **dict.fromkeys(
+        ("--output", "--layout", "--json", "--csv", "--uids", "--quiet", "--log-file",
+         "--log-format", "--verbose"),
+        OUTPUT,
+    ),
+    **dict.fromkeys(("--config", "--server"), CONFIGURATION),
+}  # fmt: skip
+# What --help shows an option's value as.
+METAVARS = {
+    "--url": "URL", "--proxy": "URL", "--output": "DIR", "--from-file": "FILE|-",
+    "--series": "UID", "--modality": "MOD", "--concurrency": "N", "--workers": "N",
+    "--http": "auto|1.1|2", "--mode": "auto|instance|series|study", "--transfer-syntax": "UID|*",
+    "--layout": "TEMPLATE", "--token": "TOKEN", "--token-command": "COMMAND", "--user": "NAME",
+    "--password": "PASSWORD", "--header": "'NAME: VALUE'", "--ca-bundle": "FILE",
+    "--cert": "FILE", "--key": "FILE", "--retries": "N", "--retry-budget": "SECONDS",
+    "--timeout": "SECONDS", "--log-file": "FILE", "--log-format": "text|json",
+    "--patient-id": "ID", "--patient-name": "NAME", "--study-date": "DATE",
+    "--accession": "NUMBER", "--filter": "KEY=VALUE", "--config": "FILE", "--server": "NAME",
+    "--shard": "K/N|auto",
+}  # fmt: skip
+# Values the shell completes.
+CHOICES = {
+    "--http": HTTP_CHOICES,
+    "--mode": MODE_CHOICES,
+    "--log-format": ("text", "json"),
+}
+
+
 def option(*names: str, help: str, secret: bool = False, envvar: str | None = None) -> Any:
     long_name = next(name for name in names if name.startswith("--"))
+    choices = CHOICES.get(long_name)
     return typer.Option(
-        *names, help=help, envvar=envvar or envvar_for(long_name), show_default=not secret
+        *names,
+        help=help,
+        envvar=envvar or envvar_for(long_name),
+        show_default=not secret,
+        metavar=METAVARS.get(long_name),
+        rich_help_panel=PANELS.get(long_name),
+        autocompletion=(lambda: list(choices)) if choices else None,
     )
 
 

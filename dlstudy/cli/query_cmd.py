@@ -64,33 +64,56 @@ QueryJsonOpt = Annotated[bool, option("--json", help="One JSON object per study 
 CsvOpt = Annotated[bool, option("--csv", help="CSV with a header row.")]
 UidsOpt = Annotated[bool, option("--uids", help="Only the Study Instance UIDs, one a line.")]
 
-# (key in StudyRecord.as_dict(), column title)
+# (key in StudyRecord.as_dict(), column title), in the order of --json's fields.
 COLUMNS = (
     ("study_uid", "Study Instance UID"),
     ("patient_id", "Patient ID"),
     ("patient_name", "Patient name"),
     ("study_date", "Date"),
-    ("modalities", "Modalities"),
+    ("study_time", "Time"),
     ("accession", "Accession"),
     ("description", "Description"),
+    ("modalities", "Modalities"),
     ("series", "Series"),
     ("instances", "Instances"),
 )
-# On a terminal: what fits beside a 64-character UID; --json and --csv have every column.
+# On a terminal, in this order, as many as fit whole (--json and --csv have every column).
 TABLE_COLUMNS = tuple(
     column
     for key in (
         "study_uid",
         "study_date",
         "patient_id",
-        "patient_name",
         "modalities",
         "instances",
+        "patient_name",
         "description",
     )
     for column in COLUMNS
     if column[0] == key
 )
+# Free text may be cut (with an ellipsis) to this many characters, never below the last.
+_TEXT_COLUMNS = {"patient_name": (24, 10), "description": (32, 10)}
+_GAP = 3  # between two columns: the cells' padding and the box's separator
+
+
+def table_columns(rows: list[dict[str, Any]], width: int) -> list[tuple[str, str, int]]:
+    """(key, title, width) of the columns shown at this terminal width: identifiers, dates
+    and counts whole or not at all, free text cut to what is left."""
+    chosen: list[tuple[str, str, int]] = []
+    used = 0
+    for key, title in TABLE_COLUMNS:
+        natural = max([len(title), *(len(_cell(row[key], ", ")) for row in rows)])
+        need = natural
+        if key in _TEXT_COLUMNS:
+            most, least = _TEXT_COLUMNS[key]
+            need = min(natural, max(least, min(most, width - used - _GAP * bool(chosen))))
+            natural = min(natural, most)
+        room = width - used - _GAP * bool(chosen)
+        if need <= room:
+            chosen.append((key, title, min(natural, room)))
+            used += _GAP * (len(chosen) > 1) + min(natural, room)
+    return chosen
 
 
 def study_query(
@@ -146,17 +169,39 @@ def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-        for key, title in TABLE_COLUMNS:
-            # The UID is what gets copied: never cut. Short fixed-width fields stay whole too.
-            width = max((len(_cell(row[key], ", ")) for row in rows), default=0)
-            if key in ("study_uid", "study_date", "instances"):
-                table.add_column(title, no_wrap=True, min_width=min(max(width, len(title)), 64))
-            else:
-                table.add_column(title, no_wrap=True, overflow="ellipsis", max_width=40)
+        console = Console(file=stream)
+        columns = table_columns(rows, console.width)
+        if len(columns) < _TABLE_AT_LEAST:
+            _two_line_records(rows, console.width, stream)
+            return
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1))
+        for _, title, width in columns:
+            table.add_column(title, no_wrap=True, overflow="ellipsis", width=width)
         for row in rows:
-            table.add_row(*(_cell(row[key], ", ") for key, _ in TABLE_COLUMNS))
-        Console(file=stream).print(table)
+            table.add_row(*(_cell(row[key], ", ") for key, _, _ in columns))
+        console.print(table)
+
+
+# Below this many columns (UID, date, patient, modalities, instances), a table says too little:
+# each study gets two lines instead, its UID whole on the first.
+_TABLE_AT_LEAST = 5
+
+
+def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -> None:
+    for row in rows:
+        count = row["instances"]
+        fields = [
+            _cell(row["study_date"], ""),
+            _cell(row["patient_id"], ""),
+            _cell(row["patient_name"], ""),
+            _cell(row["modalities"], ", "),
+            "" if count is None else f"{count} instances",
+            _cell(row["description"], ""),
+        ]
+        detail = "    " + "  ".join(field for field in fields if field)
+        if len(detail) > width:
+            detail = detail[: max(width - 1, 0)] + "…"
+        stream.write(f"{row['study_uid']}\n{detail}\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from .common import error_line, fail_usage
 
 DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side
 
@@ -124,10 +127,27 @@ def serve(
     try:
         serve_forever(options, on_ready=ready)
     except OSError as exc:  # address in use, unreadable certificate, ...
-        print(f"dlstudy serve: {exc}", file=sys.stderr)
+        what = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            what = f"cannot listen on {host}:{port}: {what} (choose another --port, or 0)"
+        error_line(f"serve: {what}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:  # Ctrl-C while indexing, before hypercorn handles signals
         raise typer.Exit(130) from None
+
+
+def _date_range(text: str) -> tuple[str, str]:
+    from dlstudy.errors import UsageError
+    from dlstudy.search import parse_study_date
+
+    try:
+        value = parse_study_date(text)
+    except UsageError as exc:
+        fail_usage(str(exc))
+    first, _, last = value.partition("-")
+    if not first or (value.endswith("-") or value.startswith("-")):
+        fail_usage(f"--study-date {text!r}: synth needs both ends of a range")
+    return first, last or first
 
 
 def synth(
@@ -142,6 +162,13 @@ def synth(
     frames: Annotated[int | None, typer.Option(help="Frames per instance.")] = None,
     modality: Annotated[str | None, typer.Option(help="Modality: CT, MR, SM, ...")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: same seed, same UIDs.")] = None,
+    study_date: Annotated[
+        str | None,
+        typer.Option(
+            help="Study date, or a range the studies spread over (as for query: YYYYMMDD, "
+            "YYYY-MM-DD, A-B, today, Nd; no open ends).",
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic study (valid DICOM Part 10 files) and print a one-line summary."""
     from dlstudy.synth import PRESETS, generate
@@ -154,17 +181,24 @@ def synth(
         "frames": frames,
         "modality": modality,
         "seed": seed,
+        "study_dates": _date_range(study_date) if study_date else None,
     }
     spec = dataclasses.replace(
         PRESETS[preset.value], **{k: v for k, v in overrides.items() if v is not None}
     )
+    if out.exists() and not out.is_dir():
+        fail_usage(f"synth: {out} is not a folder")
     try:
         written = generate(out, spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    except OSError as exc:
+        error_line(f"synth: cannot write under {out}: {exc.strerror or exc}")
+        raise typer.Exit(1) from exc
     study_uids = list(dict.fromkeys(i.study_uid for i in written))
     total = sum(i.size for i in written)
+    studies_word = "study" if len(study_uids) == 1 else "studies"
     print(
         f"wrote {len(written)} files, {total} bytes ({total / 1e6:.1f} MB) under {out}; "
-        f"{len(study_uids)} studies: {' '.join(study_uids)}"
+        f"{len(study_uids)} {studies_word}: {' '.join(study_uids)}"
     )

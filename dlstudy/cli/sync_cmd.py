@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Annotated
-
 import typer
 
 from ..errors import DlstudyError
 from ..summary import Summary
-from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
+from .common import choose_progress, exit_on_interrupt, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, build_settings, option
+from .connection import DEFAULTS, build_settings
 from .download_cmd import (
     CaBundleOpt,
     CertOpt,
@@ -23,6 +20,7 @@ from .download_cmd import (
     KeyOpt,
     LayoutOpt,
     LogFileOpt,
+    LogFormatOpt,
     ModeOpt,
     OutputOpt,
     PasswordOpt,
@@ -39,7 +37,9 @@ from .download_cmd import (
     VerboseOpt,
     VerifyOpt,
     WaitOpt,
+    WorkersOpt,
     parse_headers,
+    use_log_format,
 )
 from .query_cmd import (
     AccessionOpt,
@@ -51,25 +51,6 @@ from .query_cmd import (
     study_query,
 )
 from .sharding import ShardOpt, shard_option
-
-LOG_FORMATS = ("text", "json")
-
-LogFormatOpt = Annotated[
-    str,
-    option("--log-format", help="Log records as text lines or JSON objects (text, json)."),
-]
-
-
-def use_log_format(log_format: str) -> None:
-    """Switch the CLI's log handlers (set up by setup_logging) to JSON objects."""
-    if log_format not in LOG_FORMATS:
-        fail_usage(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
-    if log_format == "json":
-        from ..events import JsonFormatter
-
-        for handler in logging.getLogger("dlstudy").handlers:
-            if getattr(handler, "dlstudy_cli", False):
-                handler.setFormatter(JsonFormatter())
 
 
 def register(app: typer.Typer) -> None:
@@ -85,6 +66,7 @@ def register(app: typer.Typer) -> None:
         filter: FilterOpt = None,
         shard: ShardOpt = None,
         concurrency: ConcurrencyOpt = DEFAULTS.concurrency,
+        workers: WorkersOpt = DEFAULTS.workers,
         http: HttpOpt = "auto",
         mode: ModeOpt = "auto",
         transfer_syntax: TransferSyntaxOpt = DEFAULTS.transfer_syntax,
@@ -133,6 +115,7 @@ def register(app: typer.Typer) -> None:
             insecure=insecure,
             output=output,
             concurrency=concurrency,
+            workers=workers,
             transfer_syntax=transfer_syntax,
             layout=layout,
             token=token,

@@ -69,6 +69,11 @@ _PROXY_HANDSHAKE = 97  # CURLE_PROXY: the proxy refused the tunnel or spoke nons
 _HTTP2_STREAM = 92  # CURLE_HTTP2_STREAM: the server reset the stream
 
 
+def engine_version() -> str:
+    """pycurl's and libcurl's versions, with the TLS and HTTP/2 libraries libcurl was built with."""
+    return str(pycurl.version)
+
+
 class CurlFailure(Exception):
     """What libcurl said about a failed transfer; the cause of the httpx error raised."""
 
