@@ -73,7 +73,6 @@ from .store import InstanceRef, TempFile
 from .transport import Transport, check_auth
 from .urls import instance_url, is_valid_uid, redact_url, series_url, study_url
 from .verify import read_header
-from .watchdog import Progress, watchdog
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +327,7 @@ class _Bench:
                 self.report.instances_in_study = len(refs)
             work = refs[: self.plan.limit] if self.plan.limit else refs
             cut = len(work) < len(refs)  # stop bulk responses once they brought the work
-            run = _CellRun(transport, gauge, result, self.plan.keep, self.settings.timeout)
+            run = _CellRun(transport, gauge, result, self.plan.keep)
             negotiator = self.negotiators[result.strategy]
             started = time.perf_counter()
             try:
@@ -411,13 +410,11 @@ class _CellRun:
         gauge: Gauge,
         result: CellResult,
         keep: Path | None,
-        window: float,
     ) -> None:
         self.transport = transport
         self.gauge = gauge
         self.result = result
         self.keep = keep
-        self.window = window
 
     async def request(
         self,
@@ -433,7 +430,7 @@ class _CellRun:
         headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
         self.result.requests += 1
         got = 0
-        with self.gauge.hold(), watchdog(self.window, what) as progress:
+        with self.gauge.hold():
             sent = time.perf_counter()
             async with self.transport.stream(url, headers) as response:
                 headers_at = time.perf_counter()
@@ -443,17 +440,15 @@ class _CellRun:
                 self.result.ttfb.append(headers_at - sent)
                 media = parse_media_type(response.headers.get("content-type", ""))
                 if media.mime == MULTIPART_RELATED:
-                    got = await self._parts(response, progress, sop_uid, expected if stop else None)
+                    got = await self._parts(response, sop_uid, expected if stop else None)
                 else:
                     with self._output(sop_uid) as output:
-                        await pour_body(response, lambda chunk: output.write(chunk, progress))
+                        await pour_body(response, output.write)
                     got = 1
         if got < expected:
             raise IntegrityError(f"{what}: {got} of {expected} instances arrived", retryable=True)
 
-    async def _parts(
-        self, response: httpx.Response, progress: Progress, sop_uid: str | None, stop: int | None
-    ) -> int:
+    async def _parts(self, response: httpx.Response, sop_uid: str | None, stop: int | None) -> int:
         got = 0
         output: _Output | None = None
 
@@ -461,7 +456,7 @@ class _CellRun:
             nonlocal got, output
             if isinstance(event, PartData):
                 assert output is not None
-                output.write(event.data, progress)
+                output.write(event.data)
             elif isinstance(event, PartStarted):
                 output = _Output(self.keep, sop_uid, self.result)
             elif isinstance(event, PartEnded):
@@ -505,10 +500,9 @@ class _Output:
         self.size = 0
         self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
 
-    def write(self, chunk: bytes, progress: Progress) -> None:
+    def write(self, chunk: bytes) -> None:
         self.result.bytes += len(chunk)
         self.size += len(chunk)
-        progress.add(len(chunk))
         if self.temp is not None:
             self.temp.write(chunk)
 

@@ -20,7 +20,6 @@ from .parts import pour_parts
 from .store import InstanceRef, Store, TempFile
 from .transport import Transport, check_auth
 from .verify import check_identity, keep_head, read_header
-from .watchdog import watchdog
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +27,10 @@ InstanceDone = Callable[[InstanceRef, Committed], None]
 
 
 class BulkFetcher:
-    def __init__(
-        self, transport: Transport, store: Store, negotiator: Negotiator, *, window: float
-    ) -> None:
+    def __init__(self, transport: Transport, store: Store, negotiator: Negotiator) -> None:
         self.transport = transport
         self.store = store
         self.negotiator = negotiator
-        self.window = window
         self.unsupported: str | None = None  # why the server will not do bulk retrieval
 
     async def fetch(
@@ -76,30 +72,28 @@ class BulkFetcher:
         on_done: InstanceDone,
     ) -> None:
         headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
-        with watchdog(self.window, "bulk retrieval") as progress:
-            async with self.transport.stream(url, headers) as response:
-                if response.status_code == 401:
-                    check_auth(response)  # the credentials are wrong for every request
-                if response.status_code != 200:
-                    # 403 here may be a policy on series/study retrieval, not on us:
-                    # per-instance retrieval is tried before anything is called fatal.
-                    raise status_error(response, "bulk retrieval")
-                check_identity_encoding(response, "bulk retrieval")
-                sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
+        async with self.transport.stream(url, headers) as response:
+            if response.status_code == 401:
+                check_auth(response)  # the credentials are wrong for every request
+            if response.status_code != 200:
+                # 403 here may be a policy on series/study retrieval, not on us:
+                # per-instance retrieval is tried before anything is called fatal.
+                raise status_error(response, "bulk retrieval")
+            check_identity_encoding(response, "bulk retrieval")
+            sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
 
-                def on_event(event: Event) -> None:
-                    if isinstance(event, PartData):
-                        sink.data(event.data)
-                        progress.add(len(event.data))
-                    elif isinstance(event, PartStarted):
-                        sink.start(event)
-                    elif isinstance(event, PartEnded):
-                        sink.end()
+            def on_event(event: Event) -> None:
+                if isinstance(event, PartData):
+                    sink.data(event.data)
+                elif isinstance(event, PartStarted):
+                    sink.start(event)
+                elif isinstance(event, PartEnded):
+                    sink.end()
 
-                try:
-                    await pour_parts(response, on_event)
-                finally:
-                    sink.abandon()
+            try:
+                await pour_parts(response, on_event)
+            finally:
+                sink.abandon()
 
 
 class _PartSink:

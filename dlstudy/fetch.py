@@ -29,7 +29,6 @@ from .throttle import Throttle
 from .transport import Transport, check_auth
 from .urls import instance_url, redact_url
 from .verify import keep_head, verify_instance
-from .watchdog import Progress, watchdog
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +71,10 @@ class BodyWriter:
     slow. The first VERIFY_HEAD_LENGTH bytes stay in memory for the header check.
     """
 
-    def __init__(
-        self, temp: TempFile, ref: InstanceRef, on_bytes: ByteCounter, progress: Progress
-    ) -> None:
+    def __init__(self, temp: TempFile, ref: InstanceRef, on_bytes: ByteCounter) -> None:
         self.temp = temp
         self.ref = ref
         self.on_bytes = on_bytes
-        self.progress = progress
         self.digest = Digest()
         self._head = b""
         self.size = 0
@@ -89,7 +85,6 @@ class BodyWriter:
         self.digest.update(chunk)
         self.size += len(chunk)
         self.on_bytes(len(chunk))
-        self.progress.add(len(chunk))
 
     def check_length(self, expected: int | None, source: str) -> None:
         if expected is not None and self.size != expected:
@@ -165,22 +160,20 @@ class InstanceFetcher:
         url = instance_url(self.transport.base_url, ref.study_uid, ref.series_uid, ref.sop_uid)
         # identity: DICOM barely compresses, and decoding would cost client CPU per byte.
         headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
-        with watchdog(self.policy.window, f"instance {ref.sop_uid}") as progress:
-            async with self.transport.stream(url, headers) as response:
-                check_auth(response)
-                if response.status_code != 200:
-                    raise status_error(response, f"instance {ref.sop_uid}")
-                check_identity_encoding(response, f"instance {ref.sop_uid}")
-                media = parse_media_type(response.headers.get("content-type", ""))
-                with self.store.open_temp(final) as temp:
-                    writer = BodyWriter(temp, ref, on_bytes, progress)
-                    if media.mime == MULTIPART_RELATED:
-                        await _write_single_part_of_multipart(response, writer)
-                    else:
-                        await pour_body(response, writer.write)
-                        writer.check_length(_content_length(response), "Content-Length")
-                    return await writer.verify_and_commit()
-        raise AssertionError("unreachable: the watchdog raises when it cancels")  # pragma: no cover
+        async with self.transport.stream(url, headers) as response:
+            check_auth(response)
+            if response.status_code != 200:
+                raise status_error(response, f"instance {ref.sop_uid}")
+            check_identity_encoding(response, f"instance {ref.sop_uid}")
+            media = parse_media_type(response.headers.get("content-type", ""))
+            with self.store.open_temp(final) as temp:
+                writer = BodyWriter(temp, ref, on_bytes)
+                if media.mime == MULTIPART_RELATED:
+                    await _write_single_part_of_multipart(response, writer)
+                else:
+                    await pour_body(response, writer.write)
+                    writer.check_length(_content_length(response), "Content-Length")
+                return await writer.verify_and_commit()
 
 
 async def _write_single_part_of_multipart(response: httpx.Response, writer: BodyWriter) -> None:

@@ -64,7 +64,7 @@ async def with_retries(
     rng: random.Random | None = None,
 ) -> T:
     """Run `attempt` until it succeeds, fails for good, or runs out of retries or time."""
-    started = anyio.current_time()
+    started = time.monotonic()
     tries = 0
     while True:
         tries += 1
@@ -81,7 +81,7 @@ async def with_retries(
             if throttle and isinstance(exc, HttpStatusError) and exc.status_code in THROTTLE_STATUS:
                 throttle.slow_down(exc.status_code, retry_after)
             delay = max(backoff_delay(tries, rng), retry_after or 0.0)
-            out_of_time = anyio.current_time() + delay - started > policy.budget
+            out_of_time = time.monotonic() + delay - started > policy.budget
             if not exc.retryable or tries > policy.retries or out_of_time:
                 if tries > 1:
                     exc.message = f"{exc.message} (after {tries} attempts)"

@@ -189,7 +189,6 @@ class Run:
             self.transport,
             self.store,
             Negotiator(forms, remember_refusal=True),
-            window=self.settings.timeout,
         )
 
     async def choose_and_fetch_bulk(self, todo: list[InstanceRef]) -> list[InstanceRef]:

@@ -10,6 +10,7 @@ new request; a 503's Retry-After delays only the retry of the refused request.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -44,13 +45,13 @@ class Throttle:
     async def slot(self) -> AsyncIterator[None]:
         """Hold one of the currently allowed in-flight slots, after any pause."""
         async with self.limiter:
-            delay = self._pause_until - anyio.current_time()
+            delay = self._pause_until - time.monotonic()
             if delay > 0:
                 await anyio.sleep(delay)
             yield
 
     def slow_down(self, status: int, retry_after: float | None) -> None:
-        now = anyio.current_time()
+        now = time.monotonic()
         self.signals += 1
         if retry_after and status == 429:
             self._pause_until = max(self._pause_until, now + retry_after)

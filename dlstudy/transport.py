@@ -25,10 +25,11 @@ import anyio
 import httpx
 
 from .errors import AuthError, ConnectError, DlstudyError, TransferError
-from .http.curl import CurlFailure, CurlTransport, HttpChoice, TlsOptions
+from .http.curl import MIN_PROGRESS, CurlFailure, CurlTransport, HttpChoice, TlsOptions
 from .http.proxy import Proxies
 from .settings import AUTO_CONCURRENCY_HTTP1, HttpVersion, Settings
 from .urls import redact_url, split_base_url
+from .watchdog import MIN_PROGRESS_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         if curl is not None and curl.os_errno:
             said = os.strerror(curl.os_errno)
         return ConnectError(f"cannot connect to {_netloc(parsed)}: {said}", url=shown)
+    if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):
+        return TransferError(f"{exc} on {shown}", url=shown, retryable=True)
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
     if isinstance(exc, httpx.ProtocolError):
@@ -211,7 +214,11 @@ class Transport:
     async def stream(
         self, url: str, headers: dict[str, str] | None = None
     ) -> AsyncIterator[httpx.Response]:
-        """GET `url` as a stream; transport failures arrive as dlstudy errors."""
+        """GET `url` as a stream (a retrieval); transport failures arrive as dlstudy errors.
+
+        httpx's read timeout is per chunk, so a server dripping bytes would pass it forever: a
+        retrieval must bring MIN_PROGRESS_BYTES every --timeout seconds instead, or fail as
+        stalled (libcurl's low-speed check, in C, once a second)."""
         await self._negotiate(url, headers)
         try:
             response = await self._send(url, headers)
@@ -236,12 +243,13 @@ class Transport:
         to httpx, so behaviour stays the client's own."""
         client = self._client
         target = self._with_base_query(url)
+        extensions = {
+            "timeout": client.timeout.as_dict(),
+            MIN_PROGRESS: (MIN_PROGRESS_BYTES, self.settings.timeout),
+        }
         if self._auth is None and not client.cookies and self._below_base(url):
             request = httpx.Request(
-                "GET",
-                target,
-                headers=self._headers_with(headers),
-                extensions={"timeout": client.timeout.as_dict()},
+                "GET", target, headers=self._headers_with(headers), extensions=extensions
             )
             response = await self._engine.handle_async_request(request)
             response.request = request
@@ -250,7 +258,10 @@ class Transport:
                     client.cookies.extract_cookies(response)
                 return response
             await response.aclose()  # followed (and checked) by httpx, from the start
-        return await client.send(client.build_request("GET", target, headers=headers), stream=True)
+        return await client.send(
+            client.build_request("GET", target, headers=headers, extensions=extensions),
+            stream=True,
+        )
 
     def _headers_with(self, headers: dict[str, str] | None) -> httpx.Headers:
         """The client's headers with the request's on top; the few combinations a run uses

@@ -1,9 +1,9 @@
-"""A transfer must keep moving: at least MIN_PROGRESS_BYTES every `window` seconds.
+"""A QIDO search must keep moving: at least MIN_PROGRESS_BYTES every `window` seconds.
 
 httpx's read timeout applies per chunk (DOMAIN.md): a server dripping one byte every 0.3 s
-passes a 1 s read timeout forever. This watchdog bounds the crawl instead: from the request's
-start, each window of `--timeout` seconds must bring 64 KiB (or the end of the body), so a
-stalled or dripping transfer fails within one window and is retried or reported.
+passes a 1 s read timeout forever. This watchdog bounds the crawl of a query instead. The same
+rule for retrievals (64 KiB every --timeout seconds) is libcurl's low-speed check, set by
+Transport.stream: it runs in C, once a second, instead of a cancel scope per instance.
 """
 
 from __future__ import annotations

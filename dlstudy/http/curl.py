@@ -33,6 +33,10 @@ from .proxy import Proxies, shown
 
 # The response extension under which a libcurl response offers `pour(sink)`.
 BODY = "dlstudy.body"
+# A request extension, (bytes, seconds): the transfer fails as stalled unless every `seconds`
+# bring `bytes` (libcurl's low-speed check, once a second). Without it, httpx's read timeout
+# applies: no byte for that long.
+MIN_PROGRESS = "dlstudy.min_progress"
 # Body bytes a reader may leave unread before the transfer is paused.
 PAUSE_ABOVE = 1 << 20
 # libcurl's receive buffer: larger reads mean fewer write callbacks (each a Python call).
@@ -125,6 +129,7 @@ class Transfer:
         self.done = False
         self.error: BaseException | None = None
         self.reusable = False  # the handle may serve another request once this one ends
+        self.min_progress: tuple[int, float] | None = None  # see MIN_PROGRESS
         self._wakeup: asyncio.Future[None] | None = None
 
     # --- called by libcurl, on the loop's thread ---------------------------------------------
@@ -410,10 +415,17 @@ class CurlTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         connect, read = timeout.get("connect"), timeout.get("read")
         easy.setopt(pycurl.CONNECTTIMEOUT_MS, int(connect * 1000) if connect else 0)
-        # httpx's read timeout: no byte for that long. libcurl's nearest rule: under 1 byte/s
-        # over that many seconds.
-        easy.setopt(pycurl.LOW_SPEED_LIMIT, 1 if read else 0)
-        easy.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(read)) if read else 0)
+        transfer.min_progress = request.extensions.get(MIN_PROGRESS)
+        if transfer.min_progress is not None:
+            nbytes, seconds = transfer.min_progress
+            window = max(1, math.ceil(seconds))
+            easy.setopt(pycurl.LOW_SPEED_LIMIT, max(1, math.ceil(nbytes / window)))
+            easy.setopt(pycurl.LOW_SPEED_TIME, window)
+        else:
+            # httpx's read timeout: no byte for that long. libcurl's nearest rule: under
+            # 1 byte/s over that many seconds.
+            easy.setopt(pycurl.LOW_SPEED_LIMIT, 1 if read else 0)
+            easy.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(read)) if read else 0)
         method = request.method
         body = await request.aread()
         if method == "GET" and not body:
@@ -475,6 +487,11 @@ class CurlTransport(httpx.AsyncBaseTransport):
         elif code == pycurl.E_OPERATION_TIMEDOUT:
             if message.startswith(("Connection timed out", "Resolving timed out")):
                 error = httpx.ConnectTimeout(message)
+            elif transfer.min_progress is not None and message.startswith("Operation too slow"):
+                nbytes, seconds = transfer.min_progress
+                error = httpx.ReadTimeout(
+                    f"stalled (less than {nbytes // 1024} KiB in {seconds:g} s)"
+                )
             else:
                 error = httpx.ReadTimeout(message)
         elif code in (pycurl.E_SEND_ERROR,):
