@@ -1,6 +1,6 @@
 """dlstudy against curl --parallel and dicomweb-client, same data, same nginx, one run.
 
-    bash benchmarks/run.sh            # full run (~10 min on 2 cores + data build), 3 repeats
+    bash benchmarks/run.sh            # full run (~25 min on 2 cores + data build), 5 repeats
     bash benchmarks/run.sh --quick    # small datasets, 1 repeat (~1-3 min): a smoke test
     benchmarks/.venv/bin/python benchmarks/compare.py --help
 
@@ -8,18 +8,20 @@ What runs
   * Data: `dlstudy synth` presets `ct` (1,000 x 512 KiB), `many` (2,000 x 16 KiB), `wsi` (one
     1.5 GiB instance), built once under --data-dir with the static DICOMweb answers beside them
     (benchmarks/static_tree.py: QIDO JSON files, prebuilt multipart/related bodies).
-  * Server: Debian's nginx, configured and started here (prefix, config, pid and logs in a temp
-    folder), serving that tree over HTTP/1.1, h2c (prior knowledge) and TLS with h2 by ALPN (a
-    throwaway CA from the openssl CLI, given to every client). Static files with sendfile and an
-    open-file cache, so the server is cheap; its CPU seconds are measured for every run.
+  * Server: Debian's nginx as deployed (8 KiB HTTP/2 frames, nothing tuned for a client),
+    configured and started here (prefix, config, pid and logs in a temp folder), serving that
+    tree over HTTP/1.1, h2c (prior knowledge) and TLS with h2 by ALPN (a throwaway CA from the
+    openssl CLI, given to every client); one more TLS port with 1 MiB frames gives a second row.
+    Its CPU seconds are measured for every run.
   * RTT: 0 ms is loopback; 20 ms goes through benchmarks/delayline.py, a TCP proxy that forwards
     every chunk at arrival + 10 ms in each direction without limiting throughput.
   * Clients, each a fresh process, writing every instance to a file (under /dev/shm by default:
     on a shared disk the journal made identical runs vary tenfold):
-      curl --parallel        Debian's curl, --parallel-max C, a -K list of url/output pairs (the
-                             URL list comes from the manifest: curl does no QIDO).
-      dlstudy                `python -m dlstudy download STUDY --url ... -c C --http 1.1|2 --json`
-                             (+ --dlstudy-args); its --mode auto picks instance or series here.
+      curl --parallel        Debian's curl, --parallel-max C and 64, a -K list of url/output pairs
+                             (the URL list comes from the manifest: curl does no QIDO).
+      dlstudy                `python -m dlstudy download STUDY --url ... --http 1.1|2 --json` with
+                             its own defaults (+ --dlstudy-args); also --workers 1, --mode
+                             instance (many) and --http 1.1 over TLS.
       dicomweb-client study  `retrieve_study()`, then `save_as()` per dataset.
       dicomweb-client inst.  `search_for_instances()` + `retrieve_instance()`, sequential.
       dicomweb-client x16    the same from C threads (an extra; the library has no concurrency).

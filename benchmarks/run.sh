@@ -2,7 +2,7 @@
 # The comparative benchmark in one command: dlstudy vs curl --parallel vs dicomweb-client on the
 # same data, served by nginx over HTTP/1.1, h2c and TLS h2, at 0 and 20 ms RTT.
 #
-#   bash benchmarks/run.sh            # full run, 3 repeats (~10 min on 2 cores + data build)
+#   bash benchmarks/run.sh            # full run, 5 repeats (~25 min on 2 cores + data build)
 #   bash benchmarks/run.sh --quick    # small datasets, 1 repeat (~1-3 min)
 #
 # Installs what it needs: Debian's nginx, curl and GNU time (apt, when missing; needs root or

@@ -3,6 +3,7 @@ server will not produce: redirects to another origin, hostile UIDs in QIDO answe
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import json
 import threading
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from .factories import STUDY, instance_json, part10, series_json
 
 SERIES = f"{STUDY}.5"
+DICOM_JSON = "application/dicom+json"
 SOPS = [f"{SERIES}.{i}" for i in range(1, 4)]
 
 
@@ -178,5 +180,38 @@ def busy_with_http_date(count: int, delay: float) -> Iterator[tuple[str, str, li
     threads = _serve(server)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, waits
+    finally:
+        _stop((server,), threads)
+
+
+@contextmanager
+def compressing() -> Iterator[tuple[str, str, list[str]]]:
+    """Gzips every answer, asked for or not: QIDO JSON (which clients may ask compressed) and
+    instances (which dlstudy asks for as identity, to store the server's bytes).
+
+    Yields (base URL, study UID, the Accept-Encoding of each instance request)."""
+    asked: list[str] = []
+
+    class Gzipping(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                body, kind = json.dumps([series_json(SERIES, count=len(SOPS))]), DICOM_JSON
+            elif path.endswith(("/instances", "/studies")):
+                body, kind = json.dumps([instance_json(s) for s in SOPS]), DICOM_JSON
+            else:
+                asked.append(self.headers.get("Accept-Encoding", ""))
+                sop = path.rsplit("/", 1)[1]
+                self.reply(
+                    200, gzip.compress(part10(STUDY, SERIES, sop)), "application/dicom",
+                    Content_Encoding="gzip",
+                )  # fmt: skip
+                return
+            self.reply(200, gzip.compress(body.encode()), kind, Content_Encoding="gzip")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gzipping)
+    threads = _serve(server)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, asked
     finally:
         _stop((server,), threads)

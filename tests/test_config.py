@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -259,24 +260,36 @@ def test_keys_of_other_commands_are_accepted(tmp_path: Path) -> None:
     assert "connection refused" in result.stderr
 
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "config.toml"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def example_config(source: str) -> str:
+    """The config file users copy: the README's, or examples/config.toml."""
+    if source == "readme":
+        text = (ROOT / "README.md").read_text()
+        return text.split("```toml\n", 1)[1].split("```", 1)[0]
+    return (ROOT / "examples" / "config.toml").read_text()
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("source", ["readme", "examples"])
 @pytest.mark.parametrize("command", ["download", "query", "sync", "bench"])
 def test_a_config_made_for_every_command_serves_each_one(
-    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, command: str
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    command: str,
+    source: str,
 ) -> None:
-    """The README's example config plus keys only some commands take (workers, log-format):
-    the installed CLI runs every command with it, each taking the keys it knows (the CLI
-    builds only the command it runs, so the check must know all of them)."""
+    """The documented config, plus keys only some commands take (workers, log-format), its
+    default profile pointed at the embedded server: the installed CLI runs every command with
+    it, each taking the keys it knows (the CLI builds only the command it runs, so the check
+    must know all of them)."""
     url = embedded_server(synth_study.root)
-    text = EXAMPLE.read_text().replace("/data/studies", str(tmp_path / "out"))
-    text = text.replace('server = "pacs"', 'server = "here"')
-    text = text.replace(
-        "[defaults] # every command, every profile",
-        ("[defaults] # every command, every profile\nworkers = 1\nlog-format = 'text'"),
-    )
+    text = example_config(source).replace("/data/studies", str(tmp_path / "out"))
+    text = re.sub(r'(?m)^server = "pacs"', 'server = "here"', text)
+    text = re.sub(r"(?m)^\[defaults\].*$", "[defaults]\nworkers = 1\nlog-format = 'text'", text)
+    assert 'server = "here"' in text and "workers = 1" in text
     config = write(tmp_path / "c.toml", text + f"\n[servers.here]\nurl = '{url}'\n")
     args = {
         "download": ["download", synth_study.study_uid, "--quiet"],

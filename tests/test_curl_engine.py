@@ -546,3 +546,38 @@ def test_aclose_closes_every_connection_idle_or_busy() -> None:
                 await busy.aread()
 
     run(test)
+
+
+def test_a_client_certificate_opens_a_server_that_asks_for_one(tmp_path: Path) -> None:
+    """Mutual TLS: --cert/--key reach libcurl; without them the handshake is refused."""
+    import trustme
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    client_cert = ca.issue_cert("client@dlstudy.test")
+    ca_pem, cert_pem, key_pem = tmp_path / "ca.pem", tmp_path / "client.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    client_cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    client_cert.private_key_pem.write_to_path(str(key_pem))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2"])
+
+    def with_tls(tls: TlsOptions) -> httpx.AsyncClient:
+        engine = CurlTransport(http="h2 or 1.1", max_connections=2, tls=tls, proxies=Proxies())
+        return httpx.AsyncClient(transport=engine, timeout=5)
+
+    async def test() -> None:
+        async with H2Server(answer(b"mutual"), tls=context) as server:
+            async with with_tls(TlsOptions(ca_bundle=ca_pem, cert=cert_pem, key=key_pem)) as c:
+                response = await c.get(server.url)
+                assert response.content == b"mutual" and response.http_version == "HTTP/2"
+            async with with_tls(TlsOptions(ca_bundle=ca_pem)) as c:
+                with pytest.raises(httpx.TransportError) as caught:
+                    await c.get(server.url)
+                error = translate_error(caught.value, server.url)
+                assert isinstance(error, ConnectError | TransferError)
+
+    run(test)

@@ -588,3 +588,24 @@ def test_second_run_on_the_same_output_is_refused_or_waits(
     finally:
         first.kill()
         first.wait()
+
+
+def test_compressed_qido_is_decoded_and_a_compressed_instance_never_stored(
+    tmp_path: Path,
+) -> None:
+    """QIDO JSON may come compressed (httpx decodes it); an instance is stored as the server
+    sent it, so one that comes gzipped although identity was asked is refused, not decoded
+    (decoding could expand it without bound) and not kept compressed under a .dcm name."""
+    from .scripted_servers import SOPS, compressing
+
+    out = tmp_path / "out"
+    with compressing() as (url, study, asked):
+        status, summary, _ = download(url, study, out, "--http", "1.1", "--mode", "instance")
+
+    assert status == 1
+    assert summary["instances"]["total"] == len(SOPS)  # the listing was read
+    assert summary["instances"]["downloaded"] == 0
+    reasons = {f["reason"] for f in summary["failures"]}
+    assert all("gzip-encoded body, though identity was asked for" in r for r in reasons)
+    assert set(asked) == {"identity"}
+    assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.part"))

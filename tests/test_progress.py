@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from dlstudy.progress import NullProgress, PlainProgress
 from dlstudy.progress_rich import RichProgress
 from dlstudy.store import InstanceRef
+
+from .fixtures.embedded_server import StartServer, SynthStudy
 
 REF = InstanceRef("1.2", "1.2.3", "1.2.3.4")
 
@@ -105,3 +109,67 @@ def test_null_progress_accepts_everything_silently() -> None:
     sink.instance_done(REF, 1)
     sink.instance_failed(REF, "x")
     sink.close()
+
+
+def run_on_a_terminal(*args: str) -> tuple[int, str]:
+    """The installed `dlstudy ARGS...` with a pseudo-terminal as its stdout and stderr, as in
+    an interactive shell; returns its exit status and what it drew (escape codes removed)."""
+    import os
+    import pty
+    import subprocess
+
+    from .cli_helpers import DLSTUDY
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    process = subprocess.Popen(
+        [DLSTUDY, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    drawn = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closes with the process
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    code = process.wait(timeout=120)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
+    return code, text
+
+
+@pytest.mark.integration
+def test_on_a_terminal_the_bar_says_how_the_run_ended_and_lists_nothing_twice(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    good = embedded_server(synth_study.root)
+    code, text = run_on_a_terminal(
+        "download", synth_study.study_uid, "--url", good, "-o", str(tmp_path / "a")
+    )
+    assert code == 0, text
+    assert _last_bar(text).startswith("done "), text
+
+    # 404 is final: a share of the instances fail, each listed once, by the summary.
+    broken = embedded_server(synth_study.root, fault_rate=0.2, fault_status=404, seed=5)
+    code, text = run_on_a_terminal(
+        "download", synth_study.study_uid, "--url", broken, "-o", str(tmp_path / "b"),
+        "--mode", "instance",
+    )  # fmt: skip
+    assert code == 1, text
+    failed = [line for line in text.splitlines() if line.startswith("dlstudy: error: instance")]
+    assert failed and len(failed) == len(set(failed))
+    assert _last_bar(text).startswith(f"{len(failed)} failed ")
+
+
+def _last_bar(text: str) -> str:
+    """The last state of the progress bar (its line redrawn in place)."""
+    bars = [
+        part
+        for line in text.splitlines()
+        for part in line.split("\r")
+        if " instances" in part and " • " in part
+    ]
+    return bars[-1].strip()

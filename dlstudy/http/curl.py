@@ -141,7 +141,7 @@ class Transfer:
             version, _, rest = line.rstrip(b"\r\n").partition(b" ")
             status, _, reason = rest.strip().partition(b" ")
             self.version = b"HTTP/2" if version == b"HTTP/2" else version
-            self.status = int(status)
+            self.status = int(status) if status.isdigit() else 0  # 0: never a response head
             self.reason = reason.strip()
             self.headers = []
         elif line in (b"\r\n", b"\n"):
