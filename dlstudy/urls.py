@@ -8,7 +8,13 @@ from urllib.parse import SplitResult, quote, urlencode, urlsplit, urlunsplit
 # PS3.5 §9.1: dot-separated numeric components, at most 64 characters. Leading zeros are not
 # conformant but occur in real archives; they are harmless in a path, so they are accepted.
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
-_SECRET_QUERY_KEYS = ("token", "access_token", "key", "apikey", "api_key", "password", "sig")
+# Query keys whose values are shown: QIDO's paging and its matching keys (DICOM keywords or
+# tags, the user's own search). Every other value is masked: gateway keys (subscription-key),
+# presigned signatures (X-Amz-Signature, X-Goog-Signature), OAuth codes, and names no list
+# of secrets could foresee.
+_SHOWN_QUERY_KEYS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+_MATCHING_KEY = re.compile(r"[A-Z][A-Za-z0-9]*|[0-9A-Fa-f]{8}")
+_SECRET_LOOKING = re.compile(r"(?i)token|key|sig|secret|pass|credential|code|auth|session")
 
 
 def is_valid_uid(uid: str) -> bool:
@@ -30,7 +36,8 @@ def split_base_url(url: str) -> tuple[str, str | None, str | None]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any userinfo password and secret-looking query values replaced by ***."""
+    """The URL with any userinfo password and every query value that is not known to be
+    harmless (see _shown) replaced by ***."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -45,11 +52,18 @@ def redact_url(url: str) -> str:
         pairs = []
         for item in query.split("&"):
             name, sep, value = item.partition("=")
-            if sep and name.lower() in _SECRET_QUERY_KEYS:
+            if sep and value and not _shown(name):
                 value = "***"
             pairs.append(f"{name}{sep}{value}")
         query = "&".join(pairs)
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _shown(name: str) -> bool:
+    """Whether a query value under `name` is harmless to print."""
+    if name.lower() in _SHOWN_QUERY_KEYS:
+        return True
+    return bool(_MATCHING_KEY.fullmatch(name)) and not _SECRET_LOOKING.search(name)
 
 
 def _seg(uid: str) -> str:

@@ -81,6 +81,28 @@ def test_redact_url_hides_passwords_and_secret_query_values() -> None:
     assert redact_url("http://host/x") == "http://host/x"
 
 
+def test_every_query_value_is_masked_unless_known_harmless() -> None:
+    """Gateway keys and presigned object-store URLs carry secrets under names no list could
+    foresee: only QIDO's paging and matching keys are shown."""
+    secrets = {
+        "subscription-key": "s1",
+        "X-Amz-Signature": "s2",
+        "X-Amz-Credential": "s3",
+        "X-Goog-Signature": "s4",
+        "code": "s5",
+        "AccessToken": "s6",
+        "sv": "s7",
+        "se": "s8",
+    }
+    harmless = {"limit": "100", "offset": "0", "includefield": "0020000E", "StudyDate": "2026"}
+    query = "&".join(f"{k}={v}" for k, v in {**secrets, **harmless}.items())
+    shown = redact_url(f"https://store.test/o/1.dcm?{query}")
+    for key in secrets:
+        assert f"{key}=***" in shown
+    for key, value in harmless.items():
+        assert f"{key}={value}" in shown
+
+
 def test_instance_url() -> None:
     assert instance_url("http://h/dw", "1.2", "1.2.3", "1.2.3.4") == (
         "http://h/dw/studies/1.2/series/1.2.3/instances/1.2.3.4"
