@@ -1,7 +1,7 @@
 """`--workers N`: the per-instance pool spread over N processes, to use more than one core.
 
-A Python client spends its CPU in the HTTP stack (profiles in README "Performance"); one event
-loop uses one core. The parent and N-1 worker processes each run an event loop, HTTP client and
+Near its server a Python client keeps a core busy with per-instance work (docs/performance.md);
+one event loop uses one core. The parent and N-1 worker processes each run an event loop, HTTP client and
 pool, in the retrieval form the parent already negotiated, and take the next instance from one
 shared list whenever a slot frees (a counter in shared memory: no process idles while another
 still has a backlog, as a fixed split did when one started late or met a slow series); the
