@@ -1,13 +1,13 @@
 """`--workers N`: the per-instance pool spread over N processes, to use more than one core.
 
 Near its server a Python client keeps a core busy with per-instance work (docs/performance.md);
-one event loop uses one core. The parent and N-1 worker processes each run an event loop, HTTP client and
-pool, in the retrieval form the parent already negotiated, and take the next instance from one
-shared list whenever a slot frees (a counter in shared memory: no process idles while another
-still has a backlog, as a fixed split did when one started late or met a slow series); the
-parent keeps everything that must have one owner: the output lock, the
-manifest, the progress display and the summary. Workers report over a pipe, a batch at a time;
-a worker whose parent is gone stops at its next report.
+one event loop uses one core. The parent and N-1 worker processes each run an event loop, HTTP
+client and pool, in the retrieval form the parent already negotiated, and take the next instance
+from one shared list whenever a slot frees (a counter in shared memory: no process idles while
+another still has a backlog, as a fixed split did when one started late or met a slow series);
+the parent keeps everything that must have one owner: the output lock, the manifest, the
+progress display and the summary. Workers report over a pipe, a batch at a time; a worker whose
+parent is gone stops at its next report.
 
 Workers are forked (on Linux) from a worker thread: they start with dlstudy already imported
 (a spawned one re-imported it, ~0.2 s of CPU each) and with no event loop on their stack.
