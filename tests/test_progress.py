@@ -111,7 +111,7 @@ def test_null_progress_accepts_everything_silently() -> None:
     sink.close()
 
 
-def run_on_a_terminal(*args: str) -> tuple[int, str]:
+def run_on_a_terminal(*args: str, columns: int = 160) -> tuple[int, str]:
     """The installed `dlstudy ARGS...` with a pseudo-terminal as its stdout and stderr, as in
     an interactive shell; returns its exit status and what it drew (escape codes removed)."""
     import os
@@ -121,7 +121,7 @@ def run_on_a_terminal(*args: str) -> tuple[int, str]:
     from .cli_helpers import DLSTUDY
 
     master, slave = pty.openpty()
-    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"}
     process = subprocess.Popen(
         [DLSTUDY, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
     )

@@ -110,8 +110,10 @@ def test_query_filters(
     assert uids("--study-date", date) == on_date
     assert uids("--study-date", f"{date}-{date}") == on_date
     iso = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-    assert uids("--study-date", iso) == on_date  # ISO 8601 too
-    assert uids("--study-date", f"{iso}/{iso}") == on_date
+    for value in (iso, f"{iso}/{iso}"):  # ISO 8601 too, as a user types it
+        result = run_installed("query", "--url", url, "--uids", "--study-date", value)
+        assert result.returncode == 0, result.stderr
+        assert set(result.stdout.split()) == on_date
     assert len(uids("--modality", "ct", "--modality", "MR")) == 4
 
     nothing = run_cli("query", "--url", url, "--modality", "MR")
@@ -497,3 +499,26 @@ def test_the_query_table_keeps_identifiers_whole_at_any_width(width: int) -> Non
     assert text.count("20260105") == 2 and "1203" in text
     if width >= 200:
         assert "NGUYEN^CHLOE" in text and "Description" in text
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_the_query_table_on_a_terminal_of_80_and_120_columns(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, columns: int
+) -> None:
+    from .test_progress import run_on_a_terminal
+
+    root, instances = cohort
+    url = embedded_server(root)
+    code, text = run_on_a_terminal("query", "--url", url, columns=columns)
+    assert code == 0, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert all(len(line) <= columns for line in lines), lines
+    for uid in study_uids(instances):
+        assert uid in text  # whole, never cut
+    rows = [
+        json.loads(x)
+        for x in run_installed("query", "--url", url, "--json").stdout.split("\n")
+        if x
+    ]
+    for row in rows:
+        assert row["patient_id"] in text and row["study_date"] in text
