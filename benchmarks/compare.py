@@ -1074,7 +1074,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, help="runs per cell (default 5; --quick 1)")
     parser.add_argument("--datasets", default="ct,many,wsi", help="comma list")
-    parser.add_argument("--transports", default="h1,h2c,tls", help="comma list")
+    parser.add_argument("--transports", default=",".join(TRANSPORTS), help="comma list")
     parser.add_argument("--clients", default=",".join(CLIENTS), help="comma list")
     parser.add_argument("--rtt-ms", type=int, default=20, help="the non-zero RTT (ms)")
     parser.add_argument(
