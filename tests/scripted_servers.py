@@ -52,6 +52,17 @@ def _stop(
 
 
 @contextmanager
+def _one_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server of `handler` on a free port of 127.0.0.1; yields its DICOMweb base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threads = _serve(server)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb"
+    finally:
+        _stop((server,), threads)
+
+
+@contextmanager
 def hostile_uids() -> Iterator[tuple[str, str, list[str]]]:
     """QIDO lists two good instances and two whose UIDs try to climb out of the output folder.
 
@@ -71,12 +82,8 @@ def hostile_uids() -> Iterator[tuple[str, str, list[str]]]:
                 sop = path.rsplit("/", 1)[1]
                 self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    threads = _serve(server)
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, SOPS[:2]
-    finally:
-        _stop((server,), threads)
+    with _one_server(Hostile) as url:
+        yield url, STUDY, SOPS[:2]
 
 
 @contextmanager
@@ -132,12 +139,8 @@ def static_like(count: int) -> Iterator[tuple[str, str, list[str]]]:
             else:
                 self.reply(403, b"<html>Forbidden</html>", "text/html")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Static)
-    threads = _serve(server)
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, sops
-    finally:
-        _stop((server,), threads)
+    with _one_server(Static) as url:
+        yield url, STUDY, sops
 
 
 @contextmanager
@@ -176,12 +179,8 @@ def busy_with_http_date(count: int, delay: float) -> Iterator[tuple[str, str, li
                 else:
                     self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    threads = _serve(server)
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, waits
-    finally:
-        _stop((server,), threads)
+    with _one_server(Busy) as url:
+        yield url, STUDY, waits
 
 
 @contextmanager
@@ -209,9 +208,5 @@ def compressing() -> Iterator[tuple[str, str, list[str]]]:
                 return
             self.reply(200, gzip.compress(body.encode()), kind, Content_Encoding="gzip")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gzipping)
-    threads = _serve(server)
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb", STUDY, asked
-    finally:
-        _stop((server,), threads)
+    with _one_server(Gzipping) as url:
+        yield url, STUDY, asked
