@@ -40,10 +40,13 @@ find_plugin() {
 }
 
 describe() {
-    local ver
-    ver=$(dpkg-query -W -f='orthanc ${Version}' orthanc 2>/dev/null || echo "orthanc ?")
-    ver+=$(dpkg-query -W -f=', orthanc-dicomweb ${Version}' orthanc-dicomweb 2>/dev/null || true)
-    printf '%s (binary %s, plugin %s)' "$ver" "$(find_orthanc)" "$(find_plugin)"
+    local package version listed=()
+    for package in "${PACKAGES[@]}"; do
+        version=$(dpkg-query -W -f='${Version}' "$package" 2>/dev/null || echo "?")
+        listed+=("$package ${version:-?}")
+    done
+    local IFS=","
+    printf '%s' "${listed[*]}" | sed 's/,/, /g'
 }
 
 PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin tinyproxy microsocks)
