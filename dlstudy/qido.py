@@ -60,7 +60,7 @@ def first_int(item: dict[str, Any], tag: str) -> int | None:
     value = first_value(item, tag)
     try:
         return int(float(value)) if value is not None else None
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or "1e999" / "inf"
         return None
 
 
@@ -180,6 +180,10 @@ class Pager:
             return [], False
         try:
             data = response.json()
+        except RecursionError as exc:  # arrays nested thousands deep: no QIDO answer
+            raise ServerError(
+                f"QIDO answer nests too deep to be DICOM JSON on {shown}", url=shown
+            ) from exc
         except ValueError as exc:
             what = describe_answer(response)
             raise ServerError(
@@ -209,7 +213,7 @@ def root_problem(response: httpx.Response) -> str | None:
     if response.status_code == 200 and mime in _JSON_TYPES:
         try:
             data = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             return "HTTP 200 with a body that is not JSON"
         if isinstance(data, list | dict):
             return None

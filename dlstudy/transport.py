@@ -70,6 +70,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         if curl is not None and curl.os_errno:
             said = os.strerror(curl.os_errno)
         return ConnectError(f"cannot connect to {_netloc(parsed)}: {said}", url=shown)
+    if isinstance(exc, httpx.TooManyRedirects):
+        return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
     if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):
         return TransferError(f"{exc} on {shown}", url=shown, retryable=True)
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
@@ -131,7 +133,7 @@ def _netloc(parsed: httpx.URL) -> str:
 
 
 def is_translatable(exc: BaseException) -> bool:
-    return isinstance(exc, httpx.TransportError | OSError)
+    return isinstance(exc, httpx.TransportError | httpx.TooManyRedirects | OSError)
 
 
 def _plan(settings: Settings, is_tls: bool) -> list[HttpChoice]:

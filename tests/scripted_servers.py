@@ -210,3 +210,37 @@ def compressing() -> Iterator[tuple[str, str, list[str]]]:
 
     with _one_server(Gzipping) as url:
         yield url, STUDY, asked
+
+
+@contextmanager
+def misbehaving(how: str) -> Iterator[tuple[str, str]]:
+    """A server that answers one way no DICOMweb server should:
+
+    - `huge-count`: a series says it has 1e999 instances;
+    - `deep-json`: the series list is an array nested 100,000 deep;
+    - `redirect-loop`: every instance URL redirects to itself.
+
+    Yields (base URL, study UID)."""
+
+    class Odd(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                if how == "deep-json":
+                    body = b"[" * 100_000 + b"]" * 100_000
+                else:
+                    series = series_json(SERIES, count=len(SOPS))
+                    if how == "huge-count":
+                        series["00201209"] = {"vr": "IS", "Value": ["1e999"]}
+                    body = json.dumps([series]).encode()
+                self.reply(200, body, DICOM_JSON)
+            elif path.endswith(("/instances", "/studies")):
+                self.reply(200, json.dumps([instance_json(s) for s in SOPS]).encode(), DICOM_JSON)
+            elif how == "redirect-loop":
+                self.reply(302, b"", "text/plain", Location=path)
+            else:
+                sop = path.rsplit("/", 1)[1]
+                self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+
+    with _one_server(Odd) as url:
+        yield url, STUDY

@@ -23,7 +23,7 @@ import pytest
 
 from dlstudy.synth import SynthInstance, SynthSpec, generate
 
-from .cli_helpers import download_json, summary_of
+from .cli_helpers import download_json, run_installed, summary_of
 from .faultproxy import Fault, FaultProxy
 from .fixtures.embedded_server import StartServer, SynthStudy
 from .tools import missing_tool
@@ -609,3 +609,35 @@ def test_compressed_qido_is_decoded_and_a_compressed_instance_never_stored(
     assert all("gzip-encoded body, though identity was asked for" in r for r in reasons)
     assert set(asked) == {"identity"}
     assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "said"),
+    [
+        ("huge-count", 0, None),  # a count past any number is no count: the list decides
+        ("deep-json", 3, "QIDO answer nests too deep to be DICOM JSON"),
+        ("redirect-loop", 1, "too many redirects (a loop?)"),
+    ],
+)
+def test_odd_answers_get_one_line_and_an_exit_code_never_a_traceback(
+    tmp_path: Path, how: str, status: int, said: str | None
+) -> None:
+    from .scripted_servers import SOPS, misbehaving
+
+    out = tmp_path / "out"
+    with misbehaving(how) as (url, study):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "1",
+        )  # fmt: skip
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    if status == 0:
+        assert summary["instances"]["downloaded"] == len(SOPS)
+    elif status == 1:
+        reasons = {f["reason"] for f in summary["failures"]}
+        assert len(summary["failures"]) == len(SOPS) and all(said in r for r in reasons)
+        assert not list(out.rglob("*.dcm"))
+    else:
+        assert said in summary["error"]
