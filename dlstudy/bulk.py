@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from .completeness import check_complete
 from .errors import HttpStatusError, IntegrityError, TransferError
 from .fetch import ByteCounter, Committed, check_identity_encoding, status_error
 from .manifest import Digest
@@ -153,6 +154,12 @@ class _PartSink:
                 return
             check_identity(
                 info, study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid
+            )
+            check_complete(
+                temp.path,
+                transfer_syntax=info.transfer_syntax,
+                size=temp.size,
+                label=f"instance {ref.sop_uid}",
             )
             temp.final = self.store.final_path(ref)
             temp.commit()

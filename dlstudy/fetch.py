@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 
+from .completeness import check_complete
 from .errors import HttpStatusError, IntegrityError, TransferError
 from .http.curl import pour_body
 from .manifest import Digest
@@ -101,13 +102,19 @@ class BodyWriter:
 
     def _verify_and_commit(self) -> Committed:
         self.temp.close()
-        verify_instance(
+        transfer_syntax = verify_instance(
             self.temp.path,
             study_uid=self.ref.study_uid,
             series_uid=self.ref.series_uid,
             sop_uid=self.ref.sop_uid,
             head=self._head,
             size=self.size,
+        )
+        check_complete(
+            self.temp.path,
+            transfer_syntax=transfer_syntax,
+            size=self.size,
+            label=f"instance {self.ref.sop_uid}",
         )
         self.temp.commit()
         return Committed(self.temp.final, self.temp.size, self.digest.labelled())

@@ -2,8 +2,10 @@
 
 A file under its final name got there only after verification (store.py), and the manifest
 records its size and digest. A file the manifest does not know (a crash between rename and
-record, or a folder filled by another tool) is adopted after a header check; a file whose size
-(or, with --verify, hash) disagrees with the manifest is removed and fetched again.
+record, or a folder filled by another tool) is adopted after a header check and the
+completeness walk; a file whose size disagrees with the manifest (or, with --verify, whose hash
+does, or whose structure stops short of its end: a file an older version kept short) is
+fetched again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .completeness import check_complete
 from .errors import IntegrityError
 from .manifest import Entry, Manifest, digest_of
 from .store import InstanceRef, Store
@@ -80,7 +83,8 @@ def _is_good(
         if verify and digest_of(final, entry.algorithm) != entry.digest:
             log.warning("%s: %s differs from the manifest; fetching again", final, entry.algorithm)
             return False
-        return True
+        # A file an older version kept short matches its own digest: --verify walks it too.
+        return not verify or _complete(ref, final, size)
     try:
         info = read_header(final, label=f"instance {ref.sop_uid}")
         check_identity(
@@ -89,5 +93,20 @@ def _is_good(
     except IntegrityError as exc:
         log.warning("%s is not the instance it is named after (%s); fetching again", final, exc)
         return False
+    if not _complete(ref, final, size, info.transfer_syntax):
+        return False
     manifest.record(entry_for(store, ref, final, size, digest_of(final)))
+    return True
+
+
+def _complete(ref: InstanceRef, final: Path, size: int, transfer_syntax: str | None = None) -> bool:
+    """Whether the file's Part 10 structure ends where the file does (see completeness.py)."""
+    label = f"instance {ref.sop_uid}"
+    try:
+        if transfer_syntax is None:
+            transfer_syntax = read_header(final, label=label).transfer_syntax
+        check_complete(final, transfer_syntax=transfer_syntax, size=size, label=label)
+    except IntegrityError as exc:
+        log.warning("%s: %s; fetching again", final, exc)
+        return False
     return True

@@ -330,7 +330,9 @@ class Transport:
             )
             self._observe(response)
             self._time_reply(response)
-        except httpx.ProtocolError as exc:
+        except (httpx.ProtocolError, httpx.WriteError, httpx.ReadError) as exc:
+            # A server without h2c answers the preface as HTTP/1.1 (not HTTP/2 to libcurl),
+            # or closes the connection while libcurl is still sending: either way, HTTP/1.1.
             log.info("server does not speak h2c (%s); using HTTP/1.1", _curl_failure(exc) or exc)
             await self._client.aclose()
             self._client = self._make_client(self._plan[1])

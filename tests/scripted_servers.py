@@ -244,3 +244,35 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
 
     with _one_server(Odd) as url:
         yield url, STUDY
+
+
+@contextmanager
+def cutting(cut_first: int) -> Iterator[tuple[str, str, list[str]]]:
+    """Instances answered without a Content-Length, the body ending when the connection
+    closes: the first `cut_first` answers close halfway, so HTTP itself cannot tell them from
+    whole ones. Yields (base URL, study UID, the SOP UIDs)."""
+    answers = [0]
+
+    class Cutting(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                body = json.dumps([series_json(SERIES, count=len(SOPS))]).encode()
+                self.reply(200, body, DICOM_JSON)
+            elif path.endswith(("/instances", "/studies")):
+                self.reply(200, json.dumps([instance_json(s) for s in SOPS]).encode(), DICOM_JSON)
+            else:
+                # 64 KiB of pixel data: a cut halfway lands in it, past every UID.
+                data = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 65536)
+                answers[0] += 1
+                if answers[0] <= cut_first:
+                    data = data[: len(data) // 2]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+                self.close_connection = True
+
+    with _one_server(Cutting) as url:
+        yield url, STUDY, SOPS

@@ -398,14 +398,16 @@ def test_garbage_from_the_server_fails_the_request_and_the_next_one_reconnects()
 
 
 @pytest.mark.parametrize("keep_open", [False, True], ids=["closes", "keeps the connection"])
-def test_h2c_to_an_http11_only_server_is_a_protocol_error_at_once(keep_open: bool) -> None:
+def test_h2c_to_an_http11_only_server_fails_at_once(keep_open: bool) -> None:
     """What lets `--http auto` fall back to HTTP/1.1 on plain http://: at once, even when the
     server keeps the connection open after its 400 (no wait for a timeout)."""
 
     async def test() -> None:
         async with Http11Only(keep_open=keep_open) as server, client(timeout=30) as c:
             started = asyncio.get_running_loop().time()
-            with pytest.raises(httpx.ProtocolError):
+            # An HTTP/2 framing error, or (when the server closes while libcurl still sends)
+            # a write error: what the client's h2c fallback takes (see transport._first_get).
+            with pytest.raises((httpx.ProtocolError, httpx.WriteError, httpx.ReadError)):
                 await c.get(server.url + "/studies")
             assert asyncio.get_running_loop().time() - started < 10  # not the 30 s timeout
             assert server.request_lines == [b"PRI * HTTP/2.0\r\n"]

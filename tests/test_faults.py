@@ -641,3 +641,59 @@ def test_odd_answers_get_one_line_and_an_exit_code_never_a_traceback(
         assert not list(out.rglob("*.dcm"))
     else:
         assert said in summary["error"]
+
+
+@pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
+def test_a_body_cut_where_http_cannot_tell_is_never_committed(
+    tmp_path: Path, cut_first: int
+) -> None:
+    """A close-delimited HTTP/1.1 body that stops halfway looks complete to HTTP; the Part 10
+    walk finds it short: retried, and never kept under its final name."""
+    from .factories import part10
+    from .scripted_servers import SERIES, cutting
+
+    out = tmp_path / "out"
+    with cutting(cut_first) as (url, study, sops):
+        status, summary, _ = download(
+            url, study, out, "--http", "1.1", "--mode", "instance", "--retries", "2"
+        )
+    if cut_first < len(sops):
+        assert status == 0, summary["failures"]
+        assert summary["instances"]["downloaded"] == len(sops)
+        for sop in sops:  # each file whole: the cut answers were retried, not kept
+            (path,) = out.rglob(f"{sop}.dcm")
+            assert path.read_bytes() == part10(study, SERIES, sop, payload=b"\1" * 65536)
+    else:
+        assert status == 1
+        reasons = [f["reason"] for f in summary["failures"]]
+        assert len(reasons) == len(sops) and all("the file is incomplete" in r for r in reasons)
+        assert not list(out.rglob("*.dcm"))
+    assert not list(out.rglob("*.part"))
+
+
+def test_verify_finds_a_file_an_older_version_kept_short(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Its manifest line matches the short file (size and digest): a plain rerun trusts it,
+    --verify walks its structure, finds it short, and fetches it again."""
+    url = embedded_server(synth_study.root)
+    status, _, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0
+    victim = synth_study.instances[7]
+    target = final_path(tmp_path, victim)
+    short = target.read_bytes()[:-1000]
+    target.write_bytes(short)
+    manifest = tmp_path / ".dlstudy" / "manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for line in lines:
+        if line["sop"] == victim.sop_uid:
+            line.update(size=len(short), blake3=blake3.blake3(short).hexdigest())
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0 and summary["instances"]["downloaded"] == 0  # trusted as recorded
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--verify")
+    assert status == 0
+    assert summary["repaired"] == [victim.sop_uid]
+    assert target.read_bytes() == victim.path.read_bytes()

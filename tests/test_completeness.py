@@ -1,0 +1,111 @@
+"""The Part 10 completeness walk: whole files pass, cut ones fail wherever they are cut, files
+it cannot judge pass. Files are written by pydicom, in every form the walk reads."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
+
+from dlstudy.completeness import check_complete
+from dlstudy.errors import IntegrityError
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def part10(transfer_syntax: str, *, undefined: bool, encapsulated: bool = False) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.5"
+    inner = Dataset()
+    inner.ReferencedSOPClassUID = CT
+    inner.ReferencedSOPInstanceUID = "1.2.3.9"
+    nested = Dataset()
+    nested.CodeValue = "X"
+    inner.ConceptNameCodeSequence = Sequence([nested])
+    ds.ReferencedImageSequence = Sequence([inner, inner])
+    if undefined:
+        ds["ReferencedImageSequence"].is_undefined_length = True
+        inner["ConceptNameCodeSequence"].is_undefined_length = True
+        inner.is_undefined_length_sequence_item = True
+        nested.is_undefined_length_sequence_item = True
+    ds.add_new(0x00091001, "OB", b"\1" * 3001)
+    if encapsulated:
+        ds.add_new(0x7FE00010, "OB", encapsulate([b"\xff\xd8" + b"f" * 999, b"g" * 4000]))
+        ds["PixelData"].is_undefined_length = True
+    else:
+        ds.add_new(0x7FE00010, "OW", b"\0" * 20000)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+FORMS = {
+    "explicit": (ExplicitVRLittleEndian, False, False),
+    "explicit, undefined lengths": (ExplicitVRLittleEndian, True, False),
+    "implicit": (ImplicitVRLittleEndian, False, False),
+    "implicit, undefined lengths": (ImplicitVRLittleEndian, True, False),
+    "encapsulated pixel data": (JPEGBaseline8Bit, True, True),
+}
+
+
+def check(tmp_path: Path, data: bytes, transfer_syntax: str) -> None:
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data)
+    check_complete(path, transfer_syntax=transfer_syntax, size=len(data), label="instance 1.2.3.4")
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_a_whole_file_passes_and_a_cut_one_fails_wherever_it_is_cut(
+    tmp_path: Path, form: str
+) -> None:
+    transfer_syntax, undefined, encapsulated = FORMS[form]
+    data = part10(transfer_syntax, undefined=undefined, encapsulated=encapsulated)
+    assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == "1.2.3.4"  # a real file
+    check(tmp_path, data, transfer_syntax)
+    # Every cut inside the sequence and inside the pixel data (the last element) fails.
+    sequence = data.index(b"\x08\x00\x40\x11")  # (0008,1140) Referenced Image Sequence
+    pixels = data.rindex(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+    private = data.index(b"\x09\x00\x01\x10")  # (0009,1001), the element after the sequence
+    for cut in [*range(sequence + 1, private), *range(pixels + 1, len(data))]:
+        with pytest.raises(IntegrityError, match="incomplete") as caught:
+            check(tmp_path, data[:cut], transfer_syntax)
+        assert caught.value.retryable, cut
+    with pytest.raises(IntegrityError, match="incomplete"):
+        check(tmp_path, data + b"\0" * 5, transfer_syntax)  # nor anything after the end
+    # Anywhere else, only a cut exactly between two top-level elements goes unseen: the file
+    # is then a shorter, well-formed file (the limit of what a structure can tell).
+    for cut in range(133, len(data), 7):
+        try:
+            check(tmp_path, data[:cut], transfer_syntax)
+        except IntegrityError:
+            continue
+        assert cut <= pixels, cut  # never inside or after the pixel data's header
+
+
+def test_what_the_walk_cannot_judge_passes(tmp_path: Path) -> None:
+    """Deflated data, a bare dataset (no file meta to name its encoding: it may be big
+    endian), a VR the walk does not know: never refused for that."""
+    data = part10(ExplicitVRLittleEndian, undefined=False)
+    check(tmp_path, data[:-100], DeflatedExplicitVRLittleEndian)
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # past the file meta group
+    check(tmp_path, data[meta_end:-100], ExplicitVRLittleEndian)
+    unknown = data.replace(b"OW", b"ZZ")  # the pixel data's VR, made up
+    check(tmp_path, unknown, ExplicitVRLittleEndian)
