@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +49,14 @@ def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: b
             result.todo.append(ref)  # one listing per folder instead of a stat() per instance
             continue
         try:
-            size = final.stat().st_size
+            status = final.stat()
         except FileNotFoundError:
             result.todo.append(ref)
             continue
+        if not stat.S_ISREG(status.st_mode):  # a folder (or a pipe) in the way: never read
+            result.todo.append(ref)  # the commit reports it for this instance
+            continue
+        size = status.st_size
         if _is_good(ref, final, size, store, manifest, verify=verify):
             result.skipped += 1
         else:

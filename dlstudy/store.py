@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from .errors import OutputError, StorageError, UsageError
+from .errors import IntegrityError, OutputError, StorageError, UsageError
 from .urls import is_valid_uid
 
 TEMP_SUFFIX = ".part"
@@ -191,6 +191,10 @@ class TempFile:
             self._make_folder(self.final.parent)
             os.replace(self.path, self.final)
             self._committed = True
+        except IsADirectoryError as exc:  # a folder where this instance goes: only it fails
+            raise IntegrityError(
+                f"cannot create {str(self.final)!r}: a folder is in the way"
+            ) from exc
         except OSError as exc:
             raise StorageError(
                 f"cannot create {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)

@@ -697,3 +697,24 @@ def test_verify_finds_a_file_an_older_version_kept_short(
     assert status == 0
     assert summary["repaired"] == [victim.sop_uid]
     assert target.read_bytes() == victim.path.read_bytes()
+
+
+def test_a_folder_at_an_instances_final_path_fails_only_that_instance(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    victim = synth_study.instances[4]
+    in_the_way = final_path(tmp_path, victim)
+    (in_the_way / "notes").mkdir(parents=True)  # a user's folder, where a file should go
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--json",
+        "--mode", "instance",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == len(synth_study.instances) - 1
+    (failure,) = summary["failures"]
+    assert failure["sop_instance_uid"] == victim.sop_uid
+    assert failure["reason"].endswith("a folder is in the way")
+    assert (in_the_way / "notes").is_dir()  # nothing of the user's was touched
