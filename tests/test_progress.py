@@ -151,6 +151,10 @@ def test_on_a_terminal_the_bar_says_how_the_run_ended_and_lists_nothing_twice(
     )
     assert code == 0, text
     assert _last_bar(text).startswith("done "), text
+    # One rate: the bar's last MB/s is the summary's (both over the run since it started).
+    bar_rate = float(re.findall(r"([0-9.,]+) MB/s", _last_bar(text))[-1].replace(",", ""))
+    summary_rate = float(re.findall(r"\(([0-9.]+) MB/s\)", text)[-1])
+    assert abs(bar_rate - summary_rate) <= 0.15 * summary_rate, (bar_rate, summary_rate)
 
     # 404 is final: a share of the instances fail, each listed once, by the summary.
     broken = embedded_server(synth_study.root, fault_rate=0.2, fault_status=404, seed=5)
