@@ -96,3 +96,21 @@ def test_readme_first_command_works_in_a_fresh_virtualenv(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "all 60 files byte-identical to the source" in result.stderr
+
+
+def test_the_system_install_upgrades_nothing_and_says_what_is_there() -> None:
+    """scripts/install-system-deps.sh (the test command's first step): with everything in place
+    it changes nothing and names every package it found; when something is missing it installs
+    only that, with apt's --no-upgrade (it used to upgrade libssl3, curl, ... as it went)."""
+    script = ROOT / "scripts" / "install-system-deps.sh"
+    text = script.read_text()
+    assert '"${MISSING[@]}"' in text and "--no-upgrade" in text
+    assert '"${PACKAGES[@]}"; } </dev/null' not in text  # never the whole list
+    result = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    packages = re.search(r"^PACKAGES=\((.*)\)$", text, re.M)
+    assert packages is not None
+    for package in packages.group(1).split():
+        assert f"{package} " in result.stdout, package
