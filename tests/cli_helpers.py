@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,29 @@ def run_installed(
         stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def run_on_a_terminal(*args: str, columns: int = 160) -> tuple[int, str]:
+    """The installed `dlstudy ARGS...` with a pseudo-terminal as its stdout and stderr, as in
+    an interactive shell; returns its exit status and what it drew (escape codes removed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"}
+    process = subprocess.Popen(
+        [DLSTUDY, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    drawn = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closes with the process
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    code = process.wait(timeout=120)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
+    return code, text

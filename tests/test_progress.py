@@ -13,6 +13,7 @@ from dlstudy.progress import NullProgress, PlainProgress
 from dlstudy.progress_rich import RichProgress
 from dlstudy.store import InstanceRef
 
+from .cli_helpers import run_on_a_terminal
 from .fixtures.embedded_server import StartServer, SynthStudy
 
 REF = InstanceRef("1.2", "1.2.3", "1.2.3.4")
@@ -109,36 +110,6 @@ def test_null_progress_accepts_everything_silently() -> None:
     sink.instance_done(REF, 1)
     sink.instance_failed(REF, "x")
     sink.close()
-
-
-def run_on_a_terminal(*args: str, columns: int = 160) -> tuple[int, str]:
-    """The installed `dlstudy ARGS...` with a pseudo-terminal as its stdout and stderr, as in
-    an interactive shell; returns its exit status and what it drew (escape codes removed)."""
-    import os
-    import pty
-    import subprocess
-
-    from .cli_helpers import DLSTUDY
-
-    master, slave = pty.openpty()
-    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"}
-    process = subprocess.Popen(
-        [DLSTUDY, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
-    )
-    os.close(slave)
-    drawn = bytearray()
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the terminal closes with the process
-            break
-        if not chunk:
-            break
-        drawn += chunk
-    os.close(master)
-    code = process.wait(timeout=120)
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
-    return code, text
 
 
 @pytest.mark.integration

@@ -22,7 +22,7 @@ import pytest
 from dlstudy.server import ServerOptions, running_server
 from dlstudy.synth import SynthInstance, SynthSpec, generate
 
-from .cli_helpers import assert_same_files, run_cli, run_installed, summary_of
+from .cli_helpers import assert_same_files, run_cli, run_installed, run_on_a_terminal, summary_of
 from .fixtures.embedded_server import StartServer
 
 pytestmark = pytest.mark.integration
@@ -505,8 +505,6 @@ def test_the_query_table_keeps_identifiers_whole_at_any_width(width: int) -> Non
 def test_the_query_table_on_a_terminal_of_80_and_120_columns(
     cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, columns: int
 ) -> None:
-    from .test_progress import run_on_a_terminal
-
     root, instances = cohort
     url = embedded_server(root)
     code, text = run_on_a_terminal("query", "--url", url, columns=columns)
