@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ STATE_DIR = ".dlstudy"
 # Temp names: the process id keeps concurrent processes (--workers) apart, the counter the
 # transfers of one process; an interrupted run's leftovers are removed under the output lock.
 _temp_numbers = itertools.count()
+_TEMP_NAME = re.compile(r"\..+\.[0-9]+-[0-9]+" + re.escape(TEMP_SUFFIX))
 _FIELDS = ("study", "series", "sop", "modality")
 
 
@@ -127,7 +129,7 @@ class Store:
         removed = 0
         for folder, _dirs, files in os.walk(self.root):
             for name in files:
-                if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                if _TEMP_NAME.fullmatch(name):  # only what TempFile names: a user's .x.part stays
                     Path(folder, name).unlink(missing_ok=True)
                     removed += 1
         return removed

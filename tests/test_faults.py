@@ -718,3 +718,20 @@ def test_a_folder_at_an_instances_final_path_fails_only_that_instance(
     assert failure["sop_instance_uid"] == victim.sop_uid
     assert failure["reason"].endswith("a folder is in the way")
     assert (in_the_way / "notes").is_dir()  # nothing of the user's was touched
+
+
+def test_start_up_cleanup_removes_only_dlstudys_own_temp_files(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    mine = tmp_path / "notes" / ".report.docx.part"  # a user's file that looks like a temp
+    mine.parent.mkdir()
+    mine.write_text("draft")
+    victim = synth_study.instances[0]
+    stale = final_path(tmp_path, victim).with_name(f".{victim.sop_uid}.dcm.4242-7.part")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a killed run")
+    status, _, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0
+    assert mine.read_text() == "draft"
+    assert not stale.exists()
