@@ -17,7 +17,7 @@ import anyio
 import httpx
 
 from .errors import HttpStatusError, NothingMatchedError, ServerError, TransferError
-from .media import DICOM_JSON
+from .media import DICOM_JSON, parse_media_type
 from .pool import first_error
 from .retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from .store import InstanceRef
@@ -209,8 +209,7 @@ def root_problem(response: httpx.Response) -> str | None:
     """What is wrong with a study search's answer for a DICOMweb root, or None."""
     if response.status_code == 204:
         return None
-    mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    if response.status_code == 200 and mime in _JSON_TYPES:
+    if response.status_code == 200 and _mime(response) in _JSON_TYPES:
         try:
             data = response.json()
         except (ValueError, RecursionError):
@@ -223,9 +222,13 @@ def root_problem(response: httpx.Response) -> str | None:
 
 def describe_answer(response: httpx.Response) -> str:
     """`HTTP 404 (an HTML page)`, `HTTP 200 (text/plain)` and the like."""
-    mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    mime = _mime(response)
     kind = "an HTML page" if mime == "text/html" else (mime or "no content type")
     return f"HTTP {response.status_code} ({kind})"
+
+
+def _mime(response: httpx.Response) -> str:
+    return parse_media_type(response.headers.get("content-type", "")).mime
 
 
 def _has_more_warning(headers: httpx.Headers) -> bool:

@@ -103,16 +103,17 @@ def table_columns(rows: list[dict[str, Any]], width: int) -> list[tuple[str, str
     chosen: list[tuple[str, str, int]] = []
     used = 0
     for key, title in TABLE_COLUMNS:
+        room = width - used - (_GAP if chosen else 0)
         natural = max([len(title), *(len(_cell(row[key], ", ")) for row in rows)])
         need = natural
         if key in _TEXT_COLUMNS:
             most, least = _TEXT_COLUMNS[key]
-            need = min(natural, max(least, min(most, width - used - _GAP * bool(chosen))))
+            need = min(natural, max(least, min(most, room)))
             natural = min(natural, most)
-        room = width - used - _GAP * bool(chosen)
         if need <= room:
-            chosen.append((key, title, min(natural, room)))
-            used += _GAP * (len(chosen) > 1) + min(natural, room)
+            shown = min(natural, room)
+            chosen.append((key, title, shown))
+            used = width - room + shown
     return chosen
 
 

@@ -145,7 +145,7 @@ def _date_range(text: str) -> tuple[str, str]:
     except UsageError as exc:
         fail_usage(str(exc))
     first, _, last = value.partition("-")
-    if not first or (value.endswith("-") or value.startswith("-")):
+    if value.startswith("-") or value.endswith("-"):
         fail_usage(f"--study-date {text!r}: synth needs both ends of a range")
     return first, last or first
 
