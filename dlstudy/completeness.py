@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import IntegrityError
+from .safe_files import open_binary
 
 _PREAMBLE = 128
 _MAGIC = b"DICM"
@@ -50,7 +51,7 @@ def check_complete(path: Path, *, transfer_syntax: str, size: int, label: str) -
     where its last element does."""
     if transfer_syntax in _NOT_WALKED:
         return
-    with path.open("rb") as fp:
+    with open_binary(path) as fp:
         try:
             _Walker(fp, size, implicit=transfer_syntax == _IMPLICIT_LITTLE).whole_file()
         except _CannotJudge:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import LockedError
+from .errors import LockedError, OutputError
+from .safe_files import open_regular
 
 LOCK_NAME = "lock"
 
@@ -30,7 +31,13 @@ def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
         yield
         return
     path = state_dir / LOCK_NAME
-    with path.open("a+", encoding="utf-8") as fp:
+    try:
+        fp = open_regular(path, "r+", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(
+            f"cannot use {str(path)!r}: {exc.strerror or exc}", path=str(path)
+        ) from exc
+    with fp:
         try:
             fcntl.flock(fp.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

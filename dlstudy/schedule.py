@@ -43,18 +43,20 @@ def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: b
         final = store.final_path(ref)
         folder = final.parent
         if folder not in listed:
-            listed[folder] = _names(folder)
+            # Nothing is read through a link out of OUT: its instances are fetched, and their
+            # commit reports the link.
+            listed[folder] = frozenset() if store.leads_outside(folder) else _names(folder)
         names = listed[folder]
         if names is not None and final.name not in names:
             result.todo.append(ref)  # one listing per folder instead of a stat() per instance
             continue
         try:
-            status = final.stat()
+            status = final.lstat()
         except FileNotFoundError:
             result.todo.append(ref)
             continue
-        if not stat.S_ISREG(status.st_mode):  # a folder (or a pipe) in the way: never read
-            result.todo.append(ref)  # the commit reports it for this instance
+        if not stat.S_ISREG(status.st_mode):  # a folder, link or pipe in the way: never read
+            result.todo.append(ref)  # the commit replaces it, or reports a folder
             continue
         size = status.st_size
         if _is_good(ref, final, size, store, manifest, verify=verify):

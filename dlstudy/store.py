@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import BinaryIO, Self
 
 from .errors import IntegrityError, OutputError, StorageError, UsageError
+from .safe_files import leads_outside
 from .urls import is_valid_uid
 
 TEMP_SUFFIX = ".part"
@@ -64,7 +65,7 @@ class Store:
         check_layout(layout)
         self.root = root
         self.layout = layout
-        self._folders: set[Path] = set()  # created by this run
+        self._folders = Folders(root)
         # final_path runs twice per instance: the folders' Paths and the checked series once.
         self._folder_paths: dict[str, Path] = {}
         self._valid_series: set[tuple[str, str]] = set()
@@ -75,9 +76,16 @@ class Store:
 
     def prepare(self) -> None:
         """Create the output folder and prove we can write there, before any network work."""
+        state_dir = self.root / STATE_DIR
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            (self.root / STATE_DIR).mkdir(exist_ok=True)
+            state_dir.mkdir(exist_ok=True)
+            if state_dir.is_symlink() or not state_dir.is_dir():
+                raise OutputError(
+                    f"cannot use {str(state_dir)!r}: it is not a folder of its own "
+                    "(a symbolic link?); move it away",
+                    path=str(state_dir),
+                )
             probe = self.root / f".dlstudy-write-test-{secrets.token_hex(4)}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -111,6 +119,10 @@ class Store:
     def is_complete(self, ref: InstanceRef) -> bool:
         return self.final_path(ref).is_file()
 
+    def leads_outside(self, folder: Path) -> bool:
+        """Whether writing in `folder` would land outside OUT (through a symbolic link)."""
+        return self._folders.leads_outside(folder)
+
     def open_temp(self, final: Path) -> TempFile:
         return TempFile(final, self._folders)
 
@@ -139,25 +151,62 @@ class Store:
         return TempFile(self._incoming, self._folders)
 
 
+class Folders:
+    """The folders under OUT that files go into: each made and checked once a run, and never
+    one that a symbolic link leads out of OUT (nothing is written outside it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._root_real: str | None = None
+        self._ready: set[Path] = set()
+        self._outside: dict[Path, bool] = {}
+
+    def leads_outside(self, folder: Path) -> bool:
+        outside = self._outside.get(folder)
+        if outside is None:
+            if self._root_real is None:
+                self._root_real = os.path.realpath(self.root)
+            outside = self._outside[folder] = leads_outside(folder, self._root_real)
+        return outside
+
+    def make(self, folder: Path) -> None:
+        if folder in self._ready:
+            return
+        self._outside.pop(folder, None)  # a link may have appeared since it was looked at
+        if self.leads_outside(folder):  # before mkdir, which would make folders out there
+            raise IntegrityError(
+                f"refusing to write in {str(folder)!r}: a symbolic link leads it out of "
+                f"the output folder {str(self.root)!r}"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise IntegrityError(f"cannot create {str(folder)!r}: a file is in the way") from exc
+        self._ready.add(folder)
+
+    def forget(self, folder: Path) -> None:
+        self._ready.discard(folder)
+
+
 class TempFile:
     """A hidden file beside `final`; committed by atomic rename, removed on any failure."""
 
-    def __init__(self, final: Path, folders: set[Path] | None = None) -> None:
-        """`folders`: folders known to exist (shared by a run), to skip a mkdir per file."""
+    def __init__(self, final: Path, folders: Folders | None = None) -> None:
+        """`folders`: the run's folders (shared), to make and check each folder once."""
         self.final = final
         unique = f"{os.getpid()}-{next(_temp_numbers)}"
         self.path = final.with_name(f".{final.name}.{unique}{TEMP_SUFFIX}")
         self.size = 0
         self._committed = False
         self._file: BinaryIO | None = None
-        self._folders = folders if folders is not None else set()
+        self._folders = folders if folders is not None else Folders(final.parent)
 
     def __enter__(self) -> Self:
         try:
             try:
                 self._file = self._open()
             except FileNotFoundError:
-                self._folders.discard(self.path.parent)  # removed meanwhile: make it again
+                self._folders.forget(self.path.parent)  # removed meanwhile: make it again
                 self._file = self._open()
         except OSError as exc:
             raise StorageError(
@@ -190,7 +239,7 @@ class TempFile:
     def commit(self) -> None:
         self.close()
         try:
-            self._make_folder(self.final.parent)
+            self._folders.make(self.final.parent)
             os.replace(self.path, self.final)
             self._committed = True
         except IsADirectoryError as exc:  # a folder where this instance goes: only it fails
@@ -203,13 +252,8 @@ class TempFile:
             ) from exc
 
     def _open(self) -> BinaryIO:
-        self._make_folder(self.path.parent)
-        return self.path.open("xb", buffering=WRITE_BUFFER)
-
-    def _make_folder(self, folder: Path) -> None:
-        if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._folders.add(folder)
+        self._folders.make(self.path.parent)
+        return self.path.open("xb", buffering=WRITE_BUFFER)  # O_EXCL: never through a link
 
     def discard(self) -> None:
         try:

@@ -23,6 +23,7 @@ from .events import EventSink, emit
 from .lock import output_lock
 from .manifest import Manifest
 from .progress import NullProgress, ProgressSink
+from .safe_files import is_regular_file
 from .search import StudyQuery, StudyRecord, search_async
 from .settings import Settings
 from .shard import Shard
@@ -83,7 +84,7 @@ def is_complete(record: StudyRecord, store: Store, paths: dict[str, list[str]]) 
     listed = paths.get(record.study_uid, [])
     if not record.instances or len(listed) < record.instances:
         return False
-    return all((store.root / path).is_file() for path in listed)
+    return all(is_regular_file(store.root / path) for path in listed)
 
 
 def sync(

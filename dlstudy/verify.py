@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import IntegrityError
+from .safe_files import open_binary
 
 if TYPE_CHECKING:
     from pydicom.dataelem import RawDataElement
@@ -134,7 +135,7 @@ def read_header(
         info = _parse_head(data, whole=size == HEADER_PREFIX_LENGTH + len(data))
         if info is not None:
             return info
-    with path.open("rb") as fp:
+    with open_binary(path) as fp:
         prefix = fp.read(HEADER_PREFIX_LENGTH)
         if len(prefix) < HEADER_PREFIX_LENGTH:
             raise IntegrityError(

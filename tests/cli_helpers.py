@@ -45,19 +45,24 @@ DLSTUDY = str(Path(sys.executable).with_name("dlstudy"))
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
-def run_installed(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """The installed `dlstudy ARGS...` in a subprocess, with no proxy from this machine's
-    environment (and none of the developer's DLSTUDY_ settings) unless `env` gives one."""
+def _clean_environment(env: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment without proxies or DLSTUDY_ settings, plus `env`."""
     clean = {
         name: value
         for name, value in os.environ.items()
         if name.lower() not in PROXY_VARIABLES and not name.startswith("DLSTUDY_")
     }
+    return {**clean, **(env or {})}
+
+
+def run_installed(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The installed `dlstudy ARGS...` in a subprocess, with no proxy from this machine's
+    environment (and none of the developer's DLSTUDY_ settings) unless `env` gives one."""
     return subprocess.run(
         [DLSTUDY, *args],
-        env={**clean, **(env or {})},
+        env=_clean_environment(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -90,3 +95,30 @@ def run_on_a_terminal(*args: str, columns: int = 160) -> tuple[int, str]:
     code = process.wait(timeout=120)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
     return code, text
+
+
+# Runs a command and writes its peak resident set (KiB, its own and its children's) to a file.
+_PEAK_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[2:]).returncode\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "open(sys.argv[1], 'w').write(str(peak))\n"
+    "sys.exit(code)\n"
+)
+
+
+def run_installed_measured(
+    *args: str, peak_file: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`run_installed`, and the run's peak resident memory in MB (the largest of its process
+    and the worker processes it started)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), DLSTUDY, *args],
+        env=_clean_environment(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    return result, int(peak_file.read_text()) / 1024

@@ -349,7 +349,7 @@ def test_a_read_error_is_reported_as_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, part10(STUDY, SERIES, SOP))
-    monkeypatch.setattr(Path, "open", lambda self, mode: _FailingReader(io.FileIO(self, mode)))
+    monkeypatch.setattr(verify, "open_binary", lambda path: _FailingReader(io.FileIO(path, "rb")))
     now, before = both_ways(path, monkeypatch)
     assert now == before
     assert now[0] == (
@@ -666,14 +666,13 @@ def test_verify_from_memory_gives_what_the_file_gives(
 def _spy_file_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The files opened for reading from now on."""
     paths: list[Path] = []
-    real = Path.open
+    real = verify.open_binary
 
-    def spy(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if "r" in mode:
-            paths.append(self)
-        return real(self, mode, *args, **kwargs)
+    def spy(path: Path) -> Any:
+        paths.append(path)
+        return real(path)
 
-    monkeypatch.setattr(Path, "open", spy)
+    monkeypatch.setattr(verify, "open_binary", spy)
     return paths
 
 
