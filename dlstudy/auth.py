@@ -1,9 +1,9 @@
 """Bearer tokens that expire: `--token-command` runs at start and again when a 401 says so.
 
 The refresh is single-flight: whichever request sees the 401 first runs the command while the
-others wait, then every one of them replays once with the new token. A second 401, or a command
-that fails, is an AuthError that stops the run. The command's output is a secret: it is never
-logged, and errors name only the exit status.
+others wait, then each replays with the new token. A fresh token refused on its first use, or
+a command that fails, is an AuthError that stops the run. The command's output is a secret:
+it is never logged, and errors name only the exit status.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from .settings import Settings
 
 # A token command that takes longer than this is stuck (waiting for a password prompt, say).
 TOKEN_COMMAND_TIMEOUT = 60.0
+# Sends of one request, each with the token current at the time: bounds the replays of a
+# request that keeps meeting tokens expiring under it.
+MAX_TRIES = 10
 
 
 class TokenCommand:
@@ -55,12 +58,23 @@ class TokenCommand:
 
 
 class RefreshingBearerAuth(httpx.Auth):
+    """Bearer auth with a token that `command` renews when the server says it expired.
+
+    A token is proven by its first answer. While a fresh token's first request is out, the
+    others wait for it: a fresh token refused on that first use is the only 401 (besides a
+    failing command) that stops the run. A 401 on a request sent with an older token than the
+    current one is replayed with the current token; a 401 on a proven current token means it
+    expired, and one request (single-flight) runs the command again.
+    """
+
     requires_response_body = False
 
     def __init__(self, command: TokenCommand, token: str) -> None:
         self.command = command
         self._token = token
         self._generation = 0
+        self._proven = False
+        self._trial: anyio.Event | None = None  # set when the unproven token's trial ends
         self._lock = anyio.Lock()
         self.refreshes = 0
 
@@ -72,13 +86,35 @@ class RefreshingBearerAuth(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        generation = self._generation
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        response = yield request
-        if response.status_code == 401:
-            await self._refresh(generation)
+        for _ in range(MAX_TRIES):
+            while not self._proven and self._trial is not None:
+                await self._trial.wait()
+            generation = self._generation
+            trial = None if self._proven else self._start_trial()
             request.headers["Authorization"] = f"Bearer {self._token}"
-            yield request  # a second 401 goes back to the caller, which stops the run
+            try:
+                response = yield request
+                if response.status_code != 401:
+                    if generation == self._generation:
+                        self._proven = True
+                    return
+            finally:
+                if trial is not None:
+                    self._end_trial(trial)
+            if generation != self._generation:
+                continue  # sent with a token since replaced: replay with the current one
+            if trial is not None:
+                return  # a fresh token refused on first use: the caller stops the run
+            await self._refresh(generation)
+
+    def _start_trial(self) -> anyio.Event:
+        self._trial = anyio.Event()
+        return self._trial
+
+    def _end_trial(self, trial: anyio.Event) -> None:
+        if self._trial is trial:
+            self._trial = None
+        trial.set()
 
     async def _refresh(self, seen_generation: int) -> None:
         async with self._lock:
@@ -86,6 +122,7 @@ class RefreshingBearerAuth(httpx.Auth):
                 return  # another request refreshed while this one waited
             self._token = await anyio.to_thread.run_sync(self.command.run)
             self._generation += 1
+            self._proven = False
             self.refreshes += 1
 
 

@@ -279,6 +279,29 @@ def test_expired_token_is_refreshed_once_for_all_workers(
     assert_complete(out, synth_study.instances)
 
 
+@pytest.mark.parametrize("mode", ["instance", "series"])
+def test_tokens_expiring_under_many_requests_in_flight_never_stop_the_run(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, mode: str
+) -> None:
+    """Each token works for 2 requests while 8 are in flight: most 401s come back to requests
+    sent with a token already replaced. They are replayed with the current one; only a fresh
+    token refused on its first use would stop the run."""
+    url = embedded_server(synth_study.root, token="tok", token_expires_after=2)
+    command, counter = minting_command(tmp_path)
+    out = tmp_path / "out"
+
+    status, summary, stderr = download(
+        url, synth_study.study_uid, out, "--token-command", command, "-c", "8", "--mode", mode
+    )
+
+    assert status == 0, (stderr, summary.get("failures"))
+    runs = int(counter.read_text())
+    requests = len(synth_study.instances) + len(synth_study.series_uids) + 2
+    assert 2 <= runs <= requests  # renewed as tokens expire, never more than once a request
+    assert "tok-" not in stderr and "tok-" not in str(summary)
+    assert_complete(out, synth_study.instances)
+
+
 def test_failed_token_refresh_stops_the_run_with_exit_3(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
