@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import anyio
 import httpx
 
-from .errors import AuthError, ConnectError, DlstudyError, TransferError
+from .errors import AuthError, ConnectError, DlstudyError, HttpStatusError, TransferError
 from .http.curl import MIN_PROGRESS, CurlFailure, CurlTransport, HttpChoice, TlsOptions
 from .http.proxy import Proxies
 from .settings import AUTO_CONCURRENCY_HTTP1, HttpVersion, Settings
@@ -191,6 +191,9 @@ class Transport:
         )
         self._engine = make_engine(http, settings, self._proxies)
         self._merged_headers: dict[tuple[tuple[str, str], ...], httpx.Headers] = {}
+        # Cleared by the first redirect: a server that redirects instances gets every request
+        # through httpx, instead of asking it twice for each (a presigned link minted twice).
+        self._direct = True
         # With a transport given, httpx leaves proxies alone: the engine applies them.
         return httpx.AsyncClient(
             transport=self._engine,
@@ -249,7 +252,7 @@ class Transport:
             "timeout": client.timeout.as_dict(),
             MIN_PROGRESS: (MIN_PROGRESS_BYTES, self.settings.timeout),
         }
-        if self._auth is None and not client.cookies and self._below_base(url):
+        if self._direct and self._auth is None and not client.cookies and self._below_base(url):
             request = httpx.Request(
                 "GET", target, headers=self._headers_with(headers), extensions=extensions
             )
@@ -260,6 +263,7 @@ class Transport:
                     client.cookies.extract_cookies(response)
                 return response
             await response.aclose()  # followed (and checked) by httpx, from the start
+            self._direct = False
         return await client.send(
             client.build_request("GET", target, headers=headers, extensions=extensions),
             stream=True,
@@ -368,12 +372,27 @@ def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
 
 
 def check_auth(response: httpx.Response) -> None:
-    """Raise AuthError for 401/403: the server refuses us, nothing else will work either."""
-    if response.status_code in (401, 403):
-        what = "rejected the credentials" if response.status_code == 401 else "denied access"
-        hint = " (check --token / --user / --password)" if response.status_code == 401 else ""
-        raise AuthError(
-            f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
-            url=redact_url(str(response.url)),
+    """Raise AuthError for 401/403: the server refuses us, nothing else will work either.
+
+    Except from a redirect target on another origin: archives hand instances out through
+    expiring links to object stores, and a link that died is one the archive renews when asked
+    again, so that is a retryable failure of this request only.
+    """
+    if response.status_code not in (401, 403):
+        return
+    if response.history and origin_of(response.url) != origin_of(response.history[0].url):
+        url = redact_url(str(response.url))
+        raise HttpStatusError(
+            f"HTTP {response.status_code} from the redirect target {url} (an expired link?); "
+            "asking the archive again",
             status_code=response.status_code,
+            url=url,
+            retryable=True,
         )
+    what = "rejected the credentials" if response.status_code == 401 else "denied access"
+    hint = " (check --token / --user / --password)" if response.status_code == 401 else ""
+    raise AuthError(
+        f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
+        url=redact_url(str(response.url)),
+        status_code=response.status_code,
+    )

@@ -119,6 +119,66 @@ def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
         _stop((first, other), threads)
 
 
+PRESIGNED_CREDENTIAL = "AKIAEXAMPLECREDENTIAL"
+
+
+@contextmanager
+def presigned_pair(refused: int) -> Iterator[tuple[str, str, list[str], list[str]]]:
+    """An archive that hands each instance out through a redirect to an object store, with a
+    fresh presigned URL each time; the store refuses (403, "Request has expired") the first
+    `refused` URLs of each instance.
+
+    Yields (base URL, study UID, the archive's instance requests, the signatures issued)."""
+    asked: list[str] = []
+    signatures: list[str] = []
+    presented: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class Store(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            sop = self.path.split("?", 1)[0].rsplit("/", 1)[1]
+            with lock:
+                presented[sop] = presented.get(sop, 0) + 1
+                expired = presented[sop] <= refused
+            if expired:
+                body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
+                self.reply(403, body + b"</Error>", "application/xml")
+            else:
+                self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+
+    store = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    store_base = f"http://127.0.0.1:{store.server_address[1]}/bucket"
+
+    class Archive(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                body = json.dumps([series_json(SERIES, count=len(SOPS))]).encode()
+                self.reply(200, body, "application/dicom+json")
+            elif path.endswith("/instances"):
+                body = json.dumps([instance_json(s) for s in SOPS]).encode()
+                self.reply(200, body, "application/dicom+json")
+            else:
+                sop = path.rsplit("/", 1)[1]
+                with lock:
+                    asked.append(sop)
+                    signature = f"5ec7e7516{len(signatures):04d}"
+                    signatures.append(signature)
+                location = (
+                    f"{store_base}/{sop}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                    f"&X-Amz-Credential={PRESIGNED_CREDENTIAL}&X-Amz-Expires=300"
+                    f"&X-Amz-Signature={signature}"
+                )
+                self.reply(307, b"", "text/plain", Location=location)
+
+    archive = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Archive)
+    threads = _serve(archive, store)
+    try:
+        yield f"http://127.0.0.1:{archive.server_address[1]}/dicomweb", STUDY, asked, signatures
+    finally:
+        _stop((archive, store), threads)
+
+
 @contextmanager
 def static_like(count: int) -> Iterator[tuple[str, str, list[str]]]:
     """Like a static DICOMweb tree: single-part instances only; a series URL is a 403 folder."""

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -410,6 +411,51 @@ def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path
     assert seen_by_other_origin, "the redirect target was never asked"
     for headers in seen_by_other_origin:
         assert "authorization" not in headers and "x-api-key" not in headers
+
+
+def asked_for(sops: list[str], asked: list[str], times: int) -> None:
+    """Each SOP asked for `times` times; once more for the first requests, which went to the
+    archive directly before its first redirect sent every request through httpx."""
+    counts = Counter(asked)
+    assert set(counts) == set(sops)
+    assert all(times <= counts[sop] <= times + 1 for sop in sops), counts
+
+
+@pytest.mark.parametrize("refused", [1, 100], ids=["expired once", "always expired"])
+def test_an_expired_presigned_link_is_asked_for_again_never_stops_the_run(
+    tmp_path: Path, refused: int
+) -> None:
+    """A 403 from a redirect target on another origin is not the archive refusing the
+    credentials: the instance is fetched again from the archive, which hands out a fresh link.
+    The links' signatures and credentials appear in no output."""
+    from .factories import part10
+    from .scripted_servers import PRESIGNED_CREDENTIAL, SERIES, SOPS, presigned_pair
+
+    out, log_file = tmp_path / "out", tmp_path / "run.log"
+    with presigned_pair(refused) as (url, study, asked, signatures):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "-v",
+            "--log-file", str(log_file), "--http", "1.1", "--mode", "instance",
+            "--retries", "3", "--token", "archive-token",
+        )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    if refused == 1:
+        assert result.returncode == 0, result.stderr
+        asked_for(SOPS, asked, 2)  # each instance asked for again, once
+        for sop in SOPS:
+            (path,) = out.rglob(f"{sop}.dcm")
+            assert path.read_bytes() == part10(study, SERIES, sop)
+    else:
+        assert result.returncode == 1, result.stderr  # not 3: the archive never refused
+        reasons = [f["reason"] for f in summary["failures"]]
+        assert len(reasons) == len(SOPS)
+        assert all("from the redirect target" in r and "expired link" in r for r in reasons)
+        asked_for(SOPS, asked, 4)  # the first try and three retries
+    outputs = result.stdout + result.stderr + log_file.read_text()
+    for secret in [*signatures, PRESIGNED_CREDENTIAL, "archive-token"]:
+        assert secret not in outputs
 
 
 # --- local faults ---------------------------------------------------------------------------
