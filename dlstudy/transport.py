@@ -62,6 +62,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         if curl is not None and curl.tls:
             if "wrong version number" in said or "packet length too long" in said:
                 said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
+            else:
+                said = _tls_cause(said, parsed.host)
             return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
         if curl is not None and curl.code == 6:  # CURLE_COULDNT_RESOLVE_HOST
             return ConnectError(f"cannot resolve host {parsed.host!r} ({shown})", url=shown)
@@ -126,6 +128,24 @@ def _curl_failure(exc: BaseException) -> CurlFailure | None:
         if isinstance(current, CurlFailure):
             return current
     return None
+
+
+# What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
+_UNKNOWN_CA = "the server's certificate is signed by an unknown CA (trust it with --ca-bundle)"
+_TLS_CAUSES = (
+    (("certificate has expired",), "the server's certificate has expired"),
+    (("certificate is not yet valid",), "the server's certificate is not valid yet"),
+    (("subject name",), "the server's certificate is for another host name than {host!r}"),
+    (("local issuer certificate", "self-signed", "self signed"), _UNKNOWN_CA),
+)
+
+
+def _tls_cause(said: str, host: str) -> str:
+    """libcurl's TLS message, led by its cause in plain words when it is a known one."""
+    for markers, cause in _TLS_CAUSES:
+        if any(marker in said for marker in markers):
+            return f"{cause.format(host=host)} ({said})"
+    return said
 
 
 def _netloc(parsed: httpx.URL) -> str:

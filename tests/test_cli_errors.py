@@ -105,6 +105,50 @@ def test_tls_failure_exit_3_and_insecure_warns(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("problem", "cause"),
+    [
+        ("expired", "the server's certificate has expired"),
+        ("other host", "the server's certificate is for another host name than '127.0.0.1'"),
+        ("unknown CA", "the server's certificate is signed by an unknown CA"),
+    ],
+)
+def test_a_tls_failure_names_its_cause(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    problem: str,
+    cause: str,
+) -> None:
+    import datetime
+
+    import trustme
+
+    ca = trustme.CA()
+    if problem == "expired":
+        past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+        leaf = ca.issue_cert("127.0.0.1", not_before=past, not_after=past.replace(month=6))
+    elif problem == "other host":
+        leaf = ca.issue_cert("pacs.example.org")
+    else:
+        leaf = trustme.CA().issue_cert("127.0.0.1")  # signed by a CA the client does not know
+    cert, key, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    url = embedded_server(synth_study.root, tls_cert=cert, tls_key=key)
+
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--ca-bundle", str(ca_pem),
+    )  # fmt: skip
+
+    assert result.returncode == 3, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line]
+    assert f"TLS handshake with '127.0.0.1' failed: {cause}" in line
+
+
+@pytest.mark.integration
 def test_auth_failures_exit_3_and_never_show_the_token(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:

@@ -51,7 +51,8 @@ def curl(exc: httpx.TransportError, code: int, message: str, **kw: object) -> Ba
         (
             curl(httpx.ConnectError("x"), 60, "SSL certificate problem: self-signed", tls=True),
             ConnectError,
-            "TLS handshake with 'pacs.test' failed: SSL certificate problem: self-signed",
+            "TLS handshake with 'pacs.test' failed: the server's certificate is signed by an "
+            "unknown CA (trust it with --ca-bundle) (SSL certificate problem: self-signed)",
         ),
         (
             curl(httpx.ProxyError("x"), 7, "Could not connect", proxy="http://u:***@proxy:3128"),
