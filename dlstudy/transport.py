@@ -24,7 +24,15 @@ from urllib.parse import parse_qsl
 import anyio
 import httpx
 
-from .errors import AuthError, ConnectError, DlstudyError, HttpStatusError, TransferError
+from .errors import (
+    AuthError,
+    ConnectError,
+    DlstudyError,
+    HttpStatusError,
+    ServerError,
+    TransferError,
+)
+from .http.bounded import ACCEPTED_ENCODINGS, AnswerCutShort, BadAnswer, read_bounded
 from .http.curl import MIN_PROGRESS, CurlFailure, CurlTransport, HttpChoice, TlsOptions
 from .http.proxy import Proxies
 from .settings import AUTO_CONCURRENCY_HTTP1, HttpVersion, Settings
@@ -34,6 +42,8 @@ from .watchdog import MIN_PROGRESS_BYTES
 log = logging.getLogger(__name__)
 
 USER_AGENT = "dlstudy"
+# Headers about the body as it came over the wire, wrong for the decoded body of _read_small.
+_BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
@@ -331,9 +341,9 @@ class Transport:
 
     async def _get(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
         try:
-            response = await self._client.get(
-                url, headers=headers, params=self._params(url, params)
-            )
+            response = await self._read_small(url, headers, params)
+        except DlstudyError:
+            raise
         except Exception as exc:
             if self.http_version is None and _no_answer(exc):
                 raise _no_http_answer(exc, url) from exc
@@ -349,9 +359,7 @@ class Transport:
     ) -> httpx.Response:
         """The run's first request doubles as the h2c probe; on a protocol error, HTTP/1.1."""
         try:
-            response = await self._client.get(
-                url, headers=headers, params=self._params(url, params)
-            )
+            response = await self._read_small(url, headers, params)
             self._observe(response)
             self._time_reply(response)
         except (httpx.ProtocolError, httpx.WriteError, httpx.ReadError) as exc:
@@ -361,12 +369,53 @@ class Transport:
             await self._client.aclose()
             self._client = self._make_client(self._plan[1])
             response = await self._get(url, headers, params)
+        except DlstudyError:
+            raise
         except Exception as exc:
             if is_translatable(exc):
                 raise translate_error(exc, url) from exc
             raise
         self._negotiated = True
         return response
+
+    async def _read_small(
+        self, url: str, headers: dict[str, str] | None, params: Any
+    ) -> httpx.Response:
+        """GET an answer read whole, its decoded size bounded as it is decoded
+        (http/bounded.py): the response carries the decoded body."""
+        client = self._client
+        request = client.build_request(
+            "GET",
+            url,
+            headers={"Accept-Encoding": ACCEPTED_ENCODINGS, **(headers or {})},
+            params=self._params(url, params),
+        )
+        response = await client.send(request, stream=True)
+        try:
+            encoding = response.headers.get("content-encoding", "")
+            body = await read_bounded(response.aiter_raw(), encoding)
+        except AnswerCutShort as exc:
+            shown = redact_url(str(response.url))
+            raise TransferError(f"{exc} from {shown}", url=shown, retryable=True) from exc
+        except BadAnswer as exc:
+            shown = redact_url(str(response.url))
+            raise ServerError(f"{exc} from {shown}", url=shown) from exc
+        finally:
+            await response.aclose()
+        decoded = httpx.Response(
+            response.status_code,
+            headers=[
+                (name, value)
+                for name, value in response.headers.multi_items()
+                if name.lower() not in _BODY_FRAMING
+            ],
+            content=body,
+            request=response.request,
+            history=response.history,
+            extensions=response.extensions,
+        )
+        decoded.elapsed = response.elapsed
+        return decoded
 
     def _observe(self, response: httpx.Response) -> None:
         self.http_version = response.http_version

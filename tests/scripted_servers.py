@@ -8,6 +8,7 @@ import http.server
 import json
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -336,3 +337,69 @@ def cutting(cut_first: int) -> Iterator[tuple[str, str, list[str]]]:
 
     with _one_server(Cutting) as url:
         yield url, STUDY, SOPS
+
+
+_BOMB: list[bytes] = []
+
+
+def _gzip_bomb(decoded_mb: int = 512) -> bytes:
+    """A gzip stream of a JSON list padded with `decoded_mb` MB of spaces (about 0.5 MB)."""
+    if not _BOMB:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        spaces = b" " * (1 << 20)
+        parts = [packer.compress(b"[")]
+        parts += [packer.compress(spaces) for _ in range(decoded_mb)]
+        _BOMB.append(b"".join([*parts, packer.compress(b"]"), packer.flush()]))
+    return _BOMB[0]
+
+
+@contextmanager
+def oversized_qido(how: str) -> Iterator[tuple[str, str]]:
+    """Every QIDO answer is one a client must not take in whole:
+
+    - `gzip-bomb`: 0.5 MB of gzip that decodes to 512 MB, asked for or not;
+    - `huge-page`: a plain JSON list of 200 MB, sent as it is made;
+    - `cut-gzip`: a gzip stream that stops halfway (the connection closes);
+    - `brotli`: an answer in a content-coding that was not asked for.
+
+    Yields (base URL, study UID)."""
+
+    class Oversized(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            if "/series/" in self.path and "/instances" not in self.path:
+                sop = self.path.split("?", 1)[0].rsplit("/", 1)[1]
+                self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+            elif how == "gzip-bomb":
+                self.reply(200, _gzip_bomb(), DICOM_JSON, Content_Encoding="gzip")
+            elif how == "brotli":
+                self.reply(200, b"\x0b\x02\x80[]\x03", DICOM_JSON, Content_Encoding="br")
+            elif how == "cut-gzip":
+                body = gzip.compress(json.dumps([series_json(SERIES)] * 200).encode())
+                self.send_response(200)
+                self.send_header("Content-Type", DICOM_JSON)
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+            else:
+                self._send_huge_page()
+
+        def _send_huge_page(self) -> None:
+            item = json.dumps(series_json(SERIES)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", DICOM_JSON)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            block = b",".join([item] * 1000) + b","
+            try:
+                self.wfile.write(b"[")
+                for _ in range(200 * (1 << 20) // len(block)):
+                    self.wfile.write(block)
+                self.wfile.write(item + b"]")
+            except OSError:
+                pass  # the client stopped reading: as it should
+            self.close_connection = True
+
+    with _one_server(Oversized) as url:
+        yield url, STUDY

@@ -24,7 +24,7 @@ import pytest
 
 from dlstudy.synth import SynthInstance, SynthSpec, generate
 
-from .cli_helpers import download_json, run_installed, summary_of
+from .cli_helpers import download_json, run_installed, run_installed_measured, summary_of
 from .faultproxy import Fault, FaultProxy
 from .fixtures.embedded_server import StartServer, SynthStudy
 from .tools import missing_tool
@@ -710,6 +710,34 @@ def test_odd_answers_get_one_line_and_an_exit_code_never_a_traceback(
         assert not list(out.rglob("*.dcm"))
     else:
         assert said in summary["error"]
+
+
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        ("gzip-bomb", "an answer larger than 32 MiB once decoded from http://127.0.0.1:"),
+        ("huge-page", "an answer larger than 32 MiB from http://127.0.0.1:"),
+        ("cut-gzip", "a gzip answer cut short from http://127.0.0.1:"),
+        ("brotli", "an answer in content-coding 'br', which was not asked for"),
+    ],
+)
+def test_a_qido_answer_too_big_or_badly_coded_is_refused_in_flat_memory(
+    tmp_path: Path, how: str, said: str
+) -> None:
+    from .scripted_servers import oversized_qido
+
+    out = tmp_path / "out"
+    with oversized_qido(how) as (url, study):
+        result, peak_mb = run_installed_measured(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--retries", "1", peak_file=tmp_path / "peak",
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert said in line and said in json.loads(result.stdout)["error"]
+    assert peak_mb <= 100, peak_mb
+    assert not list(out.rglob("*.dcm"))
 
 
 @pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
