@@ -19,13 +19,19 @@ from ..errors import DlstudyError, ExitStatus, Terminated
 from ..progress import NullProgress, PlainProgress, ProgressSink
 from ..summary import Summary
 
+# How a run ended, for --log-file only (stderr shows it already): the error, the summary line
+# and every failure, so a cron job's log is the record of the run.
+outcome = logging.getLogger("dlstudy.outcome")
+outcome.propagate = False
+
 
 def setup_logging(verbose: bool, log_file: Path | None) -> None:
     """dlstudy's own loggers only: httpx logs full URLs (with any secrets) at INFO."""
     logger = logging.getLogger("dlstudy")
-    for old in [h for h in logger.handlers if getattr(h, "dlstudy_cli", False)]:
-        logger.removeHandler(old)  # a previous command in the same process (tests, demo)
-        old.close()
+    for owner in (logger, outcome):
+        for old in [h for h in owner.handlers if getattr(h, "dlstudy_cli", False)]:
+            owner.removeHandler(old)  # a previous command in the same process (tests, demo)
+            old.close()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose:
@@ -41,6 +47,8 @@ def setup_logging(verbose: bool, log_file: Path | None) -> None:
         file_handler.setFormatter(formatter)
         file_handler.dlstudy_cli = True  # type: ignore[attr-defined]
         logger.addHandler(file_handler)
+        outcome.addHandler(file_handler)
+        outcome.setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
@@ -72,10 +80,9 @@ def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
                 typer.echo(json.dumps(summary.as_dict(), indent=2))
             else:
                 typer.echo(summary.one_line(), err=True)
-        error_line(
-            f"{'terminated' if terminated else 'interrupted'}; "
-            "completed instances are kept, rerun the same command to resume"
-        )
+        said = "terminated" if terminated else "interrupted"
+        outcome.warning("%s", said)
+        error_line(f"{said}; completed instances are kept, rerun the same command to resume")
         raise typer.Exit(status) from exc
     finally:
         if previous is not None:
@@ -108,9 +115,13 @@ def finish(
     if json_output and summary is not None:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
     if error is not None:
+        outcome.error("%s", error)
         error_line(str(error))
         raise typer.Exit(int(error.exit_status))
     assert summary is not None
+    outcome.info("%s", summary.one_line())
+    for failure in summary.failures:
+        outcome.warning("failed: %s", failure.reason)
     if not json_output and not quiet:
         typer.echo(summary.one_line(), err=True)
         for failure in summary.failures[:20]:
