@@ -17,7 +17,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -766,6 +768,79 @@ def test_a_body_cut_where_http_cannot_tell_is_never_committed(
         assert len(reasons) == len(sops) and all("the file is incomplete" in r for r in reasons)
         assert not list(out.rglob("*.dcm"))
     assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
+def test_an_http2_stream_ended_early_without_a_length_is_never_committed(
+    tmp_path: Path, cut_first: int
+) -> None:
+    """HTTP/2 with no content-length: END_STREAM halfway through the body looks like a whole
+    answer to HTTP; the Part 10 walk finds it short."""
+    from .factories import instance_json, part10, series_json
+    from .scripted_h2 import Peer
+    from .scripted_servers import SERIES, SOPS, STUDY
+
+    answers = [0]
+
+    async def handler(peer: Peer, stream_id: int) -> None:
+        path = peer.path(stream_id).decode().split("?", 1)[0]
+        if path.endswith("/series"):
+            kind, body = b"application/dicom+json", json.dumps([series_json(SERIES)]).encode()
+        elif path.endswith(("/instances", "/studies")):
+            listing = [instance_json(sop) for sop in SOPS]
+            kind, body = b"application/dicom+json", json.dumps(listing).encode()
+        else:
+            kind = b"application/dicom"
+            body = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 65536)
+            answers[0] += 1
+            if answers[0] <= cut_first:
+                body = body[: len(body) // 2]
+        peer.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", kind)])
+        await peer.send_body(stream_id, body)
+
+    out = tmp_path / "out"
+    with h2_server_in_a_thread(handler) as url:
+        status, summary, _ = download(
+            url + "/dicomweb", STUDY, out, "--http", "2", "--mode", "instance", "--retries", "2"
+        )
+    if cut_first < len(SOPS):
+        assert status == 0, summary["failures"]
+        for sop in SOPS:
+            (path,) = out.rglob(f"{sop}.dcm")
+            assert path.read_bytes() == part10(STUDY, SERIES, sop, payload=b"\1" * 65536)
+    else:
+        assert status == 1
+        reasons = [f["reason"] for f in summary["failures"]]
+        assert len(reasons) == len(SOPS) and all("the file is incomplete" in r for r in reasons)
+        assert not list(out.rglob("*.dcm"))
+    assert not list(out.rglob("*.part"))
+
+
+@contextmanager
+def h2_server_in_a_thread(handler: Any) -> Iterator[str]:
+    """A scripted HTTP/2 server (tests/scripted_h2.py) on its own loop in a thread."""
+    import asyncio
+    import threading
+
+    from .scripted_h2 import H2Server
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        async with H2Server(handler) as server:
+            box.update(url=server.url, loop=asyncio.get_running_loop(), stop=asyncio.Event())
+            ready.set()
+            await box["stop"].wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the scripted HTTP/2 server did not start"
+    try:
+        yield box["url"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
 
 
 def test_verify_finds_a_file_an_older_version_kept_short(
