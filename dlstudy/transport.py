@@ -82,6 +82,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         if curl is not None and curl.os_errno:
             said = os.strerror(curl.os_errno)
         return ConnectError(f"cannot connect to {_netloc(parsed)}: {said}", url=shown)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return TransferError(f"redirected to {exc} from {shown}", url=shown)
     if isinstance(exc, httpx.TooManyRedirects):
         return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
     if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):

@@ -279,7 +279,8 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
 
     - `huge-count`: a series says it has 1e999 instances;
     - `deep-json`: the series list is an array nested 100,000 deep;
-    - `redirect-loop`: every instance URL redirects to itself.
+    - `redirect-loop`: every instance URL redirects to itself;
+    - `redirect-to-file`: every instance URL redirects to file:///etc/passwd.
 
     Yields (base URL, study UID)."""
 
@@ -299,6 +300,8 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
                 self.reply(200, json.dumps([instance_json(s) for s in SOPS]).encode(), DICOM_JSON)
             elif how == "redirect-loop":
                 self.reply(302, b"", "text/plain", Location=path)
+            elif how == "redirect-to-file":
+                self.reply(302, b"", "text/plain", Location="file:///etc/passwd")
             else:
                 sop = path.rsplit("/", 1)[1]
                 self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")

@@ -688,6 +688,7 @@ def test_compressed_qido_is_decoded_and_a_compressed_instance_never_stored(
         ("huge-count", 0, None),  # a count past any number is no count: the list decides
         ("deep-json", 3, "QIDO answer nests too deep to be DICOM JSON"),
         ("redirect-loop", 1, "too many redirects (a loop?)"),
+        ("redirect-to-file", 1, "redirected to a file:// URL, which is not HTTP"),
     ],
 )
 def test_odd_answers_get_one_line_and_an_exit_code_never_a_traceback(

@@ -331,8 +331,10 @@ class CurlTransport(httpx.AsyncBaseTransport):
         return self._driver
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        driver = self.driver()
         url = request.url
+        if url.scheme not in ("http", "https"):  # a redirect to file://, ftp://, ...
+            raise httpx.UnsupportedProtocol(f"a {url.scheme}:// URL, which is not HTTP")
+        driver = self.driver()
         proxy = self.proxies.for_origin(url.scheme, url.host)
         easy = self._idle.pop() if self._idle else self._new_easy()
         transfer = Transfer(self, easy, shown(proxy) if proxy else None)
