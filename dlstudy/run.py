@@ -61,6 +61,8 @@ class Run:
         summary.retrieval = self.negotiator
 
     async def execute(self, study_uids: list[str]) -> None:
+        if self.settings.workers != 1 and workers.available_cpus() > 1:
+            workers.warm_up()  # while the listing is read
         refs = await self.resolve(study_uids)
         # The server has answered: the protocol is known, and with it --concurrency 0's value.
         concurrency = concurrency_for(self.settings.concurrency, self.transport.http_version)

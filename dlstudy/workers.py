@@ -9,8 +9,11 @@ the parent keeps everything that must have one owner: the output lock, the manif
 progress display and the summary. Workers report over a pipe, a batch at a time; a worker whose
 parent is gone stops at its next report.
 
-Workers are forked (on Linux) from a worker thread: they start with dlstudy already imported
-(a spawned one re-imported it, ~0.2 s of CPU each) and with no event loop on their stack.
+Workers start from multiprocessing's fork server where the platform has one (Linux): a
+process started fresh, which imports dlstudy once and forks each worker from a single thread
+with no event loop and no open connection (forking this process, whose event loop, libcurl
+and TLS sockets are live, is what Python 3.12+ warns about). It is started in the background
+as soon as workers look likely (`warm_up`), while the listing is read. Elsewhere, spawn.
 """
 
 from __future__ import annotations
@@ -101,6 +104,28 @@ def split_concurrency(concurrency: int, processes: int) -> tuple[int, int]:
     never more than the total."""
     each = concurrency // processes
     return concurrency - each * (processes - 1), each
+
+
+def _start_context() -> Any:
+    import multiprocessing  # only when workers may start
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def warm_up() -> None:
+    """Start the fork server in a thread, so that its imports overlap this process's work
+    instead of delaying the first worker."""
+    import threading
+
+    context = _start_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        threading.Thread(target=forkserver.ensure_running, daemon=True).start()
 
 
 class SharedClaims:
@@ -260,11 +285,9 @@ async def run_in_processes(
     The total in flight never exceeds --concurrency: this process lowers its own limit first,
     and the workers start once it holds.
     """
-    import multiprocessing  # only for --workers > 1
     from dataclasses import replace
 
-    fork = "fork" in multiprocessing.get_all_start_methods()
-    context: Any = multiprocessing.get_context("fork" if fork else "spawn")
+    context = _start_context()
     own, each = split_concurrency(settings.concurrency, workers)
     share = replace(settings, concurrency=each)
     claims = SharedClaims(refs, context)
@@ -313,8 +336,7 @@ async def run_in_processes(
                 process = context.Process(
                     target=worker_main, args=(share, claims, form, child_end, go), daemon=True
                 )
-                # Forked from a worker thread, the child has no event loop on its stack.
-                await anyio.to_thread.run_sync(process.start)
+                await anyio.to_thread.run_sync(process.start)  # waits for the fork server
                 child_end.close()
                 processes.append(process)
                 connections.append(parent_end)

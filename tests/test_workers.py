@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from dlstudy.workers import (
     worker_count,
 )
 
-from .cli_helpers import assert_same_files, download_json, run_cli, summary_of
+from .cli_helpers import assert_same_files, download_json, run_cli, run_installed, summary_of
 from .fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
@@ -46,9 +47,9 @@ def test_worker_count_and_split() -> None:
 
 def test_claims_hand_out_each_instance_once_across_processes() -> None:
     """Two processes and two event-loop pools taking from one list: nothing twice, nothing lost."""
-    import multiprocessing
+    from dlstudy.workers import _start_context
 
-    context = multiprocessing.get_context("fork")
+    context = _start_context()  # what a run uses: the fork server here
     refs = [InstanceRef("1", "1.2", f"1.2.{i}") for i in range(500)]
     claims = SharedClaims(refs, context)
     parent_end, child_end = context.Pipe(duplex=False)
@@ -96,6 +97,23 @@ def test_two_workers_download_everything_byte_exact(
 
     rerun = download_json(instances[0].study_uid, url, out, "--workers", "2")
     assert summary_of(rerun)["instances"]["skipped"] == 200
+
+
+def test_workers_start_without_forking_a_process_with_live_threads(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """Python 3.12+ warns (DeprecationWarning) when a multi-threaded process forks: the
+    installed CLI, warnings made errors, starts its workers from the fork server instead."""
+    root, instances = study
+    url = embedded_server(root)
+    result = run_installed(
+        "download", instances[0].study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--json", "--workers", "2", env={"PYTHONWARNINGS": "error::DeprecationWarning"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["processes"] == 2
+    assert "fork" not in result.stderr
+    assert_same_files(instances, tmp_path / "out")
 
 
 def test_failures_in_workers_are_reported(
