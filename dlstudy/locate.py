@@ -131,8 +131,8 @@ class Locator:
             series = first_value(item, TAG_SERIES_UID)
             if study is None or series is None or first_value(item, TAG_SOP_UID) != sop_uid:
                 continue  # a server that ignored the filter, or an answer without the UIDs
-            if (study_uid, series_uid) != (study_uid or study, series_uid or series):
-                continue
+            if (study_uid or study, series_uid or series) != (study, series):
+                continue  # not in the study or series the row names
             modality = (first_value(item, TAG_MODALITY) or "").upper()
             found.append(InstanceRef(study, series, sop_uid, modality))
         return found
