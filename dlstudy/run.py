@@ -103,9 +103,8 @@ class Run:
 
         async def one(index: int) -> None:
             item = items[index]
-            self.progress.resolving(item.uid)
             if item.where and item.level == "instance":
-                self.named[item.uid] = item.where  # no lookup: a 404 will name the line
+                self.named[item.uid] = item.where  # a failed fetch names the line too
             try:
                 found[index] = await locator.instances(item)
             except NotFound as exc:
@@ -114,6 +113,7 @@ class Run:
         studies = [i for i, item in enumerate(items) if item.level == "study"]
         for index in studies:
             self.summary.studies.append(items[index].uid)
+            self.progress.resolving(items[index].uid)  # (a line each: not for 10,000 series)
             await one(index)
         others = [i for i, item in enumerate(items) if item.level != "study"]
         await run_pool(others, one, QIDO_CONCURRENCY)

@@ -273,3 +273,27 @@ def test_ten_thousand_series_rows_cost_one_lookup_each(
     listings = [path for path, _ in searches if path != "/dicomweb/series"]
     assert len(listings) == len(set(listings)) == len(archive)
     assert all(path.endswith("/instances") and "/series/" in path for path in listings)
+
+
+def test_library_takes_cohort_items_and_writes_the_report(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    import dlstudy
+
+    url = embedded_server(cohort[0].path.parents[2])
+    series = series_of(cohort)
+    wanted = list(series)[3]  # of the other study
+    listing = tmp_path / "cohort.tcia"
+    inside = list(series)[0]  # of the study listed too: its instances are fetched once
+    listing.write_text(TCIA_HEADER + wanted + "\n" + inside + "\n")
+    out, report = tmp_path / "out", tmp_path / "landed.jsonl"
+
+    summary = dlstudy.download(
+        [cohort[0].study_uid, *dlstudy.read_cohort(listing)], url, output=out, report=str(report)
+    )
+
+    assert summary.exit_status == 0
+    assert summary.total == summary.downloaded == 16  # a study and another series
+    rows = read_report(report)
+    assert {r["sop"] for r in rows} == {i.sop_uid for i in [*cohort[:12], *series[wanted]]}
+    assert_report_is_exact(rows, out, source_of(cohort), status="downloaded")
