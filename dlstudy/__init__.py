@@ -1,5 +1,6 @@
 """dlstudy: pull whole DICOM studies out of DICOMweb servers, fast, resumable, byte-exact."""
 
+from .cohort import CohortItem, read_cohort
 from .download import download, download_async
 from .errors import DlstudyError, ExitStatus
 from .settings import Settings
@@ -7,6 +8,7 @@ from .store import InstanceRef
 from .summary import Failure, Summary
 
 __all__ = [
+    "CohortItem",
     "DlstudyError",
     "ExitStatus",
     "Failure",
@@ -15,5 +17,6 @@ __all__ = [
     "Summary",
     "download",
     "download_async",
+    "read_cohort",
 ]
 __version__ = "0.1.0"

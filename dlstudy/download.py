@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -18,9 +18,11 @@ from typing import Any
 import anyio
 
 from .auth import auth_from_settings
+from .cohort import CohortItem
 from .errors import (
     DlstudyError,
     InvalidUidError,
+    NothingMatchedError,
     Terminated,
     UsageError,
 )
@@ -28,6 +30,7 @@ from .lock import output_lock
 from .manifest import Manifest
 from .pool import first_error
 from .progress import NullProgress, ProgressSink
+from .report import ReportWriter, report_format
 from .run import Run
 from .settings import Settings
 from .store import Store
@@ -41,16 +44,23 @@ MAX_CONCURRENCY = 256
 MAX_WORKERS = 64
 
 
-def validate(settings: Settings, study_uids: list[str]) -> None:
+Wanted = str | CohortItem  # a study UID, or an item of a cohort list (cohort.py)
+
+
+def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
     """Reject bad input before touching the network or the disk."""
     if not study_uids:
         raise UsageError("no study UID given")
     for uid in study_uids:
-        if not is_valid_uid(uid):
+        if isinstance(uid, CohortItem):
+            uid.check()
+        elif not is_valid_uid(uid):
             raise InvalidUidError(
                 f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters",
                 uid=uid,
             )
+    if settings.report is not None:
+        report_format(settings.report)
     for uid in settings.series:
         if not is_valid_uid(uid):
             raise InvalidUidError(f"invalid --series UID {uid[:80]!r}", uid=uid)
@@ -70,14 +80,15 @@ def validate(settings: Settings, study_uids: list[str]) -> None:
 
 
 def download(
-    study_uids: Iterable[str],
+    study_uids: Iterable[Wanted],
     url: str | None = None,
     *,
     settings: Settings | None = None,
     progress: ProgressSink | None = None,
     **options: Any,
 ) -> Summary:
-    """Download whole studies; return the run's Summary.
+    """Download whole studies (UIDs), or what each item of a cohort list names (CohortItems:
+    `dlstudy.read_cohort(path)`); return the run's Summary.
 
     Either pass `settings`, or `url` plus any Settings field as a keyword
     (`download(["1.2.3"], "http://host/dicomweb", output=Path("out"), concurrency=16)`).
@@ -88,22 +99,36 @@ def download(
     if settings is None:
         if url is None:
             raise UsageError("download() needs url= or settings=")
-        if "output" in options:
-            options["output"] = Path(options["output"])
+        for name in ("output", "report"):
+            if options.get(name) is not None:
+                options[name] = Path(options[name])
         settings = Settings(url=url, **options)
     elif url is not None or options:
         if url is not None:
             options["url"] = url
         settings = replace(settings, **options)
-    uids = list(dict.fromkeys(study_uids))  # keep order, drop repeats
+    uids = unique(study_uids)
     # Timed from here, as the progress display is: starting the event loop (anyio imports its
     # backend then) is part of the run, and both show the same MB/s.
     started = time.monotonic()
     return anyio.run(download_async, uids, settings, progress or NullProgress(), started)
 
 
+def unique(wanted: Iterable[Wanted]) -> list[Wanted]:
+    """In order, each once: a repeated UID or an item naming the same UIDs as an earlier one
+    (on another line) is dropped."""
+    seen: set[object] = set()
+    kept: list[Wanted] = []
+    for one in wanted:
+        key = one.key if isinstance(one, CohortItem) else one
+        if key not in seen:
+            seen.add(key)
+            kept.append(one)
+    return kept
+
+
 async def download_async(
-    study_uids: list[str],
+    study_uids: Sequence[Wanted],
     settings: Settings,
     progress: ProgressSink,
     started: float | None = None,
@@ -113,6 +138,7 @@ async def download_async(
     started = time.monotonic() if started is None else started
     try:
         validate(settings, study_uids)
+        items = [u if isinstance(u, CohortItem) else CohortItem(study_uid=u) for u in study_uids]
         store = Store(settings.output, settings.layout)
         store.prepare()
         async with AsyncExitStack() as stack:
@@ -122,13 +148,23 @@ async def download_async(
                 log.info("removed %d temp files left by an interrupted run", removed)
             manifest = Manifest(store.root, store.state_dir)
             stack.callback(manifest.close)
+            report = None
+            if settings.report is not None:
+                report = ReportWriter(settings.report)
+                stack.callback(report.discard)  # unless committed below
             transport = Transport(settings, auth=await auth_from_settings(settings))
             stack.push_async_callback(transport.aclose)
             try:
-                run = Run(settings, store, manifest, transport, progress, summary)
-                await stop_on_signals(run.execute(study_uids))
+                run = Run(settings, store, manifest, transport, progress, summary, report)
+                await stop_on_signals(run.execute(items))
+            except NothingMatchedError:
+                if report is not None:
+                    report.commit()  # which listed items the server does not have
+                raise
             finally:
                 summary.http_version = transport.http_version
+            if report is not None:
+                report.commit()
     except BaseException as exc:
         # Fatal errors and interruptions carry what was done so far, for the report.
         if isinstance(exc, DlstudyError):

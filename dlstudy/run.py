@@ -16,13 +16,16 @@ import anyio
 
 from . import strategy, workers
 from .bulk import BulkFetcher
+from .cohort import CohortItem
 from .errors import NothingMatchedError, TransferError
 from .fetch import Committed, InstanceFetcher
+from .locate import Locator, NotFound
 from .manifest import Manifest
 from .negotiate import Negotiator, candidates
 from .pool import first_error, run_pool
 from .progress import ProgressSink
-from .qido import Resolver
+from .qido import QIDO_CONCURRENCY, Resolver
+from .report import DOWNLOADED, FAILED, PRESENT, ReportWriter
 from .retry import RetryPolicy
 from .schedule import entry_for, plan
 from .settings import Settings, concurrency_for
@@ -44,8 +47,11 @@ class Run:
         transport: Transport,
         progress: ProgressSink,
         summary: Summary,
+        report: ReportWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.report = report
+        self.named: dict[str, str] = {}  # SOP UID -> the list line that named the instance
         self.store = store
         self.manifest = manifest
         self.transport = transport
@@ -60,10 +66,10 @@ class Run:
         summary.throttle = self.throttle
         summary.retrieval = self.negotiator
 
-    async def execute(self, study_uids: list[str]) -> None:
+    async def execute(self, items: list[CohortItem]) -> None:
         if self.settings.workers != 1 and workers.available_cpus() > 1:
             workers.warm_up()  # while the listing is read
-        refs = await self.resolve(study_uids)
+        refs = await self.resolve(items)
         # The server has answered: the protocol is known, and with it --concurrency 0's value.
         concurrency = concurrency_for(self.settings.concurrency, self.transport.http_version)
         self.settings = replace(self.settings, concurrency=concurrency)
@@ -72,6 +78,8 @@ class Run:
         work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
         self.summary.skipped = work.skipped
         self.summary.repaired = work.repaired
+        if self.report is not None:
+            self.report_present(refs, work.todo)
         self.progress.start(self.summary.total, self.summary.skipped)
         # A StorageError (disk full, permissions) escapes the workers and stops them all:
         # nothing else would succeed either; what was committed is kept.
@@ -80,7 +88,10 @@ class Run:
 
     # --- resolve ---------------------------------------------------------------------------
 
-    async def resolve(self, study_uids: list[str]) -> list[InstanceRef]:
+    async def resolve(self, items: list[CohortItem]) -> list[InstanceRef]:
+        """Every instance the items name, each once, in list order. Studies are resolved one
+        after another (each lists its series concurrently); series and instances, many of
+        them small, QIDO_CONCURRENCY at a time."""
         settings = self.settings
         resolver = Resolver(
             self.transport,
@@ -89,33 +100,67 @@ class Run:
             series_filter=settings.series,
             modality_filter=settings.modalities,
         )
-        refs: list[InstanceRef] = []
-        for study_uid in study_uids:
-            self.progress.resolving(study_uid)
-            self.summary.studies.append(study_uid)
+        locator = Locator(resolver)
+        found: list[list[InstanceRef]] = [[] for _ in items]
+
+        async def one(index: int) -> None:
+            item = items[index]
+            if item.where and item.level == "instance":
+                self.named[item.uid] = item.where  # a failed fetch names the line too
             try:
-                found = await resolver.resolve(study_uid)
-            except NothingMatchedError as exc:
-                self.summary.failures.append(Failure(study_uid, None, None, str(exc), 404))
-                continue
-            for ref in found:
-                self.summary.total += 1
-                if self.store.is_valid(ref):
-                    refs.append(ref)
-                else:
-                    reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
-                    self.summary.failures.append(Failure(study_uid, None, None, reason[:300]))
+                found[index] = await locator.instances(item)
+            except NotFound as exc:
+                self.missing(item, str(exc))
+
+        studies = [i for i, item in enumerate(items) if item.level == "study"]
+        for index in studies:
+            self.summary.studies.append(items[index].uid)
+            self.progress.resolving(items[index].uid)  # (a line each: not for 10,000 series)
+            await one(index)
+        others = [i for i, item in enumerate(items) if item.level != "study"]
+        await run_pool(others, one, QIDO_CONCURRENCY)
+        refs = self.unique_valid(found)
         if self.summary.total == 0:
-            raise NothingMatchedError(self._nothing_matched_message())
+            raise NothingMatchedError(self._nothing_matched_message(items))
         return refs
 
-    def _nothing_matched_message(self) -> str:
-        summary = self.summary
-        missing = [f for f in summary.failures if f.sop_instance_uid is None]
-        if len(summary.studies) == 1 and missing:
+    def missing(self, item: CohortItem, reason: str) -> None:
+        """An item the server does not have: a failure of its own, the rest goes on."""
+        if item.where:
+            reason = f"{item.where}: {reason}"
+        study = item.study_uid or (item.uid if item.level == "study" else None)
+        failure = Failure(study, item.series_uid, None, reason, 404)
+        self.summary.failures.append(failure)
+        if self.report is not None:
+            self.report.row(FAILED, study, item.series_uid, item.sop_uid, reason=reason)
+
+    def unique_valid(self, found: list[list[InstanceRef]]) -> list[InstanceRef]:
+        refs: list[InstanceRef] = []
+        seen: set[str] = set()
+        studies = set(self.summary.studies)
+        for ref in (ref for group in found for ref in group):
+            if ref.sop_uid in seen:
+                continue  # listed twice (a study and one of its series): fetched once
+            seen.add(ref.sop_uid)
+            self.summary.total += 1
+            if ref.study_uid not in studies:
+                studies.add(ref.study_uid)
+                self.summary.studies.append(ref.study_uid)
+            if self.store.is_valid(ref):
+                refs.append(ref)
+            else:
+                reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
+                self.summary.failures.append(Failure(ref.study_uid, None, None, reason[:300]))
+        return refs
+
+    def _nothing_matched_message(self, items: list[CohortItem]) -> str:
+        missing = [f for f in self.summary.failures if f.sop_instance_uid is None]
+        if len(items) == 1 and missing:
             return missing[0].reason
-        if len(missing) == len(summary.studies):
-            return f"none of the {len(summary.studies)} studies was found on the server"
+        if len(missing) == len(items):
+            if all(item.level == "study" for item in items):
+                return f"none of the {len(items)} studies was found on the server"
+            return f"none of the {len(items)} listed items was found on the server"
         if self.settings.series or self.settings.modalities:
             return "no instance matched the --series / --modality filters"
         return "the requested studies have no instances"
@@ -126,15 +171,45 @@ class Run:
         self.manifest.record(
             entry_for(self.store, ref, committed.path, committed.size, committed.digest)
         )
+        if self.report is not None:
+            self.report.row(
+                DOWNLOADED,
+                *(ref.study_uid, ref.series_uid, ref.sop_uid),
+                path=committed.path,
+                size=committed.size,
+                digest=committed.digest,
+            )
         self.summary.downloaded += 1
         self.summary.bytes += committed.size
         self.progress.instance_done(ref, committed.size)
 
     def record_failure(self, ref: InstanceRef, reason: str, status_code: int | None) -> None:
+        where = self.named.get(ref.sop_uid)
+        if where is not None:
+            reason = f"{where}: {reason}"
+        if self.report is not None:
+            self.report.row(FAILED, ref.study_uid, ref.series_uid, ref.sop_uid, reason=reason)
         self.summary.failures.append(
             Failure(ref.study_uid, ref.series_uid, ref.sop_uid, reason, status_code)
         )
         self.progress.instance_failed(ref, reason)
+
+    def report_present(self, refs: list[InstanceRef], todo: list[InstanceRef]) -> None:
+        """A row for each instance the plan found on disk, complete and verified (it recorded
+        every one of them in the manifest)."""
+        assert self.report is not None
+        fetching = {ref.sop_uid for ref in todo}
+        for ref in refs:
+            entry = self.manifest.get(ref.sop_uid)
+            if ref.sop_uid in fetching or entry is None:
+                continue
+            self.report.row(
+                PRESENT,
+                *(ref.study_uid, ref.series_uid, ref.sop_uid),
+                path=self.store.root / entry.path,
+                size=entry.size,
+                digest=entry.digest,
+            )
 
     # --- fetch -----------------------------------------------------------------------------
 

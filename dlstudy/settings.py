@@ -53,6 +53,7 @@ class Settings:
     qido_page_size: int = 1000
     verify: bool = False  # re-hash files already on disk against the manifest
     wait_for_lock: bool = False
+    report: Path | None = None  # --report: one row per instance, CSV or JSON lines (report.py)
 
 
 def concurrency_for(requested: int, http_version: str | None) -> int:

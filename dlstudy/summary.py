@@ -10,7 +10,7 @@ from .errors import ExitStatus
 
 @dataclass
 class Failure:
-    study_uid: str
+    study_uid: str | None  # None: a listed series or instance the server does not have
     series_uid: str | None
     sop_instance_uid: str | None
     reason: str

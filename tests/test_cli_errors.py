@@ -38,7 +38,7 @@ def test_from_file_reports_the_line_of_a_bad_uid(tmp_path: Path) -> None:
     uids.write_text(f"# cohort\n{STUDY}\n\n1.2.3 # ok\nnot-a-uid\n")
     result = run_cli("download", "--from-file", str(uids), "--url", "http://127.0.0.1:1/x")
     assert result.exit_code == 2
-    assert "line 5: invalid study UID 'not-a-uid'" in result.stderr
+    assert "line 5: invalid UID 'not-a-uid'" in result.stderr
 
 
 @pytest.mark.parametrize(

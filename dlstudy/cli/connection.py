@@ -54,7 +54,7 @@ PANELS = {
     ),
     **dict.fromkeys(
         ("--output", "--layout", "--json", "--csv", "--uids", "--quiet", "--log-file",
-         "--log-format", "--verbose"),
+         "--log-format", "--verbose", "--report"),
         OUTPUT,
     ),
     **dict.fromkeys(("--config", "--server"), CONFIGURATION),
@@ -70,7 +70,7 @@ METAVARS = {
     "--timeout": "SECONDS", "--log-file": "FILE", "--log-format": "text|json",
     "--patient-id": "ID", "--patient-name": "NAME", "--study-date": "DATE",
     "--accession": "NUMBER", "--filter": "KEY=VALUE", "--config": "FILE", "--server": "NAME",
-    "--shard": "K/N|auto",
+    "--shard": "K/N|auto", "--report": "FILE",
 }  # fmt: skip
 # Values the shell completes.
 CHOICES = {

@@ -3,40 +3,34 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ..cohort import CohortItem, read_cohort
 from ..download import download
 from ..errors import DlstudyError
+from ..report import report_format
 from ..settings import DEFAULT_LAYOUT
 from ..summary import Summary
 from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, build_settings, option
-from .sharding import ShardOpt, finish_empty_shard, select_shard, shard_option
+from .sharding import (
+    ShardOpt,
+    finish_empty_shard,
+    select_shard_items,
+    shard_option,
+)
 
 
-def read_uid_file(source: str) -> list[str]:
-    """One study UID a line; blank lines and `#` comments ignored."""
+def read_from_file(source: str) -> list[CohortItem]:
+    """The items of a cohort list (cohort.py); a malformed one exits 2 naming the line."""
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        fail_usage(f"cannot read --from-file {source!r}: {exc.strerror or exc}")
-    uids = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            uids.append((number, line))
-    from ..urls import is_valid_uid
-
-    bad = [(n, uid) for n, uid in uids if not is_valid_uid(uid)]
-    if bad:
-        number, uid = bad[0]
-        fail_usage(f"--from-file {source}: line {number}: invalid study UID {uid[:80]!r}")
-    return [uid for _, uid in uids]
+        return read_cohort(source, label=f"--from-file {source}")
+    except DlstudyError as exc:
+        fail_usage(str(exc))
 
 
 def parse_headers(values: list[str]) -> tuple[tuple[str, str], ...]:
@@ -74,7 +68,21 @@ UrlOpt = Annotated[
 ]
 OutputOpt = Annotated[Path, _opt("-o", "--output", envvar="DLSTUDY_OUTPUT", help="Output folder.")]
 FromFileOpt = Annotated[
-    str | None, _opt("--from-file", help="Read study UIDs from a file (one a line); - = stdin.")
+    str | None,
+    _opt(
+        "--from-file",
+        help="Read what to fetch from a file (- = stdin): UIDs one a line (studies, series or "
+        "instances), a TCIA .tcia manifest, or a CSV with StudyInstanceUID / "
+        "SeriesInstanceUID / SOPInstanceUID columns.",
+    ),
+]
+ReportOpt = Annotated[
+    Path | None,
+    _opt(
+        "--report",
+        help="Write one row per instance (status, UIDs, path, size, digest, reason) to FILE: "
+        ".csv or .jsonl.",
+    ),
 ]
 SeriesOpt = Annotated[list[str] | None, _opt("--series", help="Only this series (repeatable).")]
 ModalityOpt = Annotated[
@@ -232,28 +240,41 @@ def register(app: typer.Typer) -> None:
         json_output: JsonOpt = False,
         quiet: QuietOpt = False,
         log_file: LogFileOpt = None,
+        report: ReportOpt = None,
         log_format: LogFormatOpt = "text",
         verbose: VerboseOpt = False,
         shard: ShardOpt = None,
         config: ConfigOpt = None,
         server: ServerOpt = None,
     ) -> None:
-        """Download whole studies: every instance, byte-exact, to OUT/<study>/<series>/<sop>.dcm."""
+        """Download whole studies: every instance, byte-exact, to OUT/<study>/<series>/<sop>.dcm.
+        With --from-file, the studies, series or instances a cohort list names."""
         setup_logging(verbose, log_file)
         use_log_format(log_format)
-        uids = list(study_uids or [])
+        wanted: list[str | CohortItem] = list(study_uids or [])
         if from_file is not None:
-            uids += read_uid_file(from_file)
-        if not uids:
+            wanted += read_from_file(from_file)
+        if not wanted:
             fail_usage("give at least one STUDY_UID or --from-file")
         if not url:
             fail_usage("--url (or DLSTUDY_URL) is required")
+        if report is not None:
+            try:
+                report_format(report)
+            except DlstudyError as exc:
+                fail_usage(str(exc))
         chosen_shard = shard_option(shard)
-        given = len(uids)
-        uids = select_shard(uids, chosen_shard)
-        if not uids and chosen_shard is not None:
+        given = len(wanted)
+        wanted = select_shard_items(wanted, chosen_shard)
+        if not wanted and chosen_shard is not None:
             finish_empty_shard(
-                chosen_shard, given, url=url, output=output, json_output=json_output, quiet=quiet
+                chosen_shard,
+                given,
+                url=url,
+                output=output,
+                json_output=json_output,
+                quiet=quiet,
+                what="studies" if from_file is None else "listed items",
             )
         settings = build_settings(
             url=url,
@@ -281,12 +302,13 @@ def register(app: typer.Typer) -> None:
             timeout=timeout,
             verify=verify,
             wait_for_lock=wait,
+            report=report,
         )
         progress = choose_progress(quiet=quiet, json_output=json_output)
         summary: Summary | None = None
         try:
             with exit_on_interrupt(json_output=json_output):
-                summary = download(uids, settings=settings, progress=progress)
+                summary = download(wanted, settings=settings, progress=progress)
         except DlstudyError as exc:
             finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
         finish(summary, None, json_output=json_output, quiet=quiet)

@@ -9,6 +9,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from ..cohort import CohortItem
+from ..download import unique as unique_wanted
 from ..errors import DlstudyError
 from ..shard import Shard, parse_shard
 from ..summary import Summary
@@ -47,14 +49,34 @@ def select_shard(uids: Iterable[str], shard: Shard | None) -> list[str]:
     return unique if shard is None else shard.select(unique)
 
 
+def select_shard_items(
+    wanted: Iterable[str | CohortItem], shard: Shard | None
+) -> list[str | CohortItem]:
+    """The study UIDs and cohort items (each once, in order) this process should download.
+    An item goes by its study UID when its line names one, else by its first UID: every
+    shard of one list agrees without asking the server."""
+    unique = unique_wanted(wanted)
+    select_shard((one for one in unique if isinstance(one, str)), None)  # checks each UID
+    if shard is None:
+        return unique
+    return [
+        one for one in unique if shard.owns(one.shard_key if isinstance(one, CohortItem) else one)
+    ]
+
+
 def finish_empty_shard(
-    shard: Shard, given: int, *, url: str, output: Path, json_output: bool, quiet: bool
+    shard: Shard,
+    given: int,
+    *,
+    url: str,
+    output: Path,
+    json_output: bool,
+    quiet: bool,
+    what: str = "studies",
 ) -> NoReturn:
     """No study of the list falls in this shard: nothing to do, which is a success (exit 0)."""
     if not quiet and not json_output:
-        typer.echo(
-            f"dlstudy: shard {shard}: none of the {given} studies is in this shard", err=True
-        )
+        typer.echo(f"dlstudy: shard {shard}: none of the {given} {what} is in this shard", err=True)
     finish(
         Summary(url=redact_url(url), output=str(output)), None, json_output=json_output, quiet=quiet
     )
