@@ -67,8 +67,6 @@ class Run:
         summary.retrieval = self.negotiator
 
     async def execute(self, items: list[CohortItem]) -> None:
-        if self.settings.workers != 1 and workers.available_cpus() > 1:
-            workers.warm_up()  # while the listing is read
         refs = await self.resolve(items)
         # The server has answered: the protocol is known, and with it --concurrency 0's value.
         concurrency = concurrency_for(self.settings.concurrency, self.transport.http_version)
@@ -240,6 +238,7 @@ class Run:
         if processes <= 1:
             await run_pool(todo, one, self.settings.concurrency)
             return
+        workers.warm_up()  # its imports overlap the first transfers
 
         async def local(share: Iterable[InstanceRef], limiter: anyio.CapacityLimiter) -> None:
             await run_pool(share, one, self.settings.concurrency, limiter)

@@ -13,7 +13,7 @@ Workers start from multiprocessing's fork server where the platform has one (Lin
 process started fresh, which imports dlstudy once and forks each worker from a single thread
 with no event loop and no open connection (forking this process, whose event loop, libcurl
 and TLS sockets are live, is what Python 3.12+ warns about). It is started in the background
-as soon as workers look likely (`warm_up`), while the listing is read. Elsewhere, spawn.
+once the plan has enough for workers (`warm_up`). Elsewhere, spawn.
 """
 
 from __future__ import annotations
