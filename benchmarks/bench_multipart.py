@@ -53,7 +53,7 @@ from pathlib import Path
 
 from requests_toolbelt import MultipartDecoder
 
-from dlstudy.multipart import MultipartParser, PartData, PartEnded
+from dlstudy.dicomweb.multipart import MultipartParser, PartData, PartEnded
 
 KIB = 1024
 MIB = 1024 * KIB

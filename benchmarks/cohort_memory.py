@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/cohort_memory.py                       # 200 .. 40,000 rows
     .venv/bin/python benchmarks/cohort_memory.py --rows 200 2000       # a quick look
 
-What runs. `dlstudy.synth` writes an archive of 4 studies x 50 series x 1 small instance (200
+What runs. `dlstudy.server.synth` writes an archive of 4 studies x 50 series x 1 small instance (200
 series), served by the embedded server in this process (a thread), with an ASGI wrapper that
 counts requests by path. For each `--rows` N it writes a CSV with a `SeriesInstanceUID` column
 (no study column): the archive's 200 series spread among N - 200 series the server does not
@@ -130,7 +130,7 @@ def main() -> None:
 
     import dlstudy.server.run as server_run
     from dlstudy.server import ServerOptions, running_server
-    from dlstudy.synth import SynthSpec, generate
+    from dlstudy.server.synth import SynthSpec, generate
 
     apps: list[CountingApp] = []
     make_app = server_run.create_app

@@ -1,11 +1,17 @@
-"""dlstudy: pull whole DICOM studies out of DICOMweb servers, fast, resumable, byte-exact."""
+"""dlstudy: pull whole DICOM studies out of DICOMweb servers, fast, resumable, byte-exact.
 
-from .cohort import CohortItem, read_cohort
-from .download import download, download_async
+The public API. `sync`, `search_async` and their types are imported when first used: the
+command line imports this package first, and a download never needs them.
+"""
+
+from typing import Any
+
+from .dicomweb.cohort import CohortItem, read_cohort
+from .engine.download import download, download_async
 from .errors import DlstudyError, ExitStatus
+from .model import Failure, InstanceRef
+from .report.summary import Summary
 from .settings import Settings
-from .store import InstanceRef
-from .summary import Failure, Summary
 
 __all__ = [
     "CohortItem",
@@ -18,5 +24,32 @@ __all__ = [
     "download",
     "download_async",
     "read_cohort",
+    "ProgressSink",
+    "StudyQuery",
+    "StudyRecord",
+    "search_async",
+    "sync",
+    "sync_async",
 ]
+
+_LAZY = {
+    "ProgressSink": "report.progress",
+    "StudyQuery": "dicomweb.search",
+    "StudyRecord": "dicomweb.search",
+    "search_async": "dicomweb.search",
+    "sync": "engine.sync",
+    "sync_async": "engine.sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ class Settings:
     url: str
     output: Path = Path("studies")
     concurrency: int = 0  # 0: chosen by protocol, see concurrency_for()
-    workers: int = 0  # processes sharing the per-instance pool; 0: one per core (workers.py)
+    workers: int = 0  # processes sharing the per-instance pool; 0: one per core (engine/workers.py)
     http: HttpVersion = "auto"
     mode: Mode = "auto"
     transfer_syntax: str = "*"
@@ -53,7 +53,7 @@ class Settings:
     qido_page_size: int = 1000
     verify: bool = False  # re-hash files already on disk against the manifest
     wait_for_lock: bool = False
-    report: Path | None = None  # --report: one row per instance, CSV or JSON lines (report.py)
+    report: Path | None = None  # --report: a row per instance, CSV or JSON lines (report/landed.py)
 
 
 def concurrency_for(requested: int, http_version: str | None) -> int:

@@ -31,5 +31,5 @@ def httpcore_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     import httpx
 
     monkeypatch.setattr(
-        "dlstudy.transport.make_engine", lambda *args, **kwargs: httpx.AsyncHTTPTransport()
+        "dlstudy.http.client.make_engine", lambda *args, **kwargs: httpx.AsyncHTTPTransport()
     )

@@ -20,10 +20,10 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from dlstudy.bench_chart import nice_ticks, png_converter, render_svg, write_chart
-from dlstudy.bench_report import BenchReport, CellResult, percentile
+from dlstudy.bench.chart import nice_ticks, png_converter, render_svg, write_chart
+from dlstudy.bench.report import BenchReport, CellResult, percentile
 from dlstudy.http.curl import CurlTransport
-from dlstudy.synth import SynthSpec, generate
+from dlstudy.server.synth import SynthSpec, generate
 
 from .cli_helpers import run_cli
 from .fixtures.embedded_server import StartServer, SynthStudy, TlsFiles

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dlstudy.cohort import CohortError, CohortItem, parse_cohort, read_cohort
+from dlstudy.dicomweb.cohort import CohortError, CohortItem, parse_cohort, read_cohort
 from dlstudy.errors import UsageError
 
 TCIA = """downloadServerUrl=https://public.cancerimagingarchive.net/nbia-download/servlet/DownloadServlet

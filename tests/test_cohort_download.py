@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from dlstudy.synth import SynthInstance, SynthSpec, generate
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from .cli_helpers import run_installed
 from .cohort_helpers import assert_report_is_exact, files_under, read_report

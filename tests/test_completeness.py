@@ -18,7 +18,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from dlstudy.completeness import check_complete
+from dlstudy.dicomweb.completeness import check_complete
 from dlstudy.errors import IntegrityError
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dlstudy.synth import SynthSpec, generate
+from dlstudy.server.synth import SynthSpec, generate
 
 from .cli_helpers import assert_same_files, run_cli, summary_of
 from .fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles

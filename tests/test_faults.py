@@ -24,7 +24,7 @@ from typing import Any
 import blake3
 import pytest
 
-from dlstudy.synth import SynthInstance, SynthSpec, generate
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from .cli_helpers import download_json, run_installed, run_installed_measured, summary_of
 from .faultproxy import Fault, FaultProxy

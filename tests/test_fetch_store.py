@@ -12,15 +12,16 @@ import pytest
 import respx
 from pydicom.dataset import Dataset
 
+from dlstudy.dicomweb.negotiate import Negotiator, Retrieval
+from dlstudy.dicomweb.verify import verify_instance
+from dlstudy.engine.fetch import InstanceFetcher
 from dlstudy.errors import AuthError, HttpStatusError, IntegrityError, TransferError, UsageError
-from dlstudy.fetch import InstanceFetcher
-from dlstudy.negotiate import Negotiator, Retrieval
-from dlstudy.retry import RETRY_AFTER_CAP, RetryPolicy, backoff_delay, parse_retry_after
+from dlstudy.flow.retry import RETRY_AFTER_CAP, RetryPolicy, backoff_delay, parse_retry_after
+from dlstudy.flow.throttle import Throttle
+from dlstudy.http.client import Transport
+from dlstudy.model import InstanceRef
 from dlstudy.settings import Settings
-from dlstudy.store import InstanceRef, Store, check_layout
-from dlstudy.throttle import Throttle
-from dlstudy.transport import Transport
-from dlstudy.verify import verify_instance
+from dlstudy.store.files import Store, check_layout
 
 from .factories import STUDY, part10
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from dlstudy.manifest import Entry, Manifest, digest_of
+from dlstudy.store.manifest import Entry, Manifest, digest_of
 
 
 def entry(n: int, algorithm: str = "blake3") -> Entry:

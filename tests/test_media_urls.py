@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dlstudy.media import multipart_accept, parse_media_type, single_part_accept
-from dlstudy.urls import instance_url, is_valid_uid, redact_url, split_base_url
+from dlstudy.dicomweb.media import multipart_accept, parse_media_type, single_part_accept
+from dlstudy.http.urls import instance_url, is_valid_uid, redact_url, split_base_url
 
 
 @pytest.mark.parametrize(

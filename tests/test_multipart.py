@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from requests_toolbelt import MultipartDecoder, MultipartEncoder
 
-from dlstudy.errors import MultipartError
-from dlstudy.multipart import (
+from dlstudy.dicomweb.multipart import (
     DEFAULT_MAX_PREAMBLE_BYTES,
     Event,
     MessageEnded,
@@ -27,6 +26,7 @@ from dlstudy.multipart import (
     PartStarted,
     boundary_from_content_type,
 )
+from dlstudy.errors import MultipartError
 from tests.multipart_factory import (
     DCM4CHEE_BOUNDARY,
     DICOM,

@@ -9,14 +9,15 @@ import httpx
 import pytest
 import respx
 
+from dlstudy.dicomweb.negotiate import Negotiator, candidates
+from dlstudy.engine.fetch import InstanceFetcher
 from dlstudy.errors import IntegrityError, TransferError
-from dlstudy.fetch import InstanceFetcher
-from dlstudy.negotiate import Negotiator, candidates
-from dlstudy.retry import RetryPolicy
+from dlstudy.flow.retry import RetryPolicy
+from dlstudy.flow.throttle import Throttle
+from dlstudy.http.client import Transport
+from dlstudy.model import InstanceRef
 from dlstudy.settings import Settings
-from dlstudy.store import InstanceRef, Store
-from dlstudy.throttle import Throttle
-from dlstudy.transport import Transport
+from dlstudy.store.files import Store
 
 from .factories import STUDY, multipart_body, part10
 

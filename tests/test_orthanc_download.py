@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dlstudy.synth import PRESETS, generate
+from dlstudy.server.synth import PRESETS, generate
 
 from .cli_helpers import run_cli, run_installed, summary_of
 from .cohort_helpers import assert_report_is_exact, read_report

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dlstudy.synth import SynthInstance, SynthSpec, generate
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from .cli_helpers import run_cli, summary_of
 from .fixtures.orthanc import OrthancServer

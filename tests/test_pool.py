@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from dlstudy.pool import run_pool
-from dlstudy.workers import split_concurrency
+from dlstudy.engine.workers import split_concurrency
+from dlstudy.flow.pool import run_pool
 
 
 def test_a_limiter_lowered_mid_run_holds_from_then_on_and_no_item_waits_claimed() -> None:

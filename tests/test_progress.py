@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dlstudy.progress import NullProgress, PlainProgress
-from dlstudy.progress_rich import RichProgress
-from dlstudy.store import InstanceRef
+from dlstudy.model import InstanceRef
+from dlstudy.report.progress import NullProgress, PlainProgress
+from dlstudy.report.progress_rich import RichProgress
 
 from .cli_helpers import run_on_a_terminal
 from .fixtures.embedded_server import StartServer, SynthStudy

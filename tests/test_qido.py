@@ -12,11 +12,11 @@ import httpx
 import pytest
 import respx
 
+from dlstudy.dicomweb.qido import MAX_PAGES, Resolver
 from dlstudy.errors import AuthError, NothingMatchedError, ServerError
-from dlstudy.qido import MAX_PAGES, Resolver
-from dlstudy.retry import RetryPolicy
+from dlstudy.flow.retry import RetryPolicy
+from dlstudy.http.client import Transport
 from dlstudy.settings import Settings
-from dlstudy.transport import Transport
 
 from .factories import STUDY, instance_json, series_json
 
@@ -151,7 +151,7 @@ def test_server_that_ignores_limit_is_asked_once_when_the_count_is_met() -> None
 def test_server_that_invents_results_forever_is_cut_off_at_max_pages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("dlstudy.qido.MAX_PAGES", 5)
+    monkeypatch.setattr("dlstudy.dicomweb.qido.MAX_PAGES", 5)
     respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     counter = iter(range(10_000))
     route = respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(

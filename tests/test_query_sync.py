@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from dlstudy.server import ServerOptions, running_server
-from dlstudy.synth import SynthInstance, SynthSpec, generate
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from .cli_helpers import assert_same_files, run_cli, run_installed, run_on_a_terminal, summary_of
 from .fixtures.embedded_server import StartServer
@@ -317,7 +317,8 @@ def lock_held_by_another_process(state_dir: Path) -> Iterator[None]:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from dlstudy.lock import output_lock\n"
+            "import sys, time; from pathlib import Path\n"
+            "from dlstudy.store.lock import output_lock\n"
             "with output_lock(Path(sys.argv[1]), wait=False):\n"
             "    print('held', flush=True); time.sleep(60)",
             str(state_dir),
@@ -414,7 +415,7 @@ def test_a_shard_with_no_study_succeeds(tmp_path: Path, embedded_server: StartSe
     instances = make_studies(root, 1, seed=51)
     url = embedded_server(root)
     uid = instances[0].study_uid
-    from dlstudy.shard import shard_of
+    from dlstudy.dicomweb.shard import shard_of
 
     other = 1 if shard_of(uid, 2) == 2 else 2
     result = run_cli(
@@ -479,7 +480,7 @@ def test_the_query_table_keeps_identifiers_whole_at_any_width(width: int) -> Non
     """On a terminal: study UIDs, patient IDs and dates are never cut; a narrow terminal gets
     two lines a study rather than a table with its columns dropped."""
     from dlstudy.cli.query_cmd import render
-    from dlstudy.search import StudyRecord
+    from dlstudy.dicomweb.search import StudyRecord
 
     uid = "1.2.826.0.1.3680043.8.498.10368276145766581392437474382614256379"
     record = StudyRecord(

@@ -1,4 +1,4 @@
-"""`--report` files (dlstudy/report.py): formats by extension, atomic appearance, no stale file."""
+"""`--report` files (dlstudy/report/landed.py): format by extension, whole or absent."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dlstudy.errors import OutputError, UsageError
-from dlstudy.report import COLUMNS, ReportWriter, report_format
+from dlstudy.report.landed import COLUMNS, ReportWriter, report_format
 
 
 def hidden(folder: Path) -> list[str]:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from dlstudy.manifest import Manifest
-from dlstudy.schedule import entry_for, plan
+from dlstudy.engine.schedule import entry_for, plan
+from dlstudy.model import InstanceRef
 from dlstudy.settings import DEFAULT_LAYOUT
-from dlstudy.store import InstanceRef, Store
+from dlstudy.store.files import Store
+from dlstudy.store.manifest import Manifest
 
 
 def test_missing_files_are_found_by_listing_each_folder_once(

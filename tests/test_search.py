@@ -13,8 +13,7 @@ import pytest
 import respx
 
 from dlstudy.cli.query_cmd import render
-from dlstudy.errors import AuthError, ServerError, UsageError
-from dlstudy.search import (
+from dlstudy.dicomweb.search import (
     StudyQuery,
     StudyRecord,
     attribute_id,
@@ -23,6 +22,7 @@ from dlstudy.search import (
     parse_study_date,
     search,
 )
+from dlstudy.errors import AuthError, ServerError, UsageError
 from dlstudy.settings import Settings
 
 from .factories import element

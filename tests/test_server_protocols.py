@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from dlstudy.server import ServerOptions, running_server, wado
-from dlstudy.synth import SynthSpec, generate
+from dlstudy.server.synth import SynthSpec, generate
 from tests.fixtures.embedded_server import StartServer, SynthStudy, TlsFiles, split_multipart
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from dlstudy.server import ServerOptions, running_server
-from dlstudy.synth import SynthInstance, SynthSpec, generate
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dlstudy.dicomweb.shard import Shard, parse_shard, shard_of
 from dlstudy.errors import UsageError
-from dlstudy.shard import Shard, parse_shard, shard_of
 
 UIDS = [f"1.2.826.0.1.3680043.8.498.{n}" for n in range(1, 401)]
 uid_lists = st.lists(st.from_regex(r"[1-9][0-9]{0,5}(\.[0-9]{1,6}){1,6}", fullmatch=True))

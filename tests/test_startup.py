@@ -15,13 +15,13 @@ from pathlib import Path
 from .fixtures.embedded_server import StartServer, SynthStudy
 
 HEAVY = (
-    "dlstudy.bench",
-    "dlstudy.bench_chart",
-    "dlstudy.events",
-    "dlstudy.search",
+    "dlstudy.bench.runner",
+    "dlstudy.bench.chart",
+    "dlstudy.report.events",
+    "dlstudy.dicomweb.search",
     "dlstudy.server",
-    "dlstudy.sync",
-    "dlstudy.synth",
+    "dlstudy.engine.sync",
+    "dlstudy.server.synth",
     "h2",
     "h11",
     "hpack",
@@ -80,9 +80,9 @@ def test_the_other_commands_still_find_what_they_import() -> None:
     code = """
 from dlstudy.cli import bench_cmd, query_cmd, sync_cmd
 from dlstudy.config import load
-from dlstudy.search import attribute_id
-import dlstudy.bench, dlstudy.sync
+from dlstudy.dicomweb.search import attribute_id
+import dlstudy.bench.runner, dlstudy.engine.sync
 assert attribute_id("00100020") == "PatientID"
-assert dlstudy.bench.DEFAULT_CONCURRENCY == bench_cmd.DEFAULT_CONCURRENCY
+assert dlstudy.bench.runner.DEFAULT_CONCURRENCY == bench_cmd.DEFAULT_CONCURRENCY
 """
     assert "pydicom" in loaded_by(code)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dlstudy.strategy import AUTO_BULK_MIN_INSTANCES, SMALL_INSTANCE_BYTES, choose
-from dlstudy.synth import SynthSpec, generate
+from dlstudy.engine.strategy import AUTO_BULK_MIN_INSTANCES, SMALL_INSTANCE_BYTES, choose
+from dlstudy.server.synth import SynthSpec, generate
 
 from .cli_helpers import assert_same_files, run_cli, summary_of
 from .fixtures.embedded_server import StartServer, SynthStudy

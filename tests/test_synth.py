@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from dlstudy.cli.server_cmds import register
-from dlstudy.synth import PRESETS, SynthSpec, generate
+from dlstudy.server.synth import PRESETS, SynthSpec, generate
 from tests.cli_helpers import run_installed
 from tests.fixtures.embedded_server import SynthStudy
 

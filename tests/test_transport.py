@@ -11,9 +11,9 @@ import pytest
 import respx
 
 from dlstudy.errors import ConnectError, TransferError
+from dlstudy.http.client import Transport, translate_error
 from dlstudy.http.curl import CurlFailure
 from dlstudy.settings import Settings
-from dlstudy.transport import Transport, translate_error
 
 URL = "https://bob:hunter2@pacs.test/dicomweb/studies?token=abc"
 

@@ -22,9 +22,9 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from dlstudy import verify
+from dlstudy.dicomweb import verify
+from dlstudy.dicomweb.verify import HeaderInfo, read_header, verify_instance
 from dlstudy.errors import IntegrityError
-from dlstudy.verify import HeaderInfo, read_header, verify_instance
 
 from .factories import CT_IMAGE_STORAGE, STUDY, part10
 

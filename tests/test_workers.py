@@ -14,16 +14,16 @@ import anyio
 import httpx
 import pytest
 
-from dlstudy import workers as workers_module
-from dlstudy.store import InstanceRef
-from dlstudy.synth import SynthInstance, SynthSpec, generate
-from dlstudy.workers import (
+from dlstudy.engine import workers as workers_module
+from dlstudy.engine.workers import (
     AUTO_MAX_WORKERS,
     MIN_INSTANCES_PER_WORKER,
     SharedClaims,
     available_cpus,
     worker_count,
 )
+from dlstudy.model import InstanceRef
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from .cli_helpers import assert_same_files, download_json, run_cli, run_installed, summary_of
 from .fixtures.embedded_server import SeenRequests, StartServer
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 def test_auto_is_one_process_per_cpu_up_to_four(monkeypatch: pytest.MonkeyPatch) -> None:
     for cpus, expected in [(1, 1), (2, 2), (3, 3), (16, AUTO_MAX_WORKERS)]:
-        monkeypatch.setattr("dlstudy.workers.available_cpus", lambda cpus=cpus: cpus)
+        monkeypatch.setattr("dlstudy.engine.workers.available_cpus", lambda cpus=cpus: cpus)
         assert worker_count(0, 10_000) == expected
     assert worker_count(0, MIN_INSTANCES_PER_WORKER) == 1  # too few to be worth a process
     assert available_cpus() >= 1
@@ -47,7 +47,7 @@ def test_worker_count_and_split() -> None:
 
 def test_claims_hand_out_each_instance_once_across_processes() -> None:
     """Two processes and two event-loop pools taking from one list: nothing twice, nothing lost."""
-    from dlstudy.workers import _start_context
+    from dlstudy.engine.workers import _start_context
 
     context = _start_context()  # what a run uses: the fork server here
     refs = [InstanceRef("1", "1.2", f"1.2.{i}") for i in range(500)]
@@ -217,16 +217,16 @@ def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
 ) -> None:
     """--workers 0 watches this process's CPU use for a moment (_busy) and the verdict decides;
     for a server that answers QIDO within NEAR_SERVER_SECONDS, workers start without it."""
-    monkeypatch.setattr("dlstudy.workers.available_cpus", lambda: 2)
+    monkeypatch.setattr("dlstudy.engine.workers.available_cpus", lambda: 2)
     quickest = 0.001 if near else 0.050
-    monkeypatch.setattr("dlstudy.transport.Transport._time_reply", _replies_in(quickest))
+    monkeypatch.setattr("dlstudy.http.client.Transport._time_reply", _replies_in(quickest))
     watched: list[float] = []
 
     async def verdict(seconds: float) -> bool:
         watched.append(seconds)
         return busy
 
-    monkeypatch.setattr("dlstudy.workers._busy", verdict)
+    monkeypatch.setattr("dlstudy.engine.workers._busy", verdict)
     root, instances = study
     url = embedded_server(root)
     out = tmp_path / "out"
@@ -252,16 +252,16 @@ def test_the_processes_together_never_exceed_the_concurrency(
     """Whether the workers start at once (a near server: this process keeps to its share from
     the start) or after the watch (this process first uses all of --concurrency), the instance
     requests in flight across every process never exceed --concurrency: the shares add up."""
-    monkeypatch.setattr("dlstudy.workers.available_cpus", lambda: 2)
+    monkeypatch.setattr("dlstudy.engine.workers.available_cpus", lambda: 2)
     monkeypatch.setattr(
-        "dlstudy.transport.Transport._time_reply", _replies_in(0.001 if near else 0.050)
+        "dlstudy.http.client.Transport._time_reply", _replies_in(0.001 if near else 0.050)
     )
 
     async def busy(seconds: float) -> bool:
         await anyio.sleep(seconds)
         return True
 
-    monkeypatch.setattr("dlstudy.workers._busy", busy)
+    monkeypatch.setattr("dlstudy.engine.workers._busy", busy)
     root, instances = study
     url = embedded_server(root, latency=0.05)  # so that requests overlap
     out = tmp_path / "out"
@@ -301,9 +301,9 @@ def test_busy_is_cpu_time_over_wall_time(
         clock["wall"] += seconds
         clock["cpu"] += share * seconds
 
-    monkeypatch.setattr("dlstudy.workers.time.monotonic", lambda: clock["wall"])
-    monkeypatch.setattr("dlstudy.workers.time.process_time", lambda: clock["cpu"])
-    monkeypatch.setattr("dlstudy.workers.anyio.sleep", fake_sleep)
+    monkeypatch.setattr("dlstudy.engine.workers.time.monotonic", lambda: clock["wall"])
+    monkeypatch.setattr("dlstudy.engine.workers.time.process_time", lambda: clock["cpu"])
+    monkeypatch.setattr("dlstudy.engine.workers.anyio.sleep", fake_sleep)
     assert anyio.run(workers_module._busy, 0.1) is expected
 
 

@@ -11,7 +11,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from ..bench_report import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, HTTP_VERSIONS, STRATEGIES
+from ..bench.report import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, HTTP_VERSIONS, STRATEGIES
 from ..errors import DlstudyError, ExitStatus
 from ..settings import HttpVersion
 from .common import error_line, fail_usage, setup_logging
@@ -35,8 +35,8 @@ from .download_cmd import (
 )
 
 if TYPE_CHECKING:
-    from ..bench import CellDone
-    from ..bench_report import BenchReport, CellResult, Row
+    from ..bench.report import BenchReport, CellResult, Row
+    from ..bench.runner import CellDone
 
 # The matrix options have no DLSTUDY_* variable and their own parameter names: a
 # `concurrency = 16` meant for downloads (environment or config file) must not shrink the matrix.
@@ -119,8 +119,11 @@ def register(app: typer.Typer) -> None:
         verbose: VerboseOpt = False,
     ) -> None:
         """Measure a server: strategy x concurrency x HTTP version, repeated; table, JSON, chart."""
-        from ..bench import BenchPlan, run_bench  # not at the start-up of every other command
-        from ..bench_chart import check_chart_path, write_chart
+        from ..bench.chart import check_chart_path, write_chart
+        from ..bench.runner import (  # not at the start-up of every other command
+            BenchPlan,
+            run_bench,
+        )
 
         setup_logging(verbose, None)
         settings = build_settings(

@@ -16,8 +16,8 @@ from typing import NoReturn
 import typer
 
 from ..errors import DlstudyError, ExitStatus, Terminated
-from ..progress import NullProgress, PlainProgress, ProgressSink
-from ..summary import Summary
+from ..report.progress import NullProgress, PlainProgress, ProgressSink
+from ..report.summary import Summary
 
 # How a run ended, for --log-file only (stderr shows it already): the error, the summary line
 # and every failure, so a cron job's log is the record of the run.
@@ -93,7 +93,7 @@ def choose_progress(*, quiet: bool, json_output: bool) -> ProgressSink:
     if quiet or json_output:
         return NullProgress()
     if sys.stderr.isatty():
-        from ..progress_rich import RichProgress  # rich only when a terminal shows it
+        from ..report.progress_rich import RichProgress  # rich only when a terminal shows it
 
         return RichProgress()
     return PlainProgress()

@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 
-from ..download import download
+from ..engine.download import download
 from ..errors import DlstudyError, ExitStatus
+from ..report.summary import Summary
 from ..settings import Settings
-from ..summary import Summary
 from .common import choose_progress, error_line, finish
 
 PRESETS = ("small", "ct", "mr", "many")
@@ -51,8 +51,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate a study, serve it on 127.0.0.1, download it, verify every byte, clean up."""
         from ..server import ServerOptions, running_server
-        from ..synth import PRESETS as SYNTH_PRESETS
-        from ..synth import generate
+        from ..server.synth import PRESETS as SYNTH_PRESETS
+        from ..server.synth import generate
 
         if preset not in PRESETS:
             error_line(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
-from ..cohort import CohortItem, read_cohort
-from ..download import download
+from ..dicomweb.cohort import CohortItem, read_cohort
+from ..engine.download import download
 from ..errors import DlstudyError
-from ..report import report_format
+from ..report.landed import report_format
+from ..report.summary import Summary
 from ..settings import DEFAULT_LAYOUT
-from ..summary import Summary
-from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
+from .common import choose_progress, exit_on_interrupt, fail_usage, finish, outcome, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, build_settings, option
 from .sharding import (
@@ -26,7 +26,7 @@ from .sharding import (
 
 
 def read_from_file(source: str) -> list[CohortItem]:
-    """The items of a cohort list (cohort.py); a malformed one exits 2 naming the line."""
+    """The items of a cohort list (dicomweb/cohort.py); a malformed one exits 2 naming the line."""
     try:
         return read_cohort(source, label=f"--from-file {source}")
     except DlstudyError as exc:
@@ -200,11 +200,12 @@ def use_log_format(log_format: str) -> None:
     if log_format not in LOG_FORMATS:
         fail_usage(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     if log_format == "json":
-        from ..events import JsonFormatter
+        from ..report.events import JsonFormatter
 
         for handler in logging.getLogger("dlstudy").handlers:
             if getattr(handler, "dlstudy_cli", False):
                 handler.setFormatter(JsonFormatter())
+        outcome.handlers.clear()  # the events end with run_summary, which says it all
 
 
 def register(app: typer.Typer) -> None:

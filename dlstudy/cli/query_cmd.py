@@ -35,7 +35,7 @@ from .download_cmd import (
 from .sharding import ShardOpt, shard_option
 
 if TYPE_CHECKING:
-    from ..search import StudyQuery, StudyRecord
+    from ..dicomweb.search import StudyQuery, StudyRecord
 
 PatientIdOpt = Annotated[
     str | None, option("--patient-id", help="PatientID to match; * and ? are wildcards.")
@@ -126,7 +126,11 @@ def study_query(
     accession: str | None,
     filters: list[str] | None,
 ) -> StudyQuery:
-    from ..search import StudyQuery, parse_filters, parse_study_date  # only when a command runs
+    from ..dicomweb.search import (  # only when a command runs
+        StudyQuery,
+        parse_filters,
+        parse_study_date,
+    )
 
     try:
         return StudyQuery(
@@ -236,7 +240,7 @@ def register(app: typer.Typer) -> None:
         verbose: VerboseOpt = False,
     ) -> None:
         """Search the server for studies (QIDO-RS), every page; print a table, JSON, CSV or UIDs."""
-        from ..search import search  # not at the start-up of every other command
+        from ..dicomweb.search import search  # not at the start-up of every other command
 
         setup_logging(verbose, None)
         if json_output + csv_output + uids > 1:

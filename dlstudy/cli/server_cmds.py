@@ -137,8 +137,8 @@ def serve(
 
 
 def _date_range(text: str) -> tuple[str, str]:
+    from dlstudy.dicomweb.search import parse_study_date
     from dlstudy.errors import UsageError
-    from dlstudy.search import parse_study_date
 
     try:
         value = parse_study_date(text)
@@ -171,7 +171,7 @@ def synth(
     ] = None,
 ) -> None:
     """Write a synthetic study (valid DICOM Part 10 files) and print a one-line summary."""
-    from dlstudy.synth import PRESETS, generate
+    from dlstudy.server.synth import PRESETS, generate
 
     overrides: dict[str, Any] = {
         "studies": studies,

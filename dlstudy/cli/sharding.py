@@ -9,12 +9,12 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ..cohort import CohortItem
-from ..download import unique as unique_wanted
+from ..dicomweb.cohort import CohortItem
+from ..dicomweb.shard import Shard, parse_shard
+from ..engine.download import unique as unique_wanted
 from ..errors import DlstudyError
-from ..shard import Shard, parse_shard
-from ..summary import Summary
-from ..urls import is_valid_uid, redact_url
+from ..http.urls import is_valid_uid, redact_url
+from ..report.summary import Summary
 from .common import fail_usage, finish
 from .connection import option
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..errors import DlstudyError
-from ..summary import Summary
+from ..report.summary import Summary
 from .common import choose_progress, exit_on_interrupt, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, build_settings
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         server: ServerOpt = None,
     ) -> None:
         """Search, then download every matching study not yet complete in OUT (made for cron)."""
-        from ..sync import sync  # not at the start-up of every other command
+        from ..engine.sync import sync  # not at the start-up of every other command
 
         setup_logging(verbose, log_file)
         use_log_format(log_format)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import urllib.request
 
-from ..urls import redact_url
+from .urls import redact_url
 
 PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
 

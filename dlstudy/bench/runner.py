@@ -1,0 +1,533 @@
+"""`dlstudy bench`: measure a DICOMweb server the way an operator would want it measured.
+
+The matrix is strategy x concurrency x HTTP version, each cell run `repeat` times (the repeats
+interleaved: every cell once, then every cell again, so a warming cache or a noisy neighbour
+spreads over all cells instead of favouring the first). Strategies:
+
+    single-part          one request per instance, Accept: application/dicom; transfer-syntax=*
+    multipart-instance   one request per instance, Accept: multipart/related; type=...
+    series               one multipart request per series
+    study                one multipart request for the whole study (concurrency 1 only)
+
+Every run of a cell is a fresh `Transport` (new connections, as a new `dlstudy download` would
+have), resolves the study with QIDO-RS (each request's latency is recorded), then times the
+transfers alone: wall time, payload bytes, instances, and per request the time to first byte
+(from sending the request to having the response headers). Nothing ever has more requests in
+flight than the cell's concurrency: transfers run in a pool of exactly that many workers, the
+QIDO phase uses at most that many too, and a gauge around every request proves it
+(`max_in_flight`). There are no retries: a benchmark reports what the server does.
+
+Bytes are counted and dropped unless `keep` names a folder: then each instance is written raw
+to `keep/<SOPInstanceUID>.dcm` (temp file, atomic rename). A strategy the server refuses on its
+first request (400/406/415 for every form of the Accept header, e.g. Orthanc's 400 on
+single-part; 404/405/501, e.g. a static server without series URLs) makes its cells
+"unsupported (HTTP 400)"; an HTTP version the server does not speak makes its cells
+"unsupported (no HTTP/2: ...)". Neither is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import anyio
+import httpx
+
+from ..dicomweb.media import DICOM_JSON, MULTIPART_RELATED, parse_media_type
+from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
+from ..dicomweb.negotiate import NEGOTIABLE_STATUS, Negotiator, Retrieval, candidates
+from ..dicomweb.qido import QIDO_CONCURRENCY, Resolver
+from ..dicomweb.verify import read_header
+from ..engine.download import MAX_CONCURRENCY
+from ..engine.fetch import status_error
+from ..engine.parts import pour_parts
+from ..errors import (
+    AuthError,
+    ConnectError,
+    DlstudyError,
+    HttpStatusError,
+    IntegrityError,
+    NothingMatchedError,
+    OutputError,
+    ServerError,
+    TransferError,
+    UsageError,
+)
+from ..flow.pool import run_pool
+from ..flow.retry import RetryPolicy
+from ..http.auth import RefreshingBearerAuth, auth_from_settings
+from ..http.client import Transport, check_auth
+from ..http.curl import pour_body
+from ..http.urls import instance_url, is_valid_uid, redact_url, series_url, study_url
+from ..model import InstanceRef
+from ..settings import HttpVersion, Settings
+from ..store.files import TempFile
+from .report import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_REPEAT,
+    HTTP_VERSIONS,
+    STRATEGIES,
+    BenchReport,
+    CellResult,
+)
+
+log = logging.getLogger(__name__)
+
+# QIDO pages are retried a little (a 503 on a search is not what is being measured); transfers
+# are not retried at all.
+QIDO_RETRIES = 2
+QIDO_RETRY_BUDGET = 30.0
+
+CellDone = Callable[[CellResult, int, int], None]
+# Answers to a strategy's first request that mean "not served this way": every form refused
+# (400/406/415), or no such resource at all (404/405/501: a static server has no series URLs).
+UNSUPPORTED_STATUS = NEGOTIABLE_STATUS | {404, 405, 501}
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What to measure. `settings` carries the server, auth, TLS and `timeout`."""
+
+    study_uid: str
+    strategies: tuple[str, ...] = STRATEGIES
+    concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
+    http: tuple[HttpVersion, ...] = ("1.1", "2")
+    repeat: int = DEFAULT_REPEAT
+    limit: int | None = None  # only the first N instances (QIDO order)
+    keep: Path | None = None  # write instances here instead of dropping them
+
+    def cells(self) -> list[tuple[str, int, HttpVersion, int]]:
+        """(strategy, concurrency, http, repeat) in run order; `study` at concurrency 1 only."""
+        order: list[tuple[str, int, HttpVersion, int]] = []
+        for repeat in range(self.repeat):
+            for http in self.http:
+                for strategy in self.strategies:
+                    levels = (1,) if strategy == "study" else self.concurrency
+                    order.extend((strategy, level, http, repeat) for level in levels)
+        return order
+
+
+def validate(settings: Settings, plan: BenchPlan) -> None:
+    if not is_valid_uid(plan.study_uid):
+        raise UsageError(
+            f"invalid study UID {plan.study_uid[:80]!r}: digits and dots, at most 64 characters"
+        )
+    if not settings.url.lower().startswith(("http://", "https://")):
+        raise UsageError(
+            f"--url must start with http:// or https://, got {redact_url(settings.url)!r}"
+        )
+    for strategy in plan.strategies:
+        if strategy not in STRATEGIES:
+            raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    for http in plan.http:
+        if http not in HTTP_VERSIONS:
+            raise UsageError(f"--http must be 1.1 or 2, not {http!r}")
+    for level in plan.concurrency:
+        if not 1 <= level <= MAX_CONCURRENCY:
+            raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {level}")
+    if not (plan.strategies and plan.concurrency and plan.http):
+        raise UsageError("the matrix is empty: give at least one strategy, concurrency and http")
+    if plan.repeat < 1:
+        raise UsageError("--repeat must be 1 or more")
+    if plan.limit is not None and plan.limit < 1:
+        raise UsageError("--limit must be 1 or more")
+    if settings.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+
+
+def run_bench(settings: Settings, plan: BenchPlan, on_cell: CellDone | None = None) -> BenchReport:
+    """Run the whole matrix; fatal errors raise a DlstudyError with the partial `.report`."""
+    return anyio.run(bench_async, settings, plan, on_cell)
+
+
+async def bench_async(
+    settings: Settings, plan: BenchPlan, on_cell: CellDone | None = None
+) -> BenchReport:
+    plan = replace(
+        plan,
+        strategies=tuple(dict.fromkeys(plan.strategies)),
+        concurrency=tuple(sorted(set(plan.concurrency))),
+        http=tuple(dict.fromkeys(plan.http)),
+    )
+    report = BenchReport(
+        url=redact_url(settings.url),
+        study_uid=plan.study_uid,
+        strategies=plan.strategies,
+        concurrency=plan.concurrency,
+        http=plan.http,
+        repeat=plan.repeat,
+        limit=plan.limit,
+        keep=str(plan.keep) if plan.keep else None,
+    )
+    started = time.perf_counter()
+    try:
+        validate(settings, plan)
+        if plan.keep is not None:
+            _prepare_folder(plan.keep)
+        bench = _Bench(settings, plan, report, await auth_from_settings(settings))
+        await bench.run(on_cell)
+    except BaseException as exc:
+        if isinstance(exc, DlstudyError):
+            report.error = str(exc)
+        exc.report = report  # type: ignore[attr-defined]
+        raise
+    finally:
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def _prepare_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create --keep folder {str(folder)!r}: {exc.strerror or exc}", path=str(folder)
+        ) from exc
+
+
+class _Unsupported(Exception):
+    """The server refuses every form of this strategy's request."""
+
+
+class Gauge:
+    """Requests in flight right now, and the most there ever were."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            self.now -= 1
+
+
+class TimedTransport(Transport):
+    """A Transport whose `get` (QIDO only) is timed and counted in flight."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        auth: httpx.Auth | None,
+        gauge: Gauge,
+        latencies: list[float],
+    ) -> None:
+        super().__init__(settings, auth=auth)
+        self.gauge = gauge
+        self.latencies = latencies
+
+    async def get(
+        self, url: str, headers: dict[str, str] | None = None, params: object = None
+    ) -> httpx.Response:
+        with self.gauge.hold():
+            sent = time.perf_counter()
+            response = await super().get(url, headers, params)
+            self.latencies.append(time.perf_counter() - sent)
+        return response
+
+
+def _forms(strategy: str) -> list[Retrieval]:
+    """Request forms to try, in order; the first the server accepts is kept for the run."""
+    if strategy == "single-part":
+        return [Retrieval(True, "*"), Retrieval(True, None)]
+    return candidates("*", single_part=False)
+
+
+class _Bench:
+    def __init__(
+        self,
+        settings: Settings,
+        plan: BenchPlan,
+        report: BenchReport,
+        auth: RefreshingBearerAuth | None,
+    ) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.report = report
+        self.auth = auth
+        self.policy = RetryPolicy(QIDO_RETRIES, QIDO_RETRY_BUDGET, settings.timeout)
+        self.negotiators = {s: Negotiator(_forms(s)) for s in plan.strategies}
+        self.unsupported: dict[tuple[str, str], str] = {}  # (strategy or "*", http) -> reason
+
+    async def run(self, on_cell: CellDone | None) -> None:
+        await self._probe_protocols()
+        cells = self.plan.cells()
+        for index, (strategy, concurrency, http, repeat) in enumerate(cells, start=1):
+            result = CellResult(strategy, concurrency, http, repeat)
+            known = self.unsupported.get(("*", http)) or self.unsupported.get((strategy, http))
+            if known:
+                result.unsupported, result.ran = known, False
+            else:
+                await self._run_cell(result)
+            self.report.results.append(result)
+            if on_cell is not None:
+                on_cell(result, index, len(cells))
+
+    def _transport(
+        self, http: HttpVersion, concurrency: int, gauge: Gauge, latencies: list[float]
+    ) -> TimedTransport:
+        settings = replace(self.settings, http=http, concurrency=concurrency)
+        return TimedTransport(settings, auth=self.auth, gauge=gauge, latencies=latencies)
+
+    async def _probe_protocols(self) -> None:
+        """One search per HTTP version: a version that fails is unsupported, all failing is fatal.
+
+        401/403 end the bench at once (exit 3), as does a server no version can reach.
+        """
+        errors: list[ServerError | TransferError] = []
+        for http in self.plan.http:
+            transport = self._transport(http, 1, Gauge(), [])
+            try:
+                response = await transport.get(
+                    transport.base_url + "/studies",
+                    headers={"Accept": DICOM_JSON},
+                    params={"limit": "1"},
+                )
+                check_auth(response)
+                answered = response.http_version
+            except AuthError:
+                raise
+            except (ServerError, TransferError) as exc:
+                errors.append(exc)
+                name = "HTTP/2" if http == "2" else "HTTP/1.1"
+                self.unsupported[("*", http)] = f"unsupported (no {name})"
+                log.info("%s probe failed: %s", name, exc)
+                self.report.notes.append(f"{name}: {exc}")
+                continue
+            finally:
+                await transport.aclose()
+            if http == "2" and answered != "HTTP/2":
+                self.unsupported[("*", http)] = "unsupported (no HTTP/2)"
+                self.report.notes.append(f"HTTP/2: asked for it, the server answered {answered}")
+        if len(errors) == len(self.plan.http):
+            first = errors[0]
+            if all(isinstance(error, ConnectError) for error in errors):
+                raise first  # down, unknown, TLS: the first error says it best
+            raise ServerError(
+                "the server speaks none of the HTTP versions asked for: "
+                + "; ".join(self.report.notes),
+                url=first.url,
+            ) from first
+
+    async def _run_cell(self, result: CellResult) -> None:
+        gauge = Gauge()
+        http: HttpVersion = "2" if result.http == "2" else "1.1"
+        transport = self._transport(http, result.concurrency, gauge, result.qido)
+        try:
+            refs = await self._resolve(transport, result.concurrency)
+            if self.report.instances_in_study is None:
+                self.report.instances_in_study = len(refs)
+            work = refs[: self.plan.limit] if self.plan.limit else refs
+            cut = len(work) < len(refs)  # stop bulk responses once they brought the work
+            run = _CellRun(transport, gauge, result, self.plan.keep)
+            negotiator = self.negotiators[result.strategy]
+            started = time.perf_counter()
+            try:
+                await self._transfer(run, negotiator, work, cut)
+            except _Unsupported as exc:
+                result.unsupported = str(exc)
+                self.unsupported[(result.strategy, result.http)] = str(exc)
+            result.seconds = time.perf_counter() - started
+            result.http_version = transport.http_version
+            result.max_in_flight = gauge.peak
+            if negotiator.settled:
+                result.accept = negotiator.current.accept
+        finally:
+            await transport.aclose()
+
+    async def _resolve(self, transport: Transport, concurrency: int) -> list[InstanceRef]:
+        """The study's instances in QIDO order, never more than `concurrency` searches at once."""
+        resolver = Resolver(transport, page_size=self.settings.qido_page_size, policy=self.policy)
+        all_series = await resolver.series_of(self.plan.study_uid)
+        found: list[list[InstanceRef]] = [[] for _ in all_series]
+
+        async def one(index: int) -> None:
+            found[index] = await resolver.instances_of(all_series[index])
+
+        await run_pool(range(len(all_series)), one, min(concurrency, QIDO_CONCURRENCY))
+        refs = [ref for group in found for ref in group]
+        if not refs:
+            raise NothingMatchedError(f"study {self.plan.study_uid} has no instances on the server")
+        return refs
+
+    async def _transfer(
+        self, run: _CellRun, negotiator: Negotiator, work: list[InstanceRef], cut: bool
+    ) -> None:
+        base = run.transport.base_url
+        strategy = run.result.strategy
+
+        async def guarded(what: str, attempt: Callable[[Retrieval], Awaitable[None]]) -> None:
+            try:
+                await negotiator.run(attempt)
+            except HttpStatusError as exc:
+                if exc.status_code in UNSUPPORTED_STATUS and not negotiator.settled:
+                    raise _Unsupported(f"unsupported (HTTP {exc.status_code})") from exc
+                run.result.fail(f"{what}: {exc}")
+            except TransferError as exc:
+                run.result.fail(f"{what}: {exc}")
+
+        if strategy in ("single-part", "multipart-instance"):
+
+            async def one_instance(ref: InstanceRef) -> None:
+                url = instance_url(base, ref.study_uid, ref.series_uid, ref.sop_uid)
+                what = f"instance {ref.sop_uid}"
+                await guarded(what, lambda form: run.request(url, form, what, 1, ref.sop_uid))
+
+            await run_pool(work, one_instance, run.result.concurrency)
+            return
+
+        groups: dict[str, list[InstanceRef]] = {}
+        for ref in work:
+            if strategy == "series":
+                url = series_url(base, ref.study_uid, ref.series_uid)
+            else:
+                url = study_url(base, ref.study_uid)
+            groups.setdefault(url, []).append(ref)
+
+        async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
+            url, refs = item
+            what = f"{strategy} {url.rsplit('/', 1)[-1]}"
+            wanted = len(refs)
+            await guarded(what, lambda form: run.request(url, form, what, wanted, None, stop=cut))
+
+        await run_pool(list(groups.items()), one_group, run.result.concurrency)
+
+
+class _CellRun:
+    """The requests of one run of one cell, and what they brought."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        gauge: Gauge,
+        result: CellResult,
+        keep: Path | None,
+    ) -> None:
+        self.transport = transport
+        self.gauge = gauge
+        self.result = result
+        self.keep = keep
+
+    async def request(
+        self,
+        url: str,
+        form: Retrieval,
+        what: str,
+        expected: int,
+        sop_uid: str | None,
+        *,
+        stop: bool = False,
+    ) -> None:
+        """GET `url` as `form`; count (or keep) every instance; `stop` after `expected` parts."""
+        headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
+        self.result.requests += 1
+        got = 0
+        with self.gauge.hold():
+            sent = time.perf_counter()
+            async with self.transport.stream(url, headers) as response:
+                headers_at = time.perf_counter()
+                check_auth(response)
+                if response.status_code != 200:
+                    raise status_error(response, what)
+                self.result.ttfb.append(headers_at - sent)
+                media = parse_media_type(response.headers.get("content-type", ""))
+                if media.mime == MULTIPART_RELATED:
+                    got = await self._parts(response, sop_uid, expected if stop else None)
+                else:
+                    with self._output(sop_uid) as output:
+                        await pour_body(response, output.write)
+                    got = 1
+        if got < expected:
+            raise IntegrityError(f"{what}: {got} of {expected} instances arrived", retryable=True)
+
+    async def _parts(self, response: httpx.Response, sop_uid: str | None, stop: int | None) -> int:
+        got = 0
+        output: _Output | None = None
+
+        def on_event(event: Event) -> None:
+            nonlocal got, output
+            if isinstance(event, PartData):
+                assert output is not None
+                output.write(event.data)
+            elif isinstance(event, PartStarted):
+                output = _Output(self.keep, sop_uid, self.result)
+            elif isinstance(event, PartEnded):
+                assert output is not None
+                output.finish()
+                output = None
+                got += 1
+                if stop is not None and got >= stop:
+                    raise _Enough()  # --limit: the rest of the response is not wanted
+
+        try:
+            await pour_parts(response, on_event)
+        except _Enough:
+            pass
+        finally:
+            if output is not None:
+                output.abandon()
+        return got
+
+    @contextmanager
+    def _output(self, sop_uid: str | None) -> Iterator[_Output]:
+        output = _Output(self.keep, sop_uid, self.result)
+        try:
+            yield output
+        except BaseException:
+            output.abandon()
+            raise
+        output.finish()
+
+
+class _Enough(Exception):
+    """Raised from inside a body's sink to stop reading it."""
+
+
+class _Output:
+    """One instance's bytes: counted, and with --keep written to DIR/<SOP Instance UID>.dcm."""
+
+    def __init__(self, keep: Path | None, sop_uid: str | None, result: CellResult) -> None:
+        self.result = result
+        self.sop_uid = sop_uid
+        self.size = 0
+        self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
+
+    def write(self, chunk: bytes) -> None:
+        self.result.bytes += len(chunk)
+        self.size += len(chunk)
+        if self.temp is not None:
+            self.temp.write(chunk)
+
+    def finish(self) -> None:
+        if self.size == 0:
+            self.abandon()
+            raise IntegrityError("an instance arrived with an empty body")
+        self.result.instances += 1
+        temp, self.temp = self.temp, None
+        if temp is None:
+            return
+        try:
+            temp.close()
+            if self.sop_uid is None:  # a part of a series or study: its header names it
+                sop_uid = read_header(temp.path, label="part").sop_uid
+                if not is_valid_uid(sop_uid):
+                    raise IntegrityError(f"a part names an invalid SOP Instance UID {sop_uid!r}")
+                temp.final = temp.final.with_name(f"{sop_uid}.dcm")
+            temp.commit()
+        except BaseException:
+            temp.discard()
+            raise
+
+    def abandon(self) -> None:
+        if self.temp is not None:
+            self.temp.discard()
+            self.temp = None

@@ -1,0 +1,244 @@
+"""Cohort lists as people hand them over: what `download --from-file` reads.
+
+Three formats, told apart by the file's extension or, without one (stdin), by its first line:
+
+- a TCIA manifest (`.tcia`, or a first line `key=value`): a header of `key=value` lines, then
+  `ListOfSeriesToDownload=` and one SeriesInstanceUID a line. The header's keys are NBIA Data
+  Retriever settings (its servlet URL, retries, annotations) and are all ignored: `--url` names
+  the server and `--retries` the retries.
+- a CSV with a header row (`.csv`, or a first line naming a column below): read by its columns
+  `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID` (any case; comma, tab or semicolon
+  separated; other columns ignored); each row names a study, a series or an instance, as deep
+  as its cells go. Empty cells are levels the row does not name.
+- anything else: a plain list, one UID a line, blank lines and `#` comments ignored; whether a
+  UID is a study, a series or an instance is found out by asking the server.
+
+Malformed input is a UsageError naming the line, raised while reading, before any network work.
+Reading streams line by line; only the items are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Literal
+
+from ..errors import UsageError
+from ..http.urls import is_valid_uid
+
+Level = Literal["study", "series", "instance", "unknown"]
+
+TCIA_MARKER = "listofseriestodownload"
+COLUMNS = {"studyinstanceuid": "study", "seriesinstanceuid": "series", "sopinstanceuid": "sop"}
+DELIMITERS = (",", "\t", ";")
+_HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*=")
+
+
+class CohortError(UsageError):
+    """A cohort list that cannot be read: names the file and the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class CohortItem:
+    """One line (or row) of a cohort list: the UIDs it names, as deep as it goes.
+
+    `any_uid` is a plain list's UID, of a level only the server knows; `where` says where the
+    item came from ("--from-file uids.txt: line 4"), for messages; empty for UIDs given as
+    arguments.
+    """
+
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+    any_uid: str | None = None
+    where: str = ""
+
+    @property
+    def level(self) -> Level:
+        if self.any_uid is not None:
+            return "unknown"
+        if self.sop_uid is not None:
+            return "instance"
+        return "series" if self.series_uid is not None else "study"
+
+    @property
+    def uid(self) -> str:
+        """The deepest UID the item names."""
+        uid = self.any_uid or self.sop_uid or self.series_uid or self.study_uid
+        assert uid is not None, "an item names at least one UID"
+        return uid
+
+    @property
+    def key(self) -> tuple[str | None, ...]:
+        """Items with the same key fetch the same instances (`where` aside)."""
+        return (self.study_uid, self.series_uid, self.sop_uid, self.any_uid)
+
+    @property
+    def shard_key(self) -> str:
+        """What `--shard` splits by: the study when the item names it, else its first UID."""
+        uid = self.study_uid or self.series_uid or self.sop_uid or self.any_uid
+        assert uid is not None
+        return uid
+
+    def describe(self) -> str:
+        """`series 1.2.3`, `UID 1.2.3`: what the item asks for, in a message."""
+        names = {"unknown": "UID", "study": "study", "series": "series", "instance": "instance"}
+        return f"{names[self.level]} {self.uid}"
+
+    def check(self) -> None:
+        """A UsageError unless every UID given is a valid UID (items built by a caller)."""
+        given = [self.study_uid, self.series_uid, self.sop_uid, self.any_uid]
+        if all(uid is None for uid in given):
+            raise UsageError(f"{self.where or 'cohort item'}: names no UID")
+        for uid in given:
+            if uid is not None and not is_valid_uid(uid):
+                raise UsageError(f"{self.where or 'cohort item'}: invalid UID {uid[:80]!r}")
+
+
+def read_cohort(source: str | Path, *, label: str | None = None) -> list[CohortItem]:
+    """The items of the cohort list at `source` ("-": stdin), in file order, repeats kept.
+
+    `label` names the source in messages (default: the path).
+    """
+    name = str(source)
+    label = label or name
+    try:
+        if name == "-":
+            return parse_cohort(sys.stdin, label=label, name=name)
+        with Path(name).open(encoding="utf-8-sig", newline="") as fp:
+            return parse_cohort(fp, label=label, name=name)
+    except OSError as exc:
+        raise CohortError(f"cannot read {label}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CohortError(f"{label}: not UTF-8 text ({exc.reason})") from exc
+
+
+def parse_cohort(lines: Iterable[str], *, label: str, name: str = "") -> list[CohortItem]:
+    """Parse a cohort list given as lines; the format by `name`'s extension or the content."""
+    lines = iter(lines)
+    head: list[str] = []
+    for line in lines:  # the first meaningful line decides the format
+        head.append(line)
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+    first = head[-1].lstrip("\ufeff").strip() if head else ""
+    everything = chain(head, lines)
+    suffix = Path(name).suffix.lower() if name != "-" else ""
+    if suffix == ".tcia" or (suffix != ".csv" and _HEADER_LINE.match(first)):
+        return list(_tcia(everything, label))
+    if suffix == ".csv" or _delimiter(first) is not None:
+        return list(_csv(everything, label))
+    return list(_plain(everything, label))
+
+
+def _where(label: str, number: int) -> str:
+    return f"{label}: line {number}"
+
+
+def _checked(uid: str, label: str, number: int, what: str) -> str:
+    if not is_valid_uid(uid):
+        shown = uid[:80]
+        raise CohortError(
+            f"{_where(label, number)}: invalid {what} {shown!r}: a UID is digits and dots, "
+            "at most 64 characters"
+        )
+    return uid
+
+
+def _plain(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
+    for number, line in enumerate(lines, start=1):
+        uid = line.split("#", 1)[0].strip().lstrip("\ufeff")
+        if uid:
+            yield CohortItem(
+                any_uid=_checked(uid, label, number, "UID"), where=_where(label, number)
+            )
+
+
+def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
+    in_list = False
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip().lstrip("\ufeff")
+        if not line:
+            continue
+        if not in_list:
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise CohortError(
+                    f"{_where(label, number)}: expected key=value in the TCIA manifest's header "
+                    f"before ListOfSeriesToDownload=, got {line[:80]!r}"
+                )
+            if key.strip().lower() == TCIA_MARKER:
+                in_list = True
+                line = value.strip()  # (a UID on the marker's own line: taken too)
+                if not line:
+                    continue
+            else:
+                continue  # a header key: see the module docstring
+        uid = _checked(line, label, number, "SeriesInstanceUID")
+        yield CohortItem(series_uid=uid, where=_where(label, number))
+    if not in_list:
+        raise CohortError(f"{label}: no ListOfSeriesToDownload= line: not a TCIA manifest")
+
+
+def _delimiter(header: str) -> str | None:
+    """The delimiter that splits `header` into cells naming a UID column, or None."""
+    for delimiter in DELIMITERS:
+        cells = next(csv.reader([header], delimiter=delimiter), [])
+        if any(cell.strip().lower() in COLUMNS for cell in cells):
+            return delimiter
+    return None
+
+
+def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
+    lines = iter(lines)
+    number = 0
+    header = ""
+    for line in lines:
+        number += 1
+        header = line.lstrip("\ufeff")
+        if header.strip():
+            break
+    delimiter = _delimiter(header)
+    if delimiter is None:
+        raise CohortError(
+            f"{_where(label, number)}: a CSV needs a header row with a StudyInstanceUID, "
+            "SeriesInstanceUID or SOPInstanceUID column"
+        )
+    cells = next(csv.reader([header], delimiter=delimiter))
+    where_is: dict[str, int] = {}
+    for index, cell in enumerate(cells):
+        level = COLUMNS.get(cell.strip().lower())
+        if level is not None and level not in where_is:
+            where_is[level] = index
+    reader = csv.reader(lines, delimiter=delimiter)
+    for row in reader:
+        row_number = number + reader.line_num
+        values = {
+            level: row[index].strip() if index < len(row) else ""
+            for level, index in where_is.items()
+        }
+        if not any(values.values()):
+            continue  # a blank row, or one naming nothing dlstudy reads
+        given = {
+            level: _checked(value, label, row_number, _COLUMN_NAMES[level])
+            for level, value in values.items()
+            if value
+        }
+        yield CohortItem(
+            study_uid=given.get("study"),
+            series_uid=given.get("series"),
+            sop_uid=given.get("sop"),
+            where=_where(label, row_number),
+        )
+
+
+_COLUMN_NAMES = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "sop": "SOPInstanceUID",
+}

@@ -1,0 +1,156 @@
+"""Cohort items -> the instances to fetch, asking QIDO only for what a line does not name.
+
+    study                   its series, then each series' instances (qido.Resolver, filters apply)
+    study + series          that series' instances: one listing, nothing else of the study
+    series                  `/series?SeriesInstanceUID=` finds its study (one lookup), then as above
+    study + series + SOP    no request at all: the instance is fetched as named
+    SOP (+ study/series)    `/instances?SOPInstanceUID=` (with the UIDs the row gives as filters)
+    a plain list's UID      study first, then series, then instance, until the server knows it
+
+Only what was listed is fetched: a series never pulls the rest of its study, an instance never
+the rest of its series. A UID the server does not know is a per-item failure (NotFound), the
+rest of the list goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import NothingMatchedError
+from ..http.urls import series_url
+from ..model import InstanceRef
+from .cohort import CohortItem
+from .qido import (
+    TAG_MODALITY,
+    TAG_SERIES_INSTANCES,
+    TAG_SERIES_UID,
+    TAG_SOP_UID,
+    TAG_STUDY_UID,
+    Resolver,
+    SeriesRef,
+    first_int,
+    first_value,
+)
+
+
+class NotFound(Exception):
+    """The server does not have what an item names: a per-item failure, with the reason."""
+
+
+class Locator:
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self.pager = resolver.pager
+        self.base = resolver.transport.base_url
+
+    async def instances(self, item: CohortItem) -> list[InstanceRef]:
+        """The instances `item` names, in QIDO order. Raises NotFound."""
+        if item.any_uid is not None:
+            return await self._of_unknown_level(item.any_uid)
+        if item.sop_uid is not None:
+            if item.study_uid is not None and item.series_uid is not None:
+                return [InstanceRef(item.study_uid, item.series_uid, item.sop_uid)]
+            found = await self._instance(item.sop_uid, item.study_uid, item.series_uid)
+            if not found:
+                raise NotFound(f"{item.describe()}{_within(item)} not found on the server")
+            return found
+        if item.series_uid is not None:
+            found = await self._series(item.series_uid, item.study_uid)
+            if not found:
+                raise NotFound(f"{item.describe()}{_within(item)} not found on the server")
+            return found
+        assert item.study_uid is not None
+        return await self._study(item.study_uid)
+
+    async def _of_unknown_level(self, uid: str) -> list[InstanceRef]:
+        try:
+            return await self._study(uid)
+        except NotFound:
+            pass
+        found = await self._series(uid, None) or await self._instance(uid, None, None)
+        if not found:
+            raise NotFound(f"UID {uid} not found on the server as a study, series or instance")
+        return found
+
+    async def _study(self, study_uid: str) -> list[InstanceRef]:
+        try:
+            return await self.resolver.resolve(study_uid)
+        except NothingMatchedError as exc:
+            raise NotFound(str(exc)) from exc
+
+    async def _series(self, series_uid: str, study_uid: str | None) -> list[InstanceRef]:
+        """The series' instances; [] if the server does not have it."""
+        if study_uid is not None:
+            series = [SeriesRef(study_uid, series_uid, "", None)]
+        else:
+            series = await self._lookup_series(series_uid)
+        refs: list[InstanceRef] = []
+        for one in series:
+            refs += await self._listing(one)
+        return refs
+
+    async def _lookup_series(self, series_uid: str) -> list[SeriesRef]:
+        """Which study the series is in (one QIDO request): a series UID is unique, but a
+        broken archive may hold it in two studies, and both are taken."""
+        items = await self.pager.fetch_all(
+            f"{self.base}/series",
+            [("SeriesInstanceUID", series_uid), ("includefield", TAG_SERIES_INSTANCES)],
+            TAG_STUDY_UID,
+        )
+        found = []
+        for item in items or []:
+            study_uid = first_value(item, TAG_STUDY_UID)
+            if study_uid is None or first_value(item, TAG_SERIES_UID) != series_uid:
+                continue  # a server that ignored the filter: not this series
+            modality = (first_value(item, TAG_MODALITY) or "").upper()
+            count = first_int(item, TAG_SERIES_INSTANCES)
+            found.append(SeriesRef(study_uid, series_uid, modality, count))
+        return found
+
+    async def _listing(self, series: SeriesRef) -> list[InstanceRef]:
+        """The series' instances; the modality from the lookup, or from the listing when the
+        server includes it (asked for: `{modality}` in --layout needs it)."""
+        url = f"{series_url(self.base, series.study_uid, series.series_uid)}/instances"
+        params = [] if series.modality else [("includefield", TAG_MODALITY)]
+        items = await self.pager.fetch_all(url, params, TAG_SOP_UID, series.instance_count)
+        return [ref for item in items or [] if (ref := _ref(item, series)) is not None]
+
+    async def _instance(
+        self, sop_uid: str, study_uid: str | None, series_uid: str | None
+    ) -> list[InstanceRef]:
+        """The instance, found by its SOP UID (and the UIDs the row gives, as filters)."""
+        params = [("SOPInstanceUID", sop_uid), ("includefield", TAG_MODALITY)]
+        if study_uid is not None:
+            params.append(("StudyInstanceUID", study_uid))
+        if series_uid is not None:
+            params.append(("SeriesInstanceUID", series_uid))
+        items = await self.pager.fetch_all(f"{self.base}/instances", params, TAG_SERIES_UID)
+        found = []
+        for item in items or []:
+            study = first_value(item, TAG_STUDY_UID)
+            series = first_value(item, TAG_SERIES_UID)
+            if study is None or series is None or first_value(item, TAG_SOP_UID) != sop_uid:
+                continue  # a server that ignored the filter, or an answer without the UIDs
+            if (study_uid or study, series_uid or series) != (study, series):
+                continue  # not in the study or series the row names
+            modality = (first_value(item, TAG_MODALITY) or "").upper()
+            found.append(InstanceRef(study, series, sop_uid, modality))
+        return found
+
+
+def _ref(item: dict[str, Any], series: SeriesRef) -> InstanceRef | None:
+    sop_uid = first_value(item, TAG_SOP_UID)
+    if sop_uid is None:
+        return None
+    modality = series.modality or (first_value(item, TAG_MODALITY) or "").upper()
+    return InstanceRef(series.study_uid, series.series_uid, sop_uid, modality)
+
+
+def _within(item: CohortItem) -> str:
+    """` in series X of study Y`: the parents a row named, which the search was limited to."""
+    parts = []
+    if item.sop_uid is not None and item.series_uid is not None:
+        parts.append(f"series {item.series_uid}")
+    if item.study_uid is not None:
+        parts.append(f"study {item.study_uid}")
+    return f" in {' of '.join(parts)}" if parts else ""

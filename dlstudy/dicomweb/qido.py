@@ -1,0 +1,313 @@
+"""QIDO-RS resolution: a study's series, each series' instances, paged and deduplicated.
+
+Servers page in different ways (DOMAIN.md): some honour limit/offset, some cap silently or with a
+`Warning: 299`, static servers ignore offset and send the same page again, some send a lone
+object instead of a list, 204 means no match. The pager below copes with all of them and
+always terminates: it stops on an empty page, on a page with nothing new, or after MAX_PAGES.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+
+from ..errors import HttpStatusError, NothingMatchedError, ServerError, TransferError
+from ..flow.pool import first_error
+from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
+from ..flow.watchdog import watchdog
+from ..http.client import Transport, check_auth
+from ..http.urls import redact_url, series_url, study_url
+from ..model import InstanceRef
+from .media import DICOM_JSON, parse_media_type
+
+log = logging.getLogger(__name__)
+
+# A hard stop against a server that keeps inventing results: 10,000 pages of even 100 results
+# is a million series or instances in one study, far past any real one.
+MAX_PAGES = 10_000
+# Series queries run concurrently; more than this gains nothing and crowds the server.
+QIDO_CONCURRENCY = 4
+# A QIDO page must arrive whole within this many --timeout windows (it is computed, then sent).
+QIDO_WINDOWS = 2
+
+TAG_STUDY_UID = "0020000D"
+TAG_SERIES_UID = "0020000E"
+TAG_SOP_UID = "00080018"
+TAG_MODALITY = "00080060"
+TAG_SERIES_INSTANCES = "00201209"  # NumberOfSeriesRelatedInstances
+TAG_STUDY_SERIES = "00201206"  # NumberOfStudyRelatedSeries
+
+
+def first_value(item: dict[str, Any], tag: str) -> str | None:
+    element = item.get(tag)
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    if not isinstance(values, list) or not values:
+        return None
+    value = values[0]
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value).strip()
+
+
+def first_int(item: dict[str, Any], tag: str) -> int | None:
+    value = first_value(item, tag)
+    try:
+        return int(float(value)) if value is not None else None
+    except (ValueError, OverflowError):  # not a number, or "1e999" / "inf"
+        return None
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    study_uid: str
+    series_uid: str
+    modality: str
+    instance_count: int | None
+
+
+class Pager:
+    """Walks one QIDO query through every page it has, retrying transient failures."""
+
+    def __init__(self, transport: Transport, page_size: int, policy: RetryPolicy) -> None:
+        self.transport = transport
+        self.page_size = page_size
+        self.policy = policy
+        self._root_checked = False
+
+    async def check_root(self) -> None:
+        """A 404 means "no such study" only when a DICOMweb server says it: before believing
+        one, ask the root's own study search, once; if what answers is no DICOMweb server (a
+        mistyped path, a web page), the run stops with exit 3 saying what came back."""
+        if self._root_checked:
+            return
+        base = self.transport.base_url
+        response = await self.transport.get(
+            f"{base}/studies", headers={"Accept": DICOM_JSON}, params={"limit": "1"}
+        )
+        check_auth(response)
+        problem = root_problem(response)
+        if problem is not None:
+            shown = redact_url(base)
+            raise ServerError(
+                f"{shown} is not a DICOMweb root: {shown}/studies answered {problem} ({ROOT_HINT})",
+                url=shown,
+            )
+        self._root_checked = True
+
+    async def fetch_all(
+        self,
+        url: str,
+        params: list[tuple[str, str]],
+        key_tag: str,
+        expected: int | None = None,
+    ) -> list[dict[str, Any]] | None:
+        """All distinct results of the query keyed by `key_tag`; None when the URL is 404."""
+        results: dict[str, dict[str, Any]] = {}
+        offset = 0
+        for _ in range(MAX_PAGES):
+            page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
+            page = await self._get_page(url, page_params)
+            if page is None:
+                await self.check_root()
+                return None
+            items, truncated = page
+            new = 0
+            for item in items:
+                key = first_value(item, key_tag)
+                if key is not None and key not in results:
+                    results[key] = item
+                    new += 1
+            if new == 0:
+                if items and offset:
+                    log.info("%s repeats a page: server ignores offset", redact_url(url))
+                break
+            offset += len(items)
+            if truncated or (expected is not None and len(results) < expected):
+                continue
+            if len(items) < self.page_size:
+                break
+            if len(items) > self.page_size and expected is not None:
+                # More than asked for, as many as the count said: a server that ignores limit
+                # (a static DICOMweb tree) sent everything; asking again would fetch it twice.
+                break
+        else:
+            log.warning("%s: stopped after %d pages", redact_url(url), MAX_PAGES)
+        return list(results.values())
+
+    async def _get_page(
+        self, url: str, params: list[tuple[str, str]]
+    ) -> tuple[list[dict[str, Any]], bool] | None:
+        """One page (None for 404); transient failures retried, lasting ones a ServerError."""
+
+        async def attempt() -> tuple[list[dict[str, Any]], bool] | None:
+            # httpx's read timeout is per chunk: a dripping QIDO answer would pass it forever.
+            # A page is small, so the whole of it gets QIDO_WINDOWS watchdog windows.
+            with watchdog(self.policy.window * QIDO_WINDOWS, "QIDO search"):
+                response = await self.transport.get(
+                    url, headers={"Accept": DICOM_JSON}, params=params
+                )
+                if response.status_code == 404:
+                    return None
+                return self._read_page(response)
+            raise AssertionError("unreachable: the watchdog raises when it cancels")
+
+        try:
+            return await with_retries(attempt, what="QIDO search", policy=self.policy)
+        except TransferError as exc:
+            raise ServerError(str(exc), url=exc.url) from exc
+
+    def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
+        check_auth(response)
+        shown = redact_url(str(response.url))
+        if response.status_code == 204:
+            return [], False
+        if response.status_code not in (200, 206):
+            raise HttpStatusError(
+                f"HTTP {response.status_code} on {shown}",
+                status_code=response.status_code,
+                url=shown,
+                retryable=response.status_code in RETRYABLE_STATUS,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        if not response.content.strip():
+            return [], False
+        try:
+            data = response.json()
+        except RecursionError as exc:  # arrays nested thousands deep: no QIDO answer
+            raise ServerError(
+                f"QIDO answer nests too deep to be DICOM JSON on {shown}", url=shown
+            ) from exc
+        except ValueError as exc:
+            what = describe_answer(response)
+            raise ServerError(
+                f"QIDO answer is not JSON ({what}) on {shown}: is --url a DICOMweb root? "
+                f"({ROOT_HINT})",
+                url=shown,
+            ) from exc
+        if isinstance(data, dict):
+            data = [data]  # some servers send a lone object for a single match
+        if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
+            raise ServerError(
+                f"QIDO answer is not a list of DICOM JSON objects on {shown}", url=shown
+            )
+        truncated = response.status_code == 206 or _has_more_warning(response.headers)
+        return data, truncated
+
+
+ROOT_HINT = "DICOMweb roots usually end in /dicomweb, /dicom-web, /wado-rs or /rs"
+_JSON_TYPES = ("application/dicom+json", "application/json")
+
+
+def root_problem(response: httpx.Response) -> str | None:
+    """What is wrong with a study search's answer for a DICOMweb root, or None."""
+    if response.status_code == 204:
+        return None
+    if response.status_code == 200 and _mime(response) in _JSON_TYPES:
+        try:
+            data = response.json()
+        except (ValueError, RecursionError):
+            return "HTTP 200 with a body that is not JSON"
+        if isinstance(data, list | dict):
+            return None
+        return "HTTP 200 with JSON that is no list of studies"
+    return describe_answer(response)
+
+
+def describe_answer(response: httpx.Response) -> str:
+    """`HTTP 404 (an HTML page)`, `HTTP 200 (text/plain)` and the like."""
+    mime = _mime(response)
+    kind = "an HTML page" if mime == "text/html" else (mime or "no content type")
+    return f"HTTP {response.status_code} ({kind})"
+
+
+def _mime(response: httpx.Response) -> str:
+    return parse_media_type(response.headers.get("content-type", "")).mime
+
+
+def _has_more_warning(headers: httpx.Headers) -> bool:
+    # PS3.18: `Warning: 299 <host>: There are N additional results that can be requested`.
+    return any(
+        value.strip().startswith("299") and "additional" in value.lower()
+        for value in headers.get_list("warning")
+    )
+
+
+class Resolver:
+    """Turns study UIDs into the instances to fetch."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        page_size: int,
+        policy: RetryPolicy,
+        series_filter: Iterable[str] = (),
+        modality_filter: Iterable[str] = (),
+    ) -> None:
+        self.transport = transport
+        self.pager = Pager(transport, page_size, policy)
+        self.series_filter = set(series_filter)
+        self.modality_filter = {m.upper() for m in modality_filter}
+
+    async def series_of(self, study_uid: str) -> list[SeriesRef]:
+        base = self.transport.base_url
+        items = await self.pager.fetch_all(
+            f"{study_url(base, study_uid)}/series",
+            [("includefield", TAG_SERIES_INSTANCES)],
+            TAG_SERIES_UID,
+        )
+        if not items:
+            raise NothingMatchedError(f"study {study_uid} not found on the server")
+        found = []
+        for item in items:
+            series_uid = first_value(item, TAG_SERIES_UID)
+            if series_uid is None:
+                continue
+            modality = (first_value(item, TAG_MODALITY) or "").upper()
+            if self.series_filter and series_uid not in self.series_filter:
+                continue
+            if self.modality_filter and modality not in self.modality_filter:
+                continue
+            count = first_int(item, TAG_SERIES_INSTANCES)
+            found.append(SeriesRef(study_uid, series_uid, modality, count))
+        return found
+
+    async def instances_of(self, series: SeriesRef) -> list[InstanceRef]:
+        base = self.transport.base_url
+        items = await self.pager.fetch_all(
+            f"{series_url(base, series.study_uid, series.series_uid)}/instances",
+            [],
+            TAG_SOP_UID,
+            expected=series.instance_count,
+        )
+        refs = []
+        for item in items or []:
+            sop_uid = first_value(item, TAG_SOP_UID)
+            if sop_uid is not None:
+                refs.append(
+                    InstanceRef(series.study_uid, series.series_uid, sop_uid, series.modality)
+                )
+        return refs
+
+    async def resolve(self, study_uid: str) -> list[InstanceRef]:
+        """Every instance of the study that passes the filters, in QIDO order."""
+        all_series = await self.series_of(study_uid)
+        per_series: list[list[InstanceRef]] = [[] for _ in all_series]
+        limiter = anyio.CapacityLimiter(QIDO_CONCURRENCY)
+
+        async def one(index: int, series: SeriesRef) -> None:
+            async with limiter:
+                per_series[index] = await self.instances_of(series)
+
+        with first_error():
+            async with anyio.create_task_group() as tg:
+                for index, series in enumerate(all_series):
+                    tg.start_soon(one, index, series)
+        return [ref for refs in per_series for ref in refs]

@@ -1,0 +1,110 @@
+"""`--shard K/N`: split a list of studies across N independent processes, each study exactly once.
+
+A study belongs to shard `int(sha256(uid).hexdigest(), 16) % N + 1`: it depends on the UID and
+N only, never on the order of the list or on the machine, so N processes given the same list
+(or the same query) download disjoint parts that together are the whole. Shards are numbered
+1..N on the command line, like `split -n K/N`.
+
+Schedulers number their tasks from 0, so `--shard auto` converts: it reads the 0-based index
+from `JOB_COMPLETION_INDEX` (Kubernetes Indexed Job) or `SLURM_ARRAY_TASK_ID` (SLURM job array,
+relative to `SLURM_ARRAY_TASK_MIN` and `SLURM_ARRAY_TASK_STEP`), and the count from
+`DLSTUDY_SHARD_COUNT`, `JOB_COMPLETIONS` or `SLURM_ARRAY_TASK_COUNT`, first found wins.
+Kubernetes does not put the completion count in the environment: the manifest sets it. Other
+schedulers pass `--shard K/N` (or `DLSTUDY_SHARD=K/N`) themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")
+COUNT_VARIABLES = ("DLSTUDY_SHARD_COUNT", "JOB_COMPLETIONS", "SLURM_ARRAY_TASK_COUNT")
+# More shards than this is a typo, not a cluster.
+MAX_SHARDS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `number` (1-based) of `count`."""
+
+    number: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_SHARDS:
+            raise UsageError(f"--shard: N must be between 1 and {MAX_SHARDS}, not {self.count}")
+        if not 1 <= self.number <= self.count:
+            raise UsageError(
+                f"--shard {self.number}/{self.count}: K must be between 1 and {self.count}"
+            )
+
+    def __str__(self) -> str:
+        return f"{self.number}/{self.count}"
+
+    def owns(self, study_uid: str) -> bool:
+        return shard_of(study_uid, self.count) == self.number
+
+    def select(self, study_uids: Iterable[str]) -> list[str]:
+        """The UIDs of this shard, in their original order."""
+        return [uid for uid in study_uids if self.owns(uid)]
+
+
+def shard_of(study_uid: str, count: int) -> int:
+    """The shard (1..count) a study belongs to."""
+    digest = hashlib.sha256(study_uid.strip().encode("ascii", "replace")).hexdigest()
+    return int(digest, 16) % count + 1
+
+
+def parse_shard(text: str | None, env: Mapping[str, str]) -> Shard | None:
+    """`None`/`""` (no sharding), `K/N` (1-based), or `auto` (from the scheduler's variables)."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    if text.lower() == "auto":
+        return _from_environment(env)
+    number, sep, count = text.partition("/")
+    if not sep or not number.strip().isdigit() or not count.strip().isdigit():
+        raise UsageError(f"--shard must look like K/N (e.g. 2/8) or be 'auto', not {text[:40]!r}")
+    return Shard(int(number), int(count))
+
+
+def _from_environment(env: Mapping[str, str]) -> Shard:
+    index_name = next((name for name in INDEX_VARIABLES if env.get(name, "").strip()), None)
+    count_name = next((name for name in COUNT_VARIABLES if env.get(name, "").strip()), None)
+    if index_name is None or count_name is None:
+        missing = "index" if index_name is None else "count"
+        wanted = INDEX_VARIABLES if index_name is None else COUNT_VARIABLES
+        raise UsageError(
+            f"--shard auto: no shard {missing} in the environment (set one of {', '.join(wanted)})"
+        )
+    index = _integer(env, index_name)
+    count = _integer(env, count_name)
+    if index_name == "SLURM_ARRAY_TASK_ID":
+        # `--array=1-8` or `--array=0-30:2`: task IDs need not start at 0 or be consecutive.
+        first = _integer(env, "SLURM_ARRAY_TASK_MIN") if env.get("SLURM_ARRAY_TASK_MIN") else 0
+        step = _integer(env, "SLURM_ARRAY_TASK_STEP") if env.get("SLURM_ARRAY_TASK_STEP") else 1
+        offset = index - first
+        if step < 1 or offset % step:
+            raise UsageError(
+                f"--shard auto: SLURM_ARRAY_TASK_ID={index} is not on the array's "
+                f"min {first} / step {step}"
+            )
+        index = offset // step
+    if not 0 <= index < count:
+        raise UsageError(
+            f"--shard auto: {index_name} gives index {index}, outside 0..{count - 1} "
+            f"({count_name}={count})"
+        )
+    return Shard(index + 1, count)
+
+
+def _integer(env: Mapping[str, str], name: str) -> int:
+    value = env.get(name, "").strip()
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--shard auto: {name}={value[:20]!r} is not a number") from None

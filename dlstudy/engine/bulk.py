@@ -1,0 +1,176 @@
+"""Series- and study-level retrieval: one streamed multipart response for many instances.
+
+Each part streams into its own temp file under OUT/.dlstudy/incoming and is committed under its
+SOP Instance UID the moment its closing delimiter arrives, so a response cut in the middle keeps
+every part that completed. Whatever the response lacked (or a failure cut off) is left to the
+caller, which fetches those instances one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..dicomweb.completeness import check_complete
+from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
+from ..dicomweb.negotiate import Negotiator, Retrieval
+from ..dicomweb.verify import check_identity, keep_head, read_header
+from ..errors import HttpStatusError, IntegrityError, TransferError
+from ..http.client import Transport, check_auth
+from ..model import Committed, InstanceRef
+from ..store.files import Store, TempFile
+from ..store.manifest import Digest
+from .fetch import ByteCounter, check_identity_encoding, status_error
+from .parts import pour_parts
+
+log = logging.getLogger(__name__)
+
+InstanceDone = Callable[[InstanceRef, Committed], None]
+
+
+class BulkFetcher:
+    def __init__(self, transport: Transport, store: Store, negotiator: Negotiator) -> None:
+        self.transport = transport
+        self.store = store
+        self.negotiator = negotiator
+        self.unsupported: str | None = None  # why the server will not do bulk retrieval
+
+    async def fetch(
+        self,
+        url: str,
+        refs: list[InstanceRef],
+        on_bytes: ByteCounter,
+        on_done: InstanceDone,
+    ) -> set[str]:
+        """Retrieve `url` (a series or study) and commit the parts that belong to `refs`.
+
+        Returns the SOP Instance UIDs committed. Failures are logged, not raised: the caller
+        retrieves what is missing instance by instance. Only auth errors propagate.
+        """
+        wanted = {ref.sop_uid: ref for ref in refs}
+        committed: set[str] = set()
+        if self.unsupported is not None:
+            return committed
+        try:
+            await self.negotiator.run(
+                lambda form: self._fetch_once(url, form, wanted, committed, on_bytes, on_done)
+            )
+        except HttpStatusError as exc:
+            if not exc.retryable:
+                # A definitive no (static servers answer 403/404 for series URLs): stop asking.
+                self.unsupported = str(exc)
+            log.warning("bulk retrieval refused: %s", exc)
+        except TransferError as exc:
+            log.warning("bulk retrieval stopped after %d parts: %s", len(committed), exc)
+        return committed
+
+    async def _fetch_once(
+        self,
+        url: str,
+        form: Retrieval,
+        wanted: dict[str, InstanceRef],
+        committed: set[str],
+        on_bytes: ByteCounter,
+        on_done: InstanceDone,
+    ) -> None:
+        headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
+        async with self.transport.stream(url, headers) as response:
+            if response.status_code == 401:
+                check_auth(response)  # the credentials are wrong for every request
+            if response.status_code != 200:
+                # 403 here may be a policy on series/study retrieval, not on us:
+                # per-instance retrieval is tried before anything is called fatal.
+                raise status_error(response, "bulk retrieval")
+            check_identity_encoding(response, "bulk retrieval")
+            sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
+
+            def on_event(event: Event) -> None:
+                if isinstance(event, PartData):
+                    sink.data(event.data)
+                elif isinstance(event, PartStarted):
+                    sink.start(event)
+                elif isinstance(event, PartEnded):
+                    sink.end()
+
+            try:
+                await pour_parts(response, on_event)
+            finally:
+                sink.abandon()
+
+
+class _PartSink:
+    """Receives one part at a time; the current part's temp file is never under a final name."""
+
+    def __init__(
+        self,
+        store: Store,
+        wanted: dict[str, InstanceRef],
+        committed: set[str],
+        on_bytes: ByteCounter,
+        on_done: InstanceDone,
+    ) -> None:
+        self.store = store
+        self.wanted = wanted
+        self.committed = committed
+        self.on_bytes = on_bytes
+        self.on_done = on_done
+        self.count = 0
+        self.temp: TempFile | None = None
+        self.declared: int | None = None
+        self.head = b""
+        self.digest = Digest()
+
+    def start(self, event: PartStarted) -> None:
+        self.count += 1
+        self.temp = self.store.open_incoming().__enter__()
+        self.declared = event.content_length
+        self.head = b""
+        self.digest = Digest()
+
+    def data(self, chunk: bytes) -> None:
+        assert self.temp is not None
+        self.head = keep_head(self.head, chunk, sop_uid=f"part {self.count}")
+        self.temp.write(chunk)
+        self.digest.update(chunk)
+        self.on_bytes(len(chunk))
+
+    def end(self) -> None:
+        temp, self.temp = self.temp, None
+        assert temp is not None
+        try:
+            temp.close()
+            if self.declared is not None and temp.size != self.declared:
+                raise IntegrityError(
+                    f"part {self.count}: got {temp.size} bytes, its Content-Length said "
+                    f"{self.declared}",
+                    retryable=True,
+                )
+            info = read_header(
+                temp.path, label=f"part {self.count}", head=self.head, size=temp.size
+            )
+            ref = self.wanted.get(info.sop_uid)
+            if ref is None or ref.sop_uid in self.committed:
+                log.info("part %d (%s) was not asked for; dropped", self.count, info.sop_uid)
+                temp.discard()
+                return
+            check_identity(
+                info, study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid
+            )
+            check_complete(
+                temp.path,
+                transfer_syntax=info.transfer_syntax,
+                size=temp.size,
+                label=f"instance {ref.sop_uid}",
+            )
+            temp.final = self.store.final_path(ref)
+            temp.commit()
+        except BaseException:
+            temp.discard()
+            raise
+        self.committed.add(ref.sop_uid)
+        self.on_done(ref, Committed(temp.final, temp.size, self.digest.labelled()))
+
+    def abandon(self) -> None:
+        if self.temp is not None:
+            self.temp.discard()
+            self.temp = None

@@ -1,0 +1,205 @@
+"""`dlstudy.download()`: resolve studies, schedule what is missing, fetch it, report.
+
+This is the library entry point the CLI calls; it needs neither typer nor rich.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..dicomweb.cohort import CohortItem
+from ..errors import (
+    DlstudyError,
+    InvalidUidError,
+    NothingMatchedError,
+    Terminated,
+    UsageError,
+)
+from ..flow.pool import first_error
+from ..http.auth import auth_from_settings
+from ..http.client import Transport
+from ..http.urls import is_valid_uid, redact_url
+from ..report.landed import ReportWriter, report_format
+from ..report.progress import NullProgress, ProgressSink
+from ..report.summary import Summary
+from ..settings import Settings
+from ..store.files import Store
+from ..store.lock import output_lock
+from ..store.manifest import Manifest
+from .run import Run
+
+log = logging.getLogger(__name__)
+
+MAX_CONCURRENCY = 256
+MAX_WORKERS = 64
+
+
+Wanted = str | CohortItem  # a study UID, or an item of a cohort list (dicomweb/cohort.py)
+
+
+def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
+    """Reject bad input before touching the network or the disk."""
+    if not study_uids:
+        raise UsageError("no study UID given")
+    for uid in study_uids:
+        if isinstance(uid, CohortItem):
+            uid.check()
+        elif not is_valid_uid(uid):
+            raise InvalidUidError(
+                f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters",
+                uid=uid,
+            )
+    if settings.report is not None:
+        report_format(settings.report)
+    for uid in settings.series:
+        if not is_valid_uid(uid):
+            raise InvalidUidError(f"invalid --series UID {uid[:80]!r}", uid=uid)
+    if not settings.url.lower().startswith(("http://", "https://")):
+        shown = redact_url(settings.url)
+        raise UsageError(f"--url must start with http:// or https://, got {shown!r}")
+    if not 0 <= settings.concurrency <= MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency must be between 0 (auto) and {MAX_CONCURRENCY}")
+    if not 0 <= settings.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 0 (auto) and {MAX_WORKERS}")
+    if settings.retries < 0 or settings.retry_budget < 0:
+        raise UsageError("--retries and --retry-budget must be 0 or more")
+    if settings.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if settings.mode not in ("auto", "instance", "series", "study"):
+        raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
+
+
+def download(
+    study_uids: Iterable[Wanted],
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    progress: ProgressSink | None = None,
+    **options: Any,
+) -> Summary:
+    """Download whole studies (UIDs), or what each item of a cohort list names (CohortItems:
+    `dlstudy.read_cohort(path)`); return the run's Summary.
+
+    Either pass `settings`, or `url` plus any Settings field as a keyword
+    (`download(["1.2.3"], "http://host/dicomweb", output=Path("out"), concurrency=16)`).
+    Fatal errors (bad input, server unreachable, auth, nothing matched, output locked) raise a
+    DlstudyError with the partial summary attached as `.summary`, and so does an interruption
+    (KeyboardInterrupt); per-instance failures are in the summary.
+    """
+    if settings is None:
+        if url is None:
+            raise UsageError("download() needs url= or settings=")
+        for name in ("output", "report"):
+            if options.get(name) is not None:
+                options[name] = Path(options[name])
+        settings = Settings(url=url, **options)
+    elif url is not None or options:
+        if url is not None:
+            options["url"] = url
+        settings = replace(settings, **options)
+    uids = unique(study_uids)
+    # Timed from here, as the progress display is: starting the event loop (anyio imports its
+    # backend then) is part of the run, and both show the same MB/s.
+    started = time.monotonic()
+    return anyio.run(download_async, uids, settings, progress or NullProgress(), started)
+
+
+def unique(wanted: Iterable[Wanted]) -> list[Wanted]:
+    """In order, each once: a repeated UID or an item naming the same UIDs as an earlier one
+    (on another line) is dropped."""
+    seen: set[object] = set()
+    kept: list[Wanted] = []
+    for one in wanted:
+        key = one.key if isinstance(one, CohortItem) else one
+        if key not in seen:
+            seen.add(key)
+            kept.append(one)
+    return kept
+
+
+async def download_async(
+    study_uids: Sequence[Wanted],
+    settings: Settings,
+    progress: ProgressSink,
+    started: float | None = None,
+) -> Summary:
+    """`started`: a time.monotonic() reading the run is timed from (default: now)."""
+    summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
+    started = time.monotonic() if started is None else started
+    try:
+        validate(settings, study_uids)
+        items = [u if isinstance(u, CohortItem) else CohortItem(study_uid=u) for u in study_uids]
+        store = Store(settings.output, settings.layout)
+        store.prepare()
+        async with AsyncExitStack() as stack:
+            stack.enter_context(output_lock(store.state_dir, wait=settings.wait_for_lock))
+            removed = store.remove_stale_temp_files()
+            if removed:
+                log.info("removed %d temp files left by an interrupted run", removed)
+            manifest = Manifest(store.root, store.state_dir)
+            stack.callback(manifest.close)
+            report = None
+            if settings.report is not None:
+                report = ReportWriter(settings.report)
+                stack.callback(report.discard)  # unless committed below
+            transport = Transport(settings, auth=await auth_from_settings(settings))
+            stack.push_async_callback(transport.aclose)
+            try:
+                run = Run(settings, store, manifest, transport, progress, summary, report)
+                await stop_on_signals(run.execute(items))
+            except NothingMatchedError:
+                if report is not None:
+                    report.commit()  # which listed items the server does not have
+                raise
+            finally:
+                summary.http_version = transport.http_version
+            if report is not None:
+                report.commit()
+    except BaseException as exc:
+        # Fatal errors and interruptions carry what was done so far, for the report.
+        if isinstance(exc, DlstudyError):
+            summary.error = str(exc)
+            summary.exit_status = exc.exit_status
+        exc.summary = summary  # type: ignore[attr-defined]
+        raise
+    finally:
+        summary.seconds = time.monotonic() - started
+        progress.close()
+    summary.finish()
+    return summary
+
+
+async def stop_on_signals(work: Awaitable[None]) -> None:
+    """Run `work`; on SIGINT or SIGTERM cancel it (in-flight transfers remove their temp files)
+    and raise KeyboardInterrupt or Terminated, so the caller gets an orderly stop.
+
+    Signals can only be caught this way in the main thread; elsewhere `work` just runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        await work
+        return
+    received: list[int] = []
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, first_error():
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    received.append(signum)
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(watch)
+            await work
+            tg.cancel_scope.cancel()  # done: stop watching
+    if received:
+        raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()

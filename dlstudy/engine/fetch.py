@@ -1,0 +1,220 @@
+"""Fetch one instance into the store: stream, hash, check, commit; retry what is worth it.
+
+The body may come single-part (the bytes of the Part 10 file) or as a multipart/related
+response with one part (servers that only speak multipart); either way it is streamed chunk by
+chunk into a temp file beside the final name and never held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import httpx
+
+from ..dicomweb.completeness import check_complete
+from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
+from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
+from ..dicomweb.negotiate import Negotiator, Retrieval
+from ..dicomweb.verify import keep_head, verify_instance
+from ..errors import HttpStatusError, IntegrityError, TransferError
+from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
+from ..flow.throttle import Throttle
+from ..http.client import Transport, check_auth
+from ..http.curl import pour_body
+from ..http.urls import instance_url, redact_url
+from ..model import Committed, InstanceRef
+from ..store.files import Store, TempFile
+from ..store.manifest import Digest
+from .parts import pour_parts
+
+log = logging.getLogger(__name__)
+
+ByteCounter = Callable[[int], None]
+# From this size on, the file is closed (its last pages flushed to the kernel) and checked on a
+# worker thread rather than on the event loop.
+LARGE_BODY = 1024 * 1024
+
+
+def status_error(response: httpx.Response, what: str) -> HttpStatusError:
+    status = response.status_code
+    shown = redact_url(str(response.url))
+    if status == 404:
+        message = f"{what}: not found on the server (HTTP 404)"
+    else:
+        message = f"{what}: HTTP {status} {response.reason_phrase or ''}".rstrip()
+    return HttpStatusError(
+        message,
+        status_code=status,
+        url=shown,
+        retryable=status in RETRYABLE_STATUS,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+class BodyWriter:
+    """Streams one instance's bytes into a temp file: DICM check, hash, progress.
+
+    `write` is a sink (dlstudy/http/curl.py): libcurl calls it with each chunk as it arrives, on
+    the event loop's thread, and waits for it, which holds the server back when the disk is
+    slow. The first VERIFY_HEAD_LENGTH bytes stay in memory for the header check.
+    """
+
+    def __init__(self, temp: TempFile, ref: InstanceRef, on_bytes: ByteCounter) -> None:
+        self.temp = temp
+        self.ref = ref
+        self.on_bytes = on_bytes
+        self.digest = Digest()
+        self._head = b""
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._head = keep_head(self._head, chunk, sop_uid=self.ref.sop_uid)
+        self.temp.write(chunk)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        self.on_bytes(len(chunk))
+
+    def check_length(self, expected: int | None, source: str) -> None:
+        if expected is not None and self.size != expected:
+            raise IntegrityError(
+                f"got {self.size} bytes, {source} said {expected}",
+                sop_instance_uid=self.ref.sop_uid,
+                retryable=True,
+            )
+
+    async def verify_and_commit(self) -> Committed:
+        if self.size < LARGE_BODY:  # closing and renaming a small file: cheaper than a thread
+            return self._verify_and_commit()
+        return await anyio.to_thread.run_sync(self._verify_and_commit)
+
+    def _verify_and_commit(self) -> Committed:
+        self.temp.close()
+        transfer_syntax = verify_instance(
+            self.temp.path,
+            study_uid=self.ref.study_uid,
+            series_uid=self.ref.series_uid,
+            sop_uid=self.ref.sop_uid,
+            head=self._head,
+            size=self.size,
+        )
+        check_complete(
+            self.temp.path,
+            transfer_syntax=transfer_syntax,
+            size=self.size,
+            label=f"instance {self.ref.sop_uid}",
+        )
+        self.temp.commit()
+        return Committed(self.temp.final, self.temp.size, self.digest.labelled())
+
+
+class InstanceFetcher:
+    """Retrieves one instance per request, in whatever form the negotiator settled on."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        store: Store,
+        negotiator: Negotiator,
+        *,
+        policy: RetryPolicy,
+        throttle: Throttle,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.transport = transport
+        self.store = store
+        self.negotiator = negotiator
+        self.policy = policy
+        self.throttle = throttle
+        self.rng = rng or random.Random()
+
+    async def fetch(self, ref: InstanceRef, on_bytes: ByteCounter) -> Committed:
+        """Download `ref` to its final path. Raises TransferError."""
+        final = self.store.final_path(ref)
+
+        async def attempt() -> Committed:
+            return await self.negotiator.run(
+                lambda form: self._fetch_once(ref, final, on_bytes, form)
+            )
+
+        try:
+            return await with_retries(
+                attempt,
+                what=f"instance {ref.sop_uid}",
+                policy=self.policy,
+                throttle=self.throttle,
+                rng=self.rng,
+            )
+        except TransferError as exc:
+            exc.sop_instance_uid = ref.sop_uid
+            raise
+
+    async def _fetch_once(
+        self, ref: InstanceRef, final: Path, on_bytes: ByteCounter, form: Retrieval
+    ) -> Committed:
+        url = instance_url(self.transport.base_url, ref.study_uid, ref.series_uid, ref.sop_uid)
+        # identity: DICOM barely compresses, and decoding would cost client CPU per byte.
+        headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
+        async with self.transport.stream(url, headers) as response:
+            check_auth(response)
+            if response.status_code != 200:
+                raise status_error(response, f"instance {ref.sop_uid}")
+            check_identity_encoding(response, f"instance {ref.sop_uid}")
+            media = parse_media_type(response.headers.get("content-type", ""))
+            with self.store.open_temp(final) as temp:
+                writer = BodyWriter(temp, ref, on_bytes)
+                if media.mime == MULTIPART_RELATED:
+                    await _write_single_part_of_multipart(response, writer)
+                else:
+                    await pour_body(response, writer.write)
+                    writer.check_length(_content_length(response), "Content-Length")
+                return await writer.verify_and_commit()
+
+
+async def _write_single_part_of_multipart(response: httpx.Response, writer: BodyWriter) -> None:
+    parts = 0
+    declared: int | None = None
+    complete = False
+
+    def on_event(event: Event) -> None:
+        nonlocal parts, declared, complete
+        if isinstance(event, PartData):
+            writer.write(event.data)
+        elif isinstance(event, PartStarted):
+            parts += 1
+            if parts > 1:
+                raise IntegrityError(
+                    "multipart answer for one instance has more than one part",
+                    sop_instance_uid=writer.ref.sop_uid,
+                )
+            declared = event.content_length
+        elif isinstance(event, PartEnded):
+            writer.check_length(declared, "the part's Content-Length")
+            complete = True
+
+    await pour_parts(response, on_event)
+    if not complete:
+        raise IntegrityError(
+            "multipart answer has no complete part",
+            sop_instance_uid=writer.ref.sop_uid,
+            retryable=True,
+        )
+
+
+def check_identity_encoding(response: httpx.Response, what: str) -> None:
+    """Instances are asked for without compression and stored as sent: a body the server
+    compressed anyway is refused, not decoded (it could expand without bound)."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise TransferError(
+            f"{what}: the server sent a {encoding}-encoded body, though identity was asked for",
+            url=redact_url(str(response.url)),
+        )
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None

@@ -1,0 +1,120 @@
+"""Decide what a run must fetch: what is on disk, complete and verified is skipped.
+
+A file under its final name got there only after verification (store/files.py), and the manifest
+records its size and digest. A file the manifest does not know (a crash between rename and
+record, or a folder filled by another tool) is adopted after a header check and the
+completeness walk; a file whose size disagrees with the manifest (or, with --verify, whose hash
+does, or whose structure stops short of its end: a file an older version kept short) is
+fetched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..dicomweb.completeness import check_complete
+from ..dicomweb.verify import check_identity, read_header
+from ..errors import IntegrityError
+from ..model import InstanceRef
+from ..store.files import Store
+from ..store.manifest import Entry, Manifest, digest_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    todo: list[InstanceRef] = field(default_factory=list)
+    skipped: int = 0
+    repaired: list[str] = field(default_factory=list)  # SOP UIDs whose file was bad
+
+
+def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, digest: str) -> Entry:
+    return Entry(ref.study_uid, ref.series_uid, ref.sop_uid, store.relative(path), size, digest)
+
+
+def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:
+    result = Plan()
+    listed: dict[Path, frozenset[str] | None] = {}  # folder -> the names in it
+    for ref in refs:
+        final = store.final_path(ref)
+        folder = final.parent
+        if folder not in listed:
+            # Nothing is read through a link out of OUT: its instances are fetched, and their
+            # commit reports the link.
+            listed[folder] = frozenset() if store.leads_outside(folder) else _names(folder)
+        names = listed[folder]
+        if names is not None and final.name not in names:
+            result.todo.append(ref)  # one listing per folder instead of a stat() per instance
+            continue
+        try:
+            status = final.lstat()
+        except FileNotFoundError:
+            result.todo.append(ref)
+            continue
+        if not stat.S_ISREG(status.st_mode):  # a folder, link or pipe in the way: never read
+            result.todo.append(ref)  # the commit replaces it, or reports a folder
+            continue
+        size = status.st_size
+        if _is_good(ref, final, size, store, manifest, verify=verify):
+            result.skipped += 1
+        else:
+            final.unlink(missing_ok=True)
+            result.repaired.append(ref.sop_uid)
+            result.todo.append(ref)
+    return result
+
+
+def _names(folder: Path) -> frozenset[str] | None:
+    """The names in `folder` (none if it does not exist); None if it cannot be listed, and
+    each file is then looked at on its own."""
+    try:
+        return frozenset(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+    except OSError:
+        return None
+
+
+def _is_good(
+    ref: InstanceRef, final: Path, size: int, store: Store, manifest: Manifest, *, verify: bool
+) -> bool:
+    entry = manifest.get(ref.sop_uid)
+    if entry is not None and entry.path == store.relative(final):
+        if entry.size != size:
+            log.warning("%s: size %d, manifest says %d; fetching again", final, size, entry.size)
+            return False
+        if verify and digest_of(final, entry.algorithm) != entry.digest:
+            log.warning("%s: %s differs from the manifest; fetching again", final, entry.algorithm)
+            return False
+        # A file an older version kept short matches its own digest: --verify walks it too.
+        return not verify or _complete(ref, final, size)
+    try:
+        info = read_header(final, label=f"instance {ref.sop_uid}")
+        check_identity(
+            info, study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid
+        )
+    except IntegrityError as exc:
+        log.warning("%s is not the instance it is named after (%s); fetching again", final, exc)
+        return False
+    if not _complete(ref, final, size, info.transfer_syntax):
+        return False
+    manifest.record(entry_for(store, ref, final, size, digest_of(final)))
+    return True
+
+
+def _complete(ref: InstanceRef, final: Path, size: int, transfer_syntax: str | None = None) -> bool:
+    """Whether the Part 10 structure ends where the file does (dicomweb/completeness.py)."""
+    label = f"instance {ref.sop_uid}"
+    try:
+        if transfer_syntax is None:
+            transfer_syntax = read_header(final, label=label).transfer_syntax
+        check_complete(final, transfer_syntax=transfer_syntax, size=size, label=label)
+    except IntegrityError as exc:
+        log.warning("%s: %s; fetching again", final, exc)
+        return False
+    return True

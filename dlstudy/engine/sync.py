@@ -1,0 +1,231 @@
+"""`dlstudy sync`: search, then download every matching study that is not complete yet.
+
+A study is complete when the manifest (`OUT/.dlstudy/manifest.jsonl`, written by every download)
+lists at least as many of its instances, still on disk, as the study-level search reports in
+NumberOfStudyRelatedInstances. Complete studies cost nothing beyond that one search; the others
+go through `download_async`, which resolves them and fetches only what is missing. A study whose
+count the server does not report is always handed to the download (which skips what is there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import anyio
+
+from ..dicomweb.search import StudyQuery, StudyRecord, search_async
+from ..dicomweb.shard import Shard
+from ..errors import DlstudyError, UsageError
+from ..http.urls import redact_url
+from ..model import Failure
+from ..report.events import EventSink, emit
+from ..report.progress import NullProgress, ProgressSink
+from ..report.summary import Summary
+from ..settings import Settings
+from ..store.files import Store
+from ..store.lock import output_lock
+from ..store.manifest import Manifest
+from ..store.safe_files import is_regular_file
+from .download import download_async, validate
+
+
+@dataclass
+class SyncSummary(Summary):
+    """A download Summary plus what the search found and what was already complete."""
+
+    matched: int = 0  # studies the search returned (before sharding)
+    shard: str | None = None
+    complete: list[str] = field(default_factory=list)  # skipped without any instance QIDO
+
+    @classmethod
+    def extend(cls, summary: Summary) -> SyncSummary:
+        return cls(**{f.name: getattr(summary, f.name) for f in fields(Summary)})
+
+    def as_dict(self) -> dict[str, Any]:
+        data = super().as_dict()
+        data["sync"] = {
+            "matched": self.matched,
+            "shard": self.shard,
+            "in_shard": len(self.studies),
+            "already_complete": len(self.complete),
+            "synced": len(self.studies) - len(self.complete),
+        }
+        return data
+
+    def one_line(self) -> str:
+        shard = f" (shard {self.shard}: {len(self.studies)})" if self.shard else ""
+        return (
+            f"sync: {self.matched} {'study' if self.matched == 1 else 'studies'} matched{shard}, "
+            f"{len(self.complete)} already complete; {super().one_line()}"
+        )
+
+
+def manifest_paths(store: Store) -> dict[str, list[str]]:
+    """Study UID -> the paths (relative to OUT) of its instances the manifest lists."""
+    manifest = Manifest(store.root, store.state_dir)
+    try:
+        paths: dict[str, list[str]] = {}
+        for entry in manifest.entries.values():
+            paths.setdefault(entry.study, []).append(entry.path)
+        return paths
+    finally:
+        manifest.close()
+
+
+def is_complete(record: StudyRecord, store: Store, paths: dict[str, list[str]]) -> bool:
+    """The manifest lists as many of the study's instances as the server counts, all on disk.
+
+    Only the studies the search returned are checked on disk, so a nightly run over a large
+    mirror stats a handful of files, not all of them.
+    """
+    listed = paths.get(record.study_uid, [])
+    if not record.instances or len(listed) < record.instances:
+        return False
+    return all(is_regular_file(store.root / path) for path in listed)
+
+
+def sync(
+    settings: Settings,
+    query: StudyQuery,
+    *,
+    shard: Shard | None = None,
+    progress: ProgressSink | None = None,
+) -> SyncSummary:
+    """Search with `query` and download what is not complete in `settings.output`.
+
+    Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
+    """
+    return anyio.run(sync_async, settings, query, shard, progress or NullProgress())
+
+
+async def sync_async(
+    settings: Settings,
+    query: StudyQuery,
+    shard: Shard | None,
+    progress: ProgressSink,
+) -> SyncSummary:
+    started = time.monotonic()
+    plan = SyncSummary(url=redact_url(settings.url), output=str(settings.output))
+    plan.mode = settings.mode
+    plan.shard = str(shard) if shard else None
+    sink = EventSink(progress)
+    try:
+        result = await _sync(settings, query, shard, sink, plan)
+    except BaseException as exc:
+        sink.close()
+        summary = _combine(plan, getattr(exc, "summary", None))
+        summary.seconds = time.monotonic() - started
+        if isinstance(exc, DlstudyError):
+            summary.error = str(exc)
+            summary.exit_status = exc.exit_status
+            _run_event(summary)
+        exc.summary = summary  # type: ignore[attr-defined]
+        raise
+    sink.close()
+    summary = _combine(plan, result)
+    summary.seconds = time.monotonic() - started
+    summary.finish()
+    _run_event(summary)
+    return summary
+
+
+async def _sync(
+    settings: Settings,
+    query: StudyQuery,
+    shard: Shard | None,
+    sink: EventSink,
+    plan: SyncSummary,
+) -> Summary | None:
+    """Fill `plan` with what the search found; return the download's summary, if any."""
+    validate(settings, ["0"])  # the options alone: the study UIDs come from the search
+    if settings.series or settings.modalities:
+        raise UsageError("sync downloads whole studies: series and modality filters do not apply")
+    store = Store(settings.output, settings.layout)
+    store.prepare()
+    # Held for the whole run (the download inside takes it again, a no-op in this process), so a
+    # second cron run gives up (exit 5) before searching and nothing can slip in between.
+    with output_lock(store.state_dir, wait=settings.wait_for_lock):
+        return await _search_and_download(settings, query, shard, store, sink, plan)
+
+
+async def _search_and_download(
+    settings: Settings,
+    query: StudyQuery,
+    shard: Shard | None,
+    store: Store,
+    sink: EventSink,
+    plan: SyncSummary,
+) -> Summary | None:
+    paths = manifest_paths(store)
+    records = await search_async(settings, query)
+    plan.matched = len(records)  # none is a quiet night for cron, not an error
+    if shard is not None:
+        records = [r for r in records if shard.owns(r.study_uid)]
+    plan.studies = [r.study_uid for r in records]
+    pending = []
+    for record in records:
+        if is_complete(record, store, paths):
+            plan.complete.append(record.study_uid)
+            plan.total += record.instances or 0
+            emit("study_complete", logging.DEBUG, study=record.study_uid)
+        else:
+            pending.append(record.study_uid)
+    plan.skipped = plan.total
+    if not pending:
+        return None
+    try:
+        result = await download_async(pending, settings, sink)
+    except DlstudyError as exc:
+        partial = getattr(exc, "summary", None)
+        _study_events(pending, sink, partial.failures if partial is not None else [])
+        raise
+    _study_events(pending, sink, result.failures)
+    return result
+
+
+def _combine(plan: SyncSummary, result: Summary | None) -> SyncSummary:
+    if result is None:
+        return plan
+    merged = SyncSummary.extend(result)
+    merged.matched = plan.matched
+    merged.shard = plan.shard
+    merged.complete = plan.complete
+    merged.studies = plan.studies or result.studies
+    merged.total += plan.total
+    merged.skipped += plan.skipped
+    return merged
+
+
+def _study_events(pending: list[str], sink: EventSink, failures: list[Failure]) -> None:
+    failed = Counter(f.study_uid for f in failures)
+    for uid in pending:
+        emit(
+            "study_finished",
+            study=uid,
+            downloaded=sink.downloaded[uid],
+            bytes=sink.bytes[uid],
+            failed=failed[uid],
+            complete=failed[uid] == 0,
+        )
+
+
+def _run_event(summary: SyncSummary) -> None:
+    emit(
+        "run_summary",
+        matched=summary.matched,
+        shard=summary.shard,
+        studies=len(summary.studies),
+        already_complete=len(summary.complete),
+        instances=summary.total,
+        downloaded=summary.downloaded,
+        skipped=summary.skipped,
+        failed=summary.failed,
+        bytes=summary.bytes,
+        seconds=round(summary.seconds, 3),
+        error=summary.error,
+        exit_status=int(summary.exit_status),
+    )

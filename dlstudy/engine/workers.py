@@ -1,0 +1,430 @@
+"""`--workers N`: the per-instance pool spread over N processes, to use more than one core.
+
+Near its server a Python client keeps a core busy with per-instance work (docs/performance.md);
+one event loop uses one core. The parent and N-1 worker processes each run an event loop, HTTP
+client and pool, in the retrieval form the parent already negotiated, and take the next instance
+from one shared list whenever a slot frees (a counter in shared memory: no process idles while
+another still has a backlog, as a fixed split did when one started late or met a slow series);
+the parent keeps everything that must have one owner: the output lock, the manifest, the
+progress display and the summary. Workers report over a pipe, a batch at a time; a worker whose
+parent is gone stops at its next report.
+
+Workers start from multiprocessing's fork server where the platform has one (Linux): a
+process started fresh, which imports dlstudy once and forks each worker from a single thread
+with no event loop and no open connection (forking this process, whose event loop, libcurl
+and TLS sockets are live, is what Python 3.12+ warns about). It is started in the background
+once the plan has enough for workers (`warm_up`). Elsewhere, spawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from ..dicomweb.negotiate import Negotiator, Retrieval, candidates
+from ..errors import AuthError, DlstudyError, ServerError, StorageError, TransferError
+from ..flow.pool import first_error, run_pool
+from ..flow.retry import RetryPolicy
+from ..flow.throttle import Throttle
+from ..http.auth import auth_from_settings
+from ..http.client import Transport
+from ..model import Committed, InstanceRef
+from ..store.files import Store
+from .fetch import InstanceFetcher
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+log = logging.getLogger(__name__)
+
+# Below this many instances per worker, starting processes costs more than it saves.
+MIN_INSTANCES_PER_WORKER = 50
+# `--workers 0` (the default) uses one process per CPU up to this: beyond a few cores the
+# network or the server limits a download, not the client's CPU.
+AUTO_MAX_WORKERS = 4
+# --workers 0: the event loop is watched over the transfers' first _WATCH_SECONDS, and more
+# processes start if it kept at least _BUSY of a CPU busy. Measured here on `ct` over
+# 0.1 s: 97-99% at 0 ms RTT, where two processes are ~40% faster; 68-76% at 20 ms, where the
+# first round trips are waited for (and two processes were ~20% slower than one). Each tenth
+# of a second watched at 0 ms is a tenth run on one core instead of two.
+_WATCH_SECONDS = 0.1
+_BUSY = 0.9
+# --workers 0 starts the workers without watching when the server answered a query this fast
+# (a round trip plus its own time): on this host or a LAN, where a Python client is CPU-bound
+# (nginx here: ~1 ms; at 20 ms RTT, >= 20 ms).
+NEAR_SERVER_SECONDS = 0.005
+# A worker reports at most this often (results and bytes for the progress display): each pipe
+# message wakes the parent's event loop.
+_REPORT_INTERVAL = 0.05
+_JOIN_TIMEOUT = 10.0
+
+# A worker's fatal error, rebuilt from its class name and message; others as DlstudyError.
+_FATAL: dict[str, Callable[[str], DlstudyError]] = {
+    "AuthError": lambda text: AuthError(text, status_code=401),
+    "StorageError": lambda text: StorageError(text, path=""),
+    "ServerError": ServerError,
+}
+
+
+@dataclass(frozen=True)
+class Failed:
+    ref: InstanceRef
+    reason: str
+    status_code: int | None
+
+
+def is_near(quickest_reply: float | None) -> bool:
+    return quickest_reply is not None and quickest_reply < NEAR_SERVER_SECONDS
+
+
+def worker_count(requested: int, todo: int) -> int:
+    """How many processes are worth starting for `todo` instances (`requested` 0: auto)."""
+    wanted = requested or min(available_cpus(), AUTO_MAX_WORKERS)
+    return max(1, min(wanted, todo // MIN_INSTANCES_PER_WORKER))
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def split_concurrency(concurrency: int, processes: int) -> tuple[int, int]:
+    """(this process's, each worker's) share of --concurrency: equal, the rest to this one,
+    never more than the total."""
+    each = concurrency // processes
+    return concurrency - each * (processes - 1), each
+
+
+def _start_context() -> Any:
+    import multiprocessing  # only when workers may start
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def warm_up() -> None:
+    """Start the fork server in a thread, so that its imports overlap this process's work
+    instead of delaying the first worker."""
+    import threading
+
+    context = _start_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        threading.Thread(target=forkserver.ensure_running, daemon=True).start()
+
+
+class SharedClaims:
+    """Instances handed out one at a time to whichever process asks next."""
+
+    def __init__(self, refs: list[InstanceRef], context: Any) -> None:
+        self.refs = refs
+        self._next = context.Value("q", 0)  # with its own lock, shared across fork and spawn
+
+    def claim(self) -> InstanceRef | None:
+        with self._next.get_lock():
+            index: int = self._next.value
+            if index >= len(self.refs):
+                return None
+            self._next.value = index + 1
+        return self.refs[index]
+
+    def __iter__(self) -> Iterator[InstanceRef]:
+        while (ref := self.claim()) is not None:
+            yield ref
+
+    def remaining(self) -> int:
+        with self._next.get_lock():
+            return max(0, len(self.refs) - int(self._next.value))
+
+
+class ParentGone(Exception):
+    pass
+
+
+def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+    try:
+        conn.send(message)
+    except (BrokenPipeError, EOFError, OSError) as exc:
+        raise ParentGone() from exc
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps writing
+    into a folder whose lock is gone. Elsewhere the next report to the parent fails instead."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(
+    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection, go: Any
+) -> None:
+    """Entry point of a worker process; it starts fetching once the parent sets `go`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
+    _die_with_parent()
+    go.wait()
+    try:
+        anyio.run(_worker, settings, refs, form, conn)
+    except ParentGone:
+        pass
+    finally:
+        conn.close()
+
+
+async def _worker(
+    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection
+) -> None:
+    store = Store(settings.output, settings.layout)
+    transport = Transport(settings, auth=await auth_from_settings(settings))
+    forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
+    fetcher = InstanceFetcher(
+        transport,
+        store,
+        Negotiator(forms),
+        policy=RetryPolicy(settings.retries, settings.retry_budget, settings.timeout),
+        throttle=Throttle(settings.concurrency),
+    )
+    report = _Report(conn)
+
+    async def one(ref: InstanceRef) -> None:
+        try:
+            committed = await fetcher.fetch(ref, report.add_bytes)
+        except TransferError as exc:
+            report.add(("failed", ref, str(exc), getattr(exc, "status_code", None)))
+            return
+        report.add(("done", ref, str(committed.path), committed.size, committed.digest))
+
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM) as signals, first_error():
+            async with anyio.create_task_group() as tg:
+
+                async def stop_on_sigterm() -> None:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()  # in-flight transfers drop their temp files
+                        return
+
+                tg.start_soon(stop_on_sigterm)
+                tg.start_soon(report.every, _REPORT_INTERVAL)
+                await run_pool(refs, one, settings.concurrency)
+                tg.cancel_scope.cancel()
+    except DlstudyError as exc:
+        report.add(("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))
+    finally:
+        await transport.aclose()
+    report.add(("end",))
+    report.flush()
+
+
+class _Report:
+    """A worker's messages to the parent, sent a batch at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._pending: list[tuple[Any, ...]] = []
+        self._bytes = 0
+
+    def add_bytes(self, nbytes: int) -> None:
+        self._bytes += nbytes
+
+    def add(self, message: tuple[Any, ...]) -> None:
+        self._pending.append(message)
+
+    async def every(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            self.flush()
+
+    def flush(self) -> None:
+        if self._bytes:
+            self._pending.insert(0, ("bytes", self._bytes))
+            self._bytes = 0
+        if self._pending:
+            batch, self._pending = self._pending, []
+            _send(self._conn, ("batch", batch))
+
+
+async def run_in_processes(
+    refs: list[InstanceRef],
+    settings: Any,
+    form: Retrieval | None,
+    workers: int,
+    *,
+    adaptive: bool,
+    near: bool = False,
+    local: Callable[[Iterable[InstanceRef], anyio.CapacityLimiter], Awaitable[None]],
+    on_bytes: Callable[[int], None],
+    on_done: Callable[[InstanceRef, Committed], None],
+    on_failed: Callable[[Failed], None],
+) -> int:
+    """Fetch `refs` with up to `workers` processes, this one included; return how many ran.
+
+    `local(claims, limiter)` fetches what this process claims, at most `limiter` at a time; the
+    others' results arrive through the callbacks. `adaptive`: start the workers only if this
+    process's event loop turns out to be CPU-bound (see _busy) while there is still enough left,
+    or at once if the server is `near` (see NEAR_SERVER_SECONDS).
+    The total in flight never exceeds --concurrency: this process lowers its own limit first,
+    and the workers start once it holds.
+    """
+    from dataclasses import replace
+
+    context = _start_context()
+    own, each = split_concurrency(settings.concurrency, workers)
+    share = replace(settings, concurrency=each)
+    claims = SharedClaims(refs, context)
+    # When the workers start at once (near the server, or --workers N), this process keeps to
+    # its share from the start, so they need not wait for its extra transfers to finish.
+    starting_now = near or not adaptive
+    limiter = anyio.CapacityLimiter(own if starting_now else settings.concurrency)
+    go = context.Event()
+    processes: list[Any] = []
+    connections: list[Connection] = []
+    fatal: list[DlstudyError] = []
+    unreported = {ref.sop_uid: ref for ref in refs}
+    watching = anyio.CancelScope()
+
+    def mine() -> Iterator[InstanceRef]:
+        for ref in claims:
+            del unreported[ref.sop_uid]  # this process reports its own, failures included
+            yield ref
+
+    def done(ref: InstanceRef, committed: Committed) -> None:
+        unreported.pop(ref.sop_uid, None)
+        on_done(ref, committed)
+
+    def failed(failure: Failed) -> None:
+        unreported.pop(failure.ref.sop_uid, None)
+        on_failed(failure)
+
+    async def grow(tg: anyio.abc.TaskGroup) -> None:
+        with watching:
+            if adaptive and near:
+                log.info(
+                    "the server answers within %.0f ms: workers start now",
+                    1000 * NEAR_SERVER_SECONDS,
+                )
+            elif adaptive and not await _busy(_WATCH_SECONDS):
+                return
+        if claims.remaining() < MIN_INSTANCES_PER_WORKER * (workers - 1) or share.concurrency < 1:
+            # Done, or too little left to be worth it; or --concurrency below the number of
+            # processes: nothing to share.
+            limiter.total_tokens = settings.concurrency
+            return
+        limiter.total_tokens = own
+        with anyio.CancelScope(shield=True):  # a started process must be tracked
+            for _ in range(workers - 1):
+                parent_end, child_end = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=worker_main, args=(share, claims, form, child_end, go), daemon=True
+                )
+                await anyio.to_thread.run_sync(process.start)  # waits for the fork server
+                child_end.close()
+                processes.append(process)
+                connections.append(parent_end)
+                tg.start_soon(_listen, parent_end, on_bytes, done, failed, fatal, tg.cancel_scope)
+        # This process's transfers above its new share finish (tens of ms): polled, as anyio
+        # has no event for a limiter's count.
+        while limiter.borrowed_tokens > limiter.total_tokens:  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+        go.set()
+
+    finished = False
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grow, tg)
+            await local(mine(), limiter)
+            watching.cancel()  # all claimed: no workers needed if none started yet
+        finished = True
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_stop, processes, finished)
+        for conn in connections:
+            conn.close()
+    if fatal:
+        raise fatal[0]
+    for ref in unreported.values():  # a worker died: never let its instances go unaccounted
+        on_failed(Failed(ref, f"instance {ref.sop_uid}: its worker process ended early", None))
+    return 1 + len(processes)
+
+
+async def _busy(seconds: float) -> bool:
+    """Whether this process used nearly a whole CPU over the next `seconds`: its event loop is
+    the bottleneck, and more processes will help. Far from the server (or behind anything
+    slower than the client) it waits on the network instead, and more processes only cost CPU
+    (measured at 20 ms RTT here: one process 1.9 s, two 2.3 s)."""
+    started, cpu = time.monotonic(), time.process_time()
+    await anyio.sleep(seconds)
+    share = (time.process_time() - cpu) / (time.monotonic() - started)
+    log.info("event loop used %.0f%% of a CPU over %.1f s", 100 * share, seconds)
+    return share >= _BUSY
+
+
+async def _listen(
+    conn: Connection,
+    on_bytes: Callable[[int], None],
+    on_done: Callable[[InstanceRef, Committed], None],
+    on_failed: Callable[[Failed], None],
+    fatal: list[DlstudyError],
+    scope: anyio.CancelScope,
+) -> None:
+    """Handle a worker's reports as they arrive, on the event loop (no thread per message)."""
+    while True:
+        await anyio.wait_readable(conn.fileno())
+        try:
+            _, batch = conn.recv()  # one write by the worker: here, or about to be
+        except EOFError:
+            return  # the worker died without a word: its instances are reported missing
+        for message in batch:
+            kind = message[0]
+            if kind == "bytes":
+                on_bytes(message[1])
+            elif kind == "done":
+                _, ref, path, size, digest = message
+                on_done(ref, Committed(Path(path), size, digest))
+            elif kind == "failed":
+                on_failed(Failed(message[1], message[2], message[3]))
+            elif kind == "fatal":
+                fatal.append(_fatal_error(message[1], message[2]))
+                scope.cancel()  # the others cannot do better: stop them
+                return
+            elif kind == "end":
+                return
+
+
+def _fatal_error(name: str, text: str) -> DlstudyError:
+    return _FATAL.get(name, DlstudyError)(text)
+
+
+def _stop(processes: list[Any], finished: bool) -> None:
+    """Let finished workers exit; SIGTERM the others (they drop their temp files), then wait;
+    kill what will not stop."""
+    for process in processes:
+        if finished:
+            process.join(_JOIN_TIMEOUT)
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(_JOIN_TIMEOUT)
+        if process.is_alive():
+            process.kill()
+            process.join(_JOIN_TIMEOUT)

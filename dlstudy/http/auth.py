@@ -1,0 +1,136 @@
+"""Bearer tokens that expire: `--token-command` runs at start and again when a 401 says so.
+
+The refresh is single-flight: whichever request sees the 401 first runs the command while the
+others wait, then each replays with the new token. A fresh token refused on its first use, or
+a command that fails, is an AuthError that stops the run. The command's output is a secret:
+it is never logged, and errors name only the exit status.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncGenerator, Generator
+
+import anyio
+import httpx
+
+from ..errors import AuthError
+from ..settings import Settings
+
+# A token command that takes longer than this is stuck (waiting for a password prompt, say).
+TOKEN_COMMAND_TIMEOUT = 60.0
+# Sends of one request, each with the token current at the time: bounds the replays of a
+# request that keeps meeting tokens expiring under it.
+MAX_TRIES = 10
+
+
+class TokenCommand:
+    def __init__(self, command: str, *, timeout: float = TOKEN_COMMAND_TIMEOUT) -> None:
+        self.command = command
+        self.timeout = timeout
+
+    def run(self) -> str:
+        """Run the command through the shell; its stripped stdout is the token."""
+        try:
+            result = subprocess.run(
+                ["/bin/sh", "-c", self.command],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=self.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise AuthError(
+                f"--token-command did not finish within {self.timeout:g} s", status_code=401
+            ) from exc
+        except OSError as exc:
+            raise AuthError(
+                f"--token-command could not run: {exc.strerror}", status_code=401
+            ) from exc
+        token = result.stdout.decode("utf-8", "replace").strip()
+        if result.returncode != 0:
+            raise AuthError(
+                f"--token-command failed with exit status {result.returncode}", status_code=401
+            )
+        if not token or "\n" in token:
+            raise AuthError("--token-command must print one token on one line", status_code=401)
+        return token
+
+
+class RefreshingBearerAuth(httpx.Auth):
+    """Bearer auth with a token that `command` renews when the server says it expired.
+
+    A token is proven by its first answer. While a fresh token's first request is out, the
+    others wait for it: a fresh token refused on that first use is the only 401 (besides a
+    failing command) that stops the run. A 401 on a request sent with an older token than the
+    current one is replayed with the current token; a 401 on a proven current token means it
+    expired, and one request (single-flight) runs the command again.
+    """
+
+    requires_response_body = False
+
+    def __init__(self, command: TokenCommand, token: str) -> None:
+        self.command = command
+        self._token = token
+        self._generation = 0
+        self._proven = False
+        self._trial: anyio.Event | None = None  # set when the unproven token's trial ends
+        self._lock = anyio.Lock()
+        self.refreshes = 0
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("dlstudy only uses the async client")
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        for _ in range(MAX_TRIES):
+            while not self._proven and self._trial is not None:
+                await self._trial.wait()
+            generation = self._generation
+            trial = None if self._proven else self._start_trial()
+            request.headers["Authorization"] = f"Bearer {self._token}"
+            try:
+                response = yield request
+                if response.status_code != 401:
+                    if generation == self._generation:
+                        self._proven = True
+                    return
+            finally:
+                if trial is not None:
+                    self._end_trial(trial)
+            if generation != self._generation:
+                continue  # sent with a token since replaced: replay with the current one
+            if trial is not None:
+                return  # a fresh token refused on first use: the caller stops the run
+            await self._refresh(generation)
+
+    def _start_trial(self) -> anyio.Event:
+        self._trial = anyio.Event()
+        return self._trial
+
+    def _end_trial(self, trial: anyio.Event) -> None:
+        if self._trial is trial:
+            self._trial = None
+        trial.set()
+
+    async def _refresh(self, seen_generation: int) -> None:
+        async with self._lock:
+            if self._generation != seen_generation:
+                return  # another request refreshed while this one waited
+            self._token = await anyio.to_thread.run_sync(self.command.run)
+            self._generation += 1
+            self._proven = False
+            self.refreshes += 1
+
+
+async def auth_from_settings(settings: Settings) -> RefreshingBearerAuth | None:
+    """The refreshing bearer auth of `--token-command`, its first token fetched; else None
+    (static credentials are the Transport's business)."""
+    if not settings.token_command:
+        return None
+    command = TokenCommand(settings.token_command)
+    token: str = await anyio.to_thread.run_sync(command.run)
+    return RefreshingBearerAuth(command, token)

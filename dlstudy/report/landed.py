@@ -1,0 +1,104 @@
+"""`--report FILE`: what a run did, one row per instance, for the pipeline that runs next.
+
+Columns: status (`downloaded`, `present` = already on disk and verified, `failed`), study,
+series, sop, path (absolute), size, digest (labelled as in the manifest: `blake3:<hex>`), reason
+(why it failed). A listed item the server does not have is one `failed` row with the UIDs the
+list gave and no path.
+
+CSV (`.csv`, with a header row) or JSON lines (`.jsonl`, one object a row, absent values null),
+by the file's extension. Rows are streamed into a hidden temp file beside FILE as results come
+in (memory stays flat however long the list) and renamed to FILE when the run ends with a result
+(exit 0, 1 or 4); any other end (usage error, server unusable, interruption, crash) leaves no
+FILE. A FILE from an earlier run is removed when the run starts, so what is under the name
+always describes the last run that finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import OutputError, UsageError
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+COLUMNS = ("status", "study", "series", "sop", "path", "size", "digest", "reason")
+DOWNLOADED, PRESENT, FAILED = "downloaded", "present", "failed"
+
+
+def report_format(path: Path) -> str:
+    """`csv` or `jsonl` from the extension; a UsageError for anything else."""
+    found = FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise UsageError(
+            f"--report {str(path)!r}: the name must end in .csv or .jsonl (it sets the format)"
+        )
+    return found
+
+
+class ReportWriter:
+    """Rows into a temp file beside `path`; `commit()` renames it to `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.format = report_format(path)
+        self.temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        self.rows = 0
+        try:
+            self._file: IO[str] | None = self.temp.open("x", encoding="utf-8", newline="")
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            self.temp.unlink(missing_ok=True)
+            raise OutputError(
+                f"cannot write --report {str(path)!r}: {exc.strerror or exc}", path=str(path)
+            ) from exc
+        self._csv = csv.writer(self._file, lineterminator="\n")
+        if self.format == "csv":
+            self._csv.writerow(COLUMNS)
+
+    def row(
+        self,
+        status: str,
+        study: str | None,
+        series: str | None,
+        sop: str | None,
+        *,
+        path: Path | None = None,
+        size: int | None = None,
+        digest: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        assert self._file is not None, "the report is closed"
+        shown = os.path.abspath(path) if path is not None else None
+        values: tuple[Any, ...] = (status, study, series, sop, shown, size, digest, reason)
+        if self.format == "csv":
+            self._csv.writerow(["" if v is None else v for v in values])
+        else:
+            self._file.write(json.dumps(dict(zip(COLUMNS, values, strict=True))) + "\n")
+        self.rows += 1
+
+    def commit(self) -> None:
+        """Flush to disk and put the report under its name."""
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        try:
+            file.flush()
+            os.fsync(file.fileno())
+            file.close()
+            os.replace(self.temp, self.path)
+        except OSError as exc:
+            self.temp.unlink(missing_ok=True)
+            raise OutputError(
+                f"cannot write --report {str(self.path)!r}: {exc.strerror or exc}",
+                path=str(self.path),
+            ) from exc
+
+    def discard(self) -> None:
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()
+        self.temp.unlink(missing_ok=True)

@@ -1,0 +1,152 @@
+"""Progress reporting: a tiny sink interface with plain-log and no-op implementations (the rich
+bar is in progress_rich.py).
+
+The download loop calls `advance(n)` for every received chunk, so that path is one integer
+addition; rendering happens on rich's own refresh thread or at most every few seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Protocol
+
+from ..model import InstanceRef
+
+
+class ProgressSink(Protocol):
+    def resolving(self, study_uid: str) -> None: ...
+    def start(self, total: int, skipped: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def instance_done(self, ref: InstanceRef, nbytes: int) -> None: ...
+    def instance_failed(self, ref: InstanceRef, reason: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class Counters:
+    """What every sink shows: instances done out of total, bytes, and the rate."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.bytes = 0
+        self.started = clock()
+
+    def outcome(self) -> str:
+        """How the transfers ended: `done`, `N failed`, or `stopped` (interrupted, or a fatal
+        error, before every instance was accounted for)."""
+        if self.done + self.failed < self.total:
+            return "stopped"
+        return f"{self.failed} failed" if self.failed else "done"
+
+    def rate(self) -> float:
+        """Bytes received per second since the run started: the summary's MB/s, live."""
+        elapsed = self.clock() - self.started
+        return self.bytes / elapsed if elapsed > 0 else 0.0
+
+    def timing(self) -> str:
+        """`ETA m:ss` while running, `in m:ss` once every instance is accounted for."""
+        if self.total and self.done + self.failed >= self.total:
+            return f"in {_duration(self.clock() - self.started)}"
+        return f"ETA {_duration(self.eta())}"
+
+    def eta(self) -> float | None:
+        finished = self.done + self.failed
+        elapsed = self.clock() - self.started
+        if finished == 0 or elapsed <= 0 or self.total <= finished:
+            return None
+        return elapsed / finished * (self.total - finished)
+
+
+def _megabytes(nbytes: float) -> str:
+    return f"{nbytes / 1e6:,.1f} MB"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class NullProgress:
+    """For --quiet, --json and library callers who want nothing printed."""
+
+    def resolving(self, study_uid: str) -> None:
+        pass
+
+    def start(self, total: int, skipped: int) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def instance_done(self, ref: InstanceRef, nbytes: int) -> None:
+        pass
+
+    def instance_failed(self, ref: InstanceRef, reason: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PlainProgress:
+    """Periodic log lines for cron and pipes: no cursor tricks, one line every `interval` s."""
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.counters = Counters(clock)
+        self._next = clock() + interval
+
+    def _emit(self, text: str) -> None:
+        print(f"dlstudy: {text}", file=self.stream, flush=True)
+
+    def resolving(self, study_uid: str) -> None:
+        self._emit(f"resolving study {study_uid}")
+
+    def start(self, total: int, skipped: int) -> None:
+        self.counters.total = total - skipped
+        self._next = self.counters.clock() + self.interval
+        note = f" ({skipped} already present)" if skipped else ""
+        self._emit(f"downloading {total - skipped} of {total} instances{note}")
+
+    def advance(self, nbytes: int) -> None:
+        self.counters.bytes += nbytes
+
+    def instance_done(self, ref: InstanceRef, nbytes: int) -> None:
+        self.counters.done += 1
+        self._maybe_report()
+
+    def instance_failed(self, ref: InstanceRef, reason: str) -> None:
+        self.counters.failed += 1
+        self._emit(f"failed: {reason}")
+        self._maybe_report()
+
+    def _maybe_report(self) -> None:
+        now = self.counters.clock()
+        if now >= self._next:
+            self._next = now + self.interval
+            self._report()
+
+    def _report(self) -> None:
+        c = self.counters
+        self._emit(
+            f"{c.done}/{c.total} instances, {_megabytes(c.bytes)}, "
+            f"{_megabytes(c.rate())}/s, {c.timing()}"
+        )
+
+    def close(self) -> None:
+        if self.counters.total:
+            self._report()

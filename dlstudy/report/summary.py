@@ -1,0 +1,85 @@
+"""What a run did, as one object: counted while it runs, rendered as JSON at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ExitStatus
+from ..model import Failure
+
+
+@dataclass
+class Summary:
+    url: str  # redacted
+    output: str
+    studies: list[str] = field(default_factory=list)
+    total: int = 0
+    downloaded: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    http_version: str | None = None
+    mode: str = "auto"
+    processes: int = 1  # that shared the per-instance pool (--workers)
+    concurrency: int = 0  # transfers in flight at most (--concurrency, or as chosen for 0)
+    retrieval: Any = None  # a Negotiator: what the server accepted (has .as_dict())
+    throttle: Any = None  # a Throttle: how often the server asked us to slow down
+    repaired: list[str] = field(default_factory=list)  # files found bad on disk, fetched again
+    strategy: list[Any] = field(default_factory=list)  # strategy.Choice per study (--mode auto)
+    failures: list[Failure] = field(default_factory=list)
+    error: str | None = None
+    exit_status: ExitStatus = ExitStatus.OK
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for f in self.failures if f.sop_instance_uid is not None)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def finish(self) -> ExitStatus:
+        """Settle the exit status from the counts (fatal errors set it before)."""
+        if self.exit_status == ExitStatus.OK and self.failures:
+            self.exit_status = ExitStatus.SOME_FAILED
+        return self.exit_status
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "output": self.output,
+            "studies": len(self.studies),
+            "study_uids": self.studies,
+            "instances": {
+                "total": self.total,
+                "downloaded": self.downloaded,
+                "skipped": self.skipped,
+                "failed": self.failed,
+            },
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "mb_per_s": round(self.mb_per_s, 2),
+            "http_version": self.http_version,
+            "mode": self.mode,
+            "processes": self.processes,
+            "concurrency": self.concurrency,
+            "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
+            "throttled": self.throttle.signals if self.throttle is not None else 0,
+            "repaired": self.repaired,
+            "strategy": [choice.as_dict() for choice in self.strategy],
+            "failures": [f.as_dict() for f in self.failures],
+            "error": self.error,
+            "exit_status": int(self.exit_status),
+        }
+
+    def one_line(self) -> str:
+        text = (
+            f"{self.downloaded} downloaded, {self.skipped} already present, "
+            f"{self.failed} failed of {self.total} instances in {len(self.studies)} "
+            f"{'study' if len(self.studies) == 1 else 'studies'}; "
+            f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s)"
+        )
+        if self.http_version:
+            text += f" over {self.http_version}"
+        return text

@@ -1,0 +1,263 @@
+"""Where instances land: the output layout, temp files beside their final name, atomic commit.
+
+A file only ever appears under its final name complete and verified (write to a hidden temp
+file in the same folder, check it, `os.replace`). So "the final file exists" means "done", which
+is what lets a rerun skip it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import secrets
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from ..errors import IntegrityError, OutputError, StorageError, UsageError
+from ..http.urls import is_valid_uid
+from ..model import InstanceRef
+from .safe_files import leads_outside
+
+TEMP_SUFFIX = ".part"
+# HTTP/2 delivers bodies in 8-16 KiB frames; a 256 KiB buffer turns those into few write calls
+# (and stays small: one per instance in flight).
+WRITE_BUFFER = 256 * 1024
+STATE_DIR = ".dlstudy"
+# Temp names: the process id keeps concurrent processes (--workers) apart, the counter the
+# transfers of one process; an interrupted run's leftovers are removed under the output lock.
+_temp_numbers = itertools.count()
+_TEMP_NAME = re.compile(r"\..+\.[0-9]+-[0-9]+" + re.escape(TEMP_SUFFIX))
+_FIELDS = ("study", "series", "sop", "modality")
+
+
+def check_layout(layout: str) -> None:
+    """Reject templates that could escape the output folder or reference unknown fields."""
+    sample = {name: "1.2" for name in _FIELDS}
+    try:
+        rendered = layout.format(**sample)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(
+            f"--layout {layout!r} is not a valid template (fields: "
+            + ", ".join("{" + f + "}" for f in _FIELDS)
+            + ")"
+        ) from exc
+    path = Path(rendered)
+    if path.is_absolute() or ".." in path.parts or "{sop}" not in layout:
+        raise UsageError(f"--layout {layout!r} must be a relative path containing {{sop}}")
+
+
+class Store:
+    """The output folder of a run."""
+
+    def __init__(self, root: Path, layout: str) -> None:
+        check_layout(layout)
+        self.root = root
+        self.layout = layout
+        self._folders = Folders(root)
+        # final_path runs twice per instance: the folders' Paths and the checked series once.
+        self._folder_paths: dict[str, Path] = {}
+        self._valid_series: set[tuple[str, str]] = set()
+        # Per instance, a Path join or relative_to() costs a few µs: a tenth of the Python
+        # work of a small part in a multipart response. These are computed once.
+        self._root_prefix = os.path.join(root, "")
+        self._incoming = root / STATE_DIR / "incoming" / "part.dcm"
+
+    def prepare(self) -> None:
+        """Create the output folder and prove we can write there, before any network work."""
+        state_dir = self.root / STATE_DIR
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            state_dir.mkdir(exist_ok=True)
+            if state_dir.is_symlink() or not state_dir.is_dir():
+                raise OutputError(
+                    f"cannot use {str(state_dir)!r}: it is not a folder of its own "
+                    "(a symbolic link?); move it away",
+                    path=str(state_dir),
+                )
+            probe = self.root / f".dlstudy-write-test-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(
+                f"output folder {str(self.root)!r} is not writable: {exc.strerror or exc}",
+                path=str(self.root),
+            ) from exc
+
+    @staticmethod
+    def is_valid(ref: InstanceRef) -> bool:
+        """UIDs come from the server; only digits and dots may ever become path parts."""
+        return all(is_valid_uid(uid) for uid in (ref.study_uid, ref.series_uid, ref.sop_uid))
+
+    def final_path(self, ref: InstanceRef) -> Path:
+        series = (ref.study_uid, ref.series_uid)
+        if series not in self._valid_series or not is_valid_uid(ref.sop_uid):
+            if not self.is_valid(ref):
+                raise ValueError(f"refusing to build a path from invalid UIDs: {ref!r}"[:300])
+            self._valid_series.add(series)
+        modality = "".join(c for c in ref.modality if c.isalnum())[:16] or "OT"
+        relative = self.layout.format(
+            study=ref.study_uid, series=ref.series_uid, sop=ref.sop_uid, modality=modality
+        )
+        folder, _, name = relative.rpartition("/")
+        base = self._folder_paths.get(folder)
+        if base is None:
+            base = self._folder_paths[folder] = self.root / folder
+        return base / name
+
+    def is_complete(self, ref: InstanceRef) -> bool:
+        return self.final_path(ref).is_file()
+
+    def leads_outside(self, folder: Path) -> bool:
+        """Whether writing in `folder` would land outside OUT (through a symbolic link)."""
+        return self._folders.leads_outside(folder)
+
+    def open_temp(self, final: Path) -> TempFile:
+        return TempFile(final, self._folders)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def relative(self, path: Path) -> str:
+        text = str(path)
+        if os.sep == "/" and text.startswith(self._root_prefix):  # a path made by final_path
+            return text[len(self._root_prefix) :]
+        return path.relative_to(self.root).as_posix()
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files an interrupted run left behind; only safe under the output lock."""
+        removed = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if _TEMP_NAME.fullmatch(name):  # only what TempFile names: a user's .x.part stays
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def open_incoming(self) -> TempFile:
+        """A temp file for a part whose instance is not known until its header is read."""
+        return TempFile(self._incoming, self._folders)
+
+
+class Folders:
+    """The folders under OUT that files go into: each made and checked once a run, and never
+    one that a symbolic link leads out of OUT (nothing is written outside it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._root_real: str | None = None
+        self._ready: set[Path] = set()
+        self._outside: dict[Path, bool] = {}
+
+    def leads_outside(self, folder: Path) -> bool:
+        outside = self._outside.get(folder)
+        if outside is None:
+            if self._root_real is None:
+                self._root_real = os.path.realpath(self.root)
+            outside = self._outside[folder] = leads_outside(folder, self._root_real)
+        return outside
+
+    def make(self, folder: Path) -> None:
+        if folder in self._ready:
+            return
+        self._outside.pop(folder, None)  # a link may have appeared since it was looked at
+        if self.leads_outside(folder):  # before mkdir, which would make folders out there
+            raise IntegrityError(
+                f"refusing to write in {str(folder)!r}: a symbolic link leads it out of "
+                f"the output folder {str(self.root)!r}"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise IntegrityError(f"cannot create {str(folder)!r}: a file is in the way") from exc
+        self._ready.add(folder)
+
+    def forget(self, folder: Path) -> None:
+        self._ready.discard(folder)
+
+
+class TempFile:
+    """A hidden file beside `final`; committed by atomic rename, removed on any failure."""
+
+    def __init__(self, final: Path, folders: Folders | None = None) -> None:
+        """`folders`: the run's folders (shared), to make and check each folder once."""
+        self.final = final
+        unique = f"{os.getpid()}-{next(_temp_numbers)}"
+        self.path = final.with_name(f".{final.name}.{unique}{TEMP_SUFFIX}")
+        self.size = 0
+        self._committed = False
+        self._file: BinaryIO | None = None
+        self._folders = folders if folders is not None else Folders(final.parent)
+
+    def __enter__(self) -> Self:
+        try:
+            try:
+                self._file = self._open()
+            except FileNotFoundError:
+                self._folders.forget(self.path.parent)  # removed meanwhile: make it again
+                self._file = self._open()
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write in {str(self.path.parent)!r}: {exc.strerror or exc}",
+                path=str(self.path.parent),
+            ) from exc
+        return self
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)
+            ) from exc
+        self.size += len(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            file, self._file = self._file, None
+            try:
+                file.close()  # flushes: a full disk may only show up here
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot write {str(self.final)!r}: {exc.strerror or exc}",
+                    path=str(self.final),
+                ) from exc
+
+    def commit(self) -> None:
+        self.close()
+        try:
+            self._folders.make(self.final.parent)
+            os.replace(self.path, self.final)
+            self._committed = True
+        except IsADirectoryError as exc:  # a folder where this instance goes: only it fails
+            raise IntegrityError(
+                f"cannot create {str(self.final)!r}: a folder is in the way"
+            ) from exc
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)
+            ) from exc
+
+    def _open(self) -> BinaryIO:
+        self._folders.make(self.path.parent)
+        return self.path.open("xb", buffering=WRITE_BUFFER)  # O_EXCL: never through a link
+
+    def discard(self) -> None:
+        try:
+            self.close()
+        except StorageError:
+            pass  # the file is going away anyway
+        self.path.unlink(missing_ok=True)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Anything short of an explicit commit leaves no trace.
+        if not self._committed:
+            self.discard()

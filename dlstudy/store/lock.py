@@ -1,0 +1,62 @@
+"""One run per output folder: an advisory lock on OUT/.dlstudy/lock.
+
+flock is released by the kernel when the process dies, so a crashed run never leaves a stale
+lock behind (unlike a pid file).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import LockedError, OutputError
+from .safe_files import open_regular
+
+LOCK_NAME = "lock"
+
+# Folders this process already holds: a nested take (sync around its download) is a no-op.
+# flock itself would not help here: a second open file description of the same file in the
+# same process would block on the first.
+_held: set[Path] = set()
+
+
+@contextmanager
+def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
+    """Hold the lock of the output folder whose state lives in `state_dir` (re-entrant)."""
+    key = state_dir.resolve()
+    if key in _held:
+        yield
+        return
+    path = state_dir / LOCK_NAME
+    try:
+        fp = open_regular(path, "r+", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(
+            f"cannot use {str(path)!r}: {exc.strerror or exc}", path=str(path)
+        ) from exc
+    with fp:
+        try:
+            fcntl.flock(fp.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fp.seek(0)
+            holder = fp.read().strip() or "?"
+            raise LockedError(
+                f"output folder {str(state_dir.parent)!r} is in use by another dlstudy run "
+                f"(pid {holder}); use --wait to wait for it",
+                path=str(state_dir.parent),
+            ) from None
+        _held.add(key)
+        try:
+            fp.seek(0)
+            fp.truncate()
+            fp.write(str(os.getpid()))
+            fp.flush()
+            yield
+        finally:
+            _held.discard(key)
+            fp.seek(0)
+            fp.truncate()
+            fcntl.flock(fp.fileno(), fcntl.LOCK_UN)
