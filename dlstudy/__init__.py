@@ -7,8 +7,8 @@ command line imports this package first, and a download never needs them.
 from typing import Any
 
 from .dicomweb.cohort import CohortItem, read_cohort
-from .engine.download import download, download_async
 from .errors import DlstudyError, ExitStatus
+from .jobs.download import download, download_async
 from .model import Failure, InstanceRef
 from .report.summary import Summary
 from .settings import Settings
@@ -37,8 +37,8 @@ _LAZY = {
     "StudyQuery": "dicomweb.search",
     "StudyRecord": "dicomweb.search",
     "search_async": "dicomweb.search",
-    "sync": "engine.sync",
-    "sync_async": "engine.sync",
+    "sync": "jobs.sync",
+    "sync_async": "jobs.sync",
 }
 
 

@@ -20,7 +20,7 @@ HEAVY = (
     "dlstudy.report.events",
     "dlstudy.dicomweb.search",
     "dlstudy.server",
-    "dlstudy.engine.sync",
+    "dlstudy.jobs.sync",
     "dlstudy.server.synth",
     "h2",
     "h11",
@@ -81,7 +81,7 @@ def test_the_other_commands_still_find_what_they_import() -> None:
 from dlstudy.cli import bench_cmd, query_cmd, sync_cmd
 from dlstudy.config import load
 from dlstudy.dicomweb.search import attribute_id
-import dlstudy.bench.runner, dlstudy.engine.sync
+import dlstudy.bench.runner, dlstudy.jobs.sync
 assert attribute_id("00100020") == "PatientID"
 assert dlstudy.bench.runner.DEFAULT_CONCURRENCY == bench_cmd.DEFAULT_CONCURRENCY
 """

@@ -42,7 +42,6 @@ from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import NEGOTIABLE_STATUS, Negotiator, Retrieval, candidates
 from ..dicomweb.qido import QIDO_CONCURRENCY, Resolver
 from ..dicomweb.verify import read_header
-from ..engine.download import MAX_CONCURRENCY
 from ..engine.fetch import status_error
 from ..engine.parts import pour_parts
 from ..errors import (
@@ -63,6 +62,7 @@ from ..http.auth import RefreshingBearerAuth, auth_from_settings
 from ..http.client import Transport, check_auth
 from ..http.curl import pour_body
 from ..http.urls import instance_url, is_valid_uid, redact_url, series_url, study_url
+from ..jobs.download import MAX_CONCURRENCY
 from ..model import InstanceRef
 from ..settings import HttpVersion, Settings
 from ..store.files import TempFile

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from ..engine.download import download
 from ..errors import DlstudyError, ExitStatus
+from ..jobs.download import download
 from ..report.summary import Summary
 from ..settings import Settings
 from .common import choose_progress, error_line, finish

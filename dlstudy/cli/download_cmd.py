@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from ..dicomweb.cohort import CohortItem, read_cohort
-from ..engine.download import download
 from ..errors import DlstudyError
+from ..jobs.download import download
 from ..report.landed import report_format
 from ..report.summary import Summary
 from ..settings import DEFAULT_LAYOUT

@@ -11,9 +11,9 @@ import typer
 
 from ..dicomweb.cohort import CohortItem
 from ..dicomweb.shard import Shard, parse_shard
-from ..engine.download import unique as unique_wanted
 from ..errors import DlstudyError
 from ..http.urls import is_valid_uid, redact_url
+from ..jobs.download import unique as unique_wanted
 from ..report.summary import Summary
 from .common import fail_usage, finish
 from .connection import option

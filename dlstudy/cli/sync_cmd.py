@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         server: ServerOpt = None,
     ) -> None:
         """Search, then download every matching study not yet complete in OUT (made for cron)."""
-        from ..engine.sync import sync  # not at the start-up of every other command
+        from ..jobs.sync import sync  # not at the start-up of every other command
 
         setup_logging(verbose, log_file)
         use_log_format(log_format)

@@ -18,6 +18,10 @@ from ..dicomweb.cohort import CohortItem
 from ..dicomweb.locate import Locator, NotFound
 from ..dicomweb.negotiate import Negotiator, candidates
 from ..dicomweb.qido import QIDO_CONCURRENCY, Resolver
+from ..engine import strategy, workers
+from ..engine.bulk import BulkFetcher
+from ..engine.fetch import InstanceFetcher
+from ..engine.schedule import entry_for, plan
 from ..errors import NothingMatchedError, TransferError
 from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
@@ -31,10 +35,6 @@ from ..report.summary import Summary
 from ..settings import Settings, concurrency_for
 from ..store.files import Store
 from ..store.manifest import Manifest
-from . import strategy, workers
-from .bulk import BulkFetcher
-from .fetch import InstanceFetcher
-from .schedule import entry_for, plan
 
 log = logging.getLogger(__name__)
 
