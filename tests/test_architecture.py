@@ -74,3 +74,100 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     sample.write_text("import h2.connection\nimport httpx\nurl = httpx.URL._uri_reference\n")
     assert "h2" in imported(sample)
     assert PRIVATE.search(sample.read_text())
+
+
+# --- the layers (docs/architecture.md) -----------------------------------------------------
+
+# What each part of the package may import from the others, as drawn in docs/architecture.md;
+# a new arrow fails here until the picture (and this table) say why it belongs.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "settings": set(),
+    "model": set(),
+    "config": {"errors"},
+    "flow": {"errors"},
+    "http": {"errors", "flow", "settings"},
+    "store": {"errors", "http", "model"},
+    "dicomweb": {"errors", "flow", "http", "model", "settings", "store"},
+    "engine": {"dicomweb", "errors", "flow", "http", "model", "settings", "store"},
+    "report": {"errors", "model"},
+    "jobs": {"dicomweb", "engine", "errors", "flow", "http", "model", "report", "settings"}
+    | {"store"},
+    "bench": {"dicomweb", "engine", "errors", "flow", "http", "jobs", "model", "settings"}
+    | {"store"},
+    "server": set(),  # the embedded server shares nothing with the client
+    "cli": {"bench", "config", "dicomweb", "errors", "http", "jobs", "report", "server"}
+    | {"settings"},
+    "__init__": {"dicomweb", "errors", "jobs", "model", "report", "settings"},
+    "__main__": {"cli"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def part_of(module: str) -> str:
+    """`dlstudy.engine.fetch` -> engine; `dlstudy.errors` -> errors; `dlstudy` -> __init__."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def dlstudy_imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    """The dlstudy modules (or packages) that `path` imports, relative imports resolved."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")
+            base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+            target = ".".join([*base, node.module] if node.module else base)
+            if node.module:
+                found.add(target)
+            # `from .engine import fetch` imports a module: the circle test keeps what exists
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlstudy"):
+            found.add(node.module or "")
+    return found
+
+
+def test_each_part_imports_only_the_parts_below_it() -> None:
+    for path in modules():
+        here = part_of(module_name(path))
+        for target in dlstudy_imports(path):
+            there = part_of(target)
+            if there != here:
+                assert there in ALLOWED[here], f"{module_name(path)} imports {target}"
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    """Top-level imports only: an import inside a function (to start faster, or the CLI's
+    configuration reaching back to its app) runs after every module is loaded."""
+    known = {module_name(path) for path in modules()}
+    graph: dict[str, set[str]] = {}
+    for path in modules():
+        targets = set()
+        for target in dlstudy_imports(path, top_level_only=True):
+            while target not in known and "." in target:  # a name imported from a module
+                target = target.rpartition(".")[0]
+            if target in known:
+                targets.add(target)
+        graph[module_name(path)] = targets - {module_name(path)}
+
+    done: set[str] = set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in trail:
+            raise AssertionError(" -> ".join([*trail[trail.index(module) :], module]))
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            visit(target, [*trail, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
