@@ -212,3 +212,12 @@ def test_the_shell_completes_option_values(words: str, expected: list[str]) -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == expected
+
+
+def test_the_command_line_reference_is_up_to_date() -> None:
+    """docs/cli.md is generated from the commands; regenerate it with
+    `python -m dlstudy.cli.reference > docs/cli.md` after changing an option."""
+    from dlstudy.cli.reference import markdown
+
+    reference = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert reference.read_text() == markdown(), "docs/cli.md is stale: regenerate it"

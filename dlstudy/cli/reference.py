@@ -1,0 +1,87 @@
+"""docs/cli.md, generated from the commands themselves.
+
+    python -m dlstudy.cli.reference > docs/cli.md
+
+A test fails when the file in docs/ differs from what this prints, so the reference never
+drifts from the options the commands declare.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import typer.main
+
+from .app import build_app
+
+HEADER = """# Command-line reference
+
+Every command and option, generated from the commands by `python -m dlstudy.cli.reference`
+(do not edit by hand; `tests/test_cli_conventions.py` fails when this file is stale). The
+README has the tour; this page has everything. An option given nowhere takes its environment
+variable, then the config file's value (`--config`), then the default.
+"""
+
+
+def markdown() -> str:
+    group = typer.main.get_command(build_app())
+    parts = [HEADER]
+    commands: dict[str, Any] = getattr(group, "commands", {})
+    for name, command in commands.items():
+        parts.append(_command(name, command))
+    return "\n".join(parts)
+
+
+def _command(name: str, command: Any) -> str:
+    arguments = [p for p in command.params if p.param_type_name == "argument"]
+    usage = " ".join([f"dlstudy {name}", "[OPTIONS]", *(_metavar(p) for p in arguments)])
+    lines = [f"## `dlstudy {name}`", "", f"`{usage}`", "", inspect.cleandoc(command.help or ""), ""]
+    for argument in arguments:
+        lines.append(f"- `{_metavar(argument)}`: {argument.help or ''}")
+    if arguments:
+        lines.append("")
+    panels: dict[str, list[Any]] = {}
+    for option in command.params:
+        if option.param_type_name == "option" and not getattr(option, "hidden", False):
+            panel = getattr(option, "rich_help_panel", None) or "Options"
+            panels.setdefault(panel, []).append(option)
+    for panel, options in panels.items():
+        lines += [f"**{panel}**", "", "| option | environment | default | meaning |"]
+        lines.append("|---|---|---|---|")
+        lines += [_option_row(option) for option in options]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _metavar(param: Any) -> str:
+    return str(param.metavar or param.name.upper())
+
+
+def _option_row(option: Any) -> str:
+    names = ", ".join(f"`{name}`" for name in [*option.opts, *option.secondary_opts])
+    if not option.is_flag and option.metavar:
+        names += f" `{option.metavar}`"
+    env = f"`{option.envvar}`" if option.envvar else ""
+    cells = (names, env, _default(option), option.help or "")
+    return "| " + " | ".join(_cell(cell) for cell in cells) + " |"
+
+
+def _default(option: Any) -> str:
+    value = option.default
+    if value is None or value == "" or value is False or value == () or value == []:
+        return ""
+    if option.is_flag and value is True:
+        return "on"
+    if isinstance(value, Path):
+        value = str(value)
+    return f"`{value}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
