@@ -1,7 +1,7 @@
 """Fault injection, end to end through the real CLI: each fault is injected for real (server
 knobs, a TCP fault proxy, the kernel) and the test checks what dlstudy did about it.
 
-The README's fault table is this file's summary; keep them in step.
+docs/reliability.md is this file's summary; keep them in step.
 """
 
 from __future__ import annotations
