@@ -22,7 +22,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from dlstudy.dicomweb import verify
+from dlstudy.dicomweb import header_fast, verify
 from dlstudy.dicomweb.verify import HeaderInfo, read_header, verify_instance
 from dlstudy.errors import IntegrityError
 
@@ -134,7 +134,7 @@ def both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Outcome, Out
     """read_header's outcome as it is now and with the fast path switched off (as before)."""
     now = outcome(lambda: read_header(path, label="instance x"))
     with monkeypatch.context() as m:
-        m.setattr(verify, "_read_header_fast", lambda fp: None)
+        m.setattr(verify, "read_header_fast", lambda fp: None)
         before = outcome(lambda: read_header(path, label="instance x"))
     return now, before
 
@@ -187,7 +187,7 @@ def test_mismatches_fail_with_the_same_messages(
         with pytest.raises(IntegrityError) as fast:
             verify_instance(path, **args)
         with monkeypatch.context() as m:
-            m.setattr(verify, "_read_header_fast", lambda fp: None)
+            m.setattr(verify, "read_header_fast", lambda fp: None)
             with pytest.raises(IntegrityError) as slow:
                 verify_instance(path, **args)
         assert str(fast.value) == str(slow.value)
@@ -328,7 +328,7 @@ def test_header_across_the_first_chunk_is_read_from_the_file(
     # The end of the first chunk falls on every byte of the elements up to the Series UID.
     base = _padded(0, transfer_syntax=transfer_syntax)
     series_end = base.index(SERIES.encode()) + len(SERIES) + 1
-    first = verify.HEADER_PREFIX_LENGTH + verify._HEADER_CHUNK - series_end
+    first = verify.HEADER_PREFIX_LENGTH + header_fast.HEADER_CHUNK - series_end
     for size in range(first - 2, first + 120, 2):
         path = write(tmp_path, _padded(size, transfer_syntax=transfer_syntax))
         now, before = both_ways(path, monkeypatch)
@@ -370,7 +370,7 @@ def test_a_stray_delimiter_cannot_cut_an_undefined_length_value_short(
         + explicit(0x0020000E, "UI", b"9.9\0")
         + explicit(0x00280010, "US", b"\0\2")
     )
-    item = b"\xfe\xff\xdd\xe0\0\0\0\0" + fake + b"\0" * verify._HEADER_CHUNK
+    item = b"\xfe\xff\xdd\xe0\0\0\0\0" + fake + b"\0" * header_fast.HEADER_CHUNK
     value = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(item)) + item + b"\xfe\xff\xdd\xe0\0\0\0\0"
     private = struct.pack("<HH2sHL", 0x0009, 0x1001, b"OB", 0, 0xFFFFFFFF) + value
     path = write(tmp_path, raw_part10(dataset(before=private)))
@@ -382,13 +382,13 @@ def test_a_stray_delimiter_cannot_cut_an_undefined_length_value_short(
 def _spy_parses(monkeypatch: pytest.MonkeyPatch) -> list[type]:
     """The kind of file object each _parse_plain call gets: BytesIO for the first chunk."""
     kinds: list[type] = []
-    real = verify._parse_plain
+    real = header_fast._parse_plain
 
     def spy(fp: Any) -> Any:
         kinds.append(type(fp))
         return real(fp)
 
-    monkeypatch.setattr(verify, "_parse_plain", spy)
+    monkeypatch.setattr(header_fast, "_parse_plain", spy)
     return kinds
 
 
@@ -573,7 +573,7 @@ def test_parse_head_reads_plain_files_alone_and_leaves_the_rest_to_pydicom(
 ) -> None:
     now, before = both_ways(write(tmp_path, data), monkeypatch)
     assert now == before
-    head = verify._parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True)
+    head = header_fast.parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True)
     assert (head is not None) == alone
     if alone:
         assert head == now[0] and now[1:] == (set(), set())
@@ -596,11 +596,11 @@ def test_parse_head_cut_anywhere(
     # A chunk cut anywhere gives the file's header or None (read on); a file cut anywhere gives
     # what read_partial gives.
     body = data[verify.HEADER_PREFIX_LENGTH :]
-    full = verify._parse_head(body, whole=True)
+    full = header_fast.parse_head(body, whole=True)
     assert full == HeaderInfo(STUDY, SERIES, SOP, SOP, full.transfer_syntax if full else "")
-    assert verify._parse_head(body, whole=False) == full  # it sees the element after the UIDs
+    assert header_fast.parse_head(body, whole=False) == full  # it sees the element after the UIDs
     for cut in range(len(body)):
-        assert verify._parse_head(body[:cut], whole=False) in (None, full), cut
+        assert header_fast.parse_head(body[:cut], whole=False) in (None, full), cut
         now, before = both_ways(
             write(tmp_path, data[: verify.HEADER_PREFIX_LENGTH + cut]), monkeypatch
         )
@@ -612,10 +612,11 @@ def test_parse_head_knows_the_vrs_and_character_sets_pydicom_knows() -> None:
     from pydicom.filereader import ENCODED_VR
     from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-    assert verify._SHORT_VRS | verify._LONG_VRS == {vr for vr in ENCODED_VR if len(vr) == 2}
-    assert verify._LONG_VRS == {vr.encode() for vr in EXPLICIT_VR_LENGTH_32}
-    assert verify._PLAIN_CHARSETS <= python_encoding.keys()
-    for value in verify._PLAIN_CHARSETS:
+    both = header_fast._SHORT_VRS | header_fast._LONG_VRS
+    assert both == {vr for vr in ENCODED_VR if len(vr) == 2}
+    assert header_fast._LONG_VRS == {vr.encode() for vr in EXPLICIT_VR_LENGTH_32}
+    assert header_fast._PLAIN_CHARSETS <= python_encoding.keys()
+    for value in header_fast._PLAIN_CHARSETS:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             pydicom.charset.convert_encodings(value)
@@ -624,9 +625,9 @@ def test_parse_head_knows_the_vrs_and_character_sets_pydicom_knows() -> None:
 def test_a_registered_private_syntax_goes_to_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
     private = "1.2.826.0.1.3680043.8.498.99"
     data = raw_part10(ordered(), transfer_syntax=private)
-    assert verify._parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True) is not None
+    assert header_fast.parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True) is not None
     monkeypatch.setattr(pydicom.uid, "PrivateTransferSyntaxes", [pydicom.uid.UID(private)])
-    assert verify._parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True) is None
+    assert header_fast.parse_head(data[verify.HEADER_PREFIX_LENGTH :], whole=True) is None
 
 
 # verify_instance(head=..., size=...): from memory when the head is enough, else the file.
