@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from dlstudy.errors import ConnectError, TransferError
-from dlstudy.http.client import translate_error
 from dlstudy.http.curl import PAUSE_ABOVE, CurlTransport, HttpChoice, TlsOptions, pour_body
+from dlstudy.http.failures import translate_error
 from dlstudy.http.proxy import Proxies
 
 from .scripted_h2 import ErrorCodes, H2Server, Http11Only, Peer, answer, eventually, payload

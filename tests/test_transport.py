@@ -11,8 +11,9 @@ import pytest
 import respx
 
 from dlstudy.errors import ConnectError, TransferError
-from dlstudy.http.client import Transport, translate_error
+from dlstudy.http.client import Transport
 from dlstudy.http.curl import CurlFailure
+from dlstudy.http.failures import translate_error
 from dlstudy.settings import Settings
 
 URL = "https://bob:hunter2@pacs.test/dicomweb/studies?token=abc"

@@ -20,7 +20,8 @@ from ..errors import HttpStatusError, NothingMatchedError, ServerError, Transfer
 from ..flow.pool import first_error
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.watchdog import watchdog
-from ..http.client import Transport, check_auth
+from ..http.client import Transport
+from ..http.failures import check_auth
 from ..http.urls import redact_url, series_url, study_url
 from ..model import InstanceRef
 from .media import DICOM_JSON, parse_media_type

@@ -16,7 +16,8 @@ from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Negotiator, Retrieval
 from ..dicomweb.verify import check_identity, keep_head, read_header
 from ..errors import HttpStatusError, IntegrityError, TransferError
-from ..http.client import Transport, check_auth
+from ..http.client import Transport
+from ..http.failures import check_auth
 from ..model import Committed, InstanceRef
 from ..store.files import Store, TempFile
 from ..store.manifest import Digest

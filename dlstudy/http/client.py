@@ -1,5 +1,5 @@
-"""The HTTP client of a run: protocol choice, credentials, redirects, and the one place where
-transport errors become dlstudy errors.
+"""The HTTP client of a run: protocol choice, credentials, redirects, small answers read
+whole; its errors become dlstudy errors in http/failures.py.
 
 httpx is the request API (auth flows, redirects, cookies, timeouts, responses); libcurl moves
 the bytes underneath it, plugged in as an httpx transport (dlstudy/http/curl.py).
@@ -12,12 +12,9 @@ first request. The client then switches to HTTP/1.1 once, for the whole run (and
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,17 +22,22 @@ import anyio
 import httpx
 
 from ..errors import (
-    AuthError,
-    ConnectError,
     DlstudyError,
-    HttpStatusError,
     ServerError,
     TransferError,
 )
 from ..flow.watchdog import MIN_PROGRESS_BYTES
 from ..settings import AUTO_CONCURRENCY_HTTP1, HttpVersion, Settings
 from .bounded import ACCEPTED_ENCODINGS, AnswerCutShort, BadAnswer, read_bounded
-from .curl import MIN_PROGRESS, CurlFailure, CurlTransport, HttpChoice, TlsOptions
+from .curl import MIN_PROGRESS, CurlTransport, HttpChoice, TlsOptions
+from .failures import (
+    curl_failure,
+    is_translatable,
+    no_answer,
+    no_http_answer,
+    origin_of,
+    translate_error,
+)
 from .proxy import Proxies
 from .urls import redact_url, split_base_url
 
@@ -55,117 +57,6 @@ def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx
         tls=TlsOptions(settings.ca_bundle, settings.cert, settings.key, settings.insecure),
         proxies=proxies,
     )
-
-
-def translate_error(exc: BaseException, url: str) -> DlstudyError:
-    """Turn an exception from the HTTP stack into a dlstudy error with a one-line message."""
-    shown = redact_url(url)
-    parsed = httpx.URL(url)
-    curl = _curl_failure(exc)
-    said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
-    if isinstance(exc, httpx.ProxyError):
-        proxy = f"proxy {curl.proxy}" if curl is not None and curl.proxy else "the proxy"
-        return ConnectError(f"cannot use {proxy} for {shown}: {said}", url=shown)
-    if isinstance(exc, httpx.ConnectTimeout):
-        return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
-    if isinstance(exc, httpx.ConnectError):
-        if curl is not None and curl.tls:
-            if "wrong version number" in said or "packet length too long" in said:
-                said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
-            else:
-                said = _tls_cause(said, parsed.host)
-            return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
-        if curl is not None and curl.code == 6:  # CURLE_COULDNT_RESOLVE_HOST
-            return ConnectError(f"cannot resolve host {parsed.host!r} ({shown})", url=shown)
-        if (curl is not None and curl.os_errno == errno.ECONNREFUSED) or "refused" in said:
-            return ConnectError(f"connection refused by {_netloc(parsed)} ({shown})", url=shown)
-        if curl is not None and curl.os_errno:
-            said = os.strerror(curl.os_errno)
-        return ConnectError(f"cannot connect to {_netloc(parsed)}: {said}", url=shown)
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return TransferError(f"redirected to {exc} from {shown}", url=shown)
-    if isinstance(exc, httpx.TooManyRedirects):
-        return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
-    if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):
-        return TransferError(f"{exc} on {shown}", url=shown, retryable=True)
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
-    if isinstance(exc, httpx.ProtocolError):
-        return TransferError(f"connection broken ({said}) on {shown}", url=shown, retryable=True)
-    if isinstance(exc, httpx.TransportError | OSError):
-        return TransferError(f"network error ({said}) on {shown}", url=shown, retryable=True)
-    return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
-
-
-# libcurl's codes for a server that sent nothing, or nothing like HTTP: empty reply, weird
-# reply, an HTTP/0.9-looking reply, an HTTP/2 framing error.
-_NO_ANSWER = frozenset({52, 8, 1, 16})
-
-
-def _no_answer(exc: BaseException) -> bool:
-    curl = _curl_failure(exc)
-    return isinstance(exc, httpx.ProtocolError) and curl is not None and curl.code in _NO_ANSWER
-
-
-def _no_http_answer(exc: BaseException, url: str) -> ConnectError:
-    """The run's first request got no HTTP answer at all: nothing a retry would change. A TLS
-    port asked in plain text closes the connection or answers with TLS records."""
-    curl = _curl_failure(exc)
-    said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
-    parsed = httpx.URL(url)
-    shown = redact_url(url)
-    if curl is not None and curl.code == 16:  # CURLE_HTTP2: the answer was no HTTP/2
-        return ConnectError(
-            f"{_netloc(parsed)} does not speak HTTP/2 ({said}); try --http 1.1 ({shown})",
-            url=shown,
-        )
-    hint = "; if it speaks TLS, use https://" if parsed.scheme == "http" else ""
-    return ConnectError(
-        f"{_netloc(parsed)} gave no HTTP answer ({said}){hint} ({shown})", url=shown
-    )
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """`exc`, then what caused it, and so on. Stops at a cycle."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _curl_failure(exc: BaseException) -> CurlFailure | None:
-    for current in islice(_chain(exc), 5):
-        if isinstance(current, CurlFailure):
-            return current
-    return None
-
-
-# What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
-_UNKNOWN_CA = "the server's certificate is signed by an unknown CA (trust it with --ca-bundle)"
-_TLS_CAUSES = (
-    (("certificate has expired",), "the server's certificate has expired"),
-    (("certificate is not yet valid",), "the server's certificate is not valid yet"),
-    (("subject name",), "the server's certificate is for another host name than {host!r}"),
-    (("local issuer certificate", "self-signed", "self signed"), _UNKNOWN_CA),
-)
-
-
-def _tls_cause(said: str, host: str) -> str:
-    """libcurl's TLS message, led by its cause in plain words when it is a known one."""
-    for markers, cause in _TLS_CAUSES:
-        if any(marker in said for marker in markers):
-            return f"{cause.format(host=host)} ({said})"
-    return said
-
-
-def _netloc(parsed: httpx.URL) -> str:
-    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
-
-
-def is_translatable(exc: BaseException) -> bool:
-    return isinstance(exc, httpx.TransportError | httpx.TooManyRedirects | OSError)
 
 
 def _plan(settings: Settings, is_tls: bool) -> list[HttpChoice]:
@@ -347,8 +238,8 @@ class Transport:
         except DlstudyError:
             raise
         except Exception as exc:
-            if self.http_version is None and _no_answer(exc):
-                raise _no_http_answer(exc, url) from exc
+            if self.http_version is None and no_answer(exc):
+                raise no_http_answer(exc, url) from exc
             if is_translatable(exc):
                 raise translate_error(exc, url) from exc
             raise
@@ -367,7 +258,7 @@ class Transport:
         except (httpx.ProtocolError, httpx.WriteError, httpx.ReadError) as exc:
             # A server without h2c answers the preface as HTTP/1.1 (not HTTP/2 to libcurl),
             # or closes the connection while libcurl is still sending: either way, HTTP/1.1.
-            log.info("server does not speak h2c (%s); using HTTP/1.1", _curl_failure(exc) or exc)
+            log.info("server does not speak h2c (%s); using HTTP/1.1", curl_failure(exc) or exc)
             await self._client.aclose()
             self._client = self._make_client(self._plan[1])
             response = await self._get(url, headers, params)
@@ -435,35 +326,3 @@ class Transport:
             # whose first request is a retrieve: a small GET settles the protocol first.
             response = await self.get(self.base_url + "/studies", params={"limit": "1"})
             del response
-
-
-def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
-    scheme = url.scheme
-    return scheme, url.host, url.port or (443 if scheme == "https" else 80)
-
-
-def check_auth(response: httpx.Response) -> None:
-    """Raise AuthError for 401/403: the server refuses us, nothing else will work either.
-
-    Except from a redirect target on another origin: archives hand instances out through
-    expiring links to object stores, and a link that died is one the archive renews when asked
-    again, so that is a retryable failure of this request only.
-    """
-    if response.status_code not in (401, 403):
-        return
-    if response.history and origin_of(response.url) != origin_of(response.history[0].url):
-        url = redact_url(str(response.url))
-        raise HttpStatusError(
-            f"HTTP {response.status_code} from the redirect target {url} (an expired link?); "
-            "asking the archive again",
-            status_code=response.status_code,
-            url=url,
-            retryable=True,
-        )
-    what = "rejected the credentials" if response.status_code == 401 else "denied access"
-    hint = " (check --token / --user / --password)" if response.status_code == 401 else ""
-    raise AuthError(
-        f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
-        url=redact_url(str(response.url)),
-        status_code=response.status_code,
-    )

@@ -1,0 +1,162 @@
+"""Where failures of the HTTP stack become dlstudy errors: libcurl's, through httpx's
+exception tree, and the server's refusals (401/403) of a response.
+
+Each error gets one line that says what happened in words (TLS causes named, the proxy named,
+URLs redacted) and the exit code of its class (errors.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from itertools import islice
+
+import httpx
+
+from ..errors import AuthError, ConnectError, DlstudyError, HttpStatusError, TransferError
+from .curl import CurlFailure
+from .urls import redact_url
+
+
+def translate_error(exc: BaseException, url: str) -> DlstudyError:
+    """Turn an exception from the HTTP stack into a dlstudy error with a one-line message."""
+    shown = redact_url(url)
+    parsed = httpx.URL(url)
+    curl = curl_failure(exc)
+    said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
+    if isinstance(exc, httpx.ProxyError):
+        proxy = f"proxy {curl.proxy}" if curl is not None and curl.proxy else "the proxy"
+        return ConnectError(f"cannot use {proxy} for {shown}: {said}", url=shown)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
+    if isinstance(exc, httpx.ConnectError):
+        if curl is not None and curl.tls:
+            if "wrong version number" in said or "packet length too long" in said:
+                said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
+            else:
+                said = _tls_cause(said, parsed.host)
+            return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
+        if curl is not None and curl.code == 6:  # CURLE_COULDNT_RESOLVE_HOST
+            return ConnectError(f"cannot resolve host {parsed.host!r} ({shown})", url=shown)
+        if (curl is not None and curl.os_errno == errno.ECONNREFUSED) or "refused" in said:
+            return ConnectError(f"connection refused by {_netloc(parsed)} ({shown})", url=shown)
+        if curl is not None and curl.os_errno:
+            said = os.strerror(curl.os_errno)
+        return ConnectError(f"cannot connect to {_netloc(parsed)}: {said}", url=shown)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return TransferError(f"redirected to {exc} from {shown}", url=shown)
+    if isinstance(exc, httpx.TooManyRedirects):
+        return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
+    if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):
+        return TransferError(f"{exc} on {shown}", url=shown, retryable=True)
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
+    if isinstance(exc, httpx.ProtocolError):
+        return TransferError(f"connection broken ({said}) on {shown}", url=shown, retryable=True)
+    if isinstance(exc, httpx.TransportError | OSError):
+        return TransferError(f"network error ({said}) on {shown}", url=shown, retryable=True)
+    return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
+
+
+# libcurl's codes for a server that sent nothing, or nothing like HTTP: empty reply, weird
+# reply, an HTTP/0.9-looking reply, an HTTP/2 framing error.
+_NO_ANSWER = frozenset({52, 8, 1, 16})
+
+
+def no_answer(exc: BaseException) -> bool:
+    curl = curl_failure(exc)
+    return isinstance(exc, httpx.ProtocolError) and curl is not None and curl.code in _NO_ANSWER
+
+
+def no_http_answer(exc: BaseException, url: str) -> ConnectError:
+    """The run's first request got no HTTP answer at all: nothing a retry would change. A TLS
+    port asked in plain text closes the connection or answers with TLS records."""
+    curl = curl_failure(exc)
+    said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
+    parsed = httpx.URL(url)
+    shown = redact_url(url)
+    if curl is not None and curl.code == 16:  # CURLE_HTTP2: the answer was no HTTP/2
+        return ConnectError(
+            f"{_netloc(parsed)} does not speak HTTP/2 ({said}); try --http 1.1 ({shown})",
+            url=shown,
+        )
+    hint = "; if it speaks TLS, use https://" if parsed.scheme == "http" else ""
+    return ConnectError(
+        f"{_netloc(parsed)} gave no HTTP answer ({said}){hint} ({shown})", url=shown
+    )
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it, and so on. Stops at a cycle."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def curl_failure(exc: BaseException) -> CurlFailure | None:
+    for current in islice(_chain(exc), 5):
+        if isinstance(current, CurlFailure):
+            return current
+    return None
+
+
+# What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
+_UNKNOWN_CA = "the server's certificate is signed by an unknown CA (trust it with --ca-bundle)"
+_TLS_CAUSES = (
+    (("certificate has expired",), "the server's certificate has expired"),
+    (("certificate is not yet valid",), "the server's certificate is not valid yet"),
+    (("subject name",), "the server's certificate is for another host name than {host!r}"),
+    (("local issuer certificate", "self-signed", "self signed"), _UNKNOWN_CA),
+)
+
+
+def _tls_cause(said: str, host: str) -> str:
+    """libcurl's TLS message, led by its cause in plain words when it is a known one."""
+    for markers, cause in _TLS_CAUSES:
+        if any(marker in said for marker in markers):
+            return f"{cause.format(host=host)} ({said})"
+    return said
+
+
+def _netloc(parsed: httpx.URL) -> str:
+    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+
+
+def is_translatable(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.TransportError | httpx.TooManyRedirects | OSError)
+
+
+def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    scheme = url.scheme
+    return scheme, url.host, url.port or (443 if scheme == "https" else 80)
+
+
+def check_auth(response: httpx.Response) -> None:
+    """Raise AuthError for 401/403: the server refuses us, nothing else will work either.
+
+    Except from a redirect target on another origin: archives hand instances out through
+    expiring links to object stores, and a link that died is one the archive renews when asked
+    again, so that is a retryable failure of this request only.
+    """
+    if response.status_code not in (401, 403):
+        return
+    if response.history and origin_of(response.url) != origin_of(response.history[0].url):
+        url = redact_url(str(response.url))
+        raise HttpStatusError(
+            f"HTTP {response.status_code} from the redirect target {url} (an expired link?); "
+            "asking the archive again",
+            status_code=response.status_code,
+            url=url,
+            retryable=True,
+        )
+    what = "rejected the credentials" if response.status_code == 401 else "denied access"
+    hint = " (check --token / --user / --password)" if response.status_code == 401 else ""
+    raise AuthError(
+        f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
+        url=redact_url(str(response.url)),
+        status_code=response.status_code,
+    )
