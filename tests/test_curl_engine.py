@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from dlstudy.errors import ConnectError, TransferError
-from dlstudy.http.curl import PAUSE_ABOVE, CurlTransport, HttpChoice, TlsOptions, pour_body
+from dlstudy.http.curl import CurlTransport, HttpChoice, TlsOptions
 from dlstudy.http.failures import translate_error
 from dlstudy.http.proxy import Proxies
+from dlstudy.http.transfer import PAUSE_ABOVE, pour_body
 
 from .scripted_h2 import ErrorCodes, H2Server, Http11Only, Peer, answer, eventually, payload
 from .scripted_h2 import requests_in as all_requests_in

@@ -60,8 +60,8 @@ from ..flow.pool import run_pool
 from ..flow.retry import RetryPolicy
 from ..http.auth import RefreshingBearerAuth, auth_from_settings
 from ..http.client import Transport
-from ..http.curl import pour_body
 from ..http.failures import check_auth
+from ..http.transfer import pour_body
 from ..http.urls import instance_url, is_valid_uid, redact_url, series_url, study_url
 from ..jobs.download import MAX_CONCURRENCY
 from ..model import InstanceRef

@@ -24,8 +24,8 @@ from ..errors import HttpStatusError, IntegrityError, TransferError
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.throttle import Throttle
 from ..http.client import Transport
-from ..http.curl import pour_body
 from ..http.failures import check_auth
+from ..http.transfer import pour_body
 from ..http.urls import instance_url, redact_url
 from ..model import Committed, InstanceRef
 from ..store.files import Store, TempFile

@@ -9,7 +9,7 @@ import httpx
 
 from ..dicomweb.multipart import Event, MultipartParser, boundary_from_content_type
 from ..errors import MultipartError, TransferError
-from ..http.curl import pour_body
+from ..http.transfer import pour_body
 from ..http.urls import redact_url
 
 # How far into a boundary-less body we look for its first delimiter line.

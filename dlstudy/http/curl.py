@@ -1,25 +1,15 @@
 """libcurl as an httpx transport: httpx builds requests and follows redirects, libcurl moves
 the bytes (HTTP/1.1 connection pool, HTTP/2 multiplexing, TLS, proxies).
 
-A response is handed to httpx as soon as its head is complete. Its body arrives in one of two
-ways:
-
-- as an httpx stream (`aiter_bytes`, `aread`): chunks queue up, and the transfer is paused while
-  PAUSE_ABOVE bytes wait unread, so a slow reader holds the server back instead of filling memory;
-- poured into a sink (`pour_body`): every chunk goes straight from libcurl's write callback to
-  the sink, a plain function that writes, hashes and checks it, with no task switch per chunk.
-  The sink runs on the event loop's thread while libcurl waits, which is its back-pressure.
-
-libcurl never decodes a body (no ACCEPT_ENCODING): bytes reach the consumer as the server sent
-them, and httpx decodes what the caller asks it to (QIDO JSON).
+A response is handed to httpx as soon as its head is complete; its body comes through a
+Transfer (http/transfer.py). libcurl never decodes a body (no ACCEPT_ENCODING): bytes reach
+the consumer as the server sent them (small answers are decoded, bounded, by http/bounded.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections import deque
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,25 +20,18 @@ import pycurl
 
 from .multi import MultiDriver
 from .proxy import Proxies, shown
+from .transfer import BODY, CurlBody, Transfer
 
-# The response extension under which a libcurl response offers `pour(sink)`.
-BODY = "dlstudy.body"
 # A request extension, (bytes, seconds): the transfer fails as stalled unless every `seconds`
 # bring `bytes` (libcurl's low-speed check, once a second). Without it, httpx's read timeout
 # applies: no byte for that long.
 MIN_PROGRESS = "dlstudy.min_progress"
-# Body bytes a reader may leave unread before the transfer is paused.
-PAUSE_ABOVE = 1 << 20
 # libcurl's receive buffer: larger reads mean fewer write callbacks (each a Python call).
 BUFFER_SIZE = 64 * 1024
-# Bytes a sink is given at a time (see Transfer.on_data).
-SINK_BATCH = 128 * 1024
 _HEADER_MEMO_LIMIT = 64
 # Options pycurl knows by number only.
 _SUPPRESS_CONNECT_HEADERS = 265
-_PAUSE: int = pycurl.WRITEFUNC_PAUSE
 
-Sink = Callable[[bytes], None]
 HttpChoice = Literal["1.1", "2", "h2 or 1.1"]
 _CURL_VERSIONS = {
     "1.1": pycurl.CURL_HTTP_VERSION_1_1,
@@ -102,193 +85,6 @@ class TlsOptions:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
-
-
-class Transfer:
-    """One request on one easy handle: the response head as libcurl reports it line by line,
-    then the body, queued or poured into a sink."""
-
-    def __init__(self, engine: CurlTransport, easy: pycurl.Curl, proxy: str | None) -> None:
-        self.engine = engine
-        self.easy = easy
-        self.proxy = proxy
-        loop = engine.driver().loop
-        self.head: asyncio.Future[None] = loop.create_future()
-        self.status = 0
-        self.reason = b""
-        self.version = b"HTTP/1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.chunks: deque[bytes] = deque()
-        self.queued = 0
-        self.paused = False
-        self.sink: Sink | None = None
-        self.sink_error: BaseException | None = None
-        self.batch: list[bytes] = []  # for the sink
-        self.batch_size = 0
-        self.received = 0  # body bytes that went to the sink's batch
-        self.done = False
-        self.error: BaseException | None = None
-        self.reusable = False  # the handle may serve another request once this one ends
-        self.min_progress: tuple[int, float] | None = None  # see MIN_PROGRESS
-        self._wakeup: asyncio.Future[None] | None = None
-
-    # --- called by libcurl, on the loop's thread ---------------------------------------------
-
-    def on_header(self, line: bytes) -> None:
-        if self.head.done():
-            return  # trailers
-        if line.startswith(b"HTTP/"):  # a status line: a new head (after a 1xx)
-            version, _, rest = line.rstrip(b"\r\n").partition(b" ")
-            status, _, reason = rest.strip().partition(b" ")
-            self.version = b"HTTP/2" if version == b"HTTP/2" else version
-            self.status = int(status) if status.isdigit() else 0  # 0: never a response head
-            self.reason = reason.strip()
-            self.headers = []
-        elif line in (b"\r\n", b"\n"):
-            if self.status >= 200:
-                self.head.set_result(None)
-        elif line[:1] in (b" ", b"\t") and self.headers:  # an obsolete folded line
-            name, value = self.headers[-1]
-            self.headers[-1] = (name, value + b" " + line.strip())
-        else:
-            name, _, value = line.partition(b":")
-            self.headers.append((name.strip(), value.strip()))
-
-    def on_data(self, chunk: bytes) -> int | None:
-        if self.sink is not None:
-            # Servers frame HTTP/2 bodies in 8-16 KiB DATA frames, cut further by TLS records:
-            # libcurl calls back once a piece (~5 KiB on nginx). The sink (a write, a hash, a
-            # check: ~8 µs of Python) gets them SINK_BATCH at a time, the first one at once so
-            # an error page is recognised before the rest of it arrives.
-            first = not self.received
-            self.received += len(chunk)
-            self.batch.append(chunk)
-            self.batch_size += len(chunk)
-            if first or self.batch_size >= SINK_BATCH:
-                return self._flush()
-            return None
-        if self.queued >= PAUSE_ABOVE:
-            self.paused = True
-            return _PAUSE  # libcurl keeps this chunk and offers it again
-        self.chunks.append(chunk)
-        self.queued += len(chunk)
-        self._wake()
-        return None
-
-    def _flush(self) -> int | None:
-        data = b"".join(self.batch) if len(self.batch) > 1 else self.batch[0]
-        self.batch.clear()
-        self.batch_size = 0
-        try:
-            self.sink(data)  # type: ignore[misc]  # only called with a sink
-        except BaseException as exc:  # noqa: BLE001 - given to the consumer, not lost
-            self.sink_error = exc
-            return 0  # libcurl aborts the transfer with a write error
-        return None
-
-    def finished(self, code: int, message: str) -> None:
-        """libcurl is done: `code` 0 when the whole response arrived."""
-        if code == 0 and self.batch and self._flush() is not None:
-            code, message = pycurl.E_WRITE_ERROR, "the sink failed"
-        self.done = True
-        if code:
-            self.error = self.sink_error or self.engine.error_for(code, message, self)
-        if not self.head.done():
-            if self.error is not None:
-                self.head.set_exception(self.error)
-            else:  # no head at all (libcurl accepts that only for HTTP/0.9, which is off)
-                self.head.set_exception(httpx.RemoteProtocolError("no response head"))
-            self.head.exception()  # retrieved here: the waiter may be gone
-        self.engine.release(self.easy, self.reusable)
-        self._wake()
-
-    # --- called by the consumer ------------------------------------------------------------
-
-    async def next_chunk(self) -> bytes | None:
-        """What has arrived, joined; None at the end. Raises the transfer's error."""
-        while not self.chunks:
-            if self.done:
-                if self.error is not None:
-                    raise self.error
-                return None
-            await self._wait()
-        data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
-        self.chunks.clear()
-        self.queued = 0
-        self._resume()
-        return data
-
-    async def pour(self, sink: Sink) -> None:
-        """Every byte of the body into `sink`, until the end. Raises the transfer's error, or
-        the sink's own if it raised."""
-        if self.chunks:
-            waiting = b"".join(self.chunks)
-            self.received += len(waiting)
-            self.chunks.clear()
-            try:
-                sink(waiting)
-            except BaseException:
-                self.abandon()
-                raise
-        self.queued = 0
-        self.sink = sink
-        self._resume()
-        while not self.done:
-            await self._wait()
-        if self.error is not None:
-            raise self.error
-
-    def abandon(self) -> None:
-        if not self.done:
-            self.done = True
-            self.error = httpx.ReadError("the response was closed before its end")
-            self.engine.abandon(self.easy, self.reusable)
-
-    async def _wait(self) -> None:
-        self._wakeup = self.engine.driver().loop.create_future()
-        try:
-            await self._wakeup
-        except BaseException:
-            self.abandon()  # cancelled: the transfer goes with the reader
-            raise
-        finally:
-            self._wakeup = None
-
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    def _resume(self) -> None:
-        if self.paused and not self.done:
-            self.paused = False
-            self.easy.pause(pycurl.PAUSE_CONT)  # may deliver the held chunk right here
-
-
-class CurlBody(httpx.AsyncByteStream):
-    def __init__(self, transfer: Transfer) -> None:
-        self._transfer = transfer
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while (chunk := await self._transfer.next_chunk()) is not None:
-            yield chunk
-
-    async def pour(self, sink: Sink) -> None:
-        await self._transfer.pour(sink)
-
-    async def aclose(self) -> None:
-        self._transfer.abandon()
-
-
-async def pour_body(response: httpx.Response, sink: Sink) -> None:
-    """Every byte of `response`'s body, as the server sent it (not decoded), into `sink`:
-    straight from libcurl for its responses, through httpx's raw stream for any other
-    transport's (tests with a mock transport)."""
-    body = response.extensions.get(BODY)
-    if isinstance(body, CurlBody):
-        await body.pour(sink)
-        return
-    async for chunk in response.aiter_raw():
-        sink(chunk)
 
 
 class CurlTransport(httpx.AsyncBaseTransport):
