@@ -29,27 +29,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
-import httpx
 
-from ..dicomweb.media import DICOM_JSON, MULTIPART_RELATED, parse_media_type
-from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
+from ..dicomweb.media import DICOM_JSON
 from ..dicomweb.negotiate import NEGOTIABLE_STATUS, Negotiator, Retrieval, candidates
 from ..dicomweb.qido import QIDO_CONCURRENCY, Resolver
-from ..dicomweb.verify import read_header
-from ..engine.fetch import status_error
-from ..engine.parts import pour_parts
 from ..errors import (
     AuthError,
     ConnectError,
     DlstudyError,
     HttpStatusError,
-    IntegrityError,
     NothingMatchedError,
     OutputError,
     ServerError,
@@ -61,12 +54,11 @@ from ..flow.retry import RetryPolicy
 from ..http.auth import RefreshingBearerAuth, auth_from_settings
 from ..http.client import Transport
 from ..http.failures import check_auth
-from ..http.transfer import pour_body
 from ..http.urls import instance_url, is_valid_uid, redact_url, series_url, study_url
 from ..jobs.download import MAX_CONCURRENCY
 from ..model import InstanceRef
 from ..settings import HttpVersion, Settings
-from ..store.files import TempFile
+from .cell import CellRun, Gauge, TimedTransport
 from .report import (
     DEFAULT_CONCURRENCY,
     DEFAULT_REPEAT,
@@ -194,48 +186,6 @@ class _Unsupported(Exception):
     """The server refuses every form of this strategy's request."""
 
 
-class Gauge:
-    """Requests in flight right now, and the most there ever were."""
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        self.now += 1
-        self.peak = max(self.peak, self.now)
-        try:
-            yield
-        finally:
-            self.now -= 1
-
-
-class TimedTransport(Transport):
-    """A Transport whose `get` (QIDO only) is timed and counted in flight."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        auth: httpx.Auth | None,
-        gauge: Gauge,
-        latencies: list[float],
-    ) -> None:
-        super().__init__(settings, auth=auth)
-        self.gauge = gauge
-        self.latencies = latencies
-
-    async def get(
-        self, url: str, headers: dict[str, str] | None = None, params: object = None
-    ) -> httpx.Response:
-        with self.gauge.hold():
-            sent = time.perf_counter()
-            response = await super().get(url, headers, params)
-            self.latencies.append(time.perf_counter() - sent)
-        return response
-
-
 def _forms(strategy: str) -> list[Retrieval]:
     """Request forms to try, in order; the first the server accepts is kept for the run."""
     if strategy == "single-part":
@@ -329,7 +279,7 @@ class _Bench:
                 self.report.instances_in_study = len(refs)
             work = refs[: self.plan.limit] if self.plan.limit else refs
             cut = len(work) < len(refs)  # stop bulk responses once they brought the work
-            run = _CellRun(transport, gauge, result, self.plan.keep)
+            run = CellRun(transport, gauge, result, self.plan.keep)
             negotiator = self.negotiators[result.strategy]
             started = time.perf_counter()
             try:
@@ -361,7 +311,7 @@ class _Bench:
         return refs
 
     async def _transfer(
-        self, run: _CellRun, negotiator: Negotiator, work: list[InstanceRef], cut: bool
+        self, run: CellRun, negotiator: Negotiator, work: list[InstanceRef], cut: bool
     ) -> None:
         base = run.transport.base_url
         strategy = run.result.strategy
@@ -401,134 +351,3 @@ class _Bench:
             await guarded(what, lambda form: run.request(url, form, what, wanted, None, stop=cut))
 
         await run_pool(list(groups.items()), one_group, run.result.concurrency)
-
-
-class _CellRun:
-    """The requests of one run of one cell, and what they brought."""
-
-    def __init__(
-        self,
-        transport: Transport,
-        gauge: Gauge,
-        result: CellResult,
-        keep: Path | None,
-    ) -> None:
-        self.transport = transport
-        self.gauge = gauge
-        self.result = result
-        self.keep = keep
-
-    async def request(
-        self,
-        url: str,
-        form: Retrieval,
-        what: str,
-        expected: int,
-        sop_uid: str | None,
-        *,
-        stop: bool = False,
-    ) -> None:
-        """GET `url` as `form`; count (or keep) every instance; `stop` after `expected` parts."""
-        headers = {"Accept": form.accept, "Accept-Encoding": "identity"}
-        self.result.requests += 1
-        got = 0
-        with self.gauge.hold():
-            sent = time.perf_counter()
-            async with self.transport.stream(url, headers) as response:
-                headers_at = time.perf_counter()
-                check_auth(response)
-                if response.status_code != 200:
-                    raise status_error(response, what)
-                self.result.ttfb.append(headers_at - sent)
-                media = parse_media_type(response.headers.get("content-type", ""))
-                if media.mime == MULTIPART_RELATED:
-                    got = await self._parts(response, sop_uid, expected if stop else None)
-                else:
-                    with self._output(sop_uid) as output:
-                        await pour_body(response, output.write)
-                    got = 1
-        if got < expected:
-            raise IntegrityError(f"{what}: {got} of {expected} instances arrived", retryable=True)
-
-    async def _parts(self, response: httpx.Response, sop_uid: str | None, stop: int | None) -> int:
-        got = 0
-        output: _Output | None = None
-
-        def on_event(event: Event) -> None:
-            nonlocal got, output
-            if isinstance(event, PartData):
-                assert output is not None
-                output.write(event.data)
-            elif isinstance(event, PartStarted):
-                output = _Output(self.keep, sop_uid, self.result)
-            elif isinstance(event, PartEnded):
-                assert output is not None
-                output.finish()
-                output = None
-                got += 1
-                if stop is not None and got >= stop:
-                    raise _Enough()  # --limit: the rest of the response is not wanted
-
-        try:
-            await pour_parts(response, on_event)
-        except _Enough:
-            pass
-        finally:
-            if output is not None:
-                output.abandon()
-        return got
-
-    @contextmanager
-    def _output(self, sop_uid: str | None) -> Iterator[_Output]:
-        output = _Output(self.keep, sop_uid, self.result)
-        try:
-            yield output
-        except BaseException:
-            output.abandon()
-            raise
-        output.finish()
-
-
-class _Enough(Exception):
-    """Raised from inside a body's sink to stop reading it."""
-
-
-class _Output:
-    """One instance's bytes: counted, and with --keep written to DIR/<SOP Instance UID>.dcm."""
-
-    def __init__(self, keep: Path | None, sop_uid: str | None, result: CellResult) -> None:
-        self.result = result
-        self.sop_uid = sop_uid
-        self.size = 0
-        self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
-
-    def write(self, chunk: bytes) -> None:
-        self.result.bytes += len(chunk)
-        self.size += len(chunk)
-        if self.temp is not None:
-            self.temp.write(chunk)
-
-    def finish(self) -> None:
-        if self.size == 0:
-            self.abandon()
-            raise IntegrityError("an instance arrived with an empty body")
-        self.result.instances += 1
-        temp, self.temp = self.temp, None
-        if temp is None:
-            return
-        try:
-            temp.close()
-            if self.sop_uid is None:  # a part of a series or study: its header names it
-                sop_uid = read_header(temp.path, label="part").sop_uid
-                if not is_valid_uid(sop_uid):
-                    raise IntegrityError(f"a part names an invalid SOP Instance UID {sop_uid!r}")
-                temp.final = temp.final.with_name(f"{sop_uid}.dcm")
-            temp.commit()
-        except BaseException:
-            temp.discard()
-            raise
-
-    def abandon(self) -> None:
-        if self.temp is not None:
-            self.temp.discard()
-            self.temp = None
