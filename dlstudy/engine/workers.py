@@ -6,8 +6,8 @@ client and pool, in the retrieval form the parent already negotiated, and take t
 from one shared list whenever a slot frees (a counter in shared memory: no process idles while
 another still has a backlog, as a fixed split did when one started late or met a slow series);
 the parent keeps everything that must have one owner: the output lock, the manifest, the
-progress display and the summary. Workers report over a pipe, a batch at a time; a worker whose
-parent is gone stops at its next report.
+progress display and the summary. Workers (engine/worker_process.py) report over a pipe, a
+batch at a time.
 
 Workers start from multiprocessing's fork server where the platform has one (Linux): a
 process started fresh, which imports dlstudy once and forks each worker from a single thread
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,16 +29,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from ..dicomweb.negotiate import Negotiator, Retrieval, candidates
-from ..errors import AuthError, DlstudyError, ServerError, StorageError, TransferError
-from ..flow.pool import first_error, run_pool
-from ..flow.retry import RetryPolicy
-from ..flow.throttle import Throttle
-from ..http.auth import auth_from_settings
-from ..http.client import Transport
+from ..dicomweb.negotiate import Retrieval
+from ..errors import AuthError, DlstudyError, ServerError, StorageError
 from ..model import Committed, InstanceRef
-from ..store.files import Store
-from .fetch import InstanceFetcher
+from .worker_process import worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -62,9 +55,6 @@ _BUSY = 0.9
 # (a round trip plus its own time): on this host or a LAN, where a Python client is CPU-bound
 # (nginx here: ~1 ms; at 20 ms RTT, >= 20 ms).
 NEAR_SERVER_SECONDS = 0.005
-# A worker reports at most this often (results and bytes for the progress display): each pipe
-# message wakes the parent's event loop.
-_REPORT_INTERVAL = 0.05
 _JOIN_TIMEOUT = 10.0
 
 # A worker's fatal error, rebuilt from its class name and message; others as DlstudyError.
@@ -113,7 +103,7 @@ def _start_context() -> Any:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload([worker_main.__module__])
     return context
 
 
@@ -151,117 +141,6 @@ class SharedClaims:
     def remaining(self) -> int:
         with self._next.get_lock():
             return max(0, len(self.refs) - int(self._next.value))
-
-
-class ParentGone(Exception):
-    pass
-
-
-def _send(conn: Connection, message: tuple[Any, ...]) -> None:
-    try:
-        conn.send(message)
-    except (BrokenPipeError, EOFError, OSError) as exc:
-        raise ParentGone() from exc
-
-
-def _die_with_parent() -> None:
-    """Ask Linux for SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps writing
-    into a folder whose lock is gone. Elsewhere the next report to the parent fails instead."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-def worker_main(
-    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection, go: Any
-) -> None:
-    """Entry point of a worker process; it starts fetching once the parent sets `go`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
-    _die_with_parent()
-    go.wait()
-    try:
-        anyio.run(_worker, settings, refs, form, conn)
-    except ParentGone:
-        pass
-    finally:
-        conn.close()
-
-
-async def _worker(
-    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection
-) -> None:
-    store = Store(settings.output, settings.layout)
-    transport = Transport(settings, auth=await auth_from_settings(settings))
-    forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
-    fetcher = InstanceFetcher(
-        transport,
-        store,
-        Negotiator(forms),
-        policy=RetryPolicy(settings.retries, settings.retry_budget, settings.timeout),
-        throttle=Throttle(settings.concurrency),
-    )
-    report = _Report(conn)
-
-    async def one(ref: InstanceRef) -> None:
-        try:
-            committed = await fetcher.fetch(ref, report.add_bytes)
-        except TransferError as exc:
-            report.add(("failed", ref, str(exc), getattr(exc, "status_code", None)))
-            return
-        report.add(("done", ref, str(committed.path), committed.size, committed.digest))
-
-    try:
-        with anyio.open_signal_receiver(signal.SIGTERM) as signals, first_error():
-            async with anyio.create_task_group() as tg:
-
-                async def stop_on_sigterm() -> None:
-                    async for _ in signals:
-                        tg.cancel_scope.cancel()  # in-flight transfers drop their temp files
-                        return
-
-                tg.start_soon(stop_on_sigterm)
-                tg.start_soon(report.every, _REPORT_INTERVAL)
-                await run_pool(refs, one, settings.concurrency)
-                tg.cancel_scope.cancel()
-    except DlstudyError as exc:
-        report.add(("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))
-    finally:
-        await transport.aclose()
-    report.add(("end",))
-    report.flush()
-
-
-class _Report:
-    """A worker's messages to the parent, sent a batch at a time."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._pending: list[tuple[Any, ...]] = []
-        self._bytes = 0
-
-    def add_bytes(self, nbytes: int) -> None:
-        self._bytes += nbytes
-
-    def add(self, message: tuple[Any, ...]) -> None:
-        self._pending.append(message)
-
-    async def every(self, interval: float) -> None:
-        while True:
-            await anyio.sleep(interval)
-            self.flush()
-
-    def flush(self) -> None:
-        if self._bytes:
-            self._pending.insert(0, ("bytes", self._bytes))
-            self._bytes = 0
-        if self._pending:
-            batch, self._pending = self._pending, []
-            _send(self._conn, ("batch", batch))
 
 
 async def run_in_processes(

@@ -1,0 +1,141 @@
+"""The worker side of `--workers N`: a process that fetches the instances it claims and
+reports the results to the parent over a pipe, a batch at a time (engine/workers.py is the
+parent's side). A worker whose parent is gone stops at its next report.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..dicomweb.negotiate import Negotiator, Retrieval, candidates
+from ..errors import DlstudyError, TransferError
+from ..flow.pool import first_error, run_pool
+from ..flow.retry import RetryPolicy
+from ..flow.throttle import Throttle
+from ..http.auth import auth_from_settings
+from ..http.client import Transport
+from ..model import InstanceRef
+from ..store.files import Store
+from .fetch import InstanceFetcher
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+# A worker reports at most this often (results and bytes for the progress display): each pipe
+# message wakes the parent's event loop.
+_REPORT_INTERVAL = 0.05
+
+
+class ParentGone(Exception):
+    pass
+
+
+def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+    try:
+        conn.send(message)
+    except (BrokenPipeError, EOFError, OSError) as exc:
+        raise ParentGone() from exc
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps writing
+    into a folder whose lock is gone. Elsewhere the next report to the parent fails instead."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(
+    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection, go: Any
+) -> None:
+    """Entry point of a worker process; it starts fetching once the parent sets `go`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
+    _die_with_parent()
+    go.wait()
+    try:
+        anyio.run(_worker, settings, refs, form, conn)
+    except ParentGone:
+        pass
+    finally:
+        conn.close()
+
+
+async def _worker(
+    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection
+) -> None:
+    store = Store(settings.output, settings.layout)
+    transport = Transport(settings, auth=await auth_from_settings(settings))
+    forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
+    fetcher = InstanceFetcher(
+        transport,
+        store,
+        Negotiator(forms),
+        policy=RetryPolicy(settings.retries, settings.retry_budget, settings.timeout),
+        throttle=Throttle(settings.concurrency),
+    )
+    report = _Report(conn)
+
+    async def one(ref: InstanceRef) -> None:
+        try:
+            committed = await fetcher.fetch(ref, report.add_bytes)
+        except TransferError as exc:
+            report.add(("failed", ref, str(exc), getattr(exc, "status_code", None)))
+            return
+        report.add(("done", ref, str(committed.path), committed.size, committed.digest))
+
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM) as signals, first_error():
+            async with anyio.create_task_group() as tg:
+
+                async def stop_on_sigterm() -> None:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()  # in-flight transfers drop their temp files
+                        return
+
+                tg.start_soon(stop_on_sigterm)
+                tg.start_soon(report.every, _REPORT_INTERVAL)
+                await run_pool(refs, one, settings.concurrency)
+                tg.cancel_scope.cancel()
+    except DlstudyError as exc:
+        report.add(("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))
+    finally:
+        await transport.aclose()
+    report.add(("end",))
+    report.flush()
+
+
+class _Report:
+    """A worker's messages to the parent, sent a batch at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._pending: list[tuple[Any, ...]] = []
+        self._bytes = 0
+
+    def add_bytes(self, nbytes: int) -> None:
+        self._bytes += nbytes
+
+    def add(self, message: tuple[Any, ...]) -> None:
+        self._pending.append(message)
+
+    async def every(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            self.flush()
+
+    def flush(self) -> None:
+        if self._bytes:
+            self._pending.insert(0, ("bytes", self._bytes))
+            self._bytes = 0
+        if self._pending:
+            batch, self._pending = self._pending, []
+            _send(self._conn, ("batch", batch))
