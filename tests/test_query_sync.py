@@ -247,7 +247,7 @@ def test_sync_twice_downloads_only_the_study_that_appeared(
     assert [(e["study"], e["downloaded"], e["complete"]) for e in finished] == [
         (second[0].study_uid, 6, True)
     ]
-    assert events[-1]["event"] == "run_summary"
+    assert events[-1]["event"] == "run_summary", events[-3:]
     assert events[-1]["downloaded"] == 6 and events[-1]["already_complete"] == 2
 
     three = run_cli("sync", "--url", url, "-o", str(out))  # nothing new: a quiet success
