@@ -148,3 +148,45 @@ def _last_bar(text: str) -> str:
         if " instances" in part and " • " in part
     ]
     return bars[-1].strip()
+
+
+def test_plain_progress_stays_a_line_per_interval_for_big_jobs() -> None:
+    """10,000 studies to list and 5,000 failures: not a line each, but a few lines in all."""
+    clock = FakeClock()
+    out = io.StringIO()
+    sink = PlainProgress(out, interval=5.0, clock=clock)
+    for number in range(10_000):
+        sink.resolving(f"1.2.{number}")
+        clock.now += 0.001  # 10 s for the whole list
+    assert out.getvalue().count("resolving") == 2  # the first, then one per 5 s
+    assert "(5,001 listed so far)" in out.getvalue()
+    sink.start(total=5_000, skipped=0)
+    before = out.getvalue().count("\n")
+    for _ in range(5_000):
+        sink.instance_failed(REF, "instance 1.2.3.4: HTTP 500")
+        clock.now += 0.002
+    lines = out.getvalue().splitlines()[before:]
+    assert sum(line.startswith("dlstudy: failed:") for line in lines) == 20
+    assert len(lines) <= 20 + 3  # and a periodic line per 5 s, counting them
+    assert "failed" in lines[-1] and "/5000 instances, " in lines[-1]
+
+
+def test_the_json_summary_of_any_job_stays_under_a_megabyte() -> None:
+    import json
+
+    from dlstudy.model import Failure
+    from dlstudy.report.summary import LIST_LIMIT, Summary
+
+    summary = Summary(url="http://pacs/dicomweb", output="out")
+    summary.studies = [f"1.2.826.0.1.3680043.8.498.{n}" for n in range(100_000)]
+    summary.failures = [
+        Failure(uid, f"{uid}.1", f"{uid}.1.1", f"instance {uid}.1.1: HTTP 500 on http://pacs/x")
+        for uid in summary.studies[:20_000]
+    ]
+    data = summary.as_dict()
+    assert len(json.dumps(data, indent=2)) < 1_000_000
+    assert data["studies"] == 100_000 and len(data["study_uids"]) == LIST_LIMIT
+    assert data["instances"]["failed"] == 20_000 and len(data["failures"]) == LIST_LIMIT
+    assert data["omitted"] == {"study_uids": 99_000, "failures": 19_000}
+    small = Summary(url="u", output="o", studies=["1.2"]).as_dict()
+    assert "omitted" not in small and small["study_uids"] == ["1.2"]

@@ -73,6 +73,10 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+# Failures get a line each up to this many; after that, the periodic line counts them.
+FAILURE_LINES = 20
+
+
 class NullProgress:
     """For --quiet, --json and library callers who want nothing printed."""
 
@@ -109,12 +113,18 @@ class PlainProgress:
         self.interval = interval
         self.counters = Counters(clock)
         self._next = clock() + interval
+        self._resolving = 0
 
     def _emit(self, text: str) -> None:
         print(f"dlstudy: {text}", file=self.stream, flush=True)
 
     def resolving(self, study_uid: str) -> None:
-        self._emit(f"resolving study {study_uid}")
+        self._resolving += 1
+        now = self.counters.clock()
+        if self._resolving == 1 or now >= self._next:  # a long list: a line per interval
+            self._next = now + self.interval
+            listed = f" ({self._resolving:,} listed so far)" if self._resolving > 1 else ""
+            self._emit(f"resolving study {study_uid}{listed}")
 
     def start(self, total: int, skipped: int) -> None:
         self.counters.total = total - skipped
@@ -131,7 +141,8 @@ class PlainProgress:
 
     def instance_failed(self, ref: InstanceRef, reason: str) -> None:
         self.counters.failed += 1
-        self._emit(f"failed: {reason}")
+        if self.counters.failed <= FAILURE_LINES:
+            self._emit(f"failed: {reason}")
         self._maybe_report()
 
     def _maybe_report(self) -> None:
@@ -142,8 +153,9 @@ class PlainProgress:
 
     def _report(self) -> None:
         c = self.counters
+        failed = f", {c.failed:,} failed" if c.failed else ""
         self._emit(
-            f"{c.done}/{c.total} instances, {_megabytes(c.bytes)}, "
+            f"{c.done}/{c.total} instances{failed}, {_megabytes(c.bytes)}, "
             f"{_megabytes(c.rate())}/s, {c.timing()}"
         )
 

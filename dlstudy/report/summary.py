@@ -8,6 +8,11 @@ from typing import Any
 from ..errors import ExitStatus
 from ..model import Failure
 
+# --json keeps at most this many entries of each list (study UIDs, repaired files, strategy
+# choices, failures), so a run of any size prints a summary under 1 MB; "omitted" counts the
+# rest, and --report has every instance.
+LIST_LIMIT = 1000
+
 
 @dataclass
 class Summary:
@@ -46,11 +51,19 @@ class Summary:
         return self.exit_status
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        omitted: dict[str, int] = {}
+
+        def capped(name: str, items: list[Any]) -> list[Any]:
+            if len(items) > LIST_LIMIT:
+                omitted[name] = len(items) - LIST_LIMIT
+                return items[:LIST_LIMIT]
+            return items
+
+        data = {
             "url": self.url,
             "output": self.output,
             "studies": len(self.studies),
-            "study_uids": self.studies,
+            "study_uids": capped("study_uids", self.studies),
             "instances": {
                 "total": self.total,
                 "downloaded": self.downloaded,
@@ -66,12 +79,15 @@ class Summary:
             "concurrency": self.concurrency,
             "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
             "throttled": self.throttle.signals if self.throttle is not None else 0,
-            "repaired": self.repaired,
-            "strategy": [choice.as_dict() for choice in self.strategy],
-            "failures": [f.as_dict() for f in self.failures],
+            "repaired": capped("repaired", self.repaired),
+            "strategy": [choice.as_dict() for choice in capped("strategy", self.strategy)],
+            "failures": [f.as_dict() for f in capped("failures", self.failures)],
             "error": self.error,
             "exit_status": int(self.exit_status),
         }
+        if omitted:
+            data["omitted"] = omitted
+        return data
 
     def one_line(self) -> str:
         text = (
