@@ -127,5 +127,7 @@ def finish(
         for failure in summary.failures[:20]:
             error_line(failure.reason)
         if len(summary.failures) > 20:
-            error_line(f"... and {len(summary.failures) - 20} more failures (see --report or --json)")
+            error_line(
+                f"... and {len(summary.failures) - 20} more failures (see --report or --json)"
+            )
     raise typer.Exit(int(summary.finish()))

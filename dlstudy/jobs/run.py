@@ -39,6 +39,10 @@ from ..store.manifest import Manifest
 log = logging.getLogger(__name__)
 
 
+# Studies of a list being resolved at once; each has up to QIDO_CONCURRENCY searches out.
+STUDIES_AT_ONCE = 4
+
+
 class Run:
     def __init__(
         self,
@@ -88,9 +92,10 @@ class Run:
     # --- resolve ---------------------------------------------------------------------------
 
     async def resolve(self, items: list[CohortItem]) -> list[InstanceRef]:
-        """Every instance the items name, each once, in list order. Studies are resolved one
-        after another (each lists its series concurrently); series and instances, many of
-        them small, QIDO_CONCURRENCY at a time."""
+        """Every instance the items name, each once, in list order. Studies are resolved
+        STUDIES_AT_ONCE at a time (each lists its series QIDO_CONCURRENCY at a time): a list of
+        100,000 small studies is round trips, not bytes; series and instances of a list,
+        QIDO_CONCURRENCY at a time."""
         settings = self.settings
         resolver = Resolver(
             self.transport,
@@ -114,8 +119,12 @@ class Run:
         studies = [i for i, item in enumerate(items) if item.level == "study"]
         for index in studies:
             self.summary.studies.append(items[index].uid)
-            self.progress.resolving(items[index].uid)  # (a line each: not for 10,000 series)
+
+        async def study(index: int) -> None:
+            self.progress.resolving(items[index].uid)
             await one(index)
+
+        await run_pool(studies, study, STUDIES_AT_ONCE)
         others = [i for i, item in enumerate(items) if item.level != "study"]
         await run_pool(others, one, QIDO_CONCURRENCY)
         refs = self.unique_valid(found)
