@@ -280,13 +280,23 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
     - `huge-count`: a series says it has 1e999 instances;
     - `deep-json`: the series list is an array nested 100,000 deep;
     - `redirect-loop`: every instance URL redirects to itself;
-    - `redirect-to-file`: every instance URL redirects to file:///etc/passwd.
+    - `redirect-to-file`: every instance URL redirects to file:///etc/passwd;
+    - `huge-header`: every answer starts with a header line of 200 MB.
 
     Yields (base URL, study UID)."""
 
     class Odd(_Quiet):
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?", 1)[0]
+            if how == "huge-header":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
+                try:
+                    for _ in range(200):
+                        self.wfile.write(b"a" * (1 << 20))
+                except OSError:
+                    pass  # the client gave up on it: as it should
+                self.close_connection = True
+                return
             if path.endswith("/series"):
                 if how == "deep-json":
                     body = b"[" * 100_000 + b"]" * 100_000

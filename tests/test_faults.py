@@ -743,6 +743,20 @@ def test_a_qido_answer_too_big_or_badly_coded_is_refused_in_flat_memory(
     assert not list(out.rglob("*.dcm"))
 
 
+def test_a_200_mb_header_is_refused_in_flat_memory(tmp_path: Path) -> None:
+    from .scripted_servers import misbehaving
+
+    with misbehaving("huge-header") as (url, study):
+        result, peak_mb = run_installed_measured(
+            "download", study, "--url", url, "-o", str(tmp_path / "out"), "--json",
+            "--http", "1.1", "--retries", "1", peak_file=tmp_path / "peak",
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "a header or answer larger than libcurl accepts" in json.loads(result.stdout)["error"]
+    assert peak_mb <= 100, peak_mb
+
+
 @pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
 def test_a_body_cut_where_http_cannot_tell_is_never_committed(
     tmp_path: Path, cut_first: int

@@ -53,6 +53,13 @@ _TLS_ERRORS = frozenset(
     }
 )
 _PROXY_HANDSHAKE = 97  # CURLE_PROXY: the proxy refused the tunnel or spoke nonsense
+# Words for the failures libcurl reports with an empty message (curl_easy_strerror's gist).
+_WORDS = {
+    52: "the server answered nothing",
+    55: "failure sending data",
+    56: "failure receiving data",
+    100: "a header or answer larger than libcurl accepts",
+}
 _HTTP2_STREAM = 92  # CURLE_HTTP2_STREAM: the server reset the stream
 
 
@@ -271,6 +278,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
         """libcurl's error as httpx's exception (what callers of a transport expect), with
         libcurl's code and words kept as its cause."""
         tls = code in _TLS_ERRORS
+        message = message or _WORDS.get(code, f"libcurl error {code}")
         os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))
         failure = CurlFailure(code, message, proxy=transfer.proxy, tls=tls, os_errno=os_errno)
         error: httpx.TransportError
