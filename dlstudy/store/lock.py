@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import LockedError, OutputError
-from .safe_files import open_regular
+from .safe_files import open_text_for_update
 
 LOCK_NAME = "lock"
 
@@ -32,7 +32,7 @@ def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
         return
     path = state_dir / LOCK_NAME
     try:
-        fp = open_regular(path, "r+", encoding="utf-8")
+        fp = open_text_for_update(path)
     except OSError as exc:
         raise OutputError(
             f"cannot use {str(path)!r}: {exc.strerror or exc}", path=str(path)

@@ -51,22 +51,21 @@ def open_regular_fd(path: Path | str, flags: int, mode: int = 0o666) -> int:
     return fd
 
 
-def open_regular(path: Path | str, mode: str, **kwargs: Any) -> IO[Any]:
-    """`open(path, mode)` for "rb" and "r+": regular files only."""
-    flags = {"rb": os.O_RDONLY, "r+": os.O_RDWR | os.O_CREAT}[mode]
-    fd = open_regular_fd(path, flags)
-    try:
-        return open(fd, mode, **kwargs)  # noqa: SIM115 - the caller closes it
-    except BaseException:
-        os.close(fd)
-        raise
+def open_text_for_update(path: Path | str) -> IO[str]:
+    """A regular file opened (created if missing) for reading and writing text."""
+    text: IO[str] = _wrap(open_regular_fd(path, os.O_RDWR | os.O_CREAT), "r+")
+    return text
 
 
 def open_binary(path: Path | str) -> BinaryIO:
     """A regular file opened for reading bytes (NotRegularFile for anything else)."""
-    fd = open_regular_fd(path, os.O_RDONLY)
+    binary: BinaryIO = _wrap(open_regular_fd(path, os.O_RDONLY), "rb")
+    return binary
+
+
+def _wrap(fd: int, mode: str) -> Any:
     try:
-        return open(fd, "rb")  # noqa: SIM115 - the caller closes it
+        return open(fd, mode, encoding=None if "b" in mode else "utf-8")  # the caller closes it
     except BaseException:
         os.close(fd)
         raise
