@@ -16,8 +16,8 @@ from ..errors import DlstudyError, ExitStatus
 from ..settings import HttpVersion
 from .common import error_line, fail_usage, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, build_settings
-from .download_cmd import (
+from .connection import DEFAULTS, settings_from
+from .options import (
     CaBundleOpt,
     CertOpt,
     HeaderOpt,
@@ -31,7 +31,6 @@ from .download_cmd import (
     UrlOpt,
     UserOpt,
     VerboseOpt,
-    parse_headers,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +92,7 @@ KeepOpt = Annotated[
 def register(app: typer.Typer) -> None:
     @app.command("bench", cls=ConfigCommand)
     def bench_command(
+        ctx: typer.Context,
         study_uid: StudyUidArg,
         url: UrlOpt = "",
         strategies: StrategyOpt = None,
@@ -126,21 +126,7 @@ def register(app: typer.Typer) -> None:
         )
 
         setup_logging(verbose, None)
-        settings = build_settings(
-            url=url,
-            http="auto",
-            insecure=insecure,
-            token=token,
-            token_command=token_command,
-            user=user,
-            password=password,
-            headers=parse_headers(header or []),
-            ca_bundle=ca_bundle,
-            cert=cert,
-            key=key,
-            proxy=proxy,
-            timeout=timeout,
-        )
+        settings = settings_from(ctx.params)
         for http in http_versions or ():
             if http not in HTTP_VERSIONS:
                 fail_usage(f"--http must be 1.1 or 2, got {http!r}")

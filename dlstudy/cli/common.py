@@ -131,3 +131,19 @@ def finish(
                 f"... and {len(summary.failures) - 20} more failures (see --report or --json)"
             )
     raise typer.Exit(int(summary.finish()))
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def use_log_format(log_format: str) -> None:
+    """Switch the CLI's log handlers (set up by setup_logging) to JSON objects."""
+    if log_format not in LOG_FORMATS:
+        fail_usage(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    if log_format == "json":
+        from ..report.events import JsonFormatter
+
+        for handler in logging.getLogger("dlstudy").handlers:
+            if getattr(handler, "dlstudy_cli", False):
+                handler.setFormatter(JsonFormatter())
+        outcome.handlers.clear()  # the events end with run_summary, which says it all

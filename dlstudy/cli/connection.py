@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -114,3 +117,47 @@ def build_settings(
             "dlstudy: warning: --insecure: the server's TLS certificate is NOT verified", err=True
         )
     return Settings(url=url, http=http, mode=mode, insecure=insecure, **fields)  # type: ignore[arg-type]
+
+
+# Command-line parameters that are Settings fields under another name.
+RENAMED = {"modality": "modalities", "wait": "wait_for_lock", "header": "headers"}
+_FIELDS = frozenset(field.name for field in fields(Settings))
+# ctx.params holds paths as the command line gave them; typer makes Paths only of arguments.
+_PATHS = frozenset(field.name for field in fields(Settings) if "Path" in str(field.type))
+
+
+def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) -> Settings:
+    """The Settings of a command from its parsed parameters (`ctx.params`): each option that is
+    a Settings field goes to it by name (RENAMED otherwise), so a command names its options
+    once, in its signature. `ignore`: options of the same name that mean something else there
+    (sync's --modality filters the search, not the series)."""
+    values: dict[str, Any] = {}
+    for name, value in params.items():
+        target = RENAMED.get(name, name)
+        if name in ignore or target not in _FIELDS or value is None:
+            continue
+        values[target] = value
+    for name in _PATHS & values.keys():
+        values[name] = Path(values[name])
+    if "headers" in values:
+        values["headers"] = parse_headers(values["headers"])
+    for name in ("series", "modalities"):
+        if name in values:
+            values[name] = tuple(values[name])
+    values.setdefault("url", "")
+    values.setdefault("http", DEFAULTS.http)
+    values.setdefault("insecure", False)
+    return build_settings(**values)
+
+
+def parse_headers(values: list[str]) -> tuple[tuple[str, str], ...]:
+    headers = []
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+            # Show the name only: the value is often a secret.
+            fail_usage(
+                f"--header must look like 'Name: value', got one named {name.strip()[:40]!r}"
+            )
+        headers.append((name.strip(), content.strip()))
+    return tuple(headers)

@@ -14,52 +14,34 @@ import typer
 from ..errors import DlstudyError, ExitStatus, UsageError
 from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, build_settings, option
-from .download_cmd import (
+from .connection import DEFAULTS, option, settings_from
+from .options import (
+    AccessionOpt,
     CaBundleOpt,
     CertOpt,
+    FilterOpt,
     HeaderOpt,
     HttpOpt,
     InsecureOpt,
     KeyOpt,
     PasswordOpt,
+    PatientIdOpt,
+    PatientNameOpt,
     ProxyOpt,
+    StudyDateOpt,
+    StudyModalityOpt,
     TimeoutOpt,
     TokenCommandOpt,
     TokenOpt,
     UrlOpt,
     UserOpt,
     VerboseOpt,
-    parse_headers,
 )
 from .sharding import ShardOpt, shard_option
 
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
 
-PatientIdOpt = Annotated[
-    str | None, option("--patient-id", help="PatientID to match; * and ? are wildcards.")
-]
-PatientNameOpt = Annotated[
-    str | None, option("--patient-name", help="PatientName to match, e.g. 'DOE^J*'.")
-]
-StudyDateOpt = Annotated[
-    str | None,
-    option(
-        "--study-date",
-        help="YYYYMMDD, a range YYYYMMDD-YYYYMMDD (open ends allowed), today, yesterday, "
-        "or Nd (the last N days).",
-    ),
-]
-StudyModalityOpt = Annotated[
-    list[str] | None,
-    option("--modality", help="Studies with a series of this modality (repeatable: any)."),
-]
-AccessionOpt = Annotated[str | None, option("--accession", help="AccessionNumber to match.")]
-FilterOpt = Annotated[
-    list[str] | None,
-    option("--filter", help="KEY=VALUE on any attribute, KEY a DICOM keyword or tag (repeatable)."),
-]
 QueryJsonOpt = Annotated[bool, option("--json", help="One JSON object per study (JSON lines).")]
 CsvOpt = Annotated[bool, option("--csv", help="CSV with a header row.")]
 UidsOpt = Annotated[bool, option("--uids", help="Only the Study Instance UIDs, one a line.")]
@@ -212,6 +194,7 @@ def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -
 def register(app: typer.Typer) -> None:
     @app.command("query", cls=ConfigCommand)
     def query_command(
+        ctx: typer.Context,
         url: UrlOpt = "",
         patient_id: PatientIdOpt = None,
         patient_name: PatientNameOpt = None,
@@ -223,7 +206,7 @@ def register(app: typer.Typer) -> None:
         csv_output: CsvOpt = False,
         uids: UidsOpt = False,
         shard: ShardOpt = None,
-        http: HttpOpt = "auto",
+        http: HttpOpt = DEFAULTS.http,
         token: TokenOpt = None,
         token_command: TokenCommandOpt = None,
         user: UserOpt = None,
@@ -256,21 +239,7 @@ def register(app: typer.Typer) -> None:
             filters=filter,
         )
         chosen_shard = shard_option(shard)
-        settings = build_settings(
-            url=url,
-            http=http,
-            insecure=insecure,
-            token=token,
-            token_command=token_command,
-            user=user,
-            password=password,
-            headers=parse_headers(header or []),
-            ca_bundle=ca_bundle,
-            cert=cert,
-            key=key,
-            proxy=proxy,
-            timeout=timeout,
-        )
+        settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
         try:
             with exit_on_interrupt():
                 records = search(settings, query)

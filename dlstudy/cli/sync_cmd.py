@@ -6,13 +6,15 @@ import typer
 
 from ..errors import DlstudyError
 from ..report.summary import Summary
-from .common import choose_progress, exit_on_interrupt, finish, setup_logging
+from .common import choose_progress, exit_on_interrupt, finish, setup_logging, use_log_format
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, build_settings
-from .download_cmd import (
+from .connection import DEFAULTS, settings_from
+from .options import (
+    AccessionOpt,
     CaBundleOpt,
     CertOpt,
     ConcurrencyOpt,
+    FilterOpt,
     HeaderOpt,
     HttpOpt,
     InsecureOpt,
@@ -24,10 +26,14 @@ from .download_cmd import (
     ModeOpt,
     OutputOpt,
     PasswordOpt,
+    PatientIdOpt,
+    PatientNameOpt,
     ProxyOpt,
     QuietOpt,
     RetriesOpt,
     RetryBudgetOpt,
+    StudyDateOpt,
+    StudyModalityOpt,
     TimeoutOpt,
     TokenCommandOpt,
     TokenOpt,
@@ -38,24 +44,15 @@ from .download_cmd import (
     VerifyOpt,
     WaitOpt,
     WorkersOpt,
-    parse_headers,
-    use_log_format,
 )
-from .query_cmd import (
-    AccessionOpt,
-    FilterOpt,
-    PatientIdOpt,
-    PatientNameOpt,
-    StudyDateOpt,
-    StudyModalityOpt,
-    study_query,
-)
+from .query_cmd import study_query
 from .sharding import ShardOpt, shard_option
 
 
 def register(app: typer.Typer) -> None:
     @app.command("sync", cls=ConfigCommand)
     def sync_command(
+        ctx: typer.Context,
         url: UrlOpt = "",
         output: OutputOpt = DEFAULTS.output,
         patient_id: PatientIdOpt = None,
@@ -67,8 +64,8 @@ def register(app: typer.Typer) -> None:
         shard: ShardOpt = None,
         concurrency: ConcurrencyOpt = DEFAULTS.concurrency,
         workers: WorkersOpt = DEFAULTS.workers,
-        http: HttpOpt = "auto",
-        mode: ModeOpt = "auto",
+        http: HttpOpt = DEFAULTS.http,
+        mode: ModeOpt = DEFAULTS.mode,
         transfer_syntax: TransferSyntaxOpt = DEFAULTS.transfer_syntax,
         layout: LayoutOpt = DEFAULTS.layout,
         token: TokenOpt = None,
@@ -108,31 +105,7 @@ def register(app: typer.Typer) -> None:
             filters=filter,
         )
         chosen_shard = shard_option(shard)
-        settings = build_settings(
-            url=url,
-            http=http,
-            mode=mode,
-            insecure=insecure,
-            output=output,
-            concurrency=concurrency,
-            workers=workers,
-            transfer_syntax=transfer_syntax,
-            layout=layout,
-            token=token,
-            token_command=token_command,
-            user=user,
-            password=password,
-            headers=parse_headers(header or []),
-            ca_bundle=ca_bundle,
-            cert=cert,
-            key=key,
-            proxy=proxy,
-            retries=retries,
-            retry_budget=retry_budget,
-            timeout=timeout,
-            verify=verify,
-            wait_for_lock=wait,
-        )
+        settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
         progress = choose_progress(quiet=quiet, json_output=json_output)
         summary: Summary | None = None
         try:
