@@ -15,22 +15,11 @@ from ..bench.report import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, HTTP_VERSIONS, S
 from ..errors import DlstudyError, ExitStatus
 from ..settings import HttpVersion
 from .common import error_line, fail_usage, setup_logging
-from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, settings_from
+from .configured import ConfigCommand
+from .connection import settings_from
 from .options import (
-    CaBundleOpt,
-    CertOpt,
-    HeaderOpt,
-    InsecureOpt,
-    KeyOpt,
-    PasswordOpt,
-    ProxyOpt,
-    TimeoutOpt,
-    TokenCommandOpt,
-    TokenOpt,
-    UrlOpt,
-    UserOpt,
-    VerboseOpt,
+    CONNECTION,
+    with_options,
 )
 
 if TYPE_CHECKING:
@@ -91,10 +80,10 @@ KeepOpt = Annotated[
 
 def register(app: typer.Typer) -> None:
     @app.command("bench", cls=ConfigCommand)
+    @with_options(CONNECTION)
     def bench_command(
         ctx: typer.Context,
         study_uid: StudyUidArg,
-        url: UrlOpt = "",
         strategies: StrategyOpt = None,
         concurrency_levels: LevelsOpt = None,
         http_versions: HttpVersionsOpt = None,
@@ -103,20 +92,7 @@ def register(app: typer.Typer) -> None:
         json_output: BenchJsonOpt = False,
         chart: ChartOpt = None,
         keep: KeepOpt = None,
-        timeout: TimeoutOpt = DEFAULTS.timeout,
-        token: TokenOpt = None,
-        token_command: TokenCommandOpt = None,
-        user: UserOpt = None,
-        password: PasswordOpt = None,
-        header: HeaderOpt = None,
-        ca_bundle: CaBundleOpt = None,
-        cert: CertOpt = None,
-        key: KeyOpt = None,
-        insecure: InsecureOpt = False,
-        proxy: ProxyOpt = None,
-        config: ConfigOpt = None,
-        server: ServerOpt = None,
-        verbose: VerboseOpt = False,
+        **options: Any,
     ) -> None:
         """Measure a server: strategy x concurrency x HTTP version, repeated; table, JSON, chart."""
         from ..bench.chart import check_chart_path, write_chart
@@ -125,7 +101,7 @@ def register(app: typer.Typer) -> None:
             run_bench,
         )
 
-        setup_logging(verbose, None)
+        setup_logging(options["verbose"], None)
         settings = settings_from(ctx.params)
         for http in http_versions or ():
             if http not in HTTP_VERSIONS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,41 +19,17 @@ from .common import (
     setup_logging,
     use_log_format,
 )
-from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, settings_from
+from .configured import ConfigCommand
+from .connection import settings_from
 from .options import (
-    CaBundleOpt,
-    CertOpt,
-    ConcurrencyOpt,
+    CONNECTION,
+    HTTP,
+    TRANSFER,
     FromFileOpt,
-    HeaderOpt,
-    HttpOpt,
-    InsecureOpt,
-    JsonOpt,
-    KeyOpt,
-    LayoutOpt,
-    LogFileOpt,
-    LogFormatOpt,
     ModalityOpt,
-    ModeOpt,
-    OutputOpt,
-    PasswordOpt,
-    ProxyOpt,
-    QuietOpt,
     ReportOpt,
-    RetriesOpt,
-    RetryBudgetOpt,
     SeriesOpt,
-    TimeoutOpt,
-    TokenCommandOpt,
-    TokenOpt,
-    TransferSyntaxOpt,
-    UrlOpt,
-    UserOpt,
-    VerboseOpt,
-    VerifyOpt,
-    WaitOpt,
-    WorkersOpt,
+    with_options,
 )
 from .sharding import (
     ShardOpt,
@@ -81,49 +57,22 @@ StudyUids = Annotated[
 
 def register(app: typer.Typer) -> None:
     @app.command("download", cls=ConfigCommand)
+    @with_options(TRANSFER, HTTP, CONNECTION)
     def download_command(
         ctx: typer.Context,
         study_uids: StudyUids = None,
-        url: UrlOpt = "",
-        output: OutputOpt = DEFAULTS.output,
         from_file: FromFileOpt = None,
         series: SeriesOpt = None,
         modality: ModalityOpt = None,
-        concurrency: ConcurrencyOpt = DEFAULTS.concurrency,
-        workers: WorkersOpt = DEFAULTS.workers,
-        http: HttpOpt = DEFAULTS.http,
-        mode: ModeOpt = DEFAULTS.mode,
-        transfer_syntax: TransferSyntaxOpt = DEFAULTS.transfer_syntax,
-        layout: LayoutOpt = DEFAULTS.layout,
-        token: TokenOpt = None,
-        token_command: TokenCommandOpt = None,
-        user: UserOpt = None,
-        password: PasswordOpt = None,
-        header: HeaderOpt = None,
-        ca_bundle: CaBundleOpt = None,
-        cert: CertOpt = None,
-        key: KeyOpt = None,
-        insecure: InsecureOpt = False,
-        proxy: ProxyOpt = None,
-        retries: RetriesOpt = DEFAULTS.retries,
-        retry_budget: RetryBudgetOpt = DEFAULTS.retry_budget,
-        timeout: TimeoutOpt = DEFAULTS.timeout,
-        verify: VerifyOpt = False,
-        wait: WaitOpt = False,
-        json_output: JsonOpt = False,
-        quiet: QuietOpt = False,
-        log_file: LogFileOpt = None,
         report: ReportOpt = None,
-        log_format: LogFormatOpt = "text",
-        verbose: VerboseOpt = False,
         shard: ShardOpt = None,
-        config: ConfigOpt = None,
-        server: ServerOpt = None,
+        **options: Any,
     ) -> None:
         """Download whole studies: every instance, byte-exact, to OUT/<study>/<series>/<sop>.dcm.
         With --from-file, the studies, series or instances a cohort list names."""
-        setup_logging(verbose, log_file)
-        use_log_format(log_format)
+        setup_logging(options["verbose"], options["log_file"])
+        use_log_format(options["log_format"])
+        url, json_output, quiet = options["url"], options["json_output"], options["quiet"]
         wanted: list[str | CohortItem] = list(study_uids or [])
         if from_file is not None:
             wanted += read_from_file(from_file)
@@ -144,7 +93,7 @@ def register(app: typer.Typer) -> None:
                 chosen_shard,
                 given,
                 url=url,
-                output=output,
+                output=options["output"],
                 json_output=json_output,
                 quiet=quiet,
                 what="studies" if from_file is None else "listed items",

@@ -5,10 +5,13 @@ environment variable (connection.option); commands take their defaults from Sett
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from .connection import option
+from .configured import ConfigOpt, ServerOpt
+from .connection import DEFAULTS, option
 
 
 def _opt(*names: str, help: str, envvar: str | None = None, secret: bool = False) -> Any:
@@ -173,3 +176,72 @@ FilterOpt = Annotated[
     list[str] | None,
     option("--filter", help="KEY=VALUE on any attribute, KEY a DICOM keyword or tag (repeatable)."),
 ]
+
+
+# --- groups of options, added to a command's signature by `with_options` ----------------------
+
+Group = tuple[tuple[str, Any, Any], ...]  # (parameter name, annotated type, default)
+
+CONNECTION: Group = (
+    ("url", UrlOpt, ""),
+    ("ca_bundle", CaBundleOpt, None),
+    ("cert", CertOpt, None),
+    ("key", KeyOpt, None),
+    ("insecure", InsecureOpt, False),
+    ("proxy", ProxyOpt, None),
+    ("timeout", TimeoutOpt, DEFAULTS.timeout),
+    ("token", TokenOpt, None),
+    ("token_command", TokenCommandOpt, None),
+    ("user", UserOpt, None),
+    ("password", PasswordOpt, None),
+    ("header", HeaderOpt, None),
+    ("config", ConfigOpt, None),
+    ("server", ServerOpt, None),
+    ("verbose", VerboseOpt, False),
+)
+HTTP: Group = (("http", HttpOpt, DEFAULTS.http),)
+TRANSFER: Group = (
+    ("output", OutputOpt, DEFAULTS.output),
+    ("concurrency", ConcurrencyOpt, DEFAULTS.concurrency),
+    ("workers", WorkersOpt, DEFAULTS.workers),
+    ("mode", ModeOpt, DEFAULTS.mode),
+    ("transfer_syntax", TransferSyntaxOpt, DEFAULTS.transfer_syntax),
+    ("layout", LayoutOpt, DEFAULTS.layout),
+    ("retries", RetriesOpt, DEFAULTS.retries),
+    ("retry_budget", RetryBudgetOpt, DEFAULTS.retry_budget),
+    ("verify", VerifyOpt, DEFAULTS.verify),
+    ("wait", WaitOpt, DEFAULTS.wait_for_lock),
+    ("json_output", JsonOpt, False),
+    ("quiet", QuietOpt, False),
+    ("log_file", LogFileOpt, None),
+    ("log_format", LogFormatOpt, "text"),
+)
+SEARCH: Group = (
+    ("patient_id", PatientIdOpt, None),
+    ("patient_name", PatientNameOpt, None),
+    ("study_date", StudyDateOpt, None),
+    ("modality", StudyModalityOpt, None),
+    ("accession", AccessionOpt, None),
+    ("filter", FilterOpt, None),
+)
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def with_options(*groups: Group) -> Callable[[Command], Command]:
+    """Add the groups' options to a command, after its own: typer reads a command's options
+    from its signature, and the command gets their values in its `**options`. So each shared
+    option is spelled here once, not in every command that takes it."""
+
+    def add(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)  # own options as typer sees them
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=value)
+            for group in groups
+            for name, kind, value in group
+        ]
+        command.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        return command
+
+    return add

@@ -7,35 +7,20 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import DlstudyError, ExitStatus, UsageError
 from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
-from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, option, settings_from
+from .configured import ConfigCommand
+from .connection import option, settings_from
 from .options import (
-    AccessionOpt,
-    CaBundleOpt,
-    CertOpt,
-    FilterOpt,
-    HeaderOpt,
-    HttpOpt,
-    InsecureOpt,
-    KeyOpt,
-    PasswordOpt,
-    PatientIdOpt,
-    PatientNameOpt,
-    ProxyOpt,
-    StudyDateOpt,
-    StudyModalityOpt,
-    TimeoutOpt,
-    TokenCommandOpt,
-    TokenOpt,
-    UrlOpt,
-    UserOpt,
-    VerboseOpt,
+    CONNECTION,
+    HTTP,
+    SEARCH,
+    with_options,
 )
 from .sharding import ShardOpt, shard_option
 
@@ -99,29 +84,23 @@ def table_columns(rows: list[dict[str, Any]], width: int) -> list[tuple[str, str
     return chosen
 
 
-def study_query(
-    *,
-    patient_id: str | None,
-    patient_name: str | None,
-    study_date: str | None,
-    modality: list[str] | None,
-    accession: str | None,
-    filters: list[str] | None,
-) -> StudyQuery:
+def study_query(options: Mapping[str, Any]) -> StudyQuery:
+    """The study search the SEARCH options of a command describe."""
     from ..dicomweb.search import (  # only when a command runs
         StudyQuery,
         parse_filters,
         parse_study_date,
     )
 
+    study_date, modality = options["study_date"], options["modality"]
     try:
         return StudyQuery(
-            patient_id=patient_id,
-            patient_name=patient_name,
+            patient_id=options["patient_id"],
+            patient_name=options["patient_name"],
             study_date=parse_study_date(study_date) if study_date else None,
-            accession=accession,
+            accession=options["accession"],
             modalities=tuple(dict.fromkeys(m.strip().upper() for m in modality or () if m)),
-            filters=parse_filters(filters or ()),
+            filters=parse_filters(options["filter"] or ()),
         )
     except UsageError as exc:
         fail_usage(str(exc))
@@ -193,51 +172,24 @@ def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -
 
 def register(app: typer.Typer) -> None:
     @app.command("query", cls=ConfigCommand)
+    @with_options(SEARCH, HTTP, CONNECTION)
     def query_command(
         ctx: typer.Context,
-        url: UrlOpt = "",
-        patient_id: PatientIdOpt = None,
-        patient_name: PatientNameOpt = None,
-        study_date: StudyDateOpt = None,
-        modality: StudyModalityOpt = None,
-        accession: AccessionOpt = None,
-        filter: FilterOpt = None,
         json_output: QueryJsonOpt = False,
         csv_output: CsvOpt = False,
         uids: UidsOpt = False,
         shard: ShardOpt = None,
-        http: HttpOpt = DEFAULTS.http,
-        token: TokenOpt = None,
-        token_command: TokenCommandOpt = None,
-        user: UserOpt = None,
-        password: PasswordOpt = None,
-        header: HeaderOpt = None,
-        ca_bundle: CaBundleOpt = None,
-        cert: CertOpt = None,
-        key: KeyOpt = None,
-        insecure: InsecureOpt = False,
-        proxy: ProxyOpt = None,
-        timeout: TimeoutOpt = DEFAULTS.timeout,
-        config: ConfigOpt = None,
-        server: ServerOpt = None,
-        verbose: VerboseOpt = False,
+        **options: Any,
     ) -> None:
         """Search the server for studies (QIDO-RS), every page; print a table, JSON, CSV or UIDs."""
         from ..dicomweb.search import search  # not at the start-up of every other command
 
-        setup_logging(verbose, None)
+        setup_logging(options["verbose"], None)
         if json_output + csv_output + uids > 1:
             fail_usage("choose one of --json, --csv, --uids")
         form = "json" if json_output else "csv" if csv_output else "uids" if uids else None
         form = form or ("table" if sys.stdout.isatty() else "tsv")
-        query = study_query(
-            patient_id=patient_id,
-            patient_name=patient_name,
-            study_date=study_date,
-            modality=modality,
-            accession=accession,
-            filters=filter,
-        )
+        query = study_query(options)
         chosen_shard = shard_option(shard)
         settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
         try:
