@@ -13,25 +13,21 @@ from typing import Annotated, Any, TypeVar
 from .configured import ConfigOpt, ServerOpt
 from .connection import DEFAULTS, option
 
-
-def _opt(*names: str, help: str, envvar: str | None = None, secret: bool = False) -> Any:
-    # Every option gets DLSTUDY_<LONG_NAME> unless named otherwise (connection.envvar_for).
-    return option(*names, help=help, envvar=envvar, secret=secret)
-
-
 UrlOpt = Annotated[
     str,
-    _opt(
+    option(
         "--url",
         envvar="DLSTUDY_URL",
         help="DICOMweb root URL, e.g. https://pacs/dicom-web. Required: here, in DLSTUDY_URL "
         "or in a config profile.",
     ),
 ]
-OutputOpt = Annotated[Path, _opt("-o", "--output", envvar="DLSTUDY_OUTPUT", help="Output folder.")]
+OutputOpt = Annotated[
+    Path, option("-o", "--output", envvar="DLSTUDY_OUTPUT", help="Output folder.")
+]
 FromFileOpt = Annotated[
     str | None,
-    _opt(
+    option(
         "--from-file",
         help="Read what to fetch from a file (- = stdin): UIDs one a line (studies, series or "
         "instances), a TCIA .tcia manifest, or a CSV with StudyInstanceUID / "
@@ -40,19 +36,19 @@ FromFileOpt = Annotated[
 ]
 ReportOpt = Annotated[
     Path | None,
-    _opt(
+    option(
         "--report",
         help="Write one row per instance (status, UIDs, path, size, digest, reason) to FILE: "
         ".csv or .jsonl.",
     ),
 ]
-SeriesOpt = Annotated[list[str] | None, _opt("--series", help="Only this series (repeatable).")]
+SeriesOpt = Annotated[list[str] | None, option("--series", help="Only this series (repeatable).")]
 ModalityOpt = Annotated[
-    list[str] | None, _opt("--modality", help="Only series of this modality (repeatable).")
+    list[str] | None, option("--modality", help="Only series of this modality (repeatable).")
 ]
 WorkersOpt = Annotated[
     int,
-    _opt(
+    option(
         "--workers",
         envvar="DLSTUDY_WORKERS",
         help="Processes sharing the per-instance pool; 0: one per CPU core, at most 4.",
@@ -60,17 +56,19 @@ WorkersOpt = Annotated[
 ]
 ConcurrencyOpt = Annotated[
     int,
-    _opt(
+    option(
         "--concurrency",
         "-c",
         envvar="DLSTUDY_CONCURRENCY",
         help="Instances in flight at once; 0: 64 over HTTP/2, 16 over HTTP/1.1.",
     ),
 ]
-HttpOpt = Annotated[str, _opt("--http", envvar="DLSTUDY_HTTP", help="HTTP version: auto, 1.1, 2.")]
+HttpOpt = Annotated[
+    str, option("--http", envvar="DLSTUDY_HTTP", help="HTTP version: auto, 1.1, 2.")
+]
 ModeOpt = Annotated[
     str,
-    _opt(
+    option(
         "--mode",
         envvar="DLSTUDY_MODE",
         help="Retrieval: auto, instance, series, study.",
@@ -78,42 +76,42 @@ ModeOpt = Annotated[
 ]
 TransferSyntaxOpt = Annotated[
     str,
-    _opt("--transfer-syntax", help="Transfer syntax to ask for; * = as stored."),
+    option("--transfer-syntax", help="Transfer syntax to ask for; * = as stored."),
 ]
 LayoutOpt = Annotated[
-    str, _opt("--layout", help="Output path template with {study} {series} {sop} {modality}.")
+    str, option("--layout", help="Output path template with {study} {series} {sop} {modality}.")
 ]
 TokenOpt = Annotated[
-    str | None, _opt("--token", envvar="DLSTUDY_TOKEN", help="Bearer token.", secret=True)
+    str | None, option("--token", envvar="DLSTUDY_TOKEN", help="Bearer token.", secret=True)
 ]
 TokenCommandOpt = Annotated[
     str | None,
-    _opt(
+    option(
         "--token-command",
         envvar="DLSTUDY_TOKEN_COMMAND",
         help="Shell command printing a bearer token; re-run when a 401 says it expired.",
     ),
 ]
-UserOpt = Annotated[str | None, _opt("--user", envvar="DLSTUDY_USER", help="Basic auth user.")]
+UserOpt = Annotated[str | None, option("--user", envvar="DLSTUDY_USER", help="Basic auth user.")]
 PasswordOpt = Annotated[
     str | None,
-    _opt("--password", envvar="DLSTUDY_PASSWORD", help="Basic auth password.", secret=True),
+    option("--password", envvar="DLSTUDY_PASSWORD", help="Basic auth password.", secret=True),
 ]
 HeaderOpt = Annotated[
-    list[str] | None, _opt("--header", help="Extra request header 'Name: value' (repeatable).")
+    list[str] | None, option("--header", help="Extra request header 'Name: value' (repeatable).")
 ]
 CaBundleOpt = Annotated[
     Path | None,
-    _opt("--ca-bundle", envvar="DLSTUDY_CA_BUNDLE", help="CA certificates (PEM) to trust."),
+    option("--ca-bundle", envvar="DLSTUDY_CA_BUNDLE", help="CA certificates (PEM) to trust."),
 ]
-CertOpt = Annotated[Path | None, _opt("--cert", help="Client certificate (PEM) for mutual TLS.")]
-KeyOpt = Annotated[Path | None, _opt("--key", help="Private key of --cert, if not inside it.")]
+CertOpt = Annotated[Path | None, option("--cert", help="Client certificate (PEM) for mutual TLS.")]
+KeyOpt = Annotated[Path | None, option("--key", help="Private key of --cert, if not inside it.")]
 InsecureOpt = Annotated[
-    bool, _opt("--insecure", help="Do not verify the server's TLS certificate (warns).")
+    bool, option("--insecure", help="Do not verify the server's TLS certificate (warns).")
 ]
 ProxyOpt = Annotated[
     str | None,
-    _opt(
+    option(
         "--proxy",
         help="Proxy URL (http://, https://, socks5://, socks5h://); default: HTTPS_PROXY, "
         "HTTP_PROXY, ALL_PROXY, with NO_PROXY.",
@@ -121,32 +119,34 @@ ProxyOpt = Annotated[
 ]
 RetriesOpt = Annotated[
     int,
-    _opt("--retries", envvar="DLSTUDY_RETRIES", help="Retries per instance on transient errors."),
+    option("--retries", envvar="DLSTUDY_RETRIES", help="Retries per instance on transient errors."),
 ]
 RetryBudgetOpt = Annotated[
     float,
-    _opt(
+    option(
         "--retry-budget",
         envvar="DLSTUDY_RETRY_BUDGET",
         help="Seconds one instance may spend being retried before it is reported failed.",
     ),
 ]
 VerifyOpt = Annotated[
-    bool, _opt("--verify", help="Re-hash files already on disk against the manifest.")
+    bool, option("--verify", help="Re-hash files already on disk against the manifest.")
 ]
 WaitOpt = Annotated[
-    bool, _opt("--wait", help="Wait for another run using the output folder to finish.")
+    bool, option("--wait", help="Wait for another run using the output folder to finish.")
 ]
 TimeoutOpt = Annotated[
     float,
-    _opt("--timeout", envvar="DLSTUDY_TIMEOUT", help="Seconds of silence before a request fails."),
+    option(
+        "--timeout", envvar="DLSTUDY_TIMEOUT", help="Seconds of silence before a request fails."
+    ),
 ]
-JsonOpt = Annotated[bool, _opt("--json", help="Print one JSON summary object on stdout.")]
-QuietOpt = Annotated[bool, _opt("--quiet", "-q", help="No progress display, no summary line.")]
+JsonOpt = Annotated[bool, option("--json", help="Print one JSON summary object on stdout.")]
+QuietOpt = Annotated[bool, option("--quiet", "-q", help="No progress display, no summary line.")]
 LogFileOpt = Annotated[
-    Path | None, _opt("--log-file", help="Append a log of the run to this file.")
+    Path | None, option("--log-file", help="Append a log of the run to this file.")
 ]
-VerboseOpt = Annotated[bool, _opt("--verbose", "-v", help="Log details to stderr.")]
+VerboseOpt = Annotated[bool, option("--verbose", "-v", help="Log details to stderr.")]
 LogFormatOpt = Annotated[
     str,
     option("--log-format", help="Log records as text lines or JSON objects (text, json)."),
