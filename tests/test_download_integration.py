@@ -243,3 +243,40 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(
     assert lines[0] == f"dlstudy: resolving study {synth_study.study_uid}"
     assert lines[1] == "dlstudy: downloading 60 of 60 instances"
     assert lines[-1].startswith("60 downloaded, 0 already present, 0 failed of 60 instances")
+
+
+@pytest.mark.integration
+def test_a_resumed_series_fetches_only_its_missing_instances(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    """Series mode, rerun after losing 3 of a series' 20 files: those 3 come one by one, the
+    series is not streamed again; a series missing most of its files is streamed."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    first = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--mode", "series"
+    )
+    assert first.exit_code == 0, first.output
+    few, most = synth_study.series_uids[0], synth_study.series_uids[1]
+    lost = [i for i in synth_study.instances if i.series_uid == few][:3]
+    lost += [i for i in synth_study.instances if i.series_uid == most][:15]
+    for instance in lost:
+        (out / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm").unlink()
+    seen_requests.requests.clear()
+    seen_requests.instance_requests = 0
+
+    rerun = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--mode", "series",
+        "--json",
+    )  # fmt: skip
+
+    assert rerun.exit_code == 0, rerun.output
+    assert summary_of(rerun)["instances"]["downloaded"] == len(lost)
+    retrieves = [path for path, _ in seen_requests.requests if "/series/" in path]
+    whole_series = [path for path in retrieves if path.endswith(("/" + few, "/" + most))]
+    assert whole_series == [f"/dicomweb/studies/{synth_study.study_uid}/series/{most}"]
+    assert seen_requests.instance_requests == 3  # the few of the first series
+    assert_same_files(synth_study.instances, out)

@@ -9,6 +9,7 @@ agree.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -70,6 +71,7 @@ class Run:
         )
         summary.throttle = self.throttle
         summary.retrieval = self.negotiator
+        self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
 
     async def execute(self, items: list[CohortItem]) -> None:
         refs = await self.resolve(items)
@@ -79,6 +81,7 @@ class Run:
         self.throttle.resize(concurrency)
         self.summary.concurrency = concurrency
         work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
+        self.listed.update((ref.study_uid, ref.series_uid) for ref in refs)
         self.summary.skipped = work.skipped
         self.summary.repaired = work.repaired
         if self.report is not None:
@@ -313,7 +316,9 @@ class Run:
     async def fetch_in_bulk(
         self, todo: list[InstanceRef], mode: str, bulk: BulkFetcher
     ) -> list[InstanceRef]:
-        """One multipart response per series (or study); return the instances still missing."""
+        """One multipart response per series (or study); return the instances still missing.
+        A series of which at most half is missing (a resumed run) is not streamed again: its
+        missing instances are returned, to be fetched one by one."""
         base = self.transport.base_url
         groups: dict[str, list[InstanceRef]] = {}
         for ref in todo:
@@ -322,6 +327,14 @@ class Run:
             else:
                 url = study_url(base, ref.study_uid)
             groups.setdefault(url, []).append(ref)
+        one_by_one: list[InstanceRef] = []
+        if mode == "series":
+            for url, refs in list(groups.items()):
+                listed = self.listed[(refs[0].study_uid, refs[0].series_uid)]
+                if len(refs) <= listed // 2:  # mostly on disk: stream only what is missing
+                    one_by_one += groups.pop(url)
+            if one_by_one:
+                log.info("%d instances of partly present series: one by one", len(one_by_one))
         committed: set[str] = set()
 
         async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
@@ -329,7 +342,8 @@ class Run:
             committed.update(await bulk.fetch(url, refs, self.progress.advance, self.record_done))
 
         await run_pool(list(groups.items()), one_group, self.settings.concurrency)
-        missing = [ref for ref in todo if ref.sop_uid not in committed]
+        streamed = [ref for refs in groups.values() for ref in refs]
+        missing = [ref for ref in streamed if ref.sop_uid not in committed]
         if missing:
             log.info("%d instances missing from bulk responses; fetching one by one", len(missing))
-        return missing
+        return one_by_one + missing
