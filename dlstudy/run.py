@@ -16,7 +16,7 @@ import anyio
 
 from . import strategy, workers
 from .bulk import BulkFetcher
-from .errors import NothingMatchedError, TransferError
+from .errors import IncompleteListingError, NothingMatchedError, TransferError
 from .fetch import Committed, InstanceFetcher
 from .manifest import Manifest
 from .negotiate import Negotiator, candidates
@@ -88,6 +88,7 @@ class Run:
             modality_filter=settings.modalities,
         )
         refs: list[InstanceRef] = []
+        incomplete = False
         for study_uid in study_uids:
             self.progress.resolving(study_uid)
             self.summary.studies.append(study_uid)
@@ -96,6 +97,10 @@ class Run:
             except NothingMatchedError as exc:
                 self.summary.failures.append(Failure(study_uid, None, None, str(exc), 404))
                 continue
+            except IncompleteListingError as exc:  # the study fails; the others go on
+                self.summary.failures.append(Failure(study_uid, None, None, str(exc)))
+                incomplete = True
+                continue
             for ref in found:
                 self.summary.total += 1
                 if self.store.is_valid(ref):
@@ -103,7 +108,7 @@ class Run:
                 else:
                     reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
                     self.summary.failures.append(Failure(study_uid, None, None, reason[:300]))
-        if self.summary.total == 0:
+        if self.summary.total == 0 and not incomplete:
             raise NothingMatchedError(self._nothing_matched_message())
         return refs
 
