@@ -74,3 +74,41 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     sample.write_text("import h2.connection\nimport httpx\nurl = httpx.URL._uri_reference\n")
     assert "h2" in imported(sample)
     assert PRIVATE.search(sample.read_text())
+
+
+def dlstudy_imports(path: Path) -> set[str]:
+    """The dlstudy modules a module imports, as dotted names under the package."""
+    package = ["dlstudy", *path.relative_to(PACKAGE).parent.parts]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.split(".")[0] == "dlstudy")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            if module.split(".")[0] == "dlstudy":
+                names.add(module)
+                names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_server_and_the_client_never_import_each_other() -> None:
+    """The embedded server (and its virtual archive) shares no code with the download client,
+    so it cannot hide a client bug; only the CLI composes the two."""
+    for path in modules():
+        layer = path.relative_to(PACKAGE).parts[0]
+        for name in dlstudy_imports(path):
+            inside = name == "dlstudy.server" or name.startswith("dlstudy.server.")
+            if layer == "server":
+                assert inside, f"{path.relative_to(PACKAGE)} imports {name}"
+            elif layer != "cli":
+                assert not inside, f"{path.relative_to(PACKAGE)} imports {name}"
+
+
+def test_the_layer_check_sees_relative_imports() -> None:
+    server = PACKAGE / "server" / "app.py"
+    assert "dlstudy.server.qido" in dlstudy_imports(server)
+    assert "dlstudy.server" in dlstudy_imports(PACKAGE / "cli" / "demo_cmd.py")
