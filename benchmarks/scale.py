@@ -137,6 +137,7 @@ def one_big_study(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             client("rerun", common, work, args.timeout),
             client("rerun --verify", [*common, "--verify"], work, args.timeout),
         ]
+        server_rss = server.peak_rss()
     finally:
         server.stop()
     runs[0]["bytes_identical_sample"] = check_bytes(archive, [study], out)
@@ -145,6 +146,7 @@ def one_big_study(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         run["ok"] = run["exit_status"] == 0 and run["summary"]["instances"][field] == count
         run["case"] = f"1 study x {n:,} instances"
         run["instances"] = n
+        run["server_peak_rss_bytes"] = server_rss
     shutil.rmtree(out, ignore_errors=True)
     return runs
 
@@ -170,6 +172,7 @@ def many_studies(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             client("rerun", common, work, args.timeout),
             client("sync, nothing new", ["sync", "--url", server.url, "-o", str(out)], work, 3600),
         ]
+        server_rss = server.peak_rss()
     finally:
         server.stop()
     runs[0]["bytes_identical_sample"] = check_bytes(archive, studies, out)
@@ -179,6 +182,7 @@ def many_studies(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         run["ok"] = run["exit_status"] == 0 and counted == count
         run["case"] = f"{args.studies:,} studies x 1-4 DX"
         run["instances"] = total
+        run["server_peak_rss_bytes"] = server_rss
     runs[0]["instances_per_s"] = round(total / runs[0]["wall_s"], 1)
     shutil.rmtree(out, ignore_errors=True)
     return runs
@@ -243,7 +247,10 @@ def verdicts(runs: list[dict[str, Any]], index: dict[str, Any] | None) -> list[d
 
 
 def print_table(runs: list[dict[str, Any]], index: dict[str, Any] | None) -> None:
-    header = f"{'case':<32} {'run':<22} {'wall s':>8} {'inst/s':>9} {'peak RSS MB':>12} {'ok':>4}"
+    header = (
+        f"{'case':<32} {'run':<22} {'wall s':>8} {'inst/s':>9} {'peak RSS MB':>12} "
+        f"{'server MB':>10} {'ok':>4}"
+    )
     print()
     print(header)
     print("-" * len(header))
@@ -251,12 +258,13 @@ def print_table(runs: list[dict[str, Any]], index: dict[str, Any] | None) -> Non
         rate = run["instances"] / run["wall_s"] if run["wall_s"] else 0
         print(
             f"{run['case']:<32} {run['label']:<22} {run['wall_s']:>8.1f} {rate:>9.0f} "
-            f"{run['peak_rss_bytes'] / MB:>12.0f} {'yes' if run['ok'] else 'NO':>4}"
+            f"{run['peak_rss_bytes'] / MB:>12.0f} {run['server_peak_rss_bytes'] / MB:>10.0f} "
+            f"{'yes' if run['ok'] else 'NO':>4}"
         )
     if index is not None:
         print(
             f"{index['case']:<32} {'ready':<22} {index['startup_s']:>8.1f} {'':>9} "
-            f"{index['peak_rss_bytes'] / MB:>12.0f} {'yes':>4}"
+            f"{'':>12} {index['peak_rss_bytes'] / MB:>10.0f} {'yes':>4}"
         )
 
 

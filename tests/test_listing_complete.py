@@ -66,8 +66,8 @@ def test_a_server_that_ignores_offset_fails_the_study_with_exit_1(
     assert not list((tmp_path / "b").rglob("*.dcm"))
 
 
-def test_query_exits_1_when_the_study_search_cannot_be_completed(
-    embedded_server: StartServer,
+def test_query_and_sync_exit_1_when_the_study_search_cannot_be_completed(
+    embedded_server: StartServer, tmp_path: Path
 ) -> None:
     spec = VirtualSpec(30, seed=5, mix="mimic")
     capped = embedded_server(None, virtual=spec, max_page_size=10, ignore_offset=True)
@@ -75,6 +75,13 @@ def test_query_exits_1_when_the_study_search_cannot_be_completed(
     assert result.returncode == 1
     assert result.stderr.startswith(f"dlstudy: error: could not list {capped}/studies completely")
     assert result.stdout == ""  # nothing printed as if it were the whole answer
+
+    synced = run_installed("sync", "--url", capped, "-o", str(tmp_path / "out"), "--json")
+    assert synced.returncode == 1
+    summary = json.loads(synced.stdout)
+    assert summary["error"].startswith(f"could not list {capped}/studies completely")
+    assert summary["exit_status"] == 1
+    assert f"dlstudy: error: could not list {capped}/studies" in synced.stderr
 
     honest = embedded_server(None, virtual=spec, max_page_size=10)
     listed = run_installed("query", "--url", honest, "--uids")
