@@ -37,8 +37,9 @@ from .watchdog import watchdog
 
 log = logging.getLogger(__name__)
 
-# A stop against a server that keeps inventing new results, ten times the largest real study
-# or study search; reaching it fails the listing (IncompleteListingError), it never cuts it.
+# A stop against a server that keeps inventing new results: far past any study, and past what
+# one process holds (each result is kilobytes of parsed JSON). Reaching it fails the listing
+# (IncompleteListingError); it never cuts it.
 MAX_RESULTS = 10_000_000
 # Series queries run concurrently; more than this gains nothing and crowds the server.
 QIDO_CONCURRENCY = 4
