@@ -10,6 +10,7 @@
     │   ├── ConnectError              3  unknown host, refused connection, TLS failure, timeout
     │   └── AuthError                 3  401 / 403 on the run's first requests
     ├── NothingMatchedError           4  no study, series or instance matched the request
+    ├── IncompleteListingError        1  a QIDO listing could not be paged to its end
     ├── TransferError                 1  one instance (or response) could not be fetched
     │   ├── HttpStatusError           1  the server answered a non-success status
     │   └── IntegrityError            1  what arrived is not the instance that was asked for
@@ -101,6 +102,15 @@ class AuthError(ServerError):
 
 class NothingMatchedError(DlstudyError):
     exit_status = ExitStatus.NOTHING_MATCHED
+
+
+class IncompleteListingError(DlstudyError):
+    """The server announced more results than paging could get (it ignores offset, or caps
+    pages and then sends nothing new): the listing, and so the run, would be incomplete."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url  # redacted
 
 
 class TransferError(DlstudyError):

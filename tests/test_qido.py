@@ -12,8 +12,8 @@ import httpx
 import pytest
 import respx
 
-from dlstudy.dicomweb.qido import MAX_PAGES, Resolver
-from dlstudy.errors import AuthError, NothingMatchedError, ServerError
+from dlstudy.dicomweb.qido import MAX_RESULTS, Resolver
+from dlstudy.errors import AuthError, IncompleteListingError, NothingMatchedError, ServerError
 from dlstudy.flow.retry import RetryPolicy
 from dlstudy.http.client import Transport
 from dlstudy.settings import Settings
@@ -148,10 +148,10 @@ def test_server_that_ignores_limit_is_asked_once_when_the_count_is_met() -> None
 
 
 @respx.mock
-def test_server_that_invents_results_forever_is_cut_off_at_max_pages(
+def test_server_that_invents_results_forever_fails_the_listing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("dlstudy.dicomweb.qido.MAX_PAGES", 5)
+    monkeypatch.setattr("dlstudy.dicomweb.qido.MAX_RESULTS", 9)
     respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     counter = iter(range(10_000))
     route = respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
@@ -160,11 +160,67 @@ def test_server_that_invents_results_forever_is_cut_off_at_max_pages(
         )
     )
 
-    refs = resolve(page_size=2)
-
+    with pytest.raises(IncompleteListingError, match="more than 9 results"):
+        resolve(page_size=2)
     assert route.call_count == 5
-    assert len(refs) == 10
-    assert MAX_PAGES == 10_000  # the real cap stays generous
+    assert MAX_RESULTS == 10_000_000  # the real stop is far past any real listing
+
+
+@respx.mock
+def test_no_page_ceiling_a_page_cap_of_one_lists_ten_thousand_and_one() -> None:
+    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+    sops = [f"1.2.3.1.{j}" for j in range(10_001)]
+    route = instances_route("1.2.3.1", sops, cap=1, warn=True)
+
+    refs = resolve(page_size=100)
+
+    assert [r.sop_uid for r in refs] == sops
+    assert route.call_count == 10_001
+
+
+@respx.mock
+def test_a_capped_server_that_ignores_offset_fails_the_listing() -> None:
+    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+    first_page = [instance_json(f"1.2.3.1.{j}") for j in range(3)]
+    warning = {"Warning": "299 pacs.test: There are 4 additional results that can be requested"}
+    route = respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+        return_value=httpx.Response(200, json=first_page, headers=warning)
+    )
+
+    with pytest.raises(IncompleteListingError) as caught:
+        resolve(page_size=100)
+    assert route.call_count == 2
+    message = str(caught.value)
+    assert message.startswith(f"could not list {SERIES_URL}/1.2.3.1/instances completely: 3 ")
+    assert "ignores offset" in message
+
+
+@respx.mock
+def test_a_server_that_ignores_offset_short_of_its_count_fails_the_listing() -> None:
+    respx.get(SERIES_URL).mock(
+        return_value=httpx.Response(200, json=[series_json("1.2.3.1", count=5)])
+    )
+    respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+        return_value=httpx.Response(200, json=[instance_json(f"1.2.3.1.{j}") for j in range(2)])
+    )
+
+    with pytest.raises(IncompleteListingError, match="2 results, its count says 5"):
+        resolve(page_size=100)
+
+
+@respx.mock
+def test_more_announced_but_nothing_sent_fails_the_listing() -> None:
+    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+    warning = {"Warning": "299 pacs.test: There are 9 additional results that can be requested"}
+    respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+        side_effect=[
+            httpx.Response(200, json=[instance_json("1.2.3.1.0")], headers=warning),
+            httpx.Response(200, json=[], headers=warning),
+        ]
+    )
+
+    with pytest.raises(IncompleteListingError, match="sends nothing more"):
+        resolve(page_size=100)
 
 
 @respx.mock

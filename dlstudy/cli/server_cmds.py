@@ -23,6 +23,11 @@ class Profile(enum.StrEnum):
     dcm4chee = "dcm4chee"
 
 
+class Mix(enum.StrEnum):
+    hospital = "hospital"
+    mimic = "mimic"
+
+
 class Preset(enum.StrEnum):
     small = "small"
     ct = "ct"
@@ -39,11 +44,25 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     directory: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
-            help="Folder of DICOM files, indexed recursively.", exists=True, file_okay=False
+            help="Folder of DICOM files, indexed recursively (or --virtual N).",
+            exists=True,
+            file_okay=False,
+            show_default=False,
         ),
-    ],
+    ] = None,
+    virtual: Annotated[
+        int | None,
+        typer.Option(help="Serve a generated archive of N studies instead of a folder."),
+    ] = None,
+    mix: Annotated[
+        Mix, typer.Option(help="--virtual: hospital (CR/DX/CT/MR/SEG/SR) or mimic (1-4 DX).")
+    ] = Mix.hospital,
+    study_size: Annotated[
+        int | None,
+        typer.Option(help="--virtual: every study one CT series of exactly N instances."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(help=f"Port (default {DEFAULT_PORT}; 0 = any free port).")
@@ -56,7 +75,10 @@ def serve(
         Profile, typer.Option(help="Mimic a server's retrieve quirks.")
     ] = Profile.standard,
     max_page_size: Annotated[
-        int | None, typer.Option(help="Cap QIDO pages (Warning: 299 when truncated).")
+        int | None,
+        typer.Option(
+            "--max-page-size", "--page-cap", help="Cap QIDO pages (Warning: 299 when truncated)."
+        ),
     ] = None,
     ignore_offset: Annotated[
         bool, typer.Option("--ignore-offset", help="Ignore QIDO offset, like static DICOMweb.")
@@ -79,7 +101,9 @@ def serve(
     token_expires_after: Annotated[
         int | None, typer.Option(help="Each token value is refused (401) after N requests.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the fault injection.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the fault injection and of the --virtual archive.")
+    ] = 0,
     max_requests_per_connection: Annotated[
         int | None,
         typer.Option(help="Close connections after N requests (HTTP/2: GOAWAY mid-run)."),
@@ -91,15 +115,24 @@ def serve(
     """Serve a folder over DICOMweb (QIDO-RS, WADO-RS) until Ctrl-C.
 
     Prints the base URL on stderr when ready. HTTP/1.1 and h2c on one port; HTTPS: --tls-cert.
+    With --virtual N, a generated archive of N studies (no files; same --seed, same archive).
     """
-    from dlstudy.server import ServerOptions, serve_forever
+    from dlstudy.server import ServerOptions, VirtualSpec, serve_forever
 
+    if (directory is None) == (virtual is None):
+        fail_usage("serve needs a DIR or --virtual N (not both)")
+    if virtual is None and (study_size is not None or mix != Mix.hospital):
+        fail_usage("--mix and --study-size go with --virtual N")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
+        spec = None
+        if virtual is not None:
+            spec = VirtualSpec(virtual, seed=seed, mix=mix.value, study_size=study_size)
         options = ServerOptions(
             root=directory,
+            virtual=spec,
             host=host,
             port=port,
             tls_cert=tls_cert,
@@ -121,8 +154,10 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
+    what = directory if spec is None else f"a virtual archive of {virtual} studies"
+
     def ready(url: str) -> None:
-        print(f"serving {directory} at {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        print(f"serving {what} at {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
 
     try:
         serve_forever(options, on_ready=ready)

@@ -3,7 +3,11 @@
 Servers page in different ways (DOMAIN.md): some honour limit/offset, some cap silently or with a
 `Warning: 299`, static servers ignore offset and send the same page again, some send a lone
 object instead of a list, 204 means no match. The pager below copes with all of them and
-always terminates: it stops on an empty page, on a page with nothing new, or after MAX_PAGES.
+always terminates: it pages as long as pages bring new results, however many pages that takes
+(an archive capping pages at 100 lists a million instances in 10,000 of them), and stops on an
+empty page or a page with nothing new. A listing is never cut silently: when the server still
+announces more results (a `Warning: 299`, a 206, or a series count not yet reached) but the next
+page brings nothing new, it raises IncompleteListingError, and the run fails that study.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from typing import Any
 import anyio
 import httpx
 
-from ..errors import HttpStatusError, NothingMatchedError, ServerError, TransferError
+from ..errors import (
+    HttpStatusError,
+    IncompleteListingError,
+    NothingMatchedError,
+    ServerError,
+    TransferError,
+)
 from ..flow.pool import first_error
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.watchdog import watchdog
@@ -28,9 +38,10 @@ from .media import DICOM_JSON, parse_media_type
 
 log = logging.getLogger(__name__)
 
-# A hard stop against a server that keeps inventing results: 10,000 pages of even 100 results
-# is a million series or instances in one study, far past any real one.
-MAX_PAGES = 10_000
+# A stop against a server that keeps inventing new results: far past any study, and past what
+# one process holds (each result is kilobytes of parsed JSON). Reaching it fails the listing
+# (IncompleteListingError); it never cuts it.
+MAX_RESULTS = 10_000_000
 # Series queries run concurrently; more than this gains nothing and crowds the server.
 QIDO_CONCURRENCY = 4
 # A QIDO page must arrive whole within this many --timeout windows (it is computed, then sent).
@@ -109,10 +120,12 @@ class Pager:
         key_tag: str,
         expected: int | None = None,
     ) -> list[dict[str, Any]] | None:
-        """All distinct results of the query keyed by `key_tag`; None when the URL is 404."""
+        """All distinct results of the query keyed by `key_tag`; None when the URL is 404.
+
+        IncompleteListingError when the server announces more than paging can get."""
         results: dict[str, dict[str, Any]] = {}
         offset = 0
-        for _ in range(MAX_PAGES):
+        while True:
             page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
             page = await self._get_page(url, page_params)
             if page is None:
@@ -126,9 +139,19 @@ class Pager:
                     results[key] = item
                     new += 1
             if new == 0:
+                short_of = expected is not None and bool(items) and len(results) < expected
+                if truncated or short_of:
+                    raise _incomplete(url, len(results), expected, repeated=bool(items))
                 if items and offset:
                     log.info("%s repeats a page: server ignores offset", redact_url(url))
                 break
+            if len(results) > MAX_RESULTS:
+                shown = redact_url(url)
+                raise IncompleteListingError(
+                    f"could not list {shown} completely: more than {MAX_RESULTS:,} results, "
+                    "and the server keeps sending new ones",
+                    url=shown,
+                )
             offset += len(items)
             if truncated or (expected is not None and len(results) < expected):
                 continue
@@ -138,8 +161,6 @@ class Pager:
                 # More than asked for, as many as the count said: a server that ignores limit
                 # (a static DICOMweb tree) sent everything; asking again would fetch it twice.
                 break
-        else:
-            log.warning("%s: stopped after %d pages", redact_url(url), MAX_PAGES)
         return list(results.values())
 
     async def _get_page(
@@ -200,6 +221,21 @@ class Pager:
             )
         truncated = response.status_code == 206 or _has_more_warning(response.headers)
         return data, truncated
+
+
+def _incomplete(
+    url: str, listed: int, expected: int | None, *, repeated: bool
+) -> IncompleteListingError:
+    shown = redact_url(url)
+    announced = f"its count says {expected}" if expected is not None else "it announces more"
+    if repeated:
+        why = "the server sends the same results again for the next page (it ignores offset)"
+    else:
+        why = "the server sends nothing more"
+    return IncompleteListingError(
+        f"could not list {shown} completely: {listed} results, {announced}, but {why}",
+        url=shown,
+    )
 
 
 ROOT_HINT = "DICOMweb roots usually end in /dicomweb, /dicom-web, /wado-rs or /rs"

@@ -23,7 +23,7 @@ from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher
 from ..engine.schedule import entry_for, plan
-from ..errors import NothingMatchedError, TransferError
+from ..errors import IncompleteListingError, NothingMatchedError, TransferError
 from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
 from ..flow.throttle import Throttle
@@ -109,6 +109,7 @@ class Run:
         )
         locator = Locator(resolver)
         found: list[list[InstanceRef]] = [[] for _ in items]
+        incomplete: list[CohortItem] = []
 
         async def one(index: int) -> None:
             item = items[index]
@@ -118,6 +119,9 @@ class Run:
                 found[index] = await locator.instances(item)
             except NotFound as exc:
                 self.missing(item, str(exc))
+            except IncompleteListingError as exc:  # this item fails; the others go on
+                incomplete.append(item)
+                self.missing(item, str(exc), status=None)
 
         studies = [i for i, item in enumerate(items) if item.level == "study"]
         for index in studies:
@@ -131,16 +135,17 @@ class Run:
         others = [i for i, item in enumerate(items) if item.level != "study"]
         await run_pool(others, one, QIDO_CONCURRENCY)
         refs = self.unique_valid(found)
-        if self.summary.total == 0:
+        if self.summary.total == 0 and not incomplete:
             raise NothingMatchedError(self._nothing_matched_message(items))
         return refs
 
-    def missing(self, item: CohortItem, reason: str) -> None:
-        """An item the server does not have: a failure of its own, the rest goes on."""
+    def missing(self, item: CohortItem, reason: str, *, status: int | None = 404) -> None:
+        """An item the server does not have (or could not list): a failure of its own, the
+        rest goes on."""
         if item.where:
             reason = f"{item.where}: {reason}"
         study = item.study_uid or (item.uid if item.level == "study" else None)
-        failure = Failure(study, item.series_uid, None, reason, 404)
+        failure = Failure(study, item.series_uid, None, reason, status)
         self.summary.failures.append(failure)
         if self.report is not None:
             self.report.row(FAILED, study, item.series_uid, item.sop_uid, reason=reason)

@@ -18,14 +18,21 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 from . import negotiate, qido, wado
-from .index import Index, Instance
+from .archive import Archive, open_archive
 from .options import ServerOptions
 
 log = logging.getLogger("dlstudy.server")
@@ -50,14 +57,14 @@ class Response:
 
 
 def create_app(options: ServerOptions) -> ASGIApp:
-    """The ASGI app over `options.root`; the folder is indexed now, once."""
-    return DicomwebApp(options, Index.scan(options.root))
+    """The ASGI app over `options.root` (indexed now, once) or `options.virtual`."""
+    return DicomwebApp(options, open_archive(options))
 
 
 class DicomwebApp:
-    def __init__(self, options: ServerOptions, index: Index) -> None:
+    def __init__(self, options: ServerOptions, archive: Archive) -> None:
         self.options = options
-        self.index = index
+        self.archive = archive
         self._faults = random.Random(options.seed)  # one seeded stream: reproducible runs
         self._token_uses: Counter[str] = Counter()
 
@@ -94,7 +101,7 @@ class DicomwebApp:
         metadata = bool(parts) and parts[-1] == "metadata"
         uids = _resource_uids(parts[:-1] if metadata else parts)
         if uids:
-            instances = self._select(uids)
+            instances = self.archive.select(uids)
             if not instances:
                 return _text(404, "no such study, series or instance")
             if self._fault():
@@ -122,8 +129,7 @@ class DicomwebApp:
             return _text(406, "QIDO-RS answers application/dicom+json")
         query = qido.parse_query(ctx.params, _LEVELS[level])
         page = await asyncio.to_thread(  # includefield may read files: keep the loop free
-            qido.search,
-            self.index,
+            self.archive.search,
             query,
             study_uid=study_uid,
             series_uid=series_uid,
@@ -146,32 +152,20 @@ class DicomwebApp:
         body = json.dumps(page.results, separators=(",", ":")).encode()
         return Response(200, [("content-type", DICOM_JSON), *headers], body)
 
-    def _select(self, uids: list[str]) -> list[Instance]:
-        study = self.index.by_uid.get(uids[0])
-        if study is None:
-            return []
-        series_list = study.series
-        if len(uids) > 1:
-            series_list = [s for s in series_list if s.uid == uids[1]]
-        instances = [i for s in series_list for i in s.instances]
-        if len(uids) > 2:
-            instances = [i for i in instances if i.sop_uid == uids[2]]
-        return instances
-
-    async def _metadata(self, ctx: _Request, instances: list[Instance]) -> Response:
+    async def _metadata(self, ctx: _Request, instances: Sequence[wado.Retrievable]) -> Response:
         if not negotiate.accepts_json(ctx.accept):
             return _text(406, "metadata is application/dicom+json")
-        body = await wado.metadata(instances)
+        body = await self.archive.metadata(instances)
         return Response(200, [("content-type", DICOM_JSON)], body)
 
     def _retrieve(
-        self, ctx: _Request, instances: list[Instance], *, instance_level: bool
+        self, ctx: _Request, instances: Sequence[wado.Retrievable], *, instance_level: bool
     ) -> Response:
         try:
             rendering = negotiate.choose_retrieve(
                 ctx.accept,
                 instance_level=instance_level,
-                stored=(i.transfer_syntax for i in instances),
+                stored=self.archive.transfer_syntaxes(instances),
                 profile=self.options.profile,
             )
         except negotiate.NotAcceptable as exc:

@@ -1,9 +1,12 @@
-"""Everything the embedded server can be told: folder, address, TLS, vendor profile, test knobs."""
+"""Everything the embedded server can be told: folder or virtual archive, address, TLS, vendor
+profile, test knobs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from .virtual import VirtualSpec
 
 PROFILES = ("standard", "orthanc", "dcm4chee")
 
@@ -17,7 +20,8 @@ class ServerOptions:
     `drop_rate` is the fraction of WADO bodies that `drop_after_bytes` cuts (all by default).
     """
 
-    root: Path
+    root: Path | None = None  # a folder of DICOM files, or else:
+    virtual: VirtualSpec | None = None  # a generated archive (dlstudy serve --virtual N)
     host: str = "127.0.0.1"
     port: int = 0  # 0 = pick a free port
     tls_cert: Path | None = None
@@ -39,6 +43,8 @@ class ServerOptions:
     drop_rate: float = 1.0
 
     def __post_init__(self) -> None:
+        if (self.root is None) == (self.virtual is None):
+            raise ValueError("serve either a folder or a virtual archive")
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; choose one of {PROFILES}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -145,14 +145,15 @@ def _records(
 
 
 def _match(record: _Record, query: Query) -> bool:
-    return all(_matches(tag, record.entry(tag), value) for tag, value in query.filters)
+    return all(matches(tag, record.entry(tag), value) for tag, value in query.filters)
 
 
-def _matches(tag: int, entry: Json | None, wanted: str) -> bool:
+def matches(tag: int, entry: Json | None, wanted: str) -> bool:
+    """Whether an attribute's DICOM JSON entry (None: absent) matches a query value."""
     if wanted in ("", "*"):
         return True  # universal matching
     have = texts(entry)
-    vr = (entry or {}).get("vr") or _vr(tag)
+    vr = (entry or {}).get("vr") or vr_of(tag)
     if vr == "UI" or vr == "CS":
         options = {v.strip() for v in re.split(r"[,\\]", wanted)}
         if vr == "UI" or not any(c in wanted for c in "*?"):
@@ -209,7 +210,7 @@ def _render(record: _Record, query: Query, base_url: str, with_study: bool) -> J
     out[key(at.RETRIEVE_URL)] = at.computed("UR", url)
     out[key(at.INSTANCE_AVAILABILITY)] = at.computed("CS", "ONLINE")
     for tag, _ in query.filters:  # matched attributes are returned, even if empty
-        out.setdefault(key(tag), record.entry(tag) or {"vr": _vr(tag)})
+        out.setdefault(key(tag), record.entry(tag) or {"vr": vr_of(tag)})
     _include(out, record, query)
     return dict(sorted(out.items()))
 
@@ -248,7 +249,8 @@ def _tag(name: str) -> int:
     return tag
 
 
-def _vr(tag: int) -> str:
+def vr_of(tag: int) -> str:
+    """The tag's VR from the dictionary (the first of several), UN if unknown."""
     try:
         return str(dictionary_VR(tag)).split(" or ")[0]
     except KeyError:

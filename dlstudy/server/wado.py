@@ -1,10 +1,12 @@
 """WADO-RS bodies: one instance as stored, a multipart/related stream of instances, metadata.
 
 Bodies stream from disk in 1 MiB reads (in a worker thread, so a cold disk does not stall other
-streams): a 1.5 GiB instance costs the server about one chunk of memory per response. The vendor
-profiles differ only in the multipart framing, reproduced from what those servers send
-(DOMAIN.md): Orthanc's two-UUID boundary and MIME-Version part header, dcm4chee's RESTEasy
-Content-Type and parts without Content-Length.
+streams): a 1.5 GiB instance costs the server about one chunk of memory per response. A virtual
+archive's instances bring their own bytes; a multipart body makes each part as it is sent, so a
+study of a million instances is never in memory. The vendor profiles differ only in the
+multipart framing, reproduced from what those servers send (DOMAIN.md): Orthanc's two-UUID
+boundary and MIME-Version part header, dcm4chee's RESTEasy Content-Type and parts without
+Content-Length.
 """
 
 from __future__ import annotations
@@ -14,36 +16,64 @@ import json
 import os
 import secrets
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 from .index import Instance, header_json
 
 CHUNK = 1024 * 1024
 
 
+class Retrievable(Protocol):
+    """An instance as WADO-RS serves it: a file of the folder (`Instance`) or a virtual one,
+    which also has `chunks()`."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def transfer_syntax(self) -> str: ...
+    @property
+    def study_uid(self) -> str: ...
+    @property
+    def series_uid(self) -> str: ...
+    @property
+    def sop_uid(self) -> str: ...
+
+
+class Streamed(Retrievable, Protocol):
+    """A virtual instance: its bytes come from `chunks()`, not from a file."""
+
+    def chunks(self) -> AsyncGenerator[bytes, None]: ...
+
+
 @dataclass(frozen=True)
 class Body:
-    """A streamed response body: headers to send, the chunks, and the total length."""
+    """A streamed response body: headers to send, the chunks, and a way to get the total
+    length (asked only by the drop knob: a virtual study's would cost making every part)."""
 
     headers: list[tuple[str, str]]
     chunks: AsyncGenerator[bytes, None]
-    length: int
+    measure: Callable[[], int]
+
+    @property
+    def length(self) -> int:
+        return self.measure()
 
 
-def single_part(instance: Instance) -> Body:
+def single_part(instance: Retrievable) -> Body:
     return Body(
         [
             ("content-type", f"application/dicom; transfer-syntax={instance.transfer_syntax}"),
             ("content-length", str(instance.size)),
         ],
-        file_chunks(instance),
-        instance.size,
+        chunks_of(instance),
+        lambda: instance.size,
     )
 
 
-def multipart(instances: Sequence[Instance], *, profile: str, base_url: str) -> Body:
+def multipart(instances: Sequence[Retrievable], *, profile: str, base_url: str) -> Body:
     """A multipart/related body (no Content-Length: streamed, chunked on HTTP/1.1)."""
     if profile == "orthanc":
         boundary = f"{uuid.uuid4()}-{uuid.uuid4()}"[:70]
@@ -57,15 +87,21 @@ def multipart(instances: Sequence[Instance], *, profile: str, base_url: str) -> 
     else:
         boundary = f"dlstudy-{secrets.token_hex(16)}"
         content_type = f'multipart/related; type="application/dicom"; boundary="{boundary}"'
-    heads = [_part_head(i, boundary, profile, base_url) for i in instances]
+
+    def head(instance: Retrievable) -> bytes:
+        return _part_head(instance, boundary, profile, base_url)
+
     closing = f"--{boundary}--\r\n".encode()
-    length = sum(len(h) + i.size + 2 for h, i in zip(heads, instances, strict=True)) + len(closing)
+
+    def measure() -> int:
+        return sum(len(head(i)) + i.size + 2 for i in instances) + len(closing)
+
     return Body(
-        [("content-type", content_type)], _multipart_chunks(instances, heads, closing), length
+        [("content-type", content_type)], _multipart_chunks(instances, head, closing), measure
     )
 
 
-def _part_head(instance: Instance, boundary: str, profile: str, base_url: str) -> bytes:
+def _part_head(instance: Retrievable, boundary: str, profile: str, base_url: str) -> bytes:
     ts = instance.transfer_syntax
     if profile == "dcm4chee":
         lines = [f"Content-Type: application/dicom;transfer-syntax={ts}"]
@@ -89,15 +125,21 @@ def _part_head(instance: Instance, boundary: str, profile: str, base_url: str) -
 
 
 async def _multipart_chunks(
-    instances: Sequence[Instance], heads: list[bytes], closing: bytes
+    instances: Sequence[Retrievable], head: Callable[[Retrievable], bytes], closing: bytes
 ) -> AsyncGenerator[bytes, None]:
-    for head, instance in zip(heads, instances, strict=True):
-        yield head
-        async with aclosing(file_chunks(instance)) as chunks:  # closes the file on a cut
+    for instance in instances:
+        yield head(instance)
+        async with aclosing(chunks_of(instance)) as chunks:  # closes the file on a cut
             async for chunk in chunks:
                 yield chunk
         yield b"\r\n"
     yield closing
+
+
+def chunks_of(instance: Retrievable) -> AsyncGenerator[bytes, None]:
+    if isinstance(instance, Instance):
+        return file_chunks(instance)
+    return cast(Streamed, instance).chunks()
 
 
 async def file_chunks(instance: Instance) -> AsyncGenerator[bytes, None]:
