@@ -137,8 +137,11 @@ def test_expired_token_in_a_worker_stops_the_run(
     root, instances = study
     url = embedded_server(root, token="tok", token_expires_after=30)
     runs = tmp_path / "runs"
-    # Mints tok-1, tok-2, ... but fails from its fourth run on.
+    # Mints tok-1, tok-2, ... but fails from its fourth run on. Both processes run it: the
+    # count is taken under a lock, so two runs never mint the same token (which the server
+    # would then count twice).
     command = (
+        f"exec 9>>{runs}.lock; flock 9; "
         f"n=$(( $(cat {runs} 2>/dev/null || echo 0) + 1 )); echo $n > {runs}; "
         f'[ "$n" -gt 3 ] && exit 9; echo tok-$n'
     )
