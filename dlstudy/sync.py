@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -93,12 +94,14 @@ def sync(
     *,
     shard: Shard | None = None,
     progress: ProgressSink | None = None,
+    catalog: tuple[Path, str | None] | None = None,
 ) -> SyncSummary:
-    """Search with `query` and download what is not complete in `settings.output`.
+    """Search with `query` and download what is not complete in `settings.output`; with
+    `catalog` (a catalog file and a --where), select from it instead of searching the server.
 
     Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
     """
-    return anyio.run(sync_async, settings, query, shard, progress or NullProgress())
+    return anyio.run(sync_async, settings, query, shard, progress or NullProgress(), catalog)
 
 
 async def sync_async(
@@ -106,6 +109,7 @@ async def sync_async(
     query: StudyQuery,
     shard: Shard | None,
     progress: ProgressSink,
+    catalog: tuple[Path, str | None] | None = None,
 ) -> SyncSummary:
     started = time.monotonic()
     plan = SyncSummary(url=redact_url(settings.url), output=str(settings.output))
@@ -113,7 +117,7 @@ async def sync_async(
     plan.shard = str(shard) if shard else None
     sink = EventSink(progress)
     try:
-        result = await _sync(settings, query, shard, sink, plan)
+        result = await _sync(settings, query, shard, sink, plan, catalog)
     except BaseException as exc:
         sink.close()
         summary = _combine(plan, getattr(exc, "summary", None))
@@ -138,6 +142,7 @@ async def _sync(
     shard: Shard | None,
     sink: EventSink,
     plan: SyncSummary,
+    catalog: tuple[Path, str | None] | None,
 ) -> Summary | None:
     """Fill `plan` with what the search found; return the download's summary, if any."""
     validate(settings, ["0"])  # the options alone: the study UIDs come from the search
@@ -148,7 +153,7 @@ async def _sync(
     # Held for the whole run (the download inside takes it again, a no-op in this process), so a
     # second cron run gives up (exit 5) before searching and nothing can slip in between.
     with output_lock(store.state_dir, wait=settings.wait_for_lock):
-        return await _search_and_download(settings, query, shard, store, sink, plan)
+        return await _search_and_download(settings, query, shard, store, sink, plan, catalog)
 
 
 async def _search_and_download(
@@ -158,9 +163,15 @@ async def _search_and_download(
     store: Store,
     sink: EventSink,
     plan: SyncSummary,
+    catalog: tuple[Path, str | None] | None,
 ) -> Summary | None:
     paths = manifest_paths(store)
-    records = await search_async(settings, query)
+    if catalog is not None:  # what the catalog knows: no search of the server at all
+        from .catalog.query import catalog_records
+
+        records = await anyio.to_thread.run_sync(catalog_records, *catalog, query)
+    else:
+        records = await search_async(settings, query)
     plan.matched = len(records)  # none is a quiet night for cron, not an error
     if shard is not None:
         records = [r for r in records if shard.owns(r.study_uid)]

@@ -13,6 +13,7 @@ from ..download import download
 from ..errors import DlstudyError
 from ..settings import DEFAULT_LAYOUT
 from ..summary import Summary
+from .catalog_options import FromCatalogOpt, WhereOpt, catalog_uids, check_where
 from .common import choose_progress, exit_on_interrupt, fail_usage, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, build_settings, option
@@ -206,6 +207,8 @@ def register(app: typer.Typer) -> None:
         url: UrlOpt = "",
         output: OutputOpt = Path("studies"),
         from_file: FromFileOpt = None,
+        from_catalog: FromCatalogOpt = None,
+        where: WhereOpt = None,
         series: SeriesOpt = None,
         modality: ModalityOpt = None,
         concurrency: ConcurrencyOpt = DEFAULTS.concurrency,
@@ -244,6 +247,9 @@ def register(app: typer.Typer) -> None:
         uids = list(study_uids or [])
         if from_file is not None:
             uids += read_uid_file(from_file)
+        check_where(where, from_catalog, "--from-catalog")
+        if from_catalog is not None:
+            uids += catalog_uids(from_catalog, where)
         if not uids:
             fail_usage("give at least one STUDY_UID or --from-file")
         if not url:

@@ -6,6 +6,7 @@ import typer
 
 from ..errors import DlstudyError
 from ..summary import Summary
+from .catalog_options import SyncCatalogOpt, WhereOpt, check_where
 from .common import choose_progress, exit_on_interrupt, finish, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, build_settings
@@ -64,6 +65,8 @@ def register(app: typer.Typer) -> None:
         modality: StudyModalityOpt = None,
         accession: AccessionOpt = None,
         filter: FilterOpt = None,
+        catalog: SyncCatalogOpt = None,
+        where: WhereOpt = None,
         shard: ShardOpt = None,
         concurrency: ConcurrencyOpt = DEFAULTS.concurrency,
         workers: WorkersOpt = DEFAULTS.workers,
@@ -107,6 +110,7 @@ def register(app: typer.Typer) -> None:
             accession=accession,
             filters=filter,
         )
+        check_where(where, catalog, "--catalog")
         chosen_shard = shard_option(shard)
         settings = build_settings(
             url=url,
@@ -137,7 +141,13 @@ def register(app: typer.Typer) -> None:
         summary: Summary | None = None
         try:
             with exit_on_interrupt(json_output=json_output):
-                summary = sync(settings, query, shard=chosen_shard, progress=progress)
+                summary = sync(
+                    settings,
+                    query,
+                    shard=chosen_shard,
+                    progress=progress,
+                    catalog=(catalog, where) if catalog is not None else None,
+                )
         except DlstudyError as exc:
             finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
         finish(summary, None, json_output=json_output, quiet=quiet)
