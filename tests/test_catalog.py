@@ -26,7 +26,9 @@ pytestmark = pytest.mark.integration
 
 
 def synth(root: Path, studies: int, *, seed: int, dates: tuple[str, str]) -> list[SynthInstance]:
-    spec = SynthSpec(studies=studies, series=1, instances=2, size=1024, seed=seed, study_dates=dates)
+    spec = SynthSpec(
+        studies=studies, series=1, instances=2, size=1024, seed=seed, study_dates=dates
+    )
     return generate(root, spec)
 
 
@@ -194,7 +196,9 @@ def test_query_outputs_filters_and_sql(embedded_server: StartServer, tmp_path: P
     first = json.loads(catalog_query(db, "--json").stdout.splitlines()[0])
     by_patient = catalog_query(db, "--patient-id", first["patient_id"][:-1] + "?", "--uids")
     assert first["study_uid"] in by_patient.stdout.split()
-    count = catalog_query(db, "--sql", "SELECT count(*) AS n, sum(instances) FROM studies", "--json")
+    count = catalog_query(
+        db, "--sql", "SELECT count(*) AS n, sum(instances) FROM studies", "--json"
+    )
     assert json.loads(count.stdout) == {"n": 6, "sum(instances)": 12}
     none = catalog_query(db, "--modality", "MR")
     assert none.returncode == 4 and none.stderr.startswith("dlstudy: error: no study")
@@ -257,9 +261,7 @@ def test_export_to_parquet_and_csv_reads_back(embedded_server: StartServer, tmp_
         result = run_installed("catalog", "export", "--db", str(db), "--to", str(target))
         assert result.returncode == 0, result.stderr
         with duckdb.connect() as con:
-            back = con.execute(
-                f"SELECT study_uid, instances FROM '{target}' ORDER BY 1"
-            ).fetchall()
+            back = con.execute(f"SELECT study_uid, instances FROM '{target}' ORDER BY 1").fetchall()
         assert back == rows
     wrong = run_installed("catalog", "export", "--db", str(db), "--to", str(tmp_path / "c.xlsx"))
     assert wrong.returncode == 2 and "--to must end in .parquet or .csv" in wrong.stderr

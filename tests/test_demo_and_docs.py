@@ -49,6 +49,10 @@ def _commands() -> dict[str, list[str]]:
         for param in command.params:
             options += [o for o in param.opts if o.startswith("--")]
         commands[name] = options
+        for sub, subcommand in getattr(command, "commands", {}).items():  # `catalog pull`, ...
+            commands[f"{name} {sub}"] = [
+                o for param in subcommand.params for o in param.opts if o.startswith("--")
+            ]
     return commands
 
 
