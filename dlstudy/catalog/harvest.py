@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
+from ..pool import first_error
 from ..qido import TAG_SERIES_UID, Pager, first_int, first_value
 from ..search import StudyQuery, StudyRecord
 from ..transport import Transport
@@ -50,6 +51,7 @@ WINDOW_CONCURRENCY = 4  # windows asked at once: more gains little and crowds th
 SERIES_CONCURRENCY = 4
 SERIES_BATCH = 200  # studies whose series are listed, then written, at a time
 TAIL_OVERLAP = 8  # known studies a tail must start with, to show the order held
+MAX_TAIL = 100_000  # new studies read from a tail at most (held until written); more: walk
 _ADDITIONAL_RE = re.compile(r"(\d+)\s+additional", re.IGNORECASE)
 TAG_SERIES_NUMBER = "00200011"
 TAG_SERIES_DESCRIPTION = "0008103E"
@@ -177,9 +179,10 @@ class Harvester:
 
         # Round by round: a round's split windows are the next round's.
         while windows := await self.db(c.open_windows, pull.number):
-            async with anyio.create_task_group() as tg:
-                for window in windows:
-                    tg.start_soon(one, window)
+            with first_error():
+                async with anyio.create_task_group() as tg:
+                    for window in windows:
+                        tg.start_soon(one, window)
         summary.new, summary.changed = await self.db(c.merge, pull)
         if self.level == "series":
             await self._series(pull)
@@ -239,14 +242,15 @@ class Harvester:
                           reported=len(first.records), requests=1)  # fmt: skip
             return
         total = None if first.remaining is None else len(first.records) + first.remaining
-        if mode == "probe" and total is not None:
+        if mode == "probe":
             known = await self.db(self.catalog.count_in, window)
-            if total == known:
+            if total is not None and total == known:
                 await self.db(self.catalog.record, pull.number, window, [], state="unchanged",
                               reported=total, requests=1)  # fmt: skip
                 return
-            if total > known and self.offset_ok is not False and known >= TAIL_OVERLAP:
-                tail = await self._tail(window, known, total - known)
+            growth = None if total is None else total - known
+            if self.offset_ok is not False and known >= TAIL_OVERLAP and (growth or 0) >= 0:
+                tail = await self._tail(window, known, growth)
                 if tail is not None:
                     records, asked = tail
                     await self.db(self.catalog.record, pull.number, window, records,
@@ -302,12 +306,14 @@ class Harvester:
             more = page.truncated
             state = "paging" if more else "done"
             following: Page | None = None
-            async with anyio.create_task_group() as tg:  # the next page comes while this is stored
-                tg.start_soon(
-                    self._record_page, pull, window, page, state, offset + len(page.records), asked
-                )
-                if more:
-                    following = await self._page(window, offset + len(page.records))
+            with first_error():
+                async with anyio.create_task_group() as tg:  # the next page comes meanwhile
+                    tg.start_soon(
+                        self._record_page, pull, window, page, state, offset + len(page.records),
+                        asked,
+                    )  # fmt: skip
+                    if more:
+                        following = await self._page(window, offset + len(page.records))
             if following is None:
                 return
             offset += len(page.records)
@@ -320,34 +326,38 @@ class Harvester:
                       next_offset=next_offset, requests=asked)  # fmt: skip
 
     async def _tail(
-        self, window: Window, known: int, added: int
+        self, window: Window, known: int, added: int | None
     ) -> tuple[list[StudyRecord], int] | None:
-        """The `added` studies at the end of the window's listing, if that is where they are."""
+        """The studies after the `known` ones of the window's listing, if that is where the new
+        ones are (None if not): the listing from `known - TAIL_OVERLAP` on must bring studies
+        the catalog knows first, then only unknown ones to its end (and as many as the count
+        grew, when the server counts). A study added in the middle of the listing shifts a
+        known one past the overlap, which fails the check."""
         offset = known - TAIL_OVERLAP
         found: dict[str, StudyRecord] = {}
         checked = asked = 0
-        while len(found) < added:
+        while True:
             page = await self._page(window, offset)
             asked += 1
-            if not page.records:
-                return None
             uids = [r.study_uid for r in page.records]
-            have = await self.db(self.catalog.known, uids)
+            have = await self.db(self.catalog.known, uids) if uids else set()
             for record in page.records:
                 if checked < TAIL_OVERLAP:  # the overlap: studies the catalog knows
                     if record.study_uid not in have:
                         return None
                     checked += 1
                 elif record.study_uid in have:
-                    return None  # a known study among the new: not insertion order
+                    return None  # a known study among the new: not where they are
                 else:
                     found[record.study_uid] = record
-            if not page.truncated and len(found) < added:
+            if checked < TAIL_OVERLAP:  # the listing ended before the overlap did
                 return None
+            if (added is not None and len(found) > added) or len(found) > MAX_TAIL:
+                return None
+            if not page.truncated:
+                break
             offset += len(page.records)
-            if asked > added // max(1, len(page.records)) + 4:
-                return None
-        if len(found) != added:
+        if added is not None and len(found) != added:
             return None
         return list(found.values()), asked
 
@@ -401,9 +411,10 @@ class Harvester:
 
         while uids := await self.db(self.catalog.studies_without_series, SERIES_BATCH):
             listed.clear()
-            async with anyio.create_task_group() as tg:
-                for uid in uids:
-                    tg.start_soon(one, uid)
+            with first_error():
+                async with anyio.create_task_group() as tg:
+                    for uid in uids:
+                        tg.start_soon(one, uid)
             await self.db(self.catalog.record_series, list(listed), len(uids), pull.number)
 
 
