@@ -35,11 +35,12 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
+from ..errors import ServerError
 from ..pool import first_error
 from ..qido import TAG_SERIES_UID, Pager, first_int, first_value
 from ..search import StudyQuery, StudyRecord
 from ..transport import Transport
-from ..urls import study_url
+from ..urls import redact_url, study_url
 from .store import Catalog, OpenWindow, Pull
 from .windows import Window, recent
 
@@ -51,6 +52,7 @@ WINDOW_CONCURRENCY = 4  # windows asked at once: more gains little and crowds th
 SERIES_CONCURRENCY = 4
 SERIES_BATCH = 200  # studies whose series are listed, then written, at a time
 TAIL_OVERLAP = 8  # known studies a tail must start with, to show the order held
+MAX_WINDOW = 100_000_000  # studies paged by offset in one window: past it, a server inventing
 MAX_TAIL = 100_000  # new studies read from a tail at most (held until written); more: walk
 _ADDITIONAL_RE = re.compile(r"(\d+)\s+additional", re.IGNORECASE)
 TAG_SERIES_NUMBER = "00200011"
@@ -150,7 +152,6 @@ class Harvester:
         self.level = level
         self.lock = anyio.Lock()
         self.offset_ok: bool | None = None
-        self.requests = 0
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Every catalog call goes through here: one at a time, off the event loop."""
@@ -292,6 +293,13 @@ class Harvester:
         page = fetched if fetched is not None else await self._page(window, offset)
         asked = 0 if fetched is not None else 1
         while True:
+            if offset > MAX_WINDOW:
+                shown = redact_url(self.transport.base_url)
+                raise ServerError(
+                    f"{shown} keeps sending new studies past {MAX_WINDOW:,} in window "
+                    f"{window.key}: stopped",
+                    url=shown,
+                )
             uids = {r.study_uid for r in page.records}
             if not page.records:
                 await self.db(self.catalog.record, pull.number, window, [], state="done",
@@ -370,7 +378,6 @@ class Harvester:
         ]
         params += [*window.params(), ("limit", str(self.page_size)), ("offset", str(offset))]
         answer = await pager._get_page(f"{self.transport.base_url}/studies", params)
-        self.requests += 1
         if answer is None:  # 404: no match, if the root is a DICOMweb root at all
             await pager.check_root()
             return Page([], False, None)

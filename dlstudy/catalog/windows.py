@@ -79,16 +79,6 @@ class Window:
             params.append(("StudyTime", f"{_time(self.t_lo)}-{_time(self.t_hi)}"))
         return params
 
-    def contains_date(self, study_date: str | None) -> bool:
-        """Whether a study dated `study_date` (YYYYMMDD or None) falls in this window's days."""
-        if not self.dated:
-            return True
-        if not study_date or len(study_date) != 8 or not study_date.isdigit():
-            return False
-        text = study_date
-        low_ok = self.open_lo or text >= _date(self.lo)
-        return low_ok and (self.open_hi or text <= _date(self.hi))
-
     @property
     def splittable(self) -> bool:
         if self.t_lo is not None and self.t_hi is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import itertools
 import json
 import os
 import sys
@@ -50,7 +51,7 @@ from .query_cmd import (
 )
 
 if TYPE_CHECKING:
-    from ..search import StudyQuery
+    from ..search import StudyQuery, StudyRecord
 
 LevelOpt = Annotated[
     str, catalog_option("--level", help="study, or series: also every study's series.")
@@ -310,7 +311,7 @@ def query_command(
     uids: UidsOpt = False,
 ) -> None:
     """Select studies from the catalog, offline: the filters of `query`, --where, or --sql."""
-    from ..catalog.query import run_sql, select_studies
+    from ..catalog.query import run_sql, select_studies, select_uids
     from ..catalog.store import connect
 
     form = _form(json_output, csv_output, uids)
@@ -332,7 +333,16 @@ def query_command(
                 if form == "table":
                     typer.echo(f"{count} rows", err=True)
                 return
-            records = list(select_studies(database, query, where))
+            if form == "uids":
+                found = select_uids(database, query, where)
+                first = next(found, None)
+                if first is not None:
+                    rest = itertools.chain([first], found)
+                    _print(lambda: sys.stdout.writelines(f"{u}\n" for u in rest))
+                    return
+                records: list[StudyRecord] = []
+            else:
+                records = list(select_studies(database, query, where))
         finally:
             database.close()
     except DlstudyError as exc:
