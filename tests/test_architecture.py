@@ -91,13 +91,15 @@ ALLOWED: dict[str, set[str]] = {
     "dicomweb": {"errors", "flow", "http", "model", "settings", "store"},
     "engine": {"dicomweb", "errors", "flow", "http", "model", "settings", "store"},
     "report": {"errors", "model"},
-    "jobs": {"dicomweb", "engine", "errors", "flow", "http", "model", "report", "settings"}
-    | {"store"},
+    # the local catalog of an archive (DuckDB): QIDO harvesting and offline selection
+    "catalog": {"dicomweb", "errors", "flow", "http", "settings", "store"},
+    "jobs": {"catalog", "dicomweb", "engine", "errors", "flow", "http", "model", "report"}
+    | {"settings", "store"},
     "bench": {"dicomweb", "engine", "errors", "flow", "http", "jobs", "model", "settings"}
     | {"store"},
     "server": set(),  # the embedded server shares nothing with the client
-    "cli": {"bench", "config", "dicomweb", "errors", "http", "jobs", "report", "server"}
-    | {"settings"},
+    "cli": {"bench", "catalog", "config", "dicomweb", "errors", "flow", "http", "jobs", "report"}
+    | {"server", "settings"},
     "__init__": {"dicomweb", "errors", "jobs", "model", "report", "settings"},
     "__main__": {"cli"},
 }

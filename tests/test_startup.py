@@ -15,9 +15,9 @@ from pathlib import Path
 from .fixtures.embedded_server import StartServer, SynthStudy
 
 HEAVY = (
-    "dlstudy.bench.runner",
-    "dlstudy.bench.chart",
-    "dlstudy.report.events",
+    "dlstudy.bench.runner.runner",
+    "dlstudy.bench.runner.chart",
+    "dlstudy.report.landed.events",
     "dlstudy.dicomweb.search",
     "dlstudy.server",
     "dlstudy.jobs.sync",

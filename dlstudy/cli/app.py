@@ -14,6 +14,7 @@ COMMANDS = {
     "download": "download_cmd",
     "query": "query_cmd",
     "sync": "sync_cmd",
+    "catalog": "catalog_cmd",
     "serve": "server_cmds",
     "synth": "server_cmds",
     "demo": "demo_cmd",

@@ -11,6 +11,7 @@ from ..errors import DlstudyError
 from ..jobs.download import download
 from ..report.landed import report_format
 from ..report.summary import Summary
+from .catalog_options import FromCatalogOpt, WhereOpt, catalog_uids, check_where
 from .common import (
     choose_progress,
     exit_on_interrupt,
@@ -62,6 +63,8 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         study_uids: StudyUids = None,
         from_file: FromFileOpt = None,
+        from_catalog: FromCatalogOpt = None,
+        where: WhereOpt = None,
         series: SeriesOpt = None,
         modality: ModalityOpt = None,
         report: ReportOpt = None,
@@ -76,8 +79,11 @@ def register(app: typer.Typer) -> None:
         wanted: list[str | CohortItem] = list(study_uids or [])
         if from_file is not None:
             wanted += read_from_file(from_file)
+        check_where(where, from_catalog, "--from-catalog")
+        if from_catalog is not None:
+            wanted += catalog_uids(from_catalog, where)
         if not wanted:
-            fail_usage("give at least one STUDY_UID or --from-file")
+            fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
         if not url:
             fail_usage("--url (or DLSTUDY_URL) is required")
         if report is not None:

@@ -31,6 +31,8 @@ def markdown() -> str:
     commands: dict[str, Any] = getattr(group, "commands", {})
     for name, command in commands.items():
         parts.append(_command(name, command))
+        for sub, subcommand in getattr(command, "commands", {}).items():  # `catalog pull`, ...
+            parts.append(_command(f"{name} {sub}", subcommand))
     return "\n".join(parts)
 
 

@@ -8,6 +8,7 @@ import typer
 
 from ..errors import DlstudyError
 from ..report.summary import Summary
+from .catalog_options import SyncCatalogOpt, WhereOpt, check_where
 from .common import choose_progress, exit_on_interrupt, finish, setup_logging, use_log_format
 from .configured import ConfigCommand
 from .connection import settings_from
@@ -25,13 +26,20 @@ from .sharding import ShardOpt, shard_option
 def register(app: typer.Typer) -> None:
     @app.command("sync", cls=ConfigCommand)
     @with_options(SEARCH, TRANSFER, HTTP, CONNECTION)
-    def sync_command(ctx: typer.Context, shard: ShardOpt = None, **options: Any) -> None:
+    def sync_command(
+        ctx: typer.Context,
+        catalog: SyncCatalogOpt = None,
+        where: WhereOpt = None,
+        shard: ShardOpt = None,
+        **options: Any,
+    ) -> None:
         """Search, then download every matching study not yet complete in OUT (made for cron)."""
         from ..jobs.sync import sync  # not at the start-up of every other command
 
         setup_logging(options["verbose"], options["log_file"])
         use_log_format(options["log_format"])
         query = study_query(options)
+        check_where(where, catalog, "--catalog")
         chosen_shard = shard_option(shard)
         settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
         json_output, quiet = options["json_output"], options["quiet"]
@@ -39,7 +47,13 @@ def register(app: typer.Typer) -> None:
         summary: Summary | None = None
         try:
             with exit_on_interrupt(json_output=json_output):
-                summary = sync(settings, query, shard=chosen_shard, progress=progress)
+                summary = sync(
+                    settings,
+                    query,
+                    shard=chosen_shard,
+                    progress=progress,
+                    catalog=(catalog, where) if catalog is not None else None,
+                )
         except DlstudyError as exc:
             finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
         finish(summary, None, json_output=json_output, quiet=quiet)

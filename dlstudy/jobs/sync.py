@@ -13,11 +13,12 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ..dicomweb.search import StudyQuery, StudyRecord, search_async
+from ..dicomweb.search import StudyQuery, search_async
 from ..dicomweb.shard import Shard
 from ..errors import DlstudyError, UsageError
 from ..http.urls import redact_url
@@ -26,10 +27,9 @@ from ..report.events import EventSink, emit
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings
+from ..store.completion import is_complete, manifest_paths
 from ..store.files import Store
 from ..store.lock import output_lock
-from ..store.manifest import Manifest
-from ..store.safe_files import is_regular_file
 from .download import download_async, validate
 
 
@@ -64,42 +64,20 @@ class SyncSummary(Summary):
         )
 
 
-def manifest_paths(store: Store) -> dict[str, list[str]]:
-    """Study UID -> the paths (relative to OUT) of its instances the manifest lists."""
-    manifest = Manifest(store.root, store.state_dir)
-    try:
-        paths: dict[str, list[str]] = {}
-        for entry in manifest.entries.values():
-            paths.setdefault(entry.study, []).append(entry.path)
-        return paths
-    finally:
-        manifest.close()
-
-
-def is_complete(record: StudyRecord, store: Store, paths: dict[str, list[str]]) -> bool:
-    """The manifest lists as many of the study's instances as the server counts, all on disk.
-
-    Only the studies the search returned are checked on disk, so a nightly run over a large
-    mirror stats a handful of files, not all of them.
-    """
-    listed = paths.get(record.study_uid, [])
-    if not record.instances or len(listed) < record.instances:
-        return False
-    return all(is_regular_file(store.root / path) for path in listed)
-
-
 def sync(
     settings: Settings,
     query: StudyQuery,
     *,
     shard: Shard | None = None,
     progress: ProgressSink | None = None,
+    catalog: tuple[Path, str | None] | None = None,
 ) -> SyncSummary:
-    """Search with `query` and download what is not complete in `settings.output`.
+    """Search with `query` and download what is not complete in `settings.output`; with
+    `catalog` (a catalog file and a --where), select from it instead of searching the server.
 
     Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
     """
-    return anyio.run(sync_async, settings, query, shard, progress or NullProgress())
+    return anyio.run(sync_async, settings, query, shard, progress or NullProgress(), catalog)
 
 
 async def sync_async(
@@ -107,6 +85,7 @@ async def sync_async(
     query: StudyQuery,
     shard: Shard | None,
     progress: ProgressSink,
+    catalog: tuple[Path, str | None] | None = None,
 ) -> SyncSummary:
     started = time.monotonic()
     plan = SyncSummary(url=redact_url(settings.url), output=str(settings.output))
@@ -114,7 +93,7 @@ async def sync_async(
     plan.shard = str(shard) if shard else None
     sink = EventSink(progress)
     try:
-        result = await _sync(settings, query, shard, sink, plan)
+        result = await _sync(settings, query, shard, sink, plan, catalog)
     except BaseException as exc:
         sink.close()
         summary = _combine(plan, getattr(exc, "summary", None))
@@ -139,6 +118,7 @@ async def _sync(
     shard: Shard | None,
     sink: EventSink,
     plan: SyncSummary,
+    catalog: tuple[Path, str | None] | None,
 ) -> Summary | None:
     """Fill `plan` with what the search found; return the download's summary, if any."""
     validate(settings, ["0"])  # the options alone: the study UIDs come from the search
@@ -149,7 +129,7 @@ async def _sync(
     # Held for the whole run (the download inside takes it again, a no-op in this process), so a
     # second cron run gives up (exit 5) before searching and nothing can slip in between.
     with output_lock(store.state_dir, wait=settings.wait_for_lock):
-        return await _search_and_download(settings, query, shard, store, sink, plan)
+        return await _search_and_download(settings, query, shard, store, sink, plan, catalog)
 
 
 async def _search_and_download(
@@ -159,16 +139,22 @@ async def _search_and_download(
     store: Store,
     sink: EventSink,
     plan: SyncSummary,
+    catalog: tuple[Path, str | None] | None,
 ) -> Summary | None:
     paths = manifest_paths(store)
-    records = await search_async(settings, query)
+    if catalog is not None:  # what the catalog knows: no search of the server at all
+        from ..catalog.query import catalog_records
+
+        records = await anyio.to_thread.run_sync(catalog_records, *catalog, query)
+    else:
+        records = await search_async(settings, query)
     plan.matched = len(records)  # none is a quiet night for cron, not an error
     if shard is not None:
         records = [r for r in records if shard.owns(r.study_uid)]
     plan.studies = [r.study_uid for r in records]
     pending = []
     for record in records:
-        if is_complete(record, store, paths):
+        if is_complete(record.study_uid, record.instances, store, paths):
             plan.complete.append(record.study_uid)
             plan.total += record.instances or 0
             emit("study_complete", logging.DEBUG, study=record.study_uid)

@@ -1,0 +1,444 @@
+"""`catalog pull`: every study of the scope into the catalog, window by window.
+
+The walk. A window is asked for its first page (`limit` = the page size). A page that is not
+truncated (no `Warning: 299`, no 206, fewer results than asked) is the whole window. A
+truncated one is either paged by offset (when the server honours offset, found out once per
+catalog by asking the second page: new results or the same ones) or split in two: by date,
+then by time of day, so a server that caps pages at one or two results and ignores offset is
+still enumerated completely. `--walk split` splits even when offset works (deep offsets are
+slow on some archives). A window that cannot be split (one second of one day) and still holds
+more than a page is recorded as unreachable, with the server's count, and the pull exits 1.
+
+Studies without a StudyDate are found when the first page of the whole scope holds everything,
+or when that scope is paged by offset; once the walk splits by date they cannot be asked for,
+and if the server gave a count, how many there are is reported as unreachable.
+
+Later pulls (`update`) ask for what can be new: each window's first page again, skipped when
+the count the server reports equals the studies the catalog has there; when only new studies
+were added, and the server keeps them at the end of the listing (as the archives that order by
+insertion do), the pages from the known count on hold exactly them (checked: the pages must
+start with studies the catalog knows and bring exactly as many new ones as the count grew);
+otherwise the window is walked again. The last `--recent` days are always listed again, which
+is where studies gain instances. `--full` walks everything again. Whatever a later pull finds
+different is recorded in `changes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+
+from ..dicomweb.qido import TAG_SERIES_UID, Pager, first_int, first_value
+from ..dicomweb.search import StudyQuery, StudyRecord
+from ..errors import ServerError
+from ..flow.pool import first_error
+from ..http.client import Transport
+from ..http.urls import redact_url, study_url
+from .store import Catalog, OpenWindow, Pull
+from .windows import Window, recent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WINDOW_CONCURRENCY = 4  # windows asked at once: more gains little and crowds the server
+SERIES_CONCURRENCY = 4
+SERIES_BATCH = 200  # studies whose series are listed, then written, at a time
+TAIL_OVERLAP = 8  # known studies a tail must start with, to show the order held
+MAX_WINDOW = 100_000_000  # studies paged by offset in one window: past it, a server inventing
+MAX_TAIL = 100_000  # new studies read from a tail at most (held until written); more: walk
+_ADDITIONAL_RE = re.compile(r"(\d+)\s+additional", re.IGNORECASE)
+TAG_SERIES_NUMBER = "00200011"
+TAG_SERIES_DESCRIPTION = "0008103E"
+TAG_SERIES_MODALITY = "00080060"
+TAG_SERIES_INSTANCES = "00201209"
+SERIES_FIELDS = (TAG_SERIES_DESCRIPTION, TAG_SERIES_NUMBER, TAG_SERIES_INSTANCES)
+
+
+@dataclass
+class PullSummary:
+    pull: int
+    kind: str
+    studies: int = 0  # in the catalog at the end
+    new: int = 0
+    changed: int = 0
+    requests: int = 0
+    unreachable: int | None = 0
+    seconds: float = 0.0
+    resumed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pull": self.pull,
+            "kind": self.kind,
+            "resumed": self.resumed,
+            "studies": self.studies,
+            "new": self.new,
+            "instances_changed": self.changed,
+            "requests": self.requests,
+            "unreachable": self.unreachable,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+        }
+
+    def one_line(self) -> str:
+        unreachable = (
+            ""
+            if self.unreachable == 0
+            else "; some studies unreachable (count unknown)"
+            if self.unreachable is None
+            else f"; {self.unreachable} studies unreachable"
+        )
+        return (
+            f"catalog: pull {self.pull} ({self.kind}{', resumed' if self.resumed else ''}): "
+            f"{self.studies} studies, {self.new} new, {self.changed} with another instance "
+            f"count; {self.requests} requests in {self.seconds:.1f} s{unreachable}"
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[StudyRecord]
+    truncated: bool  # the server said or showed there is more
+    remaining: int | None  # "N additional results", when the server says so
+
+
+class CountingPager(Pager):
+    """The QIDO pager (its retries, watchdog, errors), one page at a time, keeping the count a
+    `Warning: 299` gives. One per request: the count travels on the instance."""
+
+    remaining: int | None = None
+
+    def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
+        items, truncated = super()._read_page(response)
+        self.remaining = None
+        for value in response.headers.get_list("warning"):
+            match = _ADDITIONAL_RE.search(value)
+            if value.strip().startswith("299") and match:
+                self.remaining = int(match.group(1))
+        return items, truncated
+
+
+class Harvester:
+    def __init__(
+        self,
+        catalog: Catalog,
+        transport: Transport,
+        query: StudyQuery,
+        *,
+        page_size: int,
+        policy: Any,
+        walk: str,
+        recent_days: int,
+        full: bool,
+        level: str,
+    ) -> None:
+        self.catalog = catalog
+        self.transport = transport
+        self.query = query
+        self.page_size = page_size
+        self.policy = policy
+        self.walk = walk
+        self.recent_days = recent_days
+        self.full = full
+        self.level = level
+        self.lock = anyio.Lock()
+        self.offset_ok: bool | None = None
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Every catalog call goes through here: one at a time, off the event loop."""
+        async with self.lock:
+            return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    # --- the pull --------------------------------------------------------------------------
+
+    async def run(self) -> PullSummary:
+        started = time.monotonic()
+        c = self.catalog
+        pull = await self.db(c.unfinished_pull)
+        resumed = pull is not None
+        if pull is None:
+            earlier = await self.db(c.finished_pulls)
+            kind = "first" if earlier == 0 else "full" if self.full else "update"
+            pull = await self.db(c.start_pull, kind, self._first_windows(kind))
+        stored = await self.db(c.get_meta, "offset_ok")
+        self.offset_ok = None if stored is None else stored == "1"
+        summary = PullSummary(pull.number, pull.kind, resumed=resumed)
+        limiter = anyio.CapacityLimiter(WINDOW_CONCURRENCY)
+
+        async def one(window: OpenWindow) -> None:
+            async with limiter:
+                await self._window(pull, window)
+
+        # Round by round: a round's split windows are the next round's.
+        while windows := await self.db(c.open_windows, pull.number):
+            with first_error():
+                async with anyio.create_task_group() as tg:
+                    for window in windows:
+                        tg.start_soon(one, window)
+        summary.new, summary.changed = await self.db(c.merge, pull)
+        if self.level == "series":
+            await self._series(pull)
+        summary.unreachable = await self.db(c.unreachable, pull.number)
+        undated = await self.db(self._outside_windows, pull)
+        if undated:
+            summary.notes.append(
+                f"{undated} studies of the server's count are in no date window "
+                "(no StudyDate?) and could not be asked for"
+            )
+            summary.unreachable = (
+                None if summary.unreachable is None else (summary.unreachable + undated)
+            )
+        await self.db(
+            c.finish_pull,
+            pull,
+            new=summary.new,
+            changed=summary.changed,
+            unreachable=summary.unreachable,
+        )
+        summary.requests = await self.db(c.requests, pull.number)
+        summary.studies = await self.db(lambda: c.count_in(Window.root(None)))
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _outside_windows(self, pull: Pull) -> int:
+        """Studies the server counted in the whole scope that no window of the walk found."""
+        root = Window.root(self.query.study_date)
+        state, reported = self.catalog.window_state(pull.number, root.key)
+        if state != "split" or reported is None:
+            return 0
+        return max(0, reported - self.catalog.count_in(root))
+
+    def _first_windows(self, kind: str) -> list[tuple[Window, str]]:
+        root = Window.root(self.query.study_date)
+        if kind != "update":
+            return [(root, "walk")]
+        windows = [(root, "probe")]
+        latest = recent(self.recent_days)
+        if root.dated:  # the recent days inside the scope's own range
+            if not root.open_hi and root.hi < latest.lo:
+                return windows
+            latest = Window(max(latest.lo, root.lo), root.hi, open_lo=False, open_hi=root.open_hi)
+        windows.append((latest, "walk"))
+        return windows
+
+    # --- one window ------------------------------------------------------------------------
+
+    async def _window(self, pull: Pull, open_window: OpenWindow) -> None:
+        window, mode = open_window.window, open_window.mode
+        if open_window.state == "paging":
+            await self._page_on(pull, window, open_window.next_offset, set())
+            return
+        first = await self._page(window, 0)
+        if not first.truncated:
+            await self.db(self.catalog.record, pull.number, window, first.records, state="done",
+                          reported=len(first.records), requests=1)  # fmt: skip
+            return
+        total = None if first.remaining is None else len(first.records) + first.remaining
+        if mode == "probe":
+            known = await self.db(self.catalog.count_in, window)
+            if total is not None and total == known:
+                await self.db(self.catalog.record, pull.number, window, [], state="unchanged",
+                              reported=total, requests=1)  # fmt: skip
+                return
+            growth = None if total is None else total - known
+            if self.offset_ok is not False and known >= TAIL_OVERLAP and (growth or 0) >= 0:
+                tail = await self._tail(window, known, growth)
+                if tail is not None:
+                    records, asked = tail
+                    await self.db(self.catalog.record, pull.number, window, records,
+                                  state="done", reported=total, requests=1 + asked)  # fmt: skip
+                    return
+        second: Page | None = None
+        if self.offset_ok is None and self.walk == "auto":
+            second = await self._page(window, len(first.records))
+            seen = {r.study_uid for r in first.records}
+            self.offset_ok = any(r.study_uid not in seen for r in second.records)
+            await self.db(self.catalog.set_meta, "offset_ok", "1" if self.offset_ok else "0")
+        if self.walk == "auto" and self.offset_ok:
+            await self.db(self.catalog.record, pull.number, window, first.records,
+                          state="paging", next_offset=len(first.records), reported=total,
+                          requests=1)  # fmt: skip
+            await self._page_on(
+                pull, window, len(first.records), {r.study_uid for r in first.records}, second
+            )
+            return
+        asked = 1 if second is None else 2
+        if window.splittable:
+            halves = [(half, mode) for half in window.split()]
+            await self.db(self.catalog.record, pull.number, window, first.records, state="split",
+                          reported=total, children=halves, requests=asked)  # fmt: skip
+        else:
+            log.warning("%s: more than a page in one second, and offset is ignored", window.key)
+            await self.db(self.catalog.record, pull.number, window, first.records,
+                          state="unreachable", reported=total, requests=asked)  # fmt: skip
+
+    async def _page_on(
+        self,
+        pull: Pull,
+        window: Window,
+        offset: int,
+        previous: set[str],
+        fetched: Page | None = None,
+    ) -> None:
+        """Page `window` by offset from `offset` on, each page committed with its offset."""
+        page = fetched if fetched is not None else await self._page(window, offset)
+        asked = 0 if fetched is not None else 1
+        while True:
+            if offset > MAX_WINDOW:
+                shown = redact_url(self.transport.base_url)
+                raise ServerError(
+                    f"{shown} keeps sending new studies past {MAX_WINDOW:,} in window "
+                    f"{window.key}: stopped",
+                    url=shown,
+                )
+            uids = {r.study_uid for r in page.records}
+            if not page.records:
+                await self.db(self.catalog.record, pull.number, window, [], state="done",
+                              next_offset=offset, requests=asked)  # fmt: skip
+                return
+            if uids <= previous:  # the same page again: offset stopped working
+                halves = [(half, "walk") for half in window.split()] if window.splittable else []
+                await self.db(self.catalog.record, pull.number, window, [],
+                              state="split" if halves else "unreachable", children=halves,
+                              requests=asked)  # fmt: skip
+                return
+            more = page.truncated
+            state = "paging" if more else "done"
+            following: Page | None = None
+            with first_error():
+                async with anyio.create_task_group() as tg:  # the next page comes meanwhile
+                    tg.start_soon(
+                        self._record_page, pull, window, page, state, offset + len(page.records),
+                        asked,
+                    )  # fmt: skip
+                    if more:
+                        following = await self._page(window, offset + len(page.records))
+            if following is None:
+                return
+            offset += len(page.records)
+            previous, page, asked = uids, following, 1
+
+    async def _record_page(
+        self, pull: Pull, window: Window, page: Page, state: str, next_offset: int, asked: int
+    ) -> None:
+        await self.db(self.catalog.record, pull.number, window, page.records, state=state,
+                      next_offset=next_offset, requests=asked)  # fmt: skip
+
+    async def _tail(
+        self, window: Window, known: int, added: int | None
+    ) -> tuple[list[StudyRecord], int] | None:
+        """The studies after the `known` ones of the window's listing, if that is where the new
+        ones are (None if not): the listing from `known - TAIL_OVERLAP` on must bring studies
+        the catalog knows first, then only unknown ones to its end (and as many as the count
+        grew, when the server counts). A study added in the middle of the listing shifts a
+        known one past the overlap, which fails the check."""
+        offset = known - TAIL_OVERLAP
+        found: dict[str, StudyRecord] = {}
+        checked = asked = 0
+        while True:
+            page = await self._page(window, offset)
+            asked += 1
+            uids = [r.study_uid for r in page.records]
+            have = await self.db(self.catalog.known, uids) if uids else set()
+            for record in page.records:
+                if checked < TAIL_OVERLAP:  # the overlap: studies the catalog knows
+                    if record.study_uid not in have:
+                        return None
+                    checked += 1
+                elif record.study_uid in have:
+                    return None  # a known study among the new: not where they are
+                else:
+                    found[record.study_uid] = record
+            if checked < TAIL_OVERLAP:  # the listing ended before the overlap did
+                return None
+            if (added is not None and len(found) > added) or len(found) > MAX_TAIL:
+                return None
+            if not page.truncated:
+                break
+            offset += len(page.records)
+        if added is not None and len(found) != added:
+            return None
+        return list(found.values()), asked
+
+    async def _page(self, window: Window, offset: int) -> Page:
+        pager = CountingPager(self.transport, self.page_size, self.policy)
+        params = [
+            (k, v)
+            for k, v in self.query.params(_one(self.query.modalities))
+            if k != "StudyDate" or not window.dated  # the window's own range replaces it
+        ]
+        params += [*window.params(), ("limit", str(self.page_size)), ("offset", str(offset))]
+        answer = await pager._get_page(f"{self.transport.base_url}/studies", params)
+        if answer is None:  # 404: no match, if the root is a DICOMweb root at all
+            await pager.check_root()
+            return Page([], False, None)
+        items, truncated = answer
+        records = [r for r in map(StudyRecord.from_json, items) if r is not None]
+        more = truncated or len(items) >= self.page_size or bool(pager.remaining)
+        return Page(records, more, pager.remaining)
+
+    # --- series ----------------------------------------------------------------------------
+
+    async def _series(self, pull: Pull) -> None:
+        """List the series of every study whose series are not in the catalog yet, or were
+        listed for another instance count: one request per such study."""
+        pager = Pager(self.transport, self.page_size, self.policy)
+        limiter = anyio.CapacityLimiter(SERIES_CONCURRENCY)
+        listed: list[tuple[str, list[tuple[Any, ...]]]] = []
+
+        async def one(uid: str) -> None:
+            async with limiter:
+                items = await pager.fetch_all(
+                    f"{study_url(self.transport.base_url, uid)}/series",
+                    [("includefield", tag) for tag in SERIES_FIELDS],
+                    TAG_SERIES_UID,
+                )
+            rows = [
+                (
+                    uid,
+                    series_uid,
+                    first_value(item, TAG_SERIES_MODALITY),
+                    first_int(item, TAG_SERIES_NUMBER),
+                    first_value(item, TAG_SERIES_DESCRIPTION),
+                    first_int(item, TAG_SERIES_INSTANCES),
+                )
+                for item in items or []
+                if (series_uid := first_value(item, TAG_SERIES_UID)) is not None
+            ]
+            listed.append((uid, rows))
+
+        while uids := await self.db(self.catalog.studies_without_series, SERIES_BATCH):
+            listed.clear()
+            with first_error():
+                async with anyio.create_task_group() as tg:
+                    for uid in uids:
+                        tg.start_soon(one, uid)
+            await self.db(self.catalog.record_series, list(listed), len(uids), pull.number)
+
+
+def _one(modalities: tuple[str, ...]) -> str | None:
+    return modalities[0] if modalities else None
+
+
+def scope_of(query: StudyQuery) -> dict[str, Any]:
+    """What a catalog's pulls must agree on: the filters, as sent."""
+    return {
+        "patient_id": query.patient_id,
+        "patient_name": query.patient_name,
+        "study_date": query.study_date,
+        "accession": query.accession,
+        "modalities": list(query.modalities),
+        "filters": [list(f) for f in query.filters],
+    }
+
+
+__all__ = ["Harvester", "PullSummary", "scope_of"]

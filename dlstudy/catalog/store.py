@@ -1,0 +1,394 @@
+"""The catalog file: a DuckDB database of what a pull found, and of how far it got.
+
+Tables (`dlstudy catalog query --sql` reads any of them):
+
+    studies      one row per study: the study-level QIDO attributes, first_pull, last_pull
+    series       one row per series (pulls with --level series)
+    changes      what each later pull found: 'new' studies, 'instances_added' / 'instances_removed'
+    pulls        one row per pull: kind, started, finished, requests, studies, new, changed
+    windows      the windows of each pull and their state: the pull's resume point
+    harvest      rows of the pull under way, merged into `studies` when its last window is done
+    meta         the pull's scope (its filters), whether the server honours offset
+
+A page's rows and its window's new state go in one transaction, so a pull killed at any moment
+leaves a consistent file and the next one carries on from the windows not done. Rows are only
+appended while a pull walks (appending is cheap; an upsert into a keyed table cost three times
+the time and file size), and merged into `studies` in one transaction at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LockedError, UsageError
+from .windows import Window
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from ..dicomweb.search import StudyRecord
+
+# DuckDB's own cap; what the pull itself holds is a page or two.
+MEMORY_LIMIT = "128MB"
+
+STUDY_COLUMNS = (
+    ("study_uid", "VARCHAR"),
+    ("patient_id", "VARCHAR"),
+    ("patient_name", "VARCHAR"),
+    ("study_date", "VARCHAR"),
+    ("study_time", "VARCHAR"),
+    ("accession", "VARCHAR"),
+    ("description", "VARCHAR"),
+    ("modalities", "VARCHAR[]"),
+    ("series", "INTEGER"),
+    ("instances", "INTEGER"),
+)
+_COLUMNS_SQL = ", ".join(f"{name} {kind}" for name, kind in STUDY_COLUMNS)
+_NAMES = ", ".join(name for name, _ in STUDY_COLUMNS)
+_UNNEST = ", ".join(f"unnest(${i + 2})" for i in range(len(STUDY_COLUMNS)))
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR, value VARCHAR);
+CREATE TABLE IF NOT EXISTS pulls (
+    pull INTEGER, kind VARCHAR, started TIMESTAMP, finished TIMESTAMP, requests BIGINT,
+    studies BIGINT, new BIGINT, changed BIGINT, unreachable BIGINT);
+CREATE TABLE IF NOT EXISTS windows (
+    pull INTEGER, key VARCHAR, mode VARCHAR, state VARCHAR, next_offset BIGINT,
+    reported BIGINT);
+CREATE TABLE IF NOT EXISTS harvest (pull INTEGER, {_COLUMNS_SQL});
+CREATE TABLE IF NOT EXISTS studies ({_COLUMNS_SQL}, first_pull INTEGER, last_pull INTEGER);
+CREATE TABLE IF NOT EXISTS changes (
+    pull INTEGER, study_uid VARCHAR, change VARCHAR, instances_before INTEGER,
+    instances_after INTEGER, study_date VARCHAR);
+CREATE TABLE IF NOT EXISTS series (
+    study_uid VARCHAR, series_uid VARCHAR, modality VARCHAR, series_number INTEGER,
+    description VARCHAR, instances INTEGER);
+CREATE TABLE IF NOT EXISTS series_listed (study_uid VARCHAR, instances INTEGER);
+"""
+
+# Window states: todo (not asked yet), paging (walked by offset, next_offset is next),
+# done, split (its halves are windows of their own), unchanged (its count matched),
+# unreachable (more than a page in one second of one day, and the server ignores offset).
+OPEN_STATES = ("todo", "paging")
+
+
+@dataclass(frozen=True)
+class Pull:
+    number: int
+    kind: str  # first | update | full
+
+
+@dataclass(frozen=True)
+class OpenWindow:
+    window: Window
+    mode: str  # walk: list it all | probe: skip it if its count did not change
+    state: str
+    next_offset: int
+
+
+def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """One connection per process; a catalog another process holds is exit 5, one line."""
+    import duckdb  # only the catalog commands pay for it
+
+    if read_only and not path.exists():
+        raise UsageError(f"no catalog at {path}: run `dlstudy catalog pull --db {path}` first")
+    try:
+        return duckdb.connect(
+            str(path),
+            read_only=read_only,
+            config={"memory_limit": MEMORY_LIMIT, "threads": 2},
+        )
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise LockedError(
+                f"catalog {path} is in use by another process", path=str(path)
+            ) from exc
+        raise UsageError(f"cannot open catalog {path}: {_first_line(exc)}") from exc
+    except duckdb.Error as exc:
+        raise UsageError(f"{path} is not a dlstudy catalog: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class Catalog:
+    """The catalog file, open for a pull (read-write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = connect(path)
+        self.db.execute(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- meta ------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("BEGIN")
+        self.db.execute("DELETE FROM meta WHERE key = ?", [key])
+        self.db.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+        self.db.execute("COMMIT")
+
+    def check_scope(self, scope: dict[str, Any]) -> None:
+        """A catalog holds one scope (the filters of its first pull): a later pull with other
+        filters would make its counts and changes meaningless."""
+        text = json.dumps(scope, sort_keys=True)
+        stored = self.get_meta("scope")
+        if stored is None:
+            self.set_meta("scope", text)
+        elif stored != text:
+            raise UsageError(
+                f"catalog {self.path} was pulled with other filters ({_describe(stored)}); "
+                "use another --db for another selection"
+            )
+
+    # --- pulls and windows -----------------------------------------------------------------
+
+    def unfinished_pull(self) -> Pull | None:
+        row = self.db.execute(
+            "SELECT pull, kind FROM pulls WHERE finished IS NULL ORDER BY pull DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else Pull(int(row[0]), str(row[1]))
+
+    def finished_pulls(self) -> int:
+        row = self.db.execute("SELECT count(*) FROM pulls WHERE finished IS NOT NULL").fetchone()
+        return int(row[0]) if row else 0
+
+    def start_pull(self, kind: str, windows: Sequence[tuple[Window, str]]) -> Pull:
+        row = self.db.execute("SELECT coalesce(max(pull), 0) + 1 FROM pulls").fetchone()
+        number = int(row[0]) if row else 1
+        self.db.execute("BEGIN")
+        self.db.execute(
+            "INSERT INTO pulls VALUES (?, ?, now(), NULL, 0, NULL, NULL, NULL, NULL)",
+            [number, kind],
+        )
+        for window, mode in windows:
+            self._add_window(number, window, mode)
+        self.db.execute("COMMIT")
+        return Pull(number, kind)
+
+    def _add_window(self, pull: int, window: Window, mode: str) -> None:
+        self.db.execute(
+            "INSERT INTO windows VALUES (?, ?, ?, 'todo', 0, NULL)", [pull, window.key, mode]
+        )
+
+    def open_windows(self, pull: int) -> list[OpenWindow]:
+        rows = self.db.execute(
+            "SELECT key, mode, state, next_offset FROM windows "
+            "WHERE pull = ? AND state IN ('todo', 'paging') ORDER BY key",
+            [pull],
+        ).fetchall()
+        return [OpenWindow(Window.from_key(k), m, s, int(o)) for k, m, s, o in rows]
+
+    def record(
+        self,
+        pull: int,
+        window: Window,
+        records: Iterable[StudyRecord],
+        *,
+        state: str,
+        next_offset: int = 0,
+        reported: int | None = None,
+        children: Sequence[tuple[Window, str]] = (),
+        requests: int = 0,
+    ) -> None:
+        """One page's rows and where its window stands now, in one transaction."""
+        columns = _columns(records)
+        self.db.execute("BEGIN")
+        if columns[0]:
+            self.db.execute(f"INSERT INTO harvest SELECT $1, {_UNNEST}", [pull, *columns])
+        self.db.execute(
+            "UPDATE windows SET state = ?, next_offset = ?, reported = coalesce(?, reported) "
+            "WHERE pull = ? AND key = ?",
+            [state, next_offset, reported, pull, window.key],
+        )
+        for child, mode in children:
+            self._add_window(pull, child, mode)
+        self.db.execute("UPDATE pulls SET requests = requests + ? WHERE pull = ?", [requests, pull])
+        self.db.execute("COMMIT")
+
+    def window_state(self, pull: int, key: str) -> tuple[str | None, int | None]:
+        row = self.db.execute(
+            "SELECT state, reported FROM windows WHERE pull = ? AND key = ?", [pull, key]
+        ).fetchone()
+        if row is None:
+            return None, None
+        return str(row[0]), None if row[1] is None else int(row[1])
+
+    def count_in(self, window: Window) -> int:
+        """Studies of earlier pulls in this window."""
+        where, params = window_sql(window)
+        row = self.db.execute(f"SELECT count(*) FROM studies WHERE {where}", params).fetchone()
+        return int(row[0]) if row else 0
+
+    def known(self, uids: Sequence[str]) -> set[str]:
+        rows = self.db.execute(
+            "SELECT study_uid FROM studies WHERE study_uid IN (SELECT unnest(?))", [list(uids)]
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def unreachable(self, pull: int) -> int | None:
+        """Studies the server counted in windows that could not be listed (None: not counted)."""
+        rows = self.db.execute(
+            "SELECT reported FROM windows WHERE pull = ? AND state = 'unreachable'", [pull]
+        ).fetchall()
+        if not rows:
+            return 0
+        if any(r[0] is None for r in rows):
+            return None
+        return sum(int(r[0]) for r in rows)
+
+    def merge(self, pull: Pull) -> tuple[int, int]:
+        """Move the pull's harvest into `studies` (and its changes into `changes`), in one
+        transaction. Returns (new studies, studies whose instance count changed)."""
+        db = self.db
+        db.execute("BEGIN")
+        db.execute(
+            f"CREATE OR REPLACE TEMP TABLE merging AS SELECT {_NAMES} FROM harvest "
+            "WHERE pull = ? QUALIFY row_number() OVER (PARTITION BY study_uid) = 1",
+            [pull.number],
+        )
+        new_row = db.execute(
+            "SELECT count(*) FROM merging m ANTI JOIN studies s USING (study_uid)"
+        ).fetchone()
+        changed_row = db.execute(
+            "SELECT count(*) FROM merging m JOIN studies s USING (study_uid) "
+            "WHERE m.instances IS NOT NULL AND m.instances IS DISTINCT FROM s.instances"
+        ).fetchone()
+        new, changed = int(new_row[0]) if new_row else 0, int(changed_row[0]) if changed_row else 0
+        if pull.kind != "first":
+            db.execute(
+                "INSERT INTO changes SELECT ?, m.study_uid, CASE WHEN s.study_uid IS NULL "
+                "THEN 'new' WHEN m.instances > s.instances THEN 'instances_added' "
+                "ELSE 'instances_removed' END, s.instances, m.instances, m.study_date "
+                "FROM merging m LEFT JOIN studies s USING (study_uid) WHERE s.study_uid IS NULL "
+                "OR (m.instances IS NOT NULL AND m.instances IS DISTINCT FROM s.instances)",
+                [pull.number],
+            )
+        if db.execute("SELECT count(*) FROM studies").fetchone() != (0,):
+            db.execute(
+                "CREATE OR REPLACE TEMP TABLE merged AS SELECT m.*, "
+                "coalesce(s.first_pull, $1) AS first_pull, $1 AS last_pull "
+                "FROM merging m LEFT JOIN studies s USING (study_uid)",
+                [pull.number],
+            )
+            db.execute("DELETE FROM studies WHERE study_uid IN (SELECT study_uid FROM merging)")
+            db.execute("INSERT INTO studies SELECT * FROM merged")
+            db.execute("DROP TABLE merged")
+        else:
+            db.execute("INSERT INTO studies SELECT *, $1, $1 FROM merging", [pull.number])
+        db.execute("DROP TABLE merging")
+        db.execute("DELETE FROM harvest WHERE pull = ?", [pull.number])
+        db.execute("COMMIT")
+        return new, changed
+
+    def finish_pull(self, pull: Pull, *, new: int, changed: int, unreachable: int | None) -> None:
+        row = self.db.execute("SELECT count(*) FROM studies").fetchone()
+        self.db.execute(
+            "UPDATE pulls SET finished = now(), studies = ?, new = ?, changed = ?, "
+            "unreachable = ? WHERE pull = ?",
+            [int(row[0]) if row else 0, new, changed, unreachable, pull.number],
+        )
+        self.db.execute("CHECKPOINT")
+
+    def requests(self, pull: int) -> int:
+        row = self.db.execute("SELECT requests FROM pulls WHERE pull = ?", [pull]).fetchone()
+        return int(row[0]) if row else 0
+
+    # --- series ----------------------------------------------------------------------------
+
+    def studies_without_series(self, batch: int) -> list[str]:
+        """Studies whose series were never listed, or listed for another instance count."""
+        rows = self.db.execute(
+            "SELECT s.study_uid FROM studies s LEFT JOIN series_listed l USING (study_uid) "
+            "WHERE l.study_uid IS NULL OR l.instances IS DISTINCT FROM s.instances "
+            "ORDER BY s.study_uid LIMIT ?",
+            [batch],
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def record_series(
+        self, listed: Sequence[tuple[str, list[tuple[Any, ...]]]], requests: int, pull: int
+    ) -> None:
+        """Each study's series rows replace what was there, and mark the study listed."""
+        uids = [uid for uid, _ in listed]
+        rows = [row for _, series in listed for row in series]
+        self.db.execute("BEGIN")
+        self.db.execute("DELETE FROM series WHERE study_uid IN (SELECT unnest(?))", [uids])
+        self.db.execute("DELETE FROM series_listed WHERE study_uid IN (SELECT unnest(?))", [uids])
+        if rows:
+            columns = [list(c) for c in zip(*rows, strict=True)]
+            self.db.execute(
+                "INSERT INTO series SELECT unnest($1), unnest($2), unnest($3), unnest($4), "
+                "unnest($5), unnest($6)",
+                columns,
+            )
+        self.db.execute(
+            "INSERT INTO series_listed SELECT s.study_uid, s.instances FROM studies s "
+            "WHERE s.study_uid IN (SELECT unnest(?))",
+            [uids],
+        )
+        self.db.execute("UPDATE pulls SET requests = requests + ? WHERE pull = ?", [requests, pull])
+        self.db.execute("COMMIT")
+
+
+def window_sql(window: Window) -> tuple[str, list[Any]]:
+    """A WHERE clause over `studies` selecting the studies of `window`."""
+    if not window.dated:
+        return "true", []
+    clauses, params = ["study_date SIMILAR TO '[0-9]{8}'"], []
+    low, _, high = window.key.split(" ")[0].partition("-")
+    if low:
+        clauses.append("study_date >= ?")
+        params.append(low)
+    if high:
+        clauses.append("study_date <= ?")
+        params.append(high)
+    if window.t_lo is not None and window.t_hi is not None:
+        times = window.key.split(" ")[1].split("-")
+        clauses.append("substr(coalesce(study_time, ''), 1, 6) BETWEEN ? AND ?")
+        params += times
+    return " AND ".join(clauses), params
+
+
+def _columns(records: Iterable[StudyRecord]) -> list[list[Any]]:
+    rows = [
+        (
+            r.study_uid,
+            r.patient_id,
+            r.patient_name,
+            r.study_date,
+            r.study_time,
+            r.accession,
+            r.description,
+            list(r.modalities),
+            r.series,
+            r.instances,
+        )
+        for r in records
+    ]
+    if not rows:
+        return [[] for _ in STUDY_COLUMNS]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _describe(scope_text: str) -> str:
+    scope = json.loads(scope_text)
+    shown = [f"{k}={v}" for k, v in scope.items() if v not in (None, [], "")]
+    return ", ".join(shown) or "no filter"
+
+
+def iter_rows(cursor: duckdb.DuckDBPyConnection, batch: int = 10_000) -> Iterator[tuple[Any, ...]]:
+    """A query's rows, fetched `batch` at a time: never a whole archive in Python."""
+    while rows := cursor.fetchmany(batch):
+        yield from rows

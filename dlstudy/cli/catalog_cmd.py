@@ -1,0 +1,410 @@
+"""`dlstudy catalog pull|query|status|export`: a local catalog of an archive (DuckDB)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..errors import DlstudyError, ExitStatus
+from .catalog_options import DbOpt, WhereOpt, catalog_option
+from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
+from .configured import ConfigCommand, ConfigOpt, ServerOpt
+from .connection import DEFAULTS, build_settings, parse_headers
+from .options import (
+    AccessionOpt,
+    CaBundleOpt,
+    CertOpt,
+    FilterOpt,
+    HeaderOpt,
+    HttpOpt,
+    InsecureOpt,
+    KeyOpt,
+    PasswordOpt,
+    PatientIdOpt,
+    PatientNameOpt,
+    ProxyOpt,
+    RetriesOpt,
+    StudyDateOpt,
+    StudyModalityOpt,
+    TimeoutOpt,
+    TokenCommandOpt,
+    TokenOpt,
+    UrlOpt,
+    UserOpt,
+    VerboseOpt,
+)
+from .query_cmd import CsvOpt, UidsOpt, render, study_query
+
+if TYPE_CHECKING:
+    from ..dicomweb.search import StudyQuery, StudyRecord
+
+LevelOpt = Annotated[
+    str, catalog_option("--level", help="study, or series: also every study's series.")
+]
+WalkOpt = Annotated[
+    str,
+    catalog_option(
+        "--walk",
+        help="auto: page a window by offset when the server honours it, else split it by "
+        "date; split: always split.",
+    ),
+]
+RecentOpt = Annotated[
+    int,
+    catalog_option("--recent", help="Days listed again by every later pull (new instances)."),
+]
+FullOpt = Annotated[bool, catalog_option("--full", help="List every window again.")]
+PageSizeOpt = Annotated[
+    int, catalog_option("--page-size", help="QIDO limit asked for; a server may cap it lower.")
+]
+SqlOpt = Annotated[str | None, catalog_option("--sql", help="Any SQL over the catalog's tables.")]
+ToOpt = Annotated[Path, catalog_option("--to", help="FILE.parquet or FILE.csv to write.")]
+TableOpt = Annotated[
+    str, catalog_option("--table", help="Table to export: studies, series, changes, pulls.")
+]
+StateOpt = Annotated[
+    list[str] | None,
+    catalog_option("--state", help="Only studies complete, partial or missing (repeatable)."),
+]
+StatusOutputOpt = Annotated[
+    Path, catalog_option("-o", "--output", help="The output folder of the downloads.")
+]
+PullJsonOpt = Annotated[bool, catalog_option("--json", help="Print one JSON summary on stdout.")]
+ListJsonOpt = Annotated[bool, catalog_option("--json", help="One JSON object per row (lines).")]
+QuietOpt = Annotated[bool, catalog_option("--quiet", "-q", help="No summary line.")]
+
+LEVELS = ("study", "series")
+WALKS = ("auto", "split")
+
+
+def _fail(exc: DlstudyError) -> typer.Exit:
+    error_line(str(exc))
+    return typer.Exit(int(exc.exit_status))
+
+
+def _form(json_output: bool, csv_output: bool, uids: bool) -> str:
+    if json_output + csv_output + uids > 1:
+        fail_usage("choose one of --json, --csv, --uids")
+    form = "json" if json_output else "csv" if csv_output else "uids" if uids else None
+    return form or ("table" if sys.stdout.isatty() else "tsv")
+
+
+def _print(write: Any) -> None:
+    """Run `write()` on stdout; a reader that stops early (`| head`) is not an error."""
+    try:
+        write()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
+    """Rows of any SQL: JSON lines, CSV, tab-separated, first column only (uids), or a table."""
+    count = 0
+    if form == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*names)
+        for row in rows:
+            table.add_row(*("" if v is None else str(_plain(v)) for v in row))
+            count += 1
+        Console(file=stream).print(table)
+        return count
+    writer = csv.writer(stream, lineterminator="\n", delimiter="\t" if form == "tsv" else ",")
+    if form in ("csv", "tsv"):
+        writer.writerow(names)
+    for row in rows:
+        count += 1
+        if form == "json":
+            stream.write(json.dumps(dict(zip(names, map(_plain, row), strict=True))) + "\n")
+        elif form == "uids":
+            stream.write(f"{row[0]}\n")
+        else:
+            writer.writerow(["" if v is None else _cell(v) for v in row])
+    return count
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return "\\".join(str(v) for v in value)
+    return str(_plain(value))
+
+
+def _query(
+    patient_id: str | None,
+    patient_name: str | None,
+    study_date: str | None,
+    modality: list[str] | None,
+    accession: str | None,
+    filters: list[str] | None,
+) -> StudyQuery:
+    return study_query(
+        {
+            "patient_id": patient_id,
+            "patient_name": patient_name,
+            "study_date": study_date,
+            "modality": modality,
+            "accession": accession,
+            "filter": filters,
+        }
+    )
+
+
+catalog_app = typer.Typer(
+    help="A local catalog of an archive: pull its QIDO once, select cohorts offline.",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("pull", cls=ConfigCommand)
+def pull_command(
+    db: DbOpt,
+    url: UrlOpt = "",
+    patient_id: PatientIdOpt = None,
+    patient_name: PatientNameOpt = None,
+    study_date: StudyDateOpt = None,
+    modality: StudyModalityOpt = None,
+    accession: AccessionOpt = None,
+    filter: FilterOpt = None,
+    level: LevelOpt = "study",
+    walk: WalkOpt = "auto",
+    recent: RecentOpt = 7,
+    full: FullOpt = False,
+    page_size: PageSizeOpt = DEFAULTS.qido_page_size,
+    json_output: PullJsonOpt = False,
+    quiet: QuietOpt = False,
+    http: HttpOpt = DEFAULTS.http,
+    token: TokenOpt = None,
+    token_command: TokenCommandOpt = None,
+    user: UserOpt = None,
+    password: PasswordOpt = None,
+    header: HeaderOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    insecure: InsecureOpt = False,
+    proxy: ProxyOpt = None,
+    retries: RetriesOpt = DEFAULTS.retries,
+    timeout: TimeoutOpt = DEFAULTS.timeout,
+    config: ConfigOpt = None,
+    server: ServerOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Harvest the archive's study-level QIDO attributes into the catalog (resumable; a later
+    pull asks only for what can be new)."""
+    import anyio
+
+    from ..catalog.harvest import Harvester, scope_of
+    from ..catalog.store import Catalog
+    from ..flow.retry import RetryPolicy
+    from ..http.auth import auth_from_settings
+    from ..http.client import Transport
+
+    setup_logging(verbose, None)
+    if level not in LEVELS:
+        fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if walk not in WALKS:
+        fail_usage(f"--walk must be one of {', '.join(WALKS)}, got {walk!r}")
+    if not 1 <= page_size <= 100_000:
+        fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
+    if recent < 0:
+        fail_usage(f"--recent must not be negative, got {recent}")
+    query = _query(patient_id, patient_name, study_date, modality, accession, filter)
+    if len(query.modalities) > 1:
+        fail_usage("catalog pull takes one --modality (a catalog is one selection)")
+    settings = build_settings(
+        url=url,
+        http=http,
+        insecure=insecure,
+        token=token,
+        token_command=token_command,
+        user=user,
+        password=password,
+        headers=parse_headers(header or []),
+        ca_bundle=ca_bundle,
+        cert=cert,
+        key=key,
+        proxy=proxy,
+        retries=retries,
+        timeout=timeout,
+        qido_page_size=page_size,
+    )
+
+    async def run(catalog: Catalog) -> Any:
+        transport = Transport(settings, auth=await auth_from_settings(settings))
+        try:
+            policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
+            harvester = Harvester(
+                catalog,
+                transport,
+                query,
+                page_size=page_size,
+                policy=policy,
+                walk=walk,
+                recent_days=recent,
+                full=full,
+                level=level,
+            )
+            return await harvester.run()
+        finally:
+            await transport.aclose()
+
+    try:
+        with exit_on_interrupt():
+            catalog = Catalog(db)
+            try:
+                catalog.check_scope(scope_of(query))
+                summary = anyio.run(run, catalog)
+            finally:
+                catalog.close()
+    except DlstudyError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+    elif not quiet:
+        typer.echo(summary.one_line(), err=True)
+        for note in summary.notes:
+            typer.echo(f"catalog: {note}", err=True)
+    if summary.unreachable != 0:
+        error_line("the listing is incomplete: some studies could not be reached (see above)")
+        raise typer.Exit(int(ExitStatus.SOME_FAILED))
+
+
+@catalog_app.command("query")
+def query_command(
+    db: DbOpt,
+    where: WhereOpt = None,
+    sql: SqlOpt = None,
+    patient_id: PatientIdOpt = None,
+    patient_name: PatientNameOpt = None,
+    study_date: StudyDateOpt = None,
+    modality: StudyModalityOpt = None,
+    accession: AccessionOpt = None,
+    json_output: ListJsonOpt = False,
+    csv_output: CsvOpt = False,
+    uids: UidsOpt = False,
+) -> None:
+    """Select studies from the catalog, offline: the filters of `query`, --where, or --sql."""
+    from ..catalog.query import run_sql, select_studies, select_uids
+    from ..catalog.store import connect
+
+    form = _form(json_output, csv_output, uids)
+    query = _query(patient_id, patient_name, study_date, modality, accession, None)
+    if sql is not None and (where is not None or query != type(query)()):
+        fail_usage("--sql is a whole query: give it alone, without --where or filters")
+    try:
+        database = connect(db, read_only=True)
+        try:
+            if sql is not None:
+                names, rows = run_sql(database, sql)
+                count = 0
+
+                def write_sql() -> None:
+                    nonlocal count
+                    count = render_rows(names, rows, form, sys.stdout)
+
+                _print(write_sql)
+                if form == "table":
+                    typer.echo(f"{count} rows", err=True)
+                return
+            if form == "uids":
+                found = select_uids(database, query, where)
+                first = next(found, None)
+                if first is not None:
+                    rest = itertools.chain([first], found)
+                    _print(lambda: sys.stdout.writelines(f"{u}\n" for u in rest))
+                    return
+                records: list[StudyRecord] = []
+            else:
+                records = list(select_studies(database, query, where))
+        finally:
+            database.close()
+    except DlstudyError as exc:
+        raise _fail(exc) from exc
+    if not records:
+        error_line("no study of the catalog matched")
+        raise typer.Exit(int(ExitStatus.NOTHING_MATCHED))
+    _print(lambda: render(records, form, sys.stdout))
+    if form == "table":
+        typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)
+
+
+@catalog_app.command("status")
+def status_command(
+    db: DbOpt,
+    output: StatusOutputOpt = DEFAULTS.output,
+    where: WhereOpt = None,
+    state: StateOpt = None,
+    json_output: ListJsonOpt = False,
+    csv_output: CsvOpt = False,
+    uids: UidsOpt = False,
+) -> None:
+    """Which catalogued studies are complete, partial or missing in OUT (from its manifest)."""
+    from ..catalog.status import STATES, study_states, tally
+
+    wanted = set(state or ())
+    if bad := sorted(wanted - set(STATES)):
+        fail_usage(f"--state must be one of {', '.join(STATES)}, got {bad[0]!r}")
+    listing = bool(wanted) or json_output or csv_output or uids
+    try:
+        states = study_states(db, output, None, where)
+        if not listing:
+            counts = tally(states)
+        else:
+            form = _form(json_output, csv_output, uids)
+            names = ["study_uid", "state", "instances", "on_disk", "study_date", "patient_id"]
+            rows = (
+                (s.record.study_uid, s.state, s.record.instances, s.on_disk,
+                 s.record.study_date, s.record.patient_id)
+                for s in states
+                if not wanted or s.state in wanted
+            )  # fmt: skip
+            _print(lambda: render_rows(names, rows, form, sys.stdout))
+            return
+    except DlstudyError as exc:
+        raise _fail(exc) from exc
+    for name in STATES:
+        row = counts[name]
+        typer.echo(
+            f"{name:9} {row['studies']:>9} studies  {row['instances']:>11} instances"
+            f"  ({row['on_disk']} on disk)"
+        )
+
+
+@catalog_app.command("export")
+def export_command(
+    db: DbOpt,
+    to: ToOpt,
+    table: TableOpt = "studies",
+    where: WhereOpt = None,
+) -> None:
+    """Write a table of the catalog to Parquet or CSV (by the file's suffix), for pandas/polars."""
+    from ..catalog.query import export
+
+    try:
+        rows = export(db, to, table, where)
+    except DlstudyError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"catalog: {rows} rows of {table} written to {to}", err=True)

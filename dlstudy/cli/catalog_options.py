@@ -1,0 +1,77 @@
+"""Options of the catalog commands, and `--from-catalog` / `--catalog` of download and sync:
+declared here, apart from the commands, so that those modules only import what they use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import DlstudyError, ExitStatus
+from .common import error_line, fail_usage
+from .connection import PANELS, envvar_for
+
+# The catalog's own options: how --help shows their values, and where it groups them.
+_METAVARS = {
+    "--db": "FILE", "--from-catalog": "FILE", "--catalog": "FILE", "--where": "SQL",
+    "--sql": "SQL", "--level": "study|series", "--walk": "auto|split", "--recent": "DAYS",
+    "--page-size": "N", "--to": "FILE", "--table": "NAME", "--state": "STATE",
+    "--output": "DIR",
+}  # fmt: skip
+_PANELS = {
+    "--db": "Catalog", "--from-catalog": "What to fetch", "--catalog": "What to fetch",
+    "--where": "What to fetch", "--sql": "Output", "--level": "Catalog", "--walk": "Catalog",
+    "--recent": "Catalog", "--full": "Catalog", "--page-size": "Catalog", "--to": "Output",
+    "--table": "Output", "--state": "What to fetch",
+}  # fmt: skip
+
+
+def catalog_option(*names: str, help: str) -> Any:
+    long_name = next(name for name in names if name.startswith("--"))
+    return typer.Option(
+        *names,
+        help=help,
+        envvar=envvar_for(long_name),
+        metavar=_METAVARS.get(long_name),
+        rich_help_panel=_PANELS.get(long_name) or PANELS.get(long_name),
+    )
+
+
+DbOpt = Annotated[Path, catalog_option("--db", help="The catalog file (DuckDB).")]
+WhereOpt = Annotated[
+    str | None,
+    catalog_option(
+        "--where", help='SQL condition over the catalog\'s studies, e.g. "instances > 100".'
+    ),
+]
+FromCatalogOpt = Annotated[
+    Path | None,
+    catalog_option("--from-catalog", help="Download the catalog's studies (with --where: some)."),
+]
+SyncCatalogOpt = Annotated[
+    Path | None,
+    catalog_option(
+        "--catalog", help="Take the studies from this catalog instead of searching the server."
+    ),
+]
+
+
+def catalog_uids(path: Path, where: str | None) -> list[str]:
+    """`download --from-catalog FILE [--where SQL]`: the study UIDs it selects."""
+    from ..catalog.query import study_uids
+
+    try:
+        uids = study_uids(path, None, where)
+    except DlstudyError as exc:
+        error_line(str(exc))
+        raise typer.Exit(int(exc.exit_status)) from exc
+    if not uids:
+        error_line(f"no study of the catalog {path} matched")
+        raise typer.Exit(int(ExitStatus.NOTHING_MATCHED))
+    return uids
+
+
+def check_where(where: str | None, catalog: Path | None, needs: str) -> None:
+    if where is not None and catalog is None:
+        fail_usage(f"--where selects from a catalog: give {needs} too")

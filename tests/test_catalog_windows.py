@@ -1,0 +1,43 @@
+"""The windows a catalog pull asks for: their query keys, their halves, their stored form."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dlstudy.catalog.windows import Window, recent
+
+
+def test_the_root_without_dates_asks_no_studydate_and_splits_into_open_ends() -> None:
+    root = Window.root(None)
+    assert root.params() == [] and root.key == "*"
+    low, high = root.split()
+    assert low.params()[0][1].startswith("-") and high.params()[0][1].endswith("-")
+    assert Window.from_key(low.key) == low and Window.from_key(high.key) == high
+
+
+def test_halves_cover_the_window_down_to_one_second() -> None:
+    window = Window.root("20190101-20190104")
+    assert window.params() == [("StudyDate", "20190101-20190104")]
+    seen_days: list[str] = []
+    todo = [window]
+    seconds = 0
+    while todo:
+        w = todo.pop()
+        if w.lo == w.hi and w.t_lo is None:
+            seen_days.append(w.params()[0][1])
+            if w.params()[0][1] == "20190102":  # one day walked down to its seconds
+                todo.extend(w.split())
+            continue
+        if w.t_lo is not None and w.t_hi is not None:
+            if not w.splittable:
+                seconds += 1
+                assert Window.from_key(w.key) == w
+                continue
+        todo.extend(w.split())
+    assert sorted(seen_days) == ["20190101", "20190102", "20190103", "20190104"]
+    assert seconds == 86_400
+
+
+def test_recent_days_are_open_ended() -> None:
+    window = recent(7, today=dt.date(2026, 12, 5))
+    assert window.params() == [("StudyDate", "20261128-")]
