@@ -26,14 +26,12 @@ different is recorded in `changes`.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-import httpx
 
 from ..dicomweb.qido import TAG_SERIES_UID, Pager, first_int, first_value
 from ..dicomweb.search import StudyQuery, StudyRecord
@@ -54,7 +52,6 @@ SERIES_BATCH = 200  # studies whose series are listed, then written, at a time
 TAIL_OVERLAP = 8  # known studies a tail must start with, to show the order held
 MAX_WINDOW = 100_000_000  # studies paged by offset in one window: past it, a server inventing
 MAX_TAIL = 100_000  # new studies read from a tail at most (held until written); more: walk
-_ADDITIONAL_RE = re.compile(r"(\d+)\s+additional", re.IGNORECASE)
 TAG_SERIES_NUMBER = "00200011"
 TAG_SERIES_DESCRIPTION = "0008103E"
 TAG_SERIES_MODALITY = "00080060"
@@ -109,22 +106,6 @@ class Page:
     records: list[StudyRecord]
     truncated: bool  # the server said or showed there is more
     remaining: int | None  # "N additional results", when the server says so
-
-
-class CountingPager(Pager):
-    """The QIDO pager (its retries, watchdog, errors), one page at a time, keeping the count a
-    `Warning: 299` gives. One per request: the count travels on the instance."""
-
-    remaining: int | None = None
-
-    def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
-        items, truncated = super()._read_page(response)
-        self.remaining = None
-        for value in response.headers.get_list("warning"):
-            match = _ADDITIONAL_RE.search(value)
-            if value.strip().startswith("299") and match:
-                self.remaining = int(match.group(1))
-        return items, truncated
 
 
 class Harvester:
@@ -370,14 +351,14 @@ class Harvester:
         return list(found.values()), asked
 
     async def _page(self, window: Window, offset: int) -> Page:
-        pager = CountingPager(self.transport, self.page_size, self.policy)
+        pager = Pager(self.transport, self.page_size, self.policy)
         params = [
             (k, v)
             for k, v in self.query.params(_one(self.query.modalities))
             if k != "StudyDate" or not window.dated  # the window's own range replaces it
         ]
         params += [*window.params(), ("limit", str(self.page_size)), ("offset", str(offset))]
-        answer = await pager._get_page(f"{self.transport.base_url}/studies", params)
+        answer = await pager.get_page(f"{self.transport.base_url}/studies", params)
         if answer is None:  # 404: no match, if the root is a DICOMweb root at all
             await pager.check_root()
             return Page([], False, None)

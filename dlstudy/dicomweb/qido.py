@@ -13,6 +13,7 @@ page brings nothing new, it raises IncompleteListingError, and the run fails tha
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,7 @@ class Pager:
         self.page_size = page_size
         self.policy = policy
         self._root_checked = False
+        self.remaining: int | None = None  # what the last page's Warning 299 counted
 
     async def check_root(self) -> None:
         """A 404 means "no such study" only when a DICOMweb server says it: before believing
@@ -127,7 +129,7 @@ class Pager:
         offset = 0
         while True:
             page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
-            page = await self._get_page(url, page_params)
+            page = await self.get_page(url, page_params)
             if page is None:
                 await self.check_root()
                 return None
@@ -163,10 +165,12 @@ class Pager:
                 break
         return list(results.values())
 
-    async def _get_page(
+    async def get_page(
         self, url: str, params: list[tuple[str, str]]
     ) -> tuple[list[dict[str, Any]], bool] | None:
-        """One page (None for 404); transient failures retried, lasting ones a ServerError."""
+        """One page (None for 404): its items and whether the server says it was truncated;
+        transient failures retried, lasting ones a ServerError. `remaining` then holds the
+        count of further results a `Warning: 299` gave, if any."""
 
         async def attempt() -> tuple[list[dict[str, Any]], bool] | None:
             # httpx's read timeout is per chunk: a dripping QIDO answer would pass it forever.
@@ -187,6 +191,7 @@ class Pager:
 
     def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
         check_auth(response)
+        self.remaining = _remaining(response.headers)
         shown = redact_url(str(response.url))
         if response.status_code == 204:
             return [], False
@@ -266,6 +271,18 @@ def describe_answer(response: httpx.Response) -> str:
 
 def _mime(response: httpx.Response) -> str:
     return parse_media_type(response.headers.get("content-type", "")).mime
+
+
+_ADDITIONAL = re.compile(r"(\d+)\s+additional", re.IGNORECASE)
+
+
+def _remaining(headers: httpx.Headers) -> int | None:
+    """N of `Warning: 299 <host>: There are N additional results that can be requested`."""
+    for value in headers.get_list("warning"):
+        match = _ADDITIONAL.search(value)
+        if value.strip().startswith("299") and match:
+            return int(match.group(1))
+    return None
 
 
 def _has_more_warning(headers: httpx.Headers) -> bool:
