@@ -109,7 +109,8 @@ class Run:
         )
         locator = Locator(resolver)
         found: list[list[InstanceRef]] = [[] for _ in items]
-        incomplete: list[CohortItem] = []
+        # Items resolve concurrently; their failures are reported in list order afterwards.
+        failed: dict[int, tuple[str, int | None]] = {}
 
         async def one(index: int) -> None:
             item = items[index]
@@ -118,10 +119,9 @@ class Run:
             try:
                 found[index] = await locator.instances(item)
             except NotFound as exc:
-                self.missing(item, str(exc))
+                failed[index] = (str(exc), 404)
             except IncompleteListingError as exc:  # this item fails; the others go on
-                incomplete.append(item)
-                self.missing(item, str(exc), status=None)
+                failed[index] = (str(exc), None)
 
         studies = [i for i, item in enumerate(items) if item.level == "study"]
         for index in studies:
@@ -134,6 +134,10 @@ class Run:
         await run_pool(studies, study, STUDIES_AT_ONCE)
         others = [i for i, item in enumerate(items) if item.level != "study"]
         await run_pool(others, one, QIDO_CONCURRENCY)
+        for index in sorted(failed):
+            reason, status = failed[index]
+            self.missing(items[index], reason, status=status)
+        incomplete = any(status is None for _, status in failed.values())
         refs = self.unique_valid(found)
         if self.summary.total == 0 and not incomplete:
             raise NothingMatchedError(self._nothing_matched_message(items))
