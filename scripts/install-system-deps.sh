@@ -2,12 +2,14 @@
 # Install the Debian packages the test suite needs: Orthanc + its DICOMweb plugin (integration
 # tests against a real third-party server), nginx and openssl (`dlstudy bench` against a static
 # DICOMweb tree), librsvg2-bin (the bench chart's PNG output), curl (third-party client tests),
-# tinyproxy and microsocks (real HTTP/CONNECT and SOCKS5 proxies for the proxy tests).
+# tinyproxy and microsocks (real HTTP/CONNECT and SOCKS5 proxies for the proxy tests), slurm-wlm
+# and munge (a one-node SLURM cluster runs examples/slurm-array.sh in tests/test_slurm.py).
 #
 # Idempotent: if every tool is already there it exits at once. Otherwise it installs only the
 # packages that are missing (apt-get update + apt-get install --no-install-recommends
 # --no-upgrade): packages already installed are never upgraded. The packages' postinst scripts
-# would start system-wide services (Orthanc on 8042/4242, nginx, tinyproxy); we block that with
+# would start system-wide services (Orthanc on 8042/4242, nginx, tinyproxy, munge, slurmctld,
+# slurmd); we block that with
 # a temporary /usr/sbin/policy-rc.d (exit 101) and restore whatever was there before. The tests
 # start their own processes on free ports with their own config and storage.
 #
@@ -49,13 +51,22 @@ describe() {
     printf '%s' "${listed[*]}" | sed 's/,/, /g'
 }
 
-PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin tinyproxy microsocks)
+PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin tinyproxy microsocks slurm-wlm munge)
 have_tools() {
     find_orthanc >/dev/null && find_plugin >/dev/null && command -v curl >/dev/null \
         && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } \
         && command -v openssl >/dev/null && command -v rsvg-convert >/dev/null \
         && { command -v tinyproxy >/dev/null || [ -x /usr/sbin/tinyproxy ]; } \
-        && command -v microsocks >/dev/null
+        && command -v microsocks >/dev/null && have_slurm
+}
+
+# slurmctld, slurmd and munged live in /usr/sbin, which a non-root PATH may lack.
+have_slurm() {
+    local tool
+    for tool in slurmctld slurmd munged; do
+        command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || return 1
+    done
+    command -v sbatch >/dev/null && command -v sinfo >/dev/null
 }
 
 # The packages of PACKAGES that are not installed (dpkg says so): only these are installed.
@@ -116,7 +127,8 @@ run chmod 0755 "$POLICY"
 mapfile -t MISSING < <(missing_packages)
 if [ "${#MISSING[@]}" -eq 0 ]; then
     echo "install-system-deps: every package is installed, yet a tool is missing (Orthanc, its" \
-        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy or microsocks)" >&2
+        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, slurm or" \
+        "munge)" >&2
     exit 1
 fi
 start=$(date +%s)
@@ -133,7 +145,7 @@ if ! { run env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::T
 fi
 
 # Belt and braces: if a service got started anyway (policy-rc.d ignored), stop it.
-for service in orthanc nginx tinyproxy; do
+for service in orthanc nginx tinyproxy munge slurmctld slurmd; do
     if [ -x "/etc/init.d/$service" ] && run "/etc/init.d/$service" status >/dev/null 2>&1; then
         run "/etc/init.d/$service" stop >>"$log" 2>&1 || true
     fi
@@ -144,7 +156,8 @@ done
 
 if ! have_tools; then
     echo "install-system-deps: packages installed but a tool is still missing (Orthanc, its" \
-        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy or microsocks;" \
+        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, slurm" \
+        "or munge;" \
         "see $log)" >&2
     exit 1
 fi

@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.embedded_server",
     "tests.fixtures.orthanc",
     "tests.fixtures.proxies",
+    "tests.fixtures.slurm",
 ]
 
 

@@ -102,8 +102,21 @@ def test_example_slurm_script_is_valid_bash_with_a_valid_download() -> None:
     text = script.read_text()
     assert re.search(r"^#SBATCH --array=\S+", text, re.M)
     call = text.split("dlstudy download", 1)[1].split(">", 1)[0].replace("\\\n", " ")
-    params = parse(["download", *shlex.split(call)])
+
+    def arguments(**variables: str) -> list[str]:
+        """The call's words as bash expands them in a task with these variables."""
+        printed = subprocess.run(
+            ["bash", "-c", f"printf '%s\\0' {call}"],
+            env={"SLURM_ARRAY_TASK_ID": "5", "out": "/data", "cohort": "c.txt", **variables},
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        return printed.stdout.split("\0")[:-1]
+
+    params = parse(["download", *arguments()])
     assert params["shard"] == "auto" and params["server"] == "pacs"
+    assert params["output"] == "/data/shard-5"
+    # A task resubmitted alone is given its shard (see the script's comment).
+    assert parse(["download", *arguments(DLSTUDY_SHARD="6/16")])["shard"] == "6/16"
 
 
 def test_main_exits_with_the_commands_status_and_flushed_output(tmp_path: Path) -> None:
