@@ -1,6 +1,6 @@
 """examples/slurm-array.sh under a real SLURM: a one-node cluster on this machine (see
-tests/fixtures/slurm.py) runs the documented job script as a 4-task array against the embedded
-DICOMweb server; `--shard auto` must give each task its own studies, together all of them."""
+tests/fixtures/slurm.py) runs the documented job script as a 4-task array against a virtual archive
+(`serve --virtual`); `--shard auto` must give each task its own studies, together all of them."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from dlstudy.dicomweb.shard import Shard
-from dlstudy.server.synth import SynthSpec, generate
+from dlstudy.server import VirtualArchive, VirtualSpec
 
-from .cli_helpers import DLSTUDY, PROXY_VARIABLES, assert_same_files
+from .cli_helpers import DLSTUDY, PROXY_VARIABLES
 from .fixtures.embedded_server import StartServer
 from .fixtures.slurm import SlurmCluster
 
@@ -107,10 +107,20 @@ def _summaries(out: Path) -> list[dict[str, Any]]:
 def test_the_slurm_array_example_downloads_each_study_once_across_its_tasks(
     slurm_cluster: SlurmCluster, embedded_server: StartServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "source"
-    instances = generate(source, SynthSpec(studies=12, series=1, instances=3))
-    studies = sorted({instance.study_uid for instance in instances})
-    url = embedded_server(source)
+    spec = VirtualSpec(12, seed=11, mix="mimic")  # 12 studies of 1-4 radiographs
+    archive = VirtualArchive(spec)
+    studies = sorted(archive.study_uids())
+    instances = [i for study in studies for i in archive.instances_of(study)]
+    url = embedded_server(None, virtual=spec)
+
+    def assert_same_files(wanted: list[tuple[str, str, str]], folder: Path) -> None:
+        """Every instance of `wanted` under `folder`, byte for byte, and nothing else."""
+        for st, se, sop in wanted:
+            path = folder / st / se / f"{sop}.dcm"
+            assert path.read_bytes() == archive.expected_bytes(st, se, sop), path
+        kept = [p for p in folder.rglob("*.dcm") if ".dlstudy" not in p.parts]
+        assert len(kept) == len(wanted), folder
+
     cohort = tmp_path / "cohort.txt"
     cohort.write_text("\n".join(studies) + "\n")
     config = tmp_path / "config.toml"
@@ -133,22 +143,23 @@ def test_the_slurm_array_example_downloads_each_study_once_across_its_tasks(
     assert set().union(*shards) == set(studies)  # ... and together the whole cohort
     assert sum(1 for shard in shards if shard) >= 2  # the work was split, not done by one task
     for task, shard in enumerate(shards):  # every file byte for byte, none more
-        mine = [instance for instance in instances if instance.study_uid in shard]
+        mine = [instance for instance in instances if instance[0] in shard]
         assert_same_files(mine, out / f"shard-{task}")
 
     # A task that failed half-way (here: one file gone) is retried as the script says, by
     # submitting the same array again: that task fetches what is missing, the others nothing.
     task = next(task for task, shard in enumerate(shards) if shard)
-    lost = next(instance for instance in instances if instance.study_uid in shards[task])
-    (out / f"shard-{task}" / lost.study_uid / lost.series_uid / f"{lost.sop_uid}.dcm").unlink()
+    lost_study, lost_series, lost_sop = next(i for i in instances if i[0] in shards[task])
+    lost = out / f"shard-{task}" / lost_study / lost_series / f"{lost_sop}.dcm"
+    lost.unlink()
     _run_array(slurm_cluster, cohort, env, job)
     downloaded = [summary["instances"]["downloaded"] for summary in _summaries(out)]
     assert downloaded == [1 if t == task else 0 for t in range(TASKS)]
     for t, shard in enumerate(shards):
-        assert_same_files([i for i in instances if i.study_uid in shard], out / f"shard-{t}")
+        assert_same_files([i for i in instances if i[0] in shard], out / f"shard-{t}")
 
     # One task alone, its shard given as the script says: SLURM calls it a one-task array.
-    (out / f"shard-{task}" / lost.study_uid / lost.series_uid / f"{lost.sop_uid}.dcm").unlink()
+    lost.unlink()
     (out / f"summary-{task}.json").unlink()
     _run_array(
         slurm_cluster,
@@ -160,4 +171,4 @@ def test_the_slurm_array_example_downloads_each_study_once_across_its_tasks(
     alone = json.loads((out / f"summary-{task}.json").read_text())
     assert alone["exit_status"] == 0 and alone["instances"]["downloaded"] == 1, alone
     assert set(alone["study_uids"]) == shards[task]
-    assert_same_files([i for i in instances if i.study_uid in shards[task]], out / f"shard-{task}")
+    assert_same_files([i for i in instances if i[0] in shards[task]], out / f"shard-{task}")
