@@ -60,8 +60,14 @@ def run_installed(
 ) -> subprocess.CompletedProcess[str]:
     """The installed `dlstudy ARGS...` in a subprocess, with no proxy from this machine's
     environment (and none of the developer's DLSTUDY_ settings) unless `env` gives one."""
+    return _run([DLSTUDY, *args], env, timeout)
+
+
+def _run(
+    argv: list[str], env: dict[str, str] | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [DLSTUDY, *args],
+        argv,
         env=_clean_environment(env),
         capture_output=True,
         text=True,
@@ -112,13 +118,7 @@ def run_installed_measured(
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     """`run_installed`, and the run's peak resident memory in MB (the largest of its process
     and the worker processes it started)."""
-    result = subprocess.run(
-        [sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), DLSTUDY, *args],
-        env=_clean_environment(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
+    result = _run(
+        [sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), DLSTUDY, *args], env, timeout
     )
     return result, int(peak_file.read_text()) / 1024

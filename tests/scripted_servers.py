@@ -25,6 +25,17 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def listing(self, path: str) -> bool:
+        """Answer the QIDO listing of the one series of SOPS, if `path` asks for it."""
+        if path.endswith("/series"):
+            body = json.dumps([series_json(SERIES, count=len(SOPS))]).encode()
+        elif path.endswith("/instances"):
+            body = json.dumps([instance_json(s) for s in SOPS]).encode()
+        else:
+            return False
+        self.reply(200, body, "application/dicom+json")
+        return True
+
     def reply(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -103,13 +114,7 @@ def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
     class First(_Quiet):
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?", 1)[0]
-            if path.endswith("/series"):
-                body = json.dumps([series_json(SERIES, count=len(SOPS))]).encode()
-                self.reply(200, body, "application/dicom+json")
-            elif path.endswith("/instances"):
-                body = json.dumps([instance_json(s) for s in SOPS]).encode()
-                self.reply(200, body, "application/dicom+json")
-            else:
+            if not self.listing(path):
                 self.reply(302, b"", "text/plain", Location=f"{other_base}{path}")
 
     first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), First)
@@ -153,13 +158,7 @@ def presigned_pair(refused: int) -> Iterator[tuple[str, str, list[str], list[str
     class Archive(_Quiet):
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?", 1)[0]
-            if path.endswith("/series"):
-                body = json.dumps([series_json(SERIES, count=len(SOPS))]).encode()
-                self.reply(200, body, "application/dicom+json")
-            elif path.endswith("/instances"):
-                body = json.dumps([instance_json(s) for s in SOPS]).encode()
-                self.reply(200, body, "application/dicom+json")
-            else:
+            if not self.listing(path):
                 sop = path.rsplit("/", 1)[1]
                 with lock:
                     asked.append(sop)
