@@ -307,3 +307,18 @@ def test_plain_http_to_a_tls_port_and_tls_to_a_plain_port_say_which_to_use(
             (line,) = [x for x in result.stderr.splitlines() if x.startswith("dlstudy: error:")]
             assert what in line and hint in line
             assert "attempts" not in line  # not retried
+
+
+def test_a_fatal_error_is_one_line_on_stderr_and_nothing_else(tmp_path: Path) -> None:
+    """With --json, stderr holds the one error line: no bare copy of it (a logger with no
+    handler would print one through logging's last resort)."""
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{port.getsockname()[1]}/dicomweb"
+    port.close()  # nothing listens there now
+    result = run_installed("download", "1.2.3", "--url", url, "-o", str(tmp_path), "--json")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        f"dlstudy: error: connection refused by 127.0.0.1:{url.split(':')[2].split('/')[0]} "
+        f"({url}/studies/1.2.3/series)"
+    ]

@@ -23,6 +23,7 @@ from ..report.summary import Summary
 # and every failure, so a cron job's log is the record of the run.
 outcome = logging.getLogger("dlstudy.outcome")
 outcome.propagate = False
+outcome.addHandler(logging.NullHandler())  # without --log-file: nowhere (not logging's last resort)
 
 
 def setup_logging(verbose: bool, log_file: Path | None) -> None:
@@ -146,4 +147,5 @@ def use_log_format(log_format: str) -> None:
         for handler in logging.getLogger("dlstudy").handlers:
             if getattr(handler, "dlstudy_cli", False):
                 handler.setFormatter(JsonFormatter())
-        outcome.handlers.clear()  # the events end with run_summary, which says it all
+        for handler in [h for h in outcome.handlers if getattr(h, "dlstudy_cli", False)]:
+            outcome.removeHandler(handler)  # the events end with run_summary, which says it all
