@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import ssl
 import threading
 import time
 import zlib
@@ -64,12 +65,19 @@ def _stop(
 
 
 @contextmanager
-def _one_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    """A server of `handler` on a free port of 127.0.0.1; yields its DICOMweb base URL."""
+def _one_server(
+    handler: type[http.server.BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
+) -> Iterator[str]:
+    """A server of `handler` on a free port of 127.0.0.1; yields its DICOMweb base URL.
+    With `tls`, over TLS; a connection is closed without close_notify (Python's
+    SSLSocket.close never sends one)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threads = _serve(server)
+    scheme = "https" if tls is not None else "http"
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicomweb"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}/dicomweb"
     finally:
         _stop((server,), threads)
 
@@ -320,10 +328,13 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def cutting(cut_first: int) -> Iterator[tuple[str, str, list[str]]]:
+def cutting(
+    cut_first: int, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, str, list[str]]]:
     """Instances answered without a Content-Length, the body ending when the connection
     closes: the first `cut_first` answers close halfway, so HTTP itself cannot tell them from
-    whole ones. Yields (base URL, study UID, the SOP UIDs)."""
+    whole ones. With `tls`, over TLS, each connection closed without close_notify. Yields
+    (base URL, study UID, the SOP UIDs)."""
     answers = [0]
 
     class Cutting(_Quiet):
@@ -347,7 +358,7 @@ def cutting(cut_first: int) -> Iterator[tuple[str, str, list[str]]]:
                 self.wfile.write(data)
                 self.close_connection = True
 
-    with _one_server(Cutting) as url:
+    with _one_server(Cutting, tls) as url:
         yield url, STUDY, SOPS
 
 

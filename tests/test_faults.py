@@ -12,6 +12,7 @@ import os
 import random
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from .cli_helpers import download_json, run_installed, run_installed_measured, summary_of
 from .faultproxy import Fault, FaultProxy
-from .fixtures.embedded_server import StartServer, SynthStudy
+from .fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
 from .tools import missing_tool
 
 pytestmark = pytest.mark.integration
@@ -783,6 +784,30 @@ def test_a_body_cut_where_http_cannot_tell_is_never_committed(
         assert len(reasons) == len(sops) and all("the file is incomplete" in r for r in reasons)
         assert not list(out.rglob("*.dcm"))
     assert not list(out.rglob("*.part"))
+
+
+def test_a_tls_body_cut_without_close_notify_is_never_committed(
+    tmp_path: Path, tls_ca: TlsFiles
+) -> None:
+    """The same close-delimited body over TLS, the connection closed halfway without
+    close_notify: a truncation, retried, and reported; never a file under its final name."""
+    from .scripted_servers import cutting
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(str(tls_ca.cert), str(tls_ca.key))
+    out = tmp_path / "out"
+    with cutting(100, tls) as (url, study, sops):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "1", "--ca-bundle", str(tls_ca.ca_pem),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == 0
+    reasons = [f["reason"] for f in summary["failures"]]
+    assert len(reasons) == len(sops) and all("connection broken" in r for r in reasons), reasons
+    assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.part"))
 
 
 @pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
