@@ -68,6 +68,13 @@ def download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict, s
     return result.exit_code, summary_of(result), result.stderr
 
 
+def installed_download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """The installed `dlstudy download --json`: its exit status and summary."""
+    result = run_installed("download", study, "--url", url, "-o", str(out), "--json", *extra)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
 # --- network faults -------------------------------------------------------------------------
 
 
@@ -769,7 +776,7 @@ def test_a_body_cut_where_http_cannot_tell_is_never_committed(
 
     out = tmp_path / "out"
     with cutting(cut_first) as (url, study, sops):
-        status, summary, _ = download(
+        status, summary = installed_download(
             url, study, out, "--http", "1.1", "--mode", "instance", "--retries", "2"
         )
     if cut_first < len(sops):
@@ -840,7 +847,7 @@ def test_an_http2_stream_ended_early_without_a_length_is_never_committed(
 
     out = tmp_path / "out"
     with h2_server_in_a_thread(handler) as url:
-        status, summary, _ = download(
+        status, summary = installed_download(
             url + "/dicomweb", STUDY, out, "--http", "2", "--mode", "instance", "--retries", "2"
         )
     if cut_first < len(SOPS):
