@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -40,6 +40,7 @@ from ..flow.pool import first_error
 from ..http.client import Transport
 from ..http.urls import redact_url, study_url
 from .store import Catalog, OpenWindow, Pull
+from .summary import PullSummary
 from .windows import Window, recent
 
 log = logging.getLogger(__name__)
@@ -57,48 +58,6 @@ TAG_SERIES_DESCRIPTION = "0008103E"
 TAG_SERIES_MODALITY = "00080060"
 TAG_SERIES_INSTANCES = "00201209"
 SERIES_FIELDS = (TAG_SERIES_DESCRIPTION, TAG_SERIES_NUMBER, TAG_SERIES_INSTANCES)
-
-
-@dataclass
-class PullSummary:
-    pull: int
-    kind: str
-    studies: int = 0  # in the catalog at the end
-    new: int = 0
-    changed: int = 0
-    requests: int = 0
-    unreachable: int | None = 0
-    seconds: float = 0.0
-    resumed: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "pull": self.pull,
-            "kind": self.kind,
-            "resumed": self.resumed,
-            "studies": self.studies,
-            "new": self.new,
-            "instances_changed": self.changed,
-            "requests": self.requests,
-            "unreachable": self.unreachable,
-            "seconds": round(self.seconds, 3),
-            "notes": self.notes,
-        }
-
-    def one_line(self) -> str:
-        unreachable = (
-            ""
-            if self.unreachable == 0
-            else "; some studies unreachable (count unknown)"
-            if self.unreachable is None
-            else f"; {self.unreachable} studies unreachable"
-        )
-        return (
-            f"catalog: pull {self.pull} ({self.kind}{', resumed' if self.resumed else ''}): "
-            f"{self.studies} studies, {self.new} new, {self.changed} with another instance "
-            f"count; {self.requests} requests in {self.seconds:.1f} s{unreachable}"
-        )
 
 
 @dataclass(frozen=True)

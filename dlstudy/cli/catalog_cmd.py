@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -17,30 +18,19 @@ import typer
 from ..errors import DlstudyError, ExitStatus
 from .catalog_options import DbOpt, WhereOpt, catalog_option
 from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
-from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, build_settings, parse_headers
+from .configured import ConfigCommand
+from .connection import DEFAULTS, settings_from
 from .options import (
+    CONNECTION,
+    HTTP,
+    SEARCH,
     AccessionOpt,
-    CaBundleOpt,
-    CertOpt,
-    FilterOpt,
-    HeaderOpt,
-    HttpOpt,
-    InsecureOpt,
-    KeyOpt,
-    PasswordOpt,
     PatientIdOpt,
     PatientNameOpt,
-    ProxyOpt,
     RetriesOpt,
     StudyDateOpt,
     StudyModalityOpt,
-    TimeoutOpt,
-    TokenCommandOpt,
-    TokenOpt,
-    UrlOpt,
-    UserOpt,
-    VerboseOpt,
+    with_options,
 )
 from .query_cmd import CsvOpt, UidsOpt, render, study_query
 
@@ -179,15 +169,10 @@ def register(app: typer.Typer) -> None:
 
 
 @catalog_app.command("pull", cls=ConfigCommand)
+@with_options(SEARCH, HTTP, CONNECTION)
 def pull_command(
+    ctx: typer.Context,
     db: DbOpt,
-    url: UrlOpt = "",
-    patient_id: PatientIdOpt = None,
-    patient_name: PatientNameOpt = None,
-    study_date: StudyDateOpt = None,
-    modality: StudyModalityOpt = None,
-    accession: AccessionOpt = None,
-    filter: FilterOpt = None,
     level: LevelOpt = "study",
     walk: WalkOpt = "auto",
     recent: RecentOpt = 7,
@@ -195,22 +180,8 @@ def pull_command(
     page_size: PageSizeOpt = DEFAULTS.qido_page_size,
     json_output: PullJsonOpt = False,
     quiet: QuietOpt = False,
-    http: HttpOpt = DEFAULTS.http,
-    token: TokenOpt = None,
-    token_command: TokenCommandOpt = None,
-    user: UserOpt = None,
-    password: PasswordOpt = None,
-    header: HeaderOpt = None,
-    ca_bundle: CaBundleOpt = None,
-    cert: CertOpt = None,
-    key: KeyOpt = None,
-    insecure: InsecureOpt = False,
-    proxy: ProxyOpt = None,
     retries: RetriesOpt = DEFAULTS.retries,
-    timeout: TimeoutOpt = DEFAULTS.timeout,
-    config: ConfigOpt = None,
-    server: ServerOpt = None,
-    verbose: VerboseOpt = False,
+    **options: Any,
 ) -> None:
     """Harvest the archive's study-level QIDO attributes into the catalog (resumable; a later
     pull asks only for what can be new)."""
@@ -222,7 +193,7 @@ def pull_command(
     from ..http.auth import auth_from_settings
     from ..http.client import Transport
 
-    setup_logging(verbose, None)
+    setup_logging(options["verbose"], None)
     if level not in LEVELS:
         fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     if walk not in WALKS:
@@ -231,26 +202,11 @@ def pull_command(
         fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
     if recent < 0:
         fail_usage(f"--recent must not be negative, got {recent}")
-    query = _query(patient_id, patient_name, study_date, modality, accession, filter)
+    query = study_query(options)
     if len(query.modalities) > 1:
         fail_usage("catalog pull takes one --modality (a catalog is one selection)")
-    settings = build_settings(
-        url=url,
-        http=http,
-        insecure=insecure,
-        token=token,
-        token_command=token_command,
-        user=user,
-        password=password,
-        headers=parse_headers(header or []),
-        ca_bundle=ca_bundle,
-        cert=cert,
-        key=key,
-        proxy=proxy,
-        retries=retries,
-        timeout=timeout,
-        qido_page_size=page_size,
-    )
+    settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
+    settings = replace(settings, qido_page_size=page_size)
 
     async def run(catalog: Catalog) -> Any:
         transport = Transport(settings, auth=await auth_from_settings(settings))
