@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -76,20 +77,14 @@ class TimedTransport(Transport):
         return response
 
 
+@dataclass
 class CellRun:
     """The requests of one run of one cell, and what they brought."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        gauge: Gauge,
-        result: CellResult,
-        keep: Path | None,
-    ) -> None:
-        self.transport = transport
-        self.gauge = gauge
-        self.result = result
-        self.keep = keep
+    transport: Transport
+    gauge: Gauge
+    result: CellResult
+    keep: Path | None
 
     async def request(
         self,
