@@ -3,7 +3,7 @@
 # tests against a real third-party server), nginx and openssl (`dlstudy bench` against a static
 # DICOMweb tree), librsvg2-bin (the bench chart's PNG output), curl (third-party client tests),
 # tinyproxy and microsocks (real HTTP/CONNECT and SOCKS5 proxies for the proxy tests), slurm-wlm
-# and munge (a one-node SLURM cluster runs examples/slurm-array.sh in tests/test_slurm.py).
+# and munge (a one-node SLURM cluster runs examples/slurm-array.sh in tests/integration/test_slurm.py).
 #
 # Idempotent: if every tool is already there it exits at once. Otherwise it installs only the
 # packages that are missing (apt-get update + apt-get install --no-install-recommends

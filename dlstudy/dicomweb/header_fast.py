@@ -7,7 +7,7 @@ Two readers, cheapest first, each giving up (None) on what the next handles:
   (implicit VR sequences of undefined length, other character sets, headers past the first
   chunk).
 What neither reads goes to pydicom's `read_partial` (dicomweb/verify.py). All give the same
-result; tests/test_verify.py compares them on many files.
+result; tests/unit/dicomweb/test_verify.py compares them on many files.
 """
 
 from __future__ import annotations

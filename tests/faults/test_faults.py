@@ -1,0 +1,956 @@
+"""Fault injection, end to end through the real CLI: each fault is injected for real (server
+knobs, a TCP fault proxy, the kernel) and the test checks what dlstudy did about it.
+
+docs/reliability.md is this file's summary; keep them in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import resource
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
+
+from ..cli_helpers import download_json, run_installed, run_installed_measured, summary_of
+from ..faultproxy import Fault, FaultProxy
+from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+from ..tools import missing_tool
+
+pytestmark = pytest.mark.integration
+
+
+def port_of(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def final_path(out: Path, instance: SynthInstance) -> Path:
+    return out / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
+
+
+def assert_complete(out: Path, instances: list[SynthInstance]) -> None:
+    for instance in instances:
+        assert final_path(out, instance).read_bytes() == instance.path.read_bytes()
+    assert temp_files(out) == []
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.is_file() and p.name.endswith(".part")] + [
+        p for p in (out / ".dlstudy" / "incoming").glob("*")
+    ]
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[list[FaultProxy]]:
+    proxies: list[FaultProxy] = []
+    yield proxies
+    for proxy in proxies:
+        proxy.close()
+
+
+def download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    result = download_json(study, url, out, *extra)
+    return result.exit_code, summary_of(result), result.stderr
+
+
+def installed_download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """The installed `dlstudy download --json`: its exit status and summary."""
+    result = run_installed("download", study, "--url", url, "-o", str(out), "--json", *extra)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+# --- network faults -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+def test_tcp_reset_mid_body_is_retried(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+    http: str,
+) -> None:
+    url = embedded_server(synth_study.root)
+    proxy = FaultProxy(port_of(url), Fault("reset", after_bytes=150_000, connections={1, 2}))
+    proxy_factory.append(proxy)
+
+    status, summary, _ = download(proxy.url(), synth_study.study_uid, tmp_path, "--http", http)
+
+    assert status == 0, summary["failures"]
+    assert proxy.faulted == [1, 2]
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_dripping_qido_answer_is_cut_off_and_retried(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+) -> None:
+    url = embedded_server(synth_study.root)
+    drip = Fault("drip", after_bytes=2_000, connections={2}, drip_interval=0.05)
+    proxy = FaultProxy(port_of(url), drip)
+    proxy_factory.append(proxy)
+    started = time.monotonic()
+
+    status, summary, _ = download(
+        proxy.url(), synth_study.study_uid, tmp_path, "--http", "1.1", "--timeout", "1"
+    )
+
+    assert status == 0, summary["failures"]
+    assert proxy.faulted == [2]
+    assert time.monotonic() - started < 20
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_stalled_connection_times_out_and_is_retried(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+) -> None:
+    url = embedded_server(synth_study.root)
+    # Connections 1-3 carry the QIDO searches (3 series at once); 4 is only instances.
+    proxy = FaultProxy(port_of(url), Fault("stall", after_bytes=20_000, connections={4}))
+    proxy_factory.append(proxy)
+    started = time.monotonic()
+
+    status, summary, _ = download(
+        proxy.url(), synth_study.study_uid, tmp_path, "--http", "1.1", "--timeout", "1", "-c", "4"
+    )
+
+    assert status == 0, summary["failures"]
+    assert 4 in proxy.faulted
+    assert time.monotonic() - started < 20
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_dripping_server_fails_that_instance_within_a_few_windows(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+) -> None:
+    url = embedded_server(synth_study.root)
+    drip = Fault("drip", after_bytes=10_000, connections={4}, drip_interval=0.05)
+    proxy = FaultProxy(port_of(url), drip)
+    proxy_factory.append(proxy)
+    started = time.monotonic()
+
+    status, summary, _ = download(
+        proxy.url(),
+        synth_study.study_uid,
+        tmp_path,
+        "--http",
+        "1.1",
+        "--timeout",
+        "1",
+        "--retries",
+        "0",
+        "-c",
+        "4",
+    )
+
+    elapsed = time.monotonic() - started
+    assert status == 1
+    assert summary["instances"]["failed"] == 1
+    assert summary["instances"]["downloaded"] == 59
+    assert "stalled (less than 64 KiB in 1 s)" in summary["failures"][0]["reason"]
+    assert elapsed < 10, elapsed  # a few windows, not the drip's hours
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("status_code", [429, 500, 502, 503, 504])
+def test_transient_statuses_are_retried_and_throttle_the_pool(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, status_code: int
+) -> None:
+    url = embedded_server(
+        synth_study.root, fault_rate=0.2, fault_status=status_code, retry_after=0, seed=5
+    )
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0, summary["failures"]
+    if status_code in (429, 503):
+        assert summary["throttled"] > 0
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_retry_after_is_honoured(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(
+        synth_study.root, fault_rate=0.15, fault_status=429, retry_after=1, seed=1
+    )
+    started = time.monotonic()
+    status, summary, _ = download(
+        url, synth_study.study_uid, tmp_path, "--series", synth_study.series_uids[0]
+    )
+    assert status == 0, summary["failures"]
+    assert summary["throttled"] >= 1
+    assert time.monotonic() - started >= 1.0  # the pool waited as it was told
+
+
+def test_retry_after_as_an_http_date_is_honoured(tmp_path: Path) -> None:
+    from ..scripted_servers import busy_with_http_date
+
+    with busy_with_http_date(count=3, delay=2.0) as (url, study, waits):
+        status, summary, _ = download(url, study, tmp_path, "--http", "1.1")
+    assert status == 0, summary["failures"]
+    assert len(waits) == 3
+    # The date names a whole second 1-2 s ahead: every retry waited at least ~1 s for it.
+    assert min(waits) >= 0.9, waits
+
+
+@pytest.mark.parametrize("status_code", [400, 403, 404, 406])
+def test_definitive_answers_are_reported_not_retried(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, status_code: int
+) -> None:
+    url = embedded_server(synth_study.root, fault_rate=0.1, fault_status=status_code, seed=2)
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--mode", "instance")
+    if status_code == 403:
+        assert status == 3  # 403 means the credentials are not enough: nothing else will work
+        return
+    assert status == 1
+    assert summary["instances"]["failed"] > 0
+    for failure in summary["failures"]:
+        assert failure["status_code"] == status_code
+        assert "attempts" not in failure["reason"]
+
+
+def test_http2_goaway_mid_run_loses_nothing(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, max_requests_per_connection=3)
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--http", "2", "-c", "16")
+    assert status == 0, summary["failures"]
+    assert summary["http_version"] == "HTTP/2"
+    assert_complete(tmp_path, synth_study.instances)
+
+
+def test_resets_and_503s_on_a_thousand_instances_complete_byte_exact(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(series=4, instances=250, size=4096, seed=11))
+    url = embedded_server(
+        source, fault_rate=0.1, retry_after=1, drop_after_bytes=1500, drop_rate=0.1, seed=3
+    )
+    out = tmp_path / "out"
+    status, summary, _ = download(url, instances[0].study_uid, out, "--http", "1.1")
+    assert status == 0, summary["failures"]
+    assert summary["instances"]["downloaded"] == 1000
+    assert summary["throttled"] > 0
+    assert_complete(out, instances)
+
+
+# --- auth faults ----------------------------------------------------------------------------
+
+
+def minting_command(tmp_path: Path, *, fail_after: int | None = None) -> tuple[str, Path]:
+    """A token command minting tok-1, tok-2, ... (counting its runs in a file)."""
+    counter = tmp_path / "runs"
+    fail = f'[ "$n" -gt {fail_after} ] && exit 7; ' if fail_after else ""
+    command = (
+        f"n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; "
+        f"{fail}echo tok-$n"
+    )
+    return command, counter
+
+
+def test_expired_token_is_refreshed_once_for_all_workers(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token="tok", token_expires_after=25)
+    command, counter = minting_command(tmp_path)
+    out = tmp_path / "out"
+
+    status, summary, stderr = download(
+        url, synth_study.study_uid, out, "--token-command", command, "-c", "8"
+    )
+
+    assert status == 0, summary["failures"]
+    runs = int(counter.read_text())
+    assert 2 <= runs <= 5  # ~70 requests / 25 per token; not one refresh per worker
+    assert "tok-" not in stderr and "tok-" not in str(summary)
+    assert_complete(out, synth_study.instances)
+
+
+@pytest.mark.parametrize("mode", ["instance", "series"])
+def test_tokens_expiring_under_many_requests_in_flight_never_stop_the_run(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, mode: str
+) -> None:
+    """Each token works for 2 requests while 8 are in flight: most 401s come back to requests
+    sent with a token already replaced. They are replayed with the current one; only a fresh
+    token refused on its first use would stop the run."""
+    url = embedded_server(synth_study.root, token="tok", token_expires_after=2)
+    command, counter = minting_command(tmp_path)
+    out = tmp_path / "out"
+
+    status, summary, stderr = download(
+        url, synth_study.study_uid, out, "--token-command", command, "-c", "8", "--mode", mode
+    )
+
+    assert status == 0, (stderr, summary.get("failures"))
+    runs = int(counter.read_text())
+    requests = len(synth_study.instances) + len(synth_study.series_uids) + 2
+    assert 2 <= runs <= requests  # renewed as tokens expire, never more than once a request
+    assert "tok-" not in stderr and "tok-" not in str(summary)
+    assert_complete(out, synth_study.instances)
+
+
+def test_failed_token_refresh_stops_the_run_with_exit_3(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token="tok", token_expires_after=10)
+    command, _ = minting_command(tmp_path, fail_after=1)
+    status, summary, stderr = download(
+        url, synth_study.study_uid, tmp_path / "o", "--token-command", command
+    )
+    assert status == 3
+    assert "--token-command failed with exit status 7" in stderr
+    assert "tok-" not in stderr and "tok-" not in str(summary)
+
+
+def test_second_401_after_refresh_stops_the_run(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token="right")
+    status, _, stderr = download(
+        url, synth_study.study_uid, tmp_path, "--token-command", "echo wrong-token"
+    )
+    assert status == 3
+    assert "server rejected the credentials: HTTP 401" in stderr
+    assert "wrong-token" not in stderr
+
+
+# --- what the server sends ------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_study(tmp_path: Path) -> tuple[Path, list[SynthInstance]]:
+    """A private copy of a small study, safe to damage."""
+    root = tmp_path / "served"
+    return root, generate(root, SynthSpec(series=1, instances=10, size=16 * 1024, seed=9))
+
+
+def test_wrong_instance_from_the_server_is_retried_then_reported(
+    tmp_path: Path, embedded_server: StartServer, own_study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = own_study
+    url = embedded_server(root)
+    victim, other = instances[0], instances[1]
+    victim.path.write_bytes(other.path.read_bytes())  # the server now serves the wrong file
+    out = tmp_path / "out"
+
+    status, summary, _ = download(url, victim.study_uid, out, "--retries", "1")
+
+    assert status == 1
+    [failure] = summary["failures"]
+    assert failure["sop_instance_uid"] == victim.sop_uid
+    assert "SOP Instance UID in the file is" in failure["reason"]
+    assert not final_path(out, victim).exists()
+    assert temp_files(out) == []
+
+
+def test_html_served_as_dicom_is_rejected_at_once(
+    tmp_path: Path, embedded_server: StartServer, own_study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = own_study
+    url = embedded_server(root)
+    victim = instances[3]
+    page = b"<!DOCTYPE html><html><body>" + b"Please log in. " * 50 + b"</html>"
+    victim.path.write_bytes(page.ljust(victim.size, b" "))  # same size as what was indexed
+    out = tmp_path / "out"
+
+    status, summary, _ = download(url, victim.study_uid, out)
+
+    assert status == 1
+    [failure] = summary["failures"]
+    assert "response is not DICOM (looks like an HTML page)" in failure["reason"]
+    assert "attempts" not in failure["reason"]
+    assert not final_path(out, victim).exists()
+
+
+def test_hostile_uids_never_become_paths(tmp_path: Path) -> None:
+    from ..scripted_servers import hostile_uids
+
+    out = tmp_path / "out"
+    with hostile_uids() as (url, study, good):
+        status, summary, _ = download(url, study, out, "--http", "1.1")
+
+    assert status == 1
+    assert summary["instances"]["downloaded"] == len(good)
+    reasons = [f["reason"] for f in summary["failures"]]
+    assert len(reasons) == 2 and all("invalid UID" in r for r in reasons)
+    assert not Path("/tmp/dlstudy-pwned").exists()
+    assert all(out in p.parents for p in out.rglob("*"))
+    assert sorted(p.stem for p in out.rglob("*.dcm")) == sorted(good)
+
+
+def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path) -> None:
+    from ..scripted_servers import redirecting_pair
+
+    with redirecting_pair() as (url, study, seen_by_other_origin):
+        status, summary, _ = download(
+            url,
+            study,
+            tmp_path / "out",
+            "--token",
+            "t0ps3cret",
+            "--header",
+            "X-Api-Key: k3y",
+            "--http",
+            "1.1",
+        )
+    assert status == 0, summary["failures"]
+    assert seen_by_other_origin, "the redirect target was never asked"
+    for headers in seen_by_other_origin:
+        assert "authorization" not in headers and "x-api-key" not in headers
+
+
+def asked_for(sops: list[str], asked: list[str], times: int) -> None:
+    """Each SOP asked for `times` times; once more for the first requests, which went to the
+    archive directly before its first redirect sent every request through httpx."""
+    counts = Counter(asked)
+    assert set(counts) == set(sops)
+    assert all(times <= counts[sop] <= times + 1 for sop in sops), counts
+
+
+@pytest.mark.parametrize("refused", [1, 100], ids=["expired once", "always expired"])
+def test_an_expired_presigned_link_is_asked_for_again_never_stops_the_run(
+    tmp_path: Path, refused: int
+) -> None:
+    """A 403 from a redirect target on another origin is not the archive refusing the
+    credentials: the instance is fetched again from the archive, which hands out a fresh link.
+    The links' signatures and credentials appear in no output."""
+    from ..factories import part10
+    from ..scripted_servers import PRESIGNED_CREDENTIAL, SERIES, SOPS, presigned_pair
+
+    out, log_file = tmp_path / "out", tmp_path / "run.log"
+    with presigned_pair(refused) as (url, study, asked, signatures):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "-v",
+            "--log-file", str(log_file), "--http", "1.1", "--mode", "instance",
+            "--retries", "3", "--token", "archive-token",
+        )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    if refused == 1:
+        assert result.returncode == 0, result.stderr
+        asked_for(SOPS, asked, 2)  # each instance asked for again, once
+        for sop in SOPS:
+            (path,) = out.rglob(f"{sop}.dcm")
+            assert path.read_bytes() == part10(study, SERIES, sop)
+    else:
+        assert result.returncode == 1, result.stderr  # not 3: the archive never refused
+        reasons = [f["reason"] for f in summary["failures"]]
+        assert len(reasons) == len(SOPS)
+        assert all("from the redirect target" in r and "expired link" in r for r in reasons)
+        asked_for(SOPS, asked, 4)  # the first try and three retries
+    outputs = result.stdout + result.stderr + log_file.read_text()
+    for secret in [*signatures, PRESIGNED_CREDENTIAL, "archive-token"]:
+        assert secret not in outputs
+
+
+# --- local faults ---------------------------------------------------------------------------
+
+
+def run_subprocess(
+    args: list[str], *, prefix: tuple[str, ...] = (), **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "dlstudy", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_file_size_limit_gives_one_line_and_a_clean_exit(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+
+    def limit_file_size() -> None:  # the kernel refuses writes past 30 KB with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    result = run_subprocess(
+        ["download", synth_study.study_uid, "--url", url, "-o", str(out)],
+        preexec_fn=limit_file_size,
+    )
+
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors and "File too large" in errors[0]
+    assert temp_files(out) == []
+
+
+def test_disk_full_gives_one_line_and_keeps_what_was_committed(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    if os.geteuid() != 0:
+        missing_tool("mounting a small tmpfs needs root")
+    url = embedded_server(synth_study.root)
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        result = run_subprocess(["download", synth_study.study_uid, "--url", url, "-o", str(mount)])
+        assert result.returncode == 1, result.stderr
+        assert "No space left on device" in result.stderr
+        kept = list(mount.rglob("*.dcm"))
+        assert 0 < len(kept) < 60
+        for path in kept:
+            assert path.read_bytes() == synth_study.by_sop(path.stem).path.read_bytes()
+        assert temp_files(mount) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_permission_denied_gives_one_line(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    blocked = out / synth_study.study_uid
+    blocked.mkdir(parents=True)
+    blocked.chmod(0o555)
+    # Root ignores permissions: drop the capabilities that let it (util-linux's setpriv).
+    prefix = (
+        ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner")
+        if os.geteuid() == 0
+        else ()
+    )
+
+    result = run_subprocess(
+        ["download", synth_study.study_uid, "--url", url, "-o", str(out)], prefix=prefix
+    )
+
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors and "Permission denied" in errors[0]
+
+
+def test_kill_at_a_random_moment_then_rerun_gives_the_whole_study(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(series=4, instances=250, size=16 * 1024, seed=13))
+    url = embedded_server(source, latency=0.005)  # per request: the run lasts well over 1 s
+    out = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "dlstudy",
+        "download",
+        instances[0].study_uid,
+        "--url",
+        url,
+        "-o",
+        str(out),
+        "-q",
+        "--mode",
+        "instance",  # many small instances would go series by series: too quick to kill
+        "-c",
+        "4",
+    ]
+    process = subprocess.Popen(args)
+    deadline = time.monotonic() + 30
+    while not any(out.rglob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.8))
+    process.kill()
+    process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+
+    rerun = subprocess.run(
+        [*args, "--json"], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert_complete(out, instances)
+
+
+def test_verify_finds_a_corrupted_file_and_fetches_it_again(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    status, _, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0
+    victim = synth_study.instances[5]
+    target = final_path(tmp_path, victim)
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF  # same size, one byte flipped: only a hash can tell
+    target.write_bytes(bytes(data))
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0 and summary["instances"]["downloaded"] == 0  # size matches: trusted
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--verify")
+    assert status == 0
+    assert summary["repaired"] == [victim.sop_uid]
+    assert summary["instances"]["downloaded"] == 1
+    assert target.read_bytes() == victim.path.read_bytes()
+
+
+def test_the_manifest_holds_each_files_blake3_and_older_sha256_entries_still_verify(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """New entries carry the BLAKE3 of the bytes on disk; a manifest written by an earlier
+    dlstudy (SHA-256) is still what --verify checks against: a corrupted file it lists is found
+    and fetched again, and the good ones are not."""
+    url = embedded_server(synth_study.root)
+    status, _, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0
+    manifest = tmp_path / ".dlstudy" / "manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(lines) == len(synth_study.instances)
+    for line in lines:
+        data = (tmp_path / line["path"]).read_bytes()
+        assert line["blake3"] == blake3.blake3(data).hexdigest() and "sha256" not in line
+
+    older = []
+    for line in lines:
+        data = (tmp_path / line["path"]).read_bytes()
+        del line["blake3"]
+        older.append({**line, "sha256": hashlib.sha256(data).hexdigest()})
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in older))
+    victim = synth_study.instances[3]
+    target = final_path(tmp_path, victim)
+    data = bytearray(target.read_bytes())
+    data[-7] ^= 0x01
+    target.write_bytes(bytes(data))
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--verify")
+    assert status == 0
+    assert summary["repaired"] == [victim.sop_uid]
+    assert summary["instances"]["downloaded"] == 1
+    assert target.read_bytes() == victim.path.read_bytes()
+
+
+def test_second_run_on_the_same_output_is_refused_or_waits(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    slow = embedded_server(synth_study.root, latency=0.05)
+    args = ["download", synth_study.study_uid, "--url", slow, "-o", str(tmp_path), "-q", "-c", "1"]
+    first = subprocess.Popen([sys.executable, "-m", "dlstudy", *args])
+    try:
+        deadline = time.monotonic() + 30
+        while not any(tmp_path.rglob("*.dcm")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = run_subprocess(args)
+        assert second.returncode == 5
+        assert "is in use by another dlstudy run (pid" in second.stderr
+        waiting = run_subprocess([*args, "--wait", "--json"])
+        assert waiting.returncode == 0, waiting.stderr
+        assert first.wait(timeout=60) == 0
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_compressed_qido_is_decoded_and_a_compressed_instance_never_stored(
+    tmp_path: Path,
+) -> None:
+    """QIDO JSON may come compressed (httpx decodes it); an instance is stored as the server
+    sent it, so one that comes gzipped although identity was asked is refused, not decoded
+    (decoding could expand it without bound) and not kept compressed under a .dcm name."""
+    from ..scripted_servers import SOPS, compressing
+
+    out = tmp_path / "out"
+    with compressing() as (url, study, asked):
+        status, summary, _ = download(url, study, out, "--http", "1.1", "--mode", "instance")
+
+    assert status == 1
+    assert summary["instances"]["total"] == len(SOPS)  # the listing was read
+    assert summary["instances"]["downloaded"] == 0
+    reasons = {f["reason"] for f in summary["failures"]}
+    assert all("gzip-encoded body, though identity was asked for" in r for r in reasons)
+    assert set(asked) == {"identity"}
+    assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "said"),
+    [
+        ("huge-count", 0, None),  # a count past any number is no count: the list decides
+        ("deep-json", 3, "QIDO answer nests too deep to be DICOM JSON"),
+        ("redirect-loop", 1, "too many redirects (a loop?)"),
+        ("redirect-to-file", 1, "redirected to a file:// URL, which is not HTTP"),
+    ],
+)
+def test_odd_answers_get_one_line_and_an_exit_code_never_a_traceback(
+    tmp_path: Path, how: str, status: int, said: str | None
+) -> None:
+    from ..scripted_servers import SOPS, misbehaving
+
+    out = tmp_path / "out"
+    with misbehaving(how) as (url, study):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "1",
+        )  # fmt: skip
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    if status == 0:
+        assert summary["instances"]["downloaded"] == len(SOPS)
+    elif status == 1:
+        reasons = {f["reason"] for f in summary["failures"]}
+        assert len(summary["failures"]) == len(SOPS) and all(said in r for r in reasons)
+        assert not list(out.rglob("*.dcm"))
+    else:
+        assert said in summary["error"]
+
+
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        ("gzip-bomb", "an answer larger than 32 MiB once decoded from http://127.0.0.1:"),
+        ("huge-page", "an answer larger than 32 MiB from http://127.0.0.1:"),
+        ("cut-gzip", "a gzip answer cut short from http://127.0.0.1:"),
+        ("brotli", "an answer in content-coding 'br', which was not asked for"),
+    ],
+)
+def test_a_qido_answer_too_big_or_badly_coded_is_refused_in_flat_memory(
+    tmp_path: Path, how: str, said: str
+) -> None:
+    from ..scripted_servers import oversized_qido
+
+    out = tmp_path / "out"
+    with oversized_qido(how) as (url, study):
+        result, peak_mb = run_installed_measured(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--retries", "1", peak_file=tmp_path / "peak",
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert said in line and said in json.loads(result.stdout)["error"]
+    assert peak_mb <= 100, peak_mb
+    assert not list(out.rglob("*.dcm"))
+
+
+def test_a_200_mb_header_is_refused_in_flat_memory(tmp_path: Path) -> None:
+    from ..scripted_servers import misbehaving
+
+    with misbehaving("huge-header") as (url, study):
+        result, peak_mb = run_installed_measured(
+            "download", study, "--url", url, "-o", str(tmp_path / "out"), "--json",
+            "--http", "1.1", "--retries", "1", peak_file=tmp_path / "peak",
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "a header or answer larger than libcurl accepts" in json.loads(result.stdout)["error"]
+    assert peak_mb <= 100, peak_mb
+
+
+@pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
+def test_a_body_cut_where_http_cannot_tell_is_never_committed(
+    tmp_path: Path, cut_first: int
+) -> None:
+    """A close-delimited HTTP/1.1 body that stops halfway looks complete to HTTP; the Part 10
+    walk finds it short: retried, and never kept under its final name."""
+    from ..factories import part10
+    from ..scripted_servers import SERIES, cutting
+
+    out = tmp_path / "out"
+    with cutting(cut_first) as (url, study, sops):
+        status, summary = installed_download(
+            url, study, out, "--http", "1.1", "--mode", "instance", "--retries", "2"
+        )
+    if cut_first < len(sops):
+        assert status == 0, summary["failures"]
+        assert summary["instances"]["downloaded"] == len(sops)
+        for sop in sops:  # each file whole: the cut answers were retried, not kept
+            (path,) = out.rglob(f"{sop}.dcm")
+            assert path.read_bytes() == part10(study, SERIES, sop, payload=b"\1" * 65536)
+    else:
+        assert status == 1
+        reasons = [f["reason"] for f in summary["failures"]]
+        assert len(reasons) == len(sops) and all("the file is incomplete" in r for r in reasons)
+        assert not list(out.rglob("*.dcm"))
+    assert not list(out.rglob("*.part"))
+
+
+def test_a_tls_body_cut_without_close_notify_is_never_committed(
+    tmp_path: Path, tls_ca: TlsFiles
+) -> None:
+    """The same close-delimited body over TLS, the connection closed halfway without
+    close_notify: a truncation, retried, and reported; never a file under its final name."""
+    from ..scripted_servers import cutting
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(str(tls_ca.cert), str(tls_ca.key))
+    out = tmp_path / "out"
+    with cutting(100, tls) as (url, study, sops):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "1", "--ca-bundle", str(tls_ca.ca_pem),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == 0
+    reasons = [f["reason"] for f in summary["failures"]]
+    assert len(reasons) == len(sops) and all("connection broken" in r for r in reasons), reasons
+    assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
+def test_an_http2_stream_ended_early_without_a_length_is_never_committed(
+    tmp_path: Path, cut_first: int
+) -> None:
+    """HTTP/2 with no content-length: END_STREAM halfway through the body looks like a whole
+    answer to HTTP; the Part 10 walk finds it short."""
+    from ..factories import instance_json, part10, series_json
+    from ..scripted_h2 import Peer
+    from ..scripted_servers import SERIES, SOPS, STUDY
+
+    answers = [0]
+
+    async def handler(peer: Peer, stream_id: int) -> None:
+        path = peer.path(stream_id).decode().split("?", 1)[0]
+        if path.endswith("/series"):
+            kind, body = b"application/dicom+json", json.dumps([series_json(SERIES)]).encode()
+        elif path.endswith(("/instances", "/studies")):
+            listing = [instance_json(sop) for sop in SOPS]
+            kind, body = b"application/dicom+json", json.dumps(listing).encode()
+        else:
+            kind = b"application/dicom"
+            body = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 65536)
+            answers[0] += 1
+            if answers[0] <= cut_first:
+                body = body[: len(body) // 2]
+        peer.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", kind)])
+        await peer.send_body(stream_id, body)
+
+    out = tmp_path / "out"
+    with h2_server_in_a_thread(handler) as url:
+        status, summary = installed_download(
+            url + "/dicomweb", STUDY, out, "--http", "2", "--mode", "instance", "--retries", "2"
+        )
+    if cut_first < len(SOPS):
+        assert status == 0, summary["failures"]
+        for sop in SOPS:
+            (path,) = out.rglob(f"{sop}.dcm")
+            assert path.read_bytes() == part10(STUDY, SERIES, sop, payload=b"\1" * 65536)
+    else:
+        assert status == 1
+        reasons = [f["reason"] for f in summary["failures"]]
+        assert len(reasons) == len(SOPS) and all("the file is incomplete" in r for r in reasons)
+        assert not list(out.rglob("*.dcm"))
+    assert not list(out.rglob("*.part"))
+
+
+@contextmanager
+def h2_server_in_a_thread(handler: Any) -> Iterator[str]:
+    """A scripted HTTP/2 server (tests/scripted_h2.py) on its own loop in a thread."""
+    import asyncio
+    import threading
+
+    from ..scripted_h2 import H2Server
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        async with H2Server(handler) as server:
+            box.update(url=server.url, loop=asyncio.get_running_loop(), stop=asyncio.Event())
+            ready.set()
+            await box["stop"].wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the scripted HTTP/2 server did not start"
+    try:
+        yield box["url"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+
+
+def test_verify_finds_a_file_an_older_version_kept_short(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Its manifest line matches the short file (size and digest): a plain rerun trusts it,
+    --verify walks its structure, finds it short, and fetches it again."""
+    url = embedded_server(synth_study.root)
+    status, _, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0
+    victim = synth_study.instances[7]
+    target = final_path(tmp_path, victim)
+    short = target.read_bytes()[:-1000]
+    target.write_bytes(short)
+    manifest = tmp_path / ".dlstudy" / "manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for line in lines:
+        if line["sop"] == victim.sop_uid:
+            line.update(size=len(short), blake3=blake3.blake3(short).hexdigest())
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0 and summary["instances"]["downloaded"] == 0  # trusted as recorded
+
+    status, summary, _ = download(url, synth_study.study_uid, tmp_path, "--verify")
+    assert status == 0
+    assert summary["repaired"] == [victim.sop_uid]
+    assert target.read_bytes() == victim.path.read_bytes()
+
+
+def test_a_folder_at_an_instances_final_path_fails_only_that_instance(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    victim = synth_study.instances[4]
+    in_the_way = final_path(tmp_path, victim)
+    (in_the_way / "notes").mkdir(parents=True)  # a user's folder, where a file should go
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--json",
+        "--mode", "instance",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == len(synth_study.instances) - 1
+    (failure,) = summary["failures"]
+    assert failure["sop_instance_uid"] == victim.sop_uid
+    assert failure["reason"].endswith("a folder is in the way")
+    assert (in_the_way / "notes").is_dir()  # nothing of the user's was touched
+
+
+def test_start_up_cleanup_removes_only_dlstudys_own_temp_files(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    mine = tmp_path / "notes" / ".report.docx.part"  # a user's file that looks like a temp
+    mine.parent.mkdir()
+    mine.write_text("draft")
+    victim = synth_study.instances[0]
+    stale = final_path(tmp_path, victim).with_name(f".{victim.sop_uid}.dcm.4242-7.part")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a killed run")
+    status, _, _ = download(url, synth_study.study_uid, tmp_path)
+    assert status == 0
+    assert mine.read_text() == "draft"
+    assert not stale.exists()

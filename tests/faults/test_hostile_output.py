@@ -1,0 +1,231 @@
+"""The output folder treated as possibly hostile, through the installed CLI: links, pipes and
+damaged state planted in OUT never make dlstudy write, truncate or read outside its own files,
+never hang it, and always end in one line with a documented exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+from pathlib import Path
+
+import pytest
+
+from ..cli_helpers import run_installed, run_installed_measured
+from ..fixtures.embedded_server import StartServer, SynthStudy
+from .test_faults import final_path, run_subprocess, temp_files
+
+pytestmark = pytest.mark.integration
+
+PRECIOUS = "a user's file, not dlstudy's\n"
+
+
+def download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    result = run_installed(
+        "download", study, "--url", url, "-o", str(out), "--json", *extra
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout or "{}"), result.stderr
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error" in line.lower()]
+
+
+@pytest.mark.parametrize("state_file", ["lock", "manifest.jsonl"])
+def test_a_state_file_that_is_a_link_is_refused_and_its_target_untouched(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, state_file: str
+) -> None:
+    url = embedded_server(synth_study.root)
+    victim = tmp_path / "victim.txt"
+    victim.write_text(PRECIOUS)
+    out = tmp_path / "out"
+    (out / ".dlstudy").mkdir(parents=True)
+    (out / ".dlstudy" / state_file).symlink_to(victim)
+
+    status, summary, stderr = download(url, synth_study.study_uid, out)
+
+    assert status == 2, stderr
+    assert f"{state_file}': is a symbolic link" in summary["error"]
+    assert len(error_lines(stderr)) == 1
+    assert victim.read_text() == PRECIOUS
+    assert not list(out.rglob("*.dcm"))
+
+
+def test_a_state_folder_that_is_a_link_is_refused(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".dlstudy").symlink_to(elsewhere)
+
+    status, summary, stderr = download(url, synth_study.study_uid, out)
+
+    assert status == 2, stderr
+    assert "not a folder of its own" in summary["error"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_study_folder_linked_out_of_out_is_never_written_through(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / synth_study.study_uid).symlink_to(elsewhere)
+
+    for mode in ("instance", "series"):
+        status, summary, stderr = download(url, synth_study.study_uid, out, "--mode", mode)
+        assert status == 1, stderr
+        assert summary["instances"]["downloaded"] == 0
+        reasons = {f["reason"] for f in summary["failures"]}
+        assert len(summary["failures"]) == len(synth_study.instances), reasons
+        assert all("a symbolic link leads it out of the output folder" in r for r in reasons)
+        assert list(elsewhere.rglob("*")) == []
+
+
+def test_a_link_inside_out_is_followed(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A link that stays inside OUT (a user's own arrangement) is no escape: it is used."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    (out / "studies" / "real").mkdir(parents=True)
+    (out / synth_study.study_uid).symlink_to(out / "studies" / "real")
+
+    status, summary, stderr = download(url, synth_study.study_uid, out)
+
+    assert status == 0, stderr
+    for instance in synth_study.instances:
+        kept = out / "studies" / "real" / instance.series_uid / f"{instance.sop_uid}.dcm"
+        assert kept.read_bytes() == instance.path.read_bytes()
+
+
+def test_a_pipe_or_a_link_at_a_final_path_is_replaced_never_opened(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A named pipe where an instance goes would block a read forever; a link would make
+    dlstudy read (or adopt) a file outside OUT. Both are replaced by the downloaded file."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    piped, linked = synth_study.instances[2], synth_study.instances[5]
+    outside = tmp_path / "outside.dcm"
+    outside.write_bytes(linked.path.read_bytes())  # even the right bytes are not adopted
+    for instance in (piped, linked):
+        final_path(out, instance).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(final_path(out, piped))
+    final_path(out, linked).symlink_to(outside)
+
+    status, summary, stderr = download(url, synth_study.study_uid, out, "--verify")
+
+    assert status == 0, stderr
+    assert summary["instances"]["downloaded"] == len(synth_study.instances)
+    for instance in synth_study.instances:
+        path = final_path(out, instance)
+        assert path.is_file() and not path.is_symlink()
+        assert path.read_bytes() == instance.path.read_bytes()
+    assert outside.read_bytes() == linked.path.read_bytes()
+
+
+def manifest_of(out: Path) -> Path:
+    return out / ".dlstudy" / "manifest.jsonl"
+
+
+def test_a_torn_manifest_tail_is_cut_off_and_costs_no_entry(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, _, _ = download(url, synth_study.study_uid, out)
+    assert status == 0
+    with manifest_of(out).open("a") as fp:  # a run killed in the middle of a line
+        fp.write('{"study": "1.2", "series": "1.2.3", "sop": "1.2.3.4", "pa')
+    refetched = synth_study.instances[3]
+    final_path(out, refetched).unlink()
+
+    status, summary, stderr = download(url, synth_study.study_uid, out)
+
+    assert status == 0, stderr
+    assert summary["instances"]["downloaded"] == 1
+    lines = manifest_of(out).read_text().splitlines(keepends=True)
+    assert all(line.endswith("\n") for line in lines)
+    entries = [json.loads(line) for line in lines]  # every line whole
+    assert refetched.sop_uid in {entry["sop"] for entry in entries}
+
+
+def test_an_overlong_manifest_line_is_skipped_in_flat_memory(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, _, _ = download(url, synth_study.study_uid, out)
+    assert status == 0
+    manifest = manifest_of(out)
+    good = manifest.read_text()
+    with manifest.open("w") as fp:  # 300 MB of garbage in one line, before the real entries
+        for _ in range(300):
+            fp.write("x" * (1 << 20))
+        fp.write("\n" + good)
+
+    result, peak_mb = run_installed_measured(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+        peak_file=tmp_path / "peak",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == 0  # the entries after it were read
+    assert peak_mb <= 100, peak_mb
+
+
+def test_a_failed_manifest_write_stops_the_run_with_one_line_and_no_torn_line(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The kernel refuses writes past 1 MB (EFBIG): instance files are smaller, the manifest,
+    already at the limit, is not. The run stops, exit 1, and the manifest keeps whole lines."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    manifest = manifest_of(out)
+    manifest.parent.mkdir(parents=True)
+    limit = 1_000_000
+    with manifest.open("w") as fp:  # others' entries, up to a few bytes below the limit
+        number = 0
+        while fp.tell() < limit - 400:
+            number += 1
+            fp.write(
+                json.dumps({
+                    "study": "1.2", "series": "1.2.3", "sop": f"1.2.3.{number}",
+                    "path": f"1.2/1.2.3/1.2.3.{number}.dcm", "size": 1, "blake3": "00" * 32,
+                }) + "\n"
+            )  # fmt: skip
+    size_before = manifest.stat().st_size
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = run_subprocess(
+        ["download", synth_study.study_uid, "--url", url, "-o", str(out), "--json"],
+        preexec_fn=limit_file_size,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = error_lines(result.stderr)
+    assert "manifest.jsonl': File too large" in line
+    assert "manifest.jsonl': File too large" in json.loads(result.stdout)["error"]
+    text = manifest.read_text()
+    assert text.endswith("\n") and len(text) >= size_before
+    assert all(json.loads(entry) for entry in text.splitlines())
+    assert temp_files(out) == []
+
+    status, summary, stderr = download(url, synth_study.study_uid, out)  # no limit now
+    assert status == 0, stderr
+    for instance in synth_study.instances:
+        assert final_path(out, instance).read_bytes() == instance.path.read_bytes()

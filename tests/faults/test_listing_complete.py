@@ -1,0 +1,89 @@
+"""Listings are never silently incomplete: however many pages a capped archive needs, every
+result is listed; when paging cannot get them all, the run says so and exits 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dlstudy.server import VirtualArchive, VirtualSpec
+
+from ..cli_helpers import run_installed
+from ..fixtures.embedded_server import StartServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.slow
+def test_a_page_cap_of_one_still_lists_a_series_of_10001_instances(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """10,002 QIDO pages of one result each: past the 10,000 pages the pager used to stop at."""
+    spec = VirtualSpec(1, seed=5, study_size=10_001)
+    archive = VirtualArchive(spec)
+    url = embedded_server(None, virtual=spec, max_page_size=1)
+    study = archive.study_uid(0)
+    out = tmp_path / "out"
+
+    result = run_installed("download", study, "--url", url, "-o", str(out), "--json", timeout=600)
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"] == {
+        "total": 10_001,
+        "downloaded": 10_001,
+        "skipped": 0,
+        "failed": 0,
+    }
+    for st, se, sop in list(archive.instances_of(study))[::1000]:
+        assert (out / st / se / f"{sop}.dcm").read_bytes() == archive.expected_bytes(st, se, sop)
+
+
+def test_a_server_that_ignores_offset_fails_the_study_with_exit_1(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    spec = VirtualSpec(3, seed=5, study_size=25)
+    archive = VirtualArchive(spec)
+    url = embedded_server(None, virtual=spec, max_page_size=10, ignore_offset=True)
+    study = archive.study_uid(1)
+
+    plain = run_installed("download", study, "--url", url, "-o", str(tmp_path / "a"))
+    assert plain.returncode == 1
+    errors = [line for line in plain.stderr.splitlines() if line.startswith("dlstudy: error:")]
+    assert len(errors) == 1
+    assert f"could not list {url}/studies/{study}/series/" in errors[0]
+    assert "completely: 10 results" in errors[0] and "ignores offset" in errors[0]
+
+    as_json = run_installed("download", study, "--url", url, "-o", str(tmp_path / "b"), "--json")
+    assert as_json.returncode == 1
+    summary = json.loads(as_json.stdout)
+    assert summary["exit_status"] == 1
+    assert summary["instances"]["downloaded"] == 0
+    (failure,) = summary["failures"]
+    assert failure["study"] == study and "could not list" in failure["reason"]
+    assert not list((tmp_path / "b").rglob("*.dcm"))
+
+
+def test_query_and_sync_exit_1_when_the_study_search_cannot_be_completed(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    spec = VirtualSpec(30, seed=5, mix="mimic")
+    capped = embedded_server(None, virtual=spec, max_page_size=10, ignore_offset=True)
+    result = run_installed("query", "--url", capped, "--uids")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"dlstudy: error: could not list {capped}/studies completely")
+    assert result.stdout == ""  # nothing printed as if it were the whole answer
+
+    synced = run_installed("sync", "--url", capped, "-o", str(tmp_path / "out"), "--json")
+    assert synced.returncode == 1
+    summary = json.loads(synced.stdout)
+    assert summary["error"].startswith(f"could not list {capped}/studies completely")
+    assert summary["exit_status"] == 1
+    assert f"dlstudy: error: could not list {capped}/studies" in synced.stderr
+
+    honest = embedded_server(None, virtual=spec, max_page_size=10)
+    listed = run_installed("query", "--url", honest, "--uids")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == list(VirtualArchive(spec).study_uids())

@@ -1,0 +1,88 @@
+"""No secret reaches any output: runs of the installed CLI with a secret in every place a user
+can put one (a password and query keys in --url, --header, --token, a proxy's password),
+failing in the ways that print URLs, and every output scanned: stdout (--json, tables),
+stderr with -v, and --log-file. Secrets a server hands out (presigned links in redirects)
+are scanned in test_faults.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..cli_helpers import run_installed
+from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy
+
+pytestmark = pytest.mark.integration
+
+SECRETS = {
+    "password": "pw-5ecret",
+    "subscription-key": "subkey-5ecret",
+    "code": "code-5ecret",
+    "X-Amz-Signature": "sig-5ecret",
+    "header": "hdr-5ecret",
+    "token": "tok-5ecret",
+    "proxy password": "proxypw-5ecret",
+}
+
+
+def secret_url(url: str) -> str:
+    """The server's URL with a password and secret query keys in it."""
+    scheme, rest = url.split("://", 1)
+    return (
+        f"{scheme}://reader:{SECRETS['password']}@{rest}"
+        f"?subscription-key={SECRETS['subscription-key']}&code={SECRETS['code']}"
+        f"&X-Amz-Signature={SECRETS['X-Amz-Signature']}"
+    )
+
+
+def run_scanned(tmp_path: Path, name: str, *args: str) -> tuple[int, str]:
+    """Run `dlstudy ARGS -v [--log-file F]`; fail if any secret is in any output."""
+    log_file = tmp_path / f"{name}.log"
+    log_file.touch()
+    logged = ("--log-file", str(log_file)) if args[0] != "query" else ()  # query has none
+    result = run_installed(*args, "-v", *logged)
+    assert "Traceback" not in result.stderr, result.stderr
+    outputs = {"stdout": result.stdout, "stderr": result.stderr, "log": log_file.read_text()}
+    for where, text in outputs.items():
+        for what, secret in SECRETS.items():
+            assert secret not in text, f"{name}: the {what} is in {where}"
+    return result.returncode, result.stdout
+
+
+def test_no_secret_reaches_any_output(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    seen_requests.gateway_keys = {"subscription-key", "code", "X-Amz-Signature"}
+    url = secret_url(embedded_server(synth_study.root, fault_rate=0.3, fault_status=500))
+    given = ("--url", url, "--header", f"X-Api-Key: {SECRETS['header']}")
+    given += ("--token", SECRETS["token"])
+    out = str(tmp_path / "out")
+
+    # Some instances fail (HTTP 500, no retries): failure lines and the summary name URLs.
+    code, stdout = run_scanned(
+        tmp_path, "failing", "download", synth_study.study_uid, *given, "-o", out,
+        "--json", "--retries", "0", "--mode", "instance",
+    )  # fmt: skip
+    summary = json.loads(stdout)
+    assert code == 1 and summary["failures"]
+    assert "***" in summary["url"]  # shown, masked
+    logged = (tmp_path / "failing.log").read_text()  # the log is the run's record
+    assert logged.count("WARNING dlstudy.outcome: failed: instance") == len(summary["failures"])
+
+    code, _ = run_scanned(tmp_path, "unknown", "download", "1.2.3.4.5", *given, "-o", out)
+    assert code == 4
+
+    code, stdout = run_scanned(tmp_path, "query", "query", *given, "--json")
+    assert code == 0 and synth_study.study_uid in stdout
+
+    proxy = f"http://proxyuser:{SECRETS['proxy password']}@127.0.0.1:9"
+    code, _ = run_scanned(
+        tmp_path, "dead proxy", "download", synth_study.study_uid, *given, "-o", out,
+        "--proxy", proxy, "--json",
+    )  # fmt: skip
+    assert code == 3

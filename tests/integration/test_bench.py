@@ -1,0 +1,472 @@
+"""`dlstudy bench` through the real CLI: the embedded server (standard and Orthanc profiles, TLS),
+a static tree behind nginx, and a real Orthanc; plus the units of the report and the chart."""
+
+from __future__ import annotations
+
+import contextvars
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from dlstudy.bench.chart import nice_ticks, png_converter, render_svg, write_chart
+from dlstudy.bench.report import BenchReport, CellResult, percentile
+from dlstudy.http.curl import CurlTransport
+from dlstudy.server.synth import SynthSpec, generate
+
+from ..cli_helpers import run_cli
+from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+from ..fixtures.orthanc import OrthancServer
+from ..tools import missing_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+STRATEGIES = ("single-part", "multipart-instance", "series", "study")
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def bench_json(*args: str) -> tuple[int, dict[str, Any]]:
+    result = run_cli("bench", *args, "--json")
+    data: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+    return result.exit_code, data
+
+
+def rows_by_cell(data: dict[str, Any]) -> dict[tuple[str, int, str], dict[str, Any]]:
+    return {(r["strategy"], r["concurrency"], r["http"]): r for r in data["rows"]}
+
+
+def qido_order(url: str, study_uid: str) -> list[str]:
+    """SOP Instance UIDs in the order QIDO lists them (series, then each series' instances)."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        series = client.get(f"/studies/{study_uid}/series").json()
+        sops = []
+        for item in series:
+            series_uid = item["0020000E"]["Value"][0]
+            instances = client.get(f"/studies/{study_uid}/series/{series_uid}/instances").json()
+            sops += [i["00080018"]["Value"][0] for i in instances]
+    return sops
+
+
+# -- the embedded server ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_matrix_on_the_embedded_server(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+) -> None:
+    url = embedded_server(synth_study.root)
+    monkeypatch.chdir(tmp_path)
+    chart = tmp_path / "bench.svg"
+    code, data = bench_json(
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-c",
+        "1",
+        "--concurrency",
+        "4",
+        "--repeat",
+        "1",
+        "--limit",
+        "10",
+        "--chart",
+        str(chart),
+    )
+    assert code == 0, data
+    first_ten = qido_order(url, synth_study.study_uid)[:10]
+    expected_bytes = sum(synth_study.by_sop(sop).path.stat().st_size for sop in first_ten)
+
+    rows = rows_by_cell(data)
+    expected_cells = {
+        (strategy, level, http)
+        for strategy in STRATEGIES
+        for level in ((1,) if strategy == "study" else (1, 4))
+        for http in ("1.1", "2")
+    }
+    assert set(rows) == expected_cells
+    for (_, level, http), row in rows.items():
+        assert row["status"] == "ok", row
+        assert row["instances"] == 10 and row["bytes"] == expected_bytes, row
+        assert row["http_version"] == ("HTTP/2" if http == "2" else "HTTP/1.1")
+        assert 1 <= row["max_in_flight"] <= level
+        assert row["mb_per_s"]["median"] > 0 and row["instances_per_s"]["median"] > 0
+        assert row["ttfb_ms"]["p50"] is not None and row["qido_ms"]["p50"] is not None
+        assert len(row["runs"]) == 1
+    assert rows[("single-part", 1, "1.1")]["accept"] == "application/dicom; transfer-syntax=*"
+    assert data["instances_in_study"] == len(synth_study.instances)
+    assert data["instances_measured"] == 10 and data["qido_ms"]["requests"] > 0
+    assert data["exit_status"] == 0 and data["error"] is None and data["chart"] == str(chart)
+
+    # Nothing but the chart was written: the bytes were counted and dropped.
+    assert [p.name for p in tmp_path.rglob("*")] == ["bench.svg"]
+    svg = ET.parse(chart).getroot()
+    assert svg.tag == f"{SVG}svg"
+    drawn = {(g.get("data-strategy"), g.get("data-http")) for g in svg.iter(f"{SVG}g")}
+    for strategy in STRATEGIES:
+        assert (strategy, "1.1") in drawn and (strategy, "2") in drawn
+    texts = "".join(t.text or "" for t in svg.iter(f"{SVG}text"))
+    assert "series · HTTP/2" in texts and "MB/s" in texts and url in texts
+
+
+@pytest.mark.integration
+def test_table_on_stdout_and_progress_on_stderr(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    result = run_cli(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "study", "--repeat", "2"
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"dlstudy bench: {url}, study {synth_study.study_uid}, 60 instances")
+    assert lines[2].split()[:3] == ["strategy", "http", "conc"]
+    study_rows = [line.split() for line in lines if line.startswith("study ")]
+    assert [(r[1], r[2], r[-1]) for r in study_rows] == [("1.1", "1", "ok"), ("2", "1", "ok")]
+    assert "QIDO:" in result.stdout
+    assert "dlstudy: bench 4/4: study c=1 HTTP/2 run 2" in result.stderr
+
+
+@pytest.mark.integration
+def test_keep_writes_every_instance_byte_identical(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    keep = tmp_path / "kept"
+    for strategy in ("series", "single-part", "multipart-instance", "study"):
+        code, data = bench_json(
+            synth_study.study_uid, "--url", url, "--strategy", strategy, "-c", "3",
+            "--http", "2", "--repeat", "1", "--limit", "25", "--keep", str(keep),
+        )  # fmt: skip
+        assert code == 0 and data["keep"] == str(keep), data
+        wanted = qido_order(url, synth_study.study_uid)[:25]
+        files = sorted(p.name for p in keep.iterdir())
+        assert files == sorted(f"{sop}.dcm" for sop in wanted), strategy
+        for sop in wanted:
+            assert (keep / f"{sop}.dcm").read_bytes() == synth_study.by_sop(sop).path.read_bytes()
+        shutil.rmtree(keep)
+
+
+@pytest.mark.integration
+def test_orthanc_profile_single_part_is_unsupported(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, profile="orthanc")
+    code, data = bench_json(
+        synth_study.study_uid, "--url", url, "-c", "1", "-c", "2", "--repeat", "2", "--limit", "6"
+    )
+    assert code == 0, data
+    for (strategy, _, _), row in rows_by_cell(data).items():
+        if strategy == "single-part":
+            assert row["status"] == "unsupported (HTTP 400)" and row["mb_per_s"]["median"] is None
+        else:
+            assert row["status"] == "ok" and row["instances"] == 6, row
+    # Found by the first cell of each HTTP version; the other cells are not run.
+    single = rows_by_cell(data)[("single-part", 2, "1.1")]["runs"]
+    assert [run["ran"] for run in single] == [False, False]
+
+
+@pytest.mark.integration
+def test_tls_alpn_offers_both_versions(
+    synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    code, data = bench_json(
+        synth_study.study_uid, "--url", url, "--ca-bundle", str(tls_ca.ca_pem),
+        "--strategy", "single-part", "-c", "2", "--repeat", "1", "--limit", "4",
+    )  # fmt: skip
+    assert code == 0, data
+    versions = {row["http"]: row["http_version"] for row in data["rows"]}
+    assert versions == {"1.1": "HTTP/1.1", "2": "HTTP/2"}
+
+
+class _InFlight:
+    """Requests between being sent and their response being closed, at the httpx layer."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.total = 0
+
+
+_counting: contextvars.ContextVar[bool] = contextvars.ContextVar("counting", default=False)
+
+
+@pytest.fixture
+def in_flight(monkeypatch: pytest.MonkeyPatch) -> _InFlight:
+    """Count every request dlstudy sends, below dlstudy: it cannot hide anything from this.
+
+    Every transport a request can take is wrapped (dlstudy's two and httpcore's, its fallback);
+    a transport handing a request to another counts it once."""
+    counter = _InFlight()
+
+    def wrap(cls: Any) -> None:
+        original = cls.handle_async_request
+
+        async def counting(self: Any, request: httpx.Request) -> httpx.Response:
+            if _counting.get():
+                return cast(httpx.Response, await original(self, request))
+            token = _counting.set(True)
+            counter.now += 1
+            counter.total += 1
+            counter.peak = max(counter.peak, counter.now)
+            try:
+                response = cast(httpx.Response, await original(self, request))
+            except BaseException:
+                counter.now -= 1
+                raise
+            finally:
+                _counting.reset(token)
+            response.stream = _Released(response.stream, counter)
+            return response
+
+        monkeypatch.setattr(cls, "handle_async_request", counting)
+
+    for cls in (CurlTransport, httpx.AsyncHTTPTransport):
+        wrap(cls)
+    return counter
+
+
+class _Released(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, counter: _InFlight) -> None:
+        self.stream = stream
+        self.counter = counter
+        self.open = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self.open:
+            self.open = False
+            self.counter.now -= 1
+        await self.stream.aclose()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("level", [1, 3])
+def test_concurrency_is_never_exceeded(
+    level: int,
+    in_flight: _InFlight,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+) -> None:
+    # With 30 ms per request, workers overlap for sure: the peak is reached, and must hold.
+    url = embedded_server(synth_study.root, latency=0.03)
+    code, data = bench_json(
+        synth_study.study_uid, "--url", url, "-c", str(level), "--repeat", "1", "--limit", "8",
+        "--strategy", "single-part", "--strategy", "multipart-instance", "--strategy", "series",
+    )  # fmt: skip
+    assert code == 0, data
+    assert in_flight.total > 8 and in_flight.now == 0
+    assert in_flight.peak == level
+    assert {row["max_in_flight"] for row in data["rows"]} <= set(range(1, level + 1))
+
+
+@pytest.mark.integration
+def test_exit_codes(tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer) -> None:
+    url = embedded_server(synth_study.root)
+    uid = synth_study.study_uid
+    code, data = bench_json("1.2.3.999", "--url", url, "--repeat", "1")
+    assert code == 4 and "not found" in data["error"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/dicomweb"
+    code, data = bench_json(uid, "--url", closed, "--http", "1.1")
+    assert code == 3 and "refused" in data["error"]
+    guarded = embedded_server(synth_study.root, token="sesame")
+    code, data = bench_json(uid, "--url", guarded, "--token", "wrong")
+    assert code == 3 and "401" in data["error"] and "wrong" not in json.dumps(data)
+    for bad in (
+        ["--strategy", "frames"],
+        ["--http", "3"],
+        ["-c", "0"],
+        ["--repeat", "0"],
+        ["--limit", "0"],
+        ["--chart", str(tmp_path / "bench.gif")],
+    ):
+        result = run_cli("bench", uid, "--url", url, *bad)
+        assert result.exit_code == 2, (bad, result.stderr)
+        assert result.stderr.startswith("dlstudy: error: "), bad
+    assert run_cli("bench", "1.2.x", "--url", url).exit_code == 2
+    assert run_cli("bench", uid).exit_code == 2  # no --url
+
+
+@pytest.mark.integration
+def test_download_settings_do_not_shrink_the_matrix(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[defaults]\nconcurrency = 16\nhttp = "auto"\n[servers.lab]\nurl = "{url}"\n'
+    )
+    result = run_cli(
+        "bench", synth_study.study_uid, "--config", str(config), "--server", "lab",
+        "--strategy", "study", "--repeat", "1", "--json",
+        env={"DLSTUDY_CONCURRENCY": "8", "DLSTUDY_HTTP": "1.1"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    matrix = json.loads(result.stdout)["matrix"]
+    assert matrix["concurrency"] == [1, 4, 16, 64] and matrix["http"] == ["1.1", "2"]
+
+
+# -- nginx serving a static DICOMweb tree (benchmarks/static_tree.py) ----------------------------
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def nginx_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """nginx over a tiny static tree: URLs of its HTTP/1.1, h2c and TLS servers, the CA, UIDs."""
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if nginx is None or shutil.which("openssl") is None:
+        missing_tool("nginx and openssl are needed")
+    spec = importlib.util.spec_from_file_location("static_tree", ROOT / "benchmarks/static_tree.py")
+    assert spec is not None and spec.loader is not None
+    static_tree = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(static_tree)
+    folder = tmp_path_factory.mktemp("nginx")
+    args = ["--preset", "small", "--series", "2", "--instances", "6"]
+    manifest = static_tree.build_dataset(folder / "data", "tiny", args, multipart=True, log=print)
+    ca, cert, key = static_tree.make_certificates(folder / "certs")
+    ports = dict(zip(("h1", "h2c", "tls", "tls-tuned"), _free_ports(4), strict=True))
+    conf = static_tree.nginx_conf(folder / "prefix", folder / "data", ports, cert, key, "1")
+    subprocess.run([nginx, "-c", str(conf), "-p", str(folder / "prefix")], check=True, timeout=30)
+    pid_file = folder / "prefix" / "nginx.pid"
+    try:
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield {
+            "h1": f"http://127.0.0.1:{ports['h1']}/tiny/dicomweb",
+            "h2c": f"http://127.0.0.1:{ports['h2c']}/tiny/dicomweb",
+            "tls": f"https://127.0.0.1:{ports['tls']}/tiny/dicomweb",
+            "ca": ca,
+            "manifest": manifest,
+        }
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGQUIT)
+
+
+@pytest.mark.integration
+def test_nginx_static_tree(nginx_tree: dict[str, Any]) -> None:
+    manifest = nginx_tree["manifest"]
+    study_uid = manifest["studies"][0]
+    total = sum(i["size"] for i in manifest["instances"])
+    code, data = bench_json(
+        study_uid, "--url", nginx_tree["tls"], "--ca-bundle", str(nginx_tree["ca"]),
+        "-c", "1", "-c", "4", "--repeat", "1",
+    )  # fmt: skip
+    assert code == 0, data
+    # benchmarks/static_tree.py prebuilds multipart files for study, series and instance URLs.
+    for (_, _, http), row in rows_by_cell(data).items():
+        assert row["status"] == "ok" and row["bytes"] == total, row
+        assert row["http_version"] == ("HTTP/2" if http == "2" else "HTTP/1.1")
+    # Plain http: nginx speaks HTTP/1.1 or h2c on a port, never both.
+    code, data = bench_json(study_uid, "--url", nginx_tree["h1"], "--strategy", "study")
+    assert code == 0 and "does not speak HTTP/2" in data["notes"][0], data["notes"]
+    statuses = {row["http"]: row["status"] for row in data["rows"]}
+    assert statuses == {"1.1": "ok", "2": "unsupported (no HTTP/2)"}
+    code, data = bench_json(study_uid, "--url", nginx_tree["h1"], "--http", "2")
+    assert code == 3 and "does not speak HTTP/2 (" in data["error"], data
+    assert "try --http 1.1" in data["error"]
+
+
+# -- a real Orthanc ------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_real_orthanc(orthanc: OrthancServer, tmp_path: Path) -> None:
+    orthanc.reset()
+    spec = SynthSpec(studies=1, series=2, instances=5, size=32 * 1024, seed=71)
+    instances = generate(tmp_path / "src", spec)
+    stored = [orthanc.upload(instance.path) for instance in instances]
+    study_uid = instances[0].study_uid
+    total = sum(len(orthanc.stored_file(answer["ID"])) for answer in stored)
+    keep = tmp_path / "kept"
+    code, data = bench_json(
+        study_uid, "--url", orthanc.dicomweb_url, "-c", "1", "-c", "4", "--repeat", "1",
+        "--keep", str(keep),
+    )  # fmt: skip
+    assert code == 0, data
+    for (strategy, _, http), row in rows_by_cell(data).items():
+        if http == "2":  # Orthanc speaks HTTP/1.1 only
+            assert row["status"] == "unsupported (no HTTP/2)", row
+        elif strategy == "single-part":
+            assert row["status"] == "unsupported (HTTP 400)", row
+        else:
+            assert row["status"] == "ok" and row["instances"] == 10 and row["bytes"] == total
+    assert len(list(keep.iterdir())) == 10
+
+
+# -- units ---------------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0], 0.99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile([float(i) for i in range(1, 101)], 0.9) == pytest.approx(90.1)
+
+
+def test_nice_ticks() -> None:
+    assert nice_ticks(0) == [0.0, 1.0]
+    assert nice_ticks(9.3) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert nice_ticks(180) == [0.0, 50.0, 100.0, 150.0, 200.0]
+
+
+def test_chart_of_an_unsupported_row_explains_it_and_escapes_text() -> None:
+    report = BenchReport(
+        url="http://h/<x>&y",
+        study_uid="1.2",
+        strategies=("single-part", "study"),
+        concurrency=(1,),
+        http=("1.1",),
+        repeat=1,
+        limit=None,
+    )
+    report.results.append(
+        CellResult("single-part", 1, "1.1", 0, unsupported="unsupported (HTTP 400)")
+    )
+    ok = CellResult("study", 1, "1.1", 0, seconds=0.5, bytes=10**6, instances=4, ttfb=[0.01])
+    report.results.append(ok)
+    root = ET.fromstring(render_svg(report))
+    texts = [t.text or "" for t in root.iter(f"{SVG}text")]
+    assert "dlstudy bench: http://h/<x>&y" in texts
+    assert "single-part · HTTP/1.1: unsupported (HTTP 400)" in texts
+    assert report.rows()[1].mb_per_s() == {"median": 2.0, "min": 2.0, "max": 2.0}
+
+
+def test_png_chart(tmp_path: Path) -> None:
+    if png_converter() is None:
+        missing_tool("no SVG-to-PNG converter (librsvg2-bin)")
+    report = BenchReport("http://h/x", "1.2", ("study",), (1,), ("2",), 1, None)
+    report.results.append(CellResult("study", 1, "2", 0, seconds=1.0, bytes=5, instances=1))
+    write_chart(report, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

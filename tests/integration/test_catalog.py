@@ -1,0 +1,309 @@
+"""`dlstudy catalog`: pull an archive into a local DuckDB catalog, query it offline, sync by
+difference. Through the installed CLI against the embedded server (its page cap and
+ignore-offset knobs) and against Orthanc (tests/integration/test_orthanc_catalog.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pydicom
+import pytest
+
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
+
+from ..cli_helpers import DLSTUDY, assert_same_files, run_installed
+from ..fixtures.embedded_server import StartServer
+
+pytestmark = pytest.mark.integration
+
+
+def synth(root: Path, studies: int, *, seed: int, dates: tuple[str, str]) -> list[SynthInstance]:
+    spec = SynthSpec(
+        studies=studies, series=1, instances=2, size=1024, seed=seed, study_dates=dates
+    )
+    return generate(root, spec)
+
+
+def study_uids(instances: list[SynthInstance]) -> set[str]:
+    return {i.study_uid for i in instances}
+
+
+def pull(url: str, db: Path, *extra: str) -> dict[str, Any]:
+    result = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def catalog_rows(db: Path, sql: str = "SELECT * FROM studies ORDER BY study_uid") -> list[Any]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def catalog_query(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_installed("catalog", "query", "--db", str(db), *args)
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_a_capped_archive_that_ignores_offset_is_enumerated_completely(
+    embedded_server: StartServer, tmp_path: Path, cap: int
+) -> None:
+    """30 studies over 10 days (3 a day): a page of 1 or 2 and no offset means splitting by
+    date down to single days, then by time of day."""
+    source = tmp_path / "source"
+    instances = synth(source, 30, seed=cap, dates=("20180101", "20180110"))
+    capped = embedded_server(source, max_page_size=cap, ignore_offset=True)
+    db = tmp_path / "c.duckdb"
+
+    summary = pull(capped, db)
+
+    assert summary["studies"] == 30 and summary["unreachable"] == 0
+    assert {r[0] for r in catalog_rows(db)} == study_uids(instances)
+    # every attribute as an uncapped `dlstudy query` sees it
+    plain = embedded_server(source)
+    searched = run_installed("query", "--url", plain, "--json")
+    assert searched.returncode == 0, searched.stderr
+    listed = catalog_query(db, "--json")
+    assert listed.returncode == 0, listed.stderr
+    key = "study_uid"
+    expected = sorted((json.loads(x) for x in searched.stdout.splitlines()), key=lambda r: r[key])
+    got = sorted((json.loads(x) for x in listed.stdout.splitlines()), key=lambda r: r[key])
+    assert got == expected
+    with duckdb.connect(str(db), read_only=True) as con:
+        states = dict(con.execute("SELECT state, count(*) FROM windows GROUP BY state").fetchall())
+        assert states.get("split", 0) > 10  # it really had to split (date, then time)
+        keys = [k for (k,) in con.execute("SELECT key FROM windows").fetchall()]
+    assert any(" " in k for k in keys), "no window was split by time of day"
+
+
+def test_offset_paging_with_a_cap_of_one(embedded_server: StartServer, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    instances = synth(source, 7, seed=5, dates=("20200101", "20200103"))
+    url = embedded_server(source, max_page_size=1)
+    db = tmp_path / "c.duckdb"
+    summary = pull(url, db)
+    assert summary["studies"] == 7
+    assert {r[0] for r in catalog_rows(db)} == study_uids(instances)
+    (offset_ok,) = catalog_rows(db, "SELECT value FROM meta WHERE key = 'offset_ok'")
+    assert offset_ok == ("1",)
+    # --walk split never pages by offset: same studies, by windows
+    split_db = tmp_path / "split.duckdb"
+    assert pull(url, split_db, "--walk", "split")["studies"] == 7
+    assert catalog_rows(split_db, "SELECT study_uid FROM studies ORDER BY 1") == catalog_rows(
+        db, "SELECT study_uid FROM studies ORDER BY 1"
+    )
+
+
+def test_a_pull_killed_at_a_random_moment_resumes_to_the_same_catalog(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    synth(source, 100, seed=7, dates=("20170101", "20170220"))
+    url = embedded_server(source, max_page_size=2, ignore_offset=True, latency=0.03)
+    reference = tmp_path / "reference.duckdb"
+    started = time.monotonic()
+    pull(url, reference)
+    uninterrupted = time.monotonic() - started
+
+    db = tmp_path / "killed.duckdb"
+    rng = random.Random()
+    for attempt in range(2):  # killed twice, at random moments of the walk
+        process = subprocess.Popen(
+            [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.3, 0.7) * uninterrupted)
+        process.send_signal(signal.SIGKILL)
+        killed = process.wait(timeout=30) == -signal.SIGKILL
+        if attempt == 0:  # the first kill must land mid-walk (the second may find it done)
+            assert killed, "the pull ended before the kill"
+            (finished,) = catalog_rows(db, "SELECT finished FROM pulls")
+            assert finished == (None,)
+    if catalog_rows(db, "SELECT finished FROM pulls") == [(None,)]:  # killed twice
+        summary = pull(url, db)
+        assert (summary["pull"], summary["kind"], summary["resumed"]) == (1, "first", True)
+
+    assert catalog_rows(db, "SELECT pull, kind FROM pulls") == [(1, "first")]
+    assert catalog_rows(db) == catalog_rows(reference)
+
+
+def _add_instance(study_dir: Path) -> Path:
+    """One more instance in the first series of a study on disk (a copy, new SOP UID)."""
+    source = next(study_dir.rglob("*.dcm"))
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".9"
+    target = source.with_name(f"{ds.SOPInstanceUID}.dcm")
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def test_a_later_pull_finds_exactly_what_was_added(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    today = dt.date.today()
+    old = synth(source, 20, seed=11, dates=("20150101", "20150110"))
+    recent_first = (today - dt.timedelta(days=3)).strftime("%Y%m%d")
+    recent = synth(source, 3, seed=12, dates=(recent_first, today.strftime("%Y%m%d")))
+    db = tmp_path / "c.duckdb"
+    first = pull(embedded_server(source, max_page_size=3), db)
+    assert first["studies"] == 23
+
+    added = synth(source, 5, seed=13, dates=("20150103", "20150107"))
+    grown = recent[0]
+    _add_instance(source / grown.study_uid)
+    second = pull(embedded_server(source, max_page_size=3), db)
+
+    assert second["kind"] == "update" and second["studies"] == 28
+    assert second["new"] == 5 and second["instances_changed"] == 1
+    changes = catalog_rows(
+        db, "SELECT study_uid, change, instances_before, instances_after FROM changes"
+    )
+    assert {(u, c) for u, c, _, _ in changes} == {(u, "new") for u in study_uids(added)} | {
+        (grown.study_uid, "instances_added")
+    }
+    assert (grown.study_uid, "instances_added", 2, 3) in changes
+    assert {r[0] for r in catalog_rows(db)} == study_uids(old + recent + added)
+    # nothing new: a third pull changes nothing
+    third = pull(embedded_server(source, max_page_size=3), db)
+    assert (third["new"], third["instances_changed"], third["studies"]) == (0, 0, 28)
+
+
+def test_query_outputs_filters_and_sql(embedded_server: StartServer, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    instances = synth(source, 6, seed=21, dates=("20190101", "20190106"))
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(source), db)
+    uids = sorted(study_uids(instances))
+
+    assert sorted(catalog_query(db, "--uids").stdout.split()) == uids
+    csv_lines = catalog_query(db, "--csv").stdout.splitlines()
+    assert csv_lines[0].startswith("study_uid,patient_id,patient_name,study_date")
+    assert len(csv_lines) == 7
+    dated = catalog_query(db, "--study-date", "20190102-20190103", "--json")
+    assert {json.loads(x)["study_date"] for x in dated.stdout.splitlines()} == {
+        "20190102",
+        "20190103",
+    }
+    where = catalog_query(db, "--where", "study_date >= '20190105' AND instances = 2", "--uids")
+    assert len(where.stdout.split()) == 2
+    first = json.loads(catalog_query(db, "--json").stdout.splitlines()[0])
+    by_patient = catalog_query(db, "--patient-id", first["patient_id"][:-1] + "?", "--uids")
+    assert first["study_uid"] in by_patient.stdout.split()
+    count = catalog_query(
+        db, "--sql", "SELECT count(*) AS n, sum(instances) FROM studies", "--json"
+    )
+    assert json.loads(count.stdout) == {"n": 6, "sum(instances)": 12}
+    none = catalog_query(db, "--modality", "MR")
+    assert none.returncode == 4 and none.stderr.startswith("dlstudy: error: no study")
+    bad = catalog_query(db, "--where", "no_such_column = 1")
+    assert bad.returncode == 2
+    (line,) = bad.stderr.splitlines()
+    assert line.startswith("dlstudy: error: catalog query failed:")
+    missing = catalog_query(tmp_path / "nothere.duckdb", "--uids")
+    assert missing.returncode == 2 and "no catalog at" in missing.stderr
+
+
+def test_download_from_catalog_and_sync_catalog_fetch_exactly_what_is_missing(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    instances = synth(source, 6, seed=31, dates=("20210101", "20210106"))
+    url = embedded_server(source)
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    out = tmp_path / "out"
+
+    status = run_installed("catalog", "status", "--db", str(db), "-o", str(out))
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.split("\n")[2].split()[:2] == ["missing", "6"]
+
+    where = "study_date <= '20210102'"
+    one = run_installed(
+        "download", "--from-catalog", str(db), "--where", where, "--url", url, "-o", str(out),
+        "--json",
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout)["instances"]["downloaded"] == 4
+    missing = run_installed(
+        "catalog", "status", "--db", str(db), "-o", str(out), "--state", "missing", "--uids"
+    )
+    downloaded = set(json.loads(one.stdout)["study_uids"])
+    assert len(downloaded) == 2
+    assert set(missing.stdout.split()) == study_uids(instances) - downloaded
+
+    two = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert two.returncode == 0, two.stderr
+    summary = json.loads(two.stdout)
+    assert summary["instances"]["downloaded"] == 8
+    assert summary["sync"]["already_complete"] == 2
+    assert_same_files(instances, out)
+    done = run_installed("catalog", "status", "--db", str(db), "-o", str(out), "--json")
+    assert {json.loads(x)["state"] for x in done.stdout.splitlines()} == {"complete"}
+    again = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert json.loads(again.stdout)["instances"]["downloaded"] == 0
+
+
+def test_export_to_parquet_and_csv_reads_back(embedded_server: StartServer, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    synth(source, 4, seed=41, dates=("20220101", "20220104"))
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(source), db)
+    rows = catalog_rows(db, "SELECT study_uid, instances FROM studies ORDER BY 1")
+    for name in ("c.parquet", "c.csv"):
+        target = tmp_path / name
+        result = run_installed("catalog", "export", "--db", str(db), "--to", str(target))
+        assert result.returncode == 0, result.stderr
+        with duckdb.connect() as con:
+            back = con.execute(f"SELECT study_uid, instances FROM '{target}' ORDER BY 1").fetchall()
+        assert back == rows
+    wrong = run_installed("catalog", "export", "--db", str(db), "--to", str(tmp_path / "c.xlsx"))
+    assert wrong.returncode == 2 and "--to must end in .parquet or .csv" in wrong.stderr
+
+
+def test_series_level(embedded_server: StartServer, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    spec = SynthSpec(studies=3, series=2, instances=2, size=1024, seed=51)
+    instances = generate(source, spec)
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(source), db, "--level", "series")
+    series = catalog_rows(db, "SELECT series_uid, instances FROM series ORDER BY 1")
+    assert series == sorted({(i.series_uid, 2) for i in instances})
+
+
+def test_usage_errors_are_one_line(embedded_server: StartServer, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    synth(source, 2, seed=61, dates=("20220101", "20220102"))
+    url = embedded_server(source)
+    db = tmp_path / "c.duckdb"
+    pull(url, db, "--study-date", "20220101")
+    other = run_installed("catalog", "pull", "--url", url, "--db", str(db))
+    assert other.returncode == 2
+    assert "was pulled with other filters (study_date=20220101)" in other.stderr
+    where = run_installed("download", "--where", "true", "--url", url, "-o", str(tmp_path / "o"))
+    assert where.returncode == 2 and "--from-catalog" in where.stderr
+    with duckdb.connect(str(db)):  # another process holds the catalog
+        held = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--study-date",
+                             "20220101")  # fmt: skip
+    assert held.returncode == 5, held.stderr
+    assert held.stderr.startswith("dlstudy: error: catalog") and "in use" in held.stderr
+    refused = run_installed(
+        "catalog", "pull", "--url", "http://127.0.0.1:1/dicomweb", "--db", str(tmp_path / "x.db")
+    )
+    assert refused.returncode == 3
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("dlstudy: error: ") and "refused" in line
+    not_a_catalog = tmp_path / "notes.txt"
+    not_a_catalog.write_text("mine")
+    bad = catalog_query(not_a_catalog, "--uids")
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
+    assert not_a_catalog.read_text() == "mine"

@@ -1,0 +1,236 @@
+"""Conventions of the batch commands: an environment variable per option, examples that parse."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from dlstudy.cli.app import COMMANDS, app, build_app
+from dlstudy.cli.connection import NO_ENVVAR
+from dlstudy.config import load
+
+from ..cli_helpers import run_installed
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+BATCH_COMMANDS = ("download", "query", "sync")
+
+
+def command(name: str) -> Any:
+    return typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+
+
+def parse(args: list[str]) -> dict[str, Any]:
+    """Parse a command line like the CLI does, without running it: the params it yields."""
+    group = typer.main.get_command(app)
+    root = group.make_context("dlstudy", list(args), resilient_parsing=True)
+    name = args[0]
+    ctx = command(name).make_context(name, list(args[1:]), parent=root)
+    params: dict[str, Any] = ctx.params
+    return params
+
+
+@pytest.mark.parametrize("name", BATCH_COMMANDS)
+def test_every_option_has_its_environment_variable(name: str) -> None:
+    for param in command(name).params:
+        longs = [o for o in param.opts if o.startswith("--")]
+        if not longs or longs[0] in NO_ENVVAR:
+            continue
+        expected = "DLSTUDY_" + longs[0][2:].upper().replace("-", "_")
+        assert param.envvar == expected, f"{name} {longs[0]}: {param.envvar}"
+
+
+def test_option_values_from_the_environment(tmp_path: Path) -> None:
+    from ..cli_helpers import run_cli
+
+    result = run_cli(
+        "query",
+        env={
+            "DLSTUDY_URL": "http://127.0.0.1:1/x",
+            "DLSTUDY_FILTER": "PatientSex=F NoSuchKeyword=1",
+            "DLSTUDY_UIDS": "1",
+        },
+    )
+    assert result.exit_code == 2
+    assert "'NoSuchKeyword' is neither a DICOM keyword" in result.stderr
+
+
+def test_example_config_loads_with_known_keys() -> None:
+    known = {p.name for name in BATCH_COMMANDS for p in command(name).params if p.name}
+    config = load(EXAMPLES / "config.toml")
+    config.check_keys(known)
+    values = config.values("orthanc", {"ORTHANC_PASSWORD": "pw"}, known=known)
+    assert values["password"] == "pw" and values["output"] == "/data/studies"
+
+
+def test_example_crontab_line_is_a_valid_sync() -> None:
+    lines = [
+        line
+        for line in (EXAMPLES / "crontab").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(lines) == 1
+    fields = lines[0].split(None, 5)
+    assert len(fields) == 6 and fields[5].split()[0].endswith("/dlstudy")
+    params = parse(shlex.split(fields[5])[1:])
+    assert params["study_date"] == "7d" and params["log_format"] == "json" and params["quiet"]
+
+
+def test_example_kubernetes_job_shards_by_completion_index() -> None:
+    text = (EXAMPLES / "k8s-indexed-job.yaml").read_text()
+    completions = re.search(r"^\s+completions: (\d+)$", text, re.M)
+    count = re.search(r"name: DLSTUDY_SHARD_COUNT\n\s+value: \"(\d+)\"", text)
+    assert completions and count and completions.group(1) == count.group(1)
+    assert "completionMode: Indexed" in text
+    block = text.split("          args:\n", 1)[1].split("          env:\n", 1)[0]
+    args = [line.strip()[2:] for line in block.splitlines()]
+    params = parse(args)
+    assert params["shard"] == "auto" and params["from_file"] == "/cohort/uids.txt"
+
+
+def test_example_slurm_script_is_valid_bash_with_a_valid_download() -> None:
+    script = EXAMPLES / "slurm-array.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert re.search(r"^#SBATCH --array=\S+", text, re.M)
+    call = text.split("dlstudy download", 1)[1].split(">", 1)[0].replace("\\\n", " ")
+
+    def arguments(**variables: str) -> list[str]:
+        """The call's words as bash expands them in a task with these variables."""
+        printed = subprocess.run(
+            ["bash", "-c", f"printf '%s\\0' {call}"],
+            env={"SLURM_ARRAY_TASK_ID": "5", "out": "/data", "cohort": "c.txt", **variables},
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        return printed.stdout.split("\0")[:-1]
+
+    params = parse(["download", *arguments()])
+    assert params["shard"] == "auto" and params["server"] == "pacs"
+    assert params["output"] == "/data/shard-5"
+    # A task resubmitted alone is given its shard (see the script's comment).
+    assert parse(["download", *arguments(DLSTUDY_SHARD="6/16")])["shard"] == "6/16"
+
+
+def test_main_exits_with_the_commands_status_and_flushed_output(tmp_path: Path) -> None:
+    """main() skips the interpreter's teardown (os._exit): what was printed must still arrive,
+    and the exit status must be the command's."""
+    import sys
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "dlstudy", "download", "--help"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0 and "--workers" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "dlstudy", "download", "1.2.3", "--url", "ftp://x",
+         "-o", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "--url must start with http:// or https://" in bad.stderr
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_the_app_built_for_one_command_runs_it_as_the_whole_app_does(name: str) -> None:
+    """main() builds only the command named on the command line (start-up); its options,
+    help and errors must be the whole app's."""
+    runner = CliRunner()
+    for args in ([name, "--help"], [name, "--no-such-option"]):
+        whole = runner.invoke(app, args, prog_name="dlstudy", env={"COLUMNS": "100"})
+        alone = runner.invoke(build_app(name), args, prog_name="dlstudy", env={"COLUMNS": "100"})
+        assert (alone.exit_code, alone.output) == (whole.exit_code, whole.output)
+        assert f"dlstudy {name}" in whole.output
+    one = typer.main.get_command(build_app(name))
+    assert sorted(one.commands) == sorted(n for n, m in COMMANDS.items() if m == COMMANDS[name])  # type: ignore[attr-defined]
+
+
+def test_usage_errors_are_one_line_naming_the_help_to_read() -> None:
+    cases = [
+        (["download", "--urll", "x"], "No such option: --urll", "dlstudy download --help"),
+        (["download", "1.2.3", "--url", "http://x", "-c", "abc"], "'abc' is not a valid int",
+         "dlstudy download --help"),
+        (["nosuch"], "No such command 'nosuch'", "dlstudy --help"),
+    ]  # fmt: skip
+    for args, what, help_hint in cases:
+        result = run_installed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("dlstudy: error: ") and what in line and help_hint in line
+
+
+def test_version_names_dlstudy_and_libcurl() -> None:
+    for flag in ("--version", "-V"):
+        result = run_installed(flag)
+        assert result.returncode == 0, result.stderr
+        assert re.fullmatch(r"dlstudy \S+ \(PycURL/\S+ libcurl/8\.\S+ .*\)\n", result.stdout)
+
+
+def test_synth_into_a_file_and_serve_on_a_busy_port_say_so_in_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    result = run_installed("synth", str(a_file))
+    assert result.returncode == 2
+    assert result.stderr == f"dlstudy: error: synth: {a_file} is not a folder\n"
+    assert a_file.read_text() == "mine"
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_installed("serve", str(tmp_path), "--port", str(port))
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if "error" in x]
+    assert line == (
+        f"dlstudy: error: serve: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another --port, or 0)"
+    )
+
+
+def test_help_groups_the_options_and_names_their_values() -> None:
+    result = run_installed("download", "--help", env={"COLUMNS": "120", "TERM": "dumb"})
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for panel in ("Connection", "Authentication", "What to fetch", "Behaviour", "Output",
+                  "Configuration"):  # fmt: skip
+        assert f"─ {panel} " in text, panel
+    for shown in ("--url", "URL", "Required", "--http", "auto|1.1|2", "--timeout", "SECONDS"):
+        assert shown in text, shown
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("dlstudy download --mode ", ["auto", "instance", "series", "study"]),
+        ("dlstudy download --http ", ["auto", "1.1", "2"]),
+        ("dlstudy sync --log-format ", ["text", "json"]),
+        ("dlstudy synth out --preset ", ["small", "ct", "mr", "many", "wsi"]),
+    ],
+)
+def test_the_shell_completes_option_values(words: str, expected: list[str]) -> None:
+    result = run_installed(
+        env={
+            "_DLSTUDY_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split())),
+        }
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected
+
+
+def test_the_command_line_reference_is_up_to_date() -> None:
+    """docs/cli.md is generated from the commands; regenerate it with
+    `python -m dlstudy.cli.reference > docs/cli.md` after changing an option."""
+    from dlstudy.cli.reference import markdown
+
+    reference = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+    assert reference.read_text() == markdown(), "docs/cli.md is stale: regenerate it"

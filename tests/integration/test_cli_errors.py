@@ -1,0 +1,324 @@
+"""Every error path of `dlstudy download`: exit code, one clear line, nothing lost or leaked."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from ..cli_helpers import run_cli, run_installed, summary_of
+from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+TOKEN = "s3cr3t-t0ken-value"
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("dlstudy: error:")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_invalid_uid_argument_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("download", "1.2.abc", "--url", "http://127.0.0.1:1/x", "-o", str(tmp_path))
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        "dlstudy: error: invalid study UID '1.2.abc': a UID is digits and dots, at most 64 "
+        "characters"
+    ]
+
+
+def test_from_file_reports_the_line_of_a_bad_uid(tmp_path: Path) -> None:
+    uids = tmp_path / "uids.txt"
+    uids.write_text(f"# cohort\n{STUDY}\n\n1.2.3 # ok\nnot-a-uid\n")
+    result = run_cli("download", "--from-file", str(uids), "--url", "http://127.0.0.1:1/x")
+    assert result.exit_code == 2
+    assert "line 5: invalid UID 'not-a-uid'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((STUDY,), "--url (or DLSTUDY_URL) is required"),
+        (("--url", "http://x"), "give at least one STUDY_UID, --from-file or --from-catalog"),
+        ((STUDY, "--url", "ftp://x"), "--url must start with http:// or https://"),
+        ((STUDY, "--url", "http://x", "--http", "3"), "--http must be one of auto, 1.1, 2"),
+        ((STUDY, "--url", "http://x", "--concurrency", "-1"), "--concurrency must be between"),
+        ((STUDY, "--url", "http://x", "--layout", "../{sop}"), "must be a relative path"),
+        ((STUDY, "--url", "http://x", "--header", "novalue"), "--header must look like"),
+    ],
+)
+def test_bad_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli("download", *args, "-o", str(tmp_path), env={"DLSTUDY_URL": None})
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_unwritable_output_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("download", STUDY, "--url", "http://127.0.0.1:1/x", "-o", str(blocker / "out"))
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        f"dlstudy: error: output folder '{blocker / 'out'}' is not writable: Not a directory"
+    ]
+
+
+def test_refused_connection_exit_3_with_json_and_no_password(tmp_path: Path) -> None:
+    url = f"http://bob:hunter2@127.0.0.1:{free_port()}/dicomweb"
+    result = run_cli("download", STUDY, "--url", url, "-o", str(tmp_path), "--json")
+    assert result.exit_code == 3
+    assert "connection refused by 127.0.0.1" in result.stderr
+    summary = summary_of(result)
+    assert summary["exit_status"] == 3 and "connection refused" in summary["error"]
+    assert "hunter2" not in result.output
+
+
+def test_unknown_host_exit_3(tmp_path: Path) -> None:
+    result = run_cli(
+        "download", STUDY, "--url", "http://dlstudy-test.invalid/dw", "-o", str(tmp_path)
+    )
+    assert result.exit_code == 3
+    assert "cannot resolve host 'dlstudy-test.invalid'" in result.stderr
+
+
+@pytest.mark.integration
+def test_tls_failure_exit_3_and_insecure_warns(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    result = run_cli("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path))
+    assert result.exit_code == 3
+    assert "TLS handshake with '127.0.0.1' failed" in result.stderr
+    assert "unable to get local issuer certificate" in result.stderr
+
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--insecure", "-q"
+    )
+    assert result.exit_code == 0, result.output
+    assert "--insecure: the server's TLS certificate is NOT verified" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("problem", "cause"),
+    [
+        ("expired", "the server's certificate has expired"),
+        ("other host", "the server's certificate is for another host name than '127.0.0.1'"),
+        ("unknown CA", "the server's certificate is signed by an unknown CA"),
+    ],
+)
+def test_a_tls_failure_names_its_cause(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    problem: str,
+    cause: str,
+) -> None:
+    import datetime
+
+    import trustme
+
+    ca = trustme.CA()
+    if problem == "expired":
+        past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+        leaf = ca.issue_cert("127.0.0.1", not_before=past, not_after=past.replace(month=6))
+    elif problem == "other host":
+        leaf = ca.issue_cert("pacs.example.org")
+    else:
+        leaf = trustme.CA().issue_cert("127.0.0.1")  # signed by a CA the client does not know
+    cert, key, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    url = embedded_server(synth_study.root, tls_cert=cert, tls_key=key)
+
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--ca-bundle", str(ca_pem),
+    )  # fmt: skip
+
+    assert result.returncode == 3, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line]
+    assert f"TLS handshake with '127.0.0.1' failed: {cause}" in line
+
+
+@pytest.mark.integration
+def test_auth_failures_exit_3_and_never_show_the_token(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token=TOKEN)
+    missing = run_cli("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path))
+    assert missing.exit_code == 3
+    assert "server rejected the credentials: HTTP 401" in missing.stderr
+
+    wrong = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--token",
+        "wrong-" + TOKEN,
+        "--header",
+        f"X-Api-Key: {TOKEN}",
+        "--verbose",
+    )
+    assert wrong.exit_code == 3
+    assert summary_of(wrong)["exit_status"] == 3
+    assert TOKEN not in wrong.output
+
+    right = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(tmp_path),
+        "--json",
+        env={"DLSTUDY_TOKEN": TOKEN},
+    )
+    assert right.exit_code == 0, right.output
+    assert summary_of(right)["instances"]["downloaded"] == 60
+    assert TOKEN not in right.output
+
+
+@pytest.mark.integration
+def test_unknown_study_exit_4_and_partly_unknown_exit_1(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    result = run_cli("download", STUDY, "--url", url, "-o", str(tmp_path), "--json")
+    assert result.exit_code == 4
+    assert error_lines(result.stderr) == [f"dlstudy: error: study {STUDY} not found on the server"]
+    assert summary_of(result)["exit_status"] == 4
+
+    result = run_cli(
+        "download", STUDY, synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--json"
+    )
+    assert result.exit_code == 1
+    summary = summary_of(result)
+    assert summary["instances"]["downloaded"] == 60
+    assert summary["failures"] == [
+        {
+            "study": STUDY,
+            "series": None,
+            "sop_instance_uid": None,
+            "reason": f"study {STUDY} not found on the server",
+            "status_code": 404,
+        }
+    ]
+
+
+@pytest.mark.integration
+def test_failed_instances_exit_1_are_named_and_a_rerun_finishes(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    flaky = embedded_server(synth_study.root, fault_rate=0.3, fault_status=503, retry_after=0)
+    args = ("download", synth_study.study_uid, "-o", str(tmp_path), "--json")
+
+    first = run_cli(*args, "--url", flaky, "--retries", "0")
+
+    assert first.exit_code == 1
+    summary = summary_of(first)
+    failed = {f["sop_instance_uid"] for f in summary["failures"]}
+    assert 0 < len(failed) == summary["instances"]["failed"] < 60
+    assert all("HTTP 503" in f["reason"] and f["status_code"] == 503 for f in summary["failures"])
+    assert summary["instances"]["downloaded"] == 60 - len(failed)
+    on_disk = {p.stem for p in tmp_path.rglob("*.dcm")}
+    assert on_disk.isdisjoint(failed)  # nothing under a final name for a failed instance
+    assert [p for p in tmp_path.rglob("*.part")] == []
+
+    healthy = embedded_server(synth_study.root)
+    second = run_cli(*args, "--url", healthy)
+
+    assert second.exit_code == 0, second.output
+    assert summary_of(second)["instances"]["downloaded"] == len(failed)
+    assert summary_of(second)["instances"]["skipped"] == 60 - len(failed)
+
+
+@pytest.mark.integration
+def test_cut_connections_are_retried_or_reported_and_leave_no_partial_file(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    always_cut = embedded_server(synth_study.root, drop_after_bytes=10_000)
+    result = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        always_cut,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--retries",
+        "1",
+        "--series",
+        synth_study.series_uids[0],
+    )
+    assert result.exit_code == 1
+    summary = summary_of(result)
+    assert summary["instances"]["failed"] == 20
+    assert all("after 2 attempts" in f["reason"] for f in summary["failures"])
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and ".dlstudy" not in p.parts] == []
+
+    sometimes_cut = embedded_server(synth_study.root, drop_after_bytes=10_000, drop_rate=0.3)
+    result = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        sometimes_cut,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--retries",
+        "8",
+    )
+    assert result.exit_code == 0, result.output
+    for instance in synth_study.instances:
+        target = tmp_path / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
+        assert target.read_bytes() == instance.path.read_bytes()
+
+
+@pytest.mark.integration
+def test_plain_http_to_a_tls_port_and_tls_to_a_plain_port_say_which_to_use(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """One attempt, exit 3, and the scheme to use: retrying cannot change the answer."""
+    tls_url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    plain_url = embedded_server(synth_study.root)
+    cases = [
+        (tls_url.replace("https://", "http://"), "gave no HTTP answer", "use https://"),
+        (plain_url.replace("http://", "https://"), "does not speak TLS", "use http://"),
+    ]
+    for url, what, hint in cases:
+        for http in ("auto", "1.1"):
+            result = run_installed(
+                "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path),
+                "--http", http, "--ca-bundle", str(tls_ca.ca_pem),
+            )  # fmt: skip
+            assert result.returncode == 3, result.stderr
+            (line,) = [x for x in result.stderr.splitlines() if x.startswith("dlstudy: error:")]
+            assert what in line and hint in line
+            assert "attempts" not in line  # not retried
+
+
+def test_a_fatal_error_is_one_line_on_stderr_and_nothing_else(tmp_path: Path) -> None:
+    """With --json, stderr holds the one error line: no bare copy of it (a logger with no
+    handler would print one through logging's last resort)."""
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{port.getsockname()[1]}/dicomweb"
+    port.close()  # nothing listens there now
+    result = run_installed("download", "1.2.3", "--url", url, "-o", str(tmp_path), "--json")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        f"dlstudy: error: connection refused by 127.0.0.1:{url.split(':')[2].split('/')[0]} "
+        f"({url}/studies/1.2.3/series)"
+    ]

@@ -1,0 +1,313 @@
+"""The config file: where it is found, what it may hold, and precedence against env and flags."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from dlstudy.config import ConfigError, default_path, find, load
+
+from ..cli_helpers import run_cli, run_installed
+from ..fixtures.embedded_server import StartServer, SynthStudy
+
+KNOWN = {"url", "output", "concurrency", "mode", "token", "password", "ca_bundle", "modality"}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- where the file is ------------------------------------------------------------------------
+
+
+def test_default_path_follows_xdg_then_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert default_path({}, home, "linux") == home / ".config/dlstudy/config.toml"
+    xdg = str(tmp_path / "xdg")
+    assert default_path({"XDG_CONFIG_HOME": xdg}, home, "linux") == Path(xdg, "dlstudy/config.toml")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    assert (
+        default_path({"XDG_CONFIG_HOME": "rel"}, home, "linux")
+        == home / ".config/dlstudy/config.toml"
+    )
+    appdata = str(tmp_path / "AppData")
+    assert default_path({"APPDATA": appdata}, home, "win32") == Path(appdata, "dlstudy/config.toml")
+
+
+def test_find_prefers_the_flag_then_the_environment_then_the_user_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert find(None, {}, home) is None
+    user = write(home / ".config/dlstudy/config.toml", "")
+    assert find(None, {}, home) == user
+    named = write(tmp_path / "env.toml", "")
+    assert find(None, {"DLSTUDY_CONFIG": str(named)}, home) == named
+    flag = write(tmp_path / "flag.toml", "")
+    assert find(flag, {"DLSTUDY_CONFIG": str(named)}, home) == flag
+
+
+def test_a_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        find(tmp_path / "missing.toml", {}, tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        find(None, {"DLSTUDY_CONFIG": str(tmp_path / "nope.toml")}, tmp_path)
+
+
+# --- what it holds ----------------------------------------------------------------------------
+
+SAMPLE = """
+server = "pacs"
+
+[defaults]
+concurrency = 4
+output = "studies"
+mode = "series"
+
+[servers.pacs]
+url = "https://pacs.example.org/dicom-web"
+ca-bundle = "~/ca.pem"
+token_env = "PACS_TOKEN"
+concurrency = 32
+
+[servers.local]
+url = "http://127.0.0.1:8042/dicom-web"
+password_env = "LOCAL_PW"
+output = "/data/local"
+"""
+
+
+def test_profile_overlays_defaults_with_secrets_from_the_environment(tmp_path: Path) -> None:
+    config = load(write(tmp_path / "c.toml", SAMPLE))
+    values = config.values(None, {"PACS_TOKEN": "t0k"}, known=KNOWN)
+    assert values == {
+        "concurrency": 32,
+        "output": str(tmp_path / "studies"),  # relative to the file's folder
+        "mode": "series",
+        "url": "https://pacs.example.org/dicom-web",
+        "ca_bundle": str(Path("~/ca.pem").expanduser()),
+        "token": "t0k",
+    }
+    local = config.values("local", {"LOCAL_PW": "pw"}, known=KNOWN)
+    assert local["password"] == "pw" and local["output"] == "/data/local"
+    assert local["concurrency"] == 4
+
+
+def test_a_missing_secret_variable_is_named(tmp_path: Path) -> None:
+    config = load(write(tmp_path / "c.toml", SAMPLE))
+    with pytest.raises(
+        ConfigError, match=r"token_env in \[servers.pacs\].*\$PACS_TOKEN is not set"
+    ):
+        config.values(None, {}, known=KNOWN)
+
+
+def test_only_defaults_without_a_default_server(tmp_path: Path) -> None:
+    config = load(write(tmp_path / "c.toml", "[defaults]\nconcurrency = 2\n[servers.a]\nurl='x'\n"))
+    assert config.values(None, {}, known=KNOWN) == {"concurrency": 2}
+    assert config.values("a", {}, known=KNOWN) == {"concurrency": 2, "url": "x"}
+    with pytest.raises(ConfigError, match=r"no server profile 'b' .*\(profiles: a\)"):
+        config.values("b", {}, known=KNOWN)
+
+
+def test_a_typo_in_any_profile_is_reported(tmp_path: Path) -> None:
+    config = load(write(tmp_path / "c.toml", "[servers.a]\nurl='x'\n[servers.b]\nconcurency=3\n"))
+    with pytest.raises(ConfigError, match=r"unknown key 'concurency' in \[servers.b\]"):
+        config.values("a", {}, known=KNOWN)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("url = 'x'", "unknown key 'url' at the top"),
+        ("server = 'nope'", "names no \\[servers.nope\\] profile"),
+        ("server = 3", "must be the name of a profile"),
+        ("defaults = 3", "\\[defaults\\] .* must be a table"),
+        ("[servers.a.tls]\nx = 1", "profiles do not nest"),
+        ("[defaults.x]\ny = 1", "defaults do not nest"),
+        ("[servers]\na = 1", "\\[servers.a\\] .* must be a table"),
+        ("this is not toml", "c.toml"),
+    ],
+)
+def test_malformed_files_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path / "c.toml", text))
+
+
+def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(tmp_path)  # a folder
+
+
+# --- precedence through the real commands ------------------------------------------------------
+
+
+def _run_download(tmp_path: Path, *args: str, env: dict[str, str | None]) -> dict[str, object]:
+    """A download against a closed port: exit 3, and the JSON summary shows url/output/mode."""
+    result = run_cli("download", "1.2.3", "--json", *args, env=env)
+    assert result.exit_code == 3, result.output
+    summary: dict[str, object] = json.loads(result.stdout)
+    return summary
+
+
+@pytest.fixture
+def layered(tmp_path: Path) -> tuple[Path, str]:
+    """A user config file (found through XDG_CONFIG_HOME) with [defaults] and a profile."""
+    url = f"http://127.0.0.1:{free_port()}/profile"
+    write(
+        tmp_path / "xdg/dlstudy/config.toml",
+        f"""
+server = "closed"
+[defaults]
+mode = "series"
+output = "{tmp_path / "from-defaults"}"
+[servers.closed]
+url = "{url}"
+mode = "study"
+""",
+    )
+    return tmp_path, url
+
+
+def test_precedence_flag_over_env_over_profile_over_defaults(layered: tuple[Path, str]) -> None:
+    tmp_path, url = layered
+    env: dict[str, str | None] = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+
+    summary = _run_download(tmp_path, env=env)
+    assert (summary["url"], summary["mode"]) == (url, "study")  # the profile
+    assert summary["output"] == str(tmp_path / "from-defaults")  # [defaults]
+
+    summary = _run_download(tmp_path, env={**env, "DLSTUDY_MODE": "instance"})
+    assert summary["mode"] == "instance"  # environment over profile
+
+    summary = _run_download(tmp_path, "--mode", "auto", env={**env, "DLSTUDY_MODE": "instance"})
+    assert summary["mode"] == "auto"  # the flag wins, even when it repeats the built-in default
+
+    other = f"http://127.0.0.1:{free_port()}/env"
+    summary = _run_download(
+        tmp_path, "-o", str(tmp_path / "flag"), env={**env, "DLSTUDY_URL": other}
+    )
+    assert (summary["url"], summary["output"]) == (other, str(tmp_path / "flag"))
+
+
+def test_builtin_defaults_without_any_config(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/x"
+    summary = _run_download(tmp_path, "--url", url, "-o", str(tmp_path / "o"), env={})
+    assert summary["mode"] == "auto"
+
+
+def test_server_flag_picks_a_profile_and_config_flag_a_file(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/second"
+    config = write(
+        tmp_path / "team.toml",
+        f"[servers.first]\nurl = 'http://127.0.0.1:1/first'\n[servers.second]\nurl = '{url}'\n",
+    )
+    summary = _run_download(
+        tmp_path, "--config", str(config), "--server", "second", "-o", str(tmp_path / "o"), env={}
+    )
+    assert summary["url"] == url
+    summary = _run_download(
+        tmp_path,
+        "-o",
+        str(tmp_path / "o"),
+        env={"DLSTUDY_CONFIG": str(config), "DLSTUDY_SERVER": "second"},
+    )
+    assert summary["url"] == url
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        ("[servers.a]\nurl='http://x'", ("--server", "b"), "no server profile 'b'"),
+        ("[defaults]\ntimeout = 'soon'", (), "timeout = 'soon' in"),
+        ("[defaults]\nhttp = '3'", (), "--http must be one of auto, 1.1, 2"),
+        ("[defaults]\nflavour = 1", (), "unknown key 'flavour'"),
+    ],
+)
+def test_config_mistakes_are_usage_errors(
+    tmp_path: Path, text: str, args: tuple[str, ...], message: str
+) -> None:
+    config = write(tmp_path / "c.toml", text)
+    result = run_cli("query", "--config", str(config), *args, "--url", "http://127.0.0.1:1/x")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "dlstudy: error:" in result.stderr
+
+
+def test_server_without_a_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("query", "--server", "pacs")
+    assert result.exit_code == 2
+    assert "--server pacs: no config file" in result.stderr
+
+
+def test_keys_of_other_commands_are_accepted(tmp_path: Path) -> None:
+    """`mode` means nothing to `query`, but is no typo: a shared profile serves every command."""
+    port = free_port()
+    config = write(
+        tmp_path / "c.toml", f"[defaults]\nmode = 'series'\nurl = 'http://127.0.0.1:{port}/x'\n"
+    )
+    result = run_cli("query", "--config", str(config))
+    assert result.exit_code == 3, result.output
+    assert "connection refused" in result.stderr
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def example_config(source: str) -> str:
+    """The config file users copy: the README's, or examples/config.toml."""
+    if source == "readme":
+        text = (ROOT / "README.md").read_text()
+        return text.split("```toml\n", 1)[1].split("```", 1)[0]
+    return (ROOT / "examples" / "config.toml").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("source", ["readme", "examples"])
+@pytest.mark.parametrize("command", ["download", "query", "sync", "bench"])
+def test_a_config_made_for_every_command_serves_each_one(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    command: str,
+    source: str,
+) -> None:
+    """The documented config, plus keys only some commands take (workers, log-format), its
+    default profile pointed at the embedded server: the installed CLI runs every command with
+    it, each taking the keys it knows (the CLI builds only the command it runs, so the check
+    must know all of them)."""
+    url = embedded_server(synth_study.root)
+    text = example_config(source).replace("/data/studies", str(tmp_path / "out"))
+    text = re.sub(r'(?m)^server = "pacs"', 'server = "here"', text)
+    text = re.sub(r"(?m)^\[defaults\].*$", "[defaults]\nworkers = 1\nlog-format = 'text'", text)
+    assert 'server = "here"' in text and "workers = 1" in text
+    config = write(tmp_path / "c.toml", text + f"\n[servers.here]\nurl = '{url}'\n")
+    args = {
+        "download": ["download", synth_study.study_uid, "--quiet"],
+        "query": ["query", "--uids"],
+        "sync": ["sync", "--quiet"],
+        "bench": ["bench", synth_study.study_uid, "--repeat", "1", "--json"],
+    }[command]
+    result = run_installed(*args, "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    if command == "download":
+        assert len(list((tmp_path / "out").rglob("*.dcm"))) == len(synth_study.instances)
+    if command == "query":
+        assert result.stdout.split() == [synth_study.study_uid]
+
+
+def test_a_key_no_command_knows_is_still_an_error(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.toml", "[defaults]\noutptu = 'x'\n")
+    for command in (["query"], ["download", "1.2.3"], ["sync"], ["bench", "1.2.3"]):
+        result = run_installed(*command, "--config", str(config), "--url", "http://127.0.0.1:9/x")
+        assert result.returncode == 2, result.stderr
+        assert f"unknown key 'outptu' in [defaults] of {config}" in result.stderr

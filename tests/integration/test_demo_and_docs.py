@@ -1,0 +1,134 @@
+"""The README's first command, the demo, and docs that cannot drift from the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from dlstudy.cli.app import app
+
+from ..cli_helpers import run_cli, summary_of
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.integration
+def test_demo_downloads_and_verifies_every_byte(tmp_path: Path) -> None:
+    keep = tmp_path / "kept"
+    result = run_cli("demo", "--json", "--keep", str(keep))
+    assert result.exit_code == 0, result.output
+    assert "all 60 files byte-identical to the source" in result.stderr
+    summary = summary_of(result)
+    assert summary["instances"]["downloaded"] == 60
+    assert summary["http_version"] == "HTTP/2"
+    assert len(list(keep.rglob("*.dcm"))) == 60
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dlstudy", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert "download" in result.stdout and "demo" in result.stdout
+
+
+def _commands() -> dict[str, list[str]]:
+    """Every command of the app and the long option names it takes."""
+    click_group = typer.main.get_command(app)
+    commands: dict[str, list[str]] = {}
+    for name, command in click_group.commands.items():  # type: ignore[attr-defined]
+        options = []
+        for param in command.params:
+            options += [o for o in param.opts if o.startswith("--")]
+        commands[name] = options
+        for sub, subcommand in getattr(command, "commands", {}).items():  # `catalog pull`, ...
+            commands[f"{name} {sub}"] = [
+                o for param in subcommand.params for o in param.opts if o.startswith("--")
+            ]
+    return commands
+
+
+# The hand-written pages that explain options (docs/cli.md lists them all, generated).
+EXPLAINED = ("usage.md", "bench.md", "server.md", "catalog.md")
+
+
+def test_every_command_is_in_the_readme_tour_and_every_option_explained() -> None:
+    commands = _commands()
+    assert {"download", "serve", "synth", "demo"} <= set(commands)
+    headings = [line for line in README.splitlines() if line.startswith("### ")]
+    docs = "\n".join((ROOT / "docs" / name).read_text() for name in EXPLAINED)
+    table_rows = [line for line in docs.splitlines() if line.startswith("| `")]
+    for name, options in commands.items():
+        group = name.split()[0]  # `catalog pull` is toured as `catalog`
+        assert any(f"`dlstudy {group}`" in h for h in headings), f"command {name} not in the tour"
+        for option in options:
+            pattern = re.compile(rf"(?<![\w-]){re.escape(option)}(?![\w-])")
+            assert any(pattern.search(row) for row in table_rows), f"{name} {option} unexplained"
+
+
+def test_the_readme_is_a_manual_not_a_notebook() -> None:
+    """A newcomer reads it in 15 minutes: the details live in docs/, linked from it."""
+    assert len(README.splitlines()) <= 300
+    for link in re.findall(r"\]\(((?:docs/|benchmarks/|CONTRIBUTING)[^)#]*)", README):
+        assert (ROOT / link).exists(), link
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second() -> None:
+    blocks = re.findall(r"```bash\n(.*?)\n```", README, flags=re.S)
+    assert blocks[0].endswith("dlstudy demo")
+    test_command = blocks[1]
+    assert test_command == "bash scripts/test.sh"
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+    first_section = README.split("---", 1)[0]
+    assert first_section.count("```bash") == 2
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_readme_first_command_works_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+    """What a new user runs: a fresh venv, a plain install of this checkout, `dlstudy demo`."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(
+        ROOT,
+        checkout,
+        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", ".*_cache"),
+    )
+    command = README.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "all 60 files byte-identical to the source" in result.stderr
+
+
+def test_the_system_install_upgrades_nothing_and_says_what_is_there() -> None:
+    """scripts/install-system-deps.sh (the test command's first step): with everything in place
+    it changes nothing and names every package it found; when something is missing it installs
+    only that, with apt's --no-upgrade (it used to upgrade libssl3, curl, ... as it went)."""
+    script = ROOT / "scripts" / "install-system-deps.sh"
+    text = script.read_text()
+    assert '"${MISSING[@]}"' in text and "--no-upgrade" in text
+    assert '"${PACKAGES[@]}"; } </dev/null' not in text  # never the whole list
+    result = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    packages = re.search(r"^PACKAGES=\((.*)\)$", text, re.M)
+    assert packages is not None
+    for package in packages.group(1).split():
+        assert f"{package} " in result.stdout, package

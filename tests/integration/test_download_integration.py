@@ -1,0 +1,282 @@
+"""`dlstudy download` through the real CLI against the embedded server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dlstudy.server.synth import SynthSpec, generate
+
+from ..cli_helpers import assert_same_files, run_cli, summary_of
+from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    ("tls", "http", "expected_version"),
+    [
+        (False, "1.1", "HTTP/1.1"),
+        (False, "2", "HTTP/2"),  # h2c, prior knowledge
+        (False, "auto", "HTTP/2"),  # h2c probe succeeds on hypercorn
+        (True, "auto", "HTTP/2"),  # ALPN
+        (True, "1.1", "HTTP/1.1"),
+        (True, "2", "HTTP/2"),
+    ],
+    ids=["h1", "h2c", "auto-h2c", "tls-auto-h2", "tls-h1", "tls-h2"],
+)
+def test_download_is_byte_exact_over_every_protocol(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    tls_ca: TlsFiles,
+    tls: bool,
+    http: str,
+    expected_version: str,
+) -> None:
+    tls_options = {"tls_cert": tls_ca.cert, "tls_key": tls_ca.key} if tls else {}
+    url = embedded_server(synth_study.root, **tls_options)
+    out = tmp_path / "out"
+    extra = ["--ca-bundle", str(tls_ca.ca_pem)] if tls else []
+
+    result = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(out),
+        "--http",
+        http,
+        "--json",
+        *extra,
+    )
+
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert summary["instances"] == {"total": 60, "downloaded": 60, "skipped": 0, "failed": 0}
+    assert summary["bytes"] == sum(i.size for i in synth_study.instances)
+    assert summary["http_version"] == expected_version
+    assert summary["retrieval"]["form"] == "single-part"
+    # --concurrency 0 (the default): many streams on one HTTP/2 connection, few connections
+    assert summary["concurrency"] == (64 if expected_version == "HTTP/2" else 16)
+    assert_same_files(synth_study.instances, out)
+
+
+def test_a_given_concurrency_is_kept_and_never_exceeded(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    url = embedded_server(synth_study.root)
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--json",
+        "-c", "3", "--workers", "1", "--mode", "instance",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["concurrency"] == 3
+    assert seen_requests.instance_requests == len(synth_study.instances)
+    assert 2 <= seen_requests.peak_instances <= 3
+
+
+def test_thousand_instance_study_and_rerun_skips_everything(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(series=4, instances=250, size=8 * 1024, seed=7))
+    url = embedded_server(source)
+    out = tmp_path / "out"
+    args = ("download", instances[0].study_uid, "--url", url, "-o", str(out), "--json", "-c", "16")
+
+    first = run_cli(*args)
+
+    assert first.exit_code == 0, first.output
+    summary = summary_of(first)
+    assert summary["instances"] == {"total": 1000, "downloaded": 1000, "skipped": 0, "failed": 0}
+    assert summary["bytes"] == sum(i.size for i in instances)
+    assert summary["http_version"] == "HTTP/2"
+    assert_same_files(instances, out)
+
+    second = run_cli(*args)
+
+    assert second.exit_code == 0, second.output
+    assert summary_of(second)["instances"] == {
+        "total": 1000,
+        "downloaded": 0,
+        "skipped": 1000,
+        "failed": 0,
+    }
+
+
+def test_qido_cap_with_warning_and_ignored_offset_still_resolve_everything(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    capped = embedded_server(synth_study.root, max_page_size=7)
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", capped, "-o", str(tmp_path / "a"), "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["instances"]["downloaded"] == 60
+
+    static = embedded_server(synth_study.root, ignore_offset=True)
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", static, "-o", str(tmp_path / "b"), "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["instances"]["downloaded"] == 60
+
+
+@pytest.mark.parametrize("mode", ["instance", "series"])
+def test_a_query_in_the_url_goes_with_every_request_below_it(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    mode: str,
+) -> None:
+    """Some gateways take an API key in the query (`--url https://h/dicomweb?key=...`): the
+    resource paths go after the base path, and the query comes along on every QIDO and WADO
+    request, after the QIDO parameters' own."""
+    seen_requests.gateway_keys = {"key", "tenant"}
+    url = embedded_server(synth_study.root) + "?key=s3cret&tenant=a%20b"
+    out = tmp_path / "out"
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+        "--mode", mode,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert_same_files(synth_study.instances, out)
+    assert "s3cret" not in result.output  # the summary's URL is redacted
+    assert seen_requests.requests
+    for path, query in seen_requests.requests:
+        assert path.startswith("/dicomweb/studies"), path
+        assert query.startswith(b"key=s3cret&tenant=a") or b"&key=s3cret&tenant=a" in query, query
+
+
+def test_series_and_modality_filters(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    wanted = synth_study.series_uids[1]
+    result = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--series",
+        wanted,
+    )
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["instances"]["downloaded"] == 20
+    assert {p.parent.name for p in tmp_path.rglob("*.dcm")} == {wanted}
+
+    result = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(tmp_path / "x"),
+        "--modality",
+        "MR",
+    )
+    assert result.exit_code == 4
+    assert "no instance matched the --series / --modality filters" in result.stderr
+
+
+@pytest.mark.parametrize("profile", ["orthanc", "dcm4chee"])
+def test_multipart_only_profiles_are_negotiated_and_byte_exact(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, profile: str
+) -> None:
+    url = embedded_server(synth_study.root, profile=profile)
+    result = run_cli("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert summary["retrieval"]["form"] == "multipart"
+    status = 400 if profile == "orthanc" else 406
+    assert summary["retrieval"]["rejected"] == [
+        f"application/dicom; transfer-syntax=* -> HTTP {status}"
+    ]
+    assert_same_files(synth_study.instances, tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["series", "study"])
+@pytest.mark.parametrize("profile", ["standard", "dcm4chee"])
+def test_bulk_modes_commit_every_part_byte_exact(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    mode: str,
+    profile: str,
+) -> None:
+    url = embedded_server(synth_study.root, profile=profile)
+    result = run_cli(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--mode",
+        mode,
+    )
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["instances"]["downloaded"] == 60
+    assert_same_files(synth_study.instances, tmp_path)
+    assert list((tmp_path / ".dlstudy" / "incoming").glob("*")) == []
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    result = run_cli("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"dlstudy: resolving study {synth_study.study_uid}"
+    assert lines[1] == "dlstudy: downloading 60 of 60 instances"
+    assert lines[-1].startswith("60 downloaded, 0 already present, 0 failed of 60 instances")
+
+
+@pytest.mark.integration
+def test_a_resumed_series_fetches_only_its_missing_instances(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    """Series mode, rerun after losing 3 of a series' 20 files: those 3 come one by one, the
+    series is not streamed again; a series missing most of its files is streamed."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    first = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--mode", "series"
+    )
+    assert first.exit_code == 0, first.output
+    few, most = synth_study.series_uids[0], synth_study.series_uids[1]
+    lost = [i for i in synth_study.instances if i.series_uid == few][:3]
+    lost += [i for i in synth_study.instances if i.series_uid == most][:15]
+    for instance in lost:
+        (out / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm").unlink()
+    seen_requests.requests.clear()
+    seen_requests.instance_requests = 0
+
+    rerun = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--mode", "series",
+        "--json",
+    )  # fmt: skip
+
+    assert rerun.exit_code == 0, rerun.output
+    assert summary_of(rerun)["instances"]["downloaded"] == len(lost)
+    retrieves = [path for path, _ in seen_requests.requests if "/series/" in path]
+    whole_series = [path for path in retrieves if path.endswith(("/" + few, "/" + most))]
+    assert whole_series == [f"/dicomweb/studies/{synth_study.study_uid}/series/{most}"]
+    assert seen_requests.instance_requests == 3  # the few of the first series
+    assert_same_files(synth_study.instances, out)

@@ -1,0 +1,230 @@
+"""`dlstudy download` against a real Orthanc + DICOMweb plugin: no options beyond --url.
+
+Orthanc answers single-part requests with 400, speaks HTTP/1.1 only and streams multipart
+responses with `Connection: close`; dlstudy must negotiate all of that and still write exactly
+the bytes Orthanc stored (its REST `GET /instances/{id}/file`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlstudy.server.synth import PRESETS, generate
+
+from ..cli_helpers import run_cli, run_installed, summary_of
+from ..cohort_helpers import assert_report_is_exact, read_report
+from ..fixtures.orthanc import OrthancError, OrthancServer
+from .test_orthanc_server import PYDICOM_TEST_FILES, SLOW_TO_REJECT
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study: str
+    series: str
+    sop: str
+    orthanc_study: str
+    data: bytes
+
+
+@pytest.fixture(scope="module")
+def loaded(
+    orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory
+) -> list[StoredInstance]:
+    """pydicom's test files and a synthetic study, as Orthanc stored them."""
+    orthanc.reset()
+    synth_dir = tmp_path_factory.mktemp("synth-for-orthanc")
+    synthetic = [i.path for i in generate(synth_dir, PRESETS["small"])]
+    files = sorted(p for p in PYDICOM_TEST_FILES.glob("*.dcm") if p.name not in SLOW_TO_REJECT)
+    stored = []
+    for path in [*synthetic, *files]:
+        try:
+            answer = orthanc.upload(path)
+        except OrthancError:
+            continue  # Orthanc refuses some of pydicom's deliberately broken files
+        if answer["Status"] != "Success":
+            continue
+        tags = orthanc.client.get(f"/instances/{answer['ID']}/simplified-tags").json()
+        stored.append(
+            StoredInstance(
+                tags["StudyInstanceUID"],
+                tags["SeriesInstanceUID"],
+                tags["SOPInstanceUID"],
+                answer["ParentStudy"],
+                orthanc.stored_file(answer["ID"]),
+            )
+        )
+    return stored
+
+
+def addressable_studies(stored: list[StoredInstance]) -> dict[str, list[StoredInstance]]:
+    """Studies WADO-RS can serve: Orthanc 404s a study UID stored under two PatientIDs, and
+    an instance whose SOP UID it stored twice (tests/ORTHANC_NOTES.md)."""
+    sop_counts = Counter(s.sop for s in stored)
+    studies: dict[str, list[StoredInstance]] = {}
+    for s in stored:
+        studies.setdefault(s.study, []).append(s)
+    return {
+        uid: members
+        for uid, members in studies.items()
+        if len({m.orthanc_study for m in members}) == 1
+        and all(sop_counts[m.sop] == 1 for m in members)
+    }
+
+
+def assert_byte_exact(members: list[StoredInstance], out: Path) -> None:
+    for m in members:
+        assert (out / m.study / m.series / f"{m.sop}.dcm").read_bytes() == m.data, m.sop
+
+
+def test_synthetic_study_downloads_byte_exact_with_only_the_url(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    studies = addressable_studies(loaded)
+    synthetic = next(uid for uid, members in studies.items() if len(members) == 60)
+
+    result = run_cli(
+        "download", synthetic, "--url", orthanc.dicomweb_url, "-o", str(tmp_path), "--json"
+    )
+
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert summary["instances"] == {"total": 60, "downloaded": 60, "skipped": 0, "failed": 0}
+    assert summary["http_version"] == "HTTP/1.1"  # h2c refused, fell back once
+    assert summary["retrieval"]["form"] == "multipart"
+    assert summary["retrieval"]["rejected"] == ["application/dicom; transfer-syntax=* -> HTTP 400"]
+    assert summary["retrieval"]["warnings"] == []
+    assert_byte_exact(studies[synthetic], tmp_path)
+
+
+def test_pydicom_test_files_download_byte_exact(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    studies = addressable_studies(loaded)
+    uids = sorted(uid for uid, members in studies.items() if len(members) < 60)
+    assert len(uids) >= 10
+
+    result = run_cli(
+        "download", *uids, "--url", orthanc.dicomweb_url, "-o", str(tmp_path), "--json"
+    )
+
+    summary = summary_of(result)
+    assert result.exit_code == 0, "\n".join(f["reason"] for f in summary["failures"])
+    expected = sum(len(studies[uid]) for uid in uids)
+    assert summary["instances"]["downloaded"] == expected
+    for uid in uids:
+        assert_byte_exact(studies[uid], tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["series", "study"])
+def test_bulk_modes_against_orthanc(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance], mode: str
+) -> None:
+    studies = addressable_studies(loaded)
+    synthetic = next(uid for uid, members in studies.items() if len(members) == 60)
+
+    result = run_cli(
+        "download",
+        synthetic,
+        "--url",
+        orthanc.dicomweb_url,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--mode",
+        mode,
+    )
+
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["instances"]["downloaded"] == 60
+    assert_byte_exact(studies[synthetic], tmp_path)
+
+
+# --- cohort lists (--from-file) and --report ------------------------------------------------
+
+TCIA_HEADER = (
+    "downloadServerUrl=https://public.cancerimagingarchive.net/nbia-download/servlet/"
+    "DownloadServlet\nincludeAnnotation=true\nnoOfrRetry=4\n"
+    "databasketId=manifest-1600709154662.tcia\nmanifestVersion=3.0\nListOfSeriesToDownload=\n"
+)
+
+
+def download_installed(
+    url: str, out: Path, listing: Path, report: Path
+) -> tuple[int, dict[str, Any], str]:
+    done = run_installed(
+        "download", "--url", url, "-o", str(out), "--from-file", str(listing),
+        "--report", str(report), "--json",
+    )  # fmt: skip
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def test_tcia_manifest_of_series_against_orthanc(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    studies = addressable_studies(loaded)
+    synthetic = next(members for members in studies.values() if len(members) == 60)
+    series = list(dict.fromkeys(m.series for m in synthetic))[:2]
+    manifest = tmp_path / "manifest-1600709154662.tcia"
+    manifest.write_text(TCIA_HEADER + "\n".join(series) + "\n")
+    out, report = tmp_path / "out", tmp_path / "landed.csv"
+
+    code, summary, stderr = download_installed(orthanc.dicomweb_url, out, manifest, report)
+
+    assert code == 0, (stderr, summary["failures"])
+    expected = [m for m in synthetic if m.series in series]
+    assert summary["instances"]["downloaded"] == len(expected) == 40
+    rows = read_report(report)
+    assert {r["sop"] for r in rows} == {m.sop for m in expected}
+    assert_report_is_exact(rows, out, {m.sop: m.data for m in loaded}, status="downloaded")
+
+
+def test_csv_of_mixed_levels_and_a_list_of_sop_uids_against_orthanc(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    studies = addressable_studies(loaded)
+    synthetic = next(members for members in studies.values() if len(members) == 60)
+    small = sorted((uid for uid, members in studies.items() if len(members) < 60))[:2]
+    one_series = [m for m in synthetic if m.series == synthetic[0].series]
+    other = [m for m in synthetic if m.series != synthetic[0].series]
+    rows = [
+        "PatientID;StudyInstanceUID;SeriesInstanceUID;SOPInstanceUID",
+        f"p;{small[0]};;",  # a whole study
+        f"p;{synthetic[0].study};{synthetic[0].series};",  # study + series
+        f"p;;;{other[0].sop}",  # a SOP alone: looked up
+        f"p;{other[5].study};{other[5].series};{other[5].sop}",  # all three: no lookup
+        "p;;2.25.424242;",  # a series Orthanc does not have
+    ]
+    listing = tmp_path / "cohort.csv"
+    listing.write_text("\n".join(rows) + "\n")
+    out, report = tmp_path / "out", tmp_path / "landed.jsonl"
+
+    code, summary, stderr = download_installed(orthanc.dicomweb_url, out, listing, report)
+
+    assert code == 1, stderr  # the unknown series fails, the rest is there
+    expected = [*studies[small[0]], *one_series, other[0], other[5]]
+    report_rows = read_report(report)
+    landed = [r for r in report_rows if r["status"] != "failed"]
+    assert {r["sop"] for r in landed} == {m.sop for m in expected}
+    assert_report_is_exact(report_rows, out, {m.sop: m.data for m in loaded}, status="downloaded")
+    assert [r["reason"] for r in report_rows if r["status"] == "failed"] == [
+        f"--from-file {listing}: line 6: series 2.25.424242 not found on the server"
+    ]
+
+    # A plain list of SOP UIDs: each looked up, study level first; only those instances.
+    picked = [other[10], other[30], *studies[small[1]][:1]]
+    sops = tmp_path / "sops.txt"
+    sops.write_text("".join(m.sop + "\n" for m in picked))
+    out2, report2 = tmp_path / "out2", tmp_path / "landed2.csv"
+    code, summary, stderr = download_installed(orthanc.dicomweb_url, out2, sops, report2)
+    assert code == 0, (stderr, summary["failures"])
+    rows2 = read_report(report2)
+    assert {r["sop"] for r in rows2} == {m.sop for m in picked}
+    assert_report_is_exact(rows2, out2, {m.sop: m.data for m in loaded}, status="downloaded")

@@ -1,0 +1,92 @@
+"""`query | download --from-file -` and `sync` against a real Orthanc + DICOMweb plugin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
+
+from ..cli_helpers import run_cli, summary_of
+from ..fixtures.orthanc import OrthancServer
+
+pytestmark = pytest.mark.integration
+
+DLSTUDY = [sys.executable, "-m", "dlstudy"]
+
+
+def upload(orthanc: OrthancServer, root: Path, studies: int, seed: int) -> list[SynthInstance]:
+    instances = generate(
+        root, SynthSpec(studies=studies, series=2, instances=2, size=2048, seed=seed)
+    )
+    for instance in instances:
+        assert orthanc.upload(instance.path)["Status"] == "Success"
+    return instances
+
+
+def assert_stored_bytes(orthanc: OrthancServer, instances: list[SynthInstance], out: Path) -> None:
+    for i in instances:
+        data = (out / i.study_uid / i.series_uid / f"{i.sop_uid}.dcm").read_bytes()
+        assert data == orthanc.stored_file(orthanc.find_instance(i.sop_uid))
+
+
+def test_query_uids_piped_into_download(orthanc: OrthancServer, tmp_path: Path) -> None:
+    orthanc.reset()
+    instances = upload(orthanc, tmp_path / "source", 3, seed=61)
+    rows = [
+        json.loads(line)
+        for line in run_cli("query", "--url", orthanc.dicomweb_url, "--json").stdout.splitlines()
+    ]
+    assert {r["study_uid"] for r in rows} == {i.study_uid for i in instances}
+    assert all(r["instances"] == 4 and r["modalities"] == ["CT"] for r in rows)
+    wanted = rows[0]
+    out = tmp_path / "out"
+
+    query = subprocess.Popen(
+        [*DLSTUDY, "query", "--url", orthanc.dicomweb_url, "--uids"]
+        + ["--patient-id", wanted["patient_id"], "--study-date", wanted["study_date"]],
+        stdout=subprocess.PIPE,
+    )
+    download = subprocess.run(
+        [*DLSTUDY, "download", "--from-file", "-", "--url", orthanc.dicomweb_url]
+        + ["-o", str(out), "--json"],
+        stdin=query.stdout,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert query.stdout is not None
+    query.stdout.close()
+    assert query.wait(timeout=30) == 0
+
+    assert download.returncode == 0, download.stderr
+    summary = json.loads(download.stdout)
+    assert summary["study_uids"] == [wanted["study_uid"]]
+    assert summary["instances"]["downloaded"] == 4
+    assert_stored_bytes(orthanc, [i for i in instances if i.study_uid == wanted["study_uid"]], out)
+
+
+def test_sync_downloads_only_what_orthanc_received_since(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    orthanc.reset()
+    first = upload(orthanc, tmp_path / "source", 2, seed=62)
+    out = tmp_path / "mirror"
+
+    one = run_cli("sync", "--url", orthanc.dicomweb_url, "-o", str(out), "--json")
+    assert one.exit_code == 0, one.output
+    assert summary_of(one)["instances"]["downloaded"] == 8
+
+    second = upload(orthanc, tmp_path / "more", 1, seed=63)
+    two = run_cli("sync", "--url", orthanc.dicomweb_url, "-o", str(out), "--json")
+
+    assert two.exit_code == 0, two.output
+    summary = summary_of(two)
+    assert summary["instances"] == {"total": 12, "downloaded": 4, "skipped": 8, "failed": 0}
+    assert summary["sync"]["already_complete"] == 2
+    assert_stored_bytes(orthanc, first + second, out)

@@ -1,0 +1,148 @@
+"""Proxies, through real ones on 127.0.0.1 (tinyproxy for HTTP and CONNECT, microsocks for
+SOCKS5), driving the installed `dlstudy` as a user would. Each proxy's own log says which
+requests went through it."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from ..cli_helpers import assert_same_files, run_installed
+from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+from ..fixtures.proxies import RunningProxy
+
+pytestmark = pytest.mark.integration
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def download(study: SynthStudy, url: str, out: Path, *extra: str, env: dict[str, str]) -> dict:  # type: ignore[type-arg]
+    result = run_installed(
+        "download", study.study_uid, "--url", url, "-o", str(out), "--json", *extra, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    summary: dict = json.loads(result.stdout)  # type: ignore[type-arg]
+    return summary
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
+def test_downloads_and_queries_go_through_the_environments_http_proxy(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    http_proxy: RunningProxy,
+    variable: str,
+) -> None:
+    """Upper-case HTTP_PROXY too, as httpx and requests read it (libcurl alone would not)."""
+    url = embedded_server(synth_study.root)
+    env = {variable: http_proxy.url}
+    mark = http_proxy.mark()
+    query = run_installed("query", "--url", url, "--uids", env=env)
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.split() == [synth_study.study_uid]
+    download(synth_study, url, tmp_path, "--workers", "1", env=env)
+    assert_same_files(synth_study.instances, tmp_path)
+    through = http_proxy.since(mark)
+    assert f"GET {url}/studies" in through  # the query
+    instance_gets = re.findall(r"GET \S+/instances/[0-9.]+ HTTP", through)
+    assert len(instance_gets) == len(synth_study.instances)
+
+
+def test_https_goes_through_a_connect_tunnel_and_keeps_http2(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    http_proxy: RunningProxy,
+    tls_ca: TlsFiles,
+) -> None:
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    port = url.split(":")[2].split("/")[0]
+    mark = http_proxy.mark()
+    summary = download(
+        synth_study,
+        url,
+        tmp_path,
+        "--ca-bundle",
+        str(tls_ca.ca_pem),
+        env={"HTTPS_PROXY": http_proxy.url},
+    )
+    assert_same_files(synth_study.instances, tmp_path)
+    assert summary["http_version"] == "HTTP/2"  # end to end, inside the tunnel
+    assert f"CONNECT 127.0.0.1:{port}" in http_proxy.since(mark)
+
+
+def test_no_proxy_is_honoured(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    dead = f"http://127.0.0.1:{closed_port()}"
+    download(
+        synth_study, url, tmp_path, env={"HTTP_PROXY": dead, "NO_PROXY": "localhost,127.0.0.1"}
+    )
+    assert_same_files(synth_study.instances, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["environment", "--proxy"])
+def test_a_dead_proxy_fails_at_once_with_exit_3_naming_it(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, how: str
+) -> None:
+    url = embedded_server(synth_study.root)
+    port = closed_port()
+    dead = f"http://proxyuser:s3cret@127.0.0.1:{port}"
+    if how == "--proxy":
+        result = run_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path), "--proxy", dead
+        )
+    else:
+        result = run_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path),
+            env={"HTTP_PROXY": dead},
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if "error" in line]
+    assert error.startswith(
+        f"dlstudy: error: cannot use proxy http://proxyuser:***@127.0.0.1:{port} for {url}/"
+    )
+    assert "s3cret" not in result.stderr
+    assert not any(tmp_path.rglob("*.dcm"))
+
+
+def test_a_socks5_proxy_given_by_option(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    socks_proxy: RunningProxy,
+) -> None:
+    url = embedded_server(synth_study.root)
+    port = url.split(":")[2].split("/")[0]
+    mark = socks_proxy.mark()
+    # --proxy wins over the environment's (dead) proxy.
+    dead = f"http://127.0.0.1:{closed_port()}"
+    download(
+        synth_study,
+        url,
+        tmp_path,
+        "--proxy",
+        socks_proxy.url.replace("socks5://", "socks5h://"),
+        env={"HTTP_PROXY": dead},
+    )
+    assert_same_files(synth_study.instances, tmp_path)
+    assert f"connected to 127.0.0.1:{port}" in socks_proxy.since(mark)
+
+
+def test_an_unusable_proxy_url_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_installed(
+        "download", "1.2.3", "--url", "http://127.0.0.1:9/dicomweb", "-o", str(tmp_path),
+        "--proxy", "ftp://127.0.0.1:21",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unsupported proxy scheme 'ftp'" in result.stderr

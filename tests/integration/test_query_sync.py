@@ -1,0 +1,525 @@
+"""`query`, `download --from-file -`, `sync` and `--shard` end to end against the embedded server.
+
+The pipeline and shard tests run the installed CLI in separate OS processes (`python -m dlstudy`)
+connected by real pipes, as cron, a shell or a cluster scheduler would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlstudy.server import ServerOptions, running_server
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
+
+from ..cli_helpers import assert_same_files, run_cli, run_installed, run_on_a_terminal, summary_of
+from ..fixtures.embedded_server import StartServer
+
+pytestmark = pytest.mark.integration
+
+DLSTUDY = [sys.executable, "-m", "dlstudy"]
+TINY = {"series": 2, "instances": 3, "size": 2048}
+
+
+def make_studies(root: Path, count: int, seed: int) -> list[SynthInstance]:
+    return generate(root, SynthSpec(studies=count, seed=seed, **TINY))  # type: ignore[arg-type]
+
+
+def study_uids(instances: list[SynthInstance]) -> list[str]:
+    return list(dict.fromkeys(i.study_uid for i in instances))
+
+
+def downloaded_studies(out: Path) -> set[str]:
+    if not out.exists():  # a shard that had nothing to do
+        return set()
+    return {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+@pytest.fixture
+def cohort(tmp_path: Path) -> tuple[Path, list[SynthInstance]]:
+    """Four small studies from two synth runs (different patients and dates)."""
+    root = tmp_path / "source"
+    return root, make_studies(root, 2, seed=11) + make_studies(root, 2, seed=12)
+
+
+# --- query ------------------------------------------------------------------------------------
+
+
+def test_query_prints_every_form(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer
+) -> None:
+    root, instances = cohort
+    url = embedded_server(root, max_page_size=3)  # a server cap: paging must continue past it
+    everything = set(study_uids(instances))
+
+    result = run_cli("query", "--url", url, "--uids")
+    assert result.exit_code == 0, result.output
+    assert set(result.stdout.split()) == everything
+
+    result = run_cli("query", "--url", url, "--json")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {row["study_uid"] for row in rows} == everything
+    assert all(row["instances"] == 6 and row["modalities"] == ["CT"] for row in rows)
+
+    result = run_installed("query", "--url", url, "--csv")
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(table) == 4
+    # --csv has every field --json has, study_time included, with the same values.
+    assert list(table[0]) == list(rows[0])
+    by_uid = {row["study_uid"]: row for row in rows}
+    for line in table:
+        assert line["study_time"] == by_uid[line["study_uid"]]["study_time"] != ""
+
+    result = run_cli("query", "--url", url)  # not a terminal: tab-separated, header first
+    assert result.stdout.splitlines()[0].split("\t")[:2] == ["study_uid", "patient_id"]
+
+
+def test_query_filters(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer
+) -> None:
+    root, _ = cohort
+    url = embedded_server(root)
+    rows = [
+        json.loads(line) for line in run_cli("query", "--url", url, "--json").stdout.splitlines()
+    ]
+    first = rows[0]
+
+    def uids(*args: str) -> set[str]:
+        result = run_cli("query", "--url", url, "--uids", *args)
+        assert result.exit_code == 0, result.output
+        return set(result.stdout.split())
+
+    assert uids("--patient-id", first["patient_id"]) == {first["study_uid"]}
+    family = first["patient_name"].split("^")[0]
+    expected = {r["study_uid"] for r in rows if r["patient_name"].startswith(family)}
+    assert uids("--patient-name", family.lower() + "*") == expected
+    assert uids("--filter", f"00080050={first['accession']}") == {first["study_uid"]}
+    assert uids("--filter", f"AccessionNumber={first['accession']}") == {first["study_uid"]}
+    date = first["study_date"]
+    on_date = {r["study_uid"] for r in rows if r["study_date"] == date}
+    assert uids("--study-date", date) == on_date
+    assert uids("--study-date", f"{date}-{date}") == on_date
+    iso = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    for value in (iso, f"{iso}/{iso}"):  # ISO 8601 too, as a user types it
+        result = run_installed("query", "--url", url, "--uids", "--study-date", value)
+        assert result.returncode == 0, result.stderr
+        assert set(result.stdout.split()) == on_date
+    assert len(uids("--modality", "ct", "--modality", "MR")) == 4
+
+    nothing = run_cli("query", "--url", url, "--modality", "MR")
+    assert nothing.exit_code == 4
+    assert "dlstudy: error: no study matched the search" in nothing.stderr
+
+
+def test_query_with_a_token_command_from_a_config_profile(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    root, instances = cohort
+    url = embedded_server(root, token="s3cret-token")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[servers.pacs]\nurl = "{url}"\ntoken_command = "echo s3cret-token"\n', encoding="utf-8"
+    )
+
+    result = run_cli("query", "--config", str(config), "--server", "pacs", "--uids")
+
+    assert result.exit_code == 0, result.output
+    assert set(result.stdout.split()) == set(study_uids(instances))
+    refused = run_cli("query", "--url", url)
+    assert refused.exit_code == 3
+    assert "s3cret" not in refused.output
+
+
+def test_query_uids_piped_into_download_from_stdin(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`dlstudy query --uids ... | dlstudy download --from-file - ...` in two OS processes."""
+    root, instances = cohort
+    url = embedded_server(root)
+    out = tmp_path / "out"
+    first_date = json.loads(run_cli("query", "--url", url, "--json").stdout.splitlines()[0])[
+        "study_date"
+    ]
+    wanted = set(
+        run_cli("query", "--url", url, "--uids", "--study-date", first_date).stdout.split()
+    )
+
+    query = subprocess.Popen(
+        [*DLSTUDY, "query", "--url", url, "--uids", "--study-date", first_date],
+        stdout=subprocess.PIPE,
+    )
+    download = subprocess.run(
+        [*DLSTUDY, "download", "--from-file", "-", "--url", url, "-o", str(out), "--json"],
+        stdin=query.stdout,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert query.stdout is not None
+    query.stdout.close()
+    assert query.wait(timeout=30) == 0
+
+    assert download.returncode == 0, download.stderr
+    summary = json.loads(download.stdout)
+    assert set(summary["study_uids"]) == wanted
+    assert summary["instances"]["downloaded"] == 6 * len(wanted)
+    assert_same_files([i for i in instances if i.study_uid in wanted], out)
+
+
+# --- sync -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def growing_server(tmp_path: Path) -> Iterator[Any]:
+    """`start(root)` serves a folder; a new call stops the previous server (the index is built
+    at start, so a folder that gained a study needs a new server, as after a PACS ingest)."""
+    servers: list[Any] = []
+
+    def start(root: Path) -> str:
+        stop()
+        context = running_server(ServerOptions(root=root))
+        url = context.__enter__()
+        servers.append(context)
+        return url
+
+    def stop() -> None:
+        while servers:
+            servers.pop().__exit__(None, None, None)
+
+    yield start
+    stop()
+
+
+def test_sync_twice_downloads_only_the_study_that_appeared(
+    tmp_path: Path, growing_server: Any
+) -> None:
+    root = tmp_path / "source"
+    first = make_studies(root, 2, seed=21)
+    out = tmp_path / "mirror"
+    log_file = tmp_path / "sync.jsonl"
+    args = ["-o", str(out), "--json", "--log-file", str(log_file), "--log-format", "json"]
+
+    url = growing_server(root)
+    one = run_cli("sync", "--url", url, *args)
+
+    assert one.exit_code == 0, one.output
+    summary = summary_of(one)
+    assert summary["instances"] == {"total": 12, "downloaded": 12, "skipped": 0, "failed": 0}
+    assert summary["sync"] == {
+        "matched": 2,
+        "shard": None,
+        "in_shard": 2,
+        "already_complete": 0,
+        "synced": 2,
+    }
+    assert_same_files(first, out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.dcm")}
+
+    second = make_studies(root, 1, seed=22)  # the archive receives a new study overnight
+    url = growing_server(root)
+    log_file.write_text("")
+    two = run_cli("sync", "--url", url, *args)
+
+    assert two.exit_code == 0, two.output
+    summary = summary_of(two)
+    assert summary["instances"] == {"total": 18, "downloaded": 6, "skipped": 12, "failed": 0}
+    assert summary["sync"]["already_complete"] == 2 and summary["sync"]["synced"] == 1
+    assert summary["study_uids"][-2:] != [second[0].study_uid]  # complete ones listed too
+    assert set(summary["study_uids"]) == set(study_uids(first + second))
+    assert_same_files(first + second, out)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # old files untouched
+
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    # The embedded server runs in this process: its access log joins the client's records.
+    events = [e for e in events if not str(e.get("logger", "")).startswith("dlstudy.server")]
+    started = [e["study"] for e in events if e["event"] == "study_started"]
+    assert started == [second[0].study_uid]  # complete studies: no series or instance QIDO
+    finished = [e for e in events if e["event"] == "study_finished"]
+    assert [(e["study"], e["downloaded"], e["complete"]) for e in finished] == [
+        (second[0].study_uid, 6, True)
+    ]
+    assert events[-1]["event"] == "run_summary", events[-3:]
+    assert events[-1]["downloaded"] == 6 and events[-1]["already_complete"] == 2
+
+    three = run_cli("sync", "--url", url, "-o", str(out))  # nothing new: a quiet success
+    assert three.exit_code == 0, three.output
+    assert "sync: 3 studies matched, 3 already complete; 0 downloaded" in three.stderr
+
+
+def test_sync_fetches_again_what_was_deleted(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    root, instances = cohort
+    url = embedded_server(root)
+    out = tmp_path / "mirror"
+    assert run_cli("sync", "--url", url, "-o", str(out), "-q").exit_code == 0
+    victim = instances[0]
+    (out / victim.study_uid / victim.series_uid / f"{victim.sop_uid}.dcm").unlink()
+
+    result = run_cli("sync", "--url", url, "-o", str(out), "--json")
+
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert summary["instances"]["downloaded"] == 1
+    assert summary["sync"]["already_complete"] == 3
+    assert_same_files(instances, out)
+
+
+def test_sync_exit_codes(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    root, _ = cohort
+    url = embedded_server(root)
+    out = tmp_path / "mirror"
+
+    # A quiet night is no error for cron: exit 0, nothing said with --quiet.
+    nothing = run_cli("sync", "--url", url, "-o", str(out), "--modality", "MR", "--json")
+    assert nothing.exit_code == 0, nothing.output
+    assert summary_of(nothing)["error"] is None
+    assert summary_of(nothing)["sync"]["matched"] == 0
+    quiet = run_installed("sync", "--url", url, "-o", str(out), "--modality", "MR", "--quiet")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    # ... but a wrong URL never reads as an empty result.
+    for wrong in (url.replace("/dicomweb", "/dicom-web"), url.replace("/dicomweb", "")):
+        broken = run_installed("sync", "--url", wrong, "-o", str(out), "--quiet")
+        assert broken.returncode == 3, broken.stderr
+        assert f"{wrong} is not a DICOMweb root: {wrong}/studies answered HTTP 404" in (
+            broken.stderr
+        )
+
+    refused = run_cli("sync", "--url", "http://127.0.0.1:1/dicomweb", "-o", str(out))
+    assert refused.exit_code == 3
+    assert "connection refused" in refused.stderr
+
+    bad = run_cli("sync", "--url", url, "-o", str(out), "--log-format", "xml")
+    assert bad.exit_code == 2
+
+    (out / ".dlstudy").mkdir(parents=True, exist_ok=True)
+    with lock_held_by_another_process(out / ".dlstudy"):
+        locked = run_cli("sync", "--url", url, "-o", str(out))
+    assert locked.exit_code == 5
+    assert "in use by another dlstudy run" in locked.stderr
+
+
+@contextmanager
+def lock_held_by_another_process(state_dir: Path) -> Iterator[None]:
+    """The output lock held by a real second process (in-process takes are re-entrant)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path\n"
+            "from dlstudy.store.lock import output_lock\n"
+            "with output_lock(Path(sys.argv[1]), wait=False):\n"
+            "    print('held', flush=True); time.sleep(60)",
+            str(state_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+# --- shards in separate processes -------------------------------------------------------------
+
+
+def _wait_all(processes: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    summaries = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, stderr
+        summaries.append(json.loads(stdout))
+    return summaries
+
+
+def test_download_shards_in_separate_processes_cover_everything_once(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    root = tmp_path / "source"
+    instances = make_studies(root, 9, seed=32)  # 3 + 3 + 3 studies
+    everything = set(study_uids(instances))
+    url = embedded_server(root)
+    uid_file = tmp_path / "cohort.txt"
+    uid_file.write_text("# cohort\n" + "\n".join(sorted(everything)) + "\n")
+    count = 3
+
+    processes = [
+        subprocess.Popen(
+            [*DLSTUDY, "download", "--from-file", str(uid_file), "--url", url]
+            + ["-o", str(tmp_path / f"shard-{k}"), "--shard", f"{k}/{count}", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(1, count + 1)
+    ]
+    summaries = _wait_all(processes)
+
+    parts = [downloaded_studies(tmp_path / f"shard-{k}") for k in range(1, count + 1)]
+    assert set().union(*parts) == everything
+    assert sum(len(part) for part in parts) == len(everything)  # pairwise disjoint
+    assert all(parts), [len(part) for part in parts]  # every process had work
+    for summary, part in zip(summaries, parts, strict=True):
+        assert set(summary["study_uids"]) == part
+    assert sum(s["instances"]["downloaded"] for s in summaries) == len(instances)
+
+
+def test_sync_shards_from_a_scheduler_index_cover_everything_once(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """`sync --shard auto` as in a Kubernetes Indexed Job: JOB_COMPLETION_INDEX is 0-based."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 7, seed=41)
+    url = embedded_server(root)
+    count = 2
+    processes = []
+    for index in range(count):
+        env = {**os.environ, "JOB_COMPLETION_INDEX": str(index), "DLSTUDY_SHARD_COUNT": str(count)}
+        processes.append(
+            subprocess.Popen(
+                [*DLSTUDY, "sync", "--url", url, "-o", str(tmp_path / f"part-{index}")]
+                + ["--shard", "auto", "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    summaries = _wait_all(processes)
+
+    parts = [downloaded_studies(tmp_path / f"part-{index}") for index in range(count)]
+    assert set().union(*parts) == set(study_uids(instances))
+    assert not parts[0] & parts[1]
+    assert [s["sync"]["shard"] for s in summaries] == ["1/2", "2/2"]
+    assert all(s["sync"]["matched"] == 7 for s in summaries)
+
+
+def test_a_shard_with_no_study_succeeds(tmp_path: Path, embedded_server: StartServer) -> None:
+    root = tmp_path / "source"
+    instances = make_studies(root, 1, seed=51)
+    url = embedded_server(root)
+    uid = instances[0].study_uid
+    from dlstudy.dicomweb.shard import shard_of
+
+    other = 1 if shard_of(uid, 2) == 2 else 2
+    result = run_cli(
+        "download", uid, "--url", url, "-o", str(tmp_path / "o"), "--shard", f"{other}/2"
+    )
+
+    assert result.exit_code == 0, result.output
+    assert f"shard {other}/2: none of the 1 studies is in this shard" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_example_crontab_line_runs_as_written(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """examples/crontab's command, with only its paths moved into tmp_path and its `pacs`
+    profile pointing at the embedded server: a night without new studies is silent, exit 0,
+    and logs its summary."""
+    root, _ = cohort
+    url = embedded_server(root)
+    crontab = Path(__file__).resolve().parents[2] / "examples" / "crontab"
+    (line,) = [x for x in crontab.read_text().splitlines() if x and not x.startswith("#")]
+    command = line.split()[5:]  # after the five schedule fields
+    assert command[0].endswith("/dlstudy")
+    log_file = tmp_path / "sync.jsonl"
+    moved = {"/data/mirror": str(tmp_path / "mirror"), "/var/log/dlstudy/sync.jsonl": str(log_file)}
+    args = [moved.get(arg, arg) for arg in command[1:]]
+    config = tmp_path / "config.toml"
+    config.write_text(f"[servers.pacs]\nurl = '{url}'\n")
+    result = run_installed(*args, env={"DLSTUDY_CONFIG": str(config)})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    events = [json.loads(x) for x in log_file.read_text().splitlines()]
+    (summary,) = [e for e in events if e["event"] == "run_summary"]
+    assert summary["exit_status"] == 0 and summary["failed"] == 0
+
+
+def test_download_takes_log_format_and_sync_takes_workers(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    root, instances = cohort
+    # Every other answer a 503: each retry is a log record.
+    url = embedded_server(root, fault_rate=0.5, fault_status=503, seed=3)
+    log_file = tmp_path / "download.jsonl"
+    study = instances[0].study_uid
+    result = run_installed(
+        "download", study, "--url", url, "-o", str(tmp_path / "a"), "--quiet",
+        "--log-file", str(log_file), "--log-format", "json", "--retries", "20",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any("retrying" in record.get("message", "") for record in records)
+    assert all("event" in record for record in records)
+
+    result = run_installed(
+        "sync", "--url", url, "-o", str(tmp_path / "b"), "--workers", "1", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["processes"] == 1
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_query_table_keeps_identifiers_whole_at_any_width(width: int) -> None:
+    """On a terminal: study UIDs, patient IDs and dates are never cut; a narrow terminal gets
+    two lines a study rather than a table with its columns dropped."""
+    from dlstudy.cli.query_cmd import render
+    from dlstudy.dicomweb.search import StudyRecord
+
+    uid = "1.2.826.0.1.3680043.8.498.10368276145766581392437474382614256379"
+    record = StudyRecord(
+        study_uid=uid, patient_id="PAT-000123456", patient_name="NGUYEN^CHLOE",
+        study_date="20260105", study_time="083000", accession="A1",
+        description="CT CHEST WITH CONTRAST PROTOCOL 7", modalities=("CT", "SR"), series=4,
+        instances=1203,
+    )  # fmt: skip
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", str(width))
+        render([record, record], "table", out)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= width for line in lines)
+    text = out.getvalue()
+    assert text.count(uid) == 2 and text.count("PAT-000123456") == 2
+    assert text.count("20260105") == 2 and "1203" in text
+    if width >= 200:
+        assert "NGUYEN^CHLOE" in text and "Description" in text
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_the_query_table_on_a_terminal_of_80_and_120_columns(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, columns: int
+) -> None:
+    root, instances = cohort
+    url = embedded_server(root)
+    code, text = run_on_a_terminal("query", "--url", url, columns=columns)
+    assert code == 0, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert all(len(line) <= columns for line in lines), lines
+    for uid in study_uids(instances):
+        assert uid in text  # whole, never cut
+    rows = [
+        json.loads(x)
+        for x in run_installed("query", "--url", url, "--json").stdout.split("\n")
+        if x
+    ]
+    for row in rows:
+        assert row["patient_id"] in text and row["study_date"] in text

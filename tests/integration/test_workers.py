@@ -1,0 +1,313 @@
+"""`--workers N`: the per-instance pool in several processes, with one owner of the results."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from dlstudy.engine import workers as workers_module
+from dlstudy.engine.workers import (
+    AUTO_MAX_WORKERS,
+    MIN_INSTANCES_PER_WORKER,
+    SharedClaims,
+    available_cpus,
+    worker_count,
+)
+from dlstudy.model import InstanceRef
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
+
+from ..cli_helpers import assert_same_files, download_json, run_cli, run_installed, summary_of
+from ..fixtures.embedded_server import SeenRequests, StartServer
+
+pytestmark = pytest.mark.integration
+
+
+def test_auto_is_one_process_per_cpu_up_to_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cpus, expected in [(1, 1), (2, 2), (3, 3), (16, AUTO_MAX_WORKERS)]:
+        monkeypatch.setattr("dlstudy.engine.workers.available_cpus", lambda cpus=cpus: cpus)
+        assert worker_count(0, 10_000) == expected
+    assert worker_count(0, MIN_INSTANCES_PER_WORKER) == 1  # too few to be worth a process
+    assert available_cpus() >= 1
+
+
+def test_worker_count_and_split() -> None:
+    assert worker_count(4, 10) == 1
+    assert worker_count(4, 2 * MIN_INSTANCES_PER_WORKER) == 2
+    assert worker_count(2, 10_000) == 2
+
+
+def test_claims_hand_out_each_instance_once_across_processes() -> None:
+    """Two processes and two event-loop pools taking from one list: nothing twice, nothing lost."""
+    from dlstudy.engine.workers import _start_context
+
+    context = _start_context()  # what a run uses: the fork server here
+    refs = [InstanceRef("1", "1.2", f"1.2.{i}") for i in range(500)]
+    claims = SharedClaims(refs, context)
+    parent_end, child_end = context.Pipe(duplex=False)
+    child = context.Process(target=_claim_all, args=(claims, child_end))
+    child.start()
+    child_end.close()
+    mine = [ref.sop_uid for ref in claims]
+    theirs = parent_end.recv()
+    child.join(10)
+    assert sorted(mine + theirs) == sorted(ref.sop_uid for ref in refs)
+    assert claims.claim() is None
+
+
+def _claim_all(claims: SharedClaims, conn: Any) -> None:
+    conn.send([ref.sop_uid for ref in claims])
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> tuple[Path, list[SynthInstance]]:
+    root = tmp_path / "source"
+    return root, generate(root, SynthSpec(series=2, instances=100, size=200 * 1024, seed=31))
+
+
+@pytest.mark.parametrize("profile", ["standard", "orthanc"])
+def test_two_workers_download_everything_byte_exact(
+    tmp_path: Path,
+    embedded_server: StartServer,
+    study: tuple[Path, list[SynthInstance]],
+    profile: str,
+) -> None:
+    root, instances = study
+    url = embedded_server(root, profile=profile)
+    out = tmp_path / "out"
+
+    result = download_json(instances[0].study_uid, url, out, "--workers", "2")
+
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert summary["instances"] == {"total": 200, "downloaded": 200, "skipped": 0, "failed": 0}
+    assert summary["processes"] == 2
+    assert summary["bytes"] == sum(i.size for i in instances)
+    assert_same_files(instances, out)
+    manifest = (out / ".dlstudy" / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 200  # one owner writes the manifest
+
+    rerun = download_json(instances[0].study_uid, url, out, "--workers", "2")
+    assert summary_of(rerun)["instances"]["skipped"] == 200
+
+
+def test_workers_start_without_forking_a_process_with_live_threads(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """Python 3.12+ warns (DeprecationWarning) when a multi-threaded process forks: the
+    installed CLI, warnings made errors, starts its workers from the fork server instead."""
+    root, instances = study
+    url = embedded_server(root)
+    result = run_installed(
+        "download", instances[0].study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--json", "--workers", "2", env={"PYTHONWARNINGS": "error::DeprecationWarning"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["processes"] == 2
+    assert "fork" not in result.stderr
+    assert_same_files(instances, tmp_path / "out")
+
+
+def test_failures_in_workers_are_reported(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    url = embedded_server(root, fault_rate=0.2, fault_status=404, seed=4)
+    result = download_json(
+        instances[0].study_uid, url, tmp_path, "--workers", "2", "--mode", "instance"
+    )
+    assert result.exit_code == 1
+    summary = summary_of(result)
+    counts = summary["instances"]
+    assert counts["downloaded"] + counts["failed"] == 200 and counts["failed"] > 0
+    assert all(f["status_code"] == 404 for f in summary["failures"])
+
+
+def test_expired_token_in_a_worker_stops_the_run(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    url = embedded_server(root, token="tok", token_expires_after=30)
+    runs = tmp_path / "runs"
+    # Mints tok-1, tok-2, ... but fails from its fourth run on. Both processes run it: the
+    # count is taken under a lock, so two runs never mint the same token (which the server
+    # would then count twice).
+    command = (
+        f"exec 9>>{runs}.lock; flock 9; "
+        f"n=$(( $(cat {runs} 2>/dev/null || echo 0) + 1 )); echo $n > {runs}; "
+        f'[ "$n" -gt 3 ] && exit 9; echo tok-$n'
+    )
+    result = run_cli(
+        "download", instances[0].study_uid, "--url", url, "-o", str(tmp_path / "o"),
+        "--workers", "2", "--token-command", command, "--mode", "instance",
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "--token-command failed with exit status 9" in result.stderr
+    assert [p for p in (tmp_path / "o").rglob("*.part")] == []
+
+
+def test_ctrl_c_stops_the_workers_cleanly(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "dlstudy", "download", instances[0].study_uid, "--url", slow,
+        "-o", str(out), "--workers", "2", "-c", "4", "--mode", "instance",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
+    rerun = subprocess.run(
+        [*command[:command.index(slow)], embedded_server(root), *command[command.index(slow) + 1:]],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
+
+
+def test_workers_die_with_a_killed_parent(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "dlstudy", "download", instances[0].study_uid, "--url", slow,
+            "-o", str(out), "--workers", "2", "-c", "4", "--mode", "instance", "-q",
+        ]
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=10)
+    time.sleep(1.0)  # the workers got SIGTERM from the kernel and stopped
+    before = sorted(p.name for p in out.rglob("*") if p.is_file())
+    time.sleep(1.0)
+    after = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert before == after  # nothing is still writing
+    # SIGKILL gives the parent no chance to remove a temp file it was writing (the next run
+    # does); the workers, stopped by SIGTERM, remove theirs. Temp names carry the writer's pid.
+    leftovers = [p.name for p in out.rglob("*.part")]
+    assert [name for name in leftovers if f".{process.pid}-" not in name] == []
+
+
+@pytest.mark.parametrize(("near", "busy"), [(False, True), (False, False), (True, False)])
+def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
+    tmp_path: Path,
+    embedded_server: StartServer,
+    study: tuple[Path, list[SynthInstance]],
+    monkeypatch: pytest.MonkeyPatch,
+    near: bool,
+    busy: bool,
+) -> None:
+    """--workers 0 watches this process's CPU use for a moment (_busy) and the verdict decides;
+    for a server that answers QIDO within NEAR_SERVER_SECONDS, workers start without it."""
+    monkeypatch.setattr("dlstudy.engine.workers.available_cpus", lambda: 2)
+    quickest = 0.001 if near else 0.050
+    monkeypatch.setattr("dlstudy.http.client.Transport._time_reply", _replies_in(quickest))
+    watched: list[float] = []
+
+    async def verdict(seconds: float) -> bool:
+        watched.append(seconds)
+        return busy
+
+    monkeypatch.setattr("dlstudy.engine.workers._busy", verdict)
+    root, instances = study
+    url = embedded_server(root)
+    out = tmp_path / "out"
+    result = download_json(instances[0].study_uid, url, out, "--mode", "instance")
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert watched == ([] if near else [workers_module._WATCH_SECONDS])
+    assert summary["processes"] == (2 if busy or near else 1)
+    assert summary["instances"]["downloaded"] == 200
+    assert_same_files(instances, out)
+    assert len((out / ".dlstudy" / "manifest.jsonl").read_text().splitlines()) == 200
+
+
+@pytest.mark.parametrize("near", [True, False])
+def test_the_processes_together_never_exceed_the_concurrency(
+    tmp_path: Path,
+    embedded_server: StartServer,
+    study: tuple[Path, list[SynthInstance]],
+    monkeypatch: pytest.MonkeyPatch,
+    seen_requests: SeenRequests,
+    near: bool,
+) -> None:
+    """Whether the workers start at once (a near server: this process keeps to its share from
+    the start) or after the watch (this process first uses all of --concurrency), the instance
+    requests in flight across every process never exceed --concurrency: the shares add up."""
+    monkeypatch.setattr("dlstudy.engine.workers.available_cpus", lambda: 2)
+    monkeypatch.setattr(
+        "dlstudy.http.client.Transport._time_reply", _replies_in(0.001 if near else 0.050)
+    )
+
+    async def busy(seconds: float) -> bool:
+        await anyio.sleep(seconds)
+        return True
+
+    monkeypatch.setattr("dlstudy.engine.workers._busy", busy)
+    root, instances = study
+    url = embedded_server(root, latency=0.05)  # so that requests overlap
+    out = tmp_path / "out"
+    result = download_json(instances[0].study_uid, url, out, "--mode", "instance", "-c", "8")
+    assert result.exit_code == 0, result.output
+    assert summary_of(result)["processes"] == 2
+    assert_same_files(instances, out)
+    assert seen_requests.instance_requests == 200
+    assert 4 <= seen_requests.peak_instances <= 8
+
+
+def _replies_in(seconds: float) -> Any:
+    """Transport._time_reply as if every QIDO answer took `seconds` (the embedded server's
+    speed varies with the machine's load)."""
+
+    def time_reply(self: Any, response: httpx.Response) -> None:
+        self.quickest_reply = seconds
+
+    return time_reply
+
+
+def test_a_server_is_near_when_it_answered_within_the_threshold() -> None:
+    assert workers_module.is_near(0.001)
+    assert not workers_module.is_near(workers_module.NEAR_SERVER_SECONDS)
+    assert not workers_module.is_near(0.020)
+    assert not workers_module.is_near(None)  # no query timed (a library caller's own refs)
+
+
+@pytest.mark.parametrize(("share", "expected"), [(1.0, True), (0.91, True), (0.85, False)])
+def test_busy_is_cpu_time_over_wall_time(
+    monkeypatch: pytest.MonkeyPatch, share: float, expected: bool
+) -> None:
+    assert workers_module._BUSY == 0.9
+    clock = {"wall": 100.0, "cpu": 5.0}
+
+    async def fake_sleep(seconds: float) -> None:
+        clock["wall"] += seconds
+        clock["cpu"] += share * seconds
+
+    monkeypatch.setattr("dlstudy.engine.workers.time.monotonic", lambda: clock["wall"])
+    monkeypatch.setattr("dlstudy.engine.workers.time.process_time", lambda: clock["cpu"])
+    monkeypatch.setattr("dlstudy.engine.workers.anyio.sleep", fake_sleep)
+    assert anyio.run(workers_module._busy, 0.1) is expected
+
+
+# threshold: 0.9 of a CPU

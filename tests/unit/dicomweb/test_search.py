@@ -1,0 +1,270 @@
+"""Study-level search: filters as sent, paging, records as parsed, and `query`'s output forms."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from dlstudy.cli.query_cmd import render
+from dlstudy.dicomweb.search import (
+    StudyQuery,
+    StudyRecord,
+    attribute_id,
+    parse_filter,
+    parse_filters,
+    parse_study_date,
+    search,
+)
+from dlstudy.errors import AuthError, ServerError, UsageError
+from dlstudy.settings import Settings
+
+from ...factories import element
+
+# respx patches httpcore, so HTTP/1.1 must go through it here.
+pytestmark = pytest.mark.usefixtures("httpcore_pool")
+
+BASE = "http://pacs.test/dicomweb"
+STUDIES_URL = f"{BASE}/studies"
+TODAY = dt.date(2026, 1, 31)
+
+
+def study_json(uid: str, **extra: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"0020000D": element("UI", uid)}
+    item.update(extra)
+    return item
+
+
+def full_study_json(uid: str) -> dict[str, Any]:
+    return study_json(
+        uid,
+        **{
+            "00100020": element("LO", "PID-1"),
+            "00100010": element("PN", {"Alphabetic": "DOE^JANE"}),
+            "00080020": element("DA", "20260105"),
+            "00080030": element("TM", "093000"),
+            "00080050": element("SH", "ACC1"),
+            "00081030": element("LO", "CT, CHEST"),
+            "00080061": element("CS", "CT", "PT"),
+            "00201206": element("IS", 2),
+            "00201208": element("IS", "40"),
+        },
+    )
+
+
+def run_search(query: StudyQuery, page_size: int = 1000) -> list[StudyRecord]:
+    return search(Settings(url=BASE, http="1.1", qido_page_size=page_size, retries=0), query)
+
+
+# --- what is sent -----------------------------------------------------------------------------
+
+
+@respx.mock
+def test_filters_are_sent_as_keywords_with_includefields() -> None:
+    route = respx.get(STUDIES_URL).mock(return_value=httpx.Response(204))
+    query = StudyQuery(
+        patient_id="PID*",
+        patient_name="DOE^J*",
+        study_date="20260101-20260131",
+        accession="ACC1",
+        modalities=("CT",),
+        filters=(("PatientSex", "F"), ("00091001", "private")),
+    )
+
+    assert run_search(query) == []
+
+    params = route.calls[0].request.url.params
+    assert params["PatientID"] == "PID*"
+    assert params["PatientName"] == "DOE^J*"
+    assert params["StudyDate"] == "20260101-20260131"
+    assert params["AccessionNumber"] == "ACC1"
+    assert params["ModalitiesInStudy"] == "CT"
+    assert params["PatientSex"] == "F"
+    assert params["00091001"] == "private"
+    assert set(params.get_list("includefield")) >= {"00201208", "00080061", "00081030"}
+    assert params["limit"] == "1000" and params["offset"] == "0"
+
+
+@respx.mock
+def test_no_filter_searches_everything_page_by_page() -> None:
+    studies = [study_json(f"1.2.{n}") for n in range(5)]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params["offset"])
+        limit = int(request.url.params["limit"])
+        page = studies[offset : offset + limit]
+        return httpx.Response(200, json=page) if page else httpx.Response(204)
+
+    route = respx.get(STUDIES_URL).mock(side_effect=answer)
+
+    records = run_search(StudyQuery(), page_size=2)
+
+    assert [r.study_uid for r in records] == [f"1.2.{n}" for n in range(5)]
+    assert route.call_count == 3
+    assert not any(k in route.calls[0].request.url.params for k in ("PatientID", "StudyDate"))
+
+
+@respx.mock
+def test_several_modalities_are_searched_one_by_one_and_merged() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        found = {"CT": ["1.1", "1.2"], "MR": ["1.2", "1.3"]}[
+            request.url.params["ModalitiesInStudy"]
+        ]
+        return httpx.Response(200, json=[study_json(uid) for uid in found])
+
+    route = respx.get(STUDIES_URL).mock(side_effect=answer)
+
+    records = run_search(StudyQuery(modalities=("CT", "MR")))
+
+    assert [r.study_uid for r in records] == ["1.1", "1.2", "1.3"]
+    assert route.call_count == 2
+
+
+@respx.mock
+def test_a_lone_object_a_404_and_an_auth_failure() -> None:
+    respx.get(STUDIES_URL).mock(return_value=httpx.Response(200, json=study_json("1.9")))
+    assert [r.study_uid for r in run_search(StudyQuery())] == ["1.9"]
+
+    # A 404 is "no match" when the root's own study search answers as DICOMweb ...
+    def no_match_but_a_root(request: httpx.Request) -> httpx.Response:
+        if "offset" in request.url.params:
+            return httpx.Response(404)
+        return httpx.Response(200, json=[], headers={"content-type": "application/dicom+json"})
+
+    respx.get(STUDIES_URL).mock(side_effect=no_match_but_a_root)
+    assert run_search(StudyQuery()) == []
+
+    # ... and a wrong URL when it does not.
+    respx.get(STUDIES_URL).mock(return_value=httpx.Response(404, text="no such page"))
+    with pytest.raises(ServerError, match="is not a DICOMweb root: .* answered HTTP 404"):
+        run_search(StudyQuery())
+
+    respx.get(STUDIES_URL).mock(return_value=httpx.Response(401))
+    with pytest.raises(AuthError):
+        run_search(StudyQuery())
+
+
+# --- what comes back --------------------------------------------------------------------------
+
+
+def test_record_from_dicom_json() -> None:
+    record = StudyRecord.from_json(full_study_json("1.2.3"))
+    assert record is not None
+    assert record.as_dict() == {
+        "study_uid": "1.2.3",
+        "patient_id": "PID-1",
+        "patient_name": "DOE^JANE",
+        "study_date": "20260105",
+        "study_time": "093000",
+        "accession": "ACC1",
+        "description": "CT, CHEST",
+        "modalities": ["CT", "PT"],
+        "series": 2,
+        "instances": 40,
+    }
+
+
+def test_record_tolerates_missing_and_odd_values() -> None:
+    assert StudyRecord.from_json({"00100020": element("LO", "x")}) is None
+    record = StudyRecord.from_json(
+        study_json(
+            "1.2",
+            **{
+                "00100010": {"vr": "PN"},
+                "00201208": element("IS", "many"),
+                "00080061": {"vr": "CS", "Value": ["", None, "MR"]},
+            },
+        )
+    )
+    assert record is not None
+    assert (record.patient_name, record.instances, record.modalities) == (None, None, ("MR",))
+    plain_name = StudyRecord.from_json(study_json("1.3", **{"00100010": element("PN", "ROE^J")}))
+    assert plain_name is not None and plain_name.patient_name == "ROE^J"
+
+
+def test_render_every_form() -> None:
+    records = [r for r in (StudyRecord.from_json(full_study_json(u)) for u in ("1.1", "1.2")) if r]
+
+    def out(form: str) -> str:
+        stream = io.StringIO()
+        render(records, form, stream)
+        return stream.getvalue()
+
+    assert out("uids") == "1.1\n1.2\n"
+    lines = [json.loads(line) for line in out("json").splitlines()]
+    assert [line["study_uid"] for line in lines] == ["1.1", "1.2"]
+    assert lines[0]["modalities"] == ["CT", "PT"]
+    rows = list(csv.DictReader(io.StringIO(out("csv"))))
+    assert rows[0]["description"] == "CT, CHEST" and rows[0]["modalities"] == "CT\\PT"
+    tsv = [line.split("\t") for line in out("tsv").splitlines()]
+    assert tsv[0][0] == "study_uid" and tsv[1][tsv[0].index("instances")] == "40"
+    table = out("table")
+    assert "Study Instance UID" in table and "1.2" in table and "DOE^JANE" in table
+
+
+# --- parsing options --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("PatientID", "PatientID"),
+        ("00100020", "PatientID"),
+        ("0010,0020", "PatientID"),
+        ("(0010,0020)", "PatientID"),
+        ("0009100a", "0009100A"),  # private: no keyword, sent as the tag
+    ],
+)
+def test_attribute_ids(text: str, expected: str) -> None:
+    assert attribute_id(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("PatientID", "must look like KEY=VALUE"),
+        ("=x", "must look like KEY=VALUE"),
+        ("PatientIdentity=x", "neither a DICOM keyword"),
+        ("limit=3", "neither a DICOM keyword"),
+    ],
+)
+def test_bad_filters(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_filter(text)
+
+
+def test_filters_keep_their_value_and_refuse_repeats() -> None:
+    assert parse_filters(["00100040=F", "StudyDescription=*HEAD*=x"]) == (
+        ("PatientSex", "F"),
+        ("StudyDescription", "*HEAD*=x"),
+    )
+    with pytest.raises(UsageError, match="PatientSex given more than once"):
+        parse_filters(["PatientSex=F", "00100040=M"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20260105", "20260105"),
+        ("20260101-20260131", "20260101-20260131"),
+        ("-20260131", "-20260131"),
+        ("20260101-", "20260101-"),
+        ("today", "20260131"),
+        ("Yesterday", "20260130"),
+        ("7d", "20260124-20260131"),
+    ],
+)
+def test_study_dates(text: str, expected: str) -> None:
+    assert parse_study_date(text, TODAY) == expected
+
+
+@pytest.mark.parametrize("text", ["2026", "20261301", "20260131-20260101", "-", "last week", "1.2"])
+def test_bad_study_dates(text: str) -> None:
+    with pytest.raises(UsageError, match="--study-date must be"):
+        parse_study_date(text, TODAY)
