@@ -19,9 +19,9 @@ from .app import build_app
 HEADER = """# Command-line reference
 
 Every command and option, generated from the commands by `python -m dlstudy.cli.reference`
-(do not edit by hand; `tests/integration/test_cli_conventions.py` fails when this file is stale). The
-README has the tour; this page has everything. An option given nowhere takes its environment
-variable, then the config file's value (`--config`), then the default.
+(do not edit by hand; `tests/integration/test_cli_conventions.py` fails when this file is
+stale). The README has the tour; this page has everything. An option given nowhere takes its
+environment variable, then the config file's value (`--config`), then the default.
 """
 
 
