@@ -8,9 +8,9 @@ value. Keys the server cannot match on are ignored and named in a `Warning: 299`
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydicom.datadict import dictionary_VR
 
@@ -83,6 +83,28 @@ def parse_query(params: list[tuple[str, str]], level: Level) -> Query:
     return Query(level, filters, frozenset(includes), include_all, limit, offset, unsupported)
 
 
+T = TypeVar("T")
+
+
+def cut_page(
+    total: int,
+    query: Query,
+    take: Callable[[int, int], Sequence[T]],
+    *,
+    max_page_size: int | None,
+    ignore_offset: bool,
+) -> tuple[Sequence[T], int, bool]:
+    """The page of `total` matches that the query's limit and offset and the server's page cap
+    select (`take(offset, size)` gives it), the matches after it, and whether the server's cap,
+    not the client's limit, ended it (which a `Warning: 299` then says)."""
+    offset = 0 if ignore_offset else query.offset
+    client_cap = query.limit or total
+    server_cap = max_page_size or total
+    page = take(offset, min(client_cap, server_cap))
+    remaining = max(0, total - offset - len(page))
+    return page, remaining, remaining > 0 and server_cap < client_cap
+
+
 def search(
     index: Index,
     query: Query,
@@ -95,12 +117,13 @@ def search(
 ) -> Page:
     """One page of results, ordered as the index is (stable across requests)."""
     records = [r for r in _records(index, query.level, study_uid, series_uid) if _match(r, query)]
-    offset = 0 if ignore_offset else query.offset
-    client_cap = query.limit or len(records)
-    server_cap = max_page_size or len(records)
-    page = records[offset : offset + min(client_cap, server_cap)]
-    remaining = max(0, len(records) - offset - len(page))
-    truncated = remaining > 0 and server_cap < client_cap
+    page, remaining, truncated = cut_page(
+        len(records),
+        query,
+        lambda offset, size: records[offset : offset + size],
+        max_page_size=max_page_size,
+        ignore_offset=ignore_offset,
+    )
     # Unscoped series and instance searches also return the study's attributes (PS3.18 10.6.3).
     with_study = query.level == "study" or query.include_all or study_uid is None
     results = [_render(r, query, base_url, with_study) for r in page]

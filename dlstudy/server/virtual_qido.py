@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from . import attributes as at
 from .attributes import Json, computed, key
-from .qido import Level, Page, Query, matches, vr_of
+from .qido import Level, Page, Query, cut_page, matches, vr_of
 
 if TYPE_CHECKING:
     from .virtual import VirtualArchive
@@ -81,12 +81,9 @@ class Searcher:
     ) -> Page:
         """One page of results, in archive order (stable across requests)."""
         found = self._matches(query, study_uid, series_uid)
-        offset = 0 if ignore_offset else query.offset
-        client_cap = query.limit or found.total
-        server_cap = max_page_size or found.total
-        page = found.page(offset, min(client_cap, server_cap))
-        remaining = max(0, found.total - offset - len(page))
-        truncated = remaining > 0 and server_cap < client_cap
+        page, remaining, truncated = cut_page(
+            found.total, query, found.page, max_page_size=max_page_size, ignore_offset=ignore_offset
+        )
         # Unscoped series and instance searches also return the study's attributes (PS3.18 10.6.3).
         with_study = query.level == "study" or query.include_all or study_uid is None
         results = [self._render(p, query, base_url, with_study) for p in page]
