@@ -77,6 +77,14 @@ def _run(
     )
 
 
+def installed_download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    """The installed `dlstudy download STUDY --url URL -o OUT --json EXTRA...`: its exit
+    status, summary and stderr; a traceback fails the test."""
+    result = run_installed("download", study, "--url", url, "-o", str(out), "--json", *extra)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
 def run_on_a_terminal(*args: str, columns: int = 160) -> tuple[int, str]:
     """The installed `dlstudy ARGS...` with a pseudo-terminal as its stdout and stderr, as in
     an interactive shell; returns its exit status and what it drew (escape codes removed)."""

@@ -27,7 +27,13 @@ import pytest
 
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
-from ..cli_helpers import download_json, run_installed, run_installed_measured, summary_of
+from ..cli_helpers import (
+    download_json,
+    installed_download,
+    run_installed,
+    run_installed_measured,
+    summary_of,
+)
 from ..faultproxy import Fault, FaultProxy
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
 from ..tools import missing_tool
@@ -66,13 +72,6 @@ def proxy_factory() -> Iterator[list[FaultProxy]]:
 def download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
     result = download_json(study, url, out, *extra)
     return result.exit_code, summary_of(result), result.stderr
-
-
-def installed_download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-    """The installed `dlstudy download --json`: its exit status and summary."""
-    result = run_installed("download", study, "--url", url, "-o", str(out), "--json", *extra)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout)
 
 
 # --- network faults -------------------------------------------------------------------------
@@ -776,7 +775,7 @@ def test_a_body_cut_where_http_cannot_tell_is_never_committed(
 
     out = tmp_path / "out"
     with cutting(cut_first) as (url, study, sops):
-        status, summary = installed_download(
+        status, summary, _ = installed_download(
             url, study, out, "--http", "1.1", "--mode", "instance", "--retries", "2"
         )
     if cut_first < len(sops):
@@ -847,7 +846,7 @@ def test_an_http2_stream_ended_early_without_a_length_is_never_committed(
 
     out = tmp_path / "out"
     with h2_server_in_a_thread(handler) as url:
-        status, summary = installed_download(
+        status, summary, _ = installed_download(
             url + "/dicomweb", STUDY, out, "--http", "2", "--mode", "instance", "--retries", "2"
         )
     if cut_first < len(SOPS):

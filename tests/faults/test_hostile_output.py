@@ -12,21 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ..cli_helpers import run_installed, run_installed_measured
+from ..cli_helpers import installed_download, run_installed_measured
 from ..fixtures.embedded_server import StartServer, SynthStudy
 from .test_faults import final_path, run_subprocess, temp_files
 
 pytestmark = pytest.mark.integration
 
 PRECIOUS = "a user's file, not dlstudy's\n"
-
-
-def download(url: str, study: str, out: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
-    result = run_installed(
-        "download", study, "--url", url, "-o", str(out), "--json", *extra
-    )  # fmt: skip
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout or "{}"), result.stderr
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -44,7 +36,7 @@ def test_a_state_file_that_is_a_link_is_refused_and_its_target_untouched(
     (out / ".dlstudy").mkdir(parents=True)
     (out / ".dlstudy" / state_file).symlink_to(victim)
 
-    status, summary, stderr = download(url, synth_study.study_uid, out)
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
 
     assert status == 2, stderr
     assert f"{state_file}': is a symbolic link" in summary["error"]
@@ -63,7 +55,7 @@ def test_a_state_folder_that_is_a_link_is_refused(
     out.mkdir()
     (out / ".dlstudy").symlink_to(elsewhere)
 
-    status, summary, stderr = download(url, synth_study.study_uid, out)
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
 
     assert status == 2, stderr
     assert "not a folder of its own" in summary["error"]
@@ -81,7 +73,9 @@ def test_a_study_folder_linked_out_of_out_is_never_written_through(
     (out / synth_study.study_uid).symlink_to(elsewhere)
 
     for mode in ("instance", "series"):
-        status, summary, stderr = download(url, synth_study.study_uid, out, "--mode", mode)
+        status, summary, stderr = installed_download(
+            url, synth_study.study_uid, out, "--mode", mode
+        )
         assert status == 1, stderr
         assert summary["instances"]["downloaded"] == 0
         reasons = {f["reason"] for f in summary["failures"]}
@@ -99,7 +93,7 @@ def test_a_link_inside_out_is_followed(
     (out / "studies" / "real").mkdir(parents=True)
     (out / synth_study.study_uid).symlink_to(out / "studies" / "real")
 
-    status, summary, stderr = download(url, synth_study.study_uid, out)
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
 
     assert status == 0, stderr
     for instance in synth_study.instances:
@@ -122,7 +116,7 @@ def test_a_pipe_or_a_link_at_a_final_path_is_replaced_never_opened(
     os.mkfifo(final_path(out, piped))
     final_path(out, linked).symlink_to(outside)
 
-    status, summary, stderr = download(url, synth_study.study_uid, out, "--verify")
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out, "--verify")
 
     assert status == 0, stderr
     assert summary["instances"]["downloaded"] == len(synth_study.instances)
@@ -142,14 +136,14 @@ def test_a_torn_manifest_tail_is_cut_off_and_costs_no_entry(
 ) -> None:
     url = embedded_server(synth_study.root)
     out = tmp_path / "out"
-    status, _, _ = download(url, synth_study.study_uid, out)
+    status, _, _ = installed_download(url, synth_study.study_uid, out)
     assert status == 0
     with manifest_of(out).open("a") as fp:  # a run killed in the middle of a line
         fp.write('{"study": "1.2", "series": "1.2.3", "sop": "1.2.3.4", "pa')
     refetched = synth_study.instances[3]
     final_path(out, refetched).unlink()
 
-    status, summary, stderr = download(url, synth_study.study_uid, out)
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
 
     assert status == 0, stderr
     assert summary["instances"]["downloaded"] == 1
@@ -164,7 +158,7 @@ def test_an_overlong_manifest_line_is_skipped_in_flat_memory(
 ) -> None:
     url = embedded_server(synth_study.root)
     out = tmp_path / "out"
-    status, _, _ = download(url, synth_study.study_uid, out)
+    status, _, _ = installed_download(url, synth_study.study_uid, out)
     assert status == 0
     manifest = manifest_of(out)
     good = manifest.read_text()
@@ -225,7 +219,7 @@ def test_a_failed_manifest_write_stops_the_run_with_one_line_and_no_torn_line(
     assert all(json.loads(entry) for entry in text.splitlines())
     assert temp_files(out) == []
 
-    status, summary, stderr = download(url, synth_study.study_uid, out)  # no limit now
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)  # no limit now
     assert status == 0, stderr
     for instance in synth_study.instances:
         assert final_path(out, instance).read_bytes() == instance.path.read_bytes()
