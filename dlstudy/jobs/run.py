@@ -81,7 +81,8 @@ class Run:
         self.throttle.resize(concurrency)
         self.summary.concurrency = concurrency
         work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
-        self.listed.update((ref.study_uid, ref.series_uid) for ref in refs)
+        if self.settings.mode in ("auto", "series"):  # what a series-mode resume weighs
+            self.listed.update((ref.study_uid, ref.series_uid) for ref in refs)
         self.summary.skipped = work.skipped
         self.summary.repaired = work.repaired
         if self.report is not None:
