@@ -106,9 +106,6 @@ class Store:
             base = self._folder_paths[folder] = self.root / folder
         return base / name
 
-    def is_complete(self, ref: InstanceRef) -> bool:
-        return self.final_path(ref).is_file()
-
     def leads_outside(self, folder: Path) -> bool:
         """Whether writing in `folder` would land outside OUT (through a symbolic link)."""
         return self._folders.leads_outside(folder)
