@@ -41,7 +41,7 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> None:
         raise ParentGone() from exc
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux for SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps writing
     into a folder whose lock is gone. Elsewhere the next report to the parent fails instead."""
     try:
@@ -59,8 +59,15 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process; it starts fetching once the parent sets `go`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
-    _die_with_parent()
+    die_with_parent()
     go.wait()
+    serve(settings, refs, form, conn)
+
+
+def serve(
+    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection
+) -> None:
+    """Fetch what `refs` hands out, report over `conn` until the end, close it."""
     try:
         anyio.run(_worker, settings, refs, form, conn)
     except ParentGone:

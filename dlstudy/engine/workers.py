@@ -9,11 +9,13 @@ the parent keeps everything that must have one owner: the output lock, the manif
 progress display and the summary. Workers (engine/worker_process.py) report over a pipe, a
 batch at a time.
 
-Workers start from multiprocessing's fork server where the platform has one (Linux): a
-process started fresh, which imports dlstudy once and forks each worker from a single thread
-with no event loop and no open connection (forking this process, whose event loop, libcurl
-and TLS sockets are live, is what Python 3.12+ warns about). It is started in the background
-once the plan has enough for workers (`warm_up`). Elsewhere, spawn.
+Workers are forked before the event loop starts (engine/standby.py), when the run may use
+them: they share this process's imported modules and wait for a job. Where that moment was not
+safe (a library caller's threads or loop) they start from multiprocessing's fork server
+instead: a process started fresh, which imports dlstudy once and forks each worker from a single
+thread (forking this process once its event loop, libcurl and TLS sockets are live is what
+Python 3.12+ warns about), started in the background once the plan has enough for workers
+(`warm_up`). Elsewhere, spawn.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import anyio.abc
 from ..dicomweb.negotiate import Retrieval
 from ..errors import AuthError, DlstudyError, ServerError, StorageError
 from ..model import Committed, InstanceRef
+from . import standby as standby_module
+from .claims import SharedClaims
 from .worker_process import worker_main
 
 if TYPE_CHECKING:
@@ -44,6 +48,7 @@ MIN_INSTANCES_PER_WORKER = 50
 # `--workers 0` (the default) uses one process per CPU up to this: beyond a few cores the
 # network or the server limits a download, not the client's CPU.
 AUTO_MAX_WORKERS = 4
+MAX_WORKERS = 64  # what --workers accepts
 # --workers 0: the event loop is watched over the transfers' first _WATCH_SECONDS, and more
 # processes start if it kept at least _BUSY of a CPU busy. Measured here on `ct` over
 # 0.1 s: 97-99% at 0 ms RTT, where two processes are ~40% faster; 68-76% at 20 ms, where the
@@ -82,6 +87,14 @@ def worker_count(requested: int, todo: int) -> int:
     return max(1, min(wanted, todo // MIN_INSTANCES_PER_WORKER))
 
 
+def standing_by_for(requested: int, mode: str) -> int:
+    """How many workers to fork before a run's event loop starts, for `--workers`
+    `requested` (0: auto) in `mode`: as many as it may use beyond this process."""
+    if mode in ("series", "study") or not 0 <= requested <= MAX_WORKERS:
+        return 0  # multipart responses, or a value the run will refuse
+    return (requested or min(available_cpus(), AUTO_MAX_WORKERS)) - 1
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on (a container's or taskset's limit included)."""
     try:
@@ -109,38 +122,17 @@ def _start_context() -> Any:
 
 def warm_up() -> None:
     """Start the fork server in a thread, so that its imports overlap this process's work
-    instead of delaying the first worker."""
+    instead of delaying the first worker; not needed when workers stand by."""
     import threading
+
+    if standby_module.current() is not None:
+        return
 
     context = _start_context()
     if context.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
         threading.Thread(target=forkserver.ensure_running, daemon=True).start()
-
-
-class SharedClaims:
-    """Instances handed out one at a time to whichever process asks next."""
-
-    def __init__(self, refs: list[InstanceRef], context: Any) -> None:
-        self.refs = refs
-        self._next = context.Value("q", 0)  # with its own lock, shared across fork and spawn
-
-    def claim(self) -> InstanceRef | None:
-        with self._next.get_lock():
-            index: int = self._next.value
-            if index >= len(self.refs):
-                return None
-            self._next.value = index + 1
-        return self.refs[index]
-
-    def __iter__(self) -> Iterator[InstanceRef]:
-        while (ref := self.claim()) is not None:
-            yield ref
-
-    def remaining(self) -> int:
-        with self._next.get_lock():
-            return max(0, len(self.refs) - int(self._next.value))
 
 
 async def run_in_processes(
@@ -167,15 +159,19 @@ async def run_in_processes(
     """
     from dataclasses import replace
 
-    context = _start_context()
     own, each = split_concurrency(settings.concurrency, workers)
     share = replace(settings, concurrency=each)
-    claims = SharedClaims(refs, context)
+    standby = standby_module.current()
+    launch: _Launch
+    if standby is not None and len(standby.idle) >= workers - 1:
+        launch = _FromStandby(standby, refs)
+    else:
+        launch = _FromForkServer(refs)
+    claims = launch.claims
     # When the workers start at once (near the server, or --workers N), this process keeps to
     # its share from the start, so they need not wait for its extra transfers to finish.
     starting_now = near or not adaptive
     limiter = anyio.CapacityLimiter(own if starting_now else settings.concurrency)
-    go = context.Event()
     processes: list[Any] = []
     connections: list[Connection] = []
     fatal: list[DlstudyError] = []
@@ -212,12 +208,7 @@ async def run_in_processes(
         limiter.total_tokens = own
         with anyio.CancelScope(shield=True):  # a started process must be tracked
             for _ in range(workers - 1):
-                parent_end, child_end = context.Pipe(duplex=False)
-                process = context.Process(
-                    target=worker_main, args=(share, claims, form, child_end, go), daemon=True
-                )
-                await anyio.to_thread.run_sync(process.start)  # waits for the fork server
-                child_end.close()
+                process, parent_end = await launch.start(share, form)
                 processes.append(process)
                 connections.append(parent_end)
                 tg.start_soon(_listen, parent_end, on_bytes, done, failed, fatal, tg.cancel_scope)
@@ -225,7 +216,9 @@ async def run_in_processes(
         # has no event for a limiter's count.
         while limiter.borrowed_tokens > limiter.total_tokens:  # noqa: ASYNC110
             await anyio.sleep(0.005)
-        go.set()
+        with anyio.CancelScope(shield=True):
+            await launch.go()
+        log.info("%d worker processes %s", len(processes), launch.origin)
 
     finished = False
     try:
@@ -244,6 +237,61 @@ async def run_in_processes(
     for ref in unreported.values():  # a worker died: never let its instances go unaccounted
         on_failed(Failed(ref, f"instance {ref.sop_uid}: its worker process ended early", None))
     return 1 + len(processes)
+
+
+class _Launch:
+    claims: SharedClaims
+    origin: str  # where the workers come from, for the log
+
+    async def start(self, share: Any, form: Retrieval | None) -> tuple[Any, Connection]:
+        """A worker process, waiting for `go`, and the end of the pipe it reports on."""
+        raise NotImplementedError
+
+    async def go(self) -> None:
+        raise NotImplementedError
+
+
+class _FromStandby(_Launch):
+    """Workers forked before the event loop (engine/standby.py): each is sent its job."""
+
+    def __init__(self, standby: standby_module.Standby, refs: list[InstanceRef]) -> None:
+        with standby.counter.get_lock():
+            standby.counter.value = 0
+        self.claims = SharedClaims(refs, standby.counter)
+        self.origin = "forked before the event loop"
+        self.standby = standby
+        self.jobs: list[tuple[Connection, tuple[Any, ...]]] = []
+
+    async def start(self, share: Any, form: Retrieval | None) -> tuple[Any, Connection]:
+        [(process, conn)] = self.standby.take(1)
+        self.jobs.append((conn, (share, self.claims.refs, form)))
+        return process, conn
+
+    async def go(self) -> None:
+        for conn, job in self.jobs:
+            await anyio.to_thread.run_sync(conn.send, job)
+
+
+class _FromForkServer(_Launch):
+    """Workers started from multiprocessing's fork server (or spawned), waiting on an event."""
+
+    def __init__(self, refs: list[InstanceRef]) -> None:
+        self.context = _start_context()
+        self.claims = SharedClaims(refs, self.context.Value("q", 0))
+        self.origin = f"started by {self.context.get_start_method()}"
+        self.event = self.context.Event()
+
+    async def start(self, share: Any, form: Retrieval | None) -> tuple[Any, Connection]:
+        parent_end, child_end = self.context.Pipe(duplex=False)
+        process = self.context.Process(
+            target=worker_main, args=(share, self.claims, form, child_end, self.event), daemon=True
+        )
+        await anyio.to_thread.run_sync(process.start)  # waits for the fork server
+        child_end.close()
+        return process, parent_end
+
+    async def go(self) -> None:
+        self.event.set()
 
 
 async def _busy(seconds: float) -> bool:

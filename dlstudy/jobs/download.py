@@ -18,6 +18,8 @@ from typing import Any
 import anyio
 
 from ..dicomweb.cohort import CohortItem
+from ..engine.standby import standing_by
+from ..engine.workers import MAX_WORKERS, standing_by_for
 from ..errors import (
     DlstudyError,
     InvalidUidError,
@@ -41,7 +43,6 @@ from .run import Run
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 256
-MAX_WORKERS = 64
 
 
 Wanted = str | CohortItem  # a study UID, or an item of a cohort list (dicomweb/cohort.py)
@@ -111,7 +112,8 @@ def download(
     # Timed from here, as the progress display is: starting the event loop (anyio imports its
     # backend then) is part of the run, and both show the same MB/s.
     started = time.monotonic()
-    return anyio.run(download_async, uids, settings, progress or NullProgress(), started)
+    with standing_by(standing_by_for(settings.workers, settings.mode)):
+        return anyio.run(download_async, uids, settings, progress or NullProgress(), started)
 
 
 def unique(wanted: Iterable[Wanted]) -> list[Wanted]:

@@ -20,6 +20,8 @@ import anyio
 
 from ..dicomweb.search import StudyQuery, search_async
 from ..dicomweb.shard import Shard
+from ..engine.standby import standing_by
+from ..engine.workers import standing_by_for
 from ..errors import DlstudyError, UsageError
 from ..http.urls import redact_url
 from ..model import Failure
@@ -77,7 +79,8 @@ def sync(
 
     Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
     """
-    return anyio.run(sync_async, settings, query, shard, progress or NullProgress(), catalog)
+    with standing_by(standing_by_for(settings.workers, settings.mode)):
+        return anyio.run(sync_async, settings, query, shard, progress or NullProgress(), catalog)
 
 
 async def sync_async(

@@ -45,12 +45,21 @@ class RichProgress:
             transient=False,
         )
         self.task = self.progress.add_task("resolving", total=None)
-        self.progress.start()
+        self.started = False
+
+    def _show(self) -> None:
+        # Started with the run, not before: its refresh thread would make forking the
+        # standing-by workers (engine/standby.py) unsafe.
+        if not self.started:
+            self.started = True
+            self.progress.start()
 
     def resolving(self, study_uid: str) -> None:
+        self._show()
         self.progress.update(self.task, description=f"resolving {study_uid}")
 
     def start(self, total: int, skipped: int) -> None:
+        self._show()
         self.counters.total = total - skipped
         if skipped:
             self.console.print(f"{skipped} of {total} instances already present, skipping")

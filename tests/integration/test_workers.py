@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from dlstudy.engine import workers as workers_module
+from dlstudy.engine.claims import SharedClaims
 from dlstudy.engine.workers import (
     AUTO_MAX_WORKERS,
     MIN_INSTANCES_PER_WORKER,
-    SharedClaims,
     available_cpus,
     worker_count,
 )
@@ -51,7 +51,7 @@ def test_claims_hand_out_each_instance_once_across_processes() -> None:
 
     context = _start_context()  # what a run uses: the fork server here
     refs = [InstanceRef("1", "1.2", f"1.2.{i}") for i in range(500)]
-    claims = SharedClaims(refs, context)
+    claims = SharedClaims(refs, context.Value("q", 0))
     parent_end, child_end = context.Pipe(duplex=False)
     child = context.Process(target=_claim_all, args=(claims, child_end))
     child.start()
@@ -99,21 +99,55 @@ def test_two_workers_download_everything_byte_exact(
     assert summary_of(rerun)["instances"]["skipped"] == 200
 
 
-def test_workers_start_without_forking_a_process_with_live_threads(
-    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+@pytest.mark.parametrize("workers", ["2", "3"])
+def test_workers_are_forked_before_the_event_loop_starts(
+    tmp_path: Path,
+    embedded_server: StartServer,
+    study: tuple[Path, list[SynthInstance]],
+    workers: str,
 ) -> None:
     """Python 3.12+ warns (DeprecationWarning) when a multi-threaded process forks: the
-    installed CLI, warnings made errors, starts its workers from the fork server instead."""
+    installed CLI, warnings made errors, forks its workers while it has one thread and no
+    event loop, and they wait for their share of the run."""
     root, instances = study
     url = embedded_server(root)
     result = run_installed(
         "download", instances[0].study_uid, "--url", url, "-o", str(tmp_path / "out"),
-        "--json", "--workers", "2", env={"PYTHONWARNINGS": "error::DeprecationWarning"},
+        "--json", "--workers", workers, "--mode", "instance", "-v",
+        env={"PYTHONWARNINGS": "error::DeprecationWarning"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["processes"] == 2
-    assert "fork" not in result.stderr
+    assert json.loads(result.stdout)["processes"] == int(workers)
+    assert f"{int(workers) - 1} worker processes forked before the event loop" in result.stderr
+    assert "Warning" not in result.stderr
     assert_same_files(instances, tmp_path / "out")
+
+
+def test_workers_come_from_the_fork_server_when_threads_already_run(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """A library caller with threads of its own: no fork of this process at all."""
+    root, instances = study
+    url = embedded_server(root)
+    script = (
+        "import logging, sys, threading, dlstudy\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "stop = threading.Event()\n"
+        "threading.Thread(target=stop.wait, daemon=True).start()\n"
+        "s = dlstudy.download([sys.argv[1]], sys.argv[2], output=sys.argv[3], workers=2,\n"
+        "                     mode='instance')\n"
+        "print(s.processes, s.downloaded)\n"
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", script,
+         instances[0].study_uid, url, str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "200"]
+    assert "1 worker processes started by forkserver" in result.stderr
+    assert_same_files(instances, out)
 
 
 def test_failures_in_workers_are_reported(

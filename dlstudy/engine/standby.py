@@ -1,0 +1,115 @@
+"""Worker processes forked before the event loop starts, each waiting for its share of a run.
+
+Forking is safe while the process has one thread, no event loop and no open connection: the
+moment before `anyio.run`. A worker forked then shares the parent's imported modules (no second
+interpreter to start, as a fork server needs), is the parent's own child (its CPU is counted
+with the parent's), and costs one fork if the run never needs it: it is told to exit.
+
+`standing_by(settings)` around `anyio.run` forks them when the run may use workers; the run
+takes them with `current()` (engine/workers.py). Where the moment is not safe (threads already
+running, no fork on the platform) none stand by, and workers start from the fork server.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from .claims import SharedClaims
+from .worker_process import die_with_parent, serve
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+
+class Standby:
+    """`count` forked workers; each runs the first job it is sent (or exits when its pipe
+    closes), taking instances through one shared counter, reporting on the same pipe."""
+
+    def __init__(self, count: int) -> None:
+        context = multiprocessing.get_context("fork")
+        self.counter: Any = context.Value("q", 0)  # the next instance of the run's list
+        self.idle: list[tuple[Any, Connection]] = []
+        for _ in range(count):
+            parent_end, child_end = context.Pipe()  # the job down, the reports up
+            # A child keeps no parent end open, or closing one would not reach its worker.
+            others = [conn for _, conn in self.idle] + [parent_end]
+            process = context.Process(
+                target=_wait_for_job, args=(child_end, self.counter, others), daemon=True
+            )
+            process.start()
+            child_end.close()
+            self.idle.append((process, parent_end))
+
+    def take(self, count: int) -> list[tuple[Any, Connection]]:
+        taken, self.idle = self.idle[:count], self.idle[count:]
+        return taken
+
+    def close(self) -> None:
+        """Let the workers no run took exit."""
+        for process, conn in self.idle:
+            conn.close()
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.idle = []
+
+
+_CURRENT: ContextVar[Standby | None] = ContextVar("dlstudy_standby", default=None)
+
+
+def current() -> Standby | None:
+    return _CURRENT.get()
+
+
+@contextmanager
+def standing_by(count: int) -> Iterator[None]:
+    """Fork `count` workers for what runs inside (if forking is safe here), close them after."""
+    if count < 1 or not _safe_to_fork():
+        yield
+        return
+    standby = Standby(count)
+    token = _CURRENT.set(standby)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+        standby.close()
+
+
+def _safe_to_fork() -> bool:
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and _no_running_loop()
+    )
+
+
+def _no_running_loop() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
+
+
+def _wait_for_job(conn: Connection, counter: Any, inherited: list[Connection]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
+    die_with_parent()
+    for other in inherited:
+        other.close()
+    try:
+        job = conn.recv()
+    except (EOFError, OSError):
+        conn.close()
+        return  # not needed
+    settings, refs, form = job
+    serve(settings, SharedClaims(refs, counter), form, conn)
