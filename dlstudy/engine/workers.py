@@ -7,7 +7,8 @@ from one shared list whenever a slot frees (a counter in shared memory: no proce
 another still has a backlog, as a fixed split did when one started late or met a slow series);
 the parent keeps everything that must have one owner: the output lock, the manifest, the
 progress display and the summary. Workers (engine/worker_process.py) report over a pipe, a
-batch at a time.
+batch at a time; their reports reach the run as data (Moved, Done, Failed) on a channel it
+reads, so nothing here calls back into the run.
 
 Workers are forked before the event loop starts (engine/standby.py), when the run may use
 them: they share this process's imported modules and wait for a job. Where that moment was not
@@ -41,6 +42,8 @@ from .worker_process import worker_main
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from anyio.streams.memory import MemoryObjectSendStream
+
 log = logging.getLogger(__name__)
 
 # Below this many instances per worker, starting processes costs more than it saves.
@@ -71,10 +74,26 @@ _FATAL: dict[str, Callable[[str], DlstudyError]] = {
 
 
 @dataclass(frozen=True)
+class Moved:
+    """Bytes a worker received (for the progress display)."""
+
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Done:
+    ref: InstanceRef
+    committed: Committed
+
+
+@dataclass(frozen=True)
 class Failed:
     ref: InstanceRef
     reason: str
     status_code: int | None
+
+
+Result = Moved | Done | Failed  # what the workers' results channel carries
 
 
 def is_near(quickest_reply: float | None) -> bool:
@@ -144,16 +163,16 @@ async def run_in_processes(
     adaptive: bool,
     near: bool = False,
     local: Callable[[Iterable[InstanceRef], anyio.CapacityLimiter], Awaitable[None]],
-    on_bytes: Callable[[int], None],
-    on_done: Callable[[InstanceRef, Committed], None],
-    on_failed: Callable[[Failed], None],
+    results: MemoryObjectSendStream[Result],
 ) -> int:
     """Fetch `refs` with up to `workers` processes, this one included; return how many ran.
 
     `local(claims, limiter)` fetches what this process claims, at most `limiter` at a time; the
-    others' results arrive through the callbacks. `adaptive`: start the workers only if this
-    process's event loop turns out to be CPU-bound (see _busy) while there is still enough left,
-    or at once if the server is `near` (see NEAR_SERVER_SECONDS).
+    others' results arrive as data on `results` (an unbounded stream: a worker never waits for
+    the parent), each instance once, and one Failed for each a dead worker left unreported.
+    `adaptive`: start the workers only if this process's event loop turns out to be CPU-bound
+    (see _busy) while there is still enough left, or at once if the server is `near` (see
+    NEAR_SERVER_SECONDS).
     The total in flight never exceeds --concurrency: this process lowers its own limit first,
     and the workers start once it holds.
     """
@@ -183,13 +202,10 @@ async def run_in_processes(
             del unreported[ref.sop_uid]  # this process reports its own, failures included
             yield ref
 
-    def done(ref: InstanceRef, committed: Committed) -> None:
-        unreported.pop(ref.sop_uid, None)
-        on_done(ref, committed)
-
-    def failed(failure: Failed) -> None:
-        unreported.pop(failure.ref.sop_uid, None)
-        on_failed(failure)
+    def report(result: Result) -> None:
+        if not isinstance(result, Moved):
+            unreported.pop(result.ref.sop_uid, None)
+        results.send_nowait(result)
 
     async def grow(tg: anyio.abc.TaskGroup) -> None:
         with watching:
@@ -211,7 +227,7 @@ async def run_in_processes(
                 process, parent_end = await launch.start(share, form)
                 processes.append(process)
                 connections.append(parent_end)
-                tg.start_soon(_listen, parent_end, on_bytes, done, failed, fatal, tg.cancel_scope)
+                tg.start_soon(_listen, parent_end, report, fatal, tg.cancel_scope)
         # This process's transfers above its new share finish (tens of ms): polled, as anyio
         # has no event for a limiter's count.
         while limiter.borrowed_tokens > limiter.total_tokens:  # noqa: ASYNC110
@@ -235,7 +251,7 @@ async def run_in_processes(
     if fatal:
         raise fatal[0]
     for ref in unreported.values():  # a worker died: never let its instances go unaccounted
-        on_failed(Failed(ref, f"instance {ref.sop_uid}: its worker process ended early", None))
+        report(Failed(ref, f"instance {ref.sop_uid}: its worker process ended early", None))
     return 1 + len(processes)
 
 
@@ -308,9 +324,7 @@ async def _busy(seconds: float) -> bool:
 
 async def _listen(
     conn: Connection,
-    on_bytes: Callable[[int], None],
-    on_done: Callable[[InstanceRef, Committed], None],
-    on_failed: Callable[[Failed], None],
+    report: Callable[[Result], None],
     fatal: list[DlstudyError],
     scope: anyio.CancelScope,
 ) -> None:
@@ -324,12 +338,12 @@ async def _listen(
         for message in batch:
             kind = message[0]
             if kind == "bytes":
-                on_bytes(message[1])
+                report(Moved(message[1]))
             elif kind == "done":
                 _, ref, path, size, digest = message
-                on_done(ref, Committed(Path(path), size, digest))
+                report(Done(ref, Committed(Path(path), size, digest)))
             elif kind == "failed":
-                on_failed(Failed(message[1], message[2], message[3]))
+                report(Failed(message[1], message[2], message[3]))
             elif kind == "fatal":
                 fatal.append(_fatal_error(message[1], message[2]))
                 scope.cancel()  # the others cannot do better: stop them

@@ -9,11 +9,13 @@ agree.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..dicomweb.cohort import CohortItem
 from ..dicomweb.locate import Locator, NotFound
@@ -269,18 +271,46 @@ class Run:
         if not self.negotiator.settled:  # (auto mode's probe has usually settled it)
             await self.fetch_one(todo[0])  # settles the retrieval form the workers will use
             todo = todo[1:]
-        self.summary.processes = await workers.run_in_processes(
-            todo,
-            replace(self.settings, http=self.transport.settled_http),  # no second h2c probe
-            self.negotiator.current if self.negotiator.settled else None,
-            processes,
-            adaptive=self.settings.workers == 0,
-            near=workers.is_near(self.transport.quickest_reply),
-            local=local,
-            on_bytes=self.progress.advance,
-            on_done=self.record_done,
-            on_failed=lambda f: self.record_failure(f.ref, f.reason, f.status_code),
-        )
+        send, receive = anyio.create_memory_object_stream[workers.Result](math.inf)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.record_results, receive)
+                with send:  # closed when the workers are done: the recorder then ends
+                    self.summary.processes = await workers.run_in_processes(
+                        todo,
+                        replace(self.settings, http=self.transport.settled_http),  # no h2c probe
+                        self.negotiator.current if self.negotiator.settled else None,
+                        processes,
+                        adaptive=self.settings.workers == 0,
+                        near=workers.is_near(self.transport.quickest_reply),
+                        local=local,
+                        results=send,
+                    )
+        finally:
+            with receive:
+                self.record_arrived(receive)  # after a fatal error too: nothing committed is lost
+
+    async def record_results(self, results: MemoryObjectReceiveStream[workers.Result]) -> None:
+        """The workers' results as they arrive (a batch per message: one wake-up each)."""
+        async for result in results:
+            self.record_result(result)
+            self.record_arrived(results)
+
+    def record_arrived(self, results: MemoryObjectReceiveStream[workers.Result]) -> None:
+        while True:
+            try:
+                result = results.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            self.record_result(result)
+
+    def record_result(self, result: workers.Result) -> None:
+        if isinstance(result, workers.Moved):
+            self.progress.advance(result.nbytes)
+        elif isinstance(result, workers.Done):
+            self.record_done(result.ref, result.committed)
+        else:
+            self.record_failure(result.ref, result.reason, result.status_code)
 
     def bulk_fetcher(self) -> BulkFetcher:
         forms = candidates(self.settings.transfer_syntax or None, single_part=False)
