@@ -4,8 +4,9 @@ A study is complete when the manifest index (`OUT/.dlstudy/manifest.sqlite`, wri
 download) lists at least as many of its instances, all still on disk, as the study-level search
 reports in NumberOfStudyRelatedInstances (store/completion.py). Complete studies cost nothing
 beyond that one search; the others go through `download_async`, which resolves them and fetches
-only what is missing. A study whose count the server does not report is handed to the download,
-which takes it from the index if a run recorded it complete, or skips what is there.
+only what is missing. A study whose count the server does not report is always handed to the
+download (which skips what is there). The download lists every study it is handed from the
+server (as --recheck): one the index records complete may have gained instances since.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,7 @@ async def _search_and_download(
     if not pending:
         return None
     try:
-        result = await download_async(pending, settings, sink)
+        result = await download_async(pending, replace(settings, recheck=True), sink)
     except DlstudyError as exc:
         partial = getattr(exc, "summary", None)
         _study_events(pending, sink, partial.failures if partial is not None else [])

@@ -25,8 +25,10 @@ it too (exit 1).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import resource
 import sqlite3
 import stat
 import time
@@ -341,7 +343,23 @@ class Manifest:
             )
         if self.read_only:
             return OutputError(f"cannot read {where!r}: {exc}", path=where)
-        return StorageError(f"cannot write {where!r}: {exc}", path=where)
+        return StorageError(f"cannot write {where!r}: {self._write_cause() or exc}", path=where)
+
+    def _write_cause(self) -> str | None:
+        """What SQLite's "disk I/O error" most likely was: a file size limit reached, or no
+        space left (SQLite does not pass errno on)."""
+        try:
+            limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+            files = [p for p in (self.path, Path(f"{self.path}-wal")) if p.exists()]
+            sizes = [p.stat().st_size for p in files]
+            if limit != resource.RLIM_INFINITY and max(sizes, default=0) + 65536 >= limit:
+                return os.strerror(errno.EFBIG)
+            space = os.statvfs(self.path.parent)
+            if space.f_bavail * space.f_frsize < 1 << 20:
+                return os.strerror(errno.ENOSPC)
+        except OSError:
+            pass
+        return None
 
 
 def _row(entry: Entry) -> tuple[str, str, str, str, int, str]:

@@ -4,12 +4,16 @@ file, --recheck and --verify ask the server again, and a kill -9 loses nothing c
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
+
+from dlstudy.server import ServerOptions, running_server
 
 from ..cli_helpers import DLSTUDY, installed_download, run_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy
@@ -136,3 +140,41 @@ def test_a_kill_9_during_a_download_then_a_rerun_completes_byte_exact(
         embedded_server(synth_study.root), synth_study.study_uid, out
     )
     assert summary["studies_complete_in_manifest"] == 1
+
+
+def test_a_study_that_gained_an_instance_is_found_by_recheck_and_by_sync(
+    tmp_path: Path, synth_study: SynthStudy
+) -> None:
+    """A rerun trusts the completion record (documented: new instances are not looked for);
+    --recheck lists the study again and fetches the new instance, and so does sync, which
+    compares the server's instance count with the index."""
+    root = tmp_path / "source"
+    shutil.copytree(synth_study.root, root)
+    out = tmp_path / "out"
+    with running_server(ServerOptions(root=root)) as url:
+        assert installed_download(url, synth_study.study_uid, out)[0] == 0
+
+    template = synth_study.instances[0]
+
+    def add_instance(sop: str) -> tuple[Path, Path]:
+        added = pydicom.dcmread(root / template.path.relative_to(synth_study.root))
+        added.SOPInstanceUID = added.file_meta.MediaStorageSOPInstanceUID = sop
+        added.save_as(root / f"{sop}.dcm")
+        return root / f"{sop}.dcm", final_path(out, template.study_uid, template.series_uid, sop)
+
+    source, copy = add_instance("2.25.4242424242")
+    with running_server(ServerOptions(root=root)) as url:
+        status, summary, _ = installed_download(url, synth_study.study_uid, out)
+        assert status == 0 and summary["studies_complete_in_manifest"] == 1
+        assert not copy.exists()
+
+        sync = run_installed("sync", "--url", url, "-o", str(out), "--json")
+        assert sync.returncode == 0, sync.stderr
+        assert '"downloaded": 1' in sync.stdout
+        assert copy.read_bytes() == source.read_bytes()
+
+    source, copy = add_instance("2.25.4242424243")
+    with running_server(ServerOptions(root=root)) as url:
+        status, summary, _ = installed_download(url, synth_study.study_uid, out, "--recheck")
+        assert status == 0 and summary["instances"]["downloaded"] == 1
+        assert copy.read_bytes() == source.read_bytes()
