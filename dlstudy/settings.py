@@ -52,6 +52,7 @@ class Settings:
     timeout: float = 30.0
     qido_page_size: int = 1000
     verify: bool = False  # re-hash files already on disk against the manifest
+    recheck: bool = False  # list studies the manifest calls complete from the server again
     wait_for_lock: bool = False
     report: Path | None = None  # --report: a row per instance, CSV or JSON lines (report/landed.py)
 

@@ -1,8 +1,8 @@
 """The catalog against an output folder: which studies are complete, partial or missing.
 
-A study is complete as `sync` counts it (dlstudy/sync.py: the manifest lists at least as many
-of its instances, still on disk, as the catalog's NumberOfStudyRelatedInstances), partial when
-some of its instances are there, missing when none is.
+A study is complete as `sync` counts it (jobs/sync.py: the manifest index lists at least as many
+of its instances, all still on disk, as the catalog's NumberOfStudyRelatedInstances), partial
+when some of its instances are there, missing when none is.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..settings import DEFAULT_LAYOUT
-from ..store.completion import is_complete, manifest_paths
+from ..store.completion import present_files
 from ..store.files import Store
-from ..store.safe_files import is_regular_file
+from ..store.manifest import Manifest
 from .query import select_studies
 from .store import connect
 
@@ -39,19 +39,20 @@ def study_states(
     """Each matching catalogued study with its state in `output` (read-only: nothing is
     created, locked or changed there)."""
     store = Store(output, DEFAULT_LAYOUT)
-    manifest = store.state_dir / "manifest.jsonl"
-    paths = manifest_paths(store) if manifest.is_file() else {}
-    db = connect(db_path, read_only=True)
+    manifest = Manifest(store.root, store.state_dir, read_only=True)
     try:
-        for record in select_studies(db, query, where):
-            listed = paths.get(record.study_uid, [])
-            if is_complete(record.study_uid, record.instances, store, paths):
-                yield StudyState(record, len(listed), "complete")
-                continue
-            there = sum(1 for path in listed if is_regular_file(store.root / path))
-            yield StudyState(record, there, "partial" if there else "missing")
+        db = connect(db_path, read_only=True)
+        try:
+            for record in select_studies(db, query, where):
+                entries, there = present_files(manifest, store, record.study_uid)
+                if record.instances and there == entries and there >= record.instances:
+                    yield StudyState(record, there, "complete")
+                else:
+                    yield StudyState(record, there, "partial" if there else "missing")
+        finally:
+            db.close()
     finally:
-        db.close()
+        manifest.close()
 
 
 def tally(states: Iterator[StudyState]) -> dict[str, dict[str, int]]:

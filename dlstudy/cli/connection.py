@@ -52,7 +52,7 @@ PANELS = {
     ),
     **dict.fromkeys(
         ("--concurrency", "--workers", "--mode", "--transfer-syntax", "--retries",
-         "--retry-budget", "--verify", "--wait"),
+         "--retry-budget", "--verify", "--recheck", "--wait"),
         BEHAVIOUR,
     ),
     **dict.fromkeys(

@@ -130,7 +130,20 @@ RetryBudgetOpt = Annotated[
     ),
 ]
 VerifyOpt = Annotated[
-    bool, option("--verify", help="Re-hash files already on disk against the manifest.")
+    bool,
+    option(
+        "--verify",
+        help="Re-hash files already on disk against the manifest (and list every study from "
+        "the server again, as --recheck).",
+    ),
+]
+RecheckOpt = Annotated[
+    bool,
+    option(
+        "--recheck",
+        help="List studies from the server even when the manifest records them complete "
+        "(otherwise a complete study costs no request: new instances are not looked for).",
+    ),
 ]
 WaitOpt = Annotated[
     bool, option("--wait", help="Wait for another run using the output folder to finish.")
@@ -210,6 +223,7 @@ TRANSFER: Group = (
     ("retries", RetriesOpt, DEFAULTS.retries),
     ("retry_budget", RetryBudgetOpt, DEFAULTS.retry_budget),
     ("verify", VerifyOpt, DEFAULTS.verify),
+    ("recheck", RecheckOpt, DEFAULTS.recheck),
     ("wait", WaitOpt, DEFAULTS.wait_for_lock),
     ("json_output", JsonOpt, False),
     ("quiet", QuietOpt, False),

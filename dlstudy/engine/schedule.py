@@ -6,6 +6,9 @@ record, or a folder filled by another tool) is adopted after a header check and 
 completeness walk; a file whose size disagrees with the manifest (or, with --verify, whose hash
 does, or whose structure stops short of its end: a file an older version kept short) is
 fetched again.
+
+A study a run recorded complete (store/completion.py) is taken from the index before anything
+is asked of the server: a rerun of it costs one folder listing per series, no request.
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..dicomweb.cohort import CohortItem
 from ..dicomweb.completeness import check_complete
 from ..dicomweb.verify import check_identity, read_header
 from ..errors import IntegrityError
-from ..model import InstanceRef
+from ..model import Failure, InstanceRef
+from ..settings import Settings
+from ..store.completion import complete_from_index
 from ..store.files import Store
 from ..store.manifest import Entry, Manifest, digest_of
 
@@ -35,6 +43,50 @@ class Plan:
 
 def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, digest: str) -> Entry:
     return Entry(ref.study_uid, ref.series_uid, ref.sop_uid, store.relative(path), size, digest)
+
+
+def names_whole_study(item: CohortItem) -> bool:
+    """A study UID, or a plain list's UID (which may be one: the index knows)."""
+    return item.level in ("study", "unknown")
+
+
+def trusts_index(settings: Settings) -> bool:
+    """Whether a study the index records complete may be taken without asking the server:
+    not with --recheck or --verify, nor with filters (the record is of the whole study)."""
+    return not (settings.recheck or settings.verify or settings.series or settings.modalities)
+
+
+def complete_in_index(
+    items: Sequence[CohortItem], store: Store, manifest: Manifest
+) -> tuple[list[CohortItem], dict[str, int]]:
+    """The items still to resolve, and the studies (-> instances) the index records complete
+    with every file in place."""
+    rest: list[CohortItem] = []
+    complete: dict[str, int] = {}
+    for item in items:
+        count = complete_from_index(manifest, store, item.uid) if names_whole_study(item) else None
+        if count is None:
+            rest.append(item)
+        else:
+            complete[item.uid] = count
+    return rest, complete
+
+
+def completed_studies(
+    items: Sequence[CohortItem], refs: Sequence[InstanceRef], failures: Sequence[Failure]
+) -> dict[str, int]:
+    """The studies of a finished run to record complete (-> instances): named whole by an
+    item, listed, and no failure names them (every listed instance committed or present).
+
+    A plain list's item whose listing broke has no study to its failure: then none is
+    recorded, rather than one whose listing may be part of it.
+    """
+    if any(f.study_uid is None and f.status_code is None for f in failures):
+        return {}
+    failed = {f.study_uid for f in failures}
+    named = {item.uid for item in items if names_whole_study(item)}
+    counts = Counter(ref.study_uid for ref in refs if ref.study_uid in named)
+    return {study: n for study, n in counts.items() if study not in failed}
 
 
 def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:

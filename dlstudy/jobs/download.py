@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 from ..dicomweb.cohort import CohortItem
+from ..engine.schedule import complete_in_index, trusts_index
 from ..engine.standby import standing_by
 from ..engine.workers import MAX_WORKERS, standing_by_for
 from ..errors import (
@@ -31,7 +32,7 @@ from ..flow.pool import first_error
 from ..http.auth import auth_from_settings
 from ..http.client import Transport
 from ..http.urls import is_valid_uid, redact_url
-from ..report.landed import ReportWriter, report_format
+from ..report.landed import PRESENT, ReportWriter, report_format
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings
@@ -156,9 +157,14 @@ async def download_async(
                 stack.callback(report.discard)  # unless committed below
             transport = Transport(settings, auth=await auth_from_settings(settings))
             stack.push_async_callback(transport.aclose)
+            if trusts_index(settings):
+                items = take_complete(items, store, manifest, summary, report)
             try:
                 run = Run(settings, store, manifest, transport, progress, summary, report)
-                await stop_on_signals(run.execute(items))
+                if items:
+                    await stop_on_signals(run.execute(items))
+                else:
+                    progress.start(summary.total, summary.skipped)
             except NothingMatchedError:
                 if report is not None:
                     report.commit()  # which listed items the server does not have
@@ -179,6 +185,35 @@ async def download_async(
         progress.close()
     summary.finish()
     return summary
+
+
+def take_complete(
+    items: list[CohortItem],
+    store: Store,
+    manifest: Manifest,
+    summary: Summary,
+    report: ReportWriter | None,
+) -> list[CohortItem]:
+    """Count the studies the index records complete, files in place, as present (no request
+    to the server); return the items left to resolve."""
+    rest, complete = complete_in_index(items, store, manifest)
+    for study, count in complete.items():
+        summary.studies.append(study)
+        summary.total += count
+        summary.skipped += count
+        summary.from_index += 1
+        if report is not None:
+            for entry in manifest.entries_of(study):
+                report.row(
+                    PRESENT,
+                    *(entry.study, entry.series, entry.sop),
+                    path=store.root / entry.path,
+                    size=entry.size,
+                    digest=entry.digest,
+                )
+    if complete:
+        log.info("%d studies complete in the manifest: not listed again", len(complete))
+    return rest
 
 
 async def stop_on_signals(work: Awaitable[None]) -> None:

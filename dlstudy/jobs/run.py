@@ -24,7 +24,7 @@ from ..dicomweb.qido import QIDO_CONCURRENCY, Resolver
 from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher
-from ..engine.schedule import entry_for, plan
+from ..engine.schedule import completed_studies, entry_for, plan
 from ..errors import IncompleteListingError, NothingMatchedError, TransferError
 from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
@@ -94,6 +94,9 @@ class Run:
         # nothing else would succeed either; what was committed is kept.
         with first_error():
             await self.fetch(work.todo)
+        if not (self.settings.series or self.settings.modalities):  # whole studies only
+            for study, count in completed_studies(items, refs, self.summary.failures).items():
+                self.manifest.record_complete(study, count, self.store.layout)
 
     # --- resolve ---------------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """`dlstudy sync`: search, then download every matching study that is not complete yet.
 
-A study is complete when the manifest (`OUT/.dlstudy/manifest.jsonl`, written by every download)
-lists at least as many of its instances, still on disk, as the study-level search reports in
-NumberOfStudyRelatedInstances. Complete studies cost nothing beyond that one search; the others
-go through `download_async`, which resolves them and fetches only what is missing. A study whose
-count the server does not report is always handed to the download (which skips what is there).
+A study is complete when the manifest index (`OUT/.dlstudy/manifest.sqlite`, written by every
+download) lists at least as many of its instances, all still on disk, as the study-level search
+reports in NumberOfStudyRelatedInstances (store/completion.py). Complete studies cost nothing
+beyond that one search; the others go through `download_async`, which resolves them and fetches
+only what is missing. A study whose count the server does not report is always handed to the
+download (which skips what is there). The download lists every study it is handed from the
+server (as --recheck): one the index records complete may have gained instances since.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,10 @@ from ..report.events import EventSink, emit
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings
-from ..store.completion import is_complete, manifest_paths
+from ..store.completion import is_complete
 from ..store.files import Store
 from ..store.lock import output_lock
+from ..store.manifest import Manifest
 from .download import download_async, validate
 
 
@@ -144,7 +147,6 @@ async def _search_and_download(
     plan: SyncSummary,
     catalog: tuple[Path, str | None] | None,
 ) -> Summary | None:
-    paths = manifest_paths(store)
     if catalog is not None:  # what the catalog knows: no search of the server at all
         from ..catalog.query import catalog_records
 
@@ -156,18 +158,23 @@ async def _search_and_download(
         records = [r for r in records if shard.owns(r.study_uid)]
     plan.studies = [r.study_uid for r in records]
     pending = []
-    for record in records:
-        if is_complete(record.study_uid, record.instances, store, paths):
-            plan.complete.append(record.study_uid)
-            plan.total += record.instances or 0
-            emit("study_complete", logging.DEBUG, study=record.study_uid)
-        else:
-            pending.append(record.study_uid)
+    manifest = Manifest(store.root, store.state_dir, read_only=True)
+    try:
+        for record in records:
+            if is_complete(manifest, store, record.study_uid, record.instances):
+                plan.complete.append(record.study_uid)
+                plan.total += record.instances or 0
+                emit("study_complete", logging.DEBUG, study=record.study_uid)
+            else:
+                pending.append(record.study_uid)
+    finally:
+        manifest.close()
+    del records  # the download below may take long: what the search found is not needed
     plan.skipped = plan.total
     if not pending:
         return None
     try:
-        result = await download_async(pending, settings, sink)
+        result = await download_async(pending, replace(settings, recheck=True), sink)
     except DlstudyError as exc:
         partial = getattr(exc, "summary", None)
         _study_events(pending, sink, partial.failures if partial is not None else [])

@@ -22,6 +22,7 @@ class Summary:
     total: int = 0
     downloaded: int = 0
     skipped: int = 0
+    from_index: int = 0  # studies taken as complete from the manifest, with no QIDO request
     bytes: int = 0
     seconds: float = 0.0
     http_version: str | None = None
@@ -70,6 +71,7 @@ class Summary:
                 "skipped": self.skipped,
                 "failed": self.failed,
             },
+            "studies_complete_in_manifest": self.from_index,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "mb_per_s": round(self.mb_per_s, 2),
@@ -93,8 +95,9 @@ class Summary:
         text = (
             f"{self.downloaded} downloaded, {self.skipped} already present, "
             f"{self.failed} failed of {self.total} instances in {len(self.studies)} "
-            f"{'study' if len(self.studies) == 1 else 'studies'}; "
-            f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s)"
+            f"{'study' if len(self.studies) == 1 else 'studies'}"
+            + (f" ({self.from_index} complete in the manifest)" if self.from_index else "")
+            + f"; {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s)"
         )
         if self.http_version:
             text += f" over {self.http_version}"

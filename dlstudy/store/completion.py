@@ -1,35 +1,80 @@
-"""Whether a study is complete in the output folder, from the manifest alone: what `sync` and
-`catalog status` decide without asking the server for the study's instances."""
+"""Whether a study is complete in the output folder, from the index alone: what a rerun, `sync`
+and `catalog status` decide without asking the server for the study's instances.
+
+Files are confirmed with one listing per folder (os.scandir), not a stat per file: a study of a
+million instances in one series folder is one listing. Only names the listing shows as regular
+files count, and a folder a link leads out of OUT counts as empty.
+"""
 
 from __future__ import annotations
 
+import os
+
 from .files import Store
 from .manifest import Manifest
-from .safe_files import is_regular_file
 
 
-def manifest_paths(store: Store) -> dict[str, list[str]]:
-    """Study UID -> the paths (relative to OUT) of its instances the manifest lists."""
-    manifest = Manifest(store.root, store.state_dir)
-    try:
-        paths: dict[str, list[str]] = {}
-        for entry in manifest.entries.values():
-            paths.setdefault(entry.study, []).append(entry.path)
-        return paths
-    finally:
-        manifest.close()
+class Folders:
+    """The regular files of each folder of OUT, listed once, kept as hashes of their names (a
+    million names as str would take ten times the memory; a false match is a 1 in 2^64 event
+    per name)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._names: dict[str, set[int]] = {}
+
+    def has(self, path: str) -> bool:
+        """Whether `path` (relative to OUT, forward slashes) is a regular file there."""
+        folder, _, name = path.rpartition("/")
+        names = self._names.get(folder)
+        if names is None:
+            names = self._names[folder] = self._list(folder)
+        return hash(name) in names
+
+    def _list(self, folder: str) -> set[int]:
+        where = self.store.root / folder
+        if self.store.leads_outside(where):
+            return set()
+        try:
+            with os.scandir(where) as found:
+                return {hash(e.name) for e in found if e.is_file(follow_symlinks=False)}
+        except OSError:  # missing, not a folder, unreadable: nothing there can be trusted
+            return set()
 
 
-def is_complete(
-    study_uid: str, instances: int | None, store: Store, paths: dict[str, list[str]]
-) -> bool:
-    """The manifest lists as many of the study's instances as the server counts (`instances`),
-    all on disk.
+def present_files(manifest: Manifest, store: Store, study: str) -> tuple[int, int]:
+    """(entries of the study, how many of their files are in place)."""
+    folders = Folders(store)
+    entries = there = 0
+    for path in manifest.paths_of(study):
+        entries += 1
+        there += folders.has(path)
+    return entries, there
 
-    Only the studies asked about are checked on disk, so a nightly run over a large mirror
-    stats a handful of files, not all of them.
+
+def complete_from_index(manifest: Manifest, store: Store, study: str) -> int | None:
+    """The instance count of a study a run recorded complete under the current layout, when
+    every file the index lists for it is in place; None otherwise (ask the server)."""
+    record = manifest.completion(study)
+    if record is None or record.layout != store.layout:
+        return None
+    folders = Folders(store)
+    entries = 0
+    for path in manifest.paths_of(study):
+        if not folders.has(path):
+            return None
+        entries += 1
+    return entries if entries >= record.instances else None
+
+
+def is_complete(manifest: Manifest, store: Store, study: str, instances: int | None) -> bool:
+    """The server counts `instances` in the study, and the index lists at least that many of
+    its files, all in place.
+
+    Only the studies asked about are looked at, so a nightly run over a large mirror lists a
+    handful of folders, not all of them.
     """
-    listed = paths.get(study_uid, [])
-    if not instances or len(listed) < instances:
+    if not instances or manifest.count_of(study) < instances:
         return False
-    return all(is_regular_file(store.root / path) for path in listed)
+    entries, there = present_files(manifest, store, study)
+    return there == entries

@@ -12,6 +12,7 @@ import os
 import random
 import resource
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from ..cli_helpers import (
 )
 from ..faultproxy import Fault, FaultProxy
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+from ..manifest_helpers import index_of, manifest_rows, replace_with_legacy
 from ..tools import missing_tool
 
 pytestmark = pytest.mark.integration
@@ -615,25 +617,26 @@ def test_verify_finds_a_corrupted_file_and_fetches_it_again(
 def test_the_manifest_holds_each_files_blake3_and_older_sha256_entries_still_verify(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
-    """New entries carry the BLAKE3 of the bytes on disk; a manifest written by an earlier
-    dlstudy (SHA-256) is still what --verify checks against: a corrupted file it lists is found
-    and fetched again, and the good ones are not."""
+    """New entries carry the BLAKE3 of the bytes on disk; a JSONL manifest written by an earlier
+    dlstudy (SHA-256) is imported and is still what --verify checks against: a corrupted file
+    it lists is found and fetched again, and the good ones are not."""
     url = embedded_server(synth_study.root)
     status, _, _ = download(url, synth_study.study_uid, tmp_path)
     assert status == 0
-    manifest = tmp_path / ".dlstudy" / "manifest.jsonl"
-    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
-    assert len(lines) == len(synth_study.instances)
-    for line in lines:
-        data = (tmp_path / line["path"]).read_bytes()
-        assert line["blake3"] == blake3.blake3(data).hexdigest() and "sha256" not in line
+    rows = manifest_rows(tmp_path)
+    assert len(rows) == len(synth_study.instances)
+    for row in rows:
+        data = (tmp_path / row["path"]).read_bytes()
+        assert row["digest"] == "blake3:" + blake3.blake3(data).hexdigest()
 
-    older = []
-    for line in lines:
-        data = (tmp_path / line["path"]).read_bytes()
-        del line["blake3"]
-        older.append({**line, "sha256": hashlib.sha256(data).hexdigest()})
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in older))
+    older = [
+        {
+            **row,
+            "digest": "sha256:" + hashlib.sha256((tmp_path / row["path"]).read_bytes()).hexdigest(),
+        }
+        for row in rows
+    ]
+    replace_with_legacy(tmp_path, older)
     victim = synth_study.instances[3]
     target = final_path(tmp_path, victim)
     data = bytearray(target.read_bytes())
@@ -901,12 +904,13 @@ def test_verify_finds_a_file_an_older_version_kept_short(
     target = final_path(tmp_path, victim)
     short = target.read_bytes()[:-1000]
     target.write_bytes(short)
-    manifest = tmp_path / ".dlstudy" / "manifest.jsonl"
-    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
-    for line in lines:
-        if line["sop"] == victim.sop_uid:
-            line.update(size=len(short), blake3=blake3.blake3(short).hexdigest())
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    db = sqlite3.connect(index_of(tmp_path))
+    with db:
+        db.execute(
+            "UPDATE entries SET size = ?, digest = ? WHERE sop = ?",
+            (len(short), "blake3:" + blake3.blake3(short).hexdigest(), victim.sop_uid),
+        )
+    db.close()
 
     status, summary, _ = download(url, synth_study.study_uid, tmp_path)
     assert status == 0 and summary["instances"]["downloaded"] == 0  # trusted as recorded

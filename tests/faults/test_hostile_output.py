@@ -8,12 +8,16 @@ import json
 import os
 import resource
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from dlstudy.store.manifest import Entry, Manifest
+
 from ..cli_helpers import installed_download, run_installed_measured
 from ..fixtures.embedded_server import StartServer, SynthStudy
+from ..manifest_helpers import index_of, legacy_line, manifest_rows, replace_with_legacy
 from .test_faults import final_path, run_subprocess, temp_files
 
 pytestmark = pytest.mark.integration
@@ -25,7 +29,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "error" in line.lower()]
 
 
-@pytest.mark.parametrize("state_file", ["lock", "manifest.jsonl"])
+@pytest.mark.parametrize("state_file", ["lock", "manifest.sqlite", "manifest.jsonl"])
 def test_a_state_file_that_is_a_link_is_refused_and_its_target_untouched(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, state_file: str
 ) -> None:
@@ -127,19 +131,18 @@ def test_a_pipe_or_a_link_at_a_final_path_is_replaced_never_opened(
     assert outside.read_bytes() == linked.path.read_bytes()
 
 
-def manifest_of(out: Path) -> Path:
-    return out / ".dlstudy" / "manifest.jsonl"
-
-
-def test_a_torn_manifest_tail_is_cut_off_and_costs_no_entry(
+def test_an_older_manifest_with_a_torn_tail_is_imported_and_costs_no_entry(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
+    """An output folder of an older dlstudy, killed in the middle of a manifest line: its whole
+    lines are imported, the torn one skipped, the file renamed aside."""
     url = embedded_server(synth_study.root)
     out = tmp_path / "out"
     status, _, _ = installed_download(url, synth_study.study_uid, out)
     assert status == 0
-    with manifest_of(out).open("a") as fp:  # a run killed in the middle of a line
-        fp.write('{"study": "1.2", "series": "1.2.3", "sop": "1.2.3.4", "pa')
+    legacy = replace_with_legacy(
+        out, manifest_rows(out), tail='{"study": "1.2", "series": "1.2.3", "sop": "1.2.3.4", "pa'
+    )
     refetched = synth_study.instances[3]
     final_path(out, refetched).unlink()
 
@@ -147,25 +150,25 @@ def test_a_torn_manifest_tail_is_cut_off_and_costs_no_entry(
 
     assert status == 0, stderr
     assert summary["instances"]["downloaded"] == 1
-    lines = manifest_of(out).read_text().splitlines(keepends=True)
-    assert all(line.endswith("\n") for line in lines)
-    entries = [json.loads(line) for line in lines]  # every line whole
-    assert refetched.sop_uid in {entry["sop"] for entry in entries}
+    assert not legacy.exists() and legacy.with_name("manifest.jsonl.imported").is_file()
+    rows = manifest_rows(out)
+    assert len(rows) == len(synth_study.instances)
+    assert refetched.sop_uid in {row["sop"] for row in rows}
 
 
-def test_an_overlong_manifest_line_is_skipped_in_flat_memory(
+def test_an_overlong_line_of_an_older_manifest_is_skipped_in_flat_memory(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
     url = embedded_server(synth_study.root)
     out = tmp_path / "out"
     status, _, _ = installed_download(url, synth_study.study_uid, out)
     assert status == 0
-    manifest = manifest_of(out)
-    good = manifest.read_text()
+    rows = manifest_rows(out)
+    manifest = replace_with_legacy(out, [])
     with manifest.open("w") as fp:  # 300 MB of garbage in one line, before the real entries
         for _ in range(300):
             fp.write("x" * (1 << 20))
-        fp.write("\n" + good)
+        fp.write("\n" + "".join(legacy_line(row) + "\n" for row in rows))
 
     result, peak_mb = run_installed_measured(
         "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
@@ -178,27 +181,40 @@ def test_an_overlong_manifest_line_is_skipped_in_flat_memory(
     assert peak_mb <= 100, peak_mb
 
 
-def test_a_failed_manifest_write_stops_the_run_with_one_line_and_no_torn_line(
+def test_a_damaged_index_is_one_line_naming_it(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
-    """The kernel refuses writes past 1 MB (EFBIG): instance files are smaller, the manifest,
-    already at the limit, is not. The run stops, exit 1, and the manifest keeps whole lines."""
     url = embedded_server(synth_study.root)
     out = tmp_path / "out"
-    manifest = manifest_of(out)
-    manifest.parent.mkdir(parents=True)
-    limit = 1_000_000
-    with manifest.open("w") as fp:  # others' entries, up to a few bytes below the limit
-        number = 0
-        while fp.tell() < limit - 400:
-            number += 1
-            fp.write(
-                json.dumps({
-                    "study": "1.2", "series": "1.2.3", "sop": f"1.2.3.{number}",
-                    "path": f"1.2/1.2.3/1.2.3.{number}.dcm", "size": 1, "blake3": "00" * 32,
-                }) + "\n"
-            )  # fmt: skip
-    size_before = manifest.stat().st_size
+    (out / ".dlstudy").mkdir(parents=True)
+    index_of(out).write_bytes(b"\x00garbage, not SQLite" * 1000)
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+
+    assert status == 2, stderr
+    (line,) = error_lines(stderr)
+    assert "manifest.sqlite' is damaged" in line and "move it aside" in line
+    assert "manifest.sqlite' is damaged" in summary["error"]
+    assert not list(out.rglob("*.dcm"))
+
+
+def test_a_failed_index_write_stops_the_run_with_one_line_and_keeps_what_was_committed(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The kernel refuses to grow any file past the index's present size (EFBIG, as a full
+    disk would refuse it): instance files are smaller, the index, already at the limit, is not.
+    The run stops, exit 1, one line; the index is sound and the next run completes."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    (out / ".dlstudy").mkdir(parents=True)
+    others = Manifest(out, out / ".dlstudy")  # others' entries, a few MB of them
+    for number in range(8000):
+        others.record(
+            Entry("1.2", "1.2.3", f"1.2.3.{number}", f"1.2/1.2.3/1.2.3.{number}.dcm", 1,
+                  "blake3:" + "00" * 32)
+        )  # fmt: skip
+    others.close()
+    limit = index_of(out).stat().st_size
 
     def limit_file_size() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -212,12 +228,13 @@ def test_a_failed_manifest_write_stops_the_run_with_one_line_and_no_torn_line(
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = error_lines(result.stderr)
-    assert "manifest.jsonl': File too large" in line
-    assert "manifest.jsonl': File too large" in json.loads(result.stdout)["error"]
-    text = manifest.read_text()
-    assert text.endswith("\n") and len(text) >= size_before
-    assert all(json.loads(entry) for entry in text.splitlines())
+    assert "cannot write" in line and "manifest.sqlite'" in line
+    assert "manifest.sqlite'" in json.loads(result.stdout)["error"]
     assert temp_files(out) == []
+    db = sqlite3.connect(index_of(out))
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+    assert len(manifest_rows(out)) >= 8000
 
     status, summary, stderr = installed_download(url, synth_study.study_uid, out)  # no limit now
     assert status == 0, stderr

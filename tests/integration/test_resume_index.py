@@ -1,0 +1,180 @@
+"""Reruns against the manifest index, through the installed CLI and the embedded server: a study a
+run found complete costs no request, a missing file brings back the usual path for exactly that
+file, --recheck and --verify ask the server again, and a kill -9 loses nothing committed."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dlstudy.server import ServerOptions, running_server
+
+from ..cli_helpers import DLSTUDY, installed_download, run_installed
+from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy
+
+pytestmark = pytest.mark.integration
+
+
+def final_path(out: Path, study: str, series: str, sop: str) -> Path:
+    return out / study / series / f"{sop}.dcm"
+
+
+def assert_byte_exact(out: Path, synth_study: SynthStudy) -> None:
+    for i in synth_study.instances:
+        path = final_path(out, i.study_uid, i.series_uid, i.sop_uid)
+        assert path.read_bytes() == i.path.read_bytes(), path
+
+
+def qido_requests(seen: SeenRequests) -> list[str]:
+    return [path for path, _ in seen.requests if "/instances/" not in path]
+
+
+def test_a_complete_study_reruns_without_a_request_until_a_file_is_missing(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    assert summary["studies_complete_in_manifest"] == 0
+    assert qido_requests(seen_requests)  # the first run lists the study
+
+    seen_requests.requests.clear()
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    assert seen_requests.requests == []  # not one request: the index says complete
+    assert summary["studies_complete_in_manifest"] == 1
+    assert summary["instances"] == {"total": 60, "downloaded": 0, "skipped": 60, "failed": 0}
+    assert summary["study_uids"] == [synth_study.study_uid]
+
+    gone = synth_study.instances[17]
+    final_path(out, gone.study_uid, gone.series_uid, gone.sop_uid).unlink()
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    assert summary["studies_complete_in_manifest"] == 0
+    assert summary["instances"] == {"total": 60, "downloaded": 1, "skipped": 59, "failed": 0}
+    instance_paths = [path for path, _ in seen_requests.requests if "/instances/" in path]
+    assert [p for p in instance_paths if p.endswith(gone.sop_uid)] == instance_paths
+    assert_byte_exact(out, synth_study)
+
+
+@pytest.mark.parametrize("option", ["--recheck", "--verify"])
+def test_recheck_and_verify_list_the_study_from_the_server_again(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    option: str,
+) -> None:
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    seen_requests.requests.clear()
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out, option)
+
+    assert status == 0, stderr
+    assert summary["studies_complete_in_manifest"] == 0
+    assert summary["instances"]["skipped"] == 60
+    assert qido_requests(seen_requests)
+
+
+def test_a_plain_list_skips_complete_studies_and_lists_the_others(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    """--from-file with a study complete in the index and a series of it (which is listed:
+    the index records studies): only the series is asked about."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    uids = tmp_path / "uids.txt"
+    uids.write_text(f"{synth_study.study_uid}\n{synth_study.series_uids[1]}\n")
+    seen_requests.requests.clear()
+
+    result = run_installed(
+        "download", "--from-file", str(uids), "--url", url, "-o", str(out), "--json"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert '"studies_complete_in_manifest": 1' in result.stdout
+    listed = qido_requests(seen_requests)
+    assert any(synth_study.series_uids[1] in p for p in listed), listed
+    assert not any(p.endswith(f"/studies/{synth_study.study_uid}/series") for p in listed)
+
+
+def test_a_kill_9_during_a_download_then_a_rerun_completes_byte_exact(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    slow = embedded_server(synth_study.root, latency=0.1)
+    out = tmp_path / "out"
+    command = [DLSTUDY, "download", synth_study.study_uid, "--url", slow, "-o", str(out), "-c", "2"]
+    with subprocess.Popen(command, stderr=subprocess.DEVNULL) as process:
+        deadline = time.monotonic() + 60
+        while len(list(out.rglob("*.dcm"))) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    kept = len(list(out.rglob("*.dcm")))
+    assert 20 <= kept < 60
+
+    status, summary, stderr = installed_download(
+        embedded_server(synth_study.root), synth_study.study_uid, out
+    )
+
+    assert status == 0, stderr
+    assert summary["instances"]["downloaded"] == 60 - kept
+    assert_byte_exact(out, synth_study)
+    status, summary, _ = installed_download(
+        embedded_server(synth_study.root), synth_study.study_uid, out
+    )
+    assert summary["studies_complete_in_manifest"] == 1
+
+
+def test_a_study_that_gained_an_instance_is_found_by_recheck_and_by_sync(
+    tmp_path: Path, synth_study: SynthStudy
+) -> None:
+    """A rerun trusts the completion record (documented: new instances are not looked for);
+    --recheck lists the study again and fetches the new instance, and so does sync, which
+    compares the server's instance count with the index."""
+    root = tmp_path / "source"
+    shutil.copytree(synth_study.root, root)
+    out = tmp_path / "out"
+    with running_server(ServerOptions(root=root)) as url:
+        assert installed_download(url, synth_study.study_uid, out)[0] == 0
+
+    template = synth_study.instances[0]
+
+    def add_instance(sop: str) -> tuple[Path, Path]:
+        added = pydicom.dcmread(root / template.path.relative_to(synth_study.root))
+        added.SOPInstanceUID = added.file_meta.MediaStorageSOPInstanceUID = sop
+        added.save_as(root / f"{sop}.dcm")
+        return root / f"{sop}.dcm", final_path(out, template.study_uid, template.series_uid, sop)
+
+    source, copy = add_instance("2.25.4242424242")
+    with running_server(ServerOptions(root=root)) as url:
+        status, summary, _ = installed_download(url, synth_study.study_uid, out)
+        assert status == 0 and summary["studies_complete_in_manifest"] == 1
+        assert not copy.exists()
+
+        sync = run_installed("sync", "--url", url, "-o", str(out), "--json")
+        assert sync.returncode == 0, sync.stderr
+        assert '"downloaded": 1' in sync.stdout
+        assert copy.read_bytes() == source.read_bytes()
+
+    source, copy = add_instance("2.25.4242424243")
+    with running_server(ServerOptions(root=root)) as url:
+        status, summary, _ = installed_download(url, synth_study.study_uid, out, "--recheck")
+        assert status == 0 and summary["instances"]["downloaded"] == 1
+        assert copy.read_bytes() == source.read_bytes()
