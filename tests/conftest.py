@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.embedded_server",
     "tests.fixtures.orthanc",
     "tests.fixtures.proxies",
+    "tests.fixtures.scripted_routes",
     "tests.fixtures.slurm",
 ]
 
@@ -23,14 +24,3 @@ def _isolated_configuration(
     for name in list(os.environ):
         if name.startswith("DLSTUDY_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def httpcore_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HTTP through httpx's own transport (httpcore) instead of libcurl: respx patches httpcore.
-    For unit tests of what sits above the transport; integration tests use real servers."""
-    import httpx
-
-    monkeypatch.setattr(
-        "dlstudy.http.client.make_engine", lambda *args, **kwargs: httpx.AsyncHTTPTransport()
-    )

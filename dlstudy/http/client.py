@@ -49,8 +49,7 @@ _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encod
 
 
 def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
-    """The transport under httpx: libcurl. (Unit tests that mock HTTP with respx swap in
-    httpx's own transport here, which respx patches.)"""
+    """The transport under httpx: libcurl."""
     return CurlTransport(
         http=http,
         max_connections=(settings.concurrency or AUTO_CONCURRENCY_HTTP1) + 2,

@@ -8,7 +8,8 @@ It shares no code with the download client, so it can never hide a client bug.
 from .app import ASGIApp, create_app
 from .options import PROFILES, ServerOptions
 from .run import running_server, serve_forever
-from .virtual import VirtualArchive, VirtualSpec
+from .virtual import VirtualArchive
+from .virtual_spec import VirtualSpec
 
 __all__ = [
     "ASGIApp",

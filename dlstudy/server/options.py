@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .virtual import VirtualSpec
+from .virtual_spec import VirtualSpec
 
 PROFILES = ("standard", "orthanc", "dcm4chee")
 

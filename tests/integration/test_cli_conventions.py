@@ -114,7 +114,7 @@ def test_example_slurm_script_is_valid_bash_with_a_valid_download() -> None:
 
     params = parse(["download", *arguments()])
     assert params["shard"] == "auto" and params["server"] == "pacs"
-    assert params["output"] == "/data/shard-5"
+    assert params["output"] == Path("/data/shard-5")
     # A task resubmitted alone is given its shard (see the script's comment).
     assert parse(["download", *arguments(DLSTUDY_SHARD="6/16")])["shard"] == "6/16"
 
@@ -155,8 +155,9 @@ def test_the_app_built_for_one_command_runs_it_as_the_whole_app_does(name: str) 
 def test_usage_errors_are_one_line_naming_the_help_to_read() -> None:
     cases = [
         (["download", "--urll", "x"], "No such option: --urll", "dlstudy download --help"),
-        (["download", "1.2.3", "--url", "http://x", "-c", "abc"], "'abc' is not a valid int",
-         "dlstudy download --help"),
+        (["download", "1.2.3", "--url", "http://x", "-c", "abc"],
+         "for '--concurrency' / '-c' (env var: 'DLSTUDY_CONCURRENCY'): Input should be a valid "
+         "integer", "dlstudy download --help"),
         (["nosuch"], "No such command 'nosuch'", "dlstudy --help"),
     ]  # fmt: skip
     for args, what, help_hint in cases:

@@ -7,7 +7,6 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-import respx
 
 from dlstudy.dicomweb.negotiate import Negotiator, candidates
 from dlstudy.engine.fetch import InstanceFetcher
@@ -20,23 +19,23 @@ from dlstudy.settings import Settings
 from dlstudy.store.files import Store
 
 from ...factories import STUDY, multipart_body, part10
+from ...fixtures.scripted_routes import Routes
 
-# respx patches httpcore, so HTTP/1.1 must go through it here.
-pytestmark = pytest.mark.usefixtures("httpcore_pool")
-
-BASE = "http://pacs.test/dicomweb"
 SERIES = f"{STUDY}.7"
 REFS = [InstanceRef(STUDY, SERIES, f"{SERIES}.{i}") for i in range(1, 4)]
 MULTIPART_CT = 'multipart/related; type="application/dicom"; boundary=b0undary'
 
 
 def url(ref: InstanceRef) -> str:
-    return f"{BASE}/studies/{STUDY}/series/{SERIES}/instances/{ref.sop_uid}"
+    """The path of `ref`'s route."""
+    return f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{ref.sop_uid}"
 
 
-def fetch_all(tmp_path: Path, negotiator: Negotiator, refs: list[InstanceRef] = REFS) -> None:
+def fetch_all(
+    server: Routes, tmp_path: Path, negotiator: Negotiator, refs: list[InstanceRef] = REFS
+) -> None:
     async def run() -> None:
-        transport = Transport(Settings(url=BASE, http="1.1"))
+        transport = Transport(Settings(url=server.base, http="1.1"))
         fetcher = InstanceFetcher(
             transport,
             Store(tmp_path, "{sop}.dcm"),
@@ -71,12 +70,13 @@ def orthanc_like(ref: InstanceRef, *, wants_quoted: bool = True, boundary: bool 
     return answer
 
 
-@respx.mock
-def test_single_part_refused_with_400_switches_to_multipart_once(tmp_path: Path) -> None:
-    routes = [respx.get(url(ref)).mock(side_effect=orthanc_like(ref)) for ref in REFS]
+def test_single_part_refused_with_400_switches_to_multipart_once(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    routes = [scripted.get(url(ref)).mock(side_effect=orthanc_like(ref)) for ref in REFS]
     negotiator = Negotiator(candidates("*", single_part=True))
 
-    fetch_all(tmp_path, negotiator)
+    fetch_all(scripted, tmp_path, negotiator)
 
     for ref in REFS:
         assert (tmp_path / f"{ref.sop_uid}.dcm").read_bytes() == part10(STUDY, SERIES, ref.sop_uid)
@@ -85,13 +85,14 @@ def test_single_part_refused_with_400_switches_to_multipart_once(tmp_path: Path)
     assert negotiator.as_dict()["rejected"] == ["application/dicom; transfer-syntax=* -> HTTP 400"]
 
 
-@respx.mock
-def test_unquoted_type_and_missing_boundary_are_handled(tmp_path: Path) -> None:
+def test_unquoted_type_and_missing_boundary_are_handled(scripted: Routes, tmp_path: Path) -> None:
     for ref in REFS:
-        respx.get(url(ref)).mock(side_effect=orthanc_like(ref, wants_quoted=False, boundary=False))
+        scripted.get(url(ref)).mock(
+            side_effect=orthanc_like(ref, wants_quoted=False, boundary=False)
+        )
     negotiator = Negotiator(candidates("*", single_part=True))
 
-    fetch_all(tmp_path, negotiator)
+    fetch_all(scripted, tmp_path, negotiator)
 
     assert (
         negotiator.current.accept == "multipart/related; type=application/dicom; transfer-syntax=*"
@@ -99,18 +100,19 @@ def test_unquoted_type_and_missing_boundary_are_handled(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.dcm"))) == 3
 
 
-@respx.mock
-def test_rejected_transfer_syntax_star_falls_back_and_warns(tmp_path: Path) -> None:
+def test_rejected_transfer_syntax_star_falls_back_and_warns(
+    scripted: Routes, tmp_path: Path
+) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         if "transfer-syntax" in request.headers["accept"]:
             return httpx.Response(406)
         sop = request.url.path.rsplit("/", 1)[1]
         return httpx.Response(200, content=part10(STUDY, SERIES, sop))
 
-    respx.get(url__startswith=BASE).mock(side_effect=answer)
+    scripted.get("/dicomweb/", prefix=True).mock(side_effect=answer)
     negotiator = Negotiator(candidates("*", single_part=True))
 
-    fetch_all(tmp_path, negotiator)
+    fetch_all(scripted, tmp_path, negotiator)
 
     assert negotiator.current.accept == "application/dicom"
     assert negotiator.warnings == [
@@ -118,30 +120,30 @@ def test_rejected_transfer_syntax_star_falls_back_and_warns(tmp_path: Path) -> N
     ]
 
 
-@respx.mock
-def test_more_than_one_part_for_one_instance_is_rejected(tmp_path: Path) -> None:
+def test_more_than_one_part_for_one_instance_is_rejected(scripted: Routes, tmp_path: Path) -> None:
     ref = REFS[0]
     body = part10(STUDY, SERIES, ref.sop_uid)
-    respx.get(url(ref)).mock(
+    scripted.get(url(ref)).mock(
         return_value=httpx.Response(
             200, content=multipart_body([body, body]), headers={"Content-Type": MULTIPART_CT}
         )
     )
     with pytest.raises(ExceptionGroup) as info:
-        fetch_all(tmp_path, Negotiator(candidates("*", single_part=True)), [ref])
+        fetch_all(scripted, tmp_path, Negotiator(candidates("*", single_part=True)), [ref])
     assert info.group_contains(IntegrityError, match="more than one part")
     assert list(tmp_path.rglob("*.dcm")) == []
 
 
-@respx.mock
-def test_truncated_multipart_is_a_retryable_transfer_error(tmp_path: Path) -> None:
+def test_truncated_multipart_is_a_retryable_transfer_error(
+    scripted: Routes, tmp_path: Path
+) -> None:
     ref = REFS[0]
     body = multipart_body([part10(STUDY, SERIES, ref.sop_uid)])
-    respx.get(url(ref)).mock(
+    scripted.get(url(ref)).mock(
         return_value=httpx.Response(200, content=body[:-40], headers={"Content-Type": MULTIPART_CT})
     )
     with pytest.raises(ExceptionGroup) as info:
-        fetch_all(tmp_path, Negotiator(candidates("*", single_part=True)), [ref])
+        fetch_all(scripted, tmp_path, Negotiator(candidates("*", single_part=True)), [ref])
     assert info.group_contains(TransferError, match="malformed multipart response")
     assert list(tmp_path.rglob("*.dcm")) == []
 

@@ -1,4 +1,5 @@
-"""QIDO-RS resolution against respx-mocked servers that page in every way seen in the wild."""
+"""QIDO-RS resolution against scripted servers on 127.0.0.1 that page in every way seen in the
+wild."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import respx
 
 from dlstudy.dicomweb.qido import MAX_RESULTS, Resolver
 from dlstudy.errors import AuthError, IncompleteListingError, NothingMatchedError, ServerError
@@ -19,18 +19,15 @@ from dlstudy.http.client import Transport
 from dlstudy.settings import Settings
 
 from ...factories import STUDY, instance_json, series_json
+from ...fixtures.scripted_routes import Route, Routes
 
-# respx patches httpcore, so HTTP/1.1 must go through it here.
-pytestmark = pytest.mark.usefixtures("httpcore_pool")
-
-BASE = "http://pacs.test/dicomweb"
-SERIES_URL = f"{BASE}/studies/{STUDY}/series"
-ROOT_SEARCH = f"{BASE}/studies"
+SERIES_URL = f"/dicomweb/studies/{STUDY}/series"  # the paths routes match
+ROOT_SEARCH = "/dicomweb/studies"
 
 
-def resolve(page_size: int = 2, **filters: Any) -> list[Any]:
+def resolve(server: Routes, page_size: int = 2, **filters: Any) -> list[Any]:
     async def run() -> list[Any]:
-        transport = Transport(Settings(url=BASE, http="1.1"))
+        transport = Transport(Settings(url=server.base, http="1.1"))
         try:
             policy = RetryPolicy(retries=1, budget=5.0, window=5.0)
             resolver = Resolver(transport, page_size=page_size, policy=policy, **filters)
@@ -62,157 +59,150 @@ def paged(items: list[dict[str, Any]], *, cap: int | None = None, warn: bool = F
     return answer
 
 
-def instances_route(series_uid: str, sops: list[str], **kwargs: Any) -> respx.Route:
-    return respx.get(f"{SERIES_URL}/{series_uid}/instances").mock(
+def instances_route(server: Routes, series_uid: str, sops: list[str], **kwargs: Any) -> Route:
+    return server.get(f"{SERIES_URL}/{series_uid}/instances").mock(
         side_effect=paged([instance_json(s) for s in sops], **kwargs)
     )
 
 
-@respx.mock
-def test_pages_through_series_and_instances_until_a_short_page() -> None:
+def test_pages_through_series_and_instances_until_a_short_page(scripted: Routes) -> None:
     series = [series_json(f"1.2.3.{i}") for i in range(5)]
-    series_route = respx.get(SERIES_URL).mock(side_effect=paged(series))
+    series_route = scripted.get(SERIES_URL).mock(side_effect=paged(series))
     for i in range(5):
-        instances_route(f"1.2.3.{i}", [f"1.2.3.{i}.{j}" for j in range(3)])
+        instances_route(scripted, f"1.2.3.{i}", [f"1.2.3.{i}.{j}" for j in range(3)])
 
-    refs = resolve(page_size=2)
+    refs = resolve(scripted, page_size=2)
 
     assert len(refs) == 15
     assert {r.series_uid for r in refs} == {f"1.2.3.{i}" for i in range(5)}
     assert series_route.call_count == 3  # 2 + 2 + 1 (short page ends it)
-    first = series_route.calls[0].request.url.params
+    first = series_route.requests[0].url.params
     assert first["limit"] == "2" and first["offset"] == "0"
     assert "00201209" in first.get_list("includefield")
 
 
-@respx.mock
-def test_warning_299_truncation_keeps_paging_past_a_short_page() -> None:
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+def test_warning_299_truncation_keeps_paging_past_a_short_page(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     sops = [f"1.2.3.1.{j}" for j in range(7)]
-    route = instances_route("1.2.3.1", sops, cap=3, warn=True)
+    route = instances_route(scripted, "1.2.3.1", sops, cap=3, warn=True)
 
-    refs = resolve(page_size=100)
+    refs = resolve(scripted, page_size=100)
 
     assert [r.sop_uid for r in refs] == sops
     assert route.call_count == 3
 
 
-@respx.mock
-def test_silent_server_cap_is_detected_from_the_series_instance_count() -> None:
-    respx.get(SERIES_URL).mock(
+def test_silent_server_cap_is_detected_from_the_series_instance_count(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(
         return_value=httpx.Response(200, json=[series_json("1.2.3.1", count=5)])
     )
     sops = [f"1.2.3.1.{j}" for j in range(5)]
-    instances_route("1.2.3.1", sops, cap=2)  # fewer than asked, no Warning
+    instances_route(scripted, "1.2.3.1", sops, cap=2)  # fewer than asked, no Warning
 
-    assert [r.sop_uid for r in resolve(page_size=100)] == sops
+    assert [r.sop_uid for r in resolve(scripted, page_size=100)] == sops
 
 
-@respx.mock
-def test_server_that_ignores_offset_is_paged_once_and_never_loops() -> None:
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+def test_server_that_ignores_offset_is_paged_once_and_never_loops(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     same_page = [instance_json(f"1.2.3.1.{j}") for j in range(2)]
-    route = respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+    route = scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
         return_value=httpx.Response(200, json=same_page)  # full page every time
     )
 
-    refs = resolve(page_size=2)
+    refs = resolve(scripted, page_size=2)
 
     assert [r.sop_uid for r in refs] == ["1.2.3.1.0", "1.2.3.1.1"]
     assert route.call_count == 2  # the repeat is noticed on the second page
 
 
-@respx.mock
-def test_server_that_ignores_limit_is_asked_once_when_the_count_is_met() -> None:
+def test_server_that_ignores_limit_is_asked_once_when_the_count_is_met(scripted: Routes) -> None:
     """A static tree answers every query with the whole list: more than the page asked for
     and as many as the series count says, so one request gets it all. Without the count (or
     with one not yet met), the next page is still asked for."""
     everything = [instance_json(f"1.2.3.{i}.{j}") for i in (1, 2) for j in range(5)]
-    respx.get(SERIES_URL).mock(
+    scripted.get(SERIES_URL).mock(
         return_value=httpx.Response(
             200, json=[series_json("1.2.3.1", count=5), series_json("1.2.3.2")]
         )
     )
-    counted = respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+    counted = scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
         return_value=httpx.Response(200, json=everything[:5])
     )
-    uncounted = respx.get(f"{SERIES_URL}/1.2.3.2/instances").mock(
+    uncounted = scripted.get(f"{SERIES_URL}/1.2.3.2/instances").mock(
         return_value=httpx.Response(200, json=everything[5:])
     )
 
-    refs = resolve(page_size=2)
+    refs = resolve(scripted, page_size=2)
 
     assert [r.sop_uid for r in refs] == [f"1.2.3.{i}.{j}" for i in (1, 2) for j in range(5)]
     assert counted.call_count == 1
     assert uncounted.call_count == 2  # the repeat is noticed on the second page
 
 
-@respx.mock
 def test_server_that_invents_results_forever_fails_the_listing(
-    monkeypatch: pytest.MonkeyPatch,
+    scripted: Routes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("dlstudy.dicomweb.qido.MAX_RESULTS", 9)
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     counter = iter(range(10_000))
-    route = respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+    route = scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
         side_effect=lambda request: httpx.Response(
             200, json=[instance_json(f"1.2.3.1.{next(counter)}") for _ in range(2)]
         )
     )
 
     with pytest.raises(IncompleteListingError, match="more than 9 results"):
-        resolve(page_size=2)
+        resolve(scripted, page_size=2)
     assert route.call_count == 5
     assert MAX_RESULTS == 10_000_000  # the real stop is far past any real listing
 
 
-@respx.mock
-def test_no_page_ceiling_a_page_cap_of_one_lists_ten_thousand_and_one() -> None:
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+def test_no_page_ceiling_a_page_cap_of_one_lists_ten_thousand_and_one(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     sops = [f"1.2.3.1.{j}" for j in range(10_001)]
-    route = instances_route("1.2.3.1", sops, cap=1, warn=True)
+    route = instances_route(scripted, "1.2.3.1", sops, cap=1, warn=True)
 
-    refs = resolve(page_size=100)
+    refs = resolve(scripted, page_size=100)
 
     assert [r.sop_uid for r in refs] == sops
     assert route.call_count == 10_001
 
 
-@respx.mock
-def test_a_capped_server_that_ignores_offset_fails_the_listing() -> None:
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+def test_a_capped_server_that_ignores_offset_fails_the_listing(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     first_page = [instance_json(f"1.2.3.1.{j}") for j in range(3)]
     warning = {"Warning": "299 pacs.test: There are 4 additional results that can be requested"}
-    route = respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+    route = scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
         return_value=httpx.Response(200, json=first_page, headers=warning)
     )
 
     with pytest.raises(IncompleteListingError) as caught:
-        resolve(page_size=100)
+        resolve(scripted, page_size=100)
     assert route.call_count == 2
     message = str(caught.value)
-    assert message.startswith(f"could not list {SERIES_URL}/1.2.3.1/instances completely: 3 ")
+    instances = f"{scripted.base}/studies/{STUDY}/series/1.2.3.1/instances"
+    assert message.startswith(f"could not list {instances} completely: 3 ")
     assert "ignores offset" in message
 
 
-@respx.mock
-def test_a_server_that_ignores_offset_short_of_its_count_fails_the_listing() -> None:
-    respx.get(SERIES_URL).mock(
+def test_a_server_that_ignores_offset_short_of_its_count_fails_the_listing(
+    scripted: Routes,
+) -> None:
+    scripted.get(SERIES_URL).mock(
         return_value=httpx.Response(200, json=[series_json("1.2.3.1", count=5)])
     )
-    respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+    scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
         return_value=httpx.Response(200, json=[instance_json(f"1.2.3.1.{j}") for j in range(2)])
     )
 
     with pytest.raises(IncompleteListingError, match="2 results, its count says 5"):
-        resolve(page_size=100)
+        resolve(scripted, page_size=100)
 
 
-@respx.mock
-def test_more_announced_but_nothing_sent_fails_the_listing() -> None:
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+def test_more_announced_but_nothing_sent_fails_the_listing(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     warning = {"Warning": "299 pacs.test: There are 9 additional results that can be requested"}
-    respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+    scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
         side_effect=[
             httpx.Response(200, json=[instance_json("1.2.3.1.0")], headers=warning),
             httpx.Response(200, json=[], headers=warning),
@@ -220,17 +210,16 @@ def test_more_announced_but_nothing_sent_fails_the_listing() -> None:
     )
 
     with pytest.raises(IncompleteListingError, match="sends nothing more"):
-        resolve(page_size=100)
+        resolve(scripted, page_size=100)
 
 
-@respx.mock
-def test_lone_object_instead_of_a_list_is_one_result() -> None:
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, json=series_json("1.2.3.1")))
-    respx.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+def test_lone_object_instead_of_a_list_is_one_result(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=series_json("1.2.3.1")))
+    scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
         return_value=httpx.Response(200, json=instance_json("1.2.3.1.1"))
     )
 
-    assert [r.sop_uid for r in resolve()] == ["1.2.3.1.1"]
+    assert [r.sop_uid for r in resolve(scripted)] == ["1.2.3.1.1"]
 
 
 @pytest.mark.parametrize(
@@ -238,13 +227,12 @@ def test_lone_object_instead_of_a_list_is_one_result() -> None:
     [httpx.Response(204), httpx.Response(200, json=[]), httpx.Response(404)],
     ids=["204", "empty-list", "404"],
 )
-@respx.mock
-def test_unknown_study_is_nothing_matched(response: httpx.Response) -> None:
-    respx.get(SERIES_URL).mock(return_value=response)
-    respx.get(ROOT_SEARCH).mock(return_value=httpx.Response(200, json=[]))
+def test_unknown_study_is_nothing_matched(scripted: Routes, response: httpx.Response) -> None:
+    scripted.get(SERIES_URL).mock(return_value=response)
+    scripted.get(ROOT_SEARCH).mock(return_value=httpx.Response(200, json=[]))
 
     with pytest.raises(NothingMatchedError, match=f"study {STUDY} not found"):
-        resolve()
+        resolve(scripted)
 
 
 @pytest.mark.parametrize(
@@ -256,21 +244,19 @@ def test_unknown_study_is_nothing_matched(response: httpx.Response) -> None:
     ],
     ids=["404", "html", "not-json"],
 )
-@respx.mock
 def test_a_404_from_something_that_is_no_dicomweb_root_is_a_server_error(
-    root: httpx.Response, said: str
+    scripted: Routes, root: httpx.Response, said: str
 ) -> None:
     """A mistyped path must not read as "study not found" (exit 4): exit 3, saying why."""
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(404))
-    respx.get(ROOT_SEARCH).mock(return_value=root)
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(404))
+    scripted.get(ROOT_SEARCH).mock(return_value=root)
 
     with pytest.raises(ServerError, match=f"is not a DICOMweb root: .*answered {re.escape(said)}"):
-        resolve()
+        resolve(scripted)
 
 
-@respx.mock
-def test_filters_by_series_and_modality() -> None:
-    respx.get(SERIES_URL).mock(
+def test_filters_by_series_and_modality(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(
         return_value=httpx.Response(
             200,
             json=[
@@ -281,27 +267,28 @@ def test_filters_by_series_and_modality() -> None:
         )
     )
     for i in (1, 2, 3):
-        instances_route(f"1.2.3.{i}", [f"1.2.3.{i}.1"])
+        instances_route(scripted, f"1.2.3.{i}", [f"1.2.3.{i}.1"])
 
-    assert {r.series_uid for r in resolve(modality_filter=["CT"])} == {"1.2.3.1", "1.2.3.3"}
-    assert {r.series_uid for r in resolve(series_filter=["1.2.3.2"])} == {"1.2.3.2"}
+    assert {r.series_uid for r in resolve(scripted, modality_filter=["CT"])} == {
+        "1.2.3.1",
+        "1.2.3.3",
+    }
+    assert {r.series_uid for r in resolve(scripted, series_filter=["1.2.3.2"])} == {"1.2.3.2"}
 
 
-@respx.mock
-def test_401_is_an_auth_error_and_500_a_server_error() -> None:
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(401))
+def test_401_is_an_auth_error_and_500_a_server_error(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(401))
     with pytest.raises(AuthError, match="HTTP 401"):
-        resolve()
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(500))
+        resolve(scripted)
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(500))
     with pytest.raises(ServerError, match="QIDO search: HTTP 500 .* \\(after 2 attempts\\)"):
-        resolve()
+        resolve(scripted)
 
 
-@respx.mock
-def test_non_json_answer_is_a_clear_server_error() -> None:
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, content=b"<html>login</html>"))
+def test_non_json_answer_is_a_clear_server_error(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, content=b"<html>login</html>"))
     with pytest.raises(ServerError, match="not JSON"):
-        resolve()
-    respx.get(SERIES_URL).mock(return_value=httpx.Response(200, content=json.dumps([1, 2])))
+        resolve(scripted)
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, content=json.dumps([1, 2])))
     with pytest.raises(ServerError, match="not a list of DICOM JSON objects"):
-        resolve()
+        resolve(scripted)

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import respx
 
 from dlstudy.cli.query_cmd import render
 from dlstudy.dicomweb.search import (
@@ -26,12 +25,9 @@ from dlstudy.errors import AuthError, ServerError, UsageError
 from dlstudy.settings import Settings
 
 from ...factories import element
+from ...fixtures.scripted_routes import Routes
 
-# respx patches httpcore, so HTTP/1.1 must go through it here.
-pytestmark = pytest.mark.usefixtures("httpcore_pool")
-
-BASE = "http://pacs.test/dicomweb"
-STUDIES_URL = f"{BASE}/studies"
+STUDIES_URL = "/dicomweb/studies"  # the path routes match
 TODAY = dt.date(2026, 1, 31)
 
 
@@ -58,16 +54,16 @@ def full_study_json(uid: str) -> dict[str, Any]:
     )
 
 
-def run_search(query: StudyQuery, page_size: int = 1000) -> list[StudyRecord]:
-    return search(Settings(url=BASE, http="1.1", qido_page_size=page_size, retries=0), query)
+def run_search(server: Routes, query: StudyQuery, page_size: int = 1000) -> list[StudyRecord]:
+    settings = Settings(url=server.base, http="1.1", qido_page_size=page_size, retries=0)
+    return search(settings, query)
 
 
 # --- what is sent -----------------------------------------------------------------------------
 
 
-@respx.mock
-def test_filters_are_sent_as_keywords_with_includefields() -> None:
-    route = respx.get(STUDIES_URL).mock(return_value=httpx.Response(204))
+def test_filters_are_sent_as_keywords_with_includefields(scripted: Routes) -> None:
+    route = scripted.get(STUDIES_URL).mock(return_value=httpx.Response(204))
     query = StudyQuery(
         patient_id="PID*",
         patient_name="DOE^J*",
@@ -77,9 +73,9 @@ def test_filters_are_sent_as_keywords_with_includefields() -> None:
         filters=(("PatientSex", "F"), ("00091001", "private")),
     )
 
-    assert run_search(query) == []
+    assert run_search(scripted, query) == []
 
-    params = route.calls[0].request.url.params
+    params = route.requests[0].url.params
     assert params["PatientID"] == "PID*"
     assert params["PatientName"] == "DOE^J*"
     assert params["StudyDate"] == "20260101-20260131"
@@ -91,8 +87,7 @@ def test_filters_are_sent_as_keywords_with_includefields() -> None:
     assert params["limit"] == "1000" and params["offset"] == "0"
 
 
-@respx.mock
-def test_no_filter_searches_everything_page_by_page() -> None:
+def test_no_filter_searches_everything_page_by_page(scripted: Routes) -> None:
     studies = [study_json(f"1.2.{n}") for n in range(5)]
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -101,35 +96,33 @@ def test_no_filter_searches_everything_page_by_page() -> None:
         page = studies[offset : offset + limit]
         return httpx.Response(200, json=page) if page else httpx.Response(204)
 
-    route = respx.get(STUDIES_URL).mock(side_effect=answer)
+    route = scripted.get(STUDIES_URL).mock(side_effect=answer)
 
-    records = run_search(StudyQuery(), page_size=2)
+    records = run_search(scripted, StudyQuery(), page_size=2)
 
     assert [r.study_uid for r in records] == [f"1.2.{n}" for n in range(5)]
     assert route.call_count == 3
-    assert not any(k in route.calls[0].request.url.params for k in ("PatientID", "StudyDate"))
+    assert not any(k in route.requests[0].url.params for k in ("PatientID", "StudyDate"))
 
 
-@respx.mock
-def test_several_modalities_are_searched_one_by_one_and_merged() -> None:
+def test_several_modalities_are_searched_one_by_one_and_merged(scripted: Routes) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         found = {"CT": ["1.1", "1.2"], "MR": ["1.2", "1.3"]}[
             request.url.params["ModalitiesInStudy"]
         ]
         return httpx.Response(200, json=[study_json(uid) for uid in found])
 
-    route = respx.get(STUDIES_URL).mock(side_effect=answer)
+    route = scripted.get(STUDIES_URL).mock(side_effect=answer)
 
-    records = run_search(StudyQuery(modalities=("CT", "MR")))
+    records = run_search(scripted, StudyQuery(modalities=("CT", "MR")))
 
     assert [r.study_uid for r in records] == ["1.1", "1.2", "1.3"]
     assert route.call_count == 2
 
 
-@respx.mock
-def test_a_lone_object_a_404_and_an_auth_failure() -> None:
-    respx.get(STUDIES_URL).mock(return_value=httpx.Response(200, json=study_json("1.9")))
-    assert [r.study_uid for r in run_search(StudyQuery())] == ["1.9"]
+def test_a_lone_object_a_404_and_an_auth_failure(scripted: Routes) -> None:
+    scripted.get(STUDIES_URL).mock(return_value=httpx.Response(200, json=study_json("1.9")))
+    assert [r.study_uid for r in run_search(scripted, StudyQuery())] == ["1.9"]
 
     # A 404 is "no match" when the root's own study search answers as DICOMweb ...
     def no_match_but_a_root(request: httpx.Request) -> httpx.Response:
@@ -137,17 +130,17 @@ def test_a_lone_object_a_404_and_an_auth_failure() -> None:
             return httpx.Response(404)
         return httpx.Response(200, json=[], headers={"content-type": "application/dicom+json"})
 
-    respx.get(STUDIES_URL).mock(side_effect=no_match_but_a_root)
-    assert run_search(StudyQuery()) == []
+    scripted.get(STUDIES_URL).mock(side_effect=no_match_but_a_root)
+    assert run_search(scripted, StudyQuery()) == []
 
     # ... and a wrong URL when it does not.
-    respx.get(STUDIES_URL).mock(return_value=httpx.Response(404, text="no such page"))
+    scripted.get(STUDIES_URL).mock(return_value=httpx.Response(404, text="no such page"))
     with pytest.raises(ServerError, match="is not a DICOMweb root: .* answered HTTP 404"):
-        run_search(StudyQuery())
+        run_search(scripted, StudyQuery())
 
-    respx.get(STUDIES_URL).mock(return_value=httpx.Response(401))
+    scripted.get(STUDIES_URL).mock(return_value=httpx.Response(401))
     with pytest.raises(AuthError):
-        run_search(StudyQuery())
+        run_search(scripted, StudyQuery())
 
 
 # --- what comes back --------------------------------------------------------------------------

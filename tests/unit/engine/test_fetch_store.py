@@ -1,4 +1,5 @@
-"""One-instance fetches against respx: what lands on disk, what never does, what is retried."""
+"""One-instance fetches from a scripted server: what lands on disk, what never does, what is
+retried."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-import respx
 from pydicom.dataset import Dataset
 
 from dlstudy.dicomweb.negotiate import Negotiator, Retrieval
@@ -24,24 +24,21 @@ from dlstudy.settings import Settings
 from dlstudy.store.files import Store, check_layout
 
 from ...factories import STUDY, part10
+from ...fixtures.scripted_routes import DROP, Routes
 
-# respx patches httpcore, so HTTP/1.1 must go through it here.
-pytestmark = pytest.mark.usefixtures("httpcore_pool")
-
-BASE = "http://pacs.test/dicomweb"
 SERIES = f"{STUDY}.7"
 SOP = f"{SERIES}.1"
 REF = InstanceRef(STUDY, SERIES, SOP, "CT")
-URL = f"{BASE}/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
+URL = f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}"  # the route's path
 
 
 def fetch(
-    tmp_path: Path, retries: int = 2, negotiator: Negotiator | None = None
+    server: Routes, tmp_path: Path, retries: int = 2, negotiator: Negotiator | None = None
 ) -> tuple[int, list[int]]:
     chunks: list[int] = []
 
     async def run() -> int:
-        transport = Transport(Settings(url=BASE, http="1.1"))
+        transport = Transport(Settings(url=server.base, http="1.1"))
         fetcher = InstanceFetcher(
             transport,
             Store(tmp_path, "{study}/{series}/{sop}.dcm"),
@@ -66,48 +63,50 @@ def leftovers(tmp_path: Path) -> list[Path]:
     return [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
-@respx.mock
-def test_instance_is_streamed_to_its_final_path_byte_exact(tmp_path: Path) -> None:
+def test_instance_is_streamed_to_its_final_path_byte_exact(
+    scripted: Routes, tmp_path: Path
+) -> None:
     body = part10(STUDY, SERIES, SOP, payload=b"\x01\x02" * 5000)
-    route = respx.get(URL).mock(return_value=httpx.Response(200, content=body))
+    route = scripted.get(URL).mock(return_value=httpx.Response(200, content=body))
 
-    size, chunks = fetch(tmp_path)
+    size, chunks = fetch(scripted, tmp_path)
 
     assert size == len(body) == sum(chunks)
     assert final(tmp_path).read_bytes() == body
     assert leftovers(tmp_path) == [final(tmp_path)]
-    sent = route.calls[0].request.headers
+    sent = route.requests[0].headers
     assert sent["accept"] == "application/dicom; transfer-syntax=*"
     assert sent["accept-encoding"] == "identity"
 
 
-@respx.mock
-def test_html_error_page_is_rejected_without_retry_and_leaves_nothing(tmp_path: Path) -> None:
+def test_html_error_page_is_rejected_without_retry_and_leaves_nothing(
+    scripted: Routes, tmp_path: Path
+) -> None:
     page = b"<!DOCTYPE html><html><body>" + b"Session expired " * 20 + b"</body></html>"
-    route = respx.get(URL).mock(return_value=httpx.Response(200, content=page))
+    route = scripted.get(URL).mock(return_value=httpx.Response(200, content=page))
 
     with pytest.raises(IntegrityError, match="not DICOM .looks like an HTML page."):
-        fetch(tmp_path)
+        fetch(scripted, tmp_path)
     assert route.call_count == 1
     assert leftovers(tmp_path) == []
 
 
-@respx.mock
-def test_wrong_instance_is_retried_then_reported_never_kept(tmp_path: Path) -> None:
+def test_wrong_instance_is_retried_then_reported_never_kept(
+    scripted: Routes, tmp_path: Path
+) -> None:
     wrong = part10(STUDY, SERIES, f"{SERIES}.999")
-    route = respx.get(URL).mock(return_value=httpx.Response(200, content=wrong))
+    route = scripted.get(URL).mock(return_value=httpx.Response(200, content=wrong))
 
     with pytest.raises(IntegrityError, match=r"SOP Instance UID .* expected") as info:
-        fetch(tmp_path, retries=1)
+        fetch(scripted, tmp_path, retries=1)
     assert route.call_count == 2
     assert "after 2 attempts" in str(info.value)
     assert leftovers(tmp_path) == []
 
 
-@respx.mock
-def test_503_with_retry_after_is_retried(tmp_path: Path) -> None:
+def test_503_with_retry_after_is_retried(scripted: Routes, tmp_path: Path) -> None:
     body = part10(STUDY, SERIES, SOP)
-    route = respx.get(URL).mock(
+    route = scripted.get(URL).mock(
         side_effect=[
             httpx.Response(503, headers={"Retry-After": "0"}),
             httpx.Response(429, headers={"Retry-After": "0"}),
@@ -115,42 +114,43 @@ def test_503_with_retry_after_is_retried(tmp_path: Path) -> None:
         ]
     )
 
-    size, _ = fetch(tmp_path, retries=2)
+    size, _ = fetch(scripted, tmp_path, retries=2)
 
     assert size == len(body) and route.call_count == 3
     assert final(tmp_path).read_bytes() == body
 
 
 @pytest.mark.parametrize("status", [400, 404, 406])
-@respx.mock
-def test_definitive_answers_are_not_retried(tmp_path: Path, status: int) -> None:
-    route = respx.get(URL).mock(return_value=httpx.Response(status))
+def test_definitive_answers_are_not_retried(scripted: Routes, tmp_path: Path, status: int) -> None:
+    route = scripted.get(URL).mock(return_value=httpx.Response(status))
 
     with pytest.raises(HttpStatusError) as info:
-        fetch(tmp_path)
+        fetch(scripted, tmp_path)
     assert info.value.status_code == status and not info.value.retryable
     assert route.call_count == 1
     assert SOP in str(info.value)
 
 
-@respx.mock
-def test_network_errors_are_retried_then_reported_with_the_sop_uid(tmp_path: Path) -> None:
-    route = respx.get(URL).mock(side_effect=httpx.ReadError("connection reset"))
+def test_reset_connections_are_retried_then_reported_with_the_sop_uid(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    route = scripted.get(URL).mock(return_value=DROP)
 
-    with pytest.raises(TransferError, match=f"instance {SOP}: network error") as info:
-        fetch(tmp_path, retries=1)
-    assert info.value.sop_instance_uid == SOP
+    with pytest.raises(TransferError, match=f"instance {SOP}: connection broken") as info:
+        fetch(scripted, tmp_path, retries=1)
+    assert info.value.sop_instance_uid == SOP and info.value.retryable
+    assert "after 2 attempts" in str(info.value)
     assert route.call_count == 2
+    assert leftovers(tmp_path) == []
 
 
-@respx.mock
-def test_401_aborts_as_auth_error(tmp_path: Path) -> None:
-    respx.get(URL).mock(return_value=httpx.Response(401))
+def test_401_aborts_as_auth_error(scripted: Routes, tmp_path: Path) -> None:
+    scripted.get(URL).mock(return_value=httpx.Response(401))
     with pytest.raises(AuthError):
-        fetch(tmp_path)
+        fetch(scripted, tmp_path)
 
 
-def test_verify_checks_study_and_series_too(tmp_path: Path) -> None:
+def test_verify_checks_study_and_series_too(scripted: Routes, tmp_path: Path) -> None:
     path = tmp_path / "x.dcm"
     path.write_bytes(part10(STUDY, SERIES, SOP))
     assert verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
@@ -169,7 +169,7 @@ def test_bad_layouts_are_usage_errors(layout: str) -> None:
         check_layout(layout)
 
 
-def test_layout_fields_and_invalid_server_uids(tmp_path: Path) -> None:
+def test_layout_fields_and_invalid_server_uids(scripted: Routes, tmp_path: Path) -> None:
     store = Store(tmp_path, "{modality}/{study}/{sop}.dcm")
     assert store.final_path(REF) == tmp_path / "CT" / STUDY / f"{SOP}.dcm"
     evil = InstanceRef(STUDY, "../../etc", SOP)
@@ -191,7 +191,7 @@ def test_manifest_paths_are_relative_to_the_output_folder(root: str) -> None:
             store.relative(elsewhere)
 
 
-def test_unwritable_output_is_an_output_error(tmp_path: Path) -> None:
+def test_unwritable_output_is_an_output_error(scripted: Routes, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(UsageError, match="not writable"):
@@ -210,7 +210,9 @@ def test_retry_after_forms_and_backoff() -> None:
     assert delays[0] <= 0.25 and delays[-1] >= 5
 
 
-def test_bare_dataset_without_part10_header_is_kept_when_its_uid_matches(tmp_path: Path) -> None:
+def test_bare_dataset_without_part10_header_is_kept_when_its_uid_matches(
+    scripted: Routes, tmp_path: Path
+) -> None:
     # What some archives store and serve: no preamble, no DICM, no file meta.
     dataset = Dataset()
     dataset.SOPInstanceUID = SOP
@@ -229,14 +231,14 @@ def test_bare_dataset_without_part10_header_is_kept_when_its_uid_matches(tmp_pat
         verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=f"{SOP}9")
 
 
-def test_binary_garbage_is_rejected(tmp_path: Path) -> None:
+def test_binary_garbage_is_rejected(scripted: Routes, tmp_path: Path) -> None:
     path = tmp_path / "junk.dcm"
     path.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(IntegrityError):
         verify_instance(path, study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
 
 
-def test_a_folder_removed_during_a_run_is_made_again(tmp_path: Path) -> None:
+def test_a_folder_removed_during_a_run_is_made_again(scripted: Routes, tmp_path: Path) -> None:
     """The store remembers the folders it made (one mkdir per folder, not per file) and makes
     one again if it disappeared meanwhile."""
     store = Store(tmp_path / "out", "{study}/{series}/{sop}.dcm")

@@ -4,17 +4,19 @@ above the engine (credentials, redirects, the h2c probe)."""
 from __future__ import annotations
 
 import inspect
+from base64 import b64encode
 
 import anyio
 import httpx
 import pytest
-import respx
 
 from dlstudy.errors import ConnectError, TransferError
 from dlstudy.http.client import Transport
 from dlstudy.http.curl import CurlFailure
 from dlstudy.http.failures import translate_error
 from dlstudy.settings import Settings
+
+from ...fixtures.scripted_routes import Routes, scripted_server
 
 URL = "https://bob:hunter2@pacs.test/dicomweb/studies?token=abc"
 
@@ -104,66 +106,64 @@ def test_transient_errors_are_retryable_and_connect_errors_are_fatal() -> None:
     assert isinstance(transfer, TransferError) and transfer.retryable
 
 
-@respx.mock
-@pytest.mark.usefixtures("httpcore_pool")  # respx patches httpcore
-def test_headers_auth_and_userinfo_credentials_are_sent() -> None:
-    route = respx.get("http://pacs.test/dicomweb/studies").mock(return_value=httpx.Response(200))
+def test_headers_auth_and_userinfo_credentials_are_sent(scripted: Routes) -> None:
+    route = scripted.get("/dicomweb/studies").mock(return_value=httpx.Response(200))
     settings = Settings(
-        url="http://bob:hunter2@pacs.test/dicomweb/",
+        url=scripted.base.replace("http://", "http://bob:hunter2@") + "/",
         http="1.1",
         headers=(("X-Api-Key", "k1"),),
     )
 
     async def run() -> None:
         transport = Transport(settings)
-        assert transport.base_url == "http://pacs.test/dicomweb"
+        assert transport.base_url == scripted.base
         await transport.get(f"{transport.base_url}/studies")
         await transport.aclose()
 
     anyio.run(run)
-    request = route.calls[0].request
+    request = route.requests[0]
     assert request.headers["X-Api-Key"] == "k1"
-    assert request.headers["Authorization"].startswith("Basic ")
+    assert request.headers["Authorization"] == "Basic " + b64encode(b"bob:hunter2").decode()
     assert "hunter2" not in str(request.url)
 
 
-@respx.mock
-@pytest.mark.usefixtures("httpcore_pool")  # respx patches httpcore
-def test_bearer_token_and_secret_headers_never_follow_a_cross_origin_redirect() -> None:
-    respx.get("http://pacs.test/dicomweb/studies").mock(
-        return_value=httpx.Response(302, headers={"Location": "http://elsewhere.test/x"})
-    )
-    other = respx.get("http://elsewhere.test/x").mock(return_value=httpx.Response(200))
-    settings = Settings(
-        url="http://pacs.test/dicomweb", http="1.1", token="t0k", headers=(("X-Api-Key", "k1"),)
-    )
+def test_bearer_token_and_secret_headers_never_follow_a_cross_origin_redirect(
+    scripted: Routes,
+) -> None:
+    with scripted_server() as elsewhere:
+        scripted.get("/dicomweb/studies").mock(
+            return_value=httpx.Response(302, headers={"Location": f"{elsewhere.origin}/x"})
+        )
+        other = elsewhere.get("/x").mock(return_value=httpx.Response(200))
+        settings = Settings(
+            url=scripted.base, http="1.1", token="t0k", headers=(("X-Api-Key", "k1"),)
+        )
 
-    async def run() -> None:
-        transport = Transport(settings)
-        await transport.get(f"{transport.base_url}/studies")
-        await transport.aclose()
+        async def run() -> None:
+            transport = Transport(settings)
+            await transport.get(f"{transport.base_url}/studies")
+            await transport.aclose()
 
-    anyio.run(run)
-    forwarded = other.calls[0].request.headers
+        anyio.run(run)
+    assert scripted.get("/dicomweb/studies").requests[0].headers["x-api-key"] == "k1"
+    forwarded = other.requests[0].headers
     assert "authorization" not in forwarded
     assert "x-api-key" not in forwarded
 
 
-@respx.mock
-@pytest.mark.usefixtures("httpcore_pool")  # respx patches httpcore
-def test_same_origin_redirect_keeps_credentials() -> None:
-    respx.get("http://pacs.test/dicomweb/a").mock(
+def test_same_origin_redirect_keeps_credentials(scripted: Routes) -> None:
+    scripted.get("/dicomweb/a").mock(
         return_value=httpx.Response(302, headers={"Location": "/dicomweb/b"})
     )
-    target = respx.get("http://pacs.test/dicomweb/b").mock(return_value=httpx.Response(200))
+    target = scripted.get("/dicomweb/b").mock(return_value=httpx.Response(200))
 
     async def run() -> None:
-        transport = Transport(Settings(url="http://pacs.test/dicomweb", http="1.1", token="t0k"))
-        await transport.get("http://pacs.test/dicomweb/a")
+        transport = Transport(Settings(url=scripted.base, http="1.1", token="t0k"))
+        await transport.get(f"{scripted.base}/a")
         await transport.aclose()
 
     anyio.run(run)
-    assert target.calls[0].request.headers["authorization"] == "Bearer t0k"
+    assert target.requests[0].headers["authorization"] == "Bearer t0k"
 
 
 def test_settings_repr_hides_secrets() -> None:
@@ -174,38 +174,17 @@ def test_settings_repr_hides_secrets() -> None:
     assert "t0k3n" not in text and "hunter2" not in text and "k3y" not in text
 
 
-def test_auto_falls_back_to_http11_once_against_a_server_without_h2c() -> None:
+def test_auto_falls_back_to_http11_once_against_a_server_without_h2c(scripted: Routes) -> None:
     """A real HTTP/1.1-only server on 127.0.0.1 (the stdlib's): h2c fails, HTTP/1.1 is kept."""
-    import http.server
-    import threading
-
-    requests: list[str] = []
+    route = scripted.get("/dicomweb/studies").mock(return_value=httpx.Response(200, json=[]))
     settled = ""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-            requests.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"[]")
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/dicomweb"
-
     async def run() -> list[str | None]:
-        transport = Transport(Settings(url=base, http="auto"))
+        transport = Transport(Settings(url=scripted.base, http="auto"))
         versions = []
         try:
             for _ in range(3):
-                response = await transport.get(f"{base}/studies")
+                response = await transport.get(f"{scripted.base}/studies")
                 versions.append(response.http_version)
         finally:
             await transport.aclose()
@@ -214,12 +193,7 @@ def test_auto_falls_back_to_http11_once_against_a_server_without_h2c() -> None:
         settled = transport.settled_http
         return versions
 
-    try:
-        versions = anyio.run(run)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    versions = anyio.run(run)
     assert versions == ["HTTP/1.1"] * 4
-    assert len(requests) == 3  # the failed h2c attempt never reached a handler
+    assert route.call_count == 3  # the failed h2c attempt never reached a handler
     assert settled == "1.1"  # what worker processes are given: no second probe
