@@ -23,6 +23,8 @@ import anyio
 import httpx
 
 from ..errors import (
+    AuthError,
+    ConnectError,
     HttpStatusError,
     IncompleteListingError,
     NothingMatchedError,
@@ -55,6 +57,11 @@ TAG_SOP_UID = "00080018"
 TAG_MODALITY = "00080060"
 TAG_SERIES_INSTANCES = "00201209"  # NumberOfSeriesRelatedInstances
 TAG_STUDY_SERIES = "00201206"  # NumberOfStudyRelatedSeries
+TAG_STUDY_INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
+# A study-wide instance search: what a ref needs, and the count its completeness is checked by.
+STUDY_INSTANCE_PARAMS = [
+    ("includefield", tag) for tag in (TAG_SERIES_UID, TAG_MODALITY, TAG_STUDY_INSTANCES)
+]
 
 
 T = TypeVar("T")
@@ -357,6 +364,9 @@ class Resolver:
         self.pager = Pager(transport, page_size, policy)
         self.series_filter = set(series_filter)
         self.modality_filter = {m.upper() for m in modality_filter}
+        # Whether studies are listed in one request (study_instances): None until known.
+        self.one_request: bool | None = None
+        self._deciding = anyio.Lock()
 
     async def series_of(self, study_uid: str) -> list[SeriesRef]:
         base = self.transport.base_url
@@ -394,7 +404,75 @@ class Resolver:
         return refs or []
 
     async def resolve(self, study_uid: str) -> list[InstanceRef]:
-        """Every instance of the study that passes the filters, in QIDO order."""
+        """Every instance of the study that passes the filters, in QIDO order: in one request
+        when the server's answer can be checked complete, else series by series."""
+        if not self.series_filter:  # (--series names a few series: those are listed alone)
+            if self.one_request is None:
+                async with self._deciding:  # until a study tells, the others wait for it
+                    if self.one_request is not False:
+                        refs = await self.study_instances(study_uid)
+                        if refs is not None:
+                            return refs
+            elif self.one_request:
+                refs = await self.study_instances(study_uid)
+                if refs is not None:
+                    return refs
+        return await self.series_by_series(study_uid)
+
+    async def study_instances(self, study_uid: str) -> list[InstanceRef] | None:
+        """The study's instances from one study-wide instance search (paged like any other),
+        or None when that answer cannot be trusted complete: the two-step path then lists the
+        study. Trusted only when every result carries the study's instance count
+        (NumberOfStudyRelatedInstances) and as many distinct instances were listed: a server
+        that caps pages silently could otherwise cut whole series off unseen. A server whose
+        results lack the count (Orthanc) is not asked this way again."""
+        series: dict[str, tuple[str, str]] = {}  # series UID -> (its shared string, modality)
+        counts: set[int | None] = set()
+        listed = 0
+
+        def keep(item: dict[str, Any]) -> InstanceRef | None:
+            nonlocal listed
+            listed += 1
+            counts.add(first_int(item, TAG_STUDY_INSTANCES))
+            series_uid = first_value(item, TAG_SERIES_UID)
+            sop_uid = first_value(item, TAG_SOP_UID)
+            if series_uid is None or sop_uid is None:
+                counts.add(None)  # no answer to build on
+                return None
+            known = series.get(series_uid)
+            if known is None:
+                modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
+                known = series[series_uid] = (series_uid, modality)
+            if not self.wanted(*known):
+                return None
+            return InstanceRef(study_uid, known[0], sop_uid, known[1])
+
+        url = f"{study_url(self.transport.base_url, study_uid)}/instances"
+        try:
+            refs = await self.pager.fetch_all(url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, keep=keep)
+        except IncompleteListingError as exc:
+            log.info("%s; listing the study series by series", exc)
+            return None
+        except (AuthError, ConnectError):
+            raise
+        except ServerError as exc:  # refused (a server without study-wide instance search)
+            log.info("%s; listing studies series by series", exc)
+            self.one_request = False
+            return None
+        if refs is None or listed == 0:
+            return None  # 404 or nothing: the two-step path says which
+        if counts == {None}:
+            log.info("study-wide instance search gives no instance count: series by series")
+            self.one_request = False
+            return None
+        if counts != {listed}:
+            log.info("study %s: %d instances listed, its count says %s", study_uid, listed, counts)
+            return None
+        self.one_request = True
+        return refs
+
+    async def series_by_series(self, study_uid: str) -> list[InstanceRef]:
+        """The study's series, then each series' instances, checked against its count."""
         all_series = await self.series_of(study_uid)
         per_series: list[list[InstanceRef]] = [[] for _ in all_series]
         limiter = anyio.CapacityLimiter(QIDO_CONCURRENCY)

@@ -18,7 +18,7 @@ import anyio
 from ..dicomweb.cohort import CohortItem
 from ..dicomweb.locate import Locator, NotFound
 from ..dicomweb.negotiate import Negotiator, candidates
-from ..dicomweb.qido import QIDO_CONCURRENCY, Resolver
+from ..dicomweb.qido import Resolver
 from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher
@@ -40,8 +40,9 @@ from ..store.manifest import Manifest
 log = logging.getLogger(__name__)
 
 
-# Studies of a list being resolved at once; each has up to QIDO_CONCURRENCY searches out.
-STUDIES_AT_ONCE = 4
+# Items of a list being resolved at once (a study lists its series QIDO_CONCURRENCY at a time
+# when it cannot be listed in one request): a list of 100,000 small studies is round trips.
+RESOLVING_AT_ONCE = 32
 
 
 class Run:
@@ -96,10 +97,9 @@ class Run:
     # --- resolve ---------------------------------------------------------------------------
 
     async def resolve(self, items: list[CohortItem]) -> list[InstanceRef]:
-        """Every instance the items name, each once, in list order. Studies are resolved
-        STUDIES_AT_ONCE at a time (each lists its series QIDO_CONCURRENCY at a time): a list of
-        100,000 small studies is round trips, not bytes; series and instances of a list,
-        QIDO_CONCURRENCY at a time."""
+        """Every instance the items name, each once, in list order. Items are resolved
+        RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
+        bytes."""
         settings = self.settings
         resolver = Resolver(
             self.transport,
@@ -124,17 +124,16 @@ class Run:
             except IncompleteListingError as exc:  # this item fails; the others go on
                 failed[index] = (str(exc), None)
 
-        studies = [i for i, item in enumerate(items) if item.level == "study"]
-        for index in studies:
-            self.summary.studies.append(items[index].uid)
+        for item in items:
+            if item.level == "study":
+                self.summary.studies.append(item.uid)
 
-        async def study(index: int) -> None:
-            self.progress.resolving(items[index].uid)
+        async def resolve_one(index: int) -> None:
+            if items[index].level == "study":
+                self.progress.resolving(items[index].uid)
             await one(index)
 
-        await run_pool(studies, study, STUDIES_AT_ONCE)
-        others = [i for i, item in enumerate(items) if item.level != "study"]
-        await run_pool(others, one, QIDO_CONCURRENCY)
+        await run_pool(range(len(items)), resolve_one, RESOLVING_AT_ONCE)
         for index in sorted(failed):
             reason, status = failed[index]
             self.missing(items[index], reason, status=status)
