@@ -88,6 +88,7 @@ class Run:
         self.summary.repaired = work.repaired
         if self.report is not None:
             self.report_present(refs, work.todo)
+        del refs  # what is left to fetch is work.todo
         self.progress.start(self.summary.total, self.summary.skipped)
         # A StorageError (disk full, permissions) escapes the workers and stops them all:
         # nothing else would succeed either; what was committed is kept.
@@ -344,15 +345,15 @@ class Run:
                     one_by_one += groups.pop(url)
             if one_by_one:
                 log.info("%d instances of partly present series: one by one", len(one_by_one))
-        committed: set[str] = set()
+        left: dict[str, list[InstanceRef]] = {}  # url -> what its response lacked
 
         async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
             url, refs = item
-            committed.update(await bulk.fetch(url, refs, self.progress.advance, self.record_done))
+            got = await bulk.fetch(url, refs, self.progress.advance, self.record_done)
+            left[url] = [ref for ref in refs if ref.sop_uid not in got]
 
         await run_pool(list(groups.items()), one_group, self.settings.concurrency)
-        streamed = [ref for refs in groups.values() for ref in refs]
-        missing = [ref for ref in streamed if ref.sop_uid not in committed]
+        missing = [ref for url in groups for ref in left.get(url, ())]
         if missing:
             log.info("%d instances missing from bulk responses; fetching one by one", len(missing))
         return one_by_one + missing
