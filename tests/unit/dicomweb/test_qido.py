@@ -405,3 +405,17 @@ def test_filters_apply_to_a_study_listed_in_one_request() -> None:
     refs = resolve(page_size=100, one_request=None, modality_filter=["sr"])
 
     assert [r.sop_uid for r in refs] == ["1.2.3.2.0"]
+
+
+@respx.mock
+def test_a_series_filter_lists_only_those_series() -> None:
+    study_route = respx.get(STUDY_INSTANCES_URL).mock(side_effect=paged(study_wide(ROWS, 4)))
+    respx.get(SERIES_URL).mock(
+        return_value=httpx.Response(200, json=[series_json("1.2.3.1"), series_json("1.2.3.2")])
+    )
+    instances_route("1.2.3.2", ["1.2.3.2.0"])
+
+    refs = resolve(page_size=100, one_request=None, series_filter=["1.2.3.2"])
+
+    assert [r.sop_uid for r in refs] == ["1.2.3.2.0"]
+    assert study_route.call_count == 0  # the study's other series are never listed
