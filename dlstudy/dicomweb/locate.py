@@ -14,6 +14,7 @@ rest of the list goes on.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ..errors import NothingMatchedError
@@ -28,8 +29,8 @@ from .qido import (
     TAG_STUDY_UID,
     Resolver,
     SeriesRef,
-    first_int,
     first_value,
+    series_ref,
 )
 
 
@@ -92,28 +93,30 @@ class Locator:
     async def _lookup_series(self, series_uid: str) -> list[SeriesRef]:
         """Which study the series is in (one QIDO request): a series UID is unique, but a
         broken archive may hold it in two studies, and both are taken."""
-        items = await self.pager.fetch_all(
+
+        def keep(item: dict[str, Any]) -> SeriesRef | None:
+            study_uid = first_value(item, TAG_STUDY_UID)
+            if study_uid is None or first_value(item, TAG_SERIES_UID) != series_uid:
+                return None  # a server that ignored the filter: not this series
+            return series_ref(study_uid, item)
+
+        found = await self.pager.fetch_all(
             f"{self.base}/series",
             [("SeriesInstanceUID", series_uid), ("includefield", TAG_SERIES_INSTANCES)],
             TAG_STUDY_UID,
+            keep=keep,
         )
-        found = []
-        for item in items or []:
-            study_uid = first_value(item, TAG_STUDY_UID)
-            if study_uid is None or first_value(item, TAG_SERIES_UID) != series_uid:
-                continue  # a server that ignored the filter: not this series
-            modality = (first_value(item, TAG_MODALITY) or "").upper()
-            count = first_int(item, TAG_SERIES_INSTANCES)
-            found.append(SeriesRef(study_uid, series_uid, modality, count))
-        return found
+        return found or []
 
     async def _listing(self, series: SeriesRef) -> list[InstanceRef]:
         """The series' instances; the modality from the lookup, or from the listing when the
         server includes it (asked for: `{modality}` in --layout needs it)."""
         url = f"{series_url(self.base, series.study_uid, series.series_uid)}/instances"
         params = [] if series.modality else [("includefield", TAG_MODALITY)]
-        items = await self.pager.fetch_all(url, params, TAG_SOP_UID, series.instance_count)
-        return [ref for item in items or [] if (ref := _ref(item, series)) is not None]
+        found = await self.pager.fetch_all(
+            url, params, TAG_SOP_UID, series.instance_count, keep=lambda item: _ref(item, series)
+        )
+        return found or []
 
     async def _instance(
         self, sop_uid: str, study_uid: str | None, series_uid: str | None
@@ -124,25 +127,28 @@ class Locator:
             params.append(("StudyInstanceUID", study_uid))
         if series_uid is not None:
             params.append(("SeriesInstanceUID", series_uid))
-        items = await self.pager.fetch_all(f"{self.base}/instances", params, TAG_SERIES_UID)
-        found = []
-        for item in items or []:
+
+        def keep(item: dict[str, Any]) -> InstanceRef | None:
             study = first_value(item, TAG_STUDY_UID)
             series = first_value(item, TAG_SERIES_UID)
             if study is None or series is None or first_value(item, TAG_SOP_UID) != sop_uid:
-                continue  # a server that ignored the filter, or an answer without the UIDs
+                return None  # a server that ignored the filter, or an answer without the UIDs
             if (study_uid or study, series_uid or series) != (study, series):
-                continue  # not in the study or series the row names
+                return None  # not in the study or series the row names
             modality = (first_value(item, TAG_MODALITY) or "").upper()
-            found.append(InstanceRef(study, series, sop_uid, modality))
-        return found
+            return InstanceRef(study, series, sop_uid, modality)
+
+        found = await self.pager.fetch_all(
+            f"{self.base}/instances", params, TAG_SERIES_UID, keep=keep
+        )
+        return found or []
 
 
 def _ref(item: dict[str, Any], series: SeriesRef) -> InstanceRef | None:
     sop_uid = first_value(item, TAG_SOP_UID)
     if sop_uid is None:
         return None
-    modality = series.modality or (first_value(item, TAG_MODALITY) or "").upper()
+    modality = series.modality or sys.intern((first_value(item, TAG_MODALITY) or "").upper())
     return InstanceRef(series.study_uid, series.series_uid, sop_uid, modality)
 
 

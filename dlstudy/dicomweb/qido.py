@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import anyio
 import httpx
 
 from ..errors import (
+    AuthError,
+    ConnectError,
     HttpStatusError,
     IncompleteListingError,
     NothingMatchedError,
@@ -54,6 +57,18 @@ TAG_SOP_UID = "00080018"
 TAG_MODALITY = "00080060"
 TAG_SERIES_INSTANCES = "00201209"  # NumberOfSeriesRelatedInstances
 TAG_STUDY_SERIES = "00201206"  # NumberOfStudyRelatedSeries
+TAG_STUDY_INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
+# A study-wide instance search: what a ref needs, and the count its completeness is checked by.
+STUDY_INSTANCE_PARAMS = [
+    ("includefield", tag) for tag in (TAG_SERIES_UID, TAG_MODALITY, TAG_STUDY_INSTANCES)
+]
+
+
+T = TypeVar("T")
+
+
+def _whole(item: dict[str, Any]) -> dict[str, Any]:
+    return item
 
 
 def first_value(item: dict[str, Any], tag: str) -> str | None:
@@ -83,6 +98,15 @@ class SeriesRef:
     series_uid: str
     modality: str
     instance_count: int | None
+
+
+def series_ref(study_uid: str, item: dict[str, Any]) -> SeriesRef | None:
+    """The series a QIDO result describes (its modality interned: a few distinct values)."""
+    series_uid = first_value(item, TAG_SERIES_UID)
+    if series_uid is None:
+        return None
+    modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
+    return SeriesRef(study_uid, series_uid, modality, first_int(item, TAG_SERIES_INSTANCES))
 
 
 class Pager:
@@ -115,17 +139,43 @@ class Pager:
             )
         self._root_checked = True
 
+    @overload
     async def fetch_all(
         self,
         url: str,
         params: list[tuple[str, str]],
         key_tag: str,
         expected: int | None = None,
-    ) -> list[dict[str, Any]] | None:
-        """All distinct results of the query keyed by `key_tag`; None when the URL is 404.
+    ) -> list[dict[str, Any]] | None: ...
 
+    @overload
+    async def fetch_all(
+        self,
+        url: str,
+        params: list[tuple[str, str]],
+        key_tag: str,
+        expected: int | None = None,
+        *,
+        keep: Callable[[dict[str, Any]], T | None],
+    ) -> list[T] | None: ...
+
+    async def fetch_all(
+        self,
+        url: str,
+        params: list[tuple[str, str]],
+        key_tag: str,
+        expected: int | None = None,
+        *,
+        keep: Callable[[dict[str, Any]], Any] = _whole,
+    ) -> list[Any] | None:
+        """What `keep` makes of each distinct result of the query keyed by `key_tag` (results
+        it makes None of count, but are not returned); None when the URL is 404.
+
+        Each page's parsed JSON is dropped once `keep` has read it: a listing of a million
+        instances holds a million small values, not a million DICOM JSON objects.
         IncompleteListingError when the server announces more than paging can get."""
-        results: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
+        kept: list[Any] = []
         offset = 0
         while True:
             page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
@@ -134,36 +184,41 @@ class Pager:
                 await self.check_root()
                 return None
             items, truncated = page
+            count, repeated = len(items), bool(items)
             new = 0
             for item in items:
                 key = first_value(item, key_tag)
-                if key is not None and key not in results:
-                    results[key] = item
+                if key is not None and key not in seen:
+                    seen.add(key)
                     new += 1
+                    value = keep(item)
+                    if value is not None:
+                        kept.append(value)
+            del page, items  # the next page is awaited without this one's JSON
             if new == 0:
-                short_of = expected is not None and bool(items) and len(results) < expected
+                short_of = expected is not None and repeated and len(seen) < expected
                 if truncated or short_of:
-                    raise _incomplete(url, len(results), expected, repeated=bool(items))
-                if items and offset:
+                    raise _incomplete(url, len(seen), expected, repeated=repeated)
+                if repeated and offset:
                     log.info("%s repeats a page: server ignores offset", redact_url(url))
                 break
-            if len(results) > MAX_RESULTS:
+            if len(seen) > MAX_RESULTS:
                 shown = redact_url(url)
                 raise IncompleteListingError(
                     f"could not list {shown} completely: more than {MAX_RESULTS:,} results, "
                     "and the server keeps sending new ones",
                     url=shown,
                 )
-            offset += len(items)
-            if truncated or (expected is not None and len(results) < expected):
+            offset += count
+            if truncated or (expected is not None and len(seen) < expected):
                 continue
-            if len(items) < self.page_size:
+            if count < self.page_size:
                 break
-            if len(items) > self.page_size and expected is not None:
+            if count > self.page_size and expected is not None:
                 # More than asked for, as many as the count said: a server that ignores limit
                 # (a static DICOMweb tree) sent everything; asking again would fetch it twice.
                 break
-        return list(results.values())
+        return kept
 
     async def get_page(
         self, url: str, params: list[tuple[str, str]]
@@ -309,49 +364,115 @@ class Resolver:
         self.pager = Pager(transport, page_size, policy)
         self.series_filter = set(series_filter)
         self.modality_filter = {m.upper() for m in modality_filter}
+        # Whether studies are listed in one request (study_instances): None until known.
+        self.one_request: bool | None = None
+        self._deciding = anyio.Lock()
 
     async def series_of(self, study_uid: str) -> list[SeriesRef]:
         base = self.transport.base_url
-        items = await self.pager.fetch_all(
+        found = await self.pager.fetch_all(
             f"{study_url(base, study_uid)}/series",
             [("includefield", TAG_SERIES_INSTANCES)],
             TAG_SERIES_UID,
+            keep=lambda item: series_ref(study_uid, item),
         )
-        if not items:
+        if not found:
             raise NothingMatchedError(f"study {study_uid} not found on the server")
-        found = []
-        for item in items:
-            series_uid = first_value(item, TAG_SERIES_UID)
-            if series_uid is None:
-                continue
-            modality = (first_value(item, TAG_MODALITY) or "").upper()
-            if self.series_filter and series_uid not in self.series_filter:
-                continue
-            if self.modality_filter and modality not in self.modality_filter:
-                continue
-            count = first_int(item, TAG_SERIES_INSTANCES)
-            found.append(SeriesRef(study_uid, series_uid, modality, count))
-        return found
+        return [series for series in found if self.wanted(series.series_uid, series.modality)]
+
+    def wanted(self, series_uid: str, modality: str) -> bool:
+        """Whether a series passes the --series and --modality filters."""
+        if self.series_filter and series_uid not in self.series_filter:
+            return False
+        return not self.modality_filter or modality in self.modality_filter
 
     async def instances_of(self, series: SeriesRef) -> list[InstanceRef]:
         base = self.transport.base_url
-        items = await self.pager.fetch_all(
-            f"{series_url(base, series.study_uid, series.series_uid)}/instances",
+        study, uid, modality = series.study_uid, series.series_uid, series.modality
+
+        def keep(item: dict[str, Any]) -> InstanceRef | None:
+            sop_uid = first_value(item, TAG_SOP_UID)  # every ref shares the series' strings
+            return None if sop_uid is None else InstanceRef(study, uid, sop_uid, modality)
+
+        refs = await self.pager.fetch_all(
+            f"{series_url(base, study, uid)}/instances",
             [],
             TAG_SOP_UID,
             expected=series.instance_count,
+            keep=keep,
         )
-        refs = []
-        for item in items or []:
-            sop_uid = first_value(item, TAG_SOP_UID)
-            if sop_uid is not None:
-                refs.append(
-                    InstanceRef(series.study_uid, series.series_uid, sop_uid, series.modality)
-                )
-        return refs
+        return refs or []
 
     async def resolve(self, study_uid: str) -> list[InstanceRef]:
-        """Every instance of the study that passes the filters, in QIDO order."""
+        """Every instance of the study that passes the filters, in QIDO order: in one request
+        when the server's answer can be checked complete, else series by series."""
+        if not self.series_filter:  # (--series names a few series: those are listed alone)
+            if self.one_request is None:
+                async with self._deciding:  # until a study tells, the others wait for it
+                    if self.one_request is not False:
+                        refs = await self.study_instances(study_uid)
+                        if refs is not None:
+                            return refs
+            elif self.one_request:
+                refs = await self.study_instances(study_uid)
+                if refs is not None:
+                    return refs
+        return await self.series_by_series(study_uid)
+
+    async def study_instances(self, study_uid: str) -> list[InstanceRef] | None:
+        """The study's instances from one study-wide instance search (paged like any other),
+        or None when that answer cannot be trusted complete: the two-step path then lists the
+        study. Trusted only when every result carries the study's instance count
+        (NumberOfStudyRelatedInstances) and as many distinct instances were listed: a server
+        that caps pages silently could otherwise cut whole series off unseen. A server whose
+        results lack the count (Orthanc) is not asked this way again."""
+        series: dict[str, tuple[str, str]] = {}  # series UID -> (its shared string, modality)
+        counts: set[int | None] = set()
+        listed = 0
+
+        def keep(item: dict[str, Any]) -> InstanceRef | None:
+            nonlocal listed
+            listed += 1
+            counts.add(first_int(item, TAG_STUDY_INSTANCES))
+            series_uid = first_value(item, TAG_SERIES_UID)
+            sop_uid = first_value(item, TAG_SOP_UID)
+            if series_uid is None or sop_uid is None:
+                counts.add(None)  # no answer to build on
+                return None
+            known = series.get(series_uid)
+            if known is None:
+                modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
+                known = series[series_uid] = (series_uid, modality)
+            if not self.wanted(*known):
+                return None
+            return InstanceRef(study_uid, known[0], sop_uid, known[1])
+
+        url = f"{study_url(self.transport.base_url, study_uid)}/instances"
+        try:
+            refs = await self.pager.fetch_all(url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, keep=keep)
+        except IncompleteListingError as exc:
+            log.info("%s; listing the study series by series", exc)
+            return None
+        except (AuthError, ConnectError):
+            raise
+        except ServerError as exc:  # refused (a server without study-wide instance search)
+            log.info("%s; listing studies series by series", exc)
+            self.one_request = False
+            return None
+        if refs is None or listed == 0:
+            return None  # 404 or nothing: the two-step path says which
+        if counts == {None}:
+            log.info("study-wide instance search gives no instance count: series by series")
+            self.one_request = False
+            return None
+        if counts != {listed}:
+            log.info("study %s: %d instances listed, its count says %s", study_uid, listed, counts)
+            return None
+        self.one_request = True
+        return refs
+
+    async def series_by_series(self, study_uid: str) -> list[InstanceRef]:
+        """The study's series, then each series' instances, checked against its count."""
         all_series = await self.series_of(study_uid)
         per_series: list[list[InstanceRef]] = [[] for _ in all_series]
         limiter = anyio.CapacityLimiter(QIDO_CONCURRENCY)

@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,11 +72,16 @@ def complete_in_index(
     return rest, complete
 
 
+def listed_per_study(refs: Iterable[InstanceRef]) -> Counter[str]:
+    return Counter(ref.study_uid for ref in refs)
+
+
 def completed_studies(
-    items: Sequence[CohortItem], refs: Sequence[InstanceRef], failures: Sequence[Failure]
+    items: Sequence[CohortItem], listed: Mapping[str, int], failures: Sequence[Failure]
 ) -> dict[str, int]:
     """The studies of a finished run to record complete (-> instances): named whole by an
-    item, listed, and no failure names them (every listed instance committed or present).
+    item, listed (`listed`: study -> instances, listed_per_study), and no failure names them
+    (every listed instance committed or present).
 
     A plain list's item whose listing broke has no study to its failure: then none is
     recorded, rather than one whose listing may be part of it.
@@ -85,8 +90,7 @@ def completed_studies(
         return {}
     failed = {f.study_uid for f in failures}
     named = {item.uid for item in items if names_whole_study(item)}
-    counts = Counter(ref.study_uid for ref in refs if ref.study_uid in named)
-    return {study: n for study, n in counts.items() if study not in failed}
+    return {s: n for s, n in listed.items() if s in named and s not in failed}
 
 
 def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:

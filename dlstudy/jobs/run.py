@@ -20,11 +20,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..dicomweb.cohort import CohortItem
 from ..dicomweb.locate import Locator, NotFound
 from ..dicomweb.negotiate import Negotiator, candidates
-from ..dicomweb.qido import QIDO_CONCURRENCY, Resolver
+from ..dicomweb.qido import Resolver
 from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher
-from ..engine.schedule import completed_studies, entry_for, plan
+from ..engine.schedule import completed_studies, entry_for, listed_per_study, plan
 from ..errors import IncompleteListingError, NothingMatchedError, TransferError
 from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
@@ -42,8 +42,9 @@ from ..store.manifest import Manifest
 log = logging.getLogger(__name__)
 
 
-# Studies of a list being resolved at once; each has up to QIDO_CONCURRENCY searches out.
-STUDIES_AT_ONCE = 4
+# Items of a list being resolved at once (a study lists its series QIDO_CONCURRENCY at a time
+# when it cannot be listed in one request): a list of 100,000 small studies is round trips.
+RESOLVING_AT_ONCE = 32
 
 
 class Run:
@@ -89,22 +90,23 @@ class Run:
         self.summary.repaired = work.repaired
         if self.report is not None:
             self.report_present(refs, work.todo)
+        listed = listed_per_study(refs)  # one number per study, for the completion records
+        del refs  # what is left to fetch is work.todo
         self.progress.start(self.summary.total, self.summary.skipped)
         # A StorageError (disk full, permissions) escapes the workers and stops them all:
         # nothing else would succeed either; what was committed is kept.
         with first_error():
             await self.fetch(work.todo)
         if not (self.settings.series or self.settings.modalities):  # whole studies only
-            for study, count in completed_studies(items, refs, self.summary.failures).items():
+            for study, count in completed_studies(items, listed, self.summary.failures).items():
                 self.manifest.record_complete(study, count, self.store.layout)
 
     # --- resolve ---------------------------------------------------------------------------
 
     async def resolve(self, items: list[CohortItem]) -> list[InstanceRef]:
-        """Every instance the items name, each once, in list order. Studies are resolved
-        STUDIES_AT_ONCE at a time (each lists its series QIDO_CONCURRENCY at a time): a list of
-        100,000 small studies is round trips, not bytes; series and instances of a list,
-        QIDO_CONCURRENCY at a time."""
+        """Every instance the items name, each once, in list order. Items are resolved
+        RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
+        bytes."""
         settings = self.settings
         resolver = Resolver(
             self.transport,
@@ -129,17 +131,16 @@ class Run:
             except IncompleteListingError as exc:  # this item fails; the others go on
                 failed[index] = (str(exc), None)
 
-        studies = [i for i, item in enumerate(items) if item.level == "study"]
-        for index in studies:
-            self.summary.studies.append(items[index].uid)
+        for item in items:
+            if item.level == "study":
+                self.summary.studies.append(item.uid)
 
-        async def study(index: int) -> None:
-            self.progress.resolving(items[index].uid)
+        async def resolve_one(index: int) -> None:
+            if items[index].level == "study":
+                self.progress.resolving(items[index].uid)
             await one(index)
 
-        await run_pool(studies, study, STUDIES_AT_ONCE)
-        others = [i for i, item in enumerate(items) if item.level != "study"]
-        await run_pool(others, one, QIDO_CONCURRENCY)
+        await run_pool(range(len(items)), resolve_one, RESOLVING_AT_ONCE)
         for index in sorted(failed):
             reason, status = failed[index]
             self.missing(items[index], reason, status=status)
@@ -378,15 +379,15 @@ class Run:
                     one_by_one += groups.pop(url)
             if one_by_one:
                 log.info("%d instances of partly present series: one by one", len(one_by_one))
-        committed: set[str] = set()
+        left: dict[str, list[InstanceRef]] = {}  # url -> what its response lacked
 
         async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
             url, refs = item
-            committed.update(await bulk.fetch(url, refs, self.progress.advance, self.record_done))
+            got = await bulk.fetch(url, refs, self.progress.advance, self.record_done)
+            left[url] = [ref for ref in refs if ref.sop_uid not in got]
 
         await run_pool(list(groups.items()), one_group, self.settings.concurrency)
-        streamed = [ref for refs in groups.values() for ref in refs]
-        missing = [ref for ref in streamed if ref.sop_uid not in committed]
+        missing = [ref for url in groups for ref in left.get(url, ())]
         if missing:
             log.info("%d instances missing from bulk responses; fetching one by one", len(missing))
         return one_by_one + missing

@@ -320,5 +320,5 @@ def test_a_fatal_error_is_one_line_on_stderr_and_nothing_else(tmp_path: Path) ->
     assert result.returncode == 3
     assert result.stderr.splitlines() == [
         f"dlstudy: error: connection refused by 127.0.0.1:{url.split(':')[2].split('/')[0]} "
-        f"({url}/studies/1.2.3/series)"
+        f"({url}/studies/1.2.3/instances)"
     ]

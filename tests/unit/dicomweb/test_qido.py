@@ -25,13 +25,29 @@ SERIES_URL = f"/dicomweb/studies/{STUDY}/series"  # the paths routes match
 ROOT_SEARCH = "/dicomweb/studies"
 
 
-def resolve(server: Routes, page_size: int = 2, **filters: Any) -> list[Any]:
-    async def run() -> list[Any]:
+def resolve(
+    server: Routes, page_size: int = 2, *, one_request: bool | None = False, **filters: Any
+) -> list[Any]:
+    """The study's instances; series by series unless `one_request` is None (not yet known:
+    a study-wide instance search first, as a run starts)."""
+    return resolve_studies(server, [STUDY], page_size, one_request=one_request, **filters)[0]
+
+
+def resolve_studies(
+    server: Routes,
+    studies: list[str],
+    page_size: int = 2,
+    *,
+    one_request: bool | None = None,
+    **filters: Any,
+) -> list[list[Any]]:
+    async def run() -> list[list[Any]]:
         transport = Transport(Settings(url=server.base, http="1.1"))
         try:
             policy = RetryPolicy(retries=1, budget=5.0, window=5.0)
             resolver = Resolver(transport, page_size=page_size, policy=policy, **filters)
-            return await resolver.resolve(STUDY)
+            resolver.one_request = one_request
+            return [await resolver.resolve(study) for study in studies]
         finally:
             await transport.aclose()
 
@@ -292,3 +308,115 @@ def test_non_json_answer_is_a_clear_server_error(scripted: Routes) -> None:
     scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, content=json.dumps([1, 2])))
     with pytest.raises(ServerError, match="not a list of DICOM JSON objects"):
         resolve(scripted)
+
+
+# --- one request per study: /studies/{uid}/instances, checked against the study's count -------
+
+STUDY_INSTANCES_URL = f"/dicomweb/studies/{STUDY}/instances"
+
+
+def study_wide(rows: list[tuple[str, str, str]], count: int | None) -> list[dict[str, Any]]:
+    """Results of a study-wide instance search: (series, modality, SOP) each, with the study's
+    instance count when given."""
+    items = []
+    for series_uid, modality, sop in rows:
+        item = {**instance_json(sop), **series_json(series_uid, modality)}
+        if count is not None:
+            item["00201208"] = {"vr": "IS", "Value": [count]}
+        items.append(item)
+    return items
+
+
+ROWS = [("1.2.3.1", "CT", f"1.2.3.1.{j}") for j in range(3)] + [("1.2.3.2", "SR", "1.2.3.2.0")]
+
+
+def test_a_study_with_its_count_is_listed_in_one_paged_request(scripted: Routes) -> None:
+    route = scripted.get(STUDY_INSTANCES_URL).mock(side_effect=paged(study_wide(ROWS, 4)))
+    series_route = scripted.get(SERIES_URL).mock(return_value=httpx.Response(500))
+
+    refs = resolve(scripted, page_size=3, one_request=None)
+
+    assert [(r.series_uid, r.modality, r.sop_uid) for r in refs] == ROWS
+    assert route.call_count == 2 and series_route.call_count == 0
+    fields = route.requests[0].url.params.get_list("includefield")
+    assert {"0020000E", "00080060", "00201208"} <= set(fields)
+    # Refs share their series' string, not one copy each.
+    assert refs[0].series_uid is refs[2].series_uid and refs[0].study_uid is refs[3].study_uid
+
+
+def test_a_silent_cap_short_of_the_study_count_is_listed_series_by_series(
+    scripted: Routes,
+) -> None:
+    scripted.get(STUDY_INSTANCES_URL).mock(side_effect=paged(study_wide(ROWS, 4), cap=2))
+    series_route = scripted.get(SERIES_URL).mock(
+        return_value=httpx.Response(
+            200, json=[series_json("1.2.3.1", count=3), series_json("1.2.3.2", "SR", 1)]
+        )
+    )
+    instances_route(scripted, "1.2.3.1", [f"1.2.3.1.{j}" for j in range(3)], cap=2)
+    instances_route(scripted, "1.2.3.2", ["1.2.3.2.0"])
+
+    refs = resolve(scripted, page_size=100, one_request=None)
+
+    assert [r.sop_uid for r in refs] == [sop for _, _, sop in ROWS]
+    assert series_route.call_count == 1  # 2 of 4 listed: the study-wide answer was not trusted
+
+
+def test_a_server_without_the_study_count_is_listed_series_by_series_from_then_on(
+    scripted: Routes,
+) -> None:
+    studies = [STUDY, STUDY + ".9"]
+    study_routes = []
+    for study in studies:
+        base = f"/dicomweb/studies/{study}"
+        study_routes.append(
+            scripted.get(f"{base}/instances").mock(side_effect=paged(study_wide(ROWS, None)))
+        )
+        scripted.get(f"{base}/series").mock(
+            return_value=httpx.Response(200, json=[series_json("1.2.3.1"), series_json("1.2.3.2")])
+        )
+        scripted.get(f"{base}/series/1.2.3.1/instances").mock(
+            side_effect=paged([instance_json(f"1.2.3.1.{j}") for j in range(3)])
+        )
+        scripted.get(f"{base}/series/1.2.3.2/instances").mock(
+            side_effect=paged([instance_json("1.2.3.2.0")])
+        )
+
+    found = resolve_studies(scripted, studies, page_size=100)
+
+    assert [[r.sop_uid for r in refs] for refs in found] == [[s for _, _, s in ROWS]] * 2
+    assert study_routes[0].call_count == 1
+    assert study_routes[1].call_count == 0  # the second study was not asked that way
+
+
+def test_a_server_refusing_the_study_wide_search_is_listed_series_by_series(
+    scripted: Routes,
+) -> None:
+    scripted.get(STUDY_INSTANCES_URL).mock(return_value=httpx.Response(400))
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+    instances_route(scripted, "1.2.3.1", ["1.2.3.1.0"])
+
+    refs = resolve(scripted, page_size=100, one_request=None)
+
+    assert [r.sop_uid for r in refs] == ["1.2.3.1.0"]
+
+
+def test_filters_apply_to_a_study_listed_in_one_request(scripted: Routes) -> None:
+    scripted.get(STUDY_INSTANCES_URL).mock(side_effect=paged(study_wide(ROWS, 4)))
+
+    refs = resolve(scripted, page_size=100, one_request=None, modality_filter=["sr"])
+
+    assert [r.sop_uid for r in refs] == ["1.2.3.2.0"]
+
+
+def test_a_series_filter_lists_only_those_series(scripted: Routes) -> None:
+    study_route = scripted.get(STUDY_INSTANCES_URL).mock(side_effect=paged(study_wide(ROWS, 4)))
+    scripted.get(SERIES_URL).mock(
+        return_value=httpx.Response(200, json=[series_json("1.2.3.1"), series_json("1.2.3.2")])
+    )
+    instances_route(scripted, "1.2.3.2", ["1.2.3.2.0"])
+
+    refs = resolve(scripted, page_size=100, one_request=None, series_filter=["1.2.3.2"])
+
+    assert [r.sop_uid for r in refs] == ["1.2.3.2.0"]
+    assert study_route.call_count == 0  # the study's other series are never listed

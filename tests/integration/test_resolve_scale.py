@@ -1,0 +1,116 @@
+"""Resolution at archive scale, through the installed console script: a study far bigger than a
+QIDO page, a list of many small studies, and both ways of listing a study (one study-wide
+instance search when the server's answer carries the study's count, series by series when not).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dlstudy.server import VirtualArchive, VirtualSpec
+from dlstudy.server.synth import SynthSpec, generate
+
+from ..cli_helpers import installed_download, run_installed
+from ..fixtures.embedded_server import SeenRequests, StartServer
+from ..fixtures.orthanc import OrthancServer
+
+pytestmark = pytest.mark.integration
+
+
+def searches(seen: SeenRequests) -> list[str]:
+    """The paths of the QIDO searches the server was asked, in order."""
+    return [
+        path for path, _ in seen.requests if path.endswith(("/studies", "/series", "/instances"))
+    ]
+
+
+def assert_byte_exact(archive: VirtualArchive, studies: list[str], out: Path) -> int:
+    expected = [uids for study in studies for uids in archive.instances_of(study)]
+    for st, se, sop in expected:
+        assert (out / st / se / f"{sop}.dcm").read_bytes() == archive.expected_bytes(st, se, sop)
+    files = [p for p in out.rglob("*.dcm") if ".dlstudy" not in p.parts]
+    assert len(files) == len(expected)
+    return len(expected)
+
+
+def test_a_20000_instance_study_downloads_complete_through_a_page_cap(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    spec = VirtualSpec(1, seed=5, study_size=20_000)
+    archive = VirtualArchive(spec)
+    study = archive.study_uid(0)
+    url = embedded_server(None, virtual=spec, max_page_size=700)  # Warning: 299 past 700
+    out = tmp_path / "out"
+
+    code, summary, stderr = installed_download(url, study, out, "--mode", "instance")
+
+    assert code == 0, stderr
+    assert summary["instances"] == {
+        "total": 20_000,
+        "downloaded": 20_000,
+        "skipped": 0,
+        "failed": 0,
+    }
+    assert assert_byte_exact(archive, [study], out) == 20_000
+    # Listed in one study-wide search, page after capped page; no series listing needed.
+    listings = searches(seen_requests)
+    assert listings == [f"/dicomweb/studies/{study}/instances"] * 29  # 28 pages, then an empty one
+
+
+def test_a_list_of_500_small_studies_downloads_complete(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    spec = VirtualSpec(500, seed=6, mix="mimic")
+    archive = VirtualArchive(spec)
+    studies = list(archive.study_uids())
+    url = embedded_server(None, virtual=spec)
+    uids = tmp_path / "uids.txt"
+    uids.write_text("\n".join(studies) + "\n")
+    out = tmp_path / "out"
+
+    result = run_installed(
+        "download", "--from-file", str(uids), "--url", url, "-o", str(out), "--json", timeout=600
+    )
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    total = sum(archive.study_size)
+    assert summary["instances"] == {"total": total, "downloaded": total, "skipped": 0, "failed": 0}
+    assert sorted(summary["study_uids"]) == sorted(studies)
+    assert assert_byte_exact(archive, studies, out) == total
+    # One search per study.
+    one_each = sorted(f"/dicomweb/studies/{uid}/instances" for uid in studies)
+    assert sorted(searches(seen_requests)) == one_each
+
+
+def test_a_server_without_study_counts_is_listed_series_by_series(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """Orthanc answers a study-wide instance search without NumberOfStudyRelatedInstances:
+    the answer cannot be checked complete, so the studies are listed series by series."""
+    orthanc.reset()
+    instances = generate(tmp_path / "synth", SynthSpec(studies=2, series=2, instances=3, size=4096))
+    stored = {}
+    for instance in instances:
+        answer = orthanc.upload(instance.path)
+        stored[instance.sop_uid] = (instance, orthanc.stored_file(answer["ID"]))
+    studies = sorted({i.study_uid for i in instances})
+    assert len(studies) == 2
+    out, log = tmp_path / "out", tmp_path / "run.log"
+
+    result = run_installed(
+        "download", *studies, "--url", orthanc.dicomweb_url, "-o", str(out), "--json",
+        "--log-file", str(log),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == len(instances)
+    for sop, (instance, data) in stored.items():
+        path = out / instance.study_uid / instance.series_uid / f"{sop}.dcm"
+        assert path.read_bytes() == data
+    fallbacks = log.read_text().count("gives no instance count: series by series")
+    assert fallbacks == 1  # asked once, then series by series for the other study too
