@@ -12,7 +12,6 @@ running, no fork on the platform) none stand by, and workers start from the fork
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 import threading
 from collections.abc import Iterator
@@ -32,6 +31,8 @@ class Standby:
     closes), taking instances through one shared counter, reporting on the same pipe."""
 
     def __init__(self, count: int) -> None:
+        import multiprocessing  # only when workers may start
+
         context = multiprocessing.get_context("fork")
         self.counter: Any = context.Value("q", 0)  # the next instance of the run's list
         self.idle: list[tuple[Any, Connection]] = []
@@ -84,6 +85,8 @@ def standing_by(count: int) -> Iterator[None]:
 
 
 def _safe_to_fork() -> bool:
+    import multiprocessing
+
     return (
         "fork" in multiprocessing.get_all_start_methods()
         and threading.active_count() == 1
