@@ -62,7 +62,10 @@ def test_a_download_loads_none_of_them(
     synth_study: SynthStudy, embedded_server: StartServer, tmp_path: Path
 ) -> None:
     url = embedded_server(synth_study.root)
+    # One process: by default a download on a multi-core machine forks a standing-by worker
+    # before its event loop starts (engine/standby.py), and that needs multiprocessing.
     argv = ["dlstudy", "download", "--url", url, synth_study.study_uid, "-o", str(tmp_path), "-q"]
+    argv += ["--workers", "1"]
     code = f"""
 import sys
 from dlstudy.cli.app import app
