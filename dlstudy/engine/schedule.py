@@ -95,16 +95,21 @@ def completed_studies(
 
 def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:
     result = Plan()
-    listed: dict[Path, frozenset[str] | None] = {}  # folder -> the names in it
+    # The names in the folder of the instances at hand: refs come series by series, so one
+    # listing is kept at a time (a folder met again is listed again), and as hashes: a folder
+    # of a million files costs ~60 MB instead of ~125. A hash shared by another name only
+    # costs the lstat below.
+    folder_listed: Path | None = None
+    names: frozenset[int] | None = frozenset()
     for ref in refs:
         final = store.final_path(ref)
         folder = final.parent
-        if folder not in listed:
+        if folder != folder_listed:
             # Nothing is read through a link out of OUT: its instances are fetched, and their
             # commit reports the link.
-            listed[folder] = frozenset() if store.leads_outside(folder) else _names(folder)
-        names = listed[folder]
-        if names is not None and final.name not in names:
+            folder_listed = folder
+            names = frozenset() if store.leads_outside(folder) else _names(folder)
+        if names is not None and hash(final.name) not in names:
             result.todo.append(ref)  # one listing per folder instead of a stat() per instance
             continue
         try:
@@ -125,11 +130,12 @@ def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: b
     return result
 
 
-def _names(folder: Path) -> frozenset[str] | None:
-    """The names in `folder` (none if it does not exist); None if it cannot be listed, and
-    each file is then looked at on its own."""
+def _names(folder: Path) -> frozenset[int] | None:
+    """The hashes of the names in `folder` (none if it does not exist); None if it cannot be
+    listed, and each file is then looked at on its own."""
     try:
-        return frozenset(os.listdir(folder))
+        with os.scandir(folder) as entries:
+            return frozenset(hash(entry.name) for entry in entries)
     except (FileNotFoundError, NotADirectoryError):
         return frozenset()
     except OSError:

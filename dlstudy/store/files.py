@@ -25,6 +25,9 @@ TEMP_SUFFIX = ".part"
 # (and stays small: one per instance in flight).
 WRITE_BUFFER = 256 * 1024
 STATE_DIR = ".dlstudy"
+# Folders whose Path and checks are kept; past this the caches start again. Instances come
+# series by series, so a few suffice, and 100,000 studies no longer keep 100,000 of each.
+FOLDERS_REMEMBERED = 4096
 # Temp names: the process id keeps concurrent processes (--workers) apart, the counter the
 # transfers of one process; an interrupted run's leftovers are removed under the output lock.
 _temp_numbers = itertools.count()
@@ -103,6 +106,9 @@ class Store:
         folder, _, name = relative.rpartition("/")
         base = self._folder_paths.get(folder)
         if base is None:
+            if len(self._folder_paths) >= FOLDERS_REMEMBERED:
+                self._folder_paths.clear()
+                self._valid_series.clear()
             base = self._folder_paths[folder] = self.root / folder
         return base / name
 
@@ -151,6 +157,8 @@ class Folders:
     def leads_outside(self, folder: Path) -> bool:
         outside = self._outside.get(folder)
         if outside is None:
+            if len(self._outside) >= FOLDERS_REMEMBERED:
+                self._outside.clear()
             if self._root_real is None:
                 self._root_real = os.path.realpath(self.root)
             outside = self._outside[folder] = leads_outside(folder, self._root_real)
@@ -169,6 +177,8 @@ class Folders:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             raise IntegrityError(f"cannot create {str(folder)!r}: a file is in the way") from exc
+        if len(self._ready) >= FOLDERS_REMEMBERED:
+            self._ready.clear()
         self._ready.add(folder)
 
     def forget(self, folder: Path) -> None:
