@@ -12,6 +12,7 @@ running, no fork on the platform) none stand by, and workers start from the fork
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,9 @@ class Standby:
         import multiprocessing  # only when workers may start
 
         context = multiprocessing.get_context("fork")
+        # What exists now (modules, classes, functions) lives for the whole run: out of the
+        # collector's reach, neither process writes to its pages, so they stay shared.
+        gc.freeze()
         self.counter: Any = context.Value("q", 0)  # the next instance of the run's list
         self.idle: list[tuple[Any, Connection]] = []
         for _ in range(count):
