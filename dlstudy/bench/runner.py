@@ -37,7 +37,8 @@ import anyio
 
 from ..dicomweb.media import DICOM_JSON
 from ..dicomweb.negotiate import NEGOTIABLE_STATUS, Negotiator, Retrieval, candidates
-from ..dicomweb.qido import QIDO_CONCURRENCY, Resolver
+from ..dicomweb.qido import QIDO_CONCURRENCY
+from ..dicomweb.resolve import Resolver
 from ..errors import (
     AuthError,
     ConnectError,

@@ -1,4 +1,4 @@
-"""QIDO-RS resolution: a study's series, each series' instances, paged and deduplicated.
+"""QIDO-RS listings, paged and deduplicated (resolve.py turns them into a study's instances).
 
 Servers page in different ways (DOMAIN.md): some honour limit/offset, some cap silently or with a
 `Warning: 299`, static servers ignore offset and send the same page again, some send a lone
@@ -15,29 +15,23 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-import anyio
 import httpx
 
 from ..errors import (
-    AuthError,
-    ConnectError,
     HttpStatusError,
     IncompleteListingError,
-    NothingMatchedError,
     ServerError,
     TransferError,
 )
-from ..flow.pool import first_error
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.watchdog import watchdog
 from ..http.client import Transport
 from ..http.failures import check_auth
-from ..http.urls import redact_url, series_url, study_url
-from ..model import InstanceRef
+from ..http.urls import redact_url
 from .media import DICOM_JSON, parse_media_type
 
 log = logging.getLogger(__name__)
@@ -346,143 +340,3 @@ def _has_more_warning(headers: httpx.Headers) -> bool:
         value.strip().startswith("299") and "additional" in value.lower()
         for value in headers.get_list("warning")
     )
-
-
-class Resolver:
-    """Turns study UIDs into the instances to fetch."""
-
-    def __init__(
-        self,
-        transport: Transport,
-        *,
-        page_size: int,
-        policy: RetryPolicy,
-        series_filter: Iterable[str] = (),
-        modality_filter: Iterable[str] = (),
-    ) -> None:
-        self.transport = transport
-        self.pager = Pager(transport, page_size, policy)
-        self.series_filter = set(series_filter)
-        self.modality_filter = {m.upper() for m in modality_filter}
-        # Whether studies are listed in one request (study_instances): None until known.
-        self.one_request: bool | None = None
-        self._deciding = anyio.Lock()
-
-    async def series_of(self, study_uid: str) -> list[SeriesRef]:
-        base = self.transport.base_url
-        found = await self.pager.fetch_all(
-            f"{study_url(base, study_uid)}/series",
-            [("includefield", TAG_SERIES_INSTANCES)],
-            TAG_SERIES_UID,
-            keep=lambda item: series_ref(study_uid, item),
-        )
-        if not found:
-            raise NothingMatchedError(f"study {study_uid} not found on the server")
-        return [series for series in found if self.wanted(series.series_uid, series.modality)]
-
-    def wanted(self, series_uid: str, modality: str) -> bool:
-        """Whether a series passes the --series and --modality filters."""
-        if self.series_filter and series_uid not in self.series_filter:
-            return False
-        return not self.modality_filter or modality in self.modality_filter
-
-    async def instances_of(self, series: SeriesRef) -> list[InstanceRef]:
-        base = self.transport.base_url
-        study, uid, modality = series.study_uid, series.series_uid, series.modality
-
-        def keep(item: dict[str, Any]) -> InstanceRef | None:
-            sop_uid = first_value(item, TAG_SOP_UID)  # every ref shares the series' strings
-            return None if sop_uid is None else InstanceRef(study, uid, sop_uid, modality)
-
-        refs = await self.pager.fetch_all(
-            f"{series_url(base, study, uid)}/instances",
-            [],
-            TAG_SOP_UID,
-            expected=series.instance_count,
-            keep=keep,
-        )
-        return refs or []
-
-    async def resolve(self, study_uid: str) -> list[InstanceRef]:
-        """Every instance of the study that passes the filters, in QIDO order: in one request
-        when the server's answer can be checked complete, else series by series."""
-        if not self.series_filter:  # (--series names a few series: those are listed alone)
-            if self.one_request is None:
-                async with self._deciding:  # until a study tells, the others wait for it
-                    if self.one_request is not False:
-                        refs = await self.study_instances(study_uid)
-                        if refs is not None:
-                            return refs
-            elif self.one_request:
-                refs = await self.study_instances(study_uid)
-                if refs is not None:
-                    return refs
-        return await self.series_by_series(study_uid)
-
-    async def study_instances(self, study_uid: str) -> list[InstanceRef] | None:
-        """The study's instances from one study-wide instance search (paged like any other),
-        or None when that answer cannot be trusted complete: the two-step path then lists the
-        study. Trusted only when every result carries the study's instance count
-        (NumberOfStudyRelatedInstances) and as many distinct instances were listed: a server
-        that caps pages silently could otherwise cut whole series off unseen. A server whose
-        results lack the count (Orthanc) is not asked this way again."""
-        series: dict[str, tuple[str, str]] = {}  # series UID -> (its shared string, modality)
-        counts: set[int | None] = set()
-        listed = 0
-
-        def keep(item: dict[str, Any]) -> InstanceRef | None:
-            nonlocal listed
-            listed += 1
-            counts.add(first_int(item, TAG_STUDY_INSTANCES))
-            series_uid = first_value(item, TAG_SERIES_UID)
-            sop_uid = first_value(item, TAG_SOP_UID)
-            if series_uid is None or sop_uid is None:
-                counts.add(None)  # no answer to build on
-                return None
-            known = series.get(series_uid)
-            if known is None:
-                modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
-                known = series[series_uid] = (series_uid, modality)
-            if not self.wanted(*known):
-                return None
-            return InstanceRef(study_uid, known[0], sop_uid, known[1])
-
-        url = f"{study_url(self.transport.base_url, study_uid)}/instances"
-        try:
-            refs = await self.pager.fetch_all(url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, keep=keep)
-        except IncompleteListingError as exc:
-            log.info("%s; listing the study series by series", exc)
-            return None
-        except (AuthError, ConnectError):
-            raise
-        except ServerError as exc:  # refused (a server without study-wide instance search)
-            log.info("%s; listing studies series by series", exc)
-            self.one_request = False
-            return None
-        if refs is None or listed == 0:
-            return None  # 404 or nothing: the two-step path says which
-        if counts == {None}:
-            log.info("study-wide instance search gives no instance count: series by series")
-            self.one_request = False
-            return None
-        if counts != {listed}:
-            log.info("study %s: %d instances listed, its count says %s", study_uid, listed, counts)
-            return None
-        self.one_request = True
-        return refs
-
-    async def series_by_series(self, study_uid: str) -> list[InstanceRef]:
-        """The study's series, then each series' instances, checked against its count."""
-        all_series = await self.series_of(study_uid)
-        per_series: list[list[InstanceRef]] = [[] for _ in all_series]
-        limiter = anyio.CapacityLimiter(QIDO_CONCURRENCY)
-
-        async def one(index: int, series: SeriesRef) -> None:
-            async with limiter:
-                per_series[index] = await self.instances_of(series)
-
-        with first_error():
-            async with anyio.create_task_group() as tg:
-                for index, series in enumerate(all_series):
-                    tg.start_soon(one, index, series)
-        return [ref for refs in per_series for ref in refs]

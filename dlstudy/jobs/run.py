@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..dicomweb.cohort import CohortItem
 from ..dicomweb.locate import Locator, NotFound
 from ..dicomweb.negotiate import Negotiator, candidates
-from ..dicomweb.qido import Resolver
+from ..dicomweb.resolve import Resolver
 from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher

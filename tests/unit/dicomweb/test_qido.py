@@ -12,7 +12,8 @@ import anyio
 import httpx
 import pytest
 
-from dlstudy.dicomweb.qido import MAX_RESULTS, Resolver
+from dlstudy.dicomweb.qido import MAX_RESULTS
+from dlstudy.dicomweb.resolve import Resolver
 from dlstudy.errors import AuthError, IncompleteListingError, NothingMatchedError, ServerError
 from dlstudy.flow.retry import RetryPolicy
 from dlstudy.http.client import Transport
