@@ -1,6 +1,6 @@
 """Cohort items -> the instances to fetch, asking QIDO only for what a line does not name.
 
-    study                   its series, then each series' instances (resolve.Resolver, filters apply)
+    study                   its series, then each series' instances (resolve.Resolver; filters)
     study + series          that series' instances: one listing, nothing else of the study
     series                  `/series?SeriesInstanceUID=` finds its study (one lookup), then as above
     study + series + SOP    no request at all: the instance is fetched as named

@@ -42,19 +42,20 @@ class BulkFetcher:
         refs: list[InstanceRef],
         on_bytes: ByteCounter,
         on_done: InstanceDone,
-    ) -> set[str]:
+    ) -> list[InstanceRef]:
         """Retrieve `url` (a series or study) and commit the parts that belong to `refs`.
 
-        Returns the SOP Instance UIDs committed. Failures are logged, not raised: the caller
-        retrieves what is missing instance by instance. Only auth errors propagate.
+        Returns the refs not committed. Failures are logged, not raised: the caller retrieves
+        what is missing instance by instance. Only auth errors propagate.
         """
+        # What is still wanted: each committed part leaves it, so nothing else has to remember
+        # a series' committed instances (a million strings in a million-instance series).
         wanted = {ref.sop_uid: ref for ref in refs}
-        committed: set[str] = set()
         if self.unsupported is not None:
-            return committed
+            return list(wanted.values())
         try:
             await self.negotiator.run(
-                lambda form: self._fetch_once(url, form, wanted, committed, on_bytes, on_done)
+                lambda form: self._fetch_once(url, form, wanted, on_bytes, on_done)
             )
         except HttpStatusError as exc:
             if not exc.retryable:
@@ -62,15 +63,14 @@ class BulkFetcher:
                 self.unsupported = str(exc)
             log.warning("bulk retrieval refused: %s", exc)
         except TransferError as exc:
-            log.warning("bulk retrieval stopped after %d parts: %s", len(committed), exc)
-        return committed
+            log.warning("bulk retrieval stopped after %d parts: %s", len(refs) - len(wanted), exc)
+        return list(wanted.values())
 
     async def _fetch_once(
         self,
         url: str,
         form: Retrieval,
         wanted: dict[str, InstanceRef],
-        committed: set[str],
         on_bytes: ByteCounter,
         on_done: InstanceDone,
     ) -> None:
@@ -83,7 +83,7 @@ class BulkFetcher:
                 # per-instance retrieval is tried before anything is called fatal.
                 raise status_error(response, "bulk retrieval")
             check_identity_encoding(response, "bulk retrieval")
-            sink = _PartSink(self.store, wanted, committed, on_bytes, on_done)
+            sink = _PartSink(self.store, wanted, on_bytes, on_done)
 
             def on_event(event: Event) -> None:
                 if isinstance(event, PartData):
@@ -106,13 +106,11 @@ class _PartSink:
         self,
         store: Store,
         wanted: dict[str, InstanceRef],
-        committed: set[str],
         on_bytes: ByteCounter,
         on_done: InstanceDone,
     ) -> None:
         self.store = store
-        self.wanted = wanted
-        self.committed = committed
+        self.wanted = wanted  # what is not committed yet
         self.on_bytes = on_bytes
         self.on_done = on_done
         self.count = 0
@@ -150,7 +148,7 @@ class _PartSink:
                 temp.path, label=f"part {self.count}", head=self.head, size=temp.size
             )
             ref = self.wanted.get(info.sop_uid)
-            if ref is None or ref.sop_uid in self.committed:
+            if ref is None:  # not asked for, or committed already (a part sent twice)
                 log.info("part %d (%s) was not asked for; dropped", self.count, info.sop_uid)
                 temp.discard()
                 return
@@ -168,7 +166,7 @@ class _PartSink:
         except BaseException:
             temp.discard()
             raise
-        self.committed.add(ref.sop_uid)
+        del self.wanted[ref.sop_uid]
         self.on_done(ref, Committed(temp.final, temp.size, self.digest.labelled()))
 
     def abandon(self) -> None:

@@ -383,8 +383,7 @@ class Run:
 
         async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
             url, refs = item
-            got = await bulk.fetch(url, refs, self.progress.advance, self.record_done)
-            left[url] = [ref for ref in refs if ref.sop_uid not in got]
+            left[url] = await bulk.fetch(url, refs, self.progress.advance, self.record_done)
 
         await run_pool(list(groups.items()), one_group, self.settings.concurrency)
         missing = [ref for url in groups for ref in left.get(url, ())]
