@@ -70,7 +70,7 @@ class StudyQuery:
         return params
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StudyRecord:
     """One study as the study-level search described it: the fields dlstudy uses, not the
     whole DICOM JSON (100,000 of those held by `sync` took most of a gigabyte)."""
@@ -223,10 +223,12 @@ async def search_studies(
     url = f"{transport.base_url}/studies"
     found: dict[str, StudyRecord] = {}
     for modality in query.modalities or (None,):
-        items = await pager.fetch_all(url, query.params(modality), TAG_STUDY_UID)
-        for item in items or []:  # None: 404, which some servers answer for "no match"
-            record = StudyRecord.from_json(item)
-            if record is not None and record.study_uid not in found:
+        # Each page's JSON is read into records as it arrives, never kept.
+        records = await pager.fetch_all(
+            url, query.params(modality), TAG_STUDY_UID, keep=StudyRecord.from_json
+        )
+        for record in records or []:  # None: 404, which some servers answer for "no match"
+            if record.study_uid not in found:
                 found[record.study_uid] = record
     return list(found.values())
 
