@@ -129,7 +129,7 @@ def find(explicit: Path | None, env: Mapping[str, str], home: Path | None = None
 
 def load(path: Path) -> Config:
     """Read and check the structure of a config file (values are checked by the CLI)."""
-    import tomllib  # its regexes compile at import (~15 ms): only when there is a file
+    import tomllib  # its regexes compile at import: only when there is a file
 
     try:
         with path.open("rb") as fp:

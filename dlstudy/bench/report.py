@@ -46,7 +46,7 @@ def _ms_percentiles(seconds: Sequence[float]) -> dict[str, float | None]:
 
 
 def _spread(values: Sequence[float], digits: int = 3) -> dict[str, float | None]:
-    import statistics  # ~8 ms to import: not at every start-up of the CLI
+    import statistics  # not at every start-up of the CLI
 
     if not values:
         return {"median": None, "min": None, "max": None}

@@ -75,13 +75,14 @@ def main() -> None:
     """Run the CLI, then exit without tearing the interpreter down.
 
     Only the command named on the command line is imported and built: typer builds each
-    command's options from its signature at every start, and all of them took ~15 ms (of a
-    ~0.5 s download of a small study). Anything else (--help, completion, a typo) gets the
-    whole app.
+    command's options from its signature at every start, and building all of them is a
+    measurable part of a small download (docs/decisions.md). Anything else (--help,
+    completion, a typo) gets the whole app.
 
     By the time a command returns, everything it wrote is flushed and closed (manifest lines
     are flushed as written, instances committed by rename). Python's teardown after that only
-    deallocates modules and objects: ~80 ms of CPU here, a tenth of a small study's download.
+    deallocates modules and objects, a measurable part of a small download's CPU
+    (docs/decisions.md).
     atexit handlers (logging, multiprocessing) still run; under a profiler, debugger or
     coverage tracer the exit is the usual one.
     """

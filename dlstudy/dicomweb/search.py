@@ -141,7 +141,8 @@ def all_values(item: dict[str, Any], tag: str) -> tuple[str, ...]:
 
 def attribute_id(name: str) -> str:
     """A filter key as sent: the keyword if pydicom knows it, else the tag's 8 hex digits."""
-    from pydicom.datadict import keyword_for_tag, tag_for_keyword  # ~80 ms: only with --filter
+    # pydicom is slow to import: only with --filter.
+    from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
     name = name.strip()
     match = _TAG_RE.fullmatch(name)

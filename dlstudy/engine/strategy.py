@@ -16,8 +16,8 @@ from typing import Any
 
 # Below this many instances a study is quick either way; the probe would not pay for itself.
 AUTO_BULK_MIN_INSTANCES = 100
-# At and below this size, per-request overhead outweighs moving the bytes (about 2 ms per
-# request in the client against ~0.5 ms per multipart part, in our profiles).
+# At and below this size, per-request overhead outweighs moving the bytes: a part of a
+# multipart response costs the client a fraction of a request (docs/decisions.md).
 SMALL_INSTANCE_BYTES = 128 * 1024
 
 

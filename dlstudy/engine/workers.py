@@ -53,15 +53,14 @@ MIN_INSTANCES_PER_WORKER = 50
 AUTO_MAX_WORKERS = 4
 MAX_WORKERS = 64  # what --workers accepts
 # --workers 0: the event loop is watched over the transfers' first _WATCH_SECONDS, and more
-# processes start if it kept at least _BUSY of a CPU busy. Measured here on `ct` over
-# 0.1 s: 97-99% at 0 ms RTT, where two processes are ~40% faster; 68-76% at 20 ms, where the
-# first round trips are waited for (and two processes were ~20% slower than one). Each tenth
-# of a second watched at 0 ms is a tenth run on one core instead of two.
+# processes start if it kept at least _BUSY of a CPU busy: near the server the loop is the
+# bottleneck, far from it the first round trips are waited for and more processes only cost
+# CPU (the measurements behind both numbers: docs/decisions.md). The watch is short because
+# it runs on one core.
 _WATCH_SECONDS = 0.1
 _BUSY = 0.9
 # --workers 0 starts the workers without watching when the server answered a query this fast
-# (a round trip plus its own time): on this host or a LAN, where a Python client is CPU-bound
-# (nginx here: ~1 ms; at 20 ms RTT, >= 20 ms).
+# (a round trip plus its own time): on this host or a LAN, where a Python client is CPU-bound.
 NEAR_SERVER_SECONDS = 0.005
 _JOIN_TIMEOUT = 10.0
 
@@ -313,8 +312,8 @@ class _FromForkServer(_Launch):
 async def _busy(seconds: float) -> bool:
     """Whether this process used nearly a whole CPU over the next `seconds`: its event loop is
     the bottleneck, and more processes will help. Far from the server (or behind anything
-    slower than the client) it waits on the network instead, and more processes only cost CPU
-    (measured at 20 ms RTT here: one process 1.9 s, two 2.3 s)."""
+    slower than the client) it waits on the network instead, and more processes only cost
+    CPU."""
     started, cpu = time.monotonic(), time.process_time()
     await anyio.sleep(seconds)
     share = (time.process_time() - cpu) / (time.monotonic() - started)

@@ -167,9 +167,9 @@ class Transport:
         """A streamed GET. One to the server's own origin with nothing for httpx's pipeline to
         do (no auth flow, no cookie) goes straight to the client's transport: that pipeline
         (URL merging, cookie-jar round trips through urllib objects, auth and redirect
-        generators) cost ~0.4 ms a request, a third of the client's CPU per instance on `ct`
-        (profile in docs/performance.md). A redirect or a cookie in the answer is handed back
-        to httpx, so behaviour stays the client's own."""
+        generators) was a third of the client's CPU per instance (docs/decisions.md). A
+        redirect or a cookie in the answer is handed back to httpx, so behaviour stays the
+        client's own."""
         client = self._client
         target = self._with_base_query(url)
         extensions = {

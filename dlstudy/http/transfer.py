@@ -85,8 +85,8 @@ class Transfer:
     def on_data(self, chunk: bytes) -> int | None:
         if self.sink is not None:
             # Servers frame HTTP/2 bodies in 8-16 KiB DATA frames, cut further by TLS records:
-            # libcurl calls back once a piece (~5 KiB on nginx). The sink (a write, a hash, a
-            # check: ~8 µs of Python) gets them SINK_BATCH at a time, the first one at once so
+            # libcurl calls back once a piece. The sink (a write, a hash, a check: Python
+            # each time) gets them SINK_BATCH at a time, the first one at once so
             # an error page is recognised before the rest of it arrives.
             first = not self.received
             self.received += len(chunk)

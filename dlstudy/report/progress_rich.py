@@ -1,5 +1,6 @@
-"""The live progress bar (rich) for interactive runs, in its own module: rich costs ~25 ms of
-start-up, which runs with --json, --quiet or a non-terminal stderr never need."""
+"""The live progress bar (rich) for interactive runs, in its own module: importing rich is a
+visible part of start-up, which runs with --json, --quiet or a non-terminal stderr never
+need."""
 
 from __future__ import annotations
 

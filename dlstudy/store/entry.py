@@ -4,9 +4,8 @@ The manifest records what was verified when it was written (size and a BLAKE3 di
 bytes); `--verify` re-checks files against it.
 
 BLAKE3, not SHA-256 (which older manifests hold, and which is still checked where an entry has
-it): as strong a 256-bit cryptographic digest, five times faster here (9.3 GB/s
-against 1.86 with SHA-NI). SHA-256 of every byte cost a sixth of a fast download's wall time
-(`ct` over TLS h2: 1.11 -> 0.99 s side by side; README "Performance").
+it): as strong a 256-bit cryptographic digest, several times faster; SHA-256 of every byte was
+a visible part of a fast download's wall time (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -77,8 +76,8 @@ class Entry:
         return self.digest.partition(":")[0]
 
     def line(self) -> str:
-        """The JSON line, the digest under its algorithm's name (dataclasses.asdict deep-copies
-        every field: ~20 µs an entry)."""
+        """The JSON line, the digest under its algorithm's name (by hand: dataclasses.asdict
+        deep-copies every field)."""
         algorithm, _, hexdigest = self.digest.partition(":")
         return json.dumps(
             {
