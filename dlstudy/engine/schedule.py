@@ -108,7 +108,12 @@ def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: b
             # Nothing is read through a link out of OUT: its instances are fetched, and their
             # commit reports the link.
             folder_listed = folder
-            names = frozenset() if store.leads_outside(folder) else _names(folder)
+            if store.leads_outside(folder):
+                names = frozenset()
+            elif verify:
+                names = None  # every file present is read anyway: a listing saves nothing
+            else:
+                names = _names(folder)
         if names is not None and hash(final.name) not in names:
             result.todo.append(ref)  # one listing per folder instead of a stat() per instance
             continue

@@ -94,7 +94,12 @@ class Manifest:
             self._db = self._open_read_only()
         else:
             self._db = self._open()
-            self._import_legacy()
+            try:
+                self._import_legacy()
+            except BaseException:
+                db, self._db = self._db, None  # no connection outlives a Manifest not made
+                db.close()
+                raise
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -122,6 +127,9 @@ class Manifest:
             db.close()
             where = str(path)
             raise OutputError(f"cannot use {where!r}: {exc.strerror or exc}", path=where) from exc
+        except BaseException:
+            db.close()
+            raise
         if not os.path.samestat(checked, now):
             db.close()
             where = str(path)
@@ -131,8 +139,12 @@ class Manifest:
     def _open_read_only(self) -> sqlite3.Connection:
         if not os.path.lexists(self.path):
             db = self._connect(":memory:", uri=False)
-            db.executescript(_SCHEMA)
-            self._import_legacy(db, rename=False)
+            try:
+                db.executescript(_SCHEMA)
+                self._import_legacy(db, rename=False)
+            except BaseException:
+                db.close()
+                raise
             return db
         try:
             for suffix in ("", *JOURNALS):
@@ -148,14 +160,21 @@ class Manifest:
         except sqlite3.Error as exc:
             db.close()
             raise self._error(exc) from exc
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _connect(self, target: str, *, uri: bool) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        try:
             db.execute("PRAGMA busy_timeout = 10000")  # a run committing its batch
             db.execute("PRAGMA cache_size = -16000")  # 16 MB
         except sqlite3.Error as exc:
+            db.close()
             raise self._error(exc) from exc
         return db
 

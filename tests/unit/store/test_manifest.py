@@ -87,7 +87,9 @@ def test_a_completion_record_is_kept_per_study(tmp_path: Path) -> None:
     assert manifest.completion("1.2") is None
     manifest.record_complete("1.2", 3, "{study}/{series}/{sop}.dcm")
     manifest.close()
-    record = Manifest(tmp_path, state, read_only=True).completion("1.2")
+    reader = Manifest(tmp_path, state, read_only=True)
+    record = reader.completion("1.2")
+    reader.close()
     assert record is not None
     assert (record.study, record.instances, record.layout) == (
         "1.2", 3, "{study}/{series}/{sop}.dcm"
@@ -116,7 +118,9 @@ def test_an_older_jsonl_manifest_is_imported_once_and_renamed_aside(tmp_path: Pa
     manifest.close()
     assert not legacy.exists()
     assert (state / "manifest.jsonl.imported").read_text().startswith(entry(0).line())
-    assert len(Manifest(tmp_path, state)) == 2
+    again = Manifest(tmp_path, state)
+    assert len(again) == 2
+    again.close()
 
 
 @pytest.mark.parametrize("planted", ["manifest.sqlite", "manifest.sqlite-wal"])
