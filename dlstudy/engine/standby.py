@@ -13,7 +13,6 @@ running, no fork on the platform) none stand by, and workers start from the fork
 from __future__ import annotations
 
 import gc
-import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .claims import SharedClaims
-from .worker_process import die_with_parent, serve
+from .worker_process import become_worker, serve
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -109,8 +108,7 @@ def _no_running_loop() -> bool:
 
 
 def _wait_for_job(conn: Connection, counter: Any, inherited: list[Connection]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
-    die_with_parent()
+    become_worker()
     for other in inherited:
         other.close()
     try:

@@ -41,7 +41,14 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> None:
         raise ParentGone() from exc
 
 
-def die_with_parent() -> None:
+def become_worker() -> None:
+    """What every worker process does first: Ctrl-C goes to the parent, which stops it; and
+    it does not outlive the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
     """Ask Linux for SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps writing
     into a folder whose lock is gone. Elsewhere the next report to the parent fails instead."""
     try:
@@ -58,8 +65,7 @@ def worker_main(
     settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection, go: Any
 ) -> None:
     """Entry point of a worker process; it starts fetching once the parent sets `go`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
-    die_with_parent()
+    become_worker()
     go.wait()
     serve(settings, refs, form, conn)
 
