@@ -1,13 +1,15 @@
 """Which instances a study holds: its series, then each series' instances, through the
 QIDO pager (qido.py); or, where the server proves a study-wide search complete by the study's
-own instance count, all of them in one listing. Filters (--series, --modality) apply here.
+own instance count, all of them in one listing, and for a list of studies, many studies in one
+listing (UID list matching). Filters (--series, --modality) apply here.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -32,6 +34,7 @@ from .qido import (
     TAG_SERIES_UID,
     TAG_SOP_UID,
     TAG_STUDY_INSTANCES,
+    TAG_STUDY_UID,
     Pager,
     SeriesRef,
     first_int,
@@ -40,6 +43,13 @@ from .qido import (
 )
 
 log = logging.getLogger(__name__)
+
+# Studies asked for in one instance search (their UIDs make a URL of about 2 KB).
+STUDIES_PER_SEARCH = 32
+
+
+class _IgnoresList(Exception):
+    """A search by a list of study UIDs answered with a study not in the list."""
 
 
 class Resolver:
@@ -60,7 +70,10 @@ class Resolver:
         self.modality_filter = {m.upper() for m in modality_filter}
         # Whether studies are listed in one request (study_instances): None until known.
         self.one_request: bool | None = None
+        # Whether several studies are listed in one request (studies_at_once): None until known.
+        self.lists_studies: bool | None = None
         self._deciding = anyio.Lock()
+        self._deciding_lists = anyio.Lock()
 
     async def series_of(self, study_uid: str) -> list[SeriesRef]:
         base = self.transport.base_url
@@ -164,6 +177,87 @@ class Resolver:
             return None
         self.one_request = True
         return refs
+
+    async def studies_at_once(self, study_uids: Sequence[str]) -> dict[str, list[InstanceRef]]:
+        """The instances of several studies from one instance search (`StudyInstanceUID` as a
+        comma-separated list: QIDO-RS UID list matching), for each study whose listing its own
+        instance count (NumberOfStudyRelatedInstances) proves complete. The other studies are
+        left out of the answer: the caller lists them one by one (resolve), which also says
+        which ones the server does not have. A server that refuses the search, ignores the
+        list or gives no counts is not asked this way again."""
+        if self.series_filter or self.lists_studies is False or not study_uids:
+            return {}
+        if self.lists_studies is None:
+            async with self._deciding_lists:  # until one answer tells, the others wait for it
+                return await self._studies_at_once(study_uids)
+        return await self._studies_at_once(study_uids)
+
+    async def _studies_at_once(self, study_uids: Sequence[str]) -> dict[str, list[InstanceRef]]:
+        if self.lists_studies is False:
+            return {}
+        asked = {uid: uid for uid in study_uids}  # each ref shares the caller's string
+        series: dict[str, tuple[str, str]] = {}  # series UID -> (its shared string, modality)
+        listed: Counter[str] = Counter()
+        counts: defaultdict[str, set[int | None]] = defaultdict(set)
+
+        def keep(item: dict[str, Any]) -> InstanceRef | None:
+            study_uid = asked.get(first_value(item, TAG_STUDY_UID) or "")
+            series_uid = first_value(item, TAG_SERIES_UID)
+            sop_uid = first_value(item, TAG_SOP_UID)
+            if study_uid is None:  # not asked for: the server ignores the list (stop paging)
+                raise _IgnoresList
+            listed[study_uid] += 1
+            counts[study_uid].add(first_int(item, TAG_STUDY_INSTANCES))
+            if series_uid is None or sop_uid is None:
+                counts[study_uid].add(None)  # no answer to build on
+                return None
+            known = series.get(series_uid)
+            if known is None:
+                modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
+                known = series[series_uid] = (series_uid, modality)
+            if not self.wanted(*known):
+                return None
+            return InstanceRef(study_uid, known[0], sop_uid, known[1])
+
+        url = f"{self.transport.base_url}/instances"
+        params = [
+            ("StudyInstanceUID", ",".join(asked)),
+            ("includefield", TAG_STUDY_UID),
+            *STUDY_INSTANCE_PARAMS,
+        ]
+        try:
+            refs = await self.pager.fetch_all(url, params, TAG_SOP_UID, keep=keep)
+        except IncompleteListingError as exc:
+            log.info("%s; listing those studies one by one", exc)
+            return {}
+        except (AuthError, ConnectError):
+            raise
+        except ServerError as exc:  # refused (no UID list matching, no unscoped search)
+            log.info("%s; listing studies one by one", exc)
+            self.lists_studies = False
+            return {}
+        except _IgnoresList:
+            refs, why = None, "answers a search by a list of study UIDs with other studies"
+        else:
+            why = "has no instance search across studies"
+            if refs is not None and listed and all(c == {None} for c in counts.values()):
+                refs, why = None, "gives no study instance count in an instance search"
+        if refs is None:
+            log.info("the server %s: listing studies one by one", why)
+            self.lists_studies = False
+            return {}
+        if not listed and self.lists_studies is None:
+            log.info("a search by a list of study UIDs found none of them: one by one")
+            self.lists_studies = False  # (the list matched nothing: not understood, likely)
+            return {}
+        complete = {uid for uid, n in listed.items() if counts[uid] == {n}}
+        if complete:
+            self.lists_studies = True
+        found: dict[str, list[InstanceRef]] = {uid: [] for uid in complete}
+        for ref in refs:
+            if ref.study_uid in complete:
+                found[ref.study_uid].append(ref)
+        return found
 
     async def series_by_series(self, study_uid: str) -> list[InstanceRef]:
         """The study's series, then each series' instances, checked against its count."""

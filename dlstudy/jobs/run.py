@@ -20,7 +20,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..dicomweb.cohort import CohortItem
 from ..dicomweb.locate import Locator, NotFound
 from ..dicomweb.negotiate import Negotiator, candidates
-from ..dicomweb.resolve import Resolver
+from ..dicomweb.qido import QIDO_CONCURRENCY
+from ..dicomweb.resolve import STUDIES_PER_SEARCH, Resolver
 from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher
@@ -135,12 +136,20 @@ class Run:
             if item.level == "study":
                 self.summary.studies.append(item.uid)
 
+        listed_together = await self.studies_at_once(items, resolver)
+
         async def resolve_one(index: int) -> None:
-            if items[index].level == "study":
-                self.progress.resolving(items[index].uid)
-            await one(index)
+            item = items[index]
+            if item.level == "study":
+                self.progress.resolving(item.uid)
+            refs = listed_together.get(item.uid) if item.level in ("study", "unknown") else None
+            if refs is None:
+                await one(index)
+            else:
+                found[index] = refs
 
         await run_pool(range(len(items)), resolve_one, RESOLVING_AT_ONCE)
+        listed_together.clear()
         for index in sorted(failed):
             reason, status = failed[index]
             self.missing(items[index], reason, status=status)
@@ -149,6 +158,23 @@ class Run:
         if self.summary.total == 0 and not incomplete:
             raise NothingMatchedError(self._nothing_matched_message(items))
         return refs
+
+    async def studies_at_once(
+        self, items: list[CohortItem], resolver: Resolver
+    ) -> dict[str, list[InstanceRef]]:
+        """The instances of the listed studies (and of plain UIDs, which are studies more
+        often than not), STUDIES_PER_SEARCH studies a request where the server proves each
+        answer complete; those it does not are resolved one by one afterwards."""
+        uids = list(dict.fromkeys(i.uid for i in items if i.level in ("study", "unknown")))
+        if len(uids) < 2:
+            return {}
+        found: dict[str, list[InstanceRef]] = {}
+
+        async def one_search(start: int) -> None:
+            found.update(await resolver.studies_at_once(uids[start : start + STUDIES_PER_SEARCH]))
+
+        await run_pool(range(0, len(uids), STUDIES_PER_SEARCH), one_search, QIDO_CONCURRENCY)
+        return found
 
     def missing(self, item: CohortItem, reason: str, *, status: int | None = 404) -> None:
         """An item the server does not have (or could not list): a failure of its own, the

@@ -14,6 +14,7 @@ Knobs (all off by default): latency per request, bearer token with expiry, WADO 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -128,7 +129,7 @@ class DicomwebApp:
         if not negotiate.accepts_json(ctx.accept):
             return _text(406, "QIDO-RS answers application/dicom+json")
         query = qido.parse_query(ctx.params, _LEVELS[level])
-        page = await asyncio.to_thread(  # includefield may read files: keep the loop free
+        search = functools.partial(
             self.archive.search,
             query,
             study_uid=study_uid,
@@ -137,6 +138,8 @@ class DicomwebApp:
             max_page_size=self.options.max_page_size,
             ignore_offset=self.options.ignore_offset,
         )
+        # includefield may read files: keep the loop free
+        page = await asyncio.to_thread(search) if self.archive.search_reads_files else search()
         warnings = []
         if page.unsupported:
             names = ", ".join(page.unsupported)

@@ -13,6 +13,9 @@ from .virtual import VirtualArchive
 
 
 class Archive(Protocol):
+    # Whether a search may read files (includefield): it then runs off the event loop.
+    search_reads_files: bool
+
     def search(
         self,
         query: qido.Query,
@@ -42,6 +45,8 @@ def open_archive(options: ServerOptions) -> Archive:
 
 
 class FolderArchive:
+    search_reads_files = True
+
     def __init__(self, index: Index) -> None:
         self.index = index
 

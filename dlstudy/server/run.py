@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -70,6 +71,11 @@ class _AccessLogWithoutSecrets(Logger):
     variable as its arguments (whatever the format uses), so a handler that prints them, as
     logging does when a handler fails, would show tokens. Keep the standard atoms only."""
 
+    async def access(self, request: Any, response: Any, request_time: float) -> None:
+        # The record's atoms cost more than some responses: built only for a listening logger.
+        if self.access_logger is not None and self.access_logger.isEnabledFor(logging.INFO):
+            await super().access(request, response, request_time)
+
     def atoms(self, request: Any, response: Any, request_time: float) -> Mapping[str, str]:
         atoms = super().atoms(request, response, request_time)
         return {k: v for k, v in atoms.items() if not k.endswith(("}i", "}e", "}o"))}
@@ -92,8 +98,9 @@ async def _serve(
     config.errorlog = logging.getLogger("dlstudy.server.hypercorn")
     config.graceful_timeout = 1.0
     config.include_server_header = False
-    if options.max_requests_per_connection is not None:
-        config.keep_alive_max_requests = options.max_requests_per_connection
+    # hypercorn's default ends a connection after 1,000 requests, and on HTTP/2 it drops the
+    # streams still in flight then (a GOAWAY, then no response): every client would see errors.
+    config.keep_alive_max_requests = options.max_requests_per_connection or sys.maxsize
 
     # Set when shutdown starts: responses still streaming stop at once (see app.py), so
     # every connection ends within hypercorn's graceful timeout and none is cancelled.

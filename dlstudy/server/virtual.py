@@ -40,6 +40,7 @@ class VirtualArchive(VirtualIndex):
     """The index of a virtual archive, the attributes and bytes of everything in it."""
 
     modality_names = MODALITIES
+    search_reads_files = False  # everything is computed: a thread hop would only add cost
 
     def __init__(self, spec: VirtualSpec) -> None:
         super().__init__(spec)

@@ -86,7 +86,8 @@ class Searcher:
         )
         # Unscoped series and instance searches also return the study's attributes (PS3.18 10.6.3).
         with_study = query.level == "study" or query.include_all or study_uid is None
-        results = [self._render(p, query, base_url, with_study) for p in page]
+        memo = _Memo(self.archive)
+        results = [self._render(p, query, base_url, with_study, memo) for p in page]
         return Page(results, remaining, truncated, query.unsupported)
 
     # --- matching -------------------------------------------------------------------------
@@ -242,29 +243,34 @@ class Searcher:
 
     # --- rendering ------------------------------------------------------------------------
 
-    def _render(self, position: Position, query: Query, base_url: str, with_study: bool) -> Json:
+    def _render(
+        self, position: Position, query: Query, base_url: str, with_study: bool, memo: _Memo
+    ) -> Json:
         a = self.archive
         i = position[0]
+        study = memo.study(i)
         out: Json = {}
         if with_study:
-            out.update(a.study_attributes(i))
-            out.update(a.study_summary(i))
+            out.update(study)
         else:
-            out[key(_STUDY_UID)] = computed("UI", a.study_uid(i))
+            out[key(_STUDY_UID)] = study[key(_STUDY_UID)]
         url = f"{base_url}/studies/{a.study_uid(i)}"
+        series: Json = {}
         if len(position) > 1:
             j = position[1]
-            out.update(a.series_attributes(i, j))
-            out[key(at.NUMBER_OF_SERIES_RELATED_INSTANCES)] = computed("IS", a.instance_count(i, j))
+            series = memo.series(i, j)
+            out.update(series)
             url += f"/series/{a.series_uid(i, j)}"
+        instance: Json = {}
         if len(position) > 2:
-            out.update(a.instance_attributes(*position))
+            instance = a.instance_attributes(*position)
+            out.update(instance)
             out[key(at.AVAILABLE_TRANSFER_SYNTAX)] = computed("UI", EXPLICIT_VR_LE)
             url += f"/instances/{a.sop_uid(*position)}"
         out[key(at.RETRIEVE_URL)] = computed("UR", url)
         out[key(at.INSTANCE_AVAILABILITY)] = computed("CS", "ONLINE")
         if query.filters or query.includes or query.include_all:
-            known = self._everything(position)
+            known = {**study, **series, **instance}
             for tag, _ in query.filters:  # matched attributes are returned, even if empty
                 out.setdefault(key(tag), known.get(key(tag)) or {"vr": vr_of(tag)})
             for tag in query.includes:
@@ -275,15 +281,31 @@ class Searcher:
                     out.setdefault(name, entry)
         return dict(sorted(out.items()))
 
-    def _everything(self, position: Position) -> Json:
-        a = self.archive
-        i = position[0]
-        known = {**a.study_attributes(i), **a.study_summary(i)}
-        if len(position) > 1:
-            known.update(a.series_attributes(i, position[1]))
-        if len(position) > 2:
-            known.update(a.instance_attributes(*position))
-        return known
+
+class _Memo:
+    """A page's study and series attributes, each computed once (a study's instances share
+    them). Series attributes include their instance count: they are series-level results."""
+
+    def __init__(self, archive: VirtualArchive) -> None:
+        self.archive = archive
+        self._study: tuple[int, Json] = (-1, {})
+        self._series: tuple[tuple[int, int], Json] = ((-1, -1), {})
+
+    def study(self, i: int) -> Json:
+        if self._study[0] != i:
+            a = self.archive
+            self._study = (i, {**a.study_attributes(i), **a.study_summary(i)})
+        return self._study[1]
+
+    def series(self, i: int, j: int) -> Json:
+        if self._series[0] != (i, j):
+            a = self.archive
+            series = a.series_attributes(i, j)
+            series[key(at.NUMBER_OF_SERIES_RELATED_INSTANCES)] = computed(
+                "IS", a.instance_count(i, j)
+            )
+            self._series = ((i, j), series)
+        return self._series[1]
 
 
 def _uids(value: str) -> list[str]:

@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
@@ -167,6 +168,12 @@ class Folders:
     def make(self, folder: Path) -> None:
         if folder in self._ready:
             return
+        parent = folder.parent
+        if parent == self.root or self.root in parent.parents:
+            self.make(parent)  # checked (or made) first: then only `folder` itself can be a link
+            if _made_real_folder(folder):
+                self._remember(folder)
+                return
         self._outside.pop(folder, None)  # a link may have appeared since it was looked at
         if self.leads_outside(folder):  # before mkdir, which would make folders out there
             raise IntegrityError(
@@ -177,12 +184,30 @@ class Folders:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             raise IntegrityError(f"cannot create {str(folder)!r}: a file is in the way") from exc
+        self._remember(folder)
+
+    def _remember(self, folder: Path) -> None:
         if len(self._ready) >= FOLDERS_REMEMBERED:
             self._ready.clear()
         self._ready.add(folder)
 
     def forget(self, folder: Path) -> None:
         self._ready.discard(folder)
+
+
+def _made_real_folder(folder: Path) -> bool:
+    """Make `folder` (its parent exists); whether it is now a folder and not a link. False
+    leaves the checks and the message to the careful path."""
+    try:
+        os.mkdir(folder)
+        return True
+    except FileExistsError:
+        try:
+            return stat.S_ISDIR(os.lstat(folder).st_mode)  # lstat: a link is not a folder
+        except OSError:
+            return False
+    except OSError:
+        return False
 
 
 class TempFile:
