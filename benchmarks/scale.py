@@ -12,7 +12,8 @@ What runs. Each server is `dlstudy serve --virtual ...` in its own process on a 
   again with `--verify` (every file re-hashed against the manifest);
 * `--studies` MIMIC-like studies (default 100,000; `--mix mimic`: 1-4 DX instances each):
   `download --from-file UIDS` (the UIDs from the archive's own library view), the same again
-  (`rerun`), and `sync` with no filter (every study listed by QIDO, none new);
+  (`rerun`), and `sync` with no filter (every study listed by QIDO, none new), from the server
+  and from one serving the same archive with `--no-counts` (no instance counts in QIDO);
 * the server alone with `--index-studies` studies (default 1,000,000, hospital mix): its peak
   RSS once it is ready to answer, the index's cost.
 
@@ -24,8 +25,9 @@ After the downloads, a sample of files is compared with the archive's expected b
 Targets (the issue "Archive scale"): the 1M-instance study downloads, reruns and verifies in
 at most 300 MB peak RSS, and reruns in at most 10 s; 100,000 studies download at 2,000
 instances/s or more in at most 300 MB and rerun in at most 30 s; sync with nothing new takes at
-most 10 s; the server's index of 1M studies fits in 300 MB. Run smaller, a line is judged at
-the size run (the RSS and time targets are for the full size: see the README's reading).
+most 10 s, with or without counts; the server's index of 1M studies fits in 300 MB. Run
+smaller, a line is judged at the size run (the RSS and time targets are for the full size: see
+the README's reading).
 
 Prints a table and writes benchmarks/results/scale.json (machine, commit, every run).
 """
@@ -187,8 +189,19 @@ def many_studies(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         server_rss = server.peak_rss()
     finally:
         server.stop()
+    # The same archive from a server whose QIDO answers carry no instance counts.
+    uncounted = Server(
+        ["--virtual", str(args.studies), "--mix", "mimic", "--seed", str(args.seed), "--no-counts"],
+        work / "server-many-no-counts.log",
+        args.timeout,
+    )
+    try:
+        sync = ["sync", "--url", uncounted.url, "-o", str(out)]
+        runs.append(client("sync, nothing new, no counts", sync, work, 3600))
+    finally:
+        uncounted.stop()
     runs[0]["bytes_identical_sample"] = check_bytes(archive, studies, out)
-    expected = [("downloaded", total), ("skipped", total), ("skipped", total)]
+    expected = [("downloaded", total)] + [("skipped", total)] * 3
     for run, (field, count) in zip(runs, expected, strict=True):
         counted = run["summary"].get("instances", {}).get(field)
         run["ok"] = run["exit_status"] == 0 and counted == count
@@ -260,7 +273,7 @@ def verdicts(runs: list[dict[str, Any]], index: dict[str, Any] | None) -> list[d
 
 def print_table(runs: list[dict[str, Any]], index: dict[str, Any] | None) -> None:
     header = (
-        f"{'case':<32} {'run':<22} {'wall s':>8} {'inst/s':>9} {'peak RSS MB':>12} "
+        f"{'case':<32} {'run':<30} {'wall s':>8} {'inst/s':>9} {'peak RSS MB':>12} "
         f"{'server MB':>10} {'ok':>4}"
     )
     print()
@@ -269,13 +282,13 @@ def print_table(runs: list[dict[str, Any]], index: dict[str, Any] | None) -> Non
     for run in runs:
         rate = run["instances"] / run["wall_s"] if run["wall_s"] else 0
         print(
-            f"{run['case']:<32} {run['label']:<22} {run['wall_s']:>8.1f} {rate:>9.0f} "
+            f"{run['case']:<32} {run['label']:<30} {run['wall_s']:>8.1f} {rate:>9.0f} "
             f"{run['peak_rss_bytes'] / MB:>12.0f} {run['server_peak_rss_bytes'] / MB:>10.0f} "
             f"{'yes' if run['ok'] else 'NO':>4}"
         )
     if index is not None:
         print(
-            f"{index['case']:<32} {'ready':<22} {index['startup_s']:>8.1f} {'':>9} "
+            f"{index['case']:<32} {'ready':<30} {index['startup_s']:>8.1f} {'':>9} "
             f"{'':>12} {index['peak_rss_bytes'] / MB:>10.0f} {'yes':>4}"
         )
 

@@ -83,6 +83,12 @@ def serve(
     ignore_offset: Annotated[
         bool, typer.Option("--ignore-offset", help="Ignore QIDO offset, like static DICOMweb.")
     ] = False,
+    no_counts: Annotated[
+        bool,
+        typer.Option(
+            "--no-counts", help="Leave the study and series instance counts out of QIDO answers."
+        ),
+    ] = False,
     latency: Annotated[float, typer.Option(help="Seconds added to every request.")] = 0.0,
     fault_rate: Annotated[
         float, typer.Option(help="Fraction of WADO requests answered --fault-status.")
@@ -140,6 +146,7 @@ def serve(
             profile=profile.value,
             max_page_size=max_page_size,
             ignore_offset=ignore_offset,
+            no_counts=no_counts,
             latency=latency,
             fault_rate=fault_rate,
             fault_status=fault_status,

@@ -13,12 +13,14 @@ page brings nothing new, it raises IncompleteListingError, and the run fails tha
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import httpx
 
 from ..errors import (
@@ -32,7 +34,8 @@ from ..flow.watchdog import watchdog
 from ..http.client import Transport
 from ..http.failures import check_auth
 from ..http.urls import redact_url
-from .media import DICOM_JSON, parse_media_type
+from .answers import ROOT_HINT, describe_answer, has_more_warning, remaining_of, root_problem
+from .media import DICOM_JSON
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ MAX_RESULTS = 10_000_000
 QIDO_CONCURRENCY = 4
 # A QIDO page must arrive whole within this many --timeout windows (it is computed, then sent).
 QIDO_WINDOWS = 2
+# While a page is read and the next is being fetched: a pause for the loop every this many items.
+YIELD_EVERY = 128
 
 TAG_STUDY_UID = "0020000D"
 TAG_SERIES_UID = "0020000E"
@@ -101,6 +106,44 @@ def series_ref(study_uid: str, item: dict[str, Any]) -> SeriesRef | None:
         return None
     modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
     return SeriesRef(study_uid, series_uid, modality, first_int(item, TAG_SERIES_INSTANCES))
+
+
+_Page = tuple[list[dict[str, Any]], bool]
+
+
+class _NextPage:
+    """A page asked for while the one before it is read; its failure is raised to whoever
+    waits for it, not to the task group (a page not needed after all is cancelled)."""
+
+    def __init__(
+        self, tg: anyio.abc.TaskGroup, fetch: Callable[[], Awaitable[_Page | None]]
+    ) -> None:
+        self._done = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._page: _Page | None = None
+        self._error: Exception | None = None
+        tg.start_soon(self._run, fetch)
+
+    async def _run(self, fetch: Callable[[], Awaitable[_Page | None]]) -> None:
+        with self._scope:
+            try:
+                self._page = await fetch()
+            except Exception as exc:  # noqa: BLE001 - kept for the reader of the page
+                self._error = exc
+        self._done.set()
+
+    async def result(self) -> _Page | None:
+        await self._done.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            try:
+                raise error
+            finally:  # no cycle through this frame: the failed answer is freed at once
+                del error
+        return self._page
+
+    def cancel(self) -> None:
+        self._scope.cancel()
 
 
 class Pager:
@@ -168,51 +211,110 @@ class Pager:
         Each page's parsed JSON is dropped once `keep` has read it: a listing of a million
         instances holds a million small values, not a million DICOM JSON objects.
         IncompleteListingError when the server announces more than paging can get."""
+        # A task group wraps what is raised in it: errors are taken out and raised as they are.
+        failed: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            try:
+                return_value = await self._walk(tg, url, params, key_tag, expected, keep)
+            except Exception as exc:  # noqa: BLE001 - raised below, outside the group
+                failed = exc
+        if failed is not None:
+            try:
+                raise failed
+            finally:  # this frame and the traceback would hold each other (and the page)
+                del failed
+        return return_value
+
+    async def _walk(
+        self,
+        tg: anyio.abc.TaskGroup,
+        url: str,
+        params: list[tuple[str, str]],
+        key_tag: str,
+        expected: int | None,
+        keep: Callable[[dict[str, Any]], Any],
+    ) -> list[Any] | None:
         seen: set[str] = set()
         kept: list[Any] = []
         offset = 0
-        while True:
-            page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
-            page = await self.get_page(url, page_params)
-            if page is None:
-                await self.check_root()
-                return None
-            items, truncated = page
-            count, repeated = len(items), bool(items)
-            new = 0
-            for item in items:
-                key = first_value(item, key_tag)
-                if key is not None and key not in seen:
-                    seen.add(key)
-                    new += 1
-                    value = keep(item)
-                    if value is not None:
-                        kept.append(value)
-            del page, items  # the next page is awaited without this one's JSON
-            if new == 0:
-                short_of = expected is not None and repeated and len(seen) < expected
-                if truncated or short_of:
-                    raise _incomplete(url, len(seen), expected, repeated=repeated)
-                if repeated and offset:
-                    log.info("%s repeats a page: server ignores offset", redact_url(url))
-                break
-            if len(seen) > MAX_RESULTS:
-                shown = redact_url(url)
-                raise IncompleteListingError(
-                    f"could not list {shown} completely: more than {MAX_RESULTS:,} results, "
-                    "and the server keeps sending new ones",
-                    url=shown,
-                )
-            offset += count
-            if truncated or (expected is not None and len(seen) < expected):
-                continue
-            if count < self.page_size:
-                break
-            if count > self.page_size and expected is not None:
-                # More than asked for, as many as the count said: a server that ignores limit
-                # (a static DICOMweb tree) sent everything; asking again would fetch it twice.
-                break
+
+        def page_at(offset: int) -> Callable[[], Awaitable[_Page | None]]:
+            params_now = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
+            return lambda: self.get_page(url, params_now)
+
+        upcoming: _NextPage | None = None
+        try:
+            while True:
+                if upcoming is None:
+                    page = await page_at(offset)()
+                else:
+                    page, upcoming = await upcoming.result(), None
+                if page is None:
+                    await self.check_root()
+                    return None
+                items, truncated = page
+                count, repeated = len(items), bool(items)
+                new = 0
+                for index, item in enumerate(items):
+                    if index % YIELD_EVERY == 0 and index:
+                        if (
+                            upcoming is None
+                            and new
+                            and self._likely_more(count, truncated, seen, expected)
+                        ):
+                            # Asked for now, this page making progress: the server makes the
+                            # next one while the rest of this one is read. (A page of fewer
+                            # items is read before the next is asked for.)
+                            upcoming = _NextPage(tg, page_at(offset + count))
+                        if upcoming is not None:
+                            await anyio.lowlevel.checkpoint()  # lets the request go out
+                    key = first_value(item, key_tag)
+                    if key is not None and key not in seen:
+                        seen.add(key)
+                        new += 1
+                        value = keep(item)
+                        if value is not None:
+                            kept.append(value)
+                del page, items  # the next page is awaited without this one's JSON
+                if new == 0:
+                    short_of = expected is not None and len(seen) < expected
+                    if truncated or short_of:
+                        raise _incomplete(url, len(seen), expected, repeated=repeated)
+                    if repeated and offset:
+                        log.info("%s repeats a page: server ignores offset", redact_url(url))
+                    break
+                if len(seen) > MAX_RESULTS:
+                    shown = redact_url(url)
+                    raise IncompleteListingError(
+                        f"could not list {shown} completely: more than {MAX_RESULTS:,} "
+                        "results, and the server keeps sending new ones",
+                        url=shown,
+                    )
+                offset += count
+                if truncated or (expected is not None and len(seen) < expected):
+                    continue
+                if count < self.page_size:
+                    break
+                if count > self.page_size and expected is not None:
+                    # More than asked for, as many as the count said: a server that ignores
+                    # limit (a static DICOMweb tree) sent everything; asking again would
+                    # fetch it twice.
+                    break
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()  # not needed after all
         return kept
+
+    def _likely_more(
+        self, count: int, truncated: bool, seen: set[str], expected: int | None
+    ) -> bool:
+        """Whether the page after this one of `count` results will be asked for, as far as
+        the loop in _walk can tell before it has read all of this one."""
+        if len(seen) > MAX_RESULTS:
+            return False
+        if count > self.page_size and expected is not None:
+            return False  # everything at once (limit ignored): asked again only if short
+        return truncated or count >= self.page_size
 
     async def get_page(
         self, url: str, params: list[tuple[str, str]]
@@ -240,7 +342,7 @@ class Pager:
 
     def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
         check_auth(response)
-        self.remaining = _remaining(response.headers)
+        self.remaining = remaining_of(response.headers)
         shown = redact_url(str(response.url))
         if response.status_code == 204:
             return [], False
@@ -273,7 +375,7 @@ class Pager:
             raise ServerError(
                 f"QIDO answer is not a list of DICOM JSON objects on {shown}", url=shown
             )
-        truncated = response.status_code == 206 or _has_more_warning(response.headers)
+        truncated = response.status_code == 206 or has_more_warning(response.headers)
         return data, truncated
 
 
@@ -289,54 +391,4 @@ def _incomplete(
     return IncompleteListingError(
         f"could not list {shown} completely: {listed} results, {announced}, but {why}",
         url=shown,
-    )
-
-
-ROOT_HINT = "DICOMweb roots usually end in /dicomweb, /dicom-web, /wado-rs or /rs"
-_JSON_TYPES = ("application/dicom+json", "application/json")
-
-
-def root_problem(response: httpx.Response) -> str | None:
-    """What is wrong with a study search's answer for a DICOMweb root, or None."""
-    if response.status_code == 204:
-        return None
-    if response.status_code == 200 and _mime(response) in _JSON_TYPES:
-        try:
-            data = response.json()
-        except (ValueError, RecursionError):
-            return "HTTP 200 with a body that is not JSON"
-        if isinstance(data, list | dict):
-            return None
-        return "HTTP 200 with JSON that is no list of studies"
-    return describe_answer(response)
-
-
-def describe_answer(response: httpx.Response) -> str:
-    """`HTTP 404 (an HTML page)`, `HTTP 200 (text/plain)` and the like."""
-    mime = _mime(response)
-    kind = "an HTML page" if mime == "text/html" else (mime or "no content type")
-    return f"HTTP {response.status_code} ({kind})"
-
-
-def _mime(response: httpx.Response) -> str:
-    return parse_media_type(response.headers.get("content-type", "")).mime
-
-
-_ADDITIONAL = re.compile(r"(\d+)\s+additional", re.IGNORECASE)
-
-
-def _remaining(headers: httpx.Headers) -> int | None:
-    """N of `Warning: 299 <host>: There are N additional results that can be requested`."""
-    for value in headers.get_list("warning"):
-        match = _ADDITIONAL.search(value)
-        if value.strip().startswith("299") and match:
-            return int(match.group(1))
-    return None
-
-
-def _has_more_warning(headers: httpx.Headers) -> bool:
-    # PS3.18: `Warning: 299 <host>: There are N additional results that can be requested`.
-    return any(
-        value.strip().startswith("299") and "additional" in value.lower()
-        for value in headers.get_list("warning")
     )

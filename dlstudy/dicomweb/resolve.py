@@ -21,7 +21,7 @@ from ..errors import (
     NothingMatchedError,
     ServerError,
 )
-from ..flow.pool import first_error
+from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
 from ..http.client import Transport
 from ..http.urls import series_url, study_url
@@ -177,6 +177,20 @@ class Resolver:
             return None
         self.one_request = True
         return refs
+
+    async def studies_in_batches(self, study_uids: Iterable[str]) -> dict[str, list[InstanceRef]]:
+        """studies_at_once over a list of any length, STUDIES_PER_SEARCH studies a search and
+        QIDO_CONCURRENCY searches at a time."""
+        uids = list(dict.fromkeys(study_uids))
+        found: dict[str, list[InstanceRef]] = {}
+        if len(uids) < 2:  # one study: resolve() lists it in one request anyway
+            return found
+
+        async def one_search(start: int) -> None:
+            found.update(await self.studies_at_once(uids[start : start + STUDIES_PER_SEARCH]))
+
+        await run_pool(range(0, len(uids), STUDIES_PER_SEARCH), one_search, QIDO_CONCURRENCY)
+        return found
 
     async def studies_at_once(self, study_uids: Sequence[str]) -> dict[str, list[InstanceRef]]:
         """The instances of several studies from one instance search (`StudyInstanceUID` as a

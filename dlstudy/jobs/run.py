@@ -20,8 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..dicomweb.cohort import CohortItem
 from ..dicomweb.locate import Locator, NotFound
 from ..dicomweb.negotiate import Negotiator, candidates
-from ..dicomweb.qido import QIDO_CONCURRENCY
-from ..dicomweb.resolve import STUDIES_PER_SEARCH, Resolver
+from ..dicomweb.resolve import Resolver
 from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher
@@ -136,7 +135,11 @@ class Run:
             if item.level == "study":
                 self.summary.studies.append(item.uid)
 
-        listed_together = await self.studies_at_once(items, resolver)
+        # Studies (and plain UIDs, which are studies more often than not) many to a search
+        # where the server proves each answer complete; the rest are resolved one by one.
+        listed_together = await resolver.studies_in_batches(
+            [item.uid for item in items if item.level in ("study", "unknown")]
+        )
 
         async def resolve_one(index: int) -> None:
             item = items[index]
@@ -158,23 +161,6 @@ class Run:
         if self.summary.total == 0 and not incomplete:
             raise NothingMatchedError(self._nothing_matched_message(items))
         return refs
-
-    async def studies_at_once(
-        self, items: list[CohortItem], resolver: Resolver
-    ) -> dict[str, list[InstanceRef]]:
-        """The instances of the listed studies (and of plain UIDs, which are studies more
-        often than not), STUDIES_PER_SEARCH studies a request where the server proves each
-        answer complete; those it does not are resolved one by one afterwards."""
-        uids = list(dict.fromkeys(i.uid for i in items if i.level in ("study", "unknown")))
-        if len(uids) < 2:
-            return {}
-        found: dict[str, list[InstanceRef]] = {}
-
-        async def one_search(start: int) -> None:
-            found.update(await resolver.studies_at_once(uids[start : start + STUDIES_PER_SEARCH]))
-
-        await run_pool(range(0, len(uids), STUDIES_PER_SEARCH), one_search, QIDO_CONCURRENCY)
-        return found
 
     def missing(self, item: CohortItem, reason: str, *, status: int | None = 404) -> None:
         """An item the server does not have (or could not list): a failure of its own, the

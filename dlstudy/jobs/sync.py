@@ -4,9 +4,11 @@ A study is complete when the manifest index (`OUT/.dlstudy/manifest.sqlite`, wri
 download) lists at least as many of its instances, all still on disk, as the study-level search
 reports in NumberOfStudyRelatedInstances (store/completion.py). Complete studies cost nothing
 beyond that one search; the others go through `download_async`, which resolves them and fetches
-only what is missing. A study whose count the server does not report is always handed to the
-download (which skips what is there). The download lists every study it is handed from the
-server (as --recheck): one the index records complete may have gained instances since.
+only what is missing. A study whose count the server does not report is complete when a run
+recorded it so and its files are all in place, as for a rerun (new instances of it are not
+looked for then; --recheck hands every such study to the download). The download lists every
+study it is handed from the server (as --recheck): one the index records complete may have
+gained instances since.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..report.events import EventSink, emit
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings
-from ..store.completion import is_complete
+from ..store.completion import complete_from_index, is_complete
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
@@ -161,9 +163,14 @@ async def _search_and_download(
     manifest = Manifest(store.root, store.state_dir, read_only=True)
     try:
         for record in records:
-            if is_complete(manifest, store, record.study_uid, record.instances):
+            instances = record.instances
+            if instances is None and not (settings.recheck or settings.verify):
+                # No count to compare: a run's completion record (its files all in place)
+                # decides, as for a rerun of the study; --recheck lists such studies instead.
+                instances = complete_from_index(manifest, store, record.study_uid)
+            if is_complete(manifest, store, record.study_uid, instances):
                 plan.complete.append(record.study_uid)
-                plan.total += record.instances or 0
+                plan.total += instances or 0
                 emit("study_complete", logging.DEBUG, study=record.study_uid)
             else:
                 pending.append(record.study_uid)

@@ -152,6 +152,10 @@ class DicomwebApp:
         headers = [("warning", w) for w in warnings]
         if not page.results:
             return Response(204, headers)
+        if self.options.no_counts:
+            for result in page.results:
+                for tag in _COUNTS:
+                    result.pop(tag, None)
         body = json.dumps(page.results, separators=(",", ":")).encode()
         return Response(200, [("content-type", DICOM_JSON), *headers], body)
 
@@ -258,6 +262,8 @@ def _resource_uids(parts: list[str]) -> list[str]:
 
 
 _LEVELS: dict[str, qido.Level] = {"studies": "study", "series": "series", "instances": "instance"}
+# What --no-counts leaves out: NumberOfStudyRelatedSeries/-Instances, -SeriesRelatedInstances.
+_COUNTS = ("00201206", "00201208", "00201209")
 
 
 async def _unless_gone(

@@ -41,6 +41,9 @@ class ServerOptions:
     # while other streams may still be in flight (hypercorn's keep_alive_max_requests).
     max_requests_per_connection: int | None = None
     drop_rate: float = 1.0
+    # QIDO answers without NumberOfStudyRelated*/NumberOfSeriesRelatedInstances, as some
+    # archives send them: a client then cannot check a listing or a study by its counts.
+    no_counts: bool = False
 
     def __post_init__(self) -> None:
         if (self.root is None) == (self.virtual is None):

@@ -9,6 +9,8 @@ files count, and a folder a link leads out of OUT counts as empty.
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 from .files import Store
 from .manifest import Manifest
@@ -21,7 +23,9 @@ class Folders:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._root = str(store.root)
         self._names: dict[str, set[int]] = {}
+        self._outside: dict[str, bool] = {}
 
     def has(self, path: str) -> bool:
         """Whether `path` (relative to OUT, forward slashes) is a regular file there."""
@@ -32,14 +36,31 @@ class Folders:
         return hash(name) in names
 
     def _list(self, folder: str) -> set[int]:
-        where = self.store.root / folder
-        if self.store.leads_outside(where):
+        where = os.path.join(self._root, folder)
+        if self._leads_outside(folder):
             return set()
         try:
             with os.scandir(where) as found:
                 return {hash(e.name) for e in found if e.is_file(follow_symlinks=False)}
         except OSError:  # missing, not a folder, unreadable: nothing there can be trusted
             return set()
+
+    def _leads_outside(self, folder: str) -> bool:
+        """Whether a link leads `folder` (relative to OUT) out of OUT: an lstat per folder on
+        the way, and the full resolution only where one of them is a link."""
+        outside = self._outside.get(folder)
+        if outside is None:
+            parent = folder.rpartition("/")[0]
+            where = os.path.join(self._root, folder)
+            outside = bool(parent) and self._leads_outside(parent)
+            if not outside:
+                try:
+                    link = stat.S_ISLNK(os.lstat(where).st_mode)
+                except OSError:
+                    link = False  # nothing there: nothing to read either
+                outside = link and self.store.leads_outside(Path(where))
+            self._outside[folder] = outside
+        return outside
 
 
 def present_files(manifest: Manifest, store: Store, study: str) -> tuple[int, int]:

@@ -154,22 +154,34 @@ class Folders:
         self._root_real: str | None = None
         self._ready: set[Path] = set()
         self._outside: dict[Path, bool] = {}
+        self._root_text = str(root)
+        self._root_prefix = os.path.join(self._root_text, "")
 
     def leads_outside(self, folder: Path) -> bool:
         outside = self._outside.get(folder)
         if outside is None:
             if len(self._outside) >= FOLDERS_REMEMBERED:
                 self._outside.clear()
-            if self._root_real is None:
-                self._root_real = os.path.realpath(self.root)
-            outside = self._outside[folder] = leads_outside(folder, self._root_real)
+            outside = self._outside[folder] = self._leads_outside(folder)
         return outside
+
+    def _leads_outside(self, folder: Path) -> bool:
+        parent = folder.parent
+        if self._under_root(parent) and not self.leads_outside(parent):
+            try:  # the parent is known to stay inside: only `folder` itself could be a link
+                if not stat.S_ISLNK(os.lstat(folder).st_mode):
+                    return False
+            except OSError:
+                return False  # nothing there (yet): it is made inside its parent
+        if self._root_real is None:
+            self._root_real = os.path.realpath(self.root)
+        return leads_outside(folder, self._root_real)
 
     def make(self, folder: Path) -> None:
         if folder in self._ready:
             return
         parent = folder.parent
-        if parent == self.root or self.root in parent.parents:
+        if self._under_root(parent):
             self.make(parent)  # checked (or made) first: then only `folder` itself can be a link
             if _made_real_folder(folder):
                 self._remember(folder)
@@ -185,6 +197,10 @@ class Folders:
         except (FileExistsError, NotADirectoryError) as exc:
             raise IntegrityError(f"cannot create {str(folder)!r}: a file is in the way") from exc
         self._remember(folder)
+
+    def _under_root(self, folder: Path) -> bool:
+        text = str(folder)  # (a Path keeps its str): cheaper than folder.parents
+        return text == self._root_text or text.startswith(self._root_prefix)
 
     def _remember(self, folder: Path) -> None:
         if len(self._ready) >= FOLDERS_REMEMBERED:

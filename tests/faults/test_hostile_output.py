@@ -15,7 +15,7 @@ import pytest
 
 from dlstudy.store.manifest import Entry, Manifest
 
-from ..cli_helpers import installed_download, run_installed_measured
+from ..cli_helpers import installed_download, run_installed, run_installed_measured
 from ..fixtures.embedded_server import StartServer, SynthStudy
 from ..manifest_helpers import index_of, legacy_line, manifest_rows, replace_with_legacy
 from .test_faults import final_path, run_subprocess, temp_files
@@ -86,6 +86,29 @@ def test_a_study_folder_linked_out_of_out_is_never_written_through(
         assert len(summary["failures"]) == len(synth_study.instances), reasons
         assert all("a symbolic link leads it out of the output folder" in r for r in reasons)
         assert list(elsewhere.rglob("*")) == []
+
+
+def test_files_behind_a_link_out_of_out_never_count_as_present(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A complete study whose folder is then moved away and linked back: neither the rerun's
+    completion record nor sync's completion check counts the files out there."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, _, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    elsewhere = tmp_path / "elsewhere"
+    (out / synth_study.study_uid).rename(elsewhere)
+    (out / synth_study.study_uid).symlink_to(elsewhere)
+    before = sorted(p.name for p in elsewhere.rglob("*"))
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 1, stderr
+    assert summary["instances"]["skipped"] == 0
+    result = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["sync"]["already_complete"] == 0
+    assert sorted(p.name for p in elsewhere.rglob("*")) == before  # nothing written out there
 
 
 def test_a_link_inside_out_is_followed(

@@ -23,7 +23,7 @@ from dlstudy.server import ServerOptions, running_server
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import assert_same_files, run_cli, run_installed, run_on_a_terminal, summary_of
-from ..fixtures.embedded_server import StartServer
+from ..fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
 
@@ -274,6 +274,50 @@ def test_sync_fetches_again_what_was_deleted(
     assert summary["instances"]["downloaded"] == 1
     assert summary["sync"]["already_complete"] == 3
     assert_same_files(instances, out)
+
+
+def test_sync_without_server_counts_trusts_its_completion_records(
+    cohort: tuple[Path, list[SynthInstance]],
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    tmp_path: Path,
+) -> None:
+    """A server whose study search gives no instance count: a study a run recorded complete,
+    its files all in place, costs nothing but the study search; one with a file gone is listed
+    and completed; --recheck lists them all."""
+    root, instances = cohort
+    url = embedded_server(root, no_counts=True)
+    out = tmp_path / "mirror"
+
+    def sync(*extra: str) -> dict[str, Any]:
+        seen_requests.requests.clear()
+        result = run_installed("sync", "--url", url, "-o", str(out), "--json", *extra)
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def listings() -> list[str]:
+        return [p for p, _ in seen_requests.requests if p.endswith(("/series", "/instances"))]
+
+    first = sync()
+    assert first["instances"]["downloaded"] == len(instances)
+    assert first["sync"]["already_complete"] == 0
+
+    second = sync()
+    assert second["sync"]["already_complete"] == 4
+    assert second["instances"] == {
+        "total": len(instances), "downloaded": 0, "skipped": len(instances), "failed": 0
+    }  # fmt: skip
+    assert listings() == []  # the study search alone
+
+    victim = instances[0]
+    (out / victim.study_uid / victim.series_uid / f"{victim.sop_uid}.dcm").unlink()
+    third = sync()
+    assert (third["sync"]["already_complete"], third["instances"]["downloaded"]) == (3, 1)
+    assert_same_files(instances, out)
+
+    fourth = sync("--recheck")
+    assert (fourth["sync"]["already_complete"], fourth["instances"]["downloaded"]) == (0, 0)
+    assert listings()  # every study listed from the server
 
 
 def test_sync_exit_codes(

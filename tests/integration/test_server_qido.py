@@ -256,3 +256,16 @@ def test_ignore_offset_returns_the_same_page(archive: Archive) -> None:
             first = client.get("/instances", params={"limit": 4}).json()
             again = client.get("/instances", params={"limit": 4, "offset": 4}).json()
             assert first == again
+
+
+def test_no_counts_leaves_every_count_out(archive: Archive) -> None:
+    counts = {"00201206", "00201208", "00201209"}
+    with running_server(ServerOptions(root=archive.root, no_counts=True)) as url:
+        with httpx.Client(base_url=url) as client:
+            study = archive.instances[0].study_uid
+            for path in ("/studies", "/series", "/instances", f"/studies/{study}/series"):
+                answer = client.get(path, params={"includefield": "all"}).json()
+                assert answer and all(not counts & item.keys() for item in answer), path
+    with running_server(ServerOptions(root=archive.root)) as url:
+        with httpx.Client(base_url=url) as client:  # (which the default answer has)
+            assert {"00201206", "00201208"} <= client.get("/studies").json()[0].keys()

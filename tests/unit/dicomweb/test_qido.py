@@ -230,6 +230,24 @@ def test_more_announced_but_nothing_sent_fails_the_listing(scripted: Routes) -> 
         resolve(scripted, page_size=100)
 
 
+def test_nothing_more_before_the_series_count_is_met_fails_the_listing(
+    scripted: Routes,
+) -> None:
+    """A short page, then nothing, of a series whose count says more: never a listing cut
+    short in silence."""
+    scripted.get(SERIES_URL).mock(
+        return_value=httpx.Response(200, json=[series_json("1.2.3.1", count=5)])
+    )
+    sops = [instance_json(f"1.2.3.1.{j}") for j in range(3)]
+    scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+        side_effect=[httpx.Response(200, json=sops), httpx.Response(204)]
+    )
+
+    with pytest.raises(IncompleteListingError, match="3 results, its count says 5, but the "
+                       "server sends nothing more"):  # fmt: skip
+        resolve(scripted, page_size=100)
+
+
 def test_lone_object_instead_of_a_list_is_one_result(scripted: Routes) -> None:
     scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=series_json("1.2.3.1")))
     scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
@@ -300,6 +318,35 @@ def test_401_is_an_auth_error_and_500_a_server_error(scripted: Routes) -> None:
     scripted.get(SERIES_URL).mock(return_value=httpx.Response(500))
     with pytest.raises(ServerError, match="QIDO search: HTTP 500 .* \\(after 2 attempts\\)"):
         resolve(scripted)
+
+
+def test_big_pages_are_read_while_the_next_one_is_asked_for(scripted: Routes) -> None:
+    """A page of more than YIELD_EVERY items asks for the next before it is read through:
+    the results stay complete and in order, and no page is asked for twice or in vain."""
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+    sops = [f"1.2.3.1.{j}" for j in range(1000)]
+    route = instances_route(scripted, "1.2.3.1", sops)
+
+    refs = resolve(scripted, page_size=200)
+
+    assert [r.sop_uid for r in refs] == sops
+    offsets = [int(r.url.params["offset"]) for r in route.requests]
+    assert sorted(offsets) == [0, 200, 400, 600, 800, 1000]  # 5 full pages, then an empty one
+
+
+def test_a_failure_of_a_page_asked_for_early_is_raised_as_it_is(scripted: Routes) -> None:
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+    listing = paged([instance_json(f"1.2.3.1.{j}") for j in range(1000)])
+
+    def third_page_fails(request: httpx.Request) -> httpx.Response:
+        if request.url.params["offset"] == "400":
+            return httpx.Response(500)
+        return listing(request)
+
+    scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(side_effect=third_page_fails)
+
+    with pytest.raises(ServerError, match="QIDO search: HTTP 500 .* \\(after 2 attempts\\)"):
+        resolve(scripted, page_size=200)
 
 
 def test_non_json_answer_is_a_clear_server_error(scripted: Routes) -> None:

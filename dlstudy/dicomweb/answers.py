@@ -1,0 +1,59 @@
+"""What a QIDO answer says besides its results: whether whatever answered is a DICOMweb root
+at all, and how many more results a `Warning: 299` announces."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from .media import parse_media_type
+
+ROOT_HINT = "DICOMweb roots usually end in /dicomweb, /dicom-web, /wado-rs or /rs"
+_JSON_TYPES = ("application/dicom+json", "application/json")
+
+
+def root_problem(response: httpx.Response) -> str | None:
+    """What is wrong with a study search's answer for a DICOMweb root, or None."""
+    if response.status_code == 204:
+        return None
+    if response.status_code == 200 and _mime(response) in _JSON_TYPES:
+        try:
+            data = response.json()
+        except (ValueError, RecursionError):
+            return "HTTP 200 with a body that is not JSON"
+        if isinstance(data, list | dict):
+            return None
+        return "HTTP 200 with JSON that is no list of studies"
+    return describe_answer(response)
+
+
+def describe_answer(response: httpx.Response) -> str:
+    """`HTTP 404 (an HTML page)`, `HTTP 200 (text/plain)` and the like."""
+    mime = _mime(response)
+    kind = "an HTML page" if mime == "text/html" else (mime or "no content type")
+    return f"HTTP {response.status_code} ({kind})"
+
+
+def _mime(response: httpx.Response) -> str:
+    return parse_media_type(response.headers.get("content-type", "")).mime
+
+
+_ADDITIONAL = re.compile(r"(\d+)\s+additional", re.IGNORECASE)
+
+
+def remaining_of(headers: httpx.Headers) -> int | None:
+    """N of `Warning: 299 <host>: There are N additional results that can be requested`."""
+    for value in headers.get_list("warning"):
+        match = _ADDITIONAL.search(value)
+        if value.strip().startswith("299") and match:
+            return int(match.group(1))
+    return None
+
+
+def has_more_warning(headers: httpx.Headers) -> bool:
+    # PS3.18: `Warning: 299 <host>: There are N additional results that can be requested`.
+    return any(
+        value.strip().startswith("299") and "additional" in value.lower()
+        for value in headers.get_list("warning")
+    )
