@@ -140,19 +140,7 @@ class Resolver:
         def keep(item: dict[str, Any]) -> InstanceRef | None:
             nonlocal listed
             listed += 1
-            counts.add(first_int(item, TAG_STUDY_INSTANCES))
-            series_uid = first_value(item, TAG_SERIES_UID)
-            sop_uid = first_value(item, TAG_SOP_UID)
-            if series_uid is None or sop_uid is None:
-                counts.add(None)  # no answer to build on
-                return None
-            known = series.get(series_uid)
-            if known is None:
-                modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
-                known = series[series_uid] = (series_uid, modality)
-            if not self.wanted(*known):
-                return None
-            return InstanceRef(study_uid, known[0], sop_uid, known[1])
+            return self._instance_ref(item, study_uid, series, counts)
 
         url = f"{study_url(self.transport.base_url, study_uid)}/instances"
         try:
@@ -216,22 +204,10 @@ class Resolver:
 
         def keep(item: dict[str, Any]) -> InstanceRef | None:
             study_uid = asked.get(first_value(item, TAG_STUDY_UID) or "")
-            series_uid = first_value(item, TAG_SERIES_UID)
-            sop_uid = first_value(item, TAG_SOP_UID)
             if study_uid is None:  # not asked for: the server ignores the list (stop paging)
                 raise _IgnoresList
             listed[study_uid] += 1
-            counts[study_uid].add(first_int(item, TAG_STUDY_INSTANCES))
-            if series_uid is None or sop_uid is None:
-                counts[study_uid].add(None)  # no answer to build on
-                return None
-            known = series.get(series_uid)
-            if known is None:
-                modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
-                known = series[series_uid] = (series_uid, modality)
-            if not self.wanted(*known):
-                return None
-            return InstanceRef(study_uid, known[0], sop_uid, known[1])
+            return self._instance_ref(item, study_uid, series, counts[study_uid])
 
         url = f"{self.transport.base_url}/instances"
         params = [
@@ -272,6 +248,30 @@ class Resolver:
             if ref.study_uid in complete:
                 found[ref.study_uid].append(ref)
         return found
+
+    def _instance_ref(
+        self,
+        item: dict[str, Any],
+        study_uid: str,
+        series: dict[str, tuple[str, str]],
+        counts: set[int | None],
+    ) -> InstanceRef | None:
+        """One result of an instance search across series: its ref (sharing the series'
+        strings, kept in `series`), None when the filters leave its series out or it lacks a
+        UID; the study count it carries goes into `counts` (None: nothing to build on)."""
+        counts.add(first_int(item, TAG_STUDY_INSTANCES))
+        series_uid = first_value(item, TAG_SERIES_UID)
+        sop_uid = first_value(item, TAG_SOP_UID)
+        if series_uid is None or sop_uid is None:
+            counts.add(None)
+            return None
+        known = series.get(series_uid)
+        if known is None:
+            modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
+            known = series[series_uid] = (series_uid, modality)
+        if not self.wanted(*known):
+            return None
+        return InstanceRef(study_uid, known[0], sop_uid, known[1])
 
     async def series_by_series(self, study_uid: str) -> list[InstanceRef]:
         """The study's series, then each series' instances, checked against its count."""
