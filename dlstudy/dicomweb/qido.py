@@ -164,19 +164,39 @@ class Pager:
     ) -> list[Any] | None:
         """What `keep` makes of each distinct result of the query keyed by `key_tag` (results
         it makes None of count, but are not returned); None when the URL is 404.
+        IncompleteListingError when the server announces more than paging can get."""
+        kept: list[Any] = []
 
-        Each page's parsed JSON is dropped once `keep` has read it: a listing of a million
+        def each(item: dict[str, Any]) -> None:
+            value = keep(item)
+            if value is not None:
+                kept.append(value)
+
+        return kept if await self.walk(url, params, key_tag, expected, each=each) else None
+
+    async def walk(
+        self,
+        url: str,
+        params: list[tuple[str, str]],
+        key_tag: str,
+        expected: int | None = None,
+        *,
+        each: Callable[[dict[str, Any]], None],
+    ) -> bool:
+        """Call `each` with every distinct result of the query keyed by `key_tag`, page after
+        page; False when the URL is 404.
+
+        Each page's parsed JSON is dropped once `each` has read it: a listing of a million
         instances holds a million small values, not a million DICOM JSON objects.
         IncompleteListingError when the server announces more than paging can get."""
         seen: set[str] = set()
-        kept: list[Any] = []
         offset = 0
         while True:
             page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
             page = await self.get_page(url, page_params)
             if page is None:
                 await self.check_root()
-                return None
+                return False
             items, truncated = page
             count, repeated = len(items), bool(items)
             new = 0
@@ -185,9 +205,7 @@ class Pager:
                 if key is not None and key not in seen:
                     seen.add(key)
                     new += 1
-                    value = keep(item)
-                    if value is not None:
-                        kept.append(value)
+                    each(item)
             del page, items  # the next page is awaited without this one's JSON
             if new == 0:
                 short_of = expected is not None and repeated and len(seen) < expected
@@ -212,7 +230,7 @@ class Pager:
                 # More than asked for, as many as the count said: a server that ignores limit
                 # (a static DICOMweb tree) sent everything; asking again would fetch it twice.
                 break
-        return kept
+        return True
 
     async def get_page(
         self, url: str, params: list[tuple[str, str]]
