@@ -51,10 +51,10 @@ class BulkFetcher:
         Returns the refs not committed. Failures are logged, not raised: the caller retrieves
         what is missing instance by instance. Only auth errors propagate.
         """
-        # What is still wanted: each committed part leaves it, so nothing else has to remember
-        # a series' committed instances (a million strings in a million-instance series).
         if self.unsupported is not None:
             return refs
+        # What is still wanted: each committed part leaves it, so nothing else has to remember
+        # a series' committed instances (a million strings in a million-instance series).
         wanted = refs.by_sop()
         try:
             await self.negotiator.run(
