@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -300,7 +300,7 @@ class _Bench:
         """The study's instances in QIDO order, never more than `concurrency` searches at once."""
         resolver = Resolver(transport, page_size=self.settings.qido_page_size, policy=self.policy)
         all_series = await resolver.series_of(self.plan.study_uid)
-        found: list[list[InstanceRef]] = [[] for _ in all_series]
+        found: list[Sequence[InstanceRef]] = [[] for _ in all_series]
 
         async def one(index: int) -> None:
             found[index] = await resolver.instances_of(all_series[index])

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import NothingMatchedError
 from ..http.urls import series_url
-from ..model import InstanceRef
+from ..model import InstanceRef, Instances
 from .cohort import CohortItem
 from .qido import (
     TAG_MODALITY,
@@ -44,13 +44,13 @@ class Locator:
         self.pager = resolver.pager
         self.base = resolver.transport.base_url
 
-    async def instances(self, item: CohortItem) -> list[InstanceRef]:
+    async def instances(self, item: CohortItem) -> Instances:
         """The instances `item` names, in QIDO order. Raises NotFound."""
         if item.any_uid is not None:
             return await self._of_unknown_level(item.any_uid)
         if item.sop_uid is not None:
             if item.study_uid is not None and item.series_uid is not None:
-                return [InstanceRef(item.study_uid, item.series_uid, item.sop_uid)]
+                return Instances([InstanceRef(item.study_uid, item.series_uid, item.sop_uid)])
             found = await self._instance(item.sop_uid, item.study_uid, item.series_uid)
             if not found:
                 raise NotFound(f"{item.describe()}{_within(item)} not found on the server")
@@ -63,7 +63,7 @@ class Locator:
         assert item.study_uid is not None
         return await self._study(item.study_uid)
 
-    async def _of_unknown_level(self, uid: str) -> list[InstanceRef]:
+    async def _of_unknown_level(self, uid: str) -> Instances:
         try:
             return await self._study(uid)
         except NotFound:
@@ -73,21 +73,21 @@ class Locator:
             raise NotFound(f"UID {uid} not found on the server as a study, series or instance")
         return found
 
-    async def _study(self, study_uid: str) -> list[InstanceRef]:
+    async def _study(self, study_uid: str) -> Instances:
         try:
             return await self.resolver.resolve(study_uid)
         except NothingMatchedError as exc:
             raise NotFound(str(exc)) from exc
 
-    async def _series(self, series_uid: str, study_uid: str | None) -> list[InstanceRef]:
+    async def _series(self, series_uid: str, study_uid: str | None) -> Instances:
         """The series' instances; [] if the server does not have it."""
         if study_uid is not None:
             series = [SeriesRef(study_uid, series_uid, "", None)]
         else:
             series = await self._lookup_series(series_uid)
-        refs: list[InstanceRef] = []
+        refs = Instances()
         for one in series:
-            refs += await self._listing(one)
+            refs.extend(await self._listing(one))
         return refs
 
     async def _lookup_series(self, series_uid: str) -> list[SeriesRef]:
@@ -108,19 +108,24 @@ class Locator:
         )
         return found or []
 
-    async def _listing(self, series: SeriesRef) -> list[InstanceRef]:
+    async def _listing(self, series: SeriesRef) -> Instances:
         """The series' instances; the modality from the lookup, or from the listing when the
         server includes it (asked for: `{modality}` in --layout needs it)."""
         url = f"{series_url(self.base, series.study_uid, series.series_uid)}/instances"
         params = [] if series.modality else [("includefield", TAG_MODALITY)]
-        found = await self.pager.fetch_all(
-            url, params, TAG_SOP_UID, series.instance_count, keep=lambda item: _ref(item, series)
-        )
-        return found or []
+        found = Instances()
+
+        def keep(item: dict[str, Any]) -> None:
+            ref = _ref(item, series)
+            if ref is not None:
+                found.append(ref)
+
+        await self.pager.walk(url, params, TAG_SOP_UID, series.instance_count, each=keep)
+        return found
 
     async def _instance(
         self, sop_uid: str, study_uid: str | None, series_uid: str | None
-    ) -> list[InstanceRef]:
+    ) -> Instances:
         """The instance, found by its SOP UID (and the UIDs the row gives, as filters)."""
         params = [("SOPInstanceUID", sop_uid), ("includefield", TAG_MODALITY)]
         if study_uid is not None:
@@ -141,7 +146,7 @@ class Locator:
         found = await self.pager.fetch_all(
             f"{self.base}/instances", params, TAG_SERIES_UID, keep=keep
         )
-        return found or []
+        return Instances(found or [])
 
 
 def _ref(item: dict[str, Any], series: SeriesRef) -> InstanceRef | None:

@@ -207,15 +207,36 @@ class Pager:
     ) -> list[Any] | None:
         """What `keep` makes of each distinct result of the query keyed by `key_tag` (results
         it makes None of count, but are not returned); None when the URL is 404.
+        IncompleteListingError when the server announces more than paging can get."""
+        kept: list[Any] = []
 
-        Each page's parsed JSON is dropped once `keep` has read it: a listing of a million
+        def each(item: dict[str, Any]) -> None:
+            value = keep(item)
+            if value is not None:
+                kept.append(value)
+
+        return kept if await self.walk(url, params, key_tag, expected, each=each) else None
+
+    async def walk(
+        self,
+        url: str,
+        params: list[tuple[str, str]],
+        key_tag: str,
+        expected: int | None = None,
+        *,
+        each: Callable[[dict[str, Any]], None],
+    ) -> bool:
+        """Call `each` with every distinct result of the query keyed by `key_tag`, page after
+        page; False when the URL is 404.
+
+        Each page's parsed JSON is dropped once `each` has read it: a listing of a million
         instances holds a million small values, not a million DICOM JSON objects.
         IncompleteListingError when the server announces more than paging can get."""
         # A task group wraps what is raised in it: errors are taken out and raised as they are.
         failed: Exception | None = None
         async with anyio.create_task_group() as tg:
             try:
-                return_value = await self._walk(tg, url, params, key_tag, expected, keep)
+                found = await self._walk(tg, url, params, key_tag, expected, each)
             except Exception as exc:  # noqa: BLE001 - raised below, outside the group
                 failed = exc
         if failed is not None:
@@ -223,7 +244,7 @@ class Pager:
                 raise failed
             finally:  # this frame and the traceback would hold each other (and the page)
                 del failed
-        return return_value
+        return found
 
     async def _walk(
         self,
@@ -232,10 +253,9 @@ class Pager:
         params: list[tuple[str, str]],
         key_tag: str,
         expected: int | None,
-        keep: Callable[[dict[str, Any]], Any],
-    ) -> list[Any] | None:
+        each: Callable[[dict[str, Any]], None],
+    ) -> bool:
         seen: set[str] = set()
-        kept: list[Any] = []
         offset = 0
 
         def page_at(offset: int) -> Callable[[], Awaitable[_Page | None]]:
@@ -251,7 +271,7 @@ class Pager:
                     page, upcoming = await upcoming.result(), None
                 if page is None:
                     await self.check_root()
-                    return None
+                    return False
                 items, truncated = page
                 count, repeated = len(items), bool(items)
                 new = 0
@@ -272,9 +292,7 @@ class Pager:
                     if key is not None and key not in seen:
                         seen.add(key)
                         new += 1
-                        value = keep(item)
-                        if value is not None:
-                            kept.append(value)
+                        each(item)
                 del page, items  # the next page is awaited without this one's JSON
                 if new == 0:
                     short_of = expected is not None and len(seen) < expected
@@ -303,7 +321,7 @@ class Pager:
         finally:
             if upcoming is not None:
                 upcoming.cancel()  # not needed after all
-        return kept
+        return True
 
     def _likely_more(
         self, count: int, truncated: bool, seen: set[str], expected: int | None

@@ -25,7 +25,7 @@ from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
 from ..http.client import Transport
 from ..http.urls import series_url, study_url
-from ..model import InstanceRef
+from ..model import Instances
 from .qido import (
     QIDO_CONCURRENCY,
     STUDY_INSTANCE_PARAMS,
@@ -93,24 +93,26 @@ class Resolver:
             return False
         return not self.modality_filter or modality in self.modality_filter
 
-    async def instances_of(self, series: SeriesRef) -> list[InstanceRef]:
+    async def instances_of(self, series: SeriesRef) -> Instances:
         base = self.transport.base_url
         study, uid, modality = series.study_uid, series.series_uid, series.modality
+        found = Instances()
 
-        def keep(item: dict[str, Any]) -> InstanceRef | None:
-            sop_uid = first_value(item, TAG_SOP_UID)  # every ref shares the series' strings
-            return None if sop_uid is None else InstanceRef(study, uid, sop_uid, modality)
+        def keep(item: dict[str, Any]) -> None:
+            sop_uid = first_value(item, TAG_SOP_UID)
+            if sop_uid is not None:
+                found.add(study, uid, sop_uid, modality)
 
-        refs = await self.pager.fetch_all(
+        await self.pager.walk(
             f"{series_url(base, study, uid)}/instances",
             [],
             TAG_SOP_UID,
             expected=series.instance_count,
-            keep=keep,
+            each=keep,
         )
-        return refs or []
+        return found
 
-    async def resolve(self, study_uid: str) -> list[InstanceRef]:
+    async def resolve(self, study_uid: str) -> Instances:
         """Every instance of the study that passes the filters, in QIDO order: in one request
         when the server's answer can be checked complete, else series by series."""
         if not self.series_filter:  # (--series names a few series: those are listed alone)
@@ -126,7 +128,7 @@ class Resolver:
                     return refs
         return await self.series_by_series(study_uid)
 
-    async def study_instances(self, study_uid: str) -> list[InstanceRef] | None:
+    async def study_instances(self, study_uid: str) -> Instances | None:
         """The study's instances from one study-wide instance search (paged like any other),
         or None when that answer cannot be trusted complete: the two-step path then lists the
         study. Trusted only when every result carries the study's instance count
@@ -136,15 +138,16 @@ class Resolver:
         series: dict[str, tuple[str, str]] = {}  # series UID -> (its shared string, modality)
         counts: set[int | None] = set()
         listed = 0
+        refs = Instances()
 
-        def keep(item: dict[str, Any]) -> InstanceRef | None:
+        def keep(item: dict[str, Any]) -> None:
             nonlocal listed
             listed += 1
-            return self._instance_ref(item, study_uid, series, counts)
+            self._add(item, study_uid, series, counts, refs)
 
         url = f"{study_url(self.transport.base_url, study_uid)}/instances"
         try:
-            refs = await self.pager.fetch_all(url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, keep=keep)
+            found = await self.pager.walk(url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, each=keep)
         except IncompleteListingError as exc:
             log.info("%s; listing the study series by series", exc)
             return None
@@ -154,7 +157,7 @@ class Resolver:
             log.info("%s; listing studies series by series", exc)
             self.one_request = False
             return None
-        if refs is None or listed == 0:
+        if not found or listed == 0:
             return None  # 404 or nothing: the two-step path says which
         if counts == {None}:
             log.info("study-wide instance search gives no instance count: series by series")
@@ -166,11 +169,11 @@ class Resolver:
         self.one_request = True
         return refs
 
-    async def studies_in_batches(self, study_uids: Iterable[str]) -> dict[str, list[InstanceRef]]:
+    async def studies_in_batches(self, study_uids: Iterable[str]) -> dict[str, Instances]:
         """studies_at_once over a list of any length, STUDIES_PER_SEARCH studies a search and
         QIDO_CONCURRENCY searches at a time."""
         uids = list(dict.fromkeys(study_uids))
-        found: dict[str, list[InstanceRef]] = {}
+        found: dict[str, Instances] = {}
         if len(uids) < 2:  # one study: resolve() lists it in one request anyway
             return found
 
@@ -180,7 +183,7 @@ class Resolver:
         await run_pool(range(0, len(uids), STUDIES_PER_SEARCH), one_search, QIDO_CONCURRENCY)
         return found
 
-    async def studies_at_once(self, study_uids: Sequence[str]) -> dict[str, list[InstanceRef]]:
+    async def studies_at_once(self, study_uids: Sequence[str]) -> dict[str, Instances]:
         """The instances of several studies from one instance search (`StudyInstanceUID` as a
         comma-separated list: QIDO-RS UID list matching), for each study whose listing its own
         instance count (NumberOfStudyRelatedInstances) proves complete. The other studies are
@@ -194,20 +197,21 @@ class Resolver:
                 return await self._studies_at_once(study_uids)
         return await self._studies_at_once(study_uids)
 
-    async def _studies_at_once(self, study_uids: Sequence[str]) -> dict[str, list[InstanceRef]]:
+    async def _studies_at_once(self, study_uids: Sequence[str]) -> dict[str, Instances]:
         if self.lists_studies is False:
             return {}
         asked = {uid: uid for uid in study_uids}  # each ref shares the caller's string
         series: dict[str, tuple[str, str]] = {}  # series UID -> (its shared string, modality)
         listed: Counter[str] = Counter()
         counts: defaultdict[str, set[int | None]] = defaultdict(set)
+        refs = Instances()
 
-        def keep(item: dict[str, Any]) -> InstanceRef | None:
+        def keep(item: dict[str, Any]) -> None:
             study_uid = asked.get(first_value(item, TAG_STUDY_UID) or "")
             if study_uid is None:  # not asked for: the server ignores the list (stop paging)
                 raise _IgnoresList
             listed[study_uid] += 1
-            return self._instance_ref(item, study_uid, series, counts[study_uid])
+            self._add(item, study_uid, series, counts[study_uid], refs)
 
         url = f"{self.transport.base_url}/instances"
         params = [
@@ -216,7 +220,7 @@ class Resolver:
             *STUDY_INSTANCE_PARAMS,
         ]
         try:
-            refs = await self.pager.fetch_all(url, params, TAG_SOP_UID, keep=keep)
+            found = await self.pager.walk(url, params, TAG_SOP_UID, each=keep)
         except IncompleteListingError as exc:
             log.info("%s; listing those studies one by one", exc)
             return {}
@@ -227,12 +231,12 @@ class Resolver:
             self.lists_studies = False
             return {}
         except _IgnoresList:
-            refs, why = None, "answers a search by a list of study UIDs with other studies"
+            found, why = False, "answers a search by a list of study UIDs with other studies"
         else:
             why = "has no instance search across studies"
-            if refs is not None and listed and all(c == {None} for c in counts.values()):
-                refs, why = None, "gives no study instance count in an instance search"
-        if refs is None:
+            if found and listed and all(c == {None} for c in counts.values()):
+                found, why = False, "gives no study instance count in an instance search"
+        if not found:
             log.info("the server %s: listing studies one by one", why)
             self.lists_studies = False
             return {}
@@ -243,40 +247,37 @@ class Resolver:
         complete = {uid for uid, n in listed.items() if counts[uid] == {n}}
         if complete:
             self.lists_studies = True
-        found: dict[str, list[InstanceRef]] = {uid: [] for uid in complete}
-        for ref in refs:
-            if ref.study_uid in complete:
-                found[ref.study_uid].append(ref)
-        return found
+        by_study = refs.split(lambda study, _series: study)
+        return {uid: by_study.get(uid, Instances()) for uid in complete}
 
-    def _instance_ref(
+    def _add(
         self,
         item: dict[str, Any],
         study_uid: str,
         series: dict[str, tuple[str, str]],
         counts: set[int | None],
-    ) -> InstanceRef | None:
-        """One result of an instance search across series: its ref (sharing the series'
-        strings, kept in `series`), None when the filters leave its series out or it lacks a
-        UID; the study count it carries goes into `counts` (None: nothing to build on)."""
+        refs: Instances,
+    ) -> None:
+        """One result of an instance search across series into `refs` (its series' strings
+        shared, kept in `series`), unless the filters leave its series out or it lacks a UID;
+        the study count it carries goes into `counts` (None: nothing to build on)."""
         counts.add(first_int(item, TAG_STUDY_INSTANCES))
         series_uid = first_value(item, TAG_SERIES_UID)
         sop_uid = first_value(item, TAG_SOP_UID)
         if series_uid is None or sop_uid is None:
             counts.add(None)
-            return None
+            return
         known = series.get(series_uid)
         if known is None:
             modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
             known = series[series_uid] = (series_uid, modality)
-        if not self.wanted(*known):
-            return None
-        return InstanceRef(study_uid, known[0], sop_uid, known[1])
+        if self.wanted(*known):
+            refs.add(study_uid, known[0], sop_uid, known[1])
 
-    async def series_by_series(self, study_uid: str) -> list[InstanceRef]:
+    async def series_by_series(self, study_uid: str) -> Instances:
         """The study's series, then each series' instances, checked against its count."""
         all_series = await self.series_of(study_uid)
-        per_series: list[list[InstanceRef]] = [[] for _ in all_series]
+        per_series = [Instances() for _ in all_series]
         limiter = anyio.CapacityLimiter(QIDO_CONCURRENCY)
 
         async def one(index: int, series: SeriesRef) -> None:
@@ -287,4 +288,9 @@ class Resolver:
             async with anyio.create_task_group() as tg:
                 for index, series in enumerate(all_series):
                     tg.start_soon(one, index, series)
-        return [ref for refs in per_series for ref in refs]
+        if len(per_series) == 1:
+            return per_series[0]
+        refs = Instances()
+        for one_series in per_series:
+            refs.extend(one_series)
+        return refs

@@ -18,7 +18,7 @@ from ..dicomweb.verify import check_identity, keep_head, read_header
 from ..errors import HttpStatusError, IntegrityError, TransferError
 from ..http.client import Transport
 from ..http.failures import check_auth
-from ..model import Committed, InstanceRef
+from ..model import Committed, InstanceRef, Instances
 from ..store.files import Store, TempFile
 from ..store.manifest import Digest
 from .fetch import ByteCounter, check_identity_encoding, status_error
@@ -27,6 +27,9 @@ from .parts import pour_parts
 log = logging.getLogger(__name__)
 
 InstanceDone = Callable[[InstanceRef, Committed], None]
+# What is still wanted of a response: SOP Instance UID -> (study, series, modality), a tuple
+# each series shares (Instances.by_sop).
+Wanted = dict[str, tuple[str, str, str]]
 
 
 class BulkFetcher:
@@ -39,20 +42,20 @@ class BulkFetcher:
     async def fetch(
         self,
         url: str,
-        refs: list[InstanceRef],
+        refs: Instances,
         on_bytes: ByteCounter,
         on_done: InstanceDone,
-    ) -> list[InstanceRef]:
+    ) -> Instances:
         """Retrieve `url` (a series or study) and commit the parts that belong to `refs`.
 
         Returns the refs not committed. Failures are logged, not raised: the caller retrieves
         what is missing instance by instance. Only auth errors propagate.
         """
+        if self.unsupported is not None:
+            return refs
         # What is still wanted: each committed part leaves it, so nothing else has to remember
         # a series' committed instances (a million strings in a million-instance series).
-        wanted = {ref.sop_uid: ref for ref in refs}
-        if self.unsupported is not None:
-            return list(wanted.values())
+        wanted = refs.by_sop()
         try:
             await self.negotiator.run(
                 lambda form: self._fetch_once(url, form, wanted, on_bytes, on_done)
@@ -64,13 +67,16 @@ class BulkFetcher:
             log.warning("bulk retrieval refused: %s", exc)
         except TransferError as exc:
             log.warning("bulk retrieval stopped after %d parts: %s", len(refs) - len(wanted), exc)
-        return list(wanted.values())
+        left = Instances()
+        for sop_uid, (study_uid, series_uid, modality) in wanted.items():
+            left.add(study_uid, series_uid, sop_uid, modality)
+        return left
 
     async def _fetch_once(
         self,
         url: str,
         form: Retrieval,
-        wanted: dict[str, InstanceRef],
+        wanted: Wanted,
         on_bytes: ByteCounter,
         on_done: InstanceDone,
     ) -> None:
@@ -105,7 +111,7 @@ class _PartSink:
     def __init__(
         self,
         store: Store,
-        wanted: dict[str, InstanceRef],
+        wanted: Wanted,
         on_bytes: ByteCounter,
         on_done: InstanceDone,
     ) -> None:
@@ -147,11 +153,13 @@ class _PartSink:
             info = read_header(
                 temp.path, label=f"part {self.count}", head=self.head, size=temp.size
             )
-            ref = self.wanted.get(info.sop_uid)
-            if ref is None:  # not asked for, or committed already (a part sent twice)
+            where = self.wanted.get(info.sop_uid)
+            if where is None:  # not asked for, or committed already (a part sent twice)
                 log.info("part %d (%s) was not asked for; dropped", self.count, info.sop_uid)
                 temp.discard()
                 return
+            study_uid, series_uid, modality = where
+            ref = InstanceRef(study_uid, series_uid, info.sop_uid, modality)
             check_identity(
                 info, study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid
             )

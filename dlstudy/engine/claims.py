@@ -3,7 +3,7 @@ a worker): one counter in shared memory, so no process idles while another has a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..model import InstanceRef
@@ -13,7 +13,7 @@ class SharedClaims:
     """`refs` (the same list in every process) and `counter`, a multiprocessing Value("q")
     shared by them all."""
 
-    def __init__(self, refs: list[InstanceRef], counter: Any) -> None:
+    def __init__(self, refs: Sequence[InstanceRef], counter: Any) -> None:
         self.refs = refs
         self._next = counter
 

@@ -25,7 +25,7 @@ from ..dicomweb.cohort import CohortItem
 from ..dicomweb.completeness import check_complete
 from ..dicomweb.verify import check_identity, read_header
 from ..errors import IntegrityError
-from ..model import Failure, InstanceRef
+from ..model import Failure, InstanceRef, Instances
 from ..settings import Settings
 from ..store.completion import complete_from_index
 from ..store.files import Store
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Plan:
-    todo: list[InstanceRef] = field(default_factory=list)
+    todo: Instances = field(default_factory=Instances)
     skipped: int = 0
     repaired: list[str] = field(default_factory=list)  # SOP UIDs whose file was bad
 
@@ -72,8 +72,11 @@ def complete_in_index(
     return rest, complete
 
 
-def listed_per_study(refs: Iterable[InstanceRef]) -> Counter[str]:
-    return Counter(ref.study_uid for ref in refs)
+def listed_per_study(refs: Instances) -> Counter[str]:
+    listed: Counter[str] = Counter()
+    for (study, _series), count in refs.series_counts().items():
+        listed[study] += count
+    return listed
 
 
 def completed_studies(
@@ -93,7 +96,7 @@ def completed_studies(
     return {s: n for s, n in listed.items() if s in named and s not in failed}
 
 
-def plan(refs: list[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:
+def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:
     result = Plan()
     # The names in the folder of the instances at hand: refs come series by series, so one
     # listing is kept at a time (a folder met again is listed again), and as hashes: about half

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,7 +154,7 @@ def warm_up() -> None:
 
 
 async def run_in_processes(
-    refs: list[InstanceRef],
+    refs: Sequence[InstanceRef],
     settings: Any,
     form: Retrieval | None,
     workers: int,
@@ -269,7 +269,7 @@ class _Launch:
 class _FromStandby(_Launch):
     """Workers forked before the event loop (engine/standby.py): each is sent its job."""
 
-    def __init__(self, standby: standby_module.Standby, refs: list[InstanceRef]) -> None:
+    def __init__(self, standby: standby_module.Standby, refs: Sequence[InstanceRef]) -> None:
         with standby.counter.get_lock():
             standby.counter.value = 0
         self.claims = SharedClaims(refs, standby.counter)
@@ -290,7 +290,7 @@ class _FromStandby(_Launch):
 class _FromForkServer(_Launch):
     """Workers started from multiprocessing's fork server (or spawned), waiting on an event."""
 
-    def __init__(self, refs: list[InstanceRef]) -> None:
+    def __init__(self, refs: Sequence[InstanceRef]) -> None:
         self.context = _start_context()
         self.claims = SharedClaims(refs, self.context.Value("q", 0))
         self.origin = f"started by {self.context.get_start_method()}"

@@ -31,7 +31,7 @@ from ..flow.retry import RetryPolicy
 from ..flow.throttle import Throttle
 from ..http.client import Transport
 from ..http.urls import series_url, study_url
-from ..model import Committed, Failure, InstanceRef
+from ..model import Committed, Failure, InstanceRef, Instances
 from ..report.landed import DOWNLOADED, FAILED, PRESENT, ReportWriter
 from ..report.progress import ProgressSink
 from ..report.summary import Summary
@@ -85,7 +85,7 @@ class Run:
         self.summary.concurrency = concurrency
         work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
         if self.settings.mode in ("auto", "series"):  # what a series-mode resume weighs
-            self.listed.update((ref.study_uid, ref.series_uid) for ref in refs)
+            self.listed.update(refs.series_counts())
         self.summary.skipped = work.skipped
         self.summary.repaired = work.repaired
         if self.report is not None:
@@ -103,7 +103,7 @@ class Run:
 
     # --- resolve ---------------------------------------------------------------------------
 
-    async def resolve(self, items: list[CohortItem]) -> list[InstanceRef]:
+    async def resolve(self, items: list[CohortItem]) -> Instances:
         """Every instance the items name, each once, in list order. Items are resolved
         RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
         bytes."""
@@ -116,7 +116,7 @@ class Run:
             modality_filter=settings.modalities,
         )
         locator = Locator(resolver)
-        found: list[list[InstanceRef]] = [[] for _ in items]
+        found = [Instances() for _ in items]
         # Items resolve concurrently; their failures are reported in list order afterwards.
         failed: dict[int, tuple[str, int | None]] = {}
 
@@ -173,8 +173,8 @@ class Run:
         if self.report is not None:
             self.report.row(FAILED, study, item.series_uid, item.sop_uid, reason=reason)
 
-    def unique_valid(self, found: list[list[InstanceRef]]) -> list[InstanceRef]:
-        refs: list[InstanceRef] = []
+    def unique_valid(self, found: list[Instances]) -> Instances:
+        refs = Instances()
         seen: set[str] = set()
         studies = set(self.summary.studies)
         for ref in (ref for group in found for ref in group):
@@ -233,11 +233,11 @@ class Run:
         )
         self.progress.instance_failed(ref, reason)
 
-    def report_present(self, refs: list[InstanceRef], todo: list[InstanceRef]) -> None:
+    def report_present(self, refs: Instances, todo: Instances) -> None:
         """A row for each instance the plan found on disk, complete and verified (it recorded
         every one of them in the manifest)."""
         assert self.report is not None
-        fetching = {ref.sop_uid for ref in todo}
+        fetching = set(todo.sop_uids())
         for ref in refs:
             entry = self.manifest.get(ref.sop_uid)
             if ref.sop_uid in fetching or entry is None:
@@ -252,12 +252,12 @@ class Run:
 
     # --- fetch -----------------------------------------------------------------------------
 
-    async def fetch(self, todo: list[InstanceRef]) -> None:
+    async def fetch(self, todo: Instances) -> None:
         mode = self.settings.mode
         if todo and mode in ("series", "study"):
             bulk = self.bulk_fetcher()
             self.summary.retrieval = bulk.negotiator  # what the bulk responses were asked as
-            todo = await self.fetch_in_bulk(todo, mode, bulk)
+            todo = await self.fetch_in_bulk([todo], mode, bulk)
         elif todo and mode == "auto":
             todo = await self.choose_and_fetch_bulk(todo)
         await self.fetch_per_instance(todo)
@@ -271,7 +271,7 @@ class Run:
         self.record_done(ref, committed)
         return committed
 
-    async def fetch_per_instance(self, todo: list[InstanceRef]) -> None:
+    async def fetch_per_instance(self, todo: Instances) -> None:
         async def one(ref: InstanceRef) -> None:
             await self.fetch_one(ref)
 
@@ -336,15 +336,12 @@ class Run:
             Negotiator(forms, remember_refusal=True),
         )
 
-    async def choose_and_fetch_bulk(self, todo: list[InstanceRef]) -> list[InstanceRef]:
+    async def choose_and_fetch_bulk(self, todo: Instances) -> Instances:
         """--mode auto: choose per study (strategy.py), fetch the series-mode studies in bulk;
         return what is left for the per-instance pool."""
-        by_study: dict[str, list[InstanceRef]] = {}
-        for ref in todo:
-            by_study.setdefault(ref.study_uid, []).append(ref)
-        per_instance: list[InstanceRef] = []
-        in_bulk: list[InstanceRef] = []
-        for study_uid, refs in by_study.items():
+        per_instance = Instances()
+        in_bulk: list[Instances] = []  # a study each
+        for study_uid, refs in todo.split(lambda study, _series: study).items():
             probe_size = None
             if strategy.needs_probe(len(refs)):
                 committed = await self.fetch_one(refs[0])
@@ -352,10 +349,13 @@ class Run:
                 refs = refs[1:]
             choice = strategy.choose(study_uid, len(refs) + (probe_size is not None), probe_size)
             self.summary.strategy.append(choice)
-            (in_bulk if choice.mode == "series" else per_instance).extend(refs)
+            if choice.mode == "series":
+                in_bulk.append(refs)
+            else:
+                per_instance.extend(refs)
         if in_bulk:
             bulk = self.bulk_fetcher()
-            per_instance += await self.fetch_in_bulk(in_bulk, "series", bulk)
+            per_instance.extend(await self.fetch_in_bulk(in_bulk, "series", bulk))
             if bulk.unsupported is not None:
                 self.summary.strategy = [
                     strategy.Choice(
@@ -369,36 +369,45 @@ class Run:
                 ]
         return per_instance
 
-    async def fetch_in_bulk(
-        self, todo: list[InstanceRef], mode: str, bulk: BulkFetcher
-    ) -> list[InstanceRef]:
-        """One multipart response per series (or study); return the instances still missing.
-        A series of which at most half is missing (a resumed run) is not streamed again: its
-        missing instances are returned, to be fetched one by one."""
+    async def fetch_in_bulk(self, todo: list[Instances], mode: str, bulk: BulkFetcher) -> Instances:
+        """One multipart response per series (or study) of `todo` (a study in each item, or
+        any instances in one); return the instances still missing. A series of which at most
+        half is missing (a resumed run) is not streamed again: its missing instances are
+        returned, to be fetched one by one."""
         base = self.transport.base_url
-        groups: dict[str, list[InstanceRef]] = {}
-        for ref in todo:
+
+        def url_of(study_uid: str, series_uid: str) -> str:
             if mode == "series":
-                url = series_url(base, ref.study_uid, ref.series_uid)
-            else:
-                url = study_url(base, ref.study_uid)
-            groups.setdefault(url, []).append(ref)
-        one_by_one: list[InstanceRef] = []
+                return series_url(base, study_uid, series_uid)
+            return study_url(base, study_uid)
+
+        groups: dict[str, Instances] = {}
+        for part in todo:
+            for url, refs in part.split(url_of).items():
+                if url in groups:  # (items of other studies never share a URL)
+                    joined = groups[url] = Instances(groups[url])
+                    joined.extend(refs)
+                else:
+                    groups[url] = refs
+        one_by_one = Instances()
         if mode == "series":
             for url, refs in list(groups.items()):
                 listed = self.listed[(refs[0].study_uid, refs[0].series_uid)]
                 if len(refs) <= listed // 2:  # mostly on disk: stream only what is missing
-                    one_by_one += groups.pop(url)
+                    one_by_one.extend(groups.pop(url))
             if one_by_one:
                 log.info("%d instances of partly present series: one by one", len(one_by_one))
-        left: dict[str, list[InstanceRef]] = {}  # url -> what its response lacked
+        left: dict[str, Instances] = {}  # url -> what its response lacked
 
-        async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
+        async def one_group(item: tuple[str, Instances]) -> None:
             url, refs = item
             left[url] = await bulk.fetch(url, refs, self.progress.advance, self.record_done)
 
         await run_pool(list(groups.items()), one_group, self.settings.concurrency)
-        missing = [ref for url in groups for ref in left.get(url, ())]
+        missing = Instances()
+        for url in groups:
+            missing.extend(left.get(url, ()))
         if missing:
             log.info("%d instances missing from bulk responses; fetching one by one", len(missing))
-        return one_by_one + missing
+        one_by_one.extend(missing)
+        return one_by_one

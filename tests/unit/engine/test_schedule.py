@@ -41,7 +41,7 @@ def test_missing_files_are_found_by_listing_each_folder_once(
     monkeypatch.undo()
     manifest.close()
     assert result.skipped == 2
-    assert result.todo == [on_disk[2], missing_here, *no_folder]
+    assert list(result.todo) == [on_disk[2], missing_here, *no_folder]
     assert result.repaired == [on_disk[2].sop_uid]
     assert not bad.exists()
     assert sorted(looked_at) == sorted(store.final_path(r).name for r in on_disk)
@@ -55,5 +55,5 @@ def test_a_file_where_a_folder_should_be_leaves_its_instances_to_fetch(tmp_path:
     folder = store.final_path(ref).parent
     folder.parent.mkdir(parents=True)
     folder.write_bytes(b"not a folder")
-    assert plan([ref], store, manifest, verify=False).todo == [ref]
+    assert list(plan([ref], store, manifest, verify=False).todo) == [ref]
     manifest.close()
