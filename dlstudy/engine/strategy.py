@@ -21,7 +21,7 @@ AUTO_BULK_MIN_INSTANCES = 100
 SMALL_INSTANCE_BYTES = 128 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Choice:
     study_uid: str
     mode: str  # "instance" or "series"
@@ -31,6 +31,11 @@ class Choice:
         return {"study": self.study_uid, "mode": self.mode, "why": self.why}
 
 
+# One reason string per count, shared by every small study (a list of 100,000 studies of 1-4
+# instances would otherwise hold 100,000 copies of four sentences).
+_TOO_FEW = [f"{n} instances: too few to be worth a probe" for n in range(AUTO_BULK_MIN_INSTANCES)]
+
+
 def needs_probe(count: int) -> bool:
     return count >= AUTO_BULK_MIN_INSTANCES
 
@@ -38,7 +43,7 @@ def needs_probe(count: int) -> bool:
 def choose(study_uid: str, count: int, probe_size: int | None) -> Choice:
     """Decide for a study of `count` instances to fetch, given its first instance's size."""
     if count < AUTO_BULK_MIN_INSTANCES:
-        return Choice(study_uid, "instance", f"{count} instances: too few to be worth a probe")
+        return Choice(study_uid, "instance", _TOO_FEW[count])
     if probe_size is None:
         return Choice(study_uid, "instance", "the probe instance failed; staying per instance")
     kib = probe_size / 1024
