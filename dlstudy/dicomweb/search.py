@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,30 +217,41 @@ def _is_date(text: str) -> bool:
 
 
 async def search_studies(
-    transport: Transport, query: StudyQuery, *, page_size: int, policy: RetryPolicy
+    transport: Transport,
+    query: StudyQuery,
+    *,
+    page_size: int,
+    policy: RetryPolicy,
+    each: Callable[[StudyRecord], object] | None = None,
 ) -> list[StudyRecord]:
-    """Every study matching `query`, in the server's order, each once."""
+    """Every study matching `query`, in the server's order, each once; `each` is called with
+    every one as its page arrives (while the server makes the next page)."""
     pager = Pager(transport, page_size, policy)
     url = f"{transport.base_url}/studies"
     found: dict[str, StudyRecord] = {}
+
+    def keep(item: dict[str, Any]) -> None:  # each page's JSON is read as it arrives, not kept
+        record = StudyRecord.from_json(item)
+        if record is not None and record.study_uid not in found:
+            found[record.study_uid] = record
+            if each is not None:
+                each(record)
+
     for modality in query.modalities or (None,):
-        # Each page's JSON is read into records as it arrives, never kept.
-        records = await pager.fetch_all(
-            url, query.params(modality), TAG_STUDY_UID, keep=StudyRecord.from_json
-        )
-        for record in records or []:  # None: 404, which some servers answer for "no match"
-            if record.study_uid not in found:
-                found[record.study_uid] = record
+        # False (404) is what some servers answer for "no match".
+        await pager.walk(url, query.params(modality), TAG_STUDY_UID, each=keep)
     return list(found.values())
 
 
-async def search_async(settings: Settings, query: StudyQuery) -> list[StudyRecord]:
+async def search_async(
+    settings: Settings, query: StudyQuery, each: Callable[[StudyRecord], object] | None = None
+) -> list[StudyRecord]:
     """Open a transport for `settings` (auth, TLS, HTTP version), search, close."""
     transport = Transport(settings, auth=await auth_from_settings(settings))
     try:
         policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
         return await search_studies(
-            transport, query, page_size=settings.qido_page_size, policy=policy
+            transport, query, page_size=settings.qido_page_size, policy=policy, each=each
         )
     finally:
         await transport.aclose()

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from ..dicomweb.search import StudyQuery, search_async
+from ..dicomweb.search import StudyQuery, StudyRecord, search_async
 from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
@@ -149,33 +149,43 @@ async def _search_and_download(
     plan: SyncSummary,
     catalog: tuple[Path, str | None] | None,
 ) -> Summary | None:
-    if catalog is not None:  # what the catalog knows: no search of the server at all
-        from ..catalog.query import catalog_records
-
-        records = await anyio.to_thread.run_sync(catalog_records, *catalog, query)
-    else:
-        records = await search_async(settings, query)
-    plan.matched = len(records)  # none is a quiet night for cron, not an error
-    if shard is not None:
-        records = [r for r in records if shard.owns(r.study_uid)]
-    plan.studies = [r.study_uid for r in records]
-    pending = []
+    pending: list[str] = []
     manifest = Manifest(store.root, store.state_dir, read_only=True)
+
+    def examine(record: StudyRecord) -> None:
+        """Complete or pending: decided as the record arrives (the server meanwhile makes
+        the next page)."""
+        if shard is not None and not shard.owns(record.study_uid):
+            return
+        instances = record.instances
+        if instances is None and not (settings.recheck or settings.verify):
+            # No count to compare: a run's completion record (its files all in place)
+            # decides, as for a rerun of the study; --recheck lists such studies instead.
+            instances = complete_from_index(manifest, store, record.study_uid)
+        if is_complete(manifest, store, record.study_uid, instances):
+            plan.complete.append(record.study_uid)
+            plan.total += instances or 0
+            emit("study_complete", logging.DEBUG, study=record.study_uid)
+        else:
+            pending.append(record.study_uid)
+
     try:
-        for record in records:
-            instances = record.instances
-            if instances is None and not (settings.recheck or settings.verify):
-                # No count to compare: a run's completion record (its files all in place)
-                # decides, as for a rerun of the study; --recheck lists such studies instead.
-                instances = complete_from_index(manifest, store, record.study_uid)
-            if is_complete(manifest, store, record.study_uid, instances):
-                plan.complete.append(record.study_uid)
-                plan.total += instances or 0
-                emit("study_complete", logging.DEBUG, study=record.study_uid)
-            else:
-                pending.append(record.study_uid)
+        if catalog is not None:  # what the catalog knows: no search of the server at all
+            from ..catalog.query import catalog_records
+
+            records = await anyio.to_thread.run_sync(catalog_records, *catalog, query)
+            for record in records:
+                examine(record)
+        else:
+            records = await search_async(settings, query, examine)
+    except BaseException:
+        plan.complete.clear()  # a search that failed part way says nothing about the rest
+        plan.total = 0
+        raise
     finally:
         manifest.close()
+    plan.matched = len(records)  # none is a quiet night for cron, not an error
+    plan.studies = [r.study_uid for r in records if shard is None or shard.owns(r.study_uid)]
     del records  # the download below may take long: what the search found is not needed
     plan.skipped = plan.total
     if not pending:
