@@ -162,7 +162,10 @@ async def _search_and_download(
             # No count to compare: a run's completion record (its files all in place)
             # decides, as for a rerun of the study; --recheck lists such studies instead.
             instances = complete_from_index(manifest, store, record.study_uid)
-        if is_complete(manifest, store, record.study_uid, instances):
+            complete = instances is not None
+        else:
+            complete = is_complete(manifest, store, record.study_uid, instances)
+        if complete:
             plan.complete.append(record.study_uid)
             plan.total += instances or 0
             emit("study_complete", logging.DEBUG, study=record.study_uid)

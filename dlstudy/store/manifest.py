@@ -259,16 +259,6 @@ class Manifest:
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
-    def count_of(self, study: str) -> int:
-        """How many entries the study has."""
-        try:
-            (count,) = self._connection.execute(
-                "SELECT count(*) FROM entries WHERE study = ?", (study,)
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-        return int(count)
-
     def __len__(self) -> int:
         try:
             (count,) = self._connection.execute("SELECT count(*) FROM entries").fetchone()
