@@ -1,9 +1,10 @@
 """Whether a study is complete in the output folder, from the index alone: what a rerun, `sync`
 and `catalog status` decide without asking the server for the study's instances.
 
-Files are confirmed with one listing per folder (os.scandir), not a stat per file: a study of a
-million instances in one series folder is one listing. Only names the listing shows as regular
-files count, and a folder a link leads out of OUT counts as empty.
+Files are confirmed with an lstat each for the first few of a folder, then one listing of the
+folder (os.scandir), not a stat per file: a study of a million instances in one series folder
+is eight lstats and one listing. Only regular files count (a link at a file's name does not),
+and a folder a link leads out of OUT counts as empty.
 """
 
 from __future__ import annotations
@@ -15,16 +16,21 @@ from pathlib import Path
 from .files import Store
 from .manifest import Manifest
 
+# Files of one folder looked at one by one (an lstat each) before the folder is listed: a
+# listing costs more than a few lstats (docs/decisions.md).
+LOOKED_AT_ALONE = 8
+
 
 class Folders:
-    """The regular files of each folder of OUT, listed once, kept as hashes of their names (a
-    million names as str would take ten times the memory; a false match is a 1 in 2^64 event
-    per name)."""
+    """The regular files of each folder of OUT: the first few looked at one by one, then the
+    folder listed once and kept as hashes of its names (a million names as str would take ten
+    times the memory; a false match is a 1 in 2^64 event per name)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._root = str(store.root)
         self._names: dict[str, set[int]] = {}
+        self._looked_at: dict[str, int] = {}
         self._outside: dict[str, bool] = {}
 
     def has(self, path: str) -> bool:
@@ -32,8 +38,19 @@ class Folders:
         folder, _, name = path.rpartition("/")
         names = self._names.get(folder)
         if names is None:
+            looked_at = self._looked_at[folder] = self._looked_at.get(folder, 0) + 1
+            if looked_at <= LOOKED_AT_ALONE:
+                return self._is_file(folder, path)
             names = self._names[folder] = self._list(folder)
         return hash(name) in names
+
+    def _is_file(self, folder: str, path: str) -> bool:
+        if self._leads_outside(folder):
+            return False
+        try:  # lstat: a link at the file's name is no file of ours
+            return stat.S_ISREG(os.lstat(os.path.join(self._root, path)).st_mode)
+        except OSError:
+            return False
 
     def _list(self, folder: str) -> set[int]:
         where = os.path.join(self._root, folder)
