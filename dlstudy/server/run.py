@@ -100,7 +100,8 @@ async def _serve(
     config.include_server_header = False
     # hypercorn's default ends a connection after 1,000 requests, and on HTTP/2 it drops the
     # streams still in flight then (a GOAWAY, then no response): every client would see errors.
-    config.keep_alive_max_requests = options.max_requests_per_connection or sys.maxsize
+    limit = options.max_requests_per_connection
+    config.keep_alive_max_requests = sys.maxsize if limit is None else limit
 
     # Set when shutdown starts: responses still streaming stop at once (see app.py), so
     # every connection ends within hypercorn's graceful timeout and none is cancelled.
