@@ -15,7 +15,7 @@ import pytest
 
 from dlstudy.server import ServerOptions, running_server
 
-from ..cli_helpers import DLSTUDY, installed_download, run_installed
+from ..cli_helpers import DLSTUDY, assert_same_files, installed_download, run_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy
 
 pytestmark = pytest.mark.integration
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.integration
 
 def final_path(out: Path, study: str, series: str, sop: str) -> Path:
     return out / study / series / f"{sop}.dcm"
-
-
-def assert_byte_exact(out: Path, synth_study: SynthStudy) -> None:
-    for i in synth_study.instances:
-        path = final_path(out, i.study_uid, i.series_uid, i.sop_uid)
-        assert path.read_bytes() == i.path.read_bytes(), path
 
 
 def qido_requests(seen: SeenRequests) -> list[str]:
@@ -64,7 +58,7 @@ def test_a_complete_study_reruns_without_a_request_until_a_file_is_missing(
     assert summary["instances"] == {"total": 60, "downloaded": 1, "skipped": 59, "failed": 0}
     instance_paths = [path for path, _ in seen_requests.requests if "/instances/" in path]
     assert [p for p in instance_paths if p.endswith(gone.sop_uid)] == instance_paths
-    assert_byte_exact(out, synth_study)
+    assert_same_files(synth_study.instances, out)
 
 
 @pytest.mark.parametrize("option", ["--recheck", "--verify"])
@@ -135,7 +129,7 @@ def test_a_kill_9_during_a_download_then_a_rerun_completes_byte_exact(
 
     assert status == 0, stderr
     assert summary["instances"]["downloaded"] == 60 - kept
-    assert_byte_exact(out, synth_study)
+    assert_same_files(synth_study.instances, out)
     status, summary, _ = installed_download(
         embedded_server(synth_study.root), synth_study.study_uid, out
     )
