@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -43,16 +44,22 @@ def resolve_studies(
     **filters: Any,
 ) -> list[list[Any]]:
     async def run() -> list[list[Any]]:
-        transport = Transport(Settings(url=server.base, http="1.1"))
-        try:
-            policy = RetryPolicy(retries=1, budget=5.0, window=5.0)
-            resolver = Resolver(transport, page_size=page_size, policy=policy, **filters)
+        async with resolver_on(server, page_size, **filters) as resolver:
             resolver.one_request = one_request
             return [await resolver.resolve(study) for study in studies]
-        finally:
-            await transport.aclose()
 
     return anyio.run(run)
+
+
+@asynccontextmanager
+async def resolver_on(server: Routes, page_size: int, **filters: Any) -> AsyncIterator[Resolver]:
+    """A Resolver over HTTP/1.1 to `server`, one retry; its transport closed afterwards."""
+    transport = Transport(Settings(url=server.base, http="1.1"))
+    try:
+        policy = RetryPolicy(retries=1, budget=5.0, window=5.0)
+        yield Resolver(transport, page_size=page_size, policy=policy, **filters)
+    finally:
+        await transport.aclose()
 
 
 def paged(items: list[dict[str, Any]], *, cap: int | None = None, warn: bool = False) -> Callable:

@@ -10,14 +10,9 @@ from typing import Any
 import anyio
 import httpx
 
-from dlstudy.dicomweb.resolve import Resolver
-from dlstudy.flow.retry import RetryPolicy
-from dlstudy.http.client import Transport
-from dlstudy.settings import Settings
-
 from ...factories import element, instance_json
 from ...fixtures.scripted_routes import Routes
-from .test_qido import paged
+from .test_qido import paged, resolver_on
 
 SEARCH = "/dicomweb/instances"
 STUDIES = ["1.2.3.100", "1.2.3.200"]
@@ -39,14 +34,9 @@ def listed(server: Routes, studies: list[str], page_size: int = 100, **filters: 
     """What Resolver.studies_at_once finds for `studies`, and whether it would ask so again."""
 
     async def run() -> tuple[dict[str, list[str]], bool | None]:
-        transport = Transport(Settings(url=server.base, http="1.1"))
-        try:
-            policy = RetryPolicy(retries=1, budget=5.0, window=5.0)
-            resolver = Resolver(transport, page_size=page_size, policy=policy, **filters)
+        async with resolver_on(server, page_size, **filters) as resolver:
             found = await resolver.studies_at_once(studies)
             return {k: [r.sop_uid for r in v] for k, v in found.items()}, resolver.lists_studies
-        finally:
-            await transport.aclose()
 
     return anyio.run(run)
 
