@@ -10,6 +10,8 @@ from typing import Any
 
 import blake3
 
+from dlstudy.server import VirtualArchive
+
 
 def read_report(path: Path) -> list[dict[str, Any]]:
     """The rows of a --report file, CSV or JSON lines, with sizes as ints (None when empty)."""
@@ -47,3 +49,14 @@ def assert_report_is_exact(
         assert row["digest"] == "blake3:" + blake3.blake3(data).hexdigest()
         assert data == source[row["sop"]], row["sop"]
         assert row["reason"] is None
+
+
+def assert_byte_exact(archive: VirtualArchive, studies: list[str], out: Path) -> int:
+    """Every instance of `studies` is under `out` with the virtual archive's bytes, and nothing
+    else is; returns how many."""
+    expected = [uids for study in studies for uids in archive.instances_of(study)]
+    for st, se, sop in expected:
+        assert (out / st / se / f"{sop}.dcm").read_bytes() == archive.expected_bytes(st, se, sop)
+    files = [p for p in out.rglob("*.dcm") if ".dlstudy" not in p.parts]
+    assert len(files) == len(expected)
+    return len(expected)

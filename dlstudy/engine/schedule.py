@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,18 +71,11 @@ def complete_in_index(
     return rest, complete
 
 
-def listed_per_study(refs: Instances) -> Counter[str]:
-    listed: Counter[str] = Counter()
-    for (study, _series), count in refs.series_counts().items():
-        listed[study] += count
-    return listed
-
-
 def completed_studies(
     items: Sequence[CohortItem], listed: Mapping[str, int], failures: Sequence[Failure]
 ) -> dict[str, int]:
     """The studies of a finished run to record complete (-> instances): named whole by an
-    item, listed (`listed`: study -> instances, listed_per_study), and no failure names them
+    item, listed whole (`listed`: study -> its instances), and no failure names them
     (every listed instance committed or present).
 
     A plain list's item whose listing broke has no study to its failure: then none is

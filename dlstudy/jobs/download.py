@@ -157,12 +157,13 @@ async def download_async(
                 stack.callback(report.discard)  # unless committed below
             transport = Transport(settings, auth=await auth_from_settings(settings))
             stack.push_async_callback(transport.aclose)
+            complete: list[str] = []
             if trusts_index(settings):
-                items = take_complete(items, store, manifest, summary, report)
+                items, complete = take_complete(items, store, manifest, summary, report)
             try:
                 run = Run(settings, store, manifest, transport, progress, summary, report)
                 if items:
-                    await stop_on_signals(run.execute(items))
+                    await stop_on_signals(run.execute(items, counted=complete))
                 else:
                     progress.start(summary.total, summary.skipped)
             except NothingMatchedError:
@@ -193,9 +194,9 @@ def take_complete(
     manifest: Manifest,
     summary: Summary,
     report: ReportWriter | None,
-) -> list[CohortItem]:
+) -> tuple[list[CohortItem], list[str]]:
     """Count the studies the index records complete, files in place, as present (no request
-    to the server); return the items left to resolve."""
+    to the server); return the items left to resolve, and those studies."""
     rest, complete = complete_in_index(items, store, manifest)
     for study, count in complete.items():
         summary.studies.append(study)
@@ -213,7 +214,7 @@ def take_complete(
                 )
     if complete:
         log.info("%d studies complete in the manifest: not listed again", len(complete))
-    return rest
+    return rest, list(complete)
 
 
 async def stop_on_signals(work: Awaitable[None]) -> None:

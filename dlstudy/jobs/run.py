@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -24,7 +25,7 @@ from ..dicomweb.resolve import Resolver
 from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher
-from ..engine.schedule import completed_studies, entry_for, listed_per_study, plan
+from ..engine.schedule import completed_studies, entry_for, names_whole_study, plan
 from ..errors import IncompleteListingError, NothingMatchedError, TransferError
 from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
@@ -38,8 +39,17 @@ from ..report.summary import Summary
 from ..settings import Settings, concurrency_for
 from ..store.files import Store
 from ..store.manifest import Manifest
+from .parts import EarlierParts, parts_of
 
 log = logging.getLogger(__name__)
+
+
+class Listing(NamedTuple):
+    """What the items of a list (or a part of it) name: every instance, each once, and the
+    studies listed whole with their instance counts."""
+
+    refs: Instances
+    whole: dict[str, int]
 
 
 # Items of a list being resolved at once (a study lists its series QIDO_CONCURRENCY at a time
@@ -75,46 +85,90 @@ class Run:
         summary.throttle = self.throttle
         summary.retrieval = self.negotiator
         self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
+        self.incomplete = False  # an item's listing could not be completed
 
-    async def execute(self, items: list[CohortItem]) -> None:
-        refs = await self.resolve(items)
+    async def execute(self, items: list[CohortItem], *, counted: Iterable[str] = ()) -> None:
+        """Resolve the items, fetch what is not on disk, record the studies completed. A long
+        list goes in parts (jobs/parts.py): each part is resolved while the one before it
+        downloads. `counted`: studies already counted whole (complete in the index), whose
+        instances an item may list again (a series of one)."""
+        parts = parts_of(items)
+        counted = list(counted)
+        earlier = EarlierParts() if len(parts) > 1 or counted else None
+        if earlier is not None:
+            earlier.add(counted, ())
+        resolver = self.resolver()
+        resolved = [await self.resolve(parts[0], resolver, earlier)]
         # The server has answered: the protocol is known, and with it --concurrency 0's value.
         concurrency = concurrency_for(self.settings.concurrency, self.transport.http_version)
         self.settings = replace(self.settings, concurrency=concurrency)
         self.throttle.resize(concurrency)
         self.summary.concurrency = concurrency
+        for number, part in enumerate(parts, start=1):
+            following = parts[number] if number < len(parts) else None
+            # A StorageError (disk full, permissions) escapes the workers and stops them all:
+            # nothing else would succeed either; what was committed is kept.
+            with first_error():
+                async with anyio.create_task_group() as tg:
+                    if following is not None:
+                        tg.start_soon(self.resolve_into, resolved, following, resolver, earlier)
+                    # (popped before the task above first runs: this part's listing is
+                    # referenced from fetch_part only, which lets it go once planned)
+                    await self.fetch_part(part, resolved.pop(0))
+        if self.summary.total == 0:
+            if not self.incomplete:
+                raise NothingMatchedError(self._nothing_matched_message(items))
+            self.progress.start(0, 0)
+
+    async def fetch_part(self, items: Sequence[CohortItem], listing: Listing) -> None:
+        """Fetch what the listing of `items` has that is not on disk; then record the studies
+        they name whole complete, if every instance is in place."""
+        refs, whole = listing
+        del listing
         work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
-        if self.settings.mode in ("auto", "series"):  # what a series-mode resume weighs
+        self.listed = Counter()  # what a series-mode resume weighs
+        if self.settings.mode in ("auto", "series"):
             self.listed.update(refs.series_counts())
-        self.summary.skipped = work.skipped
-        self.summary.repaired = work.repaired
+        self.summary.skipped += work.skipped
+        self.summary.repaired.extend(work.repaired)
         if self.report is not None:
             self.report_present(refs, work.todo)
-        listed = listed_per_study(refs)  # one number per study, for the completion records
         del refs  # what is left to fetch is work.todo
-        self.progress.start(self.summary.total, self.summary.skipped)
-        # A StorageError (disk full, permissions) escapes the workers and stops them all:
-        # nothing else would succeed either; what was committed is kept.
-        with first_error():
-            await self.fetch(work.todo)
+        if self.summary.total:
+            self.progress.start(self.summary.total, self.summary.skipped)
+        await self.fetch(work.todo)
         if not (self.settings.series or self.settings.modalities):  # whole studies only
-            for study, count in completed_studies(items, listed, self.summary.failures).items():
+            for study, count in completed_studies(items, whole, self.summary.failures).items():
                 self.manifest.record_complete(study, count, self.store.layout)
 
     # --- resolve ---------------------------------------------------------------------------
 
-    async def resolve(self, items: list[CohortItem]) -> Instances:
-        """Every instance the items name, each once, in list order. Items are resolved
-        RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
-        bytes."""
+    def resolver(self) -> Resolver:
         settings = self.settings
-        resolver = Resolver(
+        return Resolver(
             self.transport,
             page_size=settings.qido_page_size,
             policy=self.policy,
             series_filter=settings.series,
             modality_filter=settings.modalities,
         )
+
+    async def resolve_into(
+        self,
+        resolved: list[Listing],
+        items: Sequence[CohortItem],
+        resolver: Resolver,
+        earlier: EarlierParts | None,
+    ) -> None:
+        resolved.append(await self.resolve(items, resolver, earlier))
+
+    async def resolve(
+        self, items: Sequence[CohortItem], resolver: Resolver, earlier: EarlierParts | None = None
+    ) -> Listing:
+        """Every instance the items name, each once, in list order (and none an earlier part
+        of the list had), and how many each study listed whole has. Items are resolved
+        RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
+        bytes."""
         locator = Locator(resolver)
         found = [Instances() for _ in items]
         # Items resolve concurrently; their failures are reported in list order afterwards.
@@ -128,6 +182,7 @@ class Run:
                 found[index] = await locator.instances(item)
             except NotFound as exc:
                 failed[index] = (str(exc), 404)
+                return
             except IncompleteListingError as exc:  # this item fails; the others go on
                 failed[index] = (str(exc), None)
 
@@ -156,11 +211,24 @@ class Run:
         for index in sorted(failed):
             reason, status = failed[index]
             self.missing(items[index], reason, status=status)
-        incomplete = any(status is None for _, status in failed.values())
-        refs = self.unique_valid(found)
-        if self.summary.total == 0 and not incomplete:
-            raise NothingMatchedError(self._nothing_matched_message(items))
-        return refs
+        self.incomplete |= any(status is None for _, status in failed.values())
+        # A study's count for its completion record is its whole listing's, instances an
+        # earlier part listed included.
+        whole = {
+            item.uid: len(group)
+            for item, group in zip(items, found, strict=True)
+            if names_whole_study(item) and group and group[0].study_uid == item.uid
+        }
+        refs = self.unique_valid(found, earlier)
+        if earlier is not None:
+            partly = (
+                ref
+                for item, group in zip(items, found, strict=True)
+                if item.uid not in whole
+                for ref in group
+            )
+            earlier.add(whole, partly)
+        return Listing(refs, whole)
 
     def missing(self, item: CohortItem, reason: str, *, status: int | None = 404) -> None:
         """An item the server does not have (or could not list): a failure of its own, the
@@ -173,12 +241,12 @@ class Run:
         if self.report is not None:
             self.report.row(FAILED, study, item.series_uid, item.sop_uid, reason=reason)
 
-    def unique_valid(self, found: list[Instances]) -> Instances:
+    def unique_valid(self, found: list[Instances], earlier: EarlierParts | None) -> Instances:
         refs = Instances()
         seen: set[str] = set()
         studies = set(self.summary.studies)
         for ref in (ref for group in found for ref in group):
-            if ref.sop_uid in seen:
+            if ref.sop_uid in seen or (earlier is not None and earlier.listed(ref)):
                 continue  # listed twice (a study and one of its series): fetched once
             seen.add(ref.sop_uid)
             self.summary.total += 1
@@ -192,7 +260,7 @@ class Run:
                 self.summary.failures.append(Failure(ref.study_uid, None, None, reason[:300]))
         return refs
 
-    def _nothing_matched_message(self, items: list[CohortItem]) -> str:
+    def _nothing_matched_message(self, items: Sequence[CohortItem]) -> str:
         missing = [f for f in self.summary.failures if f.sop_instance_uid is None]
         if len(items) == 1 and missing:
             return missing[0].reason

@@ -16,6 +16,10 @@ from ..model import InstanceRef
 
 
 class ProgressSink(Protocol):
+    """What a run reports as it goes. `start(total, skipped)` comes when the instances to fetch
+    are known; a long list, resolved in parts while earlier parts download (jobs/parts.py),
+    calls it again with each part, the totals so far growing."""
+
     def resolving(self, study_uid: str) -> None: ...
     def start(self, total: int, skipped: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
@@ -114,6 +118,7 @@ class PlainProgress:
         self.counters = Counters(clock)
         self._next = clock() + interval
         self._resolving = 0
+        self._started = False
 
     def _emit(self, text: str) -> None:
         print(f"dlstudy: {text}", file=self.stream, flush=True)
@@ -128,6 +133,9 @@ class PlainProgress:
 
     def start(self, total: int, skipped: int) -> None:
         self.counters.total = total - skipped
+        if self._started:  # a later part of a long list: the periodic line shows the totals
+            return
+        self._started = True
         self._next = self.counters.clock() + self.interval
         note = f" ({skipped} already present)" if skipped else ""
         self._emit(f"downloading {total - skipped} of {total} instances{note}")

@@ -47,6 +47,7 @@ class RichProgress:
         )
         self.task = self.progress.add_task("resolving", total=None)
         self.started = False
+        self.downloading = False
 
     def _show(self) -> None:
         # Started with the run, not before: its refresh thread would make forking the
@@ -57,13 +58,15 @@ class RichProgress:
 
     def resolving(self, study_uid: str) -> None:
         self._show()
-        self.progress.update(self.task, description=f"resolving {study_uid}")
+        if not self.downloading:  # (a long list's later parts resolve while it downloads)
+            self.progress.update(self.task, description=f"resolving {study_uid}")
 
     def start(self, total: int, skipped: int) -> None:
         self._show()
         self.counters.total = total - skipped
-        if skipped:
+        if skipped and not self.downloading:
             self.console.print(f"{skipped} of {total} instances already present, skipping")
+        self.downloading = True
         self.progress.update(self.task, description="downloading", total=max(total - skipped, 0))
 
     def advance(self, nbytes: int) -> None:

@@ -15,6 +15,7 @@ from dlstudy.server import VirtualArchive, VirtualSpec
 from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import installed_download, run_installed
+from ..cohort_helpers import assert_byte_exact
 from ..fixtures.embedded_server import SeenRequests, StartServer
 from ..fixtures.orthanc import OrthancServer
 
@@ -26,15 +27,6 @@ def searches(seen: SeenRequests) -> list[str]:
     return [
         path for path, _ in seen.requests if path.endswith(("/studies", "/series", "/instances"))
     ]
-
-
-def assert_byte_exact(archive: VirtualArchive, studies: list[str], out: Path) -> int:
-    expected = [uids for study in studies for uids in archive.instances_of(study)]
-    for st, se, sop in expected:
-        assert (out / st / se / f"{sop}.dcm").read_bytes() == archive.expected_bytes(st, se, sop)
-    files = [p for p in out.rglob("*.dcm") if ".dlstudy" not in p.parts]
-    assert len(files) == len(expected)
-    return len(expected)
 
 
 def test_a_20000_instance_study_downloads_complete_through_a_page_cap(

@@ -4,6 +4,7 @@ file, --recheck and --verify ask the server again, and a kill -9 loses nothing c
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -102,7 +103,10 @@ def test_a_plain_list_skips_complete_studies_and_lists_the_others(
     )
 
     assert result.returncode == 0, result.stderr
-    assert '"studies_complete_in_manifest": 1' in result.stdout
+    summary = json.loads(result.stdout)
+    assert summary["studies_complete_in_manifest"] == 1
+    # The series' instances are the study's: counted once, as present.
+    assert summary["instances"] == {"total": 60, "downloaded": 0, "skipped": 60, "failed": 0}
     listed = qido_requests(seen_requests)
     assert any(synth_study.series_uids[1] in p for p in listed), listed
     assert not any(p.endswith(f"/studies/{synth_study.study_uid}/series") for p in listed)

@@ -1,0 +1,119 @@
+"""A long list goes in parts, each part listed while the one before it downloads
+(jobs/parts.py): every instance is fetched and counted once whichever parts name it, every
+study is recorded complete with its whole count, and "nothing matched" still means the whole
+list. Against the embedded server's virtual archive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import dlstudy
+from dlstudy import CohortItem
+from dlstudy.errors import NothingMatchedError
+from dlstudy.jobs import parts
+from dlstudy.server import VirtualArchive, VirtualSpec
+from dlstudy.store.manifest import Manifest
+
+from ..cli_helpers import run_installed
+from ..cohort_helpers import assert_byte_exact
+from ..fixtures.embedded_server import SeenRequests, StartServer
+
+pytestmark = pytest.mark.integration
+
+
+def recorded_complete(out: Path, studies: list[str]) -> dict[str, int]:
+    manifest = Manifest(out, out / ".dlstudy", read_only=True)
+    try:
+        found = {study: manifest.completion(study) for study in studies}
+        return {study: c.instances for study, c in found.items() if c is not None}
+    finally:
+        manifest.close()
+
+
+@pytest.mark.slow
+def test_a_list_longer_than_a_part_downloads_every_instance_once(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    count = parts.PART_ITEMS + 1
+    spec = VirtualSpec(count, seed=7, mix="mimic")
+    archive = VirtualArchive(spec)
+    studies = list(archive.study_uids())
+    _, first_series, _ = next(iter(archive.instances_of(studies[0])))
+    url = embedded_server(None, virtual=spec)
+    uids = tmp_path / "uids.txt"
+    # The first study's series once more, in the second part: the first part had them.
+    uids.write_text("\n".join([*studies, first_series]) + "\n")
+    out = tmp_path / "out"
+
+    result = run_installed(
+        "download", "--from-file", str(uids), "--url", url, "-o", str(out), "--json", timeout=900
+    )
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    total = sum(archive.study_size)
+    assert summary["instances"] == {"total": total, "downloaded": total, "skipped": 0, "failed": 0}
+    assert summary["studies"] == count
+    assert assert_byte_exact(archive, studies, out) == total
+    # Each instance was asked for once; every study is recorded complete, with its count.
+    fetched = [path for path, _ in seen_requests.requests if "/instances/" in path]
+    assert len(fetched) == len(set(fetched)) == total
+    sizes = dict(zip(studies, archive.study_size, strict=True))
+    assert recorded_complete(out, studies) == sizes
+
+
+@pytest.mark.parametrize("series_first", [True, False], ids=["series-first", "study-first"])
+def test_a_study_and_its_series_in_two_parts_count_once(
+    embedded_server: StartServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    series_first: bool,
+) -> None:
+    monkeypatch.setattr(parts, "PART_ITEMS", 2)
+    spec = VirtualSpec(4, seed=8, mix="mimic")  # its first study has two series
+    archive = VirtualArchive(spec)
+    studies = list(archive.study_uids())
+    study = studies[0]
+    instances = list(archive.instances_of(study))
+    series = instances[0][1]
+    in_series = [sop for _, se, sop in instances if se == series]
+    assert 0 < len(in_series) < len(instances)
+    whole, part = CohortItem(study_uid=study), CohortItem(study_uid=study, series_uid=series)
+    first, last = (part, whole) if series_first else (whole, part)
+    items = [first, CohortItem(study_uid=studies[1]), CohortItem(study_uid=studies[2]), last]
+    url = embedded_server(None, virtual=spec)
+    out = tmp_path / "out"
+
+    summary = dlstudy.download(items, url, output=out)
+
+    assert summary.exit_status == 0
+    expected = sum(archive.study_size[:3])
+    assert summary.total == summary.downloaded == expected
+    assert summary.skipped == 0
+    assert assert_byte_exact(archive, studies[:3], out) == expected
+    # The study's record counts all its instances, those the other part listed included.
+    sizes = dict(zip(studies[:3], archive.study_size[:3], strict=True))
+    assert recorded_complete(out, studies) == sizes
+
+
+def test_nothing_matched_means_in_every_part(
+    embedded_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parts, "PART_ITEMS", 2)
+    spec = VirtualSpec(2, seed=9, mix="mimic")
+    archive = VirtualArchive(spec)
+    url = embedded_server(None, virtual=spec)
+    missing = [CohortItem(study_uid=f"1.2.3.{n}") for n in range(3)]
+    found = CohortItem(study_uid=archive.study_uid(1))
+
+    summary = dlstudy.download([*missing, found], url, output=tmp_path / "some")
+
+    assert summary.exit_status == 1  # the three missing studies are failures of their own
+    assert summary.downloaded == summary.total == archive.study_size[1]
+    assert [f.study_uid for f in summary.failures] == [item.study_uid for item in missing]
+
+    with pytest.raises(NothingMatchedError, match="none of the 4 studies"):
+        dlstudy.download([*missing, CohortItem(study_uid="1.2.3.9")], url, output=tmp_path / "no")
