@@ -1,4 +1,4 @@
-"""One download run after setup: resolve the studies, schedule what is missing, fetch it.
+"""One download run after setup: list the items (jobs/listing.py), plan what is missing, fetch it.
 
 `Run` owns the results: every instance that commits or fails goes through `record_done` or
 `record_failure`, whichever path fetched it (the per-instance pool, series/study multipart
@@ -13,20 +13,17 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import NamedTuple
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..dicomweb.cohort import CohortItem
-from ..dicomweb.locate import Locator, NotFound
 from ..dicomweb.negotiate import Negotiator, candidates
-from ..dicomweb.resolve import Resolver
 from ..engine import strategy, workers
 from ..engine.bulk import BulkFetcher
 from ..engine.fetch import InstanceFetcher
-from ..engine.schedule import completed_studies, entry_for, names_whole_study, plan
-from ..errors import IncompleteListingError, NothingMatchedError, TransferError
+from ..engine.schedule import completed_studies, entry_for, plan
+from ..errors import NothingMatchedError, TransferError
 from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
 from ..flow.throttle import Throttle
@@ -39,22 +36,10 @@ from ..report.summary import Summary
 from ..settings import Settings, concurrency_for
 from ..store.files import Store
 from ..store.manifest import Manifest
+from .listing import Lister, Listing
 from .parts import EarlierParts, parts_of
 
 log = logging.getLogger(__name__)
-
-
-class Listing(NamedTuple):
-    """What the items of a list (or a part of it) name: every instance, each once, and the
-    studies listed whole with their instance counts."""
-
-    refs: Instances
-    whole: dict[str, int]
-
-
-# Items of a list being resolved at once (a study lists its series QIDO_CONCURRENCY at a time
-# when it cannot be listed in one request): a list of 100,000 small studies is round trips.
-RESOLVING_AT_ONCE = 32
 
 
 class Run:
@@ -70,7 +55,6 @@ class Run:
     ) -> None:
         self.settings = settings
         self.report = report
-        self.named: dict[str, str] = {}  # SOP UID -> the list line that named the instance
         self.store = store
         self.manifest = manifest
         self.transport = transport
@@ -85,7 +69,7 @@ class Run:
         summary.throttle = self.throttle
         summary.retrieval = self.negotiator
         self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
-        self.incomplete = False  # an item's listing could not be completed
+        self.lister = Lister(settings, transport, self.policy, store, progress, summary, report)
 
     async def execute(self, items: list[CohortItem], *, counted: Iterable[str] = ()) -> None:
         """Resolve the items, fetch what is not on disk, record the studies completed. A long
@@ -97,8 +81,8 @@ class Run:
         earlier = EarlierParts() if len(parts) > 1 or counted else None
         if earlier is not None:
             earlier.add(counted, ())
-        resolver = self.resolver()
-        resolved = [await self.resolve(parts[0], resolver, earlier)]
+        lister = self.lister
+        resolved = [await lister.resolve(parts[0], earlier)]
         # The server has answered: the protocol is known, and with it --concurrency 0's value.
         concurrency = concurrency_for(self.settings.concurrency, self.transport.http_version)
         self.settings = replace(self.settings, concurrency=concurrency)
@@ -111,13 +95,13 @@ class Run:
             with first_error():
                 async with anyio.create_task_group() as tg:
                     if following is not None:
-                        tg.start_soon(self.resolve_into, resolved, following, resolver, earlier)
+                        tg.start_soon(lister.resolve_into, resolved, following, earlier)
                     # (popped before the task above first runs: this part's listing is
                     # referenced from fetch_part only, which lets it go once planned)
                     await self.fetch_part(part, resolved.pop(0))
         if self.summary.total == 0:
-            if not self.incomplete:
-                raise NothingMatchedError(self._nothing_matched_message(items))
+            if not lister.incomplete:
+                raise NothingMatchedError(lister.nothing_matched_message(items))
             self.progress.start(0, 0)
 
     async def fetch_part(self, items: Sequence[CohortItem], listing: Listing) -> None:
@@ -141,137 +125,6 @@ class Run:
             for study, count in completed_studies(items, whole, self.summary.failures).items():
                 self.manifest.record_complete(study, count, self.store.layout)
 
-    # --- resolve ---------------------------------------------------------------------------
-
-    def resolver(self) -> Resolver:
-        settings = self.settings
-        return Resolver(
-            self.transport,
-            page_size=settings.qido_page_size,
-            policy=self.policy,
-            series_filter=settings.series,
-            modality_filter=settings.modalities,
-        )
-
-    async def resolve_into(
-        self,
-        resolved: list[Listing],
-        items: Sequence[CohortItem],
-        resolver: Resolver,
-        earlier: EarlierParts | None,
-    ) -> None:
-        resolved.append(await self.resolve(items, resolver, earlier))
-
-    async def resolve(
-        self, items: Sequence[CohortItem], resolver: Resolver, earlier: EarlierParts | None = None
-    ) -> Listing:
-        """Every instance the items name, each once, in list order (and none an earlier part
-        of the list had), and how many each study listed whole has. Items are resolved
-        RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
-        bytes."""
-        locator = Locator(resolver)
-        found = [Instances() for _ in items]
-        # Items resolve concurrently; their failures are reported in list order afterwards.
-        failed: dict[int, tuple[str, int | None]] = {}
-
-        async def one(index: int) -> None:
-            item = items[index]
-            if item.where and item.level == "instance":
-                self.named[item.uid] = item.where  # a failed fetch names the line too
-            try:
-                found[index] = await locator.instances(item)
-            except NotFound as exc:
-                failed[index] = (str(exc), 404)
-                return
-            except IncompleteListingError as exc:  # this item fails; the others go on
-                failed[index] = (str(exc), None)
-
-        for item in items:
-            if item.level == "study":
-                self.summary.studies.append(item.uid)
-
-        # Studies (and plain UIDs, which are studies more often than not) many to a search
-        # where the server proves each answer complete; the rest are resolved one by one.
-        listed_together = await resolver.studies_in_batches(
-            [item.uid for item in items if item.level in ("study", "unknown")]
-        )
-
-        async def resolve_one(index: int) -> None:
-            item = items[index]
-            if item.level == "study":
-                self.progress.resolving(item.uid)
-            refs = listed_together.get(item.uid) if item.level in ("study", "unknown") else None
-            if refs is None:
-                await one(index)
-            else:
-                found[index] = refs
-
-        await run_pool(range(len(items)), resolve_one, RESOLVING_AT_ONCE)
-        listed_together.clear()
-        for index in sorted(failed):
-            reason, status = failed[index]
-            self.missing(items[index], reason, status=status)
-        self.incomplete |= any(status is None for _, status in failed.values())
-        # A study's count for its completion record is its whole listing's, instances an
-        # earlier part listed included.
-        whole = {
-            item.uid: len(group)
-            for item, group in zip(items, found, strict=True)
-            if names_whole_study(item) and group and group[0].study_uid == item.uid
-        }
-        refs = self.unique_valid(found, earlier)
-        if earlier is not None:
-            partly = (
-                ref
-                for item, group in zip(items, found, strict=True)
-                if item.uid not in whole
-                for ref in group
-            )
-            earlier.add(whole, partly)
-        return Listing(refs, whole)
-
-    def missing(self, item: CohortItem, reason: str, *, status: int | None = 404) -> None:
-        """An item the server does not have (or could not list): a failure of its own, the
-        rest goes on."""
-        if item.where:
-            reason = f"{item.where}: {reason}"
-        study = item.study_uid or (item.uid if item.level == "study" else None)
-        failure = Failure(study, item.series_uid, None, reason, status)
-        self.summary.failures.append(failure)
-        if self.report is not None:
-            self.report.row(FAILED, study, item.series_uid, item.sop_uid, reason=reason)
-
-    def unique_valid(self, found: list[Instances], earlier: EarlierParts | None) -> Instances:
-        refs = Instances()
-        seen: set[str] = set()
-        studies = set(self.summary.studies)
-        for ref in (ref for group in found for ref in group):
-            if ref.sop_uid in seen or (earlier is not None and earlier.listed(ref)):
-                continue  # listed twice (a study and one of its series): fetched once
-            seen.add(ref.sop_uid)
-            self.summary.total += 1
-            if ref.study_uid not in studies:
-                studies.add(ref.study_uid)
-                self.summary.studies.append(ref.study_uid)
-            if self.store.is_valid(ref):
-                refs.append(ref)
-            else:
-                reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
-                self.summary.failures.append(Failure(ref.study_uid, None, None, reason[:300]))
-        return refs
-
-    def _nothing_matched_message(self, items: Sequence[CohortItem]) -> str:
-        missing = [f for f in self.summary.failures if f.sop_instance_uid is None]
-        if len(items) == 1 and missing:
-            return missing[0].reason
-        if len(missing) == len(items):
-            if all(item.level == "study" for item in items):
-                return f"none of the {len(items)} studies was found on the server"
-            return f"none of the {len(items)} listed items was found on the server"
-        if self.settings.series or self.settings.modalities:
-            return "no instance matched the --series / --modality filters"
-        return "the requested studies have no instances"
-
     # --- results ---------------------------------------------------------------------------
 
     def record_done(self, ref: InstanceRef, committed: Committed) -> None:
@@ -291,7 +144,7 @@ class Run:
         self.progress.instance_done(ref, committed.size)
 
     def record_failure(self, ref: InstanceRef, reason: str, status_code: int | None) -> None:
-        where = self.named.get(ref.sop_uid)
+        where = self.lister.named.get(ref.sop_uid)
         if where is not None:
             reason = f"{where}: {reason}"
         if self.report is not None:

@@ -1,0 +1,186 @@
+"""A list's items -> the instances they name, through QIDO: many items at once, each instance
+once, an item the server does not have (or cannot list completely) a failure of its own.
+
+`Lister.resolve` serves a whole list or one part of a long one (jobs/parts.py); jobs/run.py
+plans and fetches what it lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ..dicomweb.cohort import CohortItem
+from ..dicomweb.locate import Locator, NotFound
+from ..dicomweb.resolve import Resolver
+from ..engine.schedule import names_whole_study
+from ..errors import IncompleteListingError
+from ..flow.pool import run_pool
+from ..flow.retry import RetryPolicy
+from ..http.client import Transport
+from ..model import Failure, Instances
+from ..report.landed import FAILED, ReportWriter
+from ..report.progress import ProgressSink
+from ..report.summary import Summary
+from ..settings import Settings
+from ..store.files import Store
+from .parts import EarlierParts
+
+# Items of a list being resolved at once (a study lists its series QIDO_CONCURRENCY at a time
+# when it cannot be listed in one request): a list of 100,000 small studies is round trips.
+RESOLVING_AT_ONCE = 32
+
+
+class Listing(NamedTuple):
+    """What the items of a list (or a part of it) name: every instance, each once, and the
+    studies listed whole with their instance counts."""
+
+    refs: Instances
+    whole: dict[str, int]
+
+
+class Lister:
+    """Lists items for one run; the run's summary gets each study, the total and the failures
+    of listing (and the --report its rows)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        policy: RetryPolicy,
+        store: Store,
+        progress: ProgressSink,
+        summary: Summary,
+        report: ReportWriter | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.progress = progress
+        self.summary = summary
+        self.report = report
+        # One resolver for every part: what it learns of the server (whether it lists many
+        # studies to a search) holds for the whole run.
+        self.resolver = Resolver(
+            transport,
+            page_size=settings.qido_page_size,
+            policy=policy,
+            series_filter=settings.series,
+            modality_filter=settings.modalities,
+        )
+        self.named: dict[str, str] = {}  # SOP UID -> the list line that named the instance
+        self.incomplete = False  # an item's listing could not be completed
+
+    async def resolve_into(
+        self, listings: list[Listing], items: Sequence[CohortItem], earlier: EarlierParts | None
+    ) -> None:
+        listings.append(await self.resolve(items, earlier))
+
+    async def resolve(
+        self, items: Sequence[CohortItem], earlier: EarlierParts | None = None
+    ) -> Listing:
+        """Every instance the items name, each once, in list order (and none an earlier part
+        of the list had), and how many each study listed whole has. Items are resolved
+        RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
+        bytes."""
+        resolver = self.resolver
+        locator = Locator(resolver)
+        found = [Instances() for _ in items]
+        # Items resolve concurrently; their failures are reported in list order afterwards.
+        failed: dict[int, tuple[str, int | None]] = {}
+
+        async def one(index: int) -> None:
+            item = items[index]
+            if item.where and item.level == "instance":
+                self.named[item.uid] = item.where  # a failed fetch names the line too
+            try:
+                found[index] = await locator.instances(item)
+            except NotFound as exc:
+                failed[index] = (str(exc), 404)
+            except IncompleteListingError as exc:  # this item fails; the others go on
+                failed[index] = (str(exc), None)
+
+        for item in items:
+            if item.level == "study":
+                self.summary.studies.append(item.uid)
+
+        # Studies (and plain UIDs, which are studies more often than not) many to a search
+        # where the server proves each answer complete; the rest are resolved one by one.
+        listed_together = await resolver.studies_in_batches(
+            [item.uid for item in items if item.level in ("study", "unknown")]
+        )
+
+        async def resolve_one(index: int) -> None:
+            item = items[index]
+            if item.level == "study":
+                self.progress.resolving(item.uid)
+            refs = listed_together.get(item.uid) if item.level in ("study", "unknown") else None
+            if refs is None:
+                await one(index)
+            else:
+                found[index] = refs
+
+        await run_pool(range(len(items)), resolve_one, RESOLVING_AT_ONCE)
+        listed_together.clear()
+        for index in sorted(failed):
+            reason, status = failed[index]
+            self.missing(items[index], reason, status=status)
+        self.incomplete |= any(status is None for _, status in failed.values())
+        # A study's count for its completion record is its whole listing's, instances an
+        # earlier part listed included.
+        whole = {
+            item.uid: len(group)
+            for item, group in zip(items, found, strict=True)
+            if names_whole_study(item) and group and group[0].study_uid == item.uid
+        }
+        refs = self.unique_valid(found, earlier)
+        if earlier is not None:
+            partly = (
+                ref
+                for item, group in zip(items, found, strict=True)
+                if item.uid not in whole
+                for ref in group
+            )
+            earlier.add(whole, partly)
+        return Listing(refs, whole)
+
+    def missing(self, item: CohortItem, reason: str, *, status: int | None = 404) -> None:
+        """An item the server does not have (or could not list): a failure of its own, the
+        rest goes on."""
+        if item.where:
+            reason = f"{item.where}: {reason}"
+        study = item.study_uid or (item.uid if item.level == "study" else None)
+        failure = Failure(study, item.series_uid, None, reason, status)
+        self.summary.failures.append(failure)
+        if self.report is not None:
+            self.report.row(FAILED, study, item.series_uid, item.sop_uid, reason=reason)
+
+    def unique_valid(self, found: list[Instances], earlier: EarlierParts | None) -> Instances:
+        refs = Instances()
+        seen: set[str] = set()
+        studies = set(self.summary.studies)
+        for ref in (ref for group in found for ref in group):
+            if ref.sop_uid in seen or (earlier is not None and earlier.listed(ref)):
+                continue  # listed twice (a study and one of its series): fetched once
+            seen.add(ref.sop_uid)
+            self.summary.total += 1
+            if ref.study_uid not in studies:
+                studies.add(ref.study_uid)
+                self.summary.studies.append(ref.study_uid)
+            if self.store.is_valid(ref):
+                refs.append(ref)
+            else:
+                reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
+                self.summary.failures.append(Failure(ref.study_uid, None, None, reason[:300]))
+        return refs
+
+    def nothing_matched_message(self, items: Sequence[CohortItem]) -> str:
+        missing = [f for f in self.summary.failures if f.sop_instance_uid is None]
+        if len(items) == 1 and missing:
+            return missing[0].reason
+        if len(missing) == len(items):
+            if all(item.level == "study" for item in items):
+                return f"none of the {len(items)} studies was found on the server"
+            return f"none of the {len(items)} listed items was found on the server"
+        if self.settings.series or self.settings.modalities:
+            return "no instance matched the --series / --modality filters"
+        return "the requested studies have no instances"
