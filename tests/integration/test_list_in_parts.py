@@ -6,6 +6,7 @@ list. Against the embedded server's virtual archive."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,41 @@ def test_nothing_matched_means_in_every_part(
 
     with pytest.raises(NothingMatchedError, match="none of the 4 studies"):
         dlstudy.download([*missing, CohortItem(study_uid="1.2.3.9")], url, output=tmp_path / "no")
+
+
+@pytest.mark.slow
+def test_worker_processes_serve_every_part(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The first part takes the workers forked before the event loop; the next part, with
+    none left standing by, starts its own (multiprocessing's fork server)."""
+    count = parts.PART_ITEMS + 200
+    spec = VirtualSpec(1, seed=11, study_size=count)
+    archive = VirtualArchive(spec)
+    study = archive.study_uid(0)
+    instances = list(archive.instances_of(study))
+    series = instances[0][1]
+    listing = tmp_path / "cohort.csv"
+    rows = [f"{st},{se},{sop}" for st, se, sop in instances[: parts.PART_ITEMS]]
+    # Part one names 5,000 instances; part two their series, of which 200 are new.
+    rows.append(f"{study},{series},")
+    listing.write_text("StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID\n" + "\n".join(rows))
+    url = embedded_server(None, virtual=spec)
+    out, log = tmp_path / "out", tmp_path / "run.log"
+
+    result = run_installed(
+        "download", "--from-file", str(listing), "--url", url, "-o", str(out), "--json",
+        "--workers", "2", "--mode", "instance", "--log-file", str(log), timeout=900,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"] == {"total": count, "downloaded": count, "skipped": 0, "failed": 0}
+    assert summary["processes"] == 2  # (the last part's)
+    assert assert_byte_exact(archive, [study], out) == count
+    fetched = [path for path, _ in seen_requests.requests if "/instances/" in path]
+    assert len(fetched) == len(set(fetched)) == count
+    started = re.findall(
+        r"1 worker processes (forked before the event loop|started by)", log.read_text()
+    )
+    assert started == ["forked before the event loop", "started by"]
