@@ -130,3 +130,19 @@ def run_installed_measured(
         [sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), DLSTUDY, *args], env, timeout
     )
     return result, int(peak_file.read_text()) / 1024
+
+
+def download_list(
+    url: str, lines: list[str], work: Path, *, timeout: float = 600
+) -> tuple[dict, Path]:  # type: ignore[type-arg]
+    """The installed `dlstudy download --from-file` of `lines` (written to WORK/uids.txt) into
+    WORK/out, with --json: asserts exit 0 and returns the summary and OUT."""
+    uids = work / "uids.txt"
+    uids.write_text("\n".join(lines) + "\n")
+    out = work / "out"
+    result = run_installed(
+        "download", "--from-file", str(uids), "--url", url, "-o", str(out), "--json",
+        timeout=timeout,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), out

@@ -18,7 +18,7 @@ from dlstudy.jobs import parts
 from dlstudy.server import VirtualArchive, VirtualSpec
 from dlstudy.store.manifest import Manifest
 
-from ..cli_helpers import run_installed
+from ..cli_helpers import download_list, run_installed
 from ..cohort_helpers import assert_byte_exact
 from ..fixtures.embedded_server import SeenRequests, StartServer
 
@@ -44,17 +44,10 @@ def test_a_list_longer_than_a_part_downloads_every_instance_once(
     studies = list(archive.study_uids())
     _, first_series, _ = next(iter(archive.instances_of(studies[0])))
     url = embedded_server(None, virtual=spec)
-    uids = tmp_path / "uids.txt"
+
     # The first study's series once more, in the second part: the first part had them.
-    uids.write_text("\n".join([*studies, first_series]) + "\n")
-    out = tmp_path / "out"
+    summary, out = download_list(url, [*studies, first_series], tmp_path, timeout=900)
 
-    result = run_installed(
-        "download", "--from-file", str(uids), "--url", url, "-o", str(out), "--json", timeout=900
-    )
-
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
     total = sum(archive.study_size)
     assert summary["instances"] == {"total": total, "downloaded": total, "skipped": 0, "failed": 0}
     assert summary["studies"] == count

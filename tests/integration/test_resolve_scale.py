@@ -14,7 +14,7 @@ import pytest
 from dlstudy.server import VirtualArchive, VirtualSpec
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import installed_download, run_installed
+from ..cli_helpers import download_list, installed_download, run_installed
 from ..cohort_helpers import assert_byte_exact
 from ..fixtures.embedded_server import SeenRequests, StartServer
 from ..fixtures.orthanc import OrthancServer
@@ -60,16 +60,9 @@ def test_a_list_of_500_small_studies_downloads_complete(
     archive = VirtualArchive(spec)
     studies = list(archive.study_uids())
     url = embedded_server(None, virtual=spec)
-    uids = tmp_path / "uids.txt"
-    uids.write_text("\n".join(studies) + "\n")
-    out = tmp_path / "out"
 
-    result = run_installed(
-        "download", "--from-file", str(uids), "--url", url, "-o", str(out), "--json", timeout=600
-    )
+    summary, out = download_list(url, studies, tmp_path)
 
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
     total = sum(archive.study_size)
     assert summary["instances"] == {"total": total, "downloaded": total, "skipped": 0, "failed": 0}
     assert sorted(summary["study_uids"]) == sorted(studies)
