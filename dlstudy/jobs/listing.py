@@ -71,15 +71,20 @@ class Lister:
         self.incomplete = False  # an item's listing could not be completed
 
     async def resolve_into(
-        self, listings: list[Listing], items: Sequence[CohortItem], earlier: EarlierParts | None
+        self,
+        listings: list[Listing],
+        items: Sequence[CohortItem],
+        earlier: EarlierParts | None,
+        last: bool,
     ) -> None:
-        listings.append(await self.resolve(items, earlier))
+        listings.append(await self.resolve(items, earlier, last=last))
 
     async def resolve(
-        self, items: Sequence[CohortItem], earlier: EarlierParts | None = None
+        self, items: Sequence[CohortItem], earlier: EarlierParts | None = None, *, last: bool = True
     ) -> Listing:
         """Every instance the items name, each once, in list order (and none an earlier part
-        of the list had), and how many each study listed whole has. Items are resolved
+        of the list had: `earlier`, which learns this part's unless it is the `last`), and how
+        many each study listed whole has. Items are resolved
         RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
         bytes."""
         resolver = self.resolver
@@ -133,7 +138,7 @@ class Lister:
             if names_whole_study(item) and group and group[0].study_uid == item.uid
         }
         refs = self.unique_valid(found, earlier)
-        if earlier is not None:
+        if earlier is not None and not last:
             partly = (
                 ref
                 for item, group in zip(items, found, strict=True)

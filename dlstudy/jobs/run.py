@@ -82,7 +82,7 @@ class Run:
         if earlier is not None:
             earlier.add(counted, ())
         lister = self.lister
-        resolved = [await lister.resolve(parts[0], earlier)]
+        resolved = [await lister.resolve(parts[0], earlier, last=len(parts) == 1)]
         # The server has answered: the protocol is known, and with it --concurrency 0's value.
         concurrency = concurrency_for(self.settings.concurrency, self.transport.http_version)
         self.settings = replace(self.settings, concurrency=concurrency)
@@ -90,12 +90,15 @@ class Run:
         self.summary.concurrency = concurrency
         for number, part in enumerate(parts, start=1):
             following = parts[number] if number < len(parts) else None
+            following_is_last = number + 1 == len(parts)
             # A StorageError (disk full, permissions) escapes the workers and stops them all:
             # nothing else would succeed either; what was committed is kept.
             with first_error():
                 async with anyio.create_task_group() as tg:
                     if following is not None:
-                        tg.start_soon(lister.resolve_into, resolved, following, earlier)
+                        tg.start_soon(
+                            lister.resolve_into, resolved, following, earlier, following_is_last
+                        )
                     # (popped before the task above first runs: this part's listing is
                     # referenced from fetch_part only, which lets it go once planned)
                     await self.fetch_part(part, resolved.pop(0))

@@ -48,6 +48,39 @@ def test_plain_progress_logs_periodically_with_counts_rate_and_eta() -> None:
     assert "dlstudy: failed: instance 1.2.3.4: HTTP 404" in lines
 
 
+def test_plain_progress_grows_its_total_as_later_parts_are_resolved() -> None:
+    """A long list's parts: `start` again with the totals so far; one "downloading" line,
+    and the periodic line counts against the grown total."""
+    clock = FakeClock()
+    out = io.StringIO()
+    sink = PlainProgress(out, interval=5.0, clock=clock)
+    sink.start(total=10, skipped=0)
+    sink.instance_done(REF, 1)
+    sink.start(total=25, skipped=3)  # the second part: 15 more, 3 of them present
+    sink.resolving("1.3")  # a third part resolving meanwhile, within the interval
+    clock.now += 5.0
+    sink.instance_done(REF, 1)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "dlstudy: downloading 10 of 10 instances"
+    assert sum("downloading" in line for line in lines) == 1
+    assert lines[-1].startswith("dlstudy: 2/22 instances, ")
+
+
+def test_rich_progress_keeps_downloading_while_later_parts_resolve() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    sink = RichProgress(console, clock=FakeClock())
+    sink.start(total=4, skipped=1)
+    sink.resolving("1.3")
+    sink.start(total=9, skipped=2)
+    sink.progress.refresh()
+    sink.close()
+    text = out.getvalue()
+    assert "resolving 1.3" not in text
+    assert text.count("already present") == 1
+    assert "0/7 instances" in text
+
+
 def test_rich_progress_renders_instances_bytes_rate_and_failures() -> None:
     clock = FakeClock()
     out = io.StringIO()
