@@ -84,9 +84,8 @@ class Lister:
     ) -> Listing:
         """Every instance the items name, each once, in list order (and none an earlier part
         of the list had: `earlier`, which learns this part's unless it is the `last`), and how
-        many each study listed whole has. Items are resolved
-        RESOLVING_AT_ONCE at a time: a list of 100,000 small studies is round trips, not
-        bytes."""
+        many each study listed whole has. Items are resolved RESOLVING_AT_ONCE at a time: a
+        list of 100,000 small studies is round trips, not bytes."""
         resolver = self.resolver
         locator = Locator(resolver)
         found = [Instances() for _ in items]
