@@ -68,6 +68,8 @@ class Lister:
             modality_filter=settings.modalities,
         )
         self.named: dict[str, str] = {}  # SOP UID -> the list line that named the instance
+        # The summary's studies as a set, kept across parts (the index's are in it already).
+        self._studies = set(summary.studies)
         self.incomplete = False  # an item's listing could not be completed
 
     async def resolve_into(
@@ -105,7 +107,7 @@ class Lister:
 
         for item in items:
             if item.level == "study":
-                self.summary.studies.append(item.uid)
+                self._note_study(item.uid)
 
         # Studies (and plain UIDs, which are studies more often than not) many to a search
         # where the server proves each answer complete; the rest are resolved one by one.
@@ -161,21 +163,23 @@ class Lister:
     def unique_valid(self, found: list[Instances], earlier: EarlierParts | None) -> Instances:
         refs = Instances()
         seen: set[str] = set()
-        studies = set(self.summary.studies)
         for ref in (ref for group in found for ref in group):
             if ref.sop_uid in seen or (earlier is not None and earlier.listed(ref)):
                 continue  # listed twice (a study and one of its series): fetched once
             seen.add(ref.sop_uid)
             self.summary.total += 1
-            if ref.study_uid not in studies:
-                studies.add(ref.study_uid)
-                self.summary.studies.append(ref.study_uid)
+            self._note_study(ref.study_uid)
             if self.store.is_valid(ref):
                 refs.append(ref)
             else:
                 reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
                 self.summary.failures.append(Failure(ref.study_uid, None, None, reason[:300]))
         return refs
+
+    def _note_study(self, study_uid: str) -> None:
+        if study_uid not in self._studies:
+            self._studies.add(study_uid)
+            self.summary.studies.append(study_uid)
 
     def nothing_matched_message(self, items: Sequence[CohortItem]) -> str:
         missing = [f for f in self.summary.failures if f.sop_instance_uid is None]
