@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from . import negotiate, qido, wado
+from . import attributes, negotiate, qido, wado
 from .archive import Archive, open_archive
 from .options import ServerOptions
 
@@ -262,8 +262,15 @@ def _resource_uids(parts: list[str]) -> list[str]:
 
 
 _LEVELS: dict[str, qido.Level] = {"studies": "study", "series": "series", "instances": "instance"}
-# What --no-counts leaves out: NumberOfStudyRelatedSeries/-Instances, -SeriesRelatedInstances.
-_COUNTS = ("00201206", "00201208", "00201209")
+# What --no-counts leaves out.
+_COUNTS = tuple(
+    attributes.key(tag)
+    for tag in (
+        attributes.NUMBER_OF_STUDY_RELATED_SERIES,
+        attributes.NUMBER_OF_STUDY_RELATED_INSTANCES,
+        attributes.NUMBER_OF_SERIES_RELATED_INSTANCES,
+    )
+)
 
 
 async def _unless_gone(
