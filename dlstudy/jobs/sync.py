@@ -157,6 +157,7 @@ async def _search_and_download(
         the next page)."""
         if shard is not None and not shard.owns(record.study_uid):
             return
+        plan.studies.append(record.study_uid)
         instances = record.instances
         if instances is None and not (settings.recheck or settings.verify):
             # No count to compare: a run's completion record (its files all in place)
@@ -182,13 +183,13 @@ async def _search_and_download(
         else:
             records = await search_async(settings, query, examine)
     except BaseException:
-        plan.complete.clear()  # a search that failed part way says nothing about the rest
+        plan.studies.clear()  # a search that failed part way says nothing about the rest
+        plan.complete.clear()
         plan.total = 0
         raise
     finally:
         manifest.close()
     plan.matched = len(records)  # none is a quiet night for cron, not an error
-    plan.studies = [r.study_uid for r in records if shard is None or shard.owns(r.study_uid)]
     del records  # the download below may take long: what the search found is not needed
     plan.skipped = plan.total
     if not pending:
