@@ -1,8 +1,8 @@
 """The plain data that crosses the layers: what to fetch, what landed, what failed.
 
-No behaviour and no imports from the rest of dlstudy: QIDO produces InstanceRefs (a run's
-long lists of them held as Instances), the engine turns them into Committed files or Failures,
-the store, reports and summaries read them.
+No imports from the rest of dlstudy, and no behaviour beyond holding the data (Instances keeps
+a run's long lists of InstanceRefs compactly): QIDO produces InstanceRefs, the engine turns them
+into Committed files or Failures, the store, reports and summaries read them.
 """
 
 from __future__ import annotations
