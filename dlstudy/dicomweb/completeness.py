@@ -17,6 +17,7 @@ one; a cut anywhere inside an element (the pixel data above all) is found.
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -46,12 +47,16 @@ class _Cut(Exception):
     """The structure runs past the end of the file (or stops short of it)."""
 
 
-def check_complete(path: Path, *, transfer_syntax: str, size: int, label: str) -> None:
+def check_complete(
+    path: Path, *, transfer_syntax: str, size: int, label: str, head: bytes | None = None
+) -> None:
     """Raise a retryable IntegrityError unless the file at `path` (`size` bytes) ends exactly
-    where its last element does."""
+    where its last element does. `head`, the file's first bytes: when they are the whole file
+    (a small instance), they are walked instead of the file."""
     if transfer_syntax in _NOT_WALKED:
         return
-    with open_binary(path) as fp:
+    source = io.BytesIO(head) if head is not None and len(head) == size else None
+    with source or open_binary(path) as fp:
         try:
             _Walker(fp, size, implicit=transfer_syntax == _IMPLICIT_LITTLE).whole_file()
         except _CannotJudge:

@@ -34,7 +34,14 @@ from ..flow.watchdog import watchdog
 from ..http.client import Transport
 from ..http.failures import check_auth
 from ..http.urls import redact_url
-from .answers import ROOT_HINT, describe_answer, has_more_warning, remaining_of, root_problem
+from .answers import (
+    ROOT_HINT,
+    describe_answer,
+    has_more_warning,
+    json_of,
+    remaining_of,
+    root_problem,
+)
 from .media import DICOM_JSON
 
 log = logging.getLogger(__name__)
@@ -375,7 +382,7 @@ class Pager:
         if not response.content.strip():
             return [], False
         try:
-            data = response.json()
+            data = json_of(response)
         except RecursionError as exc:  # arrays nested thousands deep: no QIDO answer
             raise ServerError(
                 f"QIDO answer nests too deep to be DICOM JSON on {shown}", url=shown

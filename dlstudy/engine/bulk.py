@@ -168,6 +168,7 @@ class _PartSink:
                 transfer_syntax=info.transfer_syntax,
                 size=temp.size,
                 label=f"instance {ref.sop_uid}",
+                head=self.head,
             )
             temp.final = self.store.final_path(ref)
             temp.commit()

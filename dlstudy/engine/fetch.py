@@ -107,6 +107,7 @@ class BodyWriter:
             transfer_syntax=transfer_syntax,
             size=self.size,
             label=f"instance {self.ref.sop_uid}",
+            head=self._head,
         )
         self.temp.commit()
         return Committed(self.temp.final, self.temp.size, self.digest.labelled())

@@ -23,7 +23,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.logging import Logger
 
-from .app import ROOT, STOPPING, ASGIApp, Message, Receive, Scope, Send, create_app
+from .app import ROOT, STOPPING, ASGIApp, Message, Receive, Scope, Send, Stopping, create_app
 from .options import ServerOptions
 
 log = logging.getLogger("dlstudy.server")
@@ -105,7 +105,7 @@ async def _serve(
 
     # Set when shutdown starts: responses still streaming stop at once (see app.py), so
     # every connection ends within hypercorn's graceful timeout and none is cancelled.
-    stopping = asyncio.Event()
+    stopping = Stopping()
     stop = asyncio.Event()
     if state is not None:  # background thread: stopped by _stop()
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop

@@ -26,12 +26,13 @@ from .attributes import Json, computed
 from .qido import Page, Query
 from .virtual_dicom import EXPLICIT_VR_LE
 from .virtual_index import VirtualIndex
-from .virtual_instances import Instances, VirtualInstance, part10
+from .virtual_instances import Instances, SeriesTemplate, VirtualInstance, part10, series_template
 from .virtual_qido import Searcher
 from .virtual_spec import MATRIX, MODALITIES, SOP_CLASSES, VirtualSpec
 from .wado import Retrievable
 
 _MASK64 = 2**64 - 1
+_TEMPLATES_KEPT = 256  # series whose shared file elements are kept (instances come in order)
 _FAMILY = ["MILLER", "GARCIA", "NGUYEN", "SMITH", "KOWALSKI", "OKAFOR", "TANAKA", "SILVA"]
 _GIVEN = ["ANNA", "BEN", "CHLOE", "DAVID", "EMMA", "FARID", "GRACE", "HUGO", "IRIS", "JONAS"]
 
@@ -45,6 +46,7 @@ class VirtualArchive(VirtualIndex):
     def __init__(self, spec: VirtualSpec) -> None:
         super().__init__(spec)
         self._searcher = Searcher(self)
+        self._templates: dict[tuple[int, int], SeriesTemplate] = {}
 
     # --- attributes -----------------------------------------------------------------------
 
@@ -138,6 +140,15 @@ class VirtualArchive(VirtualIndex):
     def instance_bytes(self, i: int, j: int, k: int) -> bytes:
         """The Part 10 file of instance (i, j, k): a pure function of the seed and position."""
         return part10(self, i, j, k)
+
+    def series_template(self, i: int, j: int) -> SeriesTemplate:
+        """What the files of series (i, j) share, made once while the series is being read."""
+        template = self._templates.get((i, j))
+        if template is None:
+            if len(self._templates) >= _TEMPLATES_KEPT:
+                self._templates.clear()
+            template = self._templates[i, j] = series_template(self, i, j)
+        return template
 
     def instance(self, i: int, j: int, k: int) -> VirtualInstance:
         return VirtualInstance(

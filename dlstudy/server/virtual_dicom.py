@@ -24,6 +24,8 @@ _LONG = struct.Struct("<HH2s2xI")
 
 Element = tuple[int, str, bytes]  # tag, VR, value (unpadded)
 
+SOP_INSTANCE_UID, INSTANCE_NUMBER, PIXEL_DATA = 0x00080018, 0x00200013, 0x7FE00010
+
 
 def text(tag: int, vr: str, value: str) -> Element:
     return tag, vr, value.encode("ascii")
@@ -42,19 +44,37 @@ def element(tag: int, vr: str, value: bytes) -> bytes:
 
 def part10(sop_class: str, sop_uid: str, elements: Iterable[Element]) -> bytes:
     """Preamble, file meta (explicit VR LE) and the data set's elements sorted by tag."""
+    return file_head(sop_class, sop_uid) + encode(sorted(elements))
+
+
+def file_head(sop_class: str, sop_uid: str) -> bytes:
+    """The preamble, DICM and the file meta group of an explicit VR little endian file."""
     meta = b"".join(
         [
-            element(0x00020001, "OB", b"\0\1"),
+            _VERSION,
             element(0x00020002, "UI", sop_class.encode()),
             element(0x00020003, "UI", sop_uid.encode()),
-            element(0x00020010, "UI", EXPLICIT_VR_LE.encode()),
-            element(0x00020012, "UI", IMPLEMENTATION_UID.encode()),
-            element(0x00020013, "SH", IMPLEMENTATION_NAME.encode()),
+            _META_TAIL,
         ]
     )
     group_length = element(0x00020000, "UL", struct.pack("<I", len(meta)))
-    body = b"".join(element(tag, vr, value) for tag, vr, value in sorted(elements))
-    return b"".join([b"\0" * 128, b"DICM", group_length, meta, body])
+    return b"".join([_PREAMBLE, group_length, meta])
+
+
+def encode(elements: Iterable[Element]) -> bytes:
+    """The elements encoded one after another, in the order given."""
+    return b"".join(element(tag, vr, value) for tag, vr, value in elements)
+
+
+_PREAMBLE = b"\0" * 128 + b"DICM"
+_VERSION = element(0x00020001, "OB", b"\0\1")
+_META_TAIL = b"".join(
+    [
+        element(0x00020010, "UI", EXPLICIT_VR_LE.encode()),
+        element(0x00020012, "UI", IMPLEMENTATION_UID.encode()),
+        element(0x00020013, "SH", IMPLEMENTATION_NAME.encode()),
+    ]
+)
 
 
 def pixels(key: str, length: int) -> bytes:

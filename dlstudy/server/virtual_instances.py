@@ -35,15 +35,49 @@ class VirtualInstance:
 
 def part10(archive: VirtualArchive, i: int, j: int, k: int) -> bytes:
     """The Part 10 file of instance (i, j, k): a pure function of the seed and position."""
+    template = archive.series_template(i, j)
+    sop_uid = archive.sop_uid(i, j, k)
+    before_sop, before_number, before_pixels, after_pixels = template.pieces
+    pixels = b""
+    if template.pixels is not None:
+        vr, length = template.pixels
+        key = f"dlstudy-virtual/{archive.seed}/{i}/{j}/{k}"
+        pixels = vd.element(vd.PIXEL_DATA, vr, vd.pixels(key, length))
+    body = b"".join(
+        [
+            before_sop,
+            vd.element(vd.SOP_INSTANCE_UID, "UI", sop_uid.encode()),
+            before_number,
+            vd.element(vd.INSTANCE_NUMBER, "IS", str(k + 1).encode()),
+            before_pixels,
+            pixels,
+            after_pixels,
+        ]
+    )
+    return vd.file_head(template.sop_class, sop_uid) + body
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesTemplate:
+    """What every instance file of a series shares: the encoded elements between the three
+    that differ (SOP Instance UID, Instance Number, Pixel Data), made once per series."""
+
+    sop_class: str
+    pieces: tuple[bytes, bytes, bytes, bytes]  # before, between and after those three
+    pixels: tuple[str, int] | None  # the pixel data's VR and length; None: no pixel data
+
+
+def series_template(archive: VirtualArchive, i: int, j: int) -> SeriesTemplate:
     modality = archive.modality(i, j)
     attrs = {
         **archive.study_attributes(i),
         **archive.series_attributes(i, j),
-        **archive.instance_attributes(i, j, k),
+        **archive.instance_attributes(i, j, 0),
     }
     elements = [_element(tag, entry) for tag, entry in attrs.items()]
     elements.append(vd.text(0x00080070, "LO", "dlstudy"))
     matrix = MATRIX.get(modality)
+    pixels: tuple[str, int] | None = None
     if matrix is None:  # SR: a report without content items
         elements += [
             vd.text(0x0040A040, "CS", "CONTAINER"),
@@ -59,16 +93,21 @@ def part10(archive: VirtualArchive, i: int, j: int, k: int) -> bytes:
             vd.us(0x00280101, bits),
             vd.us(0x00280102, bits - 1),
             vd.us(0x00280103, 0),
-            (0x7FE00010, "OB" if bits == 1 else "OW", _pixels(archive, i, j, k, matrix, bits)),
         ]
+        pixels = ("OB" if bits == 1 else "OW", (matrix * matrix * bits + 7) // 8)
         if modality == "SEG":
             elements.append(vd.text(0x00620001, "CS", "BINARY"))
-    return vd.part10(SOP_CLASSES[modality], archive.sop_uid(i, j, k), elements)
+    runs: list[list[vd.Element]] = [[], [], [], []]
+    for element in sorted(elements):
+        tag = element[0]
+        if tag not in _PER_INSTANCE:
+            runs[sum(tag > t for t in _PER_INSTANCE)].append(element)
+    a, b, c, d = (vd.encode(run) for run in runs)
+    return SeriesTemplate(SOP_CLASSES[modality], (a, b, c, d), pixels)
 
 
-def _pixels(archive: VirtualArchive, i: int, j: int, k: int, matrix: int, bits: int) -> bytes:
-    length = (matrix * matrix * bits + 7) // 8
-    return vd.pixels(f"dlstudy-virtual/{archive.seed}/{i}/{j}/{k}", length)
+# The elements that differ between the instances of a series, in tag order.
+_PER_INSTANCE = (vd.SOP_INSTANCE_UID, vd.INSTANCE_NUMBER, vd.PIXEL_DATA)
 
 
 class Instances(Sequence[VirtualInstance]):

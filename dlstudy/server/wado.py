@@ -56,6 +56,7 @@ class Body:
     headers: list[tuple[str, str]]
     chunks: AsyncGenerator[bytes, None]
     measure: Callable[[], int]
+    in_memory: bool = False  # the bytes are made already: nothing is read while sending
 
     @property
     def length(self) -> int:
@@ -70,6 +71,7 @@ def single_part(instance: Retrievable) -> Body:
         ],
         chunks_of(instance),
         lambda: instance.size,
+        in_memory=not isinstance(instance, Instance),
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dlstudy.server import ServerOptions, running_server, wado
+from dlstudy.server import ServerOptions, VirtualSpec, running_server, wado
 from dlstudy.server.synth import SynthSpec, generate
 from tests.fixtures.embedded_server import StartServer, SynthStudy, TlsFiles, split_multipart
 
@@ -163,4 +163,26 @@ def test_stop_with_a_stalled_download(
     # It stops rather than waiting for the reader (which never reads again). A tighter bound
     # (it is ~0.1 s when the machine is idle) failed 1 run in 16 on a busy 2-core machine.
     assert stop_seconds < 10
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_stop_with_a_stalled_answer_made_in_memory(caplog: pytest.LogCaptureFixture) -> None:
+    """A body made whole before it is sent (a QIDO page here; a virtual instance) is sent in
+    the request's own task, not watched by another: a reader that stalls on it must not hold
+    up or dirty the shutdown either. (h2c: over HTTP/1.1, hypercorn then closes the connection
+    gracefully, waiting for its unsent bytes until its graceful timeout.)"""
+    options = ServerOptions(virtual=VirtualSpec(1, seed=0, study_size=20000))
+    with httpx.Client(http1=False, http2=True) as client, ExitStack() as responses:
+        with running_server(options) as base:
+            url = f"{base}/instances?limit=20000&includefield=all"  # ~40 MB of JSON
+            response = responses.enter_context(client.stream("GET", url))
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            next(chunks)  # then read no more: the server blocks on a full socket / window
+            started = time.monotonic()
+        stop_seconds = time.monotonic() - started
+        with pytest.raises(httpx.HTTPError):  # the answer ends in an error, not silently
+            for _ in chunks:
+                pass
+    assert stop_seconds < 10  # as above: it stops rather than waiting for the reader
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

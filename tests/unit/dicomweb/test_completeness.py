@@ -67,9 +67,22 @@ FORMS = {
 
 
 def check(tmp_path: Path, data: bytes, transfer_syntax: str) -> None:
+    """The file's walk, and the same from memory (a download's head that holds the whole file,
+    as small instances do): both must say the same."""
     path = tmp_path / "x.dcm"
     path.write_bytes(data)
-    check_complete(path, transfer_syntax=transfer_syntax, size=len(data), label="instance 1.2.3.4")
+    outcomes = []
+    for head in (None, data):
+        try:
+            check_complete(
+                path, transfer_syntax=transfer_syntax, size=len(data), label="x", head=head
+            )
+            outcomes.append(None)
+        except IntegrityError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
+    if outcomes[0] is not None:
+        raise IntegrityError(outcomes[0], retryable=True)
 
 
 @pytest.mark.parametrize("form", list(FORMS))

@@ -365,6 +365,29 @@ def test_non_json_answer_is_a_clear_server_error(scripted: Routes) -> None:
         resolve(scripted)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(instance_json("1.2.3.1.1")).encode("utf-16"),  # JSON may be UTF-16 (RFC 4627)
+        json.dumps(
+            [{**instance_json("1.2.3.1.1"), "00181050": {"vr": "DS", "Value": [float("nan")]}}]
+        ).encode(),
+    ],
+    ids=["utf-16", "nan"],
+)
+def test_an_answer_only_the_standard_json_reader_reads_is_still_read(
+    scripted: Routes, body: bytes
+) -> None:
+    """orjson reads QIDO pages faster; what it refuses and Python's json reads (UTF-16, NaN,
+    as some servers write DS values) is read as before."""
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=series_json("1.2.3.1")))
+    scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(
+        return_value=httpx.Response(200, content=body)
+    )
+
+    assert [r.sop_uid for r in resolve(scripted)] == ["1.2.3.1.1"]
+
+
 # --- one request per study: /studies/{uid}/instances, checked against the study's count -------
 
 STUDY_INSTANCES_URL = f"/dicomweb/studies/{STUDY}/instances"

@@ -91,8 +91,9 @@ def test_options_validated(bad: dict[str, object]) -> None:
 
 
 def test_server_imports_nothing_from_the_client() -> None:
-    """stdlib, pydicom and hypercorn only: server and synth never share the client's code."""
-    allowed = {"pydicom", "hypercorn"}
+    """stdlib, pydicom, hypercorn and orjson only: server and synth never share the client's
+    code."""
+    allowed = {"pydicom", "hypercorn", "orjson"}
     folder = Path(dlstudy.server.__file__).parent
     for module in folder.glob("*.py"):
         tree = ast.parse(module.read_text(), str(module))
