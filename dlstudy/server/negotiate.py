@@ -11,6 +11,7 @@ asked for, so none is imposed). `application/dicom` alone is single-part: instan
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,7 +40,8 @@ class Rendering:
     transfer_syntax: str  # `*` (as stored) or the one UID every instance is stored in
 
 
-def parse_accept(value: str) -> list[MediaRange]:
+@functools.lru_cache(maxsize=64)  # a client sends the same few values again and again
+def parse_accept(value: str) -> tuple[MediaRange, ...]:
     """Media ranges by preference (q descending, then header order); q=0 ranges dropped."""
     ranges = []
     for item in _split(value, ","):
@@ -54,7 +56,7 @@ def parse_accept(value: str) -> list[MediaRange]:
             q = 1.0
         if mime.strip() and q > 0:
             ranges.append(MediaRange(mime.strip().lower(), params, q))
-    return sorted(ranges, key=lambda r: -r.q)  # sorted() is stable: header order within a q
+    return tuple(sorted(ranges, key=lambda r: -r.q))  # stable: header order within a q
 
 
 def choose_retrieve(

@@ -3,6 +3,7 @@ a pure function of the seed and the position."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
@@ -101,7 +102,7 @@ def series_template(archive: VirtualArchive, i: int, j: int) -> SeriesTemplate:
     for element in sorted(elements):
         tag = element[0]
         if tag not in _PER_INSTANCE:
-            runs[sum(tag > t for t in _PER_INSTANCE)].append(element)
+            runs[bisect.bisect(_PER_INSTANCE, tag)].append(element)
     a, b, c, d = (vd.encode(run) for run in runs)
     return SeriesTemplate(SOP_CLASSES[modality], (a, b, c, d), pixels)
 

@@ -253,7 +253,7 @@ class Searcher:
         if with_study:
             out.update(study)
         else:
-            out[key(_STUDY_UID)] = study[key(_STUDY_UID)]
+            out[_STUDY_UID_KEY] = study[_STUDY_UID_KEY]
         url = f"{base_url}/studies/{a.study_uid(i)}"
         series: Json = {}
         if len(position) > 1:
@@ -265,21 +265,44 @@ class Searcher:
         if len(position) > 2:
             instance = a.instance_attributes(*position)
             out.update(instance)
-            out[key(at.AVAILABLE_TRANSFER_SYNTAX)] = computed("UI", EXPLICIT_VR_LE)
+            out[_AVAILABLE_TRANSFER_SYNTAX_KEY] = _EXPLICIT_VR_LE_ENTRY
             url += f"/instances/{a.sop_uid(*position)}"
-        out[key(at.RETRIEVE_URL)] = computed("UR", url)
-        out[key(at.INSTANCE_AVAILABILITY)] = computed("CS", "ONLINE")
+        out[_RETRIEVE_URL_KEY] = computed("UR", url)
+        out[_INSTANCE_AVAILABILITY_KEY] = _ONLINE_ENTRY
         if query.filters or query.includes or query.include_all:
-            known = {**study, **series, **instance}
+            # What the levels hold (the deepest first), for what the result does not show yet.
+            levels = (instance, series, study)
             for tag, _ in query.filters:  # matched attributes are returned, even if empty
-                out.setdefault(key(tag), known.get(key(tag)) or {"vr": vr_of(tag)})
+                name = key(tag)
+                if name not in out:
+                    out[name] = _first(levels, name) or {"vr": vr_of(tag)}
             for tag in query.includes:
-                if key(tag) in known:
-                    out.setdefault(key(tag), known[key(tag)])
+                name = key(tag)
+                if name not in out and (entry := _first(levels, name)) is not None:
+                    out[name] = entry
             if query.include_all:
-                for name, entry in known.items():
-                    out.setdefault(name, entry)
+                for level in levels:
+                    for name, entry in level.items():
+                        out.setdefault(name, entry)
         return dict(sorted(out.items()))
+
+
+def _first(levels: tuple[Json, ...], name: str) -> Json | None:
+    """The entry of the first level that has `name`."""
+    for level in levels:
+        entry: Json | None = level.get(name)
+        if entry is not None:
+            return entry
+    return None
+
+
+# Entries every result shares (nothing changes a result's entries once it is made).
+_STUDY_UID_KEY = key(_STUDY_UID)
+_RETRIEVE_URL_KEY = key(at.RETRIEVE_URL)
+_INSTANCE_AVAILABILITY_KEY = key(at.INSTANCE_AVAILABILITY)
+_AVAILABLE_TRANSFER_SYNTAX_KEY = key(at.AVAILABLE_TRANSFER_SYNTAX)
+_EXPLICIT_VR_LE_ENTRY = computed("UI", EXPLICIT_VR_LE)
+_ONLINE_ENTRY = computed("CS", "ONLINE")
 
 
 class _Memo:
