@@ -109,7 +109,7 @@ class DicomwebApp:
                 response = _text(400, str(exc))
             stopping = scope.get("state", {}).get(STOPPING)
             responding = self._send(scope, send, response)
-            if response.stream is None or response.stream.in_memory:
+            if response.stream is None or response.stream.data is not None:
                 await _until_stopped(stopping, responding)
             else:
                 await _unless_gone(receive, stopping, responding)
@@ -249,11 +249,7 @@ class DicomwebApp:
         if body is None:
             headers.append(("content-length", str(len(response.body))))
             await send(_start(response.status, headers))
-            data = memoryview(response.body)
-            starts = range(0, len(data), wado.CHUNK) or range(1)
-            for start in starts[:-1]:  # a big answer in chunks, as files are sent
-                await send(_body(bytes(data[start : start + wado.CHUNK])))
-            await send({"type": "http.response.body", "body": bytes(data[starts[-1] :])})
+            await _send_whole(send, response.body)
             return
         headers.extend(body.headers)
         cut = self._cut_at(body)
@@ -266,6 +262,10 @@ class DicomwebApp:
         if scope["method"] == "HEAD":
             await body.chunks.aclose()
             await send({"type": "http.response.body", "body": b""})
+            return
+        if body.data is not None and cut is None:  # made already: the last message at once
+            await body.chunks.aclose()
+            await _send_whole(send, body.data)
             return
         # Cut on HTTP/1.x: returning before the last body message makes hypercorn drop the
         # connection, so the client sees a short body (Content-Length) or no last chunk.
@@ -379,6 +379,16 @@ def _json_bytes(results: list[Json]) -> bytes:
         return orjson.dumps(results)
     except TypeError:  # orjson.JSONEncodeError
         return json.dumps(results, separators=(",", ":")).encode()
+
+
+async def _send_whole(send: Send, data: bytes) -> None:
+    """A body made already, as the last message; a big one in chunks, as files are sent."""
+    if len(data) > wado.CHUNK:
+        view = memoryview(data)
+        for start in range(0, len(data) - wado.CHUNK, wado.CHUNK):
+            await send(_body(bytes(view[start : start + wado.CHUNK])))
+        data = bytes(view[start + wado.CHUNK :])
+    await send({"type": "http.response.body", "body": data})
 
 
 def _body(chunk: bytes) -> Message:

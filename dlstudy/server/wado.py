@@ -43,8 +43,10 @@ class Retrievable(Protocol):
 
 
 class Streamed(Retrievable, Protocol):
-    """A virtual instance: its bytes come from `chunks()`, not from a file."""
+    """A virtual instance: its bytes are made, not read from a file."""
 
+    @property
+    def data(self) -> bytes: ...
     def chunks(self) -> AsyncGenerator[bytes, None]: ...
 
 
@@ -56,7 +58,7 @@ class Body:
     headers: list[tuple[str, str]]
     chunks: AsyncGenerator[bytes, None]
     measure: Callable[[], int]
-    in_memory: bool = False  # the bytes are made already: nothing is read while sending
+    data: bytes | None = None  # the whole body when it is made already (a virtual instance)
 
     @property
     def length(self) -> int:
@@ -71,7 +73,7 @@ def single_part(instance: Retrievable) -> Body:
         ],
         chunks_of(instance),
         lambda: instance.size,
-        in_memory=not isinstance(instance, Instance),
+        None if isinstance(instance, Instance) else cast(Streamed, instance).data,
     )
 
 

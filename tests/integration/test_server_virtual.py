@@ -216,6 +216,21 @@ def test_qido_series_and_instance_levels(url: str, archive: VirtualArchive) -> N
     assert httpx.get(f"{url}/studies/{study}/series?NoSuchKey=1").status_code == 400
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2c"])
+def test_a_big_answer_arrives_whole(embedded_server: StartServer, http2: bool) -> None:
+    """An answer over a megabyte goes out in chunks (as a file would); it must arrive whole,
+    with the length it announced."""
+    spec = VirtualSpec(1, seed=7, study_size=2500)
+    url = embedded_server(None, virtual=spec)
+    archive = VirtualArchive(spec)
+    with httpx.Client(http1=not http2, http2=http2) as client:
+        response = client.get(f"{url}/instances", params={"includefield": "all", "limit": 2500})
+    assert response.status_code == 200
+    assert len(response.content) == int(response.headers["content-length"]) > 3 * 2**20
+    study = archive.study_uid(0)
+    assert values(response.json(), "00080018") == [sop for *_, sop in archive.instances_of(study)]
+
+
 def test_limit_offset_paging_and_the_page_cap(
     embedded_server: StartServer, archive: VirtualArchive
 ) -> None:
