@@ -141,25 +141,38 @@ def test_client_hangup_stops_the_read(
         assert len(client.get(url, headers={"accept": SINGLE}).content) == big.size
 
 
+def seconds_to_stop_while_stalled(
+    options: ServerOptions, path: str, *, http2: bool, headers: dict[str, str] | None = None
+) -> float:
+    """GET `path`, read its first bytes and no more (the server then blocks on a full socket or
+    window), stop the server: how long the stop took. The response must end in an error."""
+    with httpx.Client(http1=not http2, http2=http2) as client, ExitStack() as responses:
+        with running_server(options) as base:
+            response = responses.enter_context(
+                client.stream("GET", f"{base}{path}", headers=headers)
+            )
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            next(chunks)
+            started = time.monotonic()
+        stop_seconds = time.monotonic() - started
+        with pytest.raises(httpx.HTTPError):  # it ends in an error, not silently
+            for _ in chunks:
+                pass
+    return stop_seconds
+
+
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2c"])
 def test_stop_with_a_stalled_download(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, http2: bool
 ) -> None:
     """A client that stops reading mid-body must not hold up or dirty the shutdown."""
     (big,) = generate(tmp_path, SynthSpec(series=1, instances=1, size=40 * 2**20, frames=40))
-    with httpx.Client(http1=not http2, http2=http2) as client, ExitStack() as responses:
-        with running_server(ServerOptions(root=tmp_path)) as base:
-            url = f"{base}/studies/{big.study_uid}/series/{big.series_uid}/instances/{big.sop_uid}"
-            response = responses.enter_context(
-                client.stream("GET", url, headers={"accept": SINGLE})
-            )
-            chunks = response.iter_raw()
-            next(chunks)  # then read no more: the server blocks on a full socket / window
-            started = time.monotonic()
-        stop_seconds = time.monotonic() - started
-        with pytest.raises(httpx.HTTPError):  # the download ends in an error, not silently
-            for _ in chunks:
-                pass
+    path = f"/studies/{big.study_uid}/series/{big.series_uid}/instances/{big.sop_uid}"
+    options = ServerOptions(root=tmp_path)
+    stop_seconds = seconds_to_stop_while_stalled(
+        options, path, http2=http2, headers={"accept": SINGLE}
+    )
     # It stops rather than waiting for the reader (which never reads again). A tighter bound
     # (it is ~0.1 s when the machine is idle) failed 1 run in 16 on a busy 2-core machine.
     assert stop_seconds < 10
@@ -172,17 +185,6 @@ def test_stop_with_a_stalled_answer_made_in_memory(caplog: pytest.LogCaptureFixt
     up or dirty the shutdown either. (h2c: over HTTP/1.1, hypercorn then closes the connection
     gracefully, waiting for its unsent bytes until its graceful timeout.)"""
     options = ServerOptions(virtual=VirtualSpec(1, seed=0, study_size=20000))
-    with httpx.Client(http1=False, http2=True) as client, ExitStack() as responses:
-        with running_server(options) as base:
-            url = f"{base}/instances?limit=20000&includefield=all"  # ~40 MB of JSON
-            response = responses.enter_context(client.stream("GET", url))
-            assert response.status_code == 200
-            chunks = response.iter_raw()
-            next(chunks)  # then read no more: the server blocks on a full socket / window
-            started = time.monotonic()
-        stop_seconds = time.monotonic() - started
-        with pytest.raises(httpx.HTTPError):  # the answer ends in an error, not silently
-            for _ in chunks:
-                pass
-    assert stop_seconds < 10  # as above: it stops rather than waiting for the reader
+    path = "/instances?limit=20000&includefield=all"  # ~40 MB of JSON
+    assert seconds_to_stop_while_stalled(options, path, http2=True) < 10  # as above
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import sys
 from pathlib import Path
 
@@ -112,3 +113,14 @@ def test_server_imports_nothing_from_the_client() -> None:
                 assert top in sys.stdlib_module_names or top in allowed or top == "__future__", (
                     f"{module.name} imports {name}"
                 )
+
+
+def test_json_answers_fall_back_to_the_standard_writer() -> None:
+    """orjson writes QIDO answers; what it refuses (an integer beyond 64 bits, as a malformed
+    header in a real file may hold) is written by the stdlib, never an error."""
+    from dlstudy.server.app import _json_bytes
+
+    results = [{"00280010": {"vr": "US", "Value": [512]}, "name": "é"}]
+    assert json.loads(_json_bytes(results)) == results
+    huge = [{"00181000": {"vr": "IS", "Value": [2**70]}}]
+    assert json.loads(_json_bytes(huge)) == huge
