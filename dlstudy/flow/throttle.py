@@ -24,8 +24,8 @@ _DECREASE_INTERVAL = 1.0  # seconds between two halvings
 
 class Slots:
     """How many requests may be in flight: a number that can change while they run. A free
-    slot is taken without a trip round the event loop (anyio's CapacityLimiter takes two: 5%
-    of the client's CPU on small instances); the waiting are served in turn."""
+    slot is taken without a trip round the event loop (anyio's CapacityLimiter yields at every
+    acquire, a cost per small instance: docs/decisions.md); the waiting are served in turn."""
 
     def __init__(self, total: int) -> None:
         self._total = total

@@ -314,8 +314,8 @@ _COUNTS = tuple(
 async def _until_stopped(stopping: Stopping | None, responding: Coroutine[Any, Any, None]) -> None:
     """Run `responding`, a body already in memory, in this task unless the server stops first.
     A client that goes away costs nothing here (hypercorn drops what is sent to a closed stream),
-    so no task watches for it: a tenth of _unless_gone's cost, which was 7% of the server's CPU
-    on small instances."""
+    so no task watches for it: _unless_gone's tasks were a noticeable share of the server's CPU
+    per small instance (docs/decisions.md)."""
     if stopping is None:
         await responding
         return
@@ -373,8 +373,8 @@ async def _stream(send: Send, chunks: AsyncGenerator[bytes, None], cut: int | No
 
 
 def _json_bytes(results: list[Json]) -> bytes:
-    """orjson (a tenth of the stdlib's time on a page of results); the stdlib for what orjson
-    refuses (an integer beyond 64 bits in a real file's header)."""
+    """orjson (the quicker writer, docs/decisions.md); the stdlib for what orjson refuses (an
+    integer beyond 64 bits in a real file's header)."""
     try:
         return orjson.dumps(results)
     except TypeError:  # orjson.JSONEncodeError
