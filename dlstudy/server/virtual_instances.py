@@ -4,7 +4,7 @@ a pure function of the seed and the position."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
 
@@ -29,9 +29,6 @@ class VirtualInstance:
     @property
     def size(self) -> int:
         return len(self.data)
-
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        yield self.data
 
 
 def part10(archive: VirtualArchive, i: int, j: int, k: int) -> bytes:

@@ -28,7 +28,7 @@ CHUNK = 1024 * 1024
 
 class Retrievable(Protocol):
     """An instance as WADO-RS serves it: a file of the folder (`Instance`) or a virtual one,
-    which also has `chunks()`."""
+    which also has its bytes (`data`)."""
 
     @property
     def size(self) -> int: ...
@@ -47,7 +47,6 @@ class Streamed(Retrievable, Protocol):
 
     @property
     def data(self) -> bytes: ...
-    def chunks(self) -> AsyncGenerator[bytes, None]: ...
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,11 @@ async def _multipart_chunks(
 def chunks_of(instance: Retrievable) -> AsyncGenerator[bytes, None]:
     if isinstance(instance, Instance):
         return file_chunks(instance)
-    return cast(Streamed, instance).chunks()
+    return _made(cast(Streamed, instance).data)
+
+
+async def _made(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
 
 
 async def file_chunks(instance: Instance) -> AsyncGenerator[bytes, None]:
