@@ -59,8 +59,9 @@ MAX_WORKERS = 64  # what --workers accepts
 # it runs on one core.
 _WATCH_SECONDS = 0.1
 _BUSY = 0.9
-# --workers 0 starts the workers without watching when the server answered a query this fast
-# (a round trip plus its own time): on this host or a LAN, where a Python client is CPU-bound.
+# --workers 0 starts the workers it forked before the event loop without watching when the
+# server answered a query this fast (a round trip plus its own time): on this host or a LAN,
+# where a Python client is CPU-bound.
 NEAR_SERVER_SECONDS = 0.005
 _JOIN_TIMEOUT = 10.0
 
@@ -171,7 +172,7 @@ async def run_in_processes(
     the parent), each instance once, and one Failed for each a dead worker left unreported.
     `adaptive`: start the workers only if this process's event loop turns out to be CPU-bound
     (see _busy) while there is still enough left, or at once if the server is `near` (see
-    NEAR_SERVER_SECONDS).
+    NEAR_SERVER_SECONDS) and workers stand by.
     The total in flight never exceeds --concurrency: this process lowers its own limit first,
     and the workers start once it holds.
     """
@@ -188,6 +189,10 @@ async def run_in_processes(
     claims = launch.claims
     # When the workers start at once (near the server, or --workers N), this process keeps to
     # its share from the start, so they need not wait for its extra transfers to finish.
+    # Near the server, workers forked before the loop start at once; one from the fork server
+    # costs a process start-up (a long list starts them part after part), so it waits until
+    # this process's loop proves busy, as it does far from the server.
+    near = near and isinstance(launch, _FromStandby)
     starting_now = near or not adaptive
     limiter = anyio.CapacityLimiter(own if starting_now else settings.concurrency)
     processes: list[Any] = []

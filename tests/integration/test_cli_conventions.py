@@ -138,6 +138,27 @@ def test_main_exits_with_the_commands_status_and_flushed_output(tmp_path: Path) 
     assert "--url must start with http:// or https://" in bad.stderr
 
 
+def test_a_command_runs_with_the_collector_paced_and_the_start_up_frozen() -> None:
+    """main() collects cycles at COLLECTOR_PACE and freezes what exists once the command is
+    built (an atexit handler still runs, and sees the run's collector)."""
+    import sys
+
+    from dlstudy.cli.app import COLLECTOR_PACE
+
+    script = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print(gc.get_threshold(), gc.get_freeze_count() > 1000))\n"
+        "from dlstudy.cli.app import main\n"
+        "sys.argv = ['dlstudy', 'query', '--help']\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"{COLLECTOR_PACE} True"
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_the_app_built_for_one_command_runs_it_as_the_whole_app_does(name: str) -> None:
     """main() builds only the command named on the command line (start-up); its options,

@@ -243,18 +243,26 @@ def test_workers_die_with_a_killed_parent(
     assert [name for name in leftovers if f".{process.pid}-" not in name] == []
 
 
-@pytest.mark.parametrize(("near", "busy"), [(False, True), (False, False), (True, False)])
+@pytest.mark.parametrize(
+    ("near", "standby", "busy"),
+    [(False, True, True), (False, True, False), (True, True, False), (True, False, False)],
+)
 def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
     tmp_path: Path,
     embedded_server: StartServer,
     study: tuple[Path, list[SynthInstance]],
     monkeypatch: pytest.MonkeyPatch,
     near: bool,
+    standby: bool,
     busy: bool,
 ) -> None:
     """--workers 0 watches this process's CPU use for a moment (_busy) and the verdict decides;
-    for a server that answers QIDO within NEAR_SERVER_SECONDS, workers start without it."""
+    for a server that answers QIDO within NEAR_SERVER_SECONDS, workers forked before the event
+    loop start without it, but one the fork server would start (a process start-up) still
+    waits for the verdict."""
     monkeypatch.setattr("dlstudy.engine.workers.available_cpus", lambda: 2)
+    # In-process, the embedded server's thread makes forking before the loop look unsafe.
+    monkeypatch.setattr("dlstudy.engine.standby._safe_to_fork", lambda: standby)
     quickest = 0.001 if near else 0.050
     monkeypatch.setattr("dlstudy.http.client.Transport._time_reply", _replies_in(quickest))
     watched: list[float] = []
@@ -270,8 +278,9 @@ def test_by_default_workers_start_only_when_the_event_loop_is_cpu_bound(
     result = download_json(instances[0].study_uid, url, out, "--mode", "instance")
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
-    assert watched == ([] if near else [workers_module._WATCH_SECONDS])
-    assert summary["processes"] == (2 if busy or near else 1)
+    at_once = near and standby
+    assert watched == ([] if at_once else [workers_module._WATCH_SECONDS])
+    assert summary["processes"] == (2 if busy or at_once else 1)
     assert summary["instances"]["downloaded"] == 200
     assert_same_files(instances, out)
     assert len(manifest_rows(out)) == 200
@@ -293,6 +302,8 @@ def test_the_processes_together_never_exceed_the_concurrency(
     monkeypatch.setattr(
         "dlstudy.http.client.Transport._time_reply", _replies_in(0.001 if near else 0.050)
     )
+    # Workers start at once only when forked before the loop (see the test above).
+    monkeypatch.setattr("dlstudy.engine.standby._safe_to_fork", lambda: near)
 
     async def busy(seconds: float) -> bool:
         await anyio.sleep(seconds)
