@@ -63,8 +63,8 @@ class Store:
         # final_path runs twice per instance: the folders' Paths and the checked series once.
         self._folder_paths: dict[str, Path] = {}
         self._valid_series: set[tuple[str, str]] = set()
-        # Per instance, a Path join or relative_to() costs a few µs: a tenth of the Python
-        # work of a small part in a multipart response. These are computed once.
+        # Per instance a Path join or relative_to() is a visible share of a small part's
+        # Python work in a multipart response (docs/decisions.md): these are computed once.
         self._root_prefix = os.path.join(root, "")
         self._incoming = root / STATE_DIR / "incoming" / "part.dcm"
 
