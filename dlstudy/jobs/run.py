@@ -31,7 +31,7 @@ from ..http.client import Transport
 from ..http.urls import series_url, study_url
 from ..model import Committed, Failure, InstanceRef, Instances
 from ..report.landed import DOWNLOADED, FAILED, PRESENT, ReportWriter
-from ..report.progress import ProgressSink
+from ..report.progress import Listed, ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings, concurrency_for
 from ..store.files import Store
@@ -69,6 +69,7 @@ class Run:
         summary.throttle = self.throttle
         summary.retrieval = self.negotiator
         self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
+        self.entries_resolved: Listed | None = None  # of a long list, so far (jobs/parts.py)
         self.lister = Lister(settings, transport, self.policy, store, progress, summary, report)
 
     async def execute(self, items: list[CohortItem], *, counted: Iterable[str] = ()) -> None:
@@ -88,7 +89,11 @@ class Run:
         self.settings = replace(self.settings, concurrency=concurrency)
         self.throttle.resize(concurrency)
         self.summary.concurrency = concurrency
+        entries_resolved = 0
         for number, part in enumerate(parts, start=1):
+            entries_resolved += len(part)
+            if len(parts) > 1:  # what the progress display's totals cover so far
+                self.entries_resolved = (entries_resolved, len(items))
             following = parts[number] if number < len(parts) else None
             following_is_last = number + 1 == len(parts)
             # A StorageError (disk full, permissions) escapes the workers and stops them all:
@@ -122,7 +127,7 @@ class Run:
             self.report_present(refs, work.todo)
         del refs  # what is left to fetch is work.todo
         if self.summary.total:
-            self.progress.start(self.summary.total, self.summary.skipped)
+            self.progress.start(self.summary.total, self.summary.skipped, self.entries_resolved)
         await self.fetch(work.todo)
         if not (self.settings.series or self.settings.modalities):  # whole studies only
             for study, count in completed_studies(items, whole, self.summary.failures).items():

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Any
 
 from ..model import InstanceRef
-from .progress import ProgressSink
+from .progress import Listed, ProgressSink
 
 log = logging.getLogger("dlstudy.events")
 
@@ -75,8 +75,8 @@ class EventSink:
         emit("study_started", study=study_uid)
         self.inner.resolving(study_uid)
 
-    def start(self, total: int, skipped: int) -> None:
-        self.inner.start(total, skipped)
+    def start(self, total: int, skipped: int, listed: Listed | None = None) -> None:
+        self.inner.start(total, skipped, listed)
 
     def advance(self, nbytes: int) -> None:
         self.inner.advance(nbytes)

@@ -14,14 +14,18 @@ from typing import IO, Protocol
 
 from ..model import InstanceRef
 
+# (entries of the list resolved so far, entries in the whole list)
+Listed = tuple[int, int]
+
 
 class ProgressSink(Protocol):
     """What a run reports as it goes. `start(total, skipped)` comes when the instances to fetch
     are known; a long list, resolved in parts while earlier parts download (jobs/parts.py),
-    calls it again with each part, the totals so far growing."""
+    calls it again with each part, the totals so far growing, and `listed` saying how much of
+    the list they cover."""
 
     def resolving(self, study_uid: str) -> None: ...
-    def start(self, total: int, skipped: int) -> None: ...
+    def start(self, total: int, skipped: int, listed: Listed | None = None) -> None: ...
     def advance(self, nbytes: int) -> None: ...
     def instance_done(self, ref: InstanceRef, nbytes: int) -> None: ...
     def instance_failed(self, ref: InstanceRef, reason: str) -> None: ...
@@ -38,6 +42,17 @@ class Counters:
         self.failed = 0
         self.bytes = 0
         self.started = clock()
+        self.listed: Listed | None = None  # None: the whole job is listed
+
+    @property
+    def partly_listed(self) -> bool:
+        return self.listed is not None and self.listed[0] < self.listed[1]
+
+    def listing_note(self) -> str:
+        """` (5,000 of 100,000 list entries resolved)` while a long list is being resolved."""
+        if self.listed is None or not self.partly_listed:
+            return ""
+        return f" ({self.listed[0]:,} of {self.listed[1]:,} list entries resolved)"
 
     def outcome(self) -> str:
         """How the transfers ended: `done`, `N failed`, or `stopped` (interrupted, or a fatal
@@ -52,17 +67,27 @@ class Counters:
         return self.bytes / elapsed if elapsed > 0 else 0.0
 
     def timing(self) -> str:
-        """`ETA m:ss` while running, `in m:ss` once every instance is accounted for."""
-        if self.total and self.done + self.failed >= self.total:
+        """`ETA m:ss` while running (`ETA ~m:ss` while part of the list is still to be
+        resolved: an estimate), `in m:ss` once every instance is accounted for."""
+        if self.total and self.done + self.failed >= self.total and not self.partly_listed:
             return f"in {_duration(self.clock() - self.started)}"
-        return f"ETA {_duration(self.eta())}"
+        return f"ETA {'~' if self.partly_listed else ''}{_duration(self.eta())}"
+
+    def expected_total(self) -> float:
+        """The instances of the whole job: those listed so far, or while part of the list is
+        still to be resolved, as many per entry for the rest as for the entries resolved."""
+        if self.listed is None or not self.partly_listed or self.listed[0] <= 0:
+            return self.total
+        resolved, entries = self.listed
+        return self.total * entries / resolved
 
     def eta(self) -> float | None:
         finished = self.done + self.failed
         elapsed = self.clock() - self.started
-        if finished == 0 or elapsed <= 0 or self.total <= finished:
+        total = self.expected_total()
+        if finished == 0 or elapsed <= 0 or total <= finished:
             return None
-        return elapsed / finished * (self.total - finished)
+        return elapsed / finished * (total - finished)
 
 
 def _megabytes(nbytes: float) -> str:
@@ -87,7 +112,7 @@ class NullProgress:
     def resolving(self, study_uid: str) -> None:
         pass
 
-    def start(self, total: int, skipped: int) -> None:
+    def start(self, total: int, skipped: int, listed: Listed | None = None) -> None:
         pass
 
     def advance(self, nbytes: int) -> None:
@@ -131,13 +156,16 @@ class PlainProgress:
             listed = f" ({self._resolving:,} listed so far)" if self._resolving > 1 else ""
             self._emit(f"resolving study {study_uid}{listed}")
 
-    def start(self, total: int, skipped: int) -> None:
+    def start(self, total: int, skipped: int, listed: Listed | None = None) -> None:
         self.counters.total = total - skipped
+        self.counters.listed = listed
         if self._started:  # a later part of a long list: the periodic line shows the totals
             return
         self._started = True
         self._next = self.counters.clock() + self.interval
         note = f" ({skipped} already present)" if skipped else ""
+        if self.counters.partly_listed:
+            note += f" so far{self.counters.listing_note()}"
         self._emit(f"downloading {total - skipped} of {total} instances{note}")
 
     def advance(self, nbytes: int) -> None:
@@ -163,7 +191,7 @@ class PlainProgress:
         c = self.counters
         failed = f", {c.failed:,} failed" if c.failed else ""
         self._emit(
-            f"{c.done}/{c.total} instances{failed}, {_megabytes(c.bytes)}, "
+            f"{c.done}/{c.total} instances{c.listing_note()}{failed}, {_megabytes(c.bytes)}, "
             f"{_megabytes(c.rate())}/s, {c.timing()}"
         )
 

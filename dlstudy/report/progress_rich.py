@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
 from ..model import InstanceRef
-from .progress import Counters, _megabytes
+from .progress import Counters, Listed, _megabytes
 
 
 class _CountersColumn(ProgressColumn):
@@ -24,7 +24,7 @@ class _CountersColumn(ProgressColumn):
         c = self.counters
         failed = f" ({c.failed} failed)" if c.failed else ""
         return Text(
-            f"{c.done}/{c.total} instances{failed} • {_megabytes(c.bytes)} • "
+            f"{c.done}/{c.total} instances{c.listing_note()}{failed} • {_megabytes(c.bytes)} • "
             f"{_megabytes(c.rate())}/s • {c.timing()}"
         )
 
@@ -61,9 +61,10 @@ class RichProgress:
         if not self.downloading:  # (a long list's later parts resolve while it downloads)
             self.progress.update(self.task, description=f"resolving {study_uid}")
 
-    def start(self, total: int, skipped: int) -> None:
+    def start(self, total: int, skipped: int, listed: Listed | None = None) -> None:
         self._show()
         self.counters.total = total - skipped
+        self.counters.listed = listed
         if skipped and not self.downloading:
             self.console.print(f"{skipped} of {total} instances already present, skipping")
         self.downloading = True

@@ -59,6 +59,38 @@ def test_a_list_longer_than_a_part_downloads_every_instance_once(
     assert recorded_complete(out, studies) == sizes
 
 
+@pytest.mark.slow
+def test_the_progress_lines_of_a_list_in_parts_say_how_much_is_resolved(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Without a terminal, the installed CLI's first line counts the first part's instances
+    "so far" and says how much of the list that covers; the last line counts them all."""
+    count = parts.PART_ITEMS + 1
+    spec = VirtualSpec(count, seed=11, mix="mimic")
+    archive = VirtualArchive(spec)
+    uids = tmp_path / "uids.txt"
+    uids.write_text("\n".join(archive.study_uids()) + "\n")
+    url = embedded_server(None, virtual=spec)
+
+    result = run_installed(
+        "download", "--from-file", str(uids), "--url", url, "-o", str(tmp_path / "out"),
+        timeout=900,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    total = sum(archive.study_size)
+    first_part = sum(archive.study_size[: parts.PART_ITEMS])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("dlstudy: ")]
+    starts = [line for line in lines if "downloading" in line]
+    assert starts == [
+        f"dlstudy: downloading {first_part} of {first_part} instances so far "
+        f"({parts.PART_ITEMS:,} of {count:,} list entries resolved)"
+    ]
+    last = next(line for line in reversed(lines) if " instances" in line and "/" in line)
+    assert last.startswith(f"dlstudy: {total}/{total} instances, ")
+    assert " in " in last and "list entries" not in last
+
+
 @pytest.mark.parametrize("series_first", [True, False], ids=["series-first", "study-first"])
 def test_a_study_and_its_series_in_two_parts_count_once(
     embedded_server: StartServer,

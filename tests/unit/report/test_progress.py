@@ -66,6 +66,30 @@ def test_plain_progress_grows_its_total_as_later_parts_are_resolved() -> None:
     assert lines[-1].startswith("dlstudy: 2/22 instances, ")
 
 
+def test_plain_progress_of_a_partly_resolved_list_says_so_and_estimates_its_eta() -> None:
+    """While later parts of a long list are still to be resolved, the totals cover only what
+    was resolved: the lines say how much, and the ETA extrapolates to the whole list."""
+    clock = FakeClock()
+    out = io.StringIO()
+    sink = PlainProgress(out, interval=5.0, clock=clock)
+    sink.start(total=10, skipped=0, listed=(2_000, 8_000))
+    for _ in range(5):
+        sink.instance_done(REF, 1)
+    clock.now += 5.0
+    sink.instance_done(REF, 1)  # 6 done in 5 s; about 40 in all
+    sink.start(total=40, skipped=0, listed=(8_000, 8_000))  # the last part: all resolved
+    clock.now += 5.0
+    sink.instance_done(REF, 1)  # 7 done in 10 s; 33 left
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        "dlstudy: downloading 10 of 10 instances so far (2,000 of 8,000 list entries resolved)"
+    )
+    assert lines[1].startswith("dlstudy: 6/10 instances (2,000 of 8,000 list entries resolved), ")
+    assert lines[1].endswith(", ETA ~0:28")  # 34 left of ~40, at 1.2 a second
+    assert lines[2].startswith("dlstudy: 7/40 instances, ")
+    assert lines[2].endswith(", ETA 0:47")  # 33 left at 0.7 a second
+
+
 def test_rich_progress_keeps_downloading_while_later_parts_resolve() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120, color_system=None)
