@@ -80,7 +80,12 @@ class Transport:
         self.base_url, _, query = base.partition("?")
         self._base_params = tuple(parse_qsl(query, keep_blank_values=True))
         self.settings = settings
-        self._origin = origin_of(httpx.URL(self.base_url))
+        parsed = httpx.URL(self.base_url)
+        self._origin = origin_of(parsed)
+        self._scheme, self._host = parsed.scheme, parsed.host
+        # URLs below the base go to libcurl as made (CurlTransport.get) when httpx would send
+        # the base URL as written, not normalized (escaped, its host IDNA-encoded...).
+        self._as_written = str(parsed) == self.base_url
         self._auth: httpx.Auth | None = auth
         user = settings.user or url_user
         password = settings.password if settings.password is not None else url_password
@@ -177,11 +182,7 @@ class Transport:
             MIN_PROGRESS: (MIN_PROGRESS_BYTES, self.settings.timeout),
         }
         if self._direct and self._auth is None and not client.cookies and self._below_base(url):
-            request = httpx.Request(
-                "GET", target, headers=self._headers_with(headers), extensions=extensions
-            )
-            response = await self._engine.handle_async_request(request)
-            response.request = request
+            response = await self._get_directly(target, headers, extensions)
             if not response.has_redirect_location:
                 if "set-cookie" in response.headers:
                     client.cookies.extract_cookies(response)
@@ -192,6 +193,20 @@ class Transport:
             client.build_request("GET", target, headers=headers, extensions=extensions),
             stream=True,
         )
+
+    async def _get_directly(
+        self, url: str | httpx.URL, headers: dict[str, str] | None, extensions: dict[str, Any]
+    ) -> httpx.Response:
+        """GET `url`, below the base URL, from the client's transport (see _send)."""
+        merged = self._headers_with(headers)
+        if isinstance(url, str) and self._as_written and isinstance(self._engine, CurlTransport):
+            return await self._engine.get(
+                url, scheme=self._scheme, host=self._host, headers=merged, extensions=extensions
+            )
+        request = httpx.Request("GET", url, headers=merged, extensions=extensions)
+        response = await self._engine.handle_async_request(request)
+        response.request = request
+        return response
 
     def _headers_with(self, headers: dict[str, str] | None) -> httpx.Headers:
         """The client's headers with the request's on top; the few combinations a run uses
@@ -325,14 +340,9 @@ class Transport:
         if "?" in url or not self._below_base(url):
             return None
         query = str(httpx.QueryParams(params)) if params else ""
-        request = httpx.Request(
-            "GET",
-            f"{url}?{query}" if query else url,
-            headers=self._headers_with(headers),
-            extensions={"timeout": client.timeout.as_dict()},
+        response = await self._get_directly(
+            f"{url}?{query}" if query else url, headers, {"timeout": client.timeout.as_dict()}
         )
-        response = await self._engine.handle_async_request(request)
-        response.request = request
         if response.has_redirect_location:
             await response.aclose()  # followed (and checked) by httpx, from the start
             self._direct = False

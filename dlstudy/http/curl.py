@@ -12,7 +12,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import certifi
 import httpx
@@ -94,6 +94,25 @@ class TlsOptions:
     insecure: bool = False
 
 
+class AnswerToGet(httpx.Response):
+    """The response to CurlTransport.get: its httpx.Request (which `url`, cookie extraction and
+    error messages read) is made the first time something asks for it."""
+
+    asked: tuple[str, httpx.Headers, dict[str, Any]]
+    _made: httpx.Request | None = None
+
+    @property
+    def request(self) -> httpx.Request:
+        if self._made is None:
+            url, headers, extensions = self.asked
+            self._made = httpx.Request("GET", url, headers=headers, extensions=extensions)
+        return self._made
+
+    @request.setter
+    def request(self, value: httpx.Request) -> None:
+        self._made = value
+
+
 class CurlTransport(httpx.AsyncBaseTransport):
     """Requests through one libcurl multi handle on the running event loop.
 
@@ -137,12 +156,49 @@ class CurlTransport(httpx.AsyncBaseTransport):
         url = request.url
         if url.scheme not in ("http", "https"):  # a redirect to file://, ftp://, ...
             raise httpx.UnsupportedProtocol(f"a {url.scheme}:// URL, which is not HTTP")
+        if url.userinfo:  # httpx turned it into an Authorization header already
+            url = url.copy_with(username=None, password=None)
+        body = await request.aread()
+        head = (request.method, body, request.headers.raw, request.extensions)
+        transfer = await self._start(str(url), url.scheme, url.host, *head)
+        return httpx.Response(transfer.status, **self._answer(transfer))
+
+    async def get(
+        self,
+        url: str,
+        *,
+        scheme: str,
+        host: str,
+        headers: httpx.Headers,
+        extensions: dict[str, Any],
+    ) -> httpx.Response:
+        """GET `url` as handle_async_request would, without building an httpx.Request first:
+        for a client's own requests to a URL it made (`scheme` and `host` are the URL's, with
+        no user info), where parsing it again was most of a small request's cost in httpx
+        (docs/decisions.md). The response's request is made if something asks for it."""
+        transfer = await self._start(url, scheme, host, "GET", b"", headers.raw, extensions)
+        answer = AnswerToGet(transfer.status, **self._answer(transfer))
+        answer.asked = (url, headers, extensions)
+        return answer
+
+    async def _start(
+        self,
+        url: str,
+        scheme: str,
+        host: str,
+        method: str,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        extensions: dict[str, Any],
+    ) -> Transfer:
+        """A transfer of the request on the multi handle, once its response head is in."""
         driver = self.driver()
-        proxy = self.proxies.for_origin(url.scheme, url.host)
+        proxy = self.proxies.for_origin(scheme, host)
         easy = self._idle.pop() if self._idle else self._new_easy()
         transfer = Transfer(self, easy, shown(proxy) if proxy else None)
         try:
-            transfer.reusable = await self._prepare(easy, request, transfer, proxy)
+            self._prepare(easy, url, headers, extensions, transfer, proxy)
+            transfer.reusable = self._set_method(easy, method, body)
         except BaseException:
             easy.close()
             raise
@@ -152,17 +208,21 @@ class CurlTransport(httpx.AsyncBaseTransport):
         except BaseException:
             transfer.abandon()
             raise
+        return transfer
+
+    @staticmethod
+    def _answer(transfer: Transfer) -> dict[str, Any]:
+        """An httpx response's arguments but its status, for `transfer`."""
         body = CurlBody(transfer)
-        return httpx.Response(
-            transfer.status,
-            headers=transfer.headers,
-            stream=body,
-            extensions={
+        return {
+            "headers": transfer.headers,
+            "stream": body,
+            "extensions": {
                 "http_version": transfer.version,
                 "reason_phrase": transfer.reason,
                 BODY: body,
             },
-        )
+        }
 
     async def aclose(self) -> None:
         self._closed = True
@@ -204,23 +264,25 @@ class CurlTransport(httpx.AsyncBaseTransport):
                 easy.setopt(pycurl.SSLKEY, str(tls.key))
         return easy
 
-    async def _prepare(
-        self, easy: pycurl.Curl, request: httpx.Request, transfer: Transfer, proxy: str | None
-    ) -> bool:
-        """Set `easy` up for `request`; whether it can serve another request afterwards (only a
-        plain GET leaves no method or body behind)."""
-        url = request.url
-        if url.userinfo:  # httpx turned it into an Authorization header already
-            url = url.copy_with(username=None, password=None)
-        easy.setopt(pycurl.URL, str(url))
+    def _prepare(
+        self,
+        easy: pycurl.Curl,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        extensions: dict[str, Any],
+        transfer: Transfer,
+        proxy: str | None,
+    ) -> None:
+        """Set `easy` up for a request to `url`."""
+        easy.setopt(pycurl.URL, url)
         easy.setopt(pycurl.PROXY, proxy or "")  # "": no proxy, whatever the environment says
-        easy.setopt(pycurl.HTTPHEADER, self._header_lines(request.headers.raw))
+        easy.setopt(pycurl.HTTPHEADER, self._header_lines(headers))
         easy.setopt(pycurl.HEADERFUNCTION, transfer.on_header)
         easy.setopt(pycurl.WRITEFUNCTION, transfer.on_data)
-        timeout = request.extensions.get("timeout", {})
+        timeout = extensions.get("timeout", {})
         connect, read = timeout.get("connect"), timeout.get("read")
         easy.setopt(pycurl.CONNECTTIMEOUT_MS, int(connect * 1000) if connect else 0)
-        transfer.min_progress = request.extensions.get(MIN_PROGRESS)
+        transfer.min_progress = extensions.get(MIN_PROGRESS)
         if transfer.min_progress is not None:
             nbytes, seconds = transfer.min_progress
             window = max(1, math.ceil(seconds))
@@ -231,8 +293,11 @@ class CurlTransport(httpx.AsyncBaseTransport):
             # 1 byte/s over that many seconds.
             easy.setopt(pycurl.LOW_SPEED_LIMIT, 1 if read else 0)
             easy.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(read)) if read else 0)
-        method = request.method
-        body = await request.aread()
+
+    @staticmethod
+    def _set_method(easy: pycurl.Curl, method: str, body: bytes) -> bool:
+        """Whether `easy` can serve another request afterwards (only a plain GET leaves no
+        method or body behind)."""
         if method == "GET" and not body:
             easy.setopt(pycurl.HTTPGET, 1)
             return True

@@ -10,10 +10,12 @@ import anyio
 import httpx
 import pytest
 
+from dlstudy.engine.fetch import status_error
 from dlstudy.errors import ConnectError, TransferError
 from dlstudy.http.client import Transport
-from dlstudy.http.curl import CurlFailure
+from dlstudy.http.curl import AnswerToGet, CurlFailure
 from dlstudy.http.failures import translate_error
+from dlstudy.http.urls import instance_url
 from dlstudy.settings import Settings
 
 from ...fixtures.scripted_routes import Routes, scripted_server
@@ -164,6 +166,47 @@ def test_same_origin_redirect_keeps_credentials(scripted: Routes) -> None:
 
     anyio.run(run)
     assert target.requests[0].headers["authorization"] == "Bearer t0k"
+
+
+def test_a_retrieval_sent_straight_to_libcurl_still_has_its_request(scripted: Routes) -> None:
+    """A GET below the base URL goes to the engine without an httpx.Request made first
+    (CurlTransport.get); the response still has one when asked: the URL a failure names, the
+    headers that went."""
+    route = scripted.get("/dicomweb/studies/1.2/series/1.2.3/instances/1.2.3.4")
+    route.mock(return_value=httpx.Response(404))
+    settings = Settings(url=scripted.base, http="1.1", headers=(("X-Api-Key", "k1"),))
+    url = instance_url(scripted.base, "1.2", "1.2.3", "1.2.3.4")
+
+    async def run() -> TransferError:
+        transport = Transport(settings)
+        async with transport.stream(url, {"Accept": "application/dicom"}) as response:
+            assert isinstance(response, AnswerToGet)
+            assert str(response.url) == url
+            assert response.request.headers["accept"] == "application/dicom"
+            error = status_error(response, "instance 1.2.3.4")
+        await transport.aclose()
+        return error
+
+    error = anyio.run(run)
+    assert error.url == url
+    assert str(error) == "instance 1.2.3.4: not found on the server (HTTP 404)"
+    assert route.requests[0].headers["x-api-key"] == "k1"
+    assert route.requests[0].headers["accept"] == "application/dicom"
+
+
+def test_a_base_url_that_httpx_would_escape_goes_out_escaped(scripted: Routes) -> None:
+    """Only a base URL that httpx sends as written is handed to libcurl as made; another (a
+    space in the path) goes through httpx's URL, escaped."""
+    route = scripted.get("/dicom web/studies").mock(return_value=httpx.Response(200, json=[]))
+
+    async def run() -> int:
+        transport = Transport(Settings(url=f"{scripted.origin}/dicom web", http="1.1"))
+        response = await transport.get(f"{transport.base_url}/studies")
+        await transport.aclose()
+        return response.status_code
+
+    assert anyio.run(run) == 200
+    assert route.call_count == 1
 
 
 def test_settings_repr_hides_secrets() -> None:
