@@ -208,22 +208,23 @@ _counting: contextvars.ContextVar[bool] = contextvars.ContextVar("counting", def
 def in_flight(monkeypatch: pytest.MonkeyPatch) -> _InFlight:
     """Count every request dlstudy sends, below dlstudy: it cannot hide anything from this.
 
-    Every transport a request can take is wrapped (dlstudy's two and httpcore's, its fallback);
-    a transport handing a request to another counts it once."""
+    Every way into a transport a request can take is wrapped (libcurl's handle_async_request
+    and get, and httpcore's, httpx's fallback); a transport handing a request to another counts
+    it once."""
     counter = _InFlight()
 
-    def wrap(cls: Any) -> None:
-        original = cls.handle_async_request
+    def wrap(cls: Any, name: str) -> None:
+        original = getattr(cls, name)
 
-        async def counting(self: Any, request: httpx.Request) -> httpx.Response:
+        async def counting(self: Any, *args: Any, **kwargs: Any) -> httpx.Response:
             if _counting.get():
-                return cast(httpx.Response, await original(self, request))
+                return cast(httpx.Response, await original(self, *args, **kwargs))
             token = _counting.set(True)
             counter.now += 1
             counter.total += 1
             counter.peak = max(counter.peak, counter.now)
             try:
-                response = cast(httpx.Response, await original(self, request))
+                response = cast(httpx.Response, await original(self, *args, **kwargs))
             except BaseException:
                 counter.now -= 1
                 raise
@@ -232,10 +233,14 @@ def in_flight(monkeypatch: pytest.MonkeyPatch) -> _InFlight:
             response.stream = _Released(response.stream, counter)
             return response
 
-        monkeypatch.setattr(cls, "handle_async_request", counting)
+        monkeypatch.setattr(cls, name, counting)
 
-    for cls in (CurlTransport, httpx.AsyncHTTPTransport):
-        wrap(cls)
+    for cls, name in (
+        (CurlTransport, "handle_async_request"),
+        (CurlTransport, "get"),
+        (httpx.AsyncHTTPTransport, "handle_async_request"),
+    ):
+        wrap(cls, name)
     return counter
 
 
