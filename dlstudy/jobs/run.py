@@ -89,11 +89,13 @@ class Run:
         self.settings = replace(self.settings, concurrency=concurrency)
         self.throttle.resize(concurrency)
         self.summary.concurrency = concurrency
-        entries_resolved = 0
+        # What the progress display's totals cover so far, of the list as given: the studies
+        # complete in the index were decided without a listing.
+        entries_resolved, entries = len(counted), len(items) + len(counted)
         for number, part in enumerate(parts, start=1):
             entries_resolved += len(part)
-            if len(parts) > 1:  # what the progress display's totals cover so far
-                self.entries_resolved = (entries_resolved, len(items))
+            if len(parts) > 1:
+                self.entries_resolved = (entries_resolved, entries)
             following = parts[number] if number < len(parts) else None
             following_is_last = number + 1 == len(parts)
             # A StorageError (disk full, permissions) escapes the workers and stops them all:

@@ -64,27 +64,36 @@ def test_the_progress_lines_of_a_list_in_parts_say_how_much_is_resolved(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
     """Without a terminal, the installed CLI's first line counts the first part's instances
-    "so far" and says how much of the list that covers; the last line counts them all."""
-    count = parts.PART_ITEMS + 1
+    "so far" and says how much of the list that covers (the studies already complete in the
+    output folder count as resolved); the last line counts them all."""
+    done_before = 3
+    count = done_before + parts.PART_ITEMS + 1
     spec = VirtualSpec(count, seed=11, mix="mimic")
     archive = VirtualArchive(spec)
-    uids = tmp_path / "uids.txt"
-    uids.write_text("\n".join(archive.study_uids()) + "\n")
+    studies = list(archive.study_uids())
     url = embedded_server(None, virtual=spec)
+    out = tmp_path / "out"
 
-    result = run_installed(
-        "download", "--from-file", str(uids), "--url", url, "-o", str(tmp_path / "out"),
-        timeout=900,
-    )  # fmt: skip
+    def download(uids: list[str]) -> list[str]:
+        listing = tmp_path / "uids.txt"
+        listing.write_text("\n".join(uids) + "\n")
+        result = run_installed(
+            "download", "--from-file", str(listing), "--url", url, "-o", str(out), timeout=900
+        )
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stderr.splitlines() if line.startswith("dlstudy: ")]
 
-    assert result.returncode == 0, result.stderr
-    total = sum(archive.study_size)
-    first_part = sum(archive.study_size[: parts.PART_ITEMS])
-    lines = [line for line in result.stderr.splitlines() if line.startswith("dlstudy: ")]
+    download(studies[:done_before])
+    lines = download(studies)
+
+    sizes = archive.study_size
+    present, total = sum(sizes[:done_before]), sum(sizes[done_before:])
+    first_part = sum(sizes[done_before : done_before + parts.PART_ITEMS])
     starts = [line for line in lines if "downloading" in line]
     assert starts == [
-        f"dlstudy: downloading {first_part} of {first_part} instances so far "
-        f"({parts.PART_ITEMS:,} of {count:,} list entries resolved)"
+        f"dlstudy: downloading {first_part} of {first_part + present} instances "
+        f"({present} already present) so far "
+        f"({done_before + parts.PART_ITEMS:,} of {count:,} list entries resolved)"
     ]
     last = next(line for line in reversed(lines) if " instances" in line and "/" in line)
     assert last.startswith(f"dlstudy: {total}/{total} instances, ")
