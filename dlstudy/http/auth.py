@@ -14,8 +14,9 @@ from collections.abc import AsyncGenerator, Generator
 import anyio
 import httpx
 
-from ..errors import AuthError
+from ..errors import AuthError, TransferError
 from ..settings import Settings
+from .urls import redact_url
 
 # A token command that takes longer than this is stuck (waiting for a password prompt, say).
 TOKEN_COMMAND_TIMEOUT = 60.0
@@ -64,7 +65,8 @@ class RefreshingBearerAuth(httpx.Auth):
     others wait for it: a fresh token refused on that first use is the only 401 (besides a
     failing command) that stops the run. A 401 on a request sent with an older token than the
     current one is replayed with the current token; a 401 on a proven current token means it
-    expired, and one request (single-flight) runs the command again.
+    expired, and one request (single-flight) runs the command again. A request that meets
+    MAX_TRIES expiries in a row fails as retryable (TransferError): others are being served.
     """
 
     requires_response_body = False
@@ -106,6 +108,14 @@ class RefreshingBearerAuth(httpx.Auth):
             if trial is not None:
                 return  # a fresh token refused on first use: the caller stops the run
             await self._refresh(generation)
+        # Every token this request was sent with had been proven by another request and
+        # expired under it: no sign of wrong credentials, so not the run's end. The request
+        # is retried later, as any transient failure is.
+        raise TransferError(
+            f"the access token expired under this request {MAX_TRIES} times in a row",
+            url=redact_url(str(request.url)),
+            retryable=True,
+        )
 
     def _start_trial(self) -> anyio.Event:
         self._trial = anyio.Event()
