@@ -42,11 +42,6 @@ def element(tag: int, vr: str, value: bytes) -> bytes:
     return head.pack(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
 
 
-def part10(sop_class: str, sop_uid: str, elements: Iterable[Element]) -> bytes:
-    """Preamble, file meta (explicit VR LE) and the data set's elements sorted by tag."""
-    return file_head(sop_class, sop_uid) + encode(sorted(elements))
-
-
 def file_head(sop_class: str, sop_uid: str) -> bytes:
     """The preamble, DICM and the file meta group of an explicit VR little endian file."""
     meta = b"".join(
