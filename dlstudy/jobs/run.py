@@ -69,7 +69,6 @@ class Run:
         summary.throttle = self.throttle
         summary.retrieval = self.negotiator
         self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
-        self.entries_resolved: Listed | None = None  # of a long list, so far (jobs/parts.py)
         self.lister = Lister(settings, transport, self.policy, store, progress, summary, report)
 
     async def execute(self, items: list[CohortItem], *, counted: Iterable[str] = ()) -> None:
@@ -94,8 +93,7 @@ class Run:
         entries_resolved, entries = len(counted), len(items) + len(counted)
         for number, part in enumerate(parts, start=1):
             entries_resolved += len(part)
-            if len(parts) > 1:
-                self.entries_resolved = (entries_resolved, entries)
+            listed = (entries_resolved, entries) if len(parts) > 1 else None
             following = parts[number] if number < len(parts) else None
             following_is_last = number + 1 == len(parts)
             # A StorageError (disk full, permissions) escapes the workers and stops them all:
@@ -108,15 +106,18 @@ class Run:
                         )
                     # (popped before the task above first runs: this part's listing is
                     # referenced from fetch_part only, which lets it go once planned)
-                    await self.fetch_part(part, resolved.pop(0))
+                    await self.fetch_part(part, resolved.pop(0), listed)
         if self.summary.total == 0:
             if not lister.incomplete:
                 raise NothingMatchedError(lister.nothing_matched_message(items))
             self.progress.start(0, 0)
 
-    async def fetch_part(self, items: Sequence[CohortItem], listing: Listing) -> None:
+    async def fetch_part(
+        self, items: Sequence[CohortItem], listing: Listing, listed: Listed | None
+    ) -> None:
         """Fetch what the listing of `items` has that is not on disk; then record the studies
-        they name whole complete, if every instance is in place."""
+        they name whole complete, if every instance is in place. `listed`: how much of a long
+        list the listings so far cover (for the progress display)."""
         refs, whole = listing
         del listing
         work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
@@ -129,7 +130,7 @@ class Run:
             self.report_present(refs, work.todo)
         del refs  # what is left to fetch is work.todo
         if self.summary.total:
-            self.progress.start(self.summary.total, self.summary.skipped, self.entries_resolved)
+            self.progress.start(self.summary.total, self.summary.skipped, listed)
         await self.fetch(work.todo)
         if not (self.settings.series or self.settings.modalities):  # whole studies only
             for study, count in completed_studies(items, whole, self.summary.failures).items():
