@@ -99,18 +99,23 @@ class AnswerToGet(httpx.Response):
     error messages read) is made the first time something asks for it."""
 
     asked: tuple[str, httpx.Headers, dict[str, Any]]
-    _made: httpx.Request | None = None
+    _made = False
 
     @property
     def request(self) -> httpx.Request:
-        if self._made is None:
+        if not self._made:
             url, headers, extensions = self.asked
-            self._made = httpx.Request("GET", url, headers=headers, extensions=extensions)
-        return self._made
+            self.request = httpx.Request("GET", url, headers=headers, extensions=extensions)
+        return httpx.Response.request.fget(self)  # type: ignore[attr-defined, no-any-return]
 
     @request.setter
     def request(self, value: httpx.Request) -> None:
-        self._made = value
+        httpx.Response.request.fset(self, value)  # type: ignore[attr-defined]
+        self._made = True
+
+    def raise_for_status(self) -> httpx.Response:
+        self.request  # noqa: B018 - made now: httpx's check reads it without asking
+        return super().raise_for_status()
 
 
 class CurlTransport(httpx.AsyncBaseTransport):

@@ -184,6 +184,8 @@ def test_a_retrieval_sent_straight_to_libcurl_still_has_its_request(scripted: Ro
             assert str(response.url) == url
             assert response.request.headers["accept"] == "application/dicom"
             error = status_error(response, "instance 1.2.3.4")
+            with pytest.raises(httpx.HTTPStatusError, match="404 Not Found"):
+                response.raise_for_status()  # httpx's own, which reads the request too
         await transport.aclose()
         return error
 
