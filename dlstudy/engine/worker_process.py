@@ -88,12 +88,13 @@ async def _worker(
     store = Store(settings.output, settings.layout)
     transport = Transport(settings, auth=await auth_from_settings(settings))
     forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
+    throttle = Throttle(settings.concurrency)
     fetcher = InstanceFetcher(
         transport,
         store,
         Negotiator(forms),
         policy=RetryPolicy(settings.retries, settings.retry_budget, settings.timeout),
-        throttle=Throttle(settings.concurrency),
+        throttle=throttle,
     )
     report = _Report(conn)
 
@@ -122,6 +123,7 @@ async def _worker(
         report.add(("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))
     finally:
         await transport.aclose()
+    report.add(("throttled", throttle.signals))
     report.add(("end",))
     report.flush()
 

@@ -93,7 +93,14 @@ class Failed:
     status_code: int | None
 
 
-Result = Moved | Done | Failed  # what the workers' results channel carries
+@dataclass(frozen=True)
+class Throttled:
+    """How many answers asked a worker to slow down (429, 503), sent as it ends."""
+
+    signals: int
+
+
+Result = Moved | Done | Failed | Throttled  # what the workers' results channel carries
 
 
 def is_near(quickest_reply: float | None) -> bool:
@@ -207,7 +214,7 @@ async def run_in_processes(
             yield ref
 
     def report(result: Result) -> None:
-        if not isinstance(result, Moved):
+        if isinstance(result, Done | Failed):
             unreported.pop(result.ref.sop_uid, None)
         results.send_nowait(result)
 
@@ -348,6 +355,8 @@ async def _listen(
                 report(Done(ref, Committed(Path(path), size, digest)))
             elif kind == "failed":
                 report(Failed(message[1], message[2], message[3]))
+            elif kind == "throttled":
+                report(Throttled(message[1]))
             elif kind == "fatal":
                 fatal.append(_fatal_error(message[1], message[2]))
                 scope.cancel()  # the others cannot do better: stop them

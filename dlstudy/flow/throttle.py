@@ -75,7 +75,9 @@ class Throttle:
         self._pause_until = 0.0
         self._last_decrease = -_DECREASE_INTERVAL
         self._successes = 0
-        self.signals = 0  # how many throttle answers the run saw (for the summary)
+        # How many throttle answers this process saw (for the summary, which adds the
+        # workers' to the parent's).
+        self.signals = 0
         self.lowest = self.maximum
 
     def resize(self, concurrency: int) -> None:

@@ -257,8 +257,10 @@ class Run:
             self.progress.advance(result.nbytes)
         elif isinstance(result, workers.Done):
             self.record_done(result.ref, result.committed)
-        else:
+        elif isinstance(result, workers.Failed):
             self.record_failure(result.ref, result.reason, result.status_code)
+        else:
+            self.throttle.signals += result.signals  # the summary counts every process's
 
     def bulk_fetcher(self) -> BulkFetcher:
         forms = candidates(self.settings.transfer_syntax or None, single_part=False)

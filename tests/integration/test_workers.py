@@ -165,6 +165,25 @@ def test_failures_in_workers_are_reported(
     assert all(f["status_code"] == 404 for f in summary["failures"])
 
 
+def test_every_process_counts_its_throttle_answers_in_the_summary(
+    tmp_path: Path,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    study: tuple[Path, list[SynthInstance]],
+) -> None:
+    """`throttled` is every 503 the server answered an instance request with, whichever
+    process received it (the workers report theirs as they end)."""
+    root, instances = study
+    url = embedded_server(root, fault_rate=0.2, fault_status=503, retry_after=0, seed=6)
+    result = download_json(
+        instances[0].study_uid, url, tmp_path, "--workers", "2", "--mode", "instance"
+    )
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert summary["processes"] == 2
+    assert summary["throttled"] == seen_requests.instance_statuses[503] > 0
+
+
 def test_expired_token_in_a_worker_stops_the_run(
     tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
 ) -> None:
