@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .factories import STUDY, instance_json, part10, series_json
+from .factories import STUDY, element, instance_json, part10, series_json
 
 SERIES = f"{STUDY}.5"
 DICOM_JSON = "application/dicom+json"
@@ -214,8 +214,9 @@ def static_like(count: int) -> Iterator[tuple[str, str, list[str]]]:
 
 @contextmanager
 def busy_with_http_date(count: int, delay: float) -> Iterator[tuple[str, str, list[float]]]:
-    """Answers each instance's first request 503 with an HTTP-date Retry-After `delay` seconds
-    ahead; yields (URL, study, the gaps the client actually waited before retrying)."""
+    """Answers each instance's first request, and the first study search, 503 with an
+    HTTP-date Retry-After `delay` seconds ahead; yields (URL, study, the gaps the client
+    actually waited before retrying)."""
     from email.utils import formatdate
 
     sops = [f"{SERIES}.{i}" for i in range(1, count + 1)]
@@ -230,6 +231,9 @@ def busy_with_http_date(count: int, delay: float) -> Iterator[tuple[str, str, li
                 self.reply(200, json.dumps([series_json(SERIES)]).encode(), "application/json")
             elif path.endswith("/instances"):
                 body = json.dumps([instance_json(s) for s in sops]).encode()
+                self.reply(200, body, "application/dicom+json")
+            elif path.endswith("/studies") and "studies" in refused_at:
+                body = json.dumps([{"0020000D": element("UI", STUDY)}]).encode()
                 self.reply(200, body, "application/dicom+json")
             else:
                 sop = path.rsplit("/", 1)[1]

@@ -244,12 +244,17 @@ async def search_studies(
 
 
 async def search_async(
-    settings: Settings, query: StudyQuery, each: Callable[[StudyRecord], object] | None = None
+    settings: Settings,
+    query: StudyQuery,
+    each: Callable[[StudyRecord], object] | None = None,
+    policy: RetryPolicy | None = None,
 ) -> list[StudyRecord]:
-    """Open a transport for `settings` (auth, TLS, HTTP version), search, close."""
+    """Open a transport for `settings` (auth, TLS, HTTP version), search, close. `policy`:
+    the retries, when the caller counts them (its tally)."""
     transport = Transport(settings, auth=await auth_from_settings(settings))
-    try:
+    if policy is None:
         policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
+    try:
         return await search_studies(
             transport, query, page_size=settings.qido_page_size, policy=policy, each=each
         )

@@ -89,13 +89,8 @@ async def _worker(
     transport = Transport(settings, auth=await auth_from_settings(settings))
     forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
     throttle = Throttle(settings.concurrency)
-    fetcher = InstanceFetcher(
-        transport,
-        store,
-        Negotiator(forms),
-        policy=RetryPolicy(settings.retries, settings.retry_budget, settings.timeout),
-        throttle=throttle,
-    )
+    policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
+    fetcher = InstanceFetcher(transport, store, Negotiator(forms), policy=policy, throttle=throttle)
     report = _Report(conn)
 
     async def one(ref: InstanceRef) -> None:
@@ -123,7 +118,7 @@ async def _worker(
         report.add(("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))
     finally:
         await transport.aclose()
-    report.add(("throttled", throttle.signals))
+    report.add(("tallied", throttle.signals, policy.tally.retried))
     report.add(("end",))
     report.flush()
 

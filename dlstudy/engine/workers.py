@@ -94,13 +94,15 @@ class Failed:
 
 
 @dataclass(frozen=True)
-class Throttled:
-    """How many answers asked a worker to slow down (429, 503), sent as it ends."""
+class Tallied:
+    """A worker's counts for the summary, sent as it ends: answers that asked it to slow down
+    (429, 503) and attempts it tried again."""
 
-    signals: int
+    throttled: int
+    retried: int
 
 
-Result = Moved | Done | Failed | Throttled  # what the workers' results channel carries
+Result = Moved | Done | Failed | Tallied  # what the workers' results channel carries
 
 
 def is_near(quickest_reply: float | None) -> bool:
@@ -355,8 +357,8 @@ async def _listen(
                 report(Done(ref, Committed(Path(path), size, digest)))
             elif kind == "failed":
                 report(Failed(message[1], message[2], message[3]))
-            elif kind == "throttled":
-                report(Throttled(message[1]))
+            elif kind == "tallied":
+                report(Tallied(message[1], message[2]))
             elif kind == "fatal":
                 fatal.append(_fatal_error(message[1], message[2]))
                 scope.cancel()  # the others cannot do better: stop them

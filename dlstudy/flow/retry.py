@@ -6,7 +6,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
@@ -48,11 +48,19 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return min(max(delay, 0.0), RETRY_AFTER_CAP)
 
 
+class RetryTally:
+    """How many attempts failed and were tried again, under one policy (for the summary)."""
+
+    def __init__(self, retried: int = 0) -> None:
+        self.retried = retried
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     retries: int
     budget: float  # seconds from the first attempt after which no retry starts
     window: float  # --timeout: the watchdog window of each attempt
+    tally: RetryTally = field(default_factory=RetryTally, compare=False)
 
 
 async def with_retries(
@@ -86,6 +94,7 @@ async def with_retries(
                 if tries > 1:
                     exc.message = f"{exc.message} (after {tries} attempts)"
                 raise
+            policy.tally.retried += 1
             log.info("retrying in %.2fs: %s", delay, exc)
             await anyio.sleep(delay)
         else:

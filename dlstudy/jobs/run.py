@@ -67,6 +67,7 @@ class Run:
             transport, store, self.negotiator, policy=self.policy, throttle=self.throttle
         )
         summary.throttle = self.throttle
+        summary.retries = self.policy.tally
         summary.retrieval = self.negotiator
         self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
         self.lister = Lister(settings, transport, self.policy, store, progress, summary, report)
@@ -259,8 +260,9 @@ class Run:
             self.record_done(result.ref, result.committed)
         elif isinstance(result, workers.Failed):
             self.record_failure(result.ref, result.reason, result.status_code)
-        else:
-            self.throttle.signals += result.signals  # the summary counts every process's
+        else:  # the summary counts every process's
+            self.throttle.signals += result.throttled
+            self.policy.tally.retried += result.retried
 
     def bulk_fetcher(self) -> BulkFetcher:
         forms = candidates(self.settings.transfer_syntax or None, single_part=False)

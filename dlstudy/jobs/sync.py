@@ -27,6 +27,7 @@ from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
 from ..errors import DlstudyError, UsageError
+from ..flow.retry import RetryPolicy, RetryTally
 from ..http.urls import redact_url
 from ..model import Failure
 from ..report.events import EventSink, emit
@@ -181,7 +182,9 @@ async def _search_and_download(
             for record in records:
                 examine(record)
         else:
-            records = await search_async(settings, query, examine)
+            policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
+            plan.retries = policy.tally
+            records = await search_async(settings, query, examine, policy)
     except BaseException:
         plan.studies.clear()  # a search that failed part way says nothing about the rest
         plan.complete.clear()
@@ -214,6 +217,7 @@ def _combine(plan: SyncSummary, result: Summary | None) -> SyncSummary:
     merged.studies = plan.studies or result.studies
     merged.total += plan.total
     merged.skipped += plan.skipped
+    merged.retries = RetryTally(plan.retried + result.retried)  # the search's and the download's
     return merged
 
 

@@ -31,6 +31,7 @@ class Summary:
     concurrency: int = 0  # transfers in flight at most (--concurrency, or as chosen for 0)
     retrieval: Any = None  # a Negotiator: what the server accepted (has .as_dict())
     throttle: Any = None  # a Throttle: how often the server asked us to slow down
+    retries: Any = None  # a RetryTally: how many attempts failed and were tried again
     repaired: list[str] = field(default_factory=list)  # files found bad on disk, fetched again
     strategy: list[Any] = field(default_factory=list)  # strategy.Choice per study (--mode auto)
     failures: list[Failure] = field(default_factory=list)
@@ -40,6 +41,10 @@ class Summary:
     @property
     def failed(self) -> int:
         return sum(1 for f in self.failures if f.sop_instance_uid is not None)
+
+    @property
+    def retried(self) -> int:
+        return self.retries.retried if self.retries is not None else 0
 
     @property
     def mb_per_s(self) -> float:
@@ -81,6 +86,7 @@ class Summary:
             "concurrency": self.concurrency,
             "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
             "throttled": self.throttle.signals if self.throttle is not None else 0,
+            "retried": self.retried,
             "repaired": capped("repaired", self.repaired),
             "strategy": [choice.as_dict() for choice in capped("strategy", self.strategy)],
             "failures": [f.as_dict() for f in capped("failures", self.failures)],
@@ -101,4 +107,6 @@ class Summary:
         )
         if self.http_version:
             text += f" over {self.http_version}"
+        if self.retried:
+            text += f"; {self.retried} {'retry' if self.retried == 1 else 'retries'}"
         return text

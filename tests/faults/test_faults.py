@@ -213,8 +213,20 @@ def test_retry_after_as_an_http_date_is_honoured(tmp_path: Path) -> None:
         status, summary, _ = download(url, study, tmp_path, "--http", "1.1")
     assert status == 0, summary["failures"]
     assert len(waits) == 3
+    assert summary["retried"] == 3
     # The date names a whole second 1-2 s ahead: every retry waited at least ~1 s for it.
     assert min(waits) >= 0.9, waits
+
+
+def test_sync_counts_the_retries_of_its_search_and_of_its_download(tmp_path: Path) -> None:
+    from ..scripted_servers import busy_with_http_date
+
+    with busy_with_http_date(count=3, delay=0.0) as (url, _study, waits):
+        result = run_installed("sync", "--url", url, "-o", str(tmp_path), "--http", "1.1")
+    assert result.returncode == 0, result.stderr
+    assert len(waits) == 3
+    # The study search once, each instance once: on the summary line the cron log keeps.
+    assert result.stderr.splitlines()[-1].endswith("; 4 retries"), result.stderr
 
 
 @pytest.mark.parametrize("status_code", [400, 403, 404, 406])
@@ -231,6 +243,7 @@ def test_definitive_answers_are_reported_not_retried(
     for failure in summary["failures"]:
         assert failure["status_code"] == status_code
         assert "attempts" not in failure["reason"]
+    assert summary["retried"] == 0
 
 
 def test_http2_goaway_mid_run_loses_nothing(

@@ -165,14 +165,15 @@ def test_failures_in_workers_are_reported(
     assert all(f["status_code"] == 404 for f in summary["failures"])
 
 
-def test_every_process_counts_its_throttle_answers_in_the_summary(
+def test_every_process_counts_its_throttle_answers_and_retries_in_the_summary(
     tmp_path: Path,
     embedded_server: StartServer,
     seen_requests: SeenRequests,
     study: tuple[Path, list[SynthInstance]],
 ) -> None:
-    """`throttled` is every 503 the server answered an instance request with, whichever
-    process received it (the workers report theirs as they end)."""
+    """`throttled` and `retried` are every 503 the server answered an instance request with
+    (each one retried), whichever process received it (the workers report theirs as they
+    end)."""
     root, instances = study
     url = embedded_server(root, fault_rate=0.2, fault_status=503, retry_after=0, seed=6)
     result = download_json(
@@ -182,6 +183,8 @@ def test_every_process_counts_its_throttle_answers_in_the_summary(
     summary = summary_of(result)
     assert summary["processes"] == 2
     assert summary["throttled"] == seen_requests.instance_statuses[503] > 0
+    assert summary["retried"] == summary["throttled"]
+    assert summary["instances"]["downloaded"] == 200
 
 
 def test_expired_token_in_a_worker_stops_the_run(

@@ -247,3 +247,18 @@ def test_the_json_summary_of_any_job_stays_under_a_megabyte() -> None:
     assert data["omitted"] == {"study_uids": 99_000, "failures": 19_000}
     small = Summary(url="u", output="o", studies=["1.2"]).as_dict()
     assert "omitted" not in small and small["study_uids"] == ["1.2"]
+
+
+def test_the_summary_says_how_many_attempts_were_retried() -> None:
+    from dlstudy.flow.retry import RetryTally
+    from dlstudy.report.summary import Summary
+
+    summary = Summary(url="u", output="o", studies=["1.2"], total=3, downloaded=3)
+    assert summary.as_dict()["retried"] == 0
+    assert "retr" not in summary.one_line()  # a run without retries says nothing of them
+    summary.retries = RetryTally()
+    summary.retries.retried = 1
+    assert summary.one_line().endswith("; 1 retry")
+    summary.retries.retried = 23
+    assert summary.as_dict()["retried"] == 23
+    assert summary.one_line().endswith("; 23 retries")
