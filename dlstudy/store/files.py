@@ -7,6 +7,7 @@ is what lets a rerun skip it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -72,8 +73,15 @@ class Store:
         """Create the output folder and prove we can write there, before any network work."""
         state_dir = self.root / STATE_DIR
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            state_dir.mkdir(exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # (exist_ok: something there that is no folder)
+                raise OutputError(
+                    f"output folder {str(self.root)!r} exists and is not a folder",
+                    path=str(self.root),
+                ) from None
+            with contextlib.suppress(FileExistsError):  # judged just below
+                state_dir.mkdir()
             if state_dir.is_symlink() or not state_dir.is_dir():
                 raise OutputError(
                     f"cannot use {str(state_dir)!r}: it is not a folder of its own "

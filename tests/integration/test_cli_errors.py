@@ -67,6 +67,21 @@ def test_unwritable_output_directory(tmp_path: Path) -> None:
     assert error_lines(result.stderr) == [
         f"dlstudy: error: output folder '{blocker / 'out'}' is not writable: Not a directory"
     ]
+    result = run_cli("download", STUDY, "--url", "http://127.0.0.1:1/x", "-o", str(blocker))
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        f"dlstudy: error: output folder '{blocker}' exists and is not a folder"
+    ]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".dlstudy").write_text("")
+    result = run_cli(
+        "download", STUDY, "--url", "http://127.0.0.1:1/x", "-o", str(tmp_path / "out")
+    )
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        f"dlstudy: error: cannot use '{tmp_path / 'out' / '.dlstudy'}': it is not a folder of "
+        "its own (a symbolic link?); move it away"
+    ]
 
 
 def test_refused_connection_exit_3_with_json_and_no_password(tmp_path: Path) -> None:
