@@ -323,9 +323,9 @@ class _Bench:
             except HttpStatusError as exc:
                 if exc.status_code in UNSUPPORTED_STATUS and not negotiator.settled:
                     raise _Unsupported(f"unsupported (HTTP {exc.status_code})") from exc
-                run.result.fail(f"{what}: {exc}")
+                run.result.fail(_naming(what, exc))
             except TransferError as exc:
-                run.result.fail(f"{what}: {exc}")
+                run.result.fail(_naming(what, exc))
 
         if strategy in ("single-part", "multipart-instance"):
 
@@ -352,3 +352,9 @@ class _Bench:
             await guarded(what, lambda form: run.request(url, form, what, wanted, None, stop=cut))
 
         await run_pool(list(groups.items()), one_group, run.result.concurrency)
+
+
+def _naming(what: str, exc: TransferError) -> str:
+    """The failure's message, led by what failed (once: most errors name it already)."""
+    text = str(exc)
+    return text if text.startswith(what) else f"{what}: {text}"

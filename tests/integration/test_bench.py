@@ -310,6 +310,20 @@ def test_exit_codes(tmp_path: Path, synth_study: SynthStudy, embedded_server: St
     assert run_cli("bench", uid).exit_code == 2  # no --url
 
 
+def test_a_failed_request_is_reported_naming_it_once(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, fault_rate=0.2, fault_status=404, seed=3)
+    args = ["--repeat", "1", "--strategy", "single-part", "-c", "4", "--http", "1.1"]
+    code, data = bench_json(synth_study.study_uid, "--url", url, *args)
+    assert code == 1  # requests failed in a cell the server supports
+    (row,) = data["rows"]
+    count, _, first = row["status"].partition(" failed: ")
+    assert int(count) > 0, row["status"]
+    what, _, reason = first.partition(": ")
+    assert what.startswith("instance ") and reason == "not found on the server (HTTP 404)"
+
+
 @pytest.mark.integration
 def test_download_settings_do_not_shrink_the_matrix(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
