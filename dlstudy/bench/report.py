@@ -85,7 +85,8 @@ class CellResult:
 
     @property
     def measured(self) -> bool:
-        return self.ran and self.unsupported is None and self.seconds > 0
+        """A speed was measured: not when every request of the run failed (no "0 MB/s")."""
+        return self.ran and self.unsupported is None and self.seconds > 0 and self.instances > 0
 
     @property
     def mb_per_s(self) -> float:

@@ -322,6 +322,15 @@ def test_a_failed_request_is_reported_naming_it_once(
     assert int(count) > 0, row["status"]
     what, _, reason = first.partition(": ")
     assert what.startswith("instance ") and reason == "not found on the server (HTTP 404)"
+    assert row["mb_per_s"]["median"] > 0  # what arrived, over the run's time
+
+    # A cell whose every request failed measured no speed: no "0 MB/s" beside the others.
+    broken = embedded_server(synth_study.root, fault_rate=1.0, fault_status=503)
+    code, data = bench_json(synth_study.study_uid, "--url", broken, *args)
+    assert code == 1
+    (row,) = data["rows"]
+    assert row["status"].startswith(f"{len(synth_study.instances)} failed: instance ")
+    assert row["mb_per_s"]["median"] is None and row["instances_per_s"]["median"] is None
 
 
 @pytest.mark.integration
