@@ -132,6 +132,9 @@ def serve(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    # pydicom's complaints about odd files name no file: --verbose shows them beside the
+    # index's own line for each file it skips; otherwise the count of skipped files says it.
+    logging.getLogger("pydicom").setLevel(logging.INFO if verbose else logging.ERROR)
     try:
         spec = None
         if virtual is not None:

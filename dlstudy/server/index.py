@@ -87,32 +87,43 @@ class Index:
     @classmethod
     def scan(cls, root: Path) -> Index:
         studies: dict[str, Study] = {}
-        count = 0
+        count = skipped = 0
         for path in _walk(root):
-            instance, ds = _read(path)
-            if instance is None or ds is None:
-                continue
-            study = studies.get(instance.study_uid)
-            if study is None:
-                study = studies[instance.study_uid] = Study(
-                    instance.study_uid, entries(ds, STUDY_TAGS)
-                )
-            series = study.by_uid.get(instance.series_uid)
-            if series is None:
-                series = Series(
-                    instance.series_uid,
-                    instance.study_uid,
-                    _int(ds, "SeriesNumber"),
-                    entries(ds, SERIES_TAGS),
-                )
-                study.by_uid[series.uid] = series
-                study.series.append(series)
+            with _quiet(path):  # (values are read, and complained about, here too)
+                instance, ds = _read(path)
+                if instance is None or ds is None:
+                    skipped += 1
+                    continue
+                study = studies.get(instance.study_uid)
+                if study is None:
+                    study = studies[instance.study_uid] = Study(
+                        instance.study_uid, entries(ds, STUDY_TAGS)
+                    )
+                series = study.by_uid.get(instance.series_uid)
+                if series is None:
+                    series = Series(
+                        instance.series_uid,
+                        instance.study_uid,
+                        _int(ds, "SeriesNumber"),
+                        entries(ds, SERIES_TAGS),
+                    )
+                    study.by_uid[series.uid] = series
+                    study.series.append(series)
             if instance.sop_uid in series.by_uid:
                 log.info("skipped %s: duplicate SOP Instance UID %s", path, instance.sop_uid)
+                skipped += 1
                 continue
             series.by_uid[instance.sop_uid] = instance
             series.instances.append(instance)
             count += 1
+        if skipped:  # a folder's files missing from its searches, unless this says why
+            log.warning(
+                "skipped %d of the %d files under %s: not DICOM instances, unreadable or "
+                "duplicates (--verbose names each)",
+                skipped,
+                count + skipped,
+                root,
+            )
         if count:
             log.info("indexed %d instances in %d studies under %s", count, len(studies), root)
         else:

@@ -32,11 +32,12 @@ LAUNCH = (
 )
 
 
-def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+def start(*args: str, seen: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`serve ARGS` in a process, once it prints its URL; the lines before it go to `seen`."""
     cmd = [sys.executable, "-c", LAUNCH, "serve", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    seen = []
+    seen = [] if seen is None else seen
     for _ in range(50):  # log lines may come first; the URL line ends the wait
         ready, _, _ = select.select([proc.stderr], [], [], 30)
         line = proc.stderr.readline() if ready else ""
@@ -127,3 +128,24 @@ def test_serve_rejects_bad_options(tmp_path: Path) -> None:
     cmd = [sys.executable, "-c", LAUNCH, "serve", str(tmp_path), "--fault-rate", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "fault_rate" in done.stderr
+
+
+def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
+    """Files that are not served are counted on start-up: a study missing from the searches
+    is then no mystery."""
+    shutil.copy(SAMPLE, tmp_path / "good.dcm")
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    (tmp_path / "cut.dcm").write_bytes(SAMPLE.read_bytes()[:300])  # cut inside its header
+    seen: list[str] = []
+    proc, url = start(str(tmp_path), "--port", "0", seen=seen)
+    try:
+        assert len(json.loads(curl(f"{url}/studies"))) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert seen[:-1] == [
+        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, unreadable "
+        "or duplicates (--verbose names each)\n"
+    ]
