@@ -7,6 +7,7 @@ import gc
 import importlib
 import os
 import sys
+import warnings
 
 import typer
 
@@ -89,6 +90,9 @@ def main() -> None:
     """
     first = sys.argv[1] if len(sys.argv) > 1 else None
     code: str | int | None = 0
+    # pydicom warns about the odd files real archives hold (a VR other than the transfer
+    # syntax says), naming none: dlstudy keeps such files as sent and says so itself.
+    warnings.filterwarnings("ignore", module=r"pydicom\.")
     try:
         app = build_app(first if first in COMMANDS else None)
         _pace_collector()

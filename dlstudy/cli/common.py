@@ -35,11 +35,14 @@ def setup_logging(verbose: bool, log_file: Path | None) -> None:
             old.close()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
     if verbose:
-        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter)
-        handler.dlstudy_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    else:  # warnings only, in the shape of the CLI's other lines
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("dlstudy: warning: %(message)s"))
+    handler.dlstudy_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
     if log_file is not None:
         try:
             file_handler = logging.FileHandler(log_file, encoding="utf-8")

@@ -16,6 +16,7 @@ import pydicom
 import pydicom.data
 import pytest
 
+from tests.cli_helpers import run_installed
 from tests.fixtures.embedded_server import split_multipart
 
 pytestmark = [
@@ -149,3 +150,32 @@ def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
         f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, unreadable "
         "or duplicates (--verbose names each)\n"
     ]
+
+
+def test_every_file_of_pydicoms_corpus_downloads_with_no_noise(tmp_path: Path) -> None:
+    """pydicom's test files (big endian, deflated, implicit VR in an explicit file, bare
+    datasets, files whose meta names another instance) through the installed CLI: all of
+    them land, and stderr has dlstudy's own lines only (no warning from a library)."""
+    proc, url = start(str(PYDICOM_FILES), "--port", "0")
+    try:
+        uids = run_installed("query", "--url", url, "--uids")
+        assert uids.returncode == 0, uids.stderr
+        got = run_installed(
+            "download", *uids.stdout.split(), "--url", url, "-o", str(tmp_path), "--json"
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert got.returncode == 0, got.stderr
+    summary = json.loads(got.stdout)
+    assert summary["instances"]["failed"] == 0 and summary["instances"]["downloaded"] > 100
+    assert len(list(tmp_path.rglob("*.dcm"))) == summary["instances"]["downloaded"]
+    lines = got.stderr.splitlines()
+    assert [line for line in lines if not line.startswith("dlstudy: ")] == [], got.stderr
+    # What dlstudy noticed is said in its own shape: a file kept as the server sent it.
+    assert any(
+        line.startswith("dlstudy: warning: instance ") and line.endswith("(kept as sent)")
+        for line in lines
+    )
