@@ -183,8 +183,8 @@ def pull_command(
     retries: RetriesOpt = DEFAULTS.retries,
     **options: Any,
 ) -> None:
-    """Harvest the archive's study-level QIDO attributes into the catalog (resumable; a later
-    pull asks only for what can be new)."""
+    """Harvest the archive's study-level QIDO attributes into the catalog; resumable.
+    A later pull asks only for what can be new."""
     import anyio
 
     from ..catalog.harvest import Harvester, scope_of
