@@ -160,7 +160,10 @@ async def _search_and_download(
             return
         plan.studies.append(record.study_uid)
         instances = record.instances
-        if instances is None and not (settings.recheck or settings.verify):
+        if settings.verify:  # every file is checked: no study is complete on trust
+            pending.append(record.study_uid)
+            return
+        if instances is None and not settings.recheck:
             # No count to compare: a run's completion record (its files all in place)
             # decides, as for a rerun of the study; --recheck lists such studies instead.
             instances = complete_from_index(manifest, store, record.study_uid)

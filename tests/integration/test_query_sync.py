@@ -276,6 +276,33 @@ def test_sync_fetches_again_what_was_deleted(
     assert_same_files(instances, out)
 
 
+def test_sync_verify_checks_the_complete_studies_too(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A mirror's files damaged on disk, their sizes kept (bit rot) or not (a cut): a plain
+    sync trusts the complete studies; `sync --verify`, as `download --verify`, re-hashes
+    every file and fetches again what differs."""
+    root, instances = cohort
+    url = embedded_server(root)
+    out = tmp_path / "mirror"
+    assert run_installed("sync", "--url", url, "-o", str(out), "-q").returncode == 0
+    rotten, cut = instances[0], instances[-1]
+    path_of = {i.sop_uid: out / i.study_uid / i.series_uid / f"{i.sop_uid}.dcm" for i in instances}
+    data = bytearray(path_of[rotten.sop_uid].read_bytes())
+    data[-10:] = bytes(10)  # same size, other bytes
+    path_of[rotten.sop_uid].write_bytes(data)
+    path_of[cut.sop_uid].write_bytes(path_of[cut.sop_uid].read_bytes()[:-100])
+
+    verified = run_installed("sync", "--url", url, "-o", str(out), "--verify", "--json")
+
+    assert verified.returncode == 0, verified.stderr
+    summary = json.loads(verified.stdout)
+    assert sorted(summary["repaired"]) == sorted([rotten.sop_uid, cut.sop_uid])
+    assert summary["instances"]["downloaded"] == 2
+    assert summary["sync"]["already_complete"] == 0  # none taken on trust
+    assert_same_files(instances, out)
+
+
 def test_sync_without_server_counts_trusts_its_completion_records(
     cohort: tuple[Path, list[SynthInstance]],
     embedded_server: StartServer,
