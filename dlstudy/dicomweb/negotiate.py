@@ -106,9 +106,9 @@ class Negotiator:
             self.settled = True
             wanted = self._forms[0].transfer_syntax
             if wanted is not None and form.transfer_syntax is None:
-                self.warnings.append(
-                    f"server refused transfer-syntax={wanted}; it may transcode what it sends"
-                )
+                warning = f"server refused transfer-syntax={wanted}; it may transcode what it sends"
+                self.warnings.append(warning)
+                log.warning("%s", warning)
             return result
 
     def as_dict(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import assert_same_files, run_cli, summary_of
+from ..cli_helpers import assert_same_files, run_cli, run_installed, summary_of
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 
 pytestmark = pytest.mark.integration
@@ -201,6 +201,22 @@ def test_multipart_only_profiles_are_negotiated_and_byte_exact(
     status = 400 if profile == "orthanc" else 406
     assert summary["retrieval"]["rejected"] == [
         f"application/dicom; transfer-syntax=* -> HTTP {status}"
+    ]
+    assert_same_files(synth_study.instances, tmp_path)
+
+
+def test_a_refused_transfer_syntax_is_a_warning_on_stderr(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A server that will not send JPEG baseline sends its own choice: the files land, and the
+    run says so where a person reads it, not only in --json."""
+    url = embedded_server(synth_study.root, profile="dcm4chee")
+    jpeg = "1.2.840.10008.1.2.4.50"
+    args = ["-o", str(tmp_path), "--transfer-syntax", jpeg, "-q"]
+    result = run_installed("download", synth_study.study_uid, "--url", url, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"dlstudy: warning: server refused transfer-syntax={jpeg}; it may transcode what it sends"
     ]
     assert_same_files(synth_study.instances, tmp_path)
 
