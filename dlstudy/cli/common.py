@@ -26,8 +26,9 @@ outcome.propagate = False
 outcome.addHandler(logging.NullHandler())  # without --log-file: nowhere (not logging's last resort)
 
 
-def setup_logging(verbose: bool, log_file: Path | None) -> None:
-    """dlstudy's own loggers only: httpx logs full URLs (with any secrets) at INFO."""
+def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) -> None:
+    """dlstudy's own loggers only: httpx logs full URLs (with any secrets) at INFO. Warnings
+    go to stderr unless `quiet` (--quiet leaves only errors there: cron mails nothing else)."""
     logger = logging.getLogger("dlstudy")
     for owner in (logger, outcome):
         for old in [h for h in owner.handlers if getattr(h, "dlstudy_cli", False)]:
@@ -39,7 +40,7 @@ def setup_logging(verbose: bool, log_file: Path | None) -> None:
     if verbose:
         handler.setFormatter(formatter)
     else:  # warnings only, in the shape of the CLI's other lines
-        handler.setLevel(logging.WARNING)
+        handler.setLevel(logging.ERROR if quiet else logging.WARNING)
         handler.setFormatter(logging.Formatter("dlstudy: warning: %(message)s"))
     handler.dlstudy_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Download whole studies: every instance, byte-exact, to OUT/<study>/<series>/<sop>.dcm.
         With --from-file, the studies, series or instances a cohort list names."""
-        setup_logging(options["verbose"], options["log_file"])
+        setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
         use_log_format(options["log_format"])
         url, json_output, quiet = options["url"], options["json_output"], options["quiet"]
         wanted: list[str | CohortItem] = list(study_uids or [])

@@ -155,7 +155,10 @@ TimeoutOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, option("--json", help="Print one JSON summary object on stdout.")]
-QuietOpt = Annotated[bool, option("--quiet", "-q", help="No progress display, no summary line.")]
+QuietOpt = Annotated[
+    bool,
+    option("--quiet", "-q", help="Only errors on stderr: no progress, summary line or warnings."),
+]
 LogFileOpt = Annotated[
     Path | None, option("--log-file", help="Append a log of the run to this file.")
 ]

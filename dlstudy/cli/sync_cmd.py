@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         """Search, then download every matching study not yet complete in OUT (made for cron)."""
         from ..jobs.sync import sync  # not at the start-up of every other command
 
-        setup_logging(options["verbose"], options["log_file"])
+        setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
         use_log_format(options["log_format"])
         query = study_query(options)
         check_where(where, catalog, "--catalog")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -212,13 +213,17 @@ def test_a_refused_transfer_syntax_is_a_warning_on_stderr(
     run says so where a person reads it, not only in --json."""
     url = embedded_server(synth_study.root, profile="dcm4chee")
     jpeg = "1.2.840.10008.1.2.4.50"
-    args = ["-o", str(tmp_path), "--transfer-syntax", jpeg, "-q"]
-    result = run_installed("download", synth_study.study_uid, "--url", url, *args)
+    args = ["--transfer-syntax", jpeg, "--json"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    result = run_installed("download", synth_study.study_uid, "--url", url, "-o", a, *args)
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        f"dlstudy: warning: server refused transfer-syntax={jpeg}; it may transcode what it sends"
-    ]
-    assert_same_files(synth_study.instances, tmp_path)
+    warning = f"server refused transfer-syntax={jpeg}; it may transcode what it sends"
+    assert result.stderr.splitlines() == [f"dlstudy: warning: {warning}"]
+    assert json.loads(result.stdout)["retrieval"]["warnings"] == [warning]
+    # --quiet leaves only errors on stderr (cron mails nothing else); --json still says it.
+    quiet = run_installed("download", synth_study.study_uid, "--url", url, "-o", b, *args, "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["retrieval"]["warnings"] == [warning]
 
 
 @pytest.mark.parametrize("mode", ["series", "study"])
