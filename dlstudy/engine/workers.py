@@ -258,7 +258,11 @@ async def run_in_processes(
         finished = True
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_stop, processes, finished)
+            left = await anyio.to_thread.run_sync(_stop, processes, connections, finished)
+        # What the workers reported as they stopped, after the listeners were cancelled (an
+        # interrupted run): the instances they committed meanwhile are on disk, and counted.
+        for message in left:
+            _take(message, report, fatal)
         for conn in connections:
             conn.close()
     if fatal:
@@ -349,38 +353,68 @@ async def _listen(
         except EOFError:
             return  # the worker died without a word: its instances are reported missing
         for message in batch:
-            kind = message[0]
-            if kind == "bytes":
-                report(Moved(message[1]))
-            elif kind == "done":
-                _, ref, path, size, digest = message
-                report(Done(ref, Committed(Path(path), size, digest)))
-            elif kind == "failed":
-                report(Failed(message[1], message[2], message[3]))
-            elif kind == "tallied":
-                report(Tallied(message[1], message[2]))
-            elif kind == "fatal":
-                fatal.append(_fatal_error(message[1], message[2]))
+            kind = _take(message, report, fatal)
+            if kind == "fatal":
                 scope.cancel()  # the others cannot do better: stop them
                 return
-            elif kind == "end":
+            if kind == "end":
                 return
+
+
+def _take(
+    message: tuple[Any, ...], report: Callable[[Result], None], fatal: list[DlstudyError]
+) -> str:
+    """Act on one message of a worker; return its kind."""
+    kind: str = message[0]
+    if kind == "bytes":
+        report(Moved(message[1]))
+    elif kind == "done":
+        _, ref, path, size, digest = message
+        report(Done(ref, Committed(Path(path), size, digest)))
+    elif kind == "failed":
+        report(Failed(message[1], message[2], message[3]))
+    elif kind == "tallied":
+        report(Tallied(message[1], message[2]))
+    elif kind == "fatal":
+        fatal.append(_fatal_error(message[1], message[2]))
+    return kind
 
 
 def _fatal_error(name: str, text: str) -> DlstudyError:
     return _FATAL.get(name, DlstudyError)(text)
 
 
-def _stop(processes: list[Any], finished: bool) -> None:
-    """Let finished workers exit; SIGTERM the others (they drop their temp files), then wait;
-    kill what will not stop."""
-    for process in processes:
-        if finished:
-            process.join(_JOIN_TIMEOUT)
+def _stop(
+    processes: list[Any], connections: list[Connection], finished: bool
+) -> list[tuple[Any, ...]]:
+    """Let finished workers exit; SIGTERM the others (they drop their temp files and report
+    what they committed), then wait, reading those last reports; kill what will not stop.
+    Returns the messages read."""
+    left: list[tuple[Any, ...]] = []
+    if not finished:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+    for process, conn in zip(processes, connections, strict=True):
+        _read_until_gone(process, conn, left)
         if process.is_alive():
             process.terminate()
-    for process in processes:
-        process.join(_JOIN_TIMEOUT)
+            _read_until_gone(process, conn, left)
         if process.is_alive():
             process.kill()
-            process.join(_JOIN_TIMEOUT)
+        process.join(_JOIN_TIMEOUT)
+    return left
+
+
+def _read_until_gone(process: Any, conn: Connection, into: list[tuple[Any, ...]]) -> None:
+    """Read the worker's reports until it has exited and sent everything, or _JOIN_TIMEOUT."""
+    deadline = time.monotonic() + _JOIN_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            if conn.poll(0.05):
+                _, batch = conn.recv()
+                into.extend(batch)
+            elif not process.is_alive() and not conn.poll(0):
+                return
+        except (EOFError, OSError):
+            return  # its end is closed: everything it sent is read

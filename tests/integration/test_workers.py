@@ -218,17 +218,21 @@ def test_ctrl_c_stops_the_workers_cleanly(
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "dlstudy", "download", instances[0].study_uid, "--url", slow,
-        "-o", str(out), "--workers", "2", "-c", "4", "--mode", "instance",
+        "-o", str(out), "--workers", "2", "-c", "4", "--mode", "instance", "--json",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 130, stderr
     assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
+    # What the worker committed while it stopped is counted and in the manifest: the summary,
+    # the manifest and the disk agree.
+    landed = len(list(out.rglob("*.dcm")))
+    assert json.loads(stdout)["instances"]["downloaded"] == landed == len(manifest_rows(out))
     rerun = subprocess.run(
         [*command[:command.index(slow)], embedded_server(root), *command[command.index(slow) + 1:]],
         capture_output=True, text=True, timeout=120, check=False,
