@@ -106,7 +106,8 @@ def main() -> None:
     except Exception as exc:
         if not _is_usage_error(exc):
             raise
-        where = f"dlstudy {first}" if first in COMMANDS else "dlstudy"
+        context = getattr(exc, "ctx", None)  # the (sub)command whose line was wrong
+        where = getattr(context, "command_path", None) or "dlstudy"
         message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         print(f"dlstudy: error: {message} (see '{where} --help')", file=sys.stderr)
         code = exc.exit_code  # type: ignore[attr-defined]

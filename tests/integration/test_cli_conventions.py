@@ -180,6 +180,9 @@ def test_usage_errors_are_one_line_naming_the_help_to_read() -> None:
          "for '--concurrency' / '-c' (env var: 'DLSTUDY_CONCURRENCY'): Input should be a valid "
          "integer", "dlstudy download --help"),
         (["nosuch"], "No such command 'nosuch'", "dlstudy --help"),
+        (["catalog", "export", "--db", "x"], "Missing option '--to'",
+         "'dlstudy catalog export --help'"),
+        (["catalog", "nosuch"], "No such command 'nosuch'", "'dlstudy catalog --help'"),
     ]  # fmt: skip
     for args, what, help_hint in cases:
         result = run_installed(*args)
