@@ -416,5 +416,6 @@ def _read_until_gone(process: Any, conn: Connection, into: list[tuple[Any, ...]]
                 into.extend(batch)
             elif not process.is_alive() and not conn.poll(0):
                 return
-        except (EOFError, OSError):
-            return  # its end is closed: everything it sent is read
+        except (EOFError, OSError):  # its end is closed: everything it sent is read
+            process.join(max(0.0, deadline - time.monotonic()))  # and it is on its way out
+            return
