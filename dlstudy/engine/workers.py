@@ -407,15 +407,21 @@ def _stop(
 
 
 def _read_until_gone(process: Any, conn: Connection, into: list[tuple[Any, ...]]) -> None:
-    """Read the worker's reports until it has exited and sent everything, or _JOIN_TIMEOUT."""
+    """Read the worker's reports until it has exited and sent everything, or _JOIN_TIMEOUT.
+    Wakes on a report or on the process's exit, whichever comes first."""
+    from multiprocessing.connection import wait
+
     deadline = time.monotonic() + _JOIN_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            if conn.poll(0.05):
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            ready = wait([conn, process.sentinel], left)
+            if conn in ready:
                 _, batch = conn.recv()
                 into.extend(batch)
-            elif not process.is_alive() and not conn.poll(0):
+            elif ready:  # it exited: what it sent before is still in the pipe
+                while conn.poll(0):
+                    _, batch = conn.recv()
+                    into.extend(batch)
                 return
-        except (EOFError, OSError):  # its end is closed: everything it sent is read
-            process.join(max(0.0, deadline - time.monotonic()))  # and it is on its way out
-            return
+    except (EOFError, OSError):  # its end is closed: everything it sent is read
+        process.join(max(0.0, deadline - time.monotonic()))  # and it is on its way out
