@@ -89,7 +89,7 @@ class Index:
         studies: dict[str, Study] = {}
         count = skipped = 0
         for path in _walk(root):
-            with _quiet(path):  # (values are read, and complained about, here too)
+            with _quiet(path):  # the file read, and its values: both may make pydicom complain
                 instance, ds = _read(path)
                 if instance is None or ds is None:
                     skipped += 1
@@ -145,9 +145,9 @@ class Index:
 
 
 def read_header(path: Path) -> Dataset:
-    """The data set of a file without its pixel data; pydicom's complaints go to the log."""
-    with _quiet(path):
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=_DEFER_SIZE)
+    """The data set of a file without its pixel data (read within Index.scan's `_quiet`,
+    which sends pydicom's complaints to the log)."""
+    return pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=_DEFER_SIZE)
 
 
 def header_json(path: Path) -> Json:
