@@ -83,6 +83,13 @@ def serve(
     ignore_offset: Annotated[
         bool, typer.Option("--ignore-offset", help="Ignore QIDO offset, like static DICOMweb.")
     ] = False,
+    silent_cap: Annotated[
+        bool,
+        typer.Option(
+            "--silent-cap",
+            help="Cut pages at --page-cap without a Warning: 299, as some archives do.",
+        ),
+    ] = False,
     no_counts: Annotated[
         bool,
         typer.Option(
@@ -129,6 +136,8 @@ def serve(
         fail_usage("serve needs a DIR or --virtual N (not both)")
     if virtual is None and (study_size is not None or mix != Mix.hospital):
         fail_usage("--mix and --study-size go with --virtual N")
+    if silent_cap and max_page_size is None:
+        fail_usage("--silent-cap goes with --page-cap N")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -149,6 +158,7 @@ def serve(
             profile=profile.value,
             max_page_size=max_page_size,
             ignore_offset=ignore_offset,
+            silent_cap=silent_cap,
             no_counts=no_counts,
             latency=latency,
             fault_rate=fault_rate,

@@ -5,9 +5,12 @@ Servers page in different ways (DOMAIN.md): some honour limit/offset, some cap s
 object instead of a list, 204 means no match. The pager below copes with all of them and
 always terminates: it pages as long as pages bring new results, however many pages that takes
 (an archive capping pages at 100 lists a million instances in 10,000 of them), and stops on an
-empty page or a page with nothing new. A listing is never cut silently: when the server still
-announces more results (a `Warning: 299`, a 206, or a series count not yet reached) but the next
-page brings nothing new, it raises IncompleteListingError, and the run fails that study.
+empty page or a page with nothing new. A page shorter than asked for ends a listing only when a
+count confirms it, or when the server has shown where it caps pages; otherwise the next page is
+asked for, since some servers cap without saying so. A listing is never cut silently: when the
+server still announces more results (a `Warning: 299`, a 206, or a series count not yet reached)
+but the next page brings nothing new, it raises IncompleteListingError, and the run fails that
+study.
 """
 
 from __future__ import annotations
@@ -162,6 +165,12 @@ class Pager:
         self.policy = policy
         self._root_checked = False
         self.remaining: int | None = None  # what the last page's Warning 299 counted
+        # The page size at which this server was seen to cut a listing without saying so (a
+        # short page with more after it): a page that long is a full one.
+        self.silent_cap: int | None = None
+        # A listing of this many ended with nothing after it: any cap the server has is at
+        # least that, so a shorter page is a whole listing.
+        self.uncapped_below = 0
 
     async def check_root(self) -> None:
         """A 404 means "no such study" only when a DICOMweb server says it: before believing
@@ -190,6 +199,8 @@ class Pager:
         params: list[tuple[str, str]],
         key_tag: str,
         expected: int | None = None,
+        *,
+        counts_checked: bool = False,
     ) -> list[dict[str, Any]] | None: ...
 
     @overload
@@ -200,6 +211,7 @@ class Pager:
         key_tag: str,
         expected: int | None = None,
         *,
+        counts_checked: bool = False,
         keep: Callable[[dict[str, Any]], T | None],
     ) -> list[T] | None: ...
 
@@ -210,6 +222,7 @@ class Pager:
         key_tag: str,
         expected: int | None = None,
         *,
+        counts_checked: bool = False,
         keep: Callable[[dict[str, Any]], Any] = _whole,
     ) -> list[Any] | None:
         """What `keep` makes of each distinct result of the query keyed by `key_tag` (results
@@ -222,7 +235,10 @@ class Pager:
             if value is not None:
                 kept.append(value)
 
-        return kept if await self.walk(url, params, key_tag, expected, each=each) else None
+        found = await self.walk(
+            url, params, key_tag, expected, counts_checked=counts_checked, each=each
+        )
+        return kept if found else None
 
     async def walk(
         self,
@@ -231,10 +247,12 @@ class Pager:
         key_tag: str,
         expected: int | None = None,
         *,
+        counts_checked: bool = False,
         each: Callable[[dict[str, Any]], None],
     ) -> bool:
         """Call `each` with every distinct result of the query keyed by `key_tag`, page after
-        page; False when the URL is 404.
+        page; False when the URL is 404. `counts_checked`: the caller checks what was listed
+        against the counts the results carry, so a short page may end the listing.
 
         Each page's parsed JSON is dropped once `each` has read it: a listing of a million
         instances holds a million small values, not a million DICOM JSON objects.
@@ -243,7 +261,7 @@ class Pager:
         failed: Exception | None = None
         async with anyio.create_task_group() as tg:
             try:
-                found = await self._walk(tg, url, params, key_tag, expected, each)
+                found = await self._walk(tg, url, params, key_tag, expected, counts_checked, each)
             except Exception as exc:  # noqa: BLE001 - raised below, outside the group
                 failed = exc
         if failed is not None:
@@ -260,10 +278,12 @@ class Pager:
         params: list[tuple[str, str]],
         key_tag: str,
         expected: int | None,
+        counts_checked: bool,
         each: Callable[[dict[str, Any]], None],
     ) -> bool:
         seen: set[str] = set()
         offset = 0
+        probing = 0  # the length of a short page whose end the next page is asked to confirm
 
         def page_at(offset: int) -> Callable[[], Awaitable[_Page | None]]:
             params_now = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
@@ -301,6 +321,16 @@ class Pager:
                         new += 1
                         each(item)
                 del page, items  # the next page is awaited without this one's JSON
+                if probing and new:
+                    self.silent_cap = probing
+                    log.info(
+                        "%s: the server cut a page at %d results without saying so",
+                        redact_url(url),
+                        probing,
+                    )
+                if probing and not new:
+                    self.uncapped_below = max(self.uncapped_below, probing)
+                probing = 0
                 if new == 0:
                     short_of = expected is not None and len(seen) < expected
                     if truncated or short_of:
@@ -319,7 +349,10 @@ class Pager:
                 if truncated or (expected is not None and len(seen) < expected):
                     continue
                 if count < self.page_size:
-                    break
+                    if counts_checked or self._short_page_ends(count, expected):
+                        break
+                    probing = count
+                    continue
                 if count > self.page_size and expected is not None:
                     # More than asked for, as many as the count said: a server that ignores
                     # limit (a static DICOMweb tree) sent everything; asking again would
@@ -330,6 +363,17 @@ class Pager:
                 upcoming.cancel()  # not needed after all
         return True
 
+    def _short_page_ends(self, count: int, expected: int | None) -> bool:
+        """Whether a page shorter than asked for ends the listing. Without a count to check
+        against, it may be a cap the server does not announce (no Warning: 299, no 206): the
+        next page is asked for, unless what this server has shown rules a cap out. One result
+        is no cap."""
+        if expected is not None or count < 2:
+            return True
+        if self.silent_cap is not None:
+            return count < self.silent_cap
+        return count < self.uncapped_below
+
     def _likely_more(
         self, count: int, truncated: bool, seen: set[str], expected: int | None
     ) -> bool:
@@ -339,6 +383,8 @@ class Pager:
             return False
         if count > self.page_size and expected is not None:
             return False  # everything at once (limit ignored): asked again only if short
+        if self.silent_cap is not None and count >= self.silent_cap:
+            return True
         return truncated or count >= self.page_size
 
     async def get_page(

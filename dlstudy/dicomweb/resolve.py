@@ -147,7 +147,9 @@ class Resolver:
 
         url = f"{study_url(self.transport.base_url, study_uid)}/instances"
         try:
-            found = await self.pager.walk(url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, each=keep)
+            found = await self.pager.walk(
+                url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, counts_checked=True, each=keep
+            )
         except IncompleteListingError as exc:
             log.info("%s; listing the study series by series", exc)
             return None
@@ -220,7 +222,7 @@ class Resolver:
             *STUDY_INSTANCE_PARAMS,
         ]
         try:
-            found = await self.pager.walk(url, params, TAG_SOP_UID, each=keep)
+            found = await self.pager.walk(url, params, TAG_SOP_UID, counts_checked=True, each=keep)
         except IncompleteListingError as exc:
             log.info("%s; listing those studies one by one", exc)
             return {}

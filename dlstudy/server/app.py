@@ -178,7 +178,7 @@ class DicomwebApp:
         if page.unsupported:
             names = ", ".join(page.unsupported)
             warnings.append(f"299 {ctx.host}: The following attributes were not supported: {names}")
-        if page.truncated:
+        if page.truncated and not self.options.silent_cap:
             warnings.append(
                 f"299 {ctx.host}: There are {page.remaining} additional results that can be"
                 " requested"

@@ -29,6 +29,7 @@ class ServerOptions:
     profile: str = "standard"  # standard | orthanc | dcm4chee
     max_page_size: int | None = None  # QIDO cap; truncation answered with Warning: 299
     ignore_offset: bool = False  # mimic static DICOMweb: offset ignored
+    silent_cap: bool = False  # max_page_size cuts pages without a Warning: 299 (as some archives)
     latency: float = 0.0  # seconds added per request
     fault_rate: float = 0.0  # fraction of WADO responses answered `fault_status`
     fault_status: int = 503

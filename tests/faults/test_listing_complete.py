@@ -87,3 +87,31 @@ def test_query_and_sync_exit_1_when_the_study_search_cannot_be_completed(
     listed = run_installed("query", "--url", honest, "--uids")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split() == list(VirtualArchive(spec).study_uids())
+
+
+def test_a_page_cap_the_server_does_not_announce_still_lists_everything(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """No Warning: 299, no 206, no counts (Orthanc's LimitFindResults): a page shorter than
+    asked for is not taken as the end until the next page says so."""
+    spec = VirtualSpec(9, seed=5, study_size=23)
+    archive = VirtualArchive(spec)
+    url = embedded_server(None, virtual=spec, max_page_size=4, silent_cap=True, no_counts=True)
+
+    listed = run_installed("query", "--url", url, "--uids")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(listed.stdout.split()) == sorted(archive.study_uids())
+
+    study = archive.study_uid(2)
+    out = tmp_path / "out"
+    result = run_installed("download", study, "--url", url, "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    wanted = list(archive.instances_of(study))
+    assert summary["instances"]["downloaded"] == len(wanted) == 23
+    for st, se, sop in wanted:
+        assert (out / st / se / f"{sop}.dcm").read_bytes() == archive.expected_bytes(st, se, sop)
+
+    synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "mirror"), "--json")
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["sync"]["matched"] == 9

@@ -126,6 +126,49 @@ def test_silent_server_cap_is_detected_from_the_series_instance_count(scripted: 
     assert [r.sop_uid for r in resolve(scripted, page_size=100)] == sops
 
 
+def list_in_turn(server: Routes, urls: list[str], page_size: int = 100) -> list[list[str]]:
+    """The SOP UIDs each listing gives, one listing after another through one pager."""
+
+    async def run() -> list[list[str]]:
+        async with resolver_on(server, page_size) as resolver:
+            listed = []
+            for url in urls:
+                origin = server.base.removesuffix("/dicomweb")
+                found = await resolver.pager.fetch_all(origin + url, [], "00080018")
+                listed.append([item["00080018"]["Value"][0] for item in found or []])
+            return listed
+
+    return anyio.run(run)
+
+
+def test_a_silent_cap_without_counts_is_paged_past_then_known(scripted: Routes) -> None:
+    """No count, no Warning: a page shorter than asked for may be the server's cap. The next
+    page is asked for; once it brought more, a page shorter than the cap is an end."""
+    long = [f"1.2.3.1.{j}" for j in range(7)]
+    short = ["1.2.3.2.0", "1.2.3.2.1"]
+    long_route = instances_route(scripted, "1.2.3.1", long, cap=3)
+    short_route = instances_route(scripted, "1.2.3.2", short, cap=3)
+    urls = [f"{SERIES_URL}/1.2.3.1/instances", f"{SERIES_URL}/1.2.3.2/instances"]
+
+    assert list_in_turn(scripted, urls) == [long, short]
+    assert long_route.call_count == 3  # 3, 3 (the cap shows), 1 (shorter than the cap: the end)
+    assert short_route.call_count == 1
+
+
+def test_a_listing_that_ended_rules_out_a_cap_below_its_length(scripted: Routes) -> None:
+    five = [f"1.2.3.1.{j}" for j in range(5)]
+    three = [f"1.2.3.2.{j}" for j in range(3)]
+    five_route = instances_route(scripted, "1.2.3.1", five)
+    three_route = instances_route(scripted, "1.2.3.2", three)
+    again_route = instances_route(scripted, "1.2.3.3", five)
+    urls = [f"{SERIES_URL}/1.2.3.{i}/instances" for i in (1, 2, 3)]
+
+    assert list_in_turn(scripted, urls) == [five, three, five]
+    assert five_route.call_count == 2  # 5, then nothing: no cap of 5 or less
+    assert three_route.call_count == 1
+    assert again_route.call_count == 2  # as long as the longest end: it could be the cap
+
+
 def test_server_that_ignores_offset_is_paged_once_and_never_loops(scripted: Routes) -> None:
     scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
     same_page = [instance_json(f"1.2.3.1.{j}") for j in range(2)]
@@ -425,7 +468,8 @@ def test_a_study_with_its_count_is_listed_in_one_paged_request(scripted: Routes)
 def test_a_silent_cap_short_of_the_study_count_is_listed_series_by_series(
     scripted: Routes,
 ) -> None:
-    scripted.get(STUDY_INSTANCES_URL).mock(side_effect=paged(study_wide(ROWS, 4), cap=2))
+    first_two = httpx.Response(200, json=study_wide(ROWS, 4)[:2])  # offset ignored too
+    scripted.get(STUDY_INSTANCES_URL).mock(return_value=first_two)
     series_route = scripted.get(SERIES_URL).mock(
         return_value=httpx.Response(
             200, json=[series_json("1.2.3.1", count=3), series_json("1.2.3.2", "SR", 1)]
@@ -437,7 +481,9 @@ def test_a_silent_cap_short_of_the_study_count_is_listed_series_by_series(
     refs = resolve(scripted, page_size=100, one_request=None)
 
     assert [r.sop_uid for r in refs] == [sop for _, _, sop in ROWS]
-    assert series_route.call_count == 1  # 2 of 4 listed: the study-wide answer was not trusted
+    # 2 of 4 listed: the study-wide answer was not trusted. The series listing is asked for
+    # twice: its page was short and had no count, and the next page only repeated it.
+    assert series_route.call_count == 2
 
 
 def test_a_server_without_the_study_count_is_listed_series_by_series_from_then_on(
