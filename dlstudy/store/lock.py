@@ -9,10 +9,10 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from ..errors import LockedError, OutputError
+from ..errors import LockedError, OutputError, StorageError
 from .safe_files import open_text_for_update
 
 LOCK_NAME = "lock"
@@ -48,15 +48,18 @@ def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
                 f"(pid {holder}); use --wait to wait for it",
                 path=str(state_dir.parent),
             ) from None
+        try:  # unbuffered: nothing left for closing the file to fail on
+            os.ftruncate(fp.fileno(), 0)
+            os.pwrite(fp.fileno(), str(os.getpid()).encode(), 0)
+        except OSError as exc:  # a full disk: the run could not write anything else either
+            raise StorageError(
+                f"cannot write {str(path)!r}: {exc.strerror or exc}", path=str(path)
+            ) from exc
         _held.add(key)
         try:
-            fp.seek(0)
-            fp.truncate()
-            fp.write(str(os.getpid()))
-            fp.flush()
             yield
         finally:
             _held.discard(key)
-            fp.seek(0)
-            fp.truncate()
+            with suppress(OSError):  # the pid is only what a second run shows
+                os.ftruncate(fp.fileno(), 0)
             fcntl.flock(fp.fileno(), fcntl.LOCK_UN)

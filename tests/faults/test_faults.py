@@ -6,6 +6,7 @@ docs/reliability.md is this file's summary; keep them in step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -537,6 +538,21 @@ def test_disk_full_gives_one_line_and_keeps_what_was_committed(
         for path in kept:
             assert path.read_bytes() == synth_study.by_sop(path.stem).path.read_bytes()
         assert temp_files(mount) == []
+
+        # The disk still full, as cron finds it the next night: one line, and the JSON.
+        filler = mount / "filler"
+        with filler.open("wb", buffering=0) as fill, contextlib.suppress(OSError):
+            while True:
+                fill.write(b"\0" * 4096)
+        again = run_subprocess(
+            ["download", synth_study.study_uid, "--url", url, "-o", str(mount), "--json"]
+        )
+        assert again.returncode == 1, again.stderr
+        assert again.stderr.splitlines() == [
+            f"dlstudy: error: cannot write '{mount}/.dlstudy/lock': No space left on device"
+        ]
+        assert json.loads(again.stdout)["exit_status"] == 1
+        assert sorted(mount.rglob("*.dcm")) == sorted(kept)
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 
