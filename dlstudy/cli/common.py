@@ -127,8 +127,9 @@ def finish(
     outcome.info("%s", summary.one_line())
     for failure in summary.failures:
         outcome.warning("failed: %s", failure.reason)
-    if not json_output and not quiet:
-        typer.echo(summary.one_line(), err=True)
+    if not json_output:
+        if not quiet:  # failures are errors: --quiet keeps them (cron mails them)
+            typer.echo(summary.one_line(), err=True)
         for failure in summary.failures[:20]:
             error_line(failure.reason)
         if len(summary.failures) > 20:

@@ -383,6 +383,23 @@ def test_sync_exit_codes(
     assert "in use by another dlstudy run" in locked.stderr
 
 
+def test_sync_quiet_still_names_each_failed_instance(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Cron mails what --quiet prints: a night with failures must not be silent."""
+    root, instances = cohort
+    url = embedded_server(root, fault_rate=1.0, retry_after=0)
+    args = ["--url", url, "-o", str(tmp_path / "mirror"), "--quiet", "--retries", "0"]
+
+    night = run_installed("sync", *args, "--mode", "instance")
+
+    assert night.returncode == 1 and night.stdout == ""
+    lines = night.stderr.splitlines()
+    assert len(lines) == min(len(instances), 20) + (len(instances) > 20)
+    assert all(line.startswith("dlstudy: error: instance ") for line in lines[:20])
+    assert "HTTP 503" in lines[0]
+
+
 @contextmanager
 def lock_held_by_another_process(state_dir: Path) -> Iterator[None]:
     """The output lock held by a real second process (in-process takes are re-entrant)."""
