@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import stat
+import string
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
@@ -38,19 +39,27 @@ _FIELDS = ("study", "series", "sop", "modality")
 
 
 def check_layout(layout: str) -> None:
-    """Reject templates that could escape the output folder or reference unknown fields."""
-    sample = {name: "1.2" for name in _FIELDS}
+    """Reject templates that could escape the output folder, put two instances under one
+    name (no {sop} field, or a field cut by an index or a format), or name files the way
+    dlstudy names its temp files (which a rerun removes)."""
+    fields = ", ".join("{" + f + "}" for f in _FIELDS)
     try:
-        rendered = layout.format(**sample)
-    except (KeyError, IndexError, ValueError) as exc:
+        parts = list(string.Formatter().parse(layout))
+    except ValueError as exc:
+        raise UsageError(f"--layout {layout!r} is not a valid template (fields: {fields})") from exc
+    used = [(name, spec, conversion) for _, name, spec, conversion in parts if name is not None]
+    if any(name not in _FIELDS or spec or conversion for name, spec, conversion in used):
         raise UsageError(
-            f"--layout {layout!r} is not a valid template (fields: "
-            + ", ".join("{" + f + "}" for f in _FIELDS)
-            + ")"
-        ) from exc
-    path = Path(rendered)
-    if path.is_absolute() or ".." in path.parts or "{sop}" not in layout:
+            f"--layout {layout!r} may only use the fields {fields}, each whole "
+            "(no index, conversion or format)"
+        )
+    path = Path(layout.format(**{name: "1.2" for name in _FIELDS}))
+    if path.is_absolute() or ".." in path.parts or "sop" not in {name for name, _, _ in used}:
         raise UsageError(f"--layout {layout!r} must be a relative path containing {{sop}}")
+    if path.name.endswith(TEMP_SUFFIX):
+        raise UsageError(
+            f"--layout {layout!r}: file names ending in {TEMP_SUFFIX} are dlstudy's temp files"
+        )
 
 
 class Store:

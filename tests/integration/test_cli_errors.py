@@ -50,6 +50,10 @@ def test_from_file_reports_the_line_of_a_bad_uid(tmp_path: Path) -> None:
         ((STUDY, "--url", "http://x", "--http", "3"), "--http must be one of auto, 1.1, 2"),
         ((STUDY, "--url", "http://x", "--concurrency", "-1"), "--concurrency must be between"),
         ((STUDY, "--url", "http://x", "--layout", "../{sop}"), "must be a relative path"),
+        # Every instance under one name: '{sop}' escaped, or cut to one character.
+        ((STUDY, "--url", "http://x", "--layout", "{{sop}}.dcm"), "containing {sop}"),
+        ((STUDY, "--url", "http://x", "--layout", "{sop[1]}/{sop}"), "each whole (no index"),
+        ((STUDY, "--url", "http://x", "--layout", "{sop}.1-2.part"), "dlstudy's temp files"),
         ((STUDY, "--url", "http://x", "--header", "novalue"), "--header must look like"),
     ],
 )
