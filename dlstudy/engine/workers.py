@@ -173,8 +173,10 @@ async def run_in_processes(
     near: bool = False,
     local: Callable[[Iterable[InstanceRef], anyio.CapacityLimiter], Awaitable[None]],
     results: MemoryObjectSendStream[Result],
-) -> int:
-    """Fetch `refs` with up to `workers` processes, this one included; return how many ran.
+    running: Callable[[int], None],
+) -> None:
+    """Fetch `refs` with up to `workers` processes, this one included; `running(n)` is told
+    how many run once the workers start (an interrupted run's summary counts them too).
 
     `local(claims, limiter)` fetches what this process claims, at most `limiter` at a time; the
     others' results arrive as data on `results` (an unbounded stream: a worker never waits for
@@ -247,6 +249,7 @@ async def run_in_processes(
             await anyio.sleep(0.005)
         with anyio.CancelScope(shield=True):
             await launch.go()
+        running(1 + len(processes))
         log.info("%d worker processes %s", len(processes), launch.origin)
 
     finished = False
@@ -269,7 +272,6 @@ async def run_in_processes(
         raise fatal[0]
     for ref in unreported.values():  # a worker died: never let its instances go unaccounted
         report(Failed(ref, f"instance {ref.sop_uid}: its worker process ended early", None))
-    return 1 + len(processes)
 
 
 class _Launch:

@@ -225,7 +225,7 @@ class Run:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.record_results, receive)
                 with send:  # closed when the workers are done: the recorder then ends
-                    self.summary.processes = await workers.run_in_processes(
+                    await workers.run_in_processes(
                         todo,
                         replace(self.settings, http=self.transport.settled_http),  # no h2c probe
                         self.negotiator.current if self.negotiator.settled else None,
@@ -234,6 +234,7 @@ class Run:
                         near=workers.is_near(self.transport.quickest_reply),
                         local=local,
                         results=send,
+                        running=self.summary.count_processes,
                     )
         finally:
             with receive:

@@ -46,6 +46,9 @@ class Summary:
     def retried(self) -> int:
         return self.retries.retried if self.retries is not None else 0
 
+    def count_processes(self, running: int) -> None:
+        self.processes = max(self.processes, running)
+
     @property
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0

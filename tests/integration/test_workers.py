@@ -232,7 +232,9 @@ def test_ctrl_c_stops_the_workers_cleanly(
     # What the worker committed while it stopped is counted and in the manifest: the summary,
     # the manifest and the disk agree.
     landed = len(list(out.rglob("*.dcm")))
-    assert json.loads(stdout)["instances"]["downloaded"] == landed == len(manifest_rows(out))
+    summary = json.loads(stdout)
+    assert summary["instances"]["downloaded"] == landed == len(manifest_rows(out))
+    assert summary["processes"] == 2  # the worker ran, though the run did not finish
     rerun = subprocess.run(
         [*command[:command.index(slow)], embedded_server(root), *command[command.index(slow) + 1:]],
         capture_output=True, text=True, timeout=120, check=False,
