@@ -271,6 +271,33 @@ def test_workers_die_with_a_killed_parent(
     assert [name for name in leftovers if f".{process.pid}-" not in name] == []
 
 
+def test_a_waiting_worker_ends_quietly_with_a_killed_parent(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """Killed while it still lists the study: the worker forked for it has no job yet, and
+    the SIGTERM the kernel sends it ends it without a word (it used to print a traceback)."""
+    root, instances = study
+    slow = embedded_server(root, latency=1.0)  # the listing takes seconds
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "dlstudy", "download", instances[0].study_uid, "--url", slow,
+            "-o", str(out), "--workers", "2", "--mode", "instance",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out / ".dlstudy").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.kill()
+    _, stderr = process.communicate(timeout=30)  # until the worker, too, closed the pipe
+
+    assert process.returncode == -signal.SIGKILL
+    assert "Traceback" not in stderr and "Terminated" not in stderr, stderr
+
+
 @pytest.mark.parametrize(
     ("near", "standby", "busy"),
     [(False, True, True), (False, True, False), (True, True, False), (True, False, False)],
