@@ -18,7 +18,7 @@ from ..errors import IncompleteListingError
 from ..flow.pool import run_pool
 from ..flow.retry import RetryPolicy
 from ..http.client import Transport
-from ..model import Failure, Instances
+from ..model import Failure, InstanceRef, Instances
 from ..report.landed import FAILED, ReportWriter
 from ..report.progress import ProgressSink
 from ..report.summary import Summary
@@ -162,11 +162,17 @@ class Lister:
 
     def unique_valid(self, found: list[Instances], earlier: EarlierParts | None) -> Instances:
         refs = Instances()
-        seen: set[str] = set()
+        seen: dict[str, tuple[str, str]] = {}  # SOP Instance UID -> its study and series
         for ref in (ref for group in found for ref in group):
-            if ref.sop_uid in seen or (earlier is not None and earlier.listed(ref)):
+            where = seen.get(ref.sop_uid)
+            if where == (ref.study_uid, ref.series_uid) or (
+                earlier is not None and earlier.listed(ref)
+            ):
                 continue  # listed twice (a study and one of its series): fetched once
-            seen.add(ref.sop_uid)
+            if where is not None:  # one UID for two instances: a broken archive
+                self._duplicate(ref, where)
+                continue
+            seen[ref.sop_uid] = (ref.study_uid, ref.series_uid)
             self.summary.total += 1
             self._note_study(ref.study_uid)
             if self.store.is_valid(ref):
@@ -175,6 +181,22 @@ class Lister:
                 reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
                 self.summary.failures.append(Failure(ref.study_uid, None, None, reason[:300]))
         return refs
+
+    def _duplicate(self, ref: InstanceRef, where: tuple[str, str]) -> None:
+        """A second instance under a SOP Instance UID already listed elsewhere: it cannot be
+        stored and recorded beside the first, so it fails (the run does not end as if whole)."""
+        study, series = where
+        place = f"series {series}" if study == ref.study_uid else f"study {study}"
+        reason = (
+            f"instance {ref.sop_uid} of series {ref.series_uid}: the server lists the same "
+            f"SOP Instance UID in {place} too; only that one is downloaded"
+        )
+        self.summary.total += 1
+        self.summary.failures.append(
+            Failure(ref.study_uid, ref.series_uid, ref.sop_uid, reason, None)
+        )
+        if self.report is not None:
+            self.report.row(FAILED, ref.study_uid, ref.series_uid, ref.sop_uid, reason=reason)
 
     def _note_study(self, study_uid: str) -> None:
         if study_uid not in self._studies:

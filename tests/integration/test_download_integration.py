@@ -301,3 +301,38 @@ def test_a_resumed_series_fetches_only_its_missing_instances(
     assert whole_series == [f"/dicomweb/studies/{synth_study.study_uid}/series/{most}"]
     assert seen_requests.instance_requests == 3  # the few of the first series
     assert_same_files(synth_study.instances, out)
+
+
+@pytest.mark.parametrize("mode", ["instance", "series"])
+def test_one_sop_uid_in_two_series_is_a_failure_not_a_silent_drop(
+    tmp_path: Path, embedded_server: StartServer, mode: str
+) -> None:
+    """A broken archive lists a SOP Instance UID in two series: only one instance can be
+    stored under it, and the run must not end as if the study were whole."""
+    import pydicom
+
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(series=2, instances=5, size=4000, seed=3))
+    kept, twin = instances[0], instances[5]
+    twin_path = source / twin.study_uid / twin.series_uid / f"{twin.sop_uid}.dcm"
+    dataset = pydicom.dcmread(twin_path)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = kept.sop_uid
+    dataset.save_as(twin_path)
+    url = embedded_server(source)
+    out = tmp_path / "out"
+
+    result = run_installed(
+        "download", kept.study_uid, "--url", url, "-o", str(out), "--json", "--mode", mode
+    )
+
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"] == {"total": 10, "downloaded": 9, "skipped": 0, "failed": 1}
+    (failure,) = summary["failures"]
+    assert failure["sop_instance_uid"] == kept.sop_uid and failure["series"] == twin.series_uid
+    assert f"same SOP Instance UID in series {kept.series_uid} too" in failure["reason"]
+    assert len(list(out.rglob("*.dcm"))) == 9
+    stored = out / kept.study_uid / kept.series_uid / f"{kept.sop_uid}.dcm"
+    assert stored.read_bytes() == kept.path.read_bytes()
+    again = run_installed("download", kept.study_uid, "--url", url, "-o", str(out), "--json")
+    assert again.returncode == 1  # never recorded as a complete study
