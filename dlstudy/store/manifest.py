@@ -236,13 +236,14 @@ class Manifest:
         """The entries of one study, streamed."""
         yield from self._rows(f"SELECT {_COLUMNS} FROM entries WHERE study = ?", (study,))
 
-    def paths_of(self, study: str) -> Iterator[str]:
-        """The paths (relative to OUT) of one study's entries, streamed."""
+    def files_of(self, study: str) -> Iterator[tuple[str, int]]:
+        """The path (relative to OUT) and size of each of one study's entries, streamed."""
         try:
-            cursor = self._connection.execute("SELECT path FROM entries WHERE study = ?", (study,))
+            cursor = self._connection.execute(
+                "SELECT path, size FROM entries WHERE study = ?", (study,)
+            )
             while rows := cursor.fetchmany(1000):
-                for (path,) in rows:
-                    yield path
+                yield from rows
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 

@@ -336,3 +336,27 @@ def test_one_sop_uid_in_two_series_is_a_failure_not_a_silent_drop(
     assert stored.read_bytes() == kept.path.read_bytes()
     again = run_installed("download", kept.study_uid, "--url", url, "-o", str(out), "--json")
     assert again.returncode == 1  # never recorded as a complete study
+
+
+def test_a_rerun_fetches_again_a_file_cut_short_in_a_complete_study(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The index records the study complete; a file emptied and one cut short since are not
+    taken as done (no --verify needed to notice a size change)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    first = run_installed("download", synth_study.study_uid, "--url", url, "-o", str(out))
+    assert first.returncode == 0, first.stderr
+    emptied, cut = synth_study.instances[3], synth_study.instances[40]
+    for instance, size in ((emptied, 0), (cut, 100)):
+        path = out / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
+        with path.open("r+b") as file:
+            file.truncate(size)
+
+    rerun = run_installed("download", synth_study.study_uid, "--url", url, "-o", str(out), "--json")
+
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["studies_complete_in_manifest"] == 0
+    assert summary["instances"]["downloaded"] == 2
+    assert_same_files(synth_study.instances, out)

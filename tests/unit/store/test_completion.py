@@ -1,5 +1,5 @@
-"""Which of a study's indexed files are in place: looked at one by one in a folder of few,
-from one listing in a folder of many; only regular files count, never through a link out."""
+"""Which of a study's indexed files are in place: regular files of the size the index
+recorded, never through a link out."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from dlstudy.store.completion import LOOKED_AT_ALONE, present_files
+from dlstudy.store.completion import present_files
 from dlstudy.store.files import Store
 from dlstudy.store.manifest import Entry, Manifest
 
 LAYOUT = "{study}/{series}/{sop}.dcm"
 
 
-@pytest.mark.parametrize("files", [3, LOOKED_AT_ALONE + 5])
-def test_links_and_folders_at_a_files_name_are_not_in_place(tmp_path: Path, files: int) -> None:
+@pytest.mark.parametrize("files", [4, 13])
+def test_links_folders_and_short_files_are_not_in_place(tmp_path: Path, files: int) -> None:
     out = tmp_path / "out"
     store = Store(out, LAYOUT)
     store.prepare()
@@ -31,10 +31,12 @@ def test_links_and_folders_at_a_files_name_are_not_in_place(tmp_path: Path, file
             (folder / name).symlink_to(outside)  # a link where the file should be
         elif n == 1:
             (folder / name).mkdir()  # a folder in the way
+        elif n == 3:
+            (folder / name).write_bytes(b"")  # emptied since it was recorded
         elif n != 2:  # the third is missing
             (folder / name).write_bytes(b"x")
 
-    assert present_files(manifest, store, "1.2") == (files, files - 3)
+    assert present_files(manifest, store, "1.2") == (files, files - 4)
     manifest.close()
 
 
@@ -47,10 +49,10 @@ def test_a_series_folder_linked_out_of_out_has_nothing_in_place(tmp_path: Path) 
     (out / "1.2").mkdir()
     (out / "1.2" / "1.2.3").symlink_to(elsewhere)
     manifest = Manifest(out, store.state_dir)
-    for n in range(LOOKED_AT_ALONE + 2):
+    for n in range(10):
         (elsewhere / f"1.2.3.{n}.dcm").write_bytes(b"x")
         path = f"1.2/1.2.3/1.2.3.{n}.dcm"
         manifest.record(Entry("1.2", "1.2.3", f"1.2.3.{n}", path, 1, "blake3:0"))
 
-    assert present_files(manifest, store, "1.2") == (LOOKED_AT_ALONE + 2, 0)
+    assert present_files(manifest, store, "1.2") == (10, 0)
     manifest.close()

@@ -74,9 +74,11 @@ def test_recorded_entries_are_read_back_and_the_last_record_wins(tmp_path: Path)
     assert again.get(entry(0).sop) == entry(0)
     assert again.get(entry(1).sop) == dataclasses.replace(entry(1), size=5)
     assert again.get("1.2.3.99") is None
-    assert len(again) == 3 and list(again.paths_of("1.3")) == []
+    assert len(again) == 3 and list(again.files_of("1.3")) == []
     assert sorted(e.sop for e in again.entries_of("1.2")) == sorted(entry(n).sop for n in range(3))
-    assert sorted(again.paths_of("1.2")) == sorted(entry(n).path for n in range(3))
+    assert sorted(again.files_of("1.2")) == sorted(
+        (entry(n).path, 5 if n == 1 else entry(n).size) for n in range(3)
+    )
     assert {e.sop for e in again} == {entry(n).sop for n in range(3)}
     again.close()
 
