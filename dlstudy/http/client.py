@@ -41,7 +41,7 @@ from .failures import (
     translate_error,
 )
 from .proxy import Proxies
-from .urls import redact_url, split_base_url
+from .urls import redact_url, split_base_url, with_query
 
 log = logging.getLogger(__name__)
 
@@ -231,12 +231,11 @@ class Transport:
             return httpx.URL(url).copy_merge_params(self._base_params)
         return url
 
-    def _params(self, url: str, params: Any) -> Any:
+    def _params(self, url: str, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """A QIDO query's parameters, after those of the base URL for a URL below it."""
         if not self._base_params or not self._below_base(url):
             return params
-        own = list(params.items()) if isinstance(params, dict) else list(params or [])
-        return [*self._base_params, *own]
+        return [*self._base_params, *params]
 
     async def get(
         self, url: str, headers: dict[str, str] | None = None, params: Any = None
@@ -295,11 +294,11 @@ class Transport:
         client = self._client
         headers = {"Accept-Encoding": ACCEPTED_ENCODINGS, **(headers or {})}
         started = time.monotonic()
-        response = await self._search_direct(url, headers, self._params(url, params))
+        own = list(params.items()) if isinstance(params, dict) else list(params or [])
+        url = with_query(url, self._params(url, own))  # the query as QIDO writes it
+        response = await self._search_direct(url, headers)
         if response is None:
-            request = client.build_request(
-                "GET", url, headers=headers, params=self._params(url, params)
-            )
+            request = client.build_request("GET", url, headers=headers)
             response = await client.send(request, stream=True)
         try:
             encoding = response.headers.get("content-encoding", "")
@@ -327,9 +326,7 @@ class Transport:
         decoded.elapsed = dt.timedelta(seconds=time.monotonic() - started)
         return decoded
 
-    async def _search_direct(
-        self, url: str, headers: dict[str, str], params: Any
-    ) -> httpx.Response | None:
+    async def _search_direct(self, url: str, headers: dict[str, str]) -> httpx.Response | None:
         """A search of the server's own origin, sent as `_send` sends retrievals: straight to
         the engine, skipping httpx's pipeline (its URL merging alone costs more than the rest
         of a small search; a list of 100,000 studies is 100,000 searches). None when that
@@ -337,12 +334,9 @@ class Transport:
         client = self._client
         if not (self._negotiated and self._direct and self._auth is None and not client.cookies):
             return None
-        if "?" in url or not self._below_base(url):
+        if not self._below_base(url):
             return None
-        query = str(httpx.QueryParams(params)) if params else ""
-        response = await self._get_directly(
-            f"{url}?{query}" if query else url, headers, {"timeout": client.timeout.as_dict()}
-        )
+        response = await self._get_directly(url, headers, {"timeout": client.timeout.as_dict()})
         if response.has_redirect_location:
             await response.aclose()  # followed (and checked) by httpx, from the start
             self._direct = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 # PS3.5 §9.1: dot-separated numeric components, at most 64 characters. Leading zeros are not
 # conformant but occur in real archives; they are harmless in a path, so they are accepted.
@@ -82,7 +82,18 @@ def instance_url(base: str, study: str, series: str, sop: str) -> str:
     return f"{series_url(base, study, series)}/instances/{_seg(sop)}"
 
 
+# Left as typed in a query value: QIDO's wildcards, the name component separator and the list
+# separator (RFC 3986 allows them there, `^` aside, which servers take as sent). An archive that
+# matches on the query as sent (Orthanc 1.10's DICOMweb plugin) finds nothing for %2A or %5E.
+_QUERY_VALUE_SAFE = "*?^,:/@"
+
+
 def with_query(url: str, params: list[tuple[str, str]]) -> str:
+    """`url` with `params` as its query (after any query it has), values percent-encoded but
+    for the characters a QIDO match is written with."""
     if not params:
         return url
-    return f"{url}?{urlencode(params)}"
+    query = "&".join(
+        f"{quote(key, safe='')}={quote(value, safe=_QUERY_VALUE_SAFE)}" for key, value in params
+    )
+    return f"{url}{'&' if '?' in url else '?'}{query}"

@@ -90,3 +90,27 @@ def test_sync_downloads_only_what_orthanc_received_since(
     assert summary["instances"] == {"total": 12, "downloaded": 4, "skipped": 8, "failed": 0}
     assert summary["sync"]["already_complete"] == 2
     assert_stored_bytes(orthanc, first + second, out)
+
+
+def test_wildcards_and_name_components_reach_orthanc_as_typed(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """Orthanc's DICOMweb plugin matches on the query as sent: `*`, `?` and `^` escaped
+    (%2A, %3F, %5E) find nothing there, so they go as typed (as curl sends them)."""
+    orthanc.reset()
+    upload(orthanc, tmp_path / "source", 4, seed=63)
+    rows = [
+        json.loads(line)
+        for line in run_cli("query", "--url", orthanc.dicomweb_url, "--json").stdout.splitlines()
+    ]
+    name = rows[0]["patient_name"]
+    family, given = name.split("^")
+    expected = {r["study_uid"] for r in rows if r["patient_name"] == name}
+    for pattern in (name, f"{family}*", f"{family}^{given[0]}*", f"{family[:-1]}?^*"):
+        found = run_cli("query", "--url", orthanc.dicomweb_url, "--uids", "--patient-name", pattern)
+        assert found.exit_code == 0, (pattern, found.stderr)
+        matched = set(found.stdout.split())
+        assert expected <= matched, pattern
+        assert all(
+            r["patient_name"].startswith(family[:-1]) for r in rows if r["study_uid"] in matched
+        )
