@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ..http.proxy import proxy_url_problem
+from ..http.proxy import chosen_proxy_problem
 from ..settings import Settings
 from .common import fail_usage
 
@@ -109,9 +109,8 @@ def build_settings(
         fail_usage(f"--mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
     if fields.get("key") is not None and fields.get("cert") is None:
         fail_usage("--key needs --cert")
-    proxy = fields.get("proxy")
-    if proxy is not None and (problem := proxy_url_problem(proxy)) is not None:
-        fail_usage(f"--proxy: {problem}")
+    if (problem := chosen_proxy_problem(fields.get("proxy"), url)) is not None:
+        fail_usage(problem)
     if insecure:
         typer.echo(
             "dlstudy: warning: --insecure: the server's TLS certificate is NOT verified", err=True
@@ -152,12 +151,14 @@ def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) ->
 
 def parse_headers(values: list[str]) -> tuple[tuple[str, str], ...]:
     headers = []
-    for value in values:
+    for number, value in enumerate(values, 1):
         name, sep, content = value.partition(":")
         if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
-            # Show the name only: the value is often a secret.
+            # Nothing of it is shown: without its colon, no one can tell its name from a
+            # secret value ("X-Api-Key abc123").
             fail_usage(
-                f"--header must look like 'Name: value', got one named {name.strip()[:40]!r}"
+                f"--header must look like 'Name: value'; --header number {number} does not "
+                "(not shown: it may hold a secret)"
             )
         headers.append((name.strip(), content.strip()))
     return tuple(headers)

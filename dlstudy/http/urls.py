@@ -37,26 +37,59 @@ def split_base_url(url: str) -> tuple[str, str | None, str | None]:
 
 def redact_url(url: str) -> str:
     """The URL with any userinfo password and every query value that is not known to be
-    harmless (see _shown) replaced by ***."""
+    harmless (see _shown) replaced by ***. A malformed URL (no scheme, one slash, a bad port
+    or IPv6 literal) is masked as loosely as needed: a `user:password@` anywhere in it."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<unparseable URL>"
+        return _redact_loosely(url)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = []
-        for item in query.split("&"):
-            name, sep, value = item.partition("=")
-            if sep and value and not _shown(name):
-                value = "***"
-            pairs.append(f"{name}{sep}{value}")
-        query = "&".join(pairs)
+    elif "@" in url and (not netloc or "@" in parts.path or not _has_valid_port(parts)):
+        return _redact_loosely(url)  # a userinfo urlsplit did not see as one ("a:p/q@host")
+    query = _redact_query(parts.query)
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _has_valid_port(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 (parsed on access)
+    except ValueError:
+        return False
+    return True
+
+
+# A scheme as written before userinfo, even a malformed one: `http://`, `http:/`, `http:`.
+_SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
+
+
+def _redact_loosely(url: str) -> str:
+    """`url` with whatever stands between the first `:` of a userinfo and its last `@` masked
+    (a password may hold any character), and the query's values as in redact_url. It masks
+    too much rather than too little: it is for URLs that do not parse as written."""
+    head, at, tail = url.rpartition("@")
+    if at:
+        prefix = _SCHEME_PREFIX.match(head)
+        start = prefix.end() if prefix else 0
+        user, colon, _ = head[start:].partition(":")
+        url = f"{head[:start]}{user}{':***' if colon else ''}@{tail}"
+    base, mark, query = url.partition("?")
+    return f"{base}{mark}{_redact_query(query)}"
+
+
+def _redact_query(query: str) -> str:
+    if not query:
+        return query
+    pairs = []
+    for item in query.split("&"):
+        name, sep, value = item.partition("=")
+        if sep and value and not _shown(name):
+            value = "***"
+        pairs.append(f"{name}{sep}{value}")
+    return "&".join(pairs)
 
 
 def _shown(name: str) -> bool:
@@ -86,3 +119,37 @@ def with_query(url: str, params: list[tuple[str, str]]) -> str:
     if not params:
         return url
     return f"{url}?{urlencode(params)}"
+
+
+def authority_problem(url: str) -> str | None:
+    """What is wrong with `url` past its scheme (its host, port, characters), in words that
+    quote none of it, or None. urlsplit checks a port only when asked, and httpx rejects hosts
+    urlsplit lets through: both are asked here, before any request."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "has a space or control character in it"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        if "Port" in str(exc):
+            return "has a port that is not a number from 1 to 65535"
+        return "is malformed (an IPv6 address without its closing ']'?)"
+    if port == 0:
+        return "has a port that is not a number from 1 to 65535"
+    if not parts.hostname:
+        return "has no host"
+    import httpx  # not at the start-up of commands that need no URL
+
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:
+        return "is not a valid URL"
+    return None
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` (a library's error message) with every URL in it redacted."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)
