@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from ..http.proxy import chosen_proxy_problem
+from ..http.urls import base_url_problem
 from ..settings import Settings
 from .common import fail_usage
 
@@ -103,6 +104,8 @@ def build_settings(
     """Check what typer cannot (choices, pairs, the URL being set) and build the Settings."""
     if not url:
         fail_usage("--url (or DLSTUDY_URL, or url in a config profile) is required")
+    if (problem := base_url_problem(url)) is not None:
+        fail_usage(problem)
     if http not in HTTP_CHOICES:
         fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
     if mode not in MODE_CHOICES:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import SplitResult, quote, urlencode, urlsplit, urlunsplit
 
+from ..errors import UsageError
+
 # PS3.5 §9.1: dot-separated numeric components, at most 64 characters. Leading zeros are not
 # conformant but occur in real archives; they are harmless in a path, so they are accepted.
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -22,7 +24,10 @@ def is_valid_uid(uid: str) -> bool:
 
 
 def split_base_url(url: str) -> tuple[str, str | None, str | None]:
-    """Return (base URL without userinfo and trailing slash, user, password)."""
+    """Return (base URL without userinfo and trailing slash, user, password); a URL that
+    cannot be one (base_url_problem) is a UsageError."""
+    if (problem := base_url_problem(url)) is not None:
+        raise UsageError(problem)
     parts = urlsplit(url.strip())
     user = parts.username
     password = parts.password
@@ -125,8 +130,8 @@ def authority_problem(url: str) -> str | None:
     """What is wrong with `url` past its scheme (its host, port, characters), in words that
     quote none of it, or None. urlsplit checks a port only when asked, and httpx rejects hosts
     urlsplit lets through: both are asked here, before any request."""
-    if any(c.isspace() or not c.isprintable() for c in url):
-        return "has a space or control character in it"
+    if any(not c.isprintable() and not c == " " for c in url):
+        return "has a control or non-printing character in it"
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -138,6 +143,8 @@ def authority_problem(url: str) -> str | None:
         return "has a port that is not a number from 1 to 65535"
     if not parts.hostname:
         return "has no host"
+    if " " in parts.netloc.rpartition("@")[2]:  # a path may hold one (escaped as %20)
+        return "has a space in its host"
     import httpx  # not at the start-up of commands that need no URL
 
     try:
@@ -145,6 +152,17 @@ def authority_problem(url: str) -> str | None:
     except httpx.InvalidURL:
         return "is not a valid URL"
     return None
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` (a `--url` value) cannot be a DICOMweb root, in one line that shows it with
+    its secrets masked; or None."""
+    url = url.strip()
+    shown = redact_url(url)
+    if not url.lower().startswith(("http://", "https://")):
+        return f"--url must start with http:// or https://, got {shown!r}"
+    problem = authority_problem(url)
+    return f"--url {problem}: {shown!r}" if problem else None
 
 
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")

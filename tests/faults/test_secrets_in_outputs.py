@@ -107,6 +107,22 @@ def scan_error_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None
     return lines[0]
 
 
+@pytest.mark.parametrize("command", [("query",), ("sync",), ("download", "1.2.3")])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"bob:{SECRET}@127.0.0.1:9/dicomweb",  # no scheme: bob: reads as one
+        f"http:/bob:{SECRET}@127.0.0.1:9/dicomweb",  # one slash: no authority
+        f"http://bob:{SECRET}/x@127.0.0.1:9/dicomweb",  # a slash in the password
+    ],
+)
+def test_a_malformed_url_is_shown_without_its_password(
+    tmp_path: Path, command: tuple[str, ...], url: str
+) -> None:
+    line = scan_error_run(tmp_path, *command, "--url", url)
+    assert "bob:***@" in line
+
+
 @pytest.mark.parametrize(
     ("given", "env", "where"),
     [
