@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from ..errors import UsageError
 
@@ -29,8 +29,9 @@ def split_base_url(url: str) -> tuple[str, str | None, str | None]:
     if (problem := base_url_problem(url)) is not None:
         raise UsageError(problem)
     parts = urlsplit(url.strip())
-    user = parts.username
-    password = parts.password
+    # RFC 3986 §3.2.1: an @, : or / in a user or password is percent-encoded; curl decodes.
+    user = None if parts.username is None else unquote(parts.username)
+    password = None if parts.password is None else unquote(parts.password)
     netloc = parts.hostname or ""
     if ":" in netloc:  # IPv6 literal
         netloc = f"[{netloc}]"

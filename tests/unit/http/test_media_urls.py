@@ -123,3 +123,11 @@ def test_instance_url() -> None:
 )
 def test_redact_url_masks_passwords_of_malformed_urls(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_split_base_url_decodes_percent_encoded_userinfo() -> None:
+    assert split_base_url("http://al%40ice:p%40ss%3Aw%2Frd@host/dw") == (
+        "http://host/dw",
+        "al@ice",
+        "p@ss:w/rd",
+    )
