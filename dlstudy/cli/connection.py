@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from ..http.credentials import credentials_problem
 from ..http.proxy import chosen_proxy_problem
 from ..http.urls import base_url_problem
 from ..settings import Settings
@@ -143,6 +144,13 @@ def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) ->
         values[name] = Path(values[name])
     if "headers" in values:
         values["headers"] = parse_headers(values["headers"])
+    if "token" in values:
+        values["token"] = values["token"].strip()
+    problem = credentials_problem(
+        values.get("token"), values.get("user"), values.get("password"), values.get("headers", ())
+    )
+    if problem is not None:
+        fail_usage(problem)
     for name in ("series", "modalities"):
         if name in values:
             values[name] = tuple(values[name])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from pathlib import Path
 
 import httpx
+import pytest
 
 from ..cli_helpers import run_installed
 from ..factories import STUDY, element
@@ -37,3 +39,34 @@ def test_percent_encoded_userinfo_is_decoded(scripted: Routes) -> None:
     result, requests = query(scripted, url=url)
     assert result.returncode == 0, result.stderr
     assert requests[0].headers["authorization"] == basic("al@ice", "p@ss:w/rd")
+
+
+def test_a_token_is_sent_without_the_newline_around_it(scripted: Routes, tmp_path: Path) -> None:
+    """A token file or Kubernetes secret ends with a newline: sent as is, it would end the
+    Authorization header (libcurl refuses it, and it was retried as a network error)."""
+    result, requests = query(scripted, env={"DLSTUDY_TOKEN": " tok-1\n"})
+    assert result.returncode == 0, result.stderr
+    config = tmp_path / "config.toml"
+    config.write_text('[defaults]\ntoken_env = "MY_TOKEN"\n')
+    result, requests = query(scripted, "--config", str(config), env={"MY_TOKEN": "tok-2\r\n"})
+    assert result.returncode == 0, result.stderr
+    assert [r.headers["authorization"] for r in requests] == ["Bearer tok-1", "Bearer tok-2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "option"),
+    [
+        ((), {"DLSTUDY_TOKEN": "sec\nret"}, "--token"),
+        (("--user", "bob"), {"DLSTUDY_PASSWORD": "sec\r\nret"}, "--password"),
+        (("--user", "bob\x7fsec", "--password", "ret"), None, "--user"),
+        (("--header", "X-Api-Key: sec\r\nX-Other: ret"), None, "--header X-Api-Key"),
+    ],
+)
+def test_a_control_character_in_a_credential_is_a_usage_error(
+    scripted: Routes, args: tuple[str, ...], env: dict[str, str] | None, option: str
+) -> None:
+    result, requests = query(scripted, *args, env=env)
+    assert result.returncode == 2 and not requests
+    assert (
+        result.stderr == f"dlstudy: error: {option} has a control character (a line break?) in it\n"
+    )
