@@ -6,10 +6,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 
-from ..http.credentials import credentials_problem
+from ..http.credentials import auth_conflict, credentials_problem
 from ..http.proxy import chosen_proxy_problem
 from ..http.urls import base_url_problem
 from ..settings import Settings
@@ -107,6 +108,17 @@ def build_settings(
         fail_usage("--url (or DLSTUDY_URL, or url in a config profile) is required")
     if (problem := base_url_problem(url)) is not None:
         fail_usage(problem)
+    problem = credentials_problem(
+        fields.get("token"), fields.get("user"), fields.get("password"), fields.get("headers", ())
+    ) or auth_conflict(
+        token=fields.get("token"),
+        token_command=fields.get("token_command"),
+        user=fields.get("user"),
+        password=fields.get("password"),
+        url_has_user="@" in urlsplit(url.strip()).netloc,
+    )
+    if problem is not None:
+        fail_usage(problem)
     if http not in HTTP_CHOICES:
         fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
     if mode not in MODE_CHOICES:
@@ -146,11 +158,6 @@ def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) ->
         values["headers"] = parse_headers(values["headers"])
     if "token" in values:
         values["token"] = values["token"].strip()
-    problem = credentials_problem(
-        values.get("token"), values.get("user"), values.get("password"), values.get("headers", ())
-    )
-    if problem is not None:
-        fail_usage(problem)
     for name in ("series", "modalities"):
         if name in values:
             values[name] = tuple(values[name])

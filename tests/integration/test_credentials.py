@@ -70,3 +70,45 @@ def test_a_control_character_in_a_credential_is_a_usage_error(
     assert (
         result.stderr == f"dlstudy: error: {option} has a control character (a line break?) in it\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ("--user", "bob", "--password", "pw", "--token", "tk"),
+            "--token and --user/--password both given: choose one way to authenticate",
+        ),
+        (
+            ("--token", "tk", "--token-command", "echo tk"),
+            "--token and --token-command both given: choose one",
+        ),
+        (
+            ("--token-command", "echo tk", "--user", "bob"),
+            "--token-command and --user/--password both given: choose one way to authenticate",
+        ),
+        (("--password", "pw"), "--password needs --user (or a user in --url)"),
+    ],
+)
+def test_conflicting_credentials_are_a_usage_error(
+    scripted: Routes, args: tuple[str, ...], said: str
+) -> None:
+    """Each of these used to drop one credential silently (or send none at all)."""
+    result, requests = query(scripted, *args)
+    assert result.returncode == 2 and not requests
+    assert result.stderr == f"dlstudy: error: {said}\n"
+
+
+def test_a_token_with_a_user_in_the_url_is_a_usage_error(scripted: Routes) -> None:
+    url = scripted.base.replace("://", "://bob:pw@")
+    result, requests = query(scripted, url=url, env={"DLSTUDY_TOKEN": "tk"})
+    assert result.returncode == 2 and not requests
+    said = "--token and a user in --url both given: choose one way to authenticate"
+    assert result.stderr == f"dlstudy: error: {said}\n"
+
+
+def test_a_password_for_the_user_in_the_url_is_sent_with_it(scripted: Routes) -> None:
+    url = scripted.base.replace("://", "://bob@")
+    result, requests = query(scripted, "--password", "pw", url=url)
+    assert result.returncode == 0, result.stderr
+    assert requests[0].headers["authorization"] == basic("bob", "pw")
