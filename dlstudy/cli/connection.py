@@ -15,6 +15,7 @@ from ..http.proxy import chosen_proxy_problem
 from ..http.urls import base_url_problem
 from ..settings import Settings
 from .common import fail_usage
+from .profile_origin import drop_foreign_credentials
 
 HTTP_CHOICES = ("auto", "1.1", "2")
 MODE_CHOICES = ("auto", "instance", "series", "study")
@@ -146,6 +147,7 @@ def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) ->
     a Settings field goes to it by name (RENAMED otherwise), so a command names its options
     once, in its signature. `ignore`: options of the same name that mean something else there
     (sync's --modality filters the search, not the series)."""
+    params = drop_foreign_credentials(params)
     values: dict[str, Any] = {}
     for name, value in params.items():
         target = RENAMED.get(name, name)

@@ -112,3 +112,41 @@ def test_a_password_for_the_user_in_the_url_is_sent_with_it(scripted: Routes) ->
     result, requests = query(scripted, "--password", "pw", url=url)
     assert result.returncode == 0, result.stderr
     assert requests[0].headers["authorization"] == basic("bob", "pw")
+
+
+def pacs_profile(tmp_path: Path, url: str) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'server = "pacs"\n[servers.pacs]\nurl = "{url}"\ntoken_env = "PACS_TOKEN"\n'
+        'header = ["X-Tenant: radiology"]\n'
+    )
+    return config
+
+
+def test_a_profiles_credentials_stay_with_its_origin(scripted: Routes, tmp_path: Path) -> None:
+    """A --url (or DLSTUDY_URL) of another origin than the profile's url gets neither the
+    profile's token nor its headers; credentials given for the run still go."""
+    config = pacs_profile(tmp_path, "http://127.0.0.1:9/dicom-web")  # the hospital PACS
+    env = {"DLSTUDY_CONFIG": str(config), "PACS_TOKEN": "pacs-secret"}
+    result, requests = query(scripted, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "authorization" not in requests[0].headers and "x-tenant" not in requests[0].headers
+    assert result.stderr == (
+        "dlstudy: warning: the config file's --token, --header are not sent: --url is of "
+        "another origin than the config's url\n"
+    )
+    assert "pacs-secret" not in result.stderr
+    result, requests = query(scripted, env={**env, "DLSTUDY_TOKEN": "mine"})
+    assert result.returncode == 0, result.stderr
+    assert requests[-1].headers["authorization"] == "Bearer mine"
+    assert "x-tenant" not in requests[-1].headers
+    assert result.stderr.count("dlstudy: warning:") == 1
+
+
+def test_a_profiles_credentials_go_to_its_own_origin(scripted: Routes, tmp_path: Path) -> None:
+    config = pacs_profile(tmp_path, scripted.origin + "/another-root")
+    env = {"DLSTUDY_CONFIG": str(config), "PACS_TOKEN": "pacs-token"}
+    result, requests = query(scripted, env=env)
+    assert result.returncode == 0 and result.stderr == ""
+    assert requests[0].headers["authorization"] == "Bearer pacs-token"
+    assert requests[0].headers["x-tenant"] == "radiology"
