@@ -23,6 +23,8 @@ from .proxy import Proxies, shown
 from .transfer import BODY, CurlBody, Transfer
 from .urls import redact_urls_in
 
+# A response extension: the proxy the answer came through (password masked), or None.
+PROXY_USED = "dlstudy.proxy"
 # A request extension, (bytes, seconds): the transfer fails as stalled unless every `seconds`
 # bring `bytes` (libcurl's low-speed check, once a second). Without it, httpx's read timeout
 # applies: no byte for that long.
@@ -227,6 +229,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
                 "http_version": transfer.version,
                 "reason_phrase": transfer.reason,
                 BODY: body,
+                PROXY_USED: transfer.proxy,
             },
         }
 
