@@ -99,14 +99,6 @@ def test_conflicting_credentials_are_a_usage_error(
     assert result.stderr == f"dlstudy: error: {said}\n"
 
 
-def test_a_token_with_a_user_in_the_url_is_a_usage_error(scripted: Routes) -> None:
-    url = scripted.base.replace("://", "://bob:pw@")
-    result, requests = query(scripted, url=url, env={"DLSTUDY_TOKEN": "tk"})
-    assert result.returncode == 2 and not requests
-    said = "--token and a user in --url both given: choose one way to authenticate"
-    assert result.stderr == f"dlstudy: error: {said}\n"
-
-
 def test_a_password_for_the_user_in_the_url_is_sent_with_it(scripted: Routes) -> None:
     url = scripted.base.replace("://", "://bob@")
     result, requests = query(scripted, "--password", "pw", url=url)
