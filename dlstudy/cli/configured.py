@@ -8,7 +8,9 @@ profile > `[defaults]` > built-in default, and the command body sees the merged 
 
 from __future__ import annotations
 
+import inspect
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -73,6 +75,7 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
         return
     values = config.load(path).values(server, env, known=_known_options(ctx))
     params = {param.name: param for param in command.params if param.name}
+    annotations = _option_types(command)
     for key, value in values.items():
         param = params.get(key)
         if param is None or key in ("config", "server"):
@@ -80,6 +83,8 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
         source = ctx.get_parameter_source(key)
         if source is not None and source.name != "DEFAULT":
             continue  # the command line or the environment said otherwise
+        if (wrong := _type_problem(value, annotations.get(key))) is not None:
+            raise config.ConfigError(f"{key} in {path} must be {wrong}")
         if getattr(param, "multiple", False) and not isinstance(value, list):
             value = [value]
         try:
@@ -104,3 +109,56 @@ def _known_options(ctx: Any) -> set[str]:
         for param in command.params
         if param.name and param.name not in ("config", "server")
     }
+
+
+# What a TOML value of an option of each type may be, and its name in an error. Strings are
+# accepted for numbers and flags (click converts and checks them: `concurrency = "16"`);
+# anything else is not (click would make `["x"]` the string "['x']").
+_ACCEPTED: dict[type, tuple[tuple[type, ...], str]] = {
+    str: ((str,), "a string"),
+    Path: ((str,), "a string"),
+    int: ((int, str), "an integer"),
+    float: ((int, float, str), "a number"),
+    bool: ((bool, str), "true or false"),
+}
+_TOML_KINDS = ((bool, "true/false"), (int, "an integer"), (float, "a number"), (str, "a string"),
+               (list, "a list"), (dict, "a table"))  # fmt: skip
+
+
+def _option_types(command: TyperCommand) -> dict[str, Any]:
+    """Parameter name -> its annotation, from the command function's signature."""
+    if command.callback is None:
+        return {}
+    signature = inspect.signature(command.callback, eval_str=True)
+    return {name: parameter.annotation for name, parameter in signature.parameters.items()}
+
+
+def _type_problem(value: Any, annotation: Any) -> str | None:
+    """What `value` should have been for an option declared `annotation`, and what it is
+    (none of the value itself: it may be a secret); None if it fits."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    kinds = [kind for kind in typing.get_args(annotation) or (annotation,) if kind is not None]
+    kinds = [kind for kind in kinds if kind is not type(None)]
+    if len(kinds) != 1:
+        return None  # no annotation dlstudy uses: leave it to click
+    kind = kinds[0]
+    repeatable = typing.get_origin(kind) is list
+    if repeatable:
+        kind = typing.get_args(kind)[0]
+    if kind not in _ACCEPTED:
+        return None
+    accepted, name = _ACCEPTED[kind]
+    items = value if repeatable and isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, accepted) or (isinstance(item, bool) and kind is not bool):
+            shown = _toml_kind(item)
+            if item is not value:
+                shown = f"a list holding {shown}"
+            wanted = f"{name} or a list of them" if repeatable else name
+            return f"{wanted}, not {shown}"
+    return None
+
+
+def _toml_kind(value: Any) -> str:
+    return next((name for kind, name in _TOML_KINDS if isinstance(value, kind)), "a date or time")

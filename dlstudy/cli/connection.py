@@ -6,12 +6,16 @@ from collections.abc import Collection, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 
-from ..http.proxy import proxy_url_problem
+from ..http.credentials import auth_conflict, credentials_problem
+from ..http.proxy import chosen_proxy_problem
+from ..http.urls import base_url_problem
 from ..settings import Settings
 from .common import fail_usage
+from .profile_origin import drop_foreign_credentials
 
 HTTP_CHOICES = ("auto", "1.1", "2")
 MODE_CHOICES = ("auto", "instance", "series", "study")
@@ -103,15 +107,27 @@ def build_settings(
     """Check what typer cannot (choices, pairs, the URL being set) and build the Settings."""
     if not url:
         fail_usage("--url (or DLSTUDY_URL, or url in a config profile) is required")
+    if (problem := base_url_problem(url)) is not None:
+        fail_usage(problem)
+    problem = credentials_problem(
+        fields.get("token"), fields.get("user"), fields.get("password"), fields.get("headers", ())
+    ) or auth_conflict(
+        token=fields.get("token"),
+        token_command=fields.get("token_command"),
+        user=fields.get("user"),
+        password=fields.get("password"),
+        url_has_user="@" in urlsplit(url.strip()).netloc,
+    )
+    if problem is not None:
+        fail_usage(problem)
     if http not in HTTP_CHOICES:
         fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
     if mode not in MODE_CHOICES:
         fail_usage(f"--mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
     if fields.get("key") is not None and fields.get("cert") is None:
         fail_usage("--key needs --cert")
-    proxy = fields.get("proxy")
-    if proxy is not None and (problem := proxy_url_problem(proxy)) is not None:
-        fail_usage(f"--proxy: {problem}")
+    if (problem := chosen_proxy_problem(fields.get("proxy"), url)) is not None:
+        fail_usage(problem)
     if insecure:
         typer.echo(
             "dlstudy: warning: --insecure: the server's TLS certificate is NOT verified", err=True
@@ -131,6 +147,7 @@ def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) ->
     a Settings field goes to it by name (RENAMED otherwise), so a command names its options
     once, in its signature. `ignore`: options of the same name that mean something else there
     (sync's --modality filters the search, not the series)."""
+    params = drop_foreign_credentials(params)
     values: dict[str, Any] = {}
     for name, value in params.items():
         target = RENAMED.get(name, name)
@@ -141,6 +158,8 @@ def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) ->
         values[name] = Path(values[name])
     if "headers" in values:
         values["headers"] = parse_headers(values["headers"])
+    if "token" in values:
+        values["token"] = values["token"].strip()
     for name in ("series", "modalities"):
         if name in values:
             values[name] = tuple(values[name])
@@ -152,12 +171,14 @@ def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) ->
 
 def parse_headers(values: list[str]) -> tuple[tuple[str, str], ...]:
     headers = []
-    for value in values:
+    for number, value in enumerate(values, 1):
         name, sep, content = value.partition(":")
         if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
-            # Show the name only: the value is often a secret.
+            # Nothing of it is shown: without its colon, no one can tell its name from a
+            # secret value ("X-Api-Key abc123").
             fail_usage(
-                f"--header must look like 'Name: value', got one named {name.strip()[:40]!r}"
+                f"--header must look like 'Name: value'; --header number {number} does not "
+                "(not shown: it may hold a secret)"
             )
         headers.append((name.strip(), content.strip()))
     return tuple(headers)

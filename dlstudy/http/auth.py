@@ -16,6 +16,7 @@ import httpx
 
 from ..errors import AuthError, TransferError
 from ..settings import Settings
+from .credentials import has_control_character
 from .urls import redact_url
 
 # A token command that takes longer than this is stuck (waiting for a password prompt, say).
@@ -53,7 +54,7 @@ class TokenCommand:
             raise AuthError(
                 f"--token-command failed with exit status {result.returncode}", status_code=401
             )
-        if not token or "\n" in token:
+        if not token or has_control_character(token):
             raise AuthError("--token-command must print one token on one line", status_code=401)
         return token
 

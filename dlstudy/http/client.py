@@ -27,10 +27,12 @@ from ..errors import (
     DlstudyError,
     ServerError,
     TransferError,
+    UsageError,
 )
 from ..flow.watchdog import MIN_PROGRESS_BYTES
 from ..settings import AUTO_CONCURRENCY_HTTP1, HttpVersion, Settings
 from .bounded import ACCEPTED_ENCODINGS, AnswerCutShort, BadAnswer, read_bounded
+from .credentials import credentials_problem
 from .curl import MIN_PROGRESS, CurlTransport, HttpChoice, TlsOptions
 from .failures import (
     curl_failure,
@@ -75,6 +77,11 @@ class Transport:
     def __init__(self, settings: Settings, *, auth: httpx.Auth | None = None) -> None:
         """`auth` overrides the credentials in `settings` (a refreshing bearer token)."""
         base, url_user, url_password = split_base_url(settings.url)
+        problem = credentials_problem(
+            settings.token, settings.user, settings.password, settings.headers
+        )
+        if problem is not None:
+            raise UsageError(problem)
         # Resource paths go after the base path; a query in --url (an API key, say) goes with
         # every request to a URL below it, and to nothing else.
         self.base_url, _, query = base.partition("?")
@@ -95,8 +102,9 @@ class Transport:
         self._custom_header_names = {name.lower() for name, _ in settings.headers}
         for name, value in settings.headers:
             self._headers[name] = value
-        if settings.token and auth is None:
-            self._headers["Authorization"] = f"Bearer {settings.token}"
+        token = (settings.token or "").strip()
+        if token and auth is None:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._proxies = Proxies(settings.proxy)
         self._plan = _plan(settings, self.base_url.lower().startswith("https://"))
         self._client = self._make_client(self._plan[0])

@@ -21,7 +21,10 @@ import pycurl
 from .multi import MultiDriver
 from .proxy import Proxies, shown
 from .transfer import BODY, CurlBody, Transfer
+from .urls import redact_urls_in
 
+# A response extension: the proxy the answer came through (password masked), or None.
+PROXY_USED = "dlstudy.proxy"
 # A request extension, (bytes, seconds): the transfer fails as stalled unless every `seconds`
 # bring `bytes` (libcurl's low-speed check, once a second). Without it, httpx's read timeout
 # applies: no byte for that long.
@@ -226,6 +229,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
                 "http_version": transfer.version,
                 "reason_phrase": transfer.reason,
                 BODY: body,
+                PROXY_USED: transfer.proxy,
             },
         }
 
@@ -348,7 +352,8 @@ class CurlTransport(httpx.AsyncBaseTransport):
         """libcurl's error as httpx's exception (what callers of a transport expect), with
         libcurl's code and words kept as its cause."""
         tls = code in _TLS_ERRORS
-        message = message or _WORDS.get(code, f"libcurl error {code}")
+        # libcurl quotes URLs whole in some messages ("Unsupported proxy syntax in '...'").
+        message = redact_urls_in(message) or _WORDS.get(code, f"libcurl error {code}")
         os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))
         failure = CurlFailure(code, message, proxy=transfer.proxy, tls=tls, os_errno=os_errno)
         error: httpx.TransportError

@@ -15,8 +15,13 @@ from itertools import islice
 import httpx
 
 from ..errors import AuthError, ConnectError, DlstudyError, HttpStatusError, TransferError
-from .curl import CurlFailure
+from .curl import PROXY_USED, CurlFailure
 from .urls import redact_url
+
+PROXY_WANTS_CREDENTIALS = (
+    "wants credentials (HTTP 407 Proxy Authentication Required); give them in its URL: "
+    "http://user:password@host:port"
+)
 
 
 def translate_error(exc: BaseException, url: str) -> DlstudyError:
@@ -27,6 +32,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
     if isinstance(exc, httpx.ProxyError):
         proxy = f"proxy {curl.proxy}" if curl is not None and curl.proxy else "the proxy"
+        if said.endswith("response 407"):  # libcurl: "CONNECT tunnel failed, response 407"
+            return ConnectError(f"{proxy} {PROXY_WANTS_CREDENTIALS}", url=shown)
         return ConnectError(f"cannot use {proxy} for {shown}: {said}", url=shown)
     if isinstance(exc, httpx.ConnectTimeout):
         return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
@@ -136,12 +143,21 @@ def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
 
 
 def check_auth(response: httpx.Response) -> None:
-    """Raise AuthError for 401/403: the server refuses us, nothing else will work either.
+    """Raise AuthError for 401/403: the server refuses us, nothing else will work either;
+    and for 407, the proxy's refusal, which names the proxy.
 
     Except from a redirect target on another origin: archives hand instances out through
     expiring links to object stores, and a link that died is one the archive renews when asked
     again, so that is a retryable failure of this request only.
     """
+    if response.status_code == 407:  # from the proxy, not the server: the archive URL is moot
+        proxy = response.extensions.get(PROXY_USED)
+        named = f"proxy {proxy}" if proxy else "the proxy"
+        raise AuthError(
+            f"{named} {PROXY_WANTS_CREDENTIALS}",
+            url=redact_url(str(response.url)),
+            status_code=407,
+        )
     if response.status_code not in (401, 403):
         return
     if response.history and origin_of(response.url) != origin_of(response.history[0].url):

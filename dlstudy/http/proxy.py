@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import urllib.request
+from urllib.parse import urlsplit
 
-from .urls import redact_url
+from .urls import authority_problem, redact_url
 
 PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
 
@@ -86,12 +87,36 @@ def shown(proxy: str) -> str:
 
 
 def proxy_url_problem(proxy: str) -> str | None:
-    """Why `proxy` (a `--proxy` value) cannot be used, or None."""
+    """Why `proxy` (from `--proxy` or the environment) cannot be used, or None. The reason
+    quotes nothing of it: libcurl's own message would quote it whole, password included."""
     scheme, sep, rest = proxy.partition("://")
     if not sep:
-        return None if proxy.strip() else "the proxy URL is empty"
+        if not proxy.strip():
+            return "the proxy URL is empty"
+        scheme, rest = "http", proxy  # as for_origin reads it
     if scheme.lower() not in PROXY_SCHEMES:
         return f"unsupported proxy scheme {scheme!r} (use one of {', '.join(PROXY_SCHEMES)})"
     if not rest.strip("/"):
         return "the proxy URL has no host"
-    return None
+    problem = authority_problem(f"{scheme}://{rest}")
+    return f"the proxy URL {problem}" if problem else None
+
+
+def chosen_proxy_problem(explicit: str | None, url: str) -> str | None:
+    """Why `--proxy`, or the environment's proxy for requests to `url`, cannot be used: one
+    line naming where it came from, its password masked; or None."""
+    if explicit:
+        where, proxy = "--proxy", explicit
+    else:
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:
+            return None  # the URL's own check says what is wrong
+        scheme = parts.scheme.lower()
+        found = Proxies().for_origin(scheme, parts.hostname or "")
+        if found is None:
+            return None
+        named = scheme if urllib.request.getproxies_environment().get(scheme) else "all"
+        where, proxy = f"${named.upper()}_PROXY", found
+    problem = proxy_url_problem(proxy)
+    return f"{where} {shown(proxy)}: {problem}" if problem else None

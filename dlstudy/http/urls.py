@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
+
+from ..errors import UsageError
 
 # PS3.5 §9.1: dot-separated numeric components, at most 64 characters. Leading zeros are not
 # conformant but occur in real archives; they are harmless in a path, so they are accepted.
@@ -22,10 +24,14 @@ def is_valid_uid(uid: str) -> bool:
 
 
 def split_base_url(url: str) -> tuple[str, str | None, str | None]:
-    """Return (base URL without userinfo and trailing slash, user, password)."""
+    """Return (base URL without userinfo and trailing slash, user, password); a URL that
+    cannot be one (base_url_problem) is a UsageError."""
+    if (problem := base_url_problem(url)) is not None:
+        raise UsageError(problem)
     parts = urlsplit(url.strip())
-    user = parts.username
-    password = parts.password
+    # RFC 3986 §3.2.1: an @, : or / in a user or password is percent-encoded; curl decodes.
+    user = None if parts.username is None else unquote(parts.username)
+    password = None if parts.password is None else unquote(parts.password)
     netloc = parts.hostname or ""
     if ":" in netloc:  # IPv6 literal
         netloc = f"[{netloc}]"
@@ -37,26 +43,59 @@ def split_base_url(url: str) -> tuple[str, str | None, str | None]:
 
 def redact_url(url: str) -> str:
     """The URL with any userinfo password and every query value that is not known to be
-    harmless (see _shown) replaced by ***."""
+    harmless (see _shown) replaced by ***. A malformed URL (no scheme, one slash, a bad port
+    or IPv6 literal) is masked as loosely as needed: a `user:password@` anywhere in it."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<unparseable URL>"
+        return _redact_loosely(url)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = []
-        for item in query.split("&"):
-            name, sep, value = item.partition("=")
-            if sep and value and not _shown(name):
-                value = "***"
-            pairs.append(f"{name}{sep}{value}")
-        query = "&".join(pairs)
+    elif "@" in url and (not netloc or "@" in parts.path or not _has_valid_port(parts)):
+        return _redact_loosely(url)  # a userinfo urlsplit did not see as one ("a:p/q@host")
+    query = _redact_query(parts.query)
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _has_valid_port(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 (parsed on access)
+    except ValueError:
+        return False
+    return True
+
+
+# A scheme as written before userinfo, even a malformed one: `http://`, `http:/`, `http:`.
+_SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
+
+
+def _redact_loosely(url: str) -> str:
+    """`url` with whatever stands between the first `:` of a userinfo and its last `@` masked
+    (a password may hold any character), and the query's values as in redact_url. It masks
+    too much rather than too little: it is for URLs that do not parse as written."""
+    head, at, tail = url.rpartition("@")
+    if at:
+        prefix = _SCHEME_PREFIX.match(head)
+        start = prefix.end() if prefix else 0
+        user, colon, _ = head[start:].partition(":")
+        url = f"{head[:start]}{user}{':***' if colon else ''}@{tail}"
+    base, mark, query = url.partition("?")
+    return f"{base}{mark}{_redact_query(query)}"
+
+
+def _redact_query(query: str) -> str:
+    if not query:
+        return query
+    pairs = []
+    for item in query.split("&"):
+        name, sep, value = item.partition("=")
+        if sep and value and not _shown(name):
+            value = "***"
+        pairs.append(f"{name}{sep}{value}")
+    return "&".join(pairs)
 
 
 def _shown(name: str) -> bool:
@@ -97,3 +136,50 @@ def with_query(url: str, params: list[tuple[str, str]]) -> str:
         f"{quote(key, safe='')}={quote(value, safe=_QUERY_VALUE_SAFE)}" for key, value in params
     )
     return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def authority_problem(url: str) -> str | None:
+    """What is wrong with `url` past its scheme (its host, port, characters), in words that
+    quote none of it, or None. urlsplit checks a port only when asked, and httpx rejects hosts
+    urlsplit lets through: both are asked here, before any request."""
+    if any(not c.isprintable() and not c == " " for c in url):
+        return "has a control or non-printing character in it"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        if "Port" in str(exc):
+            return "has a port that is not a number from 1 to 65535"
+        return "is malformed (an IPv6 address without its closing ']'?)"
+    if port == 0:
+        return "has a port that is not a number from 1 to 65535"
+    if not parts.hostname:
+        return "has no host"
+    if " " in parts.netloc.rpartition("@")[2]:  # a path may hold one (escaped as %20)
+        return "has a space in its host"
+    import httpx  # not at the start-up of commands that need no URL
+
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:
+        return "is not a valid URL"
+    return None
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` (a `--url` value) cannot be a DICOMweb root, in one line that shows it with
+    its secrets masked; or None."""
+    url = url.strip()
+    shown = redact_url(url)
+    if not url.lower().startswith(("http://", "https://")):
+        return f"--url must start with http:// or https://, got {shown!r}"
+    problem = authority_problem(url)
+    return f"--url {problem}: {shown!r}" if problem else None
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` (a library's error message) with every URL in it redacted."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)

@@ -31,7 +31,7 @@ from ..errors import (
 from ..flow.pool import first_error
 from ..http.auth import auth_from_settings
 from ..http.client import Transport
-from ..http.urls import is_valid_uid, redact_url
+from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..report.landed import PRESENT, ReportWriter, report_format
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
@@ -66,9 +66,8 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
     for uid in settings.series:
         if not is_valid_uid(uid):
             raise InvalidUidError(f"invalid --series UID {uid[:80]!r}", uid=uid)
-    if not settings.url.lower().startswith(("http://", "https://")):
-        shown = redact_url(settings.url)
-        raise UsageError(f"--url must start with http:// or https://, got {shown!r}")
+    if (problem := base_url_problem(settings.url)) is not None:
+        raise UsageError(problem)
     if not 0 <= settings.concurrency <= MAX_CONCURRENCY:
         raise UsageError(f"--concurrency must be between 0 (auto) and {MAX_CONCURRENCY}")
     if not 0 <= settings.workers <= MAX_WORKERS:

@@ -86,3 +86,86 @@ def test_no_secret_reaches_any_output(
         "--proxy", proxy, "--json",
     )  # fmt: skip
     assert code == 3
+
+
+SECRET = "S3CRET-never-shown"
+
+
+def scan_error_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run the installed `dlstudy ARGS`, expecting one usage error line that shows no SECRET in
+    stderr, stdout or the --log-file (sync and download write one); return that line."""
+    log_file = tmp_path / "run.log"
+    log_file.unlink(missing_ok=True)
+    logged = ("-o", str(tmp_path / "out"), "--json", "--log-file", str(log_file))
+    result = run_installed(*args, *(logged if args[0] in ("sync", "download") else ()), env=env)
+    outputs = [result.stdout, result.stderr, log_file.read_text() if log_file.exists() else ""]
+    assert not any(SECRET in text for text in outputs), outputs
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlstudy: error: "), lines
+    assert result.returncode == 2, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [("query",), ("sync",), ("download", "1.2.3")])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"bob:{SECRET}@127.0.0.1:9/dicomweb",  # no scheme: bob: reads as one
+        f"http:/bob:{SECRET}@127.0.0.1:9/dicomweb",  # one slash: no authority
+        f"http://bob:{SECRET}/x@127.0.0.1:9/dicomweb",  # a slash in the password
+    ],
+)
+def test_a_malformed_url_is_shown_without_its_password(
+    tmp_path: Path, command: tuple[str, ...], url: str
+) -> None:
+    line = scan_error_run(tmp_path, *command, "--url", url)
+    assert "bob:***@" in line
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "where"),
+    [
+        (("--proxy", f"http://u:{SECRET}@127.0.0.1:9299x"), None, "--proxy http://u:***@"),
+        ((), {"HTTP_PROXY": f"http://u:{SECRET}@127.0.0.1:99999"}, "$HTTP_PROXY http://u:***@"),
+        ((), {"http_proxy": f"http://u:{SECRET}@127 .0.0.1:9"}, "$HTTP_PROXY http://u:***@"),
+        ((), {"ALL_PROXY": f"socks5h://u:{SECRET}@127.0.0.1:x"}, "$ALL_PROXY socks5h://u:***@"),
+    ],
+)
+@pytest.mark.parametrize("command", [("query",), ("sync",)])
+def test_a_malformed_proxy_url_is_a_usage_error_without_its_password(
+    tmp_path: Path,
+    command: tuple[str, ...],
+    given: tuple[str, ...],
+    env: dict[str, str] | None,
+    where: str,
+) -> None:
+    """libcurl quotes a proxy URL it cannot parse whole, password included: dlstudy checks
+    the proxy first, and says what is wrong with it itself."""
+    args = (*command, "--url", "http://127.0.0.1:9/dicomweb", *given)
+    line = scan_error_run(tmp_path, *args, env=env)
+    assert where in line
+
+
+def test_libcurls_words_about_a_proxy_are_redacted(tmp_path: Path) -> None:
+    """The library does not check proxies first: libcurl's own message is redacted."""
+    import dlstudy
+    from dlstudy.errors import DlstudyError
+
+    proxy = f"http://u:{SECRET}@127.0.0.1:9299x"
+    with pytest.raises(DlstudyError) as caught:
+        dlstudy.download(["1.2.3"], "http://127.0.0.1:9/dw", output=tmp_path, proxy=proxy)
+    assert "Unsupported proxy syntax in 'http://u:***@127.0.0.1:9299x'" in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "header", [f"X-Api-Key {SECRET}", SECRET, f"Authorization Bearer {SECRET}:x"]
+)
+def test_a_header_without_its_colon_is_not_echoed(tmp_path: Path, header: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f"[defaults]\nheader = [{header!r}]\n".replace("'", '"'))
+    url = ("--url", "http://127.0.0.1:9/dicomweb")
+    for given in (("--header", header), ("--config", str(config))):
+        line = scan_error_run(tmp_path, "query", *url, *given)
+        assert "--header must look like 'Name: value'" in line

@@ -63,6 +63,38 @@ def test_bad_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], mes
     assert message in result.stderr
 
 
+# Every command that takes --url, with what else it needs to get as far as using it.
+URL_COMMANDS = {
+    "query": (),
+    "download": (STUDY,),
+    "sync": (),
+    "bench": (STUDY,),
+    "catalog pull": ("--db",),  # + a path in tmp_path
+}
+
+
+@pytest.mark.parametrize("command", URL_COMMANDS)
+def test_every_command_checks_the_url_up_front(tmp_path: Path, command: str) -> None:
+    """The same check everywhere, before any request: exit 2 and one line (no traceback
+    from urlsplit's lazy port check, no "redirected" about a URL no server sent back)."""
+    for url, said in [
+        ("http://bob:pw@127.0.0.1:99999/dicomweb", "--url has a port that is not a number"),
+        ("http://127.0.0.1:abc/dicomweb", "--url has a port that is not a number"),
+        ("http://[::1:9201/dicomweb", "--url is malformed (an IPv6 address without its"),
+        ("127.0.0.1:9201/dicomweb", "--url must start with http:// or https://, got '127"),
+        ("http://127.0.0.1 :9201/dicomweb", "--url has a space in its host"),
+        ("http:///dicomweb", "--url has no host"),
+    ]:
+        args = (*command.split(), *URL_COMMANDS[command], "--url", url)
+        if command == "catalog pull":
+            args = (*args[:3], str(tmp_path / "catalog.duckdb"), *args[3:])
+        result = run_installed(*args, "-v")
+        assert result.returncode == 2, (url, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"dlstudy: error: {said}"), (url, lines)
+        assert "pw" not in lines[0]
+
+
 def test_unwritable_output_directory(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -146,3 +146,22 @@ def test_an_unusable_proxy_url_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "unsupported proxy scheme 'ftp'" in result.stderr
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_asking_for_credentials_is_named(
+    tmp_path: Path, locked_proxy: RunningProxy, scheme: str
+) -> None:
+    """407 comes from the proxy, not the archive: the error names the proxy and what it
+    wants (over http:// it is the answer to the request; over https://, to the CONNECT)."""
+    url = f"{scheme}://127.0.0.1:{closed_port()}/dicomweb"
+    for args in (("query",), ("download", "1.2.3", "-o", str(tmp_path))):
+        result = run_installed(*args, "--url", url, "--proxy", locked_proxy.url)
+        assert result.returncode == 3, result.stderr
+        assert result.stderr.splitlines()[-1] == (
+            f"dlstudy: error: proxy {locked_proxy.url} wants credentials (HTTP 407 Proxy "
+            "Authentication Required); give them in its URL: http://user:password@host:port"
+        )
+    with_them = locked_proxy.url.replace("://", "://dlstudy:pr0xy-pass@")
+    result = run_installed("query", "--url", url, "--proxy", with_them)
+    assert result.returncode == 3 and "407" not in result.stderr  # through: nothing listens

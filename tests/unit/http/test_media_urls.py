@@ -107,3 +107,27 @@ def test_instance_url() -> None:
     assert instance_url("http://h/dw", "1.2", "1.2.3", "1.2.3.4") == (
         "http://h/dw/studies/1.2/series/1.2.3/instances/1.2.3.4"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("bob:pw@host:9/dw", "bob:***@host:9/dw"),  # no scheme: urlsplit takes bob: for one
+        ("http:/bob:pw@host/dw", "http:/bob:***@host/dw"),  # one slash: no authority
+        ("http://bob:p/w@host/dw", "http://bob:***@host/dw"),  # a slash in the password
+        ("http://bob:p?w@host/dw?token=t", "http://bob:***@host/dw?token=***"),
+        ("http://bob:pw@host:99999/dw", "http://bob:***@host:99999/dw"),  # port out of range
+        ("http://[::1:9/dw?key=k", "http://[::1:9/dw?key=***"),  # urlsplit raises
+        ("http://host:8042/dw?PatientName=a@b", "http://host:8042/dw?PatientName=a@b"),
+    ],
+)
+def test_redact_url_masks_passwords_of_malformed_urls(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_split_base_url_decodes_percent_encoded_userinfo() -> None:
+    assert split_base_url("http://al%40ice:p%40ss%3Aw%2Frd@host/dw") == (
+        "http://host/dw",
+        "al@ice",
+        "p@ss:w/rd",
+    )

@@ -1,0 +1,47 @@
+"""Credentials as given: a check that they can be sent at all, run before any request (the
+CLI imports this at start-up, so nothing heavy is imported here)."""
+
+from __future__ import annotations
+
+
+def has_control_character(text: str) -> bool:
+    """A CR or LF would end the header it is sent in (libcurl refuses it, late, as a network
+    error); other control characters (tab aside) have no place in a credential either."""
+    return any((ord(c) < 32 and c != "\t") or c == "\x7f" for c in text)
+
+
+def credentials_problem(
+    token: str | None,
+    user: str | None,
+    password: str | None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> str | None:
+    """Which option holds a control character, in words that show none of it; or None.
+    A token is taken stripped (see Transport): a trailing newline is common (a Kubernetes
+    secret, `$(cat token.txt)`)."""
+    named = [("--token", (token or "").strip()), ("--user", user), ("--password", password)]
+    named += [(f"--header {name}", value) for name, value in headers]
+    for option, value in named:
+        if value and has_control_character(value):
+            return f"{option} has a control character (a line break?) in it"
+    return None
+
+
+def auth_conflict(
+    *,
+    token: str | None,
+    token_command: str | None,
+    user: str | None,
+    password: str | None,
+    url_has_user: bool,
+) -> str | None:
+    """Which given credentials cannot go together (one would be dropped silently), or None.
+    (A user in --url with a token is left alone: the URL's Basic auth is sent.)"""
+    if token and token_command:
+        return "--token and --token-command both given: choose one"
+    bearer = "--token" if token else "--token-command" if token_command else None
+    if bearer and (user is not None or password is not None):
+        return f"{bearer} and --user/--password both given: choose one way to authenticate"
+    if password is not None and user is None and not url_has_user:
+        return "--password needs --user (or a user in --url)"
+    return None
