@@ -55,6 +55,10 @@ class Settings:
     recheck: bool = False  # list studies the manifest calls complete from the server again
     wait_for_lock: bool = False
     report: Path | None = None  # --report: a row per instance, CSV or JSON lines (report/landed.py)
+    # --shard K/N as (K, N): only the studies of shard K of N (dicomweb/shard.py). A line that
+    # names a series or instance but no study is looked up by every shard and kept by the one
+    # that owns its study.
+    in_shard: tuple[int, int] | None = None
 
 
 def concurrency_for(requested: int, http_version: str | None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
@@ -105,6 +106,8 @@ def register(app: typer.Typer) -> None:
                 what="studies" if from_file is None else "listed items",
             )
         settings = settings_from(ctx.params)
+        if chosen_shard is not None:  # lines naming no study are routed once looked up
+            settings = replace(settings, in_shard=(chosen_shard.number, chosen_shard.count))
         progress = choose_progress(quiet=quiet, json_output=json_output)
         summary: Summary | None = None
         try:

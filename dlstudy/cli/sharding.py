@@ -53,15 +53,22 @@ def select_shard_items(
     wanted: Iterable[str | CohortItem], shard: Shard | None
 ) -> list[str | CohortItem]:
     """The study UIDs and cohort items (each once, in order) this process should download.
-    An item goes by its study UID when its line names one, else by its first UID: every
-    shard of one list agrees without asking the server."""
+    An item goes by its study UID when its line names one; a series or instance named without
+    its study is kept by every shard, each looking up its study and keeping it only for its
+    own (so a study is never split across shards); a plain UID goes by itself."""
     unique = unique_wanted(wanted)
     select_shard((one for one in unique if isinstance(one, str)), None)  # checks each UID
     if shard is None:
         return unique
-    return [
-        one for one in unique if shard.owns(one.shard_key if isinstance(one, CohortItem) else one)
-    ]
+    return [one for one in unique if _routed_later(one) or shard.owns(_shard_key(one))]
+
+
+def _routed_later(one: str | CohortItem) -> bool:
+    return isinstance(one, CohortItem) and one.study_uid is None and one.any_uid is None
+
+
+def _shard_key(one: str | CohortItem) -> str:
+    return one.shard_key if isinstance(one, CohortItem) else one
 
 
 def finish_empty_shard(

@@ -15,7 +15,8 @@ rest of the list goes on.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..errors import NothingMatchedError
 from ..http.urls import series_url
@@ -33,30 +34,44 @@ from .qido import (
 )
 from .resolve import Resolver
 
+T = TypeVar("T")
+
 
 class NotFound(Exception):
     """The server does not have what an item names: a per-item failure, with the reason."""
 
 
+class InAnotherShard(Exception):
+    """What a line without its study UID names is in studies another --shard downloads."""
+
+
 class Locator:
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: Resolver, owns: Callable[[str], bool] | None = None) -> None:
+        """`owns(study_uid)`: whether this shard downloads the study (--shard); a series or
+        instance found by a lookup is kept only then."""
         self.resolver = resolver
         self.pager = resolver.pager
         self.base = resolver.transport.base_url
+        self.owns = owns
 
     async def instances(self, item: CohortItem) -> Instances:
-        """The instances `item` names, in QIDO order. Raises NotFound."""
+        """The instances `item` names, in QIDO order. Raises NotFound; with `owns`,
+        InAnotherShard for a line naming no study whose study is another shard's."""
         if item.any_uid is not None:
             return await self._of_unknown_level(item.any_uid)
         if item.sop_uid is not None:
             if item.study_uid is not None and item.series_uid is not None:
                 return Instances([InstanceRef(item.study_uid, item.series_uid, item.sop_uid)])
-            found = await self._instance(item.sop_uid, item.study_uid, item.series_uid)
+            found = await self._instance(
+                item.sop_uid, item.study_uid, item.series_uid, routed=item.study_uid is None
+            )
             if not found:
                 raise NotFound(f"{item.describe()}{_within(item)} not found on the server")
             return found
         if item.series_uid is not None:
-            found = await self._series(item.series_uid, item.study_uid)
+            found = await self._series(
+                item.series_uid, item.study_uid, routed=item.study_uid is None
+            )
             if not found:
                 raise NotFound(f"{item.describe()}{_within(item)} not found on the server")
             return found
@@ -79,12 +94,17 @@ class Locator:
         except NothingMatchedError as exc:
             raise NotFound(str(exc)) from exc
 
-    async def _series(self, series_uid: str, study_uid: str | None) -> Instances:
-        """The series' instances; [] if the server does not have it."""
+    async def _series(
+        self, series_uid: str, study_uid: str | None, *, routed: bool = False
+    ) -> Instances:
+        """The series' instances; [] if the server does not have it. `routed`: this shard
+        takes it only in a study it owns (a line naming no study)."""
         if study_uid is not None:
             series = [SeriesRef(study_uid, series_uid, "", None)]
         else:
             series = await self._lookup_series(series_uid)
+            if routed:
+                series = self._in_shard(series, lambda one: one.study_uid)
         refs = Instances()
         for one in series:
             refs.extend(await self._listing(one))
@@ -124,7 +144,7 @@ class Locator:
         return found
 
     async def _instance(
-        self, sop_uid: str, study_uid: str | None, series_uid: str | None
+        self, sop_uid: str, study_uid: str | None, series_uid: str | None, *, routed: bool = False
     ) -> Instances:
         """The instance, found by its SOP UID (and the UIDs the row gives, as filters)."""
         params = [("SOPInstanceUID", sop_uid), ("includefield", TAG_MODALITY)]
@@ -146,7 +166,19 @@ class Locator:
         found = await self.pager.fetch_all(
             f"{self.base}/instances", params, TAG_SERIES_UID, keep=keep
         )
+        if routed:
+            found = self._in_shard(found or [], lambda ref: ref.study_uid)
         return Instances(found or [])
+
+    def _in_shard(self, found: list[T], study_of: Callable[[T], str]) -> list[T]:
+        """What a lookup found in this shard's studies (all without --shard); InAnotherShard
+        when it found something, all of it another shard's."""
+        if self.owns is None:
+            return found
+        mine = [one for one in found if self.owns(study_of(one))]
+        if found and not mine:
+            raise InAnotherShard()
+        return mine
 
 
 def _ref(item: dict[str, Any], series: SeriesRef) -> InstanceRef | None:

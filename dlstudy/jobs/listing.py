@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..dicomweb.cohort import CohortItem
-from ..dicomweb.locate import Locator, NotFound
+from ..dicomweb.locate import InAnotherShard, Locator, NotFound
 from ..dicomweb.resolve import Resolver
+from ..dicomweb.shard import Shard
 from ..engine.schedule import names_whole_study
 from ..errors import IncompleteListingError
 from ..flow.pool import run_pool
@@ -89,7 +90,10 @@ class Lister:
         many each study listed whole has. Items are resolved RESOLVING_AT_ONCE at a time: a
         list of 100,000 small studies is round trips, not bytes."""
         resolver = self.resolver
-        locator = Locator(resolver)
+        shard = Shard(*self.settings.in_shard) if self.settings.in_shard else None
+        if shard is not None:  # (the CLI has routed what it could; a library caller not)
+            items = [item for item in items if _looked_up(item) or shard.owns(item.shard_key)]
+        locator = Locator(resolver, shard.owns if shard else None)
         found = [Instances() for _ in items]
         # Items resolve concurrently; their failures are reported in list order afterwards.
         failed: dict[int, tuple[str, int | None]] = {}
@@ -100,8 +104,11 @@ class Lister:
                 self.named[item.uid] = item.where  # a failed fetch names the line too
             try:
                 found[index] = await locator.instances(item)
+            except InAnotherShard:
+                pass
             except NotFound as exc:
-                failed[index] = (str(exc), 404)
+                if shard is None or item.level == "unknown" or shard.owns(item.shard_key):
+                    failed[index] = (str(exc), 404)  # said once: by the shard of its UID
             except IncompleteListingError as exc:  # this item fails; the others go on
                 failed[index] = (str(exc), None)
 
@@ -214,3 +221,8 @@ class Lister:
         if self.settings.series or self.settings.modalities:
             return "no instance matched the --series / --modality filters"
         return "the requested studies have no instances"
+
+
+def _looked_up(item: CohortItem) -> bool:
+    """A series or instance named without its study: its shard is known once it is found."""
+    return item.study_uid is None and item.any_uid is None

@@ -470,6 +470,42 @@ def test_download_shards_in_separate_processes_cover_everything_once(
     assert sum(s["instances"]["downloaded"] for s in summaries) == len(instances)
 
 
+def test_shards_of_a_list_of_series_never_split_or_repeat_a_study(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """A TCIA-style list (series UIDs, no study) plus a study line naming one of those
+    series' studies: every shard looks the series up and keeps those of its own studies, so
+    each instance lands once and each study folder in one shard (merged by moving them)."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 6, seed=33)
+    url = embedded_server(root)
+    series = list(dict.fromkeys((i.study_uid, i.series_uid) for i in instances))
+    whole_study = series[0][0]
+    cohort = tmp_path / "cohort.csv"
+    rows = [f",{series_uid}" for _, series_uid in series] + [f"{whole_study},"]
+    cohort.write_text("StudyInstanceUID,SeriesInstanceUID\n" + "\n".join(rows) + "\n")
+    count = 3
+
+    processes = [
+        subprocess.Popen(
+            [*DLSTUDY, "download", "--from-file", str(cohort), "--url", url]
+            + ["-o", str(tmp_path / f"shard-{k}"), "--shard", f"{k}/{count}", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(1, count + 1)
+    ]
+    summaries = _wait_all(processes)
+
+    parts = [downloaded_studies(tmp_path / f"shard-{k}") for k in range(1, count + 1)]
+    assert sum(len(part) for part in parts) == len(set().union(*parts)) == 6
+    files = [p.stem for k in range(1, count + 1) for p in (tmp_path / f"shard-{k}").rglob("*.dcm")]
+    assert sorted(files) == sorted(i.sop_uid for i in instances)  # each exactly once
+    assert sum(s["instances"]["downloaded"] for s in summaries) == len(instances)
+    assert all(s["failures"] == [] for s in summaries)
+
+
 def test_sync_shards_from_a_scheduler_index_cover_everything_once(
     tmp_path: Path, embedded_server: StartServer
 ) -> None:
