@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pydicom
 import pydicom.data
 import pytest
 
-from tests.cli_helpers import run_installed
+from tests.cli_helpers import DLSTUDY, run_installed
 from tests.fixtures.embedded_server import split_multipart
 
 pytestmark = [
@@ -33,9 +35,13 @@ LAUNCH = (
 )
 
 
-def start(*args: str, seen: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    """`serve ARGS` in a process, once it prints its URL; the lines before it go to `seen`."""
-    cmd = [sys.executable, "-c", LAUNCH, "serve", *args]
+def start(
+    *args: str, seen: list[str] | None = None, installed: bool = False
+) -> tuple[subprocess.Popen[str], str]:
+    """`serve ARGS` in a process (the installed console script if `installed`), once it prints
+    its URL; the lines before it go to `seen`."""
+    cmd = [DLSTUDY if installed else sys.executable, *([] if installed else ["-c", LAUNCH])]
+    cmd += ["serve", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = [] if seen is None else seen
@@ -147,9 +153,36 @@ def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
         assert proc.stderr is not None
         proc.stderr.close()
     assert seen[:-1] == [
-        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, unreadable "
-        "or duplicates (--verbose names each)\n"
+        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, not regular "
+        "files, unreadable or duplicates (--verbose names each)\n"
     ]
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 0
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
+def test_serve_skips_pipes_and_sockets_without_opening_them(tmp_path: Path) -> None:
+    """A named pipe opened for reading waits for a writer forever: serve must not open it (nor
+    a socket), and count both in its warning."""
+    shutil.copy(SAMPLE, tmp_path / "good.dcm")
+    os.mkfifo(tmp_path / "pipe.dcm")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "socket.dcm"))
+        seen: list[str] = []
+        proc, url = start(str(tmp_path), "--port", "0", "-v", seen=seen, installed=True)
+        try:
+            assert len(json.loads(curl(f"{url}/studies"))) == 1
+        finally:
+            stop(proc)
+    assert f"INFO skipped {tmp_path / 'pipe.dcm'}: not a regular file\n" in seen
+    assert f"INFO skipped {tmp_path / 'socket.dcm'}: not a regular file\n" in seen
+    assert any(
+        line.startswith(f"WARNING skipped 2 of the 3 files under {tmp_path}:") for line in seen
+    )
 
 
 def test_every_file_of_pydicoms_corpus_downloads_with_no_noise(tmp_path: Path) -> None:
