@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS series (
     description VARCHAR, instances INTEGER);
 CREATE TABLE IF NOT EXISTS series_listed (study_uid VARCHAR, instances INTEGER);
 """
+# Tables every catalog has had from the start: a database with other tables under these names
+# (or without them) is someone else's.
+_CORE_TABLES = ("meta", "pulls", "studies")
 
 # Window states: todo (not asked yet), paging (walked by offset, next_offset is next),
 # done, split (its halves are windows of their own), unchanged (its count matched),
@@ -116,13 +119,63 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _tables(db: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
+    """Each table (and view) of the database: its columns and their types, in order."""
+    rows = db.execute(
+        "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_catalog = current_database() "
+        "ORDER BY table_schema, table_name, ordinal_position"
+    ).fetchall()
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for schema, table, column, kind in rows:
+        name = table if schema == "main" else f"{schema}.{table}"
+        tables.setdefault(str(name), []).append((str(column), str(kind)))
+    return tables
+
+
+def _catalog_tables() -> dict[str, list[tuple[str, str]]]:
+    import duckdb
+
+    with duckdb.connect(":memory:") as scratch:
+        scratch.execute(SCHEMA)
+        return _tables(scratch)
+
+
+def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A database that holds anything is a catalog only if it has the catalog's tables, each
+    (like any other catalog table it has) with the catalog's columns: pulling into someone
+    else's database would add tables to it, or fail halfway on a table of the same name."""
+    found = _tables(db)
+    if not found:
+        return
+    expected = _catalog_tables()
+    if all(found.get(name) == expected[name] for name in _CORE_TABLES) and all(
+        columns == expected[name] for name, columns in found.items() if name in expected
+    ):
+        return
+    shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
+    raise UsageError(
+        f"{path} is a DuckDB database but not a dlstudy catalog (it holds {shown}): "
+        "give --db a new file"
+    )
+
+
 class Catalog:
     """The catalog file, open for a pull (read-write)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        if path.is_file() and path.stat().st_size == 0:  # DuckDB cannot open an empty file
+            path.unlink()
         self.db = connect(path)
-        self.db.execute(SCHEMA)
+        try:
+            _check_is_catalog(self.db, path)
+            self.db.execute("BEGIN")  # all tables or none: a half-made catalog is no catalog
+            self.db.execute(SCHEMA)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()

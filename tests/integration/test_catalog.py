@@ -307,3 +307,37 @@ def test_usage_errors_are_one_line(embedded_server: StartServer, tmp_path: Path)
     bad = catalog_query(not_a_catalog, "--uids")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
     assert not_a_catalog.read_text() == "mine"
+
+
+def test_pull_refuses_a_database_that_is_no_catalog(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A user's own DuckDB file given as --db is left exactly as it was: a one-line usage
+    error, whether its tables have other names or one is called `studies`. A new database
+    without tables, or an empty file, becomes a catalog."""
+    source = tmp_path / "source"
+    instances = synth(source, 2, seed=62, dates=("20220101", "20220102"))
+    url = embedded_server(source)
+    foreign = {
+        "other": "CREATE TABLE measurements (id INTEGER, value DOUBLE)",
+        "studies": "CREATE TABLE studies (id INTEGER, title VARCHAR)",
+    }
+    for name, ddl in foreign.items():
+        db = tmp_path / f"{name}.duckdb"
+        with duckdb.connect(str(db)) as con:
+            con.execute(ddl)
+            con.execute("INSERT INTO " + ddl.split()[2] + " VALUES (1, 2)")
+        before = db.read_bytes()
+        refused = run_installed("catalog", "pull", "--url", url, "--db", str(db))
+        assert refused.returncode == 2, refused.stderr
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"dlstudy: error: {db} is a DuckDB database but not a dlstudy")
+        assert db.read_bytes() == before
+        assert not db.with_name(db.name + ".wal").exists()
+    blank = tmp_path / "blank.duckdb"
+    duckdb.connect(str(blank)).close()
+    empty = tmp_path / "empty.duckdb"
+    empty.touch()
+    for db in (blank, empty):
+        assert pull(url, db)["studies"] == 2
+        assert {r[0] for r in catalog_rows(db)} == study_uids(instances)
