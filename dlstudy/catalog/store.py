@@ -8,7 +8,8 @@ Tables (`dlstudy catalog query --sql` reads any of them):
     pulls        one row per pull: kind, started, finished, requests, studies, new, changed
     windows      the windows of each pull and their state: the pull's resume point
     harvest      rows of the pull under way, merged into `studies` when its last window is done
-    meta         the pull's scope (its filters), whether the server honours offset
+    meta         the pull's scope (its filters), the archive's address, whether the server
+                 honours offset
 
 A page's rows and its window's new state go in one transaction, so a pull killed at any moment
 leaves a consistent file and the next one carries on from the windows not done. Rows are only
@@ -23,8 +24,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import LockedError, UsageError
+from ..http.urls import split_base_url
 from .windows import Window
 
 if TYPE_CHECKING:
@@ -72,6 +75,7 @@ CREATE TABLE IF NOT EXISTS series_listed (study_uid VARCHAR, instances INTEGER);
 # Tables every catalog has had from the start: a database with other tables under these names
 # (or without them) is someone else's.
 _CORE_TABLES = ("meta", "pulls", "studies")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Window states: todo (not asked yet), paging (walked by offset, next_offset is next),
 # done, split (its halves are windows of their own), unchanged (its count matched),
@@ -160,6 +164,20 @@ def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path) -> None:
     )
 
 
+def archive_address(url: str) -> str:
+    """What identifies the archive a catalog was pulled from: the --url's scheme, host, port
+    and path, without credentials or query (neither is secret-free nor part of the address)."""
+    base, _, _ = split_base_url(url)
+    parts = urlsplit(base.partition("?")[0])
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(scheme):
+        host += f":{parts.port}"
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
+
+
 class Catalog:
     """The catalog file, open for a pull (read-write)."""
 
@@ -204,6 +222,31 @@ class Catalog:
                 f"catalog {self.path} was pulled with other filters ({_describe(stored)}); "
                 "use another --db for another selection"
             )
+
+    def check_archive(self, address: str, *, moved: bool) -> None:
+        """A catalog lists one archive, recorded at its first pull: studies of another server
+        would show up as 'new' and mix two archives. `moved`: the archive is the same, at a new
+        address. Until a request of a pull is recorded, nothing came from the recorded address
+        and another one replaces it (a first pull refused for a mistyped --url is retried)."""
+        stored = self.get_meta("archive")
+        if stored == address:
+            return
+        if stored is None or moved:
+            self.set_meta("archive", address)
+            return
+        if not self._heard_from_archive():  # what was learnt of that address goes with it
+            self.db.execute("DELETE FROM meta WHERE key = 'offset_ok'")
+            self.set_meta("archive", address)
+            return
+        raise UsageError(
+            f"catalog {self.path} lists the archive at {stored}, not {address}: use another "
+            "--db for another archive, or --archive-moved if it is the same archive at a new "
+            "address"
+        )
+
+    def _heard_from_archive(self) -> bool:
+        row = self.db.execute("SELECT coalesce(sum(requests), 0) FROM pulls").fetchone()
+        return bool(row and row[0])
 
     # --- pulls and windows -----------------------------------------------------------------
 
