@@ -17,10 +17,11 @@ import duckdb
 import pydicom
 import pytest
 
+from dlstudy.server import VirtualSpec
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import DLSTUDY, assert_same_files, run_installed
-from ..fixtures.embedded_server import StartServer
+from ..fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
 
@@ -384,3 +385,15 @@ def test_a_catalog_lists_one_archive(embedded_server: StartServer, tmp_path: Pat
         con.execute("DELETE FROM meta WHERE key = 'archive'")
     assert pull(url_a, db)["new"] == 0
     assert archive_of(db) == url_a
+
+
+def test_pull_counts_every_request_it_sent(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The page that finds out whether offset works is a request too (it was left out)."""
+    url = embedded_server(None, virtual=VirtualSpec(500), max_page_size=50)
+    summary = pull(url, tmp_path / "c.duckdb")
+    assert summary["studies"] == 500
+    sent = [path for path, _ in seen_requests.requests if path.endswith("/studies")]
+    assert len(sent) == 10  # pages of 50: the last one carries no Warning
+    assert summary["requests"] == len(sent)
