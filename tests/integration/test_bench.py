@@ -7,6 +7,7 @@ import contextvars
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,8 +26,8 @@ from dlstudy.bench.report import BenchReport, CellResult, percentile
 from dlstudy.http.curl import CurlTransport
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import run_cli
-from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+from ..cli_helpers import DLSTUDY, run_cli
+from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 from ..fixtures.orthanc import OrthancServer
 from ..tools import missing_tool
 
@@ -331,6 +332,62 @@ def test_a_failed_request_is_reported_naming_it_once(
     (row,) = data["rows"]
     assert row["status"].startswith(f"{len(synth_study.instances)} failed: instance ")
     assert row["mb_per_s"]["median"] is None and row["instances_per_s"]["median"] is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+@pytest.mark.parametrize("form", ["json", "table"])
+def test_a_stopped_bench_prints_what_it_measured(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    signum: int,
+    status: int,
+    said: str,
+    form: str,
+) -> None:
+    """Ctrl-C or SIGTERM in the middle of the matrix: the runs that finished are printed (the
+    table, or the JSON object with `error` and `exit_status`) and charted, as download prints
+    its summary, and the exit status says which signal it was."""
+    url = embedded_server(synth_study.root, latency=0.02)
+    chart = tmp_path / "bench.svg"
+    limit = 5  # instance requests of one run
+    args = ["--strategy", "single-part", "-c", "1", "--http", "1.1", "--repeat", "100"]
+    args += ["--limit", str(limit), "--chart", str(chart)] + (["--json"] if form == "json" else [])
+    bench = subprocess.Popen(
+        [DLSTUDY, "bench", synth_study.study_uid, "--url", url, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while seen_requests.instance_requests < 2 * limit + 1:  # two runs done, a third begun
+            assert bench.poll() is None and time.monotonic() < deadline, bench.communicate()
+            time.sleep(0.02)
+        bench.send_signal(signum)
+        stdout, stderr = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
+    assert bench.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == f"dlstudy: error: {said}"
+    assert chart.read_text().startswith("<svg")
+    finished = seen_requests.instance_requests // limit
+    if form == "json":
+        data = json.loads(stdout)
+        assert (data["error"], data["exit_status"], data["chart"]) == (said, status, str(chart))
+        (row,) = data["rows"]
+        assert 2 <= len(row["runs"]) <= finished < 100
+        assert all(run["instances"] == limit for run in row["runs"])
+    else:
+        assert stdout.startswith(f"dlstudy bench: {url}, study {synth_study.study_uid}")
+        assert re.search(r"^single-part +1\.1 +1 +[0-9.]+ ", stdout, re.M), stdout
+        assert f"dlstudy: chart written to {chart}" in stderr
 
 
 @pytest.mark.integration
