@@ -5,8 +5,8 @@ A *cell* is one strategy x concurrency x HTTP version; it runs `repeat` times. E
 QIDO request's latency, the most requests seen in flight at once). A `Row` gathers the runs of
 one cell: medians with min and max, percentiles over all the requests of all its runs.
 
-Units: MB are 10^6 bytes of DICOM payload (part bodies; multipart framing not counted); times
-in the report are milliseconds.
+Units: MB are 10^6 bytes of DICOM payload (part bodies; multipart framing not counted) of the
+instances that arrived whole; times in the report are milliseconds.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class CellResult:
     http: str
     repeat: int  # 0-based
     seconds: float = 0.0  # wall time of the transfers (QIDO excluded)
-    bytes: int = 0
+    bytes: int = 0  # payload of the instances that arrived whole (a cut one counts nothing)
     instances: int = 0
     requests: int = 0
     failures: int = 0

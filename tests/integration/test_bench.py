@@ -391,6 +391,34 @@ def test_a_stopped_bench_prints_what_it_measured(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cut_bodies_count_no_bytes(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, strategy: str
+) -> None:
+    """Throughput is the payload of instances that arrived whole, for every strategy: the bytes
+    and instances of a run are exactly the files --keep committed (cut ones are discarded).
+    Instances of ~64 KiB: half of them cut at 30 kB, or every series and study response cut
+    after two whole parts and a piece of the third."""
+    if strategy in ("series", "study"):
+        url = embedded_server(synth_study.root, drop_after_bytes=150_000)
+    else:
+        url = embedded_server(synth_study.root, drop_after_bytes=30_000, drop_rate=0.5, seed=5)
+    keep = tmp_path / "keep"
+    code, data = bench_json(
+        synth_study.study_uid, "--url", url, "--strategy", strategy, "-c", "4", "--http", "1.1",
+        "--repeat", "1", "--keep", str(keep),
+    )  # fmt: skip
+    assert code == 1, data
+    (row,) = data["rows"]
+    (run,) = row["runs"]
+    kept = list(keep.glob("*.dcm"))
+    assert run["failures"] > 0
+    assert run["bytes"] == sum(path.stat().st_size for path in kept), run
+    assert run["instances"] == len(kept)
+    assert 0 < len(kept) < len(synth_study.instances)  # some whole, some cut
+
+
+@pytest.mark.integration
 def test_download_settings_do_not_shrink_the_matrix(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
