@@ -100,7 +100,8 @@ def test_matrix_on_the_embedded_server(
     assert set(rows) == expected_cells
     for (_, level, http), row in rows.items():
         assert row["status"] == "ok", row
-        assert row["instances"] == 10 and row["bytes"] == expected_bytes, row
+        totals = {"runs": 1, "bytes": expected_bytes, "instances": 10, "failures": 0}
+        assert row["totals"] == {**totals, "requests": row["totals"]["requests"]}, row
         assert row["http_version"] == ("HTTP/2" if http == "2" else "HTTP/1.1")
         assert 1 <= row["max_in_flight"] <= level
         assert row["mb_per_s"]["median"] > 0 and row["instances_per_s"]["median"] > 0
@@ -173,7 +174,7 @@ def test_orthanc_profile_single_part_is_unsupported(
         if strategy == "single-part":
             assert row["status"] == "unsupported (HTTP 400)" and row["mb_per_s"]["median"] is None
         else:
-            assert row["status"] == "ok" and row["instances"] == 6, row
+            assert row["status"] == "ok" and row["totals"]["instances"] == 2 * 6, row
     # Found by the first cell of each HTTP version; the other cells are not run.
     single = rows_by_cell(data)[("single-part", 2, "1.1")]["runs"]
     assert [run["ran"] for run in single] == [False, False]
@@ -419,6 +420,30 @@ def test_cut_bodies_count_no_bytes(
 
 
 @pytest.mark.integration
+def test_row_totals_are_sums_over_its_runs(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A row's totals are all of one kind: sums over its runs (bytes and instances were the
+    first run's while requests and failures were sums)."""
+    url = embedded_server(synth_study.root, fault_rate=0.3, fault_status=404, seed=7)
+    args = ["--repeat", "3", "--strategy", "single-part", "-c", "1", "--http", "1.1"]
+    code, data = bench_json(synth_study.study_uid, "--url", url, *args)
+    assert code == 1
+    (row,) = data["rows"]
+    runs = row["runs"]
+    # one request at a time: the seeded faults fall the same way on every test run
+    assert len(runs) == 3 and len({run["instances"] for run in runs}) > 1
+    assert row["totals"] == {
+        "runs": 3,
+        **{key: sum(run[key] for run in runs) for key in ("bytes", "instances", "requests")},
+        "failures": sum(run["failures"] for run in runs),
+    }
+    assert row["totals"]["requests"] == 3 * len(synth_study.instances)
+    assert row["totals"]["instances"] + row["totals"]["failures"] == 3 * len(synth_study.instances)
+    assert set(row) >= {"totals", "runs"} and not set(row) & {"bytes", "instances", "requests"}
+
+
+@pytest.mark.integration
 def test_download_settings_do_not_shrink_the_matrix(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
@@ -499,7 +524,7 @@ def test_nginx_static_tree(nginx_tree: dict[str, Any]) -> None:
     assert code == 0, data
     # benchmarks/static_tree.py prebuilds multipart files for study, series and instance URLs.
     for (_, _, http), row in rows_by_cell(data).items():
-        assert row["status"] == "ok" and row["bytes"] == total, row
+        assert row["status"] == "ok" and row["totals"]["bytes"] == total, row
         assert row["http_version"] == ("HTTP/2" if http == "2" else "HTTP/1.1")
     # Plain http: nginx speaks HTTP/1.1 or h2c on a port, never both.
     code, data = bench_json(study_uid, "--url", nginx_tree["h1"], "--strategy", "study")
@@ -534,7 +559,8 @@ def test_real_orthanc(orthanc: OrthancServer, tmp_path: Path) -> None:
         elif strategy == "single-part":
             assert row["status"] == "unsupported (HTTP 400)", row
         else:
-            assert row["status"] == "ok" and row["instances"] == 10 and row["bytes"] == total
+            assert row["status"] == "ok" and row["totals"]["instances"] == 10
+            assert row["totals"]["bytes"] == total
     assert len(list(keep.iterdir())) == 10
 
 
