@@ -46,8 +46,7 @@ def start(
     assert proc.stderr is not None
     seen = [] if seen is None else seen
     for _ in range(50):  # log lines may come first; the URL line ends the wait
-        ready, _, _ = select.select([proc.stderr], [], [], 30)
-        line = proc.stderr.readline() if ready else ""
+        line = _line(proc.stderr.fileno(), 30)
         seen.append(line)
         match = re.search(r"(https?://\S+/dicomweb)", line)
         if match:
@@ -58,6 +57,19 @@ def start(
     proc.wait()
     proc.stderr.close()
     pytest.fail(f"serve did not print its URL: {seen!r}")
+
+
+def _line(fd: int, timeout: float) -> str:
+    """One line of the pipe, read a byte at a time: a buffered readline could take the lines
+    after it too, and select() would then wait for lines already read."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], timeout)
+        byte = os.read(fd, 1) if ready else b""
+        if not byte:
+            break
+        data += byte
+    return data.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
