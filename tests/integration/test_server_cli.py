@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +225,31 @@ def test_every_file_of_pydicoms_corpus_downloads_with_no_noise(tmp_path: Path) -
         line.startswith("dlstudy: warning: instance ") and line.endswith("(kept as sent)")
         for line in lines
     )
+
+
+def test_ctrl_c_during_a_transfer_stops_quietly() -> None:
+    """A client that reads slowly keeps a study's multipart response in flight past the
+    graceful timeout: stopping cuts it (the client sees a cut transfer) without a traceback."""
+    proc, url = start("--virtual", "1", "--study-size", "40000", "--port", "0", installed=True)
+    try:
+        (study,) = json.loads(curl(f"{url}/studies"))
+        uid = study["0020000D"]["Value"][0]
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        with socket.create_connection((host, int(port))) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(
+                f"GET /dicomweb/studies/{uid} HTTP/1.1\r\nHost: {host}\r\n"
+                'Accept: multipart/related; type="application/dicom"\r\n\r\n'.encode()
+            )
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")  # then it reads no more
+            time.sleep(1)  # the server's send buffer fills
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        proc.stderr.close()
+    assert rest == "", rest
