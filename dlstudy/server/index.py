@@ -114,13 +114,16 @@ class Index:
                     )
                     study.by_uid[series.uid] = series
                     study.series.append(series)
-            if instance.sop_uid in series.by_uid:
-                log.info("skipped %s: duplicate SOP Instance UID %s", path, instance.sop_uid)
+            first = series.by_uid.get(instance.sop_uid)
+            if first is not None:  # only duplicates pay for choosing
+                series.by_uid[instance.sop_uid] = _keep_one(first, instance)
                 skipped += 1
                 continue
             series.by_uid[instance.sop_uid] = instance
-            series.instances.append(instance)
             count += 1
+        for study in studies.values():  # each series' instances: the one kept of each UID
+            for series in study.series:
+                series.instances = list(series.by_uid.values())
         if skipped:  # a folder's files missing from its searches, unless this says why
             log.warning(
                 "skipped %d of the %d files under %s: not DICOM instances, not regular files, "
@@ -195,6 +198,26 @@ def _is_regular_file(path: Path) -> bool:
         log.info("skipped %s: not a regular file", path)
         return False
     return True
+
+
+def _keep_one(first: Instance, other: Instance) -> Instance:
+    """Of two files with the same SOP Instance UID, the larger: a copy cut short is smaller
+    than the whole file, and which came first in the walk must not decide what is served.
+    Copies of different sizes are a warning, naming both; equal ones only a -v line."""
+    kept, dropped = (other, first) if other.size > first.size else (first, other)
+    if kept.size == dropped.size:
+        log.info("skipped %s: duplicate SOP Instance UID %s", dropped.path, kept.sop_uid)
+    else:
+        log.warning(
+            "SOP Instance UID %s is in two files of different sizes: serving the larger %s "
+            "(%d bytes), not %s (%d bytes)",
+            kept.sop_uid,
+            kept.path,
+            kept.size,
+            dropped.path,
+            dropped.size,
+        )
+    return kept
 
 
 def _read(path: Path) -> tuple[Instance | None, Dataset | None]:

@@ -253,3 +253,27 @@ def test_ctrl_c_during_a_transfer_stops_quietly() -> None:
         rest = proc.stderr.read()
         proc.stderr.close()
     assert rest == "", rest
+
+
+def test_of_two_files_with_one_sop_uid_the_whole_one_is_served(tmp_path: Path) -> None:
+    """A copy cut short that comes first in the walk used to be served with its short length;
+    the larger file is served now, and a warning names both."""
+    whole = SAMPLE.read_bytes()
+    (tmp_path / "a-cut.dcm").write_bytes(whole[:-500])  # first in the walk
+    (tmp_path / "b-whole.dcm").write_bytes(whole)
+    (tmp_path / "c-copy.dcm").write_bytes(whole)  # the same size: a -v line only
+    seen: list[str] = []
+    proc, url = start(str(tmp_path), "--port", "0", seen=seen, installed=True)
+    try:
+        served = curl("-H", "Accept: application/dicom; transfer-syntax=*", sample_url(url))
+    finally:
+        stop(proc)
+    assert served == whole
+    sop = pydicom.dcmread(SAMPLE, stop_before_pixels=True).SOPInstanceUID
+    assert seen[:-1] == [
+        f"WARNING SOP Instance UID {sop} is in two files of different sizes: serving the larger "
+        f"{tmp_path / 'b-whole.dcm'} ({len(whole)} bytes), not {tmp_path / 'a-cut.dcm'} "
+        f"({len(whole) - 500} bytes)\n",
+        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, not regular "
+        "files, unreadable or duplicates (--verbose names each)\n",
+    ]
