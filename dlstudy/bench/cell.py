@@ -171,7 +171,6 @@ class Output:
         self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
 
     def write(self, chunk: bytes) -> None:
-        self.result.bytes += len(chunk)
         self.size += len(chunk)
         if self.temp is not None:
             self.temp.write(chunk)
@@ -180,6 +179,8 @@ class Output:
         if self.size == 0:
             self.abandon()
             raise IntegrityError("an instance arrived with an empty body")
+        # Counted once whole: the bytes of a cut body are no throughput, whatever the strategy.
+        self.result.bytes += self.size
         self.result.instances += 1
         temp, self.temp = self.temp, None
         if temp is None:

@@ -5,8 +5,8 @@ A *cell* is one strategy x concurrency x HTTP version; it runs `repeat` times. E
 QIDO request's latency, the most requests seen in flight at once). A `Row` gathers the runs of
 one cell: medians with min and max, percentiles over all the requests of all its runs.
 
-Units: MB are 10^6 bytes of DICOM payload (part bodies; multipart framing not counted); times
-in the report are milliseconds.
+Units: MB are 10^6 bytes of DICOM payload (part bodies; multipart framing not counted) of the
+instances that arrived whole; times in the report are milliseconds.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class CellResult:
     http: str
     repeat: int  # 0-based
     seconds: float = 0.0  # wall time of the transfers (QIDO excluded)
-    bytes: int = 0
+    bytes: int = 0  # payload of the instances that arrived whole (a cut one counts nothing)
     instances: int = 0
     requests: int = 0
     failures: int = 0
@@ -157,6 +157,17 @@ class Row:
     def instances_per_s(self) -> dict[str, float | None]:
         return _spread([run.instances_per_s for run in self.measured], digits=2)
 
+    def totals(self) -> dict[str, int]:
+        """Sums over every run of the cell that ran (each run's own are in `runs`)."""
+        ran = [run for run in self.runs if run.ran]
+        return {
+            "runs": len(ran),
+            "bytes": sum(run.bytes for run in ran),
+            "instances": sum(run.instances for run in ran),
+            "requests": sum(run.requests for run in ran),
+            "failures": sum(run.failures for run in ran),
+        }
+
     def ttfb_ms(self) -> dict[str, float | None]:
         return _ms_percentiles([t for run in self.measured for t in run.ttfb])
 
@@ -176,10 +187,7 @@ class Row:
             "mb_per_s": self.mb_per_s(),
             "instances_per_s": self.instances_per_s(),
             "seconds": _spread([run.seconds for run in measured], digits=6),
-            "bytes": measured[0].bytes if measured else 0,
-            "instances": measured[0].instances if measured else 0,
-            "requests": sum(run.requests for run in self.runs),
-            "failures": self.failures,
+            "totals": self.totals(),
             "ttfb_ms": self.ttfb_ms(),
             "qido_ms": self.qido_ms(),
             "max_in_flight": max((run.max_in_flight for run in self.runs), default=0),

@@ -47,6 +47,7 @@ from ..errors import (
     NothingMatchedError,
     OutputError,
     ServerError,
+    Terminated,
     TransferError,
     UsageError,
 )
@@ -56,7 +57,7 @@ from ..http.auth import RefreshingBearerAuth, auth_from_settings
 from ..http.client import Transport
 from ..http.failures import check_auth
 from ..http.urls import instance_url, is_valid_uid, redact_url, series_url, study_url
-from ..jobs.download import MAX_CONCURRENCY
+from ..jobs.download import MAX_CONCURRENCY, stop_on_signals
 from ..model import InstanceRef
 from ..settings import HttpVersion, Settings
 from .cell import CellRun, Gauge, TimedTransport
@@ -134,7 +135,8 @@ def validate(settings: Settings, plan: BenchPlan) -> None:
 
 
 def run_bench(settings: Settings, plan: BenchPlan, on_cell: CellDone | None = None) -> BenchReport:
-    """Run the whole matrix; fatal errors raise a DlstudyError with the partial `.report`."""
+    """Run the whole matrix; fatal errors raise a DlstudyError, and SIGINT / SIGTERM a
+    KeyboardInterrupt / Terminated, with the partial `.report` (the runs that finished)."""
     return anyio.run(bench_async, settings, plan, on_cell)
 
 
@@ -163,10 +165,12 @@ async def bench_async(
         if plan.keep is not None:
             _prepare_folder(plan.keep)
         bench = _Bench(settings, plan, report, await auth_from_settings(settings))
-        await bench.run(on_cell)
+        await stop_on_signals(bench.run(on_cell))  # a cell cut short is left out
     except BaseException as exc:
         if isinstance(exc, DlstudyError):
             report.error = str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            report.error = "terminated" if isinstance(exc, Terminated) else "interrupted"
         exc.report = report  # type: ignore[attr-defined]
         raise
     finally:

@@ -231,7 +231,7 @@ class Harvester:
     ) -> None:
         """Page `window` by offset from `offset` on, each page committed with its offset."""
         page = fetched if fetched is not None else await self._page(window, offset)
-        asked = 0 if fetched is not None else 1
+        asked = 1  # the first page was asked for here, or by the caller (the offset test)
         while True:
             if offset > MAX_WINDOW:
                 shown = redact_url(self.transport.base_url)

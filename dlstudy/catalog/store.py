@@ -8,7 +8,8 @@ Tables (`dlstudy catalog query --sql` reads any of them):
     pulls        one row per pull: kind, started, finished, requests, studies, new, changed
     windows      the windows of each pull and their state: the pull's resume point
     harvest      rows of the pull under way, merged into `studies` when its last window is done
-    meta         the pull's scope (its filters), whether the server honours offset
+    meta         the pull's scope (its filters), the archive's address, whether the server
+                 honours offset
 
 A page's rows and its window's new state go in one transaction, so a pull killed at any moment
 leaves a consistent file and the next one carries on from the windows not done. Rows are only
@@ -23,8 +24,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import LockedError, UsageError
+from ..http.urls import split_base_url
 from .windows import Window
 
 if TYPE_CHECKING:
@@ -69,6 +72,10 @@ CREATE TABLE IF NOT EXISTS series (
     description VARCHAR, instances INTEGER);
 CREATE TABLE IF NOT EXISTS series_listed (study_uid VARCHAR, instances INTEGER);
 """
+# Tables every catalog has had from the start: a database with other tables under these names
+# (or without them) is someone else's.
+_CORE_TABLES = ("meta", "pulls", "studies")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Window states: todo (not asked yet), paging (walked by offset, next_offset is next),
 # done, split (its halves are windows of their own), unchanged (its count matched),
@@ -116,13 +123,77 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _tables(db: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
+    """Each table (and view) of the database: its columns and their types, in order."""
+    rows = db.execute(
+        "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_catalog = current_database() "
+        "ORDER BY table_schema, table_name, ordinal_position"
+    ).fetchall()
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for schema, table, column, kind in rows:
+        name = table if schema == "main" else f"{schema}.{table}"
+        tables.setdefault(str(name), []).append((str(column), str(kind)))
+    return tables
+
+
+def _catalog_tables() -> dict[str, list[tuple[str, str]]]:
+    import duckdb
+
+    with duckdb.connect(":memory:") as scratch:
+        scratch.execute(SCHEMA)
+        return _tables(scratch)
+
+
+def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A database that holds anything is a catalog only if it has the catalog's tables, each
+    (like any other catalog table it has) with the catalog's columns: pulling into someone
+    else's database would add tables to it, or fail halfway on a table of the same name."""
+    found = _tables(db)
+    if not found:
+        return
+    expected = _catalog_tables()
+    if all(found.get(name) == expected[name] for name in _CORE_TABLES) and all(
+        columns == expected[name] for name, columns in found.items() if name in expected
+    ):
+        return
+    shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
+    raise UsageError(
+        f"{path} is a DuckDB database but not a dlstudy catalog (it holds {shown}): "
+        "give --db a new file"
+    )
+
+
+def archive_address(url: str) -> str:
+    """What identifies the archive a catalog was pulled from: the --url's scheme, host, port
+    and path, without credentials or query (neither is secret-free nor part of the address)."""
+    base, _, _ = split_base_url(url)
+    parts = urlsplit(base.partition("?")[0])
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(scheme):
+        host += f":{parts.port}"
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
+
+
 class Catalog:
     """The catalog file, open for a pull (read-write)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        if path.is_file() and path.stat().st_size == 0:  # DuckDB cannot open an empty file
+            path.unlink()
         self.db = connect(path)
-        self.db.execute(SCHEMA)
+        try:
+            _check_is_catalog(self.db, path)
+            self.db.execute("BEGIN")  # all tables or none: a half-made catalog is no catalog
+            self.db.execute(SCHEMA)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -151,6 +222,31 @@ class Catalog:
                 f"catalog {self.path} was pulled with other filters ({_describe(stored)}); "
                 "use another --db for another selection"
             )
+
+    def check_archive(self, address: str, *, moved: bool) -> None:
+        """A catalog lists one archive, recorded at its first pull: studies of another server
+        would show up as 'new' and mix two archives. `moved`: the archive is the same, at a new
+        address. Until a request of a pull is recorded, nothing came from the recorded address
+        and another one replaces it (a first pull refused for a mistyped --url is retried)."""
+        stored = self.get_meta("archive")
+        if stored == address:
+            return
+        if stored is None or moved:
+            self.set_meta("archive", address)
+            return
+        if not self._heard_from_archive():  # what was learnt of that address goes with it
+            self.db.execute("DELETE FROM meta WHERE key = 'offset_ok'")
+            self.set_meta("archive", address)
+            return
+        raise UsageError(
+            f"catalog {self.path} lists the archive at {stored}, not {address}: use another "
+            "--db for another archive, or --archive-moved if it is the same archive at a new "
+            "address"
+        )
+
+    def _heard_from_archive(self) -> bool:
+        row = self.db.execute("SELECT coalesce(sum(requests), 0) FROM pulls").fetchone()
+        return bool(row and row[0])
 
     # --- pulls and windows -----------------------------------------------------------------
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 
 from ..bench.report import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, HTTP_VERSIONS, STRATEGIES
-from ..errors import DlstudyError, ExitStatus
+from ..errors import DlstudyError, ExitStatus, Terminated
 from ..settings import HttpVersion
 from .common import error_line, fail_usage, setup_logging
 from .configured import ConfigCommand
@@ -120,29 +122,73 @@ def register(app: typer.Typer) -> None:
         )
         report: BenchReport | None = None
         try:
-            if chart is not None:
-                check_chart_path(chart)
-            with _progress(enabled=not json_output) as on_cell:
-                report = run_bench(settings, plan, on_cell)
-            if chart is not None:
-                write_chart(report, chart)
+            with _sigterm_interrupts():
+                if chart is not None:
+                    check_chart_path(chart)
+                with _progress(enabled=not json_output) as on_cell:
+                    report = run_bench(settings, plan, on_cell)
+                if chart is not None:
+                    write_chart(report, chart)
         except DlstudyError as exc:
-            _print_report(getattr(exc, "report", None) or report, json_output, exc)
-            error_line(str(exc))
-            raise typer.Exit(int(exc.exit_status)) from exc
-        except KeyboardInterrupt as exc:
-            error_line("interrupted")
-            raise typer.Exit(int(ExitStatus.INTERRUPTED)) from exc
+            partial = getattr(exc, "report", None) or report
+            _end_early(partial, json_output, chart, int(exc.exit_status), str(exc))
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+            partial = getattr(exc, "report", None) or report
+            terminated = isinstance(exc, Terminated)
+            status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
+            said = "terminated" if terminated else "interrupted"
+            _end_early(partial, json_output, chart, int(status), said)
         _print_report(report, json_output, None, chart=chart)
         if chart is not None and not json_output:
             typer.echo(f"dlstudy: chart written to {chart}", err=True)
         raise typer.Exit(int(report.exit_status))
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) outside the matrix too, so what was
+    measured is printed whenever it comes (inside, the runner stops in order)."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end_early(
+    report: BenchReport | None, json_output: bool, chart: Path | None, status: int, said: str
+) -> NoReturn:
+    """What was measured before a fatal error or a signal: the table or the JSON object (with
+    `error` and `exit_status`), the chart if one was asked for; then the error line."""
+    from ..bench.chart import write_chart
+
+    written = None
+    if report is not None and report.results and chart is not None:
+        try:
+            write_chart(report, chart)
+            written = chart
+        except DlstudyError as exc:
+            error_line(str(exc))
+    if report is not None and report.error is None:
+        report.error = said
+    _print_report(report, json_output, status, chart=written)
+    if written is not None and not json_output:
+        typer.echo(f"dlstudy: chart written to {written}", err=True)
+    error_line(said)
+    raise typer.Exit(status)
+
+
 def _print_report(
     report: BenchReport | None,
     json_output: bool,
-    error: DlstudyError | None,
+    exit_status: int | None,
     *,
     chart: Path | None = None,
 ) -> None:
@@ -151,8 +197,8 @@ def _print_report(
     if json_output:
         data: dict[str, Any] = report.as_dict()
         data["chart"] = str(chart) if chart else None
-        if error is not None:
-            data["exit_status"] = int(error.exit_status)
+        if exit_status is not None:
+            data["exit_status"] = exit_status
         typer.echo(json.dumps(data, indent=2))
     elif report.results:
         render(report, sys.stdout, rich=sys.stdout.isatty())

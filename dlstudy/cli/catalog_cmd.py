@@ -53,6 +53,14 @@ RecentOpt = Annotated[
     catalog_option("--recent", help="Days listed again by every later pull (new instances)."),
 ]
 FullOpt = Annotated[bool, catalog_option("--full", help="List every window again.")]
+ArchiveMovedOpt = Annotated[
+    bool,
+    catalog_option(
+        "--archive-moved",
+        help="The catalog's archive now answers at --url: record the new address (a pull from "
+        "another server is refused without it).",
+    ),
+]
 PageSizeOpt = Annotated[
     int, catalog_option("--page-size", help="QIDO limit asked for; a server may cap it lower.")
 ]
@@ -177,6 +185,7 @@ def pull_command(
     walk: WalkOpt = "auto",
     recent: RecentOpt = 7,
     full: FullOpt = False,
+    archive_moved: ArchiveMovedOpt = False,
     page_size: PageSizeOpt = DEFAULTS.qido_page_size,
     json_output: PullJsonOpt = False,
     quiet: QuietOpt = False,
@@ -188,7 +197,7 @@ def pull_command(
     import anyio
 
     from ..catalog.harvest import Harvester, scope_of
-    from ..catalog.store import Catalog
+    from ..catalog.store import Catalog, archive_address
     from ..flow.retry import RetryPolicy
     from ..http.auth import auth_from_settings
     from ..http.client import Transport
@@ -231,6 +240,7 @@ def pull_command(
         with exit_on_interrupt():
             catalog = Catalog(db)
             try:
+                catalog.check_archive(archive_address(settings.url), moved=archive_moved)
                 catalog.check_scope(scope_of(query))
                 summary = anyio.run(run, catalog)
             finally:

@@ -23,7 +23,7 @@ _PANELS = {
     "--db": "Catalog", "--from-catalog": "What to fetch", "--catalog": "What to fetch",
     "--where": "What to fetch", "--sql": "Output", "--level": "Catalog", "--walk": "Catalog",
     "--recent": "Catalog", "--full": "Catalog", "--page-size": "Catalog", "--to": "Output",
-    "--table": "Output", "--state": "What to fetch",
+    "--table": "Output", "--state": "What to fetch", "--archive-moved": "Catalog",
 }  # fmt: skip
 
 

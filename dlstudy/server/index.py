@@ -2,13 +2,15 @@
 
 Headers only (`stop_before_pixels`), so indexing a folder of whole-slide images reads kilobytes
 per file. Real-world folders hold files without a preamble or file meta, odd transfer syntaxes and
-things that are not DICOM at all: whatever lacks the three UIDs is skipped with a log line.
+things that are not DICOM at all: whatever lacks the three UIDs is skipped with a log line, and
+so is anything that is not a regular file (a named pipe would block the open forever).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,6 +91,9 @@ class Index:
         studies: dict[str, Study] = {}
         count = skipped = 0
         for path in _walk(root):
+            if not _is_regular_file(path):
+                skipped += 1
+                continue
             with _quiet(path):  # the file read, and its values: both may make pydicom complain
                 instance, ds = _read(path)
                 if instance is None or ds is None:
@@ -109,17 +114,20 @@ class Index:
                     )
                     study.by_uid[series.uid] = series
                     study.series.append(series)
-            if instance.sop_uid in series.by_uid:
-                log.info("skipped %s: duplicate SOP Instance UID %s", path, instance.sop_uid)
+            first = series.by_uid.get(instance.sop_uid)
+            if first is not None:  # only duplicates pay for choosing
+                series.by_uid[instance.sop_uid] = _keep_one(first, instance)
                 skipped += 1
                 continue
             series.by_uid[instance.sop_uid] = instance
-            series.instances.append(instance)
             count += 1
+        for study in studies.values():  # each series' instances: the one kept of each UID
+            for series in study.series:
+                series.instances = list(series.by_uid.values())
         if skipped:  # a folder's files missing from its searches, unless this says why
             log.warning(
-                "skipped %d of the %d files under %s: not DICOM instances, unreadable or "
-                "duplicates (--verbose names each)",
+                "skipped %d of the %d files under %s: not DICOM instances, not regular files, "
+                "unreadable or duplicates (--verbose names each)",
                 skipped,
                 count + skipped,
                 root,
@@ -177,6 +185,39 @@ def _walk(root: Path) -> Iterator[Path]:
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath, name)
+
+
+def _is_regular_file(path: Path) -> bool:
+    # Checked without opening: opening a FIFO waits for a writer, a device may be endless.
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:  # a dangling link, a file removed meanwhile
+        log.info("skipped %s: %s", path, exc.strerror)
+        return False
+    if not stat.S_ISREG(mode):
+        log.info("skipped %s: not a regular file", path)
+        return False
+    return True
+
+
+def _keep_one(first: Instance, other: Instance) -> Instance:
+    """Of two files with the same SOP Instance UID, the larger: a copy cut short is smaller
+    than the whole file, and which came first in the walk must not decide what is served.
+    Copies of different sizes are a warning, naming both; equal ones only a -v line."""
+    kept, dropped = (other, first) if other.size > first.size else (first, other)
+    if kept.size == dropped.size:
+        log.info("skipped %s: duplicate SOP Instance UID %s", dropped.path, kept.sop_uid)
+    else:
+        log.warning(
+            "SOP Instance UID %s is in two files of different sizes: serving the larger %s "
+            "(%d bytes), not %s (%d bytes)",
+            kept.sop_uid,
+            kept.path,
+            kept.size,
+            dropped.path,
+            dropped.size,
+        )
+    return kept
 
 
 def _read(path: Path) -> tuple[Instance | None, Dataset | None]:

@@ -107,6 +107,7 @@ async def _serve(
     # every connection ends within hypercorn's graceful timeout and none is cancelled.
     stopping = Stopping()
     stop = asyncio.Event()
+    asyncio.get_running_loop().set_exception_handler(_unless_cancelled)
     if state is not None:  # background thread: stopped by _stop()
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop
     else:  # foreground: Ctrl-C / SIGTERM
@@ -132,6 +133,17 @@ async def _serve(
         await app(scope, receive, send_and_report)
 
     await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
+
+
+def _unless_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's error report, except for a cancelled task. A connection still sending when
+    the graceful timeout ends is cancelled, and Python 3.11's asyncio.streams then asks the
+    cancelled task for its exception in a callback, which raises CancelledError there: a
+    traceback for a stop that went as meant (the client sees its transfer cut)."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        log.debug("cancelled while stopping: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
 
 
 def _stop(state: dict[str, Any], thread: threading.Thread) -> None:

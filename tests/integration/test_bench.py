@@ -7,6 +7,7 @@ import contextvars
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,8 +26,8 @@ from dlstudy.bench.report import BenchReport, CellResult, percentile
 from dlstudy.http.curl import CurlTransport
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import run_cli
-from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+from ..cli_helpers import DLSTUDY, run_cli
+from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 from ..fixtures.orthanc import OrthancServer
 from ..tools import missing_tool
 
@@ -99,7 +100,8 @@ def test_matrix_on_the_embedded_server(
     assert set(rows) == expected_cells
     for (_, level, http), row in rows.items():
         assert row["status"] == "ok", row
-        assert row["instances"] == 10 and row["bytes"] == expected_bytes, row
+        totals = {"runs": 1, "bytes": expected_bytes, "instances": 10, "failures": 0}
+        assert row["totals"] == {**totals, "requests": row["totals"]["requests"]}, row
         assert row["http_version"] == ("HTTP/2" if http == "2" else "HTTP/1.1")
         assert 1 <= row["max_in_flight"] <= level
         assert row["mb_per_s"]["median"] > 0 and row["instances_per_s"]["median"] > 0
@@ -172,7 +174,7 @@ def test_orthanc_profile_single_part_is_unsupported(
         if strategy == "single-part":
             assert row["status"] == "unsupported (HTTP 400)" and row["mb_per_s"]["median"] is None
         else:
-            assert row["status"] == "ok" and row["instances"] == 6, row
+            assert row["status"] == "ok" and row["totals"]["instances"] == 2 * 6, row
     # Found by the first cell of each HTTP version; the other cells are not run.
     single = rows_by_cell(data)[("single-part", 2, "1.1")]["runs"]
     assert [run["ran"] for run in single] == [False, False]
@@ -334,6 +336,114 @@ def test_a_failed_request_is_reported_naming_it_once(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+@pytest.mark.parametrize("form", ["json", "table"])
+def test_a_stopped_bench_prints_what_it_measured(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    signum: int,
+    status: int,
+    said: str,
+    form: str,
+) -> None:
+    """Ctrl-C or SIGTERM in the middle of the matrix: the runs that finished are printed (the
+    table, or the JSON object with `error` and `exit_status`) and charted, as download prints
+    its summary, and the exit status says which signal it was."""
+    url = embedded_server(synth_study.root, latency=0.02)
+    chart = tmp_path / "bench.svg"
+    limit = 5  # instance requests of one run
+    args = ["--strategy", "single-part", "-c", "1", "--http", "1.1", "--repeat", "100"]
+    args += ["--limit", str(limit), "--chart", str(chart)] + (["--json"] if form == "json" else [])
+    bench = subprocess.Popen(
+        [DLSTUDY, "bench", synth_study.study_uid, "--url", url, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while seen_requests.instance_requests < 2 * limit + 1:  # two runs done, a third begun
+            assert bench.poll() is None and time.monotonic() < deadline, bench.communicate()
+            time.sleep(0.02)
+        bench.send_signal(signum)
+        stdout, stderr = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
+    assert bench.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == f"dlstudy: error: {said}"
+    assert chart.read_text().startswith("<svg")
+    finished = seen_requests.instance_requests // limit
+    if form == "json":
+        data = json.loads(stdout)
+        assert (data["error"], data["exit_status"], data["chart"]) == (said, status, str(chart))
+        (row,) = data["rows"]
+        assert 2 <= len(row["runs"]) <= finished < 100
+        assert all(run["instances"] == limit for run in row["runs"])
+    else:
+        assert stdout.startswith(f"dlstudy bench: {url}, study {synth_study.study_uid}")
+        assert re.search(r"^single-part +1\.1 +1 +[0-9.]+ ", stdout, re.M), stdout
+        assert f"dlstudy: chart written to {chart}" in stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cut_bodies_count_no_bytes(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, strategy: str
+) -> None:
+    """Throughput is the payload of instances that arrived whole, for every strategy: the bytes
+    and instances of a run are exactly the files --keep committed (cut ones are discarded).
+    Instances of ~64 KiB: half of them cut at 30 kB, or every series and study response cut
+    after two whole parts and a piece of the third."""
+    if strategy in ("series", "study"):
+        url = embedded_server(synth_study.root, drop_after_bytes=150_000)
+    else:
+        url = embedded_server(synth_study.root, drop_after_bytes=30_000, drop_rate=0.5, seed=5)
+    keep = tmp_path / "keep"
+    code, data = bench_json(
+        synth_study.study_uid, "--url", url, "--strategy", strategy, "-c", "4", "--http", "1.1",
+        "--repeat", "1", "--keep", str(keep),
+    )  # fmt: skip
+    assert code == 1, data
+    (row,) = data["rows"]
+    (run,) = row["runs"]
+    kept = list(keep.glob("*.dcm"))
+    assert run["failures"] > 0
+    assert run["bytes"] == sum(path.stat().st_size for path in kept), run
+    assert run["instances"] == len(kept)
+    assert 0 < len(kept) < len(synth_study.instances)  # some whole, some cut
+
+
+@pytest.mark.integration
+def test_row_totals_are_sums_over_its_runs(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A row's totals are all of one kind: sums over its runs (bytes and instances were the
+    first run's while requests and failures were sums)."""
+    url = embedded_server(synth_study.root, fault_rate=0.3, fault_status=404, seed=7)
+    args = ["--repeat", "3", "--strategy", "single-part", "-c", "1", "--http", "1.1"]
+    code, data = bench_json(synth_study.study_uid, "--url", url, *args)
+    assert code == 1
+    (row,) = data["rows"]
+    runs = row["runs"]
+    # one request at a time: the seeded faults fall the same way on every test run
+    assert len(runs) == 3 and len({run["instances"] for run in runs}) > 1
+    assert row["totals"] == {
+        "runs": 3,
+        **{key: sum(run[key] for run in runs) for key in ("bytes", "instances", "requests")},
+        "failures": sum(run["failures"] for run in runs),
+    }
+    assert row["totals"]["requests"] == 3 * len(synth_study.instances)
+    assert row["totals"]["instances"] + row["totals"]["failures"] == 3 * len(synth_study.instances)
+    assert set(row) >= {"totals", "runs"} and not set(row) & {"bytes", "instances", "requests"}
+
+
+@pytest.mark.integration
 def test_download_settings_do_not_shrink_the_matrix(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
@@ -414,7 +524,7 @@ def test_nginx_static_tree(nginx_tree: dict[str, Any]) -> None:
     assert code == 0, data
     # benchmarks/static_tree.py prebuilds multipart files for study, series and instance URLs.
     for (_, _, http), row in rows_by_cell(data).items():
-        assert row["status"] == "ok" and row["bytes"] == total, row
+        assert row["status"] == "ok" and row["totals"]["bytes"] == total, row
         assert row["http_version"] == ("HTTP/2" if http == "2" else "HTTP/1.1")
     # Plain http: nginx speaks HTTP/1.1 or h2c on a port, never both.
     code, data = bench_json(study_uid, "--url", nginx_tree["h1"], "--strategy", "study")
@@ -449,7 +559,8 @@ def test_real_orthanc(orthanc: OrthancServer, tmp_path: Path) -> None:
         elif strategy == "single-part":
             assert row["status"] == "unsupported (HTTP 400)", row
         else:
-            assert row["status"] == "ok" and row["instances"] == 10 and row["bytes"] == total
+            assert row["status"] == "ok" and row["totals"]["instances"] == 10
+            assert row["totals"]["bytes"] == total
     assert len(list(keep.iterdir())) == 10
 
 

@@ -17,10 +17,11 @@ import duckdb
 import pydicom
 import pytest
 
+from dlstudy.server import VirtualSpec
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import DLSTUDY, assert_same_files, run_installed
-from ..fixtures.embedded_server import StartServer
+from ..fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +162,8 @@ def test_a_later_pull_finds_exactly_what_was_added(
     added = synth(source, 5, seed=13, dates=("20150103", "20150107"))
     grown = recent[0]
     _add_instance(source / grown.study_uid)
-    second = pull(embedded_server(source, max_page_size=3), db)
+    # a server restarted (to index the new files) is the same archive on another port
+    second = pull(embedded_server(source, max_page_size=3), db, "--archive-moved")
 
     assert second["kind"] == "update" and second["studies"] == 28
     assert second["new"] == 5 and second["instances_changed"] == 1
@@ -174,7 +176,7 @@ def test_a_later_pull_finds_exactly_what_was_added(
     assert (grown.study_uid, "instances_added", 2, 3) in changes
     assert {r[0] for r in catalog_rows(db)} == study_uids(old + recent + added)
     # nothing new: a third pull changes nothing
-    third = pull(embedded_server(source, max_page_size=3), db)
+    third = pull(embedded_server(source, max_page_size=3), db, "--archive-moved")
     assert (third["new"], third["instances_changed"], third["studies"]) == (0, 0, 28)
 
 
@@ -307,3 +309,91 @@ def test_usage_errors_are_one_line(embedded_server: StartServer, tmp_path: Path)
     bad = catalog_query(not_a_catalog, "--uids")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
     assert not_a_catalog.read_text() == "mine"
+
+
+def test_pull_refuses_a_database_that_is_no_catalog(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A user's own DuckDB file given as --db is left exactly as it was: a one-line usage
+    error, whether its tables have other names or one is called `studies`. A new database
+    without tables, or an empty file, becomes a catalog."""
+    source = tmp_path / "source"
+    instances = synth(source, 2, seed=62, dates=("20220101", "20220102"))
+    url = embedded_server(source)
+    foreign = {
+        "other": "CREATE TABLE measurements (id INTEGER, value DOUBLE)",
+        "studies": "CREATE TABLE studies (id INTEGER, title VARCHAR)",
+    }
+    for name, ddl in foreign.items():
+        db = tmp_path / f"{name}.duckdb"
+        with duckdb.connect(str(db)) as con:
+            con.execute(ddl)
+            con.execute("INSERT INTO " + ddl.split()[2] + " VALUES (1, 2)")
+        before = db.read_bytes()
+        refused = run_installed("catalog", "pull", "--url", url, "--db", str(db))
+        assert refused.returncode == 2, refused.stderr
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"dlstudy: error: {db} is a DuckDB database but not a dlstudy")
+        assert db.read_bytes() == before
+        assert not db.with_name(db.name + ".wal").exists()
+    blank = tmp_path / "blank.duckdb"
+    duckdb.connect(str(blank)).close()
+    empty = tmp_path / "empty.duckdb"
+    empty.touch()
+    for db in (blank, empty):
+        assert pull(url, db)["studies"] == 2
+        assert {r[0] for r in catalog_rows(db)} == study_uids(instances)
+
+
+def archive_of(db: Path) -> str:
+    (row,) = catalog_rows(db, "SELECT value FROM meta WHERE key = 'archive'")
+    return str(row[0])
+
+
+def test_a_catalog_lists_one_archive(embedded_server: StartServer, tmp_path: Path) -> None:
+    """A pull from another server would add its studies as 'new': refused, naming both
+    addresses without their secrets, unless --archive-moved says it is the same archive at a
+    new address. A first pull that reached nothing binds no address; a catalog from before
+    addresses were recorded takes the next one pulled."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    synth(first, 2, seed=63, dates=("20220101", "20220102"))
+    synth(second, 3, seed=64, dates=("20220101", "20220102"))
+    url_a, url_b = embedded_server(first), embedded_server(second)
+    db = tmp_path / "c.duckdb"
+    dead = run_installed("catalog", "pull", "--url", "http://127.0.0.1:1/dicomweb", "--db", str(db))
+    assert dead.returncode == 3, dead.stderr
+    assert pull(url_a + "/", db)["studies"] == 2  # the mistyped first --url bound nothing
+    assert archive_of(db) == url_a
+    before = catalog_rows(db)
+
+    host_b = url_b.removeprefix("http://")
+    secret_b = f"http://radiology:pw-secret@{host_b}?subscription-key=key-secret"
+    refused = run_installed("catalog", "pull", "--url", secret_b, "--db", str(db))
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.splitlines()
+    assert line == (
+        f"dlstudy: error: catalog {db} lists the archive at {url_a}, not {url_b}: use another "
+        "--db for another archive, or --archive-moved if it is the same archive at a new address"
+    )
+    assert catalog_rows(db) == before and archive_of(db) == url_a
+
+    moved = embedded_server(first)  # the same archive at a new address
+    assert pull(moved, db, "--archive-moved")["new"] == 0
+    assert archive_of(db) == moved
+    assert pull(moved, db)["new"] == 0
+    with duckdb.connect(str(db)) as con:  # as catalogs were written before addresses
+        con.execute("DELETE FROM meta WHERE key = 'archive'")
+    assert pull(url_a, db)["new"] == 0
+    assert archive_of(db) == url_a
+
+
+def test_pull_counts_every_request_it_sent(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The page that finds out whether offset works is a request too (it was left out)."""
+    url = embedded_server(None, virtual=VirtualSpec(500), max_page_size=50)
+    summary = pull(url, tmp_path / "c.duckdb")
+    assert summary["studies"] == 500
+    sent = [path for path, _ in seen_requests.requests if path.endswith("/studies")]
+    assert len(sent) == 10  # pages of 50: the last one carries no Warning
+    assert summary["requests"] == len(sent)

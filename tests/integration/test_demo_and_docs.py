@@ -132,3 +132,36 @@ def test_the_system_install_upgrades_nothing_and_says_what_is_there() -> None:
     assert packages is not None
     for package in packages.group(1).split():
         assert f"{package} " in result.stdout, package
+
+
+def test_server_pages_defaults_are_the_commands_defaults() -> None:
+    """Each default docs/server.md states for serve, synth and demo (in backticks) is the one
+    the command has (the demo's --concurrency was documented as 8 while it was 0, auto)."""
+    click_group = typer.main.get_command(app)
+    page = (ROOT / "docs" / "server.md").read_text(encoding="utf-8")
+    sections = re.split(r"^## `dlstudy (\w+)", page, flags=re.M)[1:]
+    checked = 0
+    for name, text in zip(sections[::2], sections[1::2], strict=True):
+        params = {
+            opt: param
+            for param in click_group.commands[name].params  # type: ignore[attr-defined]
+            for opt in param.opts
+        }
+        for row in re.findall(r"^\| `([^|]*?)` \| `([^`|]*)` \|", text, flags=re.M):
+            option = next((o for o in re.findall(r"--[\w-]+", row[0]) if o in params), None)
+            if option is None:
+                continue
+            default = params[option].default
+            if default is None:  # decided elsewhere (synth: the preset's value)
+                continue
+            said = _number(row[1]) if isinstance(default, int | float) else row[1]
+            assert said == default, f"{name} {option}: docs say {row[1]}, is {default}"
+            checked += 1
+    assert checked >= 8  # the tables have not lost their defaults
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

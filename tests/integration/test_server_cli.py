@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pydicom
 import pydicom.data
 import pytest
 
-from tests.cli_helpers import run_installed
+from tests.cli_helpers import DLSTUDY, run_installed
 from tests.fixtures.embedded_server import split_multipart
 
 pytestmark = [
@@ -33,15 +36,18 @@ LAUNCH = (
 )
 
 
-def start(*args: str, seen: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    """`serve ARGS` in a process, once it prints its URL; the lines before it go to `seen`."""
-    cmd = [sys.executable, "-c", LAUNCH, "serve", *args]
+def start(
+    *args: str, seen: list[str] | None = None, installed: bool = False
+) -> tuple[subprocess.Popen[str], str]:
+    """`serve ARGS` in a process (the installed console script if `installed`), once it prints
+    its URL; the lines before it go to `seen`."""
+    cmd = [DLSTUDY if installed else sys.executable, *([] if installed else ["-c", LAUNCH])]
+    cmd += ["serve", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = [] if seen is None else seen
     for _ in range(50):  # log lines may come first; the URL line ends the wait
-        ready, _, _ = select.select([proc.stderr], [], [], 30)
-        line = proc.stderr.readline() if ready else ""
+        line = _line(proc.stderr.fileno(), 30)
         seen.append(line)
         match = re.search(r"(https?://\S+/dicomweb)", line)
         if match:
@@ -52,6 +58,19 @@ def start(*args: str, seen: list[str] | None = None) -> tuple[subprocess.Popen[s
     proc.wait()
     proc.stderr.close()
     pytest.fail(f"serve did not print its URL: {seen!r}")
+
+
+def _line(fd: int, timeout: float) -> str:
+    """One line of the pipe, read a byte at a time: a buffered readline could take the lines
+    after it too, and select() would then wait for lines already read."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], timeout)
+        byte = os.read(fd, 1) if ready else b""
+        if not byte:
+            break
+        data += byte
+    return data.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +166,36 @@ def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
         assert proc.stderr is not None
         proc.stderr.close()
     assert seen[:-1] == [
-        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, unreadable "
-        "or duplicates (--verbose names each)\n"
+        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, not regular "
+        "files, unreadable or duplicates (--verbose names each)\n"
     ]
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 0
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
+def test_serve_skips_pipes_and_sockets_without_opening_them(tmp_path: Path) -> None:
+    """A named pipe opened for reading waits for a writer forever: serve must not open it (nor
+    a socket), and count both in its warning."""
+    shutil.copy(SAMPLE, tmp_path / "good.dcm")
+    os.mkfifo(tmp_path / "pipe.dcm")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "socket.dcm"))
+        seen: list[str] = []
+        proc, url = start(str(tmp_path), "--port", "0", "-v", seen=seen, installed=True)
+        try:
+            assert len(json.loads(curl(f"{url}/studies"))) == 1
+        finally:
+            stop(proc)
+    assert f"INFO skipped {tmp_path / 'pipe.dcm'}: not a regular file\n" in seen
+    assert f"INFO skipped {tmp_path / 'socket.dcm'}: not a regular file\n" in seen
+    assert any(
+        line.startswith(f"WARNING skipped 2 of the 3 files under {tmp_path}:") for line in seen
+    )
 
 
 def test_every_file_of_pydicoms_corpus_downloads_with_no_noise(tmp_path: Path) -> None:
@@ -179,3 +225,55 @@ def test_every_file_of_pydicoms_corpus_downloads_with_no_noise(tmp_path: Path) -
         line.startswith("dlstudy: warning: instance ") and line.endswith("(kept as sent)")
         for line in lines
     )
+
+
+def test_ctrl_c_during_a_transfer_stops_quietly() -> None:
+    """A client that reads slowly keeps a study's multipart response in flight past the
+    graceful timeout: stopping cuts it (the client sees a cut transfer) without a traceback."""
+    proc, url = start("--virtual", "1", "--study-size", "40000", "--port", "0", installed=True)
+    try:
+        (study,) = json.loads(curl(f"{url}/studies"))
+        uid = study["0020000D"]["Value"][0]
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        with socket.create_connection((host, int(port))) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(
+                f"GET /dicomweb/studies/{uid} HTTP/1.1\r\nHost: {host}\r\n"
+                'Accept: multipart/related; type="application/dicom"\r\n\r\n'.encode()
+            )
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")  # then it reads no more
+            time.sleep(1)  # the server's send buffer fills
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        proc.stderr.close()
+    assert rest == "", rest
+
+
+def test_of_two_files_with_one_sop_uid_the_whole_one_is_served(tmp_path: Path) -> None:
+    """A copy cut short that comes first in the walk used to be served with its short length;
+    the larger file is served now, and a warning names both."""
+    whole = SAMPLE.read_bytes()
+    (tmp_path / "a-cut.dcm").write_bytes(whole[:-500])  # first in the walk
+    (tmp_path / "b-whole.dcm").write_bytes(whole)
+    (tmp_path / "c-copy.dcm").write_bytes(whole)  # the same size: a -v line only
+    seen: list[str] = []
+    proc, url = start(str(tmp_path), "--port", "0", seen=seen, installed=True)
+    try:
+        served = curl("-H", "Accept: application/dicom; transfer-syntax=*", sample_url(url))
+    finally:
+        stop(proc)
+    assert served == whole
+    sop = pydicom.dcmread(SAMPLE, stop_before_pixels=True).SOPInstanceUID
+    assert seen[:-1] == [
+        f"WARNING SOP Instance UID {sop} is in two files of different sizes: serving the larger "
+        f"{tmp_path / 'b-whole.dcm'} ({len(whole)} bytes), not {tmp_path / 'a-cut.dcm'} "
+        f"({len(whole) - 500} bytes)\n",
+        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, not regular "
+        "files, unreadable or duplicates (--verbose names each)\n",
+    ]
