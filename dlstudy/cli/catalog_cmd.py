@@ -37,6 +37,8 @@ from .query_cmd import CsvOpt, UidsOpt, render, study_query
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
 
+# Pull's --db may come from the config file (a ConfigCommand): checked once that is read.
+PullDbOpt = Annotated[Path | None, catalog_option("--db", help="The catalog file (DuckDB).")]
 LevelOpt = Annotated[
     str, catalog_option("--level", help="study, or series: also every study's series.")
 ]
@@ -172,7 +174,7 @@ def register(app: typer.Typer) -> None:
 @with_options(SEARCH, HTTP, CONNECTION)
 def pull_command(
     ctx: typer.Context,
-    db: DbOpt,
+    db: PullDbOpt = None,
     level: LevelOpt = "study",
     walk: WalkOpt = "auto",
     recent: RecentOpt = 7,
@@ -194,6 +196,8 @@ def pull_command(
     from ..http.client import Transport
 
     setup_logging(options["verbose"], None)
+    if db is None:
+        fail_usage("--db (or DLSTUDY_DB, or db in the config file) is required")
     if level not in LEVELS:
         fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     if walk not in WALKS:
