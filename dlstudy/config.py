@@ -55,12 +55,17 @@ class Config:
     servers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def values(
-        self, server: str | None, env: Mapping[str, str], known: Collection[str] | None = None
+        self,
+        server: str | None,
+        env: Mapping[str, str],
+        known: Collection[str] | None = None,
+        exclusive: Collection[Collection[str]] = (),
     ) -> dict[str, Any]:
         """Option name (`ca_bundle`) -> value: `[defaults]` overlaid by the chosen profile.
 
         `known` is every option name the CLI has; any other key is reported (a typo would
-        otherwise be silently ignored).
+        otherwise be silently ignored). `exclusive`: groups of flags of which one is chosen
+        (`json`, `csv`, `uids`): one set in the profile replaces any set in `[defaults]`.
         """
         if known is not None:
             self.check_keys(known)
@@ -75,6 +80,11 @@ class Config:
             layers.append((f"[servers.{name}]", self.servers[name]))
         merged: dict[str, Any] = {}
         for where, table in layers:
+            chosen = {key.replace("-", "_") for key, value in table.items() if value is True}
+            for group in exclusive:
+                if chosen & set(group):
+                    for key in set(group) - chosen:
+                        merged.pop(key, None)
             for raw_key, value in table.items():
                 key = raw_key.replace("-", "_")
                 if key in SECRET_ENV_KEYS:

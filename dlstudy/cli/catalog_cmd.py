@@ -32,7 +32,7 @@ from .options import (
     StudyModalityOpt,
     with_options,
 )
-from .query_cmd import CsvOpt, UidsOpt, render, study_query
+from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query
 
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
@@ -81,13 +81,6 @@ WALKS = ("auto", "split")
 def _fail(exc: DlstudyError) -> typer.Exit:
     error_line(str(exc))
     return typer.Exit(int(exc.exit_status))
-
-
-def _form(json_output: bool, csv_output: bool, uids: bool) -> str:
-    if json_output + csv_output + uids > 1:
-        fail_usage("choose one of --json, --csv, --uids")
-    form = "json" if json_output else "csv" if csv_output else "uids" if uids else None
-    return form or ("table" if sys.stdout.isatty() else "tsv")
 
 
 def _print(write: Any) -> None:
@@ -254,6 +247,7 @@ def pull_command(
 
 @catalog_app.command("query")
 def query_command(
+    ctx: typer.Context,
     db: DbOpt,
     where: WhereOpt = None,
     sql: SqlOpt = None,
@@ -270,7 +264,7 @@ def query_command(
     from ..catalog.query import run_sql, select_studies, select_uids
     from ..catalog.store import connect
 
-    form = _form(json_output, csv_output, uids)
+    form = output_form(ctx)
     query = _query(patient_id, patient_name, study_date, modality, accession, None)
     if sql is not None and (where is not None or query != type(query)()):
         fail_usage("--sql is a whole query: give it alone, without --where or filters")
@@ -313,6 +307,7 @@ def query_command(
 
 @catalog_app.command("status")
 def status_command(
+    ctx: typer.Context,
     db: DbOpt,
     output: StatusOutputOpt = DEFAULTS.output,
     where: WhereOpt = None,
@@ -333,7 +328,7 @@ def status_command(
         if not listing:
             counts = tally(states)
         else:
-            form = _form(json_output, csv_output, uids)
+            form = output_form(ctx)
             names = ["study_uid", "state", "instances", "on_disk", "study_date", "patient_id"]
             rows = (
                 (s.record.study_uid, s.state, s.record.instances, s.on_disk,

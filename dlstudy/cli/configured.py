@@ -21,6 +21,8 @@ from .common import fail_usage
 
 # Values that must not be echoed in an error message.
 SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})
+# Output formats: one at most; a profile's choice replaces one in [defaults] (query_cmd).
+EXCLUSIVE_FLAGS = frozenset({"json", "csv", "uids"})
 
 ConfigOpt = Annotated[
     Path | None,
@@ -71,7 +73,9 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
                 f"use --config or {config.CONFIG_ENV})"
             )
         return
-    values = config.load(path).values(server, env, known=_known_options(ctx))
+    values = config.load(path).values(
+        server, env, known=_known_options(ctx), exclusive=[EXCLUSIVE_FLAGS]
+    )
     params = options_by_key(command)
     for key, value in values.items():
         param = params.get(key)

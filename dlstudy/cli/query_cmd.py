@@ -84,6 +84,37 @@ def table_columns(rows: list[dict[str, Any]], width: int) -> list[tuple[str, str
     return chosen
 
 
+# The output formats, by parameter: one at most, the one given at the highest level.
+FORMAT_FLAGS = {
+    "json_output": ("--json", "json"),
+    "csv_output": ("--csv", "csv"),
+    "uids": ("--uids", "uids"),
+}
+# Where a value came from, highest precedence first (a value at its built-in default that is
+# set came from the config file: ConfigCommand fills those in).
+_LEVELS = {"COMMANDLINE": "on the command line", "ENVIRONMENT": "in the environment"}
+
+
+def output_form(ctx: typer.Context) -> str:
+    """`json`, `csv` or `uids`, from the format flag set at the highest level (command line >
+    environment > config file), so `--json` overrides `DLSTUDY_UIDS=1` or `uids = true`; two
+    at the same level are a usage error. None set: a table on a terminal, else TSV."""
+    levels: dict[str, list[str]] = {}
+    for name in FORMAT_FLAGS:
+        if ctx.params.get(name):
+            source = ctx.get_parameter_source(name)
+            where = _LEVELS.get(source.name if source is not None else "", "in the config file")
+            levels.setdefault(where, []).append(name)
+    for where in (*_LEVELS.values(), "in the config file"):
+        chosen = levels.get(where, [])
+        if len(chosen) > 1:
+            given = " and ".join(FORMAT_FLAGS[name][0] for name in chosen)
+            fail_usage(f"{given} given {where}: choose one of --json, --csv, --uids")
+        if chosen:
+            return FORMAT_FLAGS[chosen[0]][1]
+    return "table" if sys.stdout.isatty() else "tsv"
+
+
 def study_query(options: Mapping[str, Any]) -> StudyQuery:
     """The study search the SEARCH options of a command describe."""
     from ..dicomweb.search import (  # only when a command runs
@@ -185,10 +216,7 @@ def register(app: typer.Typer) -> None:
         from ..dicomweb.search import search  # not at the start-up of every other command
 
         setup_logging(options["verbose"], None)
-        if json_output + csv_output + uids > 1:
-            fail_usage("choose one of --json, --csv, --uids")
-        form = "json" if json_output else "csv" if csv_output else "uids" if uids else None
-        form = form or ("table" if sys.stdout.isatty() else "tsv")
+        form = output_form(ctx)
         query = study_query(options)
         chosen_shard = shard_option(shard)
         settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here

@@ -1,0 +1,96 @@
+"""What `query` (and `sync`) make of their options and of the server's answers, through the
+installed CLI: which output format wins, filters given twice or empty, and server values with
+control characters on a terminal or in a pipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..cli_helpers import run_installed
+from ..fixtures.embedded_server import StartServer, SynthStudy
+
+pytestmark = pytest.mark.integration
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def form_of(stdout: str) -> str:
+    """Which format `query` printed one study in."""
+    first = stdout.splitlines()[0]
+    if first.startswith("{"):
+        json.loads(first)
+        return "json"
+    if first.startswith("study_uid,"):
+        return "csv"
+    if first.startswith("study_uid\t"):
+        return "tsv"
+    assert "," not in first and "\t" not in first, stdout
+    return "uids"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "expected"),
+    [
+        (["--json"], {"DLSTUDY_UIDS": "1"}, "", "json"),
+        (["--csv"], {"DLSTUDY_UIDS": "1"}, "", "csv"),
+        (["--json"], {}, "[defaults]\nuids = true\n", "json"),
+        (["--uids"], {"DLSTUDY_JSON": "1"}, "[defaults]\ncsv = true\n", "uids"),
+        ([], {"DLSTUDY_CSV": "1"}, "[defaults]\nuids = true\n", "csv"),
+        ([], {}, "[defaults]\nuids = true\n", "uids"),
+        ([], {}, "server = 'here'\n[defaults]\nuids = true\n[servers.here]\njson = true\n", "json"),
+    ],
+)
+def test_a_format_given_at_a_higher_level_wins(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    args: list[str],
+    env: dict[str, str],
+    config: str,
+    expected: str,
+) -> None:
+    """Command line > environment > config profile > [defaults], as for every option."""
+    url = embedded_server(synth_study.root)
+    conf = write(tmp_path / "c.toml", config)
+    result = run_installed("query", "--url", url, "--config", str(conf), *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert form_of(result.stdout) == expected
+    assert synth_study.study_uid in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "message"),
+    [
+        (["--json", "--uids"], {}, "", "--json and --uids given on the command line"),
+        ([], {"DLSTUDY_JSON": "1", "DLSTUDY_CSV": "1"}, "", "--json and --csv given in the env"),
+        ([], {}, "[defaults]\ncsv = true\nuids = true\n", "--csv and --uids given in the config"),
+    ],
+)
+def test_two_formats_at_the_same_level_are_a_usage_error(
+    tmp_path: Path, args: list[str], env: dict[str, str], config: str, message: str
+) -> None:
+    conf = write(tmp_path / "c.toml", config)
+    result = run_installed(
+        "query", "--url", "http://127.0.0.1:9/x", "--config", str(conf), *args, env=env
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "choose one of --json, --csv, --uids" in result.stderr
+
+
+def test_catalog_query_lets_the_command_line_format_win_too(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    db = str(tmp_path / "c.duckdb")
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", db, "--quiet")
+    assert pulled.returncode == 0, pulled.stderr
+    result = run_installed("catalog", "query", "--db", db, "--json", env={"DLSTUDY_UIDS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert form_of(result.stdout) == "json"
