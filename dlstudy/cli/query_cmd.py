@@ -115,6 +115,16 @@ def output_form(ctx: typer.Context) -> str:
     return "table" if sys.stdout.isatty() else "tsv"
 
 
+# The search options that set one matching key each: (parameter, option, key it sets).
+NAMED_FILTERS = (
+    ("patient_id", "--patient-id", "PatientID"),
+    ("patient_name", "--patient-name", "PatientName"),
+    ("study_date", "--study-date", "StudyDate"),
+    ("accession", "--accession", "AccessionNumber"),
+    ("modality", "--modality", "ModalitiesInStudy"),
+)
+
+
 def study_query(options: Mapping[str, Any]) -> StudyQuery:
     """The study search the SEARCH options of a command describe."""
     from ..dicomweb.search import (  # only when a command runs
@@ -125,13 +135,21 @@ def study_query(options: Mapping[str, Any]) -> StudyQuery:
 
     study_date, modality = options["study_date"], options["modality"]
     try:
+        filters = parse_filters(options["filter"] or ())
+    except UsageError as exc:
+        fail_usage(str(exc))
+    named = {key: flag for name, flag, key in NAMED_FILTERS if options[name]}
+    for key, _ in filters:
+        if key in named:
+            fail_usage(f"{named[key]} and --filter {key}=... both set {key}: give each key once")
+    try:
         return StudyQuery(
             patient_id=options["patient_id"],
             patient_name=options["patient_name"],
             study_date=parse_study_date(study_date) if study_date else None,
             accession=options["accession"],
             modalities=tuple(dict.fromkeys(m.strip().upper() for m in modality or () if m)),
-            filters=parse_filters(options["filter"] or ()),
+            filters=filters,
         )
     except UsageError as exc:
         fail_usage(str(exc))

@@ -94,3 +94,36 @@ def test_catalog_query_lets_the_command_line_format_win_too(
     result = run_installed("catalog", "query", "--db", db, "--json", env={"DLSTUDY_UIDS": "1"})
     assert result.returncode == 0, result.stderr
     assert form_of(result.stdout) == "json"
+
+
+CLOSED = "http://127.0.0.1:9/dicomweb"  # nothing listens: a run that got that far exits 3
+
+
+def output_of(command: str, tmp_path: Path) -> list[str]:
+    return ["-o", str(tmp_path / "o")] if command == "sync" else []
+
+
+@pytest.mark.parametrize("command", ["query", "sync"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--study-date", "20260101", "--filter", "StudyDate=20250601"],
+            "--study-date and --filter StudyDate=... both set StudyDate",
+        ),
+        (
+            ["--modality", "CT", "--filter", "ModalitiesInStudy=MR"],
+            "--modality and --filter ModalitiesInStudy=... both set ModalitiesInStudy",
+        ),
+        (
+            ["--patient-id", "P1", "--filter", "(0010,0020)=P2"],
+            "--patient-id and --filter PatientID=... both set PatientID",
+        ),
+    ],
+)
+def test_a_key_set_by_an_option_and_by_filter_is_a_usage_error(
+    tmp_path: Path, command: str, args: list[str], message: str
+) -> None:
+    result = run_installed(command, "--url", CLOSED, *output_of(command, tmp_path), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
