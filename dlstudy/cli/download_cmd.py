@@ -86,6 +86,8 @@ def register(app: typer.Typer) -> None:
             fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
         if not url:
             fail_usage("--url (or DLSTUDY_URL) is required")
+        if any(not one.strip() for one in modality or ()):
+            fail_usage("--modality is empty: give a value, or leave the option out for all")
         if report is not None:
             try:
                 report_format(report)

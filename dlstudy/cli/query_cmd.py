@@ -126,13 +126,19 @@ NAMED_FILTERS = (
 
 
 def study_query(options: Mapping[str, Any]) -> StudyQuery:
-    """The study search the SEARCH options of a command describe."""
+    """The study search the SEARCH options of a command describe. An empty value is a usage
+    error, not "no filter": `--study-date "$DAY"` with DAY unset must not match everything."""
     from ..dicomweb.search import (  # only when a command runs
         StudyQuery,
         parse_filters,
         parse_study_date,
     )
 
+    for name, flag, _ in NAMED_FILTERS:
+        value = options[name]
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        if any(not one.strip() for one in values):
+            fail_usage(f"{flag} is empty: give a value, or leave the option out to match any")
     study_date, modality = options["study_date"], options["modality"]
     try:
         filters = parse_filters(options["filter"] or ())
@@ -148,7 +154,7 @@ def study_query(options: Mapping[str, Any]) -> StudyQuery:
             patient_name=options["patient_name"],
             study_date=parse_study_date(study_date) if study_date else None,
             accession=options["accession"],
-            modalities=tuple(dict.fromkeys(m.strip().upper() for m in modality or () if m)),
+            modalities=tuple(dict.fromkeys(m.strip().upper() for m in modality or ())),
             filters=filters,
         )
     except UsageError as exc:

@@ -127,3 +127,34 @@ def test_a_key_set_by_an_option_and_by_filter_is_a_usage_error(
     result = run_installed(command, "--url", CLOSED, *output_of(command, tmp_path), *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("command", ["query", "sync"])
+@pytest.mark.parametrize(
+    ("args", "config", "message"),
+    [
+        (["--study-date", ""], "", "--study-date is empty"),
+        (["--patient-name", " "], "", "--patient-name is empty"),
+        (["--patient-id", ""], "", "--patient-id is empty"),
+        (["--accession", ""], "", "--accession is empty"),
+        (["--modality", "CT", "--modality", ""], "", "--modality is empty"),
+        (["--filter", "PatientSex="], "", "--filter PatientSex= is empty"),
+        ([], "[defaults]\nstudy-date = ''\n", "--study-date is empty"),
+    ],
+)
+def test_an_empty_filter_is_a_usage_error_not_every_study(
+    tmp_path: Path, command: str, args: list[str], config: str, message: str
+) -> None:
+    """`sync --study-date "$DAY"` with DAY unset must not mirror the whole archive."""
+    conf = write(tmp_path / "c.toml", config)
+    result = run_installed(
+        command, "--url", CLOSED, *output_of(command, tmp_path), "--config", str(conf), *args
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"dlstudy: error: {message}" in result.stderr
+
+
+def test_an_empty_modality_of_download_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_installed("download", "1.2.3", "--url", CLOSED, "--modality", "")
+    assert result.returncode == 2, result.stderr
+    assert "dlstudy: error: --modality is empty" in result.stderr
