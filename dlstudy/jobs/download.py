@@ -6,6 +6,7 @@ This is the library entry point the CLI calls; it needs neither typer nor rich.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ import anyio
 from ..dicomweb.cohort import CohortItem
 from ..engine.schedule import complete_in_index, trusts_index
 from ..engine.standby import standing_by
-from ..engine.workers import MAX_WORKERS, standing_by_for
+from ..engine.workers import standing_by_for
 from ..errors import (
     DlstudyError,
     InvalidUidError,
@@ -35,15 +36,14 @@ from ..http.urls import is_valid_uid, redact_url
 from ..report.landed import PRESENT, ReportWriter, report_format
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
-from ..settings import Settings
+from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
+from ..settings import MAX_WORKERS, Settings
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
 from .run import Run
 
 log = logging.getLogger(__name__)
-
-MAX_CONCURRENCY = 256
 
 
 Wanted = str | CohortItem  # a study UID, or an item of a cohort list (dicomweb/cohort.py)
@@ -73,10 +73,10 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
         raise UsageError(f"--concurrency must be between 0 (auto) and {MAX_CONCURRENCY}")
     if not 0 <= settings.workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be between 0 (auto) and {MAX_WORKERS}")
-    if settings.retries < 0 or settings.retry_budget < 0:
+    if settings.retries < 0 or not 0 <= settings.retry_budget < math.inf:
         raise UsageError("--retries and --retry-budget must be 0 or more")
-    if settings.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    if not 0 < settings.timeout < math.inf:
+        raise UsageError("--timeout must be a number of seconds above 0")
     if settings.mode not in ("auto", "instance", "series", "study"):
         raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
 
