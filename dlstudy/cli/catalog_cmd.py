@@ -32,7 +32,7 @@ from .options import (
     StudyModalityOpt,
     with_options,
 )
-from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query
+from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
 
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
@@ -106,10 +106,11 @@ def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
     if form == "table":
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(*names)
-        for row in rows:
-            table.add_row(*("" if v is None else str(_plain(v)) for v in row))
+        for row in rows:  # the server's values, never markup or control characters
+            table.add_row(*(Text(visible(None if v is None else str(_plain(v)), "")) for v in row))
             count += 1
         Console(file=stream).print(table)
         return count

@@ -71,7 +71,7 @@ def table_columns(rows: list[dict[str, Any]], width: int) -> list[tuple[str, str
     used = 0
     for key, title in TABLE_COLUMNS:
         room = width - used - (_GAP if chosen else 0)
-        natural = max([len(title), *(len(_cell(row[key], ", ")) for row in rows)])
+        natural = max([len(title), *(len(visible(row[key], ", ")) for row in rows)])
         need = natural
         if key in _TEXT_COLUMNS:
             most, least = _TEXT_COLUMNS[key]
@@ -169,6 +169,17 @@ def _cell(value: Any, separator: str) -> str:
     return str(value)
 
 
+# Control characters (C0, DEL, C1) in what the server sent: on a terminal ESC sequences would
+# retitle or recolour it (and a cut one break the table), in a TSV line CR/LF would start a
+# bogus row. The table and TSV show '?' for each (a tab is a space); CSV and JSON quote them.
+_CONTROLS = str.maketrans({c: "?" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {0x09: " "})
+
+
+def visible(value: Any, separator: str) -> str:
+    """A cell of the table or of a TSV line: `_cell` without control characters."""
+    return _cell(value, separator).translate(_CONTROLS)
+
+
 def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
     """Write `records` as `table` (rich), `tsv`, `json` (lines), `csv` or `uids`."""
     rows = [record.as_dict() for record in records]
@@ -183,12 +194,13 @@ def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
     elif form == "tsv":  # a pipe without a format flag: like `gh`, plain tab-separated lines
         stream.write("\t".join(key for key, _ in COLUMNS) + "\n")
         for row in rows:
-            cells = (_cell(row[key], "\\").replace("\t", " ") for key, _ in COLUMNS)
+            cells = (visible(row[key], "\\") for key, _ in COLUMNS)
             stream.write("\t".join(cells) + "\n")
     else:
         from rich import box  # rich only for the table: start-up of every other command
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text  # the server's text as it is, never read as rich markup
 
         console = Console(file=stream)
         columns = table_columns(rows, console.width)
@@ -199,7 +211,7 @@ def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
         for _, title, width in columns:
             table.add_column(title, no_wrap=True, overflow="ellipsis", width=width)
         for row in rows:
-            table.add_row(*(_cell(row[key], ", ") for key, _, _ in columns))
+            table.add_row(*(Text(visible(row[key], ", ")) for key, _, _ in columns))
         console.print(table)
 
 
@@ -212,17 +224,17 @@ def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -
     for row in rows:
         count = row["instances"]
         fields = [
-            _cell(row["study_date"], ""),
-            _cell(row["patient_id"], ""),
-            _cell(row["patient_name"], ""),
-            _cell(row["modalities"], ", "),
+            visible(row["study_date"], ""),
+            visible(row["patient_id"], ""),
+            visible(row["patient_name"], ""),
+            visible(row["modalities"], ", "),
             "" if count is None else f"{count} instances",
-            _cell(row["description"], ""),
+            visible(row["description"], ""),
         ]
         detail = "    " + "  ".join(field for field in fields if field)
         if len(detail) > width:
             detail = detail[: max(width - 1, 0)] + "…"
-        stream.write(f"{row['study_uid']}\n{detail}\n")
+        stream.write(f"{visible(row['study_uid'], '')}\n{detail}\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -158,3 +158,71 @@ def test_an_empty_modality_of_download_is_a_usage_error(tmp_path: Path) -> None:
     result = run_installed("download", "1.2.3", "--url", CLOSED, "--modality", "")
     assert result.returncode == 2, result.stderr
     assert "dlstudy: error: --modality is empty" in result.stderr
+
+
+# What a hostile or broken archive may put in a study's description: an OSC sequence that
+# retitles the terminal (ESC ] 0 ; ... BEL), a colour (CSI 31 m), a CR/LF and a C1 CSI (U+009B),
+# and rich markup.
+HOSTILE = "\x1b]0;pwned\x07\x1b[31mRED\r\nLINE2\x9b2J[bold]x[/bold]\x7f"
+HOSTILE_SHOWN = "?]0;pwned??[31mRED??LINE2?2J[bold]x[/bold]?"
+
+
+@pytest.fixture
+def hostile_study(tmp_path: Path, embedded_server: StartServer) -> tuple[str, str]:
+    """A served study whose StudyDescription is HOSTILE: (url, study UID)."""
+    import warnings
+
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    root = tmp_path / "hostile"
+    instances = generate(root, SynthSpec(series=1, instances=2, size=2048, seed=7))
+    for instance in instances:
+        dataset = pydicom.dcmread(instance.path)
+        dataset.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: U+009B can be written
+        dataset.StudyDescription = HOSTILE
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns: LO holds no control characters
+            dataset.save_as(instance.path)
+    return embedded_server(root), instances[0].study_uid
+
+
+def test_control_characters_from_the_server_are_shown_not_sent_to_the_terminal(
+    hostile_study: tuple[str, str],
+) -> None:
+    from ..cli_helpers import DLSTUDY, run_on_a_terminal
+
+    url, study = hostile_study
+    code, drawn = run_on_a_terminal("query", "--url", url, columns=220)
+    assert code == 0, drawn
+    text = drawn.replace("\r\n", "\n")  # the terminal's own line ends
+    for control in ("\x1b]", "\x07", "\x9b", "\r", "\x7f"):
+        assert control not in text, (control, text)
+    assert HOSTILE_SHOWN[:31] + "…" in text  # the description column: 32 characters at most
+    lines = [line for line in text.splitlines() if study in line]
+    assert len(lines) == 1, text  # the study's row stays one line
+
+    narrow_code, narrow = run_on_a_terminal("query", "--url", url, columns=90)  # two lines
+    assert narrow_code == 0, narrow
+    assert "\x1b]" not in narrow and "\x07" not in narrow
+    assert [line[:4] for line in narrow.splitlines() if "pwned?" in line] == ["    "]  # detail
+
+    piped = run_installed("query", "--url", url)  # TSV: a header and one line for the study
+    assert piped.returncode == 0, piped.stderr
+    rows = [line.split("\t") for line in piped.stdout.split("\n") if line]
+    assert len(rows) == 2 and len(rows[1]) == len(rows[0]), piped.stdout
+    assert rows[1][rows[0].index("description")] == HOSTILE_SHOWN
+
+    import csv
+    import io
+    import subprocess
+
+    def raw(*args: str) -> bytes:  # bytes as written: no newline translation
+        done = subprocess.run([DLSTUDY, *args], capture_output=True, check=True, timeout=60)
+        return done.stdout
+
+    listed = json.loads(raw("query", "--url", url, "--json"))
+    assert listed["description"] == HOSTILE  # JSON escapes them: exactly as sent
+    table = list(csv.DictReader(io.StringIO(raw("query", "--url", url, "--csv").decode(), "")))
+    assert [row["description"] for row in table] == [HOSTILE]
