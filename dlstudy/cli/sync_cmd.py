@@ -17,6 +17,7 @@ from .options import (
     HTTP,
     SEARCH,
     TRANSFER,
+    ReportOpt,
     with_options,
 )
 from .query_cmd import study_query
@@ -30,6 +31,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         catalog: SyncCatalogOpt = None,
         where: WhereOpt = None,
+        report: ReportOpt = None,
         shard: ShardOpt = None,
         **options: Any,
     ) -> None:

@@ -135,8 +135,11 @@ async def download_async(
     settings: Settings,
     progress: ProgressSink,
     started: float | None = None,
+    report: ReportWriter | None = None,
 ) -> Summary:
-    """`started`: a time.monotonic() reading the run is timed from (default: now)."""
+    """`started`: a time.monotonic() reading the run is timed from (default: now). `report`:
+    the --report rows go to this writer, which the caller commits (sync's, which has rows of
+    its own); without it, to one for `settings.report`, committed here."""
     summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
     started = time.monotonic() if started is None else started
     try:
@@ -151,10 +154,10 @@ async def download_async(
                 log.info("removed %d temp files left by an interrupted run", removed)
             manifest = Manifest(store.root, store.state_dir)
             stack.callback(manifest.close)
-            report = None
-            if settings.report is not None:
-                report = ReportWriter(settings.report)
-                stack.callback(report.discard)  # unless committed below
+            own_report = None
+            if report is None and settings.report is not None:
+                report = own_report = ReportWriter(settings.report)
+                stack.callback(own_report.discard)  # unless committed below
             transport = Transport(settings, auth=await auth_from_settings(settings))
             stack.push_async_callback(transport.aclose)
             complete: list[str] = []
@@ -167,13 +170,13 @@ async def download_async(
                 else:
                     progress.start(summary.total, summary.skipped)
             except NothingMatchedError:
-                if report is not None:
-                    report.commit()  # which listed items the server does not have
+                if own_report is not None:
+                    own_report.commit()  # which listed items the server does not have
                 raise
             finally:
                 summary.http_version = transport.http_version
-            if report is not None:
-                report.commit()
+            if own_report is not None:
+                own_report.commit()
     except BaseException as exc:
         # Fatal errors and interruptions carry what was done so far, for the report.
         if isinstance(exc, DlstudyError):
@@ -204,17 +207,22 @@ def take_complete(
         summary.skipped += count
         summary.from_index += 1
         if report is not None:
-            for entry in manifest.entries_of(study):
-                report.row(
-                    PRESENT,
-                    *(entry.study, entry.series, entry.sop),
-                    path=store.root / entry.path,
-                    size=entry.size,
-                    digest=entry.digest,
-                )
+            report_present(report, manifest, store, study)
     if complete:
         log.info("%d studies complete in the manifest: not listed again", len(complete))
     return rest, list(complete)
+
+
+def report_present(report: ReportWriter, manifest: Manifest, store: Store, study: str) -> None:
+    """A `present` row for each instance of `study` the manifest records (a complete study)."""
+    for entry in manifest.entries_of(study):
+        report.row(
+            PRESENT,
+            *(entry.study, entry.series, entry.sop),
+            path=store.root / entry.path,
+            size=entry.size,
+            digest=entry.digest,
+        )
 
 
 async def stop_on_signals(work: Awaitable[None]) -> None:

@@ -226,3 +226,45 @@ def test_control_characters_from_the_server_are_shown_not_sent_to_the_terminal(
     assert listed["description"] == HOSTILE  # JSON escapes them: exactly as sent
     table = list(csv.DictReader(io.StringIO(raw("query", "--url", url, "--csv").decode(), "")))
     assert [row["description"] for row in table] == [HOSTILE]
+
+
+def read_report(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as fp:
+        return list(csv.DictReader(fp))
+
+
+def test_sync_writes_a_report_of_what_it_downloaded_and_what_was_complete(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """A cron user's `sync --report`: one row per instance of every matching study, the
+    complete ones (never handed to the download) as `present`, with their paths and digests."""
+    from dlstudy.server.synth import SynthSpec, generate
+
+    instances = generate(tmp_path / "src", SynthSpec(studies=2, series=1, instances=3, size=2048))
+    first, second = dict.fromkeys(i.study_uid for i in instances)
+    url = embedded_server(tmp_path / "src")
+    out, report = tmp_path / "out", tmp_path / "landed.csv"
+    done = run_installed("download", first, "--url", url, "-o", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+
+    result = run_installed("sync", "--url", url, "-o", str(out), "--report", str(report), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sync"]["already_complete"] == 1
+    rows = read_report(report)
+    assert sorted((r["study"], r["status"]) for r in rows) == sorted(
+        [(first, "present")] * 3 + [(second, "downloaded")] * 3
+    )
+    by_sop = {i.sop_uid: i for i in instances}
+    for row in rows:
+        assert Path(row["path"]).read_bytes() == by_sop[row["sop"]].path.read_bytes()
+        assert row["digest"].startswith("blake3:") and int(row["size"]) == by_sop[row["sop"]].size
+
+    quiet_night = run_installed("sync", "--url", url, "-o", str(out), "--report", str(report))
+    assert quiet_night.returncode == 0, quiet_night.stderr
+    assert sorted(r["status"] for r in read_report(report)) == ["present"] * 6
+
+    wrong = run_installed("sync", "--url", url, "-o", str(out), "--report", str(tmp_path / "r.txt"))
+    assert wrong.returncode == 2, wrong.stderr
+    assert "must end in .csv or .jsonl" in wrong.stderr
