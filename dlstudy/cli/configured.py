@@ -23,6 +23,10 @@ from .common import fail_usage
 SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})
 # Output formats: one at most; a profile's choice replaces one in [defaults] (query_cmd).
 EXCLUSIVE_FLAGS = frozenset({"json", "csv", "uids"})
+# Options that share a long name with other commands' and mean something else: bench's
+# --concurrency and --http are its matrix, so `concurrency = 16` or `http = "1.1"`, meant for
+# downloads, must not shrink it (those two are given on bench's command line only).
+NOT_FROM_CONFIG = {"bench": frozenset({"concurrency", "http"})}
 
 ConfigOpt = Annotated[
     Path | None,
@@ -77,6 +81,8 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
         server, env, known=_known_options(ctx), exclusive=[EXCLUSIVE_FLAGS]
     )
     params = options_by_key(command)
+    for key in NOT_FROM_CONFIG.get(command.name or "", ()):
+        params.pop(key, None)
     for key, value in values.items():
         param = params.get(key)
         if param is None or param.name in ("config", "server"):
