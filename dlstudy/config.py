@@ -11,9 +11,10 @@
     ca_bundle = "/etc/ssl/hospital-ca.pem"
     concurrency = 32
 
-Keys are the long option names (`ca-bundle` or `ca_bundle`). `token_env` / `password_env` name
-an environment variable holding the secret, so no secret needs to be in the file or on the
-command line. Relative paths are relative to the file's folder; `~` is expanded.
+Keys are the long option names (`ca-bundle` or `ca_bundle`; `json = true` for `--json`).
+`token_env` / `password_env` name an environment variable holding the secret, so no secret
+needs to be in the file or on the command line. Relative paths are relative to the file's
+folder; `~` is expanded.
 
 Precedence, highest first: command line, `DLSTUDY_*` environment variables, the chosen profile,
 `[defaults]`, built-in defaults. The first two are the CLI's business; this module only reads
@@ -34,7 +35,9 @@ CONFIG_ENV = "DLSTUDY_CONFIG"
 FILE_NAME = "config.toml"
 APP_DIR = "dlstudy"
 # Keys that name a file or folder: `~` expanded, relative to the config file's folder.
-PATH_KEYS = frozenset({"output", "ca_bundle", "cert", "key", "log_file"})
+PATH_KEYS = frozenset(
+    {"output", "ca_bundle", "cert", "key", "log_file", "report", "db", "catalog", "from_catalog"}
+)
 # Keys that name the environment variable holding a secret, and the option they fill.
 SECRET_ENV_KEYS = {"token_env": "token", "password_env": "password"}
 _TOP_LEVEL = ("server", "defaults", "servers")
@@ -52,12 +55,17 @@ class Config:
     servers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def values(
-        self, server: str | None, env: Mapping[str, str], known: Collection[str] | None = None
+        self,
+        server: str | None,
+        env: Mapping[str, str],
+        known: Collection[str] | None = None,
+        exclusive: Collection[Collection[str]] = (),
     ) -> dict[str, Any]:
         """Option name (`ca_bundle`) -> value: `[defaults]` overlaid by the chosen profile.
 
         `known` is every option name the CLI has; any other key is reported (a typo would
-        otherwise be silently ignored).
+        otherwise be silently ignored). `exclusive`: groups of flags of which one is chosen
+        (`json`, `csv`, `uids`): one set in the profile replaces any set in `[defaults]`.
         """
         if known is not None:
             self.check_keys(known)
@@ -72,6 +80,11 @@ class Config:
             layers.append((f"[servers.{name}]", self.servers[name]))
         merged: dict[str, Any] = {}
         for where, table in layers:
+            chosen = {key.replace("-", "_") for key, value in table.items() if value is True}
+            for group in exclusive:
+                if chosen & set(group):
+                    for key in set(group) - chosen:
+                        merged.pop(key, None)
             for raw_key, value in table.items():
                 key = raw_key.replace("-", "_")
                 if key in SECRET_ENV_KEYS:

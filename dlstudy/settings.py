@@ -17,6 +17,10 @@ DEFAULT_LAYOUT = "{study}/{series}/{sop}.dcm"
 # of its own: 16, as many as the curl --parallel it is measured against.
 AUTO_CONCURRENCY_HTTP2 = 64
 AUTO_CONCURRENCY_HTTP1 = 16
+# What --concurrency and --workers accept (0: chosen, see above and engine/workers.py); here,
+# where the CLI's options can check them without importing the engine.
+MAX_CONCURRENCY = 256
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)

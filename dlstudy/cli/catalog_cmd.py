@@ -32,11 +32,13 @@ from .options import (
     StudyModalityOpt,
     with_options,
 )
-from .query_cmd import CsvOpt, UidsOpt, render, study_query
+from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
 
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
 
+# Pull's --db may come from the config file (a ConfigCommand): checked once that is read.
+PullDbOpt = Annotated[Path | None, catalog_option("--db", help="The catalog file (DuckDB).")]
 LevelOpt = Annotated[
     str, catalog_option("--level", help="study, or series: also every study's series.")
 ]
@@ -89,13 +91,6 @@ def _fail(exc: DlstudyError) -> typer.Exit:
     return typer.Exit(int(exc.exit_status))
 
 
-def _form(json_output: bool, csv_output: bool, uids: bool) -> str:
-    if json_output + csv_output + uids > 1:
-        fail_usage("choose one of --json, --csv, --uids")
-    form = "json" if json_output else "csv" if csv_output else "uids" if uids else None
-    return form or ("table" if sys.stdout.isatty() else "tsv")
-
-
 def _print(write: Any) -> None:
     """Run `write()` on stdout; a reader that stops early (`| head`) is not an error."""
     try:
@@ -119,10 +114,11 @@ def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
     if form == "table":
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(*names)
-        for row in rows:
-            table.add_row(*("" if v is None else str(_plain(v)) for v in row))
+        for row in rows:  # the server's values, never markup or control characters
+            table.add_row(*(Text(visible(None if v is None else str(_plain(v)), "")) for v in row))
             count += 1
         Console(file=stream).print(table)
         return count
@@ -180,7 +176,7 @@ def register(app: typer.Typer) -> None:
 @with_options(SEARCH, HTTP, CONNECTION)
 def pull_command(
     ctx: typer.Context,
-    db: DbOpt,
+    db: PullDbOpt = None,
     level: LevelOpt = "study",
     walk: WalkOpt = "auto",
     recent: RecentOpt = 7,
@@ -203,6 +199,8 @@ def pull_command(
     from ..http.client import Transport
 
     setup_logging(options["verbose"], None)
+    if db is None:
+        fail_usage("--db (or DLSTUDY_DB, or db in the config file) is required")
     if level not in LEVELS:
         fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     if walk not in WALKS:
@@ -260,6 +258,7 @@ def pull_command(
 
 @catalog_app.command("query")
 def query_command(
+    ctx: typer.Context,
     db: DbOpt,
     where: WhereOpt = None,
     sql: SqlOpt = None,
@@ -276,7 +275,7 @@ def query_command(
     from ..catalog.query import run_sql, select_studies, select_uids
     from ..catalog.store import connect
 
-    form = _form(json_output, csv_output, uids)
+    form = output_form(ctx)
     query = _query(patient_id, patient_name, study_date, modality, accession, None)
     if sql is not None and (where is not None or query != type(query)()):
         fail_usage("--sql is a whole query: give it alone, without --where or filters")
@@ -319,6 +318,7 @@ def query_command(
 
 @catalog_app.command("status")
 def status_command(
+    ctx: typer.Context,
     db: DbOpt,
     output: StatusOutputOpt = DEFAULTS.output,
     where: WhereOpt = None,
@@ -339,7 +339,7 @@ def status_command(
         if not listing:
             counts = tally(states)
         else:
-            form = _form(json_output, csv_output, uids)
+            form = output_form(ctx)
             names = ["study_uid", "state", "instances", "on_disk", "study_date", "patient_id"]
             rows = (
                 (s.record.study_uid, s.state, s.record.instances, s.on_disk,

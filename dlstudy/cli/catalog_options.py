@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus
-from .common import error_line, fail_usage
+from .common import fail, fail_usage
 from .connection import PANELS, envvar_for
 
 # The catalog's own options: how --help shows their values, and where it groups them.
@@ -64,11 +64,9 @@ def catalog_uids(path: Path, where: str | None) -> list[str]:
     try:
         uids = study_uids(path, None, where)
     except DlstudyError as exc:
-        error_line(str(exc))
-        raise typer.Exit(int(exc.exit_status)) from exc
+        fail(str(exc), int(exc.exit_status))
     if not uids:
-        error_line(f"no study of the catalog {path} matched")
-        raise typer.Exit(int(ExitStatus.NOTHING_MATCHED))
+        fail(f"no study of the catalog {path} matched", int(ExitStatus.NOTHING_MATCHED))
     return uids
 
 

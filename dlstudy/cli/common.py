@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -108,9 +108,37 @@ def error_line(message: str) -> None:
     typer.echo(f"dlstudy: error: {message}", err=True)
 
 
-def fail_usage(message: str) -> NoReturn:
+class Failed(typer.Exit):
+    """The exit after an error line: the message travels with it, for a --json summary
+    (summary_on_failure)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(code)
+        self.message = message
+
+
+def fail(message: str, status: int) -> NoReturn:
     error_line(message)
-    raise typer.Exit(2)
+    raise Failed(message, status)
+
+
+def fail_usage(message: str) -> NoReturn:
+    fail(message, int(ExitStatus.USAGE))
+
+
+@contextmanager
+def summary_on_failure(json_output: bool, summary: Callable[[], Summary]) -> Iterator[None]:
+    """With --json, an error dlstudy finds before the run (a bad UID, an unreadable list, a
+    --log-file it cannot open) prints the summary object too, `error` and `exit_status` filled
+    in, as a fatal error of the run does: a program reading stdout always gets one object."""
+    try:
+        yield
+    except Failed as exc:
+        if json_output:
+            failed = summary()
+            failed.error, failed.exit_status = exc.message, ExitStatus(exc.exit_code)
+            typer.echo(json.dumps(failed.as_dict(), indent=2))
+        raise
 
 
 def finish(

@@ -23,6 +23,12 @@ from .common import fail_usage
 
 # Values that must not be echoed in an error message.
 SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})
+# Output formats: one at most; a profile's choice replaces one in [defaults] (query_cmd).
+EXCLUSIVE_FLAGS = frozenset({"json", "csv", "uids"})
+# Options that share a long name with other commands' and mean something else: bench's
+# --concurrency and --http are its matrix, so `concurrency = 16` or `http = "1.1"`, meant for
+# downloads, must not shrink it (those two are given on bench's command line only).
+NOT_FROM_CONFIG = {"bench": frozenset({"concurrency", "http"})}
 
 ConfigOpt = Annotated[
     Path | None,
@@ -73,42 +79,60 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
                 f"use --config or {config.CONFIG_ENV})"
             )
         return
-    values = config.load(path).values(server, env, known=_known_options(ctx))
-    params = {param.name: param for param in command.params if param.name}
+    values = config.load(path).values(
+        server, env, known=_known_options(ctx), exclusive=[EXCLUSIVE_FLAGS]
+    )
+    params = options_by_key(command)
     annotations = _option_types(command)
+    for key in NOT_FROM_CONFIG.get(command.name or "", ()):
+        params.pop(key, None)
     for key, value in values.items():
         param = params.get(key)
-        if param is None or key in ("config", "server"):
+        if param is None or param.name in ("config", "server"):
             continue  # an option of another command
-        source = ctx.get_parameter_source(key)
+        name = param.name
+        source = ctx.get_parameter_source(name)
         if source is not None and source.name != "DEFAULT":
             continue  # the command line or the environment said otherwise
-        if (wrong := _type_problem(value, annotations.get(key))) is not None:
+        if (wrong := _type_problem(value, annotations.get(name))) is not None:
             raise config.ConfigError(f"{key} in {path} must be {wrong}")
         if getattr(param, "multiple", False) and not isinstance(value, list):
             value = [value]
         try:
-            ctx.params[key] = param.process_value(ctx, value)
+            ctx.params[name] = param.process_value(ctx, value)
         except (typer.BadParameter, ValueError, TypeError) as exc:
             shown = "" if key in SECRET_KEYS else f" = {value!r}"
             message = getattr(exc, "message", None) or str(exc)
             raise config.ConfigError(f"{key}{shown} in {path}: {message}") from exc
 
 
+def options_by_key(command: Any) -> dict[str, Any]:
+    """A command's options by the config key that sets them: each long option name, `-` as
+    `_` (`--json` -> `json`, `--page-size` -> `page_size`), whatever the parameter is called
+    inside (`json_output`)."""
+    return {
+        name.lstrip("-").replace("-", "_"): param
+        for param in command.params
+        if param.param_type_name == "option"
+        for name in param.opts
+        if name.startswith("--")
+    }
+
+
 def _known_options(ctx: Any) -> set[str]:
-    """Every option name of every command: a key only another command uses is not a typo.
-    A run builds only the command it names (see app.main), so the whole CLI is built here,
-    when a config file is there to check."""
+    """The config key of every option of every command and subcommand (`catalog pull`): a key
+    only another command uses is not a typo. A run builds only the command it names (see
+    app.main), so the whole CLI is built here, when a config file is there to check."""
     from . import app as cli_app  # the CLI module imports this one
 
     whole = typer.main.get_command(cli_app.app)
-    commands = getattr(whole, "commands", None) or {ctx.command.name: ctx.command}
-    return {
-        param.name
-        for command in commands.values()
-        for param in command.params
-        if param.name and param.name not in ("config", "server")
-    }
+    commands = list(getattr(whole, "commands", {}).values()) or [ctx.command]
+    keys: set[str] = set()
+    while commands:
+        command = commands.pop()
+        commands += getattr(command, "commands", {}).values()  # a group: `catalog`
+        keys |= options_by_key(command).keys()
+    return keys - {"config", "server"}
 
 
 # What a TOML value of an option of each type may be, and its name in an error. Strings are

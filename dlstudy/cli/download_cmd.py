@@ -9,6 +9,7 @@ import typer
 
 from ..dicomweb.cohort import CohortItem, read_cohort
 from ..errors import DlstudyError
+from ..http.urls import redact_url
 from ..jobs.download import download
 from ..report.landed import report_format
 from ..report.summary import Summary
@@ -19,6 +20,7 @@ from .common import (
     fail_usage,
     finish,
     setup_logging,
+    summary_on_failure,
     use_log_format,
 )
 from .configured import ConfigCommand
@@ -74,45 +76,54 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Download whole studies: every instance, byte-exact, to OUT/<study>/<series>/<sop>.dcm.
         With --from-file, the studies, series or instances a cohort list names."""
-        setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
-        use_log_format(options["log_format"])
-        url, json_output, quiet = options["url"], options["json_output"], options["quiet"]
-        wanted: list[str | CohortItem] = list(study_uids or [])
-        if from_file is not None:
-            wanted += read_from_file(from_file)
-        check_where(where, from_catalog, "--from-catalog")
-        if from_catalog is not None:
-            wanted += catalog_uids(from_catalog, where)
-        if not wanted:
-            fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
-        if not url:
-            fail_usage("--url (or DLSTUDY_URL) is required")
-        if report is not None:
+
+        def failed() -> Summary:  # the summary of a run that ends before it starts
+            return Summary(url=redact_url(options["url"]), output=str(options["output"]))
+
+        with summary_on_failure(options["json_output"], failed):
+            setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
+            use_log_format(options["log_format"])
+            url, json_output, quiet = options["url"], options["json_output"], options["quiet"]
+            wanted: list[str | CohortItem] = list(study_uids or [])
+            if from_file is not None:
+                wanted += read_from_file(from_file)
+            check_where(where, from_catalog, "--from-catalog")
+            if from_catalog is not None:
+                wanted += catalog_uids(from_catalog, where)
+            if not wanted and from_file is not None:  # an empty list: no UID, only comments
+                fail_usage(f"--from-file {from_file} names no study, series or instance")
+            if not wanted:
+                fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
+            if not url:
+                fail_usage("--url (or DLSTUDY_URL) is required")
+            if any(not one.strip() for one in modality or ()):
+                fail_usage("--modality is empty: give a value, or leave the option out for all")
+            if report is not None:
+                try:
+                    report_format(report)
+                except DlstudyError as exc:
+                    fail_usage(str(exc))
+            chosen_shard = shard_option(shard)
+            given = len(wanted)
+            wanted = select_shard_items(wanted, chosen_shard)
+            if not wanted and chosen_shard is not None:
+                finish_empty_shard(
+                    chosen_shard,
+                    given,
+                    url=url,
+                    output=options["output"],
+                    json_output=json_output,
+                    quiet=quiet,
+                    what="studies" if from_file is None else "listed items",
+                )
+            settings = settings_from(ctx.params)
+            if chosen_shard is not None:  # lines naming no study are routed once looked up
+                settings = replace(settings, in_shard=(chosen_shard.number, chosen_shard.count))
+            progress = choose_progress(quiet=quiet, json_output=json_output)
+            summary: Summary | None = None
             try:
-                report_format(report)
+                with exit_on_interrupt(json_output=json_output):
+                    summary = download(wanted, settings=settings, progress=progress)
             except DlstudyError as exc:
-                fail_usage(str(exc))
-        chosen_shard = shard_option(shard)
-        given = len(wanted)
-        wanted = select_shard_items(wanted, chosen_shard)
-        if not wanted and chosen_shard is not None:
-            finish_empty_shard(
-                chosen_shard,
-                given,
-                url=url,
-                output=options["output"],
-                json_output=json_output,
-                quiet=quiet,
-                what="studies" if from_file is None else "listed items",
-            )
-        settings = settings_from(ctx.params)
-        if chosen_shard is not None:  # lines naming no study are routed once looked up
-            settings = replace(settings, in_shard=(chosen_shard.number, chosen_shard.count))
-        progress = choose_progress(quiet=quiet, json_output=json_output)
-        summary: Summary | None = None
-        try:
-            with exit_on_interrupt(json_output=json_output):
-                summary = download(wanted, settings=settings, progress=progress)
-        except DlstudyError as exc:
-            finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
-        finish(summary, None, json_output=json_output, quiet=quiet)
+                finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
+            finish(summary, None, json_output=json_output, quiet=quiet)

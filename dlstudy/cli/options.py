@@ -6,12 +6,54 @@ environment variable (connection.option); commands take their defaults from Sett
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import typer
+
+from ..settings import MAX_CONCURRENCY, MAX_WORKERS
 from .configured import ConfigOpt, ServerOpt
 from .connection import DEFAULTS, option
+
+
+def seconds(*, above_zero: bool) -> Callable[[Any], float]:
+    """A parser of a number of seconds, from the command line, DLSTUDY_* or the config file:
+    finite, and above 0 (`above_zero`) or at least 0. A timeout of 0 or -5 would fail every
+    request at once and retry it; nan or inf would never time out."""
+    least = "above 0" if above_zero else "0 or more"
+
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not (
+            (number > 0 if above_zero else number >= 0) and math.isfinite(number)
+        ):
+            raise typer.BadParameter(
+                f"must be a number of seconds {least}, got {str(value)[:40]!r}"
+            )
+        return number
+
+    return parse
+
+
+def checked(
+    info: Any,
+    *,
+    least: int | None = None,
+    most: int | None = None,
+    parser: Callable[[Any], Any] | None = None,
+) -> Any:
+    """An option (connection.option) whose value must be `least`..`most`, or pass `parser`:
+    typer checks it wherever it came from (the config file's values go through it too)."""
+    info.min, info.max = least, most
+    if parser is not None:
+        info.parser = parser
+    return info
+
 
 UrlOpt = Annotated[
     str,
@@ -48,19 +90,29 @@ ModalityOpt = Annotated[
 ]
 WorkersOpt = Annotated[
     int,
-    option(
-        "--workers",
-        envvar="DLSTUDY_WORKERS",
-        help="Processes sharing the per-instance pool; 0: one per CPU core, at most 4.",
+    checked(
+        option(
+            "--workers",
+            envvar="DLSTUDY_WORKERS",
+            help=f"Processes sharing the per-instance pool (0-{MAX_WORKERS}); 0: one per CPU "
+            "core, at most 4.",
+        ),
+        least=0,
+        most=MAX_WORKERS,
     ),
 ]
 ConcurrencyOpt = Annotated[
     int,
-    option(
-        "--concurrency",
-        "-c",
-        envvar="DLSTUDY_CONCURRENCY",
-        help="Instances in flight at once; 0: 64 over HTTP/2, 16 over HTTP/1.1.",
+    checked(
+        option(
+            "--concurrency",
+            "-c",
+            envvar="DLSTUDY_CONCURRENCY",
+            help=f"Instances in flight at once (0-{MAX_CONCURRENCY}); 0: 64 over HTTP/2, 16 "
+            "over HTTP/1.1.",
+        ),
+        least=0,
+        most=MAX_CONCURRENCY,
     ),
 ]
 HttpOpt = Annotated[
@@ -119,14 +171,24 @@ ProxyOpt = Annotated[
 ]
 RetriesOpt = Annotated[
     int,
-    option("--retries", envvar="DLSTUDY_RETRIES", help="Retries per instance on transient errors."),
+    checked(
+        option(
+            "--retries",
+            envvar="DLSTUDY_RETRIES",
+            help="Retries per instance on transient errors (0 or more).",
+        ),
+        least=0,
+    ),
 ]
 RetryBudgetOpt = Annotated[
     float,
-    option(
-        "--retry-budget",
-        envvar="DLSTUDY_RETRY_BUDGET",
-        help="Seconds one instance may spend being retried before it is reported failed.",
+    checked(
+        option(
+            "--retry-budget",
+            envvar="DLSTUDY_RETRY_BUDGET",
+            help="Seconds one instance may spend being retried before it is reported failed.",
+        ),
+        parser=seconds(above_zero=False),
     ),
 ]
 VerifyOpt = Annotated[
@@ -150,8 +212,13 @@ WaitOpt = Annotated[
 ]
 TimeoutOpt = Annotated[
     float,
-    option(
-        "--timeout", envvar="DLSTUDY_TIMEOUT", help="Seconds of silence before a request fails."
+    checked(
+        option(
+            "--timeout",
+            envvar="DLSTUDY_TIMEOUT",
+            help="Seconds of silence before a request fails (above 0).",
+        ),
+        parser=seconds(above_zero=True),
     ),
 ]
 JsonOpt = Annotated[bool, option("--json", help="Print one JSON summary object on stdout.")]

@@ -71,7 +71,7 @@ def table_columns(rows: list[dict[str, Any]], width: int) -> list[tuple[str, str
     used = 0
     for key, title in TABLE_COLUMNS:
         room = width - used - (_GAP if chosen else 0)
-        natural = max([len(title), *(len(_cell(row[key], ", ")) for row in rows)])
+        natural = max([len(title), *(len(visible(row[key], ", ")) for row in rows)])
         need = natural
         if key in _TEXT_COLUMNS:
             most, least = _TEXT_COLUMNS[key]
@@ -84,23 +84,78 @@ def table_columns(rows: list[dict[str, Any]], width: int) -> list[tuple[str, str
     return chosen
 
 
+# The output formats, by parameter: one at most, the one given at the highest level.
+FORMAT_FLAGS = {
+    "json_output": ("--json", "json"),
+    "csv_output": ("--csv", "csv"),
+    "uids": ("--uids", "uids"),
+}
+# Where a value came from, highest precedence first (a value at its built-in default that is
+# set came from the config file: ConfigCommand fills those in).
+_LEVELS = {"COMMANDLINE": "on the command line", "ENVIRONMENT": "in the environment"}
+
+
+def output_form(ctx: typer.Context) -> str:
+    """`json`, `csv` or `uids`, from the format flag set at the highest level (command line >
+    environment > config file), so `--json` overrides `DLSTUDY_UIDS=1` or `uids = true`; two
+    at the same level are a usage error. None set: a table on a terminal, else TSV."""
+    levels: dict[str, list[str]] = {}
+    for name in FORMAT_FLAGS:
+        if ctx.params.get(name):
+            source = ctx.get_parameter_source(name)
+            where = _LEVELS.get(source.name if source is not None else "", "in the config file")
+            levels.setdefault(where, []).append(name)
+    for where in (*_LEVELS.values(), "in the config file"):
+        chosen = levels.get(where, [])
+        if len(chosen) > 1:
+            given = " and ".join(FORMAT_FLAGS[name][0] for name in chosen)
+            fail_usage(f"{given} given {where}: choose one of --json, --csv, --uids")
+        if chosen:
+            return FORMAT_FLAGS[chosen[0]][1]
+    return "table" if sys.stdout.isatty() else "tsv"
+
+
+# The search options that set one matching key each: (parameter, option, key it sets).
+NAMED_FILTERS = (
+    ("patient_id", "--patient-id", "PatientID"),
+    ("patient_name", "--patient-name", "PatientName"),
+    ("study_date", "--study-date", "StudyDate"),
+    ("accession", "--accession", "AccessionNumber"),
+    ("modality", "--modality", "ModalitiesInStudy"),
+)
+
+
 def study_query(options: Mapping[str, Any]) -> StudyQuery:
-    """The study search the SEARCH options of a command describe."""
+    """The study search the SEARCH options of a command describe. An empty value is a usage
+    error, not "no filter": `--study-date "$DAY"` with DAY unset must not match everything."""
     from ..dicomweb.search import (  # only when a command runs
         StudyQuery,
         parse_filters,
         parse_study_date,
     )
 
+    for name, flag, _ in NAMED_FILTERS:
+        value = options[name]
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        if any(not one.strip() for one in values):
+            fail_usage(f"{flag} is empty: give a value, or leave the option out to match any")
     study_date, modality = options["study_date"], options["modality"]
+    try:
+        filters = parse_filters(options["filter"] or ())
+    except UsageError as exc:
+        fail_usage(str(exc))
+    named = {key: flag for name, flag, key in NAMED_FILTERS if options[name]}
+    for key, _ in filters:
+        if key in named:
+            fail_usage(f"{named[key]} and --filter {key}=... both set {key}: give each key once")
     try:
         return StudyQuery(
             patient_id=options["patient_id"],
             patient_name=options["patient_name"],
             study_date=parse_study_date(study_date) if study_date else None,
             accession=options["accession"],
-            modalities=tuple(dict.fromkeys(m.strip().upper() for m in modality or () if m)),
-            filters=parse_filters(options["filter"] or ()),
+            modalities=tuple(dict.fromkeys(m.strip().upper() for m in modality or ())),
+            filters=filters,
         )
     except UsageError as exc:
         fail_usage(str(exc))
@@ -112,6 +167,17 @@ def _cell(value: Any, separator: str) -> str:
     if isinstance(value, list):
         return separator.join(value)
     return str(value)
+
+
+# Control characters (C0, DEL, C1) in what the server sent: on a terminal ESC sequences would
+# retitle or recolour it (and a cut one break the table), in a TSV line CR/LF would start a
+# bogus row. The table and TSV show '?' for each (a tab is a space); CSV and JSON quote them.
+_CONTROLS = str.maketrans({c: "?" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {0x09: " "})
+
+
+def visible(value: Any, separator: str) -> str:
+    """A cell of the table or of a TSV line: `_cell` without control characters."""
+    return _cell(value, separator).translate(_CONTROLS)
 
 
 def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
@@ -128,12 +194,13 @@ def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
     elif form == "tsv":  # a pipe without a format flag: like `gh`, plain tab-separated lines
         stream.write("\t".join(key for key, _ in COLUMNS) + "\n")
         for row in rows:
-            cells = (_cell(row[key], "\\").replace("\t", " ") for key, _ in COLUMNS)
+            cells = (visible(row[key], "\\") for key, _ in COLUMNS)
             stream.write("\t".join(cells) + "\n")
     else:
         from rich import box  # rich only for the table: start-up of every other command
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text  # the server's text as it is, never read as rich markup
 
         console = Console(file=stream)
         columns = table_columns(rows, console.width)
@@ -144,7 +211,7 @@ def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
         for _, title, width in columns:
             table.add_column(title, no_wrap=True, overflow="ellipsis", width=width)
         for row in rows:
-            table.add_row(*(_cell(row[key], ", ") for key, _, _ in columns))
+            table.add_row(*(Text(visible(row[key], ", ")) for key, _, _ in columns))
         console.print(table)
 
 
@@ -157,17 +224,17 @@ def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -
     for row in rows:
         count = row["instances"]
         fields = [
-            _cell(row["study_date"], ""),
-            _cell(row["patient_id"], ""),
-            _cell(row["patient_name"], ""),
-            _cell(row["modalities"], ", "),
+            visible(row["study_date"], ""),
+            visible(row["patient_id"], ""),
+            visible(row["patient_name"], ""),
+            visible(row["modalities"], ", "),
             "" if count is None else f"{count} instances",
-            _cell(row["description"], ""),
+            visible(row["description"], ""),
         ]
         detail = "    " + "  ".join(field for field in fields if field)
         if len(detail) > width:
             detail = detail[: max(width - 1, 0)] + "…"
-        stream.write(f"{row['study_uid']}\n{detail}\n")
+        stream.write(f"{visible(row['study_uid'], '')}\n{detail}\n")
 
 
 def register(app: typer.Typer) -> None:
@@ -185,10 +252,7 @@ def register(app: typer.Typer) -> None:
         from ..dicomweb.search import search  # not at the start-up of every other command
 
         setup_logging(options["verbose"], None)
-        if json_output + csv_output + uids > 1:
-            fail_usage("choose one of --json, --csv, --uids")
-        form = "json" if json_output else "csv" if csv_output else "uids" if uids else None
-        form = form or ("table" if sys.stdout.isatty() else "tsv")
+        form = output_form(ctx)
         query = study_query(options)
         chosen_shard = shard_option(shard)
         settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here

@@ -7,9 +7,17 @@ from typing import Any
 import typer
 
 from ..errors import DlstudyError
+from ..http.urls import redact_url
 from ..report.summary import Summary
 from .catalog_options import SyncCatalogOpt, WhereOpt, check_where
-from .common import choose_progress, exit_on_interrupt, finish, setup_logging, use_log_format
+from .common import (
+    choose_progress,
+    exit_on_interrupt,
+    finish,
+    setup_logging,
+    summary_on_failure,
+    use_log_format,
+)
 from .configured import ConfigCommand
 from .connection import settings_from
 from .options import (
@@ -17,6 +25,7 @@ from .options import (
     HTTP,
     SEARCH,
     TRANSFER,
+    ReportOpt,
     with_options,
 )
 from .query_cmd import study_query
@@ -30,30 +39,35 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         catalog: SyncCatalogOpt = None,
         where: WhereOpt = None,
+        report: ReportOpt = None,
         shard: ShardOpt = None,
         **options: Any,
     ) -> None:
         """Search, then download every matching study not yet complete in OUT (made for cron)."""
-        from ..jobs.sync import sync  # not at the start-up of every other command
+        from ..jobs.sync import SyncSummary, sync  # not at the start-up of every other command
 
-        setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
-        use_log_format(options["log_format"])
-        query = study_query(options)
-        check_where(where, catalog, "--catalog")
-        chosen_shard = shard_option(shard)
-        settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
-        json_output, quiet = options["json_output"], options["quiet"]
-        progress = choose_progress(quiet=quiet, json_output=json_output)
-        summary: Summary | None = None
-        try:
-            with exit_on_interrupt(json_output=json_output):
-                summary = sync(
-                    settings,
-                    query,
-                    shard=chosen_shard,
-                    progress=progress,
-                    catalog=(catalog, where) if catalog is not None else None,
-                )
-        except DlstudyError as exc:
-            finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
-        finish(summary, None, json_output=json_output, quiet=quiet)
+        def failed() -> Summary:  # the summary of a run that ends before it starts
+            return SyncSummary(url=redact_url(options["url"]), output=str(options["output"]))
+
+        with summary_on_failure(options["json_output"], failed):
+            setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
+            use_log_format(options["log_format"])
+            query = study_query(options)
+            check_where(where, catalog, "--catalog")
+            chosen_shard = shard_option(shard)
+            settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
+            json_output, quiet = options["json_output"], options["quiet"]
+            progress = choose_progress(quiet=quiet, json_output=json_output)
+            summary: Summary | None = None
+            try:
+                with exit_on_interrupt(json_output=json_output):
+                    summary = sync(
+                        settings,
+                        query,
+                        shard=chosen_shard,
+                        progress=progress,
+                        catalog=(catalog, where) if catalog is not None else None,
+                    )
+            except DlstudyError as exc:
+                finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
+            finish(summary, None, json_output=json_output, quiet=quiet)

@@ -165,6 +165,8 @@ def parse_filter(text: str) -> tuple[str, str]:
     attribute = attribute_id(key)
     if attribute.lower() in _CONTROL_KEYS:
         raise UsageError(f"--filter: {attribute} is not a matching key")
+    if not value.strip():  # an empty value matches anything: "$VAR" unset, most likely
+        raise UsageError(f"--filter {attribute}= is empty: give a value, or leave it out")
     return attribute, value.strip()
 
 

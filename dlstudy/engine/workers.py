@@ -35,6 +35,7 @@ import anyio.abc
 from ..dicomweb.negotiate import Retrieval
 from ..errors import AuthError, DlstudyError, ServerError, StorageError
 from ..model import Committed, InstanceRef
+from ..settings import MAX_WORKERS  # what --workers accepts
 from . import standby as standby_module
 from .claims import SharedClaims
 from .worker_process import worker_main
@@ -51,7 +52,6 @@ MIN_INSTANCES_PER_WORKER = 50
 # `--workers 0` (the default) uses one process per CPU up to this: beyond a few cores the
 # network or the server limits a download, not the client's CPU.
 AUTO_MAX_WORKERS = 4
-MAX_WORKERS = 64  # what --workers accepts
 # --workers 0: the event loop is watched over the transfers' first _WATCH_SECONDS, and more
 # processes start if it kept at least _BUSY of a CPU busy: near the server the loop is the
 # bottleneck, far from it the first round trips are waited for and more processes only cost

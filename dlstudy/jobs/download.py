@@ -6,6 +6,7 @@ This is the library entry point the CLI calls; it needs neither typer nor rich.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ import anyio
 from ..dicomweb.cohort import CohortItem
 from ..engine.schedule import complete_in_index, trusts_index
 from ..engine.standby import standing_by
-from ..engine.workers import MAX_WORKERS, standing_by_for
+from ..engine.workers import standing_by_for
 from ..errors import (
     DlstudyError,
     InvalidUidError,
@@ -35,15 +36,14 @@ from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..report.landed import PRESENT, ReportWriter, report_format
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
-from ..settings import Settings
+from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
+from ..settings import MAX_WORKERS, Settings
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
 from .run import Run
 
 log = logging.getLogger(__name__)
-
-MAX_CONCURRENCY = 256
 
 
 Wanted = str | CohortItem  # a study UID, or an item of a cohort list (dicomweb/cohort.py)
@@ -72,10 +72,10 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
         raise UsageError(f"--concurrency must be between 0 (auto) and {MAX_CONCURRENCY}")
     if not 0 <= settings.workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be between 0 (auto) and {MAX_WORKERS}")
-    if settings.retries < 0 or settings.retry_budget < 0:
+    if settings.retries < 0 or not 0 <= settings.retry_budget < math.inf:
         raise UsageError("--retries and --retry-budget must be 0 or more")
-    if settings.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    if not 0 < settings.timeout < math.inf:
+        raise UsageError("--timeout must be a number of seconds above 0")
     if settings.mode not in ("auto", "instance", "series", "study"):
         raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
 
@@ -134,8 +134,11 @@ async def download_async(
     settings: Settings,
     progress: ProgressSink,
     started: float | None = None,
+    report: ReportWriter | None = None,
 ) -> Summary:
-    """`started`: a time.monotonic() reading the run is timed from (default: now)."""
+    """`started`: a time.monotonic() reading the run is timed from (default: now). `report`:
+    the --report rows go to this writer, which the caller commits (sync's, which has rows of
+    its own); without it, to one for `settings.report`, committed here."""
     summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
     started = time.monotonic() if started is None else started
     try:
@@ -150,10 +153,10 @@ async def download_async(
                 log.info("removed %d temp files left by an interrupted run", removed)
             manifest = Manifest(store.root, store.state_dir)
             stack.callback(manifest.close)
-            report = None
-            if settings.report is not None:
-                report = ReportWriter(settings.report)
-                stack.callback(report.discard)  # unless committed below
+            own_report = None
+            if report is None and settings.report is not None:
+                report = own_report = ReportWriter(settings.report)
+                stack.callback(own_report.discard)  # unless committed below
             transport = Transport(settings, auth=await auth_from_settings(settings))
             stack.push_async_callback(transport.aclose)
             complete: list[str] = []
@@ -166,13 +169,13 @@ async def download_async(
                 else:
                     progress.start(summary.total, summary.skipped)
             except NothingMatchedError:
-                if report is not None:
-                    report.commit()  # which listed items the server does not have
+                if own_report is not None:
+                    own_report.commit()  # which listed items the server does not have
                 raise
             finally:
                 summary.http_version = transport.http_version
-            if report is not None:
-                report.commit()
+            if own_report is not None:
+                own_report.commit()
     except BaseException as exc:
         # Fatal errors and interruptions carry what was done so far, for the report.
         if isinstance(exc, DlstudyError):
@@ -203,17 +206,22 @@ def take_complete(
         summary.skipped += count
         summary.from_index += 1
         if report is not None:
-            for entry in manifest.entries_of(study):
-                report.row(
-                    PRESENT,
-                    *(entry.study, entry.series, entry.sop),
-                    path=store.root / entry.path,
-                    size=entry.size,
-                    digest=entry.digest,
-                )
+            report_present(report, manifest, store, study)
     if complete:
         log.info("%d studies complete in the manifest: not listed again", len(complete))
     return rest, list(complete)
+
+
+def report_present(report: ReportWriter, manifest: Manifest, store: Store, study: str) -> None:
+    """A `present` row for each instance of `study` the manifest records (a complete study)."""
+    for entry in manifest.entries_of(study):
+        report.row(
+            PRESENT,
+            *(entry.study, entry.series, entry.sop),
+            path=store.root / entry.path,
+            size=entry.size,
+            digest=entry.digest,
+        )
 
 
 async def stop_on_signals(work: Awaitable[None]) -> None:

@@ -26,11 +26,12 @@ from ..dicomweb.search import StudyQuery, StudyRecord, search_async
 from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
-from ..errors import DlstudyError, UsageError
+from ..errors import DlstudyError, NothingMatchedError, UsageError
 from ..flow.retry import RetryPolicy, RetryTally
 from ..http.urls import redact_url
 from ..model import Failure
 from ..report.events import EventSink, emit
+from ..report.landed import ReportWriter
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings
@@ -38,7 +39,7 @@ from ..store.completion import complete_from_index, is_complete
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
-from .download import download_async, validate
+from .download import download_async, report_present, validate
 
 
 @dataclass
@@ -138,7 +139,23 @@ async def _sync(
     # Held for the whole run (the download inside takes it again, a no-op in this process), so a
     # second cron run gives up (exit 5) before searching and nothing can slip in between.
     with output_lock(store.state_dir, wait=settings.wait_for_lock):
-        return await _search_and_download(settings, query, shard, store, sink, plan, catalog)
+        # --report: the complete studies' rows are written here, the others' by the download.
+        report = ReportWriter(settings.report) if settings.report is not None else None
+        try:
+            result = await _search_and_download(
+                settings, query, shard, store, sink, plan, catalog, report
+            )
+        except NothingMatchedError:
+            if report is not None:
+                report.commit()  # a result, as for download
+            raise
+        except BaseException:
+            if report is not None:
+                report.discard()
+            raise
+        if report is not None:
+            report.commit()
+        return result
 
 
 async def _search_and_download(
@@ -149,6 +166,7 @@ async def _search_and_download(
     sink: EventSink,
     plan: SyncSummary,
     catalog: tuple[Path, str | None] | None,
+    report: ReportWriter | None,
 ) -> Summary | None:
     pending: list[str] = []
     manifest = Manifest(store.root, store.state_dir, read_only=True)
@@ -174,6 +192,8 @@ async def _search_and_download(
             plan.complete.append(record.study_uid)
             plan.total += instances or 0
             emit("study_complete", logging.DEBUG, study=record.study_uid)
+            if report is not None:
+                report_present(report, manifest, store, record.study_uid)
         else:
             pending.append(record.study_uid)
 
@@ -201,7 +221,7 @@ async def _search_and_download(
     if not pending:
         return None
     try:
-        result = await download_async(pending, replace(settings, recheck=True), sink)
+        result = await download_async(pending, replace(settings, recheck=True), sink, report=report)
     except DlstudyError as exc:
         partial = getattr(exc, "summary", None)
         _study_events(pending, sink, partial.failures if partial is not None else [])

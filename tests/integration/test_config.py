@@ -311,3 +311,52 @@ def test_a_key_no_command_knows_is_still_an_error(tmp_path: Path) -> None:
         result = run_installed(*command, "--config", str(config), "--url", "http://127.0.0.1:9/x")
         assert result.returncode == 2, result.stderr
         assert f"unknown key 'outptu' in [defaults] of {config}" in result.stderr
+
+
+@pytest.mark.integration
+def test_keys_are_the_long_option_names_of_every_command_and_subcommand(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`json`, `csv` (not the internal json_output/csv_output), and the options of the catalog
+    subcommands (`db`, `page-size`, `level`, `to`): a config holding them serves query, sync
+    and download, and catalog pull takes its --db from it (relative to the file's folder)."""
+    url = embedded_server(synth_study.root)
+    shared = "db = 'pacs.duckdb'\npage-size = 50\nlevel = 'study'\nto = 'export.csv'\n"
+    config = write(tmp_path / "conf/c.toml", f"[defaults]\nurl = '{url}'\n{shared}json = true\n")
+
+    query = run_installed("query", "--config", str(config))
+    assert query.returncode == 0, query.stderr
+    assert json.loads(query.stdout)["study_uid"] == synth_study.study_uid
+
+    out = tmp_path / "out"
+    download = run_installed(
+        "download", synth_study.study_uid, "-o", str(out), "--config", str(config)
+    )
+    assert download.returncode == 0, download.stderr
+    assert json.loads(download.stdout)["instances"]["downloaded"] == len(synth_study.instances)
+    sync = run_installed("sync", "-o", str(out), "--config", str(config))
+    assert sync.returncode == 0, sync.stderr
+    assert json.loads(sync.stdout)["sync"]["already_complete"] == 1
+
+    pull = run_installed("catalog", "pull", "--config", str(config))
+    assert pull.returncode == 0, pull.stderr
+    assert json.loads(pull.stdout)["studies"] == 1
+    assert (tmp_path / "conf/pacs.duckdb").is_file()
+
+    as_csv = write(tmp_path / "csv.toml", f"[defaults]\nurl = '{url}'\ncsv = true\n")
+    query = run_installed("query", "--config", str(as_csv))
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.splitlines()[0].startswith("study_uid,patient_id,")
+
+
+def test_a_parameter_name_that_is_no_option_name_is_an_unknown_key(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.toml", "[defaults]\njson_output = true\n")
+    result = run_installed("query", "--config", str(config), "--url", "http://127.0.0.1:9/x")
+    assert result.returncode == 2, result.stderr
+    assert f"unknown key 'json_output' in [defaults] of {config}" in result.stderr
+
+
+def test_catalog_pull_without_a_db_anywhere_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_installed("catalog", "pull", "--url", "http://127.0.0.1:9/x")
+    assert result.returncode == 2, result.stderr
+    assert "--db (or DLSTUDY_DB, or db in the config file) is required" in result.stderr

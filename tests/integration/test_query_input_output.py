@@ -1,0 +1,270 @@
+"""What `query` (and `sync`) make of their options and of the server's answers, through the
+installed CLI: which output format wins, filters given twice or empty, and server values with
+control characters on a terminal or in a pipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..cli_helpers import run_installed
+from ..fixtures.embedded_server import StartServer, SynthStudy
+
+pytestmark = pytest.mark.integration
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def form_of(stdout: str) -> str:
+    """Which format `query` printed one study in."""
+    first = stdout.splitlines()[0]
+    if first.startswith("{"):
+        json.loads(first)
+        return "json"
+    if first.startswith("study_uid,"):
+        return "csv"
+    if first.startswith("study_uid\t"):
+        return "tsv"
+    assert "," not in first and "\t" not in first, stdout
+    return "uids"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "expected"),
+    [
+        (["--json"], {"DLSTUDY_UIDS": "1"}, "", "json"),
+        (["--csv"], {"DLSTUDY_UIDS": "1"}, "", "csv"),
+        (["--json"], {}, "[defaults]\nuids = true\n", "json"),
+        (["--uids"], {"DLSTUDY_JSON": "1"}, "[defaults]\ncsv = true\n", "uids"),
+        ([], {"DLSTUDY_CSV": "1"}, "[defaults]\nuids = true\n", "csv"),
+        ([], {}, "[defaults]\nuids = true\n", "uids"),
+        ([], {}, "server = 'here'\n[defaults]\nuids = true\n[servers.here]\njson = true\n", "json"),
+    ],
+)
+def test_a_format_given_at_a_higher_level_wins(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    args: list[str],
+    env: dict[str, str],
+    config: str,
+    expected: str,
+) -> None:
+    """Command line > environment > config profile > [defaults], as for every option."""
+    url = embedded_server(synth_study.root)
+    conf = write(tmp_path / "c.toml", config)
+    result = run_installed("query", "--url", url, "--config", str(conf), *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert form_of(result.stdout) == expected
+    assert synth_study.study_uid in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "message"),
+    [
+        (["--json", "--uids"], {}, "", "--json and --uids given on the command line"),
+        ([], {"DLSTUDY_JSON": "1", "DLSTUDY_CSV": "1"}, "", "--json and --csv given in the env"),
+        ([], {}, "[defaults]\ncsv = true\nuids = true\n", "--csv and --uids given in the config"),
+    ],
+)
+def test_two_formats_at_the_same_level_are_a_usage_error(
+    tmp_path: Path, args: list[str], env: dict[str, str], config: str, message: str
+) -> None:
+    conf = write(tmp_path / "c.toml", config)
+    result = run_installed(
+        "query", "--url", "http://127.0.0.1:9/x", "--config", str(conf), *args, env=env
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "choose one of --json, --csv, --uids" in result.stderr
+
+
+def test_catalog_query_lets_the_command_line_format_win_too(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    db = str(tmp_path / "c.duckdb")
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", db, "--quiet")
+    assert pulled.returncode == 0, pulled.stderr
+    result = run_installed("catalog", "query", "--db", db, "--json", env={"DLSTUDY_UIDS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert form_of(result.stdout) == "json"
+
+
+CLOSED = "http://127.0.0.1:9/dicomweb"  # nothing listens: a run that got that far exits 3
+
+
+def output_of(command: str, tmp_path: Path) -> list[str]:
+    return ["-o", str(tmp_path / "o")] if command == "sync" else []
+
+
+@pytest.mark.parametrize("command", ["query", "sync"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--study-date", "20260101", "--filter", "StudyDate=20250601"],
+            "--study-date and --filter StudyDate=... both set StudyDate",
+        ),
+        (
+            ["--modality", "CT", "--filter", "ModalitiesInStudy=MR"],
+            "--modality and --filter ModalitiesInStudy=... both set ModalitiesInStudy",
+        ),
+        (
+            ["--patient-id", "P1", "--filter", "(0010,0020)=P2"],
+            "--patient-id and --filter PatientID=... both set PatientID",
+        ),
+    ],
+)
+def test_a_key_set_by_an_option_and_by_filter_is_a_usage_error(
+    tmp_path: Path, command: str, args: list[str], message: str
+) -> None:
+    result = run_installed(command, "--url", CLOSED, *output_of(command, tmp_path), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("command", ["query", "sync"])
+@pytest.mark.parametrize(
+    ("args", "config", "message"),
+    [
+        (["--study-date", ""], "", "--study-date is empty"),
+        (["--patient-name", " "], "", "--patient-name is empty"),
+        (["--patient-id", ""], "", "--patient-id is empty"),
+        (["--accession", ""], "", "--accession is empty"),
+        (["--modality", "CT", "--modality", ""], "", "--modality is empty"),
+        (["--filter", "PatientSex="], "", "--filter PatientSex= is empty"),
+        ([], "[defaults]\nstudy-date = ''\n", "--study-date is empty"),
+    ],
+)
+def test_an_empty_filter_is_a_usage_error_not_every_study(
+    tmp_path: Path, command: str, args: list[str], config: str, message: str
+) -> None:
+    """`sync --study-date "$DAY"` with DAY unset must not mirror the whole archive."""
+    conf = write(tmp_path / "c.toml", config)
+    result = run_installed(
+        command, "--url", CLOSED, *output_of(command, tmp_path), "--config", str(conf), *args
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"dlstudy: error: {message}" in result.stderr
+
+
+def test_an_empty_modality_of_download_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_installed("download", "1.2.3", "--url", CLOSED, "--modality", "")
+    assert result.returncode == 2, result.stderr
+    assert "dlstudy: error: --modality is empty" in result.stderr
+
+
+# What a hostile or broken archive may put in a study's description: an OSC sequence that
+# retitles the terminal (ESC ] 0 ; ... BEL), a colour (CSI 31 m), a CR/LF and a C1 CSI (U+009B),
+# and rich markup.
+HOSTILE = "\x1b]0;pwned\x07\x1b[31mRED\r\nLINE2\x9b2J[bold]x[/bold]\x7f"
+HOSTILE_SHOWN = "?]0;pwned??[31mRED??LINE2?2J[bold]x[/bold]?"
+
+
+@pytest.fixture
+def hostile_study(tmp_path: Path, embedded_server: StartServer) -> tuple[str, str]:
+    """A served study whose StudyDescription is HOSTILE: (url, study UID)."""
+    import warnings
+
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    root = tmp_path / "hostile"
+    instances = generate(root, SynthSpec(series=1, instances=2, size=2048, seed=7))
+    for instance in instances:
+        dataset = pydicom.dcmread(instance.path)
+        dataset.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: U+009B can be written
+        dataset.StudyDescription = HOSTILE
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns: LO holds no control characters
+            dataset.save_as(instance.path)
+    return embedded_server(root), instances[0].study_uid
+
+
+def test_control_characters_from_the_server_are_shown_not_sent_to_the_terminal(
+    hostile_study: tuple[str, str],
+) -> None:
+    from ..cli_helpers import DLSTUDY, run_on_a_terminal
+
+    url, study = hostile_study
+    code, drawn = run_on_a_terminal("query", "--url", url, columns=220)
+    assert code == 0, drawn
+    text = drawn.replace("\r\n", "\n")  # the terminal's own line ends
+    for control in ("\x1b]", "\x07", "\x9b", "\r", "\x7f"):
+        assert control not in text, (control, text)
+    assert HOSTILE_SHOWN[:31] + "…" in text  # the description column: 32 characters at most
+    lines = [line for line in text.splitlines() if study in line]
+    assert len(lines) == 1, text  # the study's row stays one line
+
+    narrow_code, narrow = run_on_a_terminal("query", "--url", url, columns=90)  # two lines
+    assert narrow_code == 0, narrow
+    assert "\x1b]" not in narrow and "\x07" not in narrow
+    assert [line[:4] for line in narrow.splitlines() if "pwned?" in line] == ["    "]  # detail
+
+    piped = run_installed("query", "--url", url)  # TSV: a header and one line for the study
+    assert piped.returncode == 0, piped.stderr
+    rows = [line.split("\t") for line in piped.stdout.split("\n") if line]
+    assert len(rows) == 2 and len(rows[1]) == len(rows[0]), piped.stdout
+    assert rows[1][rows[0].index("description")] == HOSTILE_SHOWN
+
+    import csv
+    import io
+    import subprocess
+
+    def raw(*args: str) -> bytes:  # bytes as written: no newline translation
+        done = subprocess.run([DLSTUDY, *args], capture_output=True, check=True, timeout=60)
+        return done.stdout
+
+    listed = json.loads(raw("query", "--url", url, "--json"))
+    assert listed["description"] == HOSTILE  # JSON escapes them: exactly as sent
+    table = list(csv.DictReader(io.StringIO(raw("query", "--url", url, "--csv").decode(), "")))
+    assert [row["description"] for row in table] == [HOSTILE]
+
+
+def read_report(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as fp:
+        return list(csv.DictReader(fp))
+
+
+def test_sync_writes_a_report_of_what_it_downloaded_and_what_was_complete(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """A cron user's `sync --report`: one row per instance of every matching study, the
+    complete ones (never handed to the download) as `present`, with their paths and digests."""
+    from dlstudy.server.synth import SynthSpec, generate
+
+    instances = generate(tmp_path / "src", SynthSpec(studies=2, series=1, instances=3, size=2048))
+    first, second = dict.fromkeys(i.study_uid for i in instances)
+    url = embedded_server(tmp_path / "src")
+    out, report = tmp_path / "out", tmp_path / "landed.csv"
+    done = run_installed("download", first, "--url", url, "-o", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+
+    result = run_installed("sync", "--url", url, "-o", str(out), "--report", str(report), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sync"]["already_complete"] == 1
+    rows = read_report(report)
+    assert sorted((r["study"], r["status"]) for r in rows) == sorted(
+        [(first, "present")] * 3 + [(second, "downloaded")] * 3
+    )
+    by_sop = {i.sop_uid: i for i in instances}
+    for row in rows:
+        assert Path(row["path"]).read_bytes() == by_sop[row["sop"]].path.read_bytes()
+        assert row["digest"].startswith("blake3:") and int(row["size"]) == by_sop[row["sop"]].size
+
+    quiet_night = run_installed("sync", "--url", url, "-o", str(out), "--report", str(report))
+    assert quiet_night.returncode == 0, quiet_night.stderr
+    assert sorted(r["status"] for r in read_report(report)) == ["present"] * 6
+
+    wrong = run_installed("sync", "--url", url, "-o", str(out), "--report", str(tmp_path / "r.txt"))
+    assert wrong.returncode == 2, wrong.stderr
+    assert "must end in .csv or .jsonl" in wrong.stderr
