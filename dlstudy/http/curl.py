@@ -31,6 +31,12 @@ PROXY_USED = "dlstudy.proxy"
 MIN_PROGRESS = "dlstudy.min_progress"
 # libcurl's receive buffer: larger reads mean fewer write callbacks (each a Python call).
 BUFFER_SIZE = 64 * 1024
+# Seconds a connection may sit idle and still be reused. Servers close idle connections after
+# a few seconds (hypercorn, uvicorn, Apache: 5; gunicorn: 2), and libcurl does not always see
+# it: an HTTP/2 connection hypercorn closed failed its next request ("Send failure: Broken
+# pipe"), which cost an attempt after every backoff longer than that. After a pause, a new
+# connection is cheap.
+MAX_IDLE_REUSE = 1
 _HEADER_MEMO_LIMIT = 64
 # Options pycurl knows by number only.
 _SUPPRESS_CONNECT_HEADERS = 265
@@ -256,6 +262,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
         easy.setopt(pycurl.FOLLOWLOCATION, 0)  # httpx follows redirects, with its rules
         easy.setopt(_SUPPRESS_CONNECT_HEADERS, 1)  # a proxy's CONNECT answer is not ours
         easy.setopt(pycurl.TCP_KEEPALIVE, 1)
+        easy.setopt(pycurl.MAXAGE_CONN, MAX_IDLE_REUSE)
         tls = self.tls
         if tls.insecure:
             easy.setopt(pycurl.SSL_VERIFYPEER, 0)

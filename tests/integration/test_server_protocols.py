@@ -188,3 +188,27 @@ def test_stop_with_a_stalled_answer_made_in_memory(caplog: pytest.LogCaptureFixt
     path = "/instances?limit=20000&includefield=all"  # ~40 MB of JSON
     assert seconds_to_stop_while_stalled(options, path, http2=True) < 10  # as above
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    synth_study: SynthStudy, embedded_server: StartServer, http: str
+) -> None:
+    """hypercorn closes a connection idle for 5 s; libcurl took the h2 one for alive and the
+    request after a long backoff failed with "Send failure: Broken pipe"."""
+    from dlstudy.http.client import Transport
+    from dlstudy.settings import Settings
+
+    base = embedded_server(synth_study.root)
+
+    async def twice() -> list[int]:
+        transport = Transport(Settings(url=base, http=http))  # type: ignore[arg-type]
+        try:
+            first = await transport.get(f"{base}/studies")
+            await asyncio.sleep(6)  # past hypercorn's keep-alive timeout
+            again = await transport.get(f"{base}/studies")
+        finally:
+            await transport.aclose()
+        return [first.status_code, again.status_code]
+
+    assert asyncio.run(twice()) == [200, 200]
