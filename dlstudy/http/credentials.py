@@ -35,13 +35,14 @@ def auth_conflict(
     password: str | None,
     url_has_user: bool,
 ) -> str | None:
-    """Which given credentials cannot go together (one would be dropped silently), or None.
-    (A user in --url with a token is left alone: the URL's Basic auth is sent.)"""
+    """Which given credentials cannot go together (one would be dropped silently), or None."""
     if token and token_command:
         return "--token and --token-command both given: choose one"
     bearer = "--token" if token else "--token-command" if token_command else None
     if bearer and (user is not None or password is not None):
         return f"{bearer} and --user/--password both given: choose one way to authenticate"
+    if bearer and url_has_user:
+        return f"{bearer} and a user in --url both given: choose one way to authenticate"
     if password is not None and user is None and not url_has_user:
         return "--password needs --user (or a user in --url)"
     return None

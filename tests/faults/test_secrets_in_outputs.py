@@ -60,12 +60,14 @@ def test_no_secret_reaches_any_output(
     seen_requests.gateway_keys = {"subscription-key", "code", "X-Amz-Signature"}
     url = secret_url(embedded_server(synth_study.root, fault_rate=0.3, fault_status=500))
     given = ("--url", url, "--header", f"X-Api-Key: {SECRETS['header']}")
-    given += ("--token", SECRETS["token"])
+    # A bearer token instead of the URL's user (both at once is a usage error).
+    tokened = ("--url", url.replace(f"reader:{SECRETS['password']}@", ""), *given[2:])
+    tokened += ("--token", SECRETS["token"])
     out = str(tmp_path / "out")
 
     # Some instances fail (HTTP 500, no retries): failure lines and the summary name URLs.
     code, stdout = run_scanned(
-        tmp_path, "failing", "download", synth_study.study_uid, *given, "-o", out,
+        tmp_path, "failing", "download", synth_study.study_uid, *tokened, "-o", out,
         "--json", "--retries", "0", "--mode", "instance",
     )  # fmt: skip
     summary = json.loads(stdout)
@@ -82,7 +84,7 @@ def test_no_secret_reaches_any_output(
 
     proxy = f"http://proxyuser:{SECRETS['proxy password']}@127.0.0.1:9"
     code, _ = run_scanned(
-        tmp_path, "dead proxy", "download", synth_study.study_uid, *given, "-o", out,
+        tmp_path, "dead proxy", "download", synth_study.study_uid, *tokened, "-o", out,
         "--proxy", proxy, "--json",
     )  # fmt: skip
     assert code == 3

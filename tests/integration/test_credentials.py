@@ -99,6 +99,15 @@ def test_conflicting_credentials_are_a_usage_error(
     assert result.stderr == f"dlstudy: error: {said}\n"
 
 
+def test_a_token_with_a_user_in_the_url_is_a_usage_error(scripted: Routes) -> None:
+    url = scripted.base.replace("://", "://bob:pw@")
+    result, requests = query(scripted, "--token", "tk", url=url)
+    assert result.returncode == 2 and not requests
+    assert result.stderr == (
+        "dlstudy: error: --token and a user in --url both given: choose one way to authenticate\n"
+    )
+
+
 def test_a_password_for_the_user_in_the_url_is_sent_with_it(scripted: Routes) -> None:
     url = scripted.base.replace("://", "://bob@")
     result, requests = query(scripted, "--password", "pw", url=url)
