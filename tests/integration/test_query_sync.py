@@ -438,6 +438,22 @@ def _wait_all(processes: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
     return summaries
 
 
+def _download_shards(cohort: Path, url: str, tmp_path: Path, count: int) -> list[dict[str, Any]]:
+    """`download --from-file COHORT --shard K/COUNT` for every K at once, each into
+    tmp_path/shard-K; their --json summaries."""
+    processes = [
+        subprocess.Popen(
+            [*DLSTUDY, "download", "--from-file", str(cohort), "--url", url]
+            + ["-o", str(tmp_path / f"shard-{k}"), "--shard", f"{k}/{count}", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(1, count + 1)
+    ]
+    return _wait_all(processes)
+
+
 def test_download_shards_in_separate_processes_cover_everything_once(
     tmp_path: Path, embedded_server: StartServer
 ) -> None:
@@ -449,17 +465,7 @@ def test_download_shards_in_separate_processes_cover_everything_once(
     uid_file.write_text("# cohort\n" + "\n".join(sorted(everything)) + "\n")
     count = 3
 
-    processes = [
-        subprocess.Popen(
-            [*DLSTUDY, "download", "--from-file", str(uid_file), "--url", url]
-            + ["-o", str(tmp_path / f"shard-{k}"), "--shard", f"{k}/{count}", "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(1, count + 1)
-    ]
-    summaries = _wait_all(processes)
+    summaries = _download_shards(uid_file, url, tmp_path, count)
 
     parts = [downloaded_studies(tmp_path / f"shard-{k}") for k in range(1, count + 1)]
     assert set().union(*parts) == everything
@@ -486,17 +492,7 @@ def test_shards_of_a_list_of_series_never_split_or_repeat_a_study(
     cohort.write_text("StudyInstanceUID,SeriesInstanceUID\n" + "\n".join(rows) + "\n")
     count = 3
 
-    processes = [
-        subprocess.Popen(
-            [*DLSTUDY, "download", "--from-file", str(cohort), "--url", url]
-            + ["-o", str(tmp_path / f"shard-{k}"), "--shard", f"{k}/{count}", "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(1, count + 1)
-    ]
-    summaries = _wait_all(processes)
+    summaries = _download_shards(cohort, url, tmp_path, count)
 
     parts = [downloaded_studies(tmp_path / f"shard-{k}") for k in range(1, count + 1)]
     assert sum(len(part) for part in parts) == len(set().union(*parts)) == 6
