@@ -72,6 +72,7 @@ class Lister:
         # The summary's studies as a set, kept across parts (the index's are in it already).
         self._studies = set(summary.studies)
         self.incomplete = False  # an item's listing could not be completed
+        self.elsewhere = 0  # items another --shard downloads (found in a study it owns)
 
     async def resolve_into(
         self,
@@ -92,7 +93,9 @@ class Lister:
         resolver = self.resolver
         shard = Shard(*self.settings.in_shard) if self.settings.in_shard else None
         if shard is not None:  # (the CLI has routed what it could; a library caller not)
-            items = [item for item in items if _looked_up(item) or shard.owns(item.shard_key)]
+            kept = [item for item in items if _looked_up(item) or shard.owns(item.shard_key)]
+            self.elsewhere += len(items) - len(kept)
+            items = kept
         locator = Locator(resolver, shard.owns if shard else None)
         found = [Instances() for _ in items]
         # Items resolve concurrently; their failures are reported in list order afterwards.
@@ -105,7 +108,7 @@ class Lister:
             try:
                 found[index] = await locator.instances(item)
             except InAnotherShard:
-                pass
+                self.elsewhere += 1
             except NotFound as exc:
                 if shard is None or item.level == "unknown" or shard.owns(item.shard_key):
                     failed[index] = (str(exc), 404)  # said once: by the shard of its UID

@@ -109,7 +109,10 @@ class Run:
                     # referenced from fetch_part only, which lets it go once planned)
                     await self.fetch_part(part, resolved.pop(0), listed)
         if self.summary.total == 0:
-            if not lister.incomplete:
+            # A shard whose lines all turned out to be other shards' has nothing to do: a
+            # success, as for a shard the command line gave no line at all.
+            nothing_here = lister.elsewhere and not self.summary.failures
+            if not lister.incomplete and not nothing_here:
                 raise NothingMatchedError(lister.nothing_matched_message(items))
             self.progress.start(0, 0)
 

@@ -502,6 +502,25 @@ def test_shards_of_a_list_of_series_never_split_or_repeat_a_study(
     assert all(s["failures"] == [] for s in summaries)
 
 
+def test_a_shard_whose_series_lines_are_all_another_shards_succeeds(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """One study's series, three shards: the two that look them up and find them in a study
+    they do not own have nothing to do, which is a success (exit 0), as for a shard given no
+    line at all."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 1, seed=34)
+    url = embedded_server(root)
+    cohort = tmp_path / "series.csv"
+    series = sorted({i.series_uid for i in instances})
+    cohort.write_text("SeriesInstanceUID\n" + "\n".join(series) + "\n")
+
+    summaries = _download_shards(cohort, url, tmp_path, 3)  # each exits 0
+
+    assert sorted(s["instances"]["downloaded"] for s in summaries) == [0, 0, len(instances)]
+    assert all(s["error"] is None for s in summaries)
+
+
 def test_sync_shards_from_a_scheduler_index_cover_everything_once(
     tmp_path: Path, embedded_server: StartServer
 ) -> None:
