@@ -56,7 +56,14 @@ from ..flow.retry import RetryPolicy
 from ..http.auth import RefreshingBearerAuth, auth_from_settings
 from ..http.client import Transport
 from ..http.failures import check_auth
-from ..http.urls import instance_url, is_valid_uid, redact_url, series_url, study_url
+from ..http.urls import (
+    base_url_problem,
+    instance_url,
+    is_valid_uid,
+    redact_url,
+    series_url,
+    study_url,
+)
 from ..jobs.download import MAX_CONCURRENCY, stop_on_signals
 from ..model import InstanceRef
 from ..settings import HttpVersion, Settings
@@ -111,10 +118,8 @@ def validate(settings: Settings, plan: BenchPlan) -> None:
         raise UsageError(
             f"invalid study UID {plan.study_uid[:80]!r}: digits and dots, at most 64 characters"
         )
-    if not settings.url.lower().startswith(("http://", "https://")):
-        raise UsageError(
-            f"--url must start with http:// or https://, got {redact_url(settings.url)!r}"
-        )
+    if (problem := base_url_problem(settings.url)) is not None:
+        raise UsageError(problem)
     for strategy in plan.strategies:
         if strategy not in STRATEGIES:
             raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")

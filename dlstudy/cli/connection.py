@@ -158,8 +158,6 @@ def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) ->
         values[name] = Path(values[name])
     if "headers" in values:
         values["headers"] = parse_headers(values["headers"])
-    if "token" in values:
-        values["token"] = values["token"].strip()
     for name in ("series", "modalities"):
         if name in values:
             values[name] = tuple(values[name])
