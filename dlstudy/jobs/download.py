@@ -25,7 +25,6 @@ from ..engine.workers import standing_by_for
 from ..errors import (
     DlstudyError,
     InvalidUidError,
-    NothingMatchedError,
     Terminated,
     UsageError,
 )
@@ -33,7 +32,7 @@ from ..flow.pool import first_error
 from ..http.auth import auth_from_settings
 from ..http.client import Transport
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
-from ..report.landed import PRESENT, ReportWriter, report_format
+from ..report.landed import PRESENT, ReportWriter, report_format, run_report
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
@@ -153,10 +152,8 @@ async def download_async(
                 log.info("removed %d temp files left by an interrupted run", removed)
             manifest = Manifest(store.root, store.state_dir)
             stack.callback(manifest.close)
-            own_report = None
             if report is None and settings.report is not None:
-                report = own_report = ReportWriter(settings.report)
-                stack.callback(own_report.discard)  # unless committed below
+                report = stack.enter_context(run_report(settings.report))
             transport = Transport(settings, auth=await auth_from_settings(settings))
             stack.push_async_callback(transport.aclose)
             complete: list[str] = []
@@ -168,14 +165,8 @@ async def download_async(
                     await stop_on_signals(run.execute(items, counted=complete))
                 else:
                     progress.start(summary.total, summary.skipped)
-            except NothingMatchedError:
-                if own_report is not None:
-                    own_report.commit()  # which listed items the server does not have
-                raise
             finally:
                 summary.http_version = transport.http_version
-            if own_report is not None:
-                own_report.commit()
     except BaseException as exc:
         # Fatal errors and interruptions carry what was done so far, for the report.
         if isinstance(exc, DlstudyError):

@@ -26,12 +26,12 @@ from ..dicomweb.search import StudyQuery, StudyRecord, search_async
 from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
-from ..errors import DlstudyError, NothingMatchedError, UsageError
+from ..errors import DlstudyError, UsageError
 from ..flow.retry import RetryPolicy, RetryTally
 from ..http.urls import redact_url
 from ..model import Failure
 from ..report.events import EventSink, emit
-from ..report.landed import ReportWriter
+from ..report.landed import ReportWriter, run_report
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings
@@ -139,23 +139,13 @@ async def _sync(
     # Held for the whole run (the download inside takes it again, a no-op in this process), so a
     # second cron run gives up (exit 5) before searching and nothing can slip in between.
     with output_lock(store.state_dir, wait=settings.wait_for_lock):
+        if settings.report is None:
+            return await _search_and_download(settings, query, shard, store, sink, plan, catalog)
         # --report: the complete studies' rows are written here, the others' by the download.
-        report = ReportWriter(settings.report) if settings.report is not None else None
-        try:
-            result = await _search_and_download(
+        with run_report(settings.report) as report:
+            return await _search_and_download(
                 settings, query, shard, store, sink, plan, catalog, report
             )
-        except NothingMatchedError:
-            if report is not None:
-                report.commit()  # a result, as for download
-            raise
-        except BaseException:
-            if report is not None:
-                report.discard()
-            raise
-        if report is not None:
-            report.commit()
-        return result
 
 
 async def _search_and_download(
@@ -166,7 +156,7 @@ async def _search_and_download(
     sink: EventSink,
     plan: SyncSummary,
     catalog: tuple[Path, str | None] | None,
-    report: ReportWriter | None,
+    report: ReportWriter | None = None,
 ) -> Summary | None:
     pending: list[str] = []
     manifest = Manifest(store.root, store.state_dir, read_only=True)

@@ -19,10 +19,12 @@ import csv
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import OutputError, UsageError
+from ..errors import NothingMatchedError, OutputError, UsageError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 COLUMNS = ("status", "study", "series", "sop", "path", "size", "digest", "reason")
@@ -102,3 +104,20 @@ class ReportWriter:
             file, self._file = self._file, None
             file.close()
         self.temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_report(path: Path) -> Iterator[ReportWriter]:
+    """The --report of one run: put under its name when the run ends, also when nothing
+    matched (which listed items the server does not have is what it says); removed when the
+    run fails otherwise."""
+    report = ReportWriter(path)
+    try:
+        yield report
+    except NothingMatchedError:
+        report.commit()
+        raise
+    except BaseException:
+        report.discard()
+        raise
+    report.commit()
