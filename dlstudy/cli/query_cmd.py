@@ -170,8 +170,9 @@ def _cell(value: Any, separator: str) -> str:
 
 
 # Control characters (C0, DEL, C1) in what the server sent: on a terminal ESC sequences would
-# retitle or recolour it (and a cut one break the table), in a TSV line CR/LF would start a
-# bogus row. The table and TSV show '?' for each (a tab is a space); CSV and JSON quote them.
+# retitle or recolour it (and a cut one break the table), in a TSV line or `--uids` output
+# CR/LF would start a bogus row or UID. Those show '?' for each (a tab is a space); CSV and
+# JSON quote them.
 _CONTROLS = str.maketrans({c: "?" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {0x09: " "})
 
 
@@ -184,7 +185,7 @@ def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
     """Write `records` as `table` (rich), `tsv`, `json` (lines), `csv` or `uids`."""
     rows = [record.as_dict() for record in records]
     if form == "uids":
-        stream.writelines(f"{row['study_uid']}\n" for row in rows)
+        stream.writelines(f"{visible(row['study_uid'], '')}\n" for row in rows)
     elif form == "json":
         stream.writelines(json.dumps(row) + "\n" for row in rows)
     elif form == "csv":

@@ -268,3 +268,26 @@ def test_sync_writes_a_report_of_what_it_downloaded_and_what_was_complete(
     wrong = run_installed("sync", "--url", url, "-o", str(out), "--report", str(tmp_path / "r.txt"))
     assert wrong.returncode == 2, wrong.stderr
     assert "must end in .csv or .jsonl" in wrong.stderr
+
+
+def test_query_uids_prints_one_line_a_study_whatever_the_server_sent(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """`query --uids | xargs dlstudy download`: a UID with a line break or an ESC sequence in
+    it stays one line, without the control characters."""
+    import warnings
+
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    root = tmp_path / "bad-uid"
+    instances = generate(root, SynthSpec(series=1, instances=1, size=2048, seed=3))
+    dataset = pydicom.dcmread(instances[0].path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns: not a valid UID
+        dataset.StudyInstanceUID = "1.2.3\x1b[31m\n4.5"
+        dataset.save_as(instances[0].path)
+    result = run_installed("query", "--url", embedded_server(root), "--uids")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1.2.3?[31m?4.5\n"
