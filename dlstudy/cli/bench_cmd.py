@@ -13,10 +13,17 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 
-from ..bench.report import DEFAULT_CONCURRENCY, DEFAULT_REPEAT, HTTP_VERSIONS, STRATEGIES
+from ..bench.report import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_REPEAT,
+    HTTP_VERSIONS,
+    STRATEGIES,
+    BenchReport,
+)
 from ..errors import DlstudyError, ExitStatus, Terminated
+from ..http.urls import redact_url
 from ..settings import HttpVersion
-from .common import error_line, fail_usage, setup_logging
+from .common import Failed, error_line, fail_usage, setup_logging
 from .configured import ConfigCommand
 from .connection import settings_from
 from .options import (
@@ -25,7 +32,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from ..bench.report import BenchReport, CellResult, Row
+    from ..bench.report import CellResult, Row
     from ..bench.runner import CellDone
 
 # The matrix options have no DLSTUDY_* variable and their own parameter names: a
@@ -103,11 +110,28 @@ def register(app: typer.Typer) -> None:
             run_bench,
         )
 
-        setup_logging(options["verbose"], None)
-        settings = settings_from(ctx.params)
-        for http in http_versions or ():
-            if http not in HTTP_VERSIONS:
-                fail_usage(f"--http must be 1.1 or 2, got {http!r}")
+        def nothing_measured() -> BenchReport:  # the object --json prints for an early error
+            return BenchReport(
+                url=redact_url(options["url"] or ""),
+                study_uid=study_uid,
+                strategies=tuple(strategies or STRATEGIES),
+                concurrency=tuple(concurrency_levels or DEFAULT_CONCURRENCY),
+                http=tuple(http_versions or HTTP_VERSIONS),
+                repeat=repeat,
+                limit=limit,
+                keep=str(keep) if keep else None,
+            )
+
+        try:
+            setup_logging(options["verbose"], None)
+            settings = settings_from(ctx.params)
+            for http in http_versions or ():
+                if http not in HTTP_VERSIONS:
+                    fail_usage(f"--http must be 1.1 or 2, got {http!r}")
+        except Failed as exc:
+            if json_output:
+                _print_report(nothing_measured(), True, exc.exit_code, error=exc.message)
+            raise
         versions: tuple[HttpVersion, ...] = tuple(
             "2" if http == "2" else "1.1" for http in http_versions or HTTP_VERSIONS
         )
@@ -130,10 +154,10 @@ def register(app: typer.Typer) -> None:
                 if chart is not None:
                     write_chart(report, chart)
         except DlstudyError as exc:
-            partial = getattr(exc, "report", None) or report
+            partial = getattr(exc, "report", None) or report or nothing_measured()
             _end_early(partial, json_output, chart, int(exc.exit_status), str(exc))
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
-            partial = getattr(exc, "report", None) or report
+            partial = getattr(exc, "report", None) or report or nothing_measured()
             terminated = isinstance(exc, Terminated)
             status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
             said = "terminated" if terminated else "interrupted"
@@ -163,20 +187,20 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _end_early(
-    report: BenchReport | None, json_output: bool, chart: Path | None, status: int, said: str
+    report: BenchReport, json_output: bool, chart: Path | None, status: int, said: str
 ) -> NoReturn:
     """What was measured before a fatal error or a signal: the table or the JSON object (with
     `error` and `exit_status`), the chart if one was asked for; then the error line."""
     from ..bench.chart import write_chart
 
     written = None
-    if report is not None and report.results and chart is not None:
+    if report.results and chart is not None:
         try:
             write_chart(report, chart)
             written = chart
         except DlstudyError as exc:
             error_line(str(exc))
-    if report is not None and report.error is None:
+    if report.error is None:
         report.error = said
     _print_report(report, json_output, status, chart=written)
     if written is not None and not json_output:
@@ -191,9 +215,12 @@ def _print_report(
     exit_status: int | None,
     *,
     chart: Path | None = None,
+    error: str | None = None,
 ) -> None:
     if report is None:
         return
+    if error is not None:
+        report.error = error
     if json_output:
         data: dict[str, Any] = report.as_dict()
         data["chart"] = str(chart) if chart else None

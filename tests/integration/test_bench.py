@@ -310,6 +310,15 @@ def test_exit_codes(tmp_path: Path, synth_study: SynthStudy, embedded_server: St
         assert result.stderr.startswith("dlstudy: error: "), bad
     assert run_cli("bench", "1.2.x", "--url", url).exit_code == 2
     assert run_cli("bench", uid).exit_code == 2  # no --url
+    # With --json, an error found before anything ran still prints the one object.
+    for early in (
+        ["--url", url, "--http", "3"],
+        ["--url", url, "--chart", str(tmp_path / "absent" / "bench.svg")],
+        [],
+    ):
+        code, data = bench_json(uid, *early)
+        assert code == 2 and data["exit_status"] == 2 and data["rows"] == [], early
+        assert data["error"] and data["error"] in run_cli("bench", uid, *early).stderr, early
 
 
 def test_a_failed_request_is_reported_naming_it_once(
