@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             setup_logging(options["verbose"], None)
-            settings = settings_from(ctx.params)
+            settings = settings_from(ctx)
             for http in http_versions or ():
                 if http not in HTTP_VERSIONS:
                     fail_usage(f"--http must be 1.1 or 2, got {http!r}")

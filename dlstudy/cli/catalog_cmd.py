@@ -212,7 +212,7 @@ def pull_command(
     query = study_query(options)
     if len(query.modalities) > 1:
         fail_usage("catalog pull takes one --modality (a catalog is one selection)")
-    settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
+    settings = settings_from(ctx, ignore={"modality"})  # a search filter here
     settings = replace(settings, qido_page_size=page_size)
 
     async def run(catalog: Catalog) -> Any:

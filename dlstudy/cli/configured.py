@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,6 +55,18 @@ ServerOpt = Annotated[
 ]
 
 
+FROM_CONFIG = "dlstudy.config_filled"  # the key of ConfigFilled in ctx.meta
+
+
+@dataclass(frozen=True)
+class ConfigFilled:
+    """What the config file gave a command: its `url` (None if it names none) and the
+    parameters it filled (neither the command line nor the environment set them)."""
+
+    url: str | None
+    params: set[str]
+
+
 class ConfigCommand(TyperCommand):
     """A command whose options at their built-in default are taken from the config file."""
 
@@ -86,6 +99,9 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
     annotations = _option_types(command)
     for key in NOT_FROM_CONFIG.get(command.name or "", ()):
         params.pop(key, None)
+    filled: set[str] = set()
+    own_url = values.get("url")
+    ctx.meta[FROM_CONFIG] = ConfigFilled(own_url if isinstance(own_url, str) else None, filled)
     for key, value in values.items():
         param = params.get(key)
         if param is None or param.name in ("config", "server"):
@@ -94,6 +110,7 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
         source = ctx.get_parameter_source(name)
         if source is not None and source.name != "DEFAULT":
             continue  # the command line or the environment said otherwise
+        filled.add(name)
         if (wrong := _type_problem(value, annotations.get(name))) is not None:
             raise config.ConfigError(f"{key} in {path} must be {wrong}")
         if getattr(param, "multiple", False) and not isinstance(value, list):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from ..http.proxy import chosen_proxy_problem
 from ..http.urls import base_url_problem
 from ..settings import Settings
 from .common import fail_usage
+from .configured import FROM_CONFIG
 from .profile_origin import drop_foreign_credentials
 
 HTTP_CHOICES = ("auto", "1.1", "2")
@@ -142,12 +143,12 @@ _FIELDS = frozenset(field.name for field in fields(Settings))
 _PATHS = frozenset(field.name for field in fields(Settings) if "Path" in str(field.type))
 
 
-def settings_from(params: Mapping[str, Any], *, ignore: Collection[str] = ()) -> Settings:
-    """The Settings of a command from its parsed parameters (`ctx.params`): each option that is
-    a Settings field goes to it by name (RENAMED otherwise), so a command names its options
-    once, in its signature. `ignore`: options of the same name that mean something else there
-    (sync's --modality filters the search, not the series)."""
-    params = drop_foreign_credentials(params)
+def settings_from(ctx: typer.Context, *, ignore: Collection[str] = ()) -> Settings:
+    """The Settings of a command from its parsed parameters (`ctx.params`, the config file's
+    values merged in): each option that is a Settings field goes to it by name (RENAMED
+    otherwise), so a command names its options once, in its signature. `ignore`: options of
+    the same name that mean something else there (sync's --modality filters the search)."""
+    params = drop_foreign_credentials(ctx.params, ctx.meta.get(FROM_CONFIG))
     values: dict[str, Any] = {}
     for name, value in params.items():
         target = RENAMED.get(name, name)

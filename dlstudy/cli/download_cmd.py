@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
                     quiet=quiet,
                     what="studies" if from_file is None else "listed items",
                 )
-            settings = settings_from(ctx.params)
+            settings = settings_from(ctx)
             if chosen_shard is not None:  # lines naming no study are routed once looked up
                 settings = replace(settings, in_shard=(chosen_shard.number, chosen_shard.count))
             progress = choose_progress(quiet=quiet, json_output=json_output)

@@ -9,13 +9,11 @@ another origin. Credentials given on the command line or in the environment stil
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import config
+from .configured import ConfigFilled
 
 log = logging.getLogger("dlstudy.cli")
 
@@ -34,37 +32,23 @@ def origin(url: str) -> tuple[str, str, int] | None:
     return scheme, (parts.hostname or "").lower(), port
 
 
-def withheld_credentials(params: Mapping[str, Any]) -> list[str]:
-    """The credential parameters among `params` (a command's ctx.params, config values
-    merged in) that came from a config file whose `url` is of another origin than the
-    `url` in force. A value equal to the file's is taken to be the file's: typer fills a
-    parameter from the file only when neither the command line nor the environment set it."""
-    given = params.get("config")
-    path = config.find(Path(given) if given else None, os.environ)
-    if path is None:
+def withheld_credentials(params: Mapping[str, Any], filled: ConfigFilled | None) -> list[str]:
+    """The credential parameters among `params` (a command's ctx.params, config values merged
+    in) that the config file filled (`filled`, recorded by apply_config) when the file's `url`
+    is of another origin than the `url` in force."""
+    if filled is None or not filled.url:
+        return []  # no file, or it names no server: its credentials go where --url says
+    if origin(filled.url) == origin(params.get("url") or ""):
         return []
-    values = config.load(path).values(params.get("server"), os.environ)
-    own = values.get("url")
-    if not isinstance(own, str) or not own:
-        return []  # the file names no server: its credentials are for whatever --url says
-    if origin(own) == origin(params.get("url") or ""):
-        return []
-    withheld = []
-    for key in CREDENTIAL_KEYS:
-        value = values.get(key)
-        if value is None:
-            continue
-        if key == "header" and not isinstance(value, list):
-            value = [value]
-        if params.get(key) == value:
-            withheld.append(key)
-    return withheld
+    return [key for key in CREDENTIAL_KEYS if key in filled.params and params.get(key)]
 
 
-def drop_foreign_credentials(params: Mapping[str, Any]) -> dict[str, Any]:
+def drop_foreign_credentials(
+    params: Mapping[str, Any], filled: ConfigFilled | None
+) -> dict[str, Any]:
     """`params` without the config file's credentials when `url` is of another origin than
     the file's (warned about once, naming the options, never their values)."""
-    withheld = withheld_credentials(params)
+    withheld = withheld_credentials(params, filled)
     if not withheld:
         return dict(params)
     names = ", ".join(f"--{key.replace('_', '-')}" for key in withheld)

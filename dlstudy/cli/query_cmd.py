@@ -256,7 +256,7 @@ def register(app: typer.Typer) -> None:
         form = output_form(ctx)
         query = study_query(options)
         chosen_shard = shard_option(shard)
-        settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
+        settings = settings_from(ctx, ignore={"modality"})  # a search filter here
         try:
             with exit_on_interrupt():
                 records = search(settings, query)

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
             query = study_query(options)
             check_where(where, catalog, "--catalog")
             chosen_shard = shard_option(shard)
-            settings = settings_from(ctx.params, ignore={"modality"})  # a search filter here
+            settings = settings_from(ctx, ignore={"modality"})  # a search filter here
             json_output, quiet = options["json_output"], options["quiet"]
             progress = choose_progress(quiet=quiet, json_output=json_output)
             summary: Summary | None = None

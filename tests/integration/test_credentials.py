@@ -151,3 +151,20 @@ def test_a_profiles_credentials_go_to_its_own_origin(scripted: Routes, tmp_path:
     assert result.returncode == 0 and result.stderr == ""
     assert requests[0].headers["authorization"] == "Bearer pacs-token"
     assert requests[0].headers["x-tenant"] == "radiology"
+
+
+def test_a_token_given_for_the_run_goes_even_when_the_profile_has_the_same(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """Only what the config file filled in is withheld from another origin: the same token
+    typed on the command line (or in DLSTUDY_TOKEN) is the user's own and goes."""
+    config = pacs_profile(tmp_path, "http://127.0.0.1:9/dicom-web")
+    env = {"DLSTUDY_CONFIG": str(config), "PACS_TOKEN": "shared"}
+    result, requests = query(scripted, "--token", "shared", env=env)
+    assert result.returncode == 0, result.stderr
+    assert requests[0].headers["authorization"] == "Bearer shared"
+    assert "x-tenant" not in requests[0].headers
+    assert result.stderr == (
+        "dlstudy: warning: the config file's --header is not sent: --url is of "
+        "another origin than the config's url\n"
+    )
