@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..dicomweb.cohort import CohortItem
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Plan:
     todo: Instances = field(default_factory=Instances)
-    skipped: int = 0
+    skipped: int = 0  # moved ones included
+    moved: int = 0  # found where another --layout put them, moved where this one puts them
     repaired: list[str] = field(default_factory=list)  # SOP UIDs whose file was bad
 
 
@@ -96,6 +97,7 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
     # costs the lstat below.
     folder_listed: Path | None = None
     names: frozenset[int] | None = frozenset()
+    relocate = _Relocation(store, manifest)
     for ref in refs:
         final = store.final_path(ref)
         folder = final.parent
@@ -109,12 +111,12 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
                 names = None  # every file present is read anyway: a listing saves nothing
             else:
                 names = _names(folder)
-        if names is not None and hash(final.name) not in names:
-            result.todo.append(ref)  # one listing per folder instead of a stat() per instance
-            continue
-        try:
-            status = final.lstat()
-        except FileNotFoundError:
+        # One listing per folder instead of a stat() per instance:
+        status = None if names is not None and hash(final.name) not in names else _lstat(final)
+        if status is None and relocate.moved(ref, final):
+            result.moved += 1  # and checked below like any file in place
+            status = _lstat(final)
+        if status is None:
             result.todo.append(ref)
             continue
         if not stat.S_ISREG(status.st_mode):  # a folder, link or pipe in the way: never read
@@ -128,6 +130,42 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
             result.repaired.append(ref.sop_uid)
             result.todo.append(ref)
     return result
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except FileNotFoundError:
+        return None
+
+
+class _Relocation:
+    """An instance the manifest records at another path (a run with another --layout put it
+    there) is moved where this layout puts it, not fetched again: the manifest keeps one path
+    per instance, and a second copy would be one it does not know."""
+
+    def __init__(self, store: Store, manifest: Manifest) -> None:
+        self.store = store
+        self.manifest = manifest
+        self._known: dict[str, bool] = {}  # study -> whether the manifest has any of it
+
+    def moved(self, ref: InstanceRef, final: Path) -> bool:
+        study = ref.study_uid
+        known = self._known.get(study)
+        if known is None:
+            if len(self._known) >= 4096:
+                self._known.clear()
+            known = self._known[study] = self.manifest.knows_study(study)
+        if not known:
+            return False  # a study never downloaded here: no lookup per instance
+        entry = self.manifest.get(ref.sop_uid)
+        relative = self.store.relative(final)
+        if entry is None or entry.path == relative:
+            return False
+        if not self.store.move_in(entry.path, final, entry.size):
+            return False
+        self.manifest.record(replace(entry, path=relative))
+        return True
 
 
 def _names(folder: Path) -> frozenset[int] | None:

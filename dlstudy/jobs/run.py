@@ -129,6 +129,7 @@ class Run:
         if self.settings.mode in ("auto", "series"):
             self.listed.update(refs.series_counts())
         self.summary.skipped += work.skipped
+        self.summary.moved += work.moved
         self.summary.repaired.extend(work.repaired)
         if self.report is not None:
             self.report_present(refs, work.todo)

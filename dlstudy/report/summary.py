@@ -22,6 +22,7 @@ class Summary:
     total: int = 0
     downloaded: int = 0
     skipped: int = 0
+    moved: int = 0  # of the skipped: moved from where another --layout had put them
     from_index: int = 0  # studies taken as complete from the manifest, with no QIDO request
     bytes: int = 0
     seconds: float = 0.0
@@ -77,6 +78,7 @@ class Summary:
                 "total": self.total,
                 "downloaded": self.downloaded,
                 "skipped": self.skipped,
+                "moved": self.moved,
                 "failed": self.failed,
             },
             "studies_complete_in_manifest": self.from_index,
@@ -103,7 +105,8 @@ class Summary:
     def one_line(self) -> str:
         text = (
             f"{self.downloaded} downloaded, {self.skipped} already present, "
-            f"{self.failed} failed of {self.total} instances in {len(self.studies)} "
+            + (f"{self.moved} of them moved to this --layout, " if self.moved else "")
+            + f"{self.failed} failed of {self.total} instances in {len(self.studies)} "
             f"{'study' if len(self.studies) == 1 else 'studies'}"
             + (f" ({self.from_index} complete in the manifest)" if self.from_index else "")
             + f"; {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s)"

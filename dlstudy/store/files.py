@@ -14,7 +14,7 @@ import re
 import secrets
 import stat
 import string
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO, Self
 
@@ -134,6 +134,36 @@ class Store:
         """Whether writing in `folder` would land outside OUT (through a symbolic link)."""
         return self._folders.leads_outside(folder)
 
+    def move_in(self, relative: str, final: Path, size: int) -> bool:
+        """Move the file at `relative` (under OUT, as the manifest records it) to `final`, if
+        it is a regular file of `size` bytes inside OUT; whether it was moved. Folders it
+        leaves empty are removed."""
+        parts = PurePosixPath(relative).parts
+        if not parts or PurePosixPath(relative).is_absolute() or {"..", STATE_DIR} & {*parts}:
+            return False
+        old = self.root.joinpath(*parts)
+        if self.leads_outside(old.parent):
+            return False
+        try:
+            status = os.lstat(old)
+            if not stat.S_ISREG(status.st_mode) or status.st_size != size:
+                return False
+            self._folders.make(final.parent)
+            os.rename(old, final)
+        except (OSError, IntegrityError):
+            return False  # fetched instead
+        self._remove_empty(old.parent)
+        return True
+
+    def _remove_empty(self, folder: Path) -> None:
+        while folder != self.root and self._folders.under_root(folder):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (or not ours to remove): the folders above are not either
+            self._folders.forget(folder)
+            folder = folder.parent
+
     def open_temp(self, final: Path) -> TempFile:
         return TempFile(final, self._folders)
 
@@ -184,7 +214,7 @@ class Folders:
 
     def _leads_outside(self, folder: Path) -> bool:
         parent = folder.parent
-        if self._under_root(parent) and not self.leads_outside(parent):
+        if self.under_root(parent) and not self.leads_outside(parent):
             try:  # the parent is known to stay inside: only `folder` itself could be a link
                 if not stat.S_ISLNK(os.lstat(folder).st_mode):
                     return False
@@ -198,7 +228,7 @@ class Folders:
         if folder in self._ready:
             return
         parent = folder.parent
-        if self._under_root(parent):
+        if self.under_root(parent):
             self.make(parent)  # checked (or made) first: then only `folder` itself can be a link
             if _made_real_folder(folder):
                 self._remember(folder)
@@ -215,7 +245,7 @@ class Folders:
             raise IntegrityError(f"cannot create {str(folder)!r}: a file is in the way") from exc
         self._remember(folder)
 
-    def _under_root(self, folder: Path) -> bool:
+    def under_root(self, folder: Path) -> bool:
         text = str(folder)  # (a Path keeps its str): cheaper than folder.parents
         return text == self._root_text or text.startswith(self._root_prefix)
 

@@ -232,6 +232,16 @@ class Manifest:
             raise self._error(exc) from exc
         return None if row is None else Entry(*row)
 
+    def knows_study(self, study: str) -> bool:
+        """Whether any entry is of `study`."""
+        try:
+            row = self._connection.execute(
+                "SELECT 1 FROM entries WHERE study = ? LIMIT 1", (study,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return row is not None
+
     def entries_of(self, study: str) -> Iterator[Entry]:
         """The entries of one study, streamed."""
         yield from self._rows(f"SELECT {_COLUMNS} FROM entries WHERE study = ?", (study,))

@@ -35,6 +35,7 @@ def test_a_page_cap_of_one_still_lists_a_series_of_10001_instances(
         "total": 10_001,
         "downloaded": 10_001,
         "skipped": 0,
+        "moved": 0,
         "failed": 0,
     }
     for st, se, sop in list(archive.instances_of(study))[::1000]:

@@ -78,7 +78,13 @@ def test_tcia_manifest_fetches_only_its_series_and_reports_each_file(
 
     assert code == 0, stderr
     expected = [i for uid in wanted for i in by_series[uid]]
-    assert summary["instances"] == {"total": 8, "downloaded": 8, "skipped": 0, "failed": 0}
+    assert summary["instances"] == {
+        "total": 8,
+        "downloaded": 8,
+        "skipped": 0,
+        "moved": 0,
+        "failed": 0,
+    }
     rows = read_report(report)
     assert len(rows) == 8
     assert {r["sop"] for r in rows} == {i.sop_uid for i in expected}
@@ -98,7 +104,13 @@ def test_tcia_manifest_fetches_only_its_series_and_reports_each_file(
         url, out, "--from-file", str(manifest), "--report", str(report_again)
     )
     assert code == 0, stderr
-    assert summary["instances"] == {"total": 8, "downloaded": 0, "skipped": 8, "failed": 0}
+    assert summary["instances"] == {
+        "total": 8,
+        "downloaded": 0,
+        "skipped": 8,
+        "moved": 0,
+        "failed": 0,
+    }
     assert_report_is_exact(read_report(report_again), out, source_of(cohort), status="present")
 
 
@@ -131,7 +143,9 @@ def test_csv_of_mixed_levels_fetches_what_each_row_names(
     assert code == 1, stderr  # the rest is downloaded, the missing lines fail
     expected = [*s[0], *s[1], s[3][2], s[4][1]]
     instances = summary["instances"]
-    assert instances == {"total": 11, "downloaded": 10, "skipped": 0, "failed": 1}, summary
+    assert instances == {"total": 11, "downloaded": 10, "skipped": 0, "moved": 0, "failed": 1}, (
+        summary
+    )
     report_rows = read_report(report)
     assert_report_is_exact(report_rows, out, source_of(cohort), status="downloaded")
     assert {r["sop"] for r in report_rows if r["status"] == "downloaded"} == {

@@ -96,7 +96,13 @@ def test_synthetic_study_downloads_byte_exact_with_only_the_url(
 
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
-    assert summary["instances"] == {"total": 60, "downloaded": 60, "skipped": 0, "failed": 0}
+    assert summary["instances"] == {
+        "total": 60,
+        "downloaded": 60,
+        "skipped": 0,
+        "moved": 0,
+        "failed": 0,
+    }
     assert summary["http_version"] == "HTTP/1.1"  # h2c refused, fell back once
     assert summary["retrieval"]["form"] == "multipart"
     assert summary["retrieval"]["rejected"] == ["application/dicom; transfer-syntax=* -> HTTP 400"]

@@ -87,7 +87,13 @@ def test_sync_downloads_only_what_orthanc_received_since(
 
     assert two.exit_code == 0, two.output
     summary = summary_of(two)
-    assert summary["instances"] == {"total": 12, "downloaded": 4, "skipped": 8, "failed": 0}
+    assert summary["instances"] == {
+        "total": 12,
+        "downloaded": 4,
+        "skipped": 8,
+        "moved": 0,
+        "failed": 0,
+    }
     assert summary["sync"]["already_complete"] == 2
     assert_stored_bytes(orthanc, first + second, out)
 

@@ -215,7 +215,13 @@ def test_sync_twice_downloads_only_the_study_that_appeared(
 
     assert one.exit_code == 0, one.output
     summary = summary_of(one)
-    assert summary["instances"] == {"total": 12, "downloaded": 12, "skipped": 0, "failed": 0}
+    assert summary["instances"] == {
+        "total": 12,
+        "downloaded": 12,
+        "skipped": 0,
+        "moved": 0,
+        "failed": 0,
+    }
     assert summary["sync"] == {
         "matched": 2,
         "shard": None,
@@ -233,7 +239,13 @@ def test_sync_twice_downloads_only_the_study_that_appeared(
 
     assert two.exit_code == 0, two.output
     summary = summary_of(two)
-    assert summary["instances"] == {"total": 18, "downloaded": 6, "skipped": 12, "failed": 0}
+    assert summary["instances"] == {
+        "total": 18,
+        "downloaded": 6,
+        "skipped": 12,
+        "moved": 0,
+        "failed": 0,
+    }
     assert summary["sync"]["already_complete"] == 2 and summary["sync"]["synced"] == 1
     assert summary["study_uids"][-2:] != [second[0].study_uid]  # complete ones listed too
     assert set(summary["study_uids"]) == set(study_uids(first + second))
@@ -332,7 +344,7 @@ def test_sync_without_server_counts_trusts_its_completion_records(
     second = sync()
     assert second["sync"]["already_complete"] == 4
     assert second["instances"] == {
-        "total": len(instances), "downloaded": 0, "skipped": len(instances), "failed": 0
+        "total": len(instances), "downloaded": 0, "skipped": len(instances), "moved": 0, "failed": 0
     }  # fmt: skip
     assert listings() == []  # the study search alone
 

@@ -45,6 +45,7 @@ def test_a_20000_instance_study_downloads_complete_through_a_page_cap(
         "total": 20_000,
         "downloaded": 20_000,
         "skipped": 0,
+        "moved": 0,
         "failed": 0,
     }
     assert assert_byte_exact(archive, [study], out) == 20_000
@@ -64,7 +65,13 @@ def test_a_list_of_500_small_studies_downloads_complete(
     summary, out = download_list(url, studies, tmp_path)
 
     total = sum(archive.study_size)
-    assert summary["instances"] == {"total": total, "downloaded": total, "skipped": 0, "failed": 0}
+    assert summary["instances"] == {
+        "total": total,
+        "downloaded": total,
+        "skipped": 0,
+        "moved": 0,
+        "failed": 0,
+    }
     assert sorted(summary["study_uids"]) == sorted(studies)
     assert assert_byte_exact(archive, studies, out) == total
     # One instance search per 32 studies (UID list matching), each study in one of them.

@@ -48,7 +48,13 @@ def test_a_complete_study_reruns_without_a_request_until_a_file_is_missing(
     assert status == 0, stderr
     assert seen_requests.requests == []  # not one request: the index says complete
     assert summary["studies_complete_in_manifest"] == 1
-    assert summary["instances"] == {"total": 60, "downloaded": 0, "skipped": 60, "failed": 0}
+    assert summary["instances"] == {
+        "total": 60,
+        "downloaded": 0,
+        "skipped": 60,
+        "moved": 0,
+        "failed": 0,
+    }
     assert summary["study_uids"] == [synth_study.study_uid]
 
     gone = synth_study.instances[17]
@@ -56,7 +62,13 @@ def test_a_complete_study_reruns_without_a_request_until_a_file_is_missing(
     status, summary, stderr = installed_download(url, synth_study.study_uid, out)
     assert status == 0, stderr
     assert summary["studies_complete_in_manifest"] == 0
-    assert summary["instances"] == {"total": 60, "downloaded": 1, "skipped": 59, "failed": 0}
+    assert summary["instances"] == {
+        "total": 60,
+        "downloaded": 1,
+        "skipped": 59,
+        "moved": 0,
+        "failed": 0,
+    }
     instance_paths = [path for path, _ in seen_requests.requests if "/instances/" in path]
     assert [p for p in instance_paths if p.endswith(gone.sop_uid)] == instance_paths
     assert_same_files(synth_study.instances, out)
@@ -106,7 +118,13 @@ def test_a_plain_list_skips_complete_studies_and_lists_the_others(
     summary = json.loads(result.stdout)
     assert summary["studies_complete_in_manifest"] == 1
     # The series' instances are the study's: counted once, as present.
-    assert summary["instances"] == {"total": 60, "downloaded": 0, "skipped": 60, "failed": 0}
+    assert summary["instances"] == {
+        "total": 60,
+        "downloaded": 0,
+        "skipped": 60,
+        "moved": 0,
+        "failed": 0,
+    }
     listed = qido_requests(seen_requests)
     assert any(synth_study.series_uids[1] in p for p in listed), listed
     assert not any(p.endswith(f"/studies/{synth_study.study_uid}/series") for p in listed)
@@ -176,3 +194,65 @@ def test_a_study_that_gained_an_instance_is_found_by_recheck_and_by_sync(
         status, summary, _ = installed_download(url, synth_study.study_uid, out, "--recheck")
         assert status == 0 and summary["instances"]["downloaded"] == 1
         assert copy.read_bytes() == source.read_bytes()
+
+
+def test_another_layout_moves_the_files_instead_of_downloading_them_again(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    """A rerun with another --layout: the files the manifest knows go to the new paths (the
+    old folders, left empty, go), nothing is fetched, and the manifest follows."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, _, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    kept = {
+        i.sop_uid: final_path(out, i.study_uid, i.series_uid, i.sop_uid).read_bytes()
+        for i in synth_study.instances
+    }
+    one = synth_study.instances[5]
+    final_path(out, one.study_uid, one.series_uid, one.sop_uid).unlink()  # fetched again
+
+    seen_requests.requests.clear()
+    layout = "by-series/{series}/{sop}.dcm"
+    status, summary, stderr = installed_download(
+        url, synth_study.study_uid, out, "--layout", layout
+    )
+    assert status == 0, stderr
+    assert summary["instances"] == {
+        "total": 60,
+        "downloaded": 1,
+        "skipped": 59,
+        "moved": 59,
+        "failed": 0,
+    }
+    assert [p for p, _ in seen_requests.requests if "/instances/" in p] == [
+        f"/dicomweb/studies/{one.study_uid}/series/{one.series_uid}/instances/{one.sop_uid}"
+    ]
+    assert not (out / synth_study.study_uid).exists()  # the old layout's folders are gone
+    files = sorted(p for p in out.rglob("*.dcm"))
+    assert len(files) == 60
+    for instance in synth_study.instances:
+        path = out / "by-series" / instance.series_uid / f"{instance.sop_uid}.dcm"
+        assert path.read_bytes() == kept[instance.sop_uid]
+
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--layout", layout
+    )
+    assert result.returncode == 0, result.stderr
+    assert "0 downloaded, 60 already present, 0 failed" in result.stderr  # nothing moves now
+    verify = run_installed(
+        "download",
+        synth_study.study_uid,
+        "--url",
+        url,
+        "-o",
+        str(out),
+        "--layout",
+        layout,
+        "--verify",
+        "--json",
+    )
+    assert verify.returncode == 0 and json.loads(verify.stdout)["instances"]["skipped"] == 60

@@ -89,7 +89,13 @@ def test_two_workers_download_everything_byte_exact(
 
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
-    assert summary["instances"] == {"total": 200, "downloaded": 200, "skipped": 0, "failed": 0}
+    assert summary["instances"] == {
+        "total": 200,
+        "downloaded": 200,
+        "skipped": 0,
+        "moved": 0,
+        "failed": 0,
+    }
     assert summary["processes"] == 2
     assert summary["bytes"] == sum(i.size for i in instances)
     assert_same_files(instances, out)
