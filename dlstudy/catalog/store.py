@@ -104,7 +104,7 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
     if read_only and not path.exists():
         raise UsageError(f"no catalog at {path}: run `dlstudy catalog pull --db {path}` first")
     try:
-        return duckdb.connect(
+        db = duckdb.connect(
             str(path),
             read_only=read_only,
             config={"memory_limit": MEMORY_LIMIT, "threads": 2},
@@ -117,6 +117,17 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
         raise UsageError(f"cannot open catalog {path}: {_first_line(exc)}") from exc
     except duckdb.Error as exc:
         raise UsageError(f"{path} is not a dlstudy catalog: {_first_line(exc)}") from exc
+    if read_only:  # read as a catalog: someone else's database is named as such, not by SQL
+        try:
+            if not _tables(db):
+                raise UsageError(
+                    f"{path} holds no catalog: run `dlstudy catalog pull --db {path}` first"
+                )
+            _check_is_catalog(db, path)
+        except BaseException:
+            db.close()
+            raise
+    return db
 
 
 def _first_line(exc: BaseException) -> str:
@@ -145,7 +156,7 @@ def _catalog_tables() -> dict[str, list[tuple[str, str]]]:
         return _tables(scratch)
 
 
-def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path, advice: str = "") -> None:
     """A database that holds anything is a catalog only if it has the catalog's tables, each
     (like any other catalog table it has) with the catalog's columns: pulling into someone
     else's database would add tables to it, or fail halfway on a table of the same name."""
@@ -159,8 +170,7 @@ def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path) -> None:
         return
     shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
     raise UsageError(
-        f"{path} is a DuckDB database but not a dlstudy catalog (it holds {shown}): "
-        "give --db a new file"
+        f"{path} is a DuckDB database but not a dlstudy catalog (it holds {shown}){advice}"
     )
 
 
@@ -187,7 +197,7 @@ class Catalog:
             path.unlink()
         self.db = connect(path)
         try:
-            _check_is_catalog(self.db, path)
+            _check_is_catalog(self.db, path, ": give --db a new file")
             self.db.execute("BEGIN")  # all tables or none: a half-made catalog is no catalog
             self.db.execute(SCHEMA)
             self.db.execute("COMMIT")

@@ -334,6 +334,19 @@ def test_pull_refuses_a_database_that_is_no_catalog(
         assert refused.returncode == 2, refused.stderr
         (line,) = refused.stderr.splitlines()
         assert line.startswith(f"dlstudy: error: {db} is a DuckDB database but not a dlstudy")
+        for reading in (  # what reads a catalog says so too, rather than an SQL error
+            ["catalog", "query", "--db", str(db)],
+            ["catalog", "status", "--db", str(db), "-o", str(tmp_path / "out")],
+            ["catalog", "export", "--db", str(db), "--to", str(tmp_path / "x.csv")],
+            ["download", "--from-catalog", str(db), "--url", url, "-o", str(tmp_path / "o")],
+            ["sync", "--catalog", str(db), "--url", url, "-o", str(tmp_path / "o")],
+        ):
+            result = run_installed(*reading)
+            assert result.returncode == 2, (reading, result.stderr)
+            assert result.stderr == (
+                f"dlstudy: error: {db} is a DuckDB database but not a dlstudy catalog "
+                f"(it holds {ddl.split()[2]})\n"
+            ), reading
         assert db.read_bytes() == before
         assert not db.with_name(db.name + ".wal").exists()
     blank = tmp_path / "blank.duckdb"
