@@ -26,7 +26,7 @@ from ..dicomweb.search import StudyQuery, StudyRecord, search_async
 from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
-from ..errors import DlstudyError, UsageError
+from ..errors import DlstudyError, ExitStatus, NothingMatchedError, UsageError
 from ..flow.retry import RetryPolicy, RetryTally
 from ..http.urls import redact_url
 from ..model import Failure
@@ -212,6 +212,13 @@ async def _search_and_download(
         return None
     try:
         result = await download_async(pending, replace(settings, recheck=True), sink, report=report)
+    except NothingMatchedError as exc:
+        # The search (or the catalog) matched these studies: that the server now lists none
+        # of them is their failure (exit 1), not a night with nothing matched (exit 4).
+        result = getattr(exc, "summary", None) or Summary(url=plan.url, output=plan.output)
+        result.error, result.exit_status = None, ExitStatus.OK
+        if not any(failure.sop_instance_uid is None for failure in result.failures):
+            result.failures += [Failure(study, None, None, str(exc), None) for study in pending]
     except DlstudyError as exc:
         partial = getattr(exc, "summary", None)
         _study_events(pending, sink, partial.failures if partial is not None else [])

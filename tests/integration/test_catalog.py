@@ -410,3 +410,30 @@ def test_pull_counts_every_request_it_sent(
     sent = [path for path, _ in seen_requests.requests if path.endswith("/studies")]
     assert len(sent) == 10  # pages of 50: the last one carries no Warning
     assert summary["requests"] == len(sent)
+
+
+def test_sync_of_a_catalogued_study_gone_from_the_server_fails_it_every_night(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A study the catalog lists and the archive no longer has is a failure of that study:
+    exit 1 every night, also once it is the only one left to fetch (not 4, nothing matched)."""
+    source = tmp_path / "source"
+    instances = synth(source, 2, seed=71, dates=("20220101", "20220102"))
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(source), db)
+    gone = instances[0].study_uid
+    for instance in instances:
+        if instance.study_uid == gone:
+            instance.path.unlink()
+    url = embedded_server(source)  # the archive as it is now: one study fewer
+    out = tmp_path / "out"
+    for night in (1, 2):
+        result = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+        assert result.returncode == 1, (night, result.stderr)
+        summary = json.loads(result.stdout)
+        assert summary["exit_status"] == 1 and summary["error"] is None
+        assert [f["study"] for f in summary["failures"]] == [gone], night
+        assert summary["sync"]["matched"] == 2
+        assert "not found" in summary["failures"][0]["reason"]
+    plain = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out))
+    assert plain.returncode == 1 and f"study {gone} not found" in plain.stderr
