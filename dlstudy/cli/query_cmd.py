@@ -238,6 +238,11 @@ def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -
         stream.write(f"{visible(row['study_uid'], '')}\n{detail}\n")
 
 
+def _keyless_message(count: int) -> str:
+    results = "a result" if count == 1 else f"{count} results"
+    return f"the server sent {results} without a Study Instance UID (0020000D): not listed"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("query", cls=ConfigCommand)
     @with_options(SEARCH, HTTP, CONNECTION)
@@ -257,12 +262,21 @@ def register(app: typer.Typer) -> None:
         query = study_query(options)
         chosen_shard = shard_option(shard)
         settings = settings_from(ctx, ignore={"modality"})  # a search filter here
+        keyless = 0
+
+        def count_keyless() -> None:
+            nonlocal keyless
+            keyless += 1
+
         try:
             with exit_on_interrupt():
-                records = search(settings, query)
+                records = search(settings, query, count_keyless)
         except DlstudyError as exc:
             error_line(str(exc))
             raise typer.Exit(int(exc.exit_status)) from exc
+        if keyless and not records:
+            error_line(_keyless_message(keyless))
+            raise typer.Exit(int(ExitStatus.SOME_FAILED))
         if not records:
             error_line("no study matched the search")
             raise typer.Exit(int(ExitStatus.NOTHING_MATCHED))
@@ -277,3 +291,6 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(0) from None
         if form == "table":
             typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)
+        if keyless:  # what the server sent that no one could download: the listing is not whole
+            error_line(_keyless_message(keyless))
+            raise typer.Exit(int(ExitStatus.SOME_FAILED))

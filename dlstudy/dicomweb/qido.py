@@ -249,10 +249,13 @@ class Pager:
         *,
         counts_checked: bool = False,
         each: Callable[[dict[str, Any]], None],
+        keyless: Callable[[], object] | None = None,
     ) -> bool:
         """Call `each` with every distinct result of the query keyed by `key_tag`, page after
         page; False when the URL is 404. `counts_checked`: the caller checks what was listed
-        against the counts the results carry, so a short page may end the listing.
+        against the counts the results carry, so a short page may end the listing. A result
+        without a usable `key_tag` (no value, an empty or malformed one) cannot be told apart
+        from the others, nor fetched: IncompleteListingError, or `keyless()` is called.
 
         Each page's parsed JSON is dropped once `each` has read it: a listing of a million
         instances holds a million small values, not a million DICOM JSON objects.
@@ -261,7 +264,9 @@ class Pager:
         failed: Exception | None = None
         async with anyio.create_task_group() as tg:
             try:
-                found = await self._walk(tg, url, params, key_tag, expected, counts_checked, each)
+                found = await self._walk(
+                    tg, url, params, key_tag, expected, counts_checked, each, keyless
+                )
             except Exception as exc:  # noqa: BLE001 - raised below, outside the group
                 failed = exc
         if failed is not None:
@@ -280,8 +285,10 @@ class Pager:
         expected: int | None,
         counts_checked: bool,
         each: Callable[[dict[str, Any]], None],
+        keyless: Callable[[], object] | None,
     ) -> bool:
         seen: set[str] = set()
+        seen_keyless: set[int] = set()
         offset = 0
         probing = 0  # the length of a short page whose end the next page is asked to confirm
 
@@ -316,7 +323,15 @@ class Pager:
                         if upcoming is not None:
                             await anyio.lowlevel.checkpoint()  # lets the request go out
                     key = first_value(item, key_tag)
-                    if key is not None and key not in seen:
+                    if not key:
+                        if keyless is None:
+                            raise _keyless(url, key_tag)
+                        # Told apart by content: a server that repeats a page repeats them.
+                        content = hash(repr(item))
+                        if content not in seen_keyless:
+                            seen_keyless.add(content)
+                            keyless()
+                    elif key not in seen:
                         seen.add(key)
                         new += 1
                         each(item)
@@ -448,6 +463,22 @@ class Pager:
             )
         truncated = response.status_code == 206 or has_more_warning(response.headers)
         return data, truncated
+
+
+KEY_NAMES = {
+    TAG_STUDY_UID: "Study Instance UID",
+    TAG_SERIES_UID: "Series Instance UID",
+    TAG_SOP_UID: "SOP Instance UID",
+}
+
+
+def _keyless(url: str, key_tag: str) -> IncompleteListingError:
+    shown = redact_url(url)
+    return IncompleteListingError(
+        f"could not list {shown} completely: the server sent a result without a usable "
+        f"{KEY_NAMES.get(key_tag, key_tag)} ({key_tag})",
+        url=shown,
+    )
 
 
 def _incomplete(

@@ -225,9 +225,12 @@ async def search_studies(
     page_size: int,
     policy: RetryPolicy,
     each: Callable[[StudyRecord], object] | None = None,
+    keyless: Callable[[], object] | None = None,
 ) -> list[StudyRecord]:
     """Every study matching `query`, in the server's order, each once; `each` is called with
-    every one as its page arrives (while the server makes the next page)."""
+    every one as its page arrives (while the server makes the next page). A result without a
+    Study Instance UID is an IncompleteListingError, or a call of `keyless` (the caller says
+    what the search missed)."""
     pager = Pager(transport, page_size, policy)
     url = f"{transport.base_url}/studies"
     found: dict[str, StudyRecord] = {}
@@ -241,7 +244,7 @@ async def search_studies(
 
     for modality in query.modalities or (None,):
         # False (404) is what some servers answer for "no match".
-        await pager.walk(url, query.params(modality), TAG_STUDY_UID, each=keep)
+        await pager.walk(url, query.params(modality), TAG_STUDY_UID, each=keep, keyless=keyless)
     return list(found.values())
 
 
@@ -250,20 +253,28 @@ async def search_async(
     query: StudyQuery,
     each: Callable[[StudyRecord], object] | None = None,
     policy: RetryPolicy | None = None,
+    keyless: Callable[[], object] | None = None,
 ) -> list[StudyRecord]:
     """Open a transport for `settings` (auth, TLS, HTTP version), search, close. `policy`:
-    the retries, when the caller counts them (its tally)."""
+    the retries, when the caller counts them (its tally); `keyless`: as for search_studies."""
     transport = Transport(settings, auth=await auth_from_settings(settings))
     if policy is None:
         policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
     try:
         return await search_studies(
-            transport, query, page_size=settings.qido_page_size, policy=policy, each=each
+            transport,
+            query,
+            page_size=settings.qido_page_size,
+            policy=policy,
+            each=each,
+            keyless=keyless,
         )
     finally:
         await transport.aclose()
 
 
-def search(settings: Settings, query: StudyQuery) -> list[StudyRecord]:
+def search(
+    settings: Settings, query: StudyQuery, keyless: Callable[[], object] | None = None
+) -> list[StudyRecord]:
     """Blocking form of `search_async`, for scripts: `dlstudy.search.search(settings, q)`."""
-    return anyio.run(search_async, settings, query)
+    return anyio.run(search_async, settings, query, None, None, keyless)

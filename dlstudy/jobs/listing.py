@@ -19,6 +19,7 @@ from ..errors import IncompleteListingError
 from ..flow.pool import run_pool
 from ..flow.retry import RetryPolicy
 from ..http.client import Transport
+from ..http.urls import is_valid_uid
 from ..model import Failure, InstanceRef, Instances
 from ..report.landed import FAILED, ReportWriter
 from ..report.progress import ProgressSink
@@ -188,9 +189,23 @@ class Lister:
             if self.store.is_valid(ref):
                 refs.append(ref)
             else:
-                reason = f"server sent an invalid UID (refused as a file name) in {ref!r}"
-                self.summary.failures.append(Failure(ref.study_uid, None, None, reason[:300]))
+                self._invalid(ref)
         return refs
+
+    def _invalid(self, ref: InstanceRef) -> None:
+        """An instance the server lists under a UID that is no UID (never a file name): it
+        fails, counted and reported like any other."""
+        named = (("study", ref.study_uid), ("series", ref.series_uid), ("instance", ref.sop_uid))
+        bad = next((what, uid) for what, uid in named if not is_valid_uid(uid))
+        reason = (
+            f"instance {ref.sop_uid[:80]!r}: the server lists it with an invalid {bad[0]} UID "
+            f"{bad[1][:80]!r} (a UID is digits and dots): not downloaded"
+        )
+        self.summary.failures.append(
+            Failure(ref.study_uid, ref.series_uid, ref.sop_uid, reason, None)
+        )
+        if self.report is not None:
+            self.report.row(FAILED, ref.study_uid, ref.series_uid, ref.sop_uid, reason=reason)
 
     def _duplicate(self, ref: InstanceRef, where: tuple[str, str]) -> None:
         """A second instance under a SOP Instance UID already listed elsewhere: it cannot be

@@ -28,7 +28,7 @@ from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
 from ..errors import DlstudyError, ExitStatus, NothingMatchedError, UsageError
 from ..flow.retry import RetryPolicy, RetryTally
-from ..http.urls import redact_url
+from ..http.urls import is_valid_uid, redact_url
 from ..model import Failure
 from ..report.events import EventSink, emit
 from ..report.landed import ReportWriter, run_report
@@ -166,6 +166,9 @@ async def _search_and_download(
         the next page)."""
         if shard is not None and not shard.owns(record.study_uid):
             return
+        if not is_valid_uid(record.study_uid):  # never a file name: that study fails, alone
+            plan.failures.append(Failure(record.study_uid, None, None, _invalid(record), None))
+            return
         plan.studies.append(record.study_uid)
         instances = record.instances
         if settings.verify:  # every file is checked: no study is complete on trust
@@ -197,10 +200,19 @@ async def _search_and_download(
         else:
             policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
             plan.retries = policy.tally
-            records = await search_async(settings, query, examine, policy)
+            keyless: list[int] = []
+            records = await search_async(
+                settings, query, examine, policy, lambda: keyless.append(1)
+            )
+            if keyless:  # studies no one can download: the night is not whole (exit 1)
+                n = len(keyless)
+                results = "a result" if n == 1 else f"{n} results"
+                reason = f"the search sent {results} without a Study Instance UID (0020000D)"
+                plan.failures.append(Failure(None, None, None, reason, None))
     except BaseException:
         plan.studies.clear()  # a search that failed part way says nothing about the rest
         plan.complete.clear()
+        plan.failures.clear()
         plan.total = 0
         raise
     finally:
@@ -238,7 +250,13 @@ def _combine(plan: SyncSummary, result: Summary | None) -> SyncSummary:
     merged.total += plan.total
     merged.skipped += plan.skipped
     merged.retries = RetryTally(plan.retried + result.retried)  # the search's and the download's
+    merged.failures = plan.failures + merged.failures
     return merged
+
+
+def _invalid(record: StudyRecord) -> str:
+    shown = repr(record.study_uid[:80])  # as sent, control characters and all escaped
+    return f"the server lists a study with an invalid UID {shown}: not downloaded"
 
 
 def _study_events(pending: list[str], sink: EventSink, failures: list[Failure]) -> None:

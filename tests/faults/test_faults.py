@@ -404,14 +404,18 @@ def test_html_served_as_dicom_is_rejected_at_once(
 def test_hostile_uids_never_become_paths(tmp_path: Path) -> None:
     from ..scripted_servers import hostile_uids
 
-    out = tmp_path / "out"
+    out, report = tmp_path / "out", tmp_path / "report.csv"
     with hostile_uids() as (url, study, good):
-        status, summary, _ = download(url, study, out, "--http", "1.1")
+        status, summary, _ = download(url, study, out, "--http", "1.1", "--report", str(report))
 
     assert status == 1
     assert summary["instances"]["downloaded"] == len(good)
+    assert summary["instances"]["failed"] == 2  # counted like any failed instance
     reasons = [f["reason"] for f in summary["failures"]]
-    assert len(reasons) == 2 and all("invalid UID" in r for r in reasons)
+    assert len(reasons) == 2 and all("invalid instance UID '" in r for r in reasons), reasons
+    assert all("InstanceRef" not in r for r in reasons)
+    rows = report.read_text().splitlines()[1:]
+    assert sorted(row.split(",")[0] for row in rows) == ["downloaded"] * 2 + ["failed"] * 2
     assert not Path("/tmp/dlstudy-pwned").exists()
     assert all(out in p.parents for p in out.rglob("*"))
     assert sorted(p.stem for p in out.rglob("*.dcm")) == sorted(good)

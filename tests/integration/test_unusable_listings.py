@@ -1,0 +1,131 @@
+"""QIDO answers with results no one can download (no UID, or one that is no UID), through the
+installed CLI against a scripted server on 127.0.0.1: never a silent exit 0 with instances or
+studies missing, never a usage error for what the server sent, and the rest goes on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ..cli_helpers import run_installed
+from ..factories import STUDY, element, instance_json, part10, series_json
+from ..fixtures.scripted_routes import Routes
+
+pytestmark = pytest.mark.integration
+
+SERIES = [f"{STUDY}.5", f"{STUDY}.6"]
+SOPS = {series: [f"{series}.{i}" for i in (1, 2)] for series in SERIES}
+DICOM_JSON = {"Content-Type": "application/dicom+json"}
+
+
+def dicom_json(items: list[dict[str, Any]]) -> httpx.Response:
+    return httpx.Response(200, headers=DICOM_JSON, content=json.dumps(items).encode())
+
+
+def serve_study(
+    scripted: Routes,
+    *,
+    series: Callable[[], list[dict[str, Any]]] = lambda: [series_json(s) for s in SERIES],
+    instances: Callable[[str], list[dict[str, Any]]] = lambda s: [
+        instance_json(sop) for sop in SOPS[s]
+    ],
+) -> None:
+    """The study listed series by series (no study-wide instance search), its files served."""
+    base = f"/dicomweb/studies/{STUDY}"
+    scripted.get(f"{base}/instances").mock(return_value=httpx.Response(400))
+    scripted.get(f"{base}/series").mock(side_effect=lambda _: dicom_json(series()))
+    for uid in SERIES:
+        scripted.get(f"{base}/series/{uid}/instances").mock(
+            side_effect=lambda _, uid=uid: dicom_json(instances(uid))
+        )
+        for sop in SOPS[uid]:
+            body = part10(STUDY, uid, sop)
+            scripted.get(f"{base}/series/{uid}/instances/{sop}").mock(
+                return_value=httpx.Response(200, headers={"Content-Type": "application/dicom"},
+                                            content=body)
+            )  # fmt: skip
+
+
+def download(scripted: Routes, out: Path) -> tuple[int, dict[str, Any]]:
+    result = run_installed(
+        "download", STUDY, "--url", scripted.base, "-o", str(out), "--json", "--http", "1.1"
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_a_series_without_its_uid_fails_the_study(scripted: Routes, tmp_path: Path) -> None:
+    """A series the server lists without a Series Instance UID cannot be listed nor fetched:
+    the study fails (exit 1) and is not recorded complete, so a rerun asks again."""
+    broken = [{"00080060": element("CS", "CT")}, series_json(SERIES[1])]
+    serve_study(scripted, series=lambda: broken)
+    status, summary = download(scripted, tmp_path / "out")
+    assert status == 1, summary
+    (failure,) = summary["failures"]
+    assert "without a usable Series Instance UID (0020000E)" in failure["reason"]
+    assert failure["study"] == STUDY
+    status, summary = download(scripted, tmp_path / "out")  # asked again, not taken as complete
+    assert status == 1 and summary["studies_complete_in_manifest"] == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"00080016": element("UI", "1.2")}, {"00080018": {"vr": "UI", "Value": "1.2.3"}},
+     {"00080018": element("UI", "")}],
+    ids=["missing", "not-a-list", "empty"],
+)  # fmt: skip
+def test_an_instance_without_a_usable_uid_fails_the_study(
+    scripted: Routes, tmp_path: Path, bad: dict[str, Any]
+) -> None:
+    def instances(series: str) -> list[dict[str, Any]]:
+        return [instance_json(sop) for sop in SOPS[series]] + [bad] * (series == SERIES[0])
+
+    serve_study(scripted, instances=instances)
+    status, summary = download(scripted, tmp_path / "out")
+    assert status == 1, summary
+    (failure,) = summary["failures"]
+    assert "without a usable SOP Instance UID (00080018)" in failure["reason"]
+
+
+def studies(*uids: str | None) -> httpx.Response:
+    items = [{"0020000D": element("UI", uid)} if uid else {"00100020": element("LO", "P")}
+             for uid in uids]  # fmt: skip
+    return dicom_json(items)
+
+
+def test_query_says_a_study_result_without_a_uid_was_left_out(scripted: Routes) -> None:
+    scripted.get("/dicomweb/studies").mock(return_value=studies(STUDY, None))
+    result = run_installed("query", "--url", scripted.base, "--uids")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == f"{STUDY}\n"
+    assert result.stderr == (
+        "dlstudy: error: the server sent a result without a Study Instance UID (0020000D): "
+        "not listed\n"
+    )
+
+
+def test_sync_fails_what_it_cannot_download_and_syncs_the_rest(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """A study listed without a UID, or with one that is no UID: failures of their own (exit
+    1), not a usage error stopping the night; the good study is synced."""
+    serve_study(scripted)
+    scripted.get("/dicomweb/studies").mock(return_value=studies(STUDY, "../../escape", None))
+    out = tmp_path / "out"
+    result = run_installed(
+        "sync", "--url", scripted.base, "-o", str(out), "--json", "--http", "1.1"
+    )
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == 4
+    reasons = [failure["reason"] for failure in summary["failures"]]
+    assert reasons == [
+        "the server lists a study with an invalid UID '../../escape': not downloaded",
+        "the search sent a result without a Study Instance UID (0020000D)",
+    ]
+    assert not (tmp_path / "escape").exists() and not (out.parent.parent / "escape").exists()
