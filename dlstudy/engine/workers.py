@@ -270,7 +270,7 @@ async def run_in_processes(
             conn.close()
     if fatal:
         raise fatal[0]
-    for ref in unreported.values():  # a worker died: never let its instances go unaccounted
+    for ref in list(unreported.values()):  # a worker died: its instances are accounted for
         report(Failed(ref, f"instance {ref.sop_uid}: its worker process ended early", None))
 
 

@@ -180,7 +180,10 @@ class Store:
     def remove_stale_temp_files(self) -> int:
         """Delete temp files an interrupted run left behind; only safe under the output lock."""
         removed = 0
-        for folder, _dirs, files in os.walk(self.root):
+        for folder, dirs, files in os.walk(self.root):
+            # A folder with a state folder of its own is another run's output (its own lock):
+            # its temp files may be that run's, being written.
+            dirs[:] = [d for d in dirs if not os.path.isdir(os.path.join(folder, d, STATE_DIR))]
             for name in files:
                 if _TEMP_NAME.fullmatch(name):  # only what TempFile names: a user's .x.part stays
                     Path(folder, name).unlink(missing_ok=True)

@@ -256,3 +256,23 @@ def test_another_layout_moves_the_files_instead_of_downloading_them_again(
         "--json",
     )
     assert verify.returncode == 0 and json.loads(verify.stdout)["instances"]["skipped"] == 60
+
+
+def test_a_rerun_removes_its_own_temp_files_not_those_of_an_output_folder_inside(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """OUT/adhoc, the output folder of another run (its own .dlstudy, its own lock), may be
+    in the middle of writing: its temp files are not this run's to clean up."""
+    out = tmp_path / "out"
+    stale = out / "1.2.3" / ".1.2.3.4.dcm.4242-1.part"  # left by a killed run of OUT
+    theirs = out / "adhoc" / "9.8" / ".9.8.7.dcm.4343-1.part"  # another run, writing now
+    for temp in (stale, theirs):
+        temp.parent.mkdir(parents=True)
+        temp.write_bytes(b"partial")
+    (out / "adhoc" / ".dlstudy").mkdir()
+    status, _, stderr = installed_download(
+        embedded_server(synth_study.root), synth_study.study_uid, out
+    )
+    assert status == 0, stderr
+    assert not stale.exists()
+    assert theirs.read_bytes() == b"partial"

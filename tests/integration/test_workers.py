@@ -25,7 +25,14 @@ from dlstudy.engine.workers import (
 from dlstudy.model import InstanceRef
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
-from ..cli_helpers import assert_same_files, download_json, run_cli, run_installed, summary_of
+from ..cli_helpers import (
+    DLSTUDY,
+    assert_same_files,
+    download_json,
+    run_cli,
+    run_installed,
+    summary_of,
+)
 from ..fixtures.embedded_server import SeenRequests, StartServer
 from ..manifest_helpers import manifest_rows
 
@@ -417,3 +424,43 @@ def test_busy_is_cpu_time_over_wall_time(
 
 
 # threshold: 0.9 of a CPU
+
+
+def test_a_killed_worker_fails_its_instances_and_the_run_reports(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """A worker killed mid-run (the OOM killer, a stray kill -9): what it had not reported
+    fails, the summary says so (exit 1, the --json object), and a rerun fetches the rest."""
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    command = [
+        DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
+        "--workers", "2", "-c", "4", "--mode", "instance", "--json",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers: list[str] = []
+    while not workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+        workers = found.stdout.split()
+    assert workers, "no worker process started"
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    subprocess.run(["kill", "-9", workers[0]], check=True)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 1, stderr
+    summary = json.loads(stdout)
+    reasons = [failure["reason"] for failure in summary["failures"]]
+    assert reasons and all("its worker process ended early" in r for r in reasons), reasons
+    counts = summary["instances"]
+    assert counts["downloaded"] + counts["failed"] == counts["total"] == len(instances)
+    rerun = subprocess.run(
+        [*command[:4], embedded_server(root), *command[5:]],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
