@@ -53,6 +53,7 @@ from ..errors import (
 )
 from ..flow.pool import run_pool
 from ..flow.retry import RetryPolicy
+from ..flow.signals import stop_on_signals
 from ..http.auth import RefreshingBearerAuth, auth_from_settings
 from ..http.client import Transport
 from ..http.failures import check_auth
@@ -64,7 +65,7 @@ from ..http.urls import (
     series_url,
     study_url,
 )
-from ..jobs.download import MAX_CONCURRENCY, stop_on_signals
+from ..jobs.download import MAX_CONCURRENCY
 from ..model import InstanceRef
 from ..settings import HttpVersion, Settings
 from .cell import CellRun, Gauge, TimedTransport

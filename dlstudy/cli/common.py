@@ -16,6 +16,7 @@ from typing import NoReturn
 import typer
 
 from ..errors import DlstudyError, ExitStatus, Terminated
+from ..flow.signals import stopping
 from ..report.progress import NullProgress, PlainProgress, ProgressSink
 from ..report.summary import Summary
 
@@ -66,15 +67,20 @@ def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
     """
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
+        if not stopping():  # else the run is stopping already: let it print what it did
+            raise Terminated()
 
     # While the download runs, download_async turns both signals into an orderly stop;
     # these handlers cover the moments before and after it.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
+    previous_int = signal.getsignal(signal.SIGINT) if in_main_thread else None
     try:
         yield
     except KeyboardInterrupt as exc:
+        if in_main_thread:  # stopping: a second signal must not cut the summary short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         terminated = isinstance(exc, Terminated)
         status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
         summary: Summary | None = getattr(exc, "summary", None)
@@ -92,6 +98,8 @@ def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def choose_progress(*, quiet: bool, json_output: bool) -> ProgressSink:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -25,10 +23,9 @@ from ..engine.workers import standing_by_for
 from ..errors import (
     DlstudyError,
     InvalidUidError,
-    Terminated,
     UsageError,
 )
-from ..flow.pool import first_error
+from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
 from ..http.client import Transport
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
@@ -145,28 +142,8 @@ async def download_async(
         items = [u if isinstance(u, CohortItem) else CohortItem(study_uid=u) for u in study_uids]
         store = Store(settings.output, settings.layout)
         store.prepare()
-        async with AsyncExitStack() as stack:
-            stack.enter_context(output_lock(store.state_dir, wait=settings.wait_for_lock))
-            removed = store.remove_stale_temp_files()
-            if removed:
-                log.info("removed %d temp files left by an interrupted run", removed)
-            manifest = Manifest(store.root, store.state_dir)
-            stack.callback(manifest.close)
-            if report is None and settings.report is not None:
-                report = stack.enter_context(run_report(settings.report))
-            transport = Transport(settings, auth=await auth_from_settings(settings))
-            stack.push_async_callback(transport.aclose)
-            complete: list[str] = []
-            if trusts_index(settings):
-                items, complete = take_complete(items, store, manifest, summary, report)
-            try:
-                run = Run(settings, store, manifest, transport, progress, summary, report)
-                if items:
-                    await stop_on_signals(run.execute(items, counted=complete))
-                else:
-                    progress.start(summary.total, summary.skipped)
-            finally:
-                summary.http_version = transport.http_version
+        # From here on a signal stops the run in order, the wait for the lock included.
+        await stop_on_signals(_locked_run(settings, items, store, summary, progress, report))
     except BaseException as exc:
         # Fatal errors and interruptions carry what was done so far, for the report.
         if isinstance(exc, DlstudyError):
@@ -179,6 +156,39 @@ async def download_async(
         progress.close()
     summary.finish()
     return summary
+
+
+async def _locked_run(
+    settings: Settings,
+    items: list[CohortItem],
+    store: Store,
+    summary: Summary,
+    progress: ProgressSink,
+    report: ReportWriter | None,
+) -> None:
+    """The run, with the output folder locked: into `summary`."""
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(output_lock(store.state_dir, wait=settings.wait_for_lock))
+        removed = store.remove_stale_temp_files()
+        if removed:
+            log.info("removed %d temp files left by an interrupted run", removed)
+        manifest = Manifest(store.root, store.state_dir)
+        stack.callback(manifest.close)
+        if report is None and settings.report is not None:
+            report = stack.enter_context(run_report(settings.report))
+        transport = Transport(settings, auth=await auth_from_settings(settings))
+        stack.push_async_callback(transport.aclose)
+        complete: list[str] = []
+        if trusts_index(settings):
+            items, complete = take_complete(items, store, manifest, summary, report)
+        try:
+            run = Run(settings, store, manifest, transport, progress, summary, report)
+            if items:
+                await run.execute(items, counted=complete)
+            else:
+                progress.start(summary.total, summary.skipped)
+        finally:
+            summary.http_version = transport.http_version
 
 
 def take_complete(
@@ -213,29 +223,3 @@ def report_present(report: ReportWriter, manifest: Manifest, store: Store, study
             size=entry.size,
             digest=entry.digest,
         )
-
-
-async def stop_on_signals(work: Awaitable[None]) -> None:
-    """Run `work`; on SIGINT or SIGTERM cancel it (in-flight transfers remove their temp files)
-    and raise KeyboardInterrupt or Terminated, so the caller gets an orderly stop.
-
-    Signals can only be caught this way in the main thread; elsewhere `work` just runs.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        await work
-        return
-    received: list[int] = []
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, first_error():
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                async for signum in signals:
-                    received.append(signum)
-                    tg.cancel_scope.cancel()
-                    return
-
-            tg.start_soon(watch)
-            await work
-            tg.cancel_scope.cancel()  # done: stop watching
-    if received:
-        raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()

@@ -28,6 +28,7 @@ from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
 from ..errors import DlstudyError, ExitStatus, NothingMatchedError, UsageError
 from ..flow.retry import RetryPolicy, RetryTally
+from ..flow.signals import stop_on_signals
 from ..http.urls import is_valid_uid, redact_url
 from ..model import Failure
 from ..report.events import EventSink, emit
@@ -103,7 +104,7 @@ async def sync_async(
     plan.shard = str(shard) if shard else None
     sink = EventSink(progress)
     try:
-        result = await _sync(settings, query, shard, sink, plan, catalog)
+        result = await stop_on_signals(_sync(settings, query, shard, sink, plan, catalog))
     except BaseException as exc:
         sink.close()
         summary = _combine(plan, getattr(exc, "summary", None))
@@ -138,7 +139,7 @@ async def _sync(
     store.prepare()
     # Held for the whole run (the download inside takes it again, a no-op in this process), so a
     # second cron run gives up (exit 5) before searching and nothing can slip in between.
-    with output_lock(store.state_dir, wait=settings.wait_for_lock):
+    async with output_lock(store.state_dir, wait=settings.wait_for_lock):
         if settings.report is None:
             return await _search_and_download(settings, query, shard, store, sink, plan, catalog)
         # --report: the complete studies' rows are written here, the others' by the download.

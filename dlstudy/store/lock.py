@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+
+import anyio
 
 from ..errors import LockedError, OutputError, StorageError
 from .safe_files import open_text_for_update
@@ -23,10 +25,16 @@ LOCK_NAME = "lock"
 _held: set[Path] = set()
 
 
-@contextmanager
-def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
-    """Hold the lock of the output folder whose state lives in `state_dir` (re-entrant)."""
-    key = state_dir.resolve()
+# How often `--wait` tries the lock again. Tried, not blocked on: a blocking flock would keep
+# the event loop (and so Ctrl-C) waiting as long as the other run holds it.
+WAIT_POLL_SECONDS = 0.2
+
+
+@asynccontextmanager
+async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
+    """Hold the lock of the output folder whose state lives in `state_dir` (re-entrant);
+    `wait`: until the run holding it ends (cancellable), else LockedError at once."""
+    key = _key(state_dir)
     if key in _held:
         yield
         return
@@ -38,16 +46,21 @@ def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
             f"cannot use {str(path)!r}: {exc.strerror or exc}", path=str(path)
         ) from exc
     with fp:
-        try:
-            fcntl.flock(fp.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            fp.seek(0)
-            holder = fp.read().strip() or "?"
-            raise LockedError(
-                f"output folder {str(state_dir.parent)!r} is in use by another dlstudy run "
-                f"(pid {holder}); use --wait to wait for it",
-                path=str(state_dir.parent),
-            ) from None
+        while True:
+            try:
+                fcntl.flock(fp.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait:
+                    await anyio.sleep(WAIT_POLL_SECONDS)
+                    continue
+                fp.seek(0)
+                holder = fp.read().strip() or "?"
+                raise LockedError(
+                    f"output folder {str(state_dir.parent)!r} is in use by another dlstudy "
+                    f"run (pid {holder}); use --wait to wait for it",
+                    path=str(state_dir.parent),
+                ) from None
         try:  # unbuffered: nothing left for closing the file to fail on
             os.ftruncate(fp.fileno(), 0)
             os.pwrite(fp.fileno(), str(os.getpid()).encode(), 0)
@@ -63,3 +76,8 @@ def output_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
             with suppress(OSError):  # the pid is only what a second run shows
                 os.ftruncate(fp.fileno(), 0)
             fcntl.flock(fp.fileno(), fcntl.LOCK_UN)
+
+
+def _key(state_dir: Path) -> Path:
+    """The folder as the kernel knows it: the same through a link or a relative path."""
+    return state_dir.resolve()

@@ -30,6 +30,7 @@ import pytest
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import (
+    DLSTUDY,
     download_json,
     installed_download,
     run_installed,
@@ -702,6 +703,31 @@ def test_second_run_on_the_same_output_is_refused_or_waits(
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.parametrize("command", ["download", "sync"])
+def test_ctrl_c_stops_a_run_waiting_for_the_lock(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, command: str
+) -> None:
+    """--wait waits as long as the other run holds the folder (hours, maybe): Ctrl-C ends
+    the wait at once, exit 130, with the --json object."""
+    from ..integration.test_query_sync import lock_held_by_another_process
+
+    url = embedded_server(synth_study.root)
+    (tmp_path / ".dlstudy").mkdir()
+    target = [synth_study.study_uid] if command == "download" else []
+    with lock_held_by_another_process(tmp_path / ".dlstudy"):
+        waiter = subprocess.Popen(
+            [DLSTUDY, command, *target, "--url", url, "-o", str(tmp_path), "--wait", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2.0)  # started, and waiting for the lock
+        assert waiter.poll() is None, waiter.communicate()
+        waiter.send_signal(signal.SIGINT)
+        stdout, stderr = waiter.communicate(timeout=30)  # the holder holds it for 60 s
+    assert waiter.returncode == 130, stderr
+    assert json.loads(stdout)["error"] == "interrupted"
+    assert stderr.strip().splitlines()[-1].startswith("dlstudy: error: interrupted;")
 
 
 def test_compressed_qido_is_decoded_and_a_compressed_instance_never_stored(

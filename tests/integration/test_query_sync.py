@@ -419,10 +419,12 @@ def lock_held_by_another_process(state_dir: Path) -> Iterator[None]:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path\n"
+            "import sys, time, anyio; from pathlib import Path\n"
             "from dlstudy.store.lock import output_lock\n"
-            "with output_lock(Path(sys.argv[1]), wait=False):\n"
-            "    print('held', flush=True); time.sleep(60)",
+            "async def hold():\n"
+            "    async with output_lock(Path(sys.argv[1]), wait=False):\n"
+            "        print('held', flush=True); time.sleep(60)\n"
+            "anyio.run(hold)",
             str(state_dir),
         ],
         stdout=subprocess.PIPE,

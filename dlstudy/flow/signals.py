@@ -1,0 +1,80 @@
+"""SIGINT and SIGTERM during a run: an orderly stop that keeps what was done.
+
+The work is cancelled (in-flight transfers remove their temp files) and KeyboardInterrupt or
+Terminated is raised, carrying the `.summary` the work attached on its way out, so the caller
+prints what was done whatever phase the signal came in: waiting for the lock, listing,
+fetching.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Awaitable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import anyio
+
+from ..errors import Terminated
+from .pool import first_error
+
+T = TypeVar("T")
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Set while a stop_on_signals is watching: one inside it (a sync's download) just runs.
+_WATCHING: ContextVar[bool] = ContextVar("dlstudy_signals_watched", default=False)
+_stopping = False
+
+
+def stopping() -> bool:
+    """Whether a signal has started an orderly stop of the last run: a second one, while it
+    finishes and prints what it did, has nothing left to stop (the CLI ignores it)."""
+    return _stopping
+
+
+async def stop_on_signals(work: Awaitable[T]) -> T:
+    """Run `work`; on SIGINT or SIGTERM cancel it and raise KeyboardInterrupt or Terminated.
+
+    Signals can only be caught this way in the main thread; elsewhere `work` just runs. The
+    handlers in place before are put back after: anyio's receiver leaves SIGTERM at its
+    default, and a second SIGTERM while the summary is printed would kill the process mute.
+    """
+    if threading.current_thread() is not threading.main_thread() or _WATCHING.get():
+        return await work
+    global _stopping
+    _stopping = False
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    token = _WATCHING.set(True)
+    received: list[int] = []
+    carried: list[Any] = []  # the summary the work attached to its cancellation
+    try:
+        with anyio.open_signal_receiver(*_SIGNALS) as signals, first_error():
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    global _stopping
+                    async for signum in signals:
+                        _stopping = True
+                        received.append(signum)
+                        tg.cancel_scope.cancel()
+                        return
+
+                tg.start_soon(watch)
+                try:
+                    result = await work
+                except BaseException as exc:
+                    carried.append(getattr(exc, "summary", None))
+                    raise
+                tg.cancel_scope.cancel()  # done: stop watching
+    finally:
+        _WATCHING.reset(token)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+    if received:
+        stop = Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
+        if carried and carried[0] is not None:
+            stop.summary = carried[0]  # type: ignore[attr-defined]
+        raise stop
+    return result
