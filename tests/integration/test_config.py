@@ -359,4 +359,7 @@ def test_a_parameter_name_that_is_no_option_name_is_an_unknown_key(tmp_path: Pat
 def test_catalog_pull_without_a_db_anywhere_is_a_usage_error(tmp_path: Path) -> None:
     result = run_installed("catalog", "pull", "--url", "http://127.0.0.1:9/x")
     assert result.returncode == 2, result.stderr
-    assert "--db (or DLSTUDY_DB, or db in the config file) is required" in result.stderr
+    assert (
+        "Missing option '--db' (or DLSTUDY_DB, or db in the config file). "
+        "(see 'dlstudy catalog pull --help')"
+    ) in result.stderr
