@@ -21,6 +21,7 @@ from typer.core import TyperCommand
 from .. import config
 from ..errors import DlstudyError
 from .common import fail_usage
+from .env_lists import resplit_environment
 
 # Values that must not be echoed in an error message.
 SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})
@@ -68,9 +69,11 @@ class ConfigFilled:
 
 
 class ConfigCommand(TyperCommand):
-    """A command whose options at their built-in default are taken from the config file."""
+    """A command whose options at their built-in default are taken from the config file (and
+    whose repeatable options with spaces are split from the environment as env_lists says)."""
 
     def invoke(self, ctx: Any) -> Any:
+        resplit_environment(ctx)  # DLSTUDY_FILTER='StudyDescription=CT CHEST'
         try:
             apply_config(ctx, self)
         except DlstudyError as exc:
