@@ -19,7 +19,7 @@ from ..errors import DlstudyError, ExitStatus
 from .catalog_options import WhereOpt, catalog_option
 from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
-from .connection import DEFAULTS, envvar_for, settings_from
+from .connection import DEFAULTS, envvar_for, option, settings_from
 from .options import (
     CONNECTION,
     HTTP,
@@ -27,9 +27,9 @@ from .options import (
     AccessionOpt,
     PatientIdOpt,
     PatientNameOpt,
-    RetriesOpt,
     StudyDateOpt,
     StudyModalityOpt,
+    checked,
     with_options,
 )
 from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
@@ -40,6 +40,17 @@ if TYPE_CHECKING:
 # Every catalog command is a ConfigCommand: --db and --to may come from the config file, so
 # they are checked once that is read (`required`), not by click.
 DbOpt = Annotated[Path | None, catalog_option("--db", help="The catalog file (DuckDB).")]
+PullRetriesOpt = Annotated[
+    int,
+    checked(
+        option(
+            "--retries",
+            envvar="DLSTUDY_RETRIES",
+            help="Retries per QIDO page on transient errors (0 or more).",
+        ),
+        least=0,
+    ),
+]
 LevelOpt = Annotated[
     str, catalog_option("--level", help="study, or series: also every study's series.")
 ]
@@ -201,7 +212,7 @@ def pull_command(
     page_size: PageSizeOpt = DEFAULTS.qido_page_size,
     json_output: PullJsonOpt = False,
     quiet: QuietOpt = False,
-    retries: RetriesOpt = DEFAULTS.retries,
+    retries: PullRetriesOpt = DEFAULTS.retries,
     **options: Any,
 ) -> None:
     """Harvest the archive's study-level QIDO attributes into the catalog; resumable.
