@@ -247,8 +247,8 @@ StudyDateOpt = Annotated[
     str | None,
     option(
         "--study-date",
-        help="YYYYMMDD, a range YYYYMMDD-YYYYMMDD (open ends allowed), today, yesterday, "
-        "or Nd (the last N days).",
+        help="YYYYMMDD or YYYY-MM-DD, a range YYYYMMDD-YYYYMMDD or YYYY-MM-DD/YYYY-MM-DD "
+        "(open ends allowed), today, yesterday, or Nd (the last N days).",
     ),
 ]
 StudyModalityOpt = Annotated[
