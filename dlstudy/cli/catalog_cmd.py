@@ -99,6 +99,8 @@ WALKS = ("auto", "split")
 
 
 class MissingOption(typer.BadParameter):
+    """A usage error shown as its message alone (BadParameter would add 'Invalid value')."""
+
     def format_message(self) -> str:
         return self.message
 
