@@ -13,7 +13,8 @@
 
 Keys are the long option names (`ca-bundle` or `ca_bundle`; `json = true` for `--json`).
 `token_env` / `password_env` name an environment variable holding the secret, so no secret
-needs to be in the file or on the command line. Relative paths are relative to the file's
+needs to be in the file or on the command line (an unset one is an UnsetSecret: an error only
+if the secret is needed). Relative paths are relative to the file's
 folder; `~` is expanded.
 
 Precedence, highest first: command line, `DLSTUDY_*` environment variables, the chosen profile,
@@ -45,6 +46,15 @@ _TOP_LEVEL = ("server", "defaults", "servers")
 
 class ConfigError(UsageError):
     """The config file is missing, unreadable or wrong: a usage error (exit 2)."""
+
+
+@dataclass(frozen=True)
+class UnsetSecret:
+    """The value of a `token_env` / `password_env` key whose variable is not set: an error
+    (`problem`) only where that secret would be sent. The CLI withholds a profile's
+    credentials from another origin, and a secret given for the run replaces the file's."""
+
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -104,12 +114,14 @@ class Config:
                 if key not in known and key not in SECRET_ENV_KEYS:
                     raise ConfigError(f"unknown key {raw_key!r} in {where} of {self.path}")
 
-    def _secret(self, where: str, key: str, value: Any, env: Mapping[str, str]) -> str:
+    def _secret(
+        self, where: str, key: str, value: Any, env: Mapping[str, str]
+    ) -> str | UnsetSecret:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} in {where} of {self.path} must name an environment variable")
         secret = env.get(value)
         if not secret:
-            raise ConfigError(f"{key} in {where} of {self.path}: ${value} is not set")
+            return UnsetSecret(f"{key} in {where} of {self.path}: ${value} is not set")
         return secret
 
     def _path(self, where: str, key: str, value: Any) -> str:

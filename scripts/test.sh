@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs and run all of it: lint, types, unit and integration
-# tests (the embedded server over HTTP/1.1, h2c and TLS h2, and a real Orthanc from Debian).
+# tests (the embedded server over HTTP/1.1, h2c and TLS h2, a real Orthanc from Debian, nginx,
+# HTTP and SOCKS5 proxies, and a one-node SLURM cluster).
 # This is the README's test command and what .ci/run calls. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-system-deps.sh   # orthanc + orthanc-dicomweb, nginx, openssl, rsvg, curl
+bash scripts/install-system-deps.sh   # the Debian packages missing of its PACKAGES list
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"

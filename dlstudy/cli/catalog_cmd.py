@@ -16,10 +16,10 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus
-from .catalog_options import DbOpt, WhereOpt, catalog_option
+from .catalog_options import WhereOpt, catalog_option
 from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
-from .configured import ConfigCommand
-from .connection import DEFAULTS, settings_from
+from .configured import ConfigCommand, ConfigOpt, ServerOpt
+from .connection import DEFAULTS, envvar_for, option, settings_from
 from .options import (
     CONNECTION,
     HTTP,
@@ -27,9 +27,9 @@ from .options import (
     AccessionOpt,
     PatientIdOpt,
     PatientNameOpt,
-    RetriesOpt,
     StudyDateOpt,
     StudyModalityOpt,
+    checked,
     with_options,
 )
 from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
@@ -37,8 +37,20 @@ from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visibl
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
 
-# Pull's --db may come from the config file (a ConfigCommand): checked once that is read.
-PullDbOpt = Annotated[Path | None, catalog_option("--db", help="The catalog file (DuckDB).")]
+# Every catalog command is a ConfigCommand: --db and --to may come from the config file, so
+# they are checked once that is read (`required`), not by click.
+DbOpt = Annotated[Path | None, catalog_option("--db", help="The catalog file (DuckDB).")]
+PullRetriesOpt = Annotated[
+    int,
+    checked(
+        option(
+            "--retries",
+            envvar="DLSTUDY_RETRIES",
+            help="Retries per QIDO page on transient errors (0 or more).",
+        ),
+        least=0,
+    ),
+]
 LevelOpt = Annotated[
     str, catalog_option("--level", help="study, or series: also every study's series.")
 ]
@@ -67,7 +79,7 @@ PageSizeOpt = Annotated[
     int, catalog_option("--page-size", help="QIDO limit asked for; a server may cap it lower.")
 ]
 SqlOpt = Annotated[str | None, catalog_option("--sql", help="Any SQL over the catalog's tables.")]
-ToOpt = Annotated[Path, catalog_option("--to", help="FILE.parquet or FILE.csv to write.")]
+ToOpt = Annotated[Path | None, catalog_option("--to", help="FILE.parquet or FILE.csv to write.")]
 TableOpt = Annotated[
     str, catalog_option("--table", help="Table to export: studies, series, changes, pulls.")
 ]
@@ -84,6 +96,23 @@ QuietOpt = Annotated[bool, catalog_option("--quiet", "-q", help="No summary line
 
 LEVELS = ("study", "series")
 WALKS = ("auto", "split")
+
+
+class MissingOption(typer.BadParameter):
+    """A usage error shown as its message alone (BadParameter would add 'Invalid value')."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def required(ctx: typer.Context, value: Path | None, name: str) -> Path:
+    """An option click leaves optional because the config file may give it: missing from
+    all three, it is the usage error click would give, naming the three places."""
+    if value is None:
+        variable, key = envvar_for(name), name.lstrip("-").replace("-", "_")
+        message = f"Missing option '{name}' (or {variable}, or {key} in the config file)."
+        raise MissingOption(message, ctx=ctx)
+    return value
 
 
 def _fail(exc: DlstudyError) -> typer.Exit:
@@ -176,7 +205,7 @@ def register(app: typer.Typer) -> None:
 @with_options(SEARCH, HTTP, CONNECTION)
 def pull_command(
     ctx: typer.Context,
-    db: PullDbOpt = None,
+    db: DbOpt = None,
     level: LevelOpt = "study",
     walk: WalkOpt = "auto",
     recent: RecentOpt = 7,
@@ -185,7 +214,7 @@ def pull_command(
     page_size: PageSizeOpt = DEFAULTS.qido_page_size,
     json_output: PullJsonOpt = False,
     quiet: QuietOpt = False,
-    retries: RetriesOpt = DEFAULTS.retries,
+    retries: PullRetriesOpt = DEFAULTS.retries,
     **options: Any,
 ) -> None:
     """Harvest the archive's study-level QIDO attributes into the catalog; resumable.
@@ -199,8 +228,7 @@ def pull_command(
     from ..http.client import Transport
 
     setup_logging(options["verbose"], None)
-    if db is None:
-        fail_usage("--db (or DLSTUDY_DB, or db in the config file) is required")
+    db = required(ctx, db, "--db")
     if level not in LEVELS:
         fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     if walk not in WALKS:
@@ -256,10 +284,10 @@ def pull_command(
         raise typer.Exit(int(ExitStatus.SOME_FAILED))
 
 
-@catalog_app.command("query")
+@catalog_app.command("query", cls=ConfigCommand)
 def query_command(
     ctx: typer.Context,
-    db: DbOpt,
+    db: DbOpt = None,
     where: WhereOpt = None,
     sql: SqlOpt = None,
     patient_id: PatientIdOpt = None,
@@ -270,11 +298,14 @@ def query_command(
     json_output: ListJsonOpt = False,
     csv_output: CsvOpt = False,
     uids: UidsOpt = False,
+    config: ConfigOpt = None,
+    server: ServerOpt = None,
 ) -> None:
     """Select studies from the catalog, offline: the filters of `query`, --where, or --sql."""
     from ..catalog.query import run_sql, select_studies, select_uids
     from ..catalog.store import connect
 
+    db = required(ctx, db, "--db")
     form = output_form(ctx)
     query = _query(patient_id, patient_name, study_date, modality, accession, None)
     if sql is not None and (where is not None or query != type(query)()):
@@ -316,20 +347,23 @@ def query_command(
         typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)
 
 
-@catalog_app.command("status")
+@catalog_app.command("status", cls=ConfigCommand)
 def status_command(
     ctx: typer.Context,
-    db: DbOpt,
+    db: DbOpt = None,
     output: StatusOutputOpt = DEFAULTS.output,
     where: WhereOpt = None,
     state: StateOpt = None,
     json_output: ListJsonOpt = False,
     csv_output: CsvOpt = False,
     uids: UidsOpt = False,
+    config: ConfigOpt = None,
+    server: ServerOpt = None,
 ) -> None:
     """Which catalogued studies are complete, partial or missing in OUT (from its manifest)."""
     from ..catalog.status import STATES, study_states, tally
 
+    db = required(ctx, db, "--db")
     wanted = set(state or ())
     if bad := sorted(wanted - set(STATES)):
         fail_usage(f"--state must be one of {', '.join(STATES)}, got {bad[0]!r}")
@@ -359,16 +393,20 @@ def status_command(
         )
 
 
-@catalog_app.command("export")
+@catalog_app.command("export", cls=ConfigCommand)
 def export_command(
-    db: DbOpt,
-    to: ToOpt,
+    ctx: typer.Context,
+    db: DbOpt = None,
+    to: ToOpt = None,
     table: TableOpt = "studies",
     where: WhereOpt = None,
+    config: ConfigOpt = None,
+    server: ServerOpt = None,
 ) -> None:
     """Write a table of the catalog to Parquet or CSV (by the file's suffix), for pandas/polars."""
     from ..catalog.query import export
 
+    db, to = required(ctx, db, "--db"), required(ctx, to, "--to")
     try:
         rows = export(db, to, table, where)
     except DlstudyError as exc:

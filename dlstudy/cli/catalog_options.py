@@ -38,7 +38,6 @@ def catalog_option(*names: str, help: str) -> Any:
     )
 
 
-DbOpt = Annotated[Path, catalog_option("--db", help="The catalog file (DuckDB).")]
 WhereOpt = Annotated[
     str | None,
     catalog_option(

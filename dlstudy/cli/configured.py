@@ -21,6 +21,7 @@ from typer.core import TyperCommand
 from .. import config
 from ..errors import DlstudyError
 from .common import fail_usage
+from .env_lists import resplit_environment
 
 # Values that must not be echoed in an error message.
 SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})
@@ -68,9 +69,11 @@ class ConfigFilled:
 
 
 class ConfigCommand(TyperCommand):
-    """A command whose options at their built-in default are taken from the config file."""
+    """A command whose options at their built-in default are taken from the config file (and
+    whose repeatable options with spaces are split from the environment as env_lists says)."""
 
     def invoke(self, ctx: Any) -> Any:
+        resplit_environment(ctx)  # DLSTUDY_FILTER='StudyDescription=CT CHEST'
         try:
             apply_config(ctx, self)
         except DlstudyError as exc:
@@ -111,6 +114,9 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
         if source is not None and source.name != "DEFAULT":
             continue  # the command line or the environment said otherwise
         filled.add(name)
+        if isinstance(value, config.UnsetSecret):
+            ctx.params[name] = value  # checked below, once the url in force is known
+            continue
         if (wrong := _type_problem(value, annotations.get(name))) is not None:
             raise config.ConfigError(f"{key} in {path} must be {wrong}")
         if getattr(param, "multiple", False) and not isinstance(value, list):
@@ -121,6 +127,20 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
             shown = "" if key in SECRET_KEYS else f" = {value!r}"
             message = getattr(exc, "message", None) or str(exc)
             raise config.ConfigError(f"{key}{shown} in {path}: {message}") from exc
+    _check_unset_secrets(ctx, filled)
+
+
+def _check_unset_secrets(ctx: Any, filled: set[str]) -> None:
+    """A `*_env` variable that is not set is an error only for a secret that would be sent:
+    not for one withheld because --url is of another origin than the file's url."""
+    from .profile_origin import withheld_credentials  # it imports this module
+
+    unset = [n for n in ctx.params if n in filled and isinstance(ctx.params[n], config.UnsetSecret)]
+    if unset:
+        withheld = withheld_credentials(ctx.params, ctx.meta[FROM_CONFIG])
+        for name in unset:
+            if name not in withheld:
+                raise config.ConfigError(ctx.params[name].problem)
 
 
 def options_by_key(command: Any) -> dict[str, Any]:

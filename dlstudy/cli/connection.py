@@ -21,7 +21,8 @@ from .profile_origin import drop_foreign_credentials
 HTTP_CHOICES = ("auto", "1.1", "2")
 MODE_CHOICES = ("auto", "instance", "series", "study")
 # Repeatable options whose values contain spaces: click splits environment values on
-# whitespace, so these are set on the command line or in the config file only.
+# whitespace, so these are set on the command line or in the config file only. (--filter's
+# values may hold spaces too: its variable is split again by env_lists.)
 NO_ENVVAR = frozenset({"--header"})
 # The library's defaults, for option defaults: every command agrees with `download()`.
 DEFAULTS = Settings(url="")

@@ -15,7 +15,7 @@ import typer
 from ..errors import DlstudyError, ExitStatus
 from ..jobs.download import download
 from ..report.summary import Summary
-from ..settings import Settings
+from ..settings import MAX_CONCURRENCY, Settings
 from .common import choose_progress, error_line, finish
 
 PRESETS = ("small", "ct", "mr", "many")
@@ -41,7 +41,16 @@ def register(app: typer.Typer) -> None:
             typer.Option("--preset", help=f"Synthetic study to generate: {', '.join(PRESETS)}."),
         ] = "small",
         http: Annotated[str, typer.Option("--http", help="HTTP version: auto, 1.1 or 2.")] = "auto",
-        concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 0,
+        concurrency: Annotated[
+            int,
+            typer.Option(
+                "--concurrency",
+                "-c",
+                help="Instances in flight at once, as for download; 0: chosen by protocol.",
+                min=0,
+                max=MAX_CONCURRENCY,
+            ),
+        ] = 0,
         keep: Annotated[
             Path | None, typer.Option("--keep", help="Keep the downloaded study in this folder.")
         ] = None,

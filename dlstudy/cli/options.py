@@ -94,8 +94,9 @@ WorkersOpt = Annotated[
         option(
             "--workers",
             envvar="DLSTUDY_WORKERS",
-            help=f"Processes sharing the per-instance pool (0-{MAX_WORKERS}); 0: one per CPU "
-            "core, at most 4.",
+            help=f"Processes sharing the per-instance pool (0-{MAX_WORKERS}); 0: decided by "
+            "the run: one, or up to one per CPU (at most 4) when the server answers fast and one "
+            "process is CPU-bound, so it varies ('processes' in --json says how many ran).",
         ),
         least=0,
         most=MAX_WORKERS,
@@ -246,8 +247,8 @@ StudyDateOpt = Annotated[
     str | None,
     option(
         "--study-date",
-        help="YYYYMMDD, a range YYYYMMDD-YYYYMMDD (open ends allowed), today, yesterday, "
-        "or Nd (the last N days).",
+        help="YYYYMMDD or YYYY-MM-DD, a range YYYYMMDD-YYYYMMDD or YYYY-MM-DD/YYYY-MM-DD "
+        "(open ends allowed), today, yesterday, or Nd (the last N days).",
     ),
 ]
 StudyModalityOpt = Annotated[

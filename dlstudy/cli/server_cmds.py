@@ -65,7 +65,8 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(help=f"Port (default {DEFAULT_PORT}; 0 = any free port).")
+        int,
+        typer.Option(help=f"Port (default {DEFAULT_PORT}; 0 = any free port).", min=0, max=65535),
     ] = DEFAULT_PORT,
     tls_cert: Annotated[
         Path | None, typer.Option(help="PEM certificate: serve HTTPS (h2 via ALPN).")
@@ -77,7 +78,10 @@ def serve(
     max_page_size: Annotated[
         int | None,
         typer.Option(
-            "--max-page-size", "--page-cap", help="Cap QIDO pages (Warning: 299 when truncated)."
+            "--max-page-size",
+            "--page-cap",
+            help="Cap QIDO pages (Warning: 299 when truncated).",
+            min=1,
         ),
     ] = None,
     ignore_offset: Annotated[
@@ -96,30 +100,41 @@ def serve(
             "--no-counts", help="Leave the study and series instance counts out of QIDO answers."
         ),
     ] = False,
-    latency: Annotated[float, typer.Option(help="Seconds added to every request.")] = 0.0,
+    latency: Annotated[float, typer.Option(help="Seconds added to every request.", min=0)] = 0.0,
     fault_rate: Annotated[
-        float, typer.Option(help="Fraction of WADO requests answered --fault-status.")
+        float,
+        typer.Option(help="Fraction of WADO requests answered --fault-status (0-1).", min=0, max=1),
     ] = 0.0,
-    fault_status: Annotated[int, typer.Option(help="Status of injected faults: 503 or 429.")] = 503,
-    retry_after: Annotated[int, typer.Option(help="Retry-After seconds on faults.")] = 1,
+    fault_status: Annotated[
+        int,
+        typer.Option(
+            help="Status of injected faults: any error, 400-599 (503, 429, 500, 404...).",
+            min=400,
+            max=599,
+        ),
+    ] = 503,
+    retry_after: Annotated[int, typer.Option(help="Retry-After seconds on faults.", min=0)] = 1,
     drop_after_bytes: Annotated[
-        int | None, typer.Option(help="Cut WADO bodies after N bytes (connection dropped).")
+        int | None,
+        typer.Option(help="Cut WADO bodies after N bytes (connection dropped).", min=0),
     ] = None,
     drop_rate: Annotated[
-        float, typer.Option(help="Fraction of WADO bodies --drop-after-bytes cuts.")
+        float,
+        typer.Option(help="Fraction of WADO bodies --drop-after-bytes cuts (0-1).", min=0, max=1),
     ] = 1.0,
     token: Annotated[
         str | None, typer.Option(help="Require 'Authorization: Bearer TOKEN' (or TOKEN-suffix).")
     ] = None,
     token_expires_after: Annotated[
-        int | None, typer.Option(help="Each token value is refused (401) after N requests.")
+        int | None,
+        typer.Option(help="Each token value is refused (401) after N requests.", min=0),
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the fault injection and of the --virtual archive.")
     ] = 0,
     max_requests_per_connection: Annotated[
         int | None,
-        typer.Option(help="Close connections after N requests (HTTP/2: GOAWAY mid-run)."),
+        typer.Option(help="Close connections after N requests (HTTP/2: GOAWAY mid-run).", min=0),
     ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log skipped files and every request.")

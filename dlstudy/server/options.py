@@ -32,7 +32,7 @@ class ServerOptions:
     silent_cap: bool = False  # max_page_size cuts pages without a Warning: 299 (as some archives)
     latency: float = 0.0  # seconds added per request
     fault_rate: float = 0.0  # fraction of WADO responses answered `fault_status`
-    fault_status: int = 503
+    fault_status: int = 503  # any 4xx/5xx: what the client under test should make of it
     retry_after: int = 1
     drop_after_bytes: int | None = None  # cut a WADO body after N bytes (connection dropped)
     token: str | None = None  # require Authorization: Bearer <token>
@@ -64,9 +64,17 @@ class ServerOptions:
         ):
             value = getattr(self, name)
             if value is not None and value < (1 if name == "max_page_size" else 0):
-                raise ValueError(f"{name} must not be negative or zero")
-        if self.latency < 0 or self.retry_after < 0 or not 0 <= self.port <= 65535:
-            raise ValueError("latency, retry_after and port must not be negative")
+                least = "1 or more" if name == "max_page_size" else "0 or more"
+                raise ValueError(f"{name} must be {least}, got {value}")
+        for name in ("latency", "retry_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0 to 65535, got {self.port}")
+        if not 400 <= self.fault_status <= 599:
+            raise ValueError(
+                f"fault_status must be an error status, 400 to 599, got {self.fault_status}"
+            )
 
     @property
     def tls(self) -> bool:

@@ -437,3 +437,45 @@ def test_sync_of_a_catalogued_study_gone_from_the_server_fails_it_every_night(
         assert "not found" in summary["failures"][0]["reason"]
     plain = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out))
     assert plain.returncode == 1 and f"study {gone} not found" in plain.stderr
+
+
+def test_every_catalog_command_takes_its_db_from_the_config_file(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`db` in the config file (DLSTUDY_CONFIG, or --config with a --server profile) serves
+    query, status and export as it serves pull; without it anywhere, each names what to give."""
+    instances = synth(tmp_path / "source", 2, seed=7, dates=("20200101", "20200102"))
+    url = embedded_server(tmp_path / "source")
+    config = tmp_path / "conf" / "db.toml"
+    config.parent.mkdir()
+    config.write_text('[defaults]\ndb = "pacs.duckdb"\n[servers.other]\ndb = "other.duckdb"\n')
+    env = {"DLSTUDY_CONFIG": str(config)}
+    pulled = run_installed("catalog", "pull", "--url", url, "--quiet", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert (tmp_path / "conf" / "pacs.duckdb").is_file()
+
+    listed = run_installed("catalog", "query", "--uids", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert set(listed.stdout.split()) == study_uids(instances)
+    status = run_installed("catalog", "status", "-o", str(tmp_path / "out"), "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert [json.loads(line)["state"] for line in status.stdout.splitlines()] == ["missing"] * 2
+    to = tmp_path / "studies.csv"
+    exported = run_installed("catalog", "export", "--to", str(to), env=env)
+    assert exported.returncode == 0, exported.stderr
+    assert len(to.read_text().splitlines()) == 3  # a header and two studies
+
+    # The profile's db, chosen by --server: there is none at that path.
+    other = run_installed("catalog", "query", "--config", str(config), "--server", "other")
+    assert other.returncode == 2, other.stderr
+    assert f"no catalog at {tmp_path / 'conf' / 'other.duckdb'}" in other.stderr
+    for args in (("query",), ("status",), ("export", "--to", str(to))):
+        result = run_installed("catalog", *args)
+        assert result.returncode == 2, result.stderr
+        assert (
+            "Missing option '--db' (or DLSTUDY_DB, or db in the config file). "
+            f"(see 'dlstudy catalog {args[0]} --help')"
+        ) in result.stderr
+    result = run_installed("catalog", "export", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Missing option '--to' (or DLSTUDY_TO, or to in the config file)." in result.stderr

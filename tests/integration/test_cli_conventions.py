@@ -259,3 +259,21 @@ def test_the_command_line_reference_is_up_to_date() -> None:
 
     reference = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
     assert reference.read_text() == markdown(), "docs/cli.md is stale: regenerate it"
+
+
+def test_every_option_says_what_it_does() -> None:
+    """Every option of every command has a help text (docs/cli.md's meaning column), and the
+    shared ones say what they do in the command that has them."""
+    group = typer.main.get_command(app)
+    commands = [([name], cmd) for name, cmd in group.commands.items()]  # type: ignore[attr-defined]
+    while commands:
+        path, cmd = commands.pop()
+        sub = getattr(cmd, "commands", {})
+        commands += [([*path, name], c) for name, c in sub.items()]
+        for param in cmd.params:
+            if param.param_type_name == "option":
+                assert (param.help or "").strip(), f"dlstudy {' '.join(path)} {param.opts}"
+    pull = run_installed("catalog", "pull", "--help", env={"COLUMNS": "200", "TERM": "dumb"})
+    assert "Retries per QIDO page on transient errors" in pull.stdout
+    download = run_installed("download", "--help", env={"COLUMNS": "200", "TERM": "dumb"})
+    assert "one per CPU core, at most 4" not in " ".join(download.stdout.split())

@@ -168,3 +168,49 @@ def test_a_token_given_for_the_run_goes_even_when_the_profile_has_the_same(
         "dlstudy: warning: the config file's --header is not sent: --url is of "
         "another origin than the config's url\n"
     )
+
+
+def orthanc_profile(tmp_path: Path, url: str) -> Path:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[servers.orthanc]\nurl = "{url}"\nuser = "dlstudy"\npassword_env = "ORTHANC_PASSWORD"\n'
+        '[servers.pacs]\nurl = "http://127.0.0.1:9/dicom-web"\ntoken_env = "PACS_TOKEN"\n'
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    ("server", "withheld"), [("orthanc", "--user, --password are"), ("pacs", "--token is")]
+)
+def test_a_secret_that_is_withheld_need_not_be_set(
+    scripted: Routes, tmp_path: Path, server: str, withheld: str
+) -> None:
+    """password_env / token_env naming an unset variable is no error when --url is of another
+    origin than the profile's: that credential would not be sent anyway."""
+    config = orthanc_profile(tmp_path, "http://127.0.0.1:8042/dicom-web")
+    result, requests = query(scripted, "--config", str(config), "--server", server)
+    assert result.returncode == 0, result.stderr
+    assert "authorization" not in requests[0].headers
+    assert result.stderr == (
+        f"dlstudy: warning: the config file's {withheld} not sent: --url is of another origin "
+        "than the config's url\n"
+    )
+
+
+def test_a_secret_that_would_be_sent_must_be_set(scripted: Routes, tmp_path: Path) -> None:
+    config = orthanc_profile(tmp_path, scripted.base)
+    result, requests = query(scripted, "--config", str(config), "--server", "orthanc")
+    assert result.returncode == 2 and not requests
+    assert result.stderr == (
+        f"dlstudy: error: password_env in [servers.orthanc] of {config}: $ORTHANC_PASSWORD is "
+        "not set\n"
+    )
+    # ... unless the run gives its own password: the file's is not used then.
+    env = {"DLSTUDY_PASSWORD": "mine"}
+    result, requests = query(scripted, "--config", str(config), "--server", "orthanc", env=env)
+    assert result.returncode == 0, result.stderr
+    assert requests[0].headers["authorization"] == basic("dlstudy", "mine")
+    env = {"ORTHANC_PASSWORD": "theirs"}
+    result, requests = query(scripted, "--config", str(config), "--server", "orthanc", env=env)
+    assert result.returncode == 0, result.stderr
+    assert requests[-1].headers["authorization"] == basic("dlstudy", "theirs")

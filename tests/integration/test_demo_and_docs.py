@@ -165,3 +165,41 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+def test_each_server_command_option_is_in_its_own_table() -> None:
+    """docs/server.md's table of serve, synth and demo each explain every option of that
+    command (synth's --study-date was only in query's table, in usage.md)."""
+    page = (ROOT / "docs" / "server.md").read_text(encoding="utf-8")
+    parts = re.split(r"^## `dlstudy (\w+)", page, flags=re.M)[1:]
+    sections = dict(zip(parts[::2], parts[1::2], strict=True))
+    commands = _commands()
+    for name in ("serve", "synth", "demo"):
+        rows = [line for line in sections[name].splitlines() if line.startswith("| `")]
+        for option in commands[name]:
+            pattern = re.compile(rf"(?<![\w-]){re.escape(option)}(?![\w-])")
+            assert any(pattern.search(row) for row in rows), f"{name} {option} not in its table"
+
+
+def test_the_date_forms_the_error_names_are_documented() -> None:
+    """Every form of --study-date that its error message offers is in docs/usage.md's row."""
+    from dlstudy.dicomweb.search import parse_study_date
+    from dlstudy.errors import UsageError
+
+    with pytest.raises(UsageError) as error:
+        parse_study_date("not a date")
+    forms = re.findall(r"YYYY[-A-Z/]*|today|yesterday|Nd", str(error.value).split(" not ")[0])
+    assert len(forms) >= 7, forms
+    usage = (ROOT / "docs" / "usage.md").read_text(encoding="utf-8")
+    (row,) = [line for line in usage.splitlines() if line.startswith("| `--study-date DATE`")]
+    for form in forms:
+        assert f"`{form}`" in row, form
+
+
+def test_the_readme_names_every_package_the_system_install_installs() -> None:
+    script = (ROOT / "scripts" / "install-system-deps.sh").read_text()
+    packages = re.search(r"^PACKAGES=\((.*)\)$", script, re.M)
+    assert packages is not None
+    test_command = README.split("---", 1)[0]
+    for package in packages.group(1).split():
+        assert f"`{package}`" in test_command, package

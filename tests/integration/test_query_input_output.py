@@ -5,6 +5,7 @@ control characters on a terminal or in a pipe."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,27 @@ def test_query_uids_prints_one_line_a_study_whatever_the_server_sent(
     result = run_installed("query", "--url", embedded_server(root), "--uids")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "1.2.3?[31m?4.5\n"
+
+
+def test_a_filter_value_with_spaces_can_come_from_the_environment(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """DLSTUDY_FILTER splits only before a KEY=, or at line breaks: a value may hold spaces."""
+    from dlstudy.server.synth import SynthSpec, generate
+
+    spec = SynthSpec(studies=1, series=1, instances=1, size=1024)
+    ct = generate(tmp_path / "src", replace(spec, modality="CT", seed=1))[0].study_uid
+    generate(tmp_path / "src", replace(spec, modality="MR", seed=2))
+    url = embedded_server(tmp_path / "src")
+    for value in (
+        "StudyDescription=CT CHEST",
+        "  StudyDescription=CT CHEST  ModalitiesInStudy=CT ",
+        "StudyDescription=CT CHEST\nModalitiesInStudy=CT\n",
+    ):
+        result = run_installed("query", "--url", url, "--uids", env={"DLSTUDY_FILTER": value})
+        assert result.returncode == 0, (value, result.stderr)
+        assert result.stdout == f"{ct}\n", value
+    # Line by line, a value may hold " KEY=" too: this one is no description of these studies.
+    value = "StudyDescription=CT CHEST PatientSex=F\nModalitiesInStudy=CT"
+    result = run_installed("query", "--url", url, "--uids", env={"DLSTUDY_FILTER": value})
+    assert result.returncode == 4, result.stderr

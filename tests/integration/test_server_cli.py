@@ -144,10 +144,49 @@ def test_curl_multipart_study(served: str, tmp_path: Path) -> None:
     assert SAMPLE.read_bytes() in [part for _, part in parts]
 
 
-def test_serve_rejects_bad_options(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-c", LAUNCH, "serve", str(tmp_path), "--fault-rate", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "fault_rate" in done.stderr
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--fault-rate", "2"], "'--fault-rate'"),
+        (["--drop-rate", "-0.5"], "'--drop-rate'"),
+        (["--port", "70000"], "'--port'"),
+        (["--port", "-1"], "'--port'"),
+        (["--latency", "-1"], "'--latency'"),
+        (["--retry-after", "-1"], "'--retry-after'"),
+        (["--fault-status", "200"], "'--fault-status'"),
+        (["--fault-status", "600"], "'--fault-status'"),
+        (["--page-cap", "0"], "'--max-page-size' / '--page-cap'"),
+        (["--drop-after-bytes", "-1"], "'--drop-after-bytes'"),
+    ],
+)
+def test_serve_rejects_bad_options_naming_each(tmp_path: Path, args: list[str], named: str) -> None:
+    """One line naming the option that is wrong, and only it (`--port 70000` is not called
+    negative, nor are --latency and --retry-after blamed with it)."""
+    done = run_installed("serve", str(tmp_path), *args)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"dlstudy: error: Invalid value for {named}: "), line
+    assert "negative" not in line or args[1].startswith("-")
+
+
+def test_serve_injects_any_error_status(tmp_path: Path) -> None:
+    shutil.copy(SAMPLE, tmp_path / "a.dcm")
+    proc, url = start(str(tmp_path), "--port", "0", "--fault-rate", "1", "--fault-status", "418")
+    try:
+        instance = curl(f"{url}/instances")
+        wado = json.loads(instance)[0]["00081190"]["Value"][0]
+        done = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "-o", os.devnull, "-D", "-", wado],
+            capture_output=True,
+            text=True,
+        )
+        assert done.stdout.startswith("HTTP/1.1 418"), done.stdout
+        assert "retry-after: 1" in done.stdout.lower()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
