@@ -479,3 +479,40 @@ def stalling(count: int) -> Iterator[tuple[str, str, list[int]]]:
             yield url, STUDY, peak
         finally:
             closing.set()  # before the server joins its threads
+
+
+@contextmanager
+def tls_port_that_resets(cert: str, key: str) -> Iterator[str]:
+    """A Python `ssl` server: a client speaking plain HTTP to it fails the handshake, and the
+    server drops the connection with the request unread, which sends a TCP reset (unlike
+    servers that close it). Yields its base URL with http://, as a user who forgot https://
+    would write it."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    with _one_server(_Quiet, tls) as url:
+        yield url.replace("https://", "http://")
+
+
+@contextmanager
+def closing_first(unanswered: int) -> Iterator[tuple[str, str, list[str]]]:
+    """A plain HTTP/1.1 server that closes its first `unanswered` connections without a byte
+    of answer (a restart, an overloaded balancer), then serves one series of SOPS. Yields
+    (base URL, study UID, the SOP UIDs)."""
+    seen = [0]
+    lock = threading.Lock()
+
+    class Closing(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            with lock:
+                seen[0] += 1
+                silent = seen[0] <= unanswered
+            if silent:
+                self.close_connection = True
+                return
+            path = self.path.split("?", 1)[0]
+            if not self.listing(path):
+                sop = path.rsplit("/", 1)[1]
+                self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+
+    with _one_server(Closing) as url:
+        yield url, STUDY, SOPS

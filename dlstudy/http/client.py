@@ -257,18 +257,36 @@ class Transport:
 
     async def _get(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
         try:
-            response = await self._read_small(url, headers, params)
+            response = await self._read_answered(url, headers, params)
         except DlstudyError:
             raise
         except Exception as exc:
-            if self.http_version is None and no_answer(exc):
-                raise no_http_answer(exc, url) from exc
             if is_translatable(exc):
                 raise translate_error(exc, url) from exc
             raise
         self._observe(response)
         self._time_reply(response)
         return response
+
+    async def _read_answered(
+        self, url: str, headers: dict[str, str] | None, params: Any
+    ) -> httpx.Response:
+        """_read_small, asked once more at once when no HTTP answer came before the server
+        ever answered this run: one connection closed unanswered (a restart, a balancer) is
+        worth another try; a second silence means a server that does not speak HTTP here (a
+        TLS port asked with http://), which retries would not change."""
+        try:
+            return await self._read_small(url, headers, params)
+        except Exception as exc:
+            if self.http_version is not None or not no_answer(exc):
+                raise
+            log.info("no HTTP answer from %s (%s); asking again", redact_url(url), exc)
+        try:
+            return await self._read_small(url, headers, params)
+        except Exception as exc:
+            if self.http_version is None and no_answer(exc):
+                raise no_http_answer(exc, url) from exc
+            raise
 
     async def _first_get(
         self, url: str, headers: dict[str, str] | None, params: Any
@@ -284,6 +302,7 @@ class Transport:
             log.info("server does not speak h2c (%s); using HTTP/1.1", curl_failure(exc) or exc)
             await self._client.aclose()
             self._client = self._make_client(self._plan[1])
+            self._negotiated = True  # the last choice: a failure below is not about h2c
             response = await self._get(url, headers, params)
         except DlstudyError:
             raise
