@@ -43,6 +43,7 @@ from .failures import (
     translate_error,
 )
 from .proxy import Proxies
+from .tls_files import tls_files_problem
 from .urls import redact_url, split_base_url, with_query
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ class Transport:
             settings.token, settings.user, settings.password, settings.headers
         )
         if problem is not None:
+            raise UsageError(problem)
+        if (
+            problem := tls_files_problem(settings.ca_bundle, settings.cert, settings.key)
+        ) is not None:
             raise UsageError(problem)
         # Resource paths go after the base path; a query in --url (an API key, say) goes with
         # every request to a URL below it, and to nothing else.

@@ -41,6 +41,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         if curl is not None and curl.tls:
             if "wrong version number" in said or "packet length too long" in said:
                 said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
+            elif curl.code in _LOCAL_TLS_FILES:  # ours, not the server's: name the option
+                return ConnectError(f"cannot use {_LOCAL_TLS_FILES[curl.code]}: {said}", url=shown)
             else:
                 said = _tls_cause(said, parsed.host)
             return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
@@ -116,6 +118,10 @@ def curl_failure(exc: BaseException) -> CurlFailure | None:
             return current
     return None
 
+
+# libcurl's codes for a TLS file of ours it could not use (tls_files.py checks what it can
+# before any request; a PEM block that does not parse is found here).
+_LOCAL_TLS_FILES = {77: "--ca-bundle", 58: "--cert/--key"}
 
 # What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
 _UNKNOWN_CA = "the server's certificate is signed by an unknown CA (trust it with --ca-bundle)"

@@ -440,3 +440,50 @@ def test_a_reset_in_the_body_of_the_first_answer_is_retried(
         proxy.close()
     assert result.returncode == 0, result.stderr
     assert proxy.faulted == [1]
+
+
+def tls_file_cases(tmp_path: Path, tls: TlsFiles) -> list[tuple[list[str], str]]:
+    """(options, the error line expected) for TLS files that cannot be used."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("this is no certificate\n")
+    missing = tmp_path / "missing.pem"
+    return [
+        (["--ca-bundle", str(missing)], f"--ca-bundle {missing}: no such file"),
+        (["--ca-bundle", str(tmp_path)], f"--ca-bundle {tmp_path}: not a file"),
+        (["--ca-bundle", str(junk)], f"--ca-bundle {junk}: no PEM certificate in it"),
+        (["--cert", str(missing), "--key", str(tls.key)], f"--cert {missing}: no such file"),
+        (["--cert", str(tls.cert), "--key", str(missing)], f"--key {missing}: no such file"),
+        (["--cert", str(tls.cert), "--key", str(junk)], f"--key {junk}: no PEM private key in it"),
+        (
+            ["--cert", str(tls.cert)],
+            f"--cert {tls.cert}: no PEM private key in it (give it with --key)",
+        ),
+    ]
+
+
+def test_unusable_tls_files_are_usage_errors_before_any_request(
+    tmp_path: Path, tls_ca: TlsFiles
+) -> None:
+    """Exit 2 and one line naming the option and the file; the URL (nothing listens there)
+    is never asked, or the run would end with exit 3."""
+    url = f"https://127.0.0.1:{free_port()}/dicomweb"
+    for options, expected in tls_file_cases(tmp_path, tls_ca):
+        result = run_installed("download", STUDY, "--url", url, "-o", str(tmp_path), *options)
+        assert result.returncode == 2, (options, result.stderr)
+        assert error_lines(result.stderr) == [f"dlstudy: error: {expected}"], options
+
+
+@pytest.mark.integration
+def test_a_ca_bundle_that_does_not_parse_is_named_by_its_option(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--ca-bundle", str(broken),
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert "--ca-bundle" in line, line
