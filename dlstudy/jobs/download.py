@@ -80,6 +80,8 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
             "--transfer-syntax must be * or a transfer syntax UID, "
             f"not {settings.transfer_syntax[:80]!r}"
         )
+    if settings.http not in ("auto", "1.1", "2"):
+        raise UsageError(f"--http must be auto, 1.1 or 2, not {settings.http!r}")
     if settings.mode not in ("auto", "instance", "series", "study"):
         raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
 
