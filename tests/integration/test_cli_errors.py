@@ -422,8 +422,9 @@ def test_a_server_that_never_answers_fails_at_once_with_the_hint(tmp_path: Path)
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("http", ["1.1", "2"])
 def test_a_reset_in_the_body_of_the_first_answer_is_retried(
-    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, http: str
 ) -> None:
     """A reset after the first answer started is a broken connection, not a TLS port."""
     from ..faultproxy import Fault, FaultProxy
@@ -434,7 +435,7 @@ def test_a_reset_in_the_body_of_the_first_answer_is_retried(
     try:
         result = run_installed(
             "download", synth_study.study_uid, "--url", proxy.url(), "-o", str(tmp_path),
-            "--http", "1.1", "--json",
+            "--http", http, "--json",
         )  # fmt: skip
     finally:
         proxy.close()
