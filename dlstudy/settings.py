@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +64,17 @@ class Settings:
     # names a series or instance but no study is looked up by every shard and kept by the one
     # that owns its study.
     in_shard: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        # Library callers pass paths as strings (`output="studies"`), as download() takes
+        # them; the rest of dlstudy joins them with `/`.
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str | os.PathLike) and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+
+_PATH_FIELDS = tuple(f.name for f in fields(Settings) if "Path" in str(f.type))
 
 
 def concurrency_for(requested: int, http_version: str | None) -> int:

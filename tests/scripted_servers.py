@@ -431,3 +431,88 @@ def oversized_qido(how: str) -> Iterator[tuple[str, str]]:
 
     with _one_server(Oversized) as url:
         yield url, STUDY
+
+
+@contextmanager
+def stalling(count: int) -> Iterator[tuple[str, str, list[int]]]:
+    """Lists `count` instances, then answers each instance's request with headers and no
+    body byte (a hung archive). Yields (base URL, study UID, the largest number of instance
+    requests it was holding at once, as a one-element list)."""
+    sops = [f"{SERIES}.{i}" for i in range(1, count + 1)]
+    closing = threading.Event()
+    held = [0]
+    peak = [0]
+    lock = threading.Lock()
+
+    class Stalling(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                self.reply(200, json.dumps([series_json(SERIES, count=count)]).encode(), DICOM_JSON)
+            elif path.endswith("/instances"):
+                self.reply(200, json.dumps([instance_json(s) for s in sops]).encode(), DICOM_JSON)
+            else:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.wfile.flush()
+                with lock:
+                    held[0] += 1
+                    peak[0] = max(peak[0], held[0])
+                # Until the client gives up on it (or the test ends).
+                self.connection.settimeout(0.1)
+                while not closing.is_set():
+                    try:
+                        if not self.connection.recv(1, 0):
+                            break
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+                with lock:
+                    held[0] -= 1
+                self.close_connection = True
+
+    with _one_server(Stalling) as url:
+        try:
+            yield url, STUDY, peak
+        finally:
+            closing.set()  # before the server joins its threads
+
+
+@contextmanager
+def tls_port_that_resets(cert: str, key: str) -> Iterator[str]:
+    """A Python `ssl` server: a client speaking plain HTTP to it fails the handshake, and the
+    server drops the connection with the request unread, which sends a TCP reset (unlike
+    servers that close it). Yields its base URL with http://, as a user who forgot https://
+    would write it."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    with _one_server(_Quiet, tls) as url:
+        yield url.replace("https://", "http://")
+
+
+@contextmanager
+def closing_first(unanswered: int) -> Iterator[tuple[str, str, list[str]]]:
+    """A plain HTTP/1.1 server that closes its first `unanswered` connections without a byte
+    of answer (a restart, an overloaded balancer), then serves one series of SOPS. Yields
+    (base URL, study UID, the SOP UIDs)."""
+    seen = [0]
+    lock = threading.Lock()
+
+    class Closing(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            with lock:
+                seen[0] += 1
+                silent = seen[0] <= unanswered
+            if silent:
+                self.close_connection = True
+                return
+            path = self.path.split("?", 1)[0]
+            if not self.listing(path):
+                sop = path.rsplit("/", 1)[1]
+                self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+
+    with _one_server(Closing) as url:
+        yield url, STUDY, SOPS

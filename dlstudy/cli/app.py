@@ -106,10 +106,17 @@ def main() -> None:
     except Exception as exc:
         if not _is_usage_error(exc):
             raise
-        context = getattr(exc, "ctx", None)  # the (sub)command whose line was wrong
-        where = getattr(context, "command_path", None) or "dlstudy"
-        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
-        print(f"dlstudy: error: {message} (see '{where} --help')", file=sys.stderr)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `dlstudy`, `dlstudy catalog` alone
+            # The help is the answer (typer's rich help has printed itself: nothing is left in
+            # the message), and the exit a usage error's: `dlstudy "$cmd"` with $cmd empty
+            # must not pass in a script.
+            if text := exc.format_message().strip():  # type: ignore[attr-defined]
+                print(text)
+        else:
+            context = getattr(exc, "ctx", None)  # the (sub)command whose line was wrong
+            where = getattr(context, "command_path", None) or "dlstudy"
+            message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+            print(f"dlstudy: error: {message} (see '{where} --help')", file=sys.stderr)
         code = exc.exit_code  # type: ignore[attr-defined]
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)  # a profiler, debugger or coverage writes its results at teardown

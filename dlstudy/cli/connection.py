@@ -12,6 +12,7 @@ import typer
 
 from ..http.credentials import auth_conflict, credentials_problem
 from ..http.proxy import chosen_proxy_problem
+from ..http.tls_files import tls_files_problem
 from ..http.urls import base_url_problem
 from ..settings import Settings
 from .common import fail_usage
@@ -128,6 +129,9 @@ def build_settings(
         fail_usage(f"--mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
     if fields.get("key") is not None and fields.get("cert") is None:
         fail_usage("--key needs --cert")
+    tls_files = (fields.get("ca_bundle"), fields.get("cert"), fields.get("key"))
+    if (problem := tls_files_problem(*tls_files)) is not None:
+        fail_usage(problem)
     if (problem := chosen_proxy_problem(fields.get("proxy"), url)) is not None:
         fail_usage(problem)
     if insecure:

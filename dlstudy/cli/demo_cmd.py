@@ -16,7 +16,8 @@ from ..errors import DlstudyError, ExitStatus
 from ..jobs.download import download
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY, Settings
-from .common import choose_progress, error_line, finish
+from .common import choose_progress, error_line, fail_usage, finish
+from .connection import HTTP_CHOICES
 
 PRESETS = ("small", "ct", "mr", "many")
 
@@ -64,8 +65,9 @@ def register(app: typer.Typer) -> None:
         from ..server.synth import generate
 
         if preset not in PRESETS:
-            error_line(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-            raise typer.Exit(2)
+            fail_usage(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        if http not in HTTP_CHOICES:  # as download checks it (connection.build_settings)
+            fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
         with tempfile.TemporaryDirectory(prefix="dlstudy-demo-") as scratch:
             source_dir = Path(scratch) / "source"
             output = keep or Path(scratch) / "downloaded"

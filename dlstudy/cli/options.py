@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ..http.urls import is_valid_uid
 from ..settings import MAX_CONCURRENCY, MAX_WORKERS
 from .configured import ConfigOpt, ServerOpt
 from .connection import DEFAULTS, option
@@ -38,6 +39,17 @@ def seconds(*, above_zero: bool) -> Callable[[Any], float]:
         return number
 
     return parse
+
+
+def transfer_syntax(value: Any) -> str:
+    """`*` or a UID, as given: anything else (a name, a stray space, nothing) would be sent in
+    the Accept header of every retrieval and fail each of them, or ask for something else."""
+    if value != "*" and not (isinstance(value, str) and is_valid_uid(value)):
+        raise typer.BadParameter(
+            "must be * or a transfer syntax UID (digits and dots, at most 64 characters), "
+            f"got {str(value)[:80]!r}"
+        )
+    return str(value)
 
 
 def checked(
@@ -129,7 +141,10 @@ ModeOpt = Annotated[
 ]
 TransferSyntaxOpt = Annotated[
     str,
-    option("--transfer-syntax", help="Transfer syntax to ask for; * = as stored."),
+    checked(
+        option("--transfer-syntax", help="Transfer syntax to ask for; * = as stored."),
+        parser=transfer_syntax,
+    ),
 ]
 LayoutOpt = Annotated[
     str, option("--layout", help="Output path template with {study} {series} {sop} {modality}.")

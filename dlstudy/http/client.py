@@ -43,6 +43,7 @@ from .failures import (
     translate_error,
 )
 from .proxy import Proxies
+from .tls_files import tls_files_problem
 from .urls import redact_url, split_base_url, with_query
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ class Transport:
             settings.token, settings.user, settings.password, settings.headers
         )
         if problem is not None:
+            raise UsageError(problem)
+        if (
+            problem := tls_files_problem(settings.ca_bundle, settings.cert, settings.key)
+        ) is not None:
             raise UsageError(problem)
         # Resource paths go after the base path; a query in --url (an API key, say) goes with
         # every request to a URL below it, and to nothing else.
@@ -257,18 +262,36 @@ class Transport:
 
     async def _get(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
         try:
-            response = await self._read_small(url, headers, params)
+            response = await self._read_answered(url, headers, params)
         except DlstudyError:
             raise
         except Exception as exc:
-            if self.http_version is None and no_answer(exc):
-                raise no_http_answer(exc, url) from exc
             if is_translatable(exc):
                 raise translate_error(exc, url) from exc
             raise
         self._observe(response)
         self._time_reply(response)
         return response
+
+    async def _read_answered(
+        self, url: str, headers: dict[str, str] | None, params: Any
+    ) -> httpx.Response:
+        """_read_small, asked once more at once when no HTTP answer came before the server
+        ever answered this run: one connection closed unanswered (a restart, a balancer) is
+        worth another try; a second silence means a server that does not speak HTTP here (a
+        TLS port asked with http://), which retries would not change."""
+        try:
+            return await self._read_small(url, headers, params)
+        except Exception as exc:
+            if self.http_version is not None or not no_answer(exc):
+                raise
+            log.info("no HTTP answer from %s (%s); asking again", redact_url(url), exc)
+        try:
+            return await self._read_small(url, headers, params)
+        except Exception as exc:
+            if self.http_version is None and no_answer(exc):
+                raise no_http_answer(exc, url) from exc
+            raise
 
     async def _first_get(
         self, url: str, headers: dict[str, str] | None, params: Any
@@ -284,6 +307,7 @@ class Transport:
             log.info("server does not speak h2c (%s); using HTTP/1.1", curl_failure(exc) or exc)
             await self._client.aclose()
             self._client = self._make_client(self._plan[1])
+            self._negotiated = True  # the last choice: a failure below is not about h2c
             response = await self._get(url, headers, params)
         except DlstudyError:
             raise

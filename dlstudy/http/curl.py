@@ -81,12 +81,20 @@ class CurlFailure(Exception):
     """What libcurl said about a failed transfer; the cause of the httpx error raised."""
 
     def __init__(
-        self, code: int, message: str, *, proxy: str | None, tls: bool, os_errno: int = 0
+        self,
+        code: int,
+        message: str,
+        *,
+        proxy: str | None,
+        tls: bool,
+        os_errno: int = 0,
+        answered: bool = False,
     ) -> None:
         super().__init__(f"curl error {code}: {message}")
         self.code = code
         self.message = message
         self.os_errno = os_errno  # the system's error behind it (ECONNREFUSED...), or 0
+        self.answered = answered  # some of the response (its head, at least) had arrived
         self.proxy = proxy  # as shown (password masked), when the request went through one
         self.tls = tls  # a TLS handshake or certificate failure
 
@@ -362,7 +370,10 @@ class CurlTransport(httpx.AsyncBaseTransport):
         # libcurl quotes URLs whole in some messages ("Unsupported proxy syntax in '...'").
         message = redact_urls_in(message) or _WORDS.get(code, f"libcurl error {code}")
         os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))
-        failure = CurlFailure(code, message, proxy=transfer.proxy, tls=tls, os_errno=os_errno)
+        answered = transfer.received > 0 or int(transfer.easy.getinfo(pycurl.HEADER_SIZE)) > 0
+        failure = CurlFailure(
+            code, message, proxy=transfer.proxy, tls=tls, os_errno=os_errno, answered=answered
+        )
         error: httpx.TransportError
         if code in (pycurl.E_COULDNT_RESOLVE_PROXY, _PROXY_HANDSHAKE) or (
             # through a proxy, the only connection libcurl makes is to the proxy

@@ -41,6 +41,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         if curl is not None and curl.tls:
             if "wrong version number" in said or "packet length too long" in said:
                 said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
+            elif curl.code in _LOCAL_TLS_FILES:  # ours, not the server's: name the option
+                return ConnectError(f"cannot use {_LOCAL_TLS_FILES[curl.code]}: {said}", url=shown)
             else:
                 said = _tls_cause(said, parsed.host)
             return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
@@ -69,16 +71,22 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
 # libcurl's codes for a server that sent nothing, or nothing like HTTP: empty reply, weird
 # reply, an HTTP/0.9-looking reply, an HTTP/2 framing error.
 _NO_ANSWER = frozenset({52, 8, 1, 16})
+# A receive failure (a reset) is no answer only before any byte of one came: a TLS server
+# asked in plain text may reset the connection instead of closing it. Once the answer
+# started, it is a broken connection, worth a retry.
+_RECV_ERROR = 56
 
 
 def no_answer(exc: BaseException) -> bool:
     curl = curl_failure(exc)
-    return isinstance(exc, httpx.ProtocolError) and curl is not None and curl.code in _NO_ANSWER
+    if not isinstance(exc, httpx.ProtocolError) or curl is None:
+        return False
+    return curl.code in _NO_ANSWER or (curl.code == _RECV_ERROR and not curl.answered)
 
 
 def no_http_answer(exc: BaseException, url: str) -> ConnectError:
-    """The run's first request got no HTTP answer at all: nothing a retry would change. A TLS
-    port asked in plain text closes the connection or answers with TLS records."""
+    """The run's first request got no HTTP answer at all, twice: a TLS port asked in plain
+    text closes or resets the connection, or answers with TLS records."""
     curl = curl_failure(exc)
     said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
     parsed = httpx.URL(url)
@@ -110,6 +118,10 @@ def curl_failure(exc: BaseException) -> CurlFailure | None:
             return current
     return None
 
+
+# libcurl's codes for a TLS file of ours it could not use (tls_files.py checks what it can
+# before any request; a PEM block that does not parse is found here).
+_LOCAL_TLS_FILES = {77: "--ca-bundle", 58: "--cert/--key"}
 
 # What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
 _UNKNOWN_CA = "the server's certificate is signed by an unknown CA (trust it with --ca-bundle)"

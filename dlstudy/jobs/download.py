@@ -72,6 +72,13 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
         raise UsageError("--retries and --retry-budget must be 0 or more")
     if not 0 < settings.timeout < math.inf:
         raise UsageError("--timeout must be a number of seconds above 0")
+    if settings.transfer_syntax != "*" and not is_valid_uid(settings.transfer_syntax):
+        raise UsageError(
+            "--transfer-syntax must be * or a transfer syntax UID, "
+            f"not {settings.transfer_syntax[:80]!r}"
+        )
+    if settings.http not in ("auto", "1.1", "2"):
+        raise UsageError(f"--http must be auto, 1.1 or 2, not {settings.http!r}")
     if settings.mode not in ("auto", "instance", "series", "study"):
         raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
 

@@ -1016,3 +1016,21 @@ def test_start_up_cleanup_removes_only_dlstudys_own_temp_files(
     assert status == 0
     assert mine.read_text() == "draft"
     assert not stale.exists()
+
+
+def test_instances_of_a_stalling_archive_fail_concurrently_not_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """Headers, then nothing, for every instance: a timeout says nothing about the retrieval
+    form, so the pool must not wait for one instance to settle the form before trying the
+    next (20 instances would cost 20 timeouts, one after the other)."""
+    from ..scripted_servers import stalling
+
+    with stalling(20) as (url, study, peak):
+        status, summary, stderr = installed_download(
+            url, study, tmp_path / "out", "--timeout", "2", "--retries", "0", "-c", "8"
+        )
+    assert status == 1, stderr
+    assert summary["instances"]["failed"] == 20
+    assert all("stalled" in f["reason"] for f in summary["failures"]), summary["failures"]
+    assert peak[0] >= 4, f"at most {peak[0]} instance requests at once"

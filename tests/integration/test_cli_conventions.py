@@ -192,6 +192,21 @@ def test_usage_errors_are_one_line_naming_the_help_to_read() -> None:
         assert line.startswith("dlstudy: error: ") and what in line and help_hint in line
 
 
+@pytest.mark.parametrize(
+    ("args", "commands"), [([], ["download", "catalog"]), (["catalog"], ["pull"])]
+)
+def test_a_group_without_its_command_prints_its_help_and_no_error_line(
+    args: list[str], commands: list[str]
+) -> None:
+    """The help is the answer, on stdout; exit 2 as for a usage error (a script running
+    `dlstudy "$cmd"` with $cmd empty must not pass), and no empty `dlstudy: error:` line."""
+    result = run_installed(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == ""
+    assert "Usage: dlstudy" in result.stdout
+    assert all(re.search(rf"^\W*{name}\b", result.stdout, re.M) for name in commands)
+
+
 def test_version_names_dlstudy_and_libcurl() -> None:
     for flag in ("--version", "-V"):
         result = run_installed(flag)

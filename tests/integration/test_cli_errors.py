@@ -373,3 +373,118 @@ def test_a_fatal_error_is_one_line_on_stderr_and_nothing_else(tmp_path: Path) ->
         f"dlstudy: error: connection refused by 127.0.0.1:{url.split(':')[2].split('/')[0]} "
         f"({url}/studies/1.2.3/instances)"
     ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("http", ["auto", "1.1"])
+def test_plain_http_to_a_tls_port_that_resets_says_use_https_at_once(
+    tmp_path: Path, tls_ca: TlsFiles, http: str
+) -> None:
+    """A Python ssl server resets a plain-text connection instead of closing it: that is no
+    HTTP answer either, not a network error to retry seven times."""
+    from ..scripted_servers import tls_port_that_resets
+
+    with tls_port_that_resets(str(tls_ca.cert), str(tls_ca.key)) as url:
+        result = run_installed("download", STUDY, "--url", url, "-o", str(tmp_path), "--http", http)
+    assert result.returncode == 3, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert "gave no HTTP answer" in line and "use https://" in line, line
+    assert "attempts" not in line
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("http", ["auto", "1.1"])
+def test_one_unanswered_first_request_is_asked_again(tmp_path: Path, http: str) -> None:
+    """The run's first request gets an empty reply once (the server closed that connection),
+    then answers: asked again, the run completes."""
+    from ..scripted_servers import closing_first
+
+    with closing_first(1) as (url, study, sops):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(tmp_path), "--http", http, "--json"
+        )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.stem for p in tmp_path.rglob("*.dcm")) == sorted(sops)
+
+
+@pytest.mark.integration
+def test_a_server_that_never_answers_fails_at_once_with_the_hint(tmp_path: Path) -> None:
+    from ..scripted_servers import closing_first
+
+    with closing_first(1000) as (url, study, _):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(tmp_path), "--http", "1.1"
+        )
+    assert result.returncode == 3, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert "gave no HTTP answer (Empty reply from server)" in line, line
+    assert "use https://" in line and "attempts" not in line
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("http", ["1.1", "2"])
+def test_a_reset_in_the_body_of_the_first_answer_is_retried(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, http: str
+) -> None:
+    """A reset after the first answer started is a broken connection, not a TLS port."""
+    from ..faultproxy import Fault, FaultProxy
+
+    url = embedded_server(synth_study.root)
+    port = int(url.split(":")[2].split("/")[0])
+    proxy = FaultProxy(port, Fault("reset", after_bytes=400, connections={1}))
+    try:
+        result = run_installed(
+            "download", synth_study.study_uid, "--url", proxy.url(), "-o", str(tmp_path),
+            "--http", http, "--json",
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    assert proxy.faulted == [1]
+
+
+def tls_file_cases(tmp_path: Path, tls: TlsFiles) -> list[tuple[list[str], str]]:
+    """(options, the error line expected) for TLS files that cannot be used."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("this is no certificate\n")
+    missing = tmp_path / "missing.pem"
+    return [
+        (["--ca-bundle", str(missing)], f"--ca-bundle {missing}: no such file"),
+        (["--ca-bundle", str(tmp_path)], f"--ca-bundle {tmp_path}: not a file"),
+        (["--ca-bundle", str(junk)], f"--ca-bundle {junk}: no PEM certificate in it"),
+        (["--cert", str(missing), "--key", str(tls.key)], f"--cert {missing}: no such file"),
+        (["--cert", str(tls.cert), "--key", str(missing)], f"--key {missing}: no such file"),
+        (["--cert", str(tls.cert), "--key", str(junk)], f"--key {junk}: no PEM private key in it"),
+        (
+            ["--cert", str(tls.cert)],
+            f"--cert {tls.cert}: no PEM private key in it (give it with --key)",
+        ),
+    ]
+
+
+def test_unusable_tls_files_are_usage_errors_before_any_request(
+    tmp_path: Path, tls_ca: TlsFiles
+) -> None:
+    """Exit 2 and one line naming the option and the file; the URL (nothing listens there)
+    is never asked, or the run would end with exit 3."""
+    url = f"https://127.0.0.1:{free_port()}/dicomweb"
+    for options, expected in tls_file_cases(tmp_path, tls_ca):
+        result = run_installed("download", STUDY, "--url", url, "-o", str(tmp_path), *options)
+        assert result.returncode == 2, (options, result.stderr)
+        assert error_lines(result.stderr) == [f"dlstudy: error: {expected}"], options
+
+
+@pytest.mark.integration
+def test_a_ca_bundle_that_does_not_parse_is_named_by_its_option(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--ca-bundle", str(broken),
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert "--ca-bundle" in line, line

@@ -14,7 +14,7 @@ import typer
 
 from dlstudy.cli.app import app
 
-from ..cli_helpers import run_cli, summary_of
+from ..cli_helpers import run_cli, run_installed, summary_of
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -30,6 +30,19 @@ def test_demo_downloads_and_verifies_every_byte(tmp_path: Path) -> None:
     assert summary["instances"]["downloaded"] == 60
     assert summary["http_version"] == "HTTP/2"
     assert len(list(keep.rglob("*.dcm"))) == 60
+
+
+@pytest.mark.parametrize("http", ["3", "2.0", ""])
+def test_demo_checks_http_as_download_does(tmp_path: Path, http: str) -> None:
+    """A version download refuses is refused by demo too, before it generates anything
+    (it ran over HTTP/2 and exited 0)."""
+    keep = tmp_path / "kept"
+    demo = run_installed("demo", "--http", http, "--keep", str(keep))
+    download = run_installed("download", "1.2.3", "--url", "http://127.0.0.1:9/x", "--http", http)
+    assert demo.returncode == download.returncode == 2, demo.stderr
+    line = f"dlstudy: error: --http must be one of auto, 1.1, 2, got {http!r}"
+    assert demo.stderr.splitlines() == download.stderr.splitlines() == [line]
+    assert not keep.exists()
 
 
 def test_python_dash_m_runs_the_cli() -> None:

@@ -379,3 +379,33 @@ def test_a_rerun_fetches_again_a_file_cut_short_in_a_complete_study(
     assert summary["studies_complete_in_manifest"] == 0
     assert summary["instances"]["downloaded"] == 2
     assert_same_files(synth_study.instances, out)
+
+
+def test_the_library_takes_paths_as_strings_in_settings(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Settings(output="lib")`, as download(output="lib") takes it: sync() and
+    download(settings=...) join it with `/` like a Path."""
+    import dlstudy
+
+    url = embedded_server(synth_study.root)
+    monkeypatch.chdir(tmp_path)
+    settings = dlstudy.Settings(url=url, output="synced", report="landed.csv")  # type: ignore[arg-type]
+    synced = dlstudy.sync(settings, dlstudy.StudyQuery())
+    assert synced.failed == 0
+    assert_same_files(synth_study.instances, tmp_path / "synced")
+    assert (tmp_path / "landed.csv").is_file()
+
+    downloaded = dlstudy.download(
+        [synth_study.study_uid],
+        settings=dlstudy.Settings(url=url, output="downloaded"),  # type: ignore[arg-type]
+    )
+    assert downloaded.downloaded == len(synth_study.instances)
+    assert_same_files(synth_study.instances, tmp_path / "downloaded")
+
+    with pytest.raises(dlstudy.DlstudyError) as refused:
+        dlstudy.download([synth_study.study_uid], url, output="x", transfer_syntax="jpeg")
+    assert refused.value.exit_status == 2 and "'jpeg'" in str(refused.value)

@@ -76,3 +76,41 @@ def test_values_in_range_still_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert "connection refused" in result.stderr
+
+
+TRANSFER_SYNTAX_SAID = "must be * or a transfer syntax UID (digits and dots, at most 64 characters)"
+
+
+@pytest.mark.parametrize("value", ["jpeg", "", "1.2.840.10008.1.2.1 ", "1.2..840", "1" * 65])
+@pytest.mark.parametrize("command", ["download", "sync"])
+def test_a_transfer_syntax_that_is_no_uid_is_a_usage_error(
+    tmp_path: Path, command: str, value: str
+) -> None:
+    """Sent as it is, a stray space fails every retrieval as a network error (HTTP/2 refuses
+    the header), and a name or nothing asks for something else: exit 2, the value shown."""
+    result = run_installed(*command_line(command, tmp_path), "--transfer-syntax", value)
+    assert result.returncode == 2, result.stderr
+    assert "'--transfer-syntax'" in result.stderr
+    assert f"{TRANSFER_SYNTAX_SAID}, got {value!r}" in result.stderr
+
+
+def test_a_transfer_syntax_from_the_environment_or_config_file_is_checked(tmp_path: Path) -> None:
+    spaced = "1.2.840.10008.1.2.1 "
+    from_env = run_installed(
+        *command_line("download", tmp_path), env={"DLSTUDY_TRANSFER_SYNTAX": spaced}
+    )
+    assert from_env.returncode == 2, from_env.stderr
+    assert "DLSTUDY_TRANSFER_SYNTAX" in from_env.stderr and repr(spaced) in from_env.stderr
+
+    config = tmp_path / "c.toml"
+    config.write_text('[defaults]\ntransfer-syntax = "jpeg"\n')
+    from_file = run_installed(*command_line("download", tmp_path), "--config", str(config))
+    assert from_file.returncode == 2, from_file.stderr
+    assert f"in {config}: {TRANSFER_SYNTAX_SAID}, got 'jpeg'" in from_file.stderr
+
+
+@pytest.mark.parametrize("value", ["*", "1.2.840.10008.1.2.4.50"])
+def test_a_transfer_syntax_uid_or_star_still_runs(tmp_path: Path, value: str) -> None:
+    result = run_installed(*command_line("download", tmp_path), "--transfer-syntax", value)
+    assert result.returncode == 3, result.stderr
+    assert "connection refused" in result.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from dlstudy.dicomweb.negotiate import Negotiator, candidates
 from dlstudy.engine.fetch import InstanceFetcher
-from dlstudy.errors import IntegrityError, TransferError
+from dlstudy.errors import HttpStatusError, IntegrityError, TransferError
 from dlstudy.flow.retry import RetryPolicy
 from dlstudy.flow.throttle import Throttle
 from dlstudy.http.client import Transport
@@ -159,3 +159,45 @@ def test_candidates_order() -> None:
         "multipart/related; type=application/dicom",
     ]
     assert all(not c.single_part for c in candidates(None, single_part=False))
+
+
+def test_an_inconclusive_probe_lets_the_others_go_together_and_refusals_move_on_once() -> None:
+    """The first attempt times out: the waiting ones run at once, together, not one after
+    another; the refusal of a form they all sent moves to the next form once."""
+    negotiator = Negotiator(candidates("*", single_part=True))
+    in_flight, peak, asked = [0], [0], []
+
+    async def attempt(form, first: bool) -> str:  # type: ignore[no-untyped-def]
+        asked.append(form.accept)
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        try:
+            await anyio.sleep(0.05)
+            if first:
+                raise TransferError("timed out", url="u", retryable=True)
+            if form.single_part:
+                raise HttpStatusError("refused", status_code=406, url="u")
+            return form.accept
+        finally:
+            in_flight[0] -= 1
+
+    results: list[str] = []
+
+    async def one(first: bool) -> None:
+        try:
+            results.append(await negotiator.run(lambda form: attempt(form, first)))
+        except TransferError:
+            results.append("timed out")
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, True)
+            await anyio.sleep(0.01)  # the first one is the probe
+            for _ in range(5):
+                tg.start_soon(one, False)
+
+    anyio.run(run)
+    assert negotiator.settled and not negotiator.current.single_part
+    assert results.count("timed out") == 1 and len(results) == 6
+    assert peak[0] == 5  # the five after the probe, at once
+    assert negotiator.rejected == [f"{candidates('*', single_part=True)[0].accept} -> HTTP 406"]

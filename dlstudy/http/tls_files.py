@@ -1,0 +1,57 @@
+"""The PEM files of --ca-bundle, --cert and --key, checked before any request: libcurl reads
+them only when it connects, and says so as a failed handshake (exit 3) without naming the
+option. Only what is cheap and certain is checked here: that each is a readable file with the
+PEM block libcurl will look for; a block that does not parse is still libcurl's to find."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# More than any real bundle (Mozilla's is ~200 KiB); a file past it is no PEM bundle.
+_MAX_READ = 64 << 20
+
+
+def tls_files_problem(
+    ca_bundle: Path | str | None, cert: Path | str | None, key: Path | str | None
+) -> str | None:
+    """What is wrong with the TLS files given, in one line naming the option; or None."""
+    wanted = [("--ca-bundle", ca_bundle, ("CERTIFICATE-----", "PEM certificate"))]
+    if cert is not None:
+        wanted.append(("--cert", cert, ("CERTIFICATE-----", "PEM certificate")))
+        # Without --key, libcurl takes the key from the --cert file.
+        holder = ("--key", key) if key is not None else ("--cert", cert)
+        wanted.append((*holder, ("PRIVATE KEY-----", "PEM private key")))
+    for option, path, (marker, what) in wanted:
+        if path is None:
+            continue
+        path = Path(path)
+        problem = _file_problem(path) or _content_problem(path, marker, what)
+        if problem is not None:
+            hint = " (give it with --key)" if option == "--cert" and "key" in what else ""
+            return f"{option} {path}: {problem}{hint}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    try:
+        if not path.exists():
+            return "no such file"
+        if not path.is_file():
+            return "not a file"
+    except OSError as exc:
+        return f"cannot look at it ({exc.strerror or exc})"
+    if not os.access(path, os.R_OK):
+        return "cannot read it (permission denied)"
+    return None
+
+
+def _content_problem(path: Path, marker: str, what: str) -> str | None:
+    try:
+        with path.open("rb") as file:
+            text = file.read(_MAX_READ)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    if marker.encode() not in text:
+        return f"no {what} in it"
+    return None
