@@ -9,7 +9,8 @@ Three formats, told apart by the file's extension or, without one (stdin), by it
 - a CSV with a header row (`.csv`, or a first line naming a column below): read by its columns
   `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID` (any case; comma, tab or semicolon
   separated; other columns ignored); each row names a study, a series or an instance, as deep
-  as its cells go. Empty cells are levels the row does not name.
+  as its cells go. Empty cells are levels the row does not name. Without those columns,
+  dlstudy's own CSVs are read by theirs (NAMED_COLUMNS).
 - anything else: a plain list, one UID a line, blank lines and `#` comments ignored; whether a
   UID is a study, a series or an instance is found out by asking the server.
 
@@ -35,6 +36,14 @@ Level = Literal["study", "series", "instance", "unknown"]
 
 TCIA_MARKER = "listofseriestodownload"
 COLUMNS = {"studyinstanceuid": "study", "seriesinstanceuid": "series", "sopinstanceuid": "sop"}
+# dlstudy's own CSV columns, read back when no column has a DICOM keyword (`query --csv >
+# cohort.csv`, then `download --from-file cohort.csv`): query's and the catalog's (whose
+# `series` is a count), else --report's.
+NAMED_COLUMNS = (
+    COLUMNS,
+    {"study_uid": "study", "series_uid": "series", "sop_uid": "sop"},
+    {"study": "study", "series": "series", "sop": "sop"},
+)
 DELIMITERS = (",", "\t", ";")
 _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*=")
 
@@ -185,12 +194,14 @@ def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
         raise CohortError(f"{label}: no ListOfSeriesToDownload= line: not a TCIA manifest")
 
 
-def _delimiter(header: str) -> str | None:
-    """The delimiter that splits `header` into cells naming a UID column, or None."""
-    for delimiter in DELIMITERS:
-        cells = next(csv.reader([header], delimiter=delimiter), [])
-        if any(cell.strip().lower() in COLUMNS for cell in cells):
-            return delimiter
+def _delimiter(header: str) -> tuple[str, dict[str, str]] | None:
+    """The delimiter that splits `header` into cells naming a UID column, and the names it
+    reads (the DICOM keywords, else dlstudy's own); None if no column names a UID."""
+    for names in NAMED_COLUMNS:
+        for delimiter in DELIMITERS:
+            cells = next(csv.reader([header], delimiter=delimiter), [])
+            if any(cell.strip().lower() in names for cell in cells):
+                return delimiter, names
     return None
 
 
@@ -203,16 +214,18 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
         header = line.lstrip("\ufeff")
         if header.strip():
             break
-    delimiter = _delimiter(header)
-    if delimiter is None:
+    found = _delimiter(header)
+    if found is None:
         raise CohortError(
             f"{_where(label, number)}: a CSV needs a header row with a StudyInstanceUID, "
-            "SeriesInstanceUID or SOPInstanceUID column"
+            "SeriesInstanceUID or SOPInstanceUID column (or dlstudy's study_uid, study, "
+            "series, sop)"
         )
+    delimiter, names = found
     cells = next(csv.reader([header], delimiter=delimiter))
     where_is: dict[str, int] = {}
     for index, cell in enumerate(cells):
-        level = COLUMNS.get(cell.strip().lower())
+        level = names.get(cell.strip().lower())
         if level is not None and level not in where_is:
             where_is[level] = index
     reader = csv.reader(lines, delimiter=delimiter)

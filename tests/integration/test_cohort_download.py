@@ -5,6 +5,7 @@ written, byte-exact."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -12,7 +13,7 @@ import pytest
 
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
-from ..cli_helpers import run_installed
+from ..cli_helpers import DLSTUDY, run_installed
 from ..cohort_helpers import assert_report_is_exact, files_under, read_report
 from ..fixtures.embedded_server import SeenRequests, StartServer
 
@@ -311,3 +312,36 @@ def test_library_takes_cohort_items_and_writes_the_report(
     rows = read_report(report)
     assert {r["sop"] for r in rows} == {i.sop_uid for i in [*cohort[:12], *series[wanted]]}
     assert_report_is_exact(rows, out, source_of(cohort), status="downloaded")
+
+
+def test_dlstudys_own_csv_outputs_read_back_as_cohorts(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """`query --csv > cohort.csv` (as the docs show), a `--report` CSV, and the same from
+    stdin: each is a cohort list `download --from-file` reads by dlstudy's own columns."""
+    url = embedded_server(cohort[0].path.parents[2])
+    queried = run_installed("query", "--url", url, "--csv")
+    assert queried.returncode == 0, queried.stderr
+    listing = tmp_path / "cohort.csv"
+    listing.write_text(queried.stdout)
+    a, b = tmp_path / "a", tmp_path / "b"
+    status, summary, stderr = download(url, a, "--from-file", str(listing),
+                                       "--report", str(tmp_path / "landed.csv"))  # fmt: skip
+    assert status == 0, stderr
+    assert summary["instances"]["downloaded"] == len(cohort)
+
+    status, summary, stderr = download(
+        url, tmp_path / "b", "--from-file", str(tmp_path / "landed.csv")
+    )
+    assert status == 0, stderr
+    assert summary["instances"]["downloaded"] == len(cohort)
+    same = [{p.relative_to(out.resolve()) for p in files_under(out)} for out in (a, b)]
+    assert same[0] == same[1]
+
+    piped = subprocess.run(
+        [DLSTUDY, "download", "--url", url, "-o", str(tmp_path / "c"), "--from-file", "-",
+         "--json"],
+        input=queried.stdout, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["instances"]["downloaded"] == len(cohort)
