@@ -18,9 +18,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,8 +48,10 @@ class ReportWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.format = report_format(path)
-        self.temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        # The writer's pid in the name: a later run removes what a killed one left.
+        self.temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         self.rows = 0
+        _remove_orphans(path)
         try:
             self._file: IO[str] | None = self.temp.open("x", encoding="utf-8", newline="")
             path.unlink(missing_ok=True)
@@ -104,6 +107,28 @@ class ReportWriter:
             file, self._file = self._file, None
             file.close()
         self.temp.unlink(missing_ok=True)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the temp files of `path` whose writer is gone (a killed run); one whose process
+    still runs may be another run's report in the making."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([0-9]+)-[0-9a-f]{{8}}\.tmp")
+    with suppress(OSError):
+        for entry in os.scandir(path.parent):
+            found = pattern.fullmatch(entry.name)
+            if found and not _running(int(found.group(1))):
+                with suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's: alive
+    return True
 
 
 @contextmanager

@@ -5,6 +5,7 @@ written, byte-exact."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -345,3 +346,22 @@ def test_dlstudys_own_csv_outputs_read_back_as_cohorts(
     )  # fmt: skip
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout)["instances"]["downloaded"] == len(cohort)
+
+
+def test_a_killed_runs_report_temp_file_is_removed_by_the_next_run(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """A run killed mid-way leaves its report's temp file; the next run with that --report
+    removes it, and leaves one whose writer still runs (another run's, in the making)."""
+    url = embedded_server(cohort[0].path.parents[2])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f".landed.csv.{dead.pid}-0123abcd.tmp"
+    alive = tmp_path / f".landed.csv.{os.getpid()}-89abcdef.tmp"
+    for temp in (orphan, alive):
+        temp.write_text("status,study\n")
+    status, _, stderr = download(url, tmp_path / "out", cohort[0].study_uid,
+                                 "--report", str(tmp_path / "landed.csv"))  # fmt: skip
+    assert status == 0, stderr
+    assert not orphan.exists() and alive.exists()
+    assert (tmp_path / "landed.csv").is_file()
