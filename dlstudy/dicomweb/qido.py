@@ -431,6 +431,7 @@ class Pager:
         self.remaining = remaining_of(response.headers)
         shown = redact_url(str(response.url))
         if response.status_code == 204:
+            log.debug("QIDO %s: HTTP 204, no results", shown)
             return [], False
         if response.status_code not in (200, 206):
             raise HttpStatusError(
@@ -462,6 +463,14 @@ class Pager:
                 f"QIDO answer is not a list of DICOM JSON objects on {shown}", url=shown
             )
         truncated = response.status_code == 206 or has_more_warning(response.headers)
+        log.debug(
+            "QIDO %s: HTTP %d, %d result%s%s",
+            shown,
+            response.status_code,
+            len(data),
+            "" if len(data) == 1 else "s",
+            " (the server says there are more)" if truncated else "",
+        )
         return data, truncated
 
 

@@ -129,3 +129,15 @@ def test_sync_fails_what_it_cannot_download_and_syncs_the_rest(
         "the search sent a result without a Study Instance UID (0020000D)",
     ]
     assert not (tmp_path / "escape").exists() and not (out.parent.parent / "escape").exists()
+
+
+def test_verbose_query_logs_each_qido_request_without_secrets(scripted: Routes) -> None:
+    """-v says what was asked and what came back, the key in the URL masked."""
+    scripted.get("/dicomweb/studies").mock(return_value=studies(STUDY))
+    url = scripted.base + "?apikey=s3cr3t-k3y"
+    result = run_installed("query", "--url", url, "--uids", "-v")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "QIDO " in line]
+    assert " DEBUG dlstudy.dicomweb.qido: QIDO http://127.0.0.1:" in line
+    assert "/dicomweb/studies?apikey=***&" in line and line.endswith(": HTTP 200, 1 result")
+    assert "s3cr3t" not in result.stderr
