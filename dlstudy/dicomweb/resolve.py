@@ -99,8 +99,11 @@ class Resolver:
         found = Instances()
 
         def keep(item: dict[str, Any]) -> None:
+            # A server that ignores the series in the path lists the whole study here: an
+            # instance that says it is of another series is listed with that one.
+            of_series = first_value(item, TAG_SERIES_UID)
             sop_uid = first_value(item, TAG_SOP_UID)
-            if sop_uid is not None:
+            if sop_uid is not None and of_series in (None, uid):
                 found.add(study, uid, sop_uid, modality)
 
         await self.pager.walk(

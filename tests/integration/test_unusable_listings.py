@@ -141,3 +141,25 @@ def test_verbose_query_logs_each_qido_request_without_secrets(scripted: Routes) 
     assert " DEBUG dlstudy.dicomweb.qido: QIDO http://127.0.0.1:" in line
     assert "/dicomweb/studies?apikey=***&" in line and line.endswith(": HTTP 200, 1 result")
     assert "s3cr3t" not in result.stderr
+
+
+def test_a_series_listing_of_the_whole_study_files_each_instance_under_its_own_series(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """A server that ignores the series in /series/{uid}/instances answers with the whole
+    study: each instance is kept with the series it says it is of, fetched once."""
+
+    def whole_study(_series: str) -> list[dict[str, Any]]:
+        return [
+            {**instance_json(sop), "0020000E": element("UI", series)}
+            for series in SERIES
+            for sop in SOPS[series]
+        ]
+
+    serve_study(scripted, instances=whole_study)
+    status, summary = download(scripted, tmp_path / "out")
+    assert status == 0, summary["failures"]
+    assert summary["instances"]["downloaded"] == 4
+    for series in SERIES:
+        for sop in SOPS[series]:
+            assert (tmp_path / "out" / STUDY / series / f"{sop}.dcm").is_file()
