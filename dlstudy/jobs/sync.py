@@ -26,7 +26,7 @@ from ..dicomweb.search import StudyQuery, StudyRecord, search_async
 from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
-from ..errors import DlstudyError, ExitStatus, NothingMatchedError, UsageError
+from ..errors import DlstudyError, ExitStatus, NothingMatchedError, Terminated, UsageError
 from ..flow.retry import RetryPolicy, RetryTally
 from ..flow.signals import stop_on_signals
 from ..http.urls import is_valid_uid, redact_url
@@ -112,6 +112,11 @@ async def sync_async(
         if isinstance(exc, DlstudyError):
             summary.error = str(exc)
             summary.exit_status = exc.exit_status
+            _run_event(summary)
+        elif isinstance(exc, KeyboardInterrupt):  # the log says how the run ended, too
+            terminated = isinstance(exc, Terminated)
+            summary.error = "terminated" if terminated else "interrupted"
+            summary.exit_status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
             _run_event(summary)
         exc.summary = summary  # type: ignore[attr-defined]
         raise

@@ -676,3 +676,32 @@ def test_the_query_table_on_a_terminal_of_80_and_120_columns(
     ]
     for row in rows:
         assert row["patient_id"] in text and row["study_date"] in text
+
+
+def test_a_terminated_sync_ends_its_json_log_with_the_run_summary(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """The JSON log of a cron sync says how every run ended, a SIGTERM included."""
+    import signal
+    import time
+
+    root = tmp_path / "src"
+    generate(root, SynthSpec(series=2, instances=30, size=100_000, seed=9))
+    slow = embedded_server(root, latency=0.05)
+    out, log_file = tmp_path / "out", tmp_path / "sync.log"
+    run = subprocess.Popen(
+        [*DLSTUDY, "sync", "--url", slow, "-o", str(out), "-c", "1", "--log-file", str(log_file),
+         "--log-format", "json", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(out.rglob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143, stderr
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    events = [e for e in events if not str(e.get("logger", "")).startswith("dlstudy.server")]
+    ends = [e for e in events if e["event"] == "run_summary"]
+    assert len(ends) == 1, events[-3:]
+    assert (ends[0]["error"], ends[0]["exit_status"]) == ("terminated", 143)
