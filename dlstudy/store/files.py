@@ -8,6 +8,7 @@ is what lets a rerun skip it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import re
@@ -328,7 +329,12 @@ class TempFile:
         self.close()
         try:
             self._folders.make(self.final.parent)
-            os.replace(self.path, self.final)
+            try:
+                os.replace(self.path, self.final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._copy_across()  # a part's file, and a study folder that is a mount point
             self._committed = True
         except IsADirectoryError as exc:  # a folder where this instance goes: only it fails
             raise IntegrityError(
@@ -338,6 +344,16 @@ class TempFile:
             raise StorageError(
                 f"cannot create {str(self.final)!r}: {exc.strerror or exc}", path=str(self.final)
             ) from exc
+
+    def _copy_across(self) -> None:
+        """Put the file under its final name from another file system: copied beside it
+        first, then renamed, so the final name never holds part of it."""
+        with TempFile(self.final, self._folders) as beside:
+            with self.path.open("rb") as source:
+                while chunk := source.read(WRITE_BUFFER):
+                    beside.write(chunk)
+            beside.commit()
+        self.path.unlink(missing_ok=True)
 
     def _open(self) -> BinaryIO:
         self._folders.make(self.path.parent)
