@@ -45,7 +45,7 @@ from .answers import (
     remaining_of,
     root_problem,
 )
-from .media import DICOM_JSON
+from .media import DICOM_JSON, parse_media_type
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ MAX_RESULTS = 10_000_000
 QIDO_CONCURRENCY = 4
 # A QIDO page must arrive whole within this many --timeout windows (it is computed, then sent).
 QIDO_WINDOWS = 2
+JSON_TYPES = frozenset({DICOM_JSON, "application/json"})
 # While a page is read and the next is being fetched: a pause for the loop every this many items.
 YIELD_EVERY = 128
 
@@ -451,6 +452,13 @@ class Pager:
             ) from exc
         except ValueError as exc:
             what = describe_answer(response)
+            if parse_media_type(response.headers.get("content-type", "")).mime in JSON_TYPES:
+                # DICOM JSON it says it is, and cut or broken: a server fault, not a wrong root.
+                raise ServerError(
+                    f"QIDO answer is malformed JSON ({what}, {len(response.content)} bytes: "
+                    f"cut short?) on {shown}",
+                    url=shown,
+                ) from exc
             raise ServerError(
                 f"QIDO answer is not JSON ({what}) on {shown}: is --url a DICOMweb root? "
                 f"({ROOT_HINT})",

@@ -406,6 +406,13 @@ def test_non_json_answer_is_a_clear_server_error(scripted: Routes) -> None:
     scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, content=json.dumps([1, 2])))
     with pytest.raises(ServerError, match="not a list of DICOM JSON objects"):
         resolve(scripted)
+    cut = httpx.Response(
+        200, headers={"Content-Type": "application/dicom+json"}, content=b'[{"0020000E": {"vr'
+    )
+    scripted.get(SERIES_URL).mock(return_value=cut)  # DICOM JSON, cut: no hint at the root
+    with pytest.raises(ServerError, match="malformed JSON .*18 bytes: cut short") as raised:
+        resolve(scripted)
+    assert "DICOMweb root" not in str(raised.value)
 
 
 @pytest.mark.parametrize(
