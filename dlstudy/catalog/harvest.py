@@ -323,6 +323,11 @@ class Harvester:
             return Page([], False, None)
         items, truncated = answer
         records = [r for r in map(StudyRecord.from_json, items) if r is not None]
+        if (keyless := len(items) - len(records)) > 0:
+            log.warning(
+                "the server sent %s without a Study Instance UID (0020000D): not catalogued",
+                "a study result" if keyless == 1 else f"{keyless} study results",
+            )
         more = truncated or len(items) >= self.page_size or bool(pager.remaining)
         return Page(records, more, pager.remaining)
 
@@ -336,11 +341,20 @@ class Harvester:
         listed: list[tuple[str, list[tuple[Any, ...]]]] = []
 
         async def one(uid: str) -> None:
+            keyless: list[int] = []
             async with limiter:
                 items = await pager.fetch_all(
                     f"{study_url(self.transport.base_url, uid)}/series",
                     [("includefield", tag) for tag in SERIES_FIELDS],
                     TAG_SERIES_UID,
+                    keyless=lambda: keyless.append(1),
+                )
+            if keyless:
+                log.warning(
+                    "study %s: the server listed %d series without a Series Instance UID "
+                    "(0020000E): not catalogued",
+                    uid,
+                    len(keyless),
                 )
             rows = [
                 (

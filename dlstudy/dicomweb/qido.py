@@ -202,6 +202,7 @@ class Pager:
         expected: int | None = None,
         *,
         counts_checked: bool = False,
+        keyless: Callable[[], object] | None = None,
     ) -> list[dict[str, Any]] | None: ...
 
     @overload
@@ -214,6 +215,7 @@ class Pager:
         *,
         counts_checked: bool = False,
         keep: Callable[[dict[str, Any]], T | None],
+        keyless: Callable[[], object] | None = None,
     ) -> list[T] | None: ...
 
     async def fetch_all(
@@ -225,6 +227,7 @@ class Pager:
         *,
         counts_checked: bool = False,
         keep: Callable[[dict[str, Any]], Any] = _whole,
+        keyless: Callable[[], object] | None = None,
     ) -> list[Any] | None:
         """What `keep` makes of each distinct result of the query keyed by `key_tag` (results
         it makes None of count, but are not returned); None when the URL is 404.
@@ -237,8 +240,9 @@ class Pager:
                 kept.append(value)
 
         found = await self.walk(
-            url, params, key_tag, expected, counts_checked=counts_checked, each=each
-        )
+            url, params, key_tag, expected, counts_checked=counts_checked, each=each,
+            keyless=keyless,
+        )  # fmt: skip
         return kept if found else None
 
     async def walk(

@@ -89,7 +89,7 @@ class StudyRecord:
     @classmethod
     def from_json(cls, item: dict[str, Any]) -> StudyRecord | None:
         uid = first_value(item, TAG_STUDY_UID)
-        if uid is None:
+        if not uid:
             return None
         return cls(
             study_uid=uid,

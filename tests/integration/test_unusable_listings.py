@@ -163,3 +163,26 @@ def test_a_series_listing_of_the_whole_study_files_each_instance_under_its_own_s
     for series in SERIES:
         for sop in SOPS[series]:
             assert (tmp_path / "out" / STUDY / series / f"{sop}.dcm").is_file()
+
+
+def test_catalog_pull_says_what_it_could_not_catalogue(scripted: Routes, tmp_path: Path) -> None:
+    """A study or series result without its UID cannot be catalogued: a warning says so."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/series"):
+            return dicom_json([series_json(SERIES[0], count=2), {"00080060": element("CS", "CT")}])
+        return studies(STUDY, None)
+
+    scripted.get("/dicomweb/studies", prefix=True).mock(side_effect=answer)
+    db = str(tmp_path / "c.db")
+    result = run_installed(
+        "catalog", "pull", "--url", scripted.base, "--db", db, "--level", "series"
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        "dlstudy: warning: the server sent a study result without a Study Instance UID "
+        "(0020000D): not catalogued",
+        f"dlstudy: warning: study {STUDY}: the server listed 1 series without a Series "
+        "Instance UID (0020000E): not catalogued",
+    ]
