@@ -146,3 +146,16 @@ def download_list(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), out
+
+
+def instance_counts(
+    total: int, *, downloaded: int = 0, skipped: int = 0, moved: int = 0, failed: int = 0
+) -> dict[str, int]:
+    """The `instances` object of a --json summary."""
+    return {
+        "total": total,
+        "downloaded": downloaded,
+        "skipped": skipped,
+        "moved": moved,
+        "failed": failed,
+    }

@@ -9,7 +9,7 @@ import pytest
 
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import assert_same_files, run_cli, run_installed, summary_of
+from ..cli_helpers import assert_same_files, instance_counts, run_cli, run_installed, summary_of
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 
 pytestmark = pytest.mark.integration
@@ -56,13 +56,7 @@ def test_download_is_byte_exact_over_every_protocol(
 
     assert result.exit_code == 0, result.output
     summary = summary_of(result)
-    assert summary["instances"] == {
-        "total": 60,
-        "downloaded": 60,
-        "skipped": 0,
-        "moved": 0,
-        "failed": 0,
-    }
+    assert summary["instances"] == instance_counts(60, downloaded=60)
     assert summary["bytes"] == sum(i.size for i in synth_study.instances)
     assert summary["http_version"] == expected_version
     assert summary["retrieval"]["form"] == "single-part"
@@ -101,13 +95,7 @@ def test_thousand_instance_study_and_rerun_skips_everything(
 
     assert first.exit_code == 0, first.output
     summary = summary_of(first)
-    assert summary["instances"] == {
-        "total": 1000,
-        "downloaded": 1000,
-        "skipped": 0,
-        "moved": 0,
-        "failed": 0,
-    }
+    assert summary["instances"] == instance_counts(1000, downloaded=1000)
     assert summary["bytes"] == sum(i.size for i in instances)
     assert summary["http_version"] == "HTTP/2"
     assert_same_files(instances, out)
@@ -115,13 +103,7 @@ def test_thousand_instance_study_and_rerun_skips_everything(
     second = run_cli(*args)
 
     assert second.exit_code == 0, second.output
-    assert summary_of(second)["instances"] == {
-        "total": 1000,
-        "downloaded": 0,
-        "skipped": 1000,
-        "moved": 0,
-        "failed": 0,
-    }
+    assert summary_of(second)["instances"] == instance_counts(1000, skipped=1000)
 
 
 def test_qido_cap_with_warning_and_ignored_offset_still_resolve_everything(
@@ -340,13 +322,7 @@ def test_one_sop_uid_in_two_series_is_a_failure_not_a_silent_drop(
 
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["instances"] == {
-        "total": 10,
-        "downloaded": 9,
-        "skipped": 0,
-        "moved": 0,
-        "failed": 1,
-    }
+    assert summary["instances"] == instance_counts(10, downloaded=9, failed=1)
     (failure,) = summary["failures"]
     assert failure["sop_instance_uid"] == kept.sop_uid and failure["series"] == twin.series_uid
     assert f"same SOP Instance UID in series {kept.series_uid} too" in failure["reason"]

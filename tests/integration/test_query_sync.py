@@ -22,7 +22,14 @@ import pytest
 from dlstudy.server import ServerOptions, running_server
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
-from ..cli_helpers import assert_same_files, run_cli, run_installed, run_on_a_terminal, summary_of
+from ..cli_helpers import (
+    assert_same_files,
+    instance_counts,
+    run_cli,
+    run_installed,
+    run_on_a_terminal,
+    summary_of,
+)
 from ..fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
@@ -215,13 +222,7 @@ def test_sync_twice_downloads_only_the_study_that_appeared(
 
     assert one.exit_code == 0, one.output
     summary = summary_of(one)
-    assert summary["instances"] == {
-        "total": 12,
-        "downloaded": 12,
-        "skipped": 0,
-        "moved": 0,
-        "failed": 0,
-    }
+    assert summary["instances"] == instance_counts(12, downloaded=12)
     assert summary["sync"] == {
         "matched": 2,
         "shard": None,
@@ -239,13 +240,7 @@ def test_sync_twice_downloads_only_the_study_that_appeared(
 
     assert two.exit_code == 0, two.output
     summary = summary_of(two)
-    assert summary["instances"] == {
-        "total": 18,
-        "downloaded": 6,
-        "skipped": 12,
-        "moved": 0,
-        "failed": 0,
-    }
+    assert summary["instances"] == instance_counts(18, downloaded=6, skipped=12)
     assert summary["sync"]["already_complete"] == 2 and summary["sync"]["synced"] == 1
     assert summary["study_uids"][-2:] != [second[0].study_uid]  # complete ones listed too
     assert set(summary["study_uids"]) == set(study_uids(first + second))
@@ -343,9 +338,7 @@ def test_sync_without_server_counts_trusts_its_completion_records(
 
     second = sync()
     assert second["sync"]["already_complete"] == 4
-    assert second["instances"] == {
-        "total": len(instances), "downloaded": 0, "skipped": len(instances), "moved": 0, "failed": 0
-    }  # fmt: skip
+    assert second["instances"] == instance_counts(len(instances), skipped=len(instances))
     assert listings() == []  # the study search alone
 
     victim = instances[0]

@@ -16,7 +16,13 @@ import pytest
 
 from dlstudy.server import ServerOptions, running_server
 
-from ..cli_helpers import DLSTUDY, assert_same_files, installed_download, run_installed
+from ..cli_helpers import (
+    DLSTUDY,
+    assert_same_files,
+    installed_download,
+    instance_counts,
+    run_installed,
+)
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy
 
 pytestmark = pytest.mark.integration
@@ -48,13 +54,7 @@ def test_a_complete_study_reruns_without_a_request_until_a_file_is_missing(
     assert status == 0, stderr
     assert seen_requests.requests == []  # not one request: the index says complete
     assert summary["studies_complete_in_manifest"] == 1
-    assert summary["instances"] == {
-        "total": 60,
-        "downloaded": 0,
-        "skipped": 60,
-        "moved": 0,
-        "failed": 0,
-    }
+    assert summary["instances"] == instance_counts(60, skipped=60)
     assert summary["study_uids"] == [synth_study.study_uid]
 
     gone = synth_study.instances[17]
@@ -62,13 +62,7 @@ def test_a_complete_study_reruns_without_a_request_until_a_file_is_missing(
     status, summary, stderr = installed_download(url, synth_study.study_uid, out)
     assert status == 0, stderr
     assert summary["studies_complete_in_manifest"] == 0
-    assert summary["instances"] == {
-        "total": 60,
-        "downloaded": 1,
-        "skipped": 59,
-        "moved": 0,
-        "failed": 0,
-    }
+    assert summary["instances"] == instance_counts(60, downloaded=1, skipped=59)
     instance_paths = [path for path, _ in seen_requests.requests if "/instances/" in path]
     assert [p for p in instance_paths if p.endswith(gone.sop_uid)] == instance_paths
     assert_same_files(synth_study.instances, out)
@@ -118,13 +112,7 @@ def test_a_plain_list_skips_complete_studies_and_lists_the_others(
     summary = json.loads(result.stdout)
     assert summary["studies_complete_in_manifest"] == 1
     # The series' instances are the study's: counted once, as present.
-    assert summary["instances"] == {
-        "total": 60,
-        "downloaded": 0,
-        "skipped": 60,
-        "moved": 0,
-        "failed": 0,
-    }
+    assert summary["instances"] == instance_counts(60, skipped=60)
     listed = qido_requests(seen_requests)
     assert any(synth_study.series_uids[1] in p for p in listed), listed
     assert not any(p.endswith(f"/studies/{synth_study.study_uid}/series") for p in listed)
@@ -221,13 +209,7 @@ def test_another_layout_moves_the_files_instead_of_downloading_them_again(
         url, synth_study.study_uid, out, "--layout", layout
     )
     assert status == 0, stderr
-    assert summary["instances"] == {
-        "total": 60,
-        "downloaded": 1,
-        "skipped": 59,
-        "moved": 59,
-        "failed": 0,
-    }
+    assert summary["instances"] == instance_counts(60, downloaded=1, skipped=59, moved=59)
     assert [p for p, _ in seen_requests.requests if "/instances/" in p] == [
         f"/dicomweb/studies/{one.study_uid}/series/{one.series_uid}/instances/{one.sop_uid}"
     ]
@@ -243,19 +225,10 @@ def test_another_layout_moves_the_files_instead_of_downloading_them_again(
     )
     assert result.returncode == 0, result.stderr
     assert "0 downloaded, 60 already present, 0 failed" in result.stderr  # nothing moves now
-    verify = run_installed(
-        "download",
-        synth_study.study_uid,
-        "--url",
-        url,
-        "-o",
-        str(out),
-        "--layout",
-        layout,
-        "--verify",
-        "--json",
+    status, summary, stderr = installed_download(
+        url, synth_study.study_uid, out, "--layout", layout, "--verify"
     )
-    assert verify.returncode == 0 and json.loads(verify.stdout)["instances"]["skipped"] == 60
+    assert status == 0 and summary["instances"]["skipped"] == 60, stderr
 
 
 def test_a_rerun_removes_its_own_temp_files_not_those_of_an_output_folder_inside(
