@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -144,8 +143,6 @@ def build_settings(
 # Command-line parameters that are Settings fields under another name.
 RENAMED = {"modality": "modalities", "wait": "wait_for_lock", "header": "headers"}
 _FIELDS = frozenset(field.name for field in fields(Settings))
-# ctx.params holds paths as the command line gave them; typer makes Paths only of arguments.
-_PATHS = frozenset(field.name for field in fields(Settings) if "Path" in str(field.type))
 
 
 def settings_from(ctx: typer.Context, *, ignore: Collection[str] = ()) -> Settings:
@@ -160,8 +157,6 @@ def settings_from(ctx: typer.Context, *, ignore: Collection[str] = ()) -> Settin
         if name in ignore or target not in _FIELDS or value is None:
             continue
         values[target] = value
-    for name in _PATHS & values.keys():
-        values[name] = Path(values[name])
     if "headers" in values:
         values["headers"] = parse_headers(values["headers"])
     for name in ("series", "modalities"):

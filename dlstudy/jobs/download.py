@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -103,10 +102,7 @@ def download(
     if settings is None:
         if url is None:
             raise UsageError("download() needs url= or settings=")
-        for name in ("output", "report"):
-            if options.get(name) is not None:
-                options[name] = Path(options[name])
-        settings = Settings(url=url, **options)
+        settings = Settings(url=url, **options)  # (it makes Paths of paths given as text)
     elif url is not None or options:
         if url is not None:
             options["url"] = url
