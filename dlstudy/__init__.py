@@ -1,17 +1,26 @@
 """dlstudy: pull whole DICOM studies out of DICOMweb servers, fast, resumable, byte-exact.
 
-The public API. `sync`, `search_async` and their types are imported when first used: the
-command line imports this package first, and a download never needs them.
+The public API. Each name is imported when first used: the command line imports this package
+first, and each command needs only some of it (`dlstudy query` no download engine).
 """
 
-from typing import Any
+from __future__ import annotations
 
-from .dicomweb.cohort import CohortItem, read_cohort
-from .errors import DlstudyError, ExitStatus
-from .jobs.download import download, download_async
-from .model import Failure, InstanceRef
-from .report.summary import Summary
-from .settings import Settings
+# Not typing's: importing typing (with the re and collections it imports) would be most of
+# what this package costs to import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .dicomweb.cohort import CohortItem, read_cohort
+    from .dicomweb.search import StudyQuery, StudyRecord, search_async
+    from .errors import DlstudyError, ExitStatus
+    from .jobs.download import download, download_async
+    from .jobs.sync import sync, sync_async
+    from .model import Failure, InstanceRef
+    from .report.progress import ProgressSink
+    from .report.summary import Summary
+    from .settings import Settings
 
 __all__ = [
     "CohortItem",
@@ -32,7 +41,17 @@ __all__ = [
     "sync_async",
 ]
 
-_LAZY = {
+_MODULE_OF = {
+    "CohortItem": "dicomweb.cohort",
+    "read_cohort": "dicomweb.cohort",
+    "DlstudyError": "errors",
+    "ExitStatus": "errors",
+    "download": "jobs.download",
+    "download_async": "jobs.download",
+    "Failure": "model",
+    "InstanceRef": "model",
+    "Summary": "report.summary",
+    "Settings": "settings",
     "ProgressSink": "report.progress",
     "StudyQuery": "dicomweb.search",
     "StudyRecord": "dicomweb.search",
@@ -43,13 +62,17 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in _MODULE_OF:
         import importlib
 
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 __version__ = "0.1.0"

@@ -9,11 +9,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ..dicomweb.cohort import CohortItem
+from ..dicomweb.cohort import CohortItem, unique_wanted
 from ..dicomweb.shard import Shard, parse_shard
 from ..errors import DlstudyError
 from ..http.urls import is_valid_uid, redact_url
-from ..jobs.download import unique as unique_wanted
 from ..report.summary import Summary
 from .common import fail_usage, finish
 from .connection import option

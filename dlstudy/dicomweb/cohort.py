@@ -255,3 +255,19 @@ _COLUMN_NAMES = {
     "series": "SeriesInstanceUID",
     "sop": "SOPInstanceUID",
 }
+
+
+Wanted = str | CohortItem  # a study UID, or an item of a cohort list
+
+
+def unique_wanted(wanted: Iterable[Wanted]) -> list[Wanted]:
+    """In order, each once: a repeated UID or an item naming the same UIDs as an earlier one
+    (on another line) is dropped."""
+    seen: set[object] = set()
+    kept: list[Wanted] = []
+    for one in wanted:
+        key = one.key if isinstance(one, CohortItem) else one
+        if key not in seen:
+            seen.add(key)
+            kept.append(one)
+    return kept

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from ..dicomweb.cohort import CohortItem
+from ..dicomweb.cohort import CohortItem, Wanted, unique_wanted
 from ..engine.schedule import complete_in_index, trusts_index
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
@@ -39,9 +39,6 @@ from ..store.manifest import Manifest
 from .run import Run
 
 log = logging.getLogger(__name__)
-
-
-Wanted = str | CohortItem  # a study UID, or an item of a cohort list (dicomweb/cohort.py)
 
 
 def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
@@ -107,25 +104,12 @@ def download(
         if url is not None:
             options["url"] = url
         settings = replace(settings, **options)
-    uids = unique(study_uids)
+    uids = unique_wanted(study_uids)
     # Timed from here, as the progress display is: starting the event loop (anyio imports its
     # backend then) is part of the run, and both show the same MB/s.
     started = time.monotonic()
     with standing_by(standing_by_for(settings.workers, settings.mode)):
         return anyio.run(download_async, uids, settings, progress or NullProgress(), started)
-
-
-def unique(wanted: Iterable[Wanted]) -> list[Wanted]:
-    """In order, each once: a repeated UID or an item naming the same UIDs as an earlier one
-    (on another line) is dropped."""
-    seen: set[object] = set()
-    kept: list[Wanted] = []
-    for one in wanted:
-        key = one.key if isinstance(one, CohortItem) else one
-        if key not in seen:
-            seen.add(key)
-            kept.append(one)
-    return kept
 
 
 async def download_async(
