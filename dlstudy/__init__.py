@@ -6,8 +6,8 @@ first, and each command needs only some of it (`dlstudy query` no download engin
 
 from __future__ import annotations
 
-# Not typing's: importing typing (with the re and collections it imports) would be most of
-# what this package costs to import.
+# Not typing's: until the console script's entry runs (cli/entry.py) a Ctrl-C ends as a
+# traceback, and typing, with the re and collections it imports, would be most of that window.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import importlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 # Each command's module, in the order `dlstudy --help` lists them.
 COMMANDS = {
@@ -27,6 +31,7 @@ COMMANDS = {
 def build_app(only: str | None = None) -> typer.Typer:
     """The CLI; with `only`, just the group and that command (see main)."""
     app = typer.Typer(
+        cls=_Group,
         name="dlstudy",
         help="Pull whole DICOM studies out of DICOMweb servers: fast, resumable, byte-exact.",
         no_args_is_help=True,
@@ -40,6 +45,30 @@ def build_app(only: str | None = None) -> typer.Typer:
     for module in modules:
         importlib.import_module(f"{__package__}.{module}").register(app)
     return app
+
+
+class _Interrupted(BaseException):
+    """A Ctrl-C that no command turned into its own ending (while typer builds and parses the
+    command line, say). typer would turn a KeyboardInterrupt into a silent exit 130; this one
+    reaches main, which says so."""
+
+
+class _Group(TyperGroup):
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _interrupt_reaches_main():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _interrupt_reaches_main():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _interrupt_reaches_main() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise _Interrupted() from exc
 
 
 def _print_version(asked: bool) -> None:
@@ -100,7 +129,7 @@ def main() -> None:
         code = returned if isinstance(returned, int) else 0
     except SystemExit as exc:
         code = exc.code
-    except typer.Abort:  # Ctrl-C at a prompt or while the command line is read
+    except (typer.Abort, KeyboardInterrupt, _Interrupted):  # Ctrl-C before a command ends it
         print("dlstudy: interrupted", file=sys.stderr)
         code = 130
     except Exception as exc:

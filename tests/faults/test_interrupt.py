@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ..cli_helpers import DLSTUDY, _clean_environment
 from ..fixtures.embedded_server import StartServer, SynthStudy
 
 pytestmark = pytest.mark.integration
@@ -60,3 +61,41 @@ def test_signal_stops_cleanly_and_rerun_resumes(
     for instance in synth_study.instances:
         target = tmp_path / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
         assert target.read_bytes() == instance.path.read_bytes()
+
+
+def test_ctrl_c_while_the_cli_starts_is_a_line_not_a_traceback() -> None:
+    """A Ctrl-C at any moment of start-up (imports, building and parsing the command) ends as
+    an interrupt: one line, exit 130. Only the interpreter's own boot, before the console
+    script's entry runs, is left out (three times its time on this machine)."""
+    boot = max(_seconds([sys.executable, "-c", "pass"]) for _ in range(3))
+    command = [DLSTUDY, "download", "1.2.3", "--url", "http://127.0.0.1:9/", "-o", "/dev/null/x"]
+    whole = _seconds(command)
+    first = max(3 * boot, boot + 0.05)
+    steps = 12
+    seen: dict[int, int] = {}
+    for step in range(steps):
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_clean_environment(None),
+        )
+        time.sleep(first + (whole - first) * step / steps)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert "Traceback" not in stderr, stderr
+        assert process.returncode in (130, 2), stderr  # 2: it had already failed on -o
+        seen[process.returncode] = seen.get(process.returncode, 0) + 1
+        if process.returncode == 130:
+            last = stderr.strip().splitlines()[-1]  # said by main, or by the command itself
+            assert last == "dlstudy: interrupted" or "error: interrupted;" in last, stderr
+    assert seen.get(130, 0) >= steps // 2, seen
+
+
+def _seconds(command: list[str]) -> float:
+    start = time.monotonic()
+    subprocess.run(
+        command, capture_output=True, check=False, timeout=60, env=_clean_environment(None)
+    )
+    return time.monotonic() - start
