@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from ..dicomweb.cohort import CohortItem
 from ..errors import DlstudyError, ExitStatus
+from ..http.urls import is_valid_uid
 from .common import fail, fail_usage
 from .connection import PANELS, envvar_for
 
@@ -56,8 +58,10 @@ SyncCatalogOpt = Annotated[
 ]
 
 
-def catalog_uids(path: Path, where: str | None) -> list[str]:
-    """`download --from-catalog FILE [--where SQL]`: the study UIDs it selects."""
+def catalog_uids(path: Path, where: str | None) -> list[str | CohortItem]:
+    """`download --from-catalog FILE [--where SQL]`: the study UIDs it selects. The catalog
+    holds what the server sent: a UID that is no UID comes as an item that fails alone in the
+    run (jobs/download.py), not as a usage error stopping it."""
     from ..catalog.query import study_uids
 
     try:
@@ -66,7 +70,10 @@ def catalog_uids(path: Path, where: str | None) -> list[str]:
         fail(str(exc), int(exc.exit_status))
     if not uids:
         fail(f"no study of the catalog {path} matched", int(ExitStatus.NOTHING_MATCHED))
-    return uids
+    return [
+        uid if is_valid_uid(uid) else CohortItem(study_uid=uid, listed_by="the catalog")
+        for uid in uids
+    ]
 
 
 def check_where(where: str | None, catalog: Path | None, needs: str) -> None:

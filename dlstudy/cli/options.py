@@ -19,26 +19,40 @@ from .configured import ConfigOpt, ServerOpt
 from .connection import DEFAULTS, option
 
 
+def _number(value: Any) -> float:
+    """`value` as a float; nan if it is none (a word, true/false from a config file)."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def seconds(*, above_zero: bool) -> Callable[[Any], float]:
     """A parser of a number of seconds, from the command line, DLSTUDY_* or the config file:
     finite, and above 0 (`above_zero`) or at least 0. A timeout of 0 or -5 would fail every
-    request at once and retry it; nan or inf would never time out."""
+    request at once and retry it; nan or inf would never time out (typer's min= lets both
+    through: no comparison with nan is true)."""
     least = "above 0" if above_zero else "0 or more"
 
     def parse(value: Any) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if isinstance(value, bool) or not (
-            (number > 0 if above_zero else number >= 0) and math.isfinite(number)
-        ):
+        number = _number(value)
+        if not ((number > 0 if above_zero else number >= 0) and math.isfinite(number)):
             raise typer.BadParameter(
                 f"must be a number of seconds {least}, got {str(value)[:40]!r}"
             )
         return number
 
     return parse
+
+
+def fraction(value: Any) -> float:
+    """A parser of a fraction, 0 to 1 (serve's fault and drop rates); nan is none."""
+    number = _number(value)
+    if not 0 <= number <= 1:
+        raise typer.BadParameter(f"must be a fraction from 0 to 1, got {str(value)[:40]!r}")
+    return number
 
 
 def transfer_syntax(value: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import error_line, fail_usage
+from .options import fraction, seconds
 
 DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side
 
@@ -100,10 +101,15 @@ def serve(
             "--no-counts", help="Leave the study and series instance counts out of QIDO answers."
         ),
     ] = False,
-    latency: Annotated[float, typer.Option(help="Seconds added to every request.", min=0)] = 0.0,
+    latency: Annotated[
+        float,
+        typer.Option(help="Seconds added to every request.", parser=seconds(above_zero=False)),
+    ] = 0.0,
     fault_rate: Annotated[
         float,
-        typer.Option(help="Fraction of WADO requests answered --fault-status (0-1).", min=0, max=1),
+        typer.Option(
+            help="Fraction of WADO requests answered --fault-status (0-1).", parser=fraction
+        ),
     ] = 0.0,
     fault_status: Annotated[
         int,
@@ -120,7 +126,9 @@ def serve(
     ] = None,
     drop_rate: Annotated[
         float,
-        typer.Option(help="Fraction of WADO bodies --drop-after-bytes cuts (0-1).", min=0, max=1),
+        typer.Option(
+            help="Fraction of WADO bodies --drop-after-bytes cuts (0-1).", parser=fraction
+        ),
     ] = 1.0,
     token: Annotated[
         str | None, typer.Option(help="Require 'Authorization: Bearer TOKEN' (or TOKEN-suffix).")

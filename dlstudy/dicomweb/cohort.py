@@ -58,7 +58,8 @@ class CohortItem:
 
     `any_uid` is a plain list's UID, of a level only the server knows; `where` says where the
     item came from ("--from-file uids.txt: line 4"), for messages; empty for UIDs given as
-    arguments.
+    arguments. `listed_by` names what listed the UIDs as a server sent them ("the catalog"),
+    not the caller: an invalid one then fails this item alone, not the whole run.
     """
 
     study_uid: str | None = None
@@ -66,6 +67,7 @@ class CohortItem:
     sop_uid: str | None = None
     any_uid: str | None = None
     where: str = ""
+    listed_by: str | None = None
 
     @property
     def level(self) -> Level:
@@ -99,14 +101,19 @@ class CohortItem:
         names = {"unknown": "UID", "study": "study", "series": "series", "instance": "instance"}
         return f"{names[self.level]} {self.uid}"
 
+    @property
+    def invalid_uid(self) -> str | None:
+        """The first UID given that is not a valid UID, if any."""
+        given = (self.study_uid, self.series_uid, self.sop_uid, self.any_uid)
+        return next((uid for uid in given if uid is not None and not is_valid_uid(uid)), None)
+
     def check(self) -> None:
         """A UsageError unless every UID given is a valid UID (items built by a caller)."""
         given = [self.study_uid, self.series_uid, self.sop_uid, self.any_uid]
         if all(uid is None for uid in given):
             raise UsageError(f"{self.where or 'cohort item'}: names no UID")
-        for uid in given:
-            if uid is not None and not is_valid_uid(uid):
-                raise UsageError(f"{self.where or 'cohort item'}: invalid UID {uid[:80]!r}")
+        if (uid := self.invalid_uid) is not None:
+            raise UsageError(f"{self.where or 'cohort item'}: invalid UID {uid[:80]!r}")
 
 
 def read_cohort(source: str | Path, *, label: str | None = None) -> list[CohortItem]:

@@ -28,7 +28,8 @@ from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
 from ..http.client import Transport
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
-from ..report.landed import PRESENT, ReportWriter, report_format, run_report
+from ..model import Failure
+from ..report.landed import FAILED, PRESENT, ReportWriter, report_format, run_report
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
@@ -47,7 +48,8 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
         raise UsageError("no study UID given")
     for uid in study_uids:
         if isinstance(uid, CohortItem):
-            uid.check()
+            if uid.listed_by is None or uid.invalid_uid is None:  # else it fails alone
+                uid.check()
         elif not is_valid_uid(uid):
             raise InvalidUidError(
                 f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters",
@@ -165,6 +167,7 @@ async def _locked_run(
             report = stack.enter_context(run_report(settings.report))
         transport = Transport(settings, auth=await auth_from_settings(settings))
         stack.push_async_callback(transport.aclose)
+        items = fail_invalid_listed(items, summary, report)
         complete: list[str] = []
         if trusts_index(settings):
             items, complete = take_complete(items, store, manifest, summary, report)
@@ -176,6 +179,25 @@ async def _locked_run(
                 progress.start(summary.total, summary.skipped)
         finally:
             summary.http_version = transport.http_version
+
+
+def fail_invalid_listed(
+    items: list[CohortItem], summary: Summary, report: ReportWriter | None
+) -> list[CohortItem]:
+    """The items to download: one a catalog (`listed_by`) holds under a UID that is no UID,
+    as the server sent it, is never a file name nor a request; it fails, the rest go on."""
+    kept: list[CohortItem] = []
+    for item in items:
+        uid = item.invalid_uid if item.listed_by is not None else None
+        if uid is None:
+            kept.append(item)
+            continue
+        what = {"instance": "an instance", "unknown": "an item"}.get(item.level, f"a {item.level}")
+        reason = f"{item.listed_by} lists {what} with an invalid UID {uid[:80]!r}: not downloaded"
+        summary.failures.append(Failure(item.study_uid, item.series_uid, item.sop_uid, reason))
+        if report is not None:
+            report.row(FAILED, item.study_uid, item.series_uid, item.sop_uid, reason=reason)
+    return kept
 
 
 def take_complete(

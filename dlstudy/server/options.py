@@ -3,6 +3,7 @@ profile, test knobs."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,8 @@ class ServerOptions:
                 least = "1 or more" if name == "max_page_size" else "0 or more"
                 raise ValueError(f"{name} must be {least}, got {value}")
         for name in ("latency", "retry_after"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:  # (nan fails both comparisons)
+                raise ValueError(f"{name} must be 0 or more and finite, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0 to 65535, got {self.port}")
         if not 400 <= self.fault_status <= 599:

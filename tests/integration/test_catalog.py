@@ -255,6 +255,62 @@ def test_download_from_catalog_and_sync_catalog_fetch_exactly_what_is_missing(
     assert json.loads(again.stdout)["instances"]["downloaded"] == 0
 
 
+def test_download_from_catalog_fails_a_study_with_an_invalid_uid_alone(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A catalog holds what the server sent: a study UID that is no UID (a path, letters) is a
+    failure of that study (exit 1) with its reason in --json and --report, not a usage error
+    stopping the run; the other studies are downloaded, nothing is written outside OUT."""
+    source = tmp_path / "source"
+    instances = synth(source, 1, seed=37, dates=("20210101", "20210101"))
+    url = embedded_server(source)
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    bad = ["../../x", "1.2.abc"]
+    with duckdb.connect(str(db)) as con:
+        for uid in bad:
+            con.execute("INSERT INTO studies SELECT * REPLACE (? AS study_uid) FROM studies "
+                        "LIMIT 1", [uid])  # fmt: skip
+    out = tmp_path / "out" / "run"
+    report = tmp_path / "landed.csv"
+    result = run_installed(
+        "download", "--from-catalog", str(db), "--url", url, "-o", str(out), "--json",
+        "--report", str(report),
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == 2
+    assert_same_files(instances, out)
+    failed = {failure["study"]: failure["reason"] for failure in summary["failures"]}
+    assert failed == {
+        uid: f"the catalog lists a study with an invalid UID {uid!r}: not downloaded" for uid in bad
+    }
+    rows = report.read_text().splitlines()
+    assert sum(row.startswith("failed,") for row in rows) == 2
+    assert any(row.startswith("failed,../../x,") for row in rows)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "out" / "x").exists()
+    text = run_installed("download", "--from-catalog", str(db), "--url", url, "-o", str(out))
+    assert text.returncode == 1 and "Traceback" not in text.stderr
+    assert "invalid UID '../../x'" in text.stderr
+
+
+def test_download_still_refuses_an_invalid_study_uid_it_is_given(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A UID typed on the command line or in --from-file is the user's: still a usage error."""
+    source = tmp_path / "source"
+    synth(source, 1, seed=38, dates=("20210101", "20210101"))
+    url = embedded_server(source)
+    listed = tmp_path / "uids.txt"
+    listed.write_text("1.2.abc\n")
+    for given in (["1.2.abc"], ["--from-file", str(listed)]):
+        result = run_installed("download", *given, "--url", url, "-o", str(tmp_path / "o"))
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert "invalid" in line and "'1.2.abc'" in line
+
+
 def test_export_to_parquet_and_csv_reads_back(embedded_server: StartServer, tmp_path: Path) -> None:
     source = tmp_path / "source"
     synth(source, 4, seed=41, dates=("20220101", "20220104"))

@@ -169,6 +169,29 @@ def test_serve_rejects_bad_options_naming_each(tmp_path: Path, args: list[str], 
     assert "negative" not in line or args[1].startswith("-")
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--latency", "inf", "must be a number of seconds 0 or more, got 'inf'"),
+        ("--latency", "1e999", "must be a number of seconds 0 or more, got '1e999'"),
+        ("--latency", "nan", "must be a number of seconds 0 or more, got 'nan'"),
+        ("--latency", "-inf", "must be a number of seconds 0 or more, got '-inf'"),
+        ("--fault-rate", "nan", "must be a fraction from 0 to 1, got 'nan'"),
+        ("--drop-rate", "nan", "must be a fraction from 0 to 1, got 'nan'"),
+        ("--drop-rate", "inf", "must be a fraction from 0 to 1, got 'inf'"),
+    ],
+)
+def test_serve_rejects_a_number_that_is_no_number(
+    tmp_path: Path, option: str, value: str, said: str
+) -> None:
+    """nan and inf are no seconds nor fractions: --latency inf served (every request then
+    waited forever), and nan was called a negative number or one above 1."""
+    done = run_installed("serve", str(tmp_path), "--port", "0", option, value, timeout=30)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"dlstudy: error: Invalid value for '{option}': {said}"), line
+
+
 def test_serve_injects_any_error_status(tmp_path: Path) -> None:
     shutil.copy(SAMPLE, tmp_path / "a.dcm")
     proc, url = start(str(tmp_path), "--port", "0", "--fault-rate", "1", "--fault-status", "418")
