@@ -116,25 +116,45 @@ def test_a_pull_killed_at_a_random_moment_resumes_to_the_same_catalog(
 
     db = tmp_path / "killed.duckdb"
     rng = random.Random()
-    for attempt in range(2):  # killed twice, at random moments of the walk
+    kills = 0
+    for _ in range(6):  # killed twice, at random moments of the walk (bounded retries)
         process = subprocess.Popen(
             [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.3, 0.7) * uninterrupted)
+        deadline = time.monotonic() + 30  # a slow start-up must not make the kill land first
+        while not db.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.2, 0.6) * uninterrupted)
         process.send_signal(signal.SIGKILL)
         killed = process.wait(timeout=30) == -signal.SIGKILL
-        if attempt == 0:  # the first kill must land mid-walk (the second may find it done)
+        pulls = _pulls_recorded(db)
+        if not pulls:  # killed before the pull recorded itself: no walk to resume yet
+            continue
+        if kills == 0:  # the first kill must land mid-walk (the second may find it done)
             assert killed, "the pull ended before the kill"
-            (finished,) = catalog_rows(db, "SELECT finished FROM pulls")
-            assert finished == (None,)
+            assert pulls == [(None,)]
+        kills += 1
+        if kills == 2:
+            break
+    assert kills == 2
     if catalog_rows(db, "SELECT finished FROM pulls") == [(None,)]:  # killed twice
         summary = pull(url, db)
         assert (summary["pull"], summary["kind"], summary["resumed"]) == (1, "first", True)
 
     assert catalog_rows(db, "SELECT pull, kind FROM pulls") == [(1, "first")]
     assert catalog_rows(db) == catalog_rows(reference)
+
+
+def _pulls_recorded(db: Path) -> list[Any]:
+    """The `finished` column of the catalog's pulls; none before a pull has recorded itself."""
+    if not db.exists():
+        return []
+    try:
+        return catalog_rows(db, "SELECT finished FROM pulls")
+    except duckdb.CatalogException:  # the file is made, its tables not yet
+        return []
 
 
 def _add_instance(study_dir: Path) -> Path:
