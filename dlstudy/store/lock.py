@@ -7,6 +7,7 @@ lock behind (unlike a pid file).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -16,6 +17,8 @@ import anyio
 
 from ..errors import LockedError, OutputError, StorageError
 from .safe_files import open_text_for_update
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = "lock"
 
@@ -46,21 +49,25 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
             f"cannot use {str(path)!r}: {exc.strerror or exc}", path=str(path)
         ) from exc
     with fp:
+        said = False
         while True:
             try:
                 fcntl.flock(fp.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if wait:
-                    await anyio.sleep(WAIT_POLL_SECONDS)
-                    continue
                 fp.seek(0)
-                holder = fp.read().strip() or "?"
-                raise LockedError(
+                in_use = (
                     f"output folder {str(state_dir.parent)!r} is in use by another dlstudy "
-                    f"run (pid {holder}); use --wait to wait for it",
-                    path=str(state_dir.parent),
-                ) from None
+                    f"run (pid {fp.read().strip() or '?'})"
+                )
+                if not wait:
+                    raise LockedError(
+                        f"{in_use}; use --wait to wait for it", path=str(state_dir.parent)
+                    ) from None
+                if not said:  # a wait may last hours: say why nothing happens
+                    log.warning("%s: waiting for it to end (--wait)", in_use)
+                    said = True
+                await anyio.sleep(WAIT_POLL_SECONDS)
         try:  # unbuffered: nothing left for closing the file to fail on
             os.ftruncate(fp.fileno(), 0)
             os.pwrite(fp.fileno(), str(os.getpid()).encode(), 0)

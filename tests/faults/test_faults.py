@@ -12,6 +12,7 @@ import json
 import os
 import random
 import resource
+import select
 import signal
 import sqlite3
 import ssl
@@ -721,13 +722,21 @@ def test_ctrl_c_stops_a_run_waiting_for_the_lock(
             [DLSTUDY, command, *target, "--url", url, "-o", str(tmp_path), "--wait", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(2.0)  # started, and waiting for the lock
-        assert waiter.poll() is None, waiter.communicate()
+        said = _first_line_within(waiter, 30)  # started, and waiting for the lock
+        assert "is in use by another dlstudy run (pid" in said, said
+        assert said.endswith(": waiting for it to end (--wait)\n"), said
         waiter.send_signal(signal.SIGINT)
         stdout, stderr = waiter.communicate(timeout=30)  # the holder holds it for 60 s
     assert waiter.returncode == 130, stderr
     assert json.loads(stdout)["error"] == "interrupted"
     assert stderr.strip().splitlines()[-1].startswith("dlstudy: error: interrupted;")
+
+
+def _first_line_within(process: subprocess.Popen[str], seconds: float) -> str:
+    """The first line the process writes on stderr, if it comes within `seconds`."""
+    assert process.stderr is not None
+    ready, _, _ = select.select([process.stderr], [], [], seconds)
+    return process.stderr.readline() if ready else ""
 
 
 def test_compressed_qido_is_decoded_and_a_compressed_instance_never_stored(
