@@ -4,6 +4,8 @@ Faults act on the server -> client direction after `after_bytes` bytes of a conn
   reset  close with SO_LINGER 0, so the client sees a TCP RST mid-body
   stall  stop forwarding but keep the connection open (a server that hangs)
   drip   forward one byte every `drip_interval` seconds (a server that crawls)
+  close  read what the client sends, then close without a byte of answer (a restarting
+         server, a balancer): never connected upstream
 Which connections are hit: every connection whose 1-based number is in `connections`, or all
 when it is None. One thread per connection multiplexes both directions with select, so a close
 really closes (a second thread blocked in recv would keep the socket alive and the RST unsent).
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Fault:
-    kind: str  # "reset" | "stall" | "drip"
+    kind: str  # "reset" | "stall" | "drip" | "close"
     after_bytes: int = 0
     connections: set[int] | None = None
     drip_interval: float = 0.05
@@ -65,10 +67,15 @@ class FaultProxy:
                 self.faulted.append(number)
             else:
                 fault = None
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            thread = threading.Thread(
-                target=self._relay, args=(client, upstream, fault), daemon=True
-            )
+            if fault is not None and fault.kind == "close":
+                thread = threading.Thread(
+                    target=self._close_unanswered, args=(client,), daemon=True
+                )
+            else:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                thread = threading.Thread(
+                    target=self._relay, args=(client, upstream, fault), daemon=True
+                )
             with self._lock:
                 self._threads.append(thread)
             thread.start()
@@ -117,6 +124,17 @@ class FaultProxy:
                         return
                     del dripping[:1]
                     time.sleep(fault.drip_interval if fault else 0)
+
+    def _close_unanswered(self, client: socket.socket) -> None:
+        """Read the client's request until it pauses, then close: a FIN, no RST (nothing of
+        the request is left unread)."""
+        with client:
+            client.settimeout(0.2)
+            try:
+                while client.recv(65536):
+                    pass
+            except OSError:  # (the pause)
+                pass
 
     def close(self) -> None:
         self._closing.set()

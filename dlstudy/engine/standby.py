@@ -116,5 +116,5 @@ def _wait_for_job(conn: Connection, counter: Any, inherited: list[Connection]) -
     except (EOFError, OSError):
         conn.close()
         return  # not needed
-    settings, refs, form = job
-    serve(settings, SharedClaims(refs, counter), form, conn)
+    settings, refs, form, log_levels = job
+    serve(settings, SharedClaims(refs, counter), form, conn, log_levels)

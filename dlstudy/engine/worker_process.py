@@ -1,12 +1,19 @@
 """The worker side of `--workers N`: a process that fetches the instances it claims and
 reports the results to the parent over a pipe, a batch at a time (engine/workers.py is the
 parent's side). A worker whose parent is gone stops at its next report.
+
+Its log records go up the same pipe, and the parent logs them as its own: a worker started by
+the fork server has none of the parent's logging set-up (-v, --log-file, a library caller's
+handlers), and the parent stays the one writer of the log file.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
+import threading
 from collections.abc import Iterable
+from logging.handlers import QueueHandler
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -64,20 +71,38 @@ def _die_with_parent() -> None:
 
 
 def worker_main(
-    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection, go: Any
+    settings: Any,
+    refs: Iterable[InstanceRef],
+    form: Retrieval | None,
+    conn: Connection,
+    go: Any,
+    log_levels: dict[str, int],
 ) -> None:
     """Entry point of a worker process; it starts fetching once the parent sets `go`."""
     become_worker()
     go.wait()
-    serve(settings, refs, form, conn)
+    serve(settings, refs, form, conn, log_levels)
+
+
+def log_levels() -> dict[str, int]:
+    """The levels set on this process's loggers (the root's as ""), for a worker to log at."""
+    loggers = logging.Logger.manager.loggerDict.items()
+    levels = {name: logger.level for name, logger in loggers if isinstance(logger, logging.Logger)}
+    levels[""] = logging.getLogger().level
+    return {name: level for name, level in levels.items() if level != logging.NOTSET}
 
 
 def serve(
-    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection
+    settings: Any,
+    refs: Iterable[InstanceRef],
+    form: Retrieval | None,
+    conn: Connection,
+    log_levels: dict[str, int],
 ) -> None:
-    """Fetch what `refs` hands out, report over `conn` until the end, close it."""
+    """Fetch what `refs` hands out, report over `conn` until the end, close it; log at the
+    parent's `log_levels`, through the parent."""
     try:
-        anyio.run(_worker, settings, refs, form, conn)
+        anyio.run(_worker, settings, refs, form, conn, log_levels)
     except ParentGone:
         pass
     finally:
@@ -85,15 +110,20 @@ def serve(
 
 
 async def _worker(
-    settings: Any, refs: Iterable[InstanceRef], form: Retrieval | None, conn: Connection
+    settings: Any,
+    refs: Iterable[InstanceRef],
+    form: Retrieval | None,
+    conn: Connection,
+    log_levels: dict[str, int],
 ) -> None:
+    report = _Report(conn)
+    _log_through(report, log_levels)
     store = Store(settings.output, settings.layout)
     transport = Transport(settings, auth=await auth_from_settings(settings))
     forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
     throttle = Throttle(settings.concurrency)
     policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
     fetcher = InstanceFetcher(transport, store, Negotiator(forms), policy=policy, throttle=throttle)
-    report = _Report(conn)
 
     async def one(ref: InstanceRef) -> None:
         try:
@@ -125,19 +155,39 @@ async def _worker(
     report.flush()
 
 
+def _log_through(report: _Report, levels: dict[str, int]) -> None:
+    """Send every log record to the parent (which handles it as its own), at its levels. A
+    forked worker's handlers, copies of the parent's, would write beside the parent's."""
+    root = logging.getLogger()
+    for logger in [root, *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.setLevel(logging.NOTSET)
+    for name, level in levels.items():  # ("dlstudy" may not exist here yet: made if not)
+        logging.getLogger(name or None).setLevel(level)
+    root.addHandler(QueueHandler(report))  # type: ignore[arg-type]
+
+
 class _Report:
-    """A worker's messages to the parent, sent a batch at a time."""
+    """A worker's messages to the parent, sent a batch at a time; also the queue of its log
+    records (a QueueHandler's: they arrive ready to pickle, arguments merged)."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._pending: list[tuple[Any, ...]] = []
         self._bytes = 0
+        self._lock = threading.Lock()  # records come from threads too (a commit's checks)
 
     def add_bytes(self, nbytes: int) -> None:
         self._bytes += nbytes
 
     def add(self, message: tuple[Any, ...]) -> None:
-        self._pending.append(message)
+        with self._lock:
+            self._pending.append(message)
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        self.add(("log", record))
 
     async def every(self, interval: float) -> None:
         while True:
@@ -145,9 +195,10 @@ class _Report:
             self.flush()
 
     def flush(self) -> None:
-        if self._bytes:
-            self._pending.insert(0, ("bytes", self._bytes))
-            self._bytes = 0
-        if self._pending:
+        with self._lock:
             batch, self._pending = self._pending, []
+        if self._bytes:
+            batch.insert(0, ("bytes", self._bytes))
+            self._bytes = 0
+        if batch:
             _send(self._conn, ("batch", batch))

@@ -8,7 +8,8 @@ another still has a backlog, as a fixed split did when one started late or met a
 the parent keeps everything that must have one owner: the output lock, the manifest, the
 progress display and the summary. Workers (engine/worker_process.py) report over a pipe, a
 batch at a time; their reports reach the run as data (Moved, Done, Failed) on a channel it
-reads, so nothing here calls back into the run.
+reads, so nothing here calls back into the run; their log records are logged here, as this
+process's own.
 
 Workers are forked before the event loop starts (engine/standby.py), when the run may use
 them: they share this process's imported modules and wait for a job. Where that moment was not
@@ -38,7 +39,7 @@ from ..model import Committed, InstanceRef
 from ..settings import MAX_WORKERS  # what --workers accepts
 from . import standby as standby_module
 from .claims import SharedClaims
-from .worker_process import worker_main
+from .worker_process import log_levels, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -299,7 +300,7 @@ class _FromStandby(_Launch):
 
     async def start(self, share: Any, form: Retrieval | None) -> tuple[Any, Connection]:
         [(process, conn)] = self.standby.take(1)
-        self.jobs.append((conn, (share, self.claims.refs, form)))
+        self.jobs.append((conn, (share, self.claims.refs, form, log_levels())))
         return process, conn
 
     async def go(self) -> None:
@@ -319,7 +320,9 @@ class _FromForkServer(_Launch):
     async def start(self, share: Any, form: Retrieval | None) -> tuple[Any, Connection]:
         parent_end, child_end = self.context.Pipe(duplex=False)
         process = self.context.Process(
-            target=worker_main, args=(share, self.claims, form, child_end, self.event), daemon=True
+            target=worker_main,
+            args=(share, self.claims, form, child_end, self.event, log_levels()),
+            daemon=True,
         )
         await anyio.to_thread.run_sync(process.start)  # waits for the fork server
         child_end.close()
@@ -379,7 +382,17 @@ def _take(
         report(Tallied(message[1], message[2]))
     elif kind == "fatal":
         fatal.append(_fatal_error(message[1], message[2]))
+    elif kind == "log":
+        _log_here(message[1])
     return kind
+
+
+def _log_here(record: logging.LogRecord) -> None:
+    """A worker's log record, handled as if this process had made it: same levels, same
+    handlers (stderr, --log-file, a library caller's)."""
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
 
 
 def _fatal_error(name: str, text: str) -> DlstudyError:

@@ -298,7 +298,7 @@ class Transport:
     ) -> httpx.Response:
         """The run's first request doubles as the h2c probe; on a protocol error, HTTP/1.1."""
         try:
-            response = await self._read_small(url, headers, params)
+            response = await self._probe(url, headers, params)
             self._observe(response)
             self._time_reply(response)
         except (httpx.ProtocolError, httpx.WriteError, httpx.ReadError) as exc:
@@ -317,6 +317,21 @@ class Transport:
             raise
         self._negotiated = True
         return response
+
+    async def _probe(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
+        """_read_small over h2c, asked once more at once when no HTTP/2 answer came: one
+        connection closed unanswered (a restart, a balancer) says nothing about h2c, and would
+        leave the whole run on HTTP/1.1. A server without h2c fails the second time too (to
+        libcurl its HTTP/1.1 answer to the preface is no answer), and HTTP/1.1 it is."""
+        try:
+            return await self._read_small(url, headers, params)
+        except Exception as exc:
+            if not no_answer(exc):
+                raise
+            log.info(
+                "no HTTP/2 answer to the h2c probe (%s); asking again", curl_failure(exc) or exc
+            )
+        return await self._read_small(url, headers, params)
 
     async def _read_small(
         self, url: str, headers: dict[str, str] | None, params: Any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -405,6 +406,30 @@ def test_one_unanswered_first_request_is_asked_again(tmp_path: Path, http: str) 
         )
     assert result.returncode == 0, result.stderr
     assert sorted(p.stem for p in tmp_path.rglob("*.dcm")) == sorted(sops)
+
+
+@pytest.mark.integration
+def test_one_unanswered_h2c_probe_is_asked_again(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`--http auto` on http://: the h2c probe's connection closed without a byte of answer
+    (a restart, a balancer) is asked once more; the server speaks h2c, and the run uses it."""
+    from ..faultproxy import Fault, FaultProxy
+
+    url = embedded_server(synth_study.root)
+    port = int(url.split(":")[2].split("/")[0])
+    proxy = FaultProxy(port, Fault("close", connections={1}))
+    try:
+        result = run_installed(
+            "download", synth_study.study_uid, "--url", proxy.url(), "-o", str(tmp_path),
+            "--http", "auto", "--json", "-v",
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    assert proxy.faulted == [1]
+    assert json.loads(result.stdout)["http_version"] == "HTTP/2", result.stderr
+    assert "no HTTP/2 answer to the h2c probe" in result.stderr
 
 
 @pytest.mark.integration

@@ -154,6 +154,18 @@ def test_nothing_matched_means_in_every_part(
         dlstudy.download([*missing, CohortItem(study_uid="1.2.3.9")], url, output=tmp_path / "no")
 
 
+def listing_in_two_parts(archive: VirtualArchive, tmp_path: Path) -> Path:
+    """A cohort list of the archive's one series: part one names its first PART_ITEMS
+    instances one by one, part two the series (the rest of its instances are new there)."""
+    study = archive.study_uid(0)
+    instances = list(archive.instances_of(study))
+    rows = [f"{st},{se},{sop}" for st, se, sop in instances[: parts.PART_ITEMS]]
+    rows.append(f"{study},{instances[0][1]},")
+    listing = tmp_path / "cohort.csv"
+    listing.write_text("StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID\n" + "\n".join(rows))
+    return listing
+
+
 @pytest.mark.slow
 def test_worker_processes_serve_every_part(
     embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
@@ -164,13 +176,7 @@ def test_worker_processes_serve_every_part(
     spec = VirtualSpec(1, seed=11, study_size=count)
     archive = VirtualArchive(spec)
     study = archive.study_uid(0)
-    instances = list(archive.instances_of(study))
-    series = instances[0][1]
-    listing = tmp_path / "cohort.csv"
-    rows = [f"{st},{se},{sop}" for st, se, sop in instances[: parts.PART_ITEMS]]
-    # Part one names 5,000 instances; part two their series, of which 200 are new.
-    rows.append(f"{study},{series},")
-    listing.write_text("StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID\n" + "\n".join(rows))
+    listing = listing_in_two_parts(archive, tmp_path)
     url = embedded_server(None, virtual=spec)
     out, log = tmp_path / "out", tmp_path / "run.log"
 
@@ -190,3 +196,36 @@ def test_worker_processes_serve_every_part(
         r"1 worker processes (forked before the event loop|started by)", log.read_text()
     )
     assert started == ["forked before the event loop", "started by"]
+
+
+@pytest.mark.slow
+def test_worker_processes_log_as_the_parent_does(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """With -v and --log-file, every retry a worker made is a line of the log file and of
+    stderr, in the parent's format: the worker forked before the event loop (part one) and
+    the one the fork server started (part two, long enough for it to take a share), which
+    has none of the parent's logging set-up of its own."""
+    count = parts.PART_ITEMS + 2000
+    spec = VirtualSpec(1, seed=11, study_size=count)
+    archive = VirtualArchive(spec)
+    listing = listing_in_two_parts(archive, tmp_path)
+    url = embedded_server(None, virtual=spec, fault_rate=0.05, retry_after=0, seed=5)
+    out, log = tmp_path / "out", tmp_path / "run.log"
+
+    result = run_installed(
+        "download", "--from-file", str(listing), "--url", url, "-o", str(out), "--json",
+        "--workers", "2", "--mode", "instance", "-v", "--log-file", str(log), timeout=900,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"] == instance_counts(count, downloaded=count)
+    assert "1 worker processes started by forkserver" in log.read_text()
+    retried = seen_requests.instance_statuses[503]
+    assert summary["retried"] == retried > 0
+    retry_line = re.compile(r"^\S+ \S+ INFO dlstudy\.flow\.retry: retrying in .*: HTTP 503$")
+    for text in (log.read_text(), result.stderr):
+        lines = [line for line in text.splitlines() if "retrying in" in line]
+        assert len(lines) == retried
+        assert all(retry_line.match(line) for line in lines), lines[:3]
