@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import sys
@@ -240,15 +241,16 @@ def render_table(rows: list[dict[str, Any]], stream: IO[str]) -> None:
 
 
 class StudyPrinter:
-    """`query`'s output as the pages come: each line form writes a study as it arrives and
-    flushes once a page is read, so memory stays flat however many match. The table alone is
-    printed at the end: its column widths need every row (it is for a person at a terminal;
-    programs and big listings use a line form)."""
+    """`query`'s output as the pages come: each line form writes the studies of a page as
+    they arrive, then the page out once it is read, so memory stays flat however many match.
+    The table alone is printed at the end: its column widths need every row (it is for a
+    person at a terminal; programs and big listings use a line form)."""
 
     def __init__(self, form: str, stream: IO[str], shard: Shard | None) -> None:
         self.stream = stream
         self.shard = shard
-        self.lines = None if form == "table" else LineWriter(form, stream)
+        self.page = io.StringIO()  # the lines of the page being read
+        self.lines = None if form == "table" else LineWriter(form, self.page)
         self.table: list[dict[str, Any]] = []
         self.matched = 0  # studies the server listed (the header comes with the first)
         self.printed = 0  # of those, the ones of this shard
@@ -265,12 +267,30 @@ class StudyPrinter:
         else:
             self.lines.row(record)
 
-    def page_read(self) -> None:
-        self.stream.flush()
+    async def page_read(self) -> None:
+        """Write the page out. In a thread: a reader that pauses (`query | less`) holds up
+        this write and the next page, not the event loop, so the page asked for meanwhile
+        still arrives within its time (else it was cut off as stalled, and asked again)."""
+        from anyio import to_thread
+
+        text = self._taken()
+        if text:
+            await to_thread.run_sync(self._write, text)
 
     def finish(self) -> None:
+        self._write(self._taken())
         if self.lines is None and self.matched:
             render_table(self.table, self.stream)
+        self.stream.flush()
+
+    def _taken(self) -> str:
+        text = self.page.getvalue()
+        self.page.seek(0)
+        self.page.truncate()
+        return text
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
         self.stream.flush()
 
 

@@ -255,10 +255,11 @@ class Pager:
         counts_checked: bool = False,
         each: Callable[[dict[str, Any]], None],
         keyless: Callable[[], object] | None = None,
-        page_read: Callable[[], object] | None = None,
+        page_read: Callable[[], Awaitable[object]] | None = None,
     ) -> bool:
         """Call `each` with every distinct result of the query keyed by `key_tag`, page after
-        page, and `page_read` once each page is read; False when the URL is 404.
+        page, and await `page_read` once each page is read (the page asked for meanwhile
+        still arrives while it waits); False when the URL is 404.
         `counts_checked`: the caller checks what was listed against the counts the results
         carry, so a short page may end the listing. A result without a usable `key_tag` (no
         value, an empty or malformed one) cannot be told apart from the others, nor fetched:
@@ -293,7 +294,7 @@ class Pager:
         counts_checked: bool,
         each: Callable[[dict[str, Any]], None],
         keyless: Callable[[], object] | None,
-        page_read: Callable[[], object] | None,
+        page_read: Callable[[], Awaitable[object]] | None,
     ) -> bool:
         seen: set[str] = set()
         seen_keyless: set[int] = set()
@@ -345,7 +346,7 @@ class Pager:
                         each(item)
                 del page, items  # the next page is awaited without this one's JSON
                 if page_read is not None:
-                    page_read()
+                    await page_read()
                 if probing and new:
                     self.silent_cap = probing
                     log.info(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -227,13 +227,14 @@ async def walk_studies(
     policy: RetryPolicy,
     each: Callable[[StudyRecord], object],
     keyless: Callable[[], object] | None = None,
-    page_read: Callable[[], object] | None = None,
+    page_read: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Call `each` with every study matching `query`, in the server's order, each once, as its
     page arrives (while the server makes the next page); nothing is kept but the UIDs listed,
-    which tell a repeated result from a new one. `page_read` is called once each page is
-    read. A result without a Study Instance UID is an IncompleteListingError, or a call of
-    `keyless` (the caller says what the search missed)."""
+    which tell a repeated result from a new one. `page_read` is awaited once each page is
+    read: a caller that writes the page out waits there, not in `each`. A result without a
+    Study Instance UID is an IncompleteListingError, or a call of `keyless` (the caller says
+    what the search missed)."""
     pager = Pager(transport, page_size, policy)
     url = f"{transport.base_url}/studies"
     # The pager lists each result of one search once; a study with two of the modalities
@@ -319,7 +320,7 @@ async def stream_async(
     query: StudyQuery,
     each: Callable[[StudyRecord], object],
     keyless: Callable[[], object] | None = None,
-    page_read: Callable[[], object] | None = None,
+    page_read: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """search_async that keeps nothing: `each`, `keyless` and `page_read` as for
     walk_studies. Memory stays flat however many studies match, but for their UIDs."""
@@ -348,7 +349,7 @@ def stream(
     query: StudyQuery,
     each: Callable[[StudyRecord], object],
     keyless: Callable[[], object] | None = None,
-    page_read: Callable[[], object] | None = None,
+    page_read: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Blocking form of `stream_async` (`dlstudy query`)."""
     anyio.run(stream_async, settings, query, each, keyless, page_read)

@@ -14,8 +14,11 @@ from typing import IO
 import httpx
 import pytest
 
+from dlstudy.server import VirtualArchive, VirtualSpec
+
 from ..cli_helpers import start_installed
 from ..factories import STUDY, element
+from ..fixtures.embedded_server import StartServer
 from ..fixtures.scripted_routes import Routes
 
 pytestmark = pytest.mark.integration
@@ -80,3 +83,25 @@ def test_query_prints_the_first_page_while_the_second_is_still_coming(
     assert process.returncode == 1, rest
     assert rest.startswith(f"dlstudy: error: could not list {scripted.base}/studies completely")
     assert "ignores offset" in rest and "Traceback" not in rest
+
+
+def test_a_reader_slower_than_the_timeout_costs_no_retry(embedded_server: StartServer) -> None:
+    """`query | less`: while the reader pauses, writes wait and so does the search, but the
+    page asked for meanwhile still arrives within its window: no "stalled" retry (it was
+    cut off and asked again after each pause longer than two --timeout windows)."""
+    spec = VirtualSpec(5000, seed=5, mix="mimic")
+    url = embedded_server(None, virtual=spec, max_page_size=1000)
+    process = start_installed("query", "--url", url, "--uids", "--timeout", "1", "-v")
+    assert process.stdout is not None
+    try:
+        time.sleep(6)  # the pipe fills (5,000 UIDs are far more than it holds) and waits
+        output, _ = process.communicate(timeout=PATIENCE)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 0, output[-2000:]
+    assert "retrying" not in output and "stalled" not in output
+    uids = [line for line in output.splitlines() if " dlstudy." not in line]  # not a log line
+    assert uids == list(VirtualArchive(spec).study_uids())
