@@ -63,6 +63,19 @@ def run_installed(
     return _run([DLSTUDY, *args], env, timeout)
 
 
+def start_installed(*args: str) -> subprocess.Popen[str]:
+    """The installed `dlstudy ARGS...` started as for run_installed, for a test that reads
+    its output while it runs: stdout and stderr in one pipe, in the order they were written."""
+    return subprocess.Popen(
+        [DLSTUDY, *args],
+        env=_clean_environment(None),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def _run(
     argv: list[str], env: dict[str, str] | None, timeout: float
 ) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from .sharding import ShardOpt, shard_option
 
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
+    from ..dicomweb.shard import Shard
 
 QueryJsonOpt = Annotated[bool, option("--json", help="One JSON object per study (JSON lines).")]
 CsvOpt = Annotated[bool, option("--csv", help="CSV with a header row.")]
@@ -181,39 +183,115 @@ def visible(value: Any, separator: str) -> str:
     return _cell(value, separator).translate(_CONTROLS)
 
 
+class LineWriter:
+    """The line forms (`tsv`, `json` lines, `csv`, `uids`): a header, then a line a study,
+    each written as it comes."""
+
+    def __init__(self, form: str, stream: IO[str]) -> None:
+        self.form = form
+        self.stream = stream
+        self._csv = csv.writer(stream, lineterminator="\n")
+
+    def header(self) -> None:
+        if self.form == "csv":
+            self._csv.writerow([key for key, _ in COLUMNS])
+        elif self.form == "tsv":  # a pipe without a format flag: like `gh`, tab-separated lines
+            self.stream.write("\t".join(key for key, _ in COLUMNS) + "\n")
+
+    def row(self, record: StudyRecord) -> None:
+        row = record.as_dict()
+        if self.form == "uids":
+            self.stream.write(f"{visible(row['study_uid'], '')}\n")
+        elif self.form == "json":
+            self.stream.write(json.dumps(row) + "\n")
+        elif self.form == "csv":
+            self._csv.writerow([_cell(row[key], "\\") for key, _ in COLUMNS])
+        else:
+            self.stream.write("\t".join(visible(row[key], "\\") for key, _ in COLUMNS) + "\n")
+
+
 def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
     """Write `records` as `table` (rich), `tsv`, `json` (lines), `csv` or `uids`."""
-    rows = [record.as_dict() for record in records]
-    if form == "uids":
-        stream.writelines(f"{visible(row['study_uid'], '')}\n" for row in rows)
-    elif form == "json":
-        stream.writelines(json.dumps(row) + "\n" for row in rows)
-    elif form == "csv":
-        writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow([key for key, _ in COLUMNS])
-        writer.writerows([_cell(row[key], "\\") for key, _ in COLUMNS] for row in rows)
-    elif form == "tsv":  # a pipe without a format flag: like `gh`, plain tab-separated lines
-        stream.write("\t".join(key for key, _ in COLUMNS) + "\n")
-        for row in rows:
-            cells = (visible(row[key], "\\") for key, _ in COLUMNS)
-            stream.write("\t".join(cells) + "\n")
-    else:
-        from rich import box  # rich only for the table: start-up of every other command
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text  # the server's text as it is, never read as rich markup
+    if form == "table":
+        render_table([record.as_dict() for record in records], stream)
+        return
+    lines = LineWriter(form, stream)
+    lines.header()
+    for record in records:
+        lines.row(record)
 
-        console = Console(file=stream)
-        columns = table_columns(rows, console.width)
-        if len(columns) < _TABLE_AT_LEAST:
-            _two_line_records(rows, console.width, stream)
+
+def render_table(rows: list[dict[str, Any]], stream: IO[str]) -> None:
+    from rich import box  # rich only for the table: start-up of every other command
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text  # the server's text as it is, never read as rich markup
+
+    console = Console(file=stream)
+    columns = table_columns(rows, console.width)
+    if len(columns) < _TABLE_AT_LEAST:
+        _two_line_records(rows, console.width, stream)
+        return
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1))
+    for _, title, width in columns:
+        table.add_column(title, no_wrap=True, overflow="ellipsis", width=width)
+    for row in rows:
+        table.add_row(*(Text(visible(row[key], ", ")) for key, _, _ in columns))
+    console.print(table)
+
+
+class StudyPrinter:
+    """`query`'s output as the pages come: each line form writes the studies of a page as
+    they arrive, then the page out once it is read, so memory stays flat however many match.
+    The table alone is printed at the end: its column widths need every row (it is for a
+    person at a terminal; programs and big listings use a line form)."""
+
+    def __init__(self, form: str, stream: IO[str], shard: Shard | None) -> None:
+        self.stream = stream
+        self.shard = shard
+        self.page = io.StringIO()  # the lines of the page being read
+        self.lines = None if form == "table" else LineWriter(form, self.page)
+        self.table: list[dict[str, Any]] = []
+        self.matched = 0  # studies the server listed (the header comes with the first)
+        self.printed = 0  # of those, the ones of this shard
+
+    def add(self, record: StudyRecord) -> None:
+        if not self.matched and self.lines is not None:
+            self.lines.header()
+        self.matched += 1
+        if self.shard is not None and not self.shard.owns(record.study_uid):
             return
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1))
-        for _, title, width in columns:
-            table.add_column(title, no_wrap=True, overflow="ellipsis", width=width)
-        for row in rows:
-            table.add_row(*(Text(visible(row[key], ", ")) for key, _, _ in columns))
-        console.print(table)
+        self.printed += 1
+        if self.lines is None:
+            self.table.append(record.as_dict())
+        else:
+            self.lines.row(record)
+
+    async def page_read(self) -> None:
+        """Write the page out. In a thread: a reader that pauses (`query | less`) holds up
+        this write and the next page, not the event loop, so the page asked for meanwhile
+        still arrives within its time (else it was cut off as stalled, and asked again)."""
+        from anyio import to_thread
+
+        text = self._taken()
+        if text:
+            await to_thread.run_sync(self._write, text)
+
+    def finish(self) -> None:
+        self._write(self._taken())
+        if self.lines is None and self.matched:
+            render_table(self.table, self.stream)
+        self.stream.flush()
+
+    def _taken(self) -> str:
+        text = self.page.getvalue()
+        self.page.seek(0)
+        self.page.truncate()
+        return text
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
 
 
 # Below this many columns (UID, date, patient, modalities, instances), a table says too little:
@@ -255,12 +333,12 @@ def register(app: typer.Typer) -> None:
         **options: Any,
     ) -> None:
         """Search the server for studies (QIDO-RS), every page; print a table, JSON, CSV or UIDs."""
-        from ..dicomweb.search import search  # not at the start-up of every other command
+        from ..dicomweb.search import stream  # not at the start-up of every other command
 
         setup_logging(options["verbose"], None)
         form = output_form(ctx)
         query = study_query(options)
-        chosen_shard = shard_option(shard)
+        printer = StudyPrinter(form, sys.stdout, shard_option(shard))
         settings = settings_from(ctx, ignore={"modality"})  # a search filter here
         keyless = 0
 
@@ -268,29 +346,30 @@ def register(app: typer.Typer) -> None:
             nonlocal keyless
             keyless += 1
 
+        failure: DlstudyError | None = None
         try:
-            with exit_on_interrupt():
-                records = search(settings, query, count_keyless)
-        except DlstudyError as exc:
-            error_line(str(exc))
-            raise typer.Exit(int(exc.exit_status)) from exc
-        if keyless and not records:
-            error_line(_keyless_message(keyless))
-            raise typer.Exit(int(ExitStatus.SOME_FAILED))
-        if not records:
-            error_line("no study matched the search")
-            raise typer.Exit(int(ExitStatus.NOTHING_MATCHED))
-        if chosen_shard is not None:
-            records = [r for r in records if chosen_shard.owns(r.study_uid)]
-        try:
-            render(records, form, sys.stdout)
-            sys.stdout.flush()
+            try:
+                with exit_on_interrupt():
+                    stream(settings, query, printer.add, count_keyless, printer.page_read)
+            except DlstudyError as exc:  # after what did arrive, which is printed
+                failure = exc
+            printer.finish()
         except BrokenPipeError:  # `dlstudy query --uids | head`: the reader has had enough
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(0) from None
+        if failure is not None:
+            error_line(str(failure))
+            raise typer.Exit(int(failure.exit_status)) from failure
+        if keyless and not printer.matched:
+            error_line(_keyless_message(keyless))
+            raise typer.Exit(int(ExitStatus.SOME_FAILED))
+        if not printer.matched:
+            error_line("no study matched the search")
+            raise typer.Exit(int(ExitStatus.NOTHING_MATCHED))
         if form == "table":
-            typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)
+            count = printer.printed
+            typer.echo(f"{count} {'study' if count == 1 else 'studies'}", err=True)
         if keyless:  # what the server sent that no one could download: the listing is not whole
             error_line(_keyless_message(keyless))
             raise typer.Exit(int(ExitStatus.SOME_FAILED))

@@ -255,12 +255,15 @@ class Pager:
         counts_checked: bool = False,
         each: Callable[[dict[str, Any]], None],
         keyless: Callable[[], object] | None = None,
+        page_read: Callable[[], Awaitable[object]] | None = None,
     ) -> bool:
         """Call `each` with every distinct result of the query keyed by `key_tag`, page after
-        page; False when the URL is 404. `counts_checked`: the caller checks what was listed
-        against the counts the results carry, so a short page may end the listing. A result
-        without a usable `key_tag` (no value, an empty or malformed one) cannot be told apart
-        from the others, nor fetched: IncompleteListingError, or `keyless()` is called.
+        page, and await `page_read` once each page is read (the page asked for meanwhile
+        still arrives while it waits); False when the URL is 404.
+        `counts_checked`: the caller checks what was listed against the counts the results
+        carry, so a short page may end the listing. A result without a usable `key_tag` (no
+        value, an empty or malformed one) cannot be told apart from the others, nor fetched:
+        IncompleteListingError, or `keyless()` is called.
 
         Each page's parsed JSON is dropped once `each` has read it: a listing of a million
         instances holds a million small values, not a million DICOM JSON objects.
@@ -270,7 +273,7 @@ class Pager:
         async with anyio.create_task_group() as tg:
             try:
                 found = await self._walk(
-                    tg, url, params, key_tag, expected, counts_checked, each, keyless
+                    tg, url, params, key_tag, expected, counts_checked, each, keyless, page_read
                 )
             except Exception as exc:  # noqa: BLE001 - raised below, outside the group
                 failed = exc
@@ -291,6 +294,7 @@ class Pager:
         counts_checked: bool,
         each: Callable[[dict[str, Any]], None],
         keyless: Callable[[], object] | None,
+        page_read: Callable[[], Awaitable[object]] | None,
     ) -> bool:
         seen: set[str] = set()
         seen_keyless: set[int] = set()
@@ -341,6 +345,8 @@ class Pager:
                         new += 1
                         each(item)
                 del page, items  # the next page is awaited without this one's JSON
+                if page_read is not None:
+                    await page_read()
                 if probing and new:
                     self.silent_cap = probing
                     log.info(

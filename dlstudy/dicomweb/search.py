@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +219,46 @@ def _is_date(text: str) -> bool:
     return True
 
 
+async def walk_studies(
+    transport: Transport,
+    query: StudyQuery,
+    *,
+    page_size: int,
+    policy: RetryPolicy,
+    each: Callable[[StudyRecord], object],
+    keyless: Callable[[], object] | None = None,
+    page_read: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Call `each` with every study matching `query`, in the server's order, each once, as its
+    page arrives (while the server makes the next page); nothing is kept but the UIDs listed,
+    which tell a repeated result from a new one. `page_read` is awaited once each page is
+    read: a caller that writes the page out waits there, not in `each`. A result without a
+    Study Instance UID is an IncompleteListingError, or a call of `keyless` (the caller says
+    what the search missed)."""
+    pager = Pager(transport, page_size, policy)
+    url = f"{transport.base_url}/studies"
+    # The pager lists each result of one search once; a study with two of the modalities
+    # searched one by one is found by two searches.
+    listed: set[str] | None = set() if len(query.modalities) > 1 else None
+
+    def keep(item: dict[str, Any]) -> None:  # each page's JSON is read as it arrives, not kept
+        record = StudyRecord.from_json(item)
+        if record is None:
+            return
+        if listed is not None:
+            if record.study_uid in listed:
+                return
+            listed.add(record.study_uid)
+        each(record)
+
+    for modality in query.modalities or (None,):
+        # False (404) is what some servers answer for "no match".
+        await pager.walk(
+            url, query.params(modality), TAG_STUDY_UID, each=keep, keyless=keyless,
+            page_read=page_read,
+        )  # fmt: skip
+
+
 async def search_studies(
     transport: Transport,
     query: StudyQuery,
@@ -227,25 +268,29 @@ async def search_studies(
     each: Callable[[StudyRecord], object] | None = None,
     keyless: Callable[[], object] | None = None,
 ) -> list[StudyRecord]:
-    """Every study matching `query`, in the server's order, each once; `each` is called with
-    every one as its page arrives (while the server makes the next page). A result without a
-    Study Instance UID is an IncompleteListingError, or a call of `keyless` (the caller says
-    what the search missed)."""
-    pager = Pager(transport, page_size, policy)
-    url = f"{transport.base_url}/studies"
-    found: dict[str, StudyRecord] = {}
+    """Every study matching `query`, in the server's order, each once; `each` and `keyless`
+    as for walk_studies."""
+    found: list[StudyRecord] = []
 
-    def keep(item: dict[str, Any]) -> None:  # each page's JSON is read as it arrives, not kept
-        record = StudyRecord.from_json(item)
-        if record is not None and record.study_uid not in found:
-            found[record.study_uid] = record
-            if each is not None:
-                each(record)
+    def keep(record: StudyRecord) -> None:
+        found.append(record)
+        if each is not None:
+            each(record)
 
-    for modality in query.modalities or (None,):
-        # False (404) is what some servers answer for "no match".
-        await pager.walk(url, query.params(modality), TAG_STUDY_UID, each=keep, keyless=keyless)
-    return list(found.values())
+    await walk_studies(
+        transport, query, page_size=page_size, policy=policy, each=keep, keyless=keyless
+    )
+    return found
+
+
+@asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[Transport]:
+    """A transport for `settings` (auth, TLS, HTTP version), closed on the way out."""
+    transport = Transport(settings, auth=await auth_from_settings(settings))
+    try:
+        yield transport
+    finally:
+        await transport.aclose()
 
 
 async def search_async(
@@ -255,12 +300,11 @@ async def search_async(
     policy: RetryPolicy | None = None,
     keyless: Callable[[], object] | None = None,
 ) -> list[StudyRecord]:
-    """Open a transport for `settings` (auth, TLS, HTTP version), search, close. `policy`:
-    the retries, when the caller counts them (its tally); `keyless`: as for search_studies."""
-    transport = Transport(settings, auth=await auth_from_settings(settings))
+    """Open a transport for `settings`, search, close. `policy`: the retries, when the caller
+    counts them (its tally); `keyless`: as for search_studies."""
     if policy is None:
         policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
-    try:
+    async with opened(settings) as transport:
         return await search_studies(
             transport,
             query,
@@ -269,8 +313,28 @@ async def search_async(
             each=each,
             keyless=keyless,
         )
-    finally:
-        await transport.aclose()
+
+
+async def stream_async(
+    settings: Settings,
+    query: StudyQuery,
+    each: Callable[[StudyRecord], object],
+    keyless: Callable[[], object] | None = None,
+    page_read: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """search_async that keeps nothing: `each`, `keyless` and `page_read` as for
+    walk_studies. Memory stays flat however many studies match, but for their UIDs."""
+    policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
+    async with opened(settings) as transport:
+        await walk_studies(
+            transport,
+            query,
+            page_size=settings.qido_page_size,
+            policy=policy,
+            each=each,
+            keyless=keyless,
+            page_read=page_read,
+        )
 
 
 def search(
@@ -278,3 +342,14 @@ def search(
 ) -> list[StudyRecord]:
     """Blocking form of `search_async`, for scripts: `dlstudy.search.search(settings, q)`."""
     return anyio.run(search_async, settings, query, None, None, keyless)
+
+
+def stream(
+    settings: Settings,
+    query: StudyQuery,
+    each: Callable[[StudyRecord], object],
+    keyless: Callable[[], object] | None = None,
+    page_read: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Blocking form of `stream_async` (`dlstudy query`)."""
+    anyio.run(stream_async, settings, query, each, keyless, page_read)

@@ -1,0 +1,179 @@
+"""Peak memory (RSS) of `dlstudy query` for study listings of 10,000 to 100,000 studies.
+
+    .venv/bin/python benchmarks/query_memory.py                          # 10,000 and 100,000
+    .venv/bin/python benchmarks/query_memory.py --studies 1000 10000     # a quick look
+    .venv/bin/python benchmarks/query_memory.py --client-pythonpath /work/main   # another checkout
+
+What runs. For each `--studies` N, `dlstudy serve --virtual N --page-cap K` (a generated
+archive: N studies, QIDO pages capped at K results with `Warning: 299`) in its own process on
+a free port of 127.0.0.1; then the installed console script `dlstudy query --url URL` runs as
+a fresh process once per output form (`--uids`, `--json`, `--csv`, and the tab-separated
+lines of a pipe), its output into a file. `--client-pythonpath` puts another checkout's
+`dlstudy` package before this one (PYTHONPATH), to measure the client of another commit with
+the same server and script.
+
+How it is measured. The client is reaped with `os.wait4(pid)`: its `ru_maxrss` is the
+kernel's high-water mark of the process's resident memory (KiB), so no spike is missed. It
+includes the interpreter and its libraries (the smallest N is about that baseline). A run is
+ok when it exits 0 and printed one line per study (and the header, for CSV and TSV). The last
+column is the growth of peak RSS per study between the smallest and the largest N. MB = 10^6
+bytes.
+
+Prints a table and writes benchmarks/results/query_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from download_memory import accepts, free_port, machine  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "query_memory.json"
+DLSTUDY = str(Path(sys.executable).with_name("dlstudy"))
+# Output form: (its flags, header lines before the studies).
+FORMS = {"uids": (["--uids"], 0), "json": (["--json"], 0), "csv": (["--csv"], 1), "tsv": ([], 1)}
+
+
+class Server:
+    """`dlstudy serve --virtual N` in its own process; stopped by `stop()`."""
+
+    def __init__(self, studies: int, page_cap: int, log: Path) -> None:
+        self.port = free_port()
+        self.log = log.open("wb")
+        cmd = [DLSTUDY, "serve", "--virtual", str(studies), "--page-cap", str(page_cap),
+               "--port", str(self.port)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}/dicomweb"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if accepts(self.port):
+                return
+            time.sleep(0.2)
+        raise SystemExit(f"the server did not start; see {log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def run_client(cmd: list[str], out: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Exit status, peak RSS (KiB) and seconds of one client, its stdout into `out`."""
+    started = time.monotonic()
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE, env=env)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - started > timeout:
+                proc.kill()
+                raise SystemExit(f"client ran past --timeout {timeout} s: {cmd}")
+            time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    return {"code": proc.returncode, "peak_kib": usage.ru_maxrss,
+            "seconds": time.monotonic() - started, "stderr": stderr}  # fmt: skip
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def measure(
+    studies: int, args: argparse.Namespace, env: dict[str, str], work: Path
+) -> list[dict[str, Any]]:
+    server = Server(studies, args.page_cap, work / f"server-{studies}.log")
+    rows = []
+    try:
+        for form in args.forms:
+            flags, header = FORMS[form]
+            out = work / f"{form}-{studies}.out"
+            cmd = [DLSTUDY, "query", "--url", server.url, *flags]
+            run = run_client(cmd, out, env, args.timeout)
+            lines = count_lines(out)
+            out.unlink()
+            rows.append({
+                "studies": studies,
+                "form": form,
+                "exit_status": run["code"],
+                "lines": lines,
+                "peak_rss_mb": round(run["peak_kib"] * 1024 / 1e6, 1),
+                "seconds": round(run["seconds"], 1),
+                "ok": run["code"] == 0 and lines == studies + header,
+            })  # fmt: skip
+            if not rows[-1]["ok"]:
+                print(f"  {form} at {studies}: {run['stderr'][-500:]}", file=sys.stderr)
+            print(f"  {studies} studies, {form}: done", file=sys.stderr)
+    finally:
+        server.stop()
+    return rows
+
+
+def growth(rows: list[dict[str, Any]], form: str) -> float | None:
+    """Bytes of peak RSS per study, from the smallest N to the largest, for `form`."""
+    of_form = sorted((r for r in rows if r["form"] == form), key=lambda r: r["studies"])
+    if len(of_form) < 2:
+        return None
+    low, high = of_form[0], of_form[-1]
+    grown = (high["peak_rss_mb"] - low["peak_rss_mb"]) * 1e6
+    return round(grown / (high["studies"] - low["studies"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--forms", nargs="+", choices=list(FORMS), default=list(FORMS))
+    parser.add_argument("--page-cap", type=int, default=1000)
+    parser.add_argument("--client-pythonpath", default=None)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DLSTUDY_")}
+    if args.client_pythonpath:
+        env["PYTHONPATH"] = args.client_pythonpath
+
+    with tempfile.TemporaryDirectory(prefix="dlstudy-query-") as tmp:
+        rows = [row for n in sorted(set(args.studies)) for row in measure(n, args, env, Path(tmp))]
+
+    header = ("studies", "form", "peak RSS MB", "s", "ok")
+    print(" | ".join(header))
+    print(" | ".join("---" for _ in header))
+    for r in rows:
+        print(f"{r['studies']:,} | {r['form']} | {r['peak_rss_mb']} | {r['seconds']} | "
+              f"{'PASS' if r['ok'] else 'FAIL'}")  # fmt: skip
+    per_study = {form: growth(rows, form) for form in args.forms}
+    print("peak RSS growth, bytes per study: "
+          + ", ".join(f"{form} {value}" for form, value in per_study.items()))  # fmt: skip
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps({
+        "benchmark": "query_memory",
+        "machine": machine(),
+        "client_pythonpath": args.client_pythonpath,
+        "server": f"dlstudy serve --virtual N --page-cap {args.page_cap}",
+        "results": rows,
+        "growth_bytes_per_study": per_study,
+    }, indent=2) + "\n")  # fmt: skip
+    print(f"wrote {args.results}", file=sys.stderr)
+    if not all(r["ok"] for r in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
