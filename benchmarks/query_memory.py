@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,40 +35,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from download_memory import accepts, free_port, machine  # noqa: E402
+from catalog import Server, server_env  # noqa: E402
+from download_memory import machine  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "query_memory.json"
 DLSTUDY = str(Path(sys.executable).with_name("dlstudy"))
 # Output form: (its flags, header lines before the studies).
 FORMS = {"uids": (["--uids"], 0), "json": (["--json"], 0), "csv": (["--csv"], 1), "tsv": ([], 1)}
-
-
-class Server:
-    """`dlstudy serve --virtual N` in its own process; stopped by `stop()`."""
-
-    def __init__(self, studies: int, page_cap: int, log: Path) -> None:
-        self.port = free_port()
-        self.log = log.open("wb")
-        cmd = [DLSTUDY, "serve", "--virtual", str(studies), "--page-cap", str(page_cap),
-               "--port", str(self.port)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}/dicomweb"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if accepts(self.port):
-                return
-            time.sleep(0.2)
-        raise SystemExit(f"the server did not start; see {log}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def run_client(cmd: list[str], out: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
@@ -99,7 +71,8 @@ def count_lines(path: Path) -> int:
 def measure(
     studies: int, args: argparse.Namespace, env: dict[str, str], work: Path
 ) -> list[dict[str, Any]]:
-    server = Server(studies, args.page_cap, work / f"server-{studies}.log")
+    virtual = ["--virtual", str(studies), "--page-cap", str(args.page_cap)]
+    server = Server(virtual, server_env(None), work / f"server-{studies}.log")
     rows = []
     try:
         for form in args.forms:
