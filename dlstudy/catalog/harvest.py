@@ -124,7 +124,8 @@ class Harvester:
                 async with anyio.create_task_group() as tg:
                     for window in windows:
                         tg.start_soon(one, window)
-        summary.new, summary.changed = await self.db(c.merge, pull)
+        await self.db(c.merge, pull)
+        summary.new, summary.changed = await self.db(c.found, pull.number)
         if self.level == "series":
             await self._series(pull)
         summary.unreachable = await self.db(c.unreachable, pull.number)

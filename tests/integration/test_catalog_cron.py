@@ -1,0 +1,62 @@
+"""`dlstudy catalog` run night after night from cron: pulls killed and resumed, scopes that must
+stay the same, --where and --sql given by hand. Through the installed CLI against the embedded
+server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from dlstudy.server import VirtualSpec
+
+from ..cli_helpers import DLSTUDY, run_installed
+from ..fixtures.embedded_server import SeenRequests, StartServer
+
+pytestmark = pytest.mark.integration
+
+
+def pull(url: str, db: Path, *extra: str) -> dict[str, Any]:
+    result = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def catalog_rows(db: Path, sql: str) -> list[Any]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_a_pull_killed_while_listing_series_still_counts_its_new_studies(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """Killed after its studies were merged (while it lists their series), the resumed pull has
+    nothing left to merge: it reported and recorded 0 new studies of 300 new ones."""
+    url = embedded_server(None, virtual=VirtualSpec(300), latency=0.02)
+    db = tmp_path / "c.duckdb"
+    process = subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--level", "series"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not any(path.endswith("/series") for path, _ in seen_requests.requests):
+        assert process.poll() is None and time.monotonic() < deadline, "no series listed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert catalog_rows(db, "SELECT finished FROM pulls") == [(None,)]
+
+    summary = pull(url, db, "--level", "series")
+
+    assert (summary["pull"], summary["resumed"], summary["studies"]) == (1, True, 300)
+    assert summary["new"] == 300
+    assert catalog_rows(db, "SELECT new, changed FROM pulls") == [(300, 0)]
+    assert catalog_rows(db, "SELECT count(DISTINCT study_uid) FROM series") == [(300,)]
