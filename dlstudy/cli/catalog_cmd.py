@@ -223,6 +223,7 @@ def pull_command(
 
     from ..catalog.harvest import Harvester, scope_of
     from ..catalog.store import Catalog, archive_address
+    from ..dicomweb.search import is_relative_date
     from ..flow.retry import RetryPolicy
     from ..http.auth import auth_from_settings
     from ..http.client import Transport
@@ -237,6 +238,12 @@ def pull_command(
         fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
     if recent < 0:
         fail_usage(f"--recent must not be negative, got {recent}")
+    if options["study_date"] and is_relative_date(options["study_date"]):
+        fail_usage(
+            f"catalog pull takes fixed dates, not --study-date {options['study_date']} (a "
+            "catalog keeps one scope, and this one is another tomorrow): give a range such as "
+            "20200101-"
+        )
     query = study_query(options)
     if len(query.modalities) > 1:
         fail_usage("catalog pull takes one --modality (a catalog is one selection)")

@@ -60,3 +60,24 @@ def test_a_pull_killed_while_listing_series_still_counts_its_new_studies(
     assert summary["new"] == 300
     assert catalog_rows(db, "SELECT new, changed FROM pulls") == [(300, 0)]
     assert catalog_rows(db, "SELECT count(DISTINCT study_uid) FROM series") == [(300,)]
+
+
+@pytest.mark.parametrize("relative", ["7d", "today", "Yesterday"])
+def test_pull_refuses_a_study_date_that_moves_every_day(
+    embedded_server: StartServer, tmp_path: Path, relative: str
+) -> None:
+    """The scope was stored as that day's dates: the next night's pull, with the same command,
+    was refused as 'pulled with other filters' (exit 2)."""
+    url = embedded_server(None, virtual=VirtualSpec(20))
+    db = tmp_path / "c.duckdb"
+    result = run_installed(
+        "catalog", "pull", "--url", url, "--db", str(db), "--study-date", relative
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("dlstudy: error: catalog pull takes fixed dates") and relative in line
+    assert not db.exists()
+    fixed = run_installed(
+        "catalog", "pull", "--url", url, "--db", str(db), "--study-date", "20000101-"
+    )
+    assert fixed.returncode == 0, fixed.stderr
