@@ -53,8 +53,21 @@ def where_of(query: StudyQuery | None, where: str | None) -> tuple[str, list[Any
             clauses.append("list_has_any(modalities, ?)")
             params.append(list(query.modalities))
     if where:
-        clauses.append(f"({where})")
+        clauses.append(f"({_condition(where)}\n)")  # the line break ends a `--` comment
     return " AND ".join(clauses) or "true", params
+
+
+def _condition(where: str) -> str:
+    """--where, checked to be one SQL expression: one that closes the parenthesis around it
+    (`1=1) OR (1=1`) would otherwise escape the filters it is combined with, and select more."""
+    import duckdb
+
+    try:
+        duckdb.SQLExpression(where)
+    except duckdb.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--where must be one SQL condition: {message}") from exc
+    return where
 
 
 def _like(pattern: str) -> str:

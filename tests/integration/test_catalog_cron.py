@@ -81,3 +81,35 @@ def test_pull_refuses_a_study_date_that_moves_every_day(
         "catalog", "pull", "--url", url, "--db", str(db), "--study-date", "20000101-"
     )
     assert fixed.returncode == 0, fixed.stderr
+
+
+def test_where_that_escapes_its_parentheses_is_refused(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`--where` was pasted into `... AND (WHERE)`: `1=1) OR (1=1` closed the parenthesis and
+    selected every study, whatever the filters said (exit 0)."""
+    url = embedded_server(None, virtual=VirtualSpec(60))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    ct = run_installed("catalog", "query", "--db", str(db), "--modality", "CT", "--uids")
+    assert ct.returncode == 0, ct.stderr
+    assert 0 < len(ct.stdout.split()) < 60
+
+    for args in (
+        ("catalog", "query", "--db", str(db), "--modality", "CT", "--uids"),
+        ("download", "--from-catalog", str(db), "--url", url, "-o", str(tmp_path / "out")),
+        ("sync", "--catalog", str(db), "--modality", "CT", "--url", url, "-o", str(tmp_path / "o")),
+    ):
+        result = run_installed(*args, "--where", "1=1) OR (1=1")
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.splitlines()[-1].startswith(
+            "dlstudy: error: --where must be one SQL condition"
+        )
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.dcm"))
+
+    commented = run_installed(
+        "catalog", "query", "--db", str(db), "--modality", "CT", "--where", "1=1 -- all", "--uids"
+    )
+    assert commented.returncode == 0, commented.stderr
+    assert commented.stdout == ct.stdout
