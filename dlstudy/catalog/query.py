@@ -140,7 +140,9 @@ def catalog_records(path: Path, where: str | None, query: StudyQuery | None) -> 
 
 def run_sql(db: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """Any SQL over the catalog's tables: its column names and rows."""
-    cursor = _run(db, sql, [])
+    cursor: duckdb.DuckDBPyConnection | None = _run(db, sql, [])
+    if cursor is None:  # DuckDB returns nothing for a text without a statement
+        raise UsageError("--sql holds no statement: give a query, e.g. SELECT * FROM pulls")
     names = [d[0] for d in cursor.description or []]
     return names, iter_rows(cursor)
 

@@ -113,3 +113,18 @@ def test_where_that_escapes_its_parentheses_is_refused(
     )
     assert commented.returncode == 0, commented.stderr
     assert commented.stdout == ct.stdout
+
+
+@pytest.mark.parametrize("sql", ["", "  ", "-- only a comment"])
+def test_sql_without_a_statement_is_one_line(
+    embedded_server: StartServer, tmp_path: Path, sql: str
+) -> None:
+    """DuckDB answers a text without a statement with nothing at all: it was a traceback."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    result = run_installed("catalog", "query", "--db", str(db), "--sql", sql, "--json")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "dlstudy: error: --sql holds no statement: give a query, e.g. SELECT * FROM pulls"
+    ]
+    assert result.stdout == ""
