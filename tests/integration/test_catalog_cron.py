@@ -15,6 +15,7 @@ import duckdb
 import pytest
 
 from dlstudy.server import VirtualSpec
+from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import DLSTUDY, run_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer
@@ -128,3 +129,31 @@ def test_sql_without_a_statement_is_one_line(
         "dlstudy: error: --sql holds no statement: give a query, e.g. SELECT * FROM pulls"
     ]
     assert result.stdout == ""
+
+
+def test_status_counts_complete_what_sync_found_complete_without_counts(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A server that reports no instance counts: sync --catalog finds every study complete
+    (its run recorded them so), and `catalog status` called them all partial, night after
+    night, so `--state missing --state partial --uids` listed the whole catalog."""
+    source = tmp_path / "source"
+    spec = SynthSpec(studies=3, series=1, instances=2, size=1024, seed=5)
+    generate(source, spec)
+    url = embedded_server(source, no_counts=True)
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    pull(url, db)
+    synced = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert synced.returncode == 0, synced.stderr
+    again = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert json.loads(again.stdout)["sync"]["already_complete"] == 3
+
+    status = run_installed("catalog", "status", "--db", str(db), "-o", str(out), "--json")
+    assert status.returncode == 0, status.stderr
+    states = [json.loads(line) for line in status.stdout.splitlines()]
+    assert [(s["state"], s["on_disk"]) for s in states] == [("complete", 2)] * 3
+    left = run_installed(
+        "catalog", "status", "--db", str(db), "-o", str(out),
+        "--state", "missing", "--state", "partial", "--uids",
+    )  # fmt: skip
+    assert left.returncode == 0 and left.stdout == ""
