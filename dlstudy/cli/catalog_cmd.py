@@ -270,7 +270,7 @@ def pull_command(
             await transport.aclose()
 
     try:
-        with exit_on_interrupt():
+        with exit_on_interrupt(kept="the next catalog pull resumes where this one stopped"):
             catalog = Catalog(db)
             try:
                 catalog.check_archive(archive_address(settings.url), moved=archive_moved)

@@ -157,3 +157,33 @@ def test_status_counts_complete_what_sync_found_complete_without_counts(
         "--state", "missing", "--state", "partial", "--uids",
     )  # fmt: skip
     assert left.returncode == 0 and left.stdout == ""
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_pull_says_the_next_pull_resumes(
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    tmp_path: Path,
+    signum: int,
+    status: int,
+) -> None:
+    """It said 'completed instances are kept', as a download does, in a cron log of pulls."""
+    url = embedded_server(None, virtual=VirtualSpec(400), max_page_size=10, latency=0.05)
+    db = tmp_path / "c.duckdb"
+    process = subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(seen_requests.requests) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, "no pages asked"
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == status
+    assert stderr.splitlines()[-1].endswith(
+        "; the next catalog pull resumes where this one stopped"
+    ), stderr
+    assert pull(url, db)["resumed"] is True
