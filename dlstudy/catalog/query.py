@@ -165,7 +165,10 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
         select = f"SELECT * FROM {table} WHERE {clause}"
         _run(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params)
         row = _run(db, f"SELECT count(*) FROM ({select})", params).fetchone()
-        os.replace(temp, target)
+        try:
+            os.replace(temp, target)
+        except OSError as exc:  # a folder of that name, a read-only file system
+            raise UsageError(f"--to: cannot write {target}: {exc.strerror}") from exc
         return int(row[0]) if row else 0
     finally:
         temp.unlink(missing_ok=True)

@@ -187,3 +187,19 @@ def test_a_stopped_pull_says_the_next_pull_resumes(
         "; the next catalog pull resumes where this one stopped"
     ), stderr
     assert pull(url, db)["resumed"] is True
+
+
+@pytest.mark.parametrize("name", ["studies.csv", "studies.parquet"])
+def test_export_onto_a_folder_is_one_line(
+    embedded_server: StartServer, tmp_path: Path, name: str
+) -> None:
+    """`--to` naming an existing folder: it was an IsADirectoryError traceback (exit 1)."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    (tmp_path / name).mkdir()
+    result = run_installed("catalog", "export", "--db", str(db), "--to", str(tmp_path / name))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"dlstudy: error: --to: cannot write {tmp_path / name}: Is a directory"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.duckdb", name]
