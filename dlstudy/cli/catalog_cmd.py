@@ -7,9 +7,11 @@ import csv
 import datetime as dt
 import itertools
 import json
+import math
 import os
 import sys
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -137,6 +139,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _json_line(names: list[str], row: tuple[Any, ...]) -> str:
+    """A row as one JSON object."""
+    return json.dumps(dict(zip(names, map(_finite, row), strict=True)), default=_json_value)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities, which JSON has not, as null (in lists and structs too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """A value of a type JSON lacks: DECIMAL as a number; DATE, TIMESTAMP, TIME, INTERVAL,
+    UUID, BLOB as their text, as --csv shows them."""
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(_plain(value))
+
+
 def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
     """Rows of any SQL: JSON lines, CSV, tab-separated, first column only (uids), or a table."""
     count = 0
@@ -157,7 +183,7 @@ def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
     for row in rows:
         count += 1
         if form == "json":
-            stream.write(json.dumps(dict(zip(names, map(_plain, row), strict=True))) + "\n")
+            stream.write(_json_line(names, row) + "\n")
         elif form == "uids":
             stream.write(f"{row[0]}\n")
         else:

@@ -203,3 +203,26 @@ def test_export_onto_a_folder_is_one_line(
         f"dlstudy: error: --to: cannot write {tmp_path / name}: Is a directory"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.duckdb", name]
+
+
+def test_sql_json_is_json_for_every_column_type(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """How long each pull took (an INTERVAL), a DECIMAL, a TIME, a UUID: each was a TypeError
+    traceback after the rows before it; NaN was written as `NaN`, which is no JSON."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    sql = (
+        "SELECT pull, finished - started AS took, started, 1.5 AS half, [2.5] AS halves, "
+        "TIME '12:00:01' AS noon, '00000000-0000-0000-0000-000000000001'::UUID AS id, "
+        "'nan'::DOUBLE AS nan, ['inf'::DOUBLE] AS inf FROM pulls"
+    )
+    result = run_installed("catalog", "query", "--db", str(db), "--sql", sql, "--json")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    row = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is no JSON"))
+    assert row["pull"] == 1 and row["took"].startswith("0:00:")
+    assert row["started"][:4].isdigit() and "T" in row["started"]
+    assert (row["half"], row["halves"], row["noon"]) == (1.5, [2.5], "12:00:01")
+    assert row["id"] == "00000000-0000-0000-0000-000000000001"
+    assert (row["nan"], row["inf"]) == (None, [None])
