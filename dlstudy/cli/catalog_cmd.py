@@ -302,6 +302,9 @@ def pull_command(
                 catalog.check_archive(archive_address(settings.url), moved=archive_moved)
                 catalog.check_scope(scope_of(query))
                 summary = anyio.run(run, catalog)
+                if full and summary.resumed and summary.kind == "update":
+                    # The interrupted update pull it finished walked only what could be new
+                    summary = anyio.run(run, catalog)
             finally:
                 catalog.close()
     except DlstudyError as exc:

@@ -226,3 +226,36 @@ def test_sql_json_is_json_for_every_column_type(
     assert (row["half"], row["halves"], row["noon"]) == (1.5, [2.5], "12:00:01")
     assert row["id"] == "00000000-0000-0000-0000-000000000001"
     assert (row["nan"], row["inf"]) == (None, [None])
+
+
+def test_full_after_an_interrupted_update_pull_still_walks_everything(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The weekly `--full` run after a night whose update pull was killed resumed that update
+    pull and stopped there: no full pull that week."""
+    url = embedded_server(None, virtual=VirtualSpec(300), max_page_size=10, latency=0.03)
+    db = tmp_path / "c.duckdb"
+    pull(url, db, "--recent", "0")
+    asked = len(seen_requests.requests)
+    process = subprocess.Popen(  # an update pull that relists every day: a long walk
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--recent", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(seen_requests.requests) < asked + 4:
+        assert process.poll() is None and time.monotonic() < deadline, "the update ended"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+    summary = pull(url, db, "--full")
+
+    assert (summary["kind"], summary["resumed"], summary["studies"]) == ("full", False, 300)
+    assert catalog_rows(
+        db, "SELECT pull, kind FROM pulls WHERE finished IS NOT NULL ORDER BY pull"
+    ) == [
+        (1, "first"),
+        (2, "update"),
+        (3, "full"),
+    ]
