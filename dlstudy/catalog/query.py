@@ -52,7 +52,7 @@ def where_of(query: StudyQuery | None, where: str | None) -> tuple[str, list[Any
         if query.modalities:
             clauses.append("list_has_any(modalities, ?)")
             params.append(list(query.modalities))
-    if where:
+    if where is not None:
         clauses.append(f"({_condition(where)}\n)")  # the line break ends a `--` comment
     return " AND ".join(clauses) or "true", params
 
@@ -62,6 +62,8 @@ def _condition(where: str) -> str:
     (`1=1) OR (1=1`) would otherwise escape the filters it is combined with, and select more."""
     import duckdb
 
+    if not where.strip():  # `--where "$COND"` with COND unset must not select every study
+        raise UsageError("--where is empty: give a condition, or leave the option out")
     try:
         duckdb.SQLExpression(where)
     except duckdb.Error as exc:

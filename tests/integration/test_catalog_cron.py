@@ -259,3 +259,27 @@ def test_full_after_an_interrupted_update_pull_still_walks_everything(
         (2, "update"),
         (3, "full"),
     ]
+
+
+@pytest.mark.parametrize("where", ["", "  "])
+def test_an_empty_where_selects_nothing_and_says_so(
+    embedded_server: StartServer, tmp_path: Path, where: str
+) -> None:
+    """`sync --catalog --where "$COND"` with COND unset synced every study of the catalog, as an
+    empty filter would have matched everything (empty filters are usage errors)."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    pull(url, db)
+    for args in (
+        ("sync", "--catalog", str(db), "--url", url, "-o", str(out)),
+        ("download", "--from-catalog", str(db), "--url", url, "-o", str(out)),
+        ("catalog", "query", "--db", str(db), "--uids"),
+        ("catalog", "status", "--db", str(db), "-o", str(out)),
+        ("catalog", "export", "--db", str(db), "--to", str(tmp_path / "x.csv")),
+    ):
+        result = run_installed(*args, "--where", where)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines()[-1] == (
+            "dlstudy: error: --where is empty: give a condition, or leave the option out"
+        )
+    assert not any(out.rglob("*.dcm")) and not (tmp_path / "x.csv").exists()
