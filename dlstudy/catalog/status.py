@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import OutputError
 from ..settings import DEFAULT_LAYOUT
 from ..store.completion import present_files
 from ..store.files import Store
@@ -39,6 +40,10 @@ def study_states(
 ) -> Iterator[StudyState]:
     """Each matching catalogued study with its state in `output` (read-only: nothing is
     created, locked or changed there)."""
+    if output.exists() and not output.is_dir():  # a mistyped -o: not "everything missing"
+        raise OutputError(
+            f"output folder {str(output)!r} exists and is not a folder", path=str(output)
+        )
     store = Store(output, DEFAULT_LAYOUT)
     manifest = Manifest(store.root, store.state_dir, read_only=True)
     try:

@@ -406,6 +406,8 @@ def status_command(
     listing = bool(wanted) or json_output or csv_output or uids
     try:
         states = study_states(db, output, None, where)
+        first = next(states, None)  # a catalog, folder or --where in error: before any output
+        states = itertools.chain(() if first is None else (first,), states)
         if not listing:
             counts = tally(states)
         else:

@@ -283,3 +283,26 @@ def test_an_empty_where_selects_nothing_and_says_so(
             "dlstudy: error: --where is empty: give a condition, or leave the option out"
         )
     assert not any(out.rglob("*.dcm")) and not (tmp_path / "x.csv").exists()
+
+
+def test_status_of_an_output_that_is_a_file_is_an_error_before_any_row(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`-o` naming a file (a typo) said every study was missing, exit 0; and a --csv listing
+    wrote its header before the error of a bad --where."""
+    db, typo = tmp_path / "c.duckdb", tmp_path / "c.csv"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    typo.write_text("not an output folder\n")
+    for extra in ((), ("--csv",), ("--uids",)):
+        result = run_installed("catalog", "status", "--db", str(db), "-o", str(typo), *extra)
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.splitlines() == [
+            f"dlstudy: error: output folder {str(typo)!r} exists and is not a folder"
+        ]
+        assert result.stdout == ""
+    bad = run_installed(
+        "catalog", "status", "--db", str(db), "-o", str(tmp_path / "out"),
+        "--where", "no_such_column = 1", "--csv",
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("dlstudy: error: catalog query failed:")
