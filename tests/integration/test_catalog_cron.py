@@ -306,3 +306,25 @@ def test_status_of_an_output_that_is_a_file_is_an_error_before_any_row(
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("dlstudy: error: catalog query failed:")
+
+
+def test_a_server_that_cuts_pages_silently_is_catalogued_whole(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Pages cut at 100 without a Warning (Orthanc's LimitFindResults): the first page was
+    taken for the whole archive, 100 of 500 studies, with exit 0 ("every study is in")."""
+    url = embedded_server(None, virtual=VirtualSpec(500), max_page_size=100, silent_cap=True)
+    db = tmp_path / "c.duckdb"
+    first = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["studies"] == 500
+    assert "cuts pages at 100 results without saying so" in first.stderr
+    listed = run_installed("query", "--url", url, "--uids")
+    assert catalog_rows(db, "SELECT count(*) FROM studies") == [(500,)]
+    assert {r[0] for r in catalog_rows(db, "SELECT study_uid FROM studies")} == set(
+        listed.stdout.split()
+    )
+    update = pull(url, db)
+    assert (update["kind"], update["studies"], update["new"]) == ("update", 500, 0)
+    told = pull(url, db, "--page-size", "100")
+    assert told["studies"] == 500
