@@ -118,6 +118,8 @@ class Harvester:
             pull = await self.db(c.start_pull, kind, self._first_windows(kind))
         stored = await self.db(c.get_meta, "offset_ok")
         self.offset_ok = None if stored is None else stored == "1"
+        cap = await self.db(c.get_meta, "silent_cap")  # a resumed pull pages on at that cap
+        self.silent_cap = None if cap is None else int(cap)
         summary = PullSummary(pull.number, pull.kind, resumed=resumed)
         limiter = anyio.CapacityLimiter(WINDOW_CONCURRENCY)
 
@@ -234,9 +236,11 @@ class Harvester:
     async def _cut_silently(self, pull: Pull, window: Window, page: Page) -> bool:
         """Whether a short page was cut by the server without saying so: the page after it
         (asked for once per length not yet known to be whole) brings other studies. Then the
-        server honours offset too, and pages of that length are full ones from now on."""
+        server honours offset too, and pages of that length are full ones from now on (and in
+        later pulls, recorded in `meta`; a shorter page is still checked: the cap may have been
+        lowered)."""
         length = len(page.records)
-        if self.says_cut or self.silent_cap is not None or length < max(1, self.whole_below):
+        if self.says_cut or length < max(1, self.whole_below):
             return False
         after = await self._page(window, length)
         await self.db(self.catalog.record, pull.number, window, [], state="todo", requests=1)
@@ -251,6 +255,7 @@ class Harvester:
             length,
         )
         self.silent_cap = length
+        await self.db(self.catalog.set_meta, "silent_cap", str(length))
         if self.offset_ok is None:
             self.offset_ok = True
             await self.db(self.catalog.set_meta, "offset_ok", "1")

@@ -328,3 +328,30 @@ def test_a_server_that_cuts_pages_silently_is_catalogued_whole(
     assert (update["kind"], update["studies"], update["new"]) == ("update", 500, 0)
     told = pull(url, db, "--page-size", "100")
     assert told["studies"] == 500
+
+
+def test_a_pull_from_a_silent_cap_killed_while_paging_resumes_to_every_study(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The resumed pull pages on from where the killed one was: it must know the cap without
+    the first page that showed it, or it takes the next page of 100 for the last."""
+    url = embedded_server(
+        None, virtual=VirtualSpec(1000), max_page_size=100, silent_cap=True, latency=0.1
+    )
+    db = tmp_path / "c.duckdb"
+    process = subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(seen_requests.requests) < 4:
+        assert process.poll() is None and time.monotonic() < deadline, "the pull ended"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert catalog_rows(db, "SELECT state FROM windows") == [("paging",)]
+
+    summary = pull(url, db)
+
+    assert (summary["resumed"], summary["studies"]) == (True, 1000)
