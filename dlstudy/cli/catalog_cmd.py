@@ -34,9 +34,19 @@ from .options import (
     checked,
     with_options,
 )
-from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
+from .query_cmd import (
+    CsvOpt,
+    LineWriter,
+    UidsOpt,
+    output_form,
+    render,
+    study_query,
+    visible,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ..dicomweb.search import StudyQuery, StudyRecord
 
 # Every catalog command is a ConfigCommand: --db and --to may come from the config file, so
@@ -369,6 +379,13 @@ def query_command(
                     _print(lambda: sys.stdout.writelines(f"{u}\n" for u in rest))
                     return
                 records: list[StudyRecord] = []
+            elif form != "table":  # line forms: each study written as it is read
+                studies = select_studies(database, query, where)
+                head = next(studies, None)
+                if head is not None:
+                    _print(lambda: _write_lines(form, itertools.chain([head], studies)))
+                    return
+                records = []
             else:
                 records = list(select_studies(database, query, where))
         finally:
@@ -381,6 +398,13 @@ def query_command(
     _print(lambda: render(records, form, sys.stdout))
     if form == "table":
         typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)
+
+
+def _write_lines(form: str, records: Iterator[StudyRecord]) -> None:
+    lines = LineWriter(form, sys.stdout)
+    lines.header()
+    for record in records:
+        lines.row(record)
 
 
 @catalog_app.command("status", cls=ConfigCommand)

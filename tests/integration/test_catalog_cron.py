@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -355,3 +356,32 @@ def test_a_pull_from_a_silent_cap_killed_while_paging_resumes_to_every_study(
     summary = pull(url, db)
 
     assert (summary["resumed"], summary["studies"]) == (True, 1000)
+
+
+def _peak_rss_mb(*args: str) -> float:
+    """Peak RSS of the installed CLI run with `args` (its own process tree, measured by a
+    parent that runs nothing else), in MB."""
+    script = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+        "assert done.returncode == 0, done.returncode\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, DLSTUDY, *args], capture_output=True, text=True, check=True
+    )
+    return int(result.stdout) / 1024
+
+
+def test_query_of_a_large_catalog_streams_its_line_forms(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """--json and --csv held every study as a record before printing the first (1.2 GB for a
+    million studies); they now cost what the same query costs through --sql, which streams."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(120_000)), db)
+    sql = "SELECT * FROM studies ORDER BY study_date NULLS LAST, study_uid"
+    streamed = _peak_rss_mb("catalog", "query", "--db", str(db), "--sql", sql, "--csv")
+    for form in ("--json", "--csv"):
+        peak = _peak_rss_mb("catalog", "query", "--db", str(db), form)
+        assert peak < streamed + 40, (form, peak, streamed)
