@@ -92,6 +92,13 @@ class Harvester:
         self.level = level
         self.lock = anyio.Lock()
         self.offset_ok: bool | None = None
+        # The page length at which this server cuts a listing without saying so (Orthanc's
+        # LimitFindResults): a page that long is a full one.
+        self.silent_cap: int | None = None
+        # A listing this long ended with nothing after it: any cap is at least that, so a
+        # shorter page is a whole window.
+        self.whole_below = 0
+        self.says_cut = False  # the server said it cut a page (Warning 299, 206): none is silent
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Every catalog call goes through here: one at a time, off the event loop."""
@@ -111,6 +118,8 @@ class Harvester:
             pull = await self.db(c.start_pull, kind, self._first_windows(kind))
         stored = await self.db(c.get_meta, "offset_ok")
         self.offset_ok = None if stored is None else stored == "1"
+        cap = await self.db(c.get_meta, "silent_cap")  # a resumed pull pages on at that cap
+        self.silent_cap = None if cap is None else int(cap)
         summary = PullSummary(pull.number, pull.kind, resumed=resumed)
         limiter = anyio.CapacityLimiter(WINDOW_CONCURRENCY)
 
@@ -124,7 +133,8 @@ class Harvester:
                 async with anyio.create_task_group() as tg:
                     for window in windows:
                         tg.start_soon(one, window)
-        summary.new, summary.changed = await self.db(c.merge, pull)
+        await self.db(c.merge, pull)
+        summary.new, summary.changed = await self.db(c.found, pull.number)
         if self.level == "series":
             await self._series(pull)
         summary.unreachable = await self.db(c.unreachable, pull.number)
@@ -178,6 +188,8 @@ class Harvester:
             await self._page_on(pull, window, open_window.next_offset, set())
             return
         first = await self._page(window, 0)
+        if not first.truncated and await self._cut_silently(pull, window, first):
+            first = Page(first.records, True, first.remaining)
         if not first.truncated:
             await self.db(self.catalog.record, pull.number, window, first.records, state="done",
                           reported=len(first.records), requests=1)  # fmt: skip
@@ -220,6 +232,34 @@ class Harvester:
             log.warning("%s: more than a page in one second, and offset is ignored", window.key)
             await self.db(self.catalog.record, pull.number, window, first.records,
                           state="unreachable", reported=total, requests=asked)  # fmt: skip
+
+    async def _cut_silently(self, pull: Pull, window: Window, page: Page) -> bool:
+        """Whether a short page was cut by the server without saying so: the page after it
+        (asked for once per length not yet known to be whole) brings other studies. Then the
+        server honours offset too, and pages of that length are full ones from now on (and in
+        later pulls, recorded in `meta`; a shorter page is still checked: the cap may have been
+        lowered)."""
+        length = len(page.records)
+        if self.says_cut or length < max(1, self.whole_below):
+            return False
+        after = await self._page(window, length)
+        await self.db(self.catalog.record, pull.number, window, [], state="todo", requests=1)
+        seen = {r.study_uid for r in page.records}
+        if not any(r.study_uid not in seen for r in after.records):
+            self.whole_below = max(self.whole_below, length)
+            return False
+        log.warning(
+            "the server cuts pages at %d results without saying so: --page-size %d spares a "
+            "request",
+            length,
+            length,
+        )
+        self.silent_cap = length
+        await self.db(self.catalog.set_meta, "silent_cap", str(length))
+        if self.offset_ok is None:
+            self.offset_ok = True
+            await self.db(self.catalog.set_meta, "offset_ok", "1")
+        return True
 
     async def _page_on(
         self,
@@ -322,13 +362,15 @@ class Harvester:
             await pager.check_root()
             return Page([], False, None)
         items, truncated = answer
+        self.says_cut = self.says_cut or truncated
         records = [r for r in map(StudyRecord.from_json, items) if r is not None]
         if (keyless := len(items) - len(records)) > 0:
             log.warning(
                 "the server sent %s without a Study Instance UID (0020000D): not catalogued",
                 "a study result" if keyless == 1 else f"{keyless} study results",
             )
-        more = truncated or len(items) >= self.page_size or bool(pager.remaining)
+        cap = self.page_size if self.silent_cap is None else min(self.page_size, self.silent_cap)
+        more = truncated or len(items) >= cap or bool(pager.remaining)
         return Page(records, more, pager.remaining)
 
     # --- series ----------------------------------------------------------------------------

@@ -52,9 +52,24 @@ def where_of(query: StudyQuery | None, where: str | None) -> tuple[str, list[Any
         if query.modalities:
             clauses.append("list_has_any(modalities, ?)")
             params.append(list(query.modalities))
-    if where:
-        clauses.append(f"({where})")
+    if where is not None:
+        clauses.append(f"({_condition(where)}\n)")  # the line break ends a `--` comment
     return " AND ".join(clauses) or "true", params
+
+
+def _condition(where: str) -> str:
+    """--where, checked to be one SQL expression: one that closes the parenthesis around it
+    (`1=1) OR (1=1`) would otherwise escape the filters it is combined with, and select more."""
+    import duckdb
+
+    if not where.strip():  # `--where "$COND"` with COND unset must not select every study
+        raise UsageError("--where is empty: give a condition, or leave the option out")
+    try:
+        duckdb.SQLExpression(where)
+    except duckdb.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--where must be one SQL condition: {message}") from exc
+    return where
 
 
 def _like(pattern: str) -> str:
@@ -127,7 +142,9 @@ def catalog_records(path: Path, where: str | None, query: StudyQuery | None) -> 
 
 def run_sql(db: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """Any SQL over the catalog's tables: its column names and rows."""
-    cursor = _run(db, sql, [])
+    cursor: duckdb.DuckDBPyConnection | None = _run(db, sql, [])
+    if cursor is None:  # DuckDB returns nothing for a text without a statement
+        raise UsageError("--sql holds no statement: give a query, e.g. SELECT * FROM pulls")
     names = [d[0] for d in cursor.description or []]
     return names, iter_rows(cursor)
 
@@ -150,7 +167,10 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
         select = f"SELECT * FROM {table} WHERE {clause}"
         _run(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params)
         row = _run(db, f"SELECT count(*) FROM ({select})", params).fetchone()
-        os.replace(temp, target)
+        try:
+            os.replace(temp, target)
+        except OSError as exc:  # a folder of that name, a read-only file system
+            raise UsageError(f"--to: cannot write {target}: {exc.strerror}") from exc
         return int(row[0]) if row else 0
     finally:
         temp.unlink(missing_ok=True)

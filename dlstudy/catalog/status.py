@@ -1,8 +1,9 @@
 """The catalog against an output folder: which studies are complete, partial or missing.
 
 A study is complete as `sync` counts it (jobs/sync.py: the manifest index lists at least as many
-of its instances, all still on disk, as the catalog's NumberOfStudyRelatedInstances), partial
-when some of its instances are there, missing when none is.
+of its instances, all still on disk, as the catalog's NumberOfStudyRelatedInstances, or, for a
+study without that count, as a run recorded it complete with), partial when some of its
+instances are there, missing when none is.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import OutputError
 from ..settings import DEFAULT_LAYOUT
 from ..store.completion import present_files
 from ..store.files import Store
@@ -38,6 +40,10 @@ def study_states(
 ) -> Iterator[StudyState]:
     """Each matching catalogued study with its state in `output` (read-only: nothing is
     created, locked or changed there)."""
+    if output.exists() and not output.is_dir():  # a mistyped -o: not "everything missing"
+        raise OutputError(
+            f"output folder {str(output)!r} exists and is not a folder", path=str(output)
+        )
     store = Store(output, DEFAULT_LAYOUT)
     manifest = Manifest(store.root, store.state_dir, read_only=True)
     try:
@@ -45,7 +51,8 @@ def study_states(
         try:
             for record in select_studies(db, query, where):
                 entries, there = present_files(manifest, store, record.study_uid)
-                if record.instances and there == entries and there >= record.instances:
+                wanted = _instances(manifest, record)
+                if wanted and there == entries and there >= wanted:
                     yield StudyState(record, there, "complete")
                 else:
                     yield StudyState(record, there, "partial" if there else "missing")
@@ -53,6 +60,15 @@ def study_states(
             db.close()
     finally:
         manifest.close()
+
+
+def _instances(manifest: Manifest, record: StudyRecord) -> int | None:
+    """The instances the study must have: the catalog's count, or, from a server that reports
+    none, the count of the run that recorded it complete (as sync decides)."""
+    if record.instances is not None:
+        return record.instances
+    done = manifest.completion(record.study_uid)
+    return None if done is None else done.instances
 
 
 def tally(states: Iterator[StudyState]) -> dict[str, dict[str, int]]:

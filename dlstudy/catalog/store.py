@@ -354,9 +354,9 @@ class Catalog:
             return None
         return sum(int(r[0]) for r in rows)
 
-    def merge(self, pull: Pull) -> tuple[int, int]:
+    def merge(self, pull: Pull) -> None:
         """Move the pull's harvest into `studies` (and its changes into `changes`), in one
-        transaction. Returns (new studies, studies whose instance count changed)."""
+        transaction."""
         db = self.db
         db.execute("BEGIN")
         db.execute(
@@ -364,14 +364,6 @@ class Catalog:
             "WHERE pull = ? QUALIFY row_number() OVER (PARTITION BY study_uid) = 1",
             [pull.number],
         )
-        new_row = db.execute(
-            "SELECT count(*) FROM merging m ANTI JOIN studies s USING (study_uid)"
-        ).fetchone()
-        changed_row = db.execute(
-            "SELECT count(*) FROM merging m JOIN studies s USING (study_uid) "
-            "WHERE m.instances IS NOT NULL AND m.instances IS DISTINCT FROM s.instances"
-        ).fetchone()
-        new, changed = int(new_row[0]) if new_row else 0, int(changed_row[0]) if changed_row else 0
         if pull.kind != "first":
             db.execute(
                 "INSERT INTO changes SELECT ?, m.study_uid, CASE WHEN s.study_uid IS NULL "
@@ -396,7 +388,17 @@ class Catalog:
         db.execute("DROP TABLE merging")
         db.execute("DELETE FROM harvest WHERE pull = ?", [pull.number])
         db.execute("COMMIT")
-        return new, changed
+
+    def found(self, pull: int) -> tuple[int, int]:
+        """(new studies, studies whose instance count changed) of a pull, from what its merge
+        wrote: a pull resumed after its merge (during --level series) has nothing left to
+        merge, and still found them."""
+        row = self.db.execute(
+            "SELECT (SELECT count(*) FROM studies WHERE first_pull = $1), "
+            "(SELECT count(*) FROM changes WHERE pull = $1 AND change <> 'new')",
+            [pull],
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     def finish_pull(self, pull: Pull, *, new: int, changed: int, unreachable: int | None) -> None:
         row = self.db.execute("SELECT count(*) FROM studies").fetchone()

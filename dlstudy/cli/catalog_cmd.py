@@ -7,9 +7,11 @@ import csv
 import datetime as dt
 import itertools
 import json
+import math
 import os
 import sys
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -32,9 +34,19 @@ from .options import (
     checked,
     with_options,
 )
-from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
+from .query_cmd import (
+    CsvOpt,
+    LineWriter,
+    UidsOpt,
+    output_form,
+    render,
+    study_query,
+    visible,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ..dicomweb.search import StudyQuery, StudyRecord
 
 # Every catalog command is a ConfigCommand: --db and --to may come from the config file, so
@@ -137,6 +149,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _json_line(names: list[str], row: tuple[Any, ...]) -> str:
+    """A row as one JSON object."""
+    return json.dumps(dict(zip(names, map(_finite, row), strict=True)), default=_json_value)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities, which JSON has not, as null (in lists and structs too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """A value of a type JSON lacks: DECIMAL as a number; DATE, TIMESTAMP, TIME, INTERVAL,
+    UUID, BLOB as their text, as --csv shows them."""
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(_plain(value))
+
+
 def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
     """Rows of any SQL: JSON lines, CSV, tab-separated, first column only (uids), or a table."""
     count = 0
@@ -157,7 +193,7 @@ def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
     for row in rows:
         count += 1
         if form == "json":
-            stream.write(json.dumps(dict(zip(names, map(_plain, row), strict=True))) + "\n")
+            stream.write(_json_line(names, row) + "\n")
         elif form == "uids":
             stream.write(f"{row[0]}\n")
         else:
@@ -223,6 +259,7 @@ def pull_command(
 
     from ..catalog.harvest import Harvester, scope_of
     from ..catalog.store import Catalog, archive_address
+    from ..dicomweb.search import is_relative_date
     from ..flow.retry import RetryPolicy
     from ..http.auth import auth_from_settings
     from ..http.client import Transport
@@ -237,6 +274,12 @@ def pull_command(
         fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
     if recent < 0:
         fail_usage(f"--recent must not be negative, got {recent}")
+    if options["study_date"] and is_relative_date(options["study_date"]):
+        fail_usage(
+            f"catalog pull takes fixed dates, not --study-date {options['study_date']} (a "
+            "catalog keeps one scope, and this one is another tomorrow): give a range such as "
+            "20200101-"
+        )
     query = study_query(options)
     if len(query.modalities) > 1:
         fail_usage("catalog pull takes one --modality (a catalog is one selection)")
@@ -263,12 +306,15 @@ def pull_command(
             await transport.aclose()
 
     try:
-        with exit_on_interrupt():
+        with exit_on_interrupt(kept="the next catalog pull resumes where this one stopped"):
             catalog = Catalog(db)
             try:
                 catalog.check_archive(archive_address(settings.url), moved=archive_moved)
                 catalog.check_scope(scope_of(query))
                 summary = anyio.run(run, catalog)
+                if full and summary.resumed and summary.kind == "update":
+                    # The interrupted update pull it finished walked only what could be new
+                    summary = anyio.run(run, catalog)
             finally:
                 catalog.close()
     except DlstudyError as exc:
@@ -333,6 +379,13 @@ def query_command(
                     _print(lambda: sys.stdout.writelines(f"{u}\n" for u in rest))
                     return
                 records: list[StudyRecord] = []
+            elif form != "table":  # line forms: each study written as it is read
+                studies = select_studies(database, query, where)
+                head = next(studies, None)
+                if head is not None:
+                    _print(lambda: _write_lines(form, itertools.chain([head], studies)))
+                    return
+                records = []
             else:
                 records = list(select_studies(database, query, where))
         finally:
@@ -345,6 +398,13 @@ def query_command(
     _print(lambda: render(records, form, sys.stdout))
     if form == "table":
         typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)
+
+
+def _write_lines(form: str, records: Iterator[StudyRecord]) -> None:
+    lines = LineWriter(form, sys.stdout)
+    lines.header()
+    for record in records:
+        lines.row(record)
 
 
 @catalog_app.command("status", cls=ConfigCommand)
@@ -370,6 +430,8 @@ def status_command(
     listing = bool(wanted) or json_output or csv_output or uids
     try:
         states = study_states(db, output, None, where)
+        first = next(states, None)  # a catalog, folder or --where in error: before any output
+        states = itertools.chain(() if first is None else (first,), states)
         if not listing:
             counts = tally(states)
         else:

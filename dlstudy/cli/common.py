@@ -60,10 +60,15 @@ def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) 
 
 
 @contextmanager
-def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
+def exit_on_interrupt(
+    *,
+    json_output: bool = False,
+    kept: str = "completed instances are kept, rerun the same command to resume",
+) -> Iterator[None]:
     """Ctrl-C exits 130 and SIGTERM 143, after in-flight transfers removed their temp files.
 
-    The summary of what was done so far is printed as for any other ending.
+    The summary of what was done so far is printed as for any other ending; `kept` says what
+    the stopped command leaves for the next one.
     """
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -93,7 +98,7 @@ def exit_on_interrupt(*, json_output: bool = False) -> Iterator[None]:
                 typer.echo(summary.one_line(), err=True)
         said = "terminated" if terminated else "interrupted"
         outcome.warning("%s", said)
-        error_line(f"{said}; completed instances are kept, rerun the same command to resume")
+        error_line(f"{said}; {kept}")
         raise typer.Exit(status) from exc
     finally:
         if previous is not None:

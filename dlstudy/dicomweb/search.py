@@ -209,6 +209,12 @@ def parse_study_date(text: str, today: dt.date | None = None) -> str:
     return value
 
 
+def is_relative_date(text: str) -> bool:
+    """`today`, `yesterday` or `Nd`: a --study-date that means other days tomorrow."""
+    value = text.strip().lower()
+    return value in ("today", "yesterday") or bool(_RELATIVE_DAYS_RE.fullmatch(value))
+
+
 def _is_date(text: str) -> bool:
     if not _DATE_RE.fullmatch(text):
         return False

@@ -1,0 +1,387 @@
+"""`dlstudy catalog` run night after night from cron: pulls killed and resumed, scopes that must
+stay the same, --where and --sql given by hand. Through the installed CLI against the embedded
+server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from dlstudy.server import VirtualSpec
+from dlstudy.server.synth import SynthSpec, generate
+
+from ..cli_helpers import DLSTUDY, run_installed
+from ..fixtures.embedded_server import SeenRequests, StartServer
+
+pytestmark = pytest.mark.integration
+
+
+def pull(url: str, db: Path, *extra: str) -> dict[str, Any]:
+    result = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def catalog_rows(db: Path, sql: str) -> list[Any]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_a_pull_killed_while_listing_series_still_counts_its_new_studies(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """Killed after its studies were merged (while it lists their series), the resumed pull has
+    nothing left to merge: it reported and recorded 0 new studies of 300 new ones."""
+    url = embedded_server(None, virtual=VirtualSpec(300), latency=0.02)
+    db = tmp_path / "c.duckdb"
+    process = subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--level", "series"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not any(path.endswith("/series") for path, _ in seen_requests.requests):
+        assert process.poll() is None and time.monotonic() < deadline, "no series listed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert catalog_rows(db, "SELECT finished FROM pulls") == [(None,)]
+
+    summary = pull(url, db, "--level", "series")
+
+    assert (summary["pull"], summary["resumed"], summary["studies"]) == (1, True, 300)
+    assert summary["new"] == 300
+    assert catalog_rows(db, "SELECT new, changed FROM pulls") == [(300, 0)]
+    assert catalog_rows(db, "SELECT count(DISTINCT study_uid) FROM series") == [(300,)]
+
+
+@pytest.mark.parametrize("relative", ["7d", "today", "Yesterday"])
+def test_pull_refuses_a_study_date_that_moves_every_day(
+    embedded_server: StartServer, tmp_path: Path, relative: str
+) -> None:
+    """The scope was stored as that day's dates: the next night's pull, with the same command,
+    was refused as 'pulled with other filters' (exit 2)."""
+    url = embedded_server(None, virtual=VirtualSpec(20))
+    db = tmp_path / "c.duckdb"
+    result = run_installed(
+        "catalog", "pull", "--url", url, "--db", str(db), "--study-date", relative
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("dlstudy: error: catalog pull takes fixed dates") and relative in line
+    assert not db.exists()
+    fixed = run_installed(
+        "catalog", "pull", "--url", url, "--db", str(db), "--study-date", "20000101-"
+    )
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_where_that_escapes_its_parentheses_is_refused(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`--where` was pasted into `... AND (WHERE)`: `1=1) OR (1=1` closed the parenthesis and
+    selected every study, whatever the filters said (exit 0)."""
+    url = embedded_server(None, virtual=VirtualSpec(60))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    ct = run_installed("catalog", "query", "--db", str(db), "--modality", "CT", "--uids")
+    assert ct.returncode == 0, ct.stderr
+    assert 0 < len(ct.stdout.split()) < 60
+
+    for args in (
+        ("catalog", "query", "--db", str(db), "--modality", "CT", "--uids"),
+        ("download", "--from-catalog", str(db), "--url", url, "-o", str(tmp_path / "out")),
+        ("sync", "--catalog", str(db), "--modality", "CT", "--url", url, "-o", str(tmp_path / "o")),
+    ):
+        result = run_installed(*args, "--where", "1=1) OR (1=1")
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.splitlines()[-1].startswith(
+            "dlstudy: error: --where must be one SQL condition"
+        )
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.dcm"))
+
+    commented = run_installed(
+        "catalog", "query", "--db", str(db), "--modality", "CT", "--where", "1=1 -- all", "--uids"
+    )
+    assert commented.returncode == 0, commented.stderr
+    assert commented.stdout == ct.stdout
+
+
+@pytest.mark.parametrize("sql", ["", "  ", "-- only a comment"])
+def test_sql_without_a_statement_is_one_line(
+    embedded_server: StartServer, tmp_path: Path, sql: str
+) -> None:
+    """DuckDB answers a text without a statement with nothing at all: it was a traceback."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    result = run_installed("catalog", "query", "--db", str(db), "--sql", sql, "--json")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "dlstudy: error: --sql holds no statement: give a query, e.g. SELECT * FROM pulls"
+    ]
+    assert result.stdout == ""
+
+
+def test_status_counts_complete_what_sync_found_complete_without_counts(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A server that reports no instance counts: sync --catalog finds every study complete
+    (its run recorded them so), and `catalog status` called them all partial, night after
+    night, so `--state missing --state partial --uids` listed the whole catalog."""
+    source = tmp_path / "source"
+    spec = SynthSpec(studies=3, series=1, instances=2, size=1024, seed=5)
+    generate(source, spec)
+    url = embedded_server(source, no_counts=True)
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    pull(url, db)
+    synced = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert synced.returncode == 0, synced.stderr
+    again = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert json.loads(again.stdout)["sync"]["already_complete"] == 3
+
+    status = run_installed("catalog", "status", "--db", str(db), "-o", str(out), "--json")
+    assert status.returncode == 0, status.stderr
+    states = [json.loads(line) for line in status.stdout.splitlines()]
+    assert [(s["state"], s["on_disk"]) for s in states] == [("complete", 2)] * 3
+    left = run_installed(
+        "catalog", "status", "--db", str(db), "-o", str(out),
+        "--state", "missing", "--state", "partial", "--uids",
+    )  # fmt: skip
+    assert left.returncode == 0 and left.stdout == ""
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_pull_says_the_next_pull_resumes(
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    tmp_path: Path,
+    signum: int,
+    status: int,
+) -> None:
+    """It said 'completed instances are kept', as a download does, in a cron log of pulls."""
+    url = embedded_server(None, virtual=VirtualSpec(400), max_page_size=10, latency=0.05)
+    db = tmp_path / "c.duckdb"
+    process = subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(seen_requests.requests) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, "no pages asked"
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == status
+    assert stderr.splitlines()[-1].endswith(
+        "; the next catalog pull resumes where this one stopped"
+    ), stderr
+    assert pull(url, db)["resumed"] is True
+
+
+@pytest.mark.parametrize("name", ["studies.csv", "studies.parquet"])
+def test_export_onto_a_folder_is_one_line(
+    embedded_server: StartServer, tmp_path: Path, name: str
+) -> None:
+    """`--to` naming an existing folder: it was an IsADirectoryError traceback (exit 1)."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    (tmp_path / name).mkdir()
+    result = run_installed("catalog", "export", "--db", str(db), "--to", str(tmp_path / name))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"dlstudy: error: --to: cannot write {tmp_path / name}: Is a directory"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.duckdb", name]
+
+
+def test_sql_json_is_json_for_every_column_type(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """How long each pull took (an INTERVAL), a DECIMAL, a TIME, a UUID: each was a TypeError
+    traceback after the rows before it; NaN was written as `NaN`, which is no JSON."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    sql = (
+        "SELECT pull, finished - started AS took, started, 1.5 AS half, [2.5] AS halves, "
+        "TIME '12:00:01' AS noon, '00000000-0000-0000-0000-000000000001'::UUID AS id, "
+        "'nan'::DOUBLE AS nan, ['inf'::DOUBLE] AS inf FROM pulls"
+    )
+    result = run_installed("catalog", "query", "--db", str(db), "--sql", sql, "--json")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    row = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is no JSON"))
+    assert row["pull"] == 1 and row["took"].startswith("0:00:")
+    assert row["started"][:4].isdigit() and "T" in row["started"]
+    assert (row["half"], row["halves"], row["noon"]) == (1.5, [2.5], "12:00:01")
+    assert row["id"] == "00000000-0000-0000-0000-000000000001"
+    assert (row["nan"], row["inf"]) == (None, [None])
+
+
+def test_full_after_an_interrupted_update_pull_still_walks_everything(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The weekly `--full` run after a night whose update pull was killed resumed that update
+    pull and stopped there: no full pull that week."""
+    url = embedded_server(None, virtual=VirtualSpec(300), max_page_size=10, latency=0.03)
+    db = tmp_path / "c.duckdb"
+    pull(url, db, "--recent", "0")
+    asked = len(seen_requests.requests)
+    process = subprocess.Popen(  # an update pull that relists every day: a long walk
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--recent", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(seen_requests.requests) < asked + 4:
+        assert process.poll() is None and time.monotonic() < deadline, "the update ended"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+    summary = pull(url, db, "--full")
+
+    assert (summary["kind"], summary["resumed"], summary["studies"]) == ("full", False, 300)
+    assert catalog_rows(
+        db, "SELECT pull, kind FROM pulls WHERE finished IS NOT NULL ORDER BY pull"
+    ) == [
+        (1, "first"),
+        (2, "update"),
+        (3, "full"),
+    ]
+
+
+@pytest.mark.parametrize("where", ["", "  "])
+def test_an_empty_where_selects_nothing_and_says_so(
+    embedded_server: StartServer, tmp_path: Path, where: str
+) -> None:
+    """`sync --catalog --where "$COND"` with COND unset synced every study of the catalog, as an
+    empty filter would have matched everything (empty filters are usage errors)."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    pull(url, db)
+    for args in (
+        ("sync", "--catalog", str(db), "--url", url, "-o", str(out)),
+        ("download", "--from-catalog", str(db), "--url", url, "-o", str(out)),
+        ("catalog", "query", "--db", str(db), "--uids"),
+        ("catalog", "status", "--db", str(db), "-o", str(out)),
+        ("catalog", "export", "--db", str(db), "--to", str(tmp_path / "x.csv")),
+    ):
+        result = run_installed(*args, "--where", where)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines()[-1] == (
+            "dlstudy: error: --where is empty: give a condition, or leave the option out"
+        )
+    assert not any(out.rglob("*.dcm")) and not (tmp_path / "x.csv").exists()
+
+
+def test_status_of_an_output_that_is_a_file_is_an_error_before_any_row(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`-o` naming a file (a typo) said every study was missing, exit 0; and a --csv listing
+    wrote its header before the error of a bad --where."""
+    db, typo = tmp_path / "c.duckdb", tmp_path / "c.csv"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    typo.write_text("not an output folder\n")
+    for extra in ((), ("--csv",), ("--uids",)):
+        result = run_installed("catalog", "status", "--db", str(db), "-o", str(typo), *extra)
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.splitlines() == [
+            f"dlstudy: error: output folder {str(typo)!r} exists and is not a folder"
+        ]
+        assert result.stdout == ""
+    bad = run_installed(
+        "catalog", "status", "--db", str(db), "-o", str(tmp_path / "out"),
+        "--where", "no_such_column = 1", "--csv",
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("dlstudy: error: catalog query failed:")
+
+
+def test_a_server_that_cuts_pages_silently_is_catalogued_whole(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Pages cut at 100 without a Warning (Orthanc's LimitFindResults): the first page was
+    taken for the whole archive, 100 of 500 studies, with exit 0 ("every study is in")."""
+    url = embedded_server(None, virtual=VirtualSpec(500), max_page_size=100, silent_cap=True)
+    db = tmp_path / "c.duckdb"
+    first = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["studies"] == 500
+    assert "cuts pages at 100 results without saying so" in first.stderr
+    listed = run_installed("query", "--url", url, "--uids")
+    assert catalog_rows(db, "SELECT count(*) FROM studies") == [(500,)]
+    assert {r[0] for r in catalog_rows(db, "SELECT study_uid FROM studies")} == set(
+        listed.stdout.split()
+    )
+    update = pull(url, db)
+    assert (update["kind"], update["studies"], update["new"]) == ("update", 500, 0)
+    told = pull(url, db, "--page-size", "100")
+    assert told["studies"] == 500
+
+
+def test_a_pull_from_a_silent_cap_killed_while_paging_resumes_to_every_study(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The resumed pull pages on from where the killed one was: it must know the cap without
+    the first page that showed it, or it takes the next page of 100 for the last."""
+    url = embedded_server(
+        None, virtual=VirtualSpec(1000), max_page_size=100, silent_cap=True, latency=0.1
+    )
+    db = tmp_path / "c.duckdb"
+    process = subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(seen_requests.requests) < 4:
+        assert process.poll() is None and time.monotonic() < deadline, "the pull ended"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert catalog_rows(db, "SELECT state FROM windows") == [("paging",)]
+
+    summary = pull(url, db)
+
+    assert (summary["resumed"], summary["studies"]) == (True, 1000)
+
+
+def _peak_rss_mb(*args: str) -> float:
+    """Peak RSS of the installed CLI run with `args` (its own process tree, measured by a
+    parent that runs nothing else), in MB."""
+    script = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+        "assert done.returncode == 0, done.returncode\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, DLSTUDY, *args], capture_output=True, text=True, check=True
+    )
+    return int(result.stdout) / 1024
+
+
+def test_query_of_a_large_catalog_streams_its_line_forms(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """--json and --csv held every study as a record before printing the first (1.2 GB for a
+    million studies); they now cost what the same query costs through --sql, which streams."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(120_000)), db)
+    sql = "SELECT * FROM studies ORDER BY study_date NULLS LAST, study_uid"
+    streamed = _peak_rss_mb("catalog", "query", "--db", str(db), "--sql", sql, "--csv")
+    for form in ("--json", "--csv"):
+        peak = _peak_rss_mb("catalog", "query", "--db", str(db), form)
+        assert peak < streamed + 40, (form, peak, streamed)
