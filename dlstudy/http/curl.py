@@ -278,7 +278,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             easy.setopt(pycurl.PROXY_SSL_VERIFYPEER, 0)
             easy.setopt(pycurl.PROXY_SSL_VERIFYHOST, 0)
         else:
-            # httpx's trust store by default (certifi), or the user's bundle.
+            # certifi by default, or the user's bundle (--ca-bundle or the environment's).
             bundle = str(tls.ca_bundle) if tls.ca_bundle else certifi.where()
             easy.setopt(pycurl.CAINFO, bundle)
             easy.setopt(pycurl.PROXY_CAINFO, bundle)

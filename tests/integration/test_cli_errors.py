@@ -157,6 +157,29 @@ def test_tls_failure_exit_3_and_insecure_warns(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_the_environments_ca_bundle_is_trusted_without_ca_bundle(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    tls_ca: TlsFiles,
+    variable: str,
+) -> None:
+    """A hospital's CA (or its TLS-inspecting proxy's) is set up for every client through
+    these variables, as httpx, requests and curl read them; a file they name that is missing
+    is a usage error naming the variable."""
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    result = run_installed("query", "--url", url, "--uids", env={variable: str(tls_ca.ca_pem)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [synth_study.study_uid]
+
+    missing = tmp_path / "no-such-ca.pem"
+    result = run_installed("query", "--url", url, env={variable: str(missing)})
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [f"dlstudy: error: ${variable} {missing}: no such file"]
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("problem", "cause"),
     [
