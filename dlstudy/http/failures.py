@@ -31,10 +31,12 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     curl = curl_failure(exc)
     said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
     if isinstance(exc, httpx.ProxyError):
-        proxy = f"proxy {curl.proxy}" if curl is not None and curl.proxy else "the proxy"
-        if said.endswith("response 407"):  # libcurl: "CONNECT tunnel failed, response 407"
-            return ConnectError(f"{proxy} {PROXY_WANTS_CREDENTIALS}", url=shown)
-        return ConnectError(f"cannot use {proxy} for {shown}: {said}", url=shown)
+        proxy = curl.proxy if curl is not None else None
+        # libcurl: "CONNECT tunnel failed, response 407"
+        if said.endswith("response 407") or (said.endswith("response 401") and _has_user(proxy)):
+            return ConnectError(_proxy_refusal(proxy, int(said[-3:])), url=shown)
+        named = f"proxy {proxy}" if proxy else "the proxy"
+        return ConnectError(f"cannot use {named} for {shown}: {said}", url=shown)
     if isinstance(exc, httpx.ConnectTimeout):
         return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
     if isinstance(exc, httpx.ConnectError):
@@ -102,6 +104,19 @@ def no_http_answer(exc: BaseException, url: str) -> ConnectError:
     )
 
 
+def _proxy_refusal(proxy: str | None, status: int) -> str:
+    """The line for a proxy that refused the request: credentials wanted, or those in its
+    URL refused (`proxy` as shown, its password masked)."""
+    named = f"proxy {proxy}" if proxy else "the proxy"
+    if _has_user(proxy):
+        return f"{named} refused the credentials in its URL (HTTP {status})"
+    return f"{named} {PROXY_WANTS_CREDENTIALS}"
+
+
+def _has_user(proxy: str | None) -> bool:
+    return proxy is not None and "@" in proxy.partition("://")[2].partition("/")[0]
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """`exc`, then what caused it, and so on. Stops at a cycle."""
     seen: set[int] = set()
@@ -162,13 +177,10 @@ def check_auth(response: httpx.Response) -> None:
     expiring links to object stores, and a link that died is one the archive renews when asked
     again, so that is a retryable failure of this request only.
     """
+    proxy = response.extensions.get(PROXY_USED)
     if response.status_code == 407:  # from the proxy, not the server: the archive URL is moot
-        proxy = response.extensions.get(PROXY_USED)
-        named = f"proxy {proxy}" if proxy else "the proxy"
         raise AuthError(
-            f"{named} {PROXY_WANTS_CREDENTIALS}",
-            url=redact_url(str(response.url)),
-            status_code=407,
+            _proxy_refusal(proxy, 407), url=redact_url(str(response.url)), status_code=407
         )
     if response.status_code not in (401, 403):
         return
@@ -183,6 +195,9 @@ def check_auth(response: httpx.Response) -> None:
         )
     what = "rejected the credentials" if response.status_code == 401 else "denied access"
     hint = " (check --token / --user / --password)" if response.status_code == 401 else ""
+    if response.status_code == 401 and _has_user(proxy):
+        # Some proxies (tinyproxy) refuse wrong credentials with 401, not 407.
+        hint = f" (check --token / --user / --password, and the credentials of proxy {proxy})"
     raise AuthError(
         f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
         url=redact_url(str(response.url)),

@@ -165,3 +165,29 @@ def test_a_proxy_asking_for_credentials_is_named(
     with_them = locked_proxy.url.replace("://", "://dlstudy:pr0xy-pass@")
     result = run_installed("query", "--url", url, "--proxy", with_them)
     assert result.returncode == 3 and "407" not in result.stderr  # through: nothing listens
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_refusing_the_credentials_in_its_url_is_named(
+    tmp_path: Path, locked_proxy: RunningProxy, scheme: str
+) -> None:
+    """Wrong credentials: tinyproxy refuses them with 401, not 407. Through a CONNECT tunnel
+    that is the proxy's answer for sure; over http:// it reads as the archive's, so the line
+    names the proxy's credentials too. The password is never shown."""
+    url = f"{scheme}://127.0.0.1:{closed_port()}/dicomweb"
+    wrong = locked_proxy.url.replace("://", "://dlstudy:wr0ng-pass@")
+    shown = locked_proxy.url.replace("://", "://dlstudy:***@")
+    for args in (("query",), ("download", "1.2.3", "-o", str(tmp_path))):
+        result = run_installed(*args, "--url", url, "--proxy", wrong)
+        assert result.returncode == 3, result.stderr
+        last = result.stderr.splitlines()[-1]
+        if scheme == "https":
+            assert last == (
+                f"dlstudy: error: proxy {shown} refused the credentials in its URL (HTTP 401)"
+            )
+        else:
+            assert last.startswith("dlstudy: error: server rejected the credentials: HTTP 401")
+            assert last.endswith(
+                f"(check --token / --user / --password, and the credentials of proxy {shown})"
+            )
+        assert "wr0ng-pass" not in result.stderr
