@@ -136,7 +136,7 @@ def curl_failure(exc: BaseException) -> CurlFailure | None:
 
 # libcurl's codes for a TLS file of ours it could not use (tls_files.py checks what it can
 # before any request; a PEM block that does not parse is found here).
-_LOCAL_TLS_FILES = {77: "--ca-bundle", 58: "--cert/--key"}
+_LOCAL_TLS_FILES = {77: "--ca-bundle", 58: "--cert/--key", 43: "--cert/--key"}
 
 # What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
 _UNKNOWN_CA = "the server's certificate is signed by an unknown CA (trust it with --ca-bundle)"

@@ -536,3 +536,25 @@ def test_a_ca_bundle_that_does_not_parse_is_named_by_its_option(
     assert result.returncode == 3, result.stderr
     (line,) = error_lines(result.stderr)
     assert "--ca-bundle" in line, line
+
+
+@pytest.mark.integration
+def test_a_key_of_another_certificate_is_named_at_once(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """--cert and --key that are no pair: libcurl refuses them before any byte is sent (as a
+    bad argument). One line naming the options, not a broken connection retried."""
+    import trustme
+
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    client = trustme.CA().issue_cert("client@dlstudy.test")
+    cert = tmp_path / "client.pem"
+    client.cert_chain_pems[0].write_to_path(str(cert))
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--ca-bundle", str(tls_ca.ca_pem), "--cert", str(cert), "--key", str(tls_ca.key),
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("dlstudy: error: cannot use --cert/--key: "), line
+    assert "attempts" not in line, line
