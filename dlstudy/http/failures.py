@@ -86,6 +86,16 @@ def no_answer(exc: BaseException) -> bool:
     return curl.code in _NO_ANSWER or (curl.code == _RECV_ERROR and not curl.answered)
 
 
+# CURLE_COULDNT_CONNECT: refused or unreachable, the server or the proxy in front of it.
+_COULDNT_CONNECT = 7
+
+
+def could_not_connect(exc: BaseException) -> bool:
+    """libcurl could not open a connection (to the server, or to the proxy in front of it)."""
+    curl = curl_failure(exc)
+    return curl is not None and curl.code == _COULDNT_CONNECT
+
+
 def no_http_answer(exc: BaseException, url: str) -> ConnectError:
     """The run's first request got no HTTP answer at all, twice: a TLS port asked in plain
     text closes or resets the connection, or answers with TLS records."""

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from ..cli_helpers import assert_same_files, run_installed
+from ..cli_helpers import assert_same_files, run_installed, start_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
-from ..fixtures.proxies import RunningProxy
+from ..fixtures.proxies import RunningProxy, tinyproxy
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +192,26 @@ def test_a_proxy_refusing_the_credentials_in_its_url_is_named(
                 f"(check --token / --user / --password, and the credentials of proxy {shown})"
             )
         assert "wr0ng-pass" not in result.stderr
+
+
+def test_a_proxy_restarting_mid_run_costs_no_instance(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A proxy that refuses connections for a moment (a restart, a configuration reload)
+    after the run began: requests connect again (for up to --timeout), the run completes.
+    (A proxy dead from the start still stops the run at once: see above.)"""
+    url = embedded_server(synth_study.root, latency=0.2)  # one at a time: the run lasts ~12 s
+    port, out = closed_port(), tmp_path / "out"
+    with tinyproxy(tmp_path / "proxy", port) as proxy:
+        run = start_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+            "--proxy", proxy.url, "-c", "1", "--workers", "1",
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep(1)  # the proxy is down: every connection is refused
+    with tinyproxy(tmp_path / "proxy", port):
+        output, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, output
+    assert_same_files(synth_study.instances, out)
