@@ -114,6 +114,28 @@ def no_http_answer(exc: BaseException, url: str) -> ConnectError:
     )
 
 
+# nginx's words (in an HTTP 400 of its own) when `ssl_verify_client on` got no client
+# certificate, or one it does not trust: the handshake itself succeeded.
+_CLIENT_CERTIFICATE_REFUSALS = (
+    (
+        b"No required SSL certificate was sent",
+        "wants a client certificate: give it with --cert/--key",
+    ),
+    (b"The SSL certificate error", "refused the client certificate (--cert): not one it trusts?"),
+)
+
+
+def _client_certificate_refusal(response: httpx.Response) -> str | None:
+    """What a 400 read whole (a search's) says about the client certificate; or None."""
+    if response.status_code != 400:
+        return None
+    try:
+        head = response.content[:4096]
+    except httpx.ResponseNotRead:  # a retrieval's, streamed: the run's searches came first
+        return None
+    return next((said for words, said in _CLIENT_CERTIFICATE_REFUSALS if words in head), None)
+
+
 def _proxy_refusal(proxy: str | None, status: int) -> str:
     """The line for a proxy that refused the request: credentials wanted, or those in its
     URL refused (`proxy` as shown, its password masked)."""
@@ -192,6 +214,9 @@ def check_auth(response: httpx.Response) -> None:
         raise AuthError(
             _proxy_refusal(proxy, 407), url=redact_url(str(response.url)), status_code=407
         )
+    if (refusal := _client_certificate_refusal(response)) is not None:
+        url = redact_url(str(response.url))
+        raise AuthError(f"server {refusal} (HTTP 400 on {url})", url=url, status_code=400)
     if response.status_code not in (401, 403):
         return
     if response.history and origin_of(response.url) != origin_of(response.history[0].url):
