@@ -59,14 +59,16 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         return TransferError(f"redirected to {exc} from {shown}", url=shown)
     if isinstance(exc, httpx.TooManyRedirects):
         return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
+    # A proxy that hangs or breaks looks like the server doing it: name it.
+    where = f"{shown} through proxy {curl.proxy}" if curl is not None and curl.proxy else shown
     if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):
-        return TransferError(f"{exc} on {shown}", url=shown, retryable=True)
+        return TransferError(f"{exc} on {where}", url=shown, retryable=True)
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
+        return TransferError(f"timed out waiting for {where}", url=shown, retryable=True)
     if isinstance(exc, httpx.ProtocolError):
-        return TransferError(f"connection broken ({said}) on {shown}", url=shown, retryable=True)
+        return TransferError(f"connection broken ({said}) on {where}", url=shown, retryable=True)
     if isinstance(exc, httpx.TransportError | OSError):
-        return TransferError(f"network error ({said}) on {shown}", url=shown, retryable=True)
+        return TransferError(f"network error ({said}) on {where}", url=shown, retryable=True)
     return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
 
 

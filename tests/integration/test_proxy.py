@@ -215,3 +215,21 @@ def test_a_proxy_restarting_mid_run_costs_no_instance(
         output, _ = run.communicate(timeout=120)
     assert run.returncode == 0, output
     assert_same_files(synth_study.instances, out)
+
+
+def test_a_request_timing_out_through_a_proxy_names_the_proxy(
+    tmp_path: Path, http_proxy: RunningProxy
+) -> None:
+    """A server that never answers, reached through a proxy, looks the same as a proxy that
+    never answers: the line says which proxy the request went through."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/dicomweb"
+        result = run_installed(
+            "download", "1.2.3", "--url", url, "-o", str(tmp_path), "--proxy", http_proxy.url,
+            "--timeout", "3", "--retries", "0",
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    # libcurl gives up after 3-4 s of silence, well before the search's own watchdog (6 s).
+    assert result.stderr.splitlines()[-1].endswith(
+        f"timed out waiting for {url}/studies/1.2.3/series through proxy {http_proxy.url}"
+    ), result.stderr
