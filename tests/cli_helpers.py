@@ -43,14 +43,19 @@ def assert_same_files(instances: list[Any], output: Path) -> None:
 # The console script pip installed beside this interpreter: the command users run.
 DLSTUDY = str(Path(sys.executable).with_name("dlstudy"))
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+# CA bundles a machine may name for every client (dlstudy trusts them without --ca-bundle).
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 def _clean_environment(env: dict[str, str] | None) -> dict[str, str]:
-    """This process's environment without proxies or DLSTUDY_ settings, plus `env`."""
+    """This process's environment without proxies, CA bundles or DLSTUDY_ settings, plus
+    `env`."""
     clean = {
         name: value
         for name, value in os.environ.items()
-        if name.lower() not in PROXY_VARIABLES and not name.startswith("DLSTUDY_")
+        if name.lower() not in PROXY_VARIABLES
+        and name not in CA_VARIABLES
+        and not name.startswith("DLSTUDY_")
     }
     return {**clean, **(env or {})}
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import anyio
@@ -35,6 +35,7 @@ from .bounded import ACCEPTED_ENCODINGS, AnswerCutShort, BadAnswer, read_bounded
 from .credentials import credentials_problem
 from .curl import MIN_PROGRESS, CurlTransport, HttpChoice, TlsOptions
 from .failures import (
+    could_not_connect,
     curl_failure,
     is_translatable,
     no_answer,
@@ -43,22 +44,29 @@ from .failures import (
     translate_error,
 )
 from .proxy import Proxies
-from .tls_files import tls_files_problem
+from .tls_files import environment_ca_bundle, tls_files_problem
 from .urls import redact_url, split_base_url, with_query
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 USER_AGENT = "dlstudy"
+# Seconds between attempts to connect again once a server that answered refuses connections.
+RECONNECT_PAUSE = 0.5
 # Headers about the body as it came over the wire, wrong for the decoded body of _read_small.
 _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
     """The transport under httpx: libcurl."""
+    ca_bundle = settings.ca_bundle
+    if ca_bundle is None and (found := environment_ca_bundle()) is not None:
+        ca_bundle = found[1]
     return CurlTransport(
         http=http,
         max_connections=(settings.concurrency or AUTO_CONCURRENCY_HTTP1) + 2,
-        tls=TlsOptions(settings.ca_bundle, settings.cert, settings.key, settings.insecure),
+        tls=TlsOptions(ca_bundle, settings.cert, settings.key, settings.insecure),
         proxies=proxies,
     )
 
@@ -168,7 +176,7 @@ class Transport:
         stalled (libcurl's low-speed check, in C, once a second)."""
         await self._negotiate(url, headers)
         try:
-            response = await self._send(url, headers)
+            response = await self._reconnecting(lambda: self._send(url, headers))
             try:
                 self._observe(response)
                 yield response
@@ -180,6 +188,23 @@ class Transport:
             if is_translatable(exc):
                 raise translate_error(exc, url) from exc
             raise
+
+    async def _reconnecting(self, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()`, sent again while no connection can be opened to a server that answered
+        this run, for up to --timeout seconds: a server or proxy restarting (a hospital's
+        proxy reloading its configuration) refuses connections for a moment, which is no
+        reason to stop the run. One that never answered, or stays down, stops it (exit 3)."""
+        deadline = time.monotonic() + self.settings.timeout
+        while True:
+            try:
+                return await send()
+            except httpx.TransportError as exc:
+                if self.http_version is None or not could_not_connect(exc):
+                    raise
+                if time.monotonic() + RECONNECT_PAUSE > deadline:
+                    raise
+                log.info("cannot connect (%s); trying again", curl_failure(exc) or exc)
+            await anyio.sleep(RECONNECT_PAUSE)
 
     async def _send(self, url: str, headers: dict[str, str] | None) -> httpx.Response:
         """A streamed GET. One to the server's own origin with nothing for httpx's pipeline to
@@ -262,7 +287,7 @@ class Transport:
 
     async def _get(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
         try:
-            response = await self._read_answered(url, headers, params)
+            response = await self._reconnecting(lambda: self._read_answered(url, headers, params))
         except DlstudyError:
             raise
         except Exception as exc:

@@ -61,6 +61,7 @@ _TLS_ERRORS = frozenset(
         pycurl.E_USE_SSL_FAILED,
     }
 )
+_BAD_ARGUMENT = 43  # CURLE_BAD_FUNCTION_ARGUMENT
 _PROXY_HANDSHAKE = 97  # CURLE_PROXY: the proxy refused the tunnel or spoke nonsense
 # Words for the failures libcurl reports with an empty message (curl_easy_strerror's gist).
 _WORDS = {
@@ -278,7 +279,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             easy.setopt(pycurl.PROXY_SSL_VERIFYPEER, 0)
             easy.setopt(pycurl.PROXY_SSL_VERIFYHOST, 0)
         else:
-            # httpx's trust store by default (certifi), or the user's bundle.
+            # certifi by default, or the user's bundle (--ca-bundle or the environment's).
             bundle = str(tls.ca_bundle) if tls.ca_bundle else certifi.where()
             easy.setopt(pycurl.CAINFO, bundle)
             easy.setopt(pycurl.PROXY_CAINFO, bundle)
@@ -366,7 +367,8 @@ class CurlTransport(httpx.AsyncBaseTransport):
     def error_for(self, code: int, message: str, transfer: Transfer) -> httpx.TransportError:
         """libcurl's error as httpx's exception (what callers of a transport expect), with
         libcurl's code and words kept as its cause."""
-        tls = code in _TLS_ERRORS
+        # A key that does not belong to its --cert is a bad argument to this libcurl.
+        tls = code in _TLS_ERRORS or (code == _BAD_ARGUMENT and "private key" in message)
         # libcurl quotes URLs whole in some messages ("Unsupported proxy syntax in '...'").
         message = redact_urls_in(message) or _WORDS.get(code, f"libcurl error {code}")
         os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))

@@ -31,10 +31,12 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     curl = curl_failure(exc)
     said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
     if isinstance(exc, httpx.ProxyError):
-        proxy = f"proxy {curl.proxy}" if curl is not None and curl.proxy else "the proxy"
-        if said.endswith("response 407"):  # libcurl: "CONNECT tunnel failed, response 407"
-            return ConnectError(f"{proxy} {PROXY_WANTS_CREDENTIALS}", url=shown)
-        return ConnectError(f"cannot use {proxy} for {shown}: {said}", url=shown)
+        proxy = curl.proxy if curl is not None else None
+        # libcurl: "CONNECT tunnel failed, response 407"
+        if said.endswith("response 407") or (said.endswith("response 401") and _has_user(proxy)):
+            return ConnectError(_proxy_refusal(proxy, int(said[-3:])), url=shown)
+        named = f"proxy {proxy}" if proxy else "the proxy"
+        return ConnectError(f"cannot use {named} for {shown}: {said}", url=shown)
     if isinstance(exc, httpx.ConnectTimeout):
         return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
     if isinstance(exc, httpx.ConnectError):
@@ -57,14 +59,16 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         return TransferError(f"redirected to {exc} from {shown}", url=shown)
     if isinstance(exc, httpx.TooManyRedirects):
         return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
+    # A proxy that hangs or breaks looks like the server doing it: name it.
+    where = f"{shown} through proxy {curl.proxy}" if curl is not None and curl.proxy else shown
     if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):
-        return TransferError(f"{exc} on {shown}", url=shown, retryable=True)
+        return TransferError(f"{exc} on {where}", url=shown, retryable=True)
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return TransferError(f"timed out waiting for {shown}", url=shown, retryable=True)
+        return TransferError(f"timed out waiting for {where}", url=shown, retryable=True)
     if isinstance(exc, httpx.ProtocolError):
-        return TransferError(f"connection broken ({said}) on {shown}", url=shown, retryable=True)
+        return TransferError(f"connection broken ({said}) on {where}", url=shown, retryable=True)
     if isinstance(exc, httpx.TransportError | OSError):
-        return TransferError(f"network error ({said}) on {shown}", url=shown, retryable=True)
+        return TransferError(f"network error ({said}) on {where}", url=shown, retryable=True)
     return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
 
 
@@ -84,6 +88,16 @@ def no_answer(exc: BaseException) -> bool:
     return curl.code in _NO_ANSWER or (curl.code == _RECV_ERROR and not curl.answered)
 
 
+# CURLE_COULDNT_CONNECT: refused or unreachable, the server or the proxy in front of it.
+_COULDNT_CONNECT = 7
+
+
+def could_not_connect(exc: BaseException) -> bool:
+    """libcurl could not open a connection (to the server, or to the proxy in front of it)."""
+    curl = curl_failure(exc)
+    return curl is not None and curl.code == _COULDNT_CONNECT
+
+
 def no_http_answer(exc: BaseException, url: str) -> ConnectError:
     """The run's first request got no HTTP answer at all, twice: a TLS port asked in plain
     text closes or resets the connection, or answers with TLS records."""
@@ -100,6 +114,41 @@ def no_http_answer(exc: BaseException, url: str) -> ConnectError:
     return ConnectError(
         f"{_netloc(parsed)} gave no HTTP answer ({said}){hint} ({shown})", url=shown
     )
+
+
+# nginx's words (in an HTTP 400 of its own) when `ssl_verify_client on` got no client
+# certificate, or one it does not trust: the handshake itself succeeded.
+_CLIENT_CERTIFICATE_REFUSALS = (
+    (
+        b"No required SSL certificate was sent",
+        "wants a client certificate: give it with --cert/--key",
+    ),
+    (b"The SSL certificate error", "refused the client certificate (--cert): not one it trusts?"),
+)
+
+
+def _client_certificate_refusal(response: httpx.Response) -> str | None:
+    """What a 400 read whole (a search's) says about the client certificate; or None."""
+    if response.status_code != 400:
+        return None
+    try:
+        head = response.content[:4096]
+    except httpx.ResponseNotRead:  # a retrieval's, streamed: the run's searches came first
+        return None
+    return next((said for words, said in _CLIENT_CERTIFICATE_REFUSALS if words in head), None)
+
+
+def _proxy_refusal(proxy: str | None, status: int) -> str:
+    """The line for a proxy that refused the request: credentials wanted, or those in its
+    URL refused (`proxy` as shown, its password masked)."""
+    named = f"proxy {proxy}" if proxy else "the proxy"
+    if _has_user(proxy):
+        return f"{named} refused the credentials in its URL (HTTP {status})"
+    return f"{named} {PROXY_WANTS_CREDENTIALS}"
+
+
+def _has_user(proxy: str | None) -> bool:
+    return proxy is not None and "@" in proxy.partition("://")[2].partition("/")[0]
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -121,7 +170,7 @@ def curl_failure(exc: BaseException) -> CurlFailure | None:
 
 # libcurl's codes for a TLS file of ours it could not use (tls_files.py checks what it can
 # before any request; a PEM block that does not parse is found here).
-_LOCAL_TLS_FILES = {77: "--ca-bundle", 58: "--cert/--key"}
+_LOCAL_TLS_FILES = {77: "--ca-bundle", 58: "--cert/--key", 43: "--cert/--key"}
 
 # What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
 _UNKNOWN_CA = "the server's certificate is signed by an unknown CA (trust it with --ca-bundle)"
@@ -162,14 +211,14 @@ def check_auth(response: httpx.Response) -> None:
     expiring links to object stores, and a link that died is one the archive renews when asked
     again, so that is a retryable failure of this request only.
     """
+    proxy = response.extensions.get(PROXY_USED)
     if response.status_code == 407:  # from the proxy, not the server: the archive URL is moot
-        proxy = response.extensions.get(PROXY_USED)
-        named = f"proxy {proxy}" if proxy else "the proxy"
         raise AuthError(
-            f"{named} {PROXY_WANTS_CREDENTIALS}",
-            url=redact_url(str(response.url)),
-            status_code=407,
+            _proxy_refusal(proxy, 407), url=redact_url(str(response.url)), status_code=407
         )
+    if (refusal := _client_certificate_refusal(response)) is not None:
+        url = redact_url(str(response.url))
+        raise AuthError(f"server {refusal} (HTTP 400 on {url})", url=url, status_code=400)
     if response.status_code not in (401, 403):
         return
     if response.history and origin_of(response.url) != origin_of(response.history[0].url):
@@ -183,6 +232,9 @@ def check_auth(response: httpx.Response) -> None:
         )
     what = "rejected the credentials" if response.status_code == 401 else "denied access"
     hint = " (check --token / --user / --password)" if response.status_code == 401 else ""
+    if response.status_code == 401 and _has_user(proxy):
+        # Some proxies (tinyproxy) refuse wrong credentials with 401, not 407.
+        hint = f" (check --token / --user / --password, and the credentials of proxy {proxy})"
     raise AuthError(
         f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
         url=redact_url(str(response.url)),

@@ -1,13 +1,19 @@
 """The PEM files of --ca-bundle, --cert and --key, checked before any request: libcurl reads
 them only when it connects, and says so as a failed handshake (exit 3) without naming the
 option. Only what is cheap and certain is checked here: that each is a readable file with the
-PEM block libcurl will look for; a block that does not parse is still libcurl's to find."""
+PEM block libcurl will look for; a block that does not parse is still libcurl's to find.
+
+Without --ca-bundle, the CA bundle named by the environment is trusted, as by the clients a
+site has set it up for (a hospital's own CA, or its TLS-inspecting proxy's): httpx reads
+SSL_CERT_FILE, requests REQUESTS_CA_BUNDLE, curl CURL_CA_BUNDLE. Else certifi's bundle."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+# The variables naming a CA bundle, the first set wins.
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 # More than any real bundle (Mozilla's is ~200 KiB); a file past it is no PEM bundle.
 _MAX_READ = 64 << 20
 
@@ -15,8 +21,12 @@ _MAX_READ = 64 << 20
 def tls_files_problem(
     ca_bundle: Path | str | None, cert: Path | str | None, key: Path | str | None
 ) -> str | None:
-    """What is wrong with the TLS files given, in one line naming the option; or None."""
-    wanted = [("--ca-bundle", ca_bundle, ("CERTIFICATE-----", "PEM certificate"))]
+    """What is wrong with the TLS files given (or the environment's CA bundle), in one line
+    naming the option or variable; or None."""
+    found = environment_ca_bundle() if ca_bundle is None else None
+    where = f"${found[0]}" if found else "--ca-bundle"
+    ca_bundle = found[1] if found else ca_bundle
+    wanted = [(where, ca_bundle, ("CERTIFICATE-----", "PEM certificate"))]
     if cert is not None:
         wanted.append(("--cert", cert, ("CERTIFICATE-----", "PEM certificate")))
         # Without --key, libcurl takes the key from the --cert file.
@@ -30,6 +40,14 @@ def tls_files_problem(
         if problem is not None:
             hint = " (give it with --key)" if option == "--cert" and "key" in what else ""
             return f"{option} {path}: {problem}{hint}"
+    return None
+
+
+def environment_ca_bundle() -> tuple[str, Path] | None:
+    """The first of CA_BUNDLE_VARIABLES that is set, and the file it names; or None."""
+    for name in CA_BUNDLE_VARIABLES:
+        if value := os.environ.get(name, "").strip():
+            return name, Path(value)
     return None
 
 

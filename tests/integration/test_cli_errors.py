@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from ..cli_helpers import run_cli, run_installed, summary_of
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
+from ..tools import missing_tool
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 TOKEN = "s3cr3t-t0ken-value"
@@ -154,6 +161,29 @@ def test_tls_failure_exit_3_and_insecure_warns(
     )
     assert result.exit_code == 0, result.output
     assert "--insecure: the server's TLS certificate is NOT verified" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_the_environments_ca_bundle_is_trusted_without_ca_bundle(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    tls_ca: TlsFiles,
+    variable: str,
+) -> None:
+    """A hospital's CA (or its TLS-inspecting proxy's) is set up for every client through
+    these variables, as httpx, requests and curl read them; a file they name that is missing
+    is a usage error naming the variable."""
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    result = run_installed("query", "--url", url, "--uids", env={variable: str(tls_ca.ca_pem)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [synth_study.study_uid]
+
+    missing = tmp_path / "no-such-ca.pem"
+    result = run_installed("query", "--url", url, env={variable: str(missing)})
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [f"dlstudy: error: ${variable} {missing}: no such file"]
 
 
 @pytest.mark.integration
@@ -513,3 +543,88 @@ def test_a_ca_bundle_that_does_not_parse_is_named_by_its_option(
     assert result.returncode == 3, result.stderr
     (line,) = error_lines(result.stderr)
     assert "--ca-bundle" in line, line
+
+
+@pytest.mark.integration
+def test_a_key_of_another_certificate_is_named_at_once(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """--cert and --key that are no pair: libcurl refuses them before any byte is sent (as a
+    bad argument). One line naming the options, not a broken connection retried."""
+    import trustme
+
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    client = trustme.CA().issue_cert("client@dlstudy.test")
+    cert = tmp_path / "client.pem"
+    client.cert_chain_pems[0].write_to_path(str(cert))
+    result = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--ca-bundle", str(tls_ca.ca_pem), "--cert", str(cert), "--key", str(tls_ca.key),
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("dlstudy: error: cannot use --cert/--key: "), line
+    assert "attempts" not in line, line
+
+
+@contextmanager
+def nginx_asking_for_a_client_certificate(folder: Path, tls: TlsFiles) -> Iterator[str]:
+    """nginx over TLS with `ssl_verify_client on` (client certificates signed by `tls`'s CA)
+    in front of nothing: it answers requests without a trusted certificate itself. Its URL."""
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if nginx is None:
+        missing_tool("nginx is needed")
+    port = free_port()
+    folder.mkdir()
+    conf = folder / "nginx.conf"
+    conf.write_text(
+        f"daemon off; worker_processes 1; pid {folder}/nginx.pid; error_log {folder}/error.log;\n"
+        "events {}\n"
+        "http { access_log off; server {\n"
+        f"  listen 127.0.0.1:{port} ssl;\n"
+        f"  ssl_certificate {tls.cert}; ssl_certificate_key {tls.key};\n"
+        f"  ssl_client_certificate {tls.ca_pem}; ssl_verify_client on;\n"
+        f"  location / {{ proxy_pass http://127.0.0.1:{free_port()}; }}\n"
+        "} }\n"
+    )
+    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"https://127.0.0.1:{port}/dicomweb"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_a_server_asking_for_a_client_certificate_names_cert(
+    tmp_path: Path, tls_ca: TlsFiles
+) -> None:
+    """nginx's `ssl_verify_client on` completes the handshake without a client certificate,
+    or with one it does not trust, and answers HTTP 400 itself: the line says what it wants
+    (it was `QIDO search: HTTP 400 on ...`, not a word about a certificate)."""
+    import trustme
+
+    other = trustme.CA().issue_cert("client@dlstudy.test")
+    cert = tmp_path / "client.pem"
+    other.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    with nginx_asking_for_a_client_certificate(tmp_path / "nginx", tls_ca) as url:
+        for extra, expected in (
+            ((), "wants a client certificate: give it with --cert/--key"),
+            (("--cert", str(cert)), "refused the client certificate (--cert): not one it trusts?"),
+        ):
+            for args in (("query",), ("download", STUDY, "-o", str(tmp_path / "out"))):
+                result = run_installed(
+                    *args, "--url", url, "--ca-bundle", str(tls_ca.ca_pem), *extra
+                )
+                assert result.returncode == 3, result.stderr
+                (line,) = error_lines(result.stderr)
+                assert line.startswith(f"dlstudy: error: server {expected} (HTTP 400 on "), line

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from ..cli_helpers import assert_same_files, run_installed
+from ..cli_helpers import assert_same_files, run_installed, start_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
-from ..fixtures.proxies import RunningProxy
+from ..fixtures.proxies import RunningProxy, tinyproxy
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +166,70 @@ def test_a_proxy_asking_for_credentials_is_named(
     with_them = locked_proxy.url.replace("://", "://dlstudy:pr0xy-pass@")
     result = run_installed("query", "--url", url, "--proxy", with_them)
     assert result.returncode == 3 and "407" not in result.stderr  # through: nothing listens
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_refusing_the_credentials_in_its_url_is_named(
+    tmp_path: Path, locked_proxy: RunningProxy, scheme: str
+) -> None:
+    """Wrong credentials: tinyproxy refuses them with 401, not 407. Through a CONNECT tunnel
+    that is the proxy's answer for sure; over http:// it reads as the archive's, so the line
+    names the proxy's credentials too. The password is never shown."""
+    url = f"{scheme}://127.0.0.1:{closed_port()}/dicomweb"
+    wrong = locked_proxy.url.replace("://", "://dlstudy:wr0ng-pass@")
+    shown = locked_proxy.url.replace("://", "://dlstudy:***@")
+    for args in (("query",), ("download", "1.2.3", "-o", str(tmp_path))):
+        result = run_installed(*args, "--url", url, "--proxy", wrong)
+        assert result.returncode == 3, result.stderr
+        last = result.stderr.splitlines()[-1]
+        if scheme == "https":
+            assert last == (
+                f"dlstudy: error: proxy {shown} refused the credentials in its URL (HTTP 401)"
+            )
+        else:
+            assert last.startswith("dlstudy: error: server rejected the credentials: HTTP 401")
+            assert last.endswith(
+                f"(check --token / --user / --password, and the credentials of proxy {shown})"
+            )
+        assert "wr0ng-pass" not in result.stderr
+
+
+def test_a_proxy_restarting_mid_run_costs_no_instance(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A proxy that refuses connections for a moment (a restart, a configuration reload)
+    after the run began: requests connect again (for up to --timeout), the run completes.
+    (A proxy dead from the start still stops the run at once: see above.)"""
+    url = embedded_server(synth_study.root, latency=0.2)  # one at a time: the run lasts ~12 s
+    port, out = closed_port(), tmp_path / "out"
+    with tinyproxy(tmp_path / "proxy", port) as proxy:
+        run = start_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+            "--proxy", proxy.url, "-c", "1", "--workers", "1",
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep(1)  # the proxy is down: every connection is refused
+    with tinyproxy(tmp_path / "proxy", port):
+        output, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, output
+    assert_same_files(synth_study.instances, out)
+
+
+def test_a_request_timing_out_through_a_proxy_names_the_proxy(
+    tmp_path: Path, http_proxy: RunningProxy
+) -> None:
+    """A server that never answers, reached through a proxy, looks the same as a proxy that
+    never answers: the line says which proxy the request went through."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/dicomweb"
+        result = run_installed(
+            "download", "1.2.3", "--url", url, "-o", str(tmp_path), "--proxy", http_proxy.url,
+            "--timeout", "3", "--retries", "0",
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    # libcurl gives up after 3-4 s of silence, well before the search's own watchdog (6 s).
+    assert result.stderr.splitlines()[-1].endswith(
+        f"timed out waiting for {url}/studies/1.2.3/series through proxy {http_proxy.url}"
+    ), result.stderr
