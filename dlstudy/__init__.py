@@ -4,7 +4,7 @@ The public API. `sync`, `search_async` and their types are imported when first u
 command line imports this package first, and a download never needs them.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .dicomweb.cohort import CohortItem, read_cohort
 from .errors import DlstudyError, ExitStatus
@@ -12,6 +12,11 @@ from .jobs.download import download, download_async
 from .model import Failure, InstanceRef
 from .report.summary import Summary
 from .settings import Settings
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from .dicomweb.search import StudyQuery, StudyRecord, search_async
+    from .jobs.sync import sync, sync_async
+    from .report.progress import ProgressSink
 
 __all__ = [
     "CohortItem",
@@ -50,6 +55,11 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, for dir() and help()."""
+    return sorted({*globals(), *__all__})
 
 
 __version__ = "0.1.0"

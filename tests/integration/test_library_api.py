@@ -99,3 +99,52 @@ def test_a_download_leaves_the_callers_garbage_to_the_collector(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["60", "0", "True"]
+
+
+USER_SCRIPT = """
+import dlstudy
+from dlstudy import ProgressSink, StudyQuery, StudyRecord, Summary, search_async, sync, sync_async
+
+
+async def records(settings: dlstudy.Settings) -> list[StudyRecord]:
+    return await search_async(settings, StudyQuery())
+
+
+def main(progress: ProgressSink) -> None:
+    summary: Summary = dlstudy.download(
+        ["1.2.3"], "http://127.0.0.1:9/dicomweb", output="studies", progress=progress
+    )
+    print(summary.downloaded, summary.failed, summary.as_dict())
+    reveal_type(sync)
+    reveal_type(sync_async)
+    reveal_type(dlstudy.ProgressSink)
+"""
+
+
+def test_a_users_script_is_type_checked_against_dlstudys_hints(tmp_path: Path) -> None:
+    """dlstudy ships its hints (py.typed), and the names imported when first used have them
+    too: mypy --strict checks a script against them, none is Any."""
+    (tmp_path / "script.py").write_text(USER_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "script.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout
+    revealed = [line for line in result.stdout.splitlines() if "Revealed type" in line]
+    assert len(revealed) == 3 and not any('"Any"' in line for line in revealed), revealed
+    assert "-> dlstudy.jobs.sync.SyncSummary" in revealed[0]
+
+
+def test_dir_lists_every_public_name_before_any_is_used() -> None:
+    """dir(dlstudy), and so help(dlstudy) and completion in a notebook, show the names
+    imported when first used, without importing them."""
+    script = (
+        "import sys, dlstudy\n"
+        "missing = sorted(set(dlstudy.__all__) - set(dir(dlstudy)))\n"
+        "print(missing, 'dlstudy.jobs.sync' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "False"]
