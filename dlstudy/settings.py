@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 HttpVersion = Literal["auto", "1.1", "2"]
 Mode = Literal["auto", "instance", "series", "study"]
@@ -72,9 +73,25 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, str | os.PathLike) and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "series", values(self.series))
+        object.__setattr__(self, "modalities", values(self.modalities))
+        object.__setattr__(self, "headers", pairs(self.headers))
 
 
 _PATH_FIELDS = tuple(f.name for f in fields(Settings) if "Path" in str(f.type))
+
+
+def values(given: str | Iterable[str]) -> tuple[str, ...]:
+    """A tuple of strings from what a library caller may pass: a list, or one string as one
+    value (`modalities="CT"`), which a tuple of its characters would silently not match."""
+    return (given,) if isinstance(given, str) else tuple(given)
+
+
+def pairs(given: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[Any, ...]:
+    """(name, value) pairs from a dict (`headers={"X-Api-Key": "..."}`), or as given: what is
+    no pair is refused where it is used (http/credentials.py, dicomweb/search.py)."""
+    items = given.items() if isinstance(given, Mapping) else given
+    return tuple(tuple(item) if isinstance(item, list) else item for item in items)
 
 
 def concurrency_for(requested: int, http_version: str | None) -> int:

@@ -20,7 +20,8 @@ from ..errors import UsageError
 from ..flow.retry import RetryPolicy
 from ..http.auth import auth_from_settings
 from ..http.client import Transport
-from ..settings import Settings
+from ..http.credentials import is_pair
+from ..settings import Settings, pairs, values
 from .qido import TAG_STUDY_UID, Pager, first_int, first_value
 
 TAG_STUDY_DATE = "00080020"
@@ -53,6 +54,13 @@ class StudyQuery:
     accession: str | None = None
     modalities: tuple[str, ...] = ()
     filters: tuple[tuple[str, str], ...] = ()  # (keyword or 8 hex digits, value)
+
+    def __post_init__(self) -> None:
+        # As Settings takes them from a library caller: `modalities="CT"`, `filters={...}`.
+        object.__setattr__(self, "modalities", values(self.modalities))
+        object.__setattr__(self, "filters", pairs(self.filters))
+        if not all(is_pair(one) for one in self.filters):
+            raise UsageError("filters must be (keyword, value) pairs of text, or a dict")
 
     def params(self, modality: str | None = None) -> list[tuple[str, str]]:
         params: list[tuple[str, str]] = []

@@ -117,7 +117,9 @@ def download(
 
 def unique(wanted: Iterable[Wanted]) -> list[Wanted]:
     """In order, each once: a repeated UID or an item naming the same UIDs as an earlier one
-    (on another line) is dropped."""
+    (on another line) is dropped. One UID as a string is that one study, not its characters."""
+    if isinstance(wanted, str):
+        wanted = [wanted]
     seen: set[object] = set()
     kept: list[Wanted] = []
     for one in wanted:
@@ -140,6 +142,8 @@ async def download_async(
     its own); without it, to one for `settings.report`, committed here."""
     summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
     started = time.monotonic() if started is None else started
+    if isinstance(study_uids, str):
+        study_uids = [study_uids]
     try:
         validate(settings, study_uids)
         items = [u if isinstance(u, CohortItem) else CohortItem(study_uid=u) for u in study_uids]

@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 import dlstudy
@@ -148,3 +149,33 @@ def test_dir_lists_every_public_name_before_any_is_used() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[]", "False"]
+
+
+def test_one_string_where_a_list_goes_is_one_value(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A script passes one study UID, one series, one modality as a string, and headers or
+    filters as a dict: each is that one value (not a UID or modality per character), and a
+    dict is its (name, value) pairs."""
+    url = embedded_server(synth_study.root)
+    series = synth_study.series_uids[0]
+    summary = dlstudy.download(
+        synth_study.study_uid, url, output=tmp_path / "out", series=series, modalities="CT",
+        headers={"X-Trace": "1"},
+    )  # fmt: skip
+    assert (summary.studies, summary.downloaded, summary.failed) == ([synth_study.study_uid], 20, 0)
+    assert_same_files(
+        [i for i in synth_study.instances if i.series_uid == series], tmp_path / "out"
+    )
+
+    wanted = {"StudyInstanceUID": synth_study.study_uid}
+    query = dlstudy.StudyQuery(modalities="CT", filters=wanted)  # type: ignore[arg-type]
+    records = anyio.run(dlstudy.search_async, dlstudy.Settings(url=url), query)
+    assert [record.study_uid for record in records] == [synth_study.study_uid]
+
+    with pytest.raises(dlstudy.DlstudyError) as refused:
+        dlstudy.download(synth_study.study_uid, url, output=tmp_path, headers=["X-Key: secret"])
+    assert refused.value.exit_status == 2 and "secret" not in str(refused.value)
+    with pytest.raises(dlstudy.DlstudyError) as refused:
+        dlstudy.StudyQuery(filters=["PatientID=7"])  # type: ignore[arg-type]
+    assert refused.value.exit_status == 2
