@@ -98,11 +98,12 @@ def _safe_to_fork() -> bool:
     return (
         "fork" in multiprocessing.get_all_start_methods()
         and threading.active_count() == 1
-        and _no_running_loop()
+        and no_running_loop()
     )
 
 
-def _no_running_loop() -> bool:
+def no_running_loop() -> bool:
+    """Whether this thread runs no asyncio event loop (a notebook's, say)."""
     import asyncio
 
     try:

@@ -8,16 +8,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from ..dicomweb.cohort import CohortItem
 from ..engine.schedule import complete_in_index, trusts_index
-from ..engine.standby import standing_by
+from ..engine.standby import no_running_loop, standing_by
 from ..engine.workers import standing_by_for
 from ..errors import (
     DlstudyError,
@@ -39,6 +39,8 @@ from ..store.manifest import Manifest
 from .run import Run
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 Wanted = str | CohortItem  # a study UID, or an item of a cohort list (dicomweb/cohort.py)
@@ -112,7 +114,22 @@ def download(
     # backend then) is part of the run, and both show the same MB/s.
     started = time.monotonic()
     with standing_by(standing_by_for(settings.workers, settings.mode)):
-        return anyio.run(download_async, uids, settings, progress or NullProgress(), started)
+        return run_to_end(download_async, uids, settings, progress or NullProgress(), started)
+
+
+def run_to_end(work: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`anyio.run(work, *args)`; where this thread runs an event loop already (a notebook's),
+    which cannot run a second, on a loop of its own thread while this one waits. Interrupting
+    the wait (Ctrl-C) cancels the run: it cleans up as it does on a signal."""
+    if no_running_loop():
+        return anyio.run(work, *args)
+    with anyio.from_thread.start_blocking_portal() as portal:
+        future = portal.start_task_soon(work, *args)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
 
 def unique(wanted: Iterable[Wanted]) -> list[Wanted]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -179,3 +180,69 @@ def test_one_string_where_a_list_goes_is_one_value(
     with pytest.raises(dlstudy.DlstudyError) as refused:
         dlstudy.StudyQuery(filters=["PatientID=7"])  # type: ignore[arg-type]
     assert refused.value.exit_status == 2
+
+
+def test_download_and_sync_run_where_an_event_loop_already_runs(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A notebook's cell runs in a thread whose asyncio loop is running, which cannot run a
+    second: download() and sync() run theirs beside it, as the README's example expects."""
+    url = embedded_server(synth_study.root)
+
+    async def cell() -> tuple[int, int]:
+        downloaded = dlstudy.download([synth_study.study_uid], url, output=tmp_path / "d")
+        synced = dlstudy.sync(
+            dlstudy.Settings(url=url, output=tmp_path / "s"), dlstudy.StudyQuery()
+        )
+        return downloaded.downloaded, synced.downloaded
+
+    assert asyncio.run(cell()) == (60, 60)
+    assert_same_files(synth_study.instances, tmp_path / "d")
+    assert_same_files(synth_study.instances, tmp_path / "s")
+
+
+INTERRUPTED_IN_A_CELL = """
+import asyncio, signal, sys, threading, time, dlstudy
+from pathlib import Path
+
+class InterruptAtFirst:
+    interrupted = False
+    def __getattr__(self, name):
+        return lambda *args: None
+    def instance_done(self, ref, nbytes):
+        if not self.interrupted:  # Ctrl-C, as a notebook's kernel gets it
+            self.interrupted = True
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(2)  # the run's loop waits: the cancellation comes before more is done
+
+async def cell():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a kernel has it
+    try:
+        dlstudy.download(
+            [sys.argv[1]], sys.argv[2], output=sys.argv[3], progress=InterruptAtFirst()
+        )
+    except KeyboardInterrupt:
+        print("interrupted", len(list(Path(sys.argv[3]).rglob("*.part"))))
+    again = dlstudy.download([sys.argv[1]], sys.argv[2], output=sys.argv[3])
+    print(again.skipped, again.downloaded, again.failed)
+
+asyncio.run(cell())
+"""
+
+
+def test_an_interrupted_download_in_a_running_loop_cleans_up(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Ctrl-C while download() waits in a notebook's cell cancels the run on its thread: no
+    temp file is left, the folder is unlocked, and the next call completes the study."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IN_A_CELL, synth_study.study_uid, url, str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    interrupted, temp_files, skipped, downloaded, failed = result.stdout.split()
+    assert (interrupted, temp_files, failed) == ("interrupted", "0", "0")
+    assert int(skipped) < 60 and int(skipped) + int(downloaded) == 60
+    assert_same_files(synth_study.instances, out)
