@@ -56,11 +56,17 @@ class StudyQuery:
     filters: tuple[tuple[str, str], ...] = ()  # (keyword or 8 hex digits, value)
 
     def __post_init__(self) -> None:
-        # As Settings takes them from a library caller: `modalities="CT"`, `filters={...}`.
+        # As Settings takes them from a library caller: `modalities="CT"`, `filters={...}`;
+        # checked, and dates and keys made what is sent, as for the CLI's options.
         object.__setattr__(self, "modalities", values(self.modalities))
-        object.__setattr__(self, "filters", pairs(self.filters))
-        if not all(is_pair(one) for one in self.filters):
+        filters = pairs(self.filters)
+        if not all(is_pair(one) for one in filters):
             raise UsageError("filters must be (keyword, value) pairs of text, or a dict")
+        if filters:
+            filters = tuple((matching_key(key), value) for key, value in filters)
+        object.__setattr__(self, "filters", filters)
+        if self.study_date is not None:
+            object.__setattr__(self, "study_date", parse_study_date(self.study_date))
 
     def params(self, modality: str | None = None) -> list[tuple[str, str]]:
         params: list[tuple[str, str]] = []
@@ -165,14 +171,20 @@ def attribute_id(name: str) -> str:
     return name
 
 
+def matching_key(name: str) -> str:
+    """A filter key as sent (see attribute_id), if it is one a search may match on."""
+    attribute = attribute_id(name)
+    if attribute.lower() in _CONTROL_KEYS:
+        raise UsageError(f"--filter: {attribute} is not a matching key")
+    return attribute
+
+
 def parse_filter(text: str) -> tuple[str, str]:
     """`KEY=VALUE` with KEY a DICOM keyword or tag."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"--filter must look like KEY=VALUE, not {text[:60]!r}")
-    attribute = attribute_id(key)
-    if attribute.lower() in _CONTROL_KEYS:
-        raise UsageError(f"--filter: {attribute} is not a matching key")
+    attribute = matching_key(key)
     if not value.strip():  # an empty value matches anything: "$VAR" unset, most likely
         raise UsageError(f"--filter {attribute}= is empty: give a value, or leave it out")
     return attribute, value.strip()

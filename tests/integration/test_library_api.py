@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -246,3 +247,33 @@ def test_an_interrupted_download_in_a_running_loop_cleans_up(
     assert (interrupted, temp_files, failed) == ("interrupted", "0", "0")
     assert int(skipped) < 60 and int(skipped) + int(downloaded) == 60
     assert_same_files(synth_study.instances, out)
+
+
+def test_a_search_takes_the_clis_forms_and_refuses_what_no_server_should_see(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """StudyQuery takes a date and filter keys as --study-date and --filter do (an ISO date, a
+    tag), and refuses what they refuse with a usage error (exit 2) before any request: an
+    unknown keyword or an impossible date was sent, and came back as the server's HTTP 400
+    (exit 3) or as no match; a page size below 1 was sent as `limit=-1`."""
+    url = embedded_server(synth_study.root)
+    settings = dlstudy.Settings(url=url)
+    [found] = anyio.run(dlstudy.search_async, settings, dlstudy.StudyQuery())
+    assert found.study_date is not None and found.patient_id is not None
+    iso_date = f"{found.study_date[:4]}-{found.study_date[4:6]}-{found.study_date[6:]}"
+    query = dlstudy.StudyQuery(study_date=iso_date, filters=(("(0010,0020)", found.patient_id),))
+    records = anyio.run(dlstudy.search_async, settings, query)
+    assert [record.study_uid for record in records] == [synth_study.study_uid]
+
+    refused: list[Callable[[], object]] = [
+        lambda: dlstudy.StudyQuery(filters=(("NoSuchKeyword", "1"),)),
+        lambda: dlstudy.StudyQuery(study_date="2026/13/01"),
+        lambda: anyio.run(
+            dlstudy.search_async, dlstudy.Settings(url=url, qido_page_size=-1), query
+        ),
+        lambda: dlstudy.download(synth_study.study_uid, url, qido_page_size=0),
+    ]
+    for call in refused:
+        with pytest.raises(dlstudy.DlstudyError) as usage:
+            call()
+        assert usage.value.exit_status == dlstudy.ExitStatus.USAGE, usage.value
