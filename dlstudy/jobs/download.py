@@ -120,16 +120,31 @@ def download(
 def run_to_end(work: Callable[..., Awaitable[T]], *args: Any) -> T:
     """`anyio.run(work, *args)`; where this thread runs an event loop already (a notebook's),
     which cannot run a second, on a loop of its own thread while this one waits. Interrupting
-    the wait (Ctrl-C) cancels the run: it cleans up as it does on a signal."""
+    the wait (Ctrl-C) cancels the run: it cleans up as it does on a signal, and the
+    interruption carries the summary the run attached on its way out."""
     if no_running_loop():
         return anyio.run(work, *args)
-    with anyio.from_thread.start_blocking_portal() as portal:
-        future = portal.start_task_soon(work, *args)
+    ended: list[BaseException] = []
+
+    async def watched() -> T:
         try:
-            return future.result()
-        except BaseException:
-            future.cancel()
+            return await work(*args)
+        except BaseException as exc:
+            ended.append(exc)
             raise
+
+    try:
+        with anyio.from_thread.start_blocking_portal() as portal:
+            future = portal.start_task_soon(watched)
+            try:
+                return future.result()
+            except BaseException:
+                future.cancel()
+                raise
+    except BaseException as exc:
+        if ended and not hasattr(exc, "summary"):  # the wait, not the run, was interrupted
+            exc.summary = getattr(ended[0], "summary", None)  # type: ignore[attr-defined]
+        raise
 
 
 def unique(wanted: Iterable[Wanted]) -> list[Wanted]:

@@ -222,8 +222,8 @@ async def cell():
         dlstudy.download(
             [sys.argv[1]], sys.argv[2], output=sys.argv[3], progress=InterruptAtFirst()
         )
-    except KeyboardInterrupt:
-        print("interrupted", len(list(Path(sys.argv[3]).rglob("*.part"))))
+    except KeyboardInterrupt as stop:
+        print("interrupted", stop.summary.downloaded, len(list(Path(sys.argv[3]).rglob("*.part"))))
     again = dlstudy.download([sys.argv[1]], sys.argv[2], output=sys.argv[3])
     print(again.skipped, again.downloaded, again.failed)
 
@@ -234,8 +234,9 @@ asyncio.run(cell())
 def test_an_interrupted_download_in_a_running_loop_cleans_up(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
-    """Ctrl-C while download() waits in a notebook's cell cancels the run on its thread: no
-    temp file is left, the folder is unlocked, and the next call completes the study."""
+    """Ctrl-C while download() waits in a notebook's cell cancels the run on its thread: the
+    KeyboardInterrupt carries what was done, no temp file is left, the folder is unlocked, and
+    the next call completes the study."""
     url = embedded_server(synth_study.root)
     out = tmp_path / "out"
     result = subprocess.run(
@@ -243,9 +244,9 @@ def test_an_interrupted_download_in_a_running_loop_cleans_up(
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    interrupted, temp_files, skipped, downloaded, failed = result.stdout.split()
+    interrupted, before, temp_files, skipped, downloaded, failed = result.stdout.split()
     assert (interrupted, temp_files, failed) == ("interrupted", "0", "0")
-    assert int(skipped) < 60 and int(skipped) + int(downloaded) == 60
+    assert int(before) == int(skipped) < 60 and int(skipped) + int(downloaded) == 60
     assert_same_files(synth_study.instances, out)
 
 
