@@ -29,11 +29,12 @@ MAX_WORKERS = 64
 class Settings:
     """How to talk to the server and where to put what comes back.
 
-    Secrets (`token`, `password`, header values) live here but are never rendered: `__repr__`
-    is generated without them so a stray log line or traceback cannot leak them.
+    Secrets (`token`, `password`, header values, and the URL and proxy, which may hold a
+    password or an API key) live here but are never rendered: `__repr__` is generated without
+    them so a stray log line or traceback cannot leak them.
     """
 
-    url: str
+    url: str = field(repr=False)
     output: Path = Path("studies")
     concurrency: int = 0  # 0: chosen by protocol, see concurrency_for()
     workers: int = 0  # processes sharing the per-instance pool; 0: one per core (engine/workers.py)
@@ -51,7 +52,8 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
-    proxy: str | None = None  # else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply
+    # else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply
+    proxy: str | None = field(default=None, repr=False)
     token_command: str | None = field(default=None, repr=False)
     retries: int = 6
     retry_budget: float = 600.0  # seconds one instance may spend being retried
