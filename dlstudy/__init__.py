@@ -15,6 +15,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from .dicomweb.search import StudyQuery, StudyRecord, search_async
+    from .dicomweb.shard import Shard
     from .jobs.sync import sync, sync_async
     from .report.progress import ProgressSink
 
@@ -30,6 +31,7 @@ __all__ = [
     "download_async",
     "read_cohort",
     "ProgressSink",
+    "Shard",
     "StudyQuery",
     "StudyRecord",
     "search_async",
@@ -39,6 +41,7 @@ __all__ = [
 
 _LAZY = {
     "ProgressSink": "report.progress",
+    "Shard": "dicomweb.shard",
     "StudyQuery": "dicomweb.search",
     "StudyRecord": "dicomweb.search",
     "search_async": "dicomweb.search",

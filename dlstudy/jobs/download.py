@@ -165,13 +165,15 @@ def unique(wanted: Iterable[Wanted]) -> list[Wanted]:
 async def download_async(
     study_uids: Sequence[Wanted],
     settings: Settings,
-    progress: ProgressSink,
+    progress: ProgressSink | None = None,
     started: float | None = None,
     report: ReportWriter | None = None,
 ) -> Summary:
-    """`started`: a time.monotonic() reading the run is timed from (default: now). `report`:
-    the --report rows go to this writer, which the caller commits (sync's, which has rows of
-    its own); without it, to one for `settings.report`, committed here."""
+    """download() from async code, with `settings` made. `started`: a time.monotonic()
+    reading the run is timed from (default: now). `report`: the --report rows go to this
+    writer, which the caller commits (sync's, which has rows of its own); without it, to one
+    for `settings.report`, committed here."""
+    progress = progress or NullProgress()
     summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
     started = time.monotonic() if started is None else started
     if isinstance(study_uids, str):

@@ -278,3 +278,20 @@ def test_a_search_takes_the_clis_forms_and_refuses_what_no_server_should_see(
         with pytest.raises(dlstudy.DlstudyError) as usage:
             call()
         assert usage.value.exit_status == dlstudy.ExitStatus.USAGE, usage.value
+
+
+def test_the_readmes_async_and_sharded_calls_run_as_written(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`await dlstudy.download_async(uids, settings)` needs no progress sink, and
+    `dlstudy.sync(settings, query, shard=...)` takes a `dlstudy.Shard`, as the README has it."""
+    url = embedded_server(synth_study.root)
+    settings = dlstudy.Settings(url=url, output=tmp_path / "async")
+    summary = asyncio.run(dlstudy.download_async([synth_study.study_uid], settings))
+    assert summary.downloaded == 60
+
+    owner = 1 if dlstudy.Shard(1, 2).owns(synth_study.study_uid) else 2
+    for number, expected in ((owner, 60), (3 - owner, 0)):
+        sharded = dlstudy.Settings(url=url, output=tmp_path / f"shard-{number}")
+        synced = dlstudy.sync(sharded, dlstudy.StudyQuery(), shard=dlstudy.Shard(number, 2))
+        assert synced.downloaded == expected
