@@ -19,7 +19,7 @@ import anyio
 from ..errors import UsageError
 from ..flow.retry import RetryPolicy
 from ..http.auth import auth_from_settings
-from ..http.client import Transport
+from ..http.client import Transport, require_asyncio
 from ..http.credentials import is_pair
 from ..settings import Settings, pairs, values
 from .qido import TAG_STUDY_UID, Pager, first_int, first_value
@@ -277,6 +277,7 @@ async def search_async(
 ) -> list[StudyRecord]:
     """Open a transport for `settings` (auth, TLS, HTTP version), search, close. `policy`:
     the retries, when the caller counts them (its tally); `keyless`: as for search_studies."""
+    require_asyncio()
     transport = Transport(settings, auth=await auth_from_settings(settings))
     if policy is None:
         policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)

@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
-from ..http.client import Transport
+from ..http.client import Transport, require_asyncio
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..report.landed import PRESENT, ReportWriter, report_format, run_report
 from ..report.progress import NullProgress, ProgressSink
@@ -48,6 +48,7 @@ Wanted = str | CohortItem  # a study UID, or an item of a cohort list (dicomweb/
 
 def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
     """Reject bad input before touching the network or the disk."""
+    require_asyncio()
     if not study_uids:
         raise UsageError("no study UID given")
     for uid in study_uids:

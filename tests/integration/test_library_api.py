@@ -295,3 +295,33 @@ def test_the_readmes_async_and_sharded_calls_run_as_written(
         sharded = dlstudy.Settings(url=url, output=tmp_path / f"shard-{number}")
         synced = dlstudy.sync(sharded, dlstudy.StudyQuery(), shard=dlstudy.Shard(number, 2))
         assert synced.downloaded == expected
+
+
+def test_under_trio_the_async_functions_say_they_need_asyncio(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """anyio runs on trio too, but libcurl's transfers are driven from asyncio's loop: in
+    trio's, download_async and search_async stop with a usage error saying what to do, before
+    the output folder is made, not with a RuntimeError from inside the first request; in a
+    worker thread download() runs."""
+    trio = pytest.importorskip("trio")
+    url = embedded_server(synth_study.root)
+    settings = dlstudy.Settings(url=url, output=tmp_path / "out")
+    calls = [
+        lambda: dlstudy.download_async([synth_study.study_uid], settings),
+        lambda: dlstudy.search_async(settings, dlstudy.StudyQuery()),
+    ]
+    for call in calls:
+        with pytest.raises(dlstudy.DlstudyError) as refused:
+            trio.run(call)
+        assert refused.value.exit_status == dlstudy.ExitStatus.USAGE
+        assert "worker thread" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+    async def in_a_thread() -> dlstudy.Summary:
+        summary: dlstudy.Summary = await trio.to_thread.run_sync(
+            lambda: dlstudy.download([synth_study.study_uid], settings=settings)
+        )
+        return summary
+
+    assert trio.run(in_a_thread).downloaded == 60
