@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from .dicomweb.cohort import CohortItem, read_cohort
     from .dicomweb.search import StudyQuery, StudyRecord, search_async
+    from .dicomweb.shard import Shard
     from .errors import DlstudyError, ExitStatus
     from .jobs.download import download, download_async
     from .jobs.sync import sync, sync_async
@@ -34,6 +35,7 @@ __all__ = [
     "download_async",
     "read_cohort",
     "ProgressSink",
+    "Shard",
     "StudyQuery",
     "StudyRecord",
     "search_async",
@@ -53,6 +55,7 @@ _MODULE_OF = {
     "Summary": "report.summary",
     "Settings": "settings",
     "ProgressSink": "report.progress",
+    "Shard": "dicomweb.shard",
     "StudyQuery": "dicomweb.search",
     "StudyRecord": "dicomweb.search",
     "search_async": "dicomweb.search",
@@ -72,6 +75,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The lazy names too, for dir() and help()."""
     return sorted({*globals(), *__all__})
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 HttpVersion = Literal["auto", "1.1", "2"]
 Mode = Literal["auto", "instance", "series", "study"]
@@ -28,11 +29,12 @@ MAX_WORKERS = 64
 class Settings:
     """How to talk to the server and where to put what comes back.
 
-    Secrets (`token`, `password`, header values) live here but are never rendered: `__repr__`
-    is generated without them so a stray log line or traceback cannot leak them.
+    Secrets (`token`, `password`, header values, and the URL and proxy, which may hold a
+    password or an API key) live here but are never rendered: `__repr__` is generated without
+    them so a stray log line or traceback cannot leak them.
     """
 
-    url: str
+    url: str = field(repr=False)
     output: Path = Path("studies")
     concurrency: int = 0  # 0: chosen by protocol, see concurrency_for()
     workers: int = 0  # processes sharing the per-instance pool; 0: one per core (engine/workers.py)
@@ -50,7 +52,8 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
-    proxy: str | None = None  # else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply
+    # else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply
+    proxy: str | None = field(default=None, repr=False)
     token_command: str | None = field(default=None, repr=False)
     retries: int = 6
     retry_budget: float = 600.0  # seconds one instance may spend being retried
@@ -72,9 +75,25 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, str | os.PathLike) and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "series", values(self.series))
+        object.__setattr__(self, "modalities", values(self.modalities))
+        object.__setattr__(self, "headers", pairs(self.headers))
 
 
 _PATH_FIELDS = tuple(f.name for f in fields(Settings) if "Path" in str(f.type))
+
+
+def values(given: str | Iterable[str]) -> tuple[str, ...]:
+    """A tuple of strings from what a library caller may pass: a list, or one string as one
+    value (`modalities="CT"`), which a tuple of its characters would silently not match."""
+    return (given,) if isinstance(given, str) else tuple(given)
+
+
+def pairs(given: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[Any, ...]:
+    """(name, value) pairs from a dict (`headers={"X-Api-Key": "..."}`), or as given: what is
+    no pair is refused where it is used (http/credentials.py, dicomweb/search.py)."""
+    items = given.items() if isinstance(given, Mapping) else given
+    return tuple(tuple(item) if isinstance(item, list) else item for item in items)
 
 
 def concurrency_for(requested: int, http_version: str | None) -> int:

@@ -269,7 +269,9 @@ Wanted = str | CohortItem  # a study UID, or an item of a cohort list
 
 def unique_wanted(wanted: Iterable[Wanted]) -> list[Wanted]:
     """In order, each once: a repeated UID or an item naming the same UIDs as an earlier one
-    (on another line) is dropped."""
+    (on another line) is dropped. One UID as a string is that one study, not its characters."""
+    if isinstance(wanted, str):
+        wanted = [wanted]
     seen: set[object] = set()
     kept: list[Wanted] = []
     for one in wanted:

@@ -31,6 +31,7 @@ from ..errors import (
     IncompleteListingError,
     ServerError,
     TransferError,
+    UsageError,
 )
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.watchdog import watchdog
@@ -161,6 +162,8 @@ class Pager:
     """Walks one QIDO query through every page it has, retrying transient failures."""
 
     def __init__(self, transport: Transport, page_size: int, policy: RetryPolicy) -> None:
+        if page_size < 1:  # the library's qido_page_size (the CLI's --page-size is checked)
+            raise UsageError(f"qido_page_size must be 1 or more, not {page_size}")
         self.transport = transport
         self.page_size = page_size
         self.policy = policy

@@ -20,8 +20,9 @@ import anyio
 from ..errors import UsageError
 from ..flow.retry import RetryPolicy
 from ..http.auth import auth_from_settings
-from ..http.client import Transport
-from ..settings import Settings
+from ..http.client import Transport, require_asyncio
+from ..http.credentials import is_pair
+from ..settings import Settings, pairs, values
 from .qido import TAG_STUDY_UID, Pager, first_int, first_value
 
 TAG_STUDY_DATE = "00080020"
@@ -54,6 +55,19 @@ class StudyQuery:
     accession: str | None = None
     modalities: tuple[str, ...] = ()
     filters: tuple[tuple[str, str], ...] = ()  # (keyword or 8 hex digits, value)
+
+    def __post_init__(self) -> None:
+        # As Settings takes them from a library caller: `modalities="CT"`, `filters={...}`;
+        # checked, and dates and keys made what is sent, as for the CLI's options.
+        object.__setattr__(self, "modalities", values(self.modalities))
+        filters = pairs(self.filters)
+        if not all(is_pair(one) for one in filters):
+            raise UsageError("filters must be (keyword, value) pairs of text, or a dict")
+        if filters:
+            filters = tuple((matching_key(key), value) for key, value in filters)
+        object.__setattr__(self, "filters", filters)
+        if self.study_date is not None:
+            object.__setattr__(self, "study_date", parse_study_date(self.study_date))
 
     def params(self, modality: str | None = None) -> list[tuple[str, str]]:
         params: list[tuple[str, str]] = []
@@ -158,14 +172,20 @@ def attribute_id(name: str) -> str:
     return name
 
 
+def matching_key(name: str) -> str:
+    """A filter key as sent (see attribute_id), if it is one a search may match on."""
+    attribute = attribute_id(name)
+    if attribute.lower() in _CONTROL_KEYS:
+        raise UsageError(f"--filter: {attribute} is not a matching key")
+    return attribute
+
+
 def parse_filter(text: str) -> tuple[str, str]:
     """`KEY=VALUE` with KEY a DICOM keyword or tag."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"--filter must look like KEY=VALUE, not {text[:60]!r}")
-    attribute = attribute_id(key)
-    if attribute.lower() in _CONTROL_KEYS:
-        raise UsageError(f"--filter: {attribute} is not a matching key")
+    attribute = matching_key(key)
     if not value.strip():  # an empty value matches anything: "$VAR" unset, most likely
         raise UsageError(f"--filter {attribute}= is empty: give a value, or leave it out")
     return attribute, value.strip()
@@ -308,6 +328,7 @@ async def search_async(
 ) -> list[StudyRecord]:
     """Open a transport for `settings`, search, close. `policy`: the retries, when the caller
     counts them (its tally); `keyless`: as for search_studies."""
+    require_asyncio()
     if policy is None:
         policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
     async with opened(settings) as transport:

@@ -35,7 +35,10 @@ class Standby:
 
         context = multiprocessing.get_context("fork")
         # What exists now (modules, classes, functions) lives for the whole run: out of the
-        # collector's reach, neither process writes to its pages, so they stay shared.
+        # collector's reach, neither process writes to its pages, so they stay shared. Given
+        # back to the collector after the run unless frozen before (the CLI's own freeze): a
+        # library caller's garbage of that moment would never be collected.
+        self.thaw = gc.get_freeze_count() == 0
         gc.freeze()
         self.counter: Any = context.Value("q", 0)  # the next instance of the run's list
         self.idle: list[tuple[Any, Connection]] = []
@@ -55,7 +58,7 @@ class Standby:
         return taken
 
     def close(self) -> None:
-        """Let the workers no run took exit."""
+        """Let the workers no run took exit; unfreeze what was frozen for them."""
         for process, conn in self.idle:
             conn.close()
             process.join(5)
@@ -63,6 +66,8 @@ class Standby:
                 process.kill()
                 process.join()
         self.idle = []
+        if self.thaw:
+            gc.unfreeze()
 
 
 _CURRENT: ContextVar[Standby | None] = ContextVar("dlstudy_standby", default=None)
@@ -93,11 +98,12 @@ def _safe_to_fork() -> bool:
     return (
         "fork" in multiprocessing.get_all_start_methods()
         and threading.active_count() == 1
-        and _no_running_loop()
+        and no_running_loop()
     )
 
 
-def _no_running_loop() -> bool:
+def no_running_loop() -> bool:
+    """Whether this thread runs no asyncio event loop (a notebook's, say)."""
     import asyncio
 
     try:

@@ -12,6 +12,7 @@ first request. The client then switches to HTTP/1.1 once, for the whole run (and
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -78,6 +79,18 @@ def _plan(settings: Settings, is_tls: bool) -> list[HttpChoice]:
     if settings.http == "2":
         return ["2"]
     return ["h2 or 1.1"] if is_tls else ["2", "1.1"]
+
+
+def require_asyncio() -> None:
+    """libcurl's transfers are driven from asyncio's loop (multi.py): in another event loop
+    (trio's), say so at once, not with a RuntimeError from deep in the first request."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise UsageError(
+            "dlstudy's async functions run in an asyncio event loop; from another (trio), "
+            "call dlstudy.download() or dlstudy.sync() in a worker thread"
+        ) from None
 
 
 class Transport:

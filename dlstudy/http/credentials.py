@@ -10,6 +10,11 @@ def has_control_character(text: str) -> bool:
     return any((ord(c) < 32 and c != "\t") or c == "\x7f" for c in text)
 
 
+def is_pair(given: object) -> bool:
+    """Whether `given` is a (name, value) pair of strings."""
+    return isinstance(given, tuple) and len(given) == 2 and all(isinstance(s, str) for s in given)
+
+
 def credentials_problem(
     token: str | None,
     user: str | None,
@@ -19,6 +24,8 @@ def credentials_problem(
     """Which option holds a control character, in words that show none of it; or None.
     A token is taken stripped (see Transport): a trailing newline is common (a Kubernetes
     secret, `$(cat token.txt)`)."""
+    if not all(is_pair(header) for header in headers):
+        return "--header: headers must be (name, value) pairs of text, or a dict"
     named = [("--token", (token or "").strip()), ("--user", user), ("--password", password)]
     named += [(f"--header {name}", value) for name, value in headers]
     for option, value in named:

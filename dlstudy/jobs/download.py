@@ -8,16 +8,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from ..dicomweb.cohort import CohortItem, Wanted, unique_wanted
 from ..engine.schedule import complete_in_index, trusts_index
-from ..engine.standby import standing_by
+from ..engine.standby import no_running_loop, standing_by
 from ..engine.workers import standing_by_for
 from ..errors import (
     DlstudyError,
@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
-from ..http.client import Transport
+from ..http.client import Transport, require_asyncio
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..model import Failure
 from ..report.landed import FAILED, PRESENT, ReportWriter, report_format, run_report
@@ -41,9 +41,12 @@ from .run import Run
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
     """Reject bad input before touching the network or the disk."""
+    require_asyncio()
     if not study_uids:
         raise UsageError("no study UID given")
     for uid in study_uids:
@@ -111,21 +114,55 @@ def download(
     # backend then) is part of the run, and both show the same MB/s.
     started = time.monotonic()
     with standing_by(standing_by_for(settings.workers, settings.mode)):
-        return anyio.run(download_async, uids, settings, progress or NullProgress(), started)
+        return run_to_end(download_async, uids, settings, progress or NullProgress(), started)
+
+
+def run_to_end(work: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`anyio.run(work, *args)`; where this thread runs an event loop already (a notebook's),
+    which cannot run a second, on a loop of its own thread while this one waits. Interrupting
+    the wait (Ctrl-C) cancels the run: it cleans up as it does on a signal, and the
+    interruption carries the summary the run attached on its way out."""
+    if no_running_loop():
+        return anyio.run(work, *args)
+    ended: list[BaseException] = []
+
+    async def watched() -> T:
+        try:
+            return await work(*args)
+        except BaseException as exc:
+            ended.append(exc)
+            raise
+
+    try:
+        with anyio.from_thread.start_blocking_portal() as portal:
+            future = portal.start_task_soon(watched)
+            try:
+                return future.result()
+            except BaseException:
+                future.cancel()
+                raise
+    except BaseException as exc:
+        if ended and not hasattr(exc, "summary"):  # the wait, not the run, was interrupted
+            exc.summary = getattr(ended[0], "summary", None)  # type: ignore[attr-defined]
+        raise
 
 
 async def download_async(
     study_uids: Sequence[Wanted],
     settings: Settings,
-    progress: ProgressSink,
+    progress: ProgressSink | None = None,
     started: float | None = None,
     report: ReportWriter | None = None,
 ) -> Summary:
-    """`started`: a time.monotonic() reading the run is timed from (default: now). `report`:
-    the --report rows go to this writer, which the caller commits (sync's, which has rows of
-    its own); without it, to one for `settings.report`, committed here."""
+    """download() from async code, with `settings` made. `started`: a time.monotonic()
+    reading the run is timed from (default: now). `report`: the --report rows go to this
+    writer, which the caller commits (sync's, which has rows of its own); without it, to one
+    for `settings.report`, committed here."""
+    progress = progress or NullProgress()
     summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
     started = time.monotonic() if started is None else started
+    if isinstance(study_uids, str):
+        study_uids = [study_uids]
     try:
         validate(settings, study_uids)
         items = [u if isinstance(u, CohortItem) else CohortItem(study_uid=u) for u in study_uids]

@@ -40,7 +40,7 @@ from ..store.completion import complete_from_index, is_complete
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
-from .download import download_async, report_present, validate
+from .download import download_async, report_present, run_to_end, validate
 
 
 @dataclass
@@ -88,7 +88,7 @@ def sync(
     Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
     """
     with standing_by(standing_by_for(settings.workers, settings.mode)):
-        return anyio.run(sync_async, settings, query, shard, progress or NullProgress(), catalog)
+        return run_to_end(sync_async, settings, query, shard, progress or NullProgress(), catalog)
 
 
 async def sync_async(

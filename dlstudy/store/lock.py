@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 
 import anyio
@@ -22,10 +23,11 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "lock"
 
-# Folders this process already holds: a nested take (sync around its download) is a no-op.
-# flock itself would not help here: a second open file description of the same file in the
-# same process would block on the first.
-_held: set[Path] = set()
+# Folders the run in this context already holds: a nested take (sync around its download) is
+# a no-op. Per context, not per process: another thread's or task's run into the same folder
+# opens the file again, and flock refuses it that second open file description, as it refuses
+# another process.
+_HELD: ContextVar[frozenset[Path]] = ContextVar("dlstudy_held_locks", default=frozenset())
 
 
 # How often `--wait` tries the lock again. Tried, not blocked on: a blocking flock would keep
@@ -38,7 +40,7 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
     """Hold the lock of the output folder whose state lives in `state_dir` (re-entrant);
     `wait`: until the run holding it ends (cancellable), else LockedError at once."""
     key = _key(state_dir)
-    if key in _held:
+    if key in _HELD.get():
         yield
         return
     path = state_dir / LOCK_NAME
@@ -75,11 +77,11 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
             raise StorageError(
                 f"cannot write {str(path)!r}: {exc.strerror or exc}", path=str(path)
             ) from exc
-        _held.add(key)
+        token = _HELD.set(_HELD.get() | {key})
         try:
             yield
         finally:
-            _held.discard(key)
+            _HELD.reset(token)
             with suppress(OSError):  # the pid is only what a second run shows
                 os.ftruncate(fp.fileno(), 0)
             fcntl.flock(fp.fileno(), fcntl.LOCK_UN)

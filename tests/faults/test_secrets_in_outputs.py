@@ -161,6 +161,20 @@ def test_libcurls_words_about_a_proxy_are_redacted(tmp_path: Path) -> None:
     assert SECRET not in str(caught.value)
 
 
+def test_settings_are_shown_without_their_secrets() -> None:
+    """A library caller's log line or traceback that shows its Settings shows no password or
+    key: not the URL's nor the proxy's, which may hold them, as token and headers may."""
+    import dlstudy
+
+    settings = dlstudy.Settings(
+        url=f"https://bob:{SECRET}@pacs.example.org/dw?api_key={SECRET}",
+        proxy=f"http://u:{SECRET}@proxy.example.org:3128",
+        token=SECRET, password=SECRET, headers=(("X-Api-Key", SECRET),),
+    )  # fmt: skip
+    assert SECRET not in repr(settings) and SECRET not in str(settings)
+    assert "output=" in repr(settings)
+
+
 @pytest.mark.parametrize(
     "header", [f"X-Api-Key {SECRET}", SECRET, f"Authorization Bearer {SECRET}:x"]
 )

@@ -1,0 +1,327 @@
+"""`import dlstudy` as a script, notebook or service uses it, against the embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+import dlstudy
+from dlstudy.model import InstanceRef
+from dlstudy.report.progress import Listed
+
+from ..cli_helpers import assert_same_files
+from ..fixtures.embedded_server import StartServer, SynthStudy
+
+pytestmark = pytest.mark.integration
+
+
+class HeldAtStart:
+    """A progress sink that keeps its run waiting, output folder locked, once it starts."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def resolving(self, study_uid: str) -> None:
+        pass
+
+    def start(self, total: int, skipped: int, listed: Listed | None = None) -> None:
+        self.started.set()
+        self.release.wait(60)
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def instance_done(self, ref: InstanceRef, nbytes: int) -> None:
+        pass
+
+    def instance_failed(self, ref: InstanceRef, reason: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_second_run_into_a_folder_in_use_in_this_process_is_refused(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """One run per output folder holds within one process too: a service's second thread
+    downloading into the folder a first one is filling gets LockedError, as another process
+    would, not a second run writing the same files and manifest."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    held = HeldAtStart()
+    results: list[object] = []
+
+    def first() -> None:
+        results.append(dlstudy.download([synth_study.study_uid], url, output=out, progress=held))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert held.started.wait(60)
+        with pytest.raises(dlstudy.DlstudyError) as refused:
+            dlstudy.download([synth_study.study_uid], url, output=out)
+    finally:
+        held.release.set()
+        thread.join(60)
+    assert refused.value.exit_status == dlstudy.ExitStatus.LOCKED
+    assert "in use by another dlstudy run" in str(refused.value)
+    [summary] = results
+    assert isinstance(summary, dlstudy.Summary) and summary.downloaded == 60
+    assert_same_files(synth_study.instances, out)
+
+
+def test_a_download_leaves_the_callers_garbage_to_the_collector(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Workers forked before the event loop share what is frozen out of the collector's reach
+    for the run; a library caller's objects are given back after it: garbage of that moment
+    (a cycle the collector had not reached yet) is collected, not kept for good."""
+    url = embedded_server(synth_study.root)
+    script = (
+        "import gc, sys, weakref, dlstudy\n"
+        "class Node: pass\n"
+        "gc.disable()  # the cycle below is garbage the collector has not reached yet\n"
+        "node = Node(); node.me = node; ref = weakref.ref(node); del node\n"
+        "s = dlstudy.download([sys.argv[1]], sys.argv[2], output=sys.argv[3], workers=2,\n"
+        "                     mode='instance')\n"
+        "gc.enable(); gc.collect()\n"
+        "print(s.downloaded, gc.get_freeze_count(), ref() is None)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, synth_study.study_uid, url, str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["60", "0", "True"]
+
+
+USER_SCRIPT = """
+import dlstudy
+from dlstudy import ProgressSink, StudyQuery, StudyRecord, Summary, search_async, sync, sync_async
+
+
+async def records(settings: dlstudy.Settings) -> list[StudyRecord]:
+    return await search_async(settings, StudyQuery())
+
+
+def main(progress: ProgressSink) -> None:
+    summary: Summary = dlstudy.download(
+        ["1.2.3"], "http://127.0.0.1:9/dicomweb", output="studies", progress=progress
+    )
+    print(summary.downloaded, summary.failed, summary.as_dict())
+    reveal_type(sync)
+    reveal_type(sync_async)
+    reveal_type(dlstudy.ProgressSink)
+"""
+
+
+def test_a_users_script_is_type_checked_against_dlstudys_hints(tmp_path: Path) -> None:
+    """dlstudy ships its hints (py.typed), and the names imported when first used have them
+    too: mypy --strict checks a script against them, none is Any."""
+    (tmp_path / "script.py").write_text(USER_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "script.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout
+    revealed = [line for line in result.stdout.splitlines() if "Revealed type" in line]
+    assert len(revealed) == 3 and not any('"Any"' in line for line in revealed), revealed
+    assert "-> dlstudy.jobs.sync.SyncSummary" in revealed[0]
+
+
+def test_dir_lists_every_public_name_before_any_is_used() -> None:
+    """dir(dlstudy), and so help(dlstudy) and completion in a notebook, show the names
+    imported when first used, without importing them."""
+    script = (
+        "import sys, dlstudy\n"
+        "missing = sorted(set(dlstudy.__all__) - set(dir(dlstudy)))\n"
+        "print(missing, 'dlstudy.jobs.sync' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "False"]
+
+
+def test_one_string_where_a_list_goes_is_one_value(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A script passes one study UID, one series, one modality as a string, and headers or
+    filters as a dict: each is that one value (not a UID or modality per character), and a
+    dict is its (name, value) pairs."""
+    url = embedded_server(synth_study.root)
+    series = synth_study.series_uids[0]
+    summary = dlstudy.download(
+        synth_study.study_uid, url, output=tmp_path / "out", series=series, modalities="CT",
+        headers={"X-Trace": "1"},
+    )  # fmt: skip
+    assert (summary.studies, summary.downloaded, summary.failed) == ([synth_study.study_uid], 20, 0)
+    assert_same_files(
+        [i for i in synth_study.instances if i.series_uid == series], tmp_path / "out"
+    )
+
+    wanted = {"StudyInstanceUID": synth_study.study_uid}
+    query = dlstudy.StudyQuery(modalities="CT", filters=wanted)  # type: ignore[arg-type]
+    records = anyio.run(dlstudy.search_async, dlstudy.Settings(url=url), query)
+    assert [record.study_uid for record in records] == [synth_study.study_uid]
+
+    with pytest.raises(dlstudy.DlstudyError) as refused:
+        dlstudy.download(synth_study.study_uid, url, output=tmp_path, headers=["X-Key: secret"])
+    assert refused.value.exit_status == 2 and "secret" not in str(refused.value)
+    with pytest.raises(dlstudy.DlstudyError) as refused:
+        dlstudy.StudyQuery(filters=["PatientID=7"])  # type: ignore[arg-type]
+    assert refused.value.exit_status == 2
+
+
+def test_download_and_sync_run_where_an_event_loop_already_runs(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A notebook's cell runs in a thread whose asyncio loop is running, which cannot run a
+    second: download() and sync() run theirs beside it, as the README's example expects."""
+    url = embedded_server(synth_study.root)
+
+    async def cell() -> tuple[int, int]:
+        downloaded = dlstudy.download([synth_study.study_uid], url, output=tmp_path / "d")
+        synced = dlstudy.sync(
+            dlstudy.Settings(url=url, output=tmp_path / "s"), dlstudy.StudyQuery()
+        )
+        return downloaded.downloaded, synced.downloaded
+
+    assert asyncio.run(cell()) == (60, 60)
+    assert_same_files(synth_study.instances, tmp_path / "d")
+    assert_same_files(synth_study.instances, tmp_path / "s")
+
+
+INTERRUPTED_IN_A_CELL = """
+import asyncio, signal, sys, threading, time, dlstudy
+from pathlib import Path
+
+class InterruptAtFirst:
+    interrupted = False
+    def __getattr__(self, name):
+        return lambda *args: None
+    def instance_done(self, ref, nbytes):
+        if not self.interrupted:  # Ctrl-C, as a notebook's kernel gets it
+            self.interrupted = True
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(2)  # the run's loop waits: the cancellation comes before more is done
+
+async def cell():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a kernel has it
+    try:
+        dlstudy.download(
+            [sys.argv[1]], sys.argv[2], output=sys.argv[3], progress=InterruptAtFirst()
+        )
+    except KeyboardInterrupt as stop:
+        print("interrupted", stop.summary.downloaded, len(list(Path(sys.argv[3]).rglob("*.part"))))
+    again = dlstudy.download([sys.argv[1]], sys.argv[2], output=sys.argv[3])
+    print(again.skipped, again.downloaded, again.failed)
+
+asyncio.run(cell())
+"""
+
+
+def test_an_interrupted_download_in_a_running_loop_cleans_up(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Ctrl-C while download() waits in a notebook's cell cancels the run on its thread: the
+    KeyboardInterrupt carries what was done, no temp file is left, the folder is unlocked, and
+    the next call completes the study."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IN_A_CELL, synth_study.study_uid, url, str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    interrupted, before, temp_files, skipped, downloaded, failed = result.stdout.split()
+    assert (interrupted, temp_files, failed) == ("interrupted", "0", "0")
+    assert int(before) == int(skipped) < 60 and int(skipped) + int(downloaded) == 60
+    assert_same_files(synth_study.instances, out)
+
+
+def test_a_search_takes_the_clis_forms_and_refuses_what_no_server_should_see(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """StudyQuery takes a date and filter keys as --study-date and --filter do (an ISO date, a
+    tag), and refuses what they refuse with a usage error (exit 2) before any request: an
+    unknown keyword or an impossible date was sent, and came back as the server's HTTP 400
+    (exit 3) or as no match; a page size below 1 was sent as `limit=-1`."""
+    url = embedded_server(synth_study.root)
+    settings = dlstudy.Settings(url=url)
+    [found] = anyio.run(dlstudy.search_async, settings, dlstudy.StudyQuery())
+    assert found.study_date is not None and found.patient_id is not None
+    iso_date = f"{found.study_date[:4]}-{found.study_date[4:6]}-{found.study_date[6:]}"
+    query = dlstudy.StudyQuery(study_date=iso_date, filters=(("(0010,0020)", found.patient_id),))
+    records = anyio.run(dlstudy.search_async, settings, query)
+    assert [record.study_uid for record in records] == [synth_study.study_uid]
+
+    refused: list[Callable[[], object]] = [
+        lambda: dlstudy.StudyQuery(filters=(("NoSuchKeyword", "1"),)),
+        lambda: dlstudy.StudyQuery(study_date="2026/13/01"),
+        lambda: anyio.run(
+            dlstudy.search_async, dlstudy.Settings(url=url, qido_page_size=-1), query
+        ),
+        lambda: dlstudy.download(synth_study.study_uid, url, qido_page_size=0),
+    ]
+    for call in refused:
+        with pytest.raises(dlstudy.DlstudyError) as usage:
+            call()
+        assert usage.value.exit_status == dlstudy.ExitStatus.USAGE, usage.value
+
+
+def test_the_readmes_async_and_sharded_calls_run_as_written(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`await dlstudy.download_async(uids, settings)` needs no progress sink, and
+    `dlstudy.sync(settings, query, shard=...)` takes a `dlstudy.Shard`, as the README has it."""
+    url = embedded_server(synth_study.root)
+    settings = dlstudy.Settings(url=url, output=tmp_path / "async")
+    summary = asyncio.run(dlstudy.download_async([synth_study.study_uid], settings))
+    assert summary.downloaded == 60
+
+    owner = 1 if dlstudy.Shard(1, 2).owns(synth_study.study_uid) else 2
+    for number, expected in ((owner, 60), (3 - owner, 0)):
+        sharded = dlstudy.Settings(url=url, output=tmp_path / f"shard-{number}")
+        synced = dlstudy.sync(sharded, dlstudy.StudyQuery(), shard=dlstudy.Shard(number, 2))
+        assert synced.downloaded == expected
+
+
+def test_under_trio_the_async_functions_say_they_need_asyncio(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """anyio runs on trio too, but libcurl's transfers are driven from asyncio's loop: in
+    trio's, download_async and search_async stop with a usage error saying what to do, before
+    the output folder is made, not with a RuntimeError from inside the first request; in a
+    worker thread download() runs."""
+    trio = pytest.importorskip("trio")
+    url = embedded_server(synth_study.root)
+    settings = dlstudy.Settings(url=url, output=tmp_path / "out")
+    calls = [
+        lambda: dlstudy.download_async([synth_study.study_uid], settings),
+        lambda: dlstudy.search_async(settings, dlstudy.StudyQuery()),
+    ]
+    for call in calls:
+        with pytest.raises(dlstudy.DlstudyError) as refused:
+            trio.run(call)
+        assert refused.value.exit_status == dlstudy.ExitStatus.USAGE
+        assert "worker thread" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+    async def in_a_thread() -> dlstudy.Summary:
+        summary: dlstudy.Summary = await trio.to_thread.run_sync(
+            lambda: dlstudy.download([synth_study.study_uid], settings=settings)
+        )
+        return summary
+
+    assert trio.run(in_a_thread).downloaded == 60
