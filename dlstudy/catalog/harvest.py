@@ -242,7 +242,7 @@ class Harvester:
         length = len(page.records)
         if self.says_cut or length < max(1, self.whole_below):
             return False
-        after = await self._page(window, length)
+        after = await self._page(window, length, probe=True)
         await self.db(self.catalog.record, pull.number, window, [], state="todo", requests=1)
         seen = {r.study_uid for r in page.records}
         if not any(r.study_uid not in seen for r in after.records):
@@ -349,7 +349,9 @@ class Harvester:
             return None
         return list(found.values()), asked
 
-    async def _page(self, window: Window, offset: int) -> Page:
+    async def _page(self, window: Window, offset: int, *, probe: bool = False) -> Page:
+        """A page of `window`'s studies from `offset`. A `probe` (the page after a short one,
+        asked to find a silent cap) warns of nothing: what it brings is paged again if new."""
         pager = Pager(self.transport, self.page_size, self.policy)
         params = [
             (k, v)
@@ -364,7 +366,7 @@ class Harvester:
         items, truncated = answer
         self.says_cut = self.says_cut or truncated
         records = [r for r in map(StudyRecord.from_json, items) if r is not None]
-        if (keyless := len(items) - len(records)) > 0:
+        if (keyless := len(items) - len(records)) > 0 and not probe:
             log.warning(
                 "the server sent %s without a Study Instance UID (0020000D): not catalogued",
                 "a study result" if keyless == 1 else f"{keyless} study results",
