@@ -13,6 +13,7 @@ running, no fork on the platform) none stand by, and workers start from the fork
 from __future__ import annotations
 
 import gc
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ from .worker_process import become_worker, serve
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
 class Standby:
@@ -42,16 +46,23 @@ class Standby:
         gc.freeze()
         self.counter: Any = context.Value("q", 0)  # the next instance of the run's list
         self.idle: list[tuple[Any, Connection]] = []
-        for _ in range(count):
-            parent_end, child_end = context.Pipe()  # the job down, the reports up
-            # A child keeps no parent end open, or closing one would not reach its worker.
-            others = [conn for _, conn in self.idle] + [parent_end]
-            process = context.Process(
-                target=_wait_for_job, args=(child_end, self.counter, others), daemon=True
-            )
-            process.start()
-            child_end.close()
-            self.idle.append((process, parent_end))
+        # Ctrl-C and SIGTERM wait while the workers are forked: one that came in the middle of
+        # a fork would interrupt its at-fork handlers (a traceback, swallowed), or a child
+        # before it ignores SIGINT. Delivered once the forks are done, it stops the run.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        try:
+            for _ in range(count):
+                parent_end, child_end = context.Pipe()  # the job down, the reports up
+                # A child keeps no parent end open, or closing one would not reach its worker.
+                others = [conn for _, conn in self.idle] + [parent_end]
+                process = context.Process(
+                    target=_wait_for_job, args=(child_end, self.counter, others), daemon=True
+                )
+                process.start()
+                child_end.close()
+                self.idle.append((process, parent_end))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def take(self, count: int) -> list[tuple[Any, Connection]]:
         taken, self.idle = self.idle[:count], self.idle[count:]
@@ -115,6 +126,7 @@ def no_running_loop() -> bool:
 
 def _wait_for_job(conn: Connection, counter: Any, inherited: list[Connection]) -> None:
     become_worker()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # blocked by the fork (Standby)
     for other in inherited:
         other.close()
     try:
