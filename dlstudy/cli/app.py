@@ -15,6 +15,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from .entry import is_interrupt
+
 # Each command's module, in the order `dlstudy --help` lists them.
 COMMANDS = {
     "download": "download_cmd",
@@ -67,7 +69,9 @@ class _Group(TyperGroup):
 def _interrupt_reaches_main() -> Iterator[None]:
     try:
         yield
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, RuntimeError) as exc:  # (typer.Exit is a RuntimeError too)
+        if not is_interrupt(exc):
+            raise
         raise _Interrupted() from exc
 
 
@@ -123,7 +127,8 @@ def main() -> None:
     # syntax says), naming none: dlstudy keeps such files as sent and says so itself.
     warnings.filterwarnings("ignore", module=r"pydicom\.")
     try:
-        app = build_app(first if first in COMMANDS else None)
+        with _interrupt_reaches_main():  # while the command's modules are imported
+            app = build_app(first if first in COMMANDS else None)
         _pace_collector()
         returned = app(standalone_mode=False)
         code = returned if isinstance(returned, int) else 0
