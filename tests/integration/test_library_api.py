@@ -13,8 +13,7 @@ import anyio
 import pytest
 
 import dlstudy
-from dlstudy.model import InstanceRef
-from dlstudy.report.progress import Listed
+from dlstudy.report.progress import Listed, NullProgress
 
 from ..cli_helpers import assert_same_files
 from ..fixtures.embedded_server import StartServer, SynthStudy
@@ -22,31 +21,16 @@ from ..fixtures.embedded_server import StartServer, SynthStudy
 pytestmark = pytest.mark.integration
 
 
-class HeldAtStart:
+class HeldAtStart(NullProgress):
     """A progress sink that keeps its run waiting, output folder locked, once it starts."""
 
     def __init__(self) -> None:
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def resolving(self, study_uid: str) -> None:
-        pass
-
     def start(self, total: int, skipped: int, listed: Listed | None = None) -> None:
         self.started.set()
         self.release.wait(60)
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def instance_done(self, ref: InstanceRef, nbytes: int) -> None:
-        pass
-
-    def instance_failed(self, ref: InstanceRef, reason: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def test_a_second_run_into_a_folder_in_use_in_this_process_is_refused(
