@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,40 +284,6 @@ async def walk_studies(
         )  # fmt: skip
 
 
-async def search_studies(
-    transport: Transport,
-    query: StudyQuery,
-    *,
-    page_size: int,
-    policy: RetryPolicy,
-    each: Callable[[StudyRecord], object] | None = None,
-    keyless: Callable[[], object] | None = None,
-) -> list[StudyRecord]:
-    """Every study matching `query`, in the server's order, each once; `each` and `keyless`
-    as for walk_studies."""
-    found: list[StudyRecord] = []
-
-    def keep(record: StudyRecord) -> None:
-        found.append(record)
-        if each is not None:
-            each(record)
-
-    await walk_studies(
-        transport, query, page_size=page_size, policy=policy, each=keep, keyless=keyless
-    )
-    return found
-
-
-@asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[Transport]:
-    """A transport for `settings` (auth, TLS, HTTP version), closed on the way out."""
-    transport = Transport(settings, auth=await auth_from_settings(settings))
-    try:
-        yield transport
-    finally:
-        await transport.aclose()
-
-
 async def search_async(
     settings: Settings,
     query: StudyQuery,
@@ -326,20 +291,18 @@ async def search_async(
     policy: RetryPolicy | None = None,
     keyless: Callable[[], object] | None = None,
 ) -> list[StudyRecord]:
-    """Open a transport for `settings`, search, close. `policy`: the retries, when the caller
-    counts them (its tally); `keyless`: as for search_studies."""
-    require_asyncio()
-    if policy is None:
-        policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
-    async with opened(settings) as transport:
-        return await search_studies(
-            transport,
-            query,
-            page_size=settings.qido_page_size,
-            policy=policy,
-            each=each,
-            keyless=keyless,
-        )
+    """Every study matching `query`, in the server's order, each once: stream_async, kept.
+    `each` is called with every one as its page arrives; `policy`: the retries, when the
+    caller counts them (its tally); `keyless`: as for walk_studies."""
+    found: list[StudyRecord] = []
+
+    def keep(record: StudyRecord) -> None:
+        found.append(record)
+        if each is not None:
+            each(record)
+
+    await stream_async(settings, query, keep, keyless, policy=policy)
+    return found
 
 
 async def stream_async(
@@ -348,11 +311,17 @@ async def stream_async(
     each: Callable[[StudyRecord], object],
     keyless: Callable[[], object] | None = None,
     page_read: Callable[[], Awaitable[object]] | None = None,
+    *,
+    policy: RetryPolicy | None = None,
 ) -> None:
-    """search_async that keeps nothing: `each`, `keyless` and `page_read` as for
-    walk_studies. Memory stays flat however many studies match, but for their UIDs."""
-    policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
-    async with opened(settings) as transport:
+    """Open a transport for `settings` (auth, TLS, HTTP version), walk the search, close;
+    nothing is kept: memory stays flat however many studies match, but for their UIDs.
+    `each`, `keyless` and `page_read` as for walk_studies; `policy` as for search_async."""
+    require_asyncio()
+    if policy is None:
+        policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
+    transport = Transport(settings, auth=await auth_from_settings(settings))
+    try:
         await walk_studies(
             transport,
             query,
@@ -362,6 +331,8 @@ async def stream_async(
             keyless=keyless,
             page_read=page_read,
         )
+    finally:
+        await transport.aclose()
 
 
 def search(
