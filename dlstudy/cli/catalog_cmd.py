@@ -34,19 +34,9 @@ from .options import (
     checked,
     with_options,
 )
-from .query_cmd import (
-    CsvOpt,
-    LineWriter,
-    UidsOpt,
-    output_form,
-    render,
-    study_query,
-    visible,
-)
+from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from ..dicomweb.search import StudyQuery, StudyRecord
 
 # Every catalog command is a ConfigCommand: --db and --to may come from the config file, so
@@ -383,7 +373,7 @@ def query_command(
                 studies = select_studies(database, query, where)
                 head = next(studies, None)
                 if head is not None:
-                    _print(lambda: _write_lines(form, itertools.chain([head], studies)))
+                    _print(lambda: render(itertools.chain([head], studies), form, sys.stdout))
                     return
                 records = []
             else:
@@ -398,13 +388,6 @@ def query_command(
     _print(lambda: render(records, form, sys.stdout))
     if form == "table":
         typer.echo(f"{len(records)} {'study' if len(records) == 1 else 'studies'}", err=True)
-
-
-def _write_lines(form: str, records: Iterator[StudyRecord]) -> None:
-    lines = LineWriter(form, sys.stdout)
-    lines.header()
-    for record in records:
-        lines.row(record)
 
 
 @catalog_app.command("status", cls=ConfigCommand)

@@ -8,7 +8,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -210,8 +210,9 @@ class LineWriter:
             self.stream.write("\t".join(visible(row[key], "\\") for key, _ in COLUMNS) + "\n")
 
 
-def render(records: list[StudyRecord], form: str, stream: IO[str]) -> None:
-    """Write `records` as `table` (rich), `tsv`, `json` (lines), `csv` or `uids`."""
+def render(records: Iterable[StudyRecord], form: str, stream: IO[str]) -> None:
+    """Write `records` as `table` (rich), `tsv`, `json` (lines), `csv` or `uids`; the line
+    forms write each record as it comes (an iterator is read once, not kept)."""
     if form == "table":
         render_table([record.as_dict() for record in records], stream)
         return
