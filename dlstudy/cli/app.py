@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
 
 from .entry import is_interrupt
+from .help_style import Group
 
 # Each command's module, in the order `dlstudy --help` lists them.
 COMMANDS = {
@@ -55,7 +55,7 @@ class _Interrupted(BaseException):
     reaches main, which says so."""
 
 
-class _Group(TyperGroup):
+class _Group(Group):
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with _interrupt_reaches_main():
             return super().make_context(*args, **kwargs)

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 # The matrix options have no DLSTUDY_* variable and their own parameter names: a
 # `concurrency = 16` meant for downloads (environment or config file) must not shrink the matrix.
 StudyUidArg = Annotated[
-    str, typer.Argument(help="Study Instance UID to fetch.", show_default=False)
+    str,
+    typer.Argument(help="Study Instance UID to fetch.", show_default=False, metavar="STUDY_UID"),
 ]
 StrategyOpt = Annotated[
     list[str] | None,

@@ -22,6 +22,7 @@ from .catalog_options import WhereOpt, catalog_option
 from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, envvar_for, option, settings_from
+from .help_style import Group
 from .options import (
     CONNECTION,
     HTTP,
@@ -220,6 +221,7 @@ def _query(
 catalog_app = typer.Typer(
     help="A local catalog of an archive: pull its QIDO once, select cohorts offline.",
     no_args_is_help=True,
+    cls=Group,
 )
 
 

@@ -22,6 +22,7 @@ from .. import config
 from ..errors import DlstudyError
 from .common import fail_usage
 from .env_lists import resplit_environment
+from .help_style import Command
 
 # Values that must not be echoed in an error message.
 SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})
@@ -68,7 +69,7 @@ class ConfigFilled:
     params: set[str]
 
 
-class ConfigCommand(TyperCommand):
+class ConfigCommand(Command):
     """A command whose options at their built-in default are taken from the config file (and
     whose repeatable options with spaces are split from the environment as env_lists says)."""
 

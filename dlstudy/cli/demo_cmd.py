@@ -18,6 +18,7 @@ from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY, Settings
 from .common import choose_progress, error_line, fail_usage, finish
 from .connection import HTTP_CHOICES
+from .help_style import Command
 
 PRESETS = ("small", "ct", "mr", "many")
 
@@ -35,7 +36,7 @@ def verify_against_source(sources: list[tuple[Path, str, str, str]], output: Pat
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
+    @app.command("demo", cls=Command)
     def demo_command(
         preset: Annotated[
             str,

@@ -54,7 +54,7 @@ def read_from_file(source: str) -> list[CohortItem]:
 StudyUids = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Study Instance UIDs to download.", show_default=False, metavar="STUDY_UID..."
+        help="Study Instance UIDs to download.", show_default=False, metavar="STUDY_UID"
     ),
 ]
 

@@ -58,7 +58,8 @@ def _command(name: str, command: Any) -> str:
 
 
 def _metavar(param: Any) -> str:
-    return str(param.metavar or param.name.upper())
+    name = str(param.metavar or param.name.upper())
+    return f"{name}..." if param.nargs == -1 else name
 
 
 def _option_row(option: Any) -> str:

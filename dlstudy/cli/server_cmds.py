@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import error_line, fail_usage
+from .help_style import Command
 from .options import fraction, seconds
 
 DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side
@@ -39,8 +40,8 @@ class Preset(enum.StrEnum):
 
 def register(app: typer.Typer) -> None:
     """Add the `serve` and `synth` commands to the app."""
-    app.command("serve")(serve)
-    app.command("synth")(synth)
+    app.command("serve", cls=Command)(serve)
+    app.command("synth", cls=Command)(synth)
 
 
 def serve(
@@ -48,6 +49,7 @@ def serve(
         Path | None,
         typer.Argument(
             help="Folder of DICOM files, indexed recursively (or --virtual N).",
+            metavar="DIRECTORY",
             exists=True,
             file_okay=False,
             show_default=False,
@@ -229,7 +231,9 @@ def _date_range(text: str) -> tuple[str, str]:
 
 
 def synth(
-    out: Annotated[Path, typer.Argument(help="Output folder (<study>/<series>/<sop>.dcm).")],
+    out: Annotated[
+        Path, typer.Argument(help="Output folder (<study>/<series>/<sop>.dcm).", metavar="OUT")
+    ],
     preset: Annotated[
         Preset, typer.Option(help="small 3x20x64KiB, ct 4x250x512KiB, mr, many, wsi 1.5 GiB.")
     ] = Preset.small,

@@ -246,6 +246,22 @@ def test_help_groups_the_options_and_names_their_values() -> None:
         assert shown in text, shown
 
 
+HELP_PATHS = [[], ["catalog"], *([name] for name in COMMANDS), *(
+    ["catalog", sub] for sub in ("pull", "query", "status", "export"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", HELP_PATHS, ids=lambda path: " ".join(path) or "dlstudy")
+def test_help_shows_no_type_for_a_flag_and_names_arguments_plainly(path: list[str]) -> None:
+    """A flag takes no value: `--json <bool>` read as if it took one. An argument is named as
+    its docs name it (`{OUT}`, `[STUDY_UID]...`), not by its Python name (`{out}`)."""
+    result = run_installed(*path, "--help", env={"COLUMNS": "200", "TERM": "dumb"})
+    assert result.returncode == 0, result.stderr
+    assert "<bool>" not in result.stdout
+    usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
+    assert not re.search(r"[{\[][a-z_]+[}\]]", usage), usage
+    assert "......" not in usage and "...]..." not in usage, usage
+
+
 @pytest.mark.parametrize(
     ("words", "expected"),
     [
