@@ -19,8 +19,10 @@ were added, and the server keeps them at the end of the listing (as the archives
 insertion do), the pages from the known count on hold exactly them (checked: the pages must
 start with studies the catalog knows and bring exactly as many new ones as the count grew);
 otherwise the window is walked again. The last `--recent` days are always listed again, which
-is where studies gain instances. `--full` walks everything again. Whatever a later pull finds
-different is recorded in `changes`.
+is where studies gain instances. `--full` walks everything again, and once every window was
+listed, the catalogued studies it did not find are gone: removed, and recorded as 'deleted'
+(with a split walk, only studies with a calendar StudyDate, the ones a window could find).
+Whatever a later pull finds different is recorded in `changes`.
 """
 
 from __future__ import annotations
@@ -134,10 +136,18 @@ class Harvester:
                     for window in windows:
                         tg.start_soon(one, window)
         await self.db(c.merge, pull)
-        summary.new, summary.changed = await self.db(c.found, pull.number)
+        summary.unreachable = await self.db(c.unreachable, pull.number)
+        if pull.kind == "full":
+            if summary.unreachable == 0:
+                await self.db(c.remove_unseen, pull, Window.root(self.query.study_date))
+            else:
+                summary.notes.append(
+                    "studies gone from the archive were not looked for: "
+                    "part of it could not be listed"
+                )
+        summary.new, summary.changed, summary.deleted = await self.db(c.found, pull.number)
         if self.level == "series":
             await self._series(pull)
-        summary.unreachable = await self.db(c.unreachable, pull.number)
         undated = await self.db(self._outside_windows, pull)
         if undated:
             summary.notes.append(

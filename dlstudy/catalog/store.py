@@ -4,7 +4,8 @@ Tables (`dlstudy catalog query --sql` reads any of them):
 
     studies      one row per study: the study-level QIDO attributes, first_pull, last_pull
     series       one row per series (pulls with --level series)
-    changes      what each later pull found: 'new' studies, 'instances_added' / 'instances_removed'
+    changes      what each later pull found: 'new' studies, 'instances_added' / 'instances_removed',
+                 'deleted' (a --full pull did not find a catalogued study: it left `studies`)
     pulls        one row per pull: kind, started, finished, requests, studies, new, changed
     windows      the windows of each pull and their state: the pull's resume point
     harvest      rows of the pull under way, merged into `studies` when its last window is done
@@ -389,16 +390,40 @@ class Catalog:
         db.execute("DELETE FROM harvest WHERE pull = ?", [pull.number])
         db.execute("COMMIT")
 
-    def found(self, pull: int) -> tuple[int, int]:
-        """(new studies, studies whose instance count changed) of a pull, from what its merge
-        wrote: a pull resumed after its merge (during --level series) has nothing left to
-        merge, and still found them."""
+    def remove_unseen(self, pull: Pull, root: Window) -> None:
+        """After a full walk that listed every window: the catalogued studies it did not find
+        are gone from the archive. Each is recorded as a 'deleted' change, then removed with
+        its series. When the walk split the scope by date only studies with a calendar date
+        were asked for, so the others stay. (Run again after a resume, it finds none left.)"""
+        state, _ = self.window_state(pull.number, root.key)
+        gone = "last_pull < $1"
+        if state == "split":
+            gone += " AND try_strptime(study_date, '%Y%m%d') IS NOT NULL"
+        unseen = f"SELECT study_uid FROM studies WHERE {gone}"
+        db = self.db
+        db.execute("BEGIN")
+        db.execute(
+            "INSERT INTO changes SELECT $1, study_uid, 'deleted', instances, NULL, study_date "
+            f"FROM studies WHERE {gone}",
+            [pull.number],
+        )
+        for table in ("series", "series_listed"):
+            db.execute(f"DELETE FROM {table} WHERE study_uid IN ({unseen})", [pull.number])
+        db.execute(f"DELETE FROM studies WHERE {gone}", [pull.number])
+        db.execute("COMMIT")
+
+    def found(self, pull: int) -> tuple[int, int, int]:
+        """(new studies, studies whose instance count changed, studies gone) of a pull, from
+        what its merge wrote: a pull resumed after its merge (during --level series) has
+        nothing left to merge, and still found them."""
         row = self.db.execute(
             "SELECT (SELECT count(*) FROM studies WHERE first_pull = $1), "
-            "(SELECT count(*) FROM changes WHERE pull = $1 AND change <> 'new')",
+            "(SELECT count(*) FROM changes WHERE pull = $1 "
+            "AND change NOT IN ('new', 'deleted')), "
+            "(SELECT count(*) FROM changes WHERE pull = $1 AND change = 'deleted')",
             [pull],
         ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
 
     def finish_pull(self, pull: Pull, *, new: int, changed: int, unreachable: int | None) -> None:
         row = self.db.execute("SELECT count(*) FROM studies").fetchone()

@@ -13,6 +13,7 @@ class PullSummary:
     studies: int = 0  # in the catalog at the end
     new: int = 0
     changed: int = 0
+    deleted: int = 0  # gone from the archive (a --full pull)
     requests: int = 0
     unreachable: int | None = 0
     seconds: float = 0.0
@@ -27,6 +28,7 @@ class PullSummary:
             "studies": self.studies,
             "new": self.new,
             "instances_changed": self.changed,
+            "deleted": self.deleted,
             "requests": self.requests,
             "unreachable": self.unreachable,
             "seconds": round(self.seconds, 3),
@@ -41,8 +43,9 @@ class PullSummary:
             if self.unreachable is None
             else f"; {self.unreachable} studies unreachable"
         )
+        deleted = f", {self.deleted} gone from the archive" if self.kind == "full" else ""
         return (
             f"catalog: pull {self.pull} ({self.kind}{', resumed' if self.resumed else ''}): "
             f"{self.studies} studies, {self.new} new, {self.changed} with another instance "
-            f"count; {self.requests} requests in {self.seconds:.1f} s{unreachable}"
+            f"count{deleted}; {self.requests} requests in {self.seconds:.1f} s{unreachable}"
         )

@@ -69,7 +69,13 @@ RecentOpt = Annotated[
     int,
     catalog_option("--recent", help="Days listed again by every later pull (new instances)."),
 ]
-FullOpt = Annotated[bool, catalog_option("--full", help="List every window again.")]
+FullOpt = Annotated[
+    bool,
+    catalog_option(
+        "--full",
+        help="List every window again; remove the studies the archive no longer has.",
+    ),
+]
 ArchiveMovedOpt = Annotated[
     bool,
     catalog_option(

@@ -514,6 +514,86 @@ def test_sync_of_a_catalogued_study_gone_from_the_server_fails_it_every_night(
     plain = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out))
     assert plain.returncode == 1 and f"study {gone} not found" in plain.stderr
 
+    # An update pull leaves it (only a full walk can tell a study is gone); a --full one
+    # removes it, records it, and the nights are whole again.
+    update = pull(url, db, "--archive-moved")
+    assert (update["kind"], update["deleted"], update["studies"]) == ("update", 0, 2)
+    full = run_installed(
+        "catalog", "pull", "--url", url, "--db", str(db), "--full", "--archive-moved"
+    )
+    assert full.returncode == 0, full.stderr
+    assert ", 1 gone from the archive;" in full.stderr
+    (kept,) = study_uids(instances) - {gone}
+    assert catalog_rows(db, "SELECT study_uid FROM studies") == [(kept,)]
+    assert catalog_rows(
+        db, "SELECT study_uid, change, instances_before, instances_after FROM changes"
+    ) == [(gone, "deleted", 2, None)]
+    night = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert night.returncode == 0, night.stderr
+    assert json.loads(night.stdout)["failures"] == []
+
+
+def test_a_full_pull_removes_only_what_a_split_walk_could_have_found(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A walk split by date asks for no study without a StudyDate: such a catalogued study
+    is not taken as gone (the first pull found it in the whole listing); a dated one is."""
+    source = tmp_path / "source"
+    instances = synth(source, 6, seed=72, dates=("20220101", "20220103"))
+    undated = instances[0].study_uid
+    for instance in instances:
+        if instance.study_uid == undated:
+            ds = pydicom.dcmread(instance.path)
+            ds.StudyDate = ""
+            ds.save_as(instance.path, enforce_file_format=True)
+    db = tmp_path / "c.duckdb"
+    assert pull(embedded_server(source), db)["studies"] == 6
+    gone = next(i.study_uid for i in instances if i.study_uid != undated)
+    for instance in instances:
+        if instance.study_uid == gone:
+            instance.path.unlink()
+
+    full = pull(
+        embedded_server(source, max_page_size=2, ignore_offset=True),
+        db,
+        "--full",
+        "--archive-moved",
+    )
+
+    assert (full["kind"], full["deleted"], full["studies"]) == ("full", 1, 5)
+    assert catalog_rows(db, "SELECT study_uid FROM changes WHERE change = 'deleted'") == [(gone,)]
+    assert undated in {r[0] for r in catalog_rows(db, "SELECT study_uid FROM studies")}
+
+
+def test_a_full_pull_that_could_not_list_everything_removes_nothing(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Three studies in one second of one day, pages of 2 and no offset: that window cannot
+    be listed, so a study missing from the walk may be there: nothing is taken as gone."""
+    source = tmp_path / "source"
+    instances = synth(source, 4, seed=73, dates=("20220101", "20220101"))
+    for instance in instances:
+        ds = pydicom.dcmread(instance.path)
+        ds.StudyTime = "120000"
+        ds.save_as(instance.path, enforce_file_format=True)
+    db = tmp_path / "c.duckdb"
+    assert pull(embedded_server(source), db)["studies"] == 4
+    gone = instances[0].study_uid
+    for instance in instances:
+        if instance.study_uid == gone:
+            instance.path.unlink()
+    capped = embedded_server(source, max_page_size=2, ignore_offset=True)
+
+    result = run_installed(
+        "catalog", "pull", "--url", capped, "--db", str(db), "--full", "--archive-moved", "--json"
+    )
+
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["unreachable"] == 3 and summary["deleted"] == 0
+    assert "studies gone from the archive were not looked for" in " ".join(summary["notes"])
+    assert gone in {r[0] for r in catalog_rows(db, "SELECT study_uid FROM studies")}
+
 
 def test_every_catalog_command_takes_its_db_from_the_config_file(
     embedded_server: StartServer, tmp_path: Path
