@@ -36,6 +36,7 @@ from .bounded import ACCEPTED_ENCODINGS, AnswerCutShort, BadAnswer, read_bounded
 from .credentials import credentials_problem
 from .curl import MIN_PROGRESS, CurlTransport, HttpChoice, TlsOptions
 from .failures import (
+    answered_without_http2,
     could_not_connect,
     curl_failure,
     is_translatable,
@@ -357,14 +358,14 @@ class Transport:
         return response
 
     async def _probe(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
-        """_read_small over h2c, asked once more at once when no HTTP/2 answer came: one
+        """_read_small over h2c, asked once more at once when no answer came at all: one
         connection closed unanswered (a restart, a balancer) says nothing about h2c, and would
-        leave the whole run on HTTP/1.1. A server without h2c fails the second time too (to
-        libcurl its HTTP/1.1 answer to the preface is no answer), and HTTP/1.1 it is."""
+        leave the whole run on HTTP/1.1. A server that answered the preface in HTTP/1.1 has
+        no h2c, and is not asked again."""
         try:
             return await self._read_small(url, headers, params)
         except Exception as exc:
-            if not no_answer(exc):
+            if not no_answer(exc) or answered_without_http2(exc):
                 raise
             log.info(
                 "no HTTP/2 answer to the h2c probe (%s); asking again", curl_failure(exc) or exc

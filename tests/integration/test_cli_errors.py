@@ -463,6 +463,22 @@ def test_one_unanswered_h2c_probe_is_asked_again(
 
 
 @pytest.mark.integration
+def test_a_server_without_h2c_is_probed_once(tmp_path: Path) -> None:
+    """`--http auto` on http://: a server that answers the h2c preface in HTTP/1.1 (a 505) has
+    answered; asking it again would only cost a request. Once, then HTTP/1.1."""
+    from ..scripted_servers import http1_only
+
+    with http1_only() as (url, study, sops, lines):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(tmp_path), "--http", "auto", "--json"
+        )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["http_version"] == "HTTP/1.1"
+    assert sorted(p.stem for p in tmp_path.rglob("*.dcm")) == sorted(sops)
+    assert [line for line in lines if line.startswith(b"PRI ")] == [b"PRI * HTTP/2.0"]
+
+
+@pytest.mark.integration
 def test_a_server_that_never_answers_fails_at_once_with_the_hint(tmp_path: Path) -> None:
     from ..scripted_servers import closing_first
 
