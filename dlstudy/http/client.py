@@ -116,7 +116,7 @@ class Transport:
         self.settings = settings
         parsed = httpx.URL(self.base_url)
         self._origin = origin_of(parsed)
-        self._scheme, self._host = parsed.scheme, parsed.host
+        self._scheme, self._host, self._port = parsed.scheme, parsed.host, parsed.port
         # URLs below the base go to libcurl as made (CurlTransport.get) when httpx would send
         # the base URL as written, not normalized (escaped, its host IDNA-encoded...).
         self._as_written = str(parsed) == self.base_url
@@ -253,7 +253,12 @@ class Transport:
         merged = self._headers_with(headers)
         if isinstance(url, str) and self._as_written and isinstance(self._engine, CurlTransport):
             return await self._engine.get(
-                url, scheme=self._scheme, host=self._host, headers=merged, extensions=extensions
+                url,
+                scheme=self._scheme,
+                host=self._host,
+                port=self._port,
+                headers=merged,
+                extensions=extensions,
             )
         request = httpx.Request("GET", url, headers=merged, extensions=extensions)
         response = await self._engine.handle_async_request(request)
