@@ -46,7 +46,7 @@ from .failures import (
     translate_error,
 )
 from .proxy import Proxies
-from .tls_files import environment_ca_bundle, tls_files_problem
+from .tls_files import tls_files_problem, trusted_cas
 from .urls import redact_url, split_base_url, with_query
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,12 @@ _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encod
 
 def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
     """The transport under httpx: libcurl."""
-    ca_bundle = settings.ca_bundle
-    if ca_bundle is None and (found := environment_ca_bundle()) is not None:
-        ca_bundle = found[1]
+    ca_bundle, ca_directories = trusted_cas(settings.ca_bundle)
+    tls = TlsOptions(ca_bundle, settings.cert, settings.key, settings.insecure, ca_directories)
     return CurlTransport(
         http=http,
         max_connections=(settings.concurrency or AUTO_CONCURRENCY_HTTP1) + 2,
-        tls=TlsOptions(ca_bundle, settings.cert, settings.key, settings.insecure),
+        tls=tls,
         proxies=proxies,
     )
 

@@ -110,6 +110,7 @@ class TlsOptions:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
+    ca_directories: str | None = None  # OpenSSL's hashed CA directories, colon-separated
 
 
 class AnswerToGet(httpx.Response):
@@ -280,6 +281,12 @@ class CurlTransport(httpx.AsyncBaseTransport):
             easy.setopt(pycurl.SSL_VERIFYHOST, 0)
             easy.setopt(pycurl.PROXY_SSL_VERIFYPEER, 0)
             easy.setopt(pycurl.PROXY_SSL_VERIFYHOST, 0)
+        elif tls.ca_directories:
+            # The environment's CA directories alone (SSL_CERT_DIR), as httpx trusts them.
+            for option in (pycurl.CAPATH, pycurl.PROXY_CAPATH):
+                easy.setopt(option, tls.ca_directories)
+            for option in (pycurl.CAINFO, pycurl.PROXY_CAINFO):
+                easy.unsetopt(option)
         else:
             # certifi by default, or the user's bundle (--ca-bundle or the environment's).
             bundle = str(tls.ca_bundle) if tls.ca_bundle else certifi.where()
