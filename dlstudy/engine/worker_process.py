@@ -75,6 +75,7 @@ def worker_main(
     settings: Any,
     refs: Iterable[InstanceRef],
     form: Retrieval | None,
+    answered: bool,
     conn: Connection,
     go: Any,
     log_levels: dict[str, int],
@@ -82,7 +83,7 @@ def worker_main(
     """Entry point of a worker process; it starts fetching once the parent sets `go`."""
     become_worker()
     go.wait()
-    serve(settings, refs, form, conn, log_levels)
+    serve(settings, refs, form, answered, conn, log_levels)
 
 
 def log_levels() -> dict[str, int]:
@@ -97,13 +98,15 @@ def serve(
     settings: Any,
     refs: Iterable[InstanceRef],
     form: Retrieval | None,
+    answered: bool,
     conn: Connection,
     log_levels: dict[str, int],
 ) -> None:
-    """Fetch what `refs` hands out, report over `conn` until the end, close it; log at the
-    parent's `log_levels`, through the parent."""
+    """Fetch what `refs` hands out, in retrieval `form` (None: not settled yet), report over
+    `conn` until the end, close it; log at the parent's `log_levels`, through the parent.
+    `answered`: the server answered the parent already (a refused connection is a restart)."""
     try:
-        anyio.run(_worker, settings, refs, form, conn, log_levels)
+        anyio.run(_worker, settings, refs, form, answered, conn, log_levels)
     except ParentGone:
         pass
     finally:
@@ -114,6 +117,7 @@ async def _worker(
     settings: Any,
     refs: Iterable[InstanceRef],
     form: Retrieval | None,
+    answered: bool,
     conn: Connection,
     log_levels: dict[str, int],
 ) -> None:
@@ -136,7 +140,8 @@ async def _worker(
                 tg.start_soon(stop_on_sigterm)
                 tg.start_soon(report.every, _REPORT_INTERVAL)
                 # (a --token-command runs here: SIGTERM stops it too, and kills it whole)
-                transport = Transport(settings, auth=await auth_from_settings(settings))
+                auth = await auth_from_settings(settings)
+                transport = Transport(settings, auth=auth, answered=answered)
                 fetcher = InstanceFetcher(
                     transport, store, Negotiator(forms), policy=policy, throttle=throttle
                 )

@@ -96,8 +96,12 @@ def require_asyncio() -> None:
 class Transport:
     """One shared AsyncClient per run, plus the HTTP version it settled on."""
 
-    def __init__(self, settings: Settings, *, auth: httpx.Auth | None = None) -> None:
-        """`auth` overrides the credentials in `settings` (a refreshing bearer token)."""
+    def __init__(
+        self, settings: Settings, *, auth: httpx.Auth | None = None, answered: bool = False
+    ) -> None:
+        """`auth` overrides the credentials in `settings` (a refreshing bearer token).
+        `answered`: the server answered this run already (a worker process's parent saw it),
+        so a refused connection is a restart from the first request on (see _reconnecting)."""
         base, url_user, url_password = split_base_url(settings.url)
         problem = credentials_problem(
             settings.token, settings.user, settings.password, settings.headers
@@ -137,6 +141,7 @@ class Transport:
         self._negotiated = len(self._plan) == 1
         self._negotiate_lock = anyio.Lock()
         self.http_version: str | None = None  # as observed on responses
+        self._answered_before = answered
         self.quickest_reply: float | None = None  # seconds, of the small GETs (see get)
 
     @property
@@ -206,13 +211,15 @@ class Transport:
         """`send()`, sent again while no connection can be opened to a server that answered
         this run, for up to --timeout seconds: a server or proxy restarting (a hospital's
         proxy reloading its configuration) refuses connections for a moment, which is no
-        reason to stop the run. One that never answered, or stays down, stops it (exit 3)."""
+        reason to stop the run. One that never answered, or stays down, stops it (exit 3).
+        Whether it answered is the run's knowledge: a worker process's Transport is told."""
         deadline = time.monotonic() + self.settings.timeout
         while True:
             try:
                 return await send()
             except httpx.TransportError as exc:
-                if self.http_version is None or not could_not_connect(exc):
+                answered = self._answered_before or self.http_version is not None
+                if not answered or not could_not_connect(exc):
                     raise
                 if time.monotonic() + RECONNECT_PAUSE > deadline:
                     raise

@@ -219,6 +219,31 @@ def test_expired_token_in_a_worker_stops_the_run(
     assert [p for p in (tmp_path / "o").rglob("*.part")] == []
 
 
+def test_workers_connect_again_when_the_server_refuses_as_they_start(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """The server (here the fault proxy in front of it) refuses connections for 2 s from the
+    run's first instance request, as the workers start: it has answered this run, so each
+    worker's first requests connect again, as the parent's do."""
+    from ..faultproxy import FaultProxy
+
+    root, instances = study
+    url = embedded_server(root)
+    proxy = FaultProxy(int(url.split(":")[2].split("/")[0]), refuse=(b"/instances/", 2.0))
+    out = tmp_path / "out"
+    try:
+        result = run_installed(
+            "download", instances[0].study_uid, "--url", proxy.url(), "-o", str(out),
+            "--json", "--workers", "2", "--mode", "instance", "--http", "1.1",
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    assert proxy.refused_windows == 1
+    assert json.loads(result.stdout)["processes"] == 2
+    assert_same_files(instances, out)
+
+
 def test_ctrl_c_while_a_worker_runs_its_token_command_kills_the_command(
     tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
 ) -> None:
