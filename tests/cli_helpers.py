@@ -44,7 +44,7 @@ def assert_same_files(instances: list[Any], output: Path) -> None:
 DLSTUDY = str(Path(sys.executable).with_name("dlstudy"))
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # CA bundles a machine may name for every client (dlstudy trusts them without --ca-bundle).
-CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_DIR")
 
 
 def _clean_environment(env: dict[str, str] | None) -> dict[str, str]:

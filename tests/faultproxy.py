@@ -7,9 +7,12 @@ Faults act on the server -> client direction after `after_bytes` bytes of a conn
   close  read what the client sends, then close without a byte of answer (a restarting
          server, a balancer): never connected upstream
 Which connections are hit: every connection whose 1-based number is in `connections`, or all
-when it is None. One thread per connection multiplexes both directions with select, so a close
-really closes (a second thread blocked in recv would keep the socket alive and the RST unsent).
-Everything is closed by `close()`; nothing outlives the test.
+when it is None. Apart from faults, `refuse=(marker, seconds)`: once a client sends `marker`
+(a path, over HTTP/1.1), the proxy stops listening for `seconds`, so new connections are
+refused (a restart) while those already open carry on. One thread per connection
+multiplexes both directions with select, so a close really closes (a second thread blocked
+in recv would keep the socket alive and the RST unsent). Everything is closed by `close()`;
+nothing outlives the test.
 """
 
 from __future__ import annotations
@@ -34,27 +37,55 @@ class Fault:
 class FaultProxy:
     upstream_port: int
     fault: Fault | None = None
+    refuse: tuple[bytes, float] | None = None
     port: int = 0
     accepted: int = 0
     faulted: list[int] = field(default_factory=list)
+    refused_windows: int = 0
 
     def __post_init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._listen(0)
+
+    def _listen(self, port: int) -> None:
+        self._listener = socket.create_server(("127.0.0.1", port))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, args=(self._listener,), daemon=True
+        )
         self._accept_thread.start()
+
+    def _refuse_for(self, seconds: float) -> None:
+        """Stop listening for `seconds` (connections are refused), then listen again; once
+        per proxy. The connection that asked carries on meanwhile."""
+        with self._lock:
+            if self.refused_windows:
+                return
+            self.refused_windows += 1
+            self._listener.close()
+
+        def listen_again() -> None:
+            self._closing.wait(seconds)
+            self._accept_thread.join(timeout=5)
+            with self._lock:
+                if not self._closing.is_set():
+                    self._listen(self.port)
+
+        thread = threading.Thread(target=listen_again, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
 
     def url(self, path: str = "/dicomweb") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._closing.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -98,6 +129,8 @@ class FaultProxy:
                     if not data:
                         return
                     if source is client:
+                        if self.refuse is not None and self.refuse[0] in data:
+                            self._refuse_for(self.refuse[1])
                         upstream.sendall(data)
                         continue
                     if mode == "drip" or mode == "stall":
@@ -138,7 +171,8 @@ class FaultProxy:
 
     def close(self) -> None:
         self._closing.set()
-        self._listener.close()
+        with self._lock:
+            self._listener.close()
         self._accept_thread.join(timeout=5)
         with self._lock:
             threads = list(self._threads)

@@ -516,3 +516,38 @@ def closing_first(unanswered: int) -> Iterator[tuple[str, str, list[str]]]:
 
     with _one_server(Closing) as url:
         yield url, STUDY, SOPS
+
+
+@contextmanager
+def http1_only() -> Iterator[tuple[str, str, list[str], list[bytes]]]:
+    """A plain HTTP/1.1 server (no h2c: it answers HTTP/2's preface with 505) serving one
+    series of SOPS. Yields (base URL, study UID, the SOP UIDs, every request line it read)."""
+    lines: list[bytes] = []
+
+    class Http1(_Quiet):
+        def parse_request(self) -> bool:
+            lines.append(self.raw_requestline.rstrip())
+            if self.raw_requestline.startswith(b"PRI "):
+                self._read_the_rest()
+            return super().parse_request()
+
+        def _read_the_rest(self) -> None:
+            """Read what follows the preface (HTTP/2 frames) before answering, as nginx's
+            lingering close does: closed unread, it would reset the connection, and the
+            client might never see the answer."""
+            self.connection.settimeout(0.2)
+            try:
+                while self.rfile.read1(65536):
+                    pass
+            except OSError:  # (the pause)
+                pass
+            self.connection.settimeout(None)
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if not self.listing(path):
+                sop = path.rsplit("/", 1)[1]
+                self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
+
+    with _one_server(Http1) as url:
+        yield url, STUDY, SOPS, lines

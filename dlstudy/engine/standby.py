@@ -134,5 +134,5 @@ def _wait_for_job(conn: Connection, counter: Any, inherited: list[Connection]) -
     except (EOFError, OSError):
         conn.close()
         return  # not needed
-    settings, refs, form, log_levels = job
-    serve(settings, SharedClaims(refs, counter), form, conn, log_levels)
+    settings, refs, form, answered, log_levels = job
+    serve(settings, SharedClaims(refs, counter), form, answered, conn, log_levels)

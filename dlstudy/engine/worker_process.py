@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable
+from functools import partial
 from logging.handlers import QueueHandler
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,7 @@ def worker_main(
     settings: Any,
     refs: Iterable[InstanceRef],
     form: Retrieval | None,
+    answered: bool,
     conn: Connection,
     go: Any,
     log_levels: dict[str, int],
@@ -81,7 +83,7 @@ def worker_main(
     """Entry point of a worker process; it starts fetching once the parent sets `go`."""
     become_worker()
     go.wait()
-    serve(settings, refs, form, conn, log_levels)
+    serve(settings, refs, form, answered, conn, log_levels)
 
 
 def log_levels() -> dict[str, int]:
@@ -96,13 +98,15 @@ def serve(
     settings: Any,
     refs: Iterable[InstanceRef],
     form: Retrieval | None,
+    answered: bool,
     conn: Connection,
     log_levels: dict[str, int],
 ) -> None:
-    """Fetch what `refs` hands out, report over `conn` until the end, close it; log at the
-    parent's `log_levels`, through the parent."""
+    """Fetch what `refs` hands out, in retrieval `form` (None: not settled yet), report over
+    `conn` until the end, close it; log at the parent's `log_levels`, through the parent.
+    `answered`: the server answered the parent already (a refused connection is a restart)."""
     try:
-        anyio.run(_worker, settings, refs, form, conn, log_levels)
+        anyio.run(_worker, settings, refs, form, answered, conn, log_levels)
     except ParentGone:
         pass
     finally:
@@ -113,26 +117,17 @@ async def _worker(
     settings: Any,
     refs: Iterable[InstanceRef],
     form: Retrieval | None,
+    answered: bool,
     conn: Connection,
     log_levels: dict[str, int],
 ) -> None:
     report = _Report(conn)
     _log_through(report, log_levels)
     store = Store(settings.output, settings.layout)
-    transport = Transport(settings, auth=await auth_from_settings(settings))
     forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
     throttle = Throttle(settings.concurrency)
     policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
-    fetcher = InstanceFetcher(transport, store, Negotiator(forms), policy=policy, throttle=throttle)
-
-    async def one(ref: InstanceRef) -> None:
-        try:
-            committed = await fetcher.fetch(ref, report.add_bytes)
-        except TransferError as exc:
-            report.add(("failed", ref, str(exc), getattr(exc, "status_code", None)))
-            return
-        report.add(("done", ref, str(committed.path), committed.size, committed.digest))
-
+    transport: Transport | None = None
     try:
         with anyio.open_signal_receiver(signal.SIGTERM) as signals, first_error():
             async with anyio.create_task_group() as tg:
@@ -144,15 +139,31 @@ async def _worker(
 
                 tg.start_soon(stop_on_sigterm)
                 tg.start_soon(report.every, _REPORT_INTERVAL)
-                await run_pool(refs, one, settings.concurrency)
+                # (a --token-command runs here: SIGTERM stops it too, and kills it whole)
+                auth = await auth_from_settings(settings)
+                transport = Transport(settings, auth=auth, answered=answered)
+                fetcher = InstanceFetcher(
+                    transport, store, Negotiator(forms), policy=policy, throttle=throttle
+                )
+                await run_pool(refs, partial(_fetch_one, fetcher, report), settings.concurrency)
                 tg.cancel_scope.cancel()
     except DlstudyError as exc:
         report.add(("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))
     finally:
-        await transport.aclose()
+        if transport is not None:
+            await transport.aclose()
     report.add(("tallied", throttle.signals, policy.tally.retried))
     report.add(("end",))
     report.flush()
+
+
+async def _fetch_one(fetcher: InstanceFetcher, report: _Report, ref: InstanceRef) -> None:
+    try:
+        committed = await fetcher.fetch(ref, report.add_bytes)
+    except TransferError as exc:
+        report.add(("failed", ref, str(exc), getattr(exc, "status_code", None)))
+        return
+    report.add(("done", ref, str(committed.path), committed.size, committed.digest))
 
 
 def _log_through(report: _Report, levels: dict[str, int]) -> None:

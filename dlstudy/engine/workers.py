@@ -170,6 +170,7 @@ async def run_in_processes(
     form: Retrieval | None,
     workers: int,
     *,
+    answered: bool,
     adaptive: bool,
     near: bool = False,
     local: Callable[[Iterable[InstanceRef], anyio.CapacityLimiter], Awaitable[None]],
@@ -178,6 +179,8 @@ async def run_in_processes(
 ) -> None:
     """Fetch `refs` with up to `workers` processes, this one included; `running(n)` is told
     how many run once the workers start (an interrupted run's summary counts them too).
+    `answered`: the server answered this run; the workers connect again when it refuses, as
+    this process does (a restart), from their first request.
 
     `local(claims, limiter)` fetches what this process claims, at most `limiter` at a time; the
     others' results arrive as data on `results` (an unbounded stream: a worker never waits for
@@ -240,7 +243,7 @@ async def run_in_processes(
         limiter.total_tokens = own
         with anyio.CancelScope(shield=True):  # a started process must be tracked
             for _ in range(workers - 1):
-                process, parent_end = await launch.start(share, form)
+                process, parent_end = await launch.start(share, form, answered)
                 processes.append(process)
                 connections.append(parent_end)
                 tg.start_soon(_listen, parent_end, report, fatal, tg.cancel_scope)
@@ -279,7 +282,9 @@ class _Launch:
     claims: SharedClaims
     origin: str  # where the workers come from, for the log
 
-    async def start(self, share: Any, form: Retrieval | None) -> tuple[Any, Connection]:
+    async def start(
+        self, share: Any, form: Retrieval | None, answered: bool
+    ) -> tuple[Any, Connection]:
         """A worker process, waiting for `go`, and the end of the pipe it reports on."""
         raise NotImplementedError
 
@@ -298,9 +303,11 @@ class _FromStandby(_Launch):
         self.standby = standby
         self.jobs: list[tuple[Connection, tuple[Any, ...]]] = []
 
-    async def start(self, share: Any, form: Retrieval | None) -> tuple[Any, Connection]:
+    async def start(
+        self, share: Any, form: Retrieval | None, answered: bool
+    ) -> tuple[Any, Connection]:
         [(process, conn)] = self.standby.take(1)
-        self.jobs.append((conn, (share, self.claims.refs, form, log_levels())))
+        self.jobs.append((conn, (share, self.claims.refs, form, answered, log_levels())))
         return process, conn
 
     async def go(self) -> None:
@@ -317,11 +324,13 @@ class _FromForkServer(_Launch):
         self.origin = f"started by {self.context.get_start_method()}"
         self.event = self.context.Event()
 
-    async def start(self, share: Any, form: Retrieval | None) -> tuple[Any, Connection]:
+    async def start(
+        self, share: Any, form: Retrieval | None, answered: bool
+    ) -> tuple[Any, Connection]:
         parent_end, child_end = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=worker_main,
-            args=(share, self.claims, form, child_end, self.event, log_levels()),
+            args=(share, self.claims, form, answered, child_end, self.event, log_levels()),
             daemon=True,
         )
         await anyio.to_thread.run_sync(process.start)  # waits for the fork server

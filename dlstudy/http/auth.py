@@ -8,10 +8,13 @@ it is never logged, and errors name only the exit status.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import AsyncGenerator, Generator
 
 import anyio
+import anyio.abc
 import httpx
 
 from ..errors import AuthError, TransferError
@@ -31,32 +34,66 @@ class TokenCommand:
         self.command = command
         self.timeout = timeout
 
-    def run(self) -> str:
-        """Run the command through the shell; its stripped stdout is the token."""
+    async def fetch(self) -> str:
+        """Run the command through the shell; its stripped stdout is the token.
+
+        It runs in a session of its own, killed whole when it outlives `timeout` or the run is
+        cancelled (Ctrl-C): killing the shell alone left what it started running (a `sleep`,
+        a login helper waiting for input), holding its output open."""
+        process = await self._start()
+        finished = False
         try:
-            result = subprocess.run(
-                ["/bin/sh", "-c", self.command],
-                capture_output=True,
-                stdin=subprocess.DEVNULL,
-                timeout=self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
+            with anyio.fail_after(self.timeout):
+                output = await _read_to_end(process)
+                returncode = await process.wait()
+            finished = True
+        except TimeoutError as exc:
             raise AuthError(
                 f"--token-command did not finish within {self.timeout:g} s", status_code=401
             ) from exc
+        finally:
+            if not finished:
+                _kill_session(process.pid)
+            await process.aclose()
+        if returncode != 0:
+            raise AuthError(
+                f"--token-command failed with exit status {returncode}", status_code=401
+            )
+        token = output.decode("utf-8", "replace").strip()
+        if not token or has_control_character(token):
+            raise AuthError("--token-command must print one token on one line", status_code=401)
+        return token
+
+    async def _start(self) -> anyio.abc.Process:
+        try:
+            return await anyio.open_process(
+                ["/bin/sh", "-c", self.command],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise AuthError(
                 f"--token-command could not run: {exc.strerror}", status_code=401
             ) from exc
-        token = result.stdout.decode("utf-8", "replace").strip()
-        if result.returncode != 0:
-            raise AuthError(
-                f"--token-command failed with exit status {result.returncode}", status_code=401
-            )
-        if not token or has_control_character(token):
-            raise AuthError("--token-command must print one token on one line", status_code=401)
-        return token
+
+
+async def _read_to_end(process: anyio.abc.Process) -> bytes:
+    chunks = []
+    if process.stdout is not None:
+        async for chunk in process.stdout:
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _kill_session(leader: int) -> None:
+    """Kill every process of the session `leader` started (its process group: setsid made it
+    one), whether the leader is still running or not."""
+    try:
+        os.killpg(leader, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # none left
 
 
 class RefreshingBearerAuth(httpx.Auth):
@@ -131,7 +168,7 @@ class RefreshingBearerAuth(httpx.Auth):
         async with self._lock:
             if self._generation != seen_generation:
                 return  # another request refreshed while this one waited
-            self._token = await anyio.to_thread.run_sync(self.command.run)
+            self._token = await self.command.fetch()
             self._generation += 1
             self._proven = False
             self.refreshes += 1
@@ -143,5 +180,5 @@ async def auth_from_settings(settings: Settings) -> RefreshingBearerAuth | None:
     if not settings.token_command:
         return None
     command = TokenCommand(settings.token_command)
-    token: str = await anyio.to_thread.run_sync(command.run)
+    token = await command.fetch()
     return RefreshingBearerAuth(command, token)

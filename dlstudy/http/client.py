@@ -36,6 +36,7 @@ from .bounded import ACCEPTED_ENCODINGS, AnswerCutShort, BadAnswer, read_bounded
 from .credentials import credentials_problem
 from .curl import MIN_PROGRESS, CurlTransport, HttpChoice, TlsOptions
 from .failures import (
+    answered_without_http2,
     could_not_connect,
     curl_failure,
     is_translatable,
@@ -45,7 +46,7 @@ from .failures import (
     translate_error,
 )
 from .proxy import Proxies
-from .tls_files import environment_ca_bundle, tls_files_problem
+from .tls_files import tls_files_problem, trusted_cas
 from .urls import redact_url, split_base_url, with_query
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,12 @@ _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encod
 
 def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
     """The transport under httpx: libcurl."""
-    ca_bundle = settings.ca_bundle
-    if ca_bundle is None and (found := environment_ca_bundle()) is not None:
-        ca_bundle = found[1]
+    ca_bundle, ca_directories = trusted_cas(settings.ca_bundle)
+    tls = TlsOptions(ca_bundle, settings.cert, settings.key, settings.insecure, ca_directories)
     return CurlTransport(
         http=http,
         max_connections=(settings.concurrency or AUTO_CONCURRENCY_HTTP1) + 2,
-        tls=TlsOptions(ca_bundle, settings.cert, settings.key, settings.insecure),
+        tls=tls,
         proxies=proxies,
     )
 
@@ -96,8 +96,12 @@ def require_asyncio() -> None:
 class Transport:
     """One shared AsyncClient per run, plus the HTTP version it settled on."""
 
-    def __init__(self, settings: Settings, *, auth: httpx.Auth | None = None) -> None:
-        """`auth` overrides the credentials in `settings` (a refreshing bearer token)."""
+    def __init__(
+        self, settings: Settings, *, auth: httpx.Auth | None = None, answered: bool = False
+    ) -> None:
+        """`auth` overrides the credentials in `settings` (a refreshing bearer token).
+        `answered`: the server answered this run already (a worker process's parent saw it),
+        so a refused connection is a restart from the first request on (see _reconnecting)."""
         base, url_user, url_password = split_base_url(settings.url)
         problem = credentials_problem(
             settings.token, settings.user, settings.password, settings.headers
@@ -115,7 +119,7 @@ class Transport:
         self.settings = settings
         parsed = httpx.URL(self.base_url)
         self._origin = origin_of(parsed)
-        self._scheme, self._host = parsed.scheme, parsed.host
+        self._scheme, self._host, self._port = parsed.scheme, parsed.host, parsed.port
         # URLs below the base go to libcurl as made (CurlTransport.get) when httpx would send
         # the base URL as written, not normalized (escaped, its host IDNA-encoded...).
         self._as_written = str(parsed) == self.base_url
@@ -137,6 +141,7 @@ class Transport:
         self._negotiated = len(self._plan) == 1
         self._negotiate_lock = anyio.Lock()
         self.http_version: str | None = None  # as observed on responses
+        self._answered_before = answered
         self.quickest_reply: float | None = None  # seconds, of the small GETs (see get)
 
     @property
@@ -206,13 +211,15 @@ class Transport:
         """`send()`, sent again while no connection can be opened to a server that answered
         this run, for up to --timeout seconds: a server or proxy restarting (a hospital's
         proxy reloading its configuration) refuses connections for a moment, which is no
-        reason to stop the run. One that never answered, or stays down, stops it (exit 3)."""
+        reason to stop the run. One that never answered, or stays down, stops it (exit 3).
+        Whether it answered is the run's knowledge: a worker process's Transport is told."""
         deadline = time.monotonic() + self.settings.timeout
         while True:
             try:
                 return await send()
             except httpx.TransportError as exc:
-                if self.http_version is None or not could_not_connect(exc):
+                answered = self._answered_before or self.http_version is not None
+                if not answered or not could_not_connect(exc):
                     raise
                 if time.monotonic() + RECONNECT_PAUSE > deadline:
                     raise
@@ -252,7 +259,12 @@ class Transport:
         merged = self._headers_with(headers)
         if isinstance(url, str) and self._as_written and isinstance(self._engine, CurlTransport):
             return await self._engine.get(
-                url, scheme=self._scheme, host=self._host, headers=merged, extensions=extensions
+                url,
+                scheme=self._scheme,
+                host=self._host,
+                port=self._port,
+                headers=merged,
+                extensions=extensions,
             )
         request = httpx.Request("GET", url, headers=merged, extensions=extensions)
         response = await self._engine.handle_async_request(request)
@@ -357,14 +369,14 @@ class Transport:
         return response
 
     async def _probe(self, url: str, headers: dict[str, str] | None, params: Any) -> httpx.Response:
-        """_read_small over h2c, asked once more at once when no HTTP/2 answer came: one
+        """_read_small over h2c, asked once more at once when no answer came at all: one
         connection closed unanswered (a restart, a balancer) says nothing about h2c, and would
-        leave the whole run on HTTP/1.1. A server without h2c fails the second time too (to
-        libcurl its HTTP/1.1 answer to the preface is no answer), and HTTP/1.1 it is."""
+        leave the whole run on HTTP/1.1. A server that answered the preface in HTTP/1.1 has
+        no h2c, and is not asked again."""
         try:
             return await self._read_small(url, headers, params)
         except Exception as exc:
-            if not no_answer(exc):
+            if not no_answer(exc) or answered_without_http2(exc):
                 raise
             log.info(
                 "no HTTP/2 answer to the h2c probe (%s); asking again", curl_failure(exc) or exc

@@ -110,6 +110,7 @@ class TlsOptions:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
+    ca_directories: str | None = None  # OpenSSL's hashed CA directories, colon-separated
 
 
 class AnswerToGet(httpx.Response):
@@ -183,7 +184,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             url = url.copy_with(username=None, password=None)
         body = await request.aread()
         head = (request.method, body, request.headers.raw, request.extensions)
-        transfer = await self._start(str(url), url.scheme, url.host, *head)
+        transfer = await self._start(str(url), (url.scheme, url.host, url.port), *head)
         return httpx.Response(transfer.status, **self._answer(transfer))
 
     async def get(
@@ -192,14 +193,16 @@ class CurlTransport(httpx.AsyncBaseTransport):
         *,
         scheme: str,
         host: str,
+        port: int | None,
         headers: httpx.Headers,
         extensions: dict[str, Any],
     ) -> httpx.Response:
         """GET `url` as handle_async_request would, without building an httpx.Request first:
-        for a client's own requests to a URL it made (`scheme` and `host` are the URL's, with
-        no user info), where parsing it again was most of a small request's cost in httpx
-        (docs/decisions.md). The response's request is made if something asks for it."""
-        transfer = await self._start(url, scheme, host, "GET", b"", headers.raw, extensions)
+        for a client's own requests to a URL it made (`scheme`, `host` and `port` are the
+        URL's, with no user info), where parsing it again was most of a small request's cost
+        in httpx (docs/decisions.md). The response's request is made if something asks for it."""
+        origin = (scheme, host, port)
+        transfer = await self._start(url, origin, "GET", b"", headers.raw, extensions)
         answer = AnswerToGet(transfer.status, **self._answer(transfer))
         answer.asked = (url, headers, extensions)
         return answer
@@ -207,16 +210,16 @@ class CurlTransport(httpx.AsyncBaseTransport):
     async def _start(
         self,
         url: str,
-        scheme: str,
-        host: str,
+        origin: tuple[str, str, int | None],
         method: str,
         body: bytes,
         headers: list[tuple[bytes, bytes]],
         extensions: dict[str, Any],
     ) -> Transfer:
-        """A transfer of the request on the multi handle, once its response head is in."""
+        """A transfer of the request on the multi handle, once its response head is in.
+        `origin`: the URL's scheme, host and port (None: the scheme's default)."""
         driver = self.driver()
-        proxy = self.proxies.for_origin(scheme, host)
+        proxy = self.proxies.for_origin(*origin)
         easy = self._idle.pop() if self._idle else self._new_easy()
         transfer = Transfer(self, easy, shown(proxy) if proxy else None)
         try:
@@ -278,6 +281,12 @@ class CurlTransport(httpx.AsyncBaseTransport):
             easy.setopt(pycurl.SSL_VERIFYHOST, 0)
             easy.setopt(pycurl.PROXY_SSL_VERIFYPEER, 0)
             easy.setopt(pycurl.PROXY_SSL_VERIFYHOST, 0)
+        elif tls.ca_directories:
+            # The environment's CA directories alone (SSL_CERT_DIR), as httpx trusts them.
+            for option in (pycurl.CAPATH, pycurl.PROXY_CAPATH):
+                easy.setopt(option, tls.ca_directories)
+            for option in (pycurl.CAINFO, pycurl.PROXY_CAINFO):
+                easy.unsetopt(option)
         else:
             # certifi by default, or the user's bundle (--ca-bundle or the environment's).
             bundle = str(tls.ca_bundle) if tls.ca_bundle else certifi.where()

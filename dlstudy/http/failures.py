@@ -88,6 +88,16 @@ def no_answer(exc: BaseException) -> bool:
     return curl.code in _NO_ANSWER or (curl.code == _RECV_ERROR and not curl.answered)
 
 
+# nghttp2's words (libcurl's code 16) when an h2c connection's first bytes were no HTTP/2: a
+# server without h2c answered the preface in HTTP/1.1. It answered: asking again changes nothing.
+_NOT_HTTP2 = "expected SETTINGS frame"
+
+
+def answered_without_http2(exc: BaseException) -> bool:
+    curl = curl_failure(exc)
+    return curl is not None and curl.code == 16 and _NOT_HTTP2 in curl.message
+
+
 # CURLE_COULDNT_CONNECT: refused or unreachable, the server or the proxy in front of it.
 _COULDNT_CONNECT = 7
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from .urls import authority_problem, redact_url
 
 PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Proxies:
@@ -25,53 +26,72 @@ class Proxies:
     def __init__(self, explicit: str | None = None) -> None:
         self._explicit = explicit or None
         self._environment = urllib.request.getproxies_environment()
-        self._chosen: dict[tuple[str, str], str | None] = {}
+        self._chosen: dict[tuple[str, str, int | None], str | None] = {}
 
-    def for_origin(self, scheme: str, host: str) -> str | None:
-        """The proxy URL for requests to `scheme://host`, or None to connect directly.
-        `NO_PROXY` applies to `--proxy` too, as in curl."""
-        key = (scheme, host)
+    def for_origin(self, scheme: str, host: str, port: int | None = None) -> str | None:
+        """The proxy URL for requests to `scheme://host:port` (`port` None: the scheme's
+        default), or None to connect directly. `NO_PROXY` applies to `--proxy` too, as in curl."""
+        key = (scheme, host, port or DEFAULT_PORTS.get(scheme))
         if key not in self._chosen:
-            self._chosen[key] = self._choose(scheme, host)
+            self._chosen[key] = self._choose(*key)
         return self._chosen[key]
 
-    def _choose(self, scheme: str, host: str) -> str | None:
+    def _choose(self, scheme: str, host: str, port: int | None) -> str | None:
         environment = self._environment
         proxy = self._explicit or environment.get(scheme) or environment.get("all")
         if not proxy:
             return None
-        if bypassed(host, environment.get("no", "")):
+        if bypassed(host, environment.get("no", ""), port):
             return None
         return proxy if "://" in proxy else f"http://{proxy}"
 
 
-def bypassed(host: str, no_proxy: str) -> bool:
-    """Whether `NO_PROXY` names `host`, as curl and httpx read it: `*` for every host; a name
-    for itself and its subdomains (a leading dot or not); an address or a CIDR range; a
-    `:port` suffix is ignored."""
+def bypassed(host: str, no_proxy: str, port: int | None = None) -> bool:
+    """Whether `NO_PROXY` names `host`, reached on `port`. An entry is `*` (every host); a name,
+    for itself and every name below it, written `example.org`, `.example.org` (as curl and
+    httpx read both) or `*.example.org`; an address or a CIDR range; any of these with a
+    `:port` suffix, for that port only (as httpx, requests and Go read it; libcurl would
+    never match such an entry). Entries are separated by commas or spaces."""
     host = host.strip("[]").lower().rstrip(".")
     address = _address(host)
-    for entry in no_proxy.replace(" ", ",").split(","):
-        entry = entry.strip().lower()
+    for entry in no_proxy.lower().replace(",", " ").split():
         if entry == "*":
             return True
-        if not entry:
+        entry, entry_port = _split_port(entry)
+        if entry_port is not None and entry_port != port:
             continue
-        if entry.startswith("[") and "]" in entry:
-            entry = entry[1 : entry.index("]")]
-        elif entry.count(":") == 1:
-            entry = entry.partition(":")[0]
         if address is not None:
-            try:
-                if address in ipaddress.ip_network(entry, strict=False):
-                    return True
-            except ValueError:
-                pass
+            if _in_network(address, entry):
+                return True
             continue
-        name = entry.lstrip(".").rstrip(".")
+        name = entry.removeprefix("*").strip(".")
         if name and (host == name or host.endswith("." + name)):
             return True
     return False
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """A NO_PROXY entry and its port, or None without one: `host:port`, `[v6]:port`; an IPv6
+    address or range written without brackets (`::1`, `fd00::/8`) has no port."""
+    if entry.startswith("[") and "]" in entry:
+        address, _, rest = entry[1:].partition("]")
+        return address, _port(rest[1:]) if rest.startswith(":") else None
+    if entry.count(":") == 1:
+        name, _, port = entry.partition(":")
+        return name, _port(port)
+    return entry, None
+
+
+def _port(text: str) -> int:
+    """A port number; -1 (which no request has) for one that is not."""
+    return int(text) if text.isdigit() else -1
+
+
+def _in_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address, entry: str) -> bool:
+    try:
+        return address in ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -110,10 +130,11 @@ def chosen_proxy_problem(explicit: str | None, url: str) -> str | None:
     else:
         try:
             parts = urlsplit(url.strip())
+            port = parts.port
         except ValueError:
             return None  # the URL's own check says what is wrong
         scheme = parts.scheme.lower()
-        found = Proxies().for_origin(scheme, parts.hostname or "")
+        found = Proxies().for_origin(scheme, parts.hostname or "", port)
         if found is None:
             return None
         named = scheme if urllib.request.getproxies_environment().get(scheme) else "all"

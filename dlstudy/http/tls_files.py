@@ -5,15 +5,22 @@ PEM block libcurl will look for; a block that does not parse is still libcurl's 
 
 Without --ca-bundle, the CA bundle named by the environment is trusted, as by the clients a
 site has set it up for (a hospital's own CA, or its TLS-inspecting proxy's): httpx reads
-SSL_CERT_FILE, requests REQUESTS_CA_BUNDLE, curl CURL_CA_BUNDLE. Else certifi's bundle."""
+SSL_CERT_FILE, requests REQUESTS_CA_BUNDLE, curl CURL_CA_BUNDLE. Without any of them, the
+hashed CA directories SSL_CERT_DIR names (OpenSSL's, as distributions and httpx read it),
+instead of certifi's bundle. Else certifi's bundle."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 # The variables naming a CA bundle, the first set wins.
 CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# OpenSSL's CA directories, colon-separated; each certificate in one is found by the hash of
+# its subject: a link named like `c0dfd775.0` (`openssl rehash` makes them).
+CA_DIRECTORY_VARIABLE = "SSL_CERT_DIR"
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 # More than any real bundle (Mozilla's is ~200 KiB); a file past it is no PEM bundle.
 _MAX_READ = 64 << 20
 
@@ -24,6 +31,10 @@ def tls_files_problem(
     """What is wrong with the TLS files given (or the environment's CA bundle), in one line
     naming the option or variable; or None."""
     found = environment_ca_bundle() if ca_bundle is None else None
+    if ca_bundle is None and found is None:
+        if (directories := environment_ca_directories()) is not None:
+            if (problem := _directories_problem(directories)) is not None:
+                return problem
     where = f"${found[0]}" if found else "--ca-bundle"
     ca_bundle = found[1] if found else ca_bundle
     wanted = [(where, ca_bundle, ("CERTIFICATE-----", "PEM certificate"))]
@@ -48,6 +59,46 @@ def environment_ca_bundle() -> tuple[str, Path] | None:
     for name in CA_BUNDLE_VARIABLES:
         if value := os.environ.get(name, "").strip():
             return name, Path(value)
+    return None
+
+
+def environment_ca_directories() -> str | None:
+    """What SSL_CERT_DIR names (OpenSSL's colon-separated list of CA directories), or None."""
+    return os.environ.get(CA_DIRECTORY_VARIABLE, "").strip() or None
+
+
+def trusted_cas(ca_bundle: Path | None) -> tuple[Path | None, str | None]:
+    """(the CA file, the CA directories) to trust: --ca-bundle, else the file the environment
+    names, else its directories; (None, None) for certifi's bundle."""
+    if ca_bundle is not None:
+        return ca_bundle, None
+    if (found := environment_ca_bundle()) is not None:
+        return found[1], None
+    return None, environment_ca_directories()
+
+
+def _directories_problem(directories: str) -> str | None:
+    """What is wrong with SSL_CERT_DIR's list: a part that is no directory (a typo, surely),
+    or not one hashed certificate in them all (OpenSSL would find none)."""
+    parts = [part for part in directories.split(":") if part]
+    hashed = False
+    for part in parts:
+        try:
+            path = Path(part)
+            if not path.exists():
+                problem = "no such directory"
+            elif not path.is_dir():
+                problem = "not a directory"
+            else:
+                problem = None
+                hashed = hashed or any(_HASHED_NAME.fullmatch(e.name) for e in os.scandir(path))
+        except OSError as exc:
+            problem = f"cannot read it ({exc.strerror or exc})"
+        if problem is not None:
+            return f"${CA_DIRECTORY_VARIABLE} {part}: {problem}"
+    if not hashed:
+        hint = f"run: openssl rehash {' '.join(parts)}"
+        return f"${CA_DIRECTORY_VARIABLE} {directories}: no hashed CA certificate in it ({hint})"
     return None
 
 

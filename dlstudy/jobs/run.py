@@ -234,6 +234,7 @@ class Run:
                         replace(self.settings, http=self.transport.settled_http),  # no h2c probe
                         self.negotiator.current if self.negotiator.settled else None,
                         processes,
+                        answered=self.transport.http_version is not None,
                         adaptive=self.settings.workers == 0,
                         near=workers.is_near(self.transport.quickest_reply),
                         local=local,

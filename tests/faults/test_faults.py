@@ -355,6 +355,76 @@ def test_second_401_after_refresh_stops_the_run(
     assert "wrong-token" not in stderr
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie nobody reaped yet does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+@contextmanager
+def started_by_a_token_command(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A token command whose shell waits on a `sleep 1000` it started, and the file that
+    child's pid is written to; the child is killed after the test, if still there."""
+    pid_file = tmp_path / "child.pid"
+    try:
+        yield f"sleep 1000 & echo $! > {pid_file}; wait; echo tok", pid_file
+    finally:
+        if pid_file.exists() and alive(pid := int(pid_file.read_text())):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_token_command_past_its_time_limit_is_killed_with_what_it_started(
+    tmp_path: Path,
+) -> None:
+    """Killing the shell alone left its child running (and holding the command's output
+    open): the command runs in a session of its own, killed whole."""
+    import anyio
+
+    from dlstudy.errors import AuthError
+    from dlstudy.http.auth import TokenCommand
+
+    with started_by_a_token_command(tmp_path) as (command, pid_file):
+        with pytest.raises(AuthError, match="did not finish within 1 s"):
+            anyio.run(TokenCommand(command, timeout=1).fetch)
+        assert gone_within(int(pid_file.read_text()), 5)
+
+
+def test_ctrl_c_during_a_token_command_kills_it_and_exits_130(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root, token="tok")
+    with started_by_a_token_command(tmp_path) as (command, pid_file):
+        run = subprocess.Popen(
+            [DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "o"),
+             "--token-command", command],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while not pid_file.exists() or not pid_file.read_text().strip():
+                assert time.monotonic() < deadline and run.poll() is None, run.stderr
+                time.sleep(0.05)
+            run.send_signal(signal.SIGINT)
+            _, stderr = run.communicate(timeout=20)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert run.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        assert gone_within(int(pid_file.read_text()), 5)
+
+
 # --- what the server sends ------------------------------------------------------------------
 
 

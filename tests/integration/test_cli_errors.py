@@ -186,6 +186,66 @@ def test_the_environments_ca_bundle_is_trusted_without_ca_bundle(
     assert error_lines(result.stderr) == [f"dlstudy: error: ${variable} {missing}: no such file"]
 
 
+def rehashed(folder: Path, *pems: Path) -> Path:
+    """An OpenSSL CA directory (SSL_CERT_DIR's kind) holding `pems`, hashed by `openssl
+    rehash` as distributions do."""
+    folder.mkdir()
+    for pem in pems:
+        shutil.copy(pem, folder / pem.name)
+    subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True)
+    return folder
+
+
+@pytest.mark.integration
+def test_the_environments_ca_directory_is_trusted_without_a_ca_file(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """SSL_CERT_DIR, OpenSSL's hashed CA directory (a list of them, colon-separated), is
+    trusted as libcurl's CAPATH; --ca-bundle and the CA-file variables come first."""
+    if shutil.which("openssl") is None:
+        missing_tool("openssl not installed")
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    hashed = rehashed(tmp_path / "certs", tls_ca.ca_pem)
+    listed = f"{tmp_path / 'empty'}:{hashed}"
+    (tmp_path / "empty").mkdir()
+    for directory in (str(hashed), listed):
+        result = run_installed("query", "--url", url, "--uids", env={"SSL_CERT_DIR": directory})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [synth_study.study_uid]
+
+    import certifi  # a CA file without the test's CA: it wins, and the handshake fails
+
+    for first in (["--ca-bundle", certifi.where()], []):
+        env = {"SSL_CERT_DIR": str(hashed), "SSL_CERT_FILE": certifi.where()}
+        result = run_installed("query", "--url", url, *first, env=env)
+        assert result.returncode == 3, result.stderr
+        assert "signed by an unknown CA" in result.stderr
+
+
+@pytest.mark.integration
+def test_an_unusable_ca_directory_is_a_usage_error_naming_the_variable(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        missing_tool("openssl not installed")
+    url = f"https://127.0.0.1:{free_port()}/dicomweb"
+    missing, unhashed = tmp_path / "missing", tmp_path / "unhashed"
+    unhashed.mkdir()
+    (unhashed / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "file.pem").write_text("")
+    cases = [
+        (str(missing), f"$SSL_CERT_DIR {missing}: no such directory"),
+        (str(tmp_path / "file.pem"), f"$SSL_CERT_DIR {tmp_path / 'file.pem'}: not a directory"),
+        (
+            str(unhashed),
+            f"$SSL_CERT_DIR {unhashed}: no hashed CA certificate in it (run: openssl rehash "
+            f"{unhashed})",
+        ),
+    ]
+    for directory, line in cases:
+        result = run_installed("query", "--url", url, env={"SSL_CERT_DIR": directory})
+        assert result.returncode == 2, result.stderr
+        assert error_lines(result.stderr) == [f"dlstudy: error: {line}"]
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("problem", "cause"),
@@ -460,6 +520,22 @@ def test_one_unanswered_h2c_probe_is_asked_again(
     assert proxy.faulted == [1]
     assert json.loads(result.stdout)["http_version"] == "HTTP/2", result.stderr
     assert "no HTTP/2 answer to the h2c probe" in result.stderr
+
+
+@pytest.mark.integration
+def test_a_server_without_h2c_is_probed_once(tmp_path: Path) -> None:
+    """`--http auto` on http://: a server that answers the h2c preface in HTTP/1.1 (a 505) has
+    answered; asking it again would only cost a request. Once, then HTTP/1.1."""
+    from ..scripted_servers import http1_only
+
+    with http1_only() as (url, study, sops, lines):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(tmp_path), "--http", "auto", "--json"
+        )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["http_version"] == "HTTP/1.1"
+    assert sorted(p.stem for p in tmp_path.rglob("*.dcm")) == sorted(sops)
+    assert [line for line in lines if line.startswith(b"PRI ")] == [b"PRI * HTTP/2.0"]
 
 
 @pytest.mark.integration

@@ -92,6 +92,44 @@ def test_no_proxy_is_honoured(
     assert_same_files(synth_study.instances, tmp_path)
 
 
+# (NO_PROXY, the host in --url, whether the request goes through the proxy). libcurl resolves
+# names under .localhost to 127.0.0.1 itself; tinyproxy could not: only direct requests use one.
+# {port} is the server's.
+NO_PROXY_CASES = [
+    ("*.localhost", "pacs.localhost", False),
+    (".localhost", "pacs.localhost", False),
+    ("localhost", "pacs.localhost", False),
+    ("127.0.0.0/8", "127.0.0.1", False),
+    ("127.0.0.1:{port}", "127.0.0.1", False),
+    ("*.example.org", "127.0.0.1", True),
+    ("127.0.0.1:{other}", "127.0.0.1", True),
+    ("127.0.0.2/32,10.0.0.0/8", "127.0.0.1", True),
+]
+
+
+@pytest.mark.parametrize(("no_proxy", "host", "proxied"), NO_PROXY_CASES)
+def test_no_proxy_forms_as_curl_requests_and_httpx_users_write_them(
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    http_proxy: RunningProxy,
+    no_proxy: str,
+    host: str,
+    proxied: bool,
+) -> None:
+    """A leading dot or `*.`: the name and the names below it; CIDR ranges; a `:port` suffix:
+    that port only (as httpx and requests read it; curl never matches such an entry)."""
+    url = embedded_server(synth_study.root).replace("127.0.0.1", host)
+    port = int(url.split(":")[2].split("/")[0])
+    no_proxy = no_proxy.format(port=port, other=port + 1 if port < 65535 else port - 1)
+    mark = http_proxy.mark()
+    result = run_installed(
+        "query", "--url", url, "--uids", env={"HTTP_PROXY": http_proxy.url, "NO_PROXY": no_proxy}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [synth_study.study_uid]
+    assert (f"GET {url}/studies" in http_proxy.since(mark)) == proxied
+
+
 @pytest.mark.parametrize("how", ["environment", "--proxy"])
 def test_a_dead_proxy_fails_at_once_with_exit_3_naming_it(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, how: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -216,6 +217,80 @@ def test_expired_token_in_a_worker_stops_the_run(
     assert result.exit_code == 3, result.output
     assert "--token-command failed with exit status 9" in result.stderr
     assert [p for p in (tmp_path / "o").rglob("*.part")] == []
+
+
+def test_workers_connect_again_when_the_server_refuses_as_they_start(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """The server (here the fault proxy in front of it) refuses connections for 2 s from the
+    run's first instance request, as the workers start: it has answered this run, so each
+    worker's first requests connect again, as the parent's do."""
+    from ..faultproxy import FaultProxy
+
+    root, instances = study
+    url = embedded_server(root)
+    proxy = FaultProxy(int(url.split(":")[2].split("/")[0]), refuse=(b"/instances/", 2.0))
+    out = tmp_path / "out"
+    try:
+        result = run_installed(
+            "download", instances[0].study_uid, "--url", proxy.url(), "-o", str(out),
+            "--json", "--workers", "2", "--mode", "instance", "--http", "1.1",
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    assert proxy.refused_windows == 1
+    assert json.loads(result.stdout)["processes"] == 2
+    assert_same_files(instances, out)
+
+
+def test_ctrl_c_while_a_worker_runs_its_token_command_kills_the_command(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """A worker's first token comes from its own run of the command; stopped meanwhile (the
+    parent's SIGTERM after Ctrl-C), it kills the command whole, as the parent does."""
+    root, instances = study
+    url = embedded_server(root, token="tok")
+    runs, child = tmp_path / "runs", tmp_path / "child.pid"
+    # The parent's run prints the token at once; a worker's waits on a child it started.
+    command = (
+        f"exec 9>>{runs}.lock; flock 9; "
+        f"n=$(( $(cat {runs} 2>/dev/null || echo 0) + 1 )); echo $n > {runs}; exec 9>&-; "
+        f'if [ "$n" -gt 1 ]; then sleep 1000 & echo $! > {child}; wait; fi; echo tok'
+    )
+    process = subprocess.Popen(
+        [DLSTUDY, "download", instances[0].study_uid, "--url", url, "-o", str(tmp_path / "o"),
+         "--workers", "2", "--mode", "instance", "--token-command", command],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not child.exists() or not child.read_text().strip():
+            assert time.monotonic() < deadline and process.poll() is None, "no worker started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130, stderr
+        pid = int(child.read_text())
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if child.exists() and _alive(pid := int(child.read_text())):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie nobody reaped yet does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def test_ctrl_c_stops_the_workers_cleanly(
