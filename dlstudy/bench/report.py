@@ -24,6 +24,9 @@ HTTP_VERSIONS = ("1.1", "2")
 # The matrix defaults; here rather than in dlstudy.bench so the CLI's help needs only this module.
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
 DEFAULT_REPEAT = 3
+# Each run resolves the study again and keeps every request's timings: a bound keeps a typo
+# (`--repeat 1000000000`) from filling the memory before the first request.
+MAX_REPEAT = 1000
 PERCENTILES = (0.5, 0.9, 0.99)
 
 

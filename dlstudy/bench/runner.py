@@ -73,6 +73,7 @@ from .report import (
     DEFAULT_CONCURRENCY,
     DEFAULT_REPEAT,
     HTTP_VERSIONS,
+    MAX_REPEAT,
     STRATEGIES,
     BenchReport,
     CellResult,
@@ -132,8 +133,8 @@ def validate(settings: Settings, plan: BenchPlan) -> None:
             raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {level}")
     if not (plan.strategies and plan.concurrency and plan.http):
         raise UsageError("the matrix is empty: give at least one strategy, concurrency and http")
-    if plan.repeat < 1:
-        raise UsageError("--repeat must be 1 or more")
+    if not 1 <= plan.repeat <= MAX_REPEAT:
+        raise UsageError(f"--repeat must be between 1 and {MAX_REPEAT}, not {plan.repeat}")
     if plan.limit is not None and plan.limit < 1:
         raise UsageError("--limit must be 1 or more")
     if settings.timeout <= 0:

@@ -17,6 +17,7 @@ from ..bench.report import (
     DEFAULT_CONCURRENCY,
     DEFAULT_REPEAT,
     HTTP_VERSIONS,
+    MAX_REPEAT,
     STRATEGIES,
     BenchReport,
 )
@@ -65,7 +66,10 @@ HttpVersionsOpt = Annotated[
         "--http", help="HTTP version (repeatable): 1.1, 2. Default: both.", show_default=False
     ),
 ]
-RepeatOpt = Annotated[int, typer.Option("--repeat", help="Runs of every cell; median, min, max.")]
+RepeatOpt = Annotated[
+    int,
+    typer.Option("--repeat", help=f"Runs of every cell (1-{MAX_REPEAT}); median, min, max."),
+]
 LimitOpt = Annotated[
     int | None,
     typer.Option("--limit", help="Only the first N instances of the study.", show_default=False),

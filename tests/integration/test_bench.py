@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -319,6 +320,31 @@ def test_exit_codes(tmp_path: Path, synth_study: SynthStudy, embedded_server: St
         code, data = bench_json(uid, *early)
         assert code == 2 and data["exit_status"] == 2 and data["rows"] == [], early
         assert data["error"] and data["error"] in run_cli("bench", uid, *early).stderr, early
+
+
+@pytest.mark.integration
+def test_an_absurd_repeat_is_a_usage_error_not_a_memory_hog(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`--repeat 10**20` (a typo) is refused at once; it built the list of every run first and
+    filled the memory (24 GB, then the OOM killer). The child's address space is capped so
+    that, before the fix, the test fails with a MemoryError instead of starving the machine."""
+    url = embedded_server(synth_study.root)
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    for repeat in ("100000000000000000000", "1001"):
+        result = subprocess.run(
+            [DLSTUDY, "bench", synth_study.study_uid, "--url", url, "--http", "1.1",
+             "--strategy", "study", "--repeat", repeat],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+            preexec_fn=cap_memory,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        said = f"dlstudy: error: --repeat must be between 1 and 1000, not {repeat}\n"
+        assert result.stderr == said
+        assert result.stdout == ""
 
 
 def test_a_failed_request_is_reported_naming_it_once(
