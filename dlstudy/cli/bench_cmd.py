@@ -283,6 +283,7 @@ COLUMNS = (
     "strategy",
     "http",
     "conc",
+    "runs",
     "MB/s",
     "min-max",
     "inst/s",
@@ -301,10 +302,14 @@ def _ms(value: float | None) -> str:
 def _cells(row: Row) -> list[str]:
     mb, inst, ttfb = row.mb_per_s(), row.instances_per_s(), row.ttfb_ms()
     spread = "-" if mb["min"] is None else f"{mb['min']:.1f}-{mb['max']:.1f}"
+    # The runs the median is over: fewer than --repeat when the bench was stopped, or when a
+    # run's every request failed (it measured no speed).
+    runs = "-" if row.unsupported else str(len(row.measured))
     return [
         row.strategy,
         row.http,
         str(row.concurrency),
+        runs,
         _ms(mb["median"]),
         spread,
         _ms(inst["median"]),
@@ -329,14 +334,15 @@ def _footer(report: BenchReport) -> str:
     return (
         f"QIDO: {report.qido_requests} requests, p50 {_ms(qido['p50'])} ms, "
         f"p90 {_ms(qido['p90'])} ms, p99 {_ms(qido['p99'])} ms; "
-        f"MB/s and inst/s: median over runs; TTFB: request sent to response headers"
+        f"MB/s and inst/s: median over the runs that measured a speed; "
+        f"TTFB: request sent to response headers"
     ) + "".join(f"\nnote: {note}" for note in report.notes)
 
 
 def render(report: BenchReport, stream: IO[str], *, rich: bool) -> None:
     """The results table: rich on a terminal, aligned plain text for pipes and logs."""
     rows = [_cells(row) for row in report.rows()]
-    numeric = {"conc", "MB/s", "inst/s", "TTFB p50", "p90", "p99 ms", "QIDO p50 ms"}
+    numeric = {"conc", "runs", "MB/s", "inst/s", "TTFB p50", "p90", "p99 ms", "QIDO p50 ms"}
     widths = [
         max(len(title), *(len(cells[i]) for cells in rows)) for i, title in enumerate(COLUMNS)
     ]

@@ -27,7 +27,7 @@ from dlstudy.bench.report import BenchReport, CellResult, percentile
 from dlstudy.http.curl import CurlTransport
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import DLSTUDY, run_cli
+from ..cli_helpers import DLSTUDY, run_cli, run_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 from ..fixtures.orthanc import OrthancServer
 from ..tools import missing_tool
@@ -368,6 +368,29 @@ def test_a_failed_request_is_reported_naming_it_once(
     (row,) = data["rows"]
     assert row["status"].startswith(f"{len(synth_study.instances)} failed: instance ")
     assert row["mb_per_s"]["median"] is None and row["instances_per_s"]["median"] is None
+
+
+@pytest.mark.integration
+def test_the_table_says_how_many_runs_each_median_is_over(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A run whose every request failed measured no speed, so the median is over fewer runs
+    than --repeat: the table's `runs` column says how many (the heading said "6 runs per cell"
+    and the min-max of one run read as a steady server). One request per run, half of them
+    answered 500 (seeded, one at a time: the same runs fail every time)."""
+    url = embedded_server(synth_study.root, fault_rate=0.5, fault_status=500, seed=1)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "single-part", "-c", "1",
+        "--http", "1.1", "--repeat", "6", "--limit", "1",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    progress = [line for line in result.stderr.splitlines() if " run " in line]
+    measured = [line for line in progress if ", 1 instances in " in line]
+    assert len(progress) == 6 and 0 < len(measured) < 6, progress
+    lines = result.stdout.splitlines()
+    assert lines[2].split()[:4] == ["strategy", "http", "conc", "runs"]
+    (row,) = [line.split() for line in lines if line.startswith("single-part ")]
+    assert row[:4] == ["single-part", "1.1", "1", str(len(measured))]
 
 
 @pytest.mark.integration
