@@ -19,8 +19,9 @@ QIDO phase uses at most that many too, and a gauge around every request proves i
 
 Bytes are counted and dropped unless `keep` names a folder: then each instance is written raw
 to `keep/<SOPInstanceUID>.dcm` (temp file, atomic rename). A strategy the server refuses on its
-first request (400/406/415 for every form of the Accept header, e.g. Orthanc's 400 on
-single-part; 404/405/501, e.g. a static server without series URLs) makes its cells
+first requests, three different ones before any success (400/406/415 for every form of the
+Accept header, e.g. Orthanc's 400 on single-part; 404/405/501, e.g. a static server without
+series URLs), makes its cells
 "unsupported (HTTP 400)"; an HTTP version the server does not speak makes its cells
 "unsupported (no HTTP/2: ...)". Neither is an error.
 """
@@ -90,6 +91,10 @@ CellDone = Callable[[CellResult, int, int], None]
 # Answers to a strategy's first request that mean "not served this way": every form refused
 # (400/406/415), or no such resource at all (404/405/501: a static server has no series URLs).
 UNSUPPORTED_STATUS = NEGOTIABLE_STATUS | {404, 405, 501}
+# Such answers to this many different requests, before any success, make the strategy
+# unsupported (fewer when the run has fewer requests): one missing instance (404), or one the
+# server cannot send in any form (400), is a failure of that instance, not of the strategy.
+REFUSALS_FOR_UNSUPPORTED = 3
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,7 @@ class _Bench:
         self.policy = RetryPolicy(QIDO_RETRIES, QIDO_RETRY_BUDGET, settings.timeout)
         self.negotiators = {s: Negotiator(_forms(s)) for s in plan.strategies}
         self.unsupported: dict[tuple[str, str], str] = {}  # (strategy or "*", http) -> reason
+        self.refused: dict[tuple[str, str], set[str]] = {}  # (strategy, http) -> what was
 
     async def run(self, on_cell: CellDone | None) -> None:
         await self._probe_protocols()
@@ -327,34 +333,33 @@ class _Bench:
     ) -> None:
         base = run.transport.base_url
         strategy = run.result.strategy
+        per_instance = strategy in ("single-part", "multipart-instance")
+        groups: dict[str, list[InstanceRef]] = {}
+        for ref in [] if per_instance else work:
+            if strategy == "series":
+                url = series_url(base, ref.study_uid, ref.series_uid)
+            else:
+                url = study_url(base, ref.study_uid)
+            groups.setdefault(url, []).append(ref)
+        requests = len(work) if per_instance else len(groups)
+        refused = self.refused.setdefault((strategy, run.result.http), set())
 
         async def guarded(what: str, attempt: Callable[[Retrieval], Awaitable[None]]) -> None:
             try:
                 await negotiator.run(attempt)
             except HttpStatusError as exc:
                 if exc.status_code in UNSUPPORTED_STATUS and not negotiator.settled:
-                    raise _Unsupported(f"unsupported (HTTP {exc.status_code})") from exc
+                    refused.add(what)
+                    if len(refused) >= min(REFUSALS_FOR_UNSUPPORTED, requests):
+                        raise _Unsupported(f"unsupported (HTTP {exc.status_code})") from exc
                 run.result.fail(_naming(what, exc))
             except TransferError as exc:
                 run.result.fail(_naming(what, exc))
 
-        if strategy in ("single-part", "multipart-instance"):
-
-            async def one_instance(ref: InstanceRef) -> None:
-                url = instance_url(base, ref.study_uid, ref.series_uid, ref.sop_uid)
-                what = f"instance {ref.sop_uid}"
-                await guarded(what, lambda form: run.request(url, form, what, 1, ref.sop_uid))
-
-            await run_pool(work, one_instance, run.result.concurrency)
-            return
-
-        groups: dict[str, list[InstanceRef]] = {}
-        for ref in work:
-            if strategy == "series":
-                url = series_url(base, ref.study_uid, ref.series_uid)
-            else:
-                url = study_url(base, ref.study_uid)
-            groups.setdefault(url, []).append(ref)
+        async def one_instance(ref: InstanceRef) -> None:
+            url = instance_url(base, ref.study_uid, ref.series_uid, ref.sop_uid)
+            what = f"instance {ref.sop_uid}"
+            await guarded(what, lambda form: run.request(url, form, what, 1, ref.sop_uid))
 
         async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
             url, refs = item
@@ -362,7 +367,10 @@ class _Bench:
             wanted = len(refs)
             await guarded(what, lambda form: run.request(url, form, what, wanted, None, stop=cut))
 
-        await run_pool(list(groups.items()), one_group, run.result.concurrency)
+        if per_instance:
+            await run_pool(work, one_instance, run.result.concurrency)
+        else:
+            await run_pool(list(groups.items()), one_group, run.result.concurrency)
 
 
 def _naming(what: str, exc: TransferError) -> str:

@@ -371,6 +371,25 @@ def test_a_failed_request_is_reported_naming_it_once(
 
 
 @pytest.mark.integration
+def test_a_missing_first_instance_is_a_failure_not_an_unsupported_strategy(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The first instance asked is not on the server (404; seeded, one request at a time), the
+    next ones are: a failure of that instance, exit 1. It made the whole strategy
+    `unsupported (HTTP 404)`, a finding, exit 0: a server losing instances measured clean."""
+    url = embedded_server(synth_study.root, fault_rate=0.5, fault_status=404, seed=1)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "single-part", "-c", "1",
+        "--http", "1.1", "--repeat", "1", "--limit", "10", "--json",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    (row,) = json.loads(result.stdout)["rows"]
+    assert re.fullmatch(r"\d+ failed: instance [0-9.]+: not found on the server \(HTTP 404\)",
+                        row["status"]), row["status"]  # fmt: skip
+    assert 0 < row["totals"]["instances"] < 10
+
+
+@pytest.mark.integration
 def test_the_table_says_how_many_runs_each_median_is_over(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
