@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import StorageError, UsageError
+from ..store.files import TEMP_SUFFIX
 from .report import BenchReport, Row
 
 CHART_SUFFIXES = (".svg", ".png")
@@ -272,16 +274,24 @@ def check_chart_path(path: Path) -> None:
 
 
 def write_chart(report: BenchReport, path: Path) -> None:
-    svg = render_svg(report)
+    """Write the chart whole under `path` or not at all: a temp file beside it, then a rename
+    (a full disk or a signal must not leave half an image where the last one was)."""
+    svg = render_svg(report).encode("utf-8")
+    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         if path.suffix.lower() == ".svg":
-            path.write_text(svg, encoding="utf-8")
-            return
-        with tempfile.TemporaryDirectory(prefix="dlstudy-chart-") as folder:
-            source = Path(folder) / "chart.svg"
-            source.write_text(svg, encoding="utf-8")
-            _to_png(source, path)
+            image = svg
+        else:
+            with tempfile.TemporaryDirectory(prefix="dlstudy-chart-") as folder:
+                source, target = Path(folder) / "chart.svg", Path(folder) / "chart.png"
+                source.write_bytes(svg)
+                _to_png(source, target)
+                image = target.read_bytes()
+        with temp.open("xb") as file:  # O_EXCL: never through a link
+            file.write(image)
+        os.replace(temp, path)
     except OSError as exc:
+        temp.unlink(missing_ok=True)
         raise StorageError(
             f"cannot write --chart {str(path)!r}: {exc.strerror or exc}", path=str(path)
         ) from exc

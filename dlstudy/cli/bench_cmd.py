@@ -159,7 +159,9 @@ def register(app: typer.Typer) -> None:
                     write_chart(report, chart)
         except DlstudyError as exc:
             partial = getattr(exc, "report", None) or report or nothing_measured()
-            _end_early(partial, json_output, chart, int(exc.exit_status), str(exc))
+            # Once the matrix ran, only the chart fails here: it is not tried a second time.
+            retry_chart = chart if report is None else None
+            _end_early(partial, json_output, retry_chart, int(exc.exit_status), str(exc))
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
             partial = getattr(exc, "report", None) or report or nothing_measured()
             terminated = isinstance(exc, Terminated)

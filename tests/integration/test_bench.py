@@ -371,6 +371,40 @@ def test_a_failed_request_is_reported_naming_it_once(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("form", ["table", "json"])
+def test_a_chart_that_cannot_be_written_leaves_no_half_image(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, form: str
+) -> None:
+    """The kernel refuses files over 2,000 bytes (EFBIG, as a full disk would): the results
+    are printed, then one line saying the chart could not be written, exit 1; no file under
+    the chart's name (half an SVG was left there, and the line came twice)."""
+    url = embedded_server(synth_study.root)
+    chart = tmp_path / "bench.svg"
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    result = subprocess.run(
+        [DLSTUDY, "bench", synth_study.study_uid, "--url", url, "--strategy", "study",
+         "--http", "1.1", "--repeat", "1", "--chart", str(chart)]
+        + (["--json"] if form == "json" else []),
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dlstudy: error:")]
+    assert errors == [f"dlstudy: error: cannot write --chart {str(chart)!r}: File too large"]
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    if form == "json":
+        data = json.loads(result.stdout)
+        assert data["rows"] and data["chart"] is None and data["exit_status"] == 1
+    else:
+        assert re.search(r"^study +1\.1 +1 +1 ", result.stdout, re.M), result.stdout
+
+
+@pytest.mark.integration
 def test_a_missing_first_instance_is_a_failure_not_an_unsupported_strategy(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
