@@ -271,6 +271,8 @@ def check_chart_path(path: Path) -> None:
         )
     if not path.parent.is_dir():
         raise UsageError(f"--chart: folder {str(path.parent)!r} does not exist")
+    if path.is_dir():  # found now, not after the whole matrix ran
+        raise UsageError(f"--chart: {str(path)!r} is a folder")
 
 
 def write_chart(report: BenchReport, path: Path) -> None:

@@ -405,6 +405,26 @@ def test_a_chart_that_cannot_be_written_leaves_no_half_image(
 
 
 @pytest.mark.integration
+def test_a_chart_path_that_is_a_folder_is_refused_before_measuring(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    """It was found only when the chart was written, after the whole matrix had run."""
+    url = embedded_server(synth_study.root)
+    chart = tmp_path / "bench.svg"
+    chart.mkdir()
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "study", "--repeat", "1",
+        "--chart", str(chart),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"dlstudy: error: --chart: {str(chart)!r} is a folder\n"
+    assert result.stdout == "" and seen_requests.instance_requests == 0
+
+
+@pytest.mark.integration
 def test_a_missing_first_instance_is_a_failure_not_an_unsupported_strategy(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
