@@ -551,6 +551,38 @@ def test_cut_bodies_count_no_bytes(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("keep", [False, True], ids=["dropped", "kept"])
+@pytest.mark.parametrize("cut_first", [0, 2, 100], ids=["whole", "two cut", "all cut"])
+def test_a_body_cut_where_http_cannot_tell_counts_nothing(
+    tmp_path: Path, keep: bool, cut_first: int
+) -> None:
+    """Close-delimited HTTP/1.1 bodies (no Content-Length), the first `cut_first` closed
+    halfway: HTTP sees whole bodies, the DICOM structure does not. A cut one is a failure and
+    no throughput (half bodies counted as instances, `ok`, exit 0); whole ones count."""
+    from ..factories import part10
+    from ..scripted_servers import SERIES, cutting
+
+    kept = tmp_path / "kept"
+    with cutting(cut_first) as (url, study, sops):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "single-part",
+            "-c", "1", "--repeat", "1", "--json", *(["--keep", str(kept)] if keep else []),
+        )  # fmt: skip
+    whole = {sop: part10(study, SERIES, sop, payload=b"\1" * 65536) for sop in sops}
+    arrived = sops[cut_first:]
+    assert result.returncode == (1 if cut_first else 0), result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    totals = row["totals"]
+    assert totals["instances"] == len(arrived) and totals["failures"] == len(sops) - len(arrived)
+    assert totals["bytes"] == sum(len(whole[sop]) for sop in arrived)
+    if cut_first:
+        assert "the file is incomplete" in row["status"], row["status"]
+    if keep:
+        assert sorted(p.name for p in kept.iterdir()) == sorted(f"{sop}.dcm" for sop in arrived)
+        assert all((kept / f"{sop}.dcm").read_bytes() == whole[sop] for sop in arrived)
+
+
+@pytest.mark.integration
 def test_row_totals_are_sums_over_its_runs(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
