@@ -120,7 +120,12 @@ class CellRun:
                 self.result.ttfb.append(headers_at - sent)
                 media = parse_media_type(response.headers.get("content-type", ""))
                 if media.mime == MULTIPART_RELATED:
-                    got = await self._parts(response, sop_uid, expected if stop else None)
+                    got, extra = await self._parts(response, sop_uid, expected, stop)
+                    if extra:
+                        raise IntegrityError(
+                            f"{what}: {got + extra} instances arrived where {expected} were "
+                            f"asked (the rest not counted)"
+                        )
                 else:
                     check_whole = _unframed(response)
                     with self._output(sop_uid, check_whole) as output:
@@ -129,23 +134,30 @@ class CellRun:
         if got < expected:
             raise IntegrityError(f"{what}: {got} of {expected} instances arrived", retryable=True)
 
-    async def _parts(self, response: httpx.Response, sop_uid: str | None, stop: int | None) -> int:
-        got = 0
+    async def _parts(
+        self, response: httpx.Response, sop_uid: str | None, expected: int, stop: bool
+    ) -> tuple[int, int]:
+        """Read the parts; (parts counted, parts beyond the `expected` ones, not counted: a
+        series answered with the whole study must not pass for a fast series)."""
+        got = extra = 0
         output: Output | None = None
 
         def on_event(event: Event) -> None:
-            nonlocal got, output
+            nonlocal got, extra, output
             if isinstance(event, PartData):
                 assert output is not None
                 output.write(event.data)
             elif isinstance(event, PartStarted):
-                output = Output(self.keep, sop_uid, self.result)
+                output = Output(self.keep if got < expected else None, sop_uid, self.result)
             elif isinstance(event, PartEnded):
                 assert output is not None
-                output.finish()
+                if got < expected:
+                    output.finish()
+                    got += 1
+                else:
+                    extra += 1
                 output = None
-                got += 1
-                if stop is not None and got >= stop:
+                if stop and got >= expected:
                     raise Enough()  # --limit: the rest of the response is not wanted
 
         try:
@@ -155,7 +167,7 @@ class CellRun:
         finally:
             if output is not None:
                 output.abandon()
-        return got
+        return got, extra
 
     @contextmanager
     def _output(self, sop_uid: str | None, check_whole: bool) -> Iterator[Output]:

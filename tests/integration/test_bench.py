@@ -583,6 +583,34 @@ def test_a_body_cut_where_http_cannot_tell_counts_nothing(
 
 
 @pytest.mark.integration
+def test_a_series_answered_with_the_whole_study_is_a_failure_not_a_fast_series(
+    tmp_path: Path,
+) -> None:
+    """A server ignoring the series in the path sends every instance of the study for each
+    series: the parts beyond those asked are not counted and the request fails, naming it
+    (the series row counted twice the study, `ok`, exit 0)."""
+    from ..scripted_servers import whole_study_for_series
+
+    kept = tmp_path / "kept"
+    with whole_study_for_series() as (url, study, series):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "series",
+            "--strategy", "study", "-c", "1", "--repeat", "1", "--json", "--keep", str(kept),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    rows = {row["strategy"]: row for row in json.loads(result.stdout)["rows"]}
+    assert rows["study"]["status"] == "ok" and rows["study"]["totals"]["instances"] == 4
+    totals = rows["series"]["totals"]
+    assert (totals["requests"], totals["failures"], totals["instances"]) == (2, 2, 4)
+    assert re.fullmatch(
+        r"2 failed: series [0-9.]+: 4 instances arrived where 2 were asked \(the rest not "
+        r"counted\)",
+        rows["series"]["status"],
+    ), rows["series"]["status"]
+    assert len(list(kept.iterdir())) == 4 and not list(kept.glob(".*"))
+
+
+@pytest.mark.integration
 def test_row_totals_are_sums_over_its_runs(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
