@@ -345,6 +345,7 @@ class _Bench:
         refused = self.refused.setdefault((strategy, run.result.http), set())
 
         async def guarded(what: str, attempt: Callable[[Retrieval], Awaitable[None]]) -> None:
+            run.result.asked += 1
             try:
                 await negotiator.run(attempt)
             except HttpStatusError as exc:

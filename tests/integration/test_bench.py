@@ -356,7 +356,8 @@ def test_a_failed_request_is_reported_naming_it_once(
     assert code == 1  # requests failed in a cell the server supports
     (row,) = data["rows"]
     count, _, first = row["status"].partition(" failed: ")
-    assert int(count) > 0, row["status"]
+    failed, of = count.split(" of ")
+    assert 0 < int(failed) < int(of) == len(synth_study.instances), row["status"]
     what, _, reason = first.partition(": ")
     assert what.startswith("instance ") and reason == "not found on the server (HTTP 404)"
     assert row["mb_per_s"]["median"] > 0  # what arrived, over the run's time
@@ -366,7 +367,8 @@ def test_a_failed_request_is_reported_naming_it_once(
     code, data = bench_json(synth_study.study_uid, "--url", broken, *args)
     assert code == 1
     (row,) = data["rows"]
-    assert row["status"].startswith(f"{len(synth_study.instances)} failed: instance ")
+    count = len(synth_study.instances)
+    assert row["status"].startswith(f"{count} of {count} failed: instance "), row["status"]
     assert row["mb_per_s"]["median"] is None and row["instances_per_s"]["median"] is None
 
 
@@ -438,7 +440,7 @@ def test_a_missing_first_instance_is_a_failure_not_an_unsupported_strategy(
     )  # fmt: skip
     assert result.returncode == 1, result.stdout
     (row,) = json.loads(result.stdout)["rows"]
-    assert re.fullmatch(r"\d+ failed: instance [0-9.]+: not found on the server \(HTTP 404\)",
+    assert re.fullmatch(r"\d+ of 10 failed: instance [0-9.]+: not found on the server \(HTTP 404\)",
                         row["status"]), row["status"]  # fmt: skip
     assert 0 < row["totals"]["instances"] < 10
 
@@ -464,6 +466,8 @@ def test_the_table_says_how_many_runs_each_median_is_over(
     assert lines[2].split()[:4] == ["strategy", "http", "conc", "runs"]
     (row,) = [line.split() for line in lines if line.startswith("single-part ")]
     assert row[:4] == ["single-part", "1.1", "1", str(len(measured))]
+    status = " ".join(row[11:])  # how many of how many failed: the rate is over the rest
+    assert status.startswith(f"{6 - len(measured)} of 6 failed: instance "), status
 
 
 @pytest.mark.integration
@@ -603,7 +607,7 @@ def test_a_series_answered_with_the_whole_study_is_a_failure_not_a_fast_series(
     totals = rows["series"]["totals"]
     assert (totals["requests"], totals["failures"], totals["instances"]) == (2, 2, 4)
     assert re.fullmatch(
-        r"2 failed: series [0-9.]+: 4 instances arrived where 2 were asked \(the rest not "
+        r"2 of 2 failed: series [0-9.]+: 4 instances arrived where 2 were asked \(the rest not "
         r"counted\)",
         rows["series"]["status"],
     ), rows["series"]["status"]
