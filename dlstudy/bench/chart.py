@@ -293,10 +293,11 @@ def write_chart(report: BenchReport, path: Path) -> None:
             file.write(image)
         os.replace(temp, path)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise StorageError(
             f"cannot write --chart {str(path)!r}: {exc.strerror or exc}", path=str(path)
         ) from exc
+    finally:
+        temp.unlink(missing_ok=True)  # a failure, or Ctrl-C while writing: nothing left
 
 
 def _to_png(source: Path, target: Path) -> None:
