@@ -98,8 +98,10 @@ def render_svg(report: BenchReport) -> str:
     measured = report.instances_measured
     subtitle = (
         f"study {report.study_uid} · {measured if measured is not None else '?'} instances"
-        f" · {report.repeat} repeat{'s' if report.repeat != 1 else ''} · {date}"
+        f" · {_runs(rows, report.repeat)} · {date}"
     )
+    if report.error:
+        subtitle += f" · stopped: {report.error}"
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family={quoteattr(FONT)}>',
@@ -118,6 +120,17 @@ def render_svg(report: BenchReport) -> str:
     parts += _legend(series)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def _runs(rows: Sequence[Row], repeat: int) -> str:
+    """How many runs the points are over: fewer than asked when the bench was stopped, or
+    when every request of a run failed."""
+    counts = {len(row.measured) for row in rows if not row.unsupported} or {repeat}
+    asked = f"{repeat} run{'s' if repeat != 1 else ''} per cell"
+    if counts == {repeat}:
+        return asked
+    low, high = min(counts), max(counts)
+    return f"{low if low == high else f'{low}-{high}'} of {asked}"
 
 
 def _panel(
@@ -208,8 +221,12 @@ def _legend(series: dict[tuple[str, str], list[Row]]) -> list[str]:
         dash = ' stroke-dasharray="6 4"' if http == "2" else ""
         label = f"{strategy} · HTTP/{'2' if http == '2' else '1.1'}"
         unsupported = next((row.unsupported for row in rows if row.unsupported), None)
+        failures = sum(row.failures for row in rows)
         if unsupported:
             label += f": {unsupported}"
+        elif failures:  # the points are over what arrived: say how much did not
+            asked = sum(run.asked for row in rows for run in row.runs)
+            label += f": {failures} of {asked} failed"
         out.append(
             f'<line x1="{x}" y1="{y - 4}" x2="{x + 30}" y2="{y - 4}" stroke="{colour}" '
             f'stroke-width="2"{dash}/>'

@@ -471,6 +471,30 @@ def test_the_table_says_how_many_runs_each_median_is_over(
 
 
 @pytest.mark.integration
+def test_the_chart_says_what_failed_and_how_many_runs_it_shows(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The chart is read without the table: its legend says how many requests of a line
+    failed, its subtitle how many runs the points are over (it said "6 repeats" and drew the
+    failing line as a clean one)."""
+    url = embedded_server(synth_study.root, fault_rate=0.5, fault_status=500, seed=1)
+    chart = tmp_path / "bench.svg"
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "single-part", "-c", "1",
+        "--http", "1.1", "--repeat", "6", "--limit", "1", "--chart", str(chart),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    measured = [line for line in result.stderr.splitlines() if ", 1 instances in " in line]
+    assert 0 < len(measured) < 6
+    svg = ET.parse(chart).getroot()
+    subtitle = svg.findtext(f"{SVG}desc") or ""
+    assert f" · {len(measured)} of 6 runs per cell · " in subtitle, subtitle
+    legend = next(g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend")
+    (label,) = [t.text for t in legend.iter(f"{SVG}text")]
+    assert label == f"single-part · HTTP/1.1: {6 - len(measured)} of 6 failed", label
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("signum", "status", "said"),
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
