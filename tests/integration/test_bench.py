@@ -163,6 +163,32 @@ def test_keep_writes_every_instance_byte_identical(
 
 
 @pytest.mark.integration
+def test_keep_removes_the_temp_files_a_killed_bench_left(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A bench killed with SIGKILL leaves its temp files in --keep; the next bench removes
+    them (they stayed for good). Those of a running process, and a user's `.notes.part`,
+    stay: another bench may be writing in the same folder."""
+    url = embedded_server(synth_study.root)
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    exited = subprocess.Popen(["true"])  # a pid that is gone
+    exited.wait()
+    stale = keep / f".1.2.3.dcm.{exited.pid}-7.part"
+    alive = keep / f".1.2.4.dcm.{os.getpid()}-1.part"
+    mine = keep / ".notes.part"
+    for path in (stale, alive, mine):
+        path.write_bytes(b"x")
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "study", "--http", "1.1",
+        "--repeat", "1", "--keep", str(keep),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and alive.exists() and mine.exists()
+    assert len(list(keep.glob("*.dcm"))) == len(synth_study.instances)
+
+
+@pytest.mark.integration
 def test_orthanc_profile_single_part_is_unsupported(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
