@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .factories import STUDY, element, instance_json, part10, series_json
+from .factories import STUDY, element, instance_json, multipart_body, part10, series_json
 
 SERIES = f"{STUDY}.5"
 DICOM_JSON = "application/dicom+json"
@@ -551,3 +551,35 @@ def http1_only() -> Iterator[tuple[str, str, list[str], list[bytes]]]:
 
     with _one_server(Http1) as url:
         yield url, STUDY, SOPS, lines
+
+
+@contextmanager
+def whole_study_for_series() -> Iterator[tuple[str, str, dict[str, list[str]]]]:
+    """Two series of two instances; a series URL is answered with the whole study (all four
+    parts), as a server ignoring the series in the path would. Yields (base URL, study UID,
+    the SOP UIDs of each series)."""
+    series = {f"{STUDY}.{n}": [f"{STUDY}.{n}.{i}" for i in (1, 2)] for n in (7, 8)}
+    body = {
+        sop: part10(STUDY, uid, sop, payload=b"\1" * 4096)
+        for uid, sops in series.items()
+        for sop in sops
+    }
+
+    class WholeStudy(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            parts = path.split("/")
+            if path.endswith(("/studies", "/series")):
+                listing = [series_json(uid, count=2) for uid in series]
+                self.reply(200, json.dumps(listing).encode(), DICOM_JSON)
+            elif path.endswith("/instances"):
+                listing = [instance_json(sop) for sop in series[parts[-2]]]
+                self.reply(200, json.dumps(listing).encode(), DICOM_JSON)
+            elif "/instances/" in path:
+                self.reply(200, body[parts[-1]], "application/dicom")
+            else:  # the study, or any series: every instance of the study
+                content_type = 'multipart/related; type="application/dicom"; boundary=b0undary'
+                self.reply(200, multipart_body(list(body.values())), content_type)
+
+    with _one_server(WholeStudy) as url:
+        yield url, STUDY, series

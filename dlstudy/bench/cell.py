@@ -7,18 +7,28 @@ retrieve requests of the cell and reads their bodies, single-part or multipart.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
+from ..dicomweb.completeness import check_complete, check_complete_in
+from ..dicomweb.header_fast import parse_head
 from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Retrieval
-from ..dicomweb.verify import read_header
+from ..dicomweb.verify import (
+    HEADER_PREFIX_LENGTH,
+    MAGIC,
+    PREAMBLE_LENGTH,
+    VERIFY_HEAD_LENGTH,
+    read_header,
+)
 from ..engine.fetch import status_error
 from ..engine.parts import pour_parts
 from ..errors import (
@@ -110,31 +120,44 @@ class CellRun:
                 self.result.ttfb.append(headers_at - sent)
                 media = parse_media_type(response.headers.get("content-type", ""))
                 if media.mime == MULTIPART_RELATED:
-                    got = await self._parts(response, sop_uid, expected if stop else None)
+                    got, extra = await self._parts(response, sop_uid, expected, stop)
+                    if extra:
+                        raise IntegrityError(
+                            f"{what}: {got + extra} instances arrived where {expected} were "
+                            f"asked (the rest not counted)"
+                        )
                 else:
-                    with self._output(sop_uid) as output:
+                    check_whole = _unframed(response)
+                    with self._output(sop_uid, check_whole) as output:
                         await pour_body(response, output.write)
                     got = 1
         if got < expected:
             raise IntegrityError(f"{what}: {got} of {expected} instances arrived", retryable=True)
 
-    async def _parts(self, response: httpx.Response, sop_uid: str | None, stop: int | None) -> int:
-        got = 0
+    async def _parts(
+        self, response: httpx.Response, sop_uid: str | None, expected: int, stop: bool
+    ) -> tuple[int, int]:
+        """Read the parts; (parts counted, parts beyond the `expected` ones, not counted: a
+        series answered with the whole study must not pass for a fast series)."""
+        got = extra = 0
         output: Output | None = None
 
         def on_event(event: Event) -> None:
-            nonlocal got, output
+            nonlocal got, extra, output
             if isinstance(event, PartData):
                 assert output is not None
                 output.write(event.data)
             elif isinstance(event, PartStarted):
-                output = Output(self.keep, sop_uid, self.result)
+                output = Output(self.keep if got < expected else None, sop_uid, self.result)
             elif isinstance(event, PartEnded):
                 assert output is not None
-                output.finish()
+                if got < expected:
+                    output.finish()
+                    got += 1
+                else:
+                    extra += 1
                 output = None
-                got += 1
-                if stop is not None and got >= stop:
+                if stop and got >= expected:
                     raise Enough()  # --limit: the rest of the response is not wanted
 
         try:
@@ -144,17 +167,25 @@ class CellRun:
         finally:
             if output is not None:
                 output.abandon()
-        return got
+        return got, extra
 
     @contextmanager
-    def _output(self, sop_uid: str | None) -> Iterator[Output]:
-        output = Output(self.keep, sop_uid, self.result)
+    def _output(self, sop_uid: str | None, check_whole: bool) -> Iterator[Output]:
+        output = Output(self.keep, sop_uid, self.result, check_whole=check_whole)
         try:
             yield output
         except BaseException:
             output.abandon()
             raise
         output.finish()
+
+
+def _unframed(response: httpx.Response) -> bool:
+    """No Content-Length and not chunked: the body ends where the connection (or the HTTP/2
+    stream) does, so one cut short looks whole to HTTP."""
+    if "content-length" in response.headers:
+        return False
+    return "chunked" not in response.headers.get("transfer-encoding", "").lower()
 
 
 class Enough(Exception):
@@ -164,21 +195,45 @@ class Enough(Exception):
 class Output:
     """One instance's bytes: counted, and with --keep written to DIR/<SOP Instance UID>.dcm."""
 
-    def __init__(self, keep: Path | None, sop_uid: str | None, result: CellResult) -> None:
+    def __init__(
+        self,
+        keep: Path | None,
+        sop_uid: str | None,
+        result: CellResult,
+        *,
+        check_whole: bool = False,
+    ) -> None:
         self.result = result
         self.sop_uid = sop_uid
         self.size = 0
         self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
+        # A body whose end HTTP cannot prove is kept (in the --keep file, or an anonymous temp
+        # file) to walk its DICOM structure, as download does: a cut one is no instance.
+        self.check_whole = check_whole
+        self.head = b""
+        self.spool: IO[bytes] | None = None
+        if check_whole and self.temp is None:
+            self.spool = tempfile.TemporaryFile(prefix="dlstudy-bench-")
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
+        if self.check_whole and len(self.head) < VERIFY_HEAD_LENGTH:
+            self.head += chunk[: VERIFY_HEAD_LENGTH - len(self.head)]
         if self.temp is not None:
             self.temp.write(chunk)
+        if self.spool is not None:
+            self.spool.write(chunk)
 
     def finish(self) -> None:
         if self.size == 0:
             self.abandon()
             raise IntegrityError("an instance arrived with an empty body")
+        if self.check_whole:
+            try:
+                self._check_whole()
+            except BaseException:
+                self.abandon()
+                raise
         # Counted once whole: the bytes of a cut body are no throughput, whatever the strategy.
         self.result.bytes += self.size
         self.result.instances += 1
@@ -197,7 +252,32 @@ class Output:
             temp.discard()
             raise
 
+    def _check_whole(self) -> None:
+        """Raise IntegrityError when the body's DICOM structure runs past its end. Bodies the
+        walk cannot judge (a bare dataset, an unusual header) are let through."""
+        if self.head[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] != MAGIC:
+            return
+        info = parse_head(self.head[HEADER_PREFIX_LENGTH:], whole=self.size == len(self.head))
+        if info is None:
+            return
+        label = f"instance {self.sop_uid}"
+        if self.spool is not None:
+            spool, self.spool = self.spool, None
+            with spool:
+                spool.seek(0)
+                check_complete_in(
+                    spool, transfer_syntax=info.transfer_syntax, size=self.size, label=label
+                )
+        elif self.temp is not None:
+            self.temp.close()
+            check_complete(
+                self.temp.path, transfer_syntax=info.transfer_syntax, size=self.size, label=label
+            )
+
     def abandon(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
         if self.temp is not None:
             self.temp.discard()
             self.temp = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import StorageError, UsageError
+from ..store.files import TEMP_SUFFIX
 from .report import BenchReport, Row
 
 CHART_SUFFIXES = (".svg", ".png")
@@ -96,8 +98,10 @@ def render_svg(report: BenchReport) -> str:
     measured = report.instances_measured
     subtitle = (
         f"study {report.study_uid} · {measured if measured is not None else '?'} instances"
-        f" · {report.repeat} repeat{'s' if report.repeat != 1 else ''} · {date}"
+        f" · {_runs(rows, report.repeat)} · {date}"
     )
+    if report.error:
+        subtitle += f" · stopped: {report.error}"
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family={quoteattr(FONT)}>',
@@ -116,6 +120,17 @@ def render_svg(report: BenchReport) -> str:
     parts += _legend(series)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def _runs(rows: Sequence[Row], repeat: int) -> str:
+    """How many runs the points are over: fewer than asked when the bench was stopped, or
+    when every request of a run failed."""
+    counts = {len(row.measured) for row in rows if not row.unsupported} or {repeat}
+    asked = f"{repeat} run{'s' if repeat != 1 else ''} per cell"
+    if counts == {repeat}:
+        return asked
+    low, high = min(counts), max(counts)
+    return f"{low if low == high else f'{low}-{high}'} of {asked}"
 
 
 def _panel(
@@ -206,8 +221,12 @@ def _legend(series: dict[tuple[str, str], list[Row]]) -> list[str]:
         dash = ' stroke-dasharray="6 4"' if http == "2" else ""
         label = f"{strategy} · HTTP/{'2' if http == '2' else '1.1'}"
         unsupported = next((row.unsupported for row in rows if row.unsupported), None)
+        failures = sum(row.failures for row in rows)
         if unsupported:
             label += f": {unsupported}"
+        elif failures:  # the points are over what arrived: say how much did not
+            asked = sum(run.asked for row in rows for run in row.runs)
+            label += f": {failures} of {asked} failed"
         out.append(
             f'<line x1="{x}" y1="{y - 4}" x2="{x + 30}" y2="{y - 4}" stroke="{colour}" '
             f'stroke-width="2"{dash}/>'
@@ -269,22 +288,33 @@ def check_chart_path(path: Path) -> None:
         )
     if not path.parent.is_dir():
         raise UsageError(f"--chart: folder {str(path.parent)!r} does not exist")
+    if path.is_dir():  # found now, not after the whole matrix ran
+        raise UsageError(f"--chart: {str(path)!r} is a folder")
 
 
 def write_chart(report: BenchReport, path: Path) -> None:
-    svg = render_svg(report)
+    """Write the chart whole under `path` or not at all: a temp file beside it, then a rename
+    (a full disk or a signal must not leave half an image where the last one was)."""
+    svg = render_svg(report).encode("utf-8")
+    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         if path.suffix.lower() == ".svg":
-            path.write_text(svg, encoding="utf-8")
-            return
-        with tempfile.TemporaryDirectory(prefix="dlstudy-chart-") as folder:
-            source = Path(folder) / "chart.svg"
-            source.write_text(svg, encoding="utf-8")
-            _to_png(source, path)
+            image = svg
+        else:
+            with tempfile.TemporaryDirectory(prefix="dlstudy-chart-") as folder:
+                source, target = Path(folder) / "chart.svg", Path(folder) / "chart.png"
+                source.write_bytes(svg)
+                _to_png(source, target)
+                image = target.read_bytes()
+        with temp.open("xb") as file:  # O_EXCL: never through a link
+            file.write(image)
+        os.replace(temp, path)
     except OSError as exc:
         raise StorageError(
             f"cannot write --chart {str(path)!r}: {exc.strerror or exc}", path=str(path)
         ) from exc
+    finally:
+        temp.unlink(missing_ok=True)  # a failure, or Ctrl-C while writing: nothing left
 
 
 def _to_png(source: Path, target: Path) -> None:

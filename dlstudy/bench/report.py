@@ -24,6 +24,9 @@ HTTP_VERSIONS = ("1.1", "2")
 # The matrix defaults; here rather than in dlstudy.bench so the CLI's help needs only this module.
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
 DEFAULT_REPEAT = 3
+# Each run resolves the study again and keeps every request's timings: a bound keeps a typo
+# (`--repeat 1000000000`) from filling the memory before the first request.
+MAX_REPEAT = 1000
 PERCENTILES = (0.5, 0.9, 0.99)
 
 
@@ -69,7 +72,8 @@ class CellResult:
     bytes: int = 0  # payload of the instances that arrived whole (a cut one counts nothing)
     instances: int = 0
     requests: int = 0
-    failures: int = 0
+    asked: int = 0  # what the run fetched: instances, or series / study responses
+    failures: int = 0  # of `asked`
     failure: str | None = None  # the first failure's reason
     ttfb: list[float] = field(default_factory=list)  # seconds, one per successful request
     qido: list[float] = field(default_factory=list)  # seconds, one per QIDO request
@@ -144,7 +148,8 @@ class Row:
             return self.unsupported
         if self.failures:
             first = next(run.failure for run in self.runs if run.failure)
-            return f"{self.failures} failed: {first}"
+            asked = sum(run.asked for run in self.runs)
+            return f"{self.failures} of {asked} failed: {first}"
         answered = {run.http_version for run in self.runs if run.http_version}
         wanted = "HTTP/2" if self.http == "2" else "HTTP/1.1"
         if answered and answered != {wanted}:

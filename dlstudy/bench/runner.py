@@ -19,8 +19,9 @@ QIDO phase uses at most that many too, and a gauge around every request proves i
 
 Bytes are counted and dropped unless `keep` names a folder: then each instance is written raw
 to `keep/<SOPInstanceUID>.dcm` (temp file, atomic rename). A strategy the server refuses on its
-first request (400/406/415 for every form of the Accept header, e.g. Orthanc's 400 on
-single-part; 404/405/501, e.g. a static server without series URLs) makes its cells
+first requests, three different ones before any success (400/406/415 for every form of the
+Accept header, e.g. Orthanc's 400 on single-part; 404/405/501, e.g. a static server without
+series URLs), makes its cells
 "unsupported (HTTP 400)"; an HTTP version the server does not speak makes its cells
 "unsupported (no HTTP/2: ...)". Neither is an error.
 """
@@ -28,6 +29,8 @@ single-part; 404/405/501, e.g. a static server without series URLs) makes its ce
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -68,11 +71,13 @@ from ..http.urls import (
 from ..jobs.download import MAX_CONCURRENCY
 from ..model import InstanceRef
 from ..settings import HttpVersion, Settings
+from ..store.files import TEMP_SUFFIX
 from .cell import CellRun, Gauge, TimedTransport
 from .report import (
     DEFAULT_CONCURRENCY,
     DEFAULT_REPEAT,
     HTTP_VERSIONS,
+    MAX_REPEAT,
     STRATEGIES,
     BenchReport,
     CellResult,
@@ -89,6 +94,10 @@ CellDone = Callable[[CellResult, int, int], None]
 # Answers to a strategy's first request that mean "not served this way": every form refused
 # (400/406/415), or no such resource at all (404/405/501: a static server has no series URLs).
 UNSUPPORTED_STATUS = NEGOTIABLE_STATUS | {404, 405, 501}
+# Such answers to this many different requests, before any success, make the strategy
+# unsupported (fewer when the run has fewer requests): one missing instance (404), or one the
+# server cannot send in any form (400), is a failure of that instance, not of the strategy.
+REFUSALS_FOR_UNSUPPORTED = 3
 
 
 @dataclass(frozen=True)
@@ -132,8 +141,8 @@ def validate(settings: Settings, plan: BenchPlan) -> None:
             raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {level}")
     if not (plan.strategies and plan.concurrency and plan.http):
         raise UsageError("the matrix is empty: give at least one strategy, concurrency and http")
-    if plan.repeat < 1:
-        raise UsageError("--repeat must be 1 or more")
+    if not 1 <= plan.repeat <= MAX_REPEAT:
+        raise UsageError(f"--repeat must be between 1 and {MAX_REPEAT}, not {plan.repeat}")
     if plan.limit is not None and plan.limit < 1:
         raise UsageError("--limit must be 1 or more")
     if settings.timeout <= 0:
@@ -191,6 +200,30 @@ def _prepare_folder(folder: Path) -> None:
         raise OutputError(
             f"cannot create --keep folder {str(folder)!r}: {exc.strerror or exc}", path=str(folder)
         ) from exc
+    _remove_stale_temp_files(folder)
+
+
+# The temp files TempFile names, `.<file>.<pid>-<n>.part`: the pid says whose it is.
+_TEMP_NAME = re.compile(r"\..+\.([0-9]+)-[0-9]+" + re.escape(TEMP_SUFFIX))
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Remove what a killed bench (`kill -9`, the OOM killer) left in --keep: only the temp
+    files of processes that are gone, as another bench may be writing in the same folder."""
+    for path in folder.glob(f".*{TEMP_SUFFIX}"):
+        named = _TEMP_NAME.fullmatch(path.name)
+        if named and not _running(int(named.group(1))):
+            path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
 
 
 class _Unsupported(Exception):
@@ -219,6 +252,7 @@ class _Bench:
         self.policy = RetryPolicy(QIDO_RETRIES, QIDO_RETRY_BUDGET, settings.timeout)
         self.negotiators = {s: Negotiator(_forms(s)) for s in plan.strategies}
         self.unsupported: dict[tuple[str, str], str] = {}  # (strategy or "*", http) -> reason
+        self.refused: dict[tuple[str, str], set[str]] = {}  # (strategy, http) -> what was
 
     async def run(self, on_cell: CellDone | None) -> None:
         await self._probe_protocols()
@@ -326,34 +360,34 @@ class _Bench:
     ) -> None:
         base = run.transport.base_url
         strategy = run.result.strategy
-
-        async def guarded(what: str, attempt: Callable[[Retrieval], Awaitable[None]]) -> None:
-            try:
-                await negotiator.run(attempt)
-            except HttpStatusError as exc:
-                if exc.status_code in UNSUPPORTED_STATUS and not negotiator.settled:
-                    raise _Unsupported(f"unsupported (HTTP {exc.status_code})") from exc
-                run.result.fail(_naming(what, exc))
-            except TransferError as exc:
-                run.result.fail(_naming(what, exc))
-
-        if strategy in ("single-part", "multipart-instance"):
-
-            async def one_instance(ref: InstanceRef) -> None:
-                url = instance_url(base, ref.study_uid, ref.series_uid, ref.sop_uid)
-                what = f"instance {ref.sop_uid}"
-                await guarded(what, lambda form: run.request(url, form, what, 1, ref.sop_uid))
-
-            await run_pool(work, one_instance, run.result.concurrency)
-            return
-
+        per_instance = strategy in ("single-part", "multipart-instance")
         groups: dict[str, list[InstanceRef]] = {}
-        for ref in work:
+        for ref in [] if per_instance else work:
             if strategy == "series":
                 url = series_url(base, ref.study_uid, ref.series_uid)
             else:
                 url = study_url(base, ref.study_uid)
             groups.setdefault(url, []).append(ref)
+        requests = len(work) if per_instance else len(groups)
+        refused = self.refused.setdefault((strategy, run.result.http), set())
+
+        async def guarded(what: str, attempt: Callable[[Retrieval], Awaitable[None]]) -> None:
+            run.result.asked += 1
+            try:
+                await negotiator.run(attempt)
+            except HttpStatusError as exc:
+                if exc.status_code in UNSUPPORTED_STATUS and not negotiator.settled:
+                    refused.add(what)
+                    if len(refused) >= min(REFUSALS_FOR_UNSUPPORTED, requests):
+                        raise _Unsupported(f"unsupported (HTTP {exc.status_code})") from exc
+                run.result.fail(_naming(what, exc))
+            except TransferError as exc:
+                run.result.fail(_naming(what, exc))
+
+        async def one_instance(ref: InstanceRef) -> None:
+            url = instance_url(base, ref.study_uid, ref.series_uid, ref.sop_uid)
+            what = f"instance {ref.sop_uid}"
+            await guarded(what, lambda form: run.request(url, form, what, 1, ref.sop_uid))
 
         async def one_group(item: tuple[str, list[InstanceRef]]) -> None:
             url, refs = item
@@ -361,7 +395,10 @@ class _Bench:
             wanted = len(refs)
             await guarded(what, lambda form: run.request(url, form, what, wanted, None, stop=cut))
 
-        await run_pool(list(groups.items()), one_group, run.result.concurrency)
+        if per_instance:
+            await run_pool(work, one_instance, run.result.concurrency)
+        else:
+            await run_pool(list(groups.items()), one_group, run.result.concurrency)
 
 
 def _naming(what: str, exc: TransferError) -> str:

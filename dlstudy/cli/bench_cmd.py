@@ -17,6 +17,7 @@ from ..bench.report import (
     DEFAULT_CONCURRENCY,
     DEFAULT_REPEAT,
     HTTP_VERSIONS,
+    MAX_REPEAT,
     STRATEGIES,
     BenchReport,
 )
@@ -66,7 +67,10 @@ HttpVersionsOpt = Annotated[
         "--http", help="HTTP version (repeatable): 1.1, 2. Default: both.", show_default=False
     ),
 ]
-RepeatOpt = Annotated[int, typer.Option("--repeat", help="Runs of every cell; median, min, max.")]
+RepeatOpt = Annotated[
+    int,
+    typer.Option("--repeat", help=f"Runs of every cell (1-{MAX_REPEAT}); median, min, max."),
+]
 LimitOpt = Annotated[
     int | None,
     typer.Option("--limit", help="Only the first N instances of the study.", show_default=False),
@@ -156,7 +160,9 @@ def register(app: typer.Typer) -> None:
                     write_chart(report, chart)
         except DlstudyError as exc:
             partial = getattr(exc, "report", None) or report or nothing_measured()
-            _end_early(partial, json_output, chart, int(exc.exit_status), str(exc))
+            # Once the matrix ran, only the chart fails here: it is not tried a second time.
+            retry_chart = chart if report is None else None
+            _end_early(partial, json_output, retry_chart, int(exc.exit_status), str(exc))
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
             partial = getattr(exc, "report", None) or report or nothing_measured()
             terminated = isinstance(exc, Terminated)
@@ -280,6 +286,7 @@ COLUMNS = (
     "strategy",
     "http",
     "conc",
+    "runs",
     "MB/s",
     "min-max",
     "inst/s",
@@ -298,10 +305,14 @@ def _ms(value: float | None) -> str:
 def _cells(row: Row) -> list[str]:
     mb, inst, ttfb = row.mb_per_s(), row.instances_per_s(), row.ttfb_ms()
     spread = "-" if mb["min"] is None else f"{mb['min']:.1f}-{mb['max']:.1f}"
+    # The runs the median is over: fewer than --repeat when the bench was stopped, or when a
+    # run's every request failed (it measured no speed).
+    runs = "-" if row.unsupported else str(len(row.measured))
     return [
         row.strategy,
         row.http,
         str(row.concurrency),
+        runs,
         _ms(mb["median"]),
         spread,
         _ms(inst["median"]),
@@ -326,14 +337,15 @@ def _footer(report: BenchReport) -> str:
     return (
         f"QIDO: {report.qido_requests} requests, p50 {_ms(qido['p50'])} ms, "
         f"p90 {_ms(qido['p90'])} ms, p99 {_ms(qido['p99'])} ms; "
-        f"MB/s and inst/s: median over runs; TTFB: request sent to response headers"
+        f"MB/s and inst/s: median over the runs that measured a speed; "
+        f"TTFB: request sent to response headers"
     ) + "".join(f"\nnote: {note}" for note in report.notes)
 
 
 def render(report: BenchReport, stream: IO[str], *, rich: bool) -> None:
     """The results table: rich on a terminal, aligned plain text for pipes and logs."""
     rows = [_cells(row) for row in report.rows()]
-    numeric = {"conc", "MB/s", "inst/s", "TTFB p50", "p90", "p99 ms", "QIDO p50 ms"}
+    numeric = {"conc", "runs", "MB/s", "inst/s", "TTFB p50", "p90", "p99 ms", "QIDO p50 ms"}
     widths = [
         max(len(title), *(len(cells[i]) for cells in rows)) for i, title in enumerate(COLUMNS)
     ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from ..errors import IntegrityError
 from ..store.safe_files import open_binary
@@ -57,19 +57,26 @@ def check_complete(
         return
     source = io.BytesIO(head) if head is not None and len(head) == size else None
     with source or open_binary(path) as fp:
-        try:
-            _Walker(fp, size, implicit=transfer_syntax == _IMPLICIT_LITTLE).whole_file()
-        except _CannotJudge:
-            return
-        except _Cut as cut:
-            raise IntegrityError(
-                f"{label}: the file is incomplete ({cut}): the body was cut short",
-                retryable=True,
-            ) from None
+        check_complete_in(fp, transfer_syntax=transfer_syntax, size=size, label=label)
+
+
+def check_complete_in(fp: IO[bytes], *, transfer_syntax: str, size: int, label: str) -> None:
+    """As check_complete, for a file already open (an anonymous temp file)."""
+    if transfer_syntax in _NOT_WALKED:
+        return
+    try:
+        _Walker(fp, size, implicit=transfer_syntax == _IMPLICIT_LITTLE).whole_file()
+    except _CannotJudge:
+        return
+    except _Cut as cut:
+        raise IntegrityError(
+            f"{label}: the file is incomplete ({cut}): the body was cut short",
+            retryable=True,
+        ) from None
 
 
 class _Walker:
-    def __init__(self, fp: BinaryIO, size: int, *, implicit: bool) -> None:
+    def __init__(self, fp: IO[bytes], size: int, *, implicit: bool) -> None:
         self.fp = fp
         self.size = size
         self.implicit = implicit

@@ -103,12 +103,21 @@ def generate(out: Path, spec: SynthSpec) -> list[SynthInstance]:
     return written
 
 
+_MAX_BYTES_PER_PIXEL = 3  # RGB; grayscale is 2
+
+
 def _check(spec: SynthSpec) -> None:
     for name in ("studies", "series", "instances", "frames", "size"):
         if getattr(spec, name) < 1:
             raise ValueError(f"SynthSpec.{name} must be at least 1")
     if spec.size > _MAX_NATIVE_LENGTH:
         raise ValueError("size must be below 4 GiB (native pixel data has a 32-bit length)")
+    if spec.frames > spec.size // _MAX_BYTES_PER_PIXEL:
+        # Every frame has at least one pixel: more frames would outgrow --size (by far).
+        raise ValueError(
+            f"{spec.frames} frames do not fit in {spec.size} bytes: at most one frame per "
+            f"{_MAX_BYTES_PER_PIXEL} bytes (raise the size)"
+        )
     if not spec.modality.isalnum() or len(spec.modality) > 16:
         raise ValueError(f"not a modality code: {spec.modality!r}")
     if spec.study_dates is not None:

@@ -41,7 +41,7 @@ def run_scanned(tmp_path: Path, name: str, *args: str) -> tuple[int, str]:
     """Run `dlstudy ARGS -v [--log-file F]`; fail if any secret is in any output."""
     log_file = tmp_path / f"{name}.log"
     log_file.touch()
-    logged = ("--log-file", str(log_file)) if args[0] != "query" else ()  # query has none
+    logged = ("--log-file", str(log_file)) if args[0] not in ("query", "bench") else ()  # none
     result = run_installed(*args, "-v", *logged)
     assert "Traceback" not in result.stderr, result.stderr
     outputs = {"stdout": result.stdout, "stderr": result.stderr, "log": log_file.read_text()}
@@ -81,6 +81,16 @@ def test_no_secret_reaches_any_output(
 
     code, stdout = run_scanned(tmp_path, "query", "query", *given, "--json")
     assert code == 0 and synth_study.study_uid in stdout
+
+    # bench: failing cells name requests in the table, the JSON and the chart's legend.
+    chart = tmp_path / "bench.svg"
+    for form in ((), ("--json",)):
+        code, stdout = run_scanned(
+            tmp_path, "bench", "bench", synth_study.study_uid, *tokened, "-c", "2",
+            "--repeat", "1", "--chart", str(chart), *form,
+        )  # fmt: skip
+        assert code == 1 and "failed: " in stdout, stdout
+        assert not any(secret in chart.read_text() for secret in SECRETS.values())
 
     proxy = f"http://proxyuser:{SECRETS['proxy password']}@127.0.0.1:9"
     code, _ = run_scanned(

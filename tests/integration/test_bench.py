@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -26,7 +27,7 @@ from dlstudy.bench.report import BenchReport, CellResult, percentile
 from dlstudy.http.curl import CurlTransport
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import DLSTUDY, run_cli
+from ..cli_helpers import DLSTUDY, run_cli, run_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 from ..fixtures.orthanc import OrthancServer
 from ..tools import missing_tool
@@ -159,6 +160,32 @@ def test_keep_writes_every_instance_byte_identical(
         for sop in wanted:
             assert (keep / f"{sop}.dcm").read_bytes() == synth_study.by_sop(sop).path.read_bytes()
         shutil.rmtree(keep)
+
+
+@pytest.mark.integration
+def test_keep_removes_the_temp_files_a_killed_bench_left(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A bench killed with SIGKILL leaves its temp files in --keep; the next bench removes
+    them (they stayed for good). Those of a running process, and a user's `.notes.part`,
+    stay: another bench may be writing in the same folder."""
+    url = embedded_server(synth_study.root)
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    exited = subprocess.Popen(["true"])  # a pid that is gone
+    exited.wait()
+    stale = keep / f".1.2.3.dcm.{exited.pid}-7.part"
+    alive = keep / f".1.2.4.dcm.{os.getpid()}-1.part"
+    mine = keep / ".notes.part"
+    for path in (stale, alive, mine):
+        path.write_bytes(b"x")
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "study", "--http", "1.1",
+        "--repeat", "1", "--keep", str(keep),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and alive.exists() and mine.exists()
+    assert len(list(keep.glob("*.dcm"))) == len(synth_study.instances)
 
 
 @pytest.mark.integration
@@ -321,6 +348,31 @@ def test_exit_codes(tmp_path: Path, synth_study: SynthStudy, embedded_server: St
         assert data["error"] and data["error"] in run_cli("bench", uid, *early).stderr, early
 
 
+@pytest.mark.integration
+def test_an_absurd_repeat_is_a_usage_error_not_a_memory_hog(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`--repeat 10**20` (a typo) is refused at once; it built the list of every run first and
+    filled the memory (24 GB, then the OOM killer). The child's address space is capped so
+    that, before the fix, the test fails with a MemoryError instead of starving the machine."""
+    url = embedded_server(synth_study.root)
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    for repeat in ("100000000000000000000", "1001"):
+        result = subprocess.run(
+            [DLSTUDY, "bench", synth_study.study_uid, "--url", url, "--http", "1.1",
+             "--strategy", "study", "--repeat", repeat],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+            preexec_fn=cap_memory,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        said = f"dlstudy: error: --repeat must be between 1 and 1000, not {repeat}\n"
+        assert result.stderr == said
+        assert result.stdout == ""
+
+
 def test_a_failed_request_is_reported_naming_it_once(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
@@ -330,7 +382,8 @@ def test_a_failed_request_is_reported_naming_it_once(
     assert code == 1  # requests failed in a cell the server supports
     (row,) = data["rows"]
     count, _, first = row["status"].partition(" failed: ")
-    assert int(count) > 0, row["status"]
+    failed, of = count.split(" of ")
+    assert 0 < int(failed) < int(of) == len(synth_study.instances), row["status"]
     what, _, reason = first.partition(": ")
     assert what.startswith("instance ") and reason == "not found on the server (HTTP 404)"
     assert row["mb_per_s"]["median"] > 0  # what arrived, over the run's time
@@ -340,8 +393,131 @@ def test_a_failed_request_is_reported_naming_it_once(
     code, data = bench_json(synth_study.study_uid, "--url", broken, *args)
     assert code == 1
     (row,) = data["rows"]
-    assert row["status"].startswith(f"{len(synth_study.instances)} failed: instance ")
+    count = len(synth_study.instances)
+    assert row["status"].startswith(f"{count} of {count} failed: instance "), row["status"]
     assert row["mb_per_s"]["median"] is None and row["instances_per_s"]["median"] is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("form", ["table", "json"])
+def test_a_chart_that_cannot_be_written_leaves_no_half_image(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, form: str
+) -> None:
+    """The kernel refuses files over 2,000 bytes (EFBIG, as a full disk would): the results
+    are printed, then one line saying the chart could not be written, exit 1; no file under
+    the chart's name (half an SVG was left there, and the line came twice)."""
+    url = embedded_server(synth_study.root)
+    chart = tmp_path / "bench.svg"
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    result = subprocess.run(
+        [DLSTUDY, "bench", synth_study.study_uid, "--url", url, "--strategy", "study",
+         "--http", "1.1", "--repeat", "1", "--chart", str(chart)]
+        + (["--json"] if form == "json" else []),
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dlstudy: error:")]
+    assert errors == [f"dlstudy: error: cannot write --chart {str(chart)!r}: File too large"]
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    if form == "json":
+        data = json.loads(result.stdout)
+        assert data["rows"] and data["chart"] is None and data["exit_status"] == 1
+    else:
+        assert re.search(r"^study +1\.1 +1 +1 ", result.stdout, re.M), result.stdout
+
+
+@pytest.mark.integration
+def test_a_chart_path_that_is_a_folder_is_refused_before_measuring(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    """It was found only when the chart was written, after the whole matrix had run."""
+    url = embedded_server(synth_study.root)
+    chart = tmp_path / "bench.svg"
+    chart.mkdir()
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "study", "--repeat", "1",
+        "--chart", str(chart),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"dlstudy: error: --chart: {str(chart)!r} is a folder\n"
+    assert result.stdout == "" and seen_requests.instance_requests == 0
+
+
+@pytest.mark.integration
+def test_a_missing_first_instance_is_a_failure_not_an_unsupported_strategy(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The first instance asked is not on the server (404; seeded, one request at a time), the
+    next ones are: a failure of that instance, exit 1. It made the whole strategy
+    `unsupported (HTTP 404)`, a finding, exit 0: a server losing instances measured clean."""
+    url = embedded_server(synth_study.root, fault_rate=0.5, fault_status=404, seed=1)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "single-part", "-c", "1",
+        "--http", "1.1", "--repeat", "1", "--limit", "10", "--json",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    (row,) = json.loads(result.stdout)["rows"]
+    assert re.fullmatch(r"\d+ of 10 failed: instance [0-9.]+: not found on the server \(HTTP 404\)",
+                        row["status"]), row["status"]  # fmt: skip
+    assert 0 < row["totals"]["instances"] < 10
+
+
+@pytest.mark.integration
+def test_the_table_says_how_many_runs_each_median_is_over(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A run whose every request failed measured no speed, so the median is over fewer runs
+    than --repeat: the table's `runs` column says how many (the heading said "6 runs per cell"
+    and the min-max of one run read as a steady server). One request per run, half of them
+    answered 500 (seeded, one at a time: the same runs fail every time)."""
+    url = embedded_server(synth_study.root, fault_rate=0.5, fault_status=500, seed=1)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "single-part", "-c", "1",
+        "--http", "1.1", "--repeat", "6", "--limit", "1",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    progress = [line for line in result.stderr.splitlines() if " run " in line]
+    measured = [line for line in progress if ", 1 instances in " in line]
+    assert len(progress) == 6 and 0 < len(measured) < 6, progress
+    lines = result.stdout.splitlines()
+    assert lines[2].split()[:4] == ["strategy", "http", "conc", "runs"]
+    (row,) = [line.split() for line in lines if line.startswith("single-part ")]
+    assert row[:4] == ["single-part", "1.1", "1", str(len(measured))]
+    status = " ".join(row[11:])  # how many of how many failed: the rate is over the rest
+    assert status.startswith(f"{6 - len(measured)} of 6 failed: instance "), status
+
+
+@pytest.mark.integration
+def test_the_chart_says_what_failed_and_how_many_runs_it_shows(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The chart is read without the table: its legend says how many requests of a line
+    failed, its subtitle how many runs the points are over (it said "6 repeats" and drew the
+    failing line as a clean one)."""
+    url = embedded_server(synth_study.root, fault_rate=0.5, fault_status=500, seed=1)
+    chart = tmp_path / "bench.svg"
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "single-part", "-c", "1",
+        "--http", "1.1", "--repeat", "6", "--limit", "1", "--chart", str(chart),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    measured = [line for line in result.stderr.splitlines() if ", 1 instances in " in line]
+    assert 0 < len(measured) < 6
+    svg = ET.parse(chart).getroot()
+    subtitle = svg.findtext(f"{SVG}desc") or ""
+    assert f" · {len(measured)} of 6 runs per cell · " in subtitle, subtitle
+    legend = next(g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend")
+    (label,) = [t.text for t in legend.iter(f"{SVG}text")]
+    assert label == f"single-part · HTTP/1.1: {6 - len(measured)} of 6 failed", label
 
 
 @pytest.mark.integration
@@ -426,6 +602,66 @@ def test_cut_bodies_count_no_bytes(
     assert run["bytes"] == sum(path.stat().st_size for path in kept), run
     assert run["instances"] == len(kept)
     assert 0 < len(kept) < len(synth_study.instances)  # some whole, some cut
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("keep", [False, True], ids=["dropped", "kept"])
+@pytest.mark.parametrize("cut_first", [0, 2, 100], ids=["whole", "two cut", "all cut"])
+def test_a_body_cut_where_http_cannot_tell_counts_nothing(
+    tmp_path: Path, keep: bool, cut_first: int
+) -> None:
+    """Close-delimited HTTP/1.1 bodies (no Content-Length), the first `cut_first` closed
+    halfway: HTTP sees whole bodies, the DICOM structure does not. A cut one is a failure and
+    no throughput (half bodies counted as instances, `ok`, exit 0); whole ones count."""
+    from ..factories import part10
+    from ..scripted_servers import SERIES, cutting
+
+    kept = tmp_path / "kept"
+    with cutting(cut_first) as (url, study, sops):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "single-part",
+            "-c", "1", "--repeat", "1", "--json", *(["--keep", str(kept)] if keep else []),
+        )  # fmt: skip
+    whole = {sop: part10(study, SERIES, sop, payload=b"\1" * 65536) for sop in sops}
+    arrived = sops[cut_first:]
+    assert result.returncode == (1 if cut_first else 0), result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    totals = row["totals"]
+    assert totals["instances"] == len(arrived) and totals["failures"] == len(sops) - len(arrived)
+    assert totals["bytes"] == sum(len(whole[sop]) for sop in arrived)
+    if cut_first:
+        assert "the file is incomplete" in row["status"], row["status"]
+    if keep:
+        assert sorted(p.name for p in kept.iterdir()) == sorted(f"{sop}.dcm" for sop in arrived)
+        assert all((kept / f"{sop}.dcm").read_bytes() == whole[sop] for sop in arrived)
+
+
+@pytest.mark.integration
+def test_a_series_answered_with_the_whole_study_is_a_failure_not_a_fast_series(
+    tmp_path: Path,
+) -> None:
+    """A server ignoring the series in the path sends every instance of the study for each
+    series: the parts beyond those asked are not counted and the request fails, naming it
+    (the series row counted twice the study, `ok`, exit 0)."""
+    from ..scripted_servers import whole_study_for_series
+
+    kept = tmp_path / "kept"
+    with whole_study_for_series() as (url, study, series):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "series",
+            "--strategy", "study", "-c", "1", "--repeat", "1", "--json", "--keep", str(kept),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    rows = {row["strategy"]: row for row in json.loads(result.stdout)["rows"]}
+    assert rows["study"]["status"] == "ok" and rows["study"]["totals"]["instances"] == 4
+    totals = rows["series"]["totals"]
+    assert (totals["requests"], totals["failures"], totals["instances"]) == (2, 2, 4)
+    assert re.fullmatch(
+        r"2 of 2 failed: series [0-9.]+: 4 instances arrived where 2 were asked \(the rest not "
+        r"counted\)",
+        rows["series"]["status"],
+    ), rows["series"]["status"]
+    assert len(list(kept.iterdir())) == 4 and not list(kept.glob(".*"))
 
 
 @pytest.mark.integration

@@ -235,6 +235,21 @@ def test_synth_into_a_file_and_serve_on_a_busy_port_say_so_in_one_line(tmp_path:
     )
 
 
+def test_synth_refuses_more_frames_than_its_size_holds(tmp_path: Path) -> None:
+    """Every frame has a pixel at least: `--frames 100000` made 200 KB instances where --size
+    said 64 KiB (`--frames 1000000000`: 2 GB each, 62 GB in a minute), and 3,000,000,000 a
+    struct.error traceback."""
+    out = tmp_path / "out"
+    for frames in ("100000", "3000000000"):
+        result = run_installed("synth", str(out), "--frames", frames, "--series", "1")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"dlstudy: error: Invalid value: {frames} frames do not fit in 65536 bytes: at most "
+            "one frame per 3 bytes (raise the size) (see 'dlstudy synth --help')\n"
+        )
+        assert not out.exists() or not list(out.rglob("*.dcm"))
+
+
 def test_help_groups_the_options_and_names_their_values() -> None:
     result = run_installed("download", "--help", env={"COLUMNS": "120", "TERM": "dumb"})
     assert result.returncode == 0, result.stderr
