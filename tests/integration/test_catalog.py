@@ -342,6 +342,30 @@ def test_sync_catalog_says_the_catalog_lists_an_invalid_uid(
     assert failure["reason"] == reason
 
 
+def test_download_from_catalog_with_an_invalid_uid_and_no_study_found_fails(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """An invalid catalogued UID failed and the other studies are gone from the server: that is
+    a run that failed (exit 1, as sync --catalog), not one where nothing matched (it was 4)."""
+    source = tmp_path / "source"
+    instances = synth(source, 1, seed=40, dates=("20210101", "20210101"))
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(source), db)
+    _add_invalid_uids(db, ["1.2.abc"])
+    instances[0].path.unlink()
+    (tmp_path / "empty").mkdir()
+    url = embedded_server(tmp_path / "empty")  # the archive now: the study deleted
+    out = tmp_path / "out"
+    result = run_installed("download", "--from-catalog", str(db), "--url", url, "-o", str(out),
+                           "--json")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["exit_status"] == 1 and summary["error"] is None
+    reasons = sorted(f["reason"] for f in summary["failures"])
+    assert len(reasons) == 2 and "invalid UID '1.2.abc'" in reasons[1], reasons
+    assert "not found" in reasons[0], reasons
+
+
 def test_download_still_refuses_an_invalid_study_uid_it_is_given(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
