@@ -10,7 +10,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -19,7 +19,13 @@ import typer
 
 from ..errors import DlstudyError, ExitStatus
 from .catalog_options import WhereOpt, catalog_option
-from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
+from .common import (
+    error_line,
+    exit_on_interrupt,
+    fail_usage,
+    setup_logging,
+    summary_on_failure,
+)
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, envvar_for, option, settings_from
 from .help_style import Group
@@ -38,7 +44,9 @@ from .options import (
 from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
 
 if TYPE_CHECKING:
+    from ..catalog.summary import PullSummary
     from ..dicomweb.search import StudyQuery, StudyRecord
+    from ..settings import Settings
 
 # Every catalog command is a ConfigCommand: --db and --to may come from the config file, so
 # they are checked once that is read (`required`), not by click.
@@ -253,38 +261,63 @@ def pull_command(
 ) -> None:
     """Harvest the archive's study-level QIDO attributes into the catalog; resumable.
     A later pull asks only for what can be new."""
+    from ..catalog.summary import PullSummary
+    from ..dicomweb.search import is_relative_date
+
+    with summary_on_failure(json_output, PullSummary):
+        setup_logging(options["verbose"], None)
+        db = required(ctx, db, "--db")
+        if level not in LEVELS:
+            fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+        if walk not in WALKS:
+            fail_usage(f"--walk must be one of {', '.join(WALKS)}, got {walk!r}")
+        if not 1 <= page_size <= 100_000:
+            fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
+        if recent < 0:
+            fail_usage(f"--recent must not be negative, got {recent}")
+        if options["study_date"] and is_relative_date(options["study_date"]):
+            fail_usage(
+                f"catalog pull takes fixed dates, not --study-date {options['study_date']} (a "
+                "catalog keeps one scope, and this one is another tomorrow): give a range such "
+                "as 20200101-"
+            )
+        query = study_query(options)
+        if len(query.modalities) > 1:
+            fail_usage("catalog pull takes one --modality (a catalog is one selection)")
+        settings = settings_from(ctx, ignore={"modality"})  # a search filter here
+        settings = replace(settings, qido_page_size=page_size)
+        pulled = _pull(
+            db, settings, query, PullPlan(level, walk, recent, full, archive_moved), json_output
+        )
+    _print_pull(pulled, json_output=json_output, quiet=quiet)
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    level: str
+    walk: str
+    recent: int
+    full: bool
+    archive_moved: bool
+
+
+def _pull(
+    db: Path, settings: Settings, query: StudyQuery, plan: PullPlan, json_output: bool
+) -> PullSummary:
+    """Run the pull. However it ends, --json prints one summary: a fatal error or an
+    interruption with what the pull had recorded (the next pull resumes from it), its
+    `error` and `exit_status`."""
     import anyio
 
     from ..catalog.harvest import Harvester, scope_of
     from ..catalog.store import Catalog, archive_address
-    from ..dicomweb.search import is_relative_date
+    from ..catalog.summary import PullSummary
     from ..flow.retry import RetryPolicy
+    from ..flow.signals import stop_on_signals
     from ..http.auth import auth_from_settings
     from ..http.client import Transport
 
-    setup_logging(options["verbose"], None)
-    db = required(ctx, db, "--db")
-    if level not in LEVELS:
-        fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    if walk not in WALKS:
-        fail_usage(f"--walk must be one of {', '.join(WALKS)}, got {walk!r}")
-    if not 1 <= page_size <= 100_000:
-        fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
-    if recent < 0:
-        fail_usage(f"--recent must not be negative, got {recent}")
-    if options["study_date"] and is_relative_date(options["study_date"]):
-        fail_usage(
-            f"catalog pull takes fixed dates, not --study-date {options['study_date']} (a "
-            "catalog keeps one scope, and this one is another tomorrow): give a range such as "
-            "20200101-"
-        )
-    query = study_query(options)
-    if len(query.modalities) > 1:
-        fail_usage("catalog pull takes one --modality (a catalog is one selection)")
-    settings = settings_from(ctx, ignore={"modality"})  # a search filter here
-    settings = replace(settings, qido_page_size=page_size)
-
-    async def run(catalog: Catalog) -> Any:
+    async def run(catalog: Catalog) -> PullSummary:
         transport = Transport(settings, auth=await auth_from_settings(settings))
         try:
             policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
@@ -292,31 +325,49 @@ def pull_command(
                 catalog,
                 transport,
                 query,
-                page_size=page_size,
+                page_size=settings.qido_page_size,
                 policy=policy,
-                walk=walk,
-                recent_days=recent,
-                full=full,
-                level=level,
+                walk=plan.walk,
+                recent_days=plan.recent,
+                full=plan.full,
+                level=plan.level,
             )
-            return await harvester.run()
+            # A signal cancels the walk in order: the interruption carries its summary.
+            return await stop_on_signals(harvester.run())
         finally:
             await transport.aclose()
 
     try:
-        with exit_on_interrupt(kept="the next catalog pull resumes where this one stopped"):
-            catalog = Catalog(db)
+        with exit_on_interrupt(
+            json_output=json_output, kept="the next catalog pull resumes where this one stopped"
+        ):
             try:
-                catalog.check_archive(archive_address(settings.url), moved=archive_moved)
-                catalog.check_scope(scope_of(query))
-                summary = anyio.run(run, catalog)
-                if full and summary.resumed and summary.kind == "update":
-                    # The interrupted update pull it finished walked only what could be new
+                catalog = Catalog(db)
+                try:
+                    catalog.check_archive(archive_address(settings.url), moved=plan.archive_moved)
+                    catalog.check_scope(scope_of(query))
                     summary = anyio.run(run, catalog)
-            finally:
-                catalog.close()
+                    if plan.full and summary.resumed and summary.kind == "update":
+                        # The interrupted update pull it finished walked only what could be new
+                        summary = anyio.run(run, catalog)
+                finally:
+                    catalog.close()
+            except KeyboardInterrupt as exc:  # before the walk began: a summary all the same
+                if getattr(exc, "summary", None) is None:
+                    exc.summary = PullSummary()  # type: ignore[attr-defined]
+                raise
     except DlstudyError as exc:
+        failed = getattr(exc, "summary", None) or PullSummary()
+        failed.error, failed.exit_status = str(exc), exc.exit_status
+        if json_output:
+            typer.echo(json.dumps(failed.as_dict(), indent=2))
         raise _fail(exc) from exc
+    return summary
+
+
+def _print_pull(summary: PullSummary, *, json_output: bool, quiet: bool) -> None:
+    if summary.unreachable != 0:
+        summary.exit_status = ExitStatus.SOME_FAILED
     if json_output:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
     elif not quiet:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn, Protocol
 
 import typer
 
@@ -19,6 +19,19 @@ from ..errors import DlstudyError, ExitStatus, Terminated
 from ..flow.signals import stopping
 from ..report.progress import NullProgress, PlainProgress, ProgressSink
 from ..report.summary import Summary
+
+
+class Outcome(Protocol):
+    """A run's summary as --json prints it however the run ends (report.summary.Summary,
+    catalog.summary.PullSummary)."""
+
+    error: str | None
+    exit_status: ExitStatus
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+    def one_line(self) -> str: ...
+
 
 # How a run ended, for --log-file only (stderr shows it already): the error, the summary line
 # and every failure, so a cron job's log is the record of the run.
@@ -88,7 +101,7 @@ def exit_on_interrupt(
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         terminated = isinstance(exc, Terminated)
         status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
-        summary: Summary | None = getattr(exc, "summary", None)
+        summary: Outcome | None = getattr(exc, "summary", None)
         if summary is not None:
             summary.exit_status = status
             summary.error = "terminated" if terminated else "interrupted"
@@ -140,7 +153,7 @@ def fail_usage(message: str) -> NoReturn:
 
 
 @contextmanager
-def summary_on_failure(json_output: bool, summary: Callable[[], Summary]) -> Iterator[None]:
+def summary_on_failure(json_output: bool, summary: Callable[[], Outcome]) -> Iterator[None]:
     """With --json, an error dlstudy finds before the run (a bad UID, an unreadable list, a
     --log-file it cannot open) prints the summary object too, `error` and `exit_status` filled
     in, as a fatal error of the run does: a program reading stdout always gets one object."""

@@ -16,6 +16,8 @@ import duckdb
 import pytest
 
 from dlstudy.server import VirtualSpec
+from dlstudy.server.options import ServerOptions
+from dlstudy.server.run import running_server
 from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import DLSTUDY, run_installed
@@ -158,6 +160,100 @@ def test_status_counts_complete_what_sync_found_complete_without_counts(
         "--state", "missing", "--state", "partial", "--uids",
     )  # fmt: skip
     assert left.returncode == 0 and left.stdout == ""
+
+
+def _start_pull(url: str, db: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_requests(seen: SeenRequests, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while len(seen.requests) < count:
+        assert process.poll() is None and time.monotonic() < deadline, "no pages asked"
+        time.sleep(0.02)
+
+
+def _failed_summary(stdout: str, stderr: str, status: int) -> dict[str, Any]:
+    """The --json object of a pull that ended with `status`: its error is stderr's line."""
+    summary: dict[str, Any] = json.loads(stdout)
+    assert summary["exit_status"] == status
+    assert f"dlstudy: error: {summary['error']}" in stderr.splitlines()
+    return summary
+
+
+def test_a_pull_whose_server_goes_down_prints_its_json_summary(
+    seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The archive stops answering mid-pull: --json printed nothing (a cron job parsing it got
+    empty stdout); now the summary of what the pull recorded, its error and exit status."""
+    db = tmp_path / "c.duckdb"
+    options = ServerOptions(virtual=VirtualSpec(400), max_page_size=10, latency=0.05)
+    with running_server(options) as url:
+        process = _start_pull(url, db, "--timeout", "2", "--retries", "0")
+        _wait_for_requests(seen_requests, 4, process)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    summary = _failed_summary(stdout, stderr, 3)
+    assert (summary["pull"], summary["kind"], summary["resumed"]) == (1, "first", False)
+    recorded = catalog_rows(db, "SELECT requests FROM pulls")
+    assert summary["requests"] == recorded[0][0] >= 1
+
+
+def test_a_pull_refused_by_the_archive_prints_its_json_summary(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A 401 part way (the token expired, no --token-command): exit 3 and the summary."""
+    url = embedded_server(
+        None, virtual=VirtualSpec(400), max_page_size=10, token="t0ken", token_expires_after=5
+    )
+    db = tmp_path / "c.duckdb"
+    result = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json",
+                           "--token", "t0ken")  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    summary = _failed_summary(result.stdout, result.stderr, 3)
+    assert summary["pull"] == 1 and summary["requests"] >= 1
+    assert "t0ken" not in result.stdout + result.stderr
+
+
+def test_a_pull_that_fails_before_it_begins_prints_its_json_summary(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Another scope (exit 2), a bad --level (exit 2): the summary, no pull in it."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    for extra in (["--patient-id", "P1"], ["--level", "patient"]):
+        result = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *extra)
+        assert result.returncode == 2, result.stderr
+        summary = _failed_summary(result.stdout, result.stderr, 2)
+        assert (summary["pull"], summary["requests"]) == (None, 0)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_pull_prints_its_json_summary(
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    tmp_path: Path,
+    signum: int,
+    status: int,
+) -> None:
+    url = embedded_server(None, virtual=VirtualSpec(400), max_page_size=10, latency=0.05)
+    db = tmp_path / "c.duckdb"
+    process = _start_pull(url, db)
+    _wait_for_requests(seen_requests, 3, process)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == status, stderr
+    summary = json.loads(stdout)
+    assert summary["exit_status"] == status
+    assert summary["error"] == ("terminated" if status == 143 else "interrupted")
+    assert summary["pull"] == 1 and summary["requests"] >= 1
+    assert summary["requests"] == catalog_rows(db, "SELECT requests FROM pulls")[0][0]
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
