@@ -6,7 +6,8 @@ Tables (`dlstudy catalog query --sql` reads any of them):
     series       one row per series (pulls with --level series)
     changes      what each later pull found: 'new' studies, 'instances_added' / 'instances_removed',
                  'deleted' (a --full pull did not find a catalogued study: it left `studies`)
-    pulls        one row per pull: kind, started, finished, requests, studies, new, changed
+    pulls        one row per pull: kind, started, finished (TIMESTAMPTZ, shown in UTC),
+                 requests, studies, new, changed
     windows      the windows of each pull and their state: the pull's resume point
     harvest      rows of the pull under way, merged into `studies` when its last window is done
     meta         the pull's scope (its filters), the archive's address, whether the server
@@ -58,7 +59,7 @@ _UNNEST = ", ".join(f"unnest(${i + 2})" for i in range(len(STUDY_COLUMNS)))
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR, value VARCHAR);
 CREATE TABLE IF NOT EXISTS pulls (
-    pull INTEGER, kind VARCHAR, started TIMESTAMP, finished TIMESTAMP, requests BIGINT,
+    pull INTEGER, kind VARCHAR, started TIMESTAMPTZ, finished TIMESTAMPTZ, requests BIGINT,
     studies BIGINT, new BIGINT, changed BIGINT, unreachable BIGINT);
 CREATE TABLE IF NOT EXISTS windows (
     pull INTEGER, key VARCHAR, mode VARCHAR, state VARCHAR, next_offset BIGINT,
@@ -76,6 +77,10 @@ CREATE TABLE IF NOT EXISTS series_listed (study_uid VARCHAR, instances INTEGER);
 # Tables every catalog has had from the start: a database with other tables under these names
 # (or without them) is someone else's.
 _CORE_TABLES = ("meta", "pulls", "studies")
+# Columns an earlier dlstudy made of another type, still read as they are and converted by the
+# next pull: the pull times were TIMESTAMP, the local time of the machine that pulled.
+_EARLIER_TYPES = {("pulls", "started"): "TIMESTAMP", ("pulls", "finished"): "TIMESTAMP"}
+_TIMESTAMPTZ = "TIMESTAMP WITH TIME ZONE"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Window states: todo (not asked yet), paging (walked by offset, next_offset is next),
@@ -125,10 +130,17 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
                     f"{path} holds no catalog: run `dlstudy catalog pull --db {path}` first"
                 )
             _check_is_catalog(db, path)
+            _show_utc(db)
         except BaseException:
             db.close()
             raise
     return db
+
+
+def _show_utc(db: duckdb.DuckDBPyConnection) -> None:
+    """TIMESTAMPTZ values (the pull times) read, printed and exported in UTC, whatever the
+    machine's time zone: the same catalog shows the same times everywhere."""
+    db.execute("SET TimeZone = 'UTC'")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,7 +173,10 @@ def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path, advice: str = "
     """A database that holds anything is a catalog only if it has the catalog's tables, each
     (like any other catalog table it has) with the catalog's columns: pulling into someone
     else's database would add tables to it, or fail halfway on a table of the same name."""
-    found = _tables(db)
+    found = {
+        name: [(c, _TIMESTAMPTZ if _EARLIER_TYPES.get((name, c)) == k else k) for c, k in columns]
+        for name, columns in _tables(db).items()
+    }
     if not found:
         return
     expected = _catalog_tables()
@@ -201,10 +216,21 @@ class Catalog:
             _check_is_catalog(self.db, path, ": give --db a new file")
             self.db.execute("BEGIN")  # all tables or none: a half-made catalog is no catalog
             self.db.execute(SCHEMA)
+            self._pull_times_with_zone()
             self.db.execute("COMMIT")
+            _show_utc(self.db)
         except BaseException:
             self.db.close()
             raise
+
+    def _pull_times_with_zone(self) -> None:
+        """Pull times an earlier dlstudy stored as TIMESTAMP become TIMESTAMPTZ. They were
+        the local time of the machine that pulled: read so here, in this machine's time zone
+        (DuckDB's default), before the connection shows UTC."""
+        tables = _tables(self.db)
+        for (table, column), earlier in _EARLIER_TYPES.items():
+            if dict(tables.get(table, [])).get(column) == earlier:
+                self.db.execute(f"ALTER TABLE {table} ALTER {column} SET DATA TYPE TIMESTAMPTZ")
 
     def close(self) -> None:
         self.db.close()

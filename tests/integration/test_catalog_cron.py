@@ -4,6 +4,7 @@ server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -481,3 +482,50 @@ def test_query_of_a_large_catalog_streams_its_line_forms(
     for form in ("--json", "--csv"):
         peak = _peak_rss_mb("catalog", "query", "--db", str(db), form)
         assert peak < streamed + 40, (form, peak, streamed)
+
+
+NEW_YORK = {"TZ": "America/New_York"}  # five hours behind UTC in winter, four in summer
+
+
+def _pull_times(db: Path) -> list[dict[str, Any]]:
+    result = run_installed(
+        "catalog", "query", "--db", str(db), "--json",
+        "--sql", "SELECT pull, started, finished, typeof(started) AS kind FROM pulls ORDER BY 1",
+        env=NEW_YORK,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+
+
+def test_pull_times_are_utc_and_say_so(embedded_server: StartServer, tmp_path: Path) -> None:
+    """pulls.started / finished were TIMESTAMP in the local time of the machine that pulled:
+    a catalog pulled in New York and read in London was five hours off, with nothing to say
+    so. Now TIMESTAMPTZ, shown in UTC; a catalog an earlier version made (its TIMESTAMPs in
+    local time) is still read, and its next pull converts them."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db = tmp_path / "c.duckdb"
+    before = dt.datetime.now(dt.UTC)
+    first = run_installed("catalog", "pull", "--url", url, "--db", str(db), env=NEW_YORK)
+    assert first.returncode == 0, first.stderr
+    after = dt.datetime.now(dt.UTC)
+    (row,) = _pull_times(db)
+    assert row["kind"] == "TIMESTAMP WITH TIME ZONE"
+    assert row["started"].endswith("+00:00") and row["finished"].endswith("+00:00")
+    assert before <= _utc(row["started"]) <= _utc(row["finished"]) <= after
+
+    # The catalog as the earlier version left it: the times local (New York), without zone.
+    with duckdb.connect(str(db)) as con:
+        con.execute("SET TimeZone = 'America/New_York'")
+        for column in ("started", "finished"):
+            con.execute(f"ALTER TABLE pulls ALTER {column} SET DATA TYPE TIMESTAMP")
+    (old,) = _pull_times(db)  # read as it is
+    assert old["kind"] == "TIMESTAMP" and old["started"] != row["started"]
+    second = run_installed("catalog", "pull", "--url", url, "--db", str(db), env=NEW_YORK)
+    assert second.returncode == 0, second.stderr
+    converted, latest = _pull_times(db)
+    assert converted == row
+    assert latest["kind"] == "TIMESTAMP WITH TIME ZONE" and _utc(latest["started"]) >= after
