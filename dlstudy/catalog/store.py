@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import LockedError, UsageError
+from ..errors import LockedError, StorageError, UsageError
 from ..http.urls import split_base_url
 from .windows import Window
 
@@ -141,6 +142,23 @@ def _show_utc(db: duckdb.DuckDBPyConnection) -> None:
     """TIMESTAMPTZ values (the pull times) read, printed and exported in UTC, whatever the
     machine's time zone: the same catalog shows the same times everywhere."""
     db.execute("SET TimeZone = 'UTC'")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A catalog that cannot be written (a full disk, a file size limit, an I/O error) stops
+    the pull in one line, exit 1, and not in a traceback: what was committed is kept, and the
+    next pull resumes from it (DuckDB replays its log). What the pull's exception carries
+    (`.summary`) goes with it."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.Error as exc:
+        stop = StorageError(f"catalog {path}: {_first_line(exc)}", path=str(path))
+        if hasattr(exc, "summary"):
+            stop.summary = exc.summary  # type: ignore[attr-defined]
+        raise stop from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -310,7 +310,7 @@ def _pull(
     import anyio
 
     from ..catalog.harvest import Harvester, scope_of
-    from ..catalog.store import Catalog, archive_address
+    from ..catalog.store import Catalog, archive_address, writing
     from ..catalog.summary import PullSummary
     from ..flow.retry import RetryPolicy
     from ..flow.signals import stop_on_signals
@@ -342,16 +342,20 @@ def _pull(
             json_output=json_output, kept="the next catalog pull resumes where this one stopped"
         ):
             try:
-                catalog = Catalog(db)
-                try:
-                    catalog.check_archive(archive_address(settings.url), moved=plan.archive_moved)
-                    catalog.check_scope(scope_of(query))
-                    summary = anyio.run(run, catalog)
-                    if plan.full and summary.resumed and summary.kind == "update":
-                        # The interrupted update pull it finished walked only what could be new
+                with writing(db):
+                    catalog = Catalog(db)
+                    try:
+                        catalog.check_archive(
+                            archive_address(settings.url), moved=plan.archive_moved
+                        )
+                        catalog.check_scope(scope_of(query))
                         summary = anyio.run(run, catalog)
-                finally:
-                    catalog.close()
+                        if plan.full and summary.resumed and summary.kind == "update":
+                            # The interrupted update pull it finished walked only what could
+                            # be new
+                            summary = anyio.run(run, catalog)
+                    finally:
+                        catalog.close()
             except KeyboardInterrupt as exc:  # before the walk began: a summary all the same
                 if getattr(exc, "summary", None) is None:
                     exc.summary = PullSummary()  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -529,3 +530,31 @@ def test_pull_times_are_utc_and_say_so(embedded_server: StartServer, tmp_path: P
     converted, latest = _pull_times(db)
     assert converted == row
     assert latest["kind"] == "TIMESTAMP WITH TIME ZONE" and _utc(latest["started"]) >= after
+
+
+def _limit_file_size() -> None:  # the kernel refuses writes past 150 KB with EFBIG
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+
+def test_a_catalog_that_cannot_be_written_stops_the_pull_in_one_line(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """The catalog's disk full (here a file size limit) part way: it was a DuckDB traceback,
+    exit 1 and nothing on stdout with --json. One line, the summary; the next pull with room
+    resumes and catalogues every study."""
+    url = embedded_server(None, virtual=VirtualSpec(300), max_page_size=10)
+    db = tmp_path / "c.duckdb"
+    result = subprocess.run(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size,
+    )
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"dlstudy: error: catalog {db}: ") and "File too large" in line
+    summary = _failed_summary(result.stdout, result.stderr, 1)
+    assert summary["pull"] == 1
+    assert pull(url, db)["studies"] == 300
