@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .store import STUDY_COLUMNS, connect, iter_rows
+from .store import STUDY_COLUMNS, check_pulled, connect, iter_rows
 
 if TYPE_CHECKING:
     import duckdb
@@ -126,6 +126,7 @@ def study_uids(path: Path, query: StudyQuery | None, where: str | None) -> list[
     """The UIDs of the matching studies (for download --from-catalog)."""
     db = connect(path, read_only=True)
     try:
+        check_pulled(db, path)
         return list(select_uids(db, query, where))
     finally:
         db.close()
@@ -135,6 +136,7 @@ def catalog_records(path: Path, where: str | None, query: StudyQuery | None) -> 
     """The matching studies of the catalog at `path` (for sync --catalog)."""
     db = connect(path, read_only=True)
     try:
+        check_pulled(db, path)
         return list(select_studies(db, query, where))
     finally:
         db.close()
@@ -162,6 +164,8 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
     db = connect(path, read_only=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
+        if table != "pulls":  # (the pulls say how far the first one got)
+            check_pulled(db, path)
         clause, params = where_of(None, where)
         form = "PARQUET" if suffix == ".parquet" else "CSV, HEADER"
         select = f"SELECT * FROM {table} WHERE {clause}"

@@ -161,6 +161,18 @@ def writing(path: Path) -> Iterator[None]:
         raise stop from exc
 
 
+def check_pulled(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A catalog whose first pull has not finished holds no study yet (a pull's studies are
+    merged at its end): selecting studies from it is an error, not an empty cohort (a sync
+    --catalog that did nothing and exited 0 after the pull had failed)."""
+    row = db.execute("SELECT count(*) FROM pulls WHERE finished IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        raise UsageError(
+            f"catalog {path} holds no study yet: its first pull has not finished "
+            f"(`dlstudy catalog pull --db {path}` resumes it)"
+        )
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 

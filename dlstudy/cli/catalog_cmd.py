@@ -402,7 +402,7 @@ def query_command(
 ) -> None:
     """Select studies from the catalog, offline: the filters of `query`, --where, or --sql."""
     from ..catalog.query import run_sql, select_studies, select_uids
-    from ..catalog.store import connect
+    from ..catalog.store import check_pulled, connect
 
     db = required(ctx, db, "--db")
     form = output_form(ctx)
@@ -424,6 +424,7 @@ def query_command(
                 if form == "table":
                     typer.echo(f"{count} rows", err=True)
                 return
+            check_pulled(database, db)
             if form == "uids":
                 found = select_uids(database, query, where)
                 first = next(found, None)

@@ -558,3 +558,36 @@ def test_a_catalog_that_cannot_be_written_stops_the_pull_in_one_line(
     summary = _failed_summary(result.stdout, result.stderr, 1)
     assert summary["pull"] == 1
     assert pull(url, db)["studies"] == 300
+
+
+def test_a_catalog_whose_first_pull_failed_is_no_cohort(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """The first pull failed (the server down): the catalog holds no study yet. `sync
+    --catalog` synced nothing and exited 0 (a quiet night), `catalog status` said 0 missing;
+    each now says the first pull has not finished, exit 2. Its pulls can still be read."""
+    source = tmp_path / "source"
+    generate(source, SynthSpec(studies=2, series=1, instances=1, size=512, seed=9))
+    url = embedded_server(source)
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    failed = run_installed("catalog", "pull", "--url", "http://127.0.0.1:9/dicomweb",
+                           "--db", str(db))  # fmt: skip
+    assert failed.returncode == 3, failed.stderr
+    said = f"dlstudy: error: catalog {db} holds no study yet: its first pull has not finished"
+    for command in (
+        ["sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json"],
+        ["download", "--from-catalog", str(db), "--url", url, "-o", str(out), "--json"],
+        ["catalog", "status", "--db", str(db), "-o", str(out)],
+        ["catalog", "query", "--db", str(db), "--uids"],
+        ["catalog", "export", "--db", str(db), "--to", str(tmp_path / "s.csv")],
+    ):
+        result = run_installed(*command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert result.stderr.startswith(said), result.stderr
+        if "--json" in command:
+            assert json.loads(result.stdout)["exit_status"] == 2
+    pulls = run_installed("catalog", "query", "--db", str(db), "--sql", "SELECT * FROM pulls")
+    assert pulls.returncode == 0, pulls.stderr
+    assert pull(url, db)["studies"] == 2
+    synced = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out))
+    assert synced.returncode == 0, synced.stderr
