@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import itertools
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -23,6 +21,7 @@ from .common import (
     error_line,
     exit_on_interrupt,
     fail_usage,
+    output_failed,
     setup_logging,
     summary_on_failure,
 )
@@ -138,14 +137,13 @@ def _fail(exc: DlstudyError) -> typer.Exit:
 
 
 def _print(write: Any) -> None:
-    """Run `write()` on stdout; a reader that stops early (`| head`) is not an error."""
+    """Run `write()` on stdout; a reader that stops early (`| head`) is not an error, a full
+    disk is one line (output_failed)."""
     try:
         write()
         sys.stdout.flush()
-    except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(0) from None
+    except OSError as exc:
+        output_failed(exc)
 
 
 def _plain(value: Any) -> Any:
@@ -494,12 +492,12 @@ def status_command(
             return
     except DlstudyError as exc:
         raise _fail(exc) from exc
-    for name in STATES:
-        row = counts[name]
-        typer.echo(
-            f"{name:9} {row['studies']:>9} studies  {row['instances']:>11} instances"
-            f"  ({row['on_disk']} on disk)"
-        )
+    lines = (
+        f"{name:9} {counts[name]['studies']:>9} studies  {counts[name]['instances']:>11} "
+        f"instances  ({counts[name]['on_disk']} on disk)\n"
+        for name in STATES
+    )
+    _print(lambda: sys.stdout.writelines(lines))
 
 
 @catalog_app.command("export", cls=ConfigCommand)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -141,6 +143,19 @@ class Failed(typer.Exit):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(code)
         self.message = message
+
+
+def output_failed(exc: OSError) -> NoReturn:
+    """Stdout could not take what a command printed. A reader that stopped early (`| head`)
+    is not an error (exit 0); a full disk or a file size limit under `> FILE` is one line,
+    exit 1, and not a traceback. Stdout is pointed at /dev/null first, so that the exit's
+    flush of what is still buffered fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError):
+        raise typer.Exit(0) from None
+    error_line(f"cannot write the output: {exc.strerror or exc}")
+    raise typer.Exit(int(ExitStatus.SOME_FAILED)) from None
 
 
 def fail(message: str, status: int) -> NoReturn:

@@ -591,3 +591,24 @@ def test_a_catalog_whose_first_pull_failed_is_no_cohort(
     assert pull(url, db)["studies"] == 2
     synced = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out))
     assert synced.returncode == 0, synced.stderr
+
+
+def test_output_onto_a_full_disk_is_one_line(embedded_server: StartServer, tmp_path: Path) -> None:
+    """`catalog status > FILE`, `catalog query --csv > FILE`, `query --csv > FILE` on a full
+    disk (/dev/full): an OSError traceback, exit 1. One line now, exit 1."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    for command in (
+        ["catalog", "status", "--db", str(db), "-o", str(tmp_path / "out")],
+        ["catalog", "status", "--db", str(db), "-o", str(tmp_path / "out"), "--json"],
+        ["catalog", "query", "--db", str(db), "--csv"],
+        ["catalog", "query", "--db", str(db), "--sql", "SELECT * FROM pulls", "--json"],
+        ["query", "--url", url, "--csv"],
+    ):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [DLSTUDY, *command], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+            )
+        assert result.returncode == 1, (command, result.stderr)
+        assert result.stderr == "dlstudy: error: cannot write the output: No space left on device\n"
