@@ -8,11 +8,12 @@ same file gets exit 5, in one line.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import StorageError, UsageError
 from .store import STUDY_COLUMNS, check_pulled, connect, iter_rows
 
 if TYPE_CHECKING:
@@ -89,8 +90,12 @@ def _run(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> duckdb.D
     try:
         return db.execute(sql, params)
     except duckdb.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"catalog query failed: {message}") from exc
+        raise _failed(exc) from exc
+
+
+def _failed(exc: Exception) -> UsageError:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UsageError(f"catalog query failed: {message}")
 
 
 def select_studies(
@@ -169,7 +174,7 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
         clause, params = where_of(None, where)
         form = "PARQUET" if suffix == ".parquet" else "CSV, HEADER"
         select = f"SELECT * FROM {table} WHERE {clause}"
-        _run(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params)
+        _copy(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params, target)
         row = _run(db, f"SELECT count(*) FROM ({select})", params).fetchone()
         try:
             os.replace(temp, target)
@@ -179,6 +184,21 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
     finally:
         temp.unlink(missing_ok=True)
         db.close()
+
+
+def _copy(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any], target: Path) -> None:
+    """The COPY of an export: a file that cannot be written (a full disk) is exit 1, naming
+    the file and why, not a usage error quoting DuckDB's I/O message."""
+    import duckdb
+
+    try:
+        db.execute(sql, params)
+    except duckdb.IOException as exc:
+        found = re.search(r'"errno":"(\d+)"', str(exc))
+        why = os.strerror(int(found.group(1))) if found else str(exc).strip().splitlines()[0]
+        raise StorageError(f"--to: cannot write {target}: {why}", path=str(target)) from exc
+    except duckdb.Error as exc:  # a bad --where
+        raise _failed(exc) from exc
 
 
 def _quote(path: Path) -> str:

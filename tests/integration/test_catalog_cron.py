@@ -612,3 +612,30 @@ def test_output_onto_a_full_disk_is_one_line(embedded_server: StartServer, tmp_p
             )
         assert result.returncode == 1, (command, result.stderr)
         assert result.stderr == "dlstudy: error: cannot write the output: No space left on device\n"
+
+
+@pytest.mark.parametrize("name", ["studies.csv", "studies.parquet"])
+def test_export_onto_a_full_disk_is_a_failure_not_a_usage_error(
+    embedded_server: StartServer, tmp_path: Path, name: str
+) -> None:
+    """A file size limit (a full disk) under --to: it was exit 2, a usage error quoting
+    DuckDB's I/O message. Exit 1 naming the file and why; no temp file left."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(300)), db)
+    target = tmp_path / "out" / name
+    target.parent.mkdir()
+
+    def limit() -> None:  # the kernel refuses writes past 2 KB with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, 2_000))
+
+    result = subprocess.run(
+        [DLSTUDY, "catalog", "export", "--db", str(db), "--to", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"dlstudy: error: --to: cannot write {target}: File too large\n"
+    assert list(target.parent.iterdir()) == []
