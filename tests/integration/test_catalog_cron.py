@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -639,3 +640,25 @@ def test_export_onto_a_full_disk_is_a_failure_not_a_usage_error(
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"dlstudy: error: --to: cannot write {target}: File too large\n"
     assert list(target.parent.iterdir()) == []
+
+
+def test_export_removes_the_temp_file_a_killed_export_left(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """An export killed while it writes (a cron job's timeout) leaves `.FILE.PID.part`, which
+    every later export left there: one more a night. The next export removes it, and leaves
+    the temp file of an export still running."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = tmp_path / f".studies.csv.{gone.pid}.part"
+    running = tmp_path / f".studies.csv.{os.getpid()}.part"
+    other = tmp_path / f".other.csv.{gone.pid}.part"
+    for path in (orphan, running, other):
+        path.write_text("pull,kind\n1,fi")
+    target = tmp_path / "studies.csv"
+    result = run_installed("catalog", "export", "--db", str(db), "--to", str(target))
+    assert result.returncode == 0, result.stderr
+    assert not orphan.exists() and running.exists() and other.exists()
+    assert len(target.read_text().splitlines()) == 6
