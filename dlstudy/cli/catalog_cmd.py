@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus
-from .catalog_options import WhereOpt, catalog_option
+from .catalog_options import WhereOpt, catalog_option, check_file
 from .common import (
     error_line,
     exit_on_interrupt,
@@ -128,6 +128,7 @@ def required(ctx: typer.Context, value: Path | None, name: str) -> Path:
         variable, key = envvar_for(name), name.lstrip("-").replace("-", "_")
         message = f"Missing option '{name}' (or {variable}, or {key} in the config file)."
         raise MissingOption(message, ctx=ctx)
+    check_file(value, name)
     return value
 
 

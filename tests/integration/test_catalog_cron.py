@@ -662,3 +662,25 @@ def test_export_removes_the_temp_file_a_killed_export_left(
     assert result.returncode == 0, result.stderr
     assert not orphan.exists() and running.exists() and other.exists()
     assert len(target.read_text().splitlines()) == 6
+
+
+def test_an_empty_catalog_file_option_names_the_option(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`--catalog "$CATALOG"` with the variable unset: Path made it `.`, and the line was
+    DuckDB's `cannot open catalog .: IO Error: Could not read from file "/cwd": Is a
+    directory`. One line naming the option now, as an empty --where says."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db, out = tmp_path / "c.duckdb", str(tmp_path / "out")
+    pull(url, db)
+    for args, name in (
+        (("sync", "--catalog", "", "--url", url, "-o", out), "--catalog"),
+        (("download", "--from-catalog", "", "--url", url, "-o", out), "--from-catalog"),
+        (("catalog", "pull", "--db", "", "--url", url), "--db"),
+        (("catalog", "query", "--db", ""), "--db"),
+        (("catalog", "status", "--db", "", "-o", out), "--db"),
+        (("catalog", "export", "--db", str(db), "--to", ""), "--to"),
+    ):
+        result = run_installed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr == f"dlstudy: error: {name} is empty: give a file\n", args
