@@ -27,6 +27,7 @@ Whatever a later pull finds different is recorded in `changes`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -110,19 +111,43 @@ class Harvester:
     # --- the pull --------------------------------------------------------------------------
 
     async def run(self) -> PullSummary:
+        """The pull; one that fails or is cancelled carries what it had recorded so far as
+        `.summary` of its exception (for `--json`)."""
         started = time.monotonic()
+        summary = PullSummary()
+        try:
+            await self._run(summary)
+        except BaseException as exc:
+            self._recorded(summary)
+            summary.seconds = time.monotonic() - started
+            exc.summary = summary  # type: ignore[attr-defined]
+            raise
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _recorded(self, summary: PullSummary) -> None:
+        """The requests and studies the catalog holds for a pull that stopped: read here,
+        not through `db`, as the walk's tasks have all ended (and a cancelled one cannot
+        wait for the lock)."""
+        if summary.pull is None:
+            return
+        with contextlib.suppress(Exception):  # a failure of the catalog itself: left at 0
+            summary.requests = self.catalog.requests(summary.pull)
+            summary.studies = self.catalog.count_in(Window.root(None))
+
+    async def _run(self, summary: PullSummary) -> None:
         c = self.catalog
         pull = await self.db(c.unfinished_pull)
-        resumed = pull is not None
+        summary.resumed = pull is not None
         if pull is None:
             earlier = await self.db(c.finished_pulls)
             kind = "first" if earlier == 0 else "full" if self.full else "update"
             pull = await self.db(c.start_pull, kind, self._first_windows(kind))
+        summary.pull, summary.kind = pull.number, pull.kind
         stored = await self.db(c.get_meta, "offset_ok")
         self.offset_ok = None if stored is None else stored == "1"
         cap = await self.db(c.get_meta, "silent_cap")  # a resumed pull pages on at that cap
         self.silent_cap = None if cap is None else int(cap)
-        summary = PullSummary(pull.number, pull.kind, resumed=resumed)
         limiter = anyio.CapacityLimiter(WINDOW_CONCURRENCY)
 
         async def one(window: OpenWindow) -> None:
@@ -166,8 +191,6 @@ class Harvester:
         )
         summary.requests = await self.db(c.requests, pull.number)
         summary.studies = await self.db(lambda: c.count_in(Window.root(None)))
-        summary.seconds = time.monotonic() - started
-        return summary
 
     def _outside_windows(self, pull: Pull) -> int:
         """Studies the server counted in the whole scope that no window of the walk found."""

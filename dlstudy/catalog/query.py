@@ -7,13 +7,15 @@ same file gets exit 5, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
-from .store import STUDY_COLUMNS, connect, iter_rows
+from ..errors import StorageError, UsageError
+from .store import STUDY_COLUMNS, check_pulled, connect, iter_rows
 
 if TYPE_CHECKING:
     import duckdb
@@ -89,8 +91,12 @@ def _run(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> duckdb.D
     try:
         return db.execute(sql, params)
     except duckdb.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"catalog query failed: {message}") from exc
+        raise _failed(exc) from exc
+
+
+def _failed(exc: Exception) -> UsageError:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UsageError(f"catalog query failed: {message}")
 
 
 def select_studies(
@@ -126,6 +132,7 @@ def study_uids(path: Path, query: StudyQuery | None, where: str | None) -> list[
     """The UIDs of the matching studies (for download --from-catalog)."""
     db = connect(path, read_only=True)
     try:
+        check_pulled(db, path)
         return list(select_uids(db, query, where))
     finally:
         db.close()
@@ -135,6 +142,7 @@ def catalog_records(path: Path, where: str | None, query: StudyQuery | None) -> 
     """The matching studies of the catalog at `path` (for sync --catalog)."""
     db = connect(path, read_only=True)
     try:
+        check_pulled(db, path)
         return list(select_studies(db, query, where))
     finally:
         db.close()
@@ -161,11 +169,14 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
         raise UsageError(f"--to: folder {target.parent} does not exist")
     db = connect(path, read_only=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    _remove_orphans(target)
     try:
+        if table != "pulls":  # (the pulls say how far the first one got)
+            check_pulled(db, path)
         clause, params = where_of(None, where)
         form = "PARQUET" if suffix == ".parquet" else "CSV, HEADER"
         select = f"SELECT * FROM {table} WHERE {clause}"
-        _run(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params)
+        _copy(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params, target)
         row = _run(db, f"SELECT count(*) FROM ({select})", params).fetchone()
         try:
             os.replace(temp, target)
@@ -175,6 +186,44 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
     finally:
         temp.unlink(missing_ok=True)
         db.close()
+
+
+def _remove_orphans(target: Path) -> None:
+    """Delete the temp files of exports to `target` whose process is gone (killed: by a cron
+    job's timeout, say), which nothing else would ever remove; one whose process still runs
+    is another export in the making."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.([0-9]+)\.part")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent):
+            found = pattern.fullmatch(entry.name)
+            if found and not _running(int(found.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's: alive
+    return True
+
+
+def _copy(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any], target: Path) -> None:
+    """The COPY of an export: a file that cannot be written (a full disk) is exit 1, naming
+    the file and why, not a usage error quoting DuckDB's I/O message."""
+    import duckdb
+
+    try:
+        db.execute(sql, params)
+    except duckdb.IOException as exc:
+        found = re.search(r'"errno":"(\d+)"', str(exc))
+        why = os.strerror(int(found.group(1))) if found else str(exc).strip().splitlines()[0]
+        raise StorageError(f"--to: cannot write {target}: {why}", path=str(target)) from exc
+    except duckdb.Error as exc:  # a bad --where
+        raise _failed(exc) from exc
 
 
 def _quote(path: Path) -> str:

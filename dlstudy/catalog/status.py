@@ -20,7 +20,7 @@ from ..store.completion import present_files
 from ..store.files import Store
 from ..store.manifest import Manifest
 from .query import select_studies
-from .store import connect
+from .store import check_pulled, connect
 
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
@@ -49,6 +49,7 @@ def study_states(
     try:
         db = connect(db_path, read_only=True)
         try:
+            check_pulled(db, db_path)
             for record in select_studies(db, query, where):
                 entries, there = present_files(manifest, store, record.study_uid)
                 wanted = _instances(manifest, record)

@@ -6,7 +6,8 @@ Tables (`dlstudy catalog query --sql` reads any of them):
     series       one row per series (pulls with --level series)
     changes      what each later pull found: 'new' studies, 'instances_added' / 'instances_removed',
                  'deleted' (a --full pull did not find a catalogued study: it left `studies`)
-    pulls        one row per pull: kind, started, finished, requests, studies, new, changed
+    pulls        one row per pull: kind, started, finished (TIMESTAMPTZ, shown in UTC),
+                 requests, studies, new, changed
     windows      the windows of each pull and their state: the pull's resume point
     harvest      rows of the pull under way, merged into `studies` when its last window is done
     meta         the pull's scope (its filters), the archive's address, whether the server
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import LockedError, UsageError
+from ..errors import LockedError, StorageError, UsageError
 from ..http.urls import split_base_url
 from .windows import Window
 
@@ -58,7 +60,7 @@ _UNNEST = ", ".join(f"unnest(${i + 2})" for i in range(len(STUDY_COLUMNS)))
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR, value VARCHAR);
 CREATE TABLE IF NOT EXISTS pulls (
-    pull INTEGER, kind VARCHAR, started TIMESTAMP, finished TIMESTAMP, requests BIGINT,
+    pull INTEGER, kind VARCHAR, started TIMESTAMPTZ, finished TIMESTAMPTZ, requests BIGINT,
     studies BIGINT, new BIGINT, changed BIGINT, unreachable BIGINT);
 CREATE TABLE IF NOT EXISTS windows (
     pull INTEGER, key VARCHAR, mode VARCHAR, state VARCHAR, next_offset BIGINT,
@@ -76,6 +78,10 @@ CREATE TABLE IF NOT EXISTS series_listed (study_uid VARCHAR, instances INTEGER);
 # Tables every catalog has had from the start: a database with other tables under these names
 # (or without them) is someone else's.
 _CORE_TABLES = ("meta", "pulls", "studies")
+# Columns an earlier dlstudy made of another type, still read as they are and converted by the
+# next pull: the pull times were TIMESTAMP, the local time of the machine that pulled.
+_EARLIER_TYPES = {("pulls", "started"): "TIMESTAMP", ("pulls", "finished"): "TIMESTAMP"}
+_TIMESTAMPTZ = "TIMESTAMP WITH TIME ZONE"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Window states: todo (not asked yet), paging (walked by offset, next_offset is next),
@@ -125,10 +131,46 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
                     f"{path} holds no catalog: run `dlstudy catalog pull --db {path}` first"
                 )
             _check_is_catalog(db, path)
+            _show_utc(db)
         except BaseException:
             db.close()
             raise
     return db
+
+
+def _show_utc(db: duckdb.DuckDBPyConnection) -> None:
+    """TIMESTAMPTZ values (the pull times) read, printed and exported in UTC, whatever the
+    machine's time zone: the same catalog shows the same times everywhere."""
+    db.execute("SET TimeZone = 'UTC'")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A catalog that cannot be written (a full disk, a file size limit, an I/O error) stops
+    the pull in one line, exit 1, and not in a traceback: what was committed is kept, and the
+    next pull resumes from it (DuckDB replays its log). What the pull's exception carries
+    (`.summary`) goes with it."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.Error as exc:
+        stop = StorageError(f"catalog {path}: {_first_line(exc)}", path=str(path))
+        if hasattr(exc, "summary"):
+            stop.summary = exc.summary  # type: ignore[attr-defined]
+        raise stop from exc
+
+
+def check_pulled(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A catalog whose first pull has not finished holds no study yet (a pull's studies are
+    merged at its end): selecting studies from it is an error, not an empty cohort (a sync
+    --catalog that did nothing and exited 0 after the pull had failed)."""
+    row = db.execute("SELECT count(*) FROM pulls WHERE finished IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        raise UsageError(
+            f"catalog {path} holds no study yet: its first pull has not finished "
+            f"(`dlstudy catalog pull --db {path}` resumes it)"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,7 +203,10 @@ def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path, advice: str = "
     """A database that holds anything is a catalog only if it has the catalog's tables, each
     (like any other catalog table it has) with the catalog's columns: pulling into someone
     else's database would add tables to it, or fail halfway on a table of the same name."""
-    found = _tables(db)
+    found = {
+        name: [(c, _TIMESTAMPTZ if _EARLIER_TYPES.get((name, c)) == k else k) for c, k in columns]
+        for name, columns in _tables(db).items()
+    }
     if not found:
         return
     expected = _catalog_tables()
@@ -201,10 +246,21 @@ class Catalog:
             _check_is_catalog(self.db, path, ": give --db a new file")
             self.db.execute("BEGIN")  # all tables or none: a half-made catalog is no catalog
             self.db.execute(SCHEMA)
+            self._pull_times_with_zone()
             self.db.execute("COMMIT")
+            _show_utc(self.db)
         except BaseException:
             self.db.close()
             raise
+
+    def _pull_times_with_zone(self) -> None:
+        """Pull times an earlier dlstudy stored as TIMESTAMP become TIMESTAMPTZ. They were
+        the local time of the machine that pulled: read so here, in this machine's time zone
+        (DuckDB's default), before the connection shows UTC."""
+        tables = _tables(self.db)
+        for (table, column), earlier in _EARLIER_TYPES.items():
+            if dict(tables.get(table, [])).get(column) == earlier:
+                self.db.execute(f"ALTER TABLE {table} ALTER {column} SET DATA TYPE TIMESTAMPTZ")
 
     def close(self) -> None:
         self.db.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ExitStatus
+
 
 @dataclass
 class PullSummary:
-    pull: int
-    kind: str
+    pull: int | None = None  # None: the pull failed before it began (a lock, another scope)
+    kind: str | None = None
     studies: int = 0  # in the catalog at the end
     new: int = 0
     changed: int = 0
@@ -19,6 +21,10 @@ class PullSummary:
     seconds: float = 0.0
     resumed: bool = False
     notes: list[str] = field(default_factory=list)
+    # How the pull ended: a fatal error's message and status, or an interruption's; a
+    # stopped pull's counts are what it had recorded, which the next pull resumes from.
+    error: str | None = None
+    exit_status: ExitStatus = ExitStatus.OK
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -33,9 +39,13 @@ class PullSummary:
             "unreachable": self.unreachable,
             "seconds": round(self.seconds, 3),
             "notes": self.notes,
+            "error": self.error,
+            "exit_status": int(self.exit_status),
         }
 
     def one_line(self) -> str:
+        if self.pull is None:
+            return "catalog: no pull started"
         unreachable = (
             ""
             if self.unreachable == 0
@@ -44,8 +54,10 @@ class PullSummary:
             else f"; {self.unreachable} studies unreachable"
         )
         deleted = f", {self.deleted} gone from the archive" if self.kind == "full" else ""
+        stopped = ", stopped" if self.exit_status != ExitStatus.OK and self.error else ""
         return (
-            f"catalog: pull {self.pull} ({self.kind}{', resumed' if self.resumed else ''}): "
-            f"{self.studies} studies, {self.new} new, {self.changed} with another instance "
-            f"count{deleted}; {self.requests} requests in {self.seconds:.1f} s{unreachable}"
+            f"catalog: pull {self.pull} ({self.kind}{', resumed' if self.resumed else ''}"
+            f"{stopped}): {self.studies} studies, {self.new} new, {self.changed} with another "
+            f"instance count{deleted}; {self.requests} requests in {self.seconds:.1f} s"
+            f"{unreachable}"
         )

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import itertools
 import json
 import math
-import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -18,8 +16,15 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus
-from .catalog_options import WhereOpt, catalog_option
-from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
+from .catalog_options import WhereOpt, catalog_option, check_file
+from .common import (
+    error_line,
+    exit_on_interrupt,
+    fail_usage,
+    output_failed,
+    setup_logging,
+    summary_on_failure,
+)
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, envvar_for, option, settings_from
 from .help_style import Group
@@ -38,7 +43,9 @@ from .options import (
 from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
 
 if TYPE_CHECKING:
+    from ..catalog.summary import PullSummary
     from ..dicomweb.search import StudyQuery, StudyRecord
+    from ..settings import Settings
 
 # Every catalog command is a ConfigCommand: --db and --to may come from the config file, so
 # they are checked once that is read (`required`), not by click.
@@ -121,6 +128,7 @@ def required(ctx: typer.Context, value: Path | None, name: str) -> Path:
         variable, key = envvar_for(name), name.lstrip("-").replace("-", "_")
         message = f"Missing option '{name}' (or {variable}, or {key} in the config file)."
         raise MissingOption(message, ctx=ctx)
+    check_file(value, name)
     return value
 
 
@@ -130,14 +138,13 @@ def _fail(exc: DlstudyError) -> typer.Exit:
 
 
 def _print(write: Any) -> None:
-    """Run `write()` on stdout; a reader that stops early (`| head`) is not an error."""
+    """Run `write()` on stdout; a reader that stops early (`| head`) is not an error, a full
+    disk is one line (output_failed)."""
     try:
         write()
         sys.stdout.flush()
-    except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(0) from None
+    except OSError as exc:
+        output_failed(exc)
 
 
 def _plain(value: Any) -> Any:
@@ -253,38 +260,63 @@ def pull_command(
 ) -> None:
     """Harvest the archive's study-level QIDO attributes into the catalog; resumable.
     A later pull asks only for what can be new."""
+    from ..catalog.summary import PullSummary
+    from ..dicomweb.search import is_relative_date
+
+    with summary_on_failure(json_output, PullSummary):
+        setup_logging(options["verbose"], None)
+        db = required(ctx, db, "--db")
+        if level not in LEVELS:
+            fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+        if walk not in WALKS:
+            fail_usage(f"--walk must be one of {', '.join(WALKS)}, got {walk!r}")
+        if not 1 <= page_size <= 100_000:
+            fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
+        if recent < 0:
+            fail_usage(f"--recent must not be negative, got {recent}")
+        if options["study_date"] and is_relative_date(options["study_date"]):
+            fail_usage(
+                f"catalog pull takes fixed dates, not --study-date {options['study_date']} (a "
+                "catalog keeps one scope, and this one is another tomorrow): give a range such "
+                "as 20200101-"
+            )
+        query = study_query(options)
+        if len(query.modalities) > 1:
+            fail_usage("catalog pull takes one --modality (a catalog is one selection)")
+        settings = settings_from(ctx, ignore={"modality"})  # a search filter here
+        settings = replace(settings, qido_page_size=page_size)
+        pulled = _pull(
+            db, settings, query, PullPlan(level, walk, recent, full, archive_moved), json_output
+        )
+    _print_pull(pulled, json_output=json_output, quiet=quiet)
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    level: str
+    walk: str
+    recent: int
+    full: bool
+    archive_moved: bool
+
+
+def _pull(
+    db: Path, settings: Settings, query: StudyQuery, plan: PullPlan, json_output: bool
+) -> PullSummary:
+    """Run the pull. However it ends, --json prints one summary: a fatal error or an
+    interruption with what the pull had recorded (the next pull resumes from it), its
+    `error` and `exit_status`."""
     import anyio
 
     from ..catalog.harvest import Harvester, scope_of
-    from ..catalog.store import Catalog, archive_address
-    from ..dicomweb.search import is_relative_date
+    from ..catalog.store import Catalog, archive_address, writing
+    from ..catalog.summary import PullSummary
     from ..flow.retry import RetryPolicy
+    from ..flow.signals import stop_on_signals
     from ..http.auth import auth_from_settings
     from ..http.client import Transport
 
-    setup_logging(options["verbose"], None)
-    db = required(ctx, db, "--db")
-    if level not in LEVELS:
-        fail_usage(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    if walk not in WALKS:
-        fail_usage(f"--walk must be one of {', '.join(WALKS)}, got {walk!r}")
-    if not 1 <= page_size <= 100_000:
-        fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
-    if recent < 0:
-        fail_usage(f"--recent must not be negative, got {recent}")
-    if options["study_date"] and is_relative_date(options["study_date"]):
-        fail_usage(
-            f"catalog pull takes fixed dates, not --study-date {options['study_date']} (a "
-            "catalog keeps one scope, and this one is another tomorrow): give a range such as "
-            "20200101-"
-        )
-    query = study_query(options)
-    if len(query.modalities) > 1:
-        fail_usage("catalog pull takes one --modality (a catalog is one selection)")
-    settings = settings_from(ctx, ignore={"modality"})  # a search filter here
-    settings = replace(settings, qido_page_size=page_size)
-
-    async def run(catalog: Catalog) -> Any:
+    async def run(catalog: Catalog) -> PullSummary:
         transport = Transport(settings, auth=await auth_from_settings(settings))
         try:
             policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
@@ -292,31 +324,53 @@ def pull_command(
                 catalog,
                 transport,
                 query,
-                page_size=page_size,
+                page_size=settings.qido_page_size,
                 policy=policy,
-                walk=walk,
-                recent_days=recent,
-                full=full,
-                level=level,
+                walk=plan.walk,
+                recent_days=plan.recent,
+                full=plan.full,
+                level=plan.level,
             )
-            return await harvester.run()
+            # A signal cancels the walk in order: the interruption carries its summary.
+            return await stop_on_signals(harvester.run())
         finally:
             await transport.aclose()
 
     try:
-        with exit_on_interrupt(kept="the next catalog pull resumes where this one stopped"):
-            catalog = Catalog(db)
+        with exit_on_interrupt(
+            json_output=json_output, kept="the next catalog pull resumes where this one stopped"
+        ):
             try:
-                catalog.check_archive(archive_address(settings.url), moved=archive_moved)
-                catalog.check_scope(scope_of(query))
-                summary = anyio.run(run, catalog)
-                if full and summary.resumed and summary.kind == "update":
-                    # The interrupted update pull it finished walked only what could be new
-                    summary = anyio.run(run, catalog)
-            finally:
-                catalog.close()
+                with writing(db):
+                    catalog = Catalog(db)
+                    try:
+                        catalog.check_archive(
+                            archive_address(settings.url), moved=plan.archive_moved
+                        )
+                        catalog.check_scope(scope_of(query))
+                        summary = anyio.run(run, catalog)
+                        if plan.full and summary.resumed and summary.kind == "update":
+                            # The interrupted update pull it finished walked only what could
+                            # be new
+                            summary = anyio.run(run, catalog)
+                    finally:
+                        catalog.close()
+            except KeyboardInterrupt as exc:  # before the walk began: a summary all the same
+                if getattr(exc, "summary", None) is None:
+                    exc.summary = PullSummary()  # type: ignore[attr-defined]
+                raise
     except DlstudyError as exc:
+        failed = getattr(exc, "summary", None) or PullSummary()
+        failed.error, failed.exit_status = str(exc), exc.exit_status
+        if json_output:
+            typer.echo(json.dumps(failed.as_dict(), indent=2))
         raise _fail(exc) from exc
+    return summary
+
+
+def _print_pull(summary: PullSummary, *, json_output: bool, quiet: bool) -> None:
+    if summary.unreachable != 0:
+        summary.exit_status = ExitStatus.SOME_FAILED
     if json_output:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
     elif not quiet:
@@ -347,7 +401,7 @@ def query_command(
 ) -> None:
     """Select studies from the catalog, offline: the filters of `query`, --where, or --sql."""
     from ..catalog.query import run_sql, select_studies, select_uids
-    from ..catalog.store import connect
+    from ..catalog.store import check_pulled, connect
 
     db = required(ctx, db, "--db")
     form = output_form(ctx)
@@ -369,6 +423,7 @@ def query_command(
                 if form == "table":
                     typer.echo(f"{count} rows", err=True)
                 return
+            check_pulled(database, db)
             if form == "uids":
                 found = select_uids(database, query, where)
                 first = next(found, None)
@@ -438,12 +493,12 @@ def status_command(
             return
     except DlstudyError as exc:
         raise _fail(exc) from exc
-    for name in STATES:
-        row = counts[name]
-        typer.echo(
-            f"{name:9} {row['studies']:>9} studies  {row['instances']:>11} instances"
-            f"  ({row['on_disk']} on disk)"
-        )
+    lines = (
+        f"{name:9} {counts[name]['studies']:>9} studies  {counts[name]['instances']:>11} "
+        f"instances  ({counts[name]['on_disk']} on disk)\n"
+        for name in STATES
+    )
+    _print(lambda: sys.stdout.writelines(lines))
 
 
 @catalog_app.command("export", cls=ConfigCommand)

@@ -76,6 +76,15 @@ def catalog_uids(path: Path, where: str | None) -> list[str | CohortItem]:
     ]
 
 
+def check_file(value: Path | None, name: str) -> None:
+    """A catalog file option given empty (`--catalog "$CATALOG"` with the variable unset), which
+    Path makes the current folder: one line naming the option, not DuckDB's "Is a directory"
+    on `.`."""
+    if value is not None and value == Path(""):
+        fail_usage(f"{name} is empty: give a file")
+
+
 def check_where(where: str | None, catalog: Path | None, needs: str) -> None:
+    check_file(catalog, needs)
     if where is not None and catalog is None:
         fail_usage(f"--where selects from a catalog: give {needs} too")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn, Protocol
 
 import typer
 
@@ -19,6 +21,19 @@ from ..errors import DlstudyError, ExitStatus, Terminated
 from ..flow.signals import stopping
 from ..report.progress import NullProgress, PlainProgress, ProgressSink
 from ..report.summary import Summary
+
+
+class Outcome(Protocol):
+    """A run's summary as --json prints it however the run ends (report.summary.Summary,
+    catalog.summary.PullSummary)."""
+
+    error: str | None
+    exit_status: ExitStatus
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+    def one_line(self) -> str: ...
+
 
 # How a run ended, for --log-file only (stderr shows it already): the error, the summary line
 # and every failure, so a cron job's log is the record of the run.
@@ -88,7 +103,7 @@ def exit_on_interrupt(
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         terminated = isinstance(exc, Terminated)
         status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
-        summary: Summary | None = getattr(exc, "summary", None)
+        summary: Outcome | None = getattr(exc, "summary", None)
         if summary is not None:
             summary.exit_status = status
             summary.error = "terminated" if terminated else "interrupted"
@@ -130,6 +145,19 @@ class Failed(typer.Exit):
         self.message = message
 
 
+def output_failed(exc: OSError) -> NoReturn:
+    """Stdout could not take what a command printed. A reader that stopped early (`| head`)
+    is not an error (exit 0); a full disk or a file size limit under `> FILE` is one line,
+    exit 1, and not a traceback. Stdout is pointed at /dev/null first, so that the exit's
+    flush of what is still buffered fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError):
+        raise typer.Exit(0) from None
+    error_line(f"cannot write the output: {exc.strerror or exc}")
+    raise typer.Exit(int(ExitStatus.SOME_FAILED)) from None
+
+
 def fail(message: str, status: int) -> NoReturn:
     error_line(message)
     raise Failed(message, status)
@@ -140,7 +168,7 @@ def fail_usage(message: str) -> NoReturn:
 
 
 @contextmanager
-def summary_on_failure(json_output: bool, summary: Callable[[], Summary]) -> Iterator[None]:
+def summary_on_failure(json_output: bool, summary: Callable[[], Outcome]) -> Iterator[None]:
     """With --json, an error dlstudy finds before the run (a bad UID, an unreadable list, a
     --log-file it cannot open) prints the summary object too, `error` and `exit_status` filled
     in, as a fatal error of the run does: a program reading stdout always gets one object."""

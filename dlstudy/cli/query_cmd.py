@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -14,7 +12,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus, UsageError
-from .common import error_line, exit_on_interrupt, fail_usage, setup_logging
+from .common import error_line, exit_on_interrupt, fail_usage, output_failed, setup_logging
 from .configured import ConfigCommand
 from .connection import option, settings_from
 from .options import (
@@ -355,10 +353,8 @@ def register(app: typer.Typer) -> None:
             except DlstudyError as exc:  # after what did arrive, which is printed
                 failure = exc
             printer.finish()
-        except BrokenPipeError:  # `dlstudy query --uids | head`: the reader has had enough
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(0) from None
+        except OSError as exc:  # `| head` has had enough (exit 0), or `> FILE` filled the disk
+            output_failed(exc)
         if failure is not None:
             error_line(str(failure))
             raise typer.Exit(int(failure.exit_status)) from failure

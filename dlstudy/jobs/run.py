@@ -71,6 +71,9 @@ class Run:
         summary.retrieval = self.negotiator
         self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
         self.lister = Lister(settings, transport, self.policy, store, progress, summary, report)
+        # Items that failed before any listing (a catalogued UID that is no UID): with them, a
+        # run that finds nothing else has failed (exit 1), not matched nothing (exit 4).
+        self.failed_unlisted = bool(summary.failures)
 
     async def execute(self, items: list[CohortItem], *, counted: Iterable[str] = ()) -> None:
         """Resolve the items, fetch what is not on disk, record the studies completed. A long
@@ -112,7 +115,7 @@ class Run:
             # A shard whose lines all turned out to be other shards' has nothing to do: a
             # success, as for a shard the command line gave no line at all.
             nothing_here = lister.elsewhere and not self.summary.failures
-            if not lister.incomplete and not nothing_here:
+            if not lister.incomplete and not nothing_here and not self.failed_unlisted:
                 raise NothingMatchedError(lister.nothing_matched_message(items))
             self.progress.start(0, 0)
 

@@ -173,7 +173,8 @@ async def _search_and_download(
         if shard is not None and not shard.owns(record.study_uid):
             return
         if not is_valid_uid(record.study_uid):  # never a file name: that study fails, alone
-            plan.failures.append(Failure(record.study_uid, None, None, _invalid(record), None))
+            reason = _invalid(record, "the catalog" if catalog is not None else "the server")
+            plan.failures.append(Failure(record.study_uid, None, None, reason, None))
             return
         plan.studies.append(record.study_uid)
         instances = record.instances
@@ -260,9 +261,11 @@ def _combine(plan: SyncSummary, result: Summary | None) -> SyncSummary:
     return merged
 
 
-def _invalid(record: StudyRecord) -> str:
+def _invalid(record: StudyRecord, listed_by: str) -> str:
+    """Why a study under a UID that is no UID fails: `listed_by` the server (a search) or the
+    catalog (which holds what a pull found), as download --from-catalog says it."""
     shown = repr(record.study_uid[:80])  # as sent, control characters and all escaped
-    return f"the server lists a study with an invalid UID {shown}: not downloaded"
+    return f"{listed_by} lists a study with an invalid UID {shown}: not downloaded"
 
 
 def _study_events(pending: list[str], sink: EventSink, failures: list[Failure]) -> None:

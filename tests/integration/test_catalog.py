@@ -315,6 +315,57 @@ def test_download_from_catalog_fails_a_study_with_an_invalid_uid_alone(
     assert "invalid UID '../../x'" in text.stderr
 
 
+def _add_invalid_uids(db: Path, uids: list[str]) -> None:
+    """Catalogue studies under UIDs that are no UIDs, as a server may send them."""
+    with duckdb.connect(str(db)) as con:
+        for uid in uids:
+            con.execute("INSERT INTO studies SELECT * REPLACE (? AS study_uid) FROM studies "
+                        "LIMIT 1", [uid])  # fmt: skip
+
+
+def test_sync_catalog_says_the_catalog_lists_an_invalid_uid(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """With --catalog the UID came from the catalog, not from a search of the server: it said
+    'the server lists', where download --from-catalog says 'the catalog lists'."""
+    source = tmp_path / "source"
+    synth(source, 1, seed=39, dates=("20210101", "20210101"))
+    url = embedded_server(source)
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    _add_invalid_uids(db, ["../../x"])
+    out = tmp_path / "out"
+    result = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert result.returncode == 1, result.stderr
+    (failure,) = json.loads(result.stdout)["failures"]
+    reason = "the catalog lists a study with an invalid UID '../../x': not downloaded"
+    assert failure["reason"] == reason
+
+
+def test_download_from_catalog_with_an_invalid_uid_and_no_study_found_fails(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """An invalid catalogued UID failed and the other studies are gone from the server: that is
+    a run that failed (exit 1, as sync --catalog), not one where nothing matched (it was 4)."""
+    source = tmp_path / "source"
+    instances = synth(source, 1, seed=40, dates=("20210101", "20210101"))
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(source), db)
+    _add_invalid_uids(db, ["1.2.abc"])
+    instances[0].path.unlink()
+    (tmp_path / "empty").mkdir()
+    url = embedded_server(tmp_path / "empty")  # the archive now: the study deleted
+    out = tmp_path / "out"
+    result = run_installed("download", "--from-catalog", str(db), "--url", url, "-o", str(out),
+                           "--json")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["exit_status"] == 1 and summary["error"] is None
+    reasons = sorted(f["reason"] for f in summary["failures"])
+    assert len(reasons) == 2 and "invalid UID '1.2.abc'" in reasons[1], reasons
+    assert "not found" in reasons[0], reasons
+
+
 def test_download_still_refuses_an_invalid_study_uid_it_is_given(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:

@@ -4,7 +4,10 @@ server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import resource
 import signal
 import subprocess
 import sys
@@ -16,6 +19,8 @@ import duckdb
 import pytest
 
 from dlstudy.server import VirtualSpec
+from dlstudy.server.options import ServerOptions
+from dlstudy.server.run import running_server
 from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import DLSTUDY, run_installed
@@ -158,6 +163,100 @@ def test_status_counts_complete_what_sync_found_complete_without_counts(
         "--state", "missing", "--state", "partial", "--uids",
     )  # fmt: skip
     assert left.returncode == 0 and left.stdout == ""
+
+
+def _start_pull(url: str, db: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_requests(seen: SeenRequests, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while len(seen.requests) < count:
+        assert process.poll() is None and time.monotonic() < deadline, "no pages asked"
+        time.sleep(0.02)
+
+
+def _failed_summary(stdout: str, stderr: str, status: int) -> dict[str, Any]:
+    """The --json object of a pull that ended with `status`: its error is stderr's line."""
+    summary: dict[str, Any] = json.loads(stdout)
+    assert summary["exit_status"] == status
+    assert f"dlstudy: error: {summary['error']}" in stderr.splitlines()
+    return summary
+
+
+def test_a_pull_whose_server_goes_down_prints_its_json_summary(
+    seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """The archive stops answering mid-pull: --json printed nothing (a cron job parsing it got
+    empty stdout); now the summary of what the pull recorded, its error and exit status."""
+    db = tmp_path / "c.duckdb"
+    options = ServerOptions(virtual=VirtualSpec(400), max_page_size=10, latency=0.05)
+    with running_server(options) as url:
+        process = _start_pull(url, db, "--timeout", "2", "--retries", "0")
+        _wait_for_requests(seen_requests, 4, process)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    summary = _failed_summary(stdout, stderr, 3)
+    assert (summary["pull"], summary["kind"], summary["resumed"]) == (1, "first", False)
+    recorded = catalog_rows(db, "SELECT requests FROM pulls")
+    assert summary["requests"] == recorded[0][0] >= 1
+
+
+def test_a_pull_refused_by_the_archive_prints_its_json_summary(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A 401 part way (the token expired, no --token-command): exit 3 and the summary."""
+    url = embedded_server(
+        None, virtual=VirtualSpec(400), max_page_size=10, token="t0ken", token_expires_after=5
+    )
+    db = tmp_path / "c.duckdb"
+    result = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json",
+                           "--token", "t0ken")  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    summary = _failed_summary(result.stdout, result.stderr, 3)
+    assert summary["pull"] == 1 and summary["requests"] >= 1
+    assert "t0ken" not in result.stdout + result.stderr
+
+
+def test_a_pull_that_fails_before_it_begins_prints_its_json_summary(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Another scope (exit 2), a bad --level (exit 2): the summary, no pull in it."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    for extra in (["--patient-id", "P1"], ["--level", "patient"]):
+        result = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *extra)
+        assert result.returncode == 2, result.stderr
+        summary = _failed_summary(result.stdout, result.stderr, 2)
+        assert (summary["pull"], summary["requests"]) == (None, 0)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_pull_prints_its_json_summary(
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    tmp_path: Path,
+    signum: int,
+    status: int,
+) -> None:
+    url = embedded_server(None, virtual=VirtualSpec(400), max_page_size=10, latency=0.05)
+    db = tmp_path / "c.duckdb"
+    process = _start_pull(url, db)
+    _wait_for_requests(seen_requests, 3, process)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == status, stderr
+    summary = json.loads(stdout)
+    assert summary["exit_status"] == status
+    assert summary["error"] == ("terminated" if status == 143 else "interrupted")
+    assert summary["pull"] == 1 and summary["requests"] >= 1
+    assert summary["requests"] == catalog_rows(db, "SELECT requests FROM pulls")[0][0]
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -385,3 +484,203 @@ def test_query_of_a_large_catalog_streams_its_line_forms(
     for form in ("--json", "--csv"):
         peak = _peak_rss_mb("catalog", "query", "--db", str(db), form)
         assert peak < streamed + 40, (form, peak, streamed)
+
+
+NEW_YORK = {"TZ": "America/New_York"}  # five hours behind UTC in winter, four in summer
+
+
+def _pull_times(db: Path) -> list[dict[str, Any]]:
+    result = run_installed(
+        "catalog", "query", "--db", str(db), "--json",
+        "--sql", "SELECT pull, started, finished, typeof(started) AS kind FROM pulls ORDER BY 1",
+        env=NEW_YORK,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+
+
+def test_pull_times_are_utc_and_say_so(embedded_server: StartServer, tmp_path: Path) -> None:
+    """pulls.started / finished were TIMESTAMP in the local time of the machine that pulled:
+    a catalog pulled in New York and read in London was five hours off, with nothing to say
+    so. Now TIMESTAMPTZ, shown in UTC; a catalog an earlier version made (its TIMESTAMPs in
+    local time) is still read, and its next pull converts them."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db = tmp_path / "c.duckdb"
+    before = dt.datetime.now(dt.UTC)
+    first = run_installed("catalog", "pull", "--url", url, "--db", str(db), env=NEW_YORK)
+    assert first.returncode == 0, first.stderr
+    after = dt.datetime.now(dt.UTC)
+    (row,) = _pull_times(db)
+    assert row["kind"] == "TIMESTAMP WITH TIME ZONE"
+    assert row["started"].endswith("+00:00") and row["finished"].endswith("+00:00")
+    assert before <= _utc(row["started"]) <= _utc(row["finished"]) <= after
+
+    # The catalog as the earlier version left it: the times local (New York), without zone.
+    with duckdb.connect(str(db)) as con:
+        con.execute("SET TimeZone = 'America/New_York'")
+        for column in ("started", "finished"):
+            con.execute(f"ALTER TABLE pulls ALTER {column} SET DATA TYPE TIMESTAMP")
+    (old,) = _pull_times(db)  # read as it is
+    assert old["kind"] == "TIMESTAMP" and old["started"] != row["started"]
+    second = run_installed("catalog", "pull", "--url", url, "--db", str(db), env=NEW_YORK)
+    assert second.returncode == 0, second.stderr
+    converted, latest = _pull_times(db)
+    assert converted == row
+    assert latest["kind"] == "TIMESTAMP WITH TIME ZONE" and _utc(latest["started"]) >= after
+
+
+def _limit_file_size() -> None:  # the kernel refuses writes past 150 KB with EFBIG
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+
+def test_a_catalog_that_cannot_be_written_stops_the_pull_in_one_line(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """The catalog's disk full (here a file size limit) part way: it was a DuckDB traceback,
+    exit 1 and nothing on stdout with --json. One line, the summary; the next pull with room
+    resumes and catalogues every study."""
+    url = embedded_server(None, virtual=VirtualSpec(300), max_page_size=10)
+    db = tmp_path / "c.duckdb"
+    result = subprocess.run(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size,
+    )
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"dlstudy: error: catalog {db}: ") and "File too large" in line
+    summary = _failed_summary(result.stdout, result.stderr, 1)
+    assert summary["pull"] == 1
+    assert pull(url, db)["studies"] == 300
+
+
+def test_a_catalog_whose_first_pull_failed_is_no_cohort(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """The first pull failed (the server down): the catalog holds no study yet. `sync
+    --catalog` synced nothing and exited 0 (a quiet night), `catalog status` said 0 missing;
+    each now says the first pull has not finished, exit 2. Its pulls can still be read."""
+    source = tmp_path / "source"
+    generate(source, SynthSpec(studies=2, series=1, instances=1, size=512, seed=9))
+    url = embedded_server(source)
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    failed = run_installed("catalog", "pull", "--url", "http://127.0.0.1:9/dicomweb",
+                           "--db", str(db))  # fmt: skip
+    assert failed.returncode == 3, failed.stderr
+    said = f"dlstudy: error: catalog {db} holds no study yet: its first pull has not finished"
+    for command in (
+        ["sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json"],
+        ["download", "--from-catalog", str(db), "--url", url, "-o", str(out), "--json"],
+        ["catalog", "status", "--db", str(db), "-o", str(out)],
+        ["catalog", "query", "--db", str(db), "--uids"],
+        ["catalog", "export", "--db", str(db), "--to", str(tmp_path / "s.csv")],
+    ):
+        result = run_installed(*command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert result.stderr.startswith(said), result.stderr
+        if "--json" in command:
+            assert json.loads(result.stdout)["exit_status"] == 2
+    pulls = run_installed("catalog", "query", "--db", str(db), "--sql", "SELECT * FROM pulls")
+    assert pulls.returncode == 0, pulls.stderr
+    assert pull(url, db)["studies"] == 2
+    synced = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out))
+    assert synced.returncode == 0, synced.stderr
+
+
+def test_output_onto_a_full_disk_is_one_line(embedded_server: StartServer, tmp_path: Path) -> None:
+    """`catalog status > FILE`, `catalog query --csv > FILE`, `query --csv > FILE` on a full
+    disk (/dev/full): an OSError traceback, exit 1. One line now, exit 1."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    for command in (
+        ["catalog", "status", "--db", str(db), "-o", str(tmp_path / "out")],
+        ["catalog", "status", "--db", str(db), "-o", str(tmp_path / "out"), "--json"],
+        ["catalog", "query", "--db", str(db), "--csv"],
+        ["catalog", "query", "--db", str(db), "--sql", "SELECT * FROM pulls", "--json"],
+        ["query", "--url", url, "--csv"],
+    ):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [DLSTUDY, *command], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+            )
+        assert result.returncode == 1, (command, result.stderr)
+        assert result.stderr == "dlstudy: error: cannot write the output: No space left on device\n"
+
+
+@pytest.mark.parametrize("name", ["studies.csv", "studies.parquet"])
+def test_export_onto_a_full_disk_is_a_failure_not_a_usage_error(
+    embedded_server: StartServer, tmp_path: Path, name: str
+) -> None:
+    """A file size limit (a full disk) under --to: it was exit 2, a usage error quoting
+    DuckDB's I/O message. Exit 1 naming the file and why; no temp file left."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(300)), db)
+    target = tmp_path / "out" / name
+    target.parent.mkdir()
+
+    def limit() -> None:  # the kernel refuses writes past 2 KB with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, 2_000))
+
+    result = subprocess.run(
+        [DLSTUDY, "catalog", "export", "--db", str(db), "--to", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"dlstudy: error: --to: cannot write {target}: File too large\n"
+    assert list(target.parent.iterdir()) == []
+
+
+def test_export_removes_the_temp_file_a_killed_export_left(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """An export killed while it writes (a cron job's timeout) leaves `.FILE.PID.part`, which
+    every later export left there: one more a night. The next export removes it, and leaves
+    the temp file of an export still running."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = tmp_path / f".studies.csv.{gone.pid}.part"
+    running = tmp_path / f".studies.csv.{os.getpid()}.part"
+    other = tmp_path / f".other.csv.{gone.pid}.part"
+    for path in (orphan, running, other):
+        path.write_text("pull,kind\n1,fi")
+    target = tmp_path / "studies.csv"
+    result = run_installed("catalog", "export", "--db", str(db), "--to", str(target))
+    assert result.returncode == 0, result.stderr
+    assert not orphan.exists() and running.exists() and other.exists()
+    assert len(target.read_text().splitlines()) == 6
+
+
+def test_an_empty_catalog_file_option_names_the_option(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`--catalog "$CATALOG"` with the variable unset: Path made it `.`, and the line was
+    DuckDB's `cannot open catalog .: IO Error: Could not read from file "/cwd": Is a
+    directory`. One line naming the option now, as an empty --where says."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db, out = tmp_path / "c.duckdb", str(tmp_path / "out")
+    pull(url, db)
+    for args, name in (
+        (("sync", "--catalog", "", "--url", url, "-o", out), "--catalog"),
+        (("download", "--from-catalog", "", "--url", url, "-o", out), "--from-catalog"),
+        (("catalog", "pull", "--db", "", "--url", url), "--db"),
+        (("catalog", "query", "--db", ""), "--db"),
+        (("catalog", "status", "--db", "", "-o", out), "--db"),
+        (("catalog", "export", "--db", str(db), "--to", ""), "--to"),
+    ):
+        result = run_installed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr == f"dlstudy: error: {name} is empty: give a file\n", args
