@@ -29,7 +29,6 @@ series URLs), makes its cells
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -72,6 +71,7 @@ from ..jobs.download import MAX_CONCURRENCY
 from ..model import InstanceRef
 from ..settings import HttpVersion, Settings
 from ..store.files import TEMP_SUFFIX
+from ..store.orphans import remove_orphans
 from .cell import CellRun, Gauge, TimedTransport
 from .report import (
     DEFAULT_CONCURRENCY,
@@ -200,30 +200,11 @@ def _prepare_folder(folder: Path) -> None:
         raise OutputError(
             f"cannot create --keep folder {str(folder)!r}: {exc.strerror or exc}", path=str(folder)
         ) from exc
-    _remove_stale_temp_files(folder)
+    remove_orphans(folder, _TEMP_NAME)  # what a killed bench (`kill -9`) left in --keep
 
 
 # The temp files TempFile names, `.<file>.<pid>-<n>.part`: the pid says whose it is.
 _TEMP_NAME = re.compile(r"\..+\.([0-9]+)-[0-9]+" + re.escape(TEMP_SUFFIX))
-
-
-def _remove_stale_temp_files(folder: Path) -> None:
-    """Remove what a killed bench (`kill -9`, the OOM killer) left in --keep: only the temp
-    files of processes that are gone, as another bench may be writing in the same folder."""
-    for path in folder.glob(f".*{TEMP_SUFFIX}"):
-        named = _TEMP_NAME.fullmatch(path.name)
-        if named and not _running(int(named.group(1))):
-            path.unlink(missing_ok=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone else's process: alive
-    return True
 
 
 class _Unsupported(Exception):

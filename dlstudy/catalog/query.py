@@ -7,7 +7,6 @@ same file gets exit 5, in one line.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError, UsageError
+from ..store.orphans import remove_orphans
 from .store import STUDY_COLUMNS, check_pulled, connect, iter_rows
 
 if TYPE_CHECKING:
@@ -169,7 +169,8 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
         raise UsageError(f"--to: folder {target.parent} does not exist")
     db = connect(path, read_only=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    _remove_orphans(target)
+    # (those of exports killed before: by a cron job's timeout, say)
+    remove_orphans(target.parent, re.compile(rf"\.{re.escape(target.name)}\.([0-9]+)\.part"))
     try:
         if table != "pulls":  # (the pulls say how far the first one got)
             check_pulled(db, path)
@@ -186,29 +187,6 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
     finally:
         temp.unlink(missing_ok=True)
         db.close()
-
-
-def _remove_orphans(target: Path) -> None:
-    """Delete the temp files of exports to `target` whose process is gone (killed: by a cron
-    job's timeout, say), which nothing else would ever remove; one whose process still runs
-    is another export in the making."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.([0-9]+)\.part")
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(target.parent):
-            found = pattern.fullmatch(entry.name)
-            if found and not _running(int(found.group(1))):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's: alive
-    return True
 
 
 def _copy(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any], target: Path) -> None:

@@ -21,11 +21,12 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import NothingMatchedError, OutputError, UsageError
+from ..store.orphans import remove_orphans
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 COLUMNS = ("status", "study", "series", "sop", "path", "size", "digest", "reason")
@@ -51,7 +52,7 @@ class ReportWriter:
         # The writer's pid in the name: a later run removes what a killed one left.
         self.temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         self.rows = 0
-        _remove_orphans(path)
+        remove_orphans(path.parent, _temp_names(path))
         try:
             self._file: IO[str] | None = self.temp.open("x", encoding="utf-8", newline="")
             path.unlink(missing_ok=True)
@@ -109,26 +110,9 @@ class ReportWriter:
         self.temp.unlink(missing_ok=True)
 
 
-def _remove_orphans(path: Path) -> None:
-    """Delete the temp files of `path` whose writer is gone (a killed run); one whose process
-    still runs may be another run's report in the making."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.([0-9]+)-[0-9a-f]{{8}}\.tmp")
-    with suppress(OSError):
-        for entry in os.scandir(path.parent):
-            found = pattern.fullmatch(entry.name)
-            if found and not _running(int(found.group(1))):
-                with suppress(OSError):
-                    os.unlink(entry.path)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's: alive
-    return True
+def _temp_names(path: Path) -> re.Pattern[str]:
+    """The names of `path`'s temp files (ReportWriter's), the writer's pid first."""
+    return re.compile(rf"\.{re.escape(path.name)}\.([0-9]+)-[0-9a-f]{{8}}\.tmp")
 
 
 @contextmanager

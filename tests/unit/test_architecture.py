@@ -90,7 +90,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"errors", "http", "model"},
     "dicomweb": {"errors", "flow", "http", "model", "settings", "store"},
     "engine": {"dicomweb", "errors", "flow", "http", "model", "settings", "store"},
-    "report": {"errors", "model"},
+    "report": {"errors", "model", "store"},  # store: the orphaned temp files of --report
     # the local catalog of an archive (DuckDB): QIDO harvesting and offline selection
     "catalog": {"dicomweb", "errors", "flow", "http", "settings", "store"},
     "jobs": {"catalog", "dicomweb", "engine", "errors", "flow", "http", "model", "report"}
