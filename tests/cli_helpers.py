@@ -61,11 +61,11 @@ def _clean_environment(env: dict[str, str] | None) -> dict[str, str]:
 
 
 def run_installed(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The installed `dlstudy ARGS...` in a subprocess, with no proxy from this machine's
     environment (and none of the developer's DLSTUDY_ settings) unless `env` gives one."""
-    return _run([DLSTUDY, *args], env, timeout)
+    return _run([DLSTUDY, *args], env, timeout, cwd)
 
 
 def start_installed(*args: str) -> subprocess.Popen[str]:
@@ -82,10 +82,11 @@ def start_installed(*args: str) -> subprocess.Popen[str]:
 
 
 def _run(
-    argv: list[str], env: dict[str, str] | None, timeout: float
+    argv: list[str], env: dict[str, str] | None, timeout: float, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv,
+        cwd=cwd,
         env=_clean_environment(env),
         capture_output=True,
         text=True,

@@ -14,8 +14,8 @@ from typing import Any
 
 import typer
 
+from .command import Group
 from .entry import is_interrupt
-from .help_style import Group
 
 # Each command's module, in the order `dlstudy --help` lists them.
 COMMANDS = {

@@ -17,6 +17,7 @@ import typer
 
 from ..errors import DlstudyError, ExitStatus
 from .catalog_options import WhereOpt, catalog_option, check_file
+from .command import Group
 from .common import (
     error_line,
     exit_on_interrupt,
@@ -27,7 +28,6 @@ from .common import (
 )
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
 from .connection import DEFAULTS, envvar_for, option, settings_from
-from .help_style import Group
 from .options import (
     CONNECTION,
     HTTP,

@@ -20,9 +20,9 @@ from typer.core import TyperCommand
 
 from .. import config
 from ..errors import DlstudyError
+from .command import Command
 from .common import fail_usage
 from .env_lists import resplit_environment
-from .help_style import Command
 
 # Values that must not be echoed in an error message.
 SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})

@@ -16,9 +16,9 @@ from ..errors import DlstudyError, ExitStatus
 from ..jobs.download import download
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY, Settings
+from .command import Command
 from .common import choose_progress, error_line, fail_usage, finish
 from .connection import HTTP_CHOICES
-from .help_style import Command
 
 PRESETS = ("small", "ct", "mr", "many")
 

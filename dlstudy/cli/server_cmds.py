@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .command import Command
 from .common import error_line, fail_usage
-from .help_style import Command
 from .options import fraction, seconds
 
 DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side

@@ -128,6 +128,44 @@ def test_unwritable_output_directory(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["download", "{study}", "--url", "{url}", "-o", ""], "'-o' / '--output'"),
+        (["download", "{study}", "--url", "{url}", "--output="], "'-o' / '--output'"),
+        (["sync", "--url", "{url}", "-o", ""], "'-o' / '--output'"),
+        (["download", "{study}", "--url", "{url}", "-o", "out", "--report", ""], "'--report'"),
+        (["download", "{study}", "--url", "{url}", "-o", "out", "--log-file", ""], "'--log-file'"),
+        (["synth", ""], "'OUT'"),
+        (["synth", "", "--modality", "CT"], "'OUT'"),
+        (["serve", "", "--port", "0"], "'DIRECTORY'"),
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_this_folder(
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    tmp_path: Path,
+    args: list[str],
+    named: str,
+) -> None:
+    """`-o "$OUT"` with OUT unset in a cron job: an empty path became `.`, and the studies
+    landed wherever the job ran (`synth ""` wrote there, `serve ""` served it), exit 0."""
+    url = embedded_server(synth_study.root)
+    study = synth_study.instances[0].study_uid
+    argv = [a.format(url=url, study=study) for a in args]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = run_installed(*argv, cwd=cwd, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"dlstudy: error: Invalid value for {named}"), result.stderr
+    assert "is empty" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert list(cwd.iterdir()) == []
+    # `.` itself is still a folder like any other
+    here = run_installed("download", study, "--url", url, "-o", str(cwd))
+    assert here.returncode == 0, here.stderr
+
+
 def test_refused_connection_exit_3_with_json_and_no_password(tmp_path: Path) -> None:
     url = f"http://bob:hunter2@127.0.0.1:{free_port()}/dicomweb"
     result = run_cli("download", STUDY, "--url", url, "-o", str(tmp_path), "--json")

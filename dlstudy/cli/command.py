@@ -1,0 +1,61 @@
+"""The classes dlstudy's commands and groups are made of: how `--help` shows a command where
+typer's own choice reads badly, and what a command line may not hold before it is parsed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+
+class _PlainFlags:
+    """A flag takes no value, so its type column stays empty: typer 0.29 shows `<bool>` there
+    for every flag (`--json`, `--help`), as if it took one. (Its metavar is a public
+    attribute, used only to render help: the parser never reads a flag's.)"""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_PlainFlags, TyperCommand):
+    """Every dlstudy command's class (directly, or through configured.ConfigCommand)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        _refuse_empty_paths(ctx, self.get_params(ctx), args)
+        result: list[str] = super().parse_args(ctx, args)
+        return result
+
+
+class Group(_PlainFlags, TyperGroup):
+    """`dlstudy` and `dlstudy catalog`."""
+
+
+# Catalog files, which their commands check themselves, --json summary included
+# (catalog_options.check_file).
+CHECKED_BY_COMMANDS = frozenset({"catalog", "from_catalog", "db", "to"})
+
+
+def _refuse_empty_paths(ctx: Any, params: list[Any], args: list[str]) -> None:
+    """A path given empty (`-o "$OUT"` with the variable unset) would be the current folder
+    once parsed: a cron job's studies written wherever it runs. Refused while it can still be
+    told from `-o .` (an empty variable in the environment counts as unset already)."""
+    taking_values = {
+        opt for p in params if p.param_type_name == "option" and not p.is_flag for opt in p.opts
+    }
+    pairs = list(zip(args, [None, *args], strict=False))  # (an argument, the one before it)
+    for param in params:
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is None or not descriptor.is_path or param.name in CHECKED_BY_COMMANDS:
+            continue
+        if param.param_type_name == "argument":  # (commands have one path argument at most)
+            empty = any(a == "" and b not in taking_values for a, b in pairs)
+        else:
+            long = [f"{opt}=" for opt in param.opts if opt.startswith("--")]
+            empty = any((a == "" and b in param.opts) or a in long for a, b in pairs)
+        if empty:
+            raise typer.BadParameter("is empty (an unset variable?): give a path", ctx, param)
