@@ -6,6 +6,7 @@ import each other, so the server cannot hide a client bug by sharing its code.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -69,6 +70,8 @@ def register(app: typer.Typer) -> None:
             fail_usage(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         if http not in HTTP_CHOICES:  # as download checks it (connection.build_settings)
             fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
+        if keep is not None:  # before generating and serving anything
+            _check_keep(keep)
         with tempfile.TemporaryDirectory(prefix="dlstudy-demo-") as scratch:
             source_dir = Path(scratch) / "source"
             output = keep or Path(scratch) / "downloaded"
@@ -106,3 +109,15 @@ def register(app: typer.Typer) -> None:
                     err=True,
                 )
             finish(summary, None, json_output=json_output, quiet=False)
+
+
+def _check_keep(keep: Path) -> None:
+    """--keep must be a folder dlstudy can write in (made if missing)."""
+    try:
+        keep.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        fail_usage(f"--keep {str(keep)!r} exists and is not a folder")
+    except OSError as exc:
+        fail_usage(f"--keep {str(keep)!r}: cannot make it: {exc.strerror or exc}")
+    if not os.access(keep, os.W_OK | os.X_OK):
+        fail_usage(f"--keep {str(keep)!r}: cannot write in it")

@@ -45,6 +45,18 @@ def test_demo_checks_http_as_download_does(tmp_path: Path, http: str) -> None:
     assert not keep.exists()
 
 
+def test_demo_refuses_a_keep_it_cannot_use_before_generating(tmp_path: Path) -> None:
+    """--keep naming a file: the study was generated and served, then the download refused."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    demo = run_installed("demo", "--keep", str(a_file))
+    assert demo.returncode == 2, demo.stderr
+    assert demo.stderr.splitlines() == [
+        f"dlstudy: error: --keep {str(a_file)!r} exists and is not a folder"
+    ]
+    assert a_file.read_text() == "mine\n"
+
+
 def test_python_dash_m_runs_the_cli() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dlstudy", "--help"], capture_output=True, text=True, check=False
