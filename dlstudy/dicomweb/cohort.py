@@ -21,6 +21,7 @@ Reading streams line by line; only the items are kept.
 from __future__ import annotations
 
 import csv
+import io
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -125,13 +126,28 @@ def read_cohort(source: str | Path, *, label: str | None = None) -> list[CohortI
     label = label or name
     try:
         if name == "-":
-            return parse_cohort(sys.stdin, label=label, name=name)
+            return _parse_stdin(label)
         with Path(name).open(encoding="utf-8-sig", newline="") as fp:
             return parse_cohort(fp, label=label, name=name)
     except OSError as exc:
         raise CohortError(f"cannot read {label}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise CohortError(f"{label}: not UTF-8 text ({exc.reason})") from exc
+
+
+def _parse_stdin(label: str) -> list[CohortItem]:
+    """stdin decoded as a file is, strictly as UTF-8 (a BOM dropped): the locale's decoding
+    would pass bytes that are no text on as UIDs."""
+    if sys.stdin is None:  # the process was started with stdin closed (`<&-`)
+        raise CohortError(f"cannot read {label}: standard input is closed")
+    binary = getattr(sys.stdin, "buffer", None)
+    if binary is None:  # a text stream a library caller put in its place
+        return parse_cohort(sys.stdin, label=label, name="-")
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+    try:
+        return parse_cohort(text, label=label, name="-")
+    finally:
+        text.detach()  # sys.stdin keeps its buffer
 
 
 def parse_cohort(lines: Iterable[str], *, label: str, name: str = "") -> list[CohortItem]:
