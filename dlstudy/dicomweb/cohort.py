@@ -7,8 +7,9 @@ Three formats, told apart by the file's extension or, without one (stdin), by it
   Retriever settings (its servlet URL, retries, annotations) and are all ignored: `--url` names
   the server and `--retries` the retries.
 - a CSV with a header row (`.csv`, or a first line naming a column below): read by its columns
-  `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID` (any case; comma, tab or semicolon
-  separated; other columns ignored); each row names a study, a series or an instance, as deep
+  `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID` (any case, spaces ignored: `Study
+  Instance UID`; comma, tab or semicolon separated, or as a first line `sep=;` says, as Excel
+  writes it; other columns ignored); each row names a study, a series or an instance, as deep
   as its cells go. Empty cells are levels the row does not name. Without those columns,
   dlstudy's own CSVs are read by theirs (NAMED_COLUMNS).
 - anything else: a plain list, one UID a line, blank lines and `#` comments ignored; whether a
@@ -47,6 +48,8 @@ NAMED_COLUMNS = (
 )
 DELIMITERS = (",", "\t", ";")
 _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*=")
+# Excel's first line naming a CSV's delimiter (`sep=;`), before the header row.
+_SEP_LINE = re.compile(r"^sep=(.)$", re.IGNORECASE)
 
 
 class CohortError(UsageError):
@@ -158,12 +161,15 @@ def parse_cohort(lines: Iterable[str], *, label: str, name: str = "") -> list[Co
         head.append(line)
         if line.strip() and not line.lstrip().startswith("#"):
             break
-    first = head[-1].lstrip("\ufeff").strip() if head else ""
+    raw_first = head[-1].lstrip("\ufeff") if head else ""
+    first = raw_first.strip()
     everything = chain(head, lines)
     suffix = Path(name).suffix.lower() if name != "-" else ""
-    if suffix == ".tcia" or (suffix != ".csv" and _HEADER_LINE.match(first)):
+    # (a key=value line too, not TCIA's; unstripped: `sep=<tab>`)
+    excel_csv = _SEP_LINE.match(raw_first.rstrip("\r\n")) is not None
+    if suffix == ".tcia" or (suffix != ".csv" and not excel_csv and _HEADER_LINE.match(first)):
         return list(_tcia(everything, label))
-    if suffix == ".csv" or _delimiter(first) is not None:
+    if suffix == ".csv" or excel_csv or _delimiter(first) is not None:
         return list(_csv(everything, label))
     return list(_plain(everything, label))
 
@@ -217,13 +223,20 @@ def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
         raise CohortError(f"{label}: no ListOfSeriesToDownload= line: not a TCIA manifest")
 
 
-def _delimiter(header: str) -> tuple[str, dict[str, str]] | None:
+def _column(cell: str) -> str:
+    """A header cell as NAMED_COLUMNS has it: `Study Instance UID` is `studyinstanceuid`."""
+    return "".join(cell.split()).lower()
+
+
+def _delimiter(
+    header: str, delimiters: tuple[str, ...] = DELIMITERS
+) -> tuple[str, dict[str, str]] | None:
     """The delimiter that splits `header` into cells naming a UID column, and the names it
     reads (the DICOM keywords, else dlstudy's own); None if no column names a UID."""
     for names in NAMED_COLUMNS:
-        for delimiter in DELIMITERS:
+        for delimiter in delimiters:
             cells = next(csv.reader([header], delimiter=delimiter), [])
-            if any(cell.strip().lower() in names for cell in cells):
+            if any(_column(cell) in names for cell in cells):
                 return delimiter, names
     return None
 
@@ -232,12 +245,18 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     lines = iter(lines)
     number = 0
     header = ""
+    delimiters: tuple[str, ...] = DELIMITERS
     for line in lines:
         number += 1
         header = line.lstrip("\ufeff")
-        if header.strip():
+        if (declared := _SEP_LINE.match(header.rstrip("\r\n"))) is not None:
+            delimiters = (declared.group(1),)
+            header = ""
+        elif header.strip():
             break
-    found = _delimiter(header)
+    if not header.strip():
+        raise CohortError(f"{label} is empty: a CSV needs a header row and rows of UIDs")
+    found = _delimiter(header, delimiters)
     if found is None:
         raise CohortError(
             f"{_where(label, number)}: a CSV needs a header row with a StudyInstanceUID, "
@@ -248,7 +267,7 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     cells = next(csv.reader([header], delimiter=delimiter))
     where_is: dict[str, int] = {}
     for index, cell in enumerate(cells):
-        level = names.get(cell.strip().lower())
+        level = names.get(_column(cell))
         if level is not None and level not in where_is:
             where_is[level] = index
     reader = csv.reader(lines, delimiter=delimiter)

@@ -4,14 +4,65 @@ a one-line usage error."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from ..cli_helpers import DLSTUDY
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
+
+from ..cli_helpers import DLSTUDY, run_installed
+from ..fixtures.embedded_server import StartServer
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> list[SynthInstance]:
+    """Two studies of two series of two small instances."""
+    root = tmp_path_factory.mktemp("quirks")
+    return generate(root, SynthSpec(studies=2, series=2, instances=2, size=4 * 1024, seed=21))
+
+
+def excel_exports(study: str, series: str) -> dict[str, bytes]:
+    """One study and one series of the other study, as spreadsheets save them."""
+    bom = "\ufeff".encode()
+    return {
+        # European Excel: "CSV (semicolon)", its `sep=` line, CRLF, quoted cells
+        "semicolon.csv": (
+            f'sep=;\r\n"StudyInstanceUID";"SeriesInstanceUID";"Note"\r\n"{study}";;"a;b"\r\n'
+            f';"{series}";"x"\r\n\r\n'
+        ).encode(),
+        # Excel "CSV UTF-8": a BOM; headers as DICOM names them in words
+        "spaced.csv": bom
+        + f"Study Instance UID,Series Instance UID\r\n{study},\r\n,{series}\r\n".encode(),
+    }
+
+
+@pytest.mark.parametrize("name", ["semicolon.csv", "spaced.csv"])
+@pytest.mark.parametrize("via", ["file", "stdin"])
+def test_spreadsheet_exports_read_as_written(
+    tmp_path: Path,
+    cohort: list[SynthInstance],
+    embedded_server: StartServer,
+    name: str,
+    via: str,
+) -> None:
+    url = embedded_server(cohort[0].path.parents[2])
+    study, series = cohort[0].study_uid, cohort[-1].series_uid
+    content = excel_exports(study, series)[name]
+    listing = tmp_path / name
+    listing.write_bytes(content)
+    source = str(listing) if via == "file" else "-"
+    done = subprocess.run(
+        [DLSTUDY, "download", "--url", url, "-o", str(tmp_path / "out"), "--json",
+         "--from-file", source],
+        input=content if via == "stdin" else b"", capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    wanted = [i for i in cohort if i.study_uid == study or i.series_uid == series]
+    assert json.loads(done.stdout)["instances"]["downloaded"] == len(wanted) == 6
 
 
 def one_line_usage_error(done: subprocess.CompletedProcess[bytes], expected: str) -> None:
@@ -36,3 +87,15 @@ def test_stdin_closed_or_not_text_is_a_one_line_usage_error(tmp_path: Path) -> N
         check=False,
     )  # fmt: skip
     one_line_usage_error(binary, "--from-file -: not UTF-8 text")
+
+
+def test_an_empty_csv_says_so(tmp_path: Path) -> None:
+    empty = tmp_path / "cohort.csv"
+    empty.write_text("sep=;\r\n\r\n")
+    done = run_installed(
+        "download", "--url", "http://127.0.0.1:9/dicomweb", "-o", str(tmp_path / "out"),
+        "--from-file", str(empty),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    expected = f"--from-file {empty} is empty: a CSV needs a header row and rows of UIDs"
+    assert done.stderr == f"dlstudy: error: {expected}\n"
