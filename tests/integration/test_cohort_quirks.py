@@ -13,6 +13,7 @@ import pytest
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import DLSTUDY, run_installed
+from ..cohort_helpers import read_report
 from ..fixtures.embedded_server import StartServer
 
 pytestmark = pytest.mark.integration
@@ -99,3 +100,24 @@ def test_an_empty_csv_says_so(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     expected = f"--from-file {empty} is empty: a CSV needs a header row and rows of UIDs"
     assert done.stderr == f"dlstudy: error: {expected}\n"
+
+
+def test_a_plain_uid_found_nowhere_is_named_in_its_report_row(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """Every line of a list is in the report: a UID the server has at no level too, in the
+    `study` column (the level asked first), so the report joins back to the list."""
+    url = embedded_server(cohort[0].path.parents[2])
+    listing = tmp_path / "uids.txt"
+    listing.write_text(f"{cohort[0].study_uid}\n2.25.404\n")
+    report = tmp_path / "landed.jsonl"
+    done = run_installed(
+        "download", "--url", url, "-o", str(tmp_path / "out"), "--json",
+        "--from-file", str(listing), "--report", str(report),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    failed = [row for row in read_report(report) if row["status"] == "failed"]
+    assert [(row["study"], row["series"], row["sop"]) for row in failed] == [
+        ("2.25.404", None, None)
+    ]
+    assert [f["study"] for f in json.loads(done.stdout)["failures"]] == ["2.25.404"]
