@@ -16,6 +16,8 @@ Three formats, told apart by the file's extension or, without one (stdin), by it
   UID is a study, a series or an instance is found out by asking the server.
 
 Malformed input is a UsageError naming the line, raised while reading, before any network work.
+Bytes that are not UTF-8 are kept escaped (surrogateescape) and fail only in a cell dlstudy
+reads: Excel's "CSV (semicolon)" is cp1252, and a name with an umlaut in another column is fine.
 Reading streams line by line; only the items are kept.
 """
 
@@ -50,6 +52,12 @@ DELIMITERS = (",", "\t", ";")
 _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*=")
 # Excel's first line naming a CSV's delimiter (`sep=;`), before the header row.
 _SEP_LINE = re.compile(r"^sep=(.)$", re.IGNORECASE)
+_ESCAPED = "surrogateescape"  # a byte that is not UTF-8 -> U+DC80..U+DCFF
+_UTF16_BOMS = ("\udcff\udcfe", "\udcfe\udcff")  # as _ESCAPED decodes them
+
+
+def _is_escaped(char: str) -> bool:
+    return "\udc80" <= char <= "\udcff"
 
 
 class CohortError(UsageError):
@@ -130,23 +138,20 @@ def read_cohort(source: str | Path, *, label: str | None = None) -> list[CohortI
     try:
         if name == "-":
             return _parse_stdin(label)
-        with Path(name).open(encoding="utf-8-sig", newline="") as fp:
+        with Path(name).open(encoding="utf-8-sig", errors=_ESCAPED, newline="") as fp:
             return parse_cohort(fp, label=label, name=name)
     except OSError as exc:
         raise CohortError(f"cannot read {label}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise CohortError(f"{label}: not UTF-8 text ({exc.reason})") from exc
 
 
 def _parse_stdin(label: str) -> list[CohortItem]:
-    """stdin decoded as a file is, strictly as UTF-8 (a BOM dropped): the locale's decoding
-    would pass bytes that are no text on as UIDs."""
+    """stdin decoded as a file is (a BOM dropped), whatever the locale."""
     if sys.stdin is None:  # the process was started with stdin closed (`<&-`)
         raise CohortError(f"cannot read {label}: standard input is closed")
     binary = getattr(sys.stdin, "buffer", None)
     if binary is None:  # a text stream a library caller put in its place
         return parse_cohort(sys.stdin, label=label, name="-")
-    text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors=_ESCAPED, newline="")
     try:
         return parse_cohort(text, label=label, name="-")
     finally:
@@ -162,6 +167,8 @@ def parse_cohort(lines: Iterable[str], *, label: str, name: str = "") -> list[Co
         if line.strip() and not line.lstrip().startswith("#"):
             break
     raw_first = head[-1].lstrip("\ufeff") if head else ""
+    if raw_first.startswith(_UTF16_BOMS):
+        raise CohortError(f'{label}: UTF-16 text (Excel\'s "Unicode Text"): save it as UTF-8')
     first = raw_first.strip()
     everything = chain(head, lines)
     suffix = Path(name).suffix.lower() if name != "-" else ""
@@ -179,6 +186,8 @@ def _where(label: str, number: int) -> str:
 
 
 def _checked(uid: str, label: str, number: int, what: str) -> str:
+    if any(_is_escaped(char) for char in uid):
+        raise CohortError(f"{_where(label, number)}: not UTF-8 text where a {what} should be")
     if not is_valid_uid(uid):
         shown = uid[:80]
         raise CohortError(

@@ -87,7 +87,40 @@ def test_stdin_closed_or_not_text_is_a_one_line_usage_error(tmp_path: Path) -> N
         [DLSTUDY, *args], input=b"\x8e\xa3\xcd1.2.3\xff\n", capture_output=True, timeout=120,
         check=False,
     )  # fmt: skip
-    one_line_usage_error(binary, "--from-file -: not UTF-8 text")
+    one_line_usage_error(binary, "--from-file -: line 1: not UTF-8 text where a UID should be")
+
+
+def test_a_cp1252_csv_reads_and_utf16_is_named(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """Excel's "CSV (semicolon)" is cp1252: a name with an umlaut beside the UIDs is no
+    reason to refuse the list; only a UID cell that is not text is, naming its line. Excel's
+    "Unicode Text" (UTF-16) is named as such."""
+    url = embedded_server(cohort[0].path.parents[2])
+    study = cohort[0].study_uid
+    sheet = tmp_path / "cohort.csv"
+    sheet.write_bytes(f"StudyInstanceUID;Patient\r\n{study};M\u00fcller\r\n".encode("cp1252"))
+    out = tmp_path / "out"
+    done = run_installed("download", "--url", url, "-o", str(out), "--json",
+                         "--from-file", str(sheet))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["instances"]["downloaded"] == 4
+
+    sheet.write_bytes(f"StudyInstanceUID;Patient\r\n{study};x\r\n1.2\u00fc;y\r\n".encode("cp1252"))
+    done = run_installed("download", "--url", url, "-o", str(out), "--from-file", str(sheet))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"dlstudy: error: --from-file {sheet}: line 3: not UTF-8 text where a "
+        "StudyInstanceUID should be\n"
+    )
+
+    sheet.write_bytes(f"StudyInstanceUID\r\n{study}\r\n".encode("utf-16"))
+    done = run_installed("download", "--url", url, "-o", str(out), "--from-file", str(sheet))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f'dlstudy: error: --from-file {sheet}: UTF-16 text (Excel\'s "Unicode Text"): save it '
+        "as UTF-8\n"
+    )
 
 
 def test_an_empty_csv_says_so(tmp_path: Path) -> None:
