@@ -185,6 +185,17 @@ def _where(label: str, number: int) -> str:
     return f"{label}: line {number}"
 
 
+def _unquoted(value: str) -> str:
+    """A UID as sheets and scripts wrap it: `"1.2.3"`, `'1.2.3'`, Excel's `="1.2.3"` (a
+    formula that keeps a long number text). Quotes are never part of a UID."""
+    value = value.strip()
+    if value.startswith('="') and value.endswith('"'):
+        value = value[1:]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1].strip()
+    return value
+
+
 def _checked(uid: str, label: str, number: int, what: str) -> str:
     if any(_is_escaped(char) for char in uid):
         raise CohortError(f"{_where(label, number)}: not UTF-8 text where a {what} should be")
@@ -199,7 +210,7 @@ def _checked(uid: str, label: str, number: int, what: str) -> str:
 
 def _plain(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     for number, line in enumerate(lines, start=1):
-        uid = line.split("#", 1)[0].strip().lstrip("\ufeff")
+        uid = _unquoted(line.split("#", 1)[0].lstrip("\ufeff"))
         if uid:
             yield CohortItem(
                 any_uid=_checked(uid, label, number, "UID"), where=_where(label, number)
@@ -226,7 +237,7 @@ def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
                     continue
             else:
                 continue  # a header key: see the module docstring
-        uid = _checked(line, label, number, "SeriesInstanceUID")
+        uid = _checked(_unquoted(line), label, number, "SeriesInstanceUID")
         yield CohortItem(series_uid=uid, where=_where(label, number))
     if not in_list:
         raise CohortError(f"{label}: no ListOfSeriesToDownload= line: not a TCIA manifest")
@@ -283,7 +294,7 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     for row in reader:
         row_number = number + reader.line_num
         values = {
-            level: row[index].strip() if index < len(row) else ""
+            level: _unquoted(row[index]) if index < len(row) else ""
             for level, index in where_is.items()
         }
         if not any(values.values()):

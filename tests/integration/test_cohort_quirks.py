@@ -154,3 +154,27 @@ def test_a_plain_uid_found_nowhere_is_named_in_its_report_row(
         ("2.25.404", None, None)
     ]
     assert [f["study"] for f in json.loads(done.stdout)["failures"]] == ["2.25.404"]
+
+
+def test_quoted_uids_read_as_their_uids(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """A UID as sheets and scripts wrap it, in a plain list, a CSV cell (Excel's `="..."`,
+    which keeps a long number text) and a TCIA manifest, with spaces around."""
+    url = embedded_server(cohort[0].path.parents[2])
+    study, series = cohort[0].study_uid, cohort[-1].series_uid
+    lists = {  # name: text, instances it names
+        "uids.txt": (f"\"{study}\"\r\n '{series}' \r\n", 6),
+        "cohort.csv": (
+            f'StudyInstanceUID,SeriesInstanceUID\r\n="{study}",\r\n,"=""{series}"""\r\n',
+            6,
+        ),
+        "manifest.tcia": (f'manifestVersion=3.0\nListOfSeriesToDownload=\n"{series}"\n', 2),
+    }
+    for name, (text, instances) in lists.items():
+        listing = tmp_path / name
+        listing.write_text(text)
+        done = run_installed("download", "--url", url, "-o", str(tmp_path / f"{name}.out"),
+                             "--json", "--from-file", str(listing))  # fmt: skip
+        assert done.returncode == 0, (name, done.stderr)
+        assert json.loads(done.stdout)["instances"]["downloaded"] == instances, name
