@@ -290,9 +290,12 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
         level = names.get(_column(cell))
         if level is not None and level not in where_is:
             where_is[level] = index
+    header_row = [_column(cell) for cell in cells]
     reader = csv.reader(lines, delimiter=delimiter)
     for row in reader:
         row_number = number + reader.line_num
+        if [_column(cell) for cell in row] == header_row:
+            continue  # the header again: CSVs joined with `cat`
         values = {
             level: _unquoted(row[index]) if index < len(row) else ""
             for level, index in where_is.items()

@@ -178,3 +178,18 @@ def test_quoted_uids_read_as_their_uids(
                              "--json", "--from-file", str(listing))  # fmt: skip
         assert done.returncode == 0, (name, done.stderr)
         assert json.loads(done.stdout)["instances"]["downloaded"] == instances, name
+
+
+def test_csvs_joined_with_cat_read_past_the_second_header(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """`cat week1.csv week2.csv > cohort.csv`: the second header row is a header, not a row of
+    invalid UIDs."""
+    url = embedded_server(cohort[0].path.parents[2])
+    header = "StudyInstanceUID,SeriesInstanceUID\n"
+    listing = tmp_path / "cohort.csv"
+    listing.write_text(f"{header}{cohort[0].study_uid},\n{header},{cohort[-1].series_uid}\n")
+    done = run_installed("download", "--url", url, "-o", str(tmp_path / "out"), "--json",
+                         "--from-file", str(listing))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["instances"]["downloaded"] == 6
