@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -48,6 +49,8 @@ NAMED_COLUMNS = (
     {"study_uid": "study", "series_uid": "series", "sop_uid": "sop"},
     {"study": "study", "series": "series", "sop": "sop"},
 )
+log = logging.getLogger(__name__)
+
 DELIMITERS = (",", "\t", ";")
 _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*=")
 # Excel's first line naming a CSV's delimiter (`sep=;`), before the header row.
@@ -291,6 +294,7 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
         if level is not None and level not in where_is:
             where_is[level] = index
     header_row = [_column(cell) for cell in cells]
+    unnamed: list[int] = []  # rows with cells filled, none of them a UID dlstudy reads
     reader = csv.reader(lines, delimiter=delimiter)
     for row in reader:
         row_number = number + reader.line_num
@@ -301,6 +305,8 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             for level, index in where_is.items()
         }
         if not any(values.values()):
+            if any(cell.strip() for cell in row):
+                unnamed.append(row_number)
             continue  # a blank row, or one naming nothing dlstudy reads
         given = {
             level: _checked(value, label, row_number, _COLUMN_NAMES[level])
@@ -312,6 +318,14 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             series_uid=given.get("series"),
             sop_uid=given.get("sop"),
             where=_where(label, row_number),
+        )
+    if unnamed:  # said, not silently dropped: a sheet may have lost its UIDs there
+        log.warning(
+            "%s: %d row%s with no UID skipped (line %s)",
+            label,
+            len(unnamed),
+            "" if len(unnamed) == 1 else "s",
+            ", ".join(map(str, unnamed[:5])) + (", ..." if len(unnamed) > 5 else ""),
         )
 
 

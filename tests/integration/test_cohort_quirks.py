@@ -193,3 +193,19 @@ def test_csvs_joined_with_cat_read_past_the_second_header(
                          "--from-file", str(listing))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["instances"]["downloaded"] == 6
+
+
+def test_csv_rows_without_a_uid_are_said_not_silently_dropped(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """A row with cells filled but no UID (a sheet that lost one) is skipped with a warning
+    naming its line; blank rows are skipped without one."""
+    url = embedded_server(cohort[0].path.parents[2])
+    listing = tmp_path / "cohort.csv"
+    listing.write_text(f"StudyInstanceUID,Note\n{cohort[0].study_uid},a\n,,\n,lost\n")
+    done = run_installed("download", "--url", url, "-o", str(tmp_path / "out"),
+                         "--from-file", str(listing))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"dlstudy: warning: --from-file {listing}: 1 row with no UID skipped (line 4)\n" in (
+        done.stderr
+    )
