@@ -7,20 +7,25 @@ Three formats, told apart by the file's extension or, without one (stdin), by it
   Retriever settings (its servlet URL, retries, annotations) and are all ignored: `--url` names
   the server and `--retries` the retries.
 - a CSV with a header row (`.csv`, or a first line naming a column below): read by its columns
-  `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID` (any case; comma, tab or semicolon
-  separated; other columns ignored); each row names a study, a series or an instance, as deep
+  `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID` (any case, spaces ignored: `Study
+  Instance UID`; comma, tab or semicolon separated, or as a first line `sep=;` says, as Excel
+  writes it; other columns ignored); each row names a study, a series or an instance, as deep
   as its cells go. Empty cells are levels the row does not name. Without those columns,
   dlstudy's own CSVs are read by theirs (NAMED_COLUMNS).
 - anything else: a plain list, one UID a line, blank lines and `#` comments ignored; whether a
   UID is a study, a series or an instance is found out by asking the server.
 
 Malformed input is a UsageError naming the line, raised while reading, before any network work.
+Bytes that are not UTF-8 are kept escaped (surrogateescape) and fail only in a cell dlstudy
+reads: Excel's "CSV (semicolon)" is cp1252, and a name with an umlaut in another column is fine.
 Reading streams line by line; only the items are kept.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -44,8 +49,18 @@ NAMED_COLUMNS = (
     {"study_uid": "study", "series_uid": "series", "sop_uid": "sop"},
     {"study": "study", "series": "series", "sop": "sop"},
 )
+log = logging.getLogger(__name__)
+
 DELIMITERS = (",", "\t", ";")
 _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*=")
+# Excel's first line naming a CSV's delimiter (`sep=;`), before the header row.
+_SEP_LINE = re.compile(r"^sep=(.)$", re.IGNORECASE)
+_ESCAPED = "surrogateescape"  # a byte that is not UTF-8 -> U+DC80..U+DCFF
+_UTF16_BOMS = ("\udcff\udcfe", "\udcfe\udcff")  # as _ESCAPED decodes them
+
+
+def _is_escaped(char: str) -> bool:
+    return "\udc80" <= char <= "\udcff"
 
 
 class CohortError(UsageError):
@@ -125,13 +140,25 @@ def read_cohort(source: str | Path, *, label: str | None = None) -> list[CohortI
     label = label or name
     try:
         if name == "-":
-            return parse_cohort(sys.stdin, label=label, name=name)
-        with Path(name).open(encoding="utf-8-sig", newline="") as fp:
+            return _parse_stdin(label)
+        with Path(name).open(encoding="utf-8-sig", errors=_ESCAPED, newline="") as fp:
             return parse_cohort(fp, label=label, name=name)
     except OSError as exc:
         raise CohortError(f"cannot read {label}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise CohortError(f"{label}: not UTF-8 text ({exc.reason})") from exc
+
+
+def _parse_stdin(label: str) -> list[CohortItem]:
+    """stdin decoded as a file is (a BOM dropped), whatever the locale."""
+    if sys.stdin is None:  # the process was started with stdin closed (`<&-`)
+        raise CohortError(f"cannot read {label}: standard input is closed")
+    binary = getattr(sys.stdin, "buffer", None)
+    if binary is None:  # a text stream a library caller put in its place
+        return parse_cohort(sys.stdin, label=label, name="-")
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors=_ESCAPED, newline="")
+    try:
+        return parse_cohort(text, label=label, name="-")
+    finally:
+        text.detach()  # sys.stdin keeps its buffer
 
 
 def parse_cohort(lines: Iterable[str], *, label: str, name: str = "") -> list[CohortItem]:
@@ -142,12 +169,17 @@ def parse_cohort(lines: Iterable[str], *, label: str, name: str = "") -> list[Co
         head.append(line)
         if line.strip() and not line.lstrip().startswith("#"):
             break
-    first = head[-1].lstrip("\ufeff").strip() if head else ""
+    raw_first = head[-1].lstrip("\ufeff") if head else ""
+    if raw_first.startswith(_UTF16_BOMS):
+        raise CohortError(f'{label}: UTF-16 text (Excel\'s "Unicode Text"): save it as UTF-8')
+    first = raw_first.strip()
     everything = chain(head, lines)
     suffix = Path(name).suffix.lower() if name != "-" else ""
-    if suffix == ".tcia" or (suffix != ".csv" and _HEADER_LINE.match(first)):
+    # (a key=value line too, not TCIA's; unstripped: `sep=<tab>`)
+    excel_csv = _SEP_LINE.match(raw_first.rstrip("\r\n")) is not None
+    if suffix == ".tcia" or (suffix != ".csv" and not excel_csv and _HEADER_LINE.match(first)):
         return list(_tcia(everything, label))
-    if suffix == ".csv" or _delimiter(first) is not None:
+    if suffix == ".csv" or excel_csv or _delimiter(first) is not None:
         return list(_csv(everything, label))
     return list(_plain(everything, label))
 
@@ -156,7 +188,20 @@ def _where(label: str, number: int) -> str:
     return f"{label}: line {number}"
 
 
+def _unquoted(value: str) -> str:
+    """A UID as sheets and scripts wrap it: `"1.2.3"`, `'1.2.3'`, Excel's `="1.2.3"` (a
+    formula that keeps a long number text). Quotes are never part of a UID."""
+    value = value.strip()
+    if value.startswith('="') and value.endswith('"'):
+        value = value[1:]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1].strip()
+    return value
+
+
 def _checked(uid: str, label: str, number: int, what: str) -> str:
+    if any(_is_escaped(char) for char in uid):
+        raise CohortError(f"{_where(label, number)}: not UTF-8 text where a {what} should be")
     if not is_valid_uid(uid):
         shown = uid[:80]
         raise CohortError(
@@ -168,7 +213,7 @@ def _checked(uid: str, label: str, number: int, what: str) -> str:
 
 def _plain(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     for number, line in enumerate(lines, start=1):
-        uid = line.split("#", 1)[0].strip().lstrip("\ufeff")
+        uid = _unquoted(line.split("#", 1)[0].lstrip("\ufeff"))
         if uid:
             yield CohortItem(
                 any_uid=_checked(uid, label, number, "UID"), where=_where(label, number)
@@ -195,19 +240,26 @@ def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
                     continue
             else:
                 continue  # a header key: see the module docstring
-        uid = _checked(line, label, number, "SeriesInstanceUID")
+        uid = _checked(_unquoted(line), label, number, "SeriesInstanceUID")
         yield CohortItem(series_uid=uid, where=_where(label, number))
     if not in_list:
         raise CohortError(f"{label}: no ListOfSeriesToDownload= line: not a TCIA manifest")
 
 
-def _delimiter(header: str) -> tuple[str, dict[str, str]] | None:
+def _column(cell: str) -> str:
+    """A header cell as NAMED_COLUMNS has it: `Study Instance UID` is `studyinstanceuid`."""
+    return "".join(cell.split()).lower()
+
+
+def _delimiter(
+    header: str, delimiters: tuple[str, ...] = DELIMITERS
+) -> tuple[str, dict[str, str]] | None:
     """The delimiter that splits `header` into cells naming a UID column, and the names it
     reads (the DICOM keywords, else dlstudy's own); None if no column names a UID."""
     for names in NAMED_COLUMNS:
-        for delimiter in DELIMITERS:
+        for delimiter in delimiters:
             cells = next(csv.reader([header], delimiter=delimiter), [])
-            if any(cell.strip().lower() in names for cell in cells):
+            if any(_column(cell) in names for cell in cells):
                 return delimiter, names
     return None
 
@@ -216,12 +268,18 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     lines = iter(lines)
     number = 0
     header = ""
+    delimiters: tuple[str, ...] = DELIMITERS
     for line in lines:
         number += 1
         header = line.lstrip("\ufeff")
-        if header.strip():
+        if (declared := _SEP_LINE.match(header.rstrip("\r\n"))) is not None:
+            delimiters = (declared.group(1),)
+            header = ""
+        elif header.strip():
             break
-    found = _delimiter(header)
+    if not header.strip():
+        raise CohortError(f"{label} is empty: a CSV needs a header row and rows of UIDs")
+    found = _delimiter(header, delimiters)
     if found is None:
         raise CohortError(
             f"{_where(label, number)}: a CSV needs a header row with a StudyInstanceUID, "
@@ -232,17 +290,23 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     cells = next(csv.reader([header], delimiter=delimiter))
     where_is: dict[str, int] = {}
     for index, cell in enumerate(cells):
-        level = names.get(cell.strip().lower())
+        level = names.get(_column(cell))
         if level is not None and level not in where_is:
             where_is[level] = index
+    header_row = [_column(cell) for cell in cells]
+    unnamed: list[int] = []  # rows with cells filled, none of them a UID dlstudy reads
     reader = csv.reader(lines, delimiter=delimiter)
     for row in reader:
         row_number = number + reader.line_num
+        if [_column(cell) for cell in row] == header_row:
+            continue  # the header again: CSVs joined with `cat`
         values = {
-            level: row[index].strip() if index < len(row) else ""
+            level: _unquoted(row[index]) if index < len(row) else ""
             for level, index in where_is.items()
         }
         if not any(values.values()):
+            if any(cell.strip() for cell in row):
+                unnamed.append(row_number)
             continue  # a blank row, or one naming nothing dlstudy reads
         given = {
             level: _checked(value, label, row_number, _COLUMN_NAMES[level])
@@ -254,6 +318,14 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             series_uid=given.get("series"),
             sop_uid=given.get("sop"),
             where=_where(label, row_number),
+        )
+    if unnamed:  # said, not silently dropped: a sheet may have lost its UIDs there
+        log.warning(
+            "%s: %d row%s with no UID skipped (line %s)",
+            label,
+            len(unnamed),
+            "" if len(unnamed) == 1 else "s",
+            ", ".join(map(str, unnamed[:5])) + (", ..." if len(unnamed) > 5 else ""),
         )
 
 

@@ -166,6 +166,10 @@ class Lister:
         if item.where:
             reason = f"{item.where}: {reason}"
         study = item.study_uid or (item.uid if item.level == "study" else None)
+        if item.level == "unknown" and status == 404:
+            # Found at no level: under the level asked first, so the row names the UID its
+            # line gave. (One whose listing broke keeps none: see completed_studies.)
+            study = item.uid
         failure = Failure(study, item.series_uid, None, reason, status)
         self.summary.failures.append(failure)
         if self.report is not None:

@@ -3,7 +3,7 @@
 Columns: status (`downloaded`, `present` = already on disk and verified, `failed`), study,
 series, sop, path (absolute), size, digest (labelled as in the manifest: `blake3:<hex>`), reason
 (why it failed). A listed item the server does not have is one `failed` row with the UIDs the
-list gave and no path.
+list gave (a plain list's UID found at no level: as `study`) and no path.
 
 CSV (`.csv`, with a header row) or JSON lines (`.jsonl`, one object a row, absent values null),
 by the file's extension. Rows are streamed into a hidden temp file beside FILE as results come

@@ -108,7 +108,10 @@ def test_read_cohort_from_a_file_with_a_byte_order_mark(tmp_path: Path) -> None:
         read_cohort(tmp_path / "nope.txt", label="--from-file nope.txt")
     binary = tmp_path / "image.csv"
     binary.write_bytes(b"\xff\xfe\x00junk")
-    with pytest.raises(CohortError, match="not UTF-8 text"):
+    with pytest.raises(CohortError, match="UTF-16 text"):
+        read_cohort(binary)
+    binary.write_bytes(b"SeriesInstanceUID\n1.2.\x8e3\n")
+    with pytest.raises(CohortError, match="line 2: not UTF-8 text where a SeriesInstanceUID"):
         read_cohort(binary)
 
 
