@@ -7,9 +7,10 @@ same file gets exit 5, in one line.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,12 +139,17 @@ def study_uids(path: Path, query: StudyQuery | None, where: str | None) -> list[
         db.close()
 
 
-def catalog_records(path: Path, where: str | None, query: StudyQuery | None) -> list[StudyRecord]:
-    """The matching studies of the catalog at `path` (for sync --catalog)."""
+def catalog_batches(
+    path: Path, where: str | None, query: StudyQuery | None, size: int = 10_000
+) -> Generator[list[StudyRecord], None, None]:
+    """The matching studies of the catalog at `path`, `size` at a time (for sync --catalog:
+    a catalog of any size in flat memory); the catalog is closed with the iterator."""
     db = connect(path, read_only=True)
     try:
         check_pulled(db, path)
-        return list(select_studies(db, query, where))
+        records = select_studies(db, query, where)
+        while batch := list(itertools.islice(records, size)):
+            yield batch
     finally:
         db.close()
 
