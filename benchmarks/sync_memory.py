@@ -17,7 +17,7 @@ process, `--json` into a file:
   it exits 0 and reports every study already complete.
 * catalog (same N): `catalog pull` of the archive into a catalog (not measured), then `sync
   --catalog CAT -o OUT` over the same complete OUT: no search of the server at all.
-* new (`--new-studies`, default 5,000 / 20,000): `sync` into an empty OUT, every study
+* new (`--new-studies`, default 2,000 / 10,000): `sync` into an empty OUT, every study
   downloaded (one small instance each). Kept smaller: the download's three requests a study
   take far longer than sync's own work, and its own memory (the download's plan of N studies)
   is measured here too. Ok when it exits 0 and downloaded every instance.
@@ -170,7 +170,7 @@ def growth(rows: list[dict[str, Any]], case: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, nargs="*", default=[10_000, 100_000, 200_000])
-    parser.add_argument("--new-studies", type=int, nargs="*", default=[5_000, 20_000])
+    parser.add_argument("--new-studies", type=int, nargs="*", default=[2_000, 10_000])
     parser.add_argument("--cases", nargs="+", choices=["complete", "catalog", "new"],
                         default=["complete", "catalog", "new"])  # fmt: skip
     parser.add_argument("--client-pythonpath", default=None)
