@@ -7,9 +7,10 @@ same file gets exit 5, in one line.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 EXPORT_TABLES = ("studies", "series", "changes", "pulls")
 _NAMES = ", ".join(name for name, _ in STUDY_COLUMNS)
+_ORDER = "ORDER BY study_date NULLS LAST, study_uid"  # studies, as listed and synced
 
 
 def where_of(query: StudyQuery | None, where: str | None) -> tuple[str, list[Any]]:
@@ -108,7 +110,7 @@ def select_studies(
     clause, params = where_of(query, where)
     cursor = _run(
         db,
-        f"SELECT {_NAMES} FROM studies WHERE {clause} ORDER BY study_date NULLS LAST, study_uid",
+        f"SELECT {_NAMES} FROM studies WHERE {clause} {_ORDER}",
         params,
     )
     for row in iter_rows(cursor):
@@ -123,7 +125,7 @@ def select_uids(
     """Only the UIDs of the matching studies, in the same order: no record is built (a
     cohort of 300,000 studies printed in 8.6 s as records, 1.1 s as UIDs)."""
     clause, params = where_of(query, where)
-    sql = f"SELECT study_uid FROM studies WHERE {clause} ORDER BY study_date NULLS LAST, study_uid"
+    sql = f"SELECT study_uid FROM studies WHERE {clause} {_ORDER}"
     for (uid,) in iter_rows(_run(db, sql, params)):
         yield str(uid)
 
@@ -138,12 +140,23 @@ def study_uids(path: Path, query: StudyQuery | None, where: str | None) -> list[
         db.close()
 
 
-def catalog_records(path: Path, where: str | None, query: StudyQuery | None) -> list[StudyRecord]:
-    """The matching studies of the catalog at `path` (for sync --catalog)."""
+def catalog_batches(
+    path: Path, where: str | None, query: StudyQuery | None, size: int = 10_000
+) -> Generator[list[StudyRecord], None, None]:
+    """The matching studies of the catalog at `path`, in select_studies' order, `size` at a
+    time, each with only its UID and instance count: all sync reads (DuckDB holds the sorted
+    selection until its last row is read: every column of it would take about twice the memory).
+    The catalog is closed with the iterator."""
+    from ..dicomweb.search import StudyRecord
+
     db = connect(path, read_only=True)
     try:
         check_pulled(db, path)
-        return list(select_studies(db, query, where))
+        clause, params = where_of(query, where)
+        sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
+        rows = iter_rows(_run(db, sql, params))
+        while batch := list(itertools.islice(rows, size)):
+            yield [StudyRecord(str(uid), instances=count) for uid, count in batch]
     finally:
         db.close()
 

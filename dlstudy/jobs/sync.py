@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ..dicomweb.search import StudyQuery, StudyRecord, search_async
+from ..dicomweb.search import StudyQuery, StudyRecord, stream_async
 from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
@@ -34,7 +35,7 @@ from ..model import Failure
 from ..report.events import EventSink, emit
 from ..report.landed import ReportWriter, run_report
 from ..report.progress import NullProgress, ProgressSink
-from ..report.summary import Summary
+from ..report.summary import LIST_LIMIT, Summary
 from ..settings import Settings
 from ..store.completion import complete_from_index, is_complete
 from ..store.files import Store
@@ -45,32 +46,45 @@ from .download import download_async, report_present, run_to_end, validate
 
 @dataclass
 class SyncSummary(Summary):
-    """A download Summary plus what the search found and what was already complete."""
+    """A download Summary plus what the search found and what was already complete.
+
+    Counted, not kept: `studies` holds the first LIST_LIMIT UIDs of the shard's studies (all
+    that --json prints), so a night of any size is summed up in flat memory."""
 
     matched: int = 0  # studies the search returned (before sharding)
     shard: str | None = None
-    complete: list[str] = field(default_factory=list)  # skipped without any instance QIDO
+    in_shard: int = 0  # the studies of the shard, valid UIDs only
+    already_complete: int = 0  # of them, skipped without any instance QIDO
 
     @classmethod
     def extend(cls, summary: Summary) -> SyncSummary:
         return cls(**{f.name: getattr(summary, f.name) for f in fields(Summary)})
+
+    @property
+    def study_count(self) -> int:
+        return self.in_shard
+
+    def add_study(self, uid: str) -> None:
+        self.in_shard += 1
+        if len(self.studies) < LIST_LIMIT:
+            self.studies.append(uid)
 
     def as_dict(self) -> dict[str, Any]:
         data = super().as_dict()
         data["sync"] = {
             "matched": self.matched,
             "shard": self.shard,
-            "in_shard": len(self.studies),
-            "already_complete": len(self.complete),
-            "synced": len(self.studies) - len(self.complete),
+            "in_shard": self.in_shard,
+            "already_complete": self.already_complete,
+            "synced": self.in_shard - self.already_complete,
         }
         return data
 
     def one_line(self) -> str:
-        shard = f" (shard {self.shard}: {len(self.studies)})" if self.shard else ""
+        shard = f" (shard {self.shard}: {self.in_shard})" if self.shard else ""
         return (
             f"sync: {self.matched} {'study' if self.matched == 1 else 'studies'} matched{shard}, "
-            f"{len(self.complete)} already complete; {super().one_line()}"
+            f"{self.already_complete} already complete; {super().one_line()}"
         )
 
 
@@ -169,14 +183,15 @@ async def _search_and_download(
 
     def examine(record: StudyRecord) -> None:
         """Complete or pending: decided as the record arrives (the server meanwhile makes
-        the next page)."""
+        the next page); the record is not kept."""
+        plan.matched += 1
         if shard is not None and not shard.owns(record.study_uid):
             return
         if not is_valid_uid(record.study_uid):  # never a file name: that study fails, alone
             reason = _invalid(record, "the catalog" if catalog is not None else "the server")
             plan.failures.append(Failure(record.study_uid, None, None, reason, None))
             return
-        plan.studies.append(record.study_uid)
+        plan.add_study(record.study_uid)
         instances = record.instances
         if settings.verify:  # every file is checked: no study is complete on trust
             pending.append(record.study_uid)
@@ -189,7 +204,7 @@ async def _search_and_download(
         else:
             complete = is_complete(manifest, store, record.study_uid, instances)
         if complete:
-            plan.complete.append(record.study_uid)
+            plan.already_complete += 1
             plan.total += instances or 0
             emit("study_complete", logging.DEBUG, study=record.study_uid)
             if report is not None:
@@ -199,33 +214,26 @@ async def _search_and_download(
 
     try:
         if catalog is not None:  # what the catalog knows: no search of the server at all
-            from ..catalog.query import catalog_records
-
-            records = await anyio.to_thread.run_sync(catalog_records, *catalog, query)
-            for record in records:
-                examine(record)
+            await _examine_catalog(catalog, query, examine)
         else:
             policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
             plan.retries = policy.tally
             keyless: list[int] = []
-            records = await search_async(
-                settings, query, examine, policy, lambda: keyless.append(1)
-            )
+            await stream_async(settings, query, examine, lambda: keyless.append(1), policy=policy)
             if keyless:  # studies no one can download: the night is not whole (exit 1)
                 n = len(keyless)
                 results = "a result" if n == 1 else f"{n} results"
                 reason = f"the search sent {results} without a Study Instance UID (0020000D)"
                 plan.failures.append(Failure(None, None, None, reason, None))
     except BaseException:
-        plan.studies.clear()  # a search that failed part way says nothing about the rest
-        plan.complete.clear()
+        # A search that failed part way says nothing about the rest.
+        plan.studies.clear()
+        plan.matched = plan.in_shard = plan.already_complete = plan.total = 0
         plan.failures.clear()
-        plan.total = 0
         raise
     finally:
         manifest.close()
-    plan.matched = len(records)  # none is a quiet night for cron, not an error
-    del records  # the download below may take long: what the search found is not needed
+    # None matched is a quiet night for cron, not an error.
     plan.skipped = plan.total
     if not pending:
         return None
@@ -246,14 +254,36 @@ async def _search_and_download(
     return result
 
 
+async def _examine_catalog(
+    catalog: tuple[Path, str | None],
+    query: StudyQuery,
+    examine: Callable[[StudyRecord], None],
+) -> None:
+    """`examine` every study the catalog selects, read a batch at a time off the event loop."""
+    from ..catalog.query import catalog_batches
+
+    batches = catalog_batches(*catalog, query)
+
+    def next_batch() -> list[StudyRecord]:
+        return next(batches, [])
+
+    try:
+        while batch := await anyio.to_thread.run_sync(next_batch):
+            for record in batch:
+                examine(record)
+    finally:
+        batches.close()  # the catalog, too
+
+
 def _combine(plan: SyncSummary, result: Summary | None) -> SyncSummary:
     if result is None:
         return plan
     merged = SyncSummary.extend(result)
     merged.matched = plan.matched
     merged.shard = plan.shard
-    merged.complete = plan.complete
-    merged.studies = plan.studies or result.studies
+    merged.in_shard = plan.in_shard
+    merged.already_complete = plan.already_complete
+    merged.studies = plan.studies  # the download's hold only those it was handed
     merged.total += plan.total
     merged.skipped += plan.skipped
     merged.retries = RetryTally(plan.retried + result.retried)  # the search's and the download's
@@ -286,8 +316,8 @@ def _run_event(summary: SyncSummary) -> None:
         "run_summary",
         matched=summary.matched,
         shard=summary.shard,
-        studies=len(summary.studies),
-        already_complete=len(summary.complete),
+        studies=summary.in_shard,
+        already_complete=summary.already_complete,
         instances=summary.total,
         downloaded=summary.downloaded,
         skipped=summary.skipped,

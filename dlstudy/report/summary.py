@@ -44,6 +44,11 @@ class Summary:
         return sum(1 for f in self.failures if f.sop_instance_uid is not None)
 
     @property
+    def study_count(self) -> int:
+        """The run's studies; a summary may keep fewer of their UIDs (SyncSummary)."""
+        return len(self.studies)
+
+    @property
     def retried(self) -> int:
         return self.retries.retried if self.retries is not None else 0
 
@@ -63,17 +68,18 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         omitted: dict[str, int] = {}
 
-        def capped(name: str, items: list[Any]) -> list[Any]:
-            if len(items) > LIST_LIMIT:
-                omitted[name] = len(items) - LIST_LIMIT
+        def capped(name: str, items: list[Any], count: int | None = None) -> list[Any]:
+            count = len(items) if count is None else count  # what `items` stands for
+            if count > LIST_LIMIT:
+                omitted[name] = count - LIST_LIMIT
                 return items[:LIST_LIMIT]
             return items
 
         data = {
             "url": self.url,
             "output": self.output,
-            "studies": len(self.studies),
-            "study_uids": capped("study_uids", self.studies),
+            "studies": self.study_count,
+            "study_uids": capped("study_uids", self.studies, self.study_count),
             "instances": {
                 "total": self.total,
                 "downloaded": self.downloaded,
@@ -106,8 +112,8 @@ class Summary:
         text = (
             f"{self.downloaded} downloaded, {self.skipped} already present, "
             + (f"{self.moved} of them moved to this --layout, " if self.moved else "")
-            + f"{self.failed} failed of {self.total} instances in {len(self.studies)} "
-            f"{'study' if len(self.studies) == 1 else 'studies'}"
+            + f"{self.failed} failed of {self.total} instances in {self.study_count} "
+            f"{'study' if self.study_count == 1 else 'studies'}"
             + (f" ({self.from_index} complete in the manifest)" if self.from_index else "")
             + f"; {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s)"
         )

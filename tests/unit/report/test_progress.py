@@ -262,3 +262,25 @@ def test_the_summary_says_how_many_attempts_were_retried() -> None:
     summary.retries.retried = 23
     assert summary.as_dict()["retried"] == 23
     assert summary.one_line().endswith("; 23 retries")
+
+
+def test_a_sync_summary_counts_every_study_and_keeps_only_what_json_prints() -> None:
+    """A night of 100,000 studies: sync's summary keeps LIST_LIMIT UIDs, the first ones, and
+    reports the rest as omitted, as a download's summary of that size does."""
+    from dlstudy.jobs.sync import SyncSummary
+    from dlstudy.report.summary import LIST_LIMIT
+
+    summary = SyncSummary(url="http://pacs/dicomweb", output="out", matched=100_000)
+    uids = [f"1.2.826.0.1.3680043.8.498.{n}" for n in range(100_000)]
+    for uid in uids:
+        summary.add_study(uid)
+    summary.already_complete = 99_990
+
+    assert summary.studies == uids[:LIST_LIMIT]
+    data = summary.as_dict()
+    assert data["studies"] == 100_000 and data["study_uids"] == uids[:LIST_LIMIT]
+    assert data["omitted"] == {"study_uids": 100_000 - LIST_LIMIT}
+    assert data["sync"] == {"matched": 100_000, "shard": None, "in_shard": 100_000,
+                            "already_complete": 99_990, "synced": 10}  # fmt: skip
+    assert summary.one_line().startswith("sync: 100000 studies matched, 99990 already complete")
+    assert " instances in 100000 studies;" in summary.one_line()
