@@ -45,6 +45,8 @@ from .sharding import (
 
 def read_from_file(source: str) -> list[CohortItem]:
     """The items of a cohort list (dicomweb/cohort.py); a malformed one exits 2 naming the line."""
+    if not source:  # `--from-file "$LIST"` with the variable unset
+        fail_usage("--from-file is empty (an unset variable?): give a file, or - for stdin")
     try:
         return read_cohort(source, label=f"--from-file {source}")
     except DlstudyError as exc:

@@ -161,7 +161,11 @@ def test_an_empty_path_is_refused_not_taken_for_this_folder(
     assert result.stderr.startswith(f"dlstudy: error: Invalid value for {named}"), result.stderr
     assert "is empty" in result.stderr and len(result.stderr.splitlines()) == 1
     assert list(cwd.iterdir()) == []
-    # `.` itself is still a folder like any other
+    # `.` itself is still a folder like any other (and --from-file, text, says so too)
+    listed = run_installed("download", "--url", url, "--from-file", "", cwd=cwd, timeout=60)
+    assert listed.returncode == 2 and listed.stderr == (
+        "dlstudy: error: --from-file is empty (an unset variable?): give a file, or - for stdin\n"
+    )
     here = run_installed("download", study, "--url", url, "-o", str(cwd))
     assert here.returncode == 0, here.stderr
 
