@@ -30,14 +30,15 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from query_memory import run_client  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cohort_memory.json"
 DLSTUDY = str(Path(sys.executable).with_name("dlstudy"))
@@ -77,22 +78,6 @@ def write_list(path: Path, real: list[str], rows: int) -> None:
         fp.writelines(f"{uid},ok\n" for uid in pending)
 
 
-def run_client(cmd: list[str], timeout: float) -> tuple[int, int, float]:
-    """(exit status, peak RSS in KiB, seconds) of one client process."""
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() - started > timeout:
-            proc.kill()
-            raise SystemExit(f"client ran past --timeout {timeout} s: {cmd}")
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss, time.monotonic() - started
-
-
 def measure(url: str, counts: Callable[[], Counter[str]], rows: int, real: list[str],
             work: Path, timeout: float) -> dict[str, Any]:  # fmt: skip
     folder = Path(tempfile.mkdtemp(prefix=f"rows-{rows}-", dir=work))
@@ -101,7 +86,8 @@ def measure(url: str, counts: Callable[[], Counter[str]], rows: int, real: list[
     before = Counter(counts())
     cmd = [DLSTUDY, "download", "--url", url, "-o", str(out), "--from-file", str(listing),
            "--report", str(report), "--quiet"]  # fmt: skip
-    code, peak_kib, seconds = run_client(cmd, timeout)
+    run = run_client(cmd, Path(os.devnull), dict(os.environ), timeout)
+    code, peak_kib, seconds = run["code"], run["peak_kib"], run["seconds"]
     after = counts()
     lines = report.read_text(encoding="utf-8").splitlines()[1:]
     downloaded = sum(1 for line in lines if line.startswith("downloaded,"))

@@ -99,14 +99,45 @@ def measure(
     return rows
 
 
-def growth(rows: list[dict[str, Any]], form: str) -> float | None:
-    """Bytes of peak RSS per study, from the smallest N to the largest, for `form`."""
-    of_form = sorted((r for r in rows if r["form"] == form), key=lambda r: r["studies"])
-    if len(of_form) < 2:
+def growth(rows: list[dict[str, Any]], column: str, value: str) -> float | None:
+    """Bytes of peak RSS per study, from the smallest N to the largest, of the rows whose
+    `column` is `value`."""
+    picked = sorted((r for r in rows if r[column] == value), key=lambda r: r["studies"])
+    if len(picked) < 2:
         return None
-    low, high = of_form[0], of_form[-1]
+    low, high = picked[0], picked[-1]
     grown = (high["peak_rss_mb"] - low["peak_rss_mb"]) * 1e6
     return round(grown / (high["studies"] - low["studies"]))
+
+
+def client_env(pythonpath: str | None) -> dict[str, str]:
+    """The measured client's environment: none of the developer's DLSTUDY_ settings, and
+    another checkout's package first if `pythonpath` names one."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DLSTUDY_")}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def report(rows: list[dict[str, Any]], column: str, values: list[str], results: dict[str, Any],
+           path: Path) -> None:  # fmt: skip
+    """Print the table and the growth per study of each of `values` of `column`; write
+    `results` with the rows and the growth to `path`; exit 1 if a run was not ok."""
+    header = ("studies", column, "peak RSS MB", "s", "ok")
+    print(" | ".join(header))
+    print(" | ".join("---" for _ in header))
+    for r in rows:
+        print(f"{r['studies']:,} | {r[column]} | {r['peak_rss_mb']} | {r['seconds']} | "
+              f"{'PASS' if r['ok'] else 'FAIL'}")  # fmt: skip
+    per_study = {value: growth(rows, column, value) for value in values}
+    print("peak RSS growth, bytes per study: "
+          + ", ".join(f"{value} {grown}" for value, grown in per_study.items()))  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = {**results, "results": rows, "growth_bytes_per_study": per_study}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+    if not all(r["ok"] for r in rows):
+        raise SystemExit(1)
 
 
 def main() -> None:
@@ -118,34 +149,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("DLSTUDY_")}
-    if args.client_pythonpath:
-        env["PYTHONPATH"] = args.client_pythonpath
+    env = client_env(args.client_pythonpath)
 
     with tempfile.TemporaryDirectory(prefix="dlstudy-query-") as tmp:
         rows = [row for n in sorted(set(args.studies)) for row in measure(n, args, env, Path(tmp))]
 
-    header = ("studies", "form", "peak RSS MB", "s", "ok")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for r in rows:
-        print(f"{r['studies']:,} | {r['form']} | {r['peak_rss_mb']} | {r['seconds']} | "
-              f"{'PASS' if r['ok'] else 'FAIL'}")  # fmt: skip
-    per_study = {form: growth(rows, form) for form in args.forms}
-    print("peak RSS growth, bytes per study: "
-          + ", ".join(f"{form} {value}" for form, value in per_study.items()))  # fmt: skip
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({
+    report(rows, "form", args.forms, {
         "benchmark": "query_memory",
         "machine": machine(),
         "client_pythonpath": args.client_pythonpath,
         "server": f"dlstudy serve --virtual N --page-cap {args.page_cap}",
-        "results": rows,
-        "growth_bytes_per_study": per_study,
-    }, indent=2) + "\n")  # fmt: skip
-    print(f"wrote {args.results}", file=sys.stderr)
-    if not all(r["ok"] for r in rows):
-        raise SystemExit(1)
+    }, args.results)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -50,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from catalog import Server, server_env  # noqa: E402
 from download_memory import machine  # noqa: E402
-from query_memory import run_client  # noqa: E402
+from query_memory import client_env, report, run_client  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sync_memory.json"
 DLSTUDY = str(Path(sys.executable).with_name("dlstudy"))
@@ -157,16 +156,6 @@ def measure_new(
     return row(studies, "new", run, ok)
 
 
-def growth(rows: list[dict[str, Any]], case: str) -> float | None:
-    """Bytes of peak RSS per study, from the smallest N to the largest, for `case`."""
-    of_case = sorted((r for r in rows if r["case"] == case), key=lambda r: r["studies"])
-    if len(of_case) < 2:
-        return None
-    low, high = of_case[0], of_case[-1]
-    grown = (high["peak_rss_mb"] - low["peak_rss_mb"]) * 1e6
-    return round(grown / (high["studies"] - low["studies"]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, nargs="*", default=[10_000, 100_000, 200_000])
@@ -177,9 +166,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("DLSTUDY_")}
-    if args.client_pythonpath:
-        env["PYTHONPATH"] = args.client_pythonpath
+    env = client_env(args.client_pythonpath)
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dlstudy-sync-") as tmp:
@@ -190,28 +177,12 @@ def main() -> None:
             for n in sorted(set(args.studies)):
                 rows += measure_complete(n, args, env, Path(tmp))
 
-    header = ("studies", "case", "peak RSS MB", "s", "ok")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for r in rows:
-        print(f"{r['studies']:,} | {r['case']} | {r['peak_rss_mb']} | {r['seconds']} | "
-              f"{'PASS' if r['ok'] else 'FAIL'}")  # fmt: skip
-    cases = sorted({r["case"] for r in rows})
-    per_study = {case: growth(rows, case) for case in cases}
-    print("peak RSS growth, bytes per study: "
-          + ", ".join(f"{case} {value}" for case, value in per_study.items()))  # fmt: skip
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({
+    report(rows, "case", sorted({r["case"] for r in rows}), {
         "benchmark": "sync_memory",
         "machine": machine(),
         "client_pythonpath": args.client_pythonpath,
         "server": "dlstudy serve --virtual N --study-size 1 --page-cap 1000",
-        "results": rows,
-        "growth_bytes_per_study": per_study,
-    }, indent=2) + "\n")  # fmt: skip
-    print(f"wrote {args.results}", file=sys.stderr)
-    if not all(r["ok"] for r in rows):
-        raise SystemExit(1)
+    }, args.results)  # fmt: skip
 
 
 if __name__ == "__main__":
