@@ -5,9 +5,10 @@ PEM block libcurl will look for; a block that does not parse is still libcurl's 
 
 Without --ca-bundle, the CA bundle named by the environment is trusted, as by the clients a
 site has set it up for (a hospital's own CA, or its TLS-inspecting proxy's): httpx reads
-SSL_CERT_FILE, requests REQUESTS_CA_BUNDLE, curl CURL_CA_BUNDLE. Without any of them, the
-hashed CA directories SSL_CERT_DIR names (OpenSSL's, as distributions and httpx read it),
-instead of certifi's bundle. Else certifi's bundle."""
+SSL_CERT_FILE, requests REQUESTS_CA_BUNDLE (a file, or a hashed CA directory as requests
+takes it), curl CURL_CA_BUNDLE. Without any of them, the hashed CA directories SSL_CERT_DIR
+names (OpenSSL's, as distributions and httpx read it), instead of certifi's bundle. Else
+certifi's bundle."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 # OpenSSL's CA directories, colon-separated; each certificate in one is found by the hash of
 # its subject: a link named like `c0dfd775.0` (`openssl rehash` makes them).
 CA_DIRECTORY_VARIABLE = "SSL_CERT_DIR"
+# requests (through urllib3) takes a directory here as OpenSSL's CA directory, not a bundle.
+BUNDLE_OR_DIRECTORY_VARIABLE = "REQUESTS_CA_BUNDLE"
 _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 # More than any real bundle (Mozilla's is ~200 KiB); a file past it is no PEM bundle.
 _MAX_READ = 64 << 20
@@ -31,9 +34,13 @@ def tls_files_problem(
     """What is wrong with the TLS files given (or the environment's CA bundle), in one line
     naming the option or variable; or None."""
     found = environment_ca_bundle() if ca_bundle is None else None
-    if ca_bundle is None and found is None:
+    if found is not None and _names_directory(found):
+        if (problem := _directories_problem(str(found[1]), found[0])) is not None:
+            return problem
+        found = None
+    elif ca_bundle is None and found is None:
         if (directories := environment_ca_directories()) is not None:
-            if (problem := _directories_problem(directories)) is not None:
+            if (problem := _directories_problem(directories, CA_DIRECTORY_VARIABLE)) is not None:
                 return problem
     where = f"${found[0]}" if found else "--ca-bundle"
     ca_bundle = found[1] if found else ca_bundle
@@ -73,13 +80,20 @@ def trusted_cas(ca_bundle: Path | None) -> tuple[Path | None, str | None]:
     if ca_bundle is not None:
         return ca_bundle, None
     if (found := environment_ca_bundle()) is not None:
-        return found[1], None
+        return (None, str(found[1])) if _names_directory(found) else (found[1], None)
     return None, environment_ca_directories()
 
 
-def _directories_problem(directories: str) -> str | None:
-    """What is wrong with SSL_CERT_DIR's list: a part that is no directory (a typo, surely),
-    or not one hashed certificate in them all (OpenSSL would find none)."""
+def _names_directory(found: tuple[str, Path]) -> bool:
+    """Whether the variable found names a CA directory rather than a bundle."""
+    name, path = found
+    return name == BUNDLE_OR_DIRECTORY_VARIABLE and path.is_dir()
+
+
+def _directories_problem(directories: str, variable: str) -> str | None:
+    """What is wrong with the list of CA directories `variable` names: a part that is no
+    directory (a typo, surely), or not one hashed certificate in them all (OpenSSL would find
+    none)."""
     parts = [part for part in directories.split(":") if part]
     hashed = False
     for part in parts:
@@ -95,10 +109,10 @@ def _directories_problem(directories: str) -> str | None:
         except OSError as exc:
             problem = f"cannot read it ({exc.strerror or exc})"
         if problem is not None:
-            return f"${CA_DIRECTORY_VARIABLE} {part}: {problem}"
+            return f"${variable} {part}: {problem}"
     if not hashed:
         hint = f"run: openssl rehash {' '.join(parts)}"
-        return f"${CA_DIRECTORY_VARIABLE} {directories}: no hashed CA certificate in it ({hint})"
+        return f"${variable} {directories}: no hashed CA certificate in it ({hint})"
     return None
 
 

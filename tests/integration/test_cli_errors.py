@@ -265,6 +265,31 @@ def test_the_environments_ca_directory_is_trusted_without_a_ca_file(
 
 
 @pytest.mark.integration
+def test_a_ca_directory_in_requests_ca_bundle_is_trusted_as_requests_takes_it(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """requests takes a directory in REQUESTS_CA_BUNDLE as OpenSSL's hashed CA directory: a
+    site set up for requests works unchanged; one with no hashed certificate is named."""
+    if shutil.which("openssl") is None:
+        missing_tool("openssl not installed")
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    hashed = rehashed(tmp_path / "certs", tls_ca.ca_pem)
+    result = run_installed("query", "--url", url, "--uids", env={"REQUESTS_CA_BUNDLE": str(hashed)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [synth_study.study_uid]
+
+    unhashed = tmp_path / "unhashed"
+    unhashed.mkdir()
+    shutil.copy(tls_ca.ca_pem, unhashed / "ca.pem")
+    result = run_installed("query", "--url", url, env={"REQUESTS_CA_BUNDLE": str(unhashed)})
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [
+        f"dlstudy: error: $REQUESTS_CA_BUNDLE {unhashed}: no hashed CA certificate in it "
+        f"(run: openssl rehash {unhashed})"
+    ]
+
+
+@pytest.mark.integration
 def test_an_unusable_ca_directory_is_a_usage_error_naming_the_variable(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         missing_tool("openssl not installed")
