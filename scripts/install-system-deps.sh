@@ -2,7 +2,8 @@
 # Install the Debian packages the test suite needs: Orthanc + its DICOMweb plugin (integration
 # tests against a real third-party server), nginx and openssl (`dlstudy bench` against a static
 # DICOMweb tree), librsvg2-bin (the bench chart's PNG output), curl (third-party client tests),
-# tinyproxy and microsocks (real HTTP/CONNECT and SOCKS5 proxies for the proxy tests), slurm-wlm
+# tinyproxy and microsocks (real HTTP/CONNECT and SOCKS5 proxies for the proxy tests; socat puts
+# TLS in front of tinyproxy for an https:// proxy), slurm-wlm
 # and munge (a one-node SLURM cluster runs examples/slurm-array.sh in tests/integration/test_slurm.py).
 #
 # Idempotent: if every tool is already there it exits at once. Otherwise it installs only the
@@ -51,13 +52,13 @@ describe() {
     printf '%s' "${listed[*]}" | sed 's/,/, /g'
 }
 
-PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin tinyproxy microsocks slurm-wlm munge)
+PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin tinyproxy microsocks socat slurm-wlm munge)
 have_tools() {
     find_orthanc >/dev/null && find_plugin >/dev/null && command -v curl >/dev/null \
         && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } \
         && command -v openssl >/dev/null && command -v rsvg-convert >/dev/null \
         && { command -v tinyproxy >/dev/null || [ -x /usr/sbin/tinyproxy ]; } \
-        && command -v microsocks >/dev/null && have_slurm
+        && command -v microsocks >/dev/null && command -v socat >/dev/null && have_slurm
 }
 
 # slurmctld, slurmd and munged live in /usr/sbin, which a non-root PATH may lack.
@@ -127,7 +128,7 @@ run chmod 0755 "$POLICY"
 mapfile -t MISSING < <(missing_packages)
 if [ "${#MISSING[@]}" -eq 0 ]; then
     echo "install-system-deps: every package is installed, yet a tool is missing (Orthanc, its" \
-        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, slurm or" \
+        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, socat, slurm or" \
         "munge)" >&2
     exit 1
 fi
@@ -156,7 +157,7 @@ done
 
 if ! have_tools; then
     echo "install-system-deps: packages installed but a tool is still missing (Orthanc, its" \
-        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, slurm" \
+        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, socat, slurm" \
         "or munge;" \
         "see $log)" >&2
     exit 1

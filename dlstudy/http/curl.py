@@ -90,6 +90,7 @@ class CurlFailure(Exception):
         tls: bool,
         os_errno: int = 0,
         answered: bool = False,
+        proxy_tls: bool = False,
     ) -> None:
         super().__init__(f"curl error {code}: {message}")
         self.code = code
@@ -98,6 +99,7 @@ class CurlFailure(Exception):
         self.answered = answered  # some of the response (its head, at least) had arrived
         self.proxy = proxy  # as shown (password masked), when the request went through one
         self.tls = tls  # a TLS handshake or certificate failure
+        self.proxy_tls = proxy_tls  # ... with the proxy (an https:// one), not the server
 
     @property
     def through_proxy(self) -> bool:
@@ -383,7 +385,13 @@ class CurlTransport(httpx.AsyncBaseTransport):
         os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))
         answered = transfer.received > 0 or int(transfer.easy.getinfo(pycurl.HEADER_SIZE)) > 0
         failure = CurlFailure(
-            code, message, proxy=transfer.proxy, tls=tls, os_errno=os_errno, answered=answered
+            code,
+            message,
+            proxy=transfer.proxy,
+            tls=tls,
+            os_errno=os_errno,
+            answered=answered,
+            proxy_tls=tls and _with_proxy(transfer),
         )
         error: httpx.TransportError
         if code in (pycurl.E_COULDNT_RESOLVE_PROXY, _PROXY_HANDSHAKE) or (
@@ -414,3 +422,15 @@ class CurlTransport(httpx.AsyncBaseTransport):
             error = httpx.RemoteProtocolError(message)
         error.__cause__ = failure
         return error
+
+
+def _with_proxy(transfer: Transfer) -> bool:
+    """Whether a TLS failure of `transfer` is its https:// proxy's: libcurl speaks TLS with
+    such a proxy first, and with the server only inside the tunnel its CONNECT answer opened
+    (never for an http:// URL, which the proxy fetches itself)."""
+    if transfer.proxy is None or not transfer.proxy.lower().startswith("https://"):
+        return False
+    url = str(transfer.easy.getinfo(pycurl.EFFECTIVE_URL) or "")
+    return not url.lower().startswith("https://") or not transfer.easy.getinfo(
+        pycurl.HTTP_CONNECTCODE
+    )

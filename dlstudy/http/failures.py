@@ -40,6 +40,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     if isinstance(exc, httpx.ConnectTimeout):
         return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
     if isinstance(exc, httpx.ConnectError):
+        if curl is not None and curl.proxy_tls and curl.code not in _LOCAL_TLS_FILES:
+            return ConnectError(_proxy_tls_failure(said, curl.proxy or ""), url=shown)
         if curl is not None and curl.tls:
             if "wrong version number" in said or "packet length too long" in said:
                 said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
@@ -183,21 +185,30 @@ def curl_failure(exc: BaseException) -> CurlFailure | None:
 _LOCAL_TLS_FILES = {77: "--ca-bundle", 58: "--cert/--key", 43: "--cert/--key"}
 
 # What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
-_UNKNOWN_CA = "the server's certificate is signed by an unknown CA (trust it with --ca-bundle)"
+_UNKNOWN_CA = "the {whose} certificate is signed by an unknown CA (trust it with --ca-bundle)"
 _TLS_CAUSES = (
-    (("certificate has expired",), "the server's certificate has expired"),
-    (("certificate is not yet valid",), "the server's certificate is not valid yet"),
-    (("subject name",), "the server's certificate is for another host name than {host!r}"),
+    (("certificate has expired",), "the {whose} certificate has expired"),
+    (("certificate is not yet valid",), "the {whose} certificate is not valid yet"),
+    (("subject name",), "the {whose} certificate is for another host name than {host!r}"),
     (("local issuer certificate", "self-signed", "self signed"), _UNKNOWN_CA),
 )
 
 
-def _tls_cause(said: str, host: str) -> str:
+def _tls_cause(said: str, host: str, whose: str = "server's") -> str:
     """libcurl's TLS message, led by its cause in plain words when it is a known one."""
     for markers, cause in _TLS_CAUSES:
         if any(marker in said for marker in markers):
-            return f"{cause.format(host=host)} ({said})"
+            return f"{cause.format(host=host, whose=whose)} ({said})"
     return said
+
+
+def _proxy_tls_failure(said: str, proxy: str) -> str:
+    """The line for a failed TLS handshake with an https:// proxy (`proxy` as shown)."""
+    if "wrong version number" in said or "packet length too long" in said:
+        said = "it does not speak TLS; if it is a plain HTTP proxy, give it as http://"
+    else:
+        said = _tls_cause(said, httpx.URL(proxy).host, "proxy's")
+    return f"TLS handshake with proxy {proxy} failed: {said}"
 
 
 def _netloc(parsed: httpx.URL) -> str:

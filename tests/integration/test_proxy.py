@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from ..cli_helpers import assert_same_files, run_installed, start_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
-from ..fixtures.proxies import RunningProxy, tinyproxy
+from ..fixtures.proxies import RunningProxy, TlsProxy, tinyproxy
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +81,60 @@ def test_https_goes_through_a_connect_tunnel_and_keeps_http2(
     assert_same_files(synth_study.instances, tmp_path)
     assert summary["http_version"] == "HTTP/2"  # end to end, inside the tunnel
     assert f"CONNECT 127.0.0.1:{port}" in http_proxy.since(mark)
+
+
+def test_an_https_proxy_is_trusted_by_ca_bundle_or_the_environments_ca_directory(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_proxy: TlsProxy
+) -> None:
+    """TLS to the proxy itself (an https:// proxy URL): its certificate is checked against
+    --ca-bundle, or the CA directories SSL_CERT_DIR names, as the server's would be."""
+    url = embedded_server(synth_study.root)
+    mark = tls_proxy.mark()
+    env = {"HTTP_PROXY": tls_proxy.url}
+    query = run_installed(
+        "query", "--url", url, "--uids", "--ca-bundle", str(tls_proxy.ca_pem), env=env
+    )
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.split() == [synth_study.study_uid]
+    hashed = tmp_path / "certs"
+    hashed.mkdir()
+    shutil.copy(tls_proxy.ca_pem, hashed)
+    subprocess.run(["openssl", "rehash", str(hashed)], check=True, capture_output=True)
+    download(synth_study, url, tmp_path / "out", env={**env, "SSL_CERT_DIR": str(hashed)})
+    assert_same_files(synth_study.instances, tmp_path / "out")
+    instance_gets = re.findall(r"GET \S+/instances/[0-9.]+ HTTP", tls_proxy.since(mark))
+    assert len(instance_gets) == len(synth_study.instances)
+
+
+def test_a_tls_failure_with_the_proxy_names_the_proxy_not_the_server(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    tls_proxy: TlsProxy,
+    tls_ca: TlsFiles,
+) -> None:
+    """An https:// proxy whose certificate is not trusted: the line names the proxy and its
+    certificate (it blamed the server's); the server's untrusted certificate behind a
+    trusted proxy is still the server's."""
+    unknown_ca = "certificate is signed by an unknown CA (trust it with --ca-bundle)"
+    for url in (
+        embedded_server(synth_study.root),
+        embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key),
+    ):
+        variable = "HTTPS_PROXY" if url.startswith("https") else "HTTP_PROXY"
+        env = {variable: tls_proxy.url}
+        result = run_installed("query", "--url", url, "--ca-bundle", str(tls_ca.ca_pem), env=env)
+        assert result.returncode == 3, result.stderr
+        (line,) = result.stderr.splitlines()
+        handshake = f"dlstudy: error: TLS handshake with proxy {tls_proxy.url} failed"
+        assert line.startswith(f"{handshake}: the proxy's {unknown_ca} ("), line
+
+    result = run_installed("query", "--url", url, "--ca-bundle", str(tls_proxy.ca_pem), env=env)
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"dlstudy: error: TLS handshake with '127.0.0.1' failed: the server's {unknown_ca} ("
+    ), line
 
 
 def test_no_proxy_is_honoured(
