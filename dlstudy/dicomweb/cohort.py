@@ -5,7 +5,8 @@ Three formats, told apart by the file's extension or, without one (stdin), by it
 - a TCIA manifest (`.tcia`, or a first line `key=value`): a header of `key=value` lines, then
   `ListOfSeriesToDownload=` and one SeriesInstanceUID a line. The header's keys are NBIA Data
   Retriever settings (its servlet URL, retries, annotations) and are all ignored: `--url` names
-  the server and `--retries` the retries.
+  the server and `--retries` the retries. `#` lines anywhere in the header are comments (readers
+  of the format skip what comes before the marker; after it, every line is a UID).
 - a CSV with a header row (`.csv`, or a first line naming a column below): read by its columns
   `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID` (any case, spaces ignored: `Study
   Instance UID`; comma, tab or semicolon separated, or as a first line `sep=;` says, as Excel
@@ -271,6 +272,8 @@ def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
         if not line:
             continue
         if not in_list:
+            if line.startswith("#"):
+                continue  # a comment in the header
             key, sep, value = line.partition("=")
             if not sep:
                 raise CohortError(

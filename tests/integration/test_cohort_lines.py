@@ -5,13 +5,14 @@ right row's instance with it."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
-from ..cli_helpers import run_installed, run_installed_measured
+from ..cli_helpers import DLSTUDY, run_installed, run_installed_measured
 from ..cohort_helpers import read_report
 from ..fixtures.embedded_server import StartServer
 
@@ -144,3 +145,31 @@ def test_repeated_rows_are_dropped_as_they_are_read(
     assert peaks[1] - peaks[0] <= GROWTH_MB, peaks
     # the series' two instances, and a `repeat` row for each line after the first
     assert len(read_report(tmp_path / f"landed-{REPEATED_ROWS}.csv")) == REPEATED_ROWS + 1
+
+
+@pytest.mark.parametrize("via", ["file", "stdin"])
+def test_comment_lines_in_a_tcia_manifests_header_are_skipped(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer, via: str
+) -> None:
+    """`#` lines before and among the header's keys, as a curator annotates a manifest."""
+    url = embedded_server(cohort[0].path.parents[2])
+    series = cohort[0].series_uid
+    manifest = tmp_path / "lidc.tcia"
+    manifest.write_text(
+        "# LIDC subset, exported 2026-12-01\n"
+        "downloadServerUrl=https://public.cancerimagingarchive.net/nbia-download/servlet/x\n"
+        "  # retries are dlstudy's --retries\n"
+        "noOfrRetry=4\n"
+        "manifestVersion=3.0\n"
+        f"ListOfSeriesToDownload=\n{series}\n"
+    )
+    source = str(manifest) if via == "file" else "-"
+    done = subprocess.run(
+        [DLSTUDY, "download", "--url", url, "-o", str(tmp_path / "out"), "--json",
+         "--from-file", source],
+        input=manifest.read_bytes() if via == "stdin" else b"", capture_output=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    in_series = [i for i in cohort if i.series_uid == series]
+    assert json.loads(done.stdout)["instances"]["downloaded"] == len(in_series) == 2
