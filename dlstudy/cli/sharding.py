@@ -54,7 +54,9 @@ def select_shard_items(
     """The study UIDs and cohort items (each once, in order) this process should download.
     An item goes by its study UID when its line names one; a series or instance named without
     its study is kept by every shard, each looking up its study and keeping it only for its
-    own (so a study is never split across shards); a plain UID goes by itself. A repeated
+    own (so a study is never split across shards); a plain UID goes by itself, its level not
+    known yet: a series or instance UID may then be fetched by its study's shard too (the run
+    warns, jobs/listing.py). A repeated
     line is noted in `repeats`: the run reports it where its first line is downloaded."""
     unique = unique_wanted(wanted, repeats)
     select_shard((one for one in unique if isinstance(one, str)), None)  # checks each UID

@@ -7,6 +7,7 @@ plans and fetches what it lists.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,6 +28,8 @@ from ..report.summary import Summary
 from ..settings import Settings
 from ..store.files import Store
 from .parts import EarlierParts
+
+log = logging.getLogger(__name__)
 
 # Items of a list being resolved at once (a study lists its series QIDO_CONCURRENCY at a time
 # when it cannot be listed in one request): a list of 100,000 small studies is round trips.
@@ -137,6 +140,8 @@ class Lister:
         await run_pool(range(len(items)), resolve_one, RESOLVING_AT_ONCE)
         listed_together.clear()
         failed.update(await self._mismatched_rows(items, found, locator))
+        if shard is not None:
+            _warn_routed_by_own_uid(items, found)
         for item, group in zip(items, found, strict=True):
             if item.where and item.level == "instance" and group:
                 self.named.setdefault(item.uid, item.where)  # a failed fetch names the line
@@ -300,6 +305,28 @@ def _mismatch(item: CohortItem, where: set[tuple[str, str]]) -> str:
         f"{said} (the row's UIDs do not belong together): the server has it in series "
         f"{series} of study {study}; this row is not downloaded"
     )
+
+
+def _warn_routed_by_own_uid(items: Sequence[CohortItem], found: list[Instances]) -> None:
+    """Say when a plain list's UID, which --shard routed by itself before its level was known,
+    is a series or an instance: its study may be another shard's, and another line naming
+    that study has that shard download the same instances."""
+    lower = [
+        item
+        for item, group in zip(items, found, strict=True)
+        if item.level == "unknown" and group and group[0].study_uid != item.uid
+    ]
+    if lower:
+        log.warning(
+            "%s: %d plain UID%s a series or instance: --shard routed %s by its own UID, not its "
+            "study's, so another shard may download the same instances; give series and "
+            "instances in a CSV's SeriesInstanceUID / SOPInstanceUID column (routed by their "
+            "study) to keep shards disjoint",
+            lower[0].where,
+            len(lower),
+            " is" if len(lower) == 1 else "s are each",
+            "it" if len(lower) == 1 else "them",
+        )
 
 
 def _named_fully(item: CohortItem) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dlstudy.dicomweb.shard import Shard
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import DLSTUDY, run_installed, run_installed_measured
@@ -173,3 +174,39 @@ def test_comment_lines_in_a_tcia_manifests_header_are_skipped(
     assert done.returncode == 0, done.stderr.decode()
     in_series = [i for i in cohort if i.series_uid == series]
     assert json.loads(done.stdout)["instances"]["downloaded"] == len(in_series) == 2
+
+
+def test_a_plain_series_uid_in_another_shard_than_its_study_is_said_and_documented(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """A plain list naming a study and one of its series: the series goes by its own UID, so
+    when that is another shard's, both shards download its instances. Not fixed (routing a
+    plain UID by its study would cost every shard a lookup of every UID): the shard that finds
+    the UID to be a series warns, and the docs say so instead of promising disjoint shards."""
+    url = embedded_server(cohort[0].path.parents[2])
+    study = cohort[0].study_uid
+    count, series = next(
+        (count, i.series_uid)
+        for count in range(2, 9)
+        for i in cohort
+        if Shard(1, count).owns(i.series_uid) != Shard(1, count).owns(study)
+    )
+    listing = tmp_path / "uids.txt"
+    listing.write_text(f"{study}\n{series}\n")
+    landed: dict[int, set[str]] = {}
+    warned = []
+    for number in range(1, count + 1):
+        out = tmp_path / f"shard-{number}"
+        done = run_installed("download", "--url", url, "-o", str(out), "--from-file",
+                             str(listing), "--shard", f"{number}/{count}")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        landed[number] = {p.name for p in out.rglob("*.dcm")}
+        if "1 plain UID is a series or instance: --shard routed it by its own UID" in done.stderr:
+            warned.append(number)
+    by_series = [number for number in landed if Shard(number, count).owns(series)]
+    assert warned == by_series
+    in_series = {f"{i.sop_uid}.dcm" for i in cohort if i.series_uid == series}
+    assert landed[by_series[0]] == in_series  # (and its study's shard has them too)
+    assert sum(len(files) for files in landed.values()) == len(cohort) + len(in_series)
+    usage = (Path(__file__).parents[2] / "docs" / "usage.md").read_text(encoding="utf-8")
+    assert "if another line names its study, two shards\ndownload the same instances" in usage
