@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..dicomweb.cohort import CohortItem, read_cohort
+from ..dicomweb.cohort import CohortItem, Repeats, read_cohort
 from ..errors import DlstudyError
 from ..http.urls import redact_url
 from ..jobs.download import download
@@ -43,12 +43,13 @@ from .sharding import (
 )
 
 
-def read_from_file(source: str) -> list[CohortItem]:
-    """The items of a cohort list (dicomweb/cohort.py); a malformed one exits 2 naming the line."""
+def read_from_file(source: str, repeats: Repeats) -> list[CohortItem]:
+    """The items of a cohort list (dicomweb/cohort.py), each once (repeats noted in `repeats`,
+    dropped as they are read); a malformed one exits 2 naming the line."""
     if not source:  # `--from-file "$LIST"` with the variable unset
         fail_usage("--from-file is empty (an unset variable?): give a file, or - for stdin")
     try:
-        return read_cohort(source, label=f"--from-file {source}")
+        return read_cohort(source, label=f"--from-file {source}", repeats=repeats)
     except DlstudyError as exc:
         fail_usage(str(exc))
 
@@ -87,8 +88,9 @@ def register(app: typer.Typer) -> None:
             use_log_format(options["log_format"])
             url, json_output, quiet = options["url"], options["json_output"], options["quiet"]
             wanted: list[str | CohortItem] = list(study_uids or [])
+            repeats = Repeats()
             if from_file is not None:
-                wanted += read_from_file(from_file)
+                wanted += read_from_file(from_file, repeats)
             check_where(where, from_catalog, "--from-catalog")
             if from_catalog is not None:
                 wanted += catalog_uids(from_catalog, where)
@@ -107,7 +109,7 @@ def register(app: typer.Typer) -> None:
                     fail_usage(str(exc))
             chosen_shard = shard_option(shard)
             given = len(wanted)
-            wanted = select_shard_items(wanted, chosen_shard)
+            wanted = select_shard_items(wanted, chosen_shard, repeats)
             if not wanted and chosen_shard is not None:
                 finish_empty_shard(
                     chosen_shard,
@@ -125,7 +127,9 @@ def register(app: typer.Typer) -> None:
             summary: Summary | None = None
             try:
                 with exit_on_interrupt(json_output=json_output):
-                    summary = download(wanted, settings=settings, progress=progress)
+                    summary = download(
+                        wanted, settings=settings, progress=progress, repeats=repeats
+                    )
             except DlstudyError as exc:
                 finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
             finish(summary, None, json_output=json_output, quiet=quiet)

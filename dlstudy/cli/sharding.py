@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ..dicomweb.cohort import CohortItem, unique_wanted
+from ..dicomweb.cohort import CohortItem, Repeats, unique_wanted
 from ..dicomweb.shard import Shard, parse_shard
 from ..errors import DlstudyError
 from ..http.urls import is_valid_uid, redact_url
@@ -49,13 +49,16 @@ def select_shard(uids: Iterable[str], shard: Shard | None) -> list[str]:
 
 
 def select_shard_items(
-    wanted: Iterable[str | CohortItem], shard: Shard | None
+    wanted: Iterable[str | CohortItem], shard: Shard | None, repeats: Repeats | None = None
 ) -> list[str | CohortItem]:
     """The study UIDs and cohort items (each once, in order) this process should download.
     An item goes by its study UID when its line names one; a series or instance named without
     its study is kept by every shard, each looking up its study and keeping it only for its
-    own (so a study is never split across shards); a plain UID goes by itself."""
-    unique = unique_wanted(wanted)
+    own (so a study is never split across shards); a plain UID goes by itself, its level not
+    known yet: a series or instance UID may then be fetched by its study's shard too (the run
+    warns, jobs/listing.py). A repeated
+    line is noted in `repeats`: the run reports it where its first line is downloaded."""
+    unique = unique_wanted(wanted, repeats)
     select_shard((one for one in unique if isinstance(one, str)), None)  # checks each UID
     if shard is None:
         return unique

@@ -5,7 +5,8 @@ Three formats, told apart by the file's extension or, without one (stdin), by it
 - a TCIA manifest (`.tcia`, or a first line `key=value`): a header of `key=value` lines, then
   `ListOfSeriesToDownload=` and one SeriesInstanceUID a line. The header's keys are NBIA Data
   Retriever settings (its servlet URL, retries, annotations) and are all ignored: `--url` names
-  the server and `--retries` the retries.
+  the server and `--retries` the retries. `#` lines anywhere in the header are comments (readers
+  of the format skip what comes before the marker; after it, every line is a UID).
 - a CSV with a header row (`.csv`, or a first line naming a column below): read by its columns
   `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID` (any case, spaces ignored: `Study
   Instance UID`; comma, tab or semicolon separated, or as a first line `sep=;` says, as Excel
@@ -16,9 +17,12 @@ Three formats, told apart by the file's extension or, without one (stdin), by it
   UID is a study, a series or an instance is found out by asking the server.
 
 Malformed input is a UsageError naming the line, raised while reading, before any network work.
+A line naming the same UIDs as an earlier one is a repeat: given a Repeats, the reader drops it
+as it reads, noting only its line number and the line it repeats (the run gives it a --report
+row); a list of 500,000 repeated rows then holds its distinct items, not 500,000.
 Bytes that are not UTF-8 are kept escaped (surrogateescape) and fail only in a cell dlstudy
 reads: Excel's "CSV (semicolon)" is cp1252, and a name with an umlaut in another column is fine.
-Reading streams line by line; only the items are kept.
+Reading streams line by line; only the items are kept (each once, given a Repeats).
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import io
 import logging
 import re
 import sys
+from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ..errors import UsageError
 from ..http.urls import is_valid_uid
@@ -74,7 +79,8 @@ class CohortItem:
     `any_uid` is a plain list's UID, of a level only the server knows; `where` says where the
     item came from ("--from-file uids.txt: line 4"), for messages; empty for UIDs given as
     arguments. `listed_by` names what listed the UIDs as a server sent them ("the catalog"),
-    not the caller: an invalid one then fails this item alone, not the whole run.
+    not the caller: an invalid one then fails this item alone, not the whole run. `line`: its
+    line number in the list (0: not from a list), which a repeat of it names.
     """
 
     study_uid: str | None = None
@@ -83,6 +89,7 @@ class CohortItem:
     any_uid: str | None = None
     where: str = ""
     listed_by: str | None = None
+    line: int = field(default=0, compare=False)
 
     @property
     def level(self) -> Level:
@@ -131,8 +138,33 @@ class CohortItem:
             raise UsageError(f"{self.where or 'cohort item'}: invalid UID {uid[:80]!r}")
 
 
-def read_cohort(source: str | Path, *, label: str | None = None) -> list[CohortItem]:
-    """The items of the cohort list at `source` ("-": stdin), in file order, repeats kept.
+class Repeats:
+    """The lines of a list that name the same UIDs as an earlier line, each with the line it
+    repeats: fetched once, reported each. Two numbers a line, not an item (a list of 500,000
+    repeated rows). `label` names the list in messages."""
+
+    def __init__(self) -> None:
+        self.label = ""
+        self._lines = array("q")
+        self._firsts = array("q")
+
+    def add(self, line: int, first: int) -> None:
+        self._lines.append(line)
+        self._firsts.append(first)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """(line, the earlier line it repeats), in list order."""
+        return zip(self._lines, self._firsts, strict=True)
+
+
+def read_cohort(
+    source: str | Path, *, label: str | None = None, repeats: Repeats | None = None
+) -> list[CohortItem]:
+    """The items of the cohort list at `source` ("-": stdin), in file order, repeats kept;
+    with `repeats`, each once: a repeat is dropped as it is read and noted there.
 
     `label` names the source in messages (default: the path).
     """
@@ -140,29 +172,40 @@ def read_cohort(source: str | Path, *, label: str | None = None) -> list[CohortI
     label = label or name
     try:
         if name == "-":
-            return _parse_stdin(label)
+            return _parse_stdin(label, repeats)
         with Path(name).open(encoding="utf-8-sig", errors=_ESCAPED, newline="") as fp:
-            return parse_cohort(fp, label=label, name=name)
+            return parse_cohort(fp, label=label, name=name, repeats=repeats)
     except OSError as exc:
         raise CohortError(f"cannot read {label}: {exc.strerror or exc}") from exc
 
 
-def _parse_stdin(label: str) -> list[CohortItem]:
+def _parse_stdin(label: str, repeats: Repeats | None) -> list[CohortItem]:
     """stdin decoded as a file is (a BOM dropped), whatever the locale."""
     if sys.stdin is None:  # the process was started with stdin closed (`<&-`)
         raise CohortError(f"cannot read {label}: standard input is closed")
     binary = getattr(sys.stdin, "buffer", None)
     if binary is None:  # a text stream a library caller put in its place
-        return parse_cohort(sys.stdin, label=label, name="-")
+        return parse_cohort(sys.stdin, label=label, name="-", repeats=repeats)
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors=_ESCAPED, newline="")
     try:
-        return parse_cohort(text, label=label, name="-")
+        return parse_cohort(text, label=label, name="-", repeats=repeats)
     finally:
         text.detach()  # sys.stdin keeps its buffer
 
 
-def parse_cohort(lines: Iterable[str], *, label: str, name: str = "") -> list[CohortItem]:
-    """Parse a cohort list given as lines; the format by `name`'s extension or the content."""
+def parse_cohort(
+    lines: Iterable[str], *, label: str, name: str = "", repeats: Repeats | None = None
+) -> list[CohortItem]:
+    """Parse a cohort list given as lines; the format by `name`'s extension or the content.
+    Repeats kept; with `repeats`, dropped as they are read and noted there."""
+    items = _items(lines, label, name)
+    if repeats is None:
+        return list(items)
+    repeats.label = label
+    return unique_wanted(items, repeats)
+
+
+def _items(lines: Iterable[str], label: str, name: str) -> Iterator[CohortItem]:
     lines = iter(lines)
     head: list[str] = []
     for line in lines:  # the first meaningful line decides the format
@@ -178,10 +221,10 @@ def parse_cohort(lines: Iterable[str], *, label: str, name: str = "") -> list[Co
     # (a key=value line too, not TCIA's; unstripped: `sep=<tab>`)
     excel_csv = _SEP_LINE.match(raw_first.rstrip("\r\n")) is not None
     if suffix == ".tcia" or (suffix != ".csv" and not excel_csv and _HEADER_LINE.match(first)):
-        return list(_tcia(everything, label))
+        return _tcia(everything, label)
     if suffix == ".csv" or excel_csv or _delimiter(first) is not None:
-        return list(_csv(everything, label))
-    return list(_plain(everything, label))
+        return _csv(everything, label)
+    return _plain(everything, label)
 
 
 def _where(label: str, number: int) -> str:
@@ -216,7 +259,9 @@ def _plain(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
         uid = _unquoted(line.split("#", 1)[0].lstrip("\ufeff"))
         if uid:
             yield CohortItem(
-                any_uid=_checked(uid, label, number, "UID"), where=_where(label, number)
+                any_uid=_checked(uid, label, number, "UID"),
+                where=_where(label, number),
+                line=number,
             )
 
 
@@ -227,6 +272,8 @@ def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
         if not line:
             continue
         if not in_list:
+            if line.startswith("#"):
+                continue  # a comment in the header
             key, sep, value = line.partition("=")
             if not sep:
                 raise CohortError(
@@ -241,7 +288,7 @@ def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             else:
                 continue  # a header key: see the module docstring
         uid = _checked(_unquoted(line), label, number, "SeriesInstanceUID")
-        yield CohortItem(series_uid=uid, where=_where(label, number))
+        yield CohortItem(series_uid=uid, where=_where(label, number), line=number)
     if not in_list:
         raise CohortError(f"{label}: no ListOfSeriesToDownload= line: not a TCIA manifest")
 
@@ -318,6 +365,7 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             series_uid=given.get("series"),
             sop_uid=given.get("sop"),
             where=_where(label, row_number),
+            line=row_number,
         )
     if unnamed:  # said, not silently dropped: a sheet may have lost its UIDs there
         log.warning(
@@ -337,18 +385,26 @@ _COLUMN_NAMES = {
 
 
 Wanted = str | CohortItem  # a study UID, or an item of a cohort list
+W = TypeVar("W", bound=Wanted)
 
 
-def unique_wanted(wanted: Iterable[Wanted]) -> list[Wanted]:
+def unique_wanted(wanted: Iterable[W] | str, repeats: Repeats | None = None) -> list[W]:
     """In order, each once: a repeated UID or an item naming the same UIDs as an earlier one
-    (on another line) is dropped. One UID as a string is that one study, not its characters."""
+    (on another line) is dropped, and noted in `repeats` when both come from lines of a list.
+    One UID as a string is that one study, not its characters."""
     if isinstance(wanted, str):
-        wanted = [wanted]
-    seen: set[object] = set()
-    kept: list[Wanted] = []
+        wanted = [wanted]  # type: ignore[list-item]
+    first_line: dict[object, int] = {}  # an item's key -> its line (0: not from a list)
+    kept: list[W] = []
     for one in wanted:
-        key = one.key if isinstance(one, CohortItem) else one
-        if key not in seen:
-            seen.add(key)
+        item = one if isinstance(one, CohortItem) else None
+        key = one if item is None else item.key
+        first = first_line.get(key)
+        if first is None:
+            first_line[key] = item.line if item is not None else 0
             kept.append(one)
+        elif repeats is not None and first and item is not None and item.line:
+            repeats.add(item.line, first)
+            if not repeats.label:  # (items a library caller read: named as their lines are)
+                repeats.label = item.where.rpartition(": line ")[0]
     return kept

@@ -3,7 +3,8 @@
     study                   its series, then each series' instances (resolve.Resolver; filters)
     study + series          that series' instances: one listing, nothing else of the study
     series                  `/series?SeriesInstanceUID=` finds its study (one lookup), then as above
-    study + series + SOP    no request at all: the instance is fetched as named
+    study + series + SOP    no request at all: fetched as named (unless another row names
+                            the SOP elsewhere: jobs/listing.py checks it with where_is)
     SOP (+ study/series)    `/instances?SOPInstanceUID=` (with the UIDs the row gives as filters)
     a plain list's UID      study first, then series, then instance, until the server knows it
 
@@ -77,6 +78,10 @@ class Locator:
             return found
         assert item.study_uid is not None
         return await self._study(item.study_uid)
+
+    async def where_is(self, sop_uid: str) -> Instances:
+        """Where the server has the instance: a row's study and series checked against it."""
+        return await self._instance(sop_uid, None, None)
 
     async def _of_unknown_level(self, uid: str) -> Instances:
         try:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..dicomweb.cohort import CohortItem, Wanted, unique_wanted
+from ..dicomweb.cohort import CohortItem, Repeats, Wanted, unique_wanted
 from ..engine.schedule import complete_in_index, trusts_index
 from ..engine.standby import no_running_loop, standing_by
 from ..engine.workers import standing_by_for
@@ -29,7 +29,7 @@ from ..http.auth import auth_from_settings
 from ..http.client import Transport, require_asyncio
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..model import Failure
-from ..report.landed import FAILED, PRESENT, ReportWriter, report_format, run_report
+from ..report.landed import FAILED, PRESENT, REPEAT, ReportWriter, report_format, run_report
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
@@ -90,6 +90,7 @@ def download(
     *,
     settings: Settings | None = None,
     progress: ProgressSink | None = None,
+    repeats: Repeats | None = None,
     **options: Any,
 ) -> Summary:
     """Download whole studies (UIDs), or what each item of a cohort list names (CohortItems:
@@ -97,6 +98,8 @@ def download(
 
     Either pass `settings`, or `url` plus any Settings field as a keyword
     (`download(["1.2.3"], "http://host/dicomweb", output=Path("out"), concurrency=16)`).
+    A cohort line naming what an earlier line named is fetched once and gets a `repeat` row in
+    the --report; `repeats`: such lines already dropped (`read_cohort(..., repeats=)`).
     Fatal errors (bad input, server unreachable, auth, nothing matched, output locked) raise a
     DlstudyError with the partial summary attached as `.summary`, and so does an interruption
     (KeyboardInterrupt); per-instance failures are in the summary.
@@ -109,12 +112,15 @@ def download(
         if url is not None:
             options["url"] = url
         settings = replace(settings, **options)
-    uids = unique_wanted(study_uids)
+    repeats = Repeats() if repeats is None else repeats
+    uids = unique_wanted(study_uids, repeats)
     # Timed from here, as the progress display is: starting the event loop (anyio imports its
     # backend then) is part of the run, and both show the same MB/s.
     started = time.monotonic()
     with standing_by(standing_by_for(settings.workers, settings.mode)):
-        return run_to_end(download_async, uids, settings, progress or NullProgress(), started)
+        return run_to_end(
+            download_async, uids, settings, progress or NullProgress(), started, None, repeats
+        )
 
 
 def run_to_end(work: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -153,11 +159,13 @@ async def download_async(
     progress: ProgressSink | None = None,
     started: float | None = None,
     report: ReportWriter | None = None,
+    repeats: Repeats | None = None,
 ) -> Summary:
     """download() from async code, with `settings` made. `started`: a time.monotonic()
     reading the run is timed from (default: now). `report`: the --report rows go to this
     writer, which the caller commits (sync's, which has rows of its own); without it, to one
-    for `settings.report`, committed here."""
+    for `settings.report`, committed here. `repeats`: the cohort lines dropped as repeats, each
+    a `repeat` row."""
     progress = progress or NullProgress()
     summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
     started = time.monotonic() if started is None else started
@@ -169,7 +177,9 @@ async def download_async(
         store = Store(settings.output, settings.layout)
         store.prepare()
         # From here on a signal stops the run in order, the wait for the lock included.
-        await stop_on_signals(_locked_run(settings, items, store, summary, progress, report))
+        await stop_on_signals(
+            _locked_run(settings, items, store, summary, progress, report, repeats)
+        )
     except BaseException as exc:
         # Fatal errors and interruptions carry what was done so far, for the report.
         if isinstance(exc, DlstudyError):
@@ -191,6 +201,7 @@ async def _locked_run(
     summary: Summary,
     progress: ProgressSink,
     report: ReportWriter | None,
+    repeats: Repeats | None = None,
 ) -> None:
     """The run, with the output folder locked: into `summary`."""
     async with AsyncExitStack() as stack:
@@ -204,6 +215,8 @@ async def _locked_run(
             report = stack.enter_context(run_report(settings.report))
         transport = Transport(settings, auth=await auth_from_settings(settings))
         stack.push_async_callback(transport.aclose)
+        if repeats:
+            report_repeats(items, repeats, report)
         items = fail_invalid_listed(items, summary, report)
         complete: list[str] = []
         if trusts_index(settings):
@@ -216,6 +229,25 @@ async def _locked_run(
                 progress.start(summary.total, summary.skipped)
         finally:
             summary.http_version = transport.http_version
+
+
+def report_repeats(
+    items: Sequence[CohortItem], repeats: Repeats, report: ReportWriter | None
+) -> None:
+    """A `repeat` row for each line naming what an earlier line of this run's items named
+    (a repeat of another shard's line is that shard's), with the UIDs it gave."""
+    log.info("%d repeated lines of %s: each fetched once", len(repeats), repeats.label)
+    if report is None:
+        return
+    firsts = {first for _, first in repeats}
+    by_line = {item.line: item for item in items if item.line in firsts}
+    for line, first in repeats:
+        item = by_line.get(first)
+        if item is not None:
+            where = f"{repeats.label}: line {line}" if repeats.label else f"line {line}"
+            study = item.study_uid or item.any_uid  # a plain UID as its own failure has it
+            reason = f"{where}: repeat of line {first}, fetched once"
+            report.row(REPEAT, study, item.series_uid, item.sop_uid, reason=reason)
 
 
 def fail_invalid_listed(

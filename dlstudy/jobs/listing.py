@@ -7,6 +7,7 @@ plans and fetches what it lists.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,6 +28,8 @@ from ..report.summary import Summary
 from ..settings import Settings
 from ..store.files import Store
 from .parts import EarlierParts
+
+log = logging.getLogger(__name__)
 
 # Items of a list being resolved at once (a study lists its series QIDO_CONCURRENCY at a time
 # when it cannot be listed in one request): a list of 100,000 small studies is round trips.
@@ -104,8 +107,6 @@ class Lister:
 
         async def one(index: int) -> None:
             item = items[index]
-            if item.where and item.level == "instance":
-                self.named[item.uid] = item.where  # a failed fetch names the line too
             try:
                 found[index] = await locator.instances(item)
             except InAnotherShard:
@@ -138,6 +139,12 @@ class Lister:
 
         await run_pool(range(len(items)), resolve_one, RESOLVING_AT_ONCE)
         listed_together.clear()
+        failed.update(await self._mismatched_rows(items, found, locator))
+        if shard is not None:
+            _warn_routed_by_own_uid(items, found)
+        for item, group in zip(items, found, strict=True):
+            if item.where and item.level == "instance" and group:
+                self.named.setdefault(item.uid, item.where)  # a failed fetch names the line
         for index in sorted(failed):
             reason, status = failed[index]
             self.missing(items[index], reason, status=status)
@@ -159,6 +166,48 @@ class Lister:
             )
             earlier.add(whole, partly)
         return Listing(refs, whole)
+
+    async def _mismatched_rows(
+        self, items: Sequence[CohortItem], found: list[Instances], locator: Locator
+    ) -> dict[int, tuple[str, int | None]]:
+        """The rows naming study, series and instance whose UIDs do not belong together, with
+        their reasons; their instances are taken out of `found`.
+
+        Such a row is fetched as named, unasked; it would take its SOP Instance UID from a
+        right row (or a listing) naming the same instance, and then fail as not found. So
+        where two rows give one SOP Instance UID different parents, or a listing has it
+        elsewhere, the server's answer (the listing's, or one lookup) decides: the rows that
+        agree with it are kept, the others fail as what they are, the list's mistake."""
+        rows: dict[str, list[int]] = {}  # SOP UID -> the rows naming study, series and it
+        for index, item in enumerate(items):
+            if item.sop_uid is not None and _named_fully(item):
+                rows.setdefault(item.sop_uid, []).append(index)
+        if not rows:
+            return {}
+        where: dict[str, set[tuple[str, str]]] = {}  # SOP UID -> its study and series, listed
+        for index, group in enumerate(found):
+            if not _named_fully(items[index]):  # what the server listed
+                for ref in group:
+                    if ref.sop_uid in rows:
+                        where.setdefault(ref.sop_uid, set()).add((ref.study_uid, ref.series_uid))
+        mismatched: dict[int, tuple[str, int | None]] = {}
+        for sop_uid, indexes in rows.items():
+            given = {(items[i].study_uid, items[i].series_uid) for i in indexes}
+            if sop_uid not in where:
+                if len(given) == 1:
+                    continue  # one place for it: fetched as named
+                try:
+                    where[sop_uid] = {
+                        (r.study_uid, r.series_uid) for r in await locator.where_is(sop_uid)
+                    }
+                except IncompleteListingError:
+                    continue  # not known better: fetched as named
+            for index in indexes:
+                item = items[index]
+                if (item.study_uid, item.series_uid) not in where[sop_uid]:
+                    mismatched[index] = (_mismatch(item, where[sop_uid]), 404)
+                    found[index] = Instances()
+        return mismatched
 
     def missing(self, item: CohortItem, reason: str, *, status: int | None = 404) -> None:
         """An item the server does not have (or could not list): a failure of its own, the
@@ -243,6 +292,46 @@ class Lister:
         if self.settings.series or self.settings.modalities:
             return "no instance matched the --series / --modality filters"
         return "the requested studies have no instances"
+
+
+def _mismatch(item: CohortItem, where: set[tuple[str, str]]) -> str:
+    """Why a row naming study, series and instance is not fetched: its UIDs do not belong
+    together, the server has the instance elsewhere (or nowhere)."""
+    said = f"instance {item.sop_uid} is not in series {item.series_uid} of study {item.study_uid}"
+    if not where:
+        return f"{said}: the server has no instance {item.sop_uid}; not downloaded"
+    study, series = sorted(where)[0]
+    return (
+        f"{said} (the row's UIDs do not belong together): the server has it in series "
+        f"{series} of study {study}; this row is not downloaded"
+    )
+
+
+def _warn_routed_by_own_uid(items: Sequence[CohortItem], found: list[Instances]) -> None:
+    """Say when a plain list's UID, which --shard routed by itself before its level was known,
+    is a series or an instance: its study may be another shard's, and another line naming
+    that study has that shard download the same instances."""
+    lower = [
+        item
+        for item, group in zip(items, found, strict=True)
+        if item.level == "unknown" and group and group[0].study_uid != item.uid
+    ]
+    if lower:
+        log.warning(
+            "%s: %d plain UID%s a series or instance: --shard routed %s by its own UID, not its "
+            "study's, so another shard may download the same instances; give series and "
+            "instances in a CSV's SeriesInstanceUID / SOPInstanceUID column (routed by their "
+            "study) to keep shards disjoint",
+            lower[0].where,
+            len(lower),
+            " is" if len(lower) == 1 else "s are each",
+            "it" if len(lower) == 1 else "them",
+        )
+
+
+def _named_fully(item: CohortItem) -> bool:
+    """A row naming study, series and instance: fetched as named, no listing asked."""
+    return None not in (item.study_uid, item.series_uid, item.sop_uid)
 
 
 def _looked_up(item: CohortItem) -> bool:

@@ -1,6 +1,7 @@
 """`--report FILE`: what a run did, one row per instance, for the pipeline that runs next.
 
-Columns: status (`downloaded`, `present` = already on disk and verified, `failed`), study,
+Columns: status (`downloaded`, `present` = already on disk and verified, `failed`, `repeat` =
+a list's line naming what an earlier line named, fetched once: its row names both lines), study,
 series, sop, path (absolute), size, digest (labelled as in the manifest: `blake3:<hex>`), reason
 (why it failed). A listed item the server does not have is one `failed` row with the UIDs the
 list gave (a plain list's UID found at no level: as `study`) and no path.
@@ -30,7 +31,7 @@ from ..store.orphans import remove_orphans
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 COLUMNS = ("status", "study", "series", "sop", "path", "size", "digest", "reason")
-DOWNLOADED, PRESENT, FAILED = "downloaded", "present", "failed"
+DOWNLOADED, PRESENT, FAILED, REPEAT = "downloaded", "present", "failed", "repeat"
 
 
 def report_format(path: Path) -> str:

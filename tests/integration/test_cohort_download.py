@@ -146,6 +146,9 @@ def test_csv_of_mixed_levels_fetches_what_each_row_names(
         "(HTTP 404)",
     }
     assert {f["reason"] for f in summary["failures"]} == failed  # type: ignore[attr-defined]
+    assert [r["reason"] for r in report_rows if r["status"] == "repeat"] == [
+        f"--from-file {listing}: line 6: repeat of line 2, fetched once"
+    ]
     # Only the lines without their study were looked up; no study was listed whole.
     searches = qido(seen_requests)
     assert sorted(path for path, _ in searches if "/series/" not in path) == [

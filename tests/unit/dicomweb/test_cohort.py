@@ -124,3 +124,12 @@ def test_item_keys_and_shard_keys() -> None:
         CohortItem().check()
     with pytest.raises(UsageError, match="invalid UID"):
         CohortItem(sop_uid="../etc").check()
+
+
+def test_tcia_header_comment_lines_are_skipped() -> None:
+    text = "# exported for LIDC\n" + TCIA.replace("noOfrRetry=4\n", "noOfrRetry=4\n  # a note\n")
+    assert "# a note" in text
+    assert [i.series_uid for i in parse(text, "x.tcia")] == [
+        i.series_uid for i in parse(TCIA, "x.tcia")
+    ]
+    assert [i.series_uid for i in parse(text, "-")] == [i.series_uid for i in parse(TCIA, "-")]
