@@ -18,13 +18,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
 
 from .claims import SharedClaims
-from .worker_process import become_worker, serve
+from .worker_process import WorkerJob, become_worker, serve
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from multiprocessing.connection import Connection
+
+    from ..model import InstanceRef
 
 
 _STOPS = {signal.SIGINT, signal.SIGTERM}
@@ -130,9 +134,9 @@ def _wait_for_job(conn: Connection, counter: Any, inherited: list[Connection]) -
     for other in inherited:
         other.close()
     try:
-        job = conn.recv()
+        job: WorkerJob = conn.recv()
     except (EOFError, OSError):
         conn.close()
         return  # not needed
-    settings, refs, form, answered, log_levels = job
-    serve(settings, SharedClaims(refs, counter), form, answered, conn, log_levels)
+    refs = cast("Sequence[InstanceRef]", job.refs)  # the list itself (workers._FromStandby)
+    serve(replace(job, refs=SharedClaims(refs, counter)), conn)

@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from logging.handlers import QueueHandler
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,20 @@ _REPORT_INTERVAL = 0.05
 
 class ParentGone(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a worker process is given: the run's settings (the share a worker may use), what
+    hands out its instances, the retrieval form (None: not settled yet), whether the server
+    answered the parent already (a refused connection is then a restart), and the levels of
+    the parent's loggers, to log at."""
+
+    settings: Any
+    refs: Iterable[InstanceRef]
+    form: Retrieval | None
+    answered: bool
+    log_levels: dict[str, int]
 
 
 def _send(conn: Connection, message: tuple[Any, ...]) -> None:
@@ -71,19 +86,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(
-    settings: Any,
-    refs: Iterable[InstanceRef],
-    form: Retrieval | None,
-    answered: bool,
-    conn: Connection,
-    go: Any,
-    log_levels: dict[str, int],
-) -> None:
+def worker_main(job: WorkerJob, conn: Connection, go: Any) -> None:
     """Entry point of a worker process; it starts fetching once the parent sets `go`."""
     become_worker()
     go.wait()
-    serve(settings, refs, form, answered, conn, log_levels)
+    serve(job, conn)
 
 
 def log_levels() -> dict[str, int]:
@@ -94,37 +101,25 @@ def log_levels() -> dict[str, int]:
     return {name: level for name, level in levels.items() if level != logging.NOTSET}
 
 
-def serve(
-    settings: Any,
-    refs: Iterable[InstanceRef],
-    form: Retrieval | None,
-    answered: bool,
-    conn: Connection,
-    log_levels: dict[str, int],
-) -> None:
-    """Fetch what `refs` hands out, in retrieval `form` (None: not settled yet), report over
-    `conn` until the end, close it; log at the parent's `log_levels`, through the parent.
-    `answered`: the server answered the parent already (a refused connection is a restart)."""
+def serve(job: WorkerJob, conn: Connection) -> None:
+    """Fetch what `job.refs` hands out, report over `conn` until the end, close it; log
+    through the parent."""
     try:
-        anyio.run(_worker, settings, refs, form, answered, conn, log_levels)
+        anyio.run(_worker, job, conn)
     except ParentGone:
         pass
     finally:
         conn.close()
 
 
-async def _worker(
-    settings: Any,
-    refs: Iterable[InstanceRef],
-    form: Retrieval | None,
-    answered: bool,
-    conn: Connection,
-    log_levels: dict[str, int],
-) -> None:
+async def _worker(job: WorkerJob, conn: Connection) -> None:
+    settings = job.settings
     report = _Report(conn)
-    _log_through(report, log_levels)
+    _log_through(report, job.log_levels)
     store = Store(settings.output, settings.layout)
-    forms = [form] if form else candidates(settings.transfer_syntax or None, single_part=True)
+    forms = (
+        [job.form] if job.form else candidates(settings.transfer_syntax or None, single_part=True)
+    )
     throttle = Throttle(settings.concurrency)
     policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
     transport: Transport | None = None
@@ -141,11 +136,12 @@ async def _worker(
                 tg.start_soon(report.every, _REPORT_INTERVAL)
                 # (a --token-command runs here: SIGTERM stops it too, and kills it whole)
                 auth = await auth_from_settings(settings)
-                transport = Transport(settings, auth=auth, answered=answered)
+                transport = Transport(settings, auth=auth, answered=job.answered)
                 fetcher = InstanceFetcher(
                     transport, store, Negotiator(forms), policy=policy, throttle=throttle
                 )
-                await run_pool(refs, partial(_fetch_one, fetcher, report), settings.concurrency)
+                fetch_one = partial(_fetch_one, fetcher, report)
+                await run_pool(job.refs, fetch_one, settings.concurrency)
                 tg.cancel_scope.cancel()
     except DlstudyError as exc:
         report.add(("fatal", type(exc).__name__, str(exc), int(exc.exit_status)))

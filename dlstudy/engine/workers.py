@@ -39,7 +39,7 @@ from ..model import Committed, InstanceRef
 from ..settings import MAX_WORKERS  # what --workers accepts
 from . import standby as standby_module
 from .claims import SharedClaims
-from .worker_process import log_levels, worker_main
+from .worker_process import WorkerJob, log_levels, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -301,13 +301,13 @@ class _FromStandby(_Launch):
         self.claims = SharedClaims(refs, standby.counter)
         self.origin = "forked before the event loop"
         self.standby = standby
-        self.jobs: list[tuple[Connection, tuple[Any, ...]]] = []
+        self.jobs: list[tuple[Connection, WorkerJob]] = []
 
     async def start(
         self, share: Any, form: Retrieval | None, answered: bool
     ) -> tuple[Any, Connection]:
         [(process, conn)] = self.standby.take(1)
-        self.jobs.append((conn, (share, self.claims.refs, form, answered, log_levels())))
+        self.jobs.append((conn, WorkerJob(share, self.claims.refs, form, answered, log_levels())))
         return process, conn
 
     async def go(self) -> None:
@@ -330,7 +330,11 @@ class _FromForkServer(_Launch):
         parent_end, child_end = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=worker_main,
-            args=(share, self.claims, form, answered, child_end, self.event, log_levels()),
+            args=(
+                WorkerJob(share, self.claims, form, answered, log_levels()),
+                child_end,
+                self.event,
+            ),
             daemon=True,
         )
         await anyio.to_thread.run_sync(process.start)  # waits for the fork server
