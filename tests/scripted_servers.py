@@ -334,12 +334,12 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
 
 @contextmanager
 def cutting(
-    cut_first: int, tls: ssl.SSLContext | None = None
+    cut_first: int, tls: ssl.SSLContext | None = None, *, cut_to: int | None = None
 ) -> Iterator[tuple[str, str, list[str]]]:
     """Instances answered without a Content-Length, the body ending when the connection
-    closes: the first `cut_first` answers close halfway, so HTTP itself cannot tell them from
-    whole ones. With `tls`, over TLS, each connection closed without close_notify. Yields
-    (base URL, study UID, the SOP UIDs)."""
+    closes: the first `cut_first` answers close halfway (or after `cut_to` bytes), so HTTP
+    itself cannot tell them from whole ones. With `tls`, over TLS, each connection closed
+    without close_notify. Yields (base URL, study UID, the SOP UIDs)."""
     answers = [0]
 
     class Cutting(_Quiet):
@@ -355,7 +355,7 @@ def cutting(
                 data = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 65536)
                 answers[0] += 1
                 if answers[0] <= cut_first:
-                    data = data[: len(data) // 2]
+                    data = data[: len(data) // 2 if cut_to is None else cut_to]
                 self.send_response(200)
                 self.send_header("Content-Type", "application/dicom")
                 self.send_header("Connection", "close")

@@ -17,18 +17,11 @@ from typing import IO
 
 import httpx
 
-from ..dicomweb.completeness import check_complete, check_complete_in
-from ..dicomweb.header_fast import parse_head
+from ..dicomweb.completeness import check_complete
 from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Retrieval
-from ..dicomweb.verify import (
-    HEADER_PREFIX_LENGTH,
-    MAGIC,
-    PREAMBLE_LENGTH,
-    VERIFY_HEAD_LENGTH,
-    read_header,
-)
+from ..dicomweb.verify import VERIFY_HEAD_LENGTH, read_header
 from ..engine.fetch import status_error
 from ..engine.parts import pour_parts
 from ..errors import (
@@ -207,13 +200,13 @@ class Output:
         self.sop_uid = sop_uid
         self.size = 0
         self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
-        # A body whose end HTTP cannot prove is kept (in the --keep file, or an anonymous temp
-        # file) to walk its DICOM structure, as download does: a cut one is no instance.
+        # A body whose end HTTP cannot prove is kept (in the --keep file, or a temp file) to be
+        # judged as download judges it: a cut one is no instance.
         self.check_whole = check_whole
         self.head = b""
         self.spool: IO[bytes] | None = None
         if check_whole and self.temp is None:
-            self.spool = tempfile.TemporaryFile(prefix="dlstudy-bench-")
+            self.spool = tempfile.NamedTemporaryFile(prefix="dlstudy-bench-", suffix=".dcm")
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -253,26 +246,24 @@ class Output:
             raise
 
     def _check_whole(self) -> None:
-        """Raise IntegrityError when the body's DICOM structure runs past its end. Bodies the
-        walk cannot judge (a bare dataset, an unusual header) are let through."""
-        if self.head[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] != MAGIC:
-            return
-        info = parse_head(self.head[HEADER_PREFIX_LENGTH:], whole=self.size == len(self.head))
-        if info is None:
-            return
-        label = f"instance {self.sop_uid}"
+        """Raise IntegrityError unless the body is whole, judged by download's own checks: its
+        header read (pydicom when the fast parser gives up, as on a cut header), then its
+        elements walked to its end (dicomweb/completeness.py)."""
         if self.spool is not None:
             spool, self.spool = self.spool, None
             with spool:
-                spool.seek(0)
-                check_complete_in(
-                    spool, transfer_syntax=info.transfer_syntax, size=self.size, label=label
-                )
+                spool.flush()
+                self._judge(Path(spool.name))
         elif self.temp is not None:
             self.temp.close()
-            check_complete(
-                self.temp.path, transfer_syntax=info.transfer_syntax, size=self.size, label=label
-            )
+            self._judge(self.temp.path)
+
+    def _judge(self, path: Path) -> None:
+        label = f"instance {self.sop_uid}"
+        info = read_header(path, label=label, head=self.head, size=self.size)
+        check_complete(
+            path, transfer_syntax=info.transfer_syntax, size=self.size, label=label, head=self.head
+        )
 
     def abandon(self) -> None:
         if self.spool is not None:

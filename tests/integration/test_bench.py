@@ -637,6 +637,39 @@ def test_a_body_cut_where_http_cannot_tell_counts_nothing(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("keep", [False, True], ids=["dropped", "kept"])
+@pytest.mark.parametrize(
+    ("cut_to", "reason"),
+    [(100, "response too short to be DICOM"), (250, "the file is incomplete")],
+    ids=["before DICM", "before the UIDs"],
+)
+def test_a_body_cut_in_its_header_where_http_cannot_tell_counts_nothing(
+    tmp_path: Path, keep: bool, cut_to: int, reason: str
+) -> None:
+    """As above, the first two bodies closed after `cut_to` bytes: inside the DICOM header,
+    where the fast header parser gives up. Judged as download judges them (pydicom, then the
+    walk), they are failures; they counted as whole instances (`ok`, exit 0)."""
+    from ..factories import part10
+    from ..scripted_servers import SERIES, cutting
+
+    kept = tmp_path / "kept"
+    with cutting(2, cut_to=cut_to) as (url, study, sops):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "single-part",
+            "-c", "1", "--repeat", "1", "--json", *(["--keep", str(kept)] if keep else []),
+        )  # fmt: skip
+    whole = {sop: part10(study, SERIES, sop, payload=b"\1" * 65536) for sop in sops}
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"].startswith(f"2 of 3 failed: instance {sops[0]}: {reason}"), row
+    totals = row["totals"]
+    assert (totals["instances"], totals["failures"]) == (1, 2)
+    assert totals["bytes"] == len(whole[sops[2]])
+    if keep:
+        assert [p.name for p in kept.iterdir()] == [f"{sops[2]}.dcm"]
+
+
+@pytest.mark.integration
 def test_a_series_answered_with_the_whole_study_is_a_failure_not_a_fast_series(
     tmp_path: Path,
 ) -> None:
