@@ -65,8 +65,9 @@ class TimedTransport(Transport):
         auth: httpx.Auth | None,
         gauge: Gauge,
         latencies: list[float],
+        answered: bool = False,
     ) -> None:
-        super().__init__(settings, auth=auth)
+        super().__init__(settings, auth=auth, answered=answered)
         self.gauge = gauge
         self.latencies = latencies
 

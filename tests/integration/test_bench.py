@@ -697,6 +697,96 @@ def test_a_series_answered_with_the_whole_study_is_a_failure_not_a_fast_series(
     assert len(list(kept.iterdir())) == 4 and not list(kept.glob(".*"))
 
 
+def _behind_a_refusing_proxy(
+    url: str, marker: str, seconds: float, *args: str
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`dlstudy bench --json ARGS` through a fault proxy that refuses new connections for
+    `seconds` from the request naming `marker` (closed at the end, if still refusing); the
+    result and how many refusal windows opened."""
+    from ..faultproxy import FaultProxy
+
+    proxy = FaultProxy(int(url.split(":")[2].split("/")[0]), refuse=(marker.encode(), seconds))
+    try:
+        result = run_installed("bench", *args, "--url", proxy.url(), "--json", timeout=90)
+    finally:
+        proxy.close()
+    return result, proxy.refused_windows
+
+
+@pytest.mark.integration
+def test_a_connection_refused_mid_run_fails_that_request_and_the_bench_goes_on(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Each connection serves one request; from the 11th instance's on, new ones are refused
+    for 7.5 s. The next request, refused for --timeout (5 s), is one failure of its run; the
+    server is back before --timeout more, so the rest are measured, exit 1 (a refused
+    connection ended the whole bench, exit 3, where a reset one fails only its request)."""
+    url = embedded_server(synth_study.root, max_requests_per_connection=1)
+    result, windows = _behind_a_refusing_proxy(
+        url, synth_study.instances[10].sop_uid, 7.5, synth_study.study_uid, "--http", "1.1",
+        "--strategy", "single-part", "-c", "1", "--repeat", "2", "--timeout", "5",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert windows == 1
+    (row,) = json.loads(result.stdout)["rows"]
+    count = len(synth_study.instances)
+    assert row["totals"]["failures"] == 1 and row["totals"]["instances"] == 2 * count - 1
+    assert re.fullmatch(
+        rf"1 of {2 * count} failed: instance [0-9.]+: connection refused by 127\.0\.0\.1:.*",
+        row["status"],
+    ), row["status"]
+
+
+@pytest.mark.integration
+def test_a_connection_refused_as_a_run_starts_is_tried_again(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """New connections are refused for 1.5 s from the first run's last request, as the second
+    run lists the study on a new connection: it connects again, as download does (it was
+    refused at once: the bench ended, exit 3)."""
+    url = embedded_server(synth_study.root)
+    last = qido_order(url, synth_study.study_uid)[-1]
+    result, windows = _behind_a_refusing_proxy(
+        url, last, 1.5, synth_study.study_uid, "--http", "1.1", "--strategy", "single-part",
+        "-c", "1", "--repeat", "2", "--timeout", "5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert windows == 1
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"] == "ok" and row["totals"]["runs"] == 2
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("refused_at", ["transfer", "listing"])
+def test_a_server_gone_for_good_stops_the_bench_with_one_line(
+    synth_study: SynthStudy, embedded_server: StartServer, refused_at: str
+) -> None:
+    """The server refuses every new connection from the 11th instance's request (one
+    connection per request), or from the first run's last request (the next run lists the
+    study): the bench stops once --timeout more has passed, with one line, and prints the runs
+    that finished; it would have failed each instance left in turn, --timeout each."""
+    per_request = refused_at == "transfer"
+    url = embedded_server(synth_study.root, max_requests_per_connection=1 if per_request else None)
+    marker = (
+        synth_study.instances[10].sop_uid
+        if per_request
+        else qido_order(url, synth_study.study_uid)[-1]
+    )
+    result, _ = _behind_a_refusing_proxy(
+        url, marker, 600, synth_study.study_uid, "--http", "1.1", "--strategy", "single-part",
+        "-c", "1", "--repeat", "3", "--timeout", "1",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    said = "the server stopped accepting connections during the bench: connection refused by "
+    assert result.stderr.startswith(f"dlstudy: error: {said}127.0.0.1:"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    data = json.loads(result.stdout)
+    assert data["error"].startswith(said) and data["exit_status"] == 3
+    runs = [run for row in data["rows"] for run in row["runs"]]
+    assert len(runs) == (0 if per_request else 1)  # the run cut short is left out
+
+
 @pytest.mark.integration
 def test_row_totals_are_sums_over_its_runs(
     synth_study: SynthStudy, embedded_server: StartServer
