@@ -22,7 +22,7 @@ from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Retrieval
 from ..dicomweb.verify import VERIFY_HEAD_LENGTH, read_header
-from ..engine.fetch import status_error
+from ..engine.fetch import check_identity_encoding, status_error
 from ..engine.parts import pour_parts
 from ..errors import (
     IntegrityError,
@@ -111,6 +111,7 @@ class CellRun:
                 check_auth(response)
                 if response.status_code != 200:
                     raise status_error(response, what)
+                check_identity_encoding(response, what)  # compressed: not the instance
                 self.result.ttfb.append(headers_at - sent)
                 media = parse_media_type(response.headers.get("content-type", ""))
                 if media.mime == MULTIPART_RELATED:

@@ -670,6 +670,29 @@ def test_a_body_cut_in_its_header_where_http_cannot_tell_counts_nothing(
 
 
 @pytest.mark.integration
+def test_an_instance_compressed_though_identity_was_asked_is_a_failure() -> None:
+    """A server gzips every instance although `Accept-Encoding: identity` was asked: what
+    arrives is not the instance (download refuses it, not decoding it), so each request
+    fails, as in download, and no bytes count (3 gzip bodies counted as instances, `ok`)."""
+    from ..scripted_servers import compressing
+
+    with compressing() as (url, study, asked):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "single-part",
+            "--strategy", "multipart-instance", "-c", "1", "--repeat", "1", "--json",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert set(asked) == {"identity"}
+    for row in json.loads(result.stdout)["rows"]:
+        assert re.fullmatch(
+            r"3 of 3 failed: instance [0-9.]+: the server sent a gzip-encoded body, though "
+            r"identity was asked for",
+            row["status"],
+        ), row["status"]
+        assert row["totals"]["instances"] == row["totals"]["bytes"] == 0
+
+
+@pytest.mark.integration
 def test_a_series_answered_with_the_whole_study_is_a_failure_not_a_fast_series(
     tmp_path: Path,
 ) -> None:
