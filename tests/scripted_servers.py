@@ -9,6 +9,7 @@ import json
 import ssl
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -583,3 +584,23 @@ def whole_study_for_series() -> Iterator[tuple[str, str, dict[str, list[str]]]]:
 
     with _one_server(WholeStudy) as url:
         yield url, STUDY, series
+
+
+@contextmanager
+def study_with_a_misnamed_part() -> Iterator[tuple[str, str, list[str]]]:
+    """One series of SOPS; the study is answered multipart, its second part naming an invalid
+    SOP Instance UID (`../x`). Yields (base URL, study UID, the SOP UIDs of the good parts)."""
+    names = [SOPS[0], "../x", SOPS[2]]
+    with warnings.catch_warnings():  # pydicom's about the invalid UID: it is the point
+        warnings.simplefilter("ignore")
+        body = multipart_body([part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in names])
+
+    class Misnamed(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if not self.listing(path):
+                content_type = 'multipart/related; type="application/dicom"; boundary=b0undary'
+                self.reply(200, body, content_type)
+
+    with _one_server(Misnamed) as url:
+        yield url, STUDY, [SOPS[0], SOPS[2]]

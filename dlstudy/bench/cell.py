@@ -229,12 +229,16 @@ class Output:
             except BaseException:
                 self.abandon()
                 raise
-        # Counted once whole: the bytes of a cut body are no throughput, whatever the strategy.
+        temp, self.temp = self.temp, None
+        if temp is not None:
+            self._commit(temp)
+        # Counted once whole (and kept, with --keep): the bytes of a cut body, or of a part
+        # that could not be kept, are no throughput, whatever the strategy.
         self.result.bytes += self.size
         self.result.instances += 1
-        temp, self.temp = self.temp, None
-        if temp is None:
-            return
+
+    def _commit(self, temp: TempFile) -> None:
+        """Rename the --keep file to its final name (a part's, from its header)."""
         try:
             temp.close()
             if self.sop_uid is None:  # a part of a series or study: its header names it

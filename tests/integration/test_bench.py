@@ -811,6 +811,28 @@ def test_a_server_gone_for_good_stops_the_bench_with_one_line(
 
 
 @pytest.mark.integration
+def test_kept_counts_are_the_kept_files_when_a_part_cannot_be_kept(tmp_path: Path) -> None:
+    """With --keep, the study's second part names an invalid SOP Instance UID: it cannot be
+    kept, and the request fails. Its bytes are not counted either: the run's bytes and
+    instances are the files kept (the part was counted before it was found unkeepable)."""
+    from ..scripted_servers import study_with_a_misnamed_part
+
+    kept = tmp_path / "kept"
+    with study_with_a_misnamed_part() as (url, study, good):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "study", "--repeat",
+            "1", "--json", "--keep", str(kept),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"].endswith("a part names an invalid SOP Instance UID '../x'"), row
+    files = list(kept.iterdir())
+    assert [p.name for p in files] == [f"{good[0]}.dcm"]  # the third part is never reached
+    assert row["totals"]["instances"] == 1
+    assert row["totals"]["bytes"] == files[0].stat().st_size
+
+
+@pytest.mark.integration
 def test_row_totals_are_sums_over_its_runs(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
