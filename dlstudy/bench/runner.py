@@ -238,6 +238,7 @@ class _Bench:
         self.unsupported: dict[tuple[str, str], str] = {}  # (strategy or "*", http) -> reason
         self.refused: dict[tuple[str, str], set[str]] = {}  # (strategy, http) -> what was
         self.probing = anyio.Lock()  # one "is the server still there?" at a time
+        self.answered_at = 0.0  # when that question last found the server (monotonic)
 
     async def run(self, on_cell: CellDone | None) -> None:
         await self._probe_protocols()
@@ -378,8 +379,9 @@ class _Bench:
             except ConnectError as exc:
                 # Refused for --timeout seconds already (the transport connects again until
                 # then): a failure of this request, and the bench goes on if the server is back.
+                failed_at = time.monotonic()
                 run.result.fail(_naming(what, exc))
-                await self._check_still_there(run)
+                await self._check_still_there(run, failed_at)
 
         async def one_instance(ref: InstanceRef) -> None:
             url = instance_url(base, ref.study_uid, ref.series_uid, ref.sop_uid)
@@ -397,12 +399,14 @@ class _Bench:
         else:
             await run_pool(list(groups.items()), one_group, run.result.concurrency)
 
-    async def _check_still_there(self, run: CellRun) -> None:
+    async def _check_still_there(self, run: CellRun, failed_at: float) -> None:
         """Raise ConnectError when the server still refuses connections after --timeout more
         seconds: gone for good, the bench stops rather than fail every request left, each after
-        its own --timeout. Asked in the failed request's slot, so within the cell's concurrency.
-        """
+        its own --timeout. Asked in the failed request's slot, so within the cell's concurrency;
+        not again for requests refused before it last found the server."""
         async with self.probing:
+            if self.answered_at > failed_at:
+                return
             http: HttpVersion = "2" if run.result.http == "2" else "1.1"
             settings = replace(self.settings, http=http, concurrency=1)
             transport = Transport(settings, auth=self.auth, answered=True)
@@ -416,6 +420,7 @@ class _Bench:
                 pass  # it accepted the connection: there, whatever it answered
             finally:
                 await transport.aclose()
+            self.answered_at = time.monotonic()
 
 
 def _gone(exc: ConnectError) -> ConnectError:
