@@ -399,6 +399,24 @@ def test_a_failed_request_is_reported_naming_it_once(
 
 
 @pytest.mark.integration
+def test_a_run_that_measured_no_speed_says_none_in_json(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Every request fails (503): the row has no median, and each run's own `mb_per_s` and
+    `instances_per_s` are null too (they said 0.0, a speed to average with the others)."""
+    url = embedded_server(synth_study.root, fault_rate=1.0, fault_status=503)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--http", "1.1", "--strategy",
+        "single-part", "-c", "1", "--repeat", "2", "--limit", "3", "--json",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["mb_per_s"]["median"] is None and row["repeats"] == 0
+    assert [(run["ran"], run["failures"]) for run in row["runs"]] == [(True, 3), (True, 3)]
+    assert all(run["mb_per_s"] is None and run["instances_per_s"] is None for run in row["runs"])
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("form", ["table", "json"])
 def test_a_chart_that_cannot_be_written_leaves_no_half_image(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, form: str
