@@ -9,6 +9,7 @@ import json
 import ssl
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -334,12 +335,12 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
 
 @contextmanager
 def cutting(
-    cut_first: int, tls: ssl.SSLContext | None = None
+    cut_first: int, tls: ssl.SSLContext | None = None, *, cut_to: int | None = None
 ) -> Iterator[tuple[str, str, list[str]]]:
     """Instances answered without a Content-Length, the body ending when the connection
-    closes: the first `cut_first` answers close halfway, so HTTP itself cannot tell them from
-    whole ones. With `tls`, over TLS, each connection closed without close_notify. Yields
-    (base URL, study UID, the SOP UIDs)."""
+    closes: the first `cut_first` answers close halfway (or after `cut_to` bytes), so HTTP
+    itself cannot tell them from whole ones. With `tls`, over TLS, each connection closed
+    without close_notify. Yields (base URL, study UID, the SOP UIDs)."""
     answers = [0]
 
     class Cutting(_Quiet):
@@ -355,7 +356,7 @@ def cutting(
                 data = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 65536)
                 answers[0] += 1
                 if answers[0] <= cut_first:
-                    data = data[: len(data) // 2]
+                    data = data[: len(data) // 2 if cut_to is None else cut_to]
                 self.send_response(200)
                 self.send_header("Content-Type", "application/dicom")
                 self.send_header("Connection", "close")
@@ -583,3 +584,23 @@ def whole_study_for_series() -> Iterator[tuple[str, str, dict[str, list[str]]]]:
 
     with _one_server(WholeStudy) as url:
         yield url, STUDY, series
+
+
+@contextmanager
+def study_with_a_misnamed_part() -> Iterator[tuple[str, str, list[str]]]:
+    """One series of SOPS; the study is answered multipart, its second part naming an invalid
+    SOP Instance UID (`../x`). Yields (base URL, study UID, the SOP UIDs of the good parts)."""
+    names = [SOPS[0], "../x", SOPS[2]]
+    with warnings.catch_warnings():  # pydicom's about the invalid UID: it is the point
+        warnings.simplefilter("ignore")
+        body = multipart_body([part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in names])
+
+    class Misnamed(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if not self.listing(path):
+                content_type = 'multipart/related; type="application/dicom"; boundary=b0undary'
+                self.reply(200, body, content_type)
+
+    with _one_server(Misnamed) as url:
+        yield url, STUDY, [SOPS[0], SOPS[2]]

@@ -17,19 +17,12 @@ from typing import IO
 
 import httpx
 
-from ..dicomweb.completeness import check_complete, check_complete_in
-from ..dicomweb.header_fast import parse_head
+from ..dicomweb.completeness import check_complete
 from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Retrieval
-from ..dicomweb.verify import (
-    HEADER_PREFIX_LENGTH,
-    MAGIC,
-    PREAMBLE_LENGTH,
-    VERIFY_HEAD_LENGTH,
-    read_header,
-)
-from ..engine.fetch import status_error
+from ..dicomweb.verify import VERIFY_HEAD_LENGTH, read_header
+from ..engine.fetch import check_identity_encoding, status_error
 from ..engine.parts import pour_parts
 from ..errors import (
     IntegrityError,
@@ -72,8 +65,9 @@ class TimedTransport(Transport):
         auth: httpx.Auth | None,
         gauge: Gauge,
         latencies: list[float],
+        answered: bool = False,
     ) -> None:
-        super().__init__(settings, auth=auth)
+        super().__init__(settings, auth=auth, answered=answered)
         self.gauge = gauge
         self.latencies = latencies
 
@@ -117,6 +111,7 @@ class CellRun:
                 check_auth(response)
                 if response.status_code != 200:
                     raise status_error(response, what)
+                check_identity_encoding(response, what)  # compressed: not the instance
                 self.result.ttfb.append(headers_at - sent)
                 media = parse_media_type(response.headers.get("content-type", ""))
                 if media.mime == MULTIPART_RELATED:
@@ -207,13 +202,13 @@ class Output:
         self.sop_uid = sop_uid
         self.size = 0
         self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
-        # A body whose end HTTP cannot prove is kept (in the --keep file, or an anonymous temp
-        # file) to walk its DICOM structure, as download does: a cut one is no instance.
+        # A body whose end HTTP cannot prove is kept (in the --keep file, or a temp file) to be
+        # judged as download judges it: a cut one is no instance.
         self.check_whole = check_whole
         self.head = b""
         self.spool: IO[bytes] | None = None
         if check_whole and self.temp is None:
-            self.spool = tempfile.TemporaryFile(prefix="dlstudy-bench-")
+            self.spool = tempfile.NamedTemporaryFile(prefix="dlstudy-bench-", suffix=".dcm")
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -234,12 +229,16 @@ class Output:
             except BaseException:
                 self.abandon()
                 raise
-        # Counted once whole: the bytes of a cut body are no throughput, whatever the strategy.
+        temp, self.temp = self.temp, None
+        if temp is not None:
+            self._commit(temp)
+        # Counted once whole (and kept, with --keep): the bytes of a cut body, or of a part
+        # that could not be kept, are no throughput, whatever the strategy.
         self.result.bytes += self.size
         self.result.instances += 1
-        temp, self.temp = self.temp, None
-        if temp is None:
-            return
+
+    def _commit(self, temp: TempFile) -> None:
+        """Rename the --keep file to its final name (a part's, from its header)."""
         try:
             temp.close()
             if self.sop_uid is None:  # a part of a series or study: its header names it
@@ -253,26 +252,24 @@ class Output:
             raise
 
     def _check_whole(self) -> None:
-        """Raise IntegrityError when the body's DICOM structure runs past its end. Bodies the
-        walk cannot judge (a bare dataset, an unusual header) are let through."""
-        if self.head[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] != MAGIC:
-            return
-        info = parse_head(self.head[HEADER_PREFIX_LENGTH:], whole=self.size == len(self.head))
-        if info is None:
-            return
-        label = f"instance {self.sop_uid}"
+        """Raise IntegrityError unless the body is whole, judged by download's own checks: its
+        header read (pydicom when the fast parser gives up, as on a cut header), then its
+        elements walked to its end (dicomweb/completeness.py)."""
         if self.spool is not None:
             spool, self.spool = self.spool, None
             with spool:
-                spool.seek(0)
-                check_complete_in(
-                    spool, transfer_syntax=info.transfer_syntax, size=self.size, label=label
-                )
+                spool.flush()
+                self._judge(Path(spool.name))
         elif self.temp is not None:
             self.temp.close()
-            check_complete(
-                self.temp.path, transfer_syntax=info.transfer_syntax, size=self.size, label=label
-            )
+            self._judge(self.temp.path)
+
+    def _judge(self, path: Path) -> None:
+        label = f"instance {self.sop_uid}"
+        info = read_header(path, label=label, head=self.head, size=self.size)
+        check_complete(
+            path, transfer_syntax=info.transfer_syntax, size=self.size, label=label, head=self.head
+        )
 
     def abandon(self) -> None:
         if self.spool is not None:

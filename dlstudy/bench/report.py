@@ -114,8 +114,10 @@ class CellResult:
             "instances": self.instances,
             "requests": self.requests,
             "failures": self.failures,
-            "mb_per_s": round(self.mb_per_s, 3),
-            "instances_per_s": round(self.instances_per_s, 3),
+            # None, not 0, for a run that measured no speed (every request failed, unsupported,
+            # not run): as in its row, no "0 MB/s" to be averaged with the others.
+            "mb_per_s": round(self.mb_per_s, 3) if self.measured else None,
+            "instances_per_s": round(self.instances_per_s, 3) if self.measured else None,
             "http_version": self.http_version,
             "max_in_flight": self.max_in_flight,
         }

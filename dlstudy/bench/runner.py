@@ -15,7 +15,10 @@ transfers alone: wall time, payload bytes, instances, and per request the time t
 (from sending the request to having the response headers). Nothing ever has more requests in
 flight than the cell's concurrency: transfers run in a pool of exactly that many workers, the
 QIDO phase uses at most that many too, and a gauge around every request proves it
-(`max_in_flight`). There are no retries: a benchmark reports what the server does.
+(`max_in_flight`). There are no retries: a benchmark reports what the server does. A server
+refusing connections is connected to again for `timeout` seconds, as download does; a request
+still refused fails, and a server still refusing `timeout` seconds later is gone: the bench
+stops (ConnectError) instead of failing every request left, one `timeout` each.
 
 Bytes are counted and dropped unless `keep` names a folder: then each instance is written raw
 to `keep/<SOPInstanceUID>.dcm` (temp file, atomic rename). A strategy the server refuses on its
@@ -234,6 +237,8 @@ class _Bench:
         self.negotiators = {s: Negotiator(_forms(s)) for s in plan.strategies}
         self.unsupported: dict[tuple[str, str], str] = {}  # (strategy or "*", http) -> reason
         self.refused: dict[tuple[str, str], set[str]] = {}  # (strategy, http) -> what was
+        self.probing = anyio.Lock()  # one "is the server still there?" at a time
+        self.answered_at = 0.0  # when that question last found the server (monotonic)
 
     async def run(self, on_cell: CellDone | None) -> None:
         await self._probe_protocols()
@@ -253,7 +258,11 @@ class _Bench:
         self, http: HttpVersion, concurrency: int, gauge: Gauge, latencies: list[float]
     ) -> TimedTransport:
         settings = replace(self.settings, http=http, concurrency=concurrency)
-        return TimedTransport(settings, auth=self.auth, gauge=gauge, latencies=latencies)
+        # The protocol probe found the server answering: a connection it refuses later (a
+        # restart) is tried again for --timeout seconds, by a run's first request too.
+        return TimedTransport(
+            settings, auth=self.auth, gauge=gauge, latencies=latencies, answered=True
+        )
 
     async def _probe_protocols(self) -> None:
         """One search per HTTP version: a version that fails is unsupported, all failing is fatal.
@@ -262,7 +271,7 @@ class _Bench:
         """
         errors: list[ServerError | TransferError] = []
         for http in self.plan.http:
-            transport = self._transport(http, 1, Gauge(), [])
+            transport = Transport(replace(self.settings, http=http, concurrency=1), auth=self.auth)
             try:
                 response = await transport.get(
                     transport.base_url + "/studies",
@@ -300,7 +309,10 @@ class _Bench:
         http: HttpVersion = "2" if result.http == "2" else "1.1"
         transport = self._transport(http, result.concurrency, gauge, result.qido)
         try:
-            refs = await self._resolve(transport, result.concurrency)
+            try:
+                refs = await self._resolve(transport, result.concurrency)
+            except ConnectError as exc:  # refused for --timeout seconds: gone for good
+                raise _gone(exc) from exc
             if self.report.instances_in_study is None:
                 self.report.instances_in_study = len(refs)
             work = refs[: self.plan.limit] if self.plan.limit else refs
@@ -364,6 +376,12 @@ class _Bench:
                 run.result.fail(_naming(what, exc))
             except TransferError as exc:
                 run.result.fail(_naming(what, exc))
+            except ConnectError as exc:
+                # Refused for --timeout seconds already (the transport connects again until
+                # then): a failure of this request, and the bench goes on if the server is back.
+                failed_at = time.monotonic()
+                run.result.fail(_naming(what, exc))
+                await self._check_still_there(run, failed_at)
 
         async def one_instance(ref: InstanceRef) -> None:
             url = instance_url(base, ref.study_uid, ref.series_uid, ref.sop_uid)
@@ -381,8 +399,37 @@ class _Bench:
         else:
             await run_pool(list(groups.items()), one_group, run.result.concurrency)
 
+    async def _check_still_there(self, run: CellRun, failed_at: float) -> None:
+        """Raise ConnectError when the server still refuses connections after --timeout more
+        seconds: gone for good, the bench stops rather than fail every request left, each after
+        its own --timeout. Asked in the failed request's slot, so within the cell's concurrency;
+        not again for requests refused before it last found the server."""
+        async with self.probing:
+            if self.answered_at > failed_at:
+                return
+            http: HttpVersion = "2" if run.result.http == "2" else "1.1"
+            settings = replace(self.settings, http=http, concurrency=1)
+            transport = Transport(settings, auth=self.auth, answered=True)
+            url = transport.base_url + "/studies"
+            try:
+                with run.gauge.hold():
+                    await transport.get(url, headers={"Accept": DICOM_JSON}, params={"limit": "1"})
+            except ConnectError as exc:
+                raise _gone(exc) from exc
+            except TransferError:
+                pass  # it accepted the connection: there, whatever it answered
+            finally:
+                await transport.aclose()
+            self.answered_at = time.monotonic()
 
-def _naming(what: str, exc: TransferError) -> str:
+
+def _gone(exc: ConnectError) -> ConnectError:
+    return ConnectError(
+        f"the server stopped accepting connections during the bench: {exc}", url=exc.url
+    )
+
+
+def _naming(what: str, exc: DlstudyError) -> str:
     """The failure's message, led by what failed (once: most errors name it already)."""
     text = str(exc)
     return text if text.startswith(what) else f"{what}: {text}"

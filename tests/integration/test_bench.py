@@ -399,6 +399,24 @@ def test_a_failed_request_is_reported_naming_it_once(
 
 
 @pytest.mark.integration
+def test_a_run_that_measured_no_speed_says_none_in_json(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Every request fails (503): the row has no median, and each run's own `mb_per_s` and
+    `instances_per_s` are null too (they said 0.0, a speed to average with the others)."""
+    url = embedded_server(synth_study.root, fault_rate=1.0, fault_status=503)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--http", "1.1", "--strategy",
+        "single-part", "-c", "1", "--repeat", "2", "--limit", "3", "--json",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["mb_per_s"]["median"] is None and row["repeats"] == 0
+    assert [(run["ran"], run["failures"]) for run in row["runs"]] == [(True, 3), (True, 3)]
+    assert all(run["mb_per_s"] is None and run["instances_per_s"] is None for run in row["runs"])
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("form", ["table", "json"])
 def test_a_chart_that_cannot_be_written_leaves_no_half_image(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, form: str
@@ -637,6 +655,62 @@ def test_a_body_cut_where_http_cannot_tell_counts_nothing(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("keep", [False, True], ids=["dropped", "kept"])
+@pytest.mark.parametrize(
+    ("cut_to", "reason"),
+    [(100, "response too short to be DICOM"), (250, "the file is incomplete")],
+    ids=["before DICM", "before the UIDs"],
+)
+def test_a_body_cut_in_its_header_where_http_cannot_tell_counts_nothing(
+    tmp_path: Path, keep: bool, cut_to: int, reason: str
+) -> None:
+    """As above, the first two bodies closed after `cut_to` bytes: inside the DICOM header,
+    where the fast header parser gives up. Judged as download judges them (pydicom, then the
+    walk), they are failures; they counted as whole instances (`ok`, exit 0)."""
+    from ..factories import part10
+    from ..scripted_servers import SERIES, cutting
+
+    kept = tmp_path / "kept"
+    with cutting(2, cut_to=cut_to) as (url, study, sops):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "single-part",
+            "-c", "1", "--repeat", "1", "--json", *(["--keep", str(kept)] if keep else []),
+        )  # fmt: skip
+    whole = {sop: part10(study, SERIES, sop, payload=b"\1" * 65536) for sop in sops}
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"].startswith(f"2 of 3 failed: instance {sops[0]}: {reason}"), row
+    totals = row["totals"]
+    assert (totals["instances"], totals["failures"]) == (1, 2)
+    assert totals["bytes"] == len(whole[sops[2]])
+    if keep:
+        assert [p.name for p in kept.iterdir()] == [f"{sops[2]}.dcm"]
+
+
+@pytest.mark.integration
+def test_an_instance_compressed_though_identity_was_asked_is_a_failure() -> None:
+    """A server gzips every instance although `Accept-Encoding: identity` was asked: what
+    arrives is not the instance (download refuses it, not decoding it), so each request
+    fails, as in download, and no bytes count (3 gzip bodies counted as instances, `ok`)."""
+    from ..scripted_servers import compressing
+
+    with compressing() as (url, study, asked):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "single-part",
+            "--strategy", "multipart-instance", "-c", "1", "--repeat", "1", "--json",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert set(asked) == {"identity"}
+    for row in json.loads(result.stdout)["rows"]:
+        assert re.fullmatch(
+            r"3 of 3 failed: instance [0-9.]+: the server sent a gzip-encoded body, though "
+            r"identity was asked for",
+            row["status"],
+        ), row["status"]
+        assert row["totals"]["instances"] == row["totals"]["bytes"] == 0
+
+
+@pytest.mark.integration
 def test_a_series_answered_with_the_whole_study_is_a_failure_not_a_fast_series(
     tmp_path: Path,
 ) -> None:
@@ -662,6 +736,140 @@ def test_a_series_answered_with_the_whole_study_is_a_failure_not_a_fast_series(
         rows["series"]["status"],
     ), rows["series"]["status"]
     assert len(list(kept.iterdir())) == 4 and not list(kept.glob(".*"))
+
+
+def _behind_a_refusing_proxy(
+    url: str, marker: str, seconds: float, *args: str
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`dlstudy bench --json ARGS` through a fault proxy that refuses new connections for
+    `seconds` from the request naming `marker` (closed at the end, if still refusing); the
+    result and how many refusal windows opened."""
+    from ..faultproxy import FaultProxy
+
+    proxy = FaultProxy(int(url.split(":")[2].split("/")[0]), refuse=(marker.encode(), seconds))
+    try:
+        result = run_installed("bench", *args, "--url", proxy.url(), "--json", timeout=90)
+    finally:
+        proxy.close()
+    return result, proxy.refused_windows
+
+
+@pytest.mark.integration
+def test_a_connection_refused_mid_run_fails_that_request_and_the_bench_goes_on(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Each connection serves one request; from the 11th instance's on, new ones are refused
+    for 7.5 s. The next request, refused for --timeout (5 s), is one failure of its run (with,
+    at times, one reset by the proxy as it stops listening); the server is back before
+    --timeout more, so the rest are measured, exit 1 (a refused connection ended the whole
+    bench, exit 3, where a reset one fails only its request)."""
+    url = embedded_server(synth_study.root, max_requests_per_connection=1)
+    result, windows = _behind_a_refusing_proxy(
+        url, synth_study.instances[10].sop_uid, 7.5, synth_study.study_uid, "--http", "1.1",
+        "--strategy", "single-part", "-c", "1", "--repeat", "2", "--timeout", "5", "-v",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert windows == 1 and "cannot connect (" in result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    count = len(synth_study.instances)
+    failures = row["totals"]["failures"]
+    assert failures in (1, 2) and row["totals"]["instances"] == 2 * count - failures
+    assert row["totals"]["runs"] == 2 and [run["failures"] for run in row["runs"]][1] == 0
+    assert re.fullmatch(
+        rf"{failures} of {2 * count} failed: instance [0-9.]+: connection "
+        r"(refused by 127\.0\.0\.1:|broken ).*",
+        row["status"],
+    ), row["status"]
+
+
+@pytest.mark.integration
+def test_requests_refused_together_ask_once_whether_the_server_is_back(
+    synth_study: SynthStudy, embedded_server: StartServer, seen_requests: SeenRequests
+) -> None:
+    """As above with 4 requests in flight: the refused ones fail together, and one question
+    (a search for one study) finds the server back for all of them; each asked again."""
+    url = embedded_server(synth_study.root, max_requests_per_connection=1)
+    result, windows = _behind_a_refusing_proxy(
+        url, synth_study.instances[10].sop_uid, 7.5, synth_study.study_uid, "--http", "1.1",
+        "--strategy", "single-part", "-c", "4", "--repeat", "1", "--timeout", "5",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["totals"]["failures"] >= 2, row
+    searches = [r for r in seen_requests.requests if r == ("/dicomweb/studies", b"limit=1")]
+    assert len(searches) == 2  # the protocol probe, then the one question
+
+
+@pytest.mark.integration
+def test_a_connection_refused_as_a_run_starts_is_tried_again(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """New connections are refused for 1.5 s from the first run's last request, as the second
+    run lists the study on a new connection: it connects again, as download does (it was
+    refused at once: the bench ended, exit 3)."""
+    url = embedded_server(synth_study.root)
+    last = qido_order(url, synth_study.study_uid)[-1]
+    result, windows = _behind_a_refusing_proxy(
+        url, last, 1.5, synth_study.study_uid, "--http", "1.1", "--strategy", "single-part",
+        "-c", "1", "--repeat", "2", "--timeout", "5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert windows == 1
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"] == "ok" and row["totals"]["runs"] == 2
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("refused_at", ["transfer", "listing"])
+def test_a_server_gone_for_good_stops_the_bench_with_one_line(
+    synth_study: SynthStudy, embedded_server: StartServer, refused_at: str
+) -> None:
+    """The server refuses every new connection from the 11th instance's request (one
+    connection per request), or from the first run's last request (the next run lists the
+    study): the bench stops once --timeout more has passed, with one line, and prints the runs
+    that finished; it would have failed each instance left in turn, --timeout each."""
+    per_request = refused_at == "transfer"
+    url = embedded_server(synth_study.root, max_requests_per_connection=1 if per_request else None)
+    marker = (
+        synth_study.instances[10].sop_uid
+        if per_request
+        else qido_order(url, synth_study.study_uid)[-1]
+    )
+    result, _ = _behind_a_refusing_proxy(
+        url, marker, 600, synth_study.study_uid, "--http", "1.1", "--strategy", "single-part",
+        "-c", "1", "--repeat", "3", "--timeout", "1",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    said = "the server stopped accepting connections during the bench: connection refused by "
+    assert result.stderr.startswith(f"dlstudy: error: {said}127.0.0.1:"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    data = json.loads(result.stdout)
+    assert data["error"].startswith(said) and data["exit_status"] == 3
+    runs = [run for row in data["rows"] for run in row["runs"]]
+    assert len(runs) == (0 if per_request else 1)  # the run cut short is left out
+
+
+@pytest.mark.integration
+def test_kept_counts_are_the_kept_files_when_a_part_cannot_be_kept(tmp_path: Path) -> None:
+    """With --keep, the study's second part names an invalid SOP Instance UID: it cannot be
+    kept, and the request fails. Its bytes are not counted either: the run's bytes and
+    instances are the files kept (the part was counted before it was found unkeepable)."""
+    from ..scripted_servers import study_with_a_misnamed_part
+
+    kept = tmp_path / "kept"
+    with study_with_a_misnamed_part() as (url, study, good):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "study", "--repeat",
+            "1", "--json", "--keep", str(kept),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"].endswith("a part names an invalid SOP Instance UID '../x'"), row
+    files = list(kept.iterdir())
+    assert [p.name for p in files] == [f"{good[0]}.dcm"]  # the third part is never reached
+    assert row["totals"]["instances"] == 1
+    assert row["totals"]["bytes"] == files[0].stat().st_size
 
 
 @pytest.mark.integration
