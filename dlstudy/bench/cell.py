@@ -13,15 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO
 
 import httpx
 
-from ..dicomweb.completeness import check_complete
+from ..dicomweb.completeness import check_complete_in
 from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Retrieval
-from ..dicomweb.verify import VERIFY_HEAD_LENGTH, read_header
+from ..dicomweb.verify import VERIFY_HEAD_LENGTH, read_header, read_header_in
 from ..engine.fetch import check_identity_encoding, status_error
 from ..engine.parts import pour_parts
 from ..errors import (
@@ -33,6 +33,7 @@ from ..http.transfer import pour_body
 from ..http.urls import is_valid_uid
 from ..settings import Settings
 from ..store.files import TempFile
+from ..store.safe_files import open_binary
 from .report import (
     CellResult,
 )
@@ -206,9 +207,9 @@ class Output:
         # judged as download judges it: a cut one is no instance.
         self.check_whole = check_whole
         self.head = b""
-        self.spool: IO[bytes] | None = None
+        self.spool: BinaryIO | None = None
         if check_whole and self.temp is None:
-            self.spool = tempfile.NamedTemporaryFile(prefix="dlstudy-bench-", suffix=".dcm")
+            self.spool = tempfile.TemporaryFile(prefix="dlstudy-bench-")  # gone with us
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -258,18 +259,16 @@ class Output:
         if self.spool is not None:
             spool, self.spool = self.spool, None
             with spool:
-                spool.flush()
-                self._judge(Path(spool.name))
+                self._judge(spool)
         elif self.temp is not None:
             self.temp.close()
-            self._judge(self.temp.path)
+            with open_binary(self.temp.path) as kept:
+                self._judge(kept)
 
-    def _judge(self, path: Path) -> None:
+    def _judge(self, fp: BinaryIO) -> None:
         label = f"instance {self.sop_uid}"
-        info = read_header(path, label=label, head=self.head, size=self.size)
-        check_complete(
-            path, transfer_syntax=info.transfer_syntax, size=self.size, label=label, head=self.head
-        )
+        info = read_header_in(fp, label=label, head=self.head, size=self.size)
+        check_complete_in(fp, transfer_syntax=info.transfer_syntax, size=self.size, label=label)
 
     def abandon(self) -> None:
         if self.spool is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import IntegrityError
 from ..store.safe_files import open_binary
@@ -85,6 +85,14 @@ def _guess_text(prefix: bytes) -> str:
     return "looks like text"
 
 
+def _from_head(head: bytes | None, size: int | None) -> HeaderInfo | None:
+    """The header read from the file's first bytes alone, when they are enough."""
+    if head is not None and head[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
+        data = head[HEADER_PREFIX_LENGTH:VERIFY_HEAD_LENGTH]  # what the file path would read
+        return parse_head(data, whole=size == HEADER_PREFIX_LENGTH + len(data))
+    return None
+
+
 def read_header(
     path: Path, *, label: str, head: bytes | None = None, size: int | None = None
 ) -> HeaderInfo:
@@ -94,35 +102,43 @@ def read_header(
     file's, let a plain file be read from memory; the file is opened only when they are not
     enough, with the same outcome either way.
     """
-    if head is not None and head[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
-        data = head[HEADER_PREFIX_LENGTH:VERIFY_HEAD_LENGTH]  # what the file path would read
-        info = parse_head(data, whole=size == HEADER_PREFIX_LENGTH + len(data))
-        if info is not None:
-            return info
+    if (info := _from_head(head, size)) is not None:
+        return info
     with open_binary(path) as fp:
-        prefix = fp.read(HEADER_PREFIX_LENGTH)
-        if len(prefix) < HEADER_PREFIX_LENGTH:
-            raise IntegrityError(
-                f"{label}: response too short to be DICOM ({len(prefix)} bytes)", retryable=True
-            )
-        check_prefix(prefix, sop_uid=label.removeprefix("instance "))
-        has_magic = prefix[PREAMBLE_LENGTH:] == MAGIC
-        if has_magic and (info := read_header_fast(fp)) is not None:
-            return info
-        fp.seek(0)
-        from pydicom.errors import InvalidDicomError
-        from pydicom.filereader import read_partial
+        return read_header_in(fp, label=label)
 
-        try:
-            # The three UIDs live in groups 0008 and 0020: stop parsing right after them
-            # instead of walking every element up to the pixel data.
-            dataset = read_partial(
-                fp, stop_when=_past_series_uid, specific_tags=UID_TAGS, force=not has_magic
-            )
-        except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
-            raise IntegrityError(
-                f"{label}: DICOM header cannot be parsed ({exc})", retryable=True
-            ) from exc
+
+def read_header_in(
+    fp: BinaryIO, *, label: str, head: bytes | None = None, size: int | None = None
+) -> HeaderInfo:
+    """As read_header, for a file already open (an anonymous temp file), read from its
+    start."""
+    if (info := _from_head(head, size)) is not None:
+        return info
+    fp.seek(0)
+    prefix = fp.read(HEADER_PREFIX_LENGTH)
+    if len(prefix) < HEADER_PREFIX_LENGTH:
+        raise IntegrityError(
+            f"{label}: response too short to be DICOM ({len(prefix)} bytes)", retryable=True
+        )
+    check_prefix(prefix, sop_uid=label.removeprefix("instance "))
+    has_magic = prefix[PREAMBLE_LENGTH:] == MAGIC
+    if has_magic and (info := read_header_fast(fp)) is not None:
+        return info
+    fp.seek(0)
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_partial
+
+    try:
+        # The three UIDs live in groups 0008 and 0020: stop parsing right after them
+        # instead of walking every element up to the pixel data.
+        dataset = read_partial(
+            fp, stop_when=_past_series_uid, specific_tags=UID_TAGS, force=not has_magic
+        )
+    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
+        raise IntegrityError(
+            f"{label}: DICOM header cannot be parsed ({exc})", retryable=True
+        ) from exc
     meta = dataset.file_meta if hasattr(dataset, "file_meta") else None
     media_sop = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
     return HeaderInfo(
