@@ -124,7 +124,7 @@ class CellRun:
                         )
                 else:
                     check_whole = _unframed(response)
-                    with self._output(sop_uid, check_whole) as output:
+                    with self._output(sop_uid, check_whole, what) as output:
                         await pour_body(response, output.write)
                     got = 1
         if got < expected:
@@ -166,8 +166,8 @@ class CellRun:
         return got, extra
 
     @contextmanager
-    def _output(self, sop_uid: str | None, check_whole: bool) -> Iterator[Output]:
-        output = Output(self.keep, sop_uid, self.result, check_whole=check_whole)
+    def _output(self, sop_uid: str | None, check_whole: bool, what: str) -> Iterator[Output]:
+        output = Output(self.keep, sop_uid, self.result, check_whole=check_whole, what=what)
         try:
             yield output
         except BaseException:
@@ -198,9 +198,12 @@ class Output:
         result: CellResult,
         *,
         check_whole: bool = False,
+        what: str = "",
     ) -> None:
+        """`what`: the request's subject, naming the body in messages ("series 1.2.3")."""
         self.result = result
         self.sop_uid = sop_uid
+        self.what = what or f"instance {sop_uid}"
         self.size = 0
         self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
         # A body whose end HTTP cannot prove is kept (in the --keep file, or a temp file) to be
@@ -266,7 +269,7 @@ class Output:
                 self._judge(kept)
 
     def _judge(self, fp: BinaryIO) -> None:
-        label = f"instance {self.sop_uid}"
+        label = self.what
         info = read_header_in(fp, label=label, head=self.head, size=self.size)
         check_complete_in(fp, transfer_syntax=info.transfer_syntax, size=self.size, label=label)
 

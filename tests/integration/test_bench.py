@@ -688,6 +688,22 @@ def test_a_body_cut_in_its_header_where_http_cannot_tell_counts_nothing(
 
 
 @pytest.mark.integration
+def test_a_cut_single_part_answer_to_a_series_request_names_the_series() -> None:
+    """A series asked for, one close-delimited single-part body cut in its header: the line
+    names the series asked for (it said `instance None`)."""
+    from ..scripted_servers import SERIES, cutting
+
+    with cutting(1, cut_to=250) as (url, study, _):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "series",
+            "-c", "1", "--repeat", "1", "--json",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"].startswith(f"1 of 1 failed: series {SERIES}: the file is incomplete")
+
+
+@pytest.mark.integration
 def test_an_instance_compressed_though_identity_was_asked_is_a_failure() -> None:
     """A server gzips every instance although `Accept-Encoding: identity` was asked: what
     arrives is not the instance (download refuses it, not decoding it), so each request
