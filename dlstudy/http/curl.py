@@ -391,7 +391,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             tls=tls,
             os_errno=os_errno,
             answered=answered,
-            proxy_tls=tls and _with_proxy(transfer),
+            proxy_tls=(tls or _handshake_timed_out(transfer, message)) and _with_proxy(transfer),
         )
         error: httpx.TransportError
         if code in (pycurl.E_COULDNT_RESOLVE_PROXY, _PROXY_HANDSHAKE) or (
@@ -433,4 +433,16 @@ def _with_proxy(transfer: Transfer) -> bool:
     url = str(transfer.easy.getinfo(pycurl.EFFECTIVE_URL) or "")
     return not url.lower().startswith("https://") or not transfer.easy.getinfo(
         pycurl.HTTP_CONNECTCODE
+    )
+
+
+def _handshake_timed_out(transfer: Transfer, message: str) -> bool:
+    """Whether the connection was made but its TLS handshake never finished in time (a plain
+    HTTP proxy given as https:// may wait silently for a request line)."""
+    easy = transfer.easy
+    connected = easy.getinfo(pycurl.CONNECT_TIME) > 0
+    return (
+        message.startswith("Connection timed out")
+        and connected
+        and not easy.getinfo(pycurl.APPCONNECT_TIME)
     )

@@ -31,6 +31,8 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     curl = curl_failure(exc)
     said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
     if isinstance(exc, httpx.ProxyError):
+        if curl is not None and curl.proxy_tls:  # its TLS handshake timed out
+            return ConnectError(_proxy_tls_failure(said, curl.proxy or ""), url=shown)
         proxy = curl.proxy if curl is not None else None
         # libcurl: "CONNECT tunnel failed, response 407"
         if said.endswith("response 407") or (said.endswith("response 401") and _has_user(proxy)):
@@ -206,6 +208,8 @@ def _proxy_tls_failure(said: str, proxy: str) -> str:
     """The line for a failed TLS handshake with an https:// proxy (`proxy` as shown)."""
     if "wrong version number" in said or "packet length too long" in said:
         said = "it does not speak TLS; if it is a plain HTTP proxy, give it as http://"
+    elif said.startswith("Connection timed out"):
+        said = f"it did not answer ({said}); if it is a plain HTTP proxy, give it as http://"
     else:
         said = _tls_cause(said, httpx.URL(proxy).host, "proxy's")
     return f"TLS handshake with proxy {proxy} failed: {said}"

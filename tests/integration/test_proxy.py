@@ -137,6 +137,27 @@ def test_a_tls_failure_with_the_proxy_names_the_proxy_not_the_server(
     ), line
 
 
+def test_a_plain_http_proxy_given_as_https_is_named_with_the_fix(
+    synth_study: SynthStudy, embedded_server: StartServer, http_proxy: RunningProxy
+) -> None:
+    """`https://` for a plain HTTP proxy (a common slip): one that answers the TLS hello
+    with plain HTTP, and tinyproxy, which waits silently for a request line, each named
+    with the fix (tinyproxy's case was `Connection timed out` alone)."""
+    url = embedded_server(synth_study.root)
+    plain_server = url.rsplit("/", 1)[0].replace("http://", "https://")  # answers in HTTP
+    cases = {
+        plain_server: "it does not speak TLS",
+        http_proxy.url.replace("http://", "https://"): "it did not answer (Connection timed out",
+    }
+    for proxy, said in cases.items():
+        env = {"HTTP_PROXY": proxy}
+        result = run_installed("query", "--url", url, "--timeout", "2", env=env)
+        assert result.returncode == 3, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"dlstudy: error: TLS handshake with proxy {proxy} failed: {said}")
+        assert line.endswith("; if it is a plain HTTP proxy, give it as http://"), line
+
+
 def test_no_proxy_is_honoured(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
