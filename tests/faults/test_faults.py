@@ -687,6 +687,31 @@ def test_a_report_on_a_full_disk_is_one_line_and_the_summary(
         assert_complete(out, synth_study.instances)
 
 
+@pytest.mark.parametrize("command", ["download", "sync"])
+def test_a_log_file_on_a_full_disk_fails_the_run_in_one_line(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, command: str
+) -> None:
+    """Each record that could not be written was a `--- Logging error ---` traceback on
+    stderr, and the run exited 0: a cron job's lost log looked like a quiet night."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    what = [synth_study.study_uid] if command == "download" else []
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as disk:
+        fill(disk)
+        log = disk / "run.log"
+        result = run_installed(
+            command, *what, "--url", url, "-o", str(out), "--json", "-q", "--log-file", str(log)
+        )
+
+    lost = f"cannot write --log-file '{log}': No space left on device"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [f"dlstudy: error: {lost}"]
+    summary = json.loads(result.stdout)
+    assert (summary["error"], summary["exit_status"]) == (lost, 1)
+    assert summary["instances"]["downloaded"] == 60
+    assert_complete(out, synth_study.instances)
+
+
 def test_a_report_in_a_read_only_folder_is_a_usage_error_before_any_request(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
