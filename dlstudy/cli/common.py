@@ -149,7 +149,7 @@ def exit_on_interrupt(
             summary.exit_status = status
             summary.error = "terminated" if terminated else "interrupted"
             if json_output:
-                typer.echo(json.dumps(summary.as_dict(), indent=2))
+                echo_summary(summary)  # the status is the signal's
             else:
                 typer.echo(summary.one_line(), err=True)
         said = "terminated" if terminated else "interrupted"
@@ -199,6 +199,23 @@ def output_failed(exc: OSError) -> NoReturn:
     raise typer.Exit(int(ExitStatus.SOME_FAILED)) from None
 
 
+def echo_summary(summary: Outcome) -> bool:
+    """Print the --json object; False when stdout refused it (`--json > FILE` on a full disk),
+    after one line saying so: the caller's exit status is then 1 at least. A reader that
+    stopped early (`| head`) is no failure. Stdout then goes to /dev/null, as in
+    output_failed, so the flush at exit fails no more."""
+    try:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+    except OSError as exc:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(exc, BrokenPipeError):
+            return True
+        error_line(f"cannot write the output: {exc.strerror or exc}")
+        return False
+    return True
+
+
 def fail(message: str, status: int) -> NoReturn:
     error_line(message)
     raise Failed(message, status)
@@ -219,7 +236,7 @@ def summary_on_failure(json_output: bool, summary: Callable[[], Outcome]) -> Ite
         if json_output:
             failed = summary()
             failed.error, failed.exit_status = exc.message, ExitStatus(exc.exit_code)
-            typer.echo(json.dumps(failed.as_dict(), indent=2))
+            echo_summary(failed)  # the status is the error's
         raise
 
 
@@ -240,8 +257,7 @@ def finish(
     if lost is not None and summary is not None and error is None:
         summary.error = summary.error or lost
         summary.exit_status = max(summary.finish(), ExitStatus.SOME_FAILED)
-    if json_output and summary is not None:
-        typer.echo(json.dumps(summary.as_dict(), indent=2))
+    unwritten = json_output and summary is not None and not echo_summary(summary)
     if error is not None:
         error_line(str(error))
         if lost is not None:
@@ -259,6 +275,8 @@ def finish(
             )
     if lost is not None:
         error_line(lost)
+    if unwritten:
+        summary.exit_status = max(summary.finish(), ExitStatus.SOME_FAILED)
     raise typer.Exit(int(summary.finish()))
 
 

@@ -712,6 +712,38 @@ def test_a_log_file_on_a_full_disk_fails_the_run_in_one_line(
     assert_complete(out, synth_study.instances)
 
 
+def test_a_json_summary_onto_a_full_disk_is_one_line_and_never_exit_0(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`download --json > run.json` (`sync`, `catalog pull`) on a full disk (/dev/full) was an
+    OSError traceback; a run that went well says so in one line and exits 1, one that failed
+    keeps its status."""
+    url = embedded_server(synth_study.root)
+    out = str(tmp_path / "out")
+    lost = "dlstudy: error: cannot write the output: No space left on device"
+    dead = "http://127.0.0.1:1/dicomweb"
+    for command, status, lines in (
+        (["download", synth_study.study_uid, "--url", url, "-o", out], 1, [lost]),
+        (["sync", "--url", url, "-o", out], 1, [lost]),
+        (["download", "1.2.3", "--url", dead, "-o", out], 3, [lost, "connection refused"]),
+        (["catalog", "pull", "--url", url, "--db", str(tmp_path / "c.duckdb")], 1, [lost]),
+    ):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [DLSTUDY, *command, "--json"],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+        assert result.returncode == status, (command, result.stderr)
+        said = result.stderr.splitlines()
+        assert len(said) == len(lines), (command, result.stderr)
+        assert all(part in line for line, part in zip(said, lines, strict=True)), said
+    assert_complete(tmp_path / "out", synth_study.instances)
+
+
 def test_a_report_in_a_read_only_folder_is_a_usage_error_before_any_request(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
