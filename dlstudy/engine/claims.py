@@ -3,10 +3,29 @@ a worker): one counter in shared memory, so no process idles while another has a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..model import InstanceRef
+
+# Seconds a claim waits for the counter's lock before it looks whether the process that
+# started this one is still there: a process killed while it holds the lock (SIGKILL, the OOM
+# killer) never gives it back, and a worker waiting for it would wait for good.
+LOCK_PATIENCE = 1.0
+
+# In a worker, the pid of the process that started it (note_parent); None in the parent.
+_started_by: int | None = None
+
+
+def note_parent() -> None:
+    """A worker's first step: remember its parent, to see it go (it is then another's child)."""
+    global _started_by
+    _started_by = os.getppid()
+
+
+def parent_gone() -> bool:
+    return _started_by is not None and os.getppid() != _started_by
 
 
 class SharedClaims:
@@ -18,11 +37,20 @@ class SharedClaims:
         self._next = counter
 
     def claim(self) -> InstanceRef | None:
-        with self._next.get_lock():
+        """The next instance, or None when all are taken; in a worker whose parent has died,
+        None too: the parent may have died holding the lock, and the worker must end, not
+        hold its caller's output open for good."""
+        lock = self._next.get_lock()
+        while not lock.acquire(timeout=LOCK_PATIENCE):
+            if parent_gone():
+                return None
+        try:
             index: int = self._next.value
             if index >= len(self.refs):
                 return None
             self._next.value = index + 1
+        finally:
+            lock.release()
         return self.refs[index]
 
     def __iter__(self) -> Iterator[InstanceRef]:
