@@ -4,7 +4,7 @@ a worker): one counter in shared memory, so no process idles while another has a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..model import InstanceRef
@@ -35,14 +35,16 @@ class SharedClaims:
     def __init__(self, refs: Sequence[InstanceRef], counter: Any) -> None:
         self.refs = refs
         self._next = counter
+        self.gave_up = False  # a claim ended waiting for a lock whose holder may be dead
 
-    def claim(self) -> InstanceRef | None:
-        """The next instance, or None when all are taken; in a worker whose parent has died,
-        None too: the parent may have died holding the lock, and the worker must end, not
-        hold its caller's output open for good."""
+    def claim(self, give_up: Callable[[], bool] = parent_gone) -> InstanceRef | None:
+        """The next instance, or None when all are taken; None too when the lock stays taken
+        and `give_up()`: its holder may have died holding it. By default, in a worker whose
+        parent has died: the worker must end, not hold its caller's output open for good."""
         lock = self._next.get_lock()
         while not lock.acquire(timeout=LOCK_PATIENCE):
-            if parent_gone():
+            if give_up():
+                self.gave_up = True
                 return None
         try:
             index: int = self._next.value
@@ -55,6 +57,13 @@ class SharedClaims:
 
     def __iter__(self) -> Iterator[InstanceRef]:
         while (ref := self.claim()) is not None:
+            yield ref
+
+    def until(self, give_up: Callable[[], bool]) -> Iterator[InstanceRef]:
+        """The parent's claims: it stops claiming, when the lock stays taken, if `give_up()`
+        says a worker died (one killed holding the lock would keep the run waiting for good,
+        deaf to Ctrl-C, the output folder locked)."""
+        while (ref := self.claim(give_up)) is not None:
             yield ref
 
     def remaining(self) -> int:

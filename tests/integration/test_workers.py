@@ -425,6 +425,64 @@ def test_workers_end_when_the_parent_is_killed_holding_the_claims_lock(
     assert_same_files(instances, out)
 
 
+def test_the_run_ends_when_a_worker_is_killed_holding_the_claims_lock(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """The OOM killer takes a worker while it holds the lock of the shared counter (gdb stops
+    it there, lets the others queue for it, kills it). The parent waited for the lock for
+    good, deaf to Ctrl-C and SIGTERM, the output folder locked: every later run exited 5.
+    Now the run ends, exit 1, the summary counting what did not land as failed."""
+    if shutil.which("gdb") is None:
+        missing_tool("gdb is not installed")
+    if platform.machine() != "x86_64":
+        pytest.skip("the breakpoint's condition reads the first argument from %rdi")
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
+            "--workers", "3", "-c", "6", "--mode", "instance", "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    victim, other = (int(pid) for pid in children)
+    gdb = subprocess.run(
+        [
+            "gdb", "-p", str(victim), "-batch",
+            "-ex", f"break *sem_trywait if $rdi == {_shared_semaphore(victim):#x}",
+            "-ex", "continue", "-ex", "finish", "-ex", "printf \"taken: %d\\n\", $rax == 0",
+            "-ex", "shell sleep 2", "-ex", "kill",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "taken: 1" in gdb.stdout, gdb.stdout + gdb.stderr
+
+    try:
+        stdout, stderr = process.communicate(timeout=90)
+    finally:
+        for pid in (process.pid, other):  # none left behind by a failing run
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    summary = json.loads(stdout)
+    counts = summary["instances"]
+    assert counts["failed"] > 0 and counts["downloaded"] + counts["failed"] == len(instances)
+    assert counts["downloaded"] == len(manifest_rows(out))
+    assert "its worker process ended early" in summary["failures"][0]["reason"]
+    assert not _alive(other)
+    rerun = run_installed("download", instances[0].study_uid, "--url", slow, "-o", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
+
+
 def test_a_waiting_worker_ends_quietly_with_a_killed_parent(
     tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
 ) -> None:
