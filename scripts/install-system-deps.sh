@@ -4,7 +4,9 @@
 # DICOMweb tree), librsvg2-bin (the bench chart's PNG output), curl (third-party client tests),
 # tinyproxy and microsocks (real HTTP/CONNECT and SOCKS5 proxies for the proxy tests; socat puts
 # TLS in front of tinyproxy for an https:// proxy), slurm-wlm
-# and munge (a one-node SLURM cluster runs examples/slurm-array.sh in tests/integration/test_slurm.py).
+# and munge (a one-node SLURM cluster runs examples/slurm-array.sh in tests/integration/test_slurm.py),
+# gdb (stops a `--workers` parent at the moment it holds the workers' shared lock, in
+# tests/integration/test_workers.py).
 #
 # Idempotent: if every tool is already there it exits at once. Otherwise it installs only the
 # packages that are missing (apt-get update + apt-get install --no-install-recommends
@@ -52,13 +54,14 @@ describe() {
     printf '%s' "${listed[*]}" | sed 's/,/, /g'
 }
 
-PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin tinyproxy microsocks socat slurm-wlm munge)
+PACKAGES=(orthanc orthanc-dicomweb curl nginx openssl librsvg2-bin tinyproxy microsocks socat slurm-wlm munge gdb)
 have_tools() {
     find_orthanc >/dev/null && find_plugin >/dev/null && command -v curl >/dev/null \
         && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } \
         && command -v openssl >/dev/null && command -v rsvg-convert >/dev/null \
         && { command -v tinyproxy >/dev/null || [ -x /usr/sbin/tinyproxy ]; } \
-        && command -v microsocks >/dev/null && command -v socat >/dev/null && have_slurm
+        && command -v microsocks >/dev/null && command -v socat >/dev/null && have_slurm \
+        && command -v gdb >/dev/null
 }
 
 # slurmctld, slurmd and munged live in /usr/sbin, which a non-root PATH may lack.
@@ -128,8 +131,8 @@ run chmod 0755 "$POLICY"
 mapfile -t MISSING < <(missing_packages)
 if [ "${#MISSING[@]}" -eq 0 ]; then
     echo "install-system-deps: every package is installed, yet a tool is missing (Orthanc, its" \
-        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, socat, slurm or" \
-        "munge)" >&2
+        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, socat, slurm," \
+        "munge or gdb)" >&2
     exit 1
 fi
 start=$(date +%s)

@@ -19,6 +19,7 @@ from ..errors import DlstudyError, ExitStatus
 from .catalog_options import WhereOpt, catalog_option, check_file
 from .command import Group
 from .common import (
+    echo_summary,
     error_line,
     exit_on_interrupt,
     fail_usage,
@@ -363,7 +364,7 @@ def _pull(
         failed = getattr(exc, "summary", None) or PullSummary()
         failed.error, failed.exit_status = str(exc), exc.exit_status
         if json_output:
-            typer.echo(json.dumps(failed.as_dict(), indent=2))
+            echo_summary(failed)  # the status is the error's
         raise _fail(exc) from exc
     return summary
 
@@ -371,14 +372,14 @@ def _pull(
 def _print_pull(summary: PullSummary, *, json_output: bool, quiet: bool) -> None:
     if summary.unreachable != 0:
         summary.exit_status = ExitStatus.SOME_FAILED
-    if json_output:
-        typer.echo(json.dumps(summary.as_dict(), indent=2))
-    elif not quiet:
+    unwritten = json_output and not echo_summary(summary)
+    if not json_output and not quiet:
         typer.echo(summary.one_line(), err=True)
         for note in summary.notes:
             typer.echo(f"catalog: {note}", err=True)
     if summary.unreachable != 0:
         error_line("the listing is incomplete: some studies could not be reached (see above)")
+    if summary.unreachable != 0 or unwritten:
         raise typer.Exit(int(ExitStatus.SOME_FAILED))
 
 

@@ -42,6 +42,45 @@ outcome.propagate = False
 outcome.addHandler(logging.NullHandler())  # without --log-file: nowhere (not logging's last resort)
 
 
+class LogFile(logging.FileHandler):
+    """--log-file. A record that cannot be written (a full disk) ends the log: logging would
+    print a traceback to stderr for it and for each record after, and the run end as if the
+    log were whole. The run says so as it ends instead (`finish`)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.shown = str(path)
+        self.failure: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is None:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if self.failure is None:
+            exc = sys.exc_info()[1]
+            reason = getattr(exc, "strerror", None) or exc
+            self.failure = f"cannot write --log-file {self.shown!r}: {reason}"
+
+    def flush(self) -> None:
+        if self.failure is None:
+            super().flush()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the rest of its buffer, which the disk refused already
+            pass
+
+
+_log_file: LogFile | None = None
+
+
+def log_file_failure() -> str | None:
+    """Why the --log-file of this command could not be written to its end; None if it was."""
+    return None if _log_file is None else _log_file.failure
+
+
 def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) -> None:
     """dlstudy's own loggers only: httpx logs full URLs (with any secrets) at INFO. Warnings
     go to stderr unless `quiet` (--quiet leaves only errors there: cron mails nothing else)."""
@@ -60,9 +99,11 @@ def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) 
         handler.setFormatter(logging.Formatter("dlstudy: warning: %(message)s"))
     handler.dlstudy_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
+    global _log_file
+    _log_file = None
     if log_file is not None:
         try:
-            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+            file_handler = _log_file = LogFile(log_file)
         except OSError as exc:
             fail_usage(f"cannot open --log-file {str(log_file)!r}: {exc.strerror or exc}")
         file_handler.setFormatter(formatter)
@@ -108,7 +149,7 @@ def exit_on_interrupt(
             summary.exit_status = status
             summary.error = "terminated" if terminated else "interrupted"
             if json_output:
-                typer.echo(json.dumps(summary.as_dict(), indent=2))
+                echo_summary(summary)  # the status is the signal's
             else:
                 typer.echo(summary.one_line(), err=True)
         said = "terminated" if terminated else "interrupted"
@@ -158,6 +199,23 @@ def output_failed(exc: OSError) -> NoReturn:
     raise typer.Exit(int(ExitStatus.SOME_FAILED)) from None
 
 
+def echo_summary(summary: Outcome) -> bool:
+    """Print the --json object; False when stdout refused it (`--json > FILE` on a full disk),
+    after one line saying so: the caller's exit status is then 1 at least. A reader that
+    stopped early (`| head`) is no failure. Stdout then goes to /dev/null, as in
+    output_failed, so the flush at exit fails no more."""
+    try:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+    except OSError as exc:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(exc, BrokenPipeError):
+            return True
+        error_line(f"cannot write the output: {exc.strerror or exc}")
+        return False
+    return True
+
+
 def fail(message: str, status: int) -> NoReturn:
     error_line(message)
     raise Failed(message, status)
@@ -178,7 +236,7 @@ def summary_on_failure(json_output: bool, summary: Callable[[], Outcome]) -> Ite
         if json_output:
             failed = summary()
             failed.error, failed.exit_status = exc.message, ExitStatus(exc.exit_code)
-            typer.echo(json.dumps(failed.as_dict(), indent=2))
+            echo_summary(failed)  # the status is the error's
         raise
 
 
@@ -186,16 +244,26 @@ def finish(
     summary: Summary | None, error: DlstudyError | None, *, json_output: bool, quiet: bool
 ) -> NoReturn:
     """Print the outcome the way the user asked and exit with the documented status."""
-    if json_output and summary is not None:
-        typer.echo(json.dumps(summary.as_dict(), indent=2))
     if error is not None:
         outcome.error("%s", error)
+    else:
+        assert summary is not None
+        outcome.info("%s", summary.one_line())
+        for failure in summary.failures:
+            outcome.warning("failed: %s", failure.reason)
+    # Written last, so its own failure is known; a run that went well fails for a log
+    # cut short (exit 1): cron must not take a lost log for a quiet night.
+    lost = log_file_failure()
+    if lost is not None and summary is not None and error is None:
+        summary.error = summary.error or lost
+        summary.exit_status = max(summary.finish(), ExitStatus.SOME_FAILED)
+    unwritten = json_output and summary is not None and not echo_summary(summary)
+    if error is not None:
         error_line(str(error))
+        if lost is not None:
+            error_line(lost)
         raise typer.Exit(int(error.exit_status))
     assert summary is not None
-    outcome.info("%s", summary.one_line())
-    for failure in summary.failures:
-        outcome.warning("failed: %s", failure.reason)
     if not json_output:
         if not quiet:  # failures are errors: --quiet keeps them (cron mails them)
             typer.echo(summary.one_line(), err=True)
@@ -205,6 +273,10 @@ def finish(
             error_line(
                 f"... and {len(summary.failures) - 20} more failures (see --report or --json)"
             )
+    if lost is not None:
+        error_line(lost)
+    if unwritten:
+        summary.exit_status = max(summary.finish(), ExitStatus.SOME_FAILED)
     raise typer.Exit(int(summary.finish()))
 
 

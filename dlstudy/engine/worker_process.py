@@ -29,6 +29,7 @@ from ..http.auth import auth_from_settings
 from ..http.client import Transport
 from ..model import InstanceRef
 from ..store.files import Store
+from .claims import note_parent
 from .fetch import InstanceFetcher
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ def become_worker() -> None:
     """What every worker process does first: Ctrl-C goes to the parent, which stops it; and
     it does not outlive the parent. SIGTERM ends a waiting worker quietly (a forked one has the
     CLI's handler, which raises for the CLI to report); a working one catches it itself."""
+    note_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()

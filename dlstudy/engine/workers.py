@@ -217,9 +217,12 @@ async def run_in_processes(
     watching = anyio.CancelScope()
 
     def mine() -> Iterator[InstanceRef]:
-        for ref in claims:
+        for ref in claims.until(a_worker_died):
             del unreported[ref.sop_uid]  # this process reports its own, failures included
             yield ref
+
+    def a_worker_died() -> bool:
+        return any(not process.is_alive() for process in processes)
 
     def report(result: Result) -> None:
         if isinstance(result, Done | Failed):
@@ -262,7 +265,9 @@ async def run_in_processes(
             tg.start_soon(grow, tg)
             await local(mine(), limiter)
             watching.cancel()  # all claimed: no workers needed if none started yet
-        finished = True
+            if claims.gave_up:  # the others wait for the lock a dead worker took: stop them
+                tg.cancel_scope.cancel()
+        finished = not claims.gave_up
     finally:
         with anyio.CancelScope(shield=True):
             left = await anyio.to_thread.run_sync(_stop, processes, connections, finished)

@@ -150,6 +150,9 @@ class Run:
         self.manifest.record(
             entry_for(self.store, ref, committed.path, committed.size, committed.digest)
         )
+        self.summary.downloaded += 1  # counted before a report row may fail (a full disk)
+        self.summary.bytes += committed.size
+        self.progress.instance_done(ref, committed.size)
         if self.report is not None:
             self.report.row(
                 DOWNLOADED,
@@ -158,9 +161,6 @@ class Run:
                 size=committed.size,
                 digest=committed.digest,
             )
-        self.summary.downloaded += 1
-        self.summary.bytes += committed.size
-        self.progress.instance_done(ref, committed.size)
 
     def record_failure(self, ref: InstanceRef, reason: str, status_code: int | None) -> None:
         where = self.lister.named.get(ref.sop_uid)

@@ -22,11 +22,11 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import NothingMatchedError, OutputError, UsageError
+from ..errors import NothingMatchedError, OutputError, StorageError, UsageError
 from ..store.orphans import remove_orphans
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -53,12 +53,13 @@ class ReportWriter:
         # The writer's pid in the name: a later run removes what a killed one left.
         self.temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         self.rows = 0
+        self._failure: str | None = None  # why writing it failed
         remove_orphans(path.parent, _temp_names(path))
         try:
             self._file: IO[str] | None = self.temp.open("x", encoding="utf-8", newline="")
             path.unlink(missing_ok=True)
         except OSError as exc:
-            self.temp.unlink(missing_ok=True)
+            _remove(self.temp)
             raise OutputError(
                 f"cannot write --report {str(path)!r}: {exc.strerror or exc}", path=str(path)
             ) from exc
@@ -78,37 +79,55 @@ class ReportWriter:
         digest: str | None = None,
         reason: str | None = None,
     ) -> None:
+        if self._failure is not None:  # the run is stopping: what lands meanwhile is still
+            return  # recorded in the manifest and the summary, which this must not interrupt
         assert self._file is not None, "the report is closed"
         shown = os.path.abspath(path) if path is not None else None
         values: tuple[Any, ...] = (status, study, series, sop, shown, size, digest, reason)
-        if self.format == "csv":
-            self._csv.writerow(["" if v is None else v for v in values])
-        else:
-            self._file.write(json.dumps(dict(zip(COLUMNS, values, strict=True))) + "\n")
+        try:  # a full disk shows up when the buffer is written out, at any row
+            if self.format == "csv":
+                self._csv.writerow(["" if v is None else v for v in values])
+            else:
+                self._file.write(json.dumps(dict(zip(COLUMNS, values, strict=True))) + "\n")
+        except OSError as exc:
+            raise self._failed(exc) from exc
         self.rows += 1
 
     def commit(self) -> None:
         """Flush to disk and put the report under its name."""
+        if self._failure is not None:  # however the run went on, it has no report
+            raise StorageError(self._failure, path=str(self.path))
         if self._file is None:
             return
-        file, self._file = self._file, None
         try:
-            file.flush()
-            os.fsync(file.fileno())
-            file.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
             os.replace(self.temp, self.path)
         except OSError as exc:
-            self.temp.unlink(missing_ok=True)
-            raise OutputError(
-                f"cannot write --report {str(self.path)!r}: {exc.strerror or exc}",
-                path=str(self.path),
-            ) from exc
+            raise self._failed(exc) from exc
 
     def discard(self) -> None:
         if self._file is not None:
             file, self._file = self._file, None
-            file.close()
-        self.temp.unlink(missing_ok=True)
+            with suppress(OSError):  # the buffer's rest cannot be written: it is going anyway
+                file.close()
+        _remove(self.temp)
+
+    def _failed(self, exc: OSError) -> StorageError:
+        """The report could not be written once the run was under way (a full disk): the run
+        stops, as for an instance's file, and no part of the report is left."""
+        self.discard()
+        self._failure = f"cannot write --report {str(self.path)!r}: {exc.strerror or exc}"
+        return StorageError(self._failure, path=str(self.path))
+
+
+def _remove(temp: Path) -> None:
+    """Remove a temp file that may not exist, on a file system that may refuse even that
+    (read-only: EROFS, where nothing was written either)."""
+    with suppress(OSError):
+        temp.unlink(missing_ok=True)
 
 
 def _temp_names(path: Path) -> re.Pattern[str]:

@@ -633,6 +633,137 @@ def test_disk_full_gives_one_line_and_keeps_what_was_committed(
         subprocess.run(["umount", str(mount)], check=True)
 
 
+@contextmanager
+def mounted(folder: Path, *options: str) -> Iterator[Path]:
+    """`folder` as a file system of its own for the test (`mount OPTIONS`), unmounted after."""
+    if os.geteuid() != 0:
+        missing_tool("mounting a file system needs root")
+    folder.mkdir(exist_ok=True)
+    subprocess.run(["mount", *options, str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def fill(disk: Path) -> None:
+    with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 4096)
+
+
+@pytest.mark.parametrize("server", ["up", "down"])
+def test_a_report_on_a_full_disk_is_one_line_and_the_summary(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, server: str
+) -> None:
+    """The instances go to a disk with room, `--report` to a full one: its rows fail as
+    their buffer is written out, mid-run (server up) or as the report is discarded after
+    the server's error (down). Both were an OSError traceback, no `--json` object."""
+    url = embedded_server(synth_study.root) if server == "up" else "http://127.0.0.1:1/dicomweb"
+    out = tmp_path / "out"
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as disk:
+        fill(disk)
+        report = disk / "landed.csv"
+        args = ["download", synth_study.study_uid, "--url", url, "-o", str(out), "--json"]
+        result = run_installed(*args, "--report", str(report))
+
+        assert "Traceback" not in result.stderr
+        summary = json.loads(result.stdout)
+        if server == "up":
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.splitlines()[-1] == (
+                f"dlstudy: error: cannot write --report '{report}': No space left on device"
+            )
+            on_disk = len(list(out.rglob("*.dcm")))
+            assert summary["instances"]["downloaded"] == len(manifest_rows(out)) == on_disk > 0
+        else:
+            assert result.returncode == 3, result.stderr
+            assert "connection refused" in summary["error"]
+        assert summary["exit_status"] == result.returncode
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no report, no temp file
+    if server == "up":
+        rerun = run_installed(*args)
+        assert rerun.returncode == 0, rerun.stderr
+        assert_complete(out, synth_study.instances)
+
+
+@pytest.mark.parametrize("command", ["download", "sync"])
+def test_a_log_file_on_a_full_disk_fails_the_run_in_one_line(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, command: str
+) -> None:
+    """Each record that could not be written was a `--- Logging error ---` traceback on
+    stderr, and the run exited 0: a cron job's lost log looked like a quiet night."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    what = [synth_study.study_uid] if command == "download" else []
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as disk:
+        fill(disk)
+        log = disk / "run.log"
+        result = run_installed(
+            command, *what, "--url", url, "-o", str(out), "--json", "-q", "--log-file", str(log)
+        )
+
+    lost = f"cannot write --log-file '{log}': No space left on device"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [f"dlstudy: error: {lost}"]
+    summary = json.loads(result.stdout)
+    assert (summary["error"], summary["exit_status"]) == (lost, 1)
+    assert summary["instances"]["downloaded"] == 60
+    assert_complete(out, synth_study.instances)
+
+
+def test_a_json_summary_onto_a_full_disk_is_one_line_and_never_exit_0(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`download --json > run.json` (`sync`, `catalog pull`) on a full disk (/dev/full) was an
+    OSError traceback; a run that went well says so in one line and exits 1, one that failed
+    keeps its status."""
+    url = embedded_server(synth_study.root)
+    out = str(tmp_path / "out")
+    lost = "dlstudy: error: cannot write the output: No space left on device"
+    dead = "http://127.0.0.1:1/dicomweb"
+    for command, status, lines in (
+        (["download", synth_study.study_uid, "--url", url, "-o", out], 1, [lost]),
+        (["sync", "--url", url, "-o", out], 1, [lost]),
+        (["download", "1.2.3", "--url", dead, "-o", out], 3, [lost, "connection refused"]),
+        (["catalog", "pull", "--url", url, "--db", str(tmp_path / "c.duckdb")], 1, [lost]),
+    ):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [DLSTUDY, *command, "--json"],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+        assert result.returncode == status, (command, result.stderr)
+        said = result.stderr.splitlines()
+        assert len(said) == len(lines), (command, result.stderr)
+        assert all(part in line for line, part in zip(said, lines, strict=True)), said
+    assert_complete(tmp_path / "out", synth_study.instances)
+
+
+def test_a_report_in_a_read_only_folder_is_a_usage_error_before_any_request(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    url = embedded_server(synth_study.root)
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    with mounted(shelf, "--bind", "-o", "ro", str(shelf)):
+        result = run_installed(
+            *("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out")),
+            *("--json", "--report", str(shelf / "landed.csv")),
+        )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"dlstudy: error: cannot write --report '{shelf}/landed.csv': Read-only file system"
+    ]
+    assert json.loads(result.stdout)["exit_status"] == 2
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
 def test_permission_denied_gives_one_line(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:

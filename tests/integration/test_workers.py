@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +39,7 @@ from ..cli_helpers import (
 )
 from ..fixtures.embedded_server import SeenRequests, StartServer
 from ..manifest_helpers import manifest_rows
+from ..tools import missing_tool
 
 pytestmark = pytest.mark.integration
 
@@ -352,6 +355,132 @@ def test_workers_die_with_a_killed_parent(
     # does); the workers, stopped by SIGTERM, remove theirs. Temp names carry the writer's pid.
     leftovers = [p.name for p in out.rglob("*.part")]
     assert [name for name in leftovers if f".{process.pid}-" not in name] == []
+
+
+def _shared_semaphore(pid: int) -> int:
+    """The address of process `pid`'s one multiprocessing semaphore: the lock of the counter
+    the processes claim instances from (a POSIX semaphore mapped from /dev/shm)."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    (line,) = [line for line in maps if "/dev/shm/sem." in line]
+    return int(line.split("-", 1)[0], 16)
+
+
+def test_workers_end_when_the_parent_is_killed_holding_the_claims_lock(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """SIGKILL (the OOM killer, `timeout -s KILL`) landing while the parent holds the lock of
+    the shared counter: gdb stops the parent as it takes that lock and, once the workers
+    finished their transfers and wait for it too, kills the parent. The workers
+    waited for the lock for good, asleep in the kernel (the SIGTERM it sends them only wakes a
+    Python handler), holding the caller's stdout and stderr open: a cron job's or a CI step's
+    pipe never closed."""
+    if shutil.which("gdb") is None:
+        missing_tool("gdb is not installed")
+    if platform.machine() != "x86_64":
+        pytest.skip("the breakpoint's condition reads the first argument from %rdi")
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
+            "--workers", "3", "-c", "6", "--mode", "instance", "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children")
+               .read_text().split()]  # fmt: skip
+    assert len(workers) == 2
+    lock = _shared_semaphore(process.pid)
+    gdb = subprocess.run(
+        [
+            "gdb", "-p", str(process.pid), "-batch",
+            "-ex", f"break *sem_trywait if $rdi == {lock:#x}", "-ex", "continue",
+            "-ex", "finish", "-ex", "printf \"taken: %d\\n\", $rax == 0",
+            "-ex", "shell sleep 2", "-ex", "kill",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "taken: 1" in gdb.stdout, gdb.stdout + gdb.stderr
+    process.wait(timeout=10)
+
+    try:  # until the workers end too, the pipe stays open: then its reader gets its end
+        output, _ = process.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)  # its pipe closed as it exits
+        assert not [pid for pid in workers if _alive(pid)]
+    finally:
+        for pid in workers:  # none left behind by a failing run
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert "Traceback" not in output, output
+    rerun = run_installed("download", instances[0].study_uid, "--url", slow, "-o", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
+
+
+def test_the_run_ends_when_a_worker_is_killed_holding_the_claims_lock(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """The OOM killer takes a worker while it holds the lock of the shared counter (gdb stops
+    it there, lets the others queue for it, kills it). The parent waited for the lock for
+    good, deaf to Ctrl-C and SIGTERM, the output folder locked: every later run exited 5.
+    Now the run ends, exit 1, the summary counting what did not land as failed."""
+    if shutil.which("gdb") is None:
+        missing_tool("gdb is not installed")
+    if platform.machine() != "x86_64":
+        pytest.skip("the breakpoint's condition reads the first argument from %rdi")
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
+            "--workers", "3", "-c", "6", "--mode", "instance", "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    victim, other = (int(pid) for pid in children)
+    gdb = subprocess.run(
+        [
+            "gdb", "-p", str(victim), "-batch",
+            "-ex", f"break *sem_trywait if $rdi == {_shared_semaphore(victim):#x}",
+            "-ex", "continue", "-ex", "finish", "-ex", "printf \"taken: %d\\n\", $rax == 0",
+            "-ex", "shell sleep 2", "-ex", "kill",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "taken: 1" in gdb.stdout, gdb.stdout + gdb.stderr
+
+    try:
+        stdout, stderr = process.communicate(timeout=90)
+    finally:
+        for pid in (process.pid, other):  # none left behind by a failing run
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    summary = json.loads(stdout)
+    counts = summary["instances"]
+    assert counts["failed"] > 0 and counts["downloaded"] + counts["failed"] == len(instances)
+    assert counts["downloaded"] == len(manifest_rows(out))
+    assert "its worker process ended early" in summary["failures"][0]["reason"]
+    assert not _alive(other)
+    rerun = run_installed("download", instances[0].study_uid, "--url", slow, "-o", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
 
 
 def test_a_waiting_worker_ends_quietly_with_a_killed_parent(
