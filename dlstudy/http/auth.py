@@ -62,6 +62,11 @@ class TokenCommand:
         token = output.decode("utf-8", "replace").strip()
         if not token or has_control_character(token):
             raise AuthError("--token-command must print one token on one line", status_code=401)
+        if not token.isascii():  # RFC 6750: a bearer token is ASCII (see credentials.py)
+            raise AuthError(
+                "--token-command printed a token with a character that is not ASCII in it",
+                status_code=401,
+            )
         return token
 
     async def _start(self) -> anyio.abc.Process:
