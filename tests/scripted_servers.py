@@ -134,6 +134,22 @@ def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
         _stop((first, other), threads)
 
 
+@contextmanager
+def moved_archive(new_origin: str) -> Iterator[tuple[str, list[str]]]:
+    """An archive that moved: every request is answered 301 to the same path and query at
+    `new_origin` (`http://` to `https://`, an old host name). Yields (base URL, the paths it
+    was asked)."""
+    asked: list[str] = []
+
+    class Moved(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(self.path)
+            self.reply(301, b"", "text/plain", Location=f"{new_origin}{self.path}")
+
+    with _one_server(Moved) as url:
+        yield url, asked
+
+
 PRESIGNED_CREDENTIAL = "AKIAEXAMPLECREDENTIAL"
 
 

@@ -224,13 +224,16 @@ def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
     return scheme, url.host, url.port or (443 if scheme == "https" else 80)
 
 
-def check_auth(response: httpx.Response) -> None:
+def check_auth(response: httpx.Response, *, search: bool = False) -> None:
     """Raise AuthError for 401/403: the server refuses us, nothing else will work either;
     and for 407, the proxy's refusal, which names the proxy.
 
     Except from a redirect target on another origin: archives hand instances out through
     expiring links to object stores, and a link that died is one the archive renews when asked
-    again, so that is a retryable failure of this request only.
+    again, so that is a retryable failure of this request only. Not for a `search` (QIDO):
+    no archive hands searches out through expiring links; a search redirected elsewhere is an
+    archive that moved (`http://` to `https://`, another host name), to which the run's
+    credentials are never sent: asking again gets the same refusal.
     """
     proxy = response.extensions.get(PROXY_USED)
     if response.status_code == 407:  # from the proxy, not the server: the archive URL is moot
@@ -240,10 +243,13 @@ def check_auth(response: httpx.Response) -> None:
     if (refusal := _client_certificate_refusal(response)) is not None:
         url = redact_url(str(response.url))
         raise AuthError(f"server {refusal} (HTTP 400 on {url})", url=url, status_code=400)
-    if response.status_code not in (401, 403):
+    status = response.status_code
+    if status not in (401, 403):
         return
     if response.history and origin_of(response.url) != origin_of(response.history[0].url):
         url = redact_url(str(response.url))
+        if search:
+            raise AuthError(_moved_archive_refusal(response), url=url, status_code=status)
         raise HttpStatusError(
             f"HTTP {response.status_code} from the redirect target {url} (an expired link?); "
             "asking the archive again",
@@ -260,4 +266,15 @@ def check_auth(response: httpx.Response) -> None:
         f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
         url=redact_url(str(response.url)),
         status_code=response.status_code,
+    )
+
+
+def _moved_archive_refusal(response: httpx.Response) -> str:
+    """The line for a search that the archive redirected to another origin, which refused it
+    without the credentials it was not given."""
+    moved_to = f"{response.url.scheme}://{_netloc(response.url)}"
+    return (
+        f"the server redirected the search to another origin, {moved_to}, which answered "
+        f"HTTP {response.status_code} on {redact_url(str(response.url))}: no credential or "
+        f"--header goes to another origin; if {moved_to} is the archive, give it in --url"
     )

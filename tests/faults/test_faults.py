@@ -514,6 +514,46 @@ def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path
         assert "authorization" not in headers and "x-api-key" not in headers
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("download", "STUDY", "-o", "OUT", "--json"),
+        ("query",),
+        ("sync", "-o", "OUT"),
+        ("bench", "STUDY", "--repeat", "1"),
+    ],
+)
+def test_a_search_redirected_to_another_origin_that_refuses_it_stops_at_once(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    command: tuple[str, ...],
+) -> None:
+    """An archive that moved (every request redirected to another origin, as http:// to
+    https://) gets no credentials there, and is refused: that is said at once, naming the
+    new origin. It was taken for an expired presigned link, `asking the archive again`: 7
+    attempts over 14-23 s, then exit 3 all the same."""
+    from ..scripted_servers import moved_archive
+
+    target = embedded_server(synth_study.root, token="archive-token")
+    new_origin = target.removesuffix("/dicomweb")
+    swap = {"STUDY": synth_study.study_uid, "OUT": str(tmp_path / "out")}
+    args = [swap.get(arg, arg) for arg in command]
+    with moved_archive(new_origin) as (url, asked):
+        result = run_installed(*args, "--url", url, "--token", "archive-token")
+
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 3, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(
+        f"dlstudy: error: the server redirected the search to another origin, {new_origin}, "
+        "which answered HTTP 401 on "
+    ), error
+    assert error.endswith(f"if {new_origin} is the archive, give it in --url"), error
+    assert len(set(asked)) == 1 and len(asked) <= 2, asked  # the h2c probe, then HTTP/1.1
+    assert "archive-token" not in result.stdout + result.stderr
+
+
 def asked_for(sops: list[str], asked: list[str], times: int) -> None:
     """Each SOP asked for `times` times; once more for the first requests, which went to the
     archive directly before its first redirect sent every request through httpx."""
