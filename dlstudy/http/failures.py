@@ -25,7 +25,23 @@ PROXY_WANTS_CREDENTIALS = (
 
 
 def translate_error(exc: BaseException, url: str) -> DlstudyError:
-    """Turn an exception from the HTTP stack into a dlstudy error with a one-line message."""
+    """Turn an exception from the HTTP stack into a dlstudy error with a one-line message.
+    A request redirected to another origin that failed there is described as the redirect
+    target's failure (its host, its TLS), from `url`."""
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return TransferError(f"redirected to {exc} from {redact_url(url)}", url=redact_url(url))
+    if isinstance(exc, httpx.TooManyRedirects):
+        shown = redact_url(url)
+        return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
+    failed = _failed_url(exc, url)
+    if origin_of(httpx.URL(failed)) == origin_of(httpx.URL(url)):
+        return _translate(exc, url)
+    error = _translate(exc, failed)
+    error.message = f"{error.message}; redirected there from {redact_url(url)}"
+    return error
+
+
+def _translate(exc: BaseException, url: str) -> DlstudyError:
     shown = redact_url(url)
     parsed = httpx.URL(url)
     curl = curl_failure(exc)
@@ -57,10 +73,6 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         if curl is not None and curl.os_errno:
             said = os.strerror(curl.os_errno)
         return ConnectError(f"cannot connect to {_netloc(parsed)}: {said}", url=shown)
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return TransferError(f"redirected to {exc} from {shown}", url=shown)
-    if isinstance(exc, httpx.TooManyRedirects):
-        return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
     # A proxy that hangs or breaks looks like the server doing it: name it.
     where = f"{shown} through proxy {curl.proxy}" if curl is not None and curl.proxy else shown
     if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):
@@ -72,6 +84,18 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     if isinstance(exc, httpx.TransportError | OSError):
         return TransferError(f"network error ({said}) on {where}", url=shown, retryable=True)
     return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
+
+
+def _failed_url(exc: BaseException, url: str) -> str:
+    """The URL of the request that failed: when a redirect's target could not be reached,
+    that target, not `url`, which answered (httpx sets the request on the errors of the
+    requests it sends; those sent to the transport directly have none)."""
+    if isinstance(exc, httpx.RequestError):
+        try:
+            return str(exc.request.url)
+        except RuntimeError:
+            pass
+    return url
 
 
 # libcurl's codes for a server that sent nothing, or nothing like HTTP: empty reply, weird

@@ -14,6 +14,7 @@ import random
 import resource
 import select
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -514,13 +515,16 @@ def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path
         assert "authorization" not in headers and "x-api-key" not in headers
 
 
+STUDY_ARG = "STUDY"  # stands for the study UID in a parametrized command
+
+
 @pytest.mark.parametrize(
     "command",
     [
-        ("download", "STUDY", "-o", "OUT", "--json"),
+        ("download", STUDY_ARG, "-o", "OUT", "--json"),
         ("query",),
         ("sync", "-o", "OUT"),
-        ("bench", "STUDY", "--repeat", "1"),
+        ("bench", STUDY_ARG, "--repeat", "1"),
     ],
 )
 def test_a_search_redirected_to_another_origin_that_refuses_it_stops_at_once(
@@ -537,7 +541,7 @@ def test_a_search_redirected_to_another_origin_that_refuses_it_stops_at_once(
 
     target = embedded_server(synth_study.root, token="archive-token")
     new_origin = target.removesuffix("/dicomweb")
-    swap = {"STUDY": synth_study.study_uid, "OUT": str(tmp_path / "out")}
+    swap = {STUDY_ARG: synth_study.study_uid, "OUT": str(tmp_path / "out")}
     args = [swap.get(arg, arg) for arg in command]
     with moved_archive(new_origin) as (url, asked):
         result = run_installed(*args, "--url", url, "--token", "archive-token")
@@ -552,6 +556,36 @@ def test_a_search_redirected_to_another_origin_that_refuses_it_stops_at_once(
     assert error.endswith(f"if {new_origin} is the archive, give it in --url"), error
     assert len(set(asked)) == 1 and len(asked) <= 2, asked  # the h2c probe, then HTTP/1.1
     assert "archive-token" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [("download", STUDY_ARG, "-o", "OUT"), ("query",)])
+def test_a_redirect_target_that_cannot_be_reached_is_the_one_named(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """An archive that sends every request to another origin that refuses connections (a
+    firewalled https:// port): the line names that origin, redacted, and where the redirect
+    came from. It named the archive, which had answered: `connection refused by
+    127.0.0.1:<the archive's port> (<the archive's URL>)`."""
+    from ..scripted_servers import moved_archive
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    swap = {STUDY_ARG: "1.2.3.4", "OUT": str(tmp_path / "out")}
+    args = [swap.get(arg, arg) for arg in command]
+    with moved_archive(dead) as (url, asked):
+        keyed = f"{url}?subscription-key=k3y-secret"
+        result = run_installed(*args, "--url", keyed, "--timeout", "1", "--http", "1.1")
+
+    assert "Traceback" not in result.stderr and "k3y-secret" not in result.stderr
+    assert result.returncode == 3, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(
+        f"dlstudy: error: connection refused by {dead.removeprefix('http://')} "
+        f"({dead}/dicomweb/studies"
+    ), error
+    assert "subscription-key=***&includefield=" in error, error
+    assert f"; redirected there from {url}/studies" in error, error
 
 
 def asked_for(sops: list[str], asked: list[str], times: int) -> None:
