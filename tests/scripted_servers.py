@@ -154,10 +154,12 @@ PRESIGNED_CREDENTIAL = "AKIAEXAMPLECREDENTIAL"
 
 
 @contextmanager
-def presigned_pair(refused: int) -> Iterator[tuple[str, str, list[str], list[str]]]:
+def presigned_pair(
+    refused: int, status: int = 403
+) -> Iterator[tuple[str, str, list[str], list[str]]]:
     """An archive that hands each instance out through a redirect to an object store, with a
-    fresh presigned URL each time; the store refuses (403, "Request has expired") the first
-    `refused` URLs of each instance.
+    fresh presigned URL each time; the store refuses (`status`, "Request has expired") the
+    first `refused` URLs of each instance.
 
     Yields (base URL, study UID, the archive's instance requests, the signatures issued)."""
     asked: list[str] = []
@@ -173,7 +175,7 @@ def presigned_pair(refused: int) -> Iterator[tuple[str, str, list[str], list[str
                 expired = presented[sop] <= refused
             if expired:
                 body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
-                self.reply(403, body + b"</Error>", "application/xml")
+                self.reply(status, body + b"</Error>", "application/xml")
             else:
                 self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
 

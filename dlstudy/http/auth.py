@@ -20,6 +20,7 @@ import httpx
 from ..errors import AuthError, TransferError
 from ..settings import Settings
 from .credentials import has_control_character
+from .failures import redirected_elsewhere
 from .urls import redact_url
 
 # A token command that takes longer than this is stuck (waiting for a password prompt, say).
@@ -139,7 +140,9 @@ class RefreshingBearerAuth(httpx.Auth):
             request.headers["Authorization"] = f"Bearer {self._token}"
             try:
                 response = yield request
-                if response.status_code != 401:
+                # A 401 from a redirect target on another origin (an expired link) is not about
+                # the token, which was not sent there: the archive took it to redirect.
+                if response.status_code != 401 or redirected_elsewhere(response):
                     if generation == self._generation:
                         self._proven = True
                     return

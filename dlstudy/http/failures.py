@@ -248,6 +248,20 @@ def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
     return scheme, url.host, url.port or (443 if scheme == "https" else 80)
 
 
+def redirected_elsewhere(response: httpx.Response) -> bool:
+    """Whether redirects led the request to `response` on another origin than the URL asked.
+    Its history may begin with an answer an auth flow replayed the request after (a 401 from
+    a redirect target, with --token-command): the redirects that count come after it."""
+    if not response.history:
+        return False
+    asked = response.url
+    for earlier in reversed(response.history):
+        if not earlier.has_redirect_location:
+            break
+        asked = earlier.url
+    return origin_of(response.url) != origin_of(asked)
+
+
 def check_auth(response: httpx.Response, *, search: bool = False) -> None:
     """Raise AuthError for 401/403: the server refuses us, nothing else will work either;
     and for 407, the proxy's refusal, which names the proxy.
@@ -270,7 +284,7 @@ def check_auth(response: httpx.Response, *, search: bool = False) -> None:
     status = response.status_code
     if status not in (401, 403):
         return
-    if response.history and origin_of(response.url) != origin_of(response.history[0].url):
+    if redirected_elsewhere(response):
         url = redact_url(str(response.url))
         if search:
             raise AuthError(_moved_archive_refusal(response), url=url, status_code=status)

@@ -633,6 +633,42 @@ def test_an_expired_presigned_link_is_asked_for_again_never_stops_the_run(
         assert secret not in outputs
 
 
+@pytest.mark.parametrize("refused", [1, 100], ids=["expired once", "always expired"])
+def test_a_401_from_an_expired_link_is_no_expired_token(tmp_path: Path, refused: int) -> None:
+    """With --token-command, a link that expired and says so with 401 (a link holding its own
+    token) is the link's, not the run's token: the instance is asked of the archive again and
+    the command is not run again. It was taken for the token expiring: the command ran again
+    and the request was replayed; a link refused again was then the archive refusing a fresh
+    token, `server rejected the credentials: HTTP 401 on <the link>`, exit 3 (the replay's
+    history began at the link's 401, so the redirect went unseen)."""
+    from ..factories import part10
+    from ..scripted_servers import SERIES, SOPS, presigned_pair
+
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    command = f"echo run >> {runs}; echo archive-token"
+    with presigned_pair(refused, status=401) as (url, study, asked, signatures):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "3", "--token-command", command,
+        )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    assert runs.read_text().splitlines() == ["run"]  # at the start only
+    assert not any(signature in result.stdout + result.stderr for signature in signatures)
+    if refused == 1:
+        assert result.returncode == 0, result.stderr
+        asked_for(SOPS, asked, 2)  # each instance asked for again, once
+        for sop in SOPS:
+            (path,) = out.rglob(f"{sop}.dcm")
+            assert path.read_bytes() == part10(study, SERIES, sop)
+    else:
+        assert result.returncode == 1, result.stderr  # not 3: the archive never refused
+        reasons = [f["reason"] for f in json.loads(result.stdout)["failures"]]
+        assert len(reasons) == len(SOPS)
+        assert all("HTTP 401 from the redirect target" in r for r in reasons), reasons
+        asked_for(SOPS, asked, 4)  # the first try and three retries
+
+
 # --- local faults ---------------------------------------------------------------------------
 
 
