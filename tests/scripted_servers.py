@@ -135,10 +135,12 @@ def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
 
 
 @contextmanager
-def moved_archive(new_origin: str) -> Iterator[tuple[str, list[str]]]:
+def moved_archive(
+    new_origin: str, tls: tuple[str, str] | None = None
+) -> Iterator[tuple[str, list[str]]]:
     """An archive that moved: every request is answered 301 to the same path and query at
-    `new_origin` (`http://` to `https://`, an old host name). Yields (base URL, the paths it
-    was asked)."""
+    `new_origin` (`http://` to `https://`, an old host name). Over TLS with `tls`, the
+    certificate and key files. Yields (base URL, the paths it was asked)."""
     asked: list[str] = []
 
     class Moved(_Quiet):
@@ -146,7 +148,11 @@ def moved_archive(new_origin: str) -> Iterator[tuple[str, list[str]]]:
             asked.append(self.path)
             self.reply(301, b"", "text/plain", Location=f"{new_origin}{self.path}")
 
-    with _one_server(Moved) as url:
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+    with _one_server(Moved, context) as url:
         yield url, asked
 
 

@@ -130,6 +130,7 @@ class Transport:
             self._auth = httpx.BasicAuth(user, password or "")
         self._headers: dict[str, str] = {"User-Agent": USER_AGENT}
         self._custom_header_names = {name.lower() for name, _ in settings.headers}
+        self._warned_of_downgrade = False
         for name, value in settings.headers:
             self._headers[name] = value
         token = (settings.token or "").strip()
@@ -179,6 +180,20 @@ class Transport:
             for name in list(request.headers):
                 if name.lower() in self._custom_header_names or name.lower() == "authorization":
                     del request.headers[name]
+            self._warn_of_downgrade(request.url)
+
+    def _warn_of_downgrade(self, url: httpx.URL) -> None:
+        """Say once that a redirect left https:// for plain http://: what comes from there
+        (patient data) travels unencrypted. Followed all the same, as curl and browsers do:
+        an archive may hand instances out from a store on the hospital's own network."""
+        if self._scheme != "https" or url.scheme != "http" or self._warned_of_downgrade:
+            return
+        self._warned_of_downgrade = True
+        log.warning(
+            "the server redirects to plain http:// (%s): what comes from there is not "
+            "encrypted; credentials and --header values are not sent there",
+            redact_url(str(url)),
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

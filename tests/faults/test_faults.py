@@ -588,6 +588,36 @@ def test_a_redirect_target_that_cannot_be_reached_is_the_one_named(
     assert f"; redirected there from {url}/studies" in error, error
 
 
+def test_a_redirect_from_https_to_plain_http_is_warned_of_once(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """An https:// archive that sends every request to plain http://: followed (an archive
+    may hand instances out from a store on its own network), without the credentials, and
+    said once, as what comes from there is not encrypted. It was followed silently."""
+    from ..scripted_servers import moved_archive
+
+    target = embedded_server(synth_study.root).removesuffix("/dicomweb")
+    out = tmp_path / "out"
+    with moved_archive(target, tls=(str(tls_ca.cert), str(tls_ca.key))) as (url, asked):
+        result = run_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+            "--ca-bundle", str(tls_ca.ca_pem), "--token", "archive-token",
+        )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert asked and url.startswith("https://")
+    assert len(list(out.rglob("*.dcm"))) == len(synth_study.instances)
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(
+        f"dlstudy: warning: the server redirects to plain http:// ({target}/dicomweb/studies"
+    ), warnings
+    assert warnings[0].endswith(
+        "what comes from there is not encrypted; credentials and --header values are not sent there"
+    ), warnings
+    assert "archive-token" not in result.stdout + result.stderr
+
+
 def asked_for(sops: list[str], asked: list[str], times: int) -> None:
     """Each SOP asked for `times` times; once more for the first requests, which went to the
     archive directly before its first redirect sent every request through httpx."""
