@@ -54,10 +54,21 @@ def redact_url(url: str) -> str:
         userinfo, _, hostport = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    elif "@" in url and (not netloc or "@" in parts.path or not _has_valid_port(parts)):
+    elif "@" in url and (
+        not netloc or "@" in parts.path or not _has_valid_port(parts) or _password_cut_short(parts)
+    ):
         return _redact_loosely(url)  # a userinfo urlsplit did not see as one ("a:p/q@host")
     query = _redact_query(parts.query)
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _password_cut_short(parts: SplitResult) -> bool:
+    """Whether a `#` or `?` written as is in a password ended the authority early:
+    `http://bob:2024#Winter@host/` splits as host `bob`, port 2024 and a fragment
+    `Winter@host/`. An `@` in the fragment, or in a query before any `=` (a query's own
+    `@` is in a value, `key=a@b`), is the rest of such a userinfo."""
+    query_head = parts.query.partition("@")[0]
+    return "@" in parts.fragment or ("@" in parts.query and "=" not in query_head)
 
 
 def _has_valid_port(parts: SplitResult) -> bool:
@@ -146,6 +157,8 @@ def authority_problem(url: str) -> str | None:
         return "has a control or non-printing character in it"
     try:
         parts = urlsplit(url)
+        if "@" not in parts.netloc and _password_cut_short(parts):
+            return "has a '#' or '?' in its user or password: write it percent-encoded (%23, %3F)"
         port = parts.port
     except ValueError as exc:
         if "Port" in str(exc):

@@ -135,6 +135,24 @@ def test_a_malformed_url_is_shown_without_its_password(
     assert "bob:***@" in line
 
 
+@pytest.mark.parametrize("command", [("query",), ("sync",), ("download", "1.2.3")])
+@pytest.mark.parametrize("cut", ["#", "?"])
+@pytest.mark.parametrize("option", ["--url", "--proxy"])
+def test_a_password_with_a_hash_or_question_mark_is_not_read_as_a_port(
+    tmp_path: Path, command: tuple[str, ...], cut: str, option: str
+) -> None:
+    """A `#` or `?` written as is in a password ends the authority: `bob:4711#...@host` reads
+    as host `bob`, port 4711. The password's head was shown as that port (`cannot resolve
+    host 'bob' (http://bob:4711/studies)`, exit 3) after a request to that host was tried."""
+    url = f"http://bob:4711{cut}{SECRET}@127.0.0.1:9/dicomweb"
+    given = (
+        ("--url", url) if option == "--url" else ("--url", "http://127.0.0.1:9/dw", "--proxy", url)
+    )
+    line = scan_error_run(tmp_path, *command, *given)
+    assert "4711" not in line and "bob:***@127.0.0.1:9" in line, line
+    assert "has a '#' or '?' in its user or password: write it percent-encoded (%23, %3F)" in line
+
+
 @pytest.mark.parametrize(
     ("given", "env", "where"),
     [
