@@ -151,8 +151,14 @@ class RefreshingBearerAuth(httpx.Auth):
                     self._end_trial(trial)
             if generation != self._generation:
                 continue  # sent with a token since replaced: replay with the current one
-            if trial is not None:
-                return  # a fresh token refused on first use: the caller stops the run
+            if trial is not None:  # a fresh token refused on first use: the run stops
+                shown = redact_url(str(response.url))
+                raise AuthError(
+                    f"server rejected the token --token-command printed: HTTP 401 on {shown} "
+                    "(check what the command prints)",
+                    url=shown,
+                    status_code=401,
+                )
             await self._refresh(generation)
         # Every token this request was sent with had been proven by another request and
         # expired under it: no sign of wrong credentials, so not the run's end. The request

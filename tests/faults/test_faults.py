@@ -352,8 +352,28 @@ def test_second_401_after_refresh_stops_the_run(
         url, synth_study.study_uid, tmp_path, "--token-command", "echo wrong-token"
     )
     assert status == 3
-    assert "server rejected the credentials: HTTP 401" in stderr
+    assert "server rejected the token --token-command printed: HTTP 401 on " in stderr
+    assert stderr.rstrip().endswith("(check what the command prints)"), stderr
     assert "wrong-token" not in stderr
+
+
+def test_a_command_printing_the_expired_token_again_stops_the_run_after_one_refresh(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The token expires mid-run and the command prints the same one again (a stale cache):
+    it runs once more, not in a loop, and the line names the command, not --token or --user
+    (it said `server rejected the credentials: ... (check --token / --user / --password)`)."""
+    url = embedded_server(synth_study.root, token="tok", token_expires_after=5)
+    runs = tmp_path / "runs"
+    command = f"echo run >> {runs}; echo tok"
+    status, summary, stderr = download(
+        url, synth_study.study_uid, tmp_path / "o", "--token-command", command
+    )
+    assert status == 3, stderr
+    assert runs.read_text().splitlines() == ["run", "run"]  # at the start, one refresh
+    assert summary["error"].startswith(
+        "server rejected the token --token-command printed: HTTP 401 on "
+    ), summary["error"]
 
 
 def alive(pid: int) -> bool:
