@@ -108,7 +108,11 @@ def hostile_uids() -> Iterator[tuple[str, str, list[str]]]:
 
 
 @contextmanager
-def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+def redirecting_pair(cookie: str = "") -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+    """An archive that lists one series itself and redirects each instance to another origin
+    of the same host (another port), which records the headers it gets. With `cookie`, the
+    archive's answers set it (a login session's cookie). Yields (base URL, study UID, the
+    headers of each request the other origin got)."""
     seen: list[dict[str, str]] = []
 
     class Other(_Quiet):
@@ -125,6 +129,11 @@ def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
             path = self.path.split("?", 1)[0]
             if not self.listing(path):
                 self.reply(302, b"", "text/plain", Location=f"{other_base}{path}")
+
+        def reply(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
+            if cookie:
+                headers["Set-Cookie"] = cookie
+            super().reply(status, body, content_type, **headers)
 
     first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), First)
     threads = _serve(first, other)

@@ -58,6 +58,8 @@ USER_AGENT = "dlstudy"
 RECONNECT_PAUSE = 0.5
 # Headers about the body as it came over the wire, wrong for the decoded body of _read_small.
 _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+# Headers of the archive's that no other origin gets (with the --header ones).
+_NOT_ELSEWHERE = frozenset({"authorization", "cookie"})
 
 
 def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
@@ -175,10 +177,12 @@ class Transport:
 
     async def _strip_secrets_off_origin(self, request: httpx.Request) -> None:
         # httpx drops Authorization on a cross-origin redirect but forwards every other header,
-        # and --header is how API keys are usually passed: drop those too.
+        # and --header is how API keys are usually passed: drop those too. And cookies: a
+        # cookie is scoped by host, not port or scheme, so the jar hands the archive's session
+        # cookie to another port of its host, or to http:// from https://.
         if origin_of(request.url) != self._origin:
             for name in list(request.headers):
-                if name.lower() in self._custom_header_names or name.lower() == "authorization":
+                if name.lower() in self._custom_header_names or name.lower() in _NOT_ELSEWHERE:
                     del request.headers[name]
             self._warn_of_downgrade(request.url)
 

@@ -515,9 +515,13 @@ def test_hostile_uids_never_become_paths(tmp_path: Path) -> None:
 
 
 def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path) -> None:
+    """Neither the token, nor --header values, nor the archive's session cookie go to another
+    origin. The cookie did: cookies are scoped by host, not port, so httpx's jar sent it to
+    the other port of the same host (and would to http:// from https://)."""
     from ..scripted_servers import redirecting_pair
 
-    with redirecting_pair() as (url, study, seen_by_other_origin):
+    cookie = "session=c00k1e-secret; Path=/; HttpOnly"
+    with redirecting_pair(cookie) as (url, study, seen_by_other_origin):
         status, summary, _ = download(
             url,
             study,
@@ -533,6 +537,7 @@ def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path
     assert seen_by_other_origin, "the redirect target was never asked"
     for headers in seen_by_other_origin:
         assert "authorization" not in headers and "x-api-key" not in headers
+        assert "cookie" not in headers, headers
 
 
 STUDY_ARG = "STUDY"  # stands for the study UID in a parametrized command
