@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from ..errors import UsageError
@@ -15,7 +16,24 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 # presigned signatures (X-Amz-Signature, X-Goog-Signature), OAuth codes, and names no list
 # of secrets could foresee.
 _SHOWN_QUERY_KEYS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
-_MATCHING_KEY = re.compile(r"[A-Z][A-Za-z0-9]*|[0-9A-Fa-f]{8}")
+# The matching keys dlstudy's own searches send (query's options, listings, a catalog's
+# windows), known without pydicom, which is slow to import; other keywords come from --filter,
+# which checks them with pydicom's dictionary first (see _is_dicom_keyword).
+_OWN_MATCHING_KEYS = frozenset(
+    {
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "Modality",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+    }
+)
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _SECRET_LOOKING = re.compile(r"(?i)token|key|sig|secret|pass|credential|code|auth|session")
 
 
@@ -110,10 +128,21 @@ def _redact_query(query: str) -> str:
 
 
 def _shown(name: str) -> bool:
-    """Whether a query value under `name` is harmless to print."""
+    """Whether a query value under `name` is harmless to print: paging, and DICOM matching
+    keys. A name merely shaped like a keyword is not one (`Policy`, `GoogleAccessId` of
+    signed links, a gateway's `Sid` or `Jwt`)."""
     if name.lower() in _SHOWN_QUERY_KEYS:
         return True
-    return bool(_MATCHING_KEY.fullmatch(name)) and not _SECRET_LOOKING.search(name)
+    if _SECRET_LOOKING.search(name):
+        return False
+    return name in _OWN_MATCHING_KEYS or bool(_TAG.fullmatch(name)) or _is_dicom_keyword(name)
+
+
+def _is_dicom_keyword(name: str) -> bool:
+    """Whether pydicom's dictionary knows `name`, when pydicom is loaded (--filter loads it to
+    check its keys before any request); otherwise the value is masked."""
+    datadict = sys.modules.get("pydicom.datadict")
+    return datadict is not None and datadict.tag_for_keyword(name) is not None
 
 
 def _seg(uid: str) -> str:

@@ -103,6 +103,23 @@ def test_no_secret_reaches_any_output(
 SECRET = "S3CRET-never-shown"
 
 
+@pytest.mark.parametrize("filtered", [(), ("--filter", "PatientSex=F")])
+def test_a_query_key_shaped_like_a_dicom_keyword_is_masked_unless_it_is_one(
+    synth_study: SynthStudy, embedded_server: StartServer, filtered: tuple[str, ...]
+) -> None:
+    """Signed links and gateways use names shaped like DICOM keywords (CloudFront's `Policy`,
+    a GCS link's `GoogleAccessId`, `Sid`, `Jwt`): their values are masked, the search's own
+    matching keys shown. Any capitalised name was shown, as if a matching key."""
+    url = embedded_server(synth_study.root, token="tok")
+    keyed = f"{url}?Sid={SECRET}&Jwt={SECRET}&Policy={SECRET}&GoogleAccessId={SECRET}"
+    result = run_installed("query", "--url", keyed, "--study-date", "20260105", *filtered)
+    assert result.returncode == 3, result.stderr  # 401: no token given
+    assert SECRET not in result.stderr + result.stdout
+    assert "?Sid=***&Jwt=***&Policy=***&GoogleAccessId=***&StudyDate=20260105&" in result.stderr
+    if filtered:
+        assert "&PatientSex=F&" in result.stderr, result.stderr
+
+
 def scan_error_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run the installed `dlstudy ARGS`, expecting one usage error line that shows no SECRET in
     stderr, stdout or the --log-file (sync and download write one); return that line."""
