@@ -109,7 +109,11 @@ def hostile_uids() -> Iterator[tuple[str, str, list[str]]]:
 
 
 @contextmanager
-def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+def redirecting_pair(cookie: str = "") -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+    """An archive that lists one series itself and redirects each instance to another origin
+    of the same host (another port), which records the headers it gets. With `cookie`, the
+    archive's answers set it (a login session's cookie). Yields (base URL, study UID, the
+    headers of each request the other origin got)."""
     seen: list[dict[str, str]] = []
 
     class Other(_Quiet):
@@ -127,6 +131,11 @@ def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
             if not self.listing(path):
                 self.reply(302, b"", "text/plain", Location=f"{other_base}{path}")
 
+        def reply(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
+            if cookie:
+                headers["Set-Cookie"] = cookie
+            super().reply(status, body, content_type, **headers)
+
     first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), First)
     threads = _serve(first, other)
     try:
@@ -135,14 +144,38 @@ def redirecting_pair() -> Iterator[tuple[str, str, list[dict[str, str]]]]:
         _stop((first, other), threads)
 
 
+@contextmanager
+def moved_archive(
+    new_origin: str, tls: tuple[str, str] | None = None
+) -> Iterator[tuple[str, list[str]]]:
+    """An archive that moved: every request is answered 301 to the same path and query at
+    `new_origin` (`http://` to `https://`, an old host name). Over TLS with `tls`, the
+    certificate and key files. Yields (base URL, the paths it was asked)."""
+    asked: list[str] = []
+
+    class Moved(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(self.path)
+            self.reply(301, b"", "text/plain", Location=f"{new_origin}{self.path}")
+
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+    with _one_server(Moved, context) as url:
+        yield url, asked
+
+
 PRESIGNED_CREDENTIAL = "AKIAEXAMPLECREDENTIAL"
 
 
 @contextmanager
-def presigned_pair(refused: int) -> Iterator[tuple[str, str, list[str], list[str]]]:
+def presigned_pair(
+    refused: int, status: int = 403
+) -> Iterator[tuple[str, str, list[str], list[str]]]:
     """An archive that hands each instance out through a redirect to an object store, with a
-    fresh presigned URL each time; the store refuses (403, "Request has expired") the first
-    `refused` URLs of each instance.
+    fresh presigned URL each time; the store refuses (`status`, "Request has expired") the
+    first `refused` URLs of each instance.
 
     Yields (base URL, study UID, the archive's instance requests, the signatures issued)."""
     asked: list[str] = []
@@ -158,7 +191,7 @@ def presigned_pair(refused: int) -> Iterator[tuple[str, str, list[str], list[str
                 expired = presented[sop] <= refused
             if expired:
                 body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
-                self.reply(403, body + b"</Error>", "application/xml")
+                self.reply(status, body + b"</Error>", "application/xml")
             else:
                 self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")
 

@@ -278,7 +278,7 @@ class _Bench:
                     headers={"Accept": DICOM_JSON},
                     params={"limit": "1"},
                 )
-                check_auth(response)
+                check_auth(response, search=True)
                 answered = response.http_version
             except AuthError:
                 raise

@@ -186,7 +186,7 @@ class Pager:
         response = await self.transport.get(
             f"{base}/studies", headers={"Accept": DICOM_JSON}, params={"limit": "1"}
         )
-        check_auth(response)
+        check_auth(response, search=True)
         problem = root_problem(response)
         if problem is not None:
             shown = redact_url(base)
@@ -441,7 +441,7 @@ class Pager:
             raise ServerError(str(exc), url=exc.url) from exc
 
     def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
-        check_auth(response)
+        check_auth(response, search=True)
         self.remaining = remaining_of(response.headers)
         shown = redact_url(str(response.url))
         if response.status_code == 204:

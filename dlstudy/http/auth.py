@@ -20,6 +20,7 @@ import httpx
 from ..errors import AuthError, TransferError
 from ..settings import Settings
 from .credentials import has_control_character
+from .failures import redirected_elsewhere
 from .urls import redact_url
 
 # A token command that takes longer than this is stuck (waiting for a password prompt, say).
@@ -62,6 +63,11 @@ class TokenCommand:
         token = output.decode("utf-8", "replace").strip()
         if not token or has_control_character(token):
             raise AuthError("--token-command must print one token on one line", status_code=401)
+        if not token.isascii():  # RFC 6750: a bearer token is ASCII (see credentials.py)
+            raise AuthError(
+                "--token-command printed a token with a character that is not ASCII in it",
+                status_code=401,
+            )
         return token
 
     async def _start(self) -> anyio.abc.Process:
@@ -134,7 +140,9 @@ class RefreshingBearerAuth(httpx.Auth):
             request.headers["Authorization"] = f"Bearer {self._token}"
             try:
                 response = yield request
-                if response.status_code != 401:
+                # A 401 from a redirect target on another origin (an expired link) is not about
+                # the token, which was not sent there: the archive took it to redirect.
+                if response.status_code != 401 or redirected_elsewhere(response):
                     if generation == self._generation:
                         self._proven = True
                     return
@@ -143,8 +151,14 @@ class RefreshingBearerAuth(httpx.Auth):
                     self._end_trial(trial)
             if generation != self._generation:
                 continue  # sent with a token since replaced: replay with the current one
-            if trial is not None:
-                return  # a fresh token refused on first use: the caller stops the run
+            if trial is not None:  # a fresh token refused on first use: the run stops
+                shown = redact_url(str(response.url))
+                raise AuthError(
+                    f"server rejected the token --token-command printed: HTTP 401 on {shown} "
+                    "(check what the command prints)",
+                    url=shown,
+                    status_code=401,
+                )
             await self._refresh(generation)
         # Every token this request was sent with had been proven by another request and
         # expired under it: no sign of wrong credentials, so not the run's end. The request

@@ -58,6 +58,8 @@ USER_AGENT = "dlstudy"
 RECONNECT_PAUSE = 0.5
 # Headers about the body as it came over the wire, wrong for the decoded body of _read_small.
 _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+# Headers of the archive's that no other origin gets (with the --header ones).
+_NOT_ELSEWHERE = frozenset({"authorization", "cookie"})
 
 
 def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
@@ -130,6 +132,7 @@ class Transport:
             self._auth = httpx.BasicAuth(user, password or "")
         self._headers: dict[str, str] = {"User-Agent": USER_AGENT}
         self._custom_header_names = {name.lower() for name, _ in settings.headers}
+        self._warned_of_downgrade = False
         for name, value in settings.headers:
             self._headers[name] = value
         token = (settings.token or "").strip()
@@ -174,11 +177,27 @@ class Transport:
 
     async def _strip_secrets_off_origin(self, request: httpx.Request) -> None:
         # httpx drops Authorization on a cross-origin redirect but forwards every other header,
-        # and --header is how API keys are usually passed: drop those too.
+        # and --header is how API keys are usually passed: drop those too. And cookies: a
+        # cookie is scoped by host, not port or scheme, so the jar hands the archive's session
+        # cookie to another port of its host, or to http:// from https://.
         if origin_of(request.url) != self._origin:
             for name in list(request.headers):
-                if name.lower() in self._custom_header_names or name.lower() == "authorization":
+                if name.lower() in self._custom_header_names or name.lower() in _NOT_ELSEWHERE:
                     del request.headers[name]
+            self._warn_of_downgrade(request.url)
+
+    def _warn_of_downgrade(self, url: httpx.URL) -> None:
+        """Say once that a redirect left https:// for plain http://: what comes from there
+        (patient data) travels unencrypted. Followed all the same, as curl and browsers do:
+        an archive may hand instances out from a store on the hospital's own network."""
+        if self._scheme != "https" or url.scheme != "http" or self._warned_of_downgrade:
+            return
+        self._warned_of_downgrade = True
+        log.warning(
+            "the server redirects to plain http:// (%s): what comes from there is not "
+            "encrypted; credentials and --header values are not sent there",
+            redact_url(str(url)),
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

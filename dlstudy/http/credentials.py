@@ -10,6 +10,18 @@ def has_control_character(text: str) -> bool:
     return any((ord(c) < 32 and c != "\t") or c == "\x7f" for c in text)
 
 
+def character_problem(value: str, *, ascii_only: bool) -> str | None:
+    """What is wrong with the characters of a credential, in words that show none of it; or
+    None. A bearer token (RFC 6750) and a header are ASCII: httpx cannot encode anything else
+    into a header (a traceback), and a non-ASCII character in one is usually a typographic
+    quote or a non-breaking space pasted with it. A Basic user or password goes as UTF-8."""
+    if has_control_character(value):
+        return "has a control character (a line break?) in it"
+    if ascii_only and not value.isascii():
+        return "has a character that is not ASCII in it (a pasted quote or non-breaking space?)"
+    return None
+
+
 def is_pair(given: object) -> bool:
     """Whether `given` is a (name, value) pair of strings."""
     return isinstance(given, tuple) and len(given) == 2 and all(isinstance(s, str) for s in given)
@@ -21,16 +33,21 @@ def credentials_problem(
     password: str | None,
     headers: tuple[tuple[str, str], ...] = (),
 ) -> str | None:
-    """Which option holds a control character, in words that show none of it; or None.
+    """Which option holds a control character (or, in a token or header, a character that
+    is not ASCII), in words that show none of it; or None.
     A token is taken stripped (see Transport): a trailing newline is common (a Kubernetes
     secret, `$(cat token.txt)`)."""
     if not all(is_pair(header) for header in headers):
         return "--header: headers must be (name, value) pairs of text, or a dict"
-    named = [("--token", (token or "").strip()), ("--user", user), ("--password", password)]
-    named += [(f"--header {name}", value) for name, value in headers]
-    for option, value in named:
-        if value and has_control_character(value):
-            return f"{option} has a control character (a line break?) in it"
+    named = [
+        ("--token", (token or "").strip(), True),
+        ("--user", user, False),
+        ("--password", password, False),
+    ]
+    named += [(f"--header {name}", f"{name}:{value}", True) for name, value in headers]
+    for option, value, ascii_only in named:
+        if value and (problem := character_problem(value, ascii_only=ascii_only)) is not None:
+            return f"{option} {problem}"
     return None
 
 

@@ -25,7 +25,23 @@ PROXY_WANTS_CREDENTIALS = (
 
 
 def translate_error(exc: BaseException, url: str) -> DlstudyError:
-    """Turn an exception from the HTTP stack into a dlstudy error with a one-line message."""
+    """Turn an exception from the HTTP stack into a dlstudy error with a one-line message.
+    A request redirected to another origin that failed there is described as the redirect
+    target's failure (its host, its TLS), from `url`."""
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return TransferError(f"redirected to {exc} from {redact_url(url)}", url=redact_url(url))
+    if isinstance(exc, httpx.TooManyRedirects):
+        shown = redact_url(url)
+        return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
+    failed = _failed_url(exc, url)
+    if origin_of(httpx.URL(failed)) == origin_of(httpx.URL(url)):
+        return _translate(exc, url)
+    error = _translate(exc, failed)
+    error.message = f"{error.message}; redirected there from {redact_url(url)}"
+    return error
+
+
+def _translate(exc: BaseException, url: str) -> DlstudyError:
     shown = redact_url(url)
     parsed = httpx.URL(url)
     curl = curl_failure(exc)
@@ -59,10 +75,6 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
         if curl is not None and curl.os_errno:
             said = os.strerror(curl.os_errno)
         return ConnectError(f"cannot connect to {_netloc(parsed)}: {said}", url=shown)
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return TransferError(f"redirected to {exc} from {shown}", url=shown)
-    if isinstance(exc, httpx.TooManyRedirects):
-        return TransferError(f"too many redirects (a loop?) from {shown}", url=shown)
     # A proxy that hangs or breaks looks like the server doing it: name it.
     where = f"{shown} through proxy {curl.proxy}" if curl is not None and curl.proxy else shown
     if isinstance(exc, httpx.ReadTimeout) and str(exc).startswith("stalled"):
@@ -74,6 +86,18 @@ def translate_error(exc: BaseException, url: str) -> DlstudyError:
     if isinstance(exc, httpx.TransportError | OSError):
         return TransferError(f"network error ({said}) on {where}", url=shown, retryable=True)
     return TransferError(f"unexpected {type(exc).__name__} on {shown}", url=shown)
+
+
+def _failed_url(exc: BaseException, url: str) -> str:
+    """The URL of the request that failed: when a redirect's target could not be reached,
+    that target, not `url`, which answered (httpx sets the request on the errors of the
+    requests it sends; those sent to the transport directly have none)."""
+    if isinstance(exc, httpx.RequestError):
+        try:
+            return str(exc.request.url)
+        except RuntimeError:
+            pass
+    return url
 
 
 # libcurl's codes for a server that sent nothing, or nothing like HTTP: empty reply, weird
@@ -228,13 +252,30 @@ def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
     return scheme, url.host, url.port or (443 if scheme == "https" else 80)
 
 
-def check_auth(response: httpx.Response) -> None:
+def redirected_elsewhere(response: httpx.Response) -> bool:
+    """Whether redirects led the request to `response` on another origin than the URL asked.
+    Its history may begin with an answer an auth flow replayed the request after (a 401 from
+    a redirect target, with --token-command): the redirects that count come after it."""
+    if not response.history:
+        return False
+    asked = response.url
+    for earlier in reversed(response.history):
+        if not earlier.has_redirect_location:
+            break
+        asked = earlier.url
+    return origin_of(response.url) != origin_of(asked)
+
+
+def check_auth(response: httpx.Response, *, search: bool = False) -> None:
     """Raise AuthError for 401/403: the server refuses us, nothing else will work either;
     and for 407, the proxy's refusal, which names the proxy.
 
     Except from a redirect target on another origin: archives hand instances out through
     expiring links to object stores, and a link that died is one the archive renews when asked
-    again, so that is a retryable failure of this request only.
+    again, so that is a retryable failure of this request only. Not for a `search` (QIDO):
+    no archive hands searches out through expiring links; a search redirected elsewhere is an
+    archive that moved (`http://` to `https://`, another host name), to which the run's
+    credentials are never sent: asking again gets the same refusal.
     """
     proxy = response.extensions.get(PROXY_USED)
     if response.status_code == 407:  # from the proxy, not the server: the archive URL is moot
@@ -244,10 +285,13 @@ def check_auth(response: httpx.Response) -> None:
     if (refusal := _client_certificate_refusal(response)) is not None:
         url = redact_url(str(response.url))
         raise AuthError(f"server {refusal} (HTTP 400 on {url})", url=url, status_code=400)
-    if response.status_code not in (401, 403):
+    status = response.status_code
+    if status not in (401, 403):
         return
-    if response.history and origin_of(response.url) != origin_of(response.history[0].url):
+    if redirected_elsewhere(response):
         url = redact_url(str(response.url))
+        if search:
+            raise AuthError(_moved_archive_refusal(response), url=url, status_code=status)
         raise HttpStatusError(
             f"HTTP {response.status_code} from the redirect target {url} (an expired link?); "
             "asking the archive again",
@@ -264,4 +308,15 @@ def check_auth(response: httpx.Response) -> None:
         f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
         url=redact_url(str(response.url)),
         status_code=response.status_code,
+    )
+
+
+def _moved_archive_refusal(response: httpx.Response) -> str:
+    """The line for a search that the archive redirected to another origin, which refused it
+    without the credentials it was not given."""
+    moved_to = f"{response.url.scheme}://{_netloc(response.url)}"
+    return (
+        f"the server redirected the search to another origin, {moved_to}, which answered "
+        f"HTTP {response.status_code} on {redact_url(str(response.url))}: no credential or "
+        f"--header goes to another origin; if {moved_to} is the archive, give it in --url"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from ..errors import UsageError
@@ -15,7 +16,24 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 # presigned signatures (X-Amz-Signature, X-Goog-Signature), OAuth codes, and names no list
 # of secrets could foresee.
 _SHOWN_QUERY_KEYS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
-_MATCHING_KEY = re.compile(r"[A-Z][A-Za-z0-9]*|[0-9A-Fa-f]{8}")
+# The matching keys dlstudy's own searches send (query's options, listings, a catalog's
+# windows), known without pydicom, which is slow to import; other keywords come from --filter,
+# which checks them with pydicom's dictionary first (see _is_dicom_keyword).
+_OWN_MATCHING_KEYS = frozenset(
+    {
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "Modality",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+    }
+)
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _SECRET_LOOKING = re.compile(r"(?i)token|key|sig|secret|pass|credential|code|auth|session")
 
 
@@ -54,10 +72,21 @@ def redact_url(url: str) -> str:
         userinfo, _, hostport = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    elif "@" in url and (not netloc or "@" in parts.path or not _has_valid_port(parts)):
+    elif "@" in url and (
+        not netloc or "@" in parts.path or not _has_valid_port(parts) or _password_cut_short(parts)
+    ):
         return _redact_loosely(url)  # a userinfo urlsplit did not see as one ("a:p/q@host")
     query = _redact_query(parts.query)
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _password_cut_short(parts: SplitResult) -> bool:
+    """Whether a `#` or `?` written as is in a password ended the authority early:
+    `http://bob:2024#Winter@host/` splits as host `bob`, port 2024 and a fragment
+    `Winter@host/`. An `@` in the fragment, or in a query before any `=` (a query's own
+    `@` is in a value, `key=a@b`), is the rest of such a userinfo."""
+    query_head = parts.query.partition("@")[0]
+    return "@" in parts.fragment or ("@" in parts.query and "=" not in query_head)
 
 
 def _has_valid_port(parts: SplitResult) -> bool:
@@ -99,10 +128,21 @@ def _redact_query(query: str) -> str:
 
 
 def _shown(name: str) -> bool:
-    """Whether a query value under `name` is harmless to print."""
+    """Whether a query value under `name` is harmless to print: paging, and DICOM matching
+    keys. A name merely shaped like a keyword is not one (`Policy`, `GoogleAccessId` of
+    signed links, a gateway's `Sid` or `Jwt`)."""
     if name.lower() in _SHOWN_QUERY_KEYS:
         return True
-    return bool(_MATCHING_KEY.fullmatch(name)) and not _SECRET_LOOKING.search(name)
+    if _SECRET_LOOKING.search(name):
+        return False
+    return name in _OWN_MATCHING_KEYS or bool(_TAG.fullmatch(name)) or _is_dicom_keyword(name)
+
+
+def _is_dicom_keyword(name: str) -> bool:
+    """Whether pydicom's dictionary knows `name`, when pydicom is loaded (--filter loads it to
+    check its keys before any request); otherwise the value is masked."""
+    datadict = sys.modules.get("pydicom.datadict")
+    return datadict is not None and datadict.tag_for_keyword(name) is not None
 
 
 def _seg(uid: str) -> str:
@@ -146,6 +186,8 @@ def authority_problem(url: str) -> str | None:
         return "has a control or non-printing character in it"
     try:
         parts = urlsplit(url)
+        if "@" not in parts.netloc and _password_cut_short(parts):
+            return "has a '#' or '?' in its user or password: write it percent-encoded (%23, %3F)"
         port = parts.port
     except ValueError as exc:
         if "Port" in str(exc):

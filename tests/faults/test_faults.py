@@ -14,6 +14,7 @@ import random
 import resource
 import select
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -351,8 +352,28 @@ def test_second_401_after_refresh_stops_the_run(
         url, synth_study.study_uid, tmp_path, "--token-command", "echo wrong-token"
     )
     assert status == 3
-    assert "server rejected the credentials: HTTP 401" in stderr
+    assert "server rejected the token --token-command printed: HTTP 401 on " in stderr
+    assert stderr.rstrip().endswith("(check what the command prints)"), stderr
     assert "wrong-token" not in stderr
+
+
+def test_a_command_printing_the_expired_token_again_stops_the_run_after_one_refresh(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """The token expires mid-run and the command prints the same one again (a stale cache):
+    it runs once more, not in a loop, and the line names the command, not --token or --user
+    (it said `server rejected the credentials: ... (check --token / --user / --password)`)."""
+    url = embedded_server(synth_study.root, token="tok", token_expires_after=5)
+    runs = tmp_path / "runs"
+    command = f"echo run >> {runs}; echo tok"
+    status, summary, stderr = download(
+        url, synth_study.study_uid, tmp_path / "o", "--token-command", command
+    )
+    assert status == 3, stderr
+    assert runs.read_text().splitlines() == ["run", "run"]  # at the start, one refresh
+    assert summary["error"].startswith(
+        "server rejected the token --token-command printed: HTTP 401 on "
+    ), summary["error"]
 
 
 def alive(pid: int) -> bool:
@@ -494,9 +515,13 @@ def test_hostile_uids_never_become_paths(tmp_path: Path) -> None:
 
 
 def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path) -> None:
+    """Neither the token, nor --header values, nor the archive's session cookie go to another
+    origin. The cookie did: cookies are scoped by host, not port, so httpx's jar sent it to
+    the other port of the same host (and would to http:// from https://)."""
     from ..scripted_servers import redirecting_pair
 
-    with redirecting_pair() as (url, study, seen_by_other_origin):
+    cookie = "session=c00k1e-secret; Path=/; HttpOnly"
+    with redirecting_pair(cookie) as (url, study, seen_by_other_origin):
         status, summary, _ = download(
             url,
             study,
@@ -512,6 +537,110 @@ def test_secret_headers_never_follow_a_redirect_to_another_origin(tmp_path: Path
     assert seen_by_other_origin, "the redirect target was never asked"
     for headers in seen_by_other_origin:
         assert "authorization" not in headers and "x-api-key" not in headers
+        assert "cookie" not in headers, headers
+
+
+STUDY_ARG = "STUDY"  # stands for the study UID in a parametrized command
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("download", STUDY_ARG, "-o", "OUT", "--json"),
+        ("query",),
+        ("sync", "-o", "OUT"),
+        ("bench", STUDY_ARG, "--repeat", "1"),
+    ],
+)
+def test_a_search_redirected_to_another_origin_that_refuses_it_stops_at_once(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    command: tuple[str, ...],
+) -> None:
+    """An archive that moved (every request redirected to another origin, as http:// to
+    https://) gets no credentials there, and is refused: that is said at once, naming the
+    new origin. It was taken for an expired presigned link, `asking the archive again`: 7
+    attempts over 14-23 s, then exit 3 all the same."""
+    from ..scripted_servers import moved_archive
+
+    target = embedded_server(synth_study.root, token="archive-token")
+    new_origin = target.removesuffix("/dicomweb")
+    swap = {STUDY_ARG: synth_study.study_uid, "OUT": str(tmp_path / "out")}
+    args = [swap.get(arg, arg) for arg in command]
+    with moved_archive(new_origin) as (url, asked):
+        result = run_installed(*args, "--url", url, "--token", "archive-token")
+
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 3, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(
+        f"dlstudy: error: the server redirected the search to another origin, {new_origin}, "
+        "which answered HTTP 401 on "
+    ), error
+    assert error.endswith(f"if {new_origin} is the archive, give it in --url"), error
+    assert len(set(asked)) == 1 and len(asked) <= 2, asked  # the h2c probe, then HTTP/1.1
+    assert "archive-token" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [("download", STUDY_ARG, "-o", "OUT"), ("query",)])
+def test_a_redirect_target_that_cannot_be_reached_is_the_one_named(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """An archive that sends every request to another origin that refuses connections (a
+    firewalled https:// port): the line names that origin, redacted, and where the redirect
+    came from. It named the archive, which had answered: `connection refused by
+    127.0.0.1:<the archive's port> (<the archive's URL>)`."""
+    from ..scripted_servers import moved_archive
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    swap = {STUDY_ARG: "1.2.3.4", "OUT": str(tmp_path / "out")}
+    args = [swap.get(arg, arg) for arg in command]
+    with moved_archive(dead) as (url, asked):
+        keyed = f"{url}?subscription-key=k3y-secret"
+        result = run_installed(*args, "--url", keyed, "--timeout", "1", "--http", "1.1")
+
+    assert "Traceback" not in result.stderr and "k3y-secret" not in result.stderr
+    assert result.returncode == 3, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(
+        f"dlstudy: error: connection refused by {dead.removeprefix('http://')} "
+        f"({dead}/dicomweb/studies"
+    ), error
+    assert "subscription-key=***&includefield=" in error, error
+    assert f"; redirected there from {url}/studies" in error, error
+
+
+def test_a_redirect_from_https_to_plain_http_is_warned_of_once(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """An https:// archive that sends every request to plain http://: followed (an archive
+    may hand instances out from a store on its own network), without the credentials, and
+    said once, as what comes from there is not encrypted. It was followed silently."""
+    from ..scripted_servers import moved_archive
+
+    target = embedded_server(synth_study.root).removesuffix("/dicomweb")
+    out = tmp_path / "out"
+    with moved_archive(target, tls=(str(tls_ca.cert), str(tls_ca.key))) as (url, asked):
+        result = run_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+            "--ca-bundle", str(tls_ca.ca_pem), "--token", "archive-token",
+        )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert asked and url.startswith("https://")
+    assert len(list(out.rglob("*.dcm"))) == len(synth_study.instances)
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(
+        f"dlstudy: warning: the server redirects to plain http:// ({target}/dicomweb/studies"
+    ), warnings
+    assert warnings[0].endswith(
+        "what comes from there is not encrypted; credentials and --header values are not sent there"
+    ), warnings
+    assert "archive-token" not in result.stdout + result.stderr
 
 
 def asked_for(sops: list[str], asked: list[str], times: int) -> None:
@@ -557,6 +686,42 @@ def test_an_expired_presigned_link_is_asked_for_again_never_stops_the_run(
     outputs = result.stdout + result.stderr + log_file.read_text()
     for secret in [*signatures, PRESIGNED_CREDENTIAL, "archive-token"]:
         assert secret not in outputs
+
+
+@pytest.mark.parametrize("refused", [1, 100], ids=["expired once", "always expired"])
+def test_a_401_from_an_expired_link_is_no_expired_token(tmp_path: Path, refused: int) -> None:
+    """With --token-command, a link that expired and says so with 401 (a link holding its own
+    token) is the link's, not the run's token: the instance is asked of the archive again and
+    the command is not run again. It was taken for the token expiring: the command ran again
+    and the request was replayed; a link refused again was then the archive refusing a fresh
+    token, `server rejected the credentials: HTTP 401 on <the link>`, exit 3 (the replay's
+    history began at the link's 401, so the redirect went unseen)."""
+    from ..factories import part10
+    from ..scripted_servers import SERIES, SOPS, presigned_pair
+
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    command = f"echo run >> {runs}; echo archive-token"
+    with presigned_pair(refused, status=401) as (url, study, asked, signatures):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "3", "--token-command", command,
+        )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    assert runs.read_text().splitlines() == ["run"]  # at the start only
+    assert not any(signature in result.stdout + result.stderr for signature in signatures)
+    if refused == 1:
+        assert result.returncode == 0, result.stderr
+        asked_for(SOPS, asked, 2)  # each instance asked for again, once
+        for sop in SOPS:
+            (path,) = out.rglob(f"{sop}.dcm")
+            assert path.read_bytes() == part10(study, SERIES, sop)
+    else:
+        assert result.returncode == 1, result.stderr  # not 3: the archive never refused
+        reasons = [f["reason"] for f in json.loads(result.stdout)["failures"]]
+        assert len(reasons) == len(SOPS)
+        assert all("HTTP 401 from the redirect target" in r for r in reasons), reasons
+        asked_for(SOPS, asked, 4)  # the first try and three retries
 
 
 # --- local faults ---------------------------------------------------------------------------

@@ -103,6 +103,23 @@ def test_no_secret_reaches_any_output(
 SECRET = "S3CRET-never-shown"
 
 
+@pytest.mark.parametrize("filtered", [(), ("--filter", "PatientSex=F")])
+def test_a_query_key_shaped_like_a_dicom_keyword_is_masked_unless_it_is_one(
+    synth_study: SynthStudy, embedded_server: StartServer, filtered: tuple[str, ...]
+) -> None:
+    """Signed links and gateways use names shaped like DICOM keywords (CloudFront's `Policy`,
+    a GCS link's `GoogleAccessId`, `Sid`, `Jwt`): their values are masked, the search's own
+    matching keys shown. Any capitalised name was shown, as if a matching key."""
+    url = embedded_server(synth_study.root, token="tok")
+    keyed = f"{url}?Sid={SECRET}&Jwt={SECRET}&Policy={SECRET}&GoogleAccessId={SECRET}"
+    result = run_installed("query", "--url", keyed, "--study-date", "20260105", *filtered)
+    assert result.returncode == 3, result.stderr  # 401: no token given
+    assert SECRET not in result.stderr + result.stdout
+    assert "?Sid=***&Jwt=***&Policy=***&GoogleAccessId=***&StudyDate=20260105&" in result.stderr
+    if filtered:
+        assert "&PatientSex=F&" in result.stderr, result.stderr
+
+
 def scan_error_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run the installed `dlstudy ARGS`, expecting one usage error line that shows no SECRET in
     stderr, stdout or the --log-file (sync and download write one); return that line."""
@@ -133,6 +150,24 @@ def test_a_malformed_url_is_shown_without_its_password(
 ) -> None:
     line = scan_error_run(tmp_path, *command, "--url", url)
     assert "bob:***@" in line
+
+
+@pytest.mark.parametrize("command", [("query",), ("sync",), ("download", "1.2.3")])
+@pytest.mark.parametrize("cut", ["#", "?"])
+@pytest.mark.parametrize("option", ["--url", "--proxy"])
+def test_a_password_with_a_hash_or_question_mark_is_not_read_as_a_port(
+    tmp_path: Path, command: tuple[str, ...], cut: str, option: str
+) -> None:
+    """A `#` or `?` written as is in a password ends the authority: `bob:4711#...@host` reads
+    as host `bob`, port 4711. The password's head was shown as that port (`cannot resolve
+    host 'bob' (http://bob:4711/studies)`, exit 3) after a request to that host was tried."""
+    url = f"http://bob:4711{cut}{SECRET}@127.0.0.1:9/dicomweb"
+    given = (
+        ("--url", url) if option == "--url" else ("--url", "http://127.0.0.1:9/dw", "--proxy", url)
+    )
+    line = scan_error_run(tmp_path, *command, *given)
+    assert "4711" not in line and "bob:***@127.0.0.1:9" in line, line
+    assert "has a '#' or '?' in its user or password: write it percent-encoded (%23, %3F)" in line
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,46 @@ def test_a_control_character_in_a_credential_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
+    ("args", "env", "option"),
+    [
+        (("--token", "tok\u00a0en"), None, "--token"),  # a non-breaking space pasted with it
+        ((), {"DLSTUDY_TOKEN": "t\u00f6ken"}, "--token"),
+        (("--header", "X-Api-Key: \u201ckey\u201d"), None, "--header X-Api-Key"),
+        (("--header", "X-Mandant: Z\u00fcrich"), None, "--header X-Mandant"),
+        (("--header", "X-\u00c4: v"), None, "--header X-\u00c4"),
+    ],
+)
+def test_a_character_that_is_not_ascii_in_a_token_or_header_is_a_usage_error(
+    scripted: Routes, args: tuple[str, ...], env: dict[str, str] | None, option: str
+) -> None:
+    """httpx encodes headers as ASCII: such a token or header was a UnicodeEncodeError
+    traceback (exit 1) from every command."""
+    result, requests = query(scripted, *args, env=env)
+    assert result.returncode == 2 and not requests
+    assert result.stderr == (
+        f"dlstudy: error: {option} has a character that is not ASCII in it "
+        "(a pasted quote or non-breaking space?)\n"
+    )
+
+
+def test_a_token_command_printing_a_token_that_is_not_ascii_stops_the_run(
+    scripted: Routes,
+) -> None:
+    result, requests = query(scripted, "--token-command", "printf 't\303\266ken'")
+    assert result.returncode == 3 and not requests
+    assert result.stderr == (
+        "dlstudy: error: --token-command printed a token with a character that is not ASCII in it\n"
+    )
+
+
+def test_a_user_and_password_that_are_not_ascii_are_sent_as_utf8(scripted: Routes) -> None:
+    """RFC 7617's charset=UTF-8: Basic credentials may be any text."""
+    result, requests = query(scripted, "--user", "j\u00f6rg", "--password", "p\u00e4ss")
+    assert result.returncode == 0, result.stderr
+    assert requests[0].headers["authorization"] == basic("j\u00f6rg", "p\u00e4ss")
+
+
+@pytest.mark.parametrize(
     ("args", "said"),
     [
         (
