@@ -222,7 +222,8 @@ async def run_in_processes(
             yield ref
 
     def a_worker_died() -> bool:
-        return any(not process.is_alive() for process in processes)
+        # Killed, or crashed: a worker that finished its share ends with 0, its lock given back.
+        return any(process.exitcode not in (None, 0) for process in processes)
 
     def report(result: Result) -> None:
         if isinstance(result, Done | Failed):
