@@ -365,6 +365,48 @@ def _shared_semaphore(pid: int) -> int:
     return int(line.split("-", 1)[0], 16)
 
 
+def _run_with_three_processes(
+    url: str, study_uid: str, out: Path, *output: str
+) -> tuple[subprocess.Popen[str], list[int]]:
+    """`download --workers 3` of the slow server's study, once 10 files landed: the process
+    and its two workers' pids. `output`: --json (stdout and stderr apart) or -q."""
+    if shutil.which("gdb") is None:
+        missing_tool("gdb is not installed")
+    if platform.machine() != "x86_64":
+        pytest.skip("the breakpoint's condition reads the first argument from %rdi")
+    process = subprocess.Popen(
+        [
+            DLSTUDY, "download", study_uid, "--url", url, "-o", str(out),
+            "--workers", "3", "-c", "6", "--mode", "instance", *output,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if "--json" in output else subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    workers = [int(pid) for pid in children]
+    assert len(workers) == 2
+    return process, workers
+
+
+def _kill_holding_the_claims_lock(pid: int) -> None:
+    """gdb stops process `pid` as it takes the claims lock, lets the others queue for it for
+    2 s, and kills it."""
+    gdb = subprocess.run(
+        [
+            "gdb", "-p", str(pid), "-batch",
+            "-ex", f"break *sem_trywait if $rdi == {_shared_semaphore(pid):#x}",
+            "-ex", "continue", "-ex", "finish", "-ex", 'printf "taken: %d\\n", $rax == 0',
+            "-ex", "shell sleep 2", "-ex", "kill",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "taken: 1" in gdb.stdout, gdb.stdout + gdb.stderr
+
+
 def test_workers_end_when_the_parent_is_killed_holding_the_claims_lock(
     tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
 ) -> None:
@@ -374,39 +416,11 @@ def test_workers_end_when_the_parent_is_killed_holding_the_claims_lock(
     waited for the lock for good, asleep in the kernel (the SIGTERM it sends them only wakes a
     Python handler), holding the caller's stdout and stderr open: a cron job's or a CI step's
     pipe never closed."""
-    if shutil.which("gdb") is None:
-        missing_tool("gdb is not installed")
-    if platform.machine() != "x86_64":
-        pytest.skip("the breakpoint's condition reads the first argument from %rdi")
     root, instances = study
     slow = embedded_server(root, latency=0.05)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [
-            DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
-            "--workers", "3", "-c", "6", "--mode", "instance", "-q",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children")
-               .read_text().split()]  # fmt: skip
-    assert len(workers) == 2
-    lock = _shared_semaphore(process.pid)
-    gdb = subprocess.run(
-        [
-            "gdb", "-p", str(process.pid), "-batch",
-            "-ex", f"break *sem_trywait if $rdi == {lock:#x}", "-ex", "continue",
-            "-ex", "finish", "-ex", "printf \"taken: %d\\n\", $rax == 0",
-            "-ex", "shell sleep 2", "-ex", "kill",
-        ],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert "taken: 1" in gdb.stdout, gdb.stdout + gdb.stderr
+    process, workers = _run_with_three_processes(slow, instances[0].study_uid, out, "-q")
+    _kill_holding_the_claims_lock(process.pid)
     process.wait(timeout=10)
 
     try:  # until the workers end too, the pipe stays open: then its reader gets its end
@@ -432,37 +446,13 @@ def test_the_run_ends_when_a_worker_is_killed_holding_the_claims_lock(
     it there, lets the others queue for it, kills it). The parent waited for the lock for
     good, deaf to Ctrl-C and SIGTERM, the output folder locked: every later run exited 5.
     Now the run ends, exit 1, the summary counting what did not land as failed."""
-    if shutil.which("gdb") is None:
-        missing_tool("gdb is not installed")
-    if platform.machine() != "x86_64":
-        pytest.skip("the breakpoint's condition reads the first argument from %rdi")
     root, instances = study
     slow = embedded_server(root, latency=0.05)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [
-            DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
-            "--workers", "3", "-c", "6", "--mode", "instance", "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    victim, other = (int(pid) for pid in children)
-    gdb = subprocess.run(
-        [
-            "gdb", "-p", str(victim), "-batch",
-            "-ex", f"break *sem_trywait if $rdi == {_shared_semaphore(victim):#x}",
-            "-ex", "continue", "-ex", "finish", "-ex", "printf \"taken: %d\\n\", $rax == 0",
-            "-ex", "shell sleep 2", "-ex", "kill",
-        ],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert "taken: 1" in gdb.stdout, gdb.stdout + gdb.stderr
+    process, (victim, other) = _run_with_three_processes(
+        slow, instances[0].study_uid, out, "--json"
+    )
+    _kill_holding_the_claims_lock(victim)
 
     try:
         stdout, stderr = process.communicate(timeout=90)
