@@ -229,11 +229,13 @@ def _tls_cause(said: str, host: str, whose: str = "server's") -> str:
 
 
 def _proxy_tls_failure(said: str, proxy: str) -> str:
-    """The line for a failed TLS handshake with an https:// proxy (`proxy` as shown)."""
+    """The line for a failed TLS handshake with an https:// proxy (`proxy` as shown), or one
+    that timed out before a tunnel was open (its handshake, or its CONNECT answer)."""
+    plain = "if it is a plain HTTP proxy, give it as http://"
+    if said.startswith("Connection timed out"):
+        return f"proxy {proxy} did not answer in time ({said}); {plain}"
     if "wrong version number" in said or "packet length too long" in said:
-        said = "it does not speak TLS; if it is a plain HTTP proxy, give it as http://"
-    elif said.startswith("Connection timed out"):
-        said = f"it did not answer ({said}); if it is a plain HTTP proxy, give it as http://"
+        said = f"it does not speak TLS; {plain}"
     else:
         said = _tls_cause(said, httpx.URL(proxy).host, "proxy's")
     return f"TLS handshake with proxy {proxy} failed: {said}"
