@@ -186,33 +186,33 @@ class Failed(typer.Exit):
         self.message = message
 
 
-def output_failed(exc: OSError) -> NoReturn:
-    """Stdout could not take what a command printed. A reader that stopped early (`| head`)
-    is not an error (exit 0); a full disk or a file size limit under `> FILE` is one line,
-    exit 1, and not a traceback. Stdout is pointed at /dev/null first, so that the exit's
-    flush of what is still buffered fails no more."""
+def _stdout_refused(exc: OSError) -> bool:
+    """Stdout could not take what was printed: False for a reader that stopped early (`| head`),
+    no failure; True, after one line saying so, for a full disk or a file size limit under
+    `> FILE`. Stdout is pointed at /dev/null first, so that the exit's flush of what is still
+    buffered fails no more."""
     with contextlib.suppress(OSError, ValueError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if isinstance(exc, BrokenPipeError):
-        raise typer.Exit(0) from None
+        return False
     error_line(f"cannot write the output: {exc.strerror or exc}")
-    raise typer.Exit(int(ExitStatus.SOME_FAILED)) from None
+    return True
+
+
+def output_failed(exc: OSError) -> NoReturn:
+    """Stdout could not take what a command printed: exit 0 for a reader that stopped early,
+    else exit 1 after one line (`_stdout_refused`), not a traceback."""
+    refused = _stdout_refused(exc)
+    raise typer.Exit(int(ExitStatus.SOME_FAILED) if refused else 0) from None
 
 
 def echo_summary(summary: Outcome) -> bool:
     """Print the --json object; False when stdout refused it (`--json > FILE` on a full disk),
-    after one line saying so: the caller's exit status is then 1 at least. A reader that
-    stopped early (`| head`) is no failure. Stdout then goes to /dev/null, as in
-    output_failed, so the flush at exit fails no more."""
+    after one line saying so: the caller's exit status is then 1 at least."""
     try:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
     except OSError as exc:
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        if isinstance(exc, BrokenPipeError):
-            return True
-        error_line(f"cannot write the output: {exc.strerror or exc}")
-        return False
+        return not _stdout_refused(exc)
     return True
 
 

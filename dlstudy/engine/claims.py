@@ -56,13 +56,13 @@ class SharedClaims:
         return self.refs[index]
 
     def __iter__(self) -> Iterator[InstanceRef]:
-        while (ref := self.claim()) is not None:
-            yield ref
+        return self.until(parent_gone)
 
     def until(self, give_up: Callable[[], bool]) -> Iterator[InstanceRef]:
-        """The parent's claims: it stops claiming, when the lock stays taken, if `give_up()`
-        says a worker died (one killed holding the lock would keep the run waiting for good,
-        deaf to Ctrl-C, the output folder locked)."""
+        """Claims until all are taken, or the lock stays taken and `give_up()`. The parent
+        gives up when a worker died (one killed holding the lock would keep the run waiting
+        for good, deaf to Ctrl-C, the output folder locked); a worker, iterating, when its
+        parent did."""
         while (ref := self.claim(give_up)) is not None:
             yield ref
 

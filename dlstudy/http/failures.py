@@ -46,9 +46,9 @@ def _translate(exc: BaseException, url: str) -> DlstudyError:
     parsed = httpx.URL(url)
     curl = curl_failure(exc)
     said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
+    if curl is not None and curl.proxy_tls and curl.code not in _LOCAL_TLS_FILES:
+        return ConnectError(_proxy_tls_failure(said, curl.proxy or ""), url=shown)
     if isinstance(exc, httpx.ProxyError):
-        if curl is not None and curl.proxy_tls:  # its TLS handshake timed out
-            return ConnectError(_proxy_tls_failure(said, curl.proxy or ""), url=shown)
         proxy = curl.proxy if curl is not None else None
         # libcurl: "CONNECT tunnel failed, response 407"
         if said.endswith("response 407") or (said.endswith("response 401") and _has_user(proxy)):
@@ -58,10 +58,8 @@ def _translate(exc: BaseException, url: str) -> DlstudyError:
     if isinstance(exc, httpx.ConnectTimeout):
         return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
     if isinstance(exc, httpx.ConnectError):
-        if curl is not None and curl.proxy_tls and curl.code not in _LOCAL_TLS_FILES:
-            return ConnectError(_proxy_tls_failure(said, curl.proxy or ""), url=shown)
         if curl is not None and curl.tls:
-            if "wrong version number" in said or "packet length too long" in said:
+            if _speaks_no_tls(said):
                 said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
             elif curl.code in _LOCAL_TLS_FILES:  # ours, not the server's: name the option
                 return ConnectError(f"cannot use {_LOCAL_TLS_FILES[curl.code]}: {said}", url=shown)
@@ -228,13 +226,19 @@ def _tls_cause(said: str, host: str, whose: str = "server's") -> str:
     return said
 
 
+def _speaks_no_tls(said: str) -> bool:
+    """Whether OpenSSL's words (through libcurl) say the peer answered the TLS hello in
+    something else: plain HTTP, most often."""
+    return "wrong version number" in said or "packet length too long" in said
+
+
 def _proxy_tls_failure(said: str, proxy: str) -> str:
     """The line for a failed TLS handshake with an https:// proxy (`proxy` as shown), or one
     that timed out before a tunnel was open (its handshake, or its CONNECT answer)."""
     plain = "if it is a plain HTTP proxy, give it as http://"
     if said.startswith("Connection timed out"):
         return f"proxy {proxy} did not answer in time ({said}); {plain}"
-    if "wrong version number" in said or "packet length too long" in said:
+    if _speaks_no_tls(said):
         said = f"it does not speak TLS; {plain}"
     else:
         said = _tls_cause(said, httpx.URL(proxy).host, "proxy's")
