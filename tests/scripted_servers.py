@@ -19,6 +19,9 @@ from .factories import STUDY, element, instance_json, multipart_body, part10, se
 SERIES = f"{STUDY}.5"
 DICOM_JSON = "application/dicom+json"
 SOPS = [f"{SERIES}.{i}" for i in range(1, 4)]
+# An OSC sequence retitling the terminal, a colour, rich markup that closes a tag never opened,
+# and a backspace to hide what came before.
+HOSTILE_REASON = "\x1b]0;owned\x07\x1b[31mred[/]\x08"
 
 
 class _Quiet(http.server.BaseHTTPRequestHandler):
@@ -327,7 +330,9 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
     - `deep-json`: the series list is an array nested 100,000 deep;
     - `redirect-loop`: every instance URL redirects to itself;
     - `redirect-to-file`: every instance URL redirects to file:///etc/passwd;
-    - `huge-header`: every answer starts with a header line of 200 MB.
+    - `huge-header`: every answer starts with a header line of 200 MB;
+    - `hostile-reason`: every instance is refused (418) with HOSTILE_REASON as the reason
+      phrase: terminal escapes, a backspace and rich markup.
 
     Yields (base URL, study UID)."""
 
@@ -358,6 +363,10 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
                 self.reply(302, b"", "text/plain", Location=path)
             elif how == "redirect-to-file":
                 self.reply(302, b"", "text/plain", Location="file:///etc/passwd")
+            elif how == "hostile-reason":
+                self.send_response(418, HOSTILE_REASON)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             else:
                 sop = path.rsplit("/", 1)[1]
                 self.reply(200, part10(STUDY, SERIES, sop), "application/dicom")

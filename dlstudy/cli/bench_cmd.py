@@ -23,6 +23,7 @@ from ..bench.report import (
 )
 from ..errors import DlstudyError, ExitStatus, Terminated
 from ..http.urls import redact_url
+from ..report.printable import printable
 from ..settings import HttpVersion
 from .common import Failed, error_line, fail_usage, setup_logging
 from .configured import ConfigCommand
@@ -274,7 +275,7 @@ def _progress(*, enabled: bool) -> Iterator[CellDone | None]:
 def _describe(result: CellResult) -> str:
     cell = f"{result.strategy} c={result.concurrency} HTTP/{result.http} run {result.repeat + 1}"
     if result.unsupported:
-        return f"{cell}: {result.unsupported}"
+        return f"{cell}: {printable(result.unsupported)}"
     failed = f", {result.failures} failed" if result.failures else ""
     return (
         f"{cell}: {result.mb_per_s:.1f} MB/s, {result.instances} instances "
@@ -320,7 +321,7 @@ def _cells(row: Row) -> list[str]:
         _ms(ttfb["p90"]),
         _ms(ttfb["p99"]),
         _ms(row.qido_ms()["p50"]),
-        row.status,
+        printable(row.status),  # a server's words in a failure
     ]
 
 
@@ -339,7 +340,7 @@ def _footer(report: BenchReport) -> str:
         f"p90 {_ms(qido['p90'])} ms, p99 {_ms(qido['p99'])} ms; "
         f"MB/s and inst/s: median over the runs that measured a speed; "
         f"TTFB: request sent to response headers"
-    ) + "".join(f"\nnote: {note}" for note in report.notes)
+    ) + "".join(f"\nnote: {printable(note)}" for note in report.notes)
 
 
 def render(report: BenchReport, stream: IO[str], *, rich: bool) -> None:
@@ -352,11 +353,12 @@ def render(report: BenchReport, stream: IO[str], *, rich: bool) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=stream)
     # rich needs about three columns of padding per column; a narrower terminal gets plain lines.
     if rich and sum(widths) + 3 * len(widths) <= console.width:
-        console.print(_heading(report), highlight=False)
+        console.print(_heading(report), highlight=False, markup=False)
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1))
         for title, width in zip(COLUMNS, widths, strict=True):
             justify: Literal["left", "right"] = "right" if title in numeric else "left"
@@ -364,9 +366,9 @@ def render(report: BenchReport, stream: IO[str], *, rich: bool) -> None:
         for cells in rows:
             style = "dim" if cells[-1].startswith("unsupported") else None
             style = "red" if "failed" in cells[-1] else style
-            table.add_row(*cells, style=style)
+            table.add_row(*(Text(cell) for cell in cells), style=style)  # no markup
         console.print(table)
-        console.print(_footer(report), style="dim", highlight=False)
+        console.print(_footer(report), style="dim", highlight=False, markup=False)
         return
 
     def line(cells: list[str]) -> str:

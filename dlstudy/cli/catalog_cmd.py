@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus
+from ..report.printable import printable
 from .catalog_options import WhereOpt, catalog_option, check_file
 from .command import Group
 from .common import (
@@ -374,9 +375,9 @@ def _print_pull(summary: PullSummary, *, json_output: bool, quiet: bool) -> None
         summary.exit_status = ExitStatus.SOME_FAILED
     unwritten = json_output and not echo_summary(summary)
     if not json_output and not quiet:
-        typer.echo(summary.one_line(), err=True)
+        typer.echo(printable(summary.one_line()), err=True)
         for note in summary.notes:
-            typer.echo(f"catalog: {note}", err=True)
+            typer.echo(f"catalog: {printable(note)}", err=True)
     if summary.unreachable != 0:
         error_line("the listing is incomplete: some studies could not be reached (see above)")
     if summary.unreachable != 0 or unwritten:

@@ -19,6 +19,7 @@ import typer
 
 from ..errors import DlstudyError, ExitStatus, Terminated
 from ..flow.signals import stopping
+from ..report.printable import printable
 from ..report.progress import NullProgress, PlainProgress, ProgressSink
 from ..report.summary import Summary
 
@@ -73,6 +74,14 @@ class LogFile(logging.FileHandler):
             pass
 
 
+class PrintableFormatter(logging.Formatter):
+    """A record's line with what a server or a file name put in it escaped (report/printable.py):
+    one record, one line, no terminal control. A traceback after it (--verbose) stays as is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return printable(super().formatMessage(record))
+
+
 _log_file: LogFile | None = None
 
 
@@ -90,13 +99,13 @@ def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) 
             owner.removeHandler(old)  # a previous command in the same process (tests, demo)
             old.close()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
     if verbose:
         handler.setFormatter(formatter)
     else:  # warnings only, in the shape of the CLI's other lines
         handler.setLevel(logging.ERROR if quiet else logging.WARNING)
-        handler.setFormatter(logging.Formatter("dlstudy: warning: %(message)s"))
+        handler.setFormatter(PrintableFormatter("dlstudy: warning: %(message)s"))
     handler.dlstudy_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     global _log_file
@@ -151,7 +160,7 @@ def exit_on_interrupt(
             if json_output:
                 echo_summary(summary)  # the status is the signal's
             else:
-                typer.echo(summary.one_line(), err=True)
+                typer.echo(printable(summary.one_line()), err=True)
         said = "terminated" if terminated else "interrupted"
         outcome.warning("%s", said)
         error_line(f"{said}; {kept}")
@@ -174,7 +183,7 @@ def choose_progress(*, quiet: bool, json_output: bool) -> ProgressSink:
 
 
 def error_line(message: str) -> None:
-    typer.echo(f"dlstudy: error: {message}", err=True)
+    typer.echo(f"dlstudy: error: {printable(message)}", err=True)
 
 
 class Failed(typer.Exit):
@@ -266,7 +275,7 @@ def finish(
     assert summary is not None
     if not json_output:
         if not quiet:  # failures are errors: --quiet keeps them (cron mails them)
-            typer.echo(summary.one_line(), err=True)
+            typer.echo(printable(summary.one_line()), err=True)
         for failure in summary.failures[:20]:
             error_line(failure.reason)
         if len(summary.failures) > 20:

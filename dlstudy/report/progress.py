@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import IO, Protocol
 
 from ..model import InstanceRef
+from .printable import printable
 
 # (entries of the list resolved so far, entries in the whole list)
 Listed = tuple[int, int]
@@ -146,7 +147,7 @@ class PlainProgress:
         self._started = False
 
     def _emit(self, text: str) -> None:
-        print(f"dlstudy: {text}", file=self.stream, flush=True)
+        print(f"dlstudy: {printable(text)}", file=self.stream, flush=True)
 
     def resolving(self, study_uid: str) -> None:
         self._resolving += 1

@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
 from ..model import InstanceRef
+from .printable import printable
 from .progress import Counters, Listed, _megabytes
 
 
@@ -59,7 +61,7 @@ class RichProgress:
     def resolving(self, study_uid: str) -> None:
         self._show()
         if not self.downloading:  # (a long list's later parts resolve while it downloads)
-            self.progress.update(self.task, description=f"resolving {study_uid}")
+            self.progress.update(self.task, description=f"resolving {escape(printable(study_uid))}")
 
     def start(self, total: int, skipped: int, listed: Listed | None = None) -> None:
         self._show()

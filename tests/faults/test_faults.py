@@ -37,6 +37,7 @@ from ..cli_helpers import (
     installed_download,
     run_installed,
     run_installed_measured,
+    run_on_a_terminal,
     summary_of,
 )
 from ..faultproxy import Fault, FaultProxy
@@ -1409,3 +1410,40 @@ def test_instances_of_a_stalling_archive_fail_concurrently_not_one_by_one(
     assert summary["instances"]["failed"] == 20
     assert all("stalled" in f["reason"] for f in summary["failures"]), summary["failures"]
     assert peak[0] >= 4, f"at most {peak[0]} instance requests at once"
+
+
+_TERMINAL_CONTROL = ("\x1b", "\x07", "\x08")
+
+
+def test_a_servers_words_are_printed_escaped_never_as_terminal_control(tmp_path: Path) -> None:
+    from ..scripted_servers import SOPS, misbehaving
+
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    with misbehaving("hostile-reason") as (url, study):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--http", "1.1",
+            "--mode", "instance", "--log-file", str(log),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    written = log.read_text(encoding="utf-8")
+    escaped = r"HTTP 418 \x1b]0;owned\x07\x1b[31mred[/]\x08"
+    # stderr: each failure as it happens and in the closing list; the log: once each.
+    for text, times in ((result.stderr, 2), (written, 1)):
+        assert not any(c in text for c in _TERMINAL_CONTROL), repr(text)
+        assert text.count(escaped) == times * len(SOPS), text
+    assert all(line.startswith("20") for line in written.splitlines())  # one record a line
+
+
+def test_bench_draws_a_servers_words_as_text_on_a_terminal(tmp_path: Path) -> None:
+    from ..scripted_servers import misbehaving
+
+    with misbehaving("hostile-reason") as (url, study):
+        code, drawn = run_on_a_terminal(
+            "bench", study, "--url", url, "--strategy", "single-part", "-c", "1",
+            "--http", "1.1", "--repeat", "1", "--timeout", "5",
+        )  # fmt: skip
+    assert "Traceback" not in drawn and "MarkupError" not in drawn, drawn
+    assert not any(c in drawn for c in _TERMINAL_CONTROL), repr(drawn)
+    assert r"\x1b]0;owned\x07" in drawn, drawn
+    assert code == 1, drawn
