@@ -377,12 +377,20 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
 
 @contextmanager
 def cutting(
-    cut_first: int, tls: ssl.SSLContext | None = None, *, cut_to: int | None = None
+    cut_first: int,
+    tls: ssl.SSLContext | None = None,
+    *,
+    cut_to: int | None = None,
+    framed: str | None = None,
 ) -> Iterator[tuple[str, str, list[str]]]:
     """Instances answered without a Content-Length, the body ending when the connection
     closes: the first `cut_first` answers close halfway (or after `cut_to` bytes), so HTTP
     itself cannot tell them from whole ones. With `tls`, over TLS, each connection closed
-    without close_notify. Yields (base URL, study UID, the SOP UIDs)."""
+    without close_notify. `framed`: every answer has a Content-Length, and the first
+    `cut_first` are the file cut as above (`cut`: the server's file itself is short), an
+    HTML page (`html`), or the cut file as the one part of a multipart/related answer
+    (`multipart`, the part's own Content-Length matching). Yields (base URL, study UID, the
+    SOP UIDs)."""
     answers = [0]
 
     class Cutting(_Quiet):
@@ -399,6 +407,15 @@ def cutting(
                 answers[0] += 1
                 if answers[0] <= cut_first:
                     data = data[: len(data) // 2 if cut_to is None else cut_to]
+                    if framed == "html":
+                        data = b"<!DOCTYPE html><html><body>Internal error</body></html>" * 9
+                if framed == "multipart":
+                    media = 'multipart/related; type="application/dicom"; boundary=b0undary'
+                    self.reply(200, multipart_body([data]), media)
+                    return
+                if framed is not None:
+                    self.reply(200, data, "application/dicom")
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/dicom")
                 self.send_header("Connection", "close")

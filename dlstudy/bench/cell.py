@@ -17,11 +17,17 @@ from typing import BinaryIO
 
 import httpx
 
-from ..dicomweb.completeness import check_complete_in
+from ..dicomweb.completeness import BodyWalk, check_complete_in
 from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Retrieval
-from ..dicomweb.verify import VERIFY_HEAD_LENGTH, read_header, read_header_in
+from ..dicomweb.verify import (
+    HEADER_PREFIX_LENGTH,
+    VERIFY_HEAD_LENGTH,
+    check_prefix,
+    read_header,
+    read_header_in,
+)
 from ..engine.fetch import check_identity_encoding, status_error
 from ..engine.parts import pour_parts
 from ..errors import (
@@ -116,7 +122,7 @@ class CellRun:
                 self.result.ttfb.append(headers_at - sent)
                 media = parse_media_type(response.headers.get("content-type", ""))
                 if media.mime == MULTIPART_RELATED:
-                    got, extra = await self._parts(response, sop_uid, expected, stop)
+                    got, extra = await self._parts(response, sop_uid, what, expected, stop)
                     if extra:
                         raise IntegrityError(
                             f"{what}: {got + extra} instances arrived where {expected} were "
@@ -131,7 +137,7 @@ class CellRun:
             raise IntegrityError(f"{what}: {got} of {expected} instances arrived", retryable=True)
 
     async def _parts(
-        self, response: httpx.Response, sop_uid: str | None, expected: int, stop: bool
+        self, response: httpx.Response, sop_uid: str | None, what: str, expected: int, stop: bool
     ) -> tuple[int, int]:
         """Read the parts; (parts counted, parts beyond the `expected` ones, not counted: a
         series answered with the whole study must not pass for a fast series)."""
@@ -144,7 +150,8 @@ class CellRun:
                 assert output is not None
                 output.write(event.data)
             elif isinstance(event, PartStarted):
-                output = Output(self.keep if got < expected else None, sop_uid, self.result)
+                keep = self.keep if got < expected else None
+                output = Output(keep, sop_uid, self.result, what=f"{what}, part {got + extra + 1}")
             elif isinstance(event, PartEnded):
                 assert output is not None
                 if got < expected:
@@ -207,17 +214,21 @@ class Output:
         self.size = 0
         self.temp = TempFile(keep / f"{sop_uid or 'part'}.dcm").__enter__() if keep else None
         # A body whose end HTTP cannot prove is kept (in the --keep file, or a temp file) to be
-        # judged as download judges it: a cut one is no instance.
+        # judged as download judges it: a cut one is no instance. One HTTP says is whole is
+        # walked as it arrives: the server's file may itself be cut (or not DICOM at all).
         self.check_whole = check_whole
         self.head = b""
         self.spool: BinaryIO | None = None
+        self.walk = None if check_whole else BodyWalk()
         if check_whole and self.temp is None:
             self.spool = tempfile.TemporaryFile(prefix="dlstudy-bench-")  # gone with us
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.check_whole and len(self.head) < VERIFY_HEAD_LENGTH:
+        if len(self.head) < VERIFY_HEAD_LENGTH:
             self.head += chunk[: VERIFY_HEAD_LENGTH - len(self.head)]
+        if self.walk is not None:
+            self.walk.feed(chunk)
         if self.temp is not None:
             self.temp.write(chunk)
         if self.spool is not None:
@@ -227,12 +238,14 @@ class Output:
         if self.size == 0:
             self.abandon()
             raise IntegrityError("an instance arrived with an empty body")
-        if self.check_whole:
-            try:
+        try:
+            if self.check_whole:
                 self._check_whole()
-            except BaseException:
-                self.abandon()
-                raise
+            else:
+                self._check_walked()
+        except BaseException:
+            self.abandon()
+            raise
         temp, self.temp = self.temp, None
         if temp is not None:
             self._commit(temp)
@@ -267,6 +280,18 @@ class Output:
             self.temp.close()
             with open_binary(self.temp.path) as kept:
                 self._judge(kept)
+
+    def _check_walked(self) -> None:
+        """Raise IntegrityError unless the body is DICOM (not an error page) and its elements,
+        walked as it arrived, end where it does."""
+        assert self.walk is not None
+        if self.size < HEADER_PREFIX_LENGTH:
+            raise IntegrityError(
+                f"{self.what}: response too short to be DICOM ({self.size} bytes)",
+                retryable=True,
+            )
+        check_prefix(self.head[:HEADER_PREFIX_LENGTH], sop_uid=self.sop_uid, label=self.what)
+        self.walk.end(self.what)
 
     def _judge(self, fp: BinaryIO) -> None:
         label = self.what

@@ -6,7 +6,8 @@ connection, an HTTP/2 stream that ends early without a Content-Length. The file'
 can: every element states its length, so walking the top-level elements (and the items of the
 sequences and encapsulated pixel data whose length is undefined) must land exactly on the last
 byte. Values are skipped by their lengths, never read, so the walk costs a few small reads
-whatever the size of the file.
+whatever the size of the file. The walk only moves forward: it runs over a file, over bytes in
+memory, or over a body as it arrives and is kept nowhere (`BodyWalk`, for bench).
 
 Files this walk cannot judge (big endian or deflated transfer syntaxes, a bare dataset without
 the file meta that names its encoding, a VR it does not know, nesting deeper than real files
@@ -17,8 +18,8 @@ one; a cut anywhere inside an element (the pixel data above all) is found.
 
 from __future__ import annotations
 
-import io
 import struct
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import IO
 
@@ -33,6 +34,7 @@ _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM U
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_TRANSFER_SYNTAX = 0x00020010
 _MAX_DEPTH = 16
 _TAG_VR_LENGTH = struct.Struct("<HH2sH")
 _TAG_LENGTH = struct.Struct("<HHL")
@@ -55,86 +57,199 @@ def check_complete(
     (a small instance), they are walked instead of the file."""
     if transfer_syntax in _NOT_WALKED:
         return
-    source = io.BytesIO(head) if head is not None and len(head) == size else None
-    with source or open_binary(path) as fp:
+    if head is not None and len(head) == size:
+        _judge(_in_memory(head, _walk_of(transfer_syntax, size)), label)
+        return
+    with open_binary(path) as fp:
         check_complete_in(fp, transfer_syntax=transfer_syntax, size=size, label=label)
 
 
 def check_complete_in(fp: IO[bytes], *, transfer_syntax: str, size: int, label: str) -> None:
     """As check_complete, for a file already open (an anonymous temp file)."""
-    if transfer_syntax in _NOT_WALKED:
-        return
+    if transfer_syntax not in _NOT_WALKED:
+        _judge(_in_file(fp, _walk_of(transfer_syntax, size)), label)
+
+
+def _walk_of(transfer_syntax: str, size: int) -> _Reads:
+    return _Walker(implicit=transfer_syntax == _IMPLICIT_LITTLE).whole_file(size)
+
+
+def _judge(walking: Callable[[], None], label: str) -> None:
     try:
-        _Walker(fp, size, implicit=transfer_syntax == _IMPLICIT_LITTLE).whole_file()
-    except _CannotJudge:
+        walking()
+    except (StopIteration, _CannotJudge):
         return
     except _Cut as cut:
-        raise IntegrityError(
-            f"{label}: the file is incomplete ({cut}): the body was cut short",
-            retryable=True,
-        ) from None
+        raise _incomplete(label, cut) from None
+
+
+def _in_memory(data: bytes, walk: _Reads) -> Callable[[], None]:
+    def run() -> None:
+        at, count = next(walk)
+        while True:
+            at, count = walk.send(data[at : at + count])
+
+    return run
+
+
+def _in_file(fp: IO[bytes], walk: _Reads) -> Callable[[], None]:
+    def run() -> None:
+        at, count = next(walk)
+        while True:
+            fp.seek(at)
+            at, count = walk.send(fp.read(count))
+
+    return run
+
+
+class BodyWalk:
+    """The same walk over a body as it arrives, when it is written nowhere (bench): `feed`
+    each piece, then `end`. The transfer syntax comes from the file meta; only the element
+    headers are kept, never the values between them."""
+
+    def __init__(self) -> None:
+        self._walk: _Reads | None = _Walker(implicit=None).whole_file(None)
+        self._at, self._count = next(self._walk)  # the read the walk waits for
+        self._buffer = bytearray()  # the body's bytes from `_base` on
+        self._base = 0
+        self._received = 0
+        self._cut: _Cut | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        start, self._received = self._received, self._received + len(chunk)
+        if self._walk is None or self._received <= self._at:
+            return  # judged already, or inside a value the walk skips
+        if self._buffer:
+            del self._buffer[: self._at - self._base]
+            self._buffer += chunk
+        else:
+            self._buffer[:] = chunk[self._at - start :]
+        self._base = self._at
+        try:
+            while self._base + len(self._buffer) >= self._at + self._count:
+                offset = self._at - self._base
+                data = bytes(self._buffer[offset : offset + self._count])
+                self._at, self._count = self._walk.send(data)
+                if self._at >= self._base + len(self._buffer):
+                    self._buffer.clear()
+                    self._base = self._at
+        except (StopIteration, _CannotJudge):
+            self._walk = None
+        except _Cut as cut:  # a structure broken before the end: said at the end
+            self._walk, self._cut = None, cut
+
+    def end(self, label: str) -> None:
+        """Raise a retryable IntegrityError unless the body ended where its last element did."""
+        if self._cut is not None:
+            raise _incomplete(label, self._cut)
+        if self._walk is None:
+            return
+        walk, self._walk = self._walk, None
+        if self._at > self._received:
+            cut = _Cut(f"an element runs to byte {self._at}, the body ends at {self._received}")
+            raise _incomplete(label, cut)
+        try:
+            walk.send(bytes(self._buffer[self._at - self._base :]))  # what is left: too little
+        except (StopIteration, _CannotJudge):
+            return
+        except _Cut as cut:
+            raise _incomplete(label, cut) from None
+        raise AssertionError("the walk asked to read past the end")  # pragma: no cover
+
+
+def _incomplete(label: str, cut: _Cut) -> IntegrityError:
+    return IntegrityError(
+        f"{label}: the file is incomplete ({cut}): the body was cut short", retryable=True
+    )
+
+
+# The walk asks for reads (position, count), positions only ever growing, and is sent the
+# bytes found there: fewer than asked where the file ends.
+# Returns where the walk ended.
+_Reads = Generator[tuple[int, int], bytes, int]
+
+
+def _check_length(data: bytes, at: int, count: int) -> None:
+    if len(data) < count:
+        raise _Cut(f"the file ends at byte {at + len(data)}")
+
+
+def _check_bound(at: int, count: int, end: int | None) -> None:
+    if end is not None and at + count > end:
+        raise _Cut(f"an element header at byte {at} runs past byte {end}")
 
 
 class _Walker:
-    def __init__(self, fp: IO[bytes], size: int, *, implicit: bool) -> None:
-        self.fp = fp
-        self.size = size
+    def __init__(self, *, implicit: bool | None) -> None:
+        """`implicit` None: read from the file meta's Transfer Syntax UID."""
         self.implicit = implicit
 
-    def read(self, pos: int, count: int, end: int) -> bytes:
-        if pos + count > end:
-            raise _Cut(f"an element header at byte {pos} runs past byte {end}")
-        self.fp.seek(pos)
-        data = self.fp.read(count)
-        if len(data) < count:
-            raise _Cut(f"the file ends at byte {pos + len(data)}")
-        return data
+    def whole_file(self, size: int | None) -> _Reads:
+        """Walk a file of `size` bytes (None: unknown, a body still arriving)."""
+        return self.elements(0, size, depth=0, in_item=False)  # (one generator: cheaper)
 
-    def whole_file(self) -> None:
-        head = self.read(0, min(self.size, _PREAMBLE + len(_MAGIC)), self.size)
-        if head[_PREAMBLE:] != _MAGIC:
-            # A bare dataset: no file meta, so its encoding is a guess (it may be big endian).
-            raise _CannotJudge("no file meta")
-        pos = self.elements(_PREAMBLE + len(_MAGIC), self.size, depth=0, in_item=False)
-        if pos != self.size:  # pragma: no cover - elements() walks to `end` or raises
-            raise _Cut(f"the elements end at byte {pos} of {self.size}")
-
-    def elements(self, pos: int, end: int, *, depth: int, in_item: bool) -> int:
-        """Walk elements from `pos`: to exactly `end`, or (in an item of undefined length) to
-        just past its delimiter. Returns where the walk ended."""
-        while pos < end or in_item:
-            data = self.read(pos, 8, end)
+    def elements(self, pos: int, end: int | None, *, depth: int, in_item: bool) -> _Reads:
+        """Walk elements from `pos`: to exactly `end` (None: to where the file ends, between
+        two elements), or (in an item of undefined length) to just past its delimiter.
+        Returns where the walk ended. From 0: the Part 10 prefix first."""
+        if pos == 0:
+            prefix = yield 0, _PREAMBLE + len(_MAGIC)
+            if prefix[_PREAMBLE:] != _MAGIC:
+                # A bare dataset: no file meta, so its encoding is a guess (big endian?).
+                raise _CannotJudge("no file meta")
+            pos = _PREAMBLE + len(_MAGIC)
+        while end is None or pos < end or in_item:
+            if end is not None and pos + 8 > end:
+                raise _Cut(f"an element header at byte {pos} runs past byte {end}")
+            data = yield pos, 8
+            if len(data) < 8:
+                if not data and end is None and not in_item:
+                    return pos  # the body ends here, between two elements
+                raise _Cut(f"the file ends at byte {pos + len(data)}")
             group, element, vr, short = _TAG_VR_LENGTH.unpack(data)
             tag = group << 16 | element
             if in_item and tag == _ITEM_END:
                 return pos + 8
+            if group != 0x0002 and self.implicit is None:
+                raise _CannotJudge("no Transfer Syntax UID in the file meta")
             if self.implicit and group != 0x0002:  # the file meta is always explicit VR
                 vr, length, header = b"", _LENGTH.unpack_from(data, 4)[0], 8
             elif vr in _LONG_VRS:
-                length, header = _LENGTH.unpack(self.read(pos + 8, 4, end))[0], 12
+                _check_bound(pos + 8, 4, end)
+                more = yield pos + 8, 4
+                _check_length(more, pos + 8, 4)
+                length, header = _LENGTH.unpack(more)[0], 12
             elif vr in _SHORT_VRS:
                 length, header = short, 8
             else:
                 raise _CannotJudge(f"VR {vr!r}")
             pos += header
+            if tag == _TRANSFER_SYNTAX and self.implicit is None and length <= 64:
+                _check_bound(pos, length, end)
+                value = yield pos, length
+                _check_length(value, pos, length)
+                self.implicit = _encoding(value.rstrip(b"\0 ").decode("ascii", "replace"))
             if length == _UNDEFINED:
                 # (UN of undefined length holds implicit VR items: not walked.)
                 if vr not in (b"", b"SQ", b"OB", b"OW"):
                     raise _CannotJudge(f"undefined length with VR {vr!r}")
-                pos = self.items(pos, end, depth=depth + 1)
-            elif pos + length > end:
+                pos = yield from self.items(pos, end, depth=depth + 1)
+            elif end is not None and pos + length > end:
                 raise _Cut(f"an element at byte {pos - header} needs {length} bytes")
             else:
                 pos += length
         return pos
 
-    def items(self, pos: int, end: int, *, depth: int) -> int:
+    def items(self, pos: int, end: int | None, *, depth: int) -> _Reads:
         """A sequence (or encapsulated pixel data) of undefined length: items up to its
         delimiter. Returns the position just past the delimiter."""
         if depth > _MAX_DEPTH:
             raise _CannotJudge("nesting")
         while True:
-            group, element, length = _TAG_LENGTH.unpack(self.read(pos, 8, end))
+            _check_bound(pos, 8, end)
+            data = yield pos, 8
+            _check_length(data, pos, 8)
+            group, element, length = _TAG_LENGTH.unpack(data)
             tag = group << 16 | element
             pos += 8
             if tag == _SEQUENCE_END:
@@ -142,8 +257,16 @@ class _Walker:
             if tag != _ITEM:
                 raise _Cut(f"byte {pos - 8} holds no item where the sequence goes on")
             if length == _UNDEFINED:
-                pos = self.elements(pos, end, depth=depth, in_item=True)
-            elif pos + length > end:
+                pos = yield from self.elements(pos, end, depth=depth, in_item=True)
+            elif end is not None and pos + length > end:
                 raise _Cut(f"an item at byte {pos - 8} needs {length} bytes")
             else:
                 pos += length
+
+
+def _encoding(transfer_syntax: str) -> bool:
+    """Whether the dataset after the file meta is implicit VR; _CannotJudge for one the walk
+    does not read."""
+    if transfer_syntax in _NOT_WALKED:
+        raise _CannotJudge(f"transfer syntax {transfer_syntax}")
+    return transfer_syntax == _IMPLICIT_LITTLE

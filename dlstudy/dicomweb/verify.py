@@ -40,18 +40,19 @@ def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) > LAST_TAG
 
 
-def check_prefix(prefix: bytes, *, sop_uid: str) -> None:
+def check_prefix(prefix: bytes, *, sop_uid: str | None, label: str | None = None) -> None:
     """Fail fast on the first bytes when they are text: an HTML error page, JSON, XML.
 
     Binary bodies without the DICM magic are judged after the download instead: some archives
     hold (and serve) bare datasets without the Part 10 header, and those are kept when their
-    SOP Instance UID is the one asked for. `sop_uid` may be a label such as "part 3".
+    SOP Instance UID is the one asked for. `label` names the body in the error (default:
+    "instance <sop_uid>").
     """
     if len(prefix) < HEADER_PREFIX_LENGTH or prefix[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
         return
     if _is_text(prefix):
         raise IntegrityError(
-            f"instance {sop_uid}: response is not DICOM ({_guess_text(prefix)})",
+            f"{label or f'instance {sop_uid}'}: response is not DICOM ({_guess_text(prefix)})",
             sop_instance_uid=sop_uid,
             retryable=False,
         )
@@ -121,7 +122,7 @@ def read_header_in(
         raise IntegrityError(
             f"{label}: response too short to be DICOM ({len(prefix)} bytes)", retryable=True
         )
-    check_prefix(prefix, sop_uid=label.removeprefix("instance "))
+    check_prefix(prefix, sop_uid=label.removeprefix("instance "), label=label)
     has_magic = prefix[PREAMBLE_LENGTH:] == MAGIC
     if has_magic and (info := read_header_fast(fp)) is not None:
         return info

@@ -688,6 +688,38 @@ def test_a_body_cut_in_its_header_where_http_cannot_tell_counts_nothing(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("framed", "reason"),
+    [
+        ("cut", "instance {}: the file is incomplete"),
+        ("html", "instance {}: response is not DICOM (looks like an HTML"),
+        ("multipart", "instance {}, part 1: the file is incomplete"),
+    ],
+)
+def test_a_body_http_calls_whole_but_not_a_whole_instance_counts_nothing(
+    framed: str, reason: str
+) -> None:
+    """Bodies with a Content-Length they match: the first two are the server's file cut in
+    half (truncated at the source), an HTML error page under a 200, or the cut file as a
+    multipart part. Download fails them; bench counted them as instances (`ok`, exit 0): they
+    are failures and no throughput."""
+    from ..factories import part10
+    from ..scripted_servers import SERIES, cutting
+
+    with cutting(2, framed=framed) as (url, study, sops):
+        result = run_installed(
+            "bench", study, "--url", url, "--http", "1.1", "--strategy", "single-part",
+            "-c", "1", "--repeat", "1", "--json",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"].startswith(f"2 of 3 failed: {reason.format(sops[0])}"), row
+    totals = row["totals"]
+    assert (totals["instances"], totals["failures"]) == (1, 2)
+    assert totals["bytes"] == len(part10(study, SERIES, sops[2], payload=b"\1" * 65536))
+
+
+@pytest.mark.integration
 def test_a_cut_single_part_answer_to_a_series_request_names_the_series() -> None:
     """A series asked for, one close-delimited single-part body cut in its header: the line
     names the series asked for (it said `instance None`)."""

@@ -18,7 +18,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from dlstudy.dicomweb.completeness import check_complete
+from dlstudy.dicomweb.completeness import BodyWalk, check_complete
 from dlstudy.errors import IntegrityError
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -66,9 +66,11 @@ FORMS = {
 }
 
 
-def check(tmp_path: Path, data: bytes, transfer_syntax: str) -> None:
+def check(tmp_path: Path, data: bytes, transfer_syntax: str, *, body: bool = True) -> None:
     """The file's walk, and the same from memory (a download's head that holds the whole file,
-    as small instances do): both must say the same."""
+    as small instances do): both must say the same. With `body`, so must the walk of the
+    bytes as they arrive (bench), in pieces of several sizes: it reads the transfer syntax
+    from the file meta, which must then be `transfer_syntax`."""
     path = tmp_path / "x.dcm"
     path.write_bytes(data)
     outcomes = []
@@ -81,8 +83,23 @@ def check(tmp_path: Path, data: bytes, transfer_syntax: str) -> None:
         except IntegrityError as exc:
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1]
+    for piece in (4096, len(data) or 1) if body else ():
+        assert (walk_body(data, piece) is None) == (outcomes[0] is None), piece
     if outcomes[0] is not None:
         raise IntegrityError(outcomes[0], retryable=True)
+
+
+def walk_body(data: bytes, piece: int) -> str | None:
+    """What BodyWalk says of `data` fed `piece` bytes at a time: None when whole."""
+    walk = BodyWalk()
+    for at in range(0, len(data), piece):
+        walk.feed(data[at : at + piece])
+    try:
+        walk.end("x")
+    except IntegrityError as exc:
+        assert exc.retryable and "the file is incomplete" in str(exc)
+        return str(exc)
+    return None
 
 
 @pytest.mark.parametrize("form", list(FORMS))
@@ -117,8 +134,38 @@ def test_what_the_walk_cannot_judge_passes(tmp_path: Path) -> None:
     """Deflated data, a bare dataset (no file meta to name its encoding: it may be big
     endian), a VR the walk does not know: never refused for that."""
     data = part10(ExplicitVRLittleEndian, undefined=False)
-    check(tmp_path, data[:-100], DeflatedExplicitVRLittleEndian)
+    check(tmp_path, data[:-100], DeflatedExplicitVRLittleEndian, body=False)
+    deflated = part10(DeflatedExplicitVRLittleEndian, undefined=False)
+    check(tmp_path, deflated[:-100], DeflatedExplicitVRLittleEndian)  # named in its file meta
     meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # past the file meta group
     check(tmp_path, data[meta_end:-100], ExplicitVRLittleEndian)
     unknown = data.replace(b"OW", b"ZZ")  # the pixel data's VR, made up
     check(tmp_path, unknown, ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_a_body_walked_as_it_arrives_byte_by_byte_says_what_the_file_walk_says(
+    tmp_path: Path, form: str
+) -> None:
+    """Pieces of one byte: every read of the walk waits for bytes still to come. Whole, cut
+    inside the pixel data, cut inside the sequence, one byte too many."""
+    transfer_syntax, undefined, encapsulated = FORMS[form]
+    data = part10(transfer_syntax, undefined=undefined, encapsulated=encapsulated)
+    sequence = data.index(b"\x08\x00\x40\x11")
+    assert walk_body(data, 1) is None
+    for cut in (sequence + 9, len(data) - 3, len(data) + 1):
+        cut_data = (data + b"\0")[:cut]
+        said = walk_body(cut_data, 1)
+        assert said is not None and said == walk_body(cut_data, 4096), cut
+    with pytest.raises(IntegrityError, match="incomplete"):
+        check(tmp_path, data[: sequence + 9], transfer_syntax)
+
+
+def test_a_body_too_short_for_the_prefix_or_without_a_transfer_syntax_is_let_through() -> None:
+    """Not Part 10 (too short, no DICM, no Transfer Syntax UID in its file meta): what the
+    header check judges, not this walk."""
+    data = part10(ExplicitVRLittleEndian, undefined=False)
+    assert walk_body(data[:100], 7) is None
+    no_syntax = data.replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x11\x00UI", 1)
+    assert no_syntax != data
+    assert walk_body(no_syntax[:-100], 4096) is None
