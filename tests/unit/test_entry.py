@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from dlstudy.cli.entry import is_interrupt
@@ -28,3 +31,34 @@ def test_other_errors_are_not_interrupts() -> None:
     plain = RuntimeError("wrapped")
     plain.__cause__ = ValueError()
     assert not is_interrupt(plain)
+
+
+_DYING_WITH_A_CTRL_C = """
+import sys, time
+from dlstudy.cli import entry
+sys.unraisablehook = entry.deliver_interrupts_again  # as the console script's entry sets it
+class Dying:
+    def __del__(self):
+        raise KeyboardInterrupt  # where Python cannot raise it: "Exception ignored"
+try:
+    Dying()
+    time.sleep(5)
+    print("the interrupt was lost")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_ctrl_c_that_python_cannot_raise_where_it_lands_is_delivered_again() -> None:
+    """A Ctrl-C landing in a weakref callback of an import's module lock (seen in a test of
+    Ctrl-C during start-up) printed Python's traceback and was lost. The same from a
+    `__del__`, in a fresh interpreter: no traceback, and the run is interrupted."""
+    result = subprocess.run(
+        [sys.executable, "-c", _DYING_WITH_A_CTRL_C],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == "interrupted", result
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
