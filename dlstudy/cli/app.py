@@ -81,7 +81,12 @@ def _print_version(asked: bool) -> None:
 
         from ..http.curl import engine_version
 
-        typer.echo(f"dlstudy {importlib.metadata.version('dlstudy')} ({engine_version()})")
+        try:
+            typer.echo(f"dlstudy {importlib.metadata.version('dlstudy')} ({engine_version()})")
+        except OSError as exc:
+            from .common import output_failed
+
+            output_failed(exc)
         raise typer.Exit(0)
 
 

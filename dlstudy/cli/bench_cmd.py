@@ -25,7 +25,7 @@ from ..errors import DlstudyError, ExitStatus, Terminated
 from ..http.urls import redact_url
 from ..report.printable import printable
 from ..settings import HttpVersion
-from .common import Failed, error_line, fail_usage, setup_logging
+from .common import Failed, error_line, fail_usage, printed, setup_logging
 from .configured import ConfigCommand
 from .connection import settings_from
 from .options import (
@@ -170,10 +170,11 @@ def register(app: typer.Typer) -> None:
             status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
             said = "terminated" if terminated else "interrupted"
             _end_early(partial, json_output, chart, int(status), said)
-        _print_report(report, json_output, None, chart=chart)
+        shown = _print_report(report, json_output, None, chart=chart)
         if chart is not None and not json_output:
             typer.echo(f"dlstudy: chart written to {chart}", err=True)
-        raise typer.Exit(int(report.exit_status))
+        code = int(report.exit_status)
+        raise typer.Exit(code if shown else max(code, int(ExitStatus.SOME_FAILED)))
 
 
 @contextmanager
@@ -224,9 +225,10 @@ def _print_report(
     *,
     chart: Path | None = None,
     error: str | None = None,
-) -> None:
+) -> bool:
+    """The table or the JSON object on stdout; False when stdout refused it (`printed`)."""
     if report is None:
-        return
+        return True
     if error is not None:
         report.error = error
     if json_output:
@@ -234,9 +236,10 @@ def _print_report(
         data["chart"] = str(chart) if chart else None
         if exit_status is not None:
             data["exit_status"] = exit_status
-        typer.echo(json.dumps(data, indent=2))
-    elif report.results:
-        render(report, sys.stdout, rich=sys.stdout.isatty())
+        return printed(lambda: typer.echo(json.dumps(data, indent=2)))
+    if report.results:
+        return printed(lambda: render(report, sys.stdout, rich=sys.stdout.isatty()))
+    return True
 
 
 @contextmanager

@@ -22,7 +22,20 @@ class _PlainFlags:
         return params
 
 
-class Command(_PlainFlags, TyperCommand):
+class _HelpOrOneLine:
+    """`--help` that stdout cannot take (`> FILE` on a full disk) ends as any other output
+    does: one error line and exit 1, not a traceback."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        try:
+            super().format_help(ctx, formatter)  # type: ignore[misc]
+        except OSError as exc:
+            from .common import output_failed
+
+            output_failed(exc)
+
+
+class Command(_HelpOrOneLine, _PlainFlags, TyperCommand):
     """Every dlstudy command's class (directly, or through configured.ConfigCommand)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -31,7 +44,7 @@ class Command(_PlainFlags, TyperCommand):
         return result
 
 
-class Group(_PlainFlags, TyperGroup):
+class Group(_HelpOrOneLine, _PlainFlags, TyperGroup):
     """`dlstudy` and `dlstudy catalog`."""
 
 

@@ -215,14 +215,19 @@ def output_failed(exc: OSError) -> NoReturn:
     raise typer.Exit(int(ExitStatus.SOME_FAILED) if refused else 0) from None
 
 
-def echo_summary(summary: Outcome) -> bool:
-    """Print the --json object; False when stdout refused it (`--json > FILE` on a full disk),
-    after one line saying so: the caller's exit status is then 1 at least."""
+def printed(write: Callable[[], object]) -> bool:
+    """Run `write`, which prints to stdout; False when stdout refused it (`> FILE` on a full
+    disk), after one line saying so: the caller's exit status is then 1 at least."""
     try:
-        typer.echo(json.dumps(summary.as_dict(), indent=2))
+        write()
     except OSError as exc:
         return not _stdout_refused(exc)
     return True
+
+
+def echo_summary(summary: Outcome) -> bool:
+    """Print the --json object; False when stdout refused it (`printed`)."""
+    return printed(lambda: typer.echo(json.dumps(summary.as_dict(), indent=2)))
 
 
 def fail(message: str, status: int) -> NoReturn:

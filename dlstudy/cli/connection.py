@@ -103,12 +103,16 @@ def option(*names: str, help: str, secret: bool = False, envvar: str | None = No
     )
 
 
+# Every command that needs a URL says where one can be given, in the same words.
+URL_REQUIRED = "--url (or DLSTUDY_URL, or url in a config profile) is required"
+
+
 def build_settings(
     *, url: str, http: str, mode: str = "auto", insecure: bool, **fields: Any
 ) -> Settings:
     """Check what typer cannot (choices, pairs, the URL being set) and build the Settings."""
     if not url:
-        fail_usage("--url (or DLSTUDY_URL, or url in a config profile) is required")
+        fail_usage(URL_REQUIRED)
     if (problem := base_url_problem(url)) is not None:
         fail_usage(problem)
     problem = credentials_problem(

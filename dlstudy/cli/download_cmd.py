@@ -24,7 +24,7 @@ from .common import (
     use_log_format,
 )
 from .configured import ConfigCommand
-from .connection import settings_from
+from .connection import URL_REQUIRED, settings_from
 from .options import (
     CONNECTION,
     HTTP,
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
             if not wanted:
                 fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
             if not url:
-                fail_usage("--url (or DLSTUDY_URL) is required")
+                fail_usage(URL_REQUIRED)
             if any(not one.strip() for one in modality or ()):
                 fail_usage("--modality is empty: give a value, or leave the option out for all")
             if report is not None:

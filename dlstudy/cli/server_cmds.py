@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .command import Command
-from .common import error_line, fail_usage
+from .common import error_line, fail_usage, output_failed
 from .options import fraction, seconds
 
 DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side
@@ -280,7 +280,11 @@ def synth(
     study_uids = list(dict.fromkeys(i.study_uid for i in written))
     total = sum(i.size for i in written)
     studies_word = "study" if len(study_uids) == 1 else "studies"
-    print(
-        f"wrote {len(written)} files, {total} bytes ({total / 1e6:.1f} MB) under {out}; "
-        f"{len(study_uids)} {studies_word}: {' '.join(study_uids)}"
-    )
+    try:
+        print(
+            f"wrote {len(written)} files, {total} bytes ({total / 1e6:.1f} MB) under {out}; "
+            f"{len(study_uids)} {studies_word}: {' '.join(study_uids)}",
+            flush=True,
+        )
+    except OSError as exc:
+        output_failed(exc)

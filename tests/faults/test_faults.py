@@ -910,6 +910,34 @@ def test_a_json_summary_onto_a_full_disk_is_one_line_and_never_exit_0(
     assert_complete(tmp_path / "out", synth_study.instances)
 
 
+def test_every_command_printing_to_a_full_disk_says_so_in_one_line(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`bench` (its table and its --json object), `synth` and `--version` into a file on a
+    full disk (/dev/full) were OSError tracebacks; now one line and exit 1, as for the other
+    commands (a bench that failed keeps its status)."""
+    url = embedded_server(synth_study.root)
+    lost = "dlstudy: error: cannot write the output: No space left on device"
+    bench = ["bench", "--url", url, synth_study.study_uid, "--strategy", "study", "-c", "1"]
+    bench += ["--http", "1.1", "--repeat", "1"]
+    for command, status in (
+        ([*bench], 1),
+        ([*bench, "--json"], 1),
+        (["bench", "--url", url, "1.2.3", "--json"], 4),
+        (["synth", str(tmp_path / "synth"), "--instances", "2"], 1),
+        (["--version"], 1),
+    ):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [DLSTUDY, *command], stdout=full, stderr=subprocess.PIPE, text=True,
+                timeout=120, check=False,
+            )  # fmt: skip
+        assert result.returncode == status, (command, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        said = [line for line in result.stderr.splitlines() if "error" in line]
+        assert said[0] == lost, (command, result.stderr)
+
+
 def test_a_report_in_a_read_only_folder_is_a_usage_error_before_any_request(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:

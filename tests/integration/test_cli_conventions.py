@@ -17,7 +17,7 @@ from dlstudy.cli.app import COMMANDS, app, build_app
 from dlstudy.cli.connection import NO_ENVVAR
 from dlstudy.config import load
 
-from ..cli_helpers import run_installed
+from ..cli_helpers import DLSTUDY, run_installed
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -205,6 +205,21 @@ def test_a_group_without_its_command_prints_its_help_and_no_error_line(
     assert result.stderr == ""
     assert "Usage: dlstudy" in result.stdout
     assert all(re.search(rf"^\W*{name}\b", result.stdout, re.M) for name in commands)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["download", "--help"], ["catalog"], []])
+def test_help_onto_a_full_disk_is_one_line_not_a_traceback(args: list[str]) -> None:
+    """`dlstudy --help > FILE` on a full disk (/dev/full) was an OSError traceback from
+    rich; it ends as any output that cannot be written does."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [DLSTUDY, *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "dlstudy: error: cannot write the output: No space left on device"
+    ]
 
 
 def test_version_names_dlstudy_and_libcurl() -> None:

@@ -52,7 +52,7 @@ def test_from_file_reports_the_line_of_a_bad_uid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((STUDY,), "--url (or DLSTUDY_URL) is required"),
+        ((STUDY,), "--url (or DLSTUDY_URL, or url in a config profile) is required"),
         (("--url", "http://x"), "give at least one STUDY_UID, --from-file or --from-catalog"),
         ((STUDY, "--url", "ftp://x"), "--url must start with http:// or https://"),
         ((STUDY, "--url", "http://x", "--http", "3"), "--http must be one of auto, 1.1, 2"),
@@ -101,6 +101,24 @@ def test_every_command_checks_the_url_up_front(tmp_path: Path, command: str) -> 
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"dlstudy: error: {said}"), (url, lines)
         assert "pw" not in lines[0]
+
+
+@pytest.mark.parametrize("command", URL_COMMANDS)
+def test_every_command_without_a_url_names_every_place_to_give_it(
+    tmp_path: Path, command: str
+) -> None:
+    """The same line from each command: download's left out the config profile, which its
+    --help (and the other commands' errors) name as a place for the URL."""
+    args = (*command.split(), *URL_COMMANDS[command])
+    if command == "catalog pull":
+        args = (*args, str(tmp_path / "catalog.duckdb"))
+    if command in ("download", "sync"):
+        args = (*args, "-o", str(tmp_path / "out"))
+    result = run_installed(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "dlstudy: error: --url (or DLSTUDY_URL, or url in a config profile) is required"
+    ]
 
 
 def test_unwritable_output_directory(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,43 @@ def test_every_command_is_in_the_readme_tour_and_every_option_explained() -> Non
         for option in options:
             pattern = re.compile(rf"(?<![\w-]){re.escape(option)}(?![\w-])")
             assert any(pattern.search(row) for row in table_rows), f"{name} {option} unexplained"
+
+
+# The pages whose ```bash blocks show dlstudy command lines to copy.
+EXAMPLE_PAGES = ("README.md", "docs/usage.md", "docs/catalog.md", "docs/bench.md", "docs/server.md")
+
+
+def _example_command_lines() -> list[tuple[str, list[str]]]:
+    """Each `dlstudy ...` of the pages' bash blocks (pipes split, continuations joined, shell
+    comments dropped) as its page and its words after `dlstudy`."""
+    found = []
+    for page in EXAMPLE_PAGES:
+        text = (ROOT / page).read_text(encoding="utf-8")
+        for block in re.findall(r"```bash\n(.*?)\n```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                if line.lstrip().startswith("#"):
+                    continue
+                for segment in line.split("|"):
+                    words = shlex.split(segment, comments=True)
+                    programs = [word.rsplit("/", 1)[-1] for word in words]
+                    if "dlstudy" in programs:
+                        found.append((page, words[programs.index("dlstudy") + 1 :]))
+    return found
+
+
+def test_the_example_command_lines_use_options_their_commands_have() -> None:
+    """An option renamed or removed fails here until the examples follow it."""
+    commands = _commands()
+    examples = _example_command_lines()
+    assert len(examples) >= 25  # the blocks are still found
+    for page, words in examples:
+        if not words or words[0].startswith("-"):  # `dlstudy demo`'s install line, --version
+            continue
+        name = " ".join(words[:2]) if " ".join(words[:2]) in commands else words[0]
+        assert name in commands, (page, words)
+        for word in words[1:]:
+            if word.startswith("--"):
+                assert word.split("=")[0] in commands[name], (page, name, word)
 
 
 def test_the_readme_is_a_manual_not_a_notebook() -> None:
