@@ -199,7 +199,8 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
-    what = directory if spec is None else f"a virtual archive of {virtual} studies"
+    studies = "1 study" if virtual == 1 else f"{virtual} studies"
+    what = directory if spec is None else f"a virtual archive of {studies}"
 
     def ready(url: str) -> None:
         print(f"serving {what} at {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)

@@ -521,6 +521,7 @@ def _incomplete(
     else:
         why = "the server sends nothing more"
     return IncompleteListingError(
-        f"could not list {shown} completely: {listed} results, {announced}, but {why}",
+        f"could not list {shown} completely: {listed} result{'' if listed == 1 else 's'}, "
+        f"{announced}, but {why}",
         url=shown,
     )

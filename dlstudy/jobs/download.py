@@ -287,7 +287,8 @@ def take_complete(
         if report is not None:
             report_present(report, manifest, store, study)
     if complete:
-        log.info("%d studies complete in the manifest: not listed again", len(complete))
+        studies = "1 study" if len(complete) == 1 else f"{len(complete)} studies"
+        log.info("%s complete in the manifest: not listed again", studies)
     return rest, list(complete)
 
 
