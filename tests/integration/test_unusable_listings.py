@@ -152,6 +152,24 @@ def test_uids_padded_as_dicom_pads_them_are_read_without_the_padding(
             assert (out / STUDY / series / f"{sop}.dcm").read_bytes() == part10(STUDY, series, sop)
 
 
+@pytest.mark.parametrize("dots", ["..", "."])
+def test_a_series_listed_as_a_dot_segment_is_never_asked_for(
+    scripted: Routes, tmp_path: Path, dots: str
+) -> None:
+    """A series UID `..` in a URL path names another resource (`/studies/S/series/..` is the
+    study): its instances cannot be asked for. The study fails, one line naming the UID;
+    the run was stopped as unreachable (exit 3) by what the study's URL answered."""
+    serve_study(scripted, series=lambda: [*map(series_json, SERIES), series_json(dots)])
+    status, summary = download(scripted, tmp_path / "out")
+    assert status == 1, summary
+    (failure,) = summary["failures"]
+    assert failure["study"] == STUDY
+    assert f"a series with the UID {dots!r}, which is no UID" in failure["reason"]
+    assert scripted.get(f"/dicomweb/studies/{STUDY}/instances").call_count == 1  # once, at first
+    status, summary = download(scripted, tmp_path / "out")
+    assert status == 1 and summary["studies_complete_in_manifest"] == 0
+
+
 def test_verbose_query_logs_each_qido_request_without_secrets(scripted: Routes) -> None:
     """-v says what was asked and what came back, the key in the URL masked."""
     scripted.get("/dicomweb/studies").mock(return_value=studies(STUDY))
