@@ -98,13 +98,17 @@ class Store:
                     "(a symbolic link?); move it away",
                     path=str(state_dir),
                 )
-            probe = self.root / f".dlstudy-write-test-{secrets.token_hex(4)}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            _write_test(self.root / f".dlstudy-write-test-{secrets.token_hex(4)}")
         except OSError as exc:
             raise OutputError(
                 f"output folder {str(self.root)!r} is not writable: {exc.strerror or exc}",
                 path=str(self.root),
+            ) from exc
+        try:  # (the index's journal is made there: a read-only folder makes it read-only)
+            _write_test(state_dir / f"write-test-{secrets.token_hex(4)}")
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write in {str(state_dir)!r}: {exc.strerror or exc}", path=str(state_dir)
             ) from exc
 
     @staticmethod
@@ -194,6 +198,12 @@ class Store:
     def open_incoming(self) -> TempFile:
         """A temp file for a part whose instance is not known until its header is read."""
         return TempFile(self._incoming, self._folders)
+
+
+def _write_test(probe: Path) -> None:
+    with probe.open("xb"):
+        pass
+    probe.unlink()
 
 
 class Folders:

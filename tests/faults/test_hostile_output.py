@@ -9,13 +9,14 @@ import os
 import resource
 import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from dlstudy.store.manifest import Entry, Manifest
 
-from ..cli_helpers import installed_download, run_installed, run_installed_measured
+from ..cli_helpers import DLSTUDY, installed_download, run_installed, run_installed_measured
 from ..fixtures.embedded_server import StartServer, SynthStudy
 from ..manifest_helpers import index_of, legacy_line, manifest_rows, replace_with_legacy
 from .test_faults import final_path, run_subprocess, temp_files
@@ -64,6 +65,39 @@ def test_a_state_folder_that_is_a_link_is_refused(
     assert status == 2, stderr
     assert "not a folder of its own" in summary["error"]
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_state_folder_that_cannot_be_written_is_one_line_naming_it(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`OUT/.dlstudy` made read-only after a run (its files still writable): the rerun says
+    at start that it cannot write there, exit 2 like any output folder it cannot write (it
+    said `cannot write '…manifest.sqlite': attempt to write a readonly database`, exit 1,
+    naming a file whose permissions were fine)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, _, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    final_path(out, synth_study.instances[0]).unlink()
+    (out / ".dlstudy").chmod(0o555)
+    # Root ignores permissions: drop the capabilities that let it (util-linux's setpriv).
+    as_root = os.geteuid() == 0
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
+    try:
+        result = subprocess.run(
+            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
+             "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        (out / ".dlstudy").chmod(0o755)
+
+    assert result.returncode == 2, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line == f"dlstudy: error: cannot write in '{out / '.dlstudy'}': Permission denied"
+    assert json.loads(result.stdout)["instances"]["downloaded"] == 0
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0 and summary["instances"]["downloaded"] == 1, stderr
 
 
 def test_a_study_folder_linked_out_of_out_is_never_written_through(
