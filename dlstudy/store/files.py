@@ -87,8 +87,7 @@ class Store:
                 self.root.mkdir(parents=True, exist_ok=True)
             except FileExistsError:  # (exist_ok: something there that is no folder)
                 raise OutputError(
-                    f"output folder {str(self.root)!r} exists and is not a folder",
-                    path=str(self.root),
+                    f"output folder {_why_no_folder(self.root)}", path=str(self.root)
                 ) from None
             with contextlib.suppress(FileExistsError):  # judged just below
                 state_dir.mkdir()
@@ -198,6 +197,19 @@ class Store:
     def open_incoming(self) -> TempFile:
         """A temp file for a part whose instance is not known until its header is read."""
         return TempFile(self._incoming, self._folders)
+
+
+def _why_no_folder(root: Path) -> str:
+    """Why `root` (or a folder above it) could not be made, after its name: a link to
+    nothing (a share not mounted) is no folder to make, and is named as such."""
+    blocking = next(
+        (path for path in (root, *root.parents) if os.path.lexists(path) and not path.is_dir()),
+        root,
+    )
+    named = repr(str(root)) if blocking == root else f"{str(root)!r}: {str(blocking)!r}"
+    if blocking.is_symlink() and not blocking.exists():
+        return f"{named} is a symbolic link to {os.readlink(blocking)!r}, which does not exist"
+    return f"{named} exists and is not a folder"
 
 
 def _write_test(probe: Path) -> None:

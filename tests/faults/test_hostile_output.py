@@ -67,6 +67,32 @@ def test_a_state_folder_that_is_a_link_is_refused(
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("below", ["", "studies"])
+def test_an_output_folder_through_a_link_to_nothing_is_refused_naming_the_link(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, below: str
+) -> None:
+    """`-o OUT` where OUT (or a folder above it) is a symbolic link to a folder that is not
+    there (a share not mounted): nothing is made, one line names the link and where it
+    leads (it said `output folder '…/studies' exists and is not a folder`, naming a path
+    that did not exist when the link was above it)."""
+    url = embedded_server(synth_study.root)
+    link = tmp_path / "archive"
+    link.symlink_to(tmp_path / "nas" / "archive")
+    out = link / below if below else link
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+
+    assert status == 2, stderr
+    (line,) = error_lines(stderr)
+    named = f"{str(out)!r}: {str(link)!r}" if below else repr(str(link))
+    assert line == (
+        f"dlstudy: error: output folder {named} is a symbolic link to "
+        f"{str(tmp_path / 'nas' / 'archive')!r}, which does not exist"
+    )
+    assert summary["error"] == line.removeprefix("dlstudy: error: ")
+    assert not (tmp_path / "nas").exists()
+
+
 def test_a_state_folder_that_cannot_be_written_is_one_line_naming_it(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
