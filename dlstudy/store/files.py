@@ -212,6 +212,12 @@ def _why_no_folder(root: Path) -> str:
     return f"{named} exists and is not a folder"
 
 
+def _in_the_way(folder: Path) -> str:
+    if folder.is_symlink() and not folder.exists():  # (one out of OUT is refused before)
+        return f"it is a symbolic link to {os.readlink(folder)!r}, which does not exist"
+    return "a file is in the way"
+
+
 def _write_test(probe: Path) -> None:
     with probe.open("xb"):
         pass
@@ -268,7 +274,7 @@ class Folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
-            raise IntegrityError(f"cannot create {str(folder)!r}: a file is in the way") from exc
+            raise IntegrityError(f"cannot create {str(folder)!r}: {_in_the_way(folder)}") from exc
         self._remember(folder)
 
     def under_root(self, folder: Path) -> bool:

@@ -188,6 +188,32 @@ def test_a_link_inside_out_is_followed(
         assert kept.read_bytes() == instance.path.read_bytes()
 
 
+def test_a_study_folder_linked_to_nothing_inside_out_names_the_link(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A link inside OUT to a folder not made yet: its instances fail naming the link and
+    its target (they said `a file is in the way`, though nothing was there); the others of
+    the run are unaffected, and the rerun once the folder exists completes."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / synth_study.study_uid).symlink_to("by-patient/P1")
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+
+    assert status == 1, stderr
+    reasons = {failure["reason"].split(": ", 1)[1] for failure in summary["failures"]}
+    assert reasons == {
+        f"cannot create {str(out / synth_study.study_uid)!r}: it is a symbolic link to "
+        "'by-patient/P1', which does not exist"
+    }
+    assert len(summary["failures"]) == len(synth_study.instances)
+    (out / "by-patient" / "P1").mkdir(parents=True)
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    assert len(list((out / "by-patient" / "P1").rglob("*.dcm"))) == len(synth_study.instances)
+
+
 def test_a_pipe_or_a_link_at_a_final_path_is_replaced_never_opened(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
