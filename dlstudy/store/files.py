@@ -41,8 +41,8 @@ _FIELDS = ("study", "series", "sop", "modality")
 
 def check_layout(layout: str) -> None:
     """Reject templates that could escape the output folder, put two instances under one
-    name (no {sop} field, or a field cut by an index or a format), or name files the way
-    dlstudy names its temp files (which a rerun removes)."""
+    name (no {sop} field, or a field cut by an index or a format), name files the way
+    dlstudy names its temp files (which a rerun removes), or put them in a state folder."""
     fields = ", ".join("{" + f + "}" for f in _FIELDS)
     try:
         parts = list(string.Formatter().parse(layout))
@@ -60,6 +60,10 @@ def check_layout(layout: str) -> None:
     if path.name.endswith(TEMP_SUFFIX):
         raise UsageError(
             f"--layout {layout!r}: file names ending in {TEMP_SUFFIX} are dlstudy's temp files"
+        )
+    if STATE_DIR in path.parent.parts:  # (a folder holding one is another run's output)
+        raise UsageError(
+            f"--layout {layout!r}: a folder named {STATE_DIR} holds dlstudy's state, not instances"
         )
 
 

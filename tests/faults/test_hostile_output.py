@@ -50,6 +50,30 @@ def test_a_state_file_that_is_a_link_is_refused_and_its_target_untouched(
     assert not list(out.rglob("*.dcm"))
 
 
+@pytest.mark.parametrize("layout", [".dlstudy/{sop}.dcm", "{study}/.dlstudy/{series}/{sop}.dcm"])
+def test_a_layout_putting_instances_in_a_state_folder_is_a_usage_error(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, layout: str
+) -> None:
+    """Instances in OUT/.dlstudy sit among the lock and the index (moving the state folder
+    aside took them along); a study folder holding a `.dlstudy` is taken for another run's
+    output folder (its temp files never cleaned up, its files never moved to a new layout).
+    Refused at start, as a layout naming dlstudy's temp files is (they were written)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+
+    status, summary, stderr = installed_download(
+        url, synth_study.study_uid, out, "--layout", layout
+    )
+
+    assert status == 2, stderr
+    (line,) = error_lines(stderr)
+    assert line == (
+        f"dlstudy: error: --layout {layout!r}: a folder named .dlstudy holds dlstudy's state, "
+        "not instances"
+    )
+    assert not list(out.rglob("*.dcm"))
+
+
 def test_a_state_folder_that_is_a_link_is_refused(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
