@@ -195,6 +195,44 @@ def test_files_behind_a_link_out_of_out_never_count_as_present(
     assert sorted(p.name for p in elsewhere.rglob("*")) == before  # nothing written out there
 
 
+@pytest.mark.parametrize("elsewhere", ["../elsewhere", "{tmp}/elsewhere"])
+def test_index_rows_naming_files_outside_out_never_count_as_present(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, elsewhere: str
+) -> None:
+    """An index whose rows name the study's files through `..` or from `/` (planted, or
+    carried over from elsewhere), the files there and of the recorded sizes: the rerun and
+    sync's completion check look in OUT only, and fetch the study (both took it as complete
+    from the index, exit 0 with OUT empty)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, _, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    (tmp_path / "elsewhere").mkdir()
+    (out / synth_study.study_uid).rename(tmp_path / "elsewhere" / synth_study.study_uid)
+    prefix = elsewhere.format(tmp=tmp_path)
+    db = sqlite3.connect(index_of(out))
+    with db:
+        db.execute("UPDATE entries SET path = ? || '/' || path", (prefix,))
+
+    result = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["sync"]["already_complete"] == 0
+    assert summary["instances"]["downloaded"] == len(synth_study.instances)
+    with db:  # the rows are dlstudy's own again: planted once more, for the plain rerun
+        db.execute("UPDATE entries SET path = ? || '/' || path", (prefix,))
+    db.close()
+    for instance in synth_study.instances:
+        final_path(out, instance).unlink()
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    assert summary["studies_complete_in_manifest"] == 0
+    assert summary["instances"]["downloaded"] == len(synth_study.instances)
+    for instance in synth_study.instances:
+        assert final_path(out, instance).read_bytes() == instance.path.read_bytes()
+
+
 def test_a_link_inside_out_is_followed(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
