@@ -92,7 +92,13 @@ def first_value(item: dict[str, Any], tag: str) -> str | None:
     value = values[0]
     if value is None or isinstance(value, dict | list):
         return None
-    return str(value).strip()
+    return unpadded(str(value))
+
+
+def unpadded(text: str) -> str:
+    """`text` without the padding DICOM gives a value of odd length (PS3.5 6.2: a space, or
+    for a UID one NUL), which some servers leave in their JSON."""
+    return text.strip().rstrip("\0").rstrip()
 
 
 def first_int(item: dict[str, Any], tag: str) -> int | None:

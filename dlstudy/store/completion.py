@@ -3,7 +3,8 @@ and `catalog status` decide without asking the server for the study's instances.
 
 Each file the index lists is confirmed with one lstat: a regular file (a link at its name does
 not count) of the size the index recorded, so a file cut short or emptied since is not taken as
-done. A folder a link leads out of OUT counts as empty.
+done. A folder a link leads out of OUT counts as empty, and a row naming a file out of OUT
+(through `..`, or from `/`: dlstudy never writes one) as missing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Folders:
 
     def has(self, path: str, size: int) -> bool:
         """Whether `path` (relative to OUT, forward slashes) is a regular file of `size` bytes."""
+        if path.startswith("/") or ".." in path.split("/"):  # a planted row: out of OUT
+            return False
         if self._leads_outside(path.rpartition("/")[0]):
             return False
         try:  # lstat: a link at the file's name is no file of ours

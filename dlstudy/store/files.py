@@ -41,8 +41,8 @@ _FIELDS = ("study", "series", "sop", "modality")
 
 def check_layout(layout: str) -> None:
     """Reject templates that could escape the output folder, put two instances under one
-    name (no {sop} field, or a field cut by an index or a format), or name files the way
-    dlstudy names its temp files (which a rerun removes)."""
+    name (no {sop} field, or a field cut by an index or a format), name files the way
+    dlstudy names its temp files (which a rerun removes), or put them in a state folder."""
     fields = ", ".join("{" + f + "}" for f in _FIELDS)
     try:
         parts = list(string.Formatter().parse(layout))
@@ -60,6 +60,10 @@ def check_layout(layout: str) -> None:
     if path.name.endswith(TEMP_SUFFIX):
         raise UsageError(
             f"--layout {layout!r}: file names ending in {TEMP_SUFFIX} are dlstudy's temp files"
+        )
+    if STATE_DIR in path.parent.parts:  # (a folder holding one is another run's output)
+        raise UsageError(
+            f"--layout {layout!r}: a folder named {STATE_DIR} holds dlstudy's state, not instances"
         )
 
 
@@ -87,8 +91,7 @@ class Store:
                 self.root.mkdir(parents=True, exist_ok=True)
             except FileExistsError:  # (exist_ok: something there that is no folder)
                 raise OutputError(
-                    f"output folder {str(self.root)!r} exists and is not a folder",
-                    path=str(self.root),
+                    f"output folder {_why_no_folder(self.root)}", path=str(self.root)
                 ) from None
             with contextlib.suppress(FileExistsError):  # judged just below
                 state_dir.mkdir()
@@ -98,13 +101,17 @@ class Store:
                     "(a symbolic link?); move it away",
                     path=str(state_dir),
                 )
-            probe = self.root / f".dlstudy-write-test-{secrets.token_hex(4)}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            _write_test(self.root / f".dlstudy-write-test-{secrets.token_hex(4)}")
         except OSError as exc:
             raise OutputError(
                 f"output folder {str(self.root)!r} is not writable: {exc.strerror or exc}",
                 path=str(self.root),
+            ) from exc
+        try:  # (the index's journal is made there: a read-only folder makes it read-only)
+            _write_test(state_dir / f"write-test-{secrets.token_hex(4)}")
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write in {str(state_dir)!r}: {exc.strerror or exc}", path=str(state_dir)
             ) from exc
 
     @staticmethod
@@ -196,6 +203,31 @@ class Store:
         return TempFile(self._incoming, self._folders)
 
 
+def _why_no_folder(root: Path) -> str:
+    """Why `root` (or a folder above it) could not be made, after its name: a link to
+    nothing (a share not mounted) is no folder to make, and is named as such."""
+    blocking = next(
+        (path for path in (root, *root.parents) if os.path.lexists(path) and not path.is_dir()),
+        root,
+    )
+    named = repr(str(root)) if blocking == root else f"{str(root)!r}: {str(blocking)!r}"
+    if blocking.is_symlink() and not blocking.exists():
+        return f"{named} is a symbolic link to {os.readlink(blocking)!r}, which does not exist"
+    return f"{named} exists and is not a folder"
+
+
+def _in_the_way(folder: Path) -> str:
+    if folder.is_symlink() and not folder.exists():  # (one out of OUT is refused before)
+        return f"it is a symbolic link to {os.readlink(folder)!r}, which does not exist"
+    return "a file is in the way"
+
+
+def _write_test(probe: Path) -> None:
+    with probe.open("xb"):
+        pass
+    probe.unlink()
+
+
 class Folders:
     """The folders under OUT that files go into: each made and checked once a run, and never
     one that a symbolic link leads out of OUT (nothing is written outside it)."""
@@ -246,7 +278,7 @@ class Folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
-            raise IntegrityError(f"cannot create {str(folder)!r}: a file is in the way") from exc
+            raise IntegrityError(f"cannot create {str(folder)!r}: {_in_the_way(folder)}") from exc
         self._remember(folder)
 
     def under_root(self, folder: Path) -> bool:

@@ -9,13 +9,14 @@ import os
 import resource
 import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from dlstudy.store.manifest import Entry, Manifest
 
-from ..cli_helpers import installed_download, run_installed, run_installed_measured
+from ..cli_helpers import DLSTUDY, installed_download, run_installed, run_installed_measured
 from ..fixtures.embedded_server import StartServer, SynthStudy
 from ..manifest_helpers import index_of, legacy_line, manifest_rows, replace_with_legacy
 from .test_faults import final_path, run_subprocess, temp_files
@@ -49,6 +50,30 @@ def test_a_state_file_that_is_a_link_is_refused_and_its_target_untouched(
     assert not list(out.rglob("*.dcm"))
 
 
+@pytest.mark.parametrize("layout", [".dlstudy/{sop}.dcm", "{study}/.dlstudy/{series}/{sop}.dcm"])
+def test_a_layout_putting_instances_in_a_state_folder_is_a_usage_error(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, layout: str
+) -> None:
+    """Instances in OUT/.dlstudy sit among the lock and the index (moving the state folder
+    aside took them along); a study folder holding a `.dlstudy` is taken for another run's
+    output folder (its temp files never cleaned up, its files never moved to a new layout).
+    Refused at start, as a layout naming dlstudy's temp files is (they were written)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+
+    status, summary, stderr = installed_download(
+        url, synth_study.study_uid, out, "--layout", layout
+    )
+
+    assert status == 2, stderr
+    (line,) = error_lines(stderr)
+    assert line == (
+        f"dlstudy: error: --layout {layout!r}: a folder named .dlstudy holds dlstudy's state, "
+        "not instances"
+    )
+    assert not list(out.rglob("*.dcm"))
+
+
 def test_a_state_folder_that_is_a_link_is_refused(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
@@ -64,6 +89,65 @@ def test_a_state_folder_that_is_a_link_is_refused(
     assert status == 2, stderr
     assert "not a folder of its own" in summary["error"]
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("below", ["", "studies"])
+def test_an_output_folder_through_a_link_to_nothing_is_refused_naming_the_link(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, below: str
+) -> None:
+    """`-o OUT` where OUT (or a folder above it) is a symbolic link to a folder that is not
+    there (a share not mounted): nothing is made, one line names the link and where it
+    leads (it said `output folder '…/studies' exists and is not a folder`, naming a path
+    that did not exist when the link was above it)."""
+    url = embedded_server(synth_study.root)
+    link = tmp_path / "archive"
+    link.symlink_to(tmp_path / "nas" / "archive")
+    out = link / below if below else link
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+
+    assert status == 2, stderr
+    (line,) = error_lines(stderr)
+    named = f"{str(out)!r}: {str(link)!r}" if below else repr(str(link))
+    assert line == (
+        f"dlstudy: error: output folder {named} is a symbolic link to "
+        f"{str(tmp_path / 'nas' / 'archive')!r}, which does not exist"
+    )
+    assert summary["error"] == line.removeprefix("dlstudy: error: ")
+    assert not (tmp_path / "nas").exists()
+
+
+def test_a_state_folder_that_cannot_be_written_is_one_line_naming_it(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`OUT/.dlstudy` made read-only after a run (its files still writable): the rerun says
+    at start that it cannot write there, exit 2 like any output folder it cannot write (it
+    said `cannot write '…manifest.sqlite': attempt to write a readonly database`, exit 1,
+    naming a file whose permissions were fine)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, _, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    final_path(out, synth_study.instances[0]).unlink()
+    (out / ".dlstudy").chmod(0o555)
+    # Root ignores permissions: drop the capabilities that let it (util-linux's setpriv).
+    as_root = os.geteuid() == 0
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
+    try:
+        result = subprocess.run(
+            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
+             "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        (out / ".dlstudy").chmod(0o755)
+
+    assert result.returncode == 2, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line == f"dlstudy: error: cannot write in '{out / '.dlstudy'}': Permission denied"
+    assert json.loads(result.stdout)["instances"]["downloaded"] == 0
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0 and summary["instances"]["downloaded"] == 1, stderr
 
 
 def test_a_study_folder_linked_out_of_out_is_never_written_through(
@@ -111,6 +195,44 @@ def test_files_behind_a_link_out_of_out_never_count_as_present(
     assert sorted(p.name for p in elsewhere.rglob("*")) == before  # nothing written out there
 
 
+@pytest.mark.parametrize("elsewhere", ["../elsewhere", "{tmp}/elsewhere"])
+def test_index_rows_naming_files_outside_out_never_count_as_present(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, elsewhere: str
+) -> None:
+    """An index whose rows name the study's files through `..` or from `/` (planted, or
+    carried over from elsewhere), the files there and of the recorded sizes: the rerun and
+    sync's completion check look in OUT only, and fetch the study (both took it as complete
+    from the index, exit 0 with OUT empty)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    status, _, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    (tmp_path / "elsewhere").mkdir()
+    (out / synth_study.study_uid).rename(tmp_path / "elsewhere" / synth_study.study_uid)
+    prefix = elsewhere.format(tmp=tmp_path)
+    db = sqlite3.connect(index_of(out))
+    with db:
+        db.execute("UPDATE entries SET path = ? || '/' || path", (prefix,))
+
+    result = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["sync"]["already_complete"] == 0
+    assert summary["instances"]["downloaded"] == len(synth_study.instances)
+    with db:  # the rows are dlstudy's own again: planted once more, for the plain rerun
+        db.execute("UPDATE entries SET path = ? || '/' || path", (prefix,))
+    db.close()
+    for instance in synth_study.instances:
+        final_path(out, instance).unlink()
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    assert summary["studies_complete_in_manifest"] == 0
+    assert summary["instances"]["downloaded"] == len(synth_study.instances)
+    for instance in synth_study.instances:
+        assert final_path(out, instance).read_bytes() == instance.path.read_bytes()
+
+
 def test_a_link_inside_out_is_followed(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
@@ -126,6 +248,32 @@ def test_a_link_inside_out_is_followed(
     for instance in synth_study.instances:
         kept = out / "studies" / "real" / instance.series_uid / f"{instance.sop_uid}.dcm"
         assert kept.read_bytes() == instance.path.read_bytes()
+
+
+def test_a_study_folder_linked_to_nothing_inside_out_names_the_link(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A link inside OUT to a folder not made yet: its instances fail naming the link and
+    its target (they said `a file is in the way`, though nothing was there); the others of
+    the run are unaffected, and the rerun once the folder exists completes."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / synth_study.study_uid).symlink_to("by-patient/P1")
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+
+    assert status == 1, stderr
+    reasons = {failure["reason"].split(": ", 1)[1] for failure in summary["failures"]}
+    assert reasons == {
+        f"cannot create {str(out / synth_study.study_uid)!r}: it is a symbolic link to "
+        "'by-patient/P1', which does not exist"
+    }
+    assert len(summary["failures"]) == len(synth_study.instances)
+    (out / "by-patient" / "P1").mkdir(parents=True)
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+    assert status == 0, stderr
+    assert len(list((out / "by-patient" / "P1").rglob("*.dcm"))) == len(synth_study.instances)
 
 
 def test_a_pipe_or_a_link_at_a_final_path_is_replaced_never_opened(

@@ -131,6 +131,45 @@ def test_sync_fails_what_it_cannot_download_and_syncs_the_rest(
     assert not (tmp_path / "escape").exists() and not (out.parent.parent / "escape").exists()
 
 
+def test_uids_padded_as_dicom_pads_them_are_read_without_the_padding(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """DICOM pads a UID of odd length with one trailing NUL (PS3.5 6.2); a server that leaves
+    it in its JSON (or a space, as some do) lists the same study, series and instances: they
+    are synced under their UIDs (a NUL made each an invalid UID, nothing downloaded, exit 1)."""
+    serve_study(
+        scripted,
+        series=lambda: [series_json(f"{uid}\0") for uid in SERIES],
+        instances=lambda series: [instance_json(f"{sop}\0 ") for sop in SOPS[series]],
+    )
+    scripted.get("/dicomweb/studies").mock(return_value=studies(f"{STUDY}\0"))
+    out = tmp_path / "out"
+    result = run_installed("sync", "--url", scripted.base, "-o", str(out), "--json")
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout)["instances"]["downloaded"] == 4
+    for series in SERIES:
+        for sop in SOPS[series]:
+            assert (out / STUDY / series / f"{sop}.dcm").read_bytes() == part10(STUDY, series, sop)
+
+
+@pytest.mark.parametrize("dots", ["..", "."])
+def test_a_series_listed_as_a_dot_segment_is_never_asked_for(
+    scripted: Routes, tmp_path: Path, dots: str
+) -> None:
+    """A series UID `..` in a URL path names another resource (`/studies/S/series/..` is the
+    study): its instances cannot be asked for. The study fails, one line naming the UID;
+    the run was stopped as unreachable (exit 3) by what the study's URL answered."""
+    serve_study(scripted, series=lambda: [*map(series_json, SERIES), series_json(dots)])
+    status, summary = download(scripted, tmp_path / "out")
+    assert status == 1, summary
+    (failure,) = summary["failures"]
+    assert failure["study"] == STUDY
+    assert f"a series with the UID {dots!r}, which is no UID" in failure["reason"]
+    assert scripted.get(f"/dicomweb/studies/{STUDY}/instances").call_count == 1  # once, at first
+    status, summary = download(scripted, tmp_path / "out")
+    assert status == 1 and summary["studies_complete_in_manifest"] == 0
+
+
 def test_verbose_query_logs_each_qido_request_without_secrets(scripted: Routes) -> None:
     """-v says what was asked and what came back, the key in the URL masked."""
     scripted.get("/dicomweb/studies").mock(return_value=studies(STUDY))
