@@ -273,7 +273,7 @@ def _include(out: Json, record: _Record, query: Query) -> None:
         series = record.series or record.study.series[0]
         instance = series.instances[0]
     try:
-        header = header_json(instance.path)
+        header = header_json(instance)
     except Exception:  # the file changed since indexing: answer with what is known
         return
     if query.include_all and record.instance is not None:
