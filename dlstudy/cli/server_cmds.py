@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import errno
 import logging
+import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,9 +73,20 @@ def serve(
         typer.Option(help=f"Port (default {DEFAULT_PORT}; 0 = any free port).", min=0, max=65535),
     ] = DEFAULT_PORT,
     tls_cert: Annotated[
-        Path | None, typer.Option(help="PEM certificate: serve HTTPS (h2 via ALPN).")
+        Path | None,
+        typer.Option(
+            help="PEM certificate: serve HTTPS (h2 via ALPN).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
     ] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM private key for --tls-cert.", exists=True, dir_okay=False, readable=True
+        ),
+    ] = None,
     profile: Annotated[
         Profile, typer.Option(help="Mimic a server's retrieve quirks.")
     ] = Profile.standard,
@@ -163,6 +175,9 @@ def serve(
         fail_usage("--mix and --study-size go with --virtual N")
     if silent_cap and max_page_size is None:
         fail_usage("--silent-cap goes with --page-cap N")
+    if tls_cert is not None and tls_key is not None:
+        if (problem := _tls_problem(tls_cert, tls_key)) is not None:
+            fail_usage(problem)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -215,6 +230,40 @@ def serve(
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:  # Ctrl-C while indexing, before hypercorn handles signals
         raise typer.Exit(130) from None
+
+
+class _Encrypted(Exception):
+    """The key asks for a passphrase (OpenSSL would prompt for it on the terminal)."""
+
+
+def _no_passphrase() -> str:
+    raise _Encrypted
+
+
+def _tls_problem(cert: Path, key: Path) -> str | None:
+    """What the TLS server would stumble on, in one line naming the option, found before the
+    folder is indexed and the URL printed (hypercorn loads them only as it starts: `serve`
+    said it was serving, then failed with `No such file or directory` or `PEM lib`)."""
+    for option, path, marker, what in (
+        ("--tls-cert", cert, b"CERTIFICATE-----", "PEM certificate"),
+        ("--tls-key", key, b"PRIVATE KEY-----", "PEM private key"),
+    ):
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            return f"{option} {path}: cannot read it ({exc.strerror or exc})"
+        if marker not in text:
+            return f"{option} {path}: no {what} in it"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except _Encrypted:
+        return f"--tls-key {key}: the key is encrypted; serve needs it without a passphrase"
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return f"--tls-key {key} is not the key of the certificate in --tls-cert {cert}"
+        return f"--tls-cert {cert} with --tls-key {key}: unusable ({exc.reason or exc})"
+    return None
 
 
 def _date_range(text: str) -> tuple[str, str]:

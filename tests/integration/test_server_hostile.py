@@ -1,5 +1,6 @@
 """`serve` as a real process against what a shared folder and its clients may throw at it:
-searches built to be slow, files changed or swapped after indexing, links out of the folder."""
+searches built to be slow, files changed or swapped after indexing, links out of the folder,
+unusable TLS files."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
-from tests.cli_helpers import DLSTUDY
+from tests.cli_helpers import DLSTUDY, run_installed
+from tests.fixtures.embedded_server import TlsFiles
 from tests.integration.test_server_cli import SAMPLE, start
 
 pytestmark = pytest.mark.integration
@@ -152,3 +156,42 @@ def test_a_study_with_one_file_removed_sends_the_others(tmp_path: Path) -> None:
         assert answer.content.count(b"Content-Location:") == 2
         assert answer.content.endswith(b"--\r\n")
     assert f"not served: {files[1]} changed or was removed since indexing" in "".join(seen)
+
+
+def test_tls_files_it_cannot_use_are_one_line_before_indexing(
+    tmp_path: Path, tls_ca: TlsFiles
+) -> None:
+    """hypercorn loads them only as it starts: `serve` printed that it was serving at https://,
+    then `serve: No such file or directory` (which?), `[SSL] PEM lib (_ssl.c:3905)` or
+    `[X509: KEY_VALUES_MISMATCH]`, exit 1; an encrypted key had OpenSSL ask for a passphrase
+    on the terminal. Now a usage error naming the option, before the folder is indexed."""
+    shutil.copy(SAMPLE, tmp_path / "one.dcm")
+    other = trustme.CA().issue_cert("127.0.0.1")
+    other_key = tmp_path / "other.key"
+    other.private_key_pem.write_to_path(str(other_key))
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        serialization.load_pem_private_key(tls_ca.key.read_bytes(), None).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    cert, key = str(tls_ca.cert), str(tls_ca.key)
+    for given, said in [
+        ((str(tmp_path / "none.pem"), key), "Invalid value for '--tls-cert': file "),
+        ((cert, str(tmp_path)), "Invalid value for '--tls-key': file "),
+        ((key, cert), f"--tls-cert {key}: no PEM certificate in it"),
+        (
+            (cert, str(tmp_path / "one.dcm")),
+            f"--tls-key {tmp_path / 'one.dcm'}: no PEM private key",
+        ),
+        ((cert, str(other_key)), f"--tls-key {other_key} is not the key of the certificate in "),
+        ((cert, str(encrypted)), f"--tls-key {encrypted}: the key is encrypted; serve needs"),
+    ]:
+        done = run_installed(
+            "serve", str(tmp_path), "--port", "0", "--tls-cert", given[0], "--tls-key", given[1]
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.splitlines()
+        assert line.startswith(f"dlstudy: error: {said}"), line
