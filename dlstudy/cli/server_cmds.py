@@ -287,11 +287,13 @@ def synth(
     preset: Annotated[
         Preset, typer.Option(help="small 3x20x64KiB, ct 4x250x512KiB, mr, many, wsi 1.5 GiB.")
     ] = Preset.small,
-    studies: Annotated[int | None, typer.Option(help="Studies (overrides the preset).")] = None,
-    series: Annotated[int | None, typer.Option(help="Series per study.")] = None,
-    instances: Annotated[int | None, typer.Option(help="Instances per series.")] = None,
-    size: Annotated[int | None, typer.Option(help="Approximate bytes per instance.")] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per instance.")] = None,
+    studies: Annotated[
+        int | None, typer.Option(help="Studies (overrides the preset).", min=1)
+    ] = None,
+    series: Annotated[int | None, typer.Option(help="Series per study.", min=1)] = None,
+    instances: Annotated[int | None, typer.Option(help="Instances per series.", min=1)] = None,
+    size: Annotated[int | None, typer.Option(help="Approximate bytes per instance.", min=1)] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per instance.", min=1)] = None,
     modality: Annotated[str | None, typer.Option(help="Modality: CT, MR, SM, ...")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: same seed, same UIDs.")] = None,
     study_date: Annotated[

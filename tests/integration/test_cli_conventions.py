@@ -265,6 +265,16 @@ def test_synth_refuses_more_frames_than_its_size_holds(tmp_path: Path) -> None:
         assert not out.exists() or not list(out.rglob("*.dcm"))
 
 
+@pytest.mark.parametrize("option", ["--studies", "--series", "--instances", "--size", "--frames"])
+def test_synth_names_the_option_that_is_below_one(tmp_path: Path, option: str) -> None:
+    """The line named the library's field, `SynthSpec.studies must be at least 1`, not the
+    option given."""
+    result = run_installed("synth", str(tmp_path / "out"), option, "0")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"dlstudy: error: Invalid value for '{option}': ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_groups_the_options_and_names_their_values() -> None:
     result = run_installed("download", "--help", env={"COLUMNS": "120", "TERM": "dumb"})
     assert result.returncode == 0, result.stderr
