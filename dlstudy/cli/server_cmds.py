@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import errno
 import logging
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -168,6 +169,7 @@ def serve(
     With --virtual N, a generated archive of N studies (no files; same --seed, same archive).
     """
     from dlstudy.server import ServerOptions, VirtualSpec, serve_forever
+    from dlstudy.server.run import CannotListen
 
     if (directory is None) == (virtual is None):
         fail_usage("serve needs a DIR or --virtual N (not both)")
@@ -222,14 +224,24 @@ def serve(
 
     try:
         serve_forever(options, on_ready=ready)
-    except OSError as exc:  # address in use, unreadable certificate, ...
-        what = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:
-            what = f"cannot listen on {host}:{port}: {what} (choose another --port, or 0)"
-        error_line(f"serve: {what}")
+    except CannotListen as exc:
+        error_line(f"serve: {exc.strerror}{_listen_hint(exc)}")
+        raise typer.Exit(1) from exc
+    except OSError as exc:  # a certificate that went missing since it was checked, ...
+        error_line(f"serve: {exc.strerror or exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:  # Ctrl-C while indexing, before hypercorn handles signals
         raise typer.Exit(130) from None
+
+
+def _listen_hint(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return " (choose another --port, or 0)"
+    if exc.errno == errno.EACCES:
+        return " (a port below 1024 needs privileges: choose another --port, or 0)"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc.__cause__, socket.gaierror):
+        return " (--host must be an address or name of this machine)"
+    return ""
 
 
 class _Encrypted(Exception):
