@@ -18,7 +18,7 @@ from ..jobs.download import download
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY, Settings
 from .command import Command
-from .common import choose_progress, error_line, fail_usage, finish
+from .common import choose_progress, error_line, exit_on_interrupt, fail_usage, finish
 from .connection import HTTP_CHOICES
 
 PRESETS = ("small", "ct", "mr", "many")
@@ -72,43 +72,49 @@ def register(app: typer.Typer) -> None:
             fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
         if keep is not None:  # before generating and serving anything
             _check_keep(keep)
-        with tempfile.TemporaryDirectory(prefix="dlstudy-demo-") as scratch:
-            source_dir = Path(scratch) / "source"
-            output = keep or Path(scratch) / "downloaded"
-            typer.echo(f"dlstudy demo: generating the '{preset}' synthetic study ...", err=True)
-            instances = generate(source_dir, SYNTH_PRESETS[preset])
-            study_uids = list(dict.fromkeys(i.study_uid for i in instances))
-            with running_server(ServerOptions(root=source_dir)) as base_url:
-                typer.echo(f"dlstudy demo: serving it at {base_url}", err=True)
-                settings = Settings(
-                    url=base_url,
-                    output=output,
-                    concurrency=concurrency,
-                    http=http,  # type: ignore[arg-type]
-                )
-                progress = choose_progress(quiet=False, json_output=json_output)
-                summary: Summary | None = None
-                try:
-                    summary = download(study_uids, settings=settings, progress=progress)
-                except DlstudyError as exc:
-                    finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=False)
-            assert summary is not None
-            sources = [(i.path, i.study_uid, i.series_uid, i.sop_uid) for i in instances]
-            problems = verify_against_source(sources, output)
-            present = summary.downloaded + summary.skipped
-            if present != len(instances):
-                problems.append(f"expected {len(instances)} instances, got {present}")
-            for problem in problems[:20]:
-                error_line(problem)
-            if problems:
-                summary.exit_status = ExitStatus.SOME_FAILED
-                summary.error = f"{len(problems)} problems in the byte-for-byte check"
-            else:
-                typer.echo(
-                    f"dlstudy demo: all {len(instances)} files byte-identical to the source",
-                    err=True,
-                )
-            finish(summary, None, json_output=json_output, quiet=False)
+        # SIGTERM as Ctrl-C: the temporary folder is removed on the way out (a SIGTERM while
+        # the study was generated killed the process and left it, hundreds of MB, in /tmp).
+        left = f"what was downloaded is in {keep}" if keep else "its temporary files are removed"
+        with exit_on_interrupt(json_output=json_output, kept=left):
+            with tempfile.TemporaryDirectory(prefix="dlstudy-demo-") as scratch:
+                source_dir = Path(scratch) / "source"
+                output = keep or Path(scratch) / "downloaded"
+                typer.echo(f"dlstudy demo: generating the '{preset}' synthetic study ...", err=True)
+                instances = generate(source_dir, SYNTH_PRESETS[preset])
+                study_uids = list(dict.fromkeys(i.study_uid for i in instances))
+                with running_server(ServerOptions(root=source_dir)) as base_url:
+                    typer.echo(f"dlstudy demo: serving it at {base_url}", err=True)
+                    settings = Settings(
+                        url=base_url,
+                        output=output,
+                        concurrency=concurrency,
+                        http=http,  # type: ignore[arg-type]
+                    )
+                    progress = choose_progress(quiet=False, json_output=json_output)
+                    summary: Summary | None = None
+                    try:
+                        summary = download(study_uids, settings=settings, progress=progress)
+                    except DlstudyError as exc:
+                        finish(
+                            getattr(exc, "summary", None), exc, json_output=json_output, quiet=False
+                        )
+                assert summary is not None
+                sources = [(i.path, i.study_uid, i.series_uid, i.sop_uid) for i in instances]
+                problems = verify_against_source(sources, output)
+                present = summary.downloaded + summary.skipped
+                if present != len(instances):
+                    problems.append(f"expected {len(instances)} instances, got {present}")
+                for problem in problems[:20]:
+                    error_line(problem)
+                if problems:
+                    summary.exit_status = ExitStatus.SOME_FAILED
+                    summary.error = f"{len(problems)} problems in the byte-for-byte check"
+                else:
+                    typer.echo(
+                        f"dlstudy demo: all {len(instances)} files byte-identical to the source",
+                        err=True,
+                    )
+                finish(summary, None, json_output=json_output, quiet=False)
 
 
 def _check_keep(keep: Path) -> None:

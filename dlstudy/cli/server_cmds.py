@@ -6,6 +6,8 @@ import dataclasses
 import enum
 import errno
 import logging
+import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,9 +74,20 @@ def serve(
         typer.Option(help=f"Port (default {DEFAULT_PORT}; 0 = any free port).", min=0, max=65535),
     ] = DEFAULT_PORT,
     tls_cert: Annotated[
-        Path | None, typer.Option(help="PEM certificate: serve HTTPS (h2 via ALPN).")
+        Path | None,
+        typer.Option(
+            help="PEM certificate: serve HTTPS (h2 via ALPN).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
     ] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM private key for --tls-cert.", exists=True, dir_okay=False, readable=True
+        ),
+    ] = None,
     profile: Annotated[
         Profile, typer.Option(help="Mimic a server's retrieve quirks.")
     ] = Profile.standard,
@@ -156,6 +169,7 @@ def serve(
     With --virtual N, a generated archive of N studies (no files; same --seed, same archive).
     """
     from dlstudy.server import ServerOptions, VirtualSpec, serve_forever
+    from dlstudy.server.run import CannotListen
 
     if (directory is None) == (virtual is None):
         fail_usage("serve needs a DIR or --virtual N (not both)")
@@ -163,6 +177,9 @@ def serve(
         fail_usage("--mix and --study-size go with --virtual N")
     if silent_cap and max_page_size is None:
         fail_usage("--silent-cap goes with --page-cap N")
+    if tls_cert is not None and tls_key is not None:
+        if (problem := _tls_problem(tls_cert, tls_key)) is not None:
+            fail_usage(problem)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -207,14 +224,58 @@ def serve(
 
     try:
         serve_forever(options, on_ready=ready)
-    except OSError as exc:  # address in use, unreadable certificate, ...
-        what = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:
-            what = f"cannot listen on {host}:{port}: {what} (choose another --port, or 0)"
-        error_line(f"serve: {what}")
+    except CannotListen as exc:
+        error_line(f"serve: {exc.strerror}{_listen_hint(exc)}")
+        raise typer.Exit(1) from exc
+    except OSError as exc:  # a certificate that went missing since it was checked, ...
+        error_line(f"serve: {exc.strerror or exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:  # Ctrl-C while indexing, before hypercorn handles signals
         raise typer.Exit(130) from None
+
+
+def _listen_hint(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return " (choose another --port, or 0)"
+    if exc.errno == errno.EACCES:
+        return " (a port below 1024 needs privileges: choose another --port, or 0)"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc.__cause__, socket.gaierror):
+        return " (--host must be an address or name of this machine)"
+    return ""
+
+
+class _Encrypted(Exception):
+    """The key asks for a passphrase (OpenSSL would prompt for it on the terminal)."""
+
+
+def _no_passphrase() -> str:
+    raise _Encrypted
+
+
+def _tls_problem(cert: Path, key: Path) -> str | None:
+    """What the TLS server would stumble on, in one line naming the option, found before the
+    folder is indexed and the URL printed (hypercorn loads them only as it starts: `serve`
+    said it was serving, then failed with `No such file or directory` or `PEM lib`)."""
+    for option, path, marker, what in (
+        ("--tls-cert", cert, b"CERTIFICATE-----", "PEM certificate"),
+        ("--tls-key", key, b"PRIVATE KEY-----", "PEM private key"),
+    ):
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            return f"{option} {path}: cannot read it ({exc.strerror or exc})"
+        if marker not in text:
+            return f"{option} {path}: no {what} in it"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except _Encrypted:
+        return f"--tls-key {key}: the key is encrypted; serve needs it without a passphrase"
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return f"--tls-key {key} is not the key of the certificate in --tls-cert {cert}"
+        return f"--tls-cert {cert} with --tls-key {key}: unusable ({exc.reason or exc})"
+    return None
 
 
 def _date_range(text: str) -> tuple[str, str]:
@@ -238,11 +299,13 @@ def synth(
     preset: Annotated[
         Preset, typer.Option(help="small 3x20x64KiB, ct 4x250x512KiB, mr, many, wsi 1.5 GiB.")
     ] = Preset.small,
-    studies: Annotated[int | None, typer.Option(help="Studies (overrides the preset).")] = None,
-    series: Annotated[int | None, typer.Option(help="Series per study.")] = None,
-    instances: Annotated[int | None, typer.Option(help="Instances per series.")] = None,
-    size: Annotated[int | None, typer.Option(help="Approximate bytes per instance.")] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per instance.")] = None,
+    studies: Annotated[
+        int | None, typer.Option(help="Studies (overrides the preset).", min=1)
+    ] = None,
+    series: Annotated[int | None, typer.Option(help="Series per study.", min=1)] = None,
+    instances: Annotated[int | None, typer.Option(help="Instances per series.", min=1)] = None,
+    size: Annotated[int | None, typer.Option(help="Approximate bytes per instance.", min=1)] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per instance.", min=1)] = None,
     modality: Annotated[str | None, typer.Option(help="Modality: CT, MR, SM, ...")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: same seed, same UIDs.")] = None,
     study_date: Annotated[

@@ -145,6 +145,9 @@ class DicomwebApp:
                     "injected fault",
                     [("retry-after", str(self.options.retry_after))],
                 )
+            instances = await self.archive.still_there(instances)
+            if not instances:
+                return _text(410, _GONE)
             if metadata:
                 return await self._metadata(ctx, instances)
             return self._retrieve(ctx, instances, instance_level=len(uids) == 3)
@@ -259,18 +262,7 @@ class DicomwebApp:
             # end the stream short, which an HTTP/2 client must treat as an error.
             headers.append(("content-length", str(body.length)))
         await send(_start(response.status, headers))
-        if scope["method"] == "HEAD":
-            await body.chunks.aclose()
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if body.data is not None and cut is None:  # made already: the last message at once
-            await body.chunks.aclose()
-            await _send_whole(send, body.data)
-            return
-        # Cut on HTTP/1.x: returning before the last body message makes hypercorn drop the
-        # connection, so the client sees a short body (Content-Length) or no last chunk.
-        if await _stream(send, body.chunks, cut) or http2:
-            await send({"type": "http.response.body", "body": b""})
+        await _send_body(send, body, cut, http2=http2, head=scope["method"] == "HEAD")
 
     def _cut_at(self, body: wado.Body) -> int | None:
         after = self.options.drop_after_bytes
@@ -299,6 +291,10 @@ def _resource_uids(parts: list[str]) -> list[str]:
     return uids if all(uids) else []
 
 
+_GONE = (
+    "the file of this instance changed or was removed since the server indexed the folder"
+    " (restart the server to index it again)"
+)
 _LEVELS: dict[str, qido.Level] = {"studies": "study", "series": "series", "instances": "instance"}
 # What --no-counts leaves out.
 _COUNTS = tuple(
@@ -309,6 +305,28 @@ _COUNTS = tuple(
         attributes.NUMBER_OF_SERIES_RELATED_INSTANCES,
     )
 )
+
+
+async def _send_body(
+    send: Send, body: wado.Body, cut: int | None, *, http2: bool, head: bool
+) -> None:
+    if head:
+        await body.chunks.aclose()
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if body.data is not None and cut is None:  # made already: the last message at once
+        await body.chunks.aclose()
+        await _send_whole(send, body.data)
+        return
+    # Cut on HTTP/1.x: returning before the last body message makes hypercorn drop the
+    # connection, so the client sees a short body (Content-Length) or no last chunk.
+    try:
+        whole = await _stream(send, body.chunks, cut)
+    except OSError as exc:  # a file changed (or failed) since the status line went out
+        log.warning("cut a response short: %s", exc)
+        whole = False
+    if whole or http2:
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def _until_stopped(stopping: Stopping | None, responding: Coroutine[Any, Any, None]) -> None:
@@ -350,7 +368,7 @@ async def _unless_gone(
             task.cancel()
         await asyncio.gather(sending, *watching, return_exceptions=True)
     if not sending.cancelled():
-        sending.result()  # re-raises a failure (e.g. the file shrank): hypercorn logs it
+        sending.result()  # re-raises a failure: hypercorn logs it
 
 
 async def _disconnected(receive: Receive) -> None:

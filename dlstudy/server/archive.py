@@ -3,13 +3,17 @@ questions: a QIDO search, the instances of a WADO resource, their transfer synta
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 from . import qido, wado
-from .index import Index, Instance
+from .index import Index, Instance, still_indexed
 from .options import ServerOptions
 from .virtual import VirtualArchive
+
+log = logging.getLogger("dlstudy.server")
 
 
 class Archive(Protocol):
@@ -29,6 +33,12 @@ class Archive(Protocol):
 
     def select(self, uids: list[str]) -> Sequence[wado.Retrievable]:
         """The instances of [study, series?, instance?]; empty when there is no such thing."""
+        ...
+
+    async def still_there(
+        self, instances: Sequence[wado.Retrievable]
+    ) -> Sequence[wado.Retrievable]:
+        """Those of `instances` whose file is still the one indexed."""
         ...
 
     def transfer_syntaxes(self, instances: Sequence[wado.Retrievable]) -> set[str]: ...
@@ -82,8 +92,29 @@ class FolderArchive:
             instances = [i for i in instances if i.sop_uid == uids[2]]
         return instances
 
+    async def still_there(
+        self, instances: Sequence[wado.Retrievable]
+    ) -> Sequence[wado.Retrievable]:
+        # Checked before the status line goes out, so a file removed or rewritten since
+        # indexing is a 410 or a part left out, not a 200 cut short. (A series' files are
+        # looked at off the event loop; one instance's, the common request, costs a stat.)
+        files = [i for i in instances if isinstance(i, Instance)]
+        if len(files) == 1:
+            return _still_indexed(files)
+        return await asyncio.to_thread(_still_indexed, files)
+
     def transfer_syntaxes(self, instances: Sequence[wado.Retrievable]) -> set[str]:
         return {i.transfer_syntax for i in instances}
 
     async def metadata(self, instances: Sequence[wado.Retrievable]) -> bytes:
         return await wado.metadata([i for i in instances if isinstance(i, Instance)])
+
+
+def _still_indexed(files: list[Instance]) -> list[Instance]:
+    found = []
+    for instance in files:
+        if still_indexed(instance):
+            found.append(instance)
+        else:
+            log.warning("not served: %s changed or was removed since indexing", instance.path)
+    return found

@@ -3,7 +3,12 @@
 Headers only (`stop_before_pixels`), so indexing a folder of whole-slide images reads kilobytes
 per file. Real-world folders hold files without a preamble or file meta, odd transfer syntaxes and
 things that are not DICOM at all: whatever lacks the three UIDs is skipped with a log line, and
-so is anything that is not a regular file (a named pipe would block the open forever).
+so is anything that is not a regular file (a named pipe would block the open forever) and a link
+to a file outside the folder (the folder is all a server over it may ever send).
+
+Each instance keeps its file's identity (device, inode, size, modification time): a request opens
+the file and sends it only while it is still that file, so one removed, rewritten or swapped for a
+link to /etc/shadow after indexing is never sent (ChangedSinceIndexed).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -36,10 +42,15 @@ _ENCODINGS: dict[tuple[bool | None, bool | None], str] = {
 }
 
 
+class ChangedSinceIndexed(OSError):
+    """An instance's file is not the one indexed: removed, rewritten, replaced or unreadable."""
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     path: Path
     size: int
+    stamp: tuple[int, int, int]  # the file's device, inode and modification time (ns)
     study_uid: str
     series_uid: str
     sop_uid: str
@@ -90,12 +101,14 @@ class Index:
     def scan(cls, root: Path) -> Index:
         studies: dict[str, Study] = {}
         count = skipped = 0
+        real_root = os.path.realpath(root)
         for path in _walk(root):
-            if not _is_regular_file(path):
+            found = _servable_file(path, real_root)
+            if found is None:
                 skipped += 1
                 continue
             with _quiet(path):  # the file read, and its values: both may make pydicom complain
-                instance, ds = _read(path)
+                instance, ds = _read(path, found)
                 if instance is None or ds is None:
                     skipped += 1
                     continue
@@ -127,7 +140,7 @@ class Index:
         if skipped:  # a folder's files missing from its searches, unless this says why
             log.warning(
                 "skipped %d of the %d files under %s: not DICOM instances, not regular files, "
-                "unreadable or duplicates (--verbose names each)",
+                "links out of the folder, unreadable or duplicates (--verbose names each)",
                 skipped,
                 count + skipped,
                 root,
@@ -152,18 +165,54 @@ class Index:
                 yield study, series
 
 
-def read_header(path: Path) -> Dataset:
+def read_header(file: BinaryIO, path: Path) -> Dataset:
     """The data set of a file without its pixel data (read within Index.scan's `_quiet`,
     which sends pydicom's complaints to the log)."""
-    return pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=_DEFER_SIZE)
+    ds = pydicom.dcmread(file, stop_before_pixels=True, force=True, defer_size=_DEFER_SIZE)
+    ds.filename = str(path)  # where a deferred value is read from, not the closed descriptor
+    return ds
 
 
-def header_json(path: Path) -> Json:
-    """The DICOM JSON of a file's data set without pixel data (binary values inline)."""
-    with _quiet(path):
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+def header_json(instance: Instance) -> Json:
+    """The DICOM JSON of an instance's data set without pixel data (binary values inline)."""
+    with _quiet(instance.path), os.fdopen(open_indexed(instance), "rb") as file:
+        ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
         result: Json = ds.to_json_dict(suppress_invalid_tags=True)
     return result
+
+
+def open_indexed(instance: Instance) -> int:
+    """A descriptor of the instance's file, if it is still the file indexed; else
+    ChangedSinceIndexed, naming the file."""
+    return _open_same(instance.path, instance.stamp, instance.size)
+
+
+def still_indexed(instance: Instance) -> bool:
+    """Whether the instance's path still leads to the file indexed (checked again on open)."""
+    try:
+        found = os.stat(instance.path)
+    except OSError:
+        return False
+    return _stamp(found) == instance.stamp and found.st_size == instance.size
+
+
+def _open_same(path: Path, stamp: tuple[int, int, int], size: int) -> int:
+    # Opened first, then checked through the descriptor: whatever the path leads to by then
+    # (a link, a folder swapped for a link), the bytes read are the checked file's.
+    # O_NONBLOCK: a path replaced by a named pipe must not block the open.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise ChangedSinceIndexed(f"{path}: {exc.strerror}") from exc
+    found = os.fstat(fd)
+    if _stamp(found) != stamp or found.st_size != size:
+        os.close(fd)
+        raise ChangedSinceIndexed(f"{path} is not the file indexed: changed since")
+    return fd
+
+
+def _stamp(found: os.stat_result) -> tuple[int, int, int]:
+    return found.st_dev, found.st_ino, found.st_mtime_ns
 
 
 @contextmanager
@@ -187,17 +236,24 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(dirpath, name)
 
 
-def _is_regular_file(path: Path) -> bool:
+def _servable_file(path: Path, real_root: str) -> os.stat_result | None:
+    """The status of a regular file in the folder; None (and a -v line) for anything else."""
     # Checked without opening: opening a FIFO waits for a writer, a device may be endless.
     try:
-        mode = path.stat().st_mode
+        found = path.stat()
     except OSError as exc:  # a dangling link, a file removed meanwhile
         log.info("skipped %s: %s", path, exc.strerror)
-        return False
-    if not stat.S_ISREG(mode):
+        return None
+    if not stat.S_ISREG(found.st_mode):
         log.info("skipped %s: not a regular file", path)
-        return False
-    return True
+        return None
+    # os.walk enters no linked folder; a linked file must stay inside too.
+    if path.is_symlink():
+        target = os.path.realpath(path)
+        if os.path.commonpath([real_root, target]) != real_root:
+            log.info("skipped %s: a link to %s, outside the folder", path, target)
+            return None
+    return found
 
 
 def _keep_one(first: Instance, other: Instance) -> Instance:
@@ -220,9 +276,10 @@ def _keep_one(first: Instance, other: Instance) -> Instance:
     return kept
 
 
-def _read(path: Path) -> tuple[Instance | None, Dataset | None]:
+def _read(path: Path, found: os.stat_result) -> tuple[Instance | None, Dataset | None]:
     try:
-        ds = read_header(path)
+        with os.fdopen(_open_same(path, _stamp(found), found.st_size), "rb") as file:
+            ds = read_header(file, path)
         uids = [str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID")]
         sop = str(ds.get("SOPInstanceUID", "") or "").strip()
         if not sop and "MediaStorageSOPInstanceUID" in ds.file_meta:
@@ -236,7 +293,8 @@ def _read(path: Path) -> tuple[Instance | None, Dataset | None]:
             return None, None
         instance = Instance(
             path=path,
-            size=path.stat().st_size,
+            size=found.st_size,
+            stamp=_stamp(found),
             study_uid=uids[0],
             series_uid=uids[1],
             sop_uid=sop,

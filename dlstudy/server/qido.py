@@ -181,16 +181,35 @@ def matches(tag: int, entry: Json | None, wanted: str) -> bool:
         options = {v.strip() for v in re.split(r"[,\\]", wanted)}
         if vr == "UI" or not any(c in wanted for c in "*?"):
             return any(v in options for v in have)
-        return any(_wildcard(o, False).fullmatch(v) for o in options for v in have)
+        return any(wildcard_match(o, v) for o in options for v in have)
     if vr in ("DA", "TM", "DT"):
         return any(_in_range(vr, v, wanted) for v in have)
-    pattern = _wildcard(wanted, vr == "PN")
-    return any(pattern.fullmatch(v) for v in have)
+    if vr == "PN":
+        return any(wildcard_match(wanted.lower(), v.lower()) for v in have)
+    return any(wildcard_match(wanted, v) for v in have)
 
 
-def _wildcard(value: str, ignore_case: bool) -> re.Pattern[str]:
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value)
-    return re.compile("".join(parts), re.IGNORECASE if ignore_case else 0)
+def wildcard_match(pattern: str, value: str) -> bool:
+    """Whether all of `value` matches `pattern`, where `*` is any run of characters and `?` any
+    one. Each `*` is tried at one place after another, the last one only: time grows with the
+    product of the two lengths. (A regular expression of many `.*` backtracks exponentially on
+    a value it does not match: one `PatientName=**...*x` search froze the whole server.)"""
+    p = v = 0
+    star = -1  # the position in `pattern` of the last `*` met, and where it began in `value`
+    star_from = 0
+    while v < len(value):
+        if p < len(pattern) and pattern[p] == "*":
+            star, star_from = p, v
+            p += 1
+        elif p < len(pattern) and pattern[p] in ("?", value[v]):
+            p += 1
+            v += 1
+        elif star >= 0:  # let the last `*` take one more character, and go on after it
+            star_from += 1
+            p, v = star + 1, star_from
+        else:
+            return False
+    return pattern[p:].strip("*") == ""
 
 
 def _in_range(vr: str, value: str, wanted: str) -> bool:
@@ -254,7 +273,7 @@ def _include(out: Json, record: _Record, query: Query) -> None:
         series = record.series or record.study.series[0]
         instance = series.instances[0]
     try:
-        header = header_json(instance.path)
+        header = header_json(instance)
     except Exception:  # the file changed since indexing: answer with what is known
         return
     if query.include_all and record.instance is not None:

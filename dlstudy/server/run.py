@@ -59,11 +59,16 @@ def running_server(options: ServerOptions) -> Iterator[str]:
 
 
 def serve_forever(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve in the foreground (main thread) until SIGINT or SIGTERM."""
-    app = create_app(options)
+    """Serve in the foreground (main thread) until SIGINT or SIGTERM. The address is taken
+    before the folder is indexed: a port in use is said at once, not after the indexing."""
     with _listening_socket(options) as sock:
+        app = create_app(options)
         url = _base_url(options, sock)
         asyncio.run(_serve(app, options, sock, lambda: on_ready and on_ready(url), None))
+
+
+class CannotListen(OSError):
+    """The address to listen on is taken, not this machine's, or no address at all."""
 
 
 class _AccessLogWithoutSecrets(Logger):
@@ -164,8 +169,14 @@ def _listening_socket(options: ServerOptions) -> Iterator[socket.socket]:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((options.host, options.port))
-        sock.listen(128)
+        try:
+            sock.bind((options.host, options.port))
+            sock.listen(128)
+        except OSError as exc:  # (a host name that does not resolve: socket.gaierror)
+            where = f"[{options.host}]" if family == socket.AF_INET6 else options.host
+            raise CannotListen(
+                exc.errno, f"cannot listen on {where}:{options.port}: {exc.strerror or exc}"
+            ) from exc
         yield sock
 
 

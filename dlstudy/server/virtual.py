@@ -222,6 +222,9 @@ class VirtualArchive(VirtualIndex):
             ignore_offset=ignore_offset,
         )
 
+    async def still_there(self, instances: Sequence[Retrievable]) -> Sequence[Retrievable]:
+        return instances  # made when asked for: nothing to change under it
+
     def transfer_syntaxes(self, instances: Sequence[Retrievable]) -> set[str]:
         return {EXPLICIT_VR_LE}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import uuid
@@ -21,7 +22,10 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from .index import Instance, header_json
+from .attributes import Json
+from .index import ChangedSinceIndexed, Instance, header_json, open_indexed
+
+log = logging.getLogger("dlstudy.server")
 
 CHUNK = 1024 * 1024
 
@@ -150,15 +154,16 @@ async def _made(data: bytes) -> AsyncGenerator[bytes, None]:
 
 
 async def file_chunks(instance: Instance) -> AsyncGenerator[bytes, None]:
-    """The file's bytes as indexed; an error if it shrank (the announced length would lie)."""
-    fd = os.open(instance.path, os.O_RDONLY)
+    """The file's bytes as indexed; ChangedSinceIndexed if it is another file now, or shrank
+    (the announced length would lie)."""
+    fd = open_indexed(instance)
     try:
         offset = 0
         while offset < instance.size:
             n = min(CHUNK, instance.size - offset)
             data = await asyncio.to_thread(os.pread, fd, n, offset)
             if not data:
-                raise OSError(f"{instance.path} is shorter than when it was indexed")
+                raise ChangedSinceIndexed(f"{instance.path} is shorter than when it was indexed")
             offset += len(data)
             yield data
     finally:
@@ -166,9 +171,18 @@ async def file_chunks(instance: Instance) -> AsyncGenerator[bytes, None]:
 
 
 async def metadata(instances: Sequence[Instance]) -> bytes:
-    """DICOM JSON of every instance's header (pixel data left out), as one JSON array."""
+    """DICOM JSON of every instance's header (pixel data left out), as one JSON array; an
+    instance whose file changed since indexing is left out (logged)."""
 
     def build() -> bytes:
-        return json.dumps([header_json(i.path) for i in instances]).encode()
+        return json.dumps([h for h in map(_header_unless_changed, instances) if h]).encode()
 
     return await asyncio.to_thread(build)
+
+
+def _header_unless_changed(instance: Instance) -> Json | None:
+    try:
+        return header_json(instance)
+    except ChangedSinceIndexed as exc:
+        log.warning("left out of metadata: %s", exc)
+        return None

@@ -457,13 +457,23 @@ def own_study(tmp_path: Path) -> tuple[Path, list[SynthInstance]]:
     return root, generate(root, SynthSpec(series=1, instances=10, size=16 * 1024, seed=9))
 
 
+def forge_in_place(path: Path, data: bytes) -> None:
+    """Put `data` in the file, cut or padded to its size, keeping its inode and modification
+    time: the embedded server sends a file only while it is the one it indexed, so only such a
+    forgery makes it send wrong bytes."""
+    found = path.stat()
+    with path.open("r+b") as file:
+        file.write(data[: found.st_size].ljust(found.st_size, b"\0"))
+    os.utime(path, ns=(found.st_atime_ns, found.st_mtime_ns))
+
+
 def test_wrong_instance_from_the_server_is_retried_then_reported(
     tmp_path: Path, embedded_server: StartServer, own_study: tuple[Path, list[SynthInstance]]
 ) -> None:
     root, instances = own_study
     url = embedded_server(root)
     victim, other = instances[0], instances[1]
-    victim.path.write_bytes(other.path.read_bytes())  # the server now serves the wrong file
+    forge_in_place(victim.path, other.path.read_bytes())  # the server now sends the wrong file
     out = tmp_path / "out"
 
     status, summary, _ = download(url, victim.study_uid, out, "--retries", "1")
@@ -483,7 +493,7 @@ def test_html_served_as_dicom_is_rejected_at_once(
     url = embedded_server(root)
     victim = instances[3]
     page = b"<!DOCTYPE html><html><body>" + b"Please log in. " * 50 + b"</html>"
-    victim.path.write_bytes(page.ljust(victim.size, b" "))  # same size as what was indexed
+    forge_in_place(victim.path, page.ljust(victim.size, b" "))
     out = tmp_path / "out"
 
     status, summary, _ = download(url, victim.study_uid, out)

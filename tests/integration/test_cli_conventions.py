@@ -250,6 +250,27 @@ def test_synth_into_a_file_and_serve_on_a_busy_port_say_so_in_one_line(tmp_path:
     )
 
 
+def test_serve_says_it_cannot_listen_before_indexing_and_names_the_host(tmp_path: Path) -> None:
+    """The folder was indexed first (minutes for a big one, its warnings printed), and only
+    then the port found taken; a --host that does not resolve said `serve: Name or service not
+    known`, naming nothing."""
+    (tmp_path / "notes.txt").write_text("not DICOM: indexing would warn of it")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = run_installed("serve", str(tmp_path), "--port", str(port))
+    unknown = run_installed("serve", str(tmp_path), "--host", "nohost.invalid", "--port", "0")
+    assert (taken.returncode, unknown.returncode) == (1, 1)
+    assert taken.stderr.splitlines() == [
+        f"dlstudy: error: serve: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another --port, or 0)"
+    ]
+    (line,) = unknown.stderr.splitlines()
+    assert line.startswith("dlstudy: error: serve: cannot listen on nohost.invalid:0: "), line
+    assert line.endswith(" (--host must be an address or name of this machine)"), line
+
+
 def test_synth_refuses_more_frames_than_its_size_holds(tmp_path: Path) -> None:
     """Every frame has a pixel at least: `--frames 100000` made 200 KB instances where --size
     said 64 KiB (`--frames 1000000000`: 2 GB each, 62 GB in a minute), and 3,000,000,000 a
@@ -263,6 +284,16 @@ def test_synth_refuses_more_frames_than_its_size_holds(tmp_path: Path) -> None:
             "one frame per 3 bytes (raise the size) (see 'dlstudy synth --help')\n"
         )
         assert not out.exists() or not list(out.rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("option", ["--studies", "--series", "--instances", "--size", "--frames"])
+def test_synth_names_the_option_that_is_below_one(tmp_path: Path, option: str) -> None:
+    """The line named the library's field, `SynthSpec.studies must be at least 1`, not the
+    option given."""
+    result = run_installed("synth", str(tmp_path / "out"), option, "0")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"dlstudy: error: Invalid value for '{option}': ")
+    assert not (tmp_path / "out").exists()
 
 
 def test_help_groups_the_options_and_names_their_values() -> None:

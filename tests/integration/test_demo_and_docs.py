@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import typer
 
 from dlstudy.cli.app import app
 
-from ..cli_helpers import run_cli, run_installed, summary_of
+from ..cli_helpers import DLSTUDY, run_cli, run_installed, summary_of
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -56,6 +57,32 @@ def test_demo_refuses_a_keep_it_cannot_use_before_generating(tmp_path: Path) -> 
         f"dlstudy: error: --keep {str(a_file)!r} exists and is not a folder"
     ]
     assert a_file.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("stage", ["dlstudy demo: generating", "dlstudy: downloading"])
+def test_demo_stopped_by_sigterm_leaves_nothing_behind(tmp_path: Path, stage: str) -> None:
+    """SIGTERM while the study was generated killed the demo mute (status -15), its temporary
+    folder left in /tmp: hundreds of MB a run. While it downloaded, it exited 130, as for
+    Ctrl-C. Now 143, a line, and the folder removed, as for Ctrl-C."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    demo = subprocess.Popen(
+        [DLSTUDY, "demo", "--preset", "ct"],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stderr is not None
+    seen = [demo.stderr.readline()]
+    while seen[-1] and not seen[-1].startswith(stage):
+        seen.append(demo.stderr.readline())
+    demo.send_signal(signal.SIGTERM)
+    rest = demo.communicate(timeout=60)[1]
+    assert demo.returncode == 143, seen + [rest]
+    assert rest.splitlines()[-1] == "dlstudy: error: terminated; its temporary files are removed"
+    assert list(scratch.iterdir()) == []
 
 
 def test_python_dash_m_runs_the_cli() -> None:

@@ -229,7 +229,7 @@ def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
         proc.stderr.close()
     assert seen[:-1] == [
         f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, not regular "
-        "files, unreadable or duplicates (--verbose names each)\n"
+        "files, links out of the folder, unreadable or duplicates (--verbose names each)\n"
     ]
 
 
@@ -337,5 +337,5 @@ def test_of_two_files_with_one_sop_uid_the_whole_one_is_served(tmp_path: Path) -
         f"{tmp_path / 'b-whole.dcm'} ({len(whole)} bytes), not {tmp_path / 'a-cut.dcm'} "
         f"({len(whole) - 500} bytes)\n",
         f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, not regular "
-        "files, unreadable or duplicates (--verbose names each)\n",
+        "files, links out of the folder, unreadable or duplicates (--verbose names each)\n",
     ]
