@@ -9,6 +9,7 @@ loop runs wait in the backlog instead of being refused. One socket serves HTTP/1
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ log = logging.getLogger("dlstudy.server")
 
 _START_TIMEOUT = 30.0  # seconds to index the folder and start; generous for big folders
 _STOP_TIMEOUT = 10.0
+_ABORT_AFTER_GRACE = 0.5  # seconds past hypercorn's graceful timeout
 
 
 @contextmanager
@@ -123,6 +125,9 @@ async def _serve(
     async def shutdown_trigger() -> None:
         await stop.wait()
         stopping.set()
+        address = sock.getsockname()
+        after = config.graceful_timeout + _ABORT_AFTER_GRACE
+        asyncio.get_running_loop().call_later(after, _abort_stuck_connections, address)
 
     async def with_startup(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -138,6 +143,23 @@ async def _serve(
         await app(scope, receive, send_and_report)
 
     await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
+
+
+def _abort_stuck_connections(address: object) -> None:
+    """hypercorn ends a connection gracefully, waiting until the bytes it still holds are sent:
+    for a client that stopped reading, forever, and the server's stop with it (one run in
+    twenty-five, over h2c). Past the graceful timeout, the connections of this server that are
+    closing with bytes unsent are aborted (asyncio offers no list of a server's transports:
+    they are found among live objects, by the address they were accepted on)."""
+    for found in gc.get_objects():
+        if (
+            isinstance(found, asyncio.WriteTransport)
+            and found.is_closing()
+            and found.get_extra_info("sockname") == address
+            and found.get_write_buffer_size()
+        ):
+            log.debug("aborting a connection whose client stopped reading")
+            found.abort()
 
 
 def _unless_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
