@@ -33,6 +33,9 @@ HEADER_PREFIX_LENGTH = PREAMBLE_LENGTH + len(MAGIC)
 # The leading bytes `verify_instance(head=...)` can use: the Part 10 prefix and the first chunk.
 VERIFY_HEAD_LENGTH = HEADER_PREFIX_LENGTH + HEADER_CHUNK
 
+# Characters of a parser's message kept in an error line.
+_BRIEF = 160
+
 log = logging.getLogger(__name__)
 
 
@@ -127,19 +130,32 @@ def read_header_in(
     if has_magic and (info := read_header_fast(fp)) is not None:
         return info
     fp.seek(0)
-    from pydicom.errors import InvalidDicomError
+    try:
+        return _read_with_pydicom(fp, has_magic=has_magic)
+    except Exception as exc:
+        # On a malformed header pydicom raises more than its own errors: struct.error for an
+        # element header cut short, NotImplementedError for an unknown VR, its
+        # BytesLengthException for a value of the wrong size (some only when a value is
+        # read). Each is one bad instance, never the end of the run.
+        raise IntegrityError(
+            f"{label}: DICOM header cannot be parsed ({_brief(exc)})", retryable=True
+        ) from exc
+
+
+def _brief(exc: Exception) -> str:
+    """The first line of `exc`'s message, cut short: pydicom's may quote the bytes it read."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= _BRIEF else text[: _BRIEF - 3] + "..."
+
+
+def _read_with_pydicom(fp: BinaryIO, *, has_magic: bool) -> HeaderInfo:
     from pydicom.filereader import read_partial
 
-    try:
-        # The three UIDs live in groups 0008 and 0020: stop parsing right after them
-        # instead of walking every element up to the pixel data.
-        dataset = read_partial(
-            fp, stop_when=_past_series_uid, specific_tags=UID_TAGS, force=not has_magic
-        )
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
-        raise IntegrityError(
-            f"{label}: DICOM header cannot be parsed ({exc})", retryable=True
-        ) from exc
+    # The three UIDs live in groups 0008 and 0020: stop parsing right after them
+    # instead of walking every element up to the pixel data.
+    dataset = read_partial(
+        fp, stop_when=_past_series_uid, specific_tags=UID_TAGS, force=not has_magic
+    )
     meta = dataset.file_meta if hasattr(dataset, "file_meta") else None
     media_sop = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
     return HeaderInfo(

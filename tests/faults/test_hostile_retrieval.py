@@ -1,0 +1,78 @@
+"""What a hostile or broken server can send back as instances (WADO-RS, single-part and
+multipart), end to end through the installed CLI against scripted servers on 127.0.0.1.
+
+docs/reliability.md has a row for each.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ..cli_helpers import run_installed
+from ..factories import STUDY, multipart_body, part10
+from ..scripted_servers import SERIES, SOPS, serving
+
+pytestmark = pytest.mark.integration
+
+DICOM = "application/dicom"
+MULTIPART = f'multipart/related; type="{DICOM}"; boundary=b0undary'
+PIXEL_DATA_HEADER = b"\xe0\x7f\x10\x00OB\0\0"  # (7FE0,0010) OB, then its 4-byte length
+
+# Headers that pydicom (which reads what the fast header parser leaves to it) fails on with
+# errors of its own kinds, not its InvalidDicomError.
+UNREADABLE_HEADERS: dict[str, Callable[[bytes], bytes]] = {
+    # The body ends inside the 12-byte header of the first element after the UIDs (struct.error).
+    "cut inside an element header": lambda data: data[: data.index(PIXEL_DATA_HEADER) + 9],
+    # (0002,0003) with VR "U5" (NotImplementedError when the value is read).
+    "unknown VR in the file meta": lambda data: data.replace(
+        b"\x02\x00\x03\x00UI", b"\x02\x00\x03\x00U5"
+    ),
+    # (0002,0000) UL of 6 bytes (pydicom's BytesLengthException).
+    "group length of 6 bytes": lambda data: data.replace(
+        b"\x02\x00\x00\x00UL\x04\x00", b"\x02\x00\x00\x00UL\x06\x00"
+    ),
+}
+
+
+def served_files(out: Path) -> dict[str, bytes]:
+    """The files under OUT (outside its state folder), by name."""
+    return {
+        p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".dlstudy" not in p.parts
+    }
+
+
+@pytest.mark.parametrize("mode", ["instance", "series"])
+@pytest.mark.parametrize("how", UNREADABLE_HEADERS)
+def test_a_header_pydicom_cannot_read_fails_that_instance_not_the_run(
+    tmp_path: Path, how: str, mode: str
+) -> None:
+    """One instance whose header makes pydicom raise something else than its InvalidDicomError
+    (the run ended in a traceback, nothing downloaded and no summary): that instance fails,
+    named, and the others are kept, whether it came alone or as a part of a series."""
+    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    bad = SOPS[1]
+    served = {**good, bad: UNREADABLE_HEADERS[how](good[bad])}
+
+    def answer(path: str, accept: str) -> tuple[bytes, str]:
+        if "/instances/" in path:
+            return served[path.rsplit("/", 1)[1]], DICOM
+        return multipart_body(list(served.values())), MULTIPART
+
+    out = tmp_path / "out"
+    with serving(answer) as url:
+        result = run_installed(
+            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", mode, "--retries", "1",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [failure] = json.loads(result.stdout)["failures"]
+    assert failure["sop_instance_uid"] == bad
+    assert f"instance {bad}: DICOM header cannot be parsed (" in failure["reason"]
+    assert len(failure["reason"]) < 400  # pydicom's message may quote the bytes it read
+    files = served_files(out)
+    assert files == {f"{sop}.dcm": good[sop] for sop in SOPS if sop != bad}
