@@ -76,3 +76,60 @@ def test_a_header_pydicom_cannot_read_fails_that_instance_not_the_run(
     assert len(failure["reason"]) < 400  # pydicom's message may quote the bytes it read
     files = served_files(out)
     assert files == {f"{sop}.dcm": good[sop] for sop in SOPS if sop != bad}
+
+
+def test_a_multipart_delimiter_without_its_crlf_never_makes_one_file_of_several(
+    tmp_path: Path,
+) -> None:
+    """A series answered with parts that have no Content-Length (as dcm4chee sends them) and
+    delimiters not preceded by CRLF: by RFC 2046 such a line is part data, so the first part
+    runs on to the close delimiter, holding every instance after its own. It was committed as
+    the first instance (exit 0, a file three times its size); the walk finds the bytes after
+    its pixel data, and the instances are fetched one by one instead."""
+    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    framed = b"".join(
+        b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + data for data in good.values()
+    )
+
+    def answer(path: str, accept: str) -> tuple[bytes, str]:
+        if "/instances/" in path:
+            return good[path.rsplit("/", 1)[1]], DICOM
+        return framed + b"\r\n--b0undary--\r\n", MULTIPART
+
+    out = tmp_path / "out"
+    with serving(answer) as url:
+        result = run_installed(
+            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "series", "--retries", "1",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "something was appended to the instance" in result.stderr  # the bulk warning
+    assert served_files(out) == {f"{sop}.dcm": data for sop, data in good.items()}
+
+
+def test_a_second_file_after_an_instance_is_refused_not_kept(tmp_path: Path) -> None:
+    """A single-part answer holding the instance and then more (another file, a page a proxy
+    appended): refused, named, never kept under the instance's name (it was: exit 0)."""
+    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    bad = SOPS[2]
+
+    def answer(path: str, accept: str) -> tuple[bytes, str]:
+        sop = path.rsplit("/", 1)[1]
+        return good[sop] + (good[SOPS[0]] if sop == bad else b""), DICOM
+
+    out = tmp_path / "out"
+    with serving(answer) as url:
+        result = run_installed(
+            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "1",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [failure] = json.loads(result.stdout)["failures"]
+    assert failure["sop_instance_uid"] == bad
+    size = len(good[bad])
+    assert failure["reason"] == (
+        f"instance {bad}: {size} bytes after the pixel data, from byte {size}, are no element: "
+        "something was appended to the instance (after 2 attempts)"
+    )
+    assert served_files(out) == {f"{sop}.dcm": good[sop] for sop in SOPS if sop != bad}
