@@ -214,6 +214,8 @@ class _Walker:
                 # A bare dataset: no file meta, so its encoding is a guess (big endian?).
                 raise _CannotJudge("no file meta")
             pos = _PREAMBLE + len(_MAGIC)
+            if end == pos:
+                raise _Cut("the file ends after its DICM prefix")
         top_level = depth == 0 and not in_item
         previous = -1  # the tag before, at the top level
         while end is None or pos < end or in_item:
@@ -221,7 +223,7 @@ class _Walker:
                 raise _Cut(f"an element header at byte {pos} runs past byte {end}")
             data = yield pos, 8
             if len(data) < 8:
-                if not data and end is None and not in_item:
+                if not data and end is None and not in_item and pos > _PREAMBLE + len(_MAGIC):
                     return pos  # the body ends here, between two elements
                 raise _Cut(f"the file ends at byte {pos + len(data)}")
             group, element, vr, short = _TAG_VR_LENGTH.unpack(data)

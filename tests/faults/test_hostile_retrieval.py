@@ -133,3 +133,26 @@ def test_a_second_file_after_an_instance_is_refused_not_kept(tmp_path: Path) -> 
         "something was appended to the instance (after 2 attempts)"
     )
     assert served_files(out) == {f"{sop}.dcm": good[sop] for sop in SOPS if sop != bad}
+
+
+@pytest.mark.parametrize("cut_to", [132, 140, 250, 300], ids=lambda n: f"cut at byte {n}")
+def test_a_body_cut_before_its_uids_is_called_incomplete(tmp_path: Path, cut_to: int) -> None:
+    """Close-delimited answers cut inside the DICOM header, after `DICM` and before the UIDs:
+    each failure says the body was cut short, as bench says (it said `Study Instance UID in the
+    file is missing`, blaming the archive's data for a broken transfer)."""
+    from ..scripted_servers import cutting
+
+    out = tmp_path / "out"
+    with cutting(100, cut_to=cut_to) as (url, study, sops):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "1",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    failures = json.loads(result.stdout)["failures"]
+    assert sorted(f["sop_instance_uid"] for f in failures) == sorted(sops)
+    for failure in failures:
+        reason = failure["reason"]
+        assert reason.startswith(f"instance {failure['sop_instance_uid']}: the file is incomplete")
+        assert reason.endswith("the body was cut short (after 2 attempts)")
+    assert served_files(out) == {}
