@@ -44,7 +44,8 @@ def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 
 def check_prefix(prefix: bytes, *, sop_uid: str | None, label: str | None = None) -> None:
-    """Fail fast on the first bytes when they are text: an HTML error page, JSON, XML.
+    """Fail fast on the first bytes when they are text (an HTML error page, JSON, XML) or a
+    Part 10 file without its preamble.
 
     Binary bodies without the DICM magic are judged after the download instead: some archives
     hold (and serve) bare datasets without the Part 10 header, and those are kept when their
@@ -53,9 +54,18 @@ def check_prefix(prefix: bytes, *, sop_uid: str | None, label: str | None = None
     """
     if len(prefix) < HEADER_PREFIX_LENGTH or prefix[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
         return
+    named = label or f"instance {sop_uid}"
+    if prefix.startswith(MAGIC):
+        # A Part 10 file with its 128-byte preamble left out: no DICOM reader takes it (they
+        # look for DICM at byte 128), and it cannot be mended without rewriting the bytes.
+        raise IntegrityError(
+            f"{named}: response starts with DICM, without the 128-byte preamble of a DICOM file",
+            sop_instance_uid=sop_uid,
+            retryable=False,
+        )
     if _is_text(prefix):
         raise IntegrityError(
-            f"{label or f'instance {sop_uid}'}: response is not DICOM ({_guess_text(prefix)})",
+            f"{named}: response is not DICOM ({_guess_text(prefix)})",
             sop_instance_uid=sop_uid,
             retryable=False,
         )

@@ -156,3 +156,32 @@ def test_a_body_cut_before_its_uids_is_called_incomplete(tmp_path: Path, cut_to:
         assert reason.startswith(f"instance {failure['sop_instance_uid']}: the file is incomplete")
         assert reason.endswith("the body was cut short (after 2 attempts)")
     assert served_files(out) == {}
+
+
+@pytest.mark.parametrize("mode", ["instance", "series"])
+def test_a_file_without_its_preamble_is_named_so_at_once(tmp_path: Path, mode: str) -> None:
+    """An instance sent as a Part 10 file without its 128-byte preamble (`DICM` first), alone
+    or as a part: refused on its first bytes, not retried, saying so (it was retried and
+    reported as `SOP Instance UID in the file is missing`: DICM at byte 0 reads as no
+    header at all)."""
+    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    bad = SOPS[0]
+    served = {**good, bad: good[bad][128:]}
+
+    def answer(path: str, accept: str) -> tuple[bytes, str]:
+        if "/instances/" in path:
+            return served[path.rsplit("/", 1)[1]], DICOM
+        return multipart_body(list(served.values())), MULTIPART
+
+    out = tmp_path / "out"
+    with serving(answer) as url:
+        result = run_installed(
+            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", mode, "--retries", "2",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    [failure] = json.loads(result.stdout)["failures"]
+    assert failure["reason"] == (
+        f"instance {bad}: response starts with DICM, without the 128-byte preamble of a DICOM file"
+    )
+    assert served_files(out) == {f"{sop}.dcm": good[sop] for sop in SOPS if sop != bad}
