@@ -201,7 +201,7 @@ async def _write_single_part_of_multipart(response: httpx.Response, writer: Body
             writer.check_length(declared, "the part's Content-Length")
             complete = True
 
-    await pour_parts(response, on_event)
+    await pour_parts(response, on_event, lone_file=True)
     if not complete:
         raise IntegrityError(
             "multipart answer has no complete part",

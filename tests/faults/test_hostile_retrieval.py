@@ -185,3 +185,37 @@ def test_a_file_without_its_preamble_is_named_so_at_once(tmp_path: Path, mode: s
         f"instance {bad}: response starts with DICM, without the 128-byte preamble of a DICOM file"
     )
     assert served_files(out) == {f"{sop}.dcm": good[sop] for sop in SOPS if sop != bad}
+
+
+@pytest.mark.parametrize("mode", ["instance", "series"])
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut"])
+def test_one_dicom_file_labelled_multipart_is_taken_as_one_part(
+    tmp_path: Path, mode: str, cut: bool
+) -> None:
+    """A server answering every retrieval with one Part 10 file, whatever was asked, under
+    the multipart type that was asked for. Each file is taken as one part, then judged as any
+    other (a cut one is found by the walk and never kept); a series answered so gives its
+    first instance, the others come one by one. Every instance failed, `no multipart delimiter`
+    (exit 1 on a server that sent every byte right)."""
+    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+
+    def answer(path: str, accept: str) -> tuple[bytes, str]:
+        data = good[path.rsplit("/", 1)[1] if "/instances/" in path else SOPS[0]]
+        return (data[: len(data) // 2] if cut else data), MULTIPART
+
+    out = tmp_path / "out"
+    with serving(answer) as url:
+        result = run_installed(
+            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", mode, "--retries", "1",
+        )  # fmt: skip
+    assert "Traceback" not in result.stderr
+    if not cut:
+        assert result.returncode == 0, result.stderr
+        assert served_files(out) == {f"{sop}.dcm": data for sop, data in good.items()}
+        return
+    assert result.returncode == 1, result.stderr
+    failures = json.loads(result.stdout)["failures"]
+    assert sorted(f["sop_instance_uid"] for f in failures) == SOPS
+    assert all("the file is incomplete" in f["reason"] for f in failures), failures
+    assert served_files(out) == {}
