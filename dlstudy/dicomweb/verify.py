@@ -10,6 +10,7 @@ usual case), and by pydicom's `read_partial` otherwise (big endian, deflate, bar
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -33,6 +34,9 @@ HEADER_PREFIX_LENGTH = PREAMBLE_LENGTH + len(MAGIC)
 # The leading bytes `verify_instance(head=...)` can use: the Part 10 prefix and the first chunk.
 VERIFY_HEAD_LENGTH = HEADER_PREFIX_LENGTH + HEADER_CHUNK
 
+# A multipart body's first line: a delimiter. No DICOM file starts so (a preamble is followed
+# by DICM, and a bare dataset starts with a tag of group 0008 or so, never 2D2D).
+_MULTIPART_START = re.compile(rb"\s*--[^\r\n]{1,70}\r?\n")
 # Characters of a parser's message kept in an error line.
 _BRIEF = 160
 
@@ -44,8 +48,8 @@ def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 
 def check_prefix(prefix: bytes, *, sop_uid: str | None, label: str | None = None) -> None:
-    """Fail fast on the first bytes when they are text (an HTML error page, JSON, XML) or a
-    Part 10 file without its preamble.
+    """Fail fast on the first bytes when they are text (an HTML error page, JSON, XML), a
+    Part 10 file without its preamble, or a multipart body.
 
     Binary bodies without the DICM magic are judged after the download instead: some archives
     hold (and serve) bare datasets without the Part 10 header, and those are kept when their
@@ -60,6 +64,14 @@ def check_prefix(prefix: bytes, *, sop_uid: str | None, label: str | None = None
         # look for DICM at byte 128), and it cannot be mended without rewriting the bytes.
         raise IntegrityError(
             f"{named}: response starts with DICM, without the 128-byte preamble of a DICOM file",
+            sop_instance_uid=sop_uid,
+            retryable=False,
+        )
+    if _MULTIPART_START.match(prefix):
+        # A multipart body under another Content-Type (or nested in a part): its framing
+        # would be taken for the file.
+        raise IntegrityError(
+            f"{named}: response is not DICOM (looks like a multipart body)",
             sop_instance_uid=sop_uid,
             retryable=False,
         )

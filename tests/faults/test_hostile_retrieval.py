@@ -219,3 +219,34 @@ def test_one_dicom_file_labelled_multipart_is_taken_as_one_part(
     assert sorted(f["sop_instance_uid"] for f in failures) == SOPS
     assert all("the file is incomplete" in f["reason"] for f in failures), failures
     assert served_files(out) == {}
+
+
+@pytest.mark.parametrize(
+    "content_type", [DICOM, "multipart/mixed; boundary=b0undary"], ids=["dicom", "mixed"]
+)
+def test_a_multipart_body_under_another_type_is_named_at_once(
+    tmp_path: Path, content_type: str
+) -> None:
+    """Instances asked for one at a time, answered with a multipart/related body under another
+    Content-Type: refused on its first bytes, not retried, saying what it looks like (its
+    framing was taken for the file: retried, then `SOP Instance UID in the file is missing`)."""
+    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+
+    def answer(path: str, accept: str) -> tuple[bytes, str]:
+        return multipart_body([good[path.rsplit("/", 1)[1]]]), content_type
+
+    out = tmp_path / "out"
+    with serving(answer) as url:
+        result = run_installed(
+            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance", "--retries", "2",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    failures = json.loads(result.stdout)["failures"]
+    assert sorted(f["sop_instance_uid"] for f in failures) == SOPS
+    for failure in failures:
+        assert failure["reason"] == (
+            f"instance {failure['sop_instance_uid']}: response is not DICOM "
+            "(looks like a multipart body)"
+        )
+    assert served_files(out) == {}
