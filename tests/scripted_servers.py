@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .factories import STUDY, element, instance_json, multipart_body, part10, series_json
@@ -663,3 +663,20 @@ def study_with_a_misnamed_part() -> Iterator[tuple[str, str, list[str]]]:
 
     with _one_server(Misnamed) as url:
         yield url, STUDY, [SOPS[0], SOPS[2]]
+
+
+@contextmanager
+def serving(answer: Callable[[str, str], tuple[bytes, str]]) -> Iterator[str]:
+    """Lists one series of SOPS; every other request (an instance, the series, the study) is
+    answered 200 with `answer(path, accept)`: (body, Content-Type), with a Content-Length.
+    Yields the base URL."""
+
+    class Serving(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if not self.listing(path):
+                body, content_type = answer(path, self.headers.get("Accept", ""))
+                self.reply(200, body, content_type)
+
+    with _one_server(Serving) as url:
+        yield url

@@ -14,6 +14,11 @@ the file meta that names its encoding, a VR it does not know, nesting deeper tha
 use) are let through: the check must never refuse a good file. A cut exactly between two
 top-level elements leaves a shorter well-formed file, which no structure can tell from a whole
 one; a cut anywhere inside an element (the pixel data above all) is found.
+
+Bytes that follow the pixel data without being an element (a VR the walk does not know, or a
+tag not above the one before) are refused too, unless they are all NUL (padding some writers
+add): they are not part of the instance but something appended to it, such as the next part
+of a multipart response whose delimiter lacked its CRLF, or a second file.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ _NOT_WALKED = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # bi
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _UNDEFINED = 0xFFFFFFFF
+# Group 7FE0 holds the pixel data (float, double or plain): in an image, the last large value.
+_PIXEL_GROUP = 0x7FE00000
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _TRANSFER_SYNTAX = 0x00020010
 _MAX_DEPTH = 16
+_PADDING_BLOCK = 64 * 1024
 _TAG_VR_LENGTH = struct.Struct("<HH2sH")
 _TAG_LENGTH = struct.Struct("<HHL")
 _LENGTH = struct.Struct("<L")
@@ -47,6 +55,10 @@ class _CannotJudge(Exception):
 
 class _Cut(Exception):
     """The structure runs past the end of the file (or stops short of it)."""
+
+
+class _Appended(_Cut):
+    """Bytes after the pixel data that are no element: something else appended to the file."""
 
 
 def check_complete(
@@ -158,6 +170,10 @@ class BodyWalk:
 
 
 def _incomplete(label: str, cut: _Cut) -> IntegrityError:
+    if isinstance(cut, _Appended):
+        return IntegrityError(
+            f"{label}: {cut}: something was appended to the instance", retryable=True
+        )
     return IntegrityError(
         f"{label}: the file is incomplete ({cut}): the body was cut short", retryable=True
     )
@@ -198,12 +214,16 @@ class _Walker:
                 # A bare dataset: no file meta, so its encoding is a guess (big endian?).
                 raise _CannotJudge("no file meta")
             pos = _PREAMBLE + len(_MAGIC)
+            if end == pos:
+                raise _Cut("the file ends after its DICM prefix")
+        top_level = depth == 0 and not in_item
+        previous = -1  # the tag before, at the top level
         while end is None or pos < end or in_item:
             if end is not None and pos + 8 > end:
                 raise _Cut(f"an element header at byte {pos} runs past byte {end}")
             data = yield pos, 8
             if len(data) < 8:
-                if not data and end is None and not in_item:
+                if not data and end is None and not in_item and pos > _PREAMBLE + len(_MAGIC):
                     return pos  # the body ends here, between two elements
                 raise _Cut(f"the file ends at byte {pos + len(data)}")
             group, element, vr, short = _TAG_VR_LENGTH.unpack(data)
@@ -212,6 +232,11 @@ class _Walker:
                 return pos + 8
             if group != 0x0002 and self.implicit is None:
                 raise _CannotJudge("no Transfer Syntax UID in the file meta")
+            implicit = bool(self.implicit) and group != 0x0002
+            known = implicit or vr in _LONG_VRS or vr in _SHORT_VRS
+            if top_level and previous >= _PIXEL_GROUP and (tag <= previous or not known):
+                yield from self.after_the_pixel_data(pos, end)
+            previous = tag
             if self.implicit and group != 0x0002:  # the file meta is always explicit VR
                 vr, length, header = b"", _LENGTH.unpack_from(data, 4)[0], 8
             elif vr in _LONG_VRS:
@@ -239,6 +264,24 @@ class _Walker:
             else:
                 pos += length
         return pos
+
+    def after_the_pixel_data(self, pos: int, end: int | None) -> _Reads:
+        """Bytes from `pos` (to `end`, or to where the body ends) that are no element, after
+        the pixel data: NUL padding is let through (it cannot be judged); anything else was
+        appended to the instance."""
+        at = pos
+        while end is None or at < end:
+            count = _PADDING_BLOCK if end is None else min(end - at, _PADDING_BLOCK)
+            block = yield at, count
+            if block.strip(b"\0"):
+                size = "the" if end is None else f"{end - pos}"
+                raise _Appended(
+                    f"{size} bytes after the pixel data, from byte {pos}, are no element"
+                )
+            if len(block) < count:
+                break
+            at += count
+        raise _CannotJudge("NUL padding")
 
     def items(self, pos: int, end: int | None, *, depth: int) -> _Reads:
         """A sequence (or encapsulated pixel data) of undefined length: items up to its

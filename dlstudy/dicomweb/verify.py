@@ -10,6 +10,7 @@ usual case), and by pydicom's `read_partial` otherwise (big endian, deflate, bar
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -33,6 +34,12 @@ HEADER_PREFIX_LENGTH = PREAMBLE_LENGTH + len(MAGIC)
 # The leading bytes `verify_instance(head=...)` can use: the Part 10 prefix and the first chunk.
 VERIFY_HEAD_LENGTH = HEADER_PREFIX_LENGTH + HEADER_CHUNK
 
+# A multipart body's first line: a delimiter. No DICOM file starts so (a preamble is followed
+# by DICM, and a bare dataset starts with a tag of group 0008 or so, never 2D2D).
+_MULTIPART_START = re.compile(rb"\s*--[^\r\n]{1,70}\r?\n")
+# Characters of a parser's message kept in an error line.
+_BRIEF = 160
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +48,8 @@ def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 
 def check_prefix(prefix: bytes, *, sop_uid: str | None, label: str | None = None) -> None:
-    """Fail fast on the first bytes when they are text: an HTML error page, JSON, XML.
+    """Fail fast on the first bytes when they are text (an HTML error page, JSON, XML), a
+    Part 10 file without its preamble, or a multipart body.
 
     Binary bodies without the DICM magic are judged after the download instead: some archives
     hold (and serve) bare datasets without the Part 10 header, and those are kept when their
@@ -50,9 +58,26 @@ def check_prefix(prefix: bytes, *, sop_uid: str | None, label: str | None = None
     """
     if len(prefix) < HEADER_PREFIX_LENGTH or prefix[PREAMBLE_LENGTH:HEADER_PREFIX_LENGTH] == MAGIC:
         return
+    named = label or f"instance {sop_uid}"
+    if prefix.startswith(MAGIC):
+        # A Part 10 file with its 128-byte preamble left out: no DICOM reader takes it (they
+        # look for DICM at byte 128), and it cannot be mended without rewriting the bytes.
+        raise IntegrityError(
+            f"{named}: response starts with DICM, without the 128-byte preamble of a DICOM file",
+            sop_instance_uid=sop_uid,
+            retryable=False,
+        )
+    if _MULTIPART_START.match(prefix):
+        # A multipart body under another Content-Type (or nested in a part): its framing
+        # would be taken for the file.
+        raise IntegrityError(
+            f"{named}: response is not DICOM (looks like a multipart body)",
+            sop_instance_uid=sop_uid,
+            retryable=False,
+        )
     if _is_text(prefix):
         raise IntegrityError(
-            f"{label or f'instance {sop_uid}'}: response is not DICOM ({_guess_text(prefix)})",
+            f"{named}: response is not DICOM ({_guess_text(prefix)})",
             sop_instance_uid=sop_uid,
             retryable=False,
         )
@@ -127,19 +152,32 @@ def read_header_in(
     if has_magic and (info := read_header_fast(fp)) is not None:
         return info
     fp.seek(0)
-    from pydicom.errors import InvalidDicomError
+    try:
+        return _read_with_pydicom(fp, has_magic=has_magic)
+    except Exception as exc:
+        # On a malformed header pydicom raises more than its own errors: struct.error for an
+        # element header cut short, NotImplementedError for an unknown VR, its
+        # BytesLengthException for a value of the wrong size (some only when a value is
+        # read). Each is one bad instance, never the end of the run.
+        raise IntegrityError(
+            f"{label}: DICOM header cannot be parsed ({_brief(exc)})", retryable=True
+        ) from exc
+
+
+def _brief(exc: Exception) -> str:
+    """The first line of `exc`'s message, cut short: pydicom's may quote the bytes it read."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= _BRIEF else text[: _BRIEF - 3] + "..."
+
+
+def _read_with_pydicom(fp: BinaryIO, *, has_magic: bool) -> HeaderInfo:
     from pydicom.filereader import read_partial
 
-    try:
-        # The three UIDs live in groups 0008 and 0020: stop parsing right after them
-        # instead of walking every element up to the pixel data.
-        dataset = read_partial(
-            fp, stop_when=_past_series_uid, specific_tags=UID_TAGS, force=not has_magic
-        )
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
-        raise IntegrityError(
-            f"{label}: DICOM header cannot be parsed ({exc})", retryable=True
-        ) from exc
+    # The three UIDs live in groups 0008 and 0020: stop parsing right after them
+    # instead of walking every element up to the pixel data.
+    dataset = read_partial(
+        fp, stop_when=_past_series_uid, specific_tags=UID_TAGS, force=not has_magic
+    )
     meta = dataset.file_meta if hasattr(dataset, "file_meta") else None
     media_sop = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
     return HeaderInfo(

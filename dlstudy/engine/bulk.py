@@ -100,7 +100,7 @@ class BulkFetcher:
                     sink.end()
 
             try:
-                await pour_parts(response, on_event)
+                await pour_parts(response, on_event, lone_file=True)
             finally:
                 sink.abandon()
 

@@ -19,7 +19,7 @@ from ..dicomweb.completeness import check_complete
 from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Negotiator, Retrieval
-from ..dicomweb.verify import keep_head, verify_instance
+from ..dicomweb.verify import check_identity, keep_head, read_header
 from ..errors import HttpStatusError, IntegrityError, TransferError
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.throttle import Throttle
@@ -92,23 +92,27 @@ class BodyWriter:
             return self._verify_and_commit()
         return await anyio.to_thread.run_sync(self._verify_and_commit)
 
-    def _verify_and_commit(self) -> Committed:
-        self.temp.close()
-        transfer_syntax = verify_instance(
-            self.temp.path,
-            study_uid=self.ref.study_uid,
-            series_uid=self.ref.series_uid,
-            sop_uid=self.ref.sop_uid,
-            head=self._head,
-            size=self.size,
-        )
+    def _check_complete(self, transfer_syntax: str, label: str) -> None:
         check_complete(
             self.temp.path,
             transfer_syntax=transfer_syntax,
             size=self.size,
-            label=f"instance {self.ref.sop_uid}",
+            label=label,
             head=self._head,
         )
+
+    def _verify_and_commit(self) -> Committed:
+        self.temp.close()
+        ref, label = self.ref, f"instance {self.ref.sop_uid}"
+        info = read_header(self.temp.path, label=label, head=self._head, size=self.size)
+        if not (info.study_uid and info.series_uid and info.sop_uid):
+            # A body cut short before the UIDs: the walk says it is incomplete, rather than
+            # the file be taken for one without them.
+            self._check_complete(info.transfer_syntax, label)
+        check_identity(
+            info, study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid
+        )
+        self._check_complete(info.transfer_syntax, label)
         self.temp.commit()
         return Committed(self.temp.final, self.temp.size, self.digest.labelled())
 
@@ -197,7 +201,7 @@ async def _write_single_part_of_multipart(response: httpx.Response, writer: Body
             writer.check_length(declared, "the part's Content-Length")
             complete = True
 
-    await pour_parts(response, on_event)
+    await pour_parts(response, on_event, lone_file=True)
     if not complete:
         raise IntegrityError(
             "multipart answer has no complete part",

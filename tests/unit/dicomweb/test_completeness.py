@@ -97,7 +97,8 @@ def walk_body(data: bytes, piece: int) -> str | None:
     try:
         walk.end("x")
     except IntegrityError as exc:
-        assert exc.retryable and "the file is incomplete" in str(exc)
+        assert exc.retryable
+        assert "the file is incomplete" in str(exc) or "something was appended" in str(exc)
         return str(exc)
     return None
 
@@ -169,3 +170,29 @@ def test_a_body_too_short_for_the_prefix_or_without_a_transfer_syntax_is_let_thr
     no_syntax = data.replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x11\x00UI", 1)
     assert no_syntax != data
     assert walk_body(no_syntax[:-100], 4096) is None
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_bytes_appended_after_the_pixel_data_fail_and_nul_padding_passes(
+    tmp_path: Path, form: str
+) -> None:
+    """What follows the pixel data must be elements (in ascending order): a second file, or
+    the next part of a multipart response whose delimiter lacked its CRLF, is refused; NUL
+    padding, and elements that may follow the pixel data, are not."""
+    transfer_syntax, undefined, encapsulated = FORMS[form]
+    data = part10(transfer_syntax, undefined=undefined, encapsulated=encapsulated)
+    appended = {
+        "a second file": data,
+        "the next part": b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + data,
+        "an element that goes back": b"\x08\x00\x18\x00UI\x08\x001.2.3.4\0",
+    }
+    for what, tail in appended.items():
+        with pytest.raises(IntegrityError, match="something was appended") as caught:
+            check(tmp_path, data + tail, transfer_syntax)
+        assert f"{len(tail)} bytes after the pixel data, from byte {len(data)}" in str(caught.value)
+        assert caught.value.retryable, what
+    check(tmp_path, data + b"\0" * 4096, transfer_syntax)
+    trailing_padding = b"\xfc\xff\xfc\xffOB\0\0\x04\0\0\0\0\0\0\0"  # (FFFC,FFFC) OB, 4 bytes
+    if transfer_syntax == ImplicitVRLittleEndian:
+        trailing_padding = b"\xfc\xff\xfc\xff\x04\0\0\0\0\0\0\0"
+    check(tmp_path, data + trailing_padding, transfer_syntax)
