@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -45,6 +46,34 @@ def served_files(out: Path) -> dict[str, bytes]:
     }
 
 
+Answer = Callable[[str, str], tuple[bytes, str]]  # (path, Accept) -> (body, Content-Type)
+
+
+def good_files() -> dict[str, bytes]:
+    """The study's instances as the server should send them, by SOP Instance UID."""
+    return {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+
+
+def alone_or_as_the_series(served: dict[str, bytes]) -> Answer:
+    """Each instance alone when asked alone; the series as one multipart body of them all."""
+
+    def answer(path: str, accept: str) -> tuple[bytes, str]:
+        if "/instances/" in path:
+            return served[path.rsplit("/", 1)[1]], DICOM
+        return multipart_body(list(served.values())), MULTIPART
+
+    return answer
+
+
+def download(answer: Answer, out: Path, mode: str, retries: int) -> CompletedProcess[str]:
+    """The installed `dlstudy download` of the study, from a server answering with `answer`."""
+    with serving(answer) as url:
+        return run_installed(
+            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", mode, "--retries", str(retries),
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize("mode", ["instance", "series"])
 @pytest.mark.parametrize("how", UNREADABLE_HEADERS)
 def test_a_header_pydicom_cannot_read_fails_that_instance_not_the_run(
@@ -53,21 +82,11 @@ def test_a_header_pydicom_cannot_read_fails_that_instance_not_the_run(
     """One instance whose header makes pydicom raise something else than its InvalidDicomError
     (the run ended in a traceback, nothing downloaded and no summary): that instance fails,
     named, and the others are kept, whether it came alone or as a part of a series."""
-    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    good = good_files()
     bad = SOPS[1]
     served = {**good, bad: UNREADABLE_HEADERS[how](good[bad])}
-
-    def answer(path: str, accept: str) -> tuple[bytes, str]:
-        if "/instances/" in path:
-            return served[path.rsplit("/", 1)[1]], DICOM
-        return multipart_body(list(served.values())), MULTIPART
-
     out = tmp_path / "out"
-    with serving(answer) as url:
-        result = run_installed(
-            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
-            "--mode", mode, "--retries", "1",
-        )  # fmt: skip
+    result = download(alone_or_as_the_series(served), out, mode, 1)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     [failure] = json.loads(result.stdout)["failures"]
@@ -86,7 +105,7 @@ def test_a_multipart_delimiter_without_its_crlf_never_makes_one_file_of_several(
     runs on to the close delimiter, holding every instance after its own. It was committed as
     the first instance (exit 0, a file three times its size); the walk finds the bytes after
     its pixel data, and the instances are fetched one by one instead."""
-    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    good = good_files()
     framed = b"".join(
         b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + data for data in good.values()
     )
@@ -97,11 +116,7 @@ def test_a_multipart_delimiter_without_its_crlf_never_makes_one_file_of_several(
         return framed + b"\r\n--b0undary--\r\n", MULTIPART
 
     out = tmp_path / "out"
-    with serving(answer) as url:
-        result = run_installed(
-            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
-            "--mode", "series", "--retries", "1",
-        )  # fmt: skip
+    result = download(answer, out, "series", 1)
     assert result.returncode == 0, result.stderr
     assert "something was appended to the instance" in result.stderr  # the bulk warning
     assert served_files(out) == {f"{sop}.dcm": data for sop, data in good.items()}
@@ -110,7 +125,7 @@ def test_a_multipart_delimiter_without_its_crlf_never_makes_one_file_of_several(
 def test_a_second_file_after_an_instance_is_refused_not_kept(tmp_path: Path) -> None:
     """A single-part answer holding the instance and then more (another file, a page a proxy
     appended): refused, named, never kept under the instance's name (it was: exit 0)."""
-    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    good = good_files()
     bad = SOPS[2]
 
     def answer(path: str, accept: str) -> tuple[bytes, str]:
@@ -118,11 +133,7 @@ def test_a_second_file_after_an_instance_is_refused_not_kept(tmp_path: Path) -> 
         return good[sop] + (good[SOPS[0]] if sop == bad else b""), DICOM
 
     out = tmp_path / "out"
-    with serving(answer) as url:
-        result = run_installed(
-            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
-            "--mode", "instance", "--retries", "1",
-        )  # fmt: skip
+    result = download(answer, out, "instance", 1)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     [failure] = json.loads(result.stdout)["failures"]
@@ -164,21 +175,11 @@ def test_a_file_without_its_preamble_is_named_so_at_once(tmp_path: Path, mode: s
     or as a part: refused on its first bytes, not retried, saying so (it was retried and
     reported as `SOP Instance UID in the file is missing`: DICM at byte 0 reads as no
     header at all)."""
-    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    good = good_files()
     bad = SOPS[0]
     served = {**good, bad: good[bad][128:]}
-
-    def answer(path: str, accept: str) -> tuple[bytes, str]:
-        if "/instances/" in path:
-            return served[path.rsplit("/", 1)[1]], DICOM
-        return multipart_body(list(served.values())), MULTIPART
-
     out = tmp_path / "out"
-    with serving(answer) as url:
-        result = run_installed(
-            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
-            "--mode", mode, "--retries", "2",
-        )  # fmt: skip
+    result = download(alone_or_as_the_series(served), out, mode, 2)
     assert result.returncode == 1, result.stderr
     [failure] = json.loads(result.stdout)["failures"]
     assert failure["reason"] == (
@@ -197,18 +198,14 @@ def test_one_dicom_file_labelled_multipart_is_taken_as_one_part(
     other (a cut one is found by the walk and never kept); a series answered so gives its
     first instance, the others come one by one. Every instance failed, `no multipart delimiter`
     (exit 1 on a server that sent every byte right)."""
-    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    good = good_files()
 
     def answer(path: str, accept: str) -> tuple[bytes, str]:
         data = good[path.rsplit("/", 1)[1] if "/instances/" in path else SOPS[0]]
         return (data[: len(data) // 2] if cut else data), MULTIPART
 
     out = tmp_path / "out"
-    with serving(answer) as url:
-        result = run_installed(
-            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
-            "--mode", mode, "--retries", "1",
-        )  # fmt: skip
+    result = download(answer, out, mode, 1)
     assert "Traceback" not in result.stderr
     if not cut:
         assert result.returncode == 0, result.stderr
@@ -230,17 +227,13 @@ def test_a_multipart_body_under_another_type_is_named_at_once(
     """Instances asked for one at a time, answered with a multipart/related body under another
     Content-Type: refused on its first bytes, not retried, saying what it looks like (its
     framing was taken for the file: retried, then `SOP Instance UID in the file is missing`)."""
-    good = {sop: part10(STUDY, SERIES, sop, payload=b"\1" * 4096) for sop in SOPS}
+    good = good_files()
 
     def answer(path: str, accept: str) -> tuple[bytes, str]:
         return multipart_body([good[path.rsplit("/", 1)[1]]]), content_type
 
     out = tmp_path / "out"
-    with serving(answer) as url:
-        result = run_installed(
-            "download", STUDY, "--url", url, "-o", str(out), "--json", "--http", "1.1",
-            "--mode", "instance", "--retries", "2",
-        )  # fmt: skip
+    result = download(answer, out, "instance", 2)
     assert result.returncode == 1, result.stderr
     failures = json.loads(result.stdout)["failures"]
     assert sorted(f["sop_instance_uid"] for f in failures) == SOPS
