@@ -125,9 +125,9 @@ async def _serve(
     async def shutdown_trigger() -> None:
         await stop.wait()
         stopping.set()
-        address = sock.getsockname()
+        port = sock.getsockname()[1]
         after = config.graceful_timeout + _ABORT_AFTER_GRACE
-        asyncio.get_running_loop().call_later(after, _abort_stuck_connections, address)
+        asyncio.get_running_loop().call_later(after, _abort_stuck_connections, port)
 
     async def with_startup(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -145,17 +145,18 @@ async def _serve(
     await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
 
 
-def _abort_stuck_connections(address: object) -> None:
+def _abort_stuck_connections(port: int) -> None:
     """hypercorn ends a connection gracefully, waiting until the bytes it still holds are sent:
     for a client that stopped reading, forever, and the server's stop with it (one run in
     twenty-five, over h2c). Past the graceful timeout, the connections of this server that are
     closing with bytes unsent are aborted (asyncio offers no list of a server's transports:
-    they are found among live objects, by the address they were accepted on)."""
+    they are found among live objects, by the port they were accepted on: the listening
+    socket holds it, so no other socket of this machine has it as its own)."""
     for found in gc.get_objects():
         if (
             isinstance(found, asyncio.WriteTransport)
             and found.is_closing()
-            and found.get_extra_info("sockname") == address
+            and (found.get_extra_info("sockname") or (None, None))[1] == port
             and found.get_write_buffer_size()
         ):
             log.debug("aborting a connection whose client stopped reading")
