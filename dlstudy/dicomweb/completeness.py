@@ -232,12 +232,12 @@ class _Walker:
                 return pos + 8
             if group != 0x0002 and self.implicit is None:
                 raise _CannotJudge("no Transfer Syntax UID in the file meta")
-            implicit = bool(self.implicit) and group != 0x0002
+            implicit = bool(self.implicit) and group != 0x0002  # the file meta is explicit VR
             known = implicit or vr in _LONG_VRS or vr in _SHORT_VRS
             if top_level and previous >= _PIXEL_GROUP and (tag <= previous or not known):
                 yield from self.after_the_pixel_data(pos, end)
             previous = tag
-            if self.implicit and group != 0x0002:  # the file meta is always explicit VR
+            if implicit:
                 vr, length, header = b"", _LENGTH.unpack_from(data, 4)[0], 8
             elif vr in _LONG_VRS:
                 _check_bound(pos + 8, 4, end)
