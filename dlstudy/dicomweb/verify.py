@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 HEADER_PREFIX_LENGTH = PREAMBLE_LENGTH + len(MAGIC)
-# The leading bytes `verify_instance(head=...)` can use: the Part 10 prefix and the first chunk.
+# The leading bytes `read_header(head=...)` can use: the Part 10 prefix and the first chunk.
 VERIFY_HEAD_LENGTH = HEADER_PREFIX_LENGTH + HEADER_CHUNK
 
 # A multipart body's first line: a delimiter. No DICOM file starts so (a preamble is followed
@@ -212,19 +212,3 @@ def check_identity(info: HeaderInfo, *, study_uid: str, series_uid: str, sop_uid
         )
     if not info.has_preamble:
         log.warning("instance %s: no Part 10 preamble/DICM (kept as sent)", sop_uid)
-
-
-def verify_instance(
-    path: Path,
-    *,
-    study_uid: str,
-    series_uid: str,
-    sop_uid: str,
-    head: bytes | None = None,
-    size: int | None = None,
-) -> str:
-    """Check magic and UIDs of the file at `path`; return its transfer syntax UID.
-    `head` and `size`: as for `read_header`."""
-    info = read_header(path, label=f"instance {sop_uid}", head=head, size=size)
-    check_identity(info, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
-    return info.transfer_syntax
