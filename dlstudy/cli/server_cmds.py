@@ -256,16 +256,14 @@ def _tls_problem(cert: Path, key: Path) -> str | None:
     """What the TLS server would stumble on, in one line naming the option, found before the
     folder is indexed and the URL printed (hypercorn loads them only as it starts: `serve`
     said it was serving, then failed with `No such file or directory` or `PEM lib`)."""
-    for option, path, marker, what in (
-        ("--tls-cert", cert, b"CERTIFICATE-----", "PEM certificate"),
-        ("--tls-key", key, b"PRIVATE KEY-----", "PEM private key"),
+    from ..http.tls_files import PEM_CERTIFICATE, PEM_PRIVATE_KEY, pem_file_problem
+
+    for option, path, block in (
+        ("--tls-cert", cert, PEM_CERTIFICATE),
+        ("--tls-key", key, PEM_PRIVATE_KEY),
     ):
-        try:
-            text = path.read_bytes()
-        except OSError as exc:
-            return f"{option} {path}: cannot read it ({exc.strerror or exc})"
-        if marker not in text:
-            return f"{option} {path}: no {what} in it"
+        if (problem := pem_file_problem(path, block)) is not None:
+            return f"{option} {path}: {problem}"
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert, key, password=_no_passphrase)

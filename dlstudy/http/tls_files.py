@@ -18,6 +18,8 @@ from pathlib import Path
 
 # The variables naming a CA bundle, the first set wins.
 CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+PEM_CERTIFICATE = ("CERTIFICATE-----", "PEM certificate")
+PEM_PRIVATE_KEY = ("PRIVATE KEY-----", "PEM private key")
 # OpenSSL's CA directories, colon-separated; each certificate in one is found by the hash of
 # its subject: a link named like `c0dfd775.0` (`openssl rehash` makes them).
 CA_DIRECTORY_VARIABLE = "SSL_CERT_DIR"
@@ -44,21 +46,30 @@ def tls_files_problem(
                 return problem
     where = f"${found[0]}" if found else "--ca-bundle"
     ca_bundle = found[1] if found else ca_bundle
-    wanted = [(where, ca_bundle, ("CERTIFICATE-----", "PEM certificate"))]
+    wanted = [(where, ca_bundle, PEM_CERTIFICATE)]
     if cert is not None:
-        wanted.append(("--cert", cert, ("CERTIFICATE-----", "PEM certificate")))
+        wanted.append(("--cert", cert, PEM_CERTIFICATE))
         # Without --key, libcurl takes the key from the --cert file.
         holder = ("--key", key) if key is not None else ("--cert", cert)
-        wanted.append((*holder, ("PRIVATE KEY-----", "PEM private key")))
-    for option, path, (marker, what) in wanted:
+        wanted.append((*holder, PEM_PRIVATE_KEY))
+    for option, path, block in wanted:
         if path is None:
             continue
         path = Path(path)
-        problem = _file_problem(path) or _content_problem(path, marker, what)
+        problem = pem_file_problem(path, block)
         if problem is not None:
-            hint = " (give it with --key)" if option == "--cert" and "key" in what else ""
+            hint = (
+                " (give it with --key)" if option == "--cert" and block == PEM_PRIVATE_KEY else ""
+            )
             return f"{option} {path}: {problem}{hint}"
     return None
+
+
+def pem_file_problem(path: Path, block: tuple[str, str]) -> str | None:
+    """Why `path` is no readable file holding `block` (PEM_CERTIFICATE, PEM_PRIVATE_KEY), in
+    words to follow the option and path; or None."""
+    marker, what = block
+    return _file_problem(path) or _content_problem(path, marker, what)
 
 
 def environment_ca_bundle() -> tuple[str, Path] | None:
