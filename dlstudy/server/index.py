@@ -193,7 +193,7 @@ def still_indexed(instance: Instance) -> bool:
         found = os.stat(instance.path)
     except OSError:
         return False
-    return _stamp(found) == instance.stamp and found.st_size == instance.size
+    return _same_file(found, instance.stamp, instance.size)
 
 
 def _open_same(path: Path, stamp: tuple[int, int, int], size: int) -> int:
@@ -204,8 +204,7 @@ def _open_same(path: Path, stamp: tuple[int, int, int], size: int) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise ChangedSinceIndexed(f"{path}: {exc.strerror}") from exc
-    found = os.fstat(fd)
-    if _stamp(found) != stamp or found.st_size != size:
+    if not _same_file(os.fstat(fd), stamp, size):
         os.close(fd)
         raise ChangedSinceIndexed(f"{path} is not the file indexed: changed since")
     return fd
@@ -213,6 +212,10 @@ def _open_same(path: Path, stamp: tuple[int, int, int], size: int) -> int:
 
 def _stamp(found: os.stat_result) -> tuple[int, int, int]:
     return found.st_dev, found.st_ino, found.st_mtime_ns
+
+
+def _same_file(found: os.stat_result, stamp: tuple[int, int, int], size: int) -> bool:
+    return _stamp(found) == stamp and found.st_size == size
 
 
 @contextmanager
