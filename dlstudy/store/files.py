@@ -211,15 +211,22 @@ def _why_no_folder(root: Path) -> str:
         root,
     )
     named = repr(str(root)) if blocking == root else f"{str(root)!r}: {str(blocking)!r}"
-    if blocking.is_symlink() and not blocking.exists():
-        return f"{named} is a symbolic link to {os.readlink(blocking)!r}, which does not exist"
+    if (dangling := _link_to_nothing(blocking)) is not None:
+        return f"{named} is {dangling}"
     return f"{named} exists and is not a folder"
 
 
 def _in_the_way(folder: Path) -> str:
-    if folder.is_symlink() and not folder.exists():  # (one out of OUT is refused before)
-        return f"it is a symbolic link to {os.readlink(folder)!r}, which does not exist"
+    if (dangling := _link_to_nothing(folder)) is not None:  # (one out of OUT: refused before)
+        return f"it is {dangling}"
     return "a file is in the way"
+
+
+def _link_to_nothing(path: Path) -> str | None:
+    """'a symbolic link to TARGET, which does not exist' when `path` is one; else None."""
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return None
 
 
 def _write_test(probe: Path) -> None:
