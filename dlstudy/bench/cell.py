@@ -22,9 +22,8 @@ from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Retrieval
 from ..dicomweb.verify import (
-    HEADER_PREFIX_LENGTH,
     VERIFY_HEAD_LENGTH,
-    check_prefix,
+    check_start,
     read_header,
     read_header_in,
 )
@@ -285,12 +284,7 @@ class Output:
         """Raise IntegrityError unless the body is DICOM (not an error page) and its elements,
         walked as it arrived, end where it does."""
         assert self.walk is not None
-        if self.size < HEADER_PREFIX_LENGTH:
-            raise IntegrityError(
-                f"{self.what}: response too short to be DICOM ({self.size} bytes)",
-                retryable=True,
-            )
-        check_prefix(self.head[:HEADER_PREFIX_LENGTH], sop_uid=self.sop_uid, label=self.what)
+        check_start(self.head, label=self.what, sop_uid=self.sop_uid)
         self.walk.end(self.what)
 
     def _judge(self, fp: BinaryIO) -> None:

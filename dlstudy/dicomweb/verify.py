@@ -83,6 +83,16 @@ def check_prefix(prefix: bytes, *, sop_uid: str | None, label: str | None = None
         )
 
 
+def check_start(start: bytes, *, label: str, sop_uid: str | None) -> None:
+    """`start`, a body's first bytes (HEADER_PREFIX_LENGTH, or all of a shorter body): an
+    IntegrityError when it is too short to be DICOM, or when check_prefix refuses it."""
+    if len(start) < HEADER_PREFIX_LENGTH:
+        raise IntegrityError(
+            f"{label}: response too short to be DICOM ({len(start)} bytes)", retryable=True
+        )
+    check_prefix(start[:HEADER_PREFIX_LENGTH], sop_uid=sop_uid, label=label)
+
+
 def keep_head(head: bytes, chunk: bytes, *, sop_uid: str) -> bytes:
     """`head` extended with the start of `chunk`, up to VERIFY_HEAD_LENGTH bytes, for
     `read_header(head=...)`; the Part 10 prefix is checked as soon as it is complete, so an
@@ -143,11 +153,7 @@ def read_header_in(
         return info
     fp.seek(0)
     prefix = fp.read(HEADER_PREFIX_LENGTH)
-    if len(prefix) < HEADER_PREFIX_LENGTH:
-        raise IntegrityError(
-            f"{label}: response too short to be DICOM ({len(prefix)} bytes)", retryable=True
-        )
-    check_prefix(prefix, sop_uid=label.removeprefix("instance "), label=label)
+    check_start(prefix, label=label, sop_uid=label.removeprefix("instance "))
     has_magic = prefix[PREAMBLE_LENGTH:] == MAGIC
     if has_magic and (info := read_header_fast(fp)) is not None:
         return info
