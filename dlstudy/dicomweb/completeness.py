@@ -219,6 +219,7 @@ class _Walker:
         top_level = depth == 0 and not in_item
         previous = -1  # the tag before, at the top level
         while end is None or pos < end or in_item:
+            # (_check_bound and _check_length written out: the read every element makes)
             if end is not None and pos + 8 > end:
                 raise _Cut(f"an element header at byte {pos} runs past byte {end}")
             data = yield pos, 8
