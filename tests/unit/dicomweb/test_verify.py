@@ -23,29 +23,14 @@ from pydicom.uid import (
 )
 
 from dlstudy.dicomweb import header_fast, verify
-from dlstudy.dicomweb.verify import HeaderInfo, check_identity, read_header
+from dlstudy.dicomweb.verify import HeaderInfo, read_header
 from dlstudy.errors import IntegrityError
 
 from ...factories import CT_IMAGE_STORAGE, STUDY, part10
+from ...verify_helpers import verify_instance
 
 SERIES = f"{STUDY}.7"
 SOP = f"{SERIES}.1"  # odd length: pydicom pads it with a NUL
-
-
-def verify_instance(
-    path: Path,
-    *,
-    study_uid: str,
-    series_uid: str,
-    sop_uid: str,
-    head: bytes | None = None,
-    size: int | None = None,
-) -> str:
-    """The header read and checked against what was asked, as download's writer does
-    (engine/fetch.py); the transfer syntax UID."""
-    info = read_header(path, label=f"instance {sop_uid}", head=head, size=size)
-    check_identity(info, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
-    return info.transfer_syntax
 
 
 LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}

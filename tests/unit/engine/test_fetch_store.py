@@ -13,7 +13,6 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dlstudy.dicomweb.negotiate import Negotiator, Retrieval
-from dlstudy.dicomweb.verify import verify_instance
 from dlstudy.engine.fetch import InstanceFetcher
 from dlstudy.errors import AuthError, HttpStatusError, IntegrityError, TransferError, UsageError
 from dlstudy.flow.retry import RETRY_AFTER_CAP, RetryPolicy, backoff_delay, parse_retry_after
@@ -25,6 +24,7 @@ from dlstudy.store.files import Store, check_layout
 
 from ...factories import STUDY, part10
 from ...fixtures.scripted_routes import DROP, Routes
+from ...verify_helpers import verify_instance
 
 SERIES = f"{STUDY}.7"
 SOP = f"{SERIES}.1"
