@@ -89,6 +89,7 @@ CLIENTS = (
     "curl",
     "curl64",
     "floor",
+    "engine",
     "dlstudy",
     "dlstudy-w1",
     "dlstudy-instance",
@@ -101,6 +102,7 @@ CLIENT_LABEL = {
     "curl": "curl --parallel-max 16",
     "curl64": "curl --parallel-max 64",
     "floor": "bare asyncio client (floor, HTTP/1.1)",
+    "engine": "dlstudy's engine alone (libcurl, no checks)",
     "dlstudy": "dlstudy (defaults)",
     "dlstudy-w1": "dlstudy --workers 1",
     "dlstudy-instance": "dlstudy --mode instance",
@@ -149,6 +151,8 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Group], list[str]]:
                     clients.append("dlstudy-h1")
                 if rtt == 0 and tr in ("h1", "tls"):
                     clients.insert(2, "floor")
+                if rtt == 0 and tr != "tls-tuned":
+                    clients.insert(clients.index("dlstudy"), "engine")
                 if ds != "wsi" and rtt == 0 and tr in ("h1", "tls"):
                     clients += ["dwc-study", "dwc-instance", "dwc-threads"]
                 chosen = tuple(c for c in clients if c in args.clients)
@@ -163,6 +167,12 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Group], list[str]]:
         "The floor row (benchmarks/floor_client.py) is a bare asyncio HTTP/1.1 client that only "
         "writes bodies to files: no QIDO, hashing, DICOM check, temp file, retries or progress. "
         "It is the scale for what Python itself costs on this machine.",
+        "The engine row (benchmarks/engine_client.py) is dlstudy's own HTTP engine alone "
+        "(libcurl's multi interface on the asyncio loop, the same sink dlstudy pours bodies "
+        "into) with dlstudy's default concurrency, in one process, each body written to its "
+        "file: no QIDO, typer, hashing, DICOM check, temp file, retries or progress. Between "
+        "it and curl is libcurl driven from Python; between it and dlstudy's rows is dlstudy's "
+        "own work per instance.",
         "wsi runs at 0 ms over HTTP/1.1 and TLS h2 only (one instance: RTT adds one round trip; "
         "h2c shows nothing TLS h2 does not), and without dicomweb-client (retrieve_study holds the "
         "1.5 GiB instance in memory several times over).",
@@ -309,7 +319,10 @@ class DelayLine:
         line = self.proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
             self.stop()
-            raise SystemExit(f"the delay-line proxy did not start; see {log_path}")
+            # (the run's folder, log included, is removed on the way out: its words go along)
+            said = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            words = " / ".join(said) or "no output"
+            raise SystemExit(f"the delay-line proxy did not start: {words}")
         self.pids = [self.proc.pid]
 
     def stop(self) -> None:
@@ -576,6 +589,13 @@ def client_command(setup: Setup, group: Group, client: str, out: Path) -> list[s
             str(config),
         ]
     tls = ["--ca-bundle", str(setup.ca)] if group.transport.startswith("tls") else []
+    if client == "engine":
+        http = "1.1" if group.transport == "h1" else "2"
+        return [
+            *[python, str(HERE / "engine_client.py"), "--url", url, "--http", http, *tls],
+            *["--manifest", str(setup.data_root / group.dataset / "manifest.json")],
+            *["--out", str(out)],
+        ]
     if client == "floor":
         return [
             *[python, str(HERE / "floor_client.py"), "--url", url, "-c", c, *tls],
@@ -653,6 +673,10 @@ def client_report(client: str, stdout: Path, stderr: Path, group: Group) -> dict
             info.update(json.loads(text.strip().splitlines()[-1]))
         except (ValueError, IndexError):
             pass
+        if client == "engine":
+            want = "HTTP/1.1" if group.transport == "h1" else "HTTP/2"
+            if info.get("http_version") != want:
+                info["unexpected_http_version"] = f"wanted {want}, got {info.get('http_version')}"
     return info
 
 
