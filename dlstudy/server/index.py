@@ -4,7 +4,9 @@ Headers only (`stop_before_pixels`), so indexing a folder of whole-slide images 
 per file. Real-world folders hold files without a preamble or file meta, odd transfer syntaxes and
 things that are not DICOM at all: whatever lacks the three UIDs is skipped with a log line, and
 so is anything that is not a regular file (a named pipe would block the open forever) and a link
-to a file outside the folder (the folder is all a server over it may ever send).
+to a file outside the folder (the folder is all a server over it may ever send). Folders and files
+that cannot be read (no permission) are skipped too, and one warning counts them and names the
+first: their studies are missing from every search.
 
 Each instance keeps its file's identity (device, inode, size, modification time): a request opens
 the file and sends it only while it is still that file, so one removed, rewritten or swapped for a
@@ -102,13 +104,14 @@ class Index:
         studies: dict[str, Study] = {}
         count = skipped = 0
         real_root = os.path.realpath(root)
-        for path in _walk(root):
-            found = _servable_file(path, real_root)
+        unreadable = _Unreadable()
+        for path in _walk(root, unreadable):
+            found = _servable_file(path, real_root, unreadable)
             if found is None:
                 skipped += 1
                 continue
             with _quiet(path):  # the file read, and its values: both may make pydicom complain
-                instance, ds = _read(path, found)
+                instance, ds = _read(path, found, unreadable)
                 if instance is None or ds is None:
                     skipped += 1
                     continue
@@ -137,6 +140,7 @@ class Index:
         for study in studies.values():  # each series' instances: the one kept of each UID
             for series in study.series:
                 series.instances = list(series.by_uid.values())
+        unreadable.warn(root)
         if skipped:  # a folder's files missing from its searches, unless this says why
             log.warning(
                 "skipped %d of the %d files under %s: not DICOM instances, not regular files, "
@@ -230,22 +234,58 @@ def _quiet(path: Path) -> Iterator[None]:
         log.debug("%s: %s", path, warning.message)
 
 
-def _walk(root: Path) -> Iterator[Path]:
+@dataclass
+class _Unreadable:
+    """The folders and files the scan could not read: without a word, the studies in them were
+    just missing from the searches (os.walk passes over a folder it cannot list)."""
+
+    folders: int = 0
+    files: int = 0
+    first: str | None = None  # "path: reason" of the first one met
+
+    def add(self, path: str | Path, exc: OSError, *, folder: bool) -> None:
+        if folder:
+            self.folders += 1
+        else:
+            self.files += 1
+        if self.first is None:
+            self.first = f"{path}: {exc.strerror or exc}"
+
+    def warn(self, root: Path) -> None:
+        if self.first is None:
+            return
+        kinds = [(self.folders, "folder"), (self.files, "file")]
+        counts = " and ".join(f"{n} {kind}{'s' if n > 1 else ''}" for n, kind in kinds if n)
+        log.warning(
+            "could not read %s under %s (the first: %s): the instances in them are not served",
+            counts,
+            root,
+            self.first,
+        )
+
+
+def _walk(root: Path, unreadable: _Unreadable) -> Iterator[Path]:
     # Sorted, and hidden entries skipped (e.g. a download tool's `.dlstudy/` state folder).
-    for dirpath, dirnames, filenames in os.walk(root):
+    def cannot_list(exc: OSError) -> None:
+        log.info("skipped %s: %s", exc.filename, exc.strerror)
+        unreadable.add(exc.filename, exc, folder=True)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath, name)
 
 
-def _servable_file(path: Path, real_root: str) -> os.stat_result | None:
+def _servable_file(path: Path, real_root: str, unreadable: _Unreadable) -> os.stat_result | None:
     """The status of a regular file in the folder; None (and a -v line) for anything else."""
     # Checked without opening: opening a FIFO waits for a writer, a device may be endless.
     try:
         found = path.stat()
-    except OSError as exc:  # a dangling link, a file removed meanwhile
+    except OSError as exc:  # a dangling link, a file removed meanwhile, a folder not searchable
         log.info("skipped %s: %s", path, exc.strerror)
+        if not isinstance(exc, FileNotFoundError):
+            unreadable.add(path, exc, folder=False)
         return None
     if not stat.S_ISREG(found.st_mode):
         log.info("skipped %s: not a regular file", path)
@@ -279,9 +319,19 @@ def _keep_one(first: Instance, other: Instance) -> Instance:
     return kept
 
 
-def _read(path: Path, found: os.stat_result) -> tuple[Instance | None, Dataset | None]:
+def _read(
+    path: Path, found: os.stat_result, unreadable: _Unreadable
+) -> tuple[Instance | None, Dataset | None]:
     try:
-        with os.fdopen(_open_same(path, _stamp(found), found.st_size), "rb") as file:
+        fd = _open_same(path, _stamp(found), found.st_size)
+    except ChangedSinceIndexed as exc:
+        cause = exc.__cause__  # set when the open itself failed, not when the file changed
+        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+            unreadable.add(path, cause, folder=False)
+        log.info("skipped %s: %s", path, cause.strerror if isinstance(cause, OSError) else exc)
+        return None, None
+    try:
+        with os.fdopen(fd, "rb") as file:
             ds = read_header(file, path)
         uids = [str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID")]
         sop = str(ds.get("SOPInstanceUID", "") or "").strip()
