@@ -18,6 +18,7 @@ from pydicom.datadict import dictionary_VR
 from . import attributes as at
 from .attributes import Json, key, resolve, texts
 from .index import Index, Instance, Series, Study, header_json
+from .wado import bulkdata_url
 
 Level = Literal["study", "series", "instance"]
 
@@ -255,11 +256,11 @@ def _render(record: _Record, query: Query, base_url: str, with_study: bool) -> J
     out[key(at.INSTANCE_AVAILABILITY)] = at.computed("CS", "ONLINE")
     for tag, _ in query.filters:  # matched attributes are returned, even if empty
         out.setdefault(key(tag), record.entry(tag) or {"vr": vr_of(tag)})
-    _include(out, record, query)
+    _include(out, record, query, base_url)
     return dict(sorted(out.items()))
 
 
-def _include(out: Json, record: _Record, query: Query) -> None:
+def _include(out: Json, record: _Record, query: Query, base_url: str) -> None:
     """`includefield`: stored attributes first, then the file of a representative instance."""
     missing = [t for t in query.includes if key(t) not in out]
     for tag in list(missing):
@@ -275,7 +276,7 @@ def _include(out: Json, record: _Record, query: Query) -> None:
         series = record.series or record.study.series[0]
         instance = series.instances[0]
     try:
-        header = header_json(instance)
+        header = header_json(instance, bulkdata_url(instance, base_url))
     except Exception:  # the file changed since indexing: answer with what is known
         return
     if query.include_all and record.instance is not None:
