@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from .command import Command
-from .common import error_line, fail_usage, output_failed
+from .common import PrintableFormatter, error_line, fail_usage, output_failed
 from .options import fraction, seconds
 
 DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side
@@ -180,9 +180,10 @@ def serve(
     if tls_cert is not None and tls_key is not None:
         if (problem := _tls_problem(tls_cert, tls_key)) is not None:
             fail_usage(problem)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    # File names go into these lines: escaped, none can forge a line or drive the terminal.
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     # pydicom's complaints about odd files name no file: --verbose shows them beside the
     # index's own line for each file it skips; otherwise the count of skipped files says it.
     logging.getLogger("pydicom").setLevel(logging.INFO if verbose else logging.ERROR)

@@ -6,6 +6,7 @@ Routes under `/dicomweb` (GET and HEAD):
     /studies/{st}/series/{se}/instances                             QIDO-RS search
     /studies/{st}[/series/{se}[/instances/{sop}]]                   WADO-RS retrieve
     ... the same followed by /metadata                              WADO-RS metadata
+    /studies/{st}/series/{se}/instances/{sop}/bulkdata/{tag}        a BulkDataURI of metadata
 
 Knobs (all off by default): latency per request, bearer token with expiry, WADO faults
 (503/429 + Retry-After) and WADO bodies cut after N bytes.
@@ -38,6 +39,7 @@ import orjson
 from . import attributes, negotiate, qido, wado
 from .archive import Archive, open_archive
 from .attributes import Json
+from .index import ChangedSinceIndexed
 from .options import ServerOptions
 
 log = logging.getLogger("dlstudy.server")
@@ -134,7 +136,8 @@ class DicomwebApp:
         ctx = _Request(parts, params, accept, base_url, headers.get("host", "dlstudy"), http1)
 
         metadata = bool(parts) and parts[-1] == "metadata"
-        uids = _resource_uids(parts[:-1] if metadata else parts)
+        bulk = len(parts) == 8 and parts[6] == "bulkdata"  # .../instances/{sop}/bulkdata/{tag}
+        uids = _resource_uids(parts[:-1] if metadata else parts[:6] if bulk else parts)
         if uids:
             instances = self.archive.select(uids)
             if not instances:
@@ -150,6 +153,8 @@ class DicomwebApp:
                 return _text(410, _GONE)
             if metadata:
                 return await self._metadata(ctx, instances)
+            if bulk:
+                return await self._bulkdata(ctx, instances[0], parts[7])
             return self._retrieve(ctx, instances, instance_level=len(uids) == 3)
         match parts:
             case ["studies"] | ["series"] | ["instances"]:
@@ -199,8 +204,23 @@ class DicomwebApp:
     async def _metadata(self, ctx: _Request, instances: Sequence[wado.Retrievable]) -> Response:
         if not negotiate.accepts_json(ctx.accept):
             return _text(406, "metadata is application/dicom+json")
-        body = await self.archive.metadata(instances)
+        body = await self.archive.metadata(instances, ctx.base_url)
         return Response(200, [("content-type", DICOM_JSON)], body)
+
+    async def _bulkdata(self, ctx: _Request, instance: wado.Retrievable, tag: str) -> Response:
+        try:
+            multipart = negotiate.bulkdata_multipart(ctx.accept)
+        except negotiate.NotAcceptable as exc:
+            return _text(exc.status, str(exc))
+        body = None
+        if len(tag) == 8 and all(c in "0123456789abcdefABCDEF" for c in tag):
+            try:
+                body = await self.archive.bulkdata(instance, int(tag, 16), multipart=multipart)
+            except ChangedSinceIndexed:  # since still_there() looked
+                return _text(410, _GONE)
+        if body is None:
+            return _text(404, "no bulk data at this tag (metadata names the ones there are)")
+        return Response(200, stream=body)
 
     def _retrieve(
         self, ctx: _Request, instances: Sequence[wado.Retrievable], *, instance_level: bool

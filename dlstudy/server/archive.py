@@ -43,7 +43,13 @@ class Archive(Protocol):
 
     def transfer_syntaxes(self, instances: Sequence[wado.Retrievable]) -> set[str]: ...
 
-    async def metadata(self, instances: Sequence[wado.Retrievable]) -> bytes: ...
+    async def metadata(self, instances: Sequence[wado.Retrievable], base_url: str) -> bytes: ...
+
+    async def bulkdata(
+        self, instance: wado.Retrievable, tag: int, *, multipart: bool
+    ) -> wado.Body | None:
+        """A value metadata gave as a BulkDataURI; None if there is none."""
+        ...
 
 
 def open_archive(options: ServerOptions) -> Archive:
@@ -106,8 +112,15 @@ class FolderArchive:
     def transfer_syntaxes(self, instances: Sequence[wado.Retrievable]) -> set[str]:
         return {i.transfer_syntax for i in instances}
 
-    async def metadata(self, instances: Sequence[wado.Retrievable]) -> bytes:
-        return await wado.metadata([i for i in instances if isinstance(i, Instance)])
+    async def metadata(self, instances: Sequence[wado.Retrievable], base_url: str) -> bytes:
+        return await wado.metadata([i for i in instances if isinstance(i, Instance)], base_url)
+
+    async def bulkdata(
+        self, instance: wado.Retrievable, tag: int, *, multipart: bool
+    ) -> wado.Body | None:
+        if not isinstance(instance, Instance):
+            return None
+        return await asyncio.to_thread(wado.bulkdata, instance, tag, multipart=multipart)
 
 
 def _still_indexed(files: list[Instance]) -> list[Instance]:

@@ -4,7 +4,9 @@ Headers only (`stop_before_pixels`), so indexing a folder of whole-slide images 
 per file. Real-world folders hold files without a preamble or file meta, odd transfer syntaxes and
 things that are not DICOM at all: whatever lacks the three UIDs is skipped with a log line, and
 so is anything that is not a regular file (a named pipe would block the open forever) and a link
-to a file outside the folder (the folder is all a server over it may ever send).
+to a file outside the folder (the folder is all a server over it may ever send). Folders and files
+that cannot be read (no permission) are skipped too, and one warning counts them and names the
+first: their studies are missing from every search.
 
 Each instance keeps its file's identity (device, inode, size, modification time): a request opens
 the file and sends it only while it is still that file, so one removed, rewritten or swapped for a
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from .attributes import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, Json, entries, texts
@@ -33,6 +36,12 @@ log = logging.getLogger("dlstudy.server")
 # Values above this size are not read while indexing: a non-DICOM file read with `force=True`
 # can announce a gigabyte-long element, and nothing the index keeps is that large.
 _DEFER_SIZE = 64 * 1024
+
+# Binary values above this size are given in metadata as a BulkDataURI, not inline.
+BULK_SIZE = 1024 * 1024
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Deflated (offsets are in the inflated stream) and big endian (OW would need swapping).
+_NOT_AS_SENT = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
 
 # Transfer syntax of a file without file meta, from how pydicom found it encoded.
 _ENCODINGS: dict[tuple[bool | None, bool | None], str] = {
@@ -102,13 +111,14 @@ class Index:
         studies: dict[str, Study] = {}
         count = skipped = 0
         real_root = os.path.realpath(root)
-        for path in _walk(root):
-            found = _servable_file(path, real_root)
+        unreadable = _Unreadable()
+        for path in _walk(root, unreadable):
+            found = _servable_file(path, real_root, unreadable)
             if found is None:
                 skipped += 1
                 continue
             with _quiet(path):  # the file read, and its values: both may make pydicom complain
-                instance, ds = _read(path, found)
+                instance, ds = _read(path, found, unreadable)
                 if instance is None or ds is None:
                     skipped += 1
                     continue
@@ -137,6 +147,7 @@ class Index:
         for study in studies.values():  # each series' instances: the one kept of each UID
             for series in study.series:
                 series.instances = list(series.by_uid.values())
+        unreadable.warn(root)
         if skipped:  # a folder's files missing from its searches, unless this says why
             log.warning(
                 "skipped %d of the %d files under %s: not DICOM instances, not regular files, "
@@ -173,12 +184,51 @@ def read_header(file: BinaryIO, path: Path) -> Dataset:
     return ds
 
 
-def header_json(instance: Instance) -> Json:
-    """The DICOM JSON of an instance's data set without pixel data (binary values inline)."""
+def header_json(instance: Instance, bulk_url: str) -> Json:
+    """The DICOM JSON of an instance's data set without pixel data: binary values inline, but
+    those of the top level above BULK_SIZE as `{bulk_url}/{tag}` (a BulkDataURI, PS3.18 F.2.6),
+    never read: inline, a 200 MB value took 800 MB to answer."""
     with _quiet(instance.path), os.fdopen(open_indexed(instance), "rb") as file:
-        ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
+        ds = _header_with_bulk_deferred(file, instance)
+        bulk = {}
+        for tag in list(ds.keys()):
+            raw = ds.get_item(tag, keep_deferred=True)
+            if _is_bulk(raw):
+                bulk[f"{tag:08X}"] = {"vr": raw.VR, "BulkDataURI": f"{bulk_url}/{tag:08X}"}
+                del ds[tag]  # to_json_dict would read it
         result: Json = ds.to_json_dict(suppress_invalid_tags=True)
-    return result
+    return dict(sorted({**result, **bulk}.items())) if bulk else result
+
+
+def bulk_value(instance: Instance, tag: int) -> tuple[int, int] | None:
+    """Where in the file the value that header_json gives as a BulkDataURI is: (offset,
+    length); None if the tag has no such value."""
+    with _quiet(instance.path), os.fdopen(open_indexed(instance), "rb") as file:
+        ds = _header_with_bulk_deferred(file, instance)
+        raw = ds.get_item(tag, keep_deferred=True) if tag in ds else None
+        if not _is_bulk(raw):
+            return None
+        assert isinstance(raw, RawDataElement)
+        return raw.value_tell, raw.length
+
+
+def _header_with_bulk_deferred(file: BinaryIO, instance: Instance) -> Dataset:
+    """The data set without pixel data, its binary values above BULK_SIZE left unread where
+    the file holds them as they are sent (little endian, not deflated). Another value left
+    unread is read, if asked for, from `file` (the data set's buffer), not by its name."""
+    sent_as_stored = instance.transfer_syntax not in _NOT_AS_SENT
+    defer = BULK_SIZE if sent_as_stored else None
+    return pydicom.dcmread(file, stop_before_pixels=True, force=True, defer_size=defer)
+
+
+def _is_bulk(raw: object) -> bool:
+    """Whether an element is a binary value left unread (its length above BULK_SIZE)."""
+    return (
+        isinstance(raw, RawDataElement)
+        and raw.value is None
+        and raw.VR in _BINARY_VRS
+        and raw.length != 0xFFFFFFFF
+    )
 
 
 def open_indexed(instance: Instance) -> int:
@@ -230,22 +280,58 @@ def _quiet(path: Path) -> Iterator[None]:
         log.debug("%s: %s", path, warning.message)
 
 
-def _walk(root: Path) -> Iterator[Path]:
+@dataclass
+class _Unreadable:
+    """The folders and files the scan could not read: without a word, the studies in them were
+    just missing from the searches (os.walk passes over a folder it cannot list)."""
+
+    folders: int = 0
+    files: int = 0
+    first: str | None = None  # "path: reason" of the first one met
+
+    def add(self, path: str | Path, exc: OSError, *, folder: bool) -> None:
+        if folder:
+            self.folders += 1
+        else:
+            self.files += 1
+        if self.first is None:
+            self.first = f"{path}: {exc.strerror or exc}"
+
+    def warn(self, root: Path) -> None:
+        if self.first is None:
+            return
+        kinds = [(self.folders, "folder"), (self.files, "file")]
+        counts = " and ".join(f"{n} {kind}{'s' if n > 1 else ''}" for n, kind in kinds if n)
+        log.warning(
+            "could not read %s under %s (the first: %s): the instances in them are not served",
+            counts,
+            root,
+            self.first,
+        )
+
+
+def _walk(root: Path, unreadable: _Unreadable) -> Iterator[Path]:
     # Sorted, and hidden entries skipped (e.g. a download tool's `.dlstudy/` state folder).
-    for dirpath, dirnames, filenames in os.walk(root):
+    def cannot_list(exc: OSError) -> None:
+        log.info("skipped %s: %s", exc.filename, exc.strerror)
+        unreadable.add(exc.filename, exc, folder=True)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath, name)
 
 
-def _servable_file(path: Path, real_root: str) -> os.stat_result | None:
+def _servable_file(path: Path, real_root: str, unreadable: _Unreadable) -> os.stat_result | None:
     """The status of a regular file in the folder; None (and a -v line) for anything else."""
     # Checked without opening: opening a FIFO waits for a writer, a device may be endless.
     try:
         found = path.stat()
-    except OSError as exc:  # a dangling link, a file removed meanwhile
+    except OSError as exc:  # a dangling link, a file removed meanwhile, a folder not searchable
         log.info("skipped %s: %s", path, exc.strerror)
+        if not isinstance(exc, FileNotFoundError):
+            unreadable.add(path, exc, folder=False)
         return None
     if not stat.S_ISREG(found.st_mode):
         log.info("skipped %s: not a regular file", path)
@@ -279,9 +365,19 @@ def _keep_one(first: Instance, other: Instance) -> Instance:
     return kept
 
 
-def _read(path: Path, found: os.stat_result) -> tuple[Instance | None, Dataset | None]:
+def _read(
+    path: Path, found: os.stat_result, unreadable: _Unreadable
+) -> tuple[Instance | None, Dataset | None]:
     try:
-        with os.fdopen(_open_same(path, _stamp(found), found.st_size), "rb") as file:
+        fd = _open_same(path, _stamp(found), found.st_size)
+    except ChangedSinceIndexed as exc:
+        cause = exc.__cause__  # set when the open itself failed, not when the file changed
+        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+            unreadable.add(path, cause, folder=False)
+        log.info("skipped %s: %s", path, cause.strerror if isinstance(cause, OSError) else exc)
+        return None, None
+    try:
+        with os.fdopen(fd, "rb") as file:
             ds = read_header(file, path)
         uids = [str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID")]
         sop = str(ds.get("SOPInstanceUID", "") or "").strip()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 ANY = "*"
+OCTETS = "application/octet-stream"
 
 
 class NotAcceptable(Exception):
@@ -80,6 +81,20 @@ def choose_retrieve(
     if wanted_single and instance_level and profile == "orthanc":
         raise NotAcceptable(400, "single-part application/dicom is not supported; ask multipart")
     raise NotAcceptable(406, "no acceptable representation (the server does not transcode)")
+
+
+def bulkdata_multipart(accept: str | None) -> bool:
+    """Whether bulk data goes as multipart/related (PS3.18's default) or, asked for, single
+    part application/octet-stream; NotAcceptable if neither is acceptable."""
+    for media in parse_accept(accept or "*/*"):
+        if media.mime in ("*/*", "multipart/*"):
+            return True
+        if media.mime == "multipart/related":
+            if media.params.get("type", OCTETS).strip().lower() == OCTETS:
+                return True
+        elif media.mime in (OCTETS, "application/*"):
+            return False
+    raise NotAcceptable(406, f"bulk data is {OCTETS}, single part or multipart/related")
 
 
 def accepts_json(accept: str | None) -> bool:

@@ -7,6 +7,7 @@ value. Keys the server cannot match on are ignored and named in a `Warning: 299`
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pydicom.datadict import dictionary_VR
 from . import attributes as at
 from .attributes import Json, key, resolve, texts
 from .index import Index, Instance, Series, Study, header_json
+from .wado import bulkdata_url
 
 Level = Literal["study", "series", "instance"]
 
@@ -77,6 +79,7 @@ def parse_query(params: list[tuple[str, str]], level: Level) -> Query:
         else:
             tag = _tag(name)
             if tag in allowed:
+                _check_readable(name, vr_of(tag), value)
                 filters.append((tag, value))
             else:
                 unsupported.append(name)
@@ -253,11 +256,11 @@ def _render(record: _Record, query: Query, base_url: str, with_study: bool) -> J
     out[key(at.INSTANCE_AVAILABILITY)] = at.computed("CS", "ONLINE")
     for tag, _ in query.filters:  # matched attributes are returned, even if empty
         out.setdefault(key(tag), record.entry(tag) or {"vr": vr_of(tag)})
-    _include(out, record, query)
+    _include(out, record, query, base_url)
     return dict(sorted(out.items()))
 
 
-def _include(out: Json, record: _Record, query: Query) -> None:
+def _include(out: Json, record: _Record, query: Query, base_url: str) -> None:
     """`includefield`: stored attributes first, then the file of a representative instance."""
     missing = [t for t in query.includes if key(t) not in out]
     for tag in list(missing):
@@ -273,7 +276,7 @@ def _include(out: Json, record: _Record, query: Query) -> None:
         series = record.series or record.study.series[0]
         instance = series.instances[0]
     try:
-        header = header_json(instance)
+        header = header_json(instance, bulkdata_url(instance, base_url))
     except Exception:  # the file changed since indexing: answer with what is known
         return
     if query.include_all and record.instance is not None:
@@ -282,6 +285,39 @@ def _include(out: Json, record: _Record, query: Query) -> None:
     for tag in missing:
         if key(tag) in header:
             out[key(tag)] = header[key(tag)]
+
+
+# A date (or its old form with dots) and a time (HH, HHMM, HHMMSS, fraction; old form with colons)
+# as PS3.5 6.2 gives them. Others are not read: they never match, and 204 would hide the typo.
+_DATE = re.compile(r"(\d{4})\.?(\d{2})\.?(\d{2})")
+_TIME = re.compile(r"([01]\d|2[0-3])(?::?([0-5]\d)(?::?([0-5]\d|60)(\.\d{1,6})?)?)?")
+_FORMS = {"DA": "a date YYYYMMDD", "TM": "a time HHMMSS"}
+
+
+def _check_readable(name: str, vr: str, value: str) -> None:
+    """A QueryError unless a date or time key's value is one, or a range of them (PS3.4
+    C.2.2.2.5), or universal matching."""
+    if vr not in _FORMS or value in ("", "*"):
+        return
+    low, dash, high = value.strip().partition("-")
+    bounds = [low, high] if dash else [low]
+    if any(bound and not _readable(vr, bound) for bound in bounds) or not any(bounds):
+        raise QueryError(
+            f"{name}: cannot read {value!r} as {_FORMS[vr]} or a range of them (A-B, A-, -B)"
+        )
+
+
+def _readable(vr: str, value: str) -> bool:
+    if vr == "TM":
+        return _TIME.fullmatch(value) is not None
+    found = _DATE.fullmatch(value)
+    if found is None:
+        return False
+    try:
+        datetime.date(*(int(part) for part in found.groups()))
+    except ValueError:  # 20240145: no such day
+        return False
+    return True
 
 
 def _tag(name: str) -> int:

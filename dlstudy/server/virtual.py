@@ -29,7 +29,7 @@ from .virtual_index import VirtualIndex
 from .virtual_instances import Instances, SeriesTemplate, VirtualInstance, part10, series_template
 from .virtual_qido import Searcher
 from .virtual_spec import MATRIX, MODALITIES, SOP_CLASSES, VirtualSpec
-from .wado import Retrievable
+from .wado import Body, Retrievable
 
 _MASK64 = 2**64 - 1
 _TEMPLATES_KEPT = 256  # series whose shared file elements are kept (instances come in order)
@@ -228,7 +228,10 @@ class VirtualArchive(VirtualIndex):
     def transfer_syntaxes(self, instances: Sequence[Retrievable]) -> set[str]:
         return {EXPLICIT_VR_LE}
 
-    async def metadata(self, instances: Sequence[Retrievable]) -> bytes:
+    async def bulkdata(self, instance: Retrievable, tag: int, *, multipart: bool) -> Body | None:
+        return None  # no value of a made instance is that large
+
+    async def metadata(self, instances: Sequence[Retrievable], base_url: str) -> bytes:
         def one(instance: Retrievable) -> Json:
             found = self.position(instance.sop_uid, 2)
             assert found is not None

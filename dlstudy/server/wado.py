@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from .attributes import Json
-from .index import ChangedSinceIndexed, Instance, header_json, open_indexed
+from .index import ChangedSinceIndexed, Instance, bulk_value, header_json, open_indexed
 
 log = logging.getLogger("dlstudy.server")
 
@@ -153,14 +153,18 @@ async def _made(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
-async def file_chunks(instance: Instance) -> AsyncGenerator[bytes, None]:
-    """The file's bytes as indexed; ChangedSinceIndexed if it is another file now, or shrank
-    (the announced length would lie)."""
+async def file_chunks(
+    instance: Instance, start: int = 0, length: int | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The file's bytes as indexed (`length` of them from `start`: all by default);
+    ChangedSinceIndexed if it is another file now, or shrank (the announced length would
+    lie)."""
     fd = open_indexed(instance)
+    end = instance.size if length is None else start + length
     try:
-        offset = 0
-        while offset < instance.size:
-            n = min(CHUNK, instance.size - offset)
+        offset = start
+        while offset < end:
+            n = min(CHUNK, end - offset)
             data = await asyncio.to_thread(os.pread, fd, n, offset)
             if not data:
                 raise ChangedSinceIndexed(f"{instance.path} is shorter than when it was indexed")
@@ -170,19 +174,60 @@ async def file_chunks(instance: Instance) -> AsyncGenerator[bytes, None]:
         os.close(fd)
 
 
-async def metadata(instances: Sequence[Instance]) -> bytes:
-    """DICOM JSON of every instance's header (pixel data left out), as one JSON array; an
-    instance whose file changed since indexing is left out (logged)."""
+async def metadata(instances: Sequence[Instance], base_url: str) -> bytes:
+    """DICOM JSON of every instance's header (pixel data left out, large binary values as a
+    BulkDataURI), as one JSON array; an instance whose file changed since indexing is left out
+    (logged)."""
 
     def build() -> bytes:
-        return json.dumps([h for h in map(_header_unless_changed, instances) if h]).encode()
+        headers = (_header_unless_changed(i, base_url) for i in instances)
+        return json.dumps([h for h in headers if h]).encode()
 
     return await asyncio.to_thread(build)
 
 
-def _header_unless_changed(instance: Instance) -> Json | None:
+def bulkdata_url(instance: Retrievable, base_url: str) -> str:
+    """Where header_json's BulkDataURIs of `instance` point: this, then the tag."""
+    return (
+        f"{base_url}/studies/{instance.study_uid}/series/{instance.series_uid}"
+        f"/instances/{instance.sop_uid}/bulkdata"
+    )
+
+
+def bulkdata(instance: Instance, tag: int, *, multipart: bool) -> Body | None:
+    """A value header_json gave as a BulkDataURI, as stored: single part
+    (application/octet-stream) or one part of multipart/related; None if there is none."""
+    found = bulk_value(instance, tag)
+    if found is None:
+        return None
+    start, length = found
+    if not multipart:
+        headers = [("content-type", "application/octet-stream")]
+        headers.append(("content-length", str(length)))
+        return Body(headers, file_chunks(instance, start, length), lambda: length)
+    boundary = f"dlstudy-{secrets.token_hex(16)}"
+    head = (
+        f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+    closing = f"\r\n--{boundary}--\r\n".encode()
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield head
+        async with aclosing(file_chunks(instance, start, length)) as values:
+            async for chunk in values:
+                yield chunk
+        yield closing
+
+    content_type = f'multipart/related; type="application/octet-stream"; boundary="{boundary}"'
+    return Body(
+        [("content-type", content_type)], chunks(), lambda: len(head) + length + len(closing)
+    )
+
+
+def _header_unless_changed(instance: Instance, base_url: str) -> Json | None:
     try:
-        return header_json(instance)
+        return header_json(instance, bulkdata_url(instance, base_url))
     except ChangedSinceIndexed as exc:
         log.warning("left out of metadata: %s", exc)
         return None

@@ -37,11 +37,15 @@ LAUNCH = (
 
 
 def start(
-    *args: str, seen: list[str] | None = None, installed: bool = False
+    *args: str,
+    seen: list[str] | None = None,
+    installed: bool = False,
+    prefix: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[str], str]:
-    """`serve ARGS` in a process (the installed console script if `installed`), once it prints
-    its URL; the lines before it go to `seen`."""
-    cmd = [DLSTUDY if installed else sys.executable, *([] if installed else ["-c", LAUNCH])]
+    """`serve ARGS` in a process (the installed console script if `installed`, run by
+    `prefix`), once it prints its URL; the lines before it go to `seen`."""
+    cmd = [*prefix, DLSTUDY if installed else sys.executable]
+    cmd += [] if installed else ["-c", LAUNCH]
     cmd += ["serve", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -258,6 +262,43 @@ def test_serve_skips_pipes_and_sockets_without_opening_them(tmp_path: Path) -> N
     assert any(
         line.startswith(f"WARNING skipped 2 of the 3 files under {tmp_path}:") for line in seen
     )
+
+
+def test_serve_says_which_folders_and_files_it_could_not_read(tmp_path: Path) -> None:
+    """A folder it may not list was passed over without a word (even with -v): its studies
+    were missing from every search. One warning counts them and names the first, escaped."""
+    shutil.copy(SAMPLE, tmp_path / "good.dcm")
+    locked = tmp_path / "locked\x1b[31m"
+    locked.mkdir()
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", locked / "ct.dcm")
+    (tmp_path / "other").mkdir()
+    shutil.copy(PYDICOM_FILES / "MR_small.dcm", tmp_path / "other" / "mr.dcm")
+    for blocked in (locked, tmp_path / "other" / "mr.dcm"):
+        blocked.chmod(0)
+    # Root ignores permissions: drop the capabilities that let it (util-linux's setpriv).
+    prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner")
+    seen: list[str] = []
+    try:
+        proc, url = start(
+            str(tmp_path),
+            "--port",
+            "0",
+            seen=seen,
+            installed=True,
+            prefix=prefix if os.geteuid() == 0 else (),
+        )
+        try:
+            assert len(json.loads(curl(f"{url}/studies"))) == 1  # the rest is served
+        finally:
+            stop(proc)
+    finally:
+        locked.chmod(0o755)
+    assert seen[:-1] == [
+        f"WARNING could not read 1 folder and 1 file under {tmp_path} (the first: {tmp_path}/"
+        "locked\\x1b[31m: Permission denied): the instances in them are not served\n",
+        f"WARNING skipped 1 of the 2 files under {tmp_path}: not DICOM instances, not regular "
+        "files, links out of the folder, unreadable or duplicates (--verbose names each)\n",
+    ]
 
 
 def test_every_file_of_pydicoms_corpus_downloads_with_no_noise(tmp_path: Path) -> None:

@@ -163,6 +163,47 @@ def test_study_date_ranges(client: httpx.Client, archive: Archive) -> None:
     assert by_date("19000101-19001231") == []
 
 
+@pytest.mark.parametrize(
+    ("path", "name", "value"),
+    [
+        ("/studies", "StudyDate", "2024-13-45"),
+        ("/studies", "StudyDate", "garbage"),
+        ("/studies", "StudyDate", "20240145"),  # no 45th day
+        ("/studies", "StudyDate", "20240101-20230101x"),
+        ("/studies", "StudyDate", "-"),
+        ("/studies", "PatientBirthDate", "1970"),
+        ("/studies", "StudyTime", "2599"),
+        ("/studies", "StudyTime", "noon-"),
+        ("/series", "SeriesDate", "20240101-2024"),
+    ],
+)
+def test_an_unreadable_date_or_time_is_400_naming_it(
+    client: httpx.Client, path: str, name: str, value: str
+) -> None:
+    """A typo in a date answered 204 (no match): a client could not tell it from an empty
+    archive."""
+    response = client.get(path, params={name: value})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text.startswith(f"{name}: cannot read {value!r} as a ")
+
+
+def test_every_date_and_time_form_is_still_read(client: httpx.Client) -> None:
+    for name, value in [
+        ("StudyDate", "2026.01.05"),  # the old form
+        ("StudyDate", "20240229-"),
+        ("StudyDate", "20240101-20230101"),  # an empty range, not a malformed one
+        ("StudyTime", "09"),
+        ("StudyTime", "0900-1000"),
+        ("StudyTime", "09:00:30.123456"),
+        ("StudyTime", "235960"),  # a leap second
+        ("StudyDate", ""),
+        ("StudyTime", "*"),
+    ]:
+        status = client.get("/studies", params={name: value}).status_code
+        assert status in (200, 204), (name, value, status)
+
+
 def test_modality_matching(client: httpx.Client, archive: Archive) -> None:
     assert len(search(client, "/studies", ModalitiesInStudy="MR")) == 1
     assert len(search(client, "/studies", ModalitiesInStudy="CT,MR")) == 4

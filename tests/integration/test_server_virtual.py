@@ -154,6 +154,8 @@ def test_qido_study_search_matches_the_usual_keys(url: str, archive: VirtualArch
     in_range = qido(url, "/studies", StudyDate=f"{low}-{high}")
     assert sorted(int(v) for v in values(in_range, "00080020")) == dates[10:41]
     assert len(qido(url, "/studies", StudyDate=f"-{low}")) == 11
+    typo = httpx.get(f"{url}/studies", params={"StudyDate": f"{low}-{high}x"})
+    assert typo.status_code == 400 and typo.text.startswith("StudyDate: cannot read")
 
     with_seg = qido(url, "/studies", ModalitiesInStudy="SEG")
     assert with_seg and all("SEG" in item["00080061"]["Value"] for item in with_seg)

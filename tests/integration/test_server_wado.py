@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.integration
 EXPLICIT = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 MULTIPART = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+OCTETS = "application/octet-stream"
 PYDICOM_FILES = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
 
 
@@ -201,6 +203,40 @@ def test_metadata_at_each_level(client: httpx.Client, synth_study: SynthStudy) -
         ).status_code
         == 406
     )
+
+
+def test_metadata_gives_a_large_binary_value_as_a_bulk_data_uri(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """A 200 MB OB value was sent inline, base64 in the JSON: 800 MB of the server's memory.
+    Above 1 MiB a binary value is a BulkDataURI now (PS3.18 F.2.6), and the URI serves it."""
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    big, small = bytes(range(256)) * (3 * 4096 + 1), b"\x07" * 100_000
+    block = ds.private_block(0x0041, "DLSTUDY TEST", create=True)
+    block.add_new(0x10, "OB", big)
+    block.add_new(0x11, "OB", small)
+    ds.save_as(tmp_path / "big.dcm")
+    big_key, small_key = f"{block.get_tag(0x10):08X}", f"{block.get_tag(0x11):08X}"
+    url = embedded_server(tmp_path)
+    path = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+    path += ds.SOPInstanceUID
+    with httpx.Client(base_url=url, timeout=30) as client:
+        (one,) = client.get(path + "/metadata").json()
+        (found,) = client.get("/instances", params={"includefield": "all"}).json()
+        single = client.get(f"{path}/bulkdata/{big_key}", headers={"accept": OCTETS})
+        multi = client.get(f"{path}/bulkdata/{big_key}")
+        missing = client.get(f"{path}/bulkdata/{small_key}")  # inline, so no bulk data
+    assert one[big_key] == {"vr": "OB", "BulkDataURI": f"{url}{path}/bulkdata/{big_key}"}
+    assert found[big_key] == one[big_key]
+    assert base64.b64decode(one[small_key]["InlineBinary"]) == small
+    assert one["00100010"]["Value"][0]["Alphabetic"] and "7FE00010" not in one
+    assert single.status_code == 200 and single.headers["content-type"] == OCTETS
+    assert single.content == big and single.headers["content-length"] == str(len(big))
+    assert multi.status_code == 200
+    assert multi.headers["content-type"].startswith('multipart/related; type="application/oc')
+    ((headers, value),) = split_multipart(multi.content, multi.headers["content-type"])
+    assert headers["content-type"] == OCTETS and value == big
+    assert missing.status_code == 404
 
 
 @pytest.fixture(scope="module")
