@@ -63,6 +63,7 @@ from ..http.auth import RefreshingBearerAuth, auth_from_settings
 from ..http.client import Transport
 from ..http.failures import check_auth
 from ..http.urls import (
+    NOT_ASKED_FOR,
     base_url_problem,
     instance_url,
     is_valid_uid,
@@ -384,6 +385,13 @@ class _Bench:
                 await self._check_still_there(run, failed_at)
 
         async def one_instance(ref: InstanceRef) -> None:
+            if not is_valid_uid(ref.sop_uid):  # never a request's path, nor a --keep file name
+                run.result.asked += 1
+                run.result.fail(
+                    f"the server lists an instance with the UID {ref.sop_uid[:80]!r}, "
+                    f"{NOT_ASKED_FOR}"
+                )
+                return
             url = instance_url(base, ref.study_uid, ref.series_uid, ref.sop_uid)
             what = f"instance {ref.sop_uid}"
             await guarded(what, lambda form: run.request(url, form, what, 1, ref.sop_uid))

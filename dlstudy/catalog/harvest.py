@@ -41,7 +41,7 @@ from ..dicomweb.search import StudyQuery, StudyRecord
 from ..errors import ServerError
 from ..flow.pool import first_error
 from ..http.client import Transport
-from ..http.urls import redact_url, study_url
+from ..http.urls import NOT_ASKED_FOR, is_valid_uid, redact_url, study_url
 from .store import Catalog, OpenWindow, Pull
 from .summary import PullSummary
 from .windows import Window, recent
@@ -418,6 +418,14 @@ class Harvester:
         listed: list[tuple[str, list[tuple[Any, ...]]]] = []
 
         async def one(uid: str) -> None:
+            if not is_valid_uid(uid):  # catalogued as sent (a download fails it), listed empty
+                log.warning(
+                    "the server lists a study with the UID %r, %s: its series are not catalogued",
+                    uid[:80],
+                    NOT_ASKED_FOR,
+                )
+                listed.append((uid, []))
+                return
             keyless: list[int] = []
             async with limiter:
                 items = await pager.fetch_all(
@@ -453,7 +461,8 @@ class Harvester:
                 async with anyio.create_task_group() as tg:
                     for uid in uids:
                         tg.start_soon(one, uid)
-            await self.db(self.catalog.record_series, list(listed), len(uids), pull.number)
+            asked = sum(map(is_valid_uid, uids))
+            await self.db(self.catalog.record_series, list(listed), asked, pull.number)
 
 
 def _one(modalities: tuple[str, ...]) -> str | None:

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import NothingMatchedError
-from ..http.urls import series_url
+from ..errors import IncompleteListingError, NothingMatchedError
+from ..http.urls import NOT_ASKED_FOR, is_valid_uid, redact_url, series_url
 from ..model import InstanceRef, Instances
 from .cohort import CohortItem
 from .qido import (
@@ -135,7 +135,14 @@ class Locator:
 
     async def _listing(self, series: SeriesRef) -> Instances:
         """The series' instances; the modality from the lookup, or from the listing when the
-        server includes it (asked for: `{modality}` in --layout needs it)."""
+        server includes it (asked for: `{modality}` in --layout needs it). A lookup's study
+        that is no UID is never asked for (urls.NOT_ASKED_FOR): the item fails."""
+        if not is_valid_uid(series.study_uid):
+            raise IncompleteListingError(
+                f"could not list series {series.series_uid[:80]}: the server lists it in a "
+                f"study with the UID {series.study_uid[:80]!r}, {NOT_ASKED_FOR}",
+                url=redact_url(f"{self.base}/series"),
+            )
         url = f"{series_url(self.base, series.study_uid, series.series_uid)}/instances"
         params = [] if series.modality else [("includefield", TAG_MODALITY)]
         found = Instances()

@@ -24,7 +24,7 @@ from ..errors import (
 from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
 from ..http.client import Transport
-from ..http.urls import redact_url, series_url, study_url
+from ..http.urls import NOT_ASKED_FOR, is_valid_uid, redact_url, series_url, study_url
 from ..model import Instances
 from .qido import (
     QIDO_CONCURRENCY,
@@ -44,8 +44,6 @@ from .qido import (
 
 log = logging.getLogger(__name__)
 
-# Path segments a URL resolves away (RFC 3986 5.2.4): never a UID to ask for.
-DOT_SEGMENTS = (".", "..")
 # Studies asked for in one instance search (their UIDs make a URL of about 2 KB).
 STUDIES_PER_SEARCH = 32
 
@@ -98,10 +96,10 @@ class Resolver:
     async def instances_of(self, series: SeriesRef) -> Instances:
         base = self.transport.base_url
         study, uid, modality = series.study_uid, series.series_uid, series.modality
-        if uid in DOT_SEGMENTS:  # in a URL path it would name the study, or its series list
+        if not is_valid_uid(uid):
             raise IncompleteListingError(
                 f"could not list study {study}: the server lists a series with the UID "
-                f"{uid!r}, which is no UID and cannot be asked for",
+                f"{uid[:80]!r}, {NOT_ASKED_FOR}",
                 url=redact_url(series_url(base, study, "")),
             )
         found = Instances()

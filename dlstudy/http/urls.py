@@ -37,6 +37,12 @@ _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _SECRET_LOOKING = re.compile(r"(?i)token|key|sig|secret|pass|credential|code|auth|session")
 
 
+# Why a UID a server sent that is no UID is never put in a request's path: `..` or `.` names
+# another resource there (libcurl resolves dot segments, RFC 3986 5.2.4), and a `/` or `%2E`,
+# percent-encoded as it is, becomes one behind a proxy that decodes the path first.
+NOT_ASKED_FOR = "which is no UID and cannot be asked for"
+
+
 def is_valid_uid(uid: str) -> bool:
     return len(uid) <= 64 and _UID_RE.fullmatch(uid) is not None
 

@@ -5,10 +5,13 @@ studies missing, never a usage error for what the server sent, and the rest goes
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import duckdb
 import httpx
 import pytest
 
@@ -152,22 +155,136 @@ def test_uids_padded_as_dicom_pads_them_are_read_without_the_padding(
             assert (out / STUDY / series / f"{sop}.dcm").read_bytes() == part10(STUDY, series, sop)
 
 
-@pytest.mark.parametrize("dots", ["..", "."])
-def test_a_series_listed_as_a_dot_segment_is_never_asked_for(
-    scripted: Routes, tmp_path: Path, dots: str
+# UIDs a server may send that are no UIDs, each a way out of the resource it names in a URL
+# path: dot segments (libcurl resolves them), and what a proxy that decodes the path before it
+# resolves it turns into one.
+NO_UIDS = ["..", ".", "../x", "%2E%2E", "1.2/../.."]
+
+
+def assert_only_asked_for(scripted: Routes, *paths: str) -> None:
+    """Every request the server got was for one of `paths` (a query aside), as sent."""
+    asked = {raw.split("?", 1)[0] for raw in scripted.raw_paths}
+    assert asked <= set(paths), asked
+    assert not scripted.unmatched
+
+
+@pytest.mark.parametrize("bad", NO_UIDS)
+def test_a_series_listed_with_no_uid_is_never_asked_for(
+    scripted: Routes, tmp_path: Path, bad: str
 ) -> None:
     """A series UID `..` in a URL path names another resource (`/studies/S/series/..` is the
-    study): its instances cannot be asked for. The study fails, one line naming the UID;
-    the run was stopped as unreachable (exit 3) by what the study's URL answered."""
-    serve_study(scripted, series=lambda: [*map(series_json, SERIES), series_json(dots)])
+    study), and `../x`, percent-encoded, is one through a proxy that decodes the path: its
+    instances cannot be asked for. The study fails, one line naming the UID; the run was
+    stopped as unreachable (exit 3) by what the study's URL answered."""
+    serve_study(scripted, series=lambda: [*map(series_json, SERIES), series_json(bad)])
     status, summary = download(scripted, tmp_path / "out")
     assert status == 1, summary
     (failure,) = summary["failures"]
     assert failure["study"] == STUDY
-    assert f"a series with the UID {dots!r}, which is no UID" in failure["reason"]
+    assert f"a series with the UID {bad!r}, which is no UID" in failure["reason"]
     assert scripted.get(f"/dicomweb/studies/{STUDY}/instances").call_count == 1  # once, at first
     status, summary = download(scripted, tmp_path / "out")
     assert status == 1 and summary["studies_complete_in_manifest"] == 0
+    base = f"/dicomweb/studies/{STUDY}"
+    assert_only_asked_for(
+        scripted,
+        f"{base}/instances",
+        f"{base}/series",
+        *(f"{base}/series/{uid}/instances" for uid in SERIES),
+        *(f"{base}/series/{uid}/instances/{sop}" for uid in SERIES for sop in SOPS[uid]),
+    )
+
+
+def first_page_only(items: list[dict[str, Any]]) -> Callable[[httpx.Request], httpx.Response]:
+    """A search answer: `items` at offset 0, nothing after (a catalog asks the next page)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return dicom_json(items if request.url.params.get("offset", "0") == "0" else [])
+
+    return answer
+
+
+@pytest.mark.parametrize("bad", NO_UIDS)
+def test_catalog_pull_never_asks_for_the_series_of_a_study_with_no_uid(
+    scripted: Routes, tmp_path: Path, bad: str
+) -> None:
+    """`catalog pull --level series` lists each study's series at /studies/{uid}/series: a
+    study the server lists as `..` asked for /series (the whole archive's series, catalogued
+    as that study's). Such a study is catalogued as sent (a download fails it) and its series
+    are never asked for: one warning naming it, and the pull ends (exit 0)."""
+    scripted.get("/dicomweb/studies").mock(side_effect=first_page_only(
+        [{"0020000D": element("UI", uid)} for uid in (STUDY, bad)]
+    ))  # fmt: skip
+    scripted.get(f"/dicomweb/studies/{STUDY}/series").mock(
+        return_value=dicom_json([series_json(uid) for uid in SERIES])
+    )
+    db = tmp_path / "c.duckdb"
+    result = run_installed(
+        "catalog", "pull", "--url", scripted.base, "--db", str(db), "--level", "series", "--json"
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    warning = (
+        f"dlstudy: warning: the server lists a study with the UID {bad!r}, which is no UID "
+        "and cannot be asked for: its series are not catalogued\n"
+    )
+    assert result.stderr.count(warning) == 1, result.stderr
+    assert_only_asked_for(scripted, "/dicomweb/studies", f"/dicomweb/studies/{STUDY}/series")
+    with duckdb.connect(str(db), read_only=True) as con:
+        studies_in = con.execute("SELECT study_uid FROM studies ORDER BY 1").fetchall()
+        series_in = con.execute("SELECT study_uid, series_uid FROM series ORDER BY 2").fetchall()
+    assert studies_in == sorted([(STUDY,), (bad,)])
+    assert series_in == [(STUDY, uid) for uid in SERIES]
+    again = run_installed(
+        "catalog", "pull", "--url", scripted.base, "--db", str(db), "--level", "series", "--json"
+    )
+    assert again.returncode == 0 and warning not in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize("bad", NO_UIDS)
+def test_a_listed_series_found_in_a_study_with_no_uid_is_never_asked_for(
+    scripted: Routes, tmp_path: Path, bad: str
+) -> None:
+    """A --from-file line naming a series alone: the server is asked which study holds it
+    (/series?SeriesInstanceUID=), then for its instances under that study. A study answered
+    as `..` made that /studies/../series/S/instances, another resource. That line fails, one
+    line naming the UID (exit 1); the other lines are downloaded."""
+    good, lost = SERIES
+    base = f"/dicomweb/studies/{STUDY}"
+
+    def lookup(request: httpx.Request) -> httpx.Response:
+        series = request.url.params["SeriesInstanceUID"]
+        study = STUDY if series == good else bad
+        return dicom_json([{**series_json(series), "0020000D": element("UI", study)}])
+
+    scripted.get("/dicomweb/series").mock(side_effect=lookup)
+    scripted.get(f"{base}/series/{good}/instances").mock(
+        return_value=dicom_json([instance_json(sop) for sop in SOPS[good]])
+    )
+    for sop in SOPS[good]:
+        scripted.get(f"{base}/series/{good}/instances/{sop}").mock(return_value=httpx.Response(
+            200, headers={"Content-Type": "application/dicom"}, content=part10(STUDY, good, sop)
+        ))  # fmt: skip
+    listing = tmp_path / "cohort.csv"
+    listing.write_text(f"SeriesInstanceUID\n{good}\n{lost}\n")
+    out = tmp_path / "out"
+    result = run_installed(
+        "download", "--from-file", str(listing), "--url", scripted.base, "-o", str(out),
+        "--json", "--http", "1.1",
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == 2
+    (failure,) = summary["failures"]
+    assert failure["series"] == lost
+    assert f"in a study with the UID {bad!r}, which is no UID" in failure["reason"], failure
+    assert_only_asked_for(
+        scripted,
+        "/dicomweb/series",
+        f"{base}/series/{good}/instances",
+        *(f"{base}/series/{good}/instances/{sop}" for sop in SOPS[good]),
+    )
 
 
 def test_verbose_query_logs_each_qido_request_without_secrets(scripted: Routes) -> None:
@@ -225,3 +342,48 @@ def test_catalog_pull_says_what_it_could_not_catalogue(scripted: Routes, tmp_pat
         f"dlstudy: warning: study {STUDY}: the server listed 1 series without a Series "
         "Instance UID (0020000E): not catalogued",
     ]
+
+
+def part10_response(sop: str) -> httpx.Response:
+    with warnings.catch_warnings():  # pydicom's about an invalid UID: it is the point
+        warnings.simplefilter("ignore")
+        body = part10(STUDY, SERIES[0], sop)
+    return httpx.Response(200, headers={"Content-Type": "application/dicom"}, content=body)
+
+
+@pytest.mark.parametrize("strategy", ["single-part", "multipart-instance"])
+def test_bench_never_asks_for_nor_keeps_an_instance_listed_with_no_uid(
+    scripted: Routes, tmp_path: Path, strategy: str
+) -> None:
+    """`bench` fetches what the study's listing names: an instance listed as `../x` was
+    asked for at /instances/..%2Fx, and with --keep written to KEEP/../x.dcm, outside KEEP.
+    Each such instance fails in the run (exit 1), one line naming it; the others are kept."""
+    listed = {SERIES[0]: [*SOPS[SERIES[0]], *NO_UIDS], SERIES[1]: SOPS[SERIES[1]]}
+    # Whatever is asked for below the series is answered, as the instance its path names.
+    scripted.get(f"/dicomweb/studies/{STUDY}/series/{SERIES[0]}", prefix=True).mock(
+        side_effect=lambda request: part10_response(unquote(request.url.path.rsplit("/")[-1]))
+    )
+    serve_study(scripted, instances=lambda s: [instance_json(sop) for sop in listed[s]])
+    scripted.get("/dicomweb/studies").mock(return_value=studies(STUDY))  # (is it there?)
+    keep = tmp_path / "run" / "kept"
+    result = run_installed(
+        "bench", STUDY, "--url", scripted.base, "--http", "1.1", "--strategy", strategy,
+        "--repeat", "1", "-c", "2", "--json", "--keep", str(keep),
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    first = f"the server lists an instance with the UID {NO_UIDS[0]!r}, which is no UID and"
+    assert row["status"].startswith(f"{len(NO_UIDS)} of 9 failed: {first}"), row
+    good = [sop for series in SERIES for sop in SOPS[series]]
+    assert sorted(p.name for p in keep.iterdir()) == sorted(f"{sop}.dcm" for sop in good)
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and keep not in p.parents] == []
+    base = f"/dicomweb/studies/{STUDY}"
+    assert_only_asked_for(
+        scripted,
+        "/dicomweb/studies",
+        f"{base}/instances",
+        f"{base}/series",
+        *(f"{base}/series/{uid}/instances" for uid in SERIES),
+        *(f"{base}/series/{uid}/instances/{sop}" for uid in SERIES for sop in SOPS[uid]),
+    )
