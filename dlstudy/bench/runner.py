@@ -65,6 +65,7 @@ from ..http.failures import check_auth
 from ..http.urls import (
     NOT_ASKED_FOR,
     base_url_problem,
+    can_be_asked_for,
     instance_url,
     is_valid_uid,
     redact_url,
@@ -385,7 +386,7 @@ class _Bench:
                 await self._check_still_there(run, failed_at)
 
         async def one_instance(ref: InstanceRef) -> None:
-            if not is_valid_uid(ref.sop_uid):  # never a request's path, nor a --keep file name
+            if not can_be_asked_for(ref.sop_uid):  # never a request's path, nor --keep's file
                 run.result.asked += 1
                 run.result.fail(
                     f"the server lists an instance with the UID {ref.sop_uid[:80]!r}, "

@@ -41,7 +41,7 @@ from ..dicomweb.search import StudyQuery, StudyRecord
 from ..errors import ServerError
 from ..flow.pool import first_error
 from ..http.client import Transport
-from ..http.urls import NOT_ASKED_FOR, is_valid_uid, redact_url, study_url
+from ..http.urls import NOT_ASKED_FOR, can_be_asked_for, redact_url, study_url
 from .store import Catalog, OpenWindow, Pull
 from .summary import PullSummary
 from .windows import Window, recent
@@ -418,7 +418,7 @@ class Harvester:
         listed: list[tuple[str, list[tuple[Any, ...]]]] = []
 
         async def one(uid: str) -> None:
-            if not is_valid_uid(uid):  # catalogued as sent (a download fails it), listed empty
+            if not can_be_asked_for(uid):  # catalogued as sent (a download fails it), listed empty
                 log.warning(
                     "the server lists a study with the UID %r, %s: its series are not catalogued",
                     uid[:80],
@@ -461,7 +461,7 @@ class Harvester:
                 async with anyio.create_task_group() as tg:
                     for uid in uids:
                         tg.start_soon(one, uid)
-            asked = sum(map(is_valid_uid, uids))
+            asked = sum(map(can_be_asked_for, uids))
             await self.db(self.catalog.record_series, list(listed), asked, pull.number)
 
 

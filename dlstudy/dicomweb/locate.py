@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..errors import IncompleteListingError, NothingMatchedError
-from ..http.urls import NOT_ASKED_FOR, is_valid_uid, redact_url, series_url
+from ..http.urls import NOT_ASKED_FOR, can_be_asked_for, redact_url, series_url
 from ..model import InstanceRef, Instances
 from .cohort import CohortItem
 from .qido import (
@@ -137,7 +137,7 @@ class Locator:
         """The series' instances; the modality from the lookup, or from the listing when the
         server includes it (asked for: `{modality}` in --layout needs it). A lookup's study
         that is no UID is never asked for (urls.NOT_ASKED_FOR): the item fails."""
-        if not is_valid_uid(series.study_uid):
+        if not can_be_asked_for(series.study_uid):
             raise IncompleteListingError(
                 f"could not list series {series.series_uid[:80]}: the server lists it in a "
                 f"study with the UID {series.study_uid[:80]!r}, {NOT_ASKED_FOR}",

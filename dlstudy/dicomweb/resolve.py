@@ -24,7 +24,7 @@ from ..errors import (
 from ..flow.pool import first_error, run_pool
 from ..flow.retry import RetryPolicy
 from ..http.client import Transport
-from ..http.urls import NOT_ASKED_FOR, is_valid_uid, redact_url, series_url, study_url
+from ..http.urls import NOT_ASKED_FOR, can_be_asked_for, redact_url, series_url, study_url
 from ..model import Instances
 from .qido import (
     QIDO_CONCURRENCY,
@@ -96,7 +96,7 @@ class Resolver:
     async def instances_of(self, series: SeriesRef) -> Instances:
         base = self.transport.base_url
         study, uid, modality = series.study_uid, series.series_uid, series.modality
-        if not is_valid_uid(uid):
+        if not can_be_asked_for(uid):
             raise IncompleteListingError(
                 f"could not list study {study}: the server lists a series with the UID "
                 f"{uid[:80]!r}, {NOT_ASKED_FOR}",

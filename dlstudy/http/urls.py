@@ -37,14 +37,23 @@ _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _SECRET_LOOKING = re.compile(r"(?i)token|key|sig|secret|pass|credential|code|auth|session")
 
 
-# Why a UID a server sent that is no UID is never put in a request's path: `..` or `.` names
-# another resource there (libcurl resolves dot segments, RFC 3986 5.2.4), and a `/` or `%2E`,
-# percent-encoded as it is, becomes one behind a proxy that decodes the path first.
+# Why a UID a server sent is never put in a request's path when it could name another
+# resource there: `..` or `.` do (libcurl resolves dot segments, RFC 3986 5.2.4), and a `/`,
+# `\` or `%2E`, percent-encoded as it is, becomes one behind a proxy that decodes the path.
 NOT_ASKED_FOR = "which is no UID and cannot be asked for"
+_PATH_CHARACTERS = frozenset("/\\%")
 
 
 def is_valid_uid(uid: str) -> bool:
     return len(uid) <= 64 and _UID_RE.fullmatch(uid) is not None
+
+
+def can_be_asked_for(uid: str) -> bool:
+    """Whether a UID a server sent may go in a request's path: anything but what could name
+    another resource there. Other UIDs that break the rules (letters, more than 64
+    characters) are percent-encoded harmlessly: asked for, so one such series does not cost
+    a whole study its listing (the store refuses them as file names, instance by instance)."""
+    return uid not in ("", ".", "..") and _PATH_CHARACTERS.isdisjoint(uid)
 
 
 def split_base_url(url: str) -> tuple[str, str | None, str | None]:

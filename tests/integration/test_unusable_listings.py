@@ -195,6 +195,28 @@ def test_a_series_listed_with_no_uid_is_never_asked_for(
     )
 
 
+def test_a_series_uid_that_breaks_the_rules_harmlessly_costs_only_its_own_instances(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """A series UID with letters can name nothing else in a URL path (percent-encoded): it is
+    listed like any other, so the study's other series still come; its own instances fail,
+    each reported (the store takes no such name), and the run is not a success."""
+    odd = f"{STUDY}.abc"
+    serve_study(scripted, series=lambda: [*map(series_json, SERIES), series_json(odd)])
+    listing = scripted.get(f"/dicomweb/studies/{STUDY}/series/{odd}/instances").mock(
+        return_value=dicom_json([instance_json(f"{odd}.1")])
+    )
+    out = tmp_path / "out"
+    status, summary = download(scripted, out)
+    assert status == 1, summary
+    assert listing.call_count == 1
+    for uid in SERIES:
+        for sop in SOPS[uid]:
+            assert (out / STUDY / uid / f"{sop}.dcm").read_bytes() == part10(STUDY, uid, sop)
+    assert summary["instances"]["downloaded"] == 4, summary
+    assert summary["failures"], summary
+
+
 def first_page_only(items: list[dict[str, Any]]) -> Callable[[httpx.Request], httpx.Response]:
     """A search answer: `items` at offset 0, nothing after (a catalog asks the next page)."""
 
