@@ -8,6 +8,8 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from ..errors import ExitStatus
+
 
 class _PlainFlags:
     """A flag takes no value, so its type column stays empty: typer 0.29 shows `<bool>` there
@@ -23,16 +25,21 @@ class _PlainFlags:
 
 
 class _HelpOrOneLine:
-    """`--help` that stdout cannot take (`> FILE` on a full disk) ends as any other output
-    does: one error line and exit 1, not a traceback."""
+    """`--help` that stdout cannot take ends as any other output does: one error line and
+    exit 1 for `> FILE` on a full disk, not a traceback; a quiet exit 0 for a reader that went
+    away (`| head -1`), where rich exits 1 (its `Console.on_broken_pipe`)."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
+        from .common import output_failed
+
         try:
             super().format_help(ctx, formatter)  # type: ignore[misc]
         except OSError as exc:
-            from .common import output_failed
-
             output_failed(exc)
+        except SystemExit as exc:
+            if not isinstance(exc.__context__, BrokenPipeError):
+                raise
+            output_failed(exc.__context__)
 
 
 class Command(_HelpOrOneLine, _PlainFlags, TyperCommand):
@@ -46,6 +53,18 @@ class Command(_HelpOrOneLine, _PlainFlags, TyperCommand):
 
 class Group(_HelpOrOneLine, _PlainFlags, TyperGroup):
     """`dlstudy` and `dlstudy catalog`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        alone = not args  # (the parser consumes the list)
+        try:
+            result: list[str] = super().parse_args(ctx, args)
+        except typer.Exit as exc:
+            # A group alone prints its help as a usage error's answer: a reader that went
+            # away (which format_help takes for a success) leaves that status as it is.
+            if not alone or not self.no_args_is_help or exc.exit_code != 0:
+                raise
+            raise typer.Exit(int(ExitStatus.USAGE)) from None
+        return result
 
 
 # Catalog files, which their commands check themselves, --json summary included

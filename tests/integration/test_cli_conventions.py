@@ -222,6 +222,25 @@ def test_help_onto_a_full_disk_is_one_line_not_a_traceback(args: list[str]) -> N
     ]
 
 
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [(["--help"], 0), (["download", "--help"], 0), (["catalog", "pull", "--help"], 0),
+     ([], 2), (["catalog"], 2)],
+)  # fmt: skip
+def test_help_into_a_pipe_closed_early_ends_quietly(args: list[str], status: int) -> None:
+    """`dlstudy --help | head -1`: rich met the closed pipe and exited 1. A reader that went
+    away is no failure (exit 0, as for `query | head`); a group alone keeps its usage error's
+    2. Nothing on stderr either way."""
+    process = subprocess.Popen(
+        [DLSTUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # before dlstudy, still importing, writes a byte
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == status, stderr
+    assert stderr == ""
+
+
 def test_version_names_dlstudy_and_libcurl() -> None:
     for flag in ("--version", "-V"):
         result = run_installed(flag)
