@@ -3,6 +3,7 @@ typer's own choice reads badly, and what a command line may not hold before it i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -51,7 +52,40 @@ class Command(_HelpOrOneLine, _PlainFlags, TyperCommand):
         return result
 
 
-class Group(_HelpOrOneLine, _PlainFlags, TyperGroup):
+class _CompletionOrOneLine:
+    """`--show-completion` and `--install-completion` (the script, or the line saying where it
+    went) that stdout cannot take end as `--help` does: one error line and exit 1 on a full
+    disk, not a traceback; a quiet exit 0 for a reader that went away."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if param.name in COMPLETION_OPTIONS and param.callback is not None:
+                if not getattr(param.callback, "dlstudy_output_checked", False):
+                    param.callback = _output_or_one_line(param.callback)
+        return params
+
+
+# The options typer adds to the top group (add_completion).
+COMPLETION_OPTIONS = frozenset({"install_completion", "show_completion"})
+
+
+def _output_or_one_line(callback: Callable[..., Any]) -> Callable[..., Any]:
+    def checked(*args: Any) -> Any:
+        try:
+            return callback(*args)
+        except OSError as exc:
+            if exc.filename is not None:  # a file --install-completion writes: not stdout
+                raise
+            from .common import output_failed
+
+            output_failed(exc)
+
+    checked.dlstudy_output_checked = True  # type: ignore[attr-defined]
+    return checked
+
+
+class Group(_CompletionOrOneLine, _HelpOrOneLine, _PlainFlags, TyperGroup):
     """`dlstudy` and `dlstudy catalog`."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
