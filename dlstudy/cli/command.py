@@ -3,10 +3,13 @@ typer's own choice reads badly, and what a command line may not hold before it i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
+
+from ..errors import ExitStatus
 
 
 class _PlainFlags:
@@ -23,16 +26,21 @@ class _PlainFlags:
 
 
 class _HelpOrOneLine:
-    """`--help` that stdout cannot take (`> FILE` on a full disk) ends as any other output
-    does: one error line and exit 1, not a traceback."""
+    """`--help` that stdout cannot take ends as any other output does: one error line and
+    exit 1 for `> FILE` on a full disk, not a traceback; a quiet exit 0 for a reader that went
+    away (`| head -1`), where rich exits 1 (its `Console.on_broken_pipe`)."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
+        from .common import output_failed
+
         try:
             super().format_help(ctx, formatter)  # type: ignore[misc]
         except OSError as exc:
-            from .common import output_failed
-
             output_failed(exc)
+        except SystemExit as exc:
+            if not isinstance(exc.__context__, BrokenPipeError):
+                raise
+            output_failed(exc.__context__)
 
 
 class Command(_HelpOrOneLine, _PlainFlags, TyperCommand):
@@ -44,8 +52,53 @@ class Command(_HelpOrOneLine, _PlainFlags, TyperCommand):
         return result
 
 
-class Group(_HelpOrOneLine, _PlainFlags, TyperGroup):
+class _CompletionOrOneLine:
+    """`--show-completion` and `--install-completion` (the script, or the line saying where it
+    went) that stdout cannot take end as `--help` does: one error line and exit 1 on a full
+    disk, not a traceback; a quiet exit 0 for a reader that went away."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if param.name in COMPLETION_OPTIONS and param.callback is not None:
+                if not getattr(param.callback, "dlstudy_output_checked", False):
+                    param.callback = _output_or_one_line(param.callback)
+        return params
+
+
+# The options typer adds to the top group (add_completion).
+COMPLETION_OPTIONS = frozenset({"install_completion", "show_completion"})
+
+
+def _output_or_one_line(callback: Callable[..., Any]) -> Callable[..., Any]:
+    def checked(*args: Any) -> Any:
+        try:
+            return callback(*args)
+        except OSError as exc:
+            if exc.filename is not None:  # a file --install-completion writes: not stdout
+                raise
+            from .common import output_failed
+
+            output_failed(exc)
+
+    checked.dlstudy_output_checked = True  # type: ignore[attr-defined]
+    return checked
+
+
+class Group(_CompletionOrOneLine, _HelpOrOneLine, _PlainFlags, TyperGroup):
     """`dlstudy` and `dlstudy catalog`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        alone = not args  # (the parser consumes the list)
+        try:
+            result: list[str] = super().parse_args(ctx, args)
+        except typer.Exit as exc:
+            # A group alone prints its help as a usage error's answer: a reader that went
+            # away (which format_help takes for a success) leaves that status as it is.
+            if not alone or not self.no_args_is_help or exc.exit_code != 0:
+                raise
+            raise typer.Exit(int(ExitStatus.USAGE)) from None
+        return result
 
 
 # Catalog files, which their commands check themselves, --json summary included

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..dicomweb.cohort import CohortItem, Repeats, read_cohort
+from ..dicomweb.cohort import CohortItem, Repeats, read_cohort, unique_arguments
 from ..errors import DlstudyError
 from ..http.urls import redact_url
 from ..jobs.download import download
@@ -87,8 +87,8 @@ def register(app: typer.Typer) -> None:
             setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
             use_log_format(options["log_format"])
             url, json_output, quiet = options["url"], options["json_output"], options["quiet"]
-            wanted: list[str | CohortItem] = list(study_uids or [])
             repeats = Repeats()
+            wanted: list[str | CohortItem] = [*unique_arguments(study_uids or [], repeats)]
             if from_file is not None:
                 wanted += read_from_file(from_file, repeats)
             check_where(where, from_catalog, "--from-catalog")

@@ -147,6 +147,8 @@ class Repeats:
         self.label = ""
         self._lines = array("q")
         self._firsts = array("q")
+        # STUDY_UID arguments given again: (position, the first one's, the UID), in order.
+        self.arguments: list[tuple[int, int, str]] = []
 
     def add(self, line: int, first: int) -> None:
         self._lines.append(line)
@@ -382,6 +384,20 @@ _COLUMN_NAMES = {
     "series": "SeriesInstanceUID",
     "sop": "SOPInstanceUID",
 }
+
+
+def unique_arguments(study_uids: Iterable[str], repeats: Repeats) -> list[str]:
+    """Study UIDs given as arguments, in order, each once: one given again is noted in
+    `repeats`, for a `repeat` row as a repeated line of a list has."""
+    first: dict[str, int] = {}
+    kept: list[str] = []
+    for position, uid in enumerate(study_uids, 1):
+        if uid in first:
+            repeats.arguments.append((position, first[uid], uid))
+        else:
+            first[uid] = position
+            kept.append(uid)
+    return kept
 
 
 Wanted = str | CohortItem  # a study UID, or an item of a cohort list

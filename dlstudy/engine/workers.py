@@ -35,6 +35,7 @@ import anyio.abc
 
 from ..dicomweb.negotiate import Retrieval
 from ..errors import AuthError, DlstudyError, ServerError, StorageError
+from ..http.client import ONCE_PER_RUN
 from ..model import Committed, InstanceRef
 from ..settings import MAX_WORKERS  # what --workers accepts
 from . import standby as standby_module
@@ -176,6 +177,7 @@ async def run_in_processes(
     local: Callable[[Iterable[InstanceRef], anyio.CapacityLimiter], Awaitable[None]],
     results: MemoryObjectSendStream[Result],
     running: Callable[[int], None],
+    said: set[str],
 ) -> None:
     """Fetch `refs` with up to `workers` processes, this one included; `running(n)` is told
     how many run once the workers start (an interrupted run's summary counts them too).
@@ -190,6 +192,8 @@ async def run_in_processes(
     NEAR_SERVER_SECONDS) and workers stand by.
     The total in flight never exceeds --concurrency: this process lowers its own limit first,
     and the workers start once it holds.
+    `said`: the warnings of the run said once (this process's Transport.said): a worker's is
+    logged only if neither this process nor another worker said it first.
     """
     from dataclasses import replace
 
@@ -250,7 +254,7 @@ async def run_in_processes(
                 process, parent_end = await launch.start(share, form, answered)
                 processes.append(process)
                 connections.append(parent_end)
-                tg.start_soon(_listen, parent_end, report, fatal, tg.cancel_scope)
+                tg.start_soon(_listen, parent_end, report, fatal, said, tg.cancel_scope)
         # This process's transfers above its new share finish (tens of ms): polled, as anyio
         # has no event for a limiter's count.
         while limiter.borrowed_tokens > limiter.total_tokens:  # noqa: ASYNC110
@@ -275,7 +279,7 @@ async def run_in_processes(
         # What the workers reported as they stopped, after the listeners were cancelled (an
         # interrupted run): the instances they committed meanwhile are on disk, and counted.
         for message in left:
-            _take(message, report, fatal)
+            _take(message, report, fatal, said)
         for conn in connections:
             conn.close()
     if fatal:
@@ -367,6 +371,7 @@ async def _listen(
     conn: Connection,
     report: Callable[[Result], None],
     fatal: list[DlstudyError],
+    said: set[str],
     scope: anyio.CancelScope,
 ) -> None:
     """Handle a worker's reports as they arrive, on the event loop (no thread per message)."""
@@ -377,7 +382,7 @@ async def _listen(
         except EOFError:
             return  # the worker died without a word: its instances are reported missing
         for message in batch:
-            kind = _take(message, report, fatal)
+            kind = _take(message, report, fatal, said)
             if kind == "fatal":
                 scope.cancel()  # the others cannot do better: stop them
                 return
@@ -386,7 +391,10 @@ async def _listen(
 
 
 def _take(
-    message: tuple[Any, ...], report: Callable[[Result], None], fatal: list[DlstudyError]
+    message: tuple[Any, ...],
+    report: Callable[[Result], None],
+    fatal: list[DlstudyError],
+    said: set[str],
 ) -> str:
     """Act on one message of a worker; return its kind."""
     kind: str = message[0]
@@ -402,13 +410,19 @@ def _take(
     elif kind == "fatal":
         fatal.append(_fatal_error(message[1], message[2]))
     elif kind == "log":
-        _log_here(message[1])
+        _log_here(message[1], said)
     return kind
 
 
-def _log_here(record: logging.LogRecord) -> None:
+def _log_here(record: logging.LogRecord, said: set[str]) -> None:
     """A worker's log record, handled as if this process had made it: same levels, same
-    handlers (stderr, --log-file, a library caller's)."""
+    handlers (stderr, --log-file, a library caller's). One said once per run (ONCE_PER_RUN)
+    is dropped when this process or another worker said it already."""
+    once = getattr(record, ONCE_PER_RUN, None)
+    if once is not None:
+        if once in said:
+            return
+        said.add(once)
     logger = logging.getLogger(record.name)
     if logger.isEnabledFor(record.levelno):
         logger.handle(record)

@@ -61,6 +61,12 @@ _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encod
 # Headers of the archive's that no other origin gets (with the --header ones).
 _NOT_ELSEWHERE = frozenset({"authorization", "cookie"})
 
+# The attribute of a log record that says it is said once per run, and under which name: each
+# --workers process has its own Transport, and the parent says each such name once for all of
+# them (engine/workers.py).
+ONCE_PER_RUN = "dlstudy_once_per_run"
+PLAIN_HTTP_REDIRECT = "redirect to plain http"
+
 
 def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
     """The transport under httpx: libcurl."""
@@ -132,7 +138,7 @@ class Transport:
             self._auth = httpx.BasicAuth(user, password or "")
         self._headers: dict[str, str] = {"User-Agent": USER_AGENT}
         self._custom_header_names = {name.lower() for name, _ in settings.headers}
-        self._warned_of_downgrade = False
+        self.said: set[str] = set()  # the ONCE_PER_RUN warnings said (or, a worker's, sent up)
         for name, value in settings.headers:
             self._headers[name] = value
         token = (settings.token or "").strip()
@@ -190,13 +196,16 @@ class Transport:
         """Say once that a redirect left https:// for plain http://: what comes from there
         (patient data) travels unencrypted. Followed all the same, as curl and browsers do:
         an archive may hand instances out from a store on the hospital's own network."""
-        if self._scheme != "https" or url.scheme != "http" or self._warned_of_downgrade:
+        if self._scheme != "https" or url.scheme != "http":
             return
-        self._warned_of_downgrade = True
+        if PLAIN_HTTP_REDIRECT in self.said:
+            return
+        self.said.add(PLAIN_HTTP_REDIRECT)
         log.warning(
             "the server redirects to plain http:// (%s): what comes from there is not "
             "encrypted; credentials and --header values are not sent there",
             redact_url(str(url)),
+            extra={ONCE_PER_RUN: PLAIN_HTTP_REDIRECT},
         )
 
     async def aclose(self) -> None:

@@ -217,6 +217,8 @@ async def _locked_run(
         stack.push_async_callback(transport.aclose)
         if repeats:
             report_repeats(items, repeats, report)
+        if repeats is not None and repeats.arguments:
+            report_repeated_arguments(items, repeats.arguments, report)
         items = fail_invalid_listed(items, summary, report)
         complete: list[str] = []
         if trusts_index(settings):
@@ -248,6 +250,21 @@ def report_repeats(
             study = item.study_uid or item.any_uid  # a plain UID as its own failure has it
             reason = f"{where}: repeat of line {first}, fetched once"
             report.row(REPEAT, study, item.series_uid, item.sop_uid, reason=reason)
+
+
+def report_repeated_arguments(
+    items: Sequence[CohortItem], arguments: list[tuple[int, int, str]], report: ReportWriter | None
+) -> None:
+    """A `repeat` row for each STUDY_UID argument given again, as report_repeats writes for a
+    line: by the run (the shard) that fetches the study."""
+    log.info("%d repeated STUDY_UID arguments: each fetched once", len(arguments))
+    if report is None:
+        return
+    studies = {item.study_uid for item in items if not item.line}
+    for position, first, uid in arguments:
+        if uid in studies:
+            reason = f"STUDY_UID argument {position}: repeat of argument {first}, fetched once"
+            report.row(REPEAT, uid, None, None, reason=reason)
 
 
 def fail_invalid_listed(

@@ -243,6 +243,7 @@ class Run:
                         local=local,
                         results=send,
                         running=self.summary.count_processes,
+                        said=self.transport.said,
                     )
         finally:
             with receive:

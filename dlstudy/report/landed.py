@@ -1,7 +1,8 @@
 """`--report FILE`: what a run did, one row per instance, for the pipeline that runs next.
 
 Columns: status (`downloaded`, `present` = already on disk and verified, `failed`, `repeat` =
-a list's line naming what an earlier line named, fetched once: its row names both lines), study,
+a list's line naming what an earlier line named, or a STUDY_UID argument given again, fetched
+once: its row names both), study,
 series, sop, path (absolute), size, digest (labelled as in the manifest: `blake3:<hex>`), reason
 (why it failed). A listed item the server does not have is one `failed` row with the UIDs the
 list gave (a plain list's UID found at no level: as `study`) and no path.

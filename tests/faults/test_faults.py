@@ -654,6 +654,31 @@ def test_a_redirect_from_https_to_plain_http_is_warned_of_once(
     assert "archive-token" not in result.stdout + result.stderr
 
 
+def test_a_redirect_to_plain_http_is_warned_of_once_by_all_workers(
+    tmp_path: Path, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """`--workers 3`: each process has its own client, and each said it (three lines of the
+    same warning for one run). Said once per run, by whichever process met it first."""
+    from ..scripted_servers import moved_archive
+
+    root = tmp_path / "source"
+    instances = generate(root, SynthSpec(series=3, instances=60, size=8 * 1024, seed=7))
+    target = embedded_server(root).removesuffix("/dicomweb")
+    out = tmp_path / "out"
+    with moved_archive(target, tls=(str(tls_ca.cert), str(tls_ca.key))) as (url, _):
+        result = run_installed(
+            "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
+            "--ca-bundle", str(tls_ca.ca_pem), "--workers", "3", "--mode", "instance",
+        )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["processes"] == 3
+    assert len(list(out.rglob("*.dcm"))) == len(instances)
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "redirects to plain http://" in warnings[0]
+
+
 def asked_for(sops: list[str], asked: list[str], times: int) -> None:
     """Each SOP asked for `times` times; once more for the first requests, which went to the
     archive directly before its first redirect sent every request through httpx."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import socket
@@ -220,6 +221,54 @@ def test_help_onto_a_full_disk_is_one_line_not_a_traceback(args: list[str]) -> N
     assert result.stderr.splitlines() == [
         "dlstudy: error: cannot write the output: No space left on device"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [(["--help"], 0), (["download", "--help"], 0), (["catalog", "pull", "--help"], 0),
+     ([], 2), (["catalog"], 2)],
+)  # fmt: skip
+def test_help_into_a_pipe_closed_early_ends_quietly(args: list[str], status: int) -> None:
+    """`dlstudy --help | head -1`: rich met the closed pipe and exited 1. A reader that went
+    away is no failure (exit 0, as for `query | head`); a group alone keeps its usage error's
+    2. Nothing on stderr either way."""
+    process = subprocess.Popen(
+        [DLSTUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # before dlstudy, still importing, writes a byte
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == status, stderr
+    assert stderr == ""
+
+
+@pytest.mark.parametrize("option", ["--show-completion", "--install-completion"])
+def test_completion_onto_a_full_disk_or_a_closed_pipe_is_one_line_or_none(
+    option: str, tmp_path: Path
+) -> None:
+    """`dlstudy --show-completion > FILE` on a full disk was an OSError traceback from typer
+    (`--install-completion` too, after installing); into a pipe closed early, exit 1. They
+    end as `--help` does. (HOME is the test's: --install-completion writes the shell's rc.)"""
+    command = [DLSTUDY, option, "bash"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, env=env,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "dlstudy: error: cannot write the output: No space left on device"
+    ]
+
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # before dlstudy, still importing, writes a byte
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert stderr == ""
 
 
 def test_version_names_dlstudy_and_libcurl() -> None:

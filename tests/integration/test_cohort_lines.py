@@ -121,6 +121,30 @@ def test_every_repeated_line_has_a_report_row_naming_the_line_it_repeats(
     assert sorted(downloaded) == sorted(i.sop_uid for i in cohort if i.series_uid == one.series_uid)
 
 
+def test_a_repeated_study_uid_argument_has_a_report_row_as_a_repeated_line_does(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """`download A A --report FILE`: the second A was dropped without a row or a word, where
+    a repeated line of a list has its `repeat` row. It has one now, naming the argument it
+    repeats; the study is fetched once."""
+    url = embedded_server(cohort[0].path.parents[2])
+    study = cohort[0].study_uid
+    report = tmp_path / "landed.csv"
+    done = run_installed(
+        "download", study, study, "--url", url, "-o", str(tmp_path / "out"), "-v",
+        "--report", str(report), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["instances"]["downloaded"] == len(cohort)
+    rows = read_report(report)
+    repeats = [(r["study"], r["reason"]) for r in rows if r["status"] == "repeat"]
+    assert repeats == [(study, "STUDY_UID argument 2: repeat of argument 1, fetched once")]
+    assert sorted(r["sop"] for r in rows if r["status"] == "downloaded") == sorted(
+        i.sop_uid for i in cohort
+    )
+    assert "1 repeated STUDY_UID arguments: each fetched once" in done.stderr
+
+
 # A list of one series, repeated: the interpreter and its libraries take about 60 MB; the items
 # of 300,000 rows, kept until repeats were removed, took ~100 MB more. Dropped as they are read,
 # the rows cost their line numbers (16 bytes each) and their report rows, which are streamed.
