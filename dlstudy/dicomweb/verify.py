@@ -93,16 +93,16 @@ def check_start(start: bytes, *, label: str, sop_uid: str | None) -> None:
     check_prefix(start[:HEADER_PREFIX_LENGTH], sop_uid=sop_uid, label=label)
 
 
-def keep_head(head: bytes, chunk: bytes, *, sop_uid: str) -> bytes:
+def keep_head(head: bytes, chunk: bytes, *, sop_uid: str | None, label: str | None = None) -> bytes:
     """`head` extended with the start of `chunk`, up to VERIFY_HEAD_LENGTH bytes, for
     `read_header(head=...)`; the Part 10 prefix is checked as soon as it is complete, so an
-    error page fails before the rest of it is downloaded."""
+    error page fails before the rest of it is downloaded. `label` as for check_prefix."""
     if len(head) >= VERIFY_HEAD_LENGTH:
         return head
     checked = len(head) >= HEADER_PREFIX_LENGTH
     head += chunk[: VERIFY_HEAD_LENGTH - len(head)]
     if not checked:
-        check_prefix(head[:HEADER_PREFIX_LENGTH], sop_uid=sop_uid)
+        check_prefix(head[:HEADER_PREFIX_LENGTH], sop_uid=sop_uid, label=label)
     return head
 
 

@@ -134,7 +134,8 @@ class _PartSink:
 
     def data(self, chunk: bytes) -> None:
         assert self.temp is not None
-        self.head = keep_head(self.head, chunk, sop_uid=f"part {self.count}")
+        # Which instance a part holds is known only from its header, read at its end.
+        self.head = keep_head(self.head, chunk, sop_uid=None, label=f"part {self.count}")
         self.temp.write(chunk)
         self.digest.update(chunk)
         self.on_bytes(len(chunk))

@@ -243,3 +243,20 @@ def test_a_multipart_body_under_another_type_is_named_at_once(
             "(looks like a multipart body)"
         )
     assert served_files(out) == {}
+
+
+def test_a_part_that_is_no_dicom_is_named_by_its_place_not_as_an_instance(
+    tmp_path: Path,
+) -> None:
+    """In a series answered multipart, which instance a part holds is known from its header
+    only: a part that is an HTML page is `part N` in the line saying why the series was not
+    taken whole (it read `instance part N`)."""
+    good = good_files()
+    served = {**good, SOPS[1]: b"<!doctype html><html>" + b" " * 200 + b"</html>"}
+    out = tmp_path / "out"
+    result = download(alone_or_as_the_series(served), out, "series", 0)
+    assert result.returncode == 1, result.stderr
+    assert "part 2: response is not DICOM (looks like an HTML page)" in result.stderr
+    assert "instance part" not in result.stderr + result.stdout
+    [failure] = json.loads(result.stdout)["failures"]
+    assert failure["sop_instance_uid"] == SOPS[1]
