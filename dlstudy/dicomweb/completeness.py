@@ -65,15 +65,17 @@ def check_complete(
     path: Path, *, transfer_syntax: str, size: int, label: str, head: bytes | None = None
 ) -> None:
     """Raise a retryable IntegrityError unless the file at `path` (`size` bytes) ends exactly
-    where its last element does. `head`, the file's first bytes: when they are the whole file
-    (a small instance), they are walked instead of the file."""
+    where its last element does. `head`, the file's first bytes: read from memory, the file
+    only past them (an image's walk ends on its pixel data's length, inside the head: the file
+    is not opened at all)."""
     if transfer_syntax in _NOT_WALKED:
         return
+    walk = _walk_of(transfer_syntax, size)
     if head is not None and len(head) == size:
-        _judge(_in_memory(head, _walk_of(transfer_syntax, size)), label)
+        _judge(_in_memory(head, walk), label)
         return
-    with open_binary(path) as fp:
-        check_complete_in(fp, transfer_syntax=transfer_syntax, size=size, label=label)
+    with _HeadThenFile(head or b"", path) as reads:
+        _judge(reads.driving(walk), label)
 
 
 def check_complete_in(fp: IO[bytes], *, transfer_syntax: str, size: int, label: str) -> None:
@@ -112,6 +114,39 @@ def _in_file(fp: IO[bytes], walk: _Reads) -> Callable[[], None]:
             at, count = walk.send(fp.read(count))
 
     return run
+
+
+class _HeadThenFile:
+    """Reads from a file's first bytes kept in memory, the file opened only for one past
+    them."""
+
+    def __init__(self, head: bytes, path: Path) -> None:
+        self._head = head
+        self._path = path
+        self._file: IO[bytes] | None = None
+
+    def read(self, at: int, count: int) -> bytes:
+        if at + count <= len(self._head):
+            return self._head[at : at + count]
+        if self._file is None:
+            self._file = open_binary(self._path)
+        self._file.seek(at)
+        return self._file.read(count)
+
+    def driving(self, walk: _Reads) -> Callable[[], None]:
+        def run() -> None:
+            at, count = next(walk)
+            while True:
+                at, count = walk.send(self.read(at, count))
+
+        return run
+
+    def __enter__(self) -> _HeadThenFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class BodyWalk:
