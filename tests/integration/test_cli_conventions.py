@@ -250,7 +250,9 @@ def test_completion_onto_a_full_disk_or_a_closed_pipe_is_one_line_or_none(
     (`--install-completion` too, after installing); into a pipe closed early, exit 1. They
     end as `--help` does. (HOME is the test's: --install-completion writes the shell's rc.)"""
     command = [DLSTUDY, option, "bash"]
-    env = {**os.environ, "HOME": str(tmp_path)}
+    # The shell named, not detected from the processes above the test (typer's own switch):
+    # under a runner with no shell among them, detection found none ("Shell  not supported").
+    env = {**os.environ, "HOME": str(tmp_path), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     with open("/dev/full", "w") as full:
         result = subprocess.run(
             command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, env=env,
