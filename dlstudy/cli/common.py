@@ -129,11 +129,13 @@ def exit_on_interrupt(
     *,
     json_output: bool = False,
     kept: str = "completed instances are kept, rerun the same command to resume",
+    before_run: Callable[[], Outcome] | None = None,
 ) -> Iterator[None]:
     """Ctrl-C exits 130 and SIGTERM 143, after in-flight transfers removed their temp files.
 
     The summary of what was done so far is printed as for any other ending; `kept` says what
-    the stopped command leaves for the next one.
+    the stopped command leaves for the next one. `before_run` makes the summary of a command
+    stopped before its run began (reading its list, say): with --json, stdout still gets one.
     """
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -154,6 +156,8 @@ def exit_on_interrupt(
         terminated = isinstance(exc, Terminated)
         status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
         summary: Outcome | None = getattr(exc, "summary", None)
+        if summary is None and json_output and before_run is not None:
+            summary = before_run()
         if summary is not None:
             summary.exit_status = status
             summary.error = "terminated" if terminated else "interrupted"

@@ -87,49 +87,52 @@ def register(app: typer.Typer) -> None:
             setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
             use_log_format(options["log_format"])
             url, json_output, quiet = options["url"], options["json_output"], options["quiet"]
-            repeats = Repeats()
-            wanted: list[str | CohortItem] = [*unique_arguments(study_uids or [], repeats)]
-            if from_file is not None:
-                wanted += read_from_file(from_file, repeats)
-            check_where(where, from_catalog, "--from-catalog")
-            if from_catalog is not None:
-                wanted += catalog_uids(from_catalog, where)
-            if not wanted and from_file is not None:  # an empty list: no UID, only comments
-                fail_usage(f"--from-file {from_file} names no study, series or instance")
-            if not wanted:
-                fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
-            if not url:
-                fail_usage(URL_REQUIRED)
-            if any(not one.strip() for one in modality or ()):
-                fail_usage("--modality is empty: give a value, or leave the option out for all")
-            if report is not None:
-                try:
-                    report_format(report)
-                except DlstudyError as exc:
-                    fail_usage(str(exc))
-            chosen_shard = shard_option(shard)
-            given = len(wanted)
-            wanted = select_shard_items(wanted, chosen_shard, repeats)
-            if not wanted and chosen_shard is not None:
-                finish_empty_shard(
-                    chosen_shard,
-                    given,
-                    url=url,
-                    output=options["output"],
-                    json_output=json_output,
-                    quiet=quiet,
-                    what="studies" if from_file is None else "listed items",
-                )
-            settings = settings_from(ctx)
-            if chosen_shard is not None:  # lines naming no study are routed once looked up
-                settings = replace(settings, in_shard=(chosen_shard.number, chosen_shard.count))
-            progress = choose_progress(quiet=quiet, json_output=json_output)
             summary: Summary | None = None
-            try:
-                with exit_on_interrupt(json_output=json_output):
+            error: DlstudyError | None = None
+            # From here on a signal ends the command as an interrupt, the list still being
+            # read included (`make-list | dlstudy download --from-file -`).
+            with exit_on_interrupt(json_output=json_output, before_run=failed):
+                repeats = Repeats()
+                wanted: list[str | CohortItem] = [*unique_arguments(study_uids or [], repeats)]
+                if from_file is not None:
+                    wanted += read_from_file(from_file, repeats)
+                check_where(where, from_catalog, "--from-catalog")
+                if from_catalog is not None:
+                    wanted += catalog_uids(from_catalog, where)
+                if not wanted and from_file is not None:  # an empty list: no UID, only comments
+                    fail_usage(f"--from-file {from_file} names no study, series or instance")
+                if not wanted:
+                    fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
+                if not url:
+                    fail_usage(URL_REQUIRED)
+                if any(not one.strip() for one in modality or ()):
+                    fail_usage("--modality is empty: give a value, or leave the option out for all")
+                if report is not None:
+                    try:
+                        report_format(report)
+                    except DlstudyError as exc:
+                        fail_usage(str(exc))
+                chosen_shard = shard_option(shard)
+                given = len(wanted)
+                wanted = select_shard_items(wanted, chosen_shard, repeats)
+                if not wanted and chosen_shard is not None:
+                    finish_empty_shard(
+                        chosen_shard,
+                        given,
+                        url=url,
+                        output=options["output"],
+                        json_output=json_output,
+                        quiet=quiet,
+                        what="studies" if from_file is None else "listed items",
+                    )
+                settings = settings_from(ctx)
+                if chosen_shard is not None:  # lines naming no study are routed once looked up
+                    settings = replace(settings, in_shard=(chosen_shard.number, chosen_shard.count))
+                progress = choose_progress(quiet=quiet, json_output=json_output)
+                try:
                     summary = download(
                         wanted, settings=settings, progress=progress, repeats=repeats
                     )
-            except DlstudyError as exc:
-                finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
-            finish(summary, None, json_output=json_output, quiet=quiet)
+                except DlstudyError as exc:
+                    summary, error = getattr(exc, "summary", None), exc
+            finish(summary, error, json_output=json_output, quiet=quiet)

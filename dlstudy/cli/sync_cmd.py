@@ -52,15 +52,16 @@ def register(app: typer.Typer) -> None:
         with summary_on_failure(options["json_output"], failed):
             setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
             use_log_format(options["log_format"])
-            query = study_query(options)
-            check_where(where, catalog, "--catalog")
-            chosen_shard = shard_option(shard)
-            settings = settings_from(ctx, ignore={"modality"})  # a search filter here
             json_output, quiet = options["json_output"], options["quiet"]
-            progress = choose_progress(quiet=quiet, json_output=json_output)
             summary: Summary | None = None
-            try:
-                with exit_on_interrupt(json_output=json_output):
+            error: DlstudyError | None = None
+            with exit_on_interrupt(json_output=json_output, before_run=failed):
+                query = study_query(options)
+                check_where(where, catalog, "--catalog")
+                chosen_shard = shard_option(shard)
+                settings = settings_from(ctx, ignore={"modality"})  # a search filter here
+                progress = choose_progress(quiet=quiet, json_output=json_output)
+                try:
                     summary = sync(
                         settings,
                         query,
@@ -68,6 +69,6 @@ def register(app: typer.Typer) -> None:
                         progress=progress,
                         catalog=(catalog, where) if catalog is not None else None,
                     )
-            except DlstudyError as exc:
-                finish(getattr(exc, "summary", None), exc, json_output=json_output, quiet=quiet)
-            finish(summary, None, json_output=json_output, quiet=quiet)
+                except DlstudyError as exc:
+                    summary, error = getattr(exc, "summary", None), exc
+            finish(summary, error, json_output=json_output, quiet=quiet)

@@ -82,12 +82,16 @@ def complete_from_index(manifest: Manifest, store: Store, study: str) -> int | N
 
 def is_complete(manifest: Manifest, store: Store, study: str, instances: int | None) -> bool:
     """The server counts `instances` in the study, and the index lists at least that many of
-    its files, all in place.
+    its files, all in place, under the current layout as far as the study's completion record
+    says (a run with another --layout moves them).
 
     Only the studies asked about are looked at, so a nightly run over a large mirror lists a
     handful of folders, not all of them.
     """
     if not instances:
+        return False
+    record = manifest.completion(study)
+    if record is not None and record.layout != store.layout:
         return False
     entries, there = present_files(manifest, store, study)
     return entries >= instances and there == entries

@@ -68,6 +68,16 @@ PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 
+def _created_in_part(db: sqlite3.Connection) -> bool:
+    """Whether `db` is an index a run was killed while creating: some of its tables missing
+    and no entry in it (SQLite reads a 0-byte file, or one whose creation a hot journal
+    undoes, as an empty database). Read as empty: the next run that writes creates the rest."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables >= {"entries", "complete_studies"} or not tables <= {"entries", "complete_studies"}:
+        return False
+    return "entries" not in tables or db.execute("SELECT 1 FROM entries").fetchone() is None
+
+
 @dataclass(frozen=True)
 class Completion:
     """A study a run found complete."""
@@ -138,14 +148,7 @@ class Manifest:
 
     def _open_read_only(self) -> sqlite3.Connection:
         if not os.path.lexists(self.path):
-            db = self._connect(":memory:", uri=False)
-            try:
-                db.executescript(_SCHEMA)
-                self._import_legacy(db, rename=False)
-            except BaseException:
-                db.close()
-                raise
-            return db
+            return self._open_in_memory()
         try:
             for suffix in ("", *JOURNALS):
                 _refuse_unless_regular(Path(f"{self.path}{suffix}"))
@@ -156,10 +159,24 @@ class Manifest:
         db = self._connect(uri, uri=True)
         try:
             self._check_version(db)
+            if _created_in_part(db):
+                db.close()
+                return self._open_in_memory()
             db.execute("SELECT count(*) FROM complete_studies WHERE 0").fetchone()
         except sqlite3.Error as exc:
             db.close()
             raise self._error(exc) from exc
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_in_memory(self) -> sqlite3.Connection:
+        """An empty index (an older manifest.jsonl read into it), as if none were on disk."""
+        db = self._connect(":memory:", uri=False)
+        try:
+            db.executescript(_SCHEMA)
+            self._import_legacy(db, rename=False)
         except BaseException:
             db.close()
             raise

@@ -10,6 +10,7 @@ import resource
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -411,3 +412,46 @@ def test_a_failed_index_write_stops_the_run_with_one_line_and_keeps_what_was_com
     assert status == 0, stderr
     for instance in synth_study.instances:
         assert final_path(out, instance).read_bytes() == instance.path.read_bytes()
+
+
+_KILLED_WHILE_CREATING = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+db.execute("CREATE TABLE entries (sop TEXT PRIMARY KEY)")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("left", ["killed while creating it", "empty", "entries alone"])
+def test_an_index_a_killed_run_left_unfinished_is_no_damage_to_sync(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, left: str
+) -> None:
+    """A run killed as it created its index leaves an empty database (a 0-byte file and a hot
+    journal, or part of the tables): the next `sync` goes on. It stopped with `is damaged
+    (no such table: complete_studies)`, exit 2, at every cron run until someone moved it."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    (out / ".dlstudy").mkdir(parents=True)
+    index = index_of(out)
+    if left == "killed while creating it":
+        subprocess.run([sys.executable, "-c", _KILLED_WHILE_CREATING, str(index)], check=False)
+        assert index.stat().st_size == 0 and Path(f"{index}-journal").exists()
+    elif left == "empty":
+        index.touch()
+    else:
+        with sqlite3.connect(index) as db:
+            db.execute(
+                "CREATE TABLE entries (sop TEXT PRIMARY KEY, study TEXT NOT NULL, "
+                "series TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, "
+                "digest TEXT NOT NULL)"
+            )
+        db.close()
+
+    first = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    again = run_installed("sync", "--url", url, "-o", str(out), "--json")
+
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["instances"]["downloaded"] == len(synth_study.instances)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["sync"]["already_complete"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -99,3 +100,77 @@ def _seconds(command: list[str]) -> float:
         command, capture_output=True, check=False, timeout=60, env=_clean_environment(None)
     )
     return time.monotonic() - start
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_list_is_read_ends_with_the_json_summary(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """`make-list | dlstudy download --from-file - --json` stopped while the list is still
+    coming: the documented status, one line, and the --json object a script reads (SIGTERM
+    killed the process mute; both left stdout empty)."""
+    command = [DLSTUDY, "download", "--from-file", "-", "--url", "http://127.0.0.1:9/"]
+    process = subprocess.Popen(
+        [*command, "-o", str(tmp_path / "out"), "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_clean_environment(None),
+    )
+    _wait_until_reading_stdin(process.pid)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == status, stderr
+    said = "terminated" if signum == signal.SIGTERM else "interrupted"
+    assert stderr.strip().splitlines()[-1].startswith(f"dlstudy: error: {said};"), stderr
+    summary = json.loads(stdout)
+    assert (summary["error"], summary["exit_status"]) == (said, status)
+
+
+def test_sigterm_at_any_moment_of_a_sync_prints_its_json_summary(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Whenever SIGTERM ends a `sync --json` with 143 (not killed by it while Python starts,
+    before dlstudy runs), stdout holds the summary object; between the command's start and
+    the run's own handlers it held nothing but the error line."""
+    url = embedded_server(synth_study.root, latency=0.2)
+    whole = _seconds([DLSTUDY, "sync", "--url", url, "-o", str(tmp_path / "timed"), "-c", "2"])
+    steps = 12
+    handled = 0
+    for step in range(steps):
+        out = tmp_path / f"out{step}"
+        process = subprocess.Popen(
+            [DLSTUDY, "sync", "--url", url, "-o", str(out), "-c", "2", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_clean_environment(None),
+        )
+        time.sleep(whole * step / steps / 2)  # start-up and the run's first moments
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+        if process.returncode in (-signal.SIGTERM, 0):
+            continue  # killed before the command began, or done before the signal came
+        assert process.returncode == 143, stderr
+        handled += 1
+        summary = json.loads(stdout)
+        assert (summary["error"], summary["exit_status"]) == ("terminated", 143), stderr
+        assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
+    assert handled >= steps // 3
+
+
+def _wait_until_reading_stdin(pid: int) -> None:
+    """Until the process blocks in read(0, ...) (/proc/PID/syscall: number 0, first argument
+    0): the list is being read."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{pid}/syscall").read_text().split()
+        except OSError:
+            fields = []
+        if fields[:2] == ["0", "0x0"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the process never read its standard input")

@@ -352,6 +352,35 @@ def test_sync_without_server_counts_trusts_its_completion_records(
     assert listings()  # every study listed from the server
 
 
+@pytest.mark.parametrize("counts", [True, False])
+def test_sync_with_another_layout_moves_the_complete_studies(
+    cohort: tuple[Path, list[SynthInstance]],
+    embedded_server: StartServer,
+    tmp_path: Path,
+    counts: bool,
+) -> None:
+    """`sync --layout NEW` over a mirror made with the default layout: every study ends up
+    under NEW, moved, not fetched, whether the server counts a study's instances or not (with
+    counts, the complete studies were left in the old layout: exit 0, nothing moved)."""
+    root, instances = cohort
+    url = embedded_server(root, no_counts=not counts)
+    out = tmp_path / "mirror"
+    assert run_installed("sync", "--url", url, "-o", str(out), "-q").returncode == 0
+
+    layout = "{study}/{sop}.dcm"
+    moved = run_installed("sync", "--url", url, "-o", str(out), "--layout", layout, "--json")
+
+    assert moved.returncode == 0, moved.stderr
+    summary = json.loads(moved.stdout)
+    every = len(instances)
+    assert summary["instances"] == instance_counts(every, skipped=every, moved=every)
+    for instance in instances:
+        target = out / instance.study_uid / f"{instance.sop_uid}.dcm"
+        assert target.read_bytes() == instance.path.read_bytes()
+    again = run_installed("sync", "--url", url, "-o", str(out), "--layout", layout, "--json")
+    assert json.loads(again.stdout)["sync"]["already_complete"] == 4
+
+
 def test_sync_exit_codes(
     cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
 ) -> None:
