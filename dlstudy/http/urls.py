@@ -76,8 +76,8 @@ def split_base_url(url: str) -> tuple[str, str | None, str | None]:
 
 def redact_url(url: str) -> str:
     """The URL with any userinfo password and every query value that is not known to be
-    harmless (see _shown) replaced by ***. A malformed URL (no scheme, one slash, a bad port
-    or IPv6 literal) is masked as loosely as needed: a `user:password@` anywhere in it."""
+    harmless (is_shown_query_key) replaced by ***. A malformed URL (no scheme, one slash, a bad
+    port or IPv6 literal) is masked as loosely as needed: a `user:password@` anywhere in it."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -136,13 +136,13 @@ def _redact_query(query: str) -> str:
     pairs = []
     for item in query.split("&"):
         name, sep, value = item.partition("=")
-        if sep and value and not _shown(name):
+        if sep and value and not is_shown_query_key(name):
             value = "***"
         pairs.append(f"{name}{sep}{value}")
     return "&".join(pairs)
 
 
-def _shown(name: str) -> bool:
+def is_shown_query_key(name: str) -> bool:
     """Whether a query value under `name` is harmless to print: paging, and DICOM matching
     keys. A name merely shaped like a keyword is not one (`Policy`, `GoogleAccessId` of
     signed links, a gateway's `Sid` or `Jwt`)."""
