@@ -287,3 +287,38 @@ def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
     reasons = [failure["reason"] for failure in json.loads(result.stdout)["failures"]]
     assert len(reasons) == len(sops) and all("HTTP 500 Refused " in r for r in reasons), reasons
     assert all("***" in r and "for code=***" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("query",),
+        ("sync",),
+        ("download", "1.2.3"),
+        ("download",),  # the rest of the secret read as the study UID
+        ("bench", "1.2.3"),
+        ("bench", "--json"),  # the same, and --json prints the UID asked
+        ("catalog", "pull"),
+    ],
+)
+@pytest.mark.parametrize(
+    "unquoted",
+    [
+        ("--header", "X-Api-Key:", SECRET),
+        ("--header=Authorization:", "Bearer", SECRET),
+        ("--user", "bob", "--password", "two", SECRET),
+        ("--token-command", "echo", SECRET),
+    ],
+    ids=["header", "header=", "password", "token-command"],
+)
+def test_the_words_a_shell_split_off_a_secret_are_not_echoed(
+    tmp_path: Path, command: tuple[str, ...], unquoted: tuple[str, ...]
+) -> None:
+    """A value with a space, not quoted (`--header X-Api-Key: s3cret`), leaves its rest as
+    arguments of their own: the parser's error named them (`Got unexpected extra argument
+    (s3cret)`, `invalid study UID 's3cret'`)."""
+    given = (*command, "--url", "http://127.0.0.1:9/dicomweb", *unquoted)
+    if command[0] == "catalog":
+        given += ("--db", str(tmp_path / "catalog.db"))
+    line = scan_error_run(tmp_path, *given)
+    assert "not shown" in line and "quote" in line, line
