@@ -322,3 +322,18 @@ def test_the_words_a_shell_split_off_a_secret_are_not_echoed(
         given += ("--db", str(tmp_path / "catalog.db"))
     line = scan_error_run(tmp_path, *given)
     assert "not shown" in line and "quote" in line, line
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"http://127.0.0.1:99999/dw#access_token={SECRET}", "/dw#access_token=***'"),
+        (f"ftp://127.0.0.1/dw?a=1#access_token={SECRET}&x=1", "/dw?a=***#access_token=***&x=***'"),
+        (f"127.0.0.1/dw#id_token={SECRET}", "/dw#id_token=***'"),  # no scheme: loosely
+    ],
+)
+def test_a_token_in_a_urls_fragment_is_masked(tmp_path: Path, url: str, shown: str) -> None:
+    """An OAuth implicit grant hands its token back in the fragment (`#access_token=...`): a
+    URL copied from a browser's address bar may hold one. It was shown as written."""
+    line = scan_error_run(tmp_path, "query", "--url", url)
+    assert line.endswith(shown), line
