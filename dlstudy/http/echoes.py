@@ -18,7 +18,16 @@ MASK = b"***"
 # Headers dlstudy sends that hold no secret; any other header's value is one (Authorization,
 # Cookie, a --header API key).
 _PLAIN_HEADERS = frozenset(
-    {b"accept", b"accept-encoding", b"user-agent", b"range", b"content-type", b"content-length"}
+    {
+        b"host",
+        b"accept",
+        b"accept-encoding",
+        b"user-agent",
+        b"range",
+        b"connection",
+        b"content-type",
+        b"content-length",
+    }
 )
 # A shorter value is masked nowhere: it guards nothing, and would garble the words around it.
 MIN_SECRET_LENGTH = 4

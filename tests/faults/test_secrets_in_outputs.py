@@ -244,7 +244,7 @@ def _echoing(request: httpx.Request) -> httpx.Response:
     decoded = base64.b64decode(credentials).decode() if scheme == "Basic" else ""
     echoed = (
         f"Refused {authorization} ({decoded}) key {request.headers.get('x-api-key', '')} "
-        f"for {request.url.query.decode()}"
+        f"for {request.url.query.decode()} at {request.url.netloc.decode()}"
     )
     return httpx.Response(500, extensions={"reason_phrase": echoed.encode()})
 
@@ -287,6 +287,7 @@ def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
     reasons = [failure["reason"] for failure in json.loads(result.stdout)["failures"]]
     assert len(reasons) == len(sops) and all("HTTP 500 Refused " in r for r in reasons), reasons
     assert all("***" in r and "for code=***" in r for r in reasons), reasons
+    assert all(f" at {scripted.origin.removeprefix('http://')}" in r for r in reasons), reasons
 
 
 @pytest.mark.parametrize(
