@@ -155,6 +155,7 @@ def main() -> None:
             context = getattr(exc, "ctx", None)  # the (sub)command whose line was wrong
             where = getattr(context, "command_path", None) or "dlstudy"
             message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+            message = _without_split_off_secrets(message, sys.argv[1:])
             print(f"dlstudy: error: {message} (see '{where} --help')", file=sys.stderr)
         code = exc.exit_code  # type: ignore[attr-defined]
     if sys.getprofile() is not None or sys.gettrace() is not None:
@@ -182,6 +183,20 @@ def _pace_collector() -> None:
     (modules, classes, the command's own objects): it lives until the process ends."""
     gc.set_threshold(*COLLECTOR_PACE)
     gc.freeze()
+
+
+def _without_split_off_secrets(message: str, argv: list[str]) -> str:
+    """The parser's complaint about extra arguments, without them when they may be the rest
+    of a secret's value (cli/strays.py)."""
+    if not message.startswith("Got unexpected extra argument"):
+        return message
+    from .strays import NOT_SHOWN, split_off_secrets
+
+    strays = split_off_secrets(argv)
+    if not strays:
+        return message
+    option = next(iter(strays.values()))
+    return f"Got unexpected extra arguments ({NOT_SHOWN.format(option=option)})"
 
 
 def _is_usage_error(exc: BaseException) -> bool:

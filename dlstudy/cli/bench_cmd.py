@@ -32,6 +32,7 @@ from .options import (
     CONNECTION,
     with_options,
 )
+from .strays import NOT_SHOWN, split_off_secrets
 
 if TYPE_CHECKING:
     from ..bench.report import CellResult, Row
@@ -116,10 +117,13 @@ def register(app: typer.Typer) -> None:
             run_bench,
         )
 
+        # The rest of an unquoted secret, as the study UID: refused, and never shown.
+        split_off_from = split_off_secrets(sys.argv[1:]).get(study_uid)
+
         def nothing_measured() -> BenchReport:  # the object --json prints for an early error
             return BenchReport(
                 url=redact_url(options["url"] or ""),
-                study_uid=study_uid,
+                study_uid=study_uid if split_off_from is None else "***",
                 strategies=tuple(strategies or STRATEGIES),
                 concurrency=tuple(concurrency_levels or DEFAULT_CONCURRENCY),
                 http=tuple(http_versions or HTTP_VERSIONS),
@@ -130,6 +134,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             setup_logging(options["verbose"], None)
+            if split_off_from is not None:
+                fail_usage(f"invalid study UID ({NOT_SHOWN.format(option=split_off_from)})")
             settings = settings_from(ctx)
             for http in http_versions or ():
                 if http not in HTTP_VERSIONS:

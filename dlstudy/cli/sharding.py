@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -16,6 +17,7 @@ from ..http.urls import is_valid_uid, redact_url
 from ..report.summary import Summary
 from .common import fail_usage, finish
 from .connection import option
+from .strays import NOT_SHOWN, split_off_secrets
 
 ShardOpt = Annotated[
     str | None,
@@ -42,10 +44,16 @@ def select_shard(uids: Iterable[str], shard: Shard | None) -> list[str]:
     unique = list(dict.fromkeys(uids))
     for uid in unique:
         if not is_valid_uid(uid):
-            fail_usage(
-                f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters"
-            )
+            fail_usage(_invalid_uid(uid))
     return unique if shard is None else shard.select(unique)
+
+
+def _invalid_uid(uid: str) -> str:
+    """The line for an invalid study UID, not shown if it may be the rest of a secret."""
+    option = split_off_secrets(sys.argv[1:]).get(uid)
+    if option is not None:
+        return f"invalid study UID ({NOT_SHOWN.format(option=option)})"
+    return f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters"
 
 
 def select_shard_items(

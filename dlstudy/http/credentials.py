@@ -14,12 +14,23 @@ def character_problem(value: str, *, ascii_only: bool) -> str | None:
     """What is wrong with the characters of a credential, in words that show none of it; or
     None. A bearer token (RFC 6750) and a header are ASCII: httpx cannot encode anything else
     into a header (a traceback), and a non-ASCII character in one is usually a typographic
-    quote or a non-breaking space pasted with it. A Basic user or password goes as UTF-8."""
+    quote or a non-breaking space pasted with it. A Basic user or password goes as UTF-8: a
+    byte that is not (Python keeps it as a lone surrogate) cannot be encoded."""
     if has_control_character(value):
         return "has a control character (a line break?) in it"
     if ascii_only and not value.isascii():
         return "has a character that is not ASCII in it (a pasted quote or non-breaking space?)"
+    if not _is_utf8(value):
+        return "is not UTF-8 text (a byte of another encoding, Latin-1?)"
     return None
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_pair(given: object) -> bool:

@@ -18,6 +18,7 @@ import certifi
 import httpx
 import pycurl
 
+from .echoes import mask_echoed
 from .multi import MultiDriver
 from .proxy import Proxies, shown
 from .transfer import BODY, CurlBody, Transfer
@@ -236,6 +237,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
         except BaseException:
             transfer.abandon()
             raise
+        transfer.reason = mask_echoed(transfer.reason, url, headers, proxy)
         return transfer
 
     @staticmethod

@@ -76,8 +76,9 @@ def split_base_url(url: str) -> tuple[str, str | None, str | None]:
 
 def redact_url(url: str) -> str:
     """The URL with any userinfo password and every query value that is not known to be
-    harmless (see _shown) replaced by ***. A malformed URL (no scheme, one slash, a bad port
-    or IPv6 literal) is masked as loosely as needed: a `user:password@` anywhere in it."""
+    harmless (is_shown_query_key) replaced by ***, and so the fragment's (an OAuth implicit
+    grant's `#access_token=...`). A malformed URL (no scheme, one slash, a bad port or IPv6
+    literal) is masked as loosely as needed: a `user:password@` anywhere in it."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -91,8 +92,8 @@ def redact_url(url: str) -> str:
         not netloc or "@" in parts.path or not _has_valid_port(parts) or _password_cut_short(parts)
     ):
         return _redact_loosely(url)  # a userinfo urlsplit did not see as one ("a:p/q@host")
-    query = _redact_query(parts.query)
-    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+    query, fragment = _redact_query(parts.query), _redact_query(parts.fragment)
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, fragment))
 
 
 def _password_cut_short(parts: SplitResult) -> bool:
@@ -126,8 +127,9 @@ def _redact_loosely(url: str) -> str:
         start = prefix.end() if prefix else 0
         user, colon, _ = head[start:].partition(":")
         url = f"{head[:start]}{user}{':***' if colon else ''}@{tail}"
+    url, hash_mark, fragment = url.partition("#")
     base, mark, query = url.partition("?")
-    return f"{base}{mark}{_redact_query(query)}"
+    return f"{base}{mark}{_redact_query(query)}{hash_mark}{_redact_query(fragment)}"
 
 
 def _redact_query(query: str) -> str:
@@ -136,13 +138,13 @@ def _redact_query(query: str) -> str:
     pairs = []
     for item in query.split("&"):
         name, sep, value = item.partition("=")
-        if sep and value and not _shown(name):
+        if sep and value and not is_shown_query_key(name):
             value = "***"
         pairs.append(f"{name}{sep}{value}")
     return "&".join(pairs)
 
 
-def _shown(name: str) -> bool:
+def is_shown_query_key(name: str) -> bool:
     """Whether a query value under `name` is harmless to print: paging, and DICOM matching
     keys. A name merely shaped like a keyword is not one (`Policy`, `GoogleAccessId` of
     signed links, a gateway's `Sid` or `Jwt`)."""

@@ -6,13 +6,17 @@ are scanned in test_faults.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ..cli_helpers import run_installed
+from ..factories import STUDY, instance_json, series_json
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy
+from ..fixtures.scripted_routes import Routes
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +234,107 @@ def test_a_header_without_its_colon_is_not_echoed(tmp_path: Path, header: str) -
     for given in (("--header", header), ("--config", str(config))):
         line = scan_error_run(tmp_path, "query", *url, *given)
         assert "--header must look like 'Name: value'" in line
+
+
+def _echoing(request: httpx.Request) -> httpx.Response:
+    """A refusal whose reason phrase repeats what the request carried: its Authorization
+    (and a Basic one decoded), its X-Api-Key and its query, as some gateways' errors do."""
+    authorization = request.headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    decoded = base64.b64decode(credentials).decode() if scheme == "Basic" else ""
+    echoed = (
+        f"Refused {authorization} ({decoded}) key {request.headers.get('x-api-key', '')} "
+        f"for {request.url.query.decode()} at {request.url.netloc.decode()}"
+    )
+    return httpx.Response(500, extensions={"reason_phrase": echoed.encode()})
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        ("--token", SECRET, "--header", f"X-Api-Key: {SECRET}-key"),
+        ("--user", "bob", "--password", SECRET),
+    ],
+    ids=["token-and-header", "basic"],
+)
+def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
+    scripted: Routes, tmp_path: Path, credentials: tuple[str, ...]
+) -> None:
+    """A server may answer a refusal with a reason phrase that repeats the request's
+    credentials or query: the failure lines, --json, --report and --log-file show the rest of
+    it with each secret masked (they showed the token, the key and the password as sent)."""
+    series, sops = f"{STUDY}.5", [f"{STUDY}.5.{i}" for i in (1, 2)]
+    base = f"/dicomweb/studies/{STUDY}/series"
+    scripted.get(f"/dicomweb/studies/{STUDY}/instances").mock(return_value=httpx.Response(400))
+    for path, listed in [
+        (base, [series_json(series, count=len(sops))]),
+        (f"{base}/{series}/instances", [instance_json(sop) for sop in sops]),
+    ]:
+        scripted.get(path).mock(return_value=httpx.Response(200, json=listed))
+    scripted.get(f"{base}/{series}/instances/", prefix=True).mock(side_effect=_echoing)
+    report, log = tmp_path / "report.jsonl", tmp_path / "run.log"
+    result = run_installed(
+        "download", STUDY, "--url", f"{scripted.base}?code={SECRET}-code", *credentials,
+        "-o", str(tmp_path / "out"), "--http", "1.1", "--retries", "0", "--json",
+        "--report", str(report), "--log-file", str(log), "-v",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    outputs = {"stdout": result.stdout, "stderr": result.stderr}
+    outputs |= {"report": report.read_text(), "log": log.read_text()}
+    for where, text in outputs.items():
+        assert SECRET not in text, f"a secret is in {where}: {text}"
+    reasons = [failure["reason"] for failure in json.loads(result.stdout)["failures"]]
+    assert len(reasons) == len(sops) and all("HTTP 500 Refused " in r for r in reasons), reasons
+    assert all("***" in r and "for code=***" in r for r in reasons), reasons
+    assert all(f" at {scripted.origin.removeprefix('http://')}" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("query",),
+        ("sync",),
+        ("download", "1.2.3"),
+        ("download",),  # the rest of the secret read as the study UID
+        ("bench", "1.2.3"),
+        ("bench", "--json"),  # the same, and --json prints the UID asked
+        ("catalog", "pull"),
+    ],
+)
+@pytest.mark.parametrize(
+    "unquoted",
+    [
+        ("--header", "X-Api-Key:", SECRET),
+        ("--header=Authorization:", "Bearer", SECRET),
+        ("--user", "bob", "--password", "two", SECRET),
+        ("--token-command", "echo", SECRET),
+    ],
+    ids=["header", "header=", "password", "token-command"],
+)
+def test_the_words_a_shell_split_off_a_secret_are_not_echoed(
+    tmp_path: Path, command: tuple[str, ...], unquoted: tuple[str, ...]
+) -> None:
+    """A value with a space, not quoted (`--header X-Api-Key: s3cret`), leaves its rest as
+    arguments of their own: the parser's error named them (`Got unexpected extra argument
+    (s3cret)`, `invalid study UID 's3cret'`)."""
+    given = (*command, "--url", "http://127.0.0.1:9/dicomweb", *unquoted)
+    if command[0] == "catalog":
+        given += ("--db", str(tmp_path / "catalog.db"))
+    line = scan_error_run(tmp_path, *given)
+    assert "not shown" in line and "quote" in line, line
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"http://127.0.0.1:99999/dw#access_token={SECRET}", "/dw#access_token=***'"),
+        (f"ftp://127.0.0.1/dw?a=1#access_token={SECRET}&x=1", "/dw?a=***#access_token=***&x=***'"),
+        (f"127.0.0.1/dw#id_token={SECRET}", "/dw#id_token=***'"),  # no scheme: loosely
+    ],
+)
+def test_a_token_in_a_urls_fragment_is_masked(tmp_path: Path, url: str, shown: str) -> None:
+    """An OAuth implicit grant hands its token back in the fragment (`#access_token=...`): a
+    URL copied from a browser's address bar may hold one. It was shown as written."""
+    line = scan_error_run(tmp_path, "query", "--url", url)
+    assert line.endswith(shown), line

@@ -113,6 +113,26 @@ def test_a_user_and_password_that_are_not_ascii_are_sent_as_utf8(scripted: Route
 
 
 @pytest.mark.parametrize(
+    ("args", "env", "option"),
+    [
+        (("--user", "bob", "--password", "p\udce4ss-S3CRET"), None, "--password"),
+        (("--user", "j\udcf6rg", "--password", "S3CRET"), None, "--user"),
+        (("--user", "bob"), {"DLSTUDY_PASSWORD": "p\udce4ss-S3CRET"}, "--password"),
+    ],
+)
+def test_a_user_or_password_that_is_not_utf8_is_a_usage_error(
+    scripted: Routes, args: tuple[str, ...], env: dict[str, str] | None, option: str
+) -> None:
+    """A Latin-1 byte on the command line or in the environment (a terminal or file in
+    another encoding) cannot be sent as UTF-8: it was a UnicodeEncodeError traceback."""
+    result, requests = query(scripted, *args, env=env)
+    assert result.returncode == 2 and not requests
+    assert result.stderr == (
+        f"dlstudy: error: {option} is not UTF-8 text (a byte of another encoding, Latin-1?)\n"
+    )
+
+
+@pytest.mark.parametrize(
     ("args", "said"),
     [
         (
