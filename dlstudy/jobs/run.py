@@ -302,12 +302,12 @@ class Run:
         if in_bulk:
             bulk = self.bulk_fetcher()
             per_instance.extend(await self.fetch_in_bulk(in_bulk, "series", bulk))
-            if bulk.unsupported is not None:
+            if bulk.refused is not None:
                 self.summary.strategy = [
                     strategy.Choice(
                         c.study_uid,
                         "instance",
-                        f"{c.why}; but the server refused it ({bulk.unsupported}): per instance",
+                        f"{c.why}; but the server refused it ({bulk.refused}): per instance",
                     )
                     if c.mode == "series"
                     else c

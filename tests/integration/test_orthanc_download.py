@@ -8,6 +8,7 @@ the bytes Orthanc stored (its REST `GET /instances/{id}/file`).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,3 +229,29 @@ def test_csv_of_mixed_levels_and_a_list_of_sop_uids_against_orthanc(
     rows2 = read_report(report2)
     assert {r["sop"] for r in rows2} == {m.sop for m in picked}
     assert_report_is_exact(rows2, out2, {m.sop: m.data for m in loaded}, status="downloaded")
+
+
+def test_one_study_orthanc_cannot_serve_leaves_bulk_retrieval_to_the_others(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    """Orthanc answers 404 for a study UID it stored under two PatientIDs: that study, asked
+    first, must not turn series retrieval off for the studies after it."""
+    studies = addressable_studies(loaded)
+    synthetic = next(uid for uid, members in studies.items() if len(members) == 60)
+    unservable = next(s.study for s in loaded if s.study not in studies)
+    log_file = tmp_path / "run.log"
+
+    done = run_installed(
+        "download", unservable, synthetic, "--url", orthanc.dicomweb_url,
+        "-o", str(tmp_path / "out"), "--json", "--mode", "series", "--concurrency", "1",
+        "--log-file", str(log_file),
+    )  # fmt: skip
+
+    summary = json.loads(done.stdout)
+    assert done.returncode == 1, done.stderr  # the unservable study's instances fail
+    assert summary["instances"]["downloaded"] == 60
+    assert all(f["study"] == unservable for f in summary["failures"])
+    one_by_one = re.findall(r"(\d+) instances missing from bulk responses", log_file.read_text())
+    assert [int(n) for n in one_by_one] == [summary["instances"]["failed"]]
+    assert "bulk retrieval refused" not in done.stderr
+    assert_byte_exact(studies[synthetic], tmp_path / "out")
