@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dlstudy.server.synth import PRESETS, generate
+from dlstudy.server.synth import PRESETS, SynthSpec, generate
 
 from ..cli_helpers import instance_counts, run_cli, run_installed, summary_of
 from ..cohort_helpers import assert_report_is_exact, read_report
@@ -255,3 +255,38 @@ def test_one_study_orthanc_cannot_serve_leaves_bulk_retrieval_to_the_others(
     assert [int(n) for n in one_by_one] == [summary["instances"]["failed"]]
     assert "bulk retrieval refused" not in done.stderr
     assert_byte_exact(studies[synthetic], tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def two_paged_studies(
+    orthanc: OrthancServer, loaded: list[StoredInstance], tmp_path_factory: pytest.TempPathFactory
+) -> list[str]:
+    """Two studies whose instances together take two QIDO pages of 1,000 (after `loaded`, so
+    its reset leaves them)."""
+    spec = SynthSpec(studies=2, series=2, instances=260, size=600, seed=77)
+    written = generate(tmp_path_factory.mktemp("paged-for-orthanc"), spec)
+    for instance in written:
+        orthanc.upload(instance.path)
+    return list(dict.fromkeys(i.study_uid for i in written))
+
+
+def test_orthanc_lists_each_instance_once_though_it_gives_no_study_counts(
+    tmp_path: Path, orthanc: OrthancServer, two_paged_studies: list[str]
+) -> None:
+    """Orthanc's instance searches carry no NumberOfStudyRelatedInstances, so no search across
+    studies (or a study) can be trusted complete: its first page shows that, and the studies
+    are listed series by series without the rest of it."""
+    done = run_installed(
+        "download", *two_paged_studies, "--url", orthanc.dicomweb_url, "-o", str(tmp_path),
+        "--json", "-v",
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["instances"]["downloaded"] == 1040
+    searches = re.findall(r"QIDO (\S+): HTTP 200, (\d+) results", done.stderr)
+    across = [n for url, n in searches if "/instances?StudyInstanceUID=" in url]
+    study_wide = [url for url, _ in searches if re.search(r"/studies/[\d.]+/instances\?", url)]
+    assert across == ["1000"]  # one page, not the 1,040 results listed again below
+    assert study_wide == []
+    per_series = [int(n) for url, n in searches if "/series/" in url and "/instances?" in url]
+    assert sum(per_series) == 1040
