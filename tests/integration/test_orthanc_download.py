@@ -290,3 +290,32 @@ def test_orthanc_lists_each_instance_once_though_it_gives_no_study_counts(
     assert study_wide == []
     per_series = [int(n) for url, n in searches if "/series/" in url and "/instances?" in url]
     assert sum(per_series) == 1040
+
+
+def test_a_lossy_transfer_syntax_is_one_failure_that_says_so(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    """Orthanc transcodes to JPEG baseline under a new SOP Instance UID, at every request:
+    no retry can bring the instance asked for, and the failure says why."""
+    rgb = (PYDICOM_TEST_FILES / "examples_rgb_color.dcm").read_bytes()
+    [wanted] = [s for s in loaded if s.data == rgb]
+    listing = tmp_path / "one.csv"
+    listing.write_text(
+        f"StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID\n"
+        f"{wanted.study},{wanted.series},{wanted.sop}\n"
+    )
+
+    done = run_installed(
+        "download", "--from-file", str(listing), "--url", orthanc.dicomweb_url,
+        "-o", str(tmp_path / "out"), "--json", "--transfer-syntax", "1.2.840.10008.1.2.4.50",
+        "--retries", "3",
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    [failure] = summary["failures"]
+    assert "the server sent a new instance" in failure["reason"]
+    assert "lossy transfer syntax 1.2.840.10008.1.2.4.50" in failure["reason"]
+    assert "--transfer-syntax '*'" in failure["reason"]
+    assert summary["retried"] == 0
+    assert not list((tmp_path / "out").rglob("*.dcm"))
