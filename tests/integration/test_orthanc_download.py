@@ -319,3 +319,26 @@ def test_a_lossy_transfer_syntax_is_one_failure_that_says_so(
     assert "--transfer-syntax '*'" in failure["reason"]
     assert summary["retried"] == 0
     assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
+def test_study_mode_narrowed_to_a_series_fetches_only_that_series(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    """--mode study with --series: the study response would bring every series, all but one
+    to be dropped; the series asked for comes in a response of its own."""
+    studies = addressable_studies(loaded)
+    synthetic = next(members for members in studies.values() if len(members) == 60)
+    series = [m for m in synthetic if m.series == synthetic[0].series]
+    log_file = tmp_path / "run.log"
+
+    done = run_installed(
+        "download", series[0].study, "--series", series[0].series, "--mode", "study",
+        "--url", orthanc.dicomweb_url, "-o", str(tmp_path / "out"), "--json",
+        "--log-file", str(log_file),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["instances"]["downloaded"] == len(series) == 20
+    assert "was not asked for; dropped" not in log_file.read_text()
+    assert_byte_exact(series, tmp_path / "out")
