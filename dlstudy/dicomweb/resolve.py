@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -44,12 +44,31 @@ from .qido import (
 
 log = logging.getLogger(__name__)
 
+PageRead = Callable[[], Awaitable[None]]
+
 # Studies asked for in one instance search (their UIDs make a URL of about 2 KB).
 STUDIES_PER_SEARCH = 32
 
 
 class _IgnoresList(Exception):
     """A search by a list of study UIDs answered with a study not in the list."""
+
+
+class _NoCounts(Exception):
+    """A page of an instance search whose results all lack the study's instance count."""
+
+
+def stop_without_counts(counts: Callable[[], Iterable[set[int | None]]]) -> PageRead:
+    """A `page_read` that ends an instance search after a page whose results carried no study
+    instance count: the listing could never be trusted complete, so its other pages (a whole
+    study's, or 32 studies', instances) would be fetched only to be listed again."""
+
+    async def check() -> None:
+        seen = list(counts())
+        if seen and all(c == {None} for c in seen):
+            raise _NoCounts
+
+    return check
 
 
 class Resolver:
@@ -157,8 +176,11 @@ class Resolver:
         url = f"{study_url(self.transport.base_url, study_uid)}/instances"
         try:
             found = await self.pager.walk(
-                url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, counts_checked=True, each=keep
-            )
+                url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, counts_checked=True, each=keep,
+                page_read=stop_without_counts(lambda: [counts] if listed else []),
+            )  # fmt: skip
+        except _NoCounts:
+            found, counts = True, {None}
         except IncompleteListingError as exc:
             log.info("%s; listing the study series by series", exc)
             return None
@@ -231,7 +253,14 @@ class Resolver:
             *STUDY_INSTANCE_PARAMS,
         ]
         try:
-            found = await self.pager.walk(url, params, TAG_SOP_UID, counts_checked=True, each=keep)
+            found = await self.pager.walk(
+                url, params, TAG_SOP_UID, counts_checked=True, each=keep,
+                page_read=stop_without_counts(counts.values),
+            )  # fmt: skip
+        except _NoCounts:
+            # Nor will a study-wide search give it (Orthanc): series by series from the start.
+            self.one_request = False
+            found, why = False, "gives no study instance count in an instance search"
         except IncompleteListingError as exc:
             log.info("%s; listing those studies one by one", exc)
             return {}
@@ -245,8 +274,6 @@ class Resolver:
             found, why = False, "answers a search by a list of study UIDs with other studies"
         else:
             why = "has no instance search across studies"
-            if found and listed and all(c == {None} for c in counts.values()):
-                found, why = False, "gives no study instance count in an instance search"
         if not found:
             log.info("the server %s: listing studies one by one", why)
             self.lists_studies = False

@@ -36,6 +36,20 @@ VERIFY_HEAD_LENGTH = HEADER_PREFIX_LENGTH + HEADER_CHUNK
 
 # A multipart body's first line: a delimiter. No DICOM file starts so (a preamble is followed
 # by DICM, and a bare dataset starts with a tag of group 0008 or so, never 2D2D).
+# Transfer syntaxes a server transcodes to lossily: the result is a new instance, with a new
+# SOP Instance UID (PS3.3 C.12.1.1.1), however often it is asked for.
+LOSSY_TRANSFER_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossy or lossless)
+        "1.2.840.10008.1.2.4.203",  # HTJ2K (lossy or lossless)
+        "1.2.840.10008.1.2.4.112",  # JPEG XL
+        *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)),  # MPEG-2, MPEG-4, HEVC
+    }
+)
+
 _MULTIPART_START = re.compile(rb"\s*--[^\r\n]{1,70}\r?\n")
 # Characters of a parser's message kept in an error line.
 _BRIEF = 160
@@ -196,6 +210,19 @@ def _read_with_pydicom(fp: BinaryIO, *, has_magic: bool) -> HeaderInfo:
     )
 
 
+def check_not_lossy_copy(info: HeaderInfo, sop_uid: str) -> None:
+    """A file of the series asked for, under another SOP Instance UID, in a lossy transfer
+    syntax: the server transcoded the instance and made a new one of it, as it will again."""
+    if info.transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
+        raise IntegrityError(
+            f"instance {sop_uid}: the server sent a new instance, {info.sop_uid}, made from it "
+            f"in the lossy transfer syntax {info.transfer_syntax}; ask for --transfer-syntax "
+            "'*' (as stored) or a lossless one",
+            sop_instance_uid=sop_uid,
+            retryable=False,
+        )
+
+
 def check_identity(info: HeaderInfo, *, study_uid: str, series_uid: str, sop_uid: str) -> None:
     """Raise IntegrityError unless the header names exactly the instance we asked for."""
     found = {
@@ -203,6 +230,9 @@ def check_identity(info: HeaderInfo, *, study_uid: str, series_uid: str, sop_uid
         "Study Instance UID": (info.study_uid, study_uid),
         "Series Instance UID": (info.series_uid, series_uid),
     }
+    same_series = info.study_uid == study_uid and info.series_uid == series_uid
+    if same_series and info.sop_uid and info.sop_uid != sop_uid:
+        check_not_lossy_copy(info, sop_uid)
     for name, (got, wanted) in found.items():
         if got != wanted:
             raise IntegrityError(

@@ -27,6 +27,9 @@ from .parts import pour_parts
 log = logging.getLogger(__name__)
 
 InstanceDone = Callable[[InstanceRef, Committed], None]
+# Definitive refusals (403/404...) of different responses, before any succeeded, that make the
+# server one without series/study retrieval: one missing study or series is no such verdict.
+REFUSALS_FOR_UNSUPPORTED = 3
 # What is still wanted of a response: SOP Instance UID -> (study, series, modality), a tuple
 # each series shares (Instances.by_sop).
 Wanted = dict[str, tuple[str, str, str]]
@@ -38,6 +41,9 @@ class BulkFetcher:
         self.store = store
         self.negotiator = negotiator
         self.unsupported: str | None = None  # why the server will not do bulk retrieval
+        self.refusals = 0  # definitive refusals while no bulk response has succeeded
+        self.refusal: str | None = None  # the last of them
+        self.succeeded = False  # a bulk response was answered 200: the server does them
 
     async def fetch(
         self,
@@ -61,16 +67,36 @@ class BulkFetcher:
                 lambda form: self._fetch_once(url, form, wanted, on_bytes, on_done)
             )
         except HttpStatusError as exc:
-            if not exc.retryable:
-                # A definitive no (static servers answer 403/404 for series URLs): stop asking.
-                self.unsupported = str(exc)
-            log.warning("bulk retrieval refused: %s", exc)
+            self._refused(exc)
         except TransferError as exc:
             log.warning("bulk retrieval stopped after %d parts: %s", len(refs) - len(wanted), exc)
         left = Instances()
         for sop_uid, (study_uid, series_uid, modality) in wanted.items():
             left.add(study_uid, series_uid, sop_uid, modality)
         return left
+
+    @property
+    def refused(self) -> str | None:
+        """Why bulk retrieval was refused, if no bulk response of the run succeeded."""
+        return None if self.succeeded else self.refusal
+
+    def _refused(self, exc: HttpStatusError) -> None:
+        """A definitive no from static servers (403/404 for every series URL) stops the asking;
+        from a server that does bulk retrieval, it is about this series or study alone (gone
+        since it was listed, or stored twice: Orthanc), whose instances are asked one by one."""
+        if exc.retryable:
+            log.warning("bulk retrieval refused: %s", exc)
+            return
+        if self.succeeded:
+            log.info("bulk retrieval refused (its instances one by one): %s", exc)
+            return
+        self.refusals += 1
+        self.refusal = str(exc)
+        if self.refusals < REFUSALS_FOR_UNSUPPORTED:
+            log.info("bulk retrieval refused (its instances one by one): %s", exc)
+            return
+        self.unsupported = str(exc)
+        log.warning("bulk retrieval refused: %s", exc)
 
     async def _fetch_once(
         self,
@@ -89,6 +115,7 @@ class BulkFetcher:
                 # per-instance retrieval is tried before anything is called fatal.
                 raise status_error(response, "bulk retrieval")
             check_identity_encoding(response, "bulk retrieval")
+            self.succeeded = True
             sink = _PartSink(self.store, wanted, on_bytes, on_done)
 
             def on_event(event: Event) -> None:

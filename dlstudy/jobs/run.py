@@ -70,6 +70,7 @@ class Run:
         summary.retries = self.policy.tally
         summary.retrieval = self.negotiator
         self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
+        self.whole: dict[str, int] = {}  # studies listed whole, with their instance counts
         self.lister = Lister(settings, transport, self.policy, store, progress, summary, report)
         # Items that failed before any listing (a catalogued UID that is no UID): with them, a
         # run that finds nothing else has failed (exit 1), not matched nothing (exit 4).
@@ -129,8 +130,9 @@ class Run:
         del listing
         work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
         self.listed = Counter()  # what a series-mode resume weighs
-        if self.settings.mode in ("auto", "series"):
+        if self.settings.mode in ("auto", "series", "study"):
             self.listed.update(refs.series_counts())
+        self.whole = whole
         self.summary.skipped += work.skipped
         self.summary.moved += work.moved
         self.summary.repaired.extend(work.repaired)
@@ -302,12 +304,12 @@ class Run:
         if in_bulk:
             bulk = self.bulk_fetcher()
             per_instance.extend(await self.fetch_in_bulk(in_bulk, "series", bulk))
-            if bulk.unsupported is not None:
+            if bulk.refused is not None:
                 self.summary.strategy = [
                     strategy.Choice(
                         c.study_uid,
                         "instance",
-                        f"{c.why}; but the server refused it ({bulk.unsupported}): per instance",
+                        f"{c.why}; but the server refused it ({bulk.refused}): per instance",
                     )
                     if c.mode == "series"
                     else c
@@ -315,17 +317,31 @@ class Run:
                 ]
         return per_instance
 
+    def whole_studies(self, todo: list[Instances]) -> set[str]:
+        """The studies of `todo` whose every instance is wanted and missing: only those are
+        worth a study response. Another study (narrowed by --series, --modality or a cohort
+        line naming its series, or mostly on disk) goes series by series, or a study response
+        would bring instances only to drop them."""
+        if self.settings.series or self.settings.modalities:
+            return set()
+        wanted: Counter[str] = Counter()
+        for part in todo:
+            for (study_uid, _series_uid), count in part.series_counts().items():
+                wanted[study_uid] += count
+        return {uid for uid, count in wanted.items() if self.whole.get(uid) == count}
+
     async def fetch_in_bulk(self, todo: list[Instances], mode: str, bulk: BulkFetcher) -> Instances:
-        """One multipart response per series (or study) of `todo` (a study in each item, or
-        any instances in one); return the instances still missing. A series of which at most
-        half is missing (a resumed run) is not streamed again: its missing instances are
-        returned, to be fetched one by one."""
+        """One multipart response per series (or, in study mode, per study wanted whole) of
+        `todo` (a study in each item, or any instances in one); return the instances still
+        missing. A series of which at most half is missing (a resumed run) is not streamed
+        again: its missing instances are returned, to be fetched one by one."""
         base = self.transport.base_url
+        by_study = self.whole_studies(todo) if mode == "study" else set()
 
         def url_of(study_uid: str, series_uid: str) -> str:
-            if mode == "series":
-                return series_url(base, study_uid, series_uid)
-            return study_url(base, study_uid)
+            if study_uid in by_study:
+                return study_url(base, study_uid)
+            return series_url(base, study_uid, series_uid)
 
         groups: dict[str, Instances] = {}
         for part in todo:
@@ -336,13 +352,14 @@ class Run:
                 else:
                     groups[url] = refs
         one_by_one = Instances()
-        if mode == "series":
-            for url, refs in list(groups.items()):
-                listed = self.listed[(refs[0].study_uid, refs[0].series_uid)]
-                if len(refs) <= listed // 2:  # mostly on disk: stream only what is missing
-                    one_by_one.extend(groups.pop(url))
-            if one_by_one:
-                log.info("%d instances of partly present series: one by one", len(one_by_one))
+        for url, refs in list(groups.items()):
+            if refs[0].study_uid in by_study:
+                continue
+            listed = self.listed[(refs[0].study_uid, refs[0].series_uid)]
+            if len(refs) <= listed // 2:  # mostly on disk: stream only what is missing
+                one_by_one.extend(groups.pop(url))
+        if one_by_one:
+            log.info("%d instances of partly present series: one by one", len(one_by_one))
         left: dict[str, Instances] = {}  # url -> what its response lacked
 
         async def one_group(item: tuple[str, Instances]) -> None:

@@ -8,6 +8,7 @@ the bytes Orthanc stored (its REST `GET /instances/{id}/file`).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dlstudy.server.synth import PRESETS, generate
+from dlstudy.server.synth import PRESETS, SynthSpec, generate
 
 from ..cli_helpers import instance_counts, run_cli, run_installed, summary_of
 from ..cohort_helpers import assert_report_is_exact, read_report
@@ -228,3 +229,116 @@ def test_csv_of_mixed_levels_and_a_list_of_sop_uids_against_orthanc(
     rows2 = read_report(report2)
     assert {r["sop"] for r in rows2} == {m.sop for m in picked}
     assert_report_is_exact(rows2, out2, {m.sop: m.data for m in loaded}, status="downloaded")
+
+
+def test_one_study_orthanc_cannot_serve_leaves_bulk_retrieval_to_the_others(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    """Orthanc answers 404 for a study UID it stored under two PatientIDs: that study, asked
+    first, must not turn series retrieval off for the studies after it."""
+    studies = addressable_studies(loaded)
+    synthetic = next(uid for uid, members in studies.items() if len(members) == 60)
+    unservable = next(s.study for s in loaded if s.study not in studies)
+    log_file = tmp_path / "run.log"
+
+    done = run_installed(
+        "download", unservable, synthetic, "--url", orthanc.dicomweb_url,
+        "-o", str(tmp_path / "out"), "--json", "--mode", "series", "--concurrency", "1",
+        "--log-file", str(log_file),
+    )  # fmt: skip
+
+    summary = json.loads(done.stdout)
+    assert done.returncode == 1, done.stderr  # the unservable study's instances fail
+    assert summary["instances"]["downloaded"] == 60
+    assert all(f["study"] == unservable for f in summary["failures"])
+    one_by_one = re.findall(r"(\d+) instances missing from bulk responses", log_file.read_text())
+    assert [int(n) for n in one_by_one] == [summary["instances"]["failed"]]
+    assert "bulk retrieval refused" not in done.stderr
+    assert_byte_exact(studies[synthetic], tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def two_paged_studies(
+    orthanc: OrthancServer, loaded: list[StoredInstance], tmp_path_factory: pytest.TempPathFactory
+) -> list[str]:
+    """Two studies whose instances together take two QIDO pages of 1,000 (after `loaded`, so
+    its reset leaves them)."""
+    spec = SynthSpec(studies=2, series=2, instances=260, size=600, seed=77)
+    written = generate(tmp_path_factory.mktemp("paged-for-orthanc"), spec)
+    for instance in written:
+        orthanc.upload(instance.path)
+    return list(dict.fromkeys(i.study_uid for i in written))
+
+
+def test_orthanc_lists_each_instance_once_though_it_gives_no_study_counts(
+    tmp_path: Path, orthanc: OrthancServer, two_paged_studies: list[str]
+) -> None:
+    """Orthanc's instance searches carry no NumberOfStudyRelatedInstances, so no search across
+    studies (or a study) can be trusted complete: its first page shows that, and the studies
+    are listed series by series without the rest of it."""
+    done = run_installed(
+        "download", *two_paged_studies, "--url", orthanc.dicomweb_url, "-o", str(tmp_path),
+        "--json", "-v",
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["instances"]["downloaded"] == 1040
+    searches = re.findall(r"QIDO (\S+): HTTP 200, (\d+) results", done.stderr)
+    across = [n for url, n in searches if "/instances?StudyInstanceUID=" in url]
+    study_wide = [url for url, _ in searches if re.search(r"/studies/[\d.]+/instances\?", url)]
+    assert across == ["1000"]  # one page, not the 1,040 results listed again below
+    assert study_wide == []
+    per_series = [int(n) for url, n in searches if "/series/" in url and "/instances?" in url]
+    assert sum(per_series) == 1040
+
+
+def test_a_lossy_transfer_syntax_is_one_failure_that_says_so(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    """Orthanc transcodes to JPEG baseline under a new SOP Instance UID, at every request:
+    no retry can bring the instance asked for, and the failure says why."""
+    rgb = (PYDICOM_TEST_FILES / "examples_rgb_color.dcm").read_bytes()
+    [wanted] = [s for s in loaded if s.data == rgb]
+    listing = tmp_path / "one.csv"
+    listing.write_text(
+        f"StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID\n"
+        f"{wanted.study},{wanted.series},{wanted.sop}\n"
+    )
+
+    done = run_installed(
+        "download", "--from-file", str(listing), "--url", orthanc.dicomweb_url,
+        "-o", str(tmp_path / "out"), "--json", "--transfer-syntax", "1.2.840.10008.1.2.4.50",
+        "--retries", "3",
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    [failure] = summary["failures"]
+    assert "the server sent a new instance" in failure["reason"]
+    assert "lossy transfer syntax 1.2.840.10008.1.2.4.50" in failure["reason"]
+    assert "--transfer-syntax '*'" in failure["reason"]
+    assert summary["retried"] == 0
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
+def test_study_mode_narrowed_to_a_series_fetches_only_that_series(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    """--mode study with --series: the study response would bring every series, all but one
+    to be dropped; the series asked for comes in a response of its own."""
+    studies = addressable_studies(loaded)
+    synthetic = next(members for members in studies.values() if len(members) == 60)
+    series = [m for m in synthetic if m.series == synthetic[0].series]
+    log_file = tmp_path / "run.log"
+
+    done = run_installed(
+        "download", series[0].study, "--series", series[0].series, "--mode", "study",
+        "--url", orthanc.dicomweb_url, "-o", str(tmp_path / "out"), "--json",
+        "--log-file", str(log_file),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["instances"]["downloaded"] == len(series) == 20
+    assert "was not asked for; dropped" not in log_file.read_text()
+    assert_byte_exact(series, tmp_path / "out")
