@@ -212,12 +212,14 @@ def _read_with_pydicom(fp: BinaryIO, *, has_magic: bool) -> HeaderInfo:
 
 def check_not_lossy_copy(info: HeaderInfo, sop_uid: str) -> None:
     """A file of the series asked for, under another SOP Instance UID, in a lossy transfer
-    syntax: the server transcoded the instance and made a new one of it, as it will again."""
+    syntax: the server transcoded the instance and made a new one of it, as it will again (or
+    stores it so: asking again does not change it either). The words fit both."""
     if info.transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
         raise IntegrityError(
-            f"instance {sop_uid}: the server sent a new instance, {info.sop_uid}, made from it "
-            f"in the lossy transfer syntax {info.transfer_syntax}; ask for --transfer-syntax "
-            "'*' (as stored) or a lossless one",
+            f"instance {sop_uid}: the server sent a new instance, {info.sop_uid}, in the lossy "
+            f"transfer syntax {info.transfer_syntax} (a lossy transcode is a new instance); "
+            "if another --transfer-syntax than '*' (as stored) was asked for, ask for '*' or "
+            "a lossless one",
             sop_instance_uid=sop_uid,
             retryable=False,
         )
