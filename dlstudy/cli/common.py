@@ -301,8 +301,10 @@ def finish(
 LOG_FORMATS = ("text", "json")
 
 
-def use_log_format(log_format: str) -> None:
-    """Switch the CLI's log handlers (set up by setup_logging) to JSON objects."""
+def use_log_format(log_format: str, *, ends_with_run_summary: bool = False) -> None:
+    """Switch the CLI's log handlers (set up by setup_logging) to JSON objects. A command
+    whose JSON log `ends_with_run_summary` (sync's event says it all) leaves the outcome's
+    lines out of it; any other's log ends with them, as objects, as the text log does."""
     if log_format not in LOG_FORMATS:
         fail_usage(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     if log_format == "json":
@@ -311,5 +313,6 @@ def use_log_format(log_format: str) -> None:
         for handler in logging.getLogger("dlstudy").handlers:
             if getattr(handler, "dlstudy_cli", False):
                 handler.setFormatter(JsonFormatter())
-        for handler in [h for h in outcome.handlers if getattr(h, "dlstudy_cli", False)]:
-            outcome.removeHandler(handler)  # the events end with run_summary, which says it all
+        if ends_with_run_summary:
+            for handler in [h for h in outcome.handlers if getattr(h, "dlstudy_cli", False)]:
+                outcome.removeHandler(handler)

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
 
         with summary_on_failure(options["json_output"], failed):
             setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
-            use_log_format(options["log_format"])
+            use_log_format(options["log_format"], ends_with_run_summary=True)
             json_output, quiet = options["json_output"], options["quiet"]
             summary: Summary | None = None
             error: DlstudyError | None = None

@@ -652,6 +652,39 @@ def test_download_takes_log_format_and_sync_takes_workers(
     assert json.loads(result.stdout)["processes"] == 1
 
 
+def test_a_download_json_log_ends_with_how_the_run_ended(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`--log-file` ends with how the run ended, the summary and every failure, or the
+    error: in JSON too (a download's JSON log had none of it, and was empty after exit 3,
+    as only sync ends its log with a run_summary event)."""
+    root, instances = cohort
+    url = embedded_server(root, fault_rate=0.5, fault_status=503, seed=3)
+    log_file = tmp_path / "download.jsonl"
+    study = instances[0].study_uid
+    result = run_installed(
+        "download", study, "--url", url, "-o", str(tmp_path / "a"), "--quiet", "--json",
+        "--log-file", str(log_file), "--log-format", "json", "--retries", "0",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    failures = json.loads(result.stdout)["failures"]
+    assert failures
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    outcome = [r for r in records if r.get("logger") == "dlstudy.outcome"]
+    assert "downloaded" in outcome[0]["message"], outcome
+    assert [r["message"] for r in outcome[1:]] == [f"failed: {f['reason']}" for f in failures]
+
+    log_file.unlink()
+    result = run_installed(
+        "download", study, "--url", "http://127.0.0.1:9/dicomweb", "-o", str(tmp_path / "b"),
+        "--log-file", str(log_file), "--log-format", "json", "--retries", "0",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert records and records[-1]["level"] == "error", records
+    assert records[-1]["message"] in result.stderr
+
+
 @pytest.mark.parametrize("width", [80, 120, 200])
 def test_the_query_table_keeps_identifiers_whole_at_any_width(width: int) -> None:
     """On a terminal: study UIDs, patient IDs and dates are never cut; a narrow terminal gets
