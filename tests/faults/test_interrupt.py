@@ -81,6 +81,7 @@ def test_ctrl_c_while_the_cli_starts_is_a_line_not_a_traceback() -> None:
             stderr=subprocess.PIPE,
             text=True,
             env=_clean_environment(None),
+            preexec_fn=_ctrl_c_as_at_a_terminal,
         )
         time.sleep(first + (whole - first) * step / steps)
         process.send_signal(signal.SIGINT)
@@ -117,6 +118,7 @@ def test_a_signal_while_the_list_is_read_ends_with_the_json_summary(
         stderr=subprocess.PIPE,
         text=True,
         env=_clean_environment(None),
+        preexec_fn=_ctrl_c_as_at_a_terminal,
     )
     _wait_until_reading_stdin(process.pid)
     process.send_signal(signum)
@@ -159,6 +161,13 @@ def test_sigterm_at_any_moment_of_a_sync_prints_its_json_summary(
         assert (summary["error"], summary["exit_status"]) == ("terminated", 143), stderr
         assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
     assert handled >= steps // 3
+
+
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child, before dlstudy starts: SIGINT at its default, as a terminal's Ctrl-C finds
+    it. A background job of a non-interactive shell (a CI runner may be one) inherits it
+    ignored, and POSIX has it stay so: the signal then does nothing, by design."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until_reading_stdin(pid: int) -> None:
