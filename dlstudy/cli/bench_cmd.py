@@ -32,7 +32,7 @@ from .options import (
     CONNECTION,
     with_options,
 )
-from .strays import NOT_SHOWN, split_off_secrets
+from .strays import invalid_uid_not_shown
 
 if TYPE_CHECKING:
     from ..bench.report import CellResult, Row
@@ -118,12 +118,12 @@ def register(app: typer.Typer) -> None:
         )
 
         # The rest of an unquoted secret, as the study UID: refused, and never shown.
-        split_off_from = split_off_secrets(sys.argv[1:]).get(study_uid)
+        not_shown = invalid_uid_not_shown(study_uid)
 
         def nothing_measured() -> BenchReport:  # the object --json prints for an early error
             return BenchReport(
                 url=redact_url(options["url"] or ""),
-                study_uid=study_uid if split_off_from is None else "***",
+                study_uid=study_uid if not_shown is None else "***",
                 strategies=tuple(strategies or STRATEGIES),
                 concurrency=tuple(concurrency_levels or DEFAULT_CONCURRENCY),
                 http=tuple(http_versions or HTTP_VERSIONS),
@@ -134,8 +134,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             setup_logging(options["verbose"], None)
-            if split_off_from is not None:
-                fail_usage(f"invalid study UID ({NOT_SHOWN.format(option=split_off_from)})")
+            if not_shown is not None:
+                fail_usage(not_shown)
             settings = settings_from(ctx)
             for http in http_versions or ():
                 if http not in HTTP_VERSIONS:

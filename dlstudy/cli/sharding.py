@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -17,7 +16,7 @@ from ..http.urls import is_valid_uid, redact_url
 from ..report.summary import Summary
 from .common import fail_usage, finish
 from .connection import option
-from .strays import NOT_SHOWN, split_off_secrets
+from .strays import invalid_uid_not_shown
 
 ShardOpt = Annotated[
     str | None,
@@ -50,10 +49,9 @@ def select_shard(uids: Iterable[str], shard: Shard | None) -> list[str]:
 
 def _invalid_uid(uid: str) -> str:
     """The line for an invalid study UID, not shown if it may be the rest of a secret."""
-    option = split_off_secrets(sys.argv[1:]).get(uid)
-    if option is not None:
-        return f"invalid study UID ({NOT_SHOWN.format(option=option)})"
-    return f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters"
+    return invalid_uid_not_shown(uid) or (
+        f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters"
+    )
 
 
 def select_shard_items(

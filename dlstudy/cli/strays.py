@@ -7,6 +7,7 @@ names when it refuses them (an unexpected extra argument, an invalid study UID).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 # Options whose value is a secret, or a command that may hold one (`echo $TOKEN`).
@@ -37,3 +38,10 @@ def split_off_secrets(argv: Sequence[str]) -> dict[str, str]:
         elif after is not None:
             strays.setdefault(word, after)
     return strays
+
+
+def invalid_uid_not_shown(word: str) -> str | None:
+    """The usage line for `word` given as a study UID when it may be the rest of a secret's
+    value on this command line: it names the option, never the word; None otherwise."""
+    option = split_off_secrets(sys.argv[1:]).get(word)
+    return None if option is None else f"invalid study UID ({NOT_SHOWN.format(option=option)})"
