@@ -44,6 +44,7 @@ from ..dicomweb.media import DICOM_JSON
 from ..dicomweb.negotiate import NEGOTIABLE_STATUS, Negotiator, Retrieval, candidates
 from ..dicomweb.qido import QIDO_CONCURRENCY
 from ..dicomweb.resolve import Resolver
+from ..engine.bulk import REFUSALS_FOR_UNSUPPORTED
 from ..errors import (
     AuthError,
     ConnectError,
@@ -99,10 +100,10 @@ CellDone = Callable[[CellResult, int, int], None]
 # Answers to a strategy's first request that mean "not served this way": every form refused
 # (400/406/415), or no such resource at all (404/405/501: a static server has no series URLs).
 UNSUPPORTED_STATUS = NEGOTIABLE_STATUS | {404, 405, 501}
-# Such answers to this many different requests, before any success, make the strategy
-# unsupported (fewer when the run has fewer requests): one missing instance (404), or one the
-# server cannot send in any form (400), is a failure of that instance, not of the strategy.
-REFUSALS_FOR_UNSUPPORTED = 3
+# Such answers to REFUSALS_FOR_UNSUPPORTED different requests (download's rule for bulk
+# retrieval), before any success, make the strategy unsupported (fewer when the run has fewer
+# requests): one missing instance (404), or one the server cannot send in any form (400), is a
+# failure of that instance, not of the strategy.
 
 
 @dataclass(frozen=True)
