@@ -44,7 +44,7 @@ from ..dicomweb.media import DICOM_JSON
 from ..dicomweb.negotiate import NEGOTIABLE_STATUS, Negotiator, Retrieval, candidates
 from ..dicomweb.qido import QIDO_CONCURRENCY
 from ..dicomweb.resolve import Resolver
-from ..engine.bulk import REFUSALS_FOR_UNSUPPORTED
+from ..engine.refusals import REFUSALS_FOR_UNSUPPORTED
 from ..errors import (
     AuthError,
     ConnectError,

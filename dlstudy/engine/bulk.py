@@ -23,13 +23,11 @@ from ..store.files import Store, TempFile
 from ..store.manifest import Digest
 from .fetch import ByteCounter, check_identity_encoding, status_error
 from .parts import pour_parts
+from .refusals import Refusals
 
 log = logging.getLogger(__name__)
 
 InstanceDone = Callable[[InstanceRef, Committed], None]
-# Definitive refusals (403/404...) of different responses, before any succeeded, that make the
-# server one without series/study retrieval: one missing study or series is no such verdict.
-REFUSALS_FOR_UNSUPPORTED = 3
 # What is still wanted of a response: SOP Instance UID -> (study, series, modality), a tuple
 # each series shares (Instances.by_sop).
 Wanted = dict[str, tuple[str, str, str]]
@@ -40,10 +38,7 @@ class BulkFetcher:
         self.transport = transport
         self.store = store
         self.negotiator = negotiator
-        self.unsupported: str | None = None  # why the server will not do bulk retrieval
-        self.refusals = 0  # definitive refusals while no bulk response has succeeded
-        self.refusal: str | None = None  # the last of them
-        self.succeeded = False  # a bulk response was answered 200: the server does them
+        self.refusals = Refusals()  # a bulk response answered 200: the server does them
 
     async def fetch(
         self,
@@ -57,7 +52,7 @@ class BulkFetcher:
         Returns the refs not committed. Failures are logged, not raised: the caller retrieves
         what is missing instance by instance. Only auth errors propagate.
         """
-        if self.unsupported is not None:
+        if self.refusals.verdict is not None:  # the server will not do bulk retrieval
             return refs
         # What is still wanted: each committed part leaves it, so nothing else has to remember
         # a series' committed instances (a million strings in a million-instance series).
@@ -78,7 +73,7 @@ class BulkFetcher:
     @property
     def refused(self) -> str | None:
         """Why bulk retrieval was refused, if no bulk response of the run succeeded."""
-        return None if self.succeeded else self.refusal
+        return None if self.refusals.succeeded else self.refusals.last
 
     def _refused(self, exc: HttpStatusError) -> None:
         """A definitive no from static servers (403/404 for every series URL) stops the asking;
@@ -87,15 +82,9 @@ class BulkFetcher:
         if exc.retryable:
             log.warning("bulk retrieval refused: %s", exc)
             return
-        if self.succeeded:
+        if not self.refusals.refused(str(exc)):
             log.info("bulk retrieval refused (its instances one by one): %s", exc)
             return
-        self.refusals += 1
-        self.refusal = str(exc)
-        if self.refusals < REFUSALS_FOR_UNSUPPORTED:
-            log.info("bulk retrieval refused (its instances one by one): %s", exc)
-            return
-        self.unsupported = str(exc)
         log.warning("bulk retrieval refused: %s", exc)
 
     async def _fetch_once(
@@ -115,7 +104,7 @@ class BulkFetcher:
                 # per-instance retrieval is tried before anything is called fatal.
                 raise status_error(response, "bulk retrieval")
             check_identity_encoding(response, "bulk retrieval")
-            self.succeeded = True
+            self.refusals.success()
             sink = _PartSink(self.store, wanted, on_bytes, on_done)
 
             def on_event(event: Event) -> None:

@@ -16,7 +16,7 @@ import anyio
 import httpx
 
 from ..dicomweb.completeness import check_complete
-from ..dicomweb.media import MULTIPART_RELATED, parse_media_type
+from ..dicomweb.media import ANY_TRANSFER_SYNTAX, MULTIPART_RELATED, parse_media_type
 from ..dicomweb.multipart import Event, PartData, PartEnded, PartStarted
 from ..dicomweb.negotiate import Negotiator, Retrieval
 from ..dicomweb.verify import check_identity, keep_head, read_header
@@ -31,6 +31,7 @@ from ..model import Committed, InstanceRef
 from ..store.files import Store, TempFile
 from ..store.manifest import Digest
 from .parts import pour_parts
+from .refusals import REFUSALS_FOR_UNSUPPORTED, Refusals
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ ByteCounter = Callable[[int], None]
 # From this size on, the file is closed (its last pages flushed to the kernel) and checked on a
 # worker thread rather than on the event loop.
 LARGE_BODY = 1024 * 1024
+# A server that cannot transcode an instance to the transfer syntax asked for answers 500 at
+# every request (Orthanc: JPEG 2000, or 16-bit images asked as JPEG baseline; its body only says
+# "Error encountered within the plugin engine"). Asked in an explicit syntax, a 500 is tried this
+# many times in all, not --retries + 1: a hiccup passes, a transcode that cannot be done fails
+# in well under a second instead of after every backoff.
+TRANSCODE_ATTEMPTS = 3
 
 
 def status_error(response: httpx.Response, what: str) -> HttpStatusError:
@@ -136,15 +143,35 @@ class InstanceFetcher:
         self.policy = policy
         self.throttle = throttle
         self.rng = rng or random.Random()
+        # Instances the server answered 500 in the explicit transfer syntax asked for, until
+        # one came in it: the same verdict as for series/study retrieval (engine/refusals.py).
+        self.transcoding = Refusals()
 
     async def fetch(self, ref: InstanceRef, on_bytes: ByteCounter) -> Committed:
         """Download `ref` to its final path. Raises TransferError."""
         final = self.store.final_path(ref)
+        untranscoded = 0  # 500s to this instance asked in an explicit transfer syntax
+        attempts = min(TRANSCODE_ATTEMPTS, self.policy.retries + 1)
+
+        async def once(form: Retrieval) -> Committed:
+            nonlocal untranscoded
+            syntax = explicit_syntax(form)
+            if syntax is not None and self.transcoding.verdict is not None:
+                raise _not_transcoded(ref, syntax, self.transcoding.verdict, asked=False)
+            try:
+                return await self._fetch_once(ref, final, on_bytes, form)
+            except HttpStatusError as exc:
+                if syntax is None or exc.status_code != 500:
+                    raise
+                untranscoded += 1
+                if untranscoded < attempts:
+                    raise  # retried: it may be a hiccup
+                if self.transcoding.refused(exc.message):
+                    self._say_verdict(syntax)
+                raise _not_transcoded(ref, syntax, exc.message, asked=True) from exc
 
         async def attempt() -> Committed:
-            return await self.negotiator.run(
-                lambda form: self._fetch_once(ref, final, on_bytes, form)
-            )
+            return await self.negotiator.run(once)
 
         try:
             return await with_retries(
@@ -158,6 +185,16 @@ class InstanceFetcher:
             exc.sop_instance_uid = ref.sop_uid
             raise
 
+    def _say_verdict(self, syntax: str) -> None:
+        if self.transcoding.count == REFUSALS_FOR_UNSUPPORTED:  # once, as the verdict comes
+            log.warning(
+                "the server answered HTTP 500 to %d instances asked in transfer syntax %s and "
+                "sent none in it: the others are not asked; %s",
+                REFUSALS_FOR_UNSUPPORTED,
+                syntax,
+                TRANSCODE_HINT,
+            )
+
     async def _fetch_once(
         self, ref: InstanceRef, final: Path, on_bytes: ByteCounter, form: Retrieval
     ) -> Committed:
@@ -168,6 +205,8 @@ class InstanceFetcher:
             check_auth(response)
             if response.status_code != 200:
                 raise status_error(response, f"instance {ref.sop_uid}")
+            if explicit_syntax(form) is not None:
+                self.transcoding.success()  # the server can send instances in that syntax
             check_identity_encoding(response, f"instance {ref.sop_uid}")
             media = parse_media_type(response.headers.get("content-type", ""))
             with self.store.open_temp(final) as temp:
@@ -178,6 +217,37 @@ class InstanceFetcher:
                     await pour_body(response, writer.write)
                     writer.check_length(_content_length(response), "Content-Length")
                 return await writer.verify_and_commit()
+
+
+TRANSCODE_HINT = "ask for --transfer-syntax '*' (as stored) or another one"
+
+
+def explicit_syntax(form: Retrieval) -> str | None:
+    """The transfer syntax `form` asks the server to transcode to, if it names one."""
+    syntax = form.transfer_syntax
+    return None if syntax in (None, ANY_TRANSFER_SYNTAX) else syntax
+
+
+def _not_transcoded(ref: InstanceRef, syntax: str, answer: str, *, asked: bool) -> HttpStatusError:
+    """The failure of an instance the server cannot send in `syntax`: no retry brings it."""
+    if asked:
+        why = f"the server could not send it in transfer syntax {syntax} ({_status_of(answer)})"
+    else:
+        why = (
+            f"not asked: the server could not send {REFUSALS_FOR_UNSUPPORTED} instances in "
+            f"transfer syntax {syntax} ({_status_of(answer)}) and sent none in it"
+        )
+    return HttpStatusError(
+        f"instance {ref.sop_uid}: {why}; {TRANSCODE_HINT}",
+        status_code=500,
+        sop_instance_uid=ref.sop_uid,
+        retryable=False,
+    )
+
+
+def _status_of(message: str) -> str:
+    """`HTTP 500 Internal Server Error` out of a status error's message."""
+    return message[message.rfind("HTTP ") :] if "HTTP " in message else message
 
 
 async def _write_single_part_of_multipart(response: httpx.Response, writer: BodyWriter) -> None:

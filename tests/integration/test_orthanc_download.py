@@ -7,6 +7,7 @@ the bytes Orthanc stored (its REST `GET /instances/{id}/file`).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import Counter
@@ -342,3 +343,92 @@ def test_study_mode_narrowed_to_a_series_fetches_only_that_series(
     assert summary["instances"]["downloaded"] == len(series) == 20
     assert "was not asked for; dropped" not in log_file.read_text()
     assert_byte_exact(series, tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def sixteen_bit_study(
+    orthanc: OrthancServer, loaded: list[StoredInstance], tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A study of 40 CT images of 16 bits, which Orthanc cannot transcode to JPEG baseline
+    (after `loaded`, so its reset leaves them)."""
+    spec = SynthSpec(studies=1, series=1, instances=40, size=4096, seed=91)
+    written = generate(tmp_path_factory.mktemp("sixteen-bit-for-orthanc"), spec)
+    for instance in written:
+        orthanc.upload(instance.path)
+    return written[0].study_uid
+
+
+def transcode_failures(orthanc: OrthancServer) -> int:
+    """Requests Orthanc failed to transcode so far (its log has a line for each)."""
+    return orthanc.log_path.read_text(errors="replace").count("Cannot transcode image")
+
+
+def test_a_transfer_syntax_orthanc_cannot_make_fails_the_study_fast(
+    tmp_path: Path, orthanc: OrthancServer, sixteen_bit_study: str
+) -> None:
+    """Orthanc answers 500 to every 16-bit image asked as JPEG baseline: three instances
+    that fail so, and none sent in it, and the others are not asked."""
+    before = transcode_failures(orthanc)
+    out = tmp_path / "out"
+
+    done = run_installed(
+        "download", sixteen_bit_study, "--url", orthanc.dicomweb_url, "-o", str(out), "--json",
+        "--transfer-syntax", "1.2.840.10008.1.2.4.50", "--concurrency", "4",
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["instances"]["failed"] == 40
+    reasons = [f["reason"] for f in summary["failures"]]
+    assert all("transfer syntax 1.2.840.10008.1.2.4.50 (HTTP 500" in r for r in reasons), reasons
+    assert all("ask for --transfer-syntax '*' (as stored) or another one" in r for r in reasons)
+    # The third instance to fail leaves at most 3 more in flight (--concurrency 4); every
+    # instance after them fails without a request.
+    assert sum(": not asked: " in r for r in reasons) >= 40 - 7
+    # At most three attempts at each of those 7 instances.
+    assert transcode_failures(orthanc) - before <= 21  # every instance 7 times: 280
+    assert not list(out.rglob("*.dcm"))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+
+
+def test_an_instance_orthanc_cannot_transcode_fails_after_three_attempts(
+    tmp_path: Path, orthanc: OrthancServer, loaded: list[StoredInstance]
+) -> None:
+    """Orthanc (Debian's build) cannot decode JPEG 2000: asked as Explicit VR Little Endian,
+    that instance fails after three attempts and says why; one it can send comes."""
+    import pydicom
+
+    sop_counts = Counter(s.sop for s in loaded)
+
+    def syntax_of(data: bytes) -> str:
+        meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
+        return str(meta.get("TransferSyntaxUID", ""))
+
+    def stored_in(syntax: str) -> StoredInstance:
+        return next(s for s in loaded if sop_counts[s.sop] == 1 and syntax_of(s.data) == syntax)
+
+    jpeg2000, plain = stored_in("1.2.840.10008.1.2.4.91"), stored_in("1.2.840.10008.1.2.1")
+    listing = tmp_path / "two.csv"
+    listing.write_text(
+        "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID\n"
+        + "".join(f"{s.study},{s.series},{s.sop}\n" for s in (jpeg2000, plain))
+    )
+    out = tmp_path / "out"
+
+    done = run_installed(
+        "download", "--from-file", str(listing), "--url", orthanc.dicomweb_url, "-o", str(out),
+        "--json", "--transfer-syntax", "1.2.840.10008.1.2.1", "--concurrency", "1",
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["instances"]["downloaded"] == 1
+    [failure] = summary["failures"]
+    assert failure["sop_instance_uid"] == jpeg2000.sop
+    assert "could not send it in transfer syntax 1.2.840.10008.1.2.1 (HTTP 500" in failure["reason"]
+    assert "ask for --transfer-syntax '*' (as stored)" in failure["reason"]
+    assert failure["reason"].endswith("(after 3 attempts)")
+    assert summary["retried"] == 2  # not --retries' 6
+    assert (out / plain.study / plain.series / f"{plain.sop}.dcm").read_bytes() == plain.data
+    assert not (out / jpeg2000.study / jpeg2000.series / f"{jpeg2000.sop}.dcm").exists()
