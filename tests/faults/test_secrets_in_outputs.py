@@ -300,12 +300,14 @@ def test_a_header_without_its_colon_is_not_echoed(tmp_path: Path, header: str) -
 
 def _echoing(request: httpx.Request) -> httpx.Response:
     """A refusal whose reason phrase repeats what the request carried: its Authorization
-    (and a Basic one decoded), its X-Api-Key and its query, as some gateways' errors do."""
+    (and a Basic one decoded, and its user name), its X-Api-Key and its query, as some
+    gateways' errors do."""
     authorization = request.headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
     decoded = base64.b64decode(credentials).decode() if scheme == "Basic" else ""
     echoed = (
-        f"Refused {authorization} ({decoded}) key {request.headers.get('x-api-key', '')} "
+        f"Refused {authorization} ({decoded}) user {decoded.partition(':')[0]} "
+        f"key {request.headers.get('x-api-key', '')} "
         f"for {request.url.query.decode()} at {request.url.netloc.decode()}"
     )
     return httpx.Response(500, extensions={"reason_phrase": echoed.encode()})
@@ -316,15 +318,20 @@ def _echoing(request: httpx.Request) -> httpx.Response:
     [
         ("--token", SECRET, "--header", f"X-Api-Key: {SECRET}-key"),
         ("--user", "bob", "--password", SECRET),
+        ("--url-user", f"{SECRET}-as-user"),
     ],
-    ids=["token-and-header", "basic"],
+    ids=["token-and-header", "basic", "token-as-url-user"],
 )
 def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
     scripted: Routes, tmp_path: Path, credentials: tuple[str, ...]
 ) -> None:
     """A server may answer a refusal with a reason phrase that repeats the request's
     credentials or query: the failure lines, --json, --report and --log-file show the rest of
-    it with each secret masked (they showed the token, the key and the password as sent)."""
+    it with each secret masked (they showed the token, the key and the password as sent, and
+    a token given as the URL's user name where the phrase named the user alone)."""
+    url = f"{scripted.base}?code={SECRET}-code"
+    if credentials[0] == "--url-user":  # https://<token>@host/..., GitHub-style
+        url, credentials = url.replace("://", f"://{credentials[1]}@"), ()
     series, sops = f"{STUDY}.5", [f"{STUDY}.5.{i}" for i in (1, 2)]
     base = f"/dicomweb/studies/{STUDY}/series"
     scripted.get(f"/dicomweb/studies/{STUDY}/instances").mock(return_value=httpx.Response(400))
@@ -336,7 +343,7 @@ def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
     scripted.get(f"{base}/{series}/instances/", prefix=True).mock(side_effect=_echoing)
     report, log = tmp_path / "report.jsonl", tmp_path / "run.log"
     result = run_installed(
-        "download", STUDY, "--url", f"{scripted.base}?code={SECRET}-code", *credentials,
+        "download", STUDY, "--url", url, *credentials,
         "-o", str(tmp_path / "out"), "--http", "1.1", "--retries", "0", "--json",
         "--report", str(report), "--log-file", str(log), "-v",
     )  # fmt: skip
