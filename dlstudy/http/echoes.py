@@ -37,8 +37,10 @@ def mask_echoed(
     text: bytes, url: str, headers: list[tuple[bytes, bytes]], proxy: str | None = None
 ) -> bytes:
     """`text` (a server's words) with every secret the request to `url` carried masked: its
-    header values, their credentials alone (`Bearer X`: X; a Basic one's password, decoded),
-    its query values (but paging and matching keys), and the password of its `proxy`."""
+    header values, their credentials alone (`Bearer X`: X; a Basic one's user and password,
+    decoded), its query values (but paging and matching keys), and the user and password of
+    its `proxy`. The user name is one too: many services take a token as the user name
+    (`https://<token>@host`), and urls.py never shows it either."""
     if len(text) < MIN_SECRET_LENGTH:
         return text
     secrets = set(_header_secrets(headers)) | set(_url_secrets(url))
@@ -64,20 +66,21 @@ def _header_secrets(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
 
 
 def _basic_secrets(credentials: bytes) -> list[bytes]:
-    """The decoded `user:password` of a Basic credential, and its password alone."""
+    """The decoded `user:password` of a Basic credential, and its user and password alone."""
     try:
         decoded = base64.b64decode(credentials, validate=True)
     except (binascii.Error, ValueError):
         return []
-    return [decoded, decoded.partition(b":")[2]]
+    user, _, password = decoded.partition(b":")
+    return [decoded, user, password]
 
 
 def _url_secrets(url: str) -> list[bytes]:
-    """The password in `url` and the values of its query that are not shown (urls.py), as
-    written and decoded."""
+    """The user and password in `url` and the values of its query that are not shown
+    (urls.py), as written and decoded."""
     try:
         parts = urlsplit(url)
-        written = [parts.password or ""]
+        written = [parts.username or "", parts.password or ""]
     except ValueError:  # an IPv6 literal without its ']': no request went to it
         return []
     for item in parts.query.split("&"):

@@ -75,7 +75,7 @@ def split_base_url(url: str) -> tuple[str, str | None, str | None]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any userinfo password and every query value that is not known to be
+    """The URL with its userinfo, user name too, and every query value that is not known to be
     harmless (is_shown_query_key) replaced by ***, and so the fragment's (an OAuth implicit
     grant's `#access_token=...`). A malformed URL (no scheme, one slash, a bad port or IPv6
     literal) is masked as loosely as needed: a `user:password@` anywhere in it."""
@@ -86,14 +86,20 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+        netloc = f"{_masked_userinfo(userinfo)}@{hostport}"
     elif "@" in url and (
         not netloc or "@" in parts.path or not _has_valid_port(parts) or _password_cut_short(parts)
     ):
         return _redact_loosely(url)  # a userinfo urlsplit did not see as one ("a:p/q@host")
     query, fragment = _redact_query(parts.query), _redact_query(parts.fragment)
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _masked_userinfo(userinfo: str) -> str:
+    """`***` for a user name alone, `***:***` for a user and password. The user name is no
+    safer to show than the password: many services take a token as the user name
+    (`https://<token>@host`, `<token>:x-oauth-basic`), and the user typed it anyway."""
+    return "***:***" if ":" in userinfo else "***"
 
 
 def _password_cut_short(parts: SplitResult) -> bool:
@@ -118,15 +124,14 @@ _SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
 
 
 def _redact_loosely(url: str) -> str:
-    """`url` with whatever stands between the first `:` of a userinfo and its last `@` masked
-    (a password may hold any character), and the query's values as in redact_url. It masks
+    """`url` with whatever stands between its scheme and its last `@` masked as a userinfo (a
+    password may hold any character), and the query's values as in redact_url. It masks
     too much rather than too little: it is for URLs that do not parse as written."""
     head, at, tail = url.rpartition("@")
     if at:
         prefix = _SCHEME_PREFIX.match(head)
         start = prefix.end() if prefix else 0
-        user, colon, _ = head[start:].partition(":")
-        url = f"{head[:start]}{user}{':***' if colon else ''}@{tail}"
+        url = f"{head[:start]}{_masked_userinfo(head[start:])}@{tail}"
     url, hash_mark, fragment = url.partition("#")
     base, mark, query = url.partition("?")
     return f"{base}{mark}{_redact_query(query)}{hash_mark}{_redact_query(fragment)}"

@@ -104,6 +104,68 @@ def test_no_secret_reaches_any_output(
     assert code == 3
 
 
+USER_TOKEN = "ghp_usertok3n5ecret"
+
+
+def scan_for(token: str, tmp_path: Path, name: str, *args: str) -> tuple[int, str, str]:
+    """Run `dlstudy ARGS -v [--log-file F]`; fail if `token` is in any output. Return the
+    exit code, stdout and stderr."""
+    log_file = tmp_path / f"{name}.log"
+    logged = ("--log-file", str(log_file)) if args[0] in ("download", "sync") else ()
+    result = run_installed(*args, "-v", *logged)
+    assert "Traceback" not in result.stderr, result.stderr
+    outputs = {"stdout": result.stdout, "stderr": result.stderr}
+    outputs["log"] = log_file.read_text() if log_file.exists() else ""
+    for where, text in outputs.items():
+        assert token not in text, f"{name}: the token is in {where}: {text}"
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("userinfo", [USER_TOKEN, f"{USER_TOKEN}:x-oauth-basic"])
+def test_a_token_given_as_the_urls_user_name_is_never_shown(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, userinfo: str
+) -> None:
+    """Many services take a token as the URL's user name (`https://<token>@host/...`). The
+    user name was shown as written wherever the URL was: --json's `url` of download, sync and
+    bench, and error lines (`cannot use proxy http://<token>@...`)."""
+    served = embedded_server(synth_study.root, fault_rate=0.3, fault_status=500)
+    url = served.replace("://", f"://{userinfo}@")
+    out = str(tmp_path / "out")
+    failing = ("--retries", "0", "--mode", "instance", "--json")
+
+    code, stdout, _ = scan_for(
+        USER_TOKEN, tmp_path, "download", "download", synth_study.study_uid, "--url", url,
+        "-o", out, *failing,
+    )  # fmt: skip
+    assert code == 1 and json.loads(stdout)["url"].startswith("http://***"), stdout
+    code, _, _ = scan_for(
+        USER_TOKEN, tmp_path, "json log", "download", synth_study.study_uid, "--url", url,
+        "-o", out, *failing, "--log-format", "json",
+    )  # fmt: skip
+    assert code in (0, 1)
+    code, stdout, _ = scan_for(USER_TOKEN, tmp_path, "query", "query", "--url", url, "--json")
+    assert code == 0 and synth_study.study_uid in stdout
+    code, stdout, _ = scan_for(
+        USER_TOKEN, tmp_path, "sync", "sync", "--url", url, "-o", out, "--json", "--retries", "9"
+    )
+    assert code == 0 and json.loads(stdout)["url"].startswith("http://***"), stdout
+    code, stdout, _ = scan_for(
+        USER_TOKEN, tmp_path, "bench", "bench", synth_study.study_uid, "--url", url,
+        "-c", "2", "--repeat", "1", "--json",
+    )  # fmt: skip
+    assert json.loads(stdout)["url"].startswith("http://***"), stdout
+
+    proxy = f"http://{userinfo}@127.0.0.1:9"
+    code, _, stderr = scan_for(
+        USER_TOKEN, tmp_path, "dead proxy", "download", synth_study.study_uid, "--url", served,
+        "-o", str(tmp_path / "elsewhere"), "--proxy", proxy,
+    )  # fmt: skip
+    assert code == 3 and "cannot use proxy http://***" in stderr, stderr
+    refused = f"http://{userinfo}@127.0.0.1:9/dicomweb"
+    code, _, _ = scan_for(USER_TOKEN, tmp_path, "refused", "query", "--url", refused)
+    assert code == 3
+
+
 SECRET = "S3CRET-never-shown"
 
 
@@ -153,7 +215,7 @@ def test_a_malformed_url_is_shown_without_its_password(
     tmp_path: Path, command: tuple[str, ...], url: str
 ) -> None:
     line = scan_error_run(tmp_path, *command, "--url", url)
-    assert "bob:***@" in line
+    assert "***:***@127.0.0.1:9" in line and "bob" not in line, line
 
 
 @pytest.mark.parametrize("command", [("query",), ("sync",), ("download", "1.2.3")])
@@ -170,17 +232,17 @@ def test_a_password_with_a_hash_or_question_mark_is_not_read_as_a_port(
         ("--url", url) if option == "--url" else ("--url", "http://127.0.0.1:9/dw", "--proxy", url)
     )
     line = scan_error_run(tmp_path, *command, *given)
-    assert "4711" not in line and "bob:***@127.0.0.1:9" in line, line
+    assert "4711" not in line and "***:***@127.0.0.1:9" in line, line
     assert "has a '#' or '?' in its user or password: write it percent-encoded (%23, %3F)" in line
 
 
 @pytest.mark.parametrize(
     ("given", "env", "where"),
     [
-        (("--proxy", f"http://u:{SECRET}@127.0.0.1:9299x"), None, "--proxy http://u:***@"),
-        ((), {"HTTP_PROXY": f"http://u:{SECRET}@127.0.0.1:99999"}, "$HTTP_PROXY http://u:***@"),
-        ((), {"http_proxy": f"http://u:{SECRET}@127 .0.0.1:9"}, "$HTTP_PROXY http://u:***@"),
-        ((), {"ALL_PROXY": f"socks5h://u:{SECRET}@127.0.0.1:x"}, "$ALL_PROXY socks5h://u:***@"),
+        (("--proxy", f"http://u:{SECRET}@127.0.0.1:9299x"), None, "--proxy http://***:***@"),
+        ((), {"HTTP_PROXY": f"http://u:{SECRET}@127.0.0.1:99999"}, "$HTTP_PROXY http://***:***@"),
+        ((), {"http_proxy": f"http://u:{SECRET}@127 .0.0.1:9"}, "$HTTP_PROXY http://***:***@"),
+        ((), {"ALL_PROXY": f"socks5h://u:{SECRET}@127.0.0.1:x"}, "$ALL_PROXY socks5h://***:***@"),
     ],
 )
 @pytest.mark.parametrize("command", [("query",), ("sync",)])
@@ -206,7 +268,7 @@ def test_libcurls_words_about_a_proxy_are_redacted(tmp_path: Path) -> None:
     proxy = f"http://u:{SECRET}@127.0.0.1:9299x"
     with pytest.raises(DlstudyError) as caught:
         dlstudy.download(["1.2.3"], "http://127.0.0.1:9/dw", output=tmp_path, proxy=proxy)
-    assert "Unsupported proxy syntax in 'http://u:***@127.0.0.1:9299x'" in str(caught.value)
+    assert "Unsupported proxy syntax in 'http://***:***@127.0.0.1:9299x'" in str(caught.value)
     assert SECRET not in str(caught.value)
 
 
@@ -238,12 +300,14 @@ def test_a_header_without_its_colon_is_not_echoed(tmp_path: Path, header: str) -
 
 def _echoing(request: httpx.Request) -> httpx.Response:
     """A refusal whose reason phrase repeats what the request carried: its Authorization
-    (and a Basic one decoded), its X-Api-Key and its query, as some gateways' errors do."""
+    (and a Basic one decoded, and its user name), its X-Api-Key and its query, as some
+    gateways' errors do."""
     authorization = request.headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
     decoded = base64.b64decode(credentials).decode() if scheme == "Basic" else ""
     echoed = (
-        f"Refused {authorization} ({decoded}) key {request.headers.get('x-api-key', '')} "
+        f"Refused {authorization} ({decoded}) user {decoded.partition(':')[0]} "
+        f"key {request.headers.get('x-api-key', '')} "
         f"for {request.url.query.decode()} at {request.url.netloc.decode()}"
     )
     return httpx.Response(500, extensions={"reason_phrase": echoed.encode()})
@@ -254,15 +318,20 @@ def _echoing(request: httpx.Request) -> httpx.Response:
     [
         ("--token", SECRET, "--header", f"X-Api-Key: {SECRET}-key"),
         ("--user", "bob", "--password", SECRET),
+        ("--url-user", f"{SECRET}-as-user"),
     ],
-    ids=["token-and-header", "basic"],
+    ids=["token-and-header", "basic", "token-as-url-user"],
 )
 def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
     scripted: Routes, tmp_path: Path, credentials: tuple[str, ...]
 ) -> None:
     """A server may answer a refusal with a reason phrase that repeats the request's
     credentials or query: the failure lines, --json, --report and --log-file show the rest of
-    it with each secret masked (they showed the token, the key and the password as sent)."""
+    it with each secret masked (they showed the token, the key and the password as sent, and
+    a token given as the URL's user name where the phrase named the user alone)."""
+    url = f"{scripted.base}?code={SECRET}-code"
+    if credentials[0] == "--url-user":  # https://<token>@host/..., GitHub-style
+        url, credentials = url.replace("://", f"://{credentials[1]}@"), ()
     series, sops = f"{STUDY}.5", [f"{STUDY}.5.{i}" for i in (1, 2)]
     base = f"/dicomweb/studies/{STUDY}/series"
     scripted.get(f"/dicomweb/studies/{STUDY}/instances").mock(return_value=httpx.Response(400))
@@ -274,7 +343,7 @@ def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
     scripted.get(f"{base}/{series}/instances/", prefix=True).mock(side_effect=_echoing)
     report, log = tmp_path / "report.jsonl", tmp_path / "run.log"
     result = run_installed(
-        "download", STUDY, "--url", f"{scripted.base}?code={SECRET}-code", *credentials,
+        "download", STUDY, "--url", url, *credentials,
         "-o", str(tmp_path / "out"), "--http", "1.1", "--retries", "0", "--json",
         "--report", str(report), "--log-file", str(log), "-v",
     )  # fmt: skip

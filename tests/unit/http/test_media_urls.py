@@ -74,11 +74,25 @@ def test_split_base_url_strips_userinfo_and_trailing_slash() -> None:
     )
 
 
-def test_redact_url_hides_passwords_and_secret_query_values() -> None:
+def test_redact_url_hides_userinfo_and_secret_query_values() -> None:
     shown = redact_url("https://bob:hunter2@host/x?token=abc&limit=5&API_KEY=zz")
     assert "hunter2" not in shown and "abc" not in shown and "zz" not in shown
-    assert shown == "https://bob:***@host/x?token=***&limit=5&API_KEY=***"
+    assert shown == "https://***:***@host/x?token=***&limit=5&API_KEY=***"
     assert redact_url("http://host/x") == "http://host/x"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://ghp_tok3n@host/dw", "https://***@host/dw"),
+        ("https://ghp_tok3n:x-oauth-basic@host/dw", "https://***:***@host/dw"),
+        ("https://ghp_tok3n:@host/dw", "https://***:***@host/dw"),
+        ("http://ghp_tok3n@host:99999/dw", "http://***@host:99999/dw"),  # loosely
+    ],
+)
+def test_redact_url_hides_a_token_given_as_the_user_name(url: str, shown: str) -> None:
+    """Many services take a token as the URL's user name: it is masked as a password is."""
+    assert redact_url(url) == shown
 
 
 def test_every_query_value_is_masked_unless_known_harmless() -> None:
@@ -112,11 +126,11 @@ def test_instance_url() -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("bob:pw@host:9/dw", "bob:***@host:9/dw"),  # no scheme: urlsplit takes bob: for one
-        ("http:/bob:pw@host/dw", "http:/bob:***@host/dw"),  # one slash: no authority
-        ("http://bob:p/w@host/dw", "http://bob:***@host/dw"),  # a slash in the password
-        ("http://bob:p?w@host/dw?token=t", "http://bob:***@host/dw?token=***"),
-        ("http://bob:pw@host:99999/dw", "http://bob:***@host:99999/dw"),  # port out of range
+        ("bob:pw@host:9/dw", "***:***@host:9/dw"),  # no scheme: urlsplit takes bob: for one
+        ("http:/bob:pw@host/dw", "http:/***:***@host/dw"),  # one slash: no authority
+        ("http://bob:p/w@host/dw", "http://***:***@host/dw"),  # a slash in the password
+        ("http://bob:p?w@host/dw?token=t", "http://***:***@host/dw?token=***"),
+        ("http://bob:pw@host:99999/dw", "http://***:***@host:99999/dw"),  # port out of range
         ("http://[::1:9/dw?key=k", "http://[::1:9/dw?key=***"),  # urlsplit raises
         ("http://host:8042/dw?PatientName=a@b", "http://host:8042/dw?PatientName=a@b"),
     ],

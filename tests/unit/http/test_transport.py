@@ -62,7 +62,7 @@ def curl(exc: httpx.TransportError, code: int, message: str, **kw: object) -> Ba
         (
             curl(httpx.ProxyError("x"), 7, "Could not connect", proxy="http://u:***@proxy:3128"),
             ConnectError,
-            "cannot use proxy http://u:***@proxy:3128 for https://bob:***@pacs.test",
+            "cannot use proxy http://u:***@proxy:3128 for https://***:***@pacs.test",
         ),
         (httpx.ConnectTimeout("slow"), ConnectError, "timed out connecting"),
         (httpx.ReadTimeout("slow"), TransferError, "timed out waiting"),
