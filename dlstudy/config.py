@@ -37,8 +37,13 @@ FILE_NAME = "config.toml"
 APP_DIR = "dlstudy"
 # Keys that name a file or folder: `~` expanded, relative to the config file's folder.
 PATH_KEYS = frozenset(
-    {"output", "ca_bundle", "cert", "key", "log_file", "report", "db", "catalog", "from_catalog"}
+    {
+        *("output", "ca_bundle", "cert", "key", "log_file", "report", "from_file"),
+        *("db", "catalog", "from_catalog", "to", "chart", "keep"),
+    }
 )
+# A path key whose value is no path: `from-file = "-"` reads standard input.
+STDIN = "-"
 # Keys that name the environment variable holding a secret, and the option they fill.
 SECRET_ENV_KEYS = {"token_env": "token", "password_env": "password"}
 _TOP_LEVEL = ("server", "defaults", "servers")
@@ -127,6 +132,8 @@ class Config:
     def _path(self, where: str, key: str, value: Any) -> str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} in {where} of {self.path} must be a path")
+        if value == STDIN:
+            return value
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else self.path.parent / path)
 

@@ -287,9 +287,8 @@ def pull_command(
             fail_usage("catalog pull takes one --modality (a catalog is one selection)")
         settings = settings_from(ctx, ignore={"modality"})  # a search filter here
         settings = replace(settings, qido_page_size=page_size)
-        pulled = _pull(
-            db, settings, query, PullPlan(level, walk, recent, full, archive_moved), json_output
-        )
+        plan = PullPlan(level, walk, recent, full, archive_moved)
+        pulled = _pull(db, settings, query, plan, json_output=json_output, quiet=quiet)
     _print_pull(pulled, json_output=json_output, quiet=quiet)
 
 
@@ -303,7 +302,13 @@ class PullPlan:
 
 
 def _pull(
-    db: Path, settings: Settings, query: StudyQuery, plan: PullPlan, json_output: bool
+    db: Path,
+    settings: Settings,
+    query: StudyQuery,
+    plan: PullPlan,
+    *,
+    json_output: bool,
+    quiet: bool,
 ) -> PullSummary:
     """Run the pull. However it ends, --json prints one summary: a fatal error or an
     interruption with what the pull had recorded (the next pull resumes from it), its
@@ -340,7 +345,9 @@ def _pull(
 
     try:
         with exit_on_interrupt(
-            json_output=json_output, kept="the next catalog pull resumes where this one stopped"
+            json_output=json_output,
+            quiet=quiet,
+            kept="the next catalog pull resumes where this one stopped",
         ):
             try:
                 with writing(db):

@@ -128,14 +128,16 @@ def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) 
 def exit_on_interrupt(
     *,
     json_output: bool = False,
+    quiet: bool = False,
     kept: str = "completed instances are kept, rerun the same command to resume",
     before_run: Callable[[], Outcome] | None = None,
 ) -> Iterator[None]:
     """Ctrl-C exits 130 and SIGTERM 143, after in-flight transfers removed their temp files.
 
-    The summary of what was done so far is printed as for any other ending; `kept` says what
-    the stopped command leaves for the next one. `before_run` makes the summary of a command
-    stopped before its run began (reading its list, say): with --json, stdout still gets one.
+    The summary of what was done so far is printed as for any other ending (its line not under
+    --quiet, which leaves only errors on stderr); `kept` says what the stopped command leaves
+    for the next one. `before_run` makes the summary of a command stopped before its run began
+    (reading its list, say): with --json, stdout still gets one.
     """
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -163,7 +165,7 @@ def exit_on_interrupt(
             summary.error = "terminated" if terminated else "interrupted"
             if json_output:
                 echo_summary(summary)  # the status is the signal's
-            else:
+            elif not quiet:
                 typer.echo(printable(summary.one_line()), err=True)
         said = "terminated" if terminated else "interrupted"
         outcome.warning("%s", said)

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             error: DlstudyError | None = None
             # From here on a signal ends the command as an interrupt, the list still being
             # read included (`make-list | dlstudy download --from-file -`).
-            with exit_on_interrupt(json_output=json_output, before_run=failed):
+            with exit_on_interrupt(json_output=json_output, quiet=quiet, before_run=failed):
                 repeats = Repeats()
                 wanted: list[str | CohortItem] = [*unique_arguments(study_uids or [], repeats)]
                 if from_file is not None:

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
             json_output, quiet = options["json_output"], options["quiet"]
             summary: Summary | None = None
             error: DlstudyError | None = None
-            with exit_on_interrupt(json_output=json_output, before_run=failed):
+            with exit_on_interrupt(json_output=json_output, quiet=quiet, before_run=failed):
                 query = study_query(options)
                 check_where(where, catalog, "--catalog")
                 chosen_shard = shard_option(shard)

@@ -365,3 +365,43 @@ def test_catalog_pull_without_a_db_anywhere_is_a_usage_error(tmp_path: Path) -> 
         "Missing option '--db' (or DLSTUDY_DB, or db in the config file). "
         "(see 'dlstudy catalog pull --help')"
     ) in result.stderr
+
+
+@pytest.mark.parametrize("key", ["from-file", "to", "chart", "keep"])
+def test_every_path_key_is_relative_to_the_config_files_folder(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, key: str
+) -> None:
+    """`from-file`, `catalog export`'s `to` and `bench`'s `chart` and `keep` are paths like
+    `output` or `db`: relative to the config file's folder, as usage.md says, not to wherever
+    the command runs."""
+    url = embedded_server(synth_study.root)
+    folder, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write(folder / "cohort.txt", synth_study.study_uid + "\n")
+    names = {"from-file": "cohort.txt", "to": "studies.csv", "chart": "b.svg", "keep": "kept"}
+    config = write(
+        folder / "c.toml",
+        f"[defaults]\nurl = '{url}'\ndb = 'pacs.duckdb'\noutput = 'out'\n{key} = '{names[key]}'\n",
+    )
+    bench = ["bench", synth_study.study_uid, "--repeat", "1", "-c", "1", "--http", "1.1"]
+    commands = {
+        "from-file": [["download", "--quiet"]],
+        "to": [["catalog", "pull", "--quiet"], ["catalog", "export"]],
+        "chart": [[*bench, "--strategy", "study"]],
+        "keep": [[*bench, "--strategy", "study"]],
+    }[key]
+    for args in commands:
+        result = run_installed(*args, "--config", str(config), cwd=elsewhere)
+        assert result.returncode == 0, result.stderr
+    assert list(elsewhere.iterdir()) == []
+    if key == "from-file":
+        assert len(list((folder / "out").rglob("*.dcm"))) == len(synth_study.instances)
+    else:
+        assert (folder / names[key]).exists()
+
+
+def test_from_file_dash_in_the_config_file_still_reads_standard_input(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.toml", "[defaults]\nfrom-file = '-'\n")
+    result = run_installed("download", "--config", str(config), "--url", "http://127.0.0.1:9/x")
+    assert result.returncode == 2
+    assert "--from-file - names no study" in result.stderr, result.stderr

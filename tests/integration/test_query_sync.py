@@ -28,6 +28,7 @@ from ..cli_helpers import (
     run_cli,
     run_installed,
     run_on_a_terminal,
+    start_installed,
     summary_of,
 )
 from ..fixtures.embedded_server import SeenRequests, StartServer
@@ -760,3 +761,35 @@ def test_a_terminated_sync_ends_its_json_log_with_the_run_summary(
     ends = [e for e in events if e["event"] == "run_summary"]
     assert len(ends) == 1, events[-3:]
     assert (ends[0]["error"], ends[0]["exit_status"]) == ("terminated", 143)
+
+
+@pytest.mark.parametrize("command", ["download", "sync", "catalog pull"])
+def test_quiet_keeps_the_summary_line_off_stderr_when_stopped(
+    command: str, embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """--quiet leaves only errors on stderr (cron mails nothing else): a run stopped by SIGTERM
+    says only that it was, as one that ends prints no summary line under --quiet."""
+    import signal
+    import time
+
+    root = tmp_path / "src"
+    study = generate(root, SynthSpec(studies=3, series=2, instances=30, size=4096, seed=5))[0]
+    slow = embedded_server(root, latency=0.1)
+    out, db = tmp_path / "out", tmp_path / "pacs.duckdb"
+    args = {
+        "download": ["download", study.study_uid, "-o", str(out), "-c", "1"],
+        "sync": ["sync", "-o", str(out), "-c", "1"],
+        "catalog pull": ["catalog", "pull", "--db", str(db), "--page-size", "1"],
+    }[command]
+    run = start_installed(*args, "--url", slow, "-q")
+    started = (
+        (lambda: db.exists()) if command == "catalog pull" else (lambda: any(out.rglob("*.dcm")))
+    )
+    deadline = time.monotonic() + 60
+    while not started() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGTERM)
+    output, _ = run.communicate(timeout=60)
+    assert run.returncode == 143, output
+    assert output.splitlines() == [output.splitlines()[-1]], output
+    assert output.startswith("dlstudy: error: terminated; "), output
