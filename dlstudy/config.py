@@ -38,8 +38,19 @@ APP_DIR = "dlstudy"
 # Keys that name a file or folder: `~` expanded, relative to the config file's folder.
 PATH_KEYS = frozenset(
     {
-        *("output", "ca_bundle", "cert", "key", "log_file", "report", "from_file"),
-        *("db", "catalog", "from_catalog", "to", "chart", "keep"),
+        "output",
+        "ca_bundle",
+        "cert",
+        "key",
+        "log_file",
+        "report",
+        "from_file",
+        "db",
+        "catalog",
+        "from_catalog",
+        "to",
+        "chart",
+        "keep",
     }
 )
 # A path key whose value is no path: `from-file = "-"` reads standard input.
