@@ -541,6 +541,32 @@ def test_the_chart_says_what_failed_and_how_many_runs_it_shows(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_transfers_open_their_own_connections_in_every_cell(
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    concurrency: int,
+) -> None:
+    """The timed transfers reused the listing's connections (one per series searched at
+    once), so a cell at concurrency 1 paid no connection set-up in its time and one at 16
+    paid 14: the cost of connecting weighed on some cells only. Every transfer now goes over
+    a connection no QIDO search used, and a cell opens `concurrency` of them."""
+    url = embedded_server(synth_study.root)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "single-part",
+        "-c", str(concurrency), "--http", "1.1", "--repeat", "1", "--limit", "12", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    searches = {
+        peer for path, peer in seen_requests.peers if path.endswith(("/series", "/instances"))
+    }
+    transfers = {peer for path, peer in seen_requests.peers if "/instances/" in path}
+    assert searches and transfers and not searches & transfers, (searches, transfers)
+    assert len(transfers) == concurrency
+
+
+@pytest.mark.integration
 def test_a_run_with_failures_is_not_in_the_speed_median(
     synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
