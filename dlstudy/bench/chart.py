@@ -124,8 +124,8 @@ def render_svg(report: BenchReport) -> str:
 
 def _runs(rows: Sequence[Row], repeat: int) -> str:
     """How many runs the points are over: fewer than asked when the bench was stopped, or
-    when every request of a run failed."""
-    counts = {len(row.measured) for row in rows if not row.unsupported} or {repeat}
+    when a request of a run failed."""
+    counts = {len(row.complete) for row in rows if not row.unsupported} or {repeat}
     asked = f"{repeat} run{'s' if repeat != 1 else ''} per cell"
     if counts == {repeat}:
         return asked

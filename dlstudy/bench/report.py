@@ -93,6 +93,13 @@ class CellResult:
         return self.ran and self.unsupported is None and self.seconds > 0 and self.instances > 0
 
     @property
+    def complete(self) -> bool:
+        """A speed comparable with the others: every request of the run succeeded. A run with
+        failures fetched less than the cell asked (a server shedding load with fast 429s looks
+        as fast as one serving everything), so it is no sample of the cell's speed."""
+        return self.measured and self.failures == 0
+
+    @property
     def mb_per_s(self) -> float:
         return self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
@@ -116,6 +123,7 @@ class CellResult:
             "failures": self.failures,
             # None, not 0, for a run that measured no speed (every request failed, unsupported,
             # not run): as in its row, no "0 MB/s" to be averaged with the others.
+            "complete": self.complete,
             "mb_per_s": round(self.mb_per_s, 3) if self.measured else None,
             "instances_per_s": round(self.instances_per_s, 3) if self.measured else None,
             "http_version": self.http_version,
@@ -134,7 +142,13 @@ class Row:
 
     @property
     def measured(self) -> list[CellResult]:
+        """The runs where something arrived: their requests' times to first byte count."""
         return [run for run in self.runs if run.measured]
+
+    @property
+    def complete(self) -> list[CellResult]:
+        """The runs the speeds are over: those whose every request succeeded."""
+        return [run for run in self.runs if run.complete]
 
     @property
     def unsupported(self) -> str | None:
@@ -159,10 +173,10 @@ class Row:
         return "ok"
 
     def mb_per_s(self) -> dict[str, float | None]:
-        return _spread([run.mb_per_s for run in self.measured])
+        return _spread([run.mb_per_s for run in self.complete])
 
     def instances_per_s(self) -> dict[str, float | None]:
-        return _spread([run.instances_per_s for run in self.measured], digits=2)
+        return _spread([run.instances_per_s for run in self.complete], digits=2)
 
     def totals(self) -> dict[str, int]:
         """Sums over every run of the cell that ran (each run's own are in `runs`)."""
@@ -182,7 +196,7 @@ class Row:
         return _ms_percentiles([t for run in self.runs for t in run.qido])
 
     def as_dict(self) -> dict[str, Any]:
-        measured = self.measured
+        complete = self.complete
         return {
             "strategy": self.strategy,
             "concurrency": self.concurrency,
@@ -190,10 +204,10 @@ class Row:
             "status": self.status,
             "accept": next((run.accept for run in self.runs if run.accept), None),
             "http_version": next((r.http_version for r in self.runs if r.http_version), None),
-            "repeats": len(measured),
+            "repeats": len(complete),
             "mb_per_s": self.mb_per_s(),
             "instances_per_s": self.instances_per_s(),
-            "seconds": _spread([run.seconds for run in measured], digits=6),
+            "seconds": _spread([run.seconds for run in complete], digits=6),
             "totals": self.totals(),
             "ttfb_ms": self.ttfb_ms(),
             "qido_ms": self.qido_ms(),

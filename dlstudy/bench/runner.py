@@ -9,16 +9,16 @@ spreads over all cells instead of favouring the first). Strategies:
     series               one multipart request per series
     study                one multipart request for the whole study (concurrency 1 only)
 
-Every run of a cell is a fresh `Transport` (new connections, as a new `dlstudy download` would
-have), resolves the study with QIDO-RS (each request's latency is recorded), then times the
-transfers alone: wall time, payload bytes, instances, and per request the time to first byte
-(from sending the request to having the response headers). Nothing ever has more requests in
-flight than the cell's concurrency: transfers run in a pool of exactly that many workers, the
-QIDO phase uses at most that many too, and a gauge around every request proves it
-(`max_in_flight`). There are no retries: a benchmark reports what the server does. A server
-refusing connections is connected to again for `timeout` seconds, as download does; a request
-still refused fails, and a server still refusing `timeout` seconds later is gone: the bench
-stops (ConnectError) instead of failing every request left, one `timeout` each.
+Every run of a cell resolves the study with QIDO-RS on a fresh `Transport` (each request's
+latency is recorded), closes it, then times the transfers alone on another fresh one (every cell
+opens its connections inside the timed window alike): wall time, payload bytes, instances, and
+per request the time to first byte (from sending the request to having the response headers).
+Nothing ever has more requests in flight than the cell's concurrency: transfers run in a pool of
+exactly that many workers, the QIDO phase uses at most that many too, and a gauge around every
+request proves it (`max_in_flight`). There are no retries: a benchmark reports what the server
+does. A server refusing connections is connected to again for `timeout` seconds, as download
+does; a request still refused fails, and a server still refusing `timeout` seconds later is
+gone: the bench stops (ConnectError) instead of failing every request left, one `timeout` each.
 
 Bytes are counted and dropped unless `keep` names a folder: then each instance is written raw
 to `keep/<SOPInstanceUID>.dcm` (temp file, atomic rename). A strategy the server refuses on its
@@ -310,12 +310,12 @@ class _Bench:
     async def _run_cell(self, result: CellResult) -> None:
         gauge = Gauge()
         http: HttpVersion = "2" if result.http == "2" else "1.1"
+        refs = await self._listing(http, result, gauge)
+        # The transfers get their own client, so every cell opens all its connections inside
+        # the timed window alike: on the listing's (as many as its searches had at once, up to
+        # 4 as the study's series allow) concurrency 1 would pay no connection set-up, 16 twelve.
         transport = self._transport(http, result.concurrency, gauge, result.qido)
         try:
-            try:
-                refs = await self._resolve(transport, result.concurrency)
-            except ConnectError as exc:  # refused for --timeout seconds: gone for good
-                raise _gone(exc) from exc
             if self.report.instances_in_study is None:
                 self.report.instances_in_study = len(refs)
             work = refs[: self.plan.limit] if self.plan.limit else refs
@@ -333,6 +333,18 @@ class _Bench:
             result.max_in_flight = gauge.peak
             if negotiator.settled:
                 result.accept = negotiator.current.accept
+        finally:
+            await transport.aclose()
+
+    async def _listing(
+        self, http: HttpVersion, result: CellResult, gauge: Gauge
+    ) -> list[InstanceRef]:
+        """The run's QIDO phase, on a client of its own closed before the transfers start."""
+        transport = self._transport(http, result.concurrency, gauge, result.qido)
+        try:
+            return await self._resolve(transport, result.concurrency)
+        except ConnectError as exc:  # refused for --timeout seconds: gone for good
+            raise _gone(exc) from exc
         finally:
             await transport.aclose()
 

@@ -285,7 +285,10 @@ def _describe(result: CellResult) -> str:
     cell = f"{result.strategy} c={result.concurrency} HTTP/{result.http} run {result.repeat + 1}"
     if result.unsupported:
         return f"{cell}: {printable(result.unsupported)}"
-    failed = f", {result.failures} failed" if result.failures else ""
+    if not result.measured:  # no "0.0 MB/s": nothing arrived to measure
+        return f"{cell}: no instance arrived, {result.failures} failed"
+    # A run with failures fetched less than the others: its speed is not in the row's median.
+    failed = f", {result.failures} failed (not in the median)" if result.failures else ""
     return (
         f"{cell}: {result.mb_per_s:.1f} MB/s, {result.instances} instances "
         f"in {result.seconds:.2f} s{failed}"
@@ -316,8 +319,8 @@ def _cells(row: Row) -> list[str]:
     mb, inst, ttfb = row.mb_per_s(), row.instances_per_s(), row.ttfb_ms()
     spread = "-" if mb["min"] is None else f"{mb['min']:.1f}-{mb['max']:.1f}"
     # The runs the median is over: fewer than --repeat when the bench was stopped, or when a
-    # run's every request failed (it measured no speed).
-    runs = "-" if row.unsupported else str(len(row.measured))
+    # request of a run failed (it fetched less than the others: no sample of the speed).
+    runs = "-" if row.unsupported else str(len(row.complete))
     return [
         row.strategy,
         row.http,
@@ -347,7 +350,7 @@ def _footer(report: BenchReport) -> str:
     return (
         f"QIDO: {report.qido_requests} requests, p50 {_ms(qido['p50'])} ms, "
         f"p90 {_ms(qido['p90'])} ms, p99 {_ms(qido['p99'])} ms; "
-        f"MB/s and inst/s: median over the runs that measured a speed; "
+        f"MB/s and inst/s: median over the runs in which every request succeeded; "
         f"TTFB: request sent to response headers"
     ) + "".join(f"\nnote: {printable(note)}" for note in report.notes)
 

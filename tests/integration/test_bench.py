@@ -386,7 +386,9 @@ def test_a_failed_request_is_reported_naming_it_once(
     assert 0 < int(failed) < int(of) == len(synth_study.instances), row["status"]
     what, _, reason = first.partition(": ")
     assert what.startswith("instance ") and reason == "not found on the server (HTTP 404)"
-    assert row["mb_per_s"]["median"] > 0  # what arrived, over the run's time
+    # A partial run is no sample of the cell's speed; its own goodput stays in `runs`.
+    assert row["mb_per_s"]["median"] is None and row["repeats"] == 0
+    assert row["runs"][0]["mb_per_s"] > 0 and row["runs"][0]["complete"] is False
 
     # A cell whose every request failed measured no speed: no "0 MB/s" beside the others.
     broken = embedded_server(synth_study.root, fault_rate=1.0, fault_status=503)
@@ -536,6 +538,70 @@ def test_the_chart_says_what_failed_and_how_many_runs_it_shows(
     legend = next(g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend")
     (label,) = [t.text for t in legend.iter(f"{SVG}text")]
     assert label == f"single-part · HTTP/1.1: {6 - len(measured)} of 6 failed", label
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_transfers_open_their_own_connections_in_every_cell(
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    concurrency: int,
+) -> None:
+    """The timed transfers reused the listing's connections (one per series searched at
+    once), so a cell at concurrency 1 paid no connection set-up in its time and one at 16
+    paid 14: the cost of connecting weighed on some cells only. Every transfer now goes over
+    a connection no QIDO search used, and a cell opens `concurrency` of them."""
+    url = embedded_server(synth_study.root)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--strategy", "single-part",
+        "-c", str(concurrency), "--http", "1.1", "--repeat", "1", "--limit", "12", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    searches = {
+        peer for path, peer in seen_requests.peers if path.endswith(("/series", "/instances"))
+    }
+    transfers = {peer for path, peer in seen_requests.peers if "/instances/" in path}
+    assert searches and transfers and not searches & transfers, (searches, transfers)
+    assert len(transfers) == concurrency
+
+
+@pytest.mark.integration
+def test_a_run_with_failures_is_not_in_the_speed_median(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A run some of whose requests failed fetched less than the cell asked: a server shedding
+    load with fast 429s looked as fast as one serving everything, and that run's speed went into
+    the row's median beside the complete runs. Now the median, `repeats`, the table's `runs`
+    and the progress line count only runs whose every request succeeded. Two instances a run,
+    half the requests answered 429 (seeded, one at a time): some runs complete, some partial."""
+    args = ["--strategy", "single-part", "-c", "1", "--http", "1.1", "--repeat", "8"]
+    args += ["--limit", "2"]
+    url = embedded_server(synth_study.root, fault_rate=0.5, fault_status=429, seed=2)
+    result = run_installed("bench", synth_study.study_uid, "--url", url, *args, "--json")
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    runs = row["runs"]
+    complete = [run for run in runs if run["failures"] == 0]
+    partial = [run for run in runs if run["failures"] and run["instances"]]
+    assert complete and partial, runs  # the seed gives both kinds
+    assert row["repeats"] == len(complete)
+    speeds = [run["mb_per_s"] for run in complete]  # each rounded as the row's are
+    assert (row["mb_per_s"]["min"], row["mb_per_s"]["max"]) == (min(speeds), max(speeds))
+    assert row["totals"]["instances"] == sum(run["instances"] for run in runs)  # all counted
+    assert [run["complete"] for run in runs] == [run["failures"] == 0 for run in runs]
+    assert "of 16 failed: instance " in row["status"] and "HTTP 429" in row["status"]
+
+    # The table and the progress lines say the same, from a server failing the same requests.
+    url = embedded_server(synth_study.root, fault_rate=0.5, fault_status=429, seed=2)
+    result = run_installed("bench", synth_study.study_uid, "--url", url, *args)
+    assert result.returncode == 1, result.stderr
+    (cells,) = [line.split() for line in result.stdout.splitlines() if line.startswith("single")]
+    assert cells[3] == str(len(complete)), cells
+    progress = [line for line in result.stderr.splitlines() if " run " in line]
+    left_out = [line for line in progress if line.endswith(" failed (not in the median)")]
+    assert len(left_out) == len(partial), progress
+    assert not any(" 0.0 MB/s" in line for line in progress), progress
 
 
 @pytest.mark.integration
