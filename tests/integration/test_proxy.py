@@ -170,6 +170,27 @@ def test_no_proxy_is_honoured(
     assert_same_files(synth_study.instances, tmp_path)
 
 
+def test_an_empty_proxy_option_ignores_the_environments_proxy(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`--proxy ''` (or `proxy = ""` in a config profile): no proxy for this run, whatever
+    the environment says, as curl's `--proxy ''` (it fell back to the environment's proxy)."""
+    url = embedded_server(synth_study.root)
+    env = {"HTTP_PROXY": f"http://user:s3cret@127.0.0.1:{closed_port()}"}  # dead
+    query = run_installed("query", "--url", url, "--uids", "--proxy", "", env=env)
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.split() == [synth_study.study_uid]
+    config = tmp_path / "dlstudy.toml"
+    config.write_text(f'[servers.pacs]\nurl = "{url}"\nproxy = ""\n')
+    out = tmp_path / "out"
+    result = run_installed(
+        "download", synth_study.study_uid, "-o", str(out), "--config", str(config),
+        "--server", "pacs", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert_same_files(synth_study.instances, out)
+
+
 # (NO_PROXY, the host in --url, whether the request goes through the proxy). libcurl resolves
 # names under .localhost to 127.0.0.1 itself; tinyproxy could not: only direct requests use one.
 # {port} is the server's.
@@ -182,6 +203,8 @@ NO_PROXY_CASES = [
     ("*.example.org", "127.0.0.1", True),
     ("127.0.0.1:{other}", "127.0.0.1", True),
     ("127.0.0.2/32,10.0.0.0/8", "127.0.0.1", True),
+    ("*", "127.0.0.1", False),
+    ("pacs.example.org, 127.0.0.1", "127.0.0.1", False),
 ]
 
 
