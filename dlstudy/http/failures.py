@@ -124,14 +124,16 @@ def answered_without_http2(exc: BaseException) -> bool:
     return curl is not None and curl.code == 16 and _NOT_HTTP2 in curl.message
 
 
-# CURLE_COULDNT_CONNECT: refused or unreachable, the server or the proxy in front of it.
+# CURLE_COULDNT_CONNECT: refused or unreachable, the server or the proxy in front of it (an
+# HTTP proxy's CONNECT answered with an error status too).
 _COULDNT_CONNECT = 7
 
 
 def could_not_connect(exc: BaseException) -> bool:
-    """libcurl could not open a connection (to the server, or to the proxy in front of it)."""
+    """libcurl could not open a connection (to the server, or to the proxy in front of it),
+    or a SOCKS proxy could not open one to the server."""
     curl = curl_failure(exc)
-    return curl is not None and curl.code == _COULDNT_CONNECT
+    return curl is not None and (curl.code == _COULDNT_CONNECT or curl.proxy_could_not_connect)
 
 
 def no_http_answer(exc: BaseException, url: str) -> ConnectError:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dlstudy.server import ServerOptions, running_server
+
 from ..cli_helpers import assert_same_files, run_installed, start_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
 from ..fixtures.proxies import RunningProxy, TlsProxy, tinyproxy
@@ -351,6 +353,30 @@ def test_a_proxy_restarting_mid_run_costs_no_instance(
             time.sleep(0.05)
     time.sleep(1)  # the proxy is down: every connection is refused
     with tinyproxy(tmp_path / "proxy", port):
+        output, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, output
+    assert_same_files(synth_study.instances, out)
+
+
+def test_the_server_restarting_behind_a_socks_proxy_costs_no_instance(
+    tmp_path: Path, synth_study: SynthStudy, socks_proxy: RunningProxy
+) -> None:
+    """The archive restarting behind a SOCKS5 proxy: the proxy says the server refused its
+    connection (SOCKS5 reply 5), which is the refusal an HTTP proxy's CONNECT answer or a
+    direct connection gives: connected to again for up to --timeout (it stopped the run at
+    once: `cannot complete SOCKS5 connection to 127.0.0.1. (5)`, exit 3)."""
+    options = ServerOptions(root=synth_study.root, port=closed_port(), latency=0.2)
+    out = tmp_path / "out"
+    with running_server(options) as url:  # one at a time: the run lasts ~12 s
+        run = start_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+            "--proxy", socks_proxy.url, "-c", "1", "--workers", "1",
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep(1)  # the server is down: the proxy's every connection to it is refused
+    with running_server(options):
         output, _ = run.communicate(timeout=120)
     assert run.returncode == 0, output
     assert_same_files(synth_study.instances, out)
