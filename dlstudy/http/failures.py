@@ -185,6 +185,14 @@ def _proxy_refusal(proxy: str | None, status: int) -> str:
     return f"{named} {PROXY_WANTS_CREDENTIALS}"
 
 
+def _proxy_answers_for(response: httpx.Response, proxy: str | None) -> bool:
+    """Whether `response` may be the answer of `proxy` (as shown) itself: an HTTP proxy asked
+    for an http:// URL answers in the server's place. Through a CONNECT tunnel (https://) or
+    a SOCKS proxy, every answer is the server's."""
+    http_proxy = proxy is not None and proxy.lower().startswith(("http://", "https://"))
+    return http_proxy and response.url.scheme == "http"
+
+
 def _has_user(proxy: str | None) -> bool:
     return proxy is not None and "@" in proxy.partition("://")[2].partition("/")[0]
 
@@ -312,6 +320,12 @@ def check_auth(response: httpx.Response, *, search: bool = False) -> None:
     if response.status_code == 401 and _has_user(proxy):
         # Some proxies (tinyproxy) refuse wrong credentials with 401, not 407.
         hint = f" (check --token / --user / --password, and the credentials of proxy {proxy})"
+    if response.status_code == 403 and _proxy_answers_for(response, proxy):
+        # A proxy whose rules do not allow the host answers 403 itself (tinyproxy's filter).
+        hint = (
+            f" (through proxy {proxy}, which may be the one refusing; to reach the archive "
+            "without it, add its host to NO_PROXY)"
+        )
     raise AuthError(
         f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
         url=redact_url(str(response.url)),

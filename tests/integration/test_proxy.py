@@ -335,6 +335,28 @@ def test_a_proxy_refusing_the_credentials_in_its_url_is_named(
         assert "wr0ng-pass" not in result.stderr
 
 
+def test_a_proxy_denying_the_archive_is_named_with_the_403(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A proxy whose rules do not allow the archive's host (tinyproxy's filter) answers an
+    http:// request with 403, which reads as the archive's: the line names the proxy too
+    (it blamed the server alone)."""
+    url = embedded_server(synth_study.root)
+    (tmp_path / "filter").write_text("example\\.org\n")
+    extra = f'Filter "{tmp_path / "filter"}"\nFilterDefaultDeny Yes\n'
+    with tinyproxy(tmp_path / "proxy", closed_port(), extra) as proxy:
+        for args in (("query",), ("download", synth_study.study_uid, "-o", str(tmp_path / "o"))):
+            result = run_installed(*args, "--url", url, env={"HTTP_PROXY": proxy.url})
+            assert result.returncode == 3, result.stderr
+            line = result.stderr.splitlines()[-1]
+            assert line.startswith(f"dlstudy: error: server denied access: HTTP 403 on {url}/")
+            assert line.endswith(
+                f" (through proxy {proxy.url}, which may be the one refusing; to reach the "
+                "archive without it, add its host to NO_PROXY)"
+            ), line
+    assert not any((tmp_path / "o").rglob("*.dcm"))
+
+
 def test_a_proxy_restarting_mid_run_costs_no_instance(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
