@@ -102,6 +102,7 @@ class CurlFailure(Exception):
         answered: bool = False,
         proxy_tls: bool = False,
         proxy_could_not_connect: bool = False,
+        connect_status: int = 0,
     ) -> None:
         super().__init__(f"curl error {code}: {message}")
         self.code = code
@@ -113,6 +114,8 @@ class CurlFailure(Exception):
         self.proxy_tls = proxy_tls  # ... with the proxy (an https:// one), not the server
         # a SOCKS proxy could not connect to the server (refused, unreachable)
         self.proxy_could_not_connect = proxy_could_not_connect
+        # an HTTP proxy's answer to the CONNECT for an https:// URL (0: none came)
+        self.connect_status = connect_status
 
     @property
     def through_proxy(self) -> bool:
@@ -410,6 +413,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             answered=answered,
             proxy_tls=(tls or _handshake_timed_out(transfer, message)) and _with_proxy(transfer),
             proxy_could_not_connect=socks_said is not None,
+            connect_status=int(transfer.easy.getinfo(pycurl.HTTP_CONNECTCODE)),
         )
         error: httpx.TransportError
         if code in (pycurl.E_COULDNT_RESOLVE_PROXY, _PROXY_HANDSHAKE) or (

@@ -127,13 +127,18 @@ def answered_without_http2(exc: BaseException) -> bool:
 # CURLE_COULDNT_CONNECT: refused or unreachable, the server or the proxy in front of it (an
 # HTTP proxy's CONNECT answered with an error status too).
 _COULDNT_CONNECT = 7
+# An HTTP proxy's own refusals of a CONNECT: its rules (403), credentials (407; tinyproxy: 401).
+_CONNECT_REFUSALS = frozenset({401, 403, 407})
 
 
 def could_not_connect(exc: BaseException) -> bool:
     """libcurl could not open a connection (to the server, or to the proxy in front of it),
-    or a SOCKS proxy could not open one to the server."""
+    or the proxy could not open one to the server. An HTTP proxy refusing the CONNECT itself
+    is no connection that failed: asking again gets the same refusal."""
     curl = curl_failure(exc)
-    return curl is not None and (curl.code == _COULDNT_CONNECT or curl.proxy_could_not_connect)
+    if curl is None or curl.connect_status in _CONNECT_REFUSALS:
+        return False
+    return curl.code == _COULDNT_CONNECT or curl.proxy_could_not_connect
 
 
 def no_http_answer(exc: BaseException, url: str) -> ConnectError:

@@ -404,6 +404,35 @@ def test_the_server_restarting_behind_a_socks_proxy_costs_no_instance(
     assert_same_files(synth_study.instances, out)
 
 
+def test_a_proxy_refusing_a_tunnel_mid_run_stops_the_run_at_once(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """A proxy that comes back from a restart with rules that deny the archive answers its
+    CONNECT with 403: a refusal, not a connection refused, so it is not tried again for
+    --timeout seconds (libcurl gives both the same code; it was tried again every 0.5 s)."""
+    url = embedded_server(
+        synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key, latency=0.2
+    )  # one at a time: the run lasts ~12 s
+    port, out = closed_port(), tmp_path / "out"
+    (tmp_path / "filter").write_text("example\\.org\n")
+    deny = f'Filter "{tmp_path / "filter"}"\nFilterDefaultDeny Yes\n'
+    with tinyproxy(tmp_path / "proxy", port) as proxy:
+        run = start_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--proxy",
+            proxy.url, "--ca-bundle", str(tls_ca.ca_pem), "-c", "1", "--workers", "1", "-v",
+            "--timeout", "8",
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    with tinyproxy(tmp_path / "proxy", port, deny):
+        output, _ = run.communicate(timeout=120)
+    assert run.returncode == 3, output
+    assert "response 403); trying again" not in output
+    assert output.splitlines()[-1].startswith(f"dlstudy: error: cannot use proxy {proxy.url} for")
+    assert output.splitlines()[-1].endswith("CONNECT tunnel failed, response 403"), output
+
+
 def test_a_request_timing_out_through_a_proxy_names_the_proxy(
     tmp_path: Path, http_proxy: RunningProxy
 ) -> None:
