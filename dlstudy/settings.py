@@ -52,7 +52,7 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
-    # else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply
+    # else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply; "": no proxy at all
     proxy: str | None = field(default=None, repr=False)
     token_command: str | None = field(default=None, repr=False)
     retries: int = 6

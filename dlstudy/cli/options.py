@@ -196,7 +196,7 @@ ProxyOpt = Annotated[
     option(
         "--proxy",
         help="Proxy URL (http://, https://, socks5://, socks5h://); default: HTTPS_PROXY, "
-        "HTTP_PROXY, ALL_PROXY, with NO_PROXY.",
+        "HTTP_PROXY, ALL_PROXY, with NO_PROXY; '' for none.",
     ),
 ]
 RetriesOpt = Annotated[

@@ -64,6 +64,15 @@ _TLS_ERRORS = frozenset(
 )
 _BAD_ARGUMENT = 43  # CURLE_BAD_FUNCTION_ARGUMENT
 _PROXY_HANDSHAKE = 97  # CURLE_PROXY: the proxy refused the tunnel or spoke nonsense
+# CURLINFO_PROXY_ERROR's codes (CURLPX_REPLY_*) for a SOCKS proxy that could not connect to
+# the server, in words: the server, not the proxy, refused or could not be reached.
+_SOCKS_COULD_NOT_CONNECT = {
+    19: "connection refused",
+    20: "general failure",
+    21: "host unreachable",
+    22: "network unreachable",
+    24: "TTL expired",
+}
 # Words for the failures libcurl reports with an empty message (curl_easy_strerror's gist).
 _WORDS = {
     52: "the server answered nothing",
@@ -92,6 +101,8 @@ class CurlFailure(Exception):
         os_errno: int = 0,
         answered: bool = False,
         proxy_tls: bool = False,
+        proxy_could_not_connect: bool = False,
+        connect_status: int = 0,
     ) -> None:
         super().__init__(f"curl error {code}: {message}")
         self.code = code
@@ -101,6 +112,10 @@ class CurlFailure(Exception):
         self.proxy = proxy  # as shown (password masked), when the request went through one
         self.tls = tls  # a TLS handshake or certificate failure
         self.proxy_tls = proxy_tls  # ... with the proxy (an https:// one), not the server
+        # a SOCKS proxy could not connect to the server (refused, unreachable)
+        self.proxy_could_not_connect = proxy_could_not_connect
+        # an HTTP proxy's answer to the CONNECT for an https:// URL (0: none came)
+        self.connect_status = connect_status
 
     @property
     def through_proxy(self) -> bool:
@@ -385,6 +400,9 @@ class CurlTransport(httpx.AsyncBaseTransport):
         # libcurl quotes URLs whole in some messages ("Unsupported proxy syntax in '...'").
         message = redact_urls_in(message) or _WORDS.get(code, f"libcurl error {code}")
         os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))
+        socks_said = _socks_could_not_connect(code, transfer)
+        if socks_said is not None:
+            message = f"the proxy could not connect to the server: {socks_said} ({message})"
         answered = transfer.received > 0 or int(transfer.easy.getinfo(pycurl.HEADER_SIZE)) > 0
         failure = CurlFailure(
             code,
@@ -394,6 +412,8 @@ class CurlTransport(httpx.AsyncBaseTransport):
             os_errno=os_errno,
             answered=answered,
             proxy_tls=(tls or _handshake_timed_out(transfer, message)) and _with_proxy(transfer),
+            proxy_could_not_connect=socks_said is not None,
+            connect_status=int(transfer.easy.getinfo(pycurl.HTTP_CONNECTCODE)),
         )
         error: httpx.TransportError
         if code in (pycurl.E_COULDNT_RESOLVE_PROXY, _PROXY_HANDSHAKE) or (
@@ -424,6 +444,14 @@ class CurlTransport(httpx.AsyncBaseTransport):
             error = httpx.RemoteProtocolError(message)
         error.__cause__ = failure
         return error
+
+
+def _socks_could_not_connect(code: int, transfer: Transfer) -> str | None:
+    """In words, why a SOCKS proxy could not connect to the server, or None when that is not
+    what failed. libcurl's own words give the SOCKS reply's number alone."""
+    if code != _PROXY_HANDSHAKE:
+        return None
+    return _SOCKS_COULD_NOT_CONNECT.get(int(transfer.easy.getinfo(pycurl.PROXY_ERROR)))
 
 
 def _with_proxy(transfer: Transfer) -> bool:

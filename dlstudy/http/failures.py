@@ -124,14 +124,21 @@ def answered_without_http2(exc: BaseException) -> bool:
     return curl is not None and curl.code == 16 and _NOT_HTTP2 in curl.message
 
 
-# CURLE_COULDNT_CONNECT: refused or unreachable, the server or the proxy in front of it.
+# CURLE_COULDNT_CONNECT: refused or unreachable, the server or the proxy in front of it (an
+# HTTP proxy's CONNECT answered with an error status too).
 _COULDNT_CONNECT = 7
+# An HTTP proxy's own refusals of a CONNECT: its rules (403), credentials (407; tinyproxy: 401).
+_CONNECT_REFUSALS = frozenset({401, 403, 407})
 
 
 def could_not_connect(exc: BaseException) -> bool:
-    """libcurl could not open a connection (to the server, or to the proxy in front of it)."""
+    """libcurl could not open a connection (to the server, or to the proxy in front of it),
+    or the proxy could not open one to the server. An HTTP proxy refusing the CONNECT itself
+    is no connection that failed: asking again gets the same refusal."""
     curl = curl_failure(exc)
-    return curl is not None and curl.code == _COULDNT_CONNECT
+    if curl is None or curl.connect_status in _CONNECT_REFUSALS:
+        return False
+    return curl.code == _COULDNT_CONNECT or curl.proxy_could_not_connect
 
 
 def no_http_answer(exc: BaseException, url: str) -> ConnectError:
@@ -181,6 +188,14 @@ def _proxy_refusal(proxy: str | None, status: int) -> str:
     if _has_user(proxy):
         return f"{named} refused the credentials in its URL (HTTP {status})"
     return f"{named} {PROXY_WANTS_CREDENTIALS}"
+
+
+def _proxy_answers_for(response: httpx.Response, proxy: str | None) -> bool:
+    """Whether `response` may be the answer of `proxy` (as shown) itself: an HTTP proxy asked
+    for an http:// URL answers in the server's place. Through a CONNECT tunnel (https://) or
+    a SOCKS proxy, every answer is the server's."""
+    http_proxy = proxy is not None and proxy.lower().startswith(("http://", "https://"))
+    return http_proxy and response.url.scheme == "http"
 
 
 def _has_user(proxy: str | None) -> bool:
@@ -310,6 +325,12 @@ def check_auth(response: httpx.Response, *, search: bool = False) -> None:
     if response.status_code == 401 and _has_user(proxy):
         # Some proxies (tinyproxy) refuse wrong credentials with 401, not 407.
         hint = f" (check --token / --user / --password, and the credentials of proxy {proxy})"
+    if response.status_code == 403 and _proxy_answers_for(response, proxy):
+        # A proxy whose rules do not allow the host answers 403 itself (tinyproxy's filter).
+        hint = (
+            f" (through proxy {proxy}, which may be the one refusing; to reach the archive "
+            "without it, add its host to NO_PROXY)"
+        )
     raise AuthError(
         f"server {what}: HTTP {response.status_code} on {redact_url(str(response.url))}{hint}",
         url=redact_url(str(response.url)),

@@ -21,10 +21,11 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Proxies:
-    """The proxy settings in force when a client is made: `--proxy`, then the environment."""
+    """The proxy settings in force when a client is made: `--proxy`, then the environment;
+    `--proxy ''`: none at all."""
 
     def __init__(self, explicit: str | None = None) -> None:
-        self._explicit = explicit or None
+        self._explicit = explicit
         self._environment = urllib.request.getproxies_environment()
         self._chosen: dict[tuple[str, str, int | None], str | None] = {}
 
@@ -37,6 +38,8 @@ class Proxies:
         return self._chosen[key]
 
     def _choose(self, scheme: str, host: str, port: int | None) -> str | None:
+        if no_proxy_asked(self._explicit):
+            return None
         environment = self._environment
         proxy = self._explicit or environment.get(scheme) or environment.get("all")
         if not proxy:
@@ -44,6 +47,12 @@ class Proxies:
         if bypassed(host, environment.get("no", ""), port):
             return None
         return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def no_proxy_asked(explicit: str | None) -> bool:
+    """Whether `--proxy ''` (or `proxy = ""` in a config profile) asks for no proxy at all,
+    whatever the environment says, as curl's `--proxy ''` does."""
+    return explicit == ""
 
 
 def bypassed(host: str, no_proxy: str, port: int | None = None) -> bool:
@@ -125,6 +134,8 @@ def proxy_url_problem(proxy: str) -> str | None:
 def chosen_proxy_problem(explicit: str | None, url: str) -> str | None:
     """Why `--proxy`, or the environment's proxy for requests to `url`, cannot be used: one
     line naming where it came from, its password masked; or None."""
+    if no_proxy_asked(explicit):
+        return None
     if explicit:
         where, proxy = "--proxy", explicit
     else:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dlstudy.server import ServerOptions, running_server
+
 from ..cli_helpers import assert_same_files, run_installed, start_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
 from ..fixtures.proxies import RunningProxy, TlsProxy, tinyproxy
@@ -176,6 +178,27 @@ def test_no_proxy_is_honoured(
     assert_same_files(synth_study.instances, tmp_path)
 
 
+def test_an_empty_proxy_option_ignores_the_environments_proxy(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`--proxy ''` (or `proxy = ""` in a config profile): no proxy for this run, whatever
+    the environment says, as curl's `--proxy ''` (it fell back to the environment's proxy)."""
+    url = embedded_server(synth_study.root)
+    env = {"HTTP_PROXY": f"http://user:s3cret@127.0.0.1:{closed_port()}"}  # dead
+    query = run_installed("query", "--url", url, "--uids", "--proxy", "", env=env)
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.split() == [synth_study.study_uid]
+    config = tmp_path / "dlstudy.toml"
+    config.write_text(f'[servers.pacs]\nurl = "{url}"\nproxy = ""\n')
+    out = tmp_path / "out"
+    result = run_installed(
+        "download", synth_study.study_uid, "-o", str(out), "--config", str(config),
+        "--server", "pacs", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert_same_files(synth_study.instances, out)
+
+
 # (NO_PROXY, the host in --url, whether the request goes through the proxy). libcurl resolves
 # names under .localhost to 127.0.0.1 itself; tinyproxy could not: only direct requests use one.
 # {port} is the server's.
@@ -188,6 +211,8 @@ NO_PROXY_CASES = [
     ("*.example.org", "127.0.0.1", True),
     ("127.0.0.1:{other}", "127.0.0.1", True),
     ("127.0.0.2/32,10.0.0.0/8", "127.0.0.1", True),
+    ("*", "127.0.0.1", False),
+    ("pacs.example.org, 127.0.0.1", "127.0.0.1", False),
 ]
 
 
@@ -316,6 +341,28 @@ def test_a_proxy_refusing_the_credentials_in_its_url_is_named(
         assert "wr0ng-pass" not in result.stderr
 
 
+def test_a_proxy_denying_the_archive_is_named_with_the_403(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A proxy whose rules do not allow the archive's host (tinyproxy's filter) answers an
+    http:// request with 403, which reads as the archive's: the line names the proxy too
+    (it blamed the server alone)."""
+    url = embedded_server(synth_study.root)
+    (tmp_path / "filter").write_text("example\\.org\n")
+    extra = f'Filter "{tmp_path / "filter"}"\nFilterDefaultDeny Yes\n'
+    with tinyproxy(tmp_path / "proxy", closed_port(), extra) as proxy:
+        for args in (("query",), ("download", synth_study.study_uid, "-o", str(tmp_path / "o"))):
+            result = run_installed(*args, "--url", url, env={"HTTP_PROXY": proxy.url})
+            assert result.returncode == 3, result.stderr
+            line = result.stderr.splitlines()[-1]
+            assert line.startswith(f"dlstudy: error: server denied access: HTTP 403 on {url}/")
+            assert line.endswith(
+                f" (through proxy {proxy.url}, which may be the one refusing; to reach the "
+                "archive without it, add its host to NO_PROXY)"
+            ), line
+    assert not any((tmp_path / "o").rglob("*.dcm"))
+
+
 def test_a_proxy_restarting_mid_run_costs_no_instance(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
@@ -337,6 +384,59 @@ def test_a_proxy_restarting_mid_run_costs_no_instance(
         output, _ = run.communicate(timeout=120)
     assert run.returncode == 0, output
     assert_same_files(synth_study.instances, out)
+
+
+def test_the_server_restarting_behind_a_socks_proxy_costs_no_instance(
+    tmp_path: Path, synth_study: SynthStudy, socks_proxy: RunningProxy
+) -> None:
+    """The archive restarting behind a SOCKS5 proxy: the proxy says the server refused its
+    connection (SOCKS5 reply 5), which is the refusal an HTTP proxy's CONNECT answer or a
+    direct connection gives: connected to again for up to --timeout (it stopped the run at
+    once: `cannot complete SOCKS5 connection to 127.0.0.1. (5)`, exit 3)."""
+    options = ServerOptions(root=synth_study.root, port=closed_port(), latency=0.2)
+    out = tmp_path / "out"
+    with running_server(options) as url:  # one at a time: the run lasts ~12 s
+        run = start_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
+            "--proxy", socks_proxy.url, "-c", "1", "--workers", "1",
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep(1)  # the server is down: the proxy's every connection to it is refused
+    with running_server(options):
+        output, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, output
+    assert_same_files(synth_study.instances, out)
+
+
+def test_a_proxy_refusing_a_tunnel_mid_run_stops_the_run_at_once(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """A proxy that comes back from a restart with rules that deny the archive answers its
+    CONNECT with 403: a refusal, not a connection refused, so it is not tried again for
+    --timeout seconds (libcurl gives both the same code; it was tried again every 0.5 s)."""
+    url = embedded_server(
+        synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key, latency=0.2
+    )  # one at a time: the run lasts ~12 s
+    port, out = closed_port(), tmp_path / "out"
+    (tmp_path / "filter").write_text("example\\.org\n")
+    deny = f'Filter "{tmp_path / "filter"}"\nFilterDefaultDeny Yes\n'
+    with tinyproxy(tmp_path / "proxy", port) as proxy:
+        run = start_installed(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--proxy",
+            proxy.url, "--ca-bundle", str(tls_ca.ca_pem), "-c", "1", "--workers", "1", "-v",
+            "--timeout", "8",
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    with tinyproxy(tmp_path / "proxy", port, deny):
+        output, _ = run.communicate(timeout=120)
+    assert run.returncode == 3, output
+    assert "response 403); trying again" not in output
+    assert output.splitlines()[-1].startswith(f"dlstudy: error: cannot use proxy {proxy.url} for")
+    assert output.splitlines()[-1].endswith("CONNECT tunnel failed, response 403"), output
 
 
 def test_a_request_timing_out_through_a_proxy_names_the_proxy(
