@@ -22,6 +22,7 @@ the time and file size), and merged into `studies` in one transaction at the end
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from ..dicomweb.search import StudyRecord
 
+log = logging.getLogger(__name__)
 # DuckDB's own cap; what the pull itself holds is a page or two.
 MEMORY_LIMIT = "128MB"
 
@@ -171,6 +173,25 @@ def check_pulled(db: duckdb.DuckDBPyConnection, path: Path) -> None:
             f"catalog {path} holds no study yet: its first pull has not finished "
             f"(`dlstudy catalog pull --db {path}` resumes it)"
         )
+    _warn_unfinished(db, path)
+
+
+def _warn_unfinished(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A later pull that was stopped or killed has merged nothing yet: the studies are those
+    of the last finished pull, which a nightly cron user would take for the archive's own."""
+    row = db.execute(
+        "SELECT pull, kind, strftime(started AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M'), "
+        "(SELECT max(pull) FROM pulls WHERE finished IS NOT NULL) "
+        "FROM pulls WHERE finished IS NULL ORDER BY pull DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return
+    pull, kind, started, last = row
+    log.warning(
+        "catalog %s: pull %s (%s, started %s UTC) did not finish: these are the studies of "
+        "pull %s; the next `dlstudy catalog pull --db %s` resumes it",
+        path, pull, kind, started, last, path,
+    )  # fmt: skip
 
 
 def _first_line(exc: BaseException) -> str:
