@@ -163,6 +163,30 @@ def writing(path: Path) -> Iterator[None]:
         raise stop from exc
 
 
+def damaged(path: Path, exc: BaseException) -> UsageError | None:
+    """The error of a catalog cut short (copied onto a full disk, restored in part): DuckDB
+    opens it and fails at the first block it lacks. None for any other error."""
+    if "could not read" not in str(exc).lower():
+        return None
+    return UsageError(
+        f"catalog {path} is damaged: {_first_line(exc)}: restore it from a copy, or pull into "
+        "a new --db"
+    )
+
+
+def _read_through(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Every block of the catalog read before a pull writes into it: a damaged file is
+    refused as it is, rather than written into and then failing as if the next pull would
+    resume (reading a catalog of 200,000 studies takes a tenth of a second)."""
+    import duckdb
+
+    try:
+        for table in _tables(db):
+            db.execute(f'SELECT min(hash(COLUMNS(*))) FROM "{table}"').fetchall()
+    except duckdb.Error as exc:
+        raise damaged(path, exc) or UsageError(f"catalog {path}: {_first_line(exc)}") from exc
+
+
 def check_pulled(db: duckdb.DuckDBPyConnection, path: Path) -> None:
     """A catalog whose first pull has not finished holds no study yet (a pull's studies are
     merged at its end): selecting studies from it is an error, not an empty cohort (a sync
@@ -265,6 +289,7 @@ class Catalog:
         self.db = connect(path)
         try:
             _check_is_catalog(self.db, path, ": give --db a new file")
+            _read_through(self.db, path)
             self.db.execute("BEGIN")  # all tables or none: a half-made catalog is no catalog
             self.db.execute(SCHEMA)
             self._pull_times_with_zone()

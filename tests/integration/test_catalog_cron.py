@@ -727,3 +727,32 @@ def test_a_killed_update_pull_is_named_by_what_reads_the_catalog(
     after = run_installed("catalog", "status", "--db", str(db), "-o", str(tmp_path / "out"))
     assert after.returncode == 0 and "warning" not in after.stderr
 
+
+def test_a_catalog_cut_short_is_refused_before_anything_is_written(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A catalog copied onto a full disk opened, and the pull wrote into it before it read a
+    block it lacked: exit 1, as if the next pull would resume, the damaged file changed, a .wal
+    beside it; export blamed its --to (exit 1)."""
+    url = embedded_server(None, virtual=VirtualSpec(300))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    whole = db.read_bytes()
+    db.write_bytes(whole[: len(whole) // 2])
+    commands = [
+        ("catalog", "pull", "--url", url, "--db", str(db)),
+        ("catalog", "status", "--db", str(db), "-o", str(tmp_path / "out")),
+        ("catalog", "query", "--db", str(db), "--uids"),
+        ("catalog", "export", "--db", str(db), "--to", str(tmp_path / "s.csv")),
+        ("sync", "--catalog", str(db), "--url", url, "-o", str(tmp_path / "out")),
+    ]
+    for args in commands:
+        result = run_installed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("dlstudy: error: catalog ") and str(db) in line, line
+        assert " is damaged: IO Error: Could not read enough bytes" in line, line
+        assert line.endswith(": restore it from a copy, or pull into a new --db"), line
+    assert db.read_bytes() == whole[: len(whole) // 2]
+    assert not (tmp_path / "c.duckdb.wal").exists() and not (tmp_path / "s.csv").exists()
+
