@@ -259,10 +259,33 @@ def _check_is_catalog(db: duckdb.DuckDBPyConnection, path: Path, advice: str = "
         columns == expected[name] for name, columns in found.items() if name in expected
     ):
         return
+    if newer := _newer_columns(found, expected):
+        raise UsageError(
+            f"catalog {path} was written by a newer dlstudy ({newer}): upgrade dlstudy to read "
+            "it, or pull into a new --db"
+        )
     shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
     raise UsageError(
         f"{path} is a DuckDB database but not a dlstudy catalog (it holds {shown}){advice}"
     )
+
+
+def _newer_columns(
+    found: dict[str, list[tuple[str, str]]], expected: dict[str, list[tuple[str, str]]]
+) -> str:
+    """What a later dlstudy added, when the catalog has every column this one knows, as this
+    one made them, and more after them ("" when it is no such catalog)."""
+    if any(name not in found for name in _CORE_TABLES):
+        return ""
+    added = []
+    for name, columns in found.items():
+        known = expected.get(name)
+        if known is None:
+            continue
+        if columns[: len(known)] != known:
+            return ""
+        added += [f"{name}.{column}" for column, _ in columns[len(known) :]]
+    return "its columns " + ", ".join(added) if added else ""
 
 
 def archive_address(url: str) -> str:

@@ -756,3 +756,28 @@ def test_a_catalog_cut_short_is_refused_before_anything_is_written(
     assert db.read_bytes() == whole[: len(whole) // 2]
     assert not (tmp_path / "c.duckdb.wal").exists() and not (tmp_path / "s.csv").exists()
 
+
+def test_a_catalog_of_a_newer_dlstudy_is_named_so_and_left_alone(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A catalog a later dlstudy added a column to was called `a DuckDB database but not a
+    dlstudy catalog`: a user who shares one between machines would think it was lost."""
+    url = embedded_server(None, virtual=VirtualSpec(30))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("ALTER TABLE studies ADD COLUMN institution VARCHAR")
+        con.execute("CREATE TABLE schema_version (version INTEGER)")
+    before = db.read_bytes()
+    for args in (
+        ("catalog", "pull", "--url", url, "--db", str(db)),
+        ("catalog", "status", "--db", str(db), "-o", str(tmp_path / "out")),
+        ("catalog", "query", "--db", str(db), "--uids"),
+    ):
+        result = run_installed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"dlstudy: error: catalog {db} was written by a newer dlstudy (its columns "
+            "studies.institution): upgrade dlstudy to read it, or pull into a new --db"
+        ], (args, result.stderr)
+    assert db.read_bytes() == before
