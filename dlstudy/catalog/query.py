@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError, UsageError
 from ..store.orphans import remove_orphans
-from .store import STUDY_COLUMNS, check_pulled, connect, iter_rows
+from .store import STUDY_COLUMNS, check_pulled, connect, damaged, iter_rows
 
 if TYPE_CHECKING:
     import duckdb
@@ -93,7 +93,14 @@ def _run(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> duckdb.D
     try:
         return db.execute(sql, params)
     except duckdb.Error as exc:
-        raise _failed(exc) from exc
+        raise damaged(_path_of(db), exc) or _failed(exc) from exc
+
+
+def _path_of(db: duckdb.DuckDBPyConnection) -> Path:
+    row = db.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    return Path(str(row[0]) if row else "")
 
 
 def _failed(exc: Exception) -> UsageError:
@@ -210,6 +217,8 @@ def _copy(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any], target: Pa
     try:
         db.execute(sql, params)
     except duckdb.IOException as exc:
+        if stop := damaged(_path_of(db), exc):  # the catalog, not --to
+            raise stop from exc
         found = re.search(r'"errno":"(\d+)"', str(exc))
         why = os.strerror(int(found.group(1))) if found else str(exc).strip().splitlines()[0]
         raise StorageError(f"--to: cannot write {target}: {why}", path=str(target)) from exc

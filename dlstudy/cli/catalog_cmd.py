@@ -412,6 +412,7 @@ def query_command(
     from ..catalog.query import run_sql, select_studies, select_uids
     from ..catalog.store import check_pulled, connect
 
+    setup_logging(False, None)  # the warning of a pull that did not finish
     db = required(ctx, db, "--db")
     form = output_form(ctx)
     query = _query(patient_id, patient_name, study_date, modality, accession, None)
@@ -478,6 +479,7 @@ def status_command(
     """Which catalogued studies are complete, partial or missing in OUT (from its manifest)."""
     from ..catalog.status import STATES, study_states, tally
 
+    setup_logging(False, None)  # the warning of a pull that did not finish
     db = required(ctx, db, "--db")
     wanted = set(state or ())
     if bad := sorted(wanted - set(STATES)):
@@ -523,6 +525,7 @@ def export_command(
     """Write a table of the catalog to Parquet or CSV (by the file's suffix), for pandas/polars."""
     from ..catalog.query import export
 
+    setup_logging(False, None)  # the warning of a pull that did not finish
     db, to = required(ctx, db, "--db"), required(ctx, to, "--to")
     try:
         rows = export(db, to, table, where)

@@ -684,3 +684,100 @@ def test_an_empty_catalog_file_option_names_the_option(
         result = run_installed(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr == f"dlstudy: error: {name} is empty: give a file\n", args
+
+
+def test_a_killed_update_pull_is_named_by_what_reads_the_catalog(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """After a nightly update pull was killed, `catalog status` showed the studies of the pull
+    before it as if they were the archive's, with no word that the last pull did not finish."""
+    url = embedded_server(None, virtual=VirtualSpec(300), max_page_size=10, latency=0.03)
+    db = tmp_path / "c.duckdb"
+    pull(url, db, "--recent", "0")
+    asked = len(seen_requests.requests)
+    process = subprocess.Popen(  # an update pull that relists every day: a long walk
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--recent", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_requests(seen_requests, asked + 4, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    warning = f"dlstudy: warning: catalog {db}: pull 2 (update, started "  # then the time
+    none = ("--where", "study_date = 'none'", "--url", url, "-o", str(tmp_path / "out"))
+    readers = [
+        (0, ("catalog", "status", "--db", str(db), "-o", str(tmp_path / "out"))),
+        (0, ("catalog", "query", "--db", str(db), "--uids")),
+        (0, ("catalog", "export", "--db", str(db), "--to", str(tmp_path / "s.csv"))),
+        (0, ("sync", "--catalog", str(db), *none)),
+        (4, ("download", "--from-catalog", str(db), *none)),
+    ]
+    for status, args in readers:
+        result = run_installed(*args)
+        assert result.returncode == status, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "warning" in line]
+        assert len(lines) == 1 and lines[0].startswith(warning), result.stderr
+        assert "did not finish: these are the studies of pull 1" in lines[0]
+        assert f"the next `dlstudy catalog pull --db {db}` resumes it" in lines[0]
+
+    summary = pull(url, db, "--recent", "100000")
+
+    assert (summary["pull"], summary["resumed"], summary["studies"]) == (2, True, 300)
+    assert catalog_rows(db, "SELECT count(*) FROM changes") == [(0,)]
+    after = run_installed("catalog", "status", "--db", str(db), "-o", str(tmp_path / "out"))
+    assert after.returncode == 0 and "warning" not in after.stderr
+
+
+def test_a_catalog_cut_short_is_refused_before_anything_is_written(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A catalog copied onto a full disk opened, and the pull wrote into it before it read a
+    block it lacked: exit 1, as if the next pull would resume, the damaged file changed, a .wal
+    beside it; export blamed its --to (exit 1)."""
+    url = embedded_server(None, virtual=VirtualSpec(300))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    whole = db.read_bytes()
+    db.write_bytes(whole[: len(whole) // 2])
+    commands = [
+        ("catalog", "pull", "--url", url, "--db", str(db)),
+        ("catalog", "status", "--db", str(db), "-o", str(tmp_path / "out")),
+        ("catalog", "query", "--db", str(db), "--uids"),
+        ("catalog", "export", "--db", str(db), "--to", str(tmp_path / "s.csv")),
+        ("sync", "--catalog", str(db), "--url", url, "-o", str(tmp_path / "out")),
+    ]
+    for args in commands:
+        result = run_installed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("dlstudy: error: catalog ") and str(db) in line, line
+        assert " is damaged: IO Error: Could not read enough bytes" in line, line
+        assert line.endswith(": restore it from a copy, or pull into a new --db"), line
+    assert db.read_bytes() == whole[: len(whole) // 2]
+    assert not (tmp_path / "c.duckdb.wal").exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_a_catalog_of_a_newer_dlstudy_is_named_so_and_left_alone(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A catalog a later dlstudy added a column to was called `a DuckDB database but not a
+    dlstudy catalog`: a user who shares one between machines would think it was lost."""
+    url = embedded_server(None, virtual=VirtualSpec(30))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("ALTER TABLE studies ADD COLUMN institution VARCHAR")
+        con.execute("CREATE TABLE schema_version (version INTEGER)")
+    before = db.read_bytes()
+    for args in (
+        ("catalog", "pull", "--url", url, "--db", str(db)),
+        ("catalog", "status", "--db", str(db), "-o", str(tmp_path / "out")),
+        ("catalog", "query", "--db", str(db), "--uids"),
+    ):
+        result = run_installed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"dlstudy: error: catalog {db} was written by a newer dlstudy (its columns "
+            "studies.institution): upgrade dlstudy to read it, or pull into a new --db"
+        ], (args, result.stderr)
+    assert db.read_bytes() == before
