@@ -163,11 +163,21 @@ def find(explicit: Path | None, env: Mapping[str, str], home: Path | None = None
     named = explicit or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
     if named is not None:
         named = named.expanduser()
-        if not named.is_file():
+        if not _is_file(named):
             raise ConfigError(f"config file {str(named)!r} does not exist")
         return named
     candidate = default_path(env, home if home is not None else Path.home())
-    return candidate if candidate.is_file() else None
+    return candidate if _is_file(candidate) else None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a config file is at `path`; a folder on the way that cannot be searched (another
+    user's, mode 000) or a path too long is a config error, not a traceback: a file the user
+    keeps settings in may be there, and running without them could reach the wrong server."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
 
 
 def load(path: Path) -> Config:

@@ -150,6 +150,28 @@ def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
         load(tmp_path)  # a folder
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["query"], ["download", "1.2.3", "-o", "out"], ["sync", "-o", "out"]],
+)
+def test_a_config_folder_that_cannot_be_looked_into_is_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Where the per-user config file would be cannot be checked (a folder of another user,
+    mode 000, or a path too long: the latter as root can make it): every command stopped with
+    a traceback from the lookup. Now one line naming the file, exit 2, before any request."""
+    too_long = str(tmp_path / ("x" * 5000))
+    result = run_installed(
+        *command, "--url", f"http://127.0.0.1:{free_port()}",
+        env={"XDG_CONFIG_HOME": too_long}, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("dlstudy: error: cannot read config file "), line
+    assert line.endswith(": File name too long"), line[-200:]
+    assert not (tmp_path / "out").exists()
+
+
 # --- precedence through the real commands ------------------------------------------------------
 
 
