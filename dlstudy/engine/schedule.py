@@ -34,7 +34,8 @@ from ..store.manifest import Entry, Manifest, digest_of
 
 log = logging.getLogger(__name__)
 
-GOOD, BAD, UNVERIFIED = "good", "bad", "unverified"  # what the plan makes of a file on disk
+# What the plan makes of a file on disk.
+GOOD, BAD, UNVERIFIED, UNREADABLE = "good", "bad", "unverified", "unreadable"
 
 
 @dataclass
@@ -127,11 +128,15 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
         if not stat.S_ISREG(status.st_mode):  # a folder, link or pipe in the way: never read
             result.todo.append(ref)  # the commit replaces it, or reports a folder
             continue
-        verdict = _judge(ref, final, status.st_size, store, manifest, verify=verify)
+        try:
+            verdict = _judge(ref, final, status.st_size, store, manifest, verify=verify)
+        except OSError as exc:  # another user's file, made unreadable on a shared disk
+            log.warning("cannot read %s (%s); fetching it again", final, exc.strerror or exc)
+            verdict = UNREADABLE
         if verdict == GOOD:
             result.skipped += 1
-        elif verdict == UNVERIFIED:  # whole, kept until the server's bytes replace it
-            result.unverifiable += 1
+        elif verdict in (UNVERIFIED, UNREADABLE):  # kept until the server's bytes replace it
+            result.unverifiable += verdict == UNVERIFIED
             result.todo.append(ref)
         else:
             final.unlink(missing_ok=True)
