@@ -153,9 +153,11 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
 
 
 def _lstat(path: Path) -> os.stat_result | None:
+    """None when nothing is at `path`, or it cannot be looked at (a folder this user may not
+    search, on a shared disk): it is fetched, and writing it says why it cannot be."""
     try:
         return path.lstat()
-    except FileNotFoundError:
+    except OSError:
         return None
 
 

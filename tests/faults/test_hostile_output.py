@@ -186,6 +186,38 @@ def test_a_file_another_user_made_unreadable_is_fetched_again_not_a_traceback(
     assert locked.read_bytes() == synth_study.instances[5].path.read_bytes()
 
 
+@pytest.mark.parametrize("extra", [[], ["--verify"]], ids=["plain", "verify"])
+def test_a_series_folder_this_user_may_not_search_is_one_line_not_a_traceback(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, extra: list[str]
+) -> None:
+    """A series folder made `chmod 000` by another user (a shared disk), one file of it
+    missing: the rerun could neither list nor look at its files, and ended in a
+    `PermissionError` traceback from an lstat. Now it says, as for a folder it may not write
+    in, `cannot write in '…': Permission denied` (exit 1)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    final_path(out, synth_study.instances[0]).unlink()
+    folder = final_path(out, synth_study.instances[0]).parent
+    folder.chmod(0o000)
+    as_root = os.geteuid() == 0
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
+    try:
+        result = subprocess.run(
+            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
+             "--json", *extra],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line == f"dlstudy: error: cannot write in '{folder}': Permission denied"
+    assert json.loads(result.stdout)["exit_status"] == 1
+
+
 def test_a_study_folder_linked_out_of_out_is_never_written_through(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
