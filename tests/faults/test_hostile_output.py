@@ -218,6 +218,39 @@ def test_a_series_folder_this_user_may_not_search_is_one_line_not_a_traceback(
     assert json.loads(result.stdout)["exit_status"] == 1
 
 
+def test_a_temp_file_left_in_a_folder_made_read_only_does_not_stop_the_rerun(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A run killed with a temp file in a series folder that another user then made
+    read-only (`chmod 555`): every rerun, of a study complete on disk too, ended at start
+    in a `PermissionError` traceback removing it. Now one warning names it, it stays (under
+    no final name it harms nothing), and the rerun goes on."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    folder = final_path(out, synth_study.instances[0]).parent
+    left = folder / f".{synth_study.instances[0].sop_uid}.dcm.4242-7.part"
+    left.write_bytes(b"half an instance")
+    folder.chmod(0o555)
+    as_root = os.geteuid() == 0
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
+    try:
+        result = subprocess.run(
+            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
+             "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    warning = f"cannot remove {left}, left by an interrupted run: Permission denied"
+    assert warning in result.stderr
+    assert json.loads(result.stdout)["instances"]["skipped"] == len(synth_study.instances)
+    assert left.exists()
+
+
 def test_a_study_folder_linked_out_of_out_is_never_written_through(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
