@@ -5,7 +5,9 @@ records its size and digest. A file the manifest does not know (a crash between 
 record, or a folder filled by another tool) is adopted after a header check and the
 completeness walk; a file whose size disagrees with the manifest (or, with --verify, whose hash
 does, or whose structure stops short of its end: a file an older version kept short) is
-fetched again.
+fetched again. With --verify a file whose digest the manifest did not take of the server's
+bytes (unknown to it, or adopted) has nothing to be checked against: it is fetched again too,
+and the new file replaces it as it commits (a failure leaves it, and is reported).
 
 A study a run recorded complete (store/completion.py) is taken from the index before anything
 is asked of the server: a rerun of it costs one folder listing per series, no request.
@@ -32,6 +34,9 @@ from ..store.manifest import Entry, Manifest, digest_of
 
 log = logging.getLogger(__name__)
 
+# What the plan makes of a file on disk.
+GOOD, BAD, UNVERIFIED, UNREADABLE = "good", "bad", "unverified", "unreadable"
+
 
 @dataclass
 class Plan:
@@ -39,6 +44,7 @@ class Plan:
     skipped: int = 0  # moved ones included
     moved: int = 0  # found where another --layout put them, moved where this one puts them
     repaired: list[str] = field(default_factory=list)  # SOP UIDs whose file was bad
+    unverifiable: int = 0  # --verify: files without a digest of the server's bytes
 
 
 def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, digest: str) -> Entry:
@@ -122,20 +128,36 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
         if not stat.S_ISREG(status.st_mode):  # a folder, link or pipe in the way: never read
             result.todo.append(ref)  # the commit replaces it, or reports a folder
             continue
-        size = status.st_size
-        if _is_good(ref, final, size, store, manifest, verify=verify):
+        try:
+            verdict = _judge(ref, final, status.st_size, store, manifest, verify=verify)
+        except OSError as exc:  # another user's file, made unreadable on a shared disk
+            log.warning("cannot read %s (%s); fetching it again", final, exc.strerror or exc)
+            verdict = UNREADABLE
+        if verdict == GOOD:
             result.skipped += 1
+        elif verdict in (UNVERIFIED, UNREADABLE):  # kept until the server's bytes replace it
+            result.unverifiable += verdict == UNVERIFIED
+            result.todo.append(ref)
         else:
             final.unlink(missing_ok=True)
             result.repaired.append(ref.sop_uid)
             result.todo.append(ref)
+    if result.unverifiable:
+        log.warning(
+            "%d files on disk have no digest of the server's bytes in the manifest (found there, "
+            "not recorded as downloaded: a lost or moved-aside index?): fetching them again to "
+            "verify them",
+            result.unverifiable,
+        )
     return result
 
 
 def _lstat(path: Path) -> os.stat_result | None:
+    """None when nothing is at `path`, or it cannot be looked at (a folder this user may not
+    search, on a shared disk): it is fetched, and writing it says why it cannot be."""
     try:
         return path.lstat()
-    except FileNotFoundError:
+    except OSError:
         return None
 
 
@@ -164,7 +186,9 @@ class _Relocation:
             return False
         if not self.store.move_in(entry.path, final, entry.size):
             return False
-        self.manifest.record(replace(entry, path=relative))
+        self.manifest.record(
+            replace(entry, path=relative), adopted=self.manifest.is_adopted(entry.sop)
+        )
         return True
 
 
@@ -180,19 +204,33 @@ def _names(folder: Path) -> frozenset[int] | None:
         return None
 
 
-def _is_good(
+def _judge(
     ref: InstanceRef, final: Path, size: int, store: Store, manifest: Manifest, *, verify: bool
-) -> bool:
+) -> str:
+    """GOOD: kept. BAD: to be removed and fetched again. UNVERIFIED (--verify only): whole,
+    but the manifest has no digest of the server's bytes to check it against."""
     entry = manifest.get(ref.sop_uid)
     if entry is not None and entry.path == store.relative(final):
         if entry.size != size:
             log.warning("%s: size %d, manifest says %d; fetching again", final, size, entry.size)
-            return False
+            return BAD
+        if verify and manifest.is_adopted(ref.sop_uid):  # its digest is of itself
+            return UNVERIFIED if _complete(ref, final, size) else BAD
         if verify and digest_of(final, entry.algorithm) != entry.digest:
             log.warning("%s: %s differs from the manifest; fetching again", final, entry.algorithm)
-            return False
+            return BAD
         # A file an older version kept short matches its own digest: --verify walks it too.
-        return not verify or _complete(ref, final, size)
+        return GOOD if not verify or _complete(ref, final, size) else BAD
+    if not _is_instance(ref, final, size):
+        return BAD
+    if verify:
+        return UNVERIFIED
+    manifest.record(entry_for(store, ref, final, size, digest_of(final)), adopted=True)
+    return GOOD
+
+
+def _is_instance(ref: InstanceRef, final: Path, size: int) -> bool:
+    """Whether the file at `final` holds the instance `ref` names, whole."""
     try:
         info = read_header(final, label=f"instance {ref.sop_uid}")
         check_identity(
@@ -201,10 +239,7 @@ def _is_good(
     except IntegrityError as exc:
         log.warning("%s is not the instance it is named after (%s); fetching again", final, exc)
         return False
-    if not _complete(ref, final, size, info.transfer_syntax):
-        return False
-    manifest.record(entry_for(store, ref, final, size, digest_of(final)))
-    return True
+    return _complete(ref, final, size, info.transfer_syntax)
 
 
 def _complete(ref: InstanceRef, final: Path, size: int, transfer_syntax: str | None = None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import re
 import secrets
@@ -23,6 +24,8 @@ from ..errors import IntegrityError, OutputError, StorageError, UsageError
 from ..http.urls import is_valid_uid
 from ..model import InstanceRef
 from .safe_files import leads_outside
+
+log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".part"
 # HTTP/2 delivers bodies in 8-16 KiB frames; a 256 KiB buffer turns those into few write calls
@@ -194,13 +197,23 @@ class Store:
             dirs[:] = [d for d in dirs if not os.path.isdir(os.path.join(folder, d, STATE_DIR))]
             for name in files:
                 if _TEMP_NAME.fullmatch(name):  # only what TempFile names: a user's .x.part stays
-                    Path(folder, name).unlink(missing_ok=True)
-                    removed += 1
+                    removed += _remove_temp(Path(folder, name))
         return removed
 
     def open_incoming(self) -> TempFile:
         """A temp file for a part whose instance is not known until its header is read."""
         return TempFile(self._incoming, self._folders)
+
+
+def _remove_temp(path: Path) -> bool:
+    """Remove a temp file left behind; whether it was. One in a folder this user may not
+    write in (another's, on a shared disk) stays: under no final name, it harms nothing."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove %s, left by an interrupted run: %s", path, exc.strerror or exc)
+        return False
+    return True
 
 
 def _why_no_folder(root: Path) -> str:

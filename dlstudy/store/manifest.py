@@ -1,10 +1,13 @@
 """Resume state beside the data: OUT/.dlstudy/manifest.sqlite, an index of what is on disk.
 
-Two tables. `entries`: one row per committed file (study, series, SOP UID, path relative to OUT,
-size, labelled digest; store/entry.py). `complete_studies`: one row per study a run found
+Three tables. `entries`: one row per committed file (study, series, SOP UID, path relative to
+OUT, size, labelled digest; store/entry.py). `complete_studies`: one row per study a run found
 complete (its listing whole, every listed instance committed or present), with the instance
-count, the layout its files were written under and when. A lookup is one indexed query: memory
-is SQLite's page cache, whatever the number of entries.
+count, the layout its files were written under and when. `adopted`: the SOP UIDs of entries
+whose digest was taken of a file found on disk (a lost index, a lost batch), not of the bytes
+the server sent: `--verify` has nothing to check those against, and fetches them again. An
+older dlstudy ignores the table; an entry it rewrites keeps its mark (one fetch too many). A
+lookup is one indexed query: memory is SQLite's page cache, whatever the number of entries.
 
 Durability. WAL journal, synchronous=NORMAL: a committed transaction survives the process being
 killed. Rows are committed in batches (every COMMIT_ROWS rows or COMMIT_SECONDS, and at close),
@@ -64,6 +67,7 @@ CREATE TABLE IF NOT EXISTS complete_studies (
     study TEXT PRIMARY KEY, instances INTEGER NOT NULL, layout TEXT NOT NULL,
     completed REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS adopted (sop TEXT PRIMARY KEY);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -100,12 +104,14 @@ class Manifest:
         self._pending = 0  # rows written since the last commit
         self._last_commit = time.monotonic()
         self._db: sqlite3.Connection | None = None
+        self._adopted_any = False  # whether `adopted` may hold a row (never read-only)
         if read_only:
             self._db = self._open_read_only()
         else:
             self._db = self._open()
             try:
                 self._import_legacy()
+                self._adopted_any = self._query_one("SELECT 1 FROM adopted LIMIT 1") is not None
             except BaseException:
                 db, self._db = self._db, None  # no connection outlives a Manifest not made
                 db.close()
@@ -249,6 +255,19 @@ class Manifest:
             raise self._error(exc) from exc
         return None if row is None else Entry(*row)
 
+    def is_adopted(self, sop: str) -> bool:
+        """Whether the entry of `sop` was adopted: its digest is of the file found on disk."""
+        if not self._adopted_any:
+            return False
+        return self._query_one("SELECT 1 FROM adopted WHERE sop = ?", (sop,)) is not None
+
+    def _query_one(self, query: str, params: tuple[str, ...] = ()) -> tuple[object, ...] | None:
+        try:
+            row: tuple[object, ...] | None = self._connection.execute(query, params).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return row
+
     def knows_study(self, study: str) -> bool:
         """Whether any entry is of `study`."""
         try:
@@ -307,10 +326,17 @@ class Manifest:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def record(self, entry: Entry) -> None:
+    def record(self, entry: Entry, *, adopted: bool = False) -> None:
+        """Record a committed file; `adopted`: its digest is of a file found on disk, not of
+        the bytes the server sent."""
         self._write(
             f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", _row(entry)
         )
+        if adopted:
+            self._write("INSERT OR IGNORE INTO adopted VALUES (?)", (entry.sop,))
+            self._adopted_any = True
+        elif self._adopted_any:  # (none in a folder only dlstudy filled: no statement)
+            self._write("DELETE FROM adopted WHERE sop = ?", (entry.sop,))
 
     def record_complete(self, study: str, instances: int, layout: str) -> None:
         """Record that every one of the study's `instances` is committed under `layout`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -149,6 +150,105 @@ def test_a_state_folder_that_cannot_be_written_is_one_line_naming_it(
     assert json.loads(result.stdout)["instances"]["downloaded"] == 0
     status, summary, stderr = installed_download(url, synth_study.study_uid, out)
     assert status == 0 and summary["instances"]["downloaded"] == 1, stderr
+
+
+@pytest.mark.parametrize("rerun", ["--verify", "state-folder-lost"])
+def test_a_file_another_user_made_unreadable_is_fetched_again_not_a_traceback(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, rerun: str
+) -> None:
+    """A file in OUT made unreadable (`chmod 000`, as another user's program on a shared disk
+    may leave it), then a rerun that must read it: `--verify`, or a plain one after
+    `OUT/.dlstudy` was lost (it adopts what it finds). Each ended in a `PermissionError`
+    traceback, exit 1, nothing else checked; now the file is named in a warning and
+    fetched again, the server's bytes replacing it."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    locked = final_path(out, synth_study.instances[5])
+    locked.chmod(0o000)
+    if rerun == "state-folder-lost":
+        shutil.rmtree(out / ".dlstudy")
+    extra = ["--verify"] if rerun == "--verify" else []
+    # Root ignores permissions: drop the capabilities that let it (util-linux's setpriv).
+    as_root = os.geteuid() == 0
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
+
+    result = subprocess.run(
+        [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
+         "--json", *extra],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert f"cannot read {locked} (Permission denied); fetching it again" in result.stderr
+    assert json.loads(result.stdout)["instances"]["failed"] == 0
+    assert locked.read_bytes() == synth_study.instances[5].path.read_bytes()
+
+
+@pytest.mark.parametrize("extra", [[], ["--verify"]], ids=["plain", "verify"])
+def test_a_series_folder_this_user_may_not_search_is_one_line_not_a_traceback(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, extra: list[str]
+) -> None:
+    """A series folder made `chmod 000` by another user (a shared disk), one file of it
+    missing: the rerun could neither list nor look at its files, and ended in a
+    `PermissionError` traceback from an lstat. Now it says, as for a folder it may not write
+    in, `cannot write in '…': Permission denied` (exit 1)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    final_path(out, synth_study.instances[0]).unlink()
+    folder = final_path(out, synth_study.instances[0]).parent
+    folder.chmod(0o000)
+    as_root = os.geteuid() == 0
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
+    try:
+        result = subprocess.run(
+            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
+             "--json", *extra],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line == f"dlstudy: error: cannot write in '{folder}': Permission denied"
+    assert json.loads(result.stdout)["exit_status"] == 1
+
+
+def test_a_temp_file_left_in_a_folder_made_read_only_does_not_stop_the_rerun(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A run killed with a temp file in a series folder that another user then made
+    read-only (`chmod 555`): every rerun, of a study complete on disk too, ended at start
+    in a `PermissionError` traceback removing it. Now one warning names it, it stays (under
+    no final name it harms nothing), and the rerun goes on."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    folder = final_path(out, synth_study.instances[0]).parent
+    left = folder / f".{synth_study.instances[0].sop_uid}.dcm.4242-7.part"
+    left.write_bytes(b"half an instance")
+    folder.chmod(0o555)
+    as_root = os.geteuid() == 0
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
+    try:
+        result = subprocess.run(
+            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
+             "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    warning = f"cannot remove {left}, left by an interrupted run: Permission denied"
+    assert warning in result.stderr
+    assert json.loads(result.stdout)["instances"]["skipped"] == len(synth_study.instances)
+    assert left.exists()
 
 
 def test_a_study_folder_linked_out_of_out_is_never_written_through(

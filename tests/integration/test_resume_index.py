@@ -249,3 +249,37 @@ def test_a_rerun_removes_its_own_temp_files_not_those_of_an_output_folder_inside
     assert status == 0, stderr
     assert not stale.exists()
     assert theirs.read_bytes() == b"partial"
+
+
+@pytest.mark.parametrize("first_rerun", [(), ("plain",)], ids=["verify-at-once", "after-a-rerun"])
+def test_verify_fetches_again_files_the_manifest_never_saw_come_from_the_server(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, first_rerun: tuple[str]
+) -> None:
+    """The state folder lost (a clean-up of hidden folders on a shared disk), and one file
+    changed at its size: a plain rerun adopts the files found on disk, taking the digest of
+    what is there. --verify then had nothing to check them against: it compared the changed
+    file with its own digest, said all was well (exit 0, nothing repaired) and left it
+    differing from the server's. Now such files are fetched again."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    changed = synth_study.instances[17]
+    target = final_path(out, changed.study_uid, changed.series_uid, changed.sop_uid)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # in the pixel data: the header and the walk still pass
+    target.write_bytes(data)
+    shutil.rmtree(out / ".dlstudy")
+    for _ in first_rerun:
+        status, summary, stderr = installed_download(url, synth_study.study_uid, out)
+        assert status == 0, stderr
+        assert summary["instances"] == instance_counts(60, skipped=60)  # adopted
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out, "--verify")
+
+    assert status == 0, stderr
+    assert summary["instances"] == instance_counts(60, downloaded=60)
+    assert "60 files on disk have no digest of the server's bytes in the manifest" in stderr
+    assert_same_files(synth_study.instances, out)
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out, "--verify")
+    assert status == 0, stderr
+    assert summary["instances"] == instance_counts(60, skipped=60)  # now known: checked
