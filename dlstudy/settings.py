@@ -6,7 +6,10 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import NoneType
 from typing import Any, Literal
+
+from .errors import UsageError
 
 HttpVersion = Literal["auto", "1.1", "2"]
 Mode = Literal["auto", "instance", "series", "study"]
@@ -78,9 +81,38 @@ class Settings:
         object.__setattr__(self, "series", values(self.series))
         object.__setattr__(self, "modalities", values(self.modalities))
         object.__setattr__(self, "headers", pairs(self.headers))
+        check_types(self)
 
 
 _PATH_FIELDS = tuple(f.name for f in fields(Settings) if "Path" in str(f.type))
+
+# What a field of each hint takes at run time, as a usage error says it. A script's
+# `concurrency="8"` failed deep inside as a TypeError, and `verify="no"` was true.
+TAKES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an int"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "True or False"),
+    "str": ((str,), "text"),
+    "str | None": ((str, NoneType), "text or None"),
+    "HttpVersion": ((str,), "text ('auto', '1.1' or '2')"),
+    "Mode": ((str,), "text ('auto', 'instance', 'series' or 'study')"),
+    "Path": ((Path,), "a path (str or Path)"),
+    "Path | None": ((Path, NoneType), "a path (str or Path) or None"),
+    "tuple[str, ...]": ((str,), "text or a list of text"),  # each value
+}
+
+
+def check_types(settings: Settings) -> None:
+    """Refuse a value of the wrong type, naming the field (never the value: it may be a
+    secret). `headers` and `in_shard` are checked where they are used."""
+    for f in fields(settings):
+        if f.type not in TAKES:
+            continue
+        types, what = TAKES[str(f.type)]
+        value = getattr(settings, f.name)
+        for one in value if f.type == "tuple[str, ...]" else (value,):
+            if not isinstance(one, types) or (isinstance(one, bool) and bool not in types):
+                raise UsageError(f"{f.name} must be {what}, not {type(one).__name__}")
 
 
 def values(given: str | Iterable[str]) -> tuple[str, ...]:

@@ -309,3 +309,32 @@ def test_under_trio_the_async_functions_say_they_need_asyncio(
         return summary
 
     assert trio.run(in_a_thread).downloaded == 60
+
+
+def test_a_setting_of_the_wrong_type_is_named_before_any_request(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A script passing a number as text, a boolean as text or the HTTP version as a number
+    gets a usage error naming the field and what it takes: `concurrency="8"` was a
+    `TypeError: '<=' not supported between instances of 'int' and 'str'`, `verify="no"` a
+    re-verification (any text is true), and `http=2` said `--http must be auto, 1.1 or 2, not
+    2`. A secret's value is never shown."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    wrong = [
+        ({"concurrency": "8"}, "concurrency must be an int, not str"),
+        ({"timeout": "30"}, "timeout must be a number, not str"),
+        ({"verify": "no"}, "verify must be True or False, not str"),
+        ({"http": 2}, "http must be text ('auto', '1.1' or '2'), not int"),
+        ({"workers": True}, "workers must be an int, not bool"),
+        ({"modalities": ["CT", 1]}, "modalities must be text or a list of text, not int"),
+        ({"output": 7}, "output must be a path (str or Path), not int"),
+        ({"token": 12345678}, "token must be text or None, not int"),
+    ]
+    for options, message in wrong:
+        with pytest.raises(dlstudy.DlstudyError) as refused:
+            dlstudy.download(synth_study.study_uid, url, **{"output": out, **options})
+        assert refused.value.exit_status == dlstudy.ExitStatus.USAGE
+        assert str(refused.value) == message, options
+        assert "12345678" not in str(refused.value)
+    assert not out.exists()
