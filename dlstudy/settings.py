@@ -7,12 +7,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import NoneType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import UsageError
 
 HttpVersion = Literal["auto", "1.1", "2"]
 Mode = Literal["auto", "instance", "series", "study"]
+# What a script may pass for paths, lists of text and (name, value) pairs; made Path and tuples.
+PathLike = str | os.PathLike[str]
+Texts = str | Iterable[str]
+Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
 
 DEFAULT_LAYOUT = "{study}/{series}/{sop}.dcm"
 # `--concurrency 0` (the default): HTTP/2 streams are cheap for client and server alike, and
@@ -71,6 +75,43 @@ class Settings:
     # that owns its study.
     in_shard: tuple[int, int] | None = None
 
+    if TYPE_CHECKING:
+        # The __init__ mypy reads: the fields as a script may pass them (wider than what is
+        # kept, see __post_init__). At run time the dataclass makes its own. Same names and
+        # order as the fields (tests/unit/test_settings.py).
+        def __init__(
+            self,
+            url: str,
+            output: PathLike = ...,
+            concurrency: int = ...,
+            workers: int = ...,
+            http: HttpVersion = ...,
+            mode: Mode = ...,
+            transfer_syntax: str = ...,
+            layout: str = ...,
+            series: Texts = ...,
+            modalities: Texts = ...,
+            token: str | None = ...,
+            user: str | None = ...,
+            password: str | None = ...,
+            headers: Pairs = ...,
+            ca_bundle: PathLike | None = ...,
+            cert: PathLike | None = ...,
+            key: PathLike | None = ...,
+            insecure: bool = ...,
+            proxy: str | None = ...,
+            token_command: str | None = ...,
+            retries: int = ...,
+            retry_budget: float = ...,
+            timeout: float = ...,
+            qido_page_size: int = ...,
+            verify: bool = ...,
+            recheck: bool = ...,
+            wait_for_lock: bool = ...,
+            report: PathLike | None = ...,
+            in_shard: tuple[int, int] | None = ...,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         # Library callers pass paths as strings (`output="studies"`), as download() takes
         # them; the rest of dlstudy joins them with `/`.
@@ -115,13 +156,13 @@ def check_types(settings: Settings) -> None:
                 raise UsageError(f"{f.name} must be {what}, not {type(one).__name__}")
 
 
-def values(given: str | Iterable[str]) -> tuple[str, ...]:
+def values(given: Texts) -> tuple[str, ...]:
     """A tuple of strings from what a library caller may pass: a list, or one string as one
     value (`modalities="CT"`), which a tuple of its characters would silently not match."""
     return (given,) if isinstance(given, str) else tuple(given)
 
 
-def pairs(given: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[Any, ...]:
+def pairs(given: Pairs) -> tuple[Any, ...]:
     """(name, value) pairs from a dict (`headers={"X-Api-Key": "..."}`), or as given: what is
     no pair is refused where it is used (http/credentials.py, dicomweb/search.py)."""
     items = given.items() if isinstance(given, Mapping) else given

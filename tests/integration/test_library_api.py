@@ -102,6 +102,15 @@ def main(progress: ProgressSink) -> None:
         ["1.2.3"], "http://127.0.0.1:9/dicomweb", output="studies", progress=progress
     )
     print(summary.downloaded, summary.failed, summary.as_dict())
+    settings = dlstudy.Settings(
+        url="http://127.0.0.1:9/dicomweb", output="studies", series=["1.2"], modalities="CT",
+        headers={"X-Trace": "1"}, report="landed.csv",
+    )  # fmt: skip
+    query = StudyQuery(study_date="7d", modalities="CT", filters={"PatientID": "7"})
+    try:
+        sync(settings, query)
+    except dlstudy.DlstudyError as failed:
+        print(failed.exit_status, failed.summary.total if failed.summary else None)
     reveal_type(sync)
     reveal_type(sync_async)
     reveal_type(dlstudy.ProgressSink)
@@ -110,7 +119,9 @@ def main(progress: ProgressSink) -> None:
 
 def test_a_users_script_is_type_checked_against_dlstudys_hints(tmp_path: Path) -> None:
     """dlstudy ships its hints (py.typed), and the names imported when first used have them
-    too: mypy --strict checks a script against them, none is Any."""
+    too: mypy --strict checks a script against them, none is Any. Settings and StudyQuery take
+    paths as text and one string or a dict as download() does (mypy said `expected "Path"`),
+    and a DlstudyError's `.summary` is known (mypy said it has no such attribute)."""
     (tmp_path / "script.py").write_text(USER_SCRIPT)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "script.py"],
@@ -155,7 +166,7 @@ def test_one_string_where_a_list_goes_is_one_value(
     )
 
     wanted = {"StudyInstanceUID": synth_study.study_uid}
-    query = dlstudy.StudyQuery(modalities="CT", filters=wanted)  # type: ignore[arg-type]
+    query = dlstudy.StudyQuery(modalities="CT", filters=wanted)
     records = anyio.run(dlstudy.search_async, dlstudy.Settings(url=url), query)
     assert [record.study_uid for record in records] == [synth_study.study_uid]
 
