@@ -349,3 +349,39 @@ def test_a_setting_of_the_wrong_type_is_named_before_any_request(
         assert str(refused.value) == message, options
         assert "12345678" not in str(refused.value)
     assert not out.exists()
+
+
+CONCURRENT_RUNS = """
+import asyncio, signal, sys, dlstudy
+
+def own_handler(signum, frame):
+    pass
+
+uid, url, out = sys.argv[1:]
+dlstudy.download([uid], url, output=out + "/0")  # the first of the two then has nothing to do
+signal.signal(signal.SIGINT, own_handler)
+signal.signal(signal.SIGTERM, own_handler)
+
+async def main():
+    runs = [dlstudy.download_async([uid], dlstudy.Settings(url=url, output=out + f"/{n}"))
+            for n in range(2)]
+    return [summary.skipped + summary.downloaded for summary in await asyncio.gather(*runs)]
+
+print(*asyncio.run(main()), *(signal.getsignal(s) is own_handler for s in (2, 15)))
+"""
+
+
+def test_two_runs_at_once_in_one_loop_give_the_callers_handlers_back(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Two download_async at once in the main thread's loop (asyncio.gather): each watches
+    SIGINT and SIGTERM while it runs, and the caller's own handlers are back after both. The
+    second took asyncio's handler for the caller's and, ending last, put it back: Ctrl-C was
+    ignored for good, the process no longer stoppable by it."""
+    url = embedded_server(synth_study.root)
+    result = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_RUNS, synth_study.study_uid, url, str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["60", "60", "True", "True"]
