@@ -14,6 +14,7 @@ import pytest
 
 import dlstudy
 from dlstudy.report.progress import Listed, NullProgress
+from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import assert_same_files
 from ..fixtures.embedded_server import StartServer, SynthStudy
@@ -385,3 +386,46 @@ def test_two_runs_at_once_in_one_loop_give_the_callers_handlers_back(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["60", "60", "True", "True"]
+
+
+INTERRUPTED_WITH_WORKERS = """
+import os, signal, sys, dlstudy
+from dlstudy.report.progress import NullProgress
+
+class InterruptAtFifth(NullProgress):
+    done = 0
+    def instance_done(self, ref, nbytes):
+        self.done += 1
+        if self.done == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+def open_files():
+    return set(os.listdir("/proc/self/fd"))
+
+uid, url, out = sys.argv[1:]
+options = dict(workers=2, mode="instance")
+dlstudy.download([uid], url, output=out + "/first", **options)  # what one opens for good
+before = open_files()
+try:
+    dlstudy.download([uid], url, output=out + "/second", progress=InterruptAtFifth(), **options)
+except KeyboardInterrupt as stop:
+    kept = stop  # as a notebook keeps the last one (sys.last_value) with its traceback
+    print(kept.summary.as_dict()["processes"], len(open_files() - before))
+"""
+
+
+def test_an_interrupted_run_with_workers_leaves_no_file_open(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """Ctrl-C in a download whose worker processes had started: the pipes to them are closed
+    even while the caller keeps the KeyboardInterrupt (a notebook keeps the last one, and its
+    traceback holds the run's frames); two stayed open per interrupted run until then."""
+    # One series long enough to be shared with a worker (MIN_INSTANCES_PER_WORKER).
+    [first, *_] = generate(tmp_path / "data", SynthSpec(series=1, instances=150, size=4096))
+    url = embedded_server(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_WITH_WORKERS, first.study_uid, url, str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "0"]
