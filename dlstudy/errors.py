@@ -22,6 +22,7 @@ Library code raises these (always `raise ... from exc`); only the CLI turns them
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitStatus(IntEnum):
@@ -41,6 +42,10 @@ class DlstudyError(Exception):
     """Root of every error dlstudy raises on purpose."""
 
     exit_status: ExitStatus = ExitStatus.SOME_FAILED
+    # What a download or sync did before it failed, a report.summary.Summary (a SyncSummary
+    # for sync; typed Any: errors sits below report); None for an error raised before a run
+    # began (Settings, StudyQuery) or outside one.
+    summary: Any = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -160,3 +165,5 @@ class MultipartError(DlstudyError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same cleanup paths run."""
+
+    summary: Any = None  # as DlstudyError's

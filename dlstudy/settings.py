@@ -6,10 +6,17 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from types import NoneType
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import UsageError
 
 HttpVersion = Literal["auto", "1.1", "2"]
 Mode = Literal["auto", "instance", "series", "study"]
+# What a script may pass for paths, lists of text and (name, value) pairs; made Path and tuples.
+PathLike = str | os.PathLike[str]
+Texts = str | Iterable[str]
+Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
 
 DEFAULT_LAYOUT = "{study}/{series}/{sop}.dcm"
 # `--concurrency 0` (the default): HTTP/2 streams are cheap for client and server alike, and
@@ -68,6 +75,43 @@ class Settings:
     # that owns its study.
     in_shard: tuple[int, int] | None = None
 
+    if TYPE_CHECKING:
+        # The __init__ mypy reads: the fields as a script may pass them (wider than what is
+        # kept, see __post_init__). At run time the dataclass makes its own. Same names and
+        # order as the fields (tests/unit/test_settings.py).
+        def __init__(
+            self,
+            url: str,
+            output: PathLike = ...,
+            concurrency: int = ...,
+            workers: int = ...,
+            http: HttpVersion = ...,
+            mode: Mode = ...,
+            transfer_syntax: str = ...,
+            layout: str = ...,
+            series: Texts = ...,
+            modalities: Texts = ...,
+            token: str | None = ...,
+            user: str | None = ...,
+            password: str | None = ...,
+            headers: Pairs = ...,
+            ca_bundle: PathLike | None = ...,
+            cert: PathLike | None = ...,
+            key: PathLike | None = ...,
+            insecure: bool = ...,
+            proxy: str | None = ...,
+            token_command: str | None = ...,
+            retries: int = ...,
+            retry_budget: float = ...,
+            timeout: float = ...,
+            qido_page_size: int = ...,
+            verify: bool = ...,
+            recheck: bool = ...,
+            wait_for_lock: bool = ...,
+            report: PathLike | None = ...,
+            in_shard: tuple[int, int] | None = ...,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         # Library callers pass paths as strings (`output="studies"`), as download() takes
         # them; the rest of dlstudy joins them with `/`.
@@ -78,18 +122,47 @@ class Settings:
         object.__setattr__(self, "series", values(self.series))
         object.__setattr__(self, "modalities", values(self.modalities))
         object.__setattr__(self, "headers", pairs(self.headers))
+        check_types(self)
 
 
 _PATH_FIELDS = tuple(f.name for f in fields(Settings) if "Path" in str(f.type))
 
+# What a field of each hint takes at run time, as a usage error says it. A script's
+# `concurrency="8"` failed deep inside as a TypeError, and `verify="no"` was true.
+TAKES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an int"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "True or False"),
+    "str": ((str,), "text"),
+    "str | None": ((str, NoneType), "text or None"),
+    "HttpVersion": ((str,), "text ('auto', '1.1' or '2')"),
+    "Mode": ((str,), "text ('auto', 'instance', 'series' or 'study')"),
+    "Path": ((Path,), "a path (str or Path)"),
+    "Path | None": ((Path, NoneType), "a path (str or Path) or None"),
+    "tuple[str, ...]": ((str,), "text or a list of text"),  # each value
+}
 
-def values(given: str | Iterable[str]) -> tuple[str, ...]:
+
+def check_types(settings: Settings) -> None:
+    """Refuse a value of the wrong type, naming the field (never the value: it may be a
+    secret). `headers` and `in_shard` are checked where they are used."""
+    for f in fields(settings):
+        if f.type not in TAKES:
+            continue
+        types, what = TAKES[str(f.type)]
+        value = getattr(settings, f.name)
+        for one in value if f.type == "tuple[str, ...]" else (value,):
+            if not isinstance(one, types) or (isinstance(one, bool) and bool not in types):
+                raise UsageError(f"{f.name} must be {what}, not {type(one).__name__}")
+
+
+def values(given: Texts) -> tuple[str, ...]:
     """A tuple of strings from what a library caller may pass: a list, or one string as one
     value (`modalities="CT"`), which a tuple of its characters would silently not match."""
     return (given,) if isinstance(given, str) else tuple(given)
 
 
-def pairs(given: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[Any, ...]:
+def pairs(given: Pairs) -> tuple[Any, ...]:
     """(name, value) pairs from a dict (`headers={"X-Api-Key": "..."}`), or as given: what is
     no pair is refused where it is used (http/credentials.py, dicomweb/search.py)."""
     items = given.items() if isinstance(given, Mapping) else given

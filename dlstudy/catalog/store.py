@@ -158,8 +158,7 @@ def writing(path: Path) -> Iterator[None]:
         yield
     except duckdb.Error as exc:
         stop = StorageError(f"catalog {path}: {_first_line(exc)}", path=str(path))
-        if hasattr(exc, "summary"):
-            stop.summary = exc.summary  # type: ignore[attr-defined]
+        stop.summary = getattr(exc, "summary", None)
         raise stop from exc
 
 

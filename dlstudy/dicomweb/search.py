@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -21,7 +21,7 @@ from ..flow.retry import RetryPolicy
 from ..http.auth import auth_from_settings
 from ..http.client import Transport, require_asyncio
 from ..http.credentials import is_pair
-from ..settings import Settings, pairs, values
+from ..settings import Pairs, Settings, Texts, pairs, values
 from .qido import TAG_STUDY_UID, Pager, first_int, first_value
 
 TAG_STUDY_DATE = "00080020"
@@ -54,6 +54,18 @@ class StudyQuery:
     accession: str | None = None
     modalities: tuple[str, ...] = ()
     filters: tuple[tuple[str, str], ...] = ()  # (keyword or 8 hex digits, value)
+
+    if TYPE_CHECKING:
+        # As Settings's: what mypy reads, `modalities` and `filters` as a script may pass them.
+        def __init__(
+            self,
+            patient_id: str | None = ...,
+            patient_name: str | None = ...,
+            study_date: str | None = ...,
+            accession: str | None = ...,
+            modalities: Texts = ...,
+            filters: Pairs = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         # As Settings takes them from a library caller: `modalities="CT"`, `filters={...}`;

@@ -451,6 +451,8 @@ def _stop(
         if process.is_alive():
             process.kill()
         process.join(_JOIN_TIMEOUT)
+        if not process.is_alive():  # its pipe closed now, not when the object is collected:
+            process.close()  # an interrupted run's traceback (a notebook keeps it) holds it
     return left
 
 

@@ -25,6 +25,11 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Set while a stop_on_signals is watching: one inside it (a sync's download) just runs.
 _WATCHING: ContextVar[bool] = ContextVar("dlstudy_signals_watched", default=False)
 _stopping = False
+# The handlers in place before the first of the runs watching now (two download_async at once
+# in one loop): each run puts these back as it ends, not those it found, which may be the
+# other run's (asyncio's, which ignores the signal: Ctrl-C was lost for good).
+_callers: dict[int, Any] = {}
+_watching_runs = 0
 
 
 def stopping() -> bool:
@@ -42,9 +47,11 @@ async def stop_on_signals(work: Awaitable[T]) -> T:
     """
     if threading.current_thread() is not threading.main_thread() or _WATCHING.get():
         return await work
-    global _stopping
+    global _stopping, _watching_runs
     _stopping = False
-    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    if not _watching_runs:
+        _callers.update({signum: signal.getsignal(signum) for signum in _SIGNALS})
+    _watching_runs += 1
     token = _WATCHING.set(True)
     received: list[int] = []
     carried: list[Any] = []  # the summary the work attached to its cancellation
@@ -69,9 +76,12 @@ async def stop_on_signals(work: Awaitable[T]) -> T:
                 tg.cancel_scope.cancel()  # done: stop watching
     finally:
         _WATCHING.reset(token)
-        for signum, handler in previous.items():
+        _watching_runs -= 1
+        for signum, handler in _callers.items():
             if handler is not None:
                 signal.signal(signum, handler)
+        if not _watching_runs:
+            _callers.clear()
     if received:
         stop = Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
         if carried and carried[0] is not None:

@@ -148,7 +148,8 @@ def run_to_end(work: Callable[..., Awaitable[T]], *args: Any) -> T:
                 future.cancel()
                 raise
     except BaseException as exc:
-        if ended and not hasattr(exc, "summary"):  # the wait, not the run, was interrupted
+        # The wait, not the run, was interrupted (a DlstudyError's summary is None until set).
+        if ended and getattr(exc, "summary", None) is None:
             exc.summary = getattr(ended[0], "summary", None)  # type: ignore[attr-defined]
         raise
 

@@ -14,6 +14,7 @@ import pytest
 
 import dlstudy
 from dlstudy.report.progress import Listed, NullProgress
+from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import assert_same_files
 from ..fixtures.embedded_server import StartServer, SynthStudy
@@ -102,6 +103,15 @@ def main(progress: ProgressSink) -> None:
         ["1.2.3"], "http://127.0.0.1:9/dicomweb", output="studies", progress=progress
     )
     print(summary.downloaded, summary.failed, summary.as_dict())
+    settings = dlstudy.Settings(
+        url="http://127.0.0.1:9/dicomweb", output="studies", series=["1.2"], modalities="CT",
+        headers={"X-Trace": "1"}, report="landed.csv",
+    )  # fmt: skip
+    query = StudyQuery(study_date="7d", modalities="CT", filters={"PatientID": "7"})
+    try:
+        sync(settings, query)
+    except dlstudy.DlstudyError as failed:
+        print(failed.exit_status, failed.summary.total if failed.summary else None)
     reveal_type(sync)
     reveal_type(sync_async)
     reveal_type(dlstudy.ProgressSink)
@@ -110,7 +120,9 @@ def main(progress: ProgressSink) -> None:
 
 def test_a_users_script_is_type_checked_against_dlstudys_hints(tmp_path: Path) -> None:
     """dlstudy ships its hints (py.typed), and the names imported when first used have them
-    too: mypy --strict checks a script against them, none is Any."""
+    too: mypy --strict checks a script against them, none is Any. Settings and StudyQuery take
+    paths as text and one string or a dict as download() does (mypy said `expected "Path"`),
+    and a DlstudyError's `.summary` is known (mypy said it has no such attribute)."""
     (tmp_path / "script.py").write_text(USER_SCRIPT)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "script.py"],
@@ -155,7 +167,7 @@ def test_one_string_where_a_list_goes_is_one_value(
     )
 
     wanted = {"StudyInstanceUID": synth_study.study_uid}
-    query = dlstudy.StudyQuery(modalities="CT", filters=wanted)  # type: ignore[arg-type]
+    query = dlstudy.StudyQuery(modalities="CT", filters=wanted)
     records = anyio.run(dlstudy.search_async, dlstudy.Settings(url=url), query)
     assert [record.study_uid for record in records] == [synth_study.study_uid]
 
@@ -309,3 +321,111 @@ def test_under_trio_the_async_functions_say_they_need_asyncio(
         return summary
 
     assert trio.run(in_a_thread).downloaded == 60
+
+
+def test_a_setting_of_the_wrong_type_is_named_before_any_request(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A script passing a number as text, a boolean as text or the HTTP version as a number
+    gets a usage error naming the field and what it takes: `concurrency="8"` was a
+    `TypeError: '<=' not supported between instances of 'int' and 'str'`, `verify="no"` a
+    re-verification (any text is true), and `http=2` said `--http must be auto, 1.1 or 2, not
+    2`. A secret's value is never shown."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    wrong = [
+        ({"concurrency": "8"}, "concurrency must be an int, not str"),
+        ({"timeout": "30"}, "timeout must be a number, not str"),
+        ({"verify": "no"}, "verify must be True or False, not str"),
+        ({"http": 2}, "http must be text ('auto', '1.1' or '2'), not int"),
+        ({"workers": True}, "workers must be an int, not bool"),
+        ({"modalities": ["CT", 1]}, "modalities must be text or a list of text, not int"),
+        ({"output": 7}, "output must be a path (str or Path), not int"),
+        ({"token": 12345678}, "token must be text or None, not int"),
+    ]
+    for options, message in wrong:
+        with pytest.raises(dlstudy.DlstudyError) as refused:
+            dlstudy.download(synth_study.study_uid, url, **{"output": out, **options})
+        assert refused.value.exit_status == dlstudy.ExitStatus.USAGE
+        assert str(refused.value) == message, options
+        assert "12345678" not in str(refused.value)
+    assert not out.exists()
+
+
+CONCURRENT_RUNS = """
+import asyncio, signal, sys, dlstudy
+
+def own_handler(signum, frame):
+    pass
+
+uid, url, out = sys.argv[1:]
+dlstudy.download([uid], url, output=out + "/0")  # the first of the two then has nothing to do
+signal.signal(signal.SIGINT, own_handler)
+signal.signal(signal.SIGTERM, own_handler)
+
+async def main():
+    runs = [dlstudy.download_async([uid], dlstudy.Settings(url=url, output=out + f"/{n}"))
+            for n in range(2)]
+    return [summary.skipped + summary.downloaded for summary in await asyncio.gather(*runs)]
+
+print(*asyncio.run(main()), *(signal.getsignal(s) is own_handler for s in (2, 15)))
+"""
+
+
+def test_two_runs_at_once_in_one_loop_give_the_callers_handlers_back(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """Two download_async at once in the main thread's loop (asyncio.gather): each watches
+    SIGINT and SIGTERM while it runs, and the caller's own handlers are back after both. The
+    second took asyncio's handler for the caller's and, ending last, put it back: Ctrl-C was
+    ignored for good, the process no longer stoppable by it."""
+    url = embedded_server(synth_study.root)
+    result = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_RUNS, synth_study.study_uid, url, str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["60", "60", "True", "True"]
+
+
+INTERRUPTED_WITH_WORKERS = """
+import os, signal, sys, dlstudy
+from dlstudy.report.progress import NullProgress
+
+class InterruptAtFifth(NullProgress):
+    done = 0
+    def instance_done(self, ref, nbytes):
+        self.done += 1
+        if self.done == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+def open_files():
+    return set(os.listdir("/proc/self/fd"))
+
+uid, url, out = sys.argv[1:]
+options = dict(workers=2, mode="instance")
+dlstudy.download([uid], url, output=out + "/first", **options)  # what one opens for good
+before = open_files()
+try:
+    dlstudy.download([uid], url, output=out + "/second", progress=InterruptAtFifth(), **options)
+except KeyboardInterrupt as stop:
+    kept = stop  # as a notebook keeps the last one (sys.last_value) with its traceback
+    print(kept.summary.as_dict()["processes"], len(open_files() - before))
+"""
+
+
+def test_an_interrupted_run_with_workers_leaves_no_file_open(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """Ctrl-C in a download whose worker processes had started: the pipes to them are closed
+    even while the caller keeps the KeyboardInterrupt (a notebook keeps the last one, and its
+    traceback holds the run's frames); two stayed open per interrupted run until then."""
+    # One series long enough to be shared with a worker (MIN_INSTANCES_PER_WORKER).
+    [first, *_] = generate(tmp_path / "data", SynthSpec(series=1, instances=150, size=4096))
+    url = embedded_server(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_WITH_WORKERS, first.study_uid, url, str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "0"]
