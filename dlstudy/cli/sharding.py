@@ -29,6 +29,9 @@ ShardOpt = Annotated[
 
 
 def shard_option(text: str | None) -> Shard | None:
+    if text is not None and not text.strip():
+        # `--shard "$SHARD"` with SHARD unset: every task would fetch the whole list.
+        fail_usage("--shard is empty: give K/N or auto, or leave the option out for every study")
     try:
         return parse_shard(text, os.environ)
     except DlstudyError as exc:

@@ -793,3 +793,55 @@ def test_quiet_keeps_the_summary_line_off_stderr_when_stopped(
     assert run.returncode == 143, output
     assert output.splitlines() == [output.splitlines()[-1]], output
     assert output.startswith("dlstudy: error: terminated; "), output
+
+
+@pytest.mark.parametrize("command", ["download", "sync"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_shard_is_a_usage_error_not_every_study(
+    tmp_path: Path, embedded_server: StartServer, command: str, value: str
+) -> None:
+    """`--shard "$SHARD"` with SHARD unset in a job script: without this, every task would
+    download the whole list (as an empty filter would match the whole archive)."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 2, seed=35)
+    url = embedded_server(root)
+    cohort = tmp_path / "cohort.txt"
+    cohort.write_text("\n".join(study_uids(instances)) + "\n")
+    what = ["--from-file", str(cohort)] if command == "download" else []
+    out = tmp_path / "out"
+
+    result = run_installed(command, *what, "--url", url, "-o", str(out), "--shard", value)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "dlstudy: error: --shard is empty: give K/N or auto, or leave the option out for every "
+        "study"
+    ]
+    assert downloaded_studies(out) == set()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("\u00b9/4", "--shard must look like K/N (e.g. 2/8) or be 'auto', not '\u00b9/4'"),
+        ("\u0661/4", "--shard must look like K/N (e.g. 2/8) or be 'auto', not '\u0661/4'"),
+        ("1/" + "9" * 5000, f"--shard 1/{'9' * 38}: K and N must be between 1 and 1000000"),
+    ],
+)
+def test_a_shard_with_digits_int_cannot_read_is_one_line(
+    tmp_path: Path, embedded_server: StartServer, value: str, message: str
+) -> None:
+    """A superscript digit passes str.isdigit() and a number of 4,300 digits int()'s limit:
+    each was a traceback (exit 1); an Arabic-Indic digit was read as a shard number."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 1, seed=36)
+    url = embedded_server(root)
+    out = tmp_path / "out"
+
+    result = run_installed(
+        "download", *study_uids(instances), "--url", url, "-o", str(out), "--shard", value
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"dlstudy: error: {message}"]
+    assert downloaded_studies(out) == set()
