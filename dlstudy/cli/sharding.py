@@ -71,7 +71,27 @@ def select_shard_items(
     select_shard((one for one in unique if isinstance(one, str)), None)  # checks each UID
     if shard is None:
         return unique
-    return [one for one in unique if _routed_later(one) or shard.owns(_shard_key(one))]
+    return [one for one in unique if in_shard(one, shard)]
+
+
+def in_shard(one: str | CohortItem, shard: Shard) -> bool:
+    """Whether this shard keeps `one` now (see select_shard_items)."""
+    return _routed_later(one) or shard.owns(_shard_key(one))
+
+
+class ShardKeeper:
+    """`keep` for read_cohort: an item of another shard is dropped as the list is read, so a
+    shard of a long list holds its own part, not the whole list; `dropped` counts them."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.dropped = 0
+
+    def __call__(self, item: CohortItem) -> bool:
+        if in_shard(item, self.shard):
+            return True
+        self.dropped += 1
+        return False
 
 
 def _routed_later(one: str | CohortItem) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from dlstudy.dicomweb.shard import shard_of
 from dlstudy.server import ServerOptions, running_server
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
@@ -27,6 +28,7 @@ from ..cli_helpers import (
     instance_counts,
     run_cli,
     run_installed,
+    run_installed_measured,
     run_on_a_terminal,
     start_installed,
     summary_of,
@@ -593,8 +595,6 @@ def test_a_shard_with_no_study_succeeds(tmp_path: Path, embedded_server: StartSe
     instances = make_studies(root, 1, seed=51)
     url = embedded_server(root)
     uid = instances[0].study_uid
-    from dlstudy.dicomweb.shard import shard_of
-
     other = 1 if shard_of(uid, 2) == 2 else 2
     result = run_cli(
         "download", uid, "--url", url, "-o", str(tmp_path / "o"), "--shard", f"{other}/2"
@@ -845,3 +845,36 @@ def test_a_shard_with_digits_int_cannot_read_is_one_line(
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [f"dlstudy: error: {message}"]
     assert downloaded_studies(out) == set()
+
+
+# The interpreter and its libraries take about 65 MB; every line of the list kept until the
+# shard was chosen took about 500 bytes (215 MB for this list on a 2-core machine).
+SHARD_OF_LIST_PEAK_MB = 130
+
+
+def test_a_shard_of_a_long_list_keeps_only_its_own_lines(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """A list of 300,000 lines, `--shard K/50`: the other shards' lines are dropped as they
+    are read, so the shard holds its own part only; it still downloads its studies."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 2, seed=37)
+    url = embedded_server(root)
+    studies = study_uids(instances)
+    count = 50
+    number = shard_of(studies[0], count)
+    others = (f"2.25.{10**30 + n}" for n in range(400_000))
+    fakes = [uid for uid in others if shard_of(uid, count) != number][:300_000]
+    cohort = tmp_path / "cohort.txt"
+    cohort.write_text("\n".join([*fakes, *studies]) + "\n")
+    out = tmp_path / "out"
+
+    result, peak_mb = run_installed_measured(
+        "download", "--from-file", str(cohort), "--url", url, "-o", str(out),
+        "--shard", f"{number}/{count}", "--json", peak_file=tmp_path / "peak", timeout=600,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    mine = {uid for uid in studies if shard_of(uid, count) == number}
+    assert set(summary_of(result)["study_uids"]) == mine == downloaded_studies(out)
+    assert peak_mb <= SHARD_OF_LIST_PEAK_MB, peak_mb
