@@ -36,6 +36,7 @@ from .options import (
     with_options,
 )
 from .sharding import (
+    ShardKeeper,
     ShardOpt,
     finish_empty_shard,
     select_shard_items,
@@ -43,13 +44,16 @@ from .sharding import (
 )
 
 
-def read_from_file(source: str, repeats: Repeats) -> list[CohortItem]:
+def read_from_file(
+    source: str, repeats: Repeats, keeper: ShardKeeper | None = None
+) -> list[CohortItem]:
     """The items of a cohort list (dicomweb/cohort.py), each once (repeats noted in `repeats`,
-    dropped as they are read); a malformed one exits 2 naming the line."""
+    dropped as they are read; so are other shards' items, given a `keeper`); a malformed one
+    exits 2 naming the line."""
     if not source:  # `--from-file "$LIST"` with the variable unset
         fail_usage("--from-file is empty (an unset variable?): give a file, or - for stdin")
     try:
-        return read_cohort(source, label=f"--from-file {source}", repeats=repeats)
+        return read_cohort(source, label=f"--from-file {source}", repeats=repeats, keep=keeper)
     except DlstudyError as exc:
         fail_usage(str(exc))
 
@@ -94,14 +98,17 @@ def register(app: typer.Typer) -> None:
             with exit_on_interrupt(json_output=json_output, quiet=quiet, before_run=failed):
                 repeats = Repeats()
                 wanted: list[str | CohortItem] = [*unique_arguments(study_uids or [], repeats)]
+                chosen_shard = shard_option(shard)
+                keeper = ShardKeeper(chosen_shard) if chosen_shard is not None else None
                 if from_file is not None:
-                    wanted += read_from_file(from_file, repeats)
+                    wanted += read_from_file(from_file, repeats, keeper)
                 check_where(where, from_catalog, "--from-catalog")
                 if from_catalog is not None:
                     wanted += catalog_uids(from_catalog, where)
-                if not wanted and from_file is not None:  # an empty list: no UID, only comments
+                dropped = keeper.dropped if keeper is not None else 0
+                if not wanted and not dropped and from_file is not None:  # only comments
                     fail_usage(f"--from-file {from_file} names no study, series or instance")
-                if not wanted:
+                if not wanted and not dropped:
                     fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
                 if not url:
                     fail_usage(URL_REQUIRED)
@@ -112,8 +119,7 @@ def register(app: typer.Typer) -> None:
                         report_format(report)
                     except DlstudyError as exc:
                         fail_usage(str(exc))
-                chosen_shard = shard_option(shard)
-                given = len(wanted)
+                given = len(wanted) + dropped
                 wanted = select_shard_items(wanted, chosen_shard, repeats)
                 if not wanted and chosen_shard is not None:
                     finish_empty_shard(

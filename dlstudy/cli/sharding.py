@@ -29,6 +29,9 @@ ShardOpt = Annotated[
 
 
 def shard_option(text: str | None) -> Shard | None:
+    if text is not None and not text.strip():
+        # `--shard "$SHARD"` with SHARD unset: every task would fetch the whole list.
+        fail_usage("--shard is empty: give K/N or auto, or leave the option out for every study")
     try:
         return parse_shard(text, os.environ)
     except DlstudyError as exc:
@@ -68,7 +71,27 @@ def select_shard_items(
     select_shard((one for one in unique if isinstance(one, str)), None)  # checks each UID
     if shard is None:
         return unique
-    return [one for one in unique if _routed_later(one) or shard.owns(_shard_key(one))]
+    return [one for one in unique if in_shard(one, shard)]
+
+
+def in_shard(one: str | CohortItem, shard: Shard) -> bool:
+    """Whether this shard keeps `one` now (see select_shard_items)."""
+    return _routed_later(one) or shard.owns(_shard_key(one))
+
+
+class ShardKeeper:
+    """`keep` for read_cohort: an item of another shard is dropped as the list is read, so a
+    shard of a long list holds its own part, not the whole list; `dropped` counts them."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.dropped = 0
+
+    def __call__(self, item: CohortItem) -> bool:
+        if in_shard(item, self.shard):
+            return True
+        self.dropped += 1
+        return False
 
 
 def _routed_later(one: str | CohortItem) -> bool:

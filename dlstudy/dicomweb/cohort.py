@@ -33,7 +33,7 @@ import logging
 import re
 import sys
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -162,45 +162,62 @@ class Repeats:
         return zip(self._lines, self._firsts, strict=True)
 
 
+Keep = Callable[["CohortItem"], bool]
+
+
 def read_cohort(
-    source: str | Path, *, label: str | None = None, repeats: Repeats | None = None
+    source: str | Path,
+    *,
+    label: str | None = None,
+    repeats: Repeats | None = None,
+    keep: Keep | None = None,
 ) -> list[CohortItem]:
     """The items of the cohort list at `source` ("-": stdin), in file order, repeats kept;
     with `repeats`, each once: a repeat is dropped as it is read and noted there.
 
-    `label` names the source in messages (default: the path).
+    `label` names the source in messages (default: the path). `keep`: only the items it
+    returns true for are kept, as they are read (a shard's part of a long list); every line is
+    still read and checked.
     """
     name = str(source)
     label = label or name
     try:
         if name == "-":
-            return _parse_stdin(label, repeats)
+            return _parse_stdin(label, repeats, keep)
         with Path(name).open(encoding="utf-8-sig", errors=_ESCAPED, newline="") as fp:
-            return parse_cohort(fp, label=label, name=name, repeats=repeats)
+            return parse_cohort(fp, label=label, name=name, repeats=repeats, keep=keep)
     except OSError as exc:
         raise CohortError(f"cannot read {label}: {exc.strerror or exc}") from exc
 
 
-def _parse_stdin(label: str, repeats: Repeats | None) -> list[CohortItem]:
+def _parse_stdin(label: str, repeats: Repeats | None, keep: Keep | None) -> list[CohortItem]:
     """stdin decoded as a file is (a BOM dropped), whatever the locale."""
     if sys.stdin is None:  # the process was started with stdin closed (`<&-`)
         raise CohortError(f"cannot read {label}: standard input is closed")
     binary = getattr(sys.stdin, "buffer", None)
     if binary is None:  # a text stream a library caller put in its place
-        return parse_cohort(sys.stdin, label=label, name="-", repeats=repeats)
+        return parse_cohort(sys.stdin, label=label, name="-", repeats=repeats, keep=keep)
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors=_ESCAPED, newline="")
     try:
-        return parse_cohort(text, label=label, name="-", repeats=repeats)
+        return parse_cohort(text, label=label, name="-", repeats=repeats, keep=keep)
     finally:
         text.detach()  # sys.stdin keeps its buffer
 
 
 def parse_cohort(
-    lines: Iterable[str], *, label: str, name: str = "", repeats: Repeats | None = None
+    lines: Iterable[str],
+    *,
+    label: str,
+    name: str = "",
+    repeats: Repeats | None = None,
+    keep: Keep | None = None,
 ) -> list[CohortItem]:
     """Parse a cohort list given as lines; the format by `name`'s extension or the content.
-    Repeats kept; with `repeats`, dropped as they are read and noted there."""
-    items = _items(lines, label, name)
+    Repeats kept; with `repeats`, dropped as they are read and noted there. With `keep`, only
+    the items it returns true for (see read_cohort)."""
+    items: Iterable[CohortItem] = _items(lines, label, name)
+    if keep is not None:
+        items = filter(keep, items)
     if repeats is None:
         return list(items)
     repeats.label = label

@@ -16,6 +16,7 @@ schedulers pass `--shard K/N` (or `DLSTUDY_SHARD=K/N`) themselves.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")
 COUNT_VARIABLES = ("DLSTUDY_SHARD_COUNT", "JOB_COMPLETIONS", "SLURM_ARRAY_TASK_COUNT")
 # More shards than this is a typo, not a cluster.
 MAX_SHARDS = 1_000_000
+# ASCII digits only: str.isdigit() passes '¹', which int() refuses, and int() reads '١'.
+_NUMBER = re.compile(r"\s*([0-9]+)\s*")
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,14 @@ def parse_shard(text: str | None, env: Mapping[str, str]) -> Shard | None:
     if text.lower() == "auto":
         return _from_environment(env)
     number, sep, count = text.partition("/")
-    if not sep or not number.strip().isdigit() or not count.strip().isdigit():
+    number_found, count_found = _NUMBER.fullmatch(number), _NUMBER.fullmatch(count)
+    if not sep or number_found is None or count_found is None:
         raise UsageError(f"--shard must look like K/N (e.g. 2/8) or be 'auto', not {text[:40]!r}")
-    return Shard(int(number), int(count))
+    digits = number_found.group(1), count_found.group(1)
+    if any(len(one.lstrip("0")) > len(str(MAX_SHARDS)) for one in digits):
+        # (before int(), which refuses 4,300 digits or more)
+        raise UsageError(f"--shard {text[:40]}: K and N must be between 1 and {MAX_SHARDS}")
+    return Shard(int(digits[0]), int(digits[1]))
 
 
 def _from_environment(env: Mapping[str, str]) -> Shard:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from dlstudy.dicomweb.shard import shard_of
 from dlstudy.server import ServerOptions, running_server
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
@@ -27,6 +28,7 @@ from ..cli_helpers import (
     instance_counts,
     run_cli,
     run_installed,
+    run_installed_measured,
     run_on_a_terminal,
     start_installed,
     summary_of,
@@ -593,8 +595,6 @@ def test_a_shard_with_no_study_succeeds(tmp_path: Path, embedded_server: StartSe
     instances = make_studies(root, 1, seed=51)
     url = embedded_server(root)
     uid = instances[0].study_uid
-    from dlstudy.dicomweb.shard import shard_of
-
     other = 1 if shard_of(uid, 2) == 2 else 2
     result = run_cli(
         "download", uid, "--url", url, "-o", str(tmp_path / "o"), "--shard", f"{other}/2"
@@ -793,3 +793,88 @@ def test_quiet_keeps_the_summary_line_off_stderr_when_stopped(
     assert run.returncode == 143, output
     assert output.splitlines() == [output.splitlines()[-1]], output
     assert output.startswith("dlstudy: error: terminated; "), output
+
+
+@pytest.mark.parametrize("command", ["download", "sync"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_shard_is_a_usage_error_not_every_study(
+    tmp_path: Path, embedded_server: StartServer, command: str, value: str
+) -> None:
+    """`--shard "$SHARD"` with SHARD unset in a job script: without this, every task would
+    download the whole list (as an empty filter would match the whole archive)."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 2, seed=35)
+    url = embedded_server(root)
+    cohort = tmp_path / "cohort.txt"
+    cohort.write_text("\n".join(study_uids(instances)) + "\n")
+    what = ["--from-file", str(cohort)] if command == "download" else []
+    out = tmp_path / "out"
+
+    result = run_installed(command, *what, "--url", url, "-o", str(out), "--shard", value)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "dlstudy: error: --shard is empty: give K/N or auto, or leave the option out for every "
+        "study"
+    ]
+    assert downloaded_studies(out) == set()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("\u00b9/4", "--shard must look like K/N (e.g. 2/8) or be 'auto', not '\u00b9/4'"),
+        ("\u0661/4", "--shard must look like K/N (e.g. 2/8) or be 'auto', not '\u0661/4'"),
+        ("1/" + "9" * 5000, f"--shard 1/{'9' * 38}: K and N must be between 1 and 1000000"),
+    ],
+)
+def test_a_shard_with_digits_int_cannot_read_is_one_line(
+    tmp_path: Path, embedded_server: StartServer, value: str, message: str
+) -> None:
+    """A superscript digit passes str.isdigit() and a number of 4,300 digits int()'s limit:
+    each was a traceback (exit 1); an Arabic-Indic digit was read as a shard number."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 1, seed=36)
+    url = embedded_server(root)
+    out = tmp_path / "out"
+
+    result = run_installed(
+        "download", *study_uids(instances), "--url", url, "-o", str(out), "--shard", value
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"dlstudy: error: {message}"]
+    assert downloaded_studies(out) == set()
+
+
+# The interpreter and its libraries take about 65 MB; every line of the list kept until the
+# shard was chosen took about 500 bytes (215 MB for this list on a 2-core machine).
+SHARD_OF_LIST_PEAK_MB = 130
+
+
+def test_a_shard_of_a_long_list_keeps_only_its_own_lines(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """A list of 300,000 lines, `--shard K/50`: the other shards' lines are dropped as they
+    are read, so the shard holds its own part only; it still downloads its studies."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 2, seed=37)
+    url = embedded_server(root)
+    studies = study_uids(instances)
+    count = 50
+    number = shard_of(studies[0], count)
+    others = (f"2.25.{10**30 + n}" for n in range(400_000))
+    fakes = [uid for uid in others if shard_of(uid, count) != number][:300_000]
+    cohort = tmp_path / "cohort.txt"
+    cohort.write_text("\n".join([*fakes, *studies]) + "\n")
+    out = tmp_path / "out"
+
+    result, peak_mb = run_installed_measured(
+        "download", "--from-file", str(cohort), "--url", url, "-o", str(out),
+        "--shard", f"{number}/{count}", "--json", peak_file=tmp_path / "peak", timeout=600,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    mine = {uid for uid in studies if shard_of(uid, count) == number}
+    assert set(summary_of(result)["study_uids"]) == mine == downloaded_studies(out)
+    assert peak_mb <= SHARD_OF_LIST_PEAK_MB, peak_mb
