@@ -68,6 +68,19 @@ def run_installed(
     return _run([DLSTUDY, *args], env, timeout, cwd)
 
 
+# Root ignores file permissions: with these capabilities dropped (util-linux's setpriv) the
+# installed script meets permissions as any other user does.
+_WITHOUT_ROOT_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def run_installed_as_a_user(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """run_installed, with file permissions counting even when the tests run as root."""
+    prefix = _WITHOUT_ROOT_BYPASS if os.geteuid() == 0 else []
+    return _run([*prefix, DLSTUDY, *args], env, timeout, cwd)
+
+
 def start_installed(*args: str) -> subprocess.Popen[str]:
     """The installed `dlstudy ARGS...` started as for run_installed, for a test that reads
     its output while it runs: stdout and stderr in one pipe, in the order they were written."""

@@ -18,7 +18,12 @@ import pytest
 
 from dlstudy.store.manifest import Entry, Manifest
 
-from ..cli_helpers import DLSTUDY, installed_download, run_installed, run_installed_measured
+from ..cli_helpers import (
+    installed_download,
+    run_installed,
+    run_installed_as_a_user,
+    run_installed_measured,
+)
 from ..fixtures.embedded_server import StartServer, SynthStudy
 from ..manifest_helpers import index_of, legacy_line, manifest_rows, replace_with_legacy
 from .test_faults import final_path, run_subprocess, temp_files
@@ -132,14 +137,9 @@ def test_a_state_folder_that_cannot_be_written_is_one_line_naming_it(
     assert status == 0, stderr
     final_path(out, synth_study.instances[0]).unlink()
     (out / ".dlstudy").chmod(0o555)
-    # Root ignores permissions: drop the capabilities that let it (util-linux's setpriv).
-    as_root = os.geteuid() == 0
-    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
     try:
-        result = subprocess.run(
-            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
-             "--json"],
-            capture_output=True, text=True, timeout=120, check=False,
+        result = run_installed_as_a_user(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
         )  # fmt: skip
     finally:
         (out / ".dlstudy").chmod(0o755)
@@ -169,14 +169,9 @@ def test_a_file_another_user_made_unreadable_is_fetched_again_not_a_traceback(
     if rerun == "state-folder-lost":
         shutil.rmtree(out / ".dlstudy")
     extra = ["--verify"] if rerun == "--verify" else []
-    # Root ignores permissions: drop the capabilities that let it (util-linux's setpriv).
-    as_root = os.geteuid() == 0
-    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
 
-    result = subprocess.run(
-        [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
-         "--json", *extra],
-        capture_output=True, text=True, timeout=120, check=False,
+    result = run_installed_as_a_user(
+        "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json", *extra,
     )  # fmt: skip
 
     assert "Traceback" not in result.stderr, result.stderr
@@ -200,13 +195,9 @@ def test_a_series_folder_this_user_may_not_search_is_one_line_not_a_traceback(
     final_path(out, synth_study.instances[0]).unlink()
     folder = final_path(out, synth_study.instances[0]).parent
     folder.chmod(0o000)
-    as_root = os.geteuid() == 0
-    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
     try:
-        result = subprocess.run(
-            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
-             "--json", *extra],
-            capture_output=True, text=True, timeout=120, check=False,
+        result = run_installed_as_a_user(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json", *extra,
         )  # fmt: skip
     finally:
         folder.chmod(0o755)
@@ -232,13 +223,9 @@ def test_a_temp_file_left_in_a_folder_made_read_only_does_not_stop_the_rerun(
     left = folder / f".{synth_study.instances[0].sop_uid}.dcm.4242-7.part"
     left.write_bytes(b"half an instance")
     folder.chmod(0o555)
-    as_root = os.geteuid() == 0
-    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if as_root else []
     try:
-        result = subprocess.run(
-            [*prefix, DLSTUDY, "download", synth_study.study_uid, "--url", url, "-o", str(out),
-             "--json"],
-            capture_output=True, text=True, timeout=120, check=False,
+        result = run_installed_as_a_user(
+            "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
         )  # fmt: skip
     finally:
         folder.chmod(0o755)

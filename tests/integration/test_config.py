@@ -11,7 +11,7 @@ import pytest
 
 from dlstudy.config import ConfigError, UnsetSecret, default_path, find, load
 
-from ..cli_helpers import run_cli, run_installed
+from ..cli_helpers import run_cli, run_installed, run_installed_as_a_user
 from ..fixtures.embedded_server import StartServer, SynthStudy
 
 KNOWN = {"url", "output", "concurrency", "mode", "token", "password", "ca_bundle", "modality"}
@@ -170,6 +170,25 @@ def test_a_config_folder_that_cannot_be_looked_into_is_one_line(
     assert line.startswith("dlstudy: error: cannot read config file "), line
     assert line.endswith(": File name too long"), line[-200:]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_folder_of_another_user_is_one_line(tmp_path: Path) -> None:
+    """The real case behind the test above: `~/.config/dlstudy` made `chmod 000` (another
+    user's, on a shared home): a `PermissionError` traceback from the lookup."""
+    folder = tmp_path / "config" / "dlstudy"
+    folder.mkdir(parents=True)
+    folder.chmod(0o000)
+    try:
+        result = run_installed_as_a_user(
+            "query", "--url", f"http://127.0.0.1:{free_port()}",
+            env={"XDG_CONFIG_HOME": str(tmp_path / "config")},
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    config = folder / "config.toml"
+    assert line == f"dlstudy: error: cannot read config file '{config}': Permission denied"
 
 
 # --- precedence through the real commands ------------------------------------------------------
