@@ -181,6 +181,21 @@ def _wait_for_requests(seen: SeenRequests, count: int, process: subprocess.Popen
         time.sleep(0.02)
 
 
+def _kill_an_update_pull(url: str, db: Path, seen: SeenRequests) -> None:
+    """A first pull into `db`, then an update pull that relists every day (a long walk),
+    killed with SIGKILL once it has asked a few pages."""
+    pull(url, db, "--recent", "0")
+    asked = len(seen.requests)
+    process = subprocess.Popen(
+        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--recent", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_requests(seen, asked + 4, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
 def _failed_summary(stdout: str, stderr: str, status: int) -> dict[str, Any]:
     """The --json object of a pull that ended with `status`: its error is stderr's line."""
     summary: dict[str, Any] = json.loads(stdout)
@@ -335,19 +350,7 @@ def test_full_after_an_interrupted_update_pull_still_walks_everything(
     pull and stopped there: no full pull that week."""
     url = embedded_server(None, virtual=VirtualSpec(300), max_page_size=10, latency=0.03)
     db = tmp_path / "c.duckdb"
-    pull(url, db, "--recent", "0")
-    asked = len(seen_requests.requests)
-    process = subprocess.Popen(  # an update pull that relists every day: a long walk
-        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--recent", "100000"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while len(seen_requests.requests) < asked + 4:
-        assert process.poll() is None and time.monotonic() < deadline, "the update ended"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    _kill_an_update_pull(url, db, seen_requests)
 
     summary = pull(url, db, "--full")
 
@@ -693,16 +696,7 @@ def test_a_killed_update_pull_is_named_by_what_reads_the_catalog(
     before it as if they were the archive's, with no word that the last pull did not finish."""
     url = embedded_server(None, virtual=VirtualSpec(300), max_page_size=10, latency=0.03)
     db = tmp_path / "c.duckdb"
-    pull(url, db, "--recent", "0")
-    asked = len(seen_requests.requests)
-    process = subprocess.Popen(  # an update pull that relists every day: a long walk
-        [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--recent", "100000"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for_requests(seen_requests, asked + 4, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    _kill_an_update_pull(url, db, seen_requests)
     warning = f"dlstudy: warning: catalog {db}: pull 2 (update, started "  # then the time
     none = ("--where", "study_date = 'none'", "--url", url, "-o", str(tmp_path / "out"))
     readers = [

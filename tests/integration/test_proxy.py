@@ -39,6 +39,13 @@ def download(study: SynthStudy, url: str, out: Path, *extra: str, env: dict[str,
     return summary
 
 
+def _wait_for_a_file(out: Path, run: subprocess.Popen[str]) -> None:
+    """Until the run has committed its first instance into `out` (or ended, or a minute)."""
+    deadline = time.monotonic() + 60
+    while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
 def test_downloads_and_queries_go_through_the_environments_http_proxy(
     tmp_path: Path,
@@ -376,9 +383,7 @@ def test_a_proxy_restarting_mid_run_costs_no_instance(
             "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
             "--proxy", proxy.url, "-c", "1", "--workers", "1",
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_a_file(out, run)
     time.sleep(1)  # the proxy is down: every connection is refused
     with tinyproxy(tmp_path / "proxy", port):
         output, _ = run.communicate(timeout=120)
@@ -400,9 +405,7 @@ def test_the_server_restarting_behind_a_socks_proxy_costs_no_instance(
             "download", synth_study.study_uid, "--url", url, "-o", str(out), "--json",
             "--proxy", socks_proxy.url, "-c", "1", "--workers", "1",
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_a_file(out, run)
     time.sleep(1)  # the server is down: the proxy's every connection to it is refused
     with running_server(options):
         output, _ = run.communicate(timeout=120)
@@ -428,9 +431,7 @@ def test_a_proxy_refusing_a_tunnel_mid_run_stops_the_run_at_once(
             proxy.url, "--ca-bundle", str(tls_ca.ca_pem), "-c", "1", "--workers", "1", "-v",
             "--timeout", "8",
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_a_file(out, run)
     with tinyproxy(tmp_path / "proxy", port, deny):
         output, _ = run.communicate(timeout=120)
     assert run.returncode == 3, output
