@@ -70,7 +70,9 @@ def check_complete(
     is not opened at all)."""
     if transfer_syntax in _NOT_WALKED:
         return
-    walk = _walk_of(transfer_syntax, size)
+    walker = _Walker(implicit=transfer_syntax == _IMPLICIT_LITTLE)
+    pos, previous = walker.skim(head, size) if head else (0, -1)
+    walk = walker.elements(pos, size, depth=0, in_item=False, previous=previous)
     if head is not None and len(head) == size:
         _judge(_in_memory(head, walk), label)
         return
@@ -239,10 +241,40 @@ class _Walker:
         """Walk a file of `size` bytes (None: unknown, a body still arriving)."""
         return self.elements(0, size, depth=0, in_item=False)  # (one generator: cheaper)
 
-    def elements(self, pos: int, end: int | None, *, depth: int, in_item: bool) -> _Reads:
+    def skim(self, head: bytes, size: int) -> tuple[int, int]:
+        """Where the walk of a file of `size` bytes may start, and the tag before that place:
+        past the top-level elements in `head` (the file's first bytes) that it would pass
+        without a question (a known VR, a defined length inside the file, none after the pixel
+        data). Read in one loop, without a generator's round trip per element: the common
+        file is then walked to its end here. (0, -1): from the start."""
+        start = _PREAMBLE + len(_MAGIC)
+        if head[_PREAMBLE:start] != _MAGIC:
+            return 0, -1
+        pos, previous = start, -1
+        last_header = min(len(head), size) - 12  # the last place a whole header can be read
+        while pos <= last_header and previous < _PIXEL_GROUP:
+            group, element, vr, short = _TAG_VR_LENGTH.unpack_from(head, pos)
+            if self.implicit and group != 0x0002:
+                length, header = _LENGTH.unpack_from(head, pos + 4)[0], 8
+            elif vr in _LONG_VRS:
+                length, header = _LENGTH.unpack_from(head, pos + 8)[0], 12
+            elif vr in _SHORT_VRS:
+                length, header = short, 8
+            else:
+                break
+            after = pos + header + length
+            if length == _UNDEFINED or after > size:
+                break
+            previous, pos = group << 16 | element, after
+        return (pos, previous) if pos > start else (0, -1)
+
+    def elements(
+        self, pos: int, end: int | None, *, depth: int, in_item: bool, previous: int = -1
+    ) -> _Reads:
         """Walk elements from `pos`: to exactly `end` (None: to where the file ends, between
         two elements), or (in an item of undefined length) to just past its delimiter.
-        Returns where the walk ended. From 0: the Part 10 prefix first."""
+        Returns where the walk ended. From 0: the Part 10 prefix first. `previous`: the
+        top-level tag before `pos`."""
         if pos == 0:
             prefix = yield 0, _PREAMBLE + len(_MAGIC)
             if prefix[_PREAMBLE:] != _MAGIC:
@@ -252,7 +284,6 @@ class _Walker:
             if end == pos:
                 raise _Cut("the file ends after its DICM prefix")
         top_level = depth == 0 and not in_item
-        previous = -1  # the tag before, at the top level
         while end is None or pos < end or in_item:
             # (_check_bound and _check_length written out: the read every element makes)
             if end is not None and pos + 8 > end:
