@@ -7,7 +7,8 @@ completeness walk; a file whose size disagrees with the manifest (or, with --ver
 does, or whose structure stops short of its end: a file an older version kept short) is
 fetched again. With --verify a file whose digest the manifest did not take of the server's
 bytes (unknown to it, or adopted) has nothing to be checked against: it is fetched again too,
-and the new file replaces it as it commits (a failure leaves it, and is reported).
+and the new file replaces it as it commits (a failure leaves it, and is reported); the run
+counts it present if the server's bytes were the file's, repaired if not.
 
 A study a run recorded complete (store/completion.py) is taken from the index before anything
 is asked of the server: a rerun of it costs one folder listing per series, no request.
@@ -45,6 +46,9 @@ class Plan:
     moved: int = 0  # found where another --layout put them, moved where this one puts them
     repaired: list[str] = field(default_factory=list)  # SOP UIDs whose file was bad
     unverifiable: int = 0  # --verify: files without a digest of the server's bytes
+    # --verify: SOP UID -> the digest of each such file as found, which the server's bytes
+    # fetched again are compared with (the same: it was present; else it was repaired)
+    unverified: dict[str, str] = field(default_factory=dict)
 
 
 def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, digest: str) -> Entry:
@@ -130,6 +134,8 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
             continue
         try:
             verdict = _judge(ref, final, status.st_size, store, manifest, verify=verify)
+            if verdict == UNVERIFIED:
+                result.unverified[ref.sop_uid] = digest_of(final)
         except OSError as exc:  # another user's file, made unreadable on a shared disk
             log.warning("cannot read %s (%s); fetching it again", final, exc.strerror or exc)
             verdict = UNREADABLE

@@ -221,6 +221,8 @@ async def _locked_run(
         if repeats is not None and repeats.arguments:
             report_repeated_arguments(items, repeats.arguments, report)
         items = fail_invalid_listed(items, summary, report)
+        if settings.verify:  # (it reads every entry anyway) damage stops it before any listing
+            manifest.check()
         complete: list[str] = []
         if trusts_index(settings):
             items, complete = take_complete(items, store, manifest, summary, report)

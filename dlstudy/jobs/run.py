@@ -71,6 +71,9 @@ class Run:
         summary.retrieval = self.negotiator
         self.listed: Counter[tuple[str, str]] = Counter()  # instances per (study, series)
         self.whole: dict[str, int] = {}  # studies listed whole, with their instance counts
+        # --verify: files found without a digest of the server's bytes, fetched again to be
+        # judged by them (SOP UID -> the digest of the file as found)
+        self.unverified: dict[str, str] = {}
         self.lister = Lister(settings, transport, self.policy, store, progress, summary, report)
         # Items that failed before any listing (a catalogued UID that is no UID): with them, a
         # run that finds nothing else has failed (exit 1), not matched nothing (exit 4).
@@ -136,6 +139,7 @@ class Run:
         self.summary.skipped += work.skipped
         self.summary.moved += work.moved
         self.summary.repaired.extend(work.repaired)
+        self.unverified.update(work.unverified)
         if self.report is not None:
             self.report_present(refs, work.todo)
         del refs  # what is left to fetch is work.todo
@@ -152,17 +156,32 @@ class Run:
         self.manifest.record(
             entry_for(self.store, ref, committed.path, committed.size, committed.digest)
         )
-        self.summary.downloaded += 1  # counted before a report row may fail (a full disk)
+        present = bool(self.unverified) and self._was_present(ref.sop_uid, committed.digest)
+        if present:
+            self.summary.skipped += 1
+        else:  # counted before a report row may fail (a full disk)
+            self.summary.downloaded += 1
         self.summary.bytes += committed.size
         self.progress.instance_done(ref, committed.size)
         if self.report is not None:
             self.report.row(
-                DOWNLOADED,
+                PRESENT if present else DOWNLOADED,
                 *(ref.study_uid, ref.series_uid, ref.sop_uid),
                 path=committed.path,
                 size=committed.size,
                 digest=committed.digest,
             )
+
+    def _was_present(self, sop_uid: str, digest: str) -> bool:
+        """Whether the file --verify fetched again to check it was the server's bytes (else
+        it is counted repaired); False for any other instance."""
+        found = self.unverified.pop(sop_uid, None)
+        if found is None:
+            return False
+        if found == digest:
+            return True
+        self.summary.repaired.append(sop_uid)
+        return False
 
     def record_failure(self, ref: InstanceRef, reason: str, status_code: int | None) -> None:
         where = self.lister.named.get(ref.sop_uid)

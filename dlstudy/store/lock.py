@@ -1,16 +1,19 @@
-"""One run per output folder: an advisory lock on OUT/.dlstudy/lock.
+"""One run per output folder: an advisory lock on OUT itself and on OUT/.dlstudy/lock.
 
 flock is released by the kernel when the process dies, so a crashed run never leaves a stale
-lock behind (unlike a pid file).
+lock behind (unlike a pid file). The lock on OUT holds even when OUT/.dlstudy is deleted under
+a run (a new lock file would be a new lock); the file's lock is the one older dlstudy versions
+take, and the only one where a directory cannot be flocked (NFS refuses it, EBADF).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -50,26 +53,22 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
         raise OutputError(
             f"cannot use {str(path)!r}: {exc.strerror or exc}", path=str(path)
         ) from exc
-    with fp:
+    with fp, _folder_fd(state_dir.parent) as folder:
         said = False
-        while True:
-            try:
-                fcntl.flock(fp.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                fp.seek(0)
-                in_use = (
-                    f"output folder {str(state_dir.parent)!r} is in use by another dlstudy "
-                    f"run (pid {fp.read().strip() or '?'})"
-                )
-                if not wait:
-                    raise LockedError(
-                        f"{in_use}; use --wait to wait for it", path=str(state_dir.parent)
-                    ) from None
-                if not said:  # a wait may last hours: say why nothing happens
-                    log.warning("%s: waiting for it to end (--wait)", in_use)
-                    said = True
-                await anyio.sleep(WAIT_POLL_SECONDS)
+        while not _lock_all(folder, fp.fileno()):
+            fp.seek(0)
+            in_use = (
+                f"output folder {str(state_dir.parent)!r} is in use by another dlstudy "
+                f"run (pid {fp.read().strip() or '?'})"
+            )
+            if not wait:
+                raise LockedError(
+                    f"{in_use}; use --wait to wait for it", path=str(state_dir.parent)
+                ) from None
+            if not said:  # a wait may last hours: say why nothing happens
+                log.warning("%s: waiting for it to end (--wait)", in_use)
+                said = True
+            await anyio.sleep(WAIT_POLL_SECONDS)
         try:  # unbuffered: nothing left for closing the file to fail on
             os.ftruncate(fp.fileno(), 0)
             os.pwrite(fp.fileno(), str(os.getpid()).encode(), 0)
@@ -84,9 +83,56 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
             _HELD.reset(token)
             with suppress(OSError):  # the pid is only what a second run shows
                 os.ftruncate(fp.fileno(), 0)
+            # Unlocked, not just closed: a forked worker's copy of a descriptor would hold on.
             fcntl.flock(fp.fileno(), fcntl.LOCK_UN)
+            if folder is not None:
+                fcntl.flock(folder, fcntl.LOCK_UN)
 
 
 def _key(state_dir: Path) -> Path:
     """The folder as the kernel knows it: the same through a link or a relative path."""
     return state_dir.resolve()
+
+
+@contextmanager
+def _folder_fd(folder: Path) -> Iterator[int | None]:
+    """A descriptor of `folder` to flock, or None where it cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:  # (the lock file's lock is still taken)
+        log.debug("cannot open %s to lock it: %s", folder, exc)
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _lock_all(folder: int | None, lock_file: int) -> bool:
+    """Take both locks, or none: whether they were taken."""
+    if folder is not None and not _try_flock(folder, optional=True):
+        return False
+    if _try_flock(lock_file, optional=False):
+        return True
+    if folder is not None:
+        fcntl.flock(folder, fcntl.LOCK_UN)
+    return False
+
+
+def _try_flock(fd: int, *, optional: bool) -> bool:
+    """Whether the exclusive lock on `fd` was taken (not held elsewhere); a lock the file
+    system does not offer counts as taken when `optional`."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if not optional or exc.errno not in _UNSUPPORTED:
+            raise
+        log.debug("cannot flock the output folder: %s", exc)
+    return True
+
+
+# What flock on a directory answers where the file system cannot lock one (NFS: EBADF).
+_UNSUPPORTED = (errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP)

@@ -268,6 +268,17 @@ class Manifest:
             raise self._error(exc) from exc
         return row
 
+    def check(self) -> None:
+        """Read the whole index once (SQLite's quick_check): damage anywhere in it stops the
+        run now, as the first lookup that meets it would later (OutputError)."""
+        try:
+            rows = self._connection.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        if rows != [("ok",)]:
+            found = " ".join(str(rows[0][0]).split()) if rows else "no answer"
+            raise self._error(sqlite3.DatabaseError(f"database disk image is malformed: {found}"))
+
     def knows_study(self, study: str) -> bool:
         """Whether any entry is of `study`."""
         try:

@@ -13,6 +13,7 @@ import os
 import random
 import resource
 import select
+import shutil
 import signal
 import socket
 import sqlite3
@@ -38,6 +39,7 @@ from ..cli_helpers import (
     run_installed,
     run_installed_measured,
     run_on_a_terminal,
+    start_installed,
     summary_of,
 )
 from ..faultproxy import Fault, FaultProxy
@@ -1150,6 +1152,31 @@ def test_second_run_on_the_same_output_is_refused_or_waits(
         waiting = run_subprocess([*args, "--wait", "--json"])
         assert waiting.returncode == 0, waiting.stderr
         assert first.wait(timeout=60) == 0
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_the_lock_holds_when_the_state_folder_is_deleted_under_a_run(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """OUT/.dlstudy deleted while a run fills OUT (a user tidying up, `rm -rf OUT/.dlstudy`
+    to "reset" it): a second run into OUT is still refused, exit 5 and one line (its new lock
+    file was a new lock, and both runs wrote the same files)."""
+    slow = embedded_server(synth_study.root, latency=0.1)
+    args = ["download", synth_study.study_uid, "--url", slow, "-o", str(tmp_path), "-q", "-c", "1"]
+    first = start_installed(*args)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(tmp_path.rglob("*.dcm")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        shutil.rmtree(tmp_path / ".dlstudy")
+        second = run_installed(*args)
+        assert second.returncode == 5, second.stderr
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert "is in use by another dlstudy run" in second.stderr
+        said, _ = first.communicate(timeout=60)
+        assert first.returncode == 0, said
     finally:
         first.kill()
         first.wait()

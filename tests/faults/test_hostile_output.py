@@ -20,6 +20,7 @@ from dlstudy.store.manifest import Entry, Manifest
 
 from ..cli_helpers import (
     installed_download,
+    instance_counts,
     run_installed,
     run_installed_as_a_user,
     run_installed_measured,
@@ -455,6 +456,33 @@ def test_a_damaged_index_is_one_line_naming_it(
     assert "manifest.sqlite' is damaged" in line and "move it aside" in line
     assert "manifest.sqlite' is damaged" in summary["error"]
     assert not list(out.rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("verify", [(), ("--verify",)], ids=["plain", "verify"])
+def test_an_index_damaged_inside_stops_the_run_before_it_lists_anything(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, verify: tuple[str]
+) -> None:
+    """A page of the entries table overwritten (the header is sound): the run stops at
+    start, exit 2, one line, the --json counts at zero, with --verify as without it (a
+    --verify run listed the study first and met the damage in its first lookup: total 60)."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    with sqlite3.connect(index_of(out)) as db:
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'entries'").fetchone()
+    db.close()
+    with index_of(out).open("r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xff" * 100)
+
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out, *verify)
+
+    assert status == 2, stderr
+    (line,) = error_lines(stderr)
+    assert "manifest.sqlite' is damaged" in line and "move it aside" in line
+    assert summary["instances"] == instance_counts(0)
+    assert summary["studies"] == 0
 
 
 def test_a_failed_index_write_stops_the_run_with_one_line_and_keeps_what_was_committed(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from dlstudy.server.synth import SynthSpec, generate
+from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import assert_same_files, instance_counts, run_cli, run_installed, summary_of
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
+from ..manifest_helpers import index_of
 
 pytestmark = pytest.mark.integration
 
@@ -355,6 +358,43 @@ def test_a_rerun_fetches_again_a_file_cut_short_in_a_complete_study(
     assert summary["studies_complete_in_manifest"] == 0
     assert summary["instances"]["downloaded"] == 2
     assert_same_files(synth_study.instances, out)
+
+
+@pytest.mark.parametrize("recorded", ["study complete", "mid-run"])
+def test_a_rerun_fetches_again_files_a_power_loss_left_of_another_size(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, recorded: str
+) -> None:
+    """Files are renamed into place without an fsync: after a power loss one the index
+    records may be empty, short or (a block of another write) longer. A plain rerun takes
+    none of them as done, whether the study was recorded complete or the run died before:
+    each is fetched again and reported repaired."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    first = run_installed("download", synth_study.study_uid, "--url", url, "-o", str(out))
+    assert first.returncode == 0, first.stderr
+    if recorded == "mid-run":
+        with sqlite3.connect(index_of(out)) as db:
+            db.execute("DELETE FROM complete_studies")
+    damaged = {0: synth_study.instances[3], 100: synth_study.instances[40]}
+    longer = synth_study.instances[55]
+    for size, instance in damaged.items():
+        os.truncate(_stored(out, instance), size)
+    with _stored(out, longer).open("ab") as file:
+        file.write(bytes(4096))
+
+    rerun = run_installed("download", synth_study.study_uid, "--url", url, "-o", str(out), "--json")
+
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["instances"] == instance_counts(60, downloaded=3, skipped=57)
+    repaired = {instance.sop_uid for instance in (*damaged.values(), longer)}
+    assert set(summary["repaired"]) == repaired
+    assert rerun.stderr.count(", manifest says ") == 3, rerun.stderr  # a warning each
+    assert_same_files(synth_study.instances, out)
+
+
+def _stored(out: Path, instance: SynthInstance) -> Path:
+    return out / instance.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm"
 
 
 def test_the_library_takes_paths_as_strings_in_settings(

@@ -259,7 +259,9 @@ def test_verify_fetches_again_files_the_manifest_never_saw_come_from_the_server(
     changed at its size: a plain rerun adopts the files found on disk, taking the digest of
     what is there. --verify then had nothing to check them against: it compared the changed
     file with its own digest, said all was well (exit 0, nothing repaired) and left it
-    differing from the server's. Now such files are fetched again."""
+    differing from the server's. Now such files are fetched again, and counted as what they
+    turn out to be: the changed one repaired (downloaded), the rest present (all 60 were
+    counted downloaded, nothing repaired)."""
     url = embedded_server(synth_study.root)
     out = tmp_path / "out"
     assert installed_download(url, synth_study.study_uid, out)[0] == 0
@@ -277,7 +279,8 @@ def test_verify_fetches_again_files_the_manifest_never_saw_come_from_the_server(
     status, summary, stderr = installed_download(url, synth_study.study_uid, out, "--verify")
 
     assert status == 0, stderr
-    assert summary["instances"] == instance_counts(60, downloaded=60)
+    assert summary["instances"] == instance_counts(60, downloaded=1, skipped=59)
+    assert summary["repaired"] == [changed.sop_uid]
     assert "60 files on disk have no digest of the server's bytes in the manifest" in stderr
     assert_same_files(synth_study.instances, out)
     status, summary, stderr = installed_download(url, synth_study.study_uid, out, "--verify")
