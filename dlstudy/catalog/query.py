@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,25 +147,37 @@ def study_uids(path: Path, query: StudyQuery | None, where: str | None) -> list[
         db.close()
 
 
-def catalog_batches(
-    path: Path, where: str | None, query: StudyQuery | None, size: int = 10_000
-) -> Generator[list[StudyRecord], None, None]:
+class CatalogBatches:
     """The matching studies of the catalog at `path`, in select_studies' order, `size` at a
     time, each with only its UID and instance count: all sync reads (DuckDB holds the sorted
     selection until its last row is read: every column of it would take about twice the memory).
-    The catalog is closed with the iterator."""
-    from ..dicomweb.search import StudyRecord
+    The catalog is opened and the selection made at once, so that one that cannot be read
+    (held, damaged, not pulled, a bad --where) stops sync before it makes the output folder;
+    `close()` closes it."""
 
-    db = connect(path, read_only=True)
-    try:
-        check_pulled(db, path)
-        clause, params = where_of(query, where)
-        sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
-        rows = iter_rows(_run(db, sql, params))
-        while batch := list(itertools.islice(rows, size)):
-            yield [StudyRecord(str(uid), instances=count) for uid, count in batch]
-    finally:
-        db.close()
+    def __init__(
+        self, path: Path, where: str | None, query: StudyQuery | None, size: int = 10_000
+    ) -> None:
+        self._db = connect(path, read_only=True)
+        try:
+            check_pulled(self._db, path)
+            clause, params = where_of(query, where)
+            sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
+            self._rows = iter_rows(_run(self._db, sql, params))
+        except BaseException:
+            self._db.close()
+            raise
+        self._size = size
+
+    def next_batch(self) -> list[StudyRecord]:
+        """The next batch; empty once every study was read."""
+        from ..dicomweb.search import StudyRecord
+
+        batch = list(itertools.islice(self._rows, self._size))
+        return [StudyRecord(str(uid), instances=count) for uid, count in batch]
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def run_sql(db: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
