@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,20 +87,16 @@ def _like(pattern: str) -> str:
     return "".join(out)
 
 
-def _run(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> duckdb.DuckDBPyConnection:
+def _run(
+    db: duckdb.DuckDBPyConnection, path: Path, sql: str, params: list[Any]
+) -> duckdb.DuckDBPyConnection:
+    """`sql` run on the catalog `db` opened from `path` (named as the user gave it)."""
     import duckdb
 
     try:
         return db.execute(sql, params)
     except duckdb.Error as exc:
-        raise damaged(_path_of(db), exc) or _failed(exc) from exc
-
-
-def _path_of(db: duckdb.DuckDBPyConnection) -> Path:
-    row = db.execute(
-        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
-    ).fetchone()
-    return Path(str(row[0]) if row else "")
+        raise damaged(path, exc) or _failed(exc) from exc
 
 
 def _failed(exc: Exception) -> UsageError:
@@ -109,7 +105,7 @@ def _failed(exc: Exception) -> UsageError:
 
 
 def select_studies(
-    db: duckdb.DuckDBPyConnection, query: StudyQuery | None, where: str | None
+    db: duckdb.DuckDBPyConnection, path: Path, query: StudyQuery | None, where: str | None
 ) -> Iterator[StudyRecord]:
     """The matching studies, ordered by date and UID, a batch at a time."""
     from ..dicomweb.search import StudyRecord
@@ -117,6 +113,7 @@ def select_studies(
     clause, params = where_of(query, where)
     cursor = _run(
         db,
+        path,
         f"SELECT {_NAMES} FROM studies WHERE {clause} {_ORDER}",
         params,
     )
@@ -127,13 +124,13 @@ def select_studies(
 
 
 def select_uids(
-    db: duckdb.DuckDBPyConnection, query: StudyQuery | None, where: str | None
+    db: duckdb.DuckDBPyConnection, path: Path, query: StudyQuery | None, where: str | None
 ) -> Iterator[str]:
     """Only the UIDs of the matching studies, in the same order: no record is built (a
     cohort of 300,000 studies printed in 8.6 s as records, 1.1 s as UIDs)."""
     clause, params = where_of(query, where)
     sql = f"SELECT study_uid FROM studies WHERE {clause} {_ORDER}"
-    for (uid,) in iter_rows(_run(db, sql, params)):
+    for (uid,) in iter_rows(_run(db, path, sql, params)):
         yield str(uid)
 
 
@@ -142,35 +139,49 @@ def study_uids(path: Path, query: StudyQuery | None, where: str | None) -> list[
     db = connect(path, read_only=True)
     try:
         check_pulled(db, path)
-        return list(select_uids(db, query, where))
+        return list(select_uids(db, path, query, where))
     finally:
         db.close()
 
 
-def catalog_batches(
-    path: Path, where: str | None, query: StudyQuery | None, size: int = 10_000
-) -> Generator[list[StudyRecord], None, None]:
+class CatalogBatches:
     """The matching studies of the catalog at `path`, in select_studies' order, `size` at a
     time, each with only its UID and instance count: all sync reads (DuckDB holds the sorted
     selection until its last row is read: every column of it would take about twice the memory).
-    The catalog is closed with the iterator."""
-    from ..dicomweb.search import StudyRecord
+    The catalog is opened and the selection made at once, so that one that cannot be read
+    (held, damaged, not pulled, a bad --where) stops sync before it makes the output folder;
+    `close()` closes it."""
 
-    db = connect(path, read_only=True)
-    try:
-        check_pulled(db, path)
-        clause, params = where_of(query, where)
-        sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
-        rows = iter_rows(_run(db, sql, params))
-        while batch := list(itertools.islice(rows, size)):
-            yield [StudyRecord(str(uid), instances=count) for uid, count in batch]
-    finally:
-        db.close()
+    def __init__(
+        self, path: Path, where: str | None, query: StudyQuery | None, size: int = 10_000
+    ) -> None:
+        self._db = connect(path, read_only=True)
+        try:
+            check_pulled(self._db, path)
+            clause, params = where_of(query, where)
+            sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
+            self._rows = iter_rows(_run(self._db, path, sql, params))
+        except BaseException:
+            self._db.close()
+            raise
+        self._size = size
+
+    def next_batch(self) -> list[StudyRecord]:
+        """The next batch; empty once every study was read."""
+        from ..dicomweb.search import StudyRecord
+
+        batch = list(itertools.islice(self._rows, self._size))
+        return [StudyRecord(str(uid), instances=count) for uid, count in batch]
+
+    def close(self) -> None:
+        self._db.close()
 
 
-def run_sql(db: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+def run_sql(
+    db: duckdb.DuckDBPyConnection, path: Path, sql: str
+) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """Any SQL over the catalog's tables: its column names and rows."""
-    cursor: duckdb.DuckDBPyConnection | None = _run(db, sql, [])
+    cursor: duckdb.DuckDBPyConnection | None = _run(db, path, sql, [])
     if cursor is None:  # DuckDB returns nothing for a text without a statement
         raise UsageError("--sql holds no statement: give a query, e.g. SELECT * FROM pulls")
     names = [d[0] for d in cursor.description or []]
@@ -197,8 +208,8 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
         clause, params = where_of(None, where)
         form = "PARQUET" if suffix == ".parquet" else "CSV, HEADER"
         select = f"SELECT * FROM {table} WHERE {clause}"
-        _copy(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params, target)
-        row = _run(db, f"SELECT count(*) FROM ({select})", params).fetchone()
+        _copy(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params, path, target)
+        row = _run(db, path, f"SELECT count(*) FROM ({select})", params).fetchone()
         try:
             os.replace(temp, target)
         except OSError as exc:  # a folder of that name, a read-only file system
@@ -209,7 +220,9 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
         db.close()
 
 
-def _copy(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any], target: Path) -> None:
+def _copy(
+    db: duckdb.DuckDBPyConnection, sql: str, params: list[Any], path: Path, target: Path
+) -> None:
     """The COPY of an export: a file that cannot be written (a full disk) is exit 1, naming
     the file and why, not a usage error quoting DuckDB's I/O message."""
     import duckdb
@@ -217,7 +230,7 @@ def _copy(db: duckdb.DuckDBPyConnection, sql: str, params: list[Any], target: Pa
     try:
         db.execute(sql, params)
     except duckdb.IOException as exc:
-        if stop := damaged(_path_of(db), exc):  # the catalog, not --to
+        if stop := damaged(path, exc):  # the catalog, not --to
             raise stop from exc
         found = re.search(r'"errno":"(\d+)"', str(exc))
         why = os.strerror(int(found.group(1))) if found else str(exc).strip().splitlines()[0]

@@ -50,7 +50,7 @@ def study_states(
         db = connect(db_path, read_only=True)
         try:
             check_pulled(db, db_path)
-            for record in select_studies(db, query, where):
+            for record in select_studies(db, db_path, query, where):
                 entries, there = present_files(manifest, store, record.study_uid)
                 wanted = _instances(manifest, record)
                 if wanted and there == entries and there >= wanted:

@@ -422,7 +422,7 @@ def query_command(
         database = connect(db, read_only=True)
         try:
             if sql is not None:
-                names, rows = run_sql(database, sql)
+                names, rows = run_sql(database, db, sql)
                 count = 0
 
                 def write_sql() -> None:
@@ -435,7 +435,7 @@ def query_command(
                 return
             check_pulled(database, db)
             if form == "uids":
-                found = select_uids(database, query, where)
+                found = select_uids(database, db, query, where)
                 first = next(found, None)
                 if first is not None:
                     rest = itertools.chain([first], found)
@@ -443,14 +443,14 @@ def query_command(
                     return
                 records: list[StudyRecord] = []
             elif form != "table":  # line forms: each study written as it is read
-                studies = select_studies(database, query, where)
+                studies = select_studies(database, db, query, where)
                 head = next(studies, None)
                 if head is not None:
                     _print(lambda: render(itertools.chain([head], studies), form, sys.stdout))
                     return
                 records = []
             else:
-                records = list(select_studies(database, query, where))
+                records = list(select_studies(database, db, query, where))
         finally:
             database.close()
     except DlstudyError as exc:

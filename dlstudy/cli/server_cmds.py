@@ -40,6 +40,17 @@ class Preset(enum.StrEnum):
     wsi = "wsi"
 
 
+class ServeLines(logging.Formatter):
+    """Warnings in the form every command prints them (`dlstudy: warning: ...`); the other lines
+    (--verbose's line for each file, the access log) as the log they are: `LEVEL message`."""
+
+    warning = PrintableFormatter("dlstudy: warning: %(message)s")
+    other = PrintableFormatter("%(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return (self.warning if record.levelno == logging.WARNING else self.other).format(record)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `serve` and `synth` commands to the app."""
     app.command("serve", cls=Command)(serve)
@@ -182,7 +193,7 @@ def serve(
             fail_usage(problem)
     # File names go into these lines: escaped, none can forge a line or drive the terminal.
     handler = logging.StreamHandler()
-    handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
+    handler.setFormatter(ServeLines())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     # pydicom's complaints about odd files name no file: --verbose shows them beside the
     # index's own line for each file it skips; otherwise the count of skipped files says it.

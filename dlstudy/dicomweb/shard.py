@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -111,8 +112,10 @@ def _from_environment(env: Mapping[str, str]) -> Shard:
 
 
 def _integer(env: Mapping[str, str], name: str) -> int:
+    """The variable's ASCII digits, as `--shard K/N` takes them: int() alone reads '١' as 1."""
     value = env.get(name, "").strip()
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"--shard auto: {name}={value[:20]!r} is not a number") from None
+    found = _NUMBER.fullmatch(value)
+    with suppress(ValueError):  # 4,300 digits or more, which int() refuses
+        if found is not None:
+            return int(found.group(1))
+    raise UsageError(f"--shard auto: {name}={value[:20]!r} is not a number (digits 0-9)")

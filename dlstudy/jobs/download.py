@@ -37,6 +37,7 @@ from ..settings import MAX_WORKERS, Settings
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
+from .listing import looked_up, report_repeat
 from .run import Run
 
 log = logging.getLogger(__name__)
@@ -216,8 +217,9 @@ async def _locked_run(
             report = stack.enter_context(run_report(settings.report))
         transport = Transport(settings, auth=await auth_from_settings(settings))
         stack.push_async_callback(transport.aclose)
+        later: dict[int, list[int]] = {}
         if repeats:
-            report_repeats(items, repeats, report)
+            later = report_repeats(items, repeats, report, sharded=bool(settings.in_shard))
         if repeats is not None and repeats.arguments:
             report_repeated_arguments(items, repeats.arguments, report)
         items = fail_invalid_listed(items, summary, report)
@@ -228,6 +230,8 @@ async def _locked_run(
             items, complete = take_complete(items, store, manifest, summary, report)
         try:
             run = Run(settings, store, manifest, transport, progress, summary, report)
+            if later and repeats is not None:
+                run.lister.repeats_later(repeats.label, later)
             if items:
                 await run.execute(items, counted=complete)
             else:
@@ -237,22 +241,29 @@ async def _locked_run(
 
 
 def report_repeats(
-    items: Sequence[CohortItem], repeats: Repeats, report: ReportWriter | None
-) -> None:
+    items: Sequence[CohortItem],
+    repeats: Repeats,
+    report: ReportWriter | None,
+    *,
+    sharded: bool = False,
+) -> dict[int, list[int]]:
     """A `repeat` row for each line naming what an earlier line of this run's items named
-    (a repeat of another shard's line is that shard's), with the UIDs it gave."""
+    (a repeat of another shard's line is that shard's), with the UIDs it gave. In a `sharded`
+    run a line naming no study is every shard's until it is looked up: its repeats are
+    returned (its line -> theirs) for the shard that takes it (Lister.repeats_later)."""
     log.info("%d repeated lines of %s: each fetched once", len(repeats), repeats.label)
+    later: dict[int, list[int]] = {}
     if report is None:
-        return
+        return later
     firsts = {first for _, first in repeats}
     by_line = {item.line: item for item in items if item.line in firsts}
     for line, first in repeats:
         item = by_line.get(first)
-        if item is not None:
-            where = f"{repeats.label}: line {line}" if repeats.label else f"line {line}"
-            study = item.study_uid or item.any_uid  # a plain UID as its own failure has it
-            reason = f"{where}: repeat of line {first}, fetched once"
-            report.row(REPEAT, study, item.series_uid, item.sop_uid, reason=reason)
+        if item is not None and sharded and looked_up(item):
+            later.setdefault(first, []).append(line)
+        elif item is not None:
+            report_repeat(report, repeats.label, item, line)
+    return later
 
 
 def report_repeated_arguments(

@@ -22,7 +22,7 @@ from ..flow.retry import RetryPolicy
 from ..http.client import Transport
 from ..http.urls import is_valid_uid
 from ..model import Failure, InstanceRef, Instances
-from ..report.landed import FAILED, ReportWriter
+from ..report.landed import FAILED, REPEAT, ReportWriter
 from ..report.progress import ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings
@@ -77,6 +77,15 @@ class Lister:
         self._studies = set(summary.studies)
         self.incomplete = False  # an item's listing could not be completed
         self.elsewhere = 0  # items another --shard downloads (found in a study it owns)
+        # Repeats of lines naming no study (a sharded run): reported by the shard that takes
+        # the line once it is looked up, as every other repeat is by the line's shard.
+        self._repeats_later: dict[int, list[int]] = {}
+        self._repeats_label = ""
+
+    def repeats_later(self, label: str, later: dict[int, list[int]]) -> None:
+        """The repeats of lines naming no study (line -> its repeats' lines), to report once
+        this shard takes their line (its study found in this shard, or the line failing here)."""
+        self._repeats_label, self._repeats_later = label, later
 
     async def resolve_into(
         self,
@@ -97,7 +106,7 @@ class Lister:
         resolver = self.resolver
         shard = Shard(*self.settings.in_shard) if self.settings.in_shard else None
         if shard is not None:  # (the CLI has routed what it could; a library caller not)
-            kept = [item for item in items if _looked_up(item) or shard.owns(item.shard_key)]
+            kept = [item for item in items if looked_up(item) or shard.owns(item.shard_key)]
             self.elsewhere += len(items) - len(kept)
             items = kept
         locator = Locator(resolver, shard.owns if shard else None)
@@ -148,6 +157,8 @@ class Lister:
         for index in sorted(failed):
             reason, status = failed[index]
             self.missing(items[index], reason, status=status)
+        if self._repeats_later:
+            self._report_repeats_taken(items, found, failed)
         self.incomplete |= any(status is None for _, status in failed.values())
         # A study's count for its completion record is its whole listing's, instances an
         # earlier part listed included.
@@ -166,6 +177,17 @@ class Lister:
             )
             earlier.add(whole, partly)
         return Listing(refs, whole)
+
+    def _report_repeats_taken(
+        self,
+        items: Sequence[CohortItem],
+        found: list[Instances],
+        failed: dict[int, tuple[str, int | None]],
+    ) -> None:
+        for index, item in enumerate(items):
+            if self.report is not None and (found[index] or index in failed):
+                for line in self._repeats_later.pop(item.line, ()):
+                    report_repeat(self.report, self._repeats_label, item, line)
 
     async def _mismatched_rows(
         self, items: Sequence[CohortItem], found: list[Instances], locator: Locator
@@ -334,6 +356,14 @@ def _named_fully(item: CohortItem) -> bool:
     return None not in (item.study_uid, item.series_uid, item.sop_uid)
 
 
-def _looked_up(item: CohortItem) -> bool:
+def looked_up(item: CohortItem) -> bool:
     """A series or instance named without its study: its shard is known once it is found."""
     return item.study_uid is None and item.any_uid is None
+
+
+def report_repeat(report: ReportWriter, label: str, item: CohortItem, line: int) -> None:
+    """The `repeat` row of `line`, which names what `item`'s line named: with its UIDs."""
+    where = f"{label}: line {line}" if label else f"line {line}"
+    study = item.study_uid or item.any_uid  # a plain UID as its own failure has it
+    reason = f"{where}: repeat of line {item.line}, fetched once"
+    report.row(REPEAT, study, item.series_uid, item.sop_uid, reason=reason)

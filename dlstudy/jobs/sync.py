@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -42,6 +42,9 @@ from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
 from .download import download_async, report_present, run_to_end, validate
+
+if TYPE_CHECKING:
+    from ..catalog.query import CatalogBatches
 
 
 @dataclass
@@ -154,18 +157,35 @@ async def _sync(
     validate(settings, ["0"])  # the options alone: the study UIDs come from the search
     if settings.series or settings.modalities:
         raise UsageError("sync downloads whole studies: series and modality filters do not apply")
-    store = Store(settings.output, settings.layout)
-    store.prepare()
-    # Held for the whole run (the download inside takes it again, a no-op in this process), so a
-    # second cron run gives up (exit 5) before searching and nothing can slip in between.
-    async with output_lock(store.state_dir, wait=settings.wait_for_lock):
-        if settings.report is None:
-            return await _search_and_download(settings, query, shard, store, sink, plan, catalog)
-        # --report: the complete studies' rows are written here, the others' by the download.
-        with run_report(settings.report) as report:
-            return await _search_and_download(
-                settings, query, shard, store, sink, plan, catalog, report
-            )
+    # Opened before the output folder is made: a catalog that cannot be read leaves nothing.
+    selection = await _open_catalog(catalog, query) if catalog is not None else None
+    try:
+        store = Store(settings.output, settings.layout)
+        store.prepare()
+        # Held for the whole run (the download inside takes it again, a no-op in this process),
+        # so a second cron run gives up (exit 5) before searching and nothing can slip in
+        # between.
+        async with output_lock(store.state_dir, wait=settings.wait_for_lock):
+            if settings.report is None:
+                return await _search_and_download(
+                    settings, query, shard, store, sink, plan, selection
+                )
+            # --report: the complete studies' rows are written here, the others' by the
+            # download.
+            with run_report(settings.report) as report:
+                return await _search_and_download(
+                    settings, query, shard, store, sink, plan, selection, report
+                )
+    finally:
+        if selection is not None:
+            selection.close()
+
+
+async def _open_catalog(catalog: tuple[Path, str | None], query: StudyQuery) -> CatalogBatches:
+    from ..catalog.query import CatalogBatches
+
+    path, where = catalog
+    return await anyio.to_thread.run_sync(CatalogBatches, path, where, query)
 
 
 async def _search_and_download(
@@ -175,7 +195,7 @@ async def _search_and_download(
     store: Store,
     sink: EventSink,
     plan: SyncSummary,
-    catalog: tuple[Path, str | None] | None,
+    catalog: CatalogBatches | None,
     report: ReportWriter | None = None,
 ) -> Summary | None:
     pending: list[str] = []
@@ -214,7 +234,7 @@ async def _search_and_download(
 
     try:
         if catalog is not None:  # what the catalog knows: no search of the server at all
-            await _examine_catalog(catalog, query, examine)
+            await _examine_catalog(catalog, examine)
         else:
             policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
             plan.retries = policy.tally
@@ -254,25 +274,11 @@ async def _search_and_download(
     return result
 
 
-async def _examine_catalog(
-    catalog: tuple[Path, str | None],
-    query: StudyQuery,
-    examine: Callable[[StudyRecord], None],
-) -> None:
+async def _examine_catalog(batches: CatalogBatches, examine: Callable[[StudyRecord], None]) -> None:
     """`examine` every study the catalog selects, read a batch at a time off the event loop."""
-    from ..catalog.query import catalog_batches
-
-    batches = catalog_batches(*catalog, query)
-
-    def next_batch() -> list[StudyRecord]:
-        return next(batches, [])
-
-    try:
-        while batch := await anyio.to_thread.run_sync(next_batch):
-            for record in batch:
-                examine(record)
-    finally:
-        batches.close()  # the catalog, too
+    while batch := await anyio.to_thread.run_sync(batches.next_batch):
+        for record in batch:
+            examine(record)
 
 
 def _combine(plan: SyncSummary, result: Summary | None) -> SyncSummary:

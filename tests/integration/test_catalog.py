@@ -438,6 +438,40 @@ def test_usage_errors_are_one_line(embedded_server: StartServer, tmp_path: Path)
     assert not_a_catalog.read_text() == "mine"
 
 
+def test_a_run_refused_for_its_catalog_or_list_leaves_no_output_folder(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """download and sync that stop on their catalog (held by another process, no catalog, a
+    bad --where) or their --from-file make nothing: sync made OUT before reading the catalog."""
+    source = tmp_path / "source"
+    synth(source, 1, seed=67, dates=("20220101", "20220101"))
+    url = embedded_server(source)
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    junk = tmp_path / "junk.db"
+    junk.write_text("mine")
+    out = tmp_path / "out"
+    runs: list[tuple[int, tuple[str, ...]]] = []
+    for catalog in (db, junk, tmp_path / "none.db"):
+        runs += [
+            (5 if catalog == db else 2, ("download", "--from-catalog", str(catalog))),
+            (5 if catalog == db else 2, ("sync", "--catalog", str(catalog))),
+        ]
+    runs += [
+        (2, ("sync", "--catalog", str(db), "--where", "instances >")),
+        (2, ("download", "--from-file", str(tmp_path / "no-list.txt"))),
+    ]
+    for expected, args in runs:
+        if expected == 5:
+            with duckdb.connect(str(db)):  # another process holds the catalog
+                result = run_installed(*args, "--url", url, "-o", str(out))
+        else:
+            result = run_installed(*args, "--url", url, "-o", str(out))
+        assert result.returncode == expected, (args, result.stderr)
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert not out.exists(), args
+
+
 def test_pull_refuses_a_database_that_is_no_catalog(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:

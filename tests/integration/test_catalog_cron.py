@@ -733,18 +733,21 @@ def test_a_catalog_cut_short_is_refused_before_anything_is_written(
     pull(url, db)
     whole = db.read_bytes()
     db.write_bytes(whole[: len(whole) // 2])
+    given = db.name  # each command names the catalog as given (the reads named it absolute)
     commands = [
-        ("catalog", "pull", "--url", url, "--db", str(db)),
-        ("catalog", "status", "--db", str(db), "-o", str(tmp_path / "out")),
-        ("catalog", "query", "--db", str(db), "--uids"),
-        ("catalog", "export", "--db", str(db), "--to", str(tmp_path / "s.csv")),
-        ("sync", "--catalog", str(db), "--url", url, "-o", str(tmp_path / "out")),
+        ("catalog", "pull", "--url", url, "--db", given),
+        ("catalog", "status", "--db", given, "-o", "out"),
+        ("catalog", "query", "--db", given, "--uids"),
+        ("catalog", "query", "--db", given, "--sql", "SELECT * FROM studies"),
+        ("catalog", "export", "--db", given, "--to", "s.csv"),
+        ("sync", "--catalog", given, "--url", url, "-o", "out"),
+        ("download", "--from-catalog", given, "--url", url, "-o", "out"),
     ]
     for args in commands:
-        result = run_installed(*args)
+        result = run_installed(*args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         (line,) = result.stderr.splitlines()
-        assert line.startswith("dlstudy: error: catalog ") and str(db) in line, line
+        assert line.startswith(f"dlstudy: error: catalog {given} is damaged: "), line
         assert " is damaged: IO Error: Could not read enough bytes" in line, line
         assert line.endswith(": restore it from a copy, or pull into a new --db"), line
     assert db.read_bytes() == whole[: len(whole) // 2]

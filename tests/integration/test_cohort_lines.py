@@ -121,6 +121,37 @@ def test_every_repeated_line_has_a_report_row_naming_the_line_it_repeats(
     assert sorted(downloaded) == sorted(i.sop_uid for i in cohort if i.series_uid == one.series_uid)
 
 
+def test_a_sharded_run_reports_each_repeated_line_once(
+    tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
+) -> None:
+    """A series named without its study is every shard's until it is looked up: each shard
+    wrote a `repeat` row for its repeats, so the shards' reports had one per shard. Only the
+    shard that takes the line (its study's, or the series' own when no shard finds it) does."""
+    url = embedded_server(cohort[0].path.parents[2])
+    one = cohort[0]
+    missing = "1.2.826.0.1.3680043.2.1125.99"
+    series = row("", one.series_uid)
+    listing = tmp_path / "cohort.csv"
+    listing.write_text(HEADER + series + series + row("", missing) + row("", missing))
+    repeats: dict[int, list[str | None]] = {}
+    for number in (1, 2):
+        report = tmp_path / f"landed-{number}.csv"
+        done = run_installed(
+            "download", "--url", url, "-o", str(tmp_path / f"out-{number}"), "-q",
+            "--from-file", str(listing), "--report", str(report), "--shard", f"{number}/2",
+        )  # fmt: skip
+        assert done.returncode in (0, 1, 4), done.stderr
+        repeats[number] = [r["series"] for r in read_report(report) if r["status"] == "repeat"]
+    assert repeats == {
+        number: [
+            uid
+            for uid, key in ((one.series_uid, one.study_uid), (missing, missing))
+            if Shard(number, 2).owns(key)
+        ]
+        for number in (1, 2)
+    }
+
+
 def test_a_repeated_study_uid_argument_has_a_report_row_as_a_repeated_line_does(
     tmp_path: Path, cohort: list[SynthInstance], embedded_server: StartServer
 ) -> None:

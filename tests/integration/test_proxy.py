@@ -206,6 +206,22 @@ def test_an_empty_proxy_option_ignores_the_environments_proxy(
     assert_same_files(synth_study.instances, out)
 
 
+def test_an_empty_dlstudy_proxy_counts_as_unset_as_every_variable_does(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`DLSTUDY_PROXY=''` is no `--proxy ''`: an empty DLSTUDY_ variable counts as unset
+    (docs/usage.md, Configuration), so the environment's proxy applies; `NO_PROXY='*'` is the
+    environment's way to turn it off."""
+    url = embedded_server(synth_study.root)
+    env = {"HTTP_PROXY": f"http://127.0.0.1:{closed_port()}", "DLSTUDY_PROXY": ""}  # dead
+    through = run_installed("query", "--url", url, "--uids", env=env)
+    assert through.returncode == 3, through.stderr
+    assert "cannot use proxy http://127.0.0.1:" in through.stderr
+    direct = run_installed("query", "--url", url, "--uids", env={**env, "NO_PROXY": "*"})
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout.split() == [synth_study.study_uid]
+
+
 # (NO_PROXY, the host in --url, whether the request goes through the proxy). libcurl resolves
 # names under .localhost to 127.0.0.1 itself; tinyproxy could not: only direct requests use one.
 # {port} is the server's.

@@ -847,6 +847,40 @@ def test_a_shard_with_digits_int_cannot_read_is_one_line(
     assert downloaded_studies(out) == set()
 
 
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"SLURM_ARRAY_TASK_ID": "\u0661", "SLURM_ARRAY_TASK_COUNT": "2"}, "SLURM_ARRAY_TASK_ID"),
+        ({"JOB_COMPLETION_INDEX": "\uff10", "DLSTUDY_SHARD_COUNT": "2"}, "JOB_COMPLETION_INDEX"),
+        ({"JOB_COMPLETION_INDEX": "0", "JOB_COMPLETIONS": "\uff12"}, "JOB_COMPLETIONS"),
+        (
+            {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "\u0661",
+             "SLURM_ARRAY_TASK_COUNT": "4"},
+            "SLURM_ARRAY_TASK_MIN",
+        ),
+    ],
+)  # fmt: skip
+def test_shard_auto_refuses_digits_other_than_ascii(
+    tmp_path: Path, embedded_server: StartServer, variables: dict[str, str], named: str
+) -> None:
+    """An Arabic-Indic or fullwidth digit in the scheduler's variable was read as a number by
+    `--shard auto` (int() reads them), where `--shard K/N` refuses it."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 1, seed=37)
+    url = embedded_server(root)
+    out = tmp_path / "out"
+
+    result = run_installed(
+        "download", *study_uids(instances), "--url", url, "-o", str(out), "--shard", "auto",
+        env=variables,
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"dlstudy: error: --shard auto: {named}=") and "not a number" in line
+    assert downloaded_studies(out) == set()
+
+
 # The interpreter and its libraries take about 65 MB; every line of the list kept until the
 # shard was chosen took about 500 bytes (215 MB for this list on a 2-core machine).
 SHARD_OF_LIST_PEAK_MB = 130

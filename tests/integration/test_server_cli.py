@@ -223,7 +223,7 @@ def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not DICOM")
     (tmp_path / "cut.dcm").write_bytes(SAMPLE.read_bytes()[:300])  # cut inside its header
     seen: list[str] = []
-    proc, url = start(str(tmp_path), "--port", "0", seen=seen)
+    proc, url = start(str(tmp_path), "--port", "0", seen=seen, installed=True)
     try:
         assert len(json.loads(curl(f"{url}/studies"))) == 1
     finally:
@@ -232,8 +232,9 @@ def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
         assert proc.stderr is not None
         proc.stderr.close()
     assert seen[:-1] == [
-        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, not regular "
-        "files, links out of the folder, unreadable or duplicates (--verbose names each)\n"
+        f"dlstudy: warning: skipped 2 of the 3 files under {tmp_path}: not DICOM instances, "
+        "not regular files, links out of the folder, unreadable or duplicates "
+        "(--verbose names each)\n"
     ]
 
 
@@ -260,7 +261,8 @@ def test_serve_skips_pipes_and_sockets_without_opening_them(tmp_path: Path) -> N
     assert f"INFO skipped {tmp_path / 'pipe.dcm'}: not a regular file\n" in seen
     assert f"INFO skipped {tmp_path / 'socket.dcm'}: not a regular file\n" in seen
     assert any(
-        line.startswith(f"WARNING skipped 2 of the 3 files under {tmp_path}:") for line in seen
+        line.startswith(f"dlstudy: warning: skipped 2 of the 3 files under {tmp_path}:")
+        for line in seen
     )
 
 
@@ -294,10 +296,11 @@ def test_serve_says_which_folders_and_files_it_could_not_read(tmp_path: Path) ->
     finally:
         locked.chmod(0o755)
     assert seen[:-1] == [
-        f"WARNING could not read 1 folder and 1 file under {tmp_path} (the first: {tmp_path}/"
-        "locked\\x1b[31m: Permission denied): the instances in them are not served\n",
-        f"WARNING skipped 1 of the 2 files under {tmp_path}: not DICOM instances, not regular "
-        "files, links out of the folder, unreadable or duplicates (--verbose names each)\n",
+        f"dlstudy: warning: could not read 1 folder and 1 file under {tmp_path} (the first: "
+        f"{tmp_path}/locked\\x1b[31m: Permission denied): the instances in them are not served\n",
+        f"dlstudy: warning: skipped 1 of the 2 files under {tmp_path}: not DICOM instances, "
+        "not regular files, links out of the folder, unreadable or duplicates "
+        "(--verbose names each)\n",
     ]
 
 
@@ -374,9 +377,10 @@ def test_of_two_files_with_one_sop_uid_the_whole_one_is_served(tmp_path: Path) -
     assert served == whole
     sop = pydicom.dcmread(SAMPLE, stop_before_pixels=True).SOPInstanceUID
     assert seen[:-1] == [
-        f"WARNING SOP Instance UID {sop} is in two files of different sizes: serving the larger "
-        f"{tmp_path / 'b-whole.dcm'} ({len(whole)} bytes), not {tmp_path / 'a-cut.dcm'} "
+        f"dlstudy: warning: SOP Instance UID {sop} is in two files of different sizes: serving "
+        f"the larger {tmp_path / 'b-whole.dcm'} ({len(whole)} bytes), not {tmp_path / 'a-cut.dcm'} "
         f"({len(whole) - 500} bytes)\n",
-        f"WARNING skipped 2 of the 3 files under {tmp_path}: not DICOM instances, not regular "
-        "files, links out of the folder, unreadable or duplicates (--verbose names each)\n",
+        f"dlstudy: warning: skipped 2 of the 3 files under {tmp_path}: not DICOM instances, "
+        "not regular files, links out of the folder, unreadable or duplicates "
+        "(--verbose names each)\n",
     ]
