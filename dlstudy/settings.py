@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import UsageError
 
-HttpVersion = Literal["auto", "1.1", "2"]
+HttpVersion = Literal["auto", "1.1", "2", "3"]
 Mode = Literal["auto", "instance", "series", "study"]
 # What a script may pass for paths, lists of text and (name, value) pairs; made Path and tuples.
 PathLike = str | os.PathLike[str]
@@ -135,7 +135,7 @@ TAKES: dict[str, tuple[tuple[type, ...], str]] = {
     "bool": ((bool,), "True or False"),
     "str": ((str,), "text"),
     "str | None": ((str, NoneType), "text or None"),
-    "HttpVersion": ((str,), "text ('auto', '1.1' or '2')"),
+    "HttpVersion": ((str,), "text ('auto', '1.1', '2' or '3')"),
     "Mode": ((str,), "text ('auto', 'instance', 'series' or 'study')"),
     "Path": ((Path,), "a path (str or Path)"),
     "Path | None": ((Path, NoneType), "a path (str or Path) or None"),
@@ -173,4 +173,5 @@ def concurrency_for(requested: int, http_version: str | None) -> int:
     """--concurrency as given, or, for 0, as the protocol the server speaks suggests."""
     if requested:
         return requested
-    return AUTO_CONCURRENCY_HTTP2 if http_version == "HTTP/2" else AUTO_CONCURRENCY_HTTP1
+    multiplexed = http_version in ("HTTP/2", "HTTP/3")
+    return AUTO_CONCURRENCY_HTTP2 if multiplexed else AUTO_CONCURRENCY_HTTP1

@@ -18,7 +18,7 @@ from .common import fail_usage
 from .configured import FROM_CONFIG
 from .profile_origin import drop_foreign_credentials
 
-HTTP_CHOICES = ("auto", "1.1", "2")
+HTTP_CHOICES = ("auto", "1.1", "2", "3")
 MODE_CHOICES = ("auto", "instance", "series", "study")
 # Repeatable options whose values contain spaces: click splits environment values on
 # whitespace, so these are set on the command line or in the config file only. (--filter's
@@ -72,7 +72,7 @@ PANELS = {
 METAVARS = {
     "--url": "URL", "--proxy": "URL", "--output": "DIR", "--from-file": "FILE|-",
     "--series": "UID", "--modality": "MOD", "--concurrency": "N", "--workers": "N",
-    "--http": "auto|1.1|2", "--mode": "auto|instance|series|study", "--transfer-syntax": "UID|*",
+    "--http": "auto|1.1|2|3", "--mode": "auto|instance|series|study", "--transfer-syntax": "UID|*",
     "--layout": "TEMPLATE", "--token": "TOKEN", "--token-command": "COMMAND", "--user": "NAME",
     "--password": "PASSWORD", "--header": "'NAME: VALUE'", "--ca-bundle": "FILE",
     "--cert": "FILE", "--key": "FILE", "--retries": "N", "--retry-budget": "SECONDS",

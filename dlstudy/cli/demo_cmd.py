@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from ..errors import DlstudyError, ExitStatus
+from ..http.client import http3_problem
 from ..jobs.download import download
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY, Settings
@@ -70,6 +71,10 @@ def register(app: typer.Typer) -> None:
             fail_usage(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         if http not in HTTP_CHOICES:  # as download checks it (connection.build_settings)
             fail_usage(f"--http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
+        # The demo serves plain http://: --http 3 is refused as download refuses it there.
+        served = Settings(url="http://127.0.0.1/", http=http)  # type: ignore[arg-type]
+        if (problem := http3_problem(served)) is not None:
+            fail_usage(problem)
         if keep is not None:  # before generating and serving anything
             _check_keep(keep)
         # SIGTERM as Ctrl-C: the temporary folder is removed on the way out (a SIGTERM while

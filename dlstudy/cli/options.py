@@ -143,7 +143,7 @@ ConcurrencyOpt = Annotated[
     ),
 ]
 HttpOpt = Annotated[
-    str, option("--http", envvar="DLSTUDY_HTTP", help="HTTP version: auto, 1.1, 2.")
+    str, option("--http", envvar="DLSTUDY_HTTP", help="HTTP version: auto, 1.1, 2, 3.")
 ]
 ModeOpt = Annotated[
     str,

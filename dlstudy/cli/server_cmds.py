@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import errno
+import importlib.util
 import logging
 import socket
 import ssl
@@ -99,6 +100,14 @@ def serve(
             help="PEM private key for --tls-cert.", exists=True, dir_okay=False, readable=True
         ),
     ] = None,
+    http3: Annotated[
+        bool,
+        typer.Option(
+            "--http3",
+            help="Serve HTTP/3 too (QUIC, UDP on the same port); needs --tls-cert and aioquic "
+            "(pip install 'dlstudy[http3]').",
+        ),
+    ] = False,
     profile: Annotated[
         Profile, typer.Option(help="Mimic a server's retrieve quirks.")
     ] = Profile.standard,
@@ -176,7 +185,8 @@ def serve(
 ) -> None:
     """Serve a folder over DICOMweb (QIDO-RS, WADO-RS) until Ctrl-C.
 
-    Prints the base URL on stderr when ready. HTTP/1.1 and h2c on one port; HTTPS: --tls-cert.
+    Prints the base URL on stderr when ready. HTTP/1.1 and h2c on one port; HTTPS: --tls-cert
+    (with --http3, HTTP/3 too).
     With --virtual N, a generated archive of N studies (no files; same --seed, same archive).
     """
     from dlstudy.server import ServerOptions, VirtualSpec, serve_forever
@@ -191,6 +201,8 @@ def serve(
     if tls_cert is not None and tls_key is not None:
         if (problem := _tls_problem(tls_cert, tls_key)) is not None:
             fail_usage(problem)
+    if http3 and (problem := _http3_problem(tls_cert)) is not None:
+        fail_usage(problem)
     # File names go into these lines: escaped, none can forge a line or drive the terminal.
     handler = logging.StreamHandler()
     handler.setFormatter(ServeLines())
@@ -209,6 +221,7 @@ def serve(
             port=port,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            http3=http3,
             profile=profile.value,
             max_page_size=max_page_size,
             ignore_offset=ignore_offset,
@@ -262,6 +275,15 @@ class _Encrypted(Exception):
 
 def _no_passphrase() -> str:
     raise _Encrypted
+
+
+def _http3_problem(tls_cert: Path | None) -> str | None:
+    """Why `serve --http3` cannot serve HTTP/3 here, if it cannot."""
+    if tls_cert is None:
+        return "--http3 runs over TLS (QUIC): give --tls-cert and --tls-key too"
+    if importlib.util.find_spec("aioquic") is None:
+        return "--http3 needs aioquic, which is not installed: pip install 'dlstudy[http3]'"
+    return None
 
 
 def _tls_problem(cert: Path, key: Path) -> str | None:

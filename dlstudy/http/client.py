@@ -34,7 +34,7 @@ from ..flow.watchdog import MIN_PROGRESS_BYTES
 from ..settings import AUTO_CONCURRENCY_HTTP1, HttpVersion, Settings
 from .bounded import ACCEPTED_ENCODINGS, AnswerCutShort, BadAnswer, read_bounded
 from .credentials import credentials_problem
-from .curl import MIN_PROGRESS, CurlTransport, HttpChoice, TlsOptions
+from .curl import MIN_PROGRESS, CurlTransport, HttpChoice, TlsOptions, has_http3
 from .failures import (
     answered_without_http2,
     could_not_connect,
@@ -45,7 +45,7 @@ from .failures import (
     origin_of,
     translate_error,
 )
-from .proxy import Proxies
+from .proxy import Proxies, shown
 from .tls_files import tls_files_problem, trusted_cas
 from .urls import redact_url, split_base_url, with_query
 
@@ -84,9 +84,28 @@ def _plan(settings: Settings, is_tls: bool) -> list[HttpChoice]:
     """The HTTP versions to try, in order (only `auto` on http:// has a second)."""
     if settings.http == "1.1":
         return ["1.1"]
-    if settings.http == "2":
-        return ["2"]
+    if settings.http in ("2", "3"):
+        return [settings.http]
     return ["h2 or 1.1"] if is_tls else ["2", "1.1"]
+
+
+def http3_problem(settings: Settings) -> str | None:
+    """Why --http 3 cannot reach the archive, if it cannot: HTTP/3 is QUIC, over UDP and TLS,
+    which neither plain http:// nor a proxy (a TCP tunnel) carries."""
+    if settings.http != "3":
+        return None
+    url = httpx.URL(split_base_url(settings.url)[0])
+    if url.scheme != "https":
+        return "--http 3 needs an https:// URL: HTTP/3 (QUIC) runs over TLS"
+    if not has_http3():
+        return "--http 3: this libcurl has no HTTP/3 (pycurl's wheels have it); use --http 2"
+    proxy = Proxies(settings.proxy).for_origin(url.scheme, url.host, url.port)
+    if proxy is not None:
+        return (
+            f"--http 3 cannot go through the proxy {shown(proxy)} (HTTP/3 runs over UDP): "
+            "use --http 2, or leave the archive's host out of the proxy (NO_PROXY)"
+        )
+    return None
 
 
 def require_asyncio() -> None:
@@ -145,6 +164,8 @@ class Transport:
         if token and auth is None:
             self._headers["Authorization"] = f"Bearer {token}"
         self._proxies = Proxies(settings.proxy)
+        if (problem := http3_problem(settings)) is not None:
+            raise UsageError(problem)
         self._plan = _plan(settings, self.base_url.lower().startswith("https://"))
         self._client = self._make_client(self._plan[0])
         self._negotiated = len(self._plan) == 1

@@ -41,13 +41,24 @@ MAX_IDLE_REUSE = 1
 _HEADER_MEMO_LIMIT = 64
 # Options pycurl knows by number only.
 _SUPPRESS_CONNECT_HEADERS = 265
+_QUIC_CONNECT_ERROR = 96  # CURLE_QUIC_CONNECT_ERROR
+_NOT_CONNECTED = ("Failed to connect", "Connection timed out")
 
-HttpChoice = Literal["1.1", "2", "h2 or 1.1"]
+HttpChoice = Literal["1.1", "2", "3", "h2 or 1.1"]
 _CURL_VERSIONS = {
     "1.1": pycurl.CURL_HTTP_VERSION_1_1,
     "2": pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE,  # h2c on http://, h2 only by ALPN on TLS
+    "3": pycurl.CURL_HTTP_VERSION_3ONLY,  # QUIC, https:// only; no fallback, as "2" has none
     "h2 or 1.1": pycurl.CURL_HTTP_VERSION_2TLS,  # ALPN picks on TLS; HTTP/1.1 on http://
 }
+
+
+def has_http3() -> bool:
+    """Whether this libcurl speaks HTTP/3 (pycurl's wheels bring ngtcp2 and nghttp3; a pycurl
+    built against a system libcurl may not)."""
+    return bool(pycurl.version_info()[4] & pycurl.VERSION_HTTP3)
+
+
 _TLS_ERRORS = frozenset(
     {
         pycurl.E_SSL_CONNECT_ERROR,
@@ -404,6 +415,18 @@ class CurlTransport(httpx.AsyncBaseTransport):
         if socks_said is not None:
             message = f"the proxy could not connect to the server: {socks_said} ({message})"
         answered = transfer.received > 0 or int(transfer.easy.getinfo(pycurl.HEADER_SIZE)) > 0
+        # HTTP/3 to a server that offers none (a closed UDP port: "Failed sending data") or
+        # past a firewall that drops UDP: libcurl's words say nothing of either.
+        unanswered_quic = (
+            self.http == "3"
+            and not answered
+            and (code == _QUIC_CONNECT_ERROR or message.startswith(_NOT_CONNECTED))
+        )
+        if unanswered_quic:
+            message = (
+                f"no HTTP/3 answer ({message}): the server may not offer HTTP/3 (QUIC, over "
+                "UDP), or UDP may be blocked on the way; --http 2 goes over TCP"
+            )
         failure = CurlFailure(
             code,
             message,
@@ -416,7 +439,10 @@ class CurlTransport(httpx.AsyncBaseTransport):
             connect_status=int(transfer.easy.getinfo(pycurl.HTTP_CONNECTCODE)),
         )
         error: httpx.TransportError
-        if code in (pycurl.E_COULDNT_RESOLVE_PROXY, _PROXY_HANDSHAKE) or (
+        if unanswered_quic:
+            timed_out = code == pycurl.E_OPERATION_TIMEDOUT
+            error = (httpx.ConnectTimeout if timed_out else httpx.ConnectError)(message)
+        elif code in (pycurl.E_COULDNT_RESOLVE_PROXY, _PROXY_HANDSHAKE) or (
             # through a proxy, the only connection libcurl makes is to the proxy
             transfer.proxy is not None
             and (code == pycurl.E_COULDNT_CONNECT or message.startswith("Connection timed out"))

@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
-from ..http.client import Transport, require_asyncio
+from ..http.client import Transport, http3_problem, require_asyncio
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..model import Failure
 from ..report.landed import FAILED, PRESENT, REPEAT, ReportWriter, report_format, run_report
@@ -79,8 +79,10 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
             "--transfer-syntax must be * or a transfer syntax UID, "
             f"not {settings.transfer_syntax[:80]!r}"
         )
-    if settings.http not in ("auto", "1.1", "2"):
-        raise UsageError(f"--http must be auto, 1.1 or 2, not {settings.http!r}")
+    if settings.http not in ("auto", "1.1", "2", "3"):
+        raise UsageError(f"--http must be auto, 1.1, 2 or 3, not {settings.http!r}")
+    if (problem := http3_problem(settings)) is not None:
+        raise UsageError(problem)
     if settings.mode not in ("auto", "instance", "series", "study"):
         raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
 

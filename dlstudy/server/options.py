@@ -27,6 +27,7 @@ class ServerOptions:
     port: int = 0  # 0 = pick a free port
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    http3: bool = False  # HTTP/3 too (QUIC, UDP on the same port): needs TLS and aioquic
     profile: str = "standard"  # standard | orthanc | dcm4chee
     max_page_size: int | None = None  # QIDO cap; truncation answered with Warning: 299
     ignore_offset: bool = False  # mimic static DICOMweb: offset ignored
@@ -54,6 +55,8 @@ class ServerOptions:
             raise ValueError(f"unknown profile {self.profile!r}; choose one of {PROFILES}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
+        if self.http3 and self.tls_cert is None:
+            raise ValueError("HTTP/3 runs over TLS: it needs a certificate and a key")
         for name in ("fault_rate", "drop_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")

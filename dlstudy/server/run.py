@@ -3,7 +3,8 @@
 The listening socket is bound here, before hypercorn starts, and handed over as `fd://N`: the
 port is known at once (port 0 = any free port) and connections made before hypercorn's accept
 loop runs wait in the backlog instead of being refused. One socket serves HTTP/1.1 and h2c
-(prior knowledge); with a certificate, TLS with ALPN h2 / http/1.1.
+(prior knowledge); with a certificate, TLS with ALPN h2 / http/1.1. With `http3`, a UDP socket
+on the same port serves HTTP/3 (QUIC, through aioquic), bound here too.
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ _ABORT_AFTER_GRACE = 0.5  # seconds past hypercorn's graceful timeout
 def running_server(options: ServerOptions) -> Iterator[str]:
     """Serve in a background thread; yield the DICOMweb base URL; stop cleanly on exit."""
     app = create_app(options)
-    with _listening_socket(options) as sock:
+    with _listening_sockets(options) as sockets:
+        sock = sockets[0]
         ready = threading.Event()
         state: dict[str, Any] = {}
 
         def run() -> None:
             try:
-                asyncio.run(_serve(app, options, sock, ready.set, state))
+                asyncio.run(_serve(app, options, sockets, ready.set, state))
             except BaseException as exc:  # reported to the caller's thread below
                 state["error"] = exc
                 ready.set()
@@ -63,10 +65,10 @@ def running_server(options: ServerOptions) -> Iterator[str]:
 def serve_forever(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve in the foreground (main thread) until SIGINT or SIGTERM. The address is taken
     before the folder is indexed: a port in use is said at once, not after the indexing."""
-    with _listening_socket(options) as sock:
+    with _listening_sockets(options) as sockets:
         app = create_app(options)
-        url = _base_url(options, sock)
-        asyncio.run(_serve(app, options, sock, lambda: on_ready and on_ready(url), None))
+        url = _base_url(options, sockets[0])
+        asyncio.run(_serve(app, options, sockets, lambda: on_ready and on_ready(url), None))
 
 
 class CannotListen(OSError):
@@ -91,13 +93,16 @@ class _AccessLogWithoutSecrets(Logger):
 async def _serve(
     app: ASGIApp,
     options: ServerOptions,
-    sock: socket.socket,
+    sockets: tuple[socket.socket, socket.socket | None],
     on_started: Callable[[], object],
     state: dict[str, Any] | None,
 ) -> None:
+    sock, quic = sockets
     config = Config()
     # hypercorn takes ownership of (and closes) a duplicate; ours is closed by the caller.
     config.bind = [f"fd://{os.dup(sock.fileno())}"]
+    if quic is not None:
+        config.quic_bind = [f"fd://{os.dup(quic.fileno())}"]
     if options.tls_cert is not None and options.tls_key is not None:
         config.certfile, config.keyfile = str(options.tls_cert), str(options.tls_key)
     config.accesslog = logging.getLogger("dlstudy.server.access")  # silent unless configured
@@ -142,7 +147,11 @@ async def _serve(
 
         await app(scope, receive, send_and_report)
 
-    await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
+    try:
+        await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
+    finally:
+        if quic is not None:
+            _close_datagram_transports(quic.getsockname()[1])
 
 
 def _abort_stuck_connections(port: int) -> None:
@@ -161,6 +170,20 @@ def _abort_stuck_connections(port: int) -> None:
         ):
             log.debug("aborting a connection whose client stopped reading")
             found.abort()
+
+
+def _close_datagram_transports(port: int) -> None:
+    """hypercorn leaves its QUIC socket's transport open when it stops (the socket would be
+    closed by the collector, with a ResourceWarning): closed here, found as in
+    _abort_stuck_connections."""
+    for found in gc.get_objects():
+        if (
+            isinstance(found, asyncio.BaseTransport)  # (not a DatagramTransport in 3.11)
+            and not found.is_closing()
+            and getattr(found.get_extra_info("socket"), "type", None) == socket.SOCK_DGRAM
+            and (found.get_extra_info("sockname") or (None, None))[1] == port
+        ):
+            found.close()
 
 
 def _unless_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -187,8 +210,12 @@ def _stop(state: dict[str, Any], thread: threading.Thread) -> None:
 
 
 @contextmanager
-def _listening_socket(options: ServerOptions) -> Iterator[socket.socket]:
+def _listening_sockets(
+    options: ServerOptions,
+) -> Iterator[tuple[socket.socket, socket.socket | None]]:
+    """The TCP socket, listening, and with `http3` the UDP socket of the same port."""
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    where = f"[{options.host}]" if family == socket.AF_INET6 else options.host
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -196,11 +223,22 @@ def _listening_socket(options: ServerOptions) -> Iterator[socket.socket]:
             sock.bind((options.host, options.port))
             sock.listen(128)
         except OSError as exc:  # (a host name that does not resolve: socket.gaierror)
-            where = f"[{options.host}]" if family == socket.AF_INET6 else options.host
             raise CannotListen(
                 exc.errno, f"cannot listen on {where}:{options.port}: {exc.strerror or exc}"
             ) from exc
-        yield sock
+        if not options.http3:
+            yield sock, None
+            return
+        port = sock.getsockname()[1]  # the one port 0 picked
+        with socket.socket(family, socket.SOCK_DGRAM) as quic:
+            try:
+                quic.bind((options.host, port))
+            except OSError as exc:
+                raise CannotListen(
+                    exc.errno,
+                    f"cannot listen on {where}:{port} over UDP for HTTP/3: {exc.strerror or exc}",
+                ) from exc
+            yield sock, quic
 
 
 def _base_url(options: ServerOptions, sock: socket.socket) -> str:

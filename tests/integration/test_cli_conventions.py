@@ -354,7 +354,7 @@ def test_help_groups_the_options_and_names_their_values() -> None:
     for panel in ("Connection", "Authentication", "What to fetch", "Behaviour", "Output",
                   "Configuration"):  # fmt: skip
         assert f"─ {panel} " in text, panel
-    for shown in ("--url", "URL", "Required", "--http", "auto|1.1|2", "--timeout", "SECONDS"):
+    for shown in ("--url", "URL", "Required", "--http", "auto|1.1|2|3", "--timeout", "SECONDS"):
         assert shown in text, shown
 
 
@@ -378,7 +378,7 @@ def test_help_shows_no_type_for_a_flag_and_names_arguments_plainly(path: list[st
     ("words", "expected"),
     [
         ("dlstudy download --mode ", ["auto", "instance", "series", "study"]),
-        ("dlstudy download --http ", ["auto", "1.1", "2"]),
+        ("dlstudy download --http ", ["auto", "1.1", "2", "3"]),
         ("dlstudy sync --log-format ", ["text", "json"]),
         ("dlstudy synth out --preset ", ["small", "ct", "mr", "many", "wsi"]),
     ],

@@ -337,7 +337,7 @@ def test_a_setting_of_the_wrong_type_is_named_before_any_request(
         ({"concurrency": "8"}, "concurrency must be an int, not str"),
         ({"timeout": "30"}, "timeout must be a number, not str"),
         ({"verify": "no"}, "verify must be True or False, not str"),
-        ({"http": 2}, "http must be text ('auto', '1.1' or '2'), not int"),
+        ({"http": 2}, "http must be text ('auto', '1.1', '2' or '3'), not int"),
         ({"workers": True}, "workers must be an int, not bool"),
         ({"modalities": ["CT", 1]}, "modalities must be text or a list of text, not int"),
         ({"output": 7}, "output must be a path (str or Path), not int"),
