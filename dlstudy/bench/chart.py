@@ -1,7 +1,7 @@
 """The `dlstudy bench --chart` file: an SVG written by hand (no plotting library), PNG on request.
 
 Two panels side by side, concurrency on the x axis (one tick per level measured), one line per
-strategy x HTTP version (colour = strategy, solid = HTTP/1.1, dashed = HTTP/2):
+strategy x HTTP version (colour = strategy; solid = HTTP/1.1, dashed = HTTP/2, dotted = HTTP/3):
 
     left    throughput in MB/s: median of the repeats, whisker from min to max
     right   time to first byte in ms: p50, whisker up to p90
@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import StorageError, UsageError
 from ..store.files import TEMP_SUFFIX
-from .report import BenchReport, Row
+from .report import HTTP_NAMES, BenchReport, Row
 
 CHART_SUFFIXES = (".svg", ".png")
 COLOURS = {
@@ -175,7 +175,7 @@ def _panel(
     for index, ((strategy, http), rows) in enumerate(series.items()):
         offset = (index - (count - 1) / 2) * min(6.0, slot / (count + 1))
         colour = COLOURS.get(strategy, "#555")
-        dash = ' stroke-dasharray="6 4"' if http == "2" else ""
+        dash = _DASHES.get(http, "")
         points = [
             (x_of(row.concurrency, offset), measured)
             for row in rows
@@ -200,7 +200,17 @@ def _panel(
     return out
 
 
+# The line of each HTTP version (HTTP/1.1 solid) and its marker (a dot; HTTP/2 a square; HTTP/3 a
+# diamond).
+_DASHES = {"2": ' stroke-dasharray="6 4"', "3": ' stroke-dasharray="2 3"'}
+
+
 def _marker(x: float, y: float, colour: str, http: str) -> str:
+    if http == "3":
+        return (
+            f'<rect x="{x - 3.5:.1f}" y="{y - 3.5:.1f}" width="7" height="7" fill="white" '
+            f'stroke="{colour}" stroke-width="2" transform="rotate(45 {x:.1f} {y:.1f})"/>'
+        )
     if http == "2":
         return (
             f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="white" '
@@ -215,11 +225,11 @@ def _legend(series: dict[tuple[str, str], list[Row]]) -> list[str]:
     versions = list(dict.fromkeys(http for _, http in series))
     out = ['<g class="legend">']
     for (strategy, http), rows in series.items():
-        x = PANELS_X[0][0] + versions.index(http) * 460
+        x = PANELS_X[0][0] + versions.index(http) * (920 // len(versions))
         y = LEGEND_TOP + strategies.index(strategy) * LEGEND_ROW
         colour = COLOURS.get(strategy, "#555")
-        dash = ' stroke-dasharray="6 4"' if http == "2" else ""
-        label = f"{strategy} · HTTP/{'2' if http == '2' else '1.1'}"
+        dash = _DASHES.get(http, "")
+        label = f"{strategy} · {HTTP_NAMES.get(http, 'HTTP/1.1')}"
         unsupported = next((row.unsupported for row in rows if row.unsupported), None)
         failures = sum(row.failures for row in rows)
         if unsupported:

@@ -20,7 +20,8 @@ from typing import Any
 from ..errors import ExitStatus
 
 STRATEGIES = ("single-part", "multipart-instance", "series", "study")
-HTTP_VERSIONS = ("1.1", "2")
+HTTP_VERSIONS = ("1.1", "2")  # the default; HTTP/3 when asked (--http 3)
+HTTP_NAMES = {"1.1": "HTTP/1.1", "2": "HTTP/2", "3": "HTTP/3"}  # every version bench takes
 # The matrix defaults; here rather than in dlstudy.bench so the CLI's help needs only this module.
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
 DEFAULT_REPEAT = 3
@@ -167,7 +168,7 @@ class Row:
             asked = sum(run.asked for run in self.runs)
             return f"{self.failures} of {asked} failed: {first}"
         answered = {run.http_version for run in self.runs if run.http_version}
-        wanted = "HTTP/2" if self.http == "2" else "HTTP/1.1"
+        wanted = HTTP_NAMES.get(self.http, "HTTP/1.1")
         if answered and answered != {wanted}:
             return f"ok (answered {', '.join(sorted(answered))})"
         return "ok"

@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import anyio
 
@@ -82,7 +83,7 @@ from .cell import CellRun, Gauge, TimedTransport
 from .report import (
     DEFAULT_CONCURRENCY,
     DEFAULT_REPEAT,
-    HTTP_VERSIONS,
+    HTTP_NAMES,
     MAX_REPEAT,
     STRATEGIES,
     BenchReport,
@@ -140,8 +141,8 @@ def validate(settings: Settings, plan: BenchPlan) -> None:
         if strategy not in STRATEGIES:
             raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     for http in plan.http:
-        if http not in HTTP_VERSIONS:
-            raise UsageError(f"--http must be 1.1 or 2, not {http!r}")
+        if http not in HTTP_NAMES:
+            raise UsageError(f"--http must be 1.1, 2 or 3, not {http!r}")
     for level in plan.concurrency:
         if not 1 <= level <= MAX_CONCURRENCY:
             raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {level}")
@@ -287,16 +288,16 @@ class _Bench:
                 raise
             except (ServerError, TransferError) as exc:
                 errors.append(exc)
-                name = "HTTP/2" if http == "2" else "HTTP/1.1"
+                name = HTTP_NAMES[http]
                 self.unsupported[("*", http)] = f"unsupported (no {name})"
                 log.info("%s probe failed: %s", name, exc)
                 self.report.notes.append(f"{name}: {exc}")
                 continue
             finally:
                 await transport.aclose()
-            if http == "2" and answered != "HTTP/2":
-                self.unsupported[("*", http)] = "unsupported (no HTTP/2)"
-                self.report.notes.append(f"HTTP/2: asked for it, the server answered {answered}")
+            if http != "1.1" and answered != (name := HTTP_NAMES[http]):
+                self.unsupported[("*", http)] = f"unsupported (no {name})"
+                self.report.notes.append(f"{name}: asked for it, the server answered {answered}")
         if len(errors) == len(self.plan.http):
             first = errors[0]
             if all(isinstance(error, ConnectError) for error in errors):
@@ -309,7 +310,7 @@ class _Bench:
 
     async def _run_cell(self, result: CellResult) -> None:
         gauge = Gauge()
-        http: HttpVersion = "2" if result.http == "2" else "1.1"
+        http = cast(HttpVersion, result.http)  # one of HTTP_NAMES (validate)
         refs = await self._listing(http, result, gauge)
         # The transfers get their own client, so every cell opens all its connections inside
         # the timed window alike: on the listing's (as many as its searches had at once, up to
@@ -429,7 +430,7 @@ class _Bench:
         async with self.probing:
             if self.answered_at > failed_at:
                 return
-            http: HttpVersion = "2" if run.result.http == "2" else "1.1"
+            http = cast(HttpVersion, run.result.http)
             settings = replace(self.settings, http=http, concurrency=1)
             transport = Transport(settings, auth=self.auth, answered=True)
             url = transport.base_url + "/studies"

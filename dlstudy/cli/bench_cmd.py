@@ -9,13 +9,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, NoReturn
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, NoReturn, cast
 
 import typer
 
 from ..bench.report import (
     DEFAULT_CONCURRENCY,
     DEFAULT_REPEAT,
+    HTTP_NAMES,
     HTTP_VERSIONS,
     MAX_REPEAT,
     STRATEGIES,
@@ -66,7 +67,9 @@ LevelsOpt = Annotated[
 HttpVersionsOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--http", help="HTTP version (repeatable): 1.1, 2. Default: both.", show_default=False
+        "--http",
+        help="HTTP version (repeatable): 1.1, 2, 3. Default: 1.1 and 2.",
+        show_default=False,
     ),
 ]
 RepeatOpt = Annotated[
@@ -138,15 +141,13 @@ def register(app: typer.Typer) -> None:
                 fail_usage(not_shown)
             settings = settings_from(ctx)
             for http in http_versions or ():
-                if http not in HTTP_VERSIONS:
-                    fail_usage(f"--http must be 1.1 or 2, got {http!r}")
+                if http not in HTTP_NAMES:
+                    fail_usage(f"--http must be 1.1, 2 or 3, got {http!r}")
         except Failed as exc:
             if json_output:
                 _print_report(nothing_measured(), True, exc.exit_code, error=exc.message)
             raise
-        versions: tuple[HttpVersion, ...] = tuple(
-            "2" if http == "2" else "1.1" for http in http_versions or HTTP_VERSIONS
-        )
+        versions = cast(tuple[HttpVersion, ...], tuple(http_versions or HTTP_VERSIONS))
         plan = BenchPlan(
             study_uid=study_uid,
             strategies=tuple(strategies or STRATEGIES),

@@ -3,6 +3,7 @@ with aioquic) on 127.0.0.1, and what `--http 3` says where it cannot work."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -101,3 +102,26 @@ def test_serve_http3_without_tls_is_a_usage_error(synth_study: SynthStudy) -> No
     result = run_installed("serve", str(synth_study.root), "--port", "0", "--http3")
     assert result.returncode == 2, result.stderr
     assert "--http3 runs over TLS" in result.stderr
+
+
+def test_bench_measures_http3_beside_http2_and_says_where_it_is_missing(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """`bench --http 3` (installed): its cells answered over HTTP/3, in the chart too (a line
+    of its own); against a server without it, its rows say so and the HTTP/2 ones are kept."""
+    tls = {"tls_cert": tls_ca.cert, "tls_key": tls_ca.key}
+    chart = tmp_path / "bench.svg"
+    for http3, status in ((True, "ok"), (False, "unsupported (no HTTP/3)")):
+        url = embedded_server(synth_study.root, **tls, http3=http3)
+        result = run_installed(
+            "bench", synth_study.study_uid, "--url", url, "--ca-bundle", str(tls_ca.ca_pem),
+            "--http", "2", "--http", "3", "--strategy", "single-part", "-c", "4",
+            "--repeat", "1", "--limit", "20", "--json", "--chart", str(chart),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        rows = {row["http"]: row for row in json.loads(result.stdout)["rows"]}
+        assert rows["2"]["status"] == "ok"
+        assert rows["3"]["status"] == status, rows["3"]
+        if http3:
+            assert rows["3"]["http_version"] == "HTTP/3"
+            assert "single-part · HTTP/3" in chart.read_text()
