@@ -212,6 +212,7 @@ class Pager:
         *,
         counts_checked: bool = False,
         keyless: Callable[[], object] | None = None,
+        unproven: Callable[[], object] | None = None,
     ) -> list[dict[str, Any]] | None: ...
 
     @overload
@@ -225,6 +226,7 @@ class Pager:
         counts_checked: bool = False,
         keep: Callable[[dict[str, Any]], T | None],
         keyless: Callable[[], object] | None = None,
+        unproven: Callable[[], object] | None = None,
     ) -> list[T] | None: ...
 
     async def fetch_all(
@@ -237,6 +239,7 @@ class Pager:
         counts_checked: bool = False,
         keep: Callable[[dict[str, Any]], Any] = _whole,
         keyless: Callable[[], object] | None = None,
+        unproven: Callable[[], object] | None = None,
     ) -> list[Any] | None:
         """What `keep` makes of each distinct result of the query keyed by `key_tag` (results
         it makes None of count, but are not returned); None when the URL is 404.
@@ -250,7 +253,7 @@ class Pager:
 
         found = await self.walk(
             url, params, key_tag, expected, counts_checked=counts_checked, each=each,
-            keyless=keyless,
+            keyless=keyless, unproven=unproven,
         )  # fmt: skip
         return kept if found else None
 
@@ -265,6 +268,7 @@ class Pager:
         each: Callable[[dict[str, Any]], None],
         keyless: Callable[[], object] | None = None,
         page_read: Callable[[], Awaitable[object]] | None = None,
+        unproven: Callable[[], object] | None = None,
     ) -> bool:
         """Call `each` with every distinct result of the query keyed by `key_tag`, page after
         page, and await `page_read` once each page is read (the page asked for meanwhile
@@ -272,7 +276,9 @@ class Pager:
         `counts_checked`: the caller checks what was listed against the counts the results
         carry, so a short page may end the listing. A result without a usable `key_tag` (no
         value, an empty or malformed one) cannot be told apart from the others, nor fetched:
-        IncompleteListingError, or `keyless()` is called.
+        IncompleteListingError, or `keyless()` is called. `unproven()` is called when the
+        listing ended with a page after a short one bringing nothing new: a whole listing, or
+        a server that sends nothing past a silent cap whatever the offset (Orthanc).
 
         Each page's parsed JSON is dropped once `each` has read it: a listing of a million
         instances holds a million small values, not a million DICOM JSON objects.
@@ -282,8 +288,9 @@ class Pager:
         async with anyio.create_task_group() as tg:
             try:
                 found = await self._walk(
-                    tg, url, params, key_tag, expected, counts_checked, each, keyless, page_read
-                )
+                    tg, url, params, key_tag, expected, counts_checked, each, keyless, page_read,
+                    unproven,
+                )  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - raised below, outside the group
                 failed = exc
         if failed is not None:
@@ -304,6 +311,7 @@ class Pager:
         each: Callable[[dict[str, Any]], None],
         keyless: Callable[[], object] | None,
         page_read: Callable[[], Awaitable[object]] | None,
+        unproven: Callable[[], object] | None,
     ) -> bool:
         seen: set[str] = set()
         seen_keyless: set[int] = set()
@@ -365,6 +373,8 @@ class Pager:
                     )
                 if probing and not new:
                     self.uncapped_below = max(self.uncapped_below, probing)
+                    if unproven is not None:
+                        unproven()
                 probing = 0
                 if new == 0:
                     short_of = expected is not None and len(seen) < expected

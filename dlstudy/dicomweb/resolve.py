@@ -34,6 +34,7 @@ from .qido import (
     TAG_SERIES_UID,
     TAG_SOP_UID,
     TAG_STUDY_INSTANCES,
+    TAG_STUDY_SERIES,
     TAG_STUDY_UID,
     Pager,
     SeriesRef,
@@ -93,18 +94,53 @@ class Resolver:
         self.lists_studies: bool | None = None
         self._deciding = anyio.Lock()
         self._deciding_lists = anyio.Lock()
+        # Whether the server answers a study search with the study's counts: None until known.
+        self.gives_study_counts: bool | None = None
 
-    async def series_of(self, study_uid: str) -> list[SeriesRef]:
+    async def all_series_of(
+        self, study_uid: str, unproven: Callable[[], object] | None = None
+    ) -> list[SeriesRef] | None:
+        """Every series of the study (None: not found), unfiltered."""
         base = self.transport.base_url
-        found = await self.pager.fetch_all(
+        return await self.pager.fetch_all(
             f"{study_url(base, study_uid)}/series",
             [("includefield", TAG_SERIES_INSTANCES)],
             TAG_SERIES_UID,
             keep=lambda item: series_ref(study_uid, item),
+            unproven=unproven,
         )
+
+    async def series_of(self, study_uid: str) -> list[SeriesRef]:
+        found = await self.all_series_of(study_uid)
         if not found:
             raise NothingMatchedError(f"study {study_uid} not found on the server")
         return [series for series in found if self.wanted(series.series_uid, series.modality)]
+
+    async def study_counts(self, study_uid: str) -> tuple[int | None, int | None]:
+        """The study's own counts of series and instances (NumberOfStudyRelatedSeries,
+        NumberOfStudyRelatedInstances) from a study search; None where the server gives none
+        or refuses the search (not asked again)."""
+        if self.gives_study_counts is False:
+            return None, None
+        try:
+            page = await self.pager.get_page(
+                f"{self.transport.base_url}/studies",
+                [
+                    ("StudyInstanceUID", study_uid),
+                    ("includefield", TAG_STUDY_SERIES),
+                    ("includefield", TAG_STUDY_INSTANCES),
+                ],
+            )
+        except (AuthError, ConnectError):
+            raise
+        except ServerError as exc:
+            log.info("%s; series listings taken as whole", exc)
+            self.gives_study_counts = False
+            return None, None
+        for item in page[0] if page else []:
+            if first_value(item, TAG_STUDY_UID) == study_uid:
+                return first_int(item, TAG_STUDY_SERIES), first_int(item, TAG_STUDY_INSTANCES)
+        return None, None
 
     def wanted(self, series_uid: str, modality: str) -> bool:
         """Whether a series passes the --series and --modality filters."""
@@ -314,7 +350,20 @@ class Resolver:
 
     async def series_by_series(self, study_uid: str) -> Instances:
         """The study's series, then each series' instances, checked against its count."""
-        all_series = await self.series_of(study_uid)
+        unproven = False
+
+        def ended_unproven() -> None:
+            nonlocal unproven
+            unproven = True
+
+        listed = await self.all_series_of(study_uid, ended_unproven)
+        if not listed:
+            raise NothingMatchedError(f"study {study_uid} not found on the server")
+        if unproven:
+            whole = await self.whole_study_if_series_cut(study_uid, len(listed))
+            if whole is not None:
+                return whole
+        all_series = [s for s in listed if self.wanted(s.series_uid, s.modality)]
         per_series = [Instances() for _ in all_series]
         limiter = anyio.CapacityLimiter(QIDO_CONCURRENCY)
 
@@ -331,4 +380,44 @@ class Resolver:
         refs = Instances()
         for one_series in per_series:
             refs.extend(one_series)
+        return refs
+
+    async def whole_study_if_series_cut(self, study_uid: str, listed: int) -> Instances | None:
+        """None when the study's own series count shows its series listing whole (or it gives
+        none); else the study's instances from a study-wide instance search checked against
+        its instance count. A server may cut search results silently and send nothing past
+        the cut whatever the offset (Orthanc's LimitFindResults: the first limit + 1 results
+        only), so paging alone cannot tell a cut listing from a whole one. Asked only of a
+        listing the pager could not prove whole (a short page of more results than any
+        listing seen whole before, then nothing)."""
+        series_count, instance_count = await self.study_counts(study_uid)
+        if series_count is None or series_count <= listed:
+            return None
+        log.info(
+            "study %s: %d series listed, its count says %d: listing its instances at once",
+            study_uid, listed, series_count,
+        )  # fmt: skip
+        url = f"{study_url(self.transport.base_url, study_uid)}/instances"
+        series: dict[str, tuple[str, str]] = {}
+        refs = Instances()
+        try:
+            await self.pager.walk(
+                url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, expected=instance_count,
+                each=lambda item: self._add(item, study_uid, series, set(), refs),
+            )  # fmt: skip
+        except IncompleteListingError as exc:
+            raise IncompleteListingError(
+                f"could not list study {study_uid} completely: the server lists {listed} of "
+                f"its {series_count} series (a cap on search results, such as Orthanc's "
+                f"LimitFindResults), and {exc}",
+                url=exc.url,
+            ) from exc
+        if instance_count is None or len(series) < series_count:
+            shown = redact_url(url)
+            raise IncompleteListingError(
+                f"could not list study {study_uid} completely: the server lists {listed} of "
+                f"its {series_count} series (a cap on search results, such as Orthanc's "
+                f"LimitFindResults), and its instances in {len(series)} series",
+                url=shown,
+            )
         return refs

@@ -42,6 +42,12 @@ def serve_study(
     base = f"/dicomweb/studies/{STUDY}"
     scripted.get(f"{base}/instances").mock(return_value=httpx.Response(400))
     scripted.get(f"{base}/series").mock(side_effect=lambda _: dicom_json(series()))
+    # The study search a series listing not proven whole is checked by: its series count.
+    scripted.get("/dicomweb/studies").mock(
+        side_effect=lambda _: dicom_json([{
+            "0020000D": element("UI", STUDY), "00201206": element("IS", len(series())),
+        }])
+    )  # fmt: skip
     for uid in SERIES:
         scripted.get(f"{base}/series/{uid}/instances").mock(
             side_effect=lambda _, uid=uid: dicom_json(instances(uid))
@@ -190,6 +196,7 @@ def test_a_series_listed_with_no_uid_is_never_asked_for(
         scripted,
         f"{base}/instances",
         f"{base}/series",
+        "/dicomweb/studies",
         *(f"{base}/series/{uid}/instances" for uid in SERIES),
         *(f"{base}/series/{uid}/instances/{sop}" for uid in SERIES for sop in SOPS[uid]),
     )

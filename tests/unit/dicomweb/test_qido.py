@@ -440,6 +440,22 @@ def test_an_answer_only_the_standard_json_reader_reads_is_still_read(
 
 # --- one request per study: /studies/{uid}/instances, checked against the study's count -------
 
+
+def study_counts_route(server: Routes, series: int) -> None:
+    """The study search a series listing not proven whole is checked by: each study asked
+    for, with `series` as its NumberOfStudyRelatedSeries."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        study = request.url.params["StudyInstanceUID"]
+        item = {
+            "0020000D": {"vr": "UI", "Value": [study]},
+            "00201206": {"vr": "IS", "Value": [series]},
+        }
+        return httpx.Response(200, json=[item])
+
+    server.get("/dicomweb/studies").mock(side_effect=answer)
+
+
 STUDY_INSTANCES_URL = f"/dicomweb/studies/{STUDY}/instances"
 
 
@@ -484,6 +500,7 @@ def test_a_silent_cap_short_of_the_study_count_is_listed_series_by_series(
     )
     instances_route(scripted, "1.2.3.1", [f"1.2.3.1.{j}" for j in range(3)], cap=2)
     instances_route(scripted, "1.2.3.2", ["1.2.3.2.0"])
+    study_counts_route(scripted, series=2)
 
     refs = resolve(scripted, page_size=100, one_request=None)
 
@@ -512,6 +529,7 @@ def test_a_server_without_the_study_count_is_listed_series_by_series_from_then_o
         scripted.get(f"{base}/series/1.2.3.2/instances").mock(
             side_effect=paged([instance_json("1.2.3.2.0")])
         )
+    study_counts_route(scripted, series=2)
 
     found = resolve_studies(scripted, studies, page_size=100)
 
@@ -546,8 +564,24 @@ def test_a_series_filter_lists_only_those_series(scripted: Routes) -> None:
         return_value=httpx.Response(200, json=[series_json("1.2.3.1"), series_json("1.2.3.2")])
     )
     instances_route(scripted, "1.2.3.2", ["1.2.3.2.0"])
+    study_counts_route(scripted, series=2)
 
     refs = resolve(scripted, page_size=100, one_request=None, series_filter=["1.2.3.2"])
 
     assert [r.sop_uid for r in refs] == ["1.2.3.2.0"]
     assert study_route.call_count == 0  # the study's other series are never listed
+
+
+def test_a_server_refusing_the_study_count_search_keeps_its_series_listing(
+    scripted: Routes,
+) -> None:
+    two = [series_json("1.2.3.1"), series_json("1.2.3.2")]
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=two))
+    instances_route(scripted, "1.2.3.1", ["1.2.3.1.0"])
+    instances_route(scripted, "1.2.3.2", ["1.2.3.2.0"])
+    counts = scripted.get("/dicomweb/studies").mock(return_value=httpx.Response(400))
+
+    refs = resolve(scripted, page_size=100)
+
+    assert [r.sop_uid for r in refs] == ["1.2.3.1.0", "1.2.3.2.0"]
+    assert counts.call_count == 1
