@@ -64,6 +64,20 @@ def remaining_of(headers: httpx.Headers) -> int | None:
     return None
 
 
+# What a server says in a `Warning: 299` when it ignored a matching key it cannot match on
+# (PS3.18: it then answers as if the key were not there).
+_IGNORED = re.compile(r"not supported|unsupported|ignored|not recogni[sz]ed", re.IGNORECASE)
+
+
+def ignored_keys_warning(headers: httpx.Headers) -> str | None:
+    """The text of a `Warning: 299` saying the search was run without some of its matching
+    keys (`The following attributes were not supported: 00280010`), or None."""
+    for value in headers.get_list("warning"):
+        if value.strip().startswith("299") and _IGNORED.search(value):
+            return value.strip()
+    return None
+
+
 def has_more_warning(headers: httpx.Headers) -> bool:
     # PS3.18: `Warning: 299 <host>: There are N additional results that can be requested`.
     return any(

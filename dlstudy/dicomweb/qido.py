@@ -42,6 +42,7 @@ from .answers import (
     ROOT_HINT,
     describe_answer,
     has_more_warning,
+    ignored_keys_warning,
     json_of,
     remaining_of,
     root_problem,
@@ -167,12 +168,22 @@ class _NextPage:
 class Pager:
     """Walks one QIDO query through every page it has, retrying transient failures."""
 
-    def __init__(self, transport: Transport, page_size: int, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        page_size: int,
+        policy: RetryPolicy,
+        *,
+        all_keys_matched: bool = False,
+    ) -> None:
         if page_size < 1:  # the library's qido_page_size (the CLI's --page-size is checked)
             raise UsageError(f"qido_page_size must be 1 or more, not {page_size}")
         self.transport = transport
         self.page_size = page_size
         self.policy = policy
+        # A search whose every matching key must be applied: a server that says it ignored
+        # one (Warning: 299) answered a wider search than asked, a UsageError.
+        self.all_keys_matched = all_keys_matched
         self._root_checked = False
         self.remaining: int | None = None  # what the last page's Warning 299 counted
         # The page size at which this server was seen to cut a listing without saying so (a
@@ -460,6 +471,13 @@ class Pager:
                 url=shown,
                 retryable=response.status_code in RETRYABLE_STATUS,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        ignored = ignored_keys_warning(response.headers) if self.all_keys_matched else None
+        if ignored is not None:
+            raise UsageError(
+                f"the server searched without some of the filters given, which it cannot "
+                f"match on ({ignored[:200]}): its results are not what was asked for; "
+                "leave those filters out"
             )
         if not response.content.strip():
             return [], False

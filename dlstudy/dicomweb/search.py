@@ -272,7 +272,7 @@ async def walk_studies(
     read: a caller that writes the page out waits there, not in `each`. A result without a
     Study Instance UID is an IncompleteListingError, or a call of `keyless` (the caller says
     what the search missed)."""
-    pager = Pager(transport, page_size, policy)
+    pager = Pager(transport, page_size, policy, all_keys_matched=True)
     url = f"{transport.base_url}/studies"
     # The pager lists each result of one search once; a study with two of the modalities
     # searched one by one is found by two searches.

@@ -316,3 +316,20 @@ def test_a_filter_value_with_spaces_can_come_from_the_environment(
     value = "StudyDescription=CT CHEST PatientSex=F\nModalitiesInStudy=CT"
     result = run_installed("query", "--url", url, "--uids", env={"DLSTUDY_FILTER": value})
     assert result.returncode == 4, result.stderr
+
+
+@pytest.mark.parametrize("command", ["query", "sync"])
+def test_a_filter_the_server_says_it_ignored_fails_the_search(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, command: str
+) -> None:
+    """A server that cannot match on a key drops it and says so in a `Warning: 299` (PS3.18),
+    answering every study: listed (or mirrored by `sync`) as if they matched, they would not
+    be the search asked for. Rows is no study-level key for the embedded server."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    result = run_installed(command, "--url", url, "--filter", "Rows=512", *output_of(command, out))
+    assert result.returncode == 2, result.stderr
+    assert synth_study.study_uid not in result.stdout
+    assert "filters given" in result.stderr and "Rows" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert not list(out.rglob("*.dcm"))
