@@ -320,6 +320,7 @@ class Pager:
         seen_keyless: set[int] = set()
         offset = 0
         probing = 0  # the length of a short page whose end the next page is asked to confirm
+        full = False  # whether the page before this one was as long as asked for
 
         def page_at(offset: int) -> Callable[[], Awaitable[_Page | None]]:
             params_now = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
@@ -383,6 +384,8 @@ class Pager:
                         raise _incomplete(url, len(seen), expected, repeated=repeated)
                     if repeated and offset:
                         log.info("%s repeats a page: server ignores offset", redact_url(url))
+                        if full and expected is None and not counts_checked:
+                            await self._check_all_sent(url, params, len(seen))
                     break
                 if len(seen) > MAX_RESULTS:
                     shown = redact_url(url)
@@ -392,6 +395,7 @@ class Pager:
                         url=shown,
                     )
                 offset += count
+                full = count == self.page_size
                 if truncated or (expected is not None and len(seen) < expected):
                     continue
                 if count < self.page_size:
@@ -408,6 +412,23 @@ class Pager:
             if upcoming is not None:
                 upcoming.cancel()  # not needed after all
         return True
+
+    async def _check_all_sent(self, url: str, params: list[tuple[str, str]], count: int) -> None:
+        """A server that ignores offset sent `count` results, as many as asked for, then the
+        same again: if it honours limit, that page was cut at the limit and the rest cannot be
+        paged to (IncompleteListingError); if it ignores limit too (a static tree), it sent
+        everything it has. One page one shorter tells the two apart."""
+        if count > 1:
+            page = await self.get_page(url, [*params, ("limit", str(count - 1)), ("offset", "0")])
+            if page is not None and len(page[0]) >= count:
+                return
+        shown = redact_url(url)
+        raise IncompleteListingError(
+            f"could not list {shown} completely: {count} results, as many as a page asks "
+            "for, but the server sends the same results again for the next page (it ignores "
+            "offset): the ones after them cannot be listed",
+            url=shown,
+        )
 
     def _short_page_ends(self, count: int, expected: int | None) -> bool:
         """Whether a page shorter than asked for ends the listing. Without a count to check
