@@ -8,10 +8,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ..cli_helpers import run_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy
+from ..fixtures.scripted_routes import Routes
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +335,37 @@ def test_a_filter_the_server_says_it_ignored_fails_the_search(
     assert "filters given" in result.stderr and "Rows" in result.stderr, result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert not list(out.rglob("*.dcm"))
+
+
+# Valid JSON (an escape of a lone surrogate), and no text any encoding can write.
+LONE_SURROGATE = (
+    b'[{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, '
+    b'"00100010": {"vr": "PN", "Value": [{"Alphabetic": "X\\ud800Y"}]}}]'
+)
+
+
+@pytest.mark.parametrize(("args", "shown"), [([], "X?Y"), (["--csv"], "X?Y"), (["--json"], "")])
+def test_a_name_stdout_cannot_encode_is_shown_as_a_question_mark(
+    scripted: Routes, args: list[str], shown: str
+) -> None:
+    """A lone surrogate from the server, or a name outside stdout's encoding: one `?` each,
+    the rest printed (a UnicodeEncodeError traceback, exit 1). JSON escapes them as sent."""
+    scripted.get("/dicomweb/studies").mock(
+        return_value=httpx.Response(
+            200, headers={"Content-Type": "application/dicom+json"}, content=LONE_SURROGATE
+        )
+    )
+    result = run_installed("query", "--url", scripted.base, *args)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "1.2.3" in result.stdout and shown in result.stdout
+    if not shown:
+        assert json.loads(result.stdout)["patient_name"] == "X\ud800Y"
+
+
+def test_a_name_outside_an_ascii_stdout_is_shown_as_a_question_mark(
+    hostile_study: tuple[str, str],
+) -> None:
+    url, study = hostile_study
+    result = run_installed("query", "--url", url, "--csv", env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert study in result.stdout
