@@ -44,6 +44,7 @@ from .answers import (
     has_more_warning,
     ignored_keys_warning,
     json_of,
+    refusal_words,
     remaining_of,
     root_problem,
 )
@@ -486,8 +487,9 @@ class Pager:
             log.debug("QIDO %s: HTTP 204, no results", shown)
             return [], False
         if response.status_code not in (200, 206):
+            said = refusal_words(response)
             raise HttpStatusError(
-                f"HTTP {response.status_code} on {shown}",
+                f"HTTP {response.status_code} on {shown}" + (f": {said}" if said else ""),
                 status_code=response.status_code,
                 url=shown,
                 retryable=response.status_code in RETRYABLE_STATUS,

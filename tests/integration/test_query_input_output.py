@@ -369,3 +369,34 @@ def test_a_name_outside_an_ascii_stdout_is_shown_as_a_question_mark(
     result = run_installed("query", "--url", url, "--csv", env={"PYTHONIOENCODING": "ascii"})
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert study in result.stdout
+
+
+def test_a_search_the_server_refuses_says_why(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A 400 names what the server could not read: its words follow the status (it was
+    `HTTP 400 on URL` alone, the reason in the body unread)."""
+    url = embedded_server(synth_study.root)
+    result = run_installed("query", "--url", url, "--filter", "StudyDate=xyz")
+    assert result.returncode == 3
+    [line] = result.stderr.splitlines()
+    assert line.startswith("dlstudy: error: QIDO search: HTTP 400 on ")
+    assert line.endswith(
+        ": StudyDate: cannot read 'xyz' as a date YYYYMMDD or a range of them (A-B, A-, -B)"
+    )
+
+
+def test_a_refusal_that_repeats_the_request_shows_no_secret(scripted: Routes) -> None:
+    """A gateway's JSON refusal repeating the query with its key: the key is masked."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        said = {"error": {"code": 400, "message": f"bad request {request.url}"}}
+        return httpx.Response(400, json=said)
+
+    scripted.get("/dicomweb/studies").mock(side_effect=refuse)
+    result = run_installed(
+        "query", "--url", f"{scripted.base}?key=s3cr3tvalue", "--header", "X-Api-Key: k3yvalue"
+    )
+    assert result.returncode == 3
+    assert "bad request http://" in result.stderr, result.stderr
+    assert "s3cr3tvalue" not in result.stderr and "key=***" in result.stderr
