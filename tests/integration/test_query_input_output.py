@@ -400,3 +400,35 @@ def test_a_refusal_that_repeats_the_request_shows_no_secret(scripted: Routes) ->
     assert result.returncode == 3
     assert "bad request http://" in result.stderr, result.stderr
     assert "s3cr3tvalue" not in result.stderr and "key=***" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("written", "listed"),
+    [
+        ("=山田^太郎", "山田^太郎"),  # ideographic alone, as Japanese sites may have it
+        ("==やまだ^たろう", "やまだ^たろう"),  # phonetic alone
+        ("Yamada^Tarou=山田^太郎", "Yamada^Tarou"),  # the alphabetic form first
+        ("^=山田^太郎", "山田^太郎"),  # an alphabetic form of empty components is none
+        ("DOE^JOHN\\DOE^J", "DOE^JOHN\\DOE^J"),  # two values
+    ],
+)
+def test_query_lists_a_patient_name_in_any_of_its_forms(
+    tmp_path: Path, embedded_server: StartServer, written: str, listed: str
+) -> None:
+    """A PN value without an alphabetic form was listed as no name (null), and of several
+    values only the first: the name is the first form the value has, values joined by `\\`
+    as DICOM writes them."""
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    root = tmp_path / "names"
+    instances = generate(root, SynthSpec(series=1, instances=1, size=1024, seed=3))
+    dataset = pydicom.dcmread(instances[0].path)
+    dataset.SpecificCharacterSet = "ISO_IR 192"
+    dataset.PatientName = written
+    dataset.save_as(instances[0].path)
+
+    result = run_installed("query", "--url", embedded_server(root), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["patient_name"] == listed
