@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import gc
 import importlib
+import io
 import os
 import sys
 import warnings
@@ -111,6 +112,14 @@ def __getattr__(name: str) -> typer.Typer:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _replace_what_stdout_cannot_encode() -> None:
+    """A server's text may hold what stdout cannot encode: a lone surrogate (JSON's `\ud800`
+    is valid JSON), or `Müller` with PYTHONIOENCODING=ascii. Each such character is printed
+    as `?`, as a control character is, not a UnicodeEncodeError after part of the output."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
+
+
 def main() -> None:
     """Run the CLI, then exit without tearing the interpreter down.
 
@@ -131,6 +140,7 @@ def main() -> None:
     # pydicom warns about the odd files real archives hold (a VR other than the transfer
     # syntax says), naming none: dlstudy keeps such files as sent and says so itself.
     warnings.filterwarnings("ignore", module=r"pydicom\.")
+    _replace_what_stdout_cannot_encode()
     try:
         with _interrupt_reaches_main():  # while the command's modules are imported
             app = build_app(first if first in COMMANDS else None)

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import orjson
 
+from ..http.echoes import mask_echoed
 from .media import parse_media_type
 
 ROOT_HINT = "DICOMweb roots usually end in /dicomweb, /dicom-web, /wado-rs or /rs"
@@ -64,9 +65,66 @@ def remaining_of(headers: httpx.Headers) -> int | None:
     return None
 
 
+# What a server says in a `Warning: 299` when it ignored a matching key it cannot match on
+# (PS3.18: it then answers as if the key were not there).
+_IGNORED = re.compile(r"not supported|unsupported|ignored|not recogni[sz]ed", re.IGNORECASE)
+
+
+def ignored_keys_warning(headers: httpx.Headers) -> str | None:
+    """The text of a `Warning: 299` saying the search was run without some of its matching
+    keys (`The following attributes were not supported: 00280010`), or None."""
+    for value in headers.get_list("warning"):
+        if value.strip().startswith("299") and _IGNORED.search(value):
+            return value.strip()
+    return None
+
+
 def has_more_warning(headers: httpx.Headers) -> bool:
     # PS3.18: `Warning: 299 <host>: There are N additional results that can be requested`.
     return any(
         value.strip().startswith("299") and "additional" in value.lower()
         for value in headers.get_list("warning")
     )
+
+
+# Where a refusal's JSON body puts its words: PS3.18 servers, Orthanc, dcm4chee, cloud gateways.
+_MESSAGE_KEYS = ("message", "Message", "errorMessage", "error_description", "Details", "detail")
+SAID_AT_MOST = 200
+
+
+def refusal_words(response: httpx.Response) -> str | None:
+    """What a 4xx answer says of why, from a text or JSON body: its message, or the text's
+    first line, cut to SAID_AT_MOST characters, with the request's secrets masked (a gateway
+    may repeat the query with its key). None for an HTML page or an empty body."""
+    if not 400 <= response.status_code < 500:
+        return None
+    mime = _mime(response)
+    words: object = None
+    if mime in _JSON_TYPES:
+        try:
+            data = json_of(response)
+        except (ValueError, RecursionError):
+            return None
+        words = _message_of(data)
+    elif mime == "text/plain":
+        text = response.content[: 4 * SAID_AT_MOST].decode("utf-8", "replace")
+        words = next((line.strip() for line in text.splitlines() if line.strip()), None)
+    if not isinstance(words, str) or not words.strip():
+        return None
+    request = response.request
+    masked = mask_echoed(words.strip().encode(), str(request.url), request.headers.raw)
+    said = masked.decode("utf-8", "replace")
+    return said if len(said) <= SAID_AT_MOST else said[: SAID_AT_MOST - 1] + "…"
+
+
+def _message_of(data: Any) -> object:
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("error"), dict):  # {"error": {"code": 400, "message": ...}}
+        data = data["error"]
+    for key in _MESSAGE_KEYS:
+        if isinstance(data.get(key), str):
+            return data[key]
+    return data.get("error")

@@ -42,7 +42,9 @@ from .answers import (
     ROOT_HINT,
     describe_answer,
     has_more_warning,
+    ignored_keys_warning,
     json_of,
+    refusal_words,
     remaining_of,
     root_problem,
 )
@@ -167,12 +169,22 @@ class _NextPage:
 class Pager:
     """Walks one QIDO query through every page it has, retrying transient failures."""
 
-    def __init__(self, transport: Transport, page_size: int, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        page_size: int,
+        policy: RetryPolicy,
+        *,
+        all_keys_matched: bool = False,
+    ) -> None:
         if page_size < 1:  # the library's qido_page_size (the CLI's --page-size is checked)
             raise UsageError(f"qido_page_size must be 1 or more, not {page_size}")
         self.transport = transport
         self.page_size = page_size
         self.policy = policy
+        # A search whose every matching key must be applied: a server that says it ignored
+        # one (Warning: 299) answered a wider search than asked, a UsageError.
+        self.all_keys_matched = all_keys_matched
         self._root_checked = False
         self.remaining: int | None = None  # what the last page's Warning 299 counted
         # The page size at which this server was seen to cut a listing without saying so (a
@@ -317,6 +329,7 @@ class Pager:
         seen_keyless: set[int] = set()
         offset = 0
         probing = 0  # the length of a short page whose end the next page is asked to confirm
+        full = False  # whether the page before this one was as long as asked for
 
         def page_at(offset: int) -> Callable[[], Awaitable[_Page | None]]:
             params_now = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
@@ -382,6 +395,8 @@ class Pager:
                         raise _incomplete(url, len(seen), expected, repeated=repeated)
                     if repeated and offset:
                         log.info("%s repeats a page: server ignores offset", redact_url(url))
+                        if full and expected is None and not counts_checked:
+                            await self._check_all_sent(url, params, len(seen))
                     break
                 if len(seen) > MAX_RESULTS:
                     shown = redact_url(url)
@@ -391,6 +406,7 @@ class Pager:
                         url=shown,
                     )
                 offset += count
+                full = count == self.page_size
                 if truncated or (expected is not None and len(seen) < expected):
                     continue
                 if count < self.page_size:
@@ -407,6 +423,23 @@ class Pager:
             if upcoming is not None:
                 upcoming.cancel()  # not needed after all
         return True
+
+    async def _check_all_sent(self, url: str, params: list[tuple[str, str]], count: int) -> None:
+        """A server that ignores offset sent `count` results, as many as asked for, then the
+        same again: if it honours limit, that page was cut at the limit and the rest cannot be
+        paged to (IncompleteListingError); if it ignores limit too (a static tree), it sent
+        everything it has. One page one shorter tells the two apart."""
+        if count > 1:
+            page = await self.get_page(url, [*params, ("limit", str(count - 1)), ("offset", "0")])
+            if page is not None and len(page[0]) >= count:
+                return
+        shown = redact_url(url)
+        raise IncompleteListingError(
+            f"could not list {shown} completely: {count} results, as many as a page asks "
+            "for, but the server sends the same results again for the next page (it ignores "
+            "offset): the ones after them cannot be listed",
+            url=shown,
+        )
 
     def _short_page_ends(self, count: int, expected: int | None) -> bool:
         """Whether a page shorter than asked for ends the listing. Without a count to check
@@ -464,12 +497,20 @@ class Pager:
             log.debug("QIDO %s: HTTP 204, no results", shown)
             return [], False
         if response.status_code not in (200, 206):
+            said = refusal_words(response)
             raise HttpStatusError(
-                f"HTTP {response.status_code} on {shown}",
+                f"HTTP {response.status_code} on {shown}" + (f": {said}" if said else ""),
                 status_code=response.status_code,
                 url=shown,
                 retryable=response.status_code in RETRYABLE_STATUS,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        ignored = ignored_keys_warning(response.headers) if self.all_keys_matched else None
+        if ignored is not None:
+            raise UsageError(
+                f"the server searched without some of the filters given, which it cannot "
+                f"match on ({ignored[:200]}): its results are not what was asked for; "
+                "leave those filters out"
             )
         if not response.content.strip():
             return [], False

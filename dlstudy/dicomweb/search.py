@@ -146,15 +146,25 @@ class StudyRecord:
 
 
 def person_name(item: dict[str, Any], tag: str) -> str | None:
-    """A PN value's alphabetic form (DICOM JSON puts it in an object)."""
+    """A PN element as a name: each value's first form it has (alphabetic, else ideographic,
+    else phonetic; DICOM JSON puts them in an object), several values joined by `\\`, as
+    DICOM writes them."""
     element = item.get(tag)
     values = element.get("Value") if isinstance(element, dict) else None
-    if not isinstance(values, list) or not values:
+    if not isinstance(values, list):
         return None
-    value = values[0]
+    return "\\".join(name for name in map(_name_of, values) if name) or None
+
+
+_PN_FORMS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _name_of(value: Any) -> str | None:
     if isinstance(value, dict):
-        value = value.get("Alphabetic")
-    return str(value).strip() if isinstance(value, str) and value.strip() else None
+        forms = (value.get(form) for form in _PN_FORMS)
+        # A form of empty components (`^`, as Orthanc sends a name it could not decode) is none.
+        value = next((form for form in forms if isinstance(form, str) and form.strip("^ ")), None)
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def all_values(item: dict[str, Any], tag: str) -> tuple[str, ...]:
@@ -272,7 +282,7 @@ async def walk_studies(
     read: a caller that writes the page out waits there, not in `each`. A result without a
     Study Instance UID is an IncompleteListingError, or a call of `keyless` (the caller says
     what the search missed)."""
-    pager = Pager(transport, page_size, policy)
+    pager = Pager(transport, page_size, policy, all_keys_matched=True)
     url = f"{transport.base_url}/studies"
     # The pager lists each result of one search once; a study with two of the modalities
     # searched one by one is found by two searches.

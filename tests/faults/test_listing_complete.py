@@ -61,6 +61,26 @@ def test_a_server_that_ignores_offset_fails_the_study_with_exit_1(
     assert not list((tmp_path / "b").rglob("*.dcm"))
 
 
+def test_a_full_page_repeated_for_the_next_offset_is_no_whole_listing(
+    embedded_server: StartServer,
+) -> None:
+    """A server that honours limit but ignores offset, no page cap, no Warning: 299: the
+    first page is as long as asked for (1,000), the next one repeats it. The 500 studies
+    after those cannot be listed: exit 1 after the first 1,000 (it was exit 0 with 1,000 of
+    1,500)."""
+    spec = VirtualSpec(1500, seed=5, mix="mimic")
+    url = embedded_server(None, virtual=spec, ignore_offset=True)
+
+    result = run_installed("query", "--url", url, "--uids")
+
+    assert result.returncode == 1, result.stderr
+    assert f"dlstudy: error: could not list {url}/studies completely: 1000 results" in (
+        result.stderr
+    )
+    assert "ignores offset" in result.stderr
+    assert result.stdout.split() == list(VirtualArchive(spec).study_uids())[:1000]
+
+
 def test_query_and_sync_exit_1_when_the_study_search_cannot_be_completed(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:

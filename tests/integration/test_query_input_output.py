@@ -8,10 +8,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ..cli_helpers import run_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy
+from ..fixtures.scripted_routes import Routes
 
 pytestmark = pytest.mark.integration
 
@@ -316,3 +318,117 @@ def test_a_filter_value_with_spaces_can_come_from_the_environment(
     value = "StudyDescription=CT CHEST PatientSex=F\nModalitiesInStudy=CT"
     result = run_installed("query", "--url", url, "--uids", env={"DLSTUDY_FILTER": value})
     assert result.returncode == 4, result.stderr
+
+
+@pytest.mark.parametrize("command", ["query", "sync"])
+def test_a_filter_the_server_says_it_ignored_fails_the_search(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, command: str
+) -> None:
+    """A server that cannot match on a key drops it and says so in a `Warning: 299` (PS3.18),
+    answering every study: listed (or mirrored by `sync`) as if they matched, they would not
+    be the search asked for. Rows is no study-level key for the embedded server."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    result = run_installed(command, "--url", url, "--filter", "Rows=512", *output_of(command, out))
+    assert result.returncode == 2, result.stderr
+    assert synth_study.study_uid not in result.stdout
+    assert "filters given" in result.stderr and "Rows" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert not list(out.rglob("*.dcm"))
+
+
+# Valid JSON (an escape of a lone surrogate), and no text any encoding can write.
+LONE_SURROGATE = (
+    b'[{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, '
+    b'"00100010": {"vr": "PN", "Value": [{"Alphabetic": "X\\ud800Y"}]}}]'
+)
+
+
+@pytest.mark.parametrize(("args", "shown"), [([], "X?Y"), (["--csv"], "X?Y"), (["--json"], "")])
+def test_a_name_stdout_cannot_encode_is_shown_as_a_question_mark(
+    scripted: Routes, args: list[str], shown: str
+) -> None:
+    """A lone surrogate from the server, or a name outside stdout's encoding: one `?` each,
+    the rest printed (a UnicodeEncodeError traceback, exit 1). JSON escapes them as sent."""
+    scripted.get("/dicomweb/studies").mock(
+        return_value=httpx.Response(
+            200, headers={"Content-Type": "application/dicom+json"}, content=LONE_SURROGATE
+        )
+    )
+    result = run_installed("query", "--url", scripted.base, *args)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "1.2.3" in result.stdout and shown in result.stdout
+    if not shown:
+        assert json.loads(result.stdout)["patient_name"] == "X\ud800Y"
+
+
+def test_a_name_outside_an_ascii_stdout_is_shown_as_a_question_mark(
+    hostile_study: tuple[str, str],
+) -> None:
+    url, study = hostile_study
+    result = run_installed("query", "--url", url, "--csv", env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert study in result.stdout
+
+
+def test_a_search_the_server_refuses_says_why(
+    synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A 400 names what the server could not read: its words follow the status (it was
+    `HTTP 400 on URL` alone, the reason in the body unread)."""
+    url = embedded_server(synth_study.root)
+    result = run_installed("query", "--url", url, "--filter", "StudyDate=xyz")
+    assert result.returncode == 3
+    [line] = result.stderr.splitlines()
+    assert line.startswith("dlstudy: error: QIDO search: HTTP 400 on ")
+    assert line.endswith(
+        ": StudyDate: cannot read 'xyz' as a date YYYYMMDD or a range of them (A-B, A-, -B)"
+    )
+
+
+def test_a_refusal_that_repeats_the_request_shows_no_secret(scripted: Routes) -> None:
+    """A gateway's JSON refusal repeating the query with its key: the key is masked."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        said = {"error": {"code": 400, "message": f"bad request {request.url}"}}
+        return httpx.Response(400, json=said)
+
+    scripted.get("/dicomweb/studies").mock(side_effect=refuse)
+    result = run_installed(
+        "query", "--url", f"{scripted.base}?key=s3cr3tvalue", "--header", "X-Api-Key: k3yvalue"
+    )
+    assert result.returncode == 3
+    assert "bad request http://" in result.stderr, result.stderr
+    assert "s3cr3tvalue" not in result.stderr and "key=***" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("written", "listed"),
+    [
+        ("=山田^太郎", "山田^太郎"),  # ideographic alone, as Japanese sites may have it
+        ("==やまだ^たろう", "やまだ^たろう"),  # phonetic alone
+        ("Yamada^Tarou=山田^太郎", "Yamada^Tarou"),  # the alphabetic form first
+        ("^=山田^太郎", "山田^太郎"),  # an alphabetic form of empty components is none
+        ("DOE^JOHN\\DOE^J", "DOE^JOHN\\DOE^J"),  # two values
+    ],
+)
+def test_query_lists_a_patient_name_in_any_of_its_forms(
+    tmp_path: Path, embedded_server: StartServer, written: str, listed: str
+) -> None:
+    """A PN value without an alphabetic form was listed as no name (null), and of several
+    values only the first: the name is the first form the value has, values joined by `\\`
+    as DICOM writes them."""
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    root = tmp_path / "names"
+    instances = generate(root, SynthSpec(series=1, instances=1, size=1024, seed=3))
+    dataset = pydicom.dcmread(instances[0].path)
+    dataset.SpecificCharacterSet = "ISO_IR 192"
+    dataset.PatientName = written
+    dataset.save_as(instances[0].path)
+
+    result = run_installed("query", "--url", embedded_server(root), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["patient_name"] == listed

@@ -179,7 +179,27 @@ def test_server_that_ignores_offset_is_paged_once_and_never_loops(scripted: Rout
     refs = resolve(scripted, page_size=2)
 
     assert [r.sop_uid for r in refs] == ["1.2.3.1.0", "1.2.3.1.1"]
-    assert route.call_count == 2  # the repeat is noticed on the second page
+    # The repeat is noticed on the second page; that the first, as long as asked for, is
+    # everything is checked by a third one shorter (limit ignored too: a static tree).
+    assert route.call_count == 3
+    assert route.requests[2].url.params["limit"] == "1"
+
+
+def test_a_server_that_honours_limit_but_ignores_offset_fails_a_listing_of_full_pages(
+    scripted: Routes,
+) -> None:
+    """No count, no Warning: 299: the first page is as long as asked for, the next repeats
+    it. What comes after those cannot be listed: never a listing cut silently."""
+    scripted.get(SERIES_URL).mock(return_value=httpx.Response(200, json=[series_json("1.2.3.1")]))
+    everything = [instance_json(f"1.2.3.1.{j}") for j in range(5)]
+
+    def first_page(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=everything[: int(request.url.params["limit"])])
+
+    scripted.get(f"{SERIES_URL}/1.2.3.1/instances").mock(side_effect=first_page)
+
+    with pytest.raises(IncompleteListingError, match="ignores offset"):
+        resolve(scripted, page_size=2)
 
 
 def test_server_that_ignores_limit_is_asked_once_when_the_count_is_met(scripted: Routes) -> None:
