@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -70,13 +71,28 @@ def remaining_of(headers: httpx.Headers) -> int | None:
 _IGNORED = re.compile(r"not supported|unsupported|ignored|not recogni[sz]ed", re.IGNORECASE)
 
 
-def ignored_keys_warning(headers: httpx.Headers) -> str | None:
-    """The text of a `Warning: 299` saying the search was run without some of its matching
-    keys (`The following attributes were not supported: 00280010`), or None."""
+def ignored_keys_warning(headers: httpx.Headers, keys: Sequence[str]) -> str | None:
+    """The text of a `Warning: 299` saying the search was run without one of its matching
+    `keys` (keywords or tags as sent; `The following attributes were not supported:
+    00280010`), or None. One naming none of them (an includefield a server cannot return) is
+    not about the matching."""
     for value in headers.get_list("warning"):
         if value.strip().startswith("299") and _IGNORED.search(value):
-            return value.strip()
+            said = value.upper()
+            if any(name in said for key in keys for name in _names_of(key)):
+                return value.strip()
     return None
+
+
+def _names_of(key: str) -> tuple[str, ...]:
+    """How a warning may name a matching key: as sent, and as its tag (`00280010`,
+    `(0028,0010)`)."""
+    from pydicom.datadict import tag_for_keyword  # only when a server says it ignored a key
+
+    tag = int(key, 16) if re.fullmatch(r"[0-9A-Fa-f]{8}", key) else tag_for_keyword(key)
+    if tag is None:
+        return (key.upper(),)
+    return key.upper(), f"{tag:08X}", f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def has_more_warning(headers: httpx.Headers) -> bool:

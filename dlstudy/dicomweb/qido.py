@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -175,16 +175,16 @@ class Pager:
         page_size: int,
         policy: RetryPolicy,
         *,
-        all_keys_matched: bool = False,
+        matching_keys: Sequence[str] = (),
     ) -> None:
         if page_size < 1:  # the library's qido_page_size (the CLI's --page-size is checked)
             raise UsageError(f"qido_page_size must be 1 or more, not {page_size}")
         self.transport = transport
         self.page_size = page_size
         self.policy = policy
-        # A search whose every matching key must be applied: a server that says it ignored
-        # one (Warning: 299) answered a wider search than asked, a UsageError.
-        self.all_keys_matched = all_keys_matched
+        # The matching keys a search must apply: a server that says it ignored one (Warning:
+        # 299) answered a wider search than asked, a UsageError.
+        self.matching_keys = matching_keys
         self._root_checked = False
         self.remaining: int | None = None  # what the last page's Warning 299 counted
         # The page size at which this server was seen to cut a listing without saying so (a
@@ -505,7 +505,7 @@ class Pager:
                 retryable=response.status_code in RETRYABLE_STATUS,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
-        ignored = ignored_keys_warning(response.headers) if self.all_keys_matched else None
+        ignored = ignored_keys_warning(response.headers, self.matching_keys)
         if ignored is not None:
             raise UsageError(
                 f"the server searched without some of the filters given, which it cannot "

@@ -282,7 +282,9 @@ async def walk_studies(
     read: a caller that writes the page out waits there, not in `each`. A result without a
     Study Instance UID is an IncompleteListingError, or a call of `keyless` (the caller says
     what the search missed)."""
-    pager = Pager(transport, page_size, policy, all_keys_matched=True)
+    sent = query.params(query.modalities[0] if query.modalities else None)
+    keys = [key for key, _ in sent if key != "includefield"]
+    pager = Pager(transport, page_size, policy, matching_keys=keys)
     url = f"{transport.base_url}/studies"
     # The pager lists each result of one search once; a study with two of the modalities
     # searched one by one is found by two searches.

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from dlstudy.cli.query_cmd import render
+from dlstudy.dicomweb.answers import ignored_keys_warning
 from dlstudy.dicomweb.search import (
     StudyQuery,
     StudyRecord,
@@ -262,3 +263,22 @@ def test_study_dates(text: str, expected: str) -> None:
 def test_bad_study_dates(text: str) -> None:
     with pytest.raises(UsageError, match="--study-date must be"):
         parse_study_date(text, TODAY)
+
+
+@pytest.mark.parametrize(
+    ("warning", "ignored"),
+    [
+        ("299 pacs: The following attributes were not supported: 00280010", True),
+        ("299 pacs: The following attributes were not supported: (0028,0010)", True),
+        ("299 pacs: attribute Rows is not supported and was ignored", True),
+        # an includefield the server cannot return is no matching key it dropped
+        ("299 pacs: The following attributes were not supported: 00201208", False),
+        ("299 pacs: There are 12 additional results that can be requested", False),
+    ],
+)
+def test_only_a_warning_naming_a_matching_key_sent_says_the_search_was_widened(
+    warning: str, ignored: bool
+) -> None:
+    headers = httpx.Headers([("warning", warning)])
+    found = ignored_keys_warning(headers, ["PatientID", "Rows"])
+    assert (found is not None) == ignored, found
