@@ -55,7 +55,7 @@ def test_from_file_reports_the_line_of_a_bad_uid(tmp_path: Path) -> None:
         ((STUDY,), "--url (or DLSTUDY_URL, or url in a config profile) is required"),
         (("--url", "http://x"), "give at least one STUDY_UID, --from-file or --from-catalog"),
         ((STUDY, "--url", "ftp://x"), "--url must start with http:// or https://"),
-        ((STUDY, "--url", "http://x", "--http", "3"), "--http must be one of auto, 1.1, 2"),
+        ((STUDY, "--url", "http://x", "--http", "4"), "--http must be one of auto, 1.1, 2, 3"),
         ((STUDY, "--url", "http://x", "--concurrency", "-1"), "Invalid value for '--concurrency'"),
         ((STUDY, "--url", "http://x", "--layout", "../{sop}"), "must be a relative path"),
         # Every instance under one name: '{sop}' escaped, or cut to one character.

@@ -272,7 +272,7 @@ def test_server_flag_picks_a_profile_and_config_flag_a_file(tmp_path: Path) -> N
     [
         ("[servers.a]\nurl='http://x'", ("--server", "b"), "no server profile 'b'"),
         ("[defaults]\ntimeout = 'soon'", (), "timeout = 'soon' in"),
-        ("[defaults]\nhttp = '3'", (), "--http must be one of auto, 1.1, 2"),
+        ("[defaults]\nhttp = '4'", (), "--http must be one of auto, 1.1, 2, 3"),
         ("[defaults]\nflavour = 1", (), "unknown key 'flavour'"),
     ],
 )
