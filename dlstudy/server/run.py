@@ -158,14 +158,11 @@ def _abort_stuck_connections(port: int) -> None:
     """hypercorn ends a connection gracefully, waiting until the bytes it still holds are sent:
     for a client that stopped reading, forever, and the server's stop with it (one run in
     twenty-five, over h2c). Past the graceful timeout, the connections of this server that are
-    closing with bytes unsent are aborted (asyncio offers no list of a server's transports:
-    they are found among live objects, by the port they were accepted on: the listening
-    socket holds it, so no other socket of this machine has it as its own)."""
-    for found in gc.get_objects():
+    closing with bytes unsent are aborted."""
+    for found in _transports_on(port, socket.SOCK_STREAM):
         if (
             isinstance(found, asyncio.WriteTransport)
             and found.is_closing()
-            and (found.get_extra_info("sockname") or (None, None))[1] == port
             and found.get_write_buffer_size()
         ):
             log.debug("aborting a connection whose client stopped reading")
@@ -174,16 +171,24 @@ def _abort_stuck_connections(port: int) -> None:
 
 def _close_datagram_transports(port: int) -> None:
     """hypercorn leaves its QUIC socket's transport open when it stops (the socket would be
-    closed by the collector, with a ResourceWarning): closed here, found as in
-    _abort_stuck_connections."""
+    closed by the collector, with a ResourceWarning): closed here."""
+    for found in _transports_on(port, socket.SOCK_DGRAM):
+        if not found.is_closing():
+            found.close()
+
+
+def _transports_on(port: int, kind: socket.SocketKind) -> Iterator[asyncio.BaseTransport]:
+    """This server's live transports of `kind` (TCP or UDP), found among live objects by the
+    port they were accepted or bound on: asyncio offers no list of a server's transports, and
+    the listening sockets hold the port, so no other socket of that kind here has it. (A
+    datagram transport is no asyncio.DatagramTransport in Python 3.11.)"""
     for found in gc.get_objects():
         if (
-            isinstance(found, asyncio.BaseTransport)  # (not a DatagramTransport in 3.11)
-            and not found.is_closing()
-            and getattr(found.get_extra_info("socket"), "type", None) == socket.SOCK_DGRAM
+            isinstance(found, asyncio.BaseTransport)
+            and getattr(found.get_extra_info("socket"), "type", None) == kind
             and (found.get_extra_info("sockname") or (None, None))[1] == port
         ):
-            found.close()
+            yield found
 
 
 def _unless_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
