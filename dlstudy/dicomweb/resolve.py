@@ -400,24 +400,20 @@ class Resolver:
         url = f"{study_url(self.transport.base_url, study_uid)}/instances"
         series: dict[str, tuple[str, str]] = {}
         refs = Instances()
+        cut = (
+            f"could not list study {study_uid} completely: the server lists {listed} of its "
+            f"{series_count} series (a cap on search results, such as Orthanc's "
+            "LimitFindResults), and"
+        )
         try:
             await self.pager.walk(
                 url, STUDY_INSTANCE_PARAMS, TAG_SOP_UID, expected=instance_count,
                 each=lambda item: self._add(item, study_uid, series, set(), refs),
             )  # fmt: skip
         except IncompleteListingError as exc:
-            raise IncompleteListingError(
-                f"could not list study {study_uid} completely: the server lists {listed} of "
-                f"its {series_count} series (a cap on search results, such as Orthanc's "
-                f"LimitFindResults), and {exc}",
-                url=exc.url,
-            ) from exc
+            raise IncompleteListingError(f"{cut} {exc}", url=exc.url) from exc
         if instance_count is None or len(series) < series_count:
-            shown = redact_url(url)
             raise IncompleteListingError(
-                f"could not list study {study_uid} completely: the server lists {listed} of "
-                f"its {series_count} series (a cap on search results, such as Orthanc's "
-                f"LimitFindResults), and its instances in {len(series)} series",
-                url=shown,
+                f"{cut} its instances in {len(series)} series", url=redact_url(url)
             )
         return refs
