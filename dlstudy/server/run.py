@@ -33,6 +33,7 @@ log = logging.getLogger("dlstudy.server")
 _START_TIMEOUT = 30.0  # seconds to index the folder and start; generous for big folders
 _STOP_TIMEOUT = 10.0
 _ABORT_AFTER_GRACE = 0.5  # seconds past hypercorn's graceful timeout
+_CANCEL_AGAIN_EVERY = 0.25  # seconds, until the stop ends
 
 
 @contextmanager
@@ -60,6 +61,8 @@ def running_server(options: ServerOptions) -> Iterator[str]:
             yield _base_url(options, sock)
         finally:
             _stop(state, thread)
+            if "error" in state:  # it failed as it served or stopped: said, not lost
+                log.error("the embedded DICOMweb server failed: %r", state["error"])
 
 
 def serve_forever(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
@@ -98,6 +101,7 @@ async def _serve(
     state: dict[str, Any] | None,
 ) -> None:
     sock, quic = sockets
+    port = sock.getsockname()[1]  # the UDP twin's too; read while our sockets are surely open
     config = Config()
     # hypercorn takes ownership of (and closes) a duplicate; ours is closed by the caller.
     config.bind = [f"fd://{os.dup(sock.fileno())}"]
@@ -119,6 +123,7 @@ async def _serve(
     # every connection ends within hypercorn's graceful timeout and none is cancelled.
     stopping = Stopping()
     stop = asyncio.Event()
+    serving = {cast(asyncio.Task[None], asyncio.current_task())}  # and the lifespan's, below
     asyncio.get_running_loop().set_exception_handler(_unless_cancelled)
     if state is not None:  # background thread: stopped by _stop()
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop
@@ -130,15 +135,15 @@ async def _serve(
     async def shutdown_trigger() -> None:
         await stop.wait()
         stopping.set()
-        port = sock.getsockname()[1]
         after = config.graceful_timeout + _ABORT_AFTER_GRACE
-        asyncio.get_running_loop().call_later(after, _abort_stuck_connections, port)
+        asyncio.get_running_loop().call_later(after, _end_a_stuck_stop, port, serving)
 
     async def with_startup(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
             return
         scope.setdefault("state", {})[STOPPING] = stopping  # copied into every request's scope
+        serving.add(cast(asyncio.Task[None], asyncio.current_task()))  # hypercorn's lifespan task
 
         async def send_and_report(message: Message) -> None:
             await send(message)
@@ -149,9 +154,30 @@ async def _serve(
 
     try:
         await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
+    except* Exception as failed:
+        if quic is None or not stopping.event.is_set():
+            raise
+        # hypercorn's QUIC server, stopped with connections open, fails in its own task group
+        # (timer tasks restarted in a group that is being cancelled; a 500 sent on a stream
+        # that cannot take it): those connections were being ended anyway.
+        log.debug("HTTP/3 connections failed as the server stopped: %r", failed)
     finally:
         if quic is not None:
-            _close_datagram_transports(quic.getsockname()[1])
+            _close_datagram_transports(port)
+
+
+def _end_a_stuck_stop(port: int, serving: set[asyncio.Task[None]]) -> None:
+    """Past hypercorn's graceful timeout, what still runs keeps the stop waiting: connections
+    a stalled client holds (aborted), and tasks that let their cancellation pass (hypercorn's
+    QUIC connection, while it restarts its timer, swallows the CancelledError that its stop
+    sends; it then waits for a datagram that may never come). Every task but the server's own
+    and its lifespan's is cancelled, again until the stop ends, as asyncio.run would once
+    the server returned."""
+    _abort_stuck_connections(port)
+    for task in asyncio.all_tasks():
+        if task not in serving:
+            task.cancel()
+    asyncio.get_running_loop().call_later(_CANCEL_AGAIN_EVERY, _end_a_stuck_stop, port, serving)
 
 
 def _abort_stuck_connections(port: int) -> None:
@@ -185,10 +211,19 @@ def _transports_on(port: int, kind: socket.SocketKind) -> Iterator[asyncio.BaseT
     for found in gc.get_objects():
         if (
             isinstance(found, asyncio.BaseTransport)
-            and getattr(found.get_extra_info("socket"), "type", None) == kind
-            and (found.get_extra_info("sockname") or (None, None))[1] == port
+            and getattr(_extra_info(found, "socket"), "type", None) == kind
+            and (_extra_info(found, "sockname") or (None, None))[1] == port
         ):
             yield found
+
+
+def _extra_info(transport: asyncio.BaseTransport, name: str) -> Any:
+    """The transport's `name`, or None for a TLS transport closed twice: it has let go of the
+    protocol it asks (Python 3.11's sslproto raises AttributeError)."""
+    try:
+        return transport.get_extra_info(name)
+    except AttributeError:
+        return None
 
 
 def _unless_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

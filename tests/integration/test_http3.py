@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from ..cli_helpers import assert_same_files, installed_download, instance_counts, run_installed
+from dlstudy.server.synth import SynthSpec, generate
+
+from ..cli_helpers import (
+    DLSTUDY,
+    assert_same_files,
+    installed_download,
+    instance_counts,
+    run_installed,
+)
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
 from .test_server_cli import start
 
@@ -42,6 +52,45 @@ def test_serve_http3_and_download_over_it_byte_exact(
         assert proc.wait(timeout=15) == 0
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_serve_http3_stops_on_ctrl_c_mid_download(tmp_path: Path, tls_ca: TlsFiles) -> None:
+    """Ctrl-C on the installed `serve --http3` after TLS clients over TCP came and went, while
+    an HTTP/3 download that stopped reading is mid-flight: exit 0, no traceback. (The stop
+    tripped over a TLS transport closed twice, and hung waiting on the QUIC connection.)"""
+    (first, *_) = generate(tmp_path / "data", SynthSpec(series=1, instances=40, size=2**20))
+    tls = ["--tls-cert", str(tls_ca.cert), "--tls-key", str(tls_ca.key)]
+    ca = ["--ca-bundle", str(tls_ca.ca_pem)]
+    proc, url = start(str(tmp_path / "data"), "--port", "0", *tls, "--http3", installed=True)
+    out = tmp_path / "out"
+    client: subprocess.Popen[bytes] | None = None
+    try:
+        for http in ("1.1", "2"):  # over TCP and TLS, each connection closed by its client
+            listed = run_installed("query", "--url", url, *ca, "--http", http, "--uids")
+            assert listed.stdout.split() == [first.study_uid], listed.stderr
+        client = subprocess.Popen(
+            [DLSTUDY, "download", first.study_uid, "--url", url, *ca, "--http", "3",
+             "-o", str(out), "-q"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(600):  # until its first file is down (a minute at most)
+            if next(out.rglob("*.dcm"), None) is not None or client.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert client.poll() is None, "the download ended before the stop"
+        client.send_signal(signal.SIGSTOP)  # mid-flight, and it reads no more
+    finally:
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=30)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+        if client is not None:
+            client.kill()
+            client.wait()
+    assert status == 0, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert "Warning" not in stderr, stderr
 
 
 def test_query_over_http3(

@@ -212,3 +212,37 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
         return [first.status_code, again.status_code]
 
     assert asyncio.run(twice()) == [200, 200]
+
+
+def test_stop_ends_a_task_that_let_its_cancellation_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task serving a request that swallows the CancelledErrors of the stop (the app's at
+    once, hypercorn's past its graceful timeout; hypercorn's own QUIC connection swallows its
+    while it restarts its timer) and waits on: the stop cancels it again and ends, the server
+    thread with it, instead of waiting for ever."""
+    (one,) = generate(tmp_path, SynthSpec(series=1, instances=1, size=2**20, frames=1))
+    path = f"/studies/{one.study_uid}/series/{one.series_uid}/instances/{one.sop_uid}"
+    swallowed = 0
+
+    async def swallowing(instance: Any) -> AsyncGenerator[bytes, None]:
+        nonlocal swallowed
+        yield b"\0" * 1024
+        while swallowed < 2:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed += 1
+        await asyncio.sleep(3600)
+        yield b""
+
+    monkeypatch.setattr(wado, "file_chunks", swallowing)
+    with httpx.Client() as client, ExitStack() as responses:
+        with running_server(ServerOptions(root=tmp_path)) as base:
+            response = responses.enter_context(
+                client.stream("GET", f"{base}{path}", headers={"accept": SINGLE})
+            )
+            next(response.iter_raw())
+        assert swallowed == 2
+        assert not any(t.name == "dlstudy-server" for t in threading.enumerate())
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
