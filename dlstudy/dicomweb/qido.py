@@ -193,6 +193,7 @@ class Pager:
         # A listing of this many ended with nothing after it: any cap the server has is at
         # least that, so a shorter page is a whole listing.
         self.uncapped_below = 0
+        self.last_listed: set[str] = set()  # the keys the last walk listed
 
     async def check_root(self) -> None:
         """A 404 means "no such study" only when a DICOMweb server says it: before believing
@@ -326,6 +327,7 @@ class Pager:
         unproven: Callable[[], object] | None,
     ) -> bool:
         seen: set[str] = set()
+        self.last_listed = seen
         seen_keyless: set[int] = set()
         offset = 0
         probing = 0  # the length of a short page whose end the next page is asked to confirm

@@ -23,6 +23,7 @@ from ..http.client import Transport, require_asyncio
 from ..http.credentials import is_pair
 from ..settings import Pairs, Settings, Texts, pairs, values
 from .qido import TAG_STUDY_UID, Pager, first_int, first_value
+from .silent_cut import ListedDates, check_whole
 
 TAG_STUDY_DATE = "00080020"
 TAG_STUDY_TIME = "00080030"
@@ -289,11 +290,14 @@ async def walk_studies(
     # The pager lists each result of one search once; a study with two of the modalities
     # searched one by one is found by two searches.
     listed: set[str] | None = set() if len(query.modalities) > 1 else None
+    # Its own pager: a window's StudyDate is no key the user asked the server to apply.
+    checker = Pager(transport, page_size, policy)
 
     def keep(item: dict[str, Any]) -> None:  # each page's JSON is read as it arrives, not kept
         record = StudyRecord.from_json(item)
         if record is None:
             return
+        dates.add(record.study_date)
         if listed is not None:
             if record.study_uid in listed:
                 return
@@ -301,11 +305,13 @@ async def walk_studies(
         each(record)
 
     for modality in query.modalities or (None,):
+        dates = ListedDates()
         # False (404) is what some servers answer for "no match".
-        await pager.walk(
+        if await pager.walk(
             url, query.params(modality), TAG_STUDY_UID, each=keep, keyless=keyless,
             page_read=page_read,
-        )  # fmt: skip
+        ):  # fmt: skip
+            await check_whole(checker, url, query.params(modality), pager.last_listed, dates)
 
 
 async def search_async(

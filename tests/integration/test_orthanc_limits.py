@@ -4,14 +4,17 @@ them whatever the offset, without a Warning or a count: paging cannot see the re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dlstudy.dicomweb.search import StudyQuery, StudyRecord, stream
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
+from dlstudy.settings import Settings
 
-from ..cli_helpers import installed_download
+from ..cli_helpers import installed_download, run_installed
 from ..fixtures.orthanc import OrthancServer, orthanc_configured
 
 pytestmark = pytest.mark.integration
@@ -64,3 +67,62 @@ def test_a_study_orthanc_cannot_list_whole_is_exit_1(tmp_path: Path) -> None:
     assert "5 of its 7 series" in failure["reason"], failure
     assert "LimitFindResults" in failure["reason"]
     assert summary["instances"]["downloaded"] == 0
+
+
+def upload_studies(orthanc: OrthancServer, root: Path, count: int) -> list[str]:
+    """`count` one-instance studies, one every five weeks of 2020: their UIDs by date."""
+    spec = SynthSpec(studies=count, series=1, instances=1, size=1024, seed=73,
+                     study_dates=("20200101", "20201231"))  # fmt: skip
+    instances = generate(root, spec)
+    for instance in instances:
+        assert orthanc.upload(instance.path)["Status"] == "Success"
+    return [i.study_uid for i in instances]
+
+
+def test_a_study_search_orthanc_cuts_is_exit_1_not_a_short_sync(
+    capped: OrthancServer, tmp_path: Path
+) -> None:
+    """10 studies, `LimitFindResults: 4`: Orthanc sends 5 and nothing at any offset. Paging
+    ends there, and `query` and `sync` exited 0 with half the archive (`sync` downloaded it).
+    A search of each half of the dates listed brings studies the search did not: exit 1,
+    saying why; narrowed by --study-date to 5 studies, the same search is whole."""
+    capped.reset()
+    studies = upload_studies(capped, tmp_path / "source", 10)
+    url = capped.dicomweb_url
+
+    listed = run_installed("query", "--url", url, "--uids")
+    assert listed.returncode == 1, listed.stderr
+    (line,) = listed.stderr.splitlines()
+    assert line.startswith(f"dlstudy: error: could not list {url}/studies completely: it sent 5")
+    assert "LimitFindResults" in line and "--study-date" in line
+    assert len(set(listed.stdout.split()) & set(studies)) == 5  # what it did send, printed
+
+    synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "out"), "--json")
+    assert synced.returncode == 1, synced.stderr
+    assert "LimitFindResults" in json.loads(synced.stdout)["error"]
+    assert not list((tmp_path / "out").rglob("*.dcm"))  # as for any search it cannot complete
+
+    narrowed = run_installed("query", "--url", url, "--uids", "--study-date", "20200301-20201001")
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert len(narrowed.stdout.split()) == 5
+
+
+def test_a_study_that_comes_while_the_search_is_checked_is_no_cut(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """An archive taking studies while it is searched: one that comes after the listing shows
+    up in the check's date window, and is found at the listing's end too: no cut, exit 0."""
+    orthanc.reset()
+    upload_studies(orthanc, tmp_path / "source", 6)
+    day = ("20200601", "20200601")
+    late_spec = SynthSpec(series=1, instances=1, size=1024, seed=74, study_dates=day)
+    (late,) = generate(tmp_path / "late", late_spec)
+    listed: list[str] = []
+
+    def each(record: StudyRecord) -> None:
+        if not listed:  # the whole listing is one page, already read: this one comes after it
+            assert orthanc.upload(late.path)["Status"] == "Success"
+        listed.append(record.study_uid)
+
+    stream(Settings(url=orthanc.dicomweb_url), StudyQuery(), each)
+    assert len(listed) == 6 and late.study_uid not in listed

@@ -1,0 +1,150 @@
+"""Whether a study search that ended on a short page was whole, or cut by a cap the server does
+not announce and pages past with nothing (Orthanc's `LimitFindResults: N` sends the first N + 1
+matches, no Warning, no count, and nothing at any offset after them).
+
+Paging cannot tell the two apart. Two more searches can: the same search in two StudyDate
+windows, split at the middle of the dates listed. A server that cut the whole search fills
+each window's answer up to its cap, and the listed studies now share the cap with others in
+each window, so a window brings studies the search did not. A whole listing holds everything
+either window can bring. Studies without a StudyDate take no part: a search that found none
+with a date is not checked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import IncompleteListingError, ServerError
+from ..http.urls import redact_url
+from .qido import TAG_STUDY_UID, Pager, first_value
+
+log = logging.getLogger(__name__)
+
+_DATE_KEYS = ("StudyDate", "00080020", "0008,0020", "(0008,0020)")
+
+
+class ListedDates:
+    """The earliest and latest StudyDate (YYYYMMDD) of the studies a search listed."""
+
+    def __init__(self) -> None:
+        self.first: str | None = None
+        self.last: str | None = None
+
+    def add(self, date: str | None) -> None:
+        if date is None or len(date) != 8 or not date.isdigit() or not _is_day(date):
+            return
+        if self.first is None or date < self.first:
+            self.first = date
+        if self.last is None or date > self.last:
+            self.last = date
+
+
+async def check_whole(
+    pager: Pager,
+    url: str,
+    params: list[tuple[str, str]],
+    listed: set[str],
+    dates: ListedDates,
+) -> None:
+    """IncompleteListingError when the search of `url` with `params`, which listed the UIDs in
+    `listed` (two or more), was cut by the server: a window of it brings a study it did not.
+    A study that came since the listing (an archive taking studies as it is searched) is no
+    cut: the search asked again then brings it and all it listed."""
+    if len(listed) < 2 or dates.first is None or dates.last is None:
+        return
+    windows = _windows(_scope(params), dates.first, dates.last)
+    kept = [(k, v) for k, v in params if k not in _DATE_KEYS]
+    for window in windows:
+        try:
+            page = await pager.get_page(
+                url, [*kept, ("StudyDate", window), ("limit", str(pager.page_size))]
+            )
+        except ServerError as exc:  # a server that refuses the date range
+            log.info("%s: no StudyDate window to check the search by: %s", redact_url(url), exc)
+            return
+        unlisted = _unlisted(page[0] if page else (), listed)
+        if unlisted is None:
+            continue
+        if await _grew(pager, url, params, listed, unlisted):
+            log.info("%s: studies came while it was searched", redact_url(url))
+            return
+        shown = redact_url(url)
+        raise IncompleteListingError(
+            f"could not list {shown} completely: it sent {len(listed):,} studies and nothing "
+            f"after them, but the same search over StudyDate {window} found {unlisted}, which "
+            "it had not sent (a cap on search results that the server does not announce, such "
+            "as Orthanc's LimitFindResults): search in --study-date windows that each hold "
+            "fewer studies than the cap, or lift the cap",
+            url=shown,
+        )
+
+
+def _unlisted(items: Iterable[dict[str, Any]], listed: set[str]) -> str | None:
+    for item in items:
+        uid = first_value(item, TAG_STUDY_UID)
+        if uid and uid not in listed:
+            return uid
+    return None
+
+
+async def _grew(
+    pager: Pager, url: str, params: list[tuple[str, str]], listed: set[str], unlisted: str
+) -> bool:
+    """Whether the search, asked again, now brings `unlisted` and everything it listed: an
+    archive that took the study since. (A cut one still sends its cap's worth, `unlisted`
+    not among them or in place of one it listed.)"""
+    again = 0
+    found = False
+
+    def count(item: dict[str, Any]) -> None:
+        nonlocal again, found
+        uid = first_value(item, TAG_STUDY_UID)
+        again += uid in listed
+        found = found or uid == unlisted
+
+    await pager.walk(url, params, TAG_STUDY_UID, each=count, keyless=lambda: None)
+    return found and again == len(listed)
+
+
+def _scope(params: list[tuple[str, str]]) -> tuple[str, str]:
+    """The search's own StudyDate range, as (first, last) YYYYMMDD ('' for an open end)."""
+    for key, value in params:
+        if key in _DATE_KEYS:
+            low, sep, high = value.partition("-")
+            return (low, high) if sep else (low, low)
+    return "", ""
+
+
+def _windows(scope: tuple[str, str], first: str, last: str) -> list[str]:
+    """Two StudyDate ranges inside `scope` that split the listed dates: at their middle, or,
+    when all are one day, the days before and after it."""
+    low, high = scope
+    if first < last:
+        middle = _day(first) + (_day(last) - _day(first)) // 2
+        below, above = _date(middle), _date(middle + 1)
+    else:
+        below, above = _date(_day(first) - 1), _date(_day(first) + 1)
+    windows = []
+    if not low or low <= below:
+        windows.append(f"{low}-{below}")
+    if not high or above <= high:
+        windows.append(f"{above}-{high}")
+    return windows
+
+
+def _is_day(date: str) -> bool:
+    try:
+        return dt.date(2, 1, 1).toordinal() <= _day(date) < dt.date(9999, 12, 31).toordinal()
+    except ValueError:
+        return False
+
+
+def _day(date: str) -> int:
+    return dt.datetime.strptime(date, "%Y%m%d").date().toordinal()
+
+
+def _date(day: int) -> str:
+    return dt.date.fromordinal(day).strftime("%Y%m%d")
