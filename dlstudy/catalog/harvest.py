@@ -9,6 +9,10 @@ still enumerated completely. `--walk split` splits even when offset works (deep 
 slow on some archives). A window that cannot be split (one second of one day) and still holds
 more than a page is recorded as unreachable, with the server's count, and the pull exits 1.
 
+A short page is checked once per length (the page after it; when that brings nothing, the
+window split at the middle of the dates listed): a server that cuts silently, even one that
+sends nothing past its cap at any offset (Orthanc's LimitFindResults), has its windows split.
+
 Studies without a StudyDate are found when the first page of the whole scope holds everything,
 or when that scope is paged by offset; once the walk splits by date they cannot be asked for,
 and if the server gave a count, how many there are is reported as unreachable.
@@ -44,7 +48,7 @@ from ..http.client import Transport
 from ..http.urls import NOT_ASKED_FOR, can_be_asked_for, redact_url, study_url
 from .store import Catalog, OpenWindow, Pull
 from .summary import PullSummary
-from .windows import Window, recent
+from .windows import Window, date_halves, recent
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +282,8 @@ class Harvester:
         after = await self._page(window, length, probe=True)
         await self.db(self.catalog.record, pull.number, window, [], state="todo", requests=1)
         seen = {r.study_uid for r in page.records}
-        if not any(r.study_uid not in seen for r in after.records):
+        paged_on = any(r.study_uid not in seen for r in after.records)
+        if not paged_on and not await self._dates_bring_more(pull, window, page.records):
             self.whole_below = max(self.whole_below, length)
             return False
         log.warning(
@@ -290,9 +295,25 @@ class Harvester:
         self.silent_cap = length
         await self.db(self.catalog.set_meta, "silent_cap", str(length))
         if self.offset_ok is None:
-            self.offset_ok = True
-            await self.db(self.catalog.set_meta, "offset_ok", "1")
+            self.offset_ok = paged_on
+            await self.db(self.catalog.set_meta, "offset_ok", "1" if paged_on else "0")
         return True
+
+    async def _dates_bring_more(
+        self, pull: Pull, window: Window, records: list[StudyRecord]
+    ) -> bool:
+        """Whether `window`, split at the middle of the dates its short page listed, brings a
+        study that page did not: a server that cuts silently and sends nothing past its cap
+        whatever the offset (Orthanc's LimitFindResults) fills each half up to its cap. The
+        halves of the window's whole span need not split the dates listed."""
+        halves = date_halves(window, records)
+        seen = {r.study_uid for r in records}
+        for half in halves:
+            page = await self._page(half, 0, probe=True)
+            await self.db(self.catalog.record, pull.number, window, [], state="todo", requests=1)
+            if any(r.study_uid not in seen for r in page.records):
+                return True
+        return False
 
     async def _page_on(
         self,

@@ -10,7 +10,14 @@ Splitting halves a window; a one-second window cannot be split any further.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..dicomweb.silent_cut import ListedDates, split_days
+
+if TYPE_CHECKING:
+    from ..dicomweb.search import StudyRecord
 
 # The span a root without a date range is split over; its two outer halves are open-ended.
 FIRST_DAY = dt.date(1800, 1, 1)
@@ -105,6 +112,27 @@ class Window:
             Window(self.lo, self.hi, t_lo=t_lo, t_hi=mid),
             Window(self.lo, self.hi, t_lo=mid + 1, t_hi=t_hi),
         )
+
+
+def date_halves(window: Window, records: Iterable[StudyRecord]) -> list[Window]:
+    """`window` split where the dates of `records` split (silent_cut.split_days). None for a
+    window of one day, or records without a date."""
+    dates = ListedDates()
+    for record in records:
+        dates.add(record.study_date)
+    if window.t_lo is not None or dates.first is None or dates.last is None:
+        return []
+    below, above = split_days(dates.first, dates.last)
+    if window.dated:
+        lo, hi, open_lo, open_hi = window.lo, window.hi, window.open_lo, window.open_hi
+    else:
+        lo, hi, open_lo, open_hi = FIRST_DAY.toordinal(), LAST_DAY.toordinal(), True, True
+    halves = []
+    if lo <= below:
+        halves.append(Window(lo, below, open_lo=open_lo))
+    if above <= hi:
+        halves.append(Window(above, hi, open_hi=open_hi))
+    return halves
 
 
 def recent(days: int, today: dt.date | None = None) -> Window:

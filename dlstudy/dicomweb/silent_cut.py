@@ -122,17 +122,21 @@ def _windows(scope: tuple[str, str], first: str, last: str) -> list[str]:
     """Two StudyDate ranges inside `scope` that split the listed dates: at their middle, or,
     when all are one day, the days before and after it."""
     low, high = scope
-    if first < last:
-        middle = _day(first) + (_day(last) - _day(first)) // 2
-        below, above = _date(middle), _date(middle + 1)
-    else:
-        below, above = _date(_day(first) - 1), _date(_day(first) + 1)
+    below, above = (_date(day) for day in split_days(first, last))
     windows = []
     if not low or low <= below:
         windows.append(f"{low}-{below}")
     if not high or above <= high:
         windows.append(f"{above}-{high}")
     return windows
+
+
+def split_days(first: str, last: str) -> tuple[int, int]:
+    """The last day of the lower window and the first of the upper (date.toordinal) that
+    split the listed dates `first`..`last` (YYYYMMDD): at their middle day, or, when they are
+    one day, the days before and after it (a day cannot be split by date)."""
+    lo, hi = _day(first), _day(last)
+    return ((lo + hi) // 2, (lo + hi) // 2 + 1) if lo < hi else (lo - 1, lo + 1)
 
 
 def _is_day(date: str) -> bool:

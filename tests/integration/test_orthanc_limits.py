@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from dlstudy.dicomweb.search import StudyQuery, StudyRecord, stream
@@ -126,3 +127,22 @@ def test_a_study_that_comes_while_the_search_is_checked_is_no_cut(
 
     stream(Settings(url=orthanc.dicomweb_url), StudyQuery(), each)
     assert len(listed) == 6 and late.study_uid not in listed
+
+
+def test_a_catalog_pull_of_an_orthanc_that_cuts_its_search_finds_every_study(
+    capped: OrthancServer, tmp_path: Path
+) -> None:
+    """`catalog pull` of the 10 studies Orthanc lists only 5 of at a time: the page after the
+    first brings nothing, the halves of the dates listed bring others, so the pull splits the
+    scope by date until each window's answer is whole: all 10 catalogued (it had 5)."""
+    capped.reset()
+    studies = upload_studies(capped, tmp_path / "source", 10)
+    db = tmp_path / "catalog.duckdb"
+    pulled = run_installed(
+        "catalog", "pull", "--url", capped.dicomweb_url, "--db", str(db), "--json"
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["studies"] == 10
+    with duckdb.connect(str(db), read_only=True) as con:
+        catalogued = {r[0] for r in con.execute("SELECT study_uid FROM studies").fetchall()}
+    assert catalogued == set(studies)
