@@ -154,7 +154,7 @@ async def _serve(
 
     try:
         await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
-    except* Exception as failed:
+    except ExceptionGroup as failed:  # (not except*: it would wrap what it re-raises)
         if quic is None or not stopping.event.is_set():
             raise
         # hypercorn's QUIC server, stopped with connections open, fails in its own task group
