@@ -162,6 +162,7 @@ async def _serve(
         # that cannot take it): those connections were being ended anyway.
         log.debug("HTTP/3 connections failed as the server stopped: %r", failed)
     finally:
+        serving.clear()  # the stop is over: nothing more to cancel (asyncio.run's own tasks)
         if quic is not None:
             _close_datagram_transports(port)
 
@@ -172,7 +173,9 @@ def _end_a_stuck_stop(port: int, serving: set[asyncio.Task[None]]) -> None:
     QUIC connection, while it restarts its timer, swallows the CancelledError that its stop
     sends; it then waits for a datagram that may never come). Every task but the server's own
     and its lifespan's is cancelled, again until the stop ends, as asyncio.run would once
-    the server returned."""
+    the server returned. (`serving` emptied: the server has returned.)"""
+    if not serving:
+        return
     _abort_stuck_connections(port)
     for task in asyncio.all_tasks():
         if task not in serving:
