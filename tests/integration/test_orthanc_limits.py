@@ -71,7 +71,8 @@ def test_a_study_orthanc_cannot_list_whole_is_exit_1(tmp_path: Path) -> None:
 
 
 def upload_studies(orthanc: OrthancServer, root: Path, count: int) -> list[str]:
-    """`count` one-instance studies, one every five weeks of 2020: their UIDs by date."""
+    """`count` one-instance studies dated evenly over 2020, 1 January to 31 December: their
+    UIDs, earliest first."""
     spec = SynthSpec(studies=count, series=1, instances=1, size=1024, seed=73,
                      study_dates=("20200101", "20201231"))  # fmt: skip
     instances = generate(root, spec)
