@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import anyio
 
@@ -33,7 +33,7 @@ from ..report.landed import FAILED, PRESENT, REPEAT, ReportWriter, report_format
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
-from ..settings import MAX_WORKERS, Settings
+from ..settings import MAX_WORKERS, HttpVersion, Mode, Settings
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
@@ -79,11 +79,11 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
             "--transfer-syntax must be * or a transfer syntax UID, "
             f"not {settings.transfer_syntax[:80]!r}"
         )
-    if settings.http not in ("auto", "1.1", "2", "3"):
+    if settings.http not in get_args(HttpVersion):
         raise UsageError(f"--http must be auto, 1.1, 2 or 3, not {settings.http!r}")
     if (problem := http3_problem(settings)) is not None:
         raise UsageError(problem)
-    if settings.mode not in ("auto", "instance", "series", "study"):
+    if settings.mode not in get_args(Mode):
         raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
 
 
