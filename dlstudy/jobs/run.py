@@ -30,6 +30,7 @@ from ..flow.throttle import Throttle
 from ..http.client import Transport
 from ..http.urls import series_url, study_url
 from ..model import Committed, Failure, InstanceRef, Instances
+from ..report.events import EventSink
 from ..report.landed import DOWNLOADED, FAILED, PRESENT, ReportWriter
 from ..report.progress import Listed, ProgressSink
 from ..report.summary import Summary
@@ -162,7 +163,10 @@ class Run:
         else:  # counted before a report row may fail (a full disk)
             self.summary.downloaded += 1
         self.summary.bytes += committed.size
-        self.progress.instance_done(ref, committed.size)
+        if present and isinstance(self.progress, EventSink):  # its events count downloads
+            self.progress.instance_present(ref, committed.size)
+        else:
+            self.progress.instance_done(ref, committed.size)
         if self.report is not None:
             self.report.row(
                 PRESENT if present else DOWNLOADED,

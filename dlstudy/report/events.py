@@ -86,6 +86,12 @@ class EventSink:
         self.bytes[ref.study_uid] += nbytes
         self.inner.instance_done(ref, nbytes)
 
+    def instance_present(self, ref: InstanceRef, nbytes: int) -> None:
+        """An instance fetched again to check a file it found the server's bytes (--verify):
+        done, as the display counts it, but not downloaded."""
+        self.bytes[ref.study_uid] += nbytes
+        self.inner.instance_done(ref, nbytes)
+
     def instance_failed(self, ref: InstanceRef, reason: str) -> None:
         self.failed[ref.study_uid] += 1
         emit(

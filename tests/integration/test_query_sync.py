@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -912,3 +913,37 @@ def test_a_shard_of_a_long_list_keeps_only_its_own_lines(
     mine = {uid for uid in studies if shard_of(uid, count) == number}
     assert set(summary_of(result)["study_uids"]) == mine == downloaded_studies(out)
     assert peak_mb <= SHARD_OF_LIST_PEAK_MB, peak_mb
+
+
+def test_sync_verify_events_count_only_what_it_downloaded(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Files adopted after `.dlstudy` was lost are fetched again by `--verify`: those that
+    were the server's bytes count as present (`skipped`), in the summary and in each
+    study_finished event alike; only the damaged one as downloaded."""
+    root, instances = cohort
+    url = embedded_server(root)
+    out = tmp_path / "mirror"
+    assert run_installed("sync", "--url", url, "-o", str(out), "-q").returncode == 0
+    shutil.rmtree(out / ".dlstudy")
+    rotten = instances[0]
+    path = out / rotten.study_uid / rotten.series_uid / f"{rotten.sop_uid}.dcm"
+    data = bytearray(path.read_bytes())
+    data[-10:] = bytes(10)
+    path.write_bytes(data)
+    log_file = tmp_path / "verify.jsonl"
+    log = ["--log-file", str(log_file), "--log-format", "json"]
+
+    verified = run_installed("sync", "--url", url, "-o", str(out), "--verify", "--json", *log)
+
+    assert verified.returncode == 0, verified.stderr
+    summary = json.loads(verified.stdout)
+    assert summary["repaired"] == [rotten.sop_uid]
+    assert summary["instances"]["downloaded"] == 1
+    assert summary["instances"]["skipped"] == len(instances) - 1
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    finished = {e["study"]: e["downloaded"] for e in events if e["event"] == "study_finished"}
+    assert finished == {
+        uid: int(uid == rotten.study_uid) for uid in {i.study_uid for i in instances}
+    }
+    assert_same_files(instances, out)
