@@ -24,6 +24,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import StorageError, UsageError
+from ..report.words import counted
 from ..store.files import TEMP_SUFFIX
 from .report import HTTP_NAMES, BenchReport, Row
 
@@ -97,8 +98,9 @@ def render_svg(report: BenchReport) -> str:
     date = report.started.strftime("%Y-%m-%d %H:%M UTC")
     measured = report.instances_measured
     subtitle = (
-        f"study {report.study_uid} · {measured if measured is not None else '?'} instances"
-        f" · {_runs(rows, report.repeat)} · {date}"
+        f"study {report.study_uid} · "
+        + (counted(measured, "instance") if measured is not None else "? instances")
+        + f" · {_runs(rows, report.repeat)} · {date}"
     )
     if report.error:
         subtitle += f" · stopped: {report.error}"

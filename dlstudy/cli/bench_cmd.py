@@ -25,6 +25,7 @@ from ..bench.report import (
 from ..errors import DlstudyError, ExitStatus, Terminated
 from ..http.urls import redact_url
 from ..report.printable import printable
+from ..report.words import counted
 from ..settings import HttpVersion
 from .common import Failed, error_line, fail_usage, printed, setup_logging
 from .configured import ConfigCommand
@@ -291,7 +292,7 @@ def _describe(result: CellResult) -> str:
     # A run with failures fetched less than the others: its speed is not in the row's median.
     failed = f", {result.failures} failed (not in the median)" if result.failures else ""
     return (
-        f"{cell}: {result.mb_per_s:.1f} MB/s, {result.instances} instances "
+        f"{cell}: {result.mb_per_s:.1f} MB/s, {counted(result.instances, 'instance')} "
         f"in {result.seconds:.2f} s{failed}"
     )
 
@@ -341,7 +342,8 @@ def _cells(row: Row) -> list[str]:
 def _heading(report: BenchReport) -> str:
     measured = report.instances_measured
     total = report.instances_in_study
-    count = f"{measured} of {total} instances" if measured != total else f"{total} instances"
+    count = f"{measured} of " if measured != total else ""
+    count += f"{total} instances" if total is None else counted(total, "instance")
     runs = f"{report.repeat} run{'s' if report.repeat != 1 else ''} per cell"
     return f"dlstudy bench: {report.url}, study {report.study_uid}, {count}, {runs}"
 

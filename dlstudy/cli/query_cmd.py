@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus, UsageError
+from ..report.words import counted
 from .common import error_line, exit_on_interrupt, fail_usage, output_failed, setup_logging
 from .configured import ConfigCommand
 from .connection import option, settings_from
@@ -306,7 +307,7 @@ def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -
             visible(row["patient_id"], ""),
             visible(row["patient_name"], ""),
             visible(row["modalities"], ", "),
-            "" if count is None else f"{count} instances",
+            "" if count is None else counted(count, "instance"),
             visible(row["description"], ""),
         ]
         detail = "    " + "  ".join(field for field in fields if field)

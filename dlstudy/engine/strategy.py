@@ -33,7 +33,10 @@ class Choice:
 
 # One reason string per count, shared by every small study (a list of 100,000 studies of 1-4
 # instances would otherwise hold 100,000 copies of four sentences).
-_TOO_FEW = [f"{n} instances: too few to be worth a probe" for n in range(AUTO_BULK_MIN_INSTANCES)]
+_TOO_FEW = [
+    f"{n} instance{'' if n == 1 else 's'}: too few to be worth a probe"
+    for n in range(AUTO_BULK_MIN_INSTANCES)
+]
 
 
 def needs_probe(count: int) -> bool:

@@ -14,6 +14,7 @@ from typing import IO, Protocol
 
 from ..model import InstanceRef
 from .printable import printable
+from .words import counted
 
 # (entries of the list resolved so far, entries in the whole list)
 Listed = tuple[int, int]
@@ -167,7 +168,7 @@ class PlainProgress:
         note = f" ({skipped} already present)" if skipped else ""
         if self.counters.partly_listed:
             note += f" so far{self.counters.listing_note()}"
-        self._emit(f"downloading {total - skipped} of {total} instances{note}")
+        self._emit(f"downloading {total - skipped} of {counted(total, 'instance')}{note}")
 
     def advance(self, nbytes: int) -> None:
         self.counters.bytes += nbytes

@@ -15,6 +15,7 @@ from rich.text import Text
 from ..model import InstanceRef
 from .printable import printable
 from .progress import Counters, Listed, _megabytes
+from .words import counted
 
 
 class _CountersColumn(ProgressColumn):
@@ -68,7 +69,9 @@ class RichProgress:
         self.counters.total = total - skipped
         self.counters.listed = listed
         if skipped and not self.downloading:
-            self.console.print(f"{skipped} of {total} instances already present, skipping")
+            self.console.print(
+                f"{skipped} of {counted(total, 'instance')} already present, skipping"
+            )
         self.downloading = True
         self.progress.update(self.task, description="downloading", total=max(total - skipped, 0))
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import ExitStatus
 from ..model import Failure
+from .words import counted
 
 # --json keeps at most this many entries of each list (study UIDs, repaired files, strategy
 # choices, failures), so a run of any size prints a summary under 1 MB; "omitted" counts the
@@ -112,8 +113,8 @@ class Summary:
         text = (
             f"{self.downloaded} downloaded, {self.skipped} already present, "
             + (f"{self.moved} of them moved to this --layout, " if self.moved else "")
-            + f"{self.failed} failed of {self.total} instances in {self.study_count} "
-            f"{'study' if self.study_count == 1 else 'studies'}"
+            + f"{self.failed} failed of {counted(self.total, 'instance')} in "
+            + counted(self.study_count, "study", "studies")
             + (f" ({self.from_index} complete in the manifest)" if self.from_index else "")
             + f"; {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s)"
         )

@@ -506,7 +506,7 @@ def test_the_table_says_how_many_runs_each_median_is_over(
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     progress = [line for line in result.stderr.splitlines() if " run " in line]
-    measured = [line for line in progress if ", 1 instances in " in line]
+    measured = [line for line in progress if ", 1 instance in " in line]
     assert len(progress) == 6 and 0 < len(measured) < 6, progress
     lines = result.stdout.splitlines()
     assert lines[2].split()[:4] == ["strategy", "http", "conc", "runs"]
@@ -530,7 +530,7 @@ def test_the_chart_says_what_failed_and_how_many_runs_it_shows(
         "--http", "1.1", "--repeat", "6", "--limit", "1", "--chart", str(chart),
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
-    measured = [line for line in result.stderr.splitlines() if ", 1 instances in " in line]
+    measured = [line for line in result.stderr.splitlines() if ", 1 instance in " in line]
     assert 0 < len(measured) < 6
     svg = ET.parse(chart).getroot()
     subtitle = svg.findtext(f"{SVG}desc") or ""

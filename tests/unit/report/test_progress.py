@@ -284,3 +284,18 @@ def test_a_sync_summary_counts_every_study_and_keeps_only_what_json_prints() -> 
                             "already_complete": 99_990, "synced": 10}  # fmt: skip
     assert summary.one_line().startswith("sync: 100000 studies matched, 99990 already complete")
     assert " instances in 100000 studies;" in summary.one_line()
+
+
+def test_one_instance_is_said_in_the_singular() -> None:
+    from dlstudy.engine.strategy import choose
+    from dlstudy.report.summary import Summary
+
+    summary = Summary(url="u", output="o", studies=["1.2"], total=1, downloaded=1)
+    assert "0 failed of 1 instance in 1 study;" in summary.one_line()
+    summary = Summary(url="u", output="o", studies=["1.2", "1.3"], total=2, downloaded=2)
+    assert "0 failed of 2 instances in 2 studies;" in summary.one_line()
+    out = io.StringIO()
+    PlainProgress(out, interval=5.0, clock=FakeClock()).start(total=1, skipped=0)
+    assert out.getvalue().splitlines()[0] == "dlstudy: downloading 1 of 1 instance"
+    assert choose("1.2", 1, None).why == "1 instance: too few to be worth a probe"
+    assert choose("1.2", 2, None).why == "2 instances: too few to be worth a probe"
