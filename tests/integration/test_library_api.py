@@ -405,6 +405,12 @@ def open_files():
 uid, url, out = sys.argv[1:]
 options = dict(workers=2, mode="instance")
 dlstudy.download([uid], url, output=out + "/first", **options)  # what one opens for good
+# The fork server and its resource tracker, started by whichever run first needs them (the
+# first run's workers may all come forked before its event loop), keep a pipe each for good.
+import multiprocessing
+from multiprocessing import forkserver
+multiprocessing.get_context("forkserver").set_forkserver_preload(["dlstudy.engine.worker_process"])
+forkserver.ensure_running()
 before = open_files()
 try:
     dlstudy.download([uid], url, output=out + "/second", progress=InterruptAtFifth(), **options)
