@@ -23,6 +23,7 @@ from ..http.client import Transport
 from ..http.urls import is_valid_uid
 from ..model import Failure, InstanceRef, Instances
 from ..report.landed import FAILED, REPEAT, ReportWriter
+from ..report.printable import printable
 from ..report.progress import ProgressSink
 from ..report.summary import Summary
 from ..settings import Settings
@@ -312,8 +313,16 @@ class Lister:
                 return f"none of the {len(items)} studies was found on the server"
             return f"none of the {len(items)} listed items was found on the server"
         if self.settings.series or self.settings.modalities:
-            return "no instance matched the --series / --modality filters"
+            filters = [("--series", self.settings.series), ("--modality", self.settings.modalities)]
+            given = " and ".join(f"{flag} {_listed(values)}" for flag, values in filters if values)
+            return f"no instance matched {given}"
         return "the requested studies have no instances"
+
+
+def _listed(values: Sequence[str], most: int = 3) -> str:
+    """`values` as given, comma-separated, the first `most` of a long list, and how many more."""
+    shown = ", ".join(printable(value[:80]) for value in values[:most])
+    return shown + (f" (and {len(values) - most} more)" if len(values) > most else "")
 
 
 def _mismatch(item: CohortItem, where: set[tuple[str, str]]) -> str:

@@ -185,7 +185,13 @@ def test_series_and_modality_filters(
         "MR",
     )
     assert result.exit_code == 4
-    assert "no instance matched the --series / --modality filters" in result.stderr
+    assert "error: no instance matched --modality MR\n" in result.stderr
+    out = str(tmp_path / "y")
+    result = run_cli(
+        "download", synth_study.study_uid, "--url", url, "-o", out, "--series", "1.2.3"
+    )
+    assert result.exit_code == 4
+    assert "error: no instance matched --series 1.2.3\n" in result.stderr
 
 
 @pytest.mark.parametrize("profile", ["orthanc", "dcm4chee"])
