@@ -77,7 +77,8 @@ async def check_whole(
             f"after them, but the same search over StudyDate {window} found {unlisted}, which "
             "it had not sent (a cap on search results that the server does not announce, such "
             "as Orthanc's LimitFindResults): search in --study-date windows that each hold "
-            "fewer studies than the cap, or lift the cap",
+            "fewer studies than the cap, let 'dlstudy catalog pull' split the search by date "
+            "(then 'sync --catalog'), or lift the cap",
             url=shown,
         )
 

@@ -101,7 +101,8 @@ def test_a_study_search_orthanc_cuts_is_exit_1_not_a_short_sync(
 
     synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "out"), "--json")
     assert synced.returncode == 1, synced.stderr
-    assert "LimitFindResults" in json.loads(synced.stdout)["error"]
+    error = json.loads(synced.stdout)["error"]
+    assert "LimitFindResults" in error and "'dlstudy catalog pull' split" in error
     assert not list((tmp_path / "out").rglob("*.dcm"))  # as for any search it cannot complete
 
     narrowed = run_installed("query", "--url", url, "--uids", "--study-date", "20200301-20201001")
@@ -147,3 +148,12 @@ def test_a_catalog_pull_of_an_orthanc_that_cuts_its_search_finds_every_study(
     with duckdb.connect(str(db), read_only=True) as con:
         catalogued = {r[0] for r in con.execute("SELECT study_uid FROM studies").fetchall()}
     assert catalogued == set(studies)
+
+    # What the error of a cut `sync` suggests: the catalog's studies, synced without a search.
+    out = tmp_path / "out"
+    synced = run_installed(
+        "sync", "--catalog", str(db), "--url", capped.dicomweb_url, "-o", str(out), "--json"
+    )
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["instances"]["downloaded"] == 10
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == set(studies)
