@@ -24,7 +24,6 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import StorageError, UsageError
-from ..report.words import counted
 from ..store.files import TEMP_SUFFIX
 from .report import HTTP_NAMES, BenchReport, Row
 
@@ -99,7 +98,7 @@ def render_svg(report: BenchReport) -> str:
     measured = report.instances_measured
     subtitle = (
         f"study {report.study_uid} · "
-        + (counted(measured, "instance") if measured is not None else "? instances")
+        + ("? instances" if measured is None else f"{measured} instance{'s' * (measured != 1)}")
         + f" · {_runs(rows, report.repeat)} · {date}"
     )
     if report.error:
