@@ -30,6 +30,12 @@ AUTO_CONCURRENCY_HTTP1 = 16
 # where the CLI's options can check them without importing the engine.
 MAX_CONCURRENCY = 256
 MAX_WORKERS = 64
+# Under --max-rate, one transfer at a time per this many bytes per second of the cap. Many
+# more would each be held back, while an HTTP/2 server sends each the window it has open
+# (libcurl keeps it near the cap): a second or two of the cap per transfer, which arrives at
+# once and waits, unread, in the client. A server that closes a connection idle for 5 s
+# (Apache, hypercorn, uvicorn) then cut every transfer still waiting on it.
+RATE_PER_TRANSFER = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class Settings:
     retries: int = 6
     retry_budget: float = 600.0  # seconds one instance may spend being retried
     timeout: float = 30.0
+    max_rate: int = 0  # bytes per second every response body of the run shares; 0: no cap
     qido_page_size: int = 1000
     verify: bool = False  # re-hash files already on disk against the manifest
     recheck: bool = False  # list studies the manifest calls complete from the server again
@@ -104,6 +111,7 @@ class Settings:
             retries: int = ...,
             retry_budget: float = ...,
             timeout: float = ...,
+            max_rate: int = ...,
             qido_page_size: int = ...,
             verify: bool = ...,
             recheck: bool = ...,
@@ -169,9 +177,17 @@ def pairs(given: Pairs) -> tuple[Any, ...]:
     return tuple(tuple(item) if isinstance(item, list) else item for item in items)
 
 
-def concurrency_for(requested: int, http_version: str | None) -> int:
-    """--concurrency as given, or, for 0, as the protocol the server speaks suggests."""
-    if requested:
-        return requested
+def concurrency_for(requested: int, http_version: str | None, settings: Settings) -> int:
+    """--concurrency as given, or, for 0, as the protocol the server speaks suggests; under
+    --max-rate at most one transfer per RATE_PER_TRANSFER of it (see there)."""
     multiplexed = http_version in ("HTTP/2", "HTTP/3")
-    return AUTO_CONCURRENCY_HTTP2 if multiplexed else AUTO_CONCURRENCY_HTTP1
+    chosen = requested or (AUTO_CONCURRENCY_HTTP2 if multiplexed else AUTO_CONCURRENCY_HTTP1)
+    if settings.max_rate:
+        chosen = max(1, min(chosen, settings.max_rate // RATE_PER_TRANSFER))
+    return chosen
+
+
+def processes_for(settings: Settings) -> int:
+    """--workers as given; 0 (one per core, when the run is CPU-bound) is one process under
+    --max-rate, which bounds the run before any core does."""
+    return settings.workers or (1 if settings.max_rate else 0)

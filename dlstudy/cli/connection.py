@@ -57,7 +57,7 @@ PANELS = {
         SELECTION,
     ),
     **dict.fromkeys(
-        ("--concurrency", "--workers", "--mode", "--transfer-syntax", "--retries",
+        ("--concurrency", "--workers", "--max-rate", "--mode", "--transfer-syntax", "--retries",
          "--retry-budget", "--verify", "--recheck", "--wait"),
         BEHAVIOUR,
     ),
@@ -79,7 +79,7 @@ METAVARS = {
     "--timeout": "SECONDS", "--log-file": "FILE", "--log-format": "text|json",
     "--patient-id": "ID", "--patient-name": "NAME", "--study-date": "DATE",
     "--accession": "NUMBER", "--filter": "KEY=VALUE", "--config": "FILE", "--server": "NAME",
-    "--shard": "K/N|auto", "--report": "FILE",
+    "--shard": "K/N|auto", "--report": "FILE", "--max-rate": "RATE",
 }  # fmt: skip
 # Values the shell completes.
 CHOICES = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -53,6 +54,22 @@ def fraction(value: Any) -> float:
     if not 0 <= number <= 1:
         raise typer.BadParameter(f"must be a fraction from 0 to 1, got {str(value)[:40]!r}")
     return number
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?(?:/s)?", re.IGNORECASE)
+_RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def byte_rate(value: Any) -> int:
+    """A parser of bytes per second: `50M`, `500k`, `1.5G`, `2000000` (K, M and G are 1024-based,
+    as in curl's --limit-rate; `MB`, `MiB` and a `/s` read the same), 0 for no cap."""
+    match = _RATE.fullmatch(str(value).strip()) if not isinstance(value, bool) else None
+    if match is None:
+        raise typer.BadParameter(
+            f"must be bytes per second, such as 50M or 500K (K, M, G: 1024-based), or 0 for "
+            f"no cap; got {str(value)[:40]!r}"
+        )
+    return int(float(match.group(1)) * _RATE_UNITS[match.group(2).lower()])
 
 
 def transfer_syntax(value: Any) -> str:
@@ -140,6 +157,18 @@ ConcurrencyOpt = Annotated[
         ),
         least=0,
         most=MAX_CONCURRENCY,
+    ),
+]
+MaxRateOpt = Annotated[
+    int,
+    checked(
+        option(
+            "--max-rate",
+            envvar="DLSTUDY_MAX_RATE",
+            help="Cap on the bytes per second of the whole run, e.g. 50M (K, M, G: 1024-based); "
+            "0: none.",
+        ),
+        parser=byte_rate,
     ),
 ]
 HttpOpt = Annotated[
@@ -317,6 +346,7 @@ TRANSFER: Group = (
     ("output", OutputOpt, DEFAULTS.output),
     ("concurrency", ConcurrencyOpt, DEFAULTS.concurrency),
     ("workers", WorkersOpt, DEFAULTS.workers),
+    ("max_rate", MaxRateOpt, DEFAULTS.max_rate),
     ("mode", ModeOpt, DEFAULTS.mode),
     ("transfer_syntax", TransferSyntaxOpt, DEFAULTS.transfer_syntax),
     ("layout", LayoutOpt, DEFAULTS.layout),

@@ -140,6 +140,11 @@ def split_concurrency(concurrency: int, processes: int) -> tuple[int, int]:
     return concurrency - each * (processes - 1), each
 
 
+def rate_share(max_rate: int, processes: int) -> int:
+    """Each process's part of --max-rate (0: none), so that together they keep to it."""
+    return max_rate // processes if max_rate else 0
+
+
 def _start_context() -> Any:
     import multiprocessing  # only when workers may start
 
@@ -198,7 +203,7 @@ async def run_in_processes(
     from dataclasses import replace
 
     own, each = split_concurrency(settings.concurrency, workers)
-    share = replace(settings, concurrency=each)
+    share = replace(settings, concurrency=each, max_rate=rate_share(settings.max_rate, workers))
     standby = standby_module.current()
     launch: _Launch
     if standby is not None and len(standby.idle) >= workers - 1:

@@ -46,6 +46,7 @@ from .failures import (
     translate_error,
 )
 from .proxy import Proxies, shown
+from .rate import RateLimit
 from .tls_files import tls_files_problem, trusted_cas
 from .urls import redact_url, split_base_url, with_query
 
@@ -68,7 +69,9 @@ ONCE_PER_RUN = "dlstudy_once_per_run"
 PLAIN_HTTP_REDIRECT = "redirect to plain http"
 
 
-def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx.AsyncBaseTransport:
+def make_engine(
+    http: HttpChoice, settings: Settings, proxies: Proxies, rate_limit: RateLimit | None = None
+) -> httpx.AsyncBaseTransport:
     """The transport under httpx: libcurl."""
     ca_bundle, ca_directories = trusted_cas(settings.ca_bundle)
     tls = TlsOptions(ca_bundle, settings.cert, settings.key, settings.insecure, ca_directories)
@@ -77,6 +80,7 @@ def make_engine(http: HttpChoice, settings: Settings, proxies: Proxies) -> httpx
         max_connections=(settings.concurrency or AUTO_CONCURRENCY_HTTP1) + 2,
         tls=tls,
         proxies=proxies,
+        rate_limit=rate_limit,
     )
 
 
@@ -164,6 +168,8 @@ class Transport:
         if token and auth is None:
             self._headers["Authorization"] = f"Bearer {token}"
         self._proxies = Proxies(settings.proxy)
+        # One cap for every request of this process, whichever engine carries it.
+        self.rate_limit = RateLimit(settings.max_rate) if settings.max_rate else None
         if (problem := http3_problem(settings)) is not None:
             raise UsageError(problem)
         self._plan = _plan(settings, self.base_url.lower().startswith("https://"))
@@ -187,7 +193,7 @@ class Transport:
         timeout = httpx.Timeout(
             connect=settings.timeout, read=settings.timeout, write=settings.timeout, pool=None
         )
-        self._engine = make_engine(http, settings, self._proxies)
+        self._engine = make_engine(http, settings, self._proxies, self.rate_limit)
         self._merged_headers: dict[tuple[tuple[str, str], ...], httpx.Headers] = {}
         # Cleared by the first redirect: a server that redirects instances gets every request
         # through httpx, instead of asking it twice for each (a presigned link minted twice).
@@ -231,6 +237,8 @@ class Transport:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self.rate_limit is not None:
+            self.rate_limit.close()
 
     @asynccontextmanager
     async def stream(

@@ -21,6 +21,7 @@ import pycurl
 from .echoes import mask_echoed
 from .multi import MultiDriver
 from .proxy import Proxies, shown
+from .rate import RateLimit
 from .transfer import BODY, CurlBody, Transfer
 from .urls import redact_urls_in
 
@@ -182,8 +183,11 @@ class CurlTransport(httpx.AsyncBaseTransport):
         max_connections: int,
         tls: TlsOptions,
         proxies: Proxies,
+        rate_limit: RateLimit | None = None,
     ) -> None:
+        """`rate_limit`: the cap every body this transport receives shares (--max-rate)."""
         self.http = http
+        self.rate_limit = rate_limit
         self.max_connections = max(1, max_connections)
         self.tls = tls
         self.proxies = proxies
@@ -343,6 +347,10 @@ class CurlTransport(httpx.AsyncBaseTransport):
         easy.setopt(pycurl.HTTPHEADER, self._header_lines(headers))
         easy.setopt(pycurl.HEADERFUNCTION, transfer.on_header)
         easy.setopt(pycurl.WRITEFUNCTION, transfer.on_data)
+        if self.rate_limit is not None:
+            # libcurl keeps the stream window near this, so an HTTP/2 server cannot send far
+            # ahead of what the rate limit lets through.
+            easy.setopt(pycurl.MAX_RECV_SPEED_LARGE, self.rate_limit.rate)
         timeout = extensions.get("timeout", {})
         connect, read = timeout.get("connect"), timeout.get("read")
         easy.setopt(pycurl.CONNECTTIMEOUT_MS, int(connect * 1000) if connect else 0)

@@ -58,6 +58,7 @@ class Transfer:
         self.error: BaseException | None = None
         self.reusable = False  # the handle may serve another request once this one ends
         self.min_progress: tuple[int, float] | None = None  # see MIN_PROGRESS
+        self.granted = False  # the rate limit resumed it: its held piece is counted in
         self._wakeup: asyncio.Future[None] | None = None
 
     # --- called by libcurl, on the loop's thread ---------------------------------------------
@@ -83,6 +84,12 @@ class Transfer:
             self.headers.append((name.strip(), value.strip()))
 
     def on_data(self, chunk: bytes) -> int | None:
+        if self.sink is None and self.queued >= PAUSE_ABOVE:
+            self.paused = True
+            return _PAUSE  # libcurl keeps this chunk and offers it again
+        rate = self.engine.rate_limit
+        if rate is not None and not rate.take(self, len(chunk)):
+            return _PAUSE  # offered again once the rate limit resumes it
         if self.sink is not None:
             # Servers frame HTTP/2 bodies in 8-16 KiB DATA frames, cut further by TLS records:
             # libcurl calls back once a piece. The sink (a write, a hash, a check: Python
@@ -95,9 +102,6 @@ class Transfer:
             if first or self.batch_size >= SINK_BATCH:
                 return self._flush()
             return None
-        if self.queued >= PAUSE_ABOVE:
-            self.paused = True
-            return _PAUSE  # libcurl keeps this chunk and offers it again
         self.chunks.append(chunk)
         self.queued += len(chunk)
         self._wake()
@@ -127,6 +131,8 @@ class Transfer:
             else:  # no head at all (libcurl accepts that only for HTTP/0.9, which is off)
                 self.head.set_exception(httpx.RemoteProtocolError("no response head"))
             self.head.exception()  # retrieved here: the waiter may be gone
+        if self.engine.rate_limit is not None:
+            self.engine.rate_limit.forget(self)
         self.engine.release(self.easy, self.reusable)
         self._wake()
 
@@ -170,7 +176,19 @@ class Transfer:
         if not self.done:
             self.done = True
             self.error = httpx.ReadError("the response was closed before its end")
+            if self.engine.rate_limit is not None:
+                self.engine.rate_limit.forget(self)
             self.engine.abandon(self.easy, self.reusable)
+
+    def resume_for_rate(self) -> None:
+        """The rate limit lets it go on (it paused in on_data). A pause for its reader stays."""
+        if self.done or self.paused:  # (its reader's _resume goes on)
+            self.granted = False
+            return
+        try:
+            self.easy.pause(pycurl.PAUSE_CONT)  # hands the held chunk to on_data right here
+        except pycurl.error:
+            pass  # the chunk failed in the sink: libcurl ends the transfer with that error
 
     async def _wait(self) -> None:
         self._wakeup = self.engine.driver().loop.create_future()

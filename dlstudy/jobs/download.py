@@ -27,13 +27,14 @@ from ..errors import (
 from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
 from ..http.client import Transport, http3_problem, require_asyncio
+from ..http.rate import rate_problem
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..model import Failure
 from ..report.landed import FAILED, PRESENT, REPEAT, ReportWriter, report_format, run_report
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
-from ..settings import MAX_WORKERS, HttpVersion, Mode, Settings
+from ..settings import MAX_WORKERS, HttpVersion, Mode, Settings, processes_for
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
@@ -74,6 +75,8 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
         raise UsageError("--retries and --retry-budget must be 0 or more")
     if not 0 < settings.timeout < math.inf:
         raise UsageError("--timeout must be a number of seconds above 0")
+    if (problem := rate_problem(settings.max_rate, settings.timeout)) is not None:
+        raise UsageError(problem)
     if settings.transfer_syntax != "*" and not is_valid_uid(settings.transfer_syntax):
         raise UsageError(
             "--transfer-syntax must be * or a transfer syntax UID, "
@@ -120,7 +123,7 @@ def download(
     # Timed from here, as the progress display is: starting the event loop (anyio imports its
     # backend then) is part of the run, and both show the same MB/s.
     started = time.monotonic()
-    with standing_by(standing_by_for(settings.workers, settings.mode)):
+    with standing_by(standing_by_for(processes_for(settings), settings.mode)):
         return run_to_end(
             download_async, uids, settings, progress or NullProgress(), started, None, repeats
         )

@@ -34,7 +34,7 @@ from ..report.events import EventSink
 from ..report.landed import DOWNLOADED, FAILED, PRESENT, ReportWriter
 from ..report.progress import Listed, ProgressSink
 from ..report.summary import Summary
-from ..settings import Settings, concurrency_for
+from ..settings import Settings, concurrency_for, processes_for
 from ..store.files import Store
 from ..store.manifest import Manifest
 from .listing import Lister, Listing
@@ -93,7 +93,9 @@ class Run:
         lister = self.lister
         resolved = [await lister.resolve(parts[0], earlier, last=len(parts) == 1)]
         # The server has answered: the protocol is known, and with it --concurrency 0's value.
-        concurrency = concurrency_for(self.settings.concurrency, self.transport.http_version)
+        concurrency = concurrency_for(
+            self.settings.concurrency, self.transport.http_version, self.settings
+        )
         self.settings = replace(self.settings, concurrency=concurrency)
         self.throttle.resize(concurrency)
         self.summary.concurrency = concurrency
@@ -240,7 +242,7 @@ class Run:
         async def one(ref: InstanceRef) -> None:
             await self.fetch_one(ref)
 
-        processes = workers.worker_count(self.settings.workers, len(todo))
+        processes = workers.worker_count(processes_for(self.settings), len(todo))
         if processes <= 1:
             await run_pool(todo, one, self.settings.concurrency)
             return
@@ -253,6 +255,9 @@ class Run:
             await self.fetch_one(todo[0])  # settles the retrieval form the workers will use
             todo = todo[1:]
         send, receive = anyio.create_memory_object_stream[workers.Result](math.inf)
+        rate = self.transport.rate_limit
+        if rate is not None:  # --max-rate is shared: each process takes its part of it
+            rate.set_rate(workers.rate_share(self.settings.max_rate, processes))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.record_results, receive)
@@ -271,6 +276,8 @@ class Run:
                         said=self.transport.said,
                     )
         finally:
+            if rate is not None:
+                rate.set_rate(self.settings.max_rate)
             with receive:
                 self.record_arrived(receive)  # after a fatal error too: nothing committed is lost
 

@@ -36,7 +36,7 @@ from ..report.events import EventSink, emit
 from ..report.landed import ReportWriter, run_report
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import LIST_LIMIT, Summary
-from ..settings import Settings
+from ..settings import Settings, processes_for
 from ..store.completion import complete_from_index, is_complete
 from ..store.files import Store
 from ..store.lock import output_lock
@@ -104,7 +104,7 @@ def sync(
 
     Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
     """
-    with standing_by(standing_by_for(settings.workers, settings.mode)):
+    with standing_by(standing_by_for(processes_for(settings), settings.mode)):
         return run_to_end(sync_async, settings, query, shard, progress or NullProgress(), catalog)
 
 
