@@ -177,11 +177,12 @@ def pairs(given: Pairs) -> tuple[Any, ...]:
     return tuple(tuple(item) if isinstance(item, list) else item for item in items)
 
 
-def concurrency_for(requested: int, http_version: str | None, settings: Settings) -> int:
+def concurrency_for(settings: Settings, http_version: str | None) -> int:
     """--concurrency as given, or, for 0, as the protocol the server speaks suggests; under
     --max-rate at most one transfer per RATE_PER_TRANSFER of it (see there)."""
     multiplexed = http_version in ("HTTP/2", "HTTP/3")
-    chosen = requested or (AUTO_CONCURRENCY_HTTP2 if multiplexed else AUTO_CONCURRENCY_HTTP1)
+    auto = AUTO_CONCURRENCY_HTTP2 if multiplexed else AUTO_CONCURRENCY_HTTP1
+    chosen = settings.concurrency or auto
     if settings.max_rate:
         chosen = max(1, min(chosen, settings.max_rate // RATE_PER_TRANSFER))
     return chosen

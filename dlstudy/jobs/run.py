@@ -93,9 +93,7 @@ class Run:
         lister = self.lister
         resolved = [await lister.resolve(parts[0], earlier, last=len(parts) == 1)]
         # The server has answered: the protocol is known, and with it --concurrency 0's value.
-        concurrency = concurrency_for(
-            self.settings.concurrency, self.transport.http_version, self.settings
-        )
+        concurrency = concurrency_for(self.settings, self.transport.http_version)
         self.settings = replace(self.settings, concurrency=concurrency)
         self.throttle.resize(concurrency)
         self.summary.concurrency = concurrency

@@ -48,15 +48,15 @@ def test_a_rate_below_what_a_transfer_must_bring_is_refused() -> None:
 
 
 def test_the_cap_runs_one_transfer_per_512_kib_per_second_of_it() -> None:
-    def settings(max_rate: int) -> Settings:
-        return Settings(url="http://h/d", max_rate=max_rate)
+    def settings(max_rate: int, concurrency: int = 0) -> Settings:
+        return Settings(url="http://h/d", max_rate=max_rate, concurrency=concurrency)
 
-    assert concurrency_for(0, "HTTP/2", settings(0)) == 64
-    assert concurrency_for(0, "HTTP/2", settings(1 * MIB)) == 2
-    assert concurrency_for(0, "HTTP/1.1", settings(100 * MIB)) == 16
-    assert concurrency_for(0, "HTTP/2", settings(100 * 1024)) == 1
-    assert concurrency_for(64, "HTTP/2", settings(1 * MIB)) == 2  # asked for, still capped
-    assert concurrency_for(8, "HTTP/2", settings(0)) == 8
+    assert concurrency_for(settings(0), "HTTP/2") == 64
+    assert concurrency_for(settings(1 * MIB), "HTTP/2") == 2
+    assert concurrency_for(settings(100 * MIB), "HTTP/1.1") == 16
+    assert concurrency_for(settings(100 * 1024), "HTTP/2") == 1
+    assert concurrency_for(settings(1 * MIB, 64), "HTTP/2") == 2  # asked for, still capped
+    assert concurrency_for(settings(0, 8), "HTTP/2") == 8
     assert processes_for(Settings(url="http://h/d", max_rate=MIB)) == 1
     assert processes_for(Settings(url="http://h/d", max_rate=MIB, workers=3)) == 3
     assert processes_for(Settings(url="http://h/d")) == 0
