@@ -152,6 +152,13 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt, _Interrupted):  # Ctrl-C before a command ends it
         print("dlstudy: interrupted", file=sys.stderr)
         code = 130
+    except RuntimeError as exc:  # Ctrl-C while DuckDB ran a query outside a run (catalog status)
+        from .common import stop_behind
+
+        if stop_behind(exc) is None:
+            raise
+        print("dlstudy: interrupted", file=sys.stderr)
+        code = 130
     except Exception as exc:
         if not _is_usage_error(exc):
             raise

@@ -26,6 +26,7 @@ from .common import (
     fail_usage,
     output_failed,
     setup_logging,
+    stop_behind,
     summary_on_failure,
 )
 from .configured import ConfigCommand, ConfigOpt, ServerOpt
@@ -364,10 +365,15 @@ def _pull(
                             summary = anyio.run(run, catalog)
                     finally:
                         catalog.close()
-            except KeyboardInterrupt as exc:  # before the walk began: a summary all the same
-                if getattr(exc, "summary", None) is None:
-                    exc.summary = PullSummary()  # type: ignore[attr-defined]
-                raise
+            except (KeyboardInterrupt, RuntimeError) as exc:  # before the walk began
+                stop = exc if isinstance(exc, KeyboardInterrupt) else stop_behind(exc)
+                if stop is None:
+                    raise
+                if getattr(stop, "summary", None) is None:  # a summary all the same
+                    stop.summary = PullSummary()  # type: ignore[attr-defined]
+                if stop is exc:
+                    raise
+                raise stop from None
     except DlstudyError as exc:
         failed = getattr(exc, "summary", None) or PullSummary()
         failed.error, failed.exit_status = str(exc), exc.exit_status

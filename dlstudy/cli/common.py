@@ -124,6 +124,21 @@ def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) 
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
+# Set when exit_on_interrupt's handler turns SIGTERM into Terminated (see stop_behind).
+_terminated = False
+
+
+def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt DuckDB swallowed, when `exc` is what it raises instead. A signal that
+    comes while a DuckDB query runs on the main thread runs its handler there, and DuckDB
+    replaces the handler's exception (KeyboardInterrupt, Terminated) with its own
+    `RuntimeError: Query interrupted`; dlstudy never interrupts a query itself, so that one
+    is always a signal's: SIGTERM if exit_on_interrupt's handler saw one, else Ctrl-C."""
+    if type(exc) is not RuntimeError or str(exc) != "Query interrupted":
+        return None
+    return Terminated() if _terminated else KeyboardInterrupt()
+
+
 @contextmanager
 def exit_on_interrupt(
     *,
@@ -140,8 +155,13 @@ def exit_on_interrupt(
     (reading its list, say): with --json, stdout still gets one.
     """
 
+    global _terminated
+    _terminated = False
+
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        global _terminated
         if not stopping():  # else the run is stopping already: let it print what it did
+            _terminated = True
             raise Terminated()
 
     # While the download runs, download_async turns both signals into an orderly stop;
@@ -150,7 +170,12 @@ def exit_on_interrupt(
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     previous_int = signal.getsignal(signal.SIGINT) if in_main_thread else None
     try:
-        yield
+        try:
+            yield
+        except RuntimeError as exc:  # a signal while DuckDB ran a query
+            if (stop := stop_behind(exc)) is None:
+                raise
+            raise stop from None
     except KeyboardInterrupt as exc:
         if in_main_thread:  # stopping: a second signal must not cut the summary short
             signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -778,3 +778,36 @@ def test_a_catalog_of_a_newer_dlstudy_is_named_so_and_left_alone(
             "studies.institution): upgrade dlstudy to read it, or pull into a new --db"
         ], (args, result.stderr)
     assert db.read_bytes() == before
+
+
+# A query that runs far longer than any test waits: DuckDB checks for signals as it goes.
+ENDLESS_SQL = "SELECT sum(hash(i)) FROM range(1000000000000) t(i)"
+
+
+def test_ctrl_c_while_duckdb_runs_a_query_is_an_interrupt(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """DuckDB replaces the KeyboardInterrupt of a Ctrl-C that comes while it runs a query with
+    `RuntimeError: Query interrupted`: that was a traceback and exit 1."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    run = subprocess.Popen(
+        [DLSTUDY, "catalog", "query", "--db", str(db), "--sql", ENDLESS_SQL],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ctrl_c_as_at_a_terminal,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)  # the query is running (or the CLI still starting: an interrupt too)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()  # (a test that failed leaves no endless query behind)
+        run.communicate()
+    assert run.returncode == 130, stderr
+    assert stderr.splitlines() == ["dlstudy: interrupted"]
+
+
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT at its default in the child, as a terminal's Ctrl-C finds it (a background job of
+    a non-interactive shell, as a CI runner may be, inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
