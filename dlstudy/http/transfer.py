@@ -58,6 +58,7 @@ class Transfer:
         self.error: BaseException | None = None
         self.reusable = False  # the handle may serve another request once this one ends
         self.min_progress: tuple[int, float] | None = None  # see MIN_PROGRESS
+        self.rate_limit = engine.rate_limit  # --max-rate's bucket, or None
         self.granted = False  # the rate limit resumed it: its held piece is counted in
         self._wakeup: asyncio.Future[None] | None = None
 
@@ -87,8 +88,7 @@ class Transfer:
         if self.sink is None and self.queued >= PAUSE_ABOVE:
             self.paused = True
             return _PAUSE  # libcurl keeps this chunk and offers it again
-        rate = self.engine.rate_limit
-        if rate is not None and not rate.take(self, len(chunk)):
+        if self.rate_limit is not None and not self.rate_limit.take(self, len(chunk)):
             return _PAUSE  # offered again once the rate limit resumes it
         if self.sink is not None:
             # Servers frame HTTP/2 bodies in 8-16 KiB DATA frames, cut further by TLS records:
@@ -131,8 +131,8 @@ class Transfer:
             else:  # no head at all (libcurl accepts that only for HTTP/0.9, which is off)
                 self.head.set_exception(httpx.RemoteProtocolError("no response head"))
             self.head.exception()  # retrieved here: the waiter may be gone
-        if self.engine.rate_limit is not None:
-            self.engine.rate_limit.forget(self)
+        if self.rate_limit is not None:
+            self.rate_limit.forget(self)
         self.engine.release(self.easy, self.reusable)
         self._wake()
 
@@ -176,8 +176,8 @@ class Transfer:
         if not self.done:
             self.done = True
             self.error = httpx.ReadError("the response was closed before its end")
-            if self.engine.rate_limit is not None:
-                self.engine.rate_limit.forget(self)
+            if self.rate_limit is not None:
+                self.rate_limit.forget(self)
             self.engine.abandon(self.easy, self.reusable)
 
     def resume_for_rate(self) -> None:
