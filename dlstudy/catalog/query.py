@@ -148,23 +148,25 @@ class CatalogBatches:
     """The matching studies of the catalog at `path`, in select_studies' order, `size` at a
     time, each with only its UID and instance count: all sync reads (DuckDB holds the sorted
     selection until its last row is read: every column of it would take about twice the memory).
-    The catalog is opened and the selection made at once, so that one that cannot be read
-    (held, damaged, not pulled, a bad --where) stops sync before it makes the output folder;
-    `close()` closes it."""
+    Made before the output folder is, so that a catalog that cannot be read (held, damaged,
+    not pulled, a bad --where) stops sync first: `__init__` opens it, `select` runs the query
+    (which `interrupt`, from another thread, stops), `close()` closes it."""
 
-    def __init__(
-        self, path: Path, where: str | None, query: StudyQuery | None, size: int = 10_000
-    ) -> None:
+    def __init__(self, path: Path, size: int = 10_000) -> None:
+        self._path = path
         self._db = connect(path, read_only=True)
-        try:
-            check_pulled(self._db, path)
-            clause, params = where_of(query, where)
-            sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
-            self._rows = iter_rows(_run(self._db, path, sql, params))
-        except BaseException:
-            self._db.close()
-            raise
+        self._rows: Iterator[tuple[Any, ...]] = iter(())
         self._size = size
+
+    def select(self, where: str | None, query: StudyQuery | None) -> None:
+        check_pulled(self._db, self._path)
+        clause, params = where_of(query, where)
+        sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
+        self._rows = iter_rows(_run(self._db, self._path, sql, params))
+
+    def interrupt(self) -> None:
+        """Stop the query running in another thread (it raises there)."""
+        self._db.interrupt()
 
     def next_batch(self) -> list[StudyRecord]:
         """The next batch; empty once every study was read."""

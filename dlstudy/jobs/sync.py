@@ -14,12 +14,13 @@ gained instances since.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -46,6 +47,7 @@ from .download import download_async, report_present, run_to_end, validate
 if TYPE_CHECKING:
     from ..catalog.query import CatalogBatches
 
+T = TypeVar("T")
 
 @dataclass
 class SyncSummary(Summary):
@@ -185,7 +187,33 @@ async def _open_catalog(catalog: tuple[Path, str | None], query: StudyQuery) -> 
     from ..catalog.query import CatalogBatches
 
     path, where = catalog
-    return await anyio.to_thread.run_sync(CatalogBatches, path, where, query)
+    batches = await anyio.to_thread.run_sync(CatalogBatches, path)
+    try:
+        await _interruptible(batches, batches.select, where, query)
+    except BaseException:
+        batches.close()
+        raise
+    return batches
+
+
+async def _interruptible(batches: CatalogBatches, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread. Cancelled (Ctrl-C, SIGTERM, a cron timeout), it stops
+    DuckDB's query there rather than wait for it, however long the selection takes."""
+    done = threading.Event()
+
+    def call() -> T:
+        try:
+            return fn(*args)
+        finally:
+            done.set()
+
+    try:
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        batches.interrupt()
+        with anyio.CancelScope(shield=True):  # the connection is closed only once it is free
+            await anyio.to_thread.run_sync(done.wait)
+        raise
 
 
 async def _search_and_download(
@@ -276,7 +304,7 @@ async def _search_and_download(
 
 async def _examine_catalog(batches: CatalogBatches, examine: Callable[[StudyRecord], None]) -> None:
     """`examine` every study the catalog selects, read a batch at a time off the event loop."""
-    while batch := await anyio.to_thread.run_sync(batches.next_batch):
+    while batch := await _interruptible(batches, batches.next_batch):
         for record in batch:
             examine(record)
 

@@ -807,6 +807,36 @@ def test_ctrl_c_while_duckdb_runs_a_query_is_an_interrupt(
     assert stderr.splitlines() == ["dlstudy: interrupted"]
 
 
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_a_signal_stops_sync_while_the_catalog_selects_its_studies(
+    embedded_server: StartServer, tmp_path: Path, signum: int, status: int, said: str
+) -> None:
+    """sync --catalog runs its selection in a worker thread, which no signal reaches: Ctrl-C,
+    and a cron timeout's SIGTERM, waited for the query to end, however long it took."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    pull(url, db)
+    run = subprocess.Popen(
+        [DLSTUDY, "sync", "--url", url, "--catalog", str(db), "-o", str(out),
+         "--where", f"({ENDLESS_SQL}) > 0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ctrl_c_as_at_a_terminal,
+    )  # fmt: skip
+    try:
+        time.sleep(2)  # the selection is running (or the CLI still starting: a stop too)
+        run.send_signal(signum)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.communicate()
+    assert run.returncode == status, stderr
+    assert stderr.splitlines()[-1].startswith(f"dlstudy: error: {said}"), stderr
+    assert not out.exists()  # stopped before the output folder was made
+
+
 def _ctrl_c_as_at_a_terminal() -> None:
     """SIGINT at its default in the child, as a terminal's Ctrl-C finds it (a background job of
     a non-interactive shell, as a CI runner may be, inherits it ignored)."""
