@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+
 @dataclass
 class SyncSummary(Summary):
     """A download Summary plus what the search found and what was already complete.
