@@ -254,8 +254,12 @@ class Run:
             todo = todo[1:]
         send, receive = anyio.create_memory_object_stream[workers.Result](math.inf)
         rate = self.transport.rate_limit
-        if rate is not None:  # --max-rate is shared: each process takes its part of it
-            rate.set_rate(workers.rate_share(self.settings.max_rate, processes))
+
+        def running(count: int) -> None:
+            self.summary.count_processes(count)
+            if rate is not None:  # --max-rate is shared once the workers run: each its part
+                rate.set_rate(workers.rate_share(self.settings.max_rate, count))
+
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.record_results, receive)
@@ -270,7 +274,7 @@ class Run:
                         near=workers.is_near(self.transport.quickest_reply),
                         local=local,
                         results=send,
-                        running=self.summary.count_processes,
+                        running=running,
                         said=self.transport.said,
                     )
         finally:

@@ -66,6 +66,30 @@ def test_worker_processes_share_the_max_rate(embedded_server: StartServer, tmp_p
     assert took >= summary["bytes"] / MIB
 
 
+def test_workers_that_do_not_start_leave_the_whole_cap_to_the_run(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """--workers 3 under a 1 MiB/s cap, which allows 2 transfers: none is left for a worker,
+    so none starts, and the one process ran at a third of the cap (three times as long as the
+    cap allows). The one upper bound on time here: a run that mostly sleeps, which a busy
+    machine hardly slows."""
+    spec = SynthSpec(series=2, instances=80, size=24 * 1024, seed=83)
+    instances = generate(tmp_path / "source", spec)
+    url = embedded_server(tmp_path / "source")
+    out = tmp_path / "out"
+
+    code, summary, stderr, took = timed_download(
+        url, instances[0].study_uid, out, "--max-rate", "1M", "--workers", "3",
+        "--mode", "instance",
+    )  # fmt: skip
+
+    assert code == 0, stderr
+    assert summary["processes"] == 1  # no transfer left over for a worker
+    assert_same_files(instances, out)
+    at_the_cap = summary["bytes"] / MIB  # seconds; at a third of it, three times as long
+    assert at_the_cap <= took < 1.5 * at_the_cap + 1, (took, at_the_cap)
+
+
 def test_many_transfers_asked_for_under_a_low_cap_all_arrive(
     synth_study: SynthStudy, embedded_server: StartServer, tmp_path: Path
 ) -> None:
