@@ -57,9 +57,10 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
         said = False
         while not _lock_all(folder, fp.fileno()):
             fp.seek(0)
-            in_use = (
-                f"output folder {str(state_dir.parent)!r} is in use by another dlstudy "
-                f"run (pid {fp.read().strip() or '?'})"
+            # (no pid when OUT/.dlstudy was deleted under the run: this lock file is new)
+            pid = fp.read().strip()
+            in_use = f"output folder {str(state_dir.parent)!r} is in use by another dlstudy run" + (
+                f" (pid {pid})" if pid else ""
             )
             if not wait:
                 raise LockedError(

@@ -1174,7 +1174,9 @@ def test_the_lock_holds_when_the_state_folder_is_deleted_under_a_run(
         second = run_installed(*args)
         assert second.returncode == 5, second.stderr
         assert second.stderr.count("\n") == 1, second.stderr
-        assert "is in use by another dlstudy run" in second.stderr
+        assert second.stderr.endswith(
+            "is in use by another dlstudy run; use --wait to wait for it\n"
+        )
         said, _ = first.communicate(timeout=60)
         assert first.returncode == 0, said
     finally:
