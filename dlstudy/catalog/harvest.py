@@ -14,8 +14,9 @@ window split at the middle of the dates listed): a server that cuts silently, ev
 sends nothing past its cap at any offset (Orthanc's LimitFindResults), has its windows split.
 
 Studies without a StudyDate are found when the first page of the whole scope holds everything,
-or when that scope is paged by offset; once the walk splits by date they cannot be asked for,
-and if the server gave a count, how many there are is reported as unreachable.
+or when that scope is paged by offset; once the walk splits by date they cannot be asked for:
+if the server gave a count, how many there are is reported as unreachable; if not, and the
+catalog holds undated studies, that some may be missing (count unknown).
 
 Later pulls (`update`) ask for what can be new: each window's first page again, skipped when
 the count the server reports equals the studies the catalog has there; when only new studies
@@ -186,6 +187,13 @@ class Harvester:
             summary.unreachable = (
                 None if summary.unreachable is None else (summary.unreachable + undated)
             )
+        elif await self.db(self._undated_cut, pull):
+            summary.notes.append(
+                "the search was cut, so it was split by date, and the archive has studies "
+                "without a StudyDate, which no date window finds: those past the first page "
+                "could not be asked for (--study-date catalogs the dated ones alone)"
+            )
+            summary.unreachable = None
         await self.db(
             c.finish_pull,
             pull,
@@ -203,6 +211,14 @@ class Harvester:
         if state != "split" or reported is None:
             return 0
         return max(0, reported - self.catalog.count_in(root))
+
+    def _undated_cut(self, pull: Pull) -> bool:
+        """Whether the whole scope, no StudyDate asked for, was split with no count to tell
+        how many it holds, in an archive with undated studies (its first page listed some):
+        more of them may be past the cut, and no window can ask for them."""
+        root = Window.root(self.query.study_date)
+        state, reported = self.catalog.window_state(pull.number, root.key)
+        return not root.dated and state == "split" and reported is None and self.catalog.undated()
 
     def _first_windows(self, kind: str) -> list[tuple[Window, str]]:
         root = Window.root(self.query.study_date)

@@ -456,6 +456,13 @@ class Catalog:
             return None, None
         return str(row[0]), None if row[1] is None else int(row[1])
 
+    def undated(self) -> bool:
+        """Whether any catalogued study has no calendar StudyDate (no date window finds it)."""
+        row = self.db.execute(
+            "SELECT count(*) FROM studies WHERE try_strptime(study_date, '%Y%m%d') IS NULL"
+        ).fetchone()
+        return bool(row and row[0])
+
     def count_in(self, window: Window) -> int:
         """Studies of earlier pulls in this window."""
         where, params = window_sql(window)

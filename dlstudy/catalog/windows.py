@@ -115,13 +115,16 @@ class Window:
 
 
 def date_halves(window: Window, records: Iterable[StudyRecord]) -> list[Window]:
-    """`window` split where the dates of `records` split (silent_cut.split_days). None for a
-    window of one day, or records without a date."""
+    """`window` split where the dates of `records` split (silent_cut.split_days); at its own
+    middle when none of them has a date (an archive listing its undated studies first). None
+    for a window of one day."""
     dates = ListedDates()
     for record in records:
         dates.add(record.study_date)
-    if window.t_lo is not None or dates.first is None or dates.last is None:
+    if window.t_lo is not None:
         return []
+    if dates.first is None or dates.last is None:
+        return list(window.split()) if window.lo < window.hi else []
     below, above = split_days(dates.first, dates.last)
     if window.dated:
         lo, hi, open_lo, open_hi = window.lo, window.hi, window.open_lo, window.open_hi

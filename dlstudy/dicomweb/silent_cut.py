@@ -6,8 +6,9 @@ Paging cannot tell the two apart. Two more searches can: the same search in two 
 windows, split at the middle of the dates listed. A server that cut the whole search fills
 each window's answer up to its cap, and the listed studies now share the cap with others in
 each window, so a window brings studies the search did not. A whole listing holds everything
-either window can bring. Studies without a StudyDate take no part: a search that found none
-with a date is not checked.
+either window can bring. When no study listed has a date (an archive that lists its undated
+studies first), one window of every date is asked: any study it brings was not sent. Studies
+without a StudyDate are in no window: a cut that hid only such studies cannot be seen.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .qido import TAG_STUDY_UID, Pager, first_value
 log = logging.getLogger(__name__)
 
 _DATE_KEYS = ("StudyDate", "00080020", "0008,0020", "(0008,0020)")
+LAST_DATE = "99991231"  # a range up to it holds every date
 
 
 class ListedDates:
@@ -53,9 +55,13 @@ async def check_whole(
     `listed` (two or more), was cut by the server: a window of it brings a study it did not.
     A study that came since the listing (an archive taking studies as it is searched) is no
     cut: the search asked again then brings it and all it listed."""
-    if len(listed) < 2 or dates.first is None or dates.last is None:
+    if len(listed) < 2:
         return
-    windows = _windows(_scope(params), dates.first, dates.last)
+    if dates.first is None or dates.last is None:
+        # None listed has a date: any dated study the search matches is one it did not send.
+        windows = [_whole(_scope(params))]
+    else:
+        windows = _windows(_scope(params), dates.first, dates.last)
     kept = [(k, v) for k, v in params if k not in _DATE_KEYS]
     for window in windows:
         try:
@@ -117,6 +123,13 @@ def _scope(params: list[tuple[str, str]]) -> tuple[str, str]:
             low, sep, high = value.partition("-")
             return (low, high) if sep else (low, low)
     return "", ""
+
+
+def _whole(scope: tuple[str, str]) -> str:
+    """A StudyDate range of every date in `scope` (open ends stay open; one end at least is
+    given, as a range must)."""
+    low, high = scope
+    return f"{low}-{high}" if low or high else f"-{LAST_DATE}"
 
 
 def _windows(scope: tuple[str, str], first: str, last: str) -> list[str]:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
+import pydicom
 import pytest
 
 from dlstudy.server import VirtualArchive, VirtualSpec
+from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import instance_counts, run_installed
 from ..fixtures.embedded_server import StartServer
@@ -131,3 +134,57 @@ def test_a_page_cap_the_server_does_not_announce_still_lists_everything(
     synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "mirror"), "--json")
     assert synced.returncode == 0, synced.stderr
     assert json.loads(synced.stdout)["sync"]["matched"] == 9
+
+
+def _undated_first(root: Path) -> tuple[set[str], set[str]]:
+    """6 one-series studies over 1-3 January 2022, 3 of them stripped of their StudyDate
+    (the embedded server lists those first): every UID, and the undated ones."""
+    instances = generate(root, SynthSpec(studies=6, series=1, instances=2, size=1024, seed=91,
+                                         study_dates=("20220101", "20220103")))  # fmt: skip
+    undated = set(sorted({i.study_uid for i in instances})[:3])
+    for instance in instances:
+        if instance.study_uid in undated:
+            ds = pydicom.dcmread(instance.path)
+            ds.StudyDate = ""
+            ds.save_as(instance.path, enforce_file_format=True)
+    return {i.study_uid for i in instances}, undated
+
+
+def test_a_silent_cut_is_found_when_no_study_listed_has_a_date(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A server that cuts every page at 2 without saying so, ignores offset and gives no
+    count, whose first 2 studies have no StudyDate: the windows that check a short listing
+    were made of the dates it listed, none here, so nothing was checked. `query`, `sync` and
+    `catalog pull` each took 2 studies of 6 for the whole archive, exit 0."""
+    every, undated = _undated_first(tmp_path / "source")
+    url = embedded_server(tmp_path / "source", max_page_size=2, ignore_offset=True,
+                          silent_cap=True, no_counts=True)  # fmt: skip
+
+    listed = run_installed("query", "--url", url, "--uids")
+    assert listed.returncode == 1, listed.stdout
+    assert listed.stderr.startswith(f"dlstudy: error: could not list {url}/studies completely")
+    assert set(listed.stdout.split()) <= undated  # what it did send: undated ones
+
+    synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "out"), "--json")
+    assert synced.returncode == 1, synced.stderr
+    assert "could not list" in json.loads(synced.stdout)["error"]
+
+    # A catalog pull splits the search by date and finds every dated study, but studies
+    # without a date are found only as far as the first page: that cannot be proven whole.
+    db = tmp_path / "c.duckdb"
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json")
+    assert pulled.returncode == 1, pulled.stderr
+    summary = json.loads(pulled.stdout)
+    assert summary["unreachable"] is None
+    assert any("without a StudyDate" in note for note in summary["notes"]), summary["notes"]
+    with duckdb.connect(str(db), read_only=True) as con:
+        found = {uid for (uid,) in con.execute("SELECT study_uid FROM studies").fetchall()}
+    assert every - undated <= found and len(found & undated) == 2
+
+    # Scoped to dates, the pull asks for no undated study: whole, exit 0.
+    dated = tmp_path / "dated.duckdb"
+    scoped = run_installed("catalog", "pull", "--url", url, "--db", str(dated), "--json",
+                           "--study-date", "20220101-20220103")  # fmt: skip
+    assert scoped.returncode == 0, scoped.stderr
+    assert json.loads(scoped.stdout)["studies"] == 3

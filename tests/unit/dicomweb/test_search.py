@@ -92,7 +92,7 @@ def test_no_filter_searches_everything_page_by_page(scripted: Routes) -> None:
     studies = [study_json(f"1.2.{n}") for n in range(5)]
 
     def answer(request: httpx.Request) -> httpx.Response:
-        offset = int(request.url.params["offset"])
+        offset = int(request.url.params.get("offset", 0))
         limit = int(request.url.params["limit"])
         page = studies[offset : offset + limit]
         return httpx.Response(200, json=page) if page else httpx.Response(204)
@@ -102,7 +102,10 @@ def test_no_filter_searches_everything_page_by_page(scripted: Routes) -> None:
     records = run_search(scripted, StudyQuery(), page_size=2)
 
     assert [r.study_uid for r in records] == [f"1.2.{n}" for n in range(5)]
-    assert route.call_count == 3
+    # Three pages, and the search over every StudyDate that checks a listing in which no
+    # study has a date (it brings none the search did not: whole).
+    assert route.call_count == 4
+    assert route.requests[-1].url.params["StudyDate"] == "-99991231"
     assert not any(k in route.requests[0].url.params for k in ("PatientID", "StudyDate"))
 
 
@@ -118,8 +121,9 @@ def test_several_modalities_are_searched_one_by_one_and_merged(scripted: Routes)
     records = run_search(scripted, StudyQuery(modalities=("CT", "MR")))
 
     assert [r.study_uid for r in records] == ["1.1", "1.2", "1.3"]
-    # Each search, and the page after its short one (a cap the server might not announce).
-    assert route.call_count == 4
+    # Each search, the page after its short one (a cap the server might not announce), and
+    # its search over every StudyDate (no study listed has a date).
+    assert route.call_count == 6
 
 
 def test_a_lone_object_a_404_and_an_auth_failure(scripted: Routes) -> None:
