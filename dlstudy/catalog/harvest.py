@@ -49,7 +49,7 @@ from ..http.client import Transport
 from ..http.urls import NOT_ASKED_FOR, can_be_asked_for, redact_url, study_url
 from .store import Catalog, OpenWindow, Pull
 from .summary import PullSummary
-from .windows import Window, date_halves, recent
+from .windows import Window, recent, windows_to_check
 
 log = logging.getLogger(__name__)
 
@@ -318,11 +318,11 @@ class Harvester:
     async def _dates_bring_more(
         self, pull: Pull, window: Window, records: list[StudyRecord]
     ) -> bool:
-        """Whether `window`, split at the middle of the dates its short page listed, brings a
-        study that page did not: a server that cuts silently and sends nothing past its cap
-        whatever the offset (Orthanc's LimitFindResults) fills each half up to its cap. The
-        halves of the window's whole span need not split the dates listed."""
-        halves = date_halves(window, records)
+        """Whether `window`, split where the dates (or, all one day, the times) its short page
+        listed split, brings a study that page did not: a server that cuts silently and sends
+        nothing past its cap whatever the offset (Orthanc's LimitFindResults) fills each part
+        up to its cap (windows.windows_to_check)."""
+        halves = windows_to_check(window, records)
         seen = {r.study_uid for r in records}
         for half in halves:
             page = await self._page(half, 0, probe=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..dicomweb.silent_cut import ListedDates, split_days
+from ..dicomweb.silent_cut import ListedDates, split_days, split_times
 
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyRecord
@@ -114,27 +114,35 @@ class Window:
         )
 
 
-def date_halves(window: Window, records: Iterable[StudyRecord]) -> list[Window]:
-    """`window` split where the dates of `records` split (silent_cut.split_days); at its own
-    middle when none of them has a date (an archive listing its undated studies first). None
-    for a window of one day."""
+def windows_to_check(window: Window, records: Iterable[StudyRecord]) -> list[Window]:
+    """Where a cut listing of `window` (its short page: `records`) would show studies it did
+    not send: `window` split where the dates of `records` split (silent_cut.split_days), at its
+    own middle when none of them has a date (an archive listing its undated studies first);
+    and when they are all one day, which is in neither date half, that day split where their
+    times split (silent_cut.split_times)."""
     dates = ListedDates()
     for record in records:
-        dates.add(record.study_date)
-    if window.t_lo is not None:
-        return []
+        dates.add(record.study_date, record.study_time)
     if dates.first is None or dates.last is None:
-        return list(window.split()) if window.lo < window.hi else []
-    below, above = split_days(dates.first, dates.last)
-    if window.dated:
-        lo, hi, open_lo, open_hi = window.lo, window.hi, window.open_lo, window.open_hi
-    else:
-        lo, hi, open_lo, open_hi = FIRST_DAY.toordinal(), LAST_DAY.toordinal(), True, True
+        return list(window.split()) if window.t_lo is None and window.lo < window.hi else []
     halves = []
-    if lo <= below:
-        halves.append(Window(lo, below, open_lo=open_lo))
-    if above <= hi:
-        halves.append(Window(above, hi, open_hi=open_hi))
+    if window.t_lo is None:
+        below, above = split_days(dates.first, dates.last)
+        if window.dated:
+            lo, hi, open_lo, open_hi = window.lo, window.hi, window.open_lo, window.open_hi
+        else:
+            lo, hi, open_lo, open_hi = FIRST_DAY.toordinal(), LAST_DAY.toordinal(), True, True
+        if lo <= below:
+            halves.append(Window(lo, below, open_lo=open_lo))
+        if above <= hi:
+            halves.append(Window(above, hi, open_hi=open_hi))
+    if dates.first == dates.last:
+        day = _day(dates.first)
+        t_lo = 0 if window.t_lo is None else window.t_lo
+        t_hi = DAY_SECONDS - 1 if window.t_hi is None else window.t_hi
+        for low, high in split_times(dates.first_time, dates.last_time):
+            if max(low, t_lo) <= min(high, t_hi):
+                halves.append(Window(day, day, t_lo=max(low, t_lo), t_hi=min(high, t_hi)))
     return halves
 
 

@@ -297,7 +297,7 @@ async def walk_studies(
         record = StudyRecord.from_json(item)
         if record is None:
             return
-        dates.add(record.study_date)
+        dates.add(record.study_date, record.study_time)
         if listed is not None:
             if record.study_uid in listed:
                 return

@@ -25,23 +25,35 @@ from .qido import TAG_STUDY_UID, Pager, first_value
 log = logging.getLogger(__name__)
 
 _DATE_KEYS = ("StudyDate", "00080020", "0008,0020", "(0008,0020)")
+_TIME_KEYS = ("StudyTime", "00080030", "0008,0030", "(0008,0030)")
+DAY_SECONDS = 86_400
 LAST_DATE = "99991231"  # a range up to it holds every date
 
 
 class ListedDates:
-    """The earliest and latest StudyDate (YYYYMMDD) of the studies a search listed."""
+    """The earliest and latest StudyDate (YYYYMMDD) of the studies a search listed, and the
+    earliest and latest StudyTime (seconds into the day) of those with both."""
 
     def __init__(self) -> None:
         self.first: str | None = None
         self.last: str | None = None
+        self.first_time: int | None = None
+        self.last_time: int | None = None
 
-    def add(self, date: str | None) -> None:
+    def add(self, date: str | None, time: str | None = None) -> None:
         if date is None or len(date) != 8 or not date.isdigit() or not _is_day(date):
             return
         if self.first is None or date < self.first:
             self.first = date
         if self.last is None or date > self.last:
             self.last = date
+        seconds = day_seconds(time)
+        if seconds is None:
+            return
+        if self.first_time is None or seconds < self.first_time:
+            self.first_time = seconds
+        if self.last_time is None or seconds > self.last_time:
+            self.last_time = seconds
 
 
 async def check_whole(
@@ -57,17 +69,11 @@ async def check_whole(
     cut: the search asked again then brings it and all it listed."""
     if len(listed) < 2:
         return
-    if dates.first is None or dates.last is None:
-        # None listed has a date: any dated study the search matches is one it did not send.
-        windows = [_whole(_scope(params))]
-    else:
-        windows = _windows(_scope(params), dates.first, dates.last)
     kept = [(k, v) for k, v in params if k not in _DATE_KEYS]
-    for window in windows:
+    timed = any(k in _TIME_KEYS for k, _ in params)  # the search's own StudyTime: kept
+    for window in _check_windows(_scope(params), dates, by_time=not timed):
         try:
-            page = await pager.get_page(
-                url, [*kept, ("StudyDate", window), ("limit", str(pager.page_size))]
-            )
+            page = await pager.get_page(url, [*kept, *window, ("limit", str(pager.page_size))])
         except ServerError as exc:  # a server that refuses the date range
             log.info("%s: no StudyDate window to check the search by: %s", redact_url(url), exc)
             return
@@ -78,15 +84,33 @@ async def check_whole(
             log.info("%s: studies came while it was searched", redact_url(url))
             return
         shown = redact_url(url)
+        over = " and ".join(f"{key} {value}" for key, value in window)
         raise IncompleteListingError(
             f"could not list {shown} completely: it sent {len(listed):,} studies and nothing "
-            f"after them, but the same search over StudyDate {window} found {unlisted}, which "
+            f"after them, but the same search over {over} found {unlisted}, which "
             "it had not sent (a cap on search results that the server does not announce, such "
             "as Orthanc's LimitFindResults): search in --study-date windows that each hold "
             "fewer studies than the cap, let 'dlstudy catalog pull' split the search by date "
             "(then 'sync --catalog'), or lift the cap",
             url=shown,
         )
+
+
+def _check_windows(
+    scope: tuple[str, str], dates: ListedDates, *, by_time: bool
+) -> list[list[tuple[str, str]]]:
+    """The windows that hold what a cut listing did not send: two StudyDate ranges that split
+    the dates listed; when they are all one day, also two StudyTime ranges of that day that
+    split the times listed (the day is in neither date range); when none has a date, one range
+    of every date (any dated study it brings was not sent)."""
+    if dates.first is None or dates.last is None:
+        return [[("StudyDate", _whole(scope))]]
+    windows = [[("StudyDate", window)] for window in _windows(scope, dates.first, dates.last)]
+    if dates.first == dates.last and by_time:
+        day = dates.first
+        for low, high in split_times(dates.first_time, dates.last_time):
+            windows.append([("StudyDate", day), ("StudyTime", f"{_tm(low)}-{_tm(high)}")])
+    return windows
 
 
 def _unlisted(items: Iterable[dict[str, Any]], listed: set[str]) -> str | None:
@@ -166,3 +190,35 @@ def _day(date: str) -> int:
 
 def _date(day: int) -> str:
     return dt.date.fromordinal(day).strftime("%Y%m%d")
+
+
+def split_times(first: int | None, last: int | None) -> list[tuple[int, int]]:
+    """Two ranges of a day's seconds that split the times listed, `first`..`last`: at their
+    middle, or, when they are one second, the seconds before and after it; at noon when none
+    was listed."""
+    if first is None or last is None:
+        first = last = DAY_SECONDS // 2
+        return [(0, first - 1), (first, DAY_SECONDS - 1)]
+    if first < last:
+        middle = (first + last) // 2
+        return [(0, middle), (middle + 1, DAY_SECONDS - 1)]
+    return [(low, high) for low, high in ((0, first - 1), (first + 1, DAY_SECONDS - 1))
+            if low <= high]  # fmt: skip
+
+
+def day_seconds(time: str | None) -> int | None:
+    """A DICOM TM value (HH, HHMM, HHMMSS, with .FFFFFF) as seconds into the day; None when
+    it is none."""
+    if not time:
+        return None
+    digits = time.strip().partition(".")[0]
+    if len(digits) not in (2, 4, 6) or not digits.isdigit():
+        return None
+    hours, minutes, seconds = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
+    if hours > 23 or minutes > 59 or seconds > 60:
+        return None
+    return min(hours * 3600 + minutes * 60 + seconds, DAY_SECONDS - 1)
+
+
+def _tm(seconds: int) -> str:
+    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"

@@ -188,3 +188,39 @@ def test_a_silent_cut_is_found_when_no_study_listed_has_a_date(
                            "--study-date", "20220101-20220103")  # fmt: skip
     assert scoped.returncode == 0, scoped.stderr
     assert json.loads(scoped.stdout)["studies"] == 3
+
+
+def test_a_silent_cut_is_found_when_every_study_listed_is_of_one_day(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """6 studies of one day (a nightly `sync --study-date yesterday`), a server that cuts
+    every page at 2 without saying so, ignores offset and gives no count: the windows that
+    check a short listing were the days before and after the one listed, which hold nothing
+    (or lie outside the search), so the listing of 2 was taken as whole, exit 0, by `query`,
+    `sync` and `catalog pull`. The day's studies are now also asked for in two StudyTime
+    windows."""
+    instances = generate(tmp_path / "source", SynthSpec(
+        studies=6, series=1, instances=2, size=1024, seed=92, study_dates=("20220101", "20220101")
+    ))  # fmt: skip
+    every = {i.study_uid for i in instances}
+    url = embedded_server(tmp_path / "source", max_page_size=2, ignore_offset=True,
+                          silent_cap=True, no_counts=True)  # fmt: skip
+
+    for scope in ((), ("--study-date", "20220101")):
+        listed = run_installed("query", "--url", url, "--uids", *scope)
+        assert listed.returncode == 1, (scope, listed.stdout)
+        assert "could not list" in listed.stderr and "StudyTime" in listed.stderr, listed.stderr
+
+    out = tmp_path / "out"
+    synced = run_installed("sync", "--url", url, "-o", str(out), "--study-date", "20220101")
+    assert synced.returncode == 1, synced.stderr
+    assert not list(out.rglob("*.dcm"))
+
+    # catalog pull splits the day by time of day: every study, whole.
+    for name, scope in (("day", ("--study-date", "20220101")), ("all", ())):
+        db = tmp_path / f"{name}.duckdb"
+        pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *scope)
+        assert pulled.returncode == 0, pulled.stderr
+        with duckdb.connect(str(db), read_only=True) as con:
+            found = {uid for (uid,) in con.execute("SELECT study_uid FROM studies").fetchall()}
+        assert found == every, name

@@ -157,3 +157,35 @@ def test_a_catalog_pull_of_an_orthanc_that_cuts_its_search_finds_every_study(
     assert synced.returncode == 0, synced.stderr
     assert json.loads(synced.stdout)["instances"]["downloaded"] == 10
     assert {p.parts[-3] for p in out.rglob("*.dcm")} == set(studies)
+
+
+def test_a_day_orthanc_cuts_is_exit_1_and_a_catalog_pull_splits_it_by_time(
+    capped: OrthancServer, tmp_path: Path
+) -> None:
+    """The nightly `sync --study-date DAY`, 10 studies of that day behind `LimitFindResults:
+    4`: the windows that check a short listing were the days before and after the one listed,
+    outside the search, so the 5 studies Orthanc sent were taken for the whole day, exit 0.
+    The day is now also asked for in two StudyTime windows: exit 1, nothing downloaded; and a
+    catalog pull of the day splits it by time of day until each answer is whole: all 10."""
+    capped.reset()
+    spec = SynthSpec(studies=10, series=1, instances=1, size=1024, seed=75,
+                     study_dates=("20200601", "20200601"))  # fmt: skip
+    instances = generate(tmp_path / "source", spec)
+    for instance in instances:
+        assert capped.upload(instance.path)["Status"] == "Success"
+    url, day = capped.dicomweb_url, ("--study-date", "20200601")
+
+    out = tmp_path / "out"
+    synced = run_installed("sync", "--url", url, "-o", str(out), "--json", *day)
+    assert synced.returncode == 1, synced.stderr
+    error = json.loads(synced.stdout)["error"]
+    assert "StudyDate 20200601 and StudyTime" in error and "LimitFindResults" in error, error
+    assert not list(out.rglob("*.dcm"))
+
+    db = tmp_path / "day.duckdb"
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *day)
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["studies"] == 10
+    night = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
+    assert night.returncode == 0, night.stderr
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == {i.study_uid for i in instances}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dlstudy.catalog.windows import Window, recent
+from dlstudy.catalog.windows import Window, recent, windows_to_check
+from dlstudy.dicomweb.search import StudyRecord
 
 
 def test_the_root_without_dates_asks_no_studydate_and_splits_into_open_ends() -> None:
@@ -41,3 +42,31 @@ def test_halves_cover_the_window_down_to_one_second() -> None:
 def test_recent_days_are_open_ended() -> None:
     window = recent(7, today=dt.date(2026, 12, 5))
     assert window.params() == [("StudyDate", "20261128-")]
+
+
+def _studies(*dated: tuple[str | None, str | None]) -> list[StudyRecord]:
+    return [StudyRecord(f"1.2.{n}", study_date=d, study_time=t) for n, (d, t) in enumerate(dated)]
+
+
+def test_a_short_page_of_one_day_is_checked_by_the_times_of_that_day() -> None:
+    """A one-day window has no date halves: it was taken as whole unasked."""
+    day = Window.root("20220101")
+    page = _studies(("20220101", "080000"), ("20220101", "100000"))
+    assert [w.key for w in windows_to_check(day, page)] == [
+        "20220101-20220101 000000-090000",
+        "20220101-20220101 090001-235959",
+    ]
+    # Inside a window of the day's seconds, only within them.
+    morning = Window.from_key("20220101-20220101 060000-115959")
+    assert [w.key for w in windows_to_check(morning, page)] == [
+        "20220101-20220101 060000-090000",
+        "20220101-20220101 090001-115959",
+    ]
+    # Over more days: the days around it, and its times.
+    assert len(windows_to_check(Window.root(None), page)) == 4
+
+
+def test_a_short_page_without_dates_is_checked_by_its_windows_halves() -> None:
+    page = _studies((None, None), ("", "080000"))
+    assert windows_to_check(Window.root(None), page) == list(Window.root(None).split())
+    assert windows_to_check(Window.root("20220101"), page) == []
