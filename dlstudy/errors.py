@@ -116,6 +116,8 @@ class IncompleteListingError(DlstudyError):
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(message)
         self.url = url  # redacted
+        # A study search's: the UIDs it did list (and handed on), when known.
+        self.listed: set[str] | None = None
 
 
 class TransferError(DlstudyError):

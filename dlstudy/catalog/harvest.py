@@ -88,8 +88,10 @@ class Harvester:
         recent_days: int,
         full: bool,
         level: str,
+        page_size_option: str | None = "--page-size",
     ) -> None:
         self.catalog = catalog
+        self.page_size_option = page_size_option  # named when the server's cap is found
         self.transport = transport
         self.query = query
         self.page_size = page_size
@@ -302,12 +304,15 @@ class Harvester:
         if not paged_on and not await self._dates_bring_more(pull, window, page.records):
             self.whole_below = max(self.whole_below, length)
             return False
-        log.warning(
-            "the server cuts pages at %d results without saying so: --page-size %d spares a "
-            "request",
-            length,
-            length,
-        )
+        if self.page_size_option is None:
+            log.warning("the server cuts pages at %d results without saying so", length)
+        else:
+            log.warning(
+                "the server cuts pages at %d results without saying so: %s %d spares a request",
+                length,
+                self.page_size_option,
+                length,
+            )
         self.silent_cap = length
         await self.db(self.catalog.set_meta, "silent_cap", str(length))
         if self.offset_ok is None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import StorageError, UsageError
 from ..store.orphans import remove_orphans
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import duckdb
 
     from ..dicomweb.search import StudyQuery, StudyRecord
+
+T = TypeVar("T")
 
 EXPORT_TABLES = ("studies", "series", "changes", "pulls")
 _NAMES = ", ".join(name for name, _ in STUDY_COLUMNS)
@@ -150,7 +152,7 @@ class CatalogBatches:
     selection until its last row is read: every column of it would take about twice the memory).
     Made before the output folder is, so that a catalog that cannot be read (held, damaged,
     not pulled, a bad --where) stops sync first: `__init__` opens it, `select` runs the query
-    (which `interrupt`, from another thread, stops), `close()` closes it."""
+    (`off_loop` runs it and `next_batch` off the event loop), `close()` closes it."""
 
     def __init__(self, path: Path, size: int = 10_000) -> None:
         self._path = path
@@ -164,9 +166,29 @@ class CatalogBatches:
         sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
         self._rows = iter_rows(_run(self._db, self._path, sql, params))
 
-    def interrupt(self) -> None:
-        """Stop the query running in another thread (it raises there)."""
-        self._db.interrupt()
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (select, next_batch) in a worker thread. Cancelled (Ctrl-C, SIGTERM, a
+        cron timeout), it stops DuckDB's query there rather than wait for it, however long the
+        selection takes; the connection is free once this returns or raises."""
+        import threading
+
+        import anyio
+
+        done = threading.Event()
+
+        def call() -> T:
+            try:
+                return fn(*args)
+            finally:
+                done.set()
+
+        try:
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            self._db.interrupt()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(done.wait)
+            raise
 
     def next_batch(self) -> list[StudyRecord]:
         """The next batch; empty once every study was read."""

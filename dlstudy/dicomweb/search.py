@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import UsageError
+from ..errors import IncompleteListingError, UsageError
 from ..flow.retry import RetryPolicy
 from ..http.auth import auth_from_settings
 from ..http.client import Transport, require_asyncio
@@ -306,12 +306,16 @@ async def walk_studies(
 
     for modality in query.modalities or (None,):
         dates = ListedDates()
-        # False (404) is what some servers answer for "no match".
-        if await pager.walk(
-            url, query.params(modality), TAG_STUDY_UID, each=keep, keyless=keyless,
-            page_read=page_read,
-        ):  # fmt: skip
-            await check_whole(checker, url, query.params(modality), pager.last_listed, dates)
+        try:
+            # False (404) is what some servers answer for "no match".
+            if await pager.walk(
+                url, query.params(modality), TAG_STUDY_UID, each=keep, keyless=keyless,
+                page_read=page_read,
+            ):  # fmt: skip
+                await check_whole(checker, url, query.params(modality), pager.last_listed, dates)
+        except IncompleteListingError as exc:  # what was handed on, for a caller that goes on
+            exc.listed = listed if listed is not None else pager.last_listed
+            raise
 
 
 async def search_async(

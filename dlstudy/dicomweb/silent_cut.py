@@ -91,7 +91,7 @@ async def check_whole(
             "it had not sent (a cap on search results that the server does not announce, such "
             "as Orthanc's LimitFindResults): search in --study-date windows that each hold "
             "fewer studies than the cap, let 'dlstudy catalog pull' split the search by date "
-            "(then 'sync --catalog'), or lift the cap",
+            "and time of day (as 'sync' does by itself), or lift the cap",
             url=shown,
         )
 

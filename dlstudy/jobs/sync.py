@@ -14,13 +14,12 @@ gained instances since.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -28,7 +27,14 @@ from ..dicomweb.search import StudyQuery, StudyRecord, stream_async
 from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
 from ..engine.workers import standing_by_for
-from ..errors import DlstudyError, ExitStatus, NothingMatchedError, Terminated, UsageError
+from ..errors import (
+    DlstudyError,
+    ExitStatus,
+    IncompleteListingError,
+    NothingMatchedError,
+    Terminated,
+    UsageError,
+)
 from ..flow.retry import RetryPolicy, RetryTally
 from ..flow.signals import stop_on_signals
 from ..http.urls import is_valid_uid, redact_url
@@ -37,6 +43,7 @@ from ..report.events import EventSink, emit
 from ..report.landed import ReportWriter, run_report
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import LIST_LIMIT, Summary
+from ..report.words import counted
 from ..settings import Settings, processes_for
 from ..store.completion import complete_from_index, is_complete
 from ..store.files import Store
@@ -47,7 +54,7 @@ from .download import download_async, report_present, run_to_end, validate
 if TYPE_CHECKING:
     from ..catalog.query import CatalogBatches
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -190,31 +197,11 @@ async def _open_catalog(catalog: tuple[Path, str | None], query: StudyQuery) -> 
     path, where = catalog
     batches = await anyio.to_thread.run_sync(CatalogBatches, path)
     try:
-        await _interruptible(batches, batches.select, where, query)
+        await batches.off_loop(batches.select, where, query)
     except BaseException:
         batches.close()
         raise
     return batches
-
-
-async def _interruptible(batches: CatalogBatches, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in a worker thread. Cancelled (Ctrl-C, SIGTERM, a cron timeout), it stops
-    DuckDB's query there rather than wait for it, however long the selection takes."""
-    done = threading.Event()
-
-    def call() -> T:
-        try:
-            return fn(*args)
-        finally:
-            done.set()
-
-    try:
-        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
-        batches.interrupt()
-        with anyio.CancelScope(shield=True):  # the connection is closed only once it is free
-            await anyio.to_thread.run_sync(done.wait)
-        raise
 
 
 async def _search_and_download(
@@ -268,7 +255,14 @@ async def _search_and_download(
             policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
             plan.retries = policy.tally
             keyless: list[int] = []
-            await stream_async(settings, query, examine, lambda: keyless.append(1), policy=policy)
+            try:
+                await stream_async(
+                    settings, query, examine, lambda: keyless.append(1), policy=policy
+                )
+            except IncompleteListingError as exc:
+                if exc.listed is None:
+                    raise
+                await _list_again(settings, query, store, policy, plan, examine, exc.listed)
             if keyless:  # studies no one can download: the night is not whole (exit 1)
                 n = len(keyless)
                 results = "a result" if n == 1 else f"{n} results"
@@ -303,9 +297,49 @@ async def _search_and_download(
     return result
 
 
+async def _list_again(
+    settings: Settings,
+    query: StudyQuery,
+    store: Store,
+    policy: RetryPolicy,
+    plan: SyncSummary,
+    examine: Callable[[StudyRecord], None],
+    listed: set[str],
+) -> None:
+    """The search the server cut, listed again window by window (jobs/split_search.py): the
+    studies it did list were examined already; what even that walk cannot reach is a failure
+    of the night (exit 1), never a short one taken for whole."""
+    from .split_search import split_search
+
+    log.warning(
+        "the server cut the search without saying so (it sent %s): listing it again by "
+        "date and time of day, as catalog pull does",
+        counted(len(listed), "study", "studies"),
+    )
+
+    seen = set(listed)  # a study of two of the modalities searched is found twice
+
+    def rest(record: StudyRecord) -> None:
+        if record.study_uid not in seen:
+            seen.add(record.study_uid)
+            examine(record)
+
+    # A catalog is one selection: one walk a modality, as the search asked one at a time.
+    for modality in query.modalities or (None,):
+        one = replace(query, modalities=(modality,) if modality else ())
+        walk = await split_search(settings, one, store.state_dir, policy, rest)
+        if walk.unreachable != 0:
+            some = "some" if walk.unreachable is None else f"{walk.unreachable:,}"
+            reason = f"the search could not be listed completely: {some} studies unreachable"
+            said = "; ".join(walk.notes)
+            plan.failures.append(
+                Failure(None, None, None, f"{reason} ({said})" if said else reason, None)
+            )
+
+
 async def _examine_catalog(batches: CatalogBatches, examine: Callable[[StudyRecord], None]) -> None:
     """`examine` every study the catalog selects, read a batch at a time off the event loop."""
-    while batch := await _interruptible(batches, batches.next_batch):
+    while batch := await batches.off_loop(batches.next_batch):
         for record in batch:
             examine(record)
 

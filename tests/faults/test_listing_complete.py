@@ -4,6 +4,9 @@ result is listed; when paging cannot get them all, the run says so and exits 1."
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import duckdb
@@ -13,7 +16,7 @@ import pytest
 from dlstudy.server import VirtualArchive, VirtualSpec
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import instance_counts, run_installed
+from ..cli_helpers import DLSTUDY, instance_counts, run_installed
 from ..fixtures.embedded_server import StartServer
 
 pytestmark = pytest.mark.integration
@@ -84,9 +87,12 @@ def test_a_full_page_repeated_for_the_next_offset_is_no_whole_listing(
     assert result.stdout.split() == list(VirtualArchive(spec).study_uids())[:1000]
 
 
-def test_query_and_sync_exit_1_when_the_study_search_cannot_be_completed(
+def test_query_exits_1_and_sync_lists_again_a_study_search_paging_cannot_complete(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
+    """Pages of 10 (announced) from a server that ignores offset: query prints the first page
+    and exits 1; sync (which exited 1 likewise) lists the search again by date, as catalog
+    pull does, and syncs all 30."""
     spec = VirtualSpec(30, seed=5, mix="mimic")
     capped = embedded_server(None, virtual=spec, max_page_size=10, ignore_offset=True)
     result = run_installed("query", "--url", capped, "--uids")
@@ -95,12 +101,13 @@ def test_query_and_sync_exit_1_when_the_study_search_cannot_be_completed(
     # The first page is printed as it came; the error and exit 1 say the listing is not whole.
     assert result.stdout.split() == list(VirtualArchive(spec).study_uids())[:10]
 
-    synced = run_installed("sync", "--url", capped, "-o", str(tmp_path / "out"), "--json")
-    assert synced.returncode == 1
+    out = tmp_path / "out"
+    synced = run_installed("sync", "--url", capped, "-o", str(out), "--json")
+    assert synced.returncode == 0, synced.stderr
     summary = json.loads(synced.stdout)
-    assert summary["error"].startswith(f"could not list {capped}/studies completely")
-    assert summary["exit_status"] == 1
-    assert f"dlstudy: error: could not list {capped}/studies" in synced.stderr
+    assert summary["sync"]["matched"] == summary["sync"]["synced"] == 30
+    assert summary["failures"] == []
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == set(VirtualArchive(spec).study_uids())
 
     honest = embedded_server(None, virtual=spec, max_page_size=10)
     listed = run_installed("query", "--url", honest, "--uids")
@@ -166,9 +173,20 @@ def test_a_silent_cut_is_found_when_no_study_listed_has_a_date(
     assert listed.stderr.startswith(f"dlstudy: error: could not list {url}/studies completely")
     assert set(listed.stdout.split()) <= undated  # what it did send: undated ones
 
-    synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "out"), "--json")
+    # sync lists the search again as catalog pull does (below): the dated studies and the
+    # undated ones it was sent are fetched, and that more undated ones may be missing is the
+    # night's failure.
+    out = tmp_path / "out"
+    synced = run_installed("sync", "--url", url, "-o", str(out), "--json")
     assert synced.returncode == 1, synced.stderr
-    assert "could not list" in json.loads(synced.stdout)["error"]
+    summary = json.loads(synced.stdout)
+    assert summary["sync"]["matched"] == 5
+    (failure,) = summary["failures"]
+    assert failure["reason"].startswith("the search could not be listed completely: some")
+    assert "without a StudyDate" in failure["reason"]
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == (every - undated) | set(
+        listed.stdout.split()
+    )
 
     # A catalog pull splits the search by date and finds every dated study, but studies
     # without a date are found only as far as the first page: that cannot be proven whole.
@@ -198,7 +216,7 @@ def test_a_silent_cut_is_found_when_every_study_listed_is_of_one_day(
     check a short listing were the days before and after the one listed, which hold nothing
     (or lie outside the search), so the listing of 2 was taken as whole, exit 0, by `query`,
     `sync` and `catalog pull`. The day's studies are now also asked for in two StudyTime
-    windows."""
+    windows, and sync lists such a search again as catalog pull does."""
     instances = generate(tmp_path / "source", SynthSpec(
         studies=6, series=1, instances=2, size=1024, seed=92, study_dates=("20220101", "20220101")
     ))  # fmt: skip
@@ -211,10 +229,13 @@ def test_a_silent_cut_is_found_when_every_study_listed_is_of_one_day(
         assert listed.returncode == 1, (scope, listed.stdout)
         assert "could not list" in listed.stderr and "StudyTime" in listed.stderr, listed.stderr
 
+    # sync lists the cut search again, as catalog pull does: the whole day.
     out = tmp_path / "out"
     synced = run_installed("sync", "--url", url, "-o", str(out), "--study-date", "20220101")
-    assert synced.returncode == 1, synced.stderr
-    assert not list(out.rglob("*.dcm"))
+    assert synced.returncode == 0, synced.stderr
+    assert "the server cut the search without saying so (it sent 2 studies)" in synced.stderr
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == every
+    assert not (out / ".dlstudy" / "search.duckdb").exists()
 
     # catalog pull splits the day by time of day: every study, whole.
     for name, scope in (("day", ("--study-date", "20220101")), ("all", ())):
@@ -224,3 +245,51 @@ def test_a_silent_cut_is_found_when_every_study_listed_is_of_one_day(
         with duckdb.connect(str(db), read_only=True) as con:
             found = {uid for (uid,) in con.execute("SELECT study_uid FROM studies").fetchall()}
         assert found == every, name
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_a_signal_while_sync_lists_a_cut_search_again_stops_it_cleanly(
+    embedded_server: StartServer, tmp_path: Path, signum: int, status: int, said: str
+) -> None:
+    """Stopped while it listed the cut search again, sync printed an AttributeError traceback
+    (the catalog pull's summary, carried by the interruption, taken for the run's), exit 1.
+    Now: the signal's exit, its throwaway catalog removed, and a rerun syncs the whole day."""
+    instances = generate(tmp_path / "source", SynthSpec(
+        studies=6, series=1, instances=1, size=1024, seed=93, study_dates=("20220101", "20220101")
+    ))  # fmt: skip
+    url = embedded_server(tmp_path / "source", max_page_size=2, ignore_offset=True,
+                          silent_cap=True, no_counts=True, latency=0.3)  # fmt: skip
+    out = tmp_path / "out"
+    args = ["sync", "--url", url, "-o", str(out), "--study-date", "20220101"]
+    search_catalog = out / ".dlstudy" / "search.duckdb"
+    run = subprocess.Popen(
+        [DLSTUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ctrl_c_as_at_a_terminal,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not search_catalog.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert search_catalog.exists()
+        time.sleep(0.3)  # in the walk
+        run.send_signal(signum)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.communicate()
+    assert run.returncode == status, stderr
+    assert stderr.splitlines()[-1].startswith(f"dlstudy: error: {said}"), stderr
+    assert not search_catalog.exists()
+
+    again = run_installed(*args)
+    assert again.returncode == 0, again.stderr
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == {i.study_uid for i in instances}
+
+
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT at its default in the child, as a terminal's Ctrl-C finds it (a background job of
+    a non-interactive shell, as a CI runner may be, inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -81,13 +81,14 @@ def upload_studies(orthanc: OrthancServer, root: Path, count: int) -> list[str]:
     return [i.study_uid for i in instances]
 
 
-def test_a_study_search_orthanc_cuts_is_exit_1_not_a_short_sync(
+def test_a_study_search_orthanc_cuts_is_exit_1_for_query_and_listed_again_by_sync(
     capped: OrthancServer, tmp_path: Path
 ) -> None:
     """10 studies, `LimitFindResults: 4`: Orthanc sends 5 and nothing at any offset. Paging
     ends there, and `query` and `sync` exited 0 with half the archive (`sync` downloaded it).
-    A search of each half of the dates listed brings studies the search did not: exit 1,
-    saying why; narrowed by --study-date to 5 studies, the same search is whole."""
+    A search of each half of the dates listed brings studies the search did not: `query`
+    exits 1, saying why; `sync` lists the search again by date, as catalog pull does, and
+    syncs all 10; narrowed by --study-date to 5 studies, the same search is whole."""
     capped.reset()
     studies = upload_studies(capped, tmp_path / "source", 10)
     url = capped.dicomweb_url
@@ -99,11 +100,12 @@ def test_a_study_search_orthanc_cuts_is_exit_1_not_a_short_sync(
     assert "LimitFindResults" in line and "--study-date" in line
     assert len(set(listed.stdout.split()) & set(studies)) == 5  # what it did send, printed
 
-    synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "out"), "--json")
-    assert synced.returncode == 1, synced.stderr
-    error = json.loads(synced.stdout)["error"]
-    assert "LimitFindResults" in error and "'dlstudy catalog pull' split" in error
-    assert not list((tmp_path / "out").rglob("*.dcm"))  # as for any search it cannot complete
+    out = tmp_path / "out"
+    synced = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    assert synced.returncode == 0, synced.stderr
+    assert "the server cut the search without saying so (it sent 5 studies)" in synced.stderr
+    assert json.loads(synced.stdout)["sync"]["synced"] == 10
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == set(studies)
 
     narrowed = run_installed("query", "--url", url, "--uids", "--study-date", "20200301-20201001")
     assert narrowed.returncode == 0, narrowed.stderr
@@ -159,14 +161,15 @@ def test_a_catalog_pull_of_an_orthanc_that_cuts_its_search_finds_every_study(
     assert {p.parts[-3] for p in out.rglob("*.dcm")} == set(studies)
 
 
-def test_a_day_orthanc_cuts_is_exit_1_and_a_catalog_pull_splits_it_by_time(
+def test_a_day_orthanc_cuts_is_listed_again_by_time_of_day(
     capped: OrthancServer, tmp_path: Path
 ) -> None:
     """The nightly `sync --study-date DAY`, 10 studies of that day behind `LimitFindResults:
     4`: the windows that check a short listing were the days before and after the one listed,
     outside the search, so the 5 studies Orthanc sent were taken for the whole day, exit 0.
-    The day is now also asked for in two StudyTime windows: exit 1, nothing downloaded; and a
-    catalog pull of the day splits it by time of day until each answer is whole: all 10."""
+    The day is now also asked for in two StudyTime windows: `query` exits 1; `sync` lists the
+    day again, split by time of day until each answer is whole, as a catalog pull of the day
+    does: all 10."""
     capped.reset()
     spec = SynthSpec(studies=10, series=1, instances=1, size=1024, seed=75,
                      study_dates=("20200601", "20200601"))  # fmt: skip
@@ -175,12 +178,16 @@ def test_a_day_orthanc_cuts_is_exit_1_and_a_catalog_pull_splits_it_by_time(
         assert capped.upload(instance.path)["Status"] == "Success"
     url, day = capped.dicomweb_url, ("--study-date", "20200601")
 
+    listed = run_installed("query", "--url", url, "--uids", *day)
+    assert listed.returncode == 1, listed.stdout
+    assert "StudyDate 20200601 and StudyTime" in listed.stderr, listed.stderr
+    assert "LimitFindResults" in listed.stderr
+
     out = tmp_path / "out"
     synced = run_installed("sync", "--url", url, "-o", str(out), "--json", *day)
-    assert synced.returncode == 1, synced.stderr
-    error = json.loads(synced.stdout)["error"]
-    assert "StudyDate 20200601 and StudyTime" in error and "LimitFindResults" in error, error
-    assert not list(out.rglob("*.dcm"))
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["sync"]["synced"] == 10
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == {i.study_uid for i in instances}
 
     db = tmp_path / "day.duckdb"
     pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *day)
@@ -188,4 +195,4 @@ def test_a_day_orthanc_cuts_is_exit_1_and_a_catalog_pull_splits_it_by_time(
     assert json.loads(pulled.stdout)["studies"] == 10
     night = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
     assert night.returncode == 0, night.stderr
-    assert {p.parts[-3] for p in out.rglob("*.dcm")} == {i.study_uid for i in instances}
+    assert json.loads(night.stdout)["sync"]["already_complete"] == 10
