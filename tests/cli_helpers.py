@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,14 @@ def instance_counts(
         "moved": moved,
         "failed": failed,
     }
+
+
+# Ctrl-C and SIGTERM, with the exit status and the word a stopped run ends on.
+STOP_SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+
+
+def ctrl_c_as_at_a_terminal() -> None:
+    """In the child, before dlstudy starts (a `preexec_fn`): SIGINT at its default, as a
+    terminal's Ctrl-C finds it. A background job of a non-interactive shell (a CI runner may
+    be one) inherits it ignored, and POSIX has it stay so: the signal then does nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

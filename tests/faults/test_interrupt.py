@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ..cli_helpers import DLSTUDY, _clean_environment
+from ..cli_helpers import DLSTUDY, _clean_environment, ctrl_c_as_at_a_terminal
 from ..fixtures.embedded_server import StartServer, SynthStudy
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def test_ctrl_c_while_the_cli_starts_is_a_line_not_a_traceback() -> None:
             stderr=subprocess.PIPE,
             text=True,
             env=_clean_environment(None),
-            preexec_fn=_ctrl_c_as_at_a_terminal,
+            preexec_fn=ctrl_c_as_at_a_terminal,
         )
         time.sleep(first + (whole - first) * step / steps)
         process.send_signal(signal.SIGINT)
@@ -118,7 +118,7 @@ def test_a_signal_while_the_list_is_read_ends_with_the_json_summary(
         stderr=subprocess.PIPE,
         text=True,
         env=_clean_environment(None),
-        preexec_fn=_ctrl_c_as_at_a_terminal,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
     _wait_until_reading_stdin(process.pid)
     process.send_signal(signum)
@@ -161,13 +161,6 @@ def test_sigterm_at_any_moment_of_a_sync_prints_its_json_summary(
         assert (summary["error"], summary["exit_status"]) == ("terminated", 143), stderr
         assert [p for p in out.rglob("*") if p.name.endswith(".part")] == []
     assert handled >= steps // 3
-
-
-def _ctrl_c_as_at_a_terminal() -> None:
-    """In the child, before dlstudy starts: SIGINT at its default, as a terminal's Ctrl-C finds
-    it. A background job of a non-interactive shell (a CI runner may be one) inherits it
-    ignored, and POSIX has it stay so: the signal then does nothing, by design."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until_reading_stdin(pid: int) -> None:

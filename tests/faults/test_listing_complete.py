@@ -4,7 +4,6 @@ result is listed; when paging cannot get them all, the run says so and exits 1."
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,13 @@ import pytest
 from dlstudy.server import VirtualArchive, VirtualSpec
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import DLSTUDY, instance_counts, run_installed
+from ..cli_helpers import (
+    DLSTUDY,
+    STOP_SIGNALS,
+    ctrl_c_as_at_a_terminal,
+    instance_counts,
+    run_installed,
+)
 from ..fixtures.embedded_server import StartServer
 
 pytestmark = pytest.mark.integration
@@ -249,7 +254,7 @@ def test_a_silent_cut_is_found_when_every_study_listed_is_of_one_day(
 
 @pytest.mark.parametrize(
     ("signum", "status", "said"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    STOP_SIGNALS,
 )
 def test_a_signal_while_sync_lists_a_cut_search_again_stops_it_cleanly(
     embedded_server: StartServer, tmp_path: Path, signum: int, status: int, said: str
@@ -267,7 +272,7 @@ def test_a_signal_while_sync_lists_a_cut_search_again_stops_it_cleanly(
     search_catalog = out / ".dlstudy" / "search.duckdb"
     run = subprocess.Popen(
         [DLSTUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_ctrl_c_as_at_a_terminal,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -287,9 +292,3 @@ def test_a_signal_while_sync_lists_a_cut_search_again_stops_it_cleanly(
     again = run_installed(*args)
     assert again.returncode == 0, again.stderr
     assert {p.parts[-3] for p in out.rglob("*.dcm")} == {i.study_uid for i in instances}
-
-
-def _ctrl_c_as_at_a_terminal() -> None:
-    """SIGINT at its default in the child, as a terminal's Ctrl-C finds it (a background job of
-    a non-interactive shell, as a CI runner may be, inherits it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

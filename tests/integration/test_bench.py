@@ -27,7 +27,7 @@ from dlstudy.bench.report import BenchReport, CellResult, percentile
 from dlstudy.http.curl import CurlTransport
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import DLSTUDY, run_cli, run_installed
+from ..cli_helpers import DLSTUDY, STOP_SIGNALS, run_cli, run_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 from ..fixtures.orthanc import OrthancServer
 from ..tools import missing_tool
@@ -607,7 +607,7 @@ def test_a_run_with_failures_is_not_in_the_speed_median(
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("signum", "status", "said"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    STOP_SIGNALS,
 )
 @pytest.mark.parametrize("form", ["json", "table"])
 def test_a_stopped_bench_prints_what_it_measured(

@@ -23,7 +23,7 @@ from dlstudy.server.options import ServerOptions
 from dlstudy.server.run import running_server
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import DLSTUDY, run_installed
+from ..cli_helpers import DLSTUDY, STOP_SIGNALS, ctrl_c_as_at_a_terminal, run_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
@@ -794,7 +794,7 @@ def test_ctrl_c_while_duckdb_runs_a_query_is_an_interrupt(
     run = subprocess.Popen(
         [DLSTUDY, "catalog", "query", "--db", str(db), "--sql", ENDLESS_SQL],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_ctrl_c_as_at_a_terminal,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )  # fmt: skip
     try:
         time.sleep(1.5)  # the query is running (or the CLI still starting: an interrupt too)
@@ -809,7 +809,7 @@ def test_ctrl_c_while_duckdb_runs_a_query_is_an_interrupt(
 
 @pytest.mark.parametrize(
     ("signum", "status", "said"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    STOP_SIGNALS,
 )
 def test_a_signal_stops_sync_while_the_catalog_selects_its_studies(
     embedded_server: StartServer, tmp_path: Path, signum: int, status: int, said: str
@@ -823,7 +823,7 @@ def test_a_signal_stops_sync_while_the_catalog_selects_its_studies(
         [DLSTUDY, "sync", "--url", url, "--catalog", str(db), "-o", str(out),
          "--where", f"({ENDLESS_SQL}) > 0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_ctrl_c_as_at_a_terminal,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )  # fmt: skip
     try:
         time.sleep(2)  # the selection is running (or the CLI still starting: a stop too)
@@ -835,9 +835,3 @@ def test_a_signal_stops_sync_while_the_catalog_selects_its_studies(
     assert run.returncode == status, stderr
     assert stderr.splitlines()[-1].startswith(f"dlstudy: error: {said}"), stderr
     assert not out.exists()  # stopped before the output folder was made
-
-
-def _ctrl_c_as_at_a_terminal() -> None:
-    """SIGINT at its default in the child, as a terminal's Ctrl-C finds it (a background job of
-    a non-interactive shell, as a CI runner may be, inherits it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
