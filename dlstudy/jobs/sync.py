@@ -312,8 +312,8 @@ async def _list_again(
     from .split_search import split_search
 
     log.warning(
-        "the server cut the search without saying so (it sent %s): listing it again by "
-        "date and time of day, as catalog pull does",
+        "the server cut the search (it sent %s, and nothing past them): listing it again "
+        "by date and time of day, as catalog pull does",
         counted(len(listed), "study", "studies"),
     )
 

@@ -59,9 +59,8 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
             fp.seek(0)
             # (no pid when OUT/.dlstudy was deleted under the run: this lock file is new)
             pid = fp.read().strip()
-            in_use = f"output folder {str(state_dir.parent)!r} is in use by another dlstudy run" + (
-                f" (pid {pid})" if pid else ""
-            )
+            by = f"another dlstudy run (pid {pid})" if pid else "another dlstudy run"
+            in_use = f"output folder {str(state_dir.parent)!r} is in use by {by}"
             if not wait:
                 raise LockedError(
                     f"{in_use}; use --wait to wait for it", path=str(state_dir.parent)
