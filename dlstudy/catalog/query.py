@@ -151,8 +151,29 @@ class CatalogBatches:
     time, each with only its UID and instance count: all sync reads (DuckDB holds the sorted
     selection until its last row is read: every column of it would take about twice the memory).
     Made before the output folder is, so that a catalog that cannot be read (held, damaged,
-    not pulled, a bad --where) stops sync first: `__init__` opens it, `select` runs the query
-    (`off_loop` runs it and `next_batch` off the event loop), `close()` closes it."""
+    not pulled, a bad --where) stops sync first: `selected` opens it and runs the query,
+    `for_each` reads it, both off the event loop; `close()` closes it."""
+
+    @classmethod
+    async def selected(
+        cls, path: Path, where: str | None, query: StudyQuery | None
+    ) -> CatalogBatches:
+        """The catalog at `path` opened and its selection made (closed again if that fails)."""
+        import anyio  # (sync alone reads a catalog this way: `catalog query` need not load it)
+
+        batches = await anyio.to_thread.run_sync(cls, path)
+        try:
+            await batches.off_loop(batches.select, where, query)
+        except BaseException:
+            batches.close()
+            raise
+        return batches
+
+    async def for_each(self, each: Callable[[StudyRecord], object]) -> None:
+        """`each` study selected, read a batch at a time off the event loop."""
+        while batch := await self.off_loop(self.next_batch):
+            for record in batch:
+                each(record)
 
     def __init__(self, path: Path, size: int = 10_000) -> None:
         self._path = path
@@ -172,7 +193,7 @@ class CatalogBatches:
         selection takes; the connection is free once this returns or raises."""
         import threading
 
-        import anyio
+        import anyio  # (as in `selected`)
 
         done = threading.Event()
 

@@ -45,12 +45,9 @@ async def split_search(
     try:
         with writing(path):
             summary = await _pull(settings, query, path, policy)
-            batches = await anyio.to_thread.run_sync(CatalogBatches, path)
+            batches = await CatalogBatches.selected(path, None, None)
             try:
-                await batches.off_loop(batches.select, None, None)
-                while batch := await batches.off_loop(batches.next_batch):
-                    for record in batch:
-                        each(record)
+                await batches.for_each(each)
             finally:
                 batches.close()
         return summary

@@ -21,8 +21,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from ..dicomweb.search import StudyQuery, StudyRecord, stream_async
 from ..dicomweb.shard import Shard
 from ..engine.standby import standing_by
@@ -167,8 +165,13 @@ async def _sync(
     validate(settings, ["0"])  # the options alone: the study UIDs come from the search
     if settings.series or settings.modalities:
         raise UsageError("sync downloads whole studies: series and modality filters do not apply")
-    # Opened before the output folder is made: a catalog that cannot be read leaves nothing.
-    selection = await _open_catalog(catalog, query) if catalog is not None else None
+    selection: CatalogBatches | None = None
+    if (
+        catalog is not None
+    ):  # opened before the output folder is made: one unreadable leaves nothing
+        from ..catalog.query import CatalogBatches
+
+        selection = await CatalogBatches.selected(*catalog, query)
     try:
         store = Store(settings.output, settings.layout)
         store.prepare()
@@ -189,19 +192,6 @@ async def _sync(
     finally:
         if selection is not None:
             selection.close()
-
-
-async def _open_catalog(catalog: tuple[Path, str | None], query: StudyQuery) -> CatalogBatches:
-    from ..catalog.query import CatalogBatches
-
-    path, where = catalog
-    batches = await anyio.to_thread.run_sync(CatalogBatches, path)
-    try:
-        await batches.off_loop(batches.select, where, query)
-    except BaseException:
-        batches.close()
-        raise
-    return batches
 
 
 async def _search_and_download(
@@ -250,7 +240,7 @@ async def _search_and_download(
 
     try:
         if catalog is not None:  # what the catalog knows: no search of the server at all
-            await _examine_catalog(catalog, examine)
+            await catalog.for_each(examine)
         else:
             policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
             plan.retries = policy.tally
@@ -317,7 +307,7 @@ async def _list_again(
         counted(len(listed), "study", "studies"),
     )
 
-    seen = set(listed)  # a study of two of the modalities searched is found twice
+    seen = listed  # (the cut search's, grown here: a study of two modalities comes twice)
 
     def rest(record: StudyRecord) -> None:
         if record.study_uid not in seen:
@@ -335,13 +325,6 @@ async def _list_again(
             plan.failures.append(
                 Failure(None, None, None, f"{reason} ({said})" if said else reason, None)
             )
-
-
-async def _examine_catalog(batches: CatalogBatches, examine: Callable[[StudyRecord], None]) -> None:
-    """`examine` every study the catalog selects, read a batch at a time off the event loop."""
-    while batch := await batches.off_loop(batches.next_batch):
-        for record in batch:
-            examine(record)
 
 
 def _combine(plan: SyncSummary, result: Summary | None) -> SyncSummary:
