@@ -252,10 +252,7 @@ def test_a_silent_cut_is_found_when_every_study_listed_is_of_one_day(
         assert found == every, name
 
 
-@pytest.mark.parametrize(
-    ("signum", "status", "said"),
-    STOP_SIGNALS,
-)
+@pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
 def test_a_signal_while_sync_lists_a_cut_search_again_stops_it_cleanly(
     embedded_server: StartServer, tmp_path: Path, signum: int, status: int, said: str
 ) -> None:

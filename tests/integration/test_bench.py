@@ -605,10 +605,7 @@ def test_a_run_with_failures_is_not_in_the_speed_median(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(
-    ("signum", "status", "said"),
-    STOP_SIGNALS,
-)
+@pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
 @pytest.mark.parametrize("form", ["json", "table"])
 def test_a_stopped_bench_prints_what_it_measured(
     tmp_path: Path,

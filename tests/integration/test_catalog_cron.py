@@ -807,10 +807,7 @@ def test_ctrl_c_while_duckdb_runs_a_query_is_an_interrupt(
     assert stderr.splitlines() == ["dlstudy: interrupted"]
 
 
-@pytest.mark.parametrize(
-    ("signum", "status", "said"),
-    STOP_SIGNALS,
-)
+@pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
 def test_a_signal_stops_sync_while_the_catalog_selects_its_studies(
     embedded_server: StartServer, tmp_path: Path, signum: int, status: int, said: str
 ) -> None:

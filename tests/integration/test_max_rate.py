@@ -48,21 +48,31 @@ def test_a_run_keeps_under_its_max_rate(
     assert summary["concurrency"] == 2  # one transfer per 512 KiB/s of the cap
 
 
-def test_worker_processes_share_the_max_rate(embedded_server: StartServer, tmp_path: Path) -> None:
-    """--workers 2: each process keeps to half of the cap, so the run keeps to all of it."""
-    spec = SynthSpec(series=2, instances=60, size=24 * 1024, seed=81)
-    instances = generate(tmp_path / "source", spec)
+def capped_instance_run(
+    embedded_server: StartServer, tmp_path: Path, instances: int, seed: int, workers: str
+) -> tuple[dict, float]:  # type: ignore[type-arg]
+    """A study of 2 series of `instances` 24 KiB instances, one request each, under a 1 MiB/s
+    cap with `--workers N`: every file as served, exit 0; the summary and the wall time."""
+    spec = SynthSpec(series=2, instances=instances, size=24 * 1024, seed=seed)
+    files = generate(tmp_path / "source", spec)
     url = embedded_server(tmp_path / "source")
     out = tmp_path / "out"
 
     code, summary, stderr, took = timed_download(
-        url, instances[0].study_uid, out, "--max-rate", "1M", "--workers", "2",
+        url, files[0].study_uid, out, "--max-rate", "1M", "--workers", workers,
         "--mode", "instance",
     )  # fmt: skip
 
     assert code == 0, stderr
+    assert_same_files(files, out)
+    return summary, took
+
+
+def test_worker_processes_share_the_max_rate(embedded_server: StartServer, tmp_path: Path) -> None:
+    """--workers 2: each process keeps to half of the cap, so the run keeps to all of it."""
+    summary, took = capped_instance_run(embedded_server, tmp_path, 60, seed=81, workers="2")
+
     assert summary["processes"] == 2
-    assert_same_files(instances, out)
     assert took >= summary["bytes"] / MIB
 
 
@@ -73,19 +83,9 @@ def test_workers_that_do_not_start_leave_the_whole_cap_to_the_run(
     so none starts, and the one process ran at a third of the cap (three times as long as the
     cap allows). The one upper bound on time here: a run that mostly sleeps, which a busy
     machine hardly slows."""
-    spec = SynthSpec(series=2, instances=80, size=24 * 1024, seed=83)
-    instances = generate(tmp_path / "source", spec)
-    url = embedded_server(tmp_path / "source")
-    out = tmp_path / "out"
+    summary, took = capped_instance_run(embedded_server, tmp_path, 80, seed=83, workers="3")
 
-    code, summary, stderr, took = timed_download(
-        url, instances[0].study_uid, out, "--max-rate", "1M", "--workers", "3",
-        "--mode", "instance",
-    )  # fmt: skip
-
-    assert code == 0, stderr
     assert summary["processes"] == 1  # no transfer left over for a worker
-    assert_same_files(instances, out)
     at_the_cap = summary["bytes"] / MIB  # seconds; at a third of it, three times as long
     assert at_the_cap <= took < 1.5 * at_the_cap + 1, (took, at_the_cap)
 
