@@ -8,6 +8,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,27 @@ def ctrl_c_as_at_a_terminal() -> None:
     terminal's Ctrl-C finds it. A background job of a non-interactive shell (a CI runner may
     be one) inherits it ignored, and POSIX has it stay so: the signal then does nothing."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop_installed(
+    *args: str, signum: int, after: float = 0.0, ready: Callable[[], bool] | None = None
+) -> tuple[int, str]:
+    """The installed `dlstudy ARGS...`, SIGINT at its default (as at a terminal), sent `signum`
+    once `ready()` holds (waited for at most 60 s) and `after` seconds more: its exit status
+    and stderr. Killed whatever happens, so a test that fails leaves no run behind."""
+    run = subprocess.Popen(
+        [DLSTUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_as_at_a_terminal,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while ready is not None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready is None or ready(), f"dlstudy {' '.join(args)}: never got ready"
+        time.sleep(after)
+        run.send_signal(signum)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.communicate()
+    return run.returncode, stderr

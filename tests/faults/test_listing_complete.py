@@ -4,8 +4,6 @@ result is listed; when paging cannot get them all, the run says so and exits 1."
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from pathlib import Path
 
 import duckdb
@@ -16,11 +14,10 @@ from dlstudy.server import VirtualArchive, VirtualSpec
 from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import (
-    DLSTUDY,
     STOP_SIGNALS,
-    ctrl_c_as_at_a_terminal,
     instance_counts,
     run_installed,
+    stop_installed,
 )
 from ..fixtures.embedded_server import StartServer
 
@@ -267,22 +264,13 @@ def test_a_signal_while_sync_lists_a_cut_search_again_stops_it_cleanly(
     out = tmp_path / "out"
     args = ["sync", "--url", url, "-o", str(out), "--study-date", "20220101"]
     search_catalog = out / ".dlstudy" / "search.duckdb"
-    run = subprocess.Popen(
-        [DLSTUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=ctrl_c_as_at_a_terminal,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not search_catalog.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert search_catalog.exists()
-        time.sleep(0.3)  # in the walk
-        run.send_signal(signum)
-        _, stderr = run.communicate(timeout=60)
-    finally:
-        run.kill()
-        run.communicate()
-    assert run.returncode == status, stderr
+    returncode, stderr = stop_installed(
+        *args,
+        signum=signum,
+        ready=search_catalog.exists,
+        after=0.3,  # (in the walk)
+    )
+    assert returncode == status, stderr
     assert stderr.splitlines()[-1].startswith(f"dlstudy: error: {said}"), stderr
     assert not search_catalog.exists()
 

@@ -23,7 +23,7 @@ from dlstudy.server.options import ServerOptions
 from dlstudy.server.run import running_server
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import DLSTUDY, STOP_SIGNALS, ctrl_c_as_at_a_terminal, run_installed
+from ..cli_helpers import DLSTUDY, STOP_SIGNALS, run_installed, stop_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
@@ -791,19 +791,11 @@ def test_ctrl_c_while_duckdb_runs_a_query_is_an_interrupt(
     `RuntimeError: Query interrupted`: that was a traceback and exit 1."""
     db = tmp_path / "c.duckdb"
     pull(embedded_server(None, virtual=VirtualSpec(5)), db)
-    run = subprocess.Popen(
-        [DLSTUDY, "catalog", "query", "--db", str(db), "--sql", ENDLESS_SQL],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=ctrl_c_as_at_a_terminal,
-    )  # fmt: skip
-    try:
-        time.sleep(1.5)  # the query is running (or the CLI still starting: an interrupt too)
-        run.send_signal(signal.SIGINT)
-        _, stderr = run.communicate(timeout=60)
-    finally:
-        run.kill()  # (a test that failed leaves no endless query behind)
-        run.communicate()
-    assert run.returncode == 130, stderr
+    # After 1.5 s the query is running (or the CLI still starting: an interrupt too).
+    returncode, stderr = stop_installed(
+        "catalog", "query", "--db", str(db), "--sql", ENDLESS_SQL, signum=signal.SIGINT, after=1.5
+    )
+    assert returncode == 130, stderr
     assert stderr.splitlines() == ["dlstudy: interrupted"]
 
 
@@ -816,19 +808,11 @@ def test_a_signal_stops_sync_while_the_catalog_selects_its_studies(
     url = embedded_server(None, virtual=VirtualSpec(5))
     db, out = tmp_path / "c.duckdb", tmp_path / "out"
     pull(url, db)
-    run = subprocess.Popen(
-        [DLSTUDY, "sync", "--url", url, "--catalog", str(db), "-o", str(out),
-         "--where", f"({ENDLESS_SQL}) > 0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=ctrl_c_as_at_a_terminal,
+    # After 2 s the selection is running (or the CLI still starting: a stop too).
+    returncode, stderr = stop_installed(
+        "sync", "--url", url, "--catalog", str(db), "-o", str(out),
+        "--where", f"({ENDLESS_SQL}) > 0", signum=signum, after=2,
     )  # fmt: skip
-    try:
-        time.sleep(2)  # the selection is running (or the CLI still starting: a stop too)
-        run.send_signal(signum)
-        _, stderr = run.communicate(timeout=60)
-    finally:
-        run.kill()
-        run.communicate()
-    assert run.returncode == status, stderr
+    assert returncode == status, stderr
     assert stderr.splitlines()[-1].startswith(f"dlstudy: error: {said}"), stderr
     assert not out.exists()  # stopped before the output folder was made
