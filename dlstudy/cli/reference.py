@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer.main
+from rich.text import Text
 
 from .app import build_app
 
@@ -39,9 +40,10 @@ def markdown() -> str:
 def _command(name: str, command: Any) -> str:
     arguments = [p for p in command.params if p.param_type_name == "argument"]
     usage = " ".join([f"dlstudy {name}", "[OPTIONS]", *(_metavar(p) for p in arguments)])
-    lines = [f"## `dlstudy {name}`", "", f"`{usage}`", "", inspect.cleandoc(command.help or ""), ""]
+    about = inspect.cleandoc(plain(command.help))
+    lines = [f"## `dlstudy {name}`", "", f"`{usage}`", "", about, ""]
     for argument in arguments:
-        lines.append(f"- `{_metavar(argument)}`: {argument.help or ''}")
+        lines.append(f"- `{_metavar(argument)}`: {plain(argument.help)}")
     if arguments:
         lines.append("")
     panels: dict[str, list[Any]] = {}
@@ -57,6 +59,11 @@ def _command(name: str, command: Any) -> str:
     return "\n".join(lines)
 
 
+def plain(help_text: str | None) -> str:
+    """A help text as `--help` shows it: help texts are rich markup (`\\[` is a bracket)."""
+    return Text.from_markup(help_text or "").plain
+
+
 def _metavar(param: Any) -> str:
     name = str(param.metavar or param.name.upper())
     return f"{name}..." if param.nargs == -1 else name
@@ -67,7 +74,7 @@ def _option_row(option: Any) -> str:
     if not option.is_flag and option.metavar:
         names += f" `{option.metavar}`"
     env = f"`{option.envvar}`" if option.envvar else ""
-    cells = (names, env, _default(option), option.help or "")
+    cells = (names, env, _default(option), plain(option.help))
     return "| " + " | ".join(_cell(cell) for cell in cells) + " |"
 
 

@@ -104,8 +104,9 @@ def serve(
         bool,
         typer.Option(
             "--http3",
+            # Help texts are rich markup: a bracket that is text is escaped.
             help="Serve HTTP/3 too (QUIC, UDP on the same port); needs --tls-cert and aioquic "
-            "(pip install 'dlstudy[http3]').",
+            "(pip install 'dlstudy\\[http3]').",
         ),
     ] = False,
     profile: Annotated[

@@ -420,3 +420,21 @@ def test_every_option_says_what_it_does() -> None:
     assert "Retries per QIDO page on transient errors" in pull.stdout
     download = run_installed("download", "--help", env={"COLUMNS": "200", "TERM": "dumb"})
     assert "one per CPU core, at most 4" not in " ".join(download.stdout.split())
+
+
+def test_every_help_text_reads_in_help_as_written() -> None:
+    """Help texts are rich markup: a bracket meant as text (`dlstudy[http3]`) that is not
+    escaped is taken for a tag and vanishes from `--help`."""
+    from rich.text import Text
+
+    group = typer.main.get_command(app)
+    commands = [([name], cmd) for name, cmd in group.commands.items()]  # type: ignore[attr-defined]
+    while commands:
+        path, cmd = commands.pop()
+        commands += [([*path, name], c) for name, c in getattr(cmd, "commands", {}).items()]
+        for text in [cmd.help, *(getattr(param, "help", None) for param in cmd.params)]:
+            if text:
+                shown = Text.from_markup(text).plain
+                assert shown == text.replace("\\[", "["), f"dlstudy {' '.join(path)}: {text!r}"
+    serve = run_installed("serve", "--help", env={"COLUMNS": "200", "TERM": "dumb"})
+    assert "pip install 'dlstudy[http3]'" in serve.stdout
