@@ -217,10 +217,14 @@ def authority_problem(url: str) -> str | None:
         return "is malformed (an IPv6 address without its closing ']'?)"
     if port == 0:
         return "has a port that is not a number from 1 to 65535"
+    if any(not c.isprintable() for c in unquote(parts.netloc.rpartition("@")[0])):
+        return "has a control character in its user or password (percent-encoded)"
     if not parts.hostname:
         return "has no host"
-    if " " in parts.netloc.rpartition("@")[2]:  # a path may hold one (escaped as %20)
+    if " " in parts.netloc.rpartition("@")[2]:
         return "has a space in its host"
+    if " " in url:  # (a pasted name or password, a path cut at a line's end): curl refuses it
+        return "has a space in it: write it percent-encoded (%20)"
     import httpx  # not at the start-up of commands that need no URL
 
     try:
@@ -241,7 +245,9 @@ def base_url_problem(url: str) -> str | None:
     return f"--url {problem}: {shown!r}" if problem else None
 
 
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+# A URL ends at a space or quote, unless an `@` further on the line shows a userinfo with a
+# space in it (a password): the space is masked with the rest.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^'\"/@\n]*@)?[^\s'\"]*")
 
 
 def redact_urls_in(text: str) -> str:

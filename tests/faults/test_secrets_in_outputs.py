@@ -243,6 +243,10 @@ def test_a_password_with_a_hash_or_question_mark_is_not_read_as_a_port(
         ((), {"HTTP_PROXY": f"http://u:{SECRET}@127.0.0.1:99999"}, "$HTTP_PROXY http://***:***@"),
         ((), {"http_proxy": f"http://u:{SECRET}@127 .0.0.1:9"}, "$HTTP_PROXY http://***:***@"),
         ((), {"ALL_PROXY": f"socks5h://u:{SECRET}@127.0.0.1:x"}, "$ALL_PROXY socks5h://***:***@"),
+        # libcurl quoted these whole, and the redaction of its words stopped at the space
+        (("--proxy", f"http://u:{SECRET} two@127.0.0.1:9"), None, "has a space in it"),
+        ((), {"HTTP_PROXY": f"http://u:{SECRET} two@127.0.0.1:9"}, "$HTTP_PROXY http://***:***@"),
+        (("--proxy", f"http://u:{SECRET}%0A@127.0.0.1:9"), None, "a control character in its"),
     ],
 )
 @pytest.mark.parametrize("command", [("query",), ("sync",)])
@@ -260,12 +264,14 @@ def test_a_malformed_proxy_url_is_a_usage_error_without_its_password(
     assert where in line
 
 
-def test_libcurls_words_about_a_proxy_are_redacted(tmp_path: Path) -> None:
-    """The library does not check proxies first: libcurl's own message is redacted."""
+@pytest.mark.parametrize("password", [SECRET, f"{SECRET} and more"])
+def test_libcurls_words_about_a_proxy_are_redacted(tmp_path: Path, password: str) -> None:
+    """The library does not check proxies first: libcurl's own message is redacted, a
+    password with a space in it whole."""
     import dlstudy
     from dlstudy.errors import DlstudyError
 
-    proxy = f"http://u:{SECRET}@127.0.0.1:9299x"
+    proxy = f"http://u:{password}@127.0.0.1:9299x"
     with pytest.raises(DlstudyError) as caught:
         dlstudy.download(["1.2.3"], "http://127.0.0.1:9/dw", output=tmp_path, proxy=proxy)
     assert "Unsupported proxy syntax in 'http://***:***@127.0.0.1:9299x'" in str(caught.value)
