@@ -25,7 +25,7 @@ the file and merges its two layers (pure functions, no typer).
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from .errors import UsageError
 CONFIG_ENV = "DLSTUDY_CONFIG"
 FILE_NAME = "config.toml"
 APP_DIR = "dlstudy"
+MAX_BYTES = 1024 * 1024  # a config file is a few lines; more is some other file
 # Keys that name a file or folder: `~` expanded, relative to the config file's folder.
 PATH_KEYS = frozenset(
     {
@@ -163,19 +164,22 @@ def find(explicit: Path | None, env: Mapping[str, str], home: Path | None = None
     named = explicit or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
     if named is not None:
         named = named.expanduser()
-        if not _is_file(named):
+        # A pipe is a file too: `--config <(vault read ...)` keeps secrets off the disk.
+        if not _asked(named, Path.exists):
             raise ConfigError(f"config file {str(named)!r} does not exist")
+        if _asked(named, Path.is_dir):
+            raise ConfigError(f"config file {str(named)!r} is a folder, not a file")
         return named
     candidate = default_path(env, home if home is not None else Path.home())
-    return candidate if _is_file(candidate) else None
+    return candidate if _asked(candidate, Path.is_file) else None
 
 
-def _is_file(path: Path) -> bool:
-    """Whether a config file is at `path`; a folder on the way that cannot be searched (another
-    user's, mode 000) or a path too long is a config error, not a traceback: a file the user
-    keeps settings in may be there, and running without them could reach the wrong server."""
+def _asked(path: Path, question: Callable[[Path], bool]) -> bool:
+    """`question(path)`; a folder on the way that cannot be searched (another user's, mode
+    000) or a path too long is a config error, not a traceback: a file the user keeps
+    settings in may be there, and running without them could reach the wrong server."""
     try:
-        return path.is_file()
+        return question(path)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
 
@@ -186,9 +190,20 @@ def load(path: Path) -> Config:
 
     try:
         with path.open("rb") as fp:
-            data = tomllib.load(fp)
+            raw = fp.read(MAX_BYTES + 1)  # (a device such as /dev/zero never ends)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_BYTES // 1024} KiB")
+    try:
+        text = raw.decode("utf-8-sig")  # with or without the BOM Windows editors write
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start}): save it as UTF-8"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
     for key in data:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,53 @@ def test_a_named_file_must_exist(tmp_path: Path) -> None:
         find(tmp_path / "missing.toml", {}, tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         find(None, {"DLSTUDY_CONFIG": str(tmp_path / "nope.toml")}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ("# r\u00e9glages\n".encode("latin-1"), "(byte 0xe9 at offset 3)"),
+        ("[defaults]\n".encode("utf-16"), "(byte 0xff at offset 0)"),
+    ],
+)
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path, raw: bytes, said: str) -> None:
+    """A Latin-1 or UTF-16 file (a Windows editor's) stopped every command with a
+    UnicodeDecodeError traceback, exit 1."""
+    config = tmp_path / "c.toml"
+    config.write_bytes(raw)
+    result = run_installed("query", "--url", "http://127.0.0.1:9/x", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    expected = f"dlstudy: error: config file {config} is not UTF-8 text {said}: save it as UTF-8"
+    assert result.stderr.splitlines() == [expected]
+
+
+def test_a_config_file_with_a_bom_a_pipe_or_a_device_is_read(tmp_path: Path) -> None:
+    """UTF-8 with a byte-order mark (Notepad's) was "Invalid statement (at line 1, column
+    1)"; `--config <(...)` (secrets kept off the disk) and /dev/null were "does not exist"."""
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf[defaults]\ntimeout = 'x'\n")
+    pipe = tmp_path / "pipe.toml"
+    os.mkfifo(pipe)
+    feeder = subprocess.Popen(  # writes once, as a shell's <(...) does
+        ["sh", "-c", f"printf '[defaults]\\ntimeout = \"y\"\\n' > {pipe}"]
+    )
+    url = ("--url", "http://127.0.0.1:9/x")
+    try:
+        for config, value in [(bom, "'x'"), (pipe, "'y'")]:
+            result = run_installed("query", *url, "--config", str(config))
+            assert result.returncode == 2, result.stderr
+            assert f"timeout = {value} in {config}: must be a number" in result.stderr
+    finally:
+        feeder.kill()
+        feeder.wait()
+    result = run_installed("query", *url, "--config", "/dev/null")
+    assert result.returncode == 3 and "connection refused by 127.0.0.1:9" in result.stderr
+    for config, said in [(tmp_path, "is a folder, not a file"), ("/dev/zero", "is larger")]:
+        result = run_installed("query", *url, "--config", str(config))
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("dlstudy: error: config file ") and str(config) in line, line
+        assert said in line
 
 
 # --- what it holds ----------------------------------------------------------------------------
