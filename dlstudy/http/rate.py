@@ -22,6 +22,8 @@ from ..flow.watchdog import MIN_PROGRESS_BYTES
 # The bucket's size, in seconds of the rate: what may come at once after a quiet moment.
 BURST_SECONDS = 0.25
 _LEAST_BURST = 64 * 1024
+# The most libcurl takes (a curl_off_t); 0 is the way to ask for no cap.
+MOST = 2**63 - 1
 # Timer granularity: waking more often than this costs more than it smooths.
 _LEAST_WAIT = 0.005
 
@@ -31,6 +33,8 @@ def rate_problem(max_rate: int, timeout: float) -> str | None:
     bring, every transfer would fail as stalled. None when it can."""
     if max_rate < 0:
         return "--max-rate must be 0 (no cap) or more"
+    if max_rate > MOST:
+        return f"--max-rate must be at most {MOST} bytes/s (libcurl's limit), or 0 for no cap"
     least = math.ceil(2 * MIN_PROGRESS_BYTES / timeout)
     if 0 < max_rate < least:
         return (

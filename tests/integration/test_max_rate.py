@@ -120,6 +120,8 @@ def test_many_transfers_asked_for_under_a_low_cap_all_arrive(
         ("fast", "must be bytes per second, such as 50M"),
         ("-5M", "must be bytes per second, such as 50M"),
         ("1K", "--max-rate 1024 bytes/s is below what --timeout 30 asks a transfer to bring"),
+        # libcurl's OverflowError was a traceback
+        ("10000000000G", "--max-rate must be at most 9223372036854775807 bytes/s (libcurl's"),
     ],
 )
 def test_a_max_rate_it_cannot_keep_is_a_usage_error(value: str, said: str, tmp_path: Path) -> None:
