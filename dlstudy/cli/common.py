@@ -270,6 +270,24 @@ def fail_usage(message: str) -> NoReturn:
     fail(message, int(ExitStatus.USAGE))
 
 
+def refuse_one_file_twice(files: dict[str, str | Path | None]) -> None:
+    """A usage error when two of these options (an input read, outputs written: `--from-file`,
+    `--report`, `--log-file`, a catalog) name one file: the report would replace the list it
+    was made from, the log run into the list or the report."""
+    seen: dict[object, str] = {}
+    for option, path in files.items():
+        if path is None or str(path) == "-":
+            continue
+        try:
+            found = os.stat(path)
+            key: object = (found.st_dev, found.st_ino)  # a link or another name of it too
+        except OSError:
+            key = os.path.realpath(path)
+        if key in seen:
+            fail_usage(f"{seen[key]} and {option} name one file, {str(path)!r}: give each its own")
+        seen[key] = option
+
+
 @contextmanager
 def summary_on_failure(json_output: bool, summary: Callable[[], Outcome]) -> Iterator[None]:
     """With --json, an error dlstudy finds before the run (a bad UID, an unreadable list, a

@@ -19,6 +19,7 @@ from .common import (
     exit_on_interrupt,
     fail_usage,
     finish,
+    refuse_one_file_twice,
     setup_logging,
     summary_on_failure,
     use_log_format,
@@ -88,6 +89,10 @@ def register(app: typer.Typer) -> None:
             return Summary(url=redact_url(options["url"]), output=str(options["output"]))
 
         with summary_on_failure(options["json_output"], failed):
+            refuse_one_file_twice({
+                "--from-file": from_file, "--from-catalog": from_catalog, "--report": report,
+                "--log-file": options["log_file"],
+            })  # fmt: skip
             setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
             use_log_format(options["log_format"])
             url, json_output, quiet = options["url"], options["json_output"], options["quiet"]

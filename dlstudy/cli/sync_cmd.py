@@ -14,6 +14,7 @@ from .common import (
     choose_progress,
     exit_on_interrupt,
     finish,
+    refuse_one_file_twice,
     setup_logging,
     summary_on_failure,
     use_log_format,
@@ -50,6 +51,9 @@ def register(app: typer.Typer) -> None:
             return SyncSummary(url=redact_url(options["url"]), output=str(options["output"]))
 
         with summary_on_failure(options["json_output"], failed):
+            refuse_one_file_twice(
+                {"--catalog": catalog, "--report": report, "--log-file": options["log_file"]}
+            )
             setup_logging(options["verbose"], options["log_file"], quiet=options["quiet"])
             use_log_format(options["log_format"], ends_with_run_summary=True)
             json_output, quiet = options["json_output"], options["quiet"]

@@ -791,3 +791,39 @@ def test_a_server_asking_for_a_client_certificate_names_cert(
                 assert result.returncode == 3, result.stderr
                 (line,) = error_lines(result.stderr)
                 assert line.startswith(f"dlstudy: error: server {expected} (HTTP 400 on "), line
+
+
+@pytest.mark.parametrize(
+    ("command", "first", "second", "linked"),
+    [
+        ("download", "--from-file", "--report", False),
+        ("download", "--from-file", "--log-file", True),
+        ("download", "--report", "--log-file", False),
+        ("sync", "--catalog", "--report", False),
+        ("sync", "--report", "--log-file", True),
+    ],
+)
+def test_one_file_for_two_options_is_a_usage_error(
+    tmp_path: Path, command: str, first: str, second: str, linked: bool
+) -> None:
+    """`--report cohort.csv` given the list's own name replaced the cohort list with the report
+    (deleted it when the run failed); `--log-file` ran the log into the list (the next run
+    failed on it) or into the report (the log lost). Given by another name (a symbolic link),
+    the same. Now one line naming both options, exit 2, before anything is read or written."""
+    shared = tmp_path / "cohort.csv"
+    shared.write_text(f"StudyInstanceUID\n{STUDY}\n")
+    other = tmp_path / "link.csv"
+    if linked:
+        other.symlink_to(shared)
+    args = [command, "--url", "http://127.0.0.1:9/x"]
+    out = tmp_path / "out"
+    result = run_installed(
+        *args, "-o", str(out), first, str(shared), second, str(other if linked else shared)
+    )
+    assert result.returncode == 2, result.stderr
+    shown = other if linked else shared
+    assert result.stderr.splitlines() == [
+        f"dlstudy: error: {first} and {second} name one file, '{shown}': give each its own"
+    ]
+    assert shared.read_text() == f"StudyInstanceUID\n{STUDY}\n"
+    assert not out.exists()
