@@ -93,8 +93,9 @@ class Completion:
 
 
 class Manifest:
-    """The index of OUT/.dlstudy, open for this run (`read_only`: nothing is created or
-    changed; without a database, an older manifest.jsonl is read into memory instead)."""
+    """The index of OUT/.dlstudy, open for this run (`read_only`: nothing is changed, though
+    SQLite may make its journal files beside the index; without a database, an older
+    manifest.jsonl is read into memory instead)."""
 
     def __init__(self, root: Path, state_dir: Path, *, read_only: bool = False) -> None:
         self.root = root
@@ -162,6 +163,11 @@ class Manifest:
             where = str(exc.filename or self.path)
             raise OutputError(f"cannot use {where!r}: {exc.strerror or exc}", path=where) from exc
         uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        if not os.path.lexists(f"{self.path}-wal") and not os.access(self.path.parent, os.W_OK):
+            # Reading an index in WAL mode takes its shared-memory file, made beside it: not
+            # in a read-only copy of OUT (an archive, a read-only mount). With no write-ahead
+            # log there, no run has it open, and none can begin: it is read as it lies.
+            uri += "&immutable=1"
         db = self._connect(uri, uri=True)
         try:
             self._check_version(db)

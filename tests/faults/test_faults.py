@@ -45,7 +45,7 @@ from ..cli_helpers import (
 from ..faultproxy import Fault, FaultProxy
 from ..fixtures.embedded_server import StartServer, SynthStudy, TlsFiles
 from ..manifest_helpers import index_of, manifest_rows, replace_with_legacy
-from ..tools import missing_tool
+from ..tools import missing_tool, mounted
 
 pytestmark = pytest.mark.integration
 
@@ -853,19 +853,6 @@ def test_disk_full_gives_one_line_and_keeps_what_was_committed(
         assert sorted(mount.rglob("*.dcm")) == sorted(kept)
     finally:
         subprocess.run(["umount", str(mount)], check=True)
-
-
-@contextmanager
-def mounted(folder: Path, *options: str) -> Iterator[Path]:
-    """`folder` as a file system of its own for the test (`mount OPTIONS`), unmounted after."""
-    if os.geteuid() != 0:
-        missing_tool("mounting a file system needs root")
-    folder.mkdir(exist_ok=True)
-    subprocess.run(["mount", *options, str(folder)], check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def fill(disk: Path) -> None:

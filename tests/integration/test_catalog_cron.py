@@ -25,6 +25,7 @@ from dlstudy.server.synth import SynthSpec, generate
 
 from ..cli_helpers import DLSTUDY, STOP_SIGNALS, run_installed, stop_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer
+from ..tools import mounted
 
 pytestmark = pytest.mark.integration
 
@@ -163,6 +164,28 @@ def test_status_counts_complete_what_sync_found_complete_without_counts(
         "--state", "missing", "--state", "partial", "--uids",
     )  # fmt: skip
     assert left.returncode == 0 and left.stdout == ""
+
+
+def test_status_of_a_read_only_copy_of_the_output(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """OUT on a read-only file system (an archived copy, a read-only mount): status failed,
+    `cannot read '.../manifest.sqlite': unable to open database file` (SQLite reads an index
+    in WAL mode through a shared-memory file it makes beside it), exit 2."""
+    source = tmp_path / "source"
+    generate(source, SynthSpec(studies=2, series=1, instances=2, size=1024, seed=6))
+    url = embedded_server(source)
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=4m", "tmpfs") as disk:
+        out = disk / "out"
+        synced = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out))
+        assert synced.returncode == 0, synced.stderr
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        status = run_installed("catalog", "status", "--db", str(db), "-o", str(out), "--json")
+        assert status.returncode == 0, status.stderr
+        states = [json.loads(line) for line in status.stdout.splitlines()]
+        assert [(s["state"], s["on_disk"]) for s in states] == [("complete", 2)] * 2
 
 
 def _start_pull(url: str, db: Path, *extra: str) -> subprocess.Popen[str]:
