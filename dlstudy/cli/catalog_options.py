@@ -12,6 +12,7 @@ from ..dicomweb.cohort import CohortItem
 from ..errors import DlstudyError, ExitStatus
 from ..http.urls import is_valid_uid
 from .common import fail, fail_usage
+from .configured import FROM_CONFIG
 from .connection import PANELS, envvar_for
 
 # The catalog's own options: how --help shows their values, and where it groups them.
@@ -84,7 +85,11 @@ def check_file(value: Path | None, name: str) -> None:
         fail_usage(f"{name} is empty: give a file")
 
 
-def check_where(where: str | None, catalog: Path | None, needs: str) -> None:
+def check_where(ctx: typer.Context, where: str | None, catalog: Path | None, needs: str) -> None:
+    """`--where` selects from a catalog: given without one, a usage error. One the config file
+    gives (kept in `[defaults]` for `catalog query` and `status`) waits for a catalog."""
     check_file(catalog, needs)
-    if where is not None and catalog is None:
+    filled = ctx.meta.get(FROM_CONFIG)
+    from_config = filled is not None and "where" in filled.params
+    if where is not None and catalog is None and not from_config:
         fail_usage(f"--where selects from a catalog: give {needs} too")

@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
                 keeper = ShardKeeper(chosen_shard) if chosen_shard is not None else None
                 if from_file is not None:
                     wanted += read_from_file(from_file, repeats, keeper)
-                check_where(where, from_catalog, "--from-catalog")
+                check_where(ctx, where, from_catalog, "--from-catalog")
                 if from_catalog is not None:
                     wanted += catalog_uids(from_catalog, where)
                 dropped = keeper.dropped if keeper is not None else 0

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
             error: DlstudyError | None = None
             with exit_on_interrupt(json_output=json_output, quiet=quiet, before_run=failed):
                 query = study_query(options)
-                check_where(where, catalog, "--catalog")
+                check_where(ctx, where, catalog, "--catalog")
                 chosen_shard = shard_option(shard)
                 settings = settings_from(ctx, ignore={"modality"})  # a search filter here
                 progress = choose_progress(quiet=quiet, json_output=json_output)

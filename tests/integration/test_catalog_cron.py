@@ -188,6 +188,32 @@ def test_status_of_a_read_only_copy_of_the_output(
         assert [(s["state"], s["on_disk"]) for s in states] == [("complete", 2)] * 2
 
 
+def test_a_where_in_the_config_defaults_waits_for_a_catalog(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`where` kept in `[defaults]` for `catalog query` and `status` stopped every download
+    and sync without a catalog: `--where selects from a catalog: give --from-catalog too`,
+    naming no config file, exit 2. It applies when a catalog is given."""
+    source = tmp_path / "source"
+    generate(source, SynthSpec(studies=2, series=1, instances=2, size=1024, seed=7))
+    url = embedded_server(source)
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    config = tmp_path / "config.toml"
+    config.write_text('[defaults]\nwhere = "instances > 2"\n')
+    ((study,), _) = catalog_rows(db, "SELECT study_uid FROM studies ORDER BY 1")
+    given = ("--url", url, "--config", str(config), "--json")
+    download = run_installed("download", study, "-o", str(tmp_path / "one"), *given)
+    assert download.returncode == 0, download.stderr
+    assert json.loads(download.stdout)["instances"]["downloaded"] == 2
+    synced = run_installed("sync", "-o", str(tmp_path / "all"), *given)
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["sync"]["matched"] == 2
+    chosen = run_installed("sync", "--catalog", str(db), "-o", str(tmp_path / "none"), *given)
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(chosen.stdout)["sync"]["matched"] == 0  # no study has more than 2
+
+
 def _start_pull(url: str, db: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [DLSTUDY, "catalog", "pull", "--url", url, "--db", str(db), "--json", *extra],
