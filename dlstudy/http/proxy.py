@@ -127,6 +127,8 @@ def proxy_url_problem(proxy: str) -> str | None:
         return f"unsupported proxy scheme {scheme!r} (use one of {', '.join(PROXY_SCHEMES)})"
     if not rest.strip("/"):
         return "the proxy URL has no host"
+    if " " in rest:  # libcurl refuses it, and would quote the URL whole, password included
+        return "the proxy URL has a space in it: write it percent-encoded (%20)"
     problem = authority_problem(f"{scheme}://{rest}")
     return f"the proxy URL {problem}" if problem else None
 

@@ -221,10 +221,8 @@ def authority_problem(url: str) -> str | None:
         return "has a control character in its user or password (percent-encoded)"
     if not parts.hostname:
         return "has no host"
-    if " " in parts.netloc.rpartition("@")[2]:
+    if " " in parts.netloc.rpartition("@")[2]:  # a path may hold one (escaped as %20)
         return "has a space in its host"
-    if " " in url:  # (a pasted name or password, a path cut at a line's end): curl refuses it
-        return "has a space in it: write it percent-encoded (%20)"
     import httpx  # not at the start-up of commands that need no URL
 
     try:

@@ -92,7 +92,6 @@ def test_every_command_checks_the_url_up_front(tmp_path: Path, command: str) -> 
         ("127.0.0.1:9201/dicomweb", "--url must start with http:// or https://, got '127"),
         ("http://127.0.0.1 :9201/dicomweb", "--url has a space in its host"),
         ("http:///dicomweb", "--url has no host"),
-        ("http://127.0.0.1:9201/dicom web", "--url has a space in it: write it percent-enc"),
         ("http://bob:p%0Aw@127.0.0.1:9201/x", "--url has a control character in its user or"),
     ]:
         args = (*command.split(), *URL_COMMANDS[command], "--url", url)
