@@ -43,6 +43,7 @@ import anyio
 
 from ..dicomweb.qido import TAG_SERIES_UID, Pager, first_int, first_value
 from ..dicomweb.search import StudyQuery, StudyRecord
+from ..dicomweb.silent_cut import TIME_KEYS, time_scope, tm
 from ..errors import ServerError
 from ..flow.pool import first_error
 from ..http.client import Transport
@@ -424,16 +425,31 @@ class Harvester:
             return None
         return list(found.values()), asked
 
+    def _params(self, window: Window) -> list[tuple[str, str]] | None:
+        """The search's matching keys narrowed to `window`: its StudyDate range, and its
+        StudyTime range inside the search's own StudyTime (one key each: a server may read
+        only one of two); None when the window lies outside the search's own times."""
+        own = self.query.params(_one(self.query.modalities))
+        if window.dated:
+            own = [(k, v) for k, v in own if k != "StudyDate"]
+        narrowed = window.params()
+        scope = time_scope(own)
+        if window.t_lo is not None and window.t_hi is not None and scope is not None:
+            low, high = max(window.t_lo, scope[0]), min(window.t_hi, scope[1])
+            if low > high:
+                return None
+            own = [(k, v) for k, v in own if k not in TIME_KEYS]
+            narrowed = [narrowed[0], ("StudyTime", f"{tm(low)}-{tm(high)}")]
+        return [*own, *narrowed]
+
     async def _page(self, window: Window, offset: int, *, probe: bool = False) -> Page:
         """A page of `window`'s studies from `offset`. A `probe` (the page after a short one,
         asked to find a silent cap) warns of nothing: what it brings is paged again if new."""
         pager = Pager(self.transport, self.page_size, self.policy)
-        params = [
-            (k, v)
-            for k, v in self.query.params(_one(self.query.modalities))
-            if k != "StudyDate" or not window.dated  # the window's own range replaces it
-        ]
-        params += [*window.params(), ("limit", str(self.page_size)), ("offset", str(offset))]
+        params = self._params(window)
+        if params is None:
+            return Page([], False, None)
+        params += [("limit", str(self.page_size)), ("offset", str(offset))]
         answer = await pager.get_page(f"{self.transport.base_url}/studies", params)
         if answer is None:  # 404: no match, if the root is a DICOMweb root at all
             await pager.check_root()

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..dicomweb.silent_cut import ListedDates, split_days, split_times
+from ..dicomweb.silent_cut import ListedDates, split_days, split_times, tm
 
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyRecord
@@ -62,7 +62,7 @@ class Window:
         dates = f"{'' if self.open_lo else _date(self.lo)}-{'' if self.open_hi else _date(self.hi)}"
         if self.t_lo is None or self.t_hi is None:
             return dates
-        return f"{dates} {_time(self.t_lo)}-{_time(self.t_hi)}"
+        return f"{dates} {tm(self.t_lo)}-{tm(self.t_hi)}"
 
     @classmethod
     def from_key(cls, key: str) -> Window:
@@ -83,7 +83,7 @@ class Window:
         high = "" if self.open_hi else _date(self.hi)
         params = [("StudyDate", low if low == high else f"{low}-{high}")]
         if self.t_lo is not None and self.t_hi is not None:
-            params.append(("StudyTime", f"{_time(self.t_lo)}-{_time(self.t_hi)}"))
+            params.append(("StudyTime", f"{tm(self.t_lo)}-{tm(self.t_hi)}"))
         return params
 
     @property
@@ -158,10 +158,6 @@ def _day(text: str) -> int:
 
 def _date(day: int) -> str:
     return dt.date.fromordinal(day).strftime("%Y%m%d")
-
-
-def _time(seconds: int) -> str:
-    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
 
 
 def _seconds(text: str) -> int:

@@ -25,7 +25,7 @@ from .qido import TAG_STUDY_UID, Pager, first_value
 log = logging.getLogger(__name__)
 
 _DATE_KEYS = ("StudyDate", "00080020", "0008,0020", "(0008,0020)")
-_TIME_KEYS = ("StudyTime", "00080030", "0008,0030", "(0008,0030)")
+TIME_KEYS = ("StudyTime", "00080030", "0008,0030", "(0008,0030)")
 DAY_SECONDS = 86_400
 LAST_DATE = "99991231"  # a range up to it holds every date
 
@@ -39,6 +39,7 @@ class ListedDates:
         self.last: str | None = None
         self.first_time: int | None = None
         self.last_time: int | None = None
+        self.timed = 0  # the studies with both
 
     def add(self, date: str | None, time: str | None = None) -> None:
         if date is None or len(date) != 8 or not date.isdigit() or not _is_day(date):
@@ -54,6 +55,14 @@ class ListedDates:
             self.first_time = seconds
         if self.last_time is None or seconds > self.last_time:
             self.last_time = seconds
+        self.timed += 1
+
+    def one_second(self, studies: int) -> bool:
+        """Whether all the `studies` listed are of one day and one second of it."""
+        return (
+            self.timed == studies and self.first == self.last
+            and self.first_time == self.last_time
+        )  # fmt: skip
 
 
 async def check_whole(
@@ -69,11 +78,12 @@ async def check_whole(
     cut: the search asked again then brings it and all it listed."""
     if len(listed) < 2:
         return
-    kept = [(k, v) for k, v in params if k not in _DATE_KEYS]
-    timed = any(k in _TIME_KEYS for k, _ in params)  # the search's own StudyTime: kept
-    for window in _check_windows(_scope(params), dates, by_time=not timed):
+    kept = [(k, v) for k, v in params if k not in _DATE_KEYS]  # its own StudyTime too
+    untimed = [(k, v) for k, v in kept if k not in TIME_KEYS]
+    for window in _check_windows(_scope(params), dates, time_scope(params)):
+        base = untimed if any(k == "StudyTime" for k, _ in window) else kept
         try:
-            page = await pager.get_page(url, [*kept, *window, ("limit", str(pager.page_size))])
+            page = await pager.get_page(url, [*base, *window, ("limit", str(pager.page_size))])
         except ServerError as exc:  # a server that refuses the date range
             log.info("%s: no StudyDate window to check the search by: %s", redact_url(url), exc)
             return
@@ -94,22 +104,29 @@ async def check_whole(
             "and time of day (as 'sync' does by itself), or lift the cap",
             url=shown,
         )
+    if dates.one_second(len(listed)):
+        log.warning(
+            "%s: the %d studies it sent are all of one second (%s %s): no narrower search "
+            "can show whether the server cut it there",
+            redact_url(url), len(listed), dates.first, tm(dates.first_time or 0),
+        )  # fmt: skip
 
 
 def _check_windows(
-    scope: tuple[str, str], dates: ListedDates, *, by_time: bool
+    scope: tuple[str, str], dates: ListedDates, time_scope: tuple[int, int] | None
 ) -> list[list[tuple[str, str]]]:
     """The windows that hold what a cut listing did not send: two StudyDate ranges that split
-    the dates listed; when they are all one day, also two StudyTime ranges of that day that
-    split the times listed (the day is in neither date range); when none has a date, one range
-    of every date (any dated study it brings was not sent)."""
+    the dates listed; when they are all one day, also two StudyTime ranges of that day, inside
+    the search's own (`time_scope`; None: one it cannot read), that split the times listed
+    (the day is in neither date range); when none has a date, one range of every date (any
+    dated study it brings was not sent)."""
     if dates.first is None or dates.last is None:
         return [[("StudyDate", _whole(scope))]]
     windows = [[("StudyDate", window)] for window in _windows(scope, dates.first, dates.last)]
-    if dates.first == dates.last and by_time:
+    if dates.first == dates.last and time_scope is not None:
         day = dates.first
-        for low, high in split_times(dates.first_time, dates.last_time):
-            windows.append([("StudyDate", day), ("StudyTime", f"{_tm(low)}-{_tm(high)}")])
+        for low, high in split_times(dates.first_time, dates.last_time, time_scope):
+            windows.append([("StudyDate", day), ("StudyTime", f"{tm(low)}-{tm(high)}")])
     return windows
 
 
@@ -138,6 +155,30 @@ async def _grew(
 
     await pager.walk(url, params, TAG_STUDY_UID, each=count, keyless=lambda: None)
     return found and again == len(listed)
+
+
+def time_scope(params: list[tuple[str, str]]) -> tuple[int, int] | None:
+    """The search's own StudyTime as a range of seconds into the day (a bound as written
+    holds every second of its precision: `10` is 10:00:00-10:59:59), the whole day when it
+    has none; None when it cannot be read."""
+    for key, value in params:
+        if key in TIME_KEYS:
+            low, sep, high = value.partition("-")
+            first = day_seconds(low) if low else 0
+            last = _last_second(high if sep else low) if (high or not sep) else DAY_SECONDS - 1
+            if first is None or last is None or first > last:
+                return None
+            return first, last
+    return 0, DAY_SECONDS - 1
+
+
+def _last_second(time: str) -> int | None:
+    """The last second a DICOM TM value of its precision holds (HH: HH:59:59)."""
+    seconds = day_seconds(time)
+    if seconds is None:
+        return None
+    digits = len(time.strip().partition(".")[0])
+    return min(seconds + {2: 3599, 4: 59}.get(digits, 0), DAY_SECONDS - 1)
 
 
 def _scope(params: list[tuple[str, str]]) -> tuple[str, str]:
@@ -192,18 +233,23 @@ def _date(day: int) -> str:
     return dt.date.fromordinal(day).strftime("%Y%m%d")
 
 
-def split_times(first: int | None, last: int | None) -> list[tuple[int, int]]:
-    """Two ranges of a day's seconds that split the times listed, `first`..`last`: at their
-    middle, or, when they are one second, the seconds before and after it; at noon when none
-    was listed."""
+def split_times(
+    first: int | None, last: int | None, scope: tuple[int, int] = (0, DAY_SECONDS - 1)
+) -> list[tuple[int, int]]:
+    """Two ranges of the seconds in `scope` (by default the whole day) that split the times
+    listed, `first`..`last`: at their middle, or, when they are one second, the seconds
+    before and after it; at the scope's middle when none was listed."""
+    lo, hi = scope
     if first is None or last is None:
-        first = last = DAY_SECONDS // 2
-        return [(0, first - 1), (first, DAY_SECONDS - 1)]
-    if first < last:
+        middle = (lo + hi + 1) // 2
+        ranges = [(lo, middle - 1), (middle, hi)]
+    elif first < last:
         middle = (first + last) // 2
-        return [(0, middle), (middle + 1, DAY_SECONDS - 1)]
-    return [(low, high) for low, high in ((0, first - 1), (first + 1, DAY_SECONDS - 1))
-            if low <= high]  # fmt: skip
+        ranges = [(lo, middle), (middle + 1, hi)]
+    else:
+        ranges = [(lo, first - 1), (first + 1, hi)]
+    # (times outside the scope: a server that ignored the search's StudyTime)
+    return [(max(a, lo), min(b, hi)) for a, b in ranges if max(a, lo) <= min(b, hi)]
 
 
 def day_seconds(time: str | None) -> int | None:
@@ -220,5 +266,5 @@ def day_seconds(time: str | None) -> int | None:
     return min(hours * 3600 + minutes * 60 + seconds, DAY_SECONDS - 1)
 
 
-def _tm(seconds: int) -> str:
+def tm(seconds: int) -> str:
     return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"

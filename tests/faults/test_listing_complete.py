@@ -249,6 +249,27 @@ def test_a_silent_cut_is_found_when_every_study_listed_is_of_one_day(
         assert found == every, name
 
 
+def test_a_listing_all_of_one_second_says_it_cannot_be_checked(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """7 studies of one day and one second behind a silent cap of 4 (offset ignored): no
+    window narrower than the search can hold a study it did not send, so `query` took the 4
+    for whole, exit 0, without a word. Whether it was cut cannot be known; it now says so."""
+    source = tmp_path / "source"
+    for instance in generate(source, SynthSpec(studies=7, series=1, instances=1, size=1024,
+                                               seed=93)):  # fmt: skip
+        dataset = pydicom.dcmread(instance.path)
+        dataset.StudyDate, dataset.StudyTime = "20230303", "101010"
+        dataset.save_as(instance.path)
+    url = embedded_server(source, max_page_size=4, ignore_offset=True, silent_cap=True)
+    listed = run_installed("query", "--url", url, "--uids", "--study-date", "20230303")
+    assert len(listed.stdout.split()) == 4
+    assert (
+        "the 4 studies it sent are all of one second (20230303 101010): no narrower search "
+        "can show whether the server cut it there"
+    ) in listed.stderr, listed.stderr
+
+
 @pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
 def test_a_signal_while_sync_lists_a_cut_search_again_stops_it_cleanly(
     embedded_server: StartServer, tmp_path: Path, signum: int, status: int, said: str

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from pydicom import dcmread
 
 from dlstudy.dicomweb.search import StudyQuery, StudyRecord, stream
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
@@ -196,3 +197,38 @@ def test_a_day_orthanc_cuts_is_listed_again_by_time_of_day(
     night = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
     assert night.returncode == 0, night.stderr
     assert json.loads(night.stdout)["sync"]["already_complete"] == 10
+
+
+def test_a_day_of_a_searchs_own_times_orthanc_cuts_is_not_taken_for_whole(
+    capped: OrthancServer, tmp_path: Path
+) -> None:
+    """`--study-date DAY --filter StudyTime=...`: the search's own StudyTime turned the time
+    windows off, and the date windows lie outside the day, so the 5 studies Orthanc sent of
+    10 were taken for the whole search, exit 0 (query and sync). The time windows now split
+    the times listed inside the search's own."""
+    capped.reset()
+    spec = SynthSpec(studies=10, series=1, instances=1, size=1024, seed=76,
+                     study_dates=("20200602", "20200602"))  # fmt: skip
+    instances = generate(tmp_path / "source", spec)
+    for instance in instances:
+        assert capped.upload(instance.path)["Status"] == "Success"
+    url = capped.dicomweb_url
+    search = ("--study-date", "20200602", "--filter", "StudyTime=000000-235959")
+
+    listed = run_installed("query", "--url", url, "--uids", *search)
+    assert listed.returncode == 1, listed.stdout
+    assert "StudyDate 20200602 and StudyTime" in listed.stderr, listed.stderr
+
+    out = tmp_path / "out"
+    synced = run_installed("sync", "--url", url, "-o", str(out), "--json", *search)
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["sync"]["synced"] == 10
+    assert {p.parts[-3] for p in out.rglob("*.dcm")} == {i.study_uid for i in instances}
+
+    # The catalog's time windows lie inside the search's own StudyTime, one key a request.
+    times = sorted(dcmread(i.path, stop_before_pixels=True).StudyTime for i in instances)
+    own = ("--study-date", "20200602", "--filter", f"StudyTime={times[2]}-{times[7]}")
+    db = tmp_path / "day.duckdb"
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *own)
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["studies"] == 6

@@ -11,6 +11,7 @@ from dlstudy.dicomweb.silent_cut import (
     _windows,
     day_seconds,
     split_times,
+    time_scope,
 )
 
 
@@ -53,6 +54,9 @@ def test_listed_dates_keep_the_first_and_last_real_days() -> None:
     assert (dates.first, dates.last) == ("20200101", "20200611")
 
 
+WHOLE_DAY = (0, 86399)
+
+
 def _listed(*studies: tuple[str | None, str | None]) -> ListedDates:
     dates = ListedDates()
     for date, time in studies:
@@ -64,22 +68,40 @@ def test_a_listing_of_one_day_is_also_checked_by_the_times_of_that_day() -> None
     """(20200301, 20200301): no date window lies inside the search, so the day's own studies
     were never asked for again."""
     one_day = _listed(("20200301", "081500"), ("20200301", "163000"))
-    assert _check_windows(("20200301", "20200301"), one_day, by_time=True) == [
+    assert _check_windows(("20200301", "20200301"), one_day, WHOLE_DAY) == [
         [("StudyDate", "20200301"), ("StudyTime", "000000-122230")],
         [("StudyDate", "20200301"), ("StudyTime", "122231-235959")],
     ]
-    # Unbounded, the days around it as well; a search of its own StudyTime keeps it.
-    assert len(_check_windows(("", ""), one_day, by_time=True)) == 4
-    assert _check_windows(("", ""), one_day, by_time=False) == [
+    # Unbounded, the days around it as well; a search's own StudyTime it cannot read: those.
+    assert len(_check_windows(("", ""), one_day, WHOLE_DAY)) == 4
+    assert _check_windows(("", ""), one_day, None) == [
         [("StudyDate", "-20200229")],
         [("StudyDate", "20200302-")],
     ]
 
 
+def test_a_one_day_search_of_its_own_times_is_checked_inside_them() -> None:
+    """`--study-date DAY --filter StudyTime=080000-235959`: the search's own StudyTime turned
+    the time windows off, and both date windows lie outside the day: nothing was asked."""
+    one_day = _listed(("20200301", "081500"), ("20200301", "163000"))
+    scope = time_scope([("StudyDate", "20200301"), ("StudyTime", "080000-2359")])
+    assert scope == (28800, 86399)
+    assert _check_windows(("20200301", "20200301"), one_day, scope) == [
+        [("StudyDate", "20200301"), ("StudyTime", "080000-122230")],
+        [("StudyDate", "20200301"), ("StudyTime", "122231-235959")],
+    ]
+    assert time_scope([("StudyTime", "10")]) == (36000, 39599)  # all of its precision
+    assert time_scope([("StudyTime", "-0930")]) == (0, 34259)
+    assert time_scope([("00080030", "1200-")]) == (43200, 86399)
+    assert time_scope([("StudyTime", "noon")]) is None
+    assert time_scope([("StudyTime", "1300-1200")]) is None
+    assert time_scope([("PatientID", "x")]) == WHOLE_DAY
+
+
 def test_a_listing_without_any_date_is_checked_by_every_date_in_its_scope() -> None:
     undated = _listed((None, "081500"), ("", None))
-    assert _check_windows(("", ""), undated, by_time=True) == [[("StudyDate", "-99991231")]]
-    assert _check_windows(("20200101", ""), undated, by_time=True) == [[("StudyDate", "20200101-")]]
+    assert _check_windows(("", ""), undated, WHOLE_DAY) == [[("StudyDate", "-99991231")]]
+    assert _check_windows(("20200101", ""), undated, WHOLE_DAY) == [[("StudyDate", "20200101-")]]
 
 
 @pytest.mark.parametrize(
@@ -94,6 +116,22 @@ def test_a_listing_without_any_date_is_checked_by_every_date_in_its_scope() -> N
 )
 def test_split_times(first: int | None, last: int | None, ranges: list[tuple[int, int]]) -> None:
     assert split_times(first, last) == ranges
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "ranges"),
+    [
+        (36000, 43200, [(30000, 39600), (39601, 50000)]),
+        (None, None, [(30000, 39999), (40000, 50000)]),  # none listed: the scope's middle
+        (30000, 30000, [(30001, 50000)]),
+        (100, 200, [(30000, 50000)]),  # a server that ignored the search's StudyTime
+        (40000, 40000, [(30000, 39999), (40001, 50000)]),
+    ],
+)
+def test_split_times_inside_a_scope(
+    first: int | None, last: int | None, ranges: list[tuple[int, int]]
+) -> None:
+    assert split_times(first, last, (30000, 50000)) == ranges
 
 
 @pytest.mark.parametrize(
