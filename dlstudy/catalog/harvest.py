@@ -44,7 +44,7 @@ import anyio
 from ..dicomweb.qido import TAG_SERIES_UID, Pager, first_int, first_value
 from ..dicomweb.search import StudyQuery, StudyRecord
 from ..dicomweb.silent_cut import TIME_KEYS, time_scope, tm
-from ..errors import ServerError
+from ..errors import IncompleteListingError, ServerError
 from ..flow.pool import first_error
 from ..http.client import Transport
 from ..http.urls import NOT_ASKED_FOR, can_be_asked_for, redact_url, study_url
@@ -180,7 +180,7 @@ class Harvester:
                 )
         summary.new, summary.changed, summary.deleted = await self.db(c.found, pull.number)
         if self.level == "series":
-            await self._series(pull)
+            await self._series(pull, summary)
         undated = await self.db(self._outside_windows, pull)
         if undated:
             summary.notes.append(
@@ -468,14 +468,18 @@ class Harvester:
 
     # --- series ----------------------------------------------------------------------------
 
-    async def _series(self, pull: Pull) -> None:
+    async def _series(self, pull: Pull, summary: PullSummary) -> None:
         """List the series of every study whose series are not in the catalog yet, or were
-        listed for another instance count: one request per such study."""
+        listed for another instance count: one request per such study. A study whose series
+        cannot be listed whole (paging cannot get them all, or fewer than the study's own
+        series count: a cap on search results such as Orthanc's LimitFindResults) keeps what
+        the catalog had, is counted in `summary.series_cut`, and is listed again next pull."""
         pager = Pager(self.transport, self.page_size, self.policy)
         limiter = anyio.CapacityLimiter(SERIES_CONCURRENCY)
         listed: list[tuple[str, list[tuple[Any, ...]]]] = []
+        cut: list[str] = []
 
-        async def one(uid: str) -> None:
+        async def one(uid: str, count: int | None) -> None:
             if not can_be_asked_for(uid):  # catalogued as sent (a download fails it), listed empty
                 log.warning(
                     "the server lists a study with the UID %r, %s: its series are not catalogued",
@@ -486,12 +490,26 @@ class Harvester:
                 return
             keyless: list[int] = []
             async with limiter:
-                items = await pager.fetch_all(
-                    f"{study_url(self.transport.base_url, uid)}/series",
-                    [("includefield", tag) for tag in SERIES_FIELDS],
-                    TAG_SERIES_UID,
-                    keyless=lambda: keyless.append(1),
-                )
+                try:
+                    items = await pager.fetch_all(
+                        f"{study_url(self.transport.base_url, uid)}/series",
+                        [("includefield", tag) for tag in SERIES_FIELDS],
+                        TAG_SERIES_UID,
+                        keyless=lambda: keyless.append(1),
+                    )
+                except IncompleteListingError as exc:
+                    log.warning("study %s: its series are not catalogued: %s", uid, exc)
+                    cut.append(uid)
+                    return
+            found = len(items or ()) + len(keyless)
+            if items is not None and count is not None and found < count:  # (404: gone since)
+                log.warning(
+                    "study %s: the server listed %d of its %d series (a cap on search results, "
+                    "such as Orthanc's LimitFindResults?): its series are not catalogued",
+                    uid, found, count,
+                )  # fmt: skip
+                cut.append(uid)
+                return
             if keyless:
                 log.warning(
                     "study %s: the server listed %d series without a Series Instance UID "
@@ -513,14 +531,15 @@ class Harvester:
             ]
             listed.append((uid, rows))
 
-        while uids := await self.db(self.catalog.studies_without_series, SERIES_BATCH):
+        while batch := await self.db(self.catalog.studies_without_series, SERIES_BATCH, cut):
             listed.clear()
             with first_error():
                 async with anyio.create_task_group() as tg:
-                    for uid in uids:
-                        tg.start_soon(one, uid)
-            asked = sum(map(can_be_asked_for, uids))
+                    for uid, count in batch:
+                        tg.start_soon(one, uid, count)
+            asked = sum(can_be_asked_for(uid) for uid, _ in batch)
             await self.db(self.catalog.record_series, list(listed), asked, pull.number)
+        summary.series_cut = len(cut)
 
 
 def _one(modalities: tuple[str, ...]) -> str | None:

@@ -571,15 +571,20 @@ class Catalog:
 
     # --- series ----------------------------------------------------------------------------
 
-    def studies_without_series(self, batch: int) -> list[str]:
-        """Studies whose series were never listed, or listed for another instance count."""
+    def studies_without_series(
+        self, batch: int, passed: Sequence[str] = ()
+    ) -> list[tuple[str, int | None]]:
+        """Studies whose series were never listed, or listed for another instance count, with
+        their series counts; but those `passed` over (their listing could not be whole)."""
         rows = self.db.execute(
-            "SELECT s.study_uid FROM studies s LEFT JOIN series_listed l USING (study_uid) "
-            "WHERE l.study_uid IS NULL OR l.instances IS DISTINCT FROM s.instances "
+            "SELECT s.study_uid, s.series FROM studies s "
+            "LEFT JOIN series_listed l USING (study_uid) "
+            "WHERE (l.study_uid IS NULL OR l.instances IS DISTINCT FROM s.instances) "
+            "AND s.study_uid NOT IN (SELECT unnest(?::VARCHAR[])) "
             "ORDER BY s.study_uid LIMIT ?",
-            [batch],
+            [list(passed), batch],
         ).fetchall()
-        return [str(r[0]) for r in rows]
+        return [(str(uid), series) for uid, series in rows]
 
     def record_series(
         self, listed: Sequence[tuple[str, list[tuple[Any, ...]]]], requests: int, pull: int

@@ -18,6 +18,7 @@ class PullSummary:
     deleted: int = 0  # gone from the archive (a --full pull)
     requests: int = 0
     unreachable: int | None = 0
+    series_cut: int = 0  # studies whose series could not be listed whole (--level series)
     seconds: float = 0.0
     resumed: bool = False
     notes: list[str] = field(default_factory=list)
@@ -37,11 +38,17 @@ class PullSummary:
             "deleted": self.deleted,
             "requests": self.requests,
             "unreachable": self.unreachable,
+            "series_cut": self.series_cut,
             "seconds": round(self.seconds, 3),
             "notes": self.notes,
             "error": self.error,
             "exit_status": int(self.exit_status),
         }
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the catalog holds less than the archive has: exit 1."""
+        return self.unreachable != 0 or self.series_cut > 0
 
     def one_line(self) -> str:
         if self.pull is None:
@@ -53,6 +60,9 @@ class PullSummary:
             if self.unreachable is None
             else f"; {self.unreachable} studies unreachable"
         )
+        if self.series_cut:
+            studies = "study" if self.series_cut == 1 else "studies"
+            unreachable += f"; the series of {self.series_cut} {studies} could not be listed whole"
         deleted = f", {self.deleted} gone from the archive" if self.kind == "full" else ""
         stopped = ", stopped" if self.exit_status != ExitStatus.OK and self.error else ""
         return (

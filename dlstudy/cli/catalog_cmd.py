@@ -384,7 +384,7 @@ def _pull(
 
 
 def _print_pull(summary: PullSummary, *, json_output: bool, quiet: bool) -> None:
-    if summary.unreachable != 0:
+    if summary.incomplete:
         summary.exit_status = ExitStatus.SOME_FAILED
     unwritten = json_output and not echo_summary(summary)
     if not json_output and not quiet:
@@ -393,7 +393,12 @@ def _print_pull(summary: PullSummary, *, json_output: bool, quiet: bool) -> None
             typer.echo(f"catalog: {printable(note)}", err=True)
     if summary.unreachable != 0:
         error_line("the listing is incomplete: some studies could not be reached (see above)")
-    if summary.unreachable != 0 or unwritten:
+    elif summary.series_cut:
+        error_line(
+            "the listing is incomplete: the series of some studies could not be listed whole "
+            "(see above); the next pull lists them again"
+        )
+    if summary.incomplete or unwritten:
         raise typer.Exit(int(ExitStatus.SOME_FAILED))
 
 

@@ -409,6 +409,39 @@ def test_series_level(embedded_server: StartServer, tmp_path: Path) -> None:
     assert series == sorted({(i.series_uid, 2) for i in instances})
 
 
+@pytest.mark.parametrize("silent", [True, False])
+def test_series_a_server_cannot_list_whole_are_counted_and_listed_again(
+    embedded_server: StartServer, tmp_path: Path, silent: bool
+) -> None:
+    """A study of 7 series behind a page cap of 4, offset ignored. Cut silently: the catalog
+    took its 4 series for all of them, exit 0. Announced (Warning: 299): the listing error
+    ended the pull before it finished, and every later pull again, so the catalog never
+    opened ("its first pull has not finished"). Now the other studies' series are catalogued,
+    that study's are not, the pull ends (exit 1, saying so) and the next pull asks again."""
+    source = tmp_path / "source"
+    big = generate(source, SynthSpec(studies=1, series=7, instances=1, size=1024, seed=52,
+                                     study_dates=("20210606", "20210606")))  # fmt: skip
+    small = generate(source, SynthSpec(studies=2, series=2, instances=1, size=1024, seed=53,
+                                       study_dates=("20210101", "20210101")))  # fmt: skip
+    url = embedded_server(source, max_page_size=4, ignore_offset=True, silent_cap=silent)
+    db = tmp_path / "c.duckdb"
+    for _ in range(2):
+        result = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json",
+                               "--level", "series")  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert json.loads(result.stdout)["series_cut"] == 1
+        said = [line for line in result.stderr.splitlines() if big[0].study_uid in line]
+        assert len(said) == 1 and "its series are not catalogued" in said[0], result.stderr
+        assert result.stderr.splitlines()[-1] == (
+            "dlstudy: error: the listing is incomplete: the series of some studies could not "
+            "be listed whole (see above); the next pull lists them again"
+        )
+    series = catalog_rows(db, "SELECT series_uid FROM series ORDER BY 1")
+    assert series == sorted((i.series_uid,) for i in small)
+    studies = run_installed("catalog", "query", "--db", str(db), "--uids")
+    assert studies.returncode == 0 and len(studies.stdout.split()) == 3
+
+
 def test_usage_errors_are_one_line(embedded_server: StartServer, tmp_path: Path) -> None:
     source = tmp_path / "source"
     synth(source, 2, seed=61, dates=("20220101", "20220102"))
