@@ -228,7 +228,7 @@ async def _search_and_download(
             instances = complete_from_index(manifest, store, record.study_uid)
             complete = instances is not None
         else:
-            complete = is_complete(manifest, store, record.study_uid, instances)
+            complete = is_complete(manifest, store, record.study_uid, instances, record.series)
         if complete:
             plan.already_complete += 1
             plan.total += instances or 0

@@ -80,10 +80,14 @@ def complete_from_index(manifest: Manifest, store: Store, study: str) -> int | N
     return entries if entries >= record.instances else None
 
 
-def is_complete(manifest: Manifest, store: Store, study: str, instances: int | None) -> bool:
+def is_complete(
+    manifest: Manifest, store: Store, study: str, instances: int | None, series: int | None = None
+) -> bool:
     """The server counts `instances` in the study, and the index lists at least that many of
     its files, all in place, under the current layout as far as the study's completion record
-    says (a run with another --layout moves them).
+    says (a run with another --layout moves them), and of as many series as the server counts
+    (`series`, when it does: a study that lost an instance and gained one in a new series has
+    its count of instances unchanged).
 
     Only the studies asked about are looked at, so a nightly run over a large mirror lists a
     handful of folders, not all of them.
@@ -94,4 +98,10 @@ def is_complete(manifest: Manifest, store: Store, study: str, instances: int | N
     if record is not None and record.layout != store.layout:
         return False
     entries, there = present_files(manifest, store, study)
-    return entries >= instances and there == entries
+    return entries >= instances and there == entries and has_series(manifest, study, series)
+
+
+def has_series(manifest: Manifest, study: str, series: int | None) -> bool:
+    """Whether the index has entries of as many series of `study` as the server counts (None:
+    it counts none)."""
+    return series is None or manifest.series_count(study) >= series

@@ -310,6 +310,13 @@ class Manifest:
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
+    def series_count(self, study: str) -> int:
+        """How many series of `study` the index has entries of."""
+        row = self._query_one(
+            "SELECT count(DISTINCT series) FROM entries WHERE study = ?", (study,)
+        )
+        return int(row[0]) if row else 0  # type: ignore[call-overload]
+
     def __iter__(self) -> Iterator[Entry]:
         """Every entry, streamed."""
         yield from self._rows(f"SELECT {_COLUMNS} FROM entries", ())

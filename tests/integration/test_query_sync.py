@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from dlstudy.dicomweb.shard import shard_of
@@ -266,6 +267,36 @@ def test_sync_twice_downloads_only_the_study_that_appeared(
     three = run_cli("sync", "--url", url, "-o", str(out))  # nothing new: a quiet success
     assert three.exit_code == 0, three.output
     assert "sync: 3 studies matched, 3 already complete; 0 downloaded" in three.stderr
+
+
+def test_sync_fetches_a_new_series_of_a_study_that_lost_an_instance(
+    tmp_path: Path, growing_server: Any
+) -> None:
+    """Overnight the archive deletes one instance of a synced study and receives one in a new
+    series: the study's instance count is unchanged, so sync counted it complete, night after
+    night, and the new series never came (catalog status said complete too). Its series count
+    rose: the study is listed again and the new instance fetched."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 1, seed=23)
+    out = tmp_path / "mirror"
+    assert run_installed("sync", "--url", growing_server(root), "-o", str(out)).returncode == 0
+
+    gone, model = instances[0], instances[-1]
+    gone.path.unlink()
+    dataset = pydicom.dcmread(model.path)
+    dataset.SeriesInstanceUID, dataset.SOPInstanceUID = "2.25.1001", "2.25.1002"
+    dataset.file_meta.MediaStorageSOPInstanceUID = "2.25.1002"
+    dataset.save_as(root / "new-series.dcm")
+    url = growing_server(root)
+
+    synced = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    assert synced.returncode == 0, synced.stderr
+    summary = json.loads(synced.stdout)
+    assert summary["sync"]["already_complete"] == 0 and summary["instances"]["downloaded"] == 1
+    new = out / model.study_uid / "2.25.1001" / "2.25.1002.dcm"
+    assert new.read_bytes() == (root / "new-series.dcm").read_bytes()
+    again = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    assert json.loads(again.stdout)["sync"]["already_complete"] == 1
 
 
 def test_sync_fetches_again_what_was_deleted(
