@@ -37,10 +37,11 @@ TAG_STUDY_INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
 # Asked for explicitly: servers need not return them by default (one per parameter: Orthanc).
 INCLUDE_FIELDS = (TAG_DESCRIPTION, TAG_MODALITIES, TAG_STUDY_SERIES, TAG_STUDY_INSTANCES)
 
-_DATE_RE = re.compile(r"\d{8}")
-_RELATIVE_DAYS_RE = re.compile(r"(\d{1,4})d")
-_ISO_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_ISO_RANGE_RE = re.compile(r"(\d{4}-\d{2}-\d{2})?[-/](\d{4}-\d{2}-\d{2})?")
+# ASCII digits only: \d also matches other scripts' digits, which int() reads (`٣d` was 3d).
+_DATE_RE = re.compile(r"\d{8}", re.ASCII)
+_RELATIVE_DAYS_RE = re.compile(r"(\d{1,4})d", re.ASCII)
+_ISO_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_ISO_RANGE_RE = re.compile(r"(\d{4}-\d{2}-\d{2})?[-/](\d{4}-\d{2}-\d{2})?", re.ASCII)
 _TAG_RE = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 _CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
 
@@ -245,8 +246,8 @@ def parse_study_date(text: str, today: dt.date | None = None) -> str:
     if not parts or not all(_is_date(p) for p in parts) or (sep and low and high and low > high):
         raise UsageError(
             f"--study-date must be YYYYMMDD or YYYY-MM-DD, a range YYYYMMDD-YYYYMMDD or "
-            f"YYYY-MM-DD/YYYY-MM-DD (either end may be open), today, yesterday or Nd, "
-            f"not {text[:40]!r}"
+            f"YYYY-MM-DD/YYYY-MM-DD (either end may be open), today, yesterday or Nd (N up to "
+            f"9999), not {text[:40]!r}"
         )
     return value
 

@@ -263,9 +263,16 @@ def test_study_dates(text: str, expected: str) -> None:
     assert parse_study_date(text, TODAY) == expected
 
 
-@pytest.mark.parametrize("text", ["2026", "20261301", "20260131-20260101", "-", "last week", "1.2"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026", "20261301", "20260131-20260101", "-", "last week", "1.2", "10000d",
+        "\u0663d",  # an Arabic-Indic 3: read as 3d, where such a date was refused
+        "\u0662\u0660\u0662\u0666\u0660\u0661\u0660\u0661",
+    ],
+)  # fmt: skip
 def test_bad_study_dates(text: str) -> None:
-    with pytest.raises(UsageError, match="--study-date must be"):
+    with pytest.raises(UsageError, match=r"--study-date must be .* Nd \(N up to 9999\)"):
         parse_study_date(text, TODAY)
 
 
