@@ -252,7 +252,10 @@ def export(path: Path, target: Path, table: str, where: str | None) -> int:
             check_pulled(db, path)
         clause, params = where_of(None, where)
         form = "PARQUET" if suffix == ".parquet" else "CSV, HEADER"
-        select = f"SELECT * FROM {table} WHERE {clause}"
+        columns = "*"
+        if suffix == ".csv" and table == "studies":  # as `catalog query --csv` writes them: CT\MR
+            columns = "* REPLACE (array_to_string(modalities, '\\') AS modalities)"
+        select = f"SELECT {columns} FROM {table} WHERE {clause}"
         _copy(db, f"COPY ({select}) TO '{_quote(temp)}' (FORMAT {form})", params, path, target)
         row = _run(db, path, f"SELECT count(*) FROM ({select})", params).fetchone()
         try:

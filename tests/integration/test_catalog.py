@@ -395,6 +395,14 @@ def test_export_to_parquet_and_csv_reads_back(embedded_server: StartServer, tmp_
         with duckdb.connect() as con:
             back = con.execute(f"SELECT study_uid, instances FROM '{target}' ORDER BY 1").fetchall()
         assert back == rows
+    # Modalities in a CSV as `catalog query --csv` writes them (`CT`, `CT\\MR`), not `[CT]`.
+    exported = (tmp_path / "c.csv").read_text().splitlines()
+    queried = run_installed("catalog", "query", "--db", str(db), "--csv").stdout.splitlines()
+    column = exported[0].split(",").index("modalities")
+    assert sorted(line.split(",")[column] for line in exported[1:]) == sorted(
+        line.split(",")[queried[0].split(",").index("modalities")] for line in queried[1:]
+    )
+    assert "[" not in exported[1]
     wrong = run_installed("catalog", "export", "--db", str(db), "--to", str(tmp_path / "c.xlsx"))
     assert wrong.returncode == 2 and "--to must end in .parquet or .csv" in wrong.stderr
 
