@@ -330,6 +330,9 @@ class CurlTransport(httpx.AsyncBaseTransport):
             easy.setopt(pycurl.SSLCERT, str(tls.cert))
             if tls.key is not None:
                 easy.setopt(pycurl.SSLKEY, str(tls.key))
+            # An encrypted key then fails to load: without a pass phrase set, OpenSSL asks
+            # for one on the terminal, and the run waits there, deaf to Ctrl-C.
+            easy.setopt(pycurl.KEYPASSWD, "")
         return easy
 
     def _prepare(

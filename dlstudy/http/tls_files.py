@@ -25,6 +25,8 @@ PEM_PRIVATE_KEY = ("PRIVATE KEY-----", "PEM private key")
 CA_DIRECTORY_VARIABLE = "SSL_CERT_DIR"
 # requests (through urllib3) takes a directory here as OpenSSL's CA directory, not a bundle.
 BUNDLE_OR_DIRECTORY_VARIABLE = "REQUESTS_CA_BUNDLE"
+# The signs of a PEM key sealed with a pass phrase: PKCS#8's block, or OpenSSL's legacy header.
+_ENCRYPTED = (b"ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRYPTED")
 _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 # More than any real bundle (Mozilla's is ~200 KiB); a file past it is no PEM bundle.
 _MAX_READ = 64 << 20
@@ -148,4 +150,10 @@ def _content_problem(path: Path, marker: str, what: str) -> str | None:
         return f"cannot read it ({exc.strerror or exc})"
     if marker.encode() not in text:
         return f"no {what} in it"
+    if marker == PEM_PRIVATE_KEY[0] and any(sign in text for sign in _ENCRYPTED):
+        # OpenSSL would ask for its pass phrase on the terminal, where a signal cannot stop it
+        return (
+            "the key is encrypted (it needs a pass phrase): decrypt it first, e.g. "
+            f"openssl pkey -in {path} -out plain.key (and keep that file private)"
+        )
     return None

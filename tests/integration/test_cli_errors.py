@@ -729,6 +729,36 @@ def test_a_key_of_another_certificate_is_named_at_once(
     assert "attempts" not in line, line
 
 
+@pytest.mark.parametrize("form", ["pkcs8", "legacy"])
+def test_an_encrypted_key_is_named_before_openssl_asks_for_its_pass_phrase(
+    tmp_path: Path, form: str
+) -> None:
+    """A `--key` sealed with a pass phrase: OpenSSL asked for it on the terminal, where Ctrl-C
+    and SIGTERM did not stop the run; without a terminal, `cannot use --cert/--key: unable to
+    set private key file`, exit 3, never saying why. Now one line before any request."""
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    client = trustme.CA().issue_cert("client@dlstudy.test")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    client.cert_chain_pems[0].write_to_path(str(cert))
+    private = serialization.load_pem_private_key(client.private_key_pem.bytes(), None)
+    key.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8 if form == "pkcs8"
+        else serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.BestAvailableEncryption(b"xyz"),
+    ))  # fmt: skip
+    result = run_installed(
+        "query", "--url", "https://127.0.0.1:9/dicomweb", "--cert", str(cert), "--key", str(key)
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"dlstudy: error: --key {key}: the key is encrypted (it needs a pass phrase): decrypt "
+        f"it first, e.g. openssl pkey -in {key} -out plain.key (and keep that file private)"
+    ]
+
+
 @contextmanager
 def nginx_asking_for_a_client_certificate(folder: Path, tls: TlsFiles) -> Iterator[str]:
     """nginx over TLS with `ssl_verify_client on` (client certificates signed by `tls`'s CA)
