@@ -59,6 +59,12 @@ def _translate(exc: BaseException, url: str) -> DlstudyError:
         return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
     if isinstance(exc, httpx.ConnectError):
         if curl is not None and curl.tls:
+            if "no application protocol" in said:  # TLS alert 120: h2 alone offered by ALPN
+                return ConnectError(
+                    f"{_netloc(parsed)} does not speak HTTP/2 (its TLS handshake refused h2: "
+                    f"{said}); try --http 1.1 ({shown})",
+                    url=shown,
+                )
             if _speaks_no_tls(said):
                 said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
             elif curl.code in _LOCAL_TLS_FILES:  # ours, not the server's: name the option

@@ -760,9 +760,12 @@ def test_an_encrypted_key_is_named_before_openssl_asks_for_its_pass_phrase(
 
 
 @contextmanager
-def nginx_asking_for_a_client_certificate(folder: Path, tls: TlsFiles) -> Iterator[str]:
-    """nginx over TLS with `ssl_verify_client on` (client certificates signed by `tls`'s CA)
-    in front of nothing: it answers requests without a trusted certificate itself. Its URL."""
+def nginx_asking_for_a_client_certificate(
+    folder: Path, tls: TlsFiles, *, verify_client: bool = True
+) -> Iterator[str]:
+    """nginx over TLS (HTTP/1.1 alone, as `listen ... ssl` without `http2`) with
+    `ssl_verify_client on` (client certificates signed by `tls`'s CA; `verify_client=False`:
+    none asked for) in front of nothing: it answers requests itself. Its URL."""
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
     )
@@ -777,8 +780,12 @@ def nginx_asking_for_a_client_certificate(folder: Path, tls: TlsFiles) -> Iterat
         "http { access_log off; server {\n"
         f"  listen 127.0.0.1:{port} ssl;\n"
         f"  ssl_certificate {tls.cert}; ssl_certificate_key {tls.key};\n"
-        f"  ssl_client_certificate {tls.ca_pem}; ssl_verify_client on;\n"
-        f"  location / {{ proxy_pass http://127.0.0.1:{free_port()}; }}\n"
+        + (
+            f"  ssl_client_certificate {tls.ca_pem}; ssl_verify_client on;\n"
+            if verify_client
+            else ""
+        )
+        + f"  location / {{ proxy_pass http://127.0.0.1:{free_port()}; }}\n"
         "} }\n"
     )
     process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder)])
@@ -820,6 +827,27 @@ def test_a_server_asking_for_a_client_certificate_names_cert(
                 assert result.returncode == 3, result.stderr
                 (line,) = error_lines(result.stderr)
                 assert line.startswith(f"dlstudy: error: server {expected} (HTTP 400 on "), line
+
+
+@pytest.mark.integration
+def test_http2_asked_of_a_tls_server_without_it_says_so(tmp_path: Path, tls_ca: TlsFiles) -> None:
+    """nginx's `listen ... ssl` without `http2` (a common setup) and `--http 2`: its TLS
+    handshake refuses the h2 libcurl alone offers (alert 120), which read as a certificate
+    problem: `TLS handshake with '127.0.0.1' failed: ... no application protocol`."""
+    with nginx_asking_for_a_client_certificate(
+        tmp_path / "nginx", tls_ca, verify_client=False
+    ) as url:
+        for args in (("query",), ("download", STUDY, "-o", str(tmp_path / "out"))):
+            result = run_installed(
+                *args, "--url", url, "--ca-bundle", str(tls_ca.ca_pem), "--http", "2"
+            )
+            assert result.returncode == 3, result.stderr
+            (line,) = error_lines(result.stderr)
+            assert line.startswith(
+                f"dlstudy: error: {url.split('/')[2]} does not speak HTTP/2 (its TLS handshake "
+                "refused h2: "
+            ), line
+            assert f"); try --http 1.1 ({url}/" in line, line
 
 
 @pytest.mark.parametrize(
