@@ -427,6 +427,38 @@ def cutting(
         yield url, STUDY, SOPS
 
 
+@contextmanager
+def cutting_searches(cut_first: int) -> Iterator[tuple[str, str, list[str]]]:
+    """QIDO answers without a Content-Length, ending when the connection closes; the first
+    `cut_first` of them close halfway, so HTTP cannot tell them from whole ones. Instances
+    come whole. Yields (base URL, study UID, the SOP UIDs)."""
+    answers = [0]
+
+    class CuttingSearches(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/series"):
+                body = json.dumps([series_json(SERIES, count=len(SOPS))]).encode()
+            elif path.endswith(("/instances", "/studies")):
+                body = json.dumps([instance_json(s) for s in SOPS]).encode()
+            else:
+                data = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 4096)
+                self.reply(200, data, "application/dicom")
+                return
+            answers[0] += 1
+            if answers[0] <= cut_first:
+                body = body[: len(body) // 2]
+            self.send_response(200)
+            self.send_header("Content-Type", DICOM_JSON)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+    with _one_server(CuttingSearches) as url:
+        yield url, STUDY, SOPS
+
+
 _BOMB: list[bytes] = []
 
 

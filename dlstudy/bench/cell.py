@@ -32,7 +32,7 @@ from ..engine.parts import pour_parts
 from ..errors import (
     IntegrityError,
 )
-from ..http.client import Transport
+from ..http.client import Transport, unframed
 from ..http.failures import check_auth
 from ..http.transfer import pour_body
 from ..http.urls import is_valid_uid
@@ -128,7 +128,7 @@ class CellRun:
                             f"asked (the rest not counted)"
                         )
                 else:
-                    check_whole = _unframed(response)
+                    check_whole = unframed(response)
                     with self._output(sop_uid, check_whole, what) as output:
                         await pour_body(response, output.write)
                     got = 1
@@ -180,14 +180,6 @@ class CellRun:
             output.abandon()
             raise
         output.finish()
-
-
-def _unframed(response: httpx.Response) -> bool:
-    """No Content-Length and not chunked: the body ends where the connection (or the HTTP/2
-    stream) does, so one cut short looks whole to HTTP."""
-    if "content-length" in response.headers:
-        return False
-    return "chunked" not in response.headers.get("transfer-encoding", "").lower()
 
 
 class Enough(Exception):

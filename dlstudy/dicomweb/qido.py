@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.watchdog import watchdog
-from ..http.client import Transport
+from ..http.client import Transport, unframed
 from ..http.failures import check_auth
 from ..http.urls import redact_url
 from .answers import (
@@ -526,11 +526,13 @@ class Pager:
             what = describe_answer(response)
             if parse_media_type(response.headers.get("content-type", "")).mime in JSON_TYPES:
                 # DICOM JSON it says it is, and cut or broken: a server fault, not a wrong root.
-                raise ServerError(
+                said = (
                     f"QIDO answer is malformed JSON ({what}, {len(response.content)} bytes: "
-                    f"cut short?) on {shown}",
-                    url=shown,
-                ) from exc
+                    f"cut short?) on {shown}"
+                )
+                if unframed(response):  # a cut HTTP cannot see: asked again
+                    raise TransferError(said, url=shown, retryable=True) from exc
+                raise ServerError(said, url=shown) from exc
             raise ServerError(
                 f"QIDO answer is not JSON ({what}) on {shown}: is --url a DICOMweb root? "
                 f"({ROOT_HINT})",

@@ -59,6 +59,8 @@ USER_AGENT = "dlstudy"
 RECONNECT_PAUSE = 0.5
 # Headers about the body as it came over the wire, wrong for the decoded body of _read_small.
 _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+# In the extensions of an answer read whole: whether it came unframed (its own headers gone).
+UNFRAMED = "dlstudy.unframed"
 # Headers of the archive's that no other origin gets (with the --header ones).
 _NOT_ELSEWHERE = frozenset({"authorization", "cookie"})
 
@@ -110,6 +112,18 @@ def http3_problem(settings: Settings) -> str | None:
             "use --http 2, or leave the archive's host out of the proxy (NO_PROXY)"
         )
     return None
+
+
+def unframed(response: httpx.Response) -> bool:
+    """No Content-Length and not chunked: the body ended where the connection (or the HTTP/2
+    stream) did, so one cut short looked whole to HTTP. (An answer read whole says so in its
+    extensions: its framing headers are gone.)"""
+    said = response.extensions.get(UNFRAMED)
+    if said is not None:
+        return bool(said)
+    if "content-length" in response.headers:
+        return False
+    return "chunked" not in response.headers.get("transfer-encoding", "").lower()
 
 
 def require_asyncio() -> None:
@@ -475,7 +489,7 @@ class Transport:
             content=body,
             request=response.request,
             history=response.history,
-            extensions=response.extensions,
+            extensions={**response.extensions, UNFRAMED: unframed(response)},
         )
         decoded.elapsed = dt.timedelta(seconds=time.monotonic() - started)
         return decoded

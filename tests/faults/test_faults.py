@@ -1328,6 +1328,32 @@ def test_a_body_cut_where_http_cannot_tell_is_never_committed(
     assert not list(out.rglob("*.part"))
 
 
+@pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
+def test_a_search_answer_cut_where_http_cannot_tell_is_asked_again(
+    tmp_path: Path, cut_first: int
+) -> None:
+    """A close-delimited QIDO answer that stops halfway looks complete to HTTP, and its JSON
+    is broken: the run stopped at once, `QIDO answer is malformed JSON (...: cut short?)`,
+    exit 3, where a cut HTTP sees is retried. Now asked again, as such a cut is."""
+    from ..scripted_servers import cutting_searches
+
+    out = tmp_path / "out"
+    with cutting_searches(cut_first) as (url, study, sops):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--retries", "3",
+        )  # fmt: skip
+    summary = json.loads(result.stdout)
+    if cut_first == 2:
+        assert result.returncode == 0, result.stderr
+        assert summary["instances"]["downloaded"] == len(sops)
+        assert summary["retried"] >= 2
+    else:
+        assert result.returncode == 3, result.stderr
+        assert "QIDO answer is malformed JSON" in summary["error"]
+        assert "cut short?" in summary["error"] and "attempts" in summary["error"]
+
+
 def test_a_tls_body_cut_without_close_notify_is_never_committed(
     tmp_path: Path, tls_ca: TlsFiles
 ) -> None:
