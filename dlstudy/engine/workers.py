@@ -35,6 +35,7 @@ import anyio.abc
 
 from ..dicomweb.negotiate import Retrieval
 from ..errors import AuthError, DlstudyError, ServerError, StorageError
+from ..flow.signals import stopping
 from ..http.client import ONCE_PER_RUN
 from ..model import Committed, InstanceRef
 from ..settings import MAX_WORKERS  # what --workers accepts
@@ -289,6 +290,12 @@ async def run_in_processes(
             conn.close()
     if fatal:
         raise fatal[0]
+    # A signal to the whole process group (a service stopped, Ctrl-C in a terminal) ends the
+    # workers as it stops this run: what they had in hand was interrupted, not failed. Its
+    # handler runs at the next checkpoint if it has not yet.
+    await anyio.lowlevel.checkpoint()
+    if stopping():
+        return
     for ref in list(unreported.values()):  # a worker died: its instances are accounted for
         report(Failed(ref, f"instance {ref.sop_uid}: its worker process ended early", None))
 
