@@ -134,6 +134,7 @@ def register(app: typer.Typer) -> None:
                         output=options["output"],
                         json_output=json_output,
                         quiet=quiet,
+                        report=report,
                         what="studies" if from_file is None else "listed items",
                     )
                 settings = settings_from(ctx)

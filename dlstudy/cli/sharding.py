@@ -13,6 +13,7 @@ from ..dicomweb.cohort import CohortItem, Repeats, unique_wanted
 from ..dicomweb.shard import Shard, parse_shard
 from ..errors import DlstudyError
 from ..http.urls import is_valid_uid, redact_url
+from ..report.landed import run_report
 from ..report.summary import Summary
 from .common import fail_usage, finish
 from .connection import option
@@ -110,11 +111,19 @@ def finish_empty_shard(
     output: Path,
     json_output: bool,
     quiet: bool,
+    report: Path | None = None,
     what: str = "studies",
 ) -> NoReturn:
-    """No study of the list falls in this shard: nothing to do, which is a success (exit 0)."""
+    """No study of the list falls in this shard: nothing to do, which is a success (exit 0).
+    Its `--report` says so (no rows): an earlier run's would pass for this one's."""
     if not quiet and not json_output:
         typer.echo(f"dlstudy: shard {shard}: none of the {given} {what} is in this shard", err=True)
-    finish(
-        Summary(url=redact_url(url), output=str(output)), None, json_output=json_output, quiet=quiet
-    )
+    error: DlstudyError | None = None
+    if report is not None:
+        try:
+            with run_report(report):
+                pass
+        except DlstudyError as exc:
+            error = exc
+    summary = Summary(url=redact_url(url), output=str(output))
+    finish(summary, error, json_output=json_output, quiet=quiet)

@@ -636,6 +636,18 @@ def test_a_shard_with_no_study_succeeds(tmp_path: Path, embedded_server: StartSe
     assert f"shard {other}/2: none of the 1 studies is in this shard" in result.stderr
     assert not (tmp_path / "o").exists()
 
+    # Its --report says so, rows none: it was not written, and an earlier run's stayed.
+    for name, header in (("landed.csv", "status,study,series,sop,path,size,digest,reason\n"),
+                         ("landed.jsonl", "")):  # fmt: skip
+        report = tmp_path / name
+        report.write_text("stale,row\n")
+        again = run_installed(
+            "download", uid, "--url", url, "-o", str(tmp_path / "o"), "--shard", f"{other}/2",
+            "--report", str(report),
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert report.read_text() == header
+
 
 def test_the_example_crontab_line_runs_as_written(
     cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
