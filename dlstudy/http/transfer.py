@@ -119,9 +119,15 @@ class Transfer:
         return None
 
     def finished(self, code: int, message: str) -> None:
-        """libcurl is done: `code` 0 when the whole response arrived."""
-        if code == 0 and self.batch and self._flush() is not None:
-            code, message = pycurl.E_WRITE_ERROR, "the sink failed"
+        """libcurl is done: `code` 0 when the whole response arrived. A body cut short still
+        hands the sink what arrived: the parts of a multipart answer complete in it are kept."""
+        if self.batch:
+            before = self.sink_error
+            if self._flush() is not None:
+                if code == 0:
+                    code, message = pycurl.E_WRITE_ERROR, "the sink failed"
+                else:
+                    self.sink_error = before  # what failed is the body cut short
         self.done = True
         if code:
             self.error = self.sink_error or self.engine.error_for(code, message, self)

@@ -431,3 +431,27 @@ def test_the_library_takes_paths_as_strings_in_settings(
     with pytest.raises(dlstudy.DlstudyError) as refused:
         dlstudy.download([synth_study.study_uid], url, output="x", transfer_syntax="jpeg")
     assert refused.value.exit_status == 2 and "'jpeg'" in str(refused.value)
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+def test_a_series_answer_cut_short_keeps_every_part_that_came_whole(
+    embedded_server: StartServer, tmp_path: Path, http: str
+) -> None:
+    """A series of 70 parts of ~8 KB cut after 120,000 bytes: about 14 parts came whole, but
+    the pieces not yet handed on (up to 128 KiB, batched for the sink) were dropped with the
+    cut, so the warning said `stopped after 0 parts` and all 70 were fetched again one by
+    one. What arrived is handed on: the parts complete in it are kept."""
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(studies=1, series=1, instances=70, size=8000, seed=7))
+    url = embedded_server(source, drop_after_bytes=120_000)
+    out = tmp_path / "out"
+    result = run_installed(
+        "download", instances[0].study_uid, "--url", url, "-o", str(out), "--mode", "series",
+        "--http", http, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "bulk retrieval stopped" in line]
+    kept = int(warning.split("stopped after ")[1].split()[0])
+    assert kept >= 12, warning
+    assert json.loads(result.stdout)["instances"]["downloaded"] == 70
+    assert_same_files(instances, out)
