@@ -39,6 +39,17 @@ def upload_study(orthanc: OrthancServer, root: Path, seed: int) -> list[SynthIns
     return instances
 
 
+def upload_a_day(orthanc: OrthancServer, root: Path, day: str, seed: int) -> list[SynthInstance]:
+    """10 studies of one instance each, all of `day`, in an Orthanc emptied first."""
+    orthanc.reset()
+    spec = SynthSpec(studies=10, series=1, instances=1, size=1024, seed=seed,
+                     study_dates=(day, day))  # fmt: skip
+    instances = generate(root, spec)
+    for instance in instances:
+        assert orthanc.upload(instance.path)["Status"] == "Success"
+    return instances
+
+
 @pytest.mark.parametrize("mode", ["instance", "series"])
 def test_a_study_of_more_series_than_orthanc_lists_comes_whole(
     capped: OrthancServer, tmp_path: Path, mode: str
@@ -171,12 +182,7 @@ def test_a_day_orthanc_cuts_is_listed_again_by_time_of_day(
     The day is now also asked for in two StudyTime windows: `query` exits 1; `sync` lists the
     day again, split by time of day until each answer is whole, as a catalog pull of the day
     does: all 10."""
-    capped.reset()
-    spec = SynthSpec(studies=10, series=1, instances=1, size=1024, seed=75,
-                     study_dates=("20200601", "20200601"))  # fmt: skip
-    instances = generate(tmp_path / "source", spec)
-    for instance in instances:
-        assert capped.upload(instance.path)["Status"] == "Success"
+    instances = upload_a_day(capped, tmp_path / "source", "20200601", seed=75)
     url, day = capped.dicomweb_url, ("--study-date", "20200601")
 
     listed = run_installed("query", "--url", url, "--uids", *day)
@@ -206,12 +212,7 @@ def test_a_day_of_a_searchs_own_times_orthanc_cuts_is_not_taken_for_whole(
     windows off, and the date windows lie outside the day, so the 5 studies Orthanc sent of
     10 were taken for the whole search, exit 0 (query and sync). The time windows now split
     the times listed inside the search's own."""
-    capped.reset()
-    spec = SynthSpec(studies=10, series=1, instances=1, size=1024, seed=76,
-                     study_dates=("20200602", "20200602"))  # fmt: skip
-    instances = generate(tmp_path / "source", spec)
-    for instance in instances:
-        assert capped.upload(instance.path)["Status"] == "Success"
+    instances = upload_a_day(capped, tmp_path / "source", "20200602", seed=76)
     url = capped.dicomweb_url
     search = ("--study-date", "20200602", "--filter", "StudyTime=000000-235959")
 
