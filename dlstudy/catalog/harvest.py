@@ -43,7 +43,7 @@ import anyio
 
 from ..dicomweb.qido import TAG_SERIES_UID, Pager, first_int, first_value
 from ..dicomweb.search import StudyQuery, StudyRecord
-from ..dicomweb.silent_cut import TIME_KEYS, time_scope, tm
+from ..dicomweb.silent_cut import TIME_KEYS, ListedDates, time_scope, tm, warn_if_one_second
 from ..errors import IncompleteListingError, ServerError
 from ..flow.pool import first_error
 from ..http.client import Transport
@@ -304,6 +304,10 @@ class Harvester:
         paged_on = any(r.study_uid not in seen for r in after.records)
         if not paged_on and not await self._dates_bring_more(pull, window, page.records):
             self.whole_below = max(self.whole_below, length)
+            dates = ListedDates()
+            for record in page.records:
+                dates.add(record.study_date, record.study_time)
+            warn_if_one_second(f"window {window.key}", dates, length)
             return False
         if self.page_size_option is None:
             log.warning("the server cuts pages at %d results without saying so", length)

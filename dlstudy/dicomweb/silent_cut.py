@@ -104,11 +104,17 @@ async def check_whole(
             "and time of day (as 'sync' does by itself), or lift the cap",
             url=shown,
         )
-    if dates.one_second(len(listed)):
+    warn_if_one_second(redact_url(url), dates, len(listed))
+
+
+def warn_if_one_second(where: str, dates: ListedDates, studies: int) -> None:
+    """Say so when the `studies` a search listed (two or more) are all of one second: no
+    window narrower than the search can hold one it did not send, so a cut goes unseen."""
+    if studies > 1 and dates.one_second(studies):
         log.warning(
             "%s: the %d studies it sent are all of one second (%s %s): no narrower search "
             "can show whether the server cut it there",
-            redact_url(url), len(listed), dates.first, tm(dates.first_time or 0),
+            where, studies, dates.first, tm(dates.first_time or 0),
         )  # fmt: skip
 
 

@@ -254,7 +254,8 @@ def test_a_listing_all_of_one_second_says_it_cannot_be_checked(
 ) -> None:
     """7 studies of one day and one second behind a silent cap of 4 (offset ignored): no
     window narrower than the search can hold a study it did not send, so `query` took the 4
-    for whole, exit 0, without a word. Whether it was cut cannot be known; it now says so."""
+    for whole, exit 0, without a word (as did `sync` and `catalog pull`). Whether it was cut
+    cannot be known; each now says so."""
     source = tmp_path / "source"
     for instance in generate(source, SynthSpec(studies=7, series=1, instances=1, size=1024,
                                                seed=93)):  # fmt: skip
@@ -262,12 +263,17 @@ def test_a_listing_all_of_one_second_says_it_cannot_be_checked(
         dataset.StudyDate, dataset.StudyTime = "20230303", "101010"
         dataset.save_as(instance.path)
     url = embedded_server(source, max_page_size=4, ignore_offset=True, silent_cap=True)
-    listed = run_installed("query", "--url", url, "--uids", "--study-date", "20230303")
-    assert len(listed.stdout.split()) == 4
-    assert (
+    said = (
         "the 4 studies it sent are all of one second (20230303 101010): no narrower search "
         "can show whether the server cut it there"
-    ) in listed.stderr, listed.stderr
+    )
+    listed = run_installed("query", "--url", url, "--uids", "--study-date", "20230303")
+    assert len(listed.stdout.split()) == 4
+    assert said in listed.stderr, listed.stderr
+    synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "out"))
+    assert synced.returncode == 0 and said in synced.stderr, synced.stderr
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", str(tmp_path / "c.duckdb"))
+    assert pulled.returncode == 0 and said in pulled.stderr, pulled.stderr
 
 
 @pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
