@@ -361,9 +361,19 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             where_is[level] = index
     header_row = [_column(cell) for cell in cells]
     unnamed: list[int] = []  # rows with cells filled, none of them a UID dlstudy reads
-    reader = csv.reader(lines, delimiter=delimiter)
-    for row in reader:
-        row_number = number + reader.line_num
+    spanning: list[int] = []  # rows whose quoted cells run over lines
+    # Strict: a quote never closed is an error, not the rest of the file read as one cell.
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    while True:
+        row_number = number + reader.line_num + 1  # where the row begins
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise CohortError(f"{_where(label, row_number)}: {_csv_problem(exc)}") from None
+        if number + reader.line_num > row_number:
+            spanning.append(row_number)
         if [_column(cell) for cell in row] == header_row:
             continue  # the header again: CSVs joined with `cat`
         values = {
@@ -386,6 +396,15 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             where=_where(label, row_number),
             line=row_number,
         )
+    if spanning:  # valid CSV (a cell with a line break), or a stray quote closed by another
+        log.warning(
+            "%s: %d row%s with a quoted cell running over lines (line %s): check that no "
+            "rows were joined into it",
+            label,
+            len(spanning),
+            "" if len(spanning) == 1 else "s",
+            ", ".join(map(str, spanning[:5])) + (", ..." if len(spanning) > 5 else ""),
+        )
     if unnamed:  # said, not silently dropped: a sheet may have lost its UIDs there
         log.warning(
             "%s: %d row%s with no UID skipped (line %s)",
@@ -394,6 +413,24 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             "" if len(unnamed) == 1 else "s",
             ", ".join(map(str, unnamed[:5])) + (", ..." if len(unnamed) > 5 else ""),
         )
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    """What Python's csv module found wrong with a row, in words for the list's author."""
+    said = str(exc)
+    if "unexpected end of data" in said:
+        return (
+            'a quote (") opened in this row is never closed: the rest of the file would be '
+            "read as one cell"
+        )
+    if "field larger than field limit" in said:
+        return "a cell longer than 128 KiB (a quote never closed?)"
+    if "expected after" in said:
+        return (
+            f"a quoted cell goes on after its closing quote ({said}): write a quote inside "
+            'one doubled ("")'
+        )
+    return said
 
 
 _COLUMN_NAMES = {

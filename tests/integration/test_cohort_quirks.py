@@ -209,3 +209,44 @@ def test_csv_rows_without_a_uid_are_said_not_silently_dropped(
     assert f"dlstudy: warning: --from-file {listing}: 1 row with no UID skipped (line 4)\n" in (
         done.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("rows", "line", "said"),
+    [
+        # A quote never closed: every later row was read into one cell, and the run went on
+        # with the rows before it, exit 0, without a word.
+        ('1.2.3,"bad\n1.2.4,ok\n1.2.5,ok\n', 2, 'a quote (") opened in this row is never closed'),
+        # A cell past csv's 128 KiB limit: a `_csv.Error` traceback, exit 1.
+        ("1" * 200_000 + ",x\n", 2, "a cell longer than 128 KiB (a quote never closed?)"),
+        ('1.2.3,"x"y\n', 2, "a quoted cell goes on after its closing quote"),
+    ],
+)
+def test_a_csv_row_that_breaks_the_format_is_named(
+    tmp_path: Path, rows: str, line: int, said: str
+) -> None:
+    sheet = tmp_path / "cohort.csv"
+    sheet.write_text("StudyInstanceUID,Name\n" + rows)
+    done = run_installed(
+        "download", "--from-file", str(sheet), "--url", "http://127.0.0.1:9/x",
+        "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (error,) = done.stderr.splitlines()
+    assert error.startswith(f"dlstudy: error: --from-file {sheet}: line {line}: {said}"), error
+
+
+def test_a_quoted_cell_over_lines_is_read_and_said(tmp_path: Path) -> None:
+    """Valid CSV (a spreadsheet's cell with a line break), or a stray quote that a later one
+    closed, joining the rows between into one cell: read as CSV, and said."""
+    sheet = tmp_path / "cohort.csv"
+    sheet.write_text('StudyInstanceUID,Name\n1.2.3,"two\nlines"\n1.2.4,x\n')
+    done = run_installed(
+        "download", "--from-file", str(sheet), "--url", "http://127.0.0.1:9/x",
+        "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr  # (nothing listens: the list was read whole)
+    assert (
+        "1 row with a quoted cell running over lines (line 2): check that no rows were "
+        "joined into it"
+    ) in done.stderr
