@@ -362,16 +362,17 @@ class Catalog:
         """A catalog lists one archive, recorded at its first pull: studies of another server
         would show up as 'new' and mix two archives. `moved`: the archive is the same, at a new
         address. Until a request of a pull is recorded, nothing came from the recorded address
-        and another one replaces it (a first pull refused for a mistyped --url is retried)."""
+        and another one replaces it (a first pull refused for a mistyped --url is retried, and
+        so is one that moved the catalog to a mistyped address)."""
         stored = self.get_meta("archive")
         if stored == address:
             return
         if stored is None or moved:
-            self.set_meta("archive", address)
+            self._bind_archive(address)
             return
         if not self._heard_from_archive():  # what was learnt of that address goes with it
             self.db.execute("DELETE FROM meta WHERE key = 'offset_ok'")
-            self.set_meta("archive", address)
+            self._bind_archive(address)
             return
         raise UsageError(
             f"catalog {self.path} lists the archive at {stored}, not {address}: use another "
@@ -379,9 +380,20 @@ class Catalog:
             "address"
         )
 
+    def _bind_archive(self, address: str) -> None:
+        """Record `address` as the archive's, and how many requests the pulls had made then:
+        one that moved it to a mistyped address and failed before any answer binds nothing."""
+        self.set_meta("archive", address)
+        self.set_meta("archive_bound_at", str(self._requests()))
+
     def _heard_from_archive(self) -> bool:
+        """Whether a pull has recorded a request since the archive's address was recorded."""
+        bound_at = self.get_meta("archive_bound_at")
+        return self._requests() > (int(bound_at) if bound_at is not None else 0)
+
+    def _requests(self) -> int:
         row = self.db.execute("SELECT coalesce(sum(requests), 0) FROM pulls").fetchone()
-        return bool(row and row[0])
+        return int(row[0]) if row else 0
 
     # --- pulls and windows -----------------------------------------------------------------
 

@@ -568,8 +568,9 @@ def archive_of(db: Path) -> str:
 def test_a_catalog_lists_one_archive(embedded_server: StartServer, tmp_path: Path) -> None:
     """A pull from another server would add its studies as 'new': refused, naming both
     addresses without their secrets, unless --archive-moved says it is the same archive at a
-    new address. A first pull that reached nothing binds no address; a catalog from before
-    addresses were recorded takes the next one pulled."""
+    new address. A first pull that reached nothing binds no address, nor does an
+    --archive-moved pull that reached nothing; a catalog from before addresses were recorded
+    takes the next one pulled."""
     first, second = tmp_path / "first", tmp_path / "second"
     synth(first, 2, seed=63, dates=("20220101", "20220102"))
     synth(second, 3, seed=64, dates=("20220101", "20220102"))
@@ -593,8 +594,16 @@ def test_a_catalog_lists_one_archive(embedded_server: StartServer, tmp_path: Pat
     assert catalog_rows(db) == before and archive_of(db) == url_a
 
     moved = embedded_server(first)  # the same archive at a new address
-    assert pull(moved, db, "--archive-moved")["new"] == 0
+    # Moved to a mistyped address first: that pull reached nothing, so it binds nothing (it
+    # bound the typo, and the next night's pull with the right --url was refused, exit 2).
+    typo = run_installed(
+        "catalog", "pull", "--url", "http://127.0.0.1:1/dicomwbe", "--db", str(db),
+        "--archive-moved",
+    )  # fmt: skip
+    assert typo.returncode == 3, typo.stderr
+    assert pull(moved, db)["new"] == 0
     assert archive_of(db) == moved
+    assert pull(moved, db, "--archive-moved")["new"] == 0
     assert pull(moved, db)["new"] == 0
     with duckdb.connect(str(db)) as con:  # as catalogs were written before addresses
         con.execute("DELETE FROM meta WHERE key = 'archive'")
