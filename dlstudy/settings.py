@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import NoneType
@@ -127,13 +127,32 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, str | os.PathLike) and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
-        object.__setattr__(self, "series", values(self.series))
-        object.__setattr__(self, "modalities", values(self.modalities))
-        object.__setattr__(self, "headers", pairs(self.headers))
+        for name, convert, what in _CONVERTED:
+            given = getattr(self, name)
+            try:
+                object.__setattr__(self, name, convert(given))
+            except (TypeError, ValueError):
+                raise UsageError(f"{name} must be {what}, not {type(given).__name__}") from None
         check_types(self)
+        shard = self.in_shard
+        if shard is not None and not (
+            isinstance(shard, tuple) and len(shard) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in shard)
+            and 1 <= shard[0] <= shard[1]
+        ):  # fmt: skip
+            raise UsageError("in_shard must be None or (K, N), whole numbers with 1 <= K <= N")
 
 
 _PATH_FIELDS = tuple(f.name for f in fields(Settings) if "Path" in str(f.type))
+FIELD_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def check_fields(given: Mapping[str, Any]) -> None:
+    """A UsageError naming a keyword that is no Settings field (a typo, `concurency=`)."""
+    unknown = sorted(set(given) - FIELD_NAMES)
+    if unknown:
+        raise UsageError(f"{unknown[0]!r} is no dlstudy.Settings field")
+
 
 # What a field of each hint takes at run time, as a usage error says it. A script's
 # `concurrency="8"` failed deep inside as a TypeError, and `verify="no"` was true.
@@ -175,6 +194,13 @@ def pairs(given: Pairs) -> tuple[Any, ...]:
     no pair is refused where it is used (http/credentials.py, dicomweb/search.py)."""
     items = given.items() if isinstance(given, Mapping) else given
     return tuple(tuple(item) if isinstance(item, list) else item for item in items)
+
+
+_CONVERTED: tuple[tuple[str, Callable[[Any], tuple[Any, ...]], str], ...] = (
+    ("series", values, "text or a list of text"),
+    ("modalities", values, "text or a list of text"),
+    ("headers", pairs, "a dict or a list of (name, value) pairs"),
+)
 
 
 def concurrency_for(settings: Settings, http_version: str | None) -> int:

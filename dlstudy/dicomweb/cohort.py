@@ -135,7 +135,13 @@ class CohortItem:
         if all(uid is None for uid in given):
             raise UsageError(f"{self.where or 'cohort item'}: names no UID")
         if (uid := self.invalid_uid) is not None:
-            raise UsageError(f"{self.where or 'cohort item'}: invalid UID {uid[:80]!r}")
+            raise UsageError(f"{self.where or 'cohort item'}: invalid UID {_shown(uid)}")
+
+
+def _shown(uid: object) -> str:
+    """A UID given that is none, as a message shows it: text quoted, cut at 80 characters;
+    another type (a library caller's int or bytes) named as such."""
+    return repr(uid[:80]) if isinstance(uid, str) else f"of type {type(uid).__name__}"
 
 
 class Repeats:
@@ -464,6 +470,10 @@ def unique_wanted(wanted: Iterable[W] | str, repeats: Repeats | None = None) -> 
     One UID as a string is that one study, not its characters."""
     if isinstance(wanted, str):
         wanted = [wanted]  # type: ignore[list-item]
+    elif isinstance(wanted, bytes | bytearray) or not isinstance(wanted, Iterable):
+        raise UsageError(
+            f"study_uids must be a UID or a list of UIDs (text), not {type(wanted).__name__}"
+        )
     first_line: dict[object, int] = {}  # an item's key -> its line (0: not from a list)
     kept: list[W] = []
     for one in wanted:

@@ -50,6 +50,14 @@ def credentials_problem(
     secret, `$(cat token.txt)`)."""
     if not all(is_pair(header) for header in headers):
         return "--header: headers must be (name, value) pairs of text, or a dict"
+    for number, (name, _) in enumerate(headers, 1):
+        if not name.strip() or any(c.isspace() or c == ":" for c in name.strip()):
+            # as the CLI's --header says it: the value is not shown, nor the name (it may be
+            # a secret value put in its place)
+            return (
+                f"--header number {number} has no header name (text without spaces or ':'): "
+                "not shown, it may hold a secret"
+            )
     named = [
         ("--token", (token or "").strip(), True),
         ("--user", user, False),

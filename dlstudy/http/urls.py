@@ -45,7 +45,9 @@ _PATH_CHARACTERS = frozenset("/\\%")
 
 
 def is_valid_uid(uid: str) -> bool:
-    return len(uid) <= 64 and _UID_RE.fullmatch(uid) is not None
+    """Digits and dots, at most 64 characters; anything but text (a library caller's int or
+    bytes) is no UID."""
+    return isinstance(uid, str) and len(uid) <= 64 and _UID_RE.fullmatch(uid) is not None
 
 
 def can_be_asked_for(uid: str) -> bool:

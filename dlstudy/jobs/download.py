@@ -27,6 +27,7 @@ from ..errors import (
 from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
 from ..http.client import Transport, http3_problem, require_asyncio
+from ..http.credentials import credentials_problem
 from ..http.rate import rate_problem
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..model import Failure
@@ -34,7 +35,7 @@ from ..report.landed import FAILED, PRESENT, REPEAT, ReportWriter, report_format
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
-from ..settings import MAX_WORKERS, HttpVersion, Mode, Settings, processes_for
+from ..settings import MAX_WORKERS, HttpVersion, Mode, Settings, check_fields, processes_for
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
@@ -55,6 +56,8 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
         if isinstance(uid, CohortItem):
             if uid.listed_by is None or uid.invalid_uid is None:  # else it fails alone
                 uid.check()
+        elif not isinstance(uid, str):
+            raise UsageError(f"a study UID must be text, not {type(uid).__name__}")
         elif not is_valid_uid(uid):
             raise InvalidUidError(
                 f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters",
@@ -67,6 +70,9 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
             raise InvalidUidError(f"invalid --series UID {uid[:80]!r}", uid=uid)
     if (problem := base_url_problem(settings.url)) is not None:
         raise UsageError(problem)
+    tokens = (settings.token, settings.user, settings.password, settings.headers)
+    if (problem := credentials_problem(*tokens)) is not None:
+        raise UsageError(problem)  # (the transport checks it too, once the output is made)
     if not 0 <= settings.concurrency <= MAX_CONCURRENCY:
         raise UsageError(f"--concurrency must be between 0 (auto) and {MAX_CONCURRENCY}")
     if not 0 <= settings.workers <= MAX_WORKERS:
@@ -113,10 +119,12 @@ def download(
     if settings is None:
         if url is None:
             raise UsageError("download() needs url= or settings=")
+        check_fields(options)
         settings = Settings(url=url, **options)  # (it makes Paths of paths given as text)
     elif url is not None or options:
         if url is not None:
             options["url"] = url
+        check_fields(options)
         settings = replace(settings, **options)
     repeats = Repeats() if repeats is None else repeats
     uids = unique_wanted(study_uids, repeats)

@@ -342,6 +342,21 @@ def test_a_setting_of_the_wrong_type_is_named_before_any_request(
         ({"modalities": ["CT", 1]}, "modalities must be text or a list of text, not int"),
         ({"output": 7}, "output must be a path (str or Path), not int"),
         ({"token": 12345678}, "token must be text or None, not int"),
+        # These were TypeErrors and AttributeErrors from deep inside.
+        ({"series": None}, "series must be text or a list of text, not NoneType"),
+        ({"series": 5}, "series must be text or a list of text, not int"),
+        (
+            {"headers": None},
+            "headers must be a dict or a list of (name, value) pairs, not NoneType",
+        ),
+        ({"in_shard": "1/2"}, "in_shard must be None or (K, N), whole numbers with 1 <= K <= N"),
+        ({"concurency": 8}, "'concurency' is no dlstudy.Settings field"),
+        # A header name the CLI refuses was sent, and the server's 400 blamed (exit 3).
+        (
+            {"headers": {"X Bad": "12345678"}},
+            "--header number 1 has no header name (text without spaces or ':'): not shown, it "
+            "may hold a secret",
+        ),
     ]
     for options, message in wrong:
         with pytest.raises(dlstudy.DlstudyError) as refused:
@@ -349,6 +364,15 @@ def test_a_setting_of_the_wrong_type_is_named_before_any_request(
         assert refused.value.exit_status == dlstudy.ExitStatus.USAGE
         assert str(refused.value) == message, options
         assert "12345678" not in str(refused.value)
+    for uids, said in [
+        (None, "study_uids must be a UID or a list of UIDs (text), not NoneType"),
+        ([123], "a study UID must be text, not int"),
+        (b"1.2", "study_uids must be a UID or a list of UIDs (text), not bytes"),
+    ]:
+        with pytest.raises(dlstudy.DlstudyError) as refused:
+            dlstudy.download(uids, url, output=out)  # type: ignore[arg-type]
+        assert refused.value.exit_status == dlstudy.ExitStatus.USAGE
+        assert str(refused.value) == said
     assert not out.exists()
 
 
