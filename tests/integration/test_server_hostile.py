@@ -187,7 +187,7 @@ def test_tls_files_it_cannot_use_are_one_line_before_indexing(
             f"--tls-key {tmp_path / 'one.dcm'}: no PEM private key",
         ),
         ((cert, str(other_key)), f"--tls-key {other_key} is not the key of the certificate in "),
-        ((cert, str(encrypted)), f"--tls-key {encrypted}: the key is encrypted; serve needs"),
+        ((cert, str(encrypted)), f"--tls-key {encrypted}: the key is encrypted (it needs a pass"),
     ]:
         done = run_installed(
             "serve", str(tmp_path), "--port", "0", "--tls-cert", given[0], "--tls-key", given[1]
