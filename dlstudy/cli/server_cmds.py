@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from .command import Command
-from .common import PrintableFormatter, error_line, fail_usage, output_failed
+from .common import PrintableFormatter, error_line, exit_on_interrupt, fail_usage, output_failed
 from .options import fraction, seconds
 
 DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side
@@ -368,7 +368,8 @@ def synth(
     if out.exists() and not out.is_dir():
         fail_usage(f"synth: {out} is not a folder")
     try:
-        written = generate(out, spec)
+        with exit_on_interrupt(kept="the files written so far are whole"):
+            written = generate(out, spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     except OSError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import os
 import random
 import struct
 from collections.abc import Iterator
@@ -189,10 +190,18 @@ def _write_series(
     for index in range(spec.instances):
         sop_uid = _uid(spec, "instance", study, series, index)
         path = directory / f"{sop_uid}.dcm"
-        with path.open("wb") as f:
-            f.write(header.encode(_varying(ds, sop_uid, index, spec)))
-            f.write(pixel_tag)
-            _write_pattern(f, pattern, pixel_len, offset=index * 4099)
+        # Under a temp name until whole: a run stopped part way leaves no short file that a
+        # `serve` of the folder would index as an instance.
+        temp = directory / f".{sop_uid}.dcm.part"
+        try:
+            with temp.open("wb") as f:
+                f.write(header.encode(_varying(ds, sop_uid, index, spec)))
+                f.write(pixel_tag)
+                _write_pattern(f, pattern, pixel_len, offset=index * 4099)
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
         yield SynthInstance(
             path, ds.StudyInstanceUID, ds.SeriesInstanceUID, sop_uid, path.stat().st_size
         )

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -18,7 +19,7 @@ from dlstudy.cli.app import COMMANDS, app, build_app
 from dlstudy.cli.connection import NO_ENVVAR
 from dlstudy.config import load
 
-from ..cli_helpers import DLSTUDY, run_installed
+from ..cli_helpers import DLSTUDY, STOP_SIGNALS, run_installed, stop_installed
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -335,6 +336,25 @@ def test_synth_refuses_more_frames_than_its_size_holds(tmp_path: Path) -> None:
             "one frame per 3 bytes (raise the size) (see 'dlstudy synth --help')\n"
         )
         assert not out.exists() or not list(out.rglob("*.dcm"))
+
+
+@pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
+def test_synth_stopped_part_way_leaves_only_whole_files(
+    tmp_path: Path, signum: int, status: int, said: str
+) -> None:
+    """Ctrl-C left the file being written short under its final name (which `serve` indexes
+    as an instance), and SIGTERM did too, exiting -15 without a word."""
+    out = tmp_path / "out"
+    code, stderr = stop_installed(
+        "synth", str(out), "--series", "1", "--instances", "20000", "--size", "2000",
+        signum=signum, ready=lambda: len(list(out.rglob("*.dcm"))) > 50,
+    )  # fmt: skip
+    assert code == status, stderr
+    assert stderr.splitlines()[-1] == f"dlstudy: error: {said}; the files written so far are whole"
+    files = list(out.rglob("*.dcm"))
+    assert 50 < len(files) < 20000
+    assert all(pydicom.dcmread(f).SOPInstanceUID == f.stem for f in files)
+    assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".dcm"]
 
 
 @pytest.mark.parametrize("option", ["--studies", "--series", "--instances", "--size", "--frames"])
