@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import random
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 __all__ = ["PRESETS", "SynthInstance", "SynthSpec", "generate"]
 
+_MODALITY = re.compile(r"[A-Z0-9]{1,16}")
 CHUNK = 1024 * 1024  # pixel bytes written per call: bounds memory for any instance size
 _MAX_NATIVE_LENGTH = 0xFFFF_FFFE  # a native (defined-length) element's 32-bit length, kept even
 
@@ -119,8 +121,10 @@ def _check(spec: SynthSpec) -> None:
             f"{spec.frames} frames do not fit in {spec.size} bytes: at most one frame per "
             f"{_MAX_BYTES_PER_PIXEL} bytes (raise the size)"
         )
-    if not spec.modality.isalnum() or len(spec.modality) > 16:
-        raise ValueError(f"not a modality code: {spec.modality!r}")
+    if _MODALITY.fullmatch(spec.modality) is None:  # a CS value: upper case ASCII, <= 16
+        raise ValueError(
+            f"not a modality code: {spec.modality!r} (upper case letters and digits, as CT, MR, SM)"
+        )
     if spec.study_dates is not None:
         first, last = spec.study_dates
         if not first or not last or first > last:
@@ -153,7 +157,10 @@ def _study_attributes(spec: SynthSpec, study: int) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.StudyDate = date
     ds.StudyTime = f"{8 + study % 10:02d}{rng.randrange(60):02d}00"
-    ds.AccessionNumber = f"ACC{spec.seed:04d}{study:05d}"
+    accession = f"ACC{spec.seed:04d}{study:05d}"
+    if len(accession) > 16:  # an SH value: a large seed or study number, hashed to fit
+        accession = "A" + hashlib.sha256(accession.encode()).hexdigest()[:15].upper()
+    ds.AccessionNumber = accession
     ds.ReferringPhysicianName = f"{rng.choice(_FAMILY)}^{rng.choice(_GIVEN)}^^DR"
     ds.StudyDescription = _KINDS.get(spec.modality, _KINDS["CT"]).description
     ds.PatientName = f"{rng.choice(_FAMILY)}^{rng.choice(_GIVEN)}"

@@ -338,6 +338,21 @@ def test_synth_refuses_more_frames_than_its_size_holds(tmp_path: Path) -> None:
         assert not out.exists() or not list(out.rglob("*.dcm"))
 
 
+def test_synth_writes_values_their_vr_allows(tmp_path: Path) -> None:
+    """`--seed 100000000` wrote a 17-character AccessionNumber (SH holds 16), and `--modality
+    ct` or `ÄÖ` a Modality no CS value may be (upper case ASCII), exit 0."""
+    out = tmp_path / "out"
+    done = run_installed("synth", str(out), "--seed", "100000000", "--series", "1",
+                         "--instances", "1", "--studies", "2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for path in out.rglob("*.dcm"):
+        assert 0 < len(pydicom.dcmread(path).AccessionNumber) <= 16
+    for modality in ("ct", "\u00c4\u00d6"):
+        refused = run_installed("synth", str(tmp_path / "other"), "--modality", modality)
+        assert refused.returncode == 2, refused.stderr
+        assert f"not a modality code: {modality!r} (upper case letters" in refused.stderr
+
+
 @pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
 def test_synth_stopped_part_way_leaves_only_whole_files(
     tmp_path: Path, signum: int, status: int, said: str
