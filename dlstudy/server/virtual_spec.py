@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 MIXES = ("hospital", "mimic")
 MODALITIES = ("CR", "DX", "CT", "MR", "SEG", "SR")
-MAX_STUDIES = 2**32 - 1
+# Its index is built in memory at start (~50 bytes a study: 3 million took 149 MB and 40 s):
+# more would end in a MemoryError, long after the server said nothing. (UIDs would hold 2**32.)
+MAX_STUDIES = 20_000_000
 MAX_INSTANCES = 2**26  # per series
 
 SOP_CLASSES = {
@@ -61,7 +63,10 @@ class VirtualSpec:
 
     def __post_init__(self) -> None:
         if not 1 <= self.studies <= MAX_STUDIES:
-            raise ValueError(f"a virtual archive has 1 to {MAX_STUDIES} studies")
+            raise ValueError(
+                f"a virtual archive has 1 to {MAX_STUDIES:,} studies (its index is kept in "
+                "memory, ~50 bytes a study)"
+            )
         if not 0 <= self.seed < 2**32:
             raise ValueError("the seed of a virtual archive is 0 to 4294967295")
         if self.mix not in MIXES:
