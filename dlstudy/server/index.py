@@ -112,6 +112,8 @@ class Index:
         count = skipped = 0
         real_root = os.path.realpath(root)
         unreadable = _Unreadable()
+        # SOP Instance UID -> its series and the files not served for it: said once walked
+        duplicates: dict[str, tuple[Series, list[Instance]]] = {}
         for path in _walk(root, unreadable):
             found = _servable_file(path, real_root, unreadable)
             if found is None:
@@ -139,7 +141,9 @@ class Index:
                     study.series.append(series)
             first = series.by_uid.get(instance.sop_uid)
             if first is not None:  # only duplicates pay for choosing
-                series.by_uid[instance.sop_uid] = _keep_one(first, instance)
+                kept, dropped = _larger(first, instance)
+                series.by_uid[instance.sop_uid] = kept
+                duplicates.setdefault(instance.sop_uid, (series, []))[1].append(dropped)
                 skipped += 1
                 continue
             series.by_uid[instance.sop_uid] = instance
@@ -147,6 +151,8 @@ class Index:
         for study in studies.values():  # each series' instances: the one kept of each UID
             for series in study.series:
                 series.instances = list(series.by_uid.values())
+        for sop_uid, (series, others) in duplicates.items():
+            _say_duplicates(series.by_uid[sop_uid], others)
         unreadable.warn(root)
         if skipped:  # a folder's files missing from its searches, unless this says why
             log.warning(
@@ -345,24 +351,27 @@ def _servable_file(path: Path, real_root: str, unreadable: _Unreadable) -> os.st
     return found
 
 
-def _keep_one(first: Instance, other: Instance) -> Instance:
-    """Of two files with the same SOP Instance UID, the larger: a copy cut short is smaller
-    than the whole file, and which came first in the walk must not decide what is served.
-    Copies of different sizes are a warning, naming both; equal ones only a -v line."""
-    kept, dropped = (other, first) if other.size > first.size else (first, other)
-    if kept.size == dropped.size:
-        log.info("skipped %s: duplicate SOP Instance UID %s", dropped.path, kept.sop_uid)
-    else:
-        log.warning(
-            "SOP Instance UID %s is in two files of different sizes: serving the larger %s "
-            "(%d bytes), not %s (%d bytes)",
-            kept.sop_uid,
-            kept.path,
-            kept.size,
-            dropped.path,
-            dropped.size,
-        )
-    return kept
+def _larger(first: Instance, other: Instance) -> tuple[Instance, Instance]:
+    """Of two files with the same SOP Instance UID, the larger (kept) and the other: a copy
+    cut short is smaller than the whole file, and which came first in the walk must not
+    decide what is served."""
+    return (other, first) if other.size > first.size else (first, other)
+
+
+def _say_duplicates(kept: Instance, dropped: list[Instance]) -> None:
+    """One warning naming the file served for a SOP Instance UID and every other file of it,
+    when their sizes differ; -v lines when all are the same size."""
+    if all(other.size == kept.size for other in dropped):
+        for other in dropped:
+            log.info("skipped %s: duplicate SOP Instance UID %s", other.path, kept.sop_uid)
+        return
+    others = ", ".join(f"{other.path} ({other.size} bytes)" for other in dropped[:5])
+    more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+    log.warning(
+        "SOP Instance UID %s is in %d files of different sizes: serving the largest %s "
+        "(%d bytes), not %s%s",
+        kept.sop_uid, len(dropped) + 1, kept.path, kept.size, others, more,
+    )  # fmt: skip
 
 
 def _read(

@@ -363,11 +363,13 @@ def test_ctrl_c_during_a_transfer_stops_quietly() -> None:
 
 def test_of_two_files_with_one_sop_uid_the_whole_one_is_served(tmp_path: Path) -> None:
     """A copy cut short that comes first in the walk used to be served with its short length;
-    the larger file is served now, and a warning names both."""
+    the largest file is served now, and one warning names it and every other file: a warning
+    for each pair met in the walk named as served a file that a later one replaced."""
     whole = SAMPLE.read_bytes()
     (tmp_path / "a-cut.dcm").write_bytes(whole[:-500])  # first in the walk
-    (tmp_path / "b-whole.dcm").write_bytes(whole)
-    (tmp_path / "c-copy.dcm").write_bytes(whole)  # the same size: a -v line only
+    (tmp_path / "b-cut.dcm").write_bytes(whole[:-200])  # larger than a, not served either
+    (tmp_path / "c-whole.dcm").write_bytes(whole)
+    (tmp_path / "d-copy.dcm").write_bytes(whole)  # the same size as the one served
     seen: list[str] = []
     proc, url = start(str(tmp_path), "--port", "0", seen=seen, installed=True)
     try:
@@ -377,10 +379,11 @@ def test_of_two_files_with_one_sop_uid_the_whole_one_is_served(tmp_path: Path) -
     assert served == whole
     sop = pydicom.dcmread(SAMPLE, stop_before_pixels=True).SOPInstanceUID
     assert seen[:-1] == [
-        f"dlstudy: warning: SOP Instance UID {sop} is in two files of different sizes: serving "
-        f"the larger {tmp_path / 'b-whole.dcm'} ({len(whole)} bytes), not {tmp_path / 'a-cut.dcm'} "
-        f"({len(whole) - 500} bytes)\n",
-        f"dlstudy: warning: skipped 2 of the 3 files under {tmp_path}: not DICOM instances, "
+        f"dlstudy: warning: SOP Instance UID {sop} is in 4 files of different sizes: serving "
+        f"the largest {tmp_path / 'c-whole.dcm'} ({len(whole)} bytes), not "
+        f"{tmp_path / 'a-cut.dcm'} ({len(whole) - 500} bytes), {tmp_path / 'b-cut.dcm'} "
+        f"({len(whole) - 200} bytes), {tmp_path / 'd-copy.dcm'} ({len(whole)} bytes)\n",
+        f"dlstudy: warning: skipped 3 of the 4 files under {tmp_path}: not DICOM instances, "
         "not regular files, links out of the folder, unreadable or duplicates "
         "(--verbose names each)\n",
     ]
