@@ -26,7 +26,14 @@ from .attributes import Json, computed
 from .qido import Page, Query
 from .virtual_dicom import EXPLICIT_VR_LE
 from .virtual_index import VirtualIndex
-from .virtual_instances import Instances, SeriesTemplate, VirtualInstance, part10, series_template
+from .virtual_instances import (
+    Instances,
+    SeriesTemplate,
+    VirtualInstance,
+    module_attributes,
+    part10,
+    series_template,
+)
 from .virtual_qido import Searcher
 from .virtual_spec import MATRIX, MODALITIES, SOP_CLASSES, VirtualSpec
 from .wado import Body, Retrievable
@@ -240,6 +247,7 @@ class VirtualArchive(VirtualIndex):
                 **self.study_attributes(i),
                 **self.series_attributes(i, j),
                 **self.instance_attributes(i, j, k),
+                **module_attributes(self.modality(i, j)),
             }
             return dict(sorted(attrs.items()))
 

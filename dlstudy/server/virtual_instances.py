@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
 
 from . import virtual_dicom as vd
-from .attributes import Json
+from .attributes import Json, computed
 from .virtual_spec import MATRIX, SOP_CLASSES
 
 if TYPE_CHECKING:
@@ -72,29 +72,13 @@ def series_template(archive: VirtualArchive, i: int, j: int) -> SeriesTemplate:
         **archive.series_attributes(i, j),
         **archive.instance_attributes(i, j, 0),
     }
+    attrs.update(module_attributes(modality))
     elements = [_element(tag, entry) for tag, entry in attrs.items()]
-    elements.append(vd.text(0x00080070, "LO", "dlstudy"))
     matrix = MATRIX.get(modality)
     pixels: tuple[str, int] | None = None
-    if matrix is None:  # SR: a report without content items
-        elements += [
-            vd.text(0x0040A040, "CS", "CONTAINER"),
-            vd.text(0x0040A491, "CS", "COMPLETE"),
-            vd.text(0x0040A493, "CS", "UNVERIFIED"),
-            vd.text(0x0040A050, "CS", "SEPARATE"),
-        ]
-    else:
+    if matrix is not None:
         bits = 1 if modality == "SEG" else 16
-        elements += [
-            vd.us(0x00280002, 1),
-            vd.text(0x00280004, "CS", "MONOCHROME2"),
-            vd.us(0x00280101, bits),
-            vd.us(0x00280102, bits - 1),
-            vd.us(0x00280103, 0),
-        ]
         pixels = ("OB" if bits == 1 else "OW", (matrix * matrix * bits + 7) // 8)
-        if modality == "SEG":
-            elements.append(vd.text(0x00620001, "CS", "BINARY"))
     runs: list[list[vd.Element]] = [[], [], [], []]
     for element in sorted(elements):
         tag = element[0]
@@ -102,6 +86,28 @@ def series_template(archive: VirtualArchive, i: int, j: int) -> SeriesTemplate:
             runs[bisect.bisect(_PER_INSTANCE, tag)].append(element)
     a, b, c, d = (vd.encode(run) for run in runs)
     return SeriesTemplate(SOP_CLASSES[modality], (a, b, c, d), pixels)
+
+
+def module_attributes(modality: str) -> dict[str, Json]:
+    """What every instance of a `modality` series holds beyond the attributes its searches
+    give: its maker, and its pixel module (or, SR, its document's flags). Its metadata has
+    them too."""
+    out = {"00080070": computed("LO", "dlstudy")}
+    matrix = MATRIX.get(modality)
+    if matrix is None:  # SR: a report without content items
+        for tag, value in (("0040A040", "CONTAINER"), ("0040A491", "COMPLETE"),
+                           ("0040A493", "UNVERIFIED"), ("0040A050", "SEPARATE")):  # fmt: skip
+            out[tag] = computed("CS", value)
+        return out
+    bits = 1 if modality == "SEG" else 16
+    out["00280002"] = computed("US", 1)
+    out["00280004"] = computed("CS", "MONOCHROME2")
+    out["00280101"] = computed("US", bits)
+    out["00280102"] = computed("US", bits - 1)
+    out["00280103"] = computed("US", 0)
+    if modality == "SEG":
+        out["00620001"] = computed("CS", "BINARY")
+    return out
 
 
 # The elements that differ between the instances of a series, in tag order.

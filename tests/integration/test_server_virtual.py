@@ -283,6 +283,26 @@ def test_wado_single_part_and_multipart(url: str, archive: VirtualArchive) -> No
     assert [m["00080018"]["Value"][0] for m in metadata] == [u[2] for u in listed if u[1] == se]
 
 
+def test_metadata_holds_what_each_instance_holds(url: str, archive: VirtualArchive) -> None:
+    """The metadata of an instance is the instance without its pixel data: it left out its
+    maker and its pixel module (or an SR's document flags), which its bytes held."""
+    seen: set[str] = set()
+    for i in range(len(archive)):
+        for st, se, sop in archive.instances_of(archive.study_uid(i)):
+            dataset = pydicom.dcmread(io.BytesIO(archive.expected_bytes(st, se, sop)))
+            if dataset.Modality in seen:
+                continue
+            seen.add(dataset.Modality)
+            if "PixelData" in dataset:  # (an SR has none)
+                del dataset.PixelData
+            expected = dataset.to_json_dict()
+            (metadata,) = httpx.get(
+                f"{url}/studies/{st}/series/{se}/instances/{sop}/metadata"
+            ).json()
+            assert metadata == expected, dataset.Modality
+    assert seen == {"CR", "DX", "CT", "MR", "SEG", "SR"}
+
+
 def test_same_seed_serves_the_same_listing_and_bytes(embedded_server: StartServer) -> None:
     first, second = (embedded_server(None, virtual=SPEC) for _ in range(2))
     assert qido(first, "/studies", limit=20) == [
