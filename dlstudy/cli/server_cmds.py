@@ -317,8 +317,11 @@ def _date_range(text: str) -> tuple[str, str]:
 
     try:
         value = parse_study_date(text)
-    except UsageError as exc:
-        fail_usage(str(exc))
+    except UsageError:
+        fail_usage(
+            f"--study-date must be YYYYMMDD or YYYY-MM-DD, a range of two such dates in order "
+            f"(both ends given), today, yesterday or Nd; not {text[:40]!r}"
+        )
     first, _, last = value.partition("-")
     if value.startswith("-") or value.endswith("-"):
         fail_usage(f"--study-date {text!r}: synth needs both ends of a range")

@@ -155,3 +155,8 @@ def test_study_dates_spread_over_the_range_asked_for(tmp_path: Path) -> None:
     open_range = run_installed("synth", str(tmp_path / "x"), "--study-date", "20260101-")
     assert open_range.returncode == 2
     assert "synth needs both ends of a range" in open_range.stderr
+    # A range out of order was refused with query's words, "(either end may be open)".
+    backwards = run_installed("synth", str(tmp_path / "x"), "--study-date", "20260102-20260101")
+    assert backwards.returncode == 2
+    assert "a range of two such dates in order (both ends given)" in backwards.stderr
+    assert "open" not in backwards.stderr
