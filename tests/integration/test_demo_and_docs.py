@@ -35,18 +35,18 @@ def test_demo_downloads_and_verifies_every_byte(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("http", ["3", "2.0", ""])
-def test_demo_checks_http_as_download_does(tmp_path: Path, http: str) -> None:
+def test_demo_checks_http_before_it_generates_anything(tmp_path: Path, http: str) -> None:
     """A version download refuses is refused by demo too, before it generates anything
-    (it ran over HTTP/2 and exited 0); HTTP/3, which the demo's plain http:// server cannot
-    carry, as download refuses it for an http:// URL."""
+    (it ran over HTTP/2 and exited 0); and HTTP/3, which the demo's plain http:// server
+    cannot carry, in the demo's own words: download's (`--http must be one of auto, 1.1, 2,
+    3`, then `--http 3 needs an https:// URL`) named a choice and a URL the demo has not."""
     keep = tmp_path / "kept"
     demo = run_installed("demo", "--http", http, "--keep", str(keep))
     download = run_installed("download", "1.2.3", "--url", "http://127.0.0.1:9/x", "--http", http)
     assert demo.returncode == download.returncode == 2, demo.stderr
-    line = f"dlstudy: error: --http must be one of auto, 1.1, 2, 3, got {http!r}"
-    if http == "3":
-        line = "dlstudy: error: --http 3 needs an https:// URL: HTTP/3 (QUIC) runs over TLS"
-    assert demo.stderr.splitlines() == download.stderr.splitlines() == [line]
+    assert demo.stderr.splitlines() == [
+        f"dlstudy: error: demo: --http must be auto, 1.1 or 2 (it serves http://), got {http!r}"
+    ]
     assert not keep.exists()
 
 
