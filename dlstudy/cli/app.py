@@ -173,6 +173,7 @@ def main() -> None:
             where = getattr(context, "command_path", None) or "dlstudy"
             message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
             message = _without_split_off_secrets(message, sys.argv[1:])
+            message = _in_plain_words(exc, message)
             print(f"dlstudy: error: {message} (see '{where} --help')", file=sys.stderr)
         code = exc.exit_code  # type: ignore[attr-defined]
     if sys.getprofile() is not None or sys.gettrace() is not None:
@@ -214,6 +215,29 @@ def _without_split_off_secrets(message: str, argv: list[str]) -> str:
         return message
     option = next(iter(strays.values()))
     return f"Got unexpected extra arguments ({NOT_SHOWN.format(option=option)})"
+
+
+# pydantic's words for a value typer could not convert (typer 0.29 converts through it).
+_CONVERSIONS = {
+    "Input should be a valid integer, unable to parse string as an integer": ("not a whole number"),
+    "Input should be a valid number, unable to parse string as a number": "not a number",
+}
+
+
+def _in_plain_words(exc: BaseException, message: str) -> str:
+    """A bad value's line naming where it came from: the environment variable only when the
+    value was taken from it (the parser names it whatever the source), and in words of its
+    own where pydantic's would show (`-c x`: `not a whole number`)."""
+    for said, plain in _CONVERSIONS.items():
+        message = message.replace(said, plain)
+    context, param = getattr(exc, "ctx", None), getattr(exc, "param", None)
+    envvar = getattr(param, "envvar", None)
+    if context is None or not isinstance(envvar, str) or param is None:
+        return message
+    source = context.get_parameter_source(param.name)
+    if source is not None and source.name != "ENVIRONMENT":
+        message = message.replace(f" (env var: '{envvar}')", "")
+    return message
 
 
 def _is_usage_error(exc: BaseException) -> bool:

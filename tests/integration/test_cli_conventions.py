@@ -178,9 +178,11 @@ def test_the_app_built_for_one_command_runs_it_as_the_whole_app_does(name: str) 
 def test_usage_errors_are_one_line_naming_the_help_to_read() -> None:
     cases = [
         (["download", "--urll", "x"], "No such option: --urll", "dlstudy download --help"),
+        # The variable named only when the value came from it, and in words of dlstudy's own
+        # (it was `(env var: 'DLSTUDY_CONCURRENCY'): Input should be a valid integer, ...`).
         (["download", "1.2.3", "--url", "http://x", "-c", "abc"],
-         "for '--concurrency' / '-c' (env var: 'DLSTUDY_CONCURRENCY'): Input should be a valid "
-         "integer", "dlstudy download --help"),
+         "Invalid value for '--concurrency' / '-c': not a whole number (see",
+         "dlstudy download --help"),
         (["nosuch"], "No such command 'nosuch'", "dlstudy --help"),
         (["catalog", "export", "--db", "x"], "Missing option '--to'",
          "'dlstudy catalog export --help'"),
@@ -192,6 +194,12 @@ def test_usage_errors_are_one_line_naming_the_help_to_read() -> None:
         assert result.stdout == ""
         (line,) = result.stderr.splitlines()
         assert line.startswith("dlstudy: error: ") and what in line and help_hint in line
+    from_variable = run_installed(
+        "download", "1.2.3", "--url", "http://x", env={"DLSTUDY_TIMEOUT": "0"}
+    )
+    assert "Invalid value for '--timeout' (env var: 'DLSTUDY_TIMEOUT'): must be a number" in (
+        from_variable.stderr
+    )
 
 
 @pytest.mark.parametrize(
