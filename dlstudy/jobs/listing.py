@@ -150,7 +150,7 @@ class Lister:
         await run_pool(range(len(items)), resolve_one, RESOLVING_AT_ONCE)
         listed_together.clear()
         failed.update(await self._mismatched_rows(items, found, locator))
-        if shard is not None:
+        if shard is not None and shard.count > 1:  # (one shard has all of them: no other)
             _warn_routed_by_own_uid(items, found)
         for item, group in zip(items, found, strict=True):
             if item.where and item.level == "instance" and group:
@@ -348,12 +348,16 @@ def _warn_routed_by_own_uid(items: Sequence[CohortItem], found: list[Instances])
         if item.level == "unknown" and group and group[0].study_uid != item.uid
     ]
     if lower:
+        label, _, _ = lower[0].where.rpartition(": line ")
+        lines = ", ".join(str(item.line) for item in lower[:5])
+        lines += ", ..." if len(lower) > 5 else ""
+        where = lower[0].where if len(lower) == 1 or not label else f"{label}: lines {lines}"
         log.warning(
             "%s: %d plain UID%s a series or instance: --shard routed %s by its own UID, not its "
             "study's, so another shard may download the same instances; give series and "
             "instances in a CSV's SeriesInstanceUID / SOPInstanceUID column (routed by their "
             "study) to keep shards disjoint",
-            lower[0].where,
+            where,
             len(lower),
             " is" if len(lower) == 1 else "s are each",
             "it" if len(lower) == 1 else "them",

@@ -265,3 +265,17 @@ def test_a_plain_series_uid_in_another_shard_than_its_study_is_said_and_document
     assert sum(len(files) for files in landed.values()) == len(cohort) + len(in_series)
     usage = (Path(__file__).parents[2] / "docs" / "usage.md").read_text(encoding="utf-8")
     assert "if another line names its study, two shards\ndownload the same instances" in usage
+
+    # One shard of one has no other to share with: no warning (it warned). Two such lines
+    # of one shard are named both (it named the first alone).
+    lower = sorted({i.series_uid for i in cohort} | {i.sop_uid for i in cohort})
+    number, pair = next(
+        (n, (a, b)) for a in lower for b in lower for n in (1, 2)
+        if a < b and Shard(n, 2).owns(a) and Shard(n, 2).owns(b)
+    )  # fmt: skip
+    listing.write_text("\n".join(pair) + "\n")
+    for shard, said in (("1/1", None), (f"{number}/2", f"{listing}: lines 1, 2: 2 plain UIDs")):
+        done = run_installed("download", "--url", url, "-o", str(tmp_path / shard[0]),
+                             "--from-file", str(listing), "--shard", shard)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert (said in done.stderr) if said else ("--shard routed" not in done.stderr), shard
