@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import OutputError
 from ..settings import DEFAULT_LAYOUT
-from ..store.completion import has_series, present_files
+from ..store.completion import present_files
 from ..store.files import Store
 from ..store.manifest import Manifest
 from .query import select_studies
@@ -51,10 +51,10 @@ def study_states(
         try:
             check_pulled(db, db_path)
             for record in select_studies(db, db_path, query, where):
-                entries, there = present_files(manifest, store, record.study_uid)
+                present = present_files(manifest, store, record.study_uid)
                 wanted = _instances(manifest, record)
-                whole = has_series(manifest, record.study_uid, record.series)
-                if wanted and there == entries and there >= wanted and whole:
+                there = present.there
+                if wanted and present.whole(wanted, record.series):
                     yield StudyState(record, there, "complete")
                 else:
                     yield StudyState(record, there, "partial" if there else "missing")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from .files import Store
@@ -55,14 +56,33 @@ class Folders:
         return outside
 
 
-def present_files(manifest: Manifest, store: Store, study: str) -> tuple[int, int]:
-    """(entries of the study, how many of their files are in place)."""
+@dataclass(frozen=True, slots=True)
+class Present:
+    """What the index has of a study: its entries, how many of their files are in place,
+    and how many series they are of."""
+
+    entries: int
+    there: int
+    series: int
+
+    def whole(self, instances: int, series: int | None) -> bool:
+        """Every file in place, at least `instances` of them, of at least `series` series
+        (when the server counts them: a study that lost an instance and gained one in a new
+        series has its count of instances unchanged)."""
+        enough = series is None or self.series >= series
+        return self.entries >= instances and self.there == self.entries and enough
+
+
+def present_files(manifest: Manifest, store: Store, study: str) -> Present:
+    """What the index has of `study`, and how much of it is on disk."""
     folders = Folders(store)
     entries = there = 0
-    for path, size in manifest.files_of(study):
+    series: set[str] = set()
+    for path, size, series_uid in manifest.files_of(study):
         entries += 1
         there += folders.has(path, size)
-    return entries, there
+        series.add(series_uid)
+    return Present(entries, there, len(series))
 
 
 def complete_from_index(manifest: Manifest, store: Store, study: str) -> int | None:
@@ -73,7 +93,7 @@ def complete_from_index(manifest: Manifest, store: Store, study: str) -> int | N
         return None
     folders = Folders(store)
     entries = 0
-    for path, size in manifest.files_of(study):
+    for path, size, _ in manifest.files_of(study):
         if not folders.has(path, size):
             return None
         entries += 1
@@ -86,8 +106,7 @@ def is_complete(
     """The server counts `instances` in the study, and the index lists at least that many of
     its files, all in place, under the current layout as far as the study's completion record
     says (a run with another --layout moves them), and of as many series as the server counts
-    (`series`, when it does: a study that lost an instance and gained one in a new series has
-    its count of instances unchanged).
+    (`series`, when it does: Present.whole).
 
     Only the studies asked about are looked at, so a nightly run over a large mirror lists a
     handful of folders, not all of them.
@@ -97,11 +116,4 @@ def is_complete(
     record = manifest.completion(study)
     if record is not None and record.layout != store.layout:
         return False
-    entries, there = present_files(manifest, store, study)
-    return entries >= instances and there == entries and has_series(manifest, study, series)
-
-
-def has_series(manifest: Manifest, study: str, series: int | None) -> bool:
-    """Whether the index has entries of as many series of `study` as the server counts (None:
-    it counts none)."""
-    return series is None or manifest.series_count(study) >= series
+    return present_files(manifest, store, study).whole(instances, series)

@@ -299,23 +299,17 @@ class Manifest:
         """The entries of one study, streamed."""
         yield from self._rows(f"SELECT {_COLUMNS} FROM entries WHERE study = ?", (study,))
 
-    def files_of(self, study: str) -> Iterator[tuple[str, int]]:
-        """The path (relative to OUT) and size of each of one study's entries, streamed."""
+    def files_of(self, study: str) -> Iterator[tuple[str, int, str]]:
+        """The path (relative to OUT), size and series of each of one study's entries,
+        streamed."""
         try:
             cursor = self._connection.execute(
-                "SELECT path, size FROM entries WHERE study = ?", (study,)
+                "SELECT path, size, series FROM entries WHERE study = ?", (study,)
             )
             while rows := cursor.fetchmany(1000):
                 yield from rows
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-
-    def series_count(self, study: str) -> int:
-        """How many series of `study` the index has entries of."""
-        row = self._query_one(
-            "SELECT count(DISTINCT series) FROM entries WHERE study = ?", (study,)
-        )
-        return int(row[0]) if row else 0  # type: ignore[call-overload]
 
     def __iter__(self) -> Iterator[Entry]:
         """Every entry, streamed."""

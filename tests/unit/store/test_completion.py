@@ -36,7 +36,8 @@ def test_links_folders_and_short_files_are_not_in_place(tmp_path: Path, files: i
         elif n != 2:  # the third is missing
             (folder / name).write_bytes(b"x")
 
-    assert present_files(manifest, store, "1.2") == (files, files - 4)
+    present = present_files(manifest, store, "1.2")
+    assert (present.entries, present.there) == (files, files - 4)
     manifest.close()
 
 
@@ -54,5 +55,6 @@ def test_a_series_folder_linked_out_of_out_has_nothing_in_place(tmp_path: Path) 
         path = f"1.2/1.2.3/1.2.3.{n}.dcm"
         manifest.record(Entry("1.2", "1.2.3", f"1.2.3.{n}", path, 1, "blake3:0"))
 
-    assert present_files(manifest, store, "1.2") == (10, 0)
+    present = present_files(manifest, store, "1.2")
+    assert (present.entries, present.there) == (10, 0)
     manifest.close()

@@ -77,7 +77,7 @@ def test_recorded_entries_are_read_back_and_the_last_record_wins(tmp_path: Path)
     assert len(again) == 3 and list(again.files_of("1.3")) == []
     assert sorted(e.sop for e in again.entries_of("1.2")) == sorted(entry(n).sop for n in range(3))
     assert sorted(again.files_of("1.2")) == sorted(
-        (entry(n).path, 5 if n == 1 else entry(n).size) for n in range(3)
+        (entry(n).path, 5 if n == 1 else entry(n).size, entry(n).series) for n in range(3)
     )
     assert {e.sop for e in again} == {entry(n).sop for n in range(3)}
     again.close()
