@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -96,9 +97,42 @@ def _run(
     import duckdb
 
     try:
-        return db.execute(sql, params)
+        return interruptible(db, lambda: db.execute(sql, params))
     except duckdb.Error as exc:
         raise damaged(path, exc) or _failed(exc) from exc
+
+
+def interruptible(db: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
+    """`work()` (a query on `db`) so that Ctrl-C stops it: in the main thread, run in a thread
+    of its own while this one waits where Python can take a signal, and a KeyboardInterrupt
+    (or SIGTERM's) interrupts DuckDB. A signal that came while DuckDB ran the query in the
+    main thread was lost at times (the query ran on: seen with a busy machine)."""
+    if threading.current_thread() is not threading.main_thread():
+        return work()  # (a caller off the main thread interrupts the connection itself)
+    outcome: list[Any] = []
+    finished = threading.Event()  # (not Thread.join: one a signal cut short returns at once)
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread below
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name="dlstudy-catalog-query", daemon=True).start()
+    try:
+        while not finished.wait(0.05):  # a wait Python leaves for its signal handlers
+            pass
+    except BaseException:
+        db.interrupt()
+        while not finished.wait(0.05):  # free once it stopped (one begun just now: again)
+            db.interrupt()
+        raise
+    done, value = outcome[0]
+    if not done:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _failed(exc: Exception) -> UsageError:
@@ -276,7 +310,7 @@ def _copy(
     import duckdb
 
     try:
-        db.execute(sql, params)
+        interruptible(db, lambda: db.execute(sql, params))
     except duckdb.IOException as exc:
         if stop := damaged(path, exc):  # the catalog, not --to
             raise stop from exc
