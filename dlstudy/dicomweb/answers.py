@@ -116,6 +116,8 @@ def refusal_words(response: httpx.Response) -> str | None:
         return None
     mime = _mime(response)
     words: object = None
+    if not mime and response.content.lstrip()[:1] in (b"{", b"["):
+        mime = "application/json"  # JSON sent without its type (Orthanc's REST errors)
     if mime in _JSON_TYPES:
         try:
             data = json_of(response)

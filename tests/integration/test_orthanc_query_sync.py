@@ -114,3 +114,21 @@ def test_wildcards_and_name_components_reach_orthanc_as_typed(
         assert all(
             r["patient_name"].startswith(family[:-1]) for r in rows if r["study_uid"] in matched
         )
+
+
+def test_orthancs_rest_root_given_as_url_is_named_no_dicomweb_root(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """--url at Orthanc's REST root, not /dicom-web (a common slip): `download` said it is no
+    DICOMweb root, but `query` and `sync` said `QIDO search: HTTP 400 on ...`, and not even
+    Orthanc's words (its JSON error comes without a content type)."""
+    from ..cli_helpers import run_installed
+
+    for args in (("query", "--uids"), ("sync", "-o", str(tmp_path / "out"))):
+        result = run_installed(*args, "--url", orthanc.base_url)
+        assert result.returncode == 3, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(
+            f"dlstudy: error: {orthanc.base_url} is not a DICOMweb root: {orthanc.base_url}"
+            "/studies answered HTTP 400"
+        ), line

@@ -605,3 +605,18 @@ def test_a_server_refusing_the_study_count_search_keeps_its_series_listing(
 
     assert [r.sop_uid for r in refs] == ["1.2.3.1.0", "1.2.3.2.0"]
     assert counts.call_count == 1
+
+
+def test_a_refusal_in_json_without_its_content_type_is_read() -> None:
+    """Orthanc sends its REST errors as JSON without a Content-Type: its words were lost."""
+    import httpx
+
+    from dlstudy.dicomweb.answers import refusal_words
+
+    request = httpx.Request("GET", "http://pacs/studies")
+    body = b'{ "Details" : "Missing \\"since\\" argument", "HttpStatus" : 400 }'
+    assert refusal_words(httpx.Response(400, content=body, request=request)) == (
+        'Missing "since" argument'
+    )
+    page = httpx.Response(400, content=b"<html>no</html>", request=request)
+    assert refusal_words(page) is None
