@@ -489,9 +489,10 @@ class Pager:
         try:
             return await with_retries(attempt, what="QIDO search", policy=self.policy)
         except TransferError as exc:
-            if isinstance(exc, HttpStatusError) and 400 <= exc.status_code < 500:
-                # A refused search, or no DICOMweb root (Orthanc's REST root answers its
-                # /studies?limit=... with a 400): the root's own search says which.
+            studies = f"{self.transport.base_url}/studies"
+            if isinstance(exc, HttpStatusError) and 400 <= exc.status_code < 500 and url == studies:
+                # A refused study search, or no DICOMweb root (Orthanc's REST root answers
+                # its /studies?limit=... with a 400): the root's own search says which.
                 await self.check_root()
             raise ServerError(str(exc), url=exc.url) from exc
 
