@@ -328,6 +328,9 @@ def check_auth(response: httpx.Response, *, search: bool = False) -> None:
         )
     what = "rejected the credentials" if response.status_code == 401 else "denied access"
     hint = " (check --token / --user / --password)" if response.status_code == 401 else ""
+    sent = "authorization" in response.request.headers or _has_user(proxy)
+    if response.status_code == 401 and not sent:
+        what, hint = "wants credentials", " (give --token, or --user and --password)"
     if response.status_code == 401 and _has_user(proxy):
         # Some proxies (tinyproxy) refuse wrong credentials with 401, not 407.
         hint = f" (check --token / --user / --password, and the credentials of proxy {proxy})"

@@ -383,7 +383,9 @@ def test_auth_failures_exit_3_and_never_show_the_token(
     url = embedded_server(synth_study.root, token=TOKEN)
     missing = run_cli("download", synth_study.study_uid, "--url", url, "-o", str(tmp_path))
     assert missing.exit_code == 3
-    assert "server rejected the credentials: HTTP 401" in missing.stderr
+    # None were sent: they were said to be rejected.
+    assert "server wants credentials: HTTP 401 on " in missing.stderr
+    assert "(give --token, or --user and --password)" in missing.stderr
 
     wrong = run_cli(
         "download",
