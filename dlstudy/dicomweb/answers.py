@@ -95,6 +95,19 @@ def _names_of(key: str) -> tuple[str, ...]:
     return key.upper(), f"{tag:08X}", f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+def keys_not_returned(items: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+    """The matching `keys` (keywords or tags as sent) that no result of a search carries.
+    PS3.18 has a search return the attributes it matched on: one returned by none may have
+    been ignored without a word (Orthanc does so with keys it cannot match)."""
+    missing = []
+    for key in keys:
+        names = _names_of(key)
+        tag = names[1] if len(names) > 1 else None
+        if tag is not None and not any(tag in item for item in items):
+            missing.append(key)
+    return missing
+
+
 def has_more_warning(headers: httpx.Headers) -> bool:
     # PS3.18: `Warning: 299 <host>: There are N additional results that can be requested`.
     return any(

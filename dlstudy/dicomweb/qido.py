@@ -44,6 +44,7 @@ from .answers import (
     has_more_warning,
     ignored_keys_warning,
     json_of,
+    keys_not_returned,
     refusal_words,
     remaining_of,
     root_problem,
@@ -131,6 +132,17 @@ def series_ref(study_uid: str, item: dict[str, Any]) -> SeriesRef | None:
 _Page = tuple[list[dict[str, Any]], bool]
 
 
+def _refused(exc: ServerError) -> bool:
+    """Whether a search failed for a 4xx answer (after its retries)."""
+    cause = exc.__cause__
+    return isinstance(cause, HttpStatusError) and 400 <= cause.status_code < 500
+
+
+# Matching keys every study search answers with anyway (PS3.18 Table 6.7.1-2): their
+# absence says nothing of a key ignored.
+_ALWAYS_RETURNED = frozenset({"StudyDate", "StudyInstanceUID", "includefield"})
+
+
 class _NextPage:
     """A page asked for while the one before it is read; its failure is raised to whoever
     waits for it, not to the task group (a page not needed after all is cancelled)."""
@@ -185,6 +197,8 @@ class Pager:
         # The matching keys a search must apply: a server that says it ignored one (Warning:
         # 299) answered a wider search than asked, a UsageError.
         self.matching_keys = matching_keys
+        # Those not yet seen in results: a server that matched on one returns it (PS3.18).
+        self._unchecked_keys = [k for k in matching_keys if k not in _ALWAYS_RETURNED]
         self._root_checked = False
         self.remaining: int | None = None  # what the last page's Warning 299 counted
         # The page size at which this server was seen to cut a listing without saying so (a
@@ -341,7 +355,14 @@ class Pager:
         try:
             while True:
                 if upcoming is None:
-                    page = await page_at(offset)()
+                    try:
+                        page = await page_at(offset)()
+                    except ServerError as exc:
+                        if not offset and _refused(exc) and url.endswith("/studies"):
+                            # A refused study search, or no DICOMweb root at all (Orthanc's
+                            # REST root answers 400): the root's own search says which.
+                            await self.check_root()
+                        raise
                 else:
                     page, upcoming = await upcoming.result(), None
                 if page is None:
@@ -489,11 +510,6 @@ class Pager:
         try:
             return await with_retries(attempt, what="QIDO search", policy=self.policy)
         except TransferError as exc:
-            studies = f"{self.transport.base_url}/studies"
-            if isinstance(exc, HttpStatusError) and 400 <= exc.status_code < 500 and url == studies:
-                # A refused study search, or no DICOMweb root (Orthanc's REST root answers
-                # its /studies?limit=... with a 400): the root's own search says which.
-                await self.check_root()
             raise ServerError(str(exc), url=exc.url) from exc
 
     def _read_page(self, response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
@@ -549,6 +565,14 @@ class Pager:
             raise ServerError(
                 f"QIDO answer is not a list of DICOM JSON objects on {shown}", url=shown
             )
+        if data and self._unchecked_keys:
+            for key in keys_not_returned(data, self._unchecked_keys):
+                log.warning(
+                    "the server's answers carry no %s, which the search matches on: a server "
+                    "that ignored it (and said nothing) sent studies whatever their %s",
+                    key, key,
+                )  # fmt: skip
+            self._unchecked_keys = []  # (once: the first page with results tells)
         truncated = response.status_code == 206 or has_more_warning(response.headers)
         log.debug(
             "QIDO %s: HTTP %d, %d result%s%s",

@@ -132,3 +132,25 @@ def test_orthancs_rest_root_given_as_url_is_named_no_dicomweb_root(
             f"dlstudy: error: {orthanc.base_url} is not a DICOMweb root: {orthanc.base_url}"
             "/studies answered HTTP 400"
         ), line
+
+
+def test_a_filter_orthanc_ignores_without_a_word_is_said(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """Orthanc matches on neither OtherPatientIDs nor a private tag, says nothing of it, and
+    returns neither: `query` listed every study and `sync` mirrored the whole archive, exit 0,
+    without a word. The search's answers not carrying a key it matched on is now said."""
+    from ..cli_helpers import run_installed
+
+    orthanc.reset()
+    for instance in generate(tmp_path / "src", SynthSpec(studies=2, series=1, instances=1,
+                                                        size=1024, seed=81)):  # fmt: skip
+        assert orthanc.upload(instance.path)["Status"] == "Success"
+    url = orthanc.dicomweb_url
+    for key in ("OtherPatientIDs", "00291010"):
+        listed = run_installed("query", "--url", url, "--uids", "--filter", f"{key}=NOPE")
+        assert (
+            f"warning: the server's answers carry no {key}, which the search matches on"
+        ) in listed.stderr, listed.stderr
+    honoured = run_installed("query", "--url", url, "--uids", "--filter", "StudyDescription=*")
+    assert len(honoured.stdout.split()) == 2 and "carry no" not in honoured.stderr
