@@ -112,12 +112,22 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
 
     if read_only and not path.exists():
         raise UsageError(f"no catalog at {path}: run `dlstudy catalog pull --db {path}` first")
+    if _is_sqlite(path):  # (DuckDB would fetch its SQLite extension from the internet)
+        raise UsageError(
+            f"{path} is not a dlstudy catalog: it is a SQLite database (an output folder's "
+            ".dlstudy/manifest.sqlite?); a catalog is the DuckDB file of `catalog pull --db`"
+        )
     try:
         db = duckdb.connect(
             str(path),
             read_only=read_only,
-            config={"memory_limit": MEMORY_LIMIT, "threads": 2},
-        )
+            # Nothing from the network but the archive's answers: DuckDB would otherwise
+            # fetch and load an extension a file seems to need (over plain http).
+            config={
+                "memory_limit": MEMORY_LIMIT, "threads": 2,
+                "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+            },
+        )  # fmt: skip
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise LockedError(
@@ -125,7 +135,9 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
             ) from exc
         raise UsageError(f"cannot open catalog {path}: {_first_line(exc)}") from exc
     except duckdb.Error as exc:
-        raise UsageError(f"{path} is not a dlstudy catalog: {_first_line(exc)}") from exc
+        raise damaged(path, exc) or UsageError(
+            f"{path} is not a dlstudy catalog: {_first_line(exc)}"
+        ) from exc
     if read_only:  # read as a catalog: someone else's database is named as such, not by SQL
         try:
             if not _tables(db):
@@ -165,12 +177,22 @@ def writing(path: Path) -> Iterator[None]:
 def damaged(path: Path, exc: BaseException) -> UsageError | None:
     """The error of a catalog cut short (copied onto a full disk, restored in part): DuckDB
     opens it and fails at the first block it lacks. None for any other error."""
-    if "could not read" not in str(exc).lower():
+    said = str(exc).lower()
+    if "could not read" not in said and "corrupt database file" not in said:
         return None
     return UsageError(
         f"catalog {path} is damaged: {_first_line(exc)}: restore it from a copy, or pull into "
         "a new --db"
     )
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether the file at `path` is a SQLite database (its header says so)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False  # (DuckDB says what is wrong with it)
 
 
 def _read_through(db: duckdb.DuckDBPyConnection, path: Path) -> None:

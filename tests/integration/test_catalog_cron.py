@@ -9,6 +9,7 @@ import json
 import os
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -801,6 +802,33 @@ def test_a_catalog_cut_short_is_refused_before_anything_is_written(
         assert line.endswith(": restore it from a copy, or pull into a new --db"), line
     assert db.read_bytes() == whole[: len(whole) // 2]
     assert not (tmp_path / "c.duckdb.wal").exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_a_catalog_with_a_block_damaged_or_a_sqlite_file_is_named_so(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A block of the catalog overwritten: `not a dlstudy catalog: Corrupt database file`,
+    with nothing on what to do. OUT's manifest.sqlite given as --db: DuckDB went to fetch its
+    SQLite extension from extensions.duckdb.org (over plain http), and said it could not."""
+    url = embedded_server(None, virtual=VirtualSpec(30))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    with db.open("r+b") as file:
+        file.seek(4096)
+        file.write(b"\x55" * 64)
+    manifest = tmp_path / "manifest.sqlite"
+    sqlite3.connect(manifest).execute("CREATE TABLE entries (sop TEXT)").connection.close()
+    for given, said in [
+        (db, f"catalog {db} is damaged: Corrupt database file"),
+        (manifest, f"{manifest} is not a dlstudy catalog: it is a SQLite database (an output"),
+    ]:
+        out = str(tmp_path / "o")
+        for args in (("catalog", "status", "--db", str(given)),
+                     ("sync", "--catalog", str(given), "--url", url, "-o", out)):  # fmt: skip
+            result = run_installed(*args)
+            assert result.returncode == 2, result.stderr
+            (line,) = result.stderr.splitlines()
+            assert line.startswith(f"dlstudy: error: {said}"), line
 
 
 def test_a_catalog_of_a_newer_dlstudy_is_named_so_and_left_alone(
