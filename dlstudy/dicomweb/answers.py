@@ -30,7 +30,8 @@ def root_problem(response: httpx.Response) -> str | None:
         if isinstance(data, list | dict):
             return None
         return "HTTP 200 with JSON that is no list of studies"
-    return describe_answer(response)
+    said = refusal_words(response)  # (a 4xx's own words, its secrets masked)
+    return describe_answer(response) + (f": {said}" if said else "")
 
 
 def json_of(response: httpx.Response) -> Any:
