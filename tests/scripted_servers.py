@@ -50,6 +50,17 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def reply_unframed(self, body: bytes, content_type: str, **headers: str) -> None:
+        """A 200 without a Content-Length: `body` ends where the connection closes."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
 
 def _serve(*servers: http.server.ThreadingHTTPServer) -> list[threading.Thread]:
     # Polled every 50 ms for shutdown (not 0.5 s): every test stops one.
@@ -416,12 +427,7 @@ def cutting(
                 if framed is not None:
                     self.reply(200, data, "application/dicom")
                     return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/dicom")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
-                self.close_connection = True
+                self.reply_unframed(data, "application/dicom")
 
     with _one_server(Cutting, tls) as url:
         yield url, STUDY, SOPS
@@ -448,12 +454,7 @@ def cutting_searches(cut_first: int) -> Iterator[tuple[str, str, list[str]]]:
             answers[0] += 1
             if answers[0] <= cut_first:
                 body = body[: len(body) // 2]
-            self.send_response(200)
-            self.send_header("Content-Type", DICOM_JSON)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-            self.close_connection = True
+            self.reply_unframed(body, DICOM_JSON)
 
     with _one_server(CuttingSearches) as url:
         yield url, STUDY, SOPS
@@ -495,13 +496,7 @@ def oversized_qido(how: str) -> Iterator[tuple[str, str]]:
                 self.reply(200, b"\x0b\x02\x80[]\x03", DICOM_JSON, Content_Encoding="br")
             elif how == "cut-gzip":
                 body = gzip.compress(json.dumps([series_json(SERIES)] * 200).encode())
-                self.send_response(200)
-                self.send_header("Content-Type", DICOM_JSON)
-                self.send_header("Content-Encoding", "gzip")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2])
-                self.close_connection = True
+                self.reply_unframed(body[: len(body) // 2], DICOM_JSON, Content_Encoding="gzip")
             else:
                 self._send_huge_page()
 

@@ -302,11 +302,9 @@ class Harvester:
         await self.db(self.catalog.record, pull.number, window, [], state="todo", requests=1)
         seen = {r.study_uid for r in page.records}
         paged_on = any(r.study_uid not in seen for r in after.records)
-        if not paged_on and not await self._dates_bring_more(pull, window, page.records):
+        dates = ListedDates.of(page.records)
+        if not paged_on and not await self._dates_bring_more(pull, window, page.records, dates):
             self.whole_below = max(self.whole_below, length)
-            dates = ListedDates()
-            for record in page.records:
-                dates.add(record.study_date, record.study_time)
             warn_if_one_second(f"window {window.key}", dates, length)
             return False
         if self.page_size_option is None:
@@ -326,13 +324,13 @@ class Harvester:
         return True
 
     async def _dates_bring_more(
-        self, pull: Pull, window: Window, records: list[StudyRecord]
+        self, pull: Pull, window: Window, records: list[StudyRecord], dates: ListedDates
     ) -> bool:
-        """Whether `window`, split where the dates (or, all one day, the times) its short page
-        listed split, brings a study that page did not: a server that cuts silently and sends
-        nothing past its cap whatever the offset (Orthanc's LimitFindResults) fills each part
-        up to its cap (windows.windows_to_check)."""
-        halves = windows_to_check(window, records)
+        """Whether `window`, split where the `dates` (or, all one day, the times) of its short
+        page `records` split, brings a study that page did not: a server that cuts silently
+        and sends nothing past its cap whatever the offset (Orthanc's LimitFindResults) fills
+        each part up to its cap (windows.windows_to_check)."""
+        halves = windows_to_check(window, dates)
         seen = {r.study_uid for r in records}
         for half in halves:
             page = await self._page(half, 0, probe=True)

@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import StorageError, UsageError
 from ..store.orphans import remove_orphans
@@ -108,31 +108,64 @@ def interruptible(db: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
     (or SIGTERM's) interrupts DuckDB. A signal that came while DuckDB ran the query in the
     main thread was lost at times (the query ran on: seen with a busy machine)."""
     if threading.current_thread() is not threading.main_thread():
-        return work()  # (a caller off the main thread interrupts the connection itself)
-    outcome: list[Any] = []
-    finished = threading.Event()  # (not Thread.join: one a signal cut short returns at once)
-
-    def run() -> None:
-        try:
-            outcome.append((True, work()))
-        except BaseException as exc:  # noqa: BLE001 - raised in the main thread below
-            outcome.append((False, exc))
-        finally:
-            finished.set()
-
-    threading.Thread(target=run, name="dlstudy-catalog-query", daemon=True).start()
+        return work()  # (a caller off the main thread stops the query itself)
+    query = StoppableQuery(db, work)
+    threading.Thread(target=query.run, name="dlstudy-catalog-query", daemon=True).start()
     try:
-        while not finished.wait(0.05):  # a wait Python leaves for its signal handlers
+        # (not Thread.join: one a signal cut short returns at once)
+        while not query.done.wait(0.05):  # a wait Python leaves for its signal handlers
             pass
     except BaseException:
-        db.interrupt()
-        while not finished.wait(0.05):  # free once it stopped (one begun just now: again)
-            db.interrupt()
+        query.stop()
         raise
-    done, value = outcome[0]
-    if not done:
-        raise value
-    return value  # type: ignore[no-any-return]
+    return query.result()
+
+
+class StoppableQuery(Generic[T]):
+    """`work()`, a query on `db`, to be run by another thread (`run`), and stopped from this
+    one: `stop` interrupts DuckDB until the query has ended, so the connection is free once it
+    returns. An interrupt sent just before the query began is lost, so it is sent again; a
+    query stopped before its thread began never runs (anyio skips a call cancelled before a
+    worker thread took it: waiting for its end would wait for ever)."""
+
+    def __init__(self, db: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> None:
+        self._db = db
+        self._work = work
+        self._lock = threading.Lock()
+        self._begun = self._stopped = False
+        self._outcome: tuple[bool, Any] = (False, RuntimeError("the query never ran"))
+        self.done = threading.Event()  # set once the query has ended, or will never begin
+
+    def run(self) -> None:
+        """The query, in the thread that runs it; its outcome is kept for `result`."""
+        with self._lock:
+            if self._stopped:
+                self.done.set()
+                return
+            self._begun = True
+        try:
+            self._outcome = (True, self._work())
+        except BaseException as exc:  # noqa: BLE001 - raised by result(), in the caller's thread
+            self._outcome = (False, exc)
+        finally:
+            self.done.set()
+
+    def result(self) -> T:
+        """What the query returned, or the error it raised."""
+        returned, value = self._outcome
+        if not returned:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        """Interrupt the query until it has ended (a blocking wait); nothing if it never began."""
+        with self._lock:
+            self._stopped = True
+            if not self._begun:
+                return
+        self._db.interrupt()
+        while not self.done.wait(0.05):
+            self._db.interrupt()
 
 
 def _failed(exc: Exception) -> UsageError:
@@ -225,25 +258,16 @@ class CatalogBatches:
         """`fn(*args)` (select, next_batch) in a worker thread. Cancelled (Ctrl-C, SIGTERM, a
         cron timeout), it stops DuckDB's query there rather than wait for it, however long the
         selection takes; the connection is free once this returns or raises."""
-        import threading
-
         import anyio  # (as in `selected`)
 
-        done = threading.Event()
-
-        def call() -> T:
-            try:
-                return fn(*args)
-            finally:
-                done.set()
-
+        query = StoppableQuery(self._db, lambda: fn(*args))
         try:
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(query.run, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
-            self._db.interrupt()
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(done.wait)
+                await anyio.to_thread.run_sync(query.stop)
             raise
+        return query.result()
 
     def next_batch(self) -> list[StudyRecord]:
         """The next batch; empty once every study was read."""

@@ -10,14 +10,9 @@ Splitting halves a window; a one-second window cannot be split any further.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..dicomweb.silent_cut import ListedDates, split_days, split_times, tm
-
-if TYPE_CHECKING:
-    from ..dicomweb.search import StudyRecord
 
 # The span a root without a date range is split over; its two outer halves are open-ended.
 FIRST_DAY = dt.date(1800, 1, 1)
@@ -114,15 +109,12 @@ class Window:
         )
 
 
-def windows_to_check(window: Window, records: Iterable[StudyRecord]) -> list[Window]:
-    """Where a cut listing of `window` (its short page: `records`) would show studies it did
-    not send: `window` split where the dates of `records` split (silent_cut.split_days), at its
+def windows_to_check(window: Window, dates: ListedDates) -> list[Window]:
+    """Where a cut listing of `window` would show studies it did not send, `dates` being those
+    its short page listed: `window` split where those dates split (silent_cut.split_days), at its
     own middle when none of them has a date (an archive listing its undated studies first);
     and when they are all one day, which is in neither date half, that day split where their
     times split (silent_cut.split_times)."""
-    dates = ListedDates()
-    for record in records:
-        dates.add(record.study_date, record.study_time)
     if dates.first is None or dates.last is None:
         return list(window.split()) if window.t_lo is None and window.lo < window.hi else []
     halves = []

@@ -16,11 +16,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import IncompleteListingError, ServerError
 from ..http.urls import redact_url
 from .qido import TAG_STUDY_UID, Pager, first_value
+
+if TYPE_CHECKING:
+    from .search import StudyRecord
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,13 @@ class ListedDates:
         self.first_time: int | None = None
         self.last_time: int | None = None
         self.timed = 0  # the studies with both
+
+    @classmethod
+    def of(cls, records: Iterable[StudyRecord]) -> ListedDates:
+        dates = cls()
+        for record in records:
+            dates.add(record.study_date, record.study_time)
+        return dates
 
     def add(self, date: str | None, time: str | None = None) -> None:
         if date is None or len(date) != 8 or not date.isdigit() or not _is_day(date):

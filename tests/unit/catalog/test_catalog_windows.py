@@ -6,6 +6,7 @@ import datetime as dt
 
 from dlstudy.catalog.windows import Window, recent, windows_to_check
 from dlstudy.dicomweb.search import StudyRecord
+from dlstudy.dicomweb.silent_cut import ListedDates
 
 
 def test_the_root_without_dates_asks_no_studydate_and_splits_into_open_ends() -> None:
@@ -52,21 +53,23 @@ def test_a_short_page_of_one_day_is_checked_by_the_times_of_that_day() -> None:
     """A one-day window has no date halves: it was taken as whole unasked."""
     day = Window.root("20220101")
     page = _studies(("20220101", "080000"), ("20220101", "100000"))
-    assert [w.key for w in windows_to_check(day, page)] == [
+    assert [w.key for w in windows_to_check(day, ListedDates.of(page))] == [
         "20220101-20220101 000000-090000",
         "20220101-20220101 090001-235959",
     ]
     # Inside a window of the day's seconds, only within them.
     morning = Window.from_key("20220101-20220101 060000-115959")
-    assert [w.key for w in windows_to_check(morning, page)] == [
+    assert [w.key for w in windows_to_check(morning, ListedDates.of(page))] == [
         "20220101-20220101 060000-090000",
         "20220101-20220101 090001-115959",
     ]
     # Over more days: the days around it, and its times.
-    assert len(windows_to_check(Window.root(None), page)) == 4
+    assert len(windows_to_check(Window.root(None), ListedDates.of(page))) == 4
 
 
 def test_a_short_page_without_dates_is_checked_by_its_windows_halves() -> None:
     page = _studies((None, None), ("", "080000"))
-    assert windows_to_check(Window.root(None), page) == list(Window.root(None).split())
-    assert windows_to_check(Window.root("20220101"), page) == []
+    assert windows_to_check(Window.root(None), ListedDates.of(page)) == list(
+        Window.root(None).split()
+    )
+    assert windows_to_check(Window.root("20220101"), ListedDates.of(page)) == []
