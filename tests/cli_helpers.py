@@ -64,11 +64,15 @@ def _clean_environment(env: dict[str, str] | None) -> dict[str, str]:
 
 
 def run_installed(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The installed `dlstudy ARGS...` in a subprocess, with no proxy from this machine's
     environment (and none of the developer's DLSTUDY_ settings) unless `env` gives one."""
-    return _run([DLSTUDY, *args], env, timeout, cwd)
+    return _run([DLSTUDY, *args], env, timeout, cwd, preexec_fn)
 
 
 # Root ignores file permissions: with these capabilities dropped (util-linux's setpriv) the
@@ -98,11 +102,16 @@ def start_installed(*args: str) -> subprocess.Popen[str]:
 
 
 def _run(
-    argv: list[str], env: dict[str, str] | None, timeout: float, cwd: Path | None = None
+    argv: list[str],
+    env: dict[str, str] | None,
+    timeout: float,
+    cwd: Path | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv,
         cwd=cwd,
+        preexec_fn=preexec_fn,
         env=_clean_environment(env),
         capture_output=True,
         text=True,

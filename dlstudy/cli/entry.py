@@ -1,12 +1,14 @@
 """The console script's entry: a Ctrl-C while the CLI is still being imported ends as any other
 interrupt does (a line, exit 130), not as a traceback."""
 
+import os
 import signal
 import sys
 from types import FrameType
 
 
 def main() -> None:
+    stand_in_for_closed_streams()
     sys.unraisablehook = deliver_interrupts_again
     try:
         from .app import main as run_cli
@@ -16,6 +18,24 @@ def main() -> None:
         print("dlstudy: interrupted", file=sys.stderr)
         sys.exit(130)
     run_cli()
+
+
+def stand_in_for_closed_streams() -> None:
+    """A standard stream cron or a script closed (`>&-`, `2>&-`, `<&-`): Python leaves its
+    `sys` stream None, where printing a line or asking `isatty()` raised. Each closed
+    descriptor 0-2 is opened on /dev/null instead, so the run goes on as with that output
+    thrown away (as after `| head`), and no file opened later takes descriptor 1 or 2, where
+    libcurl or OpenSSL writing an error would write into it."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
 def is_interrupt(exc: BaseException) -> bool:

@@ -19,7 +19,8 @@ from dlstudy.cli.app import COMMANDS, app, build_app
 from dlstudy.cli.connection import NO_ENVVAR
 from dlstudy.config import load
 
-from ..cli_helpers import DLSTUDY, STOP_SIGNALS, run_installed, stop_installed
+from ..cli_helpers import DLSTUDY, STOP_SIGNALS, assert_same_files, run_installed, stop_installed
+from ..fixtures.embedded_server import StartServer, SynthStudy
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -249,6 +250,29 @@ def test_help_into_a_pipe_closed_early_ends_quietly(args: list[str], status: int
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == status, stderr
     assert stderr == ""
+
+
+@pytest.mark.parametrize("closed", [(1,), (2,), (0, 1, 2)], ids=[">&-", "2>&-", "all"])
+def test_a_run_with_standard_streams_closed_goes_on_as_with_them_thrown_away(
+    closed: tuple[int, ...], synth_study: SynthStudy, embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`dlstudy download ... >&- 2>&-` from cron: Python leaves a closed stream's `sys.stdout`
+    or `sys.stderr` None. The summary's flush then ended a whole run in a traceback and exit 1,
+    and with stderr closed nothing was fetched at all (progress asked None whether it was a
+    terminal). The run's own status, files and report come out as with the streams on
+    /dev/null."""
+    url = embedded_server(synth_study.root)
+    out, report = tmp_path / "out", tmp_path / "report.csv"
+    argv = ["download", synth_study.study_uid, "--url", url, "-o", str(out), "--report"]
+
+    def close_them() -> None:
+        for fd in closed:
+            os.close(fd)
+
+    result = run_installed(*argv, str(report), preexec_fn=close_them)
+    assert result.returncode == 0
+    assert_same_files(synth_study.instances, out)
+    assert len(report.read_text().splitlines()) == 1 + len(synth_study.instances)
 
 
 @pytest.mark.parametrize("option", ["--show-completion", "--install-completion"])
