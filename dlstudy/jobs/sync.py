@@ -6,7 +6,8 @@ reports in NumberOfStudyRelatedInstances (store/completion.py). Complete studies
 beyond that one search; the others go through `download_async`, which resolves them and fetches
 only what is missing. A study whose count the server does not report is complete when a run
 recorded it so and its files are all in place, as for a rerun (new instances of it are not
-looked for then; --recheck hands every such study to the download). The download lists every
+looked for then). --recheck hands every matching study to the download, as --verify does:
+counts miss an instance replaced by another of the same series. The download lists every
 study it is handed from the server (as --recheck): one the index records complete may have
 gained instances since.
 """
@@ -219,12 +220,12 @@ async def _search_and_download(
             return
         plan.add_study(record.study_uid)
         instances = record.instances
-        if settings.verify:  # every file is checked: no study is complete on trust
+        if settings.verify or settings.recheck:  # listed (and with --verify checked) anew
             pending.append(record.study_uid)
             return
-        if instances is None and not settings.recheck:
+        if instances is None:
             # No count to compare: a run's completion record (its files all in place)
-            # decides, as for a rerun of the study; --recheck lists such studies instead.
+            # decides, as for a rerun of the study.
             instances = complete_from_index(manifest, store, record.study_uid)
             complete = instances is not None
         else:

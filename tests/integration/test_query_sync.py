@@ -299,6 +299,35 @@ def test_sync_fetches_a_new_series_of_a_study_that_lost_an_instance(
     assert json.loads(again.stdout)["sync"]["already_complete"] == 1
 
 
+def test_sync_recheck_lists_a_study_whose_counts_hide_a_replacement(
+    tmp_path: Path, growing_server: Any
+) -> None:
+    """The archive replaces an instance by another in the same series: both of the study's
+    counts are unchanged, so a plain sync takes it as complete. `--recheck` lists every
+    matching study from the server, as its help says (it listed only studies without a
+    count, and said `3 already present` for a study missing its new instance)."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 1, seed=29)
+    out = tmp_path / "mirror"
+    assert run_installed("sync", "--url", growing_server(root), "-o", str(out)).returncode == 0
+
+    gone = instances[0]
+    gone.path.unlink()
+    dataset = pydicom.dcmread(instances[1].path)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = "2.25.2002"
+    dataset.save_as(root / "replacement.dcm")
+    url = growing_server(root)
+    plain = json.loads(run_installed("sync", "--url", url, "-o", str(out), "--json").stdout)
+    assert plain["sync"]["already_complete"] == 1  # what counts alone can tell
+
+    synced = run_installed("sync", "--url", url, "-o", str(out), "--json", "--recheck")
+    assert synced.returncode == 0, synced.stderr
+    summary = json.loads(synced.stdout)
+    assert summary["sync"]["already_complete"] == 0 and summary["instances"]["downloaded"] == 1
+    new = out / gone.study_uid / instances[1].series_uid / "2.25.2002.dcm"
+    assert new.read_bytes() == (root / "replacement.dcm").read_bytes()
+
+
 def test_sync_fetches_again_what_was_deleted(
     cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
 ) -> None:
