@@ -280,10 +280,33 @@ class CatalogBatches:
         self._db.close()
 
 
+# The kinds of statement --sql runs: SELECT (WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, VALUES),
+# EXPLAIN, PRAGMA and CALL (table_info, pragma_version), MULTI (PIVOT).
+_READING = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "MULTI"}
+
+
 def run_sql(
     db: duckdb.DuckDBPyConnection, path: Path, sql: str
 ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
-    """Any SQL over the catalog's tables: its column names and rows."""
+    """Any SQL over the catalog's tables: its column names and rows. Only statements that
+    read are run, and none reaches past the catalog: the catalog is opened read-only, but
+    DuckDB would still write a file (COPY ... TO, EXPORT DATABASE), read one (read_csv) or
+    fetch an extension from the internet (INSTALL)."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise _failed(exc) from exc
+    for statement in statements:
+        if statement.type.name not in _READING:
+            word = statement.query.split(None, 1)[0].upper()
+            raise UsageError(
+                f"--sql only reads the catalog: {word} is refused "
+                "(`dlstudy catalog export` writes a table to a file)"
+            )
+    db.execute("SET enable_external_access = false")
+    db.execute("SET lock_configuration = true")  # (so that no statement turns it back on)
     cursor: duckdb.DuckDBPyConnection | None = _run(db, path, sql, [])
     if cursor is None:  # DuckDB returns nothing for a text without a statement
         raise UsageError("--sql holds no statement: give a query, e.g. SELECT * FROM pulls")

@@ -139,6 +139,40 @@ def test_sql_without_a_statement_is_one_line(
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("sql", "word"),
+    [("COPY (SELECT study_uid FROM studies) TO '{keep}' (FORMAT csv)", "COPY"),
+     ("EXPORT DATABASE '{folder}'", "EXPORT"), ("INSTALL httpfs", "INSTALL"),
+     ("SELECT 1; COPY studies TO '{keep}'", "COPY"), ("SET threads = 1", "SET"),
+     ("SELECT * FROM read_csv('{keep}')", None)],
+)  # fmt: skip
+def test_sql_that_would_write_a_file_or_reach_past_the_catalog_is_refused(
+    embedded_server: StartServer, tmp_path: Path, sql: str, word: str | None
+) -> None:
+    """The catalog is opened read-only, yet DuckDB wrote files for `--sql` (COPY over a file
+    of the user's, EXPORT DATABASE), read any file, and INSTALL went to extensions.duckdb.org
+    (the docs say a statement that writes is refused, exit 2)."""
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(None, virtual=VirtualSpec(5)), db)
+    keep, folder = tmp_path / "keep.txt", tmp_path / "exported"
+    keep.write_text("precious\n")
+    text = sql.format(keep=keep, folder=folder)
+    result = run_installed("catalog", "query", "--db", str(db), "--sql", text, "--csv")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    if word is not None:
+        assert line == (
+            f"dlstudy: error: --sql only reads the catalog: {word} is refused "
+            "(`dlstudy catalog export` writes a table to a file)"
+        )
+    else:  # a SELECT, run with DuckDB's file access off
+        assert line.startswith("dlstudy: error: catalog query failed: Permission Error")
+    assert result.stdout == ""
+    assert keep.read_text() == "precious\n" and not folder.exists()
+    shown = run_installed("catalog", "query", "--db", str(db), "--sql", "SHOW TABLES", "--csv")
+    assert "studies" in shown.stdout.split(), shown.stderr  # reading goes on as before
+
+
 def test_status_counts_complete_what_sync_found_complete_without_counts(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
