@@ -282,7 +282,13 @@ def refuse_one_file_twice(files: dict[str, str | Path | None]) -> None:
             found = os.stat(path)
             key: object = (found.st_dev, found.st_ino)  # a link or another name of it too
         except OSError:
-            key = os.path.realpath(path)
+            try:
+                key = os.path.realpath(path)
+            except FileNotFoundError:  # (os.getcwd(): a relative path in a folder deleted)
+                fail_usage(
+                    f"{option} {str(path)!r}: the current folder no longer exists; "
+                    "give an absolute path, or run from another folder"
+                )
         if key in seen:
             fail_usage(f"{seen[key]} and {option} name one file, {str(path)!r}: give each its own")
         seen[key] = option

@@ -106,9 +106,11 @@ class Store:
                 )
             _write_test(self.root / f".dlstudy-write-test-{secrets.token_hex(4)}")
         except OSError as exc:
+            why = f"is not writable: {exc.strerror or exc}"
+            if not self.root.is_absolute() and _working_folder_gone():
+                why = "cannot be made: the current folder no longer exists (give an absolute path)"
             raise OutputError(
-                f"output folder {str(self.root)!r} is not writable: {exc.strerror or exc}",
-                path=str(self.root),
+                f"output folder {str(self.root)!r} {why}", path=str(self.root)
             ) from exc
         try:  # (the index's journal is made there: a read-only folder makes it read-only)
             _write_test(state_dir / f"write-test-{secrets.token_hex(4)}")
@@ -427,3 +429,11 @@ class TempFile:
         # Anything short of an explicit commit leaves no trace.
         if not self._committed:
             self.discard()
+
+
+def _working_folder_gone() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False

@@ -189,6 +189,42 @@ def test_an_empty_path_is_refused_not_taken_for_this_folder(
     assert here.returncode == 0, here.stderr
 
 
+@pytest.mark.parametrize("command", ["download", "sync"])
+def test_relative_paths_in_a_deleted_working_folder_are_one_line(
+    synth_study: SynthStudy, embedded_server: StartServer, tmp_path: Path, command: str
+) -> None:
+    """A job whose working folder was removed under it: a relative --report or --log-file
+    was a FileNotFoundError traceback (exit 1, no --json object), and a relative -o was
+    called not writable. Each is one line naming what cannot be found; absolute paths work."""
+    url = embedded_server(synth_study.root)
+    study = [synth_study.study_uid] if command == "download" else []
+    gone = tmp_path / "gone"
+    out = tmp_path / "out"
+
+    def in_gone(*args: str) -> subprocess.CompletedProcess[str]:
+        gone.mkdir()  # (removed by the child, once in it)
+        return run_installed(
+            command, *study, "--url", url, *args, cwd=gone, preexec_fn=lambda: os.rmdir(gone)
+        )
+
+    reported = in_gone("-o", str(out), "--report", "r.csv", "--json")
+    assert reported.returncode == 2, reported.stderr
+    assert reported.stderr.splitlines() == [
+        "dlstudy: error: --report 'r.csv': the current folder no longer exists; give an "
+        "absolute path, or run from another folder"
+    ]
+    assert json.loads(reported.stdout)["exit_status"] == 2
+    relative = in_gone("-o", "mirror")
+    assert relative.returncode == 2, relative.stderr
+    assert relative.stderr.splitlines() == [
+        "dlstudy: error: output folder 'mirror' cannot be made: the current folder no longer "
+        "exists (give an absolute path)"
+    ]
+    whole = in_gone("-o", str(out), "--report", str(tmp_path / "r.csv"))
+    assert whole.returncode == 0, whole.stderr
+    assert len(list(out.rglob("*.dcm"))) == len(synth_study.instances)
+
+
 def test_refused_connection_exit_3_with_json_and_no_password(tmp_path: Path) -> None:
     url = f"http://bob:hunter2@127.0.0.1:{free_port()}/dicomweb"
     result = run_cli("download", STUDY, "--url", url, "-o", str(tmp_path), "--json")
