@@ -20,7 +20,6 @@ from ..engine.schedule import complete_in_index, trusts_index
 from ..engine.standby import no_running_loop, standing_by
 from ..engine.workers import standing_by_for
 from ..errors import (
-    DlstudyError,
     InvalidUidError,
     UsageError,
 )
@@ -164,7 +163,10 @@ def run_to_end(work: Callable[..., Awaitable[T]], *args: Any) -> T:
     except BaseException as exc:
         # The wait, not the run, was interrupted (a DlstudyError's summary is None until set).
         if ended and getattr(exc, "summary", None) is None:
-            exc.summary = getattr(ended[0], "summary", None)  # type: ignore[attr-defined]
+            summary = getattr(ended[0], "summary", None)  # (the run's: it was cancelled)
+            if summary is not None:
+                summary.ended_by(exc)
+            exc.summary = summary  # type: ignore[attr-defined]
         raise
 
 
@@ -197,9 +199,7 @@ async def download_async(
         )
     except BaseException as exc:
         # Fatal errors and interruptions carry what was done so far, for the report.
-        if isinstance(exc, DlstudyError):
-            summary.error = str(exc)
-            summary.exit_status = exc.exit_status
+        summary.ended_by(exc)
         exc.summary = summary  # type: ignore[attr-defined]
         raise
     finally:

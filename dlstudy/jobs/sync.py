@@ -31,7 +31,6 @@ from ..errors import (
     ExitStatus,
     IncompleteListingError,
     NothingMatchedError,
-    Terminated,
     UsageError,
 )
 from ..flow.retry import RetryPolicy, RetryTally
@@ -135,14 +134,7 @@ async def sync_async(
         sink.close()
         summary = _combine(plan, getattr(exc, "summary", None))
         summary.seconds = time.monotonic() - started
-        if isinstance(exc, DlstudyError):
-            summary.error = str(exc)
-            summary.exit_status = exc.exit_status
-            _run_event(summary)
-        elif isinstance(exc, KeyboardInterrupt):  # the log says how the run ended, too
-            terminated = isinstance(exc, Terminated)
-            summary.error = "terminated" if terminated else "interrupted"
-            summary.exit_status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
+        if summary.ended_by(exc):  # the log says how the run ended, too
             _run_event(summary)
         exc.summary = summary  # type: ignore[attr-defined]
         raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ExitStatus
+from ..errors import DlstudyError, ExitStatus, Terminated
 from ..model import Failure
 from .words import counted
 
@@ -59,6 +59,19 @@ class Summary:
     @property
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def ended_by(self, exc: BaseException) -> bool:
+        """The error or the stop (Ctrl-C, SIGTERM) that ended the run, in `error` and
+        `exit_status` as `--json` gives them; False for anything else (a bug)."""
+        if isinstance(exc, DlstudyError):
+            self.error, self.exit_status = str(exc), exc.exit_status
+        elif isinstance(exc, Terminated):
+            self.error, self.exit_status = "terminated", ExitStatus.TERMINATED
+        elif isinstance(exc, KeyboardInterrupt):
+            self.error, self.exit_status = "interrupted", ExitStatus.INTERRUPTED
+        else:
+            return False
+        return True
 
     def finish(self) -> ExitStatus:
         """Settle the exit status from the counts (fatal errors set it before)."""

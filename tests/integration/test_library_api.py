@@ -219,7 +219,9 @@ async def cell():
             [sys.argv[1]], sys.argv[2], output=sys.argv[3], progress=InterruptAtFirst()
         )
     except KeyboardInterrupt as stop:
+        ended = stop.summary.as_dict()
         print("interrupted", stop.summary.downloaded, len(list(Path(sys.argv[3]).rglob("*.part"))))
+        print(ended["exit_status"], ended["error"])
     again = dlstudy.download([sys.argv[1]], sys.argv[2], output=sys.argv[3])
     print(again.skipped, again.downloaded, again.failed)
 
@@ -231,7 +233,8 @@ def test_an_interrupted_download_in_a_running_loop_cleans_up(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
     """Ctrl-C while download() waits in a notebook's cell cancels the run on its thread: the
-    KeyboardInterrupt carries what was done, no temp file is left, the folder is unlocked, and
+    KeyboardInterrupt carries what was done (its summary's status that of an interrupt), no
+    temp file is left, the folder is unlocked, and
     the next call completes the study."""
     url = embedded_server(synth_study.root)
     out = tmp_path / "out"
@@ -240,8 +243,11 @@ def test_an_interrupted_download_in_a_running_loop_cleans_up(
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    interrupted, before, temp_files, skipped, downloaded, failed = result.stdout.split()
+    interrupted, before, temp_files, status, error, skipped, downloaded, failed = (
+        result.stdout.split()
+    )
     assert (interrupted, temp_files, failed) == ("interrupted", "0", "0")
+    assert (status, error) == ("130", "interrupted")  # as the CLI's --json says (it said 0, None)
     assert int(before) == int(skipped) < 60 and int(skipped) + int(downloaded) == 60
     assert_same_files(synth_study.instances, out)
 
