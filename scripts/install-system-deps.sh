@@ -160,11 +160,11 @@ done
 
 if ! have_tools; then
     echo "install-system-deps: packages installed but a tool is still missing (Orthanc, its" \
-        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, socat, slurm" \
-        "or munge;" \
-        "see $log)" >&2
+        "DICOMweb plugin, curl, nginx, openssl, rsvg-convert, tinyproxy, microsocks, socat, slurm," \
+        "munge or gdb; see $log)" >&2
     exit 1
 fi
-upgraded=$(grep -c '^Unpacking .*(.* over ' "$log" || true)
+# dpkg's "Unpacking libssl3:amd64 (3.0.x) over (3.0.y)": a library a missing package needs newer.
+upgraded=$(grep '^Unpacking .*(.* over ' "$log" | awk '{print $2}' | paste -sd' ' || true)
 echo "install-system-deps: installed ${MISSING[*]} in $(( $(date +%s) - start )) s" \
-    "(${upgraded} already-installed packages upgraded as dependencies): $(describe) [log: $log]"
+    "(upgraded as their dependencies: ${upgraded:-none}): $(describe) [log: $log]"

@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-system-deps.sh   # the Debian packages missing of its PACKAGES list
-python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
+if [ ! -x .venv/bin/python ]; then  # a venv of its own; one already there is used as it is
+    python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip
+fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
 
 .venv/bin/ruff check .

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..server.virtual_spec import MAX_INSTANCES, MAX_STUDIES
 from .command import Command
 from .common import PrintableFormatter, error_line, exit_on_interrupt, fail_usage, output_failed
 from .options import fraction, seconds
@@ -71,14 +72,22 @@ def serve(
     ] = None,
     virtual: Annotated[
         int | None,
-        typer.Option(help="Serve a generated archive of N studies instead of a folder."),
+        typer.Option(
+            help="Serve a generated archive of N studies instead of a folder.",
+            min=1,
+            max=MAX_STUDIES,  # (its index is kept in memory, ~50 bytes a study)
+        ),
     ] = None,
     mix: Annotated[
         Mix, typer.Option(help="--virtual: hospital (CR/DX/CT/MR/SEG/SR) or mimic (1-4 DX).")
     ] = Mix.hospital,
     study_size: Annotated[
         int | None,
-        typer.Option(help="--virtual: every study one CT series of exactly N instances."),
+        typer.Option(
+            help="--virtual: every study one CT series of exactly N instances.",
+            min=1,
+            max=MAX_INSTANCES,
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
