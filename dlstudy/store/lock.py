@@ -55,6 +55,8 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
         ) from exc
     with fp, _folder_fd(state_dir.parent) as folder:
         said = False
+        if folder is not None and _held_by_our_caller(folder):
+            folder = None  # (and never unlocked here: the lock is the caller's)
         while not _lock_all(folder, fp.fileno()):
             fp.seek(0)
             # (no pid when OUT/.dlstudy was deleted under the run: this lock file is new)
@@ -107,6 +109,32 @@ def _folder_fd(folder: Path) -> Iterator[int | None]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _held_by_our_caller(folder: int) -> bool:
+    """Whether the folder's lock is held through a descriptor this process inherited: a cron
+    line `flock OUT dlstudy sync -o OUT` locks OUT for the run, and left it "in use by another
+    dlstudy run" (waiting for ever with --wait). flock on a descriptor of the open file that
+    holds the lock succeeds; on any other, it fails while the lock is held."""
+    if _try_flock(folder, optional=True):
+        fcntl.flock(folder, fcntl.LOCK_UN)  # free: nothing holds it (taken again below)
+        return False
+    mine = os.fstat(folder)
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # (no /proc: the lock is taken as held by another run)
+        return False
+    for fd in descriptors:
+        if fd == folder:
+            continue
+        try:
+            found = os.fstat(fd)
+            if (found.st_dev, found.st_ino) == (mine.st_dev, mine.st_ino):
+                if _try_flock(fd, optional=False):
+                    return True
+        except OSError:  # (the listing's own descriptor, closed by now)
+            continue
+    return False
 
 
 def _lock_all(folder: int | None, lock_file: int) -> bool:

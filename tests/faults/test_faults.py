@@ -34,6 +34,7 @@ from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import (
     DLSTUDY,
+    assert_same_files,
     download_json,
     installed_download,
     run_installed,
@@ -1142,6 +1143,36 @@ def test_second_run_on_the_same_output_is_refused_or_waits(
     finally:
         first.kill()
         first.wait()
+
+
+def test_a_run_under_flock_of_its_output_folder_takes_that_lock_as_its_own(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`flock -n OUT dlstudy sync -o OUT`, a usual cron guard: dlstudy found OUT locked, by
+    the descriptor it inherited from flock(1), and said it was in use by another run (exit 5
+    every night; with --wait it waited on itself for ever). A run not under that flock is
+    still refused while it holds."""
+    slow = embedded_server(synth_study.root, latency=0.05)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["download", synth_study.study_uid, "--url", slow, "-o", str(out), "-q", "-c", "1"]
+    first = subprocess.Popen(
+        ["flock", "-n", str(out), DLSTUDY, *args, "--wait"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not any(out.rglob("*.dcm")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = run_installed(*args)
+        assert second.returncode == 5, second.stderr
+        assert "is in use by another dlstudy run" in second.stderr
+        _, said = first.communicate(timeout=60)
+        assert first.returncode == 0, said
+    finally:
+        first.kill()
+        first.wait()
+    assert_same_files(synth_study.instances, out)
 
 
 def test_the_lock_holds_when_the_state_folder_is_deleted_under_a_run(
