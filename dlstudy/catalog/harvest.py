@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..dicomweb.qido import TAG_SERIES_UID, Pager, first_int, first_value
+from ..dicomweb.qido import TAG_SERIES_UID, Pager, first_count, first_int, first_value
 from ..dicomweb.search import StudyQuery, StudyRecord
 from ..dicomweb.silent_cut import TIME_KEYS, ListedDates, time_scope, tm, warn_if_one_second
 from ..errors import IncompleteListingError, ServerError
@@ -526,7 +526,7 @@ class Harvester:
                     first_value(item, TAG_SERIES_MODALITY),
                     first_int(item, TAG_SERIES_NUMBER),
                     first_value(item, TAG_SERIES_DESCRIPTION),
-                    first_int(item, TAG_SERIES_INSTANCES),
+                    first_count(item, TAG_SERIES_INSTANCES),
                 )
                 for item in items or []
                 if (series_uid := first_value(item, TAG_SERIES_UID)) is not None

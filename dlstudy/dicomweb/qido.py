@@ -105,11 +105,21 @@ def unpadded(text: str) -> str:
 
 
 def first_int(item: dict[str, Any], tag: str) -> int | None:
+    """An IS value: None unless a number within IS's range, -2^31 to 2^31-1 (PS3.5 6.2)."""
     value = first_value(item, tag)
     try:
-        return int(float(value)) if value is not None else None
+        number = int(float(value)) if value is not None else None
     except (ValueError, OverflowError):  # not a number, or "1e999" / "inf"
         return None
+    return number if number is not None and -(2**31) <= number < 2**31 else None
+
+
+def first_count(item: dict[str, Any], tag: str) -> int | None:
+    """A count (NumberOfStudyRelatedInstances, ...): None, unknown, unless 0 to 2^31-1. A
+    server's -1 or 4294967295 for "unknown" would make a study complete with nothing on disk,
+    or stop a catalog that keeps counts as 32-bit integers."""
+    number = first_int(item, tag)
+    return number if number is not None and number >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,7 @@ def series_ref(study_uid: str, item: dict[str, Any]) -> SeriesRef | None:
     if series_uid is None:
         return None
     modality = sys.intern((first_value(item, TAG_MODALITY) or "").upper())
-    return SeriesRef(study_uid, series_uid, modality, first_int(item, TAG_SERIES_INSTANCES))
+    return SeriesRef(study_uid, series_uid, modality, first_count(item, TAG_SERIES_INSTANCES))
 
 
 _Page = tuple[list[dict[str, Any]], bool]

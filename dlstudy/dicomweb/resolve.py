@@ -38,7 +38,7 @@ from .qido import (
     TAG_STUDY_UID,
     Pager,
     SeriesRef,
-    first_int,
+    first_count,
     first_value,
     series_ref,
 )
@@ -139,7 +139,7 @@ class Resolver:
             return None, None
         for item in page[0] if page else []:
             if first_value(item, TAG_STUDY_UID) == study_uid:
-                return first_int(item, TAG_STUDY_SERIES), first_int(item, TAG_STUDY_INSTANCES)
+                return first_count(item, TAG_STUDY_SERIES), first_count(item, TAG_STUDY_INSTANCES)
         return None, None
 
     def wanted(self, series_uid: str, modality: str) -> bool:
@@ -335,7 +335,7 @@ class Resolver:
         """One result of an instance search across series into `refs` (its series' strings
         shared, kept in `series`), unless the filters leave its series out or it lacks a UID;
         the study count it carries goes into `counts` (None: nothing to build on)."""
-        counts.add(first_int(item, TAG_STUDY_INSTANCES))
+        counts.add(first_count(item, TAG_STUDY_INSTANCES))
         series_uid = first_value(item, TAG_SERIES_UID)
         sop_uid = first_value(item, TAG_SOP_UID)
         if series_uid is None or sop_uid is None:

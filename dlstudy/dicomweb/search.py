@@ -22,7 +22,7 @@ from ..http.auth import auth_from_settings
 from ..http.client import Transport, require_asyncio
 from ..http.credentials import is_pair
 from ..settings import Pairs, Settings, Texts, pairs, values
-from .qido import TAG_STUDY_UID, Pager, first_int, first_value
+from .qido import TAG_STUDY_UID, Pager, first_count, first_value
 from .silent_cut import ListedDates, check_whole
 
 TAG_STUDY_DATE = "00080020"
@@ -128,8 +128,8 @@ class StudyRecord:
             accession=first_value(item, TAG_ACCESSION),
             description=first_value(item, TAG_DESCRIPTION),
             modalities=all_values(item, TAG_MODALITIES),
-            series=first_int(item, TAG_STUDY_SERIES),
-            instances=first_int(item, TAG_STUDY_INSTANCES),
+            series=first_count(item, TAG_STUDY_SERIES),
+            instances=first_count(item, TAG_STUDY_INSTANCES),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -1158,7 +1158,7 @@ def test_a_run_under_flock_of_its_output_folder_takes_that_lock_as_its_own(
     args = ["download", synth_study.study_uid, "--url", slow, "-o", str(out), "-q", "-c", "1"]
     first = subprocess.Popen(
         ["flock", "-n", str(out), DLSTUDY, *args, "--wait"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -1170,7 +1170,8 @@ def test_a_run_under_flock_of_its_output_folder_takes_that_lock_as_its_own(
         _, said = first.communicate(timeout=60)
         assert first.returncode == 0, said
     finally:
-        first.kill()
+        with contextlib.suppress(ProcessLookupError):  # flock and the dlstudy it runs
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert_same_files(synth_study.instances, out)
 

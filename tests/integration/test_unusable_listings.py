@@ -37,17 +37,22 @@ def serve_study(
     instances: Callable[[str], list[dict[str, Any]]] = lambda s: [
         instance_json(sop) for sop in SOPS[s]
     ],
+    study_instances: object = None,
 ) -> None:
-    """The study listed series by series (no study-wide instance search), its files served."""
+    """The study listed series by series (no study-wide instance search), its files served;
+    `study_instances`: the NumberOfStudyRelatedInstances its study search gives, if any."""
     base = f"/dicomweb/studies/{STUDY}"
     scripted.get(f"{base}/instances").mock(return_value=httpx.Response(400))
     scripted.get(f"{base}/series").mock(side_effect=lambda _: dicom_json(series()))
-    # The study search a series listing not proven whole is checked by: its series count.
-    scripted.get("/dicomweb/studies").mock(
-        side_effect=lambda _: dicom_json([{
-            "0020000D": element("UI", STUDY), "00201206": element("IS", len(series())),
-        }])
-    )  # fmt: skip
+
+    def study() -> dict[str, Any]:
+        # The study search a series listing not proven whole is checked by: its series count.
+        item = {"0020000D": element("UI", STUDY), "00201206": element("IS", len(series()))}
+        if study_instances is not None:
+            item["00201208"] = element("IS", study_instances)
+        return item
+
+    scripted.get("/dicomweb/studies").mock(side_effect=lambda _: dicom_json([study()]))
     for uid in SERIES:
         scripted.get(f"{base}/series/{uid}/instances").mock(
             side_effect=lambda _, uid=uid: dicom_json(instances(uid))
@@ -66,6 +71,29 @@ def download(scripted: Routes, out: Path) -> tuple[int, dict[str, Any]]:
     )
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("count", [4294967295, -1, "1e30"])
+def test_a_study_count_outside_is_range_is_taken_as_unknown(
+    scripted: Routes, tmp_path: Path, count: object
+) -> None:
+    """NumberOfStudyRelatedInstances of -1 or 4294967295, what a server may send for
+    "unknown": in a catalog (32-bit counts) it stopped every pull with DuckDB's conversion
+    error (and any sync whose search had to be split by date, naming a catalog it never asked
+    for); -1 made sync count the study complete with nothing on disk (exit 0)."""
+    serve_study(scripted, study_instances=count)
+    every = sum(len(sops) for sops in SOPS.values())
+    db = tmp_path / "c.duckdb"
+    pulled = run_installed("catalog", "pull", "--db", str(db), "--url", scripted.base,
+                           "--http", "1.1")  # fmt: skip
+    assert pulled.returncode == 0, pulled.stderr
+    with duckdb.connect(str(db), read_only=True) as catalog:
+        rows = catalog.execute("SELECT study_uid, instances, series FROM studies").fetchall()
+    assert rows == [(STUDY, None, len(SERIES))]
+    synced = run_installed("sync", "--url", scripted.base, "-o", str(tmp_path / "out"),
+                           "--json", "--http", "1.1")  # fmt: skip
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["instances"]["downloaded"] == every
 
 
 def test_a_series_without_its_uid_fails_the_study(scripted: Routes, tmp_path: Path) -> None:
