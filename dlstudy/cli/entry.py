@@ -24,9 +24,10 @@ def stand_in_for_closed_streams() -> None:
     """A standard stream cron or a script closed (`>&-`, `2>&-`, `<&-`): Python leaves its
     `sys` stream None, where printing a line or asking `isatty()` raised. Each closed
     descriptor 0-2 is opened on /dev/null instead, so the run goes on as with that output
-    thrown away (as after `| head`), and no file opened later takes descriptor 1 or 2, where
-    libcurl or OpenSSL writing an error would write into it."""
-    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+    thrown away (as after `| head`), and no file opened later takes descriptor 0-2, where
+    libcurl or OpenSSL writing an error would write into it, or `--from-file -` read it.
+    `sys.stdin` stays None: `--from-file -` says standard input is closed."""
+    for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
@@ -34,8 +35,9 @@ def stand_in_for_closed_streams() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
         if getattr(sys, name) is None:
-            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+            setattr(sys, name, open(fd, "w", closefd=False))
 
 
 def is_interrupt(exc: BaseException) -> bool:
