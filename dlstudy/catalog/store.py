@@ -112,6 +112,9 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
 
     if read_only and not path.exists():
         raise UsageError(f"no catalog at {path}: run `dlstudy catalog pull --db {path}` first")
+    if path.exists() and not path.is_file():  # (a named pipe: opening it would wait for ever)
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise UsageError(f"catalog {path} is {what}: give the DuckDB file of `catalog pull --db`")
     if _is_sqlite(path):  # (DuckDB would fetch its SQLite extension from the internet)
         raise UsageError(
             f"{path} is not a dlstudy catalog: it is a SQLite database (an output folder's "

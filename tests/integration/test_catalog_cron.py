@@ -773,6 +773,33 @@ def test_an_empty_catalog_file_option_names_the_option(
         assert result.stderr == f"dlstudy: error: {name} is empty: give a file\n", args
 
 
+@pytest.mark.parametrize("kind", ["pipe", "folder"])
+def test_a_catalog_that_is_no_regular_file_is_one_line(
+    embedded_server: StartServer, tmp_path: Path, kind: str
+) -> None:
+    """A named pipe as the catalog: opening it to read its header waited for a writer for
+    ever, and `sync --catalog` took no SIGTERM then (a cron timeout could not stop it)."""
+    url = embedded_server(None, virtual=VirtualSpec(5))
+    db, out = tmp_path / "c.duckdb", str(tmp_path / "out")
+    if kind == "pipe":
+        os.mkfifo(db)
+    else:
+        db.mkdir()
+    what = "not a regular file" if kind == "pipe" else "a folder"
+    for args in (
+        ("sync", "--catalog", str(db), "--url", url, "-o", out),
+        ("download", "--from-catalog", str(db), "--url", url, "-o", out),
+        ("catalog", "pull", "--db", str(db), "--url", url),
+        ("catalog", "query", "--db", str(db)),
+        ("catalog", "status", "--db", str(db), "-o", out),
+    ):
+        result = run_installed(*args, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr == (
+            f"dlstudy: error: catalog {db} is {what}: give the DuckDB file of `catalog pull --db`\n"
+        ), args
+
+
 def test_a_killed_update_pull_is_named_by_what_reads_the_catalog(
     embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
 ) -> None:
