@@ -70,6 +70,11 @@ def check_layout(layout: str) -> None:
         )
 
 
+# SQLite's unix layer opens no path longer than 512 bytes, a journal's name included: the
+# index at OUT/.dlstudy/manifest.sqlite opens under an OUT this long at most (links resolved).
+MAX_OUTPUT_PATH = 479
+
+
 class Store:
     """The output folder of a run."""
 
@@ -89,6 +94,17 @@ class Store:
     def prepare(self) -> None:
         """Create the output folder and prove we can write there, before any network work."""
         state_dir = self.root / STATE_DIR
+        try:
+            resolved = len(os.fsencode(os.path.realpath(self.root)))
+        except OSError:  # (a deleted working folder: said just below)
+            resolved = 0
+        if resolved > MAX_OUTPUT_PATH:
+            raise OutputError(
+                f"output folder {str(self.root)!r} is {resolved} bytes long as a full path: "
+                f"its index (SQLite) opens only under at most {MAX_OUTPUT_PATH}; give a "
+                "shorter path",
+                path=str(self.root),
+            )
         try:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)

@@ -225,6 +225,40 @@ def test_relative_paths_in_a_deleted_working_folder_are_one_line(
     assert len(list(out.rglob("*.dcm"))) == len(synth_study.instances)
 
 
+def _folder_of_length(base: Path, length: int) -> Path:
+    """A path under `base` exactly `length` bytes long, in names of at most 100 bytes."""
+    path = str(base.resolve())
+    while len(path) < length:
+        room = length - len(path) - 1
+        path += "/" + "e" * (min(100, room) if room - min(100, room) != 1 else 99)
+    assert len(path) == length
+    return Path(path)
+
+
+@pytest.mark.parametrize("command", ["download", "sync"])
+def test_an_output_folder_too_long_for_sqlite_is_refused_before_anything_is_made(
+    synth_study: SynthStudy, embedded_server: StartServer, tmp_path: Path, command: str
+) -> None:
+    """SQLite opens no path past 512 bytes, its journal's name included: an OUT of 480 bytes
+    or more failed after making OUT and its state folder, `cannot write '.../manifest.sqlite':
+    unable to open database file`, exit 1. It is refused up front; 479 bytes work."""
+    url = embedded_server(synth_study.root)
+    study = [synth_study.study_uid] if command == "download" else []
+    longest = _folder_of_length(tmp_path / "ok", 479)
+    done = run_installed(command, *study, "--url", url, "-o", str(longest))
+    assert done.returncode == 0, done.stderr
+    assert len(list(longest.rglob("*.dcm"))) == len(synth_study.instances)
+    too_long = _folder_of_length(tmp_path / "no", 480)
+    refused = run_installed(command, *study, "--url", url, "-o", str(too_long), "--json")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"dlstudy: error: output folder '{too_long}' is 480 bytes long as a full path: its "
+        "index (SQLite) opens only under at most 479; give a shorter path"
+    ]
+    assert json.loads(refused.stdout)["exit_status"] == 2
+    assert not (tmp_path / "no").exists()
+
+
 def test_refused_connection_exit_3_with_json_and_no_password(tmp_path: Path) -> None:
     url = f"http://bob:hunter2@127.0.0.1:{free_port()}/dicomweb"
     result = run_cli("download", STUDY, "--url", url, "-o", str(tmp_path), "--json")
