@@ -171,7 +171,14 @@ def find(explicit: Path | None, env: Mapping[str, str], home: Path | None = None
             raise ConfigError(f"config file {str(named)!r} is a folder, not a file")
         return named
     candidate = default_path(env, home if home is not None else Path.home())
-    return candidate if _asked(candidate, Path.is_file) else None
+    try:
+        return candidate if candidate.is_file() else None
+    except OSError as exc:  # (as _asked; a HOME of another user's, under runuser or su)
+        raise ConfigError(
+            f"cannot look for the per-user config file {str(candidate)!r}: "
+            f"{exc.strerror or exc}; give --config, or set XDG_CONFIG_HOME or HOME to a "
+            "folder this user can read"
+        ) from exc
 
 
 def _asked(path: Path, question: Callable[[Path], bool]) -> bool:

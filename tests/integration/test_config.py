@@ -216,8 +216,11 @@ def test_a_config_folder_that_cannot_be_looked_into_is_one_line(
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.splitlines()
-    assert line.startswith("dlstudy: error: cannot read config file "), line
-    assert line.endswith(": File name too long"), line[-200:]
+    assert line.startswith("dlstudy: error: cannot look for the per-user config file "), line
+    assert line.endswith(
+        ": File name too long; give --config, or set XDG_CONFIG_HOME or HOME to a folder this "
+        "user can read"
+    ), line[-200:]
     assert not (tmp_path / "out").exists()
 
 
@@ -237,7 +240,10 @@ def test_a_config_folder_of_another_user_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.splitlines()
     config = folder / "config.toml"
-    assert line == f"dlstudy: error: cannot read config file '{config}': Permission denied"
+    assert line == (  # (it said "cannot read config file", as if one were there)
+        f"dlstudy: error: cannot look for the per-user config file '{config}': Permission "
+        "denied; give --config, or set XDG_CONFIG_HOME or HOME to a folder this user can read"
+    )
 
 
 # --- precedence through the real commands ------------------------------------------------------
