@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 # A worker reports at most this often (results and bytes for the progress display): each pipe
 # message wakes the parent's event loop.
 _REPORT_INTERVAL = 0.05
+# A worker with nothing to report says so this often: the parent takes a silence much longer
+# (workers.WORKER_SILENCE_SECONDS) for a worker stopped or hung.
+HEARTBEAT_SECONDS = 1.0
 
 
 class ParentGone(Exception):
@@ -187,6 +191,7 @@ class _Report:
         self._pending: list[tuple[Any, ...]] = []
         self._bytes = 0
         self._lock = threading.Lock()  # records come from threads too (a commit's checks)
+        self._sent = time.monotonic()
 
     def add_bytes(self, nbytes: int) -> None:
         self._bytes += nbytes
@@ -209,5 +214,7 @@ class _Report:
         if self._bytes:
             batch.insert(0, ("bytes", self._bytes))
             self._bytes = 0
-        if batch:
+        now = time.monotonic()
+        if batch or now - self._sent >= HEARTBEAT_SECONDS:  # (an empty batch: alive)
             _send(self._conn, ("batch", batch))
+            self._sent = now

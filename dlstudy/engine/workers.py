@@ -67,6 +67,9 @@ _BUSY = 0.9
 # where a Python client is CPU-bound.
 NEAR_SERVER_SECONDS = 0.005
 _JOIN_TIMEOUT = 10.0
+# A started worker that sends nothing for this long, not even its heartbeat (a stopped
+# process, a loop blocked on a hung file system), is ended: its instances fail, exit 1.
+WORKER_SILENCE_SECONDS = 30.0
 
 # A worker's fatal error, rebuilt from its class name and message; others as DlstudyError.
 _FATAL: dict[str, Callable[[str], DlstudyError]] = {
@@ -225,6 +228,7 @@ async def run_in_processes(
     fatal: list[DlstudyError] = []
     unreported = {ref.sop_uid: ref for ref in refs}
     watching = anyio.CancelScope()
+    went: list[float] = []  # when the workers were told to go (their heartbeats start then)
 
     def mine() -> Iterator[InstanceRef]:
         for ref in claims.until(a_worker_died):
@@ -260,13 +264,15 @@ async def run_in_processes(
                 process, parent_end = await launch.start(share, form, answered)
                 processes.append(process)
                 connections.append(parent_end)
-                tg.start_soon(_listen, parent_end, report, fatal, said, tg.cancel_scope)
+                listener = _Listener(process, parent_end, report, fatal, said, went)
+                tg.start_soon(listener.listen, tg.cancel_scope)
         # This process's transfers above its new share finish (tens of ms): polled, as anyio
         # has no event for a limiter's count.
         while limiter.borrowed_tokens > limiter.total_tokens:  # noqa: ASYNC110
             await anyio.sleep(0.005)
         with anyio.CancelScope(shield=True):
             await launch.go()
+        went.append(time.monotonic())
         running(1 + len(processes))
         log.info("%d worker processes %s", len(processes), launch.origin)
 
@@ -379,27 +385,65 @@ async def _busy(seconds: float) -> bool:
     return share >= _BUSY
 
 
-async def _listen(
-    conn: Connection,
-    report: Callable[[Result], None],
-    fatal: list[DlstudyError],
-    said: set[str],
-    scope: anyio.CancelScope,
-) -> None:
-    """Handle a worker's reports as they arrive, on the event loop (no thread per message)."""
-    while True:
-        await anyio.wait_readable(conn.fileno())
-        try:
-            _, batch = conn.recv()  # one write by the worker: here, or about to be
-        except EOFError:
-            return  # the worker died without a word: its instances are reported missing
-        for message in batch:
-            kind = _take(message, report, fatal, said)
-            if kind == "fatal":
-                scope.cancel()  # the others cannot do better: stop them
-                return
-            if kind == "end":
-                return
+class _Listener:
+    """A worker's reports, handled as they arrive on the event loop (no thread per message),
+    and its silence watched: one that says nothing, not even its heartbeat, for
+    WORKER_SILENCE_SECONDS after it was told to go is ended (SIGKILL), as if it had died."""
+
+    def __init__(
+        self,
+        process: Any,
+        conn: Connection,
+        report: Callable[[Result], None],
+        fatal: list[DlstudyError],
+        said: set[str],
+        went: list[float],
+    ) -> None:
+        self.process, self.conn, self.report = process, conn, report
+        self.fatal, self.said, self.went = fatal, said, went
+
+    async def listen(self, scope: anyio.CancelScope) -> None:
+        heard = time.monotonic()
+        while True:
+            readable = False
+            with anyio.move_on_after(self._left(heard)):
+                await anyio.wait_readable(self.conn.fileno())
+                readable = True
+            if not readable:
+                if self.went and self._left(heard) <= 0:
+                    self._end_silent()
+                    return
+                continue
+            heard = time.monotonic()
+            try:
+                _, batch = self.conn.recv()  # one write by the worker: here, or about to be
+            except EOFError:
+                return  # the worker died without a word: its instances are reported missing
+            for message in batch:
+                kind = _take(message, self.report, self.fatal, self.said)
+                if kind == "fatal":
+                    scope.cancel()  # the others cannot do better: stop them
+                    return
+                if kind == "end":
+                    return
+
+    def _left(self, heard: float) -> float:
+        """How much longer the worker may stay silent (waiting for `go`, it has no heartbeat
+        yet: the whole time, again)."""
+        if not self.went:
+            return WORKER_SILENCE_SECONDS
+        return max(heard, self.went[0]) + WORKER_SILENCE_SECONDS - time.monotonic()
+
+    def _end_silent(self) -> None:
+        if not self.process.is_alive():
+            return
+        log.warning(
+            "worker process %d sent nothing for %.0f s (stopped or hung): ended; what it "
+            "had in hand fails, and a rerun fetches it",
+            self.process.pid,
+            WORKER_SILENCE_SECONDS,
+        )
+        self.process.kill()  # (its exit code then tells the run a worker died)
 
 
 def _take(

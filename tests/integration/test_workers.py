@@ -22,6 +22,7 @@ from dlstudy.engine.claims import SharedClaims
 from dlstudy.engine.workers import (
     AUTO_MAX_WORKERS,
     MIN_INSTANCES_PER_WORKER,
+    WORKER_SILENCE_SECONDS,
     available_cpus,
     worker_count,
 )
@@ -651,5 +652,53 @@ def test_a_killed_worker_fails_its_instances_and_the_run_reports(
         [*command[:4], embedded_server(root), *command[5:]],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
+
+
+def test_a_stopped_worker_is_ended_after_its_silence_and_the_run_reports(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """A worker that stops answering (SIGSTOP here; a loop blocked on a hung file system):
+    the parent waited for it for ever once the others were done, holding the output folder's
+    lock, so every cron rerun exited 5. Its heartbeat stops, so after WORKER_SILENCE_SECONDS
+    it is ended: its instances fail, exit 1 with one warning, and a rerun fetches them."""
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    command = [
+        DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
+        "--workers", "2", "-c", "4", "--mode", "instance", "--json",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers: list[str] = []
+    while not workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+        workers = found.stdout.split()
+    assert workers, "no worker process started"
+    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped = int(workers[0])
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        stdout, stderr = process.communicate(timeout=WORKER_SILENCE_SECONDS + 90)
+    finally:
+        for pid in (stopped, process.pid):  # none left behind by a failing run
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 1, stderr
+    warned = [line for line in stderr.splitlines() if f"worker process {stopped}" in line]
+    assert warned == [
+        f"dlstudy: warning: worker process {stopped} sent nothing for "
+        f"{WORKER_SILENCE_SECONDS:.0f} s (stopped or hung): ended; what it had in hand fails, "
+        "and a rerun fetches it"
+    ], stderr
+    counts = json.loads(stdout)["instances"]
+    assert counts["failed"] > 0
+    assert counts["downloaded"] + counts["failed"] == counts["total"] == len(instances)
+    rerun = run_installed("download", instances[0].study_uid, "--url", slow, "-o", str(out))
     assert rerun.returncode == 0, rerun.stderr
     assert_same_files(instances, out)
