@@ -73,12 +73,19 @@ def parse_shard(text: str | None, env: Mapping[str, str]) -> Shard | None:
     number, sep, count = text.partition("/")
     number_found, count_found = _NUMBER.fullmatch(number), _NUMBER.fullmatch(count)
     if not sep or number_found is None or count_found is None:
-        raise UsageError(f"--shard must look like K/N (e.g. 2/8) or be 'auto', not {text[:40]!r}")
+        raise UsageError(
+            f"--shard must look like K/N (e.g. 2/8) or be 'auto', not {_shown(text)!r}"
+        )
     digits = number_found.group(1), count_found.group(1)
     if any(len(one.lstrip("0")) > len(str(MAX_SHARDS)) for one in digits):
         # (before int(), which refuses 4,300 digits or more)
-        raise UsageError(f"--shard {text[:40]}: K and N must be between 1 and {MAX_SHARDS}")
+        raise UsageError(f"--shard {_shown(text)}: K and N must be between 1 and {MAX_SHARDS}")
     return Shard(int(digits[0]), int(digits[1]))
+
+
+def _shown(text: str, most: int = 60) -> str:
+    """`text` as an error line quotes it: whole, or its start marked as cut."""
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def _from_environment(env: Mapping[str, str]) -> Shard:
@@ -94,8 +101,10 @@ def _from_environment(env: Mapping[str, str]) -> Shard:
     count = _integer(env, count_name)
     if index_name == "SLURM_ARRAY_TASK_ID":
         # `--array=1-8` or `--array=0-30:2`: task IDs need not start at 0 or be consecutive.
-        first = _integer(env, "SLURM_ARRAY_TASK_MIN") if env.get("SLURM_ARRAY_TASK_MIN") else 0
-        step = _integer(env, "SLURM_ARRAY_TASK_STEP") if env.get("SLURM_ARRAY_TASK_STEP") else 1
+        set_min = env.get("SLURM_ARRAY_TASK_MIN", "").strip()  # (blank: unset, as for the others)
+        set_step = env.get("SLURM_ARRAY_TASK_STEP", "").strip()
+        first = _integer(env, "SLURM_ARRAY_TASK_MIN") if set_min else 0
+        step = _integer(env, "SLURM_ARRAY_TASK_STEP") if set_step else 1
         offset = index - first
         if step < 1 or offset % step:
             raise UsageError(
@@ -103,6 +112,8 @@ def _from_environment(env: Mapping[str, str]) -> Shard:
                 f"min {first} / step {step}"
             )
         index = offset // step
+    if count < 1:
+        raise UsageError(f"--shard auto: {count_name}={count}: a job has at least 1 task")
     if not 0 <= index < count:
         raise UsageError(
             f"--shard auto: {index_name} gives index {index}, outside 0..{count - 1} "
@@ -118,4 +129,4 @@ def _integer(env: Mapping[str, str], name: str) -> int:
     with suppress(ValueError):  # 4,300 digits or more, which int() refuses
         if found is not None:
             return int(found.group(1))
-    raise UsageError(f"--shard auto: {name}={value[:20]!r} is not a number (digits 0-9)")
+    raise UsageError(f"--shard auto: {name}={_shown(value, 20)!r} is not a number (digits 0-9)")

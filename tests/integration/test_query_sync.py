@@ -898,7 +898,8 @@ def test_an_empty_shard_is_a_usage_error_not_every_study(
     [
         ("\u00b9/4", "--shard must look like K/N (e.g. 2/8) or be 'auto', not '\u00b9/4'"),
         ("\u0661/4", "--shard must look like K/N (e.g. 2/8) or be 'auto', not '\u0661/4'"),
-        ("1/" + "9" * 5000, f"--shard 1/{'9' * 38}: K and N must be between 1 and 1000000"),
+        ("1/" + "9" * 5000, f"--shard 1/{'9' * 57}…: K and N must be between 1 and 1000000"),
+        ("1/" + "9" * 24, f"--shard 1/{'9' * 24}: K and N must be between 1 and 1000000"),
     ],
 )
 def test_a_shard_with_digits_int_cannot_read_is_one_line(

@@ -108,6 +108,12 @@ def test_auto_from_a_slurm_job_array(env: dict[str, str], expected: Shard) -> No
     assert parse_shard("auto", env) == expected
 
 
+def test_a_blank_slurm_min_or_step_is_unset_as_a_blank_index_is() -> None:
+    env = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4",
+           "SLURM_ARRAY_TASK_MIN": " ", "SLURM_ARRAY_TASK_STEP": ""}  # fmt: skip
+    assert parse_shard("auto", env) == Shard(3, 4)  # (' ' was "not a number")
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -115,6 +121,11 @@ def test_auto_from_a_slurm_job_array(env: dict[str, str], expected: Shard) -> No
         ({"JOB_COMPLETION_INDEX": "0"}, "no shard count in the environment"),
         ({"JOB_COMPLETION_INDEX": "4", "JOB_COMPLETIONS": "4"}, "outside 0..3"),
         ({"JOB_COMPLETION_INDEX": "x", "JOB_COMPLETIONS": "4"}, "is not a number"),
+        # (it said "outside 0..-1")
+        (
+            {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "0"},
+            "SLURM_ARRAY_TASK_COUNT=0: a job has at least 1 task",
+        ),
         (
             {
                 "SLURM_ARRAY_TASK_ID": "3",
