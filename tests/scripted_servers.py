@@ -102,8 +102,8 @@ def _one_server(
 def hostile_uids() -> Iterator[tuple[str, str, list[str]]]:
     """QIDO lists two good instances and two whose UIDs try to climb out of the output folder.
 
-    Yields (base URL, study UID, the good SOP UIDs)."""
-    evil = ["../../../../tmp/dlstudy-pwned", f"{SERIES}.9/../../../x"]
+    Yields (base URL, study UID, the good SOP UIDs); a third is a UID of 65 digits and dots."""
+    evil = ["../../../../tmp/dlstudy-pwned", f"{SERIES}.9/../../../x", "1." + "2" * 63]
 
     class Hostile(_Quiet):
         def do_GET(self) -> None:  # noqa: N802

@@ -275,7 +275,7 @@ class Lister:
         bad = next((what, uid) for what, uid in named if not is_valid_uid(uid))
         reason = (
             f"instance {ref.sop_uid[:80]!r}: the server lists it with an invalid {bad[0]} UID "
-            f"{bad[1][:80]!r} (a UID is digits and dots): not downloaded"
+            f"{bad[1][:80]!r} (a UID is digits and dots, at most 64 characters): not downloaded"
         )
         self.summary.failures.append(
             Failure(ref.study_uid, ref.series_uid, ref.sop_uid, reason, None)

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from ..errors import NothingMatchedError, OutputError, StorageError, UsageError
 from ..store.orphans import remove_orphans
+from .printable import printable
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 COLUMNS = ("status", "study", "series", "sop", "path", "size", "digest", "reason")
@@ -86,8 +87,8 @@ class ReportWriter:
         shown = os.path.abspath(path) if path is not None else None
         values: tuple[Any, ...] = (status, study, series, sop, shown, size, digest, reason)
         try:  # a full disk shows up when the buffer is written out, at any row
-            if self.format == "csv":
-                self._csv.writerow(["" if v is None else v for v in values])
+            if self.format == "csv":  # (JSON escapes control characters itself)
+                self._csv.writerow([_cell(v) for v in values])
             else:
                 self._file.write(json.dumps(dict(zip(COLUMNS, values, strict=True))) + "\n")
         except OSError as exc:
@@ -122,6 +123,14 @@ class ReportWriter:
         self.discard()
         self._failure = f"cannot write --report {str(self.path)!r}: {exc.strerror or exc}"
         return StorageError(self._failure, path=str(self.path))
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: text a server sent (a reason phrase, a UID) with its control characters
+    escaped, so that `cat report.csv` cannot recolour or retitle the terminal."""
+    if value is None:
+        return ""
+    return printable(value) if isinstance(value, str) else value
 
 
 def _remove(temp: Path) -> None:

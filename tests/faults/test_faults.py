@@ -536,12 +536,17 @@ def test_hostile_uids_never_become_paths(tmp_path: Path) -> None:
 
     assert status == 1
     assert summary["instances"]["downloaded"] == len(good)
-    assert summary["instances"]["failed"] == 2  # counted like any failed instance
+    assert summary["instances"]["failed"] == 3  # counted like any failed instance
     reasons = [f["reason"] for f in summary["failures"]]
-    assert len(reasons) == 2 and all("invalid instance UID '" in r for r in reasons), reasons
+    assert len(reasons) == 3 and all("invalid instance UID '" in r for r in reasons), reasons
     assert all("InstanceRef" not in r for r in reasons)
+    too_long = "1." + "2" * 63  # digits and dots: its length is what is wrong
+    assert (
+        f"instance {too_long!r}: the server lists it with an invalid instance UID {too_long!r} "
+        "(a UID is digits and dots, at most 64 characters): not downloaded"
+    ) in reasons  # (it said "digits and dots" alone)
     rows = report.read_text().splitlines()[1:]
-    assert sorted(row.split(",")[0] for row in rows) == ["downloaded"] * 2 + ["failed"] * 2
+    assert sorted(row.split(",")[0] for row in rows) == ["downloaded"] * 2 + ["failed"] * 3
     assert not Path("/tmp/dlstudy-pwned").exists()
     assert all(out in p.parents for p in out.rglob("*"))
     assert sorted(p.stem for p in out.rglob("*.dcm")) == sorted(good)
@@ -1574,18 +1579,20 @@ _TERMINAL_CONTROL = ("\x1b", "\x07", "\x08")
 def test_a_servers_words_are_printed_escaped_never_as_terminal_control(tmp_path: Path) -> None:
     from ..scripted_servers import SOPS, misbehaving
 
-    out, log = tmp_path / "out", tmp_path / "run.log"
+    out, log, report = tmp_path / "out", tmp_path / "run.log", tmp_path / "report.csv"
     with misbehaving("hostile-reason") as (url, study):
         result = run_installed(
             "download", study, "--url", url, "-o", str(out), "--http", "1.1",
-            "--mode", "instance", "--log-file", str(log),
+            "--mode", "instance", "--log-file", str(log), "--report", str(report),
         )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     written = log.read_text(encoding="utf-8")
     escaped = r"HTTP 418 \x1b]0;owned\x07\x1b[31mred[/]\x08"
-    # stderr: each failure as it happens and in the closing list; the log: once each.
-    for text, times in ((result.stderr, 2), (written, 1)):
+    # stderr: each failure as it happens and in the closing list; the log and the report
+    # (whose reason column held the raw bytes: `cat report.csv` retitled the terminal): once.
+    rows = report.read_text(encoding="utf-8")
+    for text, times in ((result.stderr, 2), (written, 1), (rows, 1)):
         assert not any(c in text for c in _TERMINAL_CONTROL), repr(text)
         assert text.count(escaped) == times * len(SOPS), text
     assert all(line.startswith("20") for line in written.splitlines())  # one record a line
