@@ -37,7 +37,9 @@ def test_csv_rows_appear_under_the_name_only_on_commit(tmp_path: Path) -> None:
     assert rows[0] == list(COLUMNS)
     assert rows[1] == ["downloaded", "1.2", "1.2.3", "1.2.3.4",
                        os.path.abspath("a/b.dcm"), "5", "blake3:ab", ""]  # fmt: skip
-    assert rows[2] == ["failed", "", "1.2.9", "", "", "", "", 'said "no", twice\nreally']
+    # A line break a server sent is escaped, as on stderr: one row, one line (quotes quoted).
+    assert rows[2] == ["failed", "", "1.2.9", "", "", "", "", 'said "no", twice\\x0areally']
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 3
 
 
 def test_jsonl_rows_have_every_column_with_nulls(tmp_path: Path) -> None:
