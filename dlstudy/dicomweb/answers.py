@@ -128,6 +128,11 @@ def refusal_words(response: httpx.Response) -> str | None:
     may repeat the query with its key). None for an HTML page or an empty body."""
     if not 400 <= response.status_code < 500:
         return None
+    return answer_words(response)
+
+
+def answer_words(response: httpx.Response) -> str | None:
+    """What a text or JSON body says, as refusal_words reads it, whatever the status."""
     mime = _mime(response)
     words: object = None
     if not mime and response.content.lstrip()[:1] in (b"{", b"["):

@@ -16,6 +16,7 @@ study.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from ..http.failures import check_auth
 from ..http.urls import redact_url
 from .answers import (
     ROOT_HINT,
+    answer_words,
     describe_answer,
     has_more_warning,
     ignored_keys_warning,
@@ -575,6 +577,14 @@ class Pager:
             raise ServerError(
                 f"QIDO answer is not a list of DICOM JSON objects on {shown}", url=shown
             )
+        if data and not any(_TAG_KEY.fullmatch(key) for item in data for key in item):
+            # `{"error": "quota exceeded"}` with a 200: no attribute at all, no result
+            words = answer_words(response)
+            raise ServerError(
+                f"QIDO answer holds no DICOM attribute ({describe_answer(response)}"
+                f"{f': {words}' if words else ''}) on {shown}",
+                url=shown,
+            )
         if data and self._unchecked_keys:
             for key in keys_not_returned(data, self._unchecked_keys):
                 log.warning(
@@ -594,6 +604,8 @@ class Pager:
         )
         return data, truncated
 
+
+_TAG_KEY = re.compile(r"[0-9A-Fa-f]{8}")  # a DICOM JSON attribute's key: its tag
 
 KEY_NAMES = {
     TAG_STUDY_UID: "Study Instance UID",

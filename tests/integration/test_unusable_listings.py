@@ -146,6 +146,27 @@ def test_query_says_a_study_result_without_a_uid_was_left_out(scripted: Routes) 
     )
 
 
+@pytest.mark.parametrize("command", ["query", "sync"])
+def test_a_json_error_object_sent_with_200_is_no_result(
+    scripted: Routes, tmp_path: Path, command: str
+) -> None:
+    """A gateway's `{"error": "quota exceeded"}` with a 200: it was taken as one study without
+    a UID (exit 1, the server's words unsaid). It is a server fault, exit 3, in its words."""
+    scripted.get("/dicomweb/studies").mock(
+        return_value=httpx.Response(200, headers={"Content-Type": "application/json"},
+                                    content=b'{"error": "quota exceeded"}')
+    )  # fmt: skip
+    output = ["-o", str(tmp_path / "out")] if command == "sync" else []
+    result = run_installed(command, "--url", scripted.base, *output, "--http", "1.1")
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        "dlstudy: error: QIDO answer holds no DICOM attribute (HTTP 200 (application/json): "
+        "quota exceeded) on http://127.0.0.1:"
+    ), line
+    assert result.stdout == ""
+
+
 def test_sync_fails_what_it_cannot_download_and_syncs_the_rest(
     scripted: Routes, tmp_path: Path
 ) -> None:
