@@ -169,8 +169,9 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 class _Relocation:
     """An instance the manifest records at another path (a run with another --layout put it
-    there) is moved where this layout puts it, not fetched again: the manifest keeps one path
-    per instance, and a second copy would be one it does not know."""
+    there), under the same study and series, is moved where this layout puts it, not fetched
+    again: the manifest keeps one path per instance, and a second copy would be one it does
+    not know."""
 
     def __init__(self, store: Store, manifest: Manifest) -> None:
         self.store = store
@@ -189,6 +190,10 @@ class _Relocation:
         entry = self.manifest.get(ref.sop_uid)
         relative = self.store.relative(final)
         if entry is None or entry.path == relative:
+            return False
+        if (entry.study, entry.series) != (ref.study_uid, ref.series_uid):
+            # Not another layout: the server lists it in another series (or study) than the
+            # file holds. Fetched again, its header is checked against the listing.
             return False
         if not self.store.move_in(entry.path, final, entry.size):
             return False

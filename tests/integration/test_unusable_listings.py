@@ -73,6 +73,47 @@ def download(scripted: Routes, out: Path) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)
 
 
+def test_a_rerun_moves_no_file_into_a_series_its_header_contradicts(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """The server lists a downloaded series' instances under another series UID: a rerun
+    moved the files there as if --layout had changed (`moved 2`, exit 0), each now in a folder
+    its own header contradicts, and --verify passed them. Only a move within the same study
+    and series is a layout's; these are fetched again, and their header refused."""
+    other = f"{STUDY}.999"
+    listed = {"first": SERIES[0]}
+    serve_study(
+        scripted,
+        series=lambda: [series_json(listed["first"]), series_json(SERIES[1])],
+        instances=lambda s: [instance_json(sop) for sop in SOPS[SERIES[0] if s == other else s]],
+    )
+    scripted.get(f"/dicomweb/studies/{STUDY}/series/{other}/instances").mock(
+        side_effect=lambda _: dicom_json([instance_json(sop) for sop in SOPS[SERIES[0]]])
+    )
+    for sop in SOPS[SERIES[0]]:  # the same files, their header naming the first series
+        scripted.get(f"/dicomweb/studies/{STUDY}/series/{other}/instances/{sop}").mock(
+            return_value=httpx.Response(200, headers={"Content-Type": "application/dicom"},
+                                        content=part10(STUDY, SERIES[0], sop))
+        )  # fmt: skip
+    out = tmp_path / "out"
+    status, _ = download(scripted, out)
+    assert status == 0
+    listed["first"] = other
+    result = run_installed("download", STUDY, "--url", scripted.base, "-o", str(out), "--json",
+                           "--http", "1.1", "--recheck")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["moved"] == 0
+    reasons = [failure["reason"] for failure in summary["failures"]]
+    assert len(reasons) == 2, reasons
+    assert all(f"expected {other}" in reason for reason in reasons), reasons
+    assert not [p for p in (out / STUDY / other).rglob("*") if p.is_file()]
+    for sop in SOPS[SERIES[0]]:  # still where their header says they belong
+        assert (out / STUDY / SERIES[0] / f"{sop}.dcm").read_bytes() == part10(
+            STUDY, SERIES[0], sop
+        )
+
+
 @pytest.mark.parametrize("count", [4294967295, -1, "1e30"])
 def test_a_study_count_outside_is_range_is_taken_as_unknown(
     scripted: Routes, tmp_path: Path, count: object
