@@ -43,7 +43,7 @@ from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import LIST_LIMIT, Summary
 from ..report.words import counted
 from ..settings import Settings, processes_for
-from ..store.completion import complete_from_index, is_complete
+from ..store.completion import complete_from_index, is_complete, present_files
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
@@ -198,6 +198,9 @@ async def _search_and_download(
     report: ReportWriter | None = None,
 ) -> Summary | None:
     pending: list[str] = []
+    # The counts a live search gave the pending studies, checked once they are downloaded (a
+    # catalog's may be days old: an archive that deleted instances since would fail them).
+    search_counts: dict[str, tuple[int, int | None]] = {}
     manifest = Manifest(store.root, store.state_dir, read_only=True)
 
     def examine(record: StudyRecord) -> None:
@@ -212,6 +215,8 @@ async def _search_and_download(
             return
         plan.add_study(record.study_uid)
         instances = record.instances
+        if catalog is None and instances is not None:
+            search_counts[record.study_uid] = (instances, record.series)
         if settings.verify or settings.recheck:  # listed (and with --verify checked) anew
             pending.append(record.study_uid)
             return
@@ -223,6 +228,7 @@ async def _search_and_download(
         else:
             complete = is_complete(manifest, store, record.study_uid, instances, record.series)
         if complete:
+            search_counts.pop(record.study_uid, None)
             plan.already_complete += 1
             plan.total += instances or 0
             emit("study_complete", logging.DEBUG, study=record.study_uid)
@@ -276,8 +282,47 @@ async def _search_and_download(
         partial = getattr(exc, "summary", None)
         _study_events(pending, sink, partial.failures if partial is not None else [])
         raise
+    _short_of_counts(result, search_counts, store, report)
     _study_events(pending, sink, result.failures)
     return result
+
+
+def _short_of_counts(
+    result: Summary,
+    search_counts: dict[str, tuple[int, int | None]],
+    store: Store,
+    report: ReportWriter | None,
+) -> None:
+    """A study the search counted more instances (or series) in than its listings gave, every
+    one of them fetched: not whole, though nothing failed (a listing cut where paging cannot
+    tell, such as an instance search capped without a word). It fails (exit 1) rather than
+    pass a night that leaves it short; the next night lists it again."""
+    if not search_counts:
+        return
+    failed = {failure.study_uid for failure in result.failures}
+    manifest = Manifest(store.root, store.state_dir, read_only=True)
+    try:
+        for study, (instances, series) in search_counts.items():
+            if study in failed or is_complete(manifest, store, study, instances, series):
+                continue
+            have = present_files(manifest, store, study)
+            reason = (
+                f"study {study}: the server's search counts {_counted_words(instances, series)}, "
+                f"its listings gave {_counted_words(have.entries, have.series)}: not whole (a "
+                "listing the server cut?); the next run lists it again"
+            )
+            log.warning("%s", reason)
+            result.failures.append(Failure(study, None, None, reason, None))
+            if report is not None:
+                report.row("failed", study, None, None, reason=reason)
+    finally:
+        manifest.close()
+
+
+def _counted_words(instances: int, series: int | None) -> str:
+    """`7 instances`, `7 instances in 2 series`."""
+    said = counted(instances, "instance", "instances")
+    return said if series is None else f"{said} in {counted(series, 'series', 'series')}"
 
 
 async def _list_again(

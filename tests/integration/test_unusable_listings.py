@@ -114,6 +114,30 @@ def test_a_rerun_moves_no_file_into_a_series_its_header_contradicts(
         )
 
 
+def test_sync_fails_a_study_its_search_counts_more_instances_in_than_listed(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """The study search counts 7 instances; the series' instance listings give 4, each one
+    short page (a cap paging cannot see). sync fetched the 4 and passed the night (exit 0),
+    and listed the study again every night after, never complete. The count is now checked
+    once the study is downloaded: a failure of its own, exit 1."""
+    serve_study(scripted, study_instances=7)
+    out = tmp_path / "out"
+    for night in (1, 2):
+        result = run_installed("sync", "--url", scripted.base, "-o", str(out), "--json",
+                               "--http", "1.1")  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        summary = json.loads(result.stdout)
+        reason = (
+            f"study {STUDY}: the server's search counts 7 instances in 2 series, its listings "
+            "gave 4 instances in 2 series: not whole (a listing the server cut?); the next run "
+            "lists it again"
+        )
+        assert [f["reason"] for f in summary["failures"]] == [reason], night
+        assert f"dlstudy: warning: {reason}" in result.stderr.splitlines()
+    assert len(list(out.rglob("*.dcm"))) == 4  # what was listed is kept
+
+
 @pytest.mark.parametrize("count", [4294967295, -1, "1e30"])
 def test_a_study_count_outside_is_range_is_taken_as_unknown(
     scripted: Routes, tmp_path: Path, count: object
