@@ -116,8 +116,9 @@ def _held_by_our_caller(folder: int) -> bool:
     line `flock OUT dlstudy sync -o OUT` locks OUT for the run, and left it "in use by another
     dlstudy run" (waiting for ever with --wait). flock on a descriptor of the open file that
     holds the lock succeeds; on any other, it fails while the lock is held."""
-    if _try_flock(folder, optional=True):
-        fcntl.flock(folder, fcntl.LOCK_UN)  # free: nothing holds it (taken again below)
+    if _try_flock(folder, optional=True):  # free (or no flock here): nothing holds it
+        with suppress(OSError):  # (a file system without flock on folders: NFS)
+            fcntl.flock(folder, fcntl.LOCK_UN)  # taken again below
         return False
     mine = os.fstat(folder)
     try:
