@@ -616,16 +616,13 @@ def test_busy_is_cpu_time_over_wall_time(
 # threshold: 0.9 of a CPU
 
 
-def test_a_killed_worker_fails_its_instances_and_the_run_reports(
-    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
-) -> None:
-    """A worker killed mid-run (the OOM killer, a stray kill -9): what it had not reported
-    fails, the summary says so (exit 1, the --json object), and a rerun fetches the rest."""
-    root, instances = study
-    slow = embedded_server(root, latency=0.05)
-    out = tmp_path / "out"
+def _download_with_a_worker(
+    url: str, study_uid: str, out: Path
+) -> tuple[subprocess.Popen[str], list[str], list[str]]:
+    """`download --workers 2 --json` of the study, once its worker runs and 10 files landed:
+    the process, its worker's pid, the command."""
     command = [
-        DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
+        DLSTUDY, "download", study_uid, "--url", url, "-o", str(out),
         "--workers", "2", "-c", "4", "--mode", "instance", "--json",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -638,6 +635,18 @@ def test_a_killed_worker_fails_its_instances_and_the_run_reports(
     assert workers, "no worker process started"
     while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
+    return process, workers, command
+
+
+def test_a_killed_worker_fails_its_instances_and_the_run_reports(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """A worker killed mid-run (the OOM killer, a stray kill -9): what it had not reported
+    fails, the summary says so (exit 1, the --json object), and a rerun fetches the rest."""
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    process, workers, command = _download_with_a_worker(slow, instances[0].study_uid, out)
     subprocess.run(["kill", "-9", workers[0]], check=True)
     stdout, stderr = process.communicate(timeout=120)
 
@@ -666,20 +675,7 @@ def test_a_stopped_worker_is_ended_after_its_silence_and_the_run_reports(
     root, instances = study
     slow = embedded_server(root, latency=0.05)
     out = tmp_path / "out"
-    command = [
-        DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
-        "--workers", "2", "-c", "4", "--mode", "instance", "--json",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    workers: list[str] = []
-    while not workers and time.monotonic() < deadline:
-        time.sleep(0.05)
-        found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
-        workers = found.stdout.split()
-    assert workers, "no worker process started"
-    while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process, workers, command = _download_with_a_worker(slow, instances[0].study_uid, out)
     stopped = int(workers[0])
     os.kill(stopped, signal.SIGSTOP)
     try:
