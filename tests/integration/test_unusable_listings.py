@@ -129,13 +129,44 @@ def test_sync_fails_a_study_its_search_counts_more_instances_in_than_listed(
         assert result.returncode == 1, result.stderr
         summary = json.loads(result.stdout)
         reason = (
-            f"study {STUDY}: the server's search counts 7 instances in 2 series, its listings "
-            "gave 4 instances in 2 series: not whole (a listing the server cut?); the next run "
-            "lists it again"
+            f"study {STUDY}: the server's search counts 7 instances in 2 series; listed and "
+            "fetched, it has 4 instances in 2 series: not whole (a listing the server cut?); the "
+            "next run lists it again"
         )
         assert [f["reason"] for f in summary["failures"]] == [reason], night
         assert f"dlstudy: warning: {reason}" in result.stderr.splitlines()
     assert len(list(out.rglob("*.dcm"))) == 4  # what was listed is kept
+
+
+def test_sync_of_a_study_that_lost_an_instance_on_the_server_and_on_disk_passes(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """The archive deletes an instance of a synced study, and the user removes its file from
+    the mirror: the index still lists it, so the study is listed again, and all the server
+    lists is there. Nothing is short of the server's count: the night passes (exit 0)."""
+    kept = {"sops": SOPS[SERIES[0]]}
+    serve_study(
+        scripted,
+        instances=lambda s: [instance_json(sop) for sop in (kept["sops"] if s == SERIES[0]
+                                                             else SOPS[s])],
+        study_instances=4,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    first = run_installed("sync", "--url", scripted.base, "-o", str(out), "--http", "1.1")
+    assert first.returncode == 0, first.stderr
+    gone = SOPS[SERIES[0]][0]
+    kept["sops"] = SOPS[SERIES[0]][1:]
+    (out / STUDY / SERIES[0] / f"{gone}.dcm").unlink()
+    scripted.get("/dicomweb/studies").mock(
+        side_effect=lambda _: dicom_json([{
+            "0020000D": element("UI", STUDY), "00201206": element("IS", 2),
+            "00201208": element("IS", 3),
+        }])
+    )  # fmt: skip
+    again = run_installed("sync", "--url", scripted.base, "-o", str(out), "--json",
+                          "--http", "1.1")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["failures"] == []
 
 
 @pytest.mark.parametrize("count", [4294967295, -1, "1e30"])
