@@ -52,6 +52,24 @@ from .urls import redact_url, split_base_url, with_query
 
 log = logging.getLogger(__name__)
 
+
+class _RedactedUrls(logging.Filter):
+    """httpx logs each request's whole URL at INFO (`HTTP Request: GET ...`): a library caller's
+    `logging.basicConfig(level=logging.INFO)` printed a URL's secrets (an API key in its query,
+    a presigned signature, a user name). They are masked here, as dlstudy's own records are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        return True
+
+
+_HTTPX_LOG = logging.getLogger("httpx")
+if not any(isinstance(one, _RedactedUrls) for one in _HTTPX_LOG.filters):
+    _HTTPX_LOG.addFilter(_RedactedUrls())
+
 T = TypeVar("T")
 
 USER_AGENT = "dlstudy"

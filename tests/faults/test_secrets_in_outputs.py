@@ -292,6 +292,39 @@ def test_settings_are_shown_without_their_secrets() -> None:
     assert "output=" in repr(settings)
 
 
+LOGGING_CALLER = """
+import logging, sys, dlstudy
+logging.basicConfig(level=logging.DEBUG, stream=sys.stdout)
+url, study, out = sys.argv[1:]
+summary = dlstudy.download(study, url, output=out)
+print("downloaded", summary.downloaded)
+"""
+
+
+def test_a_library_callers_log_shows_no_secret_of_the_url(
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    tmp_path: Path,
+) -> None:
+    """A library caller logging at INFO (DEBUG here) got httpx's `HTTP Request: GET
+    ...?api_key=SECRET` lines: the CLI quiets httpx's logger, the library did not."""
+    import subprocess
+    import sys
+
+    seen_requests.gateway_keys = {"api_key"}
+    url = embedded_server(synth_study.root)
+    keyed = f"{url}?api_key={SECRET}"
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGING_CALLER, keyed, synth_study.study_uid, str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"downloaded {len(synth_study.instances)}" in result.stdout
+    assert "HTTP Request: GET" in result.stdout  # httpx's lines are there, masked
+    assert SECRET not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     "header", [f"X-Api-Key {SECRET}", SECRET, f"Authorization Bearer {SECRET}:x"]
 )
