@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -216,5 +217,15 @@ def concurrency_for(settings: Settings, http_version: str | None) -> int:
 
 def processes_for(settings: Settings) -> int:
     """--workers as given; 0 (one per core, when the run is CPU-bound) is one process under
-    --max-rate, which bounds the run before any core does."""
+    --max-rate, which bounds the run before any core does. One in a daemonic process (a
+    multiprocessing.Pool's worker calling the library), which may start none: multiprocessing
+    refused it with a bare AssertionError."""
+    if _daemonic():
+        return 1
     return settings.workers or (1 if settings.max_rate else 0)
+
+
+def _daemonic() -> bool:
+    # (no multiprocessing imported: this process is none of its children)
+    process = sys.modules.get("multiprocessing.process")
+    return process is not None and bool(process.current_process().daemon)

@@ -198,6 +198,39 @@ def test_download_and_sync_run_where_an_event_loop_already_runs(
     assert_same_files(synth_study.instances, tmp_path / "s")
 
 
+IN_A_POOL = """
+import multiprocessing, sys, dlstudy
+
+def job(args):
+    url, study, out = args
+    return dlstudy.download(study, url, output=out).downloaded
+
+if __name__ == "__main__":
+    with multiprocessing.get_context(sys.argv[4]).Pool(1) as pool:
+        print(pool.map(job, [tuple(sys.argv[1:4])])[0])
+"""
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_download_in_a_pools_daemonic_worker_runs_in_that_process(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, start: str
+) -> None:
+    """A multiprocessing.Pool's worker is daemonic, and may start no process: download()
+    there forked its standby workers and died in multiprocessing's bare `AssertionError:
+    daemonic processes are not allowed to have children`. It runs in one process."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    script = tmp_path / "pooled.py"
+    script.write_text(IN_A_POOL)
+    result = subprocess.run(
+        [sys.executable, str(script), url, synth_study.study_uid, str(out), start],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(len(synth_study.instances))]
+    assert_same_files(synth_study.instances, out)
+
+
 INTERRUPTED_IN_A_CELL = """
 import asyncio, signal, sys, threading, time, dlstudy
 from pathlib import Path
