@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import itertools
 import json
@@ -43,7 +42,7 @@ from .options import (
     checked,
     with_options,
 )
-from .query_cmd import CsvOpt, UidsOpt, output_form, render, study_query, visible
+from .query_cmd import CsvLines, CsvOpt, UidsOpt, output_form, render, study_query, visible
 
 if TYPE_CHECKING:
     from ..catalog.summary import PullSummary
@@ -194,7 +193,7 @@ def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
             count += 1
         Console(file=stream).print(table)
         return count
-    writer = csv.writer(stream, lineterminator="\n", delimiter="\t" if form == "tsv" else ",")
+    writer = CsvLines(stream, delimiter="\t" if form == "tsv" else ",")
     if form in ("csv", "tsv"):
         writer.writerow(names)
     for row in rows:

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -182,6 +182,22 @@ def visible(value: Any, separator: str) -> str:
     return _cell(value, separator).translate(_CONTROLS)
 
 
+class CsvLines:
+    """CSV rows ending in "\n". Python's csv quotes a cell holding the line end it writes, but
+    not a lone "\r", at which every reader (csv, pandas, `--from-file`) ends the row: a row with
+    one (a description `CT\rCHEST`) has every cell quoted."""
+
+    def __init__(self, stream: IO[str], delimiter: str = ",") -> None:
+        self._plain = csv.writer(stream, lineterminator="\n", delimiter=delimiter)
+        self._quoted = csv.writer(
+            stream, lineterminator="\n", delimiter=delimiter, quoting=csv.QUOTE_ALL
+        )
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        carriage = any(isinstance(cell, str) and "\r" in cell for cell in row)
+        (self._quoted if carriage else self._plain).writerow(row)
+
+
 class LineWriter:
     """The line forms (`tsv`, `json` lines, `csv`, `uids`): a header, then a line a study,
     each written as it comes."""
@@ -189,7 +205,7 @@ class LineWriter:
     def __init__(self, form: str, stream: IO[str]) -> None:
         self.form = form
         self.stream = stream
-        self._csv = csv.writer(stream, lineterminator="\n")
+        self._csv = CsvLines(stream)
 
     def header(self) -> None:
         if self.form == "csv":

@@ -231,6 +231,47 @@ def test_control_characters_from_the_server_are_shown_not_sent_to_the_terminal(
     assert [row["description"] for row in table] == [HOSTILE]
 
 
+def test_a_lone_carriage_return_in_a_value_keeps_the_csv_one_row(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """A StudyDescription `CT\rCHEST`: csv.writer with "\n" line ends left the lone "\r"
+    unquoted, every reader ended the row there, and `query --csv > cohort.csv` then
+    `download --from-file cohort.csv` failed (exit 2, `invalid StudyInstanceUID 'CHEST'`); so
+    did `catalog query --csv`."""
+    import csv
+    import io
+    import subprocess
+
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    from ..cli_helpers import DLSTUDY
+
+    root = tmp_path / "source"
+    instances = generate(root, SynthSpec(series=1, instances=2, size=2048, seed=8))
+    for instance in instances:
+        dataset = pydicom.dcmread(instance.path)
+        dataset.StudyDescription = "CT\rCHEST"
+        dataset.save_as(instance.path)
+    url = embedded_server(root)
+    db = tmp_path / "c.duckdb"
+    assert run_installed("catalog", "pull", "--db", str(db), "--url", url).returncode == 0
+    for args in (["query", "--url", url, "--csv"], ["catalog", "query", "--db", str(db), "--csv"]):
+        written = subprocess.run([DLSTUDY, *args], capture_output=True, check=True, timeout=60)
+        rows = list(csv.DictReader(io.StringIO(written.stdout.decode(), newline="")))
+        assert [row["description"] for row in rows] == ["CT\rCHEST"], written.stdout
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_bytes(
+        subprocess.run([DLSTUDY, "query", "--url", url, "--csv"], capture_output=True,
+                       check=True, timeout=60).stdout
+    )  # fmt: skip
+    out = tmp_path / "out"
+    done = run_installed("download", "--from-file", str(cohort), "--url", url, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert len(list(out.rglob("*.dcm"))) == len(instances)
+
+
 def read_report(path: Path) -> list[dict[str, str]]:
     import csv
 
