@@ -13,10 +13,11 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .dicomweb.cohort import CohortItem, read_cohort
-    from .dicomweb.search import StudyQuery, StudyRecord, search_async
+    from .dicomweb.search import StudyQuery, StudyRecord
     from .dicomweb.shard import Shard
     from .errors import DlstudyError, ExitStatus
     from .jobs.download import download, download_async
+    from .jobs.search import search_async
     from .jobs.sync import sync, sync_async
     from .model import Failure, InstanceRef
     from .report.progress import ProgressSink
@@ -58,7 +59,7 @@ _MODULE_OF = {
     "Shard": "dicomweb.shard",
     "StudyQuery": "dicomweb.search",
     "StudyRecord": "dicomweb.search",
-    "search_async": "dicomweb.search",
+    "search_async": "jobs.search",
     "sync": "jobs.sync",
     "sync_async": "jobs.sync",
 }

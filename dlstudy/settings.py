@@ -126,6 +126,9 @@ class Settings:
         # them; the rest of dlstudy joins them with `/`.
         for name in _PATH_FIELDS:
             value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                # (`output=os.environ.get("OUT", "")`: Path("") is `.`, the working folder)
+                raise UsageError(f"{name} is empty: give a path, or leave the keyword out")
             if isinstance(value, str | os.PathLike) and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         for name, convert, what in _CONVERTED:
@@ -171,9 +174,10 @@ TAKES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
-def check_types(settings: Settings) -> None:
+def check_types(settings: Any) -> None:
     """Refuse a value of the wrong type, naming the field (never the value: it may be a
-    secret). `headers` and `in_shard` are checked where they are used."""
+    secret), in Settings or another dataclass of the API (StudyQuery). `headers` and
+    `in_shard` are checked where they are used."""
     for f in fields(settings):
         if f.type not in TAKES:
             continue

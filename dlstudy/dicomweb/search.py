@@ -21,7 +21,7 @@ from ..flow.retry import RetryPolicy
 from ..http.auth import auth_from_settings
 from ..http.client import Transport, require_asyncio
 from ..http.credentials import is_pair
-from ..settings import Pairs, Settings, Texts, pairs, values
+from ..settings import Pairs, Settings, Texts, check_types, pairs, values
 from .qido import TAG_STUDY_UID, Pager, first_count, first_value
 from .silent_cut import ListedDates, check_whole
 
@@ -72,8 +72,15 @@ class StudyQuery:
     def __post_init__(self) -> None:
         # As Settings takes them from a library caller: `modalities="CT"`, `filters={...}`;
         # checked, and dates and keys made what is sent, as for the CLI's options.
-        object.__setattr__(self, "modalities", values(self.modalities))
-        filters = pairs(self.filters)
+        try:
+            object.__setattr__(self, "modalities", values(self.modalities))
+        except TypeError:  # (`modalities=5`)
+            raise UsageError("modalities must be text or a list of text") from None
+        try:
+            filters = pairs(self.filters)
+        except TypeError:  # (`filters=None`)
+            raise UsageError("filters must be (keyword, value) pairs of text, or a dict") from None
+        check_types(self)  # (`patient_id=5` was sent as a TypeError from deep in urllib)
         if not all(is_pair(one) for one in filters):
             raise UsageError("filters must be (keyword, value) pairs of text, or a dict")
         if filters:

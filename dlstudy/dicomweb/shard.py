@@ -39,6 +39,9 @@ class Shard:
     count: int
 
     def __post_init__(self) -> None:
+        for value in (self.number, self.count):  # (`Shard("1", 2)`: a TypeError, `1.0` taken)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UsageError(f"a Shard's number and count are whole numbers, not {value!r}")
         if not 1 <= self.count <= MAX_SHARDS:
             raise UsageError(f"--shard: N must be between 1 and {MAX_SHARDS}, not {self.count}")
         if not 1 <= self.number <= self.count:

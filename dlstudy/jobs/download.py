@@ -27,11 +27,12 @@ from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
 from ..http.client import Transport, http3_problem, require_asyncio
 from ..http.credentials import credentials_problem
+from ..http.proxy import chosen_proxy_problem
 from ..http.rate import rate_problem
 from ..http.urls import base_url_problem, is_valid_uid, redact_url
 from ..model import Failure
 from ..report.landed import FAILED, PRESENT, REPEAT, ReportWriter, report_format, run_report
-from ..report.progress import NullProgress, ProgressSink
+from ..report.progress import NullProgress, ProgressSink, sink_problem
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
 from ..settings import MAX_WORKERS, HttpVersion, Mode, Settings, check_fields, processes_for
@@ -62,6 +63,12 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
                 f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters",
                 uid=uid,
             )
+    check_settings(settings)
+
+
+def check_settings(settings: Settings) -> None:
+    """The values of `settings` a run would stumble on, as the CLI checks its options: a
+    UsageError (exit 2) before the network or the disk is touched."""
     if settings.report is not None:
         report_format(settings.report)
     for uid in settings.series:
@@ -93,6 +100,8 @@ def validate(settings: Settings, study_uids: Sequence[Wanted]) -> None:
         raise UsageError(problem)
     if settings.mode not in get_args(Mode):
         raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
+    if (problem := chosen_proxy_problem(settings.proxy, settings.url)) is not None:
+        raise UsageError(problem)
 
 
 def download(
@@ -115,6 +124,7 @@ def download(
     DlstudyError with the partial summary attached as `.summary`, and so does an interruption
     (KeyboardInterrupt); per-instance failures are in the summary.
     """
+    check_arguments(settings, progress)
     if settings is None:
         if url is None:
             raise UsageError("download() needs url= or settings=")
@@ -134,6 +144,15 @@ def download(
         return run_to_end(
             download_async, uids, settings, progress or NullProgress(), started, None, repeats
         )
+
+
+def check_arguments(settings: object, progress: object, *, needed: bool = False) -> None:
+    """A library call's `settings` and `progress` of the wrong kind, named (a dict as settings,
+    an int as progress failed deep inside with an AttributeError)."""
+    if (settings is not None or needed) and not isinstance(settings, Settings):
+        raise UsageError(f"settings must be a dlstudy.Settings, not {type(settings).__name__}")
+    if progress is not None and (problem := sink_problem(progress)) is not None:
+        raise UsageError(problem)
 
 
 def run_to_end(work: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -183,6 +202,7 @@ async def download_async(
     writer, which the caller commits (sync's, which has rows of its own); without it, to one
     for `settings.report`, committed here. `repeats`: the cohort lines dropped as repeats, each
     a `repeat` row."""
+    check_arguments(settings, progress, needed=True)
     progress = progress or NullProgress()
     summary = Summary(url=redact_url(settings.url), output=str(settings.output), mode=settings.mode)
     started = time.monotonic() if started is None else started

@@ -47,7 +47,7 @@ from ..store.completion import complete_from_index, is_complete, present_files
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
-from .download import download_async, report_present, run_to_end, validate
+from .download import check_arguments, download_async, report_present, run_to_end, validate
 
 if TYPE_CHECKING:
     from ..catalog.query import CatalogBatches
@@ -112,8 +112,19 @@ def sync(
 
     Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
     """
+    check_sync_arguments(settings, query, shard, progress)
     with standing_by(standing_by_for(processes_for(settings), settings.mode)):
         return run_to_end(sync_async, settings, query, shard, progress or NullProgress(), catalog)
+
+
+def check_sync_arguments(settings: object, query: object, shard: object, progress: object) -> None:
+    """A library call's arguments of the wrong kind, named, before any folder is made (they
+    failed deep inside with an AttributeError, `shard=(1, 2)` after making the output)."""
+    check_arguments(settings, progress, needed=True)
+    if not isinstance(query, StudyQuery):
+        raise UsageError(f"query must be a dlstudy.StudyQuery, not {type(query).__name__}")
+    if shard is not None and not isinstance(shard, Shard):
+        raise UsageError(f"shard must be a dlstudy.Shard or None, not {type(shard).__name__}")
 
 
 async def sync_async(
@@ -123,6 +134,7 @@ async def sync_async(
     progress: ProgressSink,
     catalog: tuple[Path, str | None] | None = None,
 ) -> SyncSummary:
+    check_sync_arguments(settings, query, shard, progress)
     started = time.monotonic()
     plan = SyncSummary(url=redact_url(settings.url), output=str(settings.output))
     plan.mode = settings.mode

@@ -34,6 +34,19 @@ class ProgressSink(Protocol):
     def close(self) -> None: ...
 
 
+SINK_METHODS = ("resolving", "start", "advance", "instance_done", "instance_failed", "close")
+
+
+def sink_problem(progress: object) -> str | None:
+    """Why `progress` cannot be a run's sink (a method of ProgressSink it lacks), or None. A
+    library caller's sink without one failed deep in the run with an AttributeError."""
+    for name in SINK_METHODS:
+        if not callable(getattr(progress, name, None)):
+            kind = type(progress).__name__
+            return f"progress must have ProgressSink's methods: {kind} has no {name}()"
+    return None
+
+
 class Counters:
     """What every sink shows: instances done out of total, bytes, and the rate."""
 

@@ -315,6 +315,55 @@ def test_a_search_takes_the_clis_forms_and_refuses_what_no_server_should_see(
         assert usage.value.exit_status == dlstudy.ExitStatus.USAGE, usage.value
 
 
+def test_arguments_of_the_wrong_kind_are_usage_errors_naming_them(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each was a TypeError or AttributeError from deep inside (urllib, anyio, the run), or
+    worse: `output=""` downloaded into the working folder, a timeout of 0 was sent by
+    search_async and failed as a stalled server (exit 3), and a proxy URL that does not
+    parse was exit 3 after the output folder was made."""
+    monkeypatch.chdir(tmp_path)
+    url = embedded_server(synth_study.root)
+    settings = dlstudy.Settings(url=url, output=tmp_path / "out")
+    query = dlstudy.StudyQuery()
+
+    class HalfASink:
+        def close(self) -> None: ...
+
+    refused: list[tuple[Callable[[], object], str]] = [
+        (lambda: dlstudy.StudyQuery(patient_id=5), "patient_id must be text or None, not int"),
+        (lambda: dlstudy.StudyQuery(study_date=20260101), "study_date must be text or None"),
+        (lambda: dlstudy.StudyQuery(modalities=5), "modalities must be text or a list of text"),
+        (lambda: dlstudy.StudyQuery(filters=None), "filters must be (keyword, value) pairs"),
+        (lambda: dlstudy.Shard("1", 2), "a Shard's number and count are whole numbers"),
+        (lambda: dlstudy.Shard(True, 2), "a Shard's number and count are whole numbers"),
+        (lambda: dlstudy.sync(settings, query, shard=(1, 2)), "shard must be a dlstudy.Shard"),
+        (lambda: dlstudy.sync(settings, None), "query must be a dlstudy.StudyQuery, not NoneType"),
+        (lambda: dlstudy.download(synth_study.study_uid, url, progress=5),
+         "progress must have ProgressSink's methods: int has no resolving()"),
+        (lambda: dlstudy.download(synth_study.study_uid, progress=HalfASink(), settings=settings),
+         "HalfASink has no resolving()"),
+        (lambda: dlstudy.download(synth_study.study_uid, settings={"url": url}),
+         "settings must be a dlstudy.Settings, not dict"),
+        (lambda: dlstudy.download(synth_study.study_uid, url, output=""), "output is empty"),
+        (lambda: dlstudy.download(synth_study.study_uid, url, proxy="http://127.0.0.1:99999"),
+         "--proxy"),
+        (lambda: anyio.run(dlstudy.search_async, dlstudy.Settings(url=url, timeout=0), query),
+         "--timeout must be a number of seconds above 0"),
+        (lambda: anyio.run(dlstudy.search_async, settings, {"patient_id": "x"}),
+         "query must be a dlstudy.StudyQuery, not dict"),
+    ]  # fmt: skip
+    for call, said in refused:
+        with pytest.raises(dlstudy.DlstudyError) as usage:
+            call()
+        assert usage.value.exit_status == dlstudy.ExitStatus.USAGE, usage.value
+        assert said in str(usage.value), usage.value
+    assert list(tmp_path.iterdir()) == []  # no output folder made, the working folder empty
+
+
 def test_the_readmes_async_and_sharded_calls_run_as_written(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
