@@ -15,12 +15,16 @@ from typing import Annotated, Any
 
 import typer
 
-from ..server.virtual_spec import MAX_INSTANCES, MAX_STUDIES
 from .command import Command
 from .common import PrintableFormatter, error_line, exit_on_interrupt, fail_usage, output_failed
 from .options import fraction, seconds
 
 DEFAULT_PORT = 8043  # one above Orthanc's 8042, so both can run side by side
+
+# server.virtual_spec's limits of a virtual archive, as the options' ranges (that package is
+# imported only once `serve` runs: it loads the HTTP/2 server; a test keeps the two equal).
+MAX_VIRTUAL_STUDIES = 20_000_000
+MAX_VIRTUAL_STUDY_SIZE = 2**26
 
 
 class Profile(enum.StrEnum):
@@ -75,7 +79,7 @@ def serve(
         typer.Option(
             help="Serve a generated archive of N studies instead of a folder.",
             min=1,
-            max=MAX_STUDIES,  # (its index is kept in memory, ~50 bytes a study)
+            max=MAX_VIRTUAL_STUDIES,  # (its index is kept in memory, ~50 bytes a study)
         ),
     ] = None,
     mix: Annotated[
@@ -86,7 +90,7 @@ def serve(
         typer.Option(
             help="--virtual: every study one CT series of exactly N instances.",
             min=1,
-            max=MAX_INSTANCES,
+            max=MAX_VIRTUAL_STUDY_SIZE,
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

@@ -335,6 +335,14 @@ def test_download_from_the_virtual_archive_is_byte_exact(
     assert len(files) == len(expected)
 
 
+def test_serves_option_ranges_are_the_virtual_archives_limits() -> None:
+    from dlstudy.cli import server_cmds
+    from dlstudy.server import virtual_spec
+
+    assert server_cmds.MAX_VIRTUAL_STUDIES == virtual_spec.MAX_STUDIES
+    assert server_cmds.MAX_VIRTUAL_STUDY_SIZE == virtual_spec.MAX_INSTANCES
+
+
 def test_serve_needs_a_folder_or_virtual_not_both(tmp_path: Path) -> None:
     neither = run_installed("serve", "--port", "0")
     both = run_installed("serve", str(tmp_path), "--virtual", "3", "--port", "0")
