@@ -320,7 +320,7 @@ def _tcia(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
 
 def _column(cell: str) -> str:
     """A header cell as NAMED_COLUMNS has it: `Study Instance UID` is `studyinstanceuid`."""
-    return "".join(cell.split()).lower()
+    return "".join(cell.replace("\ufeff", "").split()).lower()  # (a BOM: files joined by `cat`)
 
 
 def _delimiter(
@@ -363,7 +363,13 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     where_is: dict[str, int] = {}
     for index, cell in enumerate(cells):
         level = names.get(_column(cell))
-        if level is not None and level not in where_is:
+        if level is not None and level in where_is:  # (two sheets pasted side by side)
+            raise CohortError(
+                f"{_where(label, number)}: columns {cells[where_is[level]]!r} and {cell!r} both "
+                f"name the {_COLUMN_NAMES[level]}: keep one, or list the other column's UIDs "
+                "in rows of their own"
+            )
+        if level is not None:
             where_is[level] = index
     header_row = [_column(cell) for cell in cells]
     unnamed: list[int] = []  # rows with cells filled, none of them a UID dlstudy reads
@@ -382,6 +388,8 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
             spanning.append(row_number)
         if [_column(cell) for cell in row] == header_row:
             continue  # the header again: CSVs joined with `cat`
+        if _SEP_LINE.match(delimiter.join(row).lstrip("\ufeff")):
+            continue  # and Excel's `sep=;` line before it
         values = {
             level: _unquoted(row[index]) if index < len(row) else ""
             for level, index in where_is.items()

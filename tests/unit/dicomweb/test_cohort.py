@@ -89,6 +89,25 @@ def test_csv_errors_name_the_line() -> None:
         parse("uid,name\n1.2,a\n", "a.csv")
 
 
+def test_excels_csvs_joined_with_cat_read_as_one(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" begins each file with a BOM, its "CSV" in some locales with a
+    `sep=;` line: the second file's header (or `sep=` line) was read as a row, exit 2
+    (`invalid StudyInstanceUID '\ufeffStudyInstanceUID'`). Both are skipped as the first's."""
+    path = tmp_path / "joined.csv"
+    path.write_bytes(b"\xef\xbb\xbfStudyInstanceUID\r\n1.2\r\n" * 2)
+    assert [item.study_uid for item in read_cohort(path)] == ["1.2", "1.2"]
+    path.write_bytes(b"sep=;\nStudyInstanceUID;Name\n1.3;a\n" * 2)
+    assert [item.study_uid for item in read_cohort(path)] == ["1.3", "1.3"]
+
+
+def test_a_uid_column_named_twice_is_refused() -> None:
+    """Two sheets pasted side by side: the second column's UIDs were dropped without a word
+    (exit 0, half the cohort)."""
+    for header in ("SeriesInstanceUID,SeriesInstanceUID", "StudyInstanceUID,Study Instance UID"):
+        with pytest.raises(CohortError, match=r"list: line 1: columns '.*' and '.*' both name"):
+            parse(f"{header}\n1.2,1.3\n", "a.csv")
+
+
 def test_plain_list_keeps_the_level_open_and_skips_comments() -> None:
     items = parse("# cohort\n1.2.3\n\n  1.2.4  # a series\n")
     assert items == [
