@@ -250,7 +250,14 @@ def parse_study_date(text: str, today: dt.date | None = None) -> str:
         value = f"{(iso.group(1) or '').replace('-', '')}-{(iso.group(2) or '').replace('-', '')}"
     low, sep, high = value.partition("-")
     parts = [p for p in (low, high) if p] if sep else [low]
-    if not parts or not all(_is_date(p) for p in parts) or (sep and low and high and low > high):
+    no_day = next((p for p in parts if _DATE_RE.fullmatch(p) and not _is_date(p)), None)
+    if no_day is not None:  # the form is right: say what is wrong with it
+        raise UsageError(f"--study-date {text[:40]!r}: {no_day} is no day of the calendar")
+    if parts and all(_is_date(p) for p in parts) and sep and low and high and low > high:
+        raise UsageError(
+            f"--study-date {text[:40]!r}: the range ends before it begins ({low} > {high})"
+        )
+    if not parts or not all(_is_date(p) for p in parts):
         raise UsageError(
             f"--study-date must be YYYYMMDD or YYYY-MM-DD, a range YYYYMMDD-YYYYMMDD or "
             f"YYYY-MM-DD/YYYY-MM-DD (either end may be open), today, yesterday or Nd (N up to "
