@@ -62,14 +62,17 @@ class Summary:
 
     def ended_by(self, exc: BaseException) -> bool:
         """The error or the stop (Ctrl-C, SIGTERM) that ended the run, in `error` and
-        `exit_status` as `--json` gives them; False for anything else (a bug)."""
+        `exit_status` as `--json` gives them; False for anything else (a bug, a library
+        caller's exception), which is said as `stopped by <its type>`, exit 1."""
         if isinstance(exc, DlstudyError):
             self.error, self.exit_status = str(exc), exc.exit_status
         elif isinstance(exc, Terminated):
             self.error, self.exit_status = "terminated", ExitStatus.TERMINATED
         elif isinstance(exc, KeyboardInterrupt):
             self.error, self.exit_status = "interrupted", ExitStatus.INTERRUPTED
-        else:
+        else:  # a library caller's progress sink that raised, a bug: no success either
+            self.error = f"stopped by {type(exc).__name__}"
+            self.exit_status = ExitStatus.SOME_FAILED
             return False
         return True
 

@@ -364,6 +364,26 @@ def test_arguments_of_the_wrong_kind_are_usage_errors_naming_them(
     assert list(tmp_path.iterdir()) == []  # no output folder made, the working folder empty
 
 
+def test_a_run_a_progress_sink_stopped_does_not_claim_success(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A caller's sink raising in `instance_done`: its exception came with a `.summary` of
+    exit_status 0 and no error, a success for a run that stopped part way."""
+
+    class Failing:
+        def __getattr__(self, name: str) -> Callable[..., None]:
+            return lambda *args: None
+
+        def instance_done(self, *args: object) -> None:
+            raise RuntimeError("the caller's own bug")
+
+    url = embedded_server(synth_study.root)
+    with pytest.raises(RuntimeError) as stopped:
+        dlstudy.download(synth_study.study_uid, url, output=tmp_path / "o", progress=Failing())
+    ended = stopped.value.summary.as_dict()  # type: ignore[attr-defined]
+    assert (ended["exit_status"], ended["error"]) == (1, "stopped by RuntimeError")
+
+
 def test_the_readmes_async_and_sharded_calls_run_as_written(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
