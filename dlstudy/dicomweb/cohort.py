@@ -375,7 +375,13 @@ def _csv(lines: Iterable[str], label: str) -> Iterator[CohortItem]:
     unnamed: list[int] = []  # rows with cells filled, none of them a UID dlstudy reads
     spanning: list[int] = []  # rows whose quoted cells run over lines
     # Strict: a quote never closed is an error, not the rest of the file read as one cell.
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    # `dlstudy query`'s own lines into a pipe (tab-separated, `study_uid` first) quote nothing:
+    # a description `"CT" chest` is text there, not a quoted cell.
+    own_lines = delimiter == "\t" and header_row[:1] == ["study_uid"]
+    if own_lines:
+        reader = csv.reader(lines, delimiter=delimiter, strict=True, quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
     while True:
         row_number = number + reader.line_num + 1  # where the row begins
         try:

@@ -272,6 +272,39 @@ def test_a_lone_carriage_return_in_a_value_keeps_the_csv_one_row(
     assert len(list(out.rglob("*.dcm"))) == len(instances)
 
 
+def test_querys_lines_piped_into_download_read_a_quote_as_text(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """`dlstudy query | dlstudy download --from-file -`: the tab-separated lines quote nothing,
+    and a description `"CT" chest` was read as a quoted cell run on: exit 2, telling the user
+    to double the quotes of dlstudy's own output."""
+    import subprocess
+
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    from ..cli_helpers import DLSTUDY
+
+    root = tmp_path / "source"
+    instances = generate(root, SynthSpec(series=1, instances=2, size=2048, seed=9))
+    for instance in instances:
+        dataset = pydicom.dcmread(instance.path)
+        dataset.StudyDescription = '"CT" chest'
+        dataset.save_as(instance.path)
+    url = embedded_server(root)
+    lines = subprocess.run([DLSTUDY, "query", "--url", url], capture_output=True, text=True,
+                           check=True, timeout=60).stdout  # fmt: skip
+    assert lines.startswith("study_uid\t") and '\t"CT" chest\t' in lines, lines
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [DLSTUDY, "download", "--from-file", "-", "--url", url, "-o", str(out)],
+        input=lines, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(list(out.rglob("*.dcm"))) == len(instances)
+
+
 def read_report(path: Path) -> list[dict[str, str]]:
     import csv
 
