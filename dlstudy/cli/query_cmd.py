@@ -172,9 +172,14 @@ def _cell(value: Any, separator: str) -> str:
 
 # Control characters (C0, DEL, C1) in what the server sent: on a terminal ESC sequences would
 # retitle or recolour it (and a cut one break the table), in a TSV line or `--uids` output
-# CR/LF would start a bogus row or UID. Those show '?' for each (a tab is a space); CSV and
-# JSON quote them.
-_CONTROLS = str.maketrans({c: "?" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {0x09: " "})
+# CR/LF would start a bogus row or UID; bidi overrides (U+202E) reorder the rest of a row on
+# the screen, line and paragraph separators (U+2028) break it for some readers. Those show '?'
+# for each (a tab is a space); CSV and JSON keep them, quoted or escaped.
+_BIDI_AND_SEPARATORS = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_CONTROLS = str.maketrans(
+    {c: "?" for c in [*range(0x20), *range(0x7F, 0xA0), *_BIDI_AND_SEPARATORS, 0x2028, 0x2029]}
+    | {0x09: " "}
+)
 
 
 def visible(value: Any, separator: str) -> str:

@@ -166,8 +166,9 @@ def test_an_empty_modality_of_download_is_a_usage_error(tmp_path: Path) -> None:
 # What a hostile or broken archive may put in a study's description: an OSC sequence that
 # retitles the terminal (ESC ] 0 ; ... BEL), a colour (CSI 31 m), a CR/LF and a C1 CSI (U+009B),
 # and rich markup.
-HOSTILE = "\x1b]0;pwned\x07\x1b[31mRED\r\nLINE2\x9b2J[bold]x[/bold]\x7f"
-HOSTILE_SHOWN = "?]0;pwned??[31mRED??LINE2?2J[bold]x[/bold]?"
+# ... and a right-to-left override and a line separator (a row reordered, or broken).
+HOSTILE = "\x1b]0;pwned\x07\x1b[31mRED\r\nLINE2\x9b2J[bold]x[/bold]\x7f\u202egn\u2028p"
+HOSTILE_SHOWN = "?]0;pwned??[31mRED??LINE2?2J[bold]x[/bold]??gn?p"
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ def test_control_characters_from_the_server_are_shown_not_sent_to_the_terminal(
     code, drawn = run_on_a_terminal("query", "--url", url, columns=220)
     assert code == 0, drawn
     text = drawn.replace("\r\n", "\n")  # the terminal's own line ends
-    for control in ("\x1b]", "\x07", "\x9b", "\r", "\x7f"):
+    for control in ("\x1b]", "\x07", "\x9b", "\r", "\x7f", "\u202e", "\u2028"):
         assert control not in text, (control, text)
     assert HOSTILE_SHOWN[:31] + "…" in text  # the description column: 32 characters at most
     lines = [line for line in text.splitlines() if study in line]
