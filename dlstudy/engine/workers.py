@@ -41,7 +41,7 @@ from ..model import Committed, InstanceRef
 from ..settings import MAX_WORKERS  # what --workers accepts
 from . import standby as standby_module
 from .claims import SharedClaims
-from .worker_process import WorkerJob, log_levels, worker_main
+from .worker_process import HEARTBEAT_SECONDS, WorkerJob, log_levels, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -411,6 +411,11 @@ class _Listener:
                 readable = True
             if not readable:
                 if self.went and self._left(heard) <= 0:
+                    # This process may have been the one stopped (Ctrl-Z then fg, a paused
+                    # container): a worker that speaks within a few heartbeats is alive.
+                    if await self._speaks_within(3 * HEARTBEAT_SECONDS):
+                        heard = time.monotonic()
+                        continue
                     self._end_silent()
                     return
                 continue
@@ -426,6 +431,12 @@ class _Listener:
                     return
                 if kind == "end":
                     return
+
+    async def _speaks_within(self, seconds: float) -> bool:
+        with anyio.move_on_after(seconds):
+            await anyio.wait_readable(self.conn.fileno())
+            return True
+        return False
 
     def _left(self, heard: float) -> float:
         """How much longer the worker may stay silent (waiting for `go`, it has no heartbeat

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -697,4 +698,38 @@ def test_a_stopped_worker_is_ended_after_its_silence_and_the_run_reports(
     assert counts["downloaded"] + counts["failed"] == counts["total"] == len(instances)
     rerun = run_installed("download", instances[0].study_uid, "--url", slow, "-o", str(out))
     assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
+
+
+def test_a_run_paused_whole_keeps_its_workers(
+    tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
+) -> None:
+    """Ctrl-Z then `fg` (a paused container, a suspended SLURM job) stops the parent and its
+    workers alike for longer than WORKER_SILENCE_SECONDS: once woken, the parent took its own
+    pause for the workers' silence and killed one (exit 1, its instances failed). A worker
+    that speaks within a few heartbeats of the parent waking is alive."""
+    root, instances = study
+    slow = embedded_server(root, latency=0.05)
+    out = tmp_path / "out"
+    command = [
+        DLSTUDY, "download", instances[0].study_uid, "--url", slow, "-o", str(out),
+        "--workers", "2", "-c", "4", "--mode", "instance", "--json",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.rglob("*.dcm"))) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGSTOP)
+        time.sleep(WORKER_SILENCE_SECONDS + 3)
+        os.killpg(process.pid, signal.SIGCONT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # none left behind by a failing run
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr
+    assert "sent nothing" not in stderr, stderr
+    assert json.loads(stdout)["instances"]["downloaded"] == len(instances)
     assert_same_files(instances, out)
