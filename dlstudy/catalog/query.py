@@ -283,6 +283,7 @@ class CatalogBatches:
 # The kinds of statement --sql runs: SELECT (WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, VALUES),
 # EXPLAIN, PRAGMA and CALL (table_info, pragma_version), MULTI (PIVOT).
 _READING = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "MULTI"}
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 
 
 def run_sql(
@@ -300,7 +301,7 @@ def run_sql(
         raise _failed(exc) from exc
     for statement in statements:
         if statement.type.name not in _READING:
-            word = statement.query.split(None, 1)[0].upper()
+            word = _LEADING_COMMENTS.sub("", statement.query).split(None, 1)[0].upper()
             raise UsageError(
                 f"--sql only reads the catalog: {word} is refused "
                 "(`dlstudy catalog export` writes a table to a file)"

@@ -117,11 +117,12 @@ def first_int(item: dict[str, Any], tag: str) -> int | None:
 
 
 def first_count(item: dict[str, Any], tag: str) -> int | None:
-    """A count (NumberOfStudyRelatedInstances, ...): None, unknown, unless 0 to 2^31-1. A
-    server's -1 or 4294967295 for "unknown" would make a study complete with nothing on disk,
-    or stop a catalog that keeps counts as 32-bit integers."""
+    """A count (NumberOfStudyRelatedInstances, ...): None, unknown, unless 0 to 2^31-2. A
+    server's -1, 2147483647 or 4294967295 for "unknown" would make a study complete with
+    nothing on disk, fail it every night as short, or stop a catalog that keeps counts as
+    32-bit integers."""
     number = first_int(item, tag)
-    return number if number is not None and number >= 0 else None
+    return number if number is not None and 0 <= number < 2**31 - 1 else None
 
 
 @dataclass(frozen=True)

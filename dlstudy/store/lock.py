@@ -59,9 +59,14 @@ async def output_lock(state_dir: Path, *, wait: bool) -> AsyncIterator[None]:
             folder = None  # (and never unlocked here: the lock is the caller's)
         while not _lock_all(folder, fp.fileno()):
             fp.seek(0)
-            # (no pid when OUT/.dlstudy was deleted under the run: this lock file is new)
+            # No pid when OUT/.dlstudy was deleted under the run (this lock file is new), or
+            # when no dlstudy holds it: `flock -o OUT dlstudy ...` (flock(1) closes its
+            # descriptor before running the command) or a flock of the lock file.
             pid = fp.read().strip()
-            by = f"another dlstudy run (pid {pid})" if pid else "another dlstudy run"
+            by = (
+                f"another dlstudy run (pid {pid})" if pid
+                else "another process (a dlstudy run, or a flock of the folder)"
+            )  # fmt: skip
             in_use = f"output folder {str(state_dir.parent)!r} is in use by {by}"
             if not wait:
                 raise LockedError(

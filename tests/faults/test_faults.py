@@ -1181,6 +1181,27 @@ def test_a_run_under_flock_of_its_output_folder_takes_that_lock_as_its_own(
     assert_same_files(synth_study.instances, out)
 
 
+def test_a_flock_that_dlstudy_cannot_hold_is_named(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`flock -o OUT dlstudy ...` closes flock(1)'s descriptor before running dlstudy, so the
+    lock is another process's: exit 5 stays right, but the line said `in use by another
+    dlstudy run` where none runs. It names the other likely holder."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(
+        ["flock", "-o", str(out), DLSTUDY, "download", synth_study.study_uid, "--url", url,
+         "-o", str(out)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 5, result.stderr
+    assert result.stderr == (
+        f"dlstudy: error: output folder '{out}' is in use by another process (a dlstudy run, "
+        "or a flock of the folder); use --wait to wait for it\n"
+    )
+
+
 def test_the_lock_holds_when_the_state_folder_is_deleted_under_a_run(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
@@ -1199,7 +1220,8 @@ def test_the_lock_holds_when_the_state_folder_is_deleted_under_a_run(
         assert second.returncode == 5, second.stderr
         assert second.stderr.count("\n") == 1, second.stderr
         assert second.stderr.endswith(
-            "is in use by another dlstudy run; use --wait to wait for it\n"
+            "is in use by another process (a dlstudy run, or a flock of the folder); use "
+            "--wait to wait for it\n"
         )
         said, _ = first.communicate(timeout=60)
         assert first.returncode == 0, said

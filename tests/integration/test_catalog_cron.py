@@ -144,6 +144,7 @@ def test_sql_without_a_statement_is_one_line(
     [("COPY (SELECT study_uid FROM studies) TO '{keep}' (FORMAT csv)", "COPY"),
      ("EXPORT DATABASE '{folder}'", "EXPORT"), ("INSTALL httpfs", "INSTALL"),
      ("SELECT 1; COPY studies TO '{keep}'", "COPY"), ("SET threads = 1", "SET"),
+     ("-- a note\nCOPY studies TO '{keep}'", "COPY"), ("/* c */ COPY studies TO '{keep}'", "COPY"),
      ("SELECT * FROM read_csv('{keep}')", None)],
 )  # fmt: skip
 def test_sql_that_would_write_a_file_or_reach_past_the_catalog_is_refused(

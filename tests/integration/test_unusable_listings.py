@@ -169,12 +169,13 @@ def test_sync_of_a_study_that_lost_an_instance_on_the_server_and_on_disk_passes(
     assert json.loads(again.stdout)["failures"] == []
 
 
-@pytest.mark.parametrize("count", [4294967295, -1, "1e30"])
+@pytest.mark.parametrize("count", [4294967295, 2147483647, -1, "1e30"])
 def test_a_study_count_outside_is_range_is_taken_as_unknown(
     scripted: Routes, tmp_path: Path, count: object
 ) -> None:
-    """NumberOfStudyRelatedInstances of -1 or 4294967295, what a server may send for
-    "unknown": in a catalog (32-bit counts) it stopped every pull with DuckDB's conversion
+    """NumberOfStudyRelatedInstances of -1, 2147483647 or 4294967295, what a server may send
+    for "unknown" (2147483647 failed every sync as short): in a catalog (32-bit counts) it
+    stopped every pull with DuckDB's conversion
     error (and any sync whose search had to be split by date, naming a catalog it never asked
     for); -1 made sync count the study complete with nothing on disk (exit 0)."""
     serve_study(scripted, study_instances=count)
