@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -232,6 +233,23 @@ def test_control_characters_from_the_server_are_shown_not_sent_to_the_terminal(
     assert [row["description"] for row in table] == [HOSTILE]
 
 
+def described_study(
+    tmp_path: Path, embedded_server: StartServer, description: str
+) -> tuple[str, list[Any]]:
+    """A served study of two instances whose StudyDescription is `description`: (url, them)."""
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    root = tmp_path / "source"
+    instances = generate(root, SynthSpec(series=1, instances=2, size=2048, seed=8))
+    for instance in instances:
+        dataset = pydicom.dcmread(instance.path)
+        dataset.StudyDescription = description
+        dataset.save_as(instance.path)
+    return embedded_server(root), instances
+
+
 def test_a_lone_carriage_return_in_a_value_keeps_the_csv_one_row(
     tmp_path: Path, embedded_server: StartServer
 ) -> None:
@@ -243,19 +261,9 @@ def test_a_lone_carriage_return_in_a_value_keeps_the_csv_one_row(
     import io
     import subprocess
 
-    import pydicom
-
-    from dlstudy.server.synth import SynthSpec, generate
-
     from ..cli_helpers import DLSTUDY
 
-    root = tmp_path / "source"
-    instances = generate(root, SynthSpec(series=1, instances=2, size=2048, seed=8))
-    for instance in instances:
-        dataset = pydicom.dcmread(instance.path)
-        dataset.StudyDescription = "CT\rCHEST"
-        dataset.save_as(instance.path)
-    url = embedded_server(root)
+    url, instances = described_study(tmp_path, embedded_server, "CT\rCHEST")
     db = tmp_path / "c.duckdb"
     assert run_installed("catalog", "pull", "--db", str(db), "--url", url).returncode == 0
     for args in (["query", "--url", url, "--csv"], ["catalog", "query", "--db", str(db), "--csv"]):
@@ -281,19 +289,9 @@ def test_querys_lines_piped_into_download_read_a_quote_as_text(
     to double the quotes of dlstudy's own output."""
     import subprocess
 
-    import pydicom
-
-    from dlstudy.server.synth import SynthSpec, generate
-
     from ..cli_helpers import DLSTUDY
 
-    root = tmp_path / "source"
-    instances = generate(root, SynthSpec(series=1, instances=2, size=2048, seed=9))
-    for instance in instances:
-        dataset = pydicom.dcmread(instance.path)
-        dataset.StudyDescription = '"CT" chest'
-        dataset.save_as(instance.path)
-    url = embedded_server(root)
+    url, instances = described_study(tmp_path, embedded_server, '"CT" chest')
     lines = subprocess.run([DLSTUDY, "query", "--url", url], capture_output=True, text=True,
                            check=True, timeout=60).stdout  # fmt: skip
     assert lines.startswith("study_uid\t") and '\t"CT" chest\t' in lines, lines

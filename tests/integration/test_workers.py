@@ -409,6 +409,12 @@ def _kill_holding_the_claims_lock(pid: int) -> None:
     assert "taken: 1" in gdb.stdout, gdb.stdout + gdb.stderr
 
 
+def _a_rerun_completes(url: str, instances: list[SynthInstance], out: Path) -> None:
+    rerun = run_installed("download", instances[0].study_uid, "--url", url, "-o", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_files(instances, out)
+
+
 def test_workers_end_when_the_parent_is_killed_holding_the_claims_lock(
     tmp_path: Path, embedded_server: StartServer, study: tuple[Path, list[SynthInstance]]
 ) -> None:
@@ -436,9 +442,7 @@ def test_workers_end_when_the_parent_is_killed_holding_the_claims_lock(
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert "Traceback" not in output, output
-    rerun = run_installed("download", instances[0].study_uid, "--url", slow, "-o", str(out))
-    assert rerun.returncode == 0, rerun.stderr
-    assert_same_files(instances, out)
+    _a_rerun_completes(slow, instances, out)
 
 
 def test_the_run_ends_when_a_worker_is_killed_holding_the_claims_lock(
@@ -470,9 +474,7 @@ def test_the_run_ends_when_a_worker_is_killed_holding_the_claims_lock(
     assert counts["downloaded"] == len(manifest_rows(out))
     assert "its worker process ended early" in summary["failures"][0]["reason"]
     assert not _alive(other)
-    rerun = run_installed("download", instances[0].study_uid, "--url", slow, "-o", str(out))
-    assert rerun.returncode == 0, rerun.stderr
-    assert_same_files(instances, out)
+    _a_rerun_completes(slow, instances, out)
 
 
 def test_a_waiting_worker_ends_quietly_with_a_killed_parent(
@@ -696,9 +698,7 @@ def test_a_stopped_worker_is_ended_after_its_silence_and_the_run_reports(
     counts = json.loads(stdout)["instances"]
     assert counts["failed"] > 0
     assert counts["downloaded"] + counts["failed"] == counts["total"] == len(instances)
-    rerun = run_installed("download", instances[0].study_uid, "--url", slow, "-o", str(out))
-    assert rerun.returncode == 0, rerun.stderr
-    assert_same_files(instances, out)
+    _a_rerun_completes(slow, instances, out)
 
 
 def test_a_run_paused_whole_keeps_its_workers(
