@@ -264,18 +264,26 @@ def test_a_malformed_proxy_url_is_a_usage_error_without_its_password(
     assert where in line
 
 
-@pytest.mark.parametrize("password", [SECRET, f"{SECRET} and more"])
-def test_libcurls_words_about_a_proxy_are_redacted(tmp_path: Path, password: str) -> None:
-    """The library does not check proxies first: libcurl's own message is redacted, a
-    password with a space in it whole."""
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [(SECRET, "has a port that is not a number"), (f"{SECRET} and more", "has a space in it")],
+)
+def test_a_library_callers_bad_proxy_is_named_without_its_password(
+    tmp_path: Path, password: str, why: str
+) -> None:
+    """The library checks a proxy first, as the CLI does (it was libcurl's `Unsupported proxy
+    syntax`, exit 3, after the output folder was made): a usage error, the password masked,
+    one with a space in it whole."""
     import dlstudy
     from dlstudy.errors import DlstudyError
 
     proxy = f"http://u:{password}@127.0.0.1:9299x"
     with pytest.raises(DlstudyError) as caught:
-        dlstudy.download(["1.2.3"], "http://127.0.0.1:9/dw", output=tmp_path, proxy=proxy)
-    assert "Unsupported proxy syntax in 'http://***:***@127.0.0.1:9299x'" in str(caught.value)
+        dlstudy.download(["1.2.3"], "http://127.0.0.1:9/dw", output=tmp_path / "o", proxy=proxy)
+    assert str(caught.value).startswith("--proxy http://***:***@127.0.0.1:9299x: the proxy URL")
+    assert why in str(caught.value) and caught.value.exit_status == dlstudy.ExitStatus.USAGE
     assert SECRET not in str(caught.value)
+    assert not (tmp_path / "o").exists()
 
 
 def test_settings_are_shown_without_their_secrets() -> None:
