@@ -14,6 +14,8 @@ import orjson
 from ..http.echoes import mask_echoed
 from .media import parse_media_type
 
+TAG_KEY = re.compile(r"[0-9A-Fa-f]{8}")  # a tag as DICOM JSON keys an attribute
+
 ROOT_HINT = "DICOMweb roots usually end in /dicomweb, /dicom-web, /wado-rs or /rs"
 _JSON_TYPES = ("application/dicom+json", "application/json")
 
@@ -90,7 +92,7 @@ def _names_of(key: str) -> tuple[str, ...]:
     `(0028,0010)`)."""
     from pydicom.datadict import tag_for_keyword  # only when a server says it ignored a key
 
-    tag = int(key, 16) if re.fullmatch(r"[0-9A-Fa-f]{8}", key) else tag_for_keyword(key)
+    tag = int(key, 16) if TAG_KEY.fullmatch(key) else tag_for_keyword(key)
     if tag is None:
         return (key.upper(),)
     return key.upper(), f"{tag:08X}", f"({tag >> 16:04X},{tag & 0xFFFF:04X})"

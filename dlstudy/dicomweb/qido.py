@@ -16,7 +16,6 @@ study.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from ..http.failures import check_auth
 from ..http.urls import redact_url
 from .answers import (
     ROOT_HINT,
+    TAG_KEY,
     answer_words,
     describe_answer,
     has_more_warning,
@@ -578,7 +578,7 @@ class Pager:
             raise ServerError(
                 f"QIDO answer is not a list of DICOM JSON objects on {shown}", url=shown
             )
-        if data and not any(_TAG_KEY.fullmatch(key) for item in data for key in item):
+        if data and not any(TAG_KEY.fullmatch(key) for item in data for key in item):
             # `{"error": "quota exceeded"}` with a 200: no attribute at all, no result
             words = answer_words(response)
             raise ServerError(
@@ -605,8 +605,6 @@ class Pager:
         )
         return data, truncated
 
-
-_TAG_KEY = re.compile(r"[0-9A-Fa-f]{8}")  # a DICOM JSON attribute's key: its tag
 
 KEY_NAMES = {
     TAG_STUDY_UID: "Study Instance UID",

@@ -79,7 +79,7 @@ class StudyQuery:
         try:
             filters = pairs(self.filters)
         except TypeError:  # (`filters=None`)
-            raise UsageError("filters must be (keyword, value) pairs of text, or a dict") from None
+            filters = (None,)  # no pair: refused below
         check_types(self)  # (`patient_id=5` was sent as a TypeError from deep in urllib)
         if not all(is_pair(one) for one in filters):
             raise UsageError("filters must be (keyword, value) pairs of text, or a dict")
