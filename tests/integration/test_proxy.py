@@ -155,20 +155,24 @@ def test_a_plain_http_proxy_given_as_https_is_named_with_the_fix(
     url = embedded_server(synth_study.root)
     plain_server = url.rsplit("/", 1)[0].replace("http://", "https://")  # answers in HTTP
     silent = http_proxy.url.replace("http://", "https://")
+    no_tls = "TLS handshake with proxy {} failed: it does not speak TLS"
     # (proxy, what is said, --timeout): the server answers at once, however busy the machine;
     # the silent one is waited for.
     cases = [
-        (
-            plain_server,
-            f"TLS handshake with proxy {plain_server} failed: it does not speak TLS",
-            30,
-        ),
+        (plain_server, no_tls.format(plain_server), 30),
         (silent, f"proxy {silent} did not answer in time (Connection timed out", 2),
     ]
     for proxy, said, timeout in cases:
+        logged = http_proxy.log.stat().st_size
         env = {"HTTP_PROXY": proxy}
         result = run_installed("query", "--url", url, "--timeout", str(timeout), env=env)
         assert result.returncode == 3, result.stderr
+        with http_proxy.log.open("rb") as log:
+            log.seek(logged)
+            if proxy == silent and b"Bad Request" in log.read():
+                # The TLS hello's random bytes held a blank line (about one run in a few
+                # hundred): tinyproxy took what came before it as a request and answered 400.
+                said = no_tls.format(silent)
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"dlstudy: error: {said}"), line
         assert line.endswith("; if it is a plain HTTP proxy, give it as http://"), line
