@@ -7,7 +7,12 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -28,14 +33,31 @@ def instance_json(sop_uid: str) -> dict[str, Any]:
     return {"00080018": element("UI", sop_uid), "00080016": element("UI", CT_IMAGE_STORAGE)}
 
 
+# Encodings other than explicit VR little endian that part10 writes: its `form`.
+FORMS = {"big endian": ExplicitVRBigEndian, "deflated": DeflatedExplicitVRLittleEndian}
+
+
 def part10(
-    study: str, series: str, sop: str, *, payload: bytes = b"\0" * 256, preamble: bool = True
+    study: str,
+    series: str,
+    sop: str,
+    *,
+    payload: bytes = b"\0" * 256,
+    preamble: bool = True,
+    form: str | None = None,
 ) -> bytes:
-    """A tiny but valid DICOM Part 10 file with the given UIDs."""
+    """A tiny but valid DICOM Part 10 file with the given UIDs. `form`: one of FORMS, or
+    "bare" (the dataset alone, implicit VR little endian, with no preamble or file meta, as
+    some archives store and serve it)."""
+    if form == "bare":
+        data = part10(study, series, sop, payload=payload, form="implicit")
+        return data[132 + 12 + int.from_bytes(data[140:144], "little") :]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
     meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = {**FORMS, "implicit": ImplicitVRLittleEndian}.get(
+        form or "", ExplicitVRLittleEndian
+    )
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = CT_IMAGE_STORAGE

@@ -393,11 +393,12 @@ def cutting(
     *,
     cut_to: int | None = None,
     framed: str | None = None,
+    form: str | None = None,
 ) -> Iterator[tuple[str, str, list[str]]]:
     """Instances answered without a Content-Length, the body ending when the connection
     closes: the first `cut_first` answers close halfway (or after `cut_to` bytes), so HTTP
-    itself cannot tell them from whole ones. With `tls`, over TLS, each connection closed
-    without close_notify. `framed`: every answer has a Content-Length, and the first
+    itself cannot tell them from whole ones. `form`: the files' encoding (factories.part10).
+    With `tls`, over TLS, each connection closed without close_notify. `framed`: every answer has a Content-Length, and the first
     `cut_first` are the file cut as above (`cut`: the server's file itself is short), an
     HTML page (`html`), or the cut file as the one part of a multipart/related answer
     (`multipart`, the part's own Content-Length matching). Yields (base URL, study UID, the
@@ -414,7 +415,8 @@ def cutting(
                 self.reply(200, json.dumps([instance_json(s) for s in SOPS]).encode(), DICOM_JSON)
             else:
                 # 64 KiB of pixel data: a cut halfway lands in it, past every UID.
-                data = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 65536)
+                sop = path.rsplit("/", 1)[1]
+                data = part10(STUDY, SERIES, sop, payload=b"\1" * 65536, form=form)
                 answers[0] += 1
                 if answers[0] <= cut_first:
                     data = data[: len(data) // 2 if cut_to is None else cut_to]

@@ -9,11 +9,15 @@ byte. Values are skipped by their lengths, never read, so the walk costs a few s
 whatever the size of the file. The walk only moves forward: it runs over a file, over bytes in
 memory, or over a body as it arrives and is kept nowhere (`BodyWalk`, for bench).
 
-Files this walk cannot judge (big endian or deflated transfer syntaxes, a bare dataset without
-the file meta that names its encoding, a VR it does not know, nesting deeper than real files
-use) are let through: the check must never refuse a good file. A cut exactly between two
-top-level elements leaves a shorter well-formed file, which no structure can tell from a whole
-one; a cut anywhere inside an element (the pixel data above all) is found.
+Every encoding is walked: implicit and explicit VR little endian, explicit VR big endian (the
+file meta stays little endian), and a bare dataset without file meta, whose first element says
+which of the little endian two it is. A deflated dataset is one deflate stream: whole when the
+stream reaches its last block, with nothing but NUL bytes after it. Files this walk cannot judge
+(a VR it does not know, nesting deeper than real files use, a bare dataset that starts with no
+usual group, a stream zlib cannot read) are let through: the check must never refuse a good
+file. A cut exactly between two top-level elements leaves a shorter well-formed file, which no
+structure can tell from a whole one; a cut anywhere inside an element (the pixel data above
+all) is found.
 
 Bytes that follow the pixel data without being an element (a VR the walk does not know, or a
 tag not above the one before) are refused too, unless they are all NUL (padding some writers
@@ -24,6 +28,7 @@ of a multipart response whose delimiter lacked its CRLF, or a second file.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import IO
@@ -34,7 +39,8 @@ from ..store.safe_files import open_binary
 _PREAMBLE = 128
 _MAGIC = b"DICM"
 _IMPLICIT_LITTLE = "1.2.840.10008.1.2"
-_NOT_WALKED = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflate
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _UNDEFINED = 0xFFFFFFFF
@@ -47,6 +53,13 @@ _PADDING_BLOCK = 64 * 1024
 _TAG_VR_LENGTH = struct.Struct("<HH2sH")
 _TAG_LENGTH = struct.Struct("<HHL")
 _LENGTH = struct.Struct("<L")
+_BIG_TAG_VR_LENGTH = struct.Struct(">HH2sH")
+_BIG_TAG_LENGTH = struct.Struct(">HHL")
+_BIG_LENGTH = struct.Struct(">L")
+# The first group of a bare dataset that is judged (from 0008, identification, to 0028, image
+# presentation, as every real instance starts): its byte order is then plain to see.
+_BARE_FIRST_GROUPS = range(0x0008, 0x0029)
+_INFLATED_PIECE = 1 << 20  # zlib's output at a time, thrown away: memory stays bounded
 
 
 class _CannotJudge(Exception):
@@ -68,9 +81,7 @@ def check_complete(
     where its last element does. `head`, the file's first bytes: read from memory, the file
     only past them (an image's walk ends on its pixel data's length, inside the head: the file
     is not opened at all)."""
-    if transfer_syntax in _NOT_WALKED:
-        return
-    walker = _Walker(implicit=transfer_syntax == _IMPLICIT_LITTLE)
+    walker = _Walker.for_syntax(transfer_syntax)
     pos, previous = walker.skim(head, size) if head else (0, -1)
     walk = walker.elements(pos, size, depth=0, in_item=False, previous=previous)
     if head is not None and len(head) == size:
@@ -82,12 +93,7 @@ def check_complete(
 
 def check_complete_in(fp: IO[bytes], *, transfer_syntax: str, size: int, label: str) -> None:
     """As check_complete, for a file already open (an anonymous temp file)."""
-    if transfer_syntax not in _NOT_WALKED:
-        _judge(_in_file(fp, _walk_of(transfer_syntax, size)), label)
-
-
-def _walk_of(transfer_syntax: str, size: int) -> _Reads:
-    return _Walker(implicit=transfer_syntax == _IMPLICIT_LITTLE).whole_file(size)
+    _judge(_in_file(fp, _Walker.for_syntax(transfer_syntax).whole_file(size)), label)
 
 
 def _judge(walking: Callable[[], None], label: str) -> None:
@@ -236,6 +242,19 @@ class _Walker:
     def __init__(self, *, implicit: bool | None) -> None:
         """`implicit` None: read from the file meta's Transfer Syntax UID."""
         self.implicit = implicit
+        self.big = False  # the dataset (not its file meta) is big endian
+        self.deflated = False  # the dataset is one deflate stream
+
+    @classmethod
+    def for_syntax(cls, transfer_syntax: str) -> _Walker:
+        walker = cls(implicit=False)
+        walker.read_syntax(transfer_syntax)
+        return walker
+
+    def read_syntax(self, transfer_syntax: str) -> None:
+        self.implicit = transfer_syntax == _IMPLICIT_LITTLE
+        self.big = transfer_syntax == _BIG_ENDIAN
+        self.deflated = transfer_syntax == _DEFLATED
 
     def whole_file(self, size: int | None) -> _Reads:
         """Walk a file of `size` bytes (None: unknown, a body still arriving)."""
@@ -254,6 +273,8 @@ class _Walker:
         last_header = min(len(head), size) - 12  # the last place a whole header can be read
         while pos <= last_header and previous < _PIXEL_GROUP:
             group, element, vr, short = _TAG_VR_LENGTH.unpack_from(head, pos)
+            if group != 0x0002 and (self.big or self.deflated):
+                break  # the dataset: read by the walk
             if self.implicit and group != 0x0002:
                 length, header = _LENGTH.unpack_from(head, pos + 4)[0], 8
             elif vr in _LONG_VRS:
@@ -275,31 +296,42 @@ class _Walker:
         two elements), or (in an item of undefined length) to just past its delimiter.
         Returns where the walk ended. From 0: the Part 10 prefix first. `previous`: the
         top-level tag before `pos`."""
+        start = 0  # where the first element is: past the DICM prefix, if any
         if pos == 0:
             prefix = yield 0, _PREAMBLE + len(_MAGIC)
-            if prefix[_PREAMBLE:] != _MAGIC:
-                # A bare dataset: no file meta, so its encoding is a guess (big endian?).
-                raise _CannotJudge("no file meta")
-            pos = _PREAMBLE + len(_MAGIC)
-            if end == pos:
-                raise _Cut("the file ends after its DICM prefix")
+            if prefix[_PREAMBLE:] == _MAGIC:
+                start = pos = _PREAMBLE + len(_MAGIC)
+                if end == pos:
+                    raise _Cut("the file ends after its DICM prefix")
+            else:
+                self.implicit = _bare_encoding(prefix)
         top_level = depth == 0 and not in_item
         while end is None or pos < end or in_item:
             # (_check_bound and _check_length written out: the read every element makes)
             if end is not None and pos + 8 > end:
+                if top_level and previous >= _PIXEL_GROUP:
+                    yield from self.after_the_pixel_data(pos, end)
                 raise _Cut(f"an element header at byte {pos} runs past byte {end}")
             data = yield pos, 8
             if len(data) < 8:
-                if not data and end is None and not in_item and pos > _PREAMBLE + len(_MAGIC):
+                if not data and end is None and not in_item and pos > start:
                     return pos  # the body ends here, between two elements
+                if top_level and previous >= _PIXEL_GROUP:  # too short for an element
+                    _judge_trailing(data, pos)
                 raise _Cut(f"the file ends at byte {pos + len(data)}")
             group, element, vr, short = _TAG_VR_LENGTH.unpack(data)
+            dataset = group != 0x0002  # (the file meta is explicit VR little endian)
+            if dataset:
+                if self.implicit is None:
+                    raise _CannotJudge("no Transfer Syntax UID in the file meta")
+                if self.deflated and top_level:
+                    return (yield from self.inflated(pos, end))
+                if self.big:
+                    group, element, vr, short = _BIG_TAG_VR_LENGTH.unpack(data)
             tag = group << 16 | element
             if in_item and tag == _ITEM_END:
                 return pos + 8
-            if group != 0x0002 and self.implicit is None:
-                raise _CannotJudge("no Transfer Syntax UID in the file meta")
-            implicit = bool(self.implicit) and group != 0x0002  # the file meta is explicit VR
+            implicit = self.implicit and dataset
             known = implicit or vr in _LONG_VRS or vr in _SHORT_VRS
             if top_level and previous >= _PIXEL_GROUP and (tag <= previous or not known):
                 yield from self.after_the_pixel_data(pos, end)
@@ -310,7 +342,8 @@ class _Walker:
                 _check_bound(pos + 8, 4, end)
                 more = yield pos + 8, 4
                 _check_length(more, pos + 8, 4)
-                length, header = _LENGTH.unpack(more)[0], 12
+                big = self.big and dataset
+                length, header = (_BIG_LENGTH if big else _LENGTH).unpack(more)[0], 12
             elif vr in _SHORT_VRS:
                 length, header = short, 8
             else:
@@ -320,7 +353,7 @@ class _Walker:
                 _check_bound(pos, length, end)
                 value = yield pos, length
                 _check_length(value, pos, length)
-                self.implicit = _encoding(value.rstrip(b"\0 ").decode("ascii", "replace"))
+                self.read_syntax(value.rstrip(b"\0 ").decode("ascii", "replace"))
             if length == _UNDEFINED:
                 # (UN of undefined length holds implicit VR items: not walked.)
                 if vr not in (b"", b"SQ", b"OB", b"OW"):
@@ -350,6 +383,34 @@ class _Walker:
             at += count
         raise _CannotJudge("NUL padding")
 
+    def inflated(self, pos: int, end: int | None) -> _Reads:
+        """A deflated dataset from `pos` (to `end`, or to where the body ends): one deflate
+        stream, inflated and thrown away, which must reach its last block; only NUL padding
+        may follow it."""
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as the standard says
+        at = pos
+        while end is None or at < end:
+            count = _PADDING_BLOCK if end is None else min(end - at, _PADDING_BLOCK)
+            block = yield at, count
+            try:
+                inflater.decompress(block, _INFLATED_PIECE)
+                while inflater.unconsumed_tail and not inflater.eof:
+                    inflater.decompress(inflater.unconsumed_tail, _INFLATED_PIECE)
+            except zlib.error as exc:
+                raise _CannotJudge(f"deflate stream: {exc}") from None
+            if inflater.unused_data.strip(b"\0"):
+                after = at + len(block) - len(inflater.unused_data)
+                raise _Appended(
+                    f"bytes after the deflated dataset, from byte {after}, are no part of it"
+                )
+            if len(block) < count:
+                at += len(block)
+                break
+            at += count
+        if not inflater.eof:
+            raise _Cut(f"the deflated dataset stops before its last block, at byte {at}")
+        return at
+
     def items(self, pos: int, end: int | None, *, depth: int) -> _Reads:
         """A sequence (or encapsulated pixel data) of undefined length: items up to its
         delimiter. Returns the position just past the delimiter."""
@@ -359,7 +420,7 @@ class _Walker:
             _check_bound(pos, 8, end)
             data = yield pos, 8
             _check_length(data, pos, 8)
-            group, element, length = _TAG_LENGTH.unpack(data)
+            group, element, length = (_BIG_TAG_LENGTH if self.big else _TAG_LENGTH).unpack(data)
             tag = group << 16 | element
             pos += 8
             if tag == _SEQUENCE_END:
@@ -374,9 +435,22 @@ class _Walker:
                 pos += length
 
 
-def _encoding(transfer_syntax: str) -> bool:
-    """Whether the dataset after the file meta is implicit VR; _CannotJudge for one the walk
-    does not read."""
-    if transfer_syntax in _NOT_WALKED:
-        raise _CannotJudge(f"transfer syntax {transfer_syntax}")
-    return transfer_syntax == _IMPLICIT_LITTLE
+def _judge_trailing(data: bytes, pos: int) -> None:
+    """Bytes after the pixel data, at `pos`, too few to be an element: NUL padding is let
+    through; anything else was appended."""
+    if data.strip(b"\0"):
+        raise _Appended(f"{len(data)} bytes after the pixel data, from byte {pos}, are no element")
+    raise _CannotJudge("NUL padding")
+
+
+def _bare_encoding(start: bytes) -> bool:
+    """Whether a bare dataset (no preamble, no file meta) beginning with `start` is implicit
+    VR, read from its first element as DICOM readers do: explicit VR when a VR follows the tag.
+    _CannotJudge when it does not begin with a usual group read little endian (big endian, or
+    no DICOM at all: what the header check judges)."""
+    if len(start) < 8:
+        raise _CannotJudge("a bare dataset too short to tell its encoding")
+    group, _, vr, _ = _TAG_VR_LENGTH.unpack_from(start)
+    if group not in _BARE_FIRST_GROUPS:
+        raise _CannotJudge(f"a bare dataset starting with group {group:04X}")
+    return not (vr in _LONG_VRS or vr in _SHORT_VRS)

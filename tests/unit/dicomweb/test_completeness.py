@@ -13,6 +13,7 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -120,8 +121,11 @@ def test_a_whole_file_passes_and_a_cut_one_fails_wherever_it_is_cut(
         with pytest.raises(IntegrityError, match="incomplete") as caught:
             check(tmp_path, data[:cut], transfer_syntax)
         assert caught.value.retryable, cut
-    with pytest.raises(IntegrityError, match="incomplete"):
-        check(tmp_path, data + b"\0" * 5, transfer_syntax)  # nor anything after the end
+    # Nor anything after the end: fewer bytes than an element header (a CRLF too many, as
+    # some multipart writers add), NUL padding apart.
+    with pytest.raises(IntegrityError, match="2 bytes after the pixel data.*appended"):
+        check(tmp_path, data + b"\r\n", transfer_syntax)
+    check(tmp_path, data + b"\0" * 5, transfer_syntax)
     # Anywhere else, only a cut exactly between two top-level elements goes unseen: the file
     # is then a shorter, well-formed file (the limit of what a structure can tell).
     for cut in range(133, len(data), 7):
@@ -132,16 +136,66 @@ def test_a_whole_file_passes_and_a_cut_one_fails_wherever_it_is_cut(
         assert cut <= pixels, cut  # never inside or after the pixel data's header
 
 
-def test_what_the_walk_cannot_judge_passes(tmp_path: Path) -> None:
-    """Deflated data, a bare dataset (no file meta to name its encoding: it may be big
-    endian), a VR the walk does not know: never refused for that."""
-    data = part10(ExplicitVRLittleEndian, undefined=False)
-    check(tmp_path, data[:-100], DeflatedExplicitVRLittleEndian, body=False)
-    deflated = part10(DeflatedExplicitVRLittleEndian, undefined=False)
-    check(tmp_path, deflated[:-100], DeflatedExplicitVRLittleEndian)  # named in its file meta
+def test_a_big_endian_file_is_walked_with_its_file_meta_little_endian(tmp_path: Path) -> None:
+    """Explicit VR big endian (retired, still in archives): the dataset's tags and lengths
+    read big endian, its file meta little endian. Whole, it passes; cut inside the sequence or
+    the pixel data, or followed by a CRLF, it fails (it was let through unread)."""
+    data = part10(ExplicitVRBigEndian, undefined=True)
+    assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == "1.2.3.4"
+    check(tmp_path, data, ExplicitVRBigEndian)
+    sequence = data.index(b"\x00\x08\x11\x40")  # (0008,1140), big endian
+    private = data.index(b"\x00\x09\x10\x01")
+    pixels = data.rindex(b"\x7f\xe0\x00\x10")
+    for cut in [*range(sequence + 1, private, 5), *range(pixels + 1, len(data), 97)]:
+        with pytest.raises(IntegrityError, match="incomplete"):
+            check(tmp_path, data[:cut], ExplicitVRBigEndian)
+    with pytest.raises(IntegrityError, match="2 bytes after the pixel data.*appended"):
+        check(tmp_path, data + b"\r\n", ExplicitVRBigEndian)
+
+
+def test_a_deflated_dataset_is_whole_when_its_deflate_stream_ends(tmp_path: Path) -> None:
+    """A deflated dataset: every cut of its deflate stream fails, as do bytes after it; NUL
+    padding passes. A stream zlib cannot read is let through."""
+    data = part10(DeflatedExplicitVRLittleEndian, undefined=True)
+    assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == "1.2.3.4"
+    check(tmp_path, data, DeflatedExplicitVRLittleEndian)
     meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # past the file meta group
-    check(tmp_path, data[meta_end:-100], ExplicitVRLittleEndian)
-    unknown = data.replace(b"OW", b"ZZ")  # the pixel data's VR, made up
+    for cut in range(meta_end + 1, len(data)):
+        said = "deflated dataset stops before its last" if cut >= meta_end + 8 else "incomplete"
+        with pytest.raises(IntegrityError, match=said):
+            check(tmp_path, data[:cut], DeflatedExplicitVRLittleEndian, body=cut % 50 == 0)
+    with pytest.raises(IntegrityError, match="after the deflated dataset.*appended"):
+        check(tmp_path, data + b"\r\n", DeflatedExplicitVRLittleEndian)
+    check(tmp_path, data + b"\0" * 7, DeflatedExplicitVRLittleEndian)
+    explicit = part10(ExplicitVRLittleEndian, undefined=False)  # not deflated at all
+    check(tmp_path, explicit[:-100], DeflatedExplicitVRLittleEndian, body=False)
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_bare_dataset_is_walked_in_the_encoding_its_first_element_shows(
+    tmp_path: Path, transfer_syntax: str
+) -> None:
+    """No preamble, no file meta (some archives store and serve them so): explicit VR when a
+    VR follows the first tag, implicit otherwise. Cut inside its pixel data, it fails."""
+    data = part10(transfer_syntax, undefined=True)
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")
+    bare = data[meta_end:]
+    check(tmp_path, bare, "")  # what the header check reports for it: no transfer syntax
+    pixels = bare.rindex(b"\xe0\x7f\x10\x00")
+    for cut in range(pixels + 1, len(bare), 61):
+        with pytest.raises(IntegrityError, match="incomplete"):
+            check(tmp_path, bare[:cut], "")
+
+
+def test_what_the_walk_cannot_judge_passes(tmp_path: Path) -> None:
+    """A bare dataset that starts with no usual group read little endian (big endian, or no
+    DICOM: what the header check judges), a VR the walk does not know: never refused."""
+    data = part10(ExplicitVRBigEndian, undefined=False)
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")
+    check(tmp_path, data[meta_end:-100], "")
+    check(tmp_path, b"not DICOM at all, " * 20, "")
+    explicit = part10(ExplicitVRLittleEndian, undefined=False)
+    unknown = explicit.replace(b"OW", b"ZZ")  # the pixel data's VR, made up
     check(tmp_path, unknown, ExplicitVRLittleEndian)
 
 
@@ -156,7 +210,7 @@ def test_a_body_walked_as_it_arrives_byte_by_byte_says_what_the_file_walk_says(
     sequence = data.index(b"\x08\x00\x40\x11")
     assert walk_body(data, 1) is None
     for cut in (sequence + 9, len(data) - 3, len(data) + 1):
-        cut_data = (data + b"\0")[:cut]
+        cut_data = (data + b"\r")[:cut]  # (a NUL byte too many: padding)
         said = walk_body(cut_data, 1)
         assert said is not None and said == walk_body(cut_data, 4096), cut
     with pytest.raises(IntegrityError, match="incomplete"):
