@@ -398,11 +398,11 @@ def cutting(
     """Instances answered without a Content-Length, the body ending when the connection
     closes: the first `cut_first` answers close halfway (or after `cut_to` bytes), so HTTP
     itself cannot tell them from whole ones. `form`: the files' encoding (factories.part10).
-    With `tls`, over TLS, each connection closed without close_notify. `framed`: every answer has a Content-Length, and the first
-    `cut_first` are the file cut as above (`cut`: the server's file itself is short), an
-    HTML page (`html`), or the cut file as the one part of a multipart/related answer
-    (`multipart`, the part's own Content-Length matching). Yields (base URL, study UID, the
-    SOP UIDs)."""
+    With `tls`, over TLS, each connection closed without close_notify. `framed`: every answer
+    has a Content-Length, and the first `cut_first` are the file cut as above (`cut`: the
+    server's file itself is short), an HTML page (`html`), or the cut file as the one part of
+    a multipart/related answer (`multipart`, the part's own Content-Length matching). Yields
+    (base URL, study UID, the SOP UIDs)."""
     answers = [0]
 
     class Cutting(_Quiet):

@@ -36,6 +36,7 @@ from ..errors import (
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.watchdog import watchdog
 from ..http.client import Transport, unframed
+from ..http.curl import proxy_note
 from ..http.failures import check_auth
 from ..http.urls import redact_url
 from .answers import (
@@ -535,7 +536,8 @@ class Pager:
         if response.status_code not in (200, 206):
             said = refusal_words(response)
             raise HttpStatusError(
-                f"HTTP {response.status_code} on {shown}" + (f": {said}" if said else ""),
+                f"HTTP {response.status_code} on {shown}{proxy_note(response)}"
+                + (f": {said}" if said else ""),
                 status_code=response.status_code,
                 url=shown,
                 retryable=response.status_code in RETRYABLE_STATUS,

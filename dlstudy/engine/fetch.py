@@ -24,6 +24,7 @@ from ..errors import HttpStatusError, IntegrityError, TransferError
 from ..flow.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after, with_retries
 from ..flow.throttle import Throttle
 from ..http.client import Transport
+from ..http.curl import proxy_note
 from ..http.failures import check_auth
 from ..http.transfer import pour_body
 from ..http.urls import instance_url, redact_url
@@ -55,7 +56,7 @@ def status_error(response: httpx.Response, what: str) -> HttpStatusError:
     else:
         message = f"{what}: HTTP {status} {response.reason_phrase or ''}".rstrip()
     return HttpStatusError(
-        message,
+        message + proxy_note(response),
         status_code=status,
         url=shown,
         retryable=status in RETRYABLE_STATUS,

@@ -95,6 +95,14 @@ _WORDS = {
 _HTTP2_STREAM = 92  # CURLE_HTTP2_STREAM: the server reset the stream
 
 
+def proxy_note(response: httpx.Response) -> str:
+    """` (through proxy X)` for a server error that came through a proxy: the proxy may have
+    answered it itself (tinyproxy's `500 Unable to connect`, a gateway's 502 or 504 when the
+    archive is down), so the line names both."""
+    proxy = response.extensions.get(PROXY_USED)
+    return f" (through proxy {proxy})" if proxy and response.status_code >= 500 else ""
+
+
 def engine_version() -> str:
     """pycurl's and libcurl's versions, with the TLS and HTTP/2 libraries libcurl was built with."""
     return str(pycurl.version)

@@ -476,3 +476,27 @@ def test_a_request_timing_out_through_a_proxy_names_the_proxy(
     assert result.stderr.splitlines()[-1].endswith(
         f"timed out waiting for {url}/studies/1.2.3/series through proxy {http_proxy.url}"
     ), result.stderr
+
+
+def test_a_server_error_through_a_proxy_names_the_proxy(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, http_proxy: RunningProxy
+) -> None:
+    """An archive that is down behind an HTTP proxy: tinyproxy answers `500 Unable to
+    connect` itself, which the line gave as the archive's own answer, with no word of the
+    proxy. A 5xx through a proxy now names it; the archive's own 502 does the same, as the
+    two cannot be told apart."""
+    env = {"HTTP_PROXY": http_proxy.url}
+    dead = f"http://127.0.0.1:{closed_port()}/dicomweb"
+    out = tmp_path / "out"
+    args = (synth_study.study_uid, "-o", str(out), "--json", "--retries", "0")
+    search = run_installed("download", "--url", dead, *args, env=env)
+    assert search.returncode == 3, search.stderr
+    (line,) = search.stderr.splitlines()
+    assert re.search(rf"HTTP 500 on {re.escape(dead)}\S* \(through proxy {http_proxy.url}\)", line)
+    url = embedded_server(synth_study.root, fault_rate=1.0, fault_status=502)
+    result = run_installed("download", "--url", url, *args, env=env)
+    assert result.returncode == 1, result.stderr
+    reasons = [f["reason"] for f in json.loads(result.stdout)["failures"]]
+    assert reasons and all(
+        r.endswith(f"HTTP 502 (through proxy {http_proxy.url})") for r in reasons
+    ), reasons
