@@ -341,6 +341,8 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
     - `deep-json`: the series list is an array nested 100,000 deep;
     - `redirect-loop`: every instance URL redirects to itself;
     - `redirect-to-file`: every instance URL redirects to file:///etc/passwd;
+    - `redirect-without-slashes`: every instance URL redirects to itself written without the
+      `//` after `http:`, which leaves it no host;
     - `huge-header`: every answer starts with a header line of 200 MB;
     - `hostile-reason`: every instance is refused (418) with HOSTILE_REASON as the reason
       phrase: terminal escapes, a backspace and rich markup.
@@ -374,6 +376,9 @@ def misbehaving(how: str) -> Iterator[tuple[str, str]]:
                 self.reply(302, b"", "text/plain", Location=path)
             elif how == "redirect-to-file":
                 self.reply(302, b"", "text/plain", Location="file:///etc/passwd")
+            elif how == "redirect-without-slashes":
+                location = f"http:{self.headers['Host']}{self.path}"
+                self.reply(302, b"", "text/plain", Location=location)
             elif how == "hostile-reason":
                 self.send_response(418, HOSTILE_REASON)
                 self.send_header("Content-Length", "0")

@@ -89,6 +89,24 @@ ONCE_PER_RUN = "dlstudy_once_per_run"
 PLAIN_HTTP_REDIRECT = "redirect to plain http"
 
 
+async def refuse_unfollowable_redirect(response: httpx.Response) -> None:
+    """A redirect whose Location is no URL httpx can follow raises UnsupportedProtocol (not
+    retried: the server sends it again) naming it. httpx raises InvalidURL, which is no
+    transport error, for one with a scheme and no host (`http:foo`), and a retryable
+    RemoteProtocolError for one that does not parse."""
+    if not response.has_redirect_location:
+        return
+    location = response.headers["Location"]
+    try:
+        target = httpx.URL(location)
+        if target.scheme and not target.host:  # httpx gives it the request's host
+            target.copy_with(host=response.request.url.host)
+    except httpx.InvalidURL:
+        raise httpx.UnsupportedProtocol(
+            f"an invalid URL, {redact_url(location)!r},", request=response.request
+        ) from None
+
+
 def make_engine(
     http: HttpChoice, settings: Settings, proxies: Proxies, rate_limit: RateLimit | None = None
 ) -> httpx.AsyncBaseTransport:
@@ -237,7 +255,10 @@ class Transport:
             auth=self._auth,
             headers=self._headers,
             follow_redirects=True,
-            event_hooks={"request": [self._strip_secrets_off_origin]},
+            event_hooks={
+                "request": [self._strip_secrets_off_origin],
+                "response": [refuse_unfollowable_redirect],
+            },
         )
 
     async def _strip_secrets_off_origin(self, request: httpx.Request) -> None:

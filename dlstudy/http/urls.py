@@ -94,6 +94,9 @@ def redact_url(url: str) -> str:
     ):
         return _redact_loosely(url)  # a userinfo urlsplit did not see as one ("a:p/q@host")
     query, fragment = _redact_query(parts.query), _redact_query(parts.fragment)
+    if parts.scheme and not netloc and not url[len(parts.scheme) + 1 :].startswith("//"):
+        # No authority (`http:foo`, a malformed Location): urlunsplit would add one (`http:///foo`)
+        return f"{parts.scheme}:{urlunsplit(('', '', parts.path, query, fragment))}"
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, fragment))
 
 

@@ -651,6 +651,41 @@ def test_a_redirect_target_that_cannot_be_reached_is_the_one_named(
     assert f"; redirected there from {url}/studies" in error, error
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("query", "--json"), ("sync", "-o", "OUT"), ("download", STUDY_ARG, "-o", "OUT", "--json")],
+)
+def test_a_search_redirected_to_an_invalid_url_stops_with_one_line(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """An archive that redirects every request to a Location with a scheme and no host
+    (`http:127.0.0.1:PORT/...`, its slashes left out): one line naming that Location,
+    redacted, exit 3. It was a traceback of httpx.InvalidURL (183 lines), exit 1, and no
+    JSON on stdout."""
+    from ..scripted_servers import moved_archive
+
+    swap = {STUDY_ARG: "1.2.3.4", "OUT": str(tmp_path / "out")}
+    args = [swap.get(arg, arg) for arg in command]
+    with moved_archive("http:127.0.0.1:9") as (url, asked):
+        keyed = f"{url}?subscription-key=k3y-secret"
+        result = run_installed(*args, "--url", keyed, "--http", "1.1")
+
+    assert "Traceback" not in result.stderr and "k3y-secret" not in result.stderr
+    assert result.returncode == 3, result.stderr
+    error = result.stderr.splitlines()[-1]
+    searched = "/studies/1.2.3.4/series" if command[0] == "download" else "/studies"
+    assert error.startswith(
+        "dlstudy: error: QIDO search: redirected to an invalid URL, "
+        f"'http:127.0.0.1:9/dicomweb{searched}?subscription-key=***&"
+    ), error
+    assert error.endswith(f"', from {url}{searched}"), error
+    # Not retried (it would redirect there again): each search asked once directly, once
+    # more through httpx, which follows redirects.
+    assert max(Counter(asked).values()) <= 2, asked
+    if command[0] == "download":
+        assert "redirected to an invalid URL" in json.loads(result.stdout)["error"]
+
+
 def test_a_redirect_from_https_to_plain_http_is_warned_of_once(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
 ) -> None:
@@ -1291,6 +1326,7 @@ def test_compressed_qido_is_decoded_and_a_compressed_instance_never_stored(
         ("deep-json", 3, "QIDO answer nests too deep to be DICOM JSON"),
         ("redirect-loop", 1, "too many redirects (a loop?)"),
         ("redirect-to-file", 1, "redirected to a file:// URL, which is not HTTP"),
+        ("redirect-without-slashes", 1, "redirected to an invalid URL, 'http:127.0.0.1:"),
     ],
 )
 def test_odd_answers_get_one_line_and_an_exit_code_never_a_traceback(

@@ -133,6 +133,7 @@ def test_instance_url() -> None:
         ("http://bob:pw@host:99999/dw", "http://***:***@host:99999/dw"),  # port out of range
         ("http://[::1:9/dw?key=k", "http://[::1:9/dw?key=***"),  # urlsplit raises
         ("http://host:8042/dw?PatientName=a@b", "http://host:8042/dw?PatientName=a@b"),
+        ("http:host:9/dw?key=k", "http:host:9/dw?key=***"),  # no authority: none added
     ],
 )
 def test_redact_url_masks_passwords_of_malformed_urls(url: str, shown: str) -> None:
