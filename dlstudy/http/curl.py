@@ -9,6 +9,7 @@ the consumer as the server sent them (small answers are decoded, bounded, by htt
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,10 @@ _TLS_ERRORS = frozenset(
         pycurl.E_USE_SSL_FAILED,
     }
 )
+# A handshake the peer reset or closed (a server restarting: its backlog's connections
+# reset, or closed before it serves TLS) is a broken connection, not a TLS failure.
+_HANDSHAKE_CUT_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+_HANDSHAKE_CUT_WORDS = "unexpected eof"  # OpenSSL's, for a peer that closed it
 _BAD_ARGUMENT = 43  # CURLE_BAD_FUNCTION_ARGUMENT
 _PROXY_HANDSHAKE = 97  # CURLE_PROXY: the proxy refused the tunnel or spoke nonsense
 # CURLINFO_PROXY_ERROR's codes (CURLPX_REPLY_*) for a SOCKS proxy that could not connect to
@@ -123,6 +128,7 @@ class CurlFailure(Exception):
         proxy_tls: bool = False,
         proxy_could_not_connect: bool = False,
         connect_status: int = 0,
+        handshake_cut: bool = False,
     ) -> None:
         super().__init__(f"curl error {code}: {message}")
         self.code = code
@@ -136,6 +142,8 @@ class CurlFailure(Exception):
         self.proxy_could_not_connect = proxy_could_not_connect
         # an HTTP proxy's answer to the CONNECT for an https:// URL (0: none came)
         self.connect_status = connect_status
+        # the peer reset or closed the connection during the TLS handshake
+        self.handshake_cut = handshake_cut
 
     @property
     def through_proxy(self) -> bool:
@@ -425,11 +433,16 @@ class CurlTransport(httpx.AsyncBaseTransport):
     def error_for(self, code: int, message: str, transfer: Transfer) -> httpx.TransportError:
         """libcurl's error as httpx's exception (what callers of a transport expect), with
         libcurl's code and words kept as its cause."""
+        os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))
+        handshake_cut = code == pycurl.E_SSL_CONNECT_ERROR and (
+            os_errno in _HANDSHAKE_CUT_ERRNOS or _HANDSHAKE_CUT_WORDS in message
+        )
         # A key that does not belong to its --cert is a bad argument to this libcurl.
-        tls = code in _TLS_ERRORS or (code == _BAD_ARGUMENT and "private key" in message)
+        tls = not handshake_cut and (
+            code in _TLS_ERRORS or (code == _BAD_ARGUMENT and "private key" in message)
+        )
         # libcurl quotes URLs whole in some messages ("Unsupported proxy syntax in '...'").
         message = redact_urls_in(message) or _WORDS.get(code, f"libcurl error {code}")
-        os_errno = int(transfer.easy.getinfo(pycurl.OS_ERRNO))
         socks_said = _socks_could_not_connect(code, transfer)
         if socks_said is not None:
             message = f"the proxy could not connect to the server: {socks_said} ({message})"
@@ -453,9 +466,11 @@ class CurlTransport(httpx.AsyncBaseTransport):
             tls=tls,
             os_errno=os_errno,
             answered=answered,
-            proxy_tls=(tls or _handshake_timed_out(transfer, message)) and _with_proxy(transfer),
+            proxy_tls=(tls or handshake_cut or _handshake_timed_out(transfer, message))
+            and _with_proxy(transfer),
             proxy_could_not_connect=socks_said is not None,
             connect_status=int(transfer.easy.getinfo(pycurl.HTTP_CONNECTCODE)),
+            handshake_cut=handshake_cut,
         )
         error: httpx.TransportError
         if unanswered_quic:
@@ -467,7 +482,11 @@ class CurlTransport(httpx.AsyncBaseTransport):
             and (code == pycurl.E_COULDNT_CONNECT or message.startswith("Connection timed out"))
         ):
             error = httpx.ProxyError(message)
-        elif code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT) or tls:
+        elif (
+            code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT)
+            or tls
+            or handshake_cut
+        ):
             error = httpx.ConnectError(message)
         elif code == pycurl.E_OPERATION_TIMEDOUT:
             if message.startswith(("Connection timed out", "Resolving timed out")):

@@ -72,6 +72,12 @@ def _translate(exc: BaseException, url: str) -> DlstudyError:
             else:
                 said = _tls_cause(said, parsed.host)
             return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
+        if curl is not None and curl.handshake_cut:
+            return ConnectError(
+                f"connection to {_netloc(parsed)} broken during the TLS handshake ({said}) "
+                f"({shown})",
+                url=shown,
+            )
         if curl is not None and curl.code == 6:  # CURLE_COULDNT_RESOLVE_HOST
             return ConnectError(f"cannot resolve host {parsed.host!r} ({shown})", url=shown)
         if (curl is not None and curl.os_errno == errno.ECONNREFUSED) or "refused" in said:
@@ -139,12 +145,13 @@ _CONNECT_REFUSALS = frozenset({401, 403, 407})
 
 def could_not_connect(exc: BaseException) -> bool:
     """libcurl could not open a connection (to the server, or to the proxy in front of it),
-    or the proxy could not open one to the server. An HTTP proxy refusing the CONNECT itself
-    is no connection that failed: asking again gets the same refusal."""
+    or the proxy could not open one to the server; or the peer reset or closed the
+    connection during the TLS handshake, as a restarting server does. An HTTP proxy refusing
+    the CONNECT itself is no connection that failed: asking again gets the same refusal."""
     curl = curl_failure(exc)
     if curl is None or curl.connect_status in _CONNECT_REFUSALS:
         return False
-    return curl.code == _COULDNT_CONNECT or curl.proxy_could_not_connect
+    return curl.code == _COULDNT_CONNECT or curl.proxy_could_not_connect or curl.handshake_cut
 
 
 def no_http_answer(exc: BaseException, url: str) -> ConnectError:

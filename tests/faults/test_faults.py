@@ -106,6 +106,35 @@ def test_tcp_reset_mid_body_is_retried(
     assert_complete(tmp_path, synth_study.instances)
 
 
+@pytest.mark.parametrize("kind", ["reset", "close"])
+def test_tls_handshakes_cut_mid_run_are_connected_again(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    proxy_factory: list[FaultProxy],
+    tls_ca: TlsFiles,
+    kind: str,
+) -> None:
+    """A TLS server restarting resets (or closes) the connections in its backlog during
+    their handshake: a broken connection, connected again as a refused one is (for up to
+    --timeout), not a TLS failure. It stopped the run at once, `TLS handshake with
+    '127.0.0.1' failed: Recv failure: Connection reset by peer` (or `unexpected eof`),
+    exit 3, where the same restart over http:// cost nothing."""
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    proxy = FaultProxy(port_of(url), Fault(kind, connections={2, 3, 4}))
+    proxy_factory.append(proxy)
+    tls_url = proxy.url().replace("http://", "https://")
+
+    status, summary, stderr = download(
+        tls_url, synth_study.study_uid, tmp_path, "--http", "1.1", "-c", "4",
+        "--ca-bundle", str(tls_ca.ca_pem),
+    )  # fmt: skip
+
+    assert status == 0, stderr
+    assert proxy.faulted == [2, 3, 4]
+    assert_complete(tmp_path, synth_study.instances)
+
+
 def test_dripping_qido_answer_is_cut_off_and_retried(
     tmp_path: Path,
     synth_study: SynthStudy,

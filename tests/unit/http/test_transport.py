@@ -31,6 +31,7 @@ def curl(exc: httpx.TransportError, code: int, message: str, **kw: object) -> Ba
         proxy=kw.get("proxy"),
         tls=bool(kw.get("tls")),
         os_errno=int(kw.get("os_errno", 0)),
+        handshake_cut=bool(kw.get("handshake_cut")),
     )  # type: ignore[arg-type]
     return exc
 
@@ -58,6 +59,18 @@ def curl(exc: httpx.TransportError, code: int, message: str, **kw: object) -> Ba
             ConnectError,
             "TLS handshake with 'pacs.test' failed: the server's certificate is signed by an "
             "unknown CA (trust it with --ca-bundle) (SSL certificate problem: self-signed)",
+        ),
+        (
+            curl(
+                httpx.ConnectError("x"),
+                35,
+                "Recv failure: Connection reset by peer",
+                os_errno=104,
+                handshake_cut=True,
+            ),
+            ConnectError,
+            "connection to pacs.test broken during the TLS handshake (Recv failure: "
+            "Connection reset by peer) (https://***:***@pacs.test",
         ),
         (
             curl(httpx.ProxyError("x"), 7, "Could not connect", proxy="http://u:***@proxy:3128"),
