@@ -14,7 +14,14 @@ from itertools import islice
 
 import httpx
 
-from ..errors import AuthError, ConnectError, DlstudyError, HttpStatusError, TransferError
+from ..errors import (
+    AuthError,
+    ConnectError,
+    DlstudyError,
+    HttpStatusError,
+    StorageError,
+    TransferError,
+)
 from .curl import PROXY_USED, CurlFailure
 from .urls import redact_url
 
@@ -27,7 +34,11 @@ PROXY_WANTS_CREDENTIALS = (
 def translate_error(exc: BaseException, url: str) -> DlstudyError:
     """Turn an exception from the HTTP stack into a dlstudy error with a one-line message.
     A request redirected to another origin that failed there is described as the redirect
-    target's failure (its host, its TLS), from `url`."""
+    target's failure (its host, its TLS), from `url`. An OSError naming a file is a local
+    file's, written or read as a response streamed in: no network error, never retried."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        filename = str(exc.filename)
+        return StorageError(f"cannot use {filename!r}: {exc.strerror or exc}", path=filename)
     if isinstance(exc, httpx.UnsupportedProtocol):
         return TransferError(f"redirected to {exc} from {redact_url(url)}", url=redact_url(url))
     if isinstance(exc, httpx.TooManyRedirects):

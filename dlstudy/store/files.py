@@ -430,11 +430,17 @@ class TempFile:
         return self.path.open("xb", buffering=WRITE_BUFFER)  # O_EXCL: never through a link
 
     def discard(self) -> None:
+        """Remove the file. Called while another failure is raised (often the disk's): one
+        that cannot be removed (a file system turned read-only) stays, under no final name,
+        for the next run to remove, and that failure is the one said."""
         try:
             self.close()
         except StorageError:
             pass  # the file is going away anyway
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.info("cannot remove %s (%s); the next run will", self.path, exc.strerror or exc)
 
     def __exit__(
         self,

@@ -931,6 +931,51 @@ def fill(disk: Path) -> None:
             filler.write(b"\0" * 4096)
 
 
+@pytest.mark.parametrize("mode", ["series", "instance"])
+def test_an_output_folder_turned_read_only_mid_run_is_no_network_error(
+    tmp_path: Path, embedded_server: StartServer, mode: str
+) -> None:
+    """OUT turned read-only mid-run (a read-only mount of it swapped in, as a disk is
+    remounted after an error): the run stops, saying it cannot write there, exit 1. In
+    series mode it first warned `bulk retrieval stopped after 24 parts: network error
+    ([Errno 30] Read-only file system: '…/.dlstudy/incoming/….part') on http://…` and asked
+    the server again instance by instance: a local failure taken for the network's."""
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(series=2, instances=60, size=16 * 1024, seed=5))
+    url = embedded_server(source)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.Popen(
+        [DLSTUDY, "download", instances[0].study_uid, "--url", url, "-o", str(out), "--json",
+         "--mode", mode, "-c", "1", "--max-rate", "256K"],  # 2 MB: the run lasts ~8 s
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any(out.rglob("*.dcm")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with mounted(out, "--bind", "-o", "ro", str(out)):
+            stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+    assert "Traceback" not in stderr, stderr
+    assert run.returncode == 1, stderr
+    assert "network error" not in stderr and "bulk retrieval" not in stderr, stderr
+    error = stderr.splitlines()[-1]
+    # the part being written as the mount came fails to be renamed; or the next one opened
+    said = (f"dlstudy: error: cannot create '{out}/", f"dlstudy: error: cannot write in '{out}/")
+    assert error.startswith(said) and error.endswith("': Read-only file system"), error
+    summary = json.loads(stdout)
+    assert 0 < summary["instances"]["downloaded"] < len(instances)
+    assert summary["instances"]["downloaded"] == len(list(out.rglob("*.dcm")))
+    rerun = run_installed("download", instances[0].study_uid, "--url", url, "-o", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert_complete(out, instances)  # and the temp file it could not remove is gone
+
+
 @pytest.mark.parametrize("server", ["up", "down"])
 def test_a_report_on_a_full_disk_is_one_line_and_the_summary(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, server: str

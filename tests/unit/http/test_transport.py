@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from dlstudy.engine.fetch import status_error
-from dlstudy.errors import ConnectError, TransferError
+from dlstudy.errors import ConnectError, StorageError, TransferError
 from dlstudy.http.client import Transport
 from dlstudy.http.curl import AnswerToGet, CurlFailure
 from dlstudy.http.failures import translate_error
@@ -86,6 +86,11 @@ def curl(exc: httpx.TransportError, code: int, message: str, **kw: object) -> Ba
         ),
         (httpx.RemoteProtocolError("peer closed"), TransferError, "connection broken"),
         (httpx.ReadError("reset"), TransferError, "network error"),
+        (
+            OSError(30, "Read-only file system", "/out/.dlstudy/incoming/.part.dcm.1-2.part"),
+            StorageError,
+            "cannot use '/out/.dlstudy/incoming/.part.dcm.1-2.part': Read-only file system",
+        ),
     ],
 )
 def test_translate_error_gives_one_clear_line_without_secrets(
