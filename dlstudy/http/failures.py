@@ -285,7 +285,9 @@ def _proxy_tls_failure(said: str, proxy: str) -> str:
 
 
 def _netloc(parsed: httpx.URL) -> str:
-    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+    """`host:port` as written in a URL: an IPv6 address in brackets (`[::1]:8042`)."""
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    return f"{host}:{parsed.port}" if parsed.port else host
 
 
 def is_translatable(exc: BaseException) -> bool:

@@ -609,6 +609,37 @@ def test_plain_http_to_a_tls_port_and_tls_to_a_plain_port_say_which_to_use(
             assert "attempts" not in line  # not retried
 
 
+def ipv6_loopback_port() -> int:
+    """A port of ::1 nothing listens on; the test is skipped on a machine without IPv6."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+            return int(sock.getsockname()[1])
+    except OSError:
+        pytest.skip("no IPv6 loopback (::1) here")
+
+
+def test_an_ipv6_address_is_written_in_brackets_in_error_lines(
+    synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """`[::1]:8042`, as in a URL: it was `::1:8042`, which reads as another address."""
+    closed = ipv6_loopback_port()
+    tls_url = embedded_server(
+        synth_study.root, host="::1", tls_cert=tls_ca.cert, tls_key=tls_ca.key
+    )
+    plain_url = embedded_server(synth_study.root, host="::1")
+    cases = [
+        (f"http://[::1]:{closed}/dicomweb", f"connection refused by [::1]:{closed} (http://"),
+        (tls_url.replace("https://", "http://"), f"{tls_url.split('/')[2]} gave no HTTP answer"),
+        (plain_url.replace("http://", "https://"), f"{plain_url.split('/')[2]} does not speak TLS"),
+    ]
+    for url, said in cases:
+        result = run_installed("query", "--url", url, "--ca-bundle", str(tls_ca.ca_pem))
+        assert result.returncode == 3, result.stderr
+        (line,) = error_lines(result.stderr)
+        assert said in line, line
+
+
 def test_a_fatal_error_is_one_line_on_stderr_and_nothing_else(tmp_path: Path) -> None:
     """With --json, stderr holds the one error line: no bare copy of it (a logger with no
     handler would print one through logging's last resort)."""
