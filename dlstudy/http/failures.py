@@ -65,6 +65,8 @@ def _translate(exc: BaseException, url: str) -> DlstudyError:
         if said.endswith("response 407") or (said.endswith("response 401") and _has_user(proxy)):
             return ConnectError(_proxy_refusal(proxy, int(said[-3:])), url=shown)
         named = f"proxy {proxy}" if proxy else "the proxy"
+        if curl is not None and (unreachable := _unreachable_proxy(curl)) is not None:
+            said = unreachable
         return ConnectError(f"cannot use {named} for {shown}: {said}", url=shown)
     if isinstance(exc, httpx.ConnectTimeout):
         return ConnectError(f"timed out connecting to {_netloc(parsed)}", url=shown)
@@ -152,6 +154,17 @@ def answered_without_http2(exc: BaseException) -> bool:
 _COULDNT_CONNECT = 7
 # An HTTP proxy's own refusals of a CONNECT: its rules (403), credentials (407; tinyproxy: 401).
 _CONNECT_REFUSALS = frozenset({401, 403, 407})
+
+
+def _unreachable_proxy(curl: CurlFailure) -> str | None:
+    """Why no connection to the proxy itself could be made, in words; or None when one was
+    (libcurl's words then name the server's address: `Failed to connect to <server> over
+    proxy ...`, which read as the server being down)."""
+    if curl.code != _COULDNT_CONNECT or curl.connect_status or not curl.os_errno:
+        return None
+    if curl.os_errno == errno.ECONNREFUSED:
+        return "connection refused by the proxy"
+    return f"cannot connect to the proxy: {os.strerror(curl.os_errno)}"
 
 
 def could_not_connect(exc: BaseException) -> bool:

@@ -287,8 +287,26 @@ def test_a_dead_proxy_fails_at_once_with_exit_3_naming_it(
     assert error.startswith(
         f"dlstudy: error: cannot use proxy http://***:***@127.0.0.1:{port} for {url}/"
     )
+    assert error.endswith(": connection refused by the proxy"), error
     assert "s3cret" not in result.stderr
     assert not any(tmp_path.rglob("*.dcm"))
+
+
+def test_a_dead_proxy_for_an_https_archive_is_the_one_said_to_refuse(
+    synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+) -> None:
+    """libcurl's words for a CONNECT that never reached the proxy name the archive's address
+    (`Failed to connect to 127.0.0.1 port <archive's> over proxy ...`), which read as the
+    archive being down: the line says the proxy refused."""
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    dead = f"http://127.0.0.1:{closed_port()}"
+    result = run_installed(
+        "query", "--url", url, "--ca-bundle", str(tls_ca.ca_pem), "--proxy", dead
+    )
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"dlstudy: error: cannot use proxy {dead} for {url}/studies"), line
+    assert line.endswith(": connection refused by the proxy"), line
 
 
 def test_a_socks5_proxy_given_by_option(
