@@ -190,9 +190,25 @@ def no_http_answer(exc: BaseException, url: str) -> ConnectError:
             f"{_netloc(parsed)} does not speak HTTP/2 ({said}); try --http 1.1 ({shown})",
             url=shown,
         )
+    if curl is not None and _http_proxy(curl.proxy) and not curl.connect_status:
+        return ConnectError(f"{_no_answer_through(curl, parsed)} ({shown})", url=shown)
     hint = "; if it speaks TLS, use https://" if parsed.scheme == "http" else ""
     return ConnectError(
         f"{_netloc(parsed)} gave no HTTP answer ({said}){hint} ({shown})", url=shown
+    )
+
+
+def _no_answer_through(curl: CurlFailure, parsed: httpx.URL) -> str:
+    """The line for no HTTP answer through an HTTP proxy (`curl.proxy`) that never opened a
+    tunnel: most often a SOCKS proxy given as http://. Its CONNECT (for https://) got no HTTP
+    answer: that is the proxy's. For http://, the proxy answers in the server's place, and may
+    pass on what the server sent (tinyproxy does): either may be the one."""
+    socks = "if it is a SOCKS proxy, not an HTTP one, give it as socks5://"
+    if parsed.scheme == "https":
+        return f"proxy {curl.proxy} did not answer as an HTTP proxy ({curl.message}); {socks}"
+    return (
+        f"no HTTP answer through proxy {curl.proxy} ({curl.message}): {socks}; "
+        f"if {_netloc(parsed)} speaks TLS, use https://"
     )
 
 
@@ -231,8 +247,11 @@ def _proxy_answers_for(response: httpx.Response, proxy: str | None) -> bool:
     """Whether `response` may be the answer of `proxy` (as shown) itself: an HTTP proxy asked
     for an http:// URL answers in the server's place. Through a CONNECT tunnel (https://) or
     a SOCKS proxy, every answer is the server's."""
-    http_proxy = proxy is not None and proxy.lower().startswith(("http://", "https://"))
-    return http_proxy and response.url.scheme == "http"
+    return _http_proxy(proxy) and response.url.scheme == "http"
+
+
+def _http_proxy(proxy: str | None) -> bool:
+    return proxy is not None and proxy.lower().startswith(("http://", "https://"))
 
 
 def _has_user(proxy: str | None) -> bool:

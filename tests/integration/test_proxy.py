@@ -178,6 +178,36 @@ def test_a_plain_http_proxy_given_as_https_is_named_with_the_fix(
         assert line.endswith("; if it is a plain HTTP proxy, give it as http://"), line
 
 
+def test_a_socks_proxy_given_as_http_is_named_with_the_fix(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    socks_proxy: RunningProxy,
+    tls_ca: TlsFiles,
+) -> None:
+    """`http://` for a SOCKS proxy (a common slip, `ssh -D` as much as microsocks): the line
+    names the proxy and socks5:// (it blamed the archive: `127.0.0.1:<port> gave no HTTP
+    answer (Received HTTP/0.9 when not allowed); if it speaks TLS, use https://`, or
+    `(Proxy CONNECT aborted)`). Over http://, what came may be the archive's, passed on."""
+    proxy = socks_proxy.url.replace("socks5://", "http://")
+    socks = "if it is a SOCKS proxy, not an HTTP one, give it as socks5://"
+    url = embedded_server(synth_study.root)
+    tls_url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    cases = [
+        (url, f"no HTTP answer through proxy {proxy} (", f"{socks}; if {url.split('/')[2]} "),
+        (tls_url, f"proxy {proxy} did not answer as an HTTP proxy (", f"; {socks} ({tls_url}/"),
+    ]
+    for archive, starts, then in cases:
+        for args in (("query",), ("download", synth_study.study_uid, "-o", str(tmp_path))):
+            result = run_installed(
+                *args, "--url", archive, "--proxy", proxy, "--ca-bundle", str(tls_ca.ca_pem)
+            )
+            assert result.returncode == 3, result.stderr
+            line = result.stderr.splitlines()[-1]
+            assert line.startswith(f"dlstudy: error: {starts}"), line
+            assert then in line, line
+
+
 def test_no_proxy_is_honoured(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
