@@ -6,13 +6,15 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import socket
 import ssl
 import threading
 import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import Any
 
 from .factories import STUDY, element, instance_json, multipart_body, part10, series_json
 
@@ -585,6 +587,54 @@ def tls_port_that_resets(cert: str, key: str) -> Iterator[str]:
     tls.load_cert_chain(cert, key)
     with _one_server(_Quiet, tls) as url:
         yield url.replace("https://", "http://")
+
+
+class _AskingForAClientCertificate(http.server.ThreadingHTTPServer):
+    """Over TLS, the handshake in the connection's thread; one that failed is closed once
+    the client has closed its end (or after 5 s), as socat does. Closed at once with the
+    client's request unread, the connection would be reset, and in TLS 1.3 the client
+    would see the reset, not the alert sent before it (it sends its request right after its
+    side of the handshake)."""
+
+    tls: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        connection = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        with connection:
+            try:
+                connection.do_handshake()
+            except OSError:  # the alert is sent
+                connection.shutdown(socket.SHUT_WR)  # then plain TCP: drained unread
+                connection.settimeout(5)
+                with suppress(OSError):
+                    while connection.recv(65536):
+                        pass
+                return
+            super().finish_request(connection, client_address)
+
+
+@contextmanager
+def tls_port_asking_for_a_client_certificate(
+    cert: str, key: str, ca: str, *, tls12: bool = False
+) -> Iterator[str]:
+    """A Python `ssl` server that requires a client certificate signed by `ca` and refuses
+    the handshake with a TLS alert otherwise: TLS 1.3's `certificate required` (1.2's
+    `handshake failure`) when none came, `unknown ca` for one from another CA. In TLS 1.3 the
+    client sees the alert on its first read, after its side of the handshake. `tls12`: TLS
+    1.2 at most, where the alert ends the handshake. Yields its base URL."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    tls.load_verify_locations(ca)
+    tls.verify_mode = ssl.CERT_REQUIRED
+    if tls12:
+        tls.maximum_version = ssl.TLSVersion.TLSv1_2
+    server = _AskingForAClientCertificate(("127.0.0.1", 0), _Quiet)
+    server.tls = tls
+    threads = _serve(server)
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/dicomweb"
+    finally:
+        _stop((server,), threads)
 
 
 @contextmanager

@@ -129,6 +129,7 @@ class CurlFailure(Exception):
         proxy_could_not_connect: bool = False,
         connect_status: int = 0,
         handshake_cut: bool = False,
+        client_cert: bool = False,
     ) -> None:
         super().__init__(f"curl error {code}: {message}")
         self.code = code
@@ -144,6 +145,7 @@ class CurlFailure(Exception):
         self.connect_status = connect_status
         # the peer reset or closed the connection during the TLS handshake
         self.handshake_cut = handshake_cut
+        self.client_cert = client_cert  # a client certificate was offered (--cert)
 
     @property
     def through_proxy(self) -> bool:
@@ -471,6 +473,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             proxy_could_not_connect=socks_said is not None,
             connect_status=int(transfer.easy.getinfo(pycurl.HTTP_CONNECTCODE)),
             handshake_cut=handshake_cut,
+            client_cert=self.tls.cert is not None,
         )
         error: httpx.TransportError
         if unanswered_quic:

@@ -82,6 +82,8 @@ def _translate(exc: BaseException, url: str) -> DlstudyError:
                 said = f"{_netloc(parsed)} does not speak TLS; if it is plain HTTP, use http://"
             elif curl.code in _LOCAL_TLS_FILES:  # ours, not the server's: name the option
                 return ConnectError(f"cannot use {_LOCAL_TLS_FILES[curl.code]}: {said}", url=shown)
+            elif (refusal := _client_certificate_alert(curl)) is not None:
+                said = f"the server {refusal} ({said})"
             else:
                 said = _tls_cause(said, parsed.host)
             return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
@@ -185,6 +187,12 @@ def no_http_answer(exc: BaseException, url: str) -> ConnectError:
     said = curl.message if curl is not None else (str(exc) or type(exc).__name__)
     parsed = httpx.URL(url)
     shown = redact_url(url)
+    if curl is not None and (refusal := _client_certificate_alert(curl)) is not None:
+        # TLS 1.3: the client's side of the handshake ends before the server checks its
+        # certificate; the server's alert comes as the answer.
+        return ConnectError(
+            f"TLS handshake with {parsed.host!r} failed: the server {refusal} ({said})", url=shown
+        )
     if curl is not None and curl.code == 16:  # CURLE_HTTP2: the answer was no HTTP/2
         return ConnectError(
             f"{_netloc(parsed)} does not speak HTTP/2 ({said}); try --http 1.1 ({shown})",
@@ -212,15 +220,28 @@ def _no_answer_through(curl: CurlFailure, parsed: httpx.URL) -> str:
     )
 
 
+_WANTS_CERTIFICATE = "wants a client certificate: give it with --cert/--key"
+_REFUSED_CERTIFICATE = "refused the client certificate (--cert): not one it trusts?"
 # nginx's words (in an HTTP 400 of its own) when `ssl_verify_client on` got no client
 # certificate, or one it does not trust: the handshake itself succeeded.
 _CLIENT_CERTIFICATE_REFUSALS = (
-    (
-        b"No required SSL certificate was sent",
-        "wants a client certificate: give it with --cert/--key",
-    ),
-    (b"The SSL certificate error", "refused the client certificate (--cert): not one it trusts?"),
+    (b"No required SSL certificate was sent", _WANTS_CERTIFICATE),
+    (b"The SSL certificate error", _REFUSED_CERTIFICATE),
 )
+# OpenSSL's words (through libcurl) for the TLS alerts a server sends about the client's
+# certificate: none came (TLS 1.3's own alert), or the one that came is refused (Go's servers
+# send `bad certificate` when none came, before TLS 1.3).
+_CERTIFICATE_REQUIRED = "alert certificate required"
+_CERTIFICATE_REFUSED = ("alert unknown ca", "alert bad certificate", "alert certificate unknown")
+
+
+def _client_certificate_alert(curl: CurlFailure) -> str | None:
+    """What a server's TLS alert says about the client certificate, in words; or None."""
+    if _CERTIFICATE_REQUIRED in curl.message:
+        return _WANTS_CERTIFICATE
+    if any(alert in curl.message for alert in _CERTIFICATE_REFUSED):
+        return _REFUSED_CERTIFICATE if curl.client_cert else _WANTS_CERTIFICATE
+    return None
 
 
 def _client_certificate_refusal(response: httpx.Response) -> str | None:

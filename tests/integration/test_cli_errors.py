@@ -933,6 +933,39 @@ def test_a_server_asking_for_a_client_certificate_names_cert(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("tls12", [False, True], ids=["tls1.3", "tls1.2"])
+def test_a_tls_alert_about_the_client_certificate_names_cert(
+    tmp_path: Path, tls_ca: TlsFiles, tls12: bool
+) -> None:
+    """A server that refuses the handshake with a TLS alert about the client certificate:
+    the line says what it wants. In TLS 1.3 the alert comes as the first request's answer,
+    which read `127.0.0.1:<port> gave no HTTP answer (... tlsv13 alert certificate required
+    ...)`; in TLS 1.2 it ends the handshake, and read as any TLS failure. OpenSSL's alert
+    for no certificate in TLS 1.2, `handshake failure`, says nothing certain of it."""
+    import trustme
+
+    from ..scripted_servers import tls_port_asking_for_a_client_certificate
+
+    other = trustme.CA().issue_cert("client@dlstudy.test")
+    cert = tmp_path / "client.pem"
+    other.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    cases = [(("--cert", str(cert)), "refused the client certificate (--cert): not one it trusts?")]
+    if not tls12:
+        cases.append(((), "wants a client certificate: give it with --cert/--key"))
+    files = (str(tls_ca.cert), str(tls_ca.key), str(tls_ca.ca_pem))
+    failed = "dlstudy: error: TLS handshake with '127.0.0.1' failed"
+    with tls_port_asking_for_a_client_certificate(*files, tls12=tls12) as url:
+        for extra, expected in cases:
+            for args in (("query",), ("download", STUDY, "-o", str(tmp_path / "out"))):
+                result = run_installed(
+                    *args, "--url", url, "--ca-bundle", str(tls_ca.ca_pem), *extra
+                )
+                assert result.returncode == 3, result.stderr
+                (line,) = error_lines(result.stderr)
+                assert line.startswith(f"{failed}: the server {expected} ("), line
+
+
+@pytest.mark.integration
 def test_http2_asked_of_a_tls_server_without_it_says_so(tmp_path: Path, tls_ca: TlsFiles) -> None:
     """nginx's `listen ... ssl` without `http2` (a common setup) and `--http 2`: its TLS
     handshake refuses the h2 libcurl alone offers (alert 120), which read as a certificate
