@@ -39,13 +39,14 @@ def mask_echoed(
     """`text` (a server's words) with every secret the request to `url` carried masked: its
     header values, their credentials alone (`Bearer X`: X; a Basic one's user and password,
     decoded), its query values (but paging and matching keys), and the user and password of
-    its `proxy`. The user name is one too: many services take a token as the user name
-    (`https://<token>@host`), and urls.py never shows it either."""
+    its `proxy` (and the Basic credential libcurl sends it). The user name is one too: many
+    services take a token as the user name (`https://<token>@host`), and urls.py never shows
+    it either."""
     if len(text) < MIN_SECRET_LENGTH:
         return text
     secrets = set(_header_secrets(headers)) | set(_url_secrets(url))
     if proxy is not None:
-        secrets |= set(_url_secrets(proxy))
+        secrets |= set(_url_secrets(proxy)) | set(_proxy_credentials(proxy))
     for secret in sorted(secrets, key=len, reverse=True):  # a whole value before its parts
         if len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, MASK)
@@ -73,6 +74,20 @@ def _basic_secrets(credentials: bytes) -> list[bytes]:
         return []
     user, _, password = decoded.partition(b":")
     return [decoded, user, password]
+
+
+def _proxy_credentials(proxy: str) -> list[bytes]:
+    """The Basic credential libcurl sends `proxy` (Proxy-Authorization), which a proxy may
+    echo as it came: base64 of its user and password, decoded."""
+    try:
+        parts = urlsplit(proxy)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return []
+    if user is None:
+        return []
+    pair = f"{unquote(user)}:{unquote(password or '')}".encode("utf-8", "replace")
+    return [base64.b64encode(pair)]
 
 
 def _url_secrets(url: str) -> list[bytes]:

@@ -406,6 +406,59 @@ def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
     assert all(f" at {scripted.origin.removeprefix('http://')}" in r for r in reasons), reasons
 
 
+PROXY_USER, PROXY_PASSWORD = "pxuser", f"{SECRET}-proxy"
+# What libcurl sends the proxy: Proxy-Authorization: Basic <this>
+PROXY_BASIC = base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+
+
+def proxied_through(scripted: Routes) -> str:
+    """The scripted server as an HTTP proxy asking for PROXY_USER and PROXY_PASSWORD."""
+    return scripted.origin.replace("://", f"://{PROXY_USER}:{PROXY_PASSWORD}@")
+
+
+def assert_no_proxy_credentials(outputs: dict[str, str]) -> None:
+    for where, text in outputs.items():
+        for secret in (PROXY_USER, PROXY_PASSWORD, PROXY_BASIC):
+            assert secret not in text, f"{secret} is in {where}: {text}"
+
+
+def _echoing_proxy_authorization(request: httpx.Request) -> httpx.Response:
+    said = f"Bad request {request.headers.get('proxy-authorization', '')}"
+    return httpx.Response(400, extensions={"reason_phrase": said.encode()})
+
+
+def test_a_proxys_reason_phrase_echoing_its_credentials_is_shown_without_them(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """A proxy may refuse with a reason phrase that repeats the Proxy-Authorization it was
+    sent: its Basic credential (base64 of the user and password) was shown as sent in the
+    failure lines, --json, --report and --log-file."""
+    series, sops = f"{STUDY}.5", [f"{STUDY}.5.{i}" for i in (1, 2)]
+    base = f"/dicomweb/studies/{STUDY}/series"
+    scripted.get(f"/dicomweb/studies/{STUDY}/instances").mock(return_value=httpx.Response(400))
+    for path, listed in [
+        (base, [series_json(series, count=len(sops))]),
+        (f"{base}/{series}/instances", [instance_json(sop) for sop in sops]),
+    ]:
+        scripted.get(path).mock(return_value=httpx.Response(200, json=listed))
+    echoing = scripted.get(f"{base}/{series}/instances/", prefix=True)
+    echoing.mock(side_effect=_echoing_proxy_authorization)
+    report, log = tmp_path / "report.jsonl", tmp_path / "run.log"
+    result = run_installed(
+        "download", STUDY, "--url", scripted.base, "--proxy", proxied_through(scripted),
+        "-o", str(tmp_path / "out"), "--retries", "0", "--json",
+        "--report", str(report), "--log-file", str(log), "-v",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert echoing.requests[0].headers["proxy-authorization"] == f"Basic {PROXY_BASIC}"
+    outputs = {"stdout": result.stdout, "stderr": result.stderr}
+    assert_no_proxy_credentials(outputs | {"report": report.read_text(), "log": log.read_text()})
+    reasons = [failure["reason"] for failure in json.loads(result.stdout)["failures"]]
+    assert len(reasons) == len(sops), reasons
+    assert all(r.endswith("HTTP 400 Bad request Basic ***") for r in reasons), reasons
+
+
 @pytest.mark.parametrize(
     "command",
     [
