@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import orjson
 
-from ..http.echoes import mask_echoed
+from ..http.echoes import MASK_ECHOED, mask_echoed
 from .media import parse_media_type
 
 TAG_KEY = re.compile(r"[0-9A-Fa-f]{8}")  # a tag as DICOM JSON keys an attribute
@@ -150,10 +150,19 @@ def answer_words(response: httpx.Response) -> str | None:
         words = next((line.strip() for line in text.splitlines() if line.strip()), None)
     if not isinstance(words, str) or not words.strip():
         return None
-    request = response.request
-    masked = mask_echoed(words.strip().encode(), str(request.url), request.headers.raw)
+    masked = _masked(words.strip().encode(), response)
     said = masked.decode("utf-8", "replace")
     return said if len(said) <= SAID_AT_MOST else said[: SAID_AT_MOST - 1] + "…"
+
+
+def _masked(words: bytes, response: httpx.Response) -> bytes:
+    """`words` of `response` with the secrets of its request masked, its proxy's too."""
+    mask = response.extensions.get(MASK_ECHOED)
+    if mask is not None:
+        masked: bytes = mask(words)
+        return masked
+    request = response.request  # not libcurl's answer: no proxy of its own
+    return mask_echoed(words, str(request.url), request.headers.raw)
 
 
 def _message_of(data: Any) -> object:

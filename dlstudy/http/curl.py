@@ -12,6 +12,7 @@ import asyncio
 import errno
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ import certifi
 import httpx
 import pycurl
 
-from .echoes import mask_echoed
+from .echoes import MASK_ECHOED, mask_echoed
 from .multi import MultiDriver
 from .proxy import Proxies, shown
 from .rate import RateLimit
@@ -285,7 +286,8 @@ class CurlTransport(httpx.AsyncBaseTransport):
         except BaseException:
             transfer.abandon()
             raise
-        transfer.reason = mask_echoed(transfer.reason, url, headers, proxy)
+        transfer.mask_echoed = partial(mask_echoed, url=url, headers=headers, proxy=proxy)
+        transfer.reason = transfer.mask_echoed(transfer.reason)
         return transfer
 
     @staticmethod
@@ -300,6 +302,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
                 "reason_phrase": transfer.reason,
                 BODY: body,
                 PROXY_USED: transfer.proxy,
+                MASK_ECHOED: transfer.mask_echoed,
             },
         }
 

@@ -29,6 +29,9 @@ _PLAIN_HEADERS = frozenset(
         b"content-length",
     }
 )
+# A response extension: its request's mask_echoed (URL, headers and proxy given), for words
+# of its body; the proxy's credentials are known only where the request went out.
+MASK_ECHOED = "dlstudy.mask_echoed"
 # A shorter value is masked nowhere: it guards nothing, and would garble the words around it.
 MIN_SECRET_LENGTH = 4
 

@@ -44,6 +44,8 @@ class Transfer:
         self.head: asyncio.Future[None] = loop.create_future()
         self.status = 0
         self.reason = b""
+        # the secrets of the request masked in words of its answer (echoes.mask_echoed)
+        self.mask_echoed: Callable[[bytes], bytes] | None = None
         self.version = b"HTTP/1.1"
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()

@@ -459,6 +459,27 @@ def test_a_proxys_reason_phrase_echoing_its_credentials_is_shown_without_them(
     assert all(r.endswith("HTTP 400 Bad request Basic ***") for r in reasons), reasons
 
 
+def _refusing_with_proxy_credentials(request: httpx.Request) -> httpx.Response:
+    said = f"proxy auth failed for user {PROXY_USER} with password {PROXY_PASSWORD}"
+    return httpx.Response(400, text=f"{said}; got {request.headers['proxy-authorization']}")
+
+
+def test_a_proxys_refusal_naming_its_credentials_is_shown_without_them(
+    scripted: Routes,
+) -> None:
+    """A proxy's 4xx body may name the user and password it refused, or repeat the headers
+    it was sent: the search's error line showed them as said (only the server's own
+    secrets were masked in a body, the proxy's in a reason phrase alone)."""
+    scripted.get("/dicomweb/studies").mock(side_effect=_refusing_with_proxy_credentials)
+    result = run_installed(
+        "query", "--url", scripted.base, "--proxy", proxied_through(scripted), "-v"
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert_no_proxy_credentials({"stdout": result.stdout, "stderr": result.stderr})
+    assert "user *** with password ***; got Basic ***" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(
     "command",
     [
