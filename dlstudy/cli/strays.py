@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from ..http.urls import is_valid_uid
+
 # Options whose value is a secret, or a command that may hold one (`echo $TOKEN`).
 SECRET_OPTIONS = frozenset({"--header", "--token", "--token-command", "--user", "--password"})
 NOT_SHOWN = (
@@ -41,7 +43,10 @@ def split_off_secrets(argv: Sequence[str]) -> dict[str, str]:
 
 
 def invalid_uid_not_shown(word: str) -> str | None:
-    """The usage line for `word` given as a study UID when it may be the rest of a secret's
-    value on this command line: it names the option, never the word; None otherwise."""
+    """The usage line for `word` given as a study UID when it is not a valid one and may be
+    the rest of a secret's value on this command line: it names the option, never the word;
+    None otherwise (a valid UID is taken, wherever it stands)."""
+    if is_valid_uid(word):
+        return None
     option = split_off_secrets(sys.argv[1:]).get(word)
     return None if option is None else f"invalid study UID ({NOT_SHOWN.format(option=option)})"

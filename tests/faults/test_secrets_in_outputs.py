@@ -515,6 +515,36 @@ def test_the_words_a_shell_split_off_a_secret_are_not_echoed(
     assert "not shown" in line and "quote" in line, line
 
 
+@pytest.mark.parametrize("command", ["bench", "download"])
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        ("--token", "tok"),
+        ("--header", "X-Api-Key: key"),
+        ("--user", "bob", "--password", "pw"),
+        ("--token-command", "echo tok"),
+    ],
+    ids=["token", "header", "password", "token-command"],
+)
+def test_a_valid_study_uid_after_a_secrets_value_is_taken(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    command: str,
+    credentials: tuple[str, ...],
+) -> None:
+    """Only a word that is no valid UID may be the rest of an unquoted secret: bench refused
+    a valid study UID right after a secret's value (`invalid study UID (not shown: it
+    follows --token ...)`, exit 2), which download took."""
+    url = embedded_server(synth_study.root)
+    if command == "bench":
+        rest = ("--repeat", "1", "-c", "1", "--http", "1.1", "--strategy", "study")
+    else:
+        rest = ("-o", str(tmp_path / "out"))
+    result = run_installed(command, "--url", url, *credentials, synth_study.study_uid, *rest)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
