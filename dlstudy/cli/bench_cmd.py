@@ -34,7 +34,7 @@ from .options import (
     CONNECTION,
     with_options,
 )
-from .strays import invalid_uid_not_shown
+from .strays import uid_not_shown
 
 if TYPE_CHECKING:
     from ..bench.report import CellResult, Row
@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
         )
 
         # The rest of an unquoted secret, as the study UID: refused, and never shown.
-        not_shown = invalid_uid_not_shown(study_uid)
+        not_shown = uid_not_shown(study_uid)
 
         def nothing_measured() -> BenchReport:  # the object --json prints for an early error
             return BenchReport(

@@ -17,7 +17,7 @@ from ..report.landed import run_report
 from ..report.summary import Summary
 from .common import fail_usage, finish
 from .connection import option
-from .strays import invalid_uid_not_shown
+from .strays import uid_not_shown
 
 ShardOpt = Annotated[
     str | None,
@@ -46,16 +46,13 @@ def select_shard(uids: Iterable[str], shard: Shard | None) -> list[str]:
     """
     unique = list(dict.fromkeys(uids))
     for uid in unique:
+        if (not_shown := uid_not_shown(uid)) is not None:
+            fail_usage(not_shown)
         if not is_valid_uid(uid):
-            fail_usage(_invalid_uid(uid))
+            fail_usage(
+                f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters"
+            )
     return unique if shard is None else shard.select(unique)
-
-
-def _invalid_uid(uid: str) -> str:
-    """The line for an invalid study UID, not shown if it may be the rest of a secret."""
-    return invalid_uid_not_shown(uid) or (
-        f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters"
-    )
 
 
 def select_shard_items(

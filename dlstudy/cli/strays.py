@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from functools import cache
 
 from ..http.urls import is_valid_uid
 
@@ -42,11 +43,43 @@ def split_off_secrets(argv: Sequence[str]) -> dict[str, str]:
     return strays
 
 
-def invalid_uid_not_shown(word: str) -> str | None:
-    """The usage line for `word` given as a study UID when it is not a valid one and may be
-    the rest of a secret's value on this command line: it names the option, never the word;
-    None otherwise (a valid UID is taken, wherever it stands)."""
+def split_off_header_values(argv: Sequence[str]) -> dict[str, str]:
+    """Each word of `argv` that comes right after an empty --header value, and that header's
+    name: `--header X-Api-Key: 8734629183` gives X-Api-Key nothing and leaves the key as a
+    word which, all digits, is a valid study UID (and would be sent as one)."""
+    split: dict[str, str] = {}
+    for at, word in enumerate(argv):
+        if word == "--":
+            break
+        if word == "--header" and at + 1 < len(argv):
+            value, after = argv[at + 1], argv[at + 2 : at + 3]
+        elif word.startswith("--header="):
+            value, after = word.removeprefix("--header="), argv[at + 1 : at + 2]
+        else:
+            continue
+        name, colon, rest = value.partition(":")
+        if colon and not rest.strip() and after and not after[0].startswith("-"):
+            split.setdefault(after[0], name.strip())
+    return split
+
+
+def uid_not_shown(word: str) -> str | None:
+    """The usage line for `word` given as a study UID when it may be the rest of a secret's
+    value on this command line: it names the option, never the word; None otherwise. Any
+    word right after an empty --header is one; after another secret's value, an invalid UID
+    alone (a valid one is taken: `--password pw 1.2.3` is a study asked for)."""
+    header = _split_off(tuple(sys.argv[1:]))[1].get(word)
+    if header is not None:
+        not_shown = NOT_SHOWN.format(option="--header")
+        return f"--header {header}: is empty and a word follows it ({not_shown})"
     if is_valid_uid(word):
         return None
-    option = split_off_secrets(sys.argv[1:]).get(word)
+    option = _split_off(tuple(sys.argv[1:]))[0].get(word)
     return None if option is None else f"invalid study UID ({NOT_SHOWN.format(option=option)})"
+
+
+@cache
+def _split_off(argv: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+    """split_off_secrets and split_off_header_values of `argv`, once for all the UIDs a run
+    is given."""
+    return split_off_secrets(argv), split_off_header_values(argv)

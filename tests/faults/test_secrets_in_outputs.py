@@ -515,6 +515,29 @@ def test_the_words_a_shell_split_off_a_secret_are_not_echoed(
     assert "not shown" in line and "quote" in line, line
 
 
+NUMERIC_KEY = "8734629183"  # all digits: a valid study UID
+
+
+@pytest.mark.parametrize("command", ["download", "bench"])
+@pytest.mark.parametrize(
+    "header", [("--header", "X-Api-Key:"), ("--header=X-Api-Key:",)], ids=["header", "header="]
+)
+def test_a_valid_uid_split_off_an_empty_header_is_refused_unseen(
+    scripted: Routes, tmp_path: Path, command: str, header: tuple[str, ...]
+) -> None:
+    """`--header X-Api-Key: 8734629183` gives the header nothing and leaves the key as a
+    word: all digits, it was taken as the study UID, sent to the archive and shown (`study
+    8734629183 not found on the server`, in --json too)."""
+    out = ("-o", str(tmp_path / "out")) if command == "download" else ()
+    result = run_installed(command, "--url", scripted.base, *out, *header, NUMERIC_KEY, "--json")
+    assert NUMERIC_KEY not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert result.returncode == 2, result.stderr
+    said = json.loads(result.stdout)["error"]
+    assert said.startswith("--header X-Api-Key: is empty and a word follows it"), said
+    assert "not shown" in said and "quote" in said and result.stderr.endswith(f"{said}\n")
+    assert not scripted.raw_paths  # nothing was asked of the server
+
+
 @pytest.mark.parametrize("command", ["bench", "download"])
 @pytest.mark.parametrize(
     "credentials",
