@@ -208,13 +208,13 @@ def _without_split_off_secrets(message: str, argv: list[str]) -> str:
     of a secret's value (cli/strays.py)."""
     if not message.startswith("Got unexpected extra argument"):
         return message
-    from .strays import NOT_SHOWN, split_off_secrets
+    from .strays import not_shown, split_off_secrets
 
     strays = split_off_secrets(argv)
     if not strays:
         return message
     option = next(iter(strays.values()))
-    return f"Got unexpected extra arguments ({NOT_SHOWN.format(option=option)})"
+    return f"Got unexpected extra arguments ({not_shown(option)})"
 
 
 # pydantic's words for a value typer could not convert (typer 0.29 converts through it).

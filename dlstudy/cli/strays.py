@@ -1,8 +1,9 @@
 """Words a shell split off a secret's value, which error lines must not name.
 
-A value with a space in it, not quoted (`--header X-Api-Key: s3cret`, `--password two words`),
-gives the option only its first word; the rest become arguments of their own, which the parser
-names when it refuses them (an unexpected extra argument, an invalid study UID).
+A value with a space in it, not quoted (`--header X-Api-Key: s3cret`, `--password two words`,
+`--url http://alice:Winter 2024@host/dw`), gives the option only its first word; the rest
+become arguments of their own, which the parser names when it refuses them (an unexpected
+extra argument, an invalid study UID).
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ from functools import cache
 
 from ..http.urls import is_valid_uid
 
-# Options whose value is a secret, or a command that may hold one (`echo $TOKEN`).
-SECRET_OPTIONS = frozenset({"--header", "--token", "--token-command", "--user", "--password"})
-NOT_SHOWN = (
-    "not shown: it follows {option} and may be part of its value; "
-    "quote a value that has spaces, e.g. --header 'Name: value'"
-)
+# Options whose value is a secret, or a command that may hold one (`echo $TOKEN`), or a URL,
+# which may hold a user and password (`http://alice:Winter 2024@host/...`).
+URL_OPTIONS = frozenset({"--url", "--proxy"})
+SECRET_OPTIONS = URL_OPTIONS | {"--header", "--token", "--token-command", "--user", "--password"}
+_NOT_SHOWN = "not shown: it follows {option} and may be part of its value; "
+_QUOTE = "quote a value that has spaces, e.g. --header 'Name: value'"
+_ENCODE = "write a space in a URL as %20"  # quoted whole, a URL with a space is refused
+
+
+def not_shown(option: str) -> str:
+    """Why a word after `option`'s value is not shown, and how to give such a value."""
+    return _NOT_SHOWN.format(option=option) + (_ENCODE if option in URL_OPTIONS else _QUOTE)
 
 
 def split_off_secrets(argv: Sequence[str]) -> dict[str, str]:
@@ -70,12 +77,11 @@ def uid_not_shown(word: str) -> str | None:
     alone (a valid one is taken: `--password pw 1.2.3` is a study asked for)."""
     header = _split_off(tuple(sys.argv[1:]))[1].get(word)
     if header is not None:
-        not_shown = NOT_SHOWN.format(option="--header")
-        return f"--header {header}: is empty and a word follows it ({not_shown})"
+        return f"--header {header}: is empty and a word follows it ({not_shown('--header')})"
     if is_valid_uid(word):
         return None
     option = _split_off(tuple(sys.argv[1:]))[0].get(word)
-    return None if option is None else f"invalid study UID ({NOT_SHOWN.format(option=option)})"
+    return None if option is None else f"invalid study UID ({not_shown(option)})"
 
 
 @cache

@@ -93,6 +93,9 @@ def redact_url(url: str) -> str:
         not netloc or "@" in parts.path or not _has_valid_port(parts) or _password_cut_short(parts)
     ):
         return _redact_loosely(url)  # a userinfo urlsplit did not see as one ("a:p/q@host")
+    elif _port_is_a_word(netloc):
+        # `http://alice:Winter 2024@host/dw`, not quoted: the shell left `http://alice:Winter`
+        netloc = _masked_userinfo(netloc)
     query, fragment = _redact_query(parts.query), _redact_query(parts.fragment)
     if parts.scheme and not netloc and not url[len(parts.scheme) + 1 :].startswith("//"):
         # No authority (`http:foo`, a malformed Location): urlunsplit would add one (`http:///foo`)
@@ -114,6 +117,14 @@ def _password_cut_short(parts: SplitResult) -> bool:
     `@` is in a value, `key=a@b`), is the rest of such a userinfo."""
     query_head = parts.query.partition("@")[0]
     return "@" in parts.fragment or ("@" in parts.query and "=" not in query_head)
+
+
+def _port_is_a_word(netloc: str) -> bool:
+    """Whether what stands after the netloc's last `:` starts with no digit: no port (a
+    mistyped one starts with digits), but a user and the head of a password whose `@host` a
+    shell split off (an IPv6 literal ends in `]`)."""
+    port = netloc.rpartition(":")[2] if ":" in netloc else ""
+    return port[:1] not in ("", *"0123456789") and "]" not in port
 
 
 def _has_valid_port(parts: SplitResult) -> bool:

@@ -515,6 +515,31 @@ def test_the_words_a_shell_split_off_a_secret_are_not_echoed(
     assert "not shown" in line and "quote" in line, line
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("query",), ("sync",), ("download", "1.2.3"), ("download",), ("bench", "--json")]
+    + [("catalog", "pull")],
+)
+@pytest.mark.parametrize("option", ["--url", "--proxy"])
+def test_the_words_a_shell_split_off_a_urls_password_are_not_echoed(
+    tmp_path: Path, command: tuple[str, ...], option: str
+) -> None:
+    """A URL whose password has a space, not quoted (`--url http://alice:Winter 2024@host`),
+    left the password's rest and the host as a word of its own, which the error named:
+    `Got unexpected extra argument(s) (2024@127.0.0.1:9/dicomweb)`, `invalid study UID
+    '2024@...'`; and --json's `url` showed the password's head as a port
+    (`http://alice:Winter`)."""
+    # as a shell splits it: `http://alice:SECRET` (its "port" the password's head) and the rest
+    split = f"http://alice:{SECRET} {SECRET}@127.0.0.1:9/dicomweb".split()
+    given = ("--url", "http://127.0.0.1:9/dicomweb", "--proxy", *split)
+    given = (*command, *(("--url", *split) if option == "--url" else given))
+    if command[0] == "catalog":
+        given += ("--db", str(tmp_path / "catalog.db"))
+    line = scan_error_run(tmp_path, *given)
+    assert f"(not shown: it follows {option} and may be part" in line, line
+    assert line.endswith("write a space in a URL as %20)") or "%20) (see " in line, line
+
+
 NUMERIC_KEY = "8734629183"  # all digits: a valid study UID
 
 
