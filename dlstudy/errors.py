@@ -21,6 +21,7 @@ Library code raises these (always `raise ... from exc`); only the CLI turns them
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 from typing import Any
 
@@ -35,6 +36,7 @@ class ExitStatus(IntEnum):
     NOTHING_MATCHED = 4
     LOCKED = 5
     INTERRUPTED = 130  # 128 + SIGINT
+    HUNG_UP = 129  # 128 + SIGHUP
     TERMINATED = 143  # 128 + SIGTERM
 
 
@@ -169,3 +171,26 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same cleanup paths run."""
 
     summary: Any = None  # as DlstudyError's
+    said = "terminated"
+    exit_status = ExitStatus.TERMINATED
+
+
+class HungUp(Terminated):
+    """SIGHUP (the terminal or the ssh session closed): a stop like SIGTERM's, exit 129."""
+
+    said = "hung up"
+    exit_status = ExitStatus.HUNG_UP
+
+
+def stop_for(signum: int) -> KeyboardInterrupt:
+    """What a stop signal raises: KeyboardInterrupt (SIGINT), Terminated or HungUp."""
+    if signum == signal.SIGHUP:
+        return HungUp()
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def how_stopped(stop: KeyboardInterrupt) -> tuple[str, ExitStatus]:
+    """The word a stopped run ends on (the error line, `--json`'s `error`) and its status."""
+    if isinstance(stop, Terminated):
+        return stop.said, stop.exit_status
+    return "interrupted", ExitStatus.INTERRUPTED

@@ -205,15 +205,21 @@ def instance_counts(
     }
 
 
-# Ctrl-C and SIGTERM, with the exit status and the word a stopped run ends on.
-STOP_SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+# Ctrl-C, SIGTERM and SIGHUP, with the exit status and the word a stopped run ends on.
+STOP_SIGNALS = [
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "terminated"),
+    (signal.SIGHUP, 129, "hung up"),
+]
 
 
 def ctrl_c_as_at_a_terminal() -> None:
     """In the child, before dlstudy starts (a `preexec_fn`): SIGINT at its default, as a
     terminal's Ctrl-C finds it. A background job of a non-interactive shell (a CI runner may
-    be one) inherits it ignored, and POSIX has it stay so: the signal then does nothing."""
+    be one) inherits it ignored, and POSIX has it stay so: the signal then does nothing.
+    SIGHUP too, which tests run under `nohup` would inherit ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def stop_installed(

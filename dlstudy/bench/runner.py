@@ -54,9 +54,9 @@ from ..errors import (
     NothingMatchedError,
     OutputError,
     ServerError,
-    Terminated,
     TransferError,
     UsageError,
+    how_stopped,
 )
 from ..flow.pool import run_pool
 from ..flow.retry import RetryPolicy
@@ -157,8 +157,9 @@ def validate(settings: Settings, plan: BenchPlan) -> None:
 
 
 def run_bench(settings: Settings, plan: BenchPlan, on_cell: CellDone | None = None) -> BenchReport:
-    """Run the whole matrix; fatal errors raise a DlstudyError, and SIGINT / SIGTERM a
-    KeyboardInterrupt / Terminated, with the partial `.report` (the runs that finished)."""
+    """Run the whole matrix; fatal errors raise a DlstudyError, and SIGINT / SIGTERM / SIGHUP
+    a KeyboardInterrupt / Terminated / HungUp, with the partial `.report` (the runs that
+    finished)."""
     return anyio.run(bench_async, settings, plan, on_cell)
 
 
@@ -192,7 +193,7 @@ async def bench_async(
         if isinstance(exc, DlstudyError):
             report.error = str(exc)
         elif isinstance(exc, KeyboardInterrupt):
-            report.error = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            report.error, _ = how_stopped(exc)
         exc.report = report  # type: ignore[attr-defined]
         raise
     finally:

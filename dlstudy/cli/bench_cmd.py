@@ -22,7 +22,8 @@ from ..bench.report import (
     STRATEGIES,
     BenchReport,
 )
-from ..errors import DlstudyError, ExitStatus, Terminated
+from ..errors import DlstudyError, ExitStatus, how_stopped
+from ..flow.signals import stop_for_signal, stop_signals
 from ..http.urls import redact_url
 from ..report.printable import printable
 from ..report.words import counted
@@ -160,7 +161,7 @@ def register(app: typer.Typer) -> None:
         )
         report: BenchReport | None = None
         try:
-            with _sigterm_interrupts():
+            with _stop_signals_interrupt():
                 if chart is not None:
                     check_chart_path(chart)
                 with _progress(enabled=not json_output) as on_cell:
@@ -172,11 +173,9 @@ def register(app: typer.Typer) -> None:
             # Once the matrix ran, only the chart fails here: it is not tried a second time.
             retry_chart = chart if report is None else None
             _end_early(partial, json_output, retry_chart, int(exc.exit_status), str(exc))
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP as Terminated
             partial = getattr(exc, "report", None) or report or nothing_measured()
-            terminated = isinstance(exc, Terminated)
-            status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
-            said = "terminated" if terminated else "interrupted"
+            said, status = how_stopped(exc)
             _end_early(partial, json_output, chart, int(status), said)
         shown = _print_report(report, json_output, None, chart=chart)
         if chart is not None and not json_output:
@@ -186,21 +185,24 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises Terminated (a KeyboardInterrupt) outside the matrix too, so what was
-    measured is printed whenever it comes (inside, the runner stops in order)."""
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated and HungUp (KeyboardInterrupts) outside the matrix
+    too, so what was measured is printed whenever they come (inside, the runner stops in
+    order)."""
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise Terminated()
+    def on_signal(signum: int, frame: Any) -> None:
+        raise stop_for_signal(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    handled = [signum for signum in stop_signals() if signum != signal.SIGINT]
+    previous = {signum: signal.signal(signum, on_signal) for signum in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _end_early(

@@ -17,8 +17,8 @@ from typing import Any, NoReturn, Protocol
 
 import typer
 
-from ..errors import DlstudyError, ExitStatus, Terminated
-from ..flow.signals import stopping
+from ..errors import DlstudyError, ExitStatus, how_stopped
+from ..flow.signals import stop_for_signal, stop_signals, stopping
 from ..report.printable import printable
 from ..report.progress import NullProgress, PlainProgress, ProgressSink
 from ..report.summary import Summary
@@ -124,8 +124,8 @@ def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) 
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-# Set when exit_on_interrupt's handler turns SIGTERM into Terminated (see stop_behind).
-_terminated = False
+# The stop exit_on_interrupt's handler raised for SIGTERM or SIGHUP (see stop_behind).
+_signalled: KeyboardInterrupt | None = None
 
 
 def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
@@ -133,10 +133,10 @@ def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
     comes while a DuckDB query runs on the main thread runs its handler there, and DuckDB
     replaces the handler's exception (KeyboardInterrupt, Terminated) with its own
     `RuntimeError: Query interrupted`; dlstudy never interrupts a query itself, so that one
-    is always a signal's: SIGTERM if exit_on_interrupt's handler saw one, else Ctrl-C."""
+    is always a signal's: the one exit_on_interrupt's handler saw, else Ctrl-C."""
     if type(exc) is not RuntimeError or str(exc) != "Query interrupted":
         return None
-    return Terminated() if _terminated else KeyboardInterrupt()
+    return KeyboardInterrupt() if _signalled is None else type(_signalled)()
 
 
 @contextmanager
@@ -147,7 +147,8 @@ def exit_on_interrupt(
     kept: str = "completed instances are kept, rerun the same command to resume",
     before_run: Callable[[], Outcome] | None = None,
 ) -> Iterator[None]:
-    """Ctrl-C exits 130 and SIGTERM 143, after in-flight transfers removed their temp files.
+    """Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, after in-flight transfers removed their
+    temp files.
 
     The summary of what was done so far is printed as for any other ending (its line not under
     --quiet, which leaves only errors on stderr); `kept` says what the stopped command leaves
@@ -155,20 +156,23 @@ def exit_on_interrupt(
     (reading its list, say): with --json, stdout still gets one.
     """
 
-    global _terminated
-    _terminated = False
+    global _signalled
+    _signalled = None
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        global _terminated
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        global _signalled
         if not stopping():  # else the run is stopping already: let it print what it did
-            _terminated = True
-            raise Terminated()
+            _signalled = stop_for_signal(signum)
+            raise _signalled
 
-    # While the download runs, download_async turns both signals into an orderly stop;
+    # While the download runs, download_async turns these signals into an orderly stop;
     # these handlers cover the moments before and after it.
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
-    previous_int = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    watched = stop_signals() if in_main_thread else ()
+    previous: dict[signal.Signals, Any] = {signum: signal.getsignal(signum) for signum in watched}
+    for signum in watched:
+        if signum != signal.SIGINT:  # Python's own raises KeyboardInterrupt
+            signal.signal(signum, on_signal)
     try:
         try:
             yield
@@ -177,30 +181,26 @@ def exit_on_interrupt(
                 raise
             raise stop from None
     except KeyboardInterrupt as exc:
-        if in_main_thread:  # stopping: a second signal must not cut the summary short
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        terminated = isinstance(exc, Terminated)
-        status = ExitStatus.TERMINATED if terminated else ExitStatus.INTERRUPTED
+        for signum in previous:  # stopping: a second signal must not cut the summary short
+            signal.signal(signum, signal.SIG_IGN)
+        said, status = how_stopped(exc)
         summary: Outcome | None = getattr(exc, "summary", None)
         if summary is None and json_output and before_run is not None:
             summary = before_run()
         if summary is not None:
             summary.exit_status = status
-            summary.error = "terminated" if terminated else "interrupted"
+            summary.error = said
             if json_output:
                 echo_summary(summary)  # the status is the signal's
             elif not quiet:
                 typer.echo(printable(summary.one_line()), err=True)
-        said = "terminated" if terminated else "interrupted"
         outcome.warning("%s", said)
         error_line(f"{said}; {kept}")
         raise typer.Exit(status) from exc
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def choose_progress(*, quiet: bool, json_output: bool) -> ProgressSink:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..model import InstanceRef
 
 
-_STOPS = {signal.SIGINT, signal.SIGTERM}
+_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class Standby:
@@ -50,9 +50,10 @@ class Standby:
         gc.freeze()
         self.counter: Any = context.Value("q", 0)  # the next instance of the run's list
         self.idle: list[tuple[Any, Connection]] = []
-        # Ctrl-C and SIGTERM wait while the workers are forked: one that came in the middle of
-        # a fork would interrupt its at-fork handlers (a traceback, swallowed), or a child
-        # before it ignores SIGINT. Delivered once the forks are done, it stops the run.
+        # Ctrl-C, SIGTERM and SIGHUP wait while the workers are forked: one that came in the
+        # middle of a fork would interrupt its at-fork handlers (a traceback, swallowed), or a
+        # child before it ignores SIGINT and SIGHUP. Delivered once the forks are done, it
+        # stops the run.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         try:
             for _ in range(count):

@@ -70,11 +70,13 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> None:
 
 
 def become_worker() -> None:
-    """What every worker process does first: Ctrl-C goes to the parent, which stops it; and
-    it does not outlive the parent. SIGTERM ends a waiting worker quietly (a forked one has the
-    CLI's handler, which raises for the CLI to report); a working one catches it itself."""
+    """What every worker process does first: Ctrl-C and SIGHUP go to the parent, which stops
+    it; and it does not outlive the parent. SIGTERM ends a waiting worker quietly (a forked one
+    has the CLI's handler, which raises for the CLI to report); a working one catches it
+    itself."""
     note_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hangup of the group: the parent's stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DlstudyError, ExitStatus, Terminated
+from ..errors import DlstudyError, ExitStatus, how_stopped
 from ..model import Failure
 from .words import counted
 
@@ -61,15 +61,13 @@ class Summary:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def ended_by(self, exc: BaseException) -> bool:
-        """The error or the stop (Ctrl-C, SIGTERM) that ended the run, in `error` and
+        """The error or the stop (Ctrl-C, SIGTERM, SIGHUP) that ended the run, in `error` and
         `exit_status` as `--json` gives them; False for anything else (a bug, a library
         caller's exception), which is said as `stopped by <its type>`, exit 1."""
         if isinstance(exc, DlstudyError):
             self.error, self.exit_status = str(exc), exc.exit_status
-        elif isinstance(exc, Terminated):
-            self.error, self.exit_status = "terminated", ExitStatus.TERMINATED
         elif isinstance(exc, KeyboardInterrupt):
-            self.error, self.exit_status = "interrupted", ExitStatus.INTERRUPTED
+            self.error, self.exit_status = how_stopped(exc)
         else:  # a library caller's progress sink that raised, a bug: no success either
             self.error = f"stopped by {type(exc).__name__}"
             self.exit_status = ExitStatus.SOME_FAILED

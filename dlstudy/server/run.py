@@ -66,8 +66,8 @@ def running_server(options: ServerOptions) -> Iterator[str]:
 
 
 def serve_forever(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve in the foreground (main thread) until SIGINT or SIGTERM. The address is taken
-    before the folder is indexed: a port in use is said at once, not after the indexing."""
+    """Serve in the foreground (main thread) until SIGINT, SIGTERM or SIGHUP. The address is
+    taken before the folder is indexed: a port in use is said at once, not after the indexing."""
     with _listening_sockets(options) as sockets:
         app = create_app(options)
         url = _base_url(options, sockets[0])
@@ -127,9 +127,10 @@ async def _serve(
     asyncio.get_running_loop().set_exception_handler(_unless_cancelled)
     if state is not None:  # background thread: stopped by _stop()
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop
-    else:  # foreground: Ctrl-C / SIGTERM
+    else:  # foreground: Ctrl-C / SIGTERM / SIGHUP (unless nohup ignores it)
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        hangup = [] if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else [signal.SIGHUP]
+        for signum in (signal.SIGINT, signal.SIGTERM, *hangup):
             loop.add_signal_handler(signum, stop.set)
 
     async def shutdown_trigger() -> None:

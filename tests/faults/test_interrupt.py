@@ -1,15 +1,23 @@
-"""Ctrl-C and SIGTERM: exit 130 / 143, no temp file left behind, and the rerun resumes."""
+"""Ctrl-C, SIGTERM and SIGHUP: exit 130 / 143 / 129, no temp file left behind, and the rerun
+resumes."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
 import pytest
+
+from dlstudy.server import VirtualArchive, VirtualSpec
 
 from ..cli_helpers import DLSTUDY, _clean_environment, ctrl_c_as_at_a_terminal
 from ..fixtures.embedded_server import StartServer, SynthStudy
@@ -176,3 +184,147 @@ def _wait_until_reading_stdin(pid: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the process never read its standard input")
+
+
+@pytest.mark.parametrize(
+    ("command", "to_group"), [("download", True), ("download", False), ("sync", True)]
+)
+def test_a_hangup_stops_the_run_as_sigterm_does(
+    tmp_path: Path, embedded_server: StartServer, command: str, to_group: bool
+) -> None:
+    """SIGHUP (the terminal or ssh session closed: to the whole process group, or to dlstudy
+    alone) killed a run of three processes mute: no line, no --json object, a --log-file
+    without its ending, .part files and the report's temp file left. Now it stops as SIGTERM
+    does, exit 129."""
+    spec = VirtualSpec(1, seed=7, study_size=300)  # enough for 3 processes (50 each)
+    url = embedded_server(None, virtual=spec, latency=0.3)
+    out, uids = tmp_path / "out", tmp_path / "uids.txt"
+    uids.write_text(VirtualArchive(spec).study_uid(0) + "\n")
+    chosen = ["--from-file", str(uids)] if command == "download" else []
+    log, report = tmp_path / "run.log", tmp_path / "run.csv"
+    args = [*chosen, "--url", url, "-o", str(out), "--json", "--workers", "3", "-c", "6"]
+    args += ["--mode", "instance", "--report", str(report), "--log-file", str(log)]
+    process = subprocess.Popen(
+        [DLSTUDY, command, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_clean_environment(None),
+        preexec_fn=ctrl_c_as_at_a_terminal,
+        start_new_session=True,  # a group of its own, as a terminal's job has
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.rglob("*.dcm"))) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)  # wait until every process is under way
+        if to_group:
+            os.killpg(process.pid, signal.SIGHUP)
+        else:
+            process.send_signal(signal.SIGHUP)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 129, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.splitlines()[-1].startswith("dlstudy: error: hung up; "), stderr
+    summary = json.loads(stdout)
+    assert (summary["error"], summary["exit_status"]) == ("hung up", 129)
+    assert summary["processes"] == 3
+    assert 0 < summary["instances"]["downloaded"] < 300
+    assert summary["instances"]["failed"] == 0  # what the workers had in hand: interrupted
+    assert "hung up" in log.read_text().splitlines()[-1]
+    assert not report.exists()  # as for any stop: only a run that ends with a result has one
+    left = [p.name for p in tmp_path.rglob("*") if p.name.endswith((".part", ".tmp"))]
+    assert left == []
+
+
+def test_a_closed_terminal_stops_the_run_as_sigterm_does(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """The terminal the run shows its progress in closes (an ssh session lost, a terminal
+    window closed): SIGHUP comes, and every write to the terminal fails (EIO). The progress
+    display's last frame raised instead of the stop: exit 1, a --log-file without its ending.
+    Now the run stops in order, its log says so, exit 129."""
+    spec = VirtualSpec(1, seed=7, study_size=300)
+    url = embedded_server(None, virtual=spec, latency=0.3)
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    args = [VirtualArchive(spec).study_uid(0), "--url", url, "-o", str(out), "-c", "6"]
+    args += ["--workers", "3", "--mode", "instance", "--log-file", str(log)]
+    terminal, its_end = pty.openpty()
+
+    def in_the_terminal() -> None:  # its controlling terminal, as a login shell's job has
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [DLSTUDY, "download", *args],
+        stdin=its_end,
+        stdout=its_end,
+        stderr=its_end,
+        env={**_clean_environment(None), "COLUMNS": "100"},
+        start_new_session=True,
+        preexec_fn=in_the_terminal,
+    )
+    os.close(its_end)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.rglob("*.dcm"))) < 12 and time.monotonic() < deadline:
+            _drain(terminal)
+        os.close(terminal)  # the terminal closes: the kernel sends SIGHUP
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 129, log.read_text()
+    assert log.read_text().splitlines()[-1].endswith("hung up")
+    assert 0 < len(list(out.rglob("*.dcm"))) < 300
+    assert [p.name for p in out.rglob("*") if p.name.endswith(".part")] == []
+
+
+def _drain(terminal: int) -> None:
+    """Read what the run shows, so that it never waits for the terminal to take more."""
+    ready, _, _ = select.select([terminal], [], [], 0.05)
+    if ready:
+        try:
+            os.read(terminal, 65536)
+        except OSError:
+            pass
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_run(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`nohup dlstudy ...` is meant to outlive the terminal: SIGHUP, ignored when the run
+    starts, stays ignored (the run and its workers go on to the end)."""
+    url = embedded_server(synth_study.root, latency=0.3)
+    out = tmp_path / "out"
+    args = [synth_study.study_uid, "--url", url, "-o", str(out), "--workers", "2", "-c", "2"]
+
+    def as_nohup_starts_it() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    process = subprocess.Popen(
+        [DLSTUDY, "download", *args, "--mode", "instance"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_clean_environment(None),
+        preexec_fn=as_nohup_starts_it,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(out.rglob("*.dcm")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGHUP)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 0, stderr
+    assert len(list(out.rglob("*.dcm"))) == 60

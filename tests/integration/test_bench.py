@@ -27,7 +27,7 @@ from dlstudy.bench.report import BenchReport, CellResult, percentile
 from dlstudy.http.curl import CurlTransport
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import DLSTUDY, STOP_SIGNALS, run_cli, run_installed
+from ..cli_helpers import DLSTUDY, STOP_SIGNALS, ctrl_c_as_at_a_terminal, run_cli, run_installed
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 from ..fixtures.orthanc import OrthancServer
 from ..tools import missing_tool
@@ -617,9 +617,9 @@ def test_a_stopped_bench_prints_what_it_measured(
     said: str,
     form: str,
 ) -> None:
-    """Ctrl-C or SIGTERM in the middle of the matrix: the runs that finished are printed (the
-    table, or the JSON object with `error` and `exit_status`) and charted, as download prints
-    its summary, and the exit status says which signal it was."""
+    """Ctrl-C, SIGTERM or SIGHUP in the middle of the matrix: the runs that finished are
+    printed (the table, or the JSON object with `error` and `exit_status`) and charted, as
+    download prints its summary, and the exit status says which signal it was."""
     url = embedded_server(synth_study.root, latency=0.02)
     chart = tmp_path / "bench.svg"
     limit = 5  # instance requests of one run
@@ -628,6 +628,7 @@ def test_a_stopped_bench_prints_what_it_measured(
     bench = subprocess.Popen(
         [DLSTUDY, "bench", synth_study.study_uid, "--url", url, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60

@@ -6,7 +6,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,14 @@ import typer
 
 from dlstudy.cli.app import app
 
-from ..cli_helpers import DLSTUDY, run_cli, run_installed, summary_of
+from ..cli_helpers import (
+    DLSTUDY,
+    STOP_SIGNALS,
+    ctrl_c_as_at_a_terminal,
+    run_cli,
+    run_installed,
+    summary_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -62,16 +68,21 @@ def test_demo_refuses_a_keep_it_cannot_use_before_generating(tmp_path: Path) -> 
     assert a_file.read_text() == "mine\n"
 
 
+@pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS[1:])  # SIGTERM, SIGHUP
 @pytest.mark.parametrize("stage", ["dlstudy demo: generating", "dlstudy: downloading"])
-def test_demo_stopped_by_sigterm_leaves_nothing_behind(tmp_path: Path, stage: str) -> None:
+def test_demo_stopped_by_sigterm_leaves_nothing_behind(
+    tmp_path: Path, stage: str, signum: int, status: int, said: str
+) -> None:
     """SIGTERM while the study was generated killed the demo mute (status -15), its temporary
     folder left in /tmp: hundreds of MB a run. While it downloaded, it exited 130, as for
-    Ctrl-C. Now 143, a line, and the folder removed, as for Ctrl-C."""
+    Ctrl-C. Now 143, a line, and the folder removed, as for Ctrl-C. SIGHUP (the terminal
+    closed) likewise, 129 (it killed the demo mute at any stage)."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     demo = subprocess.Popen(
         [DLSTUDY, "demo", "--preset", "ct"],
         env={**os.environ, "TMPDIR": str(scratch)},
+        preexec_fn=ctrl_c_as_at_a_terminal,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -81,10 +92,10 @@ def test_demo_stopped_by_sigterm_leaves_nothing_behind(tmp_path: Path, stage: st
     seen = [demo.stderr.readline()]
     while seen[-1] and not seen[-1].startswith(stage):
         seen.append(demo.stderr.readline())
-    demo.send_signal(signal.SIGTERM)
+    demo.send_signal(signum)
     rest = demo.communicate(timeout=60)[1]
-    assert demo.returncode == 143, seen + [rest]
-    assert rest.splitlines()[-1] == "dlstudy: error: terminated; its temporary files are removed"
+    assert demo.returncode == status, seen + [rest]
+    assert rest.splitlines()[-1] == f"dlstudy: error: {said}; its temporary files are removed"
     assert list(scratch.iterdir()) == []
 
 

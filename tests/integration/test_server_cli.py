@@ -238,6 +238,21 @@ def test_serve_says_how_many_files_it_skipped(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_serve_stops_quietly_on_sigterm_and_sighup(tmp_path: Path, signum: int) -> None:
+    """A service stopped, or the terminal serve runs in closed: the same clean stop as
+    Ctrl-C, exit 0 (SIGHUP killed it, status -1)."""
+    shutil.copy(SAMPLE, tmp_path / "a.dcm")
+    proc, url = start(str(tmp_path), "--port", "0", installed=True)
+    try:
+        assert len(json.loads(curl(f"{url}/studies"))) == 1
+    finally:
+        proc.send_signal(signum)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=15) == 0
