@@ -62,8 +62,9 @@ from ..flow.pool import run_pool
 from ..flow.retry import RetryPolicy
 from ..flow.signals import stop_on_signals
 from ..http.auth import RefreshingBearerAuth, auth_from_settings
-from ..http.client import Transport
+from ..http.client import Transport, http2_forwarding_proxy
 from ..http.failures import check_auth
+from ..http.proxy import shown
 from ..http.urls import (
     NOT_ASKED_FOR,
     base_url_problem,
@@ -276,7 +277,14 @@ class _Bench:
         """
         errors: list[ServerError | TransferError] = []
         for http in self.plan.http:
-            transport = Transport(replace(self.settings, http=http, concurrency=1), auth=self.auth)
+            settings = replace(self.settings, http=http, concurrency=1)
+            if http == "2" and (proxy := http2_forwarding_proxy(settings)) is not None:
+                self.unsupported[("*", http)] = "unsupported (no HTTP/2)"
+                self.report.notes.append(
+                    f"HTTP/2: the proxy {shown(proxy)} forwards http:// requests over HTTP/1.1"
+                )
+                continue
+            transport = Transport(settings, auth=self.auth)
             try:
                 response = await transport.get(
                     transport.base_url + "/studies",

@@ -131,6 +131,15 @@ def _plan(settings: Settings, is_tls: bool) -> list[HttpChoice]:
     return ["h2 or 1.1"] if is_tls else ["2", "1.1"]
 
 
+def http_version_problem(settings: Settings) -> str | None:
+    """Why the one HTTP version --http asks for cannot reach the archive, if it cannot."""
+    if settings.http == "3":
+        return http3_problem(settings)
+    if settings.http == "2":
+        return _http2_proxy_problem(settings)
+    return None
+
+
 def http3_problem(settings: Settings) -> str | None:
     """Why --http 3 cannot reach the archive, if it cannot: HTTP/3 is QUIC, over UDP and TLS,
     which neither plain http:// nor a proxy (a TCP tunnel) carries."""
@@ -148,6 +157,31 @@ def http3_problem(settings: Settings) -> str | None:
             "use --http 2, or leave the archive's host out of the proxy (NO_PROXY)"
         )
     return None
+
+
+def _http2_proxy_problem(settings: Settings) -> str | None:
+    proxy = http2_forwarding_proxy(settings)
+    if proxy is None:
+        return None
+    return (
+        f"--http 2 cannot go through the proxy {shown(proxy)} to an http:// URL (a proxy "
+        "forwards http:// requests over HTTP/1.1): use --http auto, an https:// URL (tunnelled, "
+        "HTTP/2 kept), or leave the archive's host out of the proxy (NO_PROXY)"
+    )
+
+
+def http2_forwarding_proxy(settings: Settings) -> str | None:
+    """The HTTP proxy that requests to the http:// archive go through, if one does: it is
+    sent them to forward, and forwards them over HTTP/1.1 whatever was asked (--http 2 ran
+    HTTP/1.1 without a word). https:// goes through a tunnel (CONNECT) and keeps h2; a SOCKS
+    proxy tunnels http:// too."""
+    url = httpx.URL(split_base_url(settings.url)[0])
+    if url.scheme != "http":
+        return None
+    proxy = Proxies(settings.proxy).for_origin(url.scheme, url.host, url.port)
+    if proxy is None or proxy.partition("://")[0].lower() not in ("http", "https"):
+        return None
+    return proxy
 
 
 def unframed(response: httpx.Response) -> bool:
@@ -220,7 +254,7 @@ class Transport:
         self._proxies = Proxies(settings.proxy)
         # One cap for every request of this process, whichever engine carries it.
         self.rate_limit = RateLimit(settings.max_rate) if settings.max_rate else None
-        if (problem := http3_problem(settings)) is not None:
+        if (problem := http_version_problem(settings)) is not None:
             raise UsageError(problem)
         self._plan = _plan(settings, self.base_url.lower().startswith("https://"))
         self._client = self._make_client(self._plan[0])

@@ -25,7 +25,7 @@ from ..errors import (
 )
 from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
-from ..http.client import Transport, http3_problem, require_asyncio
+from ..http.client import Transport, http_version_problem, require_asyncio
 from ..http.credentials import credentials_problem
 from ..http.proxy import chosen_proxy_problem
 from ..http.rate import rate_problem
@@ -96,11 +96,11 @@ def check_settings(settings: Settings) -> None:
         )
     if settings.http not in get_args(HttpVersion):
         raise UsageError(f"--http must be auto, 1.1, 2 or 3, not {settings.http!r}")
-    if (problem := http3_problem(settings)) is not None:
-        raise UsageError(problem)
     if settings.mode not in get_args(Mode):
         raise UsageError(f"--mode must be auto, instance, series or study, not {settings.mode!r}")
     if (problem := chosen_proxy_problem(settings.proxy, settings.url)) is not None:
+        raise UsageError(problem)
+    if (problem := http_version_problem(settings)) is not None:  # (the proxy's URL checked)
         raise UsageError(problem)
 
 

@@ -92,6 +92,73 @@ def test_https_goes_through_a_connect_tunnel_and_keeps_http2(
     assert f"CONNECT 127.0.0.1:{port}" in http_proxy.since(mark)
 
 
+@pytest.mark.parametrize("command", ["download", "query"])
+@pytest.mark.parametrize("given_by", ["option", "environment"])
+def test_http2_to_an_http_url_through_a_proxy_is_a_usage_error(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    http_proxy: RunningProxy,
+    command: str,
+    given_by: str,
+) -> None:
+    """A proxy is sent http:// requests to forward, and forwards them over HTTP/1.1: `--http
+    2` ran HTTP/1.1 without a word (`http_version` HTTP/1.1, exit 0), where usage.md says 2
+    is that version only. Now one line saying why and what to do, exit 2, before any
+    request."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    by_option = given_by == "option"
+    proxy = ["--proxy", http_proxy.url] if by_option else []
+    env = {} if by_option else {"HTTP_PROXY": http_proxy.url}
+    chosen = [synth_study.study_uid, "-o", str(out)] if command == "download" else ["--uids"]
+    mark = http_proxy.mark()
+    result = run_installed(command, *chosen, "--url", url, "--http", "2", *proxy, env=env)
+
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"dlstudy: error: --http 2 cannot go through the proxy {http_proxy.url}")
+    assert "forwards http:// requests over HTTP/1.1): use --http auto, an https:// URL" in line
+    assert http_proxy.since(mark) == ""
+    assert not out.exists()
+
+
+def test_http2_keeps_to_http2_where_no_proxy_forwards_it(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    http_proxy: RunningProxy,
+    socks_proxy: RunningProxy,
+) -> None:
+    """`--http 2` to an http:// URL is refused only where an HTTP proxy would forward it:
+    NO_PROXY naming the archive, or a SOCKS proxy (a tunnel), keep h2c end to end."""
+    url = embedded_server(synth_study.root)
+    env = {"HTTP_PROXY": http_proxy.url, "NO_PROXY": "127.0.0.1"}
+    bypassed = download(synth_study, url, tmp_path / "a", "--http", "2", env=env)
+    assert bypassed["http_version"] == "HTTP/2"
+    socks = ["--proxy", socks_proxy.url.replace("socks5://", "socks5h://")]
+    tunnelled = download(synth_study, url, tmp_path / "b", "--http", "2", *socks, env={})
+    assert tunnelled["http_version"] == "HTTP/2"
+
+
+def test_bench_through_a_proxy_to_an_http_url_says_why_http2_is_not_measured(
+    synth_study: SynthStudy, embedded_server: StartServer, http_proxy: RunningProxy
+) -> None:
+    """bench measures both versions by default: its HTTP/2 rows are unsupported through an
+    HTTP proxy to http:// (the note said the server answered HTTP/1.1), the others measured."""
+    url = embedded_server(synth_study.root)
+    result = run_installed(
+        "bench", synth_study.study_uid, "--url", url, "--proxy", http_proxy.url, "--json",
+        "--strategy", "single-part", "-c", "2", "--repeat", "1", "--limit", "5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {row["http"]: row for row in report["rows"]}
+    assert (rows["1.1"]["status"], rows["2"]["status"]) == ("ok", "unsupported (no HTTP/2)")
+    said = f"HTTP/2: the proxy {http_proxy.url} forwards http:// requests over HTTP/1.1"
+    assert said in report["notes"], report["notes"]
+
+
 def test_an_https_proxy_is_trusted_by_ca_bundle_or_the_environments_ca_directory(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_proxy: TlsProxy
 ) -> None:
