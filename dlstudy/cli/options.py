@@ -218,7 +218,11 @@ CaBundleOpt = Annotated[
 CertOpt = Annotated[Path | None, option("--cert", help="Client certificate (PEM) for mutual TLS.")]
 KeyOpt = Annotated[Path | None, option("--key", help="Private key of --cert, if not inside it.")]
 InsecureOpt = Annotated[
-    bool, option("--insecure", help="Do not verify the server's TLS certificate (warns).")
+    bool,
+    option(
+        "--insecure",
+        help="Do not verify the server's TLS certificate (warns); an https:// proxy's still is.",
+    ),
 ]
 ProxyOpt = Annotated[
     str | None,

@@ -332,11 +332,12 @@ class CurlTransport(httpx.AsyncBaseTransport):
         easy.setopt(pycurl.MAXAGE_CONN, MAX_IDLE_REUSE)
         tls = self.tls
         if tls.insecure:
+            # The server's certificate only, as curl's --insecure (--proxy-insecure is another
+            # option): an https:// proxy is verified still, its credentials sent over TLS only
+            # to the proxy the CAs vouch for.
             easy.setopt(pycurl.SSL_VERIFYPEER, 0)
             easy.setopt(pycurl.SSL_VERIFYHOST, 0)
-            easy.setopt(pycurl.PROXY_SSL_VERIFYPEER, 0)
-            easy.setopt(pycurl.PROXY_SSL_VERIFYHOST, 0)
-        elif tls.ca_directories:
+        if tls.ca_directories:
             # The environment's CA directories alone (SSL_CERT_DIR), as httpx trusts them.
             for option in (pycurl.CAPATH, pycurl.PROXY_CAPATH):
                 easy.setopt(option, tls.ca_directories)

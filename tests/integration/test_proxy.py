@@ -213,6 +213,37 @@ def test_a_tls_failure_with_the_proxy_names_the_proxy_not_the_server(
     ), line
 
 
+def test_insecure_leaves_an_https_proxy_verified(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    tls_proxy: TlsProxy,
+    tls_ca: TlsFiles,
+) -> None:
+    """--insecure is about the server's certificate only (as curl's; --proxy-insecure is
+    another option): it turned off the check of an https:// proxy's too, whose credentials
+    then went over TLS to whoever answered. A proxy whose CA is not given is refused, one
+    line, exit 3; --ca-bundle trusts it, the server's certificate still unchecked."""
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    warning = "dlstudy: warning: --insecure: the server's TLS certificate is NOT verified"
+    for server in (url, embedded_server(synth_study.root)):
+        mark = tls_proxy.mark()
+        result = run_installed(
+            "query", "--url", server, "--uids", "--insecure", "--proxy", tls_proxy.url
+        )
+        assert result.returncode == 3, result.stderr
+        said, line = result.stderr.splitlines()
+        assert said == warning
+        assert line.startswith(f"dlstudy: error: TLS handshake with proxy {tls_proxy.url} "), line
+        assert "the proxy's certificate is signed by an unknown CA" in line, line
+        through = tls_proxy.since(mark)  # no request got through it
+        assert "GET " not in through and "CONNECT 127.0.0.1:" not in through, through
+
+    trusted = ["--proxy", tls_proxy.url, "--ca-bundle", str(tls_proxy.ca_pem)]
+    summary = download(synth_study, url, tmp_path, "--insecure", *trusted, env={})
+    assert summary["instances"]["downloaded"] == len(synth_study.instances)
+
+
 def test_a_plain_http_proxy_given_as_https_is_named_with_the_fix(
     synth_study: SynthStudy, embedded_server: StartServer, http_proxy: RunningProxy
 ) -> None:
