@@ -60,6 +60,9 @@ _BIG_LENGTH = struct.Struct(">L")
 # presentation, as every real instance starts): its byte order is then plain to see.
 _BARE_FIRST_GROUPS = range(0x0008, 0x0029)
 _INFLATED_PIECE = 1 << 20  # zlib's output at a time, thrown away: memory stays bounded
+# Bytes some writers leave after a deflated dataset's stream: gzip's CRC-32 and length (as
+# pydicom's own test file, image_dfl.dcm, has them), or zlib's Adler-32.
+_DEFLATE_TRAILER = 8
 
 
 class _CannotJudge(Exception):
@@ -385,8 +388,8 @@ class _Walker:
 
     def inflated(self, pos: int, end: int | None) -> _Reads:
         """A deflated dataset from `pos` (to `end`, or to where the body ends): one deflate
-        stream, inflated and thrown away, which must reach its last block; only NUL padding
-        may follow it."""
+        stream, inflated and thrown away, which must reach its last block; only a trailer
+        of _DEFLATE_TRAILER bytes and NUL padding may follow it."""
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as the standard says
         at = pos
         while end is None or at < end:
@@ -398,7 +401,7 @@ class _Walker:
                     inflater.decompress(inflater.unconsumed_tail, _INFLATED_PIECE)
             except zlib.error as exc:
                 raise _CannotJudge(f"deflate stream: {exc}") from None
-            if inflater.unused_data.strip(b"\0"):
+            if len(inflater.unused_data.rstrip(b"\0")) > _DEFLATE_TRAILER:
                 after = at + len(block) - len(inflater.unused_data)
                 raise _Appended(
                     f"bytes after the deflated dataset, from byte {after}, are no part of it"

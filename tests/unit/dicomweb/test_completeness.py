@@ -165,8 +165,10 @@ def test_a_deflated_dataset_is_whole_when_its_deflate_stream_ends(tmp_path: Path
         with pytest.raises(IntegrityError, match=said):
             check(tmp_path, data[:cut], DeflatedExplicitVRLittleEndian, body=cut % 50 == 0)
     with pytest.raises(IntegrityError, match="after the deflated dataset.*appended"):
-        check(tmp_path, data + b"\r\n", DeflatedExplicitVRLittleEndian)
+        check(tmp_path, data + b"\r\n" * 5, DeflatedExplicitVRLittleEndian)
     check(tmp_path, data + b"\0" * 7, DeflatedExplicitVRLittleEndian)
+    # A gzip trailer (CRC-32 and length) after the stream, as some writers leave it.
+    check(tmp_path, data + b"N\xd0XE\x1a\x02\x04\x00", DeflatedExplicitVRLittleEndian)
     explicit = part10(ExplicitVRLittleEndian, undefined=False)  # not deflated at all
     check(tmp_path, explicit[:-100], DeflatedExplicitVRLittleEndian, body=False)
 
