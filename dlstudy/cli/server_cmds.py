@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -324,6 +325,19 @@ def _tls_problem(cert: Path, key: Path) -> str | None:
     return None
 
 
+def _usable_output(out: Path) -> None:
+    """A usage error (exit 2), as for `download`'s output folder, when `out` cannot be made
+    or written to: a file in its place or above it, a read-only parent. (A file in its place
+    was exit 2, a file above it exit 1 once the writing failed.)"""
+    if out.exists() and not out.is_dir():
+        fail_usage(f"synth: {out} is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        fail_usage(f"synth: cannot write under {out}: {exc.strerror or exc}")
+
+
 def _date_range(text: str) -> tuple[str, str]:
     from dlstudy.dicomweb.search import parse_study_date
     from dlstudy.errors import UsageError
@@ -381,14 +395,13 @@ def synth(
     spec = dataclasses.replace(
         PRESETS[preset.value], **{k: v for k, v in overrides.items() if v is not None}
     )
-    if out.exists() and not out.is_dir():
-        fail_usage(f"synth: {out} is not a folder")
+    _usable_output(out)
     try:
         with exit_on_interrupt(kept="the files written so far are whole"):
             written = generate(out, spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    except OSError as exc:
+    except OSError as exc:  # a full disk, part way
         error_line(f"synth: cannot write under {out}: {exc.strerror or exc}")
         raise typer.Exit(1) from exc
     study_uids = list(dict.fromkeys(i.study_uid for i in written))

@@ -19,7 +19,14 @@ from dlstudy.cli.app import COMMANDS, app, build_app
 from dlstudy.cli.connection import NO_ENVVAR
 from dlstudy.config import load
 
-from ..cli_helpers import DLSTUDY, STOP_SIGNALS, assert_same_files, run_installed, stop_installed
+from ..cli_helpers import (
+    DLSTUDY,
+    STOP_SIGNALS,
+    assert_same_files,
+    run_installed,
+    run_installed_as_a_user,
+    stop_installed,
+)
 from ..fixtures.embedded_server import StartServer, SynthStudy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -332,6 +339,27 @@ def test_synth_into_a_file_and_serve_on_a_busy_port_say_so_in_one_line(tmp_path:
         f"dlstudy: error: serve: cannot listen on 127.0.0.1:{port}: Address already in use "
         "(choose another --port, or 0)"
     )
+
+
+def test_synth_under_a_file_or_a_read_only_folder_is_a_usage_error(tmp_path: Path) -> None:
+    """A file above OUT was exit 1 (`cannot write under ...: Not a directory`, once writing
+    failed) where a file in OUT's place was exit 2: both are an unusable output folder."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    result = run_installed("synth", str(a_file / "sub"))
+    assert result.returncode == 2, result.stderr
+    assert (
+        result.stderr
+        == f"dlstudy: error: synth: cannot write under {a_file}/sub: Not a directory\n"
+    )
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    result = run_installed_as_a_user("synth", str(read_only))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"dlstudy: error: synth: cannot write under {read_only}: Permission denied\n"
+    )
+    assert list(read_only.iterdir()) == []
 
 
 def test_serve_says_it_cannot_listen_before_indexing_and_names_the_host(tmp_path: Path) -> None:
