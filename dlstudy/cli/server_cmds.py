@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..report.printable import printable
 from .command import Command
 from .common import PrintableFormatter, error_line, exit_on_interrupt, fail_usage, output_failed
 from .options import fraction, seconds
@@ -260,7 +261,8 @@ def serve(
     what = directory if spec is None else f"a virtual archive of {studies}"
 
     def ready(url: str) -> None:
-        print(f"serving {what} at {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        line = f"serving {printable(str(what))} at {url} (Ctrl-C to stop)"
+        print(line, file=sys.stderr, flush=True)
 
     try:
         serve_forever(options, on_ready=ready)
@@ -409,7 +411,8 @@ def synth(
     studies_word = "study" if len(study_uids) == 1 else "studies"
     try:
         print(
-            f"wrote {len(written)} files, {total} bytes ({total / 1e6:.1f} MB) under {out}; "
+            f"wrote {len(written)} files, {total} bytes ({total / 1e6:.1f} MB) "
+            f"under {printable(str(out))}; "
             f"{len(study_uids)} {studies_word}: {' '.join(study_uids)}",
             flush=True,
         )

@@ -25,6 +25,7 @@ from ..cli_helpers import (
     assert_same_files,
     run_installed,
     run_installed_as_a_user,
+    start_installed,
     stop_installed,
 )
 from ..fixtures.embedded_server import StartServer, SynthStudy
@@ -360,6 +361,30 @@ def test_synth_under_a_file_or_a_read_only_folder_is_a_usage_error(tmp_path: Pat
         f"dlstudy: error: synth: cannot write under {read_only}: Permission denied\n"
     )
     assert list(read_only.iterdir()) == []
+
+
+def test_synth_and_serve_escape_the_folder_name_in_their_lines(tmp_path: Path) -> None:
+    """A folder named with a terminal escape and a line break went raw into `wrote ... under`
+    and `serving ... at`: it recoloured the terminal and forged a line."""
+    hostile = tmp_path / "e\x1b[31mvil\nDIR"
+    escaped = f"{tmp_path}/e\\x1b[31mvil\\x0aDIR"
+    result = run_installed("synth", str(hostile), "--series", "1", "--instances", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("wrote 1 files, ")
+    assert f" under {escaped}; 1 study: " in result.stdout
+    assert len(result.stdout.splitlines()) == 1
+
+    process = start_installed("serve", str(hostile), "--port", "0")
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert re.fullmatch(
+        rf"serving {re.escape(escaped)} at http://127\.0\.0\.1:\d+/dicomweb \(Ctrl-C to stop\)\n",
+        line,
+    ), line
 
 
 def test_serve_says_it_cannot_listen_before_indexing_and_names_the_host(tmp_path: Path) -> None:
