@@ -152,8 +152,8 @@ def exit_on_interrupt(
 
     The summary of what was done so far is printed as for any other ending (its line not under
     --quiet, which leaves only errors on stderr); `kept` says what the stopped command leaves
-    for the next one. `before_run` makes the summary of a command stopped before its run began
-    (reading its list, say): with --json, stdout still gets one.
+    for the next one (empty: it leaves nothing). `before_run` makes the summary of a command
+    stopped before its run began (reading its list, say): with --json, stdout still gets one.
     """
 
     global _signalled
@@ -195,7 +195,7 @@ def exit_on_interrupt(
             elif not quiet:
                 typer.echo(printable(summary.one_line()), err=True)
         outcome.warning("%s", said)
-        error_line(f"{said}; {kept}")
+        error_line(f"{said}; {kept}" if kept else said)
         raise typer.Exit(status) from exc
     finally:
         for signum, handler in previous.items():

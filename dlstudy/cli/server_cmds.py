@@ -205,8 +205,9 @@ def serve(
     (with --http3, HTTP/3 too).
     With --virtual N, a generated archive of N studies (no files; same --seed, same archive).
     """
-    from dlstudy.server import ServerOptions, VirtualSpec, serve_forever
-    from dlstudy.server.run import CannotListen
+    with exit_on_interrupt(kept=""):  # loading the server takes a moment
+        from dlstudy.server import ServerOptions, VirtualSpec, serve_forever
+        from dlstudy.server.run import CannotListen
 
     if (directory is None) == (virtual is None):
         fail_usage("serve needs a DIR or --virtual N (not both)")
@@ -265,15 +266,16 @@ def serve(
         print(line, file=sys.stderr, flush=True)
 
     try:
-        serve_forever(options, on_ready=ready)
+        # Ctrl-C or SIGTERM while the folder is indexed, before hypercorn handles them: the
+        # line every command prints (it was `dlstudy: interrupted`, or nothing).
+        with exit_on_interrupt(kept=""):
+            serve_forever(options, on_ready=ready)
     except CannotListen as exc:
         error_line(f"serve: {exc.strerror}{_listen_hint(exc)}")
         raise typer.Exit(1) from exc
     except OSError as exc:  # a certificate that went missing since it was checked, ...
         error_line(f"serve: {exc.strerror or exc}")
         raise typer.Exit(1) from exc
-    except KeyboardInterrupt:  # Ctrl-C while indexing, before hypercorn handles signals
-        raise typer.Exit(130) from None
 
 
 def _listen_hint(exc: OSError) -> str:

@@ -19,7 +19,7 @@ import pydicom
 import pydicom.data
 import pytest
 
-from tests.cli_helpers import DLSTUDY, run_installed
+from tests.cli_helpers import DLSTUDY, ctrl_c_as_at_a_terminal, run_installed
 from tests.fixtures.embedded_server import split_multipart
 
 pytestmark = [
@@ -374,6 +374,37 @@ def test_ctrl_c_during_a_transfer_stops_quietly() -> None:
         rest = proc.stderr.read()
         proc.stderr.close()
     assert rest == "", rest
+
+
+@pytest.mark.parametrize(
+    ("signum", "said"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")]
+)
+def test_a_signal_while_indexing_ends_with_the_line_every_command_prints(
+    tmp_path: Path, signum: int, said: str
+) -> None:
+    """Ctrl-C while `serve` indexed a folder ended mute with 130 (or said `dlstudy:
+    interrupted` while the server loaded), SIGTERM killed it with no line at all; synth, demo
+    and bench say `dlstudy: error: interrupted`. (Each file that is no DICOM has its -v lines:
+    once they fill the pipe, unread, the index waits there, surely not done.)"""
+    for i in range(1000):
+        (tmp_path / f"{i}.dcm").write_bytes(b"not DICOM")
+    process = subprocess.Popen(
+        [DLSTUDY, "serve", str(tmp_path), "--port", "0", "-v"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_as_at_a_terminal,
+    )
+    try:
+        assert process.stderr is not None
+        assert _line(process.stderr.fileno(), 60).startswith("INFO ")  # indexing
+        process.send_signal(signum)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 128 + signum, rest
+    assert rest.splitlines()[-1] == f"dlstudy: error: {said}"
+    assert "http://" not in rest
 
 
 def test_of_two_files_with_one_sop_uid_the_whole_one_is_served(tmp_path: Path) -> None:
