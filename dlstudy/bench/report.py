@@ -49,15 +49,23 @@ def _ms_percentiles(seconds: Sequence[float]) -> dict[str, float | None]:
     return result
 
 
+def _rounded(value: float, digits: int = 3) -> float:
+    """`value` to `digits` decimals, with three significant ones at least: a run of small
+    instances behind a slow server makes 0.0004 MB/s, which is no 0.0."""
+    if 0 < abs(value) < 1:
+        digits = max(digits, 2 - math.floor(math.log10(abs(value))))
+    return round(value, digits)
+
+
 def _spread(values: Sequence[float], digits: int = 3) -> dict[str, float | None]:
     import statistics  # not at every start-up of the CLI
 
     if not values:
         return {"median": None, "min": None, "max": None}
     return {
-        "median": round(statistics.median(values), digits),
-        "min": round(min(values), digits),
-        "max": round(max(values), digits),
+        "median": _rounded(statistics.median(values), digits),
+        "min": _rounded(min(values), digits),
+        "max": _rounded(max(values), digits),
     }
 
 
@@ -125,8 +133,8 @@ class CellResult:
             # None, not 0, for a run that measured no speed (every request failed, unsupported,
             # not run): as in its row, no "0 MB/s" to be averaged with the others.
             "complete": self.complete,
-            "mb_per_s": round(self.mb_per_s, 3) if self.measured else None,
-            "instances_per_s": round(self.instances_per_s, 3) if self.measured else None,
+            "mb_per_s": _rounded(self.mb_per_s) if self.measured else None,
+            "instances_per_s": _rounded(self.instances_per_s) if self.measured else None,
             "http_version": self.http_version,
             "max_in_flight": self.max_in_flight,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import threading
@@ -294,7 +295,7 @@ def _describe(result: CellResult) -> str:
     # A run with failures fetched less than the others: its speed is not in the row's median.
     failed = f", {result.failures} failed (not in the median)" if result.failures else ""
     return (
-        f"{cell}: {result.mb_per_s:.1f} MB/s, {counted(result.instances, 'instance')} "
+        f"{cell}: {_rate(result.mb_per_s)} MB/s, {counted(result.instances, 'instance')} "
         f"in {result.seconds:.2f} s{failed}"
     )
 
@@ -319,9 +320,22 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _rate(value: float | None) -> str:
+    """One decimal, or two significant digits below 1: small instances behind a slow server
+    move 0.012 MB/s, which read `0.0` (nothing moved)."""
+    if value is None:
+        return "-"
+    if value >= 1:
+        return f"{value:.1f}"
+    rounded = float(f"{value:.2g}")
+    if rounded in (0, 1):
+        return f"{rounded:.1f}"
+    return f"{rounded:.{1 - math.floor(math.log10(rounded))}f}"
+
+
 def _cells(row: Row) -> list[str]:
     mb, inst, ttfb = row.mb_per_s(), row.instances_per_s(), row.ttfb_ms()
-    spread = "-" if mb["min"] is None else f"{mb['min']:.1f}-{mb['max']:.1f}"
+    spread = "-" if mb["min"] is None else f"{_rate(mb['min'])}-{_rate(mb['max'])}"
     # The runs the median is over: fewer than --repeat when the bench was stopped, or when a
     # request of a run failed (it fetched less than the others: no sample of the speed).
     runs = "-" if row.unsupported else str(len(row.complete))
@@ -330,9 +344,9 @@ def _cells(row: Row) -> list[str]:
         row.http,
         str(row.concurrency),
         runs,
-        _ms(mb["median"]),
+        _rate(mb["median"]),
         spread,
-        _ms(inst["median"]),
+        _rate(inst["median"]),
         _ms(ttfb["p50"]),
         _ms(ttfb["p90"]),
         _ms(ttfb["p99"]),

@@ -517,6 +517,27 @@ def test_the_table_says_how_many_runs_each_median_is_over(
 
 
 @pytest.mark.integration
+def test_a_slow_rate_below_one_mb_per_s_is_no_zero(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """Small instances behind a slow server move some KB/s: the table and the progress lines
+    read `0.0 MB/s, min-max 0.0-0.0`, as if nothing had moved. Below 1, two significant
+    digits."""
+    instances = generate(tmp_path, SynthSpec(series=1, instances=3, size=300))
+    url = embedded_server(tmp_path, latency=0.1)
+    result = run_installed(
+        "bench", instances[0].study_uid, "--url", url, "--strategy", "single-part", "-c", "1",
+        "--http", "1.1", "--repeat", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    small = r"0\.0*[1-9]\d"  # 0.012, 0.0041
+    progress = [line for line in result.stderr.splitlines() if " run " in line]
+    assert len(progress) == 2 and all(re.search(f": {small} MB/s, ", x) for x in progress)
+    (row,) = [line.split() for line in result.stdout.splitlines() if line.startswith("single")]
+    assert re.fullmatch(small, row[4]) and re.fullmatch(f"{small}-{small}", row[5]), row
+
+
+@pytest.mark.integration
 def test_the_chart_says_what_failed_and_how_many_runs_it_shows(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
