@@ -227,6 +227,17 @@ def _forms(strategy: str) -> list[Retrieval]:
     return candidates("*", single_part=False)
 
 
+def _none_supported(results: list[CellResult]) -> str:
+    """The line for a matrix none of whose cells the server took: it measured nothing, so it
+    is no finding to exit 0 on (as a server speaking none of the HTTP versions asked for)."""
+    strategies: dict[str, dict[str, None]] = {}  # reason -> its strategies, in order
+    for result in results:
+        reason = (result.unsupported or "").removeprefix("unsupported (").removesuffix(")")
+        strategies.setdefault(reason, {})[result.strategy] = None
+    why = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in strategies.items())
+    return f"nothing was measured: the server takes none of the strategies asked for ({why})"
+
+
 class _Bench:
     def __init__(
         self,
@@ -259,6 +270,8 @@ class _Bench:
             self.report.results.append(result)
             if on_cell is not None:
                 on_cell(result, index, len(cells))
+        if all(result.unsupported for result in self.report.results):
+            raise ServerError(_none_supported(self.report.results), url=self.report.url)
 
     def _transport(
         self, http: HttpVersion, concurrency: int, gauge: Gauge, latencies: list[float]

@@ -208,6 +208,43 @@ def test_orthanc_profile_single_part_is_unsupported(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("server", "strategies", "said"),
+    [
+        ({"profile": "orthanc"}, ["single-part"], "single-part: HTTP 400"),
+        (
+            {"fault_rate": 1.0, "fault_status": 404},
+            list(STRATEGIES),
+            "single-part, multipart-instance, series, study: HTTP 404",
+        ),
+    ],
+)
+def test_a_matrix_with_no_cell_the_server_takes_measured_nothing(
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    server: dict[str, Any],
+    strategies: list[str],
+    said: str,
+) -> None:
+    """Every cell unsupported: the table of `unsupported (HTTP 400)` rows ended with exit 0
+    and `error: null`, a bench that measured nothing passing for one that ran. Exit 3, as for
+    a server speaking none of the HTTP versions asked for, the rows still printed."""
+    url = embedded_server(synth_study.root, **server)
+    line = f"nothing was measured: the server takes none of the strategies asked for ({said})"
+    args = [synth_study.study_uid, "--url", url, "-c", "1", "--repeat", "1", "--limit", "3"]
+    args += [f"--strategy={strategy}" for strategy in strategies]
+    result = run_installed("bench", *args)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1] == f"dlstudy: error: {line}"
+    assert result.stdout.count(" unsupported (") == 2 * len(strategies)
+    result = run_installed("bench", *args, "--json")
+    assert result.returncode == 3, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["error"], data["exit_status"]) == (line, 3)
+    assert len(data["rows"]) == 2 * len(strategies)
+
+
+@pytest.mark.integration
 def test_tls_alpn_offers_both_versions(
     synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
 ) -> None:
