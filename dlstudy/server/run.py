@@ -36,6 +36,26 @@ _ABORT_AFTER_GRACE = 0.5  # seconds past hypercorn's graceful timeout
 _CANCEL_AGAIN_EVERY = 0.25  # seconds, until the stop ends
 
 
+class _ClientGone(logging.Filter):
+    """asyncio warns `socket.send() raised exception.` (over TLS, `SSL connection is closed`)
+    from the fifth write into a connection its client has closed: a response still being sent
+    as the client left, as a reader that stops early (`bench --limit`, a cancelled download)
+    does, which is no fault of the server's. Those records become debug ones; every other
+    asyncio record, and an error raised in the server (the loop's exception handler), is
+    said as before."""
+
+    _SAID = frozenset({"socket.send() raised exception.", "SSL connection is closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or record.msg not in self._SAID:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_CLIENT_GONE = _ClientGone()
+
+
 @contextmanager
 def running_server(options: ServerOptions) -> Iterator[str]:
     """Serve in a background thread; yield the DICOMweb base URL; stop cleanly on exit."""
@@ -125,6 +145,7 @@ async def _serve(
     stop = asyncio.Event()
     serving = {cast(asyncio.Task[None], asyncio.current_task())}  # and the lifespan's, below
     asyncio.get_running_loop().set_exception_handler(_unless_cancelled)
+    logging.getLogger("asyncio").addFilter(_CLIENT_GONE)  # once: the same filter object
     if state is not None:  # background thread: stopped by _stop()
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop
     else:  # foreground: Ctrl-C / SIGTERM / SIGHUP (unless nohup ignores it)

@@ -9,6 +9,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -405,6 +406,35 @@ def test_a_signal_while_indexing_ends_with_the_line_every_command_prints(
     assert process.returncode == 128 + signum, rest
     assert rest.splitlines()[-1] == f"dlstudy: error: {said}"
     assert "http://" not in rest
+
+
+def test_clients_that_leave_mid_response_are_no_warning() -> None:
+    """A client closing a study's response early (bench --limit, a cancelled download) made
+    asyncio warn `socket.send() raised exception.` from the fifth write into the dead socket,
+    several lines a bench: serve says nothing of a client that left."""
+    proc, url = start("--virtual", "1", "--study-size", "50", "--port", "0", installed=True)
+    try:
+        (study,) = json.loads(curl(f"{url}/studies"))
+        uid = study["0020000D"]["Value"][0]
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        for _ in range(2):  # (each said it some 150 times: more would fill the unread pipe)
+            with socket.create_connection((host, int(port))) as client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                client.sendall(
+                    f"GET /dicomweb/studies/{uid} HTTP/1.1\r\nHost: {host}\r\n"
+                    'Accept: multipart/related; type="application/dicom"\r\n\r\n'.encode()
+                )
+                assert client.recv(4096).startswith(b"HTTP/1.1 200")
+                # Closed with a reset (linger 0), as a client that stops reading does.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert len(json.loads(curl(f"{url}/studies"))) == 1  # still serving
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        proc.stderr.close()
+    assert rest == "", rest
 
 
 def test_of_two_files_with_one_sop_uid_the_whole_one_is_served(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -124,3 +125,26 @@ def test_json_answers_fall_back_to_the_standard_writer() -> None:
     assert json.loads(_json_bytes(results)) == results
     huge = [{"00181000": {"vr": "IS", "Value": [2**70]}}]
     assert json.loads(_json_bytes(huge)) == huge
+
+
+def test_only_asyncios_words_for_a_client_gone_are_demoted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """serve demotes asyncio's warning about writes into a connection its client closed; its
+    other records (a task's error, a slow callback) are said as before."""
+    from dlstudy.server.run import _CLIENT_GONE
+
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addFilter(_CLIENT_GONE)
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            asyncio_log.warning("socket.send() raised exception.")
+            asyncio_log.warning("SSL connection is closed")
+            asyncio_log.error("Task exception was never retrieved")
+            asyncio_log.warning("Executing %s took %.3f seconds", "<Handle>", 1.0)
+    finally:
+        asyncio_log.removeFilter(_CLIENT_GONE)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "Task exception was never retrieved"),
+        ("WARNING", "Executing <Handle> took 1.000 seconds"),
+    ]
