@@ -156,7 +156,9 @@ class HttpStatusError(TransferError):
 
 
 class IntegrityError(TransferError):
-    pass
+    # HTTP brought every byte a Content-Length announced and the file is still not whole: the
+    # server's own file is so (dicomweb/completeness.py), and asking again brings the same.
+    at_source: bool = False
 
 
 class MultipartError(DlstudyError):

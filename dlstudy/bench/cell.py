@@ -27,7 +27,7 @@ from ..dicomweb.verify import (
     read_header,
     read_header_in,
 )
-from ..engine.fetch import check_identity_encoding, status_error
+from ..engine.fetch import check_identity_encoding, content_length, status_error
 from ..engine.parts import pour_parts
 from ..errors import (
     IntegrityError,
@@ -130,6 +130,7 @@ class CellRun:
                 else:
                     check_whole = unframed(response)
                     with self._output(sop_uid, check_whole, what) as output:
+                        output.announced = content_length(response)
                         await pour_body(response, output.write)
                     got = 1
         if got < expected:
@@ -151,6 +152,7 @@ class CellRun:
             elif isinstance(event, PartStarted):
                 keep = self.keep if got < expected else None
                 output = Output(keep, sop_uid, self.result, what=f"{what}, part {got + extra + 1}")
+                output.announced = event.content_length  # the parser holds the part to it
             elif isinstance(event, PartEnded):
                 assert output is not None
                 if got < expected:
@@ -208,6 +210,9 @@ class Output:
         # judged as download judges it: a cut one is no instance. One HTTP says is whole is
         # walked as it arrives: the server's file may itself be cut (or not DICOM at all).
         self.check_whole = check_whole
+        # The Content-Length of the response or part: when the body brought all of it, a file
+        # the walk finds short is the server's own, not one cut on the way.
+        self.announced: int | None = None
         self.head = b""
         self.spool: BinaryIO | None = None
         self.walk = None if check_whole else BodyWalk()
@@ -277,7 +282,7 @@ class Output:
         walked as it arrived, end where it does."""
         assert self.walk is not None
         check_start(self.head, label=self.what, sop_uid=self.sop_uid)
-        self.walk.end(self.what)
+        self.walk.end(self.what, announced=self.announced == self.size)
 
     def _judge(self, fp: BinaryIO) -> None:
         label = self.what

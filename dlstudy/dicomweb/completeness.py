@@ -78,20 +78,29 @@ class _Appended(_Cut):
 
 
 def check_complete(
-    path: Path, *, transfer_syntax: str, size: int, label: str, head: bytes | None = None
+    path: Path,
+    *,
+    transfer_syntax: str,
+    size: int,
+    label: str,
+    head: bytes | None = None,
+    announced: bool = False,
 ) -> None:
-    """Raise a retryable IntegrityError unless the file at `path` (`size` bytes) ends exactly
-    where its last element does. `head`, the file's first bytes: read from memory, the file
+    """Raise an IntegrityError unless the file at `path` (`size` bytes) ends exactly where its
+    last element does: retryable (the body was cut short), unless `announced`, when HTTP
+    brought all the bytes a Content-Length announced: then the server's own file is so, and
+    asking again brings the same. `head`, the file's first bytes: read from memory, the file
     only past them (an image's walk ends on its pixel data's length, inside the head: the file
     is not opened at all)."""
     walker = _Walker.for_syntax(transfer_syntax)
     pos, previous = walker.skim(head, size) if head else (0, -1)
     walk = walker.elements(pos, size, depth=0, in_item=False, previous=previous)
+    sent = size if announced else None
     if head is not None and len(head) == size:
-        _judge(_in_memory(head, walk), label)
+        _judge(_in_memory(head, walk), label, sent)
         return
     with _HeadThenFile(head or b"", path) as reads:
-        _judge(reads.driving(walk), label)
+        _judge(reads.driving(walk), label, sent)
 
 
 def check_complete_in(fp: IO[bytes], *, transfer_syntax: str, size: int, label: str) -> None:
@@ -99,13 +108,13 @@ def check_complete_in(fp: IO[bytes], *, transfer_syntax: str, size: int, label: 
     _judge(_in_file(fp, _Walker.for_syntax(transfer_syntax).whole_file(size)), label)
 
 
-def _judge(walking: Callable[[], None], label: str) -> None:
+def _judge(walking: Callable[[], None], label: str, sent: int | None = None) -> None:
     try:
         walking()
     except (StopIteration, _CannotJudge):
         return
     except _Cut as cut:
-        raise _incomplete(label, cut) from None
+        raise _incomplete(label, cut, sent) from None
 
 
 def _in_memory(data: bytes, walk: _Reads) -> Callable[[], None]:
@@ -196,26 +205,40 @@ class BodyWalk:
         except _Cut as cut:  # a structure broken before the end: said at the end
             self._walk, self._cut = None, cut
 
-    def end(self, label: str) -> None:
-        """Raise a retryable IntegrityError unless the body ended where its last element did."""
+    def end(self, label: str, *, announced: bool = False) -> None:
+        """Raise an IntegrityError unless the body ended where its last element did (see
+        check_complete for `announced`)."""
+        sent = self._received if announced else None
         if self._cut is not None:
-            raise _incomplete(label, self._cut)
+            raise _incomplete(label, self._cut, sent)
         if self._walk is None:
             return
         walk, self._walk = self._walk, None
         if self._at > self._received:
             cut = _Cut(f"an element runs to byte {self._at}, the body ends at {self._received}")
-            raise _incomplete(label, cut)
+            raise _incomplete(label, cut, sent)
         try:
             walk.send(bytes(self._buffer[self._at - self._base :]))  # what is left: too little
         except (StopIteration, _CannotJudge):
             return
         except _Cut as cut:
-            raise _incomplete(label, cut) from None
+            raise _incomplete(label, cut, sent) from None
         raise AssertionError("the walk asked to read past the end")  # pragma: no cover
 
 
-def _incomplete(label: str, cut: _Cut) -> IntegrityError:
+def _incomplete(label: str, cut: _Cut, sent: int | None = None) -> IntegrityError:
+    """`sent`: the bytes of a Content-Length HTTP brought whole, when it did. Then no transfer
+    cut the body: the server sends these bytes at every request, and asking again is no use."""
+    if sent is not None:
+        said = f"it sent all {sent} bytes it announced"
+        if isinstance(cut, _Appended):
+            error = IntegrityError(
+                f"{label}: {cut}: something was appended to the instance: {said}"
+            )
+        else:
+            error = IntegrityError(f"{label}: the server's file is incomplete ({cut}): {said}")
+        error.at_source = True
+        return error
     if isinstance(cut, _Appended):
         return IntegrityError(
             f"{label}: {cut}: something was appended to the instance", retryable=True

@@ -186,6 +186,7 @@ class _PartSink:
                 size=temp.size,
                 label=f"instance {ref.sop_uid}",
                 head=self.head,
+                announced=self.declared is not None,  # and matched, above
             )
             temp.final = self.store.final_path(ref)
             temp.commit()

@@ -79,6 +79,9 @@ class BodyWriter:
         self.digest = Digest()
         self._head = b""
         self.size = 0
+        # HTTP brought every byte a Content-Length announced (the response's or the part's):
+        # a file that is still short is so on the server, not cut on the way.
+        self.announced = False
 
     def write(self, chunk: bytes) -> None:
         self._head = keep_head(self._head, chunk, sop_uid=self.ref.sop_uid)
@@ -94,6 +97,7 @@ class BodyWriter:
                 sop_instance_uid=self.ref.sop_uid,
                 retryable=True,
             )
+        self.announced = expected is not None
 
     async def verify_and_commit(self) -> Committed:
         if self.size < LARGE_BODY:  # closing and renaming a small file: cheaper than a thread
@@ -107,6 +111,7 @@ class BodyWriter:
             size=self.size,
             label=label,
             head=self._head,
+            announced=self.announced,
         )
 
     def _verify_and_commit(self) -> Committed:
@@ -153,14 +158,19 @@ class InstanceFetcher:
         final = self.store.final_path(ref)
         untranscoded = 0  # 500s to this instance asked in an explicit transfer syntax
         attempts = min(TRANSCODE_ATTEMPTS, self.policy.retries + 1)
+        short_at_source = False  # the server sent a file that is not whole, as announced
 
         async def once(form: Retrieval) -> Committed:
-            nonlocal untranscoded
+            nonlocal untranscoded, short_at_source
             syntax = explicit_syntax(form)
             if syntax is not None and self.transcoding.verdict is not None:
                 raise _not_transcoded(ref, syntax, self.transcoding.verdict, asked=False)
             try:
                 return await self._fetch_once(ref, final, on_bytes, form)
+            except IntegrityError as exc:
+                if exc.at_source and not short_at_source:
+                    short_at_source = exc.retryable = True  # once: it may have been written
+                raise
             except HttpStatusError as exc:
                 if syntax is None or exc.status_code != 500:
                     raise
@@ -216,7 +226,7 @@ class InstanceFetcher:
                     await _write_single_part_of_multipart(response, writer)
                 else:
                     await pour_body(response, writer.write)
-                    writer.check_length(_content_length(response), "Content-Length")
+                    writer.check_length(content_length(response), "Content-Length")
                 return await writer.verify_and_commit()
 
 
@@ -292,6 +302,6 @@ def check_identity_encoding(response: httpx.Response, what: str) -> None:
         )
 
 
-def _content_length(response: httpx.Response) -> int | None:
+def content_length(response: httpx.Response) -> int | None:
     value = response.headers.get("content-length")
     return int(value) if value and value.isdigit() else None

@@ -7,6 +7,7 @@ docs/reliability.md has a row for each.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -141,7 +142,8 @@ def test_a_second_file_after_an_instance_is_refused_not_kept(tmp_path: Path) -> 
     size = len(good[bad])
     assert failure["reason"] == (
         f"instance {bad}: {size} bytes after the pixel data, from byte {size}, are no element: "
-        "something was appended to the instance (after 2 attempts)"
+        f"something was appended to the instance: it sent all {size + len(good[SOPS[0]])} "
+        "bytes it announced (after 2 attempts)"
     )
     assert served_files(out) == {f"{sop}.dcm": good[sop] for sop in SOPS if sop != bad}
 
@@ -167,6 +169,43 @@ def test_a_body_cut_before_its_uids_is_called_incomplete(tmp_path: Path, cut_to:
         assert reason.startswith(f"instance {failure['sop_instance_uid']}: the file is incomplete")
         assert reason.endswith("the body was cut short (after 2 attempts)")
     assert served_files(out) == {}
+
+
+@pytest.mark.parametrize("framed", ["cut", "multipart"])
+def test_a_file_short_on_the_server_is_named_so_and_asked_once_more(
+    tmp_path: Path, framed: str
+) -> None:
+    """Files the server itself holds cut short, sent whole with a Content-Length that matches
+    (the response's, or the one part's): it was asked 7 times in 11 s, and blamed on the
+    transfer (`the body was cut short`). Every byte came as announced: the server's file is
+    short, asked once more (it may have been being written), not six times."""
+    from ..scripted_servers import cutting
+
+    out = tmp_path / "out"
+    with cutting(100, framed=framed) as (url, study, sops):
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--json", "--http", "1.1",
+            "--mode", "instance",
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["retried"] == len(sops), summary["retried"]
+    for failure in summary["failures"]:
+        reason = failure["reason"]
+        assert reason.startswith(
+            f"instance {failure['sop_instance_uid']}: the server's file is incomplete ("
+        ), reason
+        assert re.search(r"\): it sent all \d+ bytes it announced \(after 2 attempts\)$", reason)
+    assert sorted(f["sop_instance_uid"] for f in summary["failures"]) == sorted(sops)
+    assert served_files(out) == {}
+
+    with cutting(1, framed=framed) as (url, study, sops):  # the file whole by the next request
+        result = run_installed(
+            "download", study, "--url", url, "-o", str(out), "--http", "1.1",
+            "--mode", "instance", "-c", "1",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(served_files(out)) == len(sops)
 
 
 @pytest.mark.parametrize("mode", ["instance", "series"])
