@@ -43,7 +43,7 @@ import anyio
 
 from ..dicomweb.qido import TAG_SERIES_UID, Pager, first_count, first_int, first_value
 from ..dicomweb.search import StudyQuery, StudyRecord
-from ..dicomweb.silent_cut import TIME_KEYS, ListedDates, time_scope, tm, warn_if_one_second
+from ..dicomweb.silent_cut import TIME_KEYS, ListedDates, time_scope, tm_range, warn_if_one_second
 from ..errors import IncompleteListingError, ServerError
 from ..flow.pool import first_error
 from ..http.client import Transport
@@ -441,7 +441,7 @@ class Harvester:
             if low > high:
                 return None
             own = [(k, v) for k, v in own if k not in TIME_KEYS]
-            narrowed = [narrowed[0], ("StudyTime", f"{tm(low)}-{tm(high)}")]
+            narrowed = [narrowed[0], ("StudyTime", tm_range(low, high))]
         return [*own, *narrowed]
 
     async def _page(self, window: Window, offset: int, *, probe: bool = False) -> Page:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from ..dicomweb.silent_cut import ListedDates, split_days, split_times, tm
+from ..dicomweb.silent_cut import ListedDates, split_days, split_times, tm, tm_range
 
 # The span a root without a date range is split over; its two outer halves are open-ended.
 FIRST_DAY = dt.date(1800, 1, 1)
@@ -78,7 +78,7 @@ class Window:
         high = "" if self.open_hi else _date(self.hi)
         params = [("StudyDate", low if low == high else f"{low}-{high}")]
         if self.t_lo is not None and self.t_hi is not None:
-            params.append(("StudyTime", f"{tm(self.t_lo)}-{tm(self.t_hi)}"))
+            params.append(("StudyTime", tm_range(self.t_lo, self.t_hi)))
         return params
 
     @property

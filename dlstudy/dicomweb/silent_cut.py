@@ -142,7 +142,7 @@ def _check_windows(
     if dates.first == dates.last and time_scope is not None:
         day = dates.first
         for low, high in split_times(dates.first_time, dates.last_time, time_scope):
-            windows.append([("StudyDate", day), ("StudyTime", f"{tm(low)}-{tm(high)}")])
+            windows.append([("StudyDate", day), ("StudyTime", tm_range(low, high))])
     return windows
 
 
@@ -284,3 +284,12 @@ def day_seconds(time: str | None) -> int | None:
 
 def tm(seconds: int) -> str:
     return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
+
+
+def tm_range(first: int, last: int) -> str:
+    """A StudyTime range of the seconds `first`..`last`, each whole: `HHMMSS` is the instant
+    HH:MM:SS.000000, so a study of 11:59:59.5 is in no window up to `115959` (the embedded
+    server and Orthanc both left it out); the last second of the day is left open, for a leap
+    second (`235960`)."""
+    high = "" if last >= DAY_SECONDS - 1 else f"{tm(last)}.999999"
+    return f"{tm(first)}-{high}"

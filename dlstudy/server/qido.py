@@ -226,9 +226,12 @@ def _in_range(vr: str, value: str, wanted: str) -> bool:
 
 
 def _normal(vr: str, value: str, pad: str) -> str:
-    # "2026.01.05" (old form) -> "20260105"; times padded so "0900" compares with "090030".
+    # "2026.01.05" (old form) -> "20260105". A time as HHMMSS.FFFFFF, its missing digits
+    # `pad`: "0900" compares with "090030.5", and an upper bound holds every instant of its
+    # precision ("115959" is up to 11:59:59.999999, so 11:59:59.5 is in "000000-115959").
     if vr == "TM":
-        return value.strip().replace(":", "").ljust(6, pad)
+        whole, _, fraction = value.strip().replace(":", "").partition(".")
+        return f"{whole.ljust(6, pad)}.{fraction.ljust(6, pad)}"
     return value.strip().replace(".", "") if vr == "DA" else value.strip()
 
 

@@ -85,6 +85,37 @@ def test_a_capped_archive_that_ignores_offset_is_enumerated_completely(
     assert any(" " in k for k in keys), "no window was split by time of day"
 
 
+def set_study_times(instances: list[SynthInstance], times: list[str]) -> None:
+    """The studies' StudyTime, one of `times` each, in the order of their UIDs."""
+    order = sorted(study_uids(instances))
+    for instance in instances:
+        ds = pydicom.dcmread(instance.path)
+        ds.StudyTime = times[order.index(instance.study_uid)]
+        ds.save_as(instance.path, enforce_file_format=True)
+
+
+def test_studies_in_the_last_second_of_a_time_window_are_catalogued(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Nine studies of one day behind a silent cap of 2, offset ignored: the walk splits the
+    day by time. The windows were `000000-115959` and `120000-235959`, which neither the
+    embedded server nor Orthanc matches 11:59:59.5 or 23:59:59.999 to: 7 of 9, exit 0, and
+    a --full pull then recorded the two as gone from the archive."""
+    source = tmp_path / "source"
+    instances = synth(source, 9, seed=81, dates=("20200101", "20200101"))
+    whole = [f"{h:02d}0000" for h in range(8, 15)]
+    set_study_times(instances, [*whole, "235959.999", "115959.5"])
+    capped = embedded_server(source, max_page_size=2, ignore_offset=True, silent_cap=True)
+    db = tmp_path / "c.duckdb"
+
+    first = pull(capped, db)
+    full = pull(capped, db, "--full")
+
+    assert (first["studies"], first["unreachable"]) == (9, 0)
+    assert {r[0] for r in catalog_rows(db)} == study_uids(instances)
+    assert (full["studies"], full["deleted"]) == (9, 0)
+
+
 def test_offset_paging_with_a_cap_of_one(embedded_server: StartServer, tmp_path: Path) -> None:
     source = tmp_path / "source"
     instances = synth(source, 7, seed=5, dates=("20200101", "20200103"))

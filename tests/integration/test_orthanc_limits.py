@@ -233,3 +233,33 @@ def test_a_day_of_a_searchs_own_times_orthanc_cuts_is_not_taken_for_whole(
     pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *own)
     assert pulled.returncode == 0, pulled.stderr
     assert json.loads(pulled.stdout)["studies"] == 6
+
+
+def test_a_study_in_the_last_second_of_a_time_window_orthanc_cuts_is_catalogued(
+    capped: OrthancServer, tmp_path: Path
+) -> None:
+    """Nine studies of one day behind `LimitFindResults: 4`, two of them at 11:59:59.5 and
+    23:59:59.999: the day is split by time, and Orthanc matched neither to the windows
+    `000000-115959` and `120000-235959` (7 of 9, exit 0). The windows' upper bounds now
+    hold their whole last second (`115959.999999`), the day's last is open."""
+    capped.reset()
+    spec = SynthSpec(studies=9, series=1, instances=1, size=1024, seed=77,
+                     study_dates=("20200603", "20200603"))  # fmt: skip
+    instances = generate(tmp_path / "source", spec)
+    times = [*(f"{h:02d}0000" for h in range(8, 15)), "235959.999", "115959.5"]
+    for instance, time in zip(instances, times, strict=True):
+        ds = dcmread(instance.path)
+        ds.StudyTime = time
+        ds.save_as(instance.path, enforce_file_format=True)
+        assert capped.upload(instance.path)["Status"] == "Success"
+    db = tmp_path / "c.duckdb"
+
+    pulled = run_installed(
+        "catalog", "pull", "--url", capped.dicomweb_url, "--db", str(db), "--json"
+    )
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["studies"] == 9
+    with duckdb.connect(str(db), read_only=True) as con:
+        catalogued = {r[0] for r in con.execute("SELECT study_uid FROM studies").fetchall()}
+    assert catalogued == {i.study_uid for i in instances}

@@ -73,3 +73,16 @@ def test_a_short_page_without_dates_is_checked_by_its_windows_halves() -> None:
         Window.root(None).split()
     )
     assert windows_to_check(Window.root("20220101"), ListedDates.of(page)) == []
+
+
+def test_time_windows_hold_their_whole_last_second() -> None:
+    """`000000-115959` and `120000-235959` left a study of 11:59:59.5 or 23:59:59.999 out of
+    both halves of its day (the embedded server and Orthanc alike); the day's end is open,
+    for a leap second."""
+    morning, afternoon = Window.root("20200101").split()
+    assert morning.params()[1] == ("StudyTime", "000000-115959.999999")
+    assert afternoon.params()[1] == ("StudyTime", "120000-")
+    assert [w.key for w in (morning, afternoon)] == [
+        "20200101-20200101 000000-115959",
+        "20200101-20200101 120000-235959",
+    ]

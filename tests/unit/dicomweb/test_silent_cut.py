@@ -69,8 +69,8 @@ def test_a_listing_of_one_day_is_also_checked_by_the_times_of_that_day() -> None
     were never asked for again."""
     one_day = _listed(("20200301", "081500"), ("20200301", "163000"))
     assert _check_windows(("20200301", "20200301"), one_day, WHOLE_DAY) == [
-        [("StudyDate", "20200301"), ("StudyTime", "000000-122230")],
-        [("StudyDate", "20200301"), ("StudyTime", "122231-235959")],
+        [("StudyDate", "20200301"), ("StudyTime", "000000-122230.999999")],
+        [("StudyDate", "20200301"), ("StudyTime", "122231-")],
     ]
     # Unbounded, the days around it as well; a search's own StudyTime it cannot read: those.
     assert len(_check_windows(("", ""), one_day, WHOLE_DAY)) == 4
@@ -87,8 +87,8 @@ def test_a_one_day_search_of_its_own_times_is_checked_inside_them() -> None:
     scope = time_scope([("StudyDate", "20200301"), ("StudyTime", "080000-2359")])
     assert scope == (28800, 86399)
     assert _check_windows(("20200301", "20200301"), one_day, scope) == [
-        [("StudyDate", "20200301"), ("StudyTime", "080000-122230")],
-        [("StudyDate", "20200301"), ("StudyTime", "122231-235959")],
+        [("StudyDate", "20200301"), ("StudyTime", "080000-122230.999999")],
+        [("StudyDate", "20200301"), ("StudyTime", "122231-")],
     ]
     assert time_scope([("StudyTime", "10")]) == (36000, 39599)  # all of its precision
     assert time_scope([("StudyTime", "-0930")]) == (0, 34259)

@@ -148,3 +148,26 @@ def test_only_asyncios_words_for_a_client_gone_are_demoted(
         ("ERROR", "Task exception was never retrieved"),
         ("WARNING", "Executing <Handle> took 1.000 seconds"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("stored", "wanted", "matched"),
+    [
+        ("115959.5", "000000-115959", True),  # a bound holds every instant of its second
+        ("115959.5", "120000-", False),
+        ("235959.999", "120000-235959", True),
+        ("115959.5", "-1159", True),  # ... and of its minute
+        ("120000", "000000-115959", False),
+        ("115959", "115959.5-", False),
+        ("115959.75", "115959.5-115959.7", True),
+        ("09:00:30.5", "0900-090030", True),  # the old form
+    ],
+)
+def test_time_ranges_hold_the_fractions_of_their_bounds(
+    stored: str, wanted: str, matched: bool
+) -> None:
+    """A study of 11:59:59.5 was in neither `000000-115959` nor `120000-235959`: compared as
+    text, "115959.5" sorted after "115959"."""
+    from dlstudy.server.qido import matches
+
+    assert matches(0x00080030, {"vr": "TM", "Value": [stored]}, wanted) is matched
