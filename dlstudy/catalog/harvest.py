@@ -464,9 +464,31 @@ class Harvester:
                 "the server sent %s without a Study Instance UID (0020000D): not catalogued",
                 "a study result" if keyless == 1 else f"{keyless} study results",
             )
+        self._check_matched(window, params, records)
         cap = self.page_size if self.silent_cap is None else min(self.page_size, self.silent_cap)
         more = truncated or len(items) >= cap or bool(pager.remaining)
         return Page(records, more, pager.remaining)
+
+    def _check_matched(
+        self, window: Window, params: list[tuple[str, str]], records: list[StudyRecord]
+    ) -> None:
+        """An IncompleteListingError when the answer for `window` holds a study outside it:
+        the server ignores StudyDate or StudyTime (a gateway dropping them), so every window
+        brings the same first studies; splitting would go on to one-second windows (2^17 a
+        day) or, behind a silent cap, take those few for everything."""
+        for record in records:
+            key = window.unmatched_key(record.study_date, record.study_time)
+            if key is None:
+                continue
+            asked = " and ".join(f"{k} {v}" for k, v in params if k in ("StudyDate", "StudyTime"))
+            sent = record.study_date if key == "StudyDate" else record.study_time
+            shown = redact_url(self.transport.base_url)
+            raise IncompleteListingError(
+                f"could not list {shown} completely: the server ignores {key} (asked for "
+                f"{asked}, it sent a study of {sent}), so a search it cuts cannot be "
+                "split into windows: lift its cap on search results, or let it honour offset",
+                url=shown,
+            )
 
     # --- series ----------------------------------------------------------------------------
 

@@ -181,14 +181,14 @@ def time_scope(params: list[tuple[str, str]]) -> tuple[int, int] | None:
         if key in TIME_KEYS:
             low, sep, high = value.partition("-")
             first = day_seconds(low) if low else 0
-            last = _last_second(high if sep else low) if (high or not sep) else DAY_SECONDS - 1
+            last = last_second(high if sep else low) if (high or not sep) else DAY_SECONDS - 1
             if first is None or last is None or first > last:
                 return None
             return first, last
     return 0, DAY_SECONDS - 1
 
 
-def _last_second(time: str) -> int | None:
+def last_second(time: str) -> int | None:
     """The last second a DICOM TM value of its precision holds (HH: HH:59:59)."""
     seconds = day_seconds(time)
     if seconds is None:

@@ -116,6 +116,42 @@ def test_studies_in_the_last_second_of_a_time_window_are_catalogued(
     assert (full["studies"], full["deleted"]) == (9, 0)
 
 
+@pytest.mark.parametrize("silent", [False, True])
+@pytest.mark.parametrize("key", ["StudyDate", "StudyTime"])
+def test_a_server_that_ignores_the_windows_keys_stops_the_pull(
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+    tmp_path: Path,
+    key: str,
+    silent: bool,
+) -> None:
+    """A gateway in front of a capped archive that drops StudyDate (or StudyTime): every
+    window brought the same first page. With a Warning the walk split down to one-second
+    windows, ~2^17 requests a day, without end; with a silent cap it took 4 of 30 studies and
+    exited 0. The first answer with a study outside the window asked for stops the pull,
+    exit 1, and a --full pull records nothing as gone."""
+    source = tmp_path / "source"
+    days = ("20200101", "20200110") if key == "StudyDate" else ("20200101", "20200101")
+    instances = synth(source, 30, seed=82, dates=days)
+    db = tmp_path / "c.duckdb"
+    assert pull(embedded_server(source), db)["studies"] == 30
+    capped = embedded_server(source, max_page_size=4, ignore_offset=True, silent_cap=silent)
+    seen_requests.gateway_keys = {key}
+
+    for pulled, extra in ((tmp_path / "new.duckdb", []), (db, ["--full", "--archive-moved"])):
+        result = run_installed(
+            "catalog", "pull", "--url", capped, "--db", str(pulled), "--json", *extra
+        )
+
+        assert result.returncode == 1, result.stderr
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("dlstudy: error:")]
+        assert f"the server ignores {key}" in line, line
+        summary = json.loads(result.stdout)
+        assert summary["exit_status"] == 1 and summary["requests"] < 100, summary
+    assert {r[0] for r in catalog_rows(db)} == study_uids(instances)
+    assert catalog_rows(db, "SELECT * FROM changes WHERE change = 'deleted'") == []
+
+
 def test_offset_paging_with_a_cap_of_one(embedded_server: StartServer, tmp_path: Path) -> None:
     source = tmp_path / "source"
     instances = synth(source, 7, seed=5, dates=("20200101", "20200103"))
