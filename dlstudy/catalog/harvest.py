@@ -16,7 +16,8 @@ sends nothing past its cap at any offset (Orthanc's LimitFindResults), has its w
 Studies without a StudyDate are found when the first page of the whole scope holds everything,
 or when that scope is paged by offset; once the walk splits by date they cannot be asked for:
 if the server gave a count, how many there are is reported as unreachable; if not, and the
-catalog holds undated studies, that some may be missing (count unknown).
+catalog holds undated studies, that some may be missing (count unknown); if it holds none, a
+note says undated studies, if any, may be missing.
 
 Later pulls (`update`) ask for what can be new: each window's first page again, skipped when
 the count the server reports equals the studies the catalog has there; when only new studies
@@ -197,6 +198,12 @@ class Harvester:
                 "could not be asked for (--study-date catalogs the dated ones alone)"
             )
             summary.unreachable = None
+        elif await self.db(self._split_uncounted, pull):
+            summary.notes.append(
+                "the search gave no count and was split by date: studies without a StudyDate, "
+                "which no date window finds, may be missing past its first page (--study-date "
+                "catalogs the dated ones alone)"
+            )
         await self.db(
             c.finish_pull,
             pull,
@@ -216,12 +223,17 @@ class Harvester:
         return max(0, reported - self.catalog.count_in(root))
 
     def _undated_cut(self, pull: Pull) -> bool:
+        """Whether the whole scope was split uncounted in an archive with undated studies
+        (its first page listed some): more of them may be past the cut."""
+        return self._split_uncounted(pull) and self.catalog.undated()
+
+    def _split_uncounted(self, pull: Pull) -> bool:
         """Whether the whole scope, no StudyDate asked for, was split with no count to tell
-        how many it holds, in an archive with undated studies (its first page listed some):
-        more of them may be past the cut, and no window can ask for them."""
+        how many it holds: undated studies past the cut, if any, no window can ask for. (Not
+        counted as unreachable: none may exist, and the pull cannot tell, every night.)"""
         root = Window.root(self.query.study_date)
         state, reported = self.catalog.window_state(pull.number, root.key)
-        return not root.dated and state == "split" and reported is None and self.catalog.undated()
+        return not root.dated and state == "split" and reported is None
 
     def _first_windows(self, kind: str) -> list[tuple[Window, str]]:
         root = Window.root(self.query.study_date)

@@ -767,6 +767,35 @@ def test_a_full_pull_removes_only_what_a_split_walk_could_have_found(
     assert undated in {r[0] for r in catalog_rows(db, "SELECT study_uid FROM studies")}
 
 
+def test_a_pull_split_without_a_count_says_undated_studies_may_be_missed(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """30 studies, the 3 whose UIDs sort last without a StudyDate, behind a silent cap of 4
+    (no count, offset ignored): the first page listed none of them, so the split walk took
+    27 and said nothing, exit 0. It cannot know whether undated studies exist: it says they
+    may be missing (stderr and --json notes); exit 0 stays, as the catalog.md explains."""
+    source = tmp_path / "source"
+    instances = synth(source, 30, seed=83, dates=("20200101", "20200110"))
+    undated = sorted(study_uids(instances))[-3:]
+    for instance in instances:
+        if instance.study_uid in undated:
+            ds = pydicom.dcmread(instance.path)
+            ds.StudyDate = ""
+            ds.save_as(instance.path, enforce_file_format=True)
+    capped = embedded_server(source, max_page_size=4, ignore_offset=True, silent_cap=True)
+    db = tmp_path / "c.duckdb"
+
+    result = run_installed("catalog", "pull", "--url", capped, "--db", str(db), "--json")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["studies"] == 27
+    (note,) = summary["notes"]
+    assert "studies without a StudyDate" in note and "may be missing" in note, note
+    text = run_installed("catalog", "pull", "--url", capped, "--db", str(db), "--full")
+    assert "catalog: the search gave no count" in text.stderr, text.stderr
+
+
 def test_a_full_pull_that_could_not_list_everything_removes_nothing(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
