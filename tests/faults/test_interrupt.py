@@ -186,6 +186,26 @@ def _wait_until_reading_stdin(pid: int) -> None:
     raise AssertionError("the process never read its standard input")
 
 
+def _hang_up_once(
+    process: subprocess.Popen[str], out: Path, files: int, *, to_group: bool
+) -> tuple[str, str]:
+    """SIGHUP to `process` (its whole group, with `to_group`) once `files` are in `out` (or a
+    minute has gone), then its stdout and stderr when it has ended."""
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.rglob("*.dcm"))) < files and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if to_group:
+            os.killpg(process.pid, signal.SIGHUP)
+        else:
+            process.send_signal(signal.SIGHUP)
+        return process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 @pytest.mark.parametrize(
     ("command", "to_group"), [("download", True), ("download", False), ("sync", True)]
 )
@@ -213,19 +233,8 @@ def test_a_hangup_stops_the_run_as_sigterm_does(
         preexec_fn=ctrl_c_as_at_a_terminal,
         start_new_session=True,  # a group of its own, as a terminal's job has
     )
-    try:
-        deadline = time.monotonic() + 60
-        while len(list(out.rglob("*.dcm"))) < 12 and time.monotonic() < deadline:
-            time.sleep(0.05)  # wait until every process is under way
-        if to_group:
-            os.killpg(process.pid, signal.SIGHUP)
-        else:
-            process.send_signal(signal.SIGHUP)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    # Once every process is under way: 12 files.
+    stdout, stderr = _hang_up_once(process, out, 12, to_group=to_group)
 
     assert process.returncode == 129, stderr
     assert "Traceback" not in stderr, stderr
@@ -315,16 +324,7 @@ def test_under_nohup_a_hangup_does_not_stop_the_run(
         preexec_fn=as_nohup_starts_it,
         start_new_session=True,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not any(out.rglob("*.dcm")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGHUP)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    _, stderr = _hang_up_once(process, out, 1, to_group=True)
 
     assert process.returncode == 0, stderr
     assert len(list(out.rglob("*.dcm"))) == 60

@@ -16,7 +16,7 @@ import pytest
 from ..cli_helpers import run_installed
 from ..factories import STUDY, instance_json, series_json
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy
-from ..fixtures.scripted_routes import Routes
+from ..fixtures.scripted_routes import Route, Routes
 
 pytestmark = pytest.mark.integration
 
@@ -345,6 +345,20 @@ def test_a_header_without_its_colon_is_not_echoed(tmp_path: Path, header: str) -
         assert "--header must look like 'Name: value'" in line
 
 
+def one_listed_series(scripted: Routes) -> tuple[list[str], Route]:
+    """STUDY listed as one series of two instances, searched by series (its instance-level
+    search refused); returns the SOP UIDs and the route of the instances themselves."""
+    series, sops = f"{STUDY}.5", [f"{STUDY}.5.{i}" for i in (1, 2)]
+    base = f"/dicomweb/studies/{STUDY}/series"
+    scripted.get(f"/dicomweb/studies/{STUDY}/instances").mock(return_value=httpx.Response(400))
+    for path, listed in [
+        (base, [series_json(series, count=len(sops))]),
+        (f"{base}/{series}/instances", [instance_json(sop) for sop in sops]),
+    ]:
+        scripted.get(path).mock(return_value=httpx.Response(200, json=listed))
+    return sops, scripted.get(f"{base}/{series}/instances/", prefix=True)
+
+
 def _echoing(request: httpx.Request) -> httpx.Response:
     """A refusal whose reason phrase repeats what the request carried: its Authorization
     (and a Basic one decoded, and its user name), its X-Api-Key and its query, as some
@@ -379,15 +393,8 @@ def test_a_reason_phrase_echoing_the_credentials_is_shown_without_them(
     url = f"{scripted.base}?code={SECRET}-code"
     if credentials[0] == "--url-user":  # https://<token>@host/..., GitHub-style
         url, credentials = url.replace("://", f"://{credentials[1]}@"), ()
-    series, sops = f"{STUDY}.5", [f"{STUDY}.5.{i}" for i in (1, 2)]
-    base = f"/dicomweb/studies/{STUDY}/series"
-    scripted.get(f"/dicomweb/studies/{STUDY}/instances").mock(return_value=httpx.Response(400))
-    for path, listed in [
-        (base, [series_json(series, count=len(sops))]),
-        (f"{base}/{series}/instances", [instance_json(sop) for sop in sops]),
-    ]:
-        scripted.get(path).mock(return_value=httpx.Response(200, json=listed))
-    scripted.get(f"{base}/{series}/instances/", prefix=True).mock(side_effect=_echoing)
+    sops, instances = one_listed_series(scripted)
+    instances.mock(side_effect=_echoing)
     report, log = tmp_path / "report.jsonl", tmp_path / "run.log"
     result = run_installed(
         "download", STUDY, "--url", url, *credentials,
@@ -433,16 +440,8 @@ def test_a_proxys_reason_phrase_echoing_its_credentials_is_shown_without_them(
     """A proxy may refuse with a reason phrase that repeats the Proxy-Authorization it was
     sent: its Basic credential (base64 of the user and password) was shown as sent in the
     failure lines, --json, --report and --log-file."""
-    series, sops = f"{STUDY}.5", [f"{STUDY}.5.{i}" for i in (1, 2)]
-    base = f"/dicomweb/studies/{STUDY}/series"
-    scripted.get(f"/dicomweb/studies/{STUDY}/instances").mock(return_value=httpx.Response(400))
-    for path, listed in [
-        (base, [series_json(series, count=len(sops))]),
-        (f"{base}/{series}/instances", [instance_json(sop) for sop in sops]),
-    ]:
-        scripted.get(path).mock(return_value=httpx.Response(200, json=listed))
-    echoing = scripted.get(f"{base}/{series}/instances/", prefix=True)
-    echoing.mock(side_effect=_echoing_proxy_authorization)
+    sops, instances = one_listed_series(scripted)
+    echoing = instances.mock(side_effect=_echoing_proxy_authorization)
     report, log = tmp_path / "report.jsonl", tmp_path / "run.log"
     result = run_installed(
         "download", STUDY, "--url", scripted.base, "--proxy", proxied_through(scripted),
