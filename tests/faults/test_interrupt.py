@@ -266,6 +266,7 @@ def test_a_closed_terminal_stops_the_run_as_sigterm_does(
 
     def in_the_terminal() -> None:  # its controlling terminal, as a login shell's job has
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        ctrl_c_as_at_a_terminal()  # SIGHUP at its default, whatever `nohup` handed down
 
     process = subprocess.Popen(
         [DLSTUDY, "download", *args],

@@ -48,7 +48,10 @@ def start(
     cmd = [*prefix, DLSTUDY if installed else sys.executable]
     cmd += [] if installed else ["-c", LAUNCH]
     cmd += ["serve", *args]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # Signals as at a terminal: a run under `nohup` (or a CI job) would hand SIGHUP down ignored.
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_at_a_terminal
+    )
     assert proc.stderr is not None
     seen = [] if seen is None else seen
     for _ in range(50):  # log lines may come first; the URL line ends the wait
