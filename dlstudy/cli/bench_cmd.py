@@ -25,7 +25,7 @@ from ..bench.report import (
 )
 from ..errors import DlstudyError, ExitStatus, how_stopped
 from ..flow.signals import stop_for_signal, stop_signals
-from ..http.urls import redact_url
+from ..http.urls import is_valid_uid, redact_url
 from ..report.printable import printable
 from ..report.words import counted
 from ..settings import HttpVersion
@@ -36,7 +36,7 @@ from .options import (
     CONNECTION,
     with_options,
 )
-from .strays import uid_not_shown
+from .strays import stray_words
 
 if TYPE_CHECKING:
     from ..bench.report import CellResult, Row
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         )
 
         # The rest of an unquoted secret, as the study UID: refused, and never shown.
-        not_shown = uid_not_shown(study_uid)
+        not_shown = stray_words().uid_not_shown(study_uid, valid=is_valid_uid(study_uid))
 
         def nothing_measured() -> BenchReport:  # the object --json prints for an early error
             return BenchReport(

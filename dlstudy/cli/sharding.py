@@ -17,7 +17,7 @@ from ..report.landed import run_report
 from ..report.summary import Summary
 from .common import fail_usage, finish
 from .connection import option
-from .strays import uid_not_shown
+from .strays import stray_words
 
 ShardOpt = Annotated[
     str | None,
@@ -45,10 +45,12 @@ def select_shard(uids: Iterable[str], shard: Shard | None) -> list[str]:
     Every UID is checked first, so that all shards of one list agree on whether it is valid.
     """
     unique = list(dict.fromkeys(uids))
+    strays = stray_words()
     for uid in unique:
-        if (not_shown := uid_not_shown(uid)) is not None:
+        valid = is_valid_uid(uid)
+        if (not_shown := strays.uid_not_shown(uid, valid=valid)) is not None:
             fail_usage(not_shown)
-        if not is_valid_uid(uid):
+        if not valid:
             fail_usage(
                 f"invalid study UID {uid[:80]!r}: a UID is digits and dots, at most 64 characters"
             )

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from functools import cache
-
-from ..http.urls import is_valid_uid
 
 # Options whose value is a secret, or a command that may hold one (`echo $TOKEN`), or a URL,
 # which may hold a user and password (`http://alice:Winter 2024@host/...`).
@@ -70,22 +67,27 @@ def split_off_header_values(argv: Sequence[str]) -> dict[str, str]:
     return split
 
 
-def uid_not_shown(word: str) -> str | None:
-    """The usage line for `word` given as a study UID when it may be the rest of a secret's
-    value on this command line: it names the option, never the word; None otherwise. Any
-    word right after an empty --header is one; after another secret's value, an invalid UID
-    alone (a valid one is taken: `--password pw 1.2.3` is a study asked for)."""
-    header = _split_off(tuple(sys.argv[1:]))[1].get(word)
-    if header is not None:
-        return f"--header {header}: is empty and a word follows it ({not_shown('--header')})"
-    if is_valid_uid(word):
-        return None
-    option = _split_off(tuple(sys.argv[1:]))[0].get(word)
-    return None if option is None else f"invalid study UID ({not_shown(option)})"
+class StrayWords:
+    """The words of a command line that may be the rest of a secret's value: found once, for
+    all the UIDs a run is given (a --from-file list may hold a million)."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.after_secrets = split_off_secrets(argv)
+        self.after_empty_headers = split_off_header_values(argv)
+
+    def uid_not_shown(self, word: str, *, valid: bool) -> str | None:
+        """The usage line for `word` given as a study UID (`valid`: whether it is a valid one,
+        as the caller found) when it may be the rest of a secret's value: it names the
+        option, never the word; None otherwise. Any word right after an empty --header is
+        one; after another secret's value, an invalid UID alone (a valid one is taken:
+        `--password pw 1.2.3` is a study asked for)."""
+        header = self.after_empty_headers.get(word)
+        if header is not None:
+            return f"--header {header}: is empty and a word follows it ({not_shown('--header')})"
+        option = None if valid else self.after_secrets.get(word)
+        return None if option is None else f"invalid study UID ({not_shown(option)})"
 
 
-@cache
-def _split_off(argv: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
-    """split_off_secrets and split_off_header_values of `argv`, once for all the UIDs a run
-    is given."""
-    return split_off_secrets(argv), split_off_header_values(argv)
+def stray_words() -> StrayWords:
+    """The StrayWords of this process's command line."""
+    return StrayWords(sys.argv[1:])
