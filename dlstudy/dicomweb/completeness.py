@@ -60,13 +60,42 @@ _BIG_LENGTH = struct.Struct(">L")
 # presentation, as every real instance starts): its byte order is then plain to see.
 _BARE_FIRST_GROUPS = range(0x0008, 0x0029)
 _INFLATED_PIECE = 1 << 20  # zlib's output at a time, thrown away: memory stays bounded
-# Bytes some writers leave after a deflated dataset's stream: gzip's CRC-32 and length (as
-# pydicom's own test file, image_dfl.dcm, has them), or zlib's Adler-32.
+# Bytes some writers leave after a deflated dataset's stream, at most: gzip's CRC-32 and
+# length (as pydicom's own test file, image_dfl.dcm, has them), or zlib's Adler-32.
 _DEFLATE_TRAILER = 8
 
 
 class _CannotJudge(Exception):
     """Something the walk does not know how to read: the file is let through."""
+
+
+_NO_PART = "are no part of it"
+
+
+class _Inflated:
+    """The running CRC-32, Adler-32 and length of a deflated dataset's inflated bytes: what a
+    trailer a writer leaves after the stream must hold."""
+
+    def __init__(self) -> None:
+        self.crc = zlib.crc32(b"")
+        self.adler = zlib.adler32(b"")
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.adler = zlib.adler32(data, self.adler)
+        self.size += len(data)
+
+    def followed_by(self, rest: bytes) -> bool:
+        """Whether `rest`, the bytes after the stream, is NUL padding, after gzip's trailer
+        (CRC-32 and length, little endian) or zlib's (Adler-32, big endian) if one is there."""
+        gzip = struct.pack("<LL", self.crc, self.size & 0xFFFFFFFF)
+        zlib_ = struct.pack(">L", self.adler)
+        for trailer in (gzip, zlib_):
+            if rest.startswith(trailer):
+                rest = rest[len(trailer) :]
+                break
+        return not rest.strip(b"\0")
 
 
 class _Cut(Exception):
@@ -411,30 +440,31 @@ class _Walker:
 
     def inflated(self, pos: int, end: int | None) -> _Reads:
         """A deflated dataset from `pos` (to `end`, or to where the body ends): one deflate
-        stream, inflated and thrown away, which must reach its last block; only a trailer
-        of _DEFLATE_TRAILER bytes and NUL padding may follow it."""
+        stream, inflated and thrown away, which must reach its last block; only NUL padding
+        may follow it, after the trailer of what was inflated if a writer left one."""
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as the standard says
+        inflated = _Inflated()
         at = pos
         while end is None or at < end:
             count = _PADDING_BLOCK if end is None else min(end - at, _PADDING_BLOCK)
             block = yield at, count
             try:
-                inflater.decompress(block, _INFLATED_PIECE)
+                inflated.add(inflater.decompress(block, _INFLATED_PIECE))
                 while inflater.unconsumed_tail and not inflater.eof:
-                    inflater.decompress(inflater.unconsumed_tail, _INFLATED_PIECE)
+                    inflated.add(inflater.decompress(inflater.unconsumed_tail, _INFLATED_PIECE))
             except zlib.error as exc:
                 raise _CannotJudge(f"deflate stream: {exc}") from None
+            after = at + len(block) - len(inflater.unused_data)
             if len(inflater.unused_data.rstrip(b"\0")) > _DEFLATE_TRAILER:
-                after = at + len(block) - len(inflater.unused_data)
-                raise _Appended(
-                    f"bytes after the deflated dataset, from byte {after}, are no part of it"
-                )
+                raise _Appended(f"bytes after the deflated dataset, from byte {after}, {_NO_PART}")
             if len(block) < count:
                 at += len(block)
                 break
             at += count
         if not inflater.eof:
             raise _Cut(f"the deflated dataset stops before its last block, at byte {at}")
+        if not inflated.followed_by(inflater.unused_data):
+            raise _Appended(f"bytes after the deflated dataset, from byte {after}, {_NO_PART}")
         return at
 
     def items(self, pos: int, end: int | None, *, depth: int) -> _Reads:

@@ -4,6 +4,8 @@ it cannot judge pass. Files are written by pydicom, in every form the walk reads
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import pydicom
@@ -167,8 +169,17 @@ def test_a_deflated_dataset_is_whole_when_its_deflate_stream_ends(tmp_path: Path
     with pytest.raises(IntegrityError, match="after the deflated dataset.*appended"):
         check(tmp_path, data + b"\r\n" * 5, DeflatedExplicitVRLittleEndian)
     check(tmp_path, data + b"\0" * 7, DeflatedExplicitVRLittleEndian)
-    # A gzip trailer (CRC-32 and length) after the stream, as some writers leave it.
-    check(tmp_path, data + b"N\xd0XE\x1a\x02\x04\x00", DeflatedExplicitVRLittleEndian)
+    # The trailer of what was inflated, as some writers leave it: gzip's (CRC-32 and length,
+    # as pydicom's image_dfl.dcm has it) or zlib's (Adler-32), NUL padding after it.
+    dataset = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
+    gzip = struct.pack("<LL", zlib.crc32(dataset), len(dataset))
+    adler = struct.pack(">L", zlib.adler32(dataset))
+    for trailer in (gzip, adler, gzip + b"\0\0", adler + b"\0"):
+        check(tmp_path, data + trailer, DeflatedExplicitVRLittleEndian)
+    # Anything else after the stream was appended: a CRLF, another file's trailer.
+    for appended in (b"\r\n", b"\n", b"N\xd0XE\x1a\x02\x04\x00", gzip[:4], gzip + b"\r\n"):
+        with pytest.raises(IntegrityError, match="after the deflated dataset.*appended"):
+            check(tmp_path, data + appended, DeflatedExplicitVRLittleEndian)
     explicit = part10(ExplicitVRLittleEndian, undefined=False)  # not deflated at all
     check(tmp_path, explicit[:-100], DeflatedExplicitVRLittleEndian, body=False)
 
