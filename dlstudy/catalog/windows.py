@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from ..dicomweb.silent_cut import (
     ListedDates,
-    day_seconds,
-    last_second,
     split_days,
     split_times,
     tm,
     tm_range,
+    unmatched_key,
 )
 
 # The span a root without a date range is split over; its two outer halves are open-ended.
@@ -93,17 +92,7 @@ class Window:
         """The key of this window ("StudyDate", "StudyTime") that a study of `date` and
         `time`, sent as one of its matches, does not match: the server ignored it. None
         when it matches, or its value cannot be read."""
-        day = _calendar_day(date)
-        if not self.dated or day is None:
-            return None
-        if (not self.open_lo and day < self.lo) or (not self.open_hi and day > self.hi):
-            return "StudyDate"
-        if self.t_lo is None or self.t_hi is None or not time:
-            return None
-        first, last = day_seconds(time), last_second(time)
-        if first is None or last is None or (self.t_lo <= last and first <= self.t_hi):
-            return None  # (a time of less precision matches where its span overlaps)
-        return "StudyTime"
+        return unmatched_key(self.params(), date, time)
 
     @property
     def splittable(self) -> bool:
@@ -170,17 +159,6 @@ def recent(days: int, today: dt.date | None = None) -> Window:
 
 def _day(text: str) -> int:
     return dt.datetime.strptime(text, "%Y%m%d").date().toordinal()
-
-
-def _calendar_day(date: str | None) -> int | None:
-    """A StudyDate as a day number (the old form `2020.01.01` too); None if it is none."""
-    text = (date or "").strip().replace(".", "")
-    if len(text) != 8 or not text.isdigit():
-        return None
-    try:
-        return _day(text)
-    except ValueError:
-        return None
 
 
 def _date(day: int) -> str:

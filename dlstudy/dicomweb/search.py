@@ -22,11 +22,9 @@ from ..http.auth import auth_from_settings
 from ..http.client import Transport, require_asyncio
 from ..http.credentials import is_pair
 from ..settings import Pairs, Settings, Texts, check_types, pairs, values
-from .qido import TAG_STUDY_UID, Pager, first_count, first_value
+from .qido import TAG_STUDY_DATE, TAG_STUDY_TIME, TAG_STUDY_UID, Pager, first_count, first_value
 from .silent_cut import ListedDates, check_whole
 
-TAG_STUDY_DATE = "00080020"
-TAG_STUDY_TIME = "00080030"
 TAG_ACCESSION = "00080050"
 TAG_MODALITIES = "00080061"
 TAG_DESCRIPTION = "00081030"

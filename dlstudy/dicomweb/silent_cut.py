@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import IncompleteListingError, ServerError
 from ..http.urls import redact_url
-from .qido import TAG_STUDY_UID, Pager, first_value
+from .qido import TAG_STUDY_DATE, TAG_STUDY_TIME, TAG_STUDY_UID, Pager, first_value
 
 if TYPE_CHECKING:
     from .search import StudyRecord
@@ -97,8 +97,12 @@ async def check_whole(
         except ServerError as exc:  # a server that refuses the date range
             log.info("%s: no StudyDate window to check the search by: %s", redact_url(url), exc)
             return
-        unlisted = _unlisted(page[0] if page else (), listed)
+        items = page[0] if page else []
+        unlisted = _unlisted(items, listed)
         if unlisted is None:
+            if (ignored := _ignored(window, items)) is not None:
+                _warn_ignored(redact_url(url), ignored, len(listed))
+                return
             continue
         if await _grew(pager, url, params, listed, unlisted):
             log.info("%s: studies came while it was searched", redact_url(url))
@@ -115,6 +119,62 @@ async def check_whole(
             url=shown,
         )
     warn_if_one_second(redact_url(url), dates, len(listed))
+
+
+def _warn_ignored(where: str, ignored: str, studies: int) -> None:
+    """A server that answered a window with studies outside it answers every window as it
+    did the whole search: no window can show a cut, nor does any listing rule one out."""
+    log.warning(
+        "%s: %s, so whether it cut the search cannot be told (it sent %d studies and nothing "
+        "after them, as it would if it had a cap on search results that it does not announce)",
+        where, ignored, studies,
+    )  # fmt: skip
+
+
+def _ignored(window: list[tuple[str, str]], items: Iterable[dict[str, Any]]) -> str | None:
+    """What shows that a server ignored a key of `window`, the search it answered with
+    `items`: a study that does not match it."""
+    for item in items:
+        date, time = first_value(item, TAG_STUDY_DATE), first_value(item, TAG_STUDY_TIME)
+        key = unmatched_key(window, date, time)
+        if key is not None:
+            asked = " and ".join(f"{k} {v}" for k, v in window)
+            return f"the server ignores {key} (asked for {asked}, it sent a study of " + (
+                f"{date})" if key == "StudyDate" else f"{time})"
+            )
+    return None
+
+
+def unmatched_key(params: list[tuple[str, str]], date: str | None, time: str | None) -> str | None:
+    """The key of a search's `params` ("StudyDate", "StudyTime") that a study of `date` and
+    `time`, sent as one of its matches, does not match: the server ignored it. None when it
+    matches, or a value cannot be read."""
+    day = _calendar_date(date)
+    if day is None or not any(k in _DATE_KEYS for k, _ in params):
+        return None
+    low, high = (_calendar_date(end) if end else "" for end in _scope(params))
+    if low is None or high is None:
+        return None
+    if (low and day < low) or (high and day > high):
+        return "StudyDate"
+    if not time or not any(k in TIME_KEYS for k, _ in params):
+        return None
+    scope, first, last = time_scope(params), day_seconds(time), last_second(time)
+    if scope is None or first is None or last is None or (scope[0] <= last and first <= scope[1]):
+        return None  # (a time of less precision matches where its span overlaps)
+    return "StudyTime"
+
+
+def _calendar_date(date: str | None) -> str | None:
+    """A StudyDate as YYYYMMDD (the old form `2020.01.01` too); None if it is none."""
+    text = (date or "").strip().replace(".", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        _day(text)
+    except ValueError:
+        return None
+    return text
 
 
 def warn_if_one_second(where: str, dates: ListedDates, studies: int) -> None:

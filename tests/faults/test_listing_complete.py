@@ -19,7 +19,7 @@ from ..cli_helpers import (
     run_installed,
     stop_installed,
 )
-from ..fixtures.embedded_server import StartServer
+from ..fixtures.embedded_server import SeenRequests, StartServer
 
 pytestmark = pytest.mark.integration
 
@@ -274,6 +274,42 @@ def test_a_listing_all_of_one_second_says_it_cannot_be_checked(
     assert synced.returncode == 0 and said in synced.stderr, synced.stderr
     pulled = run_installed("catalog", "pull", "--url", url, "--db", str(tmp_path / "c.duckdb"))
     assert pulled.returncode == 0 and said in pulled.stderr, pulled.stderr
+
+
+@pytest.mark.parametrize("capped", [True, False])
+def test_a_server_that_ignores_study_date_says_a_cut_cannot_be_told(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path, capped: bool
+) -> None:
+    """A gateway that drops StudyDate in front of an archive that cuts every search at 4
+    without saying so (offset ignored, no count): the two StudyDate windows that check a
+    short listing each brought the same first 4 studies, all listed, so `query` and `sync`
+    took 4 of 12 for the whole archive, exit 0, without a word. A window's answer holding
+    studies outside it shows the date was ignored and the check proves nothing: both say
+    so. Without a cap the answers are the same but for their length, so the same words, and
+    exit 0 as with the cap: a gateway that drops StudyDate is no failure of a night."""
+    instances = generate(tmp_path / "source", SynthSpec(
+        studies=12, series=1, instances=1, size=1024, seed=94, study_dates=("20220101", "20220112")
+    ))  # fmt: skip
+    every = {i.study_uid for i in instances}
+    cap = {"max_page_size": 4, "ignore_offset": True, "silent_cap": True} if capped else {}
+    url = embedded_server(tmp_path / "source", no_counts=True, **cap)
+    seen_requests.gateway_keys = {"StudyDate"}
+    said = "the server ignores StudyDate (asked for StudyDate "
+    cannot = "whether it cut the search cannot be told"
+    sent = 4 if capped else 12
+
+    listed = run_installed("query", "--url", url, "--uids")
+    assert listed.returncode == 0, listed.stderr
+    assert len(set(listed.stdout.split()) & every) == sent
+    (warning,) = [line for line in listed.stderr.splitlines() if said in line]
+    assert warning.startswith("dlstudy: warning:") and cannot in warning, warning
+    assert f"it sent {sent} studies" in warning, warning
+
+    out = tmp_path / "out"
+    synced = run_installed("sync", "--url", url, "-o", str(out))
+    assert synced.returncode == 0, synced.stderr
+    assert said in synced.stderr and cannot in synced.stderr, synced.stderr
+    assert len({p.parts[-3] for p in out.rglob("*.dcm")}) == sent
 
 
 @pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
