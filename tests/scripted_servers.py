@@ -764,3 +764,17 @@ def serving(answer: Callable[[str, str], tuple[bytes, str]]) -> Iterator[str]:
 
     with _one_server(Serving) as url:
         yield url
+
+
+@contextmanager
+def refusing(status: int) -> Iterator[str]:
+    """Lists one series of SOPS; every other request (an instance, the series, the study) is
+    answered `status` with a line of text, in whatever form it was asked. Yields the base URL."""
+
+    class Refusing(_Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            if not self.listing(self.path.split("?", 1)[0]):
+                self.reply(status, b"no acceptable representation", "text/plain")
+
+    with _one_server(Refusing) as url:
+        yield url

@@ -87,6 +87,11 @@ class Negotiator:
     def current(self) -> Retrieval:
         return self._forms[self._index]
 
+    @property
+    def wanted(self) -> Retrieval:
+        """The form asked for first: the one of the transfer syntax the run wants."""
+        return self._forms[0]
+
     async def run(self, attempt: Callable[[Retrieval], Awaitable[T]]) -> T:
         """Run `attempt` with the settled form, or find that form with this attempt."""
         while True:
@@ -145,7 +150,7 @@ class Negotiator:
             return
         self._index = index
         self.settled = True
-        wanted = self._forms[0].transfer_syntax
+        wanted = self.wanted.transfer_syntax
         form = self._forms[index]
         if wanted is not None and form.transfer_syntax is None:
             warning = f"server refused transfer-syntax={wanted}; it may transcode what it sends"

@@ -182,7 +182,14 @@ class InstanceFetcher:
                 raise _not_transcoded(ref, syntax, exc.message, asked=True) from exc
 
         async def attempt() -> Committed:
-            return await self.negotiator.run(once)
+            try:
+                return await self.negotiator.run(once)
+            except HttpStatusError as exc:
+                # Every form refused: in the syntax asked for, and in the server's default.
+                syntax = explicit_syntax(self.negotiator.wanted)
+                if syntax is None or exc.status_code != 406:
+                    raise
+                raise _not_transcoded(ref, syntax, exc.message, asked=True, status=406) from exc
 
         try:
             return await with_retries(
@@ -239,8 +246,11 @@ def explicit_syntax(form: Retrieval) -> str | None:
     return None if syntax in (None, ANY_TRANSFER_SYNTAX) else syntax
 
 
-def _not_transcoded(ref: InstanceRef, syntax: str, answer: str, *, asked: bool) -> HttpStatusError:
-    """The failure of an instance the server cannot send in `syntax`: no retry brings it."""
+def _not_transcoded(
+    ref: InstanceRef, syntax: str, answer: str, *, asked: bool, status: int = 500
+) -> HttpStatusError:
+    """The failure of an instance the server cannot send in `syntax` (it answered `status`):
+    no retry brings it."""
     if asked:
         why = f"the server could not send it in transfer syntax {syntax} ({_status_of(answer)})"
     else:
@@ -250,7 +260,7 @@ def _not_transcoded(ref: InstanceRef, syntax: str, answer: str, *, asked: bool) 
         )
     return HttpStatusError(
         f"instance {ref.sop_uid}: {why}; {TRANSCODE_HINT}",
-        status_code=500,
+        status_code=status,
         sop_instance_uid=ref.sop_uid,
         retryable=False,
     )

@@ -7,13 +7,16 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
 from ..cli_helpers import assert_same_files, instance_counts, run_cli, run_installed, summary_of
+from ..factories import STUDY
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 from ..manifest_helpers import index_of
+from ..scripted_servers import SOPS, refusing
 
 pytestmark = pytest.mark.integration
 
@@ -228,6 +231,52 @@ def test_a_refused_transfer_syntax_is_a_warning_on_stderr(
     quiet = run_installed("download", synth_study.study_uid, "--url", url, "-o", b, *args, "-q")
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert json.loads(quiet.stdout)["retrieval"]["warnings"] == [warning]
+
+
+TRANSCODE_HINT = "ask for --transfer-syntax '*' (as stored) or another one"
+
+
+def test_a_transfer_syntax_refused_with_406_says_to_ask_for_another(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """Files stored in Implicit VR: a server that does not transcode answers 406 to JPEG
+    baseline and to its default (Explicit VR) alike. Each failure said only `HTTP 406`; it
+    now says which transfer syntax was refused and to ask for another, as a 500 does."""
+    source = tmp_path / "source"
+    instances = generate(source, SynthSpec(series=1, instances=3, size=1024, seed=95))
+    for instance in instances:
+        dataset = pydicom.dcmread(instance.path)
+        dataset.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        dataset.save_as(instance.path, implicit_vr=True, little_endian=True)
+    url = embedded_server(source)
+    study, jpeg = instances[0].study_uid, "1.2.840.10008.1.2.4.50"
+
+    result = run_installed("download", study, "--url", url, "-o", str(tmp_path / "a"),
+                           "--json", "--transfer-syntax", jpeg)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    reasons = [failure["reason"] for failure in json.loads(result.stdout)["failures"]]
+    assert len(reasons) == 3, reasons
+    said = f"the server could not send it in transfer syntax {jpeg} (HTTP 406); {TRANSCODE_HINT}"
+    assert all(reason.endswith(said) for reason in reasons), reasons
+
+    as_stored = run_installed("download", study, "--url", url, "-o", str(tmp_path / "b"))
+    assert as_stored.returncode == 0, as_stored.stderr
+    assert_same_files(instances, tmp_path / "b")
+
+
+@pytest.mark.parametrize("syntax", ["*", "1.2.840.10008.1.2.4.50"])
+def test_a_406_suggests_another_transfer_syntax_only_when_one_was_asked_for(
+    tmp_path: Path, syntax: str
+) -> None:
+    """A server that answers 406 to every retrieval: asked as stored (the default), there
+    is no other transfer syntax to suggest, and the line stays the server's answer."""
+    with refusing(406) as url:
+        result = run_installed("download", STUDY, "--url", url, "-o", str(tmp_path), "--json",
+                               "--http", "1.1", "--transfer-syntax", syntax)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    reasons = [failure["reason"] for failure in json.loads(result.stdout)["failures"]]
+    assert len(reasons) == len(SOPS) and all("HTTP 406" in r for r in reasons), reasons
+    assert all((TRANSCODE_HINT in r) == (syntax != "*") for r in reasons), reasons
 
 
 @pytest.mark.parametrize("mode", ["series", "study"])
