@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..dicomweb.silent_cut import normal_date, normal_time
 from ..errors import LockedError, StorageError, UsageError
 from ..http.urls import split_base_url
 from .windows import Window
@@ -84,6 +85,14 @@ _CORE_TABLES = ("meta", "pulls", "studies")
 # next pull: the pull times were TIMESTAMP, the local time of the machine that pulled.
 _EARLIER_TYPES = {("pulls", "started"): "TIMESTAMP", ("pulls", "finished"): "TIMESTAMP"}
 _TIMESTAMPTZ = "TIMESTAMP WITH TIME ZONE"
+# The columns an earlier dlstudy filled as the server sent them, the mark of the retired form.
+_DATE_COLUMNS = (
+    ("studies", "study_date", ".", normal_date),
+    ("studies", "study_time", ":", normal_time),
+    ("harvest", "study_date", ".", normal_date),
+    ("harvest", "study_time", ":", normal_time),
+    ("changes", "study_date", ".", normal_date),
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Window states: todo (not asked yet), paging (walked by offset, next_offset is next),
@@ -340,6 +349,7 @@ class Catalog:
             self.db.execute("BEGIN")  # all tables or none: a half-made catalog is no catalog
             self.db.execute(SCHEMA)
             self._pull_times_with_zone()
+            self._dates_normalised()
             self.db.execute("COMMIT")
             _show_utc(self.db)
         except BaseException:
@@ -354,6 +364,21 @@ class Catalog:
         for (table, column), earlier in _EARLIER_TYPES.items():
             if dict(tables.get(table, [])).get(column) == earlier:
                 self.db.execute(f"ALTER TABLE {table} ALTER {column} SET DATA TYPE TIMESTAMPTZ")
+
+    def _dates_normalised(self) -> None:
+        """Dates and times an earlier dlstudy stored as sent in the retired forms
+        (`2020.01.01`, `12:30:00`) become the form the filters and windows compare."""
+        for table, column, mark, normal in _DATE_COLUMNS:
+            raw = self.db.execute(
+                f"SELECT DISTINCT {column} FROM {table} WHERE contains({column}, ?)", [mark]
+            ).fetchall()
+            pairs = [(value, normal(value)) for (value,) in raw if normal(value) != value]
+            if pairs:
+                self.db.execute(
+                    f"UPDATE {table} SET {column} = m.normal FROM (SELECT unnest($1) AS raw, "
+                    f"unnest($2) AS normal) m WHERE {table}.{column} = m.raw",
+                    [list(values) for values in zip(*pairs, strict=True)],
+                )
 
     def close(self) -> None:
         self.db.close()
@@ -673,8 +698,8 @@ def _columns(records: Iterable[StudyRecord]) -> list[list[Any]]:
             r.study_uid,
             r.patient_id,
             r.patient_name,
-            r.study_date,
-            r.study_time,
+            normal_date(r.study_date) if r.study_date else r.study_date,
+            normal_time(r.study_time) if r.study_time else r.study_time,
             r.accession,
             r.description,
             list(r.modalities),

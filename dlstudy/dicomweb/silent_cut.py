@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ _DATE_KEYS = ("StudyDate", "00080020", "0008,0020", "(0008,0020)")
 TIME_KEYS = ("StudyTime", "00080030", "0008,0030", "(0008,0030)")
 DAY_SECONDS = 86_400
 LAST_DATE = "99991231"  # a range up to it holds every date
+# The retired ACR-NEMA forms PS3.5 6.2 still has readers accept: 2020.01.01, 12:30:00.5.
+_OLD_DATE = re.compile(r"\d{4}\.\d{2}\.\d{2}", re.ASCII)
+_OLD_TIME = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?", re.ASCII)
 
 
 class ListedDates:
@@ -52,6 +56,7 @@ class ListedDates:
         return dates
 
     def add(self, date: str | None, time: str | None = None) -> None:
+        date = normal_date(date) if date else date
         if date is None or len(date) != 8 or not date.isdigit() or not _is_day(date):
             return
         if self.first is None or date < self.first:
@@ -167,7 +172,7 @@ def unmatched_key(params: list[tuple[str, str]], date: str | None, time: str | N
 
 def _calendar_date(date: str | None) -> str | None:
     """A StudyDate as YYYYMMDD (the old form `2020.01.01` too); None if it is none."""
-    text = (date or "").strip().replace(".", "")
+    text = normal_date(date or "").strip()
     if len(text) != 8 or not text.isdigit():
         return None
     try:
@@ -253,7 +258,7 @@ def last_second(time: str) -> int | None:
     seconds = day_seconds(time)
     if seconds is None:
         return None
-    digits = len(time.strip().partition(".")[0])
+    digits = len(normal_time(time).strip().partition(".")[0])
     return min(seconds + {2: 3599, 4: 59}.get(digits, 0), DAY_SECONDS - 1)
 
 
@@ -333,13 +338,29 @@ def day_seconds(time: str | None) -> int | None:
     it is none."""
     if not time:
         return None
-    digits = time.strip().partition(".")[0]
+    digits = normal_time(time).strip().partition(".")[0]
     if len(digits) not in (2, 4, 6) or not digits.isdigit():
         return None
     hours, minutes, seconds = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
     if hours > 23 or minutes > 59 or seconds > 60:
         return None
     return min(hours * 3600 + minutes * 60 + seconds, DAY_SECONDS - 1)
+
+
+def normal_date(date: str) -> str:
+    """A DA value in the form ranges compare: the retired `2020.01.01` as `20200101`; any
+    other value as it was sent."""
+    if _OLD_DATE.fullmatch(date.strip()):
+        return date.strip().replace(".", "")
+    return date
+
+
+def normal_time(time: str) -> str:
+    """A TM value in the form ranges compare: the retired `12:30:00.5` as `123000.5`; any
+    other value as it was sent."""
+    if _OLD_TIME.fullmatch(time.strip()):
+        return time.strip().replace(":", "")
+    return time
 
 
 def tm(seconds: int) -> str:

@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -794,6 +795,91 @@ def test_a_pull_split_without_a_count_says_undated_studies_may_be_missed(
     assert "studies without a StudyDate" in note and "may be missing" in note, note
     text = run_installed("catalog", "pull", "--url", capped, "--db", str(db), "--full")
     assert "catalog: the search gave no count" in text.stderr, text.stderr
+
+
+def set_retired_forms(instances: list[SynthInstance], dates: list[str], times: list[str]) -> None:
+    """The studies' StudyDate and StudyTime, one of `dates` and `times` each in the order of
+    their UIDs, written in the retired ACR-NEMA forms old archives still send (`2020.01.02`,
+    `12:30:00`: PS3.5 6.2 has readers accept them)."""
+    order = sorted(study_uids(instances))
+    for instance in instances:
+        ds = pydicom.dcmread(instance.path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's about the retired form: it is the point
+            ds.StudyDate = dates[order.index(instance.study_uid)]
+            ds.StudyTime = times[order.index(instance.study_uid)]
+        ds.save_as(instance.path, enforce_file_format=True)
+
+
+RETIRED_DATES = ["2020.01.01", "2020.01.02", "2020.01.03", "2020.01.04"]
+RETIRED_TIMES = ["08:00:00", "12:30:00.5", "12:30", "23:59:59"]
+
+
+def test_dates_and_times_in_the_retired_form_are_catalogued_as_the_filters_compare_them(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """An archive that sends `2020.01.02` and `12:30:00`, behind a cap of 2 with a count:
+    the catalog kept them as sent, so a pull with --study-date split by date counted every
+    study as in no date window (unreachable 4, exit 1), `catalog query --study-date` found
+    none, and a --full pull took none as gone. Stored as `20200102` and `123000`, all work."""
+    source = tmp_path / "source"
+    instances = synth(source, 4, seed=91, dates=("20200101", "20200104"))
+    set_retired_forms(instances, RETIRED_DATES, RETIRED_TIMES)
+    uids = sorted(study_uids(instances))
+    capped = embedded_server(source, max_page_size=2, ignore_offset=True)
+    db = tmp_path / "c.duckdb"
+
+    first = pull(capped, db, "--study-date", "20200101-20200104")
+
+    assert (first["studies"], first["unreachable"], first["notes"]) == (4, 0, [])
+    assert catalog_rows(db, "SELECT study_date, study_time FROM studies ORDER BY 1") == [
+        ("20200101", "080000"),
+        ("20200102", "123000.5"),
+        ("20200103", "1230"),
+        ("20200104", "235959"),
+    ]
+    dated = catalog_query(db, "--study-date", "20200102-20200103", "--uids")
+    assert (dated.returncode, dated.stdout.split()) == (0, uids[1:3]), dated.stderr
+    for instance in instances:
+        if instance.study_uid == uids[0]:
+            instance.path.unlink()
+    again = embedded_server(source, max_page_size=2, ignore_offset=True)  # (it reads it anew)
+    full = pull(again, db, "--study-date", "20200101-20200104", "--full", "--archive-moved")
+    assert (full["studies"], full["deleted"], full["unreachable"]) == (3, 1, 0)
+
+
+def test_a_catalog_holding_dates_in_the_retired_form_is_normalised_by_its_next_pull(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """A catalog an earlier dlstudy filled with `2020.01.02` and `12:30:00` as sent: its next
+    pull rewrites them as `20200102` and `123000` before it begins, so its count of the scope
+    matches the server's and the scope is not walked again."""
+    source = tmp_path / "source"
+    instances = synth(source, 4, seed=92, dates=("20200101", "20200104"))
+    set_retired_forms(instances, RETIRED_DATES, RETIRED_TIMES)
+    capped = embedded_server(source, max_page_size=2, ignore_offset=True)
+    db = tmp_path / "c.duckdb"
+    pull(capped, db, "--study-date", "20200101-20200104")
+    normal = catalog_rows(db, "SELECT study_uid, study_date, study_time FROM studies ORDER BY 1")
+    with duckdb.connect(str(db)) as con:  # as an earlier dlstudy stored them
+        for uid, (date, time_) in zip(
+            sorted(study_uids(instances)),
+            zip(RETIRED_DATES, RETIRED_TIMES, strict=True),
+            strict=True,
+        ):
+            con.execute(
+                "UPDATE studies SET study_date = ?, study_time = ? WHERE study_uid = ?",
+                [date, time_, uid],
+            )
+
+    second = pull(capped, db, "--study-date", "20200101-20200104")
+
+    assert (second["kind"], second["studies"], second["unreachable"]) == ("update", 4, 0)
+    assert catalog_rows(db, "SELECT state FROM windows WHERE pull = 2") == [("unchanged",)]
+    assert (
+        catalog_rows(db, "SELECT study_uid, study_date, study_time FROM studies ORDER BY 1")
+        == normal
+    )
 
 
 def test_a_full_pull_that_could_not_list_everything_removes_nothing(

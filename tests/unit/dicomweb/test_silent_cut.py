@@ -10,6 +10,8 @@ from dlstudy.dicomweb.silent_cut import (
     _scope,
     _windows,
     day_seconds,
+    normal_date,
+    normal_time,
     split_times,
     time_scope,
 )
@@ -52,6 +54,44 @@ def test_listed_dates_keep_the_first_and_last_real_days() -> None:
     for date in ("20200611", None, "", "2020", "20201399", "00000000", "20200101", "20200301"):
         dates.add(date)
     assert (dates.first, dates.last) == ("20200101", "20200611")
+
+
+@pytest.mark.parametrize(
+    ("sent", "normal"),
+    [
+        ("2020.01.02", "20200102"),  # the retired ACR-NEMA form
+        (" 2020.01.02 ", "20200102"),
+        ("20200102", "20200102"),
+        ("2020.1.2", "2020.1.2"),  # no DICOM form: kept as sent
+        ("2020.01.02-2020.01.03", "2020.01.02-2020.01.03"),
+        ("", ""),
+    ],
+)
+def test_a_date_in_the_retired_form_is_read_as_yyyymmdd(sent: str, normal: str) -> None:
+    assert normal_date(sent) == normal
+
+
+@pytest.mark.parametrize(
+    ("sent", "normal"),
+    [
+        ("12:30:00", "123000"),  # the retired ACR-NEMA form
+        ("12:30:00.5", "123000.5"),
+        ("12:30", "1230"),
+        ("123000.5", "123000.5"),
+        ("12:3", "12:3"),  # no DICOM form: kept as sent
+        ("noon", "noon"),
+    ],
+)
+def test_a_time_in_the_retired_form_is_read_as_hhmmss(sent: str, normal: str) -> None:
+    assert normal_time(sent) == normal
+
+
+def test_listed_dates_read_the_retired_forms() -> None:
+    dates = ListedDates()
+    dates.add("2020.06.11", "12:30:00")
+    dates.add("2020.01.01", "08:00")
+    assert (dates.first, dates.last) == ("20200101", "20200611")
+    assert (dates.first_time, dates.last_time) == (8 * 3600, 12 * 3600 + 30 * 60)
 
 
 WHOLE_DAY = (0, 86399)
@@ -145,7 +185,9 @@ def test_split_times_inside_a_scope(
         ("", None),
         (None, None),
         ("2500", None),
-        ("08:15", None),
+        ("08:15", 29700),  # the retired form
+        ("08:15:00.5", 29700),
+        ("8:15", None),
         ("0815001", None),
     ],
 )
