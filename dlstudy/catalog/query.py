@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import StorageError, UsageError
 from ..store.orphans import remove_orphans
-from .store import STUDY_COLUMNS, check_pulled, connect, damaged, iter_rows
+from .store import STUDY_COLUMNS, check_pulled, connect, damaged, date_range_sql, iter_rows
 
 if TYPE_CHECKING:
     import duckdb
@@ -48,14 +48,9 @@ def where_of(query: StudyQuery | None, where: str | None) -> tuple[str, list[Any
                 params.append(_like(value))
         if query.study_date:
             low, sep, high = query.study_date.partition("-")
-            if not sep:
-                high = low
-            if low:
-                clauses.append("study_date >= ?")
-                params.append(low)
-            if high:
-                clauses.append("study_date <= ?")
-                params.append(high)
+            dated, values = date_range_sql(low, high if sep else low)
+            clauses += dated
+            params += values
         if query.modalities:
             clauses.append("list_has_any(modalities, ?)")
             params.append(list(query.modalities))

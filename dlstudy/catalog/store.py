@@ -677,19 +677,27 @@ def window_sql(window: Window) -> tuple[str, list[Any]]:
     """A WHERE clause over `studies` selecting the studies of `window`."""
     if not window.dated:
         return "true", []
-    clauses, params = ["study_date SIMILAR TO '[0-9]{8}'"], []
     low, _, high = window.key.split(" ")[0].partition("-")
+    clauses, params = date_range_sql(low, high)
+    if window.t_lo is not None and window.t_hi is not None:
+        times = window.key.split(" ")[1].split("-")
+        clauses.append("substr(coalesce(study_time, ''), 1, 6) BETWEEN ? AND ?")
+        params += times
+    return " AND ".join(clauses), params
+
+
+def date_range_sql(low: str, high: str) -> tuple[list[str], list[Any]]:
+    """Clauses selecting the studies of a StudyDate from `low` to `high` (YYYYMMDD; '' is an
+    open end), and their parameters. A value that is no date (`2020`, `UNKNOWN`) is in no
+    range: compared as text, it fell inside an open one."""
+    clauses, params = ["study_date SIMILAR TO '[0-9]{8}'"], []
     if low:
         clauses.append("study_date >= ?")
         params.append(low)
     if high:
         clauses.append("study_date <= ?")
         params.append(high)
-    if window.t_lo is not None and window.t_hi is not None:
-        times = window.key.split(" ")[1].split("-")
-        clauses.append("substr(coalesce(study_time, ''), 1, 6) BETWEEN ? AND ?")
-        params += times
-    return " AND ".join(clauses), params
+    return clauses, params
 
 
 def _columns(records: Iterable[StudyRecord]) -> list[list[Any]]:

@@ -848,6 +848,36 @@ def test_dates_and_times_in_the_retired_form_are_catalogued_as_the_filters_compa
     assert (full["studies"], full["deleted"], full["unreachable"]) == (3, 1, 0)
 
 
+@pytest.mark.parametrize(
+    ("study_date", "dates"),
+    [
+        ("20200101-20201231", ["2020.01.01", "2020.12.31"]),
+        ("-20201231", ["2019.12.31", "2020.01.01", "2020.12.31"]),
+        ("20200101-", ["2020.01.01", "2020.12.31", "2021.01.01"]),
+        ("20201231", ["2020.12.31"]),
+    ],
+)
+def test_catalog_query_study_date_ranges_hold_their_edges_and_no_undated_study(
+    embedded_server: StartServer, tmp_path: Path, study_date: str, dates: list[str]
+) -> None:
+    """Studies on each side of a year's edges, in the retired form, and two whose StudyDate
+    is no date (`2020`, `UNKNOWN`): a range holds its first and last day and none past them.
+    Compared as text, the open ranges also selected `2020` (up to 20201231) and `UNKNOWN`
+    (from 20200101)."""
+    source = tmp_path / "source"
+    instances = synth(source, 6, seed=93, dates=("20200101", "20200106"))
+    sent = ["2019.12.31", "2020.01.01", "2020.12.31", "2021.01.01", "2020", "UNKNOWN"]
+    set_retired_forms(instances, sent, ["12:00:00"] * 6)
+    db = tmp_path / "c.duckdb"
+    pull(embedded_server(source), db)
+    by_date = dict(zip(sent, sorted(study_uids(instances)), strict=True))
+
+    result = catalog_query(db, "--study-date", study_date, "--uids")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [by_date[date] for date in dates]
+
+
 def test_a_catalog_holding_dates_in_the_retired_form_is_normalised_by_its_next_pull(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
