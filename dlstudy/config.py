@@ -121,6 +121,18 @@ class Config:
                 merged[key] = value
         return merged
 
+    def profile_keys(self, server: str | None) -> set[str]:
+        """The option names the chosen profile sets (`token_env` as `token`): the rest of
+        what `values` gives comes from `[defaults]`."""
+        table = self.servers.get(server or self.default_server or "", {})
+        keys = (raw_key.replace("-", "_") for raw_key in table)
+        return {SECRET_ENV_KEYS.get(key, key) for key in keys}
+
+    def profile_urls(self) -> list[str]:
+        """Every profile's `url`: the servers the file names."""
+        urls = (table.get("url") for table in self.servers.values())
+        return [url for url in urls if isinstance(url, str)]
+
     def check_keys(self, known: Collection[str]) -> None:
         """Every key of every table is an option or a *_env key: catches typos in any profile."""
         tables = [("[defaults]", self.defaults)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,11 +62,15 @@ FROM_CONFIG = "dlstudy.config_filled"  # the key of ConfigFilled in ctx.meta
 
 @dataclass(frozen=True)
 class ConfigFilled:
-    """What the config file gave a command: its `url` (None if it names none) and the
-    parameters it filled (neither the command line nor the environment set them)."""
+    """What the config file gave a command: its `url` (None if it names none), the
+    parameters it filled (neither the command line nor the environment set them), those of
+    them `[defaults]` gave, and the urls of all profiles (where `[defaults]`' credentials may
+    go when the run's `url` is not the file's)."""
 
     url: str | None
     params: set[str]
+    from_defaults: set[str] = field(default_factory=set)
+    profile_urls: list[str] = field(default_factory=list)
 
 
 class ConfigCommand(Command):
@@ -96,16 +100,19 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
                 f"use --config or {config.CONFIG_ENV})"
             )
         return
-    values = config.load(path).values(
-        server, env, known=_known_options(ctx), exclusive=[EXCLUSIVE_FLAGS]
-    )
+    loaded = config.load(path)
+    values = loaded.values(server, env, known=_known_options(ctx), exclusive=[EXCLUSIVE_FLAGS])
+    from_profile = loaded.profile_keys(server)
     params = options_by_key(command)
     annotations = _option_types(command)
     for key in NOT_FROM_CONFIG.get(command.name or "", ()):
         params.pop(key, None)
     filled: set[str] = set()
+    from_defaults: set[str] = set()
     own_url = values.get("url")
-    ctx.meta[FROM_CONFIG] = ConfigFilled(own_url if isinstance(own_url, str) else None, filled)
+    ctx.meta[FROM_CONFIG] = ConfigFilled(
+        own_url if isinstance(own_url, str) else None, filled, from_defaults, loaded.profile_urls()
+    )
     for key, value in values.items():
         param = params.get(key)
         if param is None or param.name in ("config", "server"):
@@ -115,6 +122,8 @@ def apply_config(ctx: Any, command: TyperCommand) -> None:
         if source is not None and source.name != "DEFAULT":
             continue  # the command line or the environment said otherwise
         filled.add(name)
+        if key not in from_profile:
+            from_defaults.add(name)
         if isinstance(value, config.UnsetSecret):
             ctx.params[name] = value  # checked below, once the url in force is known
             continue

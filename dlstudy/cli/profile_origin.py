@@ -3,7 +3,9 @@
 A profile's token, user, password, token command and headers are meant for its server. A
 `--url` (or `DLSTUDY_URL`) of another origin with that profile selected would hand them to
 that other host; so they are withheld there, with one warning, as they are on a redirect to
-another origin. Credentials given on the command line or in the environment still apply.
+another origin. When the run's profile names no url (nor `[defaults]`), `[defaults]`'
+credentials go only to the origin of some profile's url, if the file names any. Credentials
+given on the command line or in the environment still apply.
 """
 
 from __future__ import annotations
@@ -36,11 +38,21 @@ def withheld_credentials(params: Mapping[str, Any], filled: ConfigFilled | None)
     """The credential parameters among `params` (a command's ctx.params, config values merged
     in) that the config file filled (`filled`, recorded by apply_config) when the file's `url`
     is of another origin than the `url` in force."""
-    if filled is None or not filled.url:
-        return []  # no file, or it names no server: its credentials go where --url says
-    if origin(filled.url) == origin(params.get("url") or ""):
+    if filled is None:
         return []
-    return [key for key in CREDENTIAL_KEYS if key in filled.params and params.get(key)]
+    in_force = origin(params.get("url") or "")
+    if filled.url:
+        if origin(filled.url) == in_force:
+            return []
+        foreign = filled.params
+    elif filled.profile_urls:
+        # No url for the run's profile: [defaults]' credentials go to a server the file names.
+        if in_force in {origin(url) for url in filled.profile_urls}:
+            return []
+        foreign = filled.params & filled.from_defaults
+    else:
+        return []  # the file names no server: its credentials go where --url says
+    return [key for key in CREDENTIAL_KEYS if key in foreign and params.get(key)]
 
 
 def drop_foreign_credentials(

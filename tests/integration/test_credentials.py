@@ -213,6 +213,32 @@ def test_a_profiles_credentials_go_to_its_own_origin(scripted: Routes, tmp_path:
     assert requests[0].headers["x-tenant"] == "radiology"
 
 
+def test_defaults_credentials_go_only_to_a_server_the_file_names(
+    scripted: Routes, tmp_path: Path
+) -> None:
+    """With no profile chosen, [defaults]' token went to any --url even when the file's only
+    url (a profile's) was of another origin; it now goes to the origin of some profile's
+    url only. A file with no url at all still sends it where --url says."""
+    config = tmp_path / "c.toml"
+    defaults = '[defaults]\ntoken = "file-secret"\nheader = ["X-Tenant: radiology"]\n'
+    config.write_text(defaults + '[servers.a]\nurl = "http://127.0.0.1:9/dicom-web"\n')
+    result, requests = query(scripted, "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "authorization" not in requests[0].headers and "x-tenant" not in requests[0].headers
+    assert result.stderr == (
+        "dlstudy: warning: the config file's --token, --header are not sent: --url is of "
+        "another origin than the config's url\n"
+    )
+    config.write_text(defaults + f'[servers.a]\nurl = "{scripted.origin}/other-root"\n')
+    result, requests = query(scripted, "--config", str(config))
+    assert result.returncode == 0 and result.stderr == ""
+    assert requests[-1].headers["authorization"] == "Bearer file-secret"
+    config.write_text(defaults)
+    result, requests = query(scripted, "--config", str(config))
+    assert result.returncode == 0 and result.stderr == ""
+    assert requests[-1].headers["authorization"] == "Bearer file-secret"
+
+
 def test_a_token_given_for_the_run_goes_even_when_the_profile_has_the_same(
     scripted: Routes, tmp_path: Path
 ) -> None:
