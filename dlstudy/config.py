@@ -158,8 +158,14 @@ class Config:
             raise ConfigError(f"{key} in {where} of {self.path} must be a path")
         if value == STDIN:
             return value
-        path = Path(value).expanduser()
+        path = Path(expand_home(value))
         return str(path if path.is_absolute() else self.path.parent / path)
+
+
+def expand_home(value: str) -> str:
+    """A path with its leading `~` or `~user` expanded (a config file's, or a `DLSTUDY_*`
+    variable's: cron does not expand `~` in a crontab's variables); any other value as is."""
+    return str(Path(value).expanduser()) if value.startswith("~") else value
 
 
 def default_path(env: Mapping[str, str], home: Path, platform: str = sys.platform) -> Path:

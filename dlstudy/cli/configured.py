@@ -22,7 +22,7 @@ from .. import config
 from ..errors import DlstudyError
 from .command import Command
 from .common import fail_usage
-from .env_lists import resplit_environment
+from .env_lists import expand_home_in_environment, resplit_environment
 
 # Values that must not be echoed in an error message.
 SECRET_KEYS = frozenset({"token", "password", "header", "token_command"})
@@ -79,6 +79,7 @@ class ConfigCommand(Command):
 
     def invoke(self, ctx: Any) -> Any:
         resplit_environment(ctx)  # DLSTUDY_FILTER='StudyDescription=CT CHEST'
+        expand_home_in_environment(ctx)  # DLSTUDY_OUTPUT='~/mirror'
         try:
             apply_config(ctx, self)
         except DlstudyError as exc:

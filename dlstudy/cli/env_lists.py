@@ -1,9 +1,10 @@
-"""Repeatable options whose values may hold spaces, read from their environment variable.
+"""Options read from their environment variable that need more than click does with it.
 
 click splits a repeatable option's variable at every run of whitespace, so
 `DLSTUDY_FILTER='StudyDescription=CT CHEST'` became the filters `StudyDescription=CT` and
 `CHEST`. For such options the variable is split again, by `split_filters`, before the command
-runs (ConfigCommand), from the variable's own text.
+runs (ConfigCommand), from the variable's own text. And a path in a variable has its `~`
+expanded, as in the config file: no shell does it in a crontab's `DLSTUDY_OUTPUT=~/mirror`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
+
+from .. import config
 
 # A break between two filters: whitespace before the next `KEY=`.
 _BEFORE_KEY = re.compile(r"\s+(?=[^\s=]+=)")
@@ -38,3 +41,15 @@ def resplit_environment(ctx: Any) -> None:
         text = os.environ.get(param.envvar) if isinstance(param.envvar, str) else None
         if text is not None:
             ctx.params[param.name] = split(text)
+
+
+def expand_home_in_environment(ctx: Any) -> None:
+    """Expand `~` in the paths (config.PATH_KEYS) that came from an environment variable."""
+    for param in ctx.command.params:
+        long_names = [name for name in param.opts if name.startswith("--")]
+        keys = {name.lstrip("-").replace("-", "_") for name in long_names}
+        source = ctx.get_parameter_source(param.name) if keys & config.PATH_KEYS else None
+        value = ctx.params.get(param.name)
+        if source is None or source.name != "ENVIRONMENT" or value is None:
+            continue
+        ctx.params[param.name] = type(value)(config.expand_home(str(value)))

@@ -501,3 +501,35 @@ def test_from_file_dash_in_the_config_file_still_reads_standard_input(tmp_path: 
     result = run_installed("download", "--config", str(config), "--url", "http://127.0.0.1:9/x")
     assert result.returncode == 2
     assert "--from-file - names no study" in result.stderr, result.stderr
+
+
+def test_a_path_in_a_dlstudy_variable_has_its_tilde_expanded(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """cron does not expand `~` in a crontab's variables: DLSTUDY_OUTPUT='~/mirror' wrote to a
+    `./~/mirror` folder. Every path variable is expanded as the config file's paths are."""
+    url = embedded_server(synth_study.root)
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write(home / "cohort.txt", synth_study.study_uid + "\n")
+    env = {
+        "HOME": str(home),
+        "DLSTUDY_URL": url,
+        "DLSTUDY_OUTPUT": "~/mirror",
+        "DLSTUDY_FROM_FILE": "~/cohort.txt",
+        "DLSTUDY_REPORT": "~/report.csv",
+        "DLSTUDY_LOG_FILE": "~/run.log",
+        "DLSTUDY_DB": "~/pacs.duckdb",
+        "DLSTUDY_TO": "~/studies.csv",
+    }
+    for args in (["download", "--quiet"], ["catalog", "pull", "--quiet"], ["catalog", "export"]):
+        result = run_installed(*args, env=env, cwd=elsewhere)
+        assert result.returncode == 0, result.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert len(list((home / "mirror").rglob("*.dcm"))) == len(synth_study.instances)
+    for name in ("report.csv", "run.log", "pacs.duckdb", "studies.csv"):
+        assert (home / name).is_file(), name
+    env = {"HOME": str(home), "DLSTUDY_CA_BUNDLE": "~/ca.pem"}
+    result = run_installed("query", "--url", "https://127.0.0.1:9/x", env=env)
+    assert result.returncode == 2
+    assert result.stderr == f"dlstudy: error: --ca-bundle {home}/ca.pem: no such file\n"
