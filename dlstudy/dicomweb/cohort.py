@@ -62,10 +62,22 @@ _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*=")
 _SEP_LINE = re.compile(r"^sep=(.)$", re.IGNORECASE)
 _ESCAPED = "surrogateescape"  # a byte that is not UTF-8 -> U+DC80..U+DCFF
 _UTF16_BOMS = ("\udcff\udcfe", "\udcfe\udcff")  # as _ESCAPED decodes them
+_BLANK = " \t\r\n\x00"
 
 
 def _is_escaped(char: str) -> bool:
     return "\udc80" <= char <= "\udcff"
+
+
+def _is_utf16(line: str) -> bool:
+    """A line of UTF-16 text, as _ESCAPED decodes it: a BOM, or (`iconv -t utf-16le` writes
+    none) a NUL at every other position, after (LE) or before (BE) each character of
+    the Latin text a list holds; its `\n` ends the line and LE's NUL after it starts the next."""
+    if line.startswith(_UTF16_BOMS):
+        return True
+    text = line.removesuffix("\n")
+    halves = (text[0::2], text[1::2])
+    return bool(text.strip("\x00")) and any(h and h.count("\x00") == len(h) for h in halves)
 
 
 class CohortError(UsageError):
@@ -235,10 +247,11 @@ def _items(lines: Iterable[str], label: str, name: str) -> Iterator[CohortItem]:
     head: list[str] = []
     for line in lines:  # the first meaningful line decides the format
         head.append(line)
-        if line.strip() and not line.lstrip().startswith("#"):
+        # (a NUL alone: the rest of a UTF-16 line break; _is_utf16 tells by the next line)
+        if line.strip(_BLANK) and not line.lstrip().startswith("#"):
             break
     raw_first = head[-1].lstrip("\ufeff") if head else ""
-    if raw_first.startswith(_UTF16_BOMS):
+    if _is_utf16(raw_first):
         raise CohortError(f'{label}: UTF-16 text (Excel\'s "Unicode Text"): save it as UTF-8')
     first = raw_first.strip()
     everything = chain(head, lines)

@@ -123,6 +123,36 @@ def test_a_cp1252_csv_reads_and_utf16_is_named(
     )
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("cohort.csv", "StudyInstanceUID;SeriesInstanceUID\n1.2.3;1.2.3.4\n"),
+        ("uids.txt", "2.25.1\n2.25.2\n"),
+        ("blank-first.txt", "\r\n# the cohort\r\n2.25.1\r\n"),
+    ],
+)
+def test_utf16_without_a_byte_order_mark_is_named(
+    tmp_path: Path, encoding: str, name: str, text: str
+) -> None:
+    """`iconv -t utf-16le` writes no BOM: a CSV was `line 1: a CSV needs a header row ...`
+    and a list of UIDs `invalid UID '2\\x00.\\x00...'`. Both now say what the file is, as
+    with a BOM; from a file and from stdin, before any request."""
+    listing = tmp_path / name
+    listing.write_bytes(text.encode(encoding))
+    for source in (str(listing), "-"):
+        done = subprocess.run(
+            [DLSTUDY, "download", "--url", "http://127.0.0.1:9/dicomweb", "-o",
+             str(tmp_path / "out"), "--from-file", source],
+            input=listing.read_bytes(), capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.stderr.decode() == (
+            f'dlstudy: error: --from-file {source}: UTF-16 text (Excel\'s "Unicode Text"): '
+            "save it as UTF-8\n"
+        )
+        assert done.returncode == 2
+
+
 def test_an_empty_csv_says_so(tmp_path: Path) -> None:
     empty = tmp_path / "cohort.csv"
     empty.write_text("sep=;\r\n\r\n")
