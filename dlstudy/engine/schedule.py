@@ -10,6 +10,10 @@ bytes (unknown to it, or adopted) has nothing to be checked against: it is fetch
 and the new file replaces it as it commits (a failure leaves it, and is reported); the run
 counts it present if the server's bytes were the file's, repaired if not.
 
+What a file was asked as is part of its being present: one the manifest records fetched with
+another --transfer-syntax than the run's (`*` or a UID, compared as given, not the syntax the
+server chose) is fetched again, and replaced as it commits.
+
 A study a run recorded complete (store/completion.py) is taken from the index before anything
 is asked of the server: a rerun of it costs one folder listing per series, no request.
 """
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # What the plan makes of a file on disk.
 GOOD, BAD, UNVERIFIED, UNREADABLE = "good", "bad", "unverified", "unreadable"
+ASKED_OTHERWISE = "asked otherwise"  # fetched with another --transfer-syntax
 
 
 @dataclass
@@ -46,13 +51,18 @@ class Plan:
     moved: int = 0  # found where another --layout put them, moved where this one puts them
     repaired: list[str] = field(default_factory=list)  # SOP UIDs whose file was bad
     unverifiable: int = 0  # --verify: files without a digest of the server's bytes
+    asked_otherwise: int = 0  # files fetched with another --transfer-syntax than this run's
     # --verify: SOP UID -> the digest of each such file as found, which the server's bytes
     # fetched again are compared with (the same: it was present; else it was repaired)
     unverified: dict[str, str] = field(default_factory=dict)
 
 
-def entry_for(store: Store, ref: InstanceRef, path: Path, size: int, digest: str) -> Entry:
-    return Entry(ref.study_uid, ref.series_uid, ref.sop_uid, store.relative(path), size, digest)
+def entry_for(
+    store: Store, ref: InstanceRef, path: Path, size: int, digest: str, syntax: str
+) -> Entry:
+    """The entry of a file committed (or adopted) by a run asking for `syntax`."""
+    relative = store.relative(path)
+    return Entry(ref.study_uid, ref.series_uid, ref.sop_uid, relative, size, digest, syntax)
 
 
 def names_whole_study(item: CohortItem) -> bool:
@@ -67,14 +77,15 @@ def trusts_index(settings: Settings) -> bool:
 
 
 def complete_in_index(
-    items: Sequence[CohortItem], store: Store, manifest: Manifest
+    items: Sequence[CohortItem], store: Store, manifest: Manifest, syntax: str
 ) -> tuple[list[CohortItem], dict[str, int]]:
     """The items still to resolve, and the studies (-> instances) the index records complete
-    with every file in place."""
+    with every file in place, fetched asking for `syntax`."""
     rest: list[CohortItem] = []
     complete: dict[str, int] = {}
     for item in items:
-        count = complete_from_index(manifest, store, item.uid) if names_whole_study(item) else None
+        whole = names_whole_study(item)
+        count = complete_from_index(manifest, store, item.uid, syntax) if whole else None
         if count is None:
             rest.append(item)
         else:
@@ -99,7 +110,10 @@ def completed_studies(
     return {s: n for s, n in listed.items() if s in named and s not in failed}
 
 
-def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verify: bool) -> Plan:
+def plan(
+    refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verify: bool, syntax: str
+) -> Plan:
+    """What of `refs` to fetch, for a run asking for transfer syntax `syntax`."""
     result = Plan()
     # The names in the folder of the instances at hand: refs come series by series, so one
     # listing is kept at a time (a folder met again is listed again), and as hashes: about half
@@ -133,7 +147,7 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
             result.todo.append(ref)  # the commit replaces it, or reports a folder
             continue
         try:
-            verdict = _judge(ref, final, status.st_size, store, manifest, verify=verify)
+            verdict = _judge(ref, final, status.st_size, store, manifest, verify, syntax)
             if verdict == UNVERIFIED:
                 result.unverified[ref.sop_uid] = digest_of(final)
         except OSError as exc:  # another user's file, made unreadable on a shared disk
@@ -141,8 +155,9 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
             verdict = UNREADABLE
         if verdict == GOOD:
             result.skipped += 1
-        elif verdict in (UNVERIFIED, UNREADABLE):  # kept until the server's bytes replace it
+        elif verdict in (UNVERIFIED, UNREADABLE, ASKED_OTHERWISE):  # kept until replaced
             result.unverifiable += verdict == UNVERIFIED
+            result.asked_otherwise += verdict == ASKED_OTHERWISE
             result.todo.append(ref)
         else:
             final.unlink(missing_ok=True)
@@ -154,6 +169,13 @@ def plan(refs: Iterable[InstanceRef], store: Store, manifest: Manifest, *, verif
             "not recorded as downloaded: a lost or moved-aside index?): fetching them again to "
             "verify them",
             result.unverifiable,
+        )
+    if result.asked_otherwise:
+        log.warning(
+            "%d files on disk were fetched asking for another --transfer-syntax than %r: "
+            "fetching them again",
+            result.asked_otherwise,
+            syntax,
         )
     return result
 
@@ -216,12 +238,21 @@ def _names(folder: Path) -> frozenset[int] | None:
 
 
 def _judge(
-    ref: InstanceRef, final: Path, size: int, store: Store, manifest: Manifest, *, verify: bool
+    ref: InstanceRef,
+    final: Path,
+    size: int,
+    store: Store,
+    manifest: Manifest,
+    verify: bool,
+    syntax: str,
 ) -> str:
     """GOOD: kept. BAD: to be removed and fetched again. UNVERIFIED (--verify only): whole,
-    but the manifest has no digest of the server's bytes to check it against."""
+    but the manifest has no digest of the server's bytes to check it against. ASKED_OTHERWISE:
+    fetched asking for another transfer syntax than `syntax`, to be fetched again."""
     entry = manifest.get(ref.sop_uid)
     if entry is not None and entry.path == store.relative(final):
+        if entry.syntax != syntax:
+            return ASKED_OTHERWISE
         if entry.size != size:
             log.warning("%s: size %d, manifest says %d; fetching again", final, size, entry.size)
             return BAD
@@ -236,7 +267,8 @@ def _judge(
         return BAD
     if verify:
         return UNVERIFIED
-    manifest.record(entry_for(store, ref, final, size, digest_of(final)), adopted=True)
+    # What it was asked as is unknown: taken as this run's ask (--verify fetches it again).
+    manifest.record(entry_for(store, ref, final, size, digest_of(final), syntax), adopted=True)
     return GOOD
 
 

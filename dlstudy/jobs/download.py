@@ -260,7 +260,8 @@ async def _locked_run(
             manifest.check()
         complete: list[str] = []
         if trusts_index(settings):
-            items, complete = take_complete(items, store, manifest, summary, report)
+            syntax = settings.transfer_syntax
+            items, complete = take_complete(items, store, manifest, summary, report, syntax)
         try:
             run = Run(settings, store, manifest, transport, progress, summary, report)
             if later and repeats is not None:
@@ -339,10 +340,12 @@ def take_complete(
     manifest: Manifest,
     summary: Summary,
     report: ReportWriter | None,
+    syntax: str,
 ) -> tuple[list[CohortItem], list[str]]:
-    """Count the studies the index records complete, files in place, as present (no request
-    to the server); return the items left to resolve, and those studies."""
-    rest, complete = complete_in_index(items, store, manifest)
+    """Count the studies the index records complete, files in place and fetched asking for
+    transfer syntax `syntax`, as present (no request to the server); return the items left to
+    resolve, and those studies."""
+    rest, complete = complete_in_index(items, store, manifest, syntax)
     for study, count in complete.items():
         summary.studies.append(study)
         summary.total += count

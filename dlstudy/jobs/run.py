@@ -132,7 +132,10 @@ class Run:
         list the listings so far cover (for the progress display)."""
         refs, whole = listing
         del listing
-        work = plan(refs, self.store, self.manifest, verify=self.settings.verify)
+        settings = self.settings
+        work = plan(
+            refs, self.store, self.manifest, verify=settings.verify, syntax=settings.transfer_syntax
+        )
         self.listed = Counter()  # what a series-mode resume weighs
         if self.settings.mode in ("auto", "series", "study"):
             self.listed.update(refs.series_counts())
@@ -154,8 +157,9 @@ class Run:
     # --- results ---------------------------------------------------------------------------
 
     def record_done(self, ref: InstanceRef, committed: Committed) -> None:
+        syntax = self.settings.transfer_syntax
         self.manifest.record(
-            entry_for(self.store, ref, committed.path, committed.size, committed.digest)
+            entry_for(self.store, ref, committed.path, committed.size, committed.digest, syntax)
         )
         present = bool(self.unverified) and self._was_present(ref.sop_uid, committed.digest)
         if present:

@@ -1,15 +1,15 @@
 """`dlstudy sync`: search, then download every matching study that is not complete yet.
 
 A study is complete when the manifest index (`OUT/.dlstudy/manifest.sqlite`, written by every
-download) lists at least as many of its instances, all still on disk, as the study-level search
-reports in NumberOfStudyRelatedInstances (store/completion.py). Complete studies cost nothing
-beyond that one search; the others go through `download_async`, which resolves them and fetches
-only what is missing. A study whose count the server does not report is complete when a run
-recorded it so and its files are all in place, as for a rerun (new instances of it are not
-looked for then). --recheck hands every matching study to the download, as --verify does:
-counts miss an instance replaced by another of the same series. The download lists every
-study it is handed from the server (as --recheck): one the index records complete may have
-gained instances since.
+download) lists at least as many of its instances, all still on disk and fetched asking for the
+run's --transfer-syntax, as the study-level search reports in NumberOfStudyRelatedInstances
+(store/completion.py). Complete studies cost nothing beyond that one search; the others go
+through `download_async`, which resolves them and fetches only what is missing. A study whose
+count the server does not report is complete when a run recorded it so and its files are all in
+place, as for a rerun (new instances of it are not looked for then). --recheck hands every
+matching study to the download, as --verify does: counts miss an instance replaced by another of
+the same series. The download lists every study it is handed from the server (as --recheck):
+one the index records complete may have gained instances since.
 """
 
 from __future__ import annotations
@@ -214,6 +214,7 @@ async def _search_and_download(
     # catalog's may be days old: an archive that deleted instances since would fail them).
     search_counts: dict[str, tuple[int, int | None]] = {}
     manifest = Manifest(store.root, store.state_dir, read_only=True)
+    syntax = settings.transfer_syntax  # a study fetched asking for another is not complete
 
     def examine(record: StudyRecord) -> None:
         """Complete or pending: decided as the record arrives (the server meanwhile makes
@@ -235,10 +236,12 @@ async def _search_and_download(
         if instances is None:
             # No count to compare: a run's completion record (its files all in place)
             # decides, as for a rerun of the study.
-            instances = complete_from_index(manifest, store, record.study_uid)
+            instances = complete_from_index(manifest, store, record.study_uid, syntax)
             complete = instances is not None
         else:
-            complete = is_complete(manifest, store, record.study_uid, instances, record.series)
+            complete = is_complete(
+                manifest, store, record.study_uid, instances, record.series, syntax=syntax
+            )
         if complete:
             search_counts.pop(record.study_uid, None)
             plan.already_complete += 1

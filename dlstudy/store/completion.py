@@ -85,11 +85,14 @@ def present_files(manifest: Manifest, store: Store, study: str) -> Present:
     return Present(entries, there, len(series))
 
 
-def complete_from_index(manifest: Manifest, store: Store, study: str) -> int | None:
+def complete_from_index(manifest: Manifest, store: Store, study: str, syntax: str) -> int | None:
     """The instance count of a study a run recorded complete under the current layout, when
-    every file the index lists for it is in place; None otherwise (ask the server)."""
+    every file the index lists for it is in place, fetched asking for transfer syntax `syntax`;
+    None otherwise (ask the server)."""
     record = manifest.completion(study)
     if record is None or record.layout != store.layout:
+        return None
+    if manifest.asked_otherwise(study, syntax):
         return None
     folders = Folders(store)
     entries = 0
@@ -101,12 +104,19 @@ def complete_from_index(manifest: Manifest, store: Store, study: str) -> int | N
 
 
 def is_complete(
-    manifest: Manifest, store: Store, study: str, instances: int | None, series: int | None = None
+    manifest: Manifest,
+    store: Store,
+    study: str,
+    instances: int | None,
+    series: int | None = None,
+    *,
+    syntax: str,
 ) -> bool:
     """The server counts `instances` in the study, and the index lists at least that many of
     its files, all in place, under the current layout as far as the study's completion record
-    says (a run with another --layout moves them), and of as many series as the server counts
-    (`series`, when it does: Present.whole).
+    says (a run with another --layout moves them), of as many series as the server counts
+    (`series`, when it does: Present.whole), and all fetched asking for transfer syntax
+    `syntax`.
 
     Only the studies asked about are looked at, so a nightly run over a large mirror lists a
     handful of folders, not all of them.
@@ -115,5 +125,7 @@ def is_complete(
         return False
     record = manifest.completion(study)
     if record is not None and record.layout != store.layout:
+        return False
+    if manifest.asked_otherwise(study, syntax):
         return False
     return present_files(manifest, store, study).whole(instances, series)

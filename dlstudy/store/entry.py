@@ -70,6 +70,9 @@ class Entry:
     path: str  # relative to OUT, with forward slashes
     size: int
     digest: str  # labelled: "blake3:<hex>" (or "sha256:<hex>" from older manifests)
+    # The --transfer-syntax it was fetched with, as asked ("*" or a UID): a rerun asking
+    # another fetches it again. Older manifests did not keep it: "*", the default.
+    syntax: str = "*"
 
     @property
     def algorithm(self) -> str:
@@ -87,6 +90,7 @@ class Entry:
                 "path": self.path,
                 "size": self.size,
                 algorithm: hexdigest,
+                "syntax": self.syntax,
             }
         )
 

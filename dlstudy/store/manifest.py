@@ -1,13 +1,20 @@
 """Resume state beside the data: OUT/.dlstudy/manifest.sqlite, an index of what is on disk.
 
 Three tables. `entries`: one row per committed file (study, series, SOP UID, path relative to
-OUT, size, labelled digest; store/entry.py). `complete_studies`: one row per study a run found
-complete (its listing whole, every listed instance committed or present), with the instance
-count, the layout its files were written under and when. `adopted`: the SOP UIDs of entries
-whose digest was taken of a file found on disk (a lost index, a lost batch), not of the bytes
-the server sent: `--verify` has nothing to check those against, and fetches them again. An
-older dlstudy ignores the table; an entry it rewrites keeps its mark (one fetch too many). A
-lookup is one indexed query: memory is SQLite's page cache, whatever the number of entries.
+OUT, size, labelled digest, the --transfer-syntax asked when it was fetched; store/entry.py).
+`complete_studies`: one row per study a run found complete (its listing whole, every listed
+instance committed or present), with the instance count, the layout its files were written
+under and when. `adopted`: the SOP UIDs of entries whose digest was taken of a file found on
+disk (a lost index, a lost batch), not of the bytes the server sent: `--verify` has nothing to
+check those against, and fetches them again. An older dlstudy ignores the table; an entry it
+rewrites keeps its mark (one fetch too many). A lookup is one indexed query: memory is SQLite's
+page cache, whatever the number of entries.
+
+Versions. An index of version 1 (before entries kept their transfer syntax) gains the column
+when opened to write, its entries taken as fetched as stored (`*`, the default ask): no file is
+fetched again for the upgrade. Read-only, its entries read as `*` too. An older dlstudy refuses
+an index of a later version (which it would fill with entries that do not say how they were
+asked for), naming it.
 
 Durability. WAL journal, synchronous=NORMAL: a committed transaction survives the process being
 killed. Rows are committed in batches (every COMMIT_ROWS rows or COMMIT_SECONDS, and at close),
@@ -53,14 +60,15 @@ MANIFEST_NAME = "manifest.sqlite"
 JOURNALS = ("-wal", "-shm", "-journal")  # files SQLite keeps beside the database
 COMMIT_ROWS = 500
 COMMIT_SECONDS = 1.0
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: entries.syntax
 _CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-_COLUMNS = "study, series, sop, path, size, digest"  # Entry's fields, in order
+_COLUMNS = "study, series, sop, path, size, digest, syntax"  # Entry's fields, in order
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     sop TEXT PRIMARY KEY, study TEXT NOT NULL, series TEXT NOT NULL,
-    path TEXT NOT NULL, size INTEGER NOT NULL, digest TEXT NOT NULL
+    path TEXT NOT NULL, size INTEGER NOT NULL, digest TEXT NOT NULL,
+    syntax TEXT NOT NULL DEFAULT '*'
 );
 CREATE INDEX IF NOT EXISTS entries_of_study ON entries (study);
 CREATE TABLE IF NOT EXISTS complete_studies (
@@ -106,6 +114,7 @@ class Manifest:
         self._last_commit = time.monotonic()
         self._db: sqlite3.Connection | None = None
         self._adopted_any = False  # whether `adopted` may hold a row (never read-only)
+        self._syntax = "syntax"  # what reads entries.syntax ("'*'" in a version 1 index)
         if read_only:
             self._db = self._open_read_only()
         else:
@@ -135,6 +144,8 @@ class Manifest:
         try:
             db.executescript("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             self._check_version(db)
+            if _lacks_syntax(db):
+                db.execute("ALTER TABLE entries ADD COLUMN syntax TEXT NOT NULL DEFAULT '*'")
             db.executescript(_SCHEMA)
             now = os.lstat(path)
         except sqlite3.Error as exc:
@@ -175,6 +186,8 @@ class Manifest:
                 db.close()
                 return self._open_in_memory()
             db.execute("SELECT count(*) FROM complete_studies WHERE 0").fetchone()
+            if _lacks_syntax(db):
+                self._syntax = "'*'"
         except sqlite3.Error as exc:
             db.close()
             raise self._error(exc) from exc
@@ -221,7 +234,7 @@ class Manifest:
         db = db or self._connection
         if not os.path.lexists(self.legacy):
             return
-        insert = f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        insert = f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
         try:
             db.execute("BEGIN")
             try:
@@ -252,10 +265,14 @@ class Manifest:
             raise StorageError(f"{str(self.path)!r} is closed", path=str(self.path))
         return self._db
 
+    @property
+    def _columns(self) -> str:
+        return _COLUMNS.replace("syntax", self._syntax)
+
     def get(self, sop: str) -> Entry | None:
         try:
             row = self._connection.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE sop = ?", (sop,)
+                f"SELECT {self._columns} FROM entries WHERE sop = ?", (sop,)
             ).fetchone()
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
@@ -295,9 +312,15 @@ class Manifest:
             raise self._error(exc) from exc
         return row is not None
 
+    def asked_otherwise(self, study: str, syntax: str) -> bool:
+        """Whether an entry of `study` was fetched asking for another transfer syntax than
+        `syntax` (`*` or a UID, as --transfer-syntax gives it)."""
+        query = f"SELECT 1 FROM entries WHERE study = ? AND {self._syntax} != ? LIMIT 1"
+        return self._query_one(query, (study, syntax)) is not None
+
     def entries_of(self, study: str) -> Iterator[Entry]:
         """The entries of one study, streamed."""
-        yield from self._rows(f"SELECT {_COLUMNS} FROM entries WHERE study = ?", (study,))
+        yield from self._rows(f"SELECT {self._columns} FROM entries WHERE study = ?", (study,))
 
     def files_of(self, study: str) -> Iterator[tuple[str, int, str]]:
         """The path (relative to OUT), size and series of each of one study's entries,
@@ -313,7 +336,7 @@ class Manifest:
 
     def __iter__(self) -> Iterator[Entry]:
         """Every entry, streamed."""
-        yield from self._rows(f"SELECT {_COLUMNS} FROM entries", ())
+        yield from self._rows(f"SELECT {self._columns} FROM entries", ())
 
     def _rows(self, query: str, params: tuple[str, ...]) -> Iterator[Entry]:
         try:
@@ -348,7 +371,8 @@ class Manifest:
         """Record a committed file; `adopted`: its digest is of a file found on disk, not of
         the bytes the server sent."""
         self._write(
-            f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", _row(entry)
+            f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _row(entry),
         )
         if adopted:
             self._write("INSERT OR IGNORE INTO adopted VALUES (?)", (entry.sop,))
@@ -443,8 +467,14 @@ class Manifest:
         return None
 
 
-def _row(entry: Entry) -> tuple[str, str, str, str, int, str]:
-    return (entry.study, entry.series, entry.sop, entry.path, entry.size, entry.digest)
+def _row(e: Entry) -> tuple[str, str, str, str, int, str, str]:
+    return (e.study, e.series, e.sop, e.path, e.size, e.digest, e.syntax)
+
+
+def _lacks_syntax(db: sqlite3.Connection) -> bool:
+    """Whether `entries` is of an index of version 1: without the syntax column."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+    return bool(columns) and "syntax" not in columns
 
 
 def _refuse_unless_regular(path: Path) -> None:

@@ -432,3 +432,74 @@ def test_an_instance_orthanc_cannot_transcode_fails_after_three_attempts(
     assert summary["retried"] == 2  # not --retries' 6
     assert (out / plain.study / plain.series / f"{plain.sop}.dcm").read_bytes() == plain.data
     assert not (out / jpeg2000.study / jpeg2000.series / f"{jpeg2000.sop}.dcm").exists()
+
+
+# --- reruns asking for another transfer syntax -----------------------------------------------
+
+IMPLICIT_VR = "1.2.840.10008.1.2"
+
+
+@pytest.fixture(scope="module")
+def four_instance_study(
+    orthanc: OrthancServer, loaded: list[StoredInstance], tmp_path_factory: pytest.TempPathFactory
+) -> list[StoredInstance]:
+    """A study of 4 uncompressed CT images, as Orthanc stored them (after `loaded`, so its
+    reset leaves them)."""
+    spec = SynthSpec(studies=1, series=2, instances=2, size=2048, seed=29)
+    stored = []
+    for instance in generate(tmp_path_factory.mktemp("four-for-orthanc"), spec):
+        answer = orthanc.upload(instance.path)
+        stored.append(
+            StoredInstance(
+                instance.study_uid,
+                instance.series_uid,
+                instance.sop_uid,
+                answer["ParentStudy"],
+                orthanc.stored_file(answer["ID"]),
+            )
+        )
+    return stored
+
+
+@pytest.mark.parametrize(
+    "rerun", [[], ["--recheck"], ["--verify"]], ids=["plain", "recheck", "verify"]
+)
+def test_a_rerun_asking_for_another_transfer_syntax_fetches_the_files_again(
+    tmp_path: Path,
+    orthanc: OrthancServer,
+    four_instance_study: list[StoredInstance],
+    rerun: list[str],
+) -> None:
+    """Files Orthanc transcoded to Implicit VR are not those a rerun asking for them as
+    stored (`*`, the default) wants: fetched again, once, and then present."""
+    study = four_instance_study[0].study
+    out = tmp_path / "out"
+
+    def download(*extra: str) -> tuple[dict[str, Any], str]:
+        done = run_installed(
+            "download", study, "--url", orthanc.dicomweb_url, "-o", str(out), "--json", *extra
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout), done.stderr
+
+    download("--transfer-syntax", IMPLICIT_VR)
+    files = [out / m.study / m.series / f"{m.sop}.dcm" for m in four_instance_study]
+    transcoded = [p.read_bytes() for p in files]
+    assert all(data != m.data for data, m in zip(transcoded, four_instance_study, strict=True))
+
+    summary, stderr = download(*rerun)
+
+    assert summary["instances"] == instance_counts(4, downloaded=4)
+    said = "4 files on disk were fetched asking for another --transfer-syntax than '*': fetching"
+    assert stderr.count(said) == 1, stderr
+    assert_byte_exact(four_instance_study, out)
+
+    again, stderr = download(*rerun)
+
+    assert again["instances"] == instance_counts(4, skipped=4)
+    assert "--transfer-syntax" not in stderr
+
+    # And back: asked as Implicit VR again, Orthanc's transcoded files come again.
+    back, _ = download("--transfer-syntax", IMPLICIT_VR, *rerun)
+    assert back["instances"] == instance_counts(4, downloaded=4)
+    assert [p.read_bytes() for p in files] == transcoded

@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
-from ..cli_helpers import instance_counts, run_cli, summary_of
+from ..cli_helpers import instance_counts, run_cli, run_installed, summary_of
 from ..fixtures.orthanc import OrthancServer
 
 pytestmark = pytest.mark.integration
@@ -90,6 +91,34 @@ def test_sync_downloads_only_what_orthanc_received_since(
     assert summary["instances"] == instance_counts(12, downloaded=4, skipped=8)
     assert summary["sync"]["already_complete"] == 2
     assert_stored_bytes(orthanc, first + second, out)
+
+
+def test_sync_asking_for_another_transfer_syntax_fetches_the_files_again(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """A mirror synced as Orthanc transcodes to Implicit VR is not complete for a sync asking
+    for the files as stored (`*`, the default): they are fetched again, once."""
+    orthanc.reset()
+    instances = upload(orthanc, tmp_path / "source", 1, seed=64)
+    out = tmp_path / "mirror"
+
+    def sync(*extra: str) -> tuple[dict[str, Any], str]:
+        done = run_installed(
+            "sync", "--url", orthanc.dicomweb_url, "-o", str(out), "--json", *extra
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout), done.stderr
+
+    sync("--transfer-syntax", "1.2.840.10008.1.2")
+    summary, stderr = sync()
+
+    assert summary["instances"] == instance_counts(4, downloaded=4)
+    assert summary["sync"]["already_complete"] == 0
+    assert "4 files on disk were fetched asking for another --transfer-syntax than '*'" in stderr
+    assert_stored_bytes(orthanc, instances, out)
+    summary, _ = sync()
+    assert summary["instances"] == instance_counts(4, skipped=4)
+    assert summary["sync"]["already_complete"] == 1
 
 
 def test_wildcards_and_name_components_reach_orthanc_as_typed(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..cli_helpers import (
     run_installed,
 )
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy
+from ..manifest_helpers import index_of
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +288,34 @@ def test_verify_fetches_again_files_the_manifest_never_saw_come_from_the_server(
     status, summary, stderr = installed_download(url, synth_study.study_uid, out, "--verify")
     assert status == 0, stderr
     assert summary["instances"] == instance_counts(60, skipped=60)  # now known: checked
+
+
+def test_an_index_an_older_dlstudy_wrote_is_taken_as_fetched_as_stored(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    seen_requests: SeenRequests,
+) -> None:
+    """An index of version 1 keeps no transfer syntax for its entries: they are taken as
+    fetched as stored (`*`, the default), by sync reading it and by a rerun that adds the
+    column: nothing is fetched again for the upgrade."""
+    url = embedded_server(synth_study.root)
+    out = tmp_path / "out"
+    assert installed_download(url, synth_study.study_uid, out)[0] == 0
+    db = sqlite3.connect(index_of(out))
+    db.executescript("ALTER TABLE entries DROP COLUMN syntax; PRAGMA user_version = 1;")
+    db.close()
+    seen_requests.requests.clear()
+
+    sync = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    assert sync.returncode == 0, sync.stderr
+    assert json.loads(sync.stdout)["sync"]["already_complete"] == 1
+    status, summary, stderr = installed_download(url, synth_study.study_uid, out, "--recheck")
+
+    assert status == 0, stderr
+    assert summary["instances"] == instance_counts(60, skipped=60)
+    assert not [path for path, _ in seen_requests.requests if "/instances/" in path]
+    db = sqlite3.connect(index_of(out))
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("SELECT DISTINCT syntax FROM entries").fetchall() == [("*",)]
+    db.close()

@@ -26,7 +26,7 @@ def test_missing_files_are_found_by_listing_each_folder_once(
         final = store.final_path(ref)
         final.parent.mkdir(parents=True, exist_ok=True)
         final.write_bytes(b"x" * 10)
-        manifest.record(entry_for(store, ref, final, 10, "0" * 64))
+        manifest.record(entry_for(store, ref, final, 10, "0" * 64, "*"))
     bad = store.final_path(on_disk[2])
     bad.write_bytes(b"x" * 11)  # size differs from the manifest: fetched again
     looked_at: list[str] = []
@@ -37,7 +37,7 @@ def test_missing_files_are_found_by_listing_each_folder_once(
         return stat(self, **kwargs)
 
     monkeypatch.setattr(Path, "stat", counting_stat)
-    result = plan([*on_disk, missing_here, *no_folder], store, manifest, verify=False)
+    result = plan([*on_disk, missing_here, *no_folder], store, manifest, verify=False, syntax="*")
     monkeypatch.undo()
     manifest.close()
     assert result.skipped == 2
@@ -55,5 +55,5 @@ def test_a_file_where_a_folder_should_be_leaves_its_instances_to_fetch(tmp_path:
     folder = store.final_path(ref).parent
     folder.parent.mkdir(parents=True)
     folder.write_bytes(b"not a folder")
-    assert list(plan([ref], store, manifest, verify=False).todo) == [ref]
+    assert list(plan([ref], store, manifest, verify=False, syntax="*").todo) == [ref]
     manifest.close()
