@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from .command import Group
-from .entry import is_interrupt
+from .entry import hand_over, is_interrupt, say_stopped
 
 # Each command's module, in the order `dlstudy --help` lists them.
 COMMANDS = {
@@ -142,16 +142,19 @@ def main() -> None:
     warnings.filterwarnings("ignore", module=r"pydicom\.")
     _replace_what_stdout_cannot_encode()
     try:
-        with _interrupt_reaches_main():  # while the command's modules are imported
-            app = build_app(first if first in COMMANDS else None)
-        _pace_collector()
-        returned = app(standalone_mode=False)
+        try:
+            with _interrupt_reaches_main():  # while the command's modules are imported
+                app = build_app(first if first in COMMANDS else None)
+            _pace_collector()
+            returned = app(standalone_mode=False)
+        finally:
+            hand_over()  # (done as the command started, if one did: see command.py)
         code = returned if isinstance(returned, int) else 0
     except SystemExit as exc:
         code = exc.code
-    except (typer.Abort, KeyboardInterrupt, _Interrupted):  # Ctrl-C before a command ends it
-        print("dlstudy: interrupted", file=sys.stderr)
-        code = 130
+    except (typer.Abort, KeyboardInterrupt, _Interrupted) as exc:
+        # Ctrl-C (or SIGTERM, SIGHUP while starting: entry.py) before a command ends it
+        code = say_stopped(exc)
     except RuntimeError as exc:  # Ctrl-C while DuckDB ran a query outside a run (catalog status)
         from .common import stop_behind
 

@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from ..errors import ExitStatus
+from .entry import hand_over
 
 
 class _PlainFlags:
@@ -45,6 +46,10 @@ class _HelpOrOneLine:
 
 class Command(_HelpOrOneLine, _PlainFlags, TyperCommand):
     """Every dlstudy command's class (directly, or through configured.ConfigCommand)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        hand_over()  # start-up is over: SIGTERM and SIGHUP are the command's (entry.py)
+        return super().invoke(ctx)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         _refuse_empty_paths(ctx, self.get_params(ctx), args)

@@ -103,6 +103,88 @@ def test_ctrl_c_while_the_cli_starts_is_a_line_not_a_traceback() -> None:
     assert seen.get(130, 0) >= steps // 2, seen
 
 
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hung up")],
+)
+def test_sigterm_while_the_cli_starts_is_a_line_not_a_mute_death(
+    tmp_path: Path, signum: int, status: int, said: str
+) -> None:
+    """SIGTERM (cron, systemd, timeout(1)) or SIGHUP while Python still imported the CLI
+    killed it mute (-15, -1). Sent ever later after the start, until the command's own
+    handling answers (it then blocks reading its list from stdin): each run ends with a line
+    and the signal's status, either the start-up's (`dlstudy: terminated`, as Ctrl-C's
+    `dlstudy: interrupted`) or the command's. One run may still die of it: a signal in the
+    interpreter's own boot, before the console script's entry runs, or in the ~0.2 ms
+    between the end of the start-up and the command's own handling, where it kills as it
+    always did."""
+    boot = max(_seconds([sys.executable, "-c", "pass"]) for _ in range(3))
+    command = [DLSTUDY, "download", "--from-file", "-", "--url", "http://127.0.0.1:9/"]
+    command += ["-o", str(tmp_path / "out")]
+    outcomes: list[str] = []
+    delay = max(3 * boot, boot + 0.05)
+    while "command's" not in outcomes and len(outcomes) < 40:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_clean_environment(None),
+            preexec_fn=ctrl_c_as_at_a_terminal,
+        )
+        time.sleep(delay)
+        process.send_signal(signum)
+        process.wait(timeout=60)  # stdin left open: only the signal ends the run
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.close()
+        stderr = process.stderr.read()
+        process.stderr.close()
+        assert "Traceback" not in stderr, stderr
+        if process.returncode == -signum and not stderr:
+            outcomes.append("killed")
+        elif stderr.strip() == f"dlstudy: {said}":
+            assert process.returncode == status, stderr
+            outcomes.append("start-up's")
+        else:
+            assert process.returncode == status, stderr
+            assert stderr.strip().splitlines()[-1].startswith(f"dlstudy: error: {said};")
+            outcomes.append("command's")
+        delay += 0.03
+    assert outcomes.count("killed") <= 1, outcomes
+    assert outcomes.count("start-up's") >= 2, outcomes
+
+
+def test_under_nohup_a_hangup_while_the_cli_starts_is_ignored(tmp_path: Path) -> None:
+    """SIGHUP inherited ignored (`nohup`) stays ignored while the CLI starts too: the run
+    goes on, here to the end of its (empty) list."""
+    boot = max(_seconds([sys.executable, "-c", "pass"]) for _ in range(3))
+
+    def as_nohup_starts_it() -> None:
+        ctrl_c_as_at_a_terminal()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    process = subprocess.Popen(
+        [DLSTUDY, "download", "--from-file", "-", "--url", "http://127.0.0.1:9/"]
+        + ["-o", str(tmp_path / "out")],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_clean_environment(None),
+        preexec_fn=as_nohup_starts_it,
+    )
+    time.sleep(max(3 * boot, boot + 0.05))
+    for _ in range(10):  # through the start-up
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.02)
+    _wait_until_reading_stdin(process.pid)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate("", timeout=60)
+
+    assert process.returncode == 2, stderr  # the list named nothing: not stopped
+    assert "names no study" in stderr and "hung up" not in stderr, stderr
+
+
 def _seconds(command: list[str]) -> float:
     start = time.monotonic()
     subprocess.run(
@@ -142,9 +224,10 @@ def test_a_signal_while_the_list_is_read_ends_with_the_json_summary(
 def test_sigterm_at_any_moment_of_a_sync_prints_its_json_summary(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
 ) -> None:
-    """Whenever SIGTERM ends a `sync --json` with 143 (not killed by it while Python starts,
-    before dlstudy runs), stdout holds the summary object; between the command's start and
-    the run's own handlers it held nothing but the error line."""
+    """Whenever SIGTERM ends a `sync --json` with 143 once the command runs, stdout holds the
+    summary object; between the command's start and the run's own handlers it held nothing
+    but the error line. (Before the command runs, its options not yet read, the start-up's
+    line alone, `dlstudy: terminated`, as for Ctrl-C.)"""
     url = embedded_server(synth_study.root, latency=0.2)
     whole = _seconds([DLSTUDY, "sync", "--url", url, "-o", str(tmp_path / "timed"), "-c", "2"])
     steps = 12
@@ -162,7 +245,10 @@ def test_sigterm_at_any_moment_of_a_sync_prints_its_json_summary(
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
         if process.returncode in (-signal.SIGTERM, 0):
-            continue  # killed before the command began, or done before the signal came
+            continue  # killed before dlstudy's entry ran, or done before the signal came
+        if stderr.strip() == "dlstudy: terminated":
+            assert (process.returncode, stdout) == (143, ""), stderr
+            continue  # while the CLI started, its options unread: as a Ctrl-C then
         assert process.returncode == 143, stderr
         handled += 1
         summary = json.loads(stdout)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from dlstudy.cli.entry import is_interrupt
+from dlstudy.cli.entry import StoppedWhileStarting, is_interrupt
+from dlstudy.errors import how_stopped, stop_for
 
 
 class _InterruptedWhileNamed:
@@ -31,6 +33,14 @@ def test_other_errors_are_not_interrupts() -> None:
     plain = RuntimeError("wrapped")
     plain.__cause__ = ValueError()
     assert not is_interrupt(plain)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_while_starting_says_what_the_commands_say(signum: int) -> None:
+    """Its words and status are written out in entry.py (errors cannot be imported that
+    early): the same as a command's stop by that signal."""
+    stop = StoppedWhileStarting(signum)
+    assert (stop.said, stop.exit_status) == how_stopped(stop_for(signum))
 
 
 _DYING_WITH_A_CTRL_C = """
@@ -61,4 +71,34 @@ def test_a_ctrl_c_that_python_cannot_raise_where_it_lands_is_delivered_again() -
         check=False,
     )
     assert result.stdout.strip() == "interrupted", result
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+_DYING_WITH_A_SIGTERM = """
+import signal, sys, time
+from dlstudy.cli import entry
+sys.unraisablehook = entry.deliver_interrupts_again
+class Dying:
+    def __del__(self):
+        raise entry.StoppedWhileStarting(signal.SIGTERM)  # as the start-up's handler does
+try:
+    Dying()
+    time.sleep(5)
+    print("the stop was lost")
+except entry.StoppedWhileStarting as stop:
+    print(stop.said)
+"""
+
+
+def test_a_sigterm_that_python_cannot_raise_where_it_lands_is_delivered_again() -> None:
+    """The same for a SIGTERM while the CLI starts: delivered again as itself, not as the
+    Ctrl-C the hook delivers."""
+    result = subprocess.run(
+        [sys.executable, "-c", _DYING_WITH_A_SIGTERM],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == "terminated", result
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
