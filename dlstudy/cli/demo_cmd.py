@@ -74,15 +74,20 @@ def register(app: typer.Typer) -> None:
         # SIGTERM as Ctrl-C: the temporary folder is removed on the way out (a SIGTERM while
         # the study was generated killed the process and left it, hundreds of MB, in /tmp).
         left = f"what was downloaded is in {keep}" if keep else "its temporary files are removed"
-        with exit_on_interrupt(json_output=json_output, kept=left):
+        # What --json prints for a demo stopped before its download gave a summary (while it
+        # generates the study, say): the folder, and the server's URL once it serves.
+        so_far = Summary(url="", output=str(keep or ""))
+        with exit_on_interrupt(json_output=json_output, kept=left, before_run=lambda: so_far):
             with tempfile.TemporaryDirectory(prefix="dlstudy-demo-") as scratch:
                 source_dir = Path(scratch) / "source"
                 output = keep or Path(scratch) / "downloaded"
+                so_far.output = str(output)
                 typer.echo(f"dlstudy demo: generating the '{preset}' synthetic study ...", err=True)
                 instances = generate(source_dir, SYNTH_PRESETS[preset])
                 study_uids = list(dict.fromkeys(i.study_uid for i in instances))
                 with running_server(ServerOptions(root=source_dir)) as base_url:
                     typer.echo(f"dlstudy demo: serving it at {base_url}", err=True)
+                    so_far.url = base_url
                     settings = Settings(
                         url=base_url,
                         output=output,
@@ -98,6 +103,7 @@ def register(app: typer.Typer) -> None:
                             getattr(exc, "summary", None), exc, json_output=json_output, quiet=False
                         )
                 assert summary is not None
+                so_far = summary  # stopped while it verifies: what was downloaded
                 sources = [(i.path, i.study_uid, i.series_uid, i.sop_uid) for i in instances]
                 problems = verify_against_source(sources, output)
                 present = summary.downloaded + summary.skipped

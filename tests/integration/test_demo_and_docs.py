@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -96,6 +97,37 @@ def test_demo_stopped_by_sigterm_leaves_nothing_behind(
     rest = demo.communicate(timeout=60)[1]
     assert demo.returncode == status, seen + [rest]
     assert rest.splitlines()[-1] == f"dlstudy: error: {said}; its temporary files are removed"
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
+def test_demo_json_stopped_while_it_generates_prints_its_summary(
+    tmp_path: Path, signum: int, status: int, said: str
+) -> None:
+    """`demo --json` stopped while it generated the study printed nothing on stdout, where
+    every other command's --json prints its object with the stop in `error`."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    demo = subprocess.Popen(
+        [DLSTUDY, "demo", "--preset", "ct", "--json"],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        preexec_fn=ctrl_c_as_at_a_terminal,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stderr is not None
+    while (line := demo.stderr.readline()) and not line.startswith("dlstudy demo: generating"):
+        pass
+    demo.send_signal(signum)
+    stdout, stderr = demo.communicate(timeout=60)
+
+    assert demo.returncode == status, stderr
+    summary = json.loads(stdout)
+    assert (summary["error"], summary["exit_status"]) == (said, status)
+    assert summary["instances"]["downloaded"] == 0
+    assert summary["output"].startswith(str(scratch))  # (removed, as every temporary file)
     assert list(scratch.iterdir()) == []
 
 
