@@ -241,6 +241,7 @@ async def _locked_run(
     """The run, with the output folder locked: into `summary`."""
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(output_lock(store.state_dir, wait=settings.wait_for_lock))
+        stack.callback(store.remove_if_unused)  # last, with the lock still held
         removed = store.remove_stale_temp_files()
         if removed:
             log.info("removed %d temp files left by an interrupted run", removed)

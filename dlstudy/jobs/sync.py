@@ -184,16 +184,19 @@ async def _sync(
         # so a second cron run gives up (exit 5) before searching and nothing can slip in
         # between.
         async with output_lock(store.state_dir, wait=settings.wait_for_lock):
-            if settings.report is None:
-                return await _search_and_download(
-                    settings, query, shard, store, sink, plan, selection
-                )
-            # --report: the complete studies' rows are written here, the others' by the
-            # download.
-            with run_report(settings.report) as report:
-                return await _search_and_download(
-                    settings, query, shard, store, sink, plan, selection, report
-                )
+            try:
+                if settings.report is None:
+                    return await _search_and_download(
+                        settings, query, shard, store, sink, plan, selection
+                    )
+                # --report: the complete studies' rows are written here, the others' by the
+                # download.
+                with run_report(settings.report) as report:
+                    return await _search_and_download(
+                        settings, query, shard, store, sink, plan, selection, report
+                    )
+            finally:
+                store.remove_if_unused()
     finally:
         if selection is not None:
             selection.close()

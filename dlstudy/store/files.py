@@ -7,7 +7,6 @@ is what lets a rerun skip it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import logging
@@ -23,6 +22,8 @@ from typing import BinaryIO, Self
 from ..errors import IntegrityError, OutputError, StorageError, UsageError
 from ..http.urls import is_valid_uid
 from ..model import InstanceRef
+from .lock import LOCK_NAME
+from .manifest import JOURNALS, MANIFEST_NAME
 from .safe_files import leads_outside
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ class Store:
         # Python work in a multipart response (docs/decisions.md): these are computed once.
         self._root_prefix = os.path.join(root, "")
         self._incoming = root / STATE_DIR / "incoming" / "part.dcm"
+        # What prepare() made: the folders (OUT first, then those above it), and whether
+        # the state folder too (remove_if_unused).
+        self._made: list[Path] = []
+        self._made_state = False
 
     def prepare(self) -> None:
         """Create the output folder and prove we can write there, before any network work."""
@@ -106,14 +111,20 @@ class Store:
                 path=str(self.root),
             )
         try:
+            missing = _missing_folders(self.root)
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
             except FileExistsError:  # (exist_ok: something there that is no folder)
                 raise OutputError(
                     f"output folder {_why_no_folder(self.root)}", path=str(self.root)
                 ) from None
-            with contextlib.suppress(FileExistsError):  # judged just below
+            self._made = missing
+            try:
                 state_dir.mkdir()
+            except FileExistsError:  # judged just below
+                pass
+            else:
+                self._made_state = True
             if state_dir.is_symlink() or not state_dir.is_dir():
                 raise OutputError(
                     f"cannot use {str(state_dir)!r}: it is not a folder of its own "
@@ -134,6 +145,30 @@ class Store:
             raise OutputError(
                 f"cannot write in {str(state_dir)!r}: {exc.strerror or exc}", path=str(state_dir)
             ) from exc
+
+    def remove_if_unused(self) -> None:
+        """Remove the output folder, and the folders above it, that prepare() made, when
+        nothing but this run's own state is in them: a run that wrote nothing (the server
+        unreachable, nothing found, stopped at once) leaves no empty folder where cron would
+        look for a study. Never a folder that was there before, nor one holding an earlier
+        run's state. Only under the output lock, once the manifest is closed."""
+        if not self._made or not self._made_state:
+            return
+        state_dir = self.state_dir
+        try:
+            own = os.listdir(state_dir)
+            if os.listdir(self.root) != [STATE_DIR] or not set(own) <= _RUN_STATE:
+                return
+            for name in own:
+                if name == "incoming":
+                    os.rmdir(state_dir / name)
+                else:
+                    os.unlink(state_dir / name)
+            state_dir.rmdir()
+            for folder in self._made:
+                folder.rmdir()
+        except OSError:  # something came in meanwhile, or is not this run's to remove: kept
+            return
 
     @staticmethod
     def is_valid(ref: InstanceRef) -> bool:
@@ -258,6 +293,22 @@ def _link_to_nothing(path: Path) -> str | None:
     if path.is_symlink() and not path.exists():
         return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
     return None
+
+
+def _missing_folders(root: Path) -> list[Path]:
+    """`root` and the folders above it that do not exist, `root` first."""
+    missing: list[Path] = []
+    folder = root.absolute()
+    while not os.path.lexists(folder) and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+# What a run keeps in a state folder it made: the lock, the index (and the journals SQLite
+# keeps beside it), the folder for parts whose instance is not known yet. Anything else
+# (sync's search catalog of a long listing) is worth keeping.
+_RUN_STATE = {LOCK_NAME, MANIFEST_NAME, "incoming"} | {MANIFEST_NAME + j for j in JOURNALS}
 
 
 def _write_test(probe: Path) -> None:

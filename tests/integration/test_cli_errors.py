@@ -122,6 +122,26 @@ def test_every_command_without_a_url_names_every_place_to_give_it(
     ]
 
 
+@pytest.mark.parametrize("command", ["download", "sync"])
+def test_a_run_that_wrote_nothing_leaves_no_folder_it_made(tmp_path: Path, command: str) -> None:
+    """An unreachable server (exit 3) left the -o folder the run had made, and the folders
+    above it, in place and empty (but for dlstudy's hidden state): a cron job then found an
+    empty study folder. Now they are removed; a folder that was there before stays."""
+    chosen = [STUDY] if command == "download" else []
+    dead = ["--url", "http://127.0.0.1:1/dicomweb", *chosen]
+    made = tmp_path / "new" / "deeper" / "out"
+    result = run_installed(command, *dead, "-o", str(made))
+    assert result.returncode == 3, result.stderr
+    assert "connection refused by 127.0.0.1:1" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    result = run_installed(command, *dead, "-o", str(mine))
+    assert result.returncode == 3, result.stderr
+    assert (mine / ".dlstudy").is_dir()  # the user's folder: kept, and the run's index in it
+
+
 def test_unwritable_output_directory(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
