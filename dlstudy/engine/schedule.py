@@ -14,6 +14,11 @@ What a file was asked as is part of its being present: one the manifest records 
 another --transfer-syntax than the run's (`*` or a UID, compared as given, not the syntax the
 server chose) is fetched again, and replaced as it commits.
 
+An instance the index holds under another study (one SOP Instance UID in two studies, or an
+instance the server moved) is neither fetched nor adopted here: the plan sets it apart
+(`elsewhere`), and the run asks the server whether the recorded one is still listed
+(jobs/listing.py): a duplicate then, kept where the index has it; else a move, fetched.
+
 A study a run recorded complete (store/completion.py) is taken from the index before anything
 is asked of the server: a rerun of it costs one folder listing per series, no request.
 """
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 # What the plan makes of a file on disk.
 GOOD, BAD, UNVERIFIED, UNREADABLE = "good", "bad", "unverified", "unreadable"
 ASKED_OTHERWISE = "asked otherwise"  # fetched with another --transfer-syntax
+ELSEWHERE = "elsewhere"  # the index holds its SOP Instance UID under another study
 
 
 @dataclass
@@ -55,6 +61,9 @@ class Plan:
     # --verify: SOP UID -> the digest of each such file as found, which the server's bytes
     # fetched again are compared with (the same: it was present; else it was repaired)
     unverified: dict[str, str] = field(default_factory=dict)
+    # instances the index holds under another study, with that entry: neither fetched nor
+    # adopted before the server says whether they moved
+    elsewhere: list[tuple[InstanceRef, Entry]] = field(default_factory=list)
 
 
 def entry_for(
@@ -141,7 +150,11 @@ def plan(
             result.moved += 1  # and checked below like any file in place
             status = _lstat(final)
         if status is None:
-            result.todo.append(ref)
+            held = _held_elsewhere(ref, manifest)
+            if held is None:
+                result.todo.append(ref)
+            else:
+                result.elsewhere.append((ref, held))
             continue
         if not stat.S_ISREG(status.st_mode):  # a folder, link or pipe in the way: never read
             result.todo.append(ref)  # the commit replaces it, or reports a folder
@@ -155,6 +168,10 @@ def plan(
             verdict = UNREADABLE
         if verdict == GOOD:
             result.skipped += 1
+        elif verdict == ELSEWHERE:  # a second copy on disk (an older dlstudy): left there
+            held = _held_elsewhere(ref, manifest)
+            assert held is not None
+            result.elsewhere.append((ref, held))
         elif verdict in (UNVERIFIED, UNREADABLE, ASKED_OTHERWISE):  # kept until replaced
             result.unverifiable += verdict == UNVERIFIED
             result.asked_otherwise += verdict == ASKED_OTHERWISE
@@ -225,6 +242,12 @@ class _Relocation:
         return True
 
 
+def _held_elsewhere(ref: InstanceRef, manifest: Manifest) -> Entry | None:
+    """The entry of `ref`'s SOP Instance UID if the index holds it under another study."""
+    entry = manifest.get(ref.sop_uid)
+    return entry if entry is not None and entry.study != ref.study_uid else None
+
+
 def _names(folder: Path) -> frozenset[int] | None:
     """The hashes of the names in `folder` (none if it does not exist); None if it cannot be
     listed, and each file is then looked at on its own."""
@@ -248,7 +271,8 @@ def _judge(
 ) -> str:
     """GOOD: kept. BAD: to be removed and fetched again. UNVERIFIED (--verify only): whole,
     but the manifest has no digest of the server's bytes to check it against. ASKED_OTHERWISE:
-    fetched asking for another transfer syntax than `syntax`, to be fetched again."""
+    fetched asking for another transfer syntax than `syntax`, to be fetched again. ELSEWHERE:
+    the manifest holds the SOP Instance UID under another study."""
     entry = manifest.get(ref.sop_uid)
     if entry is not None and entry.path == store.relative(final):
         if entry.syntax != syntax:
@@ -263,6 +287,8 @@ def _judge(
             return BAD
         # A file an older version kept short matches its own digest: --verify walks it too.
         return GOOD if not verify or _complete(ref, final, size) else BAD
+    if entry is not None and entry.study != ref.study_uid:
+        return ELSEWHERE  # not adopted: that would take the entry from the other study
     if not _is_instance(ref, final, size):
         return BAD
     if verify:

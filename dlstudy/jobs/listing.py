@@ -26,8 +26,10 @@ from ..report.landed import FAILED, REPEAT, ReportWriter
 from ..report.printable import printable
 from ..report.progress import ProgressSink
 from ..report.summary import Summary
+from ..report.words import counted
 from ..settings import Settings
 from ..store.files import Store
+from ..store.manifest import Entry, Manifest
 from .parts import EarlierParts
 
 log = logging.getLogger(__name__)
@@ -55,12 +57,14 @@ class Lister:
         transport: Transport,
         policy: RetryPolicy,
         store: Store,
+        manifest: Manifest,
         progress: ProgressSink,
         summary: Summary,
         report: ReportWriter | None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.manifest = manifest
         self.progress = progress
         self.summary = summary
         self.report = report
@@ -248,14 +252,23 @@ class Lister:
             self.report.row(FAILED, study, item.series_uid, item.sop_uid, reason=reason)
 
     def unique_valid(self, found: list[Instances], earlier: EarlierParts | None) -> Instances:
+        """Each instance once; of two under one SOP Instance UID, the one the index holds
+        (else the first listed), whichever order the run lists them in."""
         refs = Instances()
         seen: dict[str, tuple[str, str]] = {}  # SOP Instance UID -> its study and series
+        yielded: set[tuple[str, str, str]] = set()  # (SOP, study, series) kept, then not
         for ref in (ref for group in found for ref in group):
             where = seen.get(ref.sop_uid)
             if where == (ref.study_uid, ref.series_uid) or (
                 earlier is not None and earlier.listed(ref)
             ):
                 continue  # listed twice (a study and one of its series): fetched once
+            if where is not None and self._holds(ref):  # the one kept so far yields to it
+                self._duplicate(InstanceRef(*where, ref.sop_uid), (ref.study_uid, ref.series_uid))
+                yielded.add((ref.sop_uid, *where))
+                seen[ref.sop_uid] = (ref.study_uid, ref.series_uid)
+                refs.append(ref)  # (counted as the other was)
+                continue
             if where is not None:  # one UID for two instances: a broken archive
                 self._duplicate(ref, where)
                 continue
@@ -266,7 +279,63 @@ class Lister:
                 refs.append(ref)
             else:
                 self._invalid(ref)
+        if yielded:
+            refs = Instances(
+                r for r in refs if (r.sop_uid, r.study_uid, r.series_uid) not in yielded
+            )
         return refs
+
+    def _holds(self, ref: InstanceRef) -> bool:
+        """Whether the index holds `ref`'s SOP Instance UID in its study and series."""
+        entry = self.manifest.get(ref.sop_uid)
+        return entry is not None and (entry.study, entry.series) == (ref.study_uid, ref.series_uid)
+
+    async def held_elsewhere(self, held: list[tuple[InstanceRef, Entry]]) -> Instances:
+        """Of listed instances the index holds under another study (`held`: each with that
+        entry), those to fetch: moved on the server, no longer listed where the index has
+        them. One listing per series the index names. The others are duplicates, kept where
+        the index has them (a listing that fails keeps them too, and fails them)."""
+        locator = Locator(self.resolver)
+        still: dict[tuple[str, str], set[str] | str] = {}  # series -> its SOPs, or a failure
+        for _, entry in held:
+            place = (entry.study, entry.series)
+            if place not in still:
+                try:
+                    listed = await locator.instances(CohortItem(*place))
+                    still[place] = set(listed.sop_uids())
+                except NotFound:
+                    still[place] = set()
+                except IncompleteListingError as exc:
+                    still[place] = str(exc)
+        moved = Instances()
+        for ref, entry in held:
+            there = still[(entry.study, entry.series)]
+            if isinstance(there, str):
+                where = f"series {entry.series} of study {entry.study}"
+                reason = (
+                    f"instance {ref.sop_uid} of series {ref.series_uid}: the index has it in "
+                    f"{where}, which could not be listed to tell whether it moved: {there}"
+                )
+                self._fail_listed(ref, reason)
+            elif ref.sop_uid in there:
+                self._duplicate(ref, (entry.study, entry.series), in_total=True)
+            else:
+                moved.append(ref)
+        if moved:
+            ref, entry = next((r, e) for r, e in held if r.sop_uid == moved[0].sop_uid)
+            log.warning(
+                "%s changed study on the server (instance %s, now in study %s, was in study "
+                "%s): fetched under the new one; the old %s left in place, out of the index "
+                "(%s%s)",
+                counted(len(moved), "instance", "instances"),
+                ref.sop_uid,
+                ref.study_uid,
+                entry.study,
+                "file is" if len(moved) == 1 else "files are",
+                "" if len(moved) == 1 else "the first: ",
+                self.store.root / entry.path,
+            )
+        return moved
 
     def _invalid(self, ref: InstanceRef) -> None:
         """An instance the server lists under a UID that is no UID (never a file name): it
@@ -283,16 +352,23 @@ class Lister:
         if self.report is not None:
             self.report.row(FAILED, ref.study_uid, ref.series_uid, ref.sop_uid, reason=reason)
 
-    def _duplicate(self, ref: InstanceRef, where: tuple[str, str]) -> None:
-        """A second instance under a SOP Instance UID already listed elsewhere: it cannot be
-        stored and recorded beside the first, so it fails (the run does not end as if whole)."""
+    def _duplicate(
+        self, ref: InstanceRef, where: tuple[str, str], *, in_total: bool = False
+    ) -> None:
+        """A second instance under a SOP Instance UID already listed elsewhere (or held there
+        by the index): it cannot be stored and recorded beside the first, so it fails (the run
+        does not end as if whole). `in_total`: already counted in the run's total."""
         study, series = where
         place = f"series {series}" if study == ref.study_uid else f"study {study}"
         reason = (
             f"instance {ref.sop_uid} of series {ref.series_uid}: the server lists the same "
             f"SOP Instance UID in {place} too; only that one is downloaded"
         )
-        self.summary.total += 1
+        self._fail_listed(ref, reason, in_total=in_total)
+
+    def _fail_listed(self, ref: InstanceRef, reason: str, *, in_total: bool = True) -> None:
+        if not in_total:
+            self.summary.total += 1
         self.summary.failures.append(
             Failure(ref.study_uid, ref.series_uid, ref.sop_uid, reason, None)
         )

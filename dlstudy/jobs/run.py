@@ -75,7 +75,9 @@ class Run:
         # --verify: files found without a digest of the server's bytes, fetched again to be
         # judged by them (SOP UID -> the digest of the file as found)
         self.unverified: dict[str, str] = {}
-        self.lister = Lister(settings, transport, self.policy, store, progress, summary, report)
+        self.lister = Lister(
+            settings, transport, self.policy, store, manifest, progress, summary, report
+        )
         # Items that failed before any listing (a catalogued UID that is no UID): with them, a
         # run that finds nothing else has failed (exit 1), not matched nothing (exit 4).
         self.failed_unlisted = bool(summary.failures)
@@ -136,6 +138,8 @@ class Run:
         work = plan(
             refs, self.store, self.manifest, verify=settings.verify, syntax=settings.transfer_syntax
         )
+        if work.elsewhere:
+            work.todo.extend(await self.lister.held_elsewhere(work.elsewhere))
         self.listed = Counter()  # what a series-mode resume weighs
         if self.settings.mode in ("auto", "series", "study"):
             self.listed.update(refs.series_counts())
@@ -209,8 +213,8 @@ class Run:
         fetching = set(todo.sop_uids())
         for ref in refs:
             entry = self.manifest.get(ref.sop_uid)
-            if ref.sop_uid in fetching or entry is None:
-                continue
+            if ref.sop_uid in fetching or entry is None or entry.study != ref.study_uid:
+                continue  # (held under another study: a duplicate, failed)
             self.report.row(
                 PRESENT,
                 *(ref.study_uid, ref.series_uid, ref.sop_uid),

@@ -216,6 +216,10 @@ async def _search_and_download(
     # The counts a live search gave the pending studies, checked once they are downloaded (a
     # catalog's may be days old: an archive that deleted instances since would fail them).
     search_counts: dict[str, tuple[int, int | None]] = {}
+    # Complete studies whose index holds more instances than the server counts: some may have
+    # moved to a pending study, whose download takes their entries. Reported after it, so that
+    # an instance has one row.
+    report_after: list[str] = []
     manifest = Manifest(store.root, store.state_dir, read_only=True)
     syntax = settings.transfer_syntax  # a study fetched asking for another is not complete
 
@@ -250,7 +254,9 @@ async def _search_and_download(
             plan.already_complete += 1
             plan.total += instances or 0
             emit("study_complete", logging.DEBUG, study=record.study_uid)
-            if report is not None:
+            if report is not None and manifest.count_of(record.study_uid) > (instances or 0):
+                report_after.append(record.study_uid)
+            elif report is not None:
                 report_present(report, manifest, store, record.study_uid)
         else:
             pending.append(record.study_uid)
@@ -285,6 +291,33 @@ async def _search_and_download(
         manifest.close()
     # None matched is a quiet night for cron, not an error.
     plan.skipped = plan.total
+    try:
+        return await _download_pending(settings, store, sink, plan, pending, search_counts, report)
+    finally:
+        if report is not None and report_after:
+            _report_present_after(report, store, report_after)
+
+
+def _report_present_after(report: ReportWriter, store: Store, studies: list[str]) -> None:
+    """The `present` rows of complete studies, from the index as the download left it."""
+    manifest = Manifest(store.root, store.state_dir, read_only=True)
+    try:
+        for study in studies:
+            report_present(report, manifest, store, study)
+    finally:
+        manifest.close()
+
+
+async def _download_pending(
+    settings: Settings,
+    store: Store,
+    sink: EventSink,
+    plan: SyncSummary,
+    pending: list[str],
+    search_counts: dict[str, tuple[int, int | None]],
+    report: ReportWriter | None,
+) -> Summary | None:
+    """Download the studies not complete; the download's summary (None if there were none)."""
     if not pending:
         return None
     try:

@@ -318,6 +318,16 @@ class Manifest:
         query = f"SELECT 1 FROM entries WHERE study = ? AND {self._syntax} != ? LIMIT 1"
         return self._query_one(query, (study, syntax)) is not None
 
+    def count_of(self, study: str) -> int:
+        """How many entries are of `study`."""
+        try:
+            (count,) = self._connection.execute(
+                "SELECT count(*) FROM entries WHERE study = ?", (study,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return int(count)
+
     def entries_of(self, study: str) -> Iterator[Entry]:
         """The entries of one study, streamed."""
         yield from self._rows(f"SELECT {self._columns} FROM entries WHERE study = ?", (study,))

@@ -36,6 +36,7 @@ from ..cli_helpers import (
     summary_of,
 )
 from ..fixtures.embedded_server import SeenRequests, StartServer
+from ..manifest_helpers import manifest_rows
 
 pytestmark = pytest.mark.integration
 
@@ -326,6 +327,98 @@ def test_sync_recheck_lists_a_study_whose_counts_hide_a_replacement(
     assert summary["sync"]["already_complete"] == 0 and summary["instances"]["downloaded"] == 1
     new = out / gone.study_uid / instances[1].series_uid / "2.25.2002.dcm"
     assert new.read_bytes() == (root / "replacement.dcm").read_bytes()
+
+
+def _restudied(model: SynthInstance, path: Path, study: str, series: str) -> None:
+    """A copy of `model`'s file at `path` under another study and series UID, its SOP kept."""
+    dataset = pydicom.dcmread(model.path)
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path)
+
+
+def test_one_sop_uid_in_two_studies_fails_alike_every_night_however_runs_are_split(
+    tmp_path: Path, growing_server: Any
+) -> None:
+    """The archive holds one SOP Instance UID in two studies. The first night kept one and
+    failed the other; the next fetched the other (exit 0) and moved the index's row to it,
+    and then every night the row went back and forth and the study that lost it was listed
+    again. The copy the index holds stays; while the server lists it there, the other fails
+    as on the first night (exit 1), whether both studies are listed in one run or apart."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 2, seed=31)
+    first, second = study_uids(instances)
+    twin = next(i for i in instances if i.study_uid == second)
+    _restudied(twin, root / "twin.dcm", first, "2.25.3101")
+    url = growing_server(root)
+
+    def holder(out: Path) -> str:
+        return next(r["study"] for r in manifest_rows(out) if r["sop"] == twin.sop_uid)
+
+    mirror = tmp_path / "mirror"
+    reasons = []
+    for night in range(3):
+        result = run_installed("sync", "--url", url, "-o", str(mirror), "--json")
+        assert result.returncode == 1, (night, result.stderr)
+        summary = json.loads(result.stdout)
+        reasons.append([f["reason"] for f in summary["failures"]])
+        assert summary["instances"]["downloaded"] == (12 if night == 0 else 0), night
+    kept = holder(mirror)  # the first listed, on the first night
+    other, series = (first, "2.25.3101") if kept == second else (second, twin.series_uid)
+    reason = (
+        f"instance {twin.sop_uid} of series {series}: the server lists the same SOP Instance "
+        f"UID in study {kept} too; only that one is downloaded"
+    )
+    assert reasons == [[reason]] * 3
+    assert not (mirror / other / series).exists()
+
+    apart = tmp_path / "apart"  # the first study alone, then the other, then both, twice
+    runs = [[first], [second], [second, first], [first, second]]
+    codes = [run_installed("download", *uids, "--url", url, "-o", str(apart), "--recheck")
+             for uids in runs]  # fmt: skip
+    assert [c.returncode for c in codes] == [0, 1, 1, 1], [c.stderr for c in codes]
+    assert holder(apart) == first
+    assert not (apart / second / twin.series_uid / f"{twin.sop_uid}.dcm").exists()
+
+
+def test_sync_says_a_series_moved_to_another_study_and_reports_each_instance_once(
+    tmp_path: Path, growing_server: Any
+) -> None:
+    """The archive moves a series to another study (its StudyInstanceUID rewritten). Sync
+    fetched it again without a word, left the old files out of the index, and its --report
+    had the moved instances twice (`present` in the old study, `downloaded` in the new), more
+    rows than the summary's total. It says they changed study and where the old files are
+    left, and reports each instance once."""
+    root = tmp_path / "source"
+    instances = make_studies(root, 2, seed=33)
+    out = tmp_path / "mirror"
+    assert run_installed("sync", "--url", growing_server(root), "-o", str(out)).returncode == 0
+    old = instances[0]
+    moved = [i for i in instances if i.series_uid == old.series_uid]
+    for instance in moved:
+        _restudied(instance, instance.path, "2.25.3301", instance.series_uid)
+    url = growing_server(root)
+
+    report = tmp_path / "night.csv"
+    result = run_installed("sync", "--url", url, "-o", str(out), "--json", "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"]["downloaded"] == len(moved)
+    assert f"{len(moved)} instances changed study on the server" in result.stderr
+    assert "the old files are left in place, out of the index" in result.stderr
+    with report.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == summary["instances"]["total"] == len(instances)
+    assert len({row["sop"] for row in rows}) == len(rows)
+    for instance in moved:
+        new = out / "2.25.3301" / instance.series_uid / f"{instance.sop_uid}.dcm"
+        assert new.read_bytes() == instance.path.read_bytes()
+        assert (out / old.study_uid / instance.series_uid / f"{instance.sop_uid}.dcm").exists()
+
+    again = run_installed("sync", "--url", url, "-o", str(out), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["sync"]["already_complete"] == 3
+    assert "changed study" not in again.stderr
 
 
 def test_sync_fetches_again_what_was_deleted(
