@@ -88,6 +88,7 @@ class Resolver:
         self.pager = Pager(transport, page_size, policy)
         self.series_filter = set(series_filter)
         self.modality_filter = {m.upper() for m in modality_filter}
+        self.series_found: set[str] = set()  # the --series values a study listed had
         # Whether studies are listed in one request (study_instances): None until known.
         self.one_request: bool | None = None
         # Whether several studies are listed in one request (studies_at_once): None until known.
@@ -144,8 +145,10 @@ class Resolver:
 
     def wanted(self, series_uid: str, modality: str) -> bool:
         """Whether a series passes the --series and --modality filters."""
-        if self.series_filter and series_uid not in self.series_filter:
-            return False
+        if self.series_filter:
+            if series_uid not in self.series_filter:
+                return False
+            self.series_found.add(series_uid)
         return not self.modality_filter or modality in self.modality_filter
 
     async def instances_of(self, series: SeriesRef) -> Instances:

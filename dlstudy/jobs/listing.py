@@ -251,6 +251,19 @@ class Lister:
         if self.report is not None:
             self.report.row(FAILED, study, item.series_uid, item.sop_uid, reason=reason)
 
+    def series_not_found(self) -> None:
+        """Each --series value no study of the run has: a failure of its own, or a typo among
+        right values passes unseen (exit 0). Not said by a shard (another shard's studies may
+        have it), nor when a listing was cut short (the series may be in what was not read)."""
+        if self.incomplete or (self.settings.in_shard and self.settings.in_shard[1] > 1):
+            return
+        for uid in self.settings.series:
+            if uid not in self.resolver.series_found:
+                reason = f"--series {uid}: none of the studies asked for has this series"
+                self.summary.failures.append(Failure(None, uid, None, reason, 404))
+                if self.report is not None:
+                    self.report.row(FAILED, None, uid, None, reason=reason)
+
     def unique_valid(self, found: list[Instances], earlier: EarlierParts | None) -> Instances:
         """Each instance once; of two under one SOP Instance UID, the one the index holds
         (else the first listed), whichever order the run lists them in."""

@@ -118,6 +118,8 @@ class Run:
                     # (popped before the task above first runs: this part's listing is
                     # referenced from fetch_part only, which lets it go once planned)
                     await self.fetch_part(part, resolved.pop(0), listed)
+        if self.summary.total:  # (with none at all, the run matched nothing: exit 4)
+            lister.series_not_found()
         if self.summary.total == 0:
             # A shard whose lines all turned out to be other shards' has nothing to do: a
             # success, as for a shard the command line gave no line at all.

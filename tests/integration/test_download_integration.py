@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sqlite3
@@ -12,7 +13,14 @@ import pytest
 
 from dlstudy.server.synth import SynthInstance, SynthSpec, generate
 
-from ..cli_helpers import assert_same_files, instance_counts, run_cli, run_installed, summary_of
+from ..cli_helpers import (
+    assert_same_files,
+    installed_download,
+    instance_counts,
+    run_cli,
+    run_installed,
+    summary_of,
+)
 from ..factories import STUDY
 from ..fixtures.embedded_server import SeenRequests, StartServer, SynthStudy, TlsFiles
 from ..manifest_helpers import index_of
@@ -195,6 +203,36 @@ def test_series_and_modality_filters(
     )
     assert result.exit_code == 4
     assert "error: no instance matched --series 1.2.3\n" in result.stderr
+
+
+def test_a_series_value_no_study_has_is_a_failure_naming_it(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """`--series RIGHT --series TYPO`: the right series came, and the run exited 0 with
+    nothing anywhere naming the typo (a list line naming it failed, exit 1)."""
+    url = embedded_server(synth_study.root)
+    wanted, typo = synth_study.series_uids[1], "1.2.3.999"
+    report = tmp_path / "run.csv"
+    code, summary, stderr = installed_download(
+        url, synth_study.study_uid, tmp_path / "out",
+        "--series", wanted, "--series", typo, "--report", str(report),
+    )  # fmt: skip
+    assert code == 1, stderr
+    assert summary["instances"] == instance_counts(20, downloaded=20)
+    reason = f"--series {typo}: none of the studies asked for has this series"
+    assert [(f["series"], f["reason"]) for f in summary["failures"]] == [(typo, reason)]
+    with report.open(newline="") as fp:
+        rows = list(csv.DictReader(fp))
+    assert [
+        (r["status"], r["series"], r["reason"]) for r in rows if r["status"] != "downloaded"
+    ] == [("failed", typo, reason)]
+    assert sum(r["status"] == "downloaded" for r in rows) == 20
+    plain = run_installed(
+        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out"),
+        "--series", wanted, "--series", typo,
+    )  # fmt: skip
+    assert plain.returncode == 1
+    assert reason in plain.stderr, plain.stderr
 
 
 @pytest.mark.parametrize("profile", ["orthanc", "dcm4chee"])
