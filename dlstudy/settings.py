@@ -208,6 +208,24 @@ _CONVERTED: tuple[tuple[str, Callable[[Any], tuple[Any, ...]], str], ...] = (
 )
 
 
+def modality_problem(value: str) -> str | None:
+    """Why a download --modality value would match no series, or None. It is compared with
+    each series' Modality as is (upper case): a stray space, a wildcard or a list (which a
+    search of studies would read as such) made the run exit 4, "no instance matched"."""
+    if any(char.isspace() for char in value):
+        why = "no spaces"
+    elif "*" in value or "?" in value:
+        why = "no wildcards (* ?)"
+    elif "," in value or "\\" in value:
+        why = "one value (repeat --modality for more)"
+    else:
+        return None
+    return (
+        "must be one modality such as CT, matched exactly against each series' Modality: "
+        f"{why}, got {value[:40]!r}"
+    )
+
+
 def concurrency_for(settings: Settings, http_version: str | None) -> int:
     """--concurrency as given, or, for 0, as the protocol the server speaks suggests; under
     --max-rate at most one transfer per RATE_PER_TRANSFER of it (see there)."""

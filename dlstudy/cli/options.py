@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ..http.urls import is_valid_uid
-from ..settings import MAX_CONCURRENCY, MAX_WORKERS
+from ..settings import MAX_CONCURRENCY, MAX_WORKERS, modality_problem
 from .configured import ConfigOpt, ServerOpt
 from .connection import DEFAULTS, option
 
@@ -83,6 +83,14 @@ def transfer_syntax(value: Any) -> str:
     return str(value)
 
 
+def series_modality(value: Any) -> str:
+    """A download --modality value: one that could match no series is refused (an empty one
+    is said by the command, as for the search options)."""
+    if isinstance(value, str) and (problem := modality_problem(value)) is not None:
+        raise typer.BadParameter(problem)
+    return str(value)
+
+
 def checked(
     info: Any,
     *,
@@ -129,7 +137,11 @@ ReportOpt = Annotated[
 ]
 SeriesOpt = Annotated[list[str] | None, option("--series", help="Only this series (repeatable).")]
 ModalityOpt = Annotated[
-    list[str] | None, option("--modality", help="Only series of this modality (repeatable).")
+    list[str] | None,
+    checked(
+        option("--modality", help="Only series of this modality (repeatable)."),
+        parser=series_modality,
+    ),
 ]
 WorkersOpt = Annotated[
     int,

@@ -35,7 +35,15 @@ from ..report.landed import FAILED, PRESENT, REPEAT, ReportWriter, report_format
 from ..report.progress import NullProgress, ProgressSink, sink_problem
 from ..report.summary import Summary
 from ..settings import MAX_CONCURRENCY as MAX_CONCURRENCY  # bench's limit too
-from ..settings import MAX_WORKERS, HttpVersion, Mode, Settings, check_fields, processes_for
+from ..settings import (
+    MAX_WORKERS,
+    HttpVersion,
+    Mode,
+    Settings,
+    check_fields,
+    modality_problem,
+    processes_for,
+)
 from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
@@ -74,6 +82,9 @@ def check_settings(settings: Settings) -> None:
     for uid in settings.series:
         if not is_valid_uid(uid):
             raise InvalidUidError(f"invalid --series UID {uid[:80]!r}", uid=uid)
+    for modality in settings.modalities:
+        if (problem := modality_problem(modality)) is not None:
+            raise UsageError(f"--modality {problem}")
     if (problem := base_url_problem(settings.url)) is not None:
         raise UsageError(problem)
     tokens = (settings.token, settings.user, settings.password, settings.headers)

@@ -349,6 +349,8 @@ def test_arguments_of_the_wrong_kind_are_usage_errors_naming_them(
         (lambda: dlstudy.download(synth_study.study_uid, settings={"url": url}),
          "settings must be a dlstudy.Settings, not dict"),
         (lambda: dlstudy.download(synth_study.study_uid, url, output=""), "output is empty"),
+        (lambda: dlstudy.download(synth_study.study_uid, url, modalities="CT "),
+         "--modality must be one modality such as CT"),
         (lambda: dlstudy.download(synth_study.study_uid, url, proxy="http://127.0.0.1:99999"),
          "--proxy"),
         (lambda: anyio.run(dlstudy.search_async, dlstudy.Settings(url=url, timeout=0), query),

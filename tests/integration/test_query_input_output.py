@@ -164,6 +164,32 @@ def test_an_empty_modality_of_download_is_a_usage_error(tmp_path: Path) -> None:
     assert "dlstudy: error: --modality is empty" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("CT ", "no spaces"),
+        ("C*", "no wildcards (* ?)"),
+        ("?T", "no wildcards (* ?)"),
+        ("CT,MR", "one value (repeat --modality for more)"),
+        ("CT\\MR", "one value (repeat --modality for more)"),
+    ],
+)
+def test_a_download_modality_that_no_series_can_have_is_a_usage_error(value: str, why: str) -> None:
+    """download's --modality is compared with each series' Modality as is: `'CT '`, `C*` or
+    `CT,MR` (which query --modality hands the server to match) matched nothing, exit 4 with
+    `no instance matched --modality CT ` (the space unseen)."""
+    said = (
+        "must be one modality such as CT, matched exactly against each series' Modality: "
+        f"{why}, got {value!r}"
+    )
+    result = run_installed("download", "1.2.3", "--url", CLOSED, "--modality", value)
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    from_env = run_installed("download", "1.2.3", "--url", CLOSED, env={"DLSTUDY_MODALITY": value})
+    if " " not in value:  # (the variable's values are split at spaces)
+        assert from_env.returncode == 2 and said in from_env.stderr, from_env.stderr
+
+
 # What a hostile or broken archive may put in a study's description: an OSC sequence that
 # retitles the terminal (ESC ] 0 ; ... BEL), a colour (CSI 31 m), a CR/LF and a C1 CSI (U+009B),
 # and rich markup.
