@@ -22,7 +22,15 @@ from ..http.auth import auth_from_settings
 from ..http.client import Transport, require_asyncio
 from ..http.credentials import is_pair
 from ..settings import Pairs, Settings, Texts, check_types, pairs, values
-from .qido import TAG_STUDY_DATE, TAG_STUDY_TIME, TAG_STUDY_UID, Pager, first_count, first_value
+from .qido import (
+    TAG_STUDY_DATE,
+    TAG_STUDY_TIME,
+    TAG_STUDY_UID,
+    Pager,
+    first_count,
+    first_value,
+    unpadded,
+)
 from .silent_cut import ListedDates, check_whole
 
 TAG_ACCESSION = "00080050"
@@ -126,12 +134,12 @@ class StudyRecord:
             return None
         return cls(
             study_uid=uid,
-            patient_id=first_value(item, TAG_PATIENT_ID),
+            patient_id=joined_values(item, TAG_PATIENT_ID),
             patient_name=person_name(item, TAG_PATIENT_NAME),
             study_date=first_value(item, TAG_STUDY_DATE),
             study_time=first_value(item, TAG_STUDY_TIME),
-            accession=first_value(item, TAG_ACCESSION),
-            description=first_value(item, TAG_DESCRIPTION),
+            accession=joined_values(item, TAG_ACCESSION),
+            description=joined_values(item, TAG_DESCRIPTION),
             modalities=all_values(item, TAG_MODALITIES),
             series=first_count(item, TAG_STUDY_SERIES),
             instances=first_count(item, TAG_STUDY_INSTANCES),
@@ -172,6 +180,17 @@ def _name_of(value: Any) -> str | None:
         # A form of empty components (`^`, as Orthanc sends a name it could not decode) is none.
         value = next((form for form in forms if isinstance(form, str) and form.strip("^ ")), None)
     return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def joined_values(item: dict[str, Any], tag: str) -> str | None:
+    """A text element's values joined by `\\`, as DICOM writes several (an AccessionNumber or
+    PatientID of two, which a server sends as it has them): the first alone lost the others."""
+    element = item.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    if not isinstance(values, list):
+        return None
+    texts = (unpadded(str(v)) for v in values if v is not None and not isinstance(v, dict | list))
+    return "\\".join(text for text in texts if text) or None
 
 
 def all_values(item: dict[str, Any], tag: str) -> tuple[str, ...]:

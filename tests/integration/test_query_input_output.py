@@ -531,3 +531,39 @@ def test_query_lists_a_patient_name_in_any_of_its_forms(
     result = run_installed("query", "--url", embedded_server(root), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["patient_name"] == listed
+
+
+def test_query_keeps_every_value_of_a_multi_valued_field(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """AccessionNumber `A\\B` came out of --json and --csv as `A`, PatientID `a\\b` as `a`:
+    every value but the first lost, where the patient name and the modalities kept theirs.
+    Each field's values are joined by `\\`, as DICOM writes them."""
+    import csv
+    import io
+
+    import pydicom
+
+    from dlstudy.server.synth import SynthSpec, generate
+
+    root = tmp_path / "values"
+    instances = generate(root, SynthSpec(series=1, instances=1, size=1024, seed=5))
+    dataset = pydicom.dcmread(instances[0].path)
+    dataset.AccessionNumber = ["A1", "B2"]
+    dataset.PatientID = ["a", "b"]
+    dataset.StudyDescription = ["CT", "CHEST"]
+    dataset.save_as(instances[0].path)
+    url = embedded_server(root)
+    expected = {"accession": "A1\\B2", "patient_id": "a\\b", "description": "CT\\CHEST"}
+
+    as_json = run_installed("query", "--url", url, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    listed = json.loads(as_json.stdout)
+    assert {key: listed[key] for key in expected} == expected
+    as_csv = run_installed("query", "--url", url, "--csv")
+    assert as_csv.returncode == 0, as_csv.stderr
+    [row] = csv.DictReader(io.StringIO(as_csv.stdout))
+    assert {key: row[key] for key in expected} == expected
+    as_tsv = run_installed("query", "--url", url)
+    header, line = (text.split("\t") for text in as_tsv.stdout.splitlines())
+    assert {key: line[header.index(key)] for key in expected} == expected
