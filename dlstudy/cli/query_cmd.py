@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -12,6 +13,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus, UsageError
+from ..http.urls import is_valid_uid
 from ..report.words import counted
 from .common import error_line, exit_on_interrupt, fail_usage, output_failed, setup_logging
 from .configured import ConfigCommand
@@ -27,6 +29,8 @@ from .sharding import ShardOpt, shard_option
 if TYPE_CHECKING:
     from ..dicomweb.search import StudyQuery, StudyRecord
     from ..dicomweb.shard import Shard
+
+log = logging.getLogger("dlstudy.cli")
 
 QueryJsonOpt = Annotated[bool, option("--json", help="One JSON object per study (JSON lines).")]
 CsvOpt = Annotated[bool, option("--csv", help="CSV with a header row.")]
@@ -275,6 +279,11 @@ class StudyPrinter:
         self.table: list[dict[str, Any]] = []
         self.matched = 0  # studies the server listed (the header comes with the first)
         self.printed = 0  # of those, the ones of this shard
+        # Studies of this shard under a UID that is no UID (download --from-file refuses the
+        # whole list for one), and the first of them: --uids leaves them out.
+        self.invalid = 0
+        self.first_invalid = ""
+        self.uids_only = form == "uids"
 
     def add(self, record: StudyRecord) -> None:
         if not self.matched and self.lines is not None:
@@ -282,6 +291,11 @@ class StudyPrinter:
         self.matched += 1
         if self.shard is not None and not self.shard.owns(record.study_uid):
             return
+        if not is_valid_uid(record.study_uid):
+            self.first_invalid = self.first_invalid or record.study_uid
+            self.invalid += 1
+            if self.uids_only:
+                return
         self.printed += 1
         if self.lines is None:
             self.table.append(record.as_dict())
@@ -337,6 +351,17 @@ def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -
         stream.write(f"{visible(row['study_uid'], '')}\n{detail}\n")
 
 
+def _invalid_message(printer: StudyPrinter) -> str:
+    count, first = printer.invalid, repr(printer.first_invalid[:80])
+    studies = f"a study under a UID that is no UID, {first}"
+    if count > 1:
+        studies = f"{count} studies under UIDs that are no UIDs, the first {first}"
+    said = f"the server sent {studies} (a UID is digits and dots, at most 64 characters)"
+    if printer.uids_only:
+        return f"{said}: left out, as download --from-file refuses a list holding one"
+    return f"{said}: download --from-file refuses a list holding one"
+
+
 def _keyless_message(count: int) -> str:
     results = "a result" if count == 1 else f"{count} results"
     return f"the server sent {results} without a Study Instance UID (0020000D): not listed"
@@ -377,6 +402,8 @@ def register(app: typer.Typer) -> None:
             printer.finish()
         except OSError as exc:  # `| head` has had enough (exit 0), or `> FILE` filled the disk
             output_failed(exc)
+        if printer.invalid:
+            log.warning("%s", _invalid_message(printer))
         if failure is not None:
             error_line(str(failure))
             raise typer.Exit(int(failure.exit_status)) from failure
@@ -391,4 +418,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{count} {'study' if count == 1 else 'studies'}", err=True)
         if keyless:  # what the server sent that no one could download: the listing is not whole
             error_line(_keyless_message(keyless))
+            raise typer.Exit(int(ExitStatus.SOME_FAILED))
+        if printer.invalid and printer.uids_only:  # studies left out: the list is not whole
             raise typer.Exit(int(ExitStatus.SOME_FAILED))

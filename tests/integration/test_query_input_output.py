@@ -372,11 +372,11 @@ def test_sync_writes_a_report_of_what_it_downloaded_and_what_was_complete(
     assert "must end in .csv or .jsonl" in wrong.stderr
 
 
-def test_query_uids_prints_one_line_a_study_whatever_the_server_sent(
-    tmp_path: Path, embedded_server: StartServer
-) -> None:
-    """`query --uids | xargs dlstudy download`: a UID with a line break or an ESC sequence in
-    it stays one line, without the control characters."""
+def served_with_study_uid(
+    tmp_path: Path, embedded_server: StartServer, uid: str
+) -> tuple[str, str]:
+    """Two served studies of one instance, the second's StudyInstanceUID rewritten to `uid`:
+    (url, the first's UID)."""
     import warnings
 
     import pydicom
@@ -384,15 +384,67 @@ def test_query_uids_prints_one_line_a_study_whatever_the_server_sent(
     from dlstudy.server.synth import SynthSpec, generate
 
     root = tmp_path / "bad-uid"
-    instances = generate(root, SynthSpec(series=1, instances=1, size=2048, seed=3))
-    dataset = pydicom.dcmread(instances[0].path)
+    instances = generate(root, SynthSpec(studies=2, series=1, instances=1, size=2048, seed=3))
+    dataset = pydicom.dcmread(instances[1].path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns: not a valid UID
-        dataset.StudyInstanceUID = "1.2.3\x1b[31m\n4.5"
-        dataset.save_as(instances[0].path)
-    result = run_installed("query", "--url", embedded_server(root), "--uids")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "1.2.3?[31m?4.5\n"
+        dataset.StudyInstanceUID = uid
+        dataset.save_as(instances[1].path)
+    return embedded_server(root), instances[0].study_uid
+
+
+def test_query_uids_leaves_out_a_uid_with_control_characters(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """`query --uids | xargs dlstudy download`: a UID with a line break or an ESC sequence in
+    it is no UID; it is left out (it was printed as `1.2.3?[31m?4.5`, which no command takes),
+    and the warning shows it escaped."""
+    url, good = served_with_study_uid(tmp_path, embedded_server, "1.2.3\x1b[31m\n4.5")
+    result = run_installed("query", "--url", url, "--uids")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == f"{good}\n"
+    assert result.stderr == (
+        "dlstudy: warning: the server sent a study under a UID that is no UID, "
+        "'1.2.3\\x1b[31m\\n4.5' (a UID is digits and dots, at most 64 characters): left out, "
+        "as download --from-file refuses a list holding one\n"
+    )
+
+
+def test_query_uids_piped_into_download_gets_every_valid_study(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """`query --uids | download --from-file -`, the documented pipe: a study UID of 73
+    characters was printed, download refused the whole list (exit 2) and nothing came, not
+    even the valid studies. It is left out, with a warning, and query exits 1; the other
+    forms print it as sent, with the warning."""
+    import subprocess
+
+    from ..cli_helpers import DLSTUDY
+
+    long_uid = "1.2.826.0.1.3680043.2.1125.1." + "1" * 44
+    assert len(long_uid) == 73
+    url, good = served_with_study_uid(tmp_path, embedded_server, long_uid)
+    said = (
+        f"dlstudy: warning: the server sent a study under a UID that is no UID, '{long_uid}' "
+        "(a UID is digits and dots, at most 64 characters): "
+    )
+    listed = run_installed("query", "--url", url, "--uids")
+    assert listed.returncode == 1, listed.stderr
+    assert listed.stdout == f"{good}\n"
+    assert listed.stderr == f"{said}left out, as download --from-file refuses a list holding one\n"
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [DLSTUDY, "download", "--from-file", "-", "--url", url, "-o", str(out)],
+        input=listed.stdout, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [path.name for path in out.iterdir() if path.name != ".dlstudy"] == [good]
+
+    as_json = run_installed("query", "--url", url, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    printed = {json.loads(line)["study_uid"] for line in as_json.stdout.splitlines()}
+    assert printed == {good, long_uid}
+    assert as_json.stderr == f"{said}download --from-file refuses a list holding one\n"
 
 
 def test_a_filter_value_with_spaces_can_come_from_the_environment(
