@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import logging
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import DlstudyError, ExitStatus
+from ..http.urls import is_valid_uid
 from ..report.printable import printable
 from .catalog_options import WhereOpt, catalog_option, check_file
 from .command import Group
@@ -42,7 +45,18 @@ from .options import (
     checked,
     with_options,
 )
-from .query_cmd import CsvLines, CsvOpt, UidsOpt, output_form, render, study_query, visible
+from .query_cmd import (
+    CsvLines,
+    CsvOpt,
+    UidsOpt,
+    invalid_uids_message,
+    output_form,
+    render,
+    study_query,
+    visible,
+)
+
+log = logging.getLogger("dlstudy.cli")
 
 if TYPE_CHECKING:
     from ..catalog.summary import PullSummary
@@ -205,6 +219,32 @@ def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
         else:
             writer.writerow(["" if v is None else _cell(v) for v in row])
     return count
+
+
+class UsableUids:
+    """The catalogued study UIDs that download --from-file takes (it refuses a list holding a
+    UID that is no UID, which a server may have listed): the others are counted, left out."""
+
+    def __init__(self, uids: Iterator[str]) -> None:
+        self.uids = uids
+        self.invalid = 0
+        self.first_invalid = ""
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        for uid in self.uids:
+            if is_valid_uid(uid):
+                return uid
+            self.invalid += 1
+            self.first_invalid = self.first_invalid or uid
+        raise StopIteration
+
+    def message(self) -> str:
+        return invalid_uids_message(
+            self.invalid, self.first_invalid, "the catalog holds", left_out=True
+        )
 
 
 def _cell(value: Any) -> str:
@@ -445,11 +485,15 @@ def query_command(
                 return
             check_pulled(database, db)
             if form == "uids":
-                found = select_uids(database, db, query, where)
+                found = UsableUids(select_uids(database, db, query, where))
                 first = next(found, None)
                 if first is not None:
                     rest = itertools.chain([first], found)
                     _print(lambda: sys.stdout.writelines(f"{u}\n" for u in rest))
+                if found.invalid:
+                    log.warning("%s", found.message())
+                    raise typer.Exit(int(ExitStatus.SOME_FAILED))
+                if first is not None:
                     return
                 records: list[StudyRecord] = []
             elif form != "table":  # line forms: each study written as it is read

@@ -352,12 +352,19 @@ def _two_line_records(rows: list[dict[str, Any]], width: int, stream: IO[str]) -
 
 
 def _invalid_message(printer: StudyPrinter) -> str:
-    count, first = printer.invalid, repr(printer.first_invalid[:80])
-    studies = f"a study under a UID that is no UID, {first}"
+    return invalid_uids_message(
+        printer.invalid, printer.first_invalid, "the server sent", left_out=printer.uids_only
+    )
+
+
+def invalid_uids_message(count: int, first: str, source: str, *, left_out: bool) -> str:
+    """The warning about `count` studies listed under UIDs that are no UIDs, `first` of them."""
+    shown = repr(first[:80])
+    studies = f"a study under a UID that is no UID, {shown}"
     if count > 1:
-        studies = f"{count} studies under UIDs that are no UIDs, the first {first}"
-    said = f"the server sent {studies} (a UID is digits and dots, at most 64 characters)"
-    if printer.uids_only:
+        studies = f"{count} studies under UIDs that are no UIDs, the first {shown}"
+    said = f"{source} {studies} (a UID is digits and dots, at most 64 characters)"
+    if left_out:
         return f"{said}: left out, as download --from-file refuses a list holding one"
     return f"{said}: download --from-file refuses a list holding one"
 

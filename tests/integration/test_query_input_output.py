@@ -447,6 +447,33 @@ def test_query_uids_piped_into_download_gets_every_valid_study(
     assert as_json.stderr == f"{said}download --from-file refuses a list holding one\n"
 
 
+def test_catalog_query_uids_leaves_out_a_catalogued_uid_that_is_no_uid(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """`catalog query --uids`, "as for query": a study the server listed under a UID of 73
+    characters is catalogued as sent, and was printed, so that `--from-file -` refused the
+    whole list. It is left out with the warning `query` gives, exit 1."""
+    long_uid = "1.2.826.0.1.3680043.2.1125.1." + "1" * 44
+    url, good = served_with_study_uid(tmp_path, embedded_server, long_uid)
+    db = tmp_path / "archive.duckdb"
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db))
+    assert pulled.returncode == 0, pulled.stderr
+    listed = run_installed("catalog", "query", "--db", str(db), "--uids")
+    assert listed.returncode == 1, listed.stderr
+    assert listed.stdout == f"{good}\n"
+    assert listed.stderr == (
+        f"dlstudy: warning: the catalog holds a study under a UID that is no UID, '{long_uid}' "
+        "(a UID is digits and dots, at most 64 characters): left out, as download --from-file "
+        "refuses a list holding one\n"
+    )
+    as_json = run_installed("catalog", "query", "--db", str(db), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert {json.loads(line)["study_uid"] for line in as_json.stdout.splitlines()} == {
+        good,
+        long_uid,
+    }
+
+
 def test_a_filter_value_with_spaces_can_come_from_the_environment(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
