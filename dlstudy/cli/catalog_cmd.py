@@ -214,11 +214,18 @@ def render_rows(names: list[str], rows: Any, form: str, stream: IO[str]) -> int:
         count += 1
         if form == "json":
             stream.write(_json_line(names, row) + "\n")
-        elif form == "uids":
-            stream.write(f"{row[0]}\n")
+        elif form == "uids":  # a line a value, as tab-separated cells are: no control character
+            stream.write(f"{_visible(row[0])}\n")
+        elif form == "tsv":
+            writer.writerow([_visible(v) for v in row])
         else:
             writer.writerow(["" if v is None else _cell(v) for v in row])
     return count
+
+
+def _visible(value: Any) -> str:
+    """A value of the catalog in a tab-separated line: control characters shown as `?`."""
+    return visible(None if value is None else _cell(value), "")
 
 
 class UsableUids:
@@ -547,6 +554,15 @@ def status_command(
             counts = tally(states)
         else:
             form = output_form(ctx)
+            if form == "uids":  # for download --from-file, which refuses a UID that is no UID
+                found = UsableUids(
+                    s.record.study_uid for s in states if not wanted or s.state in wanted
+                )
+                _print(lambda: sys.stdout.writelines(f"{uid}\n" for uid in found))
+                if found.invalid:
+                    log.warning("%s", found.message())
+                    raise typer.Exit(int(ExitStatus.SOME_FAILED))
+                return
             names = ["study_uid", "state", "instances", "on_disk", "study_date", "patient_id"]
             rows = (
                 (s.record.study_uid, s.state, s.record.instances, s.on_disk,

@@ -474,6 +474,37 @@ def test_catalog_query_uids_leaves_out_a_catalogued_uid_that_is_no_uid(
     }
 
 
+def test_catalog_status_and_sql_show_no_control_character_and_no_uid_that_is_no_uid(
+    tmp_path: Path, embedded_server: StartServer
+) -> None:
+    """`catalog status --uids`, the documented "what is left to fetch" pipe, listed a study UID
+    with an ESC and a line break raw, and `--from-file` refused the list; its tab-separated
+    lines, and `--sql`'s, wrote the ESC raw. Left out with a warning (exit 1), and `?` in
+    tab-separated lines, as `query` does."""
+    odd_uid = "1.2.3\x1b[31m\n4.5"
+    url, good = served_with_study_uid(tmp_path, embedded_server, odd_uid)
+    db = tmp_path / "archive.duckdb"
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db))
+    assert pulled.returncode == 0, pulled.stderr
+    fresh = str(tmp_path / "fresh")
+    left = run_installed("catalog", "status", "--db", str(db), "-o", fresh, "--uids")
+    assert left.returncode == 1, left.stderr
+    assert left.stdout == f"{good}\n"
+    assert left.stderr == (
+        "dlstudy: warning: the catalog holds a study under a UID that is no UID, "
+        "'1.2.3\\x1b[31m\\n4.5' (a UID is digits and dots, at most 64 characters): left out, "
+        "as download --from-file refuses a list holding one\n"
+    )
+    tsv = run_installed("catalog", "status", "--db", str(db), "-o", fresh, "--state", "missing")
+    assert tsv.returncode == 0, tsv.stderr
+    assert "1.2.3?[31m?4.5\tmissing\t" in tsv.stdout and "\x1b" not in tsv.stdout
+    sql = "SELECT study_uid FROM studies ORDER BY study_uid"
+    for form in ((), ("--uids",)):
+        rows = run_installed("catalog", "query", "--db", str(db), "--sql", sql, *form)
+        assert rows.returncode == 0, rows.stderr
+        assert sorted(rows.stdout.splitlines()[-2:]) == sorted([good, "1.2.3?[31m?4.5"])
+
+
 def test_a_filter_value_with_spaces_can_come_from_the_environment(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
