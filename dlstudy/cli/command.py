@@ -53,7 +53,14 @@ class Command(_HelpOrOneLine, _PlainFlags, TyperCommand):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         _refuse_empty_paths(ctx, self.get_params(ctx), args)
-        result: list[str] = super().parse_args(ctx, args)
+        try:
+            result: list[str] = super().parse_args(ctx, args)
+        except Exception as exc:
+            # The parser's own errors ("Option '--url' requires an argument") come without
+            # the command they are of: the error line would point to `dlstudy --help`.
+            if getattr(exc, "ctx", ctx) is None:
+                exc.ctx = ctx  # type: ignore[attr-defined]
+            raise
         return result
 
 

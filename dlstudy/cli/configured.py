@@ -40,7 +40,10 @@ ConfigOpt = Annotated[
         envvar=config.CONFIG_ENV,
         metavar="FILE",
         rich_help_panel="Configuration",
-        help="TOML config file (default: ~/.config/dlstudy/config.toml if it exists).",
+        help=(
+            "TOML config file (default: $XDG_CONFIG_HOME/dlstudy/config.toml, else "
+            "~/.config/dlstudy/config.toml, if it exists)."
+        ),
         show_default=False,
     ),
 ]

@@ -28,7 +28,7 @@ environment variable, then the config file's value (`--config`), then the defaul
 
 def markdown() -> str:
     group = typer.main.get_command(build_app())
-    parts = [HEADER]
+    parts = [HEADER, _command("", group, options_only=True)]
     commands: dict[str, Any] = getattr(group, "commands", {})
     for name, command in commands.items():
         parts.append(_command(name, command))
@@ -37,11 +37,17 @@ def markdown() -> str:
     return "\n".join(parts)
 
 
-def _command(name: str, command: Any) -> str:
+def _command(name: str, command: Any, *, options_only: bool = False) -> str:
+    """A command's section; `options_only`: the group's own (`dlstudy --version`)."""
     arguments = [p for p in command.params if p.param_type_name == "argument"]
-    usage = " ".join([f"dlstudy {name}", "[OPTIONS]", *(_metavar(p) for p in arguments)])
+    title = " ".join(["dlstudy", name]) if name else "dlstudy"
+    # The usage line as --help prints it ([X] optional, {X} required, X... repeatable).
+    pieces = command.collect_usage_pieces(typer.Context(command, info_name=title))
+    usage = " ".join([title, *pieces])
     about = inspect.cleandoc(plain(command.help))
-    lines = [f"## `dlstudy {name}`", "", f"`{usage}`", "", about, ""]
+    if options_only:
+        about = "The options `dlstudy` takes before (or instead of) a command."
+    lines = [f"## `{title}`", "", f"`{usage}`", "", about, ""]
     for argument in arguments:
         lines.append(f"- `{_metavar(argument)}`: {plain(argument.help)}")
     if arguments:

@@ -196,6 +196,10 @@ def test_usage_errors_are_one_line_naming_the_help_to_read() -> None:
         (["catalog", "export", "--db", "x"], "Missing option '--to'",
          "'dlstudy catalog export --help'"),
         (["catalog", "nosuch"], "No such command 'nosuch'", "'dlstudy catalog --help'"),
+        # The parser's own errors named no command: they pointed to `dlstudy --help`.
+        (["query", "--url"], "Option '--url' requires an argument", "'dlstudy query --help'"),
+        (["catalog", "pull", "--db"], "Option '--db' requires an argument",
+         "'dlstudy catalog pull --help'"),
     ]  # fmt: skip
     for args, what, help_hint in cases:
         result = run_installed(*args)
@@ -312,6 +316,16 @@ def test_completion_onto_a_full_disk_or_a_closed_pipe_is_one_line_or_none(
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert stderr == ""
+
+
+def test_the_reference_has_dlstudys_own_options_and_the_usage_lines_of_help() -> None:
+    """docs/cli.md, "every command and option": `--version` was in no section, and its usage
+    lines differed from `--help`'s (`STUDY_UID...` where an argument is optional)."""
+    reference = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    assert "| `--version`, `-V` |" in reference
+    for command in ("download", "serve", "synth"):
+        usage = run_installed(command, "--help").stdout.split("Usage: ", 1)[1].split("\n")[0]
+        assert f"`{usage.strip()}`" in reference
 
 
 def test_version_names_dlstudy_and_libcurl() -> None:
