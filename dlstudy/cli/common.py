@@ -185,6 +185,8 @@ def exit_on_interrupt(
             signal.signal(signum, signal.SIG_IGN)
         said, status = how_stopped(exc)
         summary: Outcome | None = getattr(exc, "summary", None)
+        if isinstance(summary, Summary):  # what the run did before it stopped
+            log_summary(summary)
         if summary is None and json_output and before_run is not None:
             summary = before_run()
         if summary is not None:
@@ -309,6 +311,13 @@ def summary_on_failure(json_output: bool, summary: Callable[[], Outcome]) -> Ite
         raise
 
 
+def log_summary(summary: Summary) -> None:
+    """The end of --log-file for a run that ran: its summary line and every failure."""
+    outcome.info("%s", summary.one_line())
+    for failure in summary.failures:
+        outcome.warning("failed: %s", failure.reason)
+
+
 def finish(
     summary: Summary | None, error: DlstudyError | None, *, json_output: bool, quiet: bool
 ) -> NoReturn:
@@ -317,9 +326,7 @@ def finish(
         outcome.error("%s", error)
     else:
         assert summary is not None
-        outcome.info("%s", summary.one_line())
-        for failure in summary.failures:
-            outcome.warning("failed: %s", failure.reason)
+        log_summary(summary)
     # Written last, so its own failure is known; a run that went well fails for a log
     # cut short (exit 1): cron must not take a lost log for a quiet night.
     lost = log_file_failure()

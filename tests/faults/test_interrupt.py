@@ -19,7 +19,7 @@ import pytest
 
 from dlstudy.server import VirtualArchive, VirtualSpec
 
-from ..cli_helpers import DLSTUDY, _clean_environment, ctrl_c_as_at_a_terminal
+from ..cli_helpers import DLSTUDY, _clean_environment, ctrl_c_as_at_a_terminal, stop_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy
 
 pytestmark = pytest.mark.integration
@@ -334,6 +334,43 @@ def test_a_hangup_stops_the_run_as_sigterm_does(
     assert not report.exists()  # as for any stop: only a run that ends with a result has one
     left = [p.name for p in tmp_path.rglob("*") if p.name.endswith((".part", ".tmp"))]
     assert left == []
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "log_format"),
+    [(signal.SIGINT, 130, "text"), (signal.SIGTERM, 143, "json")],
+)
+def test_a_stopped_download_ends_its_log_file_with_the_summary(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    signum: int,
+    status: int,
+    log_format: str,
+) -> None:
+    """A stopped `download --log-file` ended its log with the signal's word alone: the
+    summary line stderr showed (what was kept of what) was in no log, where a stopped sync's
+    log has its run_summary. Now the log ends as stderr does: the summary, then the word."""
+    url = embedded_server(synth_study.root, latency=0.2)
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    args = [synth_study.study_uid, "--url", url, "-o", str(out), "-c", "2"]
+    args += ["--log-file", str(log), "--log-format", log_format]
+    returncode, stderr = stop_installed(
+        "download", *args, signum=signum, ready=lambda: any(out.rglob("*.dcm"))
+    )
+
+    assert returncode == status, stderr
+    said = "interrupted" if signum == signal.SIGINT else "terminated"
+    summary = next(line for line in stderr.splitlines() if "already present" in line)
+    assert "failed of 60 instances" in summary
+    if log_format == "text":
+        last = log.read_text().splitlines()[-2:]
+        assert last[0].endswith(f"INFO dlstudy.outcome: {summary}"), last
+        assert last[1].endswith(f"WARNING dlstudy.outcome: {said}"), last
+    else:
+        records = [json.loads(line) for line in log.read_text().splitlines()[-2:]]
+        ended = [(r["level"], r["logger"], r["message"]) for r in records]
+        assert ended == [("info", "dlstudy.outcome", summary), ("warning", "dlstudy.outcome", said)]
 
 
 def test_a_closed_terminal_stops_the_run_as_sigterm_does(
