@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import typer
 
@@ -35,6 +35,8 @@ class Outcome(Protocol):
 
     def one_line(self) -> str: ...
 
+
+AnOutcome = TypeVar("AnOutcome", bound=Outcome)
 
 # How a run ended, for --log-file only (stderr shows it already): the error, the summary line
 # and every failure, so a cron job's log is the record of the run.
@@ -297,16 +299,26 @@ def refuse_one_file_twice(files: dict[str, str | Path | None]) -> None:
 
 
 @contextmanager
-def summary_on_failure(json_output: bool, summary: Callable[[], Outcome]) -> Iterator[None]:
+def summary_on_failure(
+    json_output: bool,
+    summary: Callable[[], AnOutcome],
+    *,
+    logged: Callable[[AnOutcome], None] | None = None,
+) -> Iterator[None]:
     """With --json, an error dlstudy finds before the run (a bad UID, an unreadable list, a
     --log-file it cannot open) prints the summary object too, `error` and `exit_status` filled
-    in, as a fatal error of the run does: a program reading stdout always gets one object."""
+    in, as a fatal error of the run does: a program reading stdout always gets one object.
+    The error ends --log-file too, as a fatal error's does, after `logged` (sync's
+    run_summary event) had the summary: a cron job's log shows why the night failed."""
     try:
         yield
     except Failed as exc:
+        failed = summary()
+        failed.error, failed.exit_status = exc.message, ExitStatus(exc.exit_code)
+        if logged is not None:
+            logged(failed)
+        outcome.error("%s", exc.message)  # (nowhere before the log is open)
         if json_output:
-            failed = summary()
-            failed.error, failed.exit_status = exc.message, ExitStatus(exc.exit_code)
             echo_summary(failed)  # the status is the error's
         raise
 

@@ -45,12 +45,13 @@ def register(app: typer.Typer) -> None:
         **options: Any,
     ) -> None:
         """Search, then download every matching study not yet complete in OUT (made for cron)."""
-        from ..jobs.sync import SyncSummary, sync  # not at the start-up of every other command
+        # not at the start-up of every other command
+        from ..jobs.sync import SyncSummary, log_run_summary, sync
 
-        def failed() -> Summary:  # the summary of a run that ends before it starts
+        def failed() -> SyncSummary:  # the summary of a run that ends before it starts
             return SyncSummary(url=redact_url(options["url"]), output=str(options["output"]))
 
-        with summary_on_failure(options["json_output"], failed):
+        with summary_on_failure(options["json_output"], failed, logged=log_run_summary):
             refuse_one_file_twice(
                 {"--catalog": catalog, "--report": report, "--log-file": options["log_file"]}
             )

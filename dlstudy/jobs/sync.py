@@ -147,14 +147,14 @@ async def sync_async(
         summary = _combine(plan, getattr(exc, "summary", None))
         summary.seconds = time.monotonic() - started
         if summary.ended_by(exc):  # the log says how the run ended, too
-            _run_event(summary)
+            log_run_summary(summary)
         exc.summary = summary  # type: ignore[attr-defined]
         raise
     sink.close()
     summary = _combine(plan, result)
     summary.seconds = time.monotonic() - started
     summary.finish()
-    _run_event(summary)
+    log_run_summary(summary)
     return summary
 
 
@@ -456,7 +456,8 @@ def _study_events(pending: list[str], sink: EventSink, failures: list[Failure]) 
         )
 
 
-def _run_event(summary: SyncSummary) -> None:
+def log_run_summary(summary: SyncSummary) -> None:
+    """The run_summary event, with which a sync's log ends however it ends."""
     emit(
         "run_summary",
         matched=summary.matched,
