@@ -126,6 +126,9 @@ def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) 
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
+# What a stopped download or sync leaves for the next run (exit_on_interrupt's `kept`).
+RESUMABLE = "completed instances are kept, rerun the same command to resume"
+
 # The stop exit_on_interrupt's handler raised for SIGTERM or SIGHUP (see stop_behind).
 _signalled: KeyboardInterrupt | None = None
 
@@ -146,7 +149,7 @@ def exit_on_interrupt(
     *,
     json_output: bool = False,
     quiet: bool = False,
-    kept: str = "completed instances are kept, rerun the same command to resume",
+    kept: str = "",
     before_run: Callable[[], Outcome] | None = None,
 ) -> Iterator[None]:
     """Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, after in-flight transfers removed their
@@ -154,8 +157,9 @@ def exit_on_interrupt(
 
     The summary of what was done so far is printed as for any other ending (its line not under
     --quiet, which leaves only errors on stderr); `kept` says what the stopped command leaves
-    for the next one (empty: it leaves nothing). `before_run` makes the summary of a command
-    stopped before its run began (reading its list, say): with --json, stdout still gets one.
+    for the next one (RESUMABLE for a download; empty: it leaves nothing, as a search).
+    `before_run` makes the summary of a command stopped before its run began (reading its
+    list, say): with --json, stdout still gets one.
     """
 
     global _signalled

@@ -15,6 +15,7 @@ from ..report.landed import report_format
 from ..report.summary import Summary
 from .catalog_options import FromCatalogOpt, WhereOpt, catalog_uids, check_where
 from .common import (
+    RESUMABLE,
     choose_progress,
     exit_on_interrupt,
     fail_usage,
@@ -100,7 +101,9 @@ def register(app: typer.Typer) -> None:
             error: DlstudyError | None = None
             # From here on a signal ends the command as an interrupt, the list still being
             # read included (`make-list | dlstudy download --from-file -`).
-            with exit_on_interrupt(json_output=json_output, quiet=quiet, before_run=failed):
+            with exit_on_interrupt(
+                json_output=json_output, quiet=quiet, kept=RESUMABLE, before_run=failed
+            ):
                 repeats = Repeats()
                 wanted: list[str | CohortItem] = [*unique_arguments(study_uids or [], repeats)]
                 chosen_shard = shard_option(shard)

@@ -11,6 +11,7 @@ from ..http.urls import redact_url
 from ..report.summary import Summary
 from .catalog_options import SyncCatalogOpt, WhereOpt, check_where
 from .common import (
+    RESUMABLE,
     choose_progress,
     exit_on_interrupt,
     finish,
@@ -60,7 +61,9 @@ def register(app: typer.Typer) -> None:
             json_output, quiet = options["json_output"], options["quiet"]
             summary: Summary | None = None
             error: DlstudyError | None = None
-            with exit_on_interrupt(json_output=json_output, quiet=quiet, before_run=failed):
+            with exit_on_interrupt(
+                json_output=json_output, quiet=quiet, kept=RESUMABLE, before_run=failed
+            ):
                 query = study_query(options)
                 check_where(ctx, where, catalog, "--catalog")
                 chosen_shard = shard_option(shard)

@@ -16,7 +16,7 @@ import pytest
 
 from dlstudy.server import VirtualArchive, VirtualSpec
 
-from ..cli_helpers import start_installed
+from ..cli_helpers import STOP_SIGNALS, start_installed, stop_installed
 from ..factories import STUDY, element
 from ..fixtures.embedded_server import StartServer
 from ..fixtures.scripted_routes import Routes
@@ -105,3 +105,28 @@ def test_a_reader_slower_than_the_timeout_costs_no_retry(embedded_server: StartS
     assert "retrying" not in output and "stalled" not in output
     uids = [line for line in output.splitlines() if " dlstudy." not in line]  # not a log line
     assert uids == list(VirtualArchive(spec).study_uids())
+
+
+@pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS)
+def test_a_stopped_query_says_only_that_it_stopped(
+    scripted: Routes, signum: int, status: int, said: str
+) -> None:
+    """A query stopped while the server held its answer said `interrupted; completed
+    instances are kept, rerun the same command to resume`: download's words, for a search
+    that downloads nothing. Now the signal's word alone, as bench says."""
+    answered = threading.Event()
+
+    def held(request: httpx.Request) -> httpx.Response:
+        answered.wait(2 * PATIENCE)
+        return studies_page([])
+
+    route = scripted.get("/dicomweb/studies").mock(side_effect=held)
+    try:
+        code, stderr = stop_installed(
+            "query", "--url", scripted.base, signum=signum, ready=lambda: route.call_count > 0
+        )
+    finally:
+        answered.set()
+
+    assert code == status, stderr
+    assert stderr.splitlines()[-1] == f"dlstudy: error: {said}", stderr
