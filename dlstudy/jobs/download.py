@@ -48,7 +48,7 @@ from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
 from .listing import looked_up, report_repeat
-from .run import Run
+from .run import Run, instance_negotiator
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,7 @@ async def download_async(
         study_uids = [study_uids]
     try:
         validate(settings, study_uids)
+        summary.retrieval = instance_negotiator(settings)  # the run's own, once it fetches
         items = [u if isinstance(u, CohortItem) else CohortItem(study_uid=u) for u in study_uids]
         store = Store(settings.output, settings.layout)
         store.prepare()

@@ -43,6 +43,12 @@ from .parts import EarlierParts, parts_of
 log = logging.getLogger(__name__)
 
 
+def instance_negotiator(settings: Settings) -> Negotiator:
+    """How a run asks for instances: settled by the server's first answers (Run), or, for a
+    run that fetched none, what it would have asked first (the summary's `retrieval`)."""
+    return Negotiator(candidates(settings.transfer_syntax or None, single_part=True))
+
+
 class Run:
     def __init__(
         self,
@@ -63,7 +69,7 @@ class Run:
         self.summary = summary
         self.policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
         self.throttle = Throttle(settings.concurrency)
-        self.negotiator = Negotiator(candidates(settings.transfer_syntax or None, single_part=True))
+        self.negotiator = instance_negotiator(settings)
         self.fetcher = InstanceFetcher(
             transport, store, self.negotiator, policy=self.policy, throttle=self.throttle
         )

@@ -48,6 +48,7 @@ from ..store.files import Store
 from ..store.lock import output_lock
 from ..store.manifest import Manifest
 from .download import check_arguments, download_async, report_present, run_to_end, validate
+from .run import instance_negotiator
 
 if TYPE_CHECKING:
     from ..catalog.query import CatalogBatches
@@ -168,6 +169,7 @@ async def _sync(
 ) -> Summary | None:
     """Fill `plan` with what the search found; return the download's summary, if any."""
     validate(settings, ["0"])  # the options alone: the study UIDs come from the search
+    plan.retrieval = instance_negotiator(settings)  # the download's, when there is one
     if settings.series or settings.modalities:
         raise UsageError("sync downloads whole studies: series and modality filters do not apply")
     selection: CatalogBatches | None = None

@@ -15,6 +15,13 @@ from .words import counted
 LIST_LIMIT = 1000
 
 
+def not_asked() -> dict[str, Any]:
+    """`retrieval` of a run that ended before its options were read (a usage error): no
+    form chosen, none asked; still the object a script reads `retrieval.warnings` from."""
+    return {"form": None, "transfer_syntax": None, "accept": None, "settled": False,
+            "rejected": [], "warnings": []}  # fmt: skip
+
+
 @dataclass
 class Summary:
     url: str  # redacted
@@ -110,7 +117,7 @@ class Summary:
             "mode": self.mode,
             "processes": self.processes,
             "concurrency": self.concurrency,
-            "retrieval": self.retrieval.as_dict() if self.retrieval is not None else None,
+            "retrieval": self.retrieval.as_dict() if self.retrieval is not None else not_asked(),
             "throttled": self.throttle.signals if self.throttle is not None else 0,
             "retried": self.retried,
             "repaired": capped("repaired", self.repaired),

@@ -574,6 +574,43 @@ def test_sync_exit_codes(
     assert "in use by another dlstudy run" in locked.stderr
 
 
+def test_retrieval_is_an_object_however_sync_and_download_end(
+    cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`sync --json` had `"retrieval": null` on a night with nothing to fetch, on a lock
+    refusal (exit 5) and on a fatal error, where a download rerun had an object: a script's
+    `d["retrieval"]["warnings"]` raised. Now an object however either ends: what the run
+    would ask, `settled` false when it fetched nothing; no form at all for a usage error."""
+    root, instances = cohort
+    url = embedded_server(root)
+    out = tmp_path / "mirror"
+    study = instances[0].study_uid
+    asked = {
+        "form": "single-part", "transfer_syntax": "*",
+        "accept": "application/dicom; transfer-syntax=*",
+        "settled": False, "rejected": [], "warnings": [],
+    }  # fmt: skip
+
+    def retrieval(status: int, *args: str) -> dict[str, Any]:
+        result = run_installed(*args, "--json")
+        assert result.returncode == status, result.stderr
+        found: dict[str, Any] = json.loads(result.stdout)["retrieval"]
+        return found
+
+    assert retrieval(0, "sync", "--url", url, "-o", str(out))["settled"] is True
+    assert retrieval(0, "sync", "--url", url, "-o", str(out)) == asked  # nothing new
+    assert retrieval(0, "download", study, "--url", url, "-o", str(out)) == asked
+    with lock_held_by_another_process(out / ".dlstudy"):
+        assert retrieval(5, "sync", "--url", url, "-o", str(out)) == asked
+        assert retrieval(5, "download", study, "--url", url, "-o", str(out)) == asked
+    closed = "http://127.0.0.1:9/dicomweb"
+    assert retrieval(3, "sync", "--url", closed, "-o", str(tmp_path / "other")) == asked
+    nothing = dict.fromkeys(("form", "transfer_syntax", "accept"))
+    for usage_error in (["sync", "--study-date", ""], ["download", "1.2.x"]):
+        found = retrieval(2, *usage_error, "--url", url, "-o", str(out))
+        assert found == {**asked, **nothing}
+
+
 def test_sync_quiet_still_names_each_failed_instance(
     cohort: tuple[Path, list[SynthInstance]], embedded_server: StartServer, tmp_path: Path
 ) -> None:
