@@ -86,6 +86,14 @@ class PrintableFormatter(logging.Formatter):
 
 _log_file: LogFile | None = None
 
+# The `extra` of a warning --quiet does not silence: --insecure's, which says every run is
+# open to a man in the middle.
+ALWAYS_SHOWN = {"always_shown": True}
+
+
+def _shown_when_quiet(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or getattr(record, "always_shown", False)
+
 
 def log_file_failure() -> str | None:
     """Why the --log-file of this command could not be written to its end; None if it was."""
@@ -106,8 +114,10 @@ def setup_logging(verbose: bool, log_file: Path | None, *, quiet: bool = False) 
     if verbose:
         handler.setFormatter(formatter)
     else:  # warnings only, in the shape of the CLI's other lines
-        handler.setLevel(logging.ERROR if quiet else logging.WARNING)
+        handler.setLevel(logging.WARNING)
         handler.setFormatter(PrintableFormatter("dlstudy: warning: %(message)s"))
+        if quiet:
+            handler.addFilter(_shown_when_quiet)
     handler.dlstudy_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     global _log_file

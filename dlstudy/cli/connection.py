@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from dataclasses import fields
 from typing import Any
@@ -14,9 +15,11 @@ from ..http.proxy import chosen_proxy_problem
 from ..http.tls_files import tls_files_problem
 from ..http.urls import base_url_problem
 from ..settings import Settings
-from .common import fail_usage
+from .common import ALWAYS_SHOWN, fail_usage
 from .configured import FROM_CONFIG
 from .profile_origin import drop_foreign_credentials
+
+log = logging.getLogger(__name__)
 
 HTTP_CHOICES = ("auto", "1.1", "2", "3")
 MODE_CHOICES = ("auto", "instance", "series", "study")
@@ -137,10 +140,8 @@ def build_settings(
         fail_usage(problem)
     if (problem := chosen_proxy_problem(fields.get("proxy"), url)) is not None:
         fail_usage(problem)
-    if insecure:
-        typer.echo(
-            "dlstudy: warning: --insecure: the server's TLS certificate is NOT verified", err=True
-        )
+    if insecure:  # (stderr and --log-file, as the run's other warnings)
+        log.warning("--insecure: the server's TLS certificate is NOT verified", extra=ALWAYS_SHOWN)
     return Settings(url=url, http=http, mode=mode, insecure=insecure, **fields)  # type: ignore[arg-type]
 
 

@@ -315,6 +315,41 @@ def test_tls_failure_exit_3_and_insecure_warns(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(("command", "log_format"), [("download", "text"), ("sync", "json")])
+def test_insecures_warning_reaches_the_log_file(
+    tmp_path: Path,
+    synth_study: SynthStudy,
+    embedded_server: StartServer,
+    tls_ca: TlsFiles,
+    command: str,
+    log_format: str,
+) -> None:
+    """--insecure's warning was printed past logging: in no --log-file (where the run's
+    warnings stay), plain text under --log-format json. Now a warning as the others are, in
+    the log and on stderr in its format; --quiet still shows it (no option silences it)."""
+    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
+    log = tmp_path / "run.log"
+    uids = [synth_study.study_uid] if command == "download" else []
+    args = [command, *uids, "--url", url, "-o", str(tmp_path / "out"), "--insecure"]
+    args += ["--log-file", str(log), "--log-format", log_format]
+    said = "--insecure: the server's TLS certificate is NOT verified"
+    for quiet in ([], ["-q"]):
+        log.unlink(missing_ok=True)
+        result = run_installed(*args, *quiet)
+        assert result.returncode == 0, result.stderr
+        if log_format == "text":
+            assert result.stderr.splitlines()[0] == f"dlstudy: warning: {said}"
+            logged = [line for line in log.read_text().splitlines() if said in line]
+            assert len(logged) == 1, logged
+            assert logged[0].endswith(f" WARNING dlstudy.cli.connection: {said}"), logged
+        else:
+            first = json.loads(result.stderr.splitlines()[0])
+            assert (first["level"], first["message"]) == ("warning", said)
+            records = [json.loads(line) for line in log.read_text().splitlines()]
+            assert [r for r in records if r.get("message") == said] == [first]
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
 def test_the_environments_ca_bundle_is_trusted_without_ca_bundle(
     tmp_path: Path,
