@@ -131,6 +131,7 @@ def plan(
     folder_listed: Path | None = None
     names: frozenset[int] | None = frozenset()
     relocate = _Relocation(store, manifest)
+    held_anywhere = not manifest.is_empty()  # else no lookup per instance (a first run)
     for ref in refs:
         final = store.final_path(ref)
         folder = final.parent
@@ -150,7 +151,7 @@ def plan(
             result.moved += 1  # and checked below like any file in place
             status = _lstat(final)
         if status is None:
-            held = _held_elsewhere(ref, manifest)
+            held = _held_elsewhere(ref, manifest) if held_anywhere else None
             if held is None:
                 result.todo.append(ref)
             else:

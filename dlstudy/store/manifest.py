@@ -357,6 +357,10 @@ class Manifest:
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
+    def is_empty(self) -> bool:
+        """Whether no entry is recorded (a first run into OUT): nothing to look up per file."""
+        return self._query_one("SELECT 1 FROM entries LIMIT 1") is None
+
     def __len__(self) -> int:
         try:
             (count,) = self._connection.execute("SELECT count(*) FROM entries").fetchone()
