@@ -120,8 +120,6 @@ def register(app: typer.Typer) -> None:
                     fail_usage("give at least one STUDY_UID, --from-file or --from-catalog")
                 if not url:
                     fail_usage(URL_REQUIRED)
-                if any(not one.strip() for one in modality or ()):
-                    fail_usage("--modality is empty: give a value, or leave the option out for all")
                 if report is not None:
                     try:
                         report_format(report)

@@ -85,7 +85,7 @@ def transfer_syntax(value: Any) -> str:
 
 def series_modality(value: Any) -> str:
     """A download --modality value: one that could match no series is refused (an empty one
-    is said by the command, as for the search options)."""
+    as download() refuses a library caller's, in jobs/download.py check_settings)."""
     if isinstance(value, str) and (problem := modality_problem(value)) is not None:
         raise typer.BadParameter(problem)
     return str(value)

@@ -120,47 +120,19 @@ def output_form(ctx: typer.Context) -> str:
     return "table" if sys.stdout.isatty() else "tsv"
 
 
-# The search options that set one matching key each: (parameter, option, key it sets).
-NAMED_FILTERS = (
-    ("patient_id", "--patient-id", "PatientID"),
-    ("patient_name", "--patient-name", "PatientName"),
-    ("study_date", "--study-date", "StudyDate"),
-    ("accession", "--accession", "AccessionNumber"),
-    ("modality", "--modality", "ModalitiesInStudy"),
-)
-
-
 def study_query(options: Mapping[str, Any]) -> StudyQuery:
-    """The study search the SEARCH options of a command describe. An empty value is a usage
-    error, not "no filter": `--study-date "$DAY"` with DAY unset must not match everything."""
-    from ..dicomweb.search import (  # only when a command runs
-        StudyQuery,
-        parse_filters,
-        parse_study_date,
-    )
+    """The study search the SEARCH options of a command describe, checked as StudyQuery checks
+    a library caller's (an empty value, a key given twice)."""
+    from ..dicomweb.search import StudyQuery, parse_filter  # only when a command runs
 
-    for name, flag, _ in NAMED_FILTERS:
-        value = options[name]
-        values = value if isinstance(value, list) else [] if value is None else [value]
-        if any(not one.strip() for one in values):
-            fail_usage(f"{flag} is empty: give a value, or leave the option out to match any")
-    study_date, modality = options["study_date"], options["modality"]
-    try:
-        filters = parse_filters(options["filter"] or ())
-    except UsageError as exc:
-        fail_usage(str(exc))
-    named = {key: flag for name, flag, key in NAMED_FILTERS if options[name]}
-    for key, _ in filters:
-        if key in named:
-            fail_usage(f"{named[key]} and --filter {key}=... both set {key}: give each key once")
     try:
         return StudyQuery(
             patient_id=options["patient_id"],
             patient_name=options["patient_name"],
-            study_date=parse_study_date(study_date) if study_date else None,
+            study_date=options["study_date"],
             accession=options["accession"],
-            modalities=tuple(dict.fromkeys(m.strip().upper() for m in modality or ())),
-            filters=filters,
+            modalities=options["modality"] or (),
+            filters=[parse_filter(text) for text in options["filter"] or ()],
         )
     except UsageError as exc:
         fail_usage(str(exc))

@@ -50,6 +50,14 @@ _ISO_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _ISO_RANGE_RE = re.compile(r"(\d{4}-\d{2}-\d{2})?[-/](\d{4}-\d{2}-\d{2})?", re.ASCII)
 _TAG_RE = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 _CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
+# The StudyQuery fields that set one matching key each: (field, the option that sets it, key).
+NAMED_FILTERS = (
+    ("patient_id", "--patient-id", "PatientID"),
+    ("patient_name", "--patient-name", "PatientName"),
+    ("study_date", "--study-date", "StudyDate"),
+    ("accession", "--accession", "AccessionNumber"),
+    ("modalities", "--modality", "ModalitiesInStudy"),
+)
 
 
 @dataclass(frozen=True)
@@ -89,11 +97,31 @@ class StudyQuery:
         check_types(self)  # (`patient_id=5` was sent as a TypeError from deep in urllib)
         if not all(is_pair(one) for one in filters):
             raise UsageError("filters must be (keyword, value) pairs of text, or a dict")
-        if filters:
-            filters = tuple((matching_key(key), value) for key, value in filters)
-        object.__setattr__(self, "filters", filters)
+        self._check_none_empty()
+        object.__setattr__(self, "filters", checked_filters(filters))
+        self._check_keys_once()
+        modalities = dict.fromkeys(one.strip().upper() for one in self.modalities)
+        object.__setattr__(self, "modalities", tuple(modalities))
         if self.study_date is not None:
             object.__setattr__(self, "study_date", parse_study_date(self.study_date))
+
+    def _check_none_empty(self) -> None:
+        """An empty value is a usage error, not "no filter": `--study-date "$DAY"` or
+        `patient_id=os.environ.get("PID", "")` with it unset must not match every study."""
+        for name, flag, _ in NAMED_FILTERS:
+            value = getattr(self, name)
+            if value is not None and any(not one.strip() for one in values(value)):
+                raise UsageError(
+                    f"{flag} is empty: give a value, or leave the option out to match any"
+                )
+
+    def _check_keys_once(self) -> None:
+        named = {key: flag for name, flag, key in NAMED_FILTERS if getattr(self, name)}
+        for key, _ in self.filters:
+            if key in named:
+                raise UsageError(
+                    f"{named[key]} and --filter {key}=... both set {key}: give each key once"
+                )
 
     def params(self, modality: str | None = None) -> list[tuple[str, str]]:
         params: list[tuple[str, str]] = []
@@ -228,23 +256,27 @@ def matching_key(name: str) -> str:
 
 
 def parse_filter(text: str) -> tuple[str, str]:
-    """`KEY=VALUE` with KEY a DICOM keyword or tag."""
+    """`KEY=VALUE` as a (key, value) pair, which StudyQuery checks (checked_filters)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"--filter must look like KEY=VALUE, not {text[:60]!r}")
-    attribute = matching_key(key)
-    if not value.strip():  # an empty value matches anything: "$VAR" unset, most likely
-        raise UsageError(f"--filter {attribute}= is empty: give a value, or leave it out")
-    return attribute, value.strip()
+    return key, value
 
 
-def parse_filters(texts: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    filters = [parse_filter(text) for text in texts]
-    keys = [key for key, _ in filters]
+def checked_filters(filters: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """(key, value) pairs as sent: each key a DICOM keyword or tag a search matches on,
+    given once, with a value."""
+    checked = []
+    for key, value in filters:
+        attribute = matching_key(key)
+        if not value.strip():  # an empty value matches anything: "$VAR" unset, most likely
+            raise UsageError(f"--filter {attribute}= is empty: give a value, or leave it out")
+        checked.append((attribute, value.strip()))
+    keys = [key for key, _ in checked]
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
         raise UsageError(f"--filter {repeated[0]} given more than once")
-    return tuple(filters)
+    return tuple(checked)
 
 
 def parse_study_date(text: str, today: dt.date | None = None) -> str:

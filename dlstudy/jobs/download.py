@@ -83,6 +83,8 @@ def check_settings(settings: Settings) -> None:
         if not is_valid_uid(uid):
             raise InvalidUidError(f"invalid --series UID {uid[:80]!r}", uid=uid)
     for modality in settings.modalities:
+        if not modality.strip():  # (`modalities=[os.environ.get("MOD", "")]`: no instance)
+            raise UsageError("--modality is empty: give a value, or leave the option out for all")
         if (problem := modality_problem(modality)) is not None:
             raise UsageError(f"--modality {problem}")
     if (problem := base_url_problem(settings.url)) is not None:

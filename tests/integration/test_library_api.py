@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -313,6 +314,44 @@ def test_a_search_takes_the_clis_forms_and_refuses_what_no_server_should_see(
         with pytest.raises(dlstudy.DlstudyError) as usage:
             call()
         assert usage.value.exit_status == dlstudy.ExitStatus.USAGE, usage.value
+
+
+def test_an_empty_or_repeated_search_value_is_refused_as_the_cli_refuses_it(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """StudyQuery checks its fields as the CLI checks its options. `patient_id=""` (a cron
+    script's `os.environ.get("PID", "")` with PID unset) and an empty filter value were sent as
+    no filter: sync() downloaded every study of the archive, exit 0. A blank filter value (sent
+    as it was), an empty modality, a key given twice were accepted too. Each is now the CLI's
+    usage error, before the output folder is made; so is download()'s empty modality (exit 4,
+    "no instance matched"), and a modality is matched as --modality's (`" ct"`: CT)."""
+    url = embedded_server(synth_study.root)
+    settings = dlstudy.Settings(url=url, output=tmp_path / "out")
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"patient_id": "", "filters": {"AccessionNumber": ""}},
+         "--patient-id is empty: give a value, or leave the option out to match any"),
+        ({"accession": " "}, "--accession is empty"),
+        ({"modalities": ["CT", ""]}, "--modality is empty"),
+        ({"filters": {"PatientSex": "  "}},
+         "--filter PatientSex= is empty: give a value, or leave it out"),
+        ({"filters": [("PatientSex", "M"), ("00100040", "F")]},
+         "--filter PatientSex given more than once"),
+        ({"patient_id": "1", "filters": {"PatientID": "2"}},
+         "--patient-id and --filter PatientID=... both set PatientID: give each key once"),
+    ]  # fmt: skip
+    for fields, said in refused:
+        with pytest.raises(dlstudy.DlstudyError) as usage:
+            dlstudy.sync(settings, dlstudy.StudyQuery(**fields))
+        assert usage.value.exit_status == dlstudy.ExitStatus.USAGE, fields
+        assert str(usage.value).startswith(said), usage.value
+    with pytest.raises(dlstudy.DlstudyError) as usage:
+        dlstudy.download(synth_study.study_uid, settings=settings, modalities=[""])
+    assert usage.value.exit_status == dlstudy.ExitStatus.USAGE
+    assert str(usage.value).startswith("--modality is empty"), usage.value
+    assert not settings.output.exists()
+
+    query = dlstudy.StudyQuery(modalities=" ct", filters={"StudyInstanceUID": " 1.2 "})
+    assert (query.modalities, query.filters) == (("CT",), (("StudyInstanceUID", "1.2"),))
 
 
 def test_arguments_of_the_wrong_kind_are_usage_errors_naming_them(

@@ -18,7 +18,6 @@ from dlstudy.dicomweb.search import (
     StudyRecord,
     attribute_id,
     parse_filter,
-    parse_filters,
     parse_study_date,
     search,
 )
@@ -235,16 +234,17 @@ def test_attribute_ids(text: str, expected: str) -> None:
 )
 def test_bad_filters(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        parse_filter(text)
+        StudyQuery(filters=[parse_filter(text)])
 
 
 def test_filters_keep_their_value_and_refuse_repeats() -> None:
-    assert parse_filters(["00100040=F", "StudyDescription=*HEAD*=x"]) == (
+    texts = ["00100040=F", "StudyDescription=*HEAD*=x"]
+    assert StudyQuery(filters=[parse_filter(text) for text in texts]).filters == (
         ("PatientSex", "F"),
         ("StudyDescription", "*HEAD*=x"),
     )
     with pytest.raises(UsageError, match="PatientSex given more than once"):
-        parse_filters(["PatientSex=F", "00100040=M"])
+        StudyQuery(filters=[parse_filter("PatientSex=F"), parse_filter("00100040=M")])
 
 
 @pytest.mark.parametrize(
