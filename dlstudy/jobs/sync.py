@@ -15,6 +15,7 @@ one the index records complete may have gained instances since.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from ..report.landed import ReportWriter, run_report
 from ..report.progress import NullProgress, ProgressSink
 from ..report.summary import LIST_LIMIT, Summary
 from ..report.words import counted
-from ..settings import Settings, processes_for
+from ..settings import PathLike, Settings, processes_for
 from ..store.completion import complete_from_index, is_complete, present_files
 from ..store.files import Store
 from ..store.lock import output_lock
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
     from ..catalog.query import CatalogBatches
 
 log = logging.getLogger(__name__)
+
+# A catalog file, or (file, where): what sync's `catalog` takes.
+Catalog = PathLike | tuple[PathLike, str | None]
 
 
 @dataclass
@@ -106,16 +110,37 @@ def sync(
     *,
     shard: Shard | None = None,
     progress: ProgressSink | None = None,
-    catalog: tuple[Path, str | None] | None = None,
+    catalog: Catalog | None = None,
 ) -> SyncSummary:
     """Search with `query` and download what is not complete in `settings.output`; with
-    `catalog` (a catalog file and a --where), select from it instead of searching the server.
+    `catalog` (the file of `catalog pull --db`, as str or Path, or a (file, where) pair with a
+    --where condition or None), select from it instead of searching the server.
 
     Fatal errors raise a DlstudyError with the partial SyncSummary attached as `.summary`.
     """
     check_sync_arguments(settings, query, shard, progress)
+    chosen = catalog_argument(catalog)
     with standing_by(standing_by_for(processes_for(settings), settings.mode)):
-        return run_to_end(sync_async, settings, query, shard, progress or NullProgress(), catalog)
+        return run_to_end(sync_async, settings, query, shard, progress or NullProgress(), chosen)
+
+
+def catalog_argument(catalog: object) -> tuple[Path, str | None] | None:
+    """sync's `catalog` as (file, where), or a UsageError naming it: a file given as text was
+    an AttributeError from inside, one given alone a TypeError."""
+    if catalog is None:
+        return None
+    pair = catalog if isinstance(catalog, tuple | list) and len(catalog) == 2 else (catalog, None)
+    path, where = pair
+    if not isinstance(path, str | os.PathLike):
+        raise UsageError(
+            "catalog must be a catalog file (str or Path) or a (file, where) pair, "
+            f"not {type(path).__name__}"
+        )
+    if not isinstance(where, str | None):
+        raise UsageError(f"catalog's where must be text or None, not {type(where).__name__}")
+    if not str(path).strip():  # (Path("") is the working folder)
+        raise UsageError("catalog is empty: give a file, or leave the keyword out")
+    return Path(path), where
 
 
 def check_sync_arguments(settings: object, query: object, shard: object, progress: object) -> None:
@@ -133,16 +158,17 @@ async def sync_async(
     query: StudyQuery,
     shard: Shard | None,
     progress: ProgressSink,
-    catalog: tuple[Path, str | None] | None = None,
+    catalog: Catalog | None = None,
 ) -> SyncSummary:
     check_sync_arguments(settings, query, shard, progress)
+    chosen = catalog_argument(catalog)
     started = time.monotonic()
     plan = SyncSummary(url=redact_url(settings.url), output=str(settings.output))
     plan.mode = settings.mode
     plan.shard = str(shard) if shard else None
     sink = EventSink(progress)
     try:
-        result = await stop_on_signals(_sync(settings, query, shard, sink, plan, catalog))
+        result = await stop_on_signals(_sync(settings, query, shard, sink, plan, chosen))
     except BaseException as exc:
         sink.close()
         summary = _combine(plan, getattr(exc, "summary", None))

@@ -17,7 +17,7 @@ import dlstudy
 from dlstudy.report.progress import Listed, NullProgress
 from dlstudy.server.synth import SynthSpec, generate
 
-from ..cli_helpers import assert_same_files
+from ..cli_helpers import assert_same_files, run_installed
 from ..fixtures.embedded_server import StartServer, SynthStudy
 
 pytestmark = pytest.mark.integration
@@ -352,6 +352,40 @@ def test_an_empty_or_repeated_search_value_is_refused_as_the_cli_refuses_it(
 
     query = dlstudy.StudyQuery(modalities=" ct", filters={"StudyInstanceUID": " 1.2 "})
     assert (query.modalities, query.filters) == (("CT",), (("StudyInstanceUID", "1.2"),))
+
+
+def test_sync_takes_its_catalog_file_as_text_alone_or_with_a_where(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """sync's `catalog=` takes the file as text or a Path, alone or with a --where, as every
+    other path argument: `("c.duckdb", None)` was `AttributeError: 'str' object has no
+    attribute 'exists'`, `"c.duckdb"` a TypeError from inside. A wrong shape is a UsageError
+    naming the argument, before the output folder is made."""
+    url = embedded_server(synth_study.root)
+    db = tmp_path / "c.duckdb"
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db))
+    assert pulled.returncode == 0, pulled.stderr
+    settings = dlstudy.Settings(url=url, output=tmp_path / "out")
+    query = dlstudy.StudyQuery()
+
+    refused: list[tuple[object, str]] = [
+        (5, "catalog must be a catalog file (str or Path) or a (file, where) pair, not int"),
+        ((str(db), None, None), "or a (file, where) pair, not tuple"),
+        ((str(db), 5), "catalog's where must be text or None, not int"),
+        ("", "catalog is empty"),
+    ]
+    for catalog, said in refused:
+        with pytest.raises(dlstudy.DlstudyError) as usage:
+            dlstudy.sync(settings, query, catalog=catalog)  # type: ignore[arg-type]
+        assert usage.value.exit_status == dlstudy.ExitStatus.USAGE, catalog
+        assert said in str(usage.value), usage.value
+    assert not settings.output.exists()
+
+    synced = dlstudy.sync(settings, query, catalog=(str(db), "modalities IS NOT NULL"))
+    assert (synced.matched, synced.downloaded) == (1, 60)
+    assert_same_files(synth_study.instances, settings.output)
+    again = dlstudy.sync(settings, query, catalog=str(db))
+    assert (again.matched, again.already_complete, again.downloaded) == (1, 1, 0)
 
 
 def test_arguments_of_the_wrong_kind_are_usage_errors_naming_them(
