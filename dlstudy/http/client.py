@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -196,16 +197,34 @@ def unframed(response: httpx.Response) -> bool:
     return "chunked" not in response.headers.get("transfer-encoding", "").lower()
 
 
+NOT_ASYNCIO = (
+    "dlstudy runs its transfers in an asyncio event loop; from another (trio), "
+    "call dlstudy.download() or dlstudy.sync() in a worker thread"
+)
+
+
 def require_asyncio() -> None:
     """libcurl's transfers are driven from asyncio's loop (multi.py): in another event loop
     (trio's), say so at once, not with a RuntimeError from deep in the first request."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        raise UsageError(
-            "dlstudy's async functions run in an asyncio event loop; from another (trio), "
-            "call dlstudy.download() or dlstudy.sync() in a worker thread"
-        ) from None
+        raise UsageError(NOT_ASYNCIO) from None
+
+
+def refuse_other_loop() -> None:
+    """For the blocking calls, which start an event loop of their own, or run beside a running
+    asyncio one: in a trio task anyio.run refused with a bare `RuntimeError: Already running
+    trio in this thread`. sniffio says which loop runs; trio imports it, asyncio needs none."""
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is None:
+        return
+    try:
+        running = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return
+    if running != "asyncio":
+        raise UsageError(NOT_ASYNCIO)
 
 
 class Transport:

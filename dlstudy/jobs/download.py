@@ -25,7 +25,7 @@ from ..errors import (
 )
 from ..flow.signals import stop_on_signals
 from ..http.auth import auth_from_settings
-from ..http.client import Transport, http_version_problem, require_asyncio
+from ..http.client import Transport, http_version_problem, refuse_other_loop, require_asyncio
 from ..http.credentials import credentials_problem
 from ..http.proxy import chosen_proxy_problem
 from ..http.rate import rate_problem
@@ -138,6 +138,7 @@ def download(
     (KeyboardInterrupt); per-instance failures are in the summary.
     """
     check_arguments(settings, progress)
+    refuse_other_loop()
     if settings is None:
         if url is None:
             raise UsageError("download() needs url= or settings=")

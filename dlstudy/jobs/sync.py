@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..flow.retry import RetryPolicy, RetryTally
 from ..flow.signals import stop_on_signals
+from ..http.client import refuse_other_loop
 from ..http.urls import is_valid_uid, redact_url
 from ..model import Failure
 from ..report.events import EventSink, emit
@@ -120,6 +121,7 @@ def sync(
     """
     check_sync_arguments(settings, query, shard, progress)
     chosen = catalog_argument(catalog)
+    refuse_other_loop()
     with standing_by(standing_by_for(processes_for(settings), settings.mode)):
         return run_to_end(sync_async, settings, query, shard, progress or NullProgress(), chosen)
 

@@ -481,14 +481,24 @@ def test_under_trio_the_async_functions_say_they_need_asyncio(
 ) -> None:
     """anyio runs on trio too, but libcurl's transfers are driven from asyncio's loop: in
     trio's, download_async and search_async stop with a usage error saying what to do, before
-    the output folder is made, not with a RuntimeError from inside the first request; in a
-    worker thread download() runs."""
+    the output folder is made, not with a RuntimeError from inside the first request; so do
+    download() and sync() called in a trio task (a bare `RuntimeError: Already running trio in
+    this thread`, from the loop of their own they start). In a worker thread download() runs."""
     trio = pytest.importorskip("trio")
     url = embedded_server(synth_study.root)
     settings = dlstudy.Settings(url=url, output=tmp_path / "out")
+
+    async def blocking_download() -> dlstudy.Summary:
+        return dlstudy.download([synth_study.study_uid], settings=settings)
+
+    async def blocking_sync() -> dlstudy.Summary:
+        return dlstudy.sync(settings, dlstudy.StudyQuery())
+
     calls = [
         lambda: dlstudy.download_async([synth_study.study_uid], settings),
         lambda: dlstudy.search_async(settings, dlstudy.StudyQuery()),
+        blocking_download,
+        blocking_sync,
     ]
     for call in calls:
         with pytest.raises(dlstudy.DlstudyError) as refused:
