@@ -303,11 +303,46 @@ def run_sql(
             )
     db.execute("SET enable_external_access = false")
     db.execute("SET lock_configuration = true")  # (so that no statement turns it back on)
-    cursor: duckdb.DuckDBPyConnection | None = _run(db, path, sql, [])
+    cursor: duckdb.DuckDBPyConnection | None = _run(
+        db, path, _in_duckdb_text(db, sql, statements), []
+    )
     if cursor is None:  # DuckDB returns nothing for a text without a statement
         raise UsageError("--sql holds no statement: give a query, e.g. SELECT * FROM pulls")
     names = [d[0] for d in cursor.description or []]
     return names, iter_rows(cursor)
+
+
+# Result types whose Python value says less than DuckDB's text: an INTERVAL's months become 30
+# days (a timedelta), a BLOB is bytes (printed as Python's repr). Read as DuckDB casts them.
+_AS_TEXT = frozenset({"INTERVAL", "BLOB"})
+
+
+def _in_duckdb_text(db: duckdb.DuckDBPyConnection, sql: str, statements: list[Any]) -> str:
+    """`sql`, its last statement's INTERVAL and BLOB columns cast to VARCHAR (their names
+    kept): the types are known before it runs (a relation binds, lazily)."""
+    import duckdb
+
+    if not statements or statements[-1].type.name != "SELECT":
+        return sql
+    last = statements[-1].query
+    try:
+        relation = db.sql(last)
+    except duckdb.Error:
+        return sql  # (the error is said as the statement's own, when it runs)
+    types = [str(one) for one in relation.types]
+    if _AS_TEXT.isdisjoint(types):
+        return sql
+    columns = ", ".join(
+        f"#{n}{'::VARCHAR' if kind in _AS_TEXT else ''} AS {_quoted(name)}"
+        for n, (kind, name) in enumerate(zip(types, relation.columns, strict=True), 1)
+    )
+    # (each line break ends a `--` comment a statement may end with)
+    earlier = [f"{statement.query}\n;" for statement in statements[:-1]]
+    return "".join([*earlier, f"SELECT {columns} FROM ({last}\n)"])
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def export(path: Path, target: Path, table: str, where: str | None) -> int:

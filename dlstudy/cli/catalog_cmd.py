@@ -186,8 +186,9 @@ def _finite(value: Any) -> Any:
 
 
 def _json_value(value: Any) -> Any:
-    """A value of a type JSON lacks: DECIMAL as a number; DATE, TIMESTAMP, TIME, INTERVAL,
-    UUID, BLOB as their text, as --csv shows them."""
+    """A value of a type JSON lacks: DECIMAL as a number; DATE, TIMESTAMP, TIME, UUID as
+    their text, as --csv shows them (INTERVAL and BLOB columns come as DuckDB's text:
+    catalog/query.py run_sql)."""
     if isinstance(value, Decimal):
         return float(value)
     return str(_plain(value))
