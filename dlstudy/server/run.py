@@ -144,7 +144,9 @@ async def _serve(
     stopping = Stopping()
     stop = asyncio.Event()
     serving = {cast(asyncio.Task[None], asyncio.current_task())}  # and the lifespan's, below
-    asyncio.get_running_loop().set_exception_handler(_unless_cancelled)
+    asyncio.get_running_loop().set_exception_handler(
+        lambda loop, context: _unless_stopping_ends_it(loop, context, stopping)
+    )
     logging.getLogger("asyncio").addFilter(_CLIENT_GONE)  # once: the same filter object
     if state is not None:  # background thread: stopped by _stop()
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop
@@ -177,12 +179,13 @@ async def _serve(
     try:
         await serve(cast(Any, with_startup), config, shutdown_trigger=shutdown_trigger)
     except ExceptionGroup as failed:  # (not except*: it would wrap what it re-raises)
-        if quic is None or not stopping.event.is_set():
+        if not stopping.event.is_set() or (quic is None and not _refused_at_the_stop(failed)):
             raise
         # hypercorn's QUIC server, stopped with connections open, fails in its own task group
         # (timer tasks restarted in a group that is being cancelled; a 500 sent on a stream
-        # that cannot take it): those connections were being ended anyway.
-        log.debug("HTTP/3 connections failed as the server stopped: %r", failed)
+        # that cannot take it); see _refused_at_the_stop for HTTP/2: those connections were
+        # being ended anyway.
+        log.debug("connections failed as the server stopped: %r", failed)
     finally:
         serving.clear()  # the stop is over: nothing more to cancel (asyncio.run's own tasks)
         if quic is not None:
@@ -251,15 +254,41 @@ def _extra_info(transport: asyncio.BaseTransport, name: str) -> Any:
         return None
 
 
-def _unless_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The loop's error report, except for a cancelled task. A connection still sending when
-    the graceful timeout ends is cancelled, and Python 3.11's asyncio.streams then asks the
+def _unless_stopping_ends_it(
+    loop: asyncio.AbstractEventLoop, context: dict[str, Any], stopping: Stopping
+) -> None:
+    """The loop's error report, except for a cancelled task, and an HTTP/2 connection the
+    stop refused a request on (_refused_at_the_stop). A connection still sending when the
+    graceful timeout ends is cancelled, and Python 3.11's asyncio.streams then asks the
     cancelled task for its exception in a callback, which raises CancelledError there: a
     traceback for a stop that went as meant (the client sees its transfer cut)."""
-    if isinstance(context.get("exception"), asyncio.CancelledError):
-        log.debug("cancelled while stopping: %s", context.get("message"))
+    exception = context.get("exception")
+    if isinstance(exception, asyncio.CancelledError) or (
+        stopping.event.is_set()
+        and isinstance(exception, ExceptionGroup)
+        and _refused_at_the_stop(exception)
+    ):
+        log.debug("ended while stopping: %s (%r)", context.get("message"), exception)
         return
     loop.default_exception_handler(context)
+
+
+def _refused_at_the_stop(failed: ExceptionGroup[Any]) -> bool:
+    """Whether a connection's task group failed only as hypercorn refuses a request once the
+    stop has begun: it resets the new stream, and when the client's GOAWAY came in the same
+    read (a client process ending), h2 refuses to send a reset on the closed connection. The
+    connection was closing from both ends: nothing was lost."""
+    _, rest = failed.split(_is_h2_protocol_error)
+    return rest is None
+
+
+def _is_h2_protocol_error(exc: BaseException) -> bool:
+    """h2's ProtocolError (or a subclass), told by name: hypercorn's HTTP/2 library is not
+    imported here (the package speaks no HTTP itself)."""
+    return any(
+        cls.__name__ == "ProtocolError" and cls.__module__.startswith("h2.")
+        for cls in type(exc).__mro__
+    )
 
 
 def _stop(state: dict[str, Any], thread: threading.Thread) -> None:

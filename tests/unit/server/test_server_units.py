@@ -150,6 +150,49 @@ def test_only_asyncios_words_for_a_client_gone_are_demoted(
     ]
 
 
+def test_only_h2s_refusal_of_a_reset_on_a_closed_connection_is_taken_as_the_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stopping, hypercorn resets a request that came with the client's GOAWAY, on a
+    connection h2 has closed: h2's ProtocolError fails the connection's task group, which
+    asyncio reports and the server's stop raised (CI saw it once, at a test's teardown). Once
+    the stop has begun, a group of only those is taken as the connection ending; anything
+    else, or any group before the stop, is reported as before."""
+    import asyncio
+
+    import h2.exceptions
+
+    from dlstudy.server.app import Stopping
+    from dlstudy.server.run import _refused_at_the_stop, _unless_stopping_ends_it
+
+    refused = h2.exceptions.ProtocolError("Invalid input SEND_RST_STREAM in state CLOSED")
+    closed = h2.exceptions.StreamClosedError(3)  # a subclass
+    assert _refused_at_the_stop(ExceptionGroup("tg", [refused]))
+    assert _refused_at_the_stop(ExceptionGroup("tg", [closed, ExceptionGroup("inner", [refused])]))
+    assert not _refused_at_the_stop(ExceptionGroup("tg", [refused, ValueError("x")]))
+    assert not _refused_at_the_stop(ExceptionGroup("tg", [ProtocolError("not h2's")]))
+
+    async def report(stopped: bool, exc: BaseException) -> None:
+        stopping = Stopping()
+        if stopped:
+            stopping.set()
+        loop = asyncio.get_running_loop()
+        context = {"message": "Unhandled exception in client_connected_cb", "exception": exc}
+        _unless_stopping_ends_it(loop, context, stopping)
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        asyncio.run(report(True, ExceptionGroup("tg", [refused])))
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        asyncio.run(report(False, ExceptionGroup("tg", [refused])))
+        asyncio.run(report(True, ExceptionGroup("tg", [ValueError("a server fault")])))
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert said == ["Unhandled exception in client_connected_cb"] * 2
+
+
+class ProtocolError(Exception):
+    """Another library's class of h2's name."""
+
+
 @pytest.mark.parametrize(
     ("stored", "wanted", "matched"),
     [
