@@ -69,6 +69,21 @@ def test_demo_refuses_a_keep_it_cannot_use_before_generating(tmp_path: Path) -> 
     assert a_file.read_text() == "mine\n"
 
 
+def start_demo(scratch: Path, *extra: str, stdout: int) -> subprocess.Popen[str]:
+    """`dlstudy demo --preset ct` (a study big enough to stop part way) with its temporary
+    files under `scratch`, signals at their defaults as at a terminal; stderr piped."""
+    scratch.mkdir()
+    return subprocess.Popen(
+        [DLSTUDY, "demo", "--preset", "ct", *extra],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        preexec_fn=ctrl_c_as_at_a_terminal,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.mark.parametrize(("signum", "status", "said"), STOP_SIGNALS[1:])  # SIGTERM, SIGHUP
 @pytest.mark.parametrize("stage", ["dlstudy demo: generating", "dlstudy: downloading"])
 def test_demo_stopped_by_sigterm_leaves_nothing_behind(
@@ -79,16 +94,7 @@ def test_demo_stopped_by_sigterm_leaves_nothing_behind(
     Ctrl-C. Now 143, a line, and the folder removed, as for Ctrl-C. SIGHUP (the terminal
     closed) likewise, 129 (it killed the demo mute at any stage)."""
     scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    demo = subprocess.Popen(
-        [DLSTUDY, "demo", "--preset", "ct"],
-        env={**os.environ, "TMPDIR": str(scratch)},
-        preexec_fn=ctrl_c_as_at_a_terminal,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    demo = start_demo(scratch, stdout=subprocess.DEVNULL)
     assert demo.stderr is not None
     seen = [demo.stderr.readline()]
     while seen[-1] and not seen[-1].startswith(stage):
@@ -107,16 +113,7 @@ def test_demo_json_stopped_while_it_generates_prints_its_summary(
     """`demo --json` stopped while it generated the study printed nothing on stdout, where
     every other command's --json prints its object with the stop in `error`."""
     scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    demo = subprocess.Popen(
-        [DLSTUDY, "demo", "--preset", "ct", "--json"],
-        env={**os.environ, "TMPDIR": str(scratch)},
-        preexec_fn=ctrl_c_as_at_a_terminal,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    demo = start_demo(scratch, "--json", stdout=subprocess.PIPE)
     assert demo.stderr is not None
     while (line := demo.stderr.readline()) and not line.startswith("dlstudy demo: generating"):
         pass

@@ -393,6 +393,15 @@ def served_with_study_uid(
     return embedded_server(root), instances[0].study_uid
 
 
+def left_out(source: str, uid: str) -> str:
+    """The warning of a study listed under `uid`, no UID, left out of a `--uids` list."""
+    return (
+        f"dlstudy: warning: {source} a study under a UID that is no UID, {uid!r} (a UID is "
+        "digits and dots, at most 64 characters): left out, as download --from-file refuses a "
+        "list holding one\n"
+    )
+
+
 def test_query_uids_leaves_out_a_uid_with_control_characters(
     tmp_path: Path, embedded_server: StartServer
 ) -> None:
@@ -403,11 +412,7 @@ def test_query_uids_leaves_out_a_uid_with_control_characters(
     result = run_installed("query", "--url", url, "--uids")
     assert result.returncode == 1, result.stderr
     assert result.stdout == f"{good}\n"
-    assert result.stderr == (
-        "dlstudy: warning: the server sent a study under a UID that is no UID, "
-        "'1.2.3\\x1b[31m\\n4.5' (a UID is digits and dots, at most 64 characters): left out, "
-        "as download --from-file refuses a list holding one\n"
-    )
+    assert result.stderr == left_out("the server sent", "1.2.3\x1b[31m\n4.5")
 
 
 def test_query_uids_piped_into_download_gets_every_valid_study(
@@ -461,11 +466,7 @@ def test_catalog_query_uids_leaves_out_a_catalogued_uid_that_is_no_uid(
     listed = run_installed("catalog", "query", "--db", str(db), "--uids")
     assert listed.returncode == 1, listed.stderr
     assert listed.stdout == f"{good}\n"
-    assert listed.stderr == (
-        f"dlstudy: warning: the catalog holds a study under a UID that is no UID, '{long_uid}' "
-        "(a UID is digits and dots, at most 64 characters): left out, as download --from-file "
-        "refuses a list holding one\n"
-    )
+    assert listed.stderr == left_out("the catalog holds", long_uid)
     as_json = run_installed("catalog", "query", "--db", str(db), "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert {json.loads(line)["study_uid"] for line in as_json.stdout.splitlines()} == {
@@ -490,11 +491,7 @@ def test_catalog_status_and_sql_show_no_control_character_and_no_uid_that_is_no_
     left = run_installed("catalog", "status", "--db", str(db), "-o", fresh, "--uids")
     assert left.returncode == 1, left.stderr
     assert left.stdout == f"{good}\n"
-    assert left.stderr == (
-        "dlstudy: warning: the catalog holds a study under a UID that is no UID, "
-        "'1.2.3\\x1b[31m\\n4.5' (a UID is digits and dots, at most 64 characters): left out, "
-        "as download --from-file refuses a list holding one\n"
-    )
+    assert left.stderr == left_out("the catalog holds", odd_uid)
     tsv = run_installed("catalog", "status", "--db", str(db), "-o", fresh, "--state", "missing")
     assert tsv.returncode == 0, tsv.stderr
     assert "1.2.3?[31m?4.5\tmissing\t" in tsv.stdout and "\x1b" not in tsv.stdout

@@ -59,21 +59,6 @@ except KeyboardInterrupt:
 """
 
 
-def test_a_ctrl_c_that_python_cannot_raise_where_it_lands_is_delivered_again() -> None:
-    """A Ctrl-C landing in a weakref callback of an import's module lock (seen in a test of
-    Ctrl-C during start-up) printed Python's traceback and was lost. The same from a
-    `__del__`, in a fresh interpreter: no traceback, and the run is interrupted."""
-    result = subprocess.run(
-        [sys.executable, "-c", _DYING_WITH_A_CTRL_C],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.stdout.strip() == "interrupted", result
-    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
-
-
 _DYING_WITH_A_SIGTERM = """
 import signal, sys, time
 from dlstudy.cli import entry
@@ -90,15 +75,19 @@ except entry.StoppedWhileStarting as stop:
 """
 
 
-def test_a_sigterm_that_python_cannot_raise_where_it_lands_is_delivered_again() -> None:
-    """The same for a SIGTERM while the CLI starts: delivered again as itself, not as the
-    Ctrl-C the hook delivers."""
+@pytest.mark.parametrize(
+    ("program", "said"),
+    [(_DYING_WITH_A_CTRL_C, "interrupted"), (_DYING_WITH_A_SIGTERM, "terminated")],
+)
+def test_a_stop_that_python_cannot_raise_where_it_lands_is_delivered_again(
+    program: str, said: str
+) -> None:
+    """A Ctrl-C landing in a weakref callback of an import's module lock (seen in a test of
+    Ctrl-C during start-up) printed Python's traceback and was lost. The same from a
+    `__del__`, in a fresh interpreter: no traceback, and the run is interrupted. A SIGTERM
+    while the CLI starts is delivered again as itself, not as the Ctrl-C the hook delivers."""
     result = subprocess.run(
-        [sys.executable, "-c", _DYING_WITH_A_SIGTERM],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
     )
-    assert result.stdout.strip() == "terminated", result
+    assert result.stdout.strip() == said, result
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
