@@ -291,7 +291,10 @@ TimeoutOpt = Annotated[
         option(
             "--timeout",
             envvar="DLSTUDY_TIMEOUT",
-            help="Seconds of silence before a request fails (above 0).",
+            help=(
+                "Seconds (above 0) to connect, and of silence while reading, before a "
+                "request fails; an instance's transfer must bring 64 KiB in each."
+            ),
         ),
         parser=seconds(above_zero=True),
     ),
