@@ -17,7 +17,10 @@ Studies without a StudyDate are found when the first page of the whole scope hol
 or when that scope is paged by offset; once the walk splits by date they cannot be asked for:
 if the server gave a count, how many there are is reported as unreachable; if not, and the
 catalog holds undated studies, that some may be missing (count unknown); if it holds none, a
-note says undated studies, if any, may be missing.
+note says undated studies, if any, may be missing. Studies without a StudyTime are the same
+within a day split by time of day (no time range matches an empty time): counted from the
+server's count of the day, or else unreachable (count unknown) when the catalog holds such
+studies of that day, a note when it holds none.
 
 Later pulls (`update`) ask for what can be new: each window's first page again, skipped when
 the count the server reports equals the studies the catalog has there; when only new studies
@@ -171,6 +174,8 @@ class Harvester:
                         tg.start_soon(one, window)
         await self.db(c.merge, pull)
         summary.unreachable = await self.db(c.unreachable, pull.number)
+        # (before a --full pull removes any; the root's count holds those it counted)
+        untimed = await self.db(self._untimed, pull, summary)
         if pull.kind == "full":
             if summary.unreachable == 0:
                 await self.db(c.remove_unseen, pull, Window.root(self.query.study_date))
@@ -182,7 +187,7 @@ class Harvester:
         summary.new, summary.changed, summary.deleted = await self.db(c.found, pull.number)
         if self.level == "series":
             await self._series(pull, summary)
-        undated = await self.db(self._outside_windows, pull)
+        undated = max(0, await self.db(self._outside_windows, pull) - untimed)
         if undated:
             summary.notes.append(
                 f"{undated} studies of the server's count are in no date window "
@@ -221,6 +226,50 @@ class Harvester:
         if state != "split" or reported is None:
             return 0
         return max(0, reported - self.catalog.count_in(root))
+
+    def _untimed(self, pull: Pull, summary: PullSummary) -> int:
+        """Studies without a StudyTime in the days the walk split by time of day: a time range
+        never matches an empty time (Orthanc), so past a day's first page they cannot be asked
+        for. Counted when the server counted the day (its count less its two time halves' and
+        the untimed ones catalogued), and that count returned; otherwise unknown: unreachable
+        when the catalog holds such studies of the day (its first page listed some), a note
+        when it holds none, as for studies without a StudyDate."""
+        counted: dict[str, int] = {}
+        seen: list[str] = []
+        uncounted: list[str] = []
+        for day, reported in self.catalog.split_days(pull.number):
+            halves = [self.catalog.window_state(pull.number, h.key)[1] for h in day.split()]
+            untimed = self.catalog.untimed_in(day)
+            if reported is not None and None not in halves:
+                if (missing := reported - sum(h or 0 for h in halves) - untimed) > 0:
+                    counted[day.key] = missing
+            elif untimed:
+                seen.append(day.key)
+            else:
+                uncounted.append(day.key)
+        missing = sum(counted.values())
+        if missing:
+            summary.notes.append(
+                f"{missing} studies of the server's count of {_days(list(counted))} are in no "
+                "time window (no StudyTime?) and could not be asked for"
+            )
+            summary.unreachable = None if summary.unreachable is None else (
+                summary.unreachable + missing
+            )  # fmt: skip
+        if seen:
+            summary.notes.append(
+                f"the search of {_days(seen)} was cut, so it was split by time of day, and the "
+                "day has studies without a StudyTime, which no time window finds: those past "
+                "its first page could not be asked for"
+            )
+            summary.unreachable = None
+        elif uncounted:
+            summary.notes.append(
+                f"the search of {_days(uncounted)} gave no count and was split by time of day: "
+                "studies without a StudyTime, which no time window finds, may be missing past "
+                "its first page"
+            )
+        return missing
 
     def _undated_cut(self, pull: Pull) -> bool:
         """Whether the whole scope was split uncounted in an archive with undated studies
@@ -576,6 +625,13 @@ class Harvester:
             asked = sum(can_be_asked_for(uid) for uid, _ in batch)
             await self.db(self.catalog.record_series, list(listed), asked, pull.number)
         summary.series_cut = len(cut)
+
+
+def _days(keys: list[str]) -> str:
+    """`20200301`, or `20200301 and 2 other days` (window keys of single days)."""
+    first = next(part for part in sorted(keys)[0].split("-") if part)
+    others = len(keys) - 1
+    return first if not others else f"{first} and {others} other day{'s' * (others > 1)}"
 
 
 def _one(modalities: tuple[str, ...]) -> str | None:

@@ -525,6 +525,24 @@ class Catalog:
         ).fetchone()
         return bool(row and row[0])
 
+    def split_days(self, pull: int) -> list[tuple[Window, int | None]]:
+        """The single days (no time range) the pull split by time of day, with the count the
+        server gave of each (None: none)."""
+        rows = self.db.execute(
+            "SELECT key, reported FROM windows WHERE pull = ? AND state = 'split'", [pull]
+        ).fetchall()
+        windows = [(Window.from_key(k), None if r is None else int(r)) for k, r in rows]
+        return [(w, r) for w, r in windows if w.dated and w.lo == w.hi and w.t_lo is None]
+
+    def untimed_in(self, window: Window) -> int:
+        """Catalogued studies of `window` without a StudyTime (no time window finds them)."""
+        where, params = window_sql(window)
+        row = self.db.execute(
+            f"SELECT count(*) FROM studies WHERE {where} AND coalesce(trim(study_time), '') = ''",
+            params,
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def count_in(self, window: Window) -> int:
         """Studies of earlier pulls in this window."""
         where, params = window_sql(window)

@@ -2,7 +2,8 @@
 listed again as `catalog pull` lists it: split by date, then by time of day, each window until
 its answer is whole, into a throwaway catalog in OUT/.dlstudy, which is then read as
 `sync --catalog` reads one. What cannot be listed even so (more studies than the cap in one
-second, studies without a StudyDate past the cut) is in the pull's `unreachable` and notes."""
+second, studies without a StudyDate past the cut, or without a StudyTime in a day split by
+time) is in the pull's `unreachable` and notes."""
 
 from __future__ import annotations
 

@@ -791,10 +791,46 @@ def test_a_pull_split_without_a_count_says_undated_studies_may_be_missed(
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["studies"] == 27
-    (note,) = summary["notes"]
+    (note,) = [n for n in summary["notes"] if "StudyDate" in n]  # (days split by time: one more)
     assert "studies without a StudyDate" in note and "may be missing" in note, note
     text = run_installed("catalog", "pull", "--url", capped, "--db", str(db), "--full")
     assert "catalog: the search gave no count" in text.stderr, text.stderr
+
+
+def test_a_day_split_by_time_says_what_its_studies_without_a_study_time_may_lack(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """Seven studies of one day, the 2 whose UIDs sort last without a StudyTime, behind a cap
+    of 4 that ignores offset: the day is split by time, and no time range matches an empty
+    time, so both were missed, exit 0 with no word (or, counted, said to have no StudyDate).
+    With a count, the 2 its halves do not hold are unreachable, exit 1; without one, the day's
+    first page listed neither, so a note says they may be missing, exit 0."""
+    source = tmp_path / "source"
+    instances = synth(source, 7, seed=84, dates=("20200301", "20200301"))
+    untimed = sorted(study_uids(instances))[-2:]
+    for instance in instances:
+        if instance.study_uid in untimed:
+            ds = pydicom.dcmread(instance.path)
+            del ds.StudyTime
+            ds.save_as(instance.path, enforce_file_format=True)
+    day = ("--study-date", "20200301")
+
+    counted = embedded_server(source, max_page_size=4, ignore_offset=True)
+    db = tmp_path / "counted.duckdb"
+    result = run_installed("catalog", "pull", "--url", counted, "--db", str(db), "--json", *day)
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["studies"], summary["unreachable"]) == (5, 2), summary
+    assert summary["notes"] == [
+        "2 studies of the server's count of 20200301 are in no time window (no StudyTime?) "
+        "and could not be asked for"
+    ]
+
+    silent = embedded_server(source, max_page_size=4, ignore_offset=True, silent_cap=True)
+    summary = pull(silent, tmp_path / "silent.duckdb", *day)
+    assert (summary["studies"], summary["unreachable"]) == (5, 0), summary
+    (note,) = summary["notes"]
+    assert "of 20200301 gave no count" in note and "without a StudyTime" in note, note
 
 
 def set_retired_forms(instances: list[SynthInstance], dates: list[str], times: list[str]) -> None:

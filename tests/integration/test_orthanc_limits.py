@@ -259,3 +259,38 @@ def pull_everything(orthanc: OrthancServer, db: Path) -> set[str]:
         catalogued = {r[0] for r in con.execute("SELECT study_uid FROM studies").fetchall()}
     assert json.loads(pulled.stdout)["studies"] == len(catalogued)
     return catalogued
+
+
+def test_a_day_orthanc_cuts_with_studies_without_a_study_time_is_not_taken_for_whole(
+    capped: OrthancServer, tmp_path: Path
+) -> None:
+    """Seven studies of one day behind `LimitFindResults: 4`, two without a StudyTime, one
+    stored first and one last: the day is split by time, Orthanc matches no empty time to a
+    time range, so the one past the day's first page was in no window: 6 of 7, exit 0
+    (`catalog pull` and `sync`). No count says how many such studies there are: as for
+    studies without a StudyDate, the pull says so, unreachable unknown, exit 1."""
+    capped.reset()
+    spec = SynthSpec(studies=7, series=1, instances=1, size=1024, seed=78,
+                     study_dates=("20200604", "20200604"))  # fmt: skip
+    instances = generate(tmp_path / "source", spec)
+    untimed = (instances[0], instances[-1])
+    for instance in instances:
+        if instance in untimed:
+            ds = dcmread(instance.path)
+            del ds.StudyTime
+            ds.save_as(instance.path, enforce_file_format=True)
+        assert capped.upload(instance.path)["Status"] == "Success"
+    url, day = capped.dicomweb_url, ("--study-date", "20200604")
+
+    db = tmp_path / "c.duckdb"
+    pulled = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--json", *day)
+    assert pulled.returncode == 1, pulled.stderr
+    summary = json.loads(pulled.stdout)
+    assert (summary["studies"], summary["unreachable"]) == (6, None), summary
+    (note,) = summary["notes"]
+    assert "of 20200604 was cut" in note and "without a StudyTime" in note, note
+
+    synced = run_installed("sync", "--url", url, "-o", str(tmp_path / "out"), "--json", *day)
+    assert synced.returncode == 1, synced.stderr
+    (failure,) = json.loads(synced.stdout)["failures"]
+    assert "without a StudyTime" in failure["reason"], failure
