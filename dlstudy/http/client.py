@@ -49,7 +49,7 @@ from .failures import (
 from .proxy import Proxies, shown
 from .rate import RateLimit
 from .tls_files import tls_files_problem, trusted_cas
-from .urls import redact_url, split_base_url, with_query
+from .urls import is_shown_query_key, redact_url, split_base_url, with_query
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,37 @@ async def refuse_unfollowable_redirect(response: httpx.Response) -> None:
         raise httpx.UnsupportedProtocol(
             f"an invalid URL, {redact_url(location)!r},", request=response.request
         ) from None
+
+
+async def refuse_search_dropping_redirect(response: httpx.Response) -> None:
+    """A search redirected to a Location without its query (nginx's `return 301 /moved$uri`:
+    `$uri` has none) would be a search for everything: `sync --modality MR` downloaded every
+    study, exit 0. A redirect that changes the search (its matching keys, paging or
+    includefield) is refused before it is followed; not retried, the server sends it again.
+    Run after refuse_unfollowable_redirect, which refuses a Location that does not parse."""
+    if not response.has_redirect_location:
+        return
+    asked = search_params(response.request.url)
+    if not asked:
+        return
+    target = response.request.url.join(response.headers["Location"])
+    kept = search_params(target)
+    if kept != asked:
+        shown = redact_url(str(target))
+        raise ServerError(
+            f"the server redirected the search {redact_url(str(response.request.url))} to "
+            f"{shown}, which {'changes' if kept else 'drops'} the search's query: not "
+            "followed, it would search for other studies than asked (the redirect should "
+            "keep the query; or give its target in --url)",
+            url=shown,
+        )
+
+
+def search_params(url: httpx.URL) -> list[tuple[str, str]]:
+    """A URL's QIDO parameters (matching keys, paging, includefield), in order of name."""
+    return sorted(
+        (name, value) for name, value in url.params.multi_items() if is_shown_query_key(name)
+    )
 
 
 def make_engine(
@@ -310,7 +341,7 @@ class Transport:
             follow_redirects=True,
             event_hooks={
                 "request": [self._strip_secrets_off_origin],
-                "response": [refuse_unfollowable_redirect],
+                "response": [refuse_unfollowable_redirect, refuse_search_dropping_redirect],
             },
         )
 

@@ -715,6 +715,57 @@ def test_a_search_redirected_to_an_invalid_url_stops_with_one_line(
         assert "redirected to an invalid URL" in json.loads(result.stdout)["error"]
 
 
+def behind_redirecting_nginx(folder: Path, archive: str, keep_query: bool) -> Any:
+    """nginx redirecting `/dicomweb/...` to `/moved/dicomweb/...`, which it passes on to the
+    `archive` (an embedded server's base URL); with `keep_query=False` the redirect drops the
+    query, as `$uri` (a common mistake for `$request_uri`) does."""
+    from ..fixtures.proxies import nginx
+
+    backend = archive.removesuffix("/dicomweb")
+    kept = "$request_uri" if keep_query else "$uri"
+    return nginx(
+        folder,
+        f"location /dicomweb/ {{ return 301 /moved{kept}; }}\n"
+        f"location /moved/ {{ rewrite ^/moved/(.*)$ /$1 break; proxy_pass {backend}; }}",
+    )
+
+
+def test_a_search_redirected_without_its_query_stops_before_any_download(
+    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer
+) -> None:
+    """A redirect whose Location drops the query turned `--modality MR` into a search for
+    every study: `sync` downloaded the archive's CT studies, `query` listed them, exit 0, not
+    a word. The search stops now (exit 3), naming the redirect's target; one that keeps the
+    query is followed as before."""
+    archive = embedded_server(synth_study.root)
+    other = "1.2.3.4.5.6"
+    searches = [
+        ("query", "--modality", "MR"),
+        ("query", "--filter", f"StudyInstanceUID={other}"),
+        ("sync", "--modality", "MR", "-o", str(tmp_path / "out"), "-q"),
+    ]
+    with behind_redirecting_nginx(tmp_path / "nginx", archive, keep_query=False) as origin:
+        url = f"{origin}/dicomweb?subscription-key=k3y-secret"
+        for args in searches:
+            result = run_installed(*args, "--url", url)
+            assert result.returncode == 3, (args, result.stderr)
+            (error,) = result.stderr.splitlines()
+            assert error.startswith(
+                f"dlstudy: error: the server redirected the search {origin}/dicomweb/studies?"
+            ), error
+            assert f" to {origin}/moved/dicomweb/studies, which drops the search's query" in error
+            assert "k3y-secret" not in error
+            assert result.stdout == ""
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.dcm"))
+
+    with behind_redirecting_nginx(tmp_path / "nginx2", archive, keep_query=True) as origin:
+        url = f"{origin}/dicomweb"
+        assert run_installed("query", "--modality", "MR", "--url", url).returncode == 4
+        result = run_installed("query", "--modality", "CT", "--uids", "--url", url)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [synth_study.study_uid]
+
+
 def test_a_redirect_from_https_to_plain_http_is_warned_of_once(
     tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
 ) -> None:
