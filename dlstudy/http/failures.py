@@ -255,6 +255,33 @@ def _client_certificate_refusal(response: httpx.Response) -> str | None:
     return next((said for words, said in _CLIENT_CERTIFICATE_REFUSALS if words in head), None)
 
 
+# What web servers answer (HTTP 400, a page of their own) to plain HTTP on a TLS port they
+# serve, instead of closing the connection (no_http_answer): nginx's, Apache httpd's, Go's.
+_PLAIN_HTTP_TO_TLS_PORT = (
+    b"The plain HTTP request was sent to HTTPS port",
+    b"speaking plain HTTP to an SSL-enabled server port",
+    b"Client sent an HTTP request to an HTTPS server",
+)
+
+
+def _plain_http_to_tls_port(response: httpx.Response) -> str | None:
+    """The line for a 400 read whole that says the request went in plain HTTP to a TLS port;
+    or None."""
+    if response.status_code != 400 or response.url.scheme != "http":
+        return None
+    try:
+        head = response.content[:4096]
+    except httpx.ResponseNotRead:  # a retrieval's, streamed: the run's searches came first
+        return None
+    words = next((words for words in _PLAIN_HTTP_TO_TLS_PORT if words in head), None)
+    if words is None:
+        return None
+    return (
+        f"{_netloc(response.url)} speaks TLS: it answered HTTP 400 ({words.decode()}); "
+        f"use https:// ({redact_url(str(response.url))})"
+    )
+
+
 def _proxy_refusal(proxy: str | None, status: int) -> str:
     """The line for a proxy that refused the request: credentials wanted, or those in its
     URL refused (`proxy` as shown, its password masked)."""
@@ -368,7 +395,8 @@ def redirected_elsewhere(response: httpx.Response) -> bool:
 
 def check_auth(response: httpx.Response, *, search: bool = False) -> None:
     """Raise AuthError for 401/403: the server refuses us, nothing else will work either;
-    and for 407, the proxy's refusal, which names the proxy.
+    and for 407, the proxy's refusal, which names the proxy. A 400 that says the request
+    went in plain HTTP to a TLS port (nginx's) is a ConnectError saying to use https://.
 
     Except from a redirect target on another origin: archives hand instances out through
     expiring links to object stores, and a link that died is one the archive renews when asked
@@ -382,6 +410,8 @@ def check_auth(response: httpx.Response, *, search: bool = False) -> None:
         raise AuthError(
             _proxy_refusal(proxy, 407), url=redact_url(str(response.url)), status_code=407
         )
+    if (plain := _plain_http_to_tls_port(response)) is not None:
+        raise ConnectError(plain, url=redact_url(str(response.url)))
     if (refusal := _client_certificate_refusal(response)) is not None:
         url = redact_url(str(response.url))
         raise AuthError(f"server {refusal} (HTTP 400 on {url})", url=url, status_code=400)

@@ -988,6 +988,37 @@ def test_a_server_asking_for_a_client_certificate_names_cert(
 
 
 @pytest.mark.integration
+def test_plain_http_to_nginxs_tls_port_says_use_https_in_every_command(
+    tmp_path: Path, tls_ca: TlsFiles
+) -> None:
+    """nginx answers plain HTTP on its TLS port with its own HTTP 400 page (`The plain HTTP
+    request was sent to HTTPS port`): the line says to use https://, exit 3. `query` said the
+    URL, ending in /dicomweb, was no DICOMweb root (`answered HTTP 400 (an HTML page)`), the
+    other commands `QIDO search: HTTP 400 on ...`."""
+    out = str(tmp_path / "out")
+    commands = [
+        ("query",),
+        ("download", STUDY, "-o", out),
+        ("sync", "-o", out),
+        ("catalog", "pull", "--db", str(tmp_path / "c.duckdb")),
+        ("bench", STUDY, "--repeat", "1"),
+    ]
+    with nginx_asking_for_a_client_certificate(
+        tmp_path / "nginx", tls_ca, verify_client=False
+    ) as tls_url:
+        url = tls_url.replace("https://", "http://")
+        netloc = url.split("/")[2]
+        for args in commands:
+            result = run_installed(*args, "--url", url)
+            assert result.returncode == 3, (args, result.stderr)
+            (line,) = error_lines(result.stderr)
+            assert line.startswith(
+                f"dlstudy: error: {netloc} speaks TLS: it answered HTTP 400 (The plain HTTP "
+                f"request was sent to HTTPS port); use https:// ({url}/studies"
+            ), line
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("tls12", [False, True], ids=["tls1.3", "tls1.2"])
 def test_a_tls_alert_about_the_client_certificate_names_cert(
     tmp_path: Path, tls_ca: TlsFiles, tls12: bool
