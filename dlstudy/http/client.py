@@ -45,6 +45,7 @@ from .failures import (
     no_http_answer,
     origin_of,
     translate_error,
+    unprocessed,
 )
 from .proxy import Proxies, shown
 from .rate import RateLimit
@@ -76,6 +77,10 @@ T = TypeVar("T")
 USER_AGENT = "dlstudy"
 # Seconds between attempts to connect again once a server that answered refuses connections.
 RECONNECT_PAUSE = 0.5
+# Times a request libcurl gave up sending again (failures.unprocessed) is sent once more,
+# outside --retries: each lets libcurl try 6 more connections; a server that refuses every
+# stream still ends the request.
+UNPROCESSED_RESENDS = 20
 # Headers about the body as it came over the wire, wrong for the decoded body of _read_small.
 _BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 # In the extensions of an answer read whole: whether it came unframed (its own headers gone).
@@ -406,12 +411,23 @@ class Transport:
         this run, for up to --timeout seconds: a server or proxy restarting (a hospital's
         proxy reloading its configuration) refuses connections for a moment, which is no
         reason to stop the run. One that never answered, or stays down, stops it (exit 3).
-        Whether it answered is the run's knowledge: a worker process's Transport is told."""
+        Whether it answered is the run's knowledge: a worker process's Transport is told.
+        A request the server never began, that libcurl gave up sending again (an HTTP/2
+        stream refused, or cut by a GOAWAY, more times than libcurl's own bound), is sent
+        again too, up to UNPROCESSED_RESENDS times, without using up a retry."""
         deadline = time.monotonic() + self.settings.timeout
+        resends = 0
         while True:
             try:
                 return await send()
             except httpx.TransportError as exc:
+                if unprocessed(exc) and resends < UNPROCESSED_RESENDS:
+                    resends += 1
+                    log.debug(
+                        "the server did not process the request (%s); sending it again",
+                        curl_failure(exc),
+                    )
+                    continue
                 answered = self._answered_before or self.http_version is not None
                 if not answered or not could_not_connect(exc):
                     raise

@@ -180,6 +180,20 @@ def could_not_connect(exc: BaseException) -> bool:
     return curl.code == _COULDNT_CONNECT or curl.proxy_could_not_connect or curl.handshake_cut
 
 
+# libcurl's words when its own resends of a request the server never began ran out: a stream
+# refused (REFUSED_STREAM: libcurl opens streams past the server's limit before its SETTINGS
+# arrive), or left unprocessed behind a GOAWAY, is sent again on a fresh connection, at most 5
+# times a request (CONN_MAX_RETRIES), whatever the server said in between.
+_RESENDS_RAN_OUT = "Connection died, tried"
+
+
+def unprocessed(exc: BaseException) -> bool:
+    """libcurl gave up sending again a request the server did not process (nothing of an
+    answer came): sending it once more is safe, and no failure of the server's."""
+    curl = curl_failure(exc)
+    return curl is not None and not curl.answered and curl.message.startswith(_RESENDS_RAN_OUT)
+
+
 def no_http_answer(exc: BaseException, url: str) -> ConnectError:
     """The run's first request got no HTTP answer at all, twice: a TLS port asked in plain
     text closes or resets the connection, or answers with TLS records."""

@@ -1658,9 +1658,46 @@ def test_an_http2_stream_ended_early_without_a_length_is_never_committed(
     assert not list(out.rglob("*.part"))
 
 
+def test_http2_streams_past_the_servers_limit_use_up_no_retry(tmp_path: Path) -> None:
+    """A server that allows 1 stream at a time, its SETTINGS late (as over a network):
+    libcurl opens more streams before they arrive, the server refuses them (REFUSED_STREAM,
+    as nginx's http2_max_concurrent_streams), and libcurl gives one up after sending it again
+    5 times ("Connection died"). Those requests were never processed: sent again, with
+    --retries 0, every instance arrives and no retry is counted."""
+    from ..factories import instance_json, part10, series_json
+    from ..scripted_h2 import Peer
+    from ..scripted_servers import SERIES, STUDY
+
+    sops = [f"{SERIES}.{i}" for i in range(1, 61)]
+
+    async def handler(peer: Peer, stream_id: int) -> None:
+        path = peer.path(stream_id).decode().split("?", 1)[0]
+        if path.endswith("/series"):
+            kind, body = b"application/dicom+json", json.dumps([series_json(SERIES)]).encode()
+        elif path.endswith(("/instances", "/studies")):
+            listing = [instance_json(sop) for sop in sops]
+            kind, body = b"application/dicom+json", json.dumps(listing).encode()
+        else:
+            kind = b"application/dicom"
+            body = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 4096)
+        peer.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", kind)])
+        await peer.send_body(stream_id, body)
+
+    out = tmp_path / "out"
+    with h2_server_in_a_thread(handler, max_concurrent_streams=1, settings_delay=0.02) as url:
+        status, summary, stderr = installed_download(
+            url + "/dicomweb", STUDY, out, "--http", "2", "--mode", "instance", "--retries", "0",
+            "-c", "16",
+        )  # fmt: skip
+    assert status == 0, summary["failures"]
+    assert summary["retried"] == 0 and "Connection died" not in stderr
+    assert len(list(out.rglob("*.dcm"))) == len(sops)
+
+
 @contextmanager
-def h2_server_in_a_thread(handler: Any) -> Iterator[str]:
-    """A scripted HTTP/2 server (tests/scripted_h2.py) on its own loop in a thread."""
+def h2_server_in_a_thread(handler: Any, **options: Any) -> Iterator[str]:
+    """A scripted HTTP/2 server (tests/scripted_h2.py) on its own loop in a thread;
+    `options` go to H2Server (max_concurrent_streams, settings_delay)."""
     import asyncio
     import threading
 
@@ -1670,7 +1707,7 @@ def h2_server_in_a_thread(handler: Any) -> Iterator[str]:
     box: dict[str, Any] = {}
 
     async def serve() -> None:
-        async with H2Server(handler) as server:
+        async with H2Server(handler, **options) as server:
             box.update(url=server.url, loop=asyncio.get_running_loop(), stop=asyncio.Event())
             ready.set()
             await box["stop"].wait()
