@@ -1,7 +1,8 @@
 """The PEM files of --ca-bundle, --cert and --key, checked before any request: libcurl reads
 them only when it connects, and says so as a failed handshake (exit 3) without naming the
-option. Only what is cheap and certain is checked here: that each is a readable file with the
-PEM block libcurl will look for; a block that does not parse is still libcurl's to find.
+option. Checked here: that each is a readable file with the PEM block libcurl will look for,
+and that OpenSSL can load the CA bundle's certificates (a damaged --cert or --key is still
+libcurl's to find).
 
 Without --ca-bundle, the CA bundle named by the environment is trusted, as by the clients a
 site has set it up for (a hospital's own CA, or its TLS-inspecting proxy's): httpx reads
@@ -59,6 +60,8 @@ def tls_files_problem(
             continue
         path = Path(path)
         problem = pem_file_problem(path, block)
+        if problem is None and option == where:
+            problem = _trust_problem(path)
         if problem is not None:
             hint = (
                 " (give it with --key)" if option == "--cert" and block == PEM_PRIVATE_KEY else ""
@@ -72,6 +75,19 @@ def pem_file_problem(path: Path, block: tuple[str, str]) -> str | None:
     words to follow the option and path; or None."""
     marker, what = block
     return _file_problem(path) or _content_problem(path, marker, what)
+
+
+def _trust_problem(path: Path) -> str | None:
+    """Why OpenSSL cannot trust the CAs of `path`, a file with a PEM certificate in it: a
+    block cut short, or one that is no certificate (libcurl says so at the first handshake
+    only, as a TLS failure); or None."""
+    import ssl  # here: a CA bundle is seldom given, and ssl is no small import
+
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:
+        return "damaged: a PEM block in it is cut short or is no certificate"
+    return None
 
 
 def environment_ca_bundle() -> tuple[str, Path] | None:

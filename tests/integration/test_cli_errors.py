@@ -849,20 +849,30 @@ def test_unusable_tls_files_are_usage_errors_before_any_request(
         assert error_lines(result.stderr) == [f"dlstudy: error: {expected}"], options
 
 
-@pytest.mark.integration
-def test_a_ca_bundle_that_does_not_parse_is_named_by_its_option(
-    tmp_path: Path, synth_study: SynthStudy, embedded_server: StartServer, tls_ca: TlsFiles
+def test_a_damaged_ca_bundle_is_a_usage_error_naming_where_it_came_from(
+    tmp_path: Path, tls_ca: TlsFiles
 ) -> None:
-    url = embedded_server(synth_study.root, tls_cert=tls_ca.cert, tls_key=tls_ca.key)
-    broken = tmp_path / "broken.pem"
-    broken.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
-    result = run_installed(
-        "download", synth_study.study_uid, "--url", url, "-o", str(tmp_path / "out"),
-        "--ca-bundle", str(broken),
-    )  # fmt: skip
-    assert result.returncode == 3, result.stderr
-    (line,) = error_lines(result.stderr)
-    assert "--ca-bundle" in line, line
+    """A CA bundle cut short, a block that is no certificate, alone or after a good CA: exit
+    2 before any request (nothing listens at the URL), naming the option or the variable that
+    gave the file. libcurl found these at the first handshake only: exit 3, always naming
+    --ca-bundle."""
+    good = tls_ca.ca_pem.read_text()
+    not_one = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+    files = {"cut.pem": good[:200], "no-certificate.pem": not_one, "then-not.pem": good + not_one}
+    url = f"https://127.0.0.1:{free_port()}/dicomweb"
+    out = str(tmp_path / "out")
+    damaged = "damaged: a PEM block in it is cut short or is no certificate"
+    for name, text in files.items():
+        bundle = tmp_path / name
+        bundle.write_text(text)
+        for options, env, named in (
+            (["--ca-bundle", str(bundle)], {}, "--ca-bundle"),
+            ([], {"SSL_CERT_FILE": str(bundle)}, "$SSL_CERT_FILE"),
+        ):
+            result = run_installed("download", STUDY, "--url", url, "-o", out, *options, env=env)
+            assert result.returncode == 2, (name, named, result.stderr)
+            expected = f"dlstudy: error: {named} {bundle}: {damaged}"
+            assert error_lines(result.stderr) == [expected]
 
 
 @pytest.mark.integration
