@@ -131,6 +131,7 @@ class CurlFailure(Exception):
         connect_status: int = 0,
         handshake_cut: bool = False,
         client_cert: bool = False,
+        own_cas: bool = False,
     ) -> None:
         super().__init__(f"curl error {code}: {message}")
         self.code = code
@@ -147,6 +148,7 @@ class CurlFailure(Exception):
         # the peer reset or closed the connection during the TLS handshake
         self.handshake_cut = handshake_cut
         self.client_cert = client_cert  # a client certificate was offered (--cert)
+        self.own_cas = own_cas  # the server was checked against CAs given (--ca-bundle)
 
     @property
     def through_proxy(self) -> bool:
@@ -478,6 +480,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             connect_status=int(transfer.easy.getinfo(pycurl.HTTP_CONNECTCODE)),
             handshake_cut=handshake_cut,
             client_cert=self.tls.cert is not None,
+            own_cas=self.tls.ca_bundle is not None,
         )
         error: httpx.TransportError
         if unanswered_quic:

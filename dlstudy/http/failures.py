@@ -85,7 +85,7 @@ def _translate(exc: BaseException, url: str) -> DlstudyError:
             elif (refusal := _client_certificate_alert(curl)) is not None:
                 said = f"the server {refusal} ({said})"
             else:
-                said = _tls_cause(said, parsed.host)
+                said = _tls_cause(said, parsed.host, own_cas=curl.own_cas)
             return ConnectError(f"TLS handshake with {parsed.host!r} failed: {said}", url=shown)
         if curl is not None and curl.handshake_cut:
             return ConnectError(
@@ -235,7 +235,7 @@ def _no_answer_through(curl: CurlFailure, parsed: httpx.URL) -> str:
 
 
 _WANTS_CERTIFICATE = "wants a client certificate: give it with --cert/--key"
-_REFUSED_CERTIFICATE = "refused the client certificate (--cert): not one it trusts?"
+_REFUSED_CERTIFICATE = "refused the client certificate (--cert): not one it trusts, or expired?"
 # nginx's words (in an HTTP 400 of its own) when `ssl_verify_client on` got no client
 # certificate, or one it does not trust: the handshake itself succeeded.
 _CLIENT_CERTIFICATE_REFUSALS = (
@@ -343,6 +343,8 @@ _LOCAL_TLS_FILES = {77: "--ca-bundle", 58: "--cert/--key", 43: "--cert/--key"}
 
 # What OpenSSL says (through libcurl) about a certificate, and the cause in plain words.
 _UNKNOWN_CA = "the {whose} certificate is signed by an unknown CA (trust it with --ca-bundle)"
+# ... when the CAs to trust were given (--ca-bundle, $SSL_CERT_FILE): not the server's CA.
+_NOT_IN_BUNDLE = "the {whose} certificate is signed by no CA of the bundle given"
 _TLS_CAUSES = (
     (("certificate has expired",), "the {whose} certificate has expired"),
     (("certificate is not yet valid",), "the {whose} certificate is not valid yet"),
@@ -351,10 +353,13 @@ _TLS_CAUSES = (
 )
 
 
-def _tls_cause(said: str, host: str, whose: str = "server's") -> str:
-    """libcurl's TLS message, led by its cause in plain words when it is a known one."""
+def _tls_cause(said: str, host: str, whose: str = "server's", *, own_cas: bool = False) -> str:
+    """libcurl's TLS message, led by its cause in plain words when it is a known one.
+    `own_cas`: the CAs to trust were given (--ca-bundle, $SSL_CERT_FILE)."""
     for markers, cause in _TLS_CAUSES:
         if any(marker in said for marker in markers):
+            if cause == _UNKNOWN_CA and own_cas:
+                cause = _NOT_IN_BUNDLE
             return f"{cause.format(host=host, whose=whose)} ({said})"
     return said
 
