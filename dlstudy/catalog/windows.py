@@ -162,7 +162,8 @@ def _day(text: str) -> int:
 
 
 def _date(day: int) -> str:
-    return dt.date.fromordinal(day).strftime("%Y%m%d")
+    date = dt.date.fromordinal(day)
+    return f"{date.year:04}{date.month:02}{date.day:02}"  # (strftime leaves years < 1000 short)
 
 
 def _seconds(text: str) -> int:

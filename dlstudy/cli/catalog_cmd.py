@@ -90,7 +90,11 @@ WalkOpt = Annotated[
 ]
 RecentOpt = Annotated[
     int,
-    catalog_option("--recent", help="Days listed again by every later pull (new instances)."),
+    catalog_option(
+        "--recent",
+        help="Days listed again by every later pull (new instances): 0 to the days back to "
+        "the year 1.",
+    ),
 ]
 FullOpt = Annotated[
     bool,
@@ -322,8 +326,7 @@ def pull_command(
             fail_usage(f"--walk must be one of {', '.join(WALKS)}, got {walk!r}")
         if not 1 <= page_size <= 100_000:
             fail_usage(f"--page-size must be between 1 and 100000, got {page_size}")
-        if recent < 0:
-            fail_usage(f"--recent must not be negative, got {recent}")
+        _check_recent(recent)
         if options["study_date"] and is_relative_date(options["study_date"]):
             fail_usage(
                 f"catalog pull takes fixed dates, not --study-date {options['study_date']} (a "
@@ -338,6 +341,16 @@ def pull_command(
         plan = PullPlan(level, walk, recent, full, archive_moved)
         pulled = _pull(db, settings, query, plan, json_output=json_output, quiet=quiet)
     _print_pull(pulled, json_output=json_output, quiet=quiet)
+
+
+def _check_recent(recent: int) -> None:
+    """--recent reaches back at most to the first day a date has (0001-01-01): more was a
+    traceback (OverflowError) from the date arithmetic."""
+    most = dt.date.today().toordinal() - dt.date.min.toordinal()
+    if not 0 <= recent <= most:
+        fail_usage(
+            f"--recent must be between 0 and {most} (the days back to the year 1), got {recent}"
+        )
 
 
 @dataclass(frozen=True)

@@ -979,3 +979,29 @@ def test_a_signal_stops_sync_while_the_catalog_selects_its_studies(
     assert returncode == status, stderr
     assert stderr.splitlines()[-1].startswith(f"dlstudy: error: {said}"), stderr
     assert not out.exists()  # stopped before the output folder was made
+
+
+def test_recent_past_the_year_1_is_a_usage_error(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """`--recent 800000` (or DLSTUDY_RECENT=1000000000) on a later pull: an OverflowError
+    traceback, exit 1. A usage error naming the bound, exit 2; the bound itself lists every
+    day from 0001-01-01 (a StudyDate of eight digits)."""
+    url = embedded_server(None, virtual=VirtualSpec(20))
+    db = tmp_path / "c.duckdb"
+    pull(url, db)
+    most = dt.date.today().toordinal() - 1
+    said = f"dlstudy: error: --recent must be between 0 and {most} (the days back to the year 1)"
+    for args, env in (
+        (["--recent", "800000"], None),
+        ([], {"DLSTUDY_RECENT": "1000000000"}),
+        (["--recent", str(most + 1)], None),
+    ):
+        command = ["catalog", "pull", "--url", url, "--db", str(db), *args]
+        result = run_installed(*command, env=env)
+        assert result.returncode == 2, (args, env, result.stderr)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(said), line
+    assert pull(url, db, "--recent", str(most))["studies"] == 20
+    keys = catalog_rows(db, "SELECT key FROM windows WHERE pull = 2 AND mode = 'walk'")
+    assert keys == [("00010101-",)]
