@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import StorageError, UsageError
 from ..store.orphans import remove_orphans
-from .store import STUDY_COLUMNS, check_pulled, connect, damaged, date_range_sql, iter_rows
+from .store import (
+    STUDY_COLUMNS,
+    check_archive_of,
+    check_pulled,
+    connect,
+    damaged,
+    date_range_sql,
+    iter_rows,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -198,11 +206,14 @@ def select_uids(
         yield str(uid)
 
 
-def study_uids(path: Path, query: StudyQuery | None, where: str | None) -> list[str]:
-    """The UIDs of the matching studies (for download --from-catalog)."""
+def study_uids(
+    path: Path, query: StudyQuery | None, where: str | None, url: str | None = None
+) -> list[str]:
+    """The UIDs of the matching studies (for download --from-catalog, from `url`)."""
     db = connect(path, read_only=True)
     try:
         check_pulled(db, path)
+        check_archive_of(db, path, url)
         return list(select_uids(db, path, query, where))
     finally:
         db.close()
@@ -218,14 +229,15 @@ class CatalogBatches:
 
     @classmethod
     async def selected(
-        cls, path: Path, where: str | None, query: StudyQuery | None
+        cls, path: Path, where: str | None, query: StudyQuery | None, url: str | None = None
     ) -> CatalogBatches:
-        """The catalog at `path` opened and its selection made (closed again if that fails)."""
+        """The catalog at `path` opened and its selection made (closed again if that fails);
+        one of another archive than `url`'s is refused."""
         import anyio  # (sync alone reads a catalog this way: `catalog query` need not load it)
 
         batches = await anyio.to_thread.run_sync(cls, path)
         try:
-            await batches.off_loop(batches.select, where, query)
+            await batches.off_loop(batches.select, where, query, url)
         except BaseException:
             batches.close()
             raise
@@ -243,8 +255,9 @@ class CatalogBatches:
         self._rows: Iterator[tuple[Any, ...]] = iter(())
         self._size = size
 
-    def select(self, where: str | None, query: StudyQuery | None) -> None:
+    def select(self, where: str | None, query: StudyQuery | None, url: str | None = None) -> None:
         check_pulled(self._db, self._path)
+        check_archive_of(self._db, self._path, url)
         clause, params = where_of(query, where)
         sql = f"SELECT study_uid, instances FROM studies WHERE {clause} {_ORDER}"
         self._rows = iter_rows(_run(self._db, self._path, sql, params))

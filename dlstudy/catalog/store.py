@@ -335,6 +335,39 @@ def archive_address(url: str) -> str:
     return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
 
 
+def check_archive_of(db: duckdb.DuckDBPyConnection, path: Path, url: str | None) -> None:
+    """The catalog's studies are fetched from `url` (sync --catalog, download --from-catalog):
+    from another archive than its pulls', each failed as not found, or came from that one
+    without a word had it the same UIDs. Refused, as a pull from another archive is."""
+    stored = _meta(db, "archive")
+    # (an address no pull has heard from since it was recorded, mistyped with --archive-moved,
+    # says nothing of where the studies came from)
+    if not url or stored is None or not _heard_from_archive(db):
+        return
+    address = archive_address(url)
+    if stored != address:
+        raise UsageError(
+            f"catalog {path} lists the archive at {stored}, not {address}: give that --url, or "
+            "pull this archive into another --db (--archive-moved if the archive moved)"
+        )
+
+
+def _meta(db: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _heard_from_archive(db: duckdb.DuckDBPyConnection) -> bool:
+    """Whether a pull has recorded a request since the archive's address was recorded."""
+    bound_at = _meta(db, "archive_bound_at")
+    return _requests(db) > (int(bound_at) if bound_at is not None else 0)
+
+
+def _requests(db: duckdb.DuckDBPyConnection) -> int:
+    row = db.execute("SELECT coalesce(sum(requests), 0) FROM pulls").fetchone()
+    return int(row[0]) if row else 0
+
+
 class Catalog:
     """The catalog file, open for a pull (read-write)."""
 
@@ -386,8 +419,7 @@ class Catalog:
     # --- meta ------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return None if row is None else str(row[0])
+        return _meta(self.db, key)
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("BEGIN")
@@ -420,7 +452,7 @@ class Catalog:
         if stored is None or moved:
             self._bind_archive(address)
             return
-        if not self._heard_from_archive():  # what was learnt of that address goes with it
+        if not _heard_from_archive(self.db):  # what was learnt of that address goes with it
             self.db.execute("DELETE FROM meta WHERE key = 'offset_ok'")
             self._bind_archive(address)
             return
@@ -434,16 +466,7 @@ class Catalog:
         """Record `address` as the archive's, and how many requests the pulls had made then:
         one that moved it to a mistyped address and failed before any answer binds nothing."""
         self.set_meta("archive", address)
-        self.set_meta("archive_bound_at", str(self._requests()))
-
-    def _heard_from_archive(self) -> bool:
-        """Whether a pull has recorded a request since the archive's address was recorded."""
-        bound_at = self.get_meta("archive_bound_at")
-        return self._requests() > (int(bound_at) if bound_at is not None else 0)
-
-    def _requests(self) -> int:
-        row = self.db.execute("SELECT coalesce(sum(requests), 0) FROM pulls").fetchone()
-        return int(row[0]) if row else 0
+        self.set_meta("archive_bound_at", str(_requests(self.db)))
 
     # --- pulls and windows -----------------------------------------------------------------
 

@@ -59,14 +59,15 @@ SyncCatalogOpt = Annotated[
 ]
 
 
-def catalog_uids(path: Path, where: str | None) -> list[str | CohortItem]:
-    """`download --from-catalog FILE [--where SQL]`: the study UIDs it selects. The catalog
+def catalog_uids(path: Path, where: str | None, url: str | None) -> list[str | CohortItem]:
+    """`download --from-catalog FILE [--where SQL]`: the study UIDs it selects (a catalog of
+    another archive than `url`'s is refused). The catalog
     holds what the server sent: a UID that is no UID comes as an item that fails alone in the
     run (jobs/download.py), not as a usage error stopping it."""
     from ..catalog.query import study_uids
 
     try:
-        uids = study_uids(path, None, where)
+        uids = study_uids(path, None, where, url)
     except DlstudyError as exc:
         fail(str(exc), int(exc.exit_status))
     if not uids:

@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
                     wanted += read_from_file(from_file, repeats, keeper)
                 check_where(ctx, where, from_catalog, "--from-catalog")
                 if from_catalog is not None:
-                    wanted += catalog_uids(from_catalog, where)
+                    wanted += catalog_uids(from_catalog, where, url)
                 dropped = keeper.dropped if keeper is not None else 0
                 if not wanted and not dropped and from_file is not None:  # only comments
                     fail_usage(f"--from-file {from_file} names no study, series or instance")

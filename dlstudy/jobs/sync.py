@@ -206,7 +206,7 @@ async def _sync(
     ):  # opened before the output folder is made: one unreadable leaves nothing
         from ..catalog.query import CatalogBatches
 
-        selection = await CatalogBatches.selected(*catalog, query)
+        selection = await CatalogBatches.selected(*catalog, query, settings.url)
     try:
         store = Store(settings.output, settings.layout)
         store.prepare()

@@ -423,6 +423,7 @@ def test_download_from_catalog_with_an_invalid_uid_and_no_study_found_fails(
     instances[0].path.unlink()
     (tmp_path / "empty").mkdir()
     url = embedded_server(tmp_path / "empty")  # the archive now: the study deleted
+    pull(url, db, "--archive-moved")  # (an update pull: it keeps the catalogued studies)
     out = tmp_path / "out"
     result = run_installed("download", "--from-catalog", str(db), "--url", url, "-o", str(out),
                            "--json")  # fmt: skip
@@ -679,6 +680,37 @@ def test_a_catalog_lists_one_archive(embedded_server: StartServer, tmp_path: Pat
     assert archive_of(db) == url_a
 
 
+def test_sync_and_download_refuse_a_catalog_of_another_archive(
+    embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
+) -> None:
+    """sync --catalog with the --url of another archive failed each study as not found,
+    exit 1, never saying the catalog lists another archive (and an archive holding the same
+    UIDs would have been downloaded from). Refused as a pull is, naming both addresses without
+    their secrets, exit 2, before any request; from the catalog's own archive both still run."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    synth(first, 2, seed=65, dates=("20220101", "20220102"))
+    synth(second, 3, seed=66, dates=("20220101", "20220102"))
+    url_a, url_b = embedded_server(first), embedded_server(second)
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    pull(url_a, db)
+    asked = len(seen_requests.requests)
+    host_b = url_b.removeprefix("http://")
+    secret_b = f"http://radiology:pw-secret@{host_b}?subscription-key=key-secret"
+    said = (
+        f"dlstudy: error: catalog {db} lists the archive at {url_a}, not {url_b}: give that "
+        "--url, or pull this archive into another --db (--archive-moved if the archive moved)"
+    )
+    for command in (["sync", "--catalog"], ["download", "--from-catalog"]):
+        result = run_installed(*command, str(db), "--url", secret_b, "-o", str(out), "--json")
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.splitlines() == [said]
+        assert json.loads(result.stdout)["exit_status"] == 2
+    assert len(seen_requests.requests) == asked and not out.exists()
+    for command in (["sync", "--catalog"], ["download", "--from-catalog"]):
+        result = run_installed(*command, str(db), "--url", url_a + "/", "-o", str(out))
+        assert result.returncode == 0, (command, result.stderr)
+
+
 def test_pull_counts_every_request_it_sent(
     embedded_server: StartServer, seen_requests: SeenRequests, tmp_path: Path
 ) -> None:
@@ -705,6 +737,9 @@ def test_sync_of_a_catalogued_study_gone_from_the_server_fails_it_every_night(
         if instance.study_uid == gone:
             instance.path.unlink()
     url = embedded_server(source)  # the archive as it is now: one study fewer
+    # An update pull leaves it (only a full walk can tell a study is gone).
+    update = pull(url, db, "--archive-moved")
+    assert (update["kind"], update["deleted"], update["studies"]) == ("update", 0, 2)
     out = tmp_path / "out"
     for night in (1, 2):
         result = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out), "--json")
@@ -717,13 +752,8 @@ def test_sync_of_a_catalogued_study_gone_from_the_server_fails_it_every_night(
     plain = run_installed("sync", "--catalog", str(db), "--url", url, "-o", str(out))
     assert plain.returncode == 1 and f"study {gone} not found" in plain.stderr
 
-    # An update pull leaves it (only a full walk can tell a study is gone); a --full one
-    # removes it, records it, and the nights are whole again.
-    update = pull(url, db, "--archive-moved")
-    assert (update["kind"], update["deleted"], update["studies"]) == ("update", 0, 2)
-    full = run_installed(
-        "catalog", "pull", "--url", url, "--db", str(db), "--full", "--archive-moved"
-    )
+    # A --full pull removes it, records it, and the nights are whole again.
+    full = run_installed("catalog", "pull", "--url", url, "--db", str(db), "--full")
     assert full.returncode == 0, full.stderr
     assert ", 1 gone from the archive;" in full.stderr
     (kept,) = study_uids(instances) - {gone}
