@@ -294,6 +294,9 @@ async def _search_and_download(
     try:
         if catalog is not None:  # what the catalog knows: no search of the server at all
             await catalog.for_each(examine)
+            # Read whole: closed before the download, so that the night's pull into it can
+            # run meanwhile (while a process reads a DuckDB file, no other can write it).
+            catalog.close()
         else:
             policy = RetryPolicy(settings.retries, settings.retry_budget, settings.timeout)
             plan.retries = policy.tally

@@ -1005,3 +1005,27 @@ def test_recent_past_the_year_1_is_a_usage_error(
     assert pull(url, db, "--recent", str(most))["studies"] == 20
     keys = catalog_rows(db, "SELECT key FROM windows WHERE pull = 2 AND mode = 'walk'")
     assert keys == [("00010101-",)]
+
+
+def test_the_nights_pull_runs_while_sync_downloads_the_catalogs_studies(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """sync --catalog held the catalog open until its download ended: the night's `catalog
+    pull` into it exited 5 (in use by another process). It is closed once its selection is
+    read, as download --from-catalog closes it: the pull runs while the sync downloads."""
+    url = embedded_server(None, virtual=VirtualSpec(30, study_size=1), latency=0.2)
+    db, out = tmp_path / "c.duckdb", tmp_path / "out"
+    pull(url, db)
+    pulled: list[dict[str, Any]] = []
+
+    def pull_once_files_arrive() -> bool:
+        if not pulled and any(out.rglob("*.dcm")):
+            pulled.append(pull(url, db))
+        return bool(pulled)
+
+    status, stderr = stop_installed(
+        "sync", "--catalog", str(db), "--url", url, "-o", str(out), "-q", "-c", "1",
+        signum=signal.SIGTERM, ready=pull_once_files_arrive,
+    )  # fmt: skip
+    assert status == 143, stderr  # the sync was still downloading when the pull ended
+    assert (pulled[0]["kind"], pulled[0]["studies"]) == ("update", 30)
