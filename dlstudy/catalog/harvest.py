@@ -209,6 +209,10 @@ class Harvester:
                 "which no date window finds, may be missing past its first page (--study-date "
                 "catalogs the dated ones alone)"
             )
+        # Read before the pull is marked finished: the checkpoint that follows, failing (a
+        # full disk), leaves the connection unusable, and the summary said 0 of both.
+        summary.requests = await self.db(c.requests, pull.number)
+        summary.studies = await self.db(lambda: c.count_in(Window.root(None)))
         await self.db(
             c.finish_pull,
             pull,
@@ -216,8 +220,6 @@ class Harvester:
             changed=summary.changed,
             unreachable=summary.unreachable,
         )
-        summary.requests = await self.db(c.requests, pull.number)
-        summary.studies = await self.db(lambda: c.count_in(Window.root(None)))
 
     def _outside_windows(self, pull: Pull) -> int:
         """Studies the server counted in the whole scope that no window of the walk found."""

@@ -21,8 +21,10 @@ the time and file size), and merged into `studies` in one transaction at the end
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,6 +96,9 @@ _DATE_COLUMNS = (
     ("changes", "study_date", ".", normal_date),
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# The reasons DuckDB quotes last when the system refused a write into the catalog: no room,
+# whatever DuckDB was doing (a page's commit, the checkpoint at the pull's end).
+_FULL = tuple(os.strerror(n) for n in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT))
 
 # Window states: todo (not asked yet), paging (walked by offset, next_offset is next),
 # done, split (its halves are windows of their own), unchanged (its count matched),
@@ -181,7 +186,10 @@ def writing(path: Path) -> Iterator[None]:
     try:
         yield
     except duckdb.Error as exc:
-        stop = StorageError(f"catalog {path}: {_first_line(exc)}", path=str(path))
+        said = _first_line(exc)
+        if why := next((why for why in _FULL if said.endswith(why)), None):
+            said = f"cannot write it: {why} (make room: the next pull carries on)"
+        stop = StorageError(f"catalog {path}: {said}", path=str(path))
         stop.summary = getattr(exc, "summary", None)
         raise stop from exc
 

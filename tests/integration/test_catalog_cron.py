@@ -673,6 +673,33 @@ def test_a_catalog_that_cannot_be_written_stops_the_pull_in_one_line(
     assert pull(url, db)["studies"] == 300
 
 
+def test_a_pull_whose_checkpoint_finds_the_disk_full_says_what_it_did(
+    embedded_server: StartServer, tmp_path: Path
+) -> None:
+    """The disk full at the pull's very end (DuckDB's checkpoint, once the pull is recorded
+    finished): --json said 0 studies and 0 requests of a pull the file holds whole, and the
+    error was DuckDB's `FATAL Error: Failed to create checkpoint ...`. The counts are the
+    pull's; the line is dlstudy's, naming the full disk; exit 1."""
+    url = embedded_server(None, virtual=VirtualSpec(3000))
+    with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=1200k", "tmpfs") as disk:
+        db = disk / "c.duckdb"
+        command = ["catalog", "pull", "--url", url, "--db", str(db), "--page-size", "100"]
+        result = run_installed(*command, "--json")
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (
+            f"dlstudy: error: catalog {db}: cannot write it: No space left on device (make "
+            "room: the next pull carries on)\n"
+        )
+        summary = _failed_summary(result.stdout, result.stderr, 1)
+        room = tmp_path / "room"
+        room.mkdir()
+        for file in disk.iterdir():  # (its log with it: DuckDB replays it)
+            (room / file.name).write_bytes(file.read_bytes())
+    (recorded,) = catalog_rows(room / "c.duckdb", "SELECT studies, new, requests FROM pulls")
+    assert (summary["studies"], summary["new"], summary["requests"]) == recorded
+    assert recorded[:2] == (3000, 3000)
+
+
 def test_a_catalog_whose_first_pull_failed_is_no_cohort(
     embedded_server: StartServer, tmp_path: Path
 ) -> None:
