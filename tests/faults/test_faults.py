@@ -1612,28 +1612,37 @@ def test_a_tls_body_cut_without_close_notify_is_never_committed(
     assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.part"))
 
 
+def one_series_answer(path: bytes, sops: list[str], payload: bytes) -> tuple[bytes, bytes]:
+    """A scripted archive of the one series SERIES of STUDY, holding `sops`: the content type
+    and body it answers at `path` (its series or instance listing, or an instance)."""
+    from ..factories import instance_json, part10, series_json
+    from ..scripted_servers import SERIES, STUDY
+
+    where = path.decode().split("?", 1)[0]
+    if where.endswith("/series"):
+        return b"application/dicom+json", json.dumps([series_json(SERIES)]).encode()
+    if where.endswith(("/instances", "/studies")):
+        listing = [instance_json(sop) for sop in sops]
+        return b"application/dicom+json", json.dumps(listing).encode()
+    body = part10(STUDY, SERIES, where.rsplit("/", 1)[1], payload=payload)
+    return b"application/dicom", body
+
+
 @pytest.mark.parametrize("cut_first", [2, 100], ids=["cut, then whole", "always cut"])
 def test_an_http2_stream_ended_early_without_a_length_is_never_committed(
     tmp_path: Path, cut_first: int
 ) -> None:
     """HTTP/2 with no content-length: END_STREAM halfway through the body looks like a whole
     answer to HTTP; the Part 10 walk finds it short."""
-    from ..factories import instance_json, part10, series_json
+    from ..factories import part10
     from ..scripted_h2 import Peer
     from ..scripted_servers import SERIES, SOPS, STUDY
 
     answers = [0]
 
     async def handler(peer: Peer, stream_id: int) -> None:
-        path = peer.path(stream_id).decode().split("?", 1)[0]
-        if path.endswith("/series"):
-            kind, body = b"application/dicom+json", json.dumps([series_json(SERIES)]).encode()
-        elif path.endswith(("/instances", "/studies")):
-            listing = [instance_json(sop) for sop in SOPS]
-            kind, body = b"application/dicom+json", json.dumps(listing).encode()
-        else:
-            kind = b"application/dicom"
-            body = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 65536)
+        kind, body = one_series_answer(peer.path(stream_id), SOPS, b"\1" * 65536)
+        if kind == b"application/dicom":
             answers[0] += 1
             if answers[0] <= cut_first:
                 body = body[: len(body) // 2]
@@ -1664,22 +1673,13 @@ def test_http2_streams_past_the_servers_limit_use_up_no_retry(tmp_path: Path) ->
     as nginx's http2_max_concurrent_streams), and libcurl gives one up after sending it again
     5 times ("Connection died"). Those requests were never processed: sent again, with
     --retries 0, every instance arrives and no retry is counted."""
-    from ..factories import instance_json, part10, series_json
     from ..scripted_h2 import Peer
     from ..scripted_servers import SERIES, STUDY
 
     sops = [f"{SERIES}.{i}" for i in range(1, 61)]
 
     async def handler(peer: Peer, stream_id: int) -> None:
-        path = peer.path(stream_id).decode().split("?", 1)[0]
-        if path.endswith("/series"):
-            kind, body = b"application/dicom+json", json.dumps([series_json(SERIES)]).encode()
-        elif path.endswith(("/instances", "/studies")):
-            listing = [instance_json(sop) for sop in sops]
-            kind, body = b"application/dicom+json", json.dumps(listing).encode()
-        else:
-            kind = b"application/dicom"
-            body = part10(STUDY, SERIES, path.rsplit("/", 1)[1], payload=b"\1" * 4096)
+        kind, body = one_series_answer(peer.path(stream_id), sops, b"\1" * 4096)
         peer.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", kind)])
         await peer.send_body(stream_id, body)
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,19 @@ def test_a_capped_archive_that_ignores_offset_is_enumerated_completely(
         assert states.get("split", 0) > 10  # it really had to split (date, then time)
         keys = [k for (k,) in con.execute("SELECT key FROM windows").fetchall()]
     assert any(" " in k for k in keys), "no window was split by time of day"
+
+
+def blank(instances: list[SynthInstance], uids: Collection[str], keyword: str) -> None:
+    """`keyword` left empty ("") in the files of the studies `uids`; removed if `keyword` is
+    StudyTime, which the embedded server and Orthanc then match to no time range."""
+    for instance in instances:
+        if instance.study_uid in uids:
+            ds = pydicom.dcmread(instance.path)
+            if keyword == "StudyTime":
+                del ds.StudyTime
+            else:
+                setattr(ds, keyword, "")
+            ds.save_as(instance.path, enforce_file_format=True)
 
 
 def set_study_times(instances: list[SynthInstance], times: list[str]) -> None:
@@ -774,11 +788,7 @@ def test_a_full_pull_removes_only_what_a_split_walk_could_have_found(
     source = tmp_path / "source"
     instances = synth(source, 6, seed=72, dates=("20220101", "20220103"))
     undated = instances[0].study_uid
-    for instance in instances:
-        if instance.study_uid == undated:
-            ds = pydicom.dcmread(instance.path)
-            ds.StudyDate = ""
-            ds.save_as(instance.path, enforce_file_format=True)
+    blank(instances, {undated}, "StudyDate")
     db = tmp_path / "c.duckdb"
     assert pull(embedded_server(source), db)["studies"] == 6
     gone = next(i.study_uid for i in instances if i.study_uid != undated)
@@ -808,11 +818,7 @@ def test_a_pull_split_without_a_count_says_undated_studies_may_be_missed(
     source = tmp_path / "source"
     instances = synth(source, 30, seed=83, dates=("20200101", "20200110"))
     undated = sorted(study_uids(instances))[-3:]
-    for instance in instances:
-        if instance.study_uid in undated:
-            ds = pydicom.dcmread(instance.path)
-            ds.StudyDate = ""
-            ds.save_as(instance.path, enforce_file_format=True)
+    blank(instances, undated, "StudyDate")
     capped = embedded_server(source, max_page_size=4, ignore_offset=True, silent_cap=True)
     db = tmp_path / "c.duckdb"
 
@@ -838,11 +844,7 @@ def test_a_day_split_by_time_says_what_its_studies_without_a_study_time_may_lack
     source = tmp_path / "source"
     instances = synth(source, 7, seed=84, dates=("20200301", "20200301"))
     untimed = sorted(study_uids(instances))[-2:]
-    for instance in instances:
-        if instance.study_uid in untimed:
-            ds = pydicom.dcmread(instance.path)
-            del ds.StudyTime
-            ds.save_as(instance.path, enforce_file_format=True)
+    blank(instances, untimed, "StudyTime")
     day = ("--study-date", "20200301")
 
     counted = embedded_server(source, max_page_size=4, ignore_offset=True)
