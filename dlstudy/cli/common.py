@@ -329,7 +329,7 @@ def summary_on_failure(
     except Failed as exc:
         failed = summary()
         failed.error, failed.exit_status = exc.message, ExitStatus(exc.exit_code)
-        if logged is not None:
+        if logged is not None and _log_file is not None:  # (stderr has the error line alone)
             logged(failed)
         outcome.error("%s", exc.message)  # (nowhere before the log is open)
         if json_output:

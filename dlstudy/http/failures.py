@@ -106,7 +106,8 @@ def _translate(exc: BaseException, url: str) -> DlstudyError:
         return TransferError(f"{exc} on {where}", url=shown, retryable=True)
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return TransferError(f"timed out waiting for {where}", url=shown, retryable=True)
-    if isinstance(exc, httpx.ProtocolError):
+    if isinstance(exc, httpx.ProtocolError) or (curl is not None and "reset by peer" in said):
+        # (a reset as a request is sent or read: the server closed it, as when it stops)
         return TransferError(f"connection broken ({said}) on {where}", url=shown, retryable=True)
     if isinstance(exc, httpx.TransportError | OSError):
         return TransferError(f"network error ({said}) on {where}", url=shown, retryable=True)
